@@ -1,0 +1,50 @@
+"""Linear ranker over the candidate features; its weights live in the model artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking.features import FEATURE_NAMES
+
+# The hand-set blend: what the trainer publishes until a learned ranker replaces it.
+DEFAULT_BLEND: dict[str, float] = {
+    "embedding_score": 1.0,
+    "friend_likes": 0.6,
+    "followed_seller": 0.5,
+    "recency": 0.4,
+    "popularity": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class LinearRanker:
+    """score = bias + features @ weights, with weights in FEATURE_NAMES order."""
+
+    weights: np.ndarray  # float32, one per feature
+    bias: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, weights: Mapping[str, float], bias: float = 0.0) -> LinearRanker:
+        """Build from {feature name: weight}; unknown names are an error, missing ones weigh 0."""
+        unknown = set(weights) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown ranker features: {sorted(unknown)}")
+        vector = np.array([weights.get(name, 0.0) for name in FEATURE_NAMES], dtype=np.float32)
+        return cls(vector, float(bias))
+
+    def to_mapping(self) -> dict[str, float]:
+        return {name: float(w) for name, w in zip(FEATURE_NAMES, self.weights)}
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """One float32 score per feature row, same order."""
+        return (features @ self.weights + self.bias).astype(np.float32, copy=False)
+
+    @staticmethod
+    def feature_names() -> Sequence[str]:
+        return FEATURE_NAMES
+
+
+DEFAULT_RANKER = LinearRanker.from_mapping(DEFAULT_BLEND)

@@ -1,0 +1,42 @@
+"""The full online-store interface: the pipeline's read side plus ingest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ranking.store import FeedStateReader
+from serving.events import Event
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """How many events of a batch changed state, and how many were already applied."""
+
+    applied: int
+    duplicates: int
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or did not answer in time."""
+
+
+class FeedStore(FeedStateReader, Protocol):
+    """A live store of items, likes, follows, friendships, stock and hidden items."""
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Apply a validated batch atomically, in order.
+
+        Idempotent by event id: an event whose id was applied before changes nothing and
+        is counted in ``duplicates``. Returns only once the change is durable in the store.
+        Raises StoreUnavailable when the store cannot be reached.
+        """
+        ...
+
+    def ping(self) -> bool:
+        """True when the store answers."""
+        ...
+
+    def close(self) -> None:
+        ...
