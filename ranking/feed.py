@@ -1,0 +1,63 @@
+"""Composition root: the feed pipeline, listed once, for serving and offline replay alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embeddings.model import EmbeddingModel
+from ranking import filters, sources
+from ranking.pipeline import FeedPipeline, PipelineConfig
+from ranking.ranker import DEFAULT_RANKER, LinearRanker
+from ranking.scorers import LinearScorer
+from ranking.selectors import SellerDiversitySelector
+from ranking.store import FeedStateReader
+
+SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "trending")
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """Tunable knobs of the feed (the serving CLI exposes each as a flag)."""
+
+    max_per_seller: int = 2  # seller-diversity cap per page
+    per_key_limit: int = 20  # newest listings per followed seller / likes per friend to read
+    trending_limit: int = 100  # trending items to read for a first page
+    neighbours: int = 200  # embedding neighbours to fetch for a first page
+    sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
+
+
+def build_feed_pipeline(
+    store: FeedStateReader,
+    model: EmbeddingModel | None,
+    ranker: LinearRanker = DEFAULT_RANKER,
+    settings: FeedSettings = FeedSettings(),
+) -> FeedPipeline:
+    unknown = set(settings.sources) - set(SOURCE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown candidate sources: {sorted(unknown)}; choose from {SOURCE_NAMES}")
+    available = {
+        "followed_sellers": sources.FollowedSellerSource(),
+        "friend_likes": sources.FriendLikesSource(),
+        "embedding_neighbours": sources.EmbeddingNeighbourSource(model, settings.neighbours) if model else None,
+        "trending": sources.TrendingSource(),
+    }
+    config = PipelineConfig(
+        sources=[available[name] for name in settings.sources if available[name] is not None],
+        id_filters=[
+            filters.DuplicateFilter(),
+            filters.ExcludedFilter(),
+            filters.NotInterestedItemFilter(),
+        ],
+        state_filters=[
+            filters.UnknownItemFilter(),
+            filters.OutOfStockFilter(),
+            filters.AlreadyLikedFilter(),
+            filters.OwnListingFilter(),
+            filters.NotInterestedSellerFilter(),
+        ],
+        scorer=LinearScorer(model, ranker),
+        selector=SellerDiversitySelector(settings.max_per_seller),
+        per_key_limit=settings.per_key_limit,
+        trending_limit=settings.trending_limit,
+    )
+    return FeedPipeline(config, store, model)

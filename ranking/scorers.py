@@ -1,0 +1,35 @@
+"""Scorers: turn hydrated candidates into one number each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from embeddings.model import EmbeddingModel
+from ranking.components import FeedQuery
+from ranking.features import compute_features
+from ranking.ranker import LinearRanker
+from ranking.types import Candidate
+
+
+class LinearScorer:
+    """Fills the embedding score of every candidate, then applies the artifact's ranker."""
+
+    name = "linear"
+
+    def __init__(self, model: EmbeddingModel | None, ranker: LinearRanker) -> None:
+        self.model = model
+        self.ranker = ranker
+
+    def score(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        self._fill_embedding_scores(query, candidates)
+        return self.ranker.score(compute_features(query.user, candidates, query.now))
+
+    def _fill_embedding_scores(self, query: FeedQuery, candidates: Sequence[Candidate]) -> None:
+        missing = [c for c in candidates if c.embedding_score is None]
+        if not missing or self.model is None or query.user_vector is None:
+            return
+        scores = self.model.scores(query.user_vector, [c.item_id for c in missing])
+        for candidate, score in zip(missing, np.nan_to_num(scores, nan=0.0)):
+            candidate.embedding_score = float(score)

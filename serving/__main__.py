@@ -1,0 +1,49 @@
+"""``python -m serving``: run the feed server, or one of its tools.
+
+  python -m serving [serve] --models DIR (--data DIR | --store URL) [--port P]
+  python -m serving feed --target HOST:PORT --user USER [--limit N] [--pages N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from serving import client
+from serving.config import add_server_arguments, config_from_args
+
+COMMANDS = ("serve", "feed")
+
+
+def _serve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve personalised feeds over gRPC (feedrank.feed.v1.FeedService), with health "
+        "checking and reflection. Other commands: " + ", ".join(COMMANDS[1:]) + " (see `python -m serving CMD --help`).",
+    )
+    add_server_arguments(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    if config.store_url == "memory" and not config.data_dir:
+        parser.error("--data is required with the memory store (or pass --store redis://...)")
+    if config.feed.max_per_seller < 1:
+        parser.error("--max-per-seller must be >= 1")
+    from serving.server import serve
+
+    serve(config, port_file=args.port_file)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = argv[0] if argv and argv[0] in COMMANDS else "serve"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    if command == "feed":
+        client.main(rest)
+    else:
+        _serve(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Server configuration: one frozen dataclass, read from flags and environment in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from ranking.feed import SOURCE_NAMES, FeedSettings
+
+TOKEN_SECRET_ENV = "FEEDRANK_TOKEN_SECRET"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models_dir: str  # directory with CURRENT and versioned model artifacts
+    store_url: str = "memory"  # memory | redis://HOST:PORT/DB | redis-cluster://HOST:PORT
+    data_dir: str | None = None  # dataset directory the memory store loads
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    threads: int = 8  # request threads per process
+    token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
+    feed: FeedSettings = FeedSettings()
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--models", required=True, help="models directory written by `python -m training train`")
+    group.add_argument("--data", help="dataset directory to load into the embedded memory store")
+    group.add_argument(
+        "--store",
+        default="memory",
+        help="online store: 'memory' (default; needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT",
+    )
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    group.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=8, help="request threads (default: %(default)s)")
+    group.add_argument(
+        "--reload-seconds",
+        type=float,
+        default=10.0,
+        help="poll models/CURRENT this often and hot-swap a new model; 0 disables (default: %(default)s)",
+    )
+    group.add_argument(
+        "--port-file", help="write the bound port to this file once the server is SERVING (for scripts and tests)"
+    )
+    feed = parser.add_argument_group("feed")
+    defaults = FeedSettings()
+    feed.add_argument("--max-per-seller", type=int, default=defaults.max_per_seller, help="seller cap per page (default: %(default)s)")
+    feed.add_argument("--per-key-limit", type=int, default=defaults.per_key_limit, help="newest listings per followed seller and likes per friend to consider (default: %(default)s)")
+    feed.add_argument("--trending-limit", type=int, default=defaults.trending_limit, help="trending items to consider (default: %(default)s)")
+    feed.add_argument("--neighbours", type=int, default=defaults.neighbours, help="embedding neighbours to consider (default: %(default)s)")
+    feed.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated candidate sources (default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    secret = os.environ.get(TOKEN_SECRET_ENV)
+    return ServerConfig(
+        models_dir=args.models,
+        store_url=args.store,
+        data_dir=args.data,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        token_secret=secret.encode() if secret else secrets.token_bytes(32),
+        reload_seconds=args.reload_seconds,
+        feed=FeedSettings(
+            max_per_seller=args.max_per_seller,
+            per_key_limit=args.per_key_limit,
+            trending_limit=args.trending_limit,
+            neighbours=args.neighbours,
+            sources=tuple(s for s in args.sources.split(",") if s),
+        ),
+    )

@@ -1,0 +1,109 @@
+"""The feed service as plain functions: validation, paging and ingest, free of gRPC.
+
+The gRPC servicer only translates messages and maps the errors raised here to status
+codes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.pipeline import FeedPipeline
+from ranking.types import Candidate
+from serving.events import MAX_ID_BYTES, Event, validate_batch
+from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec, ServedItems
+from serving.stores.base import ApplyResult, FeedStore
+from training.artifact import Artifact
+
+MAX_LIMIT = 100
+MAX_EXCLUDED = 1_000
+
+
+class InvalidRequest(ValueError):
+    """A request field is invalid; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    items: list[Candidate]
+    next_page_token: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class _Exclusions:
+    requested: frozenset[str]
+    served: ServedItems
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.requested or item_id in self.served
+
+
+def validate_user_id(user_id: str) -> None:
+    if not user_id:
+        raise InvalidRequest("user_id", "must not be empty")
+    if len(user_id.encode()) > MAX_ID_BYTES:
+        raise InvalidRequest("user_id", f"longer than {MAX_ID_BYTES} bytes")
+
+
+class FeedService:
+    """Builds feeds from a store and the current model artifact; swaps models atomically."""
+
+    def __init__(self, store: FeedStore, artifact: Artifact, codec: PageTokenCodec, settings: FeedSettings) -> None:
+        self.store = store
+        self.codec = codec
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._artifact = artifact
+        self._pipeline = self._build(artifact)
+
+    def _build(self, artifact: Artifact) -> FeedPipeline:
+        return build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings)
+
+    @property
+    def model_version(self) -> str:
+        return self._artifact.version
+
+    def swap_artifact(self, artifact: Artifact) -> None:
+        pipeline = self._build(artifact)
+        with self._lock:
+            self._artifact, self._pipeline = artifact, pipeline
+
+    def get_feed(
+        self, user_id: str, limit: int, page_token: str, exclude_item_ids: Sequence[str], now: float
+    ) -> FeedPage:
+        """One page of ``user_id``'s feed.
+
+        Raises InvalidRequest for a bad field (including a page token that is malformed,
+        tampered with, or another user's) and StoreUnavailable when the store is down.
+        """
+        validate_user_id(user_id)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+        if len(exclude_item_ids) > MAX_EXCLUDED:
+            raise InvalidRequest("exclude_item_ids", f"at most {MAX_EXCLUDED} ids, got {len(exclude_item_ids)}")
+        served = EMPTY
+        if page_token:
+            try:
+                served = self.codec.decode(user_id, page_token)
+            except ValueError as error:
+                raise InvalidRequest("page_token", str(error).removeprefix("page_token ")) from error
+        with self._lock:
+            pipeline, version = self._pipeline, self._artifact.version
+        exclusions: Container[str] = _Exclusions(frozenset(exclude_item_ids), served)
+        result = pipeline.run(user_id, limit, now, exclusions, served_count=len(served))
+        served = served.plus(c.item_id for c in result.items)
+        more = result.has_more and result.items and len(served) < MAX_SERVED
+        return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", version)
+
+    def ingest(self, events: Sequence[Event]) -> ApplyResult:
+        """Validate the whole batch, then apply it atomically; raises EventValidationError first."""
+        validate_batch(events)
+        return self.store.apply(events)

@@ -1,0 +1,103 @@
+"""Thin gRPC servicer: proto messages in, plain calls, proto messages out."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from ranking.types import Candidate
+from serving.events import Event, EventKind, EventValidationError
+from serving.feed_service import FeedService, InvalidRequest
+from serving.stores.base import StoreUnavailable
+
+# Payload field of the Event oneof -> (kind, fields copied from the payload message).
+_PAYLOADS: dict[str, EventKind] = {
+    "like": EventKind.LIKE,
+    "unlike": EventKind.UNLIKE,
+    "follow": EventKind.FOLLOW,
+    "unfollow": EventKind.UNFOLLOW,
+    "friend": EventKind.FRIEND,
+    "unfriend": EventKind.UNFRIEND,
+    "item_upsert": EventKind.ITEM_UPSERT,
+    "stock_update": EventKind.STOCK_UPDATE,
+    "not_interested_item": EventKind.NOT_INTERESTED_ITEM,
+    "not_interested_seller": EventKind.NOT_INTERESTED_SELLER,
+}
+_COPIED_FIELDS = ("user_id", "item_id", "seller_id", "friend_id", "stock", "category")
+
+
+def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) -> Event:
+    """Translate one proto event; a missing payload is reported with its index."""
+    payload_name = message.WhichOneof("payload")
+    if payload_name is None:
+        raise EventValidationError(index, "payload", "one of " + ", ".join(_PAYLOADS) + " must be set")
+    payload = getattr(message, payload_name)
+    fields = {name: getattr(payload, name) for name in _COPIED_FIELDS if hasattr(payload, name)}
+    ts = message.ts or received_at
+    if payload_name == "item_upsert":
+        fields["created_at"] = payload.created_at or ts
+        fields["price"] = payload.price if payload.HasField("price") else None
+    return Event(event_id=message.event_id, kind=_PAYLOADS[payload_name], ts=ts, **fields)
+
+
+def feed_item_to_proto(candidate: Candidate) -> feed_pb2.FeedItem:
+    return feed_pb2.FeedItem(
+        item_id=candidate.item_id,
+        seller_id=candidate.seller_id,
+        score=candidate.score,
+        reasons=[
+            feed_pb2.Reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
+            for reason in sorted(candidate.reasons, key=lambda r: r.kind.value)
+        ],
+    )
+
+
+def _abort_if_expired(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
+
+
+def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedService:
+    if service is None:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store")
+    _abort_if_expired(context)
+    return service
+
+
+class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
+    """Registered before the server starts; answers UNAVAILABLE until ``service`` is set."""
+
+    def __init__(self, service: FeedService | None = None) -> None:
+        self.service = service
+
+    def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
+        service = _ready(self.service, context)
+        try:
+            page = service.get_feed(
+                request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), time.time()
+            )
+        except InvalidRequest as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except StoreUnavailable as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+        _abort_if_expired(context)
+        return feed_pb2.GetFeedResponse(
+            items=[feed_item_to_proto(c) for c in page.items],
+            next_page_token=page.next_page_token,
+            model_version=page.model_version,
+        )
+
+    def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.ServicerContext) -> feed_pb2.IngestResponse:
+        service = _ready(self.service, context)
+        received_at = time.time()
+        try:
+            events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
+            result = service.ingest(events)
+        except EventValidationError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except StoreUnavailable as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+        return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)
