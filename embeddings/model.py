@@ -6,11 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embeddings.index import MipsIndex
+
+DEFAULT_FOLDIN_ALPHA = 20.0
+"""Confidence of a like when folding in a user; matches embeddings.als.DEFAULT_ALPHA."""
+
 
 class EmbeddingModel:
     """User and item factors (float32) with string id maps and an item index.
 
-    Contract used by ranking/ (implemented by the embeddings helper):
+    Contract used by ranking/:
       user_vector(user_id, recent_item_ids) -> float32 vector or None
           the trained user factor; for a user unseen at training time, a vector folded in
           from ``recent_item_ids`` (ids unknown to the model are ignored); None when
@@ -19,10 +24,84 @@ class EmbeddingModel:
           up to k items by inner product, best first, from the index.
       scores(vector, item_ids) -> float32 array
           exact inner product per id, same order; NaN for ids unknown to the model.
+
+    ``index`` rows must be the rows of ``item_factors``. ``regularization`` and ``alpha``
+    are the ALS hyperparameters the factors were trained with; fold-in solves the same
+    least-squares problem ALS solves for a user (implicit's ``recalculate_user``).
     """
 
-    def user_vector(self, user_id: str, recent_item_ids: Sequence[str]) -> np.ndarray | None: ...
+    def __init__(
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        index: MipsIndex,
+        regularization: float,
+        alpha: float = DEFAULT_FOLDIN_ALPHA,
+    ) -> None:
+        self.user_ids = list(user_ids)
+        self.item_ids = list(item_ids)
+        self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        if self.user_factors.shape[0] != len(self.user_ids):
+            raise ValueError(f"{len(self.user_ids)} user ids but {self.user_factors.shape[0]} user factor rows")
+        if self.item_factors.shape[0] != len(self.item_ids):
+            raise ValueError(f"{len(self.item_ids)} item ids but {self.item_factors.shape[0]} item factor rows")
+        if self.user_factors.shape[1] != self.item_factors.shape[1]:
+            raise ValueError("user and item factors have different dimensions")
+        if index.ntotal != len(self.item_ids):
+            raise ValueError(f"index holds {index.ntotal} items, model has {len(self.item_ids)}")
+        self.index = index
+        self.regularization = float(regularization)
+        self.alpha = float(alpha)
+        self.user_row = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_row = {t: i for i, t in enumerate(self.item_ids)}
+        if len(self.user_row) != len(self.user_ids) or len(self.item_row) != len(self.item_ids):
+            raise ValueError("duplicate ids in the model")
+        # Y^T Y + lambda I is the same for every folded-in user: compute it once (f x f).
+        y = self.item_factors.astype(np.float64)
+        self._yty_reg = y.T @ y + self.regularization * np.eye(self.dim)
 
-    def neighbours(self, vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]: ...
+    @property
+    def dim(self) -> int:
+        return int(self.item_factors.shape[1])
 
-    def scores(self, vector: np.ndarray, item_ids: Sequence[str]) -> np.ndarray: ...
+    def user_vector(self, user_id: str, recent_item_ids: Sequence[str]) -> np.ndarray | None:
+        """The user's trained factor, else one folded in from known recent items, else None."""
+        row = self.user_row.get(user_id)
+        if row is not None:
+            return self.user_factors[row]
+        return self.fold_in(recent_item_ids)
+
+    def fold_in(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """The ALS user solution for a user whose positives are ``item_ids``; None if none is known.
+
+        Solves (Y^T Y + lambda I + sum_i (c - 1) y_i y_i^T) u = sum_i c y_i with c = alpha
+        for each distinct known item i: the same normal equations ALS solves per user.
+        """
+        rows = sorted({r for r in (self.item_row.get(t) for t in item_ids) if r is not None})
+        if not rows:
+            return None
+        y = self.item_factors[rows].astype(np.float64)
+        c = self.alpha
+        a = self._yty_reg + (c - 1.0) * (y.T @ y)
+        b = c * y.sum(axis=0)
+        return np.linalg.solve(a, b).astype(np.float32)
+
+    def neighbours(self, vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        """Up to k (item id, inner product) pairs from the index, best first."""
+        scores, rows = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        keep = rows[0] >= 0
+        item_ids = self.item_ids
+        return [item_ids[r] for r in rows[0][keep].tolist()], scores[0][keep]
+
+    def scores(self, vector: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """Exact inner product per id, same order and length; NaN for unknown ids."""
+        n = len(item_ids)
+        rows = np.fromiter((self.item_row.get(t, -1) for t in item_ids), np.int64, n)
+        known = rows >= 0
+        out = np.full(n, np.nan, dtype=np.float32)
+        if known.any():
+            out[known] = self.item_factors[rows[known]] @ np.asarray(vector, dtype=np.float32)
+        return out
