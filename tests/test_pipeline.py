@@ -1,0 +1,135 @@
+"""The ranking pipeline over a real memory store, one test per component's job."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.types import ReasonKind
+from serving.events import Event, EventKind
+from serving.stores.memory import MemoryStore
+from tests.builders import DAY, NOW, make_dataset, social_dataset
+
+
+def feed_for(store, user="alice", limit=20, settings=FeedSettings(), **kwargs):
+    return build_feed_pipeline(store, None, settings=settings).run(user, limit, NOW, **kwargs)
+
+
+def ids(result):
+    return [c.item_id for c in result.items]
+
+
+def store():
+    return MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
+
+
+def test_out_of_stock_items_are_removed():
+    result = feed_for(store())
+    assert "i2" not in ids(result)
+    assert result.removed_by_filter["out_of_stock"] >= 1
+
+
+def test_already_liked_items_are_removed():
+    result = feed_for(store())
+    assert "i8" not in ids(result)
+    assert result.removed_by_filter["already_liked"] >= 1
+
+
+def test_own_listings_are_removed():
+    result = feed_for(store())  # bob liked alice's own a1
+    assert "a1" not in ids(result)
+    assert result.removed_by_filter["own_listing"] == 1
+
+
+def test_duplicates_across_sources_merge_their_reasons():
+    result = feed_for(store())
+    i6 = next(c for c in result.items if c.item_id == "i6")
+    friends = i6.reason(ReasonKind.FRIENDS_LIKED)
+    assert friends is not None and sorted(friends.actor_ids) == ["bob", "carol"] and friends.count == 2
+    assert i6.reason(ReasonKind.TRENDING) is not None
+    assert Counter(ids(result))["i6"] == 1
+    assert result.removed_by_filter["duplicate"] >= 1
+
+
+def test_followed_seller_items_carry_the_seller():
+    result = feed_for(store())
+    i1 = next(c for c in result.items if c.item_id == "i1")
+    assert i1.reason(ReasonKind.FOLLOWED_SELLER).actor_ids == ["s1"]
+
+
+def test_excluded_items_never_come_back():
+    result = feed_for(store(), exclude=frozenset({"i1", "i6"}))
+    assert not {"i1", "i6"} & set(ids(result))
+
+
+def test_not_interested_items_and_sellers_never_come_back():
+    s = store()
+    s.apply([
+        Event("h1", EventKind.NOT_INTERESTED_ITEM, NOW, user_id="alice", item_id="i1"),
+        Event("h2", EventKind.NOT_INTERESTED_SELLER, NOW, user_id="alice", seller_id="s2"),
+    ])
+    result = feed_for(s)
+    assert "i1" not in ids(result)
+    assert all(c.seller_id != "s2" for c in result.items)
+    assert result.removed_by_filter["not_interested_item"] == 1
+    assert result.removed_by_filter["not_interested_seller"] >= 1
+
+
+def test_seller_cap_holds_and_overflow_stays_for_later_pages():
+    # Only s1 and s2 have eligible items: with a cap of one, a page holds two items.
+    result = feed_for(store(), limit=3, settings=FeedSettings(max_per_seller=1))
+    assert sorted(c.seller_id for c in result.items) == ["s1", "s2"]
+    assert result.has_more
+    capped = feed_for(store(), limit=10, settings=FeedSettings(max_per_seller=2))
+    assert max(Counter(c.seller_id for c in capped.items).values()) == 2
+
+
+def test_unknown_user_gets_a_trending_cold_start_feed():
+    result = feed_for(store(), user="stranger")
+    assert ids(result)
+    assert all(c.reasons[0].kind is ReasonKind.TRENDING for c in result.items)
+    assert "i2" not in ids(result)
+
+
+def test_same_state_gives_the_same_feed():
+    assert [(c.item_id, c.score) for c in feed_for(store()).items] == [(c.item_id, c.score) for c in feed_for(store()).items]
+
+
+def test_a_friends_new_like_and_a_followed_sellers_new_item_show_up_next():
+    s = store()
+    s.apply([
+        Event("n1", EventKind.ITEM_UPSERT, NOW, item_id="fresh", seller_id="s1", created_at=NOW, stock=1),
+        Event("n2", EventKind.ITEM_UPSERT, NOW, item_id="gift", seller_id="s3", created_at=NOW - DAY, stock=1),
+        Event("n3", EventKind.LIKE, NOW, user_id="carol", item_id="gift"),
+    ])
+    result = feed_for(s)
+    by_id = {c.item_id: c for c in result.items}
+    assert by_id["fresh"].reason(ReasonKind.FOLLOWED_SELLER).actor_ids == ["s1"]
+    assert by_id["gift"].reason(ReasonKind.FRIENDS_LIKED).actor_ids == ["carol"]
+
+
+def test_scores_are_sorted_best_first():
+    scores = [c.score for c in feed_for(store()).items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_store_is_read_in_three_calls_whatever_the_number_of_friends():
+    class CountingStore:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def __getattr__(self, name):
+            method = getattr(self.inner, name)
+
+            def counted(*args, **kwargs):
+                self.calls += 1
+                return method(*args, **kwargs)
+
+            return counted
+
+    many_friends = make_dataset(
+        [("x", "s", NOW, 1)], friends=[("hub", f"f{i}", NOW) for i in range(200)], follows=[("hub", f"s{i}", NOW) for i in range(50)]
+    )
+    counting = CountingStore(MemoryStore.from_dataset(many_friends))
+    build_feed_pipeline(counting, None).run("hub", 10, NOW)
+    assert counting.calls == 3
