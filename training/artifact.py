@@ -1,0 +1,173 @@
+"""Model artifacts: ``models/<version>/`` directories and the ``models/CURRENT`` pointer.
+
+A version directory holds
+  manifest.json   version, created_at, params, data fingerprint, metrics, ranker
+  ids.npz         user_ids, item_ids (unicode arrays; loaded with allow_pickle=False)
+  factors.npz     user_factors, item_factors (float32)
+  index.faiss     the MIPS index, plus index.faiss.json (kind and parameters)
+It is written under a temporary name and renamed into place, so a reader never sees a
+half-written version; CURRENT is then replaced atomically (os.replace), so a reader sees
+either the old version or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from embeddings.index import MipsIndex
+from embeddings.model import DEFAULT_FOLDIN_ALPHA, EmbeddingModel
+from ranking.ranker import LinearRanker
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+IDS = "ids.npz"
+FACTORS = "factors.npz"
+INDEX = "index.faiss"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded model version: what a serving process swaps in on reload."""
+
+    version: str
+    path: str
+    manifest: dict[str, Any]
+    model: EmbeddingModel
+    ranker: LinearRanker
+
+
+def new_version(now: datetime | None = None, salt: str = "") -> str:
+    """A sortable version name: UTC timestamp plus a short hash, e.g. 20261123T124500Z-3f9a1c."""
+    now = now or datetime.now(timezone.utc)
+    stamp = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    digest = hashlib.sha256(f"{now.isoformat()}|{salt}|{os.getpid()}|{os.urandom(8).hex()}".encode()).hexdigest()
+    return f"{stamp}-{digest[:6]}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable in a manifest: {type(value).__name__}")
+
+
+def publish(models_dir: str, model: EmbeddingModel, manifest: dict[str, Any]) -> str:
+    """Write ``model`` as a new version under ``models_dir`` and point CURRENT at it.
+
+    ``manifest`` should carry params, data_fingerprint, metrics and ranker
+    ({"features": [...], "weights": {...}, "bias": float}); version and created_at are
+    filled in here. Returns the new version directory.
+    """
+    if "ranker" not in manifest:
+        raise ValueError("manifest needs a 'ranker' entry: {'features', 'weights', 'bias'}")
+    os.makedirs(models_dir, exist_ok=True)
+    created = datetime.now(timezone.utc)
+    version = new_version(created, salt=str(manifest.get("data_fingerprint", "")))
+    full_manifest = {
+        **manifest,
+        "version": version,
+        "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model": {
+            "n_users": len(model.user_ids),
+            "n_items": len(model.item_ids),
+            "factors": model.dim,
+            "regularization": model.regularization,
+            "alpha": model.alpha,
+            "index": {"kind": model.index.kind, **model.index.params},
+        },
+    }
+
+    tmp = tempfile.mkdtemp(prefix=f".{version}.", dir=models_dir)
+    try:
+        np.savez(
+            os.path.join(tmp, IDS),
+            user_ids=np.array(model.user_ids, dtype=np.str_),
+            item_ids=np.array(model.item_ids, dtype=np.str_),
+        )
+        np.savez(os.path.join(tmp, FACTORS), user_factors=model.user_factors, item_factors=model.item_factors)
+        model.index.save(os.path.join(tmp, INDEX))
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(full_manifest, f, indent=2, sort_keys=True, default=_json_default)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        final = os.path.join(models_dir, version)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    set_current(models_dir, version)
+    return final
+
+
+def set_current(models_dir: str, version: str) -> None:
+    """Point ``models_dir/CURRENT`` at ``version`` atomically (also used for rollback)."""
+    if not os.path.isfile(os.path.join(models_dir, version, MANIFEST)):
+        raise FileNotFoundError(f"no model version {version!r} in {models_dir}")
+    tmp = os.path.join(models_dir, CURRENT + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(models_dir, CURRENT))
+
+
+def current_version(models_dir: str) -> str:
+    """The version name CURRENT points at. FileNotFoundError when there is none."""
+    path = os.path.join(models_dir, CURRENT)
+    try:
+        with open(path, encoding="utf-8") as f:
+            version = f.read().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no published model: {path} does not exist. Train one with "
+            f"`python -m training train --data DATA_DIR --out {models_dir}`."
+        ) from None
+    if not version:
+        raise FileNotFoundError(f"{path} is empty; republish a model or write a version name into it")
+    return version
+
+
+def load_current(models_dir: str) -> Artifact:
+    """Load the version CURRENT points at."""
+    return load_version(os.path.join(models_dir, current_version(models_dir)))
+
+
+def load_version(path: str) -> Artifact:
+    """Load one version directory. FileNotFoundError names any missing file."""
+    for name in (MANIFEST, IDS, FACTORS, INDEX):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
+    with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    with np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
+        user_ids = ids["user_ids"].tolist()
+        item_ids = ids["item_ids"].tolist()
+    with np.load(os.path.join(path, FACTORS), allow_pickle=False) as factors:
+        user_factors = factors["user_factors"].astype(np.float32, copy=False)
+        item_factors = factors["item_factors"].astype(np.float32, copy=False)
+    index = MipsIndex.load(os.path.join(path, INDEX))
+    if not np.array_equal(index.vectors, item_factors):
+        raise ValueError(f"{path}: index.faiss does not hold the item factors of factors.npz")
+    index.vectors = item_factors  # one copy of the table, not two
+    info = manifest.get("model", {})
+    model = EmbeddingModel(
+        user_ids,
+        item_ids,
+        user_factors,
+        item_factors,
+        index,
+        regularization=float(info.get("regularization", manifest.get("params", {}).get("regularization", 0.0))),
+        alpha=float(info.get("alpha", DEFAULT_FOLDIN_ALPHA)),
+    )
+    ranker_spec = manifest["ranker"]
+    ranker = LinearRanker.from_mapping(ranker_spec["weights"], float(ranker_spec.get("bias", 0.0)))
+    return Artifact(manifest["version"], path, manifest, model, ranker)
