@@ -1,0 +1,414 @@
+"""Synthetic social-commerce data with the structure the feed sources rely on.
+
+The generative story, step by step (all vectorised numpy, one seeded Generator):
+
+1. Users fall into taste communities of uneven size, each with a latent centre; a user's
+   latent taste vector is its community centre plus noise.
+2. Sellers are a random subset of users. Their popularity is Pareto distributed and
+   drives both how many items they list and how many followers they get.
+3. Items belong to a seller and (mostly) to the seller's community, which is written as
+   the ``category`` column. ``created_at`` is uniform over ``days`` before ``end_time``;
+   about 5% are out of stock.
+4. Friendships: a heavy-tailed degree per user, partners chosen preferentially by
+   degree, mostly inside the user's community (homophily).
+5. Follows: users follow sellers preferentially by popularity, mostly in-community.
+6. Likes, first pass: some likes go to items of followed sellers, the rest to items
+   picked by taste (community + latent affinity among a few candidates). Item choice is
+   weighted by quality and recency, so newer items collect more likes; every like
+   happens after the item was created.
+7. Likes, second pass (social influence): a share of each user's likes copies a random
+   like of a random friend, shortly after the friend's.
+
+Same arguments, same seed -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from training.dataset import Dataset, Edges, Items, write_dataset
+
+#: 2026-01-01T00:00:00Z, the default end of the simulated period.
+DEFAULT_END_TIME = 1_767_225_600.0
+#: Dimension of the latent taste vectors of users and items.
+LATENT_DIM = 16
+#: Share of friendships (initiated edges) that stay inside the initiator's community.
+IN_COMMUNITY_FRIENDS = 0.8
+#: Share of follows that go to a seller of the follower's own community.
+IN_COMMUNITY_FOLLOWS = 0.7
+#: Share of taste-driven likes that look inside the user's own community.
+IN_COMMUNITY_TASTE = 0.75
+#: Share of items that list under a community other than their seller's.
+OFF_COMMUNITY_ITEMS = 0.1
+#: Share of items that are out of stock.
+OUT_OF_STOCK = 0.05
+#: Share of a user's likes that go to items of sellers the user follows (if any).
+FOLLOW_LIKES = 0.25
+#: Share of a user's likes copied from friends' likes (if the user has friends).
+SOCIAL_LIKES = 0.15
+#: Pareto shape of seller popularity; lower is more skewed (1.16 is the "80/20" shape).
+SELLER_PARETO_SHAPE = 1.2
+#: Mean friend degree and mean number of followed sellers (both lognormal, heavy-tailed).
+MEAN_FRIENDS = 8.0
+MEAN_FOLLOWS = 5.0
+#: Item recency weight exp(-age / (RECENCY_SCALE * period)).
+RECENCY_SCALE = 1.0 / 3.0
+#: Taste likes pick the best of this many popularity-sampled candidates (softmax).
+TASTE_CANDIDATES = 8
+#: Inverse temperature of that softmax over latent affinity (cosine in [-1, 1]).
+TASTE_SHARPNESS = 4.0
+#: Mean delay in seconds between a friend's like and the copied like.
+SOCIAL_DELAY = 2 * 86400.0
+
+_DAY = 86400.0
+
+
+def default_communities(users: int) -> int:
+    """The community count used when none is given: grows like users ** (1/3)."""
+    return int(min(64, max(2, round(users ** (1.0 / 3.0) / 2.0))))
+
+
+def generate(
+    users: int,
+    sellers: int,
+    items: int,
+    likes_per_user: float = 20.0,
+    communities: int | None = None,
+    seed: int = 0,
+    end_time: float = DEFAULT_END_TIME,
+    days: int = 90,
+    progress: bool = False,
+) -> Dataset:
+    """A synthetic dataset (see the module docstring for the structure).
+
+    Ids are ``u00042`` for users (sellers are users) and ``i000123`` for items; all
+    times are integer Unix seconds within ``days`` before ``end_time`` (friendships and
+    follows may be older). Likes are deduplicated, sorted by (ts, user, item) and never
+    of the user's own listings, so the realised mean per user is slightly below
+    ``likes_per_user``.
+
+    Raises:
+        ValueError: on sizes that cannot make a dataset (users < 2, sellers not in
+            [1, users], items < 1, likes_per_user <= 0, days < 1, communities < 1).
+    """
+    if users < 2:
+        raise ValueError(f"users must be >= 2, got {users}")
+    if not 1 <= sellers <= users:
+        raise ValueError(f"sellers must be in [1, users={users}], got {sellers}")
+    if items < 1:
+        raise ValueError(f"items must be >= 1, got {items}")
+    if not likes_per_user > 0:
+        raise ValueError(f"likes_per_user must be > 0, got {likes_per_user}")
+    if days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
+    n_comm = default_communities(users) if communities is None else int(communities)
+    if n_comm < 1:
+        raise ValueError(f"communities must be >= 1, got {communities}")
+
+    rng = np.random.default_rng(seed)
+    end = float(math.floor(end_time))
+    span = float(days) * _DAY
+    bar = tqdm(total=6, desc="generate", unit="step", disable=not progress, leave=False)
+
+    # 1. communities and tastes
+    comm_p = 1.0 / np.sqrt(np.arange(1, n_comm + 1))
+    comm_p /= comm_p.sum()
+    user_comm = rng.choice(n_comm, size=users, p=comm_p)
+    centres = rng.standard_normal((n_comm, LATENT_DIM)).astype(np.float32)
+    user_vec = _unit(centres[user_comm] + 0.8 * _normal(rng, users))
+    bar.update()
+
+    # 2-3. sellers and items
+    seller_user = np.sort(rng.choice(users, size=sellers, replace=False))
+    seller_comm = user_comm[seller_user]
+    seller_pop = rng.pareto(SELLER_PARETO_SHAPE, size=sellers) + 1.0
+    share = seller_pop / seller_pop.sum()
+    if items >= sellers:
+        listed = 1 + rng.multinomial(items - sellers, share)
+    else:
+        listed = rng.multinomial(items, share)
+    item_seller = rng.permutation(np.repeat(np.arange(sellers), listed))
+    item_comm = np.where(
+        rng.random(items) < OFF_COMMUNITY_ITEMS,
+        rng.choice(n_comm, size=items, p=comm_p),
+        seller_comm[item_seller],
+    )
+    item_vec = _unit(centres[item_comm] + 0.8 * _normal(rng, items))
+    # Leave the last hour free so every item can still be liked after it was created.
+    created = end - span + np.floor(rng.random(items) * max(span - 3600.0, 1.0))
+    stock = np.where(rng.random(items) < OUT_OF_STOCK, 0, rng.integers(1, 51, size=items))
+    price = np.round(rng.lognormal(3.0, 0.8, size=items), 2)
+    quality = rng.lognormal(0.0, 0.75, size=items)
+    recency = np.exp(-(end - created) / (RECENCY_SCALE * span))
+    item_w = quality * recency * seller_pop[item_seller] ** 0.25
+    bar.update()
+
+    # 4. friendships: each user initiates ~deg/2 edges, partners preferential by degree
+    deg = _heavy_counts(rng, users, MEAN_FRIENDS, cap=users - 1)
+    fa = np.repeat(np.arange(users), rng.poisson(deg / 2.0))
+    fb = _homophilous_pick(rng, user_comm[fa], user_comm, deg.astype(np.float64), n_comm,
+                           IN_COMMUNITY_FRIENDS)
+    lo, hi = np.minimum(fa, fb), np.maximum(fa, fb)
+    pair = np.unique((lo * users + hi)[lo != hi])
+    fr_src, fr_dst = pair // users, pair % users
+    fr_ts = end - np.floor(rng.random(len(pair)) * 4 * span)
+    bar.update()
+
+    # 5. follows: preferential by seller popularity, mostly in-community
+    fol_n = _heavy_counts(rng, users, MEAN_FOLLOWS, cap=sellers, minimum=0)
+    fo_user = np.repeat(np.arange(users), fol_n)
+    fo_seller = _homophilous_pick(rng, user_comm[fo_user], seller_comm, seller_pop, n_comm,
+                                  IN_COMMUNITY_FOLLOWS)
+    key = np.unique((fo_user * sellers + fo_seller)[seller_user[fo_seller] != fo_user])
+    fo_user, fo_seller = key // sellers, key % sellers
+    fo_ts = end - np.floor(rng.random(len(key)) * 2 * span)
+    bar.update()
+
+    # 6. first-pass likes: followed sellers' items, else taste
+    n_likes = _heavy_counts(rng, users, likes_per_user, cap=items, minimum=1, sigma=0.8)
+    friend_ptr, friend_of = _adjacency(np.concatenate([fr_src, fr_dst]),
+                                       np.concatenate([fr_dst, fr_src]), users)
+    follow_ptr, followed = _adjacency(fo_user, fo_seller, users)
+    n_friends = np.diff(friend_ptr)
+    n_follows = np.diff(follow_ptr)
+    n_social = np.where(n_friends > 0,
+                        np.minimum(rng.binomial(n_likes, SOCIAL_LIKES), n_likes - 1), 0)
+    base_user = np.repeat(np.arange(users), n_likes - n_social)
+    base_item = np.full(len(base_user), -1, dtype=np.int64)
+
+    via_follow = (rng.random(len(base_user)) < FOLLOW_LIKES) & (n_follows[base_user] > 0)
+    u = base_user[via_follow]
+    pick = follow_ptr[u] + (rng.random(len(u)) * n_follows[u]).astype(np.int64)
+    base_item[via_follow] = _pick_in_groups(rng, followed[pick], item_seller, item_w, sellers)
+
+    todo = np.flatnonzero(base_item < 0)
+    base_item[todo] = _taste_pick(rng, base_user[todo], user_comm, user_vec, item_comm,
+                                  item_vec, item_w, comm_p, n_comm)
+    age_room = end - created[base_item] - 1.0
+    # Squared uniform: most likes come soon after listing, a tail comes later.
+    base_ts = created[base_item] + 1.0 + np.floor(age_room * rng.random(len(base_item)) ** 2)
+    bar.update()
+
+    # 7. second pass: copy a random friend's random first-pass like, a little later
+    base_ptr = np.concatenate([[0], np.cumsum(n_likes - n_social)])
+    soc_user = np.repeat(np.arange(users), n_social)
+    friend = friend_of[friend_ptr[soc_user]
+                       + (rng.random(len(soc_user)) * n_friends[soc_user]).astype(np.int64)]
+    n_base = base_ptr[friend + 1] - base_ptr[friend]
+    src_like = base_ptr[friend] + (rng.random(len(soc_user)) * n_base).astype(np.int64)
+    soc_item = base_item[src_like]
+    delay = rng.exponential(SOCIAL_DELAY, size=len(soc_user))
+    soc_ts = np.minimum(base_ts[src_like] + 1.0 + np.floor(delay), end)
+
+    like_user = np.concatenate([base_user, soc_user])
+    like_item = np.concatenate([base_item, soc_item])
+    like_ts = np.concatenate([base_ts, soc_ts])
+    own = seller_user[item_seller[like_item]] == like_user
+    like_user, like_item, like_ts = like_user[~own], like_item[~own], like_ts[~own]
+    # Deduplicate (user, item) keeping the latest like.
+    key = like_user * items + like_item
+    order = np.lexsort((-like_ts, key))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    like_user, like_item, like_ts = like_user[keep], like_item[keep], like_ts[keep]
+    order = np.lexsort((like_item, like_user, like_ts))
+    like_user, like_item, like_ts = like_user[order], like_item[order], like_ts[order]
+    bar.update()
+    bar.close()
+
+    uid = _ids("u", users, 5)
+    iid = _ids("i", items, 6)
+    cname = _ids("c", n_comm, 2)
+    return Dataset(
+        items=Items(
+            item_id=iid.tolist(),
+            seller_id=uid[seller_user[item_seller]].tolist(),
+            created_at=created.astype(np.float64),
+            stock=stock.astype(np.int64),
+            price=price.astype(np.float64),
+            category=cname[item_comm].tolist(),
+        ),
+        likes=Edges(uid[like_user].tolist(), iid[like_item].tolist(), like_ts.astype(np.float64)),
+        follows=Edges(uid[fo_user].tolist(), uid[seller_user[fo_seller]].tolist(),
+                      fo_ts.astype(np.float64)),
+        friends=Edges(uid[fr_src].tolist(), uid[fr_dst].tolist(), fr_ts.astype(np.float64)),
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ids(prefix: str, n: int, width: int) -> np.ndarray:
+    """Object array of zero-padded ids; ids sort in index order as strings."""
+    w = max(width, len(str(n - 1)))
+    return np.array([f"{prefix}{i:0{w}d}" for i in range(n)], dtype=object)
+
+
+def _normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_normal((n, LATENT_DIM), dtype=np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _heavy_counts(
+    rng: np.random.Generator, n: int, mean: float, cap: int, minimum: int = 1, sigma: float = 1.0
+) -> np.ndarray:
+    """Lognormal counts with the given mean (before rounding and clipping)."""
+    raw = rng.lognormal(math.log(mean) - sigma**2 / 2.0, sigma, size=n)
+    return np.clip(np.round(raw), minimum, cap).astype(np.int64)
+
+
+def _adjacency(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, neighbours) of edges src -> dst over n sources."""
+    order = np.argsort(src, kind="stable")
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
+    return ptr, dst[order]
+
+
+def _pick_in_groups(
+    rng: np.random.Generator,
+    query_group: np.ndarray,
+    member_group: np.ndarray,
+    weights: np.ndarray,
+    n_groups: int,
+) -> np.ndarray:
+    """For each query, a member index of the same group drawn with probability
+    proportional to ``weights``; -1 where the group has no weight."""
+    order = np.argsort(member_group, kind="stable")
+    cw = np.cumsum(weights[order], dtype=np.float64)
+    bounds = np.searchsorted(member_group[order], np.arange(n_groups + 1))
+    total = np.concatenate([[0.0], cw])
+    lo, hi = total[bounds[:-1]][query_group], total[bounds[1:]][query_group]
+    r = lo + rng.random(len(query_group)) * (hi - lo)
+    idx = np.searchsorted(cw, r, side="right")
+    # Rounding can push r onto a group edge; clamp into the group.
+    idx = np.clip(idx, bounds[:-1][query_group], bounds[1:][query_group] - 1)
+    out = order[np.clip(idx, 0, len(order) - 1)] if len(order) else np.zeros_like(idx)
+    out = out.astype(np.int64)
+    out[~(hi > lo)] = -1
+    return out
+
+
+def _homophilous_pick(
+    rng: np.random.Generator,
+    query_comm: np.ndarray,
+    member_comm: np.ndarray,
+    weights: np.ndarray,
+    n_comm: int,
+    in_share: float,
+) -> np.ndarray:
+    """Members drawn proportional to weights: from the query's community with
+    probability ``in_share`` (when it has any), otherwise from everyone."""
+    n = len(query_comm)
+    out = np.full(n, -1, dtype=np.int64)
+    inside = rng.random(n) < in_share
+    out[inside] = _pick_in_groups(rng, query_comm[inside], member_comm, weights, n_comm)
+    rest = np.flatnonzero(out < 0)
+    out[rest] = _pick_in_groups(
+        rng, np.zeros(len(rest), dtype=np.int64), np.zeros(len(member_comm), dtype=np.int64),
+        weights, 1,
+    )
+    return out
+
+
+def _taste_pick(
+    rng: np.random.Generator,
+    users: np.ndarray,
+    user_comm: np.ndarray,
+    user_vec: np.ndarray,
+    item_comm: np.ndarray,
+    item_vec: np.ndarray,
+    item_w: np.ndarray,
+    comm_p: np.ndarray,
+    n_comm: int,
+    chunk: int = 1 << 17,
+) -> np.ndarray:
+    """Taste-driven items: a community (mostly the user's own), TASTE_CANDIDATES
+    candidates in it by popularity x recency, then a softmax over latent affinity."""
+    n = len(users)
+    comm = np.where(rng.random(n) < IN_COMMUNITY_TASTE, user_comm[users],
+                    rng.choice(n_comm, size=n, p=comm_p))
+    k = TASTE_CANDIDATES
+    cand = _pick_in_groups(rng, np.repeat(comm, k), item_comm, item_w, n_comm).reshape(n, k)
+    missing = cand < 0  # a community without items: fall back to the whole catalogue
+    if missing.any():
+        cand[missing] = _pick_in_groups(
+            rng, np.zeros(int(missing.sum()), dtype=np.int64),
+            np.zeros(len(item_comm), dtype=np.int64), item_w, 1,
+        )
+    gumbel = rng.gumbel(size=(n, k)).astype(np.float32)
+    out = np.empty(n, dtype=np.int64)
+    for s in range(0, n, chunk):  # bounded memory: chunk x k x LATENT_DIM floats
+        c = cand[s:s + chunk]
+        aff = np.einsum("nkd,nd->nk", item_vec[c], user_vec[users[s:s + chunk]])
+        best = np.argmax(TASTE_SHARPNESS * aff + gumbel[s:s + chunk], axis=1)
+        out[s:s + chunk] = c[np.arange(len(c)), best]
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``generate`` flags to ``parser``."""
+    g = parser.add_argument_group("output")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="dataset directory to write (items/likes/follows/friends.csv)")
+    g = parser.add_argument_group("size")
+    g.add_argument("--users", type=int, required=True, metavar="N", help="number of users")
+    g.add_argument("--sellers", type=int, required=True, metavar="N",
+                   help="number of sellers, chosen among the users (<= --users)")
+    g.add_argument("--items", type=int, required=True, metavar="N", help="number of items")
+    g.add_argument("--likes-per-user", type=float, default=20.0, metavar="F",
+                   help="mean likes per user before deduplication (default: %(default)s)")
+    g.add_argument("--communities", type=int, default=None, metavar="C",
+                   help="taste communities (default: about users^(1/3)/2, in [2, 64])")
+    g = parser.add_argument_group("time and randomness")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed; same seed gives byte-identical files (default: 0)")
+    g.add_argument("--end-time", type=float, default=DEFAULT_END_TIME, metavar="UNIX",
+                   help="end of the simulated period, Unix seconds (default: 2026-01-01Z)")
+    g.add_argument("--days", type=int, default=90, metavar="D",
+                   help="items are listed within this many days before --end-time "
+                        "(default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate with the parsed flags, write to ``args.out`` and print a one-line summary."""
+    start = time.perf_counter()
+    ds = generate(
+        users=args.users, sellers=args.sellers, items=args.items,
+        likes_per_user=args.likes_per_user, communities=args.communities, seed=args.seed,
+        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty(),
+    )
+    write_dataset(ds, args.out)
+    out_of_stock = int((ds.items.stock == 0).sum())
+    print(
+        f"wrote {args.out}: {args.users} users, {args.sellers} sellers, {len(ds.items)} items "
+        f"({out_of_stock} out of stock), {len(ds.likes)} likes, {len(ds.follows)} follows, "
+        f"{len(ds.friends)} friendships in {time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.generate --out DIR --users N --sellers N --items N ...``"""
+    parser = argparse.ArgumentParser(prog="python -m training generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
