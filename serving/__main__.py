@@ -2,6 +2,7 @@
 
   python -m serving [serve] --models DIR (--data DIR | --store URL) [--port P]
   python -m serving feed --target HOST:PORT --user USER [--limit N] [--pages N]
+  python -m serving demo [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from serving import client
 from serving.config import add_server_arguments, config_from_args
 
-COMMANDS = ("serve", "feed")
+COMMANDS = ("serve", "feed", "demo")
 
 
 def _serve(argv: list[str]) -> None:
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
     if command == "feed":
         client.main(rest)
+    elif command == "demo":
+        from serving import demo
+
+        demo.main(rest)
     else:
         _serve(rest)
 

@@ -113,7 +113,7 @@ def validate_event(index: int, event: Event) -> None:
         value = getattr(event, name)
         if name in required:
             _check_id(index, name, value)
-        elif value and not (event.kind is EventKind.ITEM_UPSERT and name == "seller_id"):
+        elif value:
             raise EventValidationError(index, name, f"not used by a {event.kind.value} event")
     if event.kind in (EventKind.FRIEND, EventKind.UNFRIEND) and event.user_id == event.friend_id:
         raise EventValidationError(index, "friend_id", "a user cannot befriend themselves")

@@ -1,0 +1,37 @@
+# feedrank: `make demo` and `make test` are the two commands; the rest are for developers.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo-out
+
+.PHONY: demo test install redis-server protos bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,plot]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Tests start their own redis-server processes; install the binary when it is missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+demo: install
+	$(PY) -m serving demo --workdir $(DEMO_DIR)
+
+test: install redis-server
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+protos: install
+	$(PY) -m protos.generate
+
+bench: install redis-server
+	$(PY) -m pytest benchmarks --benchmark-enable -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .benchmarks

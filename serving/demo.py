@@ -1,0 +1,96 @@
+"""``python -m serving demo``: generate data, train, serve, print a feed, stop.
+
+Everything runs locally with the embedded memory store; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.client import fetch_pages, format_feed
+from training.dataset import load_dataset
+
+
+def run_step(title: str, argv: list[str]) -> None:
+    print(f"\n==> {title}\n$ python {' '.join(argv)}", flush=True)
+    subprocess.run([sys.executable, *argv], check=True)
+
+
+def wait_until_serving(port_file: Path, process: subprocess.Popen, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit("server did not start in time")
+        time.sleep(0.1)
+    target = f"127.0.0.1:{port_file.read_text().strip()}"
+    with grpc.insecure_channel(target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise SystemExit(f"server health is {response.status}")
+    return target
+
+
+def pick_sample_user(data_dir: Path) -> tuple[str, str]:
+    """A user with follows and friends (a rich feed), and one of their friends."""
+    dataset = load_dataset(str(data_dir))
+    follows = set(dataset.follows.src)
+    friends: dict[str, list[str]] = {}
+    for a, b in zip(dataset.friends.src, dataset.friends.dst):
+        friends.setdefault(a, []).append(b)
+        friends.setdefault(b, []).append(a)
+    user = max(sorted(follows & set(friends)), key=lambda u: len(friends[u]))
+    return user, sorted(friends[user])[0]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serving demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="demo-out", help="where data and models go (default: %(default)s)")
+    parser.add_argument("--users", type=int, default=3000, help="synthetic users (default: %(default)s)")
+    parser.add_argument("--sellers", type=int, default=300, help="synthetic sellers (default: %(default)s)")
+    parser.add_argument("--items", type=int, default=8000, help="synthetic items (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    data_dir, models_dir, port_file = workdir / "data", workdir / "models", workdir / "server.port"
+    now = int(time.time())
+    run_step("Generate a synthetic social-commerce dataset", [
+        "-m", "training", "generate", "--out", str(data_dir), "--users", str(args.users),
+        "--sellers", str(args.sellers), "--items", str(args.items), "--seed", str(args.seed), "--end-time", str(now),
+    ])
+    run_step("Train embeddings, build the index, evaluate and publish", [
+        "-m", "training", "train", "--data", str(data_dir), "--out", str(models_dir),
+    ])
+    port_file.unlink(missing_ok=True)
+    server_argv = ["-m", "serving", "--data", str(data_dir), "--models", str(models_dir), "--port", "0", "--port-file", str(port_file)]
+    print(f"\n==> Start the gRPC server\n$ python {' '.join(server_argv)}", flush=True)
+    env = dict(os.environ, FEEDRANK_TOKEN_SECRET=os.environ.get("FEEDRANK_TOKEN_SECRET", "demo-secret-not-for-production"))
+    server = subprocess.Popen([sys.executable, *server_argv], env=env)
+    try:
+        target = wait_until_serving(port_file, server)
+        user, friend = pick_sample_user(data_dir)
+        with grpc.insecure_channel(target) as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            print(f"\n==> GetFeed for {user} (2 pages of 8)\n")
+            print(format_feed(user, fetch_pages(stub, user, 8, 2, timeout=5)))
+            print(f"\n==> Ingest: a new shop lists 'demo-item' and {user}'s friend {friend} likes it; the next GetFeed shows it\n")
+            stub.Ingest(feed_pb2.IngestRequest(events=[
+                feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(item_id="demo-item", seller_id="demo-shop", stock=3)),
+                feed_pb2.Event(event_id="demo-2", like=feed_pb2.UserItem(user_id=friend, item_id="demo-item")),
+            ]), timeout=5)
+            print(format_feed(user, fetch_pages(stub, user, 8, 1, timeout=5)))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+        print(f"\n==> Server stopped (exit code {code})")

@@ -1,0 +1,45 @@
+"""``python -m training``: generate data, train and evaluate models.
+
+  python -m training generate --out DIR --users N --sellers N --items N --seed S
+  python -m training train --data DIR --out MODELS_DIR
+  python -m training evaluate --data DIR [--split ...] [--k 10,20] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module with add_arguments(parser) and run(args), one-line help)
+COMMANDS = {
+    "generate": ("training.generate", "write a synthetic social-commerce dataset directory"),
+    "train": ("training.train", "train embeddings and index, evaluate, publish a model version"),
+    "evaluate": ("training.evaluate", "evaluate the served feed and baselines on a held-out split"),
+    "lastfm": ("training.lastfm", "convert the HetRec 2011 Last.fm 2K dataset into a dataset directory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Offline evaluation: replay the serving pipeline on a held-out split, beside baselines.
+
+The "model" row is the feed the server would return (same sources, filters, ranker and
+seller cap), built in process over a memory store loaded with the training part. Every
+method sees the same eligibility rules: in stock, not already liked, not the user's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from embeddings.model import EmbeddingModel
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.ranker import LinearRanker
+from serving.stores.memory import MemoryStore
+from training.dataset import Dataset, Edges
+from training.metrics import catalogue_coverage, mean_distinct_sellers, ranking_metrics
+
+Recommender = Callable[[str, int], list[str]]
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics per method ("model" first), keyed like "ndcg@10"."""
+
+    ks: tuple[int, ...]
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_users: int = 0
+    test_pairs: int = 0
+    unseen_test_items: int = 0  # test rows whose item never appears in the training data
+
+    def as_json(self) -> dict:
+        methods = dict(self.methods)
+        model = methods.pop("model", {})
+        return {
+            "model": model,
+            "baselines": methods,
+            "coverage": model.get(f"coverage@{max(self.ks)}", 0.0),
+            "test_users": self.test_users,
+            "test_pairs": self.test_pairs,
+            "unseen_test_items": self.unseen_test_items,
+        }
+
+    def table(self) -> str:
+        columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "recall", "ndcg")]
+        columns += [f"coverage@{max(self.ks)}", f"sellers@{max(self.ks)}"]
+        width = max(len(name) for name in self.methods) if self.methods else 8
+        lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
+        for name, metrics in self.methods.items():
+            lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
+        lines.append(
+            f"{self.test_users} test users, {self.test_pairs} test pairs, "
+            f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
+        )
+        return "\n".join(lines)
+
+
+class Eligibility:
+    """The filters every method obeys, vectorised: in stock, not liked, not own."""
+
+    def __init__(self, train: Dataset) -> None:
+        items = train.items
+        self.item_ids = list(items.item_id)
+        self.row = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.seller_of = dict(zip(items.item_id, items.seller_id))
+        self.in_stock = dict(zip(items.item_id, (items.stock > 0).tolist()))
+        self.liked: dict[str, set[str]] = defaultdict(set)
+        for user_id, item_id in zip(train.likes.src, train.likes.dst):
+            self.liked[user_id].add(item_id)
+
+    def ok(self, user_id: str, item_id: str) -> bool:
+        return (
+            self.in_stock.get(item_id, False)
+            and item_id not in self.liked.get(user_id, ())
+            and self.seller_of.get(item_id) != user_id
+        )
+
+    def top(self, user_id: str, ranked: Iterable[str], k: int) -> list[str]:
+        out: list[str] = []
+        for item_id in ranked:
+            if self.ok(user_id, item_id):
+                out.append(item_id)
+                if len(out) == k:
+                    break
+        return out
+
+
+def popularity_baseline(train: Dataset, eligible: Eligibility) -> Recommender:
+    counts: dict[str, int] = defaultdict(int)
+    for item_id in train.likes.dst:
+        counts[item_id] += 1
+    order = sorted(counts, key=lambda i: (-counts[i], i))
+    return lambda user_id, k: eligible.top(user_id, order, k)
+
+
+def followed_sellers_baseline(train: Dataset, eligible: Eligibility) -> Recommender:
+    """Newest items of the sellers the user follows."""
+    listings: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for item_id, seller_id, created in zip(train.items.item_id, train.items.seller_id, train.items.created_at.tolist()):
+        listings[seller_id].append((-created if not math.isnan(created) else 0.0, item_id))
+    follows: dict[str, list[str]] = defaultdict(list)
+    for user_id, seller_id in zip(train.follows.src, train.follows.dst):
+        follows[user_id].append(seller_id)
+
+    def recommend(user_id: str, k: int) -> list[str]:
+        merged = sorted(pair for seller in follows.get(user_id, ()) for pair in listings.get(seller, ()))
+        return eligible.top(user_id, (item_id for _, item_id in merged), k)
+
+    return recommend
+
+
+def friends_likes_baseline(train: Dataset, eligible: Eligibility) -> Recommender:
+    """Items liked by the most friends; ties go to the most recent like."""
+    friends: dict[str, set[str]] = defaultdict(set)
+    for a, b in zip(train.friends.src, train.friends.dst):
+        friends[a].add(b)
+        friends[b].add(a)
+    likes_of: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for user_id, item_id, ts in zip(train.likes.src, train.likes.dst, np.nan_to_num(train.likes.ts).tolist()):
+        likes_of[user_id].append((item_id, ts))
+
+    def recommend(user_id: str, k: int) -> list[str]:
+        votes: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        for friend in friends.get(user_id, ()):
+            for item_id, ts in likes_of.get(friend, ()):
+                vote = votes[item_id]
+                vote[0] += 1
+                vote[1] = max(vote[1], ts)
+        order = sorted(votes, key=lambda i: (-votes[i][0], -votes[i][1], i))
+        return eligible.top(user_id, order, k)
+
+    return recommend
+
+
+def als_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -> Recommender:
+    """Pure embedding retrieval: the index's neighbours of the user vector."""
+    recent: dict[str, list[str]] = defaultdict(list)
+    for user_id, item_id in zip(train.likes.src, train.likes.dst):
+        recent[user_id].append(item_id)
+
+    def recommend(user_id: str, k: int) -> list[str]:
+        vector = model.user_vector(user_id, recent.get(user_id, []))
+        if vector is None:
+            return []
+        depth = k + len(eligible.liked.get(user_id, ())) + 50
+        item_ids, _ = model.neighbours(vector, depth)
+        return eligible.top(user_id, item_ids, k)
+
+    return recommend
+
+
+def pipeline_recommender(
+    train: Dataset, model: EmbeddingModel | None, ranker: LinearRanker, now: float, settings: FeedSettings
+) -> Recommender:
+    """The served feed, replayed in process over a memory store of the training data."""
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(train), model, ranker, settings)
+    return lambda user_id, k: [c.item_id for c in pipeline.run(user_id, k, now).items]
+
+
+def evaluation_time(train: Dataset) -> float:
+    """"Now" for a replay: just after the last training event, so recency means what it did then."""
+    times = [a[np.isfinite(a)] for a in (train.likes.ts, train.items.created_at, train.follows.ts)]
+    finite = np.concatenate(times)
+    return float(finite.max()) + 1.0 if finite.size else 0.0
+
+
+def evaluate(
+    train: Dataset,
+    test: Edges,
+    model: EmbeddingModel | None,
+    ranker: LinearRanker,
+    ks: Sequence[int] = (10, 20),
+    settings: FeedSettings = FeedSettings(),
+    now: float | None = None,
+    extra_methods: dict[str, Recommender] | None = None,
+    show_progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate the served feed and the baselines on ``test`` (user -> item pairs)."""
+    ks = tuple(sorted(set(ks)))
+    depth = max(ks)
+    relevant: dict[str, set[str]] = defaultdict(set)
+    for user_id, item_id in zip(test.src, test.dst):
+        relevant[user_id].add(item_id)
+    eligible = Eligibility(train)
+    trained_items = set(train.likes.dst)
+    report = EvaluationReport(ks, test_users=len(relevant), test_pairs=sum(len(v) for v in relevant.values()))
+    report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
+
+    methods: dict[str, Recommender] = {
+        "model": pipeline_recommender(train, model, ranker, evaluation_time(train) if now is None else now, settings),
+        "popularity": popularity_baseline(train, eligible),
+        "followed_sellers": followed_sellers_baseline(train, eligible),
+        "friends_likes": friends_likes_baseline(train, eligible),
+    }
+    if model is not None:
+        methods["als"] = als_baseline(model, train, eligible)
+    methods.update(extra_methods or {})
+    users = sorted(relevant)
+    for name, recommend in methods.items():
+        progress = tqdm(users, desc=f"evaluate {name}", unit="user", disable=not show_progress, leave=False)
+        recommended = {user_id: recommend(user_id, depth) for user_id in progress}
+        metrics = ranking_metrics(recommended, relevant, ks)
+        metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, len(eligible.item_ids), depth)
+        metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
+        report.methods[name] = metrics
+    return report
