@@ -1,0 +1,243 @@
+"""training.dataset: loading, located errors, dedupe, writing, fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.dataset import Dataset, DatasetError, Edges, Items, load_dataset, write_dataset
+
+ITEMS = "item_id,seller_id,created_at,stock,price,category\n" \
+        "i1,s1,1700000000,3,9.5,shoes\n" \
+        "i2,s1,2023-11-14T22:13:20Z,0,,bags\n" \
+        "i3,,1700000000.5,7,1,\n"
+LIKES = "user_id,item_id,ts\nu1,i1,1700000100\nu2,i2,2023-11-15T00:00:00\nu1,i3,\n"
+FOLLOWS = "user_id,seller_id,ts\nu1,s1,1700000000\n"
+FRIENDS = "user_id,friend_id,ts\nu2,u1,1700000000\n"
+
+
+def make(tmp_path: Path, **files: str) -> Path:
+    """A dataset dir with the given files (name without .csv -> content); defaults above."""
+    defaults = {"items": ITEMS, "likes": LIKES, "follows": FOLLOWS, "friends": FRIENDS}
+    defaults.update(files)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, text in defaults.items():
+        if text is not None:
+            (tmp_path / f"{name}.csv").write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def error_of(path: Path, **kwargs: object) -> DatasetError:
+    with pytest.raises(DatasetError) as info:
+        load_dataset(str(path), **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_loads_valid_dataset(tmp_path: Path) -> None:
+    ds = load_dataset(str(make(tmp_path)))
+    assert ds.items.item_id == ["i1", "i2", "i3"]
+    assert ds.items.seller_id == ["s1", "s1", ""]
+    assert ds.items.stock.dtype == np.int64 and ds.items.stock.tolist() == [3, 0, 7]
+    assert ds.items.created_at.tolist() == [1700000000.0, 1700000000.0, 1700000000.5]
+    assert ds.items.price[0] == 9.5 and np.isnan(ds.items.price[1])
+    assert ds.items.category == ["shoes", "bags", ""]
+    assert ds.likes.src == ["u1", "u2", "u1"] and ds.likes.dst == ["i1", "i2", "i3"]
+    # naive ISO means UTC; empty ts is NaN
+    assert ds.likes.ts[1] == 1700006400.0 and np.isnan(ds.likes.ts[2])
+    assert (ds.friends.src, ds.friends.dst) == (["u1"], ["u2"])  # stored with src < dst
+    assert ds.user_ids() == ["u1", "u2"]
+
+
+@pytest.mark.parametrize(
+    "stamp, expected",
+    [
+        ("1700000000", 1700000000.0),
+        ("1700000000.25", 1700000000.25),
+        ("2023-11-14T22:13:20Z", 1700000000.0),
+        ("2023-11-14T22:13:20+00:00", 1700000000.0),
+        ("2023-11-15T00:13:20+02:00", 1700000000.0),
+        ("2023-11-14T22:13:20", 1700000000.0),
+        ("2023-11-14 22:13:20.5", 1700000000.5),
+    ],
+)
+def test_unix_and_iso_times(tmp_path: Path, stamp: str, expected: float) -> None:
+    ds = load_dataset(str(make(tmp_path, likes=f"user_id,item_id,ts\nu1,i1,{stamp}\n")))
+    assert ds.likes.ts.tolist() == [expected]
+
+
+def test_column_order_is_free(tmp_path: Path) -> None:
+    ds = load_dataset(str(make(tmp_path, likes="ts,item_id,user_id\n5,i1,u9\n")))
+    assert (ds.likes.src, ds.likes.dst, ds.likes.ts.tolist()) == (["u9"], ["i1"], [5.0])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "files, file, line, column, words",
+    [
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,yesterday\n"},
+                     "likes.csv", 3, "ts", "'yesterday'", id="bad-ts"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,nan\n"},
+                     "likes.csv", 2, "ts", "Unix time or ISO-8601", id="nan-ts"),
+        pytest.param({"items": ITEMS + "i4,s2,1,-2,,\n"},
+                     "items.csv", 5, "stock", "non-negative integer", id="negative-stock"),
+        pytest.param({"items": ITEMS + "i4,s2,1,lots,,\n"},
+                     "items.csv", 5, "stock", "non-negative integer", id="text-stock"),
+        pytest.param({"items": ITEMS + "i4,s2,1,,,\n"},
+                     "items.csv", 5, "stock", "non-negative integer", id="empty-stock"),
+        pytest.param({"items": ITEMS.replace("9.5", "cheap")},
+                     "items.csv", 2, "price", "non-negative number", id="bad-price"),
+        pytest.param({"items": ITEMS.replace("2023-11-14T22:13:20Z", "soon")},
+                     "items.csv", 3, "created_at", "'soon'", id="bad-created-at"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2\n"},
+                     "likes.csv", 3, "ts", "expected 3 fields, got 2", id="missing-field"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1,extra\n"},
+                     "likes.csv", 2, "<row>", "expected 3 fields, got 4", id="extra-field"),
+        pytest.param({"follows": "user_id,ts\nu1,1\n"},
+                     "follows.csv", 1, "seller_id", "missing required column",
+                     id="missing-column"),
+        pytest.param({"likes": "user_id,item_id,ts,rating\nu1,i1,1,5\n"},
+                     "likes.csv", 1, "rating", "unknown column", id="unknown-column"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\n,i2,2\n"},
+                     "likes.csv", 3, "user_id", "must not be empty", id="empty-id"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu1,i9,2\n"},
+                     "likes.csv", 3, "item_id", "unknown item 'i9' (not in items.csv)",
+                     id="unknown-item"),
+        pytest.param({"items": ITEMS + "i2,s3,1,1,,\n"},
+                     "items.csv", 5, "item_id", "duplicate item 'i2' (first on line 3)",
+                     id="duplicate-item"),
+        pytest.param({"friends": "user_id,friend_id,ts\nu1,u2,1\nu3,u3,1\n"},
+                     "friends.csv", 3, "friend_id", "self-friendship", id="self-friendship"),
+        pytest.param({"likes": ""}, "likes.csv", 1, "<header>", "header", id="empty-file"),
+    ],
+)
+def test_bad_rows_are_located(
+    tmp_path: Path, files: dict[str, str], file: str, line: int, column: str, words: str
+) -> None:
+    err = error_of(make(tmp_path, **files))
+    assert (err.file, err.line, err.column) == (file, line, column)
+    assert words in str(err)
+    assert str(err).startswith(f"{file}:{line}: column {column!r}: ")
+
+
+def test_line_numbers_count_physical_lines(tmp_path: Path) -> None:
+    # A quoted newline and a blank line shift the physical line of later rows.
+    likes = 'user_id,item_id,ts\n"u\n1",i1,1\n\nu2,i2,bad\n'
+    err = error_of(make(tmp_path, likes=likes))
+    assert (err.line, err.column) == (5, "ts")
+
+
+def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
+    path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
+    notes: list[str] = []
+    ds = load_dataset(str(path), on_unknown_item="drop", warnings=notes)
+    assert ds.likes.dst == ["i1"]
+    assert len(notes) == 1 and "dropped 2 likes" in notes[0] and "line 2" in notes[0]
+
+
+def test_missing_likes_file(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text(ITEMS)
+    err = error_of(tmp_path)
+    assert err.file == "likes.csv"
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def test_duplicate_likes_keep_latest_ts(tmp_path: Path) -> None:
+    likes = "user_id,item_id,ts\nu1,i1,5\nu2,i1,1\nu1,i1,9\nu1,i1,7\nu2,i2,\nu2,i2,\n"
+    ds = load_dataset(str(make(tmp_path, likes=likes)))
+    assert list(zip(ds.likes.src, ds.likes.dst)) == [("u1", "i1"), ("u2", "i1"), ("u2", "i2")]
+    assert ds.likes.ts[:2].tolist() == [9.0, 1.0] and np.isnan(ds.likes.ts[2])
+
+
+def test_duplicate_follows_collapse(tmp_path: Path) -> None:
+    follows = "user_id,seller_id,ts\nu1,s1,1\nu1,s1,3\nu1,s2,2\n"
+    ds = load_dataset(str(make(tmp_path, follows=follows)))
+    assert list(zip(ds.follows.src, ds.follows.dst)) == [("u1", "s1"), ("u1", "s2")]
+    assert ds.follows.ts.tolist() == [3.0, 2.0]
+
+
+def test_friendship_is_undirected(tmp_path: Path) -> None:
+    friends = "user_id,friend_id,ts\nu2,u1,1\nu1,u2,4\nu3,u1,2\n"
+    ds = load_dataset(str(make(tmp_path, friends=friends)))
+    assert list(zip(ds.friends.src, ds.friends.dst)) == [("u1", "u2"), ("u1", "u3")]
+    assert ds.friends.ts.tolist() == [4.0, 2.0]
+
+
+# --------------------------------------------------------------------------- optional files
+
+
+def test_optional_files_missing(tmp_path: Path) -> None:
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,b,1\nu2,a,2\nu1,a,3\n")
+    ds = load_dataset(str(tmp_path))
+    assert ds.items.item_id == ["b", "a"]
+    assert ds.items.seller_id == ["", ""] and ds.items.category == ["", ""]
+    assert ds.items.stock.tolist() == [1, 1]
+    assert np.isnan(ds.items.created_at).all() and np.isnan(ds.items.price).all()
+    assert len(ds.follows) == 0 and len(ds.friends) == 0
+    assert ds.follows.ts.dtype == np.float64
+
+
+def test_items_without_optional_columns(tmp_path: Path) -> None:
+    items = "stock,created_at,seller_id,item_id\n2,1,s,i1\n"
+    ds = load_dataset(str(make(tmp_path, items=items, likes="user_id,item_id,ts\nu,i1,1\n")))
+    assert np.isnan(ds.items.price).all() and ds.items.category == [""]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_round_trip_is_exact(tmp_path: Path) -> None:
+    src = make(tmp_path / "a")
+    ds = load_dataset(str(src))
+    write_dataset(ds, str(tmp_path / "b"))
+    back = load_dataset(str(tmp_path / "b"))
+    assert_same(ds, back)
+    assert back.fingerprint() == ds.fingerprint()
+    write_dataset(back, str(tmp_path / "c"))
+    for name in ("items.csv", "likes.csv", "follows.csv", "friends.csv"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+
+
+def test_round_trip_awkward_values(tmp_path: Path) -> None:
+    ds = Dataset(
+        items=Items(
+            item_id=['i,1', 'i"2', "ï3"],
+            seller_id=["", "s 1", "s\n2"],
+            created_at=np.array([np.nan, 1.0e9 + 0.1, 1.5]),
+            stock=np.array([0, 1, 2**40], dtype=np.int64),
+            price=np.array([0.1 + 0.2, np.nan, 1e-7]),
+            category=["", "a,b", "c"],
+        ),
+        likes=Edges(["u1", "u,2"], ["i,1", 'i"2'], np.array([np.nan, 1 / 3])),
+        follows=Edges([], [], np.empty(0)),
+        friends=Edges(["a"], ["b"], np.array([-5.0])),
+    )
+    write_dataset(ds, str(tmp_path))
+    assert_same(ds, load_dataset(str(tmp_path)))
+
+
+def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
+    ds = load_dataset(str(make(tmp_path)))
+    other = ds.with_likes(Edges(ds.likes.src, ds.likes.dst, ds.likes.ts + 1))
+    assert ds.fingerprint() != other.fingerprint()
+    assert len(ds.fingerprint()) == 64
+    assert other.items is ds.items
+
+
+def assert_same(a: Dataset, b: Dataset) -> None:
+    for field in ("item_id", "seller_id", "category"):
+        assert getattr(a.items, field) == getattr(b.items, field)
+    for field in ("created_at", "stock", "price"):
+        x, y = getattr(a.items, field), getattr(b.items, field)
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+    for name in ("likes", "follows", "friends"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x.src, x.dst) == (y.src, y.dst)
+        assert y.ts.dtype == np.float64
+        np.testing.assert_array_equal(x.ts, y.ts)
