@@ -141,18 +141,18 @@ def train_als(
     # Imported here so that importing embeddings/ for serving does not load implicit.
     from implicit.cpu.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(
-        factors=factors,
-        regularization=regularization,
-        alpha=alpha,
-        iterations=iterations,
-        random_state=seed,
-        num_threads=num_threads,
-        dtype=np.float32,
-    )
     # implicit parallelises over users itself; a multithreaded BLAS underneath it only
-    # oversubscribes the cores (implicit warns about exactly this).
+    # oversubscribes the cores (implicit checks, and warns, in the constructor).
     with threadpool_limits(limits=1, user_api="blas"):
+        model = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            random_state=seed,
+            num_threads=num_threads,
+            dtype=np.float32,
+        )
         model.fit(interactions.matrix, show_progress=show_progress)
     user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
     item_factors = np.ascontiguousarray(model.item_factors[: interactions.n_items], dtype=np.float32)

@@ -33,6 +33,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 AUTO_HNSW_THRESHOLD = 50_000
 """Catalogue size from which "auto" picks hnsw-mips over exact search."""
@@ -165,11 +166,13 @@ def build_index(
     hnsw_m: int = 32,
     ef_construction: int = 200,
     ef_search: int = 128,
+    show_progress: bool = False,
 ) -> MipsIndex:
     """Index ``item_factors`` (float32 ``[n, dim]``; row i is item row i) for MIPS.
 
     ``kind`` is "auto", "flat", "hnsw-mips" or "hnsw-ip" (see the module docstring).
-    HNSW parameters are ignored for "flat".
+    HNSW parameters are ignored for "flat". ``show_progress`` draws a tqdm bar while
+    items are added to an HNSW graph (the slow part at a million items).
     """
     vectors = _as_matrix(item_factors)
     n, dim = vectors.shape
@@ -197,5 +200,9 @@ def build_index(
         hnsw.hnsw.efConstruction = ef_construction
         hnsw.hnsw.efSearch = ef_search
         index = faiss.IndexIDMap(hnsw)
-        index.add_with_ids(data, rows)
+        chunk = 20_000
+        with tqdm(total=len(rows), desc=f"index {kind}", unit="item", disable=not show_progress) as progress:
+            for start in range(0, len(rows), chunk):
+                index.add_with_ids(data[start : start + chunk], rows[start : start + chunk])
+                progress.update(min(chunk, len(rows) - start))
     return MipsIndex(kind, index, vectors, params)

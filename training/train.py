@@ -1,0 +1,201 @@
+"""Train embeddings and their index from a dataset directory, then publish a model version.
+
+  python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
+
+Steps: load and validate the dataset, build the weighted interaction matrix (likes plus
+follows as extra seller columns), fit implicit ALS, build the MIPS index, evaluate,
+publish ``MODELS_DIR/<version>/`` and switch ``MODELS_DIR/CURRENT`` to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from embeddings import als
+from embeddings.index import build_index
+from embeddings.model import EmbeddingModel
+from ranking.features import FEATURE_NAMES
+from ranking.ranker import DEFAULT_BLEND
+from training.dataset import Dataset
+
+# (dataset, trained model) -> metrics for the manifest, e.g. {"model": {"ndcg@10": ...}}
+EvaluateFn = Callable[[Dataset, EmbeddingModel], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyperparameters of one training run; all of them go into the manifest."""
+
+    factors: int = als.DEFAULT_FACTORS
+    """Latent dimensions of user and item factors."""
+    regularization: float = als.DEFAULT_REGULARIZATION
+    """ALS L2 penalty (also used by fold-in at serving time)."""
+    alpha: float = als.DEFAULT_ALPHA
+    """ALS confidence multiplier: c = alpha * weight."""
+    iterations: int = als.DEFAULT_ITERATIONS
+    """ALS sweeps."""
+    like_weight: float = als.DEFAULT_LIKE_WEIGHT
+    """Interaction weight of a like."""
+    follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT
+    """Interaction weight of a follow (in the seller's extra column); 0 ignores follows."""
+    index: str = "auto"
+    """Index kind: auto, flat, hnsw-mips (hnsw-ip is for benchmarks only)."""
+    hnsw_m: int = 32
+    """HNSW graph degree."""
+    ef_construction: int = 200
+    """HNSW build-time beam width."""
+    ef_search: int = 128
+    """HNSW search-time beam width (raised to k per query when k is larger)."""
+    seed: int = 0
+    """Seed of the ALS initialisation."""
+    show_progress: bool = True
+    """Draw tqdm progress bars."""
+
+
+@contextmanager
+def _step(name: str, timings: dict[str, float], verbose: bool) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+    if verbose:
+        print(f"{name:<14} {timings[name]:8.2f} s", flush=True)
+
+
+def train(ds: Dataset, params: TrainParams = TrainParams()) -> tuple[EmbeddingModel, dict[str, Any]]:
+    """Fit ALS on ``ds`` and index its item factors.
+
+    Returns the model and an info dict: sizes of the problem ("users", "items",
+    "sellers", "interactions") and "timings" in seconds per step. Users are those with a
+    like or follow; items are all of ``ds.items`` (cold ones get zero factors).
+    """
+    timings: dict[str, float] = {}
+    verbose = params.show_progress
+    with _step("interactions", timings, verbose):
+        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight)
+    with _step("als", timings, verbose):
+        user_factors, item_factors = als.train_als(
+            interactions,
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=params.alpha,
+            iterations=params.iterations,
+            seed=params.seed,
+            show_progress=params.show_progress,
+        )
+    with _step("index", timings, verbose):
+        index = build_index(
+            item_factors,
+            params.index,
+            hnsw_m=params.hnsw_m,
+            ef_construction=params.ef_construction,
+            ef_search=params.ef_search,
+            show_progress=params.show_progress,
+        )
+    model = EmbeddingModel(
+        interactions.user_ids,
+        interactions.item_ids,
+        user_factors,
+        item_factors,
+        index,
+        regularization=params.regularization,
+        alpha=params.alpha * params.like_weight,
+    )
+    info = {
+        "users": len(interactions.user_ids),
+        "items": len(interactions.item_ids),
+        "sellers": len(interactions.seller_ids),
+        "interactions": int(interactions.matrix.nnz),
+        "index_kind": index.kind,
+        "timings": timings,
+    }
+    return model, info
+
+
+def default_ranker_spec() -> dict[str, Any]:
+    """The manifest "ranker" entry for the hand-set blend (until a learned ranker exists)."""
+    return {"features": list(FEATURE_NAMES), "weights": dict(DEFAULT_BLEND), "bias": 0.0}
+
+
+def train_and_publish(
+    data_dir: str,
+    models_dir: str,
+    params: TrainParams = TrainParams(),
+    evaluate_fn: EvaluateFn | None = None,
+) -> str:
+    """Load, train, evaluate (if ``evaluate_fn``), publish; returns the version directory."""
+    from training.artifact import publish
+    from training.dataset import load_dataset
+
+    timings: dict[str, float] = {}
+    verbose = params.show_progress
+    started = time.perf_counter()
+    with _step("load", timings, verbose):
+        ds = load_dataset(data_dir)
+        fingerprint = ds.fingerprint()
+    model, info = train(ds, params)
+    timings.update(info.pop("timings"))
+    metrics: dict[str, Any] = {}
+    if evaluate_fn is not None:
+        with _step("evaluate", timings, verbose):
+            metrics = evaluate_fn(ds, model)
+    manifest = {
+        "params": {k: v for k, v in asdict(params).items() if k != "show_progress"},
+        "data": {"path": data_dir, "fingerprint": fingerprint, **info},
+        "data_fingerprint": fingerprint,
+        "metrics": metrics,
+        "ranker": default_ranker_spec(),
+        "timings": timings,
+    }
+    with _step("publish", timings, verbose):
+        version_dir = publish(models_dir, model, manifest)
+    if verbose:
+        print(f"{'total':<14} {time.perf_counter() - started:8.2f} s")
+    print(version_dir)
+    return version_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``python -m training train``."""
+    d = TrainParams()
+    parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
+    parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
+    parser.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
+    parser.add_argument("--regularization", type=float, default=d.regularization,
+                        help=f"ALS L2 regularization (default: {d.regularization})")
+    parser.add_argument("--alpha", type=float, default=d.alpha,
+                        help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
+    parser.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
+    parser.add_argument("--follow-weight", type=float, default=d.follow_weight,
+                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
+    parser.add_argument("--index", choices=("auto", "flat", "hnsw-mips"), default=d.index,
+                        help="item index: exact below 50k items, HNSW over the MIPS->L2 reduction above "
+                             "(default: auto)")
+    parser.add_argument("--ef-search", type=int, default=d.ef_search,
+                        help=f"HNSW search beam width (default: {d.ef_search})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+
+
+def params_from_args(args: argparse.Namespace) -> TrainParams:
+    return TrainParams(
+        factors=args.factors,
+        regularization=args.regularization,
+        alpha=args.alpha,
+        iterations=args.iterations,
+        follow_weight=args.follow_weight,
+        index=args.index,
+        ef_search=args.ef_search,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point of ``python -m training train``."""
+    # Evaluation hook: pass evaluate_fn=... (training/evaluate.py) to put metrics in the manifest.
+    train_and_publish(args.data, args.out, params_from_args(args), evaluate_fn=None)
