@@ -1,0 +1,152 @@
+"""training.generate: determinism, and the structure the feed sources rely on."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.dataset import Dataset, load_dataset, write_dataset
+from training.generate import DEFAULT_END_TIME, generate, main
+
+FILES = ("items.csv", "likes.csv", "follows.csv", "friends.csv")
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return generate(users=3000, sellers=150, items=6000, likes_per_user=15, seed=7)
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in FILES}
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_dataset(generate(400, 30, 800, seed=3), str(tmp_path / name))
+    write_dataset(generate(400, 30, 800, seed=4), str(tmp_path / "c"))
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert all(files(tmp_path / "a")[n] != files(tmp_path / "c")[n] for n in FILES)
+
+
+def test_written_files_load_back(tmp_path: Path, ds: Dataset) -> None:
+    write_dataset(ds, str(tmp_path))
+    back = load_dataset(str(tmp_path))
+    assert back.fingerprint() == ds.fingerprint()
+
+
+def test_cli_writes_and_summarises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "gen"
+    argv = ["--out", str(out), "--users", "200", "--sellers", "10", "--items", "300",
+            "--seed", "1", "--likes-per-user", "5", "--communities", "3", "--days", "30"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    ds = load_dataset(str(out))
+    assert line.startswith(f"wrote {out}: 200 users, 10 sellers, 300 items")
+    assert f"{len(ds.likes)} likes" in line
+    assert set(ds.items.category) <= {"c00", "c01", "c02"}
+    assert ds.items.created_at.min() >= DEFAULT_END_TIME - 30 * 86400
+
+
+def test_ids_and_sellers_are_users(ds: Dataset) -> None:
+    assert ds.items.item_id[:2] == ["i000000", "i000001"]
+    assert all(s.startswith("u") and len(s) == 6 for s in ds.items.seller_id)
+    assert len(set(ds.items.seller_id)) == 150
+    users = set(ds.user_ids())
+    assert set(ds.items.seller_id) <= users | set(ds.follows.dst)
+    assert len(set(zip(ds.likes.src, ds.likes.dst))) == len(ds.likes)
+
+
+def test_stock(ds: Dataset) -> None:
+    stock = ds.items.stock
+    assert abs(float(np.mean(stock == 0)) - 0.05) < 0.015
+    assert stock.min() == 0 and stock.max() <= 50
+
+
+def test_seller_items_heavy_tailed(ds: Dataset) -> None:
+    counts = np.sort(np.array(list(Counter(ds.items.seller_id).values())))[::-1]
+    top = counts[: len(counts) // 10].sum() / counts.sum()
+    assert top > 0.4
+    followers = np.sort(np.array(list(Counter(ds.follows.dst).values())))[::-1]
+    assert followers[0] > 5 * np.median(followers)
+
+
+def user_communities(ds: Dataset) -> dict[str, str]:
+    """A user's community estimated as the most common category of its likes."""
+    category = dict(zip(ds.items.item_id, ds.items.category))
+    liked: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for u, i in zip(ds.likes.src, ds.likes.dst):
+        liked[u][category[i]] += 1
+    return {u: c.most_common(1)[0][0] for u, c in liked.items()}
+
+
+def test_friendships_mostly_within_community(ds: Dataset) -> None:
+    comm = user_communities(ds)
+    same = [comm[a] == comm[b] for a, b in zip(ds.friends.src, ds.friends.dst)]
+    assert np.mean(same) > 0.6
+    degree = np.array(list(Counter(ds.friends.src + ds.friends.dst).values()))
+    assert degree.max() > 5 * np.median(degree)  # heavy-tailed
+    assert all(a < b for a, b in zip(ds.friends.src, ds.friends.dst))
+
+
+def test_likes_after_creation_and_within_period(ds: Dataset) -> None:
+    created = dict(zip(ds.items.item_id, ds.items.created_at))
+    liked_at = np.array([created[i] for i in ds.likes.dst])
+    assert (ds.likes.ts > liked_at).all()
+    assert ds.likes.ts.max() <= DEFAULT_END_TIME
+    assert (ds.likes.ts == np.floor(ds.likes.ts)).all()
+
+
+def test_newer_items_get_more_likes(ds: Dataset) -> None:
+    likes = Counter(ds.likes.dst)
+    counts = np.array([likes[i] for i in ds.items.item_id])
+    newer = ds.items.created_at > np.median(ds.items.created_at)
+    assert counts[newer].mean() > 1.5 * counts[~newer].mean()
+
+
+def test_followed_sellers_are_liked_more_than_chance(ds: Dataset) -> None:
+    seller = dict(zip(ds.items.item_id, ds.items.seller_id))
+    listed = Counter(ds.items.seller_id)
+    followed: defaultdict[str, set[str]] = defaultdict(set)
+    for u, s in zip(ds.follows.src, ds.follows.dst):
+        followed[u].add(s)
+    hit = np.mean([seller[i] in followed[u] for u, i in zip(ds.likes.src, ds.likes.dst)])
+    # Chance: the share of the catalogue listed by the user's followed sellers.
+    chance = np.mean([sum(listed[s] for s in followed[u]) / len(ds.items) for u in ds.likes.src])
+    assert hit > 1.5 * chance  # popular sellers list much of a small catalogue
+
+
+def test_social_influence(ds: Dataset) -> None:
+    """A user shares more liked items with friends than with random other users."""
+    liked: defaultdict[str, set[str]] = defaultdict(set)
+    for u, i in zip(ds.likes.src, ds.likes.dst):
+        liked[u].add(i)
+    pairs = list(zip(ds.friends.src, ds.friends.dst))
+    rng = np.random.default_rng(0)
+    users = sorted(liked)
+    random_pairs = [(users[a], users[b]) for a, b in rng.integers(0, len(users), (len(pairs), 2))]
+
+    def overlap(ps: list[tuple[str, str]]) -> float:
+        return float(np.mean([len(liked[a] & liked[b]) for a, b in ps]))
+
+    assert overlap(pairs) > 3 * overlap(random_pairs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(users=1, sellers=1, items=1), dict(users=10, sellers=11, items=5),
+     dict(users=10, sellers=0, items=5), dict(users=10, sellers=2, items=0),
+     dict(users=10, sellers=2, items=5, likes_per_user=0)],
+)
+def test_rejects_impossible_sizes(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        generate(**kwargs)
+
+
+def test_tiny_and_skewed_sizes_work() -> None:
+    small = generate(users=2, sellers=2, items=1, likes_per_user=3, seed=0)
+    assert len(small.items) == 1
+    few_items = generate(users=50, sellers=20, items=5, communities=10, seed=1)
+    assert len(few_items.items) == 5 and len(few_items.likes) > 0

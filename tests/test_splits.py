@@ -1,0 +1,74 @@
+"""training.splits: sizes, disjointness, determinism, time ordering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.dataset import Dataset, Edges
+from training.generate import generate
+from training.splits import random_split, time_split
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return generate(users=500, sellers=40, items=1000, likes_per_user=10, seed=11)
+
+
+def pairs(edges: Edges) -> list[tuple[str, str, float]]:
+    return list(zip(edges.src, edges.dst, edges.ts.tolist()))
+
+
+def test_random_split_partitions_likes(ds: Dataset) -> None:
+    train, test = random_split(ds, 0.2, seed=1)
+    n = len(ds.likes)
+    assert len(test) == round(0.2 * n) and len(train.likes) + len(test) == n
+    assert sorted(pairs(train.likes) + pairs(test)) == sorted(pairs(ds.likes))
+    keys = set(zip(train.likes.src, train.likes.dst))
+    assert not keys & set(zip(test.src, test.dst))
+    assert train.items is ds.items and train.follows is ds.follows
+    assert train.friends is ds.friends
+
+
+def test_random_split_is_seeded(ds: Dataset) -> None:
+    a, b, c = (random_split(ds, 0.1, seed=s)[1] for s in (5, 5, 6))
+    assert pairs(a) == pairs(b) and pairs(a) != pairs(c)
+
+
+def test_validation_split_of_train(ds: Dataset) -> None:
+    train, test = random_split(ds, 0.2, seed=1)
+    fit, valid = random_split(train, 0.25, seed=2)
+    assert len(fit.likes) + len(valid) + len(test) == len(ds.likes)
+    assert not set(pairs(valid)) & set(pairs(test))
+
+
+def test_time_split_holds_out_the_latest(ds: Dataset) -> None:
+    train, test, split_time = time_split(ds, 0.2)
+    assert len(train.likes) + len(test) == len(ds.likes)
+    assert abs(len(test) - 0.2 * len(ds.likes)) <= 0.01 * len(ds.likes)  # ties at split_time
+    assert (train.likes.ts < split_time).all() and (test.ts >= split_time).all()
+    assert sorted(pairs(train.likes) + pairs(test)) == sorted(pairs(ds.likes))
+
+
+def test_time_split_ties_go_to_test() -> None:
+    base = generate(users=50, sellers=5, items=50, seed=0)
+    ts = np.array([1.0, 2.0, 3.0, 3.0, 4.0] + [0.0] * (len(base.likes) - 5))
+    tied = base.with_likes(Edges(base.likes.src, base.likes.dst, ts))
+    n_test = len(ts) - int(np.sum(ts < 3.0))
+    _, test, split_time = time_split(tied, 3 / len(ts))
+    assert split_time == 3.0 and len(test) == n_test == 3
+
+
+def test_time_split_needs_ts(ds: Dataset) -> None:
+    ts = ds.likes.ts.copy()
+    ts[3] = np.nan
+    with pytest.raises(ValueError, match="ts"):
+        time_split(ds.with_likes(Edges(ds.likes.src, ds.likes.dst, ts)), 0.2)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_bad_fraction(ds: Dataset, fraction: float) -> None:
+    with pytest.raises(ValueError):
+        random_split(ds, fraction, seed=0)
+    with pytest.raises(ValueError):
+        time_split(ds, fraction)
