@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from training.dataset import Dataset, DatasetError, Edges, Items, load_dataset, write_dataset
 
@@ -241,3 +244,60 @@ def assert_same(a: Dataset, b: Dataset) -> None:
         assert (x.src, x.dst) == (y.src, y.dst)
         assert y.ts.dtype == np.float64
         np.testing.assert_array_equal(x.ts, y.ts)
+
+
+def test_error_pickles() -> None:
+    err = pickle.loads(pickle.dumps(DatasetError("likes.csv", 3, "ts", "bad")))
+    assert (err.file, err.line, err.column, err.message) == ("likes.csv", 3, "ts", "bad")
+
+
+# --------------------------------------------------------------------------- property
+
+_ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+               min_size=1, max_size=6)
+_times = st.one_of(st.just(float("nan")), st.integers(-(2**40), 2**40).map(float),
+                   st.floats(-1e12, 1e12, allow_nan=False))
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> Dataset:
+    item_ids = draw(st.lists(_ids, min_size=1, max_size=6, unique=True))
+    n = len(item_ids)
+    like_pairs = draw(st.lists(st.tuples(_ids, st.sampled_from(item_ids)), max_size=8,
+                               unique=True))
+    friend_pairs = draw(st.lists(st.tuples(_ids, _ids).filter(lambda p: p[0] < p[1]),
+                                 max_size=4, unique=True))
+    follow_pairs = draw(st.lists(st.tuples(_ids, _ids), max_size=4, unique=True))
+
+    def times(k: int) -> np.ndarray:
+        return np.array(draw(st.lists(_times, min_size=k, max_size=k)), dtype=np.float64)
+
+    def edges(ps: list[tuple[str, str]]) -> Edges:
+        return Edges([a for a, _ in ps], [b for _, b in ps], times(len(ps)))
+
+    return Dataset(
+        items=Items(
+            item_id=item_ids,
+            seller_id=draw(st.lists(st.one_of(st.just(""), _ids), min_size=n, max_size=n)),
+            created_at=times(n),
+            stock=np.array(draw(st.lists(st.integers(0, 2**62), min_size=n, max_size=n)),
+                           dtype=np.int64),
+            price=np.array(draw(st.lists(st.one_of(st.just(float("nan")),
+                                                   st.floats(0, 1e9, allow_nan=False)),
+                                         min_size=n, max_size=n)), dtype=np.float64),
+            category=draw(st.lists(st.text(max_size=4).filter(lambda s: "\x00" not in s),
+                                   min_size=n, max_size=n)),
+        ),
+        likes=edges(like_pairs),
+        follows=edges(follow_pairs),
+        friends=edges(friend_pairs),
+    )
+
+
+# tmp_path is shared by the examples; each one overwrites all four files.
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ds=datasets())
+def test_round_trip_property(tmp_path: Path, ds: Dataset) -> None:
+    write_dataset(ds, str(tmp_path))
+    assert_same(ds, load_dataset(str(tmp_path)))

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -108,6 +108,10 @@ class DatasetError(ValueError):
         self.column = column
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:
+        # Picklable across processes despite the four-argument constructor.
+        return (DatasetError, (self.file, self.line, self.column, self.message))
+
 
 # --------------------------------------------------------------------------- schema
 
@@ -134,7 +138,9 @@ def _empty_edges() -> Edges:
 class _Table:
     """The columns of one CSV file plus a map from data row index to physical line."""
 
-    def __init__(self, file: str, columns: dict[str, list[str]], lines: np.ndarray | None, n: int):
+    def __init__(
+        self, file: str, columns: dict[str, list[str]], lines: np.ndarray | None, n: int
+    ) -> None:
         self.file = file
         self.columns = columns
         self._lines = lines  # None: row i is on line i + 2 (no blank or multi-line rows)
@@ -365,8 +371,8 @@ def load_dataset(
     count is appended to it.
 
     Raises:
-        DatasetError: a missing likes.csv (line 0, column "<file>"), a bad header, a bad value, a row with the
-            wrong number of fields, a duplicate item_id, a self-friendship or an
+        DatasetError: a missing likes.csv (line 0, column "<file>"), a bad header, a
+            bad value, a row with the wrong number of fields, a duplicate item_id, a self-friendship or an
             unknown item.
     """
     if on_unknown_item not in ("error", "drop"):
@@ -438,7 +444,9 @@ def _load_items(t: _Table) -> Items:
         first: dict[str, int] = {}
         for i, v in enumerate(item_id):
             if v in first:
-                raise t.error(i, "item_id", f"duplicate item {v!r} (first on line {t.line(first[v])})")
+                raise t.error(
+                    i, "item_id", f"duplicate item {v!r} (first on line {t.line(first[v])})"
+                )
             first[v] = i
     return Items(
         item_id=item_id,
@@ -488,9 +496,14 @@ def _format_time(x: float) -> str:
     return repr(x)
 
 
-def _csv_text(header: Sequence[str], columns: Iterable[Sequence[str]]) -> str:
+def _csv_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # With a "\n" terminator, csv's minimal quoting leaves a bare "\r" unquoted, which
+    # reads back as a line break; quote everything in the rare file that has one.
+    has_cr = any("\r" in "".join(col) for col in columns)
+    writer = csv.writer(
+        buf, lineterminator="\n", quoting=csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL
+    )
     writer.writerow(header)
     writer.writerows(zip(*columns))
     return buf.getvalue()
