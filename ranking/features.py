@@ -19,9 +19,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     "followed_seller",
     "recency",
     "popularity",
+    "social_recency",
 )
 RECENCY_HALF_LIFE_DAYS = 7.0
 _RECENCY_TAU = RECENCY_HALF_LIFE_DAYS * 86_400.0 / math.log(2)
+# A followed seller's new listing or a friend's new like is news for hours, not days.
+SOCIAL_HALF_LIFE_HOURS = 6.0
+_SOCIAL_TAU = SOCIAL_HALF_LIFE_HOURS * 3_600.0 / math.log(2)
 
 
 def compute_features(user: UserContext, candidates: Sequence[Candidate], now: float) -> np.ndarray:
@@ -40,9 +44,13 @@ def compute_features(user: UserContext, candidates: Sequence[Candidate], now: fl
     followed = np.fromiter((c.item.seller_id in user.follows for c in candidates), np.float64, n)
     age = np.fromiter((max(now - c.item.created_at, 0.0) for c in candidates), np.float64, n)
     like_count = np.fromiter((c.item.like_count for c in candidates), np.float64, n)
+    social_age = np.fromiter(
+        (max(now - c.social_time, 0.0) if c.social_time is not None else np.inf for c in candidates), np.float64, n
+    )
     features[:, 0] = embedding
     features[:, 1] = np.log1p(friend_likes)
     features[:, 2] = followed
     features[:, 3] = np.exp(-age / _RECENCY_TAU)
     features[:, 4] = np.log1p(like_count)
+    features[:, 5] = np.exp(-social_age / _SOCIAL_TAU)
     return features

@@ -31,6 +31,8 @@ def merge_into(target: Candidate, other: Candidate) -> None:
         target.embedding_score = other.embedding_score
     if not target.friend_like_times:
         target.friend_like_times = other.friend_like_times
+    if other.social_time is not None and (target.social_time is None or other.social_time > target.social_time):
+        target.social_time = other.social_time
 
 
 class DuplicateFilter:

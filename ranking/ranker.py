@@ -16,6 +16,7 @@ DEFAULT_BLEND: dict[str, float] = {
     "followed_seller": 0.5,
     "recency": 0.4,
     "popularity": 0.1,
+    "social_recency": 3.0,
 }
 
 

@@ -16,9 +16,9 @@ class FollowedSellerSource:
 
     def gather(self, query: FeedQuery) -> list[Candidate]:
         return [
-            Candidate(item_id, reasons=[Reason(ReasonKind.FOLLOWED_SELLER, [seller_id])])
+            Candidate(item_id, reasons=[Reason(ReasonKind.FOLLOWED_SELLER, [seller_id])], social_time=listed_at)
             for seller_id, listings in query.activity.listings_by_seller.items()
-            for item_id, _ in listings
+            for item_id, listed_at in listings
         ]
 
 
@@ -41,6 +41,7 @@ class FriendLikesSource:
                     item_id,
                     reasons=[Reason(ReasonKind.FRIENDS_LIKED, friends, len(friends))],
                     friend_like_times=[ts for _, ts in friend_likes],
+                    social_time=friend_likes[0][1],
                 )
             )
         return candidates

@@ -53,13 +53,14 @@ class Candidate:
     """An item gathered for one feed, with everything scoring needs.
 
     Sources fill ``item_id``, ``reasons`` and their own signal (``embedding_score``,
-    ``friend_like_times``); hydration fills ``item``.
+    ``friend_like_times``, ``social_time``); hydration fills ``item``.
     """
 
     item_id: str
     reasons: list[Reason] = field(default_factory=list)
     embedding_score: float | None = None
     friend_like_times: list[float] = field(default_factory=list)
+    social_time: float | None = None  # latest listing by a followed seller or like by a friend
     item: ItemState | None = None
     score: float = 0.0
 

@@ -26,9 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
+        except ModuleNotFoundError as error:  # optional commands whose module is absent
             if error.name != module_name:
                 raise
+            continue
+        if not hasattr(module, "add_arguments"):
             continue
         sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)

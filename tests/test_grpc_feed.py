@@ -1,0 +1,181 @@
+"""End to end over real gRPC: a generated dataset, a trained model, the memory store."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos.feed.v1 import feed_pb2
+from tests.feed_world import all_pages, build_world, running_server
+
+_ids = itertools.count()
+
+
+def event(**payload) -> feed_pb2.Event:
+    return feed_pb2.Event(event_id=f"t-{next(_ids)}", **payload)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture()
+def server(world):
+    with running_server(world) as (server, stub):
+        yield server, stub
+
+
+@pytest.fixture()
+def stub(server):
+    return server[1]
+
+
+def served_ids(pages):
+    return [item.item_id for page in pages for item in page.items]
+
+
+def test_health_is_serving_and_reflection_lists_the_service(server):
+    feed_server, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="feedrank.feed.v1.FeedService"), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"feedrank.feed.v1.FeedService", "grpc.health.v1.Health"} <= names
+
+
+def test_no_out_of_stock_item_is_ever_served_before_and_after_stock_updates(world, stub):
+    out_of_stock = {i for i, s in zip(world.dataset.items.item_id, world.dataset.items.stock.tolist()) if s == 0}
+    users = world.dataset.user_ids()
+    served = Counter()
+    for user in users:
+        ids = served_ids(all_pages(stub, user, 20, 3))
+        assert not out_of_stock & set(ids), user
+        served.update(ids)
+    # Sell out the 50 most served items, restock 20 that were out of stock, and check again.
+    sold_out = [item for item, _ in served.most_common(50)]
+    restocked = sorted(out_of_stock)[:20]
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(stock_update=feed_pb2.StockUpdate(item_id=i, stock=0)) for i in sold_out]
+                                       + [event(stock_update=feed_pb2.StockUpdate(item_id=i, stock=3)) for i in restocked]), timeout=10)
+    now_out = (out_of_stock - set(restocked)) | set(sold_out)
+    for user in users:
+        assert not now_out & set(served_ids(all_pages(stub, user, 20, 3))), user
+
+
+def test_pages_never_repeat_and_the_seller_cap_holds(world, stub):
+    for user in world.dataset.user_ids()[:80]:
+        pages = all_pages(stub, user, 10, 6)
+        ids = served_ids(pages)
+        assert len(ids) == len(set(ids)), user
+        for page in pages:
+            assert max(Counter(i.seller_id for i in page.items).values(), default=0) <= 2
+
+
+def test_a_friends_new_like_and_a_followed_sellers_new_item_show_up_next(world, stub):
+    dataset = world.dataset
+    user = dataset.follows.src[0]
+    seller = dataset.follows.dst[0]
+    friend = next(b if a == user else a for a, b in zip(dataset.friends.src, dataset.friends.dst) if user in (a, b))
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(item_upsert=feed_pb2.ItemUpsert(item_id="new-from-seller", seller_id=seller, stock=2)),
+        event(item_upsert=feed_pb2.ItemUpsert(item_id="liked-by-friend", seller_id="some-shop", stock=2)),
+        event(like=feed_pb2.UserItem(user_id=friend, item_id="liked-by-friend")),
+    ]), timeout=5)
+    items = {i.item_id: i for i in stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=100), timeout=5).items}
+    followed = [r for r in items["new-from-seller"].reasons if r.kind == feed_pb2.REASON_KIND_FOLLOWED_SELLER]
+    assert followed and list(followed[0].actor_ids) == [seller]
+    liked = [r for r in items["liked-by-friend"].reasons if r.kind == feed_pb2.REASON_KIND_FRIENDS_LIKED]
+    assert liked and friend in liked[0].actor_ids and liked[0].count >= 1
+
+
+def test_excluded_and_not_interested_items_and_sellers_never_come_back(world, stub):
+    user = world.dataset.follows.src[0]
+    first = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=5).items
+    excluded, hidden_item, hidden_seller = first[0].item_id, first[1].item_id, first[2].seller_id
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(not_interested_item=feed_pb2.UserItem(user_id=user, item_id=hidden_item)),
+        event(not_interested_seller=feed_pb2.UserSeller(user_id=user, seller_id=hidden_seller)),
+    ]), timeout=5)
+    pages = all_pages(stub, user, 20, 8, exclude_item_ids=[excluded])
+    ids = set(served_ids(pages))
+    assert excluded not in ids and hidden_item not in ids
+    assert hidden_seller not in {i.seller_id for p in pages for i in p.items}
+
+
+def test_unknown_user_gets_a_cold_start_feed(stub):
+    items = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="never-seen-before", limit=10), timeout=5).items
+    assert len(items) == 10
+    assert all(r.kind == feed_pb2.REASON_KIND_TRENDING for i in items for r in i.reasons)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"user_id": "", "limit": 10}, "user_id"),
+        ({"user_id": "x" * 300, "limit": 10}, "user_id"),
+        ({"user_id": "u00001", "limit": 0}, "limit"),
+        ({"user_id": "u00001", "limit": 101}, "limit"),
+        ({"user_id": "u00001", "limit": 10, "page_token": "garbage!"}, "page_token"),
+        ({"user_id": "u00001", "limit": 10, "exclude_item_ids": ["x"] * 1001}, "exclude_item_ids"),
+    ],
+)
+def test_bad_feed_requests_are_invalid_argument_naming_the_field(stub, request_fields, field):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetFeed(feed_pb2.GetFeedRequest(**request_fields), timeout=5)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}:")
+
+
+def test_page_tokens_are_bound_to_their_user_and_tamper_proof(world, stub):
+    token = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5).next_page_token
+    assert token
+    for user, bad_token in (("u00002", token), ("u00001", token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5, page_token=bad_token), timeout=5)
+        assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("page_token:")
+
+
+def test_an_invalid_batch_names_index_and_field_and_applies_nothing(world, stub):
+    user = "u00005"
+    before = served_ids(all_pages(stub, user, 20, 1))
+    batch = [
+        event(not_interested_item=feed_pb2.UserItem(user_id=user, item_id=before[0])),
+        event(like=feed_pb2.UserItem(user_id=user, item_id="")),
+    ]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Ingest(feed_pb2.IngestRequest(events=batch), timeout=5)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "events[1].item_id: must not be empty"
+    assert served_ids(all_pages(stub, user, 20, 1)) == before
+    for bad, message in (
+        ([feed_pb2.Event(event_id="no-payload")], "events[0].payload:"),
+        ([event(stock_update=feed_pb2.StockUpdate(item_id="no-such-item", stock=1))], "events[0].item_id: unknown item"),
+        ([], "events[0].events: batch is empty"),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Ingest(feed_pb2.IngestRequest(events=bad), timeout=5)
+        assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith(message)
+
+
+def test_a_retried_batch_is_applied_once(stub):
+    batch = feed_pb2.IngestRequest(events=[feed_pb2.Event(event_id="retry-me", follow=feed_pb2.UserSeller(user_id="u00009", seller_id="u00001"))])
+    first = stub.Ingest(batch, timeout=5)
+    second = stub.Ingest(batch, timeout=5)
+    assert (first.applied, first.duplicates, second.applied, second.duplicates) == (1, 0, 0, 1)
+
+
+def test_an_expired_deadline_is_deadline_exceeded(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=10), timeout=0.000001)
+    assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server is still fine afterwards.
+    assert stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=10), timeout=5).items
