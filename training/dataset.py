@@ -372,8 +372,8 @@ def load_dataset(
 
     Raises:
         DatasetError: a missing likes.csv (line 0, column "<file>"), a bad header, a
-            bad value, a row with the wrong number of fields, a duplicate item_id, a self-friendship or an
-            unknown item.
+            bad value, a row with the wrong number of fields, a duplicate item_id, a
+            self-friendship or an unknown item.
     """
     if on_unknown_item not in ("error", "drop"):
         raise ValueError(f"on_unknown_item must be 'error' or 'drop', got {on_unknown_item!r}")
