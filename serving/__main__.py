@@ -32,7 +32,10 @@ def _serve(argv: list[str]) -> None:
         parser.error("--max-per-seller must be >= 1")
     from serving.server import serve
 
-    serve(config, port_file=args.port_file)
+    try:
+        serve(config, port_file=args.port_file)
+    except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
+        sys.exit(f"error: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from training.dataset import DatasetError
+
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
     "generate": ("training.generate", "write a synthetic social-commerce dataset directory"),
@@ -40,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (DatasetError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
