@@ -1,0 +1,117 @@
+"""embeddings.als and embeddings.model on a two-community dataset with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embeddings.als import build_interactions, train_als
+from embeddings.index import build_index
+from embeddings.model import EmbeddingModel
+from training.dataset import Dataset, Edges, Items
+
+
+def two_communities(seed: int = 0) -> Dataset:
+    """Users u00-u29 like random 6 of items a0-a19 and follow seller sa; u30-u59 the same with b*/sb."""
+    rng = np.random.default_rng(seed)
+    item_ids = [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
+    items = Items(item_ids, ["sa"] * 20 + ["sb"] * 20, np.zeros(40), np.ones(40, np.int64),
+                  np.full(40, np.nan), [""] * 40)
+    src, dst, fsrc, fdst = [], [], [], []
+    for u in range(60):
+        group = "a" if u < 30 else "b"
+        for i in rng.choice(20, 6, replace=False):
+            src.append(f"u{u:02d}")
+            dst.append(f"{group}{i}")
+        if u % 3 == 0:
+            fsrc.append(f"u{u:02d}")
+            fdst.append(f"s{group}")
+    likes = Edges(src, dst, np.zeros(len(src)))
+    follows = Edges(fsrc, fdst, np.zeros(len(fsrc)))
+    return Dataset(items, likes, follows, Edges([], [], np.zeros(0)))
+
+
+def train_model(ds: Dataset, kind: str = "flat") -> EmbeddingModel:
+    inter = build_interactions(ds)
+    users, items = train_als(inter, factors=8, regularization=0.05, alpha=20.0, iterations=10, show_progress=False)
+    return EmbeddingModel(inter.user_ids, inter.item_ids, users, items, build_index(items, kind), 0.05, 20.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> EmbeddingModel:
+    return train_model(two_communities())
+
+
+def test_interactions_layout() -> None:
+    ds = two_communities()
+    inter = build_interactions(ds, like_weight=1.0, follow_weight=0.5)
+    assert inter.matrix.dtype == np.float32
+    assert inter.matrix.shape == (60, 40 + 2)
+    assert inter.item_ids[:3] == ["a0", "a1", "a2"] and inter.seller_ids == ["sa", "sb"]
+    assert inter.matrix.nnz == len(ds.likes) + len(ds.follows)
+    row = inter.user_ids.index("u00")  # u00 follows sa: column 40 with weight 0.5
+    assert inter.matrix[row, 40] == pytest.approx(0.5)
+    assert inter.item_matrix.shape == (60, 40)
+
+
+def test_trained_user_neighbours_stay_in_community(model: EmbeddingModel) -> None:
+    vector = model.user_vector("u01", [])
+    assert vector is not None and vector.dtype == np.float32 and vector.shape == (8,)
+    ids, scores = model.neighbours(vector, 10)
+    assert len(ids) == 10 and scores.dtype == np.float32
+    assert all(i.startswith("a") for i in ids)
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_fold_in_neighbours_overlap_source_items(model: EmbeddingModel) -> None:
+    recent = ["b1", "b2", "b3", "unknown-item"]
+    vector = model.user_vector("new-user", recent)
+    assert vector is not None and vector.dtype == np.float32 and vector.shape == (8,)
+    ids, _ = model.neighbours(vector, 10)
+    assert all(i.startswith("b") for i in ids[:5])  # the folded user's community first
+    assert sum(i.startswith("b") for i in ids) >= 8
+    assert len({"b1", "b2", "b3"} & set(ids[:5])) >= 2  # the items it was folded from rank high
+
+
+def test_fold_in_of_a_trained_users_likes_recovers_its_neighbours(model: EmbeddingModel) -> None:
+    ds = two_communities()
+    liked = [i for u, i in zip(ds.likes.src, ds.likes.dst) if u == "u46"]  # u46 follows nobody
+    folded, _ = model.neighbours(model.fold_in(liked), 10)
+    trained, _ = model.neighbours(model.user_vector("u46", []), 10)
+    assert len(set(folded) & set(trained)) >= 8
+
+
+def test_fold_in_matches_implicit_recalculate_user() -> None:
+    from implicit.cpu.als import AlternatingLeastSquares
+    from scipy.sparse import csr_matrix
+
+    ds = two_communities()
+    inter = build_interactions(ds, follow_weight=0.0)
+    users, items = train_als(inter, factors=8, regularization=0.05, alpha=20.0, iterations=5, show_progress=False)
+    model = EmbeddingModel(inter.user_ids, inter.item_ids, users, items[:40], build_index(items[:40]), 0.05, 20.0)
+    reference = AlternatingLeastSquares(factors=8, regularization=0.05, alpha=20.0, use_native=False, use_cg=False)
+    reference.item_factors = items[:40]
+    row = csr_matrix((np.ones(3, np.float32), ([0, 0, 0], [1, 2, 3])), shape=(1, 40))
+    expected = np.asarray(reference.recalculate_user(0, row)).ravel()
+    np.testing.assert_allclose(model.fold_in(["a1", "a2", "a3"]), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_unknown_user_without_known_items_is_none(model: EmbeddingModel) -> None:
+    assert model.user_vector("nobody", []) is None
+    assert model.user_vector("nobody", ["nope"]) is None
+
+
+def test_scores_are_exact_with_nan_for_unknown(model: EmbeddingModel) -> None:
+    vector = model.user_vector("u01", [])
+    out = model.scores(vector, ["a3", "zzz", "b7"])
+    assert out.dtype == np.float32 and out.shape == (3,)
+    assert np.isnan(out[1])
+    assert out[0] == pytest.approx(float(model.item_factors[model.item_row["a3"]] @ vector), rel=1e-5)
+    ids, scores = model.neighbours(vector, 3)
+    np.testing.assert_allclose(model.scores(vector, ids), scores, rtol=1e-5)
+    assert model.scores(vector, []).shape == (0,)
+
+
+def test_neighbours_k_larger_than_catalogue(model: EmbeddingModel) -> None:
+    ids, scores = model.neighbours(model.user_vector("u01", []), 100)
+    assert len(ids) == 40 == len(scores) and len(set(ids)) == 40
