@@ -7,17 +7,18 @@ inner-product spaces") appends one coordinate to each item, ``sqrt(M^2 - |x|^2)`
 so L2 order over the augmented vectors is exactly inner-product order over the
 originals, and HNSW's metric assumptions hold.
 
-Measured (benchmarks/bench_ann.py): the reduction beats HNSW on raw inner product when
-item norms are narrowly spread (lognormal sigma 0.2), but when they spread as widely as
-real ALS factors do, the extra coordinate dominates the distances and hnsw-ip recalls
-more at the same efSearch (cf. Morozov & Babenko, NeurIPS 2018, "Non-metric similarity
-graphs for maximum inner product search"). AUTO_LARGE_KIND is the one switch.
+Measured (benchmarks/bench_ann.py, real implicit ALS factors of synthetic power-law
+likes, k=100, one query per call): at 100k items hnsw-ip collapses (recall@100 0.09 at
+efSearch 512: a few long vectors become hubs every greedy walk ends in) while hnsw-mips
+reaches 0.96. HNSW on raw inner product is not always bad -- on narrowly spread norms or
+small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS 2018) -- but
+it fails without warning, so "auto" uses the reduction. AUTO_LARGE_KIND is the switch.
 
 Kinds:
   flat       exact IndexFlatIP; best below ~50k items.
   hnsw-mips  IndexHNSWFlat (L2) on the augmented vectors.
   hnsw-ip    IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
-             benchmark can compare (see above).
+             benchmark can show where it fails.
   auto       flat below AUTO_HNSW_THRESHOLD items, else AUTO_LARGE_KIND.
 
 Items whose factor is (numerically) zero, which is what ALS gives an item nobody liked in
