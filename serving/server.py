@@ -25,6 +25,15 @@ SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
+def limit_native_threads() -> None:
+    """One faiss/BLAS thread per request thread: parallel searches otherwise fight for the cores."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1)
+
+
 class ModelWatcher(threading.Thread):
     """Polls models/CURRENT and hot-swaps the service's artifact when it changes."""
 
@@ -93,6 +102,7 @@ class FeedServer:
 
     def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and store, then turn SERVING."""
+        limit_native_threads()
         self.grpc_server.start()
         artifact = load_current(self.config.models_dir)
         store = open_store(self.config.store_url, self.config.data_dir)

@@ -27,6 +27,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     run("-m", "training", "generate", "--out", str(data), "--users", "300", "--sellers", "30", "--items", "900", "--seed", "5")
     result = run("-m", "training", "train", "--data", str(data), "--out", str(models), "--factors", "16", "--iterations", "5")
     assert (models / "CURRENT").exists(), result.stdout + result.stderr
+    assert "popularity" in result.stdout and "ndcg@10" in result.stdout  # the evaluation table
     return data, models
 
 

@@ -210,3 +210,172 @@ def evaluate(
         metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
         report.methods[name] = metrics
     return report
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How to hold out test likes: "random" (fraction, seed) or "time" (latest fraction)."""
+
+    kind: str
+    fraction: float
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> SplitSpec:
+        """Parse random:FRACTION[:SEED] or time:FRACTION; raises ValueError naming the problem."""
+        parts = text.split(":")
+        try:
+            if parts[0] == "random" and len(parts) in (2, 3):
+                return cls("random", float(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
+            if parts[0] == "time" and len(parts) == 2:
+                return cls("time", float(parts[1]))
+        except ValueError:
+            pass
+        raise ValueError(f"--split: expected random:FRACTION[:SEED] or time:FRACTION, got {text!r}")
+
+
+def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Edges, float | None]:
+    """(train, test, now); ``now`` is the split time for time splits, else None (derived)."""
+    from training.splits import random_split, time_split
+
+    if spec.kind == "time":
+        return time_split(dataset, spec.fraction)
+    train, test = random_split(dataset, spec.fraction, spec.seed)
+    return train, test, None
+
+
+def default_split(dataset: Dataset) -> SplitSpec:
+    """A time split when every like has a time (what serving faces), else a random one."""
+    has_times = len(dataset.likes) > 0 and bool(np.isfinite(dataset.likes.ts).all())
+    return SplitSpec("time", 0.2) if has_times else SplitSpec("random", 0.2, 0)
+
+
+def read_test_file(path: str) -> Edges:
+    """A CSV of user_id,item_id (header row) as test pairs; bad rows name line and column."""
+    import csv
+
+    from training.dataset import DatasetError
+
+    name = path.rsplit("/", 1)[-1]
+    src: list[str] = []
+    dst: list[str] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["user_id", "item_id"]:
+            raise DatasetError(name, 1, "user_id", "expected the header user_id,item_id")
+        for row in reader:
+            if not row:
+                continue
+            line = reader.line_num
+            if len(row) != 2:
+                raise DatasetError(name, line, "<row>", f"expected 2 fields, got {len(row)}")
+            for column, value in zip(("user_id", "item_id"), row):
+                if not value:
+                    raise DatasetError(name, line, column, "must not be empty")
+            src.append(row[0])
+            dst.append(row[1])
+    return Edges(src, dst, np.full(len(src), np.nan))
+
+
+def plot_report(report: EvaluationReport, path: str) -> None:
+    """A grouped bar chart of every metric per method (needs the `plot` extra: matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ValueError("--plot needs matplotlib: pip install 'feedrank[plot]'") from error
+    metrics = [f"{m}@{k}" for k in report.ks for m in ("precision", "recall", "ndcg")]
+    methods = list(report.methods)
+    width = 0.8 / len(methods)
+    figure, axes = plt.subplots(figsize=(max(8, 1.4 * len(metrics)), 4.5))
+    x = np.arange(len(metrics))
+    for i, method in enumerate(methods):
+        axes.bar(x + i * width, [report.methods[method].get(m, 0.0) for m in metrics], width, label=method)
+    axes.set_xticks(x + width * (len(methods) - 1) / 2, metrics)
+    axes.set_ylabel("score")
+    axes.set_title(f"feed vs baselines ({report.test_users} test users)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
+    return ks
+
+
+def evaluate_split(dataset: Dataset, split: SplitSpec | None, test: Edges | None, ks: Sequence[int], params, settings: FeedSettings = FeedSettings(), show_progress: bool = True) -> EvaluationReport:
+    """Train on the training part with ``params`` and evaluate the served feed on the rest."""
+    from ranking.ranker import DEFAULT_RANKER
+    from training.train import train
+
+    if test is not None:
+        train_part, now = dataset, None
+    else:
+        train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
+    model, _ = train(train_part, params)
+    return evaluate(train_part, test, model, DEFAULT_RANKER, ks, settings, now=now, show_progress=show_progress)
+
+
+def held_out_evaluation(split_text: str, ks: Sequence[int], params):
+    """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics."""
+    split = None if split_text == "auto" else SplitSpec.parse(split_text)
+
+    def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
+        report = evaluate_split(dataset, split, None, ks, params, show_progress=params.show_progress)
+        print(report.table(), flush=True)
+        return report.as_json()
+
+    return evaluate_fn
+
+
+def add_arguments(parser) -> None:
+    """Flags of ``python -m training evaluate``."""
+    from training.train import add_training_arguments
+
+    parser.add_argument("--data", required=True, help="dataset directory")
+    held_out = parser.add_mutually_exclusive_group()
+    held_out.add_argument("--split", help="random:FRACTION[:SEED] or time:FRACTION (default: time:0.2 when every "
+                                          "like has a time, else random:0.2:0)")
+    held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
+    parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
+    parser.add_argument("--json", help="write the metrics as JSON here")
+    parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
+    parser.add_argument("--max-per-seller", type=int, default=FeedSettings().max_per_seller,
+                        help="seller cap per page, as served (default: %(default)s)")
+    add_training_arguments(parser)
+
+
+def run(args) -> None:
+    """Entry point of ``python -m training evaluate``."""
+    import json
+    from dataclasses import replace
+
+    from training.dataset import load_dataset
+    from training.train import params_from_args
+
+    ks = parse_ks(args.k)
+    split = SplitSpec.parse(args.split) if args.split else None
+    dataset = load_dataset(args.data)
+    test = read_test_file(args.test) if args.test else None
+    params = params_from_args(args)
+    settings = replace(FeedSettings(), max_per_seller=args.max_per_seller)
+    report = evaluate_split(dataset, split, test, ks, params, settings, show_progress=params.show_progress)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report.as_json(), handle, indent=2)
+    if args.plot:
+        plot_report(report, args.plot)

@@ -159,26 +159,35 @@ def train_and_publish(
     return version_dir
 
 
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hyperparameter flags, shared by ``train`` and ``evaluate``."""
+    d = TrainParams()
+    group = parser.add_argument_group("model")
+    group.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
+    group.add_argument("--regularization", type=float, default=d.regularization,
+                       help=f"ALS L2 regularization (default: {d.regularization})")
+    group.add_argument("--alpha", type=float, default=d.alpha,
+                       help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
+    group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
+    group.add_argument("--follow-weight", type=float, default=d.follow_weight,
+                       help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
+    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips"), default=d.index,
+                       help="item index: exact below 50k items, HNSW over the MIPS->L2 reduction above (default: auto)")
+    group.add_argument("--ef-search", type=int, default=d.ef_search,
+                       help=f"HNSW search beam width (default: {d.ef_search})")
+    group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training train``."""
-    d = TrainParams()
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
     parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
-    parser.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
-    parser.add_argument("--regularization", type=float, default=d.regularization,
-                        help=f"ALS L2 regularization (default: {d.regularization})")
-    parser.add_argument("--alpha", type=float, default=d.alpha,
-                        help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
-    parser.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
-    parser.add_argument("--follow-weight", type=float, default=d.follow_weight,
-                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
-    parser.add_argument("--index", choices=("auto", "flat", "hnsw-mips"), default=d.index,
-                        help="item index: exact below 50k items, HNSW over the MIPS->L2 reduction above "
-                             "(default: auto)")
-    parser.add_argument("--ef-search", type=int, default=d.ef_search,
-                        help=f"HNSW search beam width (default: {d.ef_search})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+    parser.add_argument("--eval-split", default="auto",
+                        help="held-out split for the evaluation table: time:FRACTION, random:FRACTION[:SEED], "
+                             "auto (time:0.2 when every like has a time, else random:0.2) or none (default: auto)")
+    parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
+    add_training_arguments(parser)
 
 
 def params_from_args(args: argparse.Namespace) -> TrainParams:
@@ -197,5 +206,8 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
 
 def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training train``."""
-    # Evaluation hook: pass evaluate_fn=... (training/evaluate.py) to put metrics in the manifest.
-    train_and_publish(args.data, args.out, params_from_args(args), evaluate_fn=None)
+    from training.evaluate import held_out_evaluation, parse_ks
+
+    params = params_from_args(args)
+    evaluate_fn = None if args.eval_split == "none" else held_out_evaluation(args.eval_split, parse_ks(args.k), params)
+    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn)
