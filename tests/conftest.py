@@ -10,6 +10,7 @@ import pytest
 
 from serving.stores.base import FeedStore
 from serving.stores.memory import MemoryStore
+from tests.redis_servers import redis_cluster, redis_cluster_url, redis_server, redis_url  # noqa: F401 (fixtures)
 from training.dataset import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,16 +24,42 @@ def data_root() -> Path:
     return Path(os.environ.get("FEEDRANK_DATA", REPO.parent / "shared" / "data"))
 
 
-STORE_KINDS = ["memory"]
+STORE_KINDS = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("redis-cluster", marks=pytest.mark.redis),
+]
+
+
+def make_redis_store(url: str, dataset: Dataset) -> FeedStore:
+    """A RedisStore on ``url`` (already empty) loaded with ``dataset`` by the load command's code."""
+    from serving.load import load_into_redis
+    from serving.stores.redis import RedisStore
+
+    store = RedisStore.from_url(url, socket_timeout=5.0)
+    load_into_redis(store.client, dataset, recent_likes=store.recent_likes_bound, listings=store.listings_bound)
+    return store
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
-    """Builds a store of each kind loaded with a dataset."""
+    """Builds a store of each kind loaded with a dataset.
+
+    The Redis kinds start their servers once per session (tests/redis_servers.py) and
+    flush them before each test.
+    """
     created: list[FeedStore] = []
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
 
     def factory(dataset: Dataset) -> FeedStore:
-        store = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+        if url is None:
+            store: FeedStore = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+        else:
+            store = make_redis_store(url, dataset)
         created.append(store)
         return store
 

@@ -1,0 +1,617 @@
+"""The Redis online store: standalone Redis or a Redis Cluster, through redis-py.
+
+Reads. Each FeedStateReader method is one pipeline, so a feed costs three round trips on
+standalone Redis whatever the number of friends or followed sellers. On a cluster a
+pipeline is split by node and the parts are written before any is read, so each method
+is one parallel round trip per node it touches (at most the number of primaries).
+
+Writes. ``apply`` runs Lua, so a batch is validated (duplicate ids, unknown items)
+before anything is written:
+  * standalone: one script call applies the whole batch, appends every new event to the
+    ``{log}:events`` stream and marks its id done, atomically;
+  * cluster: keys are hash-tagged per entity so state spreads over the nodes, and one
+    script may only touch one slot. The batch is validated by a read, logged to the
+    stream as "pending" (one script in the ``{log}`` slot), applied by per-slot scripts
+    in two dependent stages (user and item first; then like counts, trending and seller
+    listings, which depend on what the first stage found) and then marked "done". Each
+    per-slot part records its result under the event id, so re-running a part is a
+    no-op that returns the first result. The guarantee is all-or-retry: nothing is
+    written unless the whole batch is valid, the ack comes only after every part
+    succeeded, and a retry of an unacknowledged batch converges to the state a single
+    successful apply gives. Two batches applied concurrently may interleave per entity.
+
+Failures. Sockets have short timeouts and a connection error is retried once at most,
+so a dead or frozen Redis raises StoreUnavailable within about ``socket_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
+from redis.retry import Retry
+
+from ranking.store import _MAX_EXPONENT, _TRENDING_TAU, TRENDING_EPOCH, Activity, Hydration
+from ranking.types import ItemState, UserContext
+from serving.events import Event, EventKind, EventValidationError
+from serving.stores.base import ApplyResult, StoreUnavailable
+from serving.stores.memory import DEFAULT_RECENT_LIKES
+from serving.stores.redis_keys import DEFAULT_PREFIX, Keys
+
+DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
+DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
+DEFAULT_STREAM_MAXLEN = 0  # approximate cap of the event stream; 0 = unbounded
+DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every request while Redis is frozen
+DEFAULT_CONNECT_TIMEOUT = 0.5
+
+# Options of ours that may ride in the store URL's query string, next to redis-py's own
+# (socket_timeout, socket_connect_timeout, ...).
+_OWN_OPTIONS = {"recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str}
+
+# Event.to_record() field order: the Lua scripts read records positionally.
+RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "price", "category")
+_ITEM_FIELDS = ("seller", "created_at", "stock", "like_count")
+_TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
+
+# Shared by both apply scripts: constants from ARGV and one function per per-slot
+# operation. Scores and times stay strings end to end: Lua would print numbers with 14
+# significant digits and lose the sub-second part of a Unix time.
+_LUA_PRELUDE = r"""
+local P = ARGV[1]
+local RB = tonumber(ARGV[2])
+local LB = tonumber(ARGV[3])
+local TTL = tonumber(ARGV[4])
+local TAU = tonumber(ARGV[5])
+local EPOCH = tonumber(ARGV[6])
+local MAXEXP = tonumber(ARGV[7])
+local MAXLEN = tonumber(ARGV[8])
+local BASE = 8
+local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','price','category'}
+local NF = #FIELDS
+
+local function ukey(u, what) return P .. '{u:' .. u .. '}:' .. what end
+local function ikey(i) return P .. '{i:' .. i .. '}' end
+local function skey(s) return P .. '{s:' .. s .. '}:listings' end
+local TRENDING = P .. '{trending}'
+local STREAM = P .. '{log}:events'
+local function status_key(eid) return P .. 'd:{log}:' .. eid end
+
+local function set_with_ttl(key, value)
+  if TTL > 0 then redis.call('SET', key, value, 'EX', TTL) else redis.call('SET', key, value) end
+end
+
+-- ranking.store.trending_weight, with the same double arithmetic
+local function weight(ts)
+  local x = (tonumber(ts) - EPOCH) / TAU
+  if x > MAXEXP then x = MAXEXP end
+  return string.format('%.17g', math.exp(x))
+end
+
+-- After an unlike removed one of the recent likes, bring back the newest older like.
+local function refill(u)
+  local liked, recent = ukey(u, 'liked'), ukey(u, 'likes')
+  local all = redis.call('HGETALL', liked)
+  local best_item, best_ts, best_raw
+  for j = 1, #all, 2 do
+    local item, raw = all[j], all[j + 1]
+    local ts = tonumber(raw)
+    if (best_item == nil or ts > best_ts or (ts == best_ts and item < best_item))
+        and not redis.call('ZSCORE', recent, item) then
+      best_item, best_ts, best_raw = item, ts, raw
+    end
+  end
+  if best_item then redis.call('ZADD', recent, '-' .. best_raw, best_item) end
+end
+
+local OPS = {}
+-- user slot
+OPS.like = function(u, item, ts)
+  if redis.call('HSETNX', ukey(u, 'liked'), item, ts) == 0 then return '0' end
+  local recent = ukey(u, 'likes')
+  redis.call('ZADD', recent, '-' .. ts, item)
+  redis.call('ZREMRANGEBYRANK', recent, RB, -1)
+  return '1'
+end
+OPS.unlike = function(u, item)
+  local liked = ukey(u, 'liked')
+  local ts = redis.call('HGET', liked, item)
+  if not ts then return '' end
+  redis.call('HDEL', liked, item)
+  local recent = ukey(u, 'likes')
+  if redis.call('ZREM', recent, item) == 1 and redis.call('HLEN', liked) > redis.call('ZCARD', recent) then
+    refill(u)
+  end
+  return ts
+end
+OPS.follow = function(u, s) redis.call('SADD', ukey(u, 'follows'), s) return '1' end
+OPS.unfollow = function(u, s) redis.call('SREM', ukey(u, 'follows'), s) return '1' end
+OPS.friend = function(u, f) redis.call('SADD', ukey(u, 'friends'), f) return '1' end
+OPS.unfriend = function(u, f) redis.call('SREM', ukey(u, 'friends'), f) return '1' end
+OPS.hide_item = function(u, item) redis.call('SADD', ukey(u, 'hidden_items'), item) return '1' end
+OPS.hide_seller = function(u, s) redis.call('SADD', ukey(u, 'hidden_sellers'), s) return '1' end
+-- item slot
+OPS.upsert = function(item, seller, created, stock, price, category)
+  local k = ikey(item)
+  local old = redis.call('HGET', k, 'seller')
+  redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock, 'price', price, 'category', category)
+  redis.call('HSETNX', k, 'like_count', '0')
+  if old then return old end
+  return ''
+end
+OPS.stock = function(item, stock) redis.call('HSET', ikey(item), 'stock', stock) return '1' end
+OPS.count = function(item, delta)
+  local k = ikey(item)
+  if redis.call('EXISTS', k) == 1 and redis.call('HINCRBY', k, 'like_count', delta) < 0 then
+    redis.call('HSET', k, 'like_count', '0')
+  end
+  return '1'
+end
+-- seller slot
+OPS.list = function(seller, item, created)
+  local k = skey(seller)
+  redis.call('ZADD', k, '-' .. created, item)
+  redis.call('ZREMRANGEBYRANK', k, LB, -1)
+  return '1'
+end
+OPS.unlist = function(seller, item) redis.call('ZREM', skey(seller), item) return '1' end
+-- trending slot
+OPS.trend = function(item, ts, sign)
+  redis.call('ZINCRBY', TRENDING, sign .. weight(ts), item)
+  return '1'
+end
+
+local function log_event(o, status)
+  local rec = {}
+  for j = 1, NF do rec[#rec + 1] = FIELDS[j]; rec[#rec + 1] = ARGV[o + j] end
+  if MAXLEN > 0 then
+    redis.call('XADD', STREAM, 'MAXLEN', '~', MAXLEN, '*', unpack(rec))
+  else
+    redis.call('XADD', STREAM, '*', unpack(rec))
+  end
+  set_with_ttl(status_key(ARGV[o + 1]), status)
+end
+"""
+
+# Standalone: the whole batch, atomically. ARGV after the constants: records, NF fields each.
+_LUA_APPLY_BATCH = _LUA_PRELUDE + r"""
+local n = (#ARGV - BASE) / NF
+local fresh, seen, upserted, dups = {}, {}, {}, 0
+for e = 0, n - 1 do
+  local o = BASE + e * NF
+  local eid, kind, item = ARGV[o + 1], ARGV[o + 2], ARGV[o + 5]
+  if seen[eid] or redis.call('EXISTS', status_key(eid)) == 1 then
+    dups = dups + 1
+  else
+    seen[eid] = true
+    fresh[#fresh + 1] = o
+    if kind == 'item_upsert' then
+      upserted[item] = true
+    elseif (kind == 'like' or kind == 'stock_update') and not upserted[item]
+        and redis.call('EXISTS', ikey(item)) == 0 then
+      return {'unknown_item', e}
+    end
+  end
+end
+for _, o in ipairs(fresh) do
+  local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
+  if kind == 'like' then
+    if OPS.like(u, item, ts) == '1' then OPS.count(item, 1); OPS.trend(item, ts, '') end
+  elseif kind == 'unlike' then
+    local liked_ts = OPS.unlike(u, item)
+    if liked_ts ~= '' then OPS.count(item, -1); OPS.trend(item, liked_ts, '-') end
+  elseif kind == 'follow' then OPS.follow(u, seller)
+  elseif kind == 'unfollow' then OPS.unfollow(u, seller)
+  elseif kind == 'friend' then OPS.friend(u, friend); OPS.friend(friend, u)
+  elseif kind == 'unfriend' then OPS.unfriend(u, friend); OPS.unfriend(friend, u)
+  elseif kind == 'item_upsert' then
+    local created = ARGV[o + 8]
+    local old = OPS.upsert(item, seller, created, ARGV[o + 9], ARGV[o + 10], ARGV[o + 11])
+    if old ~= '' and old ~= seller then OPS.unlist(old, item) end
+    OPS.list(seller, item, created)
+  elseif kind == 'stock_update' then OPS.stock(item, ARGV[o + 9])
+  elseif kind == 'not_interested_item' then OPS.hide_item(u, item)
+  elseif kind == 'not_interested_seller' then OPS.hide_seller(u, seller)
+  end
+  log_event(o, 'done')
+end
+return {'ok', #fresh, dups}
+"""
+
+# Cluster, {log} slot: log the records not logged yet and mark them pending.
+_LUA_LOG_PENDING = _LUA_PRELUDE + r"""
+local n = (#ARGV - BASE) / NF
+local logged = 0
+for e = 0, n - 1 do
+  local o = BASE + e * NF
+  if redis.call('EXISTS', status_key(ARGV[o + 1])) == 0 then
+    log_event(o, 'pending')
+    logged = logged + 1
+  end
+end
+return logged
+"""
+
+# Cluster, one entity's slot: run its operations in order, each at most once per event.
+# ARGV after the constants: the slot's dedupe prefix, then OP_WIDTH fields per operation:
+# part id (event id '#' part), operation name, up to six arguments.
+OP_WIDTH = 8
+_LUA_SLOT_OPS = _LUA_PRELUDE + r"""
+local DP = ARGV[BASE + 1]
+local W = 8
+local n = (#ARGV - BASE - 1) / W
+local out = {}
+for e = 0, n - 1 do
+  local o = BASE + 1 + e * W
+  local dk = DP .. ARGV[o + 1]
+  local done = redis.call('GET', dk)
+  if done then
+    out[#out + 1] = done
+  else
+    local r = OPS[ARGV[o + 2]](ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8])
+    set_with_ttl(dk, r)
+    out[#out + 1] = r
+  end
+end
+return out
+"""
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ClusterError)):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
+
+
+@contextmanager
+def unavailable_on_redis_errors() -> Iterator[None]:
+    """Turn a Redis outage (refused, timed out, cluster down, loading...) into StoreUnavailable."""
+    try:
+        yield
+    except RedisError as error:
+        if _is_unavailable(error):
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+        raise
+    except RedisClusterException as error:
+        # Raised e.g. when no startup node answers; programming errors stay errors.
+        if isinstance(error, SlotNotCoveredError) or "connect" in str(error).lower() or "reachable" in str(error).lower():
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+        raise
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
+    """A redis-py client for a redis://, rediss://, unix:// or redis-cluster:// URL.
+
+    ``kwargs`` are redis-py options; options in the URL's query string win over them.
+    A connection error is retried once, immediately (a pooled connection may be stale
+    after a Redis restart); timeouts are not retried.
+    """
+    if url.startswith("redis-cluster://"):
+        kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+        return RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
+    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+
+
+def split_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL without our own query options, and those options parsed."""
+    parts = urlsplit(url)
+    own: dict[str, Any] = {}
+    rest = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _OWN_OPTIONS:
+            own[name] = _OWN_OPTIONS[name](value)
+        else:
+            rest.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), own
+
+
+class RedisStore:
+    """FeedStore over Redis; see the module docstring for the read and write design.
+
+    ``recent_likes`` bounds each user's recent-likes sorted set (as the memory store's
+    ``recent_likes``); ``listings`` bounds each seller's listings sorted set, so
+    ``read_activity`` returns at most that many listings per seller.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        recent_likes: int = DEFAULT_RECENT_LIKES,
+        listings: int = DEFAULT_LISTINGS,
+        dedupe_ttl: int = DEFAULT_DEDUPE_TTL,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if recent_likes < 1 or listings < 1:
+            raise ValueError("recent_likes and listings must be >= 1")
+        self.client = client
+        self.is_cluster = isinstance(client, RedisCluster)
+        self.keys = Keys(prefix)
+        self.recent_likes_bound = recent_likes
+        self.listings_bound = listings
+        self._consts = [
+            prefix, str(recent_likes), str(listings), str(dedupe_ttl),
+            repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
+        ]  # fmt: skip
+        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS}
+        self._shas: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        """Connect lazily; ``kwargs`` are redis-py options (query options in the URL win).
+
+        Our own options may be given in the query string too: recent_likes, listings,
+        dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix.
+        """
+        url, own = split_url(url)
+        kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        with unavailable_on_redis_errors():
+            return cls(connect(url, **kwargs), **own)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _pipeline(self) -> Any:
+        return self.client.pipeline(transaction=False) if not self.is_cluster else self.client.pipeline()
+
+    def read_user(self, user_id: str) -> UserContext:
+        k = self.keys
+        pipe = self._pipeline()
+        pipe.zrange(k.recent_likes(user_id), 0, self.recent_likes_bound - 1, withscores=True)
+        for key in (k.follows(user_id), k.friends(user_id), k.hidden_items(user_id), k.hidden_sellers(user_id)):
+            pipe.smembers(key)
+        with unavailable_on_redis_errors():
+            likes, follows, friends, hidden_items, hidden_sellers = pipe.execute()
+        return UserContext(
+            user_id=user_id,
+            recent_likes=tuple((item, -score) for item, score in likes),
+            follows=frozenset(follows),
+            friends=frozenset(friends),
+            hidden_items=frozenset(hidden_items),
+            hidden_sellers=frozenset(hidden_sellers),
+        )
+
+    def read_activity(
+        self, seller_ids: Sequence[str], friend_ids: Sequence[str], per_key_limit: int, trending_limit: int
+    ) -> Activity:
+        k = self.keys
+        listing_limit = min(per_key_limit, self.listings_bound)
+        like_limit = min(per_key_limit, self.recent_likes_bound)
+        pipe = self._pipeline()
+        sellers = list(seller_ids) if listing_limit > 0 else []
+        friends = list(friend_ids) if like_limit > 0 else []
+        for seller in sellers:
+            pipe.zrange(k.listings(seller), 0, listing_limit - 1, withscores=True)
+        for friend in friends:
+            pipe.zrange(k.recent_likes(friend), 0, like_limit - 1, withscores=True)
+        if trending_limit > 0:
+            pipe.zrevrangebyscore(k.trending, "+inf", "(0", start=0, num=trending_limit)
+        with unavailable_on_redis_errors():
+            replies = pipe.execute() if len(pipe) else []
+        newest = [[(member, -score) for member, score in reply] for reply in replies[: len(sellers) + len(friends)]]
+        listings: dict[str, list[tuple[str, float]]] = {s: [] for s in seller_ids}
+        listings.update(zip(sellers, newest[: len(sellers)]))
+        likes: dict[str, list[tuple[str, float]]] = {f: [] for f in friend_ids}
+        likes.update(zip(friends, newest[len(sellers) :]))
+        return Activity(
+            listings_by_seller=listings,
+            likes_by_friend=likes,
+            trending=list(replies[-1]) if trending_limit > 0 else [],
+        )
+
+    def hydrate(self, user_id: str, item_ids: Sequence[str]) -> Hydration:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return Hydration(items={}, liked=frozenset())
+        pipe = self._pipeline()
+        for item_id in ids:
+            pipe.hmget(self.keys.item(item_id), _ITEM_FIELDS)
+        pipe.hmget(self.keys.liked(user_id), ids)
+        with unavailable_on_redis_errors():
+            replies = pipe.execute()
+        items = {}
+        for item_id, (seller, created_at, stock, like_count) in zip(ids, replies):
+            if seller is None and stock is None:
+                continue
+            items[item_id] = ItemState(
+                item_id, seller or "", float(created_at or 0.0), int(stock or 0), int(like_count or 0)
+            )
+        return Hydration(items=items, liked=frozenset(i for i, ts in zip(ids, replies[-1]) if ts is not None))
+
+    # -- writes ------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Apply a validated batch; see FeedStore.apply and the module docstring.
+
+        Raises EventValidationError, before writing anything, for a like or stock update
+        of an item that neither exists nor is upserted earlier in the batch.
+        """
+        if not events:
+            return ApplyResult(applied=0, duplicates=0)
+        with unavailable_on_redis_errors():
+            if self.is_cluster:
+                return self._apply_partitioned(events)
+            return self._apply_atomic(events)
+
+    def _sha(self, name: str) -> str:
+        if name not in self._shas:
+            # On a cluster SCRIPT LOAD goes to every primary.
+            sha = self.client.script_load(self._sources[name])
+            self._shas[name] = sha if isinstance(sha, str) else next(iter(sha.values()))
+        return self._shas[name]
+
+    def _eval(self, name: str, key: str, args: Sequence[str]) -> Any:
+        try:
+            return self.client.evalsha(self._sha(name), 1, key, *args)
+        except NoScriptError:  # the server restarted or failed over: load again, once
+            self._shas.clear()
+            return self.client.evalsha(self._sha(name), 1, key, *args)
+
+    @staticmethod
+    def _flat_records(events: Sequence[Event]) -> list[str]:
+        flat: list[str] = []
+        for event in events:
+            record = event.to_record()
+            flat.extend(record[name] for name in RECORD_FIELDS)
+        return flat
+
+    def _apply_atomic(self, events: Sequence[Event]) -> ApplyResult:
+        reply = self._eval("batch", self.keys.events, [*self._consts, *self._flat_records(events)])
+        if reply[0] == "unknown_item":
+            index = int(reply[1])
+            raise EventValidationError(index, "item_id", f"unknown item {events[index].item_id!r}")
+        return ApplyResult(applied=int(reply[1]), duplicates=int(reply[2]))
+
+    def _apply_partitioned(self, events: Sequence[Event]) -> ApplyResult:
+        k = self.keys
+        event_ids = list(dict.fromkeys(e.event_id for e in events))
+        referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE)))
+        pipe = self._pipeline()
+        for event_id in event_ids:
+            pipe.get(k.event_status(event_id))
+        for item_id in referenced:
+            pipe.exists(k.item(item_id))
+        replies = pipe.execute()
+        status = dict(zip(event_ids, replies[: len(event_ids)]))
+        exists = dict(zip(referenced, replies[len(event_ids) :]))
+
+        fresh: list[int] = []
+        seen: set[str] = set()
+        upserted: set[str] = set()
+        for index, event in enumerate(events):
+            if event.event_id in seen or status[event.event_id] == "done":
+                continue
+            seen.add(event.event_id)
+            fresh.append(index)
+            if event.kind is EventKind.ITEM_UPSERT:
+                upserted.add(event.item_id)
+            elif event.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE):
+                if not exists[event.item_id] and event.item_id not in upserted:
+                    raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
+        if not fresh:
+            return ApplyResult(applied=0, duplicates=len(events))
+        batch = [events[i] for i in fresh]
+
+        # Intent first: once logged, a crash before "done" leaves the ids pending and a
+        # retry re-applies the missing parts.
+        unlogged = [e for e in batch if status[e.event_id] is None]
+        if unlogged:
+            self._eval("log", k.events, [*self._consts, *self._flat_records(unlogged)])
+        first = self._run_slot_ops(_stage_one(batch))
+        self._run_slot_ops(_stage_two(batch, first))
+        pipe = self._pipeline()
+        ttl = int(self._consts[3])
+        for event in batch:
+            pipe.set(k.event_status(event.event_id), "done", ex=ttl or None)
+        pipe.execute()
+        return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh))
+
+    def _run_slot_ops(self, ops: dict[str, list[list[str]]]) -> dict[tuple[str, str], str]:
+        """Run each tag's operations with one per-slot script call, all calls pipelined.
+
+        Returns each operation's result by (tag, part id).
+        """
+        if not ops:
+            return {}
+        tags = list(ops)
+        for attempt in (0, 1):
+            sha = self._sha("slot")
+            pipe = self._pipeline()
+            for tag in tags:
+                args = [*self._consts, self.keys.part_prefix(tag)]
+                for op in ops[tag]:
+                    args.extend(op + [""] * (OP_WIDTH - len(op)))
+                # ClusterPipeline blocks .evalsha(); the raw command is routed by its key.
+                pipe.execute_command("EVALSHA", sha, 1, self.keys.tag_key(tag), *args)
+            try:
+                replies = pipe.execute()
+                break
+            except NoScriptError:  # parts already run are no-ops the second time
+                if attempt:
+                    raise
+                self._shas.clear()
+        return {(tag, op[0]): result for tag, reply in zip(tags, replies) for op, result in zip(ops[tag], reply)}
+
+    # -- health ------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except (RedisError, RedisClusterException, OSError):
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- the cluster's two stages ---------------------------------------------------------
+# An operation is [part id, op name, args...]; the part id is unique per event and slot.
+
+
+def _stage_one(batch: Sequence[Event]) -> dict[str, list[list[str]]]:
+    """Operations that read or write only one user's or one item's state."""
+    ops: dict[str, list[list[str]]] = defaultdict(list)
+    user = Keys.user_tag
+    for event in batch:
+        e, kind, ts = event.event_id, event.kind, event.to_record()["ts"]
+        if kind is EventKind.LIKE:
+            ops[user(event.user_id)].append([f"{e}#like", "like", event.user_id, event.item_id, ts])
+        elif kind is EventKind.UNLIKE:
+            ops[user(event.user_id)].append([f"{e}#unlike", "unlike", event.user_id, event.item_id])
+        elif kind in (EventKind.FOLLOW, EventKind.UNFOLLOW):
+            ops[user(event.user_id)].append([f"{e}#{kind.value}", kind.value, event.user_id, event.seller_id])
+        elif kind in (EventKind.FRIEND, EventKind.UNFRIEND):
+            ops[user(event.user_id)].append([f"{e}#{kind.value}", kind.value, event.user_id, event.friend_id])
+            ops[user(event.friend_id)].append([f"{e}#{kind.value}", kind.value, event.friend_id, event.user_id])
+        elif kind is EventKind.NOT_INTERESTED_ITEM:
+            ops[user(event.user_id)].append([f"{e}#hide_item", "hide_item", event.user_id, event.item_id])
+        elif kind is EventKind.NOT_INTERESTED_SELLER:
+            ops[user(event.user_id)].append([f"{e}#hide_seller", "hide_seller", event.user_id, event.seller_id])
+        elif kind is EventKind.ITEM_UPSERT:
+            r = event.to_record()
+            ops[Keys.item_tag(event.item_id)].append(
+                [f"{e}#upsert", "upsert", event.item_id, event.seller_id, r["created_at"], r["stock"], r["price"], r["category"]]
+            )
+        elif kind is EventKind.STOCK_UPDATE:
+            ops[Keys.item_tag(event.item_id)].append([f"{e}#stock", "stock", event.item_id, str(event.stock)])
+    return ops
+
+
+def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dict[str, list[list[str]]]:
+    """Like counts, trending and listings: what the first stage found decides them."""
+    ops: dict[str, list[list[str]]] = defaultdict(list)
+    trending = Keys.TRENDING_TAG
+    for event in batch:
+        e, kind = event.event_id, event.kind
+        if kind is EventKind.LIKE and first[(Keys.user_tag(event.user_id), f"{e}#like")] == "1":
+            ops[Keys.item_tag(event.item_id)].append([f"{e}#count", "count", event.item_id, "1"])
+            ops[trending].append([f"{e}#trend", "trend", event.item_id, event.to_record()["ts"], ""])
+        elif kind is EventKind.UNLIKE:
+            liked_ts = first[(Keys.user_tag(event.user_id), f"{e}#unlike")]
+            if liked_ts:
+                ops[Keys.item_tag(event.item_id)].append([f"{e}#count", "count", event.item_id, "-1"])
+                ops[trending].append([f"{e}#trend", "trend", event.item_id, liked_ts, "-"])
+        elif kind is EventKind.ITEM_UPSERT:
+            old = first[(Keys.item_tag(event.item_id), f"{e}#upsert")]
+            if old and old != event.seller_id:
+                ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id])
+            created = event.to_record()["created_at"]
+            ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
+    return ops
+
+
+__all__ = ["RedisStore", "connect", "split_url", "unavailable_on_redis_errors", "RECORD_FIELDS"]

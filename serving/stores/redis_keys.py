@@ -1,0 +1,131 @@
+"""Every Redis key the feed uses, in one place.
+
+Keys carry a hash tag per entity (``{u:ID}``, ``{i:ID}``, ``{s:ID}``), so on a Redis
+Cluster each user's, item's and seller's keys live together in one slot while the
+entities spread over the cluster. The per-user reads of a feed stay on one node; the
+few global keys (``{trending}``, ``{log}``) each sit in their own slot.
+
+  user    {u:ID}:likes           zset item -> -ts, newest ``recent_likes`` likes (trimmed)
+          {u:ID}:liked           hash item -> ts, every like (membership, unlike, export)
+          {u:ID}:follows         set of seller ids
+          {u:ID}:friends         set of user ids (both directions are stored)
+          {u:ID}:hidden_items    set of item ids (not interested)
+          {u:ID}:hidden_sellers  set of seller ids (not interested)
+  item    {i:ID}                 hash seller, created_at, stock, like_count, price, category;
+                                 stock 0 is the out-of-stock state
+  seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
+  global  {trending}             zset item -> sum of trending_weight(ts) over its likes
+          {log}:events           stream: one entry per applied event (Event.to_record())
+  dedupe  d:{log}:EVENT_ID       "pending" / "done": the event id was logged / fully applied
+          d:{TAG}:EVENT_ID#PART  cluster only: result of one part of an event in slot TAG
+
+Sorted-set scores are negated times so that ascending rank order is "newest first,
+ties by id ascending", the order the memory store uses; ZRANGE 0..n-1 reads the newest n.
+Every key starts with a namespace prefix (default ``fr:``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "fr:"
+
+USER_SUFFIXES = ("likes", "liked", "follows", "friends", "hidden_items", "hidden_sellers")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one namespace ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- per entity -------------------------------------------------------------------
+
+    def user(self, user_id: str, what: str) -> str:
+        """One of the user's keys; ``what`` is one of USER_SUFFIXES."""
+        return f"{self.prefix}{{u:{user_id}}}:{what}"
+
+    def recent_likes(self, user_id: str) -> str:
+        return self.user(user_id, "likes")
+
+    def liked(self, user_id: str) -> str:
+        return self.user(user_id, "liked")
+
+    def follows(self, user_id: str) -> str:
+        return self.user(user_id, "follows")
+
+    def friends(self, user_id: str) -> str:
+        return self.user(user_id, "friends")
+
+    def hidden_items(self, user_id: str) -> str:
+        return self.user(user_id, "hidden_items")
+
+    def hidden_sellers(self, user_id: str) -> str:
+        return self.user(user_id, "hidden_sellers")
+
+    def item(self, item_id: str) -> str:
+        return f"{self.prefix}{{i:{item_id}}}"
+
+    def listings(self, seller_id: str) -> str:
+        return f"{self.prefix}{{s:{seller_id}}}:listings"
+
+    # -- global -----------------------------------------------------------------------
+
+    @property
+    def trending(self) -> str:
+        return f"{self.prefix}{{trending}}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}{{log}}:events"
+
+    def event_status(self, event_id: str) -> str:
+        return f"{self.prefix}d:{{log}}:{event_id}"
+
+    # -- cluster routing --------------------------------------------------------------
+
+    @staticmethod
+    def user_tag(user_id: str) -> str:
+        return f"u:{user_id}"
+
+    @staticmethod
+    def item_tag(item_id: str) -> str:
+        return f"i:{item_id}"
+
+    @staticmethod
+    def seller_tag(seller_id: str) -> str:
+        return f"s:{seller_id}"
+
+    TRENDING_TAG = "trending"
+
+    def tag_key(self, tag: str) -> str:
+        """A key in ``tag``'s slot, used to route a per-slot script call."""
+        return f"{self.prefix}{{{tag}}}"
+
+    def part_prefix(self, tag: str) -> str:
+        """Prefix of the per-slot dedupe keys of ``tag`` (event id and part follow)."""
+        return f"{self.prefix}d:{{{tag}}}:"
+
+    # -- export: patterns and parsing -------------------------------------------------
+
+    @property
+    def item_pattern(self) -> str:
+        return f"{self.prefix}{{i:*"
+
+    @property
+    def liked_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:liked"
+
+    @property
+    def follows_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:follows"
+
+    @property
+    def friends_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:friends"
+
+    def item_id_of(self, key: str) -> str:
+        return key[len(self.prefix) + 3 : -1]
+
+    def user_id_of(self, key: str, what: str) -> str:
+        return key[len(self.prefix) + 3 : -(len(what) + 2)]

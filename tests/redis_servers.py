@@ -1,0 +1,216 @@
+"""Real redis-server processes for tests: standalone and a 3-master cluster.
+
+Every server runs on a free port in a temporary directory and is killed at teardown,
+also when a test fails. Without a redis-server binary the tests are skipped, except
+under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import redis
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def require_redis() -> str:
+    """The redis-server path; skips (fails under CI) when it is missing."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        reason = "redis-server/redis-cli not found on PATH (install them: `make redis-server`)"
+        if IN_CI:
+            pytest.fail(reason + "; required under CI=true", pytrace=False)
+        pytest.skip(reason)
+    return REDIS_SERVER
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(cluster_bus: bool = False) -> int:
+    """A free port; for a cluster node one <= 55535 whose bus port (+10000) is free too."""
+    if not cluster_bus:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20_000, 55_535)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisServer:
+    """One redis-server process. ``appendonly`` turns AOF on with fsync on every write."""
+
+    def __init__(
+        self, directory: Path, port: int | None = None, appendonly: bool = False, extra: Sequence[str] = (), cluster: bool = False
+    ) -> None:
+        self.directory = directory
+        self.port = port or free_port(cluster_bus=cluster)
+        self.appendonly = appendonly
+        self.extra = list(extra)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            require_redis(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.process = subprocess.Popen(argv + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+        return self
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kwargs)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(socket_timeout=1.0, socket_connect_timeout=1.0) as client:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    log = (self.directory / "redis.log").read_text() if (self.directory / "redis.log").exists() else ""
+                    raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}:\n{log[-2000:]}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING in {timeout} s")
+                time.sleep(0.02)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): it accepts connections but never answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown save; the AOF (if on) is all that survives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+class RedisClusterServers:
+    """Three cluster-enabled redis-servers joined by `redis-cli --cluster create`, no replicas."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                directory / f"node{n}",
+                extra=["--cluster-enabled", "yes", "--cluster-config-file", str(directory / f"node{n}" / "nodes.conf"),
+                       "--cluster-node-timeout", "2000"],
+                cluster=True,
+            )
+            for n in range(masters)
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis-cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            with node.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the test cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)
+        return self
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A session-wide standalone redis-server; use ``redis_url`` for an empty database."""
+    require_redis()
+    with tempfile.TemporaryDirectory(prefix="feedrank-redis-") as tmp:
+        server = RedisServer(Path(tmp))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A session-wide 3-master Redis Cluster; use ``redis_cluster_url`` for an empty one."""
+    require_redis()
+    with tempfile.TemporaryDirectory(prefix="feedrank-cluster-") as tmp:
+        cluster = RedisClusterServers(Path(tmp))
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the standalone server, flushed before the test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """URL of the cluster, flushed before the test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
