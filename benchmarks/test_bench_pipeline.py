@@ -1,0 +1,36 @@
+"""In-process costs of one feed and one ingest batch (pytest-benchmark; `make bench`)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from serving.events import Event, EventKind
+
+
+def test_feed_pipeline_first_page(benchmark, bench_world):
+    dataset, _, _, pipeline, now = bench_world
+    users = itertools.cycle(random.Random(0).sample(dataset.user_ids(), 2000))
+    result = benchmark(lambda: pipeline.run(next(users), 20, now))
+    assert result.items
+
+
+def test_feed_pipeline_cold_start_user(benchmark, bench_world):
+    _, _, _, pipeline, now = bench_world
+    result = benchmark(lambda: pipeline.run("nobody-knows-me", 20, now))
+    assert result.items
+
+
+def test_memory_store_ingest_batch_of_100_likes(benchmark, bench_world):
+    dataset, store, _, _, now = bench_world
+    counter = itertools.count()
+    users, items = dataset.user_ids(), dataset.items.item_id
+
+    def batch():
+        return [
+            Event(f"bench-{next(counter)}", EventKind.LIKE, now, user_id=users[i % len(users)], item_id=items[(i * 7) % len(items)])
+            for i in range(100)
+        ]
+
+    result = benchmark(lambda: store.apply(batch()))
+    assert result.applied + result.duplicates == 100
