@@ -3,6 +3,8 @@
   python -m serving [serve] --models DIR (--data DIR | --store URL) [--port P]
   python -m serving feed --target HOST:PORT --user USER [--limit N] [--pages N]
   python -m serving demo [--workdir DIR]
+  python -m serving load --data DIR --redis URL
+  python -m serving export --redis URL --out DIR [--since STREAM_ID]
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from serving import client
 from serving.config import add_server_arguments, config_from_args
 
-COMMANDS = ("serve", "feed", "demo")
+COMMANDS = ("serve", "feed", "demo", "load", "export")
 
 
 def _serve(argv: list[str]) -> None:
@@ -49,6 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         from serving import demo
 
         demo.main(rest)
+    elif command == "load":
+        from serving import load
+
+        load.main(rest)
+    elif command == "export":
+        from serving import export
+
+        export.main(rest)
     else:
         _serve(rest)
 

@@ -1,0 +1,170 @@
+"""``python -m serving export``: write Redis's live state back as a dataset directory.
+
+  python -m serving export --redis URL --out DIR [--since STREAM_ID]
+
+Writes items.csv, likes.csv, follows.csv and friends.csv (training.dataset format), so
+the trainer can retrain from live data. Keys are found with SCAN (on a cluster, on every
+primary). Follows and friendships are kept in Redis as plain sets, so their ``ts`` column
+is empty; likes keep their time; items with no known ``created_at`` are written as 0.
+
+With ``--since STREAM_ID`` the event log entries after that id (exclusive; ``0`` for all)
+are written to ``events.csv`` with the columns
+
+  stream_id, event_id, kind, ts, user_id, item_id, seller_id, friend_id, created_at,
+  stock, price, category
+
+(one row per applied event, in log order; the fields of serving.events.Event.to_record,
+empty when a kind does not use them). The last stream id is printed: pass it as the
+next ``--since`` to export only what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
+from serving.stores.redis_keys import DEFAULT_PREFIX, Keys
+from training.dataset import Dataset, Edges, Items, write_dataset
+
+EVENTS_FILE = "events.csv"
+EVENT_COLUMNS = ("stream_id", *RECORD_FIELDS)
+SCAN_COUNT = 1_000
+FETCH_BATCH = 1_000
+
+
+@dataclass(frozen=True)
+class ExportStats:
+    items: int
+    likes: int
+    follows: int
+    friends: int
+    events: int
+    last_event_id: str | None
+
+
+def _scan(client: Any, pattern: str) -> Iterator[str]:
+    """Every key matching ``pattern``, on each primary of a cluster."""
+    if hasattr(client, "get_primaries"):
+        for node in client.get_primaries():
+            yield from client.get_redis_connection(node).scan_iter(match=pattern, count=SCAN_COUNT)
+    else:
+        yield from client.scan_iter(match=pattern, count=SCAN_COUNT)
+
+
+def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any]]:
+    for start in range(0, len(keys), FETCH_BATCH):
+        chunk = keys[start : start + FETCH_BATCH]
+        pipe = client.pipeline()
+        for key in chunk:
+            getattr(pipe, method)(key)
+        yield from zip(chunk, pipe.execute())
+
+
+def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
+    """The live state as a Dataset (rows sorted by id, so equal states give equal files)."""
+    k = Keys(prefix)
+    rows = []
+    item_keys = sorted(_scan(client, k.item_pattern))
+    for key, fields in _fetch(client, item_keys, "hgetall"):
+        if "seller" not in fields:
+            continue
+        price = fields.get("price", "")
+        rows.append((k.item_id_of(key), fields["seller"], float(fields.get("created_at") or 0.0),
+                     int(fields.get("stock") or 0), float(price) if price else math.nan, fields.get("category", "")))  # fmt: skip
+    rows.sort()
+    items = Items(
+        item_id=[r[0] for r in rows],
+        seller_id=[r[1] for r in rows],
+        created_at=np.array([r[2] for r in rows], dtype=np.float64),
+        stock=np.array([r[3] for r in rows], dtype=np.int64),
+        price=np.array([r[4] for r in rows], dtype=np.float64),
+        category=[r[5] for r in rows],
+    )
+    likes = sorted(
+        (k.user_id_of(key, "liked"), item, float(ts))
+        for key, liked in _fetch(client, sorted(_scan(client, k.liked_pattern)), "hgetall")
+        for item, ts in liked.items()
+    )
+    follows = sorted(
+        (k.user_id_of(key, "follows"), seller)
+        for key, sellers in _fetch(client, sorted(_scan(client, k.follows_pattern)), "smembers")
+        for seller in sellers
+    )
+    friends = sorted(
+        {
+            (min(user, friend), max(user, friend))
+            for key, others in _fetch(client, sorted(_scan(client, k.friends_pattern)), "smembers")
+            for user in [k.user_id_of(key, "friends")]
+            for friend in others
+            if friend != user
+        }
+    )
+    return Dataset(
+        items=items,
+        likes=Edges([r[0] for r in likes], [r[1] for r in likes], np.array([r[2] for r in likes], dtype=np.float64)),
+        follows=Edges([r[0] for r in follows], [r[1] for r in follows], np.full(len(follows), np.nan)),
+        friends=Edges([r[0] for r in friends], [r[1] for r in friends], np.full(len(friends), np.nan)),
+    )
+
+
+def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFIX) -> tuple[int, str | None]:
+    """Write the log entries after ``since`` to ``path``; returns (count, last stream id)."""
+    stream = Keys(prefix).events
+    count, last = 0, None
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(EVENT_COLUMNS)
+        start = "(" + since if since not in ("0", "-") else "-"
+        while True:
+            entries = client.xrange(stream, min=start, max="+", count=FETCH_BATCH)
+            if not entries:
+                break
+            for stream_id, record in entries:
+                writer.writerow([stream_id, *(record.get(name, "") for name in RECORD_FIELDS)])
+                last = stream_id
+            count += len(entries)
+            start = "(" + last
+    os.replace(tmp, path)
+    return count, last
+
+
+def export_from_redis(client: Any, out_dir: str, since: str | None = None, prefix: str = DEFAULT_PREFIX) -> ExportStats:
+    """Write the live state (and the events after ``since``, if given) into ``out_dir``.
+
+    Raises StoreUnavailable when Redis cannot be reached.
+    """
+    with unavailable_on_redis_errors():
+        dataset = read_live_dataset(client, prefix)
+        write_dataset(dataset, out_dir)
+        events, last = (0, None)
+        if since is not None:
+            events, last = write_events(client, os.path.join(out_dir, EVENTS_FILE), since, prefix)
+    return ExportStats(len(dataset.items), len(dataset.likes), len(dataset.follows), len(dataset.friends), events, last)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serving export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
+    parser.add_argument("--out", required=True, help="dataset directory to write (created if needed)")
+    parser.add_argument("--since", help="also write events.csv with the log entries after this stream id (0 = all)")
+    args = parser.parse_args(argv)
+    url, own = split_url(args.redis)
+    client = connect(url, socket_timeout=60.0, socket_connect_timeout=5.0)
+    try:
+        stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX))
+    finally:
+        client.close()
+    print(
+        f"exported {stats.items} items, {stats.likes} likes, {stats.follows} follows, {stats.friends} friendships"
+        + (f", {stats.events} events (last stream id {stats.last_event_id})" if args.since is not None else "")
+        + f" to {args.out}"
+    )

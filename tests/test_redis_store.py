@@ -1,0 +1,322 @@
+"""RedisStore beyond the shared contract: round trips, atomicity, equivalence with the
+memory store, cluster spreading and retries, the loader, and outages."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from ranking.feed import build_feed_pipeline
+from serving.events import Event, EventKind, EventValidationError
+from serving.feed_service import FeedService
+from serving.load import load_into_redis
+from serving.stores.base import StoreUnavailable
+from serving.stores.memory import MemoryStore
+from serving.stores.redis import RedisStore
+from tests.builders import DAY, NOW, make_dataset, social_dataset
+from tests.conftest import make_redis_store
+from tests.redis_servers import RedisServer
+from training.generate import generate
+
+pytestmark = pytest.mark.redis
+
+KINDS = ["redis", "redis-cluster"]
+
+
+@pytest.fixture(params=KINDS)
+def url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+
+
+def snapshot(client) -> dict:
+    """Every key with its type and full value, on every primary of a cluster."""
+    nodes = [client.get_redis_connection(n) for n in client.get_primaries()] if hasattr(client, "get_primaries") else [client]
+    state = {}
+    for node in nodes:
+        for key in node.scan_iter(count=1000):
+            kind = node.type(key)
+            value = {
+                "string": node.get,
+                "hash": node.hgetall,
+                "set": lambda k: sorted(node.smembers(k)),
+                "zset": lambda k: node.zrange(k, 0, -1, withscores=True),
+                "stream": lambda k: [fields for _, fields in node.xrange(k)],
+            }[kind](key)
+            state[key] = (kind, value)
+    return state
+
+
+class RoundTripCounter:
+    """Counts writes of packed commands to Redis sockets: one per pipeline per node."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(conn, command, check_health=True):
+            self.count += 1
+            return original(conn, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def measure(self, fn, *args) -> int:
+        before = self.count
+        fn(*args)
+        return self.count - before
+
+
+def hub_dataset(friends: int, sellers: int):
+    items = [(f"x{n}", f"s{n}", NOW - n, 1) for n in range(sellers)]
+    likes = [(f"f{n}", f"x{n % sellers}", NOW - n) for n in range(friends)]
+    return make_dataset(
+        items,
+        likes=likes,
+        friends=[("hub", f"f{n}", NOW) for n in range(friends)],
+        follows=[("hub", f"s{n}", NOW) for n in range(sellers)],
+    )
+
+
+def test_a_feed_reads_redis_in_three_round_trips_whatever_the_fan_out(redis_url, monkeypatch):
+    for friends, sellers in ((2, 1), (200, 50)):
+        store = make_redis_store(redis_url, hub_dataset(friends, sellers))
+        store.ping()  # connect outside the measurement
+        counter = RoundTripCounter(monkeypatch)
+        pipeline = build_feed_pipeline(store, None)
+        assert counter.measure(pipeline.run, "hub", 10, NOW) == 3
+        user = store.read_user("hub")
+        assert counter.measure(store.read_user, "hub") == 1
+        assert counter.measure(store.read_activity, sorted(user.follows), sorted(user.friends), 20, 100) == 1
+        assert counter.measure(store.hydrate, "hub", [f"x{n}" for n in range(sellers)]) == 1
+        monkeypatch.undo()
+        store.close()
+
+
+def test_on_a_cluster_each_read_is_one_round_trip_per_node(redis_cluster_url, redis_cluster, monkeypatch):
+    nodes = len(redis_cluster.nodes)
+    for friends, sellers in ((2, 1), (200, 50)):
+        store = make_redis_store(redis_cluster_url, hub_dataset(friends, sellers))
+        store.ping()
+        pipeline = build_feed_pipeline(store, None)
+        pipeline.run("hub", 10, NOW)  # open a connection to every node first
+        counter = RoundTripCounter(monkeypatch)
+        # read_user stays on the user's node; the others go once to each node they touch.
+        assert counter.measure(store.read_user, "hub") == 1
+        assert counter.measure(pipeline.run, "hub", 10, NOW) <= 1 + 2 * nodes
+        monkeypatch.undo()
+        store.close()
+
+
+def test_cluster_state_spreads_over_every_primary(redis_cluster_url, redis_cluster):
+    dataset = generate(users=300, sellers=30, items=500, seed=3)
+    store = make_redis_store(redis_cluster_url, dataset)
+    sizes = [node.client().dbsize() for node in redis_cluster.nodes]
+    assert min(sizes) > 0.2 * sum(sizes), sizes
+    store.close()
+
+
+def test_a_batch_rejected_for_an_unknown_item_writes_nothing(url):
+    store = make_redis_store(url, social_dataset())
+    before = snapshot(store.client)
+    batch = [
+        Event("ok1", EventKind.LIKE, NOW, user_id="carol", item_id="i1"),
+        Event("ok2", EventKind.ITEM_UPSERT, NOW, item_id="n1", seller_id="s9", created_at=NOW, stock=1),
+        Event("ok3", EventKind.FRIEND, NOW, user_id="dave", friend_id="erin"),
+        Event("bad", EventKind.LIKE, NOW, user_id="carol", item_id="nope"),
+    ]
+    with pytest.raises(EventValidationError) as error:
+        store.apply(batch)
+    assert (error.value.index, error.value.field) == (3, "item_id")
+    assert snapshot(store.client) == before
+    store.close()
+
+
+def test_a_malformed_batch_through_ingest_leaves_redis_unchanged(url):
+    store = make_redis_store(url, social_dataset())
+    service = FeedService(store, artifact=_NoArtifact(), codec=None, settings=_settings())
+    before = snapshot(store.client)
+    batch = [
+        Event("ok1", EventKind.LIKE, NOW, user_id="carol", item_id="i1"),
+        Event("bad", EventKind.FOLLOW, NOW, user_id="", seller_id="s1"),
+    ]
+    with pytest.raises(EventValidationError):
+        service.ingest(batch)
+    assert snapshot(store.client) == before
+    store.close()
+
+
+class _NoArtifact:
+    version = "none"
+    model = None
+
+    @property
+    def ranker(self):
+        from ranking.ranker import DEFAULT_RANKER
+
+        return DEFAULT_RANKER
+
+
+def _settings():
+    from ranking.feed import FeedSettings
+
+    return FeedSettings()
+
+
+def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
+    """Mixed events over social_dataset's ids, with repeats, unlikes and seller moves."""
+    rng = random.Random(seed)
+    users = ["alice", "bob", "carol", "dave", "erin"]
+    items = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1"]
+    sellers = ["s1", "s2", "s3"]
+    batches, n = [], 0
+    for _ in range(n_batches):
+        batch = []
+        for _ in range(size):
+            n += 1
+            ts = NOW + rng.choice([0, 1, 2.5, 3.123456, 10]) * 60 - rng.randrange(30) * DAY
+            kind = rng.choice(list(EventKind) + [EventKind.LIKE, EventKind.UNLIKE] * 3)
+            user, other = rng.sample(users, 2)
+            item, seller = rng.choice(items), rng.choice(sellers)
+            fields = {
+                EventKind.LIKE: dict(user_id=user, item_id=item),
+                EventKind.UNLIKE: dict(user_id=user, item_id=item),
+                EventKind.FOLLOW: dict(user_id=user, seller_id=seller),
+                EventKind.UNFOLLOW: dict(user_id=user, seller_id=seller),
+                EventKind.FRIEND: dict(user_id=user, friend_id=other),
+                EventKind.UNFRIEND: dict(user_id=user, friend_id=other),
+                EventKind.ITEM_UPSERT: dict(item_id=item, seller_id=seller, created_at=ts - DAY, stock=rng.randrange(3)),
+                EventKind.STOCK_UPDATE: dict(item_id=item, stock=rng.randrange(3)),
+                EventKind.NOT_INTERESTED_ITEM: dict(user_id=user, item_id=item),
+                EventKind.NOT_INTERESTED_SELLER: dict(user_id=user, seller_id=seller),
+            }[kind]
+            event_id = f"e{n}" if rng.random() > 0.1 else f"e{rng.randrange(1, n + 1)}"
+            batch.append(Event(event_id, kind, ts, **fields))
+        # An id reused for different content is refused by validation; keep the first.
+        seen: dict[str, Event] = {}
+        batches.append([seen.setdefault(e.event_id, e) for e in batch])
+    return batches
+
+
+def same_reads(memory: MemoryStore, store: RedisStore) -> None:
+    users = ["alice", "bob", "carol", "dave", "erin", "nobody"]
+    items = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1", "missing"]
+    for user in users:
+        assert store.read_user(user) == memory.read_user(user), user
+        assert store.hydrate(user, items) == memory.hydrate(user, items), user
+    for limit in (1, 2, 5, 50):
+        expected = memory.read_activity(["s1", "s2", "s3", "x"], users, limit, 20)
+        assert store.read_activity(["s1", "s2", "s3", "x"], users, limit, 20) == expected
+
+
+def test_random_batches_leave_the_same_state_as_the_memory_store(url):
+    """Regression guard for exact memory-store semantics, with a recent-likes bound of 2."""
+    memory = MemoryStore.from_dataset(social_dataset(), recent_likes=2, trending_refresh_seconds=0.0)
+    store = RedisStore.from_url(url + ("?" if "?" not in url else "&") + "recent_likes=2", socket_timeout=5.0)
+    load_into_redis(store.client, social_dataset(), recent_likes=2)
+    same_reads(memory, store)
+    for batch in random_batches(seed=11, n_batches=40, size=12):
+        try:
+            expected = memory.apply(batch)
+        except EventValidationError as error:
+            with pytest.raises(EventValidationError) as got:
+                store.apply(batch)
+            assert got.value.index == error.index
+            continue
+        assert store.apply(batch) == expected
+        assert store.apply(batch).duplicates == len(batch)
+    same_reads(memory, store)
+    store.close()
+
+
+def test_a_cluster_batch_interrupted_after_logging_converges_on_retry(redis_cluster_url, monkeypatch):
+    memory = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
+    store = make_redis_store(redis_cluster_url, social_dataset())
+    batch = [
+        Event("c1", EventKind.ITEM_UPSERT, NOW, item_id="i1", seller_id="s2", created_at=NOW, stock=4),
+        Event("c2", EventKind.LIKE, NOW + 1, user_id="carol", item_id="i1"),
+        Event("c3", EventKind.UNLIKE, NOW + 2, user_id="bob", item_id="i6"),
+        Event("c4", EventKind.FRIEND, NOW + 3, user_id="dave", friend_id="erin"),
+    ]
+    original = RedisStore._run_slot_ops
+    calls = {"n": 0}
+
+    def crash_in_second_stage(self, ops):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise redis.exceptions.ConnectionError("simulated crash between the stages")
+        return original(self, ops)
+
+    monkeypatch.setattr(RedisStore, "_run_slot_ops", crash_in_second_stage)
+    with pytest.raises(StoreUnavailable):
+        store.apply(batch)
+    monkeypatch.undo()
+    assert store.apply(batch) == memory.apply(batch)  # the retry re-applies, nothing twice
+    assert store.apply(batch).duplicates == len(batch)
+    same_reads(memory, store)
+    events = store.client.xrange(store.keys.events)
+    assert [fields["event_id"] for _, fields in events] == ["c1", "c2", "c3", "c4"]  # logged once
+    store.close()
+
+
+def test_loading_twice_gives_the_same_state(url, tmp_path: Path):
+    dataset = generate(users=200, sellers=20, items=300, seed=5)
+    store = make_redis_store(url, dataset)
+    first = snapshot(store.client)
+    load_into_redis(store.client, dataset, batch=7)
+    assert snapshot(store.client) == first
+    memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+    for user in dataset.user_ids()[:50]:
+        assert store.read_user(user) == memory.read_user(user)
+    assert store.read_activity([], [], 0, 50) == memory.read_activity([], [], 0, 50)
+    store.close()
+
+
+# -- outages -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_server(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server):
+    store = RedisStore.from_url(own_server.url)  # default socket timeouts: 0.5 s
+    load_into_redis(store.client, social_dataset())
+    assert store.ping()
+    own_server.pause()
+    try:
+        for call in (lambda: store.read_user("alice"), lambda: store.apply([Event("z", EventKind.FOLLOW, NOW, user_id="a", seller_id="b")])):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                call()
+            assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        assert store.ping() is False
+        assert time.monotonic() - started < 1.5
+    finally:
+        own_server.resume()
+    assert store.ping()
+    assert store.read_user("alice").follows == {"s1"}
+    store.close()
+
+
+def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(own_server):
+    store = RedisStore.from_url(own_server.url)
+    load_into_redis(store.client, social_dataset())
+    own_server.kill()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.read_user("alice")
+    assert store.ping() is False
+    assert time.monotonic() - started < 1.5
+    own_server.start()
+    assert store.ping()
+    assert store.read_user("alice").is_empty  # no persistence configured: it came back empty
+    store.close()
