@@ -42,16 +42,31 @@ def wait_until_serving(port_file: Path, process: subprocess.Popen, timeout: floa
     return target
 
 
-def pick_sample_user(data_dir: Path) -> tuple[str, str]:
-    """A user with follows and friends (a rich feed), and one of their friends."""
+def pick_sample_user(data_dir: Path) -> tuple[str, str, str]:
+    """A typical user with follows and friends: (user, a friend, a seller they follow)."""
     dataset = load_dataset(str(data_dir))
-    follows = set(dataset.follows.src)
+    followed: dict[str, list[str]] = {}
+    for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
+        followed.setdefault(user_id, []).append(seller_id)
     friends: dict[str, list[str]] = {}
     for a, b in zip(dataset.friends.src, dataset.friends.dst):
         friends.setdefault(a, []).append(b)
         friends.setdefault(b, []).append(a)
-    user = max(sorted(follows & set(friends)), key=lambda u: len(friends[u]))
-    return user, sorted(friends[user])[0]
+    social = sorted(set(followed) & set(friends), key=lambda u: (len(friends[u]), u))
+    user = social[len(social) // 2]
+    return user, sorted(friends[user])[0], sorted(followed[user])[0]
+
+
+def find_ranks(stub, user: str, item_ids: set[str]) -> dict[str, int]:
+    """Where each item sits in the user's feed (first 5 pages of 20)."""
+    ranks: dict[str, int] = {}
+    rank = 0
+    for response in fetch_pages(stub, user, 20, 5, timeout=5):
+        for item in response.items:
+            rank += 1
+            if item.item_id in item_ids:
+                ranks[item.item_id] = rank
+    return ranks
 
 
 def main(argv: list[str]) -> None:
@@ -79,17 +94,25 @@ def main(argv: list[str]) -> None:
     server = subprocess.Popen([sys.executable, *server_argv], env=env)
     try:
         target = wait_until_serving(port_file, server)
-        user, friend = pick_sample_user(data_dir)
+        user, friend, seller = pick_sample_user(data_dir)
         with grpc.insecure_channel(target) as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
             print(f"\n==> GetFeed for {user} (2 pages of 8)\n")
             print(format_feed(user, fetch_pages(stub, user, 8, 2, timeout=5)))
-            print(f"\n==> Ingest: a new shop lists 'demo-item' and {user}'s friend {friend} likes it; the next GetFeed shows it\n")
+            print(
+                f"\n==> Ingest: {seller}, a seller {user} follows, lists 'demo-new-listing'; "
+                f"{user}'s friend {friend} likes 'demo-gift' from a new shop\n"
+            )
             stub.Ingest(feed_pb2.IngestRequest(events=[
-                feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(item_id="demo-item", seller_id="demo-shop", stock=3)),
-                feed_pb2.Event(event_id="demo-2", like=feed_pb2.UserItem(user_id=friend, item_id="demo-item")),
+                feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(item_id="demo-new-listing", seller_id=seller, stock=3)),
+                feed_pb2.Event(event_id="demo-2", item_upsert=feed_pb2.ItemUpsert(item_id="demo-gift", seller_id="demo-shop", stock=3)),
+                feed_pb2.Event(event_id="demo-3", like=feed_pb2.UserItem(user_id=friend, item_id="demo-gift")),
             ]), timeout=5)
             print(format_feed(user, fetch_pages(stub, user, 8, 1, timeout=5)))
+            ranks = find_ranks(stub, user, {"demo-new-listing", "demo-gift"})
+            for item_id in ("demo-new-listing", "demo-gift"):
+                where = f"at rank {ranks[item_id]}" if item_id in ranks else "not in the first 100 items"
+                print(f"{item_id}: {where} of the very next feed")
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
