@@ -39,15 +39,15 @@ def build_world(root: Path, users: int = 400, sellers: int = 40, items: int = 12
 
 @contextlib.contextmanager
 def running_server(world: World, store_url: str = "memory", **overrides) -> Iterator[tuple[FeedServer, feed_pb2_grpc.FeedServiceStub]]:
-    config = ServerConfig(
+    settings = dict(
         models_dir=str(world.models_dir),
         store_url=store_url,
         data_dir=str(world.data_dir),
         port=0,
         token_secret=TOKEN_SECRET,
         reload_seconds=0,
-        **overrides,
     )
+    config = ServerConfig(**{**settings, **overrides})
     server = FeedServer(config)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")

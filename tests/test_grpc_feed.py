@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 
 import grpc
@@ -179,3 +180,24 @@ def test_an_expired_deadline_is_deadline_exceeded(stub):
     assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     # The server is still fine afterwards.
     assert stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=10), timeout=5).items
+
+
+def test_a_newly_published_model_is_served_without_a_restart(world, tmp_path):
+    import shutil
+
+    from tests.feed_world import FAST_TRAINING
+    from training.artifact import publish
+    from training.train import default_ranker_spec, train
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    world_copy = type(world)(world.dataset, world.data_dir, models)
+    with running_server(world_copy, reload_seconds=0.2) as (_, stub):
+        before = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5).model_version
+        model, _ = train(world.dataset, FAST_TRAINING)
+        version = publish(str(models), model, {"params": {}, "metrics": {}, "ranker": default_ranker_spec()}).rsplit("/", 1)[-1]
+        deadline = time.monotonic() + 10
+        while stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5).model_version != version:
+            assert time.monotonic() < deadline, "the new model was not picked up"
+            time.sleep(0.1)
+    assert before != version
