@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -126,17 +130,82 @@ class FeedServer:
             self.service.store.close()
 
 
-def serve(config: ServerConfig, port_file: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and exit."""
+def _write_atomically(path: str, text: str) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
     server = FeedServer(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    if port_file:
-        tmp = Path(port_file + ".tmp")
-        tmp.write_text(str(server.port))
-        tmp.replace(port_file)
+    if ready_file:
+        _write_atomically(ready_file, str(server.port))
     stop.wait()
     log.info("shutting down")
     server.stop()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def serve(config: ServerConfig, port_file: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and exit.
+
+    With ``config.workers`` > 1, forks that many processes before any gRPC object exists
+    (gRPC does not survive a fork); they share the port through SO_REUSEPORT and the
+    kernel spreads connections among them. ``port_file`` is written once all are SERVING.
+    """
+    if config.workers <= 1:
+        _serve_one(config, port_file)
+        return
+    if config.store_url == "memory":
+        raise ValueError("--workers > 1 needs a shared store (--store redis://...): each process would "
+                         "hold its own memory store and miss the events ingested by the others")
+    if config.port == 0:
+        config = replace(config, port=_free_port(config.host))
+    children = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _serve_one(config, f"{port_file}.{index}" if port_file else None)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if port_file:
+        ready = [Path(f"{port_file}.{i}") for i in range(config.workers)]
+        while not all(p.exists() for p in ready) and not stop.wait(0.1):
+            if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
+                stop.set()
+        for path in ready:
+            path.unlink(missing_ok=True)
+        if not stop.is_set():
+            _write_atomically(port_file, str(config.port))
+    log.info("%d workers serving on %s:%d", config.workers, config.host, config.port)
+    while not stop.wait(0.5):
+        if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
+            log.error("a worker exited; stopping the others")
+            break
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    failed = 0
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            failed |= os.waitpid(pid, 0)[1]
+    if failed:
+        raise SystemExit(1)
