@@ -23,6 +23,7 @@ class ServerConfig:
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
     token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
+    metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
     feed: FeedSettings = FeedSettings()
 
 
@@ -51,6 +52,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="poll models/CURRENT this often and hot-swap a new model; 0 disables (default: %(default)s)",
     )
     group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables (default: %(default)s)",
+    )
+    group.add_argument(
         "--port-file", help="write the bound port to this file once the server is SERVING (for scripts and tests)"
     )
     feed = parser.add_argument_group("feed")
@@ -74,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         workers=args.workers,
         token_secret=secret.encode() if secret else secrets.token_bytes(32),
         reload_seconds=args.reload_seconds,
+        metrics_port=args.metrics_port,
         feed=FeedSettings(
             max_per_seller=args.max_per_seller,
             per_key_limit=args.per_key_limit,

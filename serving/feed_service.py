@@ -14,6 +14,7 @@ from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.pipeline import FeedPipeline
 from ranking.types import Candidate
 from serving.events import MAX_ID_BYTES, Event, validate_batch
+from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec, ServedItems
 from serving.stores.base import ApplyResult, FeedStore
 from training.artifact import Artifact
@@ -56,13 +57,22 @@ def validate_user_id(user_id: str) -> None:
 class FeedService:
     """Builds feeds from a store and the current model artifact; swaps models atomically."""
 
-    def __init__(self, store: FeedStore, artifact: Artifact, codec: PageTokenCodec, settings: FeedSettings) -> None:
+    def __init__(
+        self,
+        store: FeedStore,
+        artifact: Artifact,
+        codec: PageTokenCodec,
+        settings: FeedSettings,
+        metrics: FeedMetrics | None = None,
+    ) -> None:
         self.store = store
         self.codec = codec
         self.settings = settings
+        self.metrics = metrics or FeedMetrics()
         self._lock = threading.Lock()
         self._artifact = artifact
         self._pipeline = self._build(artifact)
+        self.metrics.set_model(artifact.version)
 
     def _build(self, artifact: Artifact) -> FeedPipeline:
         return build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings)
@@ -75,6 +85,7 @@ class FeedService:
         pipeline = self._build(artifact)
         with self._lock:
             self._artifact, self._pipeline = artifact, pipeline
+        self.metrics.set_model(artifact.version)
 
     def get_feed(
         self, user_id: str, limit: int, page_token: str, exclude_item_ids: Sequence[str], now: float
@@ -99,6 +110,7 @@ class FeedService:
             pipeline, version = self._pipeline, self._artifact.version
         exclusions: Container[str] = _Exclusions(frozenset(exclude_item_ids), served)
         result = pipeline.run(user_id, limit, now, exclusions, served_count=len(served))
+        self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
         more = result.has_more and result.items and len(served) < MAX_SERVED
         return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", version)
@@ -106,4 +118,6 @@ class FeedService:
     def ingest(self, events: Sequence[Event]) -> ApplyResult:
         """Validate the whole batch, then apply it atomically; raises EventValidationError first."""
         validate_batch(events)
-        return self.store.apply(events)
+        result = self.store.apply(events)
+        self.metrics.observe_ingest(result.applied, result.duplicates)
+        return result

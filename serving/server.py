@@ -111,6 +111,8 @@ class FeedServer:
         artifact = load_current(self.config.models_dir)
         store = open_store(self.config.store_url, self.config.data_dir)
         self.service = FeedService(store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed)
+        if self.config.metrics_port:
+            self.service.metrics.serve_http(self.config.metrics_port, self.config.host)
         self.servicer.service = self.service
         monitor = HealthMonitor(store, self.health)
         monitor.check()
@@ -176,7 +178,8 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
         if pid == 0:
             code = 0
             try:
-                _serve_one(config, f"{port_file}.{index}" if port_file else None)
+                worker_config = replace(config, metrics_port=config.metrics_port + index if config.metrics_port else 0)
+                _serve_one(worker_config, f"{port_file}.{index}" if port_file else None)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -67,12 +70,31 @@ def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedSe
     return service
 
 
+def _observed(handler: Callable) -> Callable:
+    """Count the RPC by final status code and time it, in the service's metrics."""
+
+    @functools.wraps(handler)
+    def wrapper(self: FeedServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            return handler(self, request, context)
+        finally:
+            if self.service is not None:
+                metrics = self.service.metrics
+                code = context.code() or grpc.StatusCode.OK
+                metrics.requests.labels(handler.__name__, code.name).inc()
+                metrics.latency.labels(handler.__name__).observe(time.perf_counter() - started)
+
+    return wrapper
+
+
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     """Registered before the server starts; answers UNAVAILABLE until ``service`` is set."""
 
     def __init__(self, service: FeedService | None = None) -> None:
         self.service = service
 
+    @_observed
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         service = _ready(self.service, context)
         try:
@@ -90,6 +112,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             model_version=page.model_version,
         )
 
+    @_observed
     def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.ServicerContext) -> feed_pb2.IngestResponse:
         service = _ready(self.service, context)
         received_at = time.time()

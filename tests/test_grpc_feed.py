@@ -201,3 +201,22 @@ def test_a_newly_published_model_is_served_without_a_restart(world, tmp_path):
             assert time.monotonic() < deadline, "the new model was not picked up"
             time.sleep(0.1)
     assert before != version
+
+
+def test_prometheus_metrics_count_requests_sources_and_filters(world):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with running_server(world, metrics_port=port) as (_, stub):
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id="", limit=5), timeout=5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'feedrank_requests_total{code="OK",method="GetFeed"} 1.0' in text
+    assert 'feedrank_requests_total{code="INVALID_ARGUMENT",method="GetFeed"} 1.0' in text
+    assert 'feedrank_candidates_total{source="trending"}' in text
+    assert 'feedrank_filtered_total{filter="out_of_stock"}' in text
+    assert "feedrank_model_info{version=" in text
