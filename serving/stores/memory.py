@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import threading
@@ -20,10 +21,35 @@ DEFAULT_RECENT_LIKES = 50
 DEFAULT_TRENDING_REFRESH_SECONDS = 1.0
 
 
-def _newest(entries: dict[str, float], limit: int) -> list[tuple[str, float]]:
-    if limit <= 0 or not entries:
-        return []
-    return heapq.nsmallest(limit, entries.items(), key=lambda pair: (-pair[1], pair[0]))
+class Timeline:
+    """Ids with a time each, kept newest first so a bounded read is a slice."""
+
+    __slots__ = ("_time", "_order")
+
+    def __init__(self) -> None:
+        self._time: dict[str, float] = {}
+        self._order: list[tuple[float, str]] = []  # (-time, id): ascending = newest first
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._time
+
+    def add(self, key: str, at: float) -> None:
+        if key in self._time:
+            self.remove(key)
+        self._time[key] = at
+        bisect.insort(self._order, (-at, key))
+
+    def remove(self, key: str) -> float | None:
+        at = self._time.pop(key, None)
+        if at is not None:
+            del self._order[bisect.bisect_left(self._order, (-at, key))]
+        return at
+
+    def newest(self, limit: int) -> list[tuple[str, float]]:
+        return [(key, -negative) for negative, key in self._order[: max(limit, 0)]]
+
+
+_NO_TIMELINE = Timeline()
 
 
 class MemoryStore:
@@ -43,8 +69,8 @@ class MemoryStore:
         self.trending_refresh_seconds = trending_refresh_seconds
         self._lock = threading.RLock()
         self._items: dict[str, ItemState] = {}
-        self._likes: dict[str, dict[str, float]] = defaultdict(dict)
-        self._listings: dict[str, dict[str, float]] = defaultdict(dict)
+        self._likes: dict[str, Timeline] = defaultdict(Timeline)
+        self._listings: dict[str, Timeline] = defaultdict(Timeline)
         self._follows: dict[str, set[str]] = defaultdict(set)
         self._friends: dict[str, set[str]] = defaultdict(set)
         self._hidden_items: dict[str, set[str]] = defaultdict(set)
@@ -79,7 +105,7 @@ class MemoryStore:
         with self._lock:
             return UserContext(
                 user_id=user_id,
-                recent_likes=tuple(_newest(self._likes.get(user_id, {}), self.recent_likes_bound)),
+                recent_likes=tuple(self._likes.get(user_id, _NO_TIMELINE).newest(self.recent_likes_bound)),
                 follows=frozenset(self._follows.get(user_id, ())),
                 friends=frozenset(self._friends.get(user_id, ())),
                 hidden_items=frozenset(self._hidden_items.get(user_id, ())),
@@ -91,16 +117,17 @@ class MemoryStore:
     ) -> Activity:
         with self._lock:
             return Activity(
-                listings_by_seller={s: _newest(self._listings.get(s, {}), per_key_limit) for s in seller_ids},
+                listings_by_seller={s: self._listings.get(s, _NO_TIMELINE).newest(per_key_limit) for s in seller_ids},
                 likes_by_friend={
-                    f: _newest(self._likes.get(f, {}), min(per_key_limit, self.recent_likes_bound)) for f in friend_ids
+                    f: self._likes.get(f, _NO_TIMELINE).newest(min(per_key_limit, self.recent_likes_bound))
+                    for f in friend_ids
                 },
                 trending=self._trending(trending_limit),
             )
 
     def hydrate(self, user_id: str, item_ids: Sequence[str]) -> Hydration:
         with self._lock:
-            liked = self._likes.get(user_id, {})
+            liked = self._likes.get(user_id, _NO_TIMELINE)
             return Hydration(
                 items={i: self._items[i] for i in item_ids if i in self._items},
                 liked=frozenset(i for i in item_ids if i in liked),
@@ -184,16 +211,16 @@ class MemoryStore:
     def _put_item(self, item: ItemState) -> None:
         old = self._items.get(item.item_id)
         if old is not None and old.seller_id != item.seller_id:
-            self._listings[old.seller_id].pop(item.item_id, None)
+            self._listings[old.seller_id].remove(item.item_id)
         self._items[item.item_id] = item
         if item.seller_id:
-            self._listings[item.seller_id][item.item_id] = item.created_at
+            self._listings[item.seller_id].add(item.item_id, item.created_at)
 
     def _like(self, user_id: str, item_id: str, ts: float) -> None:
         likes = self._likes[user_id]
         if item_id in likes:
             return
-        likes[item_id] = ts
+        likes.add(item_id, ts)
         item = self._items.get(item_id)
         if item is not None:
             self._items[item_id] = replace(item, like_count=item.like_count + 1)
@@ -201,7 +228,7 @@ class MemoryStore:
         self._mark_trending_dirty()
 
     def _unlike(self, user_id: str, item_id: str) -> None:
-        ts = self._likes.get(user_id, {}).pop(item_id, None)
+        ts = self._likes[user_id].remove(item_id) if user_id in self._likes else None
         if ts is None:
             return
         item = self._items.get(item_id)
