@@ -1,0 +1,42 @@
+"""The end-to-end gRPC feed tests of test_grpc_feed.py, re-run with the store in Redis:
+standalone and a 3-master cluster (out-of-stock guarantee, freshness, pagination,
+not-interested, retries, invalid batches...)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.load import load_into_redis
+from serving.stores.redis import connect
+from tests.feed_world import build_world, running_server
+from tests.test_grpc_feed import (  # noqa: F401 (re-collected here with the Redis server fixture)
+    stub,
+    test_a_friends_new_like_and_a_followed_sellers_new_item_show_up_next,
+    test_a_retried_batch_is_applied_once,
+    test_an_invalid_batch_names_index_and_field_and_applies_nothing,
+    test_excluded_and_not_interested_items_and_sellers_never_come_back,
+    test_no_out_of_stock_item_is_ever_served_before_and_after_stock_updates,
+    test_pages_never_repeat_and_the_seller_cap_holds,
+    test_unknown_user_gets_a_cold_start_feed,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A smaller world than test_grpc_feed's, so the two re-runs stay quick."""
+    return build_world(tmp_path_factory.mktemp("world"), users=150, sellers=20, items=600)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def server(request: pytest.FixtureRequest, world):
+    """A server whose store is Redis, loaded with the world's dataset by the load command's code."""
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    client = connect(url, socket_timeout=30.0)
+    try:
+        load_into_redis(client, world.dataset)
+    finally:
+        client.close()
+    with running_server(world, store_url=url) as (feed_server, feed_stub):
+        yield feed_server, feed_stub
