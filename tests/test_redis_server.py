@@ -1,0 +1,257 @@
+"""Server processes on Redis: read-your-writes across processes, outage and recovery,
+SIGKILL during ingest, and the load -> ingest -> export -> train round trip via the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.load import load_into_redis
+from serving.stores.redis import RedisStore
+from serving.stores.redis_keys import Keys
+from tests.builders import social_dataset
+from tests.conftest import REPO
+from tests.redis_servers import RedisServer
+from training.dataset import load_dataset, write_dataset
+from training.train import TrainParams, train_and_publish
+
+pytestmark = pytest.mark.redis
+
+SECRET = "redis-server-tests-secret"
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_dataset(social_dataset(), str(root / "data"))
+    train_and_publish(str(root / "data"), str(root / "models"), TrainParams(factors=8, iterations=4, show_progress=False))
+    return root / "models"
+
+
+class ServerProcess:
+    """`python -m serving --store URL` in a subprocess, on a free port."""
+
+    def __init__(self, store_url: str, models: Path, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port_file = workdir / f"port-{next(_ids)}"
+        self.log = open(workdir / f"server-{next(_ids)}.log", "w")
+        argv = [sys.executable, "-m", "serving", "--store", store_url, "--models", str(models),
+                "--port", "0", "--port-file", str(self.port_file), "--reload-seconds", "0"]  # fmt: skip
+        env = dict(os.environ, FEEDRANK_TOKEN_SECRET=SECRET)
+        self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.port_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start: {(workdir / self.log.name).read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.target = f"127.0.0.1:{self.port_file.read_text().strip()}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def status(self) -> int:
+        return self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+
+    def wait_status(self, status: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status() != status:
+            assert time.monotonic() < deadline, f"health never became {status}"
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "channel"):
+            self.channel.close()
+        self.log.close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started: list[ServerProcess] = []
+
+    def start(url: str, models: Path) -> ServerProcess:
+        server = ServerProcess(url, models, tmp_path / "servers")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+def feed_ids(stub, user: str, limit: int = 50, token: str = "") -> tuple[list[str], str]:
+    response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=limit, page_token=token), timeout=5)
+    return [i.item_id for i in response.items], response.next_page_token
+
+
+def load(url: str) -> None:
+    store = RedisStore.from_url(url, socket_timeout=5.0)
+    load_into_redis(store.client, social_dataset())
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_write_through_one_server_is_read_by_the_other_in_the_next_request(request, kind, models, servers):
+    url = request.getfixturevalue("redis_url" if kind == "redis" else "redis_cluster_url")
+    load(url)
+    a, b = servers(url, models), servers(url, models)
+    for n in range(5):
+        item = f"fresh-{n}"
+        a.stub.Ingest(feed_pb2.IngestRequest(events=[
+            feed_pb2.Event(event_id=f"rw-{n}-1", item_upsert=feed_pb2.ItemUpsert(item_id=item, seller_id="s1", stock=1)),
+            feed_pb2.Event(event_id=f"rw-{n}-2", like=feed_pb2.UserItem(user_id="bob", item_id=item)),
+        ]), timeout=5)  # fmt: skip
+        assert item in feed_ids(b.stub, "alice")[0]  # the very next GetFeed, on the other process
+        b.stub.Ingest(feed_pb2.IngestRequest(events=[
+            feed_pb2.Event(event_id=f"rw-{n}-3", stock_update=feed_pb2.StockUpdate(item_id=item, stock=0)),
+        ]), timeout=5)  # fmt: skip
+        assert item not in feed_ids(a.stub, "alice")[0]
+    # Page tokens made by one process are honoured by the other (same FEEDRANK_TOKEN_SECRET).
+    first, token = feed_ids(a.stub, "alice", limit=2)
+    second, _ = feed_ids(b.stub, "alice", limit=2, token=token)
+    assert token and not set(first) & set(second)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_redis_outage_is_unavailable_within_the_deadline_and_the_server_recovers(own_redis, models, servers):
+    load(own_redis.url)
+    server = servers(own_redis.url, models)
+    assert server.status() == health_pb2.HealthCheckResponse.SERVING
+    assert feed_ids(server.stub, "alice")[0]
+    for outage in ("frozen", "dead"):
+        if outage == "frozen":
+            own_redis.pause()
+        else:
+            own_redis.kill()
+        for call in (
+            lambda: server.stub.GetFeed(feed_pb2.GetFeedRequest(user_id="alice", limit=10), timeout=2),
+            lambda: server.stub.Ingest(feed_pb2.IngestRequest(events=[
+                feed_pb2.Event(event_id=f"o-{next(_ids)}", follow=feed_pb2.UserSeller(user_id="x", seller_id="y"))]), timeout=2),
+        ):  # fmt: skip
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                call()
+            assert error.value.code() is grpc.StatusCode.UNAVAILABLE, error.value.details()
+            assert time.monotonic() - started < 2.0
+        server.wait_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if outage == "frozen":
+            own_redis.resume()
+        else:
+            own_redis.start()  # same port and directory: the AOF brings the data back
+        server.wait_status(health_pb2.HealthCheckResponse.SERVING)
+        assert feed_ids(server.stub, "alice")[0]
+
+
+def test_every_acknowledged_event_survives_sigkill_of_the_server_and_of_redis(own_redis, models, servers):
+    load(own_redis.url)
+    server = servers(own_redis.url, models)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def ingest_forever(worker: int) -> None:
+        stub = feed_pb2_grpc.FeedServiceStub(grpc.insecure_channel(server.target))
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            ids = [f"k{worker}-{n}-{j}" for j in range(3)]
+            try:
+                stub.Ingest(feed_pb2.IngestRequest(events=[
+                    feed_pb2.Event(event_id=ids[0], follow=feed_pb2.UserSeller(user_id=f"w{worker}", seller_id=f"s{n}")),
+                    feed_pb2.Event(event_id=ids[1], item_upsert=feed_pb2.ItemUpsert(item_id=f"k{worker}-{n}", seller_id="s1", stock=1)),
+                    feed_pb2.Event(event_id=ids[2], like=feed_pb2.UserItem(user_id=f"w{worker}", item_id=f"k{worker}-{n}")),
+                ]), timeout=5)  # fmt: skip
+            except grpc.RpcError:
+                return  # the server is gone: this batch was never acknowledged
+            acked.extend(ids)
+
+    threads = [threading.Thread(target=ingest_forever, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(acked) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.stop(signal.SIGKILL)  # in the middle of the stream of Ingest calls
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(acked) >= 300
+
+    def check() -> None:
+        client = own_redis.client()
+        keys = Keys()
+        logged = {fields["event_id"] for _, fields in client.xrange(keys.events)}
+        missing = [e for e in acked if e not in logged or client.get(keys.event_status(e)) != "done"]
+        assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:5]}"
+        for event_id in acked[2::3]:  # the likes: applied to the state, not only logged
+            worker, n = event_id[1:].split("-")[:2]
+            assert client.hexists(keys.liked(f"w{worker}"), f"k{worker}-{n}")
+        client.close()
+
+    check()
+    own_redis.kill()  # and Redis too: appendfsync always means the AOF has every ack
+    own_redis.start()
+    check()
+
+
+def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, servers, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(social_dataset(), str(data))
+    run = lambda *argv: subprocess.run([sys.executable, "-m", *argv], cwd=REPO, check=True, capture_output=True, text=True)  # noqa: E731
+    loaded = run("serving", "load", "--data", str(data), "--redis", redis_url)
+    assert "rows/s" in loaded.stdout
+    run("serving", "load", "--data", str(data), "--redis", redis_url, "--no-progress")  # restartable
+    server = servers(redis_url, models)
+    server.stub.Ingest(feed_pb2.IngestRequest(events=[
+        feed_pb2.Event(event_id="x1", ts=1767225700.25, item_upsert=feed_pb2.ItemUpsert(item_id="n1", seller_id="s3", stock=2, price=9.5, category="shoes")),
+        feed_pb2.Event(event_id="x2", ts=1767225700.5, like=feed_pb2.UserItem(user_id="erin", item_id="n1")),
+        feed_pb2.Event(event_id="x3", ts=1767225701, unlike=feed_pb2.UserItem(user_id="alice", item_id="i8")),
+        feed_pb2.Event(event_id="x4", ts=1767225702, friend=feed_pb2.UserFriend(user_id="erin", friend_id="dave")),
+        feed_pb2.Event(event_id="x5", ts=1767225703, follow=feed_pb2.UserSeller(user_id="erin", seller_id="s3")),
+    ]), timeout=5)  # fmt: skip
+    out = tmp_path / "export"
+    exported = run("serving", "export", "--redis", redis_url, "--out", str(out), "--since", "0")
+    assert "5 events" in exported.stdout
+    live = load_dataset(str(out))
+    original = social_dataset()
+    assert set(live.items.item_id) == set(original.items.item_id) | {"n1"}
+    expected_likes = {(u, i) for u, i in zip(original.likes.src, original.likes.dst)} - {("alice", "i8")} | {("erin", "n1")}
+    assert set(zip(live.likes.src, live.likes.dst)) == expected_likes
+    assert dict(zip(zip(live.likes.src, live.likes.dst), live.likes.ts.tolist()))[("erin", "n1")] == 1767225700.5
+    assert set(zip(live.follows.src, live.follows.dst)) == set(zip(original.follows.src, original.follows.dst)) | {("erin", "s3")}
+    assert ("dave", "erin") in set(zip(live.friends.src, live.friends.dst))
+    n1 = live.items.item_id.index("n1")
+    assert (live.items.seller_id[n1], int(live.items.stock[n1]), live.items.price[n1], live.items.category[n1]) == ("s3", 2, 9.5, "shoes")
+    events = (out / "events.csv").read_text().splitlines()
+    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 6
+    since = events[2].split(",")[0]
+    run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "later"), "--since", since)
+    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 3
+    trained = run("training", "train", "--data", str(out), "--out", str(tmp_path / "retrained"), "--factors", "8", "--iterations", "3", "--no-progress")
+    assert (tmp_path / "retrained" / "CURRENT").exists(), trained.stdout
