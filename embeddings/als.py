@@ -36,6 +36,23 @@ DEFAULT_LIKE_WEIGHT = 1.0
 """Weight of a like in the interaction matrix."""
 DEFAULT_FOLLOW_WEIGHT = 1.0
 """Weight of a follow, placed in the followed seller's extra column."""
+DEFAULT_WEIGHT_TRANSFORM = "log"
+"""How a like's own weight (likes.csv ``weight``, e.g. a listening count) enters the
+matrix: "log" = log2(1 + w), so an unweighted like (w = 1) stays 1 and a heavy listener
+does not drown every other signal; "raw" = w; "binary" = 1."""
+WEIGHT_TRANSFORMS = ("log", "raw", "binary")
+
+
+def transform_weights(weights: np.ndarray, transform: str = DEFAULT_WEIGHT_TRANSFORM) -> np.ndarray:
+    """Per-like weights as they enter the interaction matrix (float32); see DEFAULT_WEIGHT_TRANSFORM."""
+    w = np.asarray(weights, dtype=np.float64)
+    if transform == "log":
+        return np.log2(1.0 + w).astype(np.float32)
+    if transform == "raw":
+        return w.astype(np.float32)
+    if transform == "binary":
+        return np.ones(len(w), dtype=np.float32)
+    raise ValueError(f"unknown weight transform {transform!r}; choose from {WEIGHT_TRANSFORMS}")
 
 
 @dataclass(frozen=True)
@@ -70,13 +87,15 @@ def build_interactions(
     ds: Dataset,
     like_weight: float = DEFAULT_LIKE_WEIGHT,
     follow_weight: float = DEFAULT_FOLLOW_WEIGHT,
+    weight_transform: str = DEFAULT_WEIGHT_TRANSFORM,
 ) -> Interactions:
     """Build the weighted interaction matrix from a dataset.
 
     Items are ``ds.items`` in order, followed by any liked item missing from it (a dataset
     without items.csv). Sellers are the sellers of items followed by any followed seller
     that has no items, in first-seen order. Users are every user with a like or a follow,
-    in first-seen order (likes first). Duplicate edges sum. ``follow_weight=0`` drops
+    in first-seen order (likes first). A like weighs ``like_weight`` times its own weight
+    under ``weight_transform`` (1 for unweighted likes). Duplicate edges sum. ``follow_weight=0`` drops
     follows but keeps the seller columns, so the column layout does not depend on it.
     """
     item_ids = list(ds.items.item_id)
@@ -107,7 +126,7 @@ def build_interactions(
     vals = np.empty(n_likes + n_follows, dtype=np.float32)
     rows[:n_likes] = np.fromiter((user_row[u] for u in ds.likes.src), np.int32, n_likes)
     cols[:n_likes] = np.fromiter((item_row[i] for i in ds.likes.dst), np.int32, n_likes)
-    vals[:n_likes] = like_weight
+    vals[:n_likes] = like_weight * transform_weights(ds.likes.weights(), weight_transform)
     rows[n_likes:] = np.fromiter((user_row[u] for u in ds.follows.src), np.int32, n_follows)
     cols[n_likes:] = np.fromiter((n_items + seller_col[s] for s in ds.follows.dst), np.int32, n_follows)
     vals[n_likes:] = follow_weight

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from embeddings.index import MipsIndex
+from embeddings.knn import ItemKNN
 
 DEFAULT_FOLDIN_ALPHA = 20.0
 """Confidence of a like when folding in a user; matches embeddings.als.DEFAULT_ALPHA."""
@@ -28,6 +29,8 @@ class EmbeddingModel:
     ``index`` rows must be the rows of ``item_factors``. ``regularization`` and ``alpha``
     are the ALS hyperparameters the factors were trained with; fold-in solves the same
     least-squares problem ALS solves for a user (implicit's ``recalculate_user``).
+    ``item_knn``, when given, is the item-kNN model over the same items (same id order);
+    the item-kNN candidate source and the ``item_similarity`` feature read it.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class EmbeddingModel:
         index: MipsIndex,
         regularization: float,
         alpha: float = DEFAULT_FOLDIN_ALPHA,
+        item_knn: ItemKNN | None = None,
     ) -> None:
         self.user_ids = list(user_ids)
         self.item_ids = list(item_ids)
@@ -53,6 +57,9 @@ class EmbeddingModel:
         if index.ntotal != len(self.item_ids):
             raise ValueError(f"index holds {index.ntotal} items, model has {len(self.item_ids)}")
         self.index = index
+        if item_knn is not None and item_knn.item_ids != self.item_ids:
+            raise ValueError("the item-kNN model's items are not the embedding model's items")
+        self.item_knn = item_knn
         self.regularization = float(regularization)
         self.alpha = float(alpha)
         self.user_row = {u: i for i, u in enumerate(self.user_ids)}

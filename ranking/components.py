@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from embeddings.knn import ItemScores
 from ranking.store import Activity
 from ranking.types import Candidate, UserContext
 
@@ -18,6 +19,9 @@ class FeedQuery:
 
     ``exclude`` holds ids never to return: the caller's exclusions and items served on
     earlier pages. ``liked`` is filled at hydration with the candidates the user liked.
+    ``item_scores`` are the user's item-kNN scores (from recent likes) when the model has
+    an item-kNN part; ``seller_likes`` counts the user's recent likes per seller (filled
+    at hydration, which also reads the recent likes' items).
     """
 
     user: UserContext
@@ -28,6 +32,8 @@ class FeedQuery:
     user_vector: np.ndarray | None = None
     liked: frozenset[str] = frozenset()
     served_count: int = 0
+    item_scores: ItemScores | None = None
+    seller_likes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from ranking.scorers import LinearScorer
 from ranking.selectors import SellerDiversitySelector
 from ranking.store import FeedStateReader
 
-SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "trending")
+SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "item_knn", "trending")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class FeedSettings:
     per_key_limit: int = 20  # newest listings per followed seller / likes per friend to read
     trending_limit: int = 100  # trending items to read for a first page
     neighbours: int = 200  # embedding neighbours to fetch for a first page
+    knn_neighbours: int = 200  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
 
 
@@ -39,6 +40,9 @@ def build_feed_pipeline(
         "followed_sellers": sources.FollowedSellerSource(),
         "friend_likes": sources.FriendLikesSource(),
         "embedding_neighbours": sources.EmbeddingNeighbourSource(model, settings.neighbours) if model else None,
+        "item_knn": (
+            sources.ItemKnnSource(model.item_knn, settings.knn_neighbours) if model and model.item_knn else None
+        ),
         "trending": sources.TrendingSource(),
     }
     config = PipelineConfig(

@@ -9,15 +9,20 @@ import numpy as np
 
 from ranking.features import FEATURE_NAMES
 
-# The hand-set blend: what the trainer publishes until a learned ranker replaces it.
+# The hand-set blend of the end-to-end issue: the fallback when no learned ranker is
+# fitted, and the bar a learned ranker must beat. Features added later weigh 0 in it.
 DEFAULT_BLEND: dict[str, float] = {
     "embedding_score": 1.0,
+    "item_similarity": 0.0,
     "friend_likes": 0.6,
+    "friend_like_recency": 0.0,
     "followed_seller": 0.5,
+    "seller_affinity": 0.0,
     "recency": 0.4,
     "popularity": 0.1,
     "social_recency": 3.0,
 }
+assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 
 
 @dataclass(frozen=True)

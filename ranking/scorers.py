@@ -14,7 +14,11 @@ from ranking.types import Candidate
 
 
 class LinearScorer:
-    """Fills the embedding score of every candidate, then applies the artifact's ranker."""
+    """Fills the embedding score of every candidate, then applies the artifact's ranker.
+
+    ``features`` is the feature matrix the ranker sees; the trainer reads it through
+    ``FeedPipeline.pool`` so the ranker is fitted on exactly what it scores when serving.
+    """
 
     name = "linear"
 
@@ -22,9 +26,13 @@ class LinearScorer:
         self.model = model
         self.ranker = ranker
 
-    def score(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+    def features(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        """compute_features after filling missing embedding scores; rows in candidate order."""
         self._fill_embedding_scores(query, candidates)
-        return self.ranker.score(compute_features(query.user, candidates, query.now))
+        return compute_features(query, candidates)
+
+    def score(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        return self.ranker.score(self.features(query, candidates))
 
     def _fill_embedding_scores(self, query: FeedQuery, candidates: Sequence[Candidate]) -> None:
         missing = [c for c in candidates if c.embedding_score is None]

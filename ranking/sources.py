@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from embeddings.knn import ItemKNN
 from embeddings.model import EmbeddingModel
 from ranking.components import FeedQuery
 from ranking.types import Candidate, Reason, ReasonKind
@@ -69,6 +70,27 @@ class EmbeddingNeighbourSource:
             Candidate(item_id, reasons=[Reason(ReasonKind.SIMILAR_TO_LIKES)], embedding_score=float(score))
             for item_id, score in zip(item_ids, scores)
         ]
+
+
+class ItemKnnSource:
+    """Items most similar to the user's recent likes under the item-kNN model.
+
+    Reads ``query.item_scores`` (summed similarities to the recent likes, computed once
+    per request); like the embedding pool, it deepens with the items already served.
+    """
+
+    name = "item_knn"
+
+    def __init__(self, knn: ItemKNN, k: int = 200) -> None:
+        self.knn = knn
+        self.k = k
+
+    def gather(self, query: FeedQuery) -> list[Candidate]:
+        if query.item_scores is None:
+            return []
+        k = max(self.k, 2 * (query.served_count + query.limit))
+        item_ids, _ = self.knn.top(query.item_scores, k)
+        return [Candidate(item_id, reasons=[Reason(ReasonKind.SIMILAR_TO_LIKES)]) for item_id in item_ids]
 
 
 class TrendingSource:

@@ -2,10 +2,12 @@
 
 Columns (header row required, order free, extra columns rejected):
   items.csv    item_id, seller_id, created_at, stock[, price][, category]
-  likes.csv    user_id, item_id, ts
+  likes.csv    user_id, item_id, ts[, weight]
   follows.csv  user_id, seller_id, ts
   friends.csv  user_id, friend_id, ts        (undirected)
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty.
+``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
+positive number, 1 when the column is absent or the value empty.
 
 Only likes.csv is required. Without items.csv every liked item is an in-stock item
 (stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN and
@@ -47,14 +49,25 @@ class Items:
 
 @dataclass(frozen=True)
 class Edges:
-    """Directed edges src -> dst with a time each (NaN when unknown)."""
+    """Directed edges src -> dst with a time each (NaN when unknown).
+
+    ``weight`` is the strength of each edge (float64, e.g. a listening count), or None
+    when every edge weighs 1 (the common case: only likes.csv may carry weights).
+    """
 
     src: list[str]
     dst: list[str]
     ts: np.ndarray  # float64
+    weight: np.ndarray | None = None  # float64, one per edge; None = all 1
 
     def __len__(self) -> int:
         return len(self.src)
+
+    def weights(self) -> np.ndarray:
+        """float64 weight per edge, 1 where the edges carry none."""
+        if self.weight is None:
+            return np.ones(len(self.src), dtype=np.float64)
+        return np.asarray(self.weight, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ ITEMS, LIKES, FOLLOWS, FRIENDS = "items.csv", "likes.csv", "follows.csv", "frien
 # (required columns, optional columns), in the order write_dataset writes them.
 _SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ITEMS: (("item_id", "seller_id", "created_at", "stock"), ("price", "category")),
-    LIKES: (("user_id", "item_id", "ts"), ()),
+    LIKES: (("user_id", "item_id", "ts"), ("weight",)),
     FOLLOWS: (("user_id", "seller_id", "ts"), ()),
     FRIENDS: (("user_id", "friend_id", "ts"), ()),
 }
@@ -309,14 +322,14 @@ def _codes(values: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values))
 
 
-def _dedupe(src: list[str], dst: list[str], ts: np.ndarray) -> Edges:
-    """Collapse repeated (src, dst) pairs, keeping the latest known ts.
+def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray | None = None) -> Edges:
+    """Collapse repeated (src, dst) pairs, keeping the latest known ts and the largest weight.
 
     Output order is the order of each pair's first occurrence.
     """
     n = len(src)
     if len(set(zip(src, dst))) == n:
-        return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64))
+        return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     su = _codes(src)
     dv = _codes(dst)
     key = su * (int(dv.max()) + 1) + dv
@@ -327,18 +340,41 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray) -> Edges:
     latest[np.isneginf(latest)] = np.nan
     order = np.argsort(first, kind="stable")
     rows = first[order]
+    merged_weight = None
+    if weight is not None:
+        merged_weight = np.full(len(uniq), -np.inf)
+        np.maximum.at(merged_weight, inverse, np.asarray(weight, dtype=np.float64))
+        merged_weight = merged_weight[order]
     return Edges(
         src=[src[i] for i in rows.tolist()],
         dst=[dst[i] for i in rows.tolist()],
         ts=latest[order],
+        weight=merged_weight,
     )
 
 
 def _select(edges: Edges, keep: np.ndarray) -> Edges:
     rows = np.flatnonzero(keep).tolist()
     return Edges(
-        src=[edges.src[i] for i in rows], dst=[edges.dst[i] for i in rows], ts=edges.ts[rows]
+        src=[edges.src[i] for i in rows], dst=[edges.dst[i] for i in rows], ts=edges.ts[rows],
+        weight=None if edges.weight is None else np.asarray(edges.weight)[rows],
     )
+
+
+def _weights(table: _Table, column: str) -> np.ndarray | None:
+    values = table.columns.get(column)
+    if values is None:
+        return None
+    expected = "expected a positive number or empty"
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v) if v.strip() else 1.0
+        except ValueError:
+            raise table.error(i, column, f"{expected}, got {v!r}") from None
+        if not (math.isfinite(out[i]) and out[i] > 0):
+            raise table.error(i, column, f"{expected}, got {v!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- load
@@ -389,6 +425,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
     like_users = _ids(likes_t, "user_id")
     like_items = _ids(likes_t, "item_id")
     like_ts = _times(likes_t, "ts", allow_empty=True)
+    like_weight = _weights(likes_t, "weight")
 
     if os.path.isfile(os.path.join(path, ITEMS)):
         items = _load_items(_read_table(path, ITEMS))
@@ -412,6 +449,8 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
             like_users = [like_users[i] for i in rows]
             like_items = [like_items[i] for i in rows]
             like_ts = like_ts[keep]
+            if like_weight is not None:
+                like_weight = like_weight[keep]
     else:
         ids = list(dict.fromkeys(like_items))
         n = len(ids)
@@ -424,7 +463,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
             category=[""] * n,
         )
 
-    likes = _dedupe(like_users, like_items, like_ts)
+    likes = _dedupe(like_users, like_items, like_ts, like_weight)
 
     follows = _empty_edges()
     if os.path.isfile(os.path.join(path, FOLLOWS)):
@@ -525,7 +564,12 @@ def _render(ds: Dataset) -> dict[str, str]:
         )
     }
     for name, edges in ((LIKES, ds.likes), (FOLLOWS, ds.follows), (FRIENDS, ds.friends)):
-        out[name] = _csv_text(_SCHEMA[name][0], (edges.src, edges.dst, _format_times(edges.ts)))
+        header, columns = _SCHEMA[name][0], [edges.src, edges.dst, _format_times(edges.ts)]
+        if name == LIKES and edges.weight is not None:
+            # Only a weighted dataset gets the column: unweighted files (and their
+            # fingerprints) are exactly what they were before weights existed.
+            header, columns = header + ("weight",), columns + [_format_times(edges.weight)]
+        out[name] = _csv_text(header, columns)
     return out
 
 

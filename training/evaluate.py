@@ -1,8 +1,11 @@
 """Offline evaluation: replay the serving pipeline on a held-out split, beside baselines.
 
 The "model" row is the feed the server would return (same sources, filters, ranker and
-seller cap), built in process over a memory store loaded with the training part. Every
-method sees the same eligibility rules: in stock, not already liked, not the user's own.
+seller cap), built in process over a memory store loaded with the training part; its
+ranker is fitted on a validation split carved out of the training part (never on the
+test part), exactly as ``python -m training train`` fits the one it publishes. The
+"blend" row is the same feed under the hand-set blend. Every method sees the same
+eligibility rules: in stock, not already liked, not the user's own.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class EvaluationReport:
     test_users: int = 0
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
+    ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
 
     def as_json(self) -> dict:
         methods = dict(self.methods)
@@ -45,6 +49,7 @@ class EvaluationReport:
             "test_users": self.test_users,
             "test_pairs": self.test_pairs,
             "unseen_test_items": self.unseen_test_items,
+            **({"ranker": self.ranker} if self.ranker else {}),
         }
 
     def table(self) -> str:
@@ -155,6 +160,21 @@ def als_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -
     return recommend
 
 
+def item_knn_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -> Recommender:
+    """Pure item-kNN: items ranked by summed similarity to all of the user's training likes."""
+    knn = model.item_knn
+    liked: dict[str, list[str]] = defaultdict(list)
+    for user_id, item_id in zip(train.likes.src, train.likes.dst):
+        liked[user_id].append(item_id)
+
+    def recommend(user_id: str, k: int) -> list[str]:
+        scores = knn.user_scores(liked.get(user_id, []))
+        item_ids, _ = knn.top(scores, k + len(liked.get(user_id, ())) + 50)
+        return eligible.top(user_id, item_ids, k)
+
+    return recommend
+
+
 def pipeline_recommender(
     train: Dataset, model: EmbeddingModel | None, ranker: LinearRanker, now: float, settings: FeedSettings
 ) -> Recommender:
@@ -200,6 +220,8 @@ def evaluate(
     }
     if model is not None:
         methods["als"] = als_baseline(model, train, eligible)
+        if model.item_knn is not None:
+            methods["item_knn"] = item_knn_baseline(model, train, eligible)
     methods.update(extra_methods or {})
     users = sorted(relevant)
     for name, recommend in methods.items():
@@ -237,12 +259,47 @@ class SplitSpec:
         raise ValueError(f"--split: expected random:FRACTION[:SEED] or time:FRACTION, got {text!r}")
 
 
+def catalogue_at(dataset: Dataset, now: float) -> Dataset:
+    """``dataset`` as the store held it at ``now``: items created later are not listed yet.
+
+    A time split that left them in would let the replay (and every baseline) serve items
+    that did not exist at "now", and let a ranker learn that a creation time in the future
+    predicts the test likes. Items with an unknown creation time and items liked in
+    ``dataset`` stay.
+    """
+    import dataclasses
+
+    items = dataset.items
+    keep = ~(np.asarray(items.created_at) > now)
+    if keep.all():
+        return dataset
+    liked = set(dataset.likes.dst)
+    keep |= np.fromiter((i in liked for i in items.item_id), bool, len(items))
+    rows = np.flatnonzero(keep)
+    idx = rows.tolist()
+    kept = dataclasses.replace(
+        items,
+        item_id=[items.item_id[i] for i in idx],
+        seller_id=[items.seller_id[i] for i in idx],
+        created_at=items.created_at[rows],
+        stock=items.stock[rows],
+        price=items.price[rows],
+        category=[items.category[i] for i in idx],
+    )
+    return dataclasses.replace(dataset, items=kept)
+
+
 def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Edges, float | None]:
-    """(train, test, now); ``now`` is the split time for time splits, else None (derived)."""
+    """(train, test, now); ``now`` is the split time for time splits, else None (derived).
+
+    For a time split the training part holds the catalogue as it was at the split time
+    (``catalogue_at``).
+    """
     from training.splits import random_split, time_split
 
     if spec.kind == "time":
-        return time_split(dataset, spec.fraction)
+        train, test, now = time_split(dataset, spec.fraction)
+        return catalogue_at(train, now), test, now
     train, test = random_split(dataset, spec.fraction, spec.seed)
     return train, test, None
 
@@ -316,25 +373,56 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def evaluate_split(dataset: Dataset, split: SplitSpec | None, test: Edges | None, ks: Sequence[int], params, settings: FeedSettings = FeedSettings(), show_progress: bool = True) -> EvaluationReport:
-    """Train on the training part with ``params`` and evaluate the served feed on the rest."""
+def evaluate_split(
+    dataset: Dataset,
+    split: SplitSpec | None,
+    test: Edges | None,
+    ks: Sequence[int],
+    params,
+    settings: FeedSettings = FeedSettings(),
+    show_progress: bool = True,
+    ranker_params=None,
+    compare_blend: bool = True,
+) -> EvaluationReport:
+    """Train on the training part with ``params`` and evaluate the served feed on the rest.
+
+    The served ranker is fitted on a validation split of the training part
+    (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend).
+    With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
+    ``report.ranker`` holds the fitted ranker's manifest entry.
+    """
     from ranking.ranker import DEFAULT_RANKER
+    from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
     from training.train import train
 
+    ranker_params = ranker_params or RankerFitParams()
     if test is not None:
         train_part, now = dataset, None
     else:
         train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
     model, _ = train(train_part, params)
-    return evaluate(train_part, test, model, DEFAULT_RANKER, ks, settings, now=now, show_progress=show_progress)
+    ranker, extra = DEFAULT_RANKER, {}
+    fit_info: dict = {"objective": "blend"}
+    if ranker_params.objective != "blend":
+        ranker, fit_info = fit_ranker(train_part, params, settings, ranker_params)
+        if compare_blend:
+            replay_now = evaluation_time(train_part) if now is None else now
+            extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
+    report = evaluate(
+        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress
+    )
+    report.ranker = ranker_spec(ranker, fit_info)
+    return report
 
 
-def held_out_evaluation(split_text: str, ks: Sequence[int], params):
+def held_out_evaluation(split_text: str, ks: Sequence[int], params, ranker_params=None, settings: FeedSettings = FeedSettings()):
     """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics."""
     split = None if split_text == "auto" else SplitSpec.parse(split_text)
 
     def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
-        report = evaluate_split(dataset, split, None, ks, params, show_progress=params.show_progress)
+        report = evaluate_split(
+            dataset, split, None, ks, params, settings, show_progress=params.show_progress, ranker_params=ranker_params
+        )
         print(report.table(), flush=True)
         return report.as_json()
 

@@ -15,7 +15,8 @@ from training.dataset import Dataset, Edges
 def _take(edges: Edges, rows: np.ndarray) -> Edges:
     idx = rows.tolist()
     return Edges(src=[edges.src[i] for i in idx], dst=[edges.dst[i] for i in idx],
-                 ts=np.asarray(edges.ts, dtype=np.float64)[rows])
+                 ts=np.asarray(edges.ts, dtype=np.float64)[rows],
+                 weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
 
 
 def _check_fraction(fraction: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from embeddings import als
 from embeddings.index import build_index
+from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, KNN_KINDS, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.ranker import DEFAULT_BLEND
@@ -43,6 +44,12 @@ class TrainParams:
     """Interaction weight of a like."""
     follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT
     """Interaction weight of a follow (in the seller's extra column); 0 ignores follows."""
+    weight_transform: str = als.DEFAULT_WEIGHT_TRANSFORM
+    """How a like's own weight (likes.csv ``weight``) enters the matrix: log, raw, binary."""
+    knn: str = DEFAULT_KNN
+    """Item-kNN similarity (cosine, bm25, tfidf) for the item_knn source and feature; none skips it."""
+    knn_k: int = DEFAULT_KNN_K
+    """Neighbours kept per item by the item-kNN model."""
     index: str = "auto"
     """Index kind: auto, flat, hnsw-mips (hnsw-ip is for benchmarks only)."""
     hnsw_m: int = 32
@@ -76,7 +83,7 @@ def train(ds: Dataset, params: TrainParams = TrainParams()) -> tuple[EmbeddingMo
     timings: dict[str, float] = {}
     verbose = params.show_progress
     with _step("interactions", timings, verbose):
-        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight)
+        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
     with _step("als", timings, verbose):
         user_factors, item_factors = als.train_als(
             interactions,
@@ -87,7 +94,13 @@ def train(ds: Dataset, params: TrainParams = TrainParams()) -> tuple[EmbeddingMo
             seed=params.seed,
             show_progress=params.show_progress,
         )
+    knn = None
+    # "index" times both item-side neighbour structures: the MIPS index and the item-kNN.
     with _step("index", timings, verbose):
+        if params.knn != "none":
+            knn = train_item_knn(
+                interactions.item_matrix, interactions.item_ids, params.knn, params.knn_k, show_progress=False
+            )
         index = build_index(
             item_factors,
             params.index,
@@ -104,6 +117,7 @@ def train(ds: Dataset, params: TrainParams = TrainParams()) -> tuple[EmbeddingMo
         index,
         regularization=params.regularization,
         alpha=params.alpha * params.like_weight,
+        item_knn=knn,
     )
     info = {
         "users": len(interactions.user_ids),

@@ -1,0 +1,140 @@
+"""Item-to-item nearest neighbours: a sparse top-k similarity matrix over the item columns.
+
+Built offline with implicit's item-kNN (cosine, BM25 or TF-IDF weighting of the user x
+item matrix), stored in the artifact as one ``scipy.sparse`` CSR file, and read at
+request time by the item-kNN candidate source and the ``item_similarity`` feature: a
+user's score for item j is the sum of sim(i, j) over the user's recent likes i.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+KNN_KINDS = ("cosine", "bm25", "tfidf", "none")
+DEFAULT_KNN = "cosine"
+"""Similarity of the item-kNN model; "none" trains no item-kNN model."""
+DEFAULT_KNN_K = 100
+"""Neighbours kept per item. More costs memory (k floats per item) and request time."""
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    """A user's item-kNN scores as a sparse vector: item rows (sorted) and their scores.
+
+    ``item_row`` is the model's id -> row map (shared, not copied), for lookups by id.
+    """
+
+    rows: np.ndarray  # int32, ascending
+    scores: np.ndarray  # float32, same length
+    item_row: Mapping[str, int] = field(default_factory=dict, repr=False)
+
+    def lookup_ids(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Score per asked id (0 for unknown ids or items with no score), same order."""
+        row = self.item_row
+        return self.lookup(np.fromiter((row.get(t, -1) for t in item_ids), np.int64, len(item_ids)))
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        """Score per asked row (0 where the row has none), same order and length."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(len(rows), dtype=np.float32)
+        if not len(self.rows) or not len(rows):
+            return out
+        at = np.searchsorted(self.rows, rows)
+        at_clipped = np.minimum(at, len(self.rows) - 1)
+        hit = (rows >= 0) & (self.rows[at_clipped] == rows)
+        out[hit] = self.scores[at_clipped[hit]]
+        return out
+
+
+class ItemKNN:
+    """Top-k item-item similarities (CSR, float32, no self-similarity) with the item id map.
+
+    Row i of ``similarity`` holds item i's neighbours; the map is ``item_ids``, the same
+    order as the embedding model's items.
+    """
+
+    def __init__(self, item_ids: Sequence[str], similarity: sp.csr_matrix) -> None:
+        self.item_ids = list(item_ids)
+        n = len(self.item_ids)
+        if similarity.shape != (n, n):
+            raise ValueError(f"similarity is {similarity.shape}, expected ({n}, {n})")
+        self.similarity = sp.csr_matrix(similarity, dtype=np.float32)
+        self.item_row = {t: i for i, t in enumerate(self.item_ids)}
+
+    @property
+    def nnz(self) -> int:
+        return int(self.similarity.nnz)
+
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64 row per id, -1 for ids unknown to the model."""
+        return np.fromiter((self.item_row.get(t, -1) for t in item_ids), np.int64, len(item_ids))
+
+    def user_scores(self, liked_item_ids: Sequence[str]) -> ItemScores:
+        """Sum of similarities to the distinct known items of ``liked_item_ids``."""
+        rows = np.unique(self.rows_of(liked_item_ids))
+        rows = rows[rows >= 0]
+        if not len(rows):
+            return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
+        picked = self.similarity[rows]
+        # A 1 x n sparse product: cost follows the neighbours touched, not the catalogue.
+        summed = sp.csr_matrix(np.ones((1, len(rows)), dtype=np.float32)) @ picked
+        summed = sp.csr_matrix(summed)
+        summed.sort_indices()
+        return ItemScores(summed.indices.astype(np.int32), summed.data.astype(np.float32), self.item_row)
+
+    def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
+        """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
+        positive = scores.scores > 0
+        rows, values = scores.rows[positive], scores.scores[positive]
+        if len(rows) > k:
+            keep = np.argpartition(-values, k - 1)[:k]
+            rows, values = rows[keep], values[keep]
+        order = np.lexsort((rows, -values))
+        item_ids = self.item_ids
+        return [item_ids[r] for r in rows[order].tolist()], values[order]
+
+    def save(self, path: str) -> None:
+        """The similarity matrix as a scipy .npz (ids live with the model)."""
+        sp.save_npz(path, self.similarity, compressed=False)
+
+    @classmethod
+    def load(cls, path: str, item_ids: Sequence[str]) -> ItemKNN:
+        return cls(item_ids, sp.load_npz(path).tocsr())
+
+
+def train_item_knn(
+    user_items: sp.csr_matrix,
+    item_ids: Sequence[str],
+    kind: str = DEFAULT_KNN,
+    k: int = DEFAULT_KNN_K,
+    show_progress: bool = True,
+    num_threads: int = 0,
+) -> ItemKNN:
+    """Fit implicit's item-kNN on a user x item matrix (columns = ``item_ids``).
+
+    Returns an ItemKNN whose rows keep each item's ``k`` most similar other items.
+    """
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
+    from threadpoolctl import threadpool_limits
+
+    classes = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
+    if kind not in classes:
+        raise ValueError(f"unknown item-kNN kind {kind!r}; choose from {KNN_KINDS}")
+    if user_items.shape[1] != len(item_ids):
+        raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
+    # One more neighbour than asked, because implicit keeps each item as its own neighbour.
+    model = classes[kind](K=k + 1, num_threads=num_threads)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        # implicit re-weights into COO itself, then warns that its own input is not CSR.
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(sp.csr_matrix(user_items, dtype=np.float32), show_progress=show_progress)
+    similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
+    similarity.setdiag(0.0)
+    similarity.eliminate_zeros()
+    similarity.sort_indices()
+    return ItemKNN(item_ids, similarity)

@@ -1,0 +1,259 @@
+"""Fit the feed's linear ranker on candidates and features produced by the serving pipeline.
+
+Protocol: carve a validation split out of the training data (the latest likes when every
+like has a time, else random ones); train the embeddings on the rest (the "fit part");
+load the fit part into a memory store and, for each validation user, run the serving
+pipeline's sources, filters and feature function (``FeedPipeline.pool``). A candidate is
+a positive when the user liked it in the validation part. Then fit
+
+  logistic   L2-regularised logistic regression on every (candidate, label), or
+  pairwise   L2-regularised logistic regression on (positive - negative) feature
+             differences within each user (a linear RankNet),
+
+with scipy's L-BFGS on standardised features; the scaling is folded back into the
+weights, so the result is a plain ``LinearRanker`` over raw features, stored in the
+artifact as {"features", "weights", "bias"}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from tqdm import tqdm
+
+from embeddings.model import EmbeddingModel
+from ranking.features import FEATURE_NAMES
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.ranker import DEFAULT_RANKER, LinearRanker
+from training.dataset import Dataset, Edges
+
+OBJECTIVES = ("logistic", "pairwise")
+
+
+@dataclass(frozen=True)
+class RankerFitParams:
+    """How the ranker is fitted; every field goes into the manifest."""
+
+    objective: str = "pairwise"
+    """logistic (pointwise log loss) or pairwise (log loss on positive - negative differences)."""
+    l2: float = 1.0
+    """L2 penalty on the standardised weights (sum over examples of the loss + l2/2 |w|^2, per user mean)."""
+    validation_fraction: float = 0.1
+    """Share of the training likes held out as labels for the ranker."""
+    max_users: int = 3000
+    """Validation users whose candidate pools are collected (a seeded sample beyond this)."""
+    pool_limit: int = 20
+    """The ``limit`` the pools are gathered for (pools deepen with it, as when serving)."""
+    pairs_per_user: int = 200
+    """Pairwise: (positive, negative) pairs sampled per user."""
+    seed: int = 0
+    """Seed of the validation split, the user sample and the pair sample."""
+
+
+@dataclass
+class Examples:
+    """Feature rows from the serving pipeline's pools, with labels and the user of each row."""
+
+    features: np.ndarray  # float32 (n, len(FEATURE_NAMES))
+    labels: np.ndarray  # float32 0/1
+    groups: np.ndarray  # int32 user index per row
+    users: int = 0
+    positives_in_pool: int = 0
+    positives_total: int = 0  # validation likes of the sampled users, found in a pool or not
+    candidates_per_user: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def collect_examples(
+    fit_part: Dataset,
+    labels: Edges,
+    model: EmbeddingModel | None,
+    now: float,
+    settings: FeedSettings = FeedSettings(),
+    params: RankerFitParams = RankerFitParams(),
+    show_progress: bool = True,
+) -> Examples:
+    """Candidate pools of the serving pipeline over a memory store of ``fit_part``.
+
+    One pool per user of ``labels`` (at most ``params.max_users``, sampled with
+    ``params.seed``); a row is a positive when (user, item) is in ``labels``.
+    """
+    from serving.stores.memory import MemoryStore
+
+    relevant: dict[str, set[str]] = defaultdict(set)
+    for user_id, item_id in zip(labels.src, labels.dst):
+        relevant[user_id].add(item_id)
+    users = sorted(relevant)
+    if len(users) > params.max_users:
+        rng = np.random.default_rng(params.seed)
+        users = sorted(rng.choice(users, params.max_users, replace=False).tolist())
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(fit_part), model, DEFAULT_RANKER, settings)
+    blocks, ys, gs = [], [], []
+    n_candidates = positives = total = 0
+    for g, user_id in enumerate(tqdm(users, desc="ranker pools", unit="user", disable=not show_progress, leave=False)):
+        pool = pipeline.pool(user_id, params.pool_limit, now)
+        wanted = relevant[user_id]
+        total += len(wanted)
+        if not pool.candidates:
+            continue
+        y = np.fromiter((c.item_id in wanted for c in pool.candidates), np.float32, len(pool.candidates))
+        n_candidates += len(y)
+        positives += int(y.sum())
+        blocks.append(pool.features)
+        ys.append(y)
+        gs.append(np.full(len(y), g, dtype=np.int32))
+    width = len(FEATURE_NAMES)
+    return Examples(
+        features=np.concatenate(blocks) if blocks else np.zeros((0, width), np.float32),
+        labels=np.concatenate(ys) if ys else np.zeros(0, np.float32),
+        groups=np.concatenate(gs) if gs else np.zeros(0, np.int32),
+        users=len(users),
+        positives_in_pool=positives,
+        positives_total=total,
+        candidates_per_user=n_candidates / max(len(users), 1),
+    )
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-9] = 1.0  # a constant column gets weight 0 through the penalty
+    return (x - mean) / std, mean, std
+
+
+def _lbfgs(loss_grad, dim: int) -> np.ndarray:
+    result = minimize(loss_grad, np.zeros(dim), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return result.x
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float) -> LinearRanker:
+    """Pointwise L2 logistic regression; every user weighs the same in the loss."""
+    z, mean, std = _standardise(x.astype(np.float64))
+    n, d = z.shape
+    counts = np.bincount(groups)
+    sample = 1.0 / counts[groups]
+    sample *= n / sample.sum()
+    signs = 2.0 * y.astype(np.float64) - 1.0
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d], theta[d]
+        margin = signs * (z @ w + b)
+        loss = -(sample * log_expit(margin)).sum() / n + 0.5 * l2 * (w @ w) / n
+        coef = -(sample * signs * expit(-margin)) / n
+        grad = np.concatenate([z.T @ coef + l2 * w / n, [coef.sum()]])
+        return float(loss), grad
+
+    theta = _lbfgs(loss_grad, d + 1)
+    w_std, b_std = theta[:d], theta[d]
+    weights = w_std / std
+    return LinearRanker(weights.astype(np.float32), float(b_std - weights @ mean))
+
+
+def pair_differences(x: np.ndarray, y: np.ndarray, groups: np.ndarray, per_user: int, seed: int) -> np.ndarray:
+    """(positive - negative) feature rows, up to ``per_user`` sampled pairs per user."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    diffs = []
+    for rows in np.split(order, bounds):
+        pos = rows[y[rows] > 0]
+        neg = rows[y[rows] <= 0]
+        if not len(pos) or not len(neg):
+            continue
+        n_pairs = min(per_user, len(pos) * len(neg))
+        diffs.append(x[rng.choice(pos, n_pairs)] - x[rng.choice(neg, n_pairs)])
+    return np.concatenate(diffs) if diffs else np.zeros((0, x.shape[1]), x.dtype)
+
+
+def fit_pairwise(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float, per_user: int, seed: int) -> LinearRanker:
+    """Linear RankNet: L2 logistic loss on sampled within-user (positive - negative) pairs."""
+    diffs = pair_differences(x.astype(np.float64), y, groups, per_user, seed)
+    if not len(diffs):
+        raise ValueError("no user has both a positive and a negative candidate; cannot fit a pairwise ranker")
+    scale = diffs.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = diffs / scale  # differences are centred by construction: scale only, no bias
+    n, d = z.shape
+
+    def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        margin = z @ w
+        loss = -log_expit(margin).sum() / n + 0.5 * l2 * (w @ w) / n
+        grad = z.T @ (-expit(-margin)) / n + l2 * w / n
+        return float(loss), grad
+
+    w = _lbfgs(loss_grad, d) / scale
+    return LinearRanker(w.astype(np.float32), 0.0)
+
+
+def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams()) -> LinearRanker:
+    """Fit the chosen objective on collected examples."""
+    if params.objective not in OBJECTIVES:
+        raise ValueError(f"unknown ranker objective {params.objective!r}; choose from {OBJECTIVES}")
+    if not len(examples.labels) or examples.labels.min() == examples.labels.max():
+        raise ValueError("the ranker's validation pools need both positives and negatives")
+    if params.objective == "logistic":
+        return fit_logistic(examples.features, examples.labels, examples.groups, params.l2)
+    return fit_pairwise(examples.features, examples.labels, examples.groups, params.l2, params.pairs_per_user, params.seed)
+
+
+def validation_split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges, float]:
+    """(fit part, validation likes, now): the latest likes when all are timed, else random ones.
+
+    A time split keeps only the items listed by then (``catalogue_at``), as in evaluation.
+    """
+    from training.evaluate import catalogue_at, evaluation_time
+    from training.splits import random_split, time_split
+
+    timed = len(train.likes) > 0 and bool(np.isfinite(train.likes.ts).all())
+    if timed:
+        fit_part, held, now = time_split(train, fraction)
+        return catalogue_at(fit_part, now), held, now
+    fit_part, held = random_split(train, fraction, seed)
+    return fit_part, held, evaluation_time(fit_part)
+
+
+def fit_ranker(
+    train: Dataset,
+    train_params,
+    settings: FeedSettings = FeedSettings(),
+    params: RankerFitParams = RankerFitParams(),
+) -> tuple[LinearRanker, dict[str, Any]]:
+    """The whole protocol of this module on ``train``; returns the ranker and a report dict.
+
+    ``train_params`` are the TrainParams of the served model: the fit part's model is
+    trained with the same hyperparameters, so feature scales match the served model's.
+    """
+    from dataclasses import replace
+
+    from training.train import train as train_model
+
+    fit_part, held, now = validation_split(train, params.validation_fraction, params.seed)
+    model, _ = train_model(fit_part, replace(train_params, show_progress=False))
+    examples = collect_examples(fit_part, held, model, now, settings, params, show_progress=train_params.show_progress)
+    ranker = fit_ranker_on(examples, params)
+    info = {
+        "objective": params.objective,
+        "l2": params.l2,
+        "validation_fraction": params.validation_fraction,
+        "validation_users": examples.users,
+        "rows": int(len(examples.labels)),
+        "candidates_per_user": round(examples.candidates_per_user, 1),
+        "pool_recall": round(examples.positives_in_pool / max(examples.positives_total, 1), 4),
+    }
+    return ranker, info
+
+
+def ranker_spec(ranker: LinearRanker, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest "ranker" entry: feature names, weights by name, bias (and how it was fitted)."""
+    spec: dict[str, Any] = {"features": list(FEATURE_NAMES), "weights": ranker.to_mapping(), "bias": float(ranker.bias)}
+    if info:
+        spec["fit"] = info
+    if not all(math.isfinite(w) for w in spec["weights"].values()):
+        raise ValueError("the fitted ranker has non-finite weights")
+    return spec
