@@ -117,9 +117,10 @@ def test_a_write_through_one_server_is_read_by_the_other_in_the_next_request(req
     for n in range(5):
         item = f"fresh-{n}"
         a.stub.Ingest(feed_pb2.IngestRequest(events=[
-            feed_pb2.Event(event_id=f"rw-{n}-1", item_upsert=feed_pb2.ItemUpsert(item_id=item, seller_id="s1", stock=1)),
+            feed_pb2.Event(event_id=f"rw-{n}-1", item_upsert=feed_pb2.ItemUpsert(item_id=item, seller_id=f"shop-{n}", stock=1)),
             feed_pb2.Event(event_id=f"rw-{n}-2", like=feed_pb2.UserItem(user_id="bob", item_id=item)),
         ]), timeout=5)  # fmt: skip
+        # A friend's like of a new shop's item: the seller cap cannot push it off the page.
         assert item in feed_ids(b.stub, "alice")[0]  # the very next GetFeed, on the other process
         b.stub.Ingest(feed_pb2.IngestRequest(events=[
             feed_pb2.Event(event_id=f"rw-{n}-3", stock_update=feed_pb2.StockUpdate(item_id=item, stock=0)),
