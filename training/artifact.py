@@ -5,6 +5,7 @@ A version directory holds
   ids.npz         user_ids, item_ids (unicode arrays; loaded with allow_pickle=False)
   factors.npz     user_factors, item_factors (float32)
   index.faiss     the MIPS index, plus index.faiss.json (kind and parameters)
+  knn.npz         optional: the item-kNN similarity matrix (scipy.sparse CSR, item rows)
 It is written under a temporary name and renamed into place, so a reader never sees a
 half-written version; CURRENT is then replaced atomically (os.replace), so a reader sees
 either the old version or the new one.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from embeddings.index import MipsIndex
+from embeddings.knn import ItemKNN
 from embeddings.model import DEFAULT_FOLDIN_ALPHA, EmbeddingModel
 from ranking.ranker import LinearRanker
 
@@ -32,6 +34,7 @@ MANIFEST = "manifest.json"
 IDS = "ids.npz"
 FACTORS = "factors.npz"
 INDEX = "index.faiss"
+KNN = "knn.npz"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def publish(models_dir: str, model: EmbeddingModel, manifest: dict[str, Any]) ->
             "regularization": model.regularization,
             "alpha": model.alpha,
             "index": {"kind": model.index.kind, **model.index.params},
+            "item_knn": {"nnz": model.item_knn.nnz} if model.item_knn is not None else None,
         },
     }
 
@@ -96,6 +100,8 @@ def publish(models_dir: str, model: EmbeddingModel, manifest: dict[str, Any]) ->
         )
         np.savez(os.path.join(tmp, FACTORS), user_factors=model.user_factors, item_factors=model.item_factors)
         model.index.save(os.path.join(tmp, INDEX))
+        if model.item_knn is not None:
+            model.item_knn.save(os.path.join(tmp, KNN))
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(full_manifest, f, indent=2, sort_keys=True, default=_json_default)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
@@ -159,6 +165,8 @@ def load_version(path: str) -> Artifact:
         raise ValueError(f"{path}: index.faiss does not hold the item factors of factors.npz")
     index.vectors = item_factors  # one copy of the table, not two
     info = manifest.get("model", {})
+    knn_path = os.path.join(path, KNN)
+    item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
     model = EmbeddingModel(
         user_ids,
         item_ids,
@@ -167,6 +175,7 @@ def load_version(path: str) -> Artifact:
         index,
         regularization=float(info.get("regularization", manifest.get("params", {}).get("regularization", 0.0))),
         alpha=float(info.get("alpha", DEFAULT_FOLDIN_ALPHA)),
+        item_knn=item_knn,
     )
     ranker_spec = manifest["ranker"]
     ranker = LinearRanker.from_mapping(ranker_spec["weights"], float(ranker_spec.get("bias", 0.0)))

@@ -416,12 +416,16 @@ def evaluate_split(
 
 
 def held_out_evaluation(split_text: str, ks: Sequence[int], params, ranker_params=None, settings: FeedSettings = FeedSettings()):
-    """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics."""
+    """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics.
+
+    No "blend" row here, to keep retraining fast: ``python -m training evaluate`` has it.
+    """
     split = None if split_text == "auto" else SplitSpec.parse(split_text)
 
     def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
         report = evaluate_split(
-            dataset, split, None, ks, params, settings, show_progress=params.show_progress, ranker_params=ranker_params
+            dataset, split, None, ks, params, settings, show_progress=params.show_progress,
+            ranker_params=ranker_params, compare_blend=False,
         )
         print(report.table(), flush=True)
         return report.as_json()
@@ -441,8 +445,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", help="write the metrics as JSON here")
     parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
-    parser.add_argument("--max-per-seller", type=int, default=FeedSettings().max_per_seller,
-                        help="seller cap per page, as served (default: %(default)s)")
+    feed = parser.add_argument_group("feed (as served)")
+    d = FeedSettings()
+    feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
+                      help="seller cap per page, as served (default: %(default)s)")
+    feed.add_argument("--neighbours", type=int, default=d.neighbours,
+                      help="embedding neighbours gathered per feed (default: %(default)s)")
+    feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
+                      help="item-kNN candidates gathered per feed (default: %(default)s)")
+    feed.add_argument("--sources", default=",".join(d.sources),
+                      help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
+    feed.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
     add_training_arguments(parser)
 
 
@@ -452,15 +465,24 @@ def run(args) -> None:
     from dataclasses import replace
 
     from training.dataset import load_dataset
-    from training.train import params_from_args
+    from training.train import params_from_args, ranker_params_from_args
 
     ks = parse_ks(args.k)
     split = SplitSpec.parse(args.split) if args.split else None
     dataset = load_dataset(args.data)
     test = read_test_file(args.test) if args.test else None
     params = params_from_args(args)
-    settings = replace(FeedSettings(), max_per_seller=args.max_per_seller)
-    report = evaluate_split(dataset, split, test, ks, params, settings, show_progress=params.show_progress)
+    settings = replace(
+        FeedSettings(),
+        max_per_seller=args.max_per_seller,
+        neighbours=args.neighbours,
+        knn_neighbours=args.knn_neighbours,
+        sources=tuple(s for s in args.sources.split(",") if s),
+    )
+    report = evaluate_split(
+        dataset, split, test, ks, params, settings, show_progress=params.show_progress,
+        ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend,
+    )
     print(report.table())
     if args.json:
         with open(args.json, "w") as handle:

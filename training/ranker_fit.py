@@ -46,7 +46,7 @@ class RankerFitParams:
     """L2 penalty on the standardised weights (sum over examples of the loss + l2/2 |w|^2, per user mean)."""
     validation_fraction: float = 0.1
     """Share of the training likes held out as labels for the ranker."""
-    max_users: int = 3000
+    max_users: int = 1000
     """Validation users whose candidate pools are collected (a seeded sample beyond this)."""
     pool_limit: int = 20
     """The ``limit`` the pools are gathered for (pools deepen with it, as when serving)."""
@@ -213,7 +213,10 @@ def validation_split(train: Dataset, fraction: float, seed: int) -> tuple[Datase
     timed = len(train.likes) > 0 and bool(np.isfinite(train.likes.ts).all())
     if timed:
         fit_part, held, now = time_split(train, fraction)
-        return catalogue_at(fit_part, now), held, now
+        # Ties at the split time all go to the held-out side; when that swallows most of
+        # the data (e.g. every like at the same time) the times carry no order: go random.
+        if len(held) <= 2 * fraction * len(train.likes):
+            return catalogue_at(fit_part, now), held, now
     fit_part, held = random_split(train, fraction, seed)
     return fit_part, held, evaluation_time(fit_part)
 

@@ -135,13 +135,47 @@ def default_ranker_spec() -> dict[str, Any]:
     return {"features": list(FEATURE_NAMES), "weights": dict(DEFAULT_BLEND), "bias": 0.0}
 
 
+def fitted_ranker_spec(ds: Dataset, params: TrainParams, ranker_params) -> dict[str, Any]:
+    """The manifest "ranker" entry fitted on a validation split of ``ds`` (training.ranker_fit).
+
+    Objective "blend" publishes the hand-set blend. When the data cannot support a fit
+    (no validation user with a positive in their candidate pool, e.g. a toy dataset) the
+    blend is published too, and the manifest says why.
+    """
+    from training.ranker_fit import fit_ranker, ranker_spec
+
+    if ranker_params.objective == "blend":
+        return {**default_ranker_spec(), "fit": {"objective": "blend"}}
+    try:
+        ranker, info = fit_ranker(ds, params, params_settings(), ranker_params)
+    except ValueError as error:
+        if params.show_progress:
+            print(f"ranker: cannot fit ({error}); publishing the hand-set blend", flush=True)
+        return {**default_ranker_spec(), "fit": {"objective": "blend", "reason": str(error)}}
+    return ranker_spec(ranker, info)
+
+
+def params_settings():
+    """The feed settings the trainer fits the ranker under: the serving defaults."""
+    from ranking.feed import FeedSettings
+
+    return FeedSettings()
+
+
 def train_and_publish(
     data_dir: str,
     models_dir: str,
     params: TrainParams = TrainParams(),
     evaluate_fn: EvaluateFn | None = None,
+    ranker_params=None,
 ) -> str:
-    """Load, train, evaluate (if ``evaluate_fn``), publish; returns the version directory."""
+    """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish; returns the version directory.
+
+    ``ranker_params`` is a training.ranker_fit.RankerFitParams (default: its defaults).
+    """
+    from training.ranker_fit import RankerFitParams
+
+    ranker_params = ranker_params or RankerFitParams()
     from training.artifact import publish
     from training.dataset import load_dataset
 
@@ -153,6 +187,8 @@ def train_and_publish(
         fingerprint = ds.fingerprint()
     model, info = train(ds, params)
     timings.update(info.pop("timings"))
+    with _step("ranker", timings, verbose):
+        ranker = fitted_ranker_spec(ds, params, ranker_params)
     metrics: dict[str, Any] = {}
     if evaluate_fn is not None:
         with _step("evaluate", timings, verbose):
@@ -162,7 +198,7 @@ def train_and_publish(
         "data": {"path": data_dir, "fingerprint": fingerprint, **info},
         "data_fingerprint": fingerprint,
         "metrics": metrics,
-        "ranker": default_ranker_spec(),
+        "ranker": ranker,
         "timings": timings,
     }
     with _step("publish", timings, verbose):
@@ -185,12 +221,48 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
     group.add_argument("--follow-weight", type=float, default=d.follow_weight,
                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
+    group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
+                       help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
+                            "log = log2(1 + w), raw, binary (default: %(default)s)")
+    group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
+                       help="item-kNN similarity for the item_knn source and feature; none trains none "
+                            "(default: %(default)s)")
+    group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips"), default=d.index,
                        help="item index: exact below 50k items, HNSW over the MIPS->L2 reduction above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
     group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+    add_ranker_arguments(parser)
+
+
+def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the learned ranker's fit (training.ranker_fit)."""
+    from training.ranker_fit import OBJECTIVES, RankerFitParams
+
+    d = RankerFitParams()
+    group = parser.add_argument_group("ranker")
+    group.add_argument("--ranker", choices=(*OBJECTIVES, "blend"), default=d.objective,
+                       help="ranker objective fitted on the serving pipeline's candidates, or blend for the "
+                            "hand-set weights (default: %(default)s)")
+    group.add_argument("--ranker-l2", type=float, default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
+    group.add_argument("--ranker-validation", type=float, default=d.validation_fraction,
+                       help="share of the training likes held out as ranker labels (default: %(default)s)")
+    group.add_argument("--ranker-users", type=int, default=d.max_users,
+                       help="validation users whose candidate pools are collected (default: %(default)s)")
+
+
+def ranker_params_from_args(args: argparse.Namespace):
+    from training.ranker_fit import RankerFitParams
+
+    return RankerFitParams(
+        objective=args.ranker,
+        l2=args.ranker_l2,
+        validation_fraction=args.ranker_validation,
+        max_users=args.ranker_users,
+        seed=args.seed,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +283,9 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         alpha=args.alpha,
         iterations=args.iterations,
         follow_weight=args.follow_weight,
+        weight_transform=args.weight_transform,
+        knn=args.knn,
+        knn_k=args.knn_k,
         index=args.index,
         ef_search=args.ef_search,
         seed=args.seed,
@@ -223,5 +298,8 @@ def run(args: argparse.Namespace) -> None:
     from training.evaluate import held_out_evaluation, parse_ks
 
     params = params_from_args(args)
-    evaluate_fn = None if args.eval_split == "none" else held_out_evaluation(args.eval_split, parse_ks(args.k), params)
-    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn)
+    ranker_params = ranker_params_from_args(args)
+    evaluate_fn = (
+        None if args.eval_split == "none" else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params)
+    )
+    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params)
