@@ -54,6 +54,8 @@ class RankerFitParams:
     """Pairwise: (positive, negative) pairs sampled per user."""
     seed: int = 0
     """Seed of the validation split, the user sample and the pair sample."""
+    drop_features: tuple[str, ...] = ()
+    """Features held at weight 0 (ablations): their columns are zeroed before the fit."""
 
 
 @dataclass
@@ -197,9 +199,16 @@ def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams(
         raise ValueError(f"unknown ranker objective {params.objective!r}; choose from {OBJECTIVES}")
     if not len(examples.labels) or examples.labels.min() == examples.labels.max():
         raise ValueError("the ranker's validation pools need both positives and negatives")
+    unknown = set(params.drop_features) - set(FEATURE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown features to drop: {sorted(unknown)}")
+    x = examples.features
+    if params.drop_features:
+        x = x.copy()
+        x[:, [FEATURE_NAMES.index(f) for f in params.drop_features]] = 0.0
     if params.objective == "logistic":
-        return fit_logistic(examples.features, examples.labels, examples.groups, params.l2)
-    return fit_pairwise(examples.features, examples.labels, examples.groups, params.l2, params.pairs_per_user, params.seed)
+        return fit_logistic(x, examples.labels, examples.groups, params.l2)
+    return fit_pairwise(x, examples.labels, examples.groups, params.l2, params.pairs_per_user, params.seed)
 
 
 def validation_split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges, float]:

@@ -1,0 +1,83 @@
+"""ranking.features: one function, identical in the trainer's path and the server's path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ranking.features import FEATURE_NAMES, compute_features
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
+from serving.stores.memory import MemoryStore
+from tests.builders import DAY, NOW, social_dataset
+from training.generate import generate
+from training.train import TrainParams, train
+
+col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+@pytest.fixture(scope="module")
+def world():
+    dataset = generate(users=300, sellers=30, items=900, seed=5)
+    model, _ = train(dataset, TrainParams(factors=16, iterations=6, knn_k=30, show_progress=False))
+    return dataset, model
+
+
+def test_the_blend_and_the_ranker_name_every_feature_once():
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert set(DEFAULT_BLEND) == set(FEATURE_NAMES)
+    assert LinearRanker.from_mapping(DEFAULT_BLEND).to_mapping() == pytest.approx(DEFAULT_BLEND)
+
+
+def test_training_path_and_serving_path_compute_identical_features(world):
+    dataset, model = world
+    ranker = LinearRanker(np.linspace(0.5, 2.0, len(FEATURE_NAMES)).astype(np.float32), 0.1)
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, ranker, FeedSettings(max_per_seller=100))
+    users = sorted(set(dataset.likes.src))[:25] + ["nobody"]
+    for user_id in users:
+        pool = pipeline.pool(user_id, 20, now)  # what the ranker fit reads
+        served = pipeline.run(user_id, 20, now)  # what the server returns
+        assert pool.features.shape == (len(pool.candidates), len(FEATURE_NAMES))
+        expected = dict(zip((c.item_id for c in pool.candidates), ranker.score(pool.features).tolist()))
+        assert served.items, user_id
+        for candidate in served.items:
+            assert candidate.score == expected[candidate.item_id]
+        # And the same function on the same state is deterministic, feature by feature.
+        again = pipeline.pool(user_id, 20, now)
+        np.testing.assert_array_equal(again.features, pool.features)
+
+
+def test_item_similarity_and_seller_affinity_come_from_the_users_recent_likes(world):
+    dataset, model = world
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, DEFAULT_RANKER)
+    user_id = max(set(dataset.likes.src), key=list(dataset.likes.src).count)
+    pool = pipeline.pool(user_id, 20, float(np.nanmax(dataset.likes.ts)) + 1.0)
+    assert pool.result.gathered_by_source["item_knn"] > 0
+    assert (pool.features[:, col["item_similarity"]] > 0).any()
+    assert sum(pool.query.seller_likes.values()) > 0
+    affinity = pool.features[:, col["seller_affinity"]]
+    for candidate, value in zip(pool.candidates, affinity.tolist()):
+        expected = pool.query.seller_likes.get(candidate.seller_id, 0) / len(pool.query.user.recent_likes)
+        assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_social_features_follow_friend_likes_and_item_age():
+    store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
+    pool = build_feed_pipeline(store, None).pool("alice", 20, NOW)
+    rows = {c.item_id: pool.features[i] for i, c in enumerate(pool.candidates)}
+    i6, i7 = rows["i6"], rows["i7"]  # bob+carol liked i6 an hour ago; bob liked i7 2.5 h ago
+    assert i6[col["friend_likes"]] == pytest.approx(np.log1p(2))
+    assert i7[col["friend_likes"]] == pytest.approx(np.log1p(1))
+    assert 1.0 > i6[col["friend_like_recency"]] > i7[col["friend_like_recency"]] > 0.9
+    assert rows["i1"][col["followed_seller"]] == 1.0 and i6[col["followed_seller"]] == 0.0
+    assert rows["i1"][col["recency"]] == pytest.approx(np.exp(-DAY * np.log(2) / (7 * DAY)), rel=1e-5)
+    # No model: no embedding score, no item-kNN similarity.
+    assert not pool.features[:, col["embedding_score"]].any()
+    assert not pool.features[:, col["item_similarity"]].any()
+
+
+def test_compute_features_of_nothing_is_an_empty_matrix():
+    store = MemoryStore.from_dataset(social_dataset())
+    query = build_feed_pipeline(store, None).pool("alice", 5, NOW).query
+    assert compute_features(query, []).shape == (0, len(FEATURE_NAMES))

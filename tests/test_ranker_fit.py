@@ -1,0 +1,75 @@
+"""training.ranker_fit: the fit recovers known weights, and the trainer publishes what serving uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ranking.features import FEATURE_NAMES
+from ranking.ranker import DEFAULT_BLEND
+from training.artifact import load_current
+from training.dataset import write_dataset
+from training.generate import generate
+from training.ranker_fit import Examples, RankerFitParams, fit_logistic, fit_pairwise, fit_ranker_on
+from training.train import TrainParams, train_and_publish
+
+D = len(FEATURE_NAMES)
+
+
+def synthetic(seed: int = 0, users: int = 300, per_user: int = 40):
+    """Raw features on very different scales; the label follows a known linear score."""
+    rng = np.random.default_rng(seed)
+    scale = np.logspace(-2, 2, D)
+    x = rng.normal(size=(users * per_user, D)) * scale
+    true_w = np.zeros(D)
+    true_w[0], true_w[3], true_w[5] = 2.0 / scale[0], -1.5 / scale[3], 1.0 / scale[5]
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-(x @ true_w - 2.0)))).astype(np.float32)
+    groups = np.repeat(np.arange(users, dtype=np.int32), per_user)
+    return x.astype(np.float32), y, groups, true_w
+
+
+def test_logistic_recovers_weights_on_raw_feature_scales():
+    x, y, groups, true_w = synthetic()
+    ranker = fit_logistic(x, y, groups, l2=0.1)
+    # Standardisation is folded back: weights apply to raw features.
+    np.testing.assert_allclose(ranker.weights * np.logspace(-2, 2, D), true_w * np.logspace(-2, 2, D), atol=0.35)
+    assert np.sign(ranker.weights[[0, 3, 5]]).tolist() == [1.0, -1.0, 1.0]
+    assert ranker.bias == pytest.approx(-2.0, abs=0.4)
+
+
+def test_pairwise_orders_positives_first_and_keeps_zero_bias():
+    x, y, groups, true_w = synthetic(1)
+    ranker = fit_pairwise(x, y, groups, l2=0.1, per_user=200, seed=0)
+    assert ranker.bias == 0.0
+    cosine = ranker.weights @ true_w / np.linalg.norm(ranker.weights) / np.linalg.norm(true_w)
+    assert cosine > 0.95
+
+
+def test_dropped_features_get_zero_weight():
+    x, y, groups, _ = synthetic(2)
+    examples = Examples(x, y, groups)
+    ranker = fit_ranker_on(examples, RankerFitParams(objective="pairwise", drop_features=(FEATURE_NAMES[0],)))
+    assert ranker.weights[0] == 0.0
+    with pytest.raises(ValueError, match="unknown"):
+        fit_ranker_on(examples, RankerFitParams(drop_features=("nope",)))
+
+
+def test_the_trainer_publishes_the_fitted_ranker_and_serving_loads_it(tmp_path):
+    from ranking.feed import FeedSettings
+    from serving.feed_service import FeedService
+    from serving.page_token import PageTokenCodec
+    from serving.stores.memory import MemoryStore
+
+    dataset = generate(users=500, sellers=50, items=1500, seed=4)
+    write_dataset(dataset, str(tmp_path / "data"))
+    params = TrainParams(factors=16, iterations=6, knn_k=30, show_progress=False)
+    version_dir = train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), params)
+    artifact = load_current(str(tmp_path / "models"))
+    spec = artifact.manifest["ranker"]
+    assert spec["features"] == list(FEATURE_NAMES) and spec["fit"]["objective"] == "pairwise"
+    assert spec["weights"] != pytest.approx(DEFAULT_BLEND)
+    assert artifact.ranker.to_mapping() == pytest.approx(spec["weights"])
+    assert artifact.model.item_knn is not None and artifact.model.item_knn.nnz > 0
+    service = FeedService(MemoryStore.from_dataset(dataset), artifact, PageTokenCodec(b"k" * 32), FeedSettings())
+    scorer = service._pipeline.config.scorer
+    assert scorer.ranker is artifact.ranker and version_dir.endswith(service.model_version)

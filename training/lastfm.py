@@ -1,0 +1,135 @@
+"""Convert the HetRec 2011 Last.fm 2K dataset into a dataset directory.
+
+  python -m training lastfm --src ../shared/data/lastfm-2k --out DIR
+
+Artists become items (in stock, no seller, no creation time); user-artist listens become
+likes, with the listening count in the ``weight`` column and no time (the dataset has
+none); the symmetric ``user_friends.dat`` becomes ``friends.csv`` (one row per pair).
+There are no follows. Ids are prefixed ("u2", "a51") so users and artists never collide.
+
+The data is for non-commercial research only (see the dataset's README): convert it
+into a scratch directory, never into this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+import numpy as np
+
+from training.dataset import Dataset, DatasetError, Edges, Items
+
+USER_ARTISTS = "user_artists.dat"
+USER_FRIENDS = "user_friends.dat"
+ARTISTS = "artists.dat"
+
+
+def _rows(path: str, columns: int, encoding: str = "utf-8") -> list[list[str]]:
+    """Tab-separated rows after the header; quoting disabled (artist names contain quotes)."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise DatasetError(name, 0, "<file>", f"required file missing: {path}")
+    with open(path, newline="", encoding=encoding) as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader, None)
+        rows = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != columns:
+                raise DatasetError(name, reader.line_num, "<row>", f"expected {columns} fields, got {len(row)}")
+            rows.append(row)
+    return rows
+
+
+def _int_column(rows: list[list[str]], index: int, file: str, column: str) -> list[int]:
+    out = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            out.append(int(row[index]))
+        except ValueError:
+            raise DatasetError(file, line, column, f"expected an integer, got {row[index]!r}") from None
+    return out
+
+
+def read_lastfm(src: str) -> Dataset:
+    """The Last.fm 2K files in ``src`` as a Dataset (see the module docstring for the mapping).
+
+    Items are every artist of ``artists.dat`` (if present) followed by any listened artist
+    missing from it, in file order; likes keep the order of ``user_artists.dat``.
+    """
+    listens = _rows(os.path.join(src, USER_ARTISTS), 3)
+    users = _int_column(listens, 0, USER_ARTISTS, "userID")
+    artists = _int_column(listens, 1, USER_ARTISTS, "artistID")
+    counts = _int_column(listens, 2, USER_ARTISTS, "weight")
+    if min(counts, default=1) <= 0:
+        line = next(i for i, c in enumerate(counts, start=2) if c <= 0)
+        raise DatasetError(USER_ARTISTS, line, "weight", "expected a positive listening count")
+
+    item_ids: list[str] = []
+    artists_path = os.path.join(src, ARTISTS)
+    if os.path.isfile(artists_path):
+        item_ids = [f"a{a}" for a in _int_column(_rows(artists_path, 4), 0, ARTISTS, "id")]
+    known = set(item_ids)
+    for artist in dict.fromkeys(artists):
+        if f"a{artist}" not in known:
+            item_ids.append(f"a{artist}")
+            known.add(f"a{artist}")
+    n_items = len(item_ids)
+    items = Items(
+        item_id=item_ids,
+        seller_id=[""] * n_items,
+        created_at=np.full(n_items, np.nan),
+        stock=np.ones(n_items, dtype=np.int64),
+        price=np.full(n_items, np.nan),
+        category=[""] * n_items,
+    )
+    likes = Edges(
+        src=[f"u{u}" for u in users],
+        dst=[f"a{a}" for a in artists],
+        ts=np.full(len(users), np.nan),
+        weight=np.asarray(counts, dtype=np.float64),
+    )
+
+    friend_src: list[str] = []
+    friend_dst: list[str] = []
+    friends_path = os.path.join(src, USER_FRIENDS)
+    if os.path.isfile(friends_path):
+        pairs = _rows(friends_path, 2)
+        a = _int_column(pairs, 0, USER_FRIENDS, "userID")
+        b = _int_column(pairs, 1, USER_FRIENDS, "friendID")
+        seen: set[tuple[str, str]] = set()
+        for x, y in zip(a, b):
+            if x == y:
+                continue
+            pair = tuple(sorted((f"u{x}", f"u{y}")))
+            if pair not in seen:  # the file lists each friendship in both directions
+                seen.add(pair)
+                friend_src.append(pair[0])
+                friend_dst.append(pair[1])
+    friends = Edges(friend_src, friend_dst, np.full(len(friend_src), np.nan))
+    follows = Edges([], [], np.empty(0))
+    return Dataset(items=items, likes=likes, follows=follows, friends=friends)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``python -m training lastfm``."""
+    parser.add_argument("--src", required=True,
+                        help="folder with the HetRec 2011 Last.fm 2K files (user_artists.dat, user_friends.dat, artists.dat)")
+    parser.add_argument("--out", required=True,
+                        help="dataset directory to write (items.csv, likes.csv with weight, friends.csv); keep it "
+                             "outside the repository: the data is for non-commercial use only")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point of ``python -m training lastfm``."""
+    from training.dataset import write_dataset
+
+    dataset = read_lastfm(args.src)
+    write_dataset(dataset, args.out)
+    print(
+        f"{args.out}: {len(dataset.items)} items (artists), {len(dataset.likes)} likes (listens), "
+        f"{len(dataset.friends)} friendships, {len(set(dataset.likes.src))} users"
+    )
