@@ -9,7 +9,7 @@ from ranking import filters, sources
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from ranking.scorers import LinearScorer
-from ranking.selectors import SellerDiversitySelector
+from ranking.selectors import FreshSocialFirstSelector, SellerDiversitySelector
 from ranking.store import FeedStateReader
 
 SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "item_knn", "trending")
@@ -25,6 +25,8 @@ class FeedSettings:
     neighbours: int = 200  # embedding neighbours to fetch for a first page
     knn_neighbours: int = 200  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
+    fresh_window_seconds: float = 3_600.0  # graph activity this recent is promoted to the top
+    max_fresh: int = 3  # at most this many promoted items per page; 0 disables promotion
 
 
 def build_feed_pipeline(
@@ -60,7 +62,9 @@ def build_feed_pipeline(
             filters.NotInterestedSellerFilter(),
         ],
         scorer=LinearScorer(model, ranker),
-        selector=SellerDiversitySelector(settings.max_per_seller),
+        selector=FreshSocialFirstSelector(
+            SellerDiversitySelector(settings.max_per_seller), settings.fresh_window_seconds, settings.max_fresh
+        ),
         per_key_limit=settings.per_key_limit,
         trending_limit=settings.trending_limit,
     )

@@ -34,3 +34,28 @@ class SellerDiversitySelector:
             if len(page) == query.limit:
                 break
         return page
+
+
+class FreshSocialFirstSelector:
+    """Puts news from the user's graph first, then lets ``then`` pick the page.
+
+    A followed seller's listing or a friend's like newer than ``window_seconds`` is news:
+    the user expects it on top of the very next feed, whatever a ranker learned from
+    older data. At most ``max_fresh`` such items are promoted per page, best score first,
+    so a burst of activity cannot take a whole page; they still obey the seller cap.
+    """
+
+    name = "fresh_social_first"
+
+    def __init__(self, then: SellerDiversitySelector, window_seconds: float = 3_600.0, max_fresh: int = 3) -> None:
+        self.then = then
+        self.window_seconds = window_seconds
+        self.max_fresh = max_fresh
+
+    def select(self, query: FeedQuery, ranked: list[Candidate]) -> list[Candidate]:
+        since = query.now - self.window_seconds
+        fresh = [c for c in ranked if c.social_time is not None and c.social_time >= since][: self.max_fresh]
+        if not fresh:
+            return self.then.select(query, ranked)
+        promoted = {id(c) for c in fresh}
+        return self.then.select(query, fresh + [c for c in ranked if id(c) not in promoted])

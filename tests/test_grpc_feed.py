@@ -89,7 +89,7 @@ def test_a_friends_new_like_and_a_followed_sellers_new_item_show_up_next(world, 
         event(item_upsert=feed_pb2.ItemUpsert(item_id="liked-by-friend", seller_id="some-shop", stock=2)),
         event(like=feed_pb2.UserItem(user_id=friend, item_id="liked-by-friend")),
     ]), timeout=5)
-    items = {i.item_id: i for i in stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=100), timeout=5).items}
+    items = {i.item_id: i for i in stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=5).items}
     followed = [r for r in items["new-from-seller"].reasons if r.kind == feed_pb2.REASON_KIND_FOLLOWED_SELLER]
     assert followed and list(followed[0].actor_ids) == [seller]
     liked = [r for r in items["liked-by-friend"].reasons if r.kind == feed_pb2.REASON_KIND_FRIENDS_LIKED]

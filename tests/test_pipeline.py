@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.ranker import LinearRanker
 from ranking.types import ReasonKind
 from serving.events import Event, EventKind
 from serving.stores.memory import MemoryStore
@@ -133,3 +134,23 @@ def test_store_is_read_in_three_calls_whatever_the_number_of_friends():
     counting = CountingStore(MemoryStore.from_dataset(many_friends))
     build_feed_pipeline(counting, None).run("hub", 10, NOW)
     assert counting.calls == 3
+
+
+def test_fresh_graph_activity_is_promoted_to_the_top_but_capped():
+    s = store()
+    s.apply([
+        Event(f"n{i}", EventKind.ITEM_UPSERT, NOW, item_id=f"fresh{i}", seller_id="s1", created_at=NOW - 60 * i, stock=1)
+        for i in range(5)
+    ])
+    # A ranker that learned to ignore freshness: popularity decides, then recency.
+    ranker = LinearRanker.from_mapping({"popularity": 1.0, "recency": 0.01})
+
+    def page(settings):
+        return ids(build_feed_pipeline(s, None, ranker, settings).run("alice", 20, NOW))
+
+    promoted = page(FeedSettings(max_fresh=3, max_per_seller=2, fresh_window_seconds=1800))
+    # Five fresh listings from a followed seller: three are promoted, and the seller cap
+    # keeps two of them, the newest, on top.
+    assert promoted[:2] == ["fresh0", "fresh1"]
+    assert sum(i.startswith("fresh") for i in promoted) == 2
+    assert page(FeedSettings(max_fresh=0))[0] == "i6"  # without promotion, the most liked item leads
