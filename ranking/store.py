@@ -22,12 +22,15 @@ TRENDING_EPOCH = 1_735_689_600.0  # 2025-01-01T00:00:00Z
 TRENDING_HALF_LIFE = 3 * 86_400.0
 _TRENDING_TAU = TRENDING_HALF_LIFE / math.log(2)
 # exp() overflows a double past 709; clamp so a far-future timestamp cannot poison the set.
+# The lower clamp keeps very old likes, and likes of unknown time (stored as 0), above
+# zero: a dataset without timestamps still has trending items, ordered by like count.
 _MAX_EXPONENT = 700.0
+_MIN_EXPONENT = -700.0
 
 
 def trending_weight(ts: float) -> float:
     """The amount one like at time ``ts`` adds to its item's trending score."""
-    return math.exp(min((ts - TRENDING_EPOCH) / _TRENDING_TAU, _MAX_EXPONENT))
+    return math.exp(min(max((ts - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT), _MAX_EXPONENT))
 
 
 @dataclass(frozen=True)

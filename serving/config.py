@@ -66,6 +66,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     feed.add_argument("--per-key-limit", type=int, default=defaults.per_key_limit, help="newest listings per followed seller and likes per friend to consider (default: %(default)s)")
     feed.add_argument("--trending-limit", type=int, default=defaults.trending_limit, help="trending items to consider (default: %(default)s)")
     feed.add_argument("--neighbours", type=int, default=defaults.neighbours, help="embedding neighbours to consider (default: %(default)s)")
+    feed.add_argument("--knn-neighbours", type=int, default=defaults.knn_neighbours, help="item-kNN candidates to consider (default: %(default)s)")
+    feed.add_argument("--fresh-window-seconds", type=float, default=defaults.fresh_window_seconds, help="a followed seller's listing or a friend's like this recent is promoted to the top of the page (default: %(default)s)")
+    feed.add_argument("--max-fresh", type=int, default=defaults.max_fresh, help="promoted fresh items per page; 0 disables (default: %(default)s)")
     feed.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated candidate sources (default: %(default)s)")
 
 
@@ -87,6 +90,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             per_key_limit=args.per_key_limit,
             trending_limit=args.trending_limit,
             neighbours=args.neighbours,
+            knn_neighbours=args.knn_neighbours,
+            fresh_window_seconds=args.fresh_window_seconds,
+            max_fresh=args.max_fresh,
             sources=tuple(s for s in args.sources.split(",") if s),
         ),
     )

@@ -136,3 +136,13 @@ def test_an_item_upserted_earlier_in_the_batch_can_be_liked(store_factory):
     ])
     assert result.applied == 2
     assert store.hydrate("bob", ["fresh"]).items["fresh"].like_count == 1
+
+
+def test_without_timestamps_trending_is_ordered_by_like_count(store_factory):
+    nan = float("nan")
+    dataset = make_dataset(
+        [("x", "", nan, 1), ("y", "", nan, 1), ("z", "", nan, 1)],
+        likes=[("u1", "y", nan), ("u2", "y", nan), ("u3", "y", nan), ("u1", "x", nan), ("u2", "x", nan), ("u3", "z", nan)],
+    )
+    store = store_factory(dataset)
+    assert store.read_activity([], [], 10, 10).trending == ["y", "x", "z"]

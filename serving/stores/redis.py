@@ -98,6 +98,7 @@ end
 local function weight(ts)
   local x = (tonumber(ts) - EPOCH) / TAU
   if x > MAXEXP then x = MAXEXP end
+  if x < -MAXEXP then x = -MAXEXP end
   return string.format('%.17g', math.exp(x))
 end
 
