@@ -43,6 +43,19 @@ class Items:
     price: np.ndarray  # float64; NaN when unknown
     category: list[str]
 
+    @classmethod
+    def without_listing(cls, item_ids: list[str]) -> Items:
+        """Items known only by id: in stock, no seller, no creation time (e.g. no items.csv)."""
+        n = len(item_ids)
+        return cls(
+            item_id=item_ids,
+            seller_id=[""] * n,
+            created_at=np.full(n, np.nan),
+            stock=np.ones(n, dtype=np.int64),
+            price=np.full(n, np.nan),
+            category=[""] * n,
+        )
+
     def __len__(self) -> int:
         return len(self.item_id)
 
@@ -452,16 +465,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
             if like_weight is not None:
                 like_weight = like_weight[keep]
     else:
-        ids = list(dict.fromkeys(like_items))
-        n = len(ids)
-        items = Items(
-            item_id=ids,
-            seller_id=[""] * n,
-            created_at=np.full(n, np.nan),
-            stock=np.ones(n, dtype=np.int64),
-            price=np.full(n, np.nan),
-            category=[""] * n,
-        )
+        items = Items.without_listing(list(dict.fromkeys(like_items)))
 
     likes = _dedupe(like_users, like_items, like_ts, like_weight)
 

@@ -77,15 +77,7 @@ def read_lastfm(src: str) -> Dataset:
         if f"a{artist}" not in known:
             item_ids.append(f"a{artist}")
             known.add(f"a{artist}")
-    n_items = len(item_ids)
-    items = Items(
-        item_id=item_ids,
-        seller_id=[""] * n_items,
-        created_at=np.full(n_items, np.nan),
-        stock=np.ones(n_items, dtype=np.int64),
-        price=np.full(n_items, np.nan),
-        category=[""] * n_items,
-    )
+    items = Items.without_listing(item_ids)
     likes = Edges(
         src=[f"u{u}" for u in users],
         dst=[f"a{a}" for a in artists],
