@@ -9,11 +9,12 @@ from ranking.types import Candidate
 
 
 def _split(candidates: list[Candidate], keep: Callable[[Candidate], bool]) -> FilterResult:
-    kept: list[Candidate] = []
-    removed: list[Candidate] = []
-    for candidate in candidates:
-        (kept if keep(candidate) else removed).append(candidate)
-    return FilterResult(kept, removed)
+    flags = [keep(c) for c in candidates]
+    if all(flags):  # the common case: nothing to remove, no second pass
+        return FilterResult(candidates, [])
+    return FilterResult(
+        [c for c, k in zip(candidates, flags) if k], [c for c, k in zip(candidates, flags) if not k]
+    )
 
 
 def merge_into(target: Candidate, other: Candidate) -> None:

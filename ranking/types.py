@@ -19,7 +19,7 @@ class ReasonKind(enum.Enum):
     TRENDING = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemState:
     """What the store knows about one item at request time."""
 
@@ -34,7 +34,7 @@ class ItemState:
         return self.stock > 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Reason:
     """One reason an item was gathered: its kind, the ids behind it and a count.
 
@@ -48,7 +48,7 @@ class Reason:
     count: int = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """An item gathered for one feed, with everything scoring needs.
 
