@@ -37,7 +37,8 @@ class ServedItems:
     hashes: frozenset[int]
 
     def __contains__(self, item_id: object) -> bool:
-        return isinstance(item_id, str) and item_hash(item_id) in self.hashes
+        # A first page serves nothing yet: skip hashing every candidate.
+        return bool(self.hashes) and isinstance(item_id, str) and item_hash(item_id) in self.hashes
 
     def __len__(self) -> int:
         return len(self.hashes)
