@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -24,4 +25,5 @@ def bench_world(tmp_path_factory):
     artifact = load_current(str(root / "models"))
     store = MemoryStore.from_dataset(dataset)
     pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker)
+    gc.freeze()  # as the server does after loading (serving/server.py)
     return dataset, store, artifact, pipeline, time.time()
