@@ -43,12 +43,12 @@ def models(tmp_path_factory) -> Path:
 class ServerProcess:
     """`python -m serving --store URL` in a subprocess, on a free port."""
 
-    def __init__(self, store_url: str, models: Path, workdir: Path) -> None:
+    def __init__(self, store_url: str, models: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port_file = workdir / f"port-{next(_ids)}"
         self.log = open(workdir / f"server-{next(_ids)}.log", "w")
         argv = [sys.executable, "-m", "serving", "--store", store_url, "--models", str(models),
-                "--port", "0", "--port-file", str(self.port_file), "--reload-seconds", "0"]  # fmt: skip
+                "--port", "0", "--port-file", str(self.port_file), "--reload-seconds", "0", *extra_args]  # fmt: skip
         env = dict(os.environ, FEEDRANK_TOKEN_SECRET=SECRET)
         self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -88,8 +88,8 @@ class ServerProcess:
 def servers(tmp_path):
     started: list[ServerProcess] = []
 
-    def start(url: str, models: Path) -> ServerProcess:
-        server = ServerProcess(url, models, tmp_path / "servers")
+    def start(url: str, models: Path, *extra_args: str) -> ServerProcess:
+        server = ServerProcess(url, models, tmp_path / "servers", extra_args)
         started.append(server)
         return server
 
@@ -256,3 +256,30 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
     assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 3
     trained = run("training", "train", "--data", str(out), "--out", str(tmp_path / "retrained"), "--factors", "8", "--iterations", "3", "--no-progress")
     assert (tmp_path / "retrained" / "CURRENT").exists(), trained.stdout
+
+
+def test_workers_share_the_port_and_each_reads_the_others_writes(redis_url, models, servers):
+    load(redis_url)
+    server = servers(redis_url, models, "--workers", "2")
+    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    for n in range(6):
+        item = f"w-{n}"
+        server.stub.Ingest(feed_pb2.IngestRequest(events=[
+            feed_pb2.Event(event_id=f"w-{n}-1", item_upsert=feed_pb2.ItemUpsert(item_id=item, seller_id=f"shop-w{n}", stock=1)),
+            feed_pb2.Event(event_id=f"w-{n}-2", like=feed_pb2.UserItem(user_id="bob", item_id=item)),
+        ]), timeout=5)  # fmt: skip
+        # A new connection lands on either worker (the kernel spreads them): both must see it.
+        with grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            assert item in feed_ids(feed_pb2_grpc.FeedServiceStub(channel), "alice")[0]
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=20) == 0
+    assert not subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True).stdout
+
+
+def test_workers_refuse_the_memory_store(models, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--models", str(models), "--data", str(tmp_path), "--workers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "--workers > 1 needs a shared store" in result.stderr
