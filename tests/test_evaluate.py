@@ -65,3 +65,12 @@ def test_a_bad_test_file_row_names_line_and_column(tmp_path):
     with pytest.raises(DatasetError) as error:
         read_test_file(str(path))
     assert (error.value.file, error.value.line, error.value.column) == ("test.csv", 3, "item_id")
+
+
+def test_the_plot_is_a_png_bar_chart(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    from training.evaluate import plot_report
+
+    path = tmp_path / "metrics.png"
+    plot_report(report, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
