@@ -35,6 +35,7 @@ class EvaluationReport:
     ks: tuple[int, ...]
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
     test_users: int = 0
+    test_users_total: int = 0  # before sampling down to ``max_users``
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
     ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
@@ -47,6 +48,7 @@ class EvaluationReport:
             "baselines": methods,
             "coverage": model.get(f"coverage@{max(self.ks)}", 0.0),
             "test_users": self.test_users,
+            "test_users_total": self.test_users_total,
             "test_pairs": self.test_pairs,
             "unseen_test_items": self.unseen_test_items,
             **({"ranker": self.ranker} if self.ranker else {}),
@@ -60,7 +62,9 @@ class EvaluationReport:
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
         lines.append(
-            f"{self.test_users} test users, {self.test_pairs} test pairs, "
+            f"{self.test_users} test users"
+            + (f" (a seeded sample of {self.test_users_total})" if self.test_users_total > self.test_users else "")
+            + f", {self.test_pairs} test pairs, "
             f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
         )
         return "\n".join(lines)
@@ -200,16 +204,27 @@ def evaluate(
     now: float | None = None,
     extra_methods: dict[str, Recommender] | None = None,
     show_progress: bool = True,
+    max_users: int = 0,
 ) -> EvaluationReport:
-    """Evaluate the served feed and the baselines on ``test`` (user -> item pairs)."""
+    """Evaluate the served feed and the baselines on ``test`` (user -> item pairs).
+
+    With ``max_users`` > 0, metrics average over a seeded sample of that many test users
+    (the replay costs milliseconds per user: this bounds it on large datasets).
+    """
     ks = tuple(sorted(set(ks)))
     depth = max(ks)
     relevant: dict[str, set[str]] = defaultdict(set)
     for user_id, item_id in zip(test.src, test.dst):
         relevant[user_id].add(item_id)
+    total_users = len(relevant)
+    if 0 < max_users < total_users:
+        sample = np.random.default_rng(0).choice(sorted(relevant), size=max_users, replace=False)
+        relevant = defaultdict(set, {user_id: relevant[user_id] for user_id in sample.tolist()})
     eligible = Eligibility(train)
     trained_items = set(train.likes.dst)
-    report = EvaluationReport(ks, test_users=len(relevant), test_pairs=sum(len(v) for v in relevant.values()))
+    report = EvaluationReport(
+        ks, test_users=len(relevant), test_users_total=total_users, test_pairs=sum(len(v) for v in relevant.values())
+    )
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
 
     methods: dict[str, Recommender] = {
@@ -383,6 +398,7 @@ def evaluate_split(
     show_progress: bool = True,
     ranker_params=None,
     compare_blend: bool = True,
+    max_users: int = 0,
 ) -> EvaluationReport:
     """Train on the training part with ``params`` and evaluate the served feed on the rest.
 
@@ -409,13 +425,21 @@ def evaluate_split(
             replay_now = evaluation_time(train_part) if now is None else now
             extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
     report = evaluate(
-        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress
+        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress,
+        max_users=max_users,
     )
     report.ranker = ranker_spec(ranker, fit_info)
     return report
 
 
-def held_out_evaluation(split_text: str, ks: Sequence[int], params, ranker_params=None, settings: FeedSettings = FeedSettings()):
+def held_out_evaluation(
+    split_text: str,
+    ks: Sequence[int],
+    params,
+    ranker_params=None,
+    settings: FeedSettings = FeedSettings(),
+    max_users: int = 0,
+):
     """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics.
 
     No "blend" row here, to keep retraining fast: ``python -m training evaluate`` has it.
@@ -425,12 +449,22 @@ def held_out_evaluation(split_text: str, ks: Sequence[int], params, ranker_param
     def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
         report = evaluate_split(
             dataset, split, None, ks, params, settings, show_progress=params.show_progress,
-            ranker_params=ranker_params, compare_blend=False,
+            ranker_params=ranker_params, compare_blend=False, max_users=max_users,
         )
         print(report.table(), flush=True)
         return report.as_json()
 
     return evaluate_fn
+
+
+DEFAULT_EVAL_USERS = 10_000
+
+
+def add_eval_users_argument(parser) -> None:
+    parser.add_argument(
+        "--eval-users", type=int, default=DEFAULT_EVAL_USERS,
+        help="average over a seeded sample of this many test users; 0 = all (default: %(default)s)",
+    )
 
 
 def add_arguments(parser) -> None:
@@ -445,6 +479,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", help="write the metrics as JSON here")
     parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
+    add_eval_users_argument(parser)
     feed = parser.add_argument_group("feed (as served)")
     d = FeedSettings()
     feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
@@ -484,7 +519,7 @@ def run(args) -> None:
     )
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
-        ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend,
+        ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,
     )
     print(report.table())
     if args.json:

@@ -273,6 +273,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out split for the evaluation table: time:FRACTION, random:FRACTION[:SEED], "
                              "auto (time:0.2 when every like has a time, else random:0.2) or none (default: auto)")
     parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
+    from training.evaluate import add_eval_users_argument
+
+    add_eval_users_argument(parser)
     add_training_arguments(parser)
 
 
@@ -300,6 +303,8 @@ def run(args: argparse.Namespace) -> None:
     params = params_from_args(args)
     ranker_params = ranker_params_from_args(args)
     evaluate_fn = (
-        None if args.eval_split == "none" else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params)
+        None
+        if args.eval_split == "none"
+        else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params, max_users=args.eval_users)
     )
     train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params)
