@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +47,6 @@ class LinearRanker:
     def score(self, features: np.ndarray) -> np.ndarray:
         """One float32 score per feature row, same order."""
         return (features @ self.weights + self.bias).astype(np.float32, copy=False)
-
-    @staticmethod
-    def feature_names() -> Sequence[str]:
-        return FEATURE_NAMES
 
 
 DEFAULT_RANKER = LinearRanker.from_mapping(DEFAULT_BLEND)

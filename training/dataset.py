@@ -366,14 +366,6 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
     )
 
 
-def _select(edges: Edges, keep: np.ndarray) -> Edges:
-    rows = np.flatnonzero(keep).tolist()
-    return Edges(
-        src=[edges.src[i] for i in rows], dst=[edges.dst[i] for i in rows], ts=edges.ts[rows],
-        weight=None if edges.weight is None else np.asarray(edges.weight)[rows],
-    )
-
-
 def _weights(table: _Table, column: str) -> np.ndarray | None:
     values = table.columns.get(column)
     if values is None:
