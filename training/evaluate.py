@@ -180,10 +180,15 @@ def item_knn_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibili
 
 
 def pipeline_recommender(
-    train: Dataset, model: EmbeddingModel | None, ranker: LinearRanker, now: float, settings: FeedSettings
+    train: Dataset,
+    model: EmbeddingModel | None,
+    ranker: LinearRanker,
+    now: float,
+    settings: FeedSettings,
+    show_progress: bool = False,
 ) -> Recommender:
     """The served feed, replayed in process over a memory store of the training data."""
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(train), model, ranker, settings)
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(train, progress=show_progress), model, ranker, settings)
     return lambda user_id, k: [c.item_id for c in pipeline.run(user_id, k, now).items]
 
 
@@ -228,7 +233,9 @@ def evaluate(
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
 
     methods: dict[str, Recommender] = {
-        "model": pipeline_recommender(train, model, ranker, evaluation_time(train) if now is None else now, settings),
+        "model": pipeline_recommender(
+            train, model, ranker, evaluation_time(train) if now is None else now, settings, show_progress
+        ),
         "popularity": popularity_baseline(train, eligible),
         "followed_sellers": followed_sellers_baseline(train, eligible),
         "friends_likes": friends_likes_baseline(train, eligible),

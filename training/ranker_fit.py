@@ -95,7 +95,8 @@ def collect_examples(
     if len(users) > params.max_users:
         rng = np.random.default_rng(params.seed)
         users = sorted(rng.choice(users, params.max_users, replace=False).tolist())
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(fit_part), model, DEFAULT_RANKER, settings)
+    store = MemoryStore.from_dataset(fit_part, progress=show_progress)
+    pipeline = build_feed_pipeline(store, model, DEFAULT_RANKER, settings)
     blocks, ys, gs = [], [], []
     n_candidates = positives = total = 0
     for g, user_id in enumerate(tqdm(users, desc="ranker pools", unit="user", disable=not show_progress, leave=False)):

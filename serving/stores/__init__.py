@@ -13,7 +13,7 @@ def open_store(url: str, data_dir: str | None = None) -> FeedStore:
         from serving.stores.memory import MemoryStore
         from training.dataset import load_dataset
 
-        return MemoryStore.from_dataset(load_dataset(data_dir))
+        return MemoryStore.from_dataset(load_dataset(data_dir), progress=True)
     if url.startswith(("redis://", "rediss://", "redis-cluster://", "unix://")):
         from serving.stores.redis import RedisStore
 

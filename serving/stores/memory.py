@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+from tqdm import tqdm
+
 from ranking.store import Activity, Hydration, trending_weight
 from ranking.types import ItemState, UserContext
 from serving.events import Event, EventKind, EventValidationError
@@ -82,16 +84,22 @@ class MemoryStore:
         self._applied_event_ids: set[str] = set()
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, **kwargs: float) -> MemoryStore:
+    def from_dataset(cls, dataset: Dataset, progress: bool = False, **kwargs: float) -> MemoryStore:
+        """A store holding ``dataset``; ``progress`` draws a bar (large datasets take minutes)."""
         store = cls(**kwargs)
-        items = dataset.items
+        items, likes = dataset.items, dataset.likes
+        bar = tqdm(total=len(items) + len(likes), desc="load memory store", unit="row", disable=not progress, mininterval=1.0)
         for item_id, seller_id, created_at, stock in zip(
             items.item_id, items.seller_id, items.created_at.tolist(), items.stock.tolist()
         ):
             store._put_item(ItemState(item_id, seller_id, 0.0 if math.isnan(created_at) else created_at, stock))
-        likes = dataset.likes
-        for user_id, item_id, ts in zip(likes.src, likes.dst, likes.ts.tolist()):
-            store._like(user_id, item_id, 0.0 if math.isnan(ts) else ts)
+        bar.update(len(items))
+        for start in range(0, len(likes), 100_000):
+            stop = min(start + 100_000, len(likes))
+            for user_id, item_id, ts in zip(likes.src[start:stop], likes.dst[start:stop], likes.ts[start:stop].tolist()):
+                store._like(user_id, item_id, 0.0 if math.isnan(ts) else ts)
+            bar.update(stop - start)
+        bar.close()
         for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
             store._follows[user_id].add(seller_id)
         for user_id, friend_id in zip(dataset.friends.src, dataset.friends.dst):
