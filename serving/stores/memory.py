@@ -7,10 +7,11 @@ import heapq
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 from tqdm import tqdm
 
 from ranking.store import Activity, Hydration, trending_weight
@@ -46,6 +47,14 @@ class Timeline:
         if at is not None:
             del self._order[bisect.bisect_left(self._order, (-at, key))]
         return at
+
+    @classmethod
+    def of(cls, times: dict[str, float]) -> Timeline:
+        """A timeline holding ``times`` (id -> time), sorted once: the bulk-load path."""
+        timeline = cls()
+        timeline._time = times
+        timeline._order = sorted((-at, key) for key, at in times.items())
+        return timeline
 
     def newest(self, limit: int) -> list[tuple[str, float]]:
         return [(key, -negative) for negative, key in self._order[: max(limit, 0)]]
@@ -85,20 +94,41 @@ class MemoryStore:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, progress: bool = False, **kwargs: float) -> MemoryStore:
-        """A store holding ``dataset``; ``progress`` draws a bar (large datasets take minutes)."""
+        """A store holding ``dataset``, built in bulk (the same state as applying its events).
+
+        A repeated like keeps its first time, as ``apply`` does. ``progress`` draws a bar.
+        """
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
-        bar = tqdm(total=len(items) + len(likes), desc="load memory store", unit="row", disable=not progress, mininterval=1.0)
-        for item_id, seller_id, created_at, stock in zip(
-            items.item_id, items.seller_id, items.created_at.tolist(), items.stock.tolist()
-        ):
-            store._put_item(ItemState(item_id, seller_id, 0.0 if math.isnan(created_at) else created_at, stock))
-        bar.update(len(items))
+        bar = tqdm(total=len(likes) + len(items), desc="load memory store", unit="row", disable=not progress, mininterval=1.0)
+        liked_by_user: dict[str, dict[str, float]] = defaultdict(dict)
+        like_count: Counter[str] = Counter()
+        trending = store._trending_score
         for start in range(0, len(likes), 100_000):
             stop = min(start + 100_000, len(likes))
-            for user_id, item_id, ts in zip(likes.src[start:stop], likes.dst[start:stop], likes.ts[start:stop].tolist()):
-                store._like(user_id, item_id, 0.0 if math.isnan(ts) else ts)
+            times = np.nan_to_num(likes.ts[start:stop], nan=0.0).tolist()
+            for user_id, item_id, ts in zip(likes.src[start:stop], likes.dst[start:stop], times):
+                user_likes = liked_by_user[user_id]
+                if item_id not in user_likes:
+                    user_likes[item_id] = ts
+                    like_count[item_id] += 1
+                    trending[item_id] += trending_weight(ts)
             bar.update(stop - start)
+        for user_id, times_by_item in liked_by_user.items():
+            store._likes[user_id] = Timeline.of(times_by_item)
+        listed: dict[str, dict[str, float]] = defaultdict(dict)
+        for item_id, seller_id, created_at, stock in zip(
+            items.item_id, items.seller_id, np.nan_to_num(items.created_at, nan=0.0).tolist(), items.stock.tolist()
+        ):
+            old = store._items.get(item_id)
+            if old is not None and old.seller_id:
+                listed[old.seller_id].pop(item_id, None)
+            store._items[item_id] = ItemState(item_id, seller_id, created_at, stock, like_count.get(item_id, 0))
+            if seller_id:
+                listed[seller_id][item_id] = created_at
+        for seller_id, times_by_item in listed.items():
+            store._listings[seller_id] = Timeline.of(times_by_item)
+        bar.update(len(items))
         bar.close()
         for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
             store._follows[user_id].add(seller_id)
