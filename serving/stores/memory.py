@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 import threading
 import time
 from collections import Counter, defaultdict
