@@ -41,8 +41,9 @@ class FreshSocialFirstSelector:
 
     A followed seller's listing or a friend's like newer than ``window_seconds`` is news:
     the user expects it on top of the very next feed, whatever a ranker learned from
-    older data. At most ``max_fresh`` such items are promoted per page, best score first,
-    so a burst of activity cannot take a whole page; they still obey the seller cap.
+    older data. At most ``max_fresh`` such items are promoted per page, newest first (it
+    is news: the latest event leads), so a burst of activity cannot take a whole page;
+    they still obey the seller cap.
     """
 
     name = "fresh_social_first"
@@ -54,7 +55,9 @@ class FreshSocialFirstSelector:
 
     def select(self, query: FeedQuery, ranked: list[Candidate]) -> list[Candidate]:
         since = query.now - self.window_seconds
-        fresh = [c for c in ranked if c.social_time is not None and c.social_time >= since][: self.max_fresh]
+        fresh = [c for c in ranked if c.social_time is not None and c.social_time >= since]
+        # Stable sort: equally new items keep their rank order.
+        fresh = sorted(fresh, key=lambda c: -c.social_time)[: self.max_fresh]
         if not fresh:
             return self.then.select(query, ranked)
         promoted = {id(c) for c in fresh}
