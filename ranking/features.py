@@ -53,29 +53,32 @@ def compute_features(query: FeedQuery, candidates: Sequence[Candidate]) -> np.nd
     if n == 0:
         return features
     now, user = query.now, query.user
-    embedding = np.fromiter(
-        (c.embedding_score if c.embedding_score is not None else 0.0 for c in candidates), np.float64, n
+    follows, seller_likes = user.follows, query.seller_likes
+    inf = math.inf
+    # One pass over the candidates (Python objects); everything after is vectorised.
+    raw = np.array(
+        [
+            (
+                c.embedding_score if c.embedding_score is not None else 0.0,
+                len(c.friend_like_times),
+                now - max(c.friend_like_times) if c.friend_like_times else inf,
+                c.item.seller_id in follows,
+                seller_likes.get(c.item.seller_id, 0) if c.item.seller_id else 0,
+                now - c.item.created_at,
+                c.item.like_count,
+                now - c.social_time if c.social_time is not None else inf,
+            )
+            for c in candidates
+        ],
+        dtype=np.float64,
     )
+    embedding, friend_likes, friend_like_age, followed, affinity, age, like_count, social_age = raw.T
     similarity = (
         query.item_scores.lookup_ids([c.item_id for c in candidates]).astype(np.float64)
         if query.item_scores is not None
         else np.zeros(n)
     )
-    friend_likes = np.fromiter((len(c.friend_like_times) for c in candidates), np.float64, n)
-    friend_like_age = np.fromiter(
-        (now - max(c.friend_like_times) if c.friend_like_times else np.inf for c in candidates), np.float64, n
-    )
-    followed = np.fromiter((c.item.seller_id in user.follows for c in candidates), np.float64, n)
-    seller_likes = query.seller_likes
     recent = max(len(user.recent_likes), 1)
-    affinity = np.fromiter(
-        (seller_likes.get(c.item.seller_id, 0) if c.item.seller_id else 0 for c in candidates), np.float64, n
-    )
-    age = np.fromiter((now - c.item.created_at for c in candidates), np.float64, n)
-    like_count = np.fromiter((c.item.like_count for c in candidates), np.float64, n)
-    social_age = np.fromiter(
-        (now - c.social_time if c.social_time is not None else np.inf for c in candidates), np.float64, n
-    )
     features[:, 0] = embedding
     features[:, 1] = np.log1p(np.maximum(similarity, 0.0))
     features[:, 2] = np.log1p(friend_likes)

@@ -39,5 +39,5 @@ class LinearScorer:
         if not missing or self.model is None or query.user_vector is None:
             return
         scores = self.model.scores(query.user_vector, [c.item_id for c in missing])
-        for candidate, score in zip(missing, np.nan_to_num(scores, nan=0.0)):
+        for candidate, score in zip(missing, np.nan_to_num(scores, nan=0.0).tolist()):
             candidate.embedding_score = float(score)
