@@ -112,7 +112,7 @@ class FeedService:
         result = pipeline.run(user_id, limit, now, exclusions, served_count=len(served))
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
-        more = result.has_more and result.items and len(served) < MAX_SERVED
+        more = bool(result.has_more and result.items) and len(served) < MAX_SERVED
         return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", version)
 
     def ingest(self, events: Sequence[Event]) -> ApplyResult:
