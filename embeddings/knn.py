@@ -76,7 +76,11 @@ class ItemKNN:
 
     def user_scores(self, liked_item_ids: Sequence[str]) -> ItemScores:
         """Sum of similarities to the distinct known items of ``liked_item_ids``."""
-        rows = np.unique(self.rows_of(liked_item_ids))
+        return self.user_scores_rows(self.rows_of(liked_item_ids))
+
+    def user_scores_rows(self, liked_rows: np.ndarray) -> ItemScores:
+        """``user_scores`` with the liked items given as rows; rows < 0 are ignored."""
+        rows = np.unique(np.asarray(liked_rows))
         rows = rows[rows >= 0]
         if not len(rows):
             return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
@@ -89,14 +93,19 @@ class ItemKNN:
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
+        rows, values = self.top_rows(scores, k)
+        item_ids = self.item_ids
+        return [item_ids[r] for r in rows.tolist()], values
+
+    def top_rows(self, scores: ItemScores, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k (int32 rows, scores) with a positive score, best first (ties by row)."""
         positive = scores.scores > 0
         rows, values = scores.rows[positive], scores.scores[positive]
         if len(rows) > k:
             keep = np.argpartition(-values, k - 1)[:k]
             rows, values = rows[keep], values[keep]
         order = np.lexsort((rows, -values))
-        item_ids = self.item_ids
-        return [item_ids[r] for r in rows[order].tolist()], values[order]
+        return rows[order], values[order]
 
     def save(self, path: str) -> None:
         """The similarity matrix as a scipy .npz (ids live with the model)."""

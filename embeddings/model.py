@@ -81,14 +81,26 @@ class EmbeddingModel:
             return self.user_factors[row]
         return self.fold_in(recent_item_ids)
 
+    def user_vector_from_rows(self, user_id: str, recent_item_rows: np.ndarray) -> np.ndarray | None:
+        """``user_vector`` with the recent items given as item rows (-1 for unknown items)."""
+        row = self.user_row.get(user_id)
+        if row is not None:
+            return self.user_factors[row]
+        return self.fold_in_rows(recent_item_rows)
+
     def fold_in(self, item_ids: Sequence[str]) -> np.ndarray | None:
-        """The ALS user solution for a user whose positives are ``item_ids``; None if none is known.
+        """The ALS user solution for a user whose positives are ``item_ids``; None if none is known."""
+        return self.fold_in_rows(np.fromiter((self.item_row.get(t, -1) for t in item_ids), np.int64, len(item_ids)))
+
+    def fold_in_rows(self, item_rows: np.ndarray) -> np.ndarray | None:
+        """``fold_in`` with the positives given as item rows; rows < 0 are ignored.
 
         Solves (Y^T Y + lambda I + sum_i (c - 1) y_i y_i^T) u = sum_i c y_i with c = alpha
         for each distinct known item i: the same normal equations ALS solves per user.
         """
-        rows = sorted({r for r in (self.item_row.get(t) for t in item_ids) if r is not None})
-        if not rows:
+        rows = np.unique(np.asarray(item_rows))
+        rows = rows[rows >= 0]
+        if not len(rows):
             return None
         y = self.item_factors[rows].astype(np.float64)
         c = self.alpha
@@ -98,17 +110,25 @@ class EmbeddingModel:
 
     def neighbours(self, vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, inner product) pairs from the index, best first."""
+        rows, scores = self.neighbour_rows(vector, k)
+        item_ids = self.item_ids
+        return [item_ids[r] for r in rows.tolist()], scores
+
+    def neighbour_rows(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k (int32 item rows, float32 inner products) from the index, best first."""
         scores, rows = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
         keep = rows[0] >= 0
-        item_ids = self.item_ids
-        return [item_ids[r] for r in rows[0][keep].tolist()], scores[0][keep]
+        return rows[0][keep].astype(np.int32), scores[0][keep]
 
-    def scores(self, vector: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-        """Exact inner product per id, same order and length; NaN for unknown ids."""
-        n = len(item_ids)
-        rows = np.fromiter((self.item_row.get(t, -1) for t in item_ids), np.int64, n)
+    def row_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact inner product per item row (float32), same order; NaN for rows < 0."""
+        rows = np.asarray(rows)
         known = rows >= 0
-        out = np.full(n, np.nan, dtype=np.float32)
+        out = np.full(len(rows), np.nan, dtype=np.float32)
         if known.any():
             out[known] = self.item_factors[rows[known]] @ np.asarray(vector, dtype=np.float32)
         return out
+
+    def scores(self, vector: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """Exact inner product per id, same order and length; NaN for unknown ids."""
+        return self.row_scores(vector, np.fromiter((self.item_row.get(t, -1) for t in item_ids), np.int64, len(item_ids)))

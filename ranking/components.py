@@ -1,74 +1,87 @@
-"""The four kinds of pipeline component. Each has one method and a ``name`` for stats."""
+"""The four kinds of pipeline component. Each has one method and a ``name`` for stats.
+
+What flows between them is one ``CandidateBatch`` (columns, one row per candidate):
+sources return batches, filters return keep-masks over the batch, the scorer one score
+per row, the selector the rows of the page.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from embeddings.knn import ItemScores
-from ranking.store import Activity
-from ranking.types import Candidate, UserContext
+from ranking.batch import CandidateBatch
+from ranking.store import Activity, UserState
+
+
+def _codes() -> np.ndarray:
+    return np.zeros(0, dtype=np.int32)
 
 
 @dataclass
 class FeedQuery:
     """Everything known about one feed request once the store has been read.
 
-    ``exclude`` holds ids never to return: the caller's exclusions and items served on
-    earlier pages. ``liked`` is filled at hydration with the candidates the user liked.
-    ``item_scores`` are the user's item-kNN scores (from recent likes) when the model has
-    an item-kNN part; ``seller_likes`` counts the user's recent likes per seller (filled
-    at hydration, which also reads the recent likes' items).
+    ``activity.listings`` are owned by ``user.follows`` and ``activity.friend_likes`` by
+    ``user.friends`` (same order). ``exclude_codes`` are item codes never to return (the
+    caller's exclusions; set once the candidates are gathered), ``served_hashes`` the
+    sorted stable hashes of the items served on earlier pages. ``followed_sellers``,
+    ``hidden_sellers`` and ``own_seller`` are seller codes (-1: the user sells nothing);
+    the first and last are set at hydration, when the candidates' sellers have codes. ``item_scores`` are the user's item-kNN
+    scores (from recent likes) when the model has an item-kNN part. ``seller_likes`` and
+    ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
+    filled at hydration, which also reads the recent likes' items.
     """
 
-    user: UserContext
+    user: UserState
     limit: int
     now: float
-    exclude: Container[str] = frozenset()
     activity: Activity = field(default_factory=Activity)
     user_vector: np.ndarray | None = None
-    liked: frozenset[str] = frozenset()
-    served_count: int = 0
     item_scores: ItemScores | None = None
-    seller_likes: Mapping[str, int] = field(default_factory=dict)
+    exclude_codes: np.ndarray = field(default_factory=_codes)
+    served_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    followed_sellers: np.ndarray = field(default_factory=_codes)
+    hidden_sellers: np.ndarray = field(default_factory=_codes)
+    own_seller: int = -1
+    seller_likes: np.ndarray = field(default_factory=_codes)
+    seller_like_counts: np.ndarray = field(default_factory=_codes)
 
-
-@dataclass(frozen=True)
-class FilterResult:
-    kept: list[Candidate]
-    removed: list[Candidate]
+    @property
+    def served_count(self) -> int:
+        return len(self.served_hashes)
 
 
 class CandidateSource(Protocol):
     name: str
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
-        """Candidates with their reasons and the source's own signal; order is not significant."""
+    def gather(self, query: FeedQuery) -> CandidateBatch:
+        """Candidates with the source's bit and its own signals; order is not significant."""
         ...
 
 
 class Filter(Protocol):
     name: str
 
-    def apply(self, query: FeedQuery, candidates: list[Candidate]) -> FilterResult:
-        """Split candidates into kept and removed, each keeping input order."""
+    def keep(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        """A boolean mask over the batch: True for the rows to keep."""
         ...
 
 
 class Scorer(Protocol):
     name: str
 
-    def score(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
-        """One score per candidate, same length and order as the input."""
+    def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        """One float32 score per row, same length and order as the batch."""
         ...
 
 
 class Selector(Protocol):
     name: str
 
-    def select(self, query: FeedQuery, ranked: list[Candidate]) -> list[Candidate]:
-        """Pick the page from candidates sorted best first; at most ``query.limit`` items."""
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+        """The page's rows, in page order, from ``ranked`` (rows best first); at most ``query.limit``."""
         ...

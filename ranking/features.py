@@ -9,12 +9,11 @@ and the hydrated candidates; nothing else.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
+from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
-from ranking.types import Candidate
 
 FEATURE_NAMES: tuple[str, ...] = (
     "embedding_score",  # <user vector, item factor>; the user vector is folded in for users the model has not seen
@@ -38,54 +37,37 @@ _SOCIAL_TAU = SOCIAL_HALF_LIFE_HOURS * 3_600.0 / math.log(2)
 
 
 def _decay(age: np.ndarray, tau: float) -> np.ndarray:
-    return np.exp(-np.maximum(age, 0.0) / tau)
+    # An absent time (NaN) is infinitely old: weight 0.
+    return np.exp(-np.maximum(np.nan_to_num(age, nan=np.inf), 0.0) / tau)
 
 
-def compute_features(query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
-    """A float32 matrix of shape (len(candidates), len(FEATURE_NAMES)), rows in candidate order.
+def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: np.ndarray) -> np.ndarray:
+    """A float32 matrix of shape (len(batch), len(FEATURE_NAMES)), rows in batch order.
 
-    Candidates must be hydrated. A missing embedding score counts as 0, as does a missing
-    time (no friend like, no social event). Reads ``query.user``, ``query.now``,
-    ``query.item_scores`` and ``query.seller_likes``; columns follow FEATURE_NAMES.
+    The batch must be hydrated. ``item_similarity`` is the summed item-kNN similarity of
+    each row to the user's recent likes (0 without an item-kNN model). A missing
+    embedding score counts as 0, as does a missing time (no friend like, no social
+    event). Reads ``query.user``, ``query.now``, ``query.followed_sellers`` and the
+    seller-like counts; columns follow FEATURE_NAMES.
     """
-    n = len(candidates)
-    features = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+    n = len(batch)
+    features = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     if n == 0:
         return features
-    now, user = query.now, query.user
-    follows, seller_likes = user.follows, query.seller_likes
-    inf = math.inf
-    # One pass over the candidates (Python objects); everything after is vectorised.
-    raw = np.array(
-        [
-            (
-                c.embedding_score if c.embedding_score is not None else 0.0,
-                len(c.friend_like_times),
-                now - max(c.friend_like_times) if c.friend_like_times else inf,
-                c.item.seller_id in follows,
-                seller_likes.get(c.item.seller_id, 0) if c.item.seller_id else 0,
-                now - c.item.created_at,
-                c.item.like_count,
-                now - c.social_time if c.social_time is not None else inf,
-            )
-            for c in candidates
-        ],
-        dtype=np.float64,
-    )
-    embedding, friend_likes, friend_like_age, followed, affinity, age, like_count, social_age = raw.T
-    similarity = (
-        query.item_scores.lookup_ids([c.item_id for c in candidates]).astype(np.float64)
-        if query.item_scores is not None
-        else np.zeros(n)
-    )
-    recent = max(len(user.recent_likes), 1)
-    features[:, 0] = embedding
-    features[:, 1] = np.log1p(np.maximum(similarity, 0.0))
-    features[:, 2] = np.log1p(friend_likes)
-    features[:, 3] = _decay(friend_like_age, _FRIEND_LIKE_TAU)
-    features[:, 4] = followed
-    features[:, 5] = affinity / recent
-    features[:, 6] = _decay(age, _RECENCY_TAU)
-    features[:, 7] = np.log1p(like_count)
-    features[:, 8] = _decay(social_age, _SOCIAL_TAU)
+    now, items = query.now, batch.items
+    sellers = items.seller
+    affinity = np.zeros(n)
+    if len(query.seller_likes):
+        at = np.minimum(np.searchsorted(query.seller_likes, sellers), len(query.seller_likes) - 1)
+        hit = (query.seller_likes[at] == sellers) & (sellers >= 0)
+        affinity[hit] = query.seller_like_counts[at[hit]]
+    features[:, 0] = np.nan_to_num(batch.embedding_score, nan=0.0)
+    features[:, 1] = np.log1p(np.maximum(item_similarity, 0.0))
+    features[:, 2] = np.log1p(batch.friend_likes)
+    features[:, 3] = _decay(now - batch.friend_like_time, _FRIEND_LIKE_TAU)
+    features[:, 4] = np.isin(sellers, query.followed_sellers) if len(query.followed_sellers) else 0.0
+    features[:, 5] = affinity / max(len(query.user.recent_likes), 1)
+    features[:, 6] = _decay(now - items.created_at, _RECENCY_TAU)
+    features[:, 7] = np.log1p(items.like_count)
+    features[:, 8] = _decay(now - batch.social_time, _SOCIAL_TAU)
     return features

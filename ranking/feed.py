@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from embeddings.model import EmbeddingModel
 from ranking import filters, sources
+from ranking.model_items import ModelItems
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from ranking.scorers import LinearScorer
@@ -38,34 +39,34 @@ def build_feed_pipeline(
     unknown = set(settings.sources) - set(SOURCE_NAMES)
     if unknown:
         raise ValueError(f"unknown candidate sources: {sorted(unknown)}; choose from {SOURCE_NAMES}")
+    items = ModelItems(model, store.items) if model is not None else None
     available = {
         "followed_sellers": sources.FollowedSellerSource(),
         "friend_likes": sources.FriendLikesSource(),
-        "embedding_neighbours": sources.EmbeddingNeighbourSource(model, settings.neighbours) if model else None,
+        "embedding_neighbours": sources.EmbeddingNeighbourSource(items, settings.neighbours) if items else None,
         "item_knn": (
-            sources.ItemKnnSource(model.item_knn, settings.knn_neighbours) if model and model.item_knn else None
+            sources.ItemKnnSource(items, model.item_knn, settings.knn_neighbours) if items and model.item_knn else None
         ),
         "trending": sources.TrendingSource(),
     }
     config = PipelineConfig(
         sources=[available[name] for name in settings.sources if available[name] is not None],
         id_filters=[
-            filters.DuplicateFilter(),
-            filters.ExcludedFilter(),
+            filters.ExcludedFilter(store.items.hashes),
             filters.NotInterestedItemFilter(),
         ],
-        state_filters=[
+        item_filters=[
             filters.UnknownItemFilter(),
             filters.OutOfStockFilter(),
             filters.AlreadyLikedFilter(),
             filters.OwnListingFilter(),
             filters.NotInterestedSellerFilter(),
         ],
-        scorer=LinearScorer(model, ranker),
+        scorer=LinearScorer(items, ranker),
         selector=FreshSocialFirstSelector(
             SellerDiversitySelector(settings.max_per_seller), settings.fresh_window_seconds, settings.max_fresh
         ),
         per_key_limit=settings.per_key_limit,
         trending_limit=settings.trending_limit,
     )
-    return FeedPipeline(config, store, model)
+    return FeedPipeline(config, store, items)

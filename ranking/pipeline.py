@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from embeddings.model import EmbeddingModel
+from ranking import batch as bits
+from ranking.batch import CandidateBatch
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
+from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader
-from ranking.types import Candidate
+from ranking.types import RankedItem, Reason, ReasonKind
+
+DUPLICATE = "duplicate"
+"""The name under which rows merged into another row of the same item are counted as removed."""
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """A feed pipeline, declared as data.
 
-    ``id_filters`` need only item ids and run before hydration, so the store is asked
-    about fewer items; ``state_filters`` read the hydrated item state. Within each list,
-    order the cheapest first.
+    ``id_filters`` need only item codes and run before hydration, so the store is asked
+    about fewer items; ``item_filters`` read the hydrated item columns. Within each
+    list, order the cheapest first.
     """
 
     sources: Sequence[CandidateSource]
     id_filters: Sequence[Filter]
-    state_filters: Sequence[Filter]
+    item_filters: Sequence[Filter]
     scorer: Scorer
     selector: Selector
     per_key_limit: int = 20
@@ -39,7 +44,7 @@ class FeedResult:
     ``has_more`` is true when ranked candidates remain after this page.
     """
 
-    items: list[Candidate]
+    items: list[RankedItem]
     has_more: bool
     gathered_by_source: Counter[str] = field(default_factory=Counter)
     removed_by_filter: Counter[str] = field(default_factory=Counter)
@@ -49,47 +54,58 @@ class FeedResult:
 class CandidatePool:
     """Every candidate that survived the filters, before scoring and selection.
 
-    ``features`` has one row per candidate (same order), columns ranking.features.FEATURE_NAMES:
-    exactly what the scorer ranks when serving. The trainer fits the ranker on it.
+    ``features`` has one row per batch row (same order), columns
+    ranking.features.FEATURE_NAMES: exactly what the scorer ranks when serving. The
+    trainer fits the ranker on it.
     """
 
     query: FeedQuery
-    candidates: list[Candidate]
+    batch: CandidateBatch
     features: np.ndarray
     result: FeedResult
+    store: FeedStateReader
+
+    def item_ids(self) -> list[str]:
+        """The id of each row's item, in row order (for labels and debugging, not the hot path)."""
+        return self.store.items.ids(self.batch.codes.tolist())
+
+    def seller_ids(self) -> list[str]:
+        """The id of each row's seller ("" for none), in row order."""
+        return ["" if s < 0 else self.store.sellers.id(s) for s in self.batch.items.seller.tolist()]
 
 
 class FeedPipeline:
-    """Runs a PipelineConfig against a store and an (optional) embedding model.
+    """Runs a PipelineConfig against a store and an (optional) embedding model's items.
 
     Reads the store in exactly three batched calls: user, activity, hydration.
     """
 
-    def __init__(self, config: PipelineConfig, store: FeedStateReader, model: EmbeddingModel | None) -> None:
+    def __init__(self, config: PipelineConfig, store: FeedStateReader, model_items: ModelItems | None) -> None:
         self.config = config
         self.store = store
-        self.model = model
+        self.model_items = model_items
 
     def run(
         self,
         user_id: str,
         limit: int,
         now: float,
-        exclude: Container[str] = frozenset(),
-        served_count: int = 0,
+        exclude_ids: Sequence[str] = (),
+        served_hashes: np.ndarray | None = None,
     ) -> FeedResult:
-        """One page of the feed, best first."""
-        config = self.config
-        query, candidates, result = self._candidates(user_id, limit, now, exclude, served_count)
-        if candidates:
-            scores = config.scorer.score(query, candidates)
-            for candidate, score in zip(candidates, scores.tolist()):
-                candidate.score = score
-        # Ties break on item id so the same state always gives the same feed and pages.
-        order = np.lexsort(([c.item_id for c in candidates], [-c.score for c in candidates]))
-        ranked = [candidates[i] for i in order]
-        result.items = config.selector.select(query, ranked)
-        result.has_more = len(ranked) > len(result.items)
+        """One page of the feed, best first, without the excluded and already served items.
+
+        ``served_hashes`` are ``ranking.vocab.stable_hash`` values of the items served
+        on earlier pages (sorted uint32).
+        """
+        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes)
+        scores = self.config.scorer.score(query, batch)
+        # Ties break on the id's stable hash, so the same state gives the same feed and
+        # pages in every process, whatever codes its vocabulary handed out.
+        ranked = np.lexsort((batch.codes, self.store.items.hashes(batch.codes), -scores))
+        page = self.config.selector.select(query, batch, ranked)
+        result.items = self._page_items(query, batch, page, scores)
+        result.has_more = len(ranked) > len(page)
         return result
 
     def pool(
@@ -97,67 +113,102 @@ class FeedPipeline:
         user_id: str,
         limit: int,
         now: float,
-        exclude: Container[str] = frozenset(),
-        served_count: int = 0,
+        exclude_ids: Sequence[str] = (),
+        served_hashes: np.ndarray | None = None,
     ) -> CandidatePool:
         """The filtered candidates of ``run`` with their feature matrix, unscored and unselected.
 
         Same store reads and same components as ``run``; the scorer must expose
-        ``features(query, candidates)`` (LinearScorer does).
+        ``features(query, batch)`` (LinearScorer does).
         """
         features_of = getattr(self.config.scorer, "features", None)
         if features_of is None:
             raise TypeError(f"scorer {self.config.scorer.name!r} does not expose features()")
-        query, candidates, result = self._candidates(user_id, limit, now, exclude, served_count)
-        return CandidatePool(query, candidates, features_of(query, candidates), result)
+        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes)
+        return CandidatePool(query, batch, features_of(query, batch), result, self.store)
 
     def _candidates(
-        self, user_id: str, limit: int, now: float, exclude: Container[str], served_count: int
-    ) -> tuple[FeedQuery, list[Candidate], FeedResult]:
-        config = self.config
-        user = self.store.read_user(user_id)
+        self, user_id: str, limit: int, now: float, exclude_ids: Sequence[str], served_hashes: np.ndarray | None
+    ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
+        config, store = self.config, self.store
+        served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
+        user = store.read_user(user_id)
         # Trending and neighbour pools grow with depth so later pages still have candidates.
-        depth = served_count + limit
-        activity = self.store.read_activity(
-            sorted(user.follows), sorted(user.friends), config.per_key_limit, max(config.trending_limit, 2 * depth)
-        )
-        recent_ids = [item_id for item_id, _ in user.recent_likes]
-        user_vector = item_scores = None
-        if self.model is not None:
-            user_vector = self.model.user_vector(user_id, recent_ids)
-            if self.model.item_knn is not None and recent_ids:
-                item_scores = self.model.item_knn.user_scores(recent_ids)
-        query = FeedQuery(
-            user, limit, now, exclude, activity, user_vector, served_count=served_count, item_scores=item_scores
-        )
+        depth = len(served) + limit
+        activity = store.read_activity(user.follows, user.friends, config.per_key_limit, max(config.trending_limit, 2 * depth))
+        query = FeedQuery(user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers))
+        model_items = self.model_items
+        if model_items is not None:
+            recent_rows = model_items.rows(user.recent_likes)
+            query.user_vector = model_items.model.user_vector_from_rows(user_id, recent_rows)
+            knn = model_items.model.item_knn
+            if knn is not None and len(recent_rows):
+                query.item_scores = knn.user_scores_rows(recent_rows)
 
         result = FeedResult([], False)
-        candidates: list[Candidate] = []
+        parts = []
         for source in config.sources:
-            gathered = source.gather(query)
-            result.gathered_by_source[source.name] += len(gathered)
-            candidates.extend(gathered)
-        candidates = self._filter(query, config.id_filters, candidates, result)
+            part = source.gather(query)
+            result.gathered_by_source[source.name] += len(part)
+            parts.append(part)
+        gathered = CandidateBatch.concat(parts)
+        batch = gathered.merge_duplicates()
+        result.removed_by_filter[DUPLICATE] += len(gathered) - len(batch)
+        # Ids become codes only now: a networked store's vocabulary learns ids as its
+        # replies bring them, so an id first met in this request has a code only by now.
+        query.exclude_codes = _known(store.items.codes(list(exclude_ids)))
+        batch = self._filter(query, config.id_filters, batch, result)
 
         # The recent likes ride along in the same hydration call: their sellers give the
         # user's seller affinity without another store read.
-        asked = [c.item_id for c in candidates]
-        gathered_ids = set(asked)
-        asked += [item_id for item_id in recent_ids if item_id not in gathered_ids]
-        hydration = self.store.hydrate(user_id, asked)
-        for candidate in candidates:
-            candidate.item = hydration.items.get(candidate.item_id)
-        query.liked = hydration.liked
-        query.seller_likes = Counter(
-            item.seller_id for item in (hydration.items.get(i) for i in recent_ids) if item is not None and item.seller_id
-        )
-        candidates = self._filter(query, config.state_filters, candidates, result)
-        return query, candidates, result
+        n = len(batch)
+        hydrated = store.hydrate(user_id, np.concatenate([batch.codes, user.recent_likes]))
+        batch.items = hydrated.take(slice(0, n))
+        recent = hydrated.take(slice(n, None))
+        query.seller_likes, query.seller_like_counts = np.unique(recent.seller[recent.exists & (recent.seller >= 0)], return_counts=True)
+        query.followed_sellers = _known(store.sellers.codes(user.follows))
+        query.own_seller = store.sellers.code(user_id)
+        batch = self._filter(query, config.item_filters, batch, result)
+        return query, batch, result
 
     @staticmethod
-    def _filter(query: FeedQuery, filters: Sequence[Filter], candidates: list[Candidate], result: FeedResult) -> list[Candidate]:
+    def _filter(query: FeedQuery, filters: Sequence[Filter], batch: CandidateBatch, result: FeedResult) -> CandidateBatch:
+        """Apply the filters in order; each is charged only with rows no earlier filter removed."""
+        alive = np.ones(len(batch), dtype=bool)
         for feed_filter in filters:
-            outcome = feed_filter.apply(query, candidates)
-            result.removed_by_filter[feed_filter.name] += len(outcome.removed)
-            candidates = outcome.kept
-        return candidates
+            keep = feed_filter.keep(query, batch)
+            result.removed_by_filter[feed_filter.name] += int(np.count_nonzero(alive & ~keep))
+            alive &= keep
+        return batch if alive.all() else batch.take(alive)
+
+    def _page_items(self, query: FeedQuery, batch: CandidateBatch, rows: np.ndarray, scores: np.ndarray) -> list[RankedItem]:
+        """The only Python objects of a feed: one per item on the page, with its reasons."""
+        store = self.store
+        codes = batch.codes[rows]
+        sellers = batch.items.seller[rows]
+        likes = query.activity.friend_likes
+        page: list[RankedItem] = []
+        for item_id, code, seller, sources, score in zip(
+            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), batch.sources[rows].tolist(), scores[rows].tolist()
+        ):
+            seller_id = store.sellers.id(seller) if seller >= 0 else ""
+            reasons = []
+            if sources & bits.FOLLOWED_SELLER:
+                reasons.append(Reason(ReasonKind.FOLLOWED_SELLER, [seller_id]))
+            if sources & bits.FRIEND_LIKE:
+                at = np.flatnonzero(likes.items == code)
+                friends = sorted(
+                    ((-t, query.user.friends[o]) for t, o in zip(likes.times[at].tolist(), likes.owners[at].tolist()))
+                )
+                reasons.append(Reason(ReasonKind.FRIENDS_LIKED, [f for _, f in friends], len(friends)))
+            if sources & bits.SIMILAR:
+                reasons.append(Reason(ReasonKind.SIMILAR_TO_LIKES))
+            if sources & bits.TRENDING:
+                reasons.append(Reason(ReasonKind.TRENDING))
+            page.append(RankedItem(item_id, seller_id, float(score), reasons))
+        return page
+
+
+def _known(codes: np.ndarray) -> np.ndarray:
+    return codes[codes >= 0]
+

@@ -1,43 +1,42 @@
-"""Scorers: turn hydrated candidates into one number each."""
+"""Scorers: turn the hydrated batch into one number per row."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from embeddings.model import EmbeddingModel
+from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
 from ranking.features import compute_features
+from ranking.model_items import ModelItems
 from ranking.ranker import LinearRanker
-from ranking.types import Candidate
 
 
 class LinearScorer:
-    """Fills the embedding score of every candidate, then applies the artifact's ranker.
+    """The artifact's linear ranker over ``compute_features``: one matrix-vector product.
 
-    ``features`` is the feature matrix the ranker sees; the trainer reads it through
-    ``FeedPipeline.pool`` so the ranker is fitted on exactly what it scores when serving.
+    ``features`` fills the model-side signals first (the embedding score of rows no
+    neighbour search scored, and the item-kNN similarity of every row). The trainer
+    reads the same matrix through ``FeedPipeline.pool``, so the ranker is fitted on
+    exactly what it scores when serving.
     """
 
     name = "linear"
 
-    def __init__(self, model: EmbeddingModel | None, ranker: LinearRanker) -> None:
-        self.model = model
+    def __init__(self, items: ModelItems | None, ranker: LinearRanker) -> None:
+        self.items = items
         self.ranker = ranker
 
-    def features(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
-        """compute_features after filling missing embedding scores; rows in candidate order."""
-        self._fill_embedding_scores(query, candidates)
-        return compute_features(query, candidates)
+    def features(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        similarity = np.zeros(len(batch))
+        if self.items is not None and len(batch):
+            rows = self.items.rows(batch.codes)
+            missing = np.isnan(batch.embedding_score)
+            if query.user_vector is not None and missing.any():
+                scores = self.items.model.row_scores(query.user_vector, rows[missing])
+                batch.embedding_score[missing] = scores
+            if query.item_scores is not None:
+                similarity = query.item_scores.lookup(rows)
+        return compute_features(query, batch, similarity)
 
-    def score(self, query: FeedQuery, candidates: Sequence[Candidate]) -> np.ndarray:
-        return self.ranker.score(self.features(query, candidates))
-
-    def _fill_embedding_scores(self, query: FeedQuery, candidates: Sequence[Candidate]) -> None:
-        missing = [c for c in candidates if c.embedding_score is None]
-        if not missing or self.model is None or query.user_vector is None:
-            return
-        scores = self.model.scores(query.user_vector, [c.item_id for c in missing])
-        for candidate, score in zip(missing, np.nan_to_num(scores, nan=0.0).tolist()):
-            candidate.embedding_score = float(score)
+    def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        return self.ranker.score(self.features(query, batch))

@@ -1,17 +1,28 @@
-"""Selectors: choose the page from the ranked candidates."""
+"""Selectors: choose the page's rows from the ranked rows of the batch."""
 
 from __future__ import annotations
 
-from collections import Counter
+import numpy as np
 
+from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
-from ranking.types import Candidate
+
+
+def occurrence(keys: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same key (0 for the first)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, bool)
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
+    out = np.empty(len(keys), dtype=np.int64)
+    out[order] = np.arange(len(keys)) - group_start
+    return out
 
 
 class SellerDiversitySelector:
-    """Top items in rank order, at most ``max_per_seller`` per seller on one page.
+    """Top rows in rank order, at most ``max_per_seller`` per seller on one page.
 
-    Items over the cap are not dropped: they stay unserved and can fill later pages.
+    Rows over the cap are not dropped: they stay unserved and can fill later pages.
     Items without a seller are not capped.
     """
 
@@ -22,18 +33,10 @@ class SellerDiversitySelector:
             raise ValueError("max_per_seller must be >= 1")
         self.max_per_seller = max_per_seller
 
-    def select(self, query: FeedQuery, ranked: list[Candidate]) -> list[Candidate]:
-        per_seller: Counter[str] = Counter()
-        page: list[Candidate] = []
-        for candidate in ranked:
-            seller = candidate.seller_id
-            if seller and per_seller[seller] >= self.max_per_seller:
-                continue
-            per_seller[seller] += 1
-            page.append(candidate)
-            if len(page) == query.limit:
-                break
-        return page
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+        sellers = batch.items.seller[ranked]
+        keep = (sellers < 0) | (occurrence(sellers) < self.max_per_seller)
+        return ranked[keep][: query.limit]
 
 
 class FreshSocialFirstSelector:
@@ -53,12 +56,14 @@ class FreshSocialFirstSelector:
         self.window_seconds = window_seconds
         self.max_fresh = max_fresh
 
-    def select(self, query: FeedQuery, ranked: list[Candidate]) -> list[Candidate]:
-        since = query.now - self.window_seconds
-        fresh = [c for c in ranked if c.social_time is not None and c.social_time >= since]
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+        if self.max_fresh <= 0:
+            return self.then.select(query, batch, ranked)
+        social_time = batch.social_time[ranked]
+        fresh = ranked[social_time >= query.now - self.window_seconds]  # NaN (no social event) is never fresh
+        if not len(fresh):
+            return self.then.select(query, batch, ranked)
         # Stable sort: equally new items keep their rank order.
-        fresh = sorted(fresh, key=lambda c: -c.social_time)[: self.max_fresh]
-        if not fresh:
-            return self.then.select(query, ranked)
-        promoted = {id(c) for c in fresh}
-        return self.then.select(query, fresh + [c for c in ranked if id(c) not in promoted])
+        promoted = fresh[np.argsort(-batch.social_time[fresh], kind="stable")][: self.max_fresh]
+        rest = ranked[~np.isin(ranked, promoted)]
+        return self.then.select(query, batch, np.concatenate([promoted, rest]))

@@ -1,13 +1,14 @@
-"""Candidate sources: where the items of a feed come from."""
+"""Candidate sources: where the items of a feed come from. Each returns one CandidateBatch."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import numpy as np
 
 from embeddings.knn import ItemKNN
-from embeddings.model import EmbeddingModel
+from ranking import batch as bits
+from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
-from ranking.types import Candidate, Reason, ReasonKind
+from ranking.model_items import ModelItems
 
 
 class FollowedSellerSource:
@@ -15,82 +16,72 @@ class FollowedSellerSource:
 
     name = "followed_sellers"
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
-        return [
-            Candidate(item_id, reasons=[Reason(ReasonKind.FOLLOWED_SELLER, [seller_id])], social_time=listed_at)
-            for seller_id, listings in query.activity.listings_by_seller.items()
-            for item_id, listed_at in listings
-        ]
+    def gather(self, query: FeedQuery) -> CandidateBatch:
+        listings = query.activity.listings
+        return CandidateBatch.gathered(listings.items, bits.FOLLOWED_SELLER, social_time=listings.times)
 
 
 class FriendLikesSource:
-    """Items the user's friends liked recently, remembering which friends and when."""
+    """Items the user's friends liked recently: how many friends, and the newest like."""
 
     name = "friend_likes"
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
-        likers: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        for friend_id, likes in query.activity.likes_by_friend.items():
-            for item_id, ts in likes:
-                likers[item_id].append((friend_id, ts))
-        candidates = []
-        for item_id, friend_likes in likers.items():
-            friend_likes.sort(key=lambda pair: (-pair[1], pair[0]))
-            friends = [friend_id for friend_id, _ in friend_likes]
-            candidates.append(
-                Candidate(
-                    item_id,
-                    reasons=[Reason(ReasonKind.FRIENDS_LIKED, friends, len(friends))],
-                    friend_like_times=[ts for _, ts in friend_likes],
-                    social_time=friend_likes[0][1],
-                )
-            )
-        return candidates
+    def gather(self, query: FeedQuery) -> CandidateBatch:
+        likes = query.activity.friend_likes
+        if not len(likes):
+            return CandidateBatch.empty()
+        codes, inverse = np.unique(likes.items, return_inverse=True)
+        newest = np.full(len(codes), -np.inf)
+        np.maximum.at(newest, inverse, likes.times)
+        return CandidateBatch.gathered(
+            codes,
+            bits.FRIEND_LIKE,
+            friend_likes=np.bincount(inverse, minlength=len(codes)),
+            friend_like_time=newest,
+            social_time=newest,
+        )
+
+
+def _pool_size(k: int, query: FeedQuery) -> int:
+    # A deep page needs a deeper pool: the items served on earlier pages are filtered out.
+    return max(k, 2 * (query.served_count + query.limit))
 
 
 class EmbeddingNeighbourSource:
-    """Items nearest to the user's embedding by inner product.
-
-    The pool grows with the number of items already served, so deep pages still find
-    unseen neighbours.
-    """
+    """Items nearest to the user's embedding by inner product, with that score."""
 
     name = "embedding_neighbours"
 
-    def __init__(self, model: EmbeddingModel, k: int = 200) -> None:
-        self.model = model
+    def __init__(self, items: ModelItems, k: int = 200) -> None:
+        self.items = items
         self.k = k
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
+    def gather(self, query: FeedQuery) -> CandidateBatch:
         if query.user_vector is None:
-            return []
-        k = max(self.k, 2 * (query.served_count + query.limit))
-        item_ids, scores = self.model.neighbours(query.user_vector, k)
-        return [
-            Candidate(item_id, reasons=[Reason(ReasonKind.SIMILAR_TO_LIKES)], embedding_score=float(score))
-            for item_id, score in zip(item_ids, scores)
-        ]
+            return CandidateBatch.empty()
+        rows, scores = self.items.model.neighbour_rows(query.user_vector, _pool_size(self.k, query))
+        return CandidateBatch.gathered(self.items.codes(rows), bits.EMBEDDING, embedding_score=scores)
 
 
 class ItemKnnSource:
     """Items most similar to the user's recent likes under the item-kNN model.
 
     Reads ``query.item_scores`` (summed similarities to the recent likes, computed once
-    per request); like the embedding pool, it deepens with the items already served.
+    per request).
     """
 
     name = "item_knn"
 
-    def __init__(self, knn: ItemKNN, k: int = 200) -> None:
+    def __init__(self, items: ModelItems, knn: ItemKNN, k: int = 200) -> None:
+        self.items = items
         self.knn = knn
         self.k = k
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
+    def gather(self, query: FeedQuery) -> CandidateBatch:
         if query.item_scores is None:
-            return []
-        k = max(self.k, 2 * (query.served_count + query.limit))
-        item_ids, _ = self.knn.top(query.item_scores, k)
-        return [Candidate(item_id, reasons=[Reason(ReasonKind.SIMILAR_TO_LIKES)]) for item_id in item_ids]
+            return CandidateBatch.empty()
+        rows, _ = self.knn.top_rows(query.item_scores, _pool_size(self.k, query))
+        return CandidateBatch.gathered(self.items.codes(rows), bits.ITEM_KNN)
 
 
 class TrendingSource:
@@ -98,5 +89,5 @@ class TrendingSource:
 
     name = "trending"
 
-    def gather(self, query: FeedQuery) -> list[Candidate]:
-        return [Candidate(item_id, reasons=[Reason(ReasonKind.TRENDING)]) for item_id in query.activity.trending]
+    def gather(self, query: FeedQuery) -> CandidateBatch:
+        return CandidateBatch.gathered(query.activity.trending, bits.TRENDING)

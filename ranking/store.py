@@ -1,18 +1,24 @@
-"""The read side of the online store, as the ranking pipeline sees it.
+"""The read side of the online store, as the ranking pipeline sees it: answers are arrays.
 
 Each method is one batched read: one round trip on a networked store, whatever the
 number of ids it is given. A feed costs exactly three calls, so its latency does not
 grow with the number of friends or followed sellers.
+
+Items and sellers travel as int32 codes of the store's own vocabularies
+(``ranking.vocab``); users, friends and followed sellers as string ids, because there
+are few of them per request and the reasons on a page name them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
-from ranking.types import ItemState, UserContext
+import numpy as np
+
+from ranking.vocab import Vocabulary
 
 # Trending is a like count where each like decays with half-life TRENDING_HALF_LIFE.
 # Stores keep sum(exp((ts - TRENDING_EPOCH) / tau)) per item, which only ever grows by
@@ -33,37 +39,126 @@ def trending_weight(ts: float) -> float:
     return math.exp(min(max((ts - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT), _MAX_EXPONENT))
 
 
+def trending_weights(ts: np.ndarray) -> np.ndarray:
+    """``trending_weight`` of each time (float64), vectorised."""
+    return np.exp(np.clip((np.asarray(ts, dtype=np.float64) - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT, _MAX_EXPONENT))
+
+
+def _codes(values: Sequence[int] = ()) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32)
+
+
+def _times(values: Sequence[float] = ()) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Timelines:
+    """Several newest-first lists of (item, time), flattened.
+
+    Row j is item ``items[j]`` at ``times[j]`` in list ``owners[j]`` (an index into the
+    keys that were asked for). Rows of one list are contiguous and newest first; lists
+    follow the order of the asked keys.
+    """
+
+    items: np.ndarray = field(default_factory=_codes)  # int32 item codes
+    times: np.ndarray = field(default_factory=_times)  # float64
+    owners: np.ndarray = field(default_factory=_codes)  # int32
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def concat(cls, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> Timelines:
+        """Join per-key (items, times) pairs, the i-th pair owned by key i."""
+        if not parts:
+            return cls()
+        lengths = np.fromiter((len(items) for items, _ in parts), np.int64, len(parts))
+        return cls(
+            np.concatenate([items for items, _ in parts]).astype(np.int32, copy=False),
+            np.concatenate([times for _, times in parts]).astype(np.float64, copy=False),
+            np.repeat(np.arange(len(parts), dtype=np.int32), lengths),
+        )
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A user's social state, read once per request.
+
+    ``recent_likes`` are item codes, newest first, bounded by the store; membership of
+    all likes (not only recent ones) is checked at hydration, so the bound never leaks
+    an already-liked item into the feed. ``follows`` and ``friends`` are sorted ids.
+    """
+
+    user_id: str
+    recent_likes: np.ndarray = field(default_factory=_codes)  # int32 item codes
+    recent_like_times: np.ndarray = field(default_factory=_times)  # float64
+    follows: tuple[str, ...] = ()
+    friends: tuple[str, ...] = ()
+    hidden_items: np.ndarray = field(default_factory=_codes)  # int32 item codes
+    hidden_sellers: np.ndarray = field(default_factory=_codes)  # int32 seller codes
+
+    @property
+    def is_empty(self) -> bool:
+        return not (len(self.recent_likes) or self.follows or self.friends)
+
+
 @dataclass(frozen=True)
 class Activity:
     """Recent social activity around one user.
 
-    Lists are newest first, each bounded by the ``per_key_limit`` asked for.
+    ``listings`` are owned by the asked sellers, ``friend_likes`` by the asked friends,
+    each list bounded by the asked ``per_key_limit``; ``trending`` are item codes, best
+    first.
     """
 
-    listings_by_seller: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-    likes_by_friend: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-    trending: list[str] = field(default_factory=list)
+    listings: Timelines = field(default_factory=Timelines)
+    friend_likes: Timelines = field(default_factory=Timelines)
+    trending: np.ndarray = field(default_factory=_codes)
 
 
 @dataclass(frozen=True)
-class Hydration:
-    """Current state of the asked items.
+class ItemColumns:
+    """The current state of the asked items, one entry per asked code, same order.
 
-    ``items`` has an entry for every asked id that exists (unknown ids are absent);
-    ``liked`` is the subset of asked ids the user has liked.
+    ``exists`` is false for items the store does not hold; their other columns are
+    meaningless. ``seller`` is a seller code, -1 for an item without a seller.
     """
 
-    items: dict[str, ItemState]
-    liked: frozenset[str]
+    exists: np.ndarray  # bool
+    seller: np.ndarray  # int32 seller codes
+    created_at: np.ndarray  # float64
+    stock: np.ndarray  # int64
+    like_count: np.ndarray  # int64
+    liked: np.ndarray  # bool: the asking user liked it (at any time, not only recently)
+
+    def __len__(self) -> int:
+        return len(self.exists)
+
+    def take(self, rows: np.ndarray | slice) -> ItemColumns:
+        """The selected rows (index array, mask or slice), in that order."""
+        return ItemColumns(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def empty(cls, n: int = 0) -> ItemColumns:
+        return cls(
+            np.zeros(n, bool), np.full(n, -1, np.int32), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+        )
 
 
 class FeedStateReader(Protocol):
-    """Read-only view of the live state that one feed needs."""
+    """Read-only view of the live state that one feed needs.
 
-    def read_user(self, user_id: str) -> UserContext:
+    ``items`` and ``sellers`` are the vocabularies the store's codes come from.
+    """
+
+    items: Vocabulary
+    sellers: Vocabulary
+
+    def read_user(self, user_id: str) -> UserState:
         """The user's recent likes, follows, friends and hidden items and sellers.
 
-        An unknown user gets an empty context, never an error.
+        An unknown user gets an empty state, never an error.
         """
         ...
 
@@ -76,10 +171,11 @@ class FeedStateReader(Protocol):
     ) -> Activity:
         """Newest listings of each seller, newest likes of each friend and the top trending items.
 
-        Unknown sellers and friends map to empty lists.
+        Unknown sellers and friends have empty lists. Ties in time list the smaller id
+        first; ties in trending the larger id first.
         """
         ...
 
-    def hydrate(self, user_id: str, item_ids: Sequence[str]) -> Hydration:
-        """Item state (stock, seller, creation time, like count) and liked flags for ``user_id``."""
+    def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
+        """Stock, seller, creation time, like count and the user's liked flag per asked code."""
         ...

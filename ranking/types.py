@@ -1,7 +1,8 @@
-"""Plain data types shared by the ranking pipeline, the stores and the trainer.
+"""Plain data types of a served page: what the pipeline returns for the items it picked.
 
-Ids are strings at every boundary; only numpy code maps them to dense int32 rows.
-Times are Unix seconds as floats.
+Ids are strings here; inside the pipeline items travel as int32 codes in a
+``ranking.batch.CandidateBatch`` and only the items of the returned page become
+objects.
 """
 
 from __future__ import annotations
@@ -19,28 +20,13 @@ class ReasonKind(enum.Enum):
     TRENDING = 4
 
 
-@dataclass(frozen=True, slots=True)
-class ItemState:
-    """What the store knows about one item at request time."""
-
-    item_id: str
-    seller_id: str
-    created_at: float
-    stock: int
-    like_count: int = 0
-
-    @property
-    def in_stock(self) -> bool:
-        return self.stock > 0
-
-
 @dataclass(slots=True)
 class Reason:
     """One reason an item was gathered: its kind, the ids behind it and a count.
 
-    For FRIENDS_LIKED ``actor_ids`` are the friends who liked the item; for
-    FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is empty.
-    ``count`` is the number of actors, or 1 where there are none.
+    For FRIENDS_LIKED ``actor_ids`` are the friends who liked the item, newest like
+    first; for FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is
+    empty. ``count`` is the number of actors, or 1 where there are none.
     """
 
     kind: ReasonKind
@@ -49,45 +35,13 @@ class Reason:
 
 
 @dataclass(slots=True)
-class Candidate:
-    """An item gathered for one feed, with everything scoring needs.
-
-    Sources fill ``item_id``, ``reasons`` and their own signal (``embedding_score``,
-    ``friend_like_times``, ``social_time``); hydration fills ``item``.
-    """
+class RankedItem:
+    """One item of a served page, best first, with its score and reasons (in ReasonKind order)."""
 
     item_id: str
-    reasons: list[Reason] = field(default_factory=list)
-    embedding_score: float | None = None
-    friend_like_times: list[float] = field(default_factory=list)
-    social_time: float | None = None  # latest listing by a followed seller or like by a friend
-    item: ItemState | None = None
-    score: float = 0.0
+    seller_id: str
+    score: float
+    reasons: list[Reason]
 
     def reason(self, kind: ReasonKind) -> Reason | None:
         return next((r for r in self.reasons if r.kind is kind), None)
-
-    @property
-    def seller_id(self) -> str:
-        return self.item.seller_id if self.item else ""
-
-
-@dataclass(frozen=True)
-class UserContext:
-    """A user's social state, read once per request.
-
-    ``recent_likes`` is newest first and bounded by the store; ``liked`` membership
-    for filtering is checked separately at hydration, so a bound never leaks an
-    already-liked item into the feed.
-    """
-
-    user_id: str
-    recent_likes: tuple[tuple[str, float], ...] = ()
-    follows: frozenset[str] = frozenset()
-    friends: frozenset[str] = frozenset()
-    hidden_items: frozenset[str] = frozenset()
-    hidden_sellers: frozenset[str] = frozenset()
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.recent_likes or self.follows or self.friends)

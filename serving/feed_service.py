@@ -7,15 +7,15 @@ codes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.pipeline import FeedPipeline
-from ranking.types import Candidate
+from ranking.types import RankedItem
 from serving.events import MAX_ID_BYTES, Event, validate_batch
 from serving.metrics import FeedMetrics
-from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec, ServedItems
+from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec
 from serving.stores.base import ApplyResult, FeedStore
 from training.artifact import Artifact
 
@@ -33,18 +33,9 @@ class InvalidRequest(ValueError):
 
 @dataclass(frozen=True)
 class FeedPage:
-    items: list[Candidate]
+    items: list[RankedItem]
     next_page_token: str
     model_version: str
-
-
-@dataclass(frozen=True)
-class _Exclusions:
-    requested: frozenset[str]
-    served: ServedItems
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self.requested or item_id in self.served
 
 
 def validate_user_id(user_id: str) -> None:
@@ -108,8 +99,7 @@ class FeedService:
                 raise InvalidRequest("page_token", str(error).removeprefix("page_token ")) from error
         with self._lock:
             pipeline, version = self._pipeline, self._artifact.version
-        exclusions: Container[str] = _Exclusions(frozenset(exclude_item_ids), served)
-        result = pipeline.run(user_id, limit, now, exclusions, served_count=len(served))
+        result = pipeline.run(user_id, limit, now, exclude_item_ids, served.array())
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
         more = bool(result.has_more and result.items) and len(served) < MAX_SERVED

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranking.vocab import stable_hash
+
 _VERSION = 1
 _MAC_BYTES = 16
 # A feed this deep ends: the token would grow past ~27 KB.
@@ -26,8 +28,7 @@ class PageTokenError(ValueError):
     """The token is malformed, tampered with, or belongs to another user."""
 
 
-def item_hash(item_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=4).digest(), "little")
+item_hash = stable_hash
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,14 @@ class ServedItems:
     hashes: frozenset[int]
 
     def __contains__(self, item_id: object) -> bool:
-        # A first page serves nothing yet: skip hashing every candidate.
-        return bool(self.hashes) and isinstance(item_id, str) and item_hash(item_id) in self.hashes
+        return isinstance(item_id, str) and item_hash(item_id) in self.hashes
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+    def array(self) -> np.ndarray:
+        """The hashes as a sorted uint32 array (what the pipeline masks candidates with)."""
+        return np.array(sorted(self.hashes), dtype=np.uint32)
 
     def plus(self, item_ids: Iterable[str]) -> ServedItems:
         return ServedItems(self.hashes | {item_hash(i) for i in item_ids})

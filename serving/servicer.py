@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from ranking.types import Candidate
+from ranking.types import RankedItem
 from serving.events import Event, EventKind, EventValidationError
 from serving.feed_service import FeedService, InvalidRequest
 from serving.stores.base import StoreUnavailable
@@ -45,14 +45,14 @@ def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) ->
     return Event(event_id=message.event_id, kind=_PAYLOADS[payload_name], ts=ts, **fields)
 
 
-def feed_item_to_proto(candidate: Candidate) -> feed_pb2.FeedItem:
+def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
     return feed_pb2.FeedItem(
-        item_id=candidate.item_id,
-        seller_id=candidate.seller_id,
-        score=candidate.score,
+        item_id=item.item_id,
+        seller_id=item.seller_id,
+        score=item.score,
         reasons=[
             feed_pb2.Reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
-            for reason in sorted(candidate.reasons, key=lambda r: r.kind.value)
+            for reason in sorted(item.reasons, key=lambda r: r.kind.value)
         ],
     )
 

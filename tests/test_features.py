@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ranking.batch import CandidateBatch
 from ranking.features import FEATURE_NAMES, compute_features
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
@@ -38,8 +39,8 @@ def test_training_path_and_serving_path_compute_identical_features(world):
     for user_id in users:
         pool = pipeline.pool(user_id, 20, now)  # what the ranker fit reads
         served = pipeline.run(user_id, 20, now)  # what the server returns
-        assert pool.features.shape == (len(pool.candidates), len(FEATURE_NAMES))
-        expected = dict(zip((c.item_id for c in pool.candidates), ranker.score(pool.features).tolist()))
+        assert pool.features.shape == (len(pool.batch), len(FEATURE_NAMES))
+        expected = dict(zip(pool.item_ids(), ranker.score(pool.features).tolist()))
         assert served.items, user_id
         for candidate in served.items:
             assert candidate.score == expected[candidate.item_id]
@@ -55,17 +56,18 @@ def test_item_similarity_and_seller_affinity_come_from_the_users_recent_likes(wo
     pool = pipeline.pool(user_id, 20, float(np.nanmax(dataset.likes.ts)) + 1.0)
     assert pool.result.gathered_by_source["item_knn"] > 0
     assert (pool.features[:, col["item_similarity"]] > 0).any()
-    assert sum(pool.query.seller_likes.values()) > 0
+    assert pool.query.seller_like_counts.sum() > 0
+    seller_likes = dict(zip(pool.store.sellers.ids(pool.query.seller_likes.tolist()), pool.query.seller_like_counts.tolist()))
     affinity = pool.features[:, col["seller_affinity"]]
-    for candidate, value in zip(pool.candidates, affinity.tolist()):
-        expected = pool.query.seller_likes.get(candidate.seller_id, 0) / len(pool.query.user.recent_likes)
+    for seller_id, value in zip(pool.seller_ids(), affinity.tolist()):
+        expected = seller_likes.get(seller_id, 0) / len(pool.query.user.recent_likes)
         assert value == pytest.approx(expected, rel=1e-6)
 
 
 def test_social_features_follow_friend_likes_and_item_age():
     store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
     pool = build_feed_pipeline(store, None).pool("alice", 20, NOW)
-    rows = {c.item_id: pool.features[i] for i, c in enumerate(pool.candidates)}
+    rows = dict(zip(pool.item_ids(), pool.features))
     i6, i7 = rows["i6"], rows["i7"]  # bob+carol liked i6 an hour ago; bob liked i7 2.5 h ago
     assert i6[col["friend_likes"]] == pytest.approx(np.log1p(2))
     assert i7[col["friend_likes"]] == pytest.approx(np.log1p(1))
@@ -80,4 +82,4 @@ def test_social_features_follow_friend_likes_and_item_age():
 def test_compute_features_of_nothing_is_an_empty_matrix():
     store = MemoryStore.from_dataset(social_dataset())
     query = build_feed_pipeline(store, None).pool("alice", 5, NOW).query
-    assert compute_features(query, []).shape == (0, len(FEATURE_NAMES))
+    assert compute_features(query, CandidateBatch.empty(), np.zeros(0)).shape == (0, len(FEATURE_NAMES))

@@ -59,7 +59,7 @@ def test_followed_seller_items_carry_the_seller():
 
 
 def test_excluded_items_never_come_back():
-    result = feed_for(store(), exclude=frozenset({"i1", "i6"}))
+    result = feed_for(store(), exclude_ids=["i1", "i6"])
     assert not {"i1", "i6"} & set(ids(result))
 
 
@@ -121,6 +121,8 @@ def test_store_is_read_in_three_calls_whatever_the_number_of_friends():
 
         def __getattr__(self, name):
             method = getattr(self.inner, name)
+            if name not in ("read_user", "read_activity", "hydrate"):
+                return method  # the vocabularies are local maps, not store calls
 
             def counted(*args, **kwargs):
                 self.calls += 1

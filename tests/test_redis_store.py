@@ -7,6 +7,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -17,10 +18,12 @@ from serving.load import load_into_redis
 from serving.stores.base import StoreUnavailable
 from serving.stores.memory import MemoryStore
 from serving.stores.redis import RedisStore
+from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
 from tests.redis_servers import RedisServer
 from training.generate import generate
+from training.train import TrainParams, train
 
 pytestmark = pytest.mark.redis
 
@@ -87,10 +90,10 @@ def test_a_feed_reads_redis_in_three_round_trips_whatever_the_fan_out(redis_url,
         pipeline.run("hub", 10, NOW)  # connect and load the read script outside the measurement
         counter = RoundTripCounter(monkeypatch)
         assert counter.measure(pipeline.run, "hub", 10, NOW) == 3
-        user = store.read_user("hub")
+        user = views.read_user(store, "hub")
         assert counter.measure(store.read_user, "hub") == 1
         assert counter.measure(store.read_activity, sorted(user.follows), sorted(user.friends), 20, 100) == 1
-        assert counter.measure(store.hydrate, "hub", [f"x{n}" for n in range(sellers)]) == 1
+        assert counter.measure(store.hydrate, "hub", store.items.codes([f"x{n}" for n in range(sellers)], add=True)) == 1
         monkeypatch.undo()
         store.close()
 
@@ -204,11 +207,11 @@ def same_reads(memory: MemoryStore, store: RedisStore) -> None:
     users = ["alice", "bob", "carol", "dave", "erin", "nobody"]
     items = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1", "missing"]
     for user in users:
-        assert store.read_user(user) == memory.read_user(user), user
-        assert store.hydrate(user, items) == memory.hydrate(user, items), user
+        assert views.read_user(store, user) == views.read_user(memory, user), user
+        assert views.hydrate(store, user, items) == views.hydrate(memory, user, items), user
     for limit in (1, 2, 5, 50):
-        expected = memory.read_activity(["s1", "s2", "s3", "x"], users, limit, 20)
-        assert store.read_activity(["s1", "s2", "s3", "x"], users, limit, 20) == expected
+        expected = views.read_activity(memory, ["s1", "s2", "s3", "x"], users, limit, 20)
+        assert views.read_activity(store, ["s1", "s2", "s3", "x"], users, limit, 20) == expected
 
 
 def test_random_batches_leave_the_same_state_as_the_memory_store(url):
@@ -267,7 +270,7 @@ def test_hydrating_thousands_of_items_at_once(url):
     store = make_redis_store(url, dataset)
     memory = MemoryStore.from_dataset(dataset)
     asked = [f"x{n}" for n in range(2600)]
-    assert store.hydrate("u", asked) == memory.hydrate("u", asked)
+    assert views.hydrate(store, "u", asked) == views.hydrate(memory, "u", asked)
     store.close()
 
 
@@ -279,8 +282,8 @@ def test_loading_twice_gives_the_same_state(url, tmp_path: Path):
     assert snapshot(store.client) == first
     memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
     for user in dataset.user_ids()[:50]:
-        assert store.read_user(user) == memory.read_user(user)
-    assert store.read_activity([], [], 0, 50) == memory.read_activity([], [], 0, 50)
+        assert views.read_user(store, user) == views.read_user(memory, user)
+    assert views.read_activity(store, [], [], 0, 50) == views.read_activity(memory, [], [], 0, 50)
     store.close()
 
 
@@ -302,7 +305,7 @@ def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server)
     assert store.ping()
     own_server.pause()
     try:
-        for call in (lambda: store.read_user("alice"), lambda: store.apply([Event("z", EventKind.FOLLOW, NOW, user_id="a", seller_id="b")])):
+        for call in (lambda: views.read_user(store, "alice"), lambda: store.apply([Event("z", EventKind.FOLLOW, NOW, user_id="a", seller_id="b")])):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 call()
@@ -313,7 +316,7 @@ def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server)
     finally:
         own_server.resume()
     assert store.ping()
-    assert store.read_user("alice").follows == {"s1"}
+    assert views.read_user(store, "alice").follows == {"s1"}
     store.close()
 
 
@@ -323,10 +326,31 @@ def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(
     own_server.kill()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        store.read_user("alice")
+        views.read_user(store, "alice")
     assert store.ping() is False
     assert time.monotonic() - started < 1.5
     own_server.start()
     assert store.ping()
-    assert store.read_user("alice").is_empty  # no persistence configured: it came back empty
+    assert views.read_user(store, "alice").is_empty  # no persistence configured: it came back empty
+    store.close()
+
+
+def test_a_fresh_process_serves_its_first_feeds_exactly_as_the_memory_store(url):
+    """Regression: a new RedisStore learns item and seller codes from its replies, so the
+    followed-seller feature, own-listing filter and exclusions of the very first request
+    once saw no codes for ids they had not met yet, and ranked differently."""
+    dataset = generate(users=150, sellers=20, items=600, seed=3)
+    model, _ = train(dataset, TrainParams(factors=16, iterations=4, show_progress=False))
+    store = make_redis_store(url, dataset)
+    memory = MemoryStore.from_dataset(dataset)
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    users = dataset.user_ids()[:20]
+    exclude = [dataset.items.item_id[7], dataset.items.item_id[11]]
+    served = {}
+    for name, feed_store in (("memory", memory), ("redis", store)):
+        pipeline = build_feed_pipeline(feed_store, model)
+        served[name] = [
+            [(i.item_id, round(i.score, 5)) for i in pipeline.run(user, 20, now, exclude_ids=exclude).items] for user in users
+        ]
+    assert served["redis"] == served["memory"]
     store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serving.events import Event, EventKind, EventValidationError
+from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 
 
@@ -14,23 +15,23 @@ def ev(event_id: str, kind: EventKind, ts: float = NOW, **fields) -> Event:
 
 def test_unknown_user_gets_an_empty_context(store_factory):
     store = store_factory(social_dataset())
-    context = store.read_user("nobody")
+    context = views.read_user(store, "nobody")
     assert context.user_id == "nobody" and context.is_empty
     assert not context.hidden_items and not context.hidden_sellers
 
 
 def test_read_user_returns_follows_friends_and_newest_likes_first(store_factory):
     store = store_factory(social_dataset())
-    alice = store.read_user("alice")
+    alice = views.read_user(store, "alice")
     assert alice.follows == {"s1"}
     assert alice.friends == {"bob", "carol"}
-    assert store.read_user("carol").friends == {"alice"}  # friendship is undirected
-    assert [item for item, _ in store.read_user("bob").recent_likes] == ["i6", "i7", "a1"]
+    assert views.read_user(store, "carol").friends == {"alice"}  # friendship is undirected
+    assert [item for item, _ in views.read_user(store, "bob").recent_likes] == ["i6", "i7", "a1"]
 
 
 def test_read_activity_is_newest_first_and_bounded(store_factory):
     store = store_factory(social_dataset())
-    activity = store.read_activity(["s1", "nobody"], ["bob", "carol"], per_key_limit=2, trending_limit=3)
+    activity = views.read_activity(store, ["s1", "nobody"], ["bob", "carol"], per_key_limit=2, trending_limit=3)
     assert [item for item, _ in activity.listings_by_seller["s1"]] == ["i1", "i2"]
     assert activity.listings_by_seller["nobody"] == []
     assert [item for item, _ in activity.likes_by_friend["bob"]] == ["i6", "i7"]
@@ -45,12 +46,12 @@ def test_trending_prefers_recent_likes(store_factory):
         likes=[("u1", "x", NOW - 30 * DAY), ("u2", "x", NOW - 30 * DAY), ("u3", "y", NOW)],
     )
     store = store_factory(dataset)
-    assert store.read_activity([], [], 10, 10).trending == ["y", "x"]
+    assert views.read_activity(store, [], [], 10, 10).trending == ["y", "x"]
 
 
 def test_hydrate_returns_state_of_known_items_and_liked_flags(store_factory):
     store = store_factory(social_dataset())
-    hydration = store.hydrate("alice", ["i2", "i8", "missing"])
+    hydration = views.hydrate(store, "alice", ["i2", "i8", "missing"])
     assert set(hydration.items) == {"i2", "i8"}
     assert hydration.items["i2"].stock == 0 and hydration.items["i2"].seller_id == "s1"
     assert hydration.items["i8"].like_count == 2
@@ -62,12 +63,12 @@ def test_like_and_unlike_update_counts_and_activity(store_factory):
     store = store_factory(social_dataset())
     result = store.apply([ev("e1", EventKind.LIKE, NOW + 5, user_id="carol", item_id="i1")])
     assert (result.applied, result.duplicates) == (1, 0)
-    assert store.hydrate("carol", ["i1"]).items["i1"].like_count == 1
-    assert store.hydrate("carol", ["i1"]).liked == {"i1"}
-    assert store.read_activity([], ["carol"], 5, 0).likes_by_friend["carol"][0] == ("i1", NOW + 5)
+    assert views.hydrate(store, "carol", ["i1"]).items["i1"].like_count == 1
+    assert views.hydrate(store, "carol", ["i1"]).liked == {"i1"}
+    assert views.read_activity(store, [], ["carol"], 5, 0).likes_by_friend["carol"][0] == ("i1", NOW + 5)
     store.apply([ev("e2", EventKind.UNLIKE, user_id="carol", item_id="i1")])
-    assert store.hydrate("carol", ["i1"]).items["i1"].like_count == 0
-    assert store.hydrate("carol", ["i1"]).liked == frozenset()
+    assert views.hydrate(store, "carol", ["i1"]).items["i1"].like_count == 0
+    assert views.hydrate(store, "carol", ["i1"]).liked == frozenset()
 
 
 def test_a_retried_event_id_changes_nothing(store_factory):
@@ -76,7 +77,7 @@ def test_a_retried_event_id_changes_nothing(store_factory):
     store.apply([like])
     result = store.apply([like])
     assert (result.applied, result.duplicates) == (0, 1)
-    assert store.hydrate("carol", ["i1"]).items["i1"].like_count == 1
+    assert views.hydrate(store, "carol", ["i1"]).items["i1"].like_count == 1
 
 
 def test_follow_friend_and_their_reversals(store_factory):
@@ -85,22 +86,22 @@ def test_follow_friend_and_their_reversals(store_factory):
         ev("f1", EventKind.FOLLOW, user_id="dave", seller_id="s2"),
         ev("f2", EventKind.FRIEND, user_id="dave", friend_id="erin"),
     ])
-    assert store.read_user("dave").follows == {"s2"}
-    assert store.read_user("erin").friends == {"dave"}
+    assert views.read_user(store, "dave").follows == {"s2"}
+    assert views.read_user(store, "erin").friends == {"dave"}
     store.apply([
         ev("f3", EventKind.UNFOLLOW, user_id="dave", seller_id="s2"),
         ev("f4", EventKind.UNFRIEND, user_id="erin", friend_id="dave"),
     ])
-    assert store.read_user("dave").follows == frozenset()
-    assert store.read_user("dave").friends == frozenset()
+    assert views.read_user(store, "dave").follows == frozenset()
+    assert views.read_user(store, "dave").friends == frozenset()
 
 
 def test_item_upsert_lists_the_item_and_stock_updates_apply(store_factory):
     store = store_factory(social_dataset())
     store.apply([ev("n1", EventKind.ITEM_UPSERT, item_id="new", seller_id="s2", created_at=NOW + 10, stock=3)])
-    assert store.read_activity(["s2"], [], 1, 0).listings_by_seller["s2"] == [("new", NOW + 10)]
+    assert views.read_activity(store, ["s2"], [], 1, 0).listings_by_seller["s2"] == [("new", NOW + 10)]
     store.apply([ev("n2", EventKind.STOCK_UPDATE, item_id="new", stock=0)])
-    item = store.hydrate("alice", ["new"]).items["new"]
+    item = views.hydrate(store, "alice", ["new"]).items["new"]
     assert (item.stock, item.in_stock, item.seller_id) == (0, False, "s2")
 
 
@@ -110,7 +111,7 @@ def test_not_interested_hides_items_and_sellers(store_factory):
         ev("h1", EventKind.NOT_INTERESTED_ITEM, user_id="alice", item_id="i6"),
         ev("h2", EventKind.NOT_INTERESTED_SELLER, user_id="alice", seller_id="s2"),
     ])
-    alice = store.read_user("alice")
+    alice = views.read_user(store, "alice")
     assert alice.hidden_items == {"i6"} and alice.hidden_sellers == {"s2"}
 
 
@@ -123,7 +124,7 @@ def test_a_batch_with_an_unknown_item_changes_nothing(store_factory):
     with pytest.raises(EventValidationError) as error:
         store.apply(batch)
     assert (error.value.index, error.value.field) == (1, "item_id")
-    assert store.read_user("dave").follows == frozenset()
+    assert views.read_user(store, "dave").follows == frozenset()
     # The rejected batch's ids were not consumed: a corrected retry applies.
     assert store.apply(batch[:1]).applied == 1
 
@@ -135,7 +136,7 @@ def test_an_item_upserted_earlier_in_the_batch_can_be_liked(store_factory):
         ev("u2", EventKind.LIKE, user_id="bob", item_id="fresh"),
     ])
     assert result.applied == 2
-    assert store.hydrate("bob", ["fresh"]).items["fresh"].like_count == 1
+    assert views.hydrate(store, "bob", ["fresh"]).items["fresh"].like_count == 1
 
 
 def test_without_timestamps_trending_is_ordered_by_like_count(store_factory):
@@ -145,4 +146,4 @@ def test_without_timestamps_trending_is_ordered_by_like_count(store_factory):
         likes=[("u1", "y", nan), ("u2", "y", nan), ("u3", "y", nan), ("u1", "x", nan), ("u2", "x", nan), ("u3", "z", nan)],
     )
     store = store_factory(dataset)
-    assert store.read_activity([], [], 10, 10).trending == ["y", "x", "z"]
+    assert views.read_activity(store, [], [], 10, 10).trending == ["y", "x", "z"]

@@ -103,9 +103,9 @@ def collect_examples(
         pool = pipeline.pool(user_id, params.pool_limit, now)
         wanted = relevant[user_id]
         total += len(wanted)
-        if not pool.candidates:
+        if not len(pool.batch):
             continue
-        y = np.fromiter((c.item_id in wanted for c in pool.candidates), np.float32, len(pool.candidates))
+        y = np.isin(pool.batch.codes, store.items.codes(list(wanted))).astype(np.float32)
         n_candidates += len(y)
         positives += int(y.sum())
         blocks.append(pool.features)

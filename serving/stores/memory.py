@@ -1,69 +1,135 @@
-"""The embedded in-memory store: the default, loaded from a dataset directory."""
+"""The embedded in-memory store: the default, loaded from a dataset directory.
+
+The catalogue is columnar: one numpy array per field (seller code, creation time, stock,
+like count, trending score), indexed by item code, so hydrating a feed's candidates is
+a handful of fancy-indexing operations. Likes per user and listings per seller are
+timelines: one bulk-loaded CSR (newest first per key) plus copied rows for the keys
+that ingest changed since.
+"""
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
 
-from ranking.store import Activity, Hydration, trending_weight
-from ranking.types import ItemState, UserContext
+from ranking.store import Activity, ItemColumns, Timelines, UserState, trending_weight, trending_weights
+from ranking.vocab import Vocabulary, lookup
 from serving.events import Event, EventKind, EventValidationError
 from serving.stores.base import ApplyResult
 from training.dataset import Dataset
 
 DEFAULT_RECENT_LIKES = 50
 DEFAULT_TRENDING_REFRESH_SECONDS = 1.0
+_TRENDING_CACHE_DEPTH = 1_000
 
 
-class Timeline:
-    """Ids with a time each, kept newest first so a bounded read is a slice."""
+def id_ranks(vocabulary: Vocabulary) -> np.ndarray:
+    """Rank of each code's id in sorted id order (int64, indexed by code)."""
+    ids = np.array(vocabulary.ids(range(len(vocabulary))), dtype=object)
+    ranks = np.empty(len(ids), dtype=np.int64)
+    ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+    return ranks
 
-    __slots__ = ("_time", "_order")
 
-    def __init__(self) -> None:
-        self._time: dict[str, float] = {}
-        self._order: list[tuple[float, str]] = []  # (-time, id): ascending = newest first
+class TimelineTable:
+    """Per integer key, a newest-first list of (item code, time); ties list the smaller id first.
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._time
+    The bulk of it is one CSR (``indptr``, ``items``, ``times``) built once; a key that
+    changes afterwards gets its own copied row in ``_changed``, which reads prefer.
+    """
 
-    def add(self, key: str, at: float) -> None:
-        if key in self._time:
-            self.remove(key)
-        self._time[key] = at
-        bisect.insort(self._order, (-at, key))
-
-    def remove(self, key: str) -> float | None:
-        at = self._time.pop(key, None)
-        if at is not None:
-            del self._order[bisect.bisect_left(self._order, (-at, key))]
-        return at
+    def __init__(self, indptr: np.ndarray | None = None, items: np.ndarray | None = None, times: np.ndarray | None = None) -> None:
+        self._indptr = np.zeros(1, np.int64) if indptr is None else indptr
+        self._items = np.zeros(0, np.int32) if items is None else items
+        self._times = np.zeros(0, np.float64) if times is None else times
+        self._changed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def of(cls, times: dict[str, float]) -> Timeline:
-        """A timeline holding ``times`` (id -> time), sorted once: the bulk-load path."""
-        timeline = cls()
-        timeline._time = times
-        timeline._order = sorted((-at, key) for key, at in times.items())
-        return timeline
+    def build(cls, keys: np.ndarray, items: np.ndarray, times: np.ndarray, n_keys: int, item_ranks: np.ndarray) -> TimelineTable:
+        """From parallel arrays of (key, item, time); ``item_ranks`` orders equal times by id."""
+        order = np.lexsort((item_ranks[items], -times, keys))
+        indptr = np.zeros(n_keys + 1, np.int64)
+        np.cumsum(np.bincount(keys, minlength=n_keys), out=indptr[1:])
+        return cls(indptr, items[order].astype(np.int32), times[order].astype(np.float64))
 
-    def newest(self, limit: int) -> list[tuple[str, float]]:
-        return [(key, -negative) for negative, key in self._order[: max(limit, 0)]]
+    def row(self, key: int) -> tuple[np.ndarray, np.ndarray]:
+        changed = self._changed.get(key)
+        if changed is not None:
+            return changed
+        if 0 <= key < len(self._indptr) - 1:
+            start, stop = self._indptr[key], self._indptr[key + 1]
+            return self._items[start:stop], self._times[start:stop]
+        return self._items[:0], self._times[:0]
+
+    def newest(self, keys: Sequence[int], limit: int) -> Timelines:
+        """The newest ``limit`` entries of each key, owned by the key's position in ``keys``."""
+        limit = max(limit, 0)
+        return Timelines.concat([(items[:limit], times[:limit]) for items, times in map(self.row, keys)])
+
+    def time_of(self, key: int, item: int) -> float | None:
+        items, times = self.row(key)
+        at = np.flatnonzero(items == item)
+        return float(times[at[0]]) if len(at) else None
+
+    def add(self, key: int, item: int, at: float, ids: Vocabulary) -> None:
+        """Put ``item`` at time ``at`` in the key's list, replacing an earlier entry of it."""
+        self.remove(key, item)
+        items, times = self.row(key)
+        position = int(np.searchsorted(-times, -at, side="left"))
+        new_id = ids.id(item)
+        while position < len(times) and times[position] == at and ids.id(int(items[position])) < new_id:
+            position += 1
+        self._changed[key] = (np.insert(items, position, item), np.insert(times, position, at))
+
+    def remove(self, key: int, item: int) -> float | None:
+        """Drop ``item`` from the key's list; its time, or None when it was not there."""
+        items, times = self.row(key)
+        at = np.flatnonzero(items == item)
+        if not len(at):
+            return None
+        self._changed[key] = (np.delete(items, at), np.delete(times, at))
+        return float(times[at[0]])
 
 
-_NO_TIMELINE = Timeline()
+class _Catalogue:
+    """Item columns indexed by item code, grown by doubling."""
+
+    def __init__(self) -> None:
+        self.exists = np.zeros(0, bool)
+        self.seller = np.zeros(0, np.int32)
+        self.created_at = np.zeros(0, np.float64)
+        self.stock = np.zeros(0, np.int64)
+        self.like_count = np.zeros(0, np.int64)
+        self.trending = np.zeros(0, np.float64)
+
+    def reserve(self, n: int) -> None:
+        if n <= len(self.exists):
+            return
+        size = max(n, 2 * len(self.exists), 1024)
+        for name, fill in (("exists", False), ("seller", -1), ("created_at", 0.0), ("stock", 0), ("like_count", 0), ("trending", 0.0)):
+            old = getattr(self, name)
+            grown = np.full(size, fill, dtype=old.dtype)
+            grown[: len(old)] = old
+            setattr(self, name, grown)
+
+    def columns(self, codes: np.ndarray) -> ItemColumns:
+        return ItemColumns(
+            exists=lookup(self.exists, codes, False),
+            seller=lookup(self.seller, codes, -1),
+            created_at=lookup(self.created_at, codes, 0.0),
+            stock=lookup(self.stock, codes, 0),
+            like_count=lookup(self.like_count, codes, 0),
+            liked=np.zeros(len(codes), bool),
+        )
 
 
 class MemoryStore:
-    """All live state in dicts, guarded by one lock.
+    """All live state in numpy columns, timelines and sets, guarded by one lock.
 
     Trending is recomputed at most every ``trending_refresh_seconds`` after a like
     changes it; it only nominates candidates, which are hydrated fresh, so a short delay
@@ -77,17 +143,19 @@ class MemoryStore:
     ) -> None:
         self.recent_likes_bound = recent_likes
         self.trending_refresh_seconds = trending_refresh_seconds
+        self.items = Vocabulary()
+        self.sellers = Vocabulary()
+        self.users = Vocabulary()
         self._lock = threading.RLock()
-        self._items: dict[str, ItemState] = {}
-        self._likes: dict[str, Timeline] = defaultdict(Timeline)
-        self._listings: dict[str, Timeline] = defaultdict(Timeline)
+        self._catalogue = _Catalogue()
+        self._likes = TimelineTable()  # by user code: every like, newest first
+        self._listings = TimelineTable()  # by seller code
         self._follows: dict[str, set[str]] = defaultdict(set)
         self._friends: dict[str, set[str]] = defaultdict(set)
-        self._hidden_items: dict[str, set[str]] = defaultdict(set)
-        self._hidden_sellers: dict[str, set[str]] = defaultdict(set)
-        self._trending_score: dict[str, float] = defaultdict(float)
-        self._trending_cache: list[str] = []
-        self._trending_cache_len = 0
+        self._hidden_items: dict[str, set[int]] = defaultdict(set)
+        self._hidden_sellers: dict[str, set[int]] = defaultdict(set)
+        self._trending_cache = np.zeros(0, np.int32)
+        self._trending_cache_depth = 0
         self._trending_dirty_since: float | None = 0.0
         self._applied_event_ids: set[str] = set()
 
@@ -99,54 +167,63 @@ class MemoryStore:
         """
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
-        bar = tqdm(total=len(likes) + len(items), desc="load memory store", unit="row", disable=not progress, mininterval=1.0)
-        liked_by_user: dict[str, dict[str, float]] = defaultdict(dict)
-        like_count: Counter[str] = Counter()
-        trending = store._trending_score
-        for start in range(0, len(likes), 100_000):
-            stop = min(start + 100_000, len(likes))
-            times = np.nan_to_num(likes.ts[start:stop], nan=0.0).tolist()
-            for user_id, item_id, ts in zip(likes.src[start:stop], likes.dst[start:stop], times):
-                user_likes = liked_by_user[user_id]
-                if item_id not in user_likes:
-                    user_likes[item_id] = ts
-                    like_count[item_id] += 1
-                    trending[item_id] += trending_weight(ts)
-            bar.update(stop - start)
-        for user_id, times_by_item in liked_by_user.items():
-            store._likes[user_id] = Timeline.of(times_by_item)
-        listed: dict[str, dict[str, float]] = defaultdict(dict)
-        for item_id, seller_id, created_at, stock in zip(
-            items.item_id, items.seller_id, np.nan_to_num(items.created_at, nan=0.0).tolist(), items.stock.tolist()
-        ):
-            old = store._items.get(item_id)
-            if old is not None and old.seller_id:
-                listed[old.seller_id].pop(item_id, None)
-            store._items[item_id] = ItemState(item_id, seller_id, created_at, stock, like_count.get(item_id, 0))
-            if seller_id:
-                listed[seller_id][item_id] = created_at
-        for seller_id, times_by_item in listed.items():
-            store._listings[seller_id] = Timeline.of(times_by_item)
-        bar.update(len(items))
-        bar.close()
-        for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
-            store._follows[user_id].add(seller_id)
-        for user_id, friend_id in zip(dataset.friends.src, dataset.friends.dst):
-            store._friends[user_id].add(friend_id)
-            store._friends[friend_id].add(user_id)
+        steps = ("catalogue", "likes", "timelines", "graph")
+        with tqdm(total=len(steps), desc="load memory store", unit="step", disable=not progress) as bar:
+            item_codes = store.items.codes(items.item_id, add=True)
+            has_seller = np.fromiter((bool(s) for s in items.seller_id), bool, len(items))
+            seller_codes = np.full(len(items), -1, np.int32)
+            seller_codes[has_seller] = store.sellers.codes([s for s in items.seller_id if s], add=True)
+            catalogue = store._catalogue
+            catalogue.reserve(len(store.items))
+            catalogue.exists[item_codes] = True
+            catalogue.seller[item_codes] = seller_codes
+            catalogue.created_at[item_codes] = np.nan_to_num(items.created_at, nan=0.0)
+            catalogue.stock[item_codes] = items.stock
+            bar.update()
+
+            users = store.users.codes(likes.src, add=True)
+            liked = store.items.codes(likes.dst, add=True)
+            catalogue.reserve(len(store.items))
+            times = np.nan_to_num(np.asarray(likes.ts, dtype=np.float64), nan=0.0)
+            pair = users.astype(np.int64) * max(len(store.items), 1) + liked
+            _, first = np.unique(pair, return_index=True)
+            users, liked, times = users[first], liked[first], times[first]
+            n_items = len(store.items)
+            known = catalogue.exists[:n_items]
+            catalogue.like_count[:n_items] += np.where(known, np.bincount(liked, minlength=n_items), 0)
+            catalogue.trending[:n_items] += np.bincount(liked, weights=trending_weights(times), minlength=n_items)
+            bar.update()
+
+            ranks = id_ranks(store.items)
+            store._likes = TimelineTable.build(users, liked, times, len(store.users), ranks)
+            listed = seller_codes >= 0
+            store._listings = TimelineTable.build(
+                seller_codes[listed], item_codes[listed], catalogue.created_at[item_codes[listed]], len(store.sellers), ranks
+            )
+            bar.update()
+
+            for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
+                store._follows[user_id].add(seller_id)
+            for user_id, friend_id in zip(dataset.friends.src, dataset.friends.dst):
+                store._friends[user_id].add(friend_id)
+                store._friends[friend_id].add(user_id)
+            bar.update()
         return store
 
     # -- reads -------------------------------------------------------------------------
 
-    def read_user(self, user_id: str) -> UserContext:
+    def read_user(self, user_id: str) -> UserState:
         with self._lock:
-            return UserContext(
+            items, times = self._likes.row(self.users.code(user_id))
+            bound = self.recent_likes_bound
+            return UserState(
                 user_id=user_id,
-                recent_likes=tuple(self._likes.get(user_id, _NO_TIMELINE).newest(self.recent_likes_bound)),
-                follows=frozenset(self._follows.get(user_id, ())),
-                friends=frozenset(self._friends.get(user_id, ())),
-                hidden_items=frozenset(self._hidden_items.get(user_id, ())),
-                hidden_sellers=frozenset(self._hidden_sellers.get(user_id, ())),
+                recent_likes=items[:bound].copy(),
+                recent_like_times=times[:bound].copy(),
+                follows=tuple(sorted(self._follows.get(user_id, ()))),
+                friends=tuple(sorted(self._friends.get(user_id, ()))),
+                hidden_items=np.fromiter(self._hidden_items.get(user_id, ()), np.int32),
+                hidden_sellers=np.fromiter(self._hidden_sellers.get(user_id, ()), np.int32),
             )
 
     def read_activity(
@@ -154,32 +231,44 @@ class MemoryStore:
     ) -> Activity:
         with self._lock:
             return Activity(
-                listings_by_seller={s: self._listings.get(s, _NO_TIMELINE).newest(per_key_limit) for s in seller_ids},
-                likes_by_friend={
-                    f: self._likes.get(f, _NO_TIMELINE).newest(min(per_key_limit, self.recent_likes_bound))
-                    for f in friend_ids
-                },
+                listings=self._listings.newest(self.sellers.codes(seller_ids).tolist(), per_key_limit),
+                friend_likes=self._likes.newest(
+                    self.users.codes(friend_ids).tolist(), min(per_key_limit, self.recent_likes_bound)
+                ),
                 trending=self._trending(trending_limit),
             )
 
-    def hydrate(self, user_id: str, item_ids: Sequence[str]) -> Hydration:
+    def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
+        codes = np.asarray(item_codes, dtype=np.int32)
         with self._lock:
-            liked = self._likes.get(user_id, _NO_TIMELINE)
-            return Hydration(
-                items={i: self._items[i] for i in item_ids if i in self._items},
-                liked=frozenset(i for i in item_ids if i in liked),
-            )
+            columns = self._catalogue.columns(codes)
+            liked_items, _ = self._likes.row(self.users.code(user_id))
+            if len(liked_items):
+                columns.liked[:] = np.isin(codes, liked_items)
+            return columns
 
-    def _trending(self, limit: int) -> list[str]:
+    def _trending(self, limit: int) -> np.ndarray:
+        if limit <= 0:
+            return np.zeros(0, np.int32)
         now = time.monotonic()
         stale = self._trending_dirty_since is not None and now - self._trending_dirty_since >= self.trending_refresh_seconds
-        if stale or limit > self._trending_cache_len:
-            depth = max(limit, 1000)
-            top = heapq.nlargest(depth, self._trending_score.items(), key=lambda pair: (pair[1], pair[0]))
-            self._trending_cache = [item_id for item_id, score in top if score > 0]
-            self._trending_cache_len = depth
+        if stale or limit > self._trending_cache_depth:
+            depth = max(limit, _TRENDING_CACHE_DEPTH)
+            self._trending_cache = self._top_trending(depth)
+            self._trending_cache_depth = depth
             self._trending_dirty_since = None
         return self._trending_cache[:limit]
+
+    def _top_trending(self, depth: int) -> np.ndarray:
+        """Up to ``depth`` codes with a positive score, best first; ties put the larger id first."""
+        scores = self._catalogue.trending[: len(self.items)]
+        candidates = np.flatnonzero(scores > 0)
+        if len(candidates) > depth:
+            # Keep every item tied with the depth-th score, so ties are cut by id, not by chance.
+            threshold = np.partition(scores[candidates], len(candidates) - depth)[len(candidates) - depth]
+            candidates = candidates[scores[candidates] >= threshold]
+        ranked = sorted(zip(scores[candidates].tolist(), self.items.ids(candidates.tolist()), candidates.tolist()), reverse=True)
+        return np.array([code for _, _, code in ranked[:depth]], dtype=np.int32)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -207,6 +296,10 @@ class MemoryStore:
             fresh.append(index)
         return fresh
 
+    def _exists(self, item_id: str) -> bool:
+        code = self.items.code(item_id)
+        return code >= 0 and code < len(self._catalogue.exists) and bool(self._catalogue.exists[code])
+
     def _check_references(self, events: Sequence[Event], fresh: list[int]) -> None:
         upserted: set[str] = set()
         for index in fresh:
@@ -214,7 +307,7 @@ class MemoryStore:
             if event.kind is EventKind.ITEM_UPSERT:
                 upserted.add(event.item_id)
             elif event.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE):
-                if event.item_id not in self._items and event.item_id not in upserted:
+                if not self._exists(event.item_id) and event.item_id not in upserted:
                     raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
 
     def _apply_one(self, event: Event) -> None:
@@ -234,44 +327,52 @@ class MemoryStore:
             self._friends[event.user_id].discard(event.friend_id)
             self._friends[event.friend_id].discard(event.user_id)
         elif kind is EventKind.ITEM_UPSERT:
-            old = self._items.get(event.item_id)
-            self._put_item(
-                ItemState(event.item_id, event.seller_id, event.created_at, event.stock, old.like_count if old else 0)
-            )
+            self._upsert(event)
         elif kind is EventKind.STOCK_UPDATE:
-            self._items[event.item_id] = replace(self._items[event.item_id], stock=event.stock)
+            self._catalogue.stock[self.items.code(event.item_id)] = event.stock
         elif kind is EventKind.NOT_INTERESTED_ITEM:
-            self._hidden_items[event.user_id].add(event.item_id)
+            self._hidden_items[event.user_id].add(self._item_code(event.item_id))
         elif kind is EventKind.NOT_INTERESTED_SELLER:
-            self._hidden_sellers[event.user_id].add(event.seller_id)
+            self._hidden_sellers[event.user_id].add(self.sellers.add(event.seller_id))
 
-    def _put_item(self, item: ItemState) -> None:
-        old = self._items.get(item.item_id)
-        if old is not None and old.seller_id != item.seller_id:
-            self._listings[old.seller_id].remove(item.item_id)
-        self._items[item.item_id] = item
-        if item.seller_id:
-            self._listings[item.seller_id].add(item.item_id, item.created_at)
+    def _item_code(self, item_id: str) -> int:
+        code = self.items.add(item_id)
+        self._catalogue.reserve(len(self.items))
+        return code
+
+    def _upsert(self, event: Event) -> None:
+        code = self._item_code(event.item_id)
+        catalogue = self._catalogue
+        seller = self.sellers.add(event.seller_id) if event.seller_id else -1
+        old_seller = int(catalogue.seller[code]) if catalogue.exists[code] else -1
+        if old_seller >= 0 and old_seller != seller:
+            self._listings.remove(old_seller, code)
+        catalogue.exists[code] = True
+        catalogue.seller[code] = seller
+        catalogue.created_at[code] = event.created_at
+        catalogue.stock[code] = event.stock
+        if seller >= 0:
+            self._listings.add(seller, code, event.created_at, self.items)
 
     def _like(self, user_id: str, item_id: str, ts: float) -> None:
-        likes = self._likes[user_id]
-        if item_id in likes:
+        user, item = self.users.add(user_id), self._item_code(item_id)
+        if self._likes.time_of(user, item) is not None:
             return
-        likes.add(item_id, ts)
-        item = self._items.get(item_id)
-        if item is not None:
-            self._items[item_id] = replace(item, like_count=item.like_count + 1)
-        self._trending_score[item_id] += trending_weight(ts)
+        self._likes.add(user, item, ts, self.items)
+        if self._catalogue.exists[item]:
+            self._catalogue.like_count[item] += 1
+        self._catalogue.trending[item] += trending_weight(ts)
         self._mark_trending_dirty()
 
     def _unlike(self, user_id: str, item_id: str) -> None:
-        ts = self._likes[user_id].remove(item_id) if user_id in self._likes else None
+        user, item = self.users.code(user_id), self.items.code(item_id)
+        ts = self._likes.remove(user, item) if user >= 0 and item >= 0 else None
         if ts is None:
             return
-        item = self._items.get(item_id)
-        if item is not None:
-            self._items[item_id] = replace(item, like_count=max(item.like_count - 1, 0))
-        self._trending_score[item_id] -= trending_weight(ts)
+        catalogue = self._catalogue
+        if catalogue.exists[item]:
+            catalogue.like_count[item] = max(catalogue.like_count[item] - 1, 0)
+        catalogue.trending[item] -= trending_weight(ts)
         self._mark_trending_dirty()
 
     def _mark_trending_dirty(self) -> None:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -45,8 +46,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ranking.store import _MAX_EXPONENT, _TRENDING_TAU, TRENDING_EPOCH, Activity, Hydration
-from ranking.types import ItemState, UserContext
+from ranking.store import _MAX_EXPONENT, _TRENDING_TAU, TRENDING_EPOCH, Activity, ItemColumns, Timelines, UserState
+from ranking.vocab import Vocabulary
 from serving.events import Event, EventKind, EventValidationError
 from serving.stores.base import ApplyResult, StoreUnavailable
 from serving.stores.memory import DEFAULT_RECENT_LIKES
@@ -272,20 +273,37 @@ return out
 
 
 # Standalone hydration in one command: KEYS are the item hashes then the user's liked
-# hash, ARGV the item ids. Saves the client a few hundred HMGET encodes and parses.
+# hash, ARGV the item ids. Numbers come back joined into one string per column and the
+# flags as one string of 0/1 per column, so the client parses a few strings with numpy
+# instead of five Python objects per item.
 _LUA_HYDRATE = r"""
-local out = {}
 local n = #KEYS - 1
+local exists, liked, created, stock, likes, sellers = {}, {}, {}, {}, {}, {}
 for j = 1, n do
   local v = redis.call('HMGET', KEYS[j], 'seller', 'created_at', 'stock', 'like_count')
-  out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3]; out[#out + 1] = v[4]
+  if v[1] or v[3] then exists[j] = '1' else exists[j] = '0' end
+  sellers[j] = v[1] or ''
+  created[j] = v[2] or '0'
+  stock[j] = v[3] or '0'
+  likes[j] = v[4] or '0'
 end
 for start = 1, n, 1000 do  -- unpack() is limited by the Lua C stack
-  local liked = redis.call('HMGET', KEYS[n + 1], unpack(ARGV, start, math.min(start + 999, n)))
-  for j = 1, #liked do out[#out + 1] = liked[j] end
+  local got = redis.call('HMGET', KEYS[n + 1], unpack(ARGV, start, math.min(start + 999, n)))
+  for j = 1, #got do
+    if got[j] then liked[start + j - 1] = '1' else liked[start + j - 1] = '0' end
+  end
 end
-return out
+return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
+        table.concat(likes, ','), sellers}
 """
+
+
+def _flags(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
+    return np.array([v or "0" for v in values], dtype=dtype) if values else np.zeros(0, dtype)
 
 
 def _is_unavailable(error: BaseException) -> bool:
@@ -367,6 +385,9 @@ class RedisStore:
         ]  # fmt: skip
         self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE}
         self._shas: dict[str, str] = {}
+        # Codes are local to this process: each server process maps the ids it meets.
+        self.items = Vocabulary()
+        self.sellers = Vocabulary()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -386,7 +407,7 @@ class RedisStore:
     def _pipeline(self) -> Any:
         return self.client.pipeline(transaction=False) if not self.is_cluster else self.client.pipeline()
 
-    def read_user(self, user_id: str) -> UserContext:
+    def read_user(self, user_id: str) -> UserState:
         k = self.keys
         pipe = self._pipeline()
         pipe.zrange(k.recent_likes(user_id), 0, self.recent_likes_bound - 1, withscores=True)
@@ -394,13 +415,14 @@ class RedisStore:
             pipe.smembers(key)
         with unavailable_on_redis_errors():
             likes, follows, friends, hidden_items, hidden_sellers = pipe.execute()
-        return UserContext(
+        return UserState(
             user_id=user_id,
-            recent_likes=tuple((item, -score) for item, score in likes),
-            follows=frozenset(follows),
-            friends=frozenset(friends),
-            hidden_items=frozenset(hidden_items),
-            hidden_sellers=frozenset(hidden_sellers),
+            recent_likes=self.items.codes([item for item, _ in likes], add=True),
+            recent_like_times=-np.array([score for _, score in likes], dtype=np.float64),
+            follows=tuple(sorted(follows)),
+            friends=tuple(sorted(friends)),
+            hidden_items=self.items.codes(list(hidden_items), add=True),
+            hidden_sellers=self.sellers.codes(list(hidden_sellers), add=True),
         )
 
     def read_activity(
@@ -420,21 +442,27 @@ class RedisStore:
             pipe.zrevrangebyscore(k.trending, "+inf", "(0", start=0, num=trending_limit)
         with unavailable_on_redis_errors():
             replies = pipe.execute() if len(pipe) else []
-        newest = [[(member, -score) for member, score in reply] for reply in replies[: len(sellers) + len(friends)]]
-        listings: dict[str, list[tuple[str, float]]] = {s: [] for s in seller_ids}
-        listings.update(zip(sellers, newest[: len(sellers)]))
-        likes: dict[str, list[tuple[str, float]]] = {f: [] for f in friend_ids}
-        likes.update(zip(friends, newest[len(sellers) :]))
         return Activity(
-            listings_by_seller=listings,
-            likes_by_friend=likes,
-            trending=list(replies[-1]) if trending_limit > 0 else [],
+            listings=self._timelines(replies[: len(sellers)]),
+            friend_likes=self._timelines(replies[len(sellers) : len(sellers) + len(friends)]),
+            trending=self.items.codes(replies[-1], add=True) if trending_limit > 0 else np.zeros(0, np.int32),
         )
 
-    def hydrate(self, user_id: str, item_ids: Sequence[str]) -> Hydration:
-        ids = list(dict.fromkeys(item_ids))
-        if not ids:
-            return Hydration(items={}, liked=frozenset())
+    def _timelines(self, replies: Sequence[list[tuple[str, float]]]) -> Timelines:
+        """Newest-first sorted-set replies (member, -time), the i-th owned by key i."""
+        lengths = [len(reply) for reply in replies]
+        pairs = [pair for reply in replies for pair in reply]
+        return Timelines(
+            self.items.codes([member for member, _ in pairs], add=True),
+            -np.array([score for _, score in pairs], dtype=np.float64),
+            np.repeat(np.arange(len(replies), dtype=np.int32), lengths),
+        )
+
+    def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
+        ids = self.items.ids(np.asarray(item_codes).tolist())
+        n = len(ids)
+        if not n:
+            return ItemColumns.empty()
         with unavailable_on_redis_errors():
             if self.is_cluster:
                 # Items live in different slots: one HMGET each, pipelined per node.
@@ -442,20 +470,26 @@ class RedisStore:
                 for item_id in ids:
                     pipe.hmget(self.keys.item(item_id), _ITEM_FIELDS)
                 pipe.hmget(self.keys.liked(user_id), ids)
-                replies = pipe.execute()
+                *fields, liked = pipe.execute()
+                seller_ids = [f[0] or "" for f in fields]
+                exists = np.fromiter((f[0] is not None or f[2] is not None for f in fields), bool, n)
+                liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
+                created, stock, like_count = ([f[j] for f in fields] for j in (1, 2, 3))
             else:
                 keys = [self.keys.item(i) for i in ids] + [self.keys.liked(user_id)]
-                flat = self._eval_keys("hydrate", keys, ids)
-                n = len(ids)
-                replies = [flat[4 * j : 4 * j + 4] for j in range(n)] + [flat[4 * n :]]
-        items = {}
-        for item_id, (seller, created_at, stock, like_count) in zip(ids, replies):
-            if seller is None and stock is None:
-                continue
-            items[item_id] = ItemState(
-                item_id, seller or "", float(created_at or 0.0), int(stock or 0), int(like_count or 0)
-            )
-        return Hydration(items=items, liked=frozenset(i for i, ts in zip(ids, replies[-1]) if ts is not None))
+                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids = self._eval_keys("hydrate", keys, ids)
+                exists, liked_flags = _flags(exists_text), _flags(liked_text)
+                created, stock, like_count = created_text.split(","), stock_text.split(","), likes_text.split(",")
+        sellers = self.sellers.codes(seller_ids, add=True)
+        sellers[np.fromiter((not s for s in seller_ids), bool, n)] = -1
+        return ItemColumns(
+            exists=exists,
+            seller=sellers,
+            created_at=_numbers(created, np.float64),
+            stock=_numbers(stock, np.int64),
+            like_count=_numbers(like_count, np.int64),
+            liked=liked_flags,
+        )
 
     # -- writes ------------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+"""Dense int32 codes for string ids, so the feed pipeline can work on arrays.
+
+A code is local to one process and one store: it never leaves the process (ids are
+strings at every boundary). Codes are handed out in order of first sight and never
+change or get reused, so an array indexed by code stays valid as the vocabulary grows;
+a code past the end of such an array is simply newer than the array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+UNKNOWN = -1
+"""The code of an id a vocabulary does not hold (when asked not to add it)."""
+
+
+def stable_hash(item_id: str) -> int:
+    """A 32-bit hash of an id that is the same in every process (page tokens, tie-breaks)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=4).digest(), "little")
+
+
+class Vocabulary:
+    """Append-only map between string ids and int32 codes 0..n-1, with a stable hash per code.
+
+    Writers serialise on an internal lock; readers need none: a reader sees every code
+    that was handed out before it asked, and codes are never reassigned.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+        self._code: dict[str, int] = {}
+        self._hashes = np.zeros(0, dtype=np.uint32)
+        self.codes(list(ids), add=True)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._code
+
+    def code(self, item_id: str) -> int:
+        """The id's code, or UNKNOWN."""
+        return self._code.get(item_id, UNKNOWN)
+
+    def id(self, code: int) -> str:
+        return self._ids[code]
+
+    def ids(self, codes: Iterable[int]) -> list[str]:
+        """The id of each code, same order; every code must be known."""
+        ids = self._ids
+        return [ids[c] for c in codes]
+
+    def codes(self, ids: Sequence[str], add: bool = False) -> np.ndarray:
+        """int32 code per id, same order. Unknown ids get new codes when ``add``, else UNKNOWN."""
+        if add:
+            known = self._code
+            fresh = [i for i in dict.fromkeys(ids) if i not in known]
+            if fresh:
+                with self._lock:
+                    for item_id in fresh:
+                        self._add(item_id)
+                    self._grow_hashes()
+        get = self._code.get
+        return np.fromiter((get(i, UNKNOWN) for i in ids), dtype=np.int32, count=len(ids))
+
+    def add(self, item_id: str) -> int:
+        """The id's code, adding it when new."""
+        code = self._code.get(item_id)
+        if code is not None:
+            return code
+        with self._lock:
+            code = self._add(item_id)
+            self._grow_hashes()
+        return code
+
+    def hashes(self, codes: np.ndarray) -> np.ndarray:
+        """uint32 stable_hash of each code's id, same order; every code must be known."""
+        return self._hashes[codes]
+
+    def _add(self, item_id: str) -> int:
+        code = self._code.get(item_id)
+        if code is None:
+            code = len(self._ids)
+            self._ids.append(item_id)
+            self._code[item_id] = code
+        return code
+
+    def _grow_hashes(self) -> None:
+        done = len(self._hashes)
+        if done == len(self._ids):
+            return
+        fresh = np.fromiter((stable_hash(i) for i in self._ids[done:]), dtype=np.uint32, count=len(self._ids) - done)
+        # Replace, never resize in place: readers may hold the old array.
+        self._hashes = np.concatenate([self._hashes, fresh])
+
+
+def lookup(table: np.ndarray, codes: np.ndarray, missing: int | float) -> np.ndarray:
+    """``table[codes]``, with ``missing`` for negative codes and codes past the end of ``table``."""
+    codes = np.asarray(codes)
+    inside = (codes >= 0) & (codes < len(table))
+    if inside.all():
+        return table[codes]
+    out = np.full(len(codes), missing, dtype=table.dtype)
+    out[inside] = table[codes[inside]]
+    return out

@@ -1,0 +1,94 @@
+"""Store answers translated from codes back to ids, so contract tests can state them plainly.
+
+Stores answer with arrays of their own (process-local) codes; two stores holding the
+same state agree on these views, not on the codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking.store import FeedStateReader, Timelines
+
+
+@dataclass(frozen=True)
+class UserView:
+    user_id: str
+    recent_likes: tuple[tuple[str, float], ...]
+    follows: frozenset[str]
+    friends: frozenset[str]
+    hidden_items: frozenset[str]
+    hidden_sellers: frozenset[str]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.recent_likes or self.follows or self.friends)
+
+
+@dataclass(frozen=True)
+class ActivityView:
+    listings_by_seller: dict[str, list[tuple[str, float]]]
+    likes_by_friend: dict[str, list[tuple[str, float]]]
+    trending: list[str]
+
+
+@dataclass(frozen=True)
+class ItemView:
+    seller_id: str
+    created_at: float
+    stock: int
+    like_count: int
+
+    @property
+    def in_stock(self) -> bool:
+        return self.stock > 0
+
+
+@dataclass(frozen=True)
+class HydrationView:
+    items: dict[str, ItemView]
+    liked: frozenset[str]
+
+
+def read_user(store: FeedStateReader, user_id: str) -> UserView:
+    state = store.read_user(user_id)
+    return UserView(
+        user_id=state.user_id,
+        recent_likes=tuple(zip(store.items.ids(state.recent_likes.tolist()), state.recent_like_times.tolist())),
+        follows=frozenset(state.follows),
+        friends=frozenset(state.friends),
+        hidden_items=frozenset(store.items.ids(state.hidden_items.tolist())),
+        hidden_sellers=frozenset(store.sellers.ids(state.hidden_sellers.tolist())),
+    )
+
+
+def _lists(store: FeedStateReader, keys: Sequence[str], timelines: Timelines) -> dict[str, list[tuple[str, float]]]:
+    lists: dict[str, list[tuple[str, float]]] = {key: [] for key in keys}
+    for item, at, owner in zip(store.items.ids(timelines.items.tolist()), timelines.times.tolist(), timelines.owners.tolist()):
+        lists[keys[owner]].append((item, at))
+    return lists
+
+
+def read_activity(
+    store: FeedStateReader, seller_ids: Sequence[str], friend_ids: Sequence[str], per_key_limit: int, trending_limit: int
+) -> ActivityView:
+    activity = store.read_activity(seller_ids, friend_ids, per_key_limit, trending_limit)
+    return ActivityView(
+        listings_by_seller=_lists(store, seller_ids, activity.listings),
+        likes_by_friend=_lists(store, friend_ids, activity.friend_likes),
+        trending=store.items.ids(activity.trending.tolist()),
+    )
+
+
+def hydrate(store: FeedStateReader, user_id: str, item_ids: Sequence[str]) -> HydrationView:
+    columns = store.hydrate(user_id, store.items.codes(list(item_ids), add=True))
+    items = {}
+    for item_id, exists, seller, created_at, stock, like_count in zip(
+        item_ids, columns.exists.tolist(), columns.seller.tolist(), columns.created_at.tolist(), columns.stock.tolist(), columns.like_count.tolist()
+    ):
+        if exists:
+            items[item_id] = ItemView(store.sellers.id(seller) if seller >= 0 else "", created_at, stock, like_count)
+    return HydrationView(items, frozenset(np.asarray(item_ids, dtype=object)[columns.liked].tolist()))
