@@ -28,9 +28,13 @@ def _floats(n: int) -> np.ndarray:
     return np.full(n, np.nan, dtype=np.float64)
 
 
+def _never(n: int) -> np.ndarray:
+    return np.full(n, -np.inf, dtype=np.float64)
+
+
 @dataclass
 class CandidateBatch:
-    """Candidates and their signals. NaN in a float column means "this signal is absent".
+    """Candidates and their signals. An absent embedding score is NaN; an absent time is -inf.
 
     ``friend_likes`` is the number of friends who liked the item, ``friend_like_time``
     the newest such like, ``social_time`` the newest social event behind the item (a
@@ -65,8 +69,8 @@ class CandidateBatch:
             sources=np.full(n, source, dtype=np.uint8),
             embedding_score=_floats(n) if embedding_score is None else np.asarray(embedding_score, np.float64),
             friend_likes=np.zeros(n, np.int32) if friend_likes is None else np.asarray(friend_likes, np.int32),
-            friend_like_time=_floats(n) if friend_like_time is None else np.asarray(friend_like_time, np.float64),
-            social_time=_floats(n) if social_time is None else np.asarray(social_time, np.float64),
+            friend_like_time=_never(n) if friend_like_time is None else np.asarray(friend_like_time, np.float64),
+            social_time=_never(n) if social_time is None else np.asarray(social_time, np.float64),
         )
 
     @classmethod
@@ -105,6 +109,6 @@ class CandidateBatch:
             sources=reduce(np.bitwise_or, self.sources),
             embedding_score=reduce(np.fmax, self.embedding_score),
             friend_likes=reduce(np.maximum, self.friend_likes),
-            friend_like_time=reduce(np.fmax, self.friend_like_time),
-            social_time=reduce(np.fmax, self.social_time),
+            friend_like_time=reduce(np.maximum, self.friend_like_time),
+            social_time=reduce(np.maximum, self.social_time),
         )

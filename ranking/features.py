@@ -37,8 +37,10 @@ _SOCIAL_TAU = SOCIAL_HALF_LIFE_HOURS * 3_600.0 / math.log(2)
 
 
 def _decay(age: np.ndarray, tau: float) -> np.ndarray:
-    # An absent time (NaN) is infinitely old: weight 0.
-    return np.exp(-np.maximum(np.nan_to_num(age, nan=np.inf), 0.0) / tau)
+    # An absent time is -inf, so its age is inf and its weight 0; a future time counts as now.
+    negative_age = np.minimum(-age, 0.0)
+    negative_age /= tau
+    return np.exp(negative_age, out=negative_age)
 
 
 def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: np.ndarray) -> np.ndarray:

@@ -60,7 +60,7 @@ class FreshSocialFirstSelector:
         if self.max_fresh <= 0:
             return self.then.select(query, batch, ranked)
         social_time = batch.social_time[ranked]
-        fresh = ranked[social_time >= query.now - self.window_seconds]  # NaN (no social event) is never fresh
+        fresh = ranked[social_time >= query.now - self.window_seconds]  # -inf (no social event) is never fresh
         if not len(fresh):
             return self.then.select(query, batch, ranked)
         # Stable sort: equally new items keep their rank order.

@@ -30,13 +30,14 @@ class FriendLikesSource:
         likes = query.activity.friend_likes
         if not len(likes):
             return CandidateBatch.empty()
-        codes, inverse = np.unique(likes.items, return_inverse=True)
-        newest = np.full(len(codes), -np.inf)
-        np.maximum.at(newest, inverse, likes.times)
+        order = np.lexsort((-likes.times, likes.items))  # per item, newest like first
+        items = likes.items[order]
+        firsts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
+        newest = likes.times[order][firsts]
         return CandidateBatch.gathered(
-            codes,
+            items[firsts],
             bits.FRIEND_LIKE,
-            friend_likes=np.bincount(inverse, minlength=len(codes)),
+            friend_likes=np.diff(np.r_[firsts, len(items)]),
             friend_like_time=newest,
             social_time=newest,
         )

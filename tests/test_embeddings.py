@@ -115,3 +115,17 @@ def test_scores_are_exact_with_nan_for_unknown(model: EmbeddingModel) -> None:
 def test_neighbours_k_larger_than_catalogue(model: EmbeddingModel) -> None:
     ids, scores = model.neighbours(model.user_vector("u01", []), 100)
     assert len(ids) == 40 == len(scores) and len(set(ids)) == 40
+
+
+def test_item_knn_user_scores_sum_the_similarity_rows_of_the_distinct_known_likes():
+    import scipy.sparse as sp
+
+    from embeddings.knn import ItemKNN
+
+    similarity = sp.random(300, 300, density=0.05, random_state=1, format="csr", dtype=np.float32)
+    knn = ItemKNN([f"i{n}" for n in range(300)], similarity)
+    got = knn.user_scores(["i3", "i5", "i5", "unknown", "i17", "i299"])
+    expected = np.asarray(similarity[[3, 5, 17, 299]].sum(axis=0)).ravel()
+    np.testing.assert_array_equal(got.rows, np.flatnonzero(expected))
+    np.testing.assert_allclose(got.scores, expected[np.flatnonzero(expected)], rtol=1e-6)
+    assert len(knn.user_scores(["unknown"]).rows) == 0

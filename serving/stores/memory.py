@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ranking.store import Activity, ItemColumns, Timelines, UserState, trending_weight, trending_weights
-from ranking.vocab import Vocabulary, lookup
+from ranking.vocab import Vocabulary
 from serving.events import Event, EventKind, EventValidationError
 from serving.stores.base import ApplyResult
 from training.dataset import Dataset
@@ -118,13 +118,15 @@ class _Catalogue:
             setattr(self, name, grown)
 
     def columns(self, codes: np.ndarray) -> ItemColumns:
+        # Codes past the end belong to ids a model or a request registered, never listed.
+        inside = codes < len(self.exists)
+        if not inside.all():
+            columns = ItemColumns.empty(len(codes))
+            for name in ("exists", "seller", "created_at", "stock", "like_count"):
+                getattr(columns, name)[inside] = getattr(self, name)[codes[inside]]
+            return columns
         return ItemColumns(
-            exists=lookup(self.exists, codes, False),
-            seller=lookup(self.seller, codes, -1),
-            created_at=lookup(self.created_at, codes, 0.0),
-            stock=lookup(self.stock, codes, 0),
-            like_count=lookup(self.like_count, codes, 0),
-            liked=np.zeros(len(codes), bool),
+            self.exists[codes], self.seller[codes], self.created_at[codes], self.stock[codes], self.like_count[codes], np.zeros(len(codes), bool)
         )
 
 
