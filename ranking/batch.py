@@ -81,15 +81,12 @@ class CandidateBatch:
     def concat(cls, parts: list[CandidateBatch]) -> CandidateBatch:
         if not parts:
             return cls.empty()
-        columns = [f.name for f in dataclasses.fields(cls) if f.name != "items"]
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in columns})
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _SIGNAL_COLUMNS))
 
     def take(self, rows: np.ndarray) -> CandidateBatch:
         """The rows selected by an index array or a boolean mask, in that order."""
-        taken = {f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self) if f.name != "items"}
-        if self.items is not None:
-            taken["items"] = self.items.take(rows)
-        return CandidateBatch(**taken)
+        items = self.items.take(rows) if self.items is not None else None
+        return CandidateBatch(*(getattr(self, name)[rows] for name in _SIGNAL_COLUMNS), items=items)
 
     def merge_duplicates(self) -> CandidateBatch:
         """One row per item, ordered by code: sources OR-ed, every signal its strongest (newest) value."""
@@ -97,7 +94,7 @@ class CandidateBatch:
             return self
         order = np.argsort(self.codes, kind="stable")
         codes = self.codes[order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
         if len(starts) == len(codes):
             return self.take(order)
 
@@ -112,3 +109,6 @@ class CandidateBatch:
             friend_like_time=reduce(np.maximum, self.friend_like_time),
             social_time=reduce(np.maximum, self.social_time),
         )
+
+
+_SIGNAL_COLUMNS = tuple(f.name for f in dataclasses.fields(CandidateBatch) if f.name != "items")

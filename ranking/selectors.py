@@ -12,7 +12,7 @@ def occurrence(keys: np.ndarray) -> np.ndarray:
     """For each position, how many earlier positions hold the same key (0 for the first)."""
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, bool)
+    starts = np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])) if len(keys) else np.zeros(0, bool)
     group_start = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
     out = np.empty(len(keys), dtype=np.int64)
     out[order] = np.arange(len(keys)) - group_start
@@ -65,5 +65,7 @@ class FreshSocialFirstSelector:
             return self.then.select(query, batch, ranked)
         # Stable sort: equally new items keep their rank order.
         promoted = fresh[np.argsort(-batch.social_time[fresh], kind="stable")][: self.max_fresh]
-        rest = ranked[~np.isin(ranked, promoted)]
+        is_promoted = np.zeros(len(batch), dtype=bool)
+        is_promoted[promoted] = True
+        rest = ranked[~is_promoted[ranked]]
         return self.then.select(query, batch, np.concatenate([promoted, rest]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -137,7 +137,7 @@ class ItemColumns:
 
     def take(self, rows: np.ndarray | slice) -> ItemColumns:
         """The selected rows (index array, mask or slice), in that order."""
-        return ItemColumns(*(getattr(self, f.name)[rows] for f in fields(self)))
+        return ItemColumns(self.exists[rows], self.seller[rows], self.created_at[rows], self.stock[rows], self.like_count[rows], self.liked[rows])
 
     @classmethod
     def empty(cls, n: int = 0) -> ItemColumns:

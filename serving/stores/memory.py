@@ -246,7 +246,9 @@ class MemoryStore:
             columns = self._catalogue.columns(codes)
             liked_items, _ = self._likes.row(self.users.code(user_id))
             if len(liked_items):
-                columns.liked[:] = np.isin(codes, liked_items)
+                liked_sorted = np.sort(liked_items)
+                at = np.minimum(np.searchsorted(liked_sorted, codes), len(liked_sorted) - 1)
+                columns.liked[:] = liked_sorted[at] == codes
             return columns
 
     def _trending(self, limit: int) -> np.ndarray:
