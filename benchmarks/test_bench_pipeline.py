@@ -5,7 +5,12 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
+from ranking.feed import FeedSettings
 from serving.events import Event, EventKind
+from serving.feed_service import FeedService
+from serving.page_token import PageTokenCodec
 
 
 def test_feed_pipeline_first_page(benchmark, bench_world):
@@ -34,3 +39,17 @@ def test_memory_store_ingest_batch_of_100_likes(benchmark, bench_world):
 
     result = benchmark(lambda: store.apply(batch()))
     assert result.applied + result.duplicates == 100
+
+
+@pytest.mark.parametrize("page", [1, 10, 50])
+def test_feed_service_page_at_depth_limit_100(benchmark, bench_world, page):
+    """One GetFeed of page N (limit 100) through FeedService, page token included."""
+    dataset, store, artifact, _, now = bench_world
+    service = FeedService(store, artifact, PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())
+    user = random.Random(1).choice(dataset.user_ids())
+    token = ""
+    for _ in range(page - 1):
+        token = service.get_feed(user, 100, token, [], now).next_page_token
+        assert token, "the feed ended before the page to measure"
+    result = benchmark(lambda: service.get_feed(user, 100, token, [], now))
+    assert len(result.items) == 100

@@ -11,6 +11,11 @@ from embeddings.knn import ItemKNN
 
 DEFAULT_FOLDIN_ALPHA = 20.0
 """Confidence of a like when folding in a user; matches embeddings.als.DEFAULT_ALPHA."""
+EXACT_SEARCH_K_SHARE = 100
+"""Neighbour searches for k >= n_items / this are exact (a matrix-vector product and a
+partial sort) instead of an index walk. Measured on 50k items x 64 factors, one thread:
+HNSW costs 0.35 ms at k=200, 1.5 ms at k=1000 and 47 ms at k=10000; the exact search
+0.9-2 ms at any k. Deep pages ask for k = 2 x the items served so far."""
 
 
 class EmbeddingModel:
@@ -115,10 +120,21 @@ class EmbeddingModel:
         return [item_ids[r] for r in rows.tolist()], scores
 
     def neighbour_rows(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to k (int32 item rows, float32 inner products) from the index, best first."""
-        scores, rows = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
-        keep = rows[0] >= 0
-        return rows[0][keep].astype(np.int32), scores[0][keep]
+        """Up to k (int32 item rows, float32 inner products), best first (ties by row).
+
+        From the index, except when k is a sizeable share of the catalogue (deep pages):
+        then one exact matrix-vector product is cheaper than a graph walk as wide as k.
+        """
+        vector = np.asarray(vector, dtype=np.float32)
+        n = len(self.item_ids)
+        if k * EXACT_SEARCH_K_SHARE < n or self.index.kind == "flat":
+            scores, rows = self.index.search(vector.reshape(1, -1), k)
+            keep = rows[0] >= 0
+            return rows[0][keep].astype(np.int32), scores[0][keep]
+        scores = self.item_factors @ vector
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.lexsort((top, -scores[top]))]
+        return top.astype(np.int32), scores[top]
 
     def row_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner product per item row (float32), same order; NaN for rows < 0."""

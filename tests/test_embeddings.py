@@ -129,3 +129,19 @@ def test_item_knn_user_scores_sum_the_similarity_rows_of_the_distinct_known_like
     np.testing.assert_array_equal(got.rows, np.flatnonzero(expected))
     np.testing.assert_allclose(got.scores, expected[np.flatnonzero(expected)], rtol=1e-6)
     assert len(knn.user_scores(["unknown"]).rows) == 0
+
+
+def test_a_deep_neighbour_search_is_exact_and_agrees_with_the_index_at_its_top() -> None:
+    from embeddings.model import EXACT_SEARCH_K_SHARE
+
+    rng = np.random.default_rng(0)
+    n = 3 * EXACT_SEARCH_K_SHARE
+    items = rng.normal(size=(n, 8)).astype(np.float32)
+    model = EmbeddingModel(["u"], [f"i{j}" for j in range(n)], items[:1], items, build_index(items, "hnsw-mips"), 0.1)
+    query = rng.normal(size=8).astype(np.float32)
+    exact = np.argsort(-(items @ query), kind="stable")
+    rows, scores = model.neighbour_rows(query, n // 2)  # deep: k >= n / EXACT_SEARCH_K_SHARE
+    np.testing.assert_array_equal(rows, exact[: n // 2])
+    np.testing.assert_allclose(scores, (items @ query)[rows], rtol=1e-5)
+    rows, _ = model.neighbour_rows(query, n + 10)
+    assert sorted(rows.tolist()) == list(range(n))
