@@ -20,7 +20,6 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
     threads: int = 8  # request threads per process
-    server: str = "sync"  # sync (grpc.server + thread pool) | aio (grpc.aio; --threads 0 runs feeds on the loop)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
     token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
@@ -40,7 +39,6 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     group.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
     group.add_argument("--threads", type=int, default=8, help="request threads per process (default: %(default)s)")
-    group.add_argument("--server", choices=("sync", "aio"), default="sync", help="gRPC server kind (default: %(default)s)")
     group.add_argument(
         "--workers",
         type=int,
@@ -83,7 +81,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         threads=args.threads,
-        server=args.server,
         workers=args.workers,
         token_secret=secret.encode() if secret else secrets.token_bytes(32),
         reload_seconds=args.reload_seconds,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -10,11 +9,9 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Coroutine
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,70 +64,21 @@ class ModelWatcher(threading.Thread):
 class HealthMonitor(threading.Thread):
     """Keeps health SERVING only while the store answers."""
 
-    def __init__(self, store: FeedStore, publish: Callable[[int], None], every_seconds: float = 1.0) -> None:
+    def __init__(self, store: FeedStore, health_servicer: health.HealthServicer, every_seconds: float = 1.0) -> None:
         super().__init__(name="health-monitor", daemon=True)
         self.store = store
-        self.publish = publish
+        self.health_servicer = health_servicer
         self.every_seconds = every_seconds
         self.stopped = threading.Event()
 
     def check(self) -> None:
-        self.publish(health_pb2.HealthCheckResponse.SERVING if self.store.ping() else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = health_pb2.HealthCheckResponse.SERVING if self.store.ping() else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health_servicer.set(name, status)
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
             self.check()
-
-
-class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class _BlockingContext:
-    """The part of grpc.ServicerContext the servicer uses, over an aio context.
-
-    ``abort`` raises instead of awaiting, so a handler run on the loop cannot deadlock
-    on it; the async wrapper turns the raise into the aio abort.
-    """
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self._context = context
-        self._code: grpc.StatusCode | None = None
-
-    def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self._code = code
-        raise _Aborted(code, details)
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def time_remaining(self) -> float | None:
-        return self._context.time_remaining()
-
-
-class AsyncFeedServicer(feed_pb2_grpc.FeedServiceServicer):
-    """The blocking FeedServicer behind async handlers: run on the loop, or in ``pool``."""
-
-    def __init__(self, servicer: FeedServicer, pool: futures.Executor | None) -> None:
-        self.servicer = servicer
-        self.pool = pool
-
-    async def _call(self, handler: Callable, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        blocking = _BlockingContext(context)
-        try:
-            if self.pool is None:
-                return handler(request, blocking)
-            return await asyncio.get_running_loop().run_in_executor(self.pool, handler, request, blocking)
-        except _Aborted as aborted:
-            await context.abort(aborted.code, aborted.details)
-
-    async def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetFeedResponse:
-        return await self._call(self.servicer.GetFeed, request, context)
-
-    async def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.aio.ServicerContext) -> feed_pb2.IngestResponse:
-        return await self._call(self.servicer.Ingest, request, context)
 
 
 class FeedServer:
@@ -138,26 +86,15 @@ class FeedServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.aio = config.server == "aio"
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="feed"),
+            options=[("grpc.so_reuseport", 1)],
+        )
         self.servicer = FeedServicer()
-        if self.aio:
-            self._loop = asyncio.new_event_loop()
-            self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
-            self._loop_thread.start()
-            self.health = health.aio.HealthServicer()
-            self.grpc_server = self._on_loop(self._make_aio_server())
-        else:
-            self.health = health.HealthServicer(experimental_non_blocking=True)
-            self.grpc_server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="feed"),
-                options=[("grpc.so_reuseport", 1)],
-            )
-        self._publish_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.aio:
-            pool = futures.ThreadPoolExecutor(config.threads, "feed") if config.threads else None
-            feed_pb2_grpc.add_FeedServiceServicer_to_server(AsyncFeedServicer(self.servicer, pool), self.grpc_server)
-        else:
-            feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -168,26 +105,10 @@ class FeedServer:
         self._threads: list[ModelWatcher | HealthMonitor] = []
         self.service: FeedService | None = None
 
-    async def _make_aio_server(self) -> grpc.aio.Server:
-        return grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-
-    def _on_loop(self, coroutine: Coroutine):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def _publish_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
-            if self.aio:
-                self._on_loop(self.health.set(name, status))
-            else:
-                self.health.set(name, status)
-
     def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and store, then turn SERVING."""
         limit_native_threads()
-        if self.aio:
-            self._on_loop(self.grpc_server.start())
-        else:
-            self.grpc_server.start()
+        self.grpc_server.start()
         artifact = load_current(self.config.models_dir)
         store = open_store(self.config.store_url, self.config.data_dir)
         self.service = FeedService(store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed)
@@ -197,7 +118,7 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(store, self._publish_health)
+        monitor = HealthMonitor(store, self.health)
         monitor.check()
         self._threads = [monitor]
         if self.config.reload_seconds > 0:
@@ -209,14 +130,8 @@ class FeedServer:
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         for thread in self._threads:
             thread.stopped.set()
-        if self.aio:
-            self._on_loop(self.health.enter_graceful_shutdown())
-            self._on_loop(self.grpc_server.stop(grace))
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop_thread.join()
-        else:
-            self.health.enter_graceful_shutdown()
-            self.grpc_server.stop(grace).wait()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
         if self.service is not None:
             self.service.store.close()
 
