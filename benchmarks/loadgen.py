@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -125,17 +126,20 @@ async def open_loop(call: Call, rate: float, duration: float, timeout: float) ->
 
 
 async def run_phases(target: str, users: list[str], args: argparse.Namespace) -> list[PhaseResult]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        feed = feed_pb2_grpc.FeedServiceStub(channel)
-        rng = random.Random(args.seed)
+    # SO_REUSEPORT spreads connections, not calls, among --workers: one channel would load
+    # one worker. A local subchannel pool keeps each channel on its own connection.
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
+    healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in channels])
+    feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in channels])
+    rng = random.Random(args.seed)
 
-        async def empty(timeout: float) -> None:
-            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    async def empty(timeout: float) -> None:
+        await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
 
-        async def get_feed(timeout: float) -> None:
-            await feed.GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=args.limit), timeout=timeout)
+    async def get_feed(timeout: float) -> None:
+        await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=args.limit), timeout=timeout)
 
+    try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
         results = []
@@ -146,6 +150,9 @@ async def run_phases(target: str, users: list[str], args: argparse.Namespace) ->
         tally, elapsed = await open_loop(get_feed, rate, args.duration, args.timeout)
         results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, tally, elapsed))
         return results
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def spawn_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -213,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
     where.add_argument("--threads", type=int, default=8, help="--threads of a spawned server (default: %(default)s)")
     load = parser.add_argument_group("load")
+    load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
     load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")
     load.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default: %(default)s)")
     load.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (default: %(default)s)")
