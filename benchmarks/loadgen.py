@@ -1,13 +1,16 @@
 """gRPC load generator for a running (or spawned) feed server.
 
     python -m benchmarks.loadgen --data DIR --models MODELS      # spawns a server
+    python -m benchmarks.loadgen --data DIR --models MODELS --store redis://HOST:PORT/0 --workers 2
     python -m benchmarks.loadgen --target 127.0.0.1:50051 --duration 20 --json out.json
 
 Three phases, one run, same server:
   1. empty RPC (grpc.health.v1.Health/Check) closed loop: the stack's ceiling;
   2. GetFeed closed loop at --concurrency: saturation throughput;
   3. GetFeed open loop at --load (default 0.5) x that throughput: latency at half load.
-Design targets: GetFeed throughput >= half the empty RPC's; p99 <= 10 ms at half load.
+Every call is counted once, as a success or as an error by status code; a phase whose
+counts do not add up is a bug in this program and stops it. The exit status is 1 when
+any phase had an error (--allow-errors reports them and exits 0).
 The generator runs on the same machine as the server: on 2 cores it takes cycles from it,
 so compare ratios within one run, not absolute figures across machines.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -23,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -32,6 +38,34 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 
+# Design targets (memory store), printed with every table.
+TARGET_FEED_TO_EMPTY = 0.2  # GetFeed closed-loop throughput / empty RPC closed-loop throughput, at least
+TARGET_P99_HALF_LOAD_MS = 15.0  # GetFeed p99 in open loop at half the saturation rate, at most
+
+Call = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class Tally:
+    """One phase's calls: each is started once and ends once, as a success or an error."""
+
+    started: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, one per success
+    errors: Counter[str] = field(default_factory=Counter)  # status code name -> count
+
+    async def time(self, call: Call, timeout: float, since: float | None = None) -> None:
+        """Run ``call``; latency counts from ``since`` (the scheduled time) or from now."""
+        self.started += 1
+        started = time.perf_counter() if since is None else since
+        try:
+            await call(timeout)
+        except grpc.aio.AioRpcError as error:
+            self.errors[error.code().name] += 1
+        except Exception as error:  # a client-side failure is still a failed call, not a lost one
+            self.errors[type(error).__name__] += 1
+        else:
+            self.latencies.append(time.perf_counter() - started)
+
 
 @dataclass
 class PhaseResult:
@@ -39,103 +73,114 @@ class PhaseResult:
     mode: str
     concurrency: int
     target_qps: float
-    qps: float
+    elapsed_s: float
+    calls: int
+    successes: int
+    errors: int
+    errors_by_code: dict[str, int]
+    qps: float  # successes / elapsed_s
     p50_ms: float
     p90_ms: float
     p99_ms: float
-    errors: int
-    calls: int
 
 
-def summarise(rpc: str, mode: str, concurrency: int, target: float, latencies: list[float], errors: int, elapsed: float) -> PhaseResult:
-    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+def summarise(rpc: str, mode: str, concurrency: int, target: float, tally: Tally, elapsed: float) -> PhaseResult:
+    """Percentiles over successful calls; raises if the phase's counts do not add up."""
+    successes, errors = len(tally.latencies), sum(tally.errors.values())
+    if tally.started != successes + errors:
+        raise RuntimeError(f"{rpc} {mode}: {tally.started} calls but {successes} successes + {errors} errors")
+    ms = np.array(tally.latencies) * 1e3 if tally.latencies else np.array([np.nan])
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return PhaseResult(rpc, mode, concurrency, target, len(latencies) / elapsed, float(p50), float(p90), float(p99), errors, len(latencies) + errors)
+    return PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
+                       dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99))  # fmt: skip
 
 
-async def closed_loop(call, concurrency: int, duration: float, timeout: float) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
+async def closed_loop(call: Call, concurrency: int, duration: float, timeout: float) -> tuple[Tally, float]:
+    tally = Tally()
     stop_at = time.perf_counter() + duration
 
     async def worker() -> None:
-        nonlocal errors
         while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                await call(timeout)
-                latencies.append(time.perf_counter() - started)
-            except grpc.aio.AioRpcError:
-                errors += 1
+            await tally.time(call, timeout)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - started
+    return tally, time.perf_counter() - started
 
 
-async def open_loop(call, rate: float, duration: float, timeout: float) -> tuple[list[float], int, float]:
+async def open_loop(call: Call, rate: float, duration: float, timeout: float) -> tuple[Tally, float]:
     """Poisson arrivals at ``rate``/s; latency counts from the scheduled send time."""
-    latencies: list[float] = []
-    errors = 0
+    tally = Tally()
     rng = random.Random(7)
     tasks = []
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        try:
-            await call(timeout)
-            latencies.append(time.perf_counter() - scheduled)
-        except grpc.aio.AioRpcError:
-            errors += 1
-
     started = time.perf_counter()
     next_at = started
     while next_at < started + duration:
         delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(next_at)))
+        tasks.append(asyncio.ensure_future(tally.time(call, timeout, since=next_at)))
         next_at += rng.expovariate(rate)
     await asyncio.gather(*tasks)
-    return latencies, errors, time.perf_counter() - started
+    return tally, time.perf_counter() - started
 
 
 async def run_phases(target: str, users: list[str], args: argparse.Namespace) -> list[PhaseResult]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        feed = feed_pb2_grpc.FeedServiceStub(channel)
-        rng = random.Random(args.seed)
+    # SO_REUSEPORT spreads connections, not calls, among --workers: one channel would load
+    # one worker. A local subchannel pool keeps each channel on its own connection.
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
+    healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in channels])
+    feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in channels])
+    rng = random.Random(args.seed)
 
-        async def empty(timeout: float) -> None:
-            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    async def empty(timeout: float) -> None:
+        await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
 
-        async def get_feed(timeout: float) -> None:
-            await feed.GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=args.limit), timeout=timeout)
+    async def get_feed(timeout: float) -> None:
+        await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=args.limit), timeout=timeout)
 
+    try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
         results = []
         for name, call in (("empty", empty), ("GetFeed", get_feed)):
-            latencies, errors, elapsed = await closed_loop(call, args.concurrency, args.duration, args.timeout)
-            results.append(summarise(name, "closed", args.concurrency, 0.0, latencies, errors, elapsed))
+            tally, elapsed = await closed_loop(call, args.concurrency, args.duration, args.timeout)
+            results.append(summarise(name, "closed", args.concurrency, 0.0, tally, elapsed))
         rate = max(results[1].qps * args.load, 1.0)
-        latencies, errors, elapsed = await open_loop(get_feed, rate, args.duration, args.timeout)
-        results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, latencies, errors, elapsed))
+        tally, elapsed = await open_loop(get_feed, rate, args.duration, args.timeout)
+        results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, tally, elapsed))
         return results
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
-def spawn_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port_file = Path(tempfile.mkdtemp()) / "port"
-    argv = [sys.executable, "-m", "serving", "--models", args.models, "--port", "0", "--port-file", str(port_file), "--store", args.store]
-    if args.data:
+def spawn_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m serving`` on a free port with the --store/--workers/--threads asked for."""
+    port_file, log = workdir / "port", workdir / "server.log"
+    argv = [sys.executable, "-m", "serving", "--models", args.models, "--port", "0", "--port-file", str(port_file),
+            "--store", args.store, "--workers", str(args.workers), "--threads", str(args.threads)]  # fmt: skip
+    if args.data and args.store == "memory":
         argv += ["--data", args.data]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "w") as output:
+        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while not port_file.exists():
         if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the spawned server did not start")
+            stop_server(server)
+            raise SystemExit(f"the spawned server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    return server, f"127.0.0.1:{port_file.read_text()}"
+    return server, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def sample_users(args: argparse.Namespace) -> list[str]:
@@ -148,22 +193,34 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 
 def format_table(results: list[PhaseResult]) -> str:
-    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"]
+    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"]
     for r in results:
-        lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
-    empty, feed = results[0], results[1]
-    lines.append(f"GetFeed / empty RPC throughput: {feed.qps / empty.qps:.2f} (target >= 0.5)")
+        lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
+                     f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f}")  # fmt: skip
+    for r in results:
+        if r.errors:
+            lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
+    empty, feed, half = results
+    ratio = feed.qps / empty.qps if empty.qps else float("nan")
+    verdict = {True: "met", False: "MISSED"}
+    lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {TARGET_FEED_TO_EMPTY}: {verdict[ratio >= TARGET_FEED_TO_EMPTY]})")
+    lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms (target <= {TARGET_P99_HALF_LOAD_MS:g} ms: "
+                 f"{verdict[half.p99_ms <= TARGET_P99_HALF_LOAD_MS]})")  # fmt: skip
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the three phases and print the table; returns the exit status (1 if any call failed)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_argument_group("server")
     where.add_argument("--target", help="address of a running server; otherwise one is spawned from --models")
     where.add_argument("--models", help="models directory for a spawned server")
-    where.add_argument("--data", help="dataset directory: the spawned memory store, and the users to ask for")
+    where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
     where.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
+    where.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
+    where.add_argument("--threads", type=int, default=8, help="--threads of a spawned server (default: %(default)s)")
     load = parser.add_argument_group("load")
+    load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
     load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")
     load.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default: %(default)s)")
     load.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (default: %(default)s)")
@@ -171,25 +228,32 @@ def main(argv: list[str] | None = None) -> None:
     load.add_argument("--limit", type=int, default=20, help="items per GetFeed (default: %(default)s)")
     load.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     load.add_argument("--seed", type=int, default=0, help="seed for the user sample (default: %(default)s)")
-    parser.add_argument("--json", help="write results as JSON here")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", help="write results as JSON here")
+    out.add_argument("--allow-errors", action="store_true", help="exit 0 even when some calls failed")
     args = parser.parse_args(argv)
     if not args.target and not args.models:
         parser.error("give --target, or --models (and --data) to spawn a server")
     server = None
-    try:
-        if args.target:
-            target = args.target
-        else:
-            server, target = spawn_server(args)
-        results = asyncio.run(run_phases(target, sample_users(args), args))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as workdir:
+        try:
+            if args.target:
+                target = args.target
+            else:
+                server, target = spawn_server(args, Path(workdir))
+            results = asyncio.run(run_phases(target, sample_users(args), args))
+        finally:
+            if server is not None:
+                stop_server(server)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    failed = sum(r.errors for r in results)
+    if failed and not args.allow_errors:
+        print(f"{failed} calls failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""An independent load client: Locust (PyPI ``locust``) calling GetFeed or the health Check.
+
+It shares no code with ``loadgen.py`` beyond the generated protos, so it checks
+loadgen's numbers from outside. Locust is not a dependency of feedrank; install it in
+its own environment, with the grpcio the project pins:
+
+    python -m venv /tmp/locust && /tmp/locust/bin/pip install locust grpcio grpcio-health-checking protobuf
+    PYTHONPATH=. /tmp/locust/bin/locust -f benchmarks/locustfile.py --headless --host 127.0.0.1:50051 \\
+        --users 8 --spawn-rate 8 --run-time 20s --tags feed --data /tmp/b20/data
+
+``--tags feed`` runs GetFeed (random users from DATA/likes.csv, limit 20), ``--tags empty``
+the health Check. Every Locust user is a closed loop (no wait time), like loadgen's
+closed-loop phases; Locust's table reports requests, failures, percentiles and req/s.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # before any channel exists: gRPC must cooperate with gevent
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from locust import User, constant, events, tag, task  # noqa: E402
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc  # noqa: E402
+
+TIMEOUT_SECONDS = 5.0
+USERS_SAMPLED = 5000
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser) -> None:  # type: ignore[no-untyped-def]
+    parser.add_argument("--data", default="", help="dataset directory whose likes.csv gives the user ids to ask for")
+    parser.add_argument("--limit", type=int, default=20, help="items per GetFeed")
+
+
+def _user_ids(data_dir: str) -> list[str]:
+    if not data_dir:
+        return [f"u{i:05d}" for i in range(1000)]
+    with open(Path(data_dir) / "likes.csv") as handle:
+        next(handle)
+        users = sorted({line.split(",", 1)[0] for line, _ in zip(handle, range(200_000))})
+    return random.Random(0).sample(users, min(len(users), USERS_SAMPLED))
+
+
+class FeedUser(User):
+    """One channel per Locust user; each call is reported to Locust as a 'grpc' request."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.channel = grpc.insecure_channel(self.host)
+        self.feed = feed_pb2_grpc.FeedServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.user_ids = _user_ids(options.data)
+        self.limit = options.limit
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def _timed(self, name: str, call, request) -> None:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response, error = None, None
+        try:
+            response = call(request, timeout=TIMEOUT_SECONDS)
+        except grpc.RpcError as rpc_error:
+            error = rpc_error
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1e3,
+            response_length=response.ByteSize() if response is not None else 0,
+            exception=error,
+            context={},
+        )
+
+    @tag("feed")
+    @task
+    def get_feed(self) -> None:
+        request = feed_pb2.GetFeedRequest(user_id=random.choice(self.user_ids), limit=self.limit)
+        self._timed("GetFeed", self.feed.GetFeed, request)
+
+    @tag("empty")
+    @task
+    def check(self) -> None:
+        self._timed("Health/Check", self.health.Check, health_pb2.HealthCheckRequest(service=""))

@@ -1,0 +1,75 @@
+"""The load generator, run briefly against a small real server: its report must add up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import loadgen
+from tests.feed_world import build_world, running_server
+
+PHASES = [("empty", "closed"), ("GetFeed", "closed"), ("GetFeed", "open@50%")]
+DURATION = 1.0
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("loadgen"), users=300, sellers=30, items=900)
+
+
+@pytest.fixture(scope="module")
+def target(world):
+    with running_server(world) as (server, _):
+        yield f"127.0.0.1:{server.port}"
+
+
+def run_loadgen(world, target, tmp_path, *extra: str) -> tuple[int, list[dict]]:
+    report = tmp_path / "report.json"
+    argv = ["--target", target, "--data", str(world.data_dir), "--duration", str(DURATION), "--warmup", "0.2",
+            "--concurrency", "4", "--json", str(report), *extra]  # fmt: skip
+    status = loadgen.main(argv)
+    return status, json.loads(report.read_text())
+
+
+def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path, capsys):
+    status, phases = run_loadgen(world, target, tmp_path)
+
+    assert status == 0
+    assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
+    for phase in phases:
+        assert phase["errors"] == 0 and phase["errors_by_code"] == {}
+        assert phase["calls"] == phase["successes"] + phase["errors"]
+        assert phase["successes"] > 0
+        assert phase["elapsed_s"] >= DURATION * 0.9
+        assert phase["qps"] == pytest.approx(phase["successes"] / phase["elapsed_s"])
+        assert phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"]
+    assert phases[2]["target_qps"] == pytest.approx(max(phases[1]["qps"] * 0.5, 1.0))
+    table = capsys.readouterr().out
+    assert "errors" in table.splitlines()[0]
+    assert f"target >= {loadgen.TARGET_FEED_TO_EMPTY}" in table
+    assert f"target <= {loadgen.TARGET_P99_HALF_LOAD_MS:g} ms" in table
+
+
+def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target, tmp_path, capsys):
+    status, phases = run_loadgen(world, target, tmp_path, "--limit", "1000")  # above the server's MAX_LIMIT
+
+    assert status == 1
+    empty, closed, open_loop = phases
+    assert empty["errors"] == 0 and empty["successes"] > 0
+    for phase in (closed, open_loop):
+        assert phase["successes"] == 0
+        assert phase["errors"] == phase["calls"] > 0
+        assert phase["errors_by_code"] == {"INVALID_ARGUMENT": phase["calls"]}
+    assert "errors in GetFeed closed: INVALID_ARGUMENT" in capsys.readouterr().out
+
+    assert loadgen.main(["--target", target, "--data", str(world.data_dir), "--duration", "0.3", "--warmup", "0",
+                         "--limit", "1000", "--allow-errors"]) == 0  # fmt: skip
+
+
+def test_counts_that_do_not_add_up_are_refused():
+    tally = loadgen.Tally(started=3, latencies=[0.001])
+    tally.errors["UNAVAILABLE"] += 1
+
+    with pytest.raises(RuntimeError, match="3 calls but 1 successes \\+ 1 errors"):
+        loadgen.summarise("GetFeed", "closed", 4, 0.0, tally, 1.0)
