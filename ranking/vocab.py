@@ -57,16 +57,15 @@ class Vocabulary:
 
     def codes(self, ids: Sequence[str], add: bool = False) -> np.ndarray:
         """int32 code per id, same order. Unknown ids get new codes when ``add``, else UNKNOWN."""
-        if add:
-            known = self._code
-            fresh = [i for i in dict.fromkeys(ids) if i not in known]
-            if fresh:
-                with self._lock:
-                    for item_id in fresh:
-                        self._add(item_id)
-                    self._grow_hashes()
         get = self._code.get
-        return np.fromiter((get(i, UNKNOWN) for i in ids), dtype=np.int32, count=len(ids))
+        codes = np.fromiter((get(i, UNKNOWN) for i in ids), dtype=np.int32, count=len(ids))
+        if add and (codes < 0).any():
+            with self._lock:
+                for item_id in dict.fromkeys(ids[at] for at in np.flatnonzero(codes < 0).tolist()):
+                    self._add(item_id)
+                self._grow_hashes()
+            codes = np.fromiter((get(i, UNKNOWN) for i in ids), dtype=np.int32, count=len(ids))
+        return codes
 
     def add(self, item_id: str) -> int:
         """The id's code, adding it when new."""

@@ -272,29 +272,56 @@ return out
 """
 
 
-# Standalone hydration in one command: KEYS are the item hashes then the user's liked
-# hash, ARGV the item ids. Numbers come back joined into one string per column and the
-# flags as one string of 0/1 per column, so the client parses a few strings with numpy
-# instead of five Python objects per item.
+# Standalone hydration in one command: KEYS[1] is the user's liked hash, ARGV the key
+# prefix then the item ids (the script builds the item keys: half the bytes to send and
+# pack). Numbers come back joined into one string per column and the flags as one
+# string of 0/1 per column, so the client parses a few strings with numpy instead of
+# five Python objects per item.
 _LUA_HYDRATE = r"""
-local n = #KEYS - 1
+local n = #ARGV - 1
+local P = ARGV[1]
 local exists, liked, created, stock, likes, sellers = {}, {}, {}, {}, {}, {}
 for j = 1, n do
-  local v = redis.call('HMGET', KEYS[j], 'seller', 'created_at', 'stock', 'like_count')
+  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j + 1] .. '}', 'seller', 'created_at', 'stock', 'like_count')
   if v[1] or v[3] then exists[j] = '1' else exists[j] = '0' end
   sellers[j] = v[1] or ''
   created[j] = v[2] or '0'
   stock[j] = v[3] or '0'
   likes[j] = v[4] or '0'
 end
-for start = 1, n, 1000 do  -- unpack() is limited by the Lua C stack
-  local got = redis.call('HMGET', KEYS[n + 1], unpack(ARGV, start, math.min(start + 999, n)))
+for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
+  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, math.min(start + 999, n + 1)))
   for j = 1, #got do
-    if got[j] then liked[start + j - 1] = '1' else liked[start + j - 1] = '0' end
+    if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
   end
 end
 return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
         table.concat(likes, ','), sellers}
+"""
+
+# Standalone activity in one command: KEYS are the sellers' listing sets, the friends'
+# recent-likes sets, then the trending set; ARGV the number of sellers and the three
+# limits. One reply instead of one per key: list lengths and scores come back as joined
+# strings, members as one flat list.
+_LUA_ACTIVITY = r"""
+local sellers, listing_limit, like_limit, trending_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local lengths, members, scores = {}, {}, {}
+for j = 1, #KEYS - 1 do
+  local limit = like_limit
+  if j <= sellers then limit = listing_limit end
+  local got = {}
+  if limit > 0 then got = redis.call('ZRANGE', KEYS[j], 0, limit - 1, 'WITHSCORES') end
+  lengths[j] = #got / 2
+  for m = 1, #got, 2 do
+    members[#members + 1] = got[m]
+    scores[#scores + 1] = got[m + 1]
+  end
+end
+local trending = {}
+if trending_limit > 0 then
+  trending = redis.call('ZREVRANGEBYSCORE', KEYS[#KEYS], '+inf', '(0', 'LIMIT', 0, trending_limit)
+end
+return {table.concat(lengths, ','), members, table.concat(scores, ','), trending}
 """
 
 
@@ -383,7 +410,8 @@ class RedisStore:
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
         ]  # fmt: skip
-        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE}
+        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE,
+                         "activity": _LUA_ACTIVITY}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -431,9 +459,25 @@ class RedisStore:
         k = self.keys
         listing_limit = min(per_key_limit, self.listings_bound)
         like_limit = min(per_key_limit, self.recent_likes_bound)
-        pipe = self._pipeline()
         sellers = list(seller_ids) if listing_limit > 0 else []
         friends = list(friend_ids) if like_limit > 0 else []
+        if not self.is_cluster:
+            keys = [k.listings(s) for s in sellers] + [k.recent_likes(f) for f in friends] + [k.trending]
+            args = [len(sellers), listing_limit, like_limit, max(trending_limit, 0)]
+            with unavailable_on_redis_errors():
+                lengths_text, members, scores_text, trending = self._eval_keys("activity", keys, args)
+            lengths = np.array(lengths_text.split(","), dtype=np.int64) if lengths_text else np.zeros(0, np.int64)
+            times = -np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0)
+            codes = self.items.codes(members, add=True)
+            owners = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+            split = int(lengths[: len(sellers)].sum())
+            return Activity(
+                listings=Timelines(codes[:split], times[:split], owners[:split]),
+                friend_likes=Timelines(codes[split:], times[split:], owners[split:] - len(sellers)),
+                trending=self.items.codes(trending, add=True),
+            )
+        # A cluster spreads these keys over its nodes: one pipelined command per key.
+        pipe = self._pipeline()
         for seller in sellers:
             pipe.zrange(k.listings(seller), 0, listing_limit - 1, withscores=True)
         for friend in friends:
@@ -476,8 +520,9 @@ class RedisStore:
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 created, stock, like_count = ([f[j] for f in fields] for j in (1, 2, 3))
             else:
-                keys = [self.keys.item(i) for i in ids] + [self.keys.liked(user_id)]
-                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids = self._eval_keys("hydrate", keys, ids)
+                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids = self._eval_keys(
+                    "hydrate", [self.keys.liked(user_id)], [self.keys.prefix, *ids]
+                )
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 created, stock, like_count = created_text.split(","), stock_text.split(","), likes_text.split(",")
         sellers = self.sellers.codes(seller_ids, add=True)
