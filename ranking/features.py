@@ -74,7 +74,8 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
         at = np.minimum(np.searchsorted(query.seller_likes, sellers), len(query.seller_likes) - 1)
         hit = (query.seller_likes[at] == sellers) & (sellers >= 0)
         affinity[hit] = query.seller_like_counts[at[hit]]
-    features[:, 0] = np.nan_to_num(batch.embedding_score, nan=0.0)
+    features[:, 0] = batch.embedding_score
+    features[np.isnan(batch.embedding_score), 0] = 0.0  # no score: the model does not know the item
     features[:, 1] = np.log1p(np.maximum(item_similarity, 0.0))
     features[:, 2] = np.log1p(batch.friend_likes)
     features[:, 3] = _decay(now - batch.friend_like_time, _FRIEND_LIKE_TAU)

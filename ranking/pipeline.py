@@ -186,29 +186,38 @@ class FeedPipeline:
         store = self.store
         codes = batch.codes[rows]
         sellers = batch.items.seller[rows]
-        likes = query.activity.friend_likes
+        sources = batch.sources[rows]
+        likers = self._likers(query, codes[(sources & bits.FRIEND_LIKE) != 0])
         page: list[RankedItem] = []
-        for item_id, code, seller, sources, score in zip(
-            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), batch.sources[rows].tolist(), scores[rows].tolist()
+        for item_id, code, seller, source_bits, score in zip(
+            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist()
         ):
             seller_id = store.sellers.id(seller) if seller >= 0 else ""
             reasons = []
-            if sources & bits.FOLLOWED_SELLER:
+            if source_bits & bits.FOLLOWED_SELLER:
                 reasons.append(Reason(ReasonKind.FOLLOWED_SELLER, [seller_id]))
-            if sources & bits.FRIEND_LIKE:
-                at = np.flatnonzero(likes.items == code)
-                friends = sorted(
-                    ((-t, query.user.friends[o]) for t, o in zip(likes.times[at].tolist(), likes.owners[at].tolist()))
-                )
-                reasons.append(Reason(ReasonKind.FRIENDS_LIKED, [f for _, f in friends], len(friends)))
-            if sources & bits.SIMILAR:
+            if source_bits & bits.FRIEND_LIKE:
+                friends = [friend for _, friend in sorted(likers[code])]
+                reasons.append(Reason(ReasonKind.FRIENDS_LIKED, friends, len(friends)))
+            if source_bits & bits.SIMILAR:
                 reasons.append(Reason(ReasonKind.SIMILAR_TO_LIKES))
-            if sources & bits.TRENDING:
+            if source_bits & bits.TRENDING:
                 reasons.append(Reason(ReasonKind.TRENDING))
             page.append(RankedItem(item_id, seller_id, float(score), reasons))
         return page
 
+    @staticmethod
+    def _likers(query: FeedQuery, codes: np.ndarray) -> dict[int, list[tuple[float, str]]]:
+        """(-time, friend id) of each friend's like of each of ``codes``: newest first once sorted."""
+        likes = query.activity.friend_likes
+        likers: dict[int, list[tuple[float, str]]] = {code: [] for code in codes.tolist()}
+        if likers:
+            at = np.flatnonzero(np.isin(likes.items, codes))
+            friends = query.user.friends
+            for code, at_time, owner in zip(likes.items[at].tolist(), likes.times[at].tolist(), likes.owners[at].tolist()):
+                likers[code].append((-at_time, friends[owner]))
+        return likers
+
 
 def _known(codes: np.ndarray) -> np.ndarray:
     return codes[codes >= 0]
-
