@@ -95,9 +95,12 @@ class ItemKNN:
             return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
         offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
         positions = offsets + np.arange(total)
-        neighbours, inverse = np.unique(self.similarity.indices[positions], return_inverse=True)
-        summed = np.bincount(inverse, weights=self.similarity.data[positions], minlength=len(neighbours))
-        return ItemScores(neighbours.astype(np.int32), summed.astype(np.float32), self.item_row)
+        columns = self.similarity.indices[positions]
+        order = np.argsort(columns)
+        columns = columns[order]
+        starts = np.flatnonzero(np.concatenate(([True], columns[1:] != columns[:-1])))
+        summed = np.add.reduceat(self.similarity.data[positions][order].astype(np.float64), starts)
+        return ItemScores(columns[starts].astype(np.int32), summed.astype(np.float32), self.item_row)
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
