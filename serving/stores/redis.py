@@ -299,6 +299,20 @@ return {table.concat(exists), table.concat(liked), table.concat(created, ','), t
         table.concat(likes, ','), sellers}
 """
 
+# A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
+# hidden items and hidden sellers (one hash tag, so one slot on a cluster too); ARGV the
+# recent-likes bound. Scores come back as one joined string.
+_LUA_USER = r"""
+local got = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local members, scores = {}, {}
+for m = 1, #got, 2 do
+  members[#members + 1] = got[m]
+  scores[#scores + 1] = got[m + 1]
+end
+return {members, table.concat(scores, ','), redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
+        redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5])}
+"""
+
 # Standalone activity in one command: KEYS are the sellers' listing sets, the friends'
 # recent-likes sets, then the trending set; ARGV the number of sellers and the three
 # limits. One reply instead of one per key: list lengths and scores come back as joined
@@ -411,7 +425,7 @@ class RedisStore:
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
         ]  # fmt: skip
         self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE,
-                         "activity": _LUA_ACTIVITY}
+                         "activity": _LUA_ACTIVITY, "user": _LUA_USER}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -437,20 +451,17 @@ class RedisStore:
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
-        pipe = self._pipeline()
-        pipe.zrange(k.recent_likes(user_id), 0, self.recent_likes_bound - 1, withscores=True)
-        for key in (k.follows(user_id), k.friends(user_id), k.hidden_items(user_id), k.hidden_sellers(user_id)):
-            pipe.smembers(key)
+        keys = [k.recent_likes(user_id), k.follows(user_id), k.friends(user_id), k.hidden_items(user_id), k.hidden_sellers(user_id)]
         with unavailable_on_redis_errors():
-            likes, follows, friends, hidden_items, hidden_sellers = pipe.execute()
+            likes, scores_text, follows, friends, hidden_items, hidden_sellers = self._eval_keys("user", keys, [self.recent_likes_bound])
         return UserState(
             user_id=user_id,
-            recent_likes=self.items.codes([item for item, _ in likes], add=True),
-            recent_like_times=-np.array([score for _, score in likes], dtype=np.float64),
+            recent_likes=self.items.codes(likes, add=True),
+            recent_like_times=-np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0),
             follows=tuple(sorted(follows)),
             friends=tuple(sorted(friends)),
-            hidden_items=self.items.codes(list(hidden_items), add=True),
-            hidden_sellers=self.sellers.codes(list(hidden_sellers), add=True),
+            hidden_items=self.items.codes(hidden_items, add=True),
+            hidden_sellers=self.sellers.codes(hidden_sellers, add=True),
         )
 
     def read_activity(
