@@ -193,6 +193,18 @@ def sweep(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_ms: f
     return results
 
 
+def format_table(results: list[Result]) -> str:
+    """The fixed-width results table (also used to render a saved ``--json`` run)."""
+    ats = list(results[0].recalls)
+    lines = [f"{'index':<10} {'build':<17} {'search':<11} {'build s':>7} {'MB':>5} "
+             + " ".join(f"{a:>6}" for a in ats) + f" {'ms/query':>8} {'speedup':>7}"]
+    for r in results:
+        lines.append(f"{r.kind:<10} {r.build:<17} {r.search:<11} {r.build_s:>7.1f} {r.index_mb:>5.0f} "
+                     + " ".join(f"{r.recalls[a]:>6.4f}" for a in ats)
+                     + f" {r.ms_per_query:>8.3f} {r.speedup:>6.1f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -257,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.items} items x {args.dim} dims, {len(queries)} queries, k={args.k}, batch={args.batch}, "
           f"threads={args.threads} (build {args.build_threads}), data={args.data}, "
           f"load avg {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    header = f"{'index':<10} {'build':<17} {'search':<11} {'build s':>7} {'MB':>6} " + " ".join(
-        f"{'R@' + str(a):>6}" for a in ats)
-    print(header + f" {'ms/query':>8} {'speedup':>7}")
-    for r in results:
-        print(f"{r.kind:<10} {r.build:<17} {r.search:<11} {r.build_s:>7.1f} {r.index_mb:>6.0f} "
-              + " ".join(f"{r.recalls[f'R@{a}']:>6.4f}" for a in ats)
-              + f" {r.ms_per_query:>8.3f} {r.speedup:>6.1f}x")
+    print(format_table(results))
     return 0
 
 
