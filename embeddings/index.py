@@ -8,24 +8,48 @@ so L2 order over the augmented vectors is exactly inner-product order over the
 originals, and HNSW's metric assumptions hold.
 
 Measured (benchmarks/bench_ann.py, real implicit ALS factors of synthetic power-law
-likes, k=100, one query per call): at 100k items hnsw-ip collapses (recall@100 0.09 at
-efSearch 512: a few long vectors become hubs every greedy walk ends in) while hnsw-mips
-reaches 0.96. HNSW on raw inner product is not always bad -- on narrowly spread norms or
-small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS 2018) -- but
-it fails without warning, so "auto" uses the reduction. AUTO_LARGE_KIND is the switch.
+likes, k=100, one query per call, one thread; benchmarks/README.md has the tables):
+
+* 200k items: hnsw-ip collapses (recall@100 0.09 at efSearch 512: a few long vectors
+  become hubs every greedy walk ends in) while hnsw-mips reaches 0.96, but only at 4x
+  exact's speed. HNSW on raw inner product is not always bad -- on narrowly spread
+  norms or small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS
+  2018) -- but it fails without warning.
+* 1M items (934k liked; norms median 0.026, max 5.96; exact 14.3 ms/query): ivfpq-ip
+  (IVF2048, PQ16x4fs, nprobe 96, k_factor 16) reaches recall@100 0.962 at 0.78 ms, 18x
+  exact, built in about a minute on 2 threads. The same IVF-PQ over the L2 reduction
+  (ivfpq-mips) fails: the extra coordinate, close to M for nearly every item, dominates
+  each L2 distance, 4-bit codes and fast-scan's 8-bit lookup tables round away the
+  inner products under it, and recall@100 even falls as more lists are probed (0.86 at
+  nprobe 32, 0.53 at 64). IVF with METRIC_INNER_PRODUCT trains spherical k-means, probes
+  the lists whose centroid has the largest inner product with the query, and quantizes
+  the raw factors, so its error scales with |q| |x - x'| and not with M.
+
+So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD items; AUTO_LARGE_KIND is the switch.
 
 Kinds:
-  flat       exact IndexFlatIP; best below ~50k items.
-  hnsw-mips  IndexHNSWFlat (L2) on the augmented vectors.
-  hnsw-ip    IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
-             benchmark can show where it fails.
-  auto       flat below AUTO_HNSW_THRESHOLD items, else AUTO_LARGE_KIND.
+  flat        exact IndexFlatIP; best below AUTO_ANN_THRESHOLD items.
+  hnsw-mips   IndexHNSWFlat (L2) on the augmented vectors.
+  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
+              benchmark can show where it fails.
+  ivfpq-ip    faiss "IVF{nlist},PQ{pq_m}x4fs,RFlat" with METRIC_INNER_PRODUCT on raw
+              factors: inverted lists, 4-bit fast-scan PQ codes, then the k_factor * k
+              best candidates rescored exactly (the refine index keeps the float
+              vectors, which is also what load() reads them back from).
+  ivfpq-mips  the same on the augmented vectors (L2). Exists only so the benchmark can
+              show where it fails.
+  auto        flat below AUTO_ANN_THRESHOLD items, else AUTO_LARGE_KIND.
+
+Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
+kinds scale nprobe with k / IVF_REFERENCE_K (capped at nlist), so the probed lists hold
+enough candidates for the k_factor * k the refine step reranks.
 
 Items whose factor is (numerically) zero, which is what ALS gives an item nobody liked in
-the training data, are kept out of HNSW graphs: thousands of identical points fill each
-other's neighbour lists and disconnect the graph (on synthetic power-law data with half
-the catalogue cold, recall@100 dropped from 0.93 to 0.78 at the same efSearch). Their
-inner product is 0 with every query, so they can only matter when fewer than k items
+the training data, are kept out of approximate indexes. In HNSW graphs thousands of
+identical points fill each other's neighbour lists and disconnect the graph (on
+synthetic power-law data with half the catalogue cold, recall@100 dropped from 0.93 to
+0.78 at the same efSearch); IVF kinds keep them out for the same semantics. Their inner
+product is 0 with every query, so they can only matter when fewer than k items
 score above 0; they are then missing from approximate results, never from "flat".
 """
 
@@ -40,12 +64,12 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-AUTO_HNSW_THRESHOLD = 50_000
-"""Catalogue size from which "auto" picks an HNSW index over exact search."""
-AUTO_LARGE_KIND = "hnsw-mips"
-"""What "auto" builds at or above AUTO_HNSW_THRESHOLD items."""
+AUTO_ANN_THRESHOLD = 50_000
+"""Catalogue size from which "auto" picks an approximate index over exact search."""
+AUTO_LARGE_KIND = "ivfpq-ip"
+"""What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
 ZERO_NORM_RTOL = 1e-6
-"""Items with norm below this fraction of the largest norm stay out of HNSW graphs."""
+"""Items with norm below this fraction of the largest norm stay out of approximate indexes."""
 IVF_TRAIN_POINTS_PER_LIST = 64
 """k-means sample per inverted list when training IVF kinds: 131k points for 2048 lists.
 faiss's default, 256, would train on 4x the points (k-means time grows with the
@@ -120,7 +144,7 @@ class MipsIndex:
 
     @property
     def ntotal(self) -> int:
-        """Number of items (rows of ``vectors``), including any kept out of an HNSW graph."""
+        """Number of items (rows of ``vectors``), including any kept out of an approximate index."""
         return int(self.vectors.shape[0])
 
     @property
@@ -298,7 +322,15 @@ def build_index(
         ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
         ivf.nprobe = nprobe
         if len(rows):
-            index.train(data)
+            # 4-bit PQ trains 16 centroids per sub-quantizer and faiss refuses fewer
+            # training points than centroids; a tiny catalogue trains on jittered
+            # repeats (identical centroids give fast-scan a zero-width lookup table
+            # and no results at all).
+            train = data
+            if len(data) < 16:
+                jitter = np.random.default_rng(0).standard_normal((16, d_code)).astype(np.float32)
+                train = np.resize(data, (16, d_code)) + 1e-3 * max_norm * jitter
+            index.train(train)
     if mips:
         params["max_norm"] = max_norm
     chunk = 20_000
@@ -311,4 +343,4 @@ def build_index(
 
 def auto_kind(n: int) -> str:
     """The kind "auto" builds for a catalogue of ``n`` items."""
-    return "flat" if n < AUTO_HNSW_THRESHOLD else AUTO_LARGE_KIND
+    return "flat" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND

@@ -154,6 +154,17 @@ def test_ivfpq_k_above_ntotal_and_zero_items(kind: str) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", IVF_KINDS)
+@pytest.mark.parametrize("n", [1, 7])
+def test_ivfpq_tiny_catalogue_is_exact(kind: str, n: int) -> None:
+    # Regression: fewer items than 4-bit PQ's 16 centroids failed to train, and one item
+    # trained identical centroids that made fast-scan return nothing.
+    items = np.random.default_rng(5).standard_normal((n, 4)).astype(np.float32)
+    scores, rows = build_index(items, kind).search(items, 10)
+    np.testing.assert_array_equal(rows[:, :n], np.argsort(-(items @ items.T), axis=1))
+    np.testing.assert_array_equal(rows[:, n:], -1)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(2)
