@@ -25,7 +25,8 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   the lists whose centroid has the largest inner product with the query, and quantizes
   the raw factors, so its error scales with |q| |x - x'| and not with M.
 
-So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD items; AUTO_LARGE_KIND is the switch.
+So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD (100k) items, flat below;
+AUTO_LARGE_KIND is the switch.
 
 Kinds:
   flat        exact IndexFlatIP; best below AUTO_ANN_THRESHOLD items.
@@ -64,8 +65,12 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-AUTO_ANN_THRESHOLD = 50_000
-"""Catalogue size from which "auto" picks an approximate index over exact search."""
+AUTO_ANN_THRESHOLD = 100_000
+"""Catalogue size from which "auto" picks an approximate index over exact search.
+Measured with ivfpq-ip (default lists, PQ32x4fs, nprobe 32-96, k_factor 16), one
+thread, k=100: at 50k items it is slower than exact (0.7-0.9x: its fixed cost per call,
+a few tenths of a millisecond, is about exact's whole cost), at 200k 4.6x faster
+(recall@100 0.96-0.98), at 1M 18x. 100k sits between the two measurements."""
 AUTO_LARGE_KIND = "ivfpq-ip"
 """What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
 ZERO_NORM_RTOL = 1e-6

@@ -229,7 +229,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
     group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
-                       help="item index: exact below 50k items, IVF + fast-scan PQ + exact refine above (default: auto)")
+                       help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
     group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
