@@ -16,8 +16,8 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   norms or small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS
   2018) -- but it fails without warning.
 * 1M items (934k liked; norms median 0.026, max 5.96; exact 14.3 ms/query): ivfpq-ip
-  (IVF2048, PQ16x4fs, nprobe 96, k_factor 16) reaches recall@100 0.962 at 0.78 ms, 18x
-  exact, built in about a minute on 2 threads. The same IVF-PQ over the L2 reduction
+  (IVF2048, PQ16x4fs, nprobe 96, k_factor 16) reaches recall@100 0.962 at 0.78-0.91 ms,
+  12.7-18x exact in two runs on a shared machine, built in 18-59 s on 2 threads. The same IVF-PQ over the L2 reduction
   (ivfpq-mips) fails: the extra coordinate, close to M for nearly every item, dominates
   each L2 distance, 4-bit codes and fast-scan's 8-bit lookup tables round away the
   inner products under it, and recall@100 even falls as more lists are probed (0.86 at
