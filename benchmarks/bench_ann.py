@@ -1,12 +1,16 @@
-"""ANN benchmark: exact IndexFlatIP against HNSW on raw inner product and HNSW over the
-MIPS->L2 reduction, on ALS-like item factors whose norms vary.
+"""ANN benchmark: exact IndexFlatIP against HNSW (on raw inner product or over the
+MIPS->L2 reduction) and IVF with 4-bit fast-scan PQ plus an exact refine, on ALS-like item
+factors whose norms vary. Comma-separated build and search parameters are swept.
 
     python -m benchmarks.bench_ann                     # 200k items, real ALS factors
     python -m benchmarks.bench_ann --items 50000 --data lognormal --json
+    python -m benchmarks.bench_ann --items 1000000 --hnsw-m 16,32,48 --pq-m 16,32   # the 1M sweep
 
 Recall@K is measured against exact search over the same vectors; ms/query is wall time
 of search (including the exact rescoring MipsIndex does), after a warm-up pass, best of
 ``--repeat`` passes, with queries sent ``--batch`` at a time (1 = serving's pattern).
+Exact search is timed on the first ``--exact-queries`` queries (it costs ~30 ms each at
+1M items); speedup is exact's ms/query over the row's, both from the same run.
 Design target: hnsw-mips recall@100 >= 0.95 at >= 10x the speed of exact.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,8 +33,10 @@ from embeddings.index import build_index
 @dataclass
 class Result:
     kind: str
-    ef_search: int
+    build: str  # build parameters, e.g. "M=32" or "IVF4096,PQ32x4fs"
+    search: str  # search parameters, e.g. "ef=256" or "np=32,kf=8"
     build_s: float
+    index_mb: float  # serialized faiss index (graph or codes plus refine vectors)
     recalls: dict[str, float]
     ms_per_query: float
     speedup: float
@@ -70,12 +77,26 @@ def synthetic_interactions(
 
 
 def als_factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """Item factors and query (user) factors from implicit ALS on synthetic likes."""
+    """Item factors and query (user) factors from implicit ALS on synthetic likes.
+
+    Cached as two .npy files under ``--cache-dir`` keyed by every parameter that shapes
+    them, so a sweep at 1M items trains ALS once (about 4 minutes on 2 cores).
+    """
+    key = (f"als_u{args.users}_i{args.items}_l{args.likes_per_user:g}_d{args.dim}"
+           f"_it{args.als_iterations}_s{args.seed}_q{args.queries}")
+    items_path = os.path.join(args.cache_dir, key + "_items.npy") if args.cache_dir else ""
+    queries_path = items_path.replace("_items.npy", "_queries.npy")
+    if items_path and os.path.exists(items_path) and os.path.exists(queries_path):
+        print(f"# cached factors {items_path}", file=sys.stderr)
+        return np.load(items_path), np.load(queries_path)
+
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     m = synthetic_interactions(args.users, args.items, args.likes_per_user, seed=args.seed)
-    print(f"# ALS on {m.shape[0]} users x {m.shape[1]} items, {m.nnz} likes", file=sys.stderr)
+    liked = int(np.count_nonzero(np.diff(m.tocsc().indptr)))
+    print(f"# ALS on {m.shape[0]} users x {m.shape[1]} items, {m.nnz} likes, "
+          f"{liked} items liked ({liked / m.shape[1]:.1%})", file=sys.stderr)
     with threadpool_limits(limits=1, user_api="blas"):
         model = AlternatingLeastSquares(
             factors=args.dim, regularization=0.05, alpha=20.0, iterations=args.als_iterations, random_state=args.seed
@@ -83,7 +104,13 @@ def als_factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         model.fit(m, show_progress=False)
     rng = np.random.default_rng(args.seed + 1)
     queries = model.user_factors[rng.choice(m.shape[0], args.queries, replace=False)]
-    return np.ascontiguousarray(model.item_factors, np.float32), np.ascontiguousarray(queries, np.float32)
+    items = np.ascontiguousarray(model.item_factors, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
+    if items_path:
+        os.makedirs(args.cache_dir, exist_ok=True)
+        np.save(items_path, items)
+        np.save(queries_path, queries)
+    return items, queries
 
 
 def lognormal_factors(
@@ -127,6 +154,57 @@ def recall(truth: np.ndarray, found: np.ndarray, at: int) -> float:
     return float(np.mean(hits)) / at
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def sweep(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_ms: float,
+          args: argparse.Namespace) -> list[Result]:
+    """Build each configured index once, then time every search setting on it."""
+    ats = sorted({1, 10, args.k})
+    results = []
+    for kind in [k for k in args.kinds.split(",") if k != "flat"]:
+        if kind.startswith("hnsw"):
+            builds = [({"hnsw_m": m, "ef_construction": args.ef_construction}, f"M={m}") for m in _ints(args.hnsw_m)]
+            searches = [({"ef_search": ef}, f"ef={ef}") for ef in _ints(args.ef_search)]
+        else:
+            builds = [({"nlist": nl, "pq_m": m}, f"IVF{nl or 'auto'},PQ{m}x4fs") for nl in _ints(args.nlist)
+                      for m in _ints(args.pq_m)]
+            searches = [({"nprobe": npr, "k_factor": kf}, f"np={npr},kf={kf}") for npr in _ints(args.nprobe)
+                        for kf in _ints(args.k_factor)]
+        for build_kw, build_name in builds:
+            faiss.omp_set_num_threads(args.build_threads)
+            t = time.perf_counter()
+            built = build_index(items, kind, **build_kw)
+            build_s = time.perf_counter() - t
+            faiss.omp_set_num_threads(args.threads)
+            if "nlist" in built.params:
+                build_name = build_name.replace("IVFauto", f"IVF{built.params['nlist']}")
+            index_mb = len(faiss.serialize_index(built.index)) / 2**20
+            print(f"# built {kind} {build_name} in {build_s:.1f}s, {index_mb:.0f} MB", file=sys.stderr)
+            for search_kw, search_name in searches:
+                built.params.update(search_kw)
+                ms, rows = time_search(built, queries, args.k, args.batch, args.repeat)
+                recalls = {f"R@{a}": recall(truth, rows, a) for a in ats}
+                results.append(Result(kind, build_name, search_name, round(build_s, 2), round(index_mb, 1),
+                                      recalls, ms, exact_ms / ms))
+                print(f"#   {search_name} R@{args.k}={recalls[f'R@{args.k}']:.4f} {ms:.3f} ms", file=sys.stderr)
+            del built
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    """The fixed-width results table (also used to render a saved ``--json`` run)."""
+    ats = list(results[0].recalls)
+    lines = [f"{'index':<10} {'build':<17} {'search':<11} {'build s':>7} {'MB':>5} "
+             + " ".join(f"{a:>6}" for a in ats) + f" {'ms/query':>8} {'speedup':>7}"]
+    for r in results:
+        lines.append(f"{r.kind:<10} {r.build:<17} {r.search:<11} {r.build_s:>7.1f} {r.index_mb:>5.0f} "
+                     + " ".join(f"{r.recalls[a]:>6.4f}" for a in ats)
+                     + f" {r.ms_per_query:>8.3f} {r.speedup:>6.1f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -135,26 +213,35 @@ def main(argv: list[str] | None = None) -> int:
                            "lognormal: clustered directions with lognormal norms (default: als)")
     data.add_argument("--items", type=int, default=200_000, help="catalogue size (default: 200000)")
     data.add_argument("--users", type=int, default=0, help="ALS users (default: same as --items)")
-    data.add_argument("--likes-per-user", type=float, default=20.0, help="mean likes per ALS user (default: 20)")
+    data.add_argument("--likes-per-user", type=float, default=30.0,
+                      help="mean likes per ALS user (default: 30; at 1M users x 1M items 93%% of items are liked)")
     data.add_argument("--als-iterations", type=int, default=10, help="ALS sweeps (default: 10)")
     data.add_argument("--dim", type=int, default=64, help="factor dimensions (default: 64)")
     data.add_argument("--queries", type=int, default=1000, help="number of queries (default: 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    index = parser.add_argument_group("index")
-    index.add_argument("--kinds", default="flat,hnsw-ip,hnsw-mips", help="comma-separated index kinds")
-    index.add_argument("--hnsw-m", type=int, default=32, help="HNSW M (default: 32)")
+    data.add_argument("--cache-dir", default="/tmp/feedrank-bench-ann",
+                      help="where ALS factors are cached as .npy ('' disables; default: /tmp/feedrank-bench-ann)")
+    index = parser.add_argument_group("index (comma-separated values are swept)")
+    index.add_argument("--kinds", default="flat,hnsw-mips,ivfpq-ip", help="index kinds (default: flat,hnsw-mips,ivfpq-ip)")
+    index.add_argument("--hnsw-m", default="32", help="HNSW M values (default: 32)")
     index.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (default: 200)")
-    index.add_argument("--ef-search", default="64,128,256", help="comma-separated efSearch values (default: 64,128,256)")
+    index.add_argument("--ef-search", default="128,256,512", help="HNSW efSearch values (default: 128,256,512)")
+    index.add_argument("--nlist", default="0", help="IVF list counts; 0 is embeddings.index.default_nlist (default: 0)")
+    index.add_argument("--pq-m", default="16", help="fast-scan PQ sub-quantizers, 4 bits each (default: 16)")
+    index.add_argument("--nprobe", default="64,96", help="IVF lists probed at k=100 (default: 64,96)")
+    index.add_argument("--k-factor", default="16", help="refine candidates per result (default: 16)")
     run = parser.add_argument_group("run")
     run.add_argument("-k", type=int, default=100, help="neighbours per query; recall is reported at 1, 10 and k")
     run.add_argument("--batch", type=int, default=1, help="queries per search call (default: 1, as in serving)")
     run.add_argument("--repeat", type=int, default=3, help="timed passes after the warm-up; best is kept")
-    run.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (default: 1)")
+    run.add_argument("--exact-queries", type=int, default=200,
+                     help="queries timed one by one on exact search (truth is computed for all; default: 200)")
+    run.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads when searching (default: 1)")
+    run.add_argument("--build-threads", type=int, default=1, help="faiss OpenMP threads when building (default: 1)")
     run.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     args = parser.parse_args(argv)
     args.users = args.users or args.items
 
-    faiss.omp_set_num_threads(args.threads)
     t = time.perf_counter()
     if args.data == "als":
         items, queries = als_factors(args)
@@ -165,31 +252,24 @@ def main(argv: list[str] | None = None) -> int:
           f"p1/p50/p99/max = {np.percentile(norms, [1, 50, 99]).round(3).tolist()}/{norms.max():.3f}; "
           f"{int((norms <= 1e-6 * norms.max()).sum())} zero", file=sys.stderr)
 
+    faiss.omp_set_num_threads(args.threads)
     ats = sorted({1, 10, args.k})
     exact = build_index(items, "flat")
-    exact_ms, truth = time_search(exact, queries, args.k, args.batch, args.repeat)
-    results = [Result("flat", 0, 0.0, {f"R@{a}": 1.0 for a in ats}, exact_ms, 1.0)]
-    for kind in [k for k in args.kinds.split(",") if k != "flat"]:
-        t = time.perf_counter()
-        built = build_index(items, kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
-        build_s = time.perf_counter() - t
-        for ef in (int(e) for e in args.ef_search.split(",")):
-            built.params["ef_search"] = ef
-            ms, rows = time_search(built, queries, args.k, args.batch, args.repeat)
-            recalls = {f"R@{a}": recall(truth, rows, a) for a in ats}
-            results.append(Result(kind, ef, build_s, recalls, ms, exact_ms / ms))
+    truth = exact.search(queries, args.k)[1]  # batched: the timing below is one by one
+    exact_ms, _ = time_search(exact, queries[: args.exact_queries], args.k, args.batch, args.repeat)
+    del exact
+    results = [Result("flat", "-", "-", 0.0, round(items.nbytes / 2**20, 1), {f"R@{a}": 1.0 for a in ats},
+                      exact_ms, 1.0)]
+    results += sweep(items, queries, truth, exact_ms, args)
 
     if args.json:
-        print(json.dumps({"args": vars(args), "results": [asdict(r) for r in results]}, indent=2))
+        print(json.dumps({"args": vars(args), "load_avg": os.getloadavg(), "results": [asdict(r) for r in results]},
+                         indent=2))
         return 0
     print(f"{args.items} items x {args.dim} dims, {len(queries)} queries, k={args.k}, batch={args.batch}, "
-          f"threads={args.threads}, data={args.data}")
-    header = f"{'index':<10} {'efSearch':>8} {'build s':>8} " + " ".join(f"{'R@' + str(a):>7}" for a in ats)
-    print(header + f" {'ms/query':>9} {'speedup':>8}")
-    for r in results:
-        print(f"{r.kind:<10} {r.ef_search or '-':>8} {r.build_s:>8.1f} "
-              + " ".join(f"{r.recalls[f'R@{a}']:>7.4f}" for a in ats)
-              + f" {r.ms_per_query:>9.4f} {r.speedup:>7.1f}x")
+          f"threads={args.threads} (build {args.build_threads}), data={args.data}, "
+          f"load avg {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(format_table(results))
     return 0
 
 

@@ -8,25 +8,52 @@ so L2 order over the augmented vectors is exactly inner-product order over the
 originals, and HNSW's metric assumptions hold.
 
 Measured (benchmarks/bench_ann.py, real implicit ALS factors of synthetic power-law
-likes, k=100, one query per call): at 100k items hnsw-ip collapses (recall@100 0.09 at
-efSearch 512: a few long vectors become hubs every greedy walk ends in) while hnsw-mips
-reaches 0.96. HNSW on raw inner product is not always bad -- on narrowly spread norms or
-small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS 2018) -- but
-it fails without warning, so "auto" uses the reduction. AUTO_LARGE_KIND is the switch.
+likes, k=100, one query per call, one thread; benchmarks/README.md has the tables):
+
+* 200k items: hnsw-ip collapses (recall@100 0.09 at efSearch 512: a few long vectors
+  become hubs every greedy walk ends in) while hnsw-mips reaches 0.96, but only at 4x
+  exact's speed. HNSW on raw inner product is not always bad -- on narrowly spread
+  norms or small catalogues it can match the reduction (cf. Morozov & Babenko, NeurIPS
+  2018) -- but it fails without warning.
+* 1M items (934k liked; norms median 0.026, max 5.96; exact 14.3 ms/query): ivfpq-ip
+  (IVF2048, PQ16x4fs, nprobe 96, k_factor 16) reaches recall@100 0.962 at 0.78-0.91 ms,
+  12.7-18x exact in two runs on a shared machine, built in 18-59 s on 2 threads. The same IVF-PQ over the L2 reduction
+  (ivfpq-mips) fails: the extra coordinate, close to M for nearly every item, dominates
+  each L2 distance, 4-bit codes and fast-scan's 8-bit lookup tables round away the
+  inner products under it, and recall@100 even falls as more lists are probed (0.86 at
+  nprobe 32, 0.53 at 64). IVF with METRIC_INNER_PRODUCT trains spherical k-means, probes
+  the lists whose centroid has the largest inner product with the query, and quantizes
+  the raw factors, so its error scales with |q| |x - x'| and not with M.
+
+So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD (100k) items, flat below;
+AUTO_LARGE_KIND is the switch.
 
 Kinds:
-  flat       exact IndexFlatIP; best below ~50k items.
-  hnsw-mips  IndexHNSWFlat (L2) on the augmented vectors.
-  hnsw-ip    IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
-             benchmark can show where it fails.
-  auto       flat below AUTO_HNSW_THRESHOLD items, else AUTO_LARGE_KIND.
+  flat        exact IndexFlatIP; best below AUTO_ANN_THRESHOLD items.
+  hnsw-mips   IndexHNSWFlat (L2) on the augmented vectors.
+  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
+              benchmark can show where it fails.
+  ivfpq-ip    faiss "IVF{nlist},PQ{pq_m}x4fs,RFlat" with METRIC_INNER_PRODUCT on raw
+              factors: inverted lists, 4-bit fast-scan PQ codes, then the k_factor * k
+              best candidates rescored exactly (the refine index keeps the float
+              vectors, which is also what load() reads them back from).
+  ivfpq-mips  the same on the augmented vectors (L2). Exists only so the benchmark can
+              show where it fails.
+  auto        flat below AUTO_ANN_THRESHOLD items, else AUTO_LARGE_KIND.
+
+Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
+kinds scale nprobe with k / IVF_REFERENCE_K, so the probed lists hold enough candidates
+for the k_factor * k the refine step reranks, and search exactly (faiss.knn over the
+factors, zero-factor items included) once that reaches IVF_EXACT_FRACTION of the lists.
 
 Items whose factor is (numerically) zero, which is what ALS gives an item nobody liked in
-the training data, are kept out of HNSW graphs: thousands of identical points fill each
-other's neighbour lists and disconnect the graph (on synthetic power-law data with half
-the catalogue cold, recall@100 dropped from 0.93 to 0.78 at the same efSearch). Their
-inner product is 0 with every query, so they can only matter when fewer than k items
-score above 0; they are then missing from approximate results, never from "flat".
+the training data, are kept out of approximate indexes. In HNSW graphs thousands of
+identical points fill each other's neighbour lists and disconnect the graph (on
+synthetic power-law data with half the catalogue cold, recall@100 dropped from 0.93 to
+0.78 at the same efSearch); IVF kinds keep them out for the same semantics. Their inner
+product is 0 with every query, so they can only matter when fewer than k items
+score above 0; they are then missing from approximate results, never from "flat" (nor
+from an IVF kind's exact search for large k).
 """
 
 from __future__ import annotations
@@ -40,13 +67,39 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-AUTO_HNSW_THRESHOLD = 50_000
-"""Catalogue size from which "auto" picks an HNSW index over exact search."""
-AUTO_LARGE_KIND = "hnsw-mips"
-"""What "auto" builds at or above AUTO_HNSW_THRESHOLD items."""
+AUTO_ANN_THRESHOLD = 100_000
+"""Catalogue size from which "auto" picks an approximate index over exact search.
+Measured with ivfpq-ip (default lists, PQ32x4fs, nprobe 32-96, k_factor 16), one
+thread, k=100: at 50k items it is slower than exact (0.7-0.9x: its fixed cost per call,
+a few tenths of a millisecond, is about exact's whole cost), at 200k 4.6x faster
+(recall@100 0.96-0.98), at 1M 18x. 100k sits between the two measurements."""
+AUTO_LARGE_KIND = "ivfpq-ip"
+"""What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
 ZERO_NORM_RTOL = 1e-6
-"""Items with norm below this fraction of the largest norm stay out of HNSW graphs."""
-KINDS = ("flat", "hnsw-mips", "hnsw-ip")
+"""Items with norm below this fraction of the largest norm stay out of approximate indexes."""
+IVF_TRAIN_POINTS_PER_LIST = 64
+"""k-means sample per inverted list when training IVF kinds: 131k points for 2048 lists.
+faiss's default, 256, would train on 4x the points (k-means time grows with the
+sample); the recall cost of the smaller sample was not measured."""
+IVF_PQ_M = 16
+"""4-bit fast-scan PQ sub-quantizers (8 bytes per item at 64 dims): PQ32 gains < 0.01
+recall@100 at 1M items once the refine step reranks 16 candidates per result, and scans
+slower."""
+IVF_NPROBE = 96
+"""Lists probed for k <= IVF_REFERENCE_K: 96 of 2048 at 1M items gave recall@100 0.96."""
+IVF_K_FACTOR = 16
+"""Candidates per result that the refine step rescores exactly (k_factor * k in all).
+4-bit codes misorder the top of the list: at 1M items recall@100 is 0.93 with 4, 0.95
+with 8 and 0.96 with 16, at a few hundredths of a millisecond each step."""
+IVF_REFERENCE_K = 100
+"""The k that ``nprobe`` is tuned for; a search for more scales nprobe up in proportion."""
+IVF_EXACT_FRACTION = 0.5
+"""IVF kinds search exactly once a large k scales nprobe to this fraction of the lists.
+At 1M items, k=1000 probed 47% of the lists in 0.7x exact's time (recall@1000 0.92)
+and k=3000 all of them in 1.3x exact's time (recall@3000 0.91)."""
+KINDS = ("flat", "hnsw-mips", "hnsw-ip", "ivfpq-mips", "ivfpq-ip")
+HNSW_KINDS = ("hnsw-mips", "hnsw-ip")
+IVF_KINDS = ("ivfpq-mips", "ivfpq-ip")
 SIDECAR_SUFFIX = ".json"
 
 
@@ -69,6 +122,24 @@ def _augment_queries(queries: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]))
 
 
+def _pq_layout(d: int, pq_m: int) -> np.ndarray:
+    """Column j of a d-dim vector goes to position layout[j] of a pq_m * ceil(d / pq_m) one.
+
+    Round robin over the pq_m sub-quantizer blocks, so that when pq_m does not divide d
+    (65 columns after the MIPS augmentation) the zero padding is spread one column per
+    block instead of filling whole blocks no code bit would ever describe.
+    """
+    dsub = -(-d // pq_m)
+    cols = np.arange(d)
+    return (cols % pq_m) * dsub + cols // pq_m
+
+
+def _to_code_space(x: np.ndarray, layout: np.ndarray, d_code: int) -> np.ndarray:
+    out = np.zeros((len(x), d_code), np.float32)
+    out[:, layout] = x
+    return out
+
+
 @dataclass
 class MipsIndex:
     """A faiss index answering top-k by inner product with the original item factors.
@@ -84,7 +155,7 @@ class MipsIndex:
 
     @property
     def ntotal(self) -> int:
-        """Number of items (rows of ``vectors``), including any kept out of an HNSW graph."""
+        """Number of items (rows of ``vectors``), including any kept out of an approximate index."""
         return int(self.vectors.shape[0])
 
     @property
@@ -104,14 +175,35 @@ class MipsIndex:
         if k <= 0 or self.index.ntotal == 0:
             return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
         k_eff = min(k, int(self.index.ntotal))
+        nprobe = 0
+        if self.kind in IVF_KINDS:
+            # nprobe is tuned for IVF_REFERENCE_K results; k times more need about k
+            # times more lists scanned to hold the k_factor * k candidates the refine
+            # step rescores.
+            nprobe = int(self.params["nprobe"])
+            nprobe = min(int(self.params["nlist"]), max(nprobe, -(-nprobe * k_eff // IVF_REFERENCE_K)))
         if self.kind == "flat":
             scores, rows = self.index.search(queries, k_eff)
+        elif nprobe and nprobe >= IVF_EXACT_FRACTION * int(self.params["nlist"]):
+            # Deep pages: scanning this many lists costs about what exact search does.
+            k_eff = min(k, self.ntotal)
+            scores, rows = faiss.knn(queries, self.vectors, k_eff, metric=faiss.METRIC_INNER_PRODUCT)
         else:
-            x = _augment_queries(queries) if self.kind == "hnsw-mips" else queries
-            # efSearch below k cannot return k good results; pass it per call so that
-            # concurrent searches never race on a shared setting.
-            search_params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k_eff))
+            x = _augment_queries(queries) if self.kind.endswith("-mips") else queries
+            # Search parameters go per call, so that concurrent searches never race on a
+            # shared setting.
+            if self.kind in HNSW_KINDS:
+                # efSearch below k cannot return k good results.
+                search_params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k_eff))
+            else:
+                x = _to_code_space(x, _pq_layout(x.shape[1], int(self.params["pq_m"])), int(self.index.d))
+                ivf_params = faiss.SearchParametersIVF(nprobe=nprobe)
+                search_params = faiss.IndexRefineSearchParameters(
+                    k_factor=float(self.params["k_factor"]), base_index_params=ivf_params
+                )
             _, rows = self.index.search(x, k_eff, params=search_params)
+            # The refine step of IVF kinds ranks by exact distance in the code space
+            # (L2 of the augmented vectors for ivfpq-mips); scores are the inner products.
             scores = self._exact_scores(queries, rows)
             order = np.argsort(-scores, axis=1, kind="stable")
             rows = np.take_along_axis(rows, order, axis=1)
@@ -154,17 +246,37 @@ class MipsIndex:
         if kind == "flat":
             vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, dim), np.float32)
         else:
-            # HNSW graphs sit in an IndexIDMap whose ids are item rows; rows left out
-            # (zero factors) are zero vectors.
+            # Approximate indexes sit in an IndexIDMap whose ids are item rows; rows left
+            # out (zero factors) are zero vectors. IVF kinds keep exact vectors in the
+            # refine index, in the code-space layout.
             inner = faiss.downcast_index(index.index)
+            if kind in IVF_KINDS:
+                inner = faiss.downcast_index(faiss.downcast_index(inner).refine_index)
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
             vectors = np.zeros((n, dim), np.float32)
             if len(ids):
-                vectors[ids] = inner.reconstruct_n(0, inner.ntotal)[:, :dim]
+                stored = inner.reconstruct_n(0, inner.ntotal)
+                if kind in IVF_KINDS:
+                    d_in = dim + 1 if kind == "ivfpq-mips" else dim
+                    stored = stored[:, _pq_layout(d_in, int(sidecar["params"]["pq_m"]))]
+                vectors[ids] = stored[:, :dim]
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (n, dim):
             raise ValueError(f"{path}: index holds shape {vectors.shape}, sidecar says {(n, dim)}")
         return cls(kind, index, vectors, dict(sidecar["params"]))
+
+
+def default_nlist(n: int) -> int:
+    """Inverted lists for ``n`` items: the power of two nearest 2 * sqrt(n) (2048 at 1M),
+    at least 1, and small enough that every list gets 39 training points (faiss's floor).
+
+    At 1M items 2048 lists beat 4096 at every recall measured (same fraction of lists
+    probed, fewer centroids to compare with) and train in half the time.
+    """
+    if n <= 0:
+        return 1
+    nlist = 2 ** int(round(np.log2(max(2.0 * np.sqrt(n), 1.0))))
+    return int(max(1, min(nlist, n // 39 if n >= 39 else 1)))
 
 
 def build_index(
@@ -173,18 +285,26 @@ def build_index(
     hnsw_m: int = 32,
     ef_construction: int = 200,
     ef_search: int = 128,
+    nlist: int = 0,
+    pq_m: int = IVF_PQ_M,
+    nprobe: int = IVF_NPROBE,
+    k_factor: int = IVF_K_FACTOR,
     show_progress: bool = False,
 ) -> MipsIndex:
     """Index ``item_factors`` (float32 ``[n, dim]``; row i is item row i) for MIPS.
 
-    ``kind`` is "auto", "flat", "hnsw-mips" or "hnsw-ip" (see the module docstring).
-    HNSW parameters are ignored for "flat". ``show_progress`` draws a tqdm bar while
-    items are added to an HNSW graph (the slow part at a million items).
+    ``kind`` is "auto" or one of KINDS (see the module docstring). HNSW parameters
+    (``hnsw_m``, ``ef_construction``, ``ef_search``) apply to hnsw-* kinds; IVF ones to
+    ivfpq-* kinds: ``nlist`` inverted lists (0: :func:`default_nlist`), ``pq_m`` 4-bit
+    fast-scan PQ sub-quantizers, and the search defaults ``nprobe`` (for k up to
+    IVF_REFERENCE_K) and ``k_factor`` (candidates rescored exactly per result).
+    ``show_progress`` draws a tqdm bar while items are added (the slow part of HNSW at a
+    million items).
     """
     vectors = _as_matrix(item_factors)
     n, dim = vectors.shape
     if kind == "auto":
-        kind = "flat" if n < AUTO_HNSW_THRESHOLD else AUTO_LARGE_KIND
+        kind = auto_kind(n)
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected auto or one of {KINDS}")
 
@@ -192,24 +312,52 @@ def build_index(
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
         index.add(vectors)
-    else:
+        return MipsIndex(kind, index, vectors, params)
+
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    max_norm = float(norms.max()) if n else 0.0
+    rows = np.flatnonzero(norms > ZERO_NORM_RTOL * max_norm).astype(np.int64)
+    mips = kind.endswith("-mips")
+    data = _augment_items(vectors[rows], max_norm) if mips else np.ascontiguousarray(vectors[rows])
+    if kind in HNSW_KINDS:
         params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
-        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-        max_norm = float(norms.max()) if n else 0.0
-        rows = np.flatnonzero(norms > ZERO_NORM_RTOL * max_norm).astype(np.int64)
-        if kind == "hnsw-mips":
-            params["max_norm"] = max_norm
-            hnsw = faiss.IndexHNSWFlat(dim + 1, hnsw_m, faiss.METRIC_L2)
-            data = _augment_items(vectors[rows], max_norm)
-        else:
-            hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            data = np.ascontiguousarray(vectors[rows])
+        hnsw = faiss.IndexHNSWFlat(data.shape[1], hnsw_m, faiss.METRIC_L2 if mips else faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = ef_construction
         hnsw.hnsw.efSearch = ef_search
         index = faiss.IndexIDMap(hnsw)
-        chunk = 20_000
-        with tqdm(total=len(rows), desc=f"index {kind}", unit="item", disable=not show_progress) as progress:
-            for start in range(0, len(rows), chunk):
-                index.add_with_ids(data[start : start + chunk], rows[start : start + chunk])
-                progress.update(min(chunk, len(rows) - start))
+    else:
+        if pq_m < 1 or nprobe < 1 or k_factor < 1:
+            raise ValueError(f"pq_m, nprobe and k_factor must be positive, got {pq_m}, {nprobe}, {k_factor}")
+        nlist = nlist or default_nlist(len(rows))
+        params = {"nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "k_factor": k_factor}
+        layout = _pq_layout(data.shape[1], pq_m)
+        d_code = pq_m * (-(-data.shape[1] // pq_m))
+        data = _to_code_space(data, layout, d_code)
+        metric = faiss.METRIC_L2 if mips else faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexIDMap(faiss.index_factory(d_code, f"IVF{nlist},PQ{pq_m}x4fs,RFlat", metric))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
+        ivf.nprobe = nprobe
+        if len(rows):
+            # 4-bit PQ trains 16 centroids per sub-quantizer and faiss refuses fewer
+            # training points than centroids; a tiny catalogue trains on jittered
+            # repeats (identical centroids give fast-scan a zero-width lookup table
+            # and no results at all).
+            train = data
+            if len(data) < 16:
+                jitter = np.random.default_rng(0).standard_normal((16, d_code)).astype(np.float32)
+                train = np.resize(data, (16, d_code)) + 1e-3 * max_norm * jitter
+            index.train(train)
+    if mips:
+        params["max_norm"] = max_norm
+    chunk = 20_000
+    with tqdm(total=len(rows), desc=f"index {kind}", unit="item", disable=not show_progress) as progress:
+        for start in range(0, len(rows), chunk):
+            index.add_with_ids(data[start : start + chunk], rows[start : start + chunk])
+            progress.update(min(chunk, len(rows) - start))
     return MipsIndex(kind, index, vectors, params)
+
+
+def auto_kind(n: int) -> str:
+    """The kind "auto" builds for a catalogue of ``n`` items."""
+    return "flat" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND

@@ -28,7 +28,7 @@ def manifest(**extra) -> dict:
             "ranker": default_ranker_spec(), **extra}
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw-mips"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw-mips", "ivfpq-ip"])
 def test_round_trip(tmp_path, kind: str) -> None:
     model = small_model(0, kind)
     version_dir = publish(str(tmp_path), model, manifest())

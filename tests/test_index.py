@@ -1,12 +1,27 @@
-"""embeddings.index: exactness of returned scores, recall of the HNSW kinds, persistence."""
+"""embeddings.index: exactness of returned scores, recall of the approximate kinds, large k,
+persistence."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import faiss
 import numpy as np
 import pytest
 
 from benchmarks.bench_ann import lognormal_factors
-from embeddings.index import MipsIndex, build_index
+from embeddings.index import HNSW_KINDS, IVF_KINDS, KINDS, MipsIndex, build_index
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread() -> Iterator[None]:
+    # On a loaded 2-core machine, OpenMP k-means (IVF training) ran 20x slower with two
+    # threads than with one (41 s against 1.3 s for one fixture); one thread also makes
+    # builds reproducible.
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def recall(truth: np.ndarray, found: np.ndarray) -> float:
@@ -17,7 +32,7 @@ def recall(truth: np.ndarray, found: np.ndarray) -> float:
 def narrow_norms() -> tuple[np.ndarray, np.ndarray]:
     # 20k clustered vectors, norms lognormal(0, 0.2): the regime where the MIPS->L2
     # reduction beats HNSW on raw inner product. (With wider spreads, as in real ALS
-    # factors, it is the other way round; see benchmarks/bench_ann.py.)
+    # factors, hnsw-ip collapses; see benchmarks/README.md.)
     return lognormal_factors(20_000, 200, 32, seed=0, norm_sigma=0.2)
 
 
@@ -77,12 +92,91 @@ def test_zero_items_stay_out_of_hnsw_but_not_flat() -> None:
     assert build_index(items, "flat").index.ntotal == 500
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw-mips", "hnsw-ip"])
+@pytest.fixture(scope="module")
+def narrow_ivf(narrow_norms: tuple[np.ndarray, np.ndarray]) -> dict[str, MipsIndex]:
+    items, _ = narrow_norms
+    return {kind: build_index(items, kind, nlist=128, pq_m=16, nprobe=16, k_factor=8) for kind in IVF_KINDS}
+
+
+@pytest.mark.parametrize("kind", IVF_KINDS)
+def test_ivfpq_recall_and_exact_scores(narrow_norms, narrow_truth, narrow_ivf, kind: str) -> None:
+    items, queries = narrow_norms
+    scores, rows = narrow_ivf[kind].search(queries, 50)
+    assert recall(narrow_truth, rows) >= 0.9
+    # The refine step ranks by L2 in the augmented space for ivfpq-mips: what comes
+    # back must still be true inner products with the original factors, best first.
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", items[rows], queries), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_ivfpq_ip_beats_the_l2_reduction_on_wide_norms() -> None:
+    # Why "auto" builds ivfpq-ip and not ivfpq-mips: with widely spread norms the
+    # reduction's extra coordinate (close to the largest norm for most items) dominates
+    # every L2 distance, and 4-bit codes cannot resolve the inner products under it.
+    items, queries = lognormal_factors(10_000, 100, 32, seed=4, norm_sigma=1.0)
+    truth = build_index(items, "flat").search(queries, 50)[1]
+    found = {kind: recall(truth, build_index(items, kind, nlist=64, pq_m=16, nprobe=16).search(queries, 50)[1])
+             for kind in IVF_KINDS}
+    assert found["ivfpq-ip"] >= 0.75 and found["ivfpq-ip"] > found["ivfpq-mips"] + 0.2, found
+
+
+@pytest.mark.parametrize("k", [300, 2000])
+@pytest.mark.parametrize("kind", IVF_KINDS + HNSW_KINDS)
+def test_large_k_keeps_recall(narrow_norms, narrow_hnsw, narrow_ivf, kind: str, k: int) -> None:
+    # Pages deep in a feed ask for thousands of items: nprobe (IVF) and efSearch (HNSW)
+    # must grow with k, or the tail of the result is padding or noise. For IVF, k=300
+    # probes 48 of 128 lists; k=2000 would probe them all and searches exactly instead.
+    items, queries = narrow_norms
+    index = {**narrow_hnsw, **narrow_ivf}[kind]
+    if kind in HNSW_KINDS:
+        index.params["ef_search"] = 64
+    truth = build_index(items, "flat").search(queries[:20], k)[1]
+    scores, rows = index.search(queries[:20], k)
+    assert np.all(rows >= 0) and len(set(rows[0].tolist())) == k
+    floor = {"hnsw-ip": 0.3, "hnsw-mips": 0.85}.get(kind, 0.9)
+    assert recall(truth, rows) >= floor, kind
+    if kind in IVF_KINDS and k == 2000:
+        np.testing.assert_array_equal(rows, truth)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("kind", IVF_KINDS)
+def test_ivfpq_k_above_ntotal_and_zero_items(kind: str) -> None:
+    rng = np.random.default_rng(3)
+    items = (rng.standard_normal((1000, 16)) * rng.lognormal(0, 0.5, (1000, 1))).astype(np.float32)
+    items[::4] = 0.0  # never-liked items: ALS gives them zero factors
+    index = build_index(items, kind, pq_m=8, nprobe=4)
+    assert index.ntotal == 1000 and index.index.ntotal == 750
+    # Approximate path (4 lists of 19 at k=10): zero items stay out.
+    _, rows = index.search(items[1:3], 10)
+    assert np.all(rows >= 0) and not np.any(rows % 4 == 0)
+    # k above the catalogue: exact search over every item, zero ones included, padded.
+    scores, rows = index.search(items[1:3], 1200)
+    flat_scores, flat_rows = build_index(items, "flat").search(items[1:3], 1200)
+    assert rows.shape == (2, 1200)
+    for r, f in zip(rows, flat_rows):
+        assert set(r.tolist()) == set(f.tolist())
+    np.testing.assert_array_equal(rows[:, 1000:], -1)
+    np.testing.assert_allclose(scores, flat_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", IVF_KINDS)
+@pytest.mark.parametrize("n", [1, 7])
+def test_ivfpq_tiny_catalogue_is_exact(kind: str, n: int) -> None:
+    # Regression: fewer items than 4-bit PQ's 16 centroids failed to train, and one item
+    # trained identical centroids that made fast-scan return nothing.
+    items = np.random.default_rng(5).standard_normal((n, 4)).astype(np.float32)
+    scores, rows = build_index(items, kind).search(items, 10)
+    np.testing.assert_array_equal(rows[:, :n], np.argsort(-(items @ items.T), axis=1))
+    np.testing.assert_array_equal(rows[:, n:], -1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip(tmp_path, kind: str) -> None:
     rng = np.random.default_rng(2)
-    items = (rng.standard_normal((300, 16)) * rng.lognormal(0, 0.5, (300, 1))).astype(np.float32)
+    items = (rng.standard_normal((1000, 16)) * rng.lognormal(0, 0.5, (1000, 1))).astype(np.float32)
     items[5] = 0.0
-    index = build_index(items, kind, hnsw_m=8, ef_search=64)
+    index = build_index(items, kind, hnsw_m=8, ef_search=64, pq_m=8, nprobe=4)
     path = str(tmp_path / "index.faiss")
     index.save(path)
     loaded = MipsIndex.load(path)
@@ -97,5 +191,7 @@ def test_auto_and_errors(tmp_path) -> None:
     assert build_index(items).kind == "flat"
     with pytest.raises(ValueError):
         build_index(items, "ivf")
+    with pytest.raises(ValueError):
+        build_index(items, "ivfpq-mips", pq_m=0)
     with pytest.raises(FileNotFoundError):
         MipsIndex.load(str(tmp_path / "missing.faiss"))

@@ -56,7 +56,7 @@ def test_run_publishes_a_loadable_version(tmp_path, monkeypatch) -> None:
     assert art.model.user_vector("u00", []) is not None
 
 
-@pytest.mark.parametrize("kind", ["hnsw-mips"])
+@pytest.mark.parametrize("kind", ["hnsw-mips", "ivfpq-ip"])
 def test_train_with_hnsw(kind: str) -> None:
     model, info = train(two_communities(), TrainParams(factors=8, iterations=5, index=kind, show_progress=False))
     assert info["index_kind"] == kind and len(model.neighbours(model.user_vector("u01", []), 5)[0]) == 5

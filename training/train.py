@@ -228,8 +228,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help="item-kNN similarity for the item_knn source and feature; none trains none "
                             "(default: %(default)s)")
     group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
-    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips"), default=d.index,
-                       help="item index: exact below 50k items, HNSW over the MIPS->L2 reduction above (default: auto)")
+    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
+                       help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
     group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
