@@ -21,10 +21,14 @@ class FeedSettings:
     """Tunable knobs of the feed (the serving CLI exposes each as a flag)."""
 
     max_per_seller: int = 2  # seller-diversity cap per page
-    per_key_limit: int = 20  # newest listings per followed seller / likes per friend to read
-    trending_limit: int = 100  # trending items to read for a first page
-    neighbours: int = 200  # embedding neighbours to fetch for a first page
-    knn_neighbours: int = 200  # item-kNN candidates (most similar to recent likes) for a first page
+    # Pool sizes: the smallest within 1 % of the best validation NDCG@10 on the generator's
+    # data (time split) and on Last.fm (random split), the larger of the two per knob
+    # (benchmarks/bench_pools.py; benchmarks/README.md "Pool sizes"). Each pool is at
+    # least 2 x (items served so far + limit), so deep pages still find unseen items.
+    per_key_limit: int = 50  # newest listings per followed seller / likes per friend to read (Last.fm needs 50; the generator 5)
+    trending_limit: int = 20  # trending items to read for a first page
+    neighbours: int = 25  # embedding neighbours to fetch for a first page
+    knn_neighbours: int = 25  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
     fresh_window_seconds: float = 3_600.0  # graph activity this recent is promoted to the top
     max_fresh: int = 3  # at most this many promoted items per page; 0 disables promotion

@@ -493,6 +493,8 @@ def add_arguments(parser) -> None:
                       help="seller cap per page, as served (default: %(default)s)")
     feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
                       help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
+    feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
+                      help="trending items gathered for a first page (default: %(default)s)")
     feed.add_argument("--neighbours", type=int, default=d.neighbours,
                       help="embedding neighbours gathered per feed (default: %(default)s)")
     feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
@@ -520,6 +522,7 @@ def run(args) -> None:
         FeedSettings(),
         max_per_seller=args.max_per_seller,
         per_key_limit=args.per_key_limit,
+        trending_limit=args.trending_limit,
         neighbours=args.neighbours,
         knn_neighbours=args.knn_neighbours,
         sources=tuple(s for s in args.sources.split(",") if s),
