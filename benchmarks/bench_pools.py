@@ -57,9 +57,9 @@ def sweep(args: argparse.Namespace) -> dict:
     train_part, _, _ = split_for_evaluation(dataset, SplitSpec.parse(args.split))
     fit_part, valid, now = validation_split(train_part, args.validation, args.seed)
     params = params_from_args(args)
-    model, _ = train(fit_part, params)
     base = replace(FeedSettings(), **parse_base(args.base))
-    ranker, _ = fit_ranker(fit_part, params, base, ranker_params_from_args(args))
+    ranker, _, warm = fit_ranker(fit_part, params, base, ranker_params_from_args(args))
+    model, _ = train(fit_part, params, initial=warm)
     relevant: dict[str, set[str]] = defaultdict(set)
     for user_id, item_id in zip(valid.src, valid.dst):
         relevant[user_id].add(item_id)

@@ -9,6 +9,7 @@ served; seller factors are a training device.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +80,39 @@ class Interactions:
         return self.matrix[:, : self.n_items].tocsr()
 
 
-def _index(ids: list[str]) -> dict[str, int]:
-    return {value: i for i, value in enumerate(ids)}
+def _encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """int32 codes of ``values`` in order of first appearance, and the distinct values.
+
+    pyarrow's hash-based dictionary encoding: seconds for tens of millions of ids, where a
+    Python dict loop takes minutes.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(values):
+        return np.zeros(0, np.int32), []
+    encoded = pc.dictionary_encode(pa.array(values, type=pa.string()))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary.to_pylist()
+
+
+def _codes_in(values: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """int32 position of each value in ``vocabulary``, -1 where it is absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(values):
+        return np.zeros(0, np.int32)
+    found = pc.index_in(pa.array(values, type=pa.string()), value_set=pa.array(vocabulary, type=pa.string()))
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def _without_empty(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Drop "" (no seller) from a first-seen encoding: its code becomes -1, later codes shift down."""
+    if "" not in ids:
+        return codes, ids
+    empty = ids.index("")
+    codes = np.where(codes == empty, -1, codes - (codes > empty)).astype(np.int32)
+    return codes, ids[:empty] + ids[empty + 1 :]
 
 
 def build_interactions(
@@ -88,6 +120,7 @@ def build_interactions(
     like_weight: float = DEFAULT_LIKE_WEIGHT,
     follow_weight: float = DEFAULT_FOLLOW_WEIGHT,
     weight_transform: str = DEFAULT_WEIGHT_TRANSFORM,
+    layout: Interactions | None = None,
 ) -> Interactions:
     """Build the weighted interaction matrix from a dataset.
 
@@ -97,41 +130,33 @@ def build_interactions(
     in first-seen order (likes first). A like weighs ``like_weight`` times its own weight
     under ``weight_transform`` (1 for unweighted likes). Duplicate edges sum. ``follow_weight=0`` drops
     follows but keeps the seller columns, so the column layout does not depend on it.
+
+    With ``layout`` (the interactions of a larger dataset, e.g. the full one when ``ds``
+    is its fit part), rows and columns are exactly ``layout``'s, so factors trained on
+    one can warm-start training on the other; edges whose ids ``layout`` lacks are dropped.
     """
-    item_ids = list(ds.items.item_id)
-    item_row = _index(item_ids)
-    for item in ds.likes.dst:
-        if item not in item_row:
-            item_row[item] = len(item_ids)
-            item_ids.append(item)
-
-    seller_ids: list[str] = []
-    seller_col: dict[str, int] = {}
-    for seller in list(ds.items.seller_id) + list(ds.follows.dst):
-        if seller and seller not in seller_col:
-            seller_col[seller] = len(seller_ids)
-            seller_ids.append(seller)
-
-    user_ids: list[str] = []
-    user_row: dict[str, int] = {}
-    for user in list(ds.likes.src) + list(ds.follows.src):
-        if user not in user_row:
-            user_row[user] = len(user_ids)
-            user_ids.append(user)
+    likes, follows = ds.likes, ds.follows
+    n_likes, n_follows = len(likes), len(follows)
+    if layout is None:
+        item_codes, item_ids = _encode(list(ds.items.item_id) + list(likes.dst))
+        like_items = item_codes[len(ds.items) :]
+        seller_codes, seller_ids = _without_empty(*_encode(list(ds.items.seller_id) + list(follows.dst)))
+        follow_sellers = seller_codes[len(ds.items) :]
+        user_codes, user_ids = _encode(list(likes.src) + list(follows.src))
+    else:
+        item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
+        like_items = _codes_in(likes.dst, item_ids)
+        follow_sellers = _codes_in(follows.dst, seller_ids)
+        user_codes = _codes_in(list(likes.src) + list(follows.src), user_ids)
 
     n_items = len(item_ids)
-    n_likes, n_follows = len(ds.likes), len(ds.follows)
-    rows = np.empty(n_likes + n_follows, dtype=np.int32)
-    cols = np.empty(n_likes + n_follows, dtype=np.int32)
+    rows = user_codes
+    cols = np.concatenate([like_items, np.where(follow_sellers >= 0, n_items + follow_sellers, -1)]).astype(np.int32)
     vals = np.empty(n_likes + n_follows, dtype=np.float32)
-    rows[:n_likes] = np.fromiter((user_row[u] for u in ds.likes.src), np.int32, n_likes)
-    cols[:n_likes] = np.fromiter((item_row[i] for i in ds.likes.dst), np.int32, n_likes)
-    vals[:n_likes] = like_weight * transform_weights(ds.likes.weights(), weight_transform)
-    rows[n_likes:] = np.fromiter((user_row[u] for u in ds.follows.src), np.int32, n_follows)
-    cols[n_likes:] = np.fromiter((n_items + seller_col[s] for s in ds.follows.dst), np.int32, n_follows)
+    vals[:n_likes] = like_weight * transform_weights(likes.weights(), weight_transform)
     vals[n_likes:] = follow_weight
 
-    keep = vals != 0
+    keep = (vals != 0) & (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix(
         (vals[keep], (rows[keep], cols[keep])),
         shape=(len(user_ids), n_items + len(seller_ids)),
@@ -151,13 +176,18 @@ def train_als(
     seed: int = 0,
     show_progress: bool = True,
     num_threads: int = 0,
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
+    all_columns: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit implicit's CPU ALS on ``interactions.matrix``.
 
     Returns ``(user_factors, item_factors)`` as C-contiguous float32 arrays of shapes
     ``(len(user_ids), factors)`` and ``(len(item_ids), factors)``: seller columns are
-    trained but not returned. Deterministic for a given seed and ``num_threads=1``;
-    with several threads results differ in the last bits between runs.
+    trained but not returned, unless ``all_columns`` (then every column's factors, for a
+    later warm start). ``initial`` = (user factors, all-column factors) of a model with the
+    same layout starts the sweeps from there instead of from random factors.
+    Deterministic for a given seed and ``num_threads=1``; with several threads results
+    differ in the last bits between runs.
     """
     # Imported here so that importing embeddings/ for serving does not load implicit.
     from implicit.cpu.als import AlternatingLeastSquares
@@ -174,7 +204,14 @@ def train_als(
             num_threads=num_threads,
             dtype=np.float32,
         )
+        if initial is not None:
+            users, columns = initial
+            if users.shape != (interactions.matrix.shape[0], factors) or columns.shape != (interactions.matrix.shape[1], factors):
+                raise ValueError("warm-start factors do not match the interactions' layout")
+            # implicit keeps factors that are already set (implicit/cpu/als.py fit).
+            model.user_factors = np.array(users, dtype=np.float32)
+            model.item_factors = np.array(columns, dtype=np.float32)
         model.fit(interactions.matrix, show_progress=show_progress)
     user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-    item_factors = np.ascontiguousarray(model.item_factors[: interactions.n_items], dtype=np.float32)
-    return user_factors, item_factors
+    item_factors = model.item_factors if all_columns else model.item_factors[: interactions.n_items]
+    return user_factors, np.ascontiguousarray(item_factors, dtype=np.float32)

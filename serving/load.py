@@ -87,13 +87,21 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
     for start in range(0, len(scores), 1000):
         yield 0, "zadd", (keys.trending, dict(scores[start : start + 1000]))
 
-    follows = dataset.follows
-    for user_id, seller_id in zip(follows.src, follows.dst):
-        yield 1, "sadd", (keys.follows(user_id), seller_id)
-    friends = dataset.friends
-    for a, b in zip(friends.src, friends.dst):
-        yield 1, "sadd", (keys.friends(a), b)
-        yield 0, "sadd", (keys.friends(b), a)
+    # One SADD per user with all its members: a command per edge made loading 1M users'
+    # graph a matter of an hour instead of minutes.
+    followed: dict[str, list[str]] = defaultdict(list)
+    for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
+        followed[user_id].append(seller_id)
+    for user_id, sellers in followed.items():
+        yield len(sellers), "sadd", (keys.follows(user_id), *sellers)
+    befriended: dict[str, list[str]] = defaultdict(list)
+    listed_first: dict[str, int] = defaultdict(int)  # friendships counted on their src side
+    for a, b in zip(dataset.friends.src, dataset.friends.dst):
+        befriended[a].append(b)
+        befriended[b].append(a)
+        listed_first[a] += 1
+    for user_id, friends in befriended.items():
+        yield listed_first.get(user_id, 0), "sadd", (keys.friends(user_id), *friends)
 
 
 def load_into_redis(

@@ -145,3 +145,23 @@ def test_a_deep_neighbour_search_is_exact_and_agrees_with_the_index_at_its_top()
     np.testing.assert_allclose(scores, (items @ query)[rows], rtol=1e-5)
     rows, _ = model.neighbour_rows(query, n + 10)
     assert sorted(rows.tolist()) == list(range(n))
+
+
+def test_a_fit_part_shares_the_full_layout_and_warm_starts_it() -> None:
+    ds = two_communities()
+    full = build_interactions(ds)
+    half = ds.with_likes(Edges(ds.likes.src[::2], ds.likes.dst[::2], ds.likes.ts[::2]))
+    part = build_interactions(half, layout=full)
+    assert (part.user_ids, part.item_ids, part.seller_ids) == (full.user_ids, full.item_ids, full.seller_ids)
+    assert part.matrix.shape == full.matrix.shape and part.matrix.nnz < full.matrix.nnz
+    users, columns = train_als(part, factors=8, iterations=10, show_progress=False, all_columns=True)
+    assert columns.shape == (full.matrix.shape[1], 8)
+    warm_users, warm_items = train_als(full, factors=8, iterations=2, show_progress=False, initial=(users, columns))
+    cold_users, cold_items = train_als(full, factors=8, iterations=2, show_progress=False)
+    # Two sweeps from the fit part's factors fit the full matrix better than two from random ones.
+    def loss(u, i):
+        dense = full.matrix[:, : full.n_items].toarray() > 0
+        return float(((dense - u @ i.T) ** 2).sum())
+    assert loss(warm_users, warm_items) < loss(cold_users, cold_items)
+    with pytest.raises(ValueError, match="layout"):
+        train_als(full, factors=4, iterations=1, show_progress=False, initial=(users, columns))

@@ -414,6 +414,7 @@ def evaluate_split(
     With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
     ``report.ranker`` holds the fitted ranker's manifest entry.
     """
+    from embeddings.als import build_interactions
     from ranking.ranker import DEFAULT_RANKER
     from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
     from training.train import train
@@ -423,11 +424,14 @@ def evaluate_split(
         train_part, now = dataset, None
     else:
         train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
-    model, _ = train(train_part, params)
-    ranker, extra = DEFAULT_RANKER, {}
+    ranker, extra, warm = DEFAULT_RANKER, {}, None
     fit_info: dict = {"objective": "blend"}
+    interactions = build_interactions(train_part, params.like_weight, params.follow_weight, params.weight_transform)
     if ranker_params.objective != "blend":
-        ranker, fit_info = fit_ranker(train_part, params, settings, ranker_params)
+        # As the trainer publishes: the ranker's fit-part model first, the served model from it.
+        ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)
+    model, _ = train(train_part, params, interactions, initial=warm)
+    if ranker_params.objective != "blend":
         if compare_blend:
             replay_now = evaluation_time(train_part) if now is None else now
             extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)

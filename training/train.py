@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from embeddings import als
 from embeddings.index import build_index
 from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, KNN_KINDS, train_item_knn
@@ -60,6 +62,8 @@ class TrainParams:
     """HNSW search-time beam width (raised to k per query when k is larger)."""
     seed: int = 0
     """Seed of the ALS initialisation."""
+    warm_iterations: int = 3
+    """ALS sweeps over all the data after the ranker's fit-part model, which they start from."""
     show_progress: bool = True
     """Draw tqdm progress bars."""
 
@@ -73,26 +77,35 @@ def _step(name: str, timings: dict[str, float], verbose: bool) -> Iterator[None]
         print(f"{name:<14} {timings[name]:8.2f} s", flush=True)
 
 
-def train(ds: Dataset, params: TrainParams = TrainParams()) -> tuple[EmbeddingModel, dict[str, Any]]:
+def train(
+    ds: Dataset,
+    params: TrainParams = TrainParams(),
+    interactions: als.Interactions | None = None,
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[EmbeddingModel, dict[str, Any]]:
     """Fit ALS on ``ds`` and index its item factors.
 
     Returns the model and an info dict: sizes of the problem ("users", "items",
     "sellers", "interactions") and "timings" in seconds per step. Users are those with a
     like or follow; items are all of ``ds.items`` (cold ones get zero factors).
+    ``interactions`` is ``ds``'s matrix when already built; ``initial`` (user factors,
+    all-column factors in that layout) starts ALS there and runs ``params.warm_iterations``.
     """
     timings: dict[str, float] = {}
     verbose = params.show_progress
-    with _step("interactions", timings, verbose):
-        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
+    if interactions is None:
+        with _step("interactions", timings, verbose):
+            interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
     with _step("als", timings, verbose):
         user_factors, item_factors = als.train_als(
             interactions,
             factors=params.factors,
             regularization=params.regularization,
             alpha=params.alpha,
-            iterations=params.iterations,
+            iterations=params.iterations if initial is None else params.warm_iterations,
             seed=params.seed,
             show_progress=params.show_progress,
+            initial=initial,
         )
     knn = None
     # "index" times both item-side neighbour structures: the MIPS index and the item-kNN.
@@ -135,8 +148,11 @@ def default_ranker_spec() -> dict[str, Any]:
     return {"features": list(FEATURE_NAMES), "weights": dict(DEFAULT_BLEND), "bias": 0.0}
 
 
-def fitted_ranker_spec(ds: Dataset, params: TrainParams, ranker_params) -> dict[str, Any]:
-    """The manifest "ranker" entry fitted on a validation split of ``ds`` (training.ranker_fit).
+def fitted_ranker_spec(
+    ds: Dataset, params: TrainParams, ranker_params, interactions: als.Interactions | None = None
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """The manifest "ranker" entry fitted on a validation split of ``ds`` (training.ranker_fit),
+    and the fit part's factors to warm-start the served model from (None for the blend).
 
     Objective "blend" publishes the hand-set blend. When the data cannot support a fit
     (no validation user with a positive in their candidate pool, e.g. a toy dataset) the
@@ -145,14 +161,14 @@ def fitted_ranker_spec(ds: Dataset, params: TrainParams, ranker_params) -> dict[
     from training.ranker_fit import fit_ranker, ranker_spec
 
     if ranker_params.objective == "blend":
-        return {**default_ranker_spec(), "fit": {"objective": "blend"}}
+        return {**default_ranker_spec(), "fit": {"objective": "blend"}}, None
     try:
-        ranker, info = fit_ranker(ds, params, params_settings(), ranker_params)
+        ranker, info, warm = fit_ranker(ds, params, params_settings(), ranker_params, interactions)
     except ValueError as error:
         if params.show_progress:
             print(f"ranker: cannot fit ({error}); publishing the hand-set blend", flush=True)
-        return {**default_ranker_spec(), "fit": {"objective": "blend", "reason": str(error)}}
-    return ranker_spec(ranker, info)
+        return {**default_ranker_spec(), "fit": {"objective": "blend", "reason": str(error)}}, None
+    return ranker_spec(ranker, info), warm
 
 
 def params_settings():
@@ -185,10 +201,13 @@ def train_and_publish(
     with _step("load", timings, verbose):
         ds = load_dataset(data_dir)
         fingerprint = ds.fingerprint()
-    model, info = train(ds, params)
-    timings.update(info.pop("timings"))
+    with _step("interactions", timings, verbose):
+        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
+    # The ranker's fit-part model is trained first; the served model starts from it.
     with _step("ranker", timings, verbose):
-        ranker = fitted_ranker_spec(ds, params, ranker_params)
+        ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions)
+    model, info = train(ds, params, interactions, initial=warm)
+    timings.update(info.pop("timings"))
     metrics: dict[str, Any] = {}
     if evaluate_fn is not None:
         with _step("evaluate", timings, verbose):
@@ -232,6 +251,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
+    group.add_argument("--warm-iterations", type=int, default=d.warm_iterations,
+                       help="ALS sweeps over all the data, starting from the ranker's fit-part model "
+                            f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
     group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
     add_ranker_arguments(parser)
@@ -291,6 +313,7 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         knn_k=args.knn_k,
         index=args.index,
         ef_search=args.ef_search,
+        warm_iterations=args.warm_iterations,
         seed=args.seed,
         show_progress=not args.no_progress,
     )
