@@ -200,6 +200,10 @@ def _read_table(directory: str, file: str) -> _Table:
             if name not in seen:
                 raise DatasetError(file, 1, name, "missing required column")
         header_lines = reader.line_num
+        fast = _read_columns_fast(os.path.join(directory, file), header) if header_lines == 1 else None
+        if fast is not None:
+            columns, n = fast
+            return _Table(file, columns, None, n)
         rows = list(reader)
         total_lines = reader.line_num
 
@@ -222,6 +226,38 @@ def _read_table(directory: str, file: str) -> _Table:
     else:
         cols = [[] for _ in header]
     return _Table(file, dict(zip(header, cols)), lines, len(rows))
+
+
+def _read_columns_fast(path: str, header: list[str]) -> tuple[dict[str, list[str]], int] | None:
+    """Every column as strings, read by pyarrow's multithreaded CSV parser.
+
+    None when the file needs the careful reader: a row with the wrong number of fields,
+    a quoted newline, a blank line (anything that breaks "data row i is on line i + 2",
+    which error messages rely on). That reader then finds and names the problem.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pv
+
+    try:
+        table = pv.read_csv(
+            path,
+            read_options=pv.ReadOptions(column_names=header, skip_rows=1),
+            parse_options=pv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pv.ConvertOptions(
+                column_types={name: pa.string() for name in header}, strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    newlines = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+    physical = newlines + (last != b"\n")
+    if table.num_rows != physical - 1:
+        return None
+    return {name: table.column(name).to_pylist() for name in header}, table.num_rows
 
 
 def _rows_with_lines(directory: str, file: str) -> tuple[np.ndarray, list[list[str]]]:
@@ -330,9 +366,13 @@ def _ids(table: _Table, column: str) -> list[str]:
 
 
 def _codes(values: Sequence[str]) -> np.ndarray:
-    """Dense int64 codes of values, in order of first appearance."""
-    index = {v: i for i, v in enumerate(dict.fromkeys(values))}
-    return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values))
+    """Dense int64 codes of values, in order of first appearance (pyarrow's hash encoding)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    return pc.dictionary_encode(pa.array(values, type=pa.string())).indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray | None = None) -> Edges:
@@ -340,12 +380,17 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
 
     Output order is the order of each pair's first occurrence.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = len(src)
-    if len(set(zip(src, dst))) == n:
+    if not n:
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     su = _codes(src)
     dv = _codes(dst)
     key = su * (int(dv.max()) + 1) + dv
+    if len(pc.unique(pa.array(key))) == n:
+        return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     filled = np.where(np.isnan(ts), -np.inf, ts)
     latest = np.full(len(uniq), -np.inf)
