@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ranking.feed import build_feed_pipeline
+from serving.server import limit_native_threads
 from serving.stores.memory import MemoryStore
 from training.artifact import load_current
 from training.generate import generate
@@ -18,6 +19,7 @@ from training.dataset import write_dataset
 @pytest.fixture(scope="session")
 def bench_world(tmp_path_factory):
     """A 20k-user, 50k-item generated dataset with a trained model and a loaded memory store."""
+    limit_native_threads()  # one faiss/BLAS thread per request thread, as the server runs
     root = tmp_path_factory.mktemp("bench")
     dataset = generate(users=20_000, sellers=2_000, items=50_000, seed=1)
     write_dataset(dataset, str(root / "data"))
