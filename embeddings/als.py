@@ -9,13 +9,13 @@ served; seller factors are a training device.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from ranking.vocab import encode, positions_in
 from training.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -80,32 +80,6 @@ class Interactions:
         return self.matrix[:, : self.n_items].tocsr()
 
 
-def _encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """int32 codes of ``values`` in order of first appearance, and the distinct values.
-
-    pyarrow's hash-based dictionary encoding: seconds for tens of millions of ids, where a
-    Python dict loop takes minutes.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not len(values):
-        return np.zeros(0, np.int32), []
-    encoded = pc.dictionary_encode(pa.array(values, type=pa.string()))
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary.to_pylist()
-
-
-def _codes_in(values: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
-    """int32 position of each value in ``vocabulary``, -1 where it is absent."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not len(values):
-        return np.zeros(0, np.int32)
-    found = pc.index_in(pa.array(values, type=pa.string()), value_set=pa.array(vocabulary, type=pa.string()))
-    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-
-
 def _without_empty(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     """Drop "" (no seller) from a first-seen encoding: its code becomes -1, later codes shift down."""
     if "" not in ids:
@@ -138,16 +112,16 @@ def build_interactions(
     likes, follows = ds.likes, ds.follows
     n_likes, n_follows = len(likes), len(follows)
     if layout is None:
-        item_codes, item_ids = _encode(list(ds.items.item_id) + list(likes.dst))
+        item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
         like_items = item_codes[len(ds.items) :]
-        seller_codes, seller_ids = _without_empty(*_encode(list(ds.items.seller_id) + list(follows.dst)))
+        seller_codes, seller_ids = _without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
         follow_sellers = seller_codes[len(ds.items) :]
-        user_codes, user_ids = _encode(list(likes.src) + list(follows.src))
+        user_codes, user_ids = encode(list(likes.src) + list(follows.src))
     else:
         item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
-        like_items = _codes_in(likes.dst, item_ids)
-        follow_sellers = _codes_in(follows.dst, seller_ids)
-        user_codes = _codes_in(list(likes.src) + list(follows.src), user_ids)
+        like_items = positions_in(likes.dst, item_ids)
+        follow_sellers = positions_in(follows.dst, seller_ids)
+        user_codes = positions_in(list(likes.src) + list(follows.src), user_ids)
 
     n_items = len(item_ids)
     rows = user_codes

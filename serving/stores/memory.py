@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ranking.store import Activity, ItemColumns, Timelines, UserState, trending_weight, trending_weights
-from ranking.vocab import Vocabulary
+from ranking.vocab import Vocabulary, encode
 from serving.events import Event, EventKind, EventValidationError
 from serving.stores.base import ApplyResult
 from training.dataset import Dataset
@@ -34,6 +34,17 @@ def id_ranks(vocabulary: Vocabulary) -> np.ndarray:
     ranks = np.empty(len(ids), dtype=np.int64)
     ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return ranks
+
+
+def _grouped_sets(keys: list[str], values: list[str]) -> dict[str, set[str]]:
+    """{key: set of its values} for parallel lists, grouped by array sorts rather than per-pair adds."""
+    if not keys:
+        return {}
+    codes, distinct = encode(keys)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1, [len(order)]]).tolist()
+    grouped = np.asarray(values, dtype=object)[order].tolist()
+    return {key: set(grouped[start:stop]) for key, start, stop in zip(distinct, bounds, bounds[1:])}
 
 
 class TimelineTable:
@@ -204,11 +215,9 @@ class MemoryStore:
             )
             bar.update()
 
-            for user_id, seller_id in zip(dataset.follows.src, dataset.follows.dst):
-                store._follows[user_id].add(seller_id)
-            for user_id, friend_id in zip(dataset.friends.src, dataset.friends.dst):
-                store._friends[user_id].add(friend_id)
-                store._friends[friend_id].add(user_id)
+            friends = dataset.friends
+            store._follows.update(_grouped_sets(dataset.follows.src, dataset.follows.dst))
+            store._friends.update(_grouped_sets(friends.src + friends.dst, friends.dst + friends.src))
             bar.update()
         return store
 

@@ -1,0 +1,35 @@
+"""Vocabulary codes: the bulk (pyarrow) path and the one-by-one path agree."""
+
+import numpy as np
+import pytest
+
+from ranking.vocab import BULK_ENCODE_MIN, UNKNOWN, Vocabulary, encode, positions_in
+
+
+def one_by_one(vocabulary: Vocabulary, ids: list[str], add: bool) -> np.ndarray:
+    return np.array([vocabulary.add(i) if add else vocabulary.code(i) for i in ids], dtype=np.int32)
+
+
+@pytest.mark.parametrize("distinct", [3, BULK_ENCODE_MIN // 2, 2 * BULK_ENCODE_MIN])
+def test_bulk_codes_match_first_sight_order(distinct):
+    rng = np.random.default_rng(distinct)
+    ids = [f"id{k}" for k in rng.integers(0, distinct, 3 * BULK_ENCODE_MIN)]
+    bulk, single = Vocabulary(["id5", "seed"]), Vocabulary(["id5", "seed"])
+    assert (bulk.codes(ids, add=True) == one_by_one(single, ids, add=True)).all()
+    assert bulk.ids(range(len(bulk))) == single.ids(range(len(single)))
+    assert (bulk.hashes(np.arange(len(bulk))) == single.hashes(np.arange(len(single)))).all()
+
+
+def test_bulk_codes_without_add_leave_unknown_ids_out():
+    vocabulary = Vocabulary(["a", "b"])
+    ids = ["a", "zz", "b"] * BULK_ENCODE_MIN
+    codes = vocabulary.codes(ids)
+    assert codes.tolist()[:3] == [0, UNKNOWN, 1]
+    assert len(vocabulary) == 2
+
+
+def test_encode_and_positions_in():
+    codes, distinct = encode(["b", "a", "b", "c"])
+    assert codes.tolist() == [0, 1, 0, 2] and distinct == ["b", "a", "c"]
+    assert positions_in(["c", "x", "b"], ["b", "c"]).tolist() == [1, -1, 0]
+    assert encode([])[1] == [] and len(positions_in([], ["a"])) == 0
