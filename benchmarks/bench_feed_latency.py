@@ -27,8 +27,8 @@ from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
 from serving.page_token import PageTokenCodec
-from serving.stores.memory import MemoryStore
-from serving.stores.redis import RedisStore
+from stores.memory import MemoryStore
+from stores.redis import RedisStore
 from training.artifact import load_current
 from training.dataset import write_dataset
 from training.generate import generate
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    from tests.redis_servers import RedisClusterServers, RedisServer  # the test fixtures' process helpers
+    from tests.redis_servers import (  # the test fixtures' process helpers
+        RedisClusterServers,
+        RedisServer,
+    )
 
     rng = random.Random(args.seed)
     results, loads, servers = [], [], []

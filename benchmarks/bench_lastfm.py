@@ -26,8 +26,9 @@ import numpy as np
 
 from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings
-from training.evaluate import SplitSpec, evaluate_split
+from training.experiment import evaluate_split
 from training.ranker_fit import RankerFitParams
+from training.splits import SplitSpec
 from training.train import TrainParams
 
 # SocialLGN (Liao et al., Information Sciences 2022), Last.fm, random 80/20 split, K=10.

@@ -26,12 +26,17 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from ranking.feed import FeedSettings, build_feed_pipeline
-from serving.stores.memory import MemoryStore
+from stores.memory import MemoryStore
+from training.arguments import (
+    add_training_arguments,
+    params_from_args,
+    ranker_params_from_args,
+)
 from training.dataset import load_dataset
-from training.evaluate import SplitSpec, split_for_evaluation
 from training.metrics import ranking_metrics
-from training.ranker_fit import fit_ranker, validation_split
-from training.train import add_training_arguments, params_from_args, ranker_params_from_args, train
+from training.ranker_fit import fit_ranker
+from training.splits import SplitSpec, split_for_evaluation, validation_split
+from training.train import train
 
 KNOBS: dict[str, tuple[int, ...]] = {
     "neighbours": (25, 50, 100, 200),

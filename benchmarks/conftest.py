@@ -9,11 +9,11 @@ import pytest
 
 from ranking.feed import build_feed_pipeline
 from serving.server import limit_native_threads
-from serving.stores.memory import MemoryStore
+from stores.memory import MemoryStore
 from training.artifact import load_current
+from training.dataset import write_dataset
 from training.generate import generate
 from training.train import TrainParams, train_and_publish
-from training.dataset import write_dataset
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from ranking.feed import FeedSettings
-from serving.events import Event, EventKind
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
+from stores.events import Event, EventKind
 
 
 def test_feed_pipeline_first_page(benchmark, bench_world):

@@ -13,7 +13,7 @@ are written to ``events.csv`` with the columns
   stream_id, event_id, kind, ts, user_id, item_id, seller_id, friend_id, created_at,
   stock, price, category
 
-(one row per applied event, in log order; the fields of serving.events.Event.to_record,
+(one row per applied event, in log order; the fields of stores.events.Event.to_record,
 empty when a kind does not use them). The last stream id is printed: pass it as the
 next ``--since`` to export only what is new.
 """
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
-from serving.stores.redis_keys import DEFAULT_PREFIX, Keys
+from stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
+from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, Edges, Items, write_dataset
 
 EVENTS_FILE = "events.csv"

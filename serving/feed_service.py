@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.pipeline import FeedPipeline
 from ranking.types import RankedItem
-from serving.events import MAX_ID_BYTES, Event, validate_batch
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec
-from serving.stores.base import ApplyResult, FeedStore
+from stores.base import ApplyResult, FeedStore
+from stores.events import MAX_ID_BYTES, Event, validate_batch
 from training.artifact import Artifact
 
 MAX_LIMIT = 100

@@ -23,9 +23,14 @@ from typing import Any
 from tqdm import tqdm
 
 from ranking.store import trending_weight
-from serving.stores.memory import DEFAULT_RECENT_LIKES
-from serving.stores.redis import DEFAULT_LISTINGS, connect, split_url, unavailable_on_redis_errors
-from serving.stores.redis_keys import DEFAULT_PREFIX, Keys
+from stores.memory import DEFAULT_RECENT_LIKES
+from stores.redis import (
+    DEFAULT_LISTINGS,
+    connect,
+    split_url,
+    unavailable_on_redis_errors,
+)
+from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, load_dataset
 
 DEFAULT_BATCH = 10_000  # commands per pipeline round trip

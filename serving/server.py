@@ -22,7 +22,8 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
-from serving.stores import FeedStore, open_store
+from serving.store_url import open_store
+from stores import FeedStore
 from training.artifact import load_current
 
 log = logging.getLogger("feedrank.serving")

@@ -11,9 +11,9 @@ import grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem
-from serving.events import Event, EventKind, EventValidationError
 from serving.feed_service import FeedService, InvalidRequest
-from serving.stores.base import StoreUnavailable
+from stores.base import StoreUnavailable
+from stores.events import Event, EventKind, EventValidationError
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
 _PAYLOADS: dict[str, EventKind] = {

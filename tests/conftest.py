@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from serving.stores.base import FeedStore
-from serving.stores.memory import MemoryStore
-from tests.redis_servers import redis_cluster, redis_cluster_url, redis_server, redis_url  # noqa: F401 (fixtures)
+from stores.base import FeedStore
+from stores.memory import MemoryStore
+from tests.redis_servers import (  # noqa: F401 (fixtures)
+    redis_cluster,
+    redis_cluster_url,
+    redis_server,
+    redis_url,
+)
 from training.dataset import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +39,7 @@ STORE_KINDS = [
 def make_redis_store(url: str, dataset: Dataset) -> FeedStore:
     """A RedisStore on ``url`` (already empty) loaded with ``dataset`` by the load command's code."""
     from serving.load import load_into_redis
-    from serving.stores.redis import RedisStore
+    from stores.redis import RedisStore
 
     store = RedisStore.from_url(url, socket_timeout=5.0)
     load_into_redis(store.client, dataset, recent_likes=store.recent_likes_bound, listings=store.listings_bound)

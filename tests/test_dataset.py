@@ -10,7 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.dataset import Dataset, DatasetError, Edges, Items, load_dataset, write_dataset
+from training.dataset import (
+    Dataset,
+    DatasetError,
+    Edges,
+    Items,
+    load_dataset,
+    write_dataset,
+)
 
 ITEMS = "item_id,seller_id,created_at,stock,price,category\n" \
         "i1,s1,1700000000,3,9.5,shoes\n" \

@@ -7,9 +7,12 @@ import json
 import pytest
 
 from ranking.features import FEATURE_NAMES
+from training.arguments import parse_ks
 from training.dataset import DatasetError
-from training.evaluate import SplitSpec, evaluate_split, parse_ks, read_test_file
+from training.evaluate import read_test_file
+from training.experiment import evaluate_split
 from training.generate import generate
+from training.splits import SplitSpec
 from training.train import TrainParams
 
 PARAMS = TrainParams(factors=32, iterations=10, show_progress=False)

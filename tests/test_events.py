@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.events import Event, EventKind, EventValidationError, validate_batch
+from stores.events import Event, EventKind, EventValidationError, validate_batch
 
 
 def like(event_id="e1", **overrides) -> Event:

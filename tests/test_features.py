@@ -9,7 +9,7 @@ from ranking.batch import CandidateBatch
 from ranking.features import FEATURE_NAMES, compute_features
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
-from serving.stores.memory import MemoryStore
+from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, social_dataset
 from training.generate import generate
 from training.train import TrainParams, train

@@ -7,8 +7,8 @@ from collections import Counter
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
 from ranking.types import ReasonKind
-from serving.events import Event, EventKind
-from serving.stores.memory import MemoryStore
+from stores.events import Event, EventKind
+from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 
 

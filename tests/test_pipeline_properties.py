@@ -21,8 +21,8 @@ from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.types import ReasonKind
 from ranking.vocab import stable_hash
-from serving.events import Event, EventKind
-from serving.stores.memory import MemoryStore
+from stores.events import Event, EventKind
+from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, make_dataset
 
 USERS = [f"u{n}" for n in range(8)]

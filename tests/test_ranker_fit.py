@@ -10,7 +10,13 @@ from ranking.ranker import DEFAULT_BLEND
 from training.artifact import load_current
 from training.dataset import write_dataset
 from training.generate import generate
-from training.ranker_fit import Examples, RankerFitParams, fit_logistic, fit_pairwise, fit_ranker_on
+from training.ranker_fit import (
+    Examples,
+    RankerFitParams,
+    fit_logistic,
+    fit_pairwise,
+    fit_ranker_on,
+)
 from training.train import TrainParams, train_and_publish
 
 D = len(FEATURE_NAMES)
@@ -58,7 +64,7 @@ def test_the_trainer_publishes_the_fitted_ranker_and_serving_loads_it(tmp_path):
     from ranking.feed import FeedSettings
     from serving.feed_service import FeedService
     from serving.page_token import PageTokenCodec
-    from serving.stores.memory import MemoryStore
+    from stores.memory import MemoryStore
 
     dataset = generate(users=500, sellers=50, items=1500, seed=4)
     write_dataset(dataset, str(tmp_path / "data"))

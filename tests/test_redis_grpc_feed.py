@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from serving.load import load_into_redis
-from serving.stores.redis import connect
+from stores.redis import connect
 from tests.feed_world import build_world, running_server
 from tests.test_grpc_feed import (  # noqa: F401 (re-collected here with the Redis server fixture)
     stub,

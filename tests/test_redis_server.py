@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.load import load_into_redis
-from serving.stores.redis import RedisStore
-from serving.stores.redis_keys import Keys
+from stores.redis import RedisStore
+from stores.redis_keys import Keys
 from tests.builders import social_dataset
 from tests.conftest import REPO
 from tests.redis_servers import RedisServer

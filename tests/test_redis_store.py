@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from ranking.feed import build_feed_pipeline
-from serving.events import Event, EventKind, EventValidationError
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
-from serving.stores.base import StoreUnavailable
-from serving.stores.memory import MemoryStore
-from serving.stores.redis import RedisStore
+from stores.base import StoreUnavailable
+from stores.events import Event, EventKind, EventValidationError
+from stores.memory import MemoryStore
+from stores.redis import RedisStore
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.events import Event, EventKind, EventValidationError
+from stores.events import Event, EventKind, EventValidationError
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 

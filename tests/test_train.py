@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from tests.test_embeddings import two_communities
+from training.arguments import params_from_args
 from training.artifact import load_current
-from training.train import TrainParams, add_arguments, params_from_args, train
+from training.train import TrainParams, train
+from training.train_command import add_arguments
 
 
 def test_train_on_small_dataset() -> None:
@@ -33,23 +35,21 @@ def test_cli_flags_have_defaults_and_help() -> None:
     assert all(action.help for action in parser._actions)
 
 
-def test_run_publishes_a_loadable_version(tmp_path, monkeypatch) -> None:
-    # load_dataset is another module's job; feed the hand-built dataset through it.
-    import training.dataset
-
-    monkeypatch.setattr(training.dataset, "load_dataset", lambda path: two_communities())
-    monkeypatch.setattr(training.dataset.Dataset, "fingerprint", lambda self: "fp-test")
+def test_run_publishes_a_loadable_version(tmp_path) -> None:
+    from training.dataset import write_dataset
     from training.train import train_and_publish
 
+    dataset = two_communities()
+    write_dataset(dataset, str(tmp_path / "data"))
     calls = []
     version_dir = train_and_publish(
-        "unused", str(tmp_path), TrainParams(factors=8, iterations=5, show_progress=False),
+        str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5, show_progress=False),
         evaluate_fn=lambda ds, model: calls.append(len(model.item_ids)) or {"als": {"ndcg@10": 0.5}},
     )
     assert calls == [40]
-    art = load_current(str(tmp_path))
+    art = load_current(str(tmp_path / "models"))
     assert art.path == version_dir and os.path.isdir(version_dir)
-    assert art.manifest["data_fingerprint"] == "fp-test"
+    assert art.manifest["data_fingerprint"] == dataset.fingerprint()
     assert art.manifest["metrics"] == {"als": {"ndcg@10": 0.5}}
     assert art.manifest["params"]["factors"] == 8 and "show_progress" not in art.manifest["params"]
     assert set(art.manifest["timings"]) >= {"load", "als", "index", "evaluate"}

@@ -16,8 +16,8 @@ from training.dataset import DatasetError
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
     "generate": ("training.generate", "write a synthetic social-commerce dataset directory"),
-    "train": ("training.train", "train embeddings and index, evaluate, publish a model version"),
-    "evaluate": ("training.evaluate", "evaluate the served feed and baselines on a held-out split"),
+    "train": ("training.train_command", "train embeddings and index, evaluate, publish a model version"),
+    "evaluate": ("training.evaluate_command", "evaluate the served feed and baselines on a held-out split"),
     "lastfm": ("training.lastfm", "convert the HetRec 2011 Last.fm 2K dataset into a dataset directory"),
 }
 

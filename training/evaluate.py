@@ -21,9 +21,10 @@ from tqdm import tqdm
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
-from serving.stores.memory import MemoryStore
+from stores.memory import MemoryStore
 from training.dataset import Dataset, Edges
 from training.metrics import catalogue_coverage, mean_distinct_sellers, ranking_metrics
+from training.splits import evaluation_time
 
 Recommender = Callable[[str, int], list[str]]
 
@@ -192,13 +193,6 @@ def pipeline_recommender(
     return lambda user_id, k: [c.item_id for c in pipeline.run(user_id, k, now).items]
 
 
-def evaluation_time(train: Dataset) -> float:
-    """"Now" for a replay: just after the last training event, so recency means what it did then."""
-    times = [a[np.isfinite(a)] for a in (train.likes.ts, train.items.created_at, train.follows.ts)]
-    finite = np.concatenate(times)
-    return float(finite.max()) + 1.0 if finite.size else 0.0
-
-
 def evaluate(
     train: Dataset,
     test: Edges,
@@ -259,79 +253,6 @@ def evaluate(
 # -- command line ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SplitSpec:
-    """How to hold out test likes: "random" (fraction, seed) or "time" (latest fraction)."""
-
-    kind: str
-    fraction: float
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> SplitSpec:
-        """Parse random:FRACTION[:SEED] or time:FRACTION; raises ValueError naming the problem."""
-        parts = text.split(":")
-        try:
-            if parts[0] == "random" and len(parts) in (2, 3):
-                return cls("random", float(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
-            if parts[0] == "time" and len(parts) == 2:
-                return cls("time", float(parts[1]))
-        except ValueError:
-            pass
-        raise ValueError(f"--split: expected random:FRACTION[:SEED] or time:FRACTION, got {text!r}")
-
-
-def catalogue_at(dataset: Dataset, now: float) -> Dataset:
-    """``dataset`` as the store held it at ``now``: items created later are not listed yet.
-
-    A time split that left them in would let the replay (and every baseline) serve items
-    that did not exist at "now", and let a ranker learn that a creation time in the future
-    predicts the test likes. Items with an unknown creation time and items liked in
-    ``dataset`` stay.
-    """
-    import dataclasses
-
-    items = dataset.items
-    keep = ~(np.asarray(items.created_at) > now)
-    if keep.all():
-        return dataset
-    liked = set(dataset.likes.dst)
-    keep |= np.fromiter((i in liked for i in items.item_id), bool, len(items))
-    rows = np.flatnonzero(keep)
-    idx = rows.tolist()
-    kept = dataclasses.replace(
-        items,
-        item_id=[items.item_id[i] for i in idx],
-        seller_id=[items.seller_id[i] for i in idx],
-        created_at=items.created_at[rows],
-        stock=items.stock[rows],
-        price=items.price[rows],
-        category=[items.category[i] for i in idx],
-    )
-    return dataclasses.replace(dataset, items=kept)
-
-
-def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Edges, float | None]:
-    """(train, test, now); ``now`` is the split time for time splits, else None (derived).
-
-    For a time split the training part holds the catalogue as it was at the split time
-    (``catalogue_at``).
-    """
-    from training.splits import random_split, time_split
-
-    if spec.kind == "time":
-        train, test, now = time_split(dataset, spec.fraction)
-        return catalogue_at(train, now), test, now
-    train, test = random_split(dataset, spec.fraction, spec.seed)
-    return train, test, None
-
-
-def default_split(dataset: Dataset) -> SplitSpec:
-    """A time split when every like has a time (what serving faces), else a random one."""
-    has_times = len(dataset.likes) > 0 and bool(np.isfinite(dataset.likes.ts).all())
-    return SplitSpec("time", 0.2) if has_times else SplitSpec("random", 0.2, 0)
-
-
 def read_test_file(path: str) -> Edges:
     """A CSV of user_id,item_id (header row) as test pairs; bad rows name line and column."""
     import csv
@@ -385,159 +306,3 @@ def plot_report(report: EvaluationReport, path: str) -> None:
     plt.close(figure)
 
 
-def parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
-    except ValueError:
-        ks = ()
-    if not ks or min(ks) < 1:
-        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
-    return ks
-
-
-def evaluate_split(
-    dataset: Dataset,
-    split: SplitSpec | None,
-    test: Edges | None,
-    ks: Sequence[int],
-    params,
-    settings: FeedSettings = FeedSettings(),
-    show_progress: bool = True,
-    ranker_params=None,
-    compare_blend: bool = True,
-    max_users: int = 0,
-) -> EvaluationReport:
-    """Train on the training part with ``params`` and evaluate the served feed on the rest.
-
-    The served ranker is fitted on a validation split of the training part
-    (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend).
-    With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
-    ``report.ranker`` holds the fitted ranker's manifest entry.
-    """
-    from embeddings.als import build_interactions
-    from ranking.ranker import DEFAULT_RANKER
-    from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
-    from training.train import train
-
-    ranker_params = ranker_params or RankerFitParams()
-    if test is not None:
-        train_part, now = dataset, None
-    else:
-        train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
-    ranker, extra, warm = DEFAULT_RANKER, {}, None
-    fit_info: dict = {"objective": "blend"}
-    interactions = build_interactions(train_part, params.like_weight, params.follow_weight, params.weight_transform)
-    if ranker_params.objective != "blend":
-        # As the trainer publishes: the ranker's fit-part model first, the served model from it.
-        ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)
-    model, _ = train(train_part, params, interactions, initial=warm)
-    if ranker_params.objective != "blend":
-        if compare_blend:
-            replay_now = evaluation_time(train_part) if now is None else now
-            extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
-    report = evaluate(
-        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress,
-        max_users=max_users,
-    )
-    report.ranker = ranker_spec(ranker, fit_info)
-    return report
-
-
-def held_out_evaluation(
-    split_text: str,
-    ks: Sequence[int],
-    params,
-    ranker_params=None,
-    settings: FeedSettings = FeedSettings(),
-    max_users: int = 0,
-):
-    """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics.
-
-    No "blend" row here, to keep retraining fast: ``python -m training evaluate`` has it.
-    """
-    split = None if split_text == "auto" else SplitSpec.parse(split_text)
-
-    def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
-        report = evaluate_split(
-            dataset, split, None, ks, params, settings, show_progress=params.show_progress,
-            ranker_params=ranker_params, compare_blend=False, max_users=max_users,
-        )
-        print(report.table(), flush=True)
-        return report.as_json()
-
-    return evaluate_fn
-
-
-DEFAULT_EVAL_USERS = 10_000
-
-
-def add_eval_users_argument(parser) -> None:
-    parser.add_argument(
-        "--eval-users", type=int, default=DEFAULT_EVAL_USERS,
-        help="average over a seeded sample of this many test users; 0 = all (default: %(default)s)",
-    )
-
-
-def add_arguments(parser) -> None:
-    """Flags of ``python -m training evaluate``."""
-    from training.train import add_training_arguments
-
-    parser.add_argument("--data", required=True, help="dataset directory")
-    held_out = parser.add_mutually_exclusive_group()
-    held_out.add_argument("--split", help="random:FRACTION[:SEED] or time:FRACTION (default: time:0.2 when every "
-                                          "like has a time, else random:0.2:0)")
-    held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
-    parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
-    parser.add_argument("--json", help="write the metrics as JSON here")
-    parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
-    add_eval_users_argument(parser)
-    feed = parser.add_argument_group("feed (as served)")
-    d = FeedSettings()
-    feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
-                      help="seller cap per page, as served (default: %(default)s)")
-    feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
-                      help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
-    feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
-                      help="trending items gathered for a first page (default: %(default)s)")
-    feed.add_argument("--neighbours", type=int, default=d.neighbours,
-                      help="embedding neighbours gathered per feed (default: %(default)s)")
-    feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
-                      help="item-kNN candidates gathered per feed (default: %(default)s)")
-    feed.add_argument("--sources", default=",".join(d.sources),
-                      help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
-    feed.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
-    add_training_arguments(parser)
-
-
-def run(args) -> None:
-    """Entry point of ``python -m training evaluate``."""
-    import json
-    from dataclasses import replace
-
-    from training.dataset import load_dataset
-    from training.train import params_from_args, ranker_params_from_args
-
-    ks = parse_ks(args.k)
-    split = SplitSpec.parse(args.split) if args.split else None
-    dataset = load_dataset(args.data)
-    test = read_test_file(args.test) if args.test else None
-    params = params_from_args(args)
-    settings = replace(
-        FeedSettings(),
-        max_per_seller=args.max_per_seller,
-        per_key_limit=args.per_key_limit,
-        trending_limit=args.trending_limit,
-        neighbours=args.neighbours,
-        knn_neighbours=args.knn_neighbours,
-        sources=tuple(s for s in args.sources.split(",") if s),
-    )
-    report = evaluate_split(
-        dataset, split, test, ks, params, settings, show_progress=params.show_progress,
-        ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,
-    )
-    print(report.table())
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report.as_json(), handle, indent=2)
-    if args.plot:
-        plot_report(report, args.plot)

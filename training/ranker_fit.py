@@ -33,6 +33,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from training.dataset import Dataset, Edges
+from training.splits import validation_split
 
 OBJECTIVES = ("logistic", "pairwise")
 
@@ -87,7 +88,7 @@ def collect_examples(
     One pool per user of ``labels`` (at most ``params.max_users``, sampled with
     ``params.seed``); a row is a positive when (user, item) is in ``labels``.
     """
-    from serving.stores.memory import MemoryStore
+    from stores.memory import MemoryStore
 
     relevant: dict[str, set[str]] = defaultdict(set)
     for user_id, item_id in zip(labels.src, labels.dst):
@@ -211,25 +212,6 @@ def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams(
     if params.objective == "logistic":
         return fit_logistic(x, examples.labels, examples.groups, params.l2)
     return fit_pairwise(x, examples.labels, examples.groups, params.l2, params.pairs_per_user, params.seed)
-
-
-def validation_split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges, float]:
-    """(fit part, validation likes, now): the latest likes when all are timed, else random ones.
-
-    A time split keeps only the items listed by then (``catalogue_at``), as in evaluation.
-    """
-    from training.evaluate import catalogue_at, evaluation_time
-    from training.splits import random_split, time_split
-
-    timed = len(train.likes) > 0 and bool(np.isfinite(train.likes.ts).all())
-    if timed:
-        fit_part, held, now = time_split(train, fraction)
-        # Ties at the split time all go to the held-out side; when that swallows most of
-        # the data (e.g. every like at the same time) the times carry no order: go random.
-        if len(held) <= 2 * fraction * len(train.likes):
-            return catalogue_at(fit_part, now), held, now
-    fit_part, held = random_split(train, fraction, seed)
-    return fit_part, held, evaluation_time(fit_part)
 
 
 def fit_ranker(

@@ -9,7 +9,6 @@ publish ``MODELS_DIR/<version>/`` and switch ``MODELS_DIR/CURRENT`` to it.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +19,13 @@ import numpy as np
 
 from embeddings import als
 from embeddings.index import build_index
-from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, KNN_KINDS, train_item_knn
+from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.ranker import DEFAULT_BLEND
-from training.dataset import Dataset
+from training.artifact import publish
+from training.dataset import Dataset, load_dataset
+from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
 
 # (dataset, trained model) -> metrics for the manifest, e.g. {"model": {"ndcg@10": ...}}
 EvaluateFn = Callable[[Dataset, EmbeddingModel], dict[str, Any]]
@@ -158,8 +159,6 @@ def fitted_ranker_spec(
     (no validation user with a positive in their candidate pool, e.g. a toy dataset) the
     blend is published too, and the manifest says why.
     """
-    from training.ranker_fit import fit_ranker, ranker_spec
-
     if ranker_params.objective == "blend":
         return {**default_ranker_spec(), "fit": {"objective": "blend"}}, None
     try:
@@ -189,12 +188,8 @@ def train_and_publish(
 
     ``ranker_params`` is a training.ranker_fit.RankerFitParams (default: its defaults).
     """
-    from training.ranker_fit import RankerFitParams
 
     ranker_params = ranker_params or RankerFitParams()
-    from training.artifact import publish
-    from training.dataset import load_dataset
-
     timings: dict[str, float] = {}
     verbose = params.show_progress
     started = time.perf_counter()
@@ -228,106 +223,3 @@ def train_and_publish(
     return version_dir
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Hyperparameter flags, shared by ``train`` and ``evaluate``."""
-    d = TrainParams()
-    group = parser.add_argument_group("model")
-    group.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
-    group.add_argument("--regularization", type=float, default=d.regularization,
-                       help=f"ALS L2 regularization (default: {d.regularization})")
-    group.add_argument("--alpha", type=float, default=d.alpha,
-                       help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
-    group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
-    group.add_argument("--follow-weight", type=float, default=d.follow_weight,
-                       help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
-    group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
-                       help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
-                            "log = log2(1 + w), raw, binary (default: %(default)s)")
-    group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
-                       help="item-kNN similarity for the item_knn source and feature; none trains none "
-                            "(default: %(default)s)")
-    group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
-    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
-                       help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
-    group.add_argument("--ef-search", type=int, default=d.ef_search,
-                       help=f"HNSW search beam width (default: {d.ef_search})")
-    group.add_argument("--warm-iterations", type=int, default=d.warm_iterations,
-                       help="ALS sweeps over all the data, starting from the ranker's fit-part model "
-                            f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
-    group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
-    add_ranker_arguments(parser)
-
-
-def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the learned ranker's fit (training.ranker_fit)."""
-    from training.ranker_fit import OBJECTIVES, RankerFitParams
-
-    d = RankerFitParams()
-    group = parser.add_argument_group("ranker")
-    group.add_argument("--ranker", choices=(*OBJECTIVES, "blend"), default=d.objective,
-                       help="ranker objective fitted on the serving pipeline's candidates, or blend for the "
-                            "hand-set weights (default: %(default)s)")
-    group.add_argument("--ranker-l2", type=float, default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
-    group.add_argument("--ranker-validation", type=float, default=d.validation_fraction,
-                       help="share of the training likes held out as ranker labels (default: %(default)s)")
-    group.add_argument("--ranker-users", type=int, default=d.max_users,
-                       help="validation users whose candidate pools are collected (default: %(default)s)")
-
-
-def ranker_params_from_args(args: argparse.Namespace):
-    from training.ranker_fit import RankerFitParams
-
-    return RankerFitParams(
-        objective=args.ranker,
-        l2=args.ranker_l2,
-        validation_fraction=args.ranker_validation,
-        max_users=args.ranker_users,
-        seed=args.seed,
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``python -m training train``."""
-    parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
-    parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
-    parser.add_argument("--eval-split", default="auto",
-                        help="held-out split for the evaluation table: time:FRACTION, random:FRACTION[:SEED], "
-                             "auto (time:0.2 when every like has a time, else random:0.2) or none (default: auto)")
-    parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
-    from training.evaluate import add_eval_users_argument
-
-    add_eval_users_argument(parser)
-    add_training_arguments(parser)
-
-
-def params_from_args(args: argparse.Namespace) -> TrainParams:
-    return TrainParams(
-        factors=args.factors,
-        regularization=args.regularization,
-        alpha=args.alpha,
-        iterations=args.iterations,
-        follow_weight=args.follow_weight,
-        weight_transform=args.weight_transform,
-        knn=args.knn,
-        knn_k=args.knn_k,
-        index=args.index,
-        ef_search=args.ef_search,
-        warm_iterations=args.warm_iterations,
-        seed=args.seed,
-        show_progress=not args.no_progress,
-    )
-
-
-def run(args: argparse.Namespace) -> None:
-    """Entry point of ``python -m training train``."""
-    from training.evaluate import held_out_evaluation, parse_ks
-
-    params = params_from_args(args)
-    ranker_params = ranker_params_from_args(args)
-    evaluate_fn = (
-        None
-        if args.eval_split == "none"
-        else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params, max_users=args.eval_users)
-    )
-    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params)

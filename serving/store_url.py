@@ -1,8 +1,8 @@
-"""Online stores. ``open_store`` turns a --store URL into a FeedStore."""
+"""``--store`` URLs: memory (loaded from ``--data``), redis://, rediss://, unix://, redis-cluster://."""
 
 from __future__ import annotations
 
-from serving.stores.base import ApplyResult, FeedStore, StoreUnavailable
+from stores import FeedStore
 
 
 def open_store(url: str, data_dir: str | None = None) -> FeedStore:
@@ -10,15 +10,12 @@ def open_store(url: str, data_dir: str | None = None) -> FeedStore:
     if url == "memory":
         if not data_dir:
             raise ValueError("--data is required with the memory store")
-        from serving.stores.memory import MemoryStore
+        from stores.memory import MemoryStore
         from training.dataset import load_dataset
 
         return MemoryStore.from_dataset(load_dataset(data_dir), progress=True)
     if url.startswith(("redis://", "rediss://", "redis-cluster://", "unix://")):
-        from serving.stores.redis import RedisStore
+        from stores.redis import RedisStore
 
         return RedisStore.from_url(url)
     raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT")
-
-
-__all__ = ["ApplyResult", "FeedStore", "StoreUnavailable", "open_store"]

@@ -46,12 +46,20 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ranking.store import _MAX_EXPONENT, _TRENDING_TAU, TRENDING_EPOCH, Activity, ItemColumns, Timelines, UserState
+from ranking.store import (
+    _MAX_EXPONENT,
+    _TRENDING_TAU,
+    TRENDING_EPOCH,
+    Activity,
+    ItemColumns,
+    Timelines,
+    UserState,
+)
 from ranking.vocab import Vocabulary
-from serving.events import Event, EventKind, EventValidationError
-from serving.stores.base import ApplyResult, StoreUnavailable
-from serving.stores.memory import DEFAULT_RECENT_LIKES
-from serving.stores.redis_keys import DEFAULT_PREFIX, Keys
+from stores.base import ApplyResult, StoreUnavailable
+from stores.events import Event, EventKind, EventValidationError
+from stores.memory import DEFAULT_RECENT_LIKES
+from stores.redis_keys import DEFAULT_PREFIX, Keys
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever

@@ -13,15 +13,25 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from ranking.store import Activity, ItemColumns, Timelines, UserState, trending_weight, trending_weights
+from ranking.store import (
+    Activity,
+    ItemColumns,
+    Timelines,
+    UserState,
+    trending_weight,
+    trending_weights,
+)
 from ranking.vocab import Vocabulary, encode
-from serving.events import Event, EventKind, EventValidationError
-from serving.stores.base import ApplyResult
-from training.dataset import Dataset
+from stores.base import ApplyResult
+from stores.events import Event, EventKind, EventValidationError
+
+if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
+    from training.dataset import Dataset
 
 DEFAULT_RECENT_LIKES = 50
 DEFAULT_TRENDING_REFRESH_SECONDS = 1.0

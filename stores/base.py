@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ranking.store import FeedStateReader
-from serving.events import Event
+from stores.events import Event
 
 
 @dataclass(frozen=True)

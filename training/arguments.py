@@ -1,0 +1,108 @@
+"""Command-line flags shared by `python -m training` commands, and the params they build."""
+
+from __future__ import annotations
+
+import argparse
+
+from embeddings import als
+from embeddings.knn import KNN_KINDS
+from training.ranker_fit import OBJECTIVES, RankerFitParams
+from training.train import TrainParams
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hyperparameter flags, shared by ``train`` and ``evaluate``."""
+    d = TrainParams()
+    group = parser.add_argument_group("model")
+    group.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
+    group.add_argument("--regularization", type=float, default=d.regularization,
+                       help=f"ALS L2 regularization (default: {d.regularization})")
+    group.add_argument("--alpha", type=float, default=d.alpha,
+                       help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
+    group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
+    group.add_argument("--follow-weight", type=float, default=d.follow_weight,
+                       help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
+    group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
+                       help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
+                            "log = log2(1 + w), raw, binary (default: %(default)s)")
+    group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
+                       help="item-kNN similarity for the item_knn source and feature; none trains none "
+                            "(default: %(default)s)")
+    group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
+    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
+                       help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
+    group.add_argument("--ef-search", type=int, default=d.ef_search,
+                       help=f"HNSW search beam width (default: {d.ef_search})")
+    group.add_argument("--warm-iterations", type=int, default=d.warm_iterations,
+                       help="ALS sweeps over all the data, starting from the ranker's fit-part model "
+                            f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
+    group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+    add_ranker_arguments(parser)
+
+
+
+def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the learned ranker's fit (training.ranker_fit)."""
+    d = RankerFitParams()
+    group = parser.add_argument_group("ranker")
+    group.add_argument("--ranker", choices=(*OBJECTIVES, "blend"), default=d.objective,
+                       help="ranker objective fitted on the serving pipeline's candidates, or blend for the "
+                            "hand-set weights (default: %(default)s)")
+    group.add_argument("--ranker-l2", type=float, default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
+    group.add_argument("--ranker-validation", type=float, default=d.validation_fraction,
+                       help="share of the training likes held out as ranker labels (default: %(default)s)")
+    group.add_argument("--ranker-users", type=int, default=d.max_users,
+                       help="validation users whose candidate pools are collected (default: %(default)s)")
+
+
+
+def ranker_params_from_args(args: argparse.Namespace):
+    return RankerFitParams(
+        objective=args.ranker,
+        l2=args.ranker_l2,
+        validation_fraction=args.ranker_validation,
+        max_users=args.ranker_users,
+        seed=args.seed,
+    )
+
+
+
+def params_from_args(args: argparse.Namespace) -> TrainParams:
+    return TrainParams(
+        factors=args.factors,
+        regularization=args.regularization,
+        alpha=args.alpha,
+        iterations=args.iterations,
+        follow_weight=args.follow_weight,
+        weight_transform=args.weight_transform,
+        knn=args.knn,
+        knn_k=args.knn_k,
+        index=args.index,
+        ef_search=args.ef_search,
+        warm_iterations=args.warm_iterations,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
+    return ks
+
+
+
+DEFAULT_EVAL_USERS = 10_000
+
+
+
+def add_eval_users_argument(parser) -> None:
+    parser.add_argument(
+        "--eval-users", type=int, default=DEFAULT_EVAL_USERS,
+        help="average over a seeded sample of this many test users; 0 = all (default: %(default)s)",
+    )

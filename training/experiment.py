@@ -1,0 +1,90 @@
+"""Train on one part of a dataset and evaluate the served feed on the rest: the experiment
+behind `python -m training evaluate`, the trainer's evaluation table and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from embeddings.als import build_interactions
+from embeddings.model import EmbeddingModel
+from ranking.feed import FeedSettings
+from ranking.ranker import DEFAULT_RANKER
+from training.dataset import Dataset, Edges
+from training.evaluate import EvaluationReport, evaluate, pipeline_recommender
+from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
+from training.splits import (
+    SplitSpec,
+    default_split,
+    evaluation_time,
+    split_for_evaluation,
+)
+from training.train import train
+
+
+def evaluate_split(
+    dataset: Dataset,
+    split: SplitSpec | None,
+    test: Edges | None,
+    ks: Sequence[int],
+    params,
+    settings: FeedSettings = FeedSettings(),
+    show_progress: bool = True,
+    ranker_params=None,
+    compare_blend: bool = True,
+    max_users: int = 0,
+) -> EvaluationReport:
+    """Train on the training part with ``params`` and evaluate the served feed on the rest.
+
+    The served ranker is fitted on a validation split of the training part
+    (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend).
+    With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
+    ``report.ranker`` holds the fitted ranker's manifest entry.
+    """
+    ranker_params = ranker_params or RankerFitParams()
+    if test is not None:
+        train_part, now = dataset, None
+    else:
+        train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
+    ranker, extra, warm = DEFAULT_RANKER, {}, None
+    fit_info: dict = {"objective": "blend"}
+    interactions = build_interactions(train_part, params.like_weight, params.follow_weight, params.weight_transform)
+    if ranker_params.objective != "blend":
+        # As the trainer publishes: the ranker's fit-part model first, the served model from it.
+        ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)
+    model, _ = train(train_part, params, interactions, initial=warm)
+    if ranker_params.objective != "blend":
+        if compare_blend:
+            replay_now = evaluation_time(train_part) if now is None else now
+            extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
+    report = evaluate(
+        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress,
+        max_users=max_users,
+    )
+    report.ranker = ranker_spec(ranker, fit_info)
+    return report
+
+
+
+def held_out_evaluation(
+    split_text: str,
+    ks: Sequence[int],
+    params,
+    ranker_params=None,
+    settings: FeedSettings = FeedSettings(),
+    max_users: int = 0,
+):
+    """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics.
+
+    No "blend" row here, to keep retraining fast: ``python -m training evaluate`` has it.
+    """
+    split = None if split_text == "auto" else SplitSpec.parse(split_text)
+
+    def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
+        report = evaluate_split(
+            dataset, split, None, ks, params, settings, show_progress=params.show_progress,
+            ranker_params=ranker_params, compare_blend=False, max_users=max_users,
+        )
+        print(report.table(), flush=True)
+        return report.as_json()
+
+    return evaluate_fn

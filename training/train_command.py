@@ -1,0 +1,44 @@
+"""`python -m training train`: load, train, fit the ranker, evaluate, publish.
+
+  python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from training.arguments import (
+    add_eval_users_argument,
+    add_training_arguments,
+    params_from_args,
+    parse_ks,
+    ranker_params_from_args,
+)
+from training.experiment import held_out_evaluation
+from training.train import train_and_publish
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``python -m training train``."""
+    parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
+    parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
+    parser.add_argument("--eval-split", default="auto",
+                        help="held-out split for the evaluation table: time:FRACTION, random:FRACTION[:SEED], "
+                             "auto (time:0.2 when every like has a time, else random:0.2) or none (default: auto)")
+    parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
+    add_eval_users_argument(parser)
+    add_training_arguments(parser)
+
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point of ``python -m training train``."""
+
+    params = params_from_args(args)
+    ranker_params = ranker_params_from_args(args)
+    evaluate_fn = (
+        None
+        if args.eval_split == "none"
+        else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params, max_users=args.eval_users)
+    )
+    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params)
