@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +31,7 @@ from stores.base import ApplyResult
 from stores.events import Event, EventKind, EventValidationError
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
-    from training.dataset import Dataset
+    from training.dataset import Dataset, Edges
 
 DEFAULT_RECENT_LIKES = 50
 DEFAULT_TRENDING_REFRESH_SECONDS = 1.0
@@ -44,6 +44,18 @@ def id_ranks(vocabulary: Vocabulary) -> np.ndarray:
     ranks = np.empty(len(ids), dtype=np.int64)
     ranks[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return ranks
+
+
+def _friends_of(users: set[str], friends: Edges) -> set[str]:
+    return {b for a, b in zip(friends.src, friends.dst) if a in users} | {
+        a for a, b in zip(friends.src, friends.dst) if b in users
+    }
+
+
+def _pairs_where(edges: Edges, keep: Callable[[str, str], bool]) -> tuple[list[str], list[str]]:
+    """(sources, destinations) of the edges that ``keep``."""
+    pairs = [(a, b) for a, b in zip(edges.src, edges.dst) if keep(a, b)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def _grouped_sets(keys: list[str], values: list[str]) -> dict[str, set[str]]:
@@ -183,10 +195,15 @@ class MemoryStore:
         self._applied_event_ids: set[str] = set()
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, progress: bool = False, **kwargs: float) -> MemoryStore:
+    def from_dataset(
+        cls, dataset: Dataset, progress: bool = False, readers: Collection[str] | None = None, **kwargs: float
+    ) -> MemoryStore:
         """A store holding ``dataset``, built in bulk (the same state as applying its events).
 
         A repeated like keeps its first time, as ``apply`` does. ``progress`` draws a bar.
+        With ``readers``, the store serves only those users' feeds (a trainer's sample):
+        the catalogue and its like counts cover everything, but likes, follows and
+        friendships are kept only for the readers and their friends, the users a feed reads.
         """
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
@@ -217,6 +234,16 @@ class MemoryStore:
             catalogue.trending[:n_items] += np.bincount(liked, weights=trending_weights(times), minlength=n_items)
             bar.update()
 
+            follows = dataset.follows.src, dataset.follows.dst
+            friends = dataset.friends.src, dataset.friends.dst
+            if readers is not None:
+                readers = set(readers) | _friends_of(set(readers), dataset.friends)
+                kept = np.zeros(len(store.users), bool)
+                kept[store.users.codes(sorted(readers))] = True
+                kept_likes = kept[users]
+                users, liked, times = users[kept_likes], liked[kept_likes], times[kept_likes]
+                follows = _pairs_where(dataset.follows, lambda user, _seller: user in readers)
+                friends = _pairs_where(dataset.friends, lambda a, b: a in readers or b in readers)
             ranks = id_ranks(store.items)
             store._likes = TimelineTable.build(users, liked, times, len(store.users), ranks)
             listed = seller_codes >= 0
@@ -225,9 +252,8 @@ class MemoryStore:
             )
             bar.update()
 
-            friends = dataset.friends
-            store._follows.update(_grouped_sets(dataset.follows.src, dataset.follows.dst))
-            store._friends.update(_grouped_sets(friends.src + friends.dst, friends.dst + friends.src))
+            store._follows.update(_grouped_sets(*follows))
+            store._friends.update(_grouped_sets(friends[0] + friends[1], friends[1] + friends[0]))
             bar.update()
         return store
 

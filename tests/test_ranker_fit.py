@@ -79,3 +79,26 @@ def test_the_trainer_publishes_the_fitted_ranker_and_serving_loads_it(tmp_path):
     service = FeedService(MemoryStore.from_dataset(dataset), artifact, PageTokenCodec(b"k" * 32), FeedSettings())
     scorer = service._pipeline.config.scorer
     assert scorer.ranker is artifact.ranker and version_dir.endswith(service.model_version)
+
+
+def test_a_store_for_sampled_readers_gives_them_the_same_pools_as_the_full_store():
+    """The ranker's store keeps only its sampled users' (and their friends') state."""
+    from ranking.feed import FeedSettings, build_feed_pipeline
+    from ranking.ranker import DEFAULT_RANKER
+    from stores.memory import MemoryStore
+    from training.train import train
+
+    dataset = generate(users=300, sellers=30, items=900, seed=6)
+    model, _ = train(dataset, TrainParams(factors=8, iterations=4, knn_k=20, show_progress=False))
+    readers = sorted(set(dataset.likes.src))[::25]
+    full = MemoryStore.from_dataset(dataset)
+    sampled = MemoryStore.from_dataset(dataset, readers=readers)
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    pools = [build_feed_pipeline(store, model, DEFAULT_RANKER, FeedSettings()) for store in (full, sampled)]
+    for user_id in readers:
+        expected, got = (pipeline.pool(user_id, 100, now) for pipeline in pools)
+        assert len(expected.batch) > 0
+        assert expected.item_ids() == got.item_ids()
+        np.testing.assert_array_equal(expected.features, got.features)
+    outsider = next(u for u in sorted(set(dataset.likes.src)) if u not in set(readers) and not sampled.read_user(u).friends)
+    assert len(full.read_user(outsider).recent_likes) > 0 and len(sampled.read_user(outsider).recent_likes) == 0

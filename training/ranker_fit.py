@@ -97,7 +97,7 @@ def collect_examples(
     if len(users) > params.max_users:
         rng = np.random.default_rng(params.seed)
         users = sorted(rng.choice(users, params.max_users, replace=False).tolist())
-    store = MemoryStore.from_dataset(fit_part, progress=show_progress)
+    store = MemoryStore.from_dataset(fit_part, progress=show_progress, readers=users)
     pipeline = build_feed_pipeline(store, model, DEFAULT_RANKER, settings)
     blocks, ys, gs = [], [], []
     n_candidates = positives = total = 0
