@@ -76,3 +76,31 @@ def test_fold_in_gives_a_sensible_neighbour_list_for_an_unseen_user(lastfm):
         hits += len(hidden & set(neighbours))
         popular_hits += len(hidden & set([i for i in popular if i not in known][:50]))
     assert hits >= 20 and hits > 1.3 * popular_hits
+
+
+@pytest.fixture(scope="module")
+def lastfm_temporal(lastfm):
+    return read_lastfm(str(LASTFM), temporal=True)
+
+
+def test_temporal_reader_row_counts(lastfm_temporal):
+    from datetime import datetime, timezone
+
+    likes = lastfm_temporal.likes
+    assert len(likes) == 71_064  # distinct (user, artist) pairs of the 186,479 tag assignments
+    assert len(set(likes.src)) == 1_892 and len(set(likes.dst)) == 12_523
+    assert len(lastfm_temporal.items) == 17_632 + 390  # tagged artists missing from artists.dat are added
+    assert len(lastfm_temporal.friends) == 25_434 // 2
+    assert np.isfinite(likes.ts).all() and likes.weight is None
+    first_tag = {(u, a): t for u, a, t in zip(likes.src, likes.dst, likes.ts)}[("u2", "a52")]
+    assert first_tag == datetime(2009, 4, 1, tzinfo=timezone.utc).timestamp()
+    assert datetime.fromtimestamp(likes.ts.max(), timezone.utc).date().isoformat() == "2011-05-09"
+
+
+def test_temporal_dataset_time_splits_and_round_trips(lastfm_temporal, tmp_path):
+    from training.dataset import load_dataset, write_dataset
+    from training.splits import default_split
+
+    assert default_split(lastfm_temporal).kind == "time"
+    write_dataset(lastfm_temporal, str(tmp_path))
+    assert load_dataset(str(tmp_path)).fingerprint() == lastfm_temporal.fingerprint()

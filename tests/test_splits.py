@@ -72,3 +72,53 @@ def test_bad_fraction(ds: Dataset, fraction: float) -> None:
         random_split(ds, fraction, seed=0)
     with pytest.raises(ValueError):
         time_split(ds, fraction)
+
+
+def test_per_user_split_holds_out_a_fifth_of_every_user(ds: Dataset) -> None:
+    from collections import Counter
+
+    from training.splits import per_user_split
+
+    train, test = per_user_split(ds, 0.2, seed=3)
+    assert sorted(pairs(train.likes) + pairs(test)) == sorted(pairs(ds.likes))
+    total, held = Counter(ds.likes.src), Counter(test.src)
+    assert all(held[user] == int(np.floor(0.2 * n + 0.5)) for user, n in total.items())
+    assert set(test.src) <= set(train.likes.src)  # every test user keeps a history
+    again, _ = per_user_split(ds, 0.2, seed=3)
+    other, _ = per_user_split(ds, 0.2, seed=4)
+    assert pairs(again.likes) == pairs(train.likes) and pairs(other.likes) != pairs(train.likes)
+
+
+@pytest.mark.parametrize("spec", ["time:0.2", "user:0.2:1", "random:0.2:1"])
+def test_validation_mirrors_the_test_split_and_never_holds_a_test_like(ds: Dataset, spec: str) -> None:
+    from training.splits import SplitSpec, split_for_evaluation, validation_split
+
+    split = SplitSpec.parse(spec)
+    train, test, _ = split_for_evaluation(ds, split)
+    fit_part, held, now = validation_split(train, 0.1, seed=1, kind=split.kind)
+    test_pairs = set(zip(test.src, test.dst))
+    assert not test_pairs & set(zip(held.src, held.dst))
+    assert not test_pairs & set(zip(fit_part.likes.src, fit_part.likes.dst))
+    assert len(held) + len(fit_part.likes) == len(train.likes)
+    if split.kind == "time":
+        assert np.nanmax(fit_part.likes.ts) < np.nanmin(held.ts) <= np.nanmin(test.ts)
+        assert now == np.nanmin(held.ts)
+    if split.kind == "user":
+        assert set(held.src) <= set(fit_part.likes.src)
+
+
+def test_default_split_is_per_user_without_times() -> None:
+    from training.splits import default_split
+
+    untimed = generate(users=50, sellers=5, items=100, seed=2)
+    untimed = untimed.with_likes(Edges(untimed.likes.src, untimed.likes.dst, np.full(len(untimed.likes), np.nan)))
+    assert default_split(untimed).kind == "user"
+    assert default_split(generate(users=50, sellers=5, items=100, seed=2)).kind == "time"
+
+
+@pytest.mark.parametrize("text", ["user", "user:x", "time:0.2:3", "week:0.2", "user:1.5"])
+def test_split_spec_errors_name_the_flag(text: str) -> None:
+    from training.splits import SplitSpec
+
+    with pytest.raises(ValueError, match="split|fraction"):
+        SplitSpec.parse(text)

@@ -4,6 +4,7 @@ behind `python -m training evaluate`, the trainer's evaluation table and the ben
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from embeddings.als import build_interactions
 from embeddings.model import EmbeddingModel
@@ -44,7 +45,10 @@ def evaluate_split(
     if test is not None:
         train_part, now = dataset, None
     else:
-        train_part, test, now = split_for_evaluation(dataset, split or default_split(dataset))
+        split = split or default_split(dataset)
+        train_part, test, now = split_for_evaluation(dataset, split)
+        # Validation mirrors the test: the ranker is chosen on a split of the same shape.
+        ranker_params = replace(ranker_params, validation_kind=split.kind)
     ranker, extra, warm = DEFAULT_RANKER, {}, None
     fit_info: dict = {"objective": "blend"}
     interactions = build_interactions(train_part, params.like_weight, params.follow_weight, params.weight_transform)

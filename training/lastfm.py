@@ -1,11 +1,18 @@
 """Convert the HetRec 2011 Last.fm 2K dataset into a dataset directory.
 
-  python -m training lastfm --src ../shared/data/lastfm-2k --out DIR
+  python -m training lastfm --src ../shared/data/lastfm-2k --out DIR [--temporal]
 
-Artists become items (in stock, no seller, no creation time); user-artist listens become
-likes, with the listening count in the ``weight`` column and no time (the dataset has
-none); the symmetric ``user_friends.dat`` becomes ``friends.csv`` (one row per pair).
-There are no follows. Ids are prefixed ("u2", "a51") so users and artists never collide.
+Artists become items (in stock, no seller, no creation time); the symmetric
+``user_friends.dat`` becomes ``friends.csv`` (one row per pair). There are no follows.
+Ids are prefixed ("u2", "a51") so users and artists never collide. The likes are either:
+
+- (default) user-artist listens from ``user_artists.dat``, with the listening count in
+  the ``weight`` column and no time (the file has none);
+- (``--temporal``) dated tag assignments from ``user_taggedartists.dat``: a user who
+  tagged an artist on some day liked it then. Each (user, artist) pair is one like at
+  the day of its first tag (midnight UTC), weight 1, so a time split of it is a real
+  "predict what they pick up next" evaluation. Five tags carry years before 2005 (the
+  service's launch; 1956, 1957, 1979): they are kept as given and fall into training.
 
 The data is for non-commercial research only (see the dataset's README): convert it
 into a scratch directory, never into this repository.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -23,6 +31,7 @@ from training.dataset import Dataset, DatasetError, Edges, Items
 
 USER_ARTISTS = "user_artists.dat"
 USER_FRIENDS = "user_friends.dat"
+USER_TAGGED_ARTISTS = "user_taggedartists.dat"
 ARTISTS = "artists.dat"
 
 
@@ -54,12 +63,19 @@ def _int_column(rows: list[list[str]], index: int, file: str, column: str) -> li
     return out
 
 
-def read_lastfm(src: str) -> Dataset:
+def read_lastfm(src: str, temporal: bool = False) -> Dataset:
     """The Last.fm 2K files in ``src`` as a Dataset (see the module docstring for the mapping).
 
-    Items are every artist of ``artists.dat`` (if present) followed by any listened artist
-    missing from it, in file order; likes keep the order of ``user_artists.dat``.
+    Items are every artist of ``artists.dat`` (if present) followed by any other artist
+    the likes name, in file order; likes keep the order of their file.
     """
+    likes = _tag_likes(src) if temporal else _listen_likes(src)
+    items = Items.without_listing(_artist_ids(src, likes.dst))
+    follows = Edges([], [], np.empty(0))
+    return Dataset(items=items, likes=likes, follows=follows, friends=_friendships(src))
+
+
+def _listen_likes(src: str) -> Edges:
     listens = _rows(os.path.join(src, USER_ARTISTS), 3)
     users = _int_column(listens, 0, USER_ARTISTS, "userID")
     artists = _int_column(listens, 1, USER_ARTISTS, "artistID")
@@ -67,24 +83,48 @@ def read_lastfm(src: str) -> Dataset:
     if min(counts, default=1) <= 0:
         line = next(i for i, c in enumerate(counts, start=2) if c <= 0)
         raise DatasetError(USER_ARTISTS, line, "weight", "expected a positive listening count")
-
-    item_ids: list[str] = []
-    artists_path = os.path.join(src, ARTISTS)
-    if os.path.isfile(artists_path):
-        item_ids = [f"a{a}" for a in _int_column(_rows(artists_path, 4), 0, ARTISTS, "id")]
-    known = set(item_ids)
-    for artist in dict.fromkeys(artists):
-        if f"a{artist}" not in known:
-            item_ids.append(f"a{artist}")
-            known.add(f"a{artist}")
-    items = Items.without_listing(item_ids)
-    likes = Edges(
+    return Edges(
         src=[f"u{u}" for u in users],
         dst=[f"a{a}" for a in artists],
         ts=np.full(len(users), np.nan),
         weight=np.asarray(counts, dtype=np.float64),
     )
 
+
+def _tag_likes(src: str) -> Edges:
+    """One like per (user, artist) pair at the day of the user's first tag on the artist."""
+    tags = _rows(os.path.join(src, USER_TAGGED_ARTISTS), 6)
+    columns = ("userID", "artistID", "tagID", "day", "month", "year")
+    users, artists, _, days, months, years = (
+        _int_column(tags, i, USER_TAGGED_ARTISTS, name) for i, name in enumerate(columns)
+    )
+    first: dict[tuple[int, int], float] = {}
+    for line, (user, artist, day, month, year) in enumerate(zip(users, artists, days, months, years), start=2):
+        try:
+            when = datetime(year, month, day, tzinfo=timezone.utc).timestamp()
+        except ValueError as error:
+            raise DatasetError(USER_TAGGED_ARTISTS, line, "day", f"not a date: {year}-{month}-{day} ({error})") from None
+        pair = (user, artist)
+        if when < first.get(pair, np.inf):
+            first[pair] = when
+    return Edges(
+        src=[f"u{u}" for u, _ in first],
+        dst=[f"a{a}" for _, a in first],
+        ts=np.fromiter(first.values(), np.float64, len(first)),
+    )
+
+
+def _artist_ids(src: str, liked: list[str]) -> list[str]:
+    item_ids: list[str] = []
+    artists_path = os.path.join(src, ARTISTS)
+    if os.path.isfile(artists_path):
+        item_ids = [f"a{a}" for a in _int_column(_rows(artists_path, 4), 0, ARTISTS, "id")]
+    known = set(item_ids)
+    return item_ids + [a for a in dict.fromkeys(liked) if a not in known]
+
+
+def _friendships(src: str) -> Edges:
+    """``user_friends.dat`` lists each friendship in both directions: one row per pair here."""
     friend_src: list[str] = []
     friend_dst: list[str] = []
     friends_path = os.path.join(src, USER_FRIENDS)
@@ -97,19 +137,21 @@ def read_lastfm(src: str) -> Dataset:
             if x == y:
                 continue
             pair = tuple(sorted((f"u{x}", f"u{y}")))
-            if pair not in seen:  # the file lists each friendship in both directions
+            if pair not in seen:
                 seen.add(pair)
                 friend_src.append(pair[0])
                 friend_dst.append(pair[1])
-    friends = Edges(friend_src, friend_dst, np.full(len(friend_src), np.nan))
-    follows = Edges([], [], np.empty(0))
-    return Dataset(items=items, likes=likes, follows=follows, friends=friends)
+    return Edges(friend_src, friend_dst, np.full(len(friend_src), np.nan))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training lastfm``."""
     parser.add_argument("--src", required=True,
-                        help="folder with the HetRec 2011 Last.fm 2K files (user_artists.dat, user_friends.dat, artists.dat)")
+                        help="folder with the HetRec 2011 Last.fm 2K files (user_artists.dat, user_friends.dat, artists.dat; "
+                             "user_taggedartists.dat with --temporal)")
+    parser.add_argument("--temporal", action="store_true",
+                        help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
+                             "for time-split evaluation; default: listens with their counts, undated")
     parser.add_argument("--out", required=True,
                         help="dataset directory to write (items.csv, likes.csv with weight, friends.csv); keep it "
                              "outside the repository: the data is for non-commercial use only")
@@ -119,9 +161,10 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training lastfm``."""
     from training.dataset import write_dataset
 
-    dataset = read_lastfm(args.src)
+    dataset = read_lastfm(args.src, temporal=args.temporal)
     write_dataset(dataset, args.out)
+    kind = "dated tag pairs" if args.temporal else "listens"
     print(
-        f"{args.out}: {len(dataset.items)} items (artists), {len(dataset.likes)} likes (listens), "
+        f"{args.out}: {len(dataset.items)} items (artists), {len(dataset.likes)} likes ({kind}), "
         f"{len(dataset.friends)} friendships, {len(set(dataset.likes.src))} users"
     )

@@ -48,6 +48,9 @@ class RankerFitParams:
     """L2 penalty on the standardised weights (sum over examples of the loss + l2/2 |w|^2, per user mean)."""
     validation_fraction: float = 0.1
     """Share of the training likes held out as labels for the ranker."""
+    validation_kind: str | None = None
+    """Shape of that split (time, user, random): the evaluation's when there is one; None
+    picks time when every like has a time, else per user (training.splits.validation_split)."""
     max_users: int = 1000
     """Validation users whose candidate pools are collected (a seeded sample beyond this)."""
     pool_limit: int = 20
@@ -248,7 +251,7 @@ def fit_ranker(
             print(f"  ranker {name:<10} {timings[name]:8.2f} s", flush=True)
 
     layout = interactions or als.build_interactions(train, tp.like_weight, tp.follow_weight, tp.weight_transform)
-    fit_part, held, now = validation_split(train, params.validation_fraction, params.seed)
+    fit_part, held, now = validation_split(train, params.validation_fraction, params.seed, params.validation_kind)
     fit_matrix = als.build_interactions(fit_part, tp.like_weight, tp.follow_weight, tp.weight_transform, layout=layout)
     lap("split")
     users, columns = als.train_als(
@@ -275,6 +278,7 @@ def fit_ranker(
         "objective": params.objective,
         "l2": params.l2,
         "validation_fraction": params.validation_fraction,
+        "validation_kind": params.validation_kind or "auto",
         "validation_users": examples.users,
         "rows": int(len(examples.labels)),
         "candidates_per_user": round(examples.candidates_per_user, 1),

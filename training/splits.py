@@ -1,8 +1,8 @@
 """Hold-out splits of the likes of a dataset.
 
 Only likes are split: the train dataset keeps items, follows and friends unchanged
-(they are side information available at serving time). A validation split is
-``random_split`` applied to a train dataset.
+(they are side information available at serving time). ``validation_split`` carves a
+validation part out of a training part with the same shape as the test split.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranking.vocab import encode
 from training.dataset import Dataset, Edges
 
 
@@ -41,6 +42,31 @@ def random_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edge
     n_test = int(round(fraction * n))
     is_test = np.zeros(n, dtype=bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
+    return (ds.with_likes(_take(ds.likes, np.flatnonzero(~is_test))),
+            _take(ds.likes, np.flatnonzero(is_test)))
+
+
+def per_user_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges]:
+    """Hold out ``round(fraction * n)`` of each user's n likes, chosen at random per user.
+
+    Every user keeps the rest in training, so every test user has a history (the protocol
+    of SocialLGN and most social-recommendation papers: 80/20 per user). A user with too
+    few likes for the rounding to hold one out stays wholly in training. Returns
+    ``(train, test)`` in the original order of the likes; deterministic for a seed.
+
+    Raises:
+        ValueError: if fraction is not in (0, 1).
+    """
+    _check_fraction(fraction)
+    n = len(ds.likes)
+    users, _ = encode(ds.likes.src)
+    order = np.lexsort((np.random.default_rng(seed).random(n), users))
+    counts = np.bincount(users)
+    starts = np.cumsum(counts) - counts
+    rank_in_user = np.arange(n) - np.repeat(starts, counts)
+    held_per_user = np.floor(fraction * counts + 0.5).astype(np.int64)
+    is_test = np.zeros(n, dtype=bool)
+    is_test[order] = rank_in_user < np.repeat(held_per_user, counts)
     return (ds.with_likes(_take(ds.likes, np.flatnonzero(~is_test))),
             _take(ds.likes, np.flatnonzero(is_test)))
 
@@ -83,10 +109,13 @@ def evaluation_time(train: Dataset) -> float:
     return float(finite.max()) + 1.0 if finite.size else 0.0
 
 
+SPLIT_KINDS = ("time", "user", "random")
+
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """How to hold out test likes: "random" (fraction, seed) or "time" (latest fraction)."""
+    """How to hold out likes: "time" (the latest fraction), "user" (a fraction of each
+    user's likes, at random) or "random" (a fraction of all likes, at random)."""
 
     kind: str
     fraction: float
@@ -94,17 +123,24 @@ class SplitSpec:
 
     @classmethod
     def parse(cls, text: str) -> SplitSpec:
-        """Parse random:FRACTION[:SEED] or time:FRACTION; raises ValueError naming the problem."""
+        """Parse time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED]; raises ValueError naming the problem."""
         parts = text.split(":")
         try:
-            if parts[0] == "random" and len(parts) in (2, 3):
-                return cls("random", float(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
-            if parts[0] == "time" and len(parts) == 2:
-                return cls("time", float(parts[1]))
+            if parts[0] in ("random", "user") and len(parts) in (2, 3):
+                spec = cls(parts[0], float(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
+            elif parts[0] == "time" and len(parts) == 2:
+                spec = cls("time", float(parts[1]))
+            else:
+                spec = None
         except ValueError:
-            pass
-        raise ValueError(f"--split: expected random:FRACTION[:SEED] or time:FRACTION, got {text!r}")
+            spec = None
+        if spec is None:
+            raise ValueError(f"--split: expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got {text!r}")
+        _check_fraction(spec.fraction)
+        return spec
 
+    def __str__(self) -> str:
+        return f"time:{self.fraction:g}" if self.kind == "time" else f"{self.kind}:{self.fraction:g}:{self.seed}"
 
 
 def catalogue_at(dataset: Dataset, now: float) -> Dataset:
@@ -137,9 +173,8 @@ def catalogue_at(dataset: Dataset, now: float) -> Dataset:
     return dataclasses.replace(dataset, items=kept)
 
 
-
 def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Edges, float | None]:
-    """(train, test, now); ``now`` is the split time for time splits, else None (derived).
+    """(train, held out, now); ``now`` is the split time for time splits, else None (derived).
 
     For a time split the training part holds the catalogue as it was at the split time
     (``catalogue_at``).
@@ -147,28 +182,38 @@ def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Ed
     if spec.kind == "time":
         train, test, now = time_split(dataset, spec.fraction)
         return catalogue_at(train, now), test, now
+    if spec.kind == "user":
+        train, test = per_user_split(dataset, spec.fraction, spec.seed)
+        return train, test, None
     train, test = random_split(dataset, spec.fraction, spec.seed)
     return train, test, None
 
 
-
-def default_split(dataset: Dataset) -> SplitSpec:
-    """A time split when every like has a time (what serving faces), else a random one."""
-    has_times = len(dataset.likes) > 0 and bool(np.isfinite(dataset.likes.ts).all())
-    return SplitSpec("time", 0.2) if has_times else SplitSpec("random", 0.2, 0)
+def has_times(dataset: Dataset) -> bool:
+    return len(dataset.likes) > 0 and bool(np.isfinite(dataset.likes.ts).all())
 
 
-def validation_split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges, float]:
-    """(fit part, validation likes, now): the latest likes when all are timed, else random ones.
+def default_split(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> SplitSpec:
+    """A time split when every like has a time (what serving faces), else a per-user random one."""
+    return SplitSpec("time", fraction) if has_times(dataset) else SplitSpec("user", fraction, seed)
 
-    A time split keeps only the items listed by then (``catalogue_at``), as in evaluation.
+
+def validation_split(
+    train: Dataset, fraction: float, seed: int, kind: str | None = None
+) -> tuple[Dataset, Edges, float]:
+    """(fit part, validation likes, now), carved out of ``train`` (never a test part).
+
+    ``kind`` is the shape of the evaluation the choice will be judged on, so validation
+    mirrors it; None picks what ``default_split`` would (time when every like is timed,
+    else per user). A time split whose ties at the split time swallow most of the data
+    (every like at one time) carries no order: it falls back to per user.
     """
-    timed = len(train.likes) > 0 and bool(np.isfinite(train.likes.ts).all())
-    if timed:
-        fit_part, held, now = time_split(train, fraction)
-        # Ties at the split time all go to the held-out side; when that swallows most of
-        # the data (e.g. every like at the same time) the times carry no order: go random.
-        if len(held) <= 2 * fraction * len(train.likes):
-            return catalogue_at(fit_part, now), held, now
-    fit_part, held = random_split(train, fraction, seed)
+    kind = kind or default_split(train).kind
+    if kind == "time":
+        if has_times(train):
+            fit_part, held, now = time_split(train, fraction)
+            if len(held) <= 2 * fraction * len(train.likes):
+                return catalogue_at(fit_part, now), held, now
+        kind = "user"
+    fit_part, held, _ = split_for_evaluation(train, SplitSpec(kind, fraction, seed))
     return fit_part, held, evaluation_time(fit_part)
