@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from embeddings import als
 from embeddings.knn import KNN_KINDS
+from ranking.feed import FeedSettings
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.train import TrainParams
 
@@ -38,6 +40,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                             f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
     group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
+    add_params_file_argument(group)
     add_ranker_arguments(parser)
 
 
@@ -106,3 +109,63 @@ def add_eval_users_argument(parser) -> None:
         "--eval-users", type=int, default=DEFAULT_EVAL_USERS,
         help="average over a seeded sample of this many test users; 0 = all (default: %(default)s)",
     )
+
+
+def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The feed settings the ranker is fitted and the feed replayed under (as served)."""
+    feed = parser.add_argument_group("feed (as served)")
+    d = FeedSettings()
+    feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
+                      help="seller cap per page, as served (default: %(default)s)")
+    feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
+                      help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
+    feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
+                      help="trending items gathered for a first page (default: %(default)s)")
+    feed.add_argument("--neighbours", type=int, default=d.neighbours,
+                      help="embedding neighbours gathered per feed (default: %(default)s)")
+    feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
+                      help="item-kNN candidates gathered per feed (default: %(default)s)")
+    feed.add_argument("--sources", default=",".join(d.sources),
+                      help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace) -> FeedSettings:
+    return replace(
+        FeedSettings(),
+        max_per_seller=args.max_per_seller,
+        per_key_limit=args.per_key_limit,
+        trending_limit=args.trending_limit,
+        neighbours=args.neighbours,
+        knn_neighbours=args.knn_neighbours,
+        sources=tuple(s for s in args.sources.split(",") if s),
+    )
+
+
+def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--params", metavar="FILE",
+        help="JSON written by `python -m training tune`: its model and feed values become the defaults of the "
+             "flags above (a flag given on the command line still wins)",
+    )
+
+
+def params_file_defaults(path: str) -> dict[str, object]:
+    """argparse defaults from a tune JSON file ({"train": {...}, "feed": {...}}); ValueError names the problem."""
+    import json
+
+    try:
+        with open(path) as handle:
+            payload = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--params {path}: line {error.lineno} column {error.colno}: {error.msg}") from None
+    train_fields = set(TrainParams.__dataclass_fields__)
+    feed_fields = set(FeedSettings.__dataclass_fields__)
+    defaults: dict[str, object] = {}
+    for section, known in (("train", train_fields), ("feed", feed_fields)):
+        values = payload.get(section, {})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"--params {path}: unknown {section} fields {unknown}")
+        for key, value in values.items():
+            defaults[key] = ",".join(value) if key == "sources" else value
+    return defaults

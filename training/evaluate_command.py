@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from ranking.feed import FeedSettings
 from training.arguments import (
     add_eval_users_argument,
+    add_feed_arguments,
     add_training_arguments,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
+    settings_from_args,
 )
 from training.evaluate import plot_report, read_test_file
 from training.experiment import evaluate_split
@@ -22,28 +23,16 @@ def add_arguments(parser) -> None:
     """Flags of ``python -m training evaluate``."""
     parser.add_argument("--data", required=True, help="dataset directory")
     held_out = parser.add_mutually_exclusive_group()
-    held_out.add_argument("--split", help="random:FRACTION[:SEED] or time:FRACTION (default: time:0.2 when every "
-                                          "like has a time, else random:0.2:0)")
+    held_out.add_argument("--split", help="time:FRACTION, user:FRACTION[:SEED] (a fraction of each user's likes) or "
+                                          "random:FRACTION[:SEED] (default: time:0.2 when every like has a time, "
+                                          "else user:0.2:0)")
     held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", help="write the metrics as JSON here")
     parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
     add_eval_users_argument(parser)
-    feed = parser.add_argument_group("feed (as served)")
-    d = FeedSettings()
-    feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
-                      help="seller cap per page, as served (default: %(default)s)")
-    feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
-                      help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
-    feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
-                      help="trending items gathered for a first page (default: %(default)s)")
-    feed.add_argument("--neighbours", type=int, default=d.neighbours,
-                      help="embedding neighbours gathered per feed (default: %(default)s)")
-    feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
-                      help="item-kNN candidates gathered per feed (default: %(default)s)")
-    feed.add_argument("--sources", default=",".join(d.sources),
-                      help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
-    feed.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
+    parser.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
+    add_feed_arguments(parser)
     add_training_arguments(parser)
 
 
@@ -51,7 +40,6 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     """Entry point of ``python -m training evaluate``."""
     import json
-    from dataclasses import replace
 
     from training.dataset import load_dataset
 
@@ -60,15 +48,7 @@ def run(args) -> None:
     dataset = load_dataset(args.data)
     test = read_test_file(args.test) if args.test else None
     params = params_from_args(args)
-    settings = replace(
-        FeedSettings(),
-        max_per_seller=args.max_per_seller,
-        per_key_limit=args.per_key_limit,
-        trending_limit=args.trending_limit,
-        neighbours=args.neighbours,
-        knn_neighbours=args.knn_neighbours,
-        sources=tuple(s for s in args.sources.split(",") if s),
-    )
+    settings = settings_from_args(args)
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
         ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,

@@ -22,6 +22,7 @@ from embeddings.index import build_index
 from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
+from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_BLEND
 from training.artifact import publish
 from training.dataset import Dataset, load_dataset
@@ -150,7 +151,11 @@ def default_ranker_spec() -> dict[str, Any]:
 
 
 def fitted_ranker_spec(
-    ds: Dataset, params: TrainParams, ranker_params, interactions: als.Interactions | None = None
+    ds: Dataset,
+    params: TrainParams,
+    ranker_params,
+    interactions: als.Interactions | None = None,
+    settings: FeedSettings = FeedSettings(),
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """The manifest "ranker" entry fitted on a validation split of ``ds`` (training.ranker_fit),
     and the fit part's factors to warm-start the served model from (None for the blend).
@@ -162,19 +167,12 @@ def fitted_ranker_spec(
     if ranker_params.objective == "blend":
         return {**default_ranker_spec(), "fit": {"objective": "blend"}}, None
     try:
-        ranker, info, warm = fit_ranker(ds, params, params_settings(), ranker_params, interactions)
+        ranker, info, warm = fit_ranker(ds, params, settings, ranker_params, interactions)
     except ValueError as error:
         if params.show_progress:
             print(f"ranker: cannot fit ({error}); publishing the hand-set blend", flush=True)
         return {**default_ranker_spec(), "fit": {"objective": "blend", "reason": str(error)}}, None
     return ranker_spec(ranker, info), warm
-
-
-def params_settings():
-    """The feed settings the trainer fits the ranker under: the serving defaults."""
-    from ranking.feed import FeedSettings
-
-    return FeedSettings()
 
 
 def train_and_publish(
@@ -183,6 +181,7 @@ def train_and_publish(
     params: TrainParams = TrainParams(),
     evaluate_fn: EvaluateFn | None = None,
     ranker_params=None,
+    settings: FeedSettings = FeedSettings(),
 ) -> str:
     """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish; returns the version directory.
 
@@ -200,7 +199,7 @@ def train_and_publish(
         interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
     # The ranker's fit-part model is trained first; the served model starts from it.
     with _step("ranker", timings, verbose):
-        ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions)
+        ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings)
     model, info = train(ds, params, interactions, initial=warm)
     timings.update(info.pop("timings"))
     metrics: dict[str, Any] = {}
@@ -213,6 +212,7 @@ def train_and_publish(
         "data_fingerprint": fingerprint,
         "metrics": metrics,
         "ranker": ranker,
+        "feed": {**asdict(settings), "sources": list(settings.sources)},
         "timings": timings,
     }
     with _step("publish", timings, verbose):

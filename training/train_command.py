@@ -9,10 +9,12 @@ import argparse
 
 from training.arguments import (
     add_eval_users_argument,
+    add_feed_arguments,
     add_training_arguments,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
+    settings_from_args,
 )
 from training.experiment import held_out_evaluation
 from training.train import train_and_publish
@@ -23,22 +25,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
     parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
     parser.add_argument("--eval-split", default="auto",
-                        help="held-out split for the evaluation table: time:FRACTION, random:FRACTION[:SEED], "
-                             "auto (time:0.2 when every like has a time, else random:0.2) or none (default: auto)")
+                        help="held-out split for the evaluation table: time:FRACTION, user:FRACTION[:SEED], "
+                             "random:FRACTION[:SEED], auto (time:0.2 when every like has a time, else user:0.2) "
+                             "or none (default: auto)")
     parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
     add_eval_users_argument(parser)
+    add_feed_arguments(parser)
     add_training_arguments(parser)
 
 
 
 def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training train``."""
-
     params = params_from_args(args)
     ranker_params = ranker_params_from_args(args)
+    settings = settings_from_args(args)
     evaluate_fn = (
         None
         if args.eval_split == "none"
-        else held_out_evaluation(args.eval_split, parse_ks(args.k), params, ranker_params, max_users=args.eval_users)
+        else held_out_evaluation(
+            args.eval_split, parse_ks(args.k), params, ranker_params, settings, max_users=args.eval_users
+        )
     )
-    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params)
+    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params, settings=settings)

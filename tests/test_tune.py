@@ -1,0 +1,86 @@
+"""training.tune: a seeded search on a validation split that never sees the test part."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+import training.tune
+from ranking.feed import FeedSettings
+from training.dataset import write_dataset
+from training.experiment import evaluate_split
+from training.generate import generate
+from training.splits import SplitSpec, split_for_evaluation
+from training.train import TrainParams
+from training.tune import tune
+
+SMALL = TrainParams(factors=16, iterations=5, knn_k=25, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return generate(users=250, sellers=25, items=600, likes_per_user=12, seed=9)
+
+
+def test_tune_is_no_worse_than_the_defaults_on_validation_and_never_reads_the_test_part(dataset, monkeypatch):
+    test_split = SplitSpec("time", 0.2)
+    _, test, _ = split_for_evaluation(dataset, test_split)
+    test_pairs = set(zip(test.src, test.dst))
+    seen: list[set[tuple[str, str]]] = []
+
+    def spying_evaluate_split(data, *args, **kwargs):
+        seen.append(set(zip(data.likes.src, data.likes.dst)))
+        return evaluate_split(data, *args, **kwargs)
+
+    monkeypatch.setattr(training.tune, "evaluate_split", spying_evaluate_split)
+    result = tune(dataset, test_split, trials=4, timeout=300, seed=1, base=SMALL, show_progress=False)
+    assert len(result.trials) == 4 and len(seen) == 4
+    assert all(not pairs & test_pairs for pairs in seen)
+    assert result.validation.kind == "time"  # mirrors the test split
+    assert result.value >= result.default_value
+    assert result.trials[0]["value"] == result.default_value
+    assert {"popularity", "als"} <= set(result.baselines)
+
+    # Re-scored on the same validation split, the chosen parameters hold up against the defaults.
+    tuning_part = split_for_evaluation(dataset, test_split)[0]
+
+    def score(params, settings):
+        report = evaluate_split(tuning_part, result.validation, None, (10,), params, settings, show_progress=False,
+                                ranker_params=training.tune.RankerFitParams(seed=1), compare_blend=False, max_users=2000)
+        return report.methods["model"]["ndcg@10"]
+    assert score(result.params, result.settings) >= score(replace(SMALL, seed=1), FeedSettings()) - 0.005
+
+
+def test_the_tune_command_writes_params_that_train_reads(dataset, tmp_path, capsys):
+    from training.__main__ import main
+    from training.artifact import load_current
+
+    write_dataset(dataset, str(tmp_path / "data"))
+    main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "params.json"), "--trials", "2",
+          "--no-progress"])
+    chosen = json.loads((tmp_path / "params.json").read_text())
+    assert set(chosen) >= {"train", "feed", "validation", "trials"}
+    assert chosen["validation"]["test_split_set_aside"] == "time:0.2"
+    main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"), "--params",
+          str(tmp_path / "params.json"), "--eval-split", "none", "--no-progress", "--iterations", "5"])
+    manifest = load_current(str(tmp_path / "models")).manifest
+    for key, value in chosen["train"].items():
+        if key != "iterations":
+            assert manifest["params"][key] == value, key
+    assert manifest["params"]["iterations"] == 5  # an explicit flag wins over the file
+    assert manifest["feed"]["sources"] == chosen["feed"]["sources"]
+    assert manifest["feed"]["neighbours"] == chosen["feed"]["neighbours"]
+
+
+def test_a_broken_params_file_names_line_and_column(tmp_path):
+    from training.__main__ import main
+
+    bad = tmp_path / "params.json"
+    bad.write_text('{"train": {"factors": 16,,}}')
+    with pytest.raises(SystemExit, match="line 1 column"):
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--params", str(bad)])
+    bad.write_text('{"train": {"fators": 16}}')
+    with pytest.raises(SystemExit, match="unknown train fields"):
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--params", str(bad)])
