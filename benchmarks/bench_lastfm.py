@@ -29,6 +29,7 @@ import numpy as np
 
 from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings
+from training.dataset import Edges
 from training.experiment import evaluate_split
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec
@@ -38,7 +39,8 @@ from training.train import TrainParams
 SOCIALLGN = {"precision@10": 0.1972, "recall@10": 0.2026, "ndcg@10": 0.2566}
 
 PROTOCOLS = {"binary": "binary", "weighted": "log"}
-"""Protocol -> how a like's weight (the listening count) enters ALS and item-kNN."""
+"""Protocol -> how a like's weight (the listening count) enters ALS and item-kNN; the
+binary protocol also drops the counts from the dataset, so nothing can read them."""
 
 LASTFM_PARAMS = TrainParams(
     factors=32, regularization=30.0, alpha=1.5, iterations=15, weight_transform="log",
@@ -63,6 +65,8 @@ def run_seed(
     dataset, protocol: str, seed: int, ks, settings: FeedSettings, ranker: RankerFitParams, compare_blend: bool = True
 ):
     params = replace(LASTFM_PARAMS, seed=seed, weight_transform=PROTOCOLS[protocol])
+    if protocol == "binary":
+        dataset = dataset.with_likes(Edges(dataset.likes.src, dataset.likes.dst, dataset.likes.ts))
     return evaluate_split(
         dataset, SplitSpec("user", 0.2, seed), None, ks, params, settings,
         show_progress=False, ranker_params=replace(ranker, seed=seed), compare_blend=compare_blend,

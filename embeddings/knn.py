@@ -1,7 +1,9 @@
 """Item-to-item nearest neighbours: a sparse top-k similarity matrix over the item columns.
 
 Built offline with implicit's item-kNN (cosine, BM25 or TF-IDF weighting of the user x
-item matrix), stored in the artifact as one ``scipy.sparse`` CSR file, and read at
+item matrix) or with EASE (Steck 2019: the closed-form linear item-item model
+B = -P / diag(P), P = (XᵀX + λI)⁻¹, zero diagonal; for catalogues up to EASE_MAX_ITEMS
+items with support), stored in the artifact as one ``scipy.sparse`` CSR file, and read at
 request time by the item-kNN candidate source and the ``item_similarity`` feature: a
 user's score for item j is the sum of sim(i, j) over the user's recent likes i.
 """
@@ -15,11 +17,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-KNN_KINDS = ("cosine", "bm25", "tfidf", "none")
+KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
 DEFAULT_KNN = "cosine"
 """Similarity of the item-kNN model; "none" trains no item-kNN model."""
 DEFAULT_KNN_K = 100
 """Neighbours kept per item. More costs memory (k floats per item) and request time."""
+DEFAULT_EASE_L2 = 200.0
+"""EASE's L2 penalty λ (the paper's Last.fm-sized optimum is in the hundreds)."""
+EASE_MAX_ITEMS = 20_000
+"""EASE inverts a dense Gram matrix over the items with support: 20k items is 3.2 GB in
+float64 and about a minute on 2 cores; above that, use an item-kNN kind."""
+EASE_MIN_SUPPORT = 2
+"""Items liked by fewer users take no part in EASE (their weights would be noise)."""
 
 
 @dataclass(frozen=True)
@@ -134,14 +143,24 @@ def train_item_knn(
     k: int = DEFAULT_KNN_K,
     show_progress: bool = True,
     num_threads: int = 0,
+    l2: float = DEFAULT_EASE_L2,
 ) -> ItemKNN:
-    """Fit implicit's item-kNN on a user x item matrix (columns = ``item_ids``).
+    """Fit an item-to-item model on a user x item matrix (columns = ``item_ids``):
+    implicit's item-kNN, or EASE with penalty ``l2`` when ``kind`` is "ease".
 
     Returns an ItemKNN whose rows keep each item's ``k`` most similar other items.
     """
-    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
+    from implicit.nearest_neighbours import (
+        BM25Recommender,
+        CosineRecommender,
+        TFIDFRecommender,
+    )
     from threadpoolctl import threadpool_limits
 
+    if kind == "ease":
+        if user_items.shape[1] != len(item_ids):
+            raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
+        return ItemKNN(item_ids, ease_similarity(user_items, l2, k))
     classes = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
     if kind not in classes:
         raise ValueError(f"unknown item-kNN kind {kind!r}; choose from {KNN_KINDS}")
@@ -158,3 +177,39 @@ def train_item_knn(
     similarity.eliminate_zeros()
     similarity.sort_indices()
     return ItemKNN(item_ids, similarity)
+
+
+def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: int = DEFAULT_KNN_K) -> sp.csr_matrix:
+    """EASE's item-item weights B (row i: what liking item i adds to each other item's
+    score), keeping each row's ``k`` largest positive weights.
+
+    Only items with at least EASE_MIN_SUPPORT users enter the model; the others get no
+    row and no column. Raises ValueError naming EASE_MAX_ITEMS when more items qualify.
+    """
+    x = sp.csc_matrix(user_items, dtype=np.float64)
+    n = x.shape[1]
+    support = np.diff(x.indptr)
+    active = np.flatnonzero(support >= EASE_MIN_SUPPORT)
+    if len(active) > EASE_MAX_ITEMS:
+        raise ValueError(
+            f"EASE over {len(active)} items (with {EASE_MIN_SUPPORT}+ users) exceeds EASE_MAX_ITEMS="
+            f"{EASE_MAX_ITEMS}: the dense Gram matrix would not fit; use --knn cosine, bm25 or tfidf"
+        )
+    if not len(active):
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    xa = x[:, active]
+    gram = (xa.T @ xa).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    precision = np.linalg.inv(gram)
+    weights = precision / -np.diag(precision)[np.newaxis, :]
+    np.fill_diagonal(weights, 0.0)
+    keep = min(k, len(active) - 1)
+    if keep <= 0:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    top = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(weights, top, axis=1)
+    positive = values > 0
+    rows = np.repeat(active, keep).reshape(len(active), keep)[positive]
+    similarity = sp.csr_matrix((values[positive].astype(np.float32), (rows, active[top[positive]])), shape=(n, n))
+    similarity.sort_indices()
+    return similarity

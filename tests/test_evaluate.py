@@ -32,7 +32,7 @@ def test_the_served_feed_beats_popularity_by_a_wide_margin(report):
 
 def test_the_learned_ranker_beats_every_single_source_baseline_and_the_hand_set_blend(report):
     model = report.methods["model"]
-    for name in ("popularity", "followed_sellers", "friends_likes", "als", "item_knn"):
+    for name in ("popularity", "followed_sellers", "friends_likes", "als", "item_knn", "ease"):
         assert model["ndcg@10"] >= 1.2 * report.methods[name]["ndcg@10"], name
         assert model["recall@20"] >= 1.1 * report.methods[name]["recall@20"], name
     assert model["ndcg@10"] >= 1.1 * report.methods["blend"]["ndcg@10"]
@@ -40,12 +40,12 @@ def test_the_learned_ranker_beats_every_single_source_baseline_and_the_hand_set_
 
 def test_every_baseline_is_reported_with_every_metric(report):
     assert list(report.methods) == [
-        "model", "popularity", "followed_sellers", "friends_likes", "als", "item_knn", "blend"
+        "model", "popularity", "followed_sellers", "friends_likes", "als", "item_knn", "ease", "blend"
     ]
     for metrics in report.methods.values():
         assert {"precision@10", "recall@10", "ndcg@10", "precision@20", "recall@20", "ndcg@20"} <= set(metrics)
     payload = json.loads(json.dumps(report.as_json()))
-    assert set(payload["baselines"]) == {"popularity", "followed_sellers", "friends_likes", "als", "item_knn", "blend"}
+    assert set(payload["baselines"]) == {"popularity", "followed_sellers", "friends_likes", "als", "item_knn", "ease", "blend"}
     assert payload["ranker"]["features"] == list(FEATURE_NAMES)
     assert 0 < payload["coverage"] <= 1
     assert "2" in report.table().splitlines()[-1]

@@ -31,6 +31,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help="item-kNN similarity for the item_knn source and feature; none trains none "
                             "(default: %(default)s)")
     group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
+    group.add_argument("--ease-l2", type=float, default=d.ease_l2,
+                       help=f"L2 penalty of EASE, with --knn ease (default: {d.ease_l2})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
                        help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
@@ -81,6 +83,7 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         weight_transform=args.weight_transform,
         knn=args.knn,
         knn_k=args.knn_k,
+        ease_l2=args.ease_l2,
         index=args.index,
         ef_search=args.ef_search,
         warm_iterations=args.warm_iterations,

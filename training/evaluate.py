@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from embeddings.knn import DEFAULT_EASE_L2, ItemKNN, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
@@ -167,7 +168,27 @@ def als_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -
 
 def item_knn_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -> Recommender:
     """Pure item-kNN: items ranked by summed similarity to all of the user's training likes."""
-    knn = model.item_knn
+    return item_to_item_recommender(model.item_knn, train, eligible)
+
+
+def ease_baseline(train: Dataset, eligible: Eligibility, l2: float = DEFAULT_EASE_L2) -> Recommender | None:
+    """EASE alone on binary likes (Steck 2019), the strong linear baseline of the literature;
+    None when the catalogue is too large for it (EASE_MAX_ITEMS items with support)."""
+    from embeddings.als import build_interactions
+
+    interactions = build_interactions(train, follow_weight=0.0, weight_transform="binary")
+    try:
+        model = train_item_knn(interactions.item_matrix, interactions.item_ids, "ease", k=EASE_BASELINE_K, l2=l2)
+    except ValueError:
+        return None
+    return item_to_item_recommender(model, train, eligible)
+
+
+EASE_BASELINE_K = 1_000
+"""Neighbours kept per item by the EASE baseline: enough that truncation barely matters."""
+
+
+def item_to_item_recommender(knn: ItemKNN, train: Dataset, eligible: Eligibility) -> Recommender:
     liked: dict[str, list[str]] = defaultdict(list)
     for user_id, item_id in zip(train.likes.src, train.likes.dst):
         liked[user_id].append(item_id)
@@ -238,6 +259,9 @@ def evaluate(
         methods["als"] = als_baseline(model, train, eligible)
         if model.item_knn is not None:
             methods["item_knn"] = item_knn_baseline(model, train, eligible)
+    ease = ease_baseline(train, eligible)
+    if ease is not None:
+        methods["ease"] = ease
     methods.update(extra_methods or {})
     users = sorted(relevant)
     for name, recommend in methods.items():

@@ -63,13 +63,15 @@ def _int_column(rows: list[list[str]], index: int, file: str, column: str) -> li
     return out
 
 
-def read_lastfm(src: str, temporal: bool = False) -> Dataset:
+def read_lastfm(src: str, temporal: bool = False, binary: bool = False) -> Dataset:
     """The Last.fm 2K files in ``src`` as a Dataset (see the module docstring for the mapping).
 
     Items are every artist of ``artists.dat`` (if present) followed by any other artist
     the likes name, in file order; likes keep the order of their file.
     """
     likes = _tag_likes(src) if temporal else _listen_likes(src)
+    if binary:
+        likes = Edges(likes.src, likes.dst, likes.ts)
     items = Items.without_listing(_artist_ids(src, likes.dst))
     follows = Edges([], [], np.empty(0))
     return Dataset(items=items, likes=likes, follows=follows, friends=_friendships(src))
@@ -149,6 +151,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True,
                         help="folder with the HetRec 2011 Last.fm 2K files (user_artists.dat, user_friends.dat, artists.dat; "
                              "user_taggedartists.dat with --temporal)")
+    parser.add_argument("--binary", action="store_true",
+                        help="drop the listening counts: every user-artist pair weighs 1 (the protocol SocialLGN "
+                             "and most papers report under)")
     parser.add_argument("--temporal", action="store_true",
                         help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
                              "for time-split evaluation; default: listens with their counts, undated")
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training lastfm``."""
     from training.dataset import write_dataset
 
-    dataset = read_lastfm(args.src, temporal=args.temporal)
+    dataset = read_lastfm(args.src, temporal=args.temporal, binary=args.binary)
     write_dataset(dataset, args.out)
     kind = "dated tag pairs" if args.temporal else "listens"
     print(

@@ -262,7 +262,9 @@ def fit_ranker(
     items = np.ascontiguousarray(columns[: fit_matrix.n_items])
     knn = None
     if tp.knn != "none":
-        knn = train_item_knn(fit_matrix.item_matrix, fit_matrix.item_ids, tp.knn, tp.knn_k, show_progress=False)
+        knn = train_item_knn(
+            fit_matrix.item_matrix, fit_matrix.item_ids, tp.knn, tp.knn_k, show_progress=False, l2=tp.ease_l2
+        )
     lap("item-knn")
     # Users without a fit-part interaction are folded in from their likes, as when serving.
     active = np.diff(fit_matrix.matrix.indptr) > 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from embeddings import als
 from embeddings.index import build_index
-from embeddings.knn import DEFAULT_KNN, DEFAULT_KNN_K, train_item_knn
+from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
@@ -54,6 +54,8 @@ class TrainParams:
     """Item-kNN similarity (cosine, bm25, tfidf) for the item_knn source and feature; none skips it."""
     knn_k: int = DEFAULT_KNN_K
     """Neighbours kept per item by the item-kNN model."""
+    ease_l2: float = DEFAULT_EASE_L2
+    """EASE's L2 penalty, when ``knn`` is "ease"."""
     index: str = "auto"
     """Index kind: auto, flat, hnsw-mips (hnsw-ip is for benchmarks only)."""
     hnsw_m: int = 32
@@ -114,7 +116,8 @@ def train(
     with _step("index", timings, verbose):
         if params.knn != "none":
             knn = train_item_knn(
-                interactions.item_matrix, interactions.item_ids, params.knn, params.knn_k, show_progress=False
+                interactions.item_matrix, interactions.item_ids, params.knn, params.knn_k, show_progress=False,
+                l2=params.ease_l2,
             )
         index = build_index(
             item_factors,

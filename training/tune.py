@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from embeddings import als
-from embeddings.knn import KNN_KINDS
+from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
@@ -42,7 +42,9 @@ from training.splits import SplitSpec, default_split, split_for_evaluation
 from training.train import TrainParams
 
 OBJECTIVE_METRIC = "ndcg@10"
-TUNED_TRAIN_FIELDS = ("factors", "regularization", "alpha", "iterations", "weight_transform", "knn", "knn_k")
+TUNED_TRAIN_FIELDS = (
+    "factors", "regularization", "alpha", "iterations", "weight_transform", "knn", "knn_k", "ease_l2",
+)
 TUNED_FEED_FIELDS = ("neighbours", "knn_neighbours", "trending_limit", "per_key_limit", "sources")
 FACTOR_CHOICES = (16, 32, 64, 128)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
@@ -79,7 +81,9 @@ class TuneResult:
         }
 
 
-def suggest(trial, base: TrainParams, settings: FeedSettings, weighted: bool) -> tuple[TrainParams, FeedSettings]:
+def suggest(
+    trial, base: TrainParams, settings: FeedSettings, weighted: bool, knn_kinds: tuple[str, ...] = KNN_KINDS
+) -> tuple[TrainParams, FeedSettings]:
     """One point of the search space (see the module docstring)."""
     sources = tuple(name for name in SOURCE_NAMES if trial.suggest_categorical(f"source_{name}", [True, False]))
     params = replace(
@@ -91,8 +95,9 @@ def suggest(trial, base: TrainParams, settings: FeedSettings, weighted: bool) ->
         weight_transform=(
             trial.suggest_categorical("weight_transform", list(als.WEIGHT_TRANSFORMS)) if weighted else base.weight_transform
         ),
-        knn=trial.suggest_categorical("knn", list(KNN_KINDS)),
+        knn=trial.suggest_categorical("knn", list(knn_kinds)),
         knn_k=trial.suggest_categorical("knn_k", list(KNN_K_CHOICES)),
+        ease_l2=trial.suggest_float("ease_l2", 10.0, 3000.0, log=True),
     )
     settings = replace(
         settings,
@@ -136,12 +141,14 @@ def tune(
     kind = test_split.kind if test_split else default_split(tuning_part).kind
     validation = SplitSpec(kind, validation_fraction, seed)
     weighted = tuning_part.likes.weight is not None
+    # EASE inverts a dense item x item matrix: offered only where the catalogue allows it.
+    knn_kinds = tuple(k for k in KNN_KINDS if k != "ease" or len(tuning_part.items) <= EASE_MAX_ITEMS)
     base = replace(base, show_progress=False, seed=seed)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
 
     def objective(trial) -> float:
-        params, trial_settings = suggest(trial, base, settings, weighted)
+        params, trial_settings = suggest(trial, base, settings, weighted, knn_kinds)
         started = time.perf_counter()
         report = evaluate_split(
             tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
@@ -161,7 +168,9 @@ def tune(
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial(as_trial_values(base, settings, weighted))
     study.optimize(objective, n_trials=max(trials, 1), timeout=timeout)
-    best_params, best_settings = suggest(optuna.trial.FixedTrial(study.best_params), base, settings, weighted)
+    best_params, best_settings = suggest(
+        optuna.trial.FixedTrial(study.best_params), base, settings, weighted, knn_kinds
+    )
     return TuneResult(
         params=best_params, settings=best_settings, value=study.best_value, default_value=history[0]["value"],
         baselines=baselines, validation=validation, test_split=test_split, trials=history,

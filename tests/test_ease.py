@@ -1,0 +1,73 @@
+"""EASE as an item-to-item model: the closed form, truncation, support and size rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import embeddings.knn
+from embeddings.knn import EASE_MIN_SUPPORT, ease_similarity, train_item_knn
+
+
+def random_matrix(users: int, items: int, seed: int, density: float = 0.2) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix((rng.random((users, items)) < density).astype(np.float32))
+
+
+def dense_ease(x: np.ndarray, l2: float) -> np.ndarray:
+    gram = x.T @ x + l2 * np.eye(x.shape[1])
+    p = np.linalg.inv(gram)
+    b = np.eye(x.shape[1]) - p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def test_ease_matches_the_closed_form_and_has_a_zero_diagonal():
+    x = random_matrix(200, 30, seed=1)
+    weights = ease_similarity(x, l2=5.0, k=30).toarray()
+    expected = dense_ease(x.toarray().astype(np.float64), 5.0)
+    np.testing.assert_allclose(weights, np.where(expected > 0, expected, 0.0), rtol=1e-4, atol=1e-6)
+    assert not np.diag(weights).any()
+
+
+def test_untruncated_scores_rank_like_the_dense_model_on_positive_weights():
+    x = random_matrix(150, 25, seed=2)
+    model = train_item_knn(x, [f"i{j}" for j in range(25)], "ease", k=100, l2=3.0)
+    user = x.getrow(0).indices
+    scores = model.user_scores_rows(user)
+    dense = (x.toarray()[0] @ np.maximum(dense_ease(x.toarray().astype(np.float64), 3.0), 0))
+    np.testing.assert_allclose(scores.lookup(np.arange(25)), dense, rtol=1e-4, atol=1e-6)
+
+
+def test_items_without_support_get_no_neighbours_and_no_score():
+    x = random_matrix(100, 20, seed=3).tolil()
+    x[:, 7] = 0
+    x[0, 7] = 1  # one user: below EASE_MIN_SUPPORT
+    assert EASE_MIN_SUPPORT > 1
+    weights = ease_similarity(sp.csr_matrix(x), l2=2.0, k=10)
+    assert weights.getrow(7).nnz == 0 and weights.getcol(7).nnz == 0
+    assert weights.nnz > 0
+
+
+def test_the_neighbours_of_an_item_come_from_its_own_block():
+    a, b = random_matrix(80, 10, seed=4, density=0.5), random_matrix(80, 10, seed=5, density=0.5)
+    x = sp.block_diag([a, b]).tocsr()
+    weights = ease_similarity(x, l2=1.0, k=19).toarray()
+    assert not weights[:10, 10:].any() and not weights[10:, :10].any()
+    assert weights[:10, :10].any() and weights[10:, 10:].any()
+
+
+def test_too_many_items_name_the_limit(monkeypatch):
+    monkeypatch.setattr(embeddings.knn, "EASE_MAX_ITEMS", 10)
+    with pytest.raises(ValueError, match="EASE_MAX_ITEMS=10"):
+        ease_similarity(random_matrix(100, 20, seed=6, density=0.5))
+
+
+def test_an_ease_model_saves_and_loads(tmp_path):
+    x = random_matrix(60, 15, seed=7, density=0.4)
+    ids = [f"i{j}" for j in range(15)]
+    model = train_item_knn(x, ids, "ease", k=5, l2=4.0)
+    model.save(str(tmp_path / "knn.npz"))
+    again = type(model).load(str(tmp_path / "knn.npz"), ids)
+    assert (again.similarity != model.similarity).nnz == 0 and model.nnz <= 15 * 5
