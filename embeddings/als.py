@@ -42,6 +42,7 @@ DEFAULT_WEIGHT_TRANSFORM = "log"
 matrix: "log" = log2(1 + w), so an unweighted like (w = 1) stays 1 and a heavy listener
 does not drown every other signal; "raw" = w; "binary" = 1."""
 WEIGHT_TRANSFORMS = ("log", "raw", "binary")
+MIN_RECENCY_WEIGHT = 1e-3
 
 
 def transform_weights(weights: np.ndarray, transform: str = DEFAULT_WEIGHT_TRANSFORM) -> np.ndarray:
@@ -89,12 +90,23 @@ def _without_empty(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[
     return codes, ids[:empty] + ids[empty + 1 :]
 
 
+def recency_weights(times: np.ndarray, half_life_days: float) -> np.ndarray:
+    """2 ** -(age / half-life) per time, age measured from the newest time (float32, in (0, 1]).
+
+    Floored at MIN_RECENCY_WEIGHT so that a like years old stays a positive in float32.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    age_days = (times.max() - times) / 86_400.0
+    return np.maximum(np.exp2(-age_days / half_life_days), MIN_RECENCY_WEIGHT).astype(np.float32)
+
+
 def build_interactions(
     ds: Dataset,
     like_weight: float = DEFAULT_LIKE_WEIGHT,
     follow_weight: float = DEFAULT_FOLLOW_WEIGHT,
     weight_transform: str = DEFAULT_WEIGHT_TRANSFORM,
     layout: Interactions | None = None,
+    recency_half_life_days: float = 0.0,
 ) -> Interactions:
     """Build the weighted interaction matrix from a dataset.
 
@@ -108,6 +120,10 @@ def build_interactions(
     With ``layout`` (the interactions of a larger dataset, e.g. the full one when ``ds``
     is its fit part), rows and columns are exactly ``layout``'s, so factors trained on
     one can warm-start training on the other; edges whose ids ``layout`` lacks are dropped.
+
+    With ``recency_half_life_days`` > 0 and every like timed, a like's confidence also halves
+    with every half-life between it and the newest like of ``ds``: what users liked
+    lately weighs more, and an old like still counts as a positive.
     """
     likes, follows = ds.likes, ds.follows
     n_likes, n_follows = len(likes), len(follows)
@@ -128,6 +144,8 @@ def build_interactions(
     cols = np.concatenate([like_items, np.where(follow_sellers >= 0, n_items + follow_sellers, -1)]).astype(np.int32)
     vals = np.empty(n_likes + n_follows, dtype=np.float32)
     vals[:n_likes] = like_weight * transform_weights(likes.weights(), weight_transform)
+    if recency_half_life_days > 0 and n_likes and np.isfinite(likes.ts).all():
+        vals[:n_likes] *= recency_weights(likes.ts, recency_half_life_days)
     vals[n_likes:] = follow_weight
 
     keep = (vals != 0) & (rows >= 0) & (cols >= 0)

@@ -87,13 +87,21 @@ class ItemKNN:
         """Sum of similarities to the distinct known items of ``liked_item_ids``."""
         return self.user_scores_rows(self.rows_of(liked_item_ids))
 
-    def user_scores_rows(self, liked_rows: np.ndarray) -> ItemScores:
+    def user_scores_rows(self, liked_rows: np.ndarray, weights: np.ndarray | None = None) -> ItemScores:
         """``user_scores`` with the liked items given as rows; rows < 0 are ignored.
 
-        Reads the CSR arrays directly: the cost follows the neighbours touched (recent
-        likes x k), not the catalogue, and skips scipy's per-call overhead.
+        With ``weights`` (one per liked row) each similarity counts that much; a row given
+        twice counts its largest weight once. Reads the CSR arrays directly: the cost
+        follows the neighbours touched (recent likes x k), not the catalogue, and skips
+        scipy's per-call overhead.
         """
-        rows = np.unique(np.asarray(liked_rows))
+        liked_rows = np.asarray(liked_rows)
+        rows, inverse = np.unique(liked_rows, return_inverse=True)
+        row_weights = None
+        if weights is not None:
+            row_weights = np.zeros(len(rows))
+            np.maximum.at(row_weights, inverse.ravel(), np.asarray(weights, dtype=np.float64))
+            row_weights = row_weights[rows >= 0]
         rows = rows[rows >= 0]
         if not len(rows):
             return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
@@ -108,7 +116,10 @@ class ItemKNN:
         order = np.argsort(columns)
         columns = columns[order]
         starts = np.flatnonzero(np.concatenate(([True], columns[1:] != columns[:-1])))
-        summed = np.add.reduceat(self.similarity.data[positions][order].astype(np.float64), starts)
+        values = self.similarity.data[positions].astype(np.float64)
+        if row_weights is not None:
+            values *= np.repeat(row_weights, lengths)
+        summed = np.add.reduceat(values[order], starts)
         return ItemScores(columns[starts].astype(np.int32), summed.astype(np.float32), self.item_row)
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:

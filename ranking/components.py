@@ -33,7 +33,7 @@ class FeedQuery:
     the first and last are set at hydration, when the candidates' sellers have codes. ``item_scores`` are the user's item-kNN
     scores (from recent likes) when the model has an item-kNN part. ``seller_likes`` and
     ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
-    filled at hydration, which also reads the recent likes' items.
+    ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items.
     """
 
     user: UserState
@@ -49,6 +49,7 @@ class FeedQuery:
     own_seller: int = -1
     seller_likes: np.ndarray = field(default_factory=_codes)
     seller_like_counts: np.ndarray = field(default_factory=_codes)
+    seller_last_like: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
 
     @property
     def served_count(self) -> int:

@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 
+from embeddings.knn import ItemKNN, ItemScores
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
+from ranking.store import recent_like_count
 
 FEATURE_NAMES: tuple[str, ...] = (
     "embedding_score",  # <user vector, item factor>; the user vector is folded in for users the model has not seen
@@ -25,7 +27,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "recency",  # decay of the item's age, half-life RECENCY_HALF_LIFE_DAYS
     "popularity",  # log1p(item like count)
     "social_recency",  # decay since a followed seller listed it / a friend liked it (hours)
+    # Signals for time: what a time split rewards (each weighs what validation gives it).
+    "recent_popularity",  # log1p(like count with each like decayed, half-life ranking.store.TRENDING_HALF_LIFE)
+    "recent_item_similarity",  # log1p(item-kNN similarity to recent likes, each decayed, half-life USER_ACTIVITY_HALF_LIFE_DAYS)
+    "last_items_similarity",  # log1p(item-kNN similarity to the user's LAST_ITEMS newest likes)
+    "seller_recency",  # decay since the user last liked an item of this seller, half-life USER_ACTIVITY_HALF_LIFE_DAYS
 )
+TIME_FEATURES: tuple[str, ...] = FEATURE_NAMES[-4:]
+"""The features that only time gives a value; ``python -m training tune`` decides which are used."""
 RECENCY_HALF_LIFE_DAYS = 7.0
 _RECENCY_TAU = RECENCY_HALF_LIFE_DAYS * 86_400.0 / math.log(2)
 FRIEND_LIKE_HALF_LIFE_DAYS = 3.0
@@ -34,6 +43,12 @@ _FRIEND_LIKE_TAU = FRIEND_LIKE_HALF_LIFE_DAYS * 86_400.0 / math.log(2)
 # this is what puts it at the top of the very next feed.
 SOCIAL_HALF_LIFE_HOURS = 6.0
 _SOCIAL_TAU = SOCIAL_HALF_LIFE_HOURS * 3_600.0 / math.log(2)
+# What a user did in the last weeks says more about the next like than what they did months ago.
+USER_ACTIVITY_HALF_LIFE_DAYS = 14.0
+_USER_ACTIVITY_TAU = USER_ACTIVITY_HALF_LIFE_DAYS * 86_400.0 / math.log(2)
+LAST_ITEMS = 5
+SIMILARITY_SIGNALS = 3
+"""Columns of ``similarity_signals``: to all recent likes, to them decayed by age, to the last LAST_ITEMS."""
 
 
 def _decay(age: np.ndarray, tau: float) -> np.ndarray:
@@ -54,11 +69,27 @@ def _member(codes: np.ndarray, members: np.ndarray) -> np.ndarray:
     return out
 
 
+def similarity_signals(
+    knn: ItemKNN, all_recent: ItemScores, recent_rows: np.ndarray, recent_times: np.ndarray, now: float, rows: np.ndarray
+) -> np.ndarray:
+    """Item-kNN similarity of each candidate row to the user's recent likes, shape (len(rows), SIMILARITY_SIGNALS).
+
+    ``all_recent`` are the scores over every recent like (``knn.user_scores_rows`` of
+    ``recent_rows``, which the item-kNN source also reads); ``recent_rows`` are newest
+    first, ``recent_times`` their like times.
+    """
+    out = np.empty((len(rows), SIMILARITY_SIGNALS))
+    out[:, 0] = all_recent.lookup(rows)
+    out[:, 1] = knn.user_scores_rows(recent_rows, _decay(now - recent_times, _USER_ACTIVITY_TAU)).lookup(rows)
+    out[:, 2] = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
+    return out
+
+
 def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: np.ndarray) -> np.ndarray:
     """A float32 matrix of shape (len(batch), len(FEATURE_NAMES)), rows in batch order.
 
-    The batch must be hydrated. ``item_similarity`` is the summed item-kNN similarity of
-    each row to the user's recent likes (0 without an item-kNN model). A missing
+    The batch must be hydrated. ``item_similarity`` are the ``similarity_signals`` of
+    the rows (zeros without an item-kNN model). A missing
     embedding score counts as 0, as does a missing time (no friend like, no social
     event). Reads ``query.user``, ``query.now``, ``query.followed_sellers`` and the
     seller-like counts; columns follow FEATURE_NAMES.
@@ -70,13 +101,16 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
     now, items = query.now, batch.items
     sellers = items.seller
     affinity = np.zeros(n)
+    seller_liked_at = np.full(n, -np.inf)
     if len(query.seller_likes):
         at = np.minimum(np.searchsorted(query.seller_likes, sellers), len(query.seller_likes) - 1)
         hit = (query.seller_likes[at] == sellers) & (sellers >= 0)
         affinity[hit] = query.seller_like_counts[at[hit]]
+        seller_liked_at[hit] = query.seller_last_like[at[hit]]
+    similarity = np.log1p(np.maximum(item_similarity, 0.0))
     features[:, 0] = batch.embedding_score
     features[np.isnan(batch.embedding_score), 0] = 0.0  # no score: the model does not know the item
-    features[:, 1] = np.log1p(np.maximum(item_similarity, 0.0))
+    features[:, 1] = similarity[:, 0]
     features[:, 2] = np.log1p(batch.friend_likes)
     features[:, 3] = _decay(now - batch.friend_like_time, _FRIEND_LIKE_TAU)
     features[:, 4] = _member(sellers, query.followed_sellers)
@@ -84,4 +118,8 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
     features[:, 6] = _decay(now - items.created_at, _RECENCY_TAU)
     features[:, 7] = np.log1p(items.like_count)
     features[:, 8] = _decay(now - batch.social_time, _SOCIAL_TAU)
+    features[:, 9] = np.log1p(recent_like_count(items.trending, now))
+    features[:, 10] = similarity[:, 1]
+    features[:, 11] = similarity[:, 2]
+    features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU)
     return features

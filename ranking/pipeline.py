@@ -165,7 +165,12 @@ class FeedPipeline:
         hydrated = store.hydrate(user_id, np.concatenate([batch.codes, user.recent_likes]))
         batch.items = hydrated.take(slice(0, n))
         recent = hydrated.take(slice(n, None))
-        query.seller_likes, query.seller_like_counts = np.unique(recent.seller[recent.exists & (recent.seller >= 0)], return_counts=True)
+        with_seller = recent.exists & (recent.seller >= 0)
+        query.seller_likes, inverse, query.seller_like_counts = np.unique(
+            recent.seller[with_seller], return_inverse=True, return_counts=True
+        )
+        query.seller_last_like = np.full(len(query.seller_likes), -np.inf)
+        np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
         query.followed_sellers = _known(store.sellers.codes(user.follows))
         query.own_seller = store.sellers.code(user_id)
         batch = self._filter(query, config.item_filters, batch, result)

@@ -21,6 +21,10 @@ DEFAULT_BLEND: dict[str, float] = {
     "recency": 0.4,
     "popularity": 0.1,
     "social_recency": 3.0,
+    "recent_popularity": 0.0,
+    "recent_item_similarity": 0.0,
+    "last_items_similarity": 0.0,
+    "seller_recency": 0.0,
 }
 assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 

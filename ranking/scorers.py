@@ -6,7 +6,7 @@ import numpy as np
 
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
-from ranking.features import compute_features
+from ranking.features import SIMILARITY_SIGNALS, compute_features, similarity_signals
 from ranking.model_items import ModelItems
 from ranking.ranker import LinearRanker
 
@@ -27,15 +27,19 @@ class LinearScorer:
         self.ranker = ranker
 
     def features(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
-        similarity = np.zeros(len(batch))
+        similarity = np.zeros((len(batch), SIMILARITY_SIGNALS))
         if self.items is not None and len(batch):
             rows = self.items.rows(batch.codes)
             missing = np.isnan(batch.embedding_score)
             if query.user_vector is not None and missing.any():
                 scores = self.items.model.row_scores(query.user_vector, rows[missing])
                 batch.embedding_score[missing] = scores
-            if query.item_scores is not None:
-                similarity = query.item_scores.lookup(rows)
+            knn = self.items.model.item_knn
+            if query.item_scores is not None and knn is not None:
+                recent_rows = self.items.rows(query.user.recent_likes)
+                similarity = similarity_signals(
+                    knn, query.item_scores, recent_rows, query.user.recent_like_times, query.now, rows
+                )
         return compute_features(query, batch, similarity)
 
     def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:

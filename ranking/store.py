@@ -44,6 +44,14 @@ def trending_weights(ts: np.ndarray) -> np.ndarray:
     return np.exp(np.clip((np.asarray(ts, dtype=np.float64) - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT, _MAX_EXPONENT))
 
 
+def recent_like_count(trending: np.ndarray, now: float) -> np.ndarray:
+    """Each item's like count at ``now`` with every like decayed by TRENDING_HALF_LIFE,
+    from the stored trending sums (float64; 0 for an item without likes)."""
+    with np.errstate(divide="ignore"):
+        exponent = np.log(np.asarray(trending, dtype=np.float64)) - (now - TRENDING_EPOCH) / _TRENDING_TAU
+    return np.exp(np.minimum(exponent, _MAX_EXPONENT))
+
+
 def _codes(values: Sequence[int] = ()) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
@@ -131,18 +139,23 @@ class ItemColumns:
     stock: np.ndarray  # int64
     like_count: np.ndarray  # int64
     liked: np.ndarray  # bool: the asking user liked it (at any time, not only recently)
+    trending: np.ndarray  # float64: sum of trending_weight over the item's likes (see recent_like_count)
 
     def __len__(self) -> int:
         return len(self.exists)
 
     def take(self, rows: np.ndarray | slice) -> ItemColumns:
         """The selected rows (index array, mask or slice), in that order."""
-        return ItemColumns(self.exists[rows], self.seller[rows], self.created_at[rows], self.stock[rows], self.like_count[rows], self.liked[rows])
+        return ItemColumns(
+            self.exists[rows], self.seller[rows], self.created_at[rows], self.stock[rows], self.like_count[rows],
+            self.liked[rows], self.trending[rows],
+        )
 
     @classmethod
     def empty(cls, n: int = 0) -> ItemColumns:
         return cls(
-            np.zeros(n, bool), np.full(n, -1, np.int32), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+            np.zeros(n, bool), np.full(n, -1, np.int32), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64),
+            np.zeros(n, bool), np.zeros(n),
         )
 
 

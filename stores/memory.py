@@ -155,11 +155,12 @@ class _Catalogue:
         inside = codes < len(self.exists)
         if not inside.all():
             columns = ItemColumns.empty(len(codes))
-            for name in ("exists", "seller", "created_at", "stock", "like_count"):
+            for name in ("exists", "seller", "created_at", "stock", "like_count", "trending"):
                 getattr(columns, name)[inside] = getattr(self, name)[codes[inside]]
             return columns
         return ItemColumns(
-            self.exists[codes], self.seller[codes], self.created_at[codes], self.stock[codes], self.like_count[codes], np.zeros(len(codes), bool)
+            self.exists[codes], self.seller[codes], self.created_at[codes], self.stock[codes], self.like_count[codes],
+            np.zeros(len(codes), bool), self.trending[codes],
         )
 
 

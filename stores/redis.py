@@ -280,7 +280,8 @@ return out
 """
 
 
-# Standalone hydration in one command: KEYS[1] is the user's liked hash, ARGV the key
+# Standalone hydration in one command: KEYS are the user's liked hash and the trending
+# set, ARGV the key
 # prefix then the item ids (the script builds the item keys: half the bytes to send and
 # pack). Numbers come back joined into one string per column and the flags as one
 # string of 0/1 per column, so the client parses a few strings with numpy instead of
@@ -297,14 +298,20 @@ for j = 1, n do
   stock[j] = v[3] or '0'
   likes[j] = v[4] or '0'
 end
+local trending = {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
-  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, math.min(start + 999, n + 1)))
+  local chunk_end = math.min(start + 999, n + 1)
+  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, chunk_end))
   for j = 1, #got do
     if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
   end
+  local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, start, chunk_end))
+  for j = 1, #scores do
+    trending[start + j - 2] = scores[j] or '0'
+  end
 end
 return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
-        table.concat(likes, ','), sellers}
+        table.concat(likes, ','), sellers, table.concat(trending, ',')}
 """
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
@@ -533,17 +540,19 @@ class RedisStore:
                 for item_id in ids:
                     pipe.hmget(self.keys.item(item_id), _ITEM_FIELDS)
                 pipe.hmget(self.keys.liked(user_id), ids)
-                *fields, liked = pipe.execute()
+                pipe.zmscore(self.keys.trending, ids)
+                *fields, liked, trending = pipe.execute()
                 seller_ids = [f[0] or "" for f in fields]
                 exists = np.fromiter((f[0] is not None or f[2] is not None for f in fields), bool, n)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 created, stock, like_count = ([f[j] for f in fields] for j in (1, 2, 3))
             else:
-                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids = self._eval_keys(
-                    "hydrate", [self.keys.liked(user_id)], [self.keys.prefix, *ids]
+                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text = self._eval_keys(
+                    "hydrate", [self.keys.liked(user_id), self.keys.trending], [self.keys.prefix, *ids]
                 )
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 created, stock, like_count = created_text.split(","), stock_text.split(","), likes_text.split(",")
+                trending = trending_text.split(",")
         sellers = self.sellers.codes(seller_ids, add=True)
         sellers[np.fromiter((not s for s in seller_ids), bool, n)] = -1
         return ItemColumns(
@@ -553,6 +562,7 @@ class RedisStore:
             stock=_numbers(stock, np.int64),
             like_count=_numbers(like_count, np.int64),
             liked=liked_flags,
+            trending=np.array([v or 0.0 for v in trending], dtype=np.float64),
         )
 
     # -- writes ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ranking.batch import CandidateBatch
-from ranking.features import FEATURE_NAMES, compute_features
+from ranking.features import FEATURE_NAMES, LAST_ITEMS, USER_ACTIVITY_HALF_LIFE_DAYS, compute_features
+from ranking.store import recent_like_count
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
 from stores.memory import MemoryStore
@@ -83,3 +84,40 @@ def test_compute_features_of_nothing_is_an_empty_matrix():
     store = MemoryStore.from_dataset(social_dataset())
     query = build_feed_pipeline(store, None).pool("alice", 5, NOW).query
     assert compute_features(query, CandidateBatch.empty(), np.zeros(0)).shape == (0, len(FEATURE_NAMES))
+
+
+def test_time_features_read_the_users_latest_likes_and_the_items_recent_likes(world):
+    dataset, model = world
+    knn = model.item_knn
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, DEFAULT_RANKER)
+    user_id = max(set(dataset.likes.src), key=list(dataset.likes.src).count)
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    pool = pipeline.pool(user_id, 20, now)
+    user = pool.query.user
+    assert len(user.recent_likes) > LAST_ITEMS
+    rows = model.item_knn.rows_of(pool.item_ids())
+    recent_rows = knn.rows_of(pool.store.items.ids(user.recent_likes.tolist()))
+    # The last few likes only, newest first.
+    last = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
+    np.testing.assert_allclose(pool.features[:, col["last_items_similarity"]], np.log1p(last), rtol=1e-5)
+    # Every recent like, each weighed by its age: never more than the unweighted sum.
+    assert (pool.features[:, col["recent_item_similarity"]] <= pool.features[:, col["item_similarity"]] + 1e-6).all()
+    assert (pool.features[:, col["recent_item_similarity"]] > 0).any()
+    # Seller recency: the user's newest like of the row's seller, decayed.
+    liked_sellers = pool.store.hydrate(user_id, user.recent_likes).seller
+    for seller, value in zip(pool.batch.items.seller.tolist(), pool.features[:, col["seller_recency"]].tolist()):
+        times = user.recent_like_times[liked_sellers == seller]
+        expected = 2.0 ** (-(now - times.max()) / (USER_ACTIVITY_HALF_LIFE_DAYS * DAY)) if len(times) else 0.0
+        assert value == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert (pool.features[:, col["recent_popularity"]] > 0).any()
+
+
+def test_recent_popularity_is_the_like_count_decayed_by_age():
+    store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
+    pool = build_feed_pipeline(store, None).pool("alice", 20, NOW)
+    expected = recent_like_count(pool.batch.items.trending, NOW)
+    np.testing.assert_allclose(pool.features[:, col["recent_popularity"]], np.log1p(expected), rtol=1e-5)
+    rows = dict(zip(pool.item_ids(), pool.features[:, col["recent_popularity"]]))
+    # i6: likes 1 h and 2 h ago; i7: 2.5 h and a day ago (a day is a third of the 3-day half-life).
+    assert rows["i6"] == pytest.approx(np.log1p(2), rel=1e-2)
+    assert rows["i7"] == pytest.approx(np.log1p(1 + 2 ** (-1 / 3)), rel=1e-2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ranking.store import TRENDING_HALF_LIFE, recent_like_count
 from stores.events import Event, EventKind, EventValidationError
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
@@ -47,6 +48,19 @@ def test_trending_prefers_recent_likes(store_factory):
     )
     store = store_factory(dataset)
     assert views.read_activity(store, [], [], 10, 10).trending == ["y", "x"]
+
+
+def test_hydrate_gives_each_items_decayed_like_count(store_factory):
+    # Two likes one half-life ago count one like now; an item without likes counts none.
+    dataset = make_dataset(
+        [("x", "s", NOW - 60 * DAY, 1), ("y", "s", NOW - 60 * DAY, 1), ("z", "s", NOW - 60 * DAY, 1)],
+        likes=[("u1", "x", NOW - TRENDING_HALF_LIFE), ("u2", "x", NOW - TRENDING_HALF_LIFE), ("u3", "y", NOW)],
+    )
+    store = store_factory(dataset)
+    columns = store.hydrate("u1", store.items.codes(["x", "y", "z"], add=True))
+    assert recent_like_count(columns.trending, NOW) == pytest.approx([1.0, 1.0, 0.0])
+    store.apply([ev("later", EventKind.LIKE, NOW, user_id="u4", item_id="z")])
+    assert recent_like_count(store.hydrate("u1", store.items.codes(["z"], add=True)).trending, NOW) == pytest.approx([1.0])
 
 
 def test_hydrate_returns_state_of_known_items_and_liked_flags(store_factory):

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from embeddings import als
 from embeddings.knn import KNN_KINDS
+from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.train import TrainParams
@@ -27,6 +28,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
                        help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
                             "log = log2(1 + w), raw, binary (default: %(default)s)")
+    group.add_argument("--recency-half-life-days", type=float, default=d.recency_half_life_days, metavar="DAYS",
+                       help="a like's ALS confidence halves with every DAYS before the newest like (timed likes "
+                            "only); 0 weighs old and new alike (default: %(default)s)")
     group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
                        help="item-kNN similarity for the item_knn source and feature; none trains none "
                             "(default: %(default)s)")
@@ -59,6 +63,9 @@ def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
                        help="share of the training likes held out as ranker labels (default: %(default)s)")
     group.add_argument("--ranker-users", type=int, default=d.max_users,
                        help="validation users whose candidate pools are collected (default: %(default)s)")
+    group.add_argument("--drop-features", type=parse_feature_names, default=",".join(d.drop_features), metavar="NAMES",
+                       help="comma-separated features the ranker holds at weight 0 (tune chooses which time "
+                            f"features to use); names: {', '.join(FEATURE_NAMES)} (default: none)")
 
 
 
@@ -69,7 +76,17 @@ def ranker_params_from_args(args: argparse.Namespace):
         validation_fraction=args.ranker_validation,
         max_users=args.ranker_users,
         seed=args.seed,
+        drop_features=args.drop_features,
     )
+
+
+def parse_feature_names(text: str) -> tuple[str, ...]:
+    """``--drop-features``: comma-separated names of ranking.features.FEATURE_NAMES."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FEATURE_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown features {unknown}; choose from {', '.join(FEATURE_NAMES)}")
+    return names
 
 
 
@@ -81,6 +98,7 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         iterations=args.iterations,
         follow_weight=args.follow_weight,
         weight_transform=args.weight_transform,
+        recency_half_life_days=args.recency_half_life_days,
         knn=args.knn,
         knn_k=args.knn_k,
         ease_l2=args.ease_l2,
@@ -152,8 +170,11 @@ def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TUNED_RANKER_FIELDS = ("drop_features",)
+
+
 def params_file_defaults(path: str) -> dict[str, object]:
-    """argparse defaults from a tune JSON file ({"train": {...}, "feed": {...}}); ValueError names the problem."""
+    """argparse defaults from a tune JSON file ({"train": {...}, "feed": {...}, "ranker": {...}}); ValueError names the problem."""
     import json
 
     try:
@@ -164,11 +185,11 @@ def params_file_defaults(path: str) -> dict[str, object]:
     train_fields = set(TrainParams.__dataclass_fields__)
     feed_fields = set(FeedSettings.__dataclass_fields__)
     defaults: dict[str, object] = {}
-    for section, known in (("train", train_fields), ("feed", feed_fields)):
+    for section, known in (("train", train_fields), ("feed", feed_fields), ("ranker", set(TUNED_RANKER_FIELDS))):
         values = payload.get(section, {})
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"--params {path}: unknown {section} fields {unknown}")
         for key, value in values.items():
-            defaults[key] = ",".join(value) if key == "sources" else value
+            defaults[key] = ",".join(value) if isinstance(value, list) else value
     return defaults

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from embeddings.als import build_interactions
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_RANKER
 from training.dataset import Dataset, Edges
 from training.evaluate import EvaluationReport, evaluate, pipeline_recommender
 from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
+from training.params import interactions_of
 from training.splits import (
     SplitSpec,
     default_split,
@@ -51,7 +51,7 @@ def evaluate_split(
         ranker_params = replace(ranker_params, validation_kind=split.kind)
     ranker, extra, warm = DEFAULT_RANKER, {}, None
     fit_info: dict = {"objective": "blend"}
-    interactions = build_interactions(train_part, params.like_weight, params.follow_weight, params.weight_transform)
+    interactions = interactions_of(train_part, params)
     if ranker_params.objective != "blend":
         # As the trainer publishes: the ranker's fit-part model first, the served model from it.
         ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)

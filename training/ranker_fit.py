@@ -18,9 +18,10 @@ artifact as {"features", "weights", "bias"}.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from training.dataset import Dataset, Edges
+from training.params import interactions_of
 from training.splits import validation_split
 
 OBJECTIVES = ("logistic", "pairwise")
@@ -73,6 +75,7 @@ class Examples:
     users: int = 0
     positives_in_pool: int = 0
     positives_total: int = 0  # validation likes of the sampled users, found in a pool or not
+    relevant_per_user: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # by group index
     candidates_per_user: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +127,7 @@ def collect_examples(
         users=len(users),
         positives_in_pool=positives,
         positives_total=total,
+        relevant_per_user=np.array([len(relevant[u]) for u in users], dtype=np.int32),
         candidates_per_user=n_candidates / max(len(users), 1),
     )
 
@@ -199,6 +203,53 @@ def fit_pairwise(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float, pe
     return LinearRanker(w.astype(np.float32), 0.0)
 
 
+# The signal of each single-signal baseline of ``training.evaluate``, as feature columns
+# (ties on the first broken by the second): what the ranker is given when a baseline wins.
+BASELINE_SIGNALS: dict[str, tuple[str, ...]] = {
+    "popularity": ("popularity",),
+    "recent_popularity": ("recent_popularity",),
+    "followed_sellers": ("followed_seller", "recency"),
+    "friends_likes": ("friend_likes", "friend_like_recency"),
+    "als": ("embedding_score",),
+    "item_knn": ("item_similarity",),
+}
+BASELINE_CHECK_K = 10
+
+
+def pool_ndcg(scores: np.ndarray, examples: Examples, k: int = BASELINE_CHECK_K) -> float:
+    """Mean NDCG@k over the validation users when each user's pool is ranked by ``scores``.
+
+    The ideal counts every validation like of the user, in the pool or not, so a signal
+    is charged for what the pools miss exactly as the served feed is.
+    """
+    if not len(scores):
+        return 0.0
+    order = np.lexsort((-scores, examples.groups))
+    groups, labels = examples.groups[order], examples.labels[order]
+    starts = np.flatnonzero(np.concatenate(([True], groups[1:] != groups[:-1])))
+    rank = np.arange(len(groups)) - np.repeat(starts, np.diff(np.append(starts, len(groups))))
+    top = rank < k
+    gains = np.zeros(examples.users)
+    np.add.at(gains, groups[top], labels[top] / np.log2(rank[top] + 2.0))
+    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+    ideal = np.cumsum(discounts)[np.minimum(examples.relevant_per_user, k) - 1]
+    return float(np.mean(gains / ideal))
+
+
+def baseline_scores(examples: Examples) -> dict[str, float]:
+    """``pool_ndcg`` of each BASELINE_SIGNALS baseline on the validation pools."""
+    out = {}
+    for name, columns in BASELINE_SIGNALS.items():
+        primary = examples.features[:, FEATURE_NAMES.index(columns[0])].astype(np.float64)
+        score = primary.copy()
+        if len(columns) > 1:
+            secondary = examples.features[:, FEATURE_NAMES.index(columns[1])].astype(np.float64)
+            # Lexicographic: the secondary only orders rows tied on the primary.
+            score = np.unique(primary, return_inverse=True)[1].ravel() * (secondary.max(initial=0.0) + 1.0) + secondary
+        out[name] = pool_ndcg(score, examples)
+    return out
+
+
 def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams()) -> LinearRanker:
     """Fit the chosen objective on collected examples."""
     if params.objective not in OBJECTIVES:
@@ -250,9 +301,9 @@ def fit_ranker(
         if tp.show_progress:
             print(f"  ranker {name:<10} {timings[name]:8.2f} s", flush=True)
 
-    layout = interactions or als.build_interactions(train, tp.like_weight, tp.follow_weight, tp.weight_transform)
+    layout = interactions or interactions_of(train, tp)
     fit_part, held, now = validation_split(train, params.validation_fraction, params.seed, params.validation_kind)
-    fit_matrix = als.build_interactions(fit_part, tp.like_weight, tp.follow_weight, tp.weight_transform, layout=layout)
+    fit_matrix = interactions_of(fit_part, tp, layout)
     lap("split")
     users, columns = als.train_als(
         fit_matrix, factors=tp.factors, regularization=tp.regularization, alpha=tp.alpha, iterations=tp.iterations,
@@ -274,7 +325,7 @@ def fit_ranker(
     )
     examples = collect_examples(fit_part, held, model, now, settings, params, show_progress=tp.show_progress)
     lap("pools")
-    ranker = fit_ranker_on(examples, params)
+    ranker, check = fit_above_baselines(examples, params)
     lap("fit")
     info = {
         "objective": params.objective,
@@ -285,9 +336,43 @@ def fit_ranker(
         "rows": int(len(examples.labels)),
         "candidates_per_user": round(examples.candidates_per_user, 1),
         "pool_recall": round(examples.positives_in_pool / max(examples.positives_total, 1), 4),
+        **check,
         "timings": timings,
     }
     return ranker, info, (users, columns)
+
+
+def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[LinearRanker, dict[str, Any]]:
+    """Fit, then rank the validation pools by the ranker and by each baseline's signal.
+
+    When a baseline ranks them better, the trainer warns, and if that baseline's signal
+    was among ``params.drop_features`` it is given back to the ranker, which is refitted.
+    """
+    ranker = fit_ranker_on(examples, params)
+    ours = pool_ndcg(ranker.score(examples.features).astype(np.float64), examples)
+    baselines = baseline_scores(examples)
+    beaten_by = sorted(name for name, value in baselines.items() if value > ours)
+    restored = sorted({f for name in beaten_by for f in BASELINE_SIGNALS[name]} & set(params.drop_features))
+    if restored:
+        params = replace(params, drop_features=tuple(f for f in params.drop_features if f not in restored))
+        ranker = fit_ranker_on(examples, params)
+        ours = pool_ndcg(ranker.score(examples.features).astype(np.float64), examples)
+    for name in beaten_by:
+        given = f"; its signal {list(BASELINE_SIGNALS[name])} is a ranker feature" + (
+            f" (restored: {restored}, refitted to {ours:.4f})" if restored else ""
+        )
+        print(
+            f"warning: on the ranker's validation pools the {name} baseline ranks better than the learned ranker "
+            f"(NDCG@{BASELINE_CHECK_K} {baselines[name]:.4f} > {ours:.4f}){given}",
+            file=sys.stderr, flush=True,
+        )
+    check = {
+        f"validation_ndcg@{BASELINE_CHECK_K}": round(ours, 4),
+        f"baselines_ndcg@{BASELINE_CHECK_K}": {name: round(value, 4) for name, value in baselines.items()},
+        "beaten_by": [name for name in beaten_by if baselines[name] > ours],
+        "drop_features": list(params.drop_features),
+    }
+    return ranker, check
 
 
 def ranker_spec(ranker: LinearRanker, info: dict[str, Any] | None = None) -> dict[str, Any]:

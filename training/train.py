@@ -12,64 +12,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from embeddings import als
 from embeddings.index import build_index
-from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K, train_item_knn
+from embeddings.knn import train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_BLEND
 from training.artifact import publish
 from training.dataset import Dataset, load_dataset
+from training.params import TrainParams, interactions_of
 from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
 
 # (dataset, trained model) -> metrics for the manifest, e.g. {"model": {"ndcg@10": ...}}
 EvaluateFn = Callable[[Dataset, EmbeddingModel], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Hyperparameters of one training run; all of them go into the manifest."""
-
-    factors: int = als.DEFAULT_FACTORS
-    """Latent dimensions of user and item factors."""
-    regularization: float = als.DEFAULT_REGULARIZATION
-    """ALS L2 penalty (also used by fold-in at serving time)."""
-    alpha: float = als.DEFAULT_ALPHA
-    """ALS confidence multiplier: c = alpha * weight."""
-    iterations: int = als.DEFAULT_ITERATIONS
-    """ALS sweeps."""
-    like_weight: float = als.DEFAULT_LIKE_WEIGHT
-    """Interaction weight of a like."""
-    follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT
-    """Interaction weight of a follow (in the seller's extra column); 0 ignores follows."""
-    weight_transform: str = als.DEFAULT_WEIGHT_TRANSFORM
-    """How a like's own weight (likes.csv ``weight``) enters the matrix: log, raw, binary."""
-    knn: str = DEFAULT_KNN
-    """Item-kNN similarity (cosine, bm25, tfidf) for the item_knn source and feature; none skips it."""
-    knn_k: int = DEFAULT_KNN_K
-    """Neighbours kept per item by the item-kNN model."""
-    ease_l2: float = DEFAULT_EASE_L2
-    """EASE's L2 penalty, when ``knn`` is "ease"."""
-    index: str = "auto"
-    """Index kind: auto, flat, hnsw-mips (hnsw-ip is for benchmarks only)."""
-    hnsw_m: int = 32
-    """HNSW graph degree."""
-    ef_construction: int = 200
-    """HNSW build-time beam width."""
-    ef_search: int = 128
-    """HNSW search-time beam width (raised to k per query when k is larger)."""
-    seed: int = 0
-    """Seed of the ALS initialisation."""
-    warm_iterations: int = 3
-    """ALS sweeps over all the data after the ranker's fit-part model, which they start from."""
-    show_progress: bool = True
-    """Draw tqdm progress bars."""
 
 
 @contextmanager
@@ -99,7 +60,7 @@ def train(
     verbose = params.show_progress
     if interactions is None:
         with _step("interactions", timings, verbose):
-            interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
+            interactions = interactions_of(ds, params)
     with _step("als", timings, verbose):
         user_factors, item_factors = als.train_als(
             interactions,
@@ -199,7 +160,7 @@ def train_and_publish(
         ds = load_dataset(data_dir)
         fingerprint = ds.fingerprint()
     with _step("interactions", timings, verbose):
-        interactions = als.build_interactions(ds, params.like_weight, params.follow_weight, params.weight_transform)
+        interactions = interactions_of(ds, params)
     # The ranker's fit-part model is trained first; the served model starts from it.
     with _step("ranker", timings, verbose):
         ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings)

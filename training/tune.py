@@ -4,9 +4,11 @@
   python -m training train --data DIR --out MODELS_DIR --params params.json
 
 What is searched: the ALS factors, regularization, alpha and iterations; the weight
-transform (when the likes carry weights); the item-kNN similarity and its k; the pool
-sizes (embedding neighbours, item-kNN candidates, trending, per followed seller and
-friend) and which candidate sources run. Each trial trains the whole pipeline (ALS,
+transform (when the likes carry weights); the recency weighting of ALS confidence and
+which time features the ranker uses (when the likes are timed); the item-kNN similarity
+(EASE up to EASE_MAX_ITEMS items) and its k; the pool sizes (embedding neighbours,
+item-kNN candidates, trending, per followed seller and friend) and which candidate
+sources run. Each trial trains the whole pipeline (ALS,
 item-kNN, the learned ranker) on a fit part and replays the served feed over the
 validation part; the score is its NDCG@10.
 
@@ -34,26 +36,30 @@ from typing import Any
 
 from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS
+from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
 from training.ranker_fit import RankerFitParams
-from training.splits import SplitSpec, default_split, split_for_evaluation
+from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
 from training.train import TrainParams
 
 OBJECTIVE_METRIC = "ndcg@10"
 TUNED_TRAIN_FIELDS = (
-    "factors", "regularization", "alpha", "iterations", "weight_transform", "knn", "knn_k", "ease_l2",
+    "factors", "regularization", "alpha", "iterations", "weight_transform", "recency_half_life_days", "knn", "knn_k",
+    "ease_l2",
 )
 TUNED_FEED_FIELDS = ("neighbours", "knn_neighbours", "trending_limit", "per_key_limit", "sources")
 FACTOR_CHOICES = (16, 32, 64, 128)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
+RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
 
 
 @dataclass
 class TuneResult:
     params: TrainParams
     settings: FeedSettings
+    ranker_params: RankerFitParams
     value: float
     default_value: float
     baselines: dict[str, float]
@@ -68,6 +74,7 @@ class TuneResult:
         return {
             "train": {name: getattr(self.params, name) for name in TUNED_TRAIN_FIELDS},
             "feed": feed,
+            "ranker": {"drop_features": list(self.ranker_params.drop_features)},
             "validation": {
                 "split": str(self.validation),
                 "test_split_set_aside": str(self.test_split) if self.test_split else None,
@@ -81,11 +88,32 @@ class TuneResult:
         }
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the data allows to search: weights only when likes carry them, time only when
+    they are timed, EASE only up to EASE_MAX_ITEMS items."""
+
+    weighted: bool
+    timed: bool
+    knn_kinds: tuple[str, ...] = KNN_KINDS
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> SearchSpace:
+        return cls(
+            weighted=dataset.likes.weight is not None,
+            timed=has_times(dataset),
+            knn_kinds=tuple(k for k in KNN_KINDS if k != "ease" or len(dataset.items) <= EASE_MAX_ITEMS),
+        )
+
+
 def suggest(
-    trial, base: TrainParams, settings: FeedSettings, weighted: bool, knn_kinds: tuple[str, ...] = KNN_KINDS
-) -> tuple[TrainParams, FeedSettings]:
+    trial, base: TrainParams, settings: FeedSettings, ranker: RankerFitParams, space: SearchSpace
+) -> tuple[TrainParams, FeedSettings, RankerFitParams]:
     """One point of the search space (see the module docstring)."""
     sources = tuple(name for name in SOURCE_NAMES if trial.suggest_categorical(f"source_{name}", [True, False]))
+    if space.timed:
+        dropped = tuple(name for name in TIME_FEATURES if not trial.suggest_categorical(f"feature_{name}", [True, False]))
+        ranker = replace(ranker, drop_features=tuple(sorted(set(ranker.drop_features) - set(TIME_FEATURES) | set(dropped))))
     params = replace(
         base,
         factors=trial.suggest_categorical("factors", list(FACTOR_CHOICES)),
@@ -93,9 +121,14 @@ def suggest(
         alpha=trial.suggest_float("alpha", 0.1, 100.0, log=True),
         iterations=trial.suggest_int("iterations", 5, 30, step=5),
         weight_transform=(
-            trial.suggest_categorical("weight_transform", list(als.WEIGHT_TRANSFORMS)) if weighted else base.weight_transform
+            trial.suggest_categorical("weight_transform", list(als.WEIGHT_TRANSFORMS))
+            if space.weighted else base.weight_transform
         ),
-        knn=trial.suggest_categorical("knn", list(knn_kinds)),
+        recency_half_life_days=(
+            trial.suggest_categorical("recency_half_life_days", list(RECENCY_HALF_LIFE_CHOICES))
+            if space.timed else base.recency_half_life_days
+        ),
+        knn=trial.suggest_categorical("knn", list(space.knn_kinds)),
         knn_k=trial.suggest_categorical("knn_k", list(KNN_K_CHOICES)),
         ease_l2=trial.suggest_float("ease_l2", 10.0, 3000.0, log=True),
     )
@@ -107,16 +140,17 @@ def suggest(
         per_key_limit=trial.suggest_int("per_key_limit", 5, 100, log=True),
         sources=sources or ("trending",),
     )
-    return params, settings
+    return params, settings, ranker
 
 
-def as_trial_values(params: TrainParams, settings: FeedSettings, weighted: bool) -> dict[str, Any]:
-    """The trial parameters that reproduce ``params`` and ``settings`` (to enqueue the defaults)."""
-    values: dict[str, Any] = {name: getattr(params, name) for name in TUNED_TRAIN_FIELDS if name != "weight_transform"}
-    if weighted:
-        values["weight_transform"] = params.weight_transform
+def as_trial_values(params: TrainParams, settings: FeedSettings, ranker: RankerFitParams, space: SearchSpace) -> dict[str, Any]:
+    """The trial parameters that reproduce ``params``, ``settings`` and ``ranker`` (to enqueue the defaults)."""
+    optional = {"weight_transform": space.weighted, "recency_half_life_days": space.timed}
+    values: dict[str, Any] = {name: getattr(params, name) for name in TUNED_TRAIN_FIELDS if optional.get(name, True)}
     values.update({name: getattr(settings, name) for name in TUNED_FEED_FIELDS if name != "sources"})
     values.update({f"source_{name}": name in settings.sources for name in SOURCE_NAMES})
+    if space.timed:
+        values.update({f"feature_{name}": name not in ranker.drop_features for name in TIME_FEATURES})
     return values
 
 
@@ -140,19 +174,18 @@ def tune(
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
     kind = test_split.kind if test_split else default_split(tuning_part).kind
     validation = SplitSpec(kind, validation_fraction, seed)
-    weighted = tuning_part.likes.weight is not None
-    # EASE inverts a dense item x item matrix: offered only where the catalogue allows it.
-    knn_kinds = tuple(k for k in KNN_KINDS if k != "ease" or len(tuning_part.items) <= EASE_MAX_ITEMS)
+    space = SearchSpace.of(tuning_part)
     base = replace(base, show_progress=False, seed=seed)
+    ranker_params = replace(ranker_params, seed=seed)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
 
     def objective(trial) -> float:
-        params, trial_settings = suggest(trial, base, settings, weighted, knn_kinds)
+        params, trial_settings, trial_ranker = suggest(trial, base, settings, ranker_params, space)
         started = time.perf_counter()
         report = evaluate_split(
             tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
-            ranker_params=replace(ranker_params, seed=seed), compare_blend=False, max_users=eval_users,
+            ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
         )
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
@@ -166,13 +199,13 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial(as_trial_values(base, settings, weighted))
+    study.enqueue_trial(as_trial_values(base, settings, ranker_params, space))
     study.optimize(objective, n_trials=max(trials, 1), timeout=timeout)
-    best_params, best_settings = suggest(
-        optuna.trial.FixedTrial(study.best_params), base, settings, weighted, knn_kinds
+    best_params, best_settings, best_ranker = suggest(
+        optuna.trial.FixedTrial(study.best_params), base, settings, ranker_params, space
     )
     return TuneResult(
-        params=best_params, settings=best_settings, value=study.best_value, default_value=history[0]["value"],
+        params=best_params, settings=best_settings, ranker_params=best_ranker, value=study.best_value, default_value=history[0]["value"],
         baselines=baselines, validation=validation, test_split=test_split, trials=history,
     )
 
@@ -219,6 +252,6 @@ def run(args: argparse.Namespace) -> None:
     if best_name and result.baselines[best_name] > result.value:
         print(f"warning: on validation the {best_name} baseline ({result.baselines[best_name]:.4f}) beats the "
               f"learned feed ({result.value:.4f})", file=sys.stderr)
-    print(json.dumps({"train": payload["train"], "feed": payload["feed"]}, indent=2))
+    print(json.dumps({section: payload[section] for section in ("train", "feed", "ranker")}, indent=2))
 
 

@@ -1,0 +1,59 @@
+"""The hyperparameters of one training run, and the interaction matrix they weigh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embeddings import als
+from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K
+from training.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyperparameters of one training run; all of them go into the manifest."""
+
+    factors: int = als.DEFAULT_FACTORS
+    """Latent dimensions of user and item factors."""
+    regularization: float = als.DEFAULT_REGULARIZATION
+    """ALS L2 penalty (also used by fold-in at serving time)."""
+    alpha: float = als.DEFAULT_ALPHA
+    """ALS confidence multiplier: c = alpha * weight."""
+    iterations: int = als.DEFAULT_ITERATIONS
+    """ALS sweeps."""
+    like_weight: float = als.DEFAULT_LIKE_WEIGHT
+    """Interaction weight of a like."""
+    follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT
+    """Interaction weight of a follow (in the seller's extra column); 0 ignores follows."""
+    weight_transform: str = als.DEFAULT_WEIGHT_TRANSFORM
+    """How a like's own weight (likes.csv ``weight``) enters the matrix: log, raw, binary."""
+    recency_half_life_days: float = 0.0
+    """A like's ALS confidence halves with every this many days before the newest like; 0 = off."""
+    knn: str = DEFAULT_KNN
+    """Item-kNN similarity (cosine, bm25, tfidf) for the item_knn source and feature; none skips it."""
+    knn_k: int = DEFAULT_KNN_K
+    """Neighbours kept per item by the item-kNN model."""
+    ease_l2: float = DEFAULT_EASE_L2
+    """EASE's L2 penalty, when ``knn`` is "ease"."""
+    index: str = "auto"
+    """Index kind: auto, flat, hnsw-mips (hnsw-ip is for benchmarks only)."""
+    hnsw_m: int = 32
+    """HNSW graph degree."""
+    ef_construction: int = 200
+    """HNSW build-time beam width."""
+    ef_search: int = 128
+    """HNSW search-time beam width (raised to k per query when k is larger)."""
+    seed: int = 0
+    """Seed of the ALS initialisation."""
+    warm_iterations: int = 3
+    """ALS sweeps over all the data after the ranker's fit-part model, which they start from."""
+    show_progress: bool = True
+    """Draw tqdm progress bars."""
+
+
+def interactions_of(ds: Dataset, params: TrainParams, layout: als.Interactions | None = None) -> als.Interactions:
+    """``ds``'s ALS interaction matrix as ``params`` weigh it (in ``layout``'s rows and columns when given)."""
+    return als.build_interactions(
+        ds, params.like_weight, params.follow_weight, params.weight_transform, layout=layout,
+        recency_half_life_days=params.recency_half_life_days,
+    )
