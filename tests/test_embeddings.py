@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings.als import build_interactions, train_als
+from embeddings.als import MIN_RECENCY_WEIGHT, build_interactions, recency_weights, train_als
 from embeddings.index import build_index
 from embeddings.model import EmbeddingModel
+from tests.builders import DAY, NOW, make_dataset
 from training.dataset import Dataset, Edges, Items
 
 
@@ -165,3 +166,20 @@ def test_a_fit_part_shares_the_full_layout_and_warm_starts_it() -> None:
     assert loss(warm_users, warm_items) < loss(cold_users, cold_items)
     with pytest.raises(ValueError, match="layout"):
         train_als(full, factors=4, iterations=1, show_progress=False, initial=(users, columns))
+
+
+def test_recency_weighting_halves_a_likes_confidence_every_half_life():
+    ds = make_dataset(
+        [("a", "s", NOW - 90 * DAY, 1), ("b", "s", NOW - 90 * DAY, 1)],
+        likes=[("u1", "a", NOW), ("u1", "b", NOW - 10 * DAY), ("u2", "a", NOW - 20 * DAY)],
+    )
+    flat = build_interactions(ds, follow_weight=0.0, weight_transform="binary")
+    weighted = build_interactions(ds, follow_weight=0.0, weight_transform="binary", recency_half_life_days=10.0)
+    row = {u: i for i, u in enumerate(weighted.user_ids)}
+    col = {t: j for j, t in enumerate(weighted.item_ids)}
+    dense = weighted.matrix.toarray()
+    assert dense[row["u1"], col["a"]] == pytest.approx(1.0)
+    assert dense[row["u1"], col["b"]] == pytest.approx(0.5)
+    assert dense[row["u2"], col["a"]] == pytest.approx(0.25)
+    assert (flat.matrix != 0).sum() == (weighted.matrix != 0).sum()  # every like stays a positive
+    assert recency_weights(np.array([NOW - 1e4 * DAY, NOW]), 1.0).min() == pytest.approx(MIN_RECENCY_WEIGHT)

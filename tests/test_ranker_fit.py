@@ -14,8 +14,10 @@ from training.ranker_fit import (
     Examples,
     RankerFitParams,
     fit_logistic,
+    fit_above_baselines,
     fit_pairwise,
     fit_ranker_on,
+    pool_ndcg,
 )
 from training.train import TrainParams, train_and_publish
 
@@ -102,3 +104,39 @@ def test_a_store_for_sampled_readers_gives_them_the_same_pools_as_the_full_store
         np.testing.assert_array_equal(expected.features, got.features)
     outsider = next(u for u in sorted(set(dataset.likes.src)) if u not in set(readers) and not sampled.read_user(u).friends)
     assert len(full.read_user(outsider).recent_likes) > 0 and len(sampled.read_user(outsider).recent_likes) == 0
+
+
+def _pools(features: np.ndarray, labels, groups, relevant) -> Examples:
+    return Examples(
+        features.astype(np.float32), np.asarray(labels, np.float32), np.asarray(groups, np.int32),
+        users=len(relevant), relevant_per_user=np.asarray(relevant, np.int32),
+    )
+
+
+def test_pool_ndcg_counts_likes_missing_from_the_pool_against_it():
+    # User 0: the positive is ranked second of two; user 1: first, but a second like is not in the pool.
+    examples = _pools(np.zeros((4, D)), [0, 1, 1, 0], [0, 0, 1, 1], [1, 2])
+    got = pool_ndcg(np.array([2.0, 1.0, 5.0, 0.0]), examples)
+    expected = ((1 / np.log2(3)) + 1 / (1 + 1 / np.log2(3))) / 2
+    assert got == pytest.approx(expected)
+
+
+def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys):
+    # The label is the popularity column itself; with popularity dropped, every other column is noise.
+    rng = np.random.default_rng(0)
+    users, per_user = 200, 30
+    x = rng.normal(size=(users * per_user, D))
+    popularity = FEATURE_NAMES.index("popularity")
+    y = (x[:, popularity] > 1.0).astype(np.float32)
+    groups = np.repeat(np.arange(users), per_user)
+    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    ranker, check = fit_above_baselines(examples, RankerFitParams(drop_features=("popularity", "recency")))
+    err = capsys.readouterr().err
+    assert "warning" in err and "popularity baseline" in err and "restored: ['popularity']" in err
+    assert check["drop_features"] == ["recency"] and ranker.weights[popularity] > 0
+    assert check["validation_ndcg@10"] >= check["baselines_ndcg@10"]["popularity"] - 1e-9
+    # Nothing to report when the ranker wins: the label needs two signals, each baseline has one.
+    both = (x[:, popularity] + x[:, FEATURE_NAMES.index("embedding_score")] > 1.5).astype(np.float32)
+    examples = _pools(x, both, groups, np.maximum(np.bincount(groups, weights=both), 1).astype(int))
+    _, quiet = fit_above_baselines(examples, RankerFitParams())
+    assert not quiet["beaten_by"] and "warning" not in capsys.readouterr().err

@@ -214,6 +214,7 @@ BASELINE_SIGNALS: dict[str, tuple[str, ...]] = {
     "item_knn": ("item_similarity",),
 }
 BASELINE_CHECK_K = 10
+_SAME = 1e-9  # NDCG differences below this are rounding, not a better ranking
 
 
 def pool_ndcg(scores: np.ndarray, examples: Examples, k: int = BASELINE_CHECK_K) -> float:
@@ -351,7 +352,7 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
     ranker = fit_ranker_on(examples, params)
     ours = pool_ndcg(ranker.score(examples.features).astype(np.float64), examples)
     baselines = baseline_scores(examples)
-    beaten_by = sorted(name for name, value in baselines.items() if value > ours)
+    beaten_by = sorted(name for name, value in baselines.items() if value > ours + _SAME)
     restored = sorted({f for name in beaten_by for f in BASELINE_SIGNALS[name]} & set(params.drop_features))
     if restored:
         params = replace(params, drop_features=tuple(f for f in params.drop_features if f not in restored))
@@ -369,7 +370,7 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
     check = {
         f"validation_ndcg@{BASELINE_CHECK_K}": round(ours, 4),
         f"baselines_ndcg@{BASELINE_CHECK_K}": {name: round(value, 4) for name, value in baselines.items()},
-        "beaten_by": [name for name in beaten_by if baselines[name] > ours],
+        "beaten_by": [name for name in beaten_by if baselines[name] > ours + _SAME],
         "drop_features": list(params.drop_features),
     }
     return ranker, check
