@@ -13,6 +13,7 @@ from training.dataset import write_dataset
 from training.experiment import evaluate_split
 from training.generate import generate
 from training.splits import SplitSpec, split_for_evaluation
+from training.ranker_fit import NoRankingSignal
 from training.train import TrainParams
 from training.tune import tune
 
@@ -84,3 +85,19 @@ def test_a_broken_params_file_names_line_and_column(tmp_path):
     bad.write_text('{"train": {"fators": 16}}')
     with pytest.raises(SystemExit, match="unknown train fields"):
         main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--params", str(bad)])
+
+
+
+def test_a_trial_whose_pools_hold_no_like_scores_zero_instead_of_ending_the_search(dataset, monkeypatch):
+    calls = []
+
+    def evaluate_or_find_nothing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # e.g. followed sellers alone, on data without sellers
+            raise NoRankingSignal("the ranker's validation pools need both positives and negatives")
+        return evaluate_split(*args, **kwargs)
+
+    monkeypatch.setattr(training.tune, "evaluate_split", evaluate_or_find_nothing)
+    result = tune(dataset, SplitSpec("time", 0.2), trials=3, timeout=600, base=SMALL, show_progress=False)
+    assert [trial["value"] == 0.0 for trial in result.trials] == [False, True, False]
+    assert result.value == max(trial["value"] for trial in result.trials) > 0

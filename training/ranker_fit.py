@@ -40,6 +40,10 @@ from training.splits import validation_split
 OBJECTIVES = ("logistic", "pairwise")
 
 
+class NoRankingSignal(ValueError):
+    """The validation pools hold no user with both a positive and a negative candidate."""
+
+
 @dataclass(frozen=True)
 class RankerFitParams:
     """How the ranker is fitted; every field goes into the manifest."""
@@ -187,7 +191,7 @@ def fit_pairwise(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float, pe
     """Linear RankNet: L2 logistic loss on sampled within-user (positive - negative) pairs."""
     diffs = pair_differences(x.astype(np.float64), y, groups, per_user, seed)
     if not len(diffs):
-        raise ValueError("no user has both a positive and a negative candidate; cannot fit a pairwise ranker")
+        raise NoRankingSignal("no user has both a positive and a negative candidate; cannot fit a pairwise ranker")
     scale = diffs.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = diffs / scale  # differences are centred by construction: scale only, no bias
@@ -256,7 +260,7 @@ def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams(
     if params.objective not in OBJECTIVES:
         raise ValueError(f"unknown ranker objective {params.objective!r}; choose from {OBJECTIVES}")
     if not len(examples.labels) or examples.labels.min() == examples.labels.max():
-        raise ValueError("the ranker's validation pools need both positives and negatives")
+        raise NoRankingSignal("the ranker's validation pools need both positives and negatives")
     unknown = set(params.drop_features) - set(FEATURE_NAMES)
     if unknown:
         raise ValueError(f"unknown features to drop: {sorted(unknown)}")

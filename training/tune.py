@@ -40,7 +40,7 @@ from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
-from training.ranker_fit import RankerFitParams
+from training.ranker_fit import NoRankingSignal, RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
 from training.train import TrainParams
 
@@ -183,10 +183,17 @@ def tune(
     def objective(trial) -> float:
         params, trial_settings, trial_ranker = suggest(trial, base, settings, ranker_params, space)
         started = time.perf_counter()
-        report = evaluate_split(
-            tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
-            ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
-        )
+        try:
+            report = evaluate_split(
+                tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
+                ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
+            )
+        except NoRankingSignal:
+            # Sources that find no validation like (followed sellers alone on data without
+            # sellers): a feed that recommends none of them scores 0.
+            history.append({"number": trial.number, "value": 0.0, "seconds": round(time.perf_counter() - started, 1),
+                            "params": dict(trial.params), "note": "the pools held no validation like"})
+            return 0.0
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
             baselines.update({name: m[OBJECTIVE_METRIC] for name, m in report.methods.items() if name != "model"})
