@@ -35,6 +35,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 TIME_FEATURES: tuple[str, ...] = FEATURE_NAMES[-4:]
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
+_RECENT_ITEM_SIMILARITY = FEATURE_NAMES.index("recent_item_similarity")
+_LAST_ITEMS_SIMILARITY = FEATURE_NAMES.index("last_items_similarity")
 RECENCY_HALF_LIFE_DAYS = 7.0
 _RECENCY_TAU = RECENCY_HALF_LIFE_DAYS * 86_400.0 / math.log(2)
 FRIEND_LIKE_HALF_LIFE_DAYS = 3.0
@@ -70,26 +72,39 @@ def _member(codes: np.ndarray, members: np.ndarray) -> np.ndarray:
 
 
 def similarity_signals(
-    knn: ItemKNN, all_recent: ItemScores, recent_rows: np.ndarray, recent_times: np.ndarray, now: float, rows: np.ndarray
+    knn: ItemKNN,
+    all_recent: ItemScores,
+    recent_rows: np.ndarray,
+    recent_times: np.ndarray,
+    now: float,
+    rows: np.ndarray,
+    needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Item-kNN similarity of each candidate row to the user's recent likes, shape (len(rows), SIMILARITY_SIGNALS).
 
     ``all_recent`` are the scores over every recent like (``knn.user_scores_rows`` of
     ``recent_rows``, which the item-kNN source also reads); ``recent_rows`` are newest
-    first, ``recent_times`` their like times.
+    first, ``recent_times`` their like times. With ``needed`` (one bool per feature,
+    FEATURE_NAMES order) a time column the ranker does not use stays 0.
     """
-    out = np.empty((len(rows), SIMILARITY_SIGNALS))
+    out = np.zeros((len(rows), SIMILARITY_SIGNALS))
     out[:, 0] = all_recent.lookup(rows)
-    out[:, 1] = knn.user_scores_rows(recent_rows, _decay(now - recent_times, _USER_ACTIVITY_TAU)).lookup(rows)
-    out[:, 2] = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
+    if needed is None or needed[_RECENT_ITEM_SIMILARITY]:
+        out[:, 1] = knn.user_scores_rows(recent_rows, _decay(now - recent_times, _USER_ACTIVITY_TAU)).lookup(rows)
+    if needed is None or needed[_LAST_ITEMS_SIMILARITY]:
+        out[:, 2] = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
     return out
 
 
-def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: np.ndarray) -> np.ndarray:
+def compute_features(
+    query: FeedQuery, batch: CandidateBatch, item_similarity: np.ndarray, needed: np.ndarray | None = None
+) -> np.ndarray:
     """A float32 matrix of shape (len(batch), len(FEATURE_NAMES)), rows in batch order.
 
     The batch must be hydrated. ``item_similarity`` are the ``similarity_signals`` of
-    the rows (zeros without an item-kNN model). A missing
+    the rows (zeros without an item-kNN model). With ``needed`` (one bool per feature)
+    the time features the ranker weighs 0 are left at 0 rather than computed: serving
+    pays only for what the ranker uses; the trainer asks for all of them. A missing
     embedding score counts as 0, as does a missing time (no friend like, no social
     event). Reads ``query.user``, ``query.now``, ``query.followed_sellers`` and the
     seller-like counts; columns follow FEATURE_NAMES.
@@ -118,8 +133,8 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
     features[:, 6] = _decay(now - items.created_at, _RECENCY_TAU)
     features[:, 7] = np.log1p(items.like_count)
     features[:, 8] = _decay(now - batch.social_time, _SOCIAL_TAU)
-    features[:, 9] = np.log1p(recent_like_count(items.trending, now))
     features[:, 10] = similarity[:, 1]
     features[:, 11] = similarity[:, 2]
-    features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU)
+    features[:, 9] = np.log1p(recent_like_count(items.trending, now)) if needed is None or needed[9] else 0.0
+    features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU) if needed is None or needed[12] else 0.0
     return features

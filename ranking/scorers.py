@@ -25,8 +25,13 @@ class LinearScorer:
     def __init__(self, items: ModelItems | None, ranker: LinearRanker) -> None:
         self.items = items
         self.ranker = ranker
+        self._used = ranker.weights != 0
 
     def features(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        """Every feature column, whatever the ranker weighs (what the trainer fits on)."""
+        return self._features(query, batch, None)
+
+    def _features(self, query: FeedQuery, batch: CandidateBatch, needed: np.ndarray | None) -> np.ndarray:
         similarity = np.zeros((len(batch), SIMILARITY_SIGNALS))
         if self.items is not None and len(batch):
             rows = self.items.rows(batch.codes)
@@ -38,9 +43,10 @@ class LinearScorer:
             if query.item_scores is not None and knn is not None:
                 recent_rows = self.items.rows(query.user.recent_likes)
                 similarity = similarity_signals(
-                    knn, query.item_scores, recent_rows, query.user.recent_like_times, query.now, rows
+                    knn, query.item_scores, recent_rows, query.user.recent_like_times, query.now, rows, needed
                 )
-        return compute_features(query, batch, similarity)
+        return compute_features(query, batch, similarity, needed)
 
     def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
-        return self.ranker.score(self.features(query, batch))
+        # A feature the ranker weighs 0 cannot change a score: it is not computed.
+        return self.ranker.score(self._features(query, batch, self._used))

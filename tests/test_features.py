@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ranking.batch import CandidateBatch
-from ranking.features import FEATURE_NAMES, LAST_ITEMS, USER_ACTIVITY_HALF_LIFE_DAYS, compute_features
+from ranking.features import FEATURE_NAMES, LAST_ITEMS, TIME_FEATURES, USER_ACTIVITY_HALF_LIFE_DAYS, compute_features
 from ranking.store import recent_like_count
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
@@ -121,3 +121,18 @@ def test_recent_popularity_is_the_like_count_decayed_by_age():
     # i6: likes 1 h and 2 h ago; i7: 2.5 h and a day ago (a day is a third of the 3-day half-life).
     assert rows["i6"] == pytest.approx(np.log1p(2), rel=1e-2)
     assert rows["i7"] == pytest.approx(np.log1p(1 + 2 ** (-1 / 3)), rel=1e-2)
+
+
+def test_features_the_ranker_weighs_zero_are_skipped_when_serving_without_changing_a_score(world):
+    dataset, model = world
+    weights = np.linspace(0.5, 2.0, len(FEATURE_NAMES)).astype(np.float32)
+    weights[[col[name] for name in TIME_FEATURES]] = 0.0
+    ranker = LinearRanker(weights, 0.1)
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, ranker, FeedSettings(max_per_seller=100))
+    user_id = max(set(dataset.likes.src), key=list(dataset.likes.src).count)
+    pool = pipeline.pool(user_id, 20, now)
+    assert pool.features[:, [col[name] for name in TIME_FEATURES]].any()  # the trainer sees them all
+    expected = dict(zip(pool.item_ids(), ranker.score(pool.features).tolist()))
+    served = pipeline.run(user_id, 20, now).items
+    assert served and all(item.score == pytest.approx(expected[item.item_id], rel=1e-6) for item in served)
