@@ -192,7 +192,9 @@ def train_item_knn(
 
 def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: int = DEFAULT_KNN_K) -> sp.csr_matrix:
     """EASE's item-item weights B (row i: what liking item i adds to each other item's
-    score), keeping each row's ``k`` largest positive weights.
+    score), keeping each row's ``k`` weights of largest magnitude, signs included: EASE's
+    negative weights (items the liked one argues against) carry as much of its ranking as
+    the positive ones.
 
     Only items with at least EASE_MIN_SUPPORT users enter the model; the others get no
     row and no column. Raises ValueError naming EASE_MAX_ITEMS when more items qualify.
@@ -217,10 +219,10 @@ def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: i
     keep = min(k, len(active) - 1)
     if keep <= 0:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    top = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    top = np.argpartition(-np.abs(weights), keep - 1, axis=1)[:, :keep]
     values = np.take_along_axis(weights, top, axis=1)
-    positive = values > 0
-    rows = np.repeat(active, keep).reshape(len(active), keep)[positive]
-    similarity = sp.csr_matrix((values[positive].astype(np.float32), (rows, active[top[positive]])), shape=(n, n))
+    nonzero = values != 0
+    rows = np.repeat(active, keep).reshape(len(active), keep)[nonzero]
+    similarity = sp.csr_matrix((values[nonzero].astype(np.float32), (rows, active[top[nonzero]])), shape=(n, n))
     similarity.sort_indices()
     return similarity

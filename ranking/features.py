@@ -19,7 +19,7 @@ from ranking.store import recent_like_count
 
 FEATURE_NAMES: tuple[str, ...] = (
     "embedding_score",  # <user vector, item factor>; the user vector is folded in for users the model has not seen
-    "item_similarity",  # log1p(sum of item-kNN similarities to the user's recent likes)
+    "item_similarity",  # sign * log1p(|sum of item-kNN similarities to the user's recent likes|)
     "friend_likes",  # log1p(number of friends who liked the item)
     "friend_like_recency",  # decay of the newest friend like, half-life FRIEND_LIKE_HALF_LIFE_DAYS
     "followed_seller",  # 1 if the user follows the item's seller
@@ -122,7 +122,8 @@ def compute_features(
         hit = (query.seller_likes[at] == sellers) & (sellers >= 0)
         affinity[hit] = query.seller_like_counts[at[hit]]
         seller_liked_at[hit] = query.seller_last_like[at[hit]]
-    similarity = np.log1p(np.maximum(item_similarity, 0.0))
+    # Signed: EASE's weights are negative where the user's likes argue against an item.
+    similarity = np.sign(item_similarity) * np.log1p(np.abs(item_similarity))
     features[:, 0] = batch.embedding_score
     features[np.isnan(batch.embedding_score), 0] = 0.0  # no score: the model does not know the item
     features[:, 1] = similarity[:, 0]
