@@ -24,15 +24,18 @@ log = logging.getLogger(__name__)
 # sellers, 378k likes, 88k follows; random 80/20 split of likes, ALS alone, NDCG@20):
 # follow weight 0 / 0.5 / 1.0 -> 0.044 / 0.050 / 0.055; alpha 5 / 20 / 40 -> 0.051 /
 # 0.050 / 0.048; regularization 0.05 / 0.5 / 5 -> 0.050 / 0.050 / 0.051 (insensitive);
-# factors 32 / 64 / 128 -> 0.053 / 0.050 / 0.048 (64 kept for larger catalogues).
-DEFAULT_FACTORS = 64
-"""Latent dimensions. 64 keeps the flat index at ~0.1 ms/query per 10k items."""
+# factors 32 / 64 / 128 -> 0.053 / 0.050 / 0.048. Factors and iterations were later set
+# by tune (below); alpha and regularization, where the tuned datasets disagree (alpha 9-85,
+# regularization 0.01-90), keep these values.
+DEFAULT_FACTORS = 16
+"""Latent dimensions: what ``python -m training tune`` chose on every dataset it was run on
+(generator time split, Last.fm binary per-user split, Last.fm temporal; benchmarks/README.md)."""
 DEFAULT_REGULARIZATION = 0.05
 """L2 penalty on user and item factors (implicit's plain, unscaled lambda)."""
 DEFAULT_ALPHA = 20.0
 """Confidence of a positive: c_ui = alpha * weight (implicit 0.7 semantics)."""
-DEFAULT_ITERATIONS = 15
-"""Full ALS sweeps; conjugate gradient converges well before 15 on our data."""
+DEFAULT_ITERATIONS = 30
+"""Full ALS sweeps: tune chose 25-30 on the same three datasets (at 16 factors a sweep is cheap)."""
 DEFAULT_LIKE_WEIGHT = 1.0
 """Weight of a like in the interaction matrix."""
 DEFAULT_FOLLOW_WEIGHT = 1.0
