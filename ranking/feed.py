@@ -62,6 +62,8 @@ def build_feed_pipeline(
         item_filters=[
             filters.UnknownItemFilter(),
             filters.OutOfStockFilter(),
+            filters.NotFeedEligibleFilter(),
+            filters.SellerOnVacationFilter(),
             filters.AlreadyLikedFilter(),
             filters.OwnListingFilter(),
             filters.NotInterestedSellerFilter(),

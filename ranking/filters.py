@@ -57,6 +57,24 @@ class OutOfStockFilter:
         return batch.items.exists & (batch.items.stock > 0)
 
 
+class NotFeedEligibleFilter:
+    """Items their seller keeps out of the feed (``feed_eligible`` false)."""
+
+    name = "not_feed_eligible"
+
+    def keep(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        return batch.items.eligible.copy()
+
+
+class SellerOnVacationFilter:
+    """Items of a seller on vacation now; they come back when the vacation's time is up."""
+
+    name = "seller_on_vacation"
+
+    def keep(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        return ~(batch.items.seller_away_until > query.now)
+
+
 class AlreadyLikedFilter:
     name = "already_liked"
 

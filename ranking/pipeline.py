@@ -77,7 +77,8 @@ class CandidatePool:
 class FeedPipeline:
     """Runs a PipelineConfig against a store and an (optional) embedding model's items.
 
-    Reads the store in exactly three batched calls: user, activity, hydration.
+    Reads the store in exactly four batched calls: user, activity, hydration and, for
+    the page's items only, their cards.
     """
 
     def __init__(self, config: PipelineConfig, store: FeedStateReader, model_items: ModelItems | None) -> None:
@@ -193,9 +194,10 @@ class FeedPipeline:
         sellers = batch.items.seller[rows]
         sources = batch.sources[rows]
         likers = self._likers(query, codes[(sources & bits.FRIEND_LIKE) != 0])
+        cards = store.read_cards(codes) if len(codes) else []
         page: list[RankedItem] = []
-        for item_id, code, seller, source_bits, score in zip(
-            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist()
+        for item_id, code, seller, source_bits, score, card in zip(
+            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist(), cards
         ):
             seller_id = store.sellers.id(seller) if seller >= 0 else ""
             reasons = []
@@ -208,7 +210,7 @@ class FeedPipeline:
                 reasons.append(Reason(ReasonKind.SIMILAR_TO_LIKES))
             if source_bits & bits.TRENDING:
                 reasons.append(Reason(ReasonKind.TRENDING))
-            page.append(RankedItem(item_id, seller_id, float(score), reasons))
+            page.append(RankedItem(item_id, seller_id, float(score), reasons, card))
         return page
 
     @staticmethod

@@ -1,8 +1,9 @@
 """The read side of the online store, as the ranking pipeline sees it: answers are arrays.
 
 Each method is one batched read: one round trip on a networked store, whatever the
-number of ids it is given. A feed costs exactly three calls, so its latency does not
-grow with the number of friends or followed sellers.
+number of ids it is given. A feed costs exactly four calls (the fourth reads the cards
+of the page's items only), so its latency does not grow with the number of friends or
+followed sellers.
 
 Items and sellers travel as int32 codes of the store's own vocabularies
 (``ranking.vocab``); users, friends and followed sellers as string ids, because there
@@ -18,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 
 # Trending is a like count where each like decays with half-life TRENDING_HALF_LIFE.
@@ -130,7 +132,8 @@ class ItemColumns:
     """The current state of the asked items, one entry per asked code, same order.
 
     ``exists`` is false for items the store does not hold; their other columns are
-    meaningless. ``seller`` is a seller code, -1 for an item without a seller.
+    meaningless. ``seller`` is a seller code, -1 for an item without a seller;
+    ``category`` a code of the store's ``categories`` vocabulary, -1 for none.
     """
 
     exists: np.ndarray  # bool
@@ -140,33 +143,50 @@ class ItemColumns:
     like_count: np.ndarray  # int64
     liked: np.ndarray  # bool: the asking user liked it (at any time, not only recently)
     trending: np.ndarray  # float64: sum of trending_weight over the item's likes (see recent_like_count)
+    eligible: np.ndarray  # bool: the seller lets the feed show it (feed_eligible)
+    seller_away_until: np.ndarray  # float64: end of the seller's vacation (inf: until further notice; 0: none)
+    price: np.ndarray  # float64, NaN when unknown
+    ship_days: np.ndarray  # float64 days until dispatch, NaN when unknown
+    category: np.ndarray  # int32 category codes
 
     def __len__(self) -> int:
         return len(self.exists)
 
     def take(self, rows: np.ndarray | slice) -> ItemColumns:
         """The selected rows (index array, mask or slice), in that order."""
-        return ItemColumns(
-            self.exists[rows], self.seller[rows], self.created_at[rows], self.stock[rows], self.like_count[rows],
-            self.liked[rows], self.trending[rows],
-        )
+        return ItemColumns(*(getattr(self, name)[rows] for name in ITEM_COLUMNS))
 
     @classmethod
     def empty(cls, n: int = 0) -> ItemColumns:
-        return cls(
-            np.zeros(n, bool), np.full(n, -1, np.int32), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64),
-            np.zeros(n, bool), np.zeros(n),
-        )
+        return cls(*(np.full(n, fill, dtype) for fill, dtype in ITEM_COLUMNS.values()))
+
+
+ITEM_COLUMNS: dict[str, tuple[object, type]] = {
+    "exists": (False, bool),
+    "seller": (-1, np.int32),
+    "created_at": (0.0, np.float64),
+    "stock": (0, np.int64),
+    "like_count": (0, np.int64),
+    "liked": (False, bool),
+    "trending": (0.0, np.float64),
+    "eligible": (True, bool),
+    "seller_away_until": (0.0, np.float64),
+    "price": (np.nan, np.float64),
+    "ship_days": (np.nan, np.float64),
+    "category": (-1, np.int32),
+}
+"""Each ItemColumns field, in order, with the value and dtype of an item the store does not hold."""
 
 
 class FeedStateReader(Protocol):
     """Read-only view of the live state that one feed needs.
 
-    ``items`` and ``sellers`` are the vocabularies the store's codes come from.
+    ``items``, ``sellers`` and ``categories`` are the vocabularies the store's codes come from.
     """
 
     items: Vocabulary
     sellers: Vocabulary
+    categories: Vocabulary
 
     def read_user(self, user_id: str) -> UserState:
         """The user's recent likes, follows, friends and hidden items and sellers.
@@ -191,4 +211,9 @@ class FeedStateReader(Protocol):
 
     def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
         """Stock, seller, creation time, like count and the user's liked flag per asked code."""
+        ...
+
+    def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
+        """What a client draws each asked item's card from, same order; called for the
+        items of a served page only. An unknown item gets an empty card."""
         ...

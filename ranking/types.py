@@ -34,14 +34,31 @@ class Reason:
     count: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class ItemCard:
+    """What a client draws an item from: text, picture, price and dispatch time.
+
+    ``price`` and ``ship_days`` are None when the seller gave none; ``currency`` is an
+    ISO 4217 code.
+    """
+
+    title: str = ""
+    image_url: str = ""
+    price: float | None = None
+    currency: str = ""
+    category: str = ""
+    ship_days: int | None = None
+
+
 @dataclass(slots=True)
 class RankedItem:
-    """One item of a served page, best first, with its score and reasons (in ReasonKind order)."""
+    """One item of a served page, best first, with its score, reasons (in ReasonKind order) and card."""
 
     item_id: str
     seller_id: str
     score: float
     reasons: list[Reason]
+    card: ItemCard = ItemCard()
 
     def reason(self, kind: ReasonKind) -> Reason | None:
         return next((r for r in self.reasons if r.kind is kind), None)

@@ -21,6 +21,16 @@ def describe_reason(reason: feed_pb2.Reason) -> str:
     return _REASON_TEXT.get(reason.kind, lambda r: "recommended")(reason)
 
 
+def describe_card(item: feed_pb2.FeedItem) -> str:
+    """Title, price and dispatch time, as a card would show them."""
+    parts = [repr(item.title) if item.title else "(untitled)"]
+    if item.HasField("price"):
+        parts.append(f"{item.price:.2f} {item.currency}".strip())
+    if item.HasField("ship_days"):
+        parts.append("ships today" if item.ship_days == 0 else f"ships in {item.ship_days} d")
+    return "  ".join(parts)
+
+
 def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
     lines = [f"Feed for {user_id} (model {responses[0].model_version if responses else '?'})"]
     rank = 0
@@ -29,7 +39,7 @@ def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
         for item in response.items:
             rank += 1
             why = "; ".join(describe_reason(r) for r in item.reasons)
-            lines.append(f"{rank:3d}. {item.item_id:<12} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
+            lines.append(f"{rank:3d}. {item.item_id:<12} {describe_card(item):<44} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
     if not rank:
         lines.append("(empty feed)")
     return "\n".join(lines)

@@ -104,8 +104,12 @@ def main(argv: list[str]) -> None:
                 f"{user}'s friend {friend} likes 'demo-gift' from a new shop\n"
             )
             stub.Ingest(feed_pb2.IngestRequest(events=[
-                feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(item_id="demo-new-listing", seller_id=seller, stock=3)),
-                feed_pb2.Event(event_id="demo-2", item_upsert=feed_pb2.ItemUpsert(item_id="demo-gift", seller_id="demo-shop", stock=3)),
+                feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(
+                    item_id="demo-new-listing", seller_id=seller, stock=3, title="Linen apron", price=24.0, currency="EUR",
+                    ship_days=1, image_url="https://img.example.com/items/demo-new-listing.jpg", category="home")),
+                feed_pb2.Event(event_id="demo-2", item_upsert=feed_pb2.ItemUpsert(
+                    item_id="demo-gift", seller_id="demo-shop", stock=3, title="Ceramic vase", price=39.5, currency="EUR",
+                    ship_days=3, image_url="https://img.example.com/items/demo-gift.jpg", category="home")),
                 feed_pb2.Event(event_id="demo-3", like=feed_pb2.UserItem(user_id=friend, item_id="demo-gift")),
             ]), timeout=5)
             print(format_feed(user, fetch_pages(stub, user, 8, 1, timeout=5)))
@@ -113,6 +117,12 @@ def main(argv: list[str]) -> None:
             for item_id in ("demo-new-listing", "demo-gift"):
                 where = f"at rank {ranks[item_id]}" if item_id in ranks else "not in the first 100 items"
                 print(f"{item_id}: {where} of the very next feed")
+            print(f"\n==> Ingest: {seller} goes on vacation until further notice\n")
+            stub.Ingest(feed_pb2.IngestRequest(events=[
+                feed_pb2.Event(event_id="demo-4", seller_vacation=feed_pb2.SellerVacation(seller_id=seller)),
+            ]), timeout=5)
+            away = find_ranks(stub, user, {"demo-new-listing"})
+            print("demo-new-listing: " + (f"still at rank {away['demo-new-listing']}" if away else "gone from the feed while its seller is away"))
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)

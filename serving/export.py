@@ -2,7 +2,8 @@
 
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
 
-Writes items.csv, likes.csv, follows.csv and friends.csv (training.dataset format), so
+Writes items.csv, likes.csv, follows.csv, friends.csv and, when a seller is on
+vacation, sellers.csv (training.dataset format), so
 the trainer can retrain from live data. Keys are found with SCAN (on a cluster, on every
 primary). Follows and friendships are kept in Redis as plain sets, so their ``ts`` column
 is empty; likes keep their time; items with no known ``created_at`` are written as 0.
@@ -11,10 +12,11 @@ With ``--since STREAM_ID`` the event log entries after that id (exclusive; ``0``
 are written to ``events.csv`` with the columns
 
   stream_id, event_id, kind, ts, user_id, item_id, seller_id, friend_id, created_at,
-  stock, price, category
+  stock, card, vacation_until
 
 (one row per applied event, in log order; the fields of stores.events.Event.to_record,
-empty when a kind does not use them). The last stream id is printed: pass it as the
+empty when a kind does not use them; ``card`` is the JSON object of the card fields the
+event named). The last stream id is printed: pass it as the
 next ``--since`` to export only what is new.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
-from training.dataset import Dataset, Edges, Items, write_dataset
+from training.dataset import Dataset, Edges, Items, Sellers, write_dataset
 
 EVENTS_FILE = "events.csv"
 EVENT_COLUMNS = ("stream_id", *RECORD_FIELDS)
@@ -71,23 +73,27 @@ def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any
 def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
     """The live state as a Dataset (rows sorted by id, so equal states give equal files)."""
     k = Keys(prefix)
-    rows = []
     item_keys = sorted(_scan(client, k.item_pattern))
-    for key, fields in _fetch(client, item_keys, "hgetall"):
-        if "seller" not in fields:
-            continue
-        price = fields.get("price", "")
-        rows.append((k.item_id_of(key), fields["seller"], float(fields.get("created_at") or 0.0),
-                     int(fields.get("stock") or 0), float(price) if price else math.nan, fields.get("category", "")))  # fmt: skip
-    rows.sort()
+    rows = sorted((k.item_id_of(key), fields) for key, fields in _fetch(client, item_keys, "hgetall") if "seller" in fields)
+    fields = [f for _, f in rows]
+
+    def floats(name: str, missing: float) -> np.ndarray:
+        return np.array([float(f.get(name) or missing) for f in fields], dtype=np.float64)
+
     items = Items(
-        item_id=[r[0] for r in rows],
-        seller_id=[r[1] for r in rows],
-        created_at=np.array([r[2] for r in rows], dtype=np.float64),
-        stock=np.array([r[3] for r in rows], dtype=np.int64),
-        price=np.array([r[4] for r in rows], dtype=np.float64),
-        category=[r[5] for r in rows],
+        item_id=[item_id for item_id, _ in rows],
+        seller_id=[f["seller"] for f in fields],
+        created_at=floats("created_at", 0.0),
+        stock=np.array([int(f.get("stock") or 0) for f in fields], dtype=np.int64),
+        price=floats("price", math.nan),
+        category=[f.get("category", "") for f in fields],
+        title=[f.get("title", "") for f in fields],
+        image_url=[f.get("image_url", "") for f in fields],
+        currency=[f.get("currency", "") for f in fields],
+        ship_days=floats("ship_days", math.nan),
+        feed_eligible=np.array([f.get("feed_eligible") != "0" for f in fields], dtype=bool),
     )
+    vacations = sorted(client.hgetall(k.vacations).items())
     likes = sorted(
         (k.user_id_of(key, "liked"), item, float(ts))
         for key, liked in _fetch(client, sorted(_scan(client, k.liked_pattern)), "hgetall")
@@ -112,6 +118,7 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
         likes=Edges([r[0] for r in likes], [r[1] for r in likes], np.array([r[2] for r in likes], dtype=np.float64)),
         follows=Edges([r[0] for r in follows], [r[1] for r in follows], np.full(len(follows), np.nan)),
         friends=Edges([r[0] for r in friends], [r[1] for r in friends], np.full(len(friends), np.nan)),
+        sellers=Sellers([s for s, _ in vacations], np.array([float(t) for _, t in vacations], dtype=np.float64)),
     )
 
 

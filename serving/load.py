@@ -31,7 +31,7 @@ from stores.redis import (
     unavailable_on_redis_errors,
 )
 from stores.redis_keys import DEFAULT_PREFIX, Keys
-from training.dataset import Dataset, load_dataset
+from training.dataset import Dataset, Items, load_dataset
 
 DEFAULT_BATCH = 10_000  # commands per pipeline round trip
 LOAD_SOCKET_TIMEOUT = 60.0  # a 10k-command pipeline can take a while on a busy server
@@ -52,6 +52,21 @@ def _time(value: float) -> str:
     return repr(0.0 if math.isnan(value) else float(value))
 
 
+def _card(items: Items, row: int) -> dict[str, str]:
+    """The item's card fields as the stores keep them: only those set (see stores.events.CARD_FIELDS)."""
+    price, ship_days = float(items.price[row]), float(items.ship_days[row])
+    card = {
+        "price": "" if math.isnan(price) else repr(price),
+        "category": items.category[row],
+        "title": items.title[row],
+        "image_url": items.image_url[row],
+        "currency": items.currency[row],
+        "ship_days": "" if math.isnan(ship_days) else str(int(ship_days)),
+        "feed_eligible": "" if items.feed_eligible[row] else "0",
+    }
+    return {name: value for name, value in card.items() if value}
+
+
 def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
     """(rows done by this command, method name, args), grouped by key."""
     items, likes = dataset.items, dataset.likes
@@ -65,21 +80,24 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
         trending[item_id] += trending_weight(ts)
 
     by_seller: dict[str, dict[str, str]] = defaultdict(dict)
-    for item_id, seller_id, created_at, stock, price, category in zip(
-        items.item_id, items.seller_id, items.created_at.tolist(), items.stock.tolist(), items.price.tolist(), items.category
+    for row, (item_id, seller_id, created_at, stock) in enumerate(
+        zip(items.item_id, items.seller_id, items.created_at.tolist(), items.stock.tolist())
     ):
         created = _time(created_at)
         fields = {
             "seller": seller_id,
             "created_at": created,
             "stock": str(stock),
-            "price": "" if math.isnan(price) else repr(price),
-            "category": category,
             "like_count": str(like_count.get(item_id, 0)),
+            **_card(items, row),
         }
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created
+    sellers = dataset.sellers
+    away = {s: "inf" if math.isinf(t) else repr(t) for s, t in zip(sellers.seller_id, sellers.vacation_until.tolist()) if not math.isnan(t)}
+    if away:
+        yield 0, "hset", (keys.vacations, None, None, away)
     for seller_id, listed in by_seller.items():
         yield 0, "zadd", (keys.listings(seller_id), listed)
         yield 0, "zremrangebyrank", (keys.listings(seller_id), listings, -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem
 from serving.feed_service import FeedService, InvalidRequest
 from stores.base import StoreUnavailable
-from stores.events import Event, EventKind, EventValidationError
+from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
 _PAYLOADS: dict[str, EventKind] = {
@@ -27,8 +28,11 @@ _PAYLOADS: dict[str, EventKind] = {
     "stock_update": EventKind.STOCK_UPDATE,
     "not_interested_item": EventKind.NOT_INTERESTED_ITEM,
     "not_interested_seller": EventKind.NOT_INTERESTED_SELLER,
+    "item_update": EventKind.ITEM_UPDATE,
+    "seller_vacation": EventKind.SELLER_VACATION,
+    "seller_vacation_end": EventKind.SELLER_VACATION_END,
 }
-_COPIED_FIELDS = ("user_id", "item_id", "seller_id", "friend_id", "stock", "category")
+_COPIED_FIELDS = ("user_id", "item_id", "seller_id", "friend_id", "stock")
 
 
 def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) -> Event:
@@ -38,14 +42,22 @@ def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) ->
         raise EventValidationError(index, "payload", "one of " + ", ".join(_PAYLOADS) + " must be set")
     payload = getattr(message, payload_name)
     fields = {name: getattr(payload, name) for name in _COPIED_FIELDS if hasattr(payload, name)}
+    # Card fields follow proto3 presence: only the ones set are named.
+    fields.update({name: getattr(payload, name) for name in CARD_FIELDS if _has(payload, name)})
     ts = message.ts or received_at
     if payload_name == "item_upsert":
         fields["created_at"] = payload.created_at or ts
-        fields["price"] = payload.price if payload.HasField("price") else None
+    elif payload_name == "seller_vacation":
+        fields["vacation_until"] = payload.until or math.inf
     return Event(event_id=message.event_id, kind=_PAYLOADS[payload_name], ts=ts, **fields)
 
 
+def _has(message: Any, name: str) -> bool:
+    return name in message.DESCRIPTOR.fields_by_name and message.HasField(name)
+
+
 def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
+    card = item.card
     return feed_pb2.FeedItem(
         item_id=item.item_id,
         seller_id=item.seller_id,
@@ -54,6 +66,12 @@ def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
             feed_pb2.Reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
             for reason in sorted(item.reasons, key=lambda r: r.kind.value)
         ],
+        title=card.title,
+        image_url=card.image_url,
+        price=card.price,
+        currency=card.currency,
+        category=card.category,
+        ship_days=card.ship_days,
     )
 
 

@@ -7,12 +7,19 @@ bad event never leaves half a batch applied.
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 MAX_ID_BYTES = 256
 MAX_BATCH = 10_000
+MAX_TITLE_BYTES = 512
+MAX_IMAGE_URL_BYTES = 2048
+MAX_CATEGORY_BYTES = 256
+MAX_SHIP_DAYS = 365
 
 
 class EventKind(enum.Enum):
@@ -26,6 +33,9 @@ class EventKind(enum.Enum):
     STOCK_UPDATE = "stock_update"
     NOT_INTERESTED_ITEM = "not_interested_item"
     NOT_INTERESTED_SELLER = "not_interested_seller"
+    ITEM_UPDATE = "item_update"
+    SELLER_VACATION = "seller_vacation"
+    SELLER_VACATION_END = "seller_vacation_end"
 
 
 # The id fields each kind must carry; any other id field must be empty.
@@ -40,16 +50,31 @@ REQUIRED_IDS: dict[EventKind, tuple[str, ...]] = {
     EventKind.STOCK_UPDATE: ("item_id",),
     EventKind.NOT_INTERESTED_ITEM: ("user_id", "item_id"),
     EventKind.NOT_INTERESTED_SELLER: ("user_id", "seller_id"),
+    EventKind.ITEM_UPDATE: ("item_id",),
+    EventKind.SELLER_VACATION: ("seller_id",),
+    EventKind.SELLER_VACATION_END: ("seller_id",),
 }
 ID_FIELDS = ("user_id", "item_id", "seller_id", "friend_id")
+
+CARD_FIELDS = ("title", "image_url", "price", "currency", "category", "ship_days", "feed_eligible")
+"""What a client draws an item's card from, and whether the seller lets the feed show it.
+
+Presence rule: on ITEM_UPSERT and ITEM_UPDATE a field that is None is not named and keeps
+its stored value (its default on a new item: empty text, no price, no ship time,
+eligible); a named field replaces it, an empty string included."""
+CARD_EVENTS = (EventKind.ITEM_UPSERT, EventKind.ITEM_UPDATE)
+ITEM_REFERENCES = (EventKind.LIKE, EventKind.STOCK_UPDATE, EventKind.ITEM_UPDATE)
+"""Kinds that must name an item the store holds, or one upserted earlier in the batch."""
 
 
 @dataclass(frozen=True)
 class Event:
     """One change to the live state.
 
-    ``ts`` is when it happened (Unix seconds). ``created_at``, ``stock``, ``price`` and
-    ``category`` are read only by ITEM_UPSERT and STOCK_UPDATE (``stock`` only).
+    ``ts`` is when it happened (Unix seconds). ``created_at`` and ``stock`` are read only
+    by ITEM_UPSERT and STOCK_UPDATE (``stock`` only); the CARD_FIELDS only by ITEM_UPSERT
+    and ITEM_UPDATE, where None means "not named"; ``vacation_until`` only by
+    SELLER_VACATION: the Unix time the vacation ends, ``math.inf`` for until further notice.
     """
 
     event_id: str
@@ -62,12 +87,36 @@ class Event:
     created_at: float = 0.0
     stock: int = 0
     price: float | None = None
-    category: str = ""
+    category: str | None = None
+    title: str | None = None
+    image_url: str | None = None
+    currency: str | None = None
+    ship_days: int | None = None
+    feed_eligible: bool | None = None
+    vacation_until: float = 0.0
+
+    def card(self) -> dict[str, str]:
+        """The named card fields as strings (price exact, ship_days an integer, feed_eligible 1 or 0)."""
+        named = {name: getattr(self, name) for name in CARD_FIELDS if getattr(self, name) is not None}
+        if "price" in named:
+            named["price"] = repr(float(named["price"]))
+        if "ship_days" in named:
+            named["ship_days"] = str(int(named["ship_days"]))
+        if "feed_eligible" in named:
+            named["feed_eligible"] = "1" if named["feed_eligible"] else "0"
+        return named
 
     def to_record(self) -> dict[str, str]:
-        """Flat string fields, for an event log; ``from_record`` inverts it."""
-        record = {k: ("" if v is None else str(v)) for k, v in asdict(self).items()}
+        """Flat string fields, for an event log; ``from_record`` inverts it.
+
+        The card fields travel as one JSON object of the named ones, so "not named" and
+        "named empty" stay apart.
+        """
+        record = {k: ("" if v is None else str(v)) for k, v in asdict(self).items() if k not in CARD_FIELDS}
         record["kind"] = self.kind.value
+        record["vacation_until"] = repr(float(self.vacation_until))
+        card = self.card()
+        record["card"] = json.dumps(card, sort_keys=True, separators=(",", ":")) if card else ""
         return record
 
     @classmethod
@@ -82,9 +131,21 @@ class Event:
             friend_id=record.get("friend_id", ""),
             created_at=float(record.get("created_at") or 0.0),
             stock=int(record.get("stock") or 0),
-            price=float(record["price"]) if record.get("price") else None,
-            category=record.get("category", ""),
+            vacation_until=float(record.get("vacation_until") or 0.0),
+            **card_from_strings(json.loads(record.get("card") or "{}")),
         )
+
+
+def card_from_strings(fields: dict[str, str]) -> dict[str, Any]:
+    """Typed card fields from their ``Event.card`` strings; names not in CARD_FIELDS are ignored."""
+    typed: dict[str, Any] = {name: value for name, value in fields.items() if name in CARD_FIELDS}
+    if "price" in typed:
+        typed["price"] = float(typed["price"])
+    if "ship_days" in typed:
+        typed["ship_days"] = int(typed["ship_days"])
+    if "feed_eligible" in typed:
+        typed["feed_eligible"] = typed["feed_eligible"] == "1"
+    return typed
 
 
 class EventValidationError(ValueError):
@@ -122,8 +183,35 @@ def validate_event(index: int, event: Event) -> None:
     if event.kind is EventKind.ITEM_UPSERT:
         if not math.isfinite(event.created_at) or event.created_at < 0:
             raise EventValidationError(index, "created_at", "must be a non-negative Unix time")
-        if event.price is not None and (not math.isfinite(event.price) or event.price < 0):
-            raise EventValidationError(index, "price", "must be a non-negative number")
+    _check_card(index, event)
+    if event.kind is EventKind.SELLER_VACATION and not (event.vacation_until > event.ts):
+        raise EventValidationError(index, "vacation_until", "must be after the event's ts (0 means until further notice)")
+
+
+def _check_text(index: int, field: str, value: str | None, max_bytes: int) -> None:
+    if value is not None and len(value.encode()) > max_bytes:
+        raise EventValidationError(index, field, f"longer than {max_bytes} bytes")
+
+
+def _check_card(index: int, event: Event) -> None:
+    named = [name for name in CARD_FIELDS if getattr(event, name) is not None]
+    if event.kind not in CARD_EVENTS:
+        if named:
+            raise EventValidationError(index, named[0], f"not used by a {event.kind.value} event")
+        return
+    if event.kind is EventKind.ITEM_UPDATE and not named:
+        raise EventValidationError(index, "item_update", "names no field to change")
+    if event.price is not None and (not math.isfinite(event.price) or event.price < 0):
+        raise EventValidationError(index, "price", "must be a non-negative number")
+    if event.ship_days is not None and not 0 <= event.ship_days <= MAX_SHIP_DAYS:
+        raise EventValidationError(index, "ship_days", f"must be between 0 and {MAX_SHIP_DAYS} days")
+    if event.currency and not (len(event.currency) == 3 and event.currency.isascii() and event.currency.isupper()):
+        raise EventValidationError(index, "currency", "must be an ISO 4217 code such as EUR")
+    _check_text(index, "title", event.title, MAX_TITLE_BYTES)
+    _check_text(index, "category", event.category, MAX_CATEGORY_BYTES)
+    _check_text(index, "image_url", event.image_url, MAX_IMAGE_URL_BYTES)
+    if event.image_url and urlsplit(event.image_url).scheme not in ("http", "https"):
+        raise EventValidationError(index, "image_url", "must be an http or https URL")
 
 
 def validate_batch(events: Sequence[Event]) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ranking.store import (
+    ITEM_COLUMNS,
     Activity,
     ItemColumns,
     Timelines,
@@ -26,9 +27,10 @@ from ranking.store import (
     trending_weight,
     trending_weights,
 )
+from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, encode
 from stores.base import ApplyResult
-from stores.events import Event, EventKind, EventValidationError
+from stores.events import ITEM_REFERENCES, Event, EventKind, EventValidationError
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
     from training.dataset import Dataset, Edges
@@ -129,39 +131,63 @@ class TimelineTable:
         return float(times[at[0]])
 
 
+_STORED_COLUMNS = tuple(name for name in ITEM_COLUMNS if name not in ("liked", "seller_away_until"))
+_TEXT_COLUMNS = ("title", "image_url", "currency")  # read only for a page's cards
+
+
 class _Catalogue:
-    """Item columns indexed by item code, grown by doubling."""
+    """Item columns indexed by item code, grown by doubling; sellers' vacations by seller code."""
 
     def __init__(self) -> None:
-        self.exists = np.zeros(0, bool)
-        self.seller = np.zeros(0, np.int32)
-        self.created_at = np.zeros(0, np.float64)
-        self.stock = np.zeros(0, np.int64)
-        self.like_count = np.zeros(0, np.int64)
-        self.trending = np.zeros(0, np.float64)
+        for name in _STORED_COLUMNS:
+            setattr(self, name, np.zeros(0, ITEM_COLUMNS[name][1]))
+        for name in _TEXT_COLUMNS:
+            setattr(self, name, np.zeros(0, object))
+        self.away_until = np.zeros(0, np.float64)
 
     def reserve(self, n: int) -> None:
         if n <= len(self.exists):
             return
         size = max(n, 2 * len(self.exists), 1024)
-        for name, fill in (("exists", False), ("seller", -1), ("created_at", 0.0), ("stock", 0), ("like_count", 0), ("trending", 0.0)):
-            old = getattr(self, name)
-            grown = np.full(size, fill, dtype=old.dtype)
-            grown[: len(old)] = old
-            setattr(self, name, grown)
+        fills = {name: ITEM_COLUMNS[name][0] for name in _STORED_COLUMNS} | dict.fromkeys(_TEXT_COLUMNS, "")
+        for name, fill in fills.items():
+            setattr(self, name, _grown(getattr(self, name), size, fill))
+
+    def reserve_sellers(self, n: int) -> None:
+        if n > len(self.away_until):
+            self.away_until = _grown(self.away_until, max(n, 2 * len(self.away_until), 256), 0.0)
 
     def columns(self, codes: np.ndarray) -> ItemColumns:
         # Codes past the end belong to ids a model or a request registered, never listed.
         inside = codes < len(self.exists)
-        if not inside.all():
-            columns = ItemColumns.empty(len(codes))
-            for name in ("exists", "seller", "created_at", "stock", "like_count", "trending"):
-                getattr(columns, name)[inside] = getattr(self, name)[codes[inside]]
-            return columns
-        return ItemColumns(
-            self.exists[codes], self.seller[codes], self.created_at[codes], self.stock[codes], self.like_count[codes],
-            np.zeros(len(codes), bool), self.trending[codes],
-        )
+        columns = ItemColumns.empty(len(codes))
+        known = codes[inside]
+        for name in _STORED_COLUMNS:
+            getattr(columns, name)[inside] = getattr(self, name)[known]
+        sellers = columns.seller
+        with_seller = (sellers >= 0) & (sellers < len(self.away_until))
+        columns.seller_away_until[with_seller] = self.away_until[sellers[with_seller]]
+        return columns
+
+    def set_card(self, code: int, card: dict[str, str], categories: Vocabulary) -> None:
+        """Store the named card fields (``Event.card`` strings) of one item."""
+        for name, value in card.items():
+            if name == "price":
+                self.price[code] = float(value)
+            elif name == "ship_days":
+                self.ship_days[code] = float(value)
+            elif name == "feed_eligible":
+                self.eligible[code] = value == "1"
+            elif name == "category":
+                self.category[code] = categories.add(value) if value else -1
+            else:
+                getattr(self, name)[code] = value
+
+
+def _grown(old: np.ndarray, size: int, fill: object) -> np.ndarray:
+    grown = np.full(size, fill, dtype=old.dtype)
+    grown[: len(old)] = old
+    return grown
 
 
 class MemoryStore:
@@ -182,6 +208,7 @@ class MemoryStore:
         self.items = Vocabulary()
         self.sellers = Vocabulary()
         self.users = Vocabulary()
+        self.categories = Vocabulary()
         self._lock = threading.RLock()
         self._catalogue = _Catalogue()
         self._likes = TimelineTable()  # by user code: every like, newest first
@@ -220,6 +247,18 @@ class MemoryStore:
             catalogue.seller[item_codes] = seller_codes
             catalogue.created_at[item_codes] = np.nan_to_num(items.created_at, nan=0.0)
             catalogue.stock[item_codes] = items.stock
+            catalogue.price[item_codes] = items.price
+            catalogue.ship_days[item_codes] = items.ship_days
+            catalogue.eligible[item_codes] = items.feed_eligible
+            has_category = np.fromiter((bool(c) for c in items.category), bool, len(items))
+            catalogue.category[item_codes[has_category]] = store.categories.codes([c for c in items.category if c], add=True)
+            for name in ("title", "image_url", "currency"):
+                getattr(catalogue, name)[item_codes] = getattr(items, name)
+            sellers = dataset.sellers
+            on_vacation = ~np.isnan(sellers.vacation_until)
+            away = store.sellers.codes([s for s, v in zip(sellers.seller_id, on_vacation) if v], add=True)
+            catalogue.reserve_sellers(len(store.sellers))
+            catalogue.away_until[away] = sellers.vacation_until[on_vacation]
             bar.update()
 
             users = store.users.codes(likes.src, add=True)
@@ -297,6 +336,25 @@ class MemoryStore:
                 columns.liked[:] = liked_sorted[at] == codes
             return columns
 
+    def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
+        codes = np.asarray(item_codes, dtype=np.int64)
+        with self._lock:
+            catalogue = self._catalogue
+            inside = codes[(codes >= 0) & (codes < len(catalogue.exists))]
+            known = set(inside[catalogue.exists[inside]].tolist())
+            return [self._card(catalogue, code) if code in known else ItemCard() for code in codes.tolist()]
+
+    def _card(self, catalogue: _Catalogue, code: int) -> ItemCard:
+        price, ship_days, category = catalogue.price[code], catalogue.ship_days[code], catalogue.category[code]
+        return ItemCard(
+            title=catalogue.title[code],
+            image_url=catalogue.image_url[code],
+            price=None if np.isnan(price) else float(price),
+            currency=catalogue.currency[code],
+            category=self.categories.id(int(category)) if category >= 0 else "",
+            ship_days=None if np.isnan(ship_days) else int(ship_days),
+        )
+
     def _trending(self, limit: int) -> np.ndarray:
         if limit <= 0:
             return np.zeros(0, np.int32)
@@ -356,7 +414,7 @@ class MemoryStore:
             event = events[index]
             if event.kind is EventKind.ITEM_UPSERT:
                 upserted.add(event.item_id)
-            elif event.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE):
+            elif event.kind in ITEM_REFERENCES:
                 if not self._exists(event.item_id) and event.item_id not in upserted:
                     raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
 
@@ -384,6 +442,12 @@ class MemoryStore:
             self._hidden_items[event.user_id].add(self._item_code(event.item_id))
         elif kind is EventKind.NOT_INTERESTED_SELLER:
             self._hidden_sellers[event.user_id].add(self.sellers.add(event.seller_id))
+        elif kind is EventKind.ITEM_UPDATE:
+            self._catalogue.set_card(self.items.code(event.item_id), event.card(), self.categories)
+        elif kind in (EventKind.SELLER_VACATION, EventKind.SELLER_VACATION_END):
+            seller = self.sellers.add(event.seller_id)
+            self._catalogue.reserve_sellers(len(self.sellers))
+            self._catalogue.away_until[seller] = event.vacation_until if kind is EventKind.SELLER_VACATION else 0.0
 
     def _item_code(self, item_id: str) -> int:
         code = self.items.add(item_id)
@@ -401,6 +465,7 @@ class MemoryStore:
         catalogue.seller[code] = seller
         catalogue.created_at[code] = event.created_at
         catalogue.stock[code] = event.stock
+        catalogue.set_card(code, event.card(), self.categories)
         if seller >= 0:
             self._listings.add(seller, code, event.created_at, self.items)
 

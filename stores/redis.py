@@ -1,6 +1,6 @@
 """The Redis online store: standalone Redis or a Redis Cluster, through redis-py.
 
-Reads. Each FeedStateReader method is one pipeline, so a feed costs three round trips on
+Reads. Each FeedStateReader method is one pipeline, so a feed costs four round trips on
 standalone Redis whatever the number of friends or followed sellers. On a cluster a
 pipeline is split by node and the parts are written before any is read, so each method
 is one parallel round trip per node it touches (at most the number of primaries).
@@ -55,9 +55,10 @@ from ranking.store import (
     Timelines,
     UserState,
 )
+from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 from stores.base import ApplyResult, StoreUnavailable
-from stores.events import Event, EventKind, EventValidationError
+from stores.events import ITEM_REFERENCES, Event, EventKind, EventValidationError
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
@@ -72,8 +73,10 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 _OWN_OPTIONS = {"recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str}
 
 # Event.to_record() field order: the Lua scripts read records positionally.
-RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "price", "category")
-_ITEM_FIELDS = ("seller", "created_at", "stock", "like_count")
+RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "card", "vacation_until")
+# The item hash fields a feed's hydration reads (for every candidate) and a page's cards read.
+_ITEM_FIELDS = ("seller", "created_at", "stock", "like_count", "feed_eligible", "price", "ship_days", "category")
+_CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "category", "ship_days")
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
 
 # Shared by both apply scripts: constants from ARGV and one function per per-slot
@@ -89,13 +92,14 @@ local EPOCH = tonumber(ARGV[6])
 local MAXEXP = tonumber(ARGV[7])
 local MAXLEN = tonumber(ARGV[8])
 local BASE = 8
-local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','price','category'}
+local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','card','vacation_until'}
 local NF = #FIELDS
 
 local function ukey(u, what) return P .. '{u:' .. u .. '}:' .. what end
 local function ikey(i) return P .. '{i:' .. i .. '}' end
 local function skey(s) return P .. '{s:' .. s .. '}:listings' end
 local TRENDING = P .. '{trending}'
+local VACATIONS = P .. '{vacations}'
 local STREAM = P .. '{log}:events'
 local function status_key(eid) return P .. 'd:{log}:' .. eid end
 
@@ -153,15 +157,21 @@ OPS.friend = function(u, f) redis.call('SADD', ukey(u, 'friends'), f) return '1'
 OPS.unfriend = function(u, f) redis.call('SREM', ukey(u, 'friends'), f) return '1' end
 OPS.hide_item = function(u, item) redis.call('SADD', ukey(u, 'hidden_items'), item) return '1' end
 OPS.hide_seller = function(u, s) redis.call('SADD', ukey(u, 'hidden_sellers'), s) return '1' end
--- item slot
-OPS.upsert = function(item, seller, created, stock, price, category)
+-- item slot; a card is the JSON object of the fields an event names (Event.card)
+local function set_card(k, card)
+  if card == '' then return end
+  for name, value in pairs(cjson.decode(card)) do redis.call('HSET', k, name, value) end
+end
+OPS.upsert = function(item, seller, created, stock, card)
   local k = ikey(item)
   local old = redis.call('HGET', k, 'seller')
-  redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock, 'price', price, 'category', category)
+  redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock)
   redis.call('HSETNX', k, 'like_count', '0')
+  set_card(k, card)
   if old then return old end
   return ''
 end
+OPS.update = function(item, card) set_card(ikey(item), card) return '1' end
 OPS.stock = function(item, stock) redis.call('HSET', ikey(item), 'stock', stock) return '1' end
 OPS.count = function(item, delta)
   local k = ikey(item)
@@ -178,6 +188,9 @@ OPS.list = function(seller, item, created)
   return '1'
 end
 OPS.unlist = function(seller, item) redis.call('ZREM', skey(seller), item) return '1' end
+-- vacations slot
+OPS.vacation = function(seller, ends) redis.call('HSET', VACATIONS, seller, ends) return '1' end
+OPS.vacation_end = function(seller) redis.call('HDEL', VACATIONS, seller) return '1' end
 -- trending slot
 OPS.trend = function(item, ts, sign)
   redis.call('ZINCRBY', TRENDING, sign .. weight(ts), item)
@@ -210,7 +223,7 @@ for e = 0, n - 1 do
     fresh[#fresh + 1] = o
     if kind == 'item_upsert' then
       upserted[item] = true
-    elseif (kind == 'like' or kind == 'stock_update') and not upserted[item]
+    elseif (kind == 'like' or kind == 'stock_update' or kind == 'item_update') and not upserted[item]
         and redis.call('EXISTS', ikey(item)) == 0 then
       return {'unknown_item', e}
     end
@@ -229,12 +242,15 @@ for _, o in ipairs(fresh) do
   elseif kind == 'unfriend' then OPS.unfriend(u, friend); OPS.unfriend(friend, u)
   elseif kind == 'item_upsert' then
     local created = ARGV[o + 8]
-    local old = OPS.upsert(item, seller, created, ARGV[o + 9], ARGV[o + 10], ARGV[o + 11])
+    local old = OPS.upsert(item, seller, created, ARGV[o + 9], ARGV[o + 10])
     if old ~= '' and old ~= seller then OPS.unlist(old, item) end
     OPS.list(seller, item, created)
   elseif kind == 'stock_update' then OPS.stock(item, ARGV[o + 9])
   elseif kind == 'not_interested_item' then OPS.hide_item(u, item)
   elseif kind == 'not_interested_seller' then OPS.hide_seller(u, seller)
+  elseif kind == 'item_update' then OPS.update(item, ARGV[o + 10])
+  elseif kind == 'seller_vacation' then OPS.vacation(seller, ARGV[o + 11])
+  elseif kind == 'seller_vacation_end' then OPS.vacation_end(seller)
   end
   log_event(o, 'done')
 end
@@ -280,23 +296,31 @@ return out
 """
 
 
-# Standalone hydration in one command: KEYS are the user's liked hash and the trending
-# set, ARGV the key
-# prefix then the item ids (the script builds the item keys: half the bytes to send and
-# pack). Numbers come back joined into one string per column and the flags as one
-# string of 0/1 per column, so the client parses a few strings with numpy instead of
-# five Python objects per item.
+# Standalone hydration in one command: KEYS are the user's liked hash, the trending set
+# and the vacations hash; ARGV the key prefix then the item ids (the script builds the
+# item keys: half the bytes to send and pack). Numbers come back joined into one string
+# per column and the flags as one string of 0/1 per column, so the client parses a few
+# strings with numpy instead of several Python objects per item. Each distinct seller's
+# vacation is read once.
 _LUA_HYDRATE = r"""
 local n = #ARGV - 1
 local P = ARGV[1]
 local exists, liked, created, stock, likes, sellers = {}, {}, {}, {}, {}, {}
+local eligible, price, ship, category = {}, {}, {}, {}
+local seen, distinct = {}, {}
 for j = 1, n do
-  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j + 1] .. '}', 'seller', 'created_at', 'stock', 'like_count')
+  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j + 1] .. '}', 'seller', 'created_at', 'stock', 'like_count',
+                      'feed_eligible', 'price', 'ship_days', 'category')
   if v[1] or v[3] then exists[j] = '1' else exists[j] = '0' end
   sellers[j] = v[1] or ''
   created[j] = v[2] or '0'
   stock[j] = v[3] or '0'
   likes[j] = v[4] or '0'
+  if v[5] == '0' then eligible[j] = '0' else eligible[j] = '1' end
+  price[j] = v[6] or ''
+  ship[j] = v[7] or ''
+  category[j] = v[8] or ''
+  if v[1] and v[1] ~= '' and not seen[v[1]] then seen[v[1]] = true; distinct[#distinct + 1] = v[1] end
 end
 local trending = {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
@@ -310,8 +334,18 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
     trending[start + j - 2] = scores[j] or '0'
   end
 end
+local away_of = {}
+if #distinct > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  for start = 1, #distinct, 1000 do
+    local got = redis.call('HMGET', KEYS[3], unpack(distinct, start, math.min(start + 999, #distinct)))
+    for j = 1, #got do if got[j] then away_of[distinct[start + j - 1]] = got[j] end end
+  end
+end
+local away = {}
+for j = 1, n do away[j] = away_of[sellers[j]] or '0' end
 return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
-        table.concat(likes, ','), sellers, table.concat(trending, ',')}
+        table.concat(likes, ','), sellers, table.concat(trending, ','), table.concat(eligible),
+        table.concat(away, ','), table.concat(price, ','), table.concat(ship, ','), category}
 """
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
@@ -360,6 +394,25 @@ def _flags(text: str) -> np.ndarray:
 
 def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
     return np.array([v or "0" for v in values], dtype=dtype) if values else np.zeros(0, dtype)
+
+
+def _optional_floats(values: Sequence[str | None]) -> np.ndarray:
+    """float64 per value; NaN where a value is missing or empty."""
+    return np.array([float(v) if v else np.nan for v in values], dtype=np.float64)
+
+
+def _card(fields: dict[str, str | None]) -> ItemCard:
+    if fields["seller"] is None and fields["stock"] is None:  # no such item
+        return ItemCard()
+    price, ship_days = fields["price"], fields["ship_days"]
+    return ItemCard(
+        title=fields["title"] or "",
+        image_url=fields["image_url"] or "",
+        price=float(price) if price else None,
+        currency=fields["currency"] or "",
+        category=fields["category"] or "",
+        ship_days=int(ship_days) if ship_days else None,
+    )
 
 
 def _is_unavailable(error: BaseException) -> bool:
@@ -445,6 +498,7 @@ class RedisStore:
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
         self.sellers = Vocabulary()
+        self.categories = Vocabulary()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -533,37 +587,76 @@ class RedisStore:
         n = len(ids)
         if not n:
             return ItemColumns.empty()
+        k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                # Items live in different slots: one HMGET each, pipelined per node.
+                # Items live in different slots: one HMGET each, pipelined per node; the
+                # vacations of their sellers take a second round trip, only when any exist.
                 pipe = self._pipeline()
                 for item_id in ids:
-                    pipe.hmget(self.keys.item(item_id), _ITEM_FIELDS)
-                pipe.hmget(self.keys.liked(user_id), ids)
-                pipe.zmscore(self.keys.trending, ids)
-                *fields, liked, trending = pipe.execute()
+                    pipe.hmget(k.item(item_id), _ITEM_FIELDS)
+                pipe.hmget(k.liked(user_id), ids)
+                pipe.zmscore(k.trending, ids)
+                pipe.exists(k.vacations)
+                *fields, liked, trending, any_vacation = pipe.execute()
                 seller_ids = [f[0] or "" for f in fields]
                 exists = np.fromiter((f[0] is not None or f[2] is not None for f in fields), bool, n)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
-                created, stock, like_count = ([f[j] for f in fields] for j in (1, 2, 3))
-            else:
-                exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text = self._eval_keys(
-                    "hydrate", [self.keys.liked(user_id), self.keys.trending], [self.keys.prefix, *ids]
+                created, stock, like_count, eligible_text, price, ship_days, category = (
+                    [f[j] for f in fields] for j in range(1, len(_ITEM_FIELDS))
                 )
-                exists, liked_flags = _flags(exists_text), _flags(liked_text)
+                eligible = np.fromiter((e != "0" for e in eligible_text), bool, n)
+                away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
+            else:
+                (exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text, eligible_text,
+                 away_text, price_text, ship_text, category) = self._eval_keys(
+                    "hydrate", [k.liked(user_id), k.trending, k.vacations], [k.prefix, *ids]
+                )  # fmt: skip
+                exists, liked_flags, eligible = _flags(exists_text), _flags(liked_text), _flags(eligible_text)
                 created, stock, like_count = created_text.split(","), stock_text.split(","), likes_text.split(",")
                 trending = trending_text.split(",")
-        sellers = self.sellers.codes(seller_ids, add=True)
-        sellers[np.fromiter((not s for s in seller_ids), bool, n)] = -1
+                away = np.array(away_text.split(","), dtype=np.float64)
+                price, ship_days = price_text.split(","), ship_text.split(",")
         return ItemColumns(
             exists=exists,
-            seller=sellers,
+            seller=self._codes_or_none(self.sellers, seller_ids),
             created_at=_numbers(created, np.float64),
             stock=_numbers(stock, np.int64),
             like_count=_numbers(like_count, np.int64),
             liked=liked_flags,
             trending=np.array([v or 0.0 for v in trending], dtype=np.float64),
+            eligible=eligible,
+            seller_away_until=away,
+            price=_optional_floats(price),
+            ship_days=_optional_floats(ship_days),
+            category=self._codes_or_none(self.categories, [c or "" for c in category]),
         )
+
+    @staticmethod
+    def _codes_or_none(vocabulary: Vocabulary, ids: Sequence[str]) -> np.ndarray:
+        """Codes of ``ids`` (learning new ones), -1 for an empty id."""
+        codes = vocabulary.codes(ids, add=True)
+        codes[np.fromiter((not i for i in ids), bool, len(ids))] = -1
+        return codes
+
+    def _vacations(self, seller_ids: Sequence[str]) -> np.ndarray:
+        """End of each seller's vacation (0: none), one HMGET for the distinct sellers."""
+        distinct = sorted({s for s in seller_ids if s})
+        if not distinct:
+            return np.zeros(len(seller_ids))
+        until = dict(zip(distinct, self.client.hmget(self.keys.vacations, distinct)))
+        return np.array([float(until.get(s) or 0.0) for s in seller_ids], dtype=np.float64)
+
+    def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
+        ids = self.items.ids(np.asarray(item_codes).tolist())
+        if not ids:
+            return []
+        pipe = self._pipeline()
+        for item_id in ids:
+            pipe.hmget(self.keys.item(item_id), _CARD_FIELDS)
+        with unavailable_on_redis_errors():
+            replies = pipe.execute()
+        return [_card(dict(zip(_CARD_FIELDS, reply))) for reply in replies]
 
     # -- writes ------------------------------------------------------------------------
 
@@ -615,7 +708,7 @@ class RedisStore:
     def _apply_partitioned(self, events: Sequence[Event]) -> ApplyResult:
         k = self.keys
         event_ids = list(dict.fromkeys(e.event_id for e in events))
-        referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE)))
+        referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in ITEM_REFERENCES))
         pipe = self._pipeline()
         for event_id in event_ids:
             pipe.get(k.event_status(event_id))
@@ -635,7 +728,7 @@ class RedisStore:
             fresh.append(index)
             if event.kind is EventKind.ITEM_UPSERT:
                 upserted.add(event.item_id)
-            elif event.kind in (EventKind.LIKE, EventKind.STOCK_UPDATE):
+            elif event.kind in ITEM_REFERENCES:
                 if not exists[event.item_id] and event.item_id not in upserted:
                     raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
         if not fresh:
@@ -720,8 +813,14 @@ def _stage_one(batch: Sequence[Event]) -> dict[str, list[list[str]]]:
         elif kind is EventKind.ITEM_UPSERT:
             r = event.to_record()
             ops[Keys.item_tag(event.item_id)].append(
-                [f"{e}#upsert", "upsert", event.item_id, event.seller_id, r["created_at"], r["stock"], r["price"], r["category"]]
+                [f"{e}#upsert", "upsert", event.item_id, event.seller_id, r["created_at"], r["stock"], r["card"]]
             )
+        elif kind is EventKind.ITEM_UPDATE:
+            ops[Keys.item_tag(event.item_id)].append([f"{e}#update", "update", event.item_id, event.to_record()["card"]])
+        elif kind is EventKind.SELLER_VACATION:
+            ops[Keys.VACATIONS_TAG].append([f"{e}#vacation", "vacation", event.seller_id, event.to_record()["vacation_until"]])
+        elif kind is EventKind.SELLER_VACATION_END:
+            ops[Keys.VACATIONS_TAG].append([f"{e}#vacation_end", "vacation_end", event.seller_id])
         elif kind is EventKind.STOCK_UPDATE:
             ops[Keys.item_tag(event.item_id)].append([f"{e}#stock", "stock", event.item_id, str(event.stock)])
     return ops

@@ -3,7 +3,7 @@
 Keys carry a hash tag per entity (``{u:ID}``, ``{i:ID}``, ``{s:ID}``), so on a Redis
 Cluster each user's, item's and seller's keys live together in one slot while the
 entities spread over the cluster. The per-user reads of a feed stay on one node; the
-few global keys (``{trending}``, ``{log}``) each sit in their own slot.
+few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their own slot.
 
   user    {u:ID}:likes           zset item -> -ts, newest ``recent_likes`` likes (trimmed)
           {u:ID}:liked           hash item -> ts, every like (membership, unlike, export)
@@ -11,10 +11,13 @@ few global keys (``{trending}``, ``{log}``) each sit in their own slot.
           {u:ID}:friends         set of user ids (both directions are stored)
           {u:ID}:hidden_items    set of item ids (not interested)
           {u:ID}:hidden_sellers  set of seller ids (not interested)
-  item    {i:ID}                 hash seller, created_at, stock, like_count, price, category;
-                                 stock 0 is the out-of-stock state
+  item    {i:ID}                 hash seller, created_at, stock, like_count, and the card
+                                 fields an event named (title, image_url, price, currency,
+                                 category, ship_days, feed_eligible "1"/"0"; absent: not
+                                 set, eligible); stock 0 is the out-of-stock state
   seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
+          {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {log}:events           stream: one entry per applied event (Event.to_record())
   dedupe  d:{log}:EVENT_ID       "pending" / "done": the event id was logged / fully applied
           d:{TAG}:EVENT_ID#PART  cluster only: result of one part of an event in slot TAG
@@ -76,6 +79,10 @@ class Keys:
         return f"{self.prefix}{{trending}}"
 
     @property
+    def vacations(self) -> str:
+        return f"{self.prefix}{{vacations}}"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}{{log}}:events"
 
@@ -97,6 +104,7 @@ class Keys:
         return f"s:{seller_id}"
 
     TRENDING_TAG = "trending"
+    VACATIONS_TAG = "vacations"
 
     def tag_key(self, tag: str) -> str:
         """A key in ``tag``'s slot, used to route a per-slot script call."""

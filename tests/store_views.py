@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking.store import FeedStateReader, Timelines
+from ranking.types import ItemCard
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ItemView:
     created_at: float
     stock: int
     like_count: int
+    eligible: bool = True
+    seller_away_until: float = 0.0
+    card: ItemCard = ItemCard()
 
     @property
     def in_stock(self) -> bool:
@@ -84,11 +88,14 @@ def read_activity(
 
 
 def hydrate(store: FeedStateReader, user_id: str, item_ids: Sequence[str]) -> HydrationView:
-    columns = store.hydrate(user_id, store.items.codes(list(item_ids), add=True))
+    codes = store.items.codes(list(item_ids), add=True)
+    columns = store.hydrate(user_id, codes)
     items = {}
-    for item_id, exists, seller, created_at, stock, like_count in zip(
-        item_ids, columns.exists.tolist(), columns.seller.tolist(), columns.created_at.tolist(), columns.stock.tolist(), columns.like_count.tolist()
-    ):
+    for item_id, exists, seller, created_at, stock, like_count, eligible, away, card in zip(
+        item_ids, columns.exists.tolist(), columns.seller.tolist(), columns.created_at.tolist(), columns.stock.tolist(),
+        columns.like_count.tolist(), columns.eligible.tolist(), columns.seller_away_until.tolist(), store.read_cards(codes),
+    ):  # fmt: skip
         if exists:
-            items[item_id] = ItemView(store.sellers.id(seller) if seller >= 0 else "", created_at, stock, like_count)
+            seller_id = store.sellers.id(seller) if seller >= 0 else ""
+            items[item_id] = ItemView(seller_id, created_at, stock, like_count, eligible, away, card)
     return HydrationView(items, frozenset(np.asarray(item_ids, dtype=object)[columns.liked].tolist()))

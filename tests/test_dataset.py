@@ -23,6 +23,10 @@ ITEMS = "item_id,seller_id,created_at,stock,price,category\n" \
         "i1,s1,1700000000,3,9.5,shoes\n" \
         "i2,s1,2023-11-14T22:13:20Z,0,,bags\n" \
         "i3,,1700000000.5,7,1,\n"
+CARD_ITEMS = "item_id,seller_id,created_at,stock,price,category,title,image_url,currency,ship_days,feed_eligible\n" \
+             "i1,s1,1700000000,3,9.5,shoes,Red shoes,https://img.example.com/i1.jpg,EUR,2,1\n" \
+             "i2,s1,1700000000,0,,bags,,,,,0\n" \
+             "i3,,1700000000,7,1,,,,,,\n"
 LIKES = "user_id,item_id,ts\nu1,i1,1700000100\nu2,i2,2023-11-15T00:00:00\nu1,i3,\n"
 FOLLOWS = "user_id,seller_id,ts\nu1,s1,1700000000\n"
 FRIENDS = "user_id,friend_id,ts\nu2,u1,1700000000\n"
@@ -77,6 +81,30 @@ def test_unix_and_iso_times(tmp_path: Path, stamp: str, expected: float) -> None
     assert ds.likes.ts.tolist() == [expected]
 
 
+def test_cards_and_vacations_load_and_round_trip(tmp_path: Path) -> None:
+    sellers = "seller_id,vacation_until\ns1,inf\ns2,2026-01-02T00:00:00Z\ns3,\n"
+    ds = load_dataset(str(make(tmp_path / "in", items=CARD_ITEMS, sellers=sellers)))
+    assert ds.items.title == ["Red shoes", "", ""] and ds.items.currency == ["EUR", "", ""]
+    assert ds.items.image_url[0] == "https://img.example.com/i1.jpg"
+    assert ds.items.ship_days[0] == 2.0 and np.isnan(ds.items.ship_days[1:]).all()
+    assert ds.items.feed_eligible.tolist() == [True, False, True]
+    assert ds.sellers.seller_id == ["s1", "s2", "s3"]
+    assert ds.sellers.vacation_until[0] == np.inf and ds.sellers.vacation_until[1] == 1767312000.0
+    assert np.isnan(ds.sellers.vacation_until[2])
+    write_dataset(ds, str(tmp_path / "out"))
+    again = load_dataset(str(tmp_path / "out"))
+    assert again.fingerprint() == ds.fingerprint()
+    assert again.items.title == ds.items.title and again.items.feed_eligible.tolist() == [True, False, True]
+    assert again.sellers.seller_id == ds.sellers.seller_id
+
+
+def test_a_dataset_without_cards_writes_the_files_it_always_did(tmp_path: Path) -> None:
+    ds = load_dataset(str(make(tmp_path / "in")))
+    write_dataset(ds, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "items.csv").read_text().splitlines()[0] == "item_id,seller_id,created_at,stock,price,category"
+    assert not (tmp_path / "out" / "sellers.csv").exists()
+
+
 def test_column_order_is_free(tmp_path: Path) -> None:
     ds = load_dataset(str(make(tmp_path, likes="ts,item_id,user_id\n5,i1,u9\n")))
     assert (ds.likes.src, ds.likes.dst, ds.likes.ts.tolist()) == (["u9"], ["i1"], [5.0])
@@ -122,6 +150,16 @@ def test_column_order_is_free(tmp_path: Path) -> None:
         pytest.param({"friends": "user_id,friend_id,ts\nu1,u2,1\nu3,u3,1\n"},
                      "friends.csv", 3, "friend_id", "self-friendship", id="self-friendship"),
         pytest.param({"likes": ""}, "likes.csv", 1, "<header>", "header", id="empty-file"),
+        pytest.param({"items": CARD_ITEMS.replace(",2,1\n", ",soon,1\n")},
+                     "items.csv", 2, "ship_days", "whole days", id="bad-ship-days"),
+        pytest.param({"items": CARD_ITEMS.replace(",EUR,", ",euro,")},
+                     "items.csv", 2, "currency", "ISO 4217", id="bad-currency"),
+        pytest.param({"items": CARD_ITEMS.replace(",2,1\n", ",2,yes\n")},
+                     "items.csv", 2, "feed_eligible", "expected 1, 0 or empty", id="bad-eligible"),
+        pytest.param({"sellers": "seller_id,vacation_until\ns1,inf\ns2,next week\n"},
+                     "sellers.csv", 3, "vacation_until", "'inf' or empty", id="bad-vacation"),
+        pytest.param({"sellers": "seller_id,vacation_until\ns1,inf\ns1,\n"},
+                     "sellers.csv", 3, "seller_id", "duplicate seller 's1' (first on line 2)", id="duplicate-seller"),
     ],
 )
 def test_bad_rows_are_located(

@@ -44,7 +44,7 @@ def test_cli_writes_and_summarises(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
     ds = load_dataset(str(out))
-    assert line.startswith(f"wrote {out}: 200 users, 10 sellers, 300 items")
+    assert line.startswith(f"wrote {out}: 200 users, 10 sellers (0 on vacation), 300 items (")
     assert f"{len(ds.likes)} likes" in line
     assert set(ds.items.category) <= {"c00", "c01", "c02"}
     assert ds.items.created_at.min() >= DEFAULT_END_TIME - 30 * 86400
@@ -150,3 +150,13 @@ def test_tiny_and_skewed_sizes_work() -> None:
     assert len(small.items) == 1
     few_items = generate(users=50, sellers=20, items=5, communities=10, seed=1)
     assert len(few_items.items) == 5 and len(few_items.likes) > 0
+
+
+def test_cards_curation_and_vacations_are_generated():
+    ds = generate(users=2000, sellers=200, items=4000, seed=5)
+    items = ds.items
+    assert all(items.title) and all(u.startswith("https://") for u in items.image_url) and set(items.currency) == {"EUR"}
+    assert np.isfinite(items.ship_days).all() and ((items.ship_days >= 0) & (items.ship_days <= 14)).all()
+    assert 0.01 < (~items.feed_eligible).mean() < 0.06
+    assert 0 < len(ds.sellers) < 20 and set(ds.sellers.seller_id) <= set(items.seller_id)
+    assert (ds.sellers.vacation_until > 1_767_225_600.0).all()

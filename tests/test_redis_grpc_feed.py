@@ -1,6 +1,7 @@
 """The end-to-end gRPC feed tests of test_grpc_feed.py, re-run with the store in Redis:
 standalone and a 3-master cluster (out-of-stock guarantee, freshness, pagination,
-not-interested, retries, invalid batches...)."""
+not-interested, retries, invalid batches...), and those of test_grpc_commerce.py
+(vacations, the curated catalogue, cards)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import pytest
 from serving.load import load_into_redis
 from stores.redis import connect
 from tests.feed_world import build_world, running_server
+from tests.test_grpc_commerce import (  # noqa: F401 (re-collected here with the Redis server fixture)
+    test_a_new_item_is_served_with_its_card,
+    test_a_timed_vacation_ends_by_itself,
+    test_feed_items_carry_their_card_and_partial_updates_keep_the_rest,
+    test_no_ineligible_item_is_ever_served,
+    test_no_item_of_a_seller_on_vacation_is_served_on_any_page_until_it_ends,
+)
 from tests.test_grpc_feed import (  # noqa: F401 (re-collected here with the Redis server fixture)
     stub,
     test_a_friends_new_like_and_a_followed_sellers_new_item_show_up_next,

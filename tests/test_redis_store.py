@@ -3,6 +3,7 @@ memory store, cluster spreading and retries, the loader, and outages."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -83,17 +84,18 @@ def hub_dataset(friends: int, sellers: int):
     )
 
 
-def test_a_feed_reads_redis_in_three_round_trips_whatever_the_fan_out(redis_url, monkeypatch):
+def test_a_feed_reads_redis_in_four_round_trips_whatever_the_fan_out(redis_url, monkeypatch):
     for friends, sellers in ((2, 1), (200, 50)):
         store = make_redis_store(redis_url, hub_dataset(friends, sellers))
         pipeline = build_feed_pipeline(store, None)
         pipeline.run("hub", 10, NOW)  # connect and load the read script outside the measurement
         counter = RoundTripCounter(monkeypatch)
-        assert counter.measure(pipeline.run, "hub", 10, NOW) == 3
+        assert counter.measure(pipeline.run, "hub", 10, NOW) == 4  # user, activity, hydration, the page's cards
         user = views.read_user(store, "hub")
         assert counter.measure(store.read_user, "hub") == 1
         assert counter.measure(store.read_activity, sorted(user.follows), sorted(user.friends), 20, 100) == 1
         assert counter.measure(store.hydrate, "hub", store.items.codes([f"x{n}" for n in range(sellers)], add=True)) == 1
+        assert counter.measure(store.read_cards, store.items.codes([f"x{n}" for n in range(sellers)], add=True)) == 1
         monkeypatch.undo()
         store.close()
 
@@ -106,9 +108,14 @@ def test_on_a_cluster_each_read_is_one_round_trip_per_node(redis_cluster_url, re
         pipeline = build_feed_pipeline(store, None)
         pipeline.run("hub", 10, NOW)  # open a connection to every node first
         counter = RoundTripCounter(monkeypatch)
-        # read_user stays on the user's node; the others go once to each node they touch.
+        # read_user stays on the user's node; the others go once to each node they touch,
+        # and hydration once more to the vacations' node while any seller is away.
         assert counter.measure(store.read_user, "hub") == 1
-        assert counter.measure(pipeline.run, "hub", 10, NOW) <= 1 + 2 * nodes
+        assert counter.measure(pipeline.run, "hub", 10, NOW) <= 1 + 3 * nodes
+        store.apply([Event("away", EventKind.SELLER_VACATION, NOW, seller_id="elsewhere", vacation_until=math.inf)])
+        pipeline.run("hub", 10, NOW)
+        assert counter.measure(pipeline.run, "hub", 10, NOW) <= 2 + 3 * nodes
+        store.apply([Event("back", EventKind.SELLER_VACATION_END, NOW, seller_id="elsewhere")])
         monkeypatch.undo()
         store.close()
 
@@ -190,10 +197,18 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
                 EventKind.UNFOLLOW: dict(user_id=user, seller_id=seller),
                 EventKind.FRIEND: dict(user_id=user, friend_id=other),
                 EventKind.UNFRIEND: dict(user_id=user, friend_id=other),
-                EventKind.ITEM_UPSERT: dict(item_id=item, seller_id=seller, created_at=ts - DAY, stock=rng.randrange(3)),
+                EventKind.ITEM_UPSERT: dict(item_id=item, seller_id=seller, created_at=ts - DAY, stock=rng.randrange(3),
+                                            **rng.choice([{}, dict(title="Lamp", image_url="https://i.example/x.jpg")])),
                 EventKind.STOCK_UPDATE: dict(item_id=item, stock=rng.randrange(3)),
                 EventKind.NOT_INTERESTED_ITEM: dict(user_id=user, item_id=item),
                 EventKind.NOT_INTERESTED_SELLER: dict(user_id=user, seller_id=seller),
+                EventKind.ITEM_UPDATE: rng.choice([
+                    dict(item_id=item, title=rng.choice(["", "Mug"]), price=rng.choice([None, 3.25])),
+                    dict(item_id=item, feed_eligible=rng.random() < 0.5, ship_days=rng.randrange(5)),
+                    dict(item_id=item, category=rng.choice(["", "home"]), currency="EUR"),
+                ]),
+                EventKind.SELLER_VACATION: dict(seller_id=seller, vacation_until=rng.choice([math.inf, ts + DAY])),
+                EventKind.SELLER_VACATION_END: dict(seller_id=seller),
             }[kind]
             event_id = f"e{n}" if rng.random() > 0.1 else f"e{rng.randrange(1, n + 1)}"
             batch.append(Event(event_id, kind, ts, **fields))

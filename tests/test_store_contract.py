@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
+import numpy as np
 import pytest
 
 from ranking.store import TRENDING_HALF_LIFE, recent_like_count
+from ranking.types import ItemCard
 from stores.events import Event, EventKind, EventValidationError
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
+from training.dataset import Sellers
 
 
 def ev(event_id: str, kind: EventKind, ts: float = NOW, **fields) -> Event:
@@ -161,3 +167,82 @@ def test_without_timestamps_trending_is_ordered_by_like_count(store_factory):
     )
     store = store_factory(dataset)
     assert views.read_activity(store, [], [], 10, 10).trending == ["y", "x", "z"]
+
+
+def _card_dataset():
+    dataset = social_dataset()
+    items = dataset.items
+    n = len(items)
+    with_cards = dataclasses.replace(
+        items,
+        price=np.array([9.5] + [np.nan] * (n - 1)),
+        category=["shoes"] + [""] * (n - 1),
+        title=["Red shoes"] + [""] * (n - 1),
+        image_url=["https://img.example.com/i1.jpg"] + [""] * (n - 1),
+        currency=["EUR"] + [""] * (n - 1),
+        ship_days=np.array([2.0] + [np.nan] * (n - 1)),
+        feed_eligible=np.array([True, True, False] + [True] * (n - 3)),
+    )
+    sellers = Sellers(["s1", "s2"], np.array([np.inf, NOW + DAY]))
+    return dataclasses.replace(dataset, items=with_cards, sellers=sellers)
+
+
+def test_cards_eligibility_and_vacations_load_from_the_dataset(store_factory):
+    store = store_factory(_card_dataset())
+    codes = store.items.codes(["i1", "i3", "i6", "missing"], add=True)
+    assert store.read_cards(codes) == [
+        ItemCard("Red shoes", "https://img.example.com/i1.jpg", 9.5, "EUR", "shoes", 2), ItemCard(), ItemCard(), ItemCard(),
+    ]
+    columns = store.hydrate("alice", codes)
+    assert columns.eligible[:3].tolist() == [True, False, True]
+    assert columns.seller_away_until[:3].tolist() == [np.inf, np.inf, NOW + DAY]
+    assert columns.price[0] == 9.5 and np.isnan(columns.price[1])
+    assert columns.ship_days[0] == 2.0 and np.isnan(columns.ship_days[2])
+    assert store.categories.id(int(columns.category[0])) == "shoes" and columns.category[1] == -1
+
+
+def test_item_events_change_only_the_card_fields_they_name(store_factory):
+    store = store_factory(social_dataset())
+    store.apply([ev("new", EventKind.ITEM_UPSERT, seller_id="s9", item_id="n1", created_at=NOW, stock=2,
+                    title="Lamp", price=30.0, currency="EUR", ship_days=3, category="home")])  # fmt: skip
+    card = lambda: store.read_cards(store.items.codes(["n1"], add=True))[0]  # noqa: E731
+    assert card() == ItemCard("Lamp", "", 30.0, "EUR", "home", 3)
+    store.apply([ev("price", EventKind.ITEM_UPDATE, item_id="n1", price=25.0, image_url="https://img.example.com/n1.png")])
+    assert card() == ItemCard("Lamp", "https://img.example.com/n1.png", 25.0, "EUR", "home", 3)
+    store.apply([ev("relist", EventKind.ITEM_UPSERT, seller_id="s9", item_id="n1", created_at=NOW, stock=0)])
+    assert card() == ItemCard("Lamp", "https://img.example.com/n1.png", 25.0, "EUR", "home", 3)
+    store.apply([ev("clear", EventKind.ITEM_UPDATE, item_id="n1", title="", category="")])
+    assert card() == ItemCard("", "https://img.example.com/n1.png", 25.0, "EUR", "", 3)
+    assert store.hydrate("alice", store.items.codes(["n1"], add=True)).category.tolist() == [-1]
+
+
+def test_feed_eligibility_follows_item_events(store_factory):
+    store = store_factory(social_dataset())
+    code = store.items.codes(["i1"], add=True)
+    assert store.hydrate("alice", code).eligible.tolist() == [True]
+    store.apply([ev("off", EventKind.ITEM_UPDATE, item_id="i1", feed_eligible=False)])
+    assert store.hydrate("alice", code).eligible.tolist() == [False]
+    store.apply([ev("stock", EventKind.ITEM_UPSERT, seller_id="s1", item_id="i1", created_at=NOW, stock=1)])
+    assert store.hydrate("alice", code).eligible.tolist() == [False]  # not named: kept
+    store.apply([ev("on", EventKind.ITEM_UPSERT, seller_id="s1", item_id="i1", created_at=NOW, stock=1, feed_eligible=True)])
+    assert store.hydrate("alice", code).eligible.tolist() == [True]
+
+
+def test_vacations_start_and_end_by_event(store_factory):
+    store = store_factory(social_dataset())
+    codes = store.items.codes(["i1", "i6"], add=True)
+    assert store.hydrate("alice", codes).seller_away_until.tolist() == [0.0, 0.0]
+    store.apply([
+        ev("away1", EventKind.SELLER_VACATION, seller_id="s1", vacation_until=math.inf),
+        ev("away2", EventKind.SELLER_VACATION, seller_id="s2", vacation_until=NOW + 3 * DAY),
+    ])  # fmt: skip
+    assert store.hydrate("alice", codes).seller_away_until.tolist() == [math.inf, NOW + 3 * DAY]
+    store.apply([ev("back", EventKind.SELLER_VACATION_END, seller_id="s1")])
+    assert store.hydrate("alice", codes).seller_away_until.tolist() == [0.0, NOW + 3 * DAY]
+
+
+def test_an_update_of_an_unknown_item_changes_nothing(store_factory):
+    store = store_factory(social_dataset())
+    with pytest.raises(EventValidationError, match=r"events\[1\]\.item_id"):
+        store.apply([ev("ok", EventKind.ITEM_UPDATE, item_id="i1", title="kept?"), ev("bad", EventKind.ITEM_UPDATE, item_id="nope", title="x")])
+    assert store.read_cards(store.items.codes(["i1"], add=True))[0].title == ""

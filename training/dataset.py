@@ -1,17 +1,24 @@
-"""The dataset directory: items.csv, likes.csv, follows.csv, friends.csv.
+"""The dataset directory: items.csv, likes.csv, follows.csv, friends.csv, sellers.csv.
 
 Columns (header row required, order free, extra columns rejected):
-  items.csv    item_id, seller_id, created_at, stock[, price][, category]
+  items.csv    item_id, seller_id, created_at, stock[, price][, category][, title]
+               [, image_url][, currency][, ship_days][, feed_eligible]
   likes.csv    user_id, item_id, ts[, weight]
   follows.csv  user_id, seller_id, ts
   friends.csv  user_id, friend_id, ts        (undirected)
+  sellers.csv  seller_id, vacation_until
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty.
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
+The item card columns are optional and may be empty: ``price`` a non-negative number,
+``currency`` an ISO 4217 code, ``ship_days`` the whole days until dispatch (0..365),
+``feed_eligible`` 1 or 0 (empty: 1), whether the seller lets the feed show the item.
+``vacation_until`` is when the seller's vacation ends (a time, or ``inf`` for until
+further notice; empty: not on vacation); sellers not listed are not on vacation.
 
 Only likes.csv is required. Without items.csv every liked item is an in-stock item
-(stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN and
-category ``""``. A missing follows.csv / friends.csv means no such edges.
+(stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN, empty card
+text and eligible. A missing follows.csv / friends.csv / sellers.csv means no such rows.
 
 Every bad value raises :class:`DatasetError` naming the file, the 1-based physical line
 (the header is line 1) and the column.
@@ -44,6 +51,30 @@ class Items:
     stock: np.ndarray  # int64; 0 = out of stock
     price: np.ndarray  # float64; NaN when unknown
     category: list[str]
+    # The card columns; None fills the default (empty text, NaN days, eligible).
+    title: list[str] | None = None
+    image_url: list[str] | None = None
+    currency: list[str] | None = None
+    ship_days: np.ndarray | None = None  # float64 whole days until dispatch; NaN when unknown
+    feed_eligible: np.ndarray | None = None  # bool
+
+    def __post_init__(self) -> None:
+        n = len(self.item_id)
+        defaults = {
+            "title": lambda: [""] * n, "image_url": lambda: [""] * n, "currency": lambda: [""] * n,
+            "ship_days": lambda: np.full(n, np.nan), "feed_eligible": lambda: np.ones(n, bool),
+        }  # fmt: skip
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default())
+
+    def take(self, rows: np.ndarray) -> Items:
+        """The items at ``rows`` (an index array), in that order."""
+        idx = rows.tolist()
+        return Items(**{
+            name: [getattr(self, name)[i] for i in idx] if isinstance(getattr(self, name), list) else getattr(self, name)[rows]
+            for name in ITEM_FIELDS
+        })  # fmt: skip
 
     @classmethod
     def without_listing(cls, item_ids: list[str]) -> Items:
@@ -60,6 +91,24 @@ class Items:
 
     def __len__(self) -> int:
         return len(self.item_id)
+
+
+ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(Items))
+
+
+@dataclass(frozen=True)
+class Sellers:
+    """Sellers with state of their own: today, vacations. Unlisted sellers have none."""
+
+    seller_id: list[str]
+    vacation_until: np.ndarray  # float64 end of the vacation; inf: until further notice; NaN: none
+
+    @classmethod
+    def none(cls) -> Sellers:
+        return cls([], np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.seller_id)
 
 
 @dataclass(frozen=True)
@@ -93,6 +142,7 @@ class Dataset:
     likes: Edges  # user -> item
     follows: Edges  # user -> seller
     friends: Edges  # user <-> friend, src < dst
+    sellers: Sellers = dataclasses.field(default_factory=Sellers.none)
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the dataset content.
@@ -143,14 +193,16 @@ class DatasetError(ValueError):
 
 # --------------------------------------------------------------------------- schema
 
-ITEMS, LIKES, FOLLOWS, FRIENDS = "items.csv", "likes.csv", "follows.csv", "friends.csv"
+ITEMS, LIKES, FOLLOWS, FRIENDS, SELLERS = "items.csv", "likes.csv", "follows.csv", "friends.csv", "sellers.csv"
 
+_CARD_COLUMNS = ("title", "image_url", "currency", "ship_days", "feed_eligible")
 # (required columns, optional columns), in the order write_dataset writes them.
 _SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    ITEMS: (("item_id", "seller_id", "created_at", "stock"), ("price", "category")),
+    ITEMS: (("item_id", "seller_id", "created_at", "stock"), ("price", "category", *_CARD_COLUMNS)),
     LIKES: (("user_id", "item_id", "ts"), ("weight",)),
     FOLLOWS: (("user_id", "seller_id", "ts"), ()),
     FRIENDS: (("user_id", "friend_id", "ts"), ()),
+    SELLERS: (("seller_id", "vacation_until"), ()),
 }
 
 _TIME_EXPECTED = "expected a Unix time or ISO-8601 timestamp"
@@ -522,7 +574,63 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
     if os.path.isfile(os.path.join(path, FRIENDS)):
         friends = _load_friends(_read_table(path, FRIENDS))
 
-    return Dataset(items=items, likes=likes, follows=follows, friends=friends)
+    sellers = Sellers.none()
+    if os.path.isfile(os.path.join(path, SELLERS)):
+        sellers = _load_sellers(_read_table(path, SELLERS))
+
+    return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers)
+
+
+def _load_sellers(t: _Table) -> Sellers:
+    seller_id = _ids(t, "seller_id")
+    first: dict[str, int] = {}
+    for i, v in enumerate(seller_id):
+        if first.setdefault(v, i) != i:
+            raise t.error(i, "seller_id", f"duplicate seller {v!r} (first on line {t.line(first[v])})")
+    until = np.full(t.n, np.nan)
+    for i, v in enumerate(t.columns["vacation_until"]):
+        text = v.strip()
+        if text.lower() == "inf":
+            until[i] = np.inf
+        elif text:
+            try:
+                until[i] = _parse_time(text)
+            except ValueError:
+                raise t.error(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {v!r}") from None
+    return Sellers(seller_id, until)
+
+
+def _ship_days(table: _Table, column: str) -> np.ndarray | None:
+    if column not in table.columns:
+        return None
+    out = np.full(table.n, np.nan)
+    for i, v in enumerate(table.columns[column]):
+        if v.strip():
+            try:
+                out[i] = int(v)
+            except ValueError:
+                out[i] = -1.0
+            if not 0 <= out[i] <= 365:
+                raise table.error(i, column, f"expected whole days between 0 and 365 or empty, got {v!r}")
+    return out
+
+
+def _eligible(table: _Table, column: str) -> np.ndarray | None:
+    values = table.columns.get(column)
+    if values is None:
+        return None
+    bad = next((i for i, v in enumerate(values) if v.strip() not in ("", "0", "1")), None)
+    if bad is not None:
+        raise table.error(bad, column, f"expected 1, 0 or empty, got {values[bad]!r}")
+    return np.fromiter((v.strip() != "0" for v in values), bool, len(values))
+
+
+def _currencies(table: _Table, column: str) -> list[str] | None:
+    values = table.columns.get(column)
+    for i, v in enumerate(values or ()):
+        if v and not (len(v) == 3 and v.isascii() and v.isupper()):
+            raise table.error(i, column, f"expected an ISO 4217 code such as EUR or empty, got {v!r}")
+    return values
 
 
 def _load_items(t: _Table) -> Items:
@@ -542,6 +650,11 @@ def _load_items(t: _Table) -> Items:
         stock=_stock(t, "stock"),
         price=_prices(t, "price"),
         category=t.columns.get("category", [""] * t.n),
+        title=t.columns.get("title"),
+        image_url=t.columns.get("image_url"),
+        currency=_currencies(t, "currency"),
+        ship_days=_ship_days(t, "ship_days"),
+        feed_eligible=_eligible(t, "feed_eligible"),
     )
 
 
@@ -596,11 +709,26 @@ def _csv_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
+def _card_columns(it: Items) -> dict[str, list[str]]:
+    """The card columns that hold anything but defaults: a dataset without cards writes
+    (and fingerprints) exactly the files it did before cards existed."""
+    columns = {
+        "title": it.title,
+        "image_url": it.image_url,
+        "currency": it.currency,
+        "ship_days": _format_times(it.ship_days),
+        "feed_eligible": ["1" if e else "0" for e in it.feed_eligible.tolist()],
+    }
+    defaults = {"feed_eligible": "1"}
+    return {name: values for name, values in columns.items() if any(v != defaults.get(name, "") for v in values)}
+
+
 def _render(ds: Dataset) -> dict[str, str]:
     it = ds.items
+    cards = _card_columns(it)
     out = {
         ITEMS: _csv_text(
-            ("item_id", "seller_id", "created_at", "stock", "price", "category"),
+            ("item_id", "seller_id", "created_at", "stock", "price", "category", *cards),
             (
                 it.item_id,
                 it.seller_id,
@@ -608,6 +736,7 @@ def _render(ds: Dataset) -> dict[str, str]:
                 np.asarray(it.stock, dtype=np.int64).astype(str).tolist(),
                 _format_times(it.price),
                 it.category,
+                *cards.values(),
             ),
         )
     }
@@ -618,11 +747,14 @@ def _render(ds: Dataset) -> dict[str, str]:
             # fingerprints) are exactly what they were before weights existed.
             header, columns = header + ("weight",), columns + [_format_times(edges.weight)]
         out[name] = _csv_text(header, columns)
+    if len(ds.sellers):
+        until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
+        out[SELLERS] = _csv_text(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
     return out
 
 
 def write_dataset(dataset: Dataset, path: str) -> None:
-    """Write the four CSV files into ``path`` (created if needed).
+    """Write the CSV files into ``path`` (created if needed); sellers.csv only when a seller has state.
 
     Output is deterministic (byte-identical for equal datasets) and
     ``load_dataset(path)`` returns an equal dataset when the input was valid
@@ -631,6 +763,9 @@ def write_dataset(dataset: Dataset, path: str) -> None:
     os.makedirs(path, exist_ok=True)
     with _gc_paused():
         rendered = _render(dataset)
+    if SELLERS not in rendered:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, SELLERS))
     for name, text in rendered.items():
         tmp = os.path.join(path, f".{name}.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -643,6 +778,7 @@ __all__ = [
     "DatasetError",
     "Edges",
     "Items",
+    "Sellers",
     "load_dataset",
     "write_dataset",
 ]

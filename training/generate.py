@@ -18,6 +18,10 @@ The generative story, step by step (all vectorised numpy, one seeded Generator):
    happens after the item was created.
 7. Likes, second pass (social influence): a share of each user's likes copies a random
    like of a random friend, shortly after the friend's.
+8. Cards and seller state, from a second Generator so that steps 1-7 stay what they
+   were: a title from the category, an image URL, a price in EUR, ship days around the
+   seller's usual dispatch time; a few items the seller keeps out of the feed, and a
+   few sellers on vacation at ``end_time`` (half until further notice).
 
 Same arguments, same seed -> byte-identical files.
 """
@@ -33,7 +37,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.dataset import Dataset, Edges, Items, write_dataset
+from training.dataset import Dataset, Edges, Items, Sellers, write_dataset
 
 #: 2026-01-01T00:00:00Z, the default end of the simulated period.
 DEFAULT_END_TIME = 1_767_225_600.0
@@ -55,6 +59,12 @@ FOLLOW_LIKES = 0.25
 SOCIAL_LIKES = 0.15
 #: Pareto shape of seller popularity; lower is more skewed (1.16 is the "80/20" shape).
 SELLER_PARETO_SHAPE = 1.2
+#: Share of items their seller keeps out of the feed (feed_eligible 0).
+INELIGIBLE_ITEMS = 0.03
+#: Share of sellers on vacation at the end of the simulated period.
+SELLERS_ON_VACATION = 0.02
+_TITLE_WORDS = ("Vintage", "Handmade", "Classic", "Organic", "Minimal", "Retro", "Cozy", "Bold")
+_TITLE_NOUNS = ("mug", "scarf", "lamp", "tote bag", "candle", "print", "necklace", "sneakers", "notebook", "planter")
 #: Mean friend degree and mean number of followed sellers (both lognormal, heavy-tailed).
 MEAN_FRIENDS = 8.0
 MEAN_FOLLOWS = 5.0
@@ -227,6 +237,14 @@ def generate(
     uid = _ids("u", users, 5)
     iid = _ids("i", items, 6)
     cname = _ids("c", n_comm, 2)
+    card_rng = np.random.default_rng([seed, 8])
+    title = [f"{_TITLE_WORDS[w]} {_TITLE_NOUNS[n]}" for w, n in zip(
+        card_rng.integers(len(_TITLE_WORDS), size=items).tolist(),
+        ((item_comm + card_rng.integers(0, 2, size=items)) % len(_TITLE_NOUNS)).tolist())]
+    usual_ship_days = card_rng.integers(0, 8, size=sellers)
+    ship_days = np.clip(usual_ship_days[item_seller] + card_rng.integers(-1, 2, size=items), 0, 14)
+    away = np.flatnonzero(card_rng.random(sellers) < SELLERS_ON_VACATION)
+    until = np.where(card_rng.random(len(away)) < 0.5, np.inf, end + np.floor(card_rng.uniform(1, 14, len(away))) * 86_400.0)
     return Dataset(
         items=Items(
             item_id=iid.tolist(),
@@ -235,7 +253,13 @@ def generate(
             stock=stock.astype(np.int64),
             price=price.astype(np.float64),
             category=cname[item_comm].tolist(),
+            title=title,
+            image_url=[f"https://img.example.com/items/{i}.jpg" for i in iid.tolist()],
+            currency=["EUR"] * items,
+            ship_days=ship_days.astype(np.float64),
+            feed_eligible=card_rng.random(items) >= INELIGIBLE_ITEMS,
         ),
+        sellers=Sellers(uid[seller_user[away]].tolist(), until.astype(np.float64)),
         likes=Edges(uid[like_user].tolist(), iid[like_item].tolist(), like_ts.astype(np.float64)),
         follows=Edges(uid[fo_user].tolist(), uid[seller_user[fo_seller]].tolist(),
                       fo_ts.astype(np.float64)),
@@ -395,8 +419,9 @@ def run(args: argparse.Namespace) -> int:
     write_dataset(ds, args.out)
     out_of_stock = int((ds.items.stock == 0).sum())
     print(
-        f"wrote {args.out}: {args.users} users, {args.sellers} sellers, {len(ds.items)} items "
-        f"({out_of_stock} out of stock), {len(ds.likes)} likes, {len(ds.follows)} follows, "
+        f"wrote {args.out}: {args.users} users, {args.sellers} sellers ({len(ds.sellers)} on vacation), "
+        f"{len(ds.items)} items ({out_of_stock} out of stock, {int((~ds.items.feed_eligible).sum())} kept out of the feed), "
+        f"{len(ds.likes)} likes, {len(ds.follows)} follows, "
         f"{len(ds.friends)} friendships in {time.perf_counter() - start:.1f}s"
     )
     return 0

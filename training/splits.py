@@ -159,18 +159,7 @@ def catalogue_at(dataset: Dataset, now: float) -> Dataset:
         return dataset
     liked = set(dataset.likes.dst)
     keep |= np.fromiter((i in liked for i in items.item_id), bool, len(items))
-    rows = np.flatnonzero(keep)
-    idx = rows.tolist()
-    kept = dataclasses.replace(
-        items,
-        item_id=[items.item_id[i] for i in idx],
-        seller_id=[items.seller_id[i] for i in idx],
-        created_at=items.created_at[rows],
-        stock=items.stock[rows],
-        price=items.price[rows],
-        category=[items.category[i] for i in idx],
-    )
-    return dataclasses.replace(dataset, items=kept)
+    return dataclasses.replace(dataset, items=items.take(np.flatnonzero(keep)))
 
 
 def split_for_evaluation(dataset: Dataset, spec: SplitSpec) -> tuple[Dataset, Edges, float | None]:

@@ -43,16 +43,28 @@ class Reason(_message.Message):
     def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., actor_ids: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class FeedItem(_message.Message):
-    __slots__ = ("item_id", "seller_id", "score", "reasons")
+    __slots__ = ("item_id", "seller_id", "score", "reasons", "title", "image_url", "price", "currency", "category", "ship_days")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SELLER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SHIP_DAYS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     seller_id: str
     score: float
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
-    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+    title: str
+    image_url: str
+    price: float
+    currency: str
+    category: str
+    ship_days: int
+    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., price: _Optional[float] = ..., currency: _Optional[str] = ..., category: _Optional[str] = ..., ship_days: _Optional[int] = ...) -> None: ...
 
 class GetFeedResponse(_message.Message):
     __slots__ = ("items", "next_page_token", "model_version")
@@ -89,20 +101,64 @@ class UserFriend(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., friend_id: _Optional[str] = ...) -> None: ...
 
 class ItemUpsert(_message.Message):
-    __slots__ = ("item_id", "seller_id", "created_at", "stock", "price", "category")
+    __slots__ = ("item_id", "seller_id", "created_at", "stock", "price", "category", "title", "image_url", "currency", "ship_days", "feed_eligible")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SELLER_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STOCK_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    SHIP_DAYS_FIELD_NUMBER: _ClassVar[int]
+    FEED_ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     seller_id: str
     created_at: float
     stock: int
     price: float
     category: str
-    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., created_at: _Optional[float] = ..., stock: _Optional[int] = ..., price: _Optional[float] = ..., category: _Optional[str] = ...) -> None: ...
+    title: str
+    image_url: str
+    currency: str
+    ship_days: int
+    feed_eligible: bool
+    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., created_at: _Optional[float] = ..., stock: _Optional[int] = ..., price: _Optional[float] = ..., category: _Optional[str] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., currency: _Optional[str] = ..., ship_days: _Optional[int] = ..., feed_eligible: _Optional[bool] = ...) -> None: ...
+
+class ItemUpdate(_message.Message):
+    __slots__ = ("item_id", "price", "category", "title", "image_url", "currency", "ship_days", "feed_eligible")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    SHIP_DAYS_FIELD_NUMBER: _ClassVar[int]
+    FEED_ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    price: float
+    category: str
+    title: str
+    image_url: str
+    currency: str
+    ship_days: int
+    feed_eligible: bool
+    def __init__(self, item_id: _Optional[str] = ..., price: _Optional[float] = ..., category: _Optional[str] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., currency: _Optional[str] = ..., ship_days: _Optional[int] = ..., feed_eligible: _Optional[bool] = ...) -> None: ...
+
+class SellerVacation(_message.Message):
+    __slots__ = ("seller_id", "until")
+    SELLER_ID_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    seller_id: str
+    until: float
+    def __init__(self, seller_id: _Optional[str] = ..., until: _Optional[float] = ...) -> None: ...
+
+class SellerVacationEnd(_message.Message):
+    __slots__ = ("seller_id",)
+    SELLER_ID_FIELD_NUMBER: _ClassVar[int]
+    seller_id: str
+    def __init__(self, seller_id: _Optional[str] = ...) -> None: ...
 
 class StockUpdate(_message.Message):
     __slots__ = ("item_id", "stock")
@@ -113,7 +169,7 @@ class StockUpdate(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., stock: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "ts", "like", "unlike", "follow", "unfollow", "friend", "unfriend", "item_upsert", "stock_update", "not_interested_item", "not_interested_seller")
+    __slots__ = ("event_id", "ts", "like", "unlike", "follow", "unfollow", "friend", "unfriend", "item_upsert", "stock_update", "not_interested_item", "not_interested_seller", "item_update", "seller_vacation", "seller_vacation_end")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     LIKE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +182,9 @@ class Event(_message.Message):
     STOCK_UPDATE_FIELD_NUMBER: _ClassVar[int]
     NOT_INTERESTED_ITEM_FIELD_NUMBER: _ClassVar[int]
     NOT_INTERESTED_SELLER_FIELD_NUMBER: _ClassVar[int]
+    ITEM_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    SELLER_VACATION_FIELD_NUMBER: _ClassVar[int]
+    SELLER_VACATION_END_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     ts: float
     like: UserItem
@@ -138,7 +197,10 @@ class Event(_message.Message):
     stock_update: StockUpdate
     not_interested_item: UserItem
     not_interested_seller: UserSeller
-    def __init__(self, event_id: _Optional[str] = ..., ts: _Optional[float] = ..., like: _Optional[_Union[UserItem, _Mapping]] = ..., unlike: _Optional[_Union[UserItem, _Mapping]] = ..., follow: _Optional[_Union[UserSeller, _Mapping]] = ..., unfollow: _Optional[_Union[UserSeller, _Mapping]] = ..., friend: _Optional[_Union[UserFriend, _Mapping]] = ..., unfriend: _Optional[_Union[UserFriend, _Mapping]] = ..., item_upsert: _Optional[_Union[ItemUpsert, _Mapping]] = ..., stock_update: _Optional[_Union[StockUpdate, _Mapping]] = ..., not_interested_item: _Optional[_Union[UserItem, _Mapping]] = ..., not_interested_seller: _Optional[_Union[UserSeller, _Mapping]] = ...) -> None: ...
+    item_update: ItemUpdate
+    seller_vacation: SellerVacation
+    seller_vacation_end: SellerVacationEnd
+    def __init__(self, event_id: _Optional[str] = ..., ts: _Optional[float] = ..., like: _Optional[_Union[UserItem, _Mapping]] = ..., unlike: _Optional[_Union[UserItem, _Mapping]] = ..., follow: _Optional[_Union[UserSeller, _Mapping]] = ..., unfollow: _Optional[_Union[UserSeller, _Mapping]] = ..., friend: _Optional[_Union[UserFriend, _Mapping]] = ..., unfriend: _Optional[_Union[UserFriend, _Mapping]] = ..., item_upsert: _Optional[_Union[ItemUpsert, _Mapping]] = ..., stock_update: _Optional[_Union[StockUpdate, _Mapping]] = ..., not_interested_item: _Optional[_Union[UserItem, _Mapping]] = ..., not_interested_seller: _Optional[_Union[UserSeller, _Mapping]] = ..., item_update: _Optional[_Union[ItemUpdate, _Mapping]] = ..., seller_vacation: _Optional[_Union[SellerVacation, _Mapping]] = ..., seller_vacation_end: _Optional[_Union[SellerVacationEnd, _Mapping]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("events",)

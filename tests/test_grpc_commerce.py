@@ -1,0 +1,169 @@
+"""The commerce feed over real gRPC: seller vacations, the curated catalogue and item cards.
+
+Run here on the memory store and re-run on Redis and a Redis Cluster by
+test_redis_grpc_feed.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import Counter
+
+import grpc
+import pytest
+
+from protos.feed.v1 import feed_pb2
+from tests.feed_world import all_pages, build_world, running_server
+
+_ids = itertools.count()
+
+
+def event(**payload) -> feed_pb2.Event:
+    return feed_pb2.Event(event_id=f"c-{next(_ids)}", **payload)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture()
+def server(world):
+    with running_server(world) as (server, stub):
+        yield server, stub
+
+
+@pytest.fixture()
+def stub(server):
+    return server[1]
+
+
+def _feed(stub, user: str, pages: int = 3) -> list[feed_pb2.FeedItem]:
+    return [item for page in all_pages(stub, user, 20, pages) for item in page.items]
+
+
+def _served_sellers(stub, users) -> Counter[str]:
+    return Counter(item.seller_id for user in users for item in _feed(stub, user))
+
+
+def test_no_item_of_a_seller_on_vacation_is_served_on_any_page_until_it_ends(world, stub):
+    users = world.dataset.user_ids()
+    away_in_data = set(world.dataset.sellers.seller_id)  # from the dataset's sellers.csv
+    served = _served_sellers(stub, users)
+    assert not away_in_data & set(served)
+
+    # The most served seller goes away until further notice: gone from every user's feed.
+    seller = served.most_common(1)[0][0]
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(seller_vacation=feed_pb2.SellerVacation(seller_id=seller))]), timeout=10)
+    assert not ({seller} | away_in_data) & set(_served_sellers(stub, users))
+
+    # Ending vacations brings those sellers back; any other stays away.
+    returning = {seller, *sorted(away_in_data)[:1]}
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(seller_vacation_end=feed_pb2.SellerVacationEnd(seller_id=s)) for s in sorted(returning)
+    ]), timeout=10)  # fmt: skip
+    after = _served_sellers(stub, users)
+    assert after[seller] > 0
+    assert not (away_in_data - returning) & set(after)
+
+
+def test_a_timed_vacation_ends_by_itself(world, stub):
+    users = world.dataset.user_ids()[:60]
+    seller = _served_sellers(stub, users).most_common(1)[0][0]
+    readers = [user for user in users if seller in {i.seller_id for i in _feed(stub, user, pages=1)}][:10]
+    until = time.time() + 5.0
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(seller_vacation=feed_pb2.SellerVacation(seller_id=seller, until=until))]), timeout=10)
+    assert all(seller not in {i.seller_id for i in _feed(stub, user, pages=1)} for user in readers)
+    assert time.time() < until, "the check took longer than the vacation: lengthen it"
+    time.sleep(until - time.time() + 0.2)
+    assert any(seller in {i.seller_id for i in _feed(stub, user, pages=1)} for user in readers)
+
+
+def test_no_ineligible_item_is_ever_served(world, stub):
+    users = world.dataset.user_ids()
+    items = world.dataset.items
+    ineligible = {i for i, ok in zip(items.item_id, items.feed_eligible.tolist()) if not ok}
+    assert ineligible
+    served = Counter(item.item_id for user in users for item in _feed(stub, user))
+    assert not ineligible & set(served)
+
+    # The seller takes the 30 most served items off the feed, then puts 10 back.
+    hidden = [item for item, _ in served.most_common(30)]
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(item_update=feed_pb2.ItemUpdate(item_id=item, feed_eligible=False)) for item in hidden
+    ]), timeout=10)  # fmt: skip
+    again = Counter(item.item_id for user in users for item in _feed(stub, user))
+    assert not (ineligible | set(hidden)) & set(again)
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(item_update=feed_pb2.ItemUpdate(item_id=item, feed_eligible=True)) for item in hidden[:10]
+    ]), timeout=10)  # fmt: skip
+    back = Counter(item.item_id for user in users for item in _feed(stub, user))
+    assert set(hidden[:10]) & set(back)
+    assert not set(hidden[10:]) & set(back)
+
+
+def test_feed_items_carry_their_card_and_partial_updates_keep_the_rest(world, stub):
+    items = world.dataset.items
+    row = {item_id: i for i, item_id in enumerate(items.item_id)}
+    user = world.dataset.user_ids()[0]
+    page = _feed(stub, user, pages=1)
+    assert page
+    for item in page:
+        i = row[item.item_id]
+        assert (item.title, item.image_url, item.currency, item.category) == (
+            items.title[i], items.image_url[i], items.currency[i], items.category[i]
+        )
+        assert item.price == pytest.approx(items.price[i]) and item.ship_days == int(items.ship_days[i])
+
+    target = page[0]
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(item_update=feed_pb2.ItemUpdate(item_id=target.item_id, price=1.5))]), timeout=10)
+    # An upsert that names no card field (a relisting) keeps the card too.
+    i = row[target.item_id]
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(item_upsert=feed_pb2.ItemUpsert(
+        item_id=target.item_id, seller_id=target.seller_id, created_at=float(items.created_at[i]), stock=7,
+    ))]), timeout=10)  # fmt: skip
+    updated = next(item for item in _feed(stub, user, pages=1) if item.item_id == target.item_id)
+    assert updated.price == 1.5
+    assert (updated.title, updated.image_url, updated.currency, updated.category, updated.ship_days) == (
+        target.title, target.image_url, target.currency, target.category, target.ship_days
+    )
+    # A named empty string clears a field; an item without a price has none in the feed.
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(item_update=feed_pb2.ItemUpdate(item_id=target.item_id, title=""))]), timeout=10)
+    cleared = next(item for item in _feed(stub, user, pages=1) if item.item_id == target.item_id)
+    assert cleared.title == "" and cleared.price == 1.5 and cleared.image_url == target.image_url
+
+
+def test_a_new_item_is_served_with_its_card(world, stub):
+    follow = (world.dataset.follows.src[0], world.dataset.follows.dst[0])
+    user, seller = follow
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(item_upsert=feed_pb2.ItemUpsert(
+        item_id="card-new", seller_id=seller, stock=3, price=12.0, currency="EUR", title="Blue vase",
+        image_url="https://img.example.com/items/card-new.jpg", category="home", ship_days=2,
+    ))]), timeout=10)  # fmt: skip
+    if seller in set(world.dataset.sellers.seller_id):
+        pytest.skip("the followed seller is on vacation in this world")
+    item = next(item for item in _feed(stub, user, pages=1) if item.item_id == "card-new")
+    assert (item.title, item.price, item.currency, item.ship_days, item.category) == ("Blue vase", 12.0, "EUR", 2, "home")
+    assert not math.isnan(item.score)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"item_update": feed_pb2.ItemUpdate(item_id="i000001", currency="euro")}, "currency"),
+        ({"item_update": feed_pb2.ItemUpdate(item_id="i000001", ship_days=400)}, "ship_days"),
+        ({"item_update": feed_pb2.ItemUpdate(item_id="i000001", price=-1.0)}, "price"),
+        ({"item_update": feed_pb2.ItemUpdate(item_id="i000001", image_url="ftp://x/y.jpg")}, "image_url"),
+        ({"item_update": feed_pb2.ItemUpdate(item_id="i000001")}, "item_update"),
+        ({"item_update": feed_pb2.ItemUpdate(item_id="no-such-item", title="x")}, "item_id"),
+        ({"seller_vacation": feed_pb2.SellerVacation(seller_id="u00001", until=1.0)}, "vacation_until"),
+        ({"seller_vacation": feed_pb2.SellerVacation(until=0.0)}, "seller_id"),
+    ],
+)
+def test_bad_commerce_events_are_invalid_argument_naming_the_field(stub, payload, field):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Ingest(feed_pb2.IngestRequest(events=[event(**payload)]), timeout=10)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"events[0].{field}" in error.value.details()
