@@ -15,6 +15,7 @@ import numpy as np
 from embeddings.knn import ItemScores
 from ranking.batch import CandidateBatch
 from ranking.store import Activity, UserState
+from ranking.types import ShopperFilters
 
 
 def _codes() -> np.ndarray:
@@ -34,6 +35,7 @@ class FeedQuery:
     scores (from recent likes) when the model has an item-kNN part. ``seller_likes`` and
     ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
     ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items.
+    ``shopper`` is what the request narrowed the feed to.
     """
 
     user: UserState
@@ -50,6 +52,10 @@ class FeedQuery:
     seller_likes: np.ndarray = field(default_factory=_codes)
     seller_like_counts: np.ndarray = field(default_factory=_codes)
     seller_last_like: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    shopper: ShopperFilters = ShopperFilters()
+    # The shopper's categories as category codes (-1: a category the store has never seen), set at hydration.
+    include_categories: np.ndarray = field(default_factory=_codes)
+    exclude_categories: np.ndarray = field(default_factory=_codes)
 
     @property
     def served_count(self) -> int:

@@ -32,8 +32,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "recent_item_similarity",  # log1p(item-kNN similarity to recent likes, each decayed, half-life USER_ACTIVITY_HALF_LIFE_DAYS)
     "last_items_similarity",  # log1p(item-kNN similarity to the user's LAST_ITEMS newest likes)
     "seller_recency",  # decay since the user last liked an item of this seller, half-life USER_ACTIVITY_HALF_LIFE_DAYS
+    # Commerce: what a shopper sees on the card.
+    "ship_speed",  # 1 / (1 + days until dispatch); 0 when the seller gave none
 )
-TIME_FEATURES: tuple[str, ...] = FEATURE_NAMES[-4:]
+TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
 _RECENT_ITEM_SIMILARITY = FEATURE_NAMES.index("recent_item_similarity")
 _LAST_ITEMS_SIMILARITY = FEATURE_NAMES.index("last_items_similarity")
@@ -138,4 +140,5 @@ def compute_features(
     features[:, 11] = similarity[:, 2]
     features[:, 9] = np.log1p(recent_like_count(items.trending, now)) if needed is None or needed[9] else 0.0
     features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU) if needed is None or needed[12] else 0.0
+    features[:, 13] = np.nan_to_num(1.0 / (1.0 + items.ship_days), nan=0.0)
     return features

@@ -10,7 +10,7 @@ from ranking.model_items import ModelItems
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from ranking.scorers import LinearScorer
-from ranking.selectors import FreshSocialFirstSelector, SellerDiversitySelector
+from ranking.selectors import DiversitySelector, FreshSocialFirstSelector
 from ranking.store import FeedStateReader
 
 SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "item_knn", "trending")
@@ -21,6 +21,7 @@ class FeedSettings:
     """Tunable knobs of the feed (the serving CLI exposes each as a flag)."""
 
     max_per_seller: int = 2  # seller-diversity cap per page
+    max_per_category: int = 0  # category-diversity cap per page; 0: none
     # Pool sizes: the smallest within 1 % of the best validation NDCG@10 on the generator's
     # data (time split) and on Last.fm (random split), the larger of the two per knob
     # (benchmarks/bench_pools.py; benchmarks/README.md "Pool sizes"). Each pool is at
@@ -64,13 +65,14 @@ def build_feed_pipeline(
             filters.OutOfStockFilter(),
             filters.NotFeedEligibleFilter(),
             filters.SellerOnVacationFilter(),
+            filters.ShopperFilter(),
             filters.AlreadyLikedFilter(),
             filters.OwnListingFilter(),
             filters.NotInterestedSellerFilter(),
         ],
         scorer=LinearScorer(items, ranker),
         selector=FreshSocialFirstSelector(
-            SellerDiversitySelector(settings.max_per_seller), settings.fresh_window_seconds, settings.max_fresh
+            DiversitySelector(settings.max_per_seller, settings.max_per_category), settings.fresh_window_seconds, settings.max_fresh
         ),
         per_key_limit=settings.per_key_limit,
         trending_limit=settings.trending_limit,

@@ -75,6 +75,30 @@ class SellerOnVacationFilter:
         return ~(batch.items.seller_away_until > query.now)
 
 
+class ShopperFilter:
+    """What the shopper asked for: categories in or out, a price range, a ship-time bound."""
+
+    name = "shopper_filters"
+
+    def keep(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        shopper, items = query.shopper, batch.items
+        keep = _all(batch)
+        if not shopper.active:
+            return keep
+        if shopper.include_categories:
+            keep &= np.isin(items.category, query.include_categories) & (items.category >= 0)
+        if len(query.exclude_categories):
+            keep &= ~np.isin(items.category, query.exclude_categories[query.exclude_categories >= 0])
+        # Comparisons with NaN are false: an unknown price or ship time does not pass.
+        if shopper.min_price is not None:
+            keep &= items.price >= shopper.min_price
+        if shopper.max_price is not None:
+            keep &= items.price <= shopper.max_price
+        if shopper.max_ship_days is not None:
+            keep &= items.ship_days <= shopper.max_ship_days
+        return keep
+
+
 class AlreadyLikedFilter:
     name = "already_liked"
 

@@ -13,7 +13,7 @@ from ranking.batch import CandidateBatch
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader
-from ranking.types import RankedItem, Reason, ReasonKind
+from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
 
 DUPLICATE = "duplicate"
 """The name under which rows merged into another row of the same item are counted as removed."""
@@ -93,13 +93,14 @@ class FeedPipeline:
         now: float,
         exclude_ids: Sequence[str] = (),
         served_hashes: np.ndarray | None = None,
+        shopper: ShopperFilters = ShopperFilters(),
     ) -> FeedResult:
         """One page of the feed, best first, without the excluded and already served items.
 
         ``served_hashes`` are ``ranking.vocab.stable_hash`` values of the items served
-        on earlier pages (sorted uint32).
+        on earlier pages (sorted uint32); ``shopper`` narrows the feed.
         """
-        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes)
+        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper)
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
@@ -129,7 +130,13 @@ class FeedPipeline:
         return CandidatePool(query, batch, features_of(query, batch), result, self.store)
 
     def _candidates(
-        self, user_id: str, limit: int, now: float, exclude_ids: Sequence[str], served_hashes: np.ndarray | None
+        self,
+        user_id: str,
+        limit: int,
+        now: float,
+        exclude_ids: Sequence[str],
+        served_hashes: np.ndarray | None,
+        shopper: ShopperFilters = ShopperFilters(),
     ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
@@ -137,7 +144,9 @@ class FeedPipeline:
         # Trending and neighbour pools grow with depth so later pages still have candidates.
         depth = len(served) + limit
         activity = store.read_activity(user.follows, user.friends, config.per_key_limit, max(config.trending_limit, 2 * depth))
-        query = FeedQuery(user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers))
+        query = FeedQuery(
+            user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers), shopper=shopper
+        )
         model_items = self.model_items
         if model_items is not None:
             recent_rows = model_items.rows(user.recent_likes)
@@ -174,6 +183,9 @@ class FeedPipeline:
         np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
         query.followed_sellers = _known(store.sellers.codes(user.follows))
         query.own_seller = store.sellers.code(user_id)
+        # Category ids become codes only now, for the same reason as the exclusions.
+        query.include_categories = store.categories.codes(list(shopper.include_categories))
+        query.exclude_categories = store.categories.codes(list(shopper.exclude_categories))
         batch = self._filter(query, config.item_filters, batch, result)
         return query, batch, result
 

@@ -25,6 +25,7 @@ DEFAULT_BLEND: dict[str, float] = {
     "recent_item_similarity": 0.0,
     "last_items_similarity": 0.0,
     "seller_recency": 0.0,
+    "ship_speed": 0.0,
 }
 assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 

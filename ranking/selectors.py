@@ -19,24 +19,48 @@ def occurrence(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-class SellerDiversitySelector:
-    """Top rows in rank order, at most ``max_per_seller`` per seller on one page.
+class DiversitySelector:
+    """Top rows in rank order, at most ``max_per_seller`` per seller and, when
+    ``max_per_category`` is positive, at most that many per category on one page.
 
-    Rows over the cap are not dropped: they stay unserved and can fill later pages.
-    Items without a seller are not capped.
+    Rows over a cap are not dropped: they stay unserved and can fill later pages. Items
+    without a seller (a category) are not capped by it.
     """
 
-    name = "seller_diversity"
+    name = "diversity"
 
-    def __init__(self, max_per_seller: int = 2) -> None:
+    def __init__(self, max_per_seller: int = 2, max_per_category: int = 0) -> None:
         if max_per_seller < 1:
             raise ValueError("max_per_seller must be >= 1")
+        if max_per_category < 0:
+            raise ValueError("max_per_category must be >= 0 (0: no category cap)")
         self.max_per_seller = max_per_seller
+        self.max_per_category = max_per_category
 
     def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
         sellers = batch.items.seller[ranked]
-        keep = (sellers < 0) | (occurrence(sellers) < self.max_per_seller)
-        return ranked[keep][: query.limit]
+        if not self.max_per_category:
+            keep = (sellers < 0) | (occurrence(sellers) < self.max_per_seller)
+            return ranked[keep][: query.limit]
+        return self._greedy(query.limit, ranked, sellers, batch.items.category[ranked])
+
+    def _greedy(self, limit: int, ranked: np.ndarray, sellers: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        # Two caps interact (a row one cap skips must not count against the other), so
+        # walk the ranking; a page is at most 100 rows, and rows past it are never read.
+        page: list[int] = []
+        per_seller: dict[int, int] = {}
+        per_category: dict[int, int] = {}
+        for row, seller, category in zip(ranked.tolist(), sellers.tolist(), categories.tolist()):
+            if seller >= 0 and per_seller.get(seller, 0) >= self.max_per_seller:
+                continue
+            if category >= 0 and per_category.get(category, 0) >= self.max_per_category:
+                continue
+            page.append(row)
+            per_seller[seller] = per_seller.get(seller, 0) + 1
+            per_category[category] = per_category.get(category, 0) + 1
+            if len(page) == limit:
+                break
+        return np.asarray(page, dtype=ranked.dtype)
 
 
 class FreshSocialFirstSelector:
@@ -51,7 +75,7 @@ class FreshSocialFirstSelector:
 
     name = "fresh_social_first"
 
-    def __init__(self, then: SellerDiversitySelector, window_seconds: float = 3_600.0, max_fresh: int = 3) -> None:
+    def __init__(self, then: DiversitySelector, window_seconds: float = 3_600.0, max_fresh: int = 3) -> None:
         self.then = then
         self.window_seconds = window_seconds
         self.max_fresh = max_fresh

@@ -35,6 +35,26 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
+class ShopperFilters:
+    """What a shopper narrowed the feed to, on one request.
+
+    Empty ``include_categories`` means every category. An item whose price (or ship
+    time) is unknown does not pass a price range (or a ship-time bound): the feed cannot
+    promise it.
+    """
+
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    max_ship_days: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self != ShopperFilters()
+
+
+@dataclass(frozen=True, slots=True)
 class ItemCard:
     """What a client draws an item from: text, picture, price and dispatch time.
 

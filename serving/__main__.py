@@ -32,6 +32,8 @@ def _serve(argv: list[str]) -> None:
         parser.error("--data is required with the memory store (or pass --store redis://...)")
     if config.feed.max_per_seller < 1:
         parser.error("--max-per-seller must be >= 1")
+    if config.feed.max_per_category < 0:
+        parser.error("--max-per-category must be >= 0 (0: no category cap)")
     from serving.server import serve
 
     try:

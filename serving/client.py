@@ -39,7 +39,7 @@ def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
         for item in response.items:
             rank += 1
             why = "; ".join(describe_reason(r) for r in item.reasons)
-            lines.append(f"{rank:3d}. {item.item_id:<12} {describe_card(item):<44} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
+            lines.append(f"{rank:3d}. {item.item_id:<16} {describe_card(item):<46} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
     if not rank:
         lines.append("(empty feed)")
     return "\n".join(lines)

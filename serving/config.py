@@ -63,6 +63,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     feed = parser.add_argument_group("feed")
     defaults = FeedSettings()
     feed.add_argument("--max-per-seller", type=int, default=defaults.max_per_seller, help="seller cap per page (default: %(default)s)")
+    feed.add_argument("--max-per-category", type=int, default=defaults.max_per_category, help="category cap per page; 0 = none (default: %(default)s)")
     feed.add_argument("--per-key-limit", type=int, default=defaults.per_key_limit, help="newest listings per followed seller and likes per friend to consider (default: %(default)s)")
     feed.add_argument("--trending-limit", type=int, default=defaults.trending_limit, help="trending items to consider (default: %(default)s)")
     feed.add_argument("--neighbours", type=int, default=defaults.neighbours, help="embedding neighbours to consider (default: %(default)s)")
@@ -87,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         feed=FeedSettings(
             max_per_seller=args.max_per_seller,
+            max_per_category=args.max_per_category,
             per_key_limit=args.per_key_limit,
             trending_limit=args.trending_limit,
             neighbours=args.neighbours,

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from ranking.types import RankedItem
+from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedService, InvalidRequest
 from stores.base import StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
@@ -50,6 +50,14 @@ def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) ->
     elif payload_name == "seller_vacation":
         fields["vacation_until"] = payload.until or math.inf
     return Event(event_id=message.event_id, kind=_PAYLOADS[payload_name], ts=ts, **fields)
+
+
+def shopper_filters_from_proto(request: feed_pb2.GetFeedRequest) -> ShopperFilters:
+    return ShopperFilters(
+        include_categories=tuple(request.include_categories),
+        exclude_categories=tuple(request.exclude_categories),
+        **{name: getattr(request, name) for name in ("min_price", "max_price", "max_ship_days") if request.HasField(name)},
+    )
 
 
 def _has(message: Any, name: str) -> bool:
@@ -117,7 +125,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         service = _ready(self.service, context)
         try:
             page = service.get_feed(
-                request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), time.time()
+                request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), time.time(),
+                shopper_filters_from_proto(request),
             )
         except InvalidRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

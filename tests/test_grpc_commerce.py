@@ -167,3 +167,56 @@ def test_bad_commerce_events_are_invalid_argument_naming_the_field(stub, payload
         stub.Ingest(feed_pb2.IngestRequest(events=[event(**payload)]), timeout=10)
     assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert f"events[0].{field}" in error.value.details()
+
+
+def _pages(stub, user: str, pages: int = 2, **filters) -> list[feed_pb2.FeedItem]:
+    return [item for page in all_pages(stub, user, 20, pages, **filters) for item in page.items]
+
+
+def test_shopper_filters_hold_on_every_page(world, stub):
+    items = world.dataset.items
+    category = Counter(items.category).most_common(1)[0][0]
+    users = world.dataset.user_ids()[:40]
+    requests = {
+        "include": ({"include_categories": [category]}, lambda item: item.category == category),
+        "exclude": ({"exclude_categories": [category]}, lambda item: item.category != category),
+        "price": ({"min_price": 10.0, "max_price": 30.0}, lambda item: item.HasField("price") and 10.0 <= item.price <= 30.0),
+        "fast": ({"max_ship_days": 1}, lambda item: item.HasField("ship_days") and item.ship_days <= 1),
+    }
+    for name, (filters, holds) in requests.items():
+        served = [item for user in users for item in _pages(stub, user, **filters)]
+        assert served, f"{name}: nothing served, the check is empty"
+        assert all(holds(item) for item in served), name
+    # Unfiltered feeds do serve items the filters remove, so each filter did remove something.
+    unfiltered = [item for user in users for item in _pages(stub, user)]
+    assert not all(item.category == category for item in unfiltered)
+    assert not all(item.ship_days <= 1 for item in unfiltered)
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"min_price": -1.0}, "min_price"),
+        ({"min_price": 20.0, "max_price": 10.0}, "max_price"),
+        ({"max_ship_days": 400}, "max_ship_days"),
+        ({"max_ship_days": -1}, "max_ship_days"),
+        ({"include_categories": [""]}, "include_categories"),
+        ({"exclude_categories": [f"c{i}" for i in range(101)]}, "exclude_categories"),
+    ],
+)
+def test_bad_shopper_filters_are_invalid_argument_naming_the_field(stub, filters, field):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=10, **filters), timeout=10)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}:")
+
+
+def test_the_category_cap_holds_on_every_page(world):
+    from ranking.feed import FeedSettings
+
+    with running_server(world, feed=FeedSettings(max_per_category=3)) as (_, stub):
+        for user in world.dataset.user_ids()[:60]:
+            for page in all_pages(stub, user, 12, 3):
+                per_category = Counter(item.category for item in page.items if item.category)
+                assert max(per_category.values(), default=0) <= 3, (user, per_category)
+                assert max(Counter(item.seller_id for item in page.items).values(), default=0) <= 2

@@ -10,6 +10,8 @@ must name real friends who liked it or the followed seller who listed it.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
@@ -116,3 +118,38 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
         if not page.has_more:
             break
     assert len(served) == len(set(served))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-1, 4), st.integers(-1, 4)), min_size=0, max_size=60),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 20),
+)
+def test_the_diversity_caps_hold_and_fill_the_page_greedily(rows, max_per_seller, max_per_category, limit):
+    """Every page obeys both caps, keeps rank order, and skips a row only when a cap forbids it."""
+    from types import SimpleNamespace
+
+    from ranking.components import FeedQuery
+    from ranking.selectors import DiversitySelector
+    from ranking.store import ItemColumns, UserState
+
+    items = ItemColumns.empty(len(rows))
+    items.seller[:] = [s for s, _ in rows]
+    items.category[:] = [c for _, c in rows]
+    selector = DiversitySelector(max_per_seller, max_per_category)
+    page = selector.select(FeedQuery(UserState("u"), limit, 0.0), SimpleNamespace(items=items), np.arange(len(rows)))
+    assert len(page) <= limit and list(page) == sorted(page)
+    chosen = set(page.tolist())
+    last = max(chosen) if len(chosen) == limit else len(rows) - 1  # a full page reads no further
+    per_seller, per_category = Counter(), Counter()
+    for row in range(last + 1):
+        seller, category = rows[row]
+        blocked = (seller >= 0 and per_seller[seller] >= max_per_seller) or (
+            category >= 0 and per_category[category] >= max_per_category
+        )
+        assert blocked == (row not in chosen), f"row {row}: blocked {blocked}, chosen {row in chosen}"
+        if row in chosen:
+            per_seller[seller] += 1
+            per_category[category] += 1

@@ -16,6 +16,7 @@ from tests.test_grpc_commerce import (  # noqa: F401 (re-collected here with the
     test_feed_items_carry_their_card_and_partial_updates_keep_the_rest,
     test_no_ineligible_item_is_ever_served,
     test_no_item_of_a_seller_on_vacation_is_served_on_any_page_until_it_ends,
+    test_shopper_filters_hold_on_every_page,
 )
 from tests.test_grpc_feed import (  # noqa: F401 (re-collected here with the Redis server fixture)
     stub,

@@ -138,6 +138,8 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     d = FeedSettings()
     feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
                       help="seller cap per page, as served (default: %(default)s)")
+    feed.add_argument("--max-per-category", type=int, default=d.max_per_category,
+                      help="category cap per page, as served; 0 = none (default: %(default)s)")
     feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
                       help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
     feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
@@ -154,6 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> FeedSettings:
     return replace(
         FeedSettings(),
         max_per_seller=args.max_per_seller,
+        max_per_category=args.max_per_category,
         per_key_limit=args.per_key_limit,
         trending_limit=args.trending_limit,
         neighbours=args.neighbours,

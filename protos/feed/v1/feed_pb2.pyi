@@ -21,16 +21,26 @@ REASON_KIND_SIMILAR_TO_LIKES: ReasonKind
 REASON_KIND_TRENDING: ReasonKind
 
 class GetFeedRequest(_message.Message):
-    __slots__ = ("user_id", "limit", "page_token", "exclude_item_ids")
+    __slots__ = ("user_id", "limit", "page_token", "exclude_item_ids", "include_categories", "exclude_categories", "min_price", "max_price", "max_ship_days")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MIN_PRICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SHIP_DAYS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     limit: int
     page_token: str
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    include_categories: _containers.RepeatedScalarFieldContainer[str]
+    exclude_categories: _containers.RepeatedScalarFieldContainer[str]
+    min_price: float
+    max_price: float
+    max_ship_days: int
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., min_price: _Optional[float] = ..., max_price: _Optional[float] = ..., max_ship_days: _Optional[int] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("kind", "actor_ids", "count")
