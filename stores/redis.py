@@ -317,8 +317,8 @@ for j = 1, n do
   stock[j] = v[3] or '0'
   likes[j] = v[4] or '0'
   if v[5] == '0' then eligible[j] = '0' else eligible[j] = '1' end
-  price[j] = v[6] or ''
-  ship[j] = v[7] or ''
+  price[j] = v[6] or 'nan'
+  ship[j] = v[7] or 'nan'
   category[j] = v[8] or ''
   if v[1] and v[1] ~= '' and not seen[v[1]] then seen[v[1]] = true; distinct[#distinct + 1] = v[1] end
 end
@@ -346,6 +346,18 @@ for j = 1, n do away[j] = away_of[sellers[j]] or '0' end
 return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
         table.concat(likes, ','), sellers, table.concat(trending, ','), table.concat(eligible),
         table.concat(away, ','), table.concat(price, ','), table.concat(ship, ','), category}
+"""
+
+# Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
+# flat reply of the _CARD_FIELDS of each item in turn (false for a missing field).
+_LUA_CARDS = r"""
+local P, out = ARGV[1], {}
+for j = 2, #ARGV do
+  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j] .. '}', 'seller', 'stock', 'title', 'image_url', 'price', 'currency',
+                      'category', 'ship_days')
+  for f = 1, 8 do out[#out + 1] = v[f] end
+end
+return out
 """
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
@@ -492,7 +504,7 @@ class RedisStore:
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
         ]  # fmt: skip
-        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE,
+        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
@@ -605,30 +617,38 @@ class RedisStore:
                 created, stock, like_count, eligible_text, price, ship_days, category = (
                     [f[j] for f in fields] for j in range(1, len(_ITEM_FIELDS))
                 )
+                created, stock, like_count = _numbers(created, np.float64), _numbers(stock, np.int64), _numbers(like_count, np.int64)
+                trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
                 eligible = np.fromiter((e != "0" for e in eligible_text), bool, n)
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
+                price, ship_days = _optional_floats(price), _optional_floats(ship_days)
             else:
                 (exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text, eligible_text,
                  away_text, price_text, ship_text, category) = self._eval_keys(
                     "hydrate", [k.liked(user_id), k.trending, k.vacations], [k.prefix, *ids]
                 )  # fmt: skip
                 exists, liked_flags, eligible = _flags(exists_text), _flags(liked_text), _flags(eligible_text)
-                created, stock, like_count = created_text.split(","), stock_text.split(","), likes_text.split(",")
-                trending = trending_text.split(",")
+                # The script never leaves a number empty (missing price and ship time are 'nan'),
+                # so numpy parses each column in one call.
+                created = np.array(created_text.split(","), dtype=np.float64)
+                stock = np.array(stock_text.split(","), dtype=np.int64)
+                like_count = np.array(likes_text.split(","), dtype=np.int64)
+                trending = np.array(trending_text.split(","), dtype=np.float64)
                 away = np.array(away_text.split(","), dtype=np.float64)
-                price, ship_days = price_text.split(","), ship_text.split(",")
+                price = np.array(price_text.split(","), dtype=np.float64)
+                ship_days = np.array(ship_text.split(","), dtype=np.float64)
         return ItemColumns(
             exists=exists,
             seller=self._codes_or_none(self.sellers, seller_ids),
-            created_at=_numbers(created, np.float64),
-            stock=_numbers(stock, np.int64),
-            like_count=_numbers(like_count, np.int64),
+            created_at=created,
+            stock=stock,
+            like_count=like_count,
             liked=liked_flags,
-            trending=np.array([v or 0.0 for v in trending], dtype=np.float64),
+            trending=trending,
             eligible=eligible,
             seller_away_until=away,
-            price=_optional_floats(price),
-            ship_days=_optional_floats(ship_days),
+            price=price,
+            ship_days=ship_days,
             category=self._codes_or_none(self.categories, [c or "" for c in category]),
         )
 
@@ -651,11 +671,16 @@ class RedisStore:
         ids = self.items.ids(np.asarray(item_codes).tolist())
         if not ids:
             return []
-        pipe = self._pipeline()
-        for item_id in ids:
-            pipe.hmget(self.keys.item(item_id), _CARD_FIELDS)
+        width = len(_CARD_FIELDS)
         with unavailable_on_redis_errors():
-            replies = pipe.execute()
+            if self.is_cluster:  # items live in different slots: one HMGET each, pipelined per node
+                pipe = self._pipeline()
+                for item_id in ids:
+                    pipe.hmget(self.keys.item(item_id), _CARD_FIELDS)
+                replies = pipe.execute()
+            else:
+                flat = self._eval_keys("cards", [], [self.keys.prefix, *ids])
+                replies = [flat[at : at + width] for at in range(0, len(flat), width)]
         return [_card(dict(zip(_CARD_FIELDS, reply))) for reply in replies]
 
     # -- writes ------------------------------------------------------------------------
