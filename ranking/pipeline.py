@@ -206,7 +206,7 @@ class FeedPipeline:
         sellers = batch.items.seller[rows]
         sources = batch.sources[rows]
         likers = self._likers(query, codes[(sources & bits.FRIEND_LIKE) != 0])
-        cards = store.read_cards(codes) if len(codes) else []
+        cards = store.read_cards(codes)
         page: list[RankedItem] = []
         for item_id, code, seller, source_bits, score, card in zip(
             store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist(), cards

@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ranking.store import trending_weight
+from stores.events import card_strings
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.redis import (
     DEFAULT_LISTINGS,
@@ -53,18 +54,18 @@ def _time(value: float) -> str:
 
 
 def _card(items: Items, row: int) -> dict[str, str]:
-    """The item's card fields as the stores keep them: only those set (see stores.events.CARD_FIELDS)."""
+    """The item's card fields that differ from a new item's defaults, as the stores keep them."""
     price, ship_days = float(items.price[row]), float(items.ship_days[row])
     card = {
-        "price": "" if math.isnan(price) else repr(price),
-        "category": items.category[row],
-        "title": items.title[row],
-        "image_url": items.image_url[row],
-        "currency": items.currency[row],
-        "ship_days": "" if math.isnan(ship_days) else str(int(ship_days)),
-        "feed_eligible": "" if items.feed_eligible[row] else "0",
+        "price": None if math.isnan(price) else price,
+        "category": items.category[row] or None,
+        "title": items.title[row] or None,
+        "image_url": items.image_url[row] or None,
+        "currency": items.currency[row] or None,
+        "ship_days": None if math.isnan(ship_days) else ship_days,
+        "feed_eligible": None if items.feed_eligible[row] else False,
     }
-    return {name: value for name, value in card.items() if value}
+    return card_strings({name: value for name, value in card.items() if value is not None})
 
 
 def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
@@ -95,7 +96,7 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created
     sellers = dataset.sellers
-    away = {s: "inf" if math.isinf(t) else repr(t) for s, t in zip(sellers.seller_id, sellers.vacation_until.tolist()) if not math.isnan(t)}
+    away = {s: repr(t) for s, t in zip(sellers.seller_id, sellers.vacation_until.tolist()) if not math.isnan(t)}
     if away:
         yield 0, "hset", (keys.vacations, None, None, away)
     for seller_id, listed in by_seller.items():

@@ -96,15 +96,8 @@ class Event:
     vacation_until: float = 0.0
 
     def card(self) -> dict[str, str]:
-        """The named card fields as strings (price exact, ship_days an integer, feed_eligible 1 or 0)."""
-        named = {name: getattr(self, name) for name in CARD_FIELDS if getattr(self, name) is not None}
-        if "price" in named:
-            named["price"] = repr(float(named["price"]))
-        if "ship_days" in named:
-            named["ship_days"] = str(int(named["ship_days"]))
-        if "feed_eligible" in named:
-            named["feed_eligible"] = "1" if named["feed_eligible"] else "0"
-        return named
+        """The named card fields as the stores keep them (``card_strings``)."""
+        return card_strings({name: getattr(self, name) for name in CARD_FIELDS if getattr(self, name) is not None})
 
     def to_record(self) -> dict[str, str]:
         """Flat string fields, for an event log; ``from_record`` inverts it.
@@ -136,8 +129,26 @@ class Event:
         )
 
 
+def card_strings(card: dict[str, Any]) -> dict[str, str]:
+    """Typed card fields as the stores keep them: price exact, ship_days an integer,
+    feed_eligible 1 or 0, text as is; ``card_from_strings`` inverts it."""
+    strings = dict(card)
+    if "price" in strings:
+        strings["price"] = repr(float(strings["price"]))
+    if "ship_days" in strings:
+        strings["ship_days"] = str(int(strings["ship_days"]))
+    if "feed_eligible" in strings:
+        strings["feed_eligible"] = "1" if strings["feed_eligible"] else "0"
+    return strings
+
+
+def is_currency_code(text: str) -> bool:
+    """Shaped like an ISO 4217 code: three upper-case ASCII letters."""
+    return len(text) == 3 and text.isascii() and text.isalpha() and text.isupper()
+
+
 def card_from_strings(fields: dict[str, str]) -> dict[str, Any]:
-    """Typed card fields from their ``Event.card`` strings; names not in CARD_FIELDS are ignored."""
+    """Typed card fields from their ``card_strings``; names not in CARD_FIELDS are ignored."""
     typed: dict[str, Any] = {name: value for name, value in fields.items() if name in CARD_FIELDS}
     if "price" in typed:
         typed["price"] = float(typed["price"])
@@ -205,7 +216,7 @@ def _check_card(index: int, event: Event) -> None:
         raise EventValidationError(index, "price", "must be a non-negative number")
     if event.ship_days is not None and not 0 <= event.ship_days <= MAX_SHIP_DAYS:
         raise EventValidationError(index, "ship_days", f"must be between 0 and {MAX_SHIP_DAYS} days")
-    if event.currency and not (len(event.currency) == 3 and event.currency.isascii() and event.currency.isupper()):
+    if event.currency and not is_currency_code(event.currency):
         raise EventValidationError(index, "currency", "must be an ISO 4217 code such as EUR")
     _check_text(index, "title", event.title, MAX_TITLE_BYTES)
     _check_text(index, "category", event.category, MAX_CATEGORY_BYTES)

@@ -6,7 +6,6 @@ test_redis_grpc_feed.py.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections import Counter
@@ -15,29 +14,12 @@ import grpc
 import pytest
 
 from protos.feed.v1 import feed_pb2
-from tests.feed_world import all_pages, build_world, running_server
-
-_ids = itertools.count()
-
-
-def event(**payload) -> feed_pb2.Event:
-    return feed_pb2.Event(event_id=f"c-{next(_ids)}", **payload)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture()
-def server(world):
-    with running_server(world) as (server, stub):
-        yield server, stub
-
-
-@pytest.fixture()
-def stub(server):
-    return server[1]
+from ranking.feed import FeedSettings
+from tests.feed_world import all_pages, running_server
+# The same world, server and event builder as the core gRPC tests; pytest injects the
+# imported fixtures by name, which pyflakes reads as redefinitions.
+from tests.test_grpc_feed import event, server, stub, world  # noqa: F401
+# ruff: noqa: F811
 
 
 def _feed(stub, user: str, pages: int = 3) -> list[feed_pb2.FeedItem]:
@@ -212,8 +194,6 @@ def test_bad_shopper_filters_are_invalid_argument_naming_the_field(stub, filters
 
 
 def test_the_category_cap_holds_on_every_page(world):
-    from ranking.feed import FeedSettings
-
     with running_server(world, feed=FeedSettings(max_per_category=3)) as (_, stub):
         for user in world.dataset.user_ids()[:60]:
             for page in all_pages(stub, user, 12, 3):

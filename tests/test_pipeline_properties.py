@@ -11,6 +11,7 @@ must name real friends who liked it or the followed seller who listed it.
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,7 +21,10 @@ from hypothesis import strategies as st
 from embeddings.index import build_index
 from embeddings.knn import ItemKNN
 from embeddings.model import EmbeddingModel
+from ranking.components import FeedQuery
 from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.selectors import DiversitySelector
+from ranking.store import ItemColumns, UserState
 from ranking.types import ReasonKind
 from ranking.vocab import stable_hash
 from stores.events import Event, EventKind
@@ -129,12 +133,6 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
 )
 def test_the_diversity_caps_hold_and_fill_the_page_greedily(rows, max_per_seller, max_per_category, limit):
     """Every page obeys both caps, keeps rank order, and skips a row only when a cap forbids it."""
-    from types import SimpleNamespace
-
-    from ranking.components import FeedQuery
-    from ranking.selectors import DiversitySelector
-    from ranking.store import ItemColumns, UserState
-
     items = ItemColumns.empty(len(rows))
     items.seller[:] = [s for s, _ in rows]
     items.category[:] = [c for _, c in rows]

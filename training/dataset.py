@@ -41,6 +41,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from ranking.vocab import encode
+from stores.events import MAX_SHIP_DAYS, is_currency_code
 
 
 @dataclass(frozen=True)
@@ -610,8 +611,8 @@ def _ship_days(table: _Table, column: str) -> np.ndarray | None:
                 out[i] = int(v)
             except ValueError:
                 out[i] = -1.0
-            if not 0 <= out[i] <= 365:
-                raise table.error(i, column, f"expected whole days between 0 and 365 or empty, got {v!r}")
+            if not 0 <= out[i] <= MAX_SHIP_DAYS:
+                raise table.error(i, column, f"expected whole days between 0 and {MAX_SHIP_DAYS} or empty, got {v!r}")
     return out
 
 
@@ -628,7 +629,7 @@ def _eligible(table: _Table, column: str) -> np.ndarray | None:
 def _currencies(table: _Table, column: str) -> list[str] | None:
     values = table.columns.get(column)
     for i, v in enumerate(values or ()):
-        if v and not (len(v) == 3 and v.isascii() and v.isupper()):
+        if v and not is_currency_code(v):
             raise table.error(i, column, f"expected an ISO 4217 code such as EUR or empty, got {v!r}")
     return values
 
