@@ -21,6 +21,7 @@ FRIEND_LIKE = np.uint8(2)
 EMBEDDING = np.uint8(4)
 ITEM_KNN = np.uint8(8)
 TRENDING = np.uint8(16)
+FRIEND_SHARE = np.uint8(32)
 SIMILAR = EMBEDDING | ITEM_KNN
 
 
@@ -37,8 +38,9 @@ class CandidateBatch:
     """Candidates and their signals. An absent embedding score is NaN; an absent time is -inf.
 
     ``friend_likes`` is the number of friends who liked the item, ``friend_like_time``
-    the newest such like, ``social_time`` the newest social event behind the item (a
-    followed seller's listing or a friend's like). ``items`` is filled by hydration.
+    the newest such like, ``friend_shares`` the number of friends who shared it with the
+    user, ``social_time`` the newest social event behind the item (a followed seller's
+    listing, a friend's like or share). ``items`` is filled by hydration.
     """
 
     codes: np.ndarray  # int32 item codes
@@ -47,6 +49,7 @@ class CandidateBatch:
     friend_likes: np.ndarray  # int32
     friend_like_time: np.ndarray  # float64
     social_time: np.ndarray  # float64
+    friend_shares: np.ndarray  # int32
     items: ItemColumns | None = field(default=None)
 
     def __len__(self) -> int:
@@ -61,6 +64,7 @@ class CandidateBatch:
         friend_likes: np.ndarray | None = None,
         friend_like_time: np.ndarray | None = None,
         social_time: np.ndarray | None = None,
+        friend_shares: np.ndarray | None = None,
     ) -> CandidateBatch:
         """What one source returns: codes, its bit, and the signals it knows (others absent)."""
         n = len(codes)
@@ -71,6 +75,7 @@ class CandidateBatch:
             friend_likes=np.zeros(n, np.int32) if friend_likes is None else np.asarray(friend_likes, np.int32),
             friend_like_time=_never(n) if friend_like_time is None else np.asarray(friend_like_time, np.float64),
             social_time=_never(n) if social_time is None else np.asarray(social_time, np.float64),
+            friend_shares=np.zeros(n, np.int32) if friend_shares is None else np.asarray(friend_shares, np.int32),
         )
 
     @classmethod
@@ -108,6 +113,7 @@ class CandidateBatch:
             friend_likes=reduce(np.maximum, self.friend_likes),
             friend_like_time=reduce(np.maximum, self.friend_like_time),
             social_time=reduce(np.maximum, self.social_time),
+            friend_shares=reduce(np.maximum, self.friend_shares),
         )
 
 

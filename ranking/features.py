@@ -34,6 +34,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seller_recency",  # decay since the user last liked an item of this seller, half-life USER_ACTIVITY_HALF_LIFE_DAYS
     # Commerce: what a shopper sees on the card.
     "ship_speed",  # 1 / (1 + days until dispatch); 0 when the seller gave none
+    # Engagement beyond likes.
+    "friend_shares",  # log1p(number of friends who shared the item with the user)
 )
 TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
@@ -141,4 +143,5 @@ def compute_features(
     features[:, 9] = np.log1p(recent_like_count(items.trending, now)) if needed is None or needed[9] else 0.0
     features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU) if needed is None or needed[12] else 0.0
     features[:, 13] = np.nan_to_num(1.0 / (1.0 + items.ship_days), nan=0.0)
+    features[:, 14] = np.log1p(batch.friend_shares)
     return features

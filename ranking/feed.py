@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from embeddings.model import EmbeddingModel
@@ -9,11 +10,11 @@ from ranking import filters, sources
 from ranking.model_items import ModelItems
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
-from ranking.scorers import LinearScorer
+from ranking.scorers import FatigueScorer, LinearScorer
 from ranking.selectors import DiversitySelector, FreshSocialFirstSelector
 from ranking.store import FeedStateReader
 
-SOURCE_NAMES = ("followed_sellers", "friend_likes", "embedding_neighbours", "item_knn", "trending")
+SOURCE_NAMES = ("followed_sellers", "friend_likes", "friend_shares", "embedding_neighbours", "item_knn", "trending")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class FeedSettings:
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
     fresh_window_seconds: float = 3_600.0  # graph activity this recent is promoted to the top
     max_fresh: int = 3  # at most this many promoted items per page; 0 disables promotion
+    # Seen-item fatigue (views without engagement; ranking.store.VIEW_WINDOW_SECONDS).
+    fatigue_free_views: int = 2  # views an item gets before it starts to sink
+    fatigue_sink: float = math.log(2)  # score (log-odds) lost per view past the free ones: halves the odds
+    fatigue_hide_views: int = 6  # at this many views the item rests out of the feed until the window passes
 
 
 def build_feed_pipeline(
@@ -48,6 +53,7 @@ def build_feed_pipeline(
     available = {
         "followed_sellers": sources.FollowedSellerSource(),
         "friend_likes": sources.FriendLikesSource(),
+        "friend_shares": sources.FriendSharesSource(),
         "embedding_neighbours": sources.EmbeddingNeighbourSource(items, settings.neighbours) if items else None,
         "item_knn": (
             sources.ItemKnnSource(items, model.item_knn, settings.knn_neighbours) if items and model.item_knn else None
@@ -66,11 +72,12 @@ def build_feed_pipeline(
             filters.NotFeedEligibleFilter(),
             filters.SellerOnVacationFilter(),
             filters.ShopperFilter(),
+            filters.SeenTooOftenFilter(settings.fatigue_hide_views),
             filters.AlreadyLikedFilter(),
             filters.OwnListingFilter(),
             filters.NotInterestedSellerFilter(),
         ],
-        scorer=LinearScorer(items, ranker),
+        scorer=FatigueScorer(LinearScorer(items, ranker), settings.fatigue_free_views, settings.fatigue_sink),
         selector=FreshSocialFirstSelector(
             DiversitySelector(settings.max_per_seller, settings.max_per_category), settings.fresh_window_seconds, settings.max_fresh
         ),

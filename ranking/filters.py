@@ -10,6 +10,14 @@ import numpy as np
 
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
+from ranking.store import VIEW_WINDOW_SECONDS
+
+
+def unengaged_views(query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+    """The user's views of each row's item since they last engaged with it, 0 once the
+    last view is more than VIEW_WINDOW_SECONDS old (the item has rested)."""
+    items = batch.items
+    return np.where(query.now - items.viewed_at <= VIEW_WINDOW_SECONDS, items.views, 0)
 
 
 def _all(batch: CandidateBatch) -> np.ndarray:
@@ -97,6 +105,21 @@ class ShopperFilter:
         if shopper.max_ship_days is not None:
             keep &= items.ship_days <= shopper.max_ship_days
         return keep
+
+
+class SeenTooOftenFilter:
+    """Items shown to the user ``hide_after`` times without engagement rest, out of the
+    feed, until VIEW_WINDOW_SECONDS have passed since the last view."""
+
+    name = "seen_too_often"
+
+    def __init__(self, hide_after: int) -> None:
+        if hide_after < 1:
+            raise ValueError("hide_after must be >= 1")
+        self.hide_after = hide_after
+
+    def keep(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        return unengaged_views(query, batch) < self.hide_after
 
 
 class AlreadyLikedFilter:

@@ -206,6 +206,7 @@ class FeedPipeline:
         sellers = batch.items.seller[rows]
         sources = batch.sources[rows]
         likers = self._likers(query, codes[(sources & bits.FRIEND_LIKE) != 0])
+        sharers = self._sharers(query, codes[(sources & bits.FRIEND_SHARE) != 0])
         cards = store.read_cards(codes)
         page: list[RankedItem] = []
         for item_id, code, seller, source_bits, score, card in zip(
@@ -222,6 +223,8 @@ class FeedPipeline:
                 reasons.append(Reason(ReasonKind.SIMILAR_TO_LIKES))
             if source_bits & bits.TRENDING:
                 reasons.append(Reason(ReasonKind.TRENDING))
+            if source_bits & bits.FRIEND_SHARE:
+                reasons.append(Reason(ReasonKind.FRIEND_SHARED, sharers[code], len(sharers[code])))
             page.append(RankedItem(item_id, seller_id, float(score), reasons, card))
         return page
 
@@ -236,6 +239,17 @@ class FeedPipeline:
             for code, at_time, owner in zip(likes.items[at].tolist(), likes.times[at].tolist(), likes.owners[at].tolist()):
                 likers[code].append((-at_time, friends[owner]))
         return likers
+
+
+    @staticmethod
+    def _sharers(query: FeedQuery, codes: np.ndarray) -> dict[int, list[str]]:
+        """The friends who shared each of ``codes`` with the user, newest share first."""
+        shared = query.user.shared  # newest first already
+        sharers: dict[int, list[str]] = {code: [] for code in codes.tolist()}
+        for code, sharer in zip(shared.items.tolist(), shared.sharers):
+            if code in sharers and sharer not in sharers[code]:
+                sharers[code].append(sharer)
+        return sharers
 
 
 def _known(codes: np.ndarray) -> np.ndarray:

@@ -26,6 +26,8 @@ DEFAULT_BLEND: dict[str, float] = {
     "last_items_similarity": 0.0,
     "seller_recency": 0.0,
     "ship_speed": 0.0,
+    # A friend's share is a personal recommendation: at least as strong as a friend's like.
+    "friend_shares": 0.6,
 }
 assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 

@@ -7,6 +7,7 @@ import numpy as np
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
 from ranking.features import SIMILARITY_SIGNALS, compute_features, similarity_signals
+from ranking.filters import unengaged_views
 from ranking.model_items import ModelItems
 from ranking.ranker import LinearRanker
 
@@ -50,3 +51,30 @@ class LinearScorer:
     def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
         # A feature the ranker weighs 0 cannot change a score: it is not computed.
         return self.ranker.score(self._features(query, batch, self._used))
+
+
+class FatigueScorer:
+    """``inner``'s score, lowered by ``sink_per_view`` for every view past ``free_views``
+    the user had of the item without engaging with it (``unengaged_views``).
+
+    The rankers are logistic, so a score is a log-odds: a sink of ln 2 halves the odds of
+    an item with every view it was ignored. ``features`` is ``inner``'s: the ranker is
+    fitted without fatigue, which serving applies on top.
+    """
+
+    name = "fatigue"
+
+    def __init__(self, inner: LinearScorer, free_views: int, sink_per_view: float) -> None:
+        self.inner = inner
+        self.free_views = free_views
+        self.sink_per_view = sink_per_view
+
+    def features(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        return self.inner.features(query, batch)
+
+    def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
+        scores = self.inner.score(query, batch)
+        if not len(batch) or not self.sink_per_view:
+            return scores
+        excess = np.maximum(unengaged_views(query, batch) - self.free_views, 0)
+        return (scores - self.sink_per_view * excess).astype(np.float32, copy=False)

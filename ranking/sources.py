@@ -21,6 +21,14 @@ class FollowedSellerSource:
         return CandidateBatch.gathered(listings.items, bits.FOLLOWED_SELLER, social_time=listings.times)
 
 
+def _per_item(items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct items, rows per item, newest time per item) of parallel (item, time) rows."""
+    order = np.lexsort((-times, items))  # per item, newest first
+    items = items[order]
+    firsts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
+    return items[firsts], np.diff(np.r_[firsts, len(items)]), times[order][firsts]
+
+
 class FriendLikesSource:
     """Items the user's friends liked recently: how many friends, and the newest like."""
 
@@ -30,17 +38,23 @@ class FriendLikesSource:
         likes = query.activity.friend_likes
         if not len(likes):
             return CandidateBatch.empty()
-        order = np.lexsort((-likes.times, likes.items))  # per item, newest like first
-        items = likes.items[order]
-        firsts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
-        newest = likes.times[order][firsts]
+        items, friends, newest = _per_item(likes.items, likes.times)
         return CandidateBatch.gathered(
-            items[firsts],
-            bits.FRIEND_LIKE,
-            friend_likes=np.diff(np.r_[firsts, len(items)]),
-            friend_like_time=newest,
-            social_time=newest,
+            items, bits.FRIEND_LIKE, friend_likes=friends, friend_like_time=newest, social_time=newest
         )
+
+
+class FriendSharesSource:
+    """Items friends shared with the user: how many friends, and the newest share."""
+
+    name = "friend_shares"
+
+    def gather(self, query: FeedQuery) -> CandidateBatch:
+        shared = query.user.shared
+        if not len(shared):
+            return CandidateBatch.empty()
+        items, sharers, newest = _per_item(shared.items, shared.times)
+        return CandidateBatch.gathered(items, bits.FRIEND_SHARE, friend_shares=sharers, social_time=newest)
 
 
 def _pool_size(k: int, query: FeedQuery) -> int:

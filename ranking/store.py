@@ -54,6 +54,15 @@ def recent_like_count(trending: np.ndarray, now: float) -> np.ndarray:
     return np.exp(np.minimum(exponent, _MAX_EXPONENT))
 
 
+# Seen-item fatigue. Stores count a user's views of an item since they last engaged with
+# it; views more than VIEW_WINDOW_SECONDS apart start a new count, so an item the user
+# stopped seeing is forgiven. Each user keeps the newest SEEN_BOUND items they viewed.
+VIEW_WINDOW_SECONDS = 3 * 86_400.0
+SEEN_BOUND = 500
+# Each user keeps the newest SHARED_BOUND items friends shared with them.
+SHARED_BOUND = 100
+
+
 def _codes(values: Sequence[int] = ()) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
@@ -92,12 +101,25 @@ class Timelines:
 
 
 @dataclass(frozen=True)
+class SharedItems:
+    """Items friends shared with one user, newest first: ``items[j]`` by ``sharers[j]`` at ``times[j]``."""
+
+    items: np.ndarray = field(default_factory=_codes)  # int32 item codes
+    times: np.ndarray = field(default_factory=_times)  # float64
+    sharers: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
 class UserState:
     """A user's social state, read once per request.
 
     ``recent_likes`` are item codes, newest first, bounded by the store; membership of
     all likes (not only recent ones) is checked at hydration, so the bound never leaks
-    an already-liked item into the feed. ``follows`` and ``friends`` are sorted ids.
+    an already-liked item into the feed. ``follows`` and ``friends`` are sorted ids;
+    ``shared`` the items friends shared with the user (bounded by SHARED_BOUND).
     """
 
     user_id: str
@@ -107,10 +129,11 @@ class UserState:
     friends: tuple[str, ...] = ()
     hidden_items: np.ndarray = field(default_factory=_codes)  # int32 item codes
     hidden_sellers: np.ndarray = field(default_factory=_codes)  # int32 seller codes
+    shared: SharedItems = field(default_factory=SharedItems)
 
     @property
     def is_empty(self) -> bool:
-        return not (len(self.recent_likes) or self.follows or self.friends)
+        return not (len(self.recent_likes) or self.follows or self.friends or len(self.shared))
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,8 @@ class ItemColumns:
     price: np.ndarray  # float64, NaN when unknown
     ship_days: np.ndarray  # float64 days until dispatch, NaN when unknown
     category: np.ndarray  # int32 category codes
+    views: np.ndarray  # int64: the asking user's views of it since they last engaged with it (see VIEW_WINDOW_SECONDS)
+    viewed_at: np.ndarray  # float64: the asking user's last view of it (0: never)
 
     def __len__(self) -> int:
         return len(self.exists)
@@ -174,6 +199,8 @@ ITEM_COLUMNS: dict[str, tuple[object, type]] = {
     "price": (np.nan, np.float64),
     "ship_days": (np.nan, np.float64),
     "category": (-1, np.int32),
+    "views": (0, np.int64),
+    "viewed_at": (0.0, np.float64),
 }
 """Each ItemColumns field, in order, with the value and dtype of an item the store does not hold."""
 
@@ -189,7 +216,7 @@ class FeedStateReader(Protocol):
     categories: Vocabulary
 
     def read_user(self, user_id: str) -> UserState:
-        """The user's recent likes, follows, friends and hidden items and sellers.
+        """The user's recent likes, follows, friends, hidden items and sellers, and what friends shared with them.
 
         An unknown user gets an empty state, never an error.
         """
@@ -210,7 +237,7 @@ class FeedStateReader(Protocol):
         ...
 
     def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
-        """Stock, seller, creation time, like count and the user's liked flag per asked code."""
+        """Each asked item's ItemColumns row: its state, and the user's like and views of it."""
         ...
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:

@@ -18,6 +18,7 @@ class ReasonKind(enum.Enum):
     FRIENDS_LIKED = 2
     SIMILAR_TO_LIKES = 3
     TRENDING = 4
+    FRIEND_SHARED = 5
 
 
 @dataclass(slots=True)
@@ -25,7 +26,7 @@ class Reason:
     """One reason an item was gathered: its kind, the ids behind it and a count.
 
     For FRIENDS_LIKED ``actor_ids`` are the friends who liked the item, newest like
-    first; for FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is
+    first; for FRIEND_SHARED the friends who shared it with the user, newest share first; for FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is
     empty. ``count`` is the number of actors, or 1 where there are none.
     """
 

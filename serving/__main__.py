@@ -14,7 +14,7 @@ import logging
 import sys
 
 from serving import client
-from serving.config import add_server_arguments, config_from_args
+from serving.config import HelpFormatter, add_server_arguments, config_from_args
 
 COMMANDS = ("serve", "feed", "demo", "load", "export")
 
@@ -24,6 +24,7 @@ def _serve(argv: list[str]) -> None:
         prog="python -m serving",
         description="Serve personalised feeds over gRPC (feedrank.feed.v1.FeedService), with health "
         "checking and reflection. Other commands: " + ", ".join(COMMANDS[1:]) + " (see `python -m serving CMD --help`).",
+        formatter_class=HelpFormatter,
     )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
@@ -34,6 +35,13 @@ def _serve(argv: list[str]) -> None:
         parser.error("--max-per-seller must be >= 1")
     if config.feed.max_per_category < 0:
         parser.error("--max-per-category must be >= 0 (0: no category cap)")
+    if config.arms_file:
+        from serving.arms import check_versions, load_arms
+
+        try:  # fail before any worker forks; the server checks again when it loads the models
+            check_versions(load_arms(config.arms_file, config.feed), config.models_dir)
+        except (OSError, ValueError) as error:
+            parser.error(f"--arms: {error}")
     from serving.server import serve
 
     try:

@@ -25,6 +25,17 @@ class ServerConfig:
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
     metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
     feed: FeedSettings = FeedSettings()
+    arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions line by line, and prints indented lines (a file format) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line if line.startswith(" ") else super(HelpFormatter, self)._fill_text(line, width, indent)
+            for line in text.splitlines()
+        )
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +82,23 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     feed.add_argument("--fresh-window-seconds", type=float, default=defaults.fresh_window_seconds, help="a followed seller's listing or a friend's like this recent is promoted to the top of the page (default: %(default)s)")
     feed.add_argument("--max-fresh", type=int, default=defaults.max_fresh, help="promoted fresh items per page; 0 disables (default: %(default)s)")
     feed.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated candidate sources (default: %(default)s)")
+    experiment = parser.add_argument_group(
+        "A/B arms",
+        "--arms FILE splits users into arms by a salted hash of the user id; each arm serves its own "
+        "model version and feed settings, and GetFeed responses and metrics name the arm. The file is "
+        "TOML (re-read when it changes, every --reload-seconds; a broken file is logged and the old arms kept):\n"
+        '  salt = "exp-2026-12"      # changing it reshuffles users\n'
+        "  [[arm]]\n"
+        '  name = "control"\n'
+        "  share = 0.5               # shares are positive and sum to 1\n"
+        "  [[arm]]\n"
+        '  name = "cat-cap"\n'
+        "  share = 0.5\n"
+        '  model = "VERSION"         # under --models; "current" (the default): follow CURRENT\n'
+        "  [arm.feed]\n"
+        "  max_per_category = 1      # any feed flag, - written _; the rest: the flags",
+    )
+    experiment.add_argument("--arms", metavar="FILE", help="A/B arms file (TOML, format above); default: no arms")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -97,4 +125,5 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_fresh=args.max_fresh,
             sources=tuple(s for s in args.sources.split(",") if s),
         ),
+        arms_file=args.arms,
     )

@@ -2,8 +2,11 @@
 
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
 
-Writes items.csv, likes.csv, follows.csv, friends.csv and, when a seller is on
-vacation, sellers.csv (training.dataset format), so
+Writes items.csv, likes.csv, follows.csv, friends.csv, when a seller is on vacation
+sellers.csv, and when users shared, clicked, carted or bought engagements.csv (one row
+per user, item, kind and friend, at its latest time; views are not kept per view in
+Redis, only the bounded fatigue state: the full history is in the event log, see
+``--since``) (training.dataset format), so
 the trainer can retrain from live data. Keys are found with SCAN (on a cluster, on every
 primary). Follows and friendships are kept in Redis as plain sets, so their ``ts`` column
 is empty; likes keep their time; items with no known ``created_at`` are written as 0.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -34,7 +38,7 @@ import numpy as np
 
 from stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
-from training.dataset import Dataset, Edges, Items, Sellers, write_dataset
+from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
 
 EVENTS_FILE = "events.csv"
 EVENT_COLUMNS = ("stream_id", *RECORD_FIELDS)
@@ -113,7 +117,16 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
             if friend != user
         }
     )
+    engaged = sorted(
+        (k.user_id_of(key, "engaged"), *json.loads(field), float(ts))
+        for key, fields in _fetch(client, sorted(_scan(client, k.engaged_pattern)), "hgetall")
+        for field, ts in fields.items()
+    )  # (user, kind, item, friend, ts)
     return Dataset(
+        engagements=Engagements(
+            [r[0] for r in engaged], [r[2] for r in engaged], [r[1] for r in engaged],
+            np.array([r[4] for r in engaged], dtype=np.float64), [r[3] for r in engaged],
+        ),  # fmt: skip
         items=items,
         likes=Edges([r[0] for r in likes], [r[1] for r in likes], np.array([r[2] for r in likes], dtype=np.float64)),
         follows=Edges([r[0] for r in follows], [r[1] for r in follows], np.full(len(follows), np.nan)),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.pipeline import FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
+from serving.arms import Arms
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
@@ -38,6 +39,7 @@ class FeedPage:
     items: list[RankedItem]
     next_page_token: str
     model_version: str
+    arm: str = ""  # the A/B arm that built the page; "" when no arms are configured
 
 
 def validate_shopper_filters(shopper: ShopperFilters) -> None:
@@ -65,8 +67,33 @@ def validate_user_id(user_id: str) -> None:
         raise InvalidRequest("user_id", f"longer than {MAX_ID_BYTES} bytes")
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What one A/B arm serves with."""
+
+    arm: str
+    version: str
+    pipeline: FeedPipeline
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything a request reads, swapped as one reference so a request never mixes two."""
+
+    current: Artifact  # the version models/CURRENT points at
+    default: _Route  # current artifact, the server's settings: serves when no arms are configured
+    arms: Arms | None
+    pinned: Mapping[str, Artifact]  # artifacts of the versions the arms pin, by version
+    routes: Mapping[str, _Route]  # by arm name
+
+
 class FeedService:
-    """Builds feeds from a store and the current model artifact; swaps models atomically."""
+    """Builds feeds from a store and model artifacts; swaps models and A/B arms atomically.
+
+    Without arms every user gets the CURRENT model and ``settings``. With ``arms``, each
+    user is served by the pipeline of their arm: the arm's model (a pinned version from
+    ``pinned``, or CURRENT) and the arm's feed settings.
+    """
 
     def __init__(
         self,
@@ -75,28 +102,82 @@ class FeedService:
         codec: PageTokenCodec,
         settings: FeedSettings,
         metrics: FeedMetrics | None = None,
+        *,
+        arms: Arms | None = None,
+        pinned: Mapping[str, Artifact] = {},
     ) -> None:
         self.store = store
         self.codec = codec
         self.settings = settings
         self.metrics = metrics or FeedMetrics()
-        self._lock = threading.Lock()
-        self._artifact = artifact
-        self._pipeline = self._build(artifact)
-        self.metrics.set_model(artifact.version)
+        self._lock = threading.Lock()  # serialises writers; readers take self._state once
+        self._publish(self._prepare(artifact, arms, pinned))
 
-    def _build(self, artifact: Artifact) -> FeedPipeline:
-        return build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings)
+    def _prepare(self, current: Artifact, arms: Arms | None, pinned: Mapping[str, Artifact]) -> _State:
+        """Build every pipeline the configuration needs (one per distinct model and settings)."""
+        built: dict[tuple[str, FeedSettings], FeedPipeline] = {}
+
+        def route(arm: str, artifact: Artifact, settings: FeedSettings) -> _Route:
+            key = (artifact.version, settings)
+            if key not in built:
+                built[key] = build_feed_pipeline(self.store, artifact.model, artifact.ranker, settings)
+            return _Route(arm, artifact.version, built[key])
+
+        routes = {}
+        for arm in arms.arms if arms is not None else ():
+            if arm.model is not None and arm.model not in pinned:
+                raise ValueError(f"arm {arm.name!r}: model version {arm.model!r} is not loaded")
+            routes[arm.name] = route(arm.name, pinned[arm.model] if arm.model is not None else current, arm.settings)
+        used = {arm.model for arm in arms.arms} if arms is not None else set()
+        return _State(current, route("", current, self.settings), arms if routes else None,
+                      {v: a for v, a in pinned.items() if v in used}, routes)
+
+    def _publish(self, state: _State) -> None:
+        self._state = state
+        self.metrics.set_model(state.current.version)
+        self.metrics.set_arm_models({name: r.version for name, r in state.routes.items()})
+
+    @property
+    def _pipeline(self) -> FeedPipeline:
+        """The pipeline of users outside any arm (the CURRENT model, the server's settings)."""
+        return self._state.default.pipeline
+
+    @property
+    def current_artifact(self) -> Artifact:
+        return self._state.current
 
     @property
     def model_version(self) -> str:
-        return self._artifact.version
+        """The version models/CURRENT pointed at when last loaded."""
+        return self._state.current.version
+
+    @property
+    def arms(self) -> Arms | None:
+        return self._state.arms
+
+    @property
+    def pinned(self) -> Mapping[str, Artifact]:
+        return self._state.pinned
+
+    def arm_of(self, user_id: str) -> str:
+        """The name of ``user_id``'s arm; "" when no arms are configured."""
+        arms = self._state.arms
+        arm = arms.assign(user_id) if arms is not None else None
+        return arm.name if arm is not None else ""
+
+    def configure(self, current: Artifact, arms: Arms | None, pinned: Mapping[str, Artifact]) -> None:
+        """Serve ``current`` as CURRENT and ``arms`` (their pinned versions in ``pinned``), atomically.
+
+        Raises (and keeps serving the old configuration) when a pipeline cannot be built.
+        """
+        with self._lock:
+            self._publish(self._prepare(current, arms, pinned))
 
     def swap_artifact(self, artifact: Artifact) -> None:
-        pipeline = self._build(artifact)
+        """A new CURRENT model: the default and every arm that follows CURRENT switch to it."""
         with self._lock:
-            self._artifact, self._pipeline = artifact, pipeline
-        self.metrics.set_model(artifact.version)
+            state = self._state
+            self._publish(self._prepare(artifact, state.arms, state.pinned))
 
     def get_feed(
         self,
@@ -124,13 +205,16 @@ class FeedService:
                 served = self.codec.decode(user_id, page_token)
             except ValueError as error:
                 raise InvalidRequest("page_token", str(error).removeprefix("page_token ")) from error
-        with self._lock:
-            pipeline, version = self._pipeline, self._artifact.version
-        result = pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper)
+        state = self._state
+        route = state.default
+        if state.arms is not None:
+            arm = state.arms.assign(user_id)
+            route = state.routes[arm.name] if arm is not None else route
+        result = route.pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper)
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
         more = bool(result.has_more and result.items) and len(served) < MAX_SERVED
-        return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", version)
+        return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", route.version, route.arm)
 
     def ingest(self, events: Sequence[Event]) -> ApplyResult:
         """Validate the whole batch, then apply it atomically; raises EventValidationError first."""

@@ -12,6 +12,7 @@ meant for an empty Redis or one holding the same dataset; it does not log events
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -20,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from ranking.store import trending_weight
-from stores.events import card_strings
-from stores.memory import DEFAULT_RECENT_LIKES
+from stores.events import EventKind, card_strings
+from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
     connect,
@@ -126,6 +128,47 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
         listed_first[a] += 1
     for user_id, friends in befriended.items():
         yield listed_first.get(user_id, 0), "sadd", (keys.friends(user_id), *friends)
+    yield from _engagement_commands(dataset, keys, befriended)
+
+
+def lua_json(values: list[str]) -> str:
+    """``values`` as the Lua scripts' cjson.encode writes them (it escapes "/"), so a
+    loaded member and one a script writes later are the same member."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).replace("/", "\\/")
+
+
+def _engagement_commands(dataset: Dataset, keys: Keys, befriended: dict[str, list[str]]) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
+    """Shares received, fatigue and the engagement record: the state the memory store replays."""
+    engagements = dataset.engagements
+    if not len(engagements):
+        return
+    friends = {user: set(others) for user, others in befriended.items()}
+    shared, seen = replay_engagements(dataset, friends, _ItemIds().code)
+    for user_id, received in shared.items():
+        yield 0, "zadd", (keys.shared(user_id), {lua_json([item, sharer]): repr(negated_ts) for negated_ts, item, sharer, _ in received.entries})
+    for user_id, fatigue in seen.items():
+        if fatigue.views:
+            yield 0, "zadd", (keys.seen(user_id), {item: repr(last) for _, last, item in fatigue.views.values()})
+            yield 0, "hset", (keys.views(user_id), None, None, {item: str(count) for count, _, item in fatigue.views.values()})
+    engaged: dict[str, dict[str, float]] = defaultdict(dict)
+    for user_id, item_id, kind, ts, friend_id in zip(
+        engagements.user_id, engagements.item_id, engagements.kind, np.nan_to_num(engagements.ts, nan=0.0).tolist(), engagements.friend_id
+    ):
+        if kind != EventKind.VIEW.value:
+            field = lua_json([kind, item_id, friend_id])
+            engaged[user_id][field] = max(engaged[user_id].get(field, ts), ts)
+    for user_id, fields in engaged.items():
+        yield len(fields), "hset", (keys.engaged(user_id), None, None, {f: repr(t) for f, t in fields.items()})
+
+
+class _ItemIds:
+    """Item codes for the replay, which keeps ids beside them."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+
+    def code(self, item_id: str) -> int:
+        return self._codes.setdefault(item_id, len(self._codes))
 
 
 def load_into_redis(

@@ -18,13 +18,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from ranking.feed import FeedSettings
+from serving.arms import describe, load_arms, load_pinned
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
 from serving.store_url import open_store
 from stores import FeedStore
-from training.artifact import load_current
+from training.artifact import current_version, load_current, load_version
 
 log = logging.getLogger("feedrank.serving")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
@@ -41,25 +43,76 @@ def limit_native_threads() -> None:
 
 
 class ModelWatcher(threading.Thread):
-    """Polls models/CURRENT and hot-swaps the service's artifact when it changes."""
+    """Polls models/CURRENT and the arms file; hot-swaps the service's models and arms when they change.
 
-    def __init__(self, service: FeedService, models_dir: str, every_seconds: float) -> None:
+    Arms that follow CURRENT switch with it; a changed arms file is re-read and the
+    versions it pins are loaded before the switch. A broken file or artifact is logged and
+    the old state kept (a broken arms file is tried again once it changes again).
+    """
+
+    def __init__(
+        self,
+        service: FeedService,
+        models_dir: str,
+        every_seconds: float,
+        arms_file: str | None = None,
+        feed: FeedSettings = FeedSettings(),
+        arms_signature: tuple[int, int, int] | None = None,
+    ) -> None:
+        """``arms_signature``: ``_signature(arms_file)`` taken before the service's arms were read."""
         super().__init__(name="model-watcher", daemon=True)
         self.service = service
         self.models_dir = models_dir
         self.every_seconds = every_seconds
+        self.arms_file = arms_file
+        self.feed = feed
+        self.arms_signature = arms_signature
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        current = Path(self.models_dir) / "CURRENT"
         while not self.stopped.wait(self.every_seconds):
-            try:
-                version = current.read_text().strip()
-                if version != self.service.model_version:
-                    self.service.swap_artifact(load_current(self.models_dir))
-                    log.info("switched to model %s", version)
-            except Exception:  # a half-written or broken artifact must not kill serving
-                log.exception("model reload failed; still serving %s", self.service.model_version)
+            self.check()
+
+    def check(self) -> None:
+        """One poll: swap in whatever changed, all at once."""
+        service = self.service
+        current, arms, pinned = service.current_artifact, service.arms, service.pinned
+        changed = False
+        try:
+            version = current_version(self.models_dir)
+            if version != current.version:
+                current = pinned.get(version) or load_version(os.path.join(self.models_dir, version))
+                changed = True
+        except Exception:  # a half-written or broken artifact must not kill serving
+            log.exception("model reload failed; still serving %s", service.model_version)
+        if self.arms_file:
+            signature = _signature(self.arms_file)
+            if signature != self.arms_signature:
+                self.arms_signature = signature
+                try:
+                    arms = load_arms(self.arms_file, self.feed)
+                    pinned = load_pinned(arms, self.models_dir, {**pinned, current.version: current})
+                    changed = True
+                except Exception:
+                    log.exception("arms reload from %s failed; keeping arms %s", self.arms_file, describe(service.arms) if service.arms else "none")
+                    arms, pinned = service.arms, service.pinned
+        if not changed:
+            return
+        try:
+            service.configure(current, arms, pinned)
+        except Exception:
+            log.exception("model or arms swap failed; still serving %s", service.model_version)
+            return
+        log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """Changes whenever the file is rewritten or replaced (None: it is missing)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class HealthMonitor(threading.Thread):
@@ -111,8 +164,14 @@ class FeedServer:
         limit_native_threads()
         self.grpc_server.start()
         artifact = load_current(self.config.models_dir)
+        arms_file = self.config.arms_file
+        arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
+        arms = load_arms(arms_file, self.config.feed) if arms_file else None
+        pinned = load_pinned(arms, self.config.models_dir, {artifact.version: artifact})
         store = open_store(self.config.store_url, self.config.data_dir)
-        self.service = FeedService(store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed)
+        self.service = FeedService(
+            store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed, arms=arms, pinned=pinned
+        )
         if self.config.metrics_port:
             self.service.metrics.serve_http(self.config.metrics_port, self.config.host)
         self.servicer.service = self.service
@@ -123,10 +182,16 @@ class FeedServer:
         monitor.check()
         self._threads = [monitor]
         if self.config.reload_seconds > 0:
-            self._threads.append(ModelWatcher(self.service, self.config.models_dir, self.config.reload_seconds))
+            self._threads.append(
+                ModelWatcher(
+                    self.service, self.config.models_dir, self.config.reload_seconds, arms_file, self.config.feed, arms_signature
+                )
+            )
         for thread in self._threads:
             thread.start()
         log.info("serving model %s on %s:%d", artifact.version, self.config.host, self.port)
+        if arms is not None:
+            log.info("A/B arms from %s: %s", arms_file, describe(arms))
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         for thread in self._threads:

@@ -31,6 +31,11 @@ _PAYLOADS: dict[str, EventKind] = {
     "item_update": EventKind.ITEM_UPDATE,
     "seller_vacation": EventKind.SELLER_VACATION,
     "seller_vacation_end": EventKind.SELLER_VACATION_END,
+    "share": EventKind.SHARE,
+    "view": EventKind.VIEW,
+    "click": EventKind.CLICK,
+    "add_to_cart": EventKind.ADD_TO_CART,
+    "purchase": EventKind.PURCHASE,
 }
 _COPIED_FIELDS = ("user_id", "item_id", "seller_id", "friend_id", "stock")
 
@@ -97,19 +102,22 @@ def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedSe
 
 
 def _observed(handler: Callable) -> Callable:
-    """Count the RPC by final status code and time it, in the service's metrics."""
+    """Count the RPC by final status code (and a GetFeed by A/B arm) and time it, in the service's metrics."""
 
     @functools.wraps(handler)
     def wrapper(self: FeedServicer, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
+        response = None
         try:
-            return handler(self, request, context)
+            response = handler(self, request, context)
+            return response
         finally:
             if self.service is not None:
-                metrics = self.service.metrics
                 code = context.code() or grpc.StatusCode.OK
-                metrics.requests.labels(handler.__name__, code.name).inc()
-                metrics.latency.labels(handler.__name__).observe(time.perf_counter() - started)
+                arm = None  # GetFeed is also counted by A/B arm, even when it fails
+                if isinstance(request, feed_pb2.GetFeedRequest):
+                    arm = response.arm if response is not None else self.service.arm_of(request.user_id)
+                self.service.metrics.observe_request(handler.__name__, code.name, time.perf_counter() - started, arm)
 
     return wrapper
 
@@ -137,6 +145,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             items=[feed_item_to_proto(c) for c in page.items],
             next_page_token=page.next_page_token,
             model_version=page.model_version,
+            arm=page.arm,
         )
 
     @_observed

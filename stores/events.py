@@ -36,6 +36,17 @@ class EventKind(enum.Enum):
     ITEM_UPDATE = "item_update"
     SELLER_VACATION = "seller_vacation"
     SELLER_VACATION_END = "seller_vacation_end"
+    SHARE = "share"
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+
+
+ENGAGEMENTS = (EventKind.SHARE, EventKind.VIEW, EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)
+"""A user's engagement with an item beyond a like; the trainer weighs each kind."""
+ENGAGED = (EventKind.LIKE, EventKind.SHARE, EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)
+"""Kinds that show the user cared about the item: each clears the item's unengaged views (fatigue)."""
 
 
 # The id fields each kind must carry; any other id field must be empty.
@@ -53,7 +64,10 @@ REQUIRED_IDS: dict[EventKind, tuple[str, ...]] = {
     EventKind.ITEM_UPDATE: ("item_id",),
     EventKind.SELLER_VACATION: ("seller_id",),
     EventKind.SELLER_VACATION_END: ("seller_id",),
+    **{kind: ("user_id", "item_id") for kind in ENGAGEMENTS},
 }
+OPTIONAL_IDS: dict[EventKind, tuple[str, ...]] = {EventKind.SHARE: ("friend_id",)}
+"""Id fields a kind may leave empty: a share names the friend it went to, or none (all friends)."""
 ID_FIELDS = ("user_id", "item_id", "seller_id", "friend_id")
 
 CARD_FIELDS = ("title", "image_url", "price", "currency", "category", "ship_days", "feed_eligible")
@@ -63,7 +77,7 @@ Presence rule: on ITEM_UPSERT and ITEM_UPDATE a field that is None is not named 
 its stored value (its default on a new item: empty text, no price, no ship time,
 eligible); a named field replaces it, an empty string included."""
 CARD_EVENTS = (EventKind.ITEM_UPSERT, EventKind.ITEM_UPDATE)
-ITEM_REFERENCES = (EventKind.LIKE, EventKind.STOCK_UPDATE, EventKind.ITEM_UPDATE)
+ITEM_REFERENCES = (EventKind.LIKE, EventKind.STOCK_UPDATE, EventKind.ITEM_UPDATE, *ENGAGEMENTS)
 """Kinds that must name an item the store holds, or one upserted earlier in the batch."""
 
 
@@ -185,10 +199,15 @@ def validate_event(index: int, event: Event) -> None:
         value = getattr(event, name)
         if name in required:
             _check_id(index, name, value)
+        elif name in OPTIONAL_IDS.get(event.kind, ()):
+            if value:
+                _check_id(index, name, value)
         elif value:
             raise EventValidationError(index, name, f"not used by a {event.kind.value} event")
     if event.kind in (EventKind.FRIEND, EventKind.UNFRIEND) and event.user_id == event.friend_id:
         raise EventValidationError(index, "friend_id", "a user cannot befriend themselves")
+    if event.kind is EventKind.SHARE and event.user_id == event.friend_id:
+        raise EventValidationError(index, "friend_id", "a user cannot share with themselves")
     if event.kind in (EventKind.ITEM_UPSERT, EventKind.STOCK_UPDATE) and event.stock < 0:
         raise EventValidationError(index, "stock", "must be >= 0")
     if event.kind is EventKind.ITEM_UPSERT:

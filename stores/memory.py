@@ -9,6 +9,7 @@ that ingest changed since.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -20,8 +21,12 @@ from tqdm import tqdm
 
 from ranking.store import (
     ITEM_COLUMNS,
+    SEEN_BOUND,
+    SHARED_BOUND,
+    VIEW_WINDOW_SECONDS,
     Activity,
     ItemColumns,
+    SharedItems,
     Timelines,
     UserState,
     trending_weight,
@@ -30,7 +35,7 @@ from ranking.store import (
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, encode
 from stores.base import ApplyResult
-from stores.events import ITEM_REFERENCES, Event, EventKind, EventValidationError
+from stores.events import ENGAGEMENTS, ITEM_REFERENCES, Event, EventKind, EventValidationError
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
     from training.dataset import Dataset, Edges
@@ -131,7 +136,7 @@ class TimelineTable:
         return float(times[at[0]])
 
 
-_STORED_COLUMNS = tuple(name for name in ITEM_COLUMNS if name not in ("liked", "seller_away_until"))
+_STORED_COLUMNS = tuple(name for name in ITEM_COLUMNS if name not in ("liked", "seller_away_until", "views", "viewed_at"))
 _TEXT_COLUMNS = ("title", "image_url", "currency")  # read only for a page's cards
 
 
@@ -184,6 +189,121 @@ class _Catalogue:
                 getattr(self, name)[code] = value
 
 
+class _SharedWith:
+    """What friends shared with one user: newest first (ties by item id, then sharer), one
+    entry per (item, sharer) at its newest share, at most SHARED_BOUND."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, str, str, int]] = []  # (-ts, item id, sharer, item code)
+
+    def add(self, code: int, item_id: str, sharer: str, ts: float) -> None:
+        earlier = next((e for e in self.entries if e[3] == code and e[2] == sharer), None)
+        if earlier is not None:
+            if -earlier[0] >= ts:
+                return
+            self.entries.remove(earlier)
+        self.entries.append((-ts, item_id, sharer, code))
+        self.entries.sort()
+        del self.entries[SHARED_BOUND:]
+
+    def read(self) -> SharedItems:
+        return SharedItems(
+            np.array([e[3] for e in self.entries], np.int32),
+            np.array([-e[0] for e in self.entries], np.float64),
+            tuple(e[2] for e in self.entries),
+        )
+
+
+class _Seen:
+    """One user's views per item since they last engaged with it (seen-item fatigue).
+
+    A view more than VIEW_WINDOW_SECONDS after the item's last one starts a new count;
+    past SEEN_BOUND items the one viewed longest ago (ties: smallest id) is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self.views: dict[int, tuple[int, float, str]] = {}  # code -> (views, last view, item id)
+
+    def view(self, code: int, item_id: str, ts: float) -> None:
+        count, last, _ = self.views.get(code, (0, -math.inf, item_id))
+        if ts - last > VIEW_WINDOW_SECONDS:
+            count = 0
+        self.views[code] = (count + 1, max(last, ts), item_id)
+        if len(self.views) > SEEN_BOUND:
+            del self.views[min(self.views, key=lambda c: self.views[c][1:])]
+
+    def engaged(self, code: int) -> None:
+        self.views.pop(code, None)
+
+    def fill(self, codes: np.ndarray, columns: ItemColumns) -> None:
+        """Set ``columns.views`` and ``viewed_at`` of the rows whose code was viewed."""
+        if not self.views:
+            return
+        seen = np.fromiter(self.views, np.int64, len(self.views))
+        order = np.argsort(seen)
+        seen = seen[order]
+        counts = np.array([v[0] for v in self.views.values()], np.int64)[order]
+        lasts = np.array([v[1] for v in self.views.values()], np.float64)[order]
+        at = np.minimum(np.searchsorted(seen, codes), len(seen) - 1)
+        hit = seen[at] == codes
+        columns.views[hit] = counts[at[hit]]
+        columns.viewed_at[hit] = lasts[at[hit]]
+
+
+def replay_engagements(
+    dataset: Dataset, friends: dict[str, set[str]], item_code: Callable[[str], int], readers: Collection[str] | None = None
+) -> tuple[defaultdict[str, _SharedWith], defaultdict[str, _Seen]]:
+    """(shared with each user, each user's fatigue): what applying the dataset's
+    engagements, and the likes that clear views, in time order leaves behind.
+
+    ``friends`` are the friends of each user (a share to no one in particular reaches
+    them); with ``readers``, only their state is kept.
+    """
+    shared: defaultdict[str, _SharedWith] = defaultdict(_SharedWith)
+    seen: defaultdict[str, _Seen] = defaultdict(_Seen)
+    engagements = dataset.engagements
+    if not len(engagements):
+        return shared, seen
+    rows = list(zip(np.nan_to_num(engagements.ts, nan=0.0).tolist(), engagements.kind, engagements.user_id,
+                    engagements.item_id, engagements.friend_id))  # fmt: skip
+    viewed = {(user, item) for _, kind, user, item, _ in rows if kind == EventKind.VIEW.value}
+    likes = dataset.likes
+    rows += [
+        (ts, EventKind.LIKE.value, user, item, "")
+        for ts, user, item in zip(np.nan_to_num(likes.ts, nan=0.0).tolist(), likes.src, likes.dst)
+        if (user, item) in viewed
+    ]
+    rows.sort(key=lambda row: row[0])
+    keep = None if readers is None else set(readers).__contains__
+    for ts, kind, user, item, friend in rows:
+        event = Event("", EventKind(kind), ts, user_id=user, item_id=item, friend_id=friend)
+        apply_engagement(shared, seen, friends, event, item_code(item), keep)
+    return shared, seen
+
+
+def apply_engagement(
+    shared: dict[str, _SharedWith],
+    seen: dict[str, _Seen],
+    friends: dict[str, set[str]],
+    event: Event,
+    code: int,
+    keep: Callable[[str], bool] | None = None,
+) -> None:
+    """A like, share, view, click, cart or purchase: a share reaches its recipients (the
+    named friend, or all of the user's friends); a view counts towards fatigue, and any
+    other kind clears it. With ``keep``, only the state of users it accepts changes."""
+    if event.kind is EventKind.SHARE:
+        for recipient in [event.friend_id] if event.friend_id else sorted(friends.get(event.user_id, ())):
+            if keep is None or keep(recipient):
+                shared[recipient].add(code, event.item_id, event.user_id, event.ts)
+    if keep is not None and not keep(event.user_id):
+        return
+    if event.kind is EventKind.VIEW:
+        seen[event.user_id].view(code, event.item_id, event.ts)
+    elif event.user_id in seen:
+        seen[event.user_id].engaged(code)
+
+
 def _grown(old: np.ndarray, size: int, fill: object) -> np.ndarray:
     grown = np.full(size, fill, dtype=old.dtype)
     grown[: len(old)] = old
@@ -217,6 +337,8 @@ class MemoryStore:
         self._friends: dict[str, set[str]] = defaultdict(set)
         self._hidden_items: dict[str, set[int]] = defaultdict(set)
         self._hidden_sellers: dict[str, set[int]] = defaultdict(set)
+        self._shared: dict[str, _SharedWith] = defaultdict(_SharedWith)  # by recipient
+        self._seen: dict[str, _Seen] = defaultdict(_Seen)
         self._trending_cache = np.zeros(0, np.int32)
         self._trending_cache_depth = 0
         self._trending_dirty_since: float | None = 0.0
@@ -235,7 +357,7 @@ class MemoryStore:
         """
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
-        steps = ("catalogue", "likes", "timelines", "graph")
+        steps = ("catalogue", "likes", "timelines", "graph", "engagements")
         with tqdm(total=len(steps), desc="load memory store", unit="step", disable=not progress) as bar:
             item_codes = store.items.codes(items.item_id, add=True)
             has_seller = np.fromiter((bool(s) for s in items.seller_id), bool, len(items))
@@ -295,6 +417,9 @@ class MemoryStore:
             store._follows.update(_grouped_sets(*follows))
             store._friends.update(_grouped_sets(friends[0] + friends[1], friends[1] + friends[0]))
             bar.update()
+
+            store._shared, store._seen = replay_engagements(dataset, store._friends, store.items.code, readers)
+            bar.update()
         return store
 
     # -- reads -------------------------------------------------------------------------
@@ -311,6 +436,7 @@ class MemoryStore:
                 friends=tuple(sorted(self._friends.get(user_id, ()))),
                 hidden_items=np.fromiter(self._hidden_items.get(user_id, ()), np.int32),
                 hidden_sellers=np.fromiter(self._hidden_sellers.get(user_id, ()), np.int32),
+                shared=self._shared[user_id].read() if user_id in self._shared else SharedItems(),
             )
 
     def read_activity(
@@ -334,6 +460,8 @@ class MemoryStore:
                 liked_sorted = np.sort(liked_items)
                 at = np.minimum(np.searchsorted(liked_sorted, codes), len(liked_sorted) - 1)
                 columns.liked[:] = liked_sorted[at] == codes
+            if user_id in self._seen:
+                self._seen[user_id].fill(codes, columns)
             return columns
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
@@ -422,6 +550,9 @@ class MemoryStore:
         kind = event.kind
         if kind is EventKind.LIKE:
             self._like(event.user_id, event.item_id, event.ts)
+            self._engage(event)
+        elif kind in ENGAGEMENTS:
+            self._engage(event)
         elif kind is EventKind.UNLIKE:
             self._unlike(event.user_id, event.item_id)
         elif kind is EventKind.FOLLOW:
@@ -448,6 +579,9 @@ class MemoryStore:
             seller = self.sellers.add(event.seller_id)
             self._catalogue.reserve_sellers(len(self.sellers))
             self._catalogue.away_until[seller] = event.vacation_until if kind is EventKind.SELLER_VACATION else 0.0
+
+    def _engage(self, event: Event) -> None:
+        apply_engagement(self._shared, self._seen, self._friends, event, self.items.code(event.item_id))
 
     def _item_code(self, item_id: str) -> int:
         code = self.items.add(item_id)

@@ -26,6 +26,7 @@ so a dead or frozen Redis raises StoreUnavailable within about ``socket_timeout`
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,16 +50,20 @@ from redis.retry import Retry
 from ranking.store import (
     _MAX_EXPONENT,
     _TRENDING_TAU,
+    SEEN_BOUND,
+    SHARED_BOUND,
     TRENDING_EPOCH,
+    VIEW_WINDOW_SECONDS,
     Activity,
     ItemColumns,
+    SharedItems,
     Timelines,
     UserState,
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 from stores.base import ApplyResult, StoreUnavailable
-from stores.events import ITEM_REFERENCES, Event, EventKind, EventValidationError
+from stores.events import ENGAGEMENTS, ITEM_REFERENCES, Event, EventKind, EventValidationError
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
@@ -91,7 +96,10 @@ local TAU = tonumber(ARGV[5])
 local EPOCH = tonumber(ARGV[6])
 local MAXEXP = tonumber(ARGV[7])
 local MAXLEN = tonumber(ARGV[8])
-local BASE = 8
+local SEEN = tonumber(ARGV[9])
+local SHARED = tonumber(ARGV[10])
+local WINDOW = tonumber(ARGV[11])
+local BASE = 11
 local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','card','vacation_until'}
 local NF = #FIELDS
 
@@ -131,9 +139,16 @@ local function refill(u)
   if best_item then redis.call('ZADD', recent, '-' .. best_raw, best_item) end
 end
 
+-- Any engagement but a view ends the item's fatigue.
+local function clear_seen(u, item)
+  redis.call('HDEL', ukey(u, 'views'), item)
+  redis.call('ZREM', ukey(u, 'seen'), item)
+end
+
 local OPS = {}
 -- user slot
 OPS.like = function(u, item, ts)
+  clear_seen(u, item)
   if redis.call('HSETNX', ukey(u, 'liked'), item, ts) == 0 then return '0' end
   local recent = ukey(u, 'likes')
   redis.call('ZADD', recent, '-' .. ts, item)
@@ -157,6 +172,41 @@ OPS.friend = function(u, f) redis.call('SADD', ukey(u, 'friends'), f) return '1'
 OPS.unfriend = function(u, f) redis.call('SREM', ukey(u, 'friends'), f) return '1' end
 OPS.hide_item = function(u, item) redis.call('SADD', ukey(u, 'hidden_items'), item) return '1' end
 OPS.hide_seller = function(u, s) redis.call('SADD', ukey(u, 'hidden_sellers'), s) return '1' end
+-- A view more than WINDOW after the item's last one starts a new count; past SEEN items
+-- the one viewed longest ago is forgotten.
+OPS.view = function(u, item, ts)
+  local seen, views = ukey(u, 'seen'), ukey(u, 'views')
+  local last = redis.call('ZSCORE', seen, item)
+  local count = tonumber(redis.call('HGET', views, item) or '0')
+  if not last or tonumber(ts) - tonumber(last) > WINDOW then count = 0 end
+  if not last or tonumber(ts) > tonumber(last) then redis.call('ZADD', seen, ts, item) end
+  redis.call('HSET', views, item, count + 1)
+  local over = redis.call('ZCARD', seen) - SEEN
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', seen, over)
+    for j = 1, #gone, 2 do redis.call('HDEL', views, gone[j]) end
+  end
+  return '1'
+end
+-- A share, click, cart or purchase; a share returns the JSON list of its recipients.
+OPS.engage = function(u, item, ts, kind, friend)
+  clear_seen(u, item)
+  local field = cjson.encode({kind, item, friend})
+  local engaged = ukey(u, 'engaged')
+  local old = redis.call('HGET', engaged, field)
+  if not old or tonumber(old) < tonumber(ts) then redis.call('HSET', engaged, field, ts) end
+  if kind ~= 'share' then return '1' end
+  if friend ~= '' then return cjson.encode({friend}) end
+  local friends = redis.call('SMEMBERS', ukey(u, 'friends'))
+  if #friends == 0 then return '[]' end
+  return cjson.encode(friends)
+end
+OPS.receive_share = function(r, sharer, item, ts)
+  local k = ukey(r, 'shared')
+  redis.call('ZADD', k, 'LT', '-' .. ts, cjson.encode({item, sharer}))
+  redis.call('ZREMRANGEBYRANK', k, SHARED, -1)
+  return '1'
+end
 -- item slot; a card is the JSON object of the fields an event names (Event.card)
 local function set_card(k, card)
   if card == '' then return end
@@ -210,7 +260,11 @@ end
 """
 
 # Standalone: the whole batch, atomically. ARGV after the constants: records, NF fields each.
-_LUA_APPLY_BATCH = _LUA_PRELUDE + r"""
+_LUA_APPLY_BATCH = (
+    _LUA_PRELUDE
+    + "local REFERENCES = {" + "".join(f"['{kind.value}'] = true, " for kind in ITEM_REFERENCES) + "}\n"
+    + "local ENGAGE = {" + "".join(f"['{kind.value}'] = true, " for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)) + "}\n"
+    + r"""
 local n = (#ARGV - BASE) / NF
 local fresh, seen, upserted, dups = {}, {}, {}, 0
 for e = 0, n - 1 do
@@ -223,7 +277,7 @@ for e = 0, n - 1 do
     fresh[#fresh + 1] = o
     if kind == 'item_upsert' then
       upserted[item] = true
-    elseif (kind == 'like' or kind == 'stock_update' or kind == 'item_update') and not upserted[item]
+    elseif REFERENCES[kind] and not upserted[item]
         and redis.call('EXISTS', ikey(item)) == 0 then
       return {'unknown_item', e}
     end
@@ -251,11 +305,16 @@ for _, o in ipairs(fresh) do
   elseif kind == 'item_update' then OPS.update(item, ARGV[o + 10])
   elseif kind == 'seller_vacation' then OPS.vacation(seller, ARGV[o + 11])
   elseif kind == 'seller_vacation_end' then OPS.vacation_end(seller)
+  elseif kind == 'view' then OPS.view(u, item, ts)
+  elseif kind == 'share' then
+    for _, r in ipairs(cjson.decode(OPS.engage(u, item, ts, kind, friend))) do OPS.receive_share(r, u, item, ts) end
+  elseif ENGAGE[kind] then OPS.engage(u, item, ts, kind, '')
   end
   log_event(o, 'done')
 end
 return {'ok', #fresh, dups}
 """
+)
 
 # Cluster, {log} slot: log the records not logged yet and mark them pending.
 _LUA_LOG_PENDING = _LUA_PRELUDE + r"""
@@ -296,8 +355,9 @@ return out
 """
 
 
-# Standalone hydration in one command: KEYS are the user's liked hash, the trending set
-# and the vacations hash; ARGV the key prefix then the item ids (the script builds the
+# Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
+# the vacations hash and the user's views hash and seen set (empty strings come back for
+# views and their times when the user viewed nothing); ARGV the key prefix then the item ids (the script builds the
 # item keys: half the bytes to send and pack). Numbers come back joined into one string
 # per column and the flags as one string of 0/1 per column, so the client parses a few
 # strings with numpy instead of several Python objects per item. Each distinct seller's
@@ -322,7 +382,8 @@ for j = 1, n do
   category[j] = v[8] or ''
   if v[1] and v[1] ~= '' and not seen[v[1]] then seen[v[1]] = true; distinct[#distinct + 1] = v[1] end
 end
-local trending = {}
+local trending, views, viewed_at = {}, {}, {}
+local any_seen = redis.call('EXISTS', KEYS[4]) == 1
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local chunk_end = math.min(start + 999, n + 1)
   local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, chunk_end))
@@ -332,6 +393,14 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, start, chunk_end))
   for j = 1, #scores do
     trending[start + j - 2] = scores[j] or '0'
+  end
+  if any_seen then
+    local counts = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
+    local lasts = redis.call('ZMSCORE', KEYS[5], unpack(ARGV, start, chunk_end))
+    for j = 1, #counts do
+      views[start + j - 2] = counts[j] or '0'
+      viewed_at[start + j - 2] = lasts[j] or '0'
+    end
   end
 end
 local away_of = {}
@@ -345,7 +414,8 @@ local away = {}
 for j = 1, n do away[j] = away_of[sellers[j]] or '0' end
 return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
         table.concat(likes, ','), sellers, table.concat(trending, ','), table.concat(eligible),
-        table.concat(away, ','), table.concat(price, ','), table.concat(ship, ','), category}
+        table.concat(away, ','), table.concat(price, ','), table.concat(ship, ','), category,
+        table.concat(views, ','), table.concat(viewed_at, ',')}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -361,17 +431,22 @@ return out
 """
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
-# hidden items and hidden sellers (one hash tag, so one slot on a cluster too); ARGV the
-# recent-likes bound. Scores come back as one joined string.
+# hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
+# cluster too); ARGV the recent-likes and shared bounds. Scores come back as joined strings.
 _LUA_USER = r"""
-local got = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-local members, scores = {}, {}
-for m = 1, #got, 2 do
-  members[#members + 1] = got[m]
-  scores[#scores + 1] = got[m + 1]
+local function newest(key, bound)
+  local got = redis.call('ZRANGE', key, 0, bound - 1, 'WITHSCORES')
+  local members, scores = {}, {}
+  for m = 1, #got, 2 do
+    members[#members + 1] = got[m]
+    scores[#scores + 1] = got[m + 1]
+  end
+  return members, table.concat(scores, ',')
 end
-return {members, table.concat(scores, ','), redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
-        redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5])}
+local likes, like_scores = newest(KEYS[1], tonumber(ARGV[1]))
+local shared, shared_scores = newest(KEYS[6], tonumber(ARGV[2]))
+return {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
+        redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
 """
 
 # Standalone activity in one command: KEYS are the sellers' listing sets, the friends'
@@ -398,6 +473,11 @@ if trending_limit > 0 then
 end
 return {table.concat(lengths, ','), members, table.concat(scores, ','), trending}
 """
+
+
+def _negated_times(scores_text: str) -> np.ndarray:
+    """Times from a joined string of sorted-set scores (negated times)."""
+    return -np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0)
 
 
 def _flags(text: str) -> np.ndarray:
@@ -503,6 +583,7 @@ class RedisStore:
         self._consts = [
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
+            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS),
         ]  # fmt: skip
         self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER}
@@ -532,13 +613,22 @@ class RedisStore:
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
-        keys = [k.recent_likes(user_id), k.follows(user_id), k.friends(user_id), k.hidden_items(user_id), k.hidden_sellers(user_id)]
+        keys = [
+            k.recent_likes(user_id), k.follows(user_id), k.friends(user_id), k.hidden_items(user_id),
+            k.hidden_sellers(user_id), k.shared(user_id),
+        ]  # fmt: skip
         with unavailable_on_redis_errors():
-            likes, scores_text, follows, friends, hidden_items, hidden_sellers = self._eval_keys("user", keys, [self.recent_likes_bound])
+            likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = self._eval_keys(
+                "user", keys, [self.recent_likes_bound, SHARED_BOUND]
+            )
+        shares = [json.loads(member) for member in shared]  # [item, sharer]
         return UserState(
             user_id=user_id,
             recent_likes=self.items.codes(likes, add=True),
-            recent_like_times=-np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0),
+            recent_like_times=_negated_times(scores_text),
+            shared=SharedItems(
+                self.items.codes([item for item, _ in shares], add=True), _negated_times(shared_text), tuple(s for _, s in shares)
+            ),
             follows=tuple(sorted(follows)),
             friends=tuple(sorted(friends)),
             hidden_items=self.items.codes(hidden_items, add=True),
@@ -610,7 +700,9 @@ class RedisStore:
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
                 pipe.exists(k.vacations)
-                *fields, liked, trending, any_vacation = pipe.execute()
+                pipe.hmget(k.views(user_id), ids)
+                pipe.zmscore(k.seen(user_id), ids)
+                *fields, liked, trending, any_vacation, view_counts, last_views = pipe.execute()
                 seller_ids = [f[0] or "" for f in fields]
                 exists = np.fromiter((f[0] is not None or f[2] is not None for f in fields), bool, n)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
@@ -622,10 +714,11 @@ class RedisStore:
                 eligible = np.fromiter((e != "0" for e in eligible_text), bool, n)
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
                 price, ship_days = _optional_floats(price), _optional_floats(ship_days)
+                views, viewed_at = _numbers(view_counts, np.int64), np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
                 (exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text, eligible_text,
-                 away_text, price_text, ship_text, category) = self._eval_keys(
-                    "hydrate", [k.liked(user_id), k.trending, k.vacations], [k.prefix, *ids]
+                 away_text, price_text, ship_text, category, views_text, viewed_text) = self._eval_keys(
+                    "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id)], [k.prefix, *ids]
                 )  # fmt: skip
                 exists, liked_flags, eligible = _flags(exists_text), _flags(liked_text), _flags(eligible_text)
                 # The script never leaves a number empty (missing price and ship time are 'nan'),
@@ -637,6 +730,8 @@ class RedisStore:
                 away = np.array(away_text.split(","), dtype=np.float64)
                 price = np.array(price_text.split(","), dtype=np.float64)
                 ship_days = np.array(ship_text.split(","), dtype=np.float64)
+                views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
+                viewed_at = np.array(viewed_text.split(","), dtype=np.float64) if viewed_text else np.zeros(n)
         return ItemColumns(
             exists=exists,
             seller=self._codes_or_none(self.sellers, seller_ids),
@@ -650,6 +745,8 @@ class RedisStore:
             price=price,
             ship_days=ship_days,
             category=self._codes_or_none(self.categories, [c or "" for c in category]),
+            views=views,
+            viewed_at=viewed_at,
         )
 
     @staticmethod
@@ -848,11 +945,15 @@ def _stage_one(batch: Sequence[Event]) -> dict[str, list[list[str]]]:
             ops[Keys.VACATIONS_TAG].append([f"{e}#vacation_end", "vacation_end", event.seller_id])
         elif kind is EventKind.STOCK_UPDATE:
             ops[Keys.item_tag(event.item_id)].append([f"{e}#stock", "stock", event.item_id, str(event.stock)])
+        elif kind is EventKind.VIEW:
+            ops[user(event.user_id)].append([f"{e}#view", "view", event.user_id, event.item_id, ts])
+        elif kind in ENGAGEMENTS:
+            ops[user(event.user_id)].append([f"{e}#engage", "engage", event.user_id, event.item_id, ts, kind.value, event.friend_id])
     return ops
 
 
 def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dict[str, list[list[str]]]:
-    """Like counts, trending and listings: what the first stage found decides them."""
+    """Like counts, trending, listings and shares' recipients: what the first stage found decides them."""
     ops: dict[str, list[list[str]]] = defaultdict(list)
     trending = Keys.TRENDING_TAG
     for event in batch:
@@ -871,6 +972,10 @@ def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dic
                 ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id])
             created = event.to_record()["created_at"]
             ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
+        elif kind is EventKind.SHARE:
+            ts = event.to_record()["ts"]
+            for recipient in json.loads(first[(Keys.user_tag(event.user_id), f"{e}#engage")]) or ():
+                ops[Keys.user_tag(recipient)].append([f"{e}#shared", "receive_share", recipient, event.user_id, event.item_id, ts])
     return ops
 
 

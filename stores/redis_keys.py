@@ -11,6 +11,12 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
           {u:ID}:friends         set of user ids (both directions are stored)
           {u:ID}:hidden_items    set of item ids (not interested)
           {u:ID}:hidden_sellers  set of seller ids (not interested)
+          {u:ID}:shared          zset JSON [item, sharer] -> -ts, the newest SHARED_BOUND shares
+                                 friends sent the user (one per item and sharer, newest share)
+          {u:ID}:seen            zset item -> time of the user's last view, newest SEEN_BOUND
+          {u:ID}:views           hash item -> views since the user last engaged with it
+          {u:ID}:engaged         hash JSON [kind, item, friend] -> ts: the user's shares,
+                                 clicks, carts and purchases (for export and retraining)
   item    {i:ID}                 hash seller, created_at, stock, like_count, and the card
                                  fields an event named (title, image_url, price, currency,
                                  category, ship_days, feed_eligible "1"/"0"; absent: not
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "fr:"
 
-USER_SUFFIXES = ("likes", "liked", "follows", "friends", "hidden_items", "hidden_sellers")
+USER_SUFFIXES = ("likes", "liked", "follows", "friends", "hidden_items", "hidden_sellers", "shared", "seen", "views", "engaged")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,18 @@ class Keys:
 
     def hidden_sellers(self, user_id: str) -> str:
         return self.user(user_id, "hidden_sellers")
+
+    def shared(self, user_id: str) -> str:
+        return self.user(user_id, "shared")
+
+    def seen(self, user_id: str) -> str:
+        return self.user(user_id, "seen")
+
+    def views(self, user_id: str) -> str:
+        return self.user(user_id, "views")
+
+    def engaged(self, user_id: str) -> str:
+        return self.user(user_id, "engaged")
 
     def item(self, item_id: str) -> str:
         return f"{self.prefix}{{i:{item_id}}}"
@@ -131,6 +149,10 @@ class Keys:
     @property
     def friends_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:friends"
+
+    @property
+    def engaged_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:engaged"
 
     def item_id_of(self, key: str) -> str:
         return key[len(self.prefix) + 3 : -1]

@@ -23,10 +23,11 @@ class UserView:
     friends: frozenset[str]
     hidden_items: frozenset[str]
     hidden_sellers: frozenset[str]
+    shared: tuple[tuple[str, str, float], ...] = ()  # (item, sharer, time), newest first
 
     @property
     def is_empty(self) -> bool:
-        return not (self.recent_likes or self.follows or self.friends)
+        return not (self.recent_likes or self.follows or self.friends or self.shared)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ItemView:
 class HydrationView:
     items: dict[str, ItemView]
     liked: frozenset[str]
+    seen: dict[str, tuple[int, float]] = None  # item -> (views since the last engagement, last view), viewed items only
 
 
 def read_user(store: FeedStateReader, user_id: str) -> UserView:
@@ -66,6 +68,7 @@ def read_user(store: FeedStateReader, user_id: str) -> UserView:
         friends=frozenset(state.friends),
         hidden_items=frozenset(store.items.ids(state.hidden_items.tolist())),
         hidden_sellers=frozenset(store.sellers.ids(state.hidden_sellers.tolist())),
+        shared=tuple(zip(store.items.ids(state.shared.items.tolist()), state.shared.sharers, state.shared.times.tolist())),
     )
 
 
@@ -98,4 +101,9 @@ def hydrate(store: FeedStateReader, user_id: str, item_ids: Sequence[str]) -> Hy
         if exists:
             seller_id = store.sellers.id(seller) if seller >= 0 else ""
             items[item_id] = ItemView(seller_id, created_at, stock, like_count, eligible, away, card)
-    return HydrationView(items, frozenset(np.asarray(item_ids, dtype=object)[columns.liked].tolist()))
+    seen = {
+        item_id: (views, at)
+        for item_id, views, at in zip(item_ids, columns.views.tolist(), columns.viewed_at.tolist())
+        if views
+    }
+    return HydrationView(items, frozenset(np.asarray(item_ids, dtype=object)[columns.liked].tolist()), seen)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+from collections import Counter
 
 import pytest
 
 from ranking.features import FEATURE_NAMES
+from ranking.feed import FeedSettings
+from stores.memory import MemoryStore
 from training.arguments import parse_ks
 from training.dataset import DatasetError
-from training.evaluate import read_test_file
+from training.evaluate import cap_grid_settings, evaluate_cap_grid, pipeline_recommender, read_test_file
 from training.experiment import evaluate_split
 from training.generate import generate
 from training.splits import SplitSpec
@@ -77,3 +82,107 @@ def test_the_plot_is_a_png_bar_chart(report, tmp_path):
     path = tmp_path / "metrics.png"
     plot_report(report, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- diversity caps (issue 9) ------------------------------------------------------------
+
+CAP_USERS = 200  # test users replayed per cap setting: enough pages, a few seconds in all
+
+
+def with_replay_of_fewer_users(report, n_users=CAP_USERS, **changes):
+    """A shallow copy of ``report`` whose replay covers the first ``n_users`` test users only."""
+    replay = report.replay
+    users = sorted(replay.relevant)[:n_users]
+    small = copy.copy(report)
+    small.replay = dataclasses.replace(
+        replay, relevant={u: replay.relevant[u] for u in users}, pages={u: replay.pages[u] for u in users}, **changes
+    )
+    return small
+
+
+@pytest.fixture(scope="module")
+def capped(report):
+    small = with_replay_of_fewer_users(report)
+    evaluate_cap_grid(small)
+    return small
+
+
+def grid_row(report, max_per_seller, max_per_category):
+    (row,) = [
+        r for r in report.cap_grid
+        if (r["max_per_seller"], r["max_per_category"]) == (max_per_seller, max_per_category)
+    ]
+    return row
+
+
+def test_the_cap_grid_varies_both_caps_around_the_configured_ones():
+    settings = FeedSettings()  # seller cap 2, no category cap
+    grid = [(s.max_per_seller, s.max_per_category) for s in cap_grid_settings(settings, 20)]
+    assert grid == [(2, 0), (2, 1), (2, 2), (1, 0), (20, 0), (20, 1)]
+    assert all(s.neighbours == settings.neighbours for s in cap_grid_settings(settings, 20))
+    odd = [(s.max_per_seller, s.max_per_category) for s in cap_grid_settings(FeedSettings(max_per_seller=30, max_per_category=3), 20)]
+    assert odd == [(30, 3), (30, 0), (30, 1), (30, 2), (1, 0), (30, 0)][:4] + [(1, 0)]  # seller 30 = off at 20
+
+
+def test_a_category_cap_of_one_spreads_each_page_over_more_categories(capped):
+    depth = 20
+    uncapped, one = grid_row(capped, 2, 0), grid_row(capped, 2, 1)
+    assert grid_row(capped, 2, 0)["configured"] and not one["configured"]
+    assert one[f"categories@{depth}"] >= uncapped[f"categories@{depth}"] + 1.0
+    assert grid_row(capped, 2, 2)[f"categories@{depth}"] > uncapped[f"categories@{depth}"]
+    # The configured row is the main table's "model" row, replayed on fewer users.
+    assert 0 < uncapped["ndcg@10"] and uncapped[f"sellers@{depth}"] > 0
+    # Without a seller cap, pages hold fewer sellers than with a cap of 1 (one seller per item).
+    assert grid_row(capped, 1, 0)[f"sellers@{depth}"] == pytest.approx(grid_row(capped, 1, 0)[f"items@{depth}"])
+    assert grid_row(capped, 20, 0)[f"sellers@{depth}"] < grid_row(capped, 1, 0)[f"sellers@{depth}"]
+
+
+def test_every_page_under_a_category_cap_holds_at_most_that_many_items_per_category(capped):
+    replay = capped.replay
+    category_of = dict(zip(replay.train.items.item_id, replay.train.items.category))
+    store = MemoryStore.from_dataset(replay.train)
+    for cap in (1, 2):
+        settings = dataclasses.replace(replay.settings, max_per_category=cap)
+        recommend = pipeline_recommender(replay.train, replay.model, replay.ranker, replay.now, settings, store=store)
+        worst = 0
+        for user_id in sorted(replay.relevant)[:100]:
+            page = recommend(user_id, 20)
+            counts = Counter(category_of[item] for item in page if category_of[item])
+            worst = max(worst, max(counts.values(), default=0))
+        assert worst == cap  # never over the cap, and the cap is reached
+
+
+def test_the_table_and_the_json_carry_the_diversity_caps_block(capped, report):
+    text = capped.table()
+    assert "diversity caps" in text
+    block = text[text.index("diversity caps"):].splitlines()
+    assert "categories@20" in block[1] and "ndcg@10" in block[1]
+    assert len(block) == 2 + len(capped.cap_grid) + 1
+    assert block[2].split()[:2] == ["2*", "off"]
+    assert any(line.split()[:2] == ["off", "1"] for line in block)
+    payload = json.loads(json.dumps(capped.as_json()))
+    assert [(r["max_per_seller"], r["max_per_category"]) for r in payload["cap_grid"]] == [
+        (2, 0), (2, 1), (2, 2), (1, 0), (20, 0), (20, 1)
+    ]
+    # The report the grid was computed from is untouched: no block, no JSON key.
+    assert "diversity caps" not in report.table() and "cap_grid" not in report.as_json()
+
+
+def test_the_cap_grid_still_reports_on_data_without_categories(report):
+    train = report.replay.train
+    no_categories = dataclasses.replace(train, items=dataclasses.replace(train.items, category=[""] * len(train.items)))
+    small = with_replay_of_fewer_users(report, 100, train=no_categories)
+    rows = evaluate_cap_grid(small)
+    assert all(row["categories@20"] == 0 for row in rows)
+    # No category to cap: a category cap changes nothing.
+    for key in ("ndcg@10", "precision@20", "items@20", "sellers@20"):
+        assert grid_row(small, 2, 1)[key] == grid_row(small, 2, 0)[key], key
+    assert "diversity caps" in small.table()
+
+
+def test_the_evaluate_command_has_the_cap_grid_flag():
+    from training.__main__ import build_parser
+
+    parser, _ = build_parser()
+    assert parser.parse_args(["evaluate", "--data", "d"]).cap_grid is True
+    assert parser.parse_args(["evaluate", "--data", "d", "--no-cap-grid"]).cap_grid is False

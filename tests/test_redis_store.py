@@ -209,6 +209,11 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
                 ]),
                 EventKind.SELLER_VACATION: dict(seller_id=seller, vacation_until=rng.choice([math.inf, ts + DAY])),
                 EventKind.SELLER_VACATION_END: dict(seller_id=seller),
+                EventKind.SHARE: dict(user_id=user, item_id=item, friend_id=rng.choice(["", other])),
+                EventKind.VIEW: dict(user_id=user, item_id=item),
+                EventKind.CLICK: dict(user_id=user, item_id=item),
+                EventKind.ADD_TO_CART: dict(user_id=user, item_id=item),
+                EventKind.PURCHASE: dict(user_id=user, item_id=item),
             }[kind]
             event_id = f"e{n}" if rng.random() > 0.1 else f"e{rng.randrange(1, n + 1)}"
             batch.append(Event(event_id, kind, ts, **fields))

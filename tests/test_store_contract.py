@@ -246,3 +246,109 @@ def test_an_update_of_an_unknown_item_changes_nothing(store_factory):
     with pytest.raises(EventValidationError, match=r"events\[1\]\.item_id"):
         store.apply([ev("ok", EventKind.ITEM_UPDATE, item_id="i1", title="kept?"), ev("bad", EventKind.ITEM_UPDATE, item_id="nope", title="x")])
     assert store.read_cards(store.items.codes(["i1"], add=True))[0].title == ""
+
+
+# -- engagement beyond likes: shares, views (fatigue), clicks, carts, purchases ----------
+
+
+def test_a_share_reaches_the_named_friend_or_every_friend(store_factory):
+    store = store_factory(social_dataset())
+    store.apply([
+        ev("s1", EventKind.SHARE, NOW - 60, user_id="bob", item_id="i3", friend_id="alice"),
+        ev("s2", EventKind.SHARE, NOW - 30, user_id="alice", item_id="i7"),  # to bob and carol
+    ])  # fmt: skip
+    assert views.read_user(store, "alice").shared == (("i3", "bob", NOW - 60),)
+    assert views.read_user(store, "bob").shared == (("i7", "alice", NOW - 30),)
+    assert views.read_user(store, "carol").shared == (("i7", "alice", NOW - 30),)
+    assert views.read_user(store, "dave").shared == ()
+    # Shared again, later: one entry, at the newest share; an older repeat changes nothing.
+    store.apply([
+        ev("s3", EventKind.SHARE, NOW - 10, user_id="bob", item_id="i3", friend_id="alice"),
+        ev("s4", EventKind.SHARE, NOW - 100, user_id="bob", item_id="i3", friend_id="alice"),
+        ev("s5", EventKind.SHARE, NOW - 20, user_id="carol", item_id="i3"),  # carol's only friend is alice
+    ])  # fmt: skip
+    assert views.read_user(store, "alice").shared == (("i3", "bob", NOW - 10), ("i3", "carol", NOW - 20))
+
+
+def test_shares_with_a_user_are_bounded_newest_first(store_factory):
+    from ranking.store import SHARED_BOUND
+
+    store = store_factory(social_dataset())
+    store.apply([
+        ev(f"s{n}", EventKind.SHARE, NOW - n, user_id="bob", item_id=f"i{1 + n % 8}", friend_id=f"f{n}")
+        for n in range(SHARED_BOUND + 5)
+    ])  # fmt: skip
+    assert all(len(views.read_user(store, f"f{n}").shared) == 1 for n in range(SHARED_BOUND + 5))
+    store.apply([ev(f"t{n}", EventKind.SHARE, NOW - n, user_id=f"u{n}", item_id="i1", friend_id="erin") for n in range(SHARED_BOUND + 5)])
+    shared = views.read_user(store, "erin").shared
+    assert [sharer for _, sharer, _ in shared] == [f"u{n}" for n in range(SHARED_BOUND)]
+
+
+def _seen(store, user: str, items=("i1", "i3", "i6")):
+    return views.hydrate(store, user, list(items)).seen
+
+
+def test_views_count_until_the_user_engages(store_factory):
+    store = store_factory(social_dataset())
+    store.apply([ev(f"v{n}", EventKind.VIEW, NOW + n, user_id="alice", item_id="i1") for n in range(3)])
+    store.apply([ev("v-other", EventKind.VIEW, NOW, user_id="alice", item_id="i3")])
+    assert _seen(store, "alice") == {"i1": (3, NOW + 2), "i3": (1, NOW)}
+    assert _seen(store, "bob") == {}  # views are the viewer's own
+    for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE, EventKind.SHARE, EventKind.LIKE):
+        store.apply([ev(f"again-{kind.value}", EventKind.VIEW, NOW + 5, user_id="alice", item_id="i3")])
+        assert _seen(store, "alice")["i3"][0] >= 1
+        store.apply([ev(f"engage-{kind.value}", kind, NOW + 6, user_id="alice", item_id="i3")])
+        assert "i3" not in _seen(store, "alice"), kind
+    assert _seen(store, "alice") == {"i1": (3, NOW + 2)}
+
+
+def test_views_far_apart_start_a_new_count(store_factory):
+    from ranking.store import VIEW_WINDOW_SECONDS
+
+    store = store_factory(social_dataset())
+    store.apply([ev(f"v{n}", EventKind.VIEW, NOW + n, user_id="alice", item_id="i1") for n in range(4)])
+    later = NOW + 3 + VIEW_WINDOW_SECONDS + 1
+    store.apply([ev("late", EventKind.VIEW, later, user_id="alice", item_id="i1")])
+    assert _seen(store, "alice") == {"i1": (1, later)}
+
+
+def test_each_user_keeps_the_newest_viewed_items_only(store_factory):
+    from ranking.store import SEEN_BOUND
+
+    items = [(f"n{k}", "s9", NOW - DAY, 1) for k in range(SEEN_BOUND + 3)]
+    store = store_factory(make_dataset(items))
+    store.apply([ev(f"v{k}", EventKind.VIEW, NOW + k, user_id="alice", item_id=f"n{k}") for k in range(SEEN_BOUND + 3)])
+    seen = views.hydrate(store, "alice", [item for item, *_ in items]).seen
+    assert len(seen) == SEEN_BOUND
+    assert "n0" not in seen and "n2" not in seen and f"n{SEEN_BOUND + 2}" in seen
+
+
+def test_an_engagement_with_an_unknown_item_changes_nothing(store_factory):
+    store = store_factory(social_dataset())
+    with pytest.raises(EventValidationError, match=r"events\[1\]\.item_id"):
+        store.apply([
+            ev("ok", EventKind.SHARE, user_id="bob", item_id="i1", friend_id="alice"),
+            ev("bad", EventKind.VIEW, user_id="alice", item_id="nope"),
+        ])  # fmt: skip
+    assert views.read_user(store, "alice").shared == ()
+
+
+def test_shares_and_views_load_from_the_dataset(store_factory):
+    from training.dataset import Engagements
+
+    rows = [  # (user, item, kind, ts, friend)
+        ("bob", "i3", "share", NOW - 50, "alice"),
+        ("alice", "i7", "share", NOW - 40, ""),
+        ("alice", "i1", "view", NOW - 30, ""),
+        ("alice", "i1", "view", NOW - 20, ""),
+        ("alice", "i6", "view", NOW - 20, ""),
+        ("alice", "i6", "click", NOW - 10, ""),
+        ("bob", "i1", "purchase", NOW - 5, ""),
+    ]
+    engagements = Engagements(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], np.array([r[3] for r in rows], float), [r[4] for r in rows]
+    )
+    store = store_factory(dataclasses.replace(social_dataset(), engagements=engagements))
+    assert views.read_user(store, "alice").shared == (("i3", "bob", NOW - 50),)
+    assert views.read_user(store, "carol").shared == (("i7", "alice", NOW - 40),)
+    assert _seen(store, "alice") == {"i1": (2, NOW - 20)}

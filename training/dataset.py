@@ -1,4 +1,5 @@
-"""The dataset directory: items.csv, likes.csv, follows.csv, friends.csv, sellers.csv.
+"""The dataset directory: items.csv, likes.csv, follows.csv, friends.csv, sellers.csv,
+engagements.csv.
 
 Columns (header row required, order free, extra columns rejected):
   items.csv    item_id, seller_id, created_at, stock[, price][, category][, title]
@@ -7,6 +8,7 @@ Columns (header row required, order free, extra columns rejected):
   follows.csv  user_id, seller_id, ts
   friends.csv  user_id, friend_id, ts        (undirected)
   sellers.csv  seller_id, vacation_until
+  engagements.csv  user_id, item_id, kind, ts[, friend_id]
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty.
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
@@ -15,10 +17,14 @@ The item card columns are optional and may be empty: ``price`` a non-negative nu
 ``feed_eligible`` 1 or 0 (empty: 1), whether the seller lets the feed show the item.
 ``vacation_until`` is when the seller's vacation ends (a time, or ``inf`` for until
 further notice; empty: not on vacation); sellers not listed are not on vacation.
+An engagement's ``kind`` is share, view, click, add_to_cart or purchase (ENGAGEMENT_KINDS);
+``friend_id`` only on a share, the friend it went to (empty: all the user's friends).
+Every row is kept (a view repeated is two views); the item must be in items.csv.
 
 Only likes.csv is required. Without items.csv every liked item is an in-stock item
 (stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN, empty card
-text and eligible. A missing follows.csv / friends.csv / sellers.csv means no such rows.
+text and eligible. A missing follows.csv / friends.csv / sellers.csv /
+engagements.csv means no such rows.
 
 Every bad value raises :class:`DatasetError` naming the file, the 1-based physical line
 (the header is line 1) and the column.
@@ -41,7 +47,9 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from ranking.vocab import encode
-from stores.events import MAX_SHIP_DAYS, is_currency_code
+from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, EventKind, is_currency_code
+
+ENGAGEMENT_KINDS = tuple(kind.value for kind in ENGAGEMENTS)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,39 @@ class Edges:
 
 
 @dataclass(frozen=True)
+class Engagements:
+    """Engagements beyond likes, one row each, in file order (repeats are kept: two views are two).
+
+    ``kind`` holds ENGAGEMENT_KINDS values; ``friend_id`` is "" except on a share that
+    named the friend it went to.
+    """
+
+    user_id: list[str]
+    item_id: list[str]
+    kind: list[str]
+    ts: np.ndarray  # float64; NaN when unknown
+    friend_id: list[str]
+
+    @classmethod
+    def none(cls) -> Engagements:
+        return cls([], [], [], np.zeros(0), [])
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    def take(self, rows: np.ndarray) -> Engagements:
+        """The rows selected by an index array or a boolean mask, in that order."""
+        idx = np.arange(len(self))[rows].tolist()
+        return Engagements(
+            [self.user_id[i] for i in idx], [self.item_id[i] for i in idx], [self.kind[i] for i in idx],
+            self.ts[idx], [self.friend_id[i] for i in idx],
+        )  # fmt: skip
+
+    def of_kind(self, kind: EventKind) -> Engagements:
+        return self.take(np.fromiter((k == kind.value for k in self.kind), bool, len(self)))
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A validated dataset. Edges are deduplicated; friendships are stored once per pair."""
 
@@ -144,6 +185,7 @@ class Dataset:
     follows: Edges  # user -> seller
     friends: Edges  # user <-> friend, src < dst
     sellers: Sellers = dataclasses.field(default_factory=Sellers.none)
+    engagements: Engagements = dataclasses.field(default_factory=Engagements.none)
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the dataset content.
@@ -162,7 +204,7 @@ class Dataset:
         return digest.hexdigest()
 
     def user_ids(self) -> list[str]:
-        """Sorted distinct users acting in likes, follows (the follower) and friends.
+        """Sorted distinct users acting in likes, follows (the follower), friends and engagements.
 
         Sellers appear only if they also act; an item's seller_id is not enough.
         """
@@ -170,6 +212,7 @@ class Dataset:
         users.update(self.follows.src)
         users.update(self.friends.src)
         users.update(self.friends.dst)
+        users.update(self.engagements.user_id)
         return sorted(users)
 
     def with_likes(self, likes: Edges) -> Dataset:
@@ -195,6 +238,7 @@ class DatasetError(ValueError):
 # --------------------------------------------------------------------------- schema
 
 ITEMS, LIKES, FOLLOWS, FRIENDS, SELLERS = "items.csv", "likes.csv", "follows.csv", "friends.csv", "sellers.csv"
+ENGAGEMENTS_FILE = "engagements.csv"
 
 _CARD_COLUMNS = ("title", "image_url", "currency", "ship_days", "feed_eligible")
 # (required columns, optional columns), in the order write_dataset writes them.
@@ -204,6 +248,7 @@ _SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     FOLLOWS: (("user_id", "seller_id", "ts"), ()),
     FRIENDS: (("user_id", "friend_id", "ts"), ()),
     SELLERS: (("seller_id", "vacation_until"), ()),
+    ENGAGEMENTS_FILE: (("user_id", "item_id", "kind", "ts"), ("friend_id",)),
 }
 
 _TIME_EXPECTED = "expected a Unix time or ISO-8601 timestamp"
@@ -579,7 +624,28 @@ def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Datase
     if os.path.isfile(os.path.join(path, SELLERS)):
         sellers = _load_sellers(_read_table(path, SELLERS))
 
-    return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers)
+    engagements = Engagements.none()
+    if os.path.isfile(os.path.join(path, ENGAGEMENTS_FILE)):
+        engagements = _load_engagements(_read_table(path, ENGAGEMENTS_FILE), set(items.item_id))
+
+    return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
+
+
+def _load_engagements(t: _Table, known_items: set[str]) -> Engagements:
+    user_id, item_id = _ids(t, "user_id"), _ids(t, "item_id")
+    kind = t.columns["kind"]
+    friend_id = t.columns.get("friend_id", [""] * t.n)
+    valid = set(ENGAGEMENT_KINDS)
+    for i, (user, item, k, friend) in enumerate(zip(user_id, item_id, kind, friend_id)):
+        if k not in valid:
+            raise t.error(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
+        if item not in known_items:
+            raise t.error(i, "item_id", f"unknown item {item!r} (not in {ITEMS} or {LIKES})")
+        if friend and k != EventKind.SHARE.value:
+            raise t.error(i, "friend_id", f"only a share names a friend, not a {k}")
+        if friend == user:
+            raise t.error(i, "friend_id", f"user {user!r} shares with themselves")
+    return Engagements(user_id, item_id, kind, _times(t, "ts", allow_empty=True), friend_id)
 
 
 def _load_sellers(t: _Table) -> Sellers:
@@ -748,6 +814,11 @@ def _render(ds: Dataset) -> dict[str, str]:
             # fingerprints) are exactly what they were before weights existed.
             header, columns = header + ("weight",), columns + [_format_times(edges.weight)]
         out[name] = _csv_text(header, columns)
+    if len(ds.engagements):
+        e = ds.engagements
+        out[ENGAGEMENTS_FILE] = _csv_text(
+            _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), (e.user_id, e.item_id, e.kind, _format_times(e.ts), e.friend_id)
+        )
     if len(ds.sellers):
         until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
         out[SELLERS] = _csv_text(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
@@ -755,7 +826,8 @@ def _render(ds: Dataset) -> dict[str, str]:
 
 
 def write_dataset(dataset: Dataset, path: str) -> None:
-    """Write the CSV files into ``path`` (created if needed); sellers.csv only when a seller has state.
+    """Write the CSV files into ``path`` (created if needed); sellers.csv only when a seller
+    has state, engagements.csv only when there are engagements.
 
     Output is deterministic (byte-identical for equal datasets) and
     ``load_dataset(path)`` returns an equal dataset when the input was valid
@@ -764,9 +836,10 @@ def write_dataset(dataset: Dataset, path: str) -> None:
     os.makedirs(path, exist_ok=True)
     with _gc_paused():
         rendered = _render(dataset)
-    if SELLERS not in rendered:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(path, SELLERS))
+    for optional in (SELLERS, ENGAGEMENTS_FILE):
+        if optional not in rendered:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, optional))
     for name, text in rendered.items():
         tmp = os.path.join(path, f".{name}.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -778,6 +851,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "Edges",
+    "Engagements",
     "Items",
     "Sellers",
     "load_dataset",

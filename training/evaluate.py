@@ -6,14 +6,18 @@ ranker is fitted on a validation split carved out of the training part (never on
 test part), exactly as ``python -m training train`` fits the one it publishes. The
 "blend" row is the same feed under the hand-set blend. Every method sees the same
 eligibility rules: in stock, not already liked, not the user's own.
+
+The "diversity caps" block (``evaluate_cap_grid``, issue 9) replays that same feed (same
+model, ranker, split and users) under a few other seller and category caps per page.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +35,20 @@ Recommender = Callable[[str, int], list[str]]
 
 
 @dataclass
+class FeedReplay:
+    """What replaying the "model" row's feed under other settings needs (``evaluate_cap_grid``)."""
+
+    train: Dataset
+    model: EmbeddingModel | None
+    ranker: LinearRanker
+    now: float
+    settings: FeedSettings
+    relevant: dict[str, set[str]]  # the (sampled) test users' test items
+    pages: dict[str, list[str]]  # the "model" row's pages, under ``settings``
+    seconds: float = 0.0  # the "model" row's replay time
+
+
+@dataclass
 class EvaluationReport:
     """Metrics per method ("model" first), keyed like "ndcg@10"."""
 
@@ -41,6 +59,12 @@ class EvaluationReport:
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
     ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
+    # One row per cap setting (evaluate_cap_grid): the caps and the metrics of the feed under them.
+    cap_grid: list[dict] = field(default_factory=list)
+    cap_grid_seconds: float = 0.0
+    # Kept by evaluate() so the cap grid can be added later; holds the training data and
+    # the model: set it to None to release them.
+    replay: FeedReplay | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict:
         methods = dict(self.methods)
@@ -54,6 +78,7 @@ class EvaluationReport:
             "test_pairs": self.test_pairs,
             "unseen_test_items": self.unseen_test_items,
             **({"ranker": self.ranker} if self.ranker else {}),
+            **({"cap_grid": self.cap_grid} if self.cap_grid else {}),
         }
 
     def table(self) -> str:
@@ -69,7 +94,35 @@ class EvaluationReport:
             + f", {self.test_pairs} test pairs, "
             f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
         )
+        if self.cap_grid:
+            lines += ["", *self.cap_grid_table()]
         return "\n".join(lines)
+
+    def cap_grid_table(self) -> list[str]:
+        """The "diversity caps" block: one line per cap setting, the configured one marked *."""
+        depth = max(self.ks)
+        columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "ndcg")]
+        columns += [f"items@{depth}", f"categories@{depth}", f"sellers@{depth}"]
+        lines = [
+            f"diversity caps (the model row's feed replayed with other caps per page of {depth}; same model, "
+            "ranker and users)",
+            f"{'seller cap':>10} {'category cap':>12} " + " ".join(f"{c:>13}" for c in columns),
+        ]
+        for row in self.cap_grid:
+            seller = "off" if row["max_per_seller"] >= depth else str(row["max_per_seller"])
+            category = "off" if row["max_per_category"] == 0 else str(row["max_per_category"])
+            mark = "*" if row["configured"] else " "
+            lines.append(
+                f"{seller + mark:>10} {category:>12} " + " ".join(f"{row.get(c, math.nan):13.4f}" for c in columns)
+            )
+        lines.append(
+            f"* as configured; seller cap off = {depth} (a whole page: never binds; 0 is not a valid seller cap), "
+            f"category cap off = 0; items@{depth} is the mean page length (a cap can leave a page short), "
+            "categories and sellers the distinct ones per page (items without one not counted); "
+            f"{len(self.cap_grid)} settings in {self.cap_grid_seconds:.1f} s"
+            + (f" (the model row's replay: {self.replay.seconds:.1f} s)" if self.replay else "")
+        )
+        return lines
 
 
 class Eligibility:
@@ -208,9 +261,13 @@ def pipeline_recommender(
     now: float,
     settings: FeedSettings,
     show_progress: bool = False,
+    store: MemoryStore | None = None,
 ) -> Recommender:
-    """The served feed, replayed in process over a memory store of the training data."""
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(train, progress=show_progress), model, ranker, settings)
+    """The served feed, replayed in process over a memory store of the training data
+    (``store``: one already loaded with it, to share between replays)."""
+    if store is None:
+        store = MemoryStore.from_dataset(train, progress=show_progress)
+    pipeline = build_feed_pipeline(store, model, ranker, settings)
     return lambda user_id, k: [c.item_id for c in pipeline.run(user_id, k, now).items]
 
 
@@ -225,11 +282,14 @@ def evaluate(
     extra_methods: dict[str, Recommender] | None = None,
     show_progress: bool = True,
     max_users: int = 0,
+    cap_grid: bool = False,
 ) -> EvaluationReport:
     """Evaluate the served feed and the baselines on ``test`` (user -> item pairs).
 
     With ``max_users`` > 0, metrics average over a seeded sample of that many test users
-    (the replay costs milliseconds per user: this bounds it on large datasets).
+    (the replay costs milliseconds per user: this bounds it on large datasets). With
+    ``cap_grid``, the report also has the "diversity caps" block (``evaluate_cap_grid``,
+    which can also be called on the report later).
     """
     ks = tuple(sorted(set(ks)))
     depth = max(ks)
@@ -247,10 +307,9 @@ def evaluate(
     )
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
 
+    now = evaluation_time(train) if now is None else now
     methods: dict[str, Recommender] = {
-        "model": pipeline_recommender(
-            train, model, ranker, evaluation_time(train) if now is None else now, settings, show_progress
-        ),
+        "model": pipeline_recommender(train, model, ranker, now, settings, show_progress),
         "popularity": popularity_baseline(train, eligible),
         "followed_sellers": followed_sellers_baseline(train, eligible),
         "friends_likes": friends_likes_baseline(train, eligible),
@@ -266,12 +325,86 @@ def evaluate(
     users = sorted(relevant)
     for name, recommend in methods.items():
         progress = tqdm(users, desc=f"evaluate {name}", unit="user", disable=not show_progress, leave=False)
+        started = time.perf_counter()
         recommended = {user_id: recommend(user_id, depth) for user_id in progress}
+        if name == "model":
+            report.replay = FeedReplay(
+                train, model, ranker, now, settings, relevant, recommended, time.perf_counter() - started
+            )
         metrics = ranking_metrics(recommended, relevant, ks)
         metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, len(eligible.item_ids), depth)
         metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
         report.methods[name] = metrics
+    if cap_grid:
+        evaluate_cap_grid(report, show_progress)
     return report
+
+
+def cap_grid_settings(settings: FeedSettings, depth: int) -> list[FeedSettings]:
+    """The configured caps first, then the category cap off, 1 and 2 at the configured seller
+    cap, then the seller cap at 1 and off (``depth``: never binds on a page of ``depth``)
+    without a category cap, and off with a category cap of 1; settings that select the same
+    pages are listed once (6 settings under the defaults, at most 7)."""
+    configured = (settings.max_per_seller, settings.max_per_category)
+    grid = [configured, *((settings.max_per_seller, c) for c in (0, 1, 2)), (1, 0), (depth, 0), (depth, 1)]
+    out: list[FeedSettings] = []
+    seen: set[tuple[int, int]] = set()
+    for seller, category in grid:
+        # A cap of a whole page or more never binds: such settings give the same pages.
+        key = (min(seller, depth), 0 if category >= depth else category)
+        if key not in seen:
+            seen.add(key)
+            out.append(replace(settings, max_per_seller=seller, max_per_category=category))
+    return out
+
+
+def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> list[dict]:
+    """Fill ``report.cap_grid``: the "model" row's feed under each of ``cap_grid_settings``.
+
+    Only the page caps change: same model, ranker, replay time, users and cut-offs as the
+    main table (the configured setting reuses the "model" row's pages). Each row has the
+    caps, whether they are the configured ones, precision, recall and NDCG at each k, the
+    mean page length (a cap leaves a page short when too few candidates pass it), and the
+    mean number of distinct categories and of distinct sellers per page of max(ks) items
+    (items without a category, or a seller, are not counted: on data without categories,
+    categories@k is 0).
+    """
+    replay = report.replay
+    if replay is None:
+        raise ValueError("the report kept no replay of the feed (made by evaluate()): cannot add the cap grid")
+    started = time.perf_counter()
+    depth = max(report.ks)
+    items = replay.train.items
+    category_of = dict(zip(items.item_id, items.category))
+    seller_of = dict(zip(items.item_id, items.seller_id))
+    users = sorted(replay.relevant)
+    store: MemoryStore | None = None
+    rows: list[dict] = []
+    for settings in cap_grid_settings(replay.settings, depth):
+        configured = settings == replay.settings
+        if configured:
+            pages = replay.pages
+        else:
+            if store is None:  # loaded once, shared by the replays: they only read it
+                store = MemoryStore.from_dataset(replay.train, progress=show_progress)
+            recommend = pipeline_recommender(replay.train, replay.model, replay.ranker, replay.now, settings, store=store)
+            label = f"caps seller {settings.max_per_seller} category {settings.max_per_category}"
+            progress = tqdm(users, desc=label, unit="user", disable=not show_progress, leave=False)
+            pages = {user_id: recommend(user_id, depth) for user_id in progress}
+        row: dict = {
+            "max_per_seller": settings.max_per_seller,
+            "max_per_category": settings.max_per_category,
+            "configured": configured,
+        }
+        row.update(ranking_metrics(pages, replay.relevant, report.ks))
+        row[f"items@{depth}"] = float(np.mean([len(page[:depth]) for page in pages.values()])) if pages else 0.0
+        # mean_distinct_sellers counts the distinct non-empty values of any item -> key map.
+        row[f"categories@{depth}"] = mean_distinct_sellers(pages, category_of, depth)
+        row[f"sellers@{depth}"] = mean_distinct_sellers(pages, seller_of, depth)
+        rows.append(row)
+    report.cap_grid = rows
+    report.cap_grid_seconds = time.perf_counter() - started
+    return rows
 
 
 # -- command line ------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """`python -m training evaluate`: the served feed and the baselines on a held-out split.
 
   python -m training evaluate --data DIR [--split time:0.2|random:0.2[:SEED]] [--k 10,20] [--json OUT] [--plot PNG]
+      [--cap-grid | --no-cap-grid]
 """
 
 from __future__ import annotations
+
+import argparse
 
 from training.arguments import (
     add_eval_users_argument,
@@ -14,9 +17,12 @@ from training.arguments import (
     ranker_params_from_args,
     settings_from_args,
 )
-from training.evaluate import plot_report, read_test_file
+from training.evaluate import evaluate_cap_grid, plot_report, read_test_file
 from training.experiment import evaluate_split
 from training.splits import SplitSpec
+
+
+CAP_GRID_DEFAULT = True
 
 
 def add_arguments(parser) -> None:
@@ -32,6 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
     add_eval_users_argument(parser)
     parser.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
+    parser.add_argument("--cap-grid", action=argparse.BooleanOptionalAction, default=CAP_GRID_DEFAULT,
+                        help="add the \"diversity caps\" block: the feed replayed with the seller cap at the "
+                             "configured value, 1 and off and the category cap off, 1 and 2 (at most 7 settings; "
+                             "each replay costs about what the model row's does) (default: %(default)s)")
     add_feed_arguments(parser)
     add_training_arguments(parser)
 
@@ -53,6 +63,8 @@ def run(args) -> None:
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
         ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,
     )
+    if args.cap_grid:
+        evaluate_cap_grid(report, show_progress=params.show_progress)
     print(report.table())
     if args.json:
         with open(args.json, "w") as handle:

@@ -1,12 +1,16 @@
 """Hold-out splits of the likes of a dataset.
 
 Only likes are split: the train dataset keeps items, follows and friends unchanged
-(they are side information available at serving time). ``validation_split`` carves a
+(they are side information available at serving time). Engagements (shares, views,
+clicks, carts, purchases) of a held-out (user, item) pair leave the train dataset with
+it, and a time split also drops every engagement at or after the split time: either
+would tell the model the answer. ``validation_split`` carves a
 validation part out of a training part with the same shape as the test split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +24,19 @@ def _take(edges: Edges, rows: np.ndarray) -> Edges:
     return Edges(src=[edges.src[i] for i in idx], dst=[edges.dst[i] for i in idx],
                  ts=np.asarray(edges.ts, dtype=np.float64)[rows],
                  weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
+
+
+def _train_part(ds: Dataset, is_test: np.ndarray, before: float | None = None) -> tuple[Dataset, Edges]:
+    """(train dataset, held-out likes) for a mask over ``ds.likes``; see the module docstring."""
+    train, test = _take(ds.likes, np.flatnonzero(~is_test)), _take(ds.likes, np.flatnonzero(is_test))
+    engagements = ds.engagements
+    if len(engagements):
+        held = set(zip(test.src, test.dst))
+        keep = np.fromiter((pair not in held for pair in zip(engagements.user_id, engagements.item_id)), bool, len(engagements))
+        if before is not None:
+            keep &= engagements.ts < before
+        engagements = engagements.take(keep)
+    return dataclasses.replace(ds, likes=train, engagements=engagements), test
 
 
 def _check_fraction(fraction: float) -> None:
@@ -42,8 +59,7 @@ def random_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edge
     n_test = int(round(fraction * n))
     is_test = np.zeros(n, dtype=bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
-    return (ds.with_likes(_take(ds.likes, np.flatnonzero(~is_test))),
-            _take(ds.likes, np.flatnonzero(is_test)))
+    return _train_part(ds, is_test)
 
 
 def per_user_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges]:
@@ -67,8 +83,7 @@ def per_user_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Ed
     held_per_user = np.floor(fraction * counts + 0.5).astype(np.int64)
     is_test = np.zeros(n, dtype=bool)
     is_test[order] = rank_in_user < np.repeat(held_per_user, counts)
-    return (ds.with_likes(_take(ds.likes, np.flatnonzero(~is_test))),
-            _take(ds.likes, np.flatnonzero(is_test)))
+    return _train_part(ds, is_test)
 
 
 def time_split(ds: Dataset, fraction: float) -> tuple[Dataset, Edges, float]:
@@ -98,8 +113,7 @@ def time_split(ds: Dataset, fraction: float) -> tuple[Dataset, Edges, float]:
     else:
         split_time = float(np.partition(ts, n - n_test)[n - n_test])
     is_test = ts >= split_time
-    return (ds.with_likes(_take(ds.likes, np.flatnonzero(~is_test))),
-            _take(ds.likes, np.flatnonzero(is_test)), split_time)
+    return (*_train_part(ds, is_test, before=split_time), split_time)
 
 
 def evaluation_time(train: Dataset) -> float:
@@ -151,8 +165,6 @@ def catalogue_at(dataset: Dataset, now: float) -> Dataset:
     predicts the test likes. Items with an unknown creation time and items liked in
     ``dataset`` stay.
     """
-    import dataclasses
-
     items = dataset.items
     keep = ~(np.asarray(items.created_at) > now)
     if keep.all():

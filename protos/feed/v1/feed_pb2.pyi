@@ -14,11 +14,13 @@ class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_KIND_FRIENDS_LIKED: _ClassVar[ReasonKind]
     REASON_KIND_SIMILAR_TO_LIKES: _ClassVar[ReasonKind]
     REASON_KIND_TRENDING: _ClassVar[ReasonKind]
+    REASON_KIND_FRIEND_SHARED: _ClassVar[ReasonKind]
 REASON_KIND_UNSPECIFIED: ReasonKind
 REASON_KIND_FOLLOWED_SELLER: ReasonKind
 REASON_KIND_FRIENDS_LIKED: ReasonKind
 REASON_KIND_SIMILAR_TO_LIKES: ReasonKind
 REASON_KIND_TRENDING: ReasonKind
+REASON_KIND_FRIEND_SHARED: ReasonKind
 
 class GetFeedRequest(_message.Message):
     __slots__ = ("user_id", "limit", "page_token", "exclude_item_ids", "include_categories", "exclude_categories", "min_price", "max_price", "max_ship_days")
@@ -77,14 +79,16 @@ class FeedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., price: _Optional[float] = ..., currency: _Optional[str] = ..., category: _Optional[str] = ..., ship_days: _Optional[int] = ...) -> None: ...
 
 class GetFeedResponse(_message.Message):
-    __slots__ = ("items", "next_page_token", "model_version")
+    __slots__ = ("items", "next_page_token", "model_version", "arm")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[FeedItem]
     next_page_token: str
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[FeedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, items: _Optional[_Iterable[_Union[FeedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., model_version: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class UserItem(_message.Message):
     __slots__ = ("user_id", "item_id")
@@ -170,6 +174,16 @@ class SellerVacationEnd(_message.Message):
     seller_id: str
     def __init__(self, seller_id: _Optional[str] = ...) -> None: ...
 
+class Share(_message.Message):
+    __slots__ = ("user_id", "item_id", "friend_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FRIEND_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    friend_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., friend_id: _Optional[str] = ...) -> None: ...
+
 class StockUpdate(_message.Message):
     __slots__ = ("item_id", "stock")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -179,7 +193,7 @@ class StockUpdate(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., stock: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "ts", "like", "unlike", "follow", "unfollow", "friend", "unfriend", "item_upsert", "stock_update", "not_interested_item", "not_interested_seller", "item_update", "seller_vacation", "seller_vacation_end")
+    __slots__ = ("event_id", "ts", "like", "unlike", "follow", "unfollow", "friend", "unfriend", "item_upsert", "stock_update", "not_interested_item", "not_interested_seller", "item_update", "seller_vacation", "seller_vacation_end", "share", "view", "click", "add_to_cart", "purchase")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     LIKE_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +209,11 @@ class Event(_message.Message):
     ITEM_UPDATE_FIELD_NUMBER: _ClassVar[int]
     SELLER_VACATION_FIELD_NUMBER: _ClassVar[int]
     SELLER_VACATION_END_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    CLICK_FIELD_NUMBER: _ClassVar[int]
+    ADD_TO_CART_FIELD_NUMBER: _ClassVar[int]
+    PURCHASE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     ts: float
     like: UserItem
@@ -210,7 +229,12 @@ class Event(_message.Message):
     item_update: ItemUpdate
     seller_vacation: SellerVacation
     seller_vacation_end: SellerVacationEnd
-    def __init__(self, event_id: _Optional[str] = ..., ts: _Optional[float] = ..., like: _Optional[_Union[UserItem, _Mapping]] = ..., unlike: _Optional[_Union[UserItem, _Mapping]] = ..., follow: _Optional[_Union[UserSeller, _Mapping]] = ..., unfollow: _Optional[_Union[UserSeller, _Mapping]] = ..., friend: _Optional[_Union[UserFriend, _Mapping]] = ..., unfriend: _Optional[_Union[UserFriend, _Mapping]] = ..., item_upsert: _Optional[_Union[ItemUpsert, _Mapping]] = ..., stock_update: _Optional[_Union[StockUpdate, _Mapping]] = ..., not_interested_item: _Optional[_Union[UserItem, _Mapping]] = ..., not_interested_seller: _Optional[_Union[UserSeller, _Mapping]] = ..., item_update: _Optional[_Union[ItemUpdate, _Mapping]] = ..., seller_vacation: _Optional[_Union[SellerVacation, _Mapping]] = ..., seller_vacation_end: _Optional[_Union[SellerVacationEnd, _Mapping]] = ...) -> None: ...
+    share: Share
+    view: UserItem
+    click: UserItem
+    add_to_cart: UserItem
+    purchase: UserItem
+    def __init__(self, event_id: _Optional[str] = ..., ts: _Optional[float] = ..., like: _Optional[_Union[UserItem, _Mapping]] = ..., unlike: _Optional[_Union[UserItem, _Mapping]] = ..., follow: _Optional[_Union[UserSeller, _Mapping]] = ..., unfollow: _Optional[_Union[UserSeller, _Mapping]] = ..., friend: _Optional[_Union[UserFriend, _Mapping]] = ..., unfriend: _Optional[_Union[UserFriend, _Mapping]] = ..., item_upsert: _Optional[_Union[ItemUpsert, _Mapping]] = ..., stock_update: _Optional[_Union[StockUpdate, _Mapping]] = ..., not_interested_item: _Optional[_Union[UserItem, _Mapping]] = ..., not_interested_seller: _Optional[_Union[UserSeller, _Mapping]] = ..., item_update: _Optional[_Union[ItemUpdate, _Mapping]] = ..., seller_vacation: _Optional[_Union[SellerVacation, _Mapping]] = ..., seller_vacation_end: _Optional[_Union[SellerVacationEnd, _Mapping]] = ..., share: _Optional[_Union[Share, _Mapping]] = ..., view: _Optional[_Union[UserItem, _Mapping]] = ..., click: _Optional[_Union[UserItem, _Mapping]] = ..., add_to_cart: _Optional[_Union[UserItem, _Mapping]] = ..., purchase: _Optional[_Union[UserItem, _Mapping]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("events",)

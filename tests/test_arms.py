@@ -1,0 +1,268 @@
+"""A/B arms: the assignment of users to arms, the arms file, and arms served over real gRPC."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from protos.feed.v1 import feed_pb2
+from ranking.feed import FeedSettings
+from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms
+from serving.server import FeedServer
+from tests.conftest import REPO
+from tests.feed_world import FAST_TRAINING, World, all_pages, build_world, running_server
+from training.artifact import publish, set_current
+from training.train import TrainParams, default_ranker_spec, train
+
+THREE_ARMS = """
+salt = "exp-2026-12"
+[[arm]]
+name = "control"
+share = 0.5
+[[arm]]
+name = "cat-cap"
+share = 0.3
+[arm.feed]
+max_per_category = 1
+[[arm]]
+name = "small"
+share = 0.2
+model = "current"
+"""
+
+
+PINNED_BUCKETS = [5481, 2775, 6083]  # bucket_of("exp-2026-12", ·) of "u00001", "u00002", ""
+
+
+def synthetic_users(n: int = 10_000) -> list[str]:
+    return [f"user-{i:05d}" for i in range(n)]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- assignment and the file format (no server) ---
+
+
+def test_a_user_keeps_their_arm_across_reads_and_processes():
+    first, again = parse_arms(THREE_ARMS), parse_arms(THREE_ARMS)
+    users = synthetic_users(2_000)
+    assert [first.assign(u).name for u in users] == [again.assign(u).name for u in users]
+    assert [first.assign(u).name for u in users] == [first.assign(u).name for u in users]
+    # The hash is keyed BLAKE2b, not Python's per-process salted hash(): these values
+    # hold in every process and release; changing them reshuffles every running experiment.
+    assert [bucket_of("exp-2026-12", u) for u in ("u00001", "u00002", "")] == PINNED_BUCKETS
+    code = "from serving.arms import bucket_of; print(bucket_of('exp-2026-12', 'u00001'))"
+    other_process = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert int(other_process.stdout) == bucket_of("exp-2026-12", "u00001")
+
+
+def test_arms_split_users_in_their_shares_and_the_salt_reshuffles_them():
+    arms = parse_arms(THREE_ARMS)
+    assert [(a.buckets.start, a.buckets.stop) for a in arms.arms] == [(0, 5_000), (5_000, 8_000), (8_000, BUCKETS)]
+    users = synthetic_users()
+    counts = Counter(arms.assign(u).name for u in users)
+    for arm in arms.arms:
+        assert counts[arm.name] / len(users) == pytest.approx(arm.share, abs=0.02), counts
+    reshuffled = parse_arms(THREE_ARMS.replace("exp-2026-12", "exp-2027-01"))
+    moved = sum(arms.assign(u).name != reshuffled.assign(u).name for u in users) / len(users)
+    # Independent splits: a user changes arm with probability 1 - (0.5² + 0.3² + 0.2²) = 0.62.
+    assert moved == pytest.approx(0.62, abs=0.03)
+
+
+def test_an_arm_takes_the_servers_flags_for_the_feed_settings_it_does_not_name():
+    base = FeedSettings(max_per_seller=3, neighbours=7)
+    arms = parse_arms(THREE_ARMS, "arms.toml", base)
+    control, cat_cap, small = arms.arms
+    assert control.settings == base and control.model is None and small.model is None
+    assert cat_cap.settings == FeedSettings(max_per_seller=3, neighbours=7, max_per_category=1)
+    assert parse_arms("", "arms.toml").arms == ()  # no arms: the experiment is off
+
+
+ONE_ARM = 'salt = "s"\n[[arm]]\nname = "a"\nshare = 1.0\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('salt = "s"\nshares = 1\n', "arms.toml: line 2: unknown key 'shares' at the top level"),
+        (ONE_ARM + 'modle = "v1"\n', "arms.toml: line 5: unknown key 'modle' in arm 1 ('a')"),
+        (ONE_ARM + "[arm.feed]\nmax_per_sellr = 1\n", "arms.toml: line 6: unknown key 'max_per_sellr' in the feed settings of arm 1 ('a')"),
+        (ONE_ARM + "[arm.feed]\nmax_per_seller = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: max_per_seller: must be >= 1"),
+        (ONE_ARM + '[arm.feed]\nsources = ["nope"]\n', "arms.toml: line 6: arm 1 ('a'): feed: sources: unknown ['nope']"),
+        (ONE_ARM + '[arm.feed]\nneighbours = "5"\n', "arms.toml: line 6: arm 1 ('a'): feed: neighbours: must be a non-negative integer"),
+        ('salt = "s"\n[[arm]\n', "arms.toml: not valid TOML: Expected ']]' at the end of an array declaration (at line 2"),
+        ('[[arm]]\nname = "a"\nshare = 1.0\n', "arms.toml: 'salt' must be a non-empty string"),
+        (ONE_ARM.replace("1.0", "0.6") + '[[arm]]\nname = "a"\nshare = 0.4\n', "arms.toml: line 6: arm 2 ('a'): the name 'a' is used by another arm"),
+        (ONE_ARM.replace('"a"', '""'), "arms.toml: line 3: arm 1: 'name' must be a non-empty string"),
+        (ONE_ARM.replace("1.0", "0.7") + '[[arm]]\nname = "b"\nshare = 0.2\n', "arms.toml: the arms' shares sum to 0.9; they must sum to 1"),
+        (ONE_ARM + '[[arm]]\nname = "b"\nshare = 0\n', "arms.toml: line 7: arm 2 ('b'): 'share' must be a positive number, got 0"),
+        (ONE_ARM + 'model = "../elsewhere"\n', "arms.toml: line 5: arm 1 ('a'): 'model' must be a version directory name"),
+    ],
+)
+def test_a_bad_arms_file_is_an_error_naming_the_file_line_and_key(text, message):
+    with pytest.raises(ArmsConfigError) as error:
+        parse_arms(text, "arms.toml")
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_shares_within_the_tolerance_are_accepted():
+    arms = parse_arms('salt = "s"\n' + "".join(f'[[arm]]\nname = "a{i}"\nshare = 0.1\n' for i in range(10)))
+    assert len(arms.arms) == 10 and arms.arms[-1].buckets.stop == BUCKETS
+
+
+# --- served over gRPC ---
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    """A world whose models directory holds two versions, CURRENT pointing at the older."""
+    world = build_world(tmp_path_factory.mktemp("arms-world"))
+    world.old = (world.models_dir / "CURRENT").read_text().strip()
+    model, _ = train(world.dataset, TrainParams(factors=8, iterations=3, show_progress=False))
+    world.new = Path(publish(str(world.models_dir), model, {"params": {}, "metrics": {}, "ranker": default_ranker_spec()})).name
+    set_current(str(world.models_dir), world.old)
+    return world
+
+
+def arms_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "arms.toml"
+    path.write_text(text)
+    return path
+
+
+def split(treatment_model: str, treatment_feed: str = "max_per_seller = 1") -> str:
+    return f"""
+salt = "grpc-test"
+[[arm]]
+name = "control"
+share = 0.5
+[[arm]]
+name = "treatment"
+share = 0.5
+model = "{treatment_model}"
+[arm.feed]
+{treatment_feed}
+"""
+
+
+def seller_repeats(page: feed_pb2.GetFeedResponse) -> int:
+    return max(Counter(item.seller_id for item in page.items).values(), default=0)
+
+
+def test_the_response_names_the_arm_whose_model_and_feed_settings_built_it(world, tmp_path):
+    path = arms_file(tmp_path, split(world.new))
+    arms = load_arms(str(path))
+    users = world.dataset.user_ids()[:120]
+    repeats: dict[str, int] = Counter()
+    requests: dict[str, int] = Counter()
+    with running_server(world, arms_file=str(path)) as (server, stub):
+        for user in users:
+            pages = all_pages(stub, user, 20, 3)
+            arm = arms.assign(user).name
+            requests[arm] += len(pages)
+            ids = [item.item_id for page in pages for item in page.items]
+            assert len(ids) == len(set(ids)), user  # page tokens work within an arm
+            for page in pages:
+                assert page.arm == arm, user
+                assert page.model_version == (world.new if arm == "treatment" else world.old), user
+                repeats[arm] = max(repeats[arm], seller_repeats(page))
+        registry = server.service.metrics.registry
+        for arm in ("control", "treatment"):
+            assert registry.get_sample_value("feedrank_arm_requests_total", {"arm": arm, "code": "OK"}) == requests[arm]
+            assert registry.get_sample_value("feedrank_arm_request_seconds_count", {"arm": arm}) == requests[arm]
+        assert registry.get_sample_value("feedrank_arm_model_info", {"arm": "treatment", "version": world.new}) == 1
+        assert registry.get_sample_value("feedrank_arm_model_info", {"arm": "control", "version": world.old}) == 1
+        assert registry.get_sample_value("feedrank_model_info", {"version": world.old}) == 1
+        total = sum(requests.values())
+        assert registry.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "OK"}) == total
+    assert 30 < requests["control"] and 30 < requests["treatment"]
+    assert repeats["treatment"] == 1  # max_per_seller = 1 holds on every page of the arm ...
+    assert repeats["control"] == 2  # ... while the default (the server's cap of 2) does repeat sellers
+
+
+def test_without_arms_the_response_names_no_arm(world):
+    with running_server(world) as (server, stub):
+        page = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5)
+        assert (page.arm, page.model_version) == ("", world.old)
+        assert server.service.metrics.registry.get_sample_value("feedrank_arm_requests_total", {"arm": "", "code": "OK"}) == 1
+
+
+def test_a_missing_model_version_fails_at_startup_naming_it(world, tmp_path):
+    from serving.config import ServerConfig
+
+    path = arms_file(tmp_path, split("20991231T000000Z-nope00"))
+    with pytest.raises(ArmsConfigError, match="arm 'treatment': no model version '20991231T000000Z-nope00'"):
+        load_pinned(load_arms(str(path)), str(world.models_dir))
+    server = FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, arms_file=str(path)))
+    try:
+        with pytest.raises(ArmsConfigError, match="20991231T000000Z-nope00"):
+            server.start()
+    finally:
+        server.stop(grace=0)
+    # The command line says so before starting anything; --help explains the flag.
+    argv = [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(world.data_dir), "--arms", str(path)]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--arms: " in result.stderr and "20991231T000000Z-nope00" in result.stderr
+    help_text = subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "--arms FILE" in help_text and "[[arm]]" in help_text and "[arm.feed]" in help_text
+
+
+def wait_for(stub, user: str, expected: tuple[str, str], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        page = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=5)
+        if (page.arm, page.model_version) == expected:
+            return
+        assert time.monotonic() < deadline, f"{user} still gets {(page.arm, page.model_version)}, not {expected}"
+        time.sleep(0.05)
+
+
+def test_arms_models_and_the_arms_file_are_hot_reloaded(world, tmp_path, caplog):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    path = arms_file(tmp_path, split(world.old, "max_per_seller = 2"))
+    arms = load_arms(str(path))
+    users = world.dataset.user_ids()
+    control = next(u for u in users if arms.assign(u).name == "control")
+    treatment = next(u for u in users if arms.assign(u).name == "treatment")
+    copy = World(world.dataset, world.data_dir, models)
+    with running_server(copy, arms_file=str(path), reload_seconds=0.05) as (_, stub):
+        wait_for(stub, control, ("control", world.old))
+        wait_for(stub, treatment, ("treatment", world.old))
+        # The operator points the arm at another version: no restart.
+        write_atomically(path, split(world.new))
+        wait_for(stub, treatment, ("treatment", world.new))
+        wait_for(stub, control, ("control", world.old))
+        assert seller_repeats(stub.GetFeed(feed_pb2.GetFeedRequest(user_id=treatment, limit=20), timeout=5)) == 1
+        # A broken file is logged and the arms in force are kept.
+        with caplog.at_level(logging.ERROR, logger="feedrank.serving"):
+            write_atomically(path, split("20991231T000000Z-nope00"))
+            deadline = time.monotonic() + 10
+            while not any("arms reload" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the broken arms file was not reported"
+                time.sleep(0.05)
+        assert "20991231T000000Z-nope00" in caplog.text
+        wait_for(stub, treatment, ("treatment", world.new), seconds=0)
+        # An arm that follows CURRENT switches with it, like the default model.
+        write_atomically(path, split("current"))
+        wait_for(stub, treatment, ("treatment", world.old))
+        model, _ = train(world.dataset, FAST_TRAINING)
+        newest = Path(publish(str(models), model, {"params": {}, "metrics": {}, "ranker": default_ranker_spec()})).name
+        wait_for(stub, treatment, ("treatment", newest))
+        wait_for(stub, control, ("control", newest))
+        # With no arms left in the file the experiment is off.
+        write_atomically(path, 'salt = "grpc-test"\n')
+        wait_for(stub, treatment, ("", newest))
