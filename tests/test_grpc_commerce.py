@@ -200,3 +200,82 @@ def test_the_category_cap_holds_on_every_page(world):
                 per_category = Counter(item.category for item in page.items if item.category)
                 assert max(per_category.values(), default=0) <= 3, (user, per_category)
                 assert max(Counter(item.seller_id for item in page.items).values(), default=0) <= 2
+
+
+def _servable_items(world, user: str) -> list[str]:
+    """Items the user's feed may show: in stock, eligible, of a seller at work, not liked, not their own."""
+    data = world.dataset
+    away = set(data.sellers.seller_id)
+    liked = {item for u, item in zip(data.likes.src, data.likes.dst) if u == user}
+    items = data.items
+    return [
+        item
+        for item, seller, stock, ok in zip(items.item_id, items.seller_id, items.stock.tolist(), items.feed_eligible.tolist())
+        if stock > 0 and ok and seller not in away and seller != user and item not in liked
+    ]
+
+
+def _friends(world) -> dict[str, set[str]]:
+    friends: dict[str, set[str]] = {}
+    for a, b in zip(world.dataset.friends.src, world.dataset.friends.dst):
+        friends.setdefault(a, set()).add(b)
+        friends.setdefault(b, set()).add(a)
+    return friends
+
+
+def _reason(item: feed_pb2.FeedItem, kind: int) -> feed_pb2.Reason | None:
+    return next((r for r in item.reasons if r.kind == kind), None)
+
+
+def test_a_share_reaches_the_friends_next_feed_with_its_reason(world, stub):
+    friends = _friends(world)
+    sharer = next(u for u in sorted(friends) if len(friends[u]) >= 2)
+    named, *others = sorted(friends[sharer])
+    first_page = {i.item_id for i in _feed(stub, named, pages=1)}
+    item = next(i for i in _servable_items(world, named) if i not in first_page and i in _servable_items(world, others[0]))
+    stub.Ingest(feed_pb2.IngestRequest(events=[
+        event(ts=time.time(), share=feed_pb2.Share(user_id=sharer, item_id=item, friend_id=named)),
+    ]), timeout=10)  # fmt: skip
+    top = {i.item_id: i for i in _feed(stub, named, pages=1)}
+    assert item in top, "a friend's fresh share is on top of the very next page"
+    reason = _reason(top[item], feed_pb2.REASON_KIND_FRIEND_SHARED)
+    assert list(reason.actor_ids) == [sharer] and reason.count == 1
+    # Shared with one friend: the sharer's other friends do not hear of it.
+    assert all(
+        _reason(i, feed_pb2.REASON_KIND_FRIEND_SHARED) is None for other in others for i in _feed(stub, other, pages=1) if i.item_id == item
+    )
+
+    # Shared with no one in particular: every friend of the sharer gets it.
+    stub.Ingest(feed_pb2.IngestRequest(events=[event(ts=time.time(), share=feed_pb2.Share(user_id=sharer, item_id=item))]), timeout=10)
+    got = {i.item_id: i for i in _feed(stub, others[0], pages=1)}
+    assert item in got and list(_reason(got[item], feed_pb2.REASON_KIND_FRIEND_SHARED).actor_ids) == [sharer]
+
+
+def test_fatigue_sinks_an_item_seen_over_and_over_then_hides_it(world, server):
+    # A sink small enough that the item stays on the first page, so its score can be read;
+    # a second server on the fixture's store (Redis: the same state; memory: the same data).
+    settings = FeedSettings(fatigue_sink=0.05)
+    with running_server(world, store_url=server[0].config.store_url, feed=settings) as (_, stub):
+        user = world.dataset.user_ids()[5]
+        item = max(_feed(stub, user, pages=1), key=lambda i: i.score)
+        before = item.score
+
+        def view(times: int) -> None:
+            stub.Ingest(feed_pb2.IngestRequest(events=[
+                event(ts=time.time(), view=feed_pb2.UserItem(user_id=user, item_id=item.item_id)) for _ in range(times)
+            ]), timeout=10)  # fmt: skip
+
+        def score() -> float | None:
+            return next((i.score for i in _feed(stub, user, pages=3) if i.item_id == item.item_id), None)
+
+        view(settings.fatigue_free_views)
+        assert score() == pytest.approx(before, abs=5e-3)  # the free views cost nothing
+        view(2)
+        assert score() == pytest.approx(before - 2 * settings.fatigue_sink, abs=5e-3)
+        view(settings.fatigue_hide_views - settings.fatigue_free_views - 3)
+        assert score() == pytest.approx(before - 3 * settings.fatigue_sink, abs=5e-3)
+        view(1)
+        assert score() is None  # seen too often: it rests out of the feed
+        # Engaging with it ends the fatigue.
+        stub.Ingest(feed_pb2.IngestRequest(events=[event(click=feed_pb2.UserItem(user_id=user, item_id=item.item_id))]), timeout=10)
+        assert score() == pytest.approx(before, abs=5e-3)

@@ -79,7 +79,7 @@ def test_the_trainer_publishes_the_fitted_ranker_and_serving_loads_it(tmp_path):
     assert artifact.ranker.to_mapping() == pytest.approx(spec["weights"])
     assert artifact.model.item_knn is not None and artifact.model.item_knn.nnz > 0
     service = FeedService(MemoryStore.from_dataset(dataset), artifact, PageTokenCodec(b"k" * 32), FeedSettings())
-    scorer = service._pipeline.config.scorer
+    scorer = service._pipeline.config.scorer.inner  # under the fatigue sink
     assert scorer.ranker is artifact.ranker and version_dir.endswith(service.model_version)
 
 

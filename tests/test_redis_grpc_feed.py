@@ -11,6 +11,8 @@ from serving.load import load_into_redis
 from stores.redis import connect
 from tests.feed_world import build_world, running_server
 from tests.test_grpc_commerce import (  # noqa: F401 (re-collected here with the Redis server fixture)
+    test_a_share_reaches_the_friends_next_feed_with_its_reason,
+    test_fatigue_sinks_an_item_seen_over_and_over_then_hides_it,
     test_a_new_item_is_served_with_its_card,
     test_a_timed_vacation_ends_by_itself,
     test_feed_items_carry_their_card_and_partial_updates_keep_the_rest,
