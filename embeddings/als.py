@@ -9,6 +9,7 @@ served; seller factors are a training device.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,15 @@ DEFAULT_WEIGHT_TRANSFORM = "log"
 matrix: "log" = log2(1 + w), so an unweighted like (w = 1) stays 1 and a heavy listener
 does not drown every other signal; "raw" = w; "binary" = 1."""
 WEIGHT_TRANSFORMS = ("log", "raw", "binary")
+DEFAULT_ENGAGEMENT_WEIGHTS: dict[str, float] = {
+    "share": 1.0,  # vouching for an item to a friend says as much as a like
+    "purchase": 1.0,
+    "add_to_cart": 0.5,
+    "click": 0.25,
+    "view": 0.0,  # an impression says what was shown, not what was wanted
+}
+"""Weight of each engagement kind (training.dataset.Engagements) in the interaction matrix,
+relative to a like; a (user, item) pair's weights add up over its likes and engagements."""
 MIN_RECENCY_WEIGHT = 1e-3
 
 
@@ -110,6 +120,7 @@ def build_interactions(
     weight_transform: str = DEFAULT_WEIGHT_TRANSFORM,
     layout: Interactions | None = None,
     recency_half_life_days: float = 0.0,
+    engagement_weights: Mapping[str, float] | None = None,
 ) -> Interactions:
     """Build the weighted interaction matrix from a dataset.
 
@@ -127,29 +138,39 @@ def build_interactions(
     With ``recency_half_life_days`` > 0 and every like timed, a like's confidence also halves
     with every half-life between it and the newest like of ``ds``: what users liked
     lately weighs more, and an old like still counts as a positive.
+
+    Each engagement (``ds.engagements``) adds ``engagement_weights[kind]``
+    (DEFAULT_ENGAGEMENT_WEIGHTS when None) to its (user, item) cell; users who only engaged
+    get rows after the others.
     """
-    likes, follows = ds.likes, ds.follows
+    likes, follows, engaged = ds.likes, ds.follows, ds.engagements
     n_likes, n_follows = len(likes), len(follows)
+    weights_of = DEFAULT_ENGAGEMENT_WEIGHTS if engagement_weights is None else engagement_weights
+    engagement_values = np.array([weights_of.get(kind, 0.0) for kind in engaged.kind], dtype=np.float32)
     if layout is None:
         item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
         like_items = item_codes[len(ds.items) :]
         seller_codes, seller_ids = _without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
         follow_sellers = seller_codes[len(ds.items) :]
-        user_codes, user_ids = encode(list(likes.src) + list(follows.src))
+        user_codes, user_ids = encode(list(likes.src) + list(follows.src) + list(engaged.user_id))
     else:
         item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
         like_items = positions_in(likes.dst, item_ids)
         follow_sellers = positions_in(follows.dst, seller_ids)
-        user_codes = positions_in(list(likes.src) + list(follows.src), user_ids)
+        user_codes = positions_in(list(likes.src) + list(follows.src) + list(engaged.user_id), user_ids)
+    engaged_items = positions_in(engaged.item_id, item_ids) if len(engaged) else np.zeros(0, np.int32)
 
     n_items = len(item_ids)
     rows = user_codes
-    cols = np.concatenate([like_items, np.where(follow_sellers >= 0, n_items + follow_sellers, -1)]).astype(np.int32)
-    vals = np.empty(n_likes + n_follows, dtype=np.float32)
+    cols = np.concatenate(
+        [like_items, np.where(follow_sellers >= 0, n_items + follow_sellers, -1), engaged_items]
+    ).astype(np.int32)
+    vals = np.empty(len(rows), dtype=np.float32)
     vals[:n_likes] = like_weight * transform_weights(likes.weights(), weight_transform)
     if recency_half_life_days > 0 and n_likes and np.isfinite(likes.ts).all():
         vals[:n_likes] *= recency_weights(likes.ts, recency_half_life_days)
-    vals[n_likes:] = follow_weight
+    vals[n_likes : n_likes + n_follows] = follow_weight
+    vals[n_likes + n_follows :] = engagement_values
 
     keep = (vals != 0) & (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix(

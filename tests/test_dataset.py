@@ -346,3 +346,39 @@ def datasets(draw: st.DrawFn) -> Dataset:
 def test_round_trip_property(tmp_path: Path, ds: Dataset) -> None:
     write_dataset(ds, str(tmp_path))
     assert_same(ds, load_dataset(str(tmp_path)))
+
+
+ENGAGEMENTS = "user_id,item_id,kind,ts,friend_id\n" \
+              "u1,i1,share,1700000200,u2\n" \
+              "u1,i1,view,1700000100,\n" \
+              "u1,i1,view,1700000100,\n" \
+              "u2,i3,purchase,,\n"
+
+
+def test_engagements_load_every_row_and_round_trip(tmp_path: Path) -> None:
+    ds = load_dataset(str(make(tmp_path / "a", engagements=ENGAGEMENTS)))
+    e = ds.engagements
+    assert e.kind == ["share", "view", "view", "purchase"] and e.friend_id == ["u2", "", "", ""]
+    assert np.isnan(e.ts[3]) and e.ts[0] == 1700000200
+    write_dataset(ds, str(tmp_path / "b"))
+    again = load_dataset(str(tmp_path / "b"))
+    assert again.fingerprint() == ds.fingerprint() and again.engagements.kind == e.kind
+    without = load_dataset(str(make(tmp_path / "c")))
+    assert len(without.engagements) == 0 and without.fingerprint() != ds.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        ("u1,i1,like,1,", "kind"),
+        ("u1,nope,view,1,", "item_id"),
+        ("u1,i1,view,1,u2", "friend_id"),
+        ("u1,i1,share,1,u1", "friend_id"),
+        ("u1,i1,view,yesterday,", "ts"),
+    ],
+)
+def test_bad_engagements_are_located(tmp_path: Path, row: str, column: str) -> None:
+    text = "user_id,item_id,kind,ts,friend_id\nu1,i1,view,1,\n" + row + "\n"
+    with pytest.raises(DatasetError) as error:
+        load_dataset(str(make(tmp_path, engagements=text)))
+    assert (error.value.file, error.value.line, error.value.column) == ("engagements.csv", 3, column)

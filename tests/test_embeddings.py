@@ -183,3 +183,26 @@ def test_recency_weighting_halves_a_likes_confidence_every_half_life():
     assert dense[row["u2"], col["a"]] == pytest.approx(0.25)
     assert (flat.matrix != 0).sum() == (weighted.matrix != 0).sum()  # every like stays a positive
     assert recency_weights(np.array([NOW - 1e4 * DAY, NOW]), 1.0).min() == pytest.approx(MIN_RECENCY_WEIGHT)
+
+
+def test_engagements_add_their_kinds_weight_to_the_users_item_cell():
+    import dataclasses
+
+    from embeddings.als import build_interactions
+    from tests.builders import NOW, social_dataset
+    from training.dataset import Engagements
+
+    rows = [("alice", "i1", "purchase"), ("alice", "i1", "view"), ("alice", "i8", "share"), ("zoe", "i3", "click")]
+    engagements = Engagements([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], np.full(4, NOW), [""] * 4)
+    ds = dataclasses.replace(social_dataset(), engagements=engagements)
+    weights = {"purchase": 2.0, "view": 0.5, "share": 1.5, "click": 0.0}
+    got = build_interactions(ds, follow_weight=0.0, engagement_weights=weights)
+
+    def cell(user: str, item: str) -> float:
+        return float(got.matrix[got.user_ids.index(user), got.item_ids.index(item)])
+
+    assert cell("alice", "i1") == 2.5  # purchase + view, no like
+    assert cell("alice", "i8") == 1.0 + 1.5  # a like (weight 1) and a share add up
+    assert "zoe" in got.user_ids and got.matrix[got.user_ids.index("zoe")].nnz == 0  # a click weighing 0 adds nothing
+    plain = build_interactions(ds, follow_weight=0.0, engagement_weights={})
+    assert plain.matrix[:, : plain.n_items].sum() == len(ds.likes)

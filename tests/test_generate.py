@@ -160,3 +160,28 @@ def test_cards_curation_and_vacations_are_generated():
     assert 0.01 < (~items.feed_eligible).mean() < 0.06
     assert 0 < len(ds.sellers) < 20 and set(ds.sellers.seller_id) <= set(items.seller_id)
     assert (ds.sellers.vacation_until > 1_767_225_600.0).all()
+
+
+def test_engagements_follow_likes_and_friendship():
+    from collections import Counter
+
+    ds = generate(users=600, sellers=40, items=1500, seed=4)
+    e = ds.engagements
+    assert set(Counter(e.kind)) == {"share", "view", "click", "add_to_cart", "purchase"}
+    friends = set(zip(ds.friends.src, ds.friends.dst)) | set(zip(ds.friends.dst, ds.friends.src))
+    directed = [(u, f) for u, f, k in zip(e.user_id, e.friend_id, e.kind) if k == "share" and f]
+    assert directed and all(pair in friends for pair in directed)
+    assert all(not f for f, k in zip(e.friend_id, e.kind) if k != "share")
+    # A directed share is followed by the recipient's like of the item, most of the time.
+    liked_at = {(u, i): t for u, i, t in zip(ds.likes.src, ds.likes.dst, ds.likes.ts.tolist())}
+    shares = [(f, i, t) for f, i, t, k in zip(e.friend_id, e.item_id, e.ts.tolist(), e.kind) if k == "share" and f]
+    assert sum((f, i) in liked_at and liked_at[(f, i)] >= t for f, i, t in shares) > 0.8 * len(shares)
+    # Every like was seen first.
+    first_view: dict[tuple[str, str], float] = {}
+    for u, i, t, k in zip(e.user_id, e.item_id, e.ts.tolist(), e.kind):
+        if k == "view":
+            first_view[(u, i)] = min(t, first_view.get((u, i), t))
+    assert all(first_view.get(pair, float("inf")) <= t for pair, t in liked_at.items())
+    # Purchases come from the cart.
+    carted = {(u, i) for u, i, k in zip(e.user_id, e.item_id, e.kind) if k == "add_to_cart"}
+    assert all((u, i) in carted for u, i, k in zip(e.user_id, e.item_id, e.kind) if k == "purchase")

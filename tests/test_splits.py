@@ -122,3 +122,20 @@ def test_split_spec_errors_name_the_flag(text: str) -> None:
 
     with pytest.raises(ValueError, match="split|fraction"):
         SplitSpec.parse(text)
+
+
+def test_engagements_of_held_out_pairs_and_of_the_future_stay_out_of_training(ds: Dataset) -> None:
+    from training.splits import per_user_split
+
+    assert len(ds.engagements)
+    for train, test, before in (
+        (*random_split(ds, 0.2, seed=1), None),
+        (*per_user_split(ds, 0.2, seed=1), None),
+        time_split(ds, 0.2),
+    ):
+        held = set(zip(test.src, test.dst))
+        kept = set(zip(train.engagements.user_id, train.engagements.item_id))
+        assert not held & kept
+        assert len(train.engagements) > 0.5 * len(ds.engagements)
+        if before is not None:
+            assert train.engagements.ts.max() < before

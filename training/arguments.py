@@ -10,6 +10,7 @@ from embeddings.knn import KNN_KINDS
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from training.ranker_fit import OBJECTIVES, RankerFitParams
+from training.params import ENGAGEMENT_WEIGHT_FIELDS
 from training.train import TrainParams
 
 
@@ -25,6 +26,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
     group.add_argument("--follow-weight", type=float, default=d.follow_weight,
                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
+    for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items():
+        group.add_argument(f"--{kind.replace('_', '-')}-weight", dest=name, type=float, default=getattr(d, name), metavar="W",
+                           help=f"weight of a {kind.replace('_', '-')} (engagements.csv) relative to a like; 0 ignores "
+                                "them (default: %(default)s)")
     group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
                        help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
                             "log = log2(1 + w), raw, binary (default: %(default)s)")
@@ -97,6 +102,7 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         alpha=args.alpha,
         iterations=args.iterations,
         follow_weight=args.follow_weight,
+        **{name: getattr(args, name) for name in ENGAGEMENT_WEIGHT_FIELDS.values()},
         weight_transform=args.weight_transform,
         recency_half_life_days=args.recency_half_life_days,
         knn=args.knn,

@@ -22,6 +22,13 @@ The generative story, step by step (all vectorised numpy, one seeded Generator):
    were: a title from the category, an image URL, a price in EUR, ship days around the
    seller's usual dispatch time; a few items the seller keeps out of the feed, and a
    few sellers on vacation at ``end_time`` (half until further notice).
+9. Engagement beyond likes, from a third Generator (likes and cards stay what they
+   were). Shares follow friendship and taste: half of the likes copied from a friend in
+   step 7 were prompted by that friend sharing the item with the user, between the
+   friend's like and the user's; and a few likes are shared with all the liker's
+   friends. Views: every like is preceded by a view, and each user also sees as many
+   items picked by taste that they never like. Clicks precede most likes and a few of
+   the other views; some likes go on to the cart and half of those to a purchase.
 
 Same arguments, same seed -> byte-identical files.
 """
@@ -37,7 +44,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.dataset import Dataset, Edges, Items, Sellers, write_dataset
+from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
 
 #: 2026-01-01T00:00:00Z, the default end of the simulated period.
 DEFAULT_END_TIME = 1_767_225_600.0
@@ -76,6 +83,14 @@ TASTE_CANDIDATES = 8
 TASTE_SHARPNESS = 4.0
 #: Mean delay in seconds between a friend's like and the copied like.
 SOCIAL_DELAY = 2 * 86400.0
+#: Share of the likes copied from a friend that the friend's share prompted.
+SHARE_PROMPTED_LIKES = 0.5
+#: Share of likes the liker shares with all their friends.
+SHARED_LIKES = 0.05
+#: Share of likes with a click first, and of the unliked views with a click.
+CLICKED_LIKES, CLICKED_VIEWS = 0.6, 0.08
+#: Share of likes that go to the cart, and of carts that are bought.
+CARTED_LIKES, BOUGHT_CARTS = 0.25, 0.5
 
 _DAY = 86400.0
 
@@ -125,7 +140,7 @@ def generate(
     rng = np.random.default_rng(seed)
     end = float(math.floor(end_time))
     span = float(days) * _DAY
-    bar = tqdm(total=6, desc="generate", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=7, desc="generate", unit="step", disable=not progress, leave=False)
 
     # 1. communities and tastes
     comm_p = 1.0 / np.sqrt(np.arange(1, n_comm + 1))
@@ -232,6 +247,15 @@ def generate(
     order = np.lexsort((like_item, like_user, like_ts))
     like_user, like_item, like_ts = like_user[order], like_item[order], like_ts[order]
     bar.update()
+
+    # 9. engagement beyond likes
+    prompted = (soc_user, friend, soc_item, base_ts[src_like], soc_ts)
+    engagements = _engagements(
+        np.random.default_rng([seed, 9]), (like_user, like_item, like_ts), prompted, n_friends, end, created,
+        lambda users_: _taste_pick(np.random.default_rng([seed, 10]), users_, user_comm, user_vec, item_comm, item_vec, item_w, comm_p, n_comm),
+        seller_user[item_seller],
+    )  # fmt: skip
+    bar.update()
     bar.close()
 
     uid = _ids("u", users, 5)
@@ -264,7 +288,61 @@ def generate(
         follows=Edges(uid[fo_user].tolist(), uid[seller_user[fo_seller]].tolist(),
                       fo_ts.astype(np.float64)),
         friends=Edges(uid[fr_src].tolist(), uid[fr_dst].tolist(), fr_ts.astype(np.float64)),
+        engagements=Engagements(
+            uid[engagements[0]].tolist(), iid[engagements[1]].tolist(), engagements[2].tolist(),
+            engagements[3].astype(np.float64), [uid[f] if f >= 0 else "" for f in engagements[4].tolist()],
+        ),  # fmt: skip
     )
+
+
+def _engagements(
+    rng: np.random.Generator,
+    likes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    prompted: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    n_friends: np.ndarray,
+    end: float,
+    created: np.ndarray,
+    taste_pick,
+    item_owner: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Step 9: (user, item, kind, ts, friend or -1) arrays, sorted by (ts, user, item, kind)."""
+    like_user, like_item, like_ts = likes
+    parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(kind: str, users: np.ndarray, items: np.ndarray, ts: np.ndarray, friends: np.ndarray | None = None) -> None:
+        ts = np.clip(np.floor(ts), created[items] + 1.0, end)
+        parts.append((users, items, np.full(len(users), kind, dtype=object), ts,
+                      np.full(len(users), -1, np.int64) if friends is None else friends))  # fmt: skip
+
+    recipient, sharer, item, sharer_like, recipient_like = prompted
+    chosen = (rng.random(len(recipient)) < SHARE_PROMPTED_LIKES) & (item_owner[item] != recipient)
+    when = sharer_like + (recipient_like - sharer_like) * rng.random(len(recipient))
+    add("share", sharer[chosen], item[chosen], when[chosen], recipient[chosen])
+    to_all = (rng.random(len(like_user)) < SHARED_LIKES) & (n_friends[like_user] > 0)
+    add("share", like_user[to_all], like_item[to_all], like_ts[to_all] + rng.exponential(_DAY, int(to_all.sum())))
+
+    add("view", like_user, like_item, like_ts - rng.random(len(like_user)) * _DAY)
+    clicked = rng.random(len(like_user)) < CLICKED_LIKES
+    add("click", like_user[clicked], like_item[clicked], like_ts[clicked] - 1.0)
+    carted = rng.random(len(like_user)) < CARTED_LIKES
+    cart_ts = like_ts[carted] + rng.exponential(_DAY, int(carted.sum()))
+    add("add_to_cart", like_user[carted], like_item[carted], cart_ts)
+    bought = rng.random(len(cart_ts)) < BOUGHT_CARTS
+    add("purchase", like_user[carted][bought], like_item[carted][bought], cart_ts[bought] + rng.exponential(_DAY, int(bought.sum())))
+
+    seen_user = like_user.copy()
+    seen_item = taste_pick(seen_user)
+    liked = set((like_user * len(created) + like_item).tolist())
+    unliked = ~np.isin(seen_user * len(created) + seen_item, list(liked)) & (item_owner[seen_item] != seen_user)
+    seen_user, seen_item = seen_user[unliked], seen_item[unliked]
+    seen_ts = created[seen_item] + (end - created[seen_item]) * rng.random(len(seen_user))
+    add("view", seen_user, seen_item, seen_ts)
+    clicked = rng.random(len(seen_user)) < CLICKED_VIEWS
+    add("click", seen_user[clicked], seen_item[clicked], seen_ts[clicked] + 1.0)
+
+    users, items, kinds, ts, friends = (np.concatenate(column) for column in zip(*parts))
+    order = np.lexsort((kinds.astype(str), items, users, ts))
+    return users[order], items[order], kinds[order], ts[order], friends[order]
 
 
 # --------------------------------------------------------------------------- helpers

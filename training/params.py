@@ -25,6 +25,16 @@ class TrainParams:
     """Interaction weight of a like."""
     follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT
     """Interaction weight of a follow (in the seller's extra column); 0 ignores follows."""
+    share_weight: float = als.DEFAULT_ENGAGEMENT_WEIGHTS["share"]
+    """Interaction weight of a share (engagements.csv), relative to a like."""
+    purchase_weight: float = als.DEFAULT_ENGAGEMENT_WEIGHTS["purchase"]
+    """Interaction weight of a purchase."""
+    add_to_cart_weight: float = als.DEFAULT_ENGAGEMENT_WEIGHTS["add_to_cart"]
+    """Interaction weight of an add-to-cart."""
+    click_weight: float = als.DEFAULT_ENGAGEMENT_WEIGHTS["click"]
+    """Interaction weight of a click."""
+    view_weight: float = als.DEFAULT_ENGAGEMENT_WEIGHTS["view"]
+    """Interaction weight of a view (impression); 0 ignores views."""
     weight_transform: str = als.DEFAULT_WEIGHT_TRANSFORM
     """How a like's own weight (likes.csv ``weight``) enters the matrix: log, raw, binary."""
     recency_half_life_days: float = 0.0
@@ -51,9 +61,17 @@ class TrainParams:
     """Draw tqdm progress bars."""
 
 
+ENGAGEMENT_WEIGHT_FIELDS = {kind: f"{kind}_weight" for kind in als.DEFAULT_ENGAGEMENT_WEIGHTS}
+"""The TrainParams field weighing each engagement kind."""
+
+
+def engagement_weights(params: TrainParams) -> dict[str, float]:
+    return {kind: getattr(params, name) for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items()}
+
+
 def interactions_of(ds: Dataset, params: TrainParams, layout: als.Interactions | None = None) -> als.Interactions:
     """``ds``'s ALS interaction matrix as ``params`` weigh it (in ``layout``'s rows and columns when given)."""
     return als.build_interactions(
         ds, params.like_weight, params.follow_weight, params.weight_transform, layout=layout,
-        recency_half_life_days=params.recency_half_life_days,
+        recency_half_life_days=params.recency_half_life_days, engagement_weights=engagement_weights(params),
     )

@@ -4,7 +4,8 @@
   python -m training train --data DIR --out MODELS_DIR --params params.json
 
 What is searched: the ALS factors, regularization, alpha and iterations; the weight
-transform (when the likes carry weights); the recency weighting of ALS confidence and
+transform (when the likes carry weights); the weight of each engagement kind in
+engagements.csv (shares, purchases, carts, clicks, views: 0..2 likes); the recency weighting of ALS confidence and
 which time features the ranker uses (when the likes are timed); the item-kNN similarity
 (EASE up to EASE_MAX_ITEMS items) and its k; the pool sizes (embedding neighbours,
 item-kNN candidates, trending, per followed seller and friend) and which candidate
@@ -40,6 +41,7 @@ from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
+from training.params import ENGAGEMENT_WEIGHT_FIELDS
 from training.ranker_fit import NoRankingSignal, RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
 from training.train import TrainParams
@@ -53,6 +55,7 @@ TUNED_FEED_FIELDS = ("neighbours", "knn_neighbours", "trending_limit", "per_key_
 FACTOR_CHOICES = (16, 32, 64, 128)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
 RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
+ENGAGEMENT_WEIGHT_MAX = 2.0  # each engagement kind weighs 0..2 likes
 
 
 @dataclass
@@ -72,7 +75,7 @@ class TuneResult:
         feed["sources"] = list(self.settings.sources)
         best_baseline = max(self.baselines, key=self.baselines.get, default=None)
         return {
-            "train": {name: getattr(self.params, name) for name in TUNED_TRAIN_FIELDS},
+            "train": {name: getattr(self.params, name) for name in (*TUNED_TRAIN_FIELDS, *ENGAGEMENT_WEIGHT_FIELDS.values())},
             "feed": feed,
             "ranker": {"drop_features": list(self.ranker_params.drop_features)},
             "validation": {
@@ -96,6 +99,7 @@ class SearchSpace:
     weighted: bool
     timed: bool
     knn_kinds: tuple[str, ...] = KNN_KINDS
+    engagement_kinds: tuple[str, ...] = ()  # kinds present in engagements.csv: their weights are searched
 
     @classmethod
     def of(cls, dataset: Dataset) -> SearchSpace:
@@ -103,6 +107,7 @@ class SearchSpace:
             weighted=dataset.likes.weight is not None,
             timed=has_times(dataset),
             knn_kinds=tuple(k for k in KNN_KINDS if k != "ease" or len(dataset.items) <= EASE_MAX_ITEMS),
+            engagement_kinds=tuple(k for k in ENGAGEMENT_WEIGHT_FIELDS if k in set(dataset.engagements.kind)),
         )
 
 
@@ -131,6 +136,10 @@ def suggest(
         knn=trial.suggest_categorical("knn", list(space.knn_kinds)),
         knn_k=trial.suggest_categorical("knn_k", list(KNN_K_CHOICES)),
         ease_l2=trial.suggest_float("ease_l2", 10.0, 3000.0, log=True),
+        **{
+            ENGAGEMENT_WEIGHT_FIELDS[kind]: trial.suggest_float(ENGAGEMENT_WEIGHT_FIELDS[kind], 0.0, ENGAGEMENT_WEIGHT_MAX)
+            for kind in space.engagement_kinds
+        },
     )
     settings = replace(
         settings,
@@ -147,6 +156,7 @@ def as_trial_values(params: TrainParams, settings: FeedSettings, ranker: RankerF
     """The trial parameters that reproduce ``params``, ``settings`` and ``ranker`` (to enqueue the defaults)."""
     optional = {"weight_transform": space.weighted, "recency_half_life_days": space.timed}
     values: dict[str, Any] = {name: getattr(params, name) for name in TUNED_TRAIN_FIELDS if optional.get(name, True)}
+    values.update({ENGAGEMENT_WEIGHT_FIELDS[kind]: getattr(params, ENGAGEMENT_WEIGHT_FIELDS[kind]) for kind in space.engagement_kinds})
     values.update({name: getattr(settings, name) for name in TUNED_FEED_FIELDS if name != "sources"})
     values.update({f"source_{name}": name in settings.sources for name in SOURCE_NAMES})
     if space.timed:
