@@ -14,6 +14,7 @@ _REASON_TEXT = {
     feed_pb2.REASON_KIND_FRIENDS_LIKED: lambda r: f"{r.count} friend{'s' if r.count != 1 else ''} liked it ({', '.join(r.actor_ids[:3])}{', …' if len(r.actor_ids) > 3 else ''})",
     feed_pb2.REASON_KIND_SIMILAR_TO_LIKES: lambda r: "similar to items you liked",
     feed_pb2.REASON_KIND_TRENDING: lambda r: "trending",
+    feed_pb2.REASON_KIND_FRIEND_SHARED: lambda r: f"shared with you by {', '.join(r.actor_ids[:3])}{', …' if len(r.actor_ids) > 3 else ''}",
 }
 
 

@@ -81,6 +81,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     feed.add_argument("--knn-neighbours", type=int, default=defaults.knn_neighbours, help="item-kNN candidates to consider (default: %(default)s)")
     feed.add_argument("--fresh-window-seconds", type=float, default=defaults.fresh_window_seconds, help="a followed seller's listing or a friend's like this recent is promoted to the top of the page (default: %(default)s)")
     feed.add_argument("--max-fresh", type=int, default=defaults.max_fresh, help="promoted fresh items per page; 0 disables (default: %(default)s)")
+    feed.add_argument("--fatigue-free-views", type=int, default=defaults.fatigue_free_views, help="views of an item without engagement before it starts to sink (default: %(default)s)")
+    feed.add_argument("--fatigue-sink", type=float, default=defaults.fatigue_sink, help="score (log-odds) an item loses per view past the free ones; ln 2 halves its odds (default: %(default).4f)")
+    feed.add_argument("--fatigue-hide-views", type=int, default=defaults.fatigue_hide_views, help="views without engagement after which an item rests out of the feed for 3 days from the last view (default: %(default)s)")
     feed.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated candidate sources (default: %(default)s)")
     experiment = parser.add_argument_group(
         "A/B arms",
@@ -123,6 +126,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             knn_neighbours=args.knn_neighbours,
             fresh_window_seconds=args.fresh_window_seconds,
             max_fresh=args.max_fresh,
+            fatigue_free_views=args.fatigue_free_views,
+            fatigue_sink=args.fatigue_sink,
+            fatigue_hide_views=args.fatigue_hide_views,
             sources=tuple(s for s in args.sources.split(",") if s),
         ),
         arms_file=args.arms,

@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
             print(format_feed(user, fetch_pages(stub, user, 8, 2, timeout=5)))
             print(
                 f"\n==> Ingest: {seller}, a seller {user} follows, lists 'demo-new-listing'; "
-                f"{user}'s friend {friend} likes 'demo-gift' from a new shop\n"
+                f"{user}'s friend {friend} likes 'demo-gift' from a new shop and shares 'demo-shared' with {user}\n"
             )
             stub.Ingest(feed_pb2.IngestRequest(events=[
                 feed_pb2.Event(event_id="demo-1", item_upsert=feed_pb2.ItemUpsert(
@@ -111,15 +111,19 @@ def main(argv: list[str]) -> None:
                     item_id="demo-gift", seller_id="demo-shop", stock=3, title="Ceramic vase", price=39.5, currency="EUR",
                     ship_days=3, image_url="https://img.example.com/items/demo-gift.jpg", category="home")),
                 feed_pb2.Event(event_id="demo-3", like=feed_pb2.UserItem(user_id=friend, item_id="demo-gift")),
+                feed_pb2.Event(event_id="demo-4", item_upsert=feed_pb2.ItemUpsert(
+                    item_id="demo-shared", seller_id="demo-shop", stock=5, title="Wool throw", price=59.0, currency="EUR",
+                    ship_days=2, image_url="https://img.example.com/items/demo-shared.jpg", category="home")),
+                feed_pb2.Event(event_id="demo-5", share=feed_pb2.Share(user_id=friend, item_id="demo-shared", friend_id=user)),
             ]), timeout=5)
             print(format_feed(user, fetch_pages(stub, user, 8, 1, timeout=5)))
-            ranks = find_ranks(stub, user, {"demo-new-listing", "demo-gift"})
-            for item_id in ("demo-new-listing", "demo-gift"):
+            ranks = find_ranks(stub, user, {"demo-new-listing", "demo-gift", "demo-shared"})
+            for item_id in ("demo-new-listing", "demo-gift", "demo-shared"):
                 where = f"at rank {ranks[item_id]}" if item_id in ranks else "not in the first 100 items"
                 print(f"{item_id}: {where} of the very next feed")
             print(f"\n==> Ingest: {seller} goes on vacation until further notice\n")
             stub.Ingest(feed_pb2.IngestRequest(events=[
-                feed_pb2.Event(event_id="demo-4", seller_vacation=feed_pb2.SellerVacation(seller_id=seller)),
+                feed_pb2.Event(event_id="demo-6", seller_vacation=feed_pb2.SellerVacation(seller_id=seller)),
             ]), timeout=5)
             away = find_ranks(stub, user, {"demo-new-listing"})
             print("demo-new-listing: " + (f"still at rank {away['demo-new-listing']}" if away else "gone from the feed while its seller is away"))
