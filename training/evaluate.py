@@ -229,7 +229,7 @@ def ease_baseline(train: Dataset, eligible: Eligibility, l2: float = DEFAULT_EAS
     None when the catalogue is too large for it (EASE_MAX_ITEMS items with support)."""
     from embeddings.als import build_interactions
 
-    interactions = build_interactions(train, follow_weight=0.0, weight_transform="binary")
+    interactions = build_interactions(train, follow_weight=0.0, weight_transform="binary", engagement_weights={})  # baselines: likes only
     try:
         model = train_item_knn(interactions.item_matrix, interactions.item_ids, "ease", k=EASE_BASELINE_K, l2=l2)
     except ValueError:
@@ -365,9 +365,9 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
     main table (the configured setting reuses the "model" row's pages). Each row has the
     caps, whether they are the configured ones, precision, recall and NDCG at each k, the
     mean page length (a cap leaves a page short when too few candidates pass it), and the
-    mean number of distinct categories and of distinct sellers per page of max(ks) items
-    (items without a category, or a seller, are not counted: on data without categories,
-    categories@k is 0).
+    mean number of distinct categories and of distinct sellers per non-empty page of
+    max(ks) items (items without a category, or a seller, are not counted: on data without
+    categories, categories@k is 0).
     """
     replay = report.replay
     if replay is None:

@@ -40,8 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
     parser.add_argument("--cap-grid", action=argparse.BooleanOptionalAction, default=CAP_GRID_DEFAULT,
                         help="add the \"diversity caps\" block: the feed replayed with the seller cap at the "
-                             "configured value, 1 and off and the category cap off, 1 and 2 (at most 7 settings; "
-                             "each replay costs about what the model row's does) (default: %(default)s)")
+                             "configured value, 1 and off and the category cap off, 1 and 2 (6 settings by "
+                             "default, at most 7; 5 more replays of the feed: about as long again as the rest of "
+                             f"the command on 5,000 generated users) (default: {'on' if CAP_GRID_DEFAULT else 'off'})")
     add_feed_arguments(parser)
     add_training_arguments(parser)
 
