@@ -235,10 +235,13 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
         feed_pb2.Event(event_id="x3", ts=1767225701, unlike=feed_pb2.UserItem(user_id="alice", item_id="i8")),
         feed_pb2.Event(event_id="x4", ts=1767225702, friend=feed_pb2.UserFriend(user_id="erin", friend_id="dave")),
         feed_pb2.Event(event_id="x5", ts=1767225703, follow=feed_pb2.UserSeller(user_id="erin", seller_id="s3")),
+        feed_pb2.Event(event_id="x6", ts=1767225704, share=feed_pb2.Share(user_id="erin", item_id="n1", friend_id="dave")),
+        feed_pb2.Event(event_id="x7", ts=1767225705, purchase=feed_pb2.UserItem(user_id="erin", item_id="n1")),
+        feed_pb2.Event(event_id="x8", ts=1767225706, view=feed_pb2.UserItem(user_id="alice", item_id="i1")),
     ]), timeout=5)  # fmt: skip
     out = tmp_path / "export"
     exported = run("serving", "export", "--redis", redis_url, "--out", str(out), "--since", "0")
-    assert "5 events" in exported.stdout
+    assert "8 events" in exported.stdout
     live = load_dataset(str(out))
     original = social_dataset()
     assert set(live.items.item_id) == set(original.items.item_id) | {"n1"}
@@ -250,10 +253,13 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
     n1 = live.items.item_id.index("n1")
     assert (live.items.seller_id[n1], int(live.items.stock[n1]), live.items.price[n1], live.items.category[n1]) == ("s3", 2, 9.5, "shoes")
     events = (out / "events.csv").read_text().splitlines()
-    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 6
+    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 9
+    # Shares, clicks, carts and purchases come back as engagements (views only in the event log).
+    engaged = set(zip(live.engagements.user_id, live.engagements.item_id, live.engagements.kind, live.engagements.friend_id))
+    assert engaged == {("erin", "n1", "share", "dave"), ("erin", "n1", "purchase", "")}
     since = events[2].split(",")[0]
     run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "later"), "--since", since)
-    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 3
+    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 6
     trained = run("training", "train", "--data", str(out), "--out", str(tmp_path / "retrained"), "--factors", "8", "--iterations", "3", "--no-progress")
     assert (tmp_path / "retrained" / "CURRENT").exists(), trained.stdout
 

@@ -374,3 +374,18 @@ def test_a_fresh_process_serves_its_first_feeds_exactly_as_the_memory_store(url)
         ]
     assert served["redis"] == served["memory"]
     store.close()
+
+
+def test_a_loaded_share_and_the_same_share_ingested_later_are_one_entry(redis_url):
+    """The loader writes members as the Lua scripts' cjson does (it escapes '/'), so odd ids dedupe too."""
+    import dataclasses
+
+    from training.dataset import Engagements
+
+    odd = 'shop/é"1'
+    dataset = make_dataset([(odd, "s1", NOW - DAY, 3)], friends=[("alice", "bob", NOW - DAY)])
+    dataset = dataclasses.replace(dataset, engagements=Engagements(["bob"], [odd], ["share"], np.array([NOW - 60.0]), ["alice"]))
+    store = make_redis_store(redis_url, dataset)
+    store.apply([Event("again", EventKind.SHARE, NOW, user_id="bob", item_id=odd, friend_id="alice")])
+    assert views.read_user(store, "alice").shared == ((odd, "bob", NOW),)
+    store.close()
