@@ -110,6 +110,7 @@ def generate(
     end_time: float = DEFAULT_END_TIME,
     days: int = 90,
     progress: bool = False,
+    engagements: bool = True,
 ) -> Dataset:
     """A synthetic dataset (see the module docstring for the structure).
 
@@ -250,11 +251,11 @@ def generate(
 
     # 9. engagement beyond likes
     prompted = (soc_user, friend, soc_item, base_ts[src_like], soc_ts)
-    engagements = _engagements(
+    engaged = _engagements(
         np.random.default_rng([seed, 9]), (like_user, like_item, like_ts), prompted, n_friends, end, created,
         lambda users_: _taste_pick(np.random.default_rng([seed, 10]), users_, user_comm, user_vec, item_comm, item_vec, item_w, comm_p, n_comm),
         seller_user[item_seller],
-    )  # fmt: skip
+    ) if engagements else tuple(np.zeros(0, dtype) for dtype in (np.int64, np.int64, object, np.float64, np.int64))  # fmt: skip
     bar.update()
     bar.close()
 
@@ -289,8 +290,8 @@ def generate(
                       fo_ts.astype(np.float64)),
         friends=Edges(uid[fr_src].tolist(), uid[fr_dst].tolist(), fr_ts.astype(np.float64)),
         engagements=Engagements(
-            uid[engagements[0]].tolist(), iid[engagements[1]].tolist(), engagements[2].tolist(),
-            engagements[3].astype(np.float64), [uid[f] if f >= 0 else "" for f in engagements[4].tolist()],
+            uid[engaged[0]].tolist(), iid[engaged[1]].tolist(), engaged[2].tolist(),
+            engaged[3].astype(np.float64), [uid[f] if f >= 0 else "" for f in engaged[4].tolist()],
         ),  # fmt: skip
     )
 
@@ -466,7 +467,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``generate`` flags to ``parser``."""
     g = parser.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR",
-                   help="dataset directory to write (items/likes/follows/friends.csv)")
+                   help="dataset directory to write (items/likes/follows/friends/sellers/engagements.csv)")
     g = parser.add_argument_group("size")
     g.add_argument("--users", type=int, required=True, metavar="N", help="number of users")
     g.add_argument("--sellers", type=int, required=True, metavar="N",
@@ -476,6 +477,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="mean likes per user before deduplication (default: %(default)s)")
     g.add_argument("--communities", type=int, default=None, metavar="C",
                    help="taste communities (default: about users^(1/3)/2, in [2, 64])")
+    g.add_argument("--no-engagements", dest="engagements", action="store_false",
+                   help="write no engagements.csv (shares, views, clicks, carts, purchases: about 3 rows "
+                        "per like); the scale benchmarks were measured without them")
     g = parser.add_argument_group("time and randomness")
     g.add_argument("--seed", type=int, default=0,
                    help="random seed; same seed gives byte-identical files (default: 0)")
@@ -492,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
     ds = generate(
         users=args.users, sellers=args.sellers, items=args.items,
         likes_per_user=args.likes_per_user, communities=args.communities, seed=args.seed,
-        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty(),
+        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty(), engagements=args.engagements,
     )
     write_dataset(ds, args.out)
     out_of_stock = int((ds.items.stock == 0).sum())
@@ -500,7 +504,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {args.users} users, {args.sellers} sellers ({len(ds.sellers)} on vacation), "
         f"{len(ds.items)} items ({out_of_stock} out of stock, {int((~ds.items.feed_eligible).sum())} kept out of the feed), "
         f"{len(ds.likes)} likes, {len(ds.follows)} follows, "
-        f"{len(ds.friends)} friendships in {time.perf_counter() - start:.1f}s"
+        f"{len(ds.friends)} friendships, {len(ds.engagements)} engagements in {time.perf_counter() - start:.1f}s"
     )
     return 0
 
