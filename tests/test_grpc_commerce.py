@@ -193,8 +193,9 @@ def test_bad_shopper_filters_are_invalid_argument_naming_the_field(stub, filters
     assert error.value.details().startswith(f"{field}:")
 
 
-def test_the_category_cap_holds_on_every_page(world):
-    with running_server(world, feed=FeedSettings(max_per_category=3)) as (_, stub):
+def test_the_category_cap_holds_on_every_page(world, server):
+    # A second server with a category cap, on the fixture's store (Redis: the same state).
+    with running_server(world, store_url=server[0].config.store_url, feed=FeedSettings(max_per_category=3)) as (_, stub):
         for user in world.dataset.user_ids()[:60]:
             for page in all_pages(stub, user, 12, 3):
                 per_category = Counter(item.category for item in page.items if item.category)

@@ -1,7 +1,7 @@
 """The end-to-end gRPC feed tests of test_grpc_feed.py, re-run with the store in Redis:
 standalone and a 3-master cluster (out-of-stock guarantee, freshness, pagination,
 not-interested, retries, invalid batches...), and those of test_grpc_commerce.py
-(vacations, the curated catalogue, cards)."""
+(vacations, the curated catalogue, cards, filters, the category cap, shares, fatigue)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tests.feed_world import build_world, running_server
 from tests.test_grpc_commerce import (  # noqa: F401 (re-collected here with the Redis server fixture)
     test_a_share_reaches_the_friends_next_feed_with_its_reason,
     test_fatigue_sinks_an_item_seen_over_and_over_then_hides_it,
+    test_the_category_cap_holds_on_every_page,
     test_a_new_item_is_served_with_its_card,
     test_a_timed_vacation_ends_by_itself,
     test_feed_items_carry_their_card_and_partial_updates_keep_the_rest,
