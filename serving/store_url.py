@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from stores import FeedStore
 
+FSYNC_POLICIES = ("batch", "off")
 
-def open_store(url: str, data_dir: str | None = None) -> FeedStore:
+
+@dataclass(frozen=True)
+class Durability:
+    """How the embedded memory store keeps acknowledged events across restarts.
+
+    ``state_dir`` None: it does not (every ingested event is lost on restart). ``fsync``
+    "batch" syncs the write-ahead log before each ack; "off" leaves it to the OS.
+    ``snapshot_seconds``: how often the log is compacted into a snapshot.
+    """
+
+    state_dir: str | None = None
+    fsync: str = "batch"
+    snapshot_seconds: float = 300.0
+
+
+def open_store(url: str, data_dir: str | None = None, durability: Durability = Durability()) -> FeedStore:
     """'memory' loads ``data_dir``; redis:// and redis-cluster:// connect to Redis."""
+    if durability.state_dir is not None and url != "memory":
+        raise ValueError("--state-dir is for the memory store; Redis keeps its own state")
+    if durability.state_dir is not None:
+        raise ValueError("--state-dir: the durable memory store is not built yet")
     if url == "memory":
         if not data_dir:
             raise ValueError("--data is required with the memory store")
