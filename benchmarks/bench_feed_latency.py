@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--sellers", type=int, default=2_000)
     data.add_argument("--items", type=int, default=50_000)
     data.add_argument("--seed", type=int, default=1)
+    data.add_argument("--no-engagements", dest="engagements", action="store_false",
+                      help="generate no shares, views, clicks, carts or purchases (the data of figures before issue 9)")
     run = parser.add_argument_group("run")
     run.add_argument("--requests", type=int, default=2_000, help="timed GetFeed calls per store (default: %(default)s)")
     run.add_argument("--warmup", type=int, default=200, help="untimed calls first (default: %(default)s)")
@@ -71,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        dataset = generate(users=args.users, sellers=args.sellers, items=args.items, seed=args.seed)
+        dataset = generate(users=args.users, sellers=args.sellers, items=args.items, seed=args.seed, engagements=args.engagements)
         write_dataset(dataset, str(root / "data"))
         train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False))
         artifact = load_current(str(root / "models"))
         print(f"dataset and model ready in {time.perf_counter() - started:.1f} s: {len(dataset.items)} items, "
-              f"{len(dataset.likes)} likes, {len(dataset.follows)} follows, {len(dataset.friends)} friendships", file=sys.stderr)  # fmt: skip
+              f"{len(dataset.likes)} likes, {len(dataset.follows)} follows, {len(dataset.friends)} friendships, "
+              f"{len(dataset.engagements)} engagements", file=sys.stderr)  # fmt: skip
         users = rng.choices(dataset.user_ids(), k=args.requests)
         now = float(np.nanmax(dataset.likes.ts))
         codec = PageTokenCodec(b"bench-secret-0123456789")

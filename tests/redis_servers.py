@@ -133,17 +133,20 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """Three cluster-enabled redis-servers joined by `redis-cli --cluster create`, no replicas."""
+    """Cluster-enabled redis-servers joined by `redis-cli --cluster create`: ``masters``
+    primaries with ``replicas`` replicas each (replicas take over a primary that dies
+    after ``node_timeout_ms``)."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 directory / f"node{n}",
                 extra=["--cluster-enabled", "yes", "--cluster-config-file", str(directory / f"node{n}" / "nodes.conf"),
-                       "--cluster-node-timeout", "2000"],
+                       "--cluster-node-timeout", str(node_timeout_ms)],
                 cluster=True,
             )
-            for n in range(masters)
+            for n in range(masters * (1 + replicas))
         ]  # fmt: skip
 
     @property
@@ -155,7 +158,7 @@ class RedisClusterServers:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -168,9 +171,32 @@ class RedisClusterServers:
         return self
 
     def flushall(self) -> None:
-        for node in self.nodes:
+        for node in self.primaries():
             with node.client() as client:
                 client.flushall()
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes serving as primaries now (a replica becomes one after a failover)."""
+        alive = [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+        primaries = []
+        for node in alive:
+            with node.client(socket_timeout=2.0) as client:
+                if client.info("replication").get("role") == "master":
+                    primaries.append(node)
+        return primaries
+
+    def wait_ok(self, timeout: float = 30.0) -> float:
+        """Seconds until every live node reports cluster_state:ok."""
+        started = time.monotonic()
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            with node.client(socket_timeout=2.0) as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() - started > timeout:
+                        raise RuntimeError(f"the cluster did not recover in {timeout} s")
+                    time.sleep(0.05)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         for node in self.nodes:
