@@ -1,15 +1,38 @@
-"""Server configuration: one frozen dataclass, read from flags and environment in one place."""
+"""Server configuration: one frozen dataclass, read from flags, environment and a TOML file in one place.
+
+Every server flag ``--some-flag`` can also be set by the environment variable
+``FEEDRANK_SOME_FLAG`` or by the key ``some_flag`` of a TOML file given with ``--config``
+(or ``FEEDRANK_CONFIG``). Precedence: flag > environment > file > default. An empty
+variable counts as unset. A bad value names its source: the flag, the variable, or the
+file, key and line. Besides the flags: ``FEEDRANK_TOKEN_SECRET`` (page-token key) and
+``FEEDRANK_TOKENS`` (bearer tokens, serving/auth.py).
+
+To add a flag: one ``Flag`` in ``FLAGS``, a ``ServerConfig`` field, and a line in
+``resolve_config``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
-import secrets
+import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ranking.feed import SOURCE_NAMES, FeedSettings
+from serving import auth
+from serving.logs import LOG_FORMATS, LOG_LEVELS
+from serving.store_url import FSYNC_POLICIES, Durability
 
+ENV_PREFIX = "FEEDRANK_"
 TOKEN_SECRET_ENV = "FEEDRANK_TOKEN_SECRET"
+TOKENS_ENV = "FEEDRANK_TOKENS"
+CONFIG_ENV = "FEEDRANK_CONFIG"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT_RPCS = 64
 
 
 @dataclass(frozen=True)
@@ -19,74 +42,128 @@ class ServerConfig:
     data_dir: str | None = None  # dataset directory the memory store loads
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
-    threads: int = 8  # request threads per process
+    threads: int = 8  # threads running FeedService RPCs per process
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
-    token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    # Page-token key; None: a random one per start (tokens do not survive a restart, and the server warns).
+    token_secret: bytes | None = field(default=None, repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
     metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
     feed: FeedSettings = FeedSettings()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
+    port_file: str | None = None  # written with the bound port once health is SERVING
+    # Auth and transport (serving/auth.py). No tokens: every client may call everything.
+    tokens: tuple[auth.Token, ...] = ()
+    tls_cert: str | None = None  # PEM server certificate (chain); with tls_key, serve TLS only
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM CA bundle: require client certificates it signed (mTLS)
+    # Logs (serving/logs.py).
+    log_format: str = "text"
+    log_level: str = "info"
+    # Limits.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest request or response message
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS  # FeedService RPCs in flight per process; 0: no limit
+    # Durability of the memory store (the write-ahead log: serving/store_url.py).
+    durability: Durability = Durability()
+    worker_index: int = 0  # which of --workers this process is (set by serve())
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Wraps descriptions line by line, and prints indented lines (a file format) as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n".join(
-            indent + line if line.startswith(" ") else super(HelpFormatter, self)._fill_text(line, width, indent)
-            for line in text.splitlines()
-        )
+class ConfigError(ValueError):
+    """A bad setting; the message names where it came from (flag, variable, or file:line key)."""
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("server")
-    group.add_argument("--models", required=True, help="models directory written by `python -m training train`")
-    group.add_argument("--data", help="dataset directory to load into the embedded memory store")
-    group.add_argument(
-        "--store",
-        default="memory",
-        help="online store: 'memory' (default; needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT",
-    )
-    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    group.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
-    group.add_argument("--threads", type=int, default=8, help="request threads per process (default: %(default)s)")
-    group.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis (default: %(default)s)",
-    )
-    group.add_argument(
-        "--reload-seconds",
-        type=float,
-        default=10.0,
-        help="poll models/CURRENT this often and hot-swap a new model; 0 disables (default: %(default)s)",
-    )
-    group.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables (default: %(default)s)",
-    )
-    group.add_argument(
-        "--port-file", help="write the bound port to this file once the server is SERVING (for scripts and tests)"
-    )
-    feed = parser.add_argument_group("feed")
-    defaults = FeedSettings()
-    feed.add_argument("--max-per-seller", type=int, default=defaults.max_per_seller, help="seller cap per page (default: %(default)s)")
-    feed.add_argument("--max-per-category", type=int, default=defaults.max_per_category, help="category cap per page; 0 = none (default: %(default)s)")
-    feed.add_argument("--per-key-limit", type=int, default=defaults.per_key_limit, help="newest listings per followed seller and likes per friend to consider (default: %(default)s)")
-    feed.add_argument("--trending-limit", type=int, default=defaults.trending_limit, help="trending items to consider (default: %(default)s)")
-    feed.add_argument("--neighbours", type=int, default=defaults.neighbours, help="embedding neighbours to consider (default: %(default)s)")
-    feed.add_argument("--knn-neighbours", type=int, default=defaults.knn_neighbours, help="item-kNN candidates to consider (default: %(default)s)")
-    feed.add_argument("--fresh-window-seconds", type=float, default=defaults.fresh_window_seconds, help="a followed seller's listing or a friend's like this recent is promoted to the top of the page (default: %(default)s)")
-    feed.add_argument("--max-fresh", type=int, default=defaults.max_fresh, help="promoted fresh items per page; 0 disables (default: %(default)s)")
-    feed.add_argument("--fatigue-free-views", type=int, default=defaults.fatigue_free_views, help="views of an item without engagement before it starts to sink (default: %(default)s)")
-    feed.add_argument("--fatigue-sink", type=float, default=defaults.fatigue_sink, help="score (log-odds) an item loses per view past the free ones; ln 2 halves its odds (default: %(default).4f)")
-    feed.add_argument("--fatigue-hide-views", type=int, default=defaults.fatigue_hide_views, help="views without engagement after which an item rests out of the feed for 3 days from the last view (default: %(default)s)")
-    feed.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated candidate sources (default: %(default)s)")
-    experiment = parser.add_argument_group(
-        "A/B arms",
+@dataclass(frozen=True)
+class Flag:
+    """One server setting: ``--flag``, ``FEEDRANK_FLAG`` and the TOML key ``dest``."""
+
+    dest: str
+    kind: type  # int, float or str
+    default: Any
+    help: str
+    group: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+    def from_text(self, text: str) -> Any:
+        """The value of a flag or variable; ValueError says what was expected."""
+        if self.kind is int:
+            try:
+                value: Any = int(text.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {text!r}") from None
+        elif self.kind is float:
+            try:
+                value = float(text.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+        else:
+            value = text
+        return self.check(value)
+
+    def from_toml(self, value: Any) -> Any:
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.kind) or isinstance(value, bool):
+            expected = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return self.check(value)
+
+    def check(self, value: Any) -> Any:
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        if self.kind is float and value != value:  # NaN
+            raise ValueError("expected a number, got nan")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"must be >= {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"must be <= {self.maximum:g}, got {value!r}")
+        if self.kind is str and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    def argparse_type(self) -> Any:
+        def convert(text: str) -> Any:
+            try:
+                return self.from_text(text)
+            except ValueError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+
+        convert.__name__ = self.kind.__name__
+        return convert
+
+
+_FEED = FeedSettings()
+GROUPS = {
+    "server": (
+        "Every flag can also be set by the environment variable named after it (--max-per-seller: "
+        "FEEDRANK_MAX_PER_SELLER) or by a key of the --config TOML file (max_per_seller = 3); precedence: "
+        "flag > environment > file > default, and an empty variable counts as unset. FEEDRANK_TOKEN_SECRET "
+        "signs page tokens: give every server process the same one (without it, a random key per start)."
+    ),
+    "auth and TLS": (
+        "Bearer tokens (--tokens-file and/or the FEEDRANK_TOKENS variable, same format, entries separated by "
+        "newlines or ';'); clients send the metadata 'authorization: Bearer TOKEN'. 'read' allows GetFeed, "
+        "'write' allows Ingest; health and reflection stay open. Without tokens any client may call everything "
+        "(the server warns). Tokens file:\n"
+        "  # TOKEN (16+ chars)               SCOPES      [NAME for the access log]\n"
+        "  3f9c0d2e6b1a4c8e9f7d5b3a1c2e4f60  read        feed-web\n"
+        "  a1b2c3d4e5f60718293a4b5c6d7e8f90  read,write  ingest-worker"
+    ),
+    "logs": "Log lines go to stderr: JSON (one object per line) or text. Each RPC adds one access line "
+    "(request_id from x-request-id metadata or new, method, code, latency_ms, model_version, worker, pid).",
+    "limits": None,
+    "durability": "The memory store's write-ahead log and snapshots (not for Redis, which keeps its own).",
+    "feed": None,
+    "A/B arms": (
         "--arms FILE splits users into arms by a salted hash of the user id; each arm serves its own "
         "model version and feed settings, and GetFeed responses and metrics name the arm. The file is "
         "TOML (re-read when it changes, every --reload-seconds; a broken file is logged and the old arms kept):\n"
@@ -99,37 +176,228 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "  share = 0.5\n"
         '  model = "VERSION"         # under --models; "current" (the default): follow CURRENT\n'
         "  [arm.feed]\n"
-        "  max_per_category = 1      # any feed flag, - written _; the rest: the flags",
+        "  max_per_category = 1      # any feed flag, - written _; the rest: the flags"
+    ),
+}
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("models", str, None, "models directory written by `python -m training train` (required)", "server", metavar="DIR"),
+    Flag("data", str, None, "dataset directory to load into the embedded memory store", "server", metavar="DIR"),
+    Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
+    Flag("host", str, "127.0.0.1", "address to bind", "server"),
+    Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
+    Flag("threads", int, 8, "threads running FeedService RPCs per process (health has its own)", "server", minimum=1),
+    Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis", "server", minimum=1),
+    Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
+    Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
+    Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
+    Flag("tokens_file", str, None, "bearer tokens with scopes (format above)", "auth and TLS", metavar="FILE"),
+    Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),
+    Flag("tls_key", str, None, "PEM private key of --tls-cert", "auth and TLS", metavar="FILE"),
+    Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS; needs --tls-cert)", "auth and TLS", metavar="FILE"),
+    Flag("log_format", str, "text", "log line format", "logs", choices=LOG_FORMATS),
+    Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
+    Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request or response message; a larger one gets RESOURCE_EXHAUSTED", "limits", minimum=1024),
+    Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (running or queued for --threads) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit", "limits", minimum=0),
+    Flag("state_dir", str, None, "keep the memory store's acknowledged events here (write-ahead log and snapshots) and replay them on start; default: events are lost on restart", "durability", metavar="DIR"),
+    Flag("fsync", str, "batch", "'batch': fsync the log before each Ingest is acknowledged; 'off': leave it to the OS (a crash of the machine may lose recent acks)", "durability", choices=FSYNC_POLICIES),
+    Flag("snapshot_seconds", float, 300.0, "compact the write-ahead log into a snapshot this often; 0: never", "durability", minimum=0),
+    Flag("max_per_seller", int, _FEED.max_per_seller, "seller cap per page", "feed", minimum=1),
+    Flag("max_per_category", int, _FEED.max_per_category, "category cap per page; 0 = none", "feed", minimum=0),
+    Flag("per_key_limit", int, _FEED.per_key_limit, "newest listings per followed seller and likes per friend to consider", "feed", minimum=1),
+    Flag("trending_limit", int, _FEED.trending_limit, "trending items to consider", "feed", minimum=0),
+    Flag("neighbours", int, _FEED.neighbours, "embedding neighbours to consider", "feed", minimum=0),
+    Flag("knn_neighbours", int, _FEED.knn_neighbours, "item-kNN candidates to consider", "feed", minimum=0),
+    Flag("fresh_window_seconds", float, _FEED.fresh_window_seconds, "a followed seller's listing or a friend's like this recent is promoted to the top of the page", "feed", minimum=0),
+    Flag("max_fresh", int, _FEED.max_fresh, "promoted fresh items per page; 0 disables", "feed", minimum=0),
+    Flag("fatigue_free_views", int, _FEED.fatigue_free_views, "views of an item without engagement before it starts to sink", "feed", minimum=0),
+    Flag("fatigue_sink", float, _FEED.fatigue_sink, "score (log-odds) an item loses per view past the free ones; ln 2 halves its odds", "feed", minimum=0),
+    Flag("fatigue_hide_views", int, _FEED.fatigue_hide_views, "views without engagement after which an item rests out of the feed for 3 days from the last view", "feed", minimum=1),
+    Flag("sources", str, ",".join(SOURCE_NAMES), "comma-separated candidate sources", "feed"),
+    Flag("arms", str, None, "A/B arms file (TOML, format above); default: no arms", "A/B arms", metavar="FILE"),
+)
+FLAGS_BY_DEST = {f.dest: f for f in FLAGS}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions line by line, and prints indented lines (a file format) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line if line.startswith(" ") else super(HelpFormatter, self)._fill_text(line, width, indent)
+            for line in text.splitlines()
+        )
+
+
+def _help(flag: Flag) -> str:
+    default = "" if flag.default is None else f"default: {flag.default:g}; " if isinstance(flag.default, float) else f"default: {flag.default}; "
+    return f"{flag.help} ({default}env {flag.env})".replace("%", "%%")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server flags; every default is None here: ``config_from_args`` fills them in."""
+    groups = {name: parser.add_argument_group(name, description) for name, description in GROUPS.items()}
+    groups["server"].add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file of settings: any flag's name with _ for - as a key (port = 50051, max_per_seller = 2); "
+        f"a flag or variable overrides it (env {CONFIG_ENV})",
     )
-    experiment.add_argument("--arms", metavar="FILE", help="A/B arms file (TOML, format above); default: no arms")
+    for flag in FLAGS:
+        groups[flag.group].add_argument(
+            flag.flag, dest=flag.dest, type=flag.argparse_type(), default=None, help=_help(flag),
+            metavar=flag.metavar or ("{" + ",".join(flag.choices) + "}" if flag.choices else flag.dest.upper()),
+        )
+    parser.set_defaults(_config_parser=parser)
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    secret = os.environ.get(TOKEN_SECRET_ENV)
+def _toml_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=|^\s*[\"']{re.escape(key)}[\"']\s*=")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The flag values of a TOML config file, each checked; ConfigError names the file, key and line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
+    text = raw.decode("utf-8", "replace")
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path}: not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        line = _toml_line(text, key)
+        where = f"{path}:{line}" if line else path
+        dest = key.replace("-", "_")
+        flag = FLAGS_BY_DEST.get(dest)
+        if flag is None:
+            close = difflib.get_close_matches(dest, FLAGS_BY_DEST, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}; keys are the flag names with _ for -")
+        try:
+            values[dest] = flag.from_toml(value)
+        except ValueError as error:
+            raise ConfigError(f"{where}: key '{key}': {error}") from None
+    return values
+
+
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each flag's value by precedence flag > environment > config file > default, and where it came from."""
+    environ = os.environ if environ is None else environ
+    config_path = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
+    from_file = read_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for flag in FLAGS:
+        given = getattr(args, flag.dest, None)
+        if given is not None:
+            values[flag.dest], sources[flag.dest] = given, flag.flag
+        elif environ.get(flag.env, "") != "":
+            try:
+                values[flag.dest], sources[flag.dest] = flag.from_text(environ[flag.env]), flag.env
+            except ValueError as error:
+                raise ConfigError(f"{flag.env}: {error}") from None
+        elif flag.dest in from_file:
+            values[flag.dest], sources[flag.dest] = from_file[flag.dest], f"{config_path}: key '{flag.dest}'"
+        else:
+            values[flag.dest], sources[flag.dest] = flag.default, flag.flag
+    return values, sources
+
+
+def read_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:
+    """The tokens of ``tokens_file`` and of FEEDRANK_TOKENS together."""
+    groups = []
+    if tokens_file:
+        groups.append(auth.read_tokens_file(tokens_file))
+    inline = environ.get(TOKENS_ENV, "")
+    if inline.strip():
+        tokens = auth.parse_tokens(inline, TOKENS_ENV, separators="\n;")
+        if not tokens:
+            raise auth.TokenError(f"{TOKENS_ENV} is set but lists no token")
+        groups.append(tokens)
+    return auth.merge_tokens(*groups)
+
+
+def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The server config of parsed flags, the environment and the config file; ConfigError if bad.
+
+    The resolved values are also written back into ``args`` (``args.port_file`` etc.).
+    """
+    environ = os.environ if environ is None else environ
+    v, source = resolve_settings(args, environ)
+    for dest, value in v.items():
+        setattr(args, dest, value)
+    if not v["models"]:
+        raise ConfigError(f"--models is required (or {FLAGS_BY_DEST['models'].env}, or 'models' in the --config file)")
+    for dest in ("tls_key", "tls_client_ca"):
+        if v[dest] and not v["tls_cert"]:
+            raise ConfigError(f"{source[dest]} needs --tls-cert")
+    if bool(v["tls_cert"]) != bool(v["tls_key"]):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if v["state_dir"] and v["store"] != "memory":
+        raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
+    sources = tuple(s.strip() for s in v["sources"].split(",") if s.strip())
+    unknown = sorted(set(sources) - set(SOURCE_NAMES))
+    if unknown:
+        raise ConfigError(f"{source['sources']}: unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
+    try:
+        tokens = read_tokens(v["tokens_file"], environ)
+    except auth.TokenError as error:
+        raise ConfigError(str(error)) from None
+    secret = environ.get(TOKEN_SECRET_ENV) or None
     return ServerConfig(
-        models_dir=args.models,
-        store_url=args.store,
-        data_dir=args.data,
-        host=args.host,
-        port=args.port,
-        threads=args.threads,
-        workers=args.workers,
-        token_secret=secret.encode() if secret else secrets.token_bytes(32),
-        reload_seconds=args.reload_seconds,
-        metrics_port=args.metrics_port,
+        models_dir=v["models"],
+        store_url=v["store"],
+        data_dir=v["data"],
+        host=v["host"],
+        port=v["port"],
+        threads=v["threads"],
+        workers=v["workers"],
+        token_secret=secret.encode() if secret else None,
+        reload_seconds=v["reload_seconds"],
+        metrics_port=v["metrics_port"],
         feed=FeedSettings(
-            max_per_seller=args.max_per_seller,
-            max_per_category=args.max_per_category,
-            per_key_limit=args.per_key_limit,
-            trending_limit=args.trending_limit,
-            neighbours=args.neighbours,
-            knn_neighbours=args.knn_neighbours,
-            fresh_window_seconds=args.fresh_window_seconds,
-            max_fresh=args.max_fresh,
-            fatigue_free_views=args.fatigue_free_views,
-            fatigue_sink=args.fatigue_sink,
-            fatigue_hide_views=args.fatigue_hide_views,
-            sources=tuple(s for s in args.sources.split(",") if s),
+            max_per_seller=v["max_per_seller"],
+            max_per_category=v["max_per_category"],
+            per_key_limit=v["per_key_limit"],
+            trending_limit=v["trending_limit"],
+            neighbours=v["neighbours"],
+            knn_neighbours=v["knn_neighbours"],
+            fresh_window_seconds=v["fresh_window_seconds"],
+            max_fresh=v["max_fresh"],
+            fatigue_free_views=v["fatigue_free_views"],
+            fatigue_sink=v["fatigue_sink"],
+            fatigue_hide_views=v["fatigue_hide_views"],
+            sources=sources,
         ),
-        arms_file=args.arms,
+        arms_file=v["arms"],
+        port_file=v["port_file"],
+        tokens=tokens,
+        tls_cert=v["tls_cert"],
+        tls_key=v["tls_key"],
+        tls_client_ca=v["tls_client_ca"],
+        log_format=v["log_format"],
+        log_level=v["log_level"],
+        max_message_bytes=v["max_message_bytes"],
+        max_concurrent_rpcs=v["max_concurrent_rpcs"],
+        durability=Durability(v["state_dir"], v["fsync"], v["snapshot_seconds"]),
     )
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """``resolve_config``; a bad setting exits with one usage error line when the parser is known."""
+    try:
+        return resolve_config(args, environ)
+    except ConfigError as error:
+        parser = getattr(args, "_config_parser", None)
+        if parser is None:
+            raise
+        parser.error(str(error))
+        raise  # pragma: no cover (parser.error exits)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
+import ssl
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +26,9 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.feed import FeedSettings
+from serving import logs
 from serving.arms import describe, load_arms, load_pinned
+from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
@@ -31,6 +40,13 @@ from training.artifact import current_version, load_current, load_version
 log = logging.getLogger("feedrank.serving")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
+MAX_RELOAD_BACKOFF_SECONDS = 600.0
+HEALTH_THREADS = 2  # health Check runs on these, never queued behind feed RPCs
+REJECT_THREADS = 2  # refusals (auth, limits) run on these: they must not wait for a busy feed thread
+NO_SECRET_WARNING = (
+    "FEEDRANK_TOKEN_SECRET is not set: page tokens are signed with a random key, so they stop working "
+    "when this server restarts and other server processes reject them"
+)
 
 
 def limit_native_threads() -> None:
@@ -47,7 +63,10 @@ class ModelWatcher(threading.Thread):
 
     Arms that follow CURRENT switch with it; a changed arms file is re-read and the
     versions it pins are loaded before the switch. A broken file or artifact is logged and
-    the old state kept (a broken arms file is tried again once it changes again).
+    the old state kept. A broken artifact is logged as one line naming the version and
+    tried again after a backoff that doubles (2, 4, 8... polls, at most
+    MAX_RELOAD_BACKOFF_SECONDS), not on every poll; a new CURRENT is tried at once. A broken
+    arms file is tried again once it changes again.
     """
 
     def __init__(
@@ -58,6 +77,7 @@ class ModelWatcher(threading.Thread):
         arms_file: str | None = None,
         feed: FeedSettings = FeedSettings(),
         arms_signature: tuple[int, int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``arms_signature``: ``_signature(arms_file)`` taken before the service's arms were read."""
         super().__init__(name="model-watcher", daemon=True)
@@ -67,24 +87,62 @@ class ModelWatcher(threading.Thread):
         self.arms_file = arms_file
         self.feed = feed
         self.arms_signature = arms_signature
+        self.clock = clock
         self.stopped = threading.Event()
+        self.failed_version: str | None = None  # the version (or "CURRENT") that failed last
+        self.failures = 0  # its consecutive failures
+        self.retry_at = 0.0
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
             self.check()
+
+    def _new_model(self, served: str, pinned: dict) -> Any:
+        """The artifact CURRENT names if it is new and loads (None otherwise)."""
+        if self.failed_version == "CURRENT" and self.clock() < self.retry_at:
+            return None
+        try:
+            version = current_version(self.models_dir)
+        except Exception as error:  # noqa: BLE001 (CURRENT missing or unreadable: keep serving)
+            self._failed("CURRENT", error)
+            return None
+        if version == served:
+            self.failed_version, self.failures = None, 0
+            return None
+        if version == self.failed_version and self.clock() < self.retry_at:
+            return None
+        try:
+            artifact = pinned.get(version) or load_version(os.path.join(self.models_dir, version))
+        except Exception as error:  # noqa: BLE001 (a half-written or broken artifact must not kill serving)
+            self._failed(version, error)
+            return None
+        if self.failed_version is not None:
+            log.info("model %s loaded after %d failed reload attempts", version, self.failures)
+        self.failed_version, self.failures = None, 0
+        return artifact
+
+    def _failed(self, version: str, error: BaseException) -> None:
+        if version != self.failed_version:
+            self.failed_version, self.failures = version, 0
+        self.failures += 1
+        delay = min(max(self.every_seconds, 1.0) * 2**self.failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
+        self.retry_at = self.clock() + delay
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        log.error(
+            "model reload failed: version %s: %s; still serving %s; next try in %.0f s",
+            version, reason, self.service.model_version, delay,
+            extra={"fields": {"version": version, "attempt": self.failures, "retry_in_s": delay}},
+        )
+        log.debug("model reload failure of %s", version, exc_info=error)
 
     def check(self) -> None:
         """One poll: swap in whatever changed, all at once."""
         service = self.service
         current, arms, pinned = service.current_artifact, service.arms, service.pinned
         changed = False
-        try:
-            version = current_version(self.models_dir)
-            if version != current.version:
-                current = pinned.get(version) or load_version(os.path.join(self.models_dir, version))
-                changed = True
-        except Exception:  # a half-written or broken artifact must not kill serving
-            log.exception("model reload failed; still serving %s", service.model_version)
+        artifact = self._new_model(current.version, dict(pinned))
+        if artifact is not None:
+            current, changed = artifact, True
         if self.arms_file:
             signature = _signature(self.arms_file)
             if signature != self.arms_signature:
@@ -116,36 +174,219 @@ def _signature(path: str) -> tuple[int, int, int] | None:
 
 
 class HealthMonitor(threading.Thread):
-    """Keeps health SERVING only while the store answers."""
+    """Keeps health SERVING only while the store answers; logs an outage once when it starts and once when it ends."""
 
-    def __init__(self, store: FeedStore, health_servicer: health.HealthServicer, every_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: FeedStore,
+        health_servicer: health.HealthServicer,
+        every_seconds: float = 1.0,
+        serving: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(name="health-monitor", daemon=True)
         self.store = store
         self.health_servicer = health_servicer
         self.every_seconds = every_seconds
+        self.serving = serving if serving is not None else threading.Event()  # set while SERVING
+        self.clock = clock
+        self.down_since: float | None = None
         self.stopped = threading.Event()
 
     def check(self) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.store.ping() else health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            up = bool(self.store.ping())
+        except Exception:  # noqa: BLE001 (a store that cannot even be asked is down)
+            up = False
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             self.health_servicer.set(name, status)
+        if up:
+            if self.down_since is not None:
+                log.warning("store answers again after %.1f s: health SERVING", self.clock() - self.down_since)
+                self.down_since = None
+            self.serving.set()
+        else:
+            self.serving.clear()
+            if self.down_since is None:
+                self.down_since = self.clock()
+                log.error("store unavailable: health NOT_SERVING until it answers again")
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
             self.check()
 
 
+class BindError(OSError):
+    """The server cannot have its address (one line, for the operator)."""
+
+
+def grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """BindError unless ``host:port`` can be bound by a server that does not share it (no SO_REUSEPORT)."""
+    where = grpc_address(host, port)
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise BindError(f"cannot serve on {where}: unknown host ({error.strerror})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: a closed server's TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise BindError(
+                        f"cannot serve on {where}: the port is already in use (another feedrank server or another "
+                        f"program); stop it or choose another --port (only the processes of one --workers server share a port)"
+                    ) from None
+                if error.errno == errno.EACCES:
+                    raise BindError(f"cannot serve on {where}: permission denied (ports below 1024 need privileges)") from None
+                if error.errno == errno.EADDRNOTAVAIL and len(addresses) == 1:
+                    raise BindError(f"cannot serve on {where}: {host} is not an address of this machine") from None
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: {error.strerror or error}") from None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """TLS with ``tls_cert``/``tls_key``; with ``tls_client_ca`` clients must present a certificate it signed."""
+    assert config.tls_cert and config.tls_key
+    cert, key = _read("--tls-cert", config.tls_cert), _read("--tls-key", config.tls_key)
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # gRPC would only fail at the first handshake: check the pair now
+        check.load_cert_chain(config.tls_cert, config.tls_key, password=lambda: b"")
+    except (ssl.SSLError, ValueError) as error:
+        raise ValueError(
+            f"--tls-cert {config.tls_cert} / --tls-key {config.tls_key}: not a PEM certificate and its unencrypted "
+            f"private key ({getattr(error, 'reason', None) or error})"
+        ) from None
+    client_ca = None
+    if config.tls_client_ca:
+        client_ca = _read("--tls-client-ca", config.tls_client_ca)
+        try:
+            check.load_verify_locations(cafile=config.tls_client_ca)
+        except (ssl.SSLError, ValueError) as error:
+            raise ValueError(f"--tls-client-ca {config.tls_client_ca}: not PEM CA certificates ({getattr(error, 'reason', None) or error})") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+class CountingExecutor(futures.ThreadPoolExecutor):
+    """A thread pool that knows how many of its tasks are queued or running."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._count_lock = threading.Lock()
+        self.in_flight = 0
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Any) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+
+class ConcurrencyLimit(grpc.ServerInterceptor):
+    """Refuses a FeedService call at once with RESOURCE_EXHAUSTED while ``limit`` calls are in flight.
+
+    In flight: queued for or running on the feed pool. gRPC looks up handlers (and so runs
+    this) on its one polling thread just before it queues the call, so the count is exact.
+    A refusal runs on ``reject_pool``, never behind the queued calls.
+    """
+
+    def __init__(self, pool: CountingExecutor, limit: int, reject_pool: futures.ThreadPoolExecutor | None = None) -> None:
+        self.pool = pool
+        self.limit = limit
+        self.reject_pool = reject_pool
+        self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or is_open_method(handler_call_details.method) or self.pool.in_flight < self.limit:
+            return handler
+        return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message, self.reject_pool)
+
+
+class HealthLane(grpc.ServerInterceptor):
+    """Runs health Check on a pool of its own: it answers at once however busy the feed threads are."""
+
+    METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+
+    def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
+        self.pool = pool
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self.METHODS or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+
+        def check(request: Any, context: grpc.ServicerContext) -> Any:
+            return behavior(request, context)
+
+        check.experimental_thread_pool = self.pool  # type: ignore[attr-defined]  # grpc's per-method executor
+        return handler._replace(unary_unary=check)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class FeedServer:
     """A running server; ``stop()`` drains in-flight requests."""
 
     def __init__(self, config: ServerConfig) -> None:
+        self.ephemeral_secret = config.token_secret is None
+        if self.ephemeral_secret:
+            config = replace(config, token_secret=secrets.token_bytes(32))
         self.config = config
+        credentials = server_credentials(config) if config.tls_cert else None
+        shared_port = config.workers > 1  # serve() checked the port before forking the workers
+        if config.port and not shared_port:
+            ensure_port_free(config.host, config.port)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.serving = threading.Event()  # set while health is SERVING
+        self.feed_pool = CountingExecutor(config.threads, thread_name_prefix="feed")
+        self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health")
+        self.reject_pool = futures.ThreadPoolExecutor(REJECT_THREADS, thread_name_prefix="reject")
+        # Outermost first: the health lane, the access log (sees every answer), auth, then the limit.
+        interceptors: list[grpc.ServerInterceptor] = [
+            HealthLane(self.health_pool),
+            logs.AccessLog(self._model_version, self._count_refused),
+        ]
+        if config.tokens:
+            interceptors.append(AuthInterceptor(config.tokens, self.reject_pool))
+        if config.max_concurrent_rpcs:
+            interceptors.append(ConcurrencyLimit(self.feed_pool, config.max_concurrent_rpcs, self.reject_pool))
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="feed"),
-            options=[("grpc.so_reuseport", 1)],
+            self.feed_pool,
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", 1 if shared_port else 0),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
         )
         self.servicer = FeedServicer()
         feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
@@ -153,22 +394,51 @@ class FeedServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
-        self.port = self.grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        address = grpc_address(config.host, config.port)
+        try:
+            if credentials is not None:
+                self.port = self.grpc_server.add_secure_port(address, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {config.host}:{config.port}")
+            self._shutdown_pools()
+            raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
         self._threads: list[ModelWatcher | HealthMonitor] = []
         self.service: FeedService | None = None
+
+    def _model_version(self) -> str:
+        service = self.servicer.service
+        return service.model_version if service is not None else ""
+
+    def _count_refused(self, method: str, code: str, seconds: float) -> None:
+        """Metrics of a call an interceptor refused (the servicer counts the rest)."""
+        service = self.servicer.service
+        if service is not None:
+            service.metrics.observe_request(method, code, seconds)
+
+    def _warn_about_openness(self) -> None:
+        config = self.config
+        if not config.tokens:
+            log.warning("auth is off: no bearer tokens (--tokens-file, FEEDRANK_TOKENS), so any client can read "
+                        "every feed and ingest events for anyone")
+        elif not config.tls_cert and not _is_loopback(config.host):
+            log.warning("bearer tokens without TLS on %s: they cross the network in clear text; set --tls-cert and --tls-key", config.host)
+        if self.ephemeral_secret:
+            log.warning(NO_SECRET_WARNING)
 
     def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and store, then turn SERVING."""
         limit_native_threads()
         self.grpc_server.start()
+        self._warn_about_openness()
         artifact = load_current(self.config.models_dir)
         arms_file = self.config.arms_file
         arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
         arms = load_arms(arms_file, self.config.feed) if arms_file else None
         pinned = load_pinned(arms, self.config.models_dir, {artifact.version: artifact})
-        store = open_store(self.config.store_url, self.config.data_dir)
+        store = open_store(self.config.store_url, self.config.data_dir, durability=self.config.durability)
         self.service = FeedService(
             store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed, arms=arms, pinned=pinned
         )
@@ -178,7 +448,7 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(store, self.health)
+        monitor = HealthMonitor(store, self.health, serving=self.serving)
         monitor.check()
         self._threads = [monitor]
         if self.config.reload_seconds > 0:
@@ -189,15 +459,22 @@ class FeedServer:
             )
         for thread in self._threads:
             thread.start()
-        log.info("serving model %s on %s:%d", artifact.version, self.config.host, self.port)
+        log.info("serving model %s on %s:%d%s", artifact.version, self.config.host, self.port,
+                 " (TLS" + (", client certificates required)" if self.config.tls_client_ca else ")") if self.config.tls_cert else "")
         if arms is not None:
             log.info("A/B arms from %s: %s", arms_file, describe(arms))
+
+    def _shutdown_pools(self) -> None:
+        for pool in (self.feed_pool, self.health_pool, self.reject_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         for thread in self._threads:
             thread.stopped.set()
         self.health.enter_graceful_shutdown()
+        self.serving.clear()
         self.grpc_server.stop(grace).wait()
+        self._shutdown_pools()
         if self.service is not None:
             self.service.store.close()
 
@@ -208,6 +485,16 @@ def _write_atomically(path: str, text: str) -> None:
     tmp.replace(path)
 
 
+def write_port_file_when_serving(server: Any, path: str, stop: threading.Event) -> None:
+    """Write ``server.port`` to ``path`` once ``server.serving`` is set (never if ``stop`` comes first)."""
+    if not server.serving.is_set():
+        log.info("waiting for health SERVING before writing %s", path)
+    while not server.serving.wait(0.1):
+        if stop.is_set():
+            return
+    _write_atomically(path, str(server.port))
+
+
 def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
     server = FeedServer(config)
     stop = threading.Event()
@@ -215,7 +502,7 @@ def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     if ready_file:
-        _write_atomically(ready_file, str(server.port))
+        write_port_file_when_serving(server, ready_file, stop)
     stop.wait()
     log.info("shutting down")
     server.stop()
@@ -223,33 +510,55 @@ def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
+        probe.bind((host.strip("[]"), 0))
         return probe.getsockname()[1]
 
 
 def serve(config: ServerConfig, port_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and exit.
 
-    With ``config.workers`` > 1, forks that many processes before any gRPC object exists
-    (gRPC does not survive a fork); they share the port through SO_REUSEPORT and the
-    kernel spreads connections among them. ``port_file`` is written once all are SERVING.
+    Sets up logging (``config.log_format``, ``config.log_level``). A port already in use
+    exits with one line (SystemExit). With ``config.workers`` > 1, forks that many processes
+    before any gRPC object exists (gRPC does not survive a fork); they share the port
+    through SO_REUSEPORT and the kernel spreads connections among them. ``port_file``
+    (default ``config.port_file``) is written once the server (all workers) is SERVING.
     """
-    if config.workers <= 1:
-        _serve_one(config, port_file)
-        return
+    logs.configure(config.log_format, config.log_level)
+    port_file = port_file or config.port_file
+    try:
+        if config.workers <= 1:
+            _serve_one(config, port_file)
+        else:
+            _serve_workers(config, port_file)
+    except BindError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
     if config.store_url == "memory":
         raise ValueError("--workers > 1 needs a shared store (--store redis://...): each process would "
                          "hold its own memory store and miss the events ingested by the others")
     if config.port == 0:
         config = replace(config, port=_free_port(config.host))
+    else:
+        ensure_port_free(config.host, config.port)  # the workers share it with each other only
+    if config.token_secret is None:  # one key for all workers: a page token works on any of them
+        log.warning(NO_SECRET_WARNING)
+        config = replace(config, token_secret=secrets.token_bytes(32))
     children = []
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                worker_config = replace(config, metrics_port=config.metrics_port + index if config.metrics_port else 0)
+                logs.set_worker(index)
+                worker_config = replace(
+                    config, worker_index=index, metrics_port=config.metrics_port + index if config.metrics_port else 0
+                )
                 _serve_one(worker_config, f"{port_file}.{index}" if port_file else None)
+            except BindError as error:
+                log.error("worker %d: %s", index, error)
+                code = 1
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

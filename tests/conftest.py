@@ -25,8 +25,8 @@ StoreFactory = Callable[[Dataset], FeedStore]
 
 
 def data_root() -> Path:
-    """Where shared datasets live: $FEEDRANK_DATA, default ../shared/data next to the repo."""
-    return Path(os.environ.get("FEEDRANK_DATA", REPO.parent / "shared" / "data"))
+    """Where shared datasets live: $FEEDRANK_SHARED_DATA, default ../shared/data next to the repo."""
+    return Path(os.environ.get("FEEDRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 STORE_KINDS = [

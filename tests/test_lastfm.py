@@ -1,6 +1,6 @@
 """training.lastfm on the real HetRec 2011 Last.fm 2K files, and fold-in for an unseen user.
 
-The files are read in place from $FEEDRANK_DATA/lastfm-2k (default ../shared/data next to
+The files are read in place from $FEEDRANK_SHARED_DATA/lastfm-2k (default ../shared/data next to
 the repository; never copied into it). Without them these tests skip, except under CI,
 where they fail.
 """
@@ -20,7 +20,7 @@ LASTFM = data_root() / "lastfm-2k"
 @pytest.fixture(scope="module")
 def lastfm():
     if not (LASTFM / "user_artists.dat").is_file():
-        message = f"Last.fm 2K dataset not found at {LASTFM} (set FEEDRANK_DATA to the folder holding lastfm-2k/)"
+        message = f"Last.fm 2K dataset not found at {LASTFM} (set FEEDRANK_SHARED_DATA to the folder holding lastfm-2k/)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -1,0 +1,211 @@
+"""Bearer tokens with scopes, checked by a gRPC server interceptor.
+
+Tokens come from a file (``--tokens-file``) and/or the ``FEEDRANK_TOKENS`` environment
+variable, one token per entry::
+
+    # TOKEN                            SCOPES       [NAME]
+    3f9c0d2e6b1a4c8e9f7d5b3a1c2e4f60   read         feed-web
+    a1b2c3d4e5f60718293a4b5c6d7e8f90   read,write   ingest-worker
+
+A file has one entry per line (``#`` starts a comment); ``FEEDRANK_TOKENS`` separates
+entries with newlines or ``;``. SCOPES is a comma-separated subset of ``read`` (GetFeed)
+and ``write`` (Ingest). NAME labels the client in access logs (default: where the entry
+is). A token is at least 16 printable ASCII characters without spaces.
+
+Clients send ``authorization: Bearer TOKEN`` metadata. No or an unknown token:
+UNAUTHENTICATED; a token without the method's scope: PERMISSION_DENIED. Health and
+reflection stay open. Only SHA-256 digests of the tokens are kept, compared in constant
+time, and no token is ever logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from protos.feed.v1 import feed_pb2
+from serving import logs
+
+log = logging.getLogger("feedrank.auth")
+
+SCOPES = ("read", "write")
+MIN_TOKEN_CHARS = 16
+FEED_SERVICE = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+# The scope each FeedService method needs. A method missing here is refused to every token.
+METHOD_SCOPES = {f"/{FEED_SERVICE}/GetFeed": "read", f"/{FEED_SERVICE}/Ingest": "write"}
+# Services anyone may call: load balancers and tools need them without a token.
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+_OPEN_PREFIXES = tuple(f"/{name}/" for name in OPEN_SERVICES)
+
+
+def is_open_method(method: str) -> bool:
+    return method.startswith(_OPEN_PREFIXES)
+
+
+class TokenError(ValueError):
+    """A malformed tokens file or FEEDRANK_TOKENS entry (the message never holds a token)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    digest: bytes = field(repr=False)  # SHA-256 of the token; the token itself is not kept
+    scopes: frozenset[str]
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def parse_tokens(text: str, source: str, separators: str = "\n") -> list[Token]:
+    """Entries of ``text`` (``source`` names it in errors: a path or a variable)."""
+    lines = [text]
+    for separator in separators:
+        lines = [part for line in lines for part in line.split(separator)]
+    tokens: list[Token] = []
+    seen: dict[bytes, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{source}:{number}" if separators == "\n" else f"{source} entry {number}"
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            raise TokenError(f"{where}: expected 'TOKEN SCOPES [NAME]', got {len(parts)} fields")
+        secret, scopes_text = parts[0], parts[1]
+        if len(secret) < MIN_TOKEN_CHARS or not secret.isascii() or not secret.isprintable():
+            raise TokenError(f"{where}: a token must be at least {MIN_TOKEN_CHARS} printable ASCII characters")
+        scopes = frozenset(s for s in scopes_text.split(",") if s)
+        unknown = sorted(scopes - set(SCOPES))
+        if not scopes or unknown:
+            raise TokenError(f"{where}: scopes must be a comma-separated subset of {','.join(SCOPES)}, got {scopes_text!r}")
+        digest = _digest(secret)
+        if digest in seen:
+            raise TokenError(f"{where}: the same token is already listed at {seen[digest]}")
+        seen[digest] = where
+        tokens.append(Token(parts[2] if len(parts) == 3 else where, digest, scopes))
+    return tokens
+
+
+def read_tokens_file(path: str) -> list[Token]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as error:
+        raise TokenError(f"tokens file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"tokens file {path}: not UTF-8 text") from None
+    tokens = parse_tokens(text, path)
+    if not tokens:
+        raise TokenError(f"tokens file {path} lists no token")
+    return tokens
+
+
+def merge_tokens(*groups: Iterable[Token]) -> tuple[Token, ...]:
+    merged: dict[bytes, Token] = {}
+    for group in groups:
+        for token in group:
+            if token.digest in merged:
+                raise TokenError(f"{token.name}: the same token is also listed as {merged[token.digest].name}")
+            merged[token.digest] = token
+    return tuple(merged.values())
+
+
+def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, pool: futures.ThreadPoolExecutor | None = None) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour replaced by an immediate ``code`` (run on ``pool`` if given).
+
+    The request is not parsed. Access logs (serving/logs.py) count it as rejected.
+    """
+
+    def reject(request: Any, context: grpc.ServicerContext) -> Any:
+        logs.mark_call(rejected=True)
+        context.abort(code, details)
+
+    if pool is not None:
+        reject.experimental_thread_pool = pool  # type: ignore[attr-defined]  # grpc runs it there, not in the busy pool
+    kind = _kind(handler)
+    return handler._replace(**{kind: reject, "request_deserializer": None})
+
+
+def _kind(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "stream_stream" if handler.response_streaming else "stream_unary"
+    return "unary_stream" if handler.response_streaming else "unary_unary"
+
+
+def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> Any:
+    for name, value in metadata or ():
+        if name == key:
+            return value
+    return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the bearer token and its scope of every call but health and reflection."""
+
+    def __init__(self, tokens: Sequence[Token], reject_pool: futures.ThreadPoolExecutor | None = None) -> None:
+        if not tokens:
+            raise ValueError("AuthInterceptor needs at least one token")
+        self.tokens = tuple(tokens)
+        self.reject_pool = reject_pool
+
+    def identify(self, presented: str) -> Token | None:
+        """The token ``presented`` is, compared in constant time with every known token."""
+        digest = _digest(presented)
+        found = None
+        for token in self.tokens:  # no early exit: the time does not depend on which one matched
+            if hmac.compare_digest(digest, token.digest):
+                found = token
+        return found
+
+    def check(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> tuple[grpc.StatusCode, str] | Token:
+        """The token allowed to call ``method``, or the status that refuses the call."""
+        header = _metadata_value(metadata, "authorization")
+        if not isinstance(header, str) or not header:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send the metadata 'authorization: Bearer TOKEN'"
+        scheme, _, presented = header.strip().partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            return grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata must be 'Bearer TOKEN'"
+        token = self.identify(presented)
+        if token is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+        scope = METHOD_SCOPES.get(method)
+        if scope is None or scope not in token.scopes:
+            name = method.rsplit("/", 1)[-1]
+            needed = f"the '{scope}' scope" if scope else "a scope no token has"
+            return grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {name} needs"
+        return token
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if is_open_method(method):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        outcome = self.check(method, handler_call_details.invocation_metadata)
+        if not isinstance(outcome, Token):
+            return rejecting(handler, *outcome, pool=self.reject_pool)
+        return _as_client(handler, outcome.name)
+
+
+def _as_client(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
+    """``handler`` noting the client's token name for the access log."""
+    kind = _kind(handler)
+    behavior = getattr(handler, kind)
+
+    @functools.wraps(behavior)
+    def named(request: Any, context: grpc.ServicerContext) -> Any:
+        logs.mark_call(client=name)
+        return behavior(request, context)
+
+    return handler._replace(**{kind: named})

@@ -1,0 +1,228 @@
+"""Logging of the server: JSON lines or text, and one access line per RPC.
+
+``configure(format, level)`` sets up the root logger once per process (``--log-format``,
+``--log-level``). A JSON line holds ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
+``msg``, ``pid``, ``worker``, the record's fields and, inside an RPC, its ``request_id``;
+a traceback goes into ``exc``, so every record stays one line.
+
+Access lines (logger ``feedrank.access``, INFO for FeedService calls, DEBUG for health
+and reflection) carry ``request_id`` (the client's ``x-request-id`` metadata, else a new
+one, also sent back in the trailing metadata), ``method``, ``code``, ``latency_ms``,
+``model_version``, ``worker``, ``pid``, ``peer`` and ``client`` (the bearer token's name;
+never the token).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ACCESS_LOGGER = "feedrank.access"
+MAX_REQUEST_ID_CHARS = 128
+
+# The RPC being served on this thread: request id, and what the interceptors learned.
+_CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("feedrank_call", default=None)
+_worker = 0
+
+
+def set_worker(index: int) -> None:
+    """The worker index every record of this process carries (``--workers``: 0..N-1)."""
+    global _worker
+    _worker = index
+
+
+def worker() -> int:
+    return _worker
+
+
+def mark_call(**facts: Any) -> None:
+    """Note facts about the RPC being served (``client``, ``rejected``) for its access line."""
+    call = _CALL.get()
+    if call is not None:
+        call.update(facts)
+
+
+def current_request_id() -> str | None:
+    call = _CALL.get()
+    return call["request_id"] if call else None
+
+
+class _Context(logging.Filter):
+    """Adds pid, worker and the current RPC's request id to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = _worker
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+            "worker": getattr(record, "worker", _worker),
+        }
+        if getattr(record, "request_id", None):
+            line["request_id"] = record.request_id
+        line.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = dict(getattr(record, "fields", None) or {})
+        if getattr(record, "request_id", None) and "request_id" not in fields:
+            fields["request_id"] = record.request_id
+        if fields:
+            extra = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+            head, newline, rest = text.partition("\n")  # keep a traceback below the line
+            text = f"{head} {extra}{newline}{rest}"
+        return text
+
+
+def _text_value(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+
+
+def configure(log_format: str = "text", level: str = "info", stream: Any = None) -> logging.Handler:
+    """Route every log record of the process to ``stream`` (stderr) in ``log_format``."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    if level.lower() not in LOG_LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(_Context())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    return handler
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            cleaned = "".join(c for c in value[:MAX_REQUEST_ID_CHARS] if c.isprintable())
+            if cleaned:
+                return cleaned
+    return uuid.uuid4().hex
+
+
+class AccessLog(grpc.ServerInterceptor):
+    """One access line per unary RPC, whatever answered it (the servicer or an interceptor).
+
+    ``model_version()`` is the version served (a GetFeed names its own, which may be an
+    A/B arm's). ``on_rejected(method, code, seconds)`` is told of calls refused by an
+    interceptor (auth, limits) before reaching the servicer, which counts the others.
+    """
+
+    def __init__(
+        self,
+        model_version: Callable[[], str],
+        on_rejected: Callable[[str, str, float], None] | None = None,
+        feed_prefix: str = "/feedrank.",
+    ) -> None:
+        self.model_version = model_version
+        self.on_rejected = on_rejected
+        self.feed_prefix = feed_prefix
+        self.log = logging.getLogger(ACCESS_LOGGER)
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # streams (health Watch, reflection) are long-lived: not logged
+        method = handler_call_details.method
+        feed = method.startswith(self.feed_prefix)
+        level = logging.INFO if feed else logging.DEBUG
+        if not self.log.isEnabledFor(level) and (self.on_rejected is None or not feed):
+            return handler  # nothing to log or count
+        request_id = _request_id(handler_call_details.invocation_metadata)
+        behavior = handler.unary_unary
+
+        @functools.wraps(behavior)
+        def logged(request: Any, context: grpc.ServicerContext) -> Any:
+            call = {"request_id": request_id, "client": None, "rejected": False}
+            token = _CALL.set(call)
+            started = time.perf_counter()
+            response = None
+            raised = False
+            try:
+                response = behavior(request, context)
+                return response
+            except BaseException:
+                raised = True
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                _CALL.reset(token)
+                code = context.code()
+                code_name = code.name if code is not None else ("UNKNOWN" if raised else "OK")
+                try:
+                    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + (("x-request-id", request_id),))
+                except Exception:  # noqa: BLE001 (the call may be gone; the log line still matters)
+                    pass
+                if call["rejected"] and self.on_rejected is not None:
+                    self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
+                if self.log.isEnabledFor(level):
+                    self._line(level, method, code_name, seconds, response, call, context)
+
+        return handler._replace(unary_unary=logged)
+
+    def _line(self, level: int, method: str, code: str, seconds: float, response: Any, call: dict, context: grpc.ServicerContext) -> None:
+        version = getattr(response, "model_version", "") or self.model_version()
+        try:
+            peer = context.peer()
+        except Exception:  # noqa: BLE001
+            peer = ""
+        name = method.rsplit("/", 1)[-1]
+        latency_ms = round(seconds * 1000, 3)
+        self.log.log(
+            level,
+            "%s %s %.1f ms",
+            name,
+            code,
+            latency_ms,
+            extra={
+                "request_id": call["request_id"],
+                "fields": {
+                    "method": method,
+                    "code": code,
+                    "latency_ms": latency_ms,
+                    "model_version": version,
+                    "worker": _worker,
+                    "pid": os.getpid(),
+                    "peer": peer,
+                    "client": call["client"],
+                },
+            },
+        )

@@ -1,0 +1,228 @@
+"""Bearer tokens with scopes, TLS and mutual TLS, over real gRPC with certificates made here (openssl)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving import auth
+from serving.config import ServerConfig
+from serving.server import FeedServer
+from tests.feed_world import TOKEN_SECRET, build_world
+
+READ = "read-token-0123456789abcdef"
+WRITE = "write-token-0123456789abcdef"
+BOTH = "both-token-0123456789abcdef0"
+TOKENS_TEXT = f"""# test tokens
+{READ} read  reader
+{WRITE} write writer
+{BOTH}  read,write
+"""
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("auth-world"), users=120, sellers=12, items=300)
+
+
+@contextlib.contextmanager
+def serving(world, **overrides) -> Iterator[FeedServer]:
+    config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0,
+                          token_secret=TOKEN_SECRET, reload_seconds=0, **overrides)
+    server = FeedServer(config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=0)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def get_feed(stub, token: str | None = None, **metadata):
+    md = bearer(token) if token else []
+    md += list(metadata.items())
+    return stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), metadata=md, timeout=10)
+
+
+def ingest(stub, token: str | None = None):
+    event = feed_pb2.Event(event_id=f"auth-{next(_ids)}", not_interested_seller=feed_pb2.UserSeller(user_id="u00001", seller_id="s-nobody"))
+    return stub.Ingest(feed_pb2.IngestRequest(events=[event]), metadata=bearer(token) if token else None, timeout=10)
+
+
+def code_of(call, *args, **kwargs) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        call(*args, **kwargs)
+    return error.value.code()
+
+
+# --- the tokens file -------------------------------------------------------------------------
+
+
+def test_tokens_file_format_and_errors_name_the_line_but_never_the_token(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(TOKENS_TEXT)
+    tokens = auth.read_tokens_file(str(path))
+    assert [(t.name, sorted(t.scopes)) for t in tokens] == [
+        ("reader", ["read"]), ("writer", ["write"]), (f"{path}:4", ["read", "write"])]
+    assert all(READ not in repr(t) for t in tokens)  # only digests are kept
+    for text, expected in [
+        (f"{READ} read\n{READ} write\n", f"{path}:2: the same token is already listed at {path}:1"),
+        (f"\n{READ} admin\n", f"{path}:2: scopes must be a comma-separated subset of read,write, got 'admin'"),
+        ("short read\n", f"{path}:1: a token must be at least 16 printable ASCII characters"),
+        (f"{READ}\n", f"{path}:1: expected 'TOKEN SCOPES [NAME]', got 1 fields"),
+        ("# nothing\n", f"tokens file {path} lists no token"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(auth.TokenError) as error:
+            auth.read_tokens_file(str(path))
+        assert str(error.value) == expected
+        assert READ not in str(error.value)
+    env_tokens = auth.parse_tokens(f"{READ} read; {WRITE} write,read ci", "FEEDRANK_TOKENS", separators="\n;")
+    assert [(t.name, sorted(t.scopes)) for t in env_tokens] == [("FEEDRANK_TOKENS entry 1", ["read"]), ("ci", ["read", "write"])]
+
+
+def test_tokens_are_compared_in_constant_time_against_every_known_token(monkeypatch):
+    tokens = auth.parse_tokens(TOKENS_TEXT, "t")
+    interceptor = auth.AuthInterceptor(tokens)
+    calls = []
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    assert interceptor.identify(READ).name == "reader"  # the first one matches, the others are still compared
+    assert interceptor.identify("x" * 40) is None
+    assert len(calls) == 2 * len(tokens)
+
+
+# --- scopes over real gRPC ------------------------------------------------------------------------
+
+
+def test_tokens_and_scopes_over_grpc(world):
+    tokens = auth.parse_tokens(TOKENS_TEXT, "t")
+    with serving(world, tokens=tuple(tokens)) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        assert code_of(get_feed, stub) == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(get_feed, stub, "wrong-token-0123456789abcdef") == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(get_feed, stub, READ[:-1]) == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(ingest, stub) == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as error:  # not a bearer token
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), metadata=[("authorization", f"Basic {READ}")], timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED and READ not in error.value.details()
+        assert len(get_feed(stub, READ).items) == 5
+        assert code_of(ingest, stub, READ) == grpc.StatusCode.PERMISSION_DENIED
+        assert ingest(stub, WRITE).applied == 1
+        with pytest.raises(grpc.RpcError) as error:
+            get_feed(stub, WRITE)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED and "'read' scope" in error.value.details()
+        assert len(get_feed(stub, BOTH).items) == 5 and ingest(stub, BOTH).applied == 1
+        # Health and reflection stay open.
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="feedrank.feed.v1.FeedService"), timeout=5)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        assert "feedrank.feed.v1.FeedService" in {s.name for r in responses for s in r.list_services_response.service}
+        # Refusals are counted in the metrics like any other answer.
+        metrics = server.service.metrics.registry
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "UNAUTHENTICATED"}) >= 3
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "Ingest", "code": "PERMISSION_DENIED"}) == 1
+
+
+def test_every_feed_service_method_needs_a_known_scope():
+    service = feed_pb2.DESCRIPTOR.services_by_name["FeedService"]
+    assert {f"/{service.full_name}/{m.name}" for m in service.methods} == set(auth.METHOD_SCOPES)
+
+
+# --- TLS and mutual TLS with real certificates ----------------------------------------------------
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+
+
+def make_cert(directory: Path, name: str, ca: str, extensions: str) -> None:
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
+    (directory / f"{name}.ext").write_text(extensions + "\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    root = tmp_path_factory.mktemp("pki")
+    make_ca(root, "server-ca")
+    make_ca(root, "client-ca")
+    make_ca(root, "rogue-ca")
+    make_cert(root, "server", "server-ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth")
+    make_cert(root, "client", "client-ca", "extendedKeyUsage=clientAuth")
+    make_cert(root, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth")
+    return root
+
+
+def secure_channel(server: FeedServer, pki: Path, client: str | None = None) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "server-ca.pem").read_bytes(),
+        private_key=(pki / f"{client}.key").read_bytes() if client else None,
+        certificate_chain=(pki / f"{client}.pem").read_bytes() if client else None,
+    )
+    return grpc.secure_channel(f"127.0.0.1:{server.port}", credentials)
+
+
+def test_tls_serves_encrypted_only_with_tokens(world, pki):
+    tokens = tuple(auth.parse_tokens(TOKENS_TEXT, "t"))
+    with serving(world, tokens=tokens, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key")) as server:
+        with secure_channel(server, pki) as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            assert len(get_feed(stub, READ).items) == 5
+            assert code_of(get_feed, stub) == grpc.StatusCode.UNAUTHENTICATED
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as plain:  # plaintext is not spoken
+            assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(plain), READ) == grpc.StatusCode.UNAVAILABLE
+        wrong_ca = grpc.ssl_channel_credentials(root_certificates=(pki / "rogue-ca.pem").read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{server.port}", wrong_ca) as untrusted:  # the client checks the server
+            assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(untrusted), READ) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(world, pki):
+    with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                 tls_client_ca=str(pki / "client-ca.pem")) as server:
+        with secure_channel(server, pki, client="client") as channel:
+            assert len(get_feed(feed_pb2_grpc.FeedServiceStub(channel)).items) == 5
+        with secure_channel(server, pki) as anonymous:  # no client certificate
+            assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(anonymous)) == grpc.StatusCode.UNAVAILABLE
+            health = health_pb2_grpc.HealthStub(anonymous)
+            assert code_of(health.Check, health_pb2.HealthCheckRequest(), timeout=5) == grpc.StatusCode.UNAVAILABLE
+        with secure_channel(server, pki, client="rogue") as rogue:  # a certificate from another CA
+            assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(rogue)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bad_tls_files_fail_at_start_with_one_clear_message(world, pki):
+    config = dict(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET)
+    with pytest.raises(ValueError, match=r"--tls-cert .*server\.pem / --tls-key .*client\.key: not a PEM certificate and its unencrypted private key"):
+        FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "client.key")))
+    with pytest.raises(ValueError, match=r"--tls-key .*missing\.key: No such file or directory"):
+        FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "missing.key")))
+    with pytest.raises(ValueError, match=r"--tls-client-ca .*server\.ext: not PEM CA certificates"):
+        FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                                tls_client_ca=str(pki / "server.ext")))

@@ -1,0 +1,325 @@
+"""Config from flags, FEEDRANK_* variables and a TOML file; JSON logs and access lines; model-reload backoff."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving import auth, logs
+from serving import server as server_module
+from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, resolve_config
+from serving.store_url import Durability
+from tests.conftest import REPO
+from tests.feed_world import TOKEN_SECRET, build_world
+
+TOKEN = "log-test-token-0123456789abcdef"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_server_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("logs-world"), users=120, sellers=12, items=300)
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path):
+    config_file = tmp_path / "feedrank.toml"
+    config_file.write_text('models = "m"\nport = 7001\nthreads = 3\nmax_per_seller = 4\nfatigue_sink = 1\nlog_format = "json"\n')
+    env = {"FEEDRANK_CONFIG": str(config_file), "FEEDRANK_PORT": "7002", "FEEDRANK_THREADS": "5", "FEEDRANK_HOST": ""}
+    config = resolve_config(parse("--port", "7003"), env)
+    assert config.port == 7003  # flag over environment and file
+    assert config.threads == 5  # environment over file
+    assert config.feed.max_per_seller == 4 and config.feed.fatigue_sink == 1.0 and config.log_format == "json"  # file
+    assert config.host == "127.0.0.1" and config.workers == 1 and config.feed.max_per_category == 0  # defaults (empty = unset)
+    assert config.models_dir == "m" and config.token_secret is None
+    # --config on the command line wins over FEEDRANK_CONFIG.
+    other = tmp_path / "other.toml"
+    other.write_text("models = 'n'\n")
+    assert resolve_config(parse("--config", str(other)), env).models_dir == "n"
+
+
+def test_every_flag_can_come_from_the_environment(tmp_path):
+    values = {"int": "3", "float": "2.5", "str": None}
+    env = {}
+    for flag in FLAGS:
+        if flag.choices:
+            env[flag.env] = flag.choices[-1]
+        elif flag.kind is str:
+            env[flag.env] = {"store": "memory", "sources": "trending"}.get(flag.dest, str(tmp_path / flag.dest))
+        else:
+            env[flag.env] = values[flag.kind.__name__]
+    del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
+    env["FEEDRANK_MAX_MESSAGE_BYTES"] = "5000"
+    args = parse()
+    config = resolve_config(args, env)
+    for flag in FLAGS:
+        if flag.env in env:
+            expected = flag.from_text(env[flag.env])
+            assert getattr(args, flag.dest) == expected, flag.env  # written back into the namespace
+    assert config.port == 3 and config.feed.fresh_window_seconds == 2.5 and config.feed.sources == ("trending",)
+    assert config.log_format == "json" and config.log_level == "error"
+    assert config.durability == Durability(str(tmp_path / "state_dir"), "off", 2.5)
+    assert config.port_file == str(tmp_path / "port_file") and config.arms_file == str(tmp_path / "arms")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FEEDRANK_PORT": "abc"}, "FEEDRANK_PORT: expected an integer, got 'abc'"),
+        ({"FEEDRANK_PORT": "70000"}, "FEEDRANK_PORT: must be <= 65535, got 70000"),
+        ({"FEEDRANK_THREADS": "0"}, "FEEDRANK_THREADS: must be >= 1, got 0"),
+        ({"FEEDRANK_FATIGUE_SINK": "lots"}, "FEEDRANK_FATIGUE_SINK: expected a number, got 'lots'"),
+        ({"FEEDRANK_LOG_FORMAT": "xml"}, "FEEDRANK_LOG_FORMAT: expected one of text, json, got 'xml'"),
+        ({"FEEDRANK_FSYNC": "always"}, "FEEDRANK_FSYNC: expected one of batch, off, got 'always'"),
+        ({"FEEDRANK_SOURCES": "trending,bogus"}, "FEEDRANK_SOURCES: unknown sources bogus; choose from"),
+        ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
+        ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
+        ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(env, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_config(parse("--models", "m"), env)
+    assert str(error.value).startswith(message)
+
+
+def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
+    path = tmp_path / "c.toml"
+    cases = [
+        ('models = "m"\n\nport = "50051"\n', f"{path}:3: key 'port': expected an integer, got '50051'"),
+        ('models = "m"\nmax_per_selller = 3\n', f"{path}:2: unknown key 'max_per_selller' (did you mean 'max_per_seller'?)"),
+        ('models = "m"\nlog_level = "loud"\n', f"{path}:2: key 'log_level': expected one of debug, info, warning, error, got 'loud'"),
+        ("port = \n", f"config file {path}: not valid TOML: "),
+        ("reload_seconds = -1\n", f"{path}:1: key 'reload_seconds': must be >= 0, got -1.0"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            resolve_config(parse("--config", str(path)), {})
+        assert str(error.value).startswith(message), str(error.value)
+    with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
+        resolve_config(parse("--config", str(tmp_path / "missing.toml")), {})
+    with pytest.raises(ConfigError, match=r"--models is required \(or FEEDRANK_MODELS, or 'models' in the --config file\)"):
+        resolve_config(parse(), {})
+
+
+def test_tokens_come_from_the_file_and_the_environment_together(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"{TOKEN} read web\n")
+    config = resolve_config(parse("--models", "m", "--tokens-file", str(path)), {"FEEDRANK_TOKENS": "another-token-0123456789 read,write ci"})
+    assert [(t.name, sorted(t.scopes)) for t in config.tokens] == [("web", ["read"]), ("ci", ["read", "write"])]
+    with pytest.raises(ConfigError, match="the same token is also listed"):
+        resolve_config(parse("--models", "m", "--tokens-file", str(path)), {"FEEDRANK_TOKENS": f"{TOKEN} write"})
+
+
+def test_the_cli_reports_a_bad_variable_in_one_line_and_help_names_every_variable():
+    env = {**os.environ, "FEEDRANK_MAX_PER_SELLER": "two"}
+    result = subprocess.run([sys.executable, "-m", "serving", "--models", "m", "--data", "d"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "python -m serving: error: FEEDRANK_MAX_PER_SELLER: expected an integer, got 'two'"
+    help_text = " ".join(subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=REPO, capture_output=True, text=True,
+                                        timeout=120, check=True).stdout.split())
+    for flag in FLAGS:
+        assert f"{flag.flag} " in help_text and f"env {flag.env})" in help_text, flag.env
+    assert "FEEDRANK_CONFIG" in help_text and "FEEDRANK_TOKEN_SECRET" in help_text and "FEEDRANK_TOKENS" in help_text
+
+
+def test_config_from_args_turns_errors_into_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        config_from_args(parse(), {})
+    assert exit_.value.code == 2 and "error: --models is required" in capsys.readouterr().err
+
+
+def test_durability_settings_reach_the_store(world, monkeypatch):
+    opened = []
+    real = server_module.open_store
+
+    def spy(url, data_dir=None, durability=Durability()):
+        opened.append(durability)
+        return real(url, data_dir)
+
+    monkeypatch.setattr(server_module, "open_store", spy)
+    args = parse("--models", str(world.models_dir), "--data", str(world.data_dir), "--port", "0",
+                 "--state-dir", "/tmp/state", "--fsync", "off", "--snapshot-seconds", "60")
+    server = server_module.FeedServer(resolve_config(args, {}))
+    server.start()
+    server.stop(grace=0)
+    assert opened == [Durability("/tmp/state", "off", 60.0)]
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def log_stream():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs.configure("json", "info", stream=stream)
+    yield stream
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+def json_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_hold_a_traceback_in_one_line(log_stream):
+    log = logging.getLogger("feedrank.test")
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        log.exception("it failed: %s", "badly", extra={"fields": {"version": "v1"}})
+    log.debug("not shown at info")
+    [line] = json_lines(log_stream)
+    assert line["level"] == "error" and line["logger"] == "feedrank.test" and line["msg"] == "it failed: badly"
+    assert line["version"] == "v1" and line["pid"] == os.getpid() and line["worker"] == 0
+    assert "RuntimeError: boom" in line["exc"] and line["ts"].endswith("Z")
+
+
+def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(world, log_stream):
+    tokens = tuple(auth.parse_tokens(f"{TOKEN} read web-client\n", "t"))
+    config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET,
+                          reload_seconds=0, tokens=tokens)
+    server = server_module.FeedServer(config)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            md = [("authorization", f"Bearer {TOKEN}")]
+            response, call = stub.GetFeed.with_call(feed_pb2.GetFeedRequest(user_id="u00001", limit=5),
+                                                    metadata=md + [("x-request-id", "req-42")], timeout=10)
+            assert ("x-request-id", "req-42") in call.trailing_metadata()
+            with pytest.raises(grpc.RpcError) as bad:
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id="", limit=5), metadata=md, timeout=10)
+            generated = dict(bad.value.trailing_metadata())["x-request-id"]
+            with pytest.raises(grpc.RpcError):
+                stub.Ingest(feed_pb2.IngestRequest(), metadata=md, timeout=10)  # no write scope
+    finally:
+        server.stop(grace=0)
+    access = [line for line in json_lines(log_stream) if line["logger"] == logs.ACCESS_LOGGER]
+    assert [(a["method"], a["code"]) for a in access] == [
+        ("/feedrank.feed.v1.FeedService/GetFeed", "OK"),
+        ("/feedrank.feed.v1.FeedService/GetFeed", "INVALID_ARGUMENT"),
+        ("/feedrank.feed.v1.FeedService/Ingest", "PERMISSION_DENIED"),
+    ]
+    first = access[0]
+    assert first["request_id"] == "req-42" and access[1]["request_id"] == generated and len(generated) == 32
+    assert first["model_version"] == response.model_version != "" and access[2]["model_version"] == response.model_version
+    assert first["worker"] == 0 and first["pid"] == os.getpid() and first["client"] == "web-client"
+    assert 0 < first["latency_ms"] < 10_000 and first["peer"].startswith("ipv")
+    assert TOKEN not in log_stream.getvalue()
+
+
+def test_startup_warns_when_open_and_without_a_token_secret(world, caplog):
+    caplog.set_level("WARNING", logger="feedrank.serving")
+    server = server_module.FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, reload_seconds=0))
+    server.start()
+    server.stop(grace=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("auth is off: no bearer tokens") for w in warnings)
+    assert server_module.NO_SECRET_WARNING in warnings
+
+
+def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_path):
+    port_file, tokens_file = tmp_path / "port", tmp_path / "tokens"
+    tokens_file.write_text(f"{TOKEN} read cli\n")
+    config_file = tmp_path / "feedrank.toml"
+    config_file.write_text(f'models = "{world.models_dir}"\ndata = "{world.data_dir}"\nlog_format = "json"\nport = 0\nlog_level = "debug"\n')
+    env = {**os.environ, "FEEDRANK_CONFIG": str(config_file), "FEEDRANK_PORT_FILE": str(port_file), "FEEDRANK_LOG_LEVEL": "info",
+           "FEEDRANK_TOKENS_FILE": str(tokens_file), "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode()}
+    server = subprocess.Popen([sys.executable, "-m", "serving"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() is not None else "timeout"
+            time.sleep(0.1)
+        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            items = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10).items
+            assert len(items) == 5
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    stderr = server.stderr.read()
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line["level"] == "debug"]  # FEEDRANK_LOG_LEVEL over the file
+    access = [line for line in lines if line["logger"] == logs.ACCESS_LOGGER]
+    assert len(access) == 1 and access[0]["code"] == "OK" and access[0]["client"] == "cli"
+    assert any(line["msg"].startswith("serving model") for line in lines)
+    assert TOKEN not in stderr and "auth is off" not in stderr and "FEEDRANK_TOKEN_SECRET is not set" not in stderr
+
+
+# --- model reload -----------------------------------------------------------------------------------
+
+
+def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_backoff(tmp_path, monkeypatch, caplog):
+    models = tmp_path / "models"
+    models.mkdir()
+    attempts = []
+
+    def load_version(path):
+        attempts.append((Path(path).name, now[0]))
+        if Path(path).name != "v4":
+            raise ValueError(f"{path}: index.faiss does not hold\nthe item factors")
+        return SimpleNamespace(version="v4")
+
+    monkeypatch.setattr(server_module, "load_version", load_version)
+    served = SimpleNamespace(version="v1")
+    configured = []
+
+    def configure(current, arms, pinned):
+        configured.append(current.version)
+        service.current_artifact, service.model_version = current, current.version
+
+    service = SimpleNamespace(current_artifact=served, arms=None, pinned={}, model_version="v1", configure=configure)
+    now = [0.0]
+    watcher = server_module.ModelWatcher(service, str(models), every_seconds=1.0, clock=lambda: now[0])
+    caplog.set_level("INFO", logger="feedrank.serving")
+
+    def poll(until: float) -> None:
+        while now[0] < until:
+            now[0] += 1.0
+            watcher.check()
+
+    (models / "CURRENT").write_text("v2\n")
+    poll(20)
+    assert [t for v, t in attempts] == [1.0, 3.0, 7.0, 15.0]  # 2, 4, 8 polls apart: not every poll
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 4 and all("\n" not in r.getMessage() for r in errors)
+    assert errors[0].getMessage() == ("model reload failed: version v2: ValueError: " + str(models / "v2") +
+                                      ": index.faiss does not hold the item factors; still serving v1; next try in 2 s")
+    (models / "CURRENT").write_text("v3\n")  # a new version is tried at the next poll
+    poll(21)
+    assert attempts[-1] == ("v3", 21.0)
+    (models / "CURRENT").unlink()  # CURRENT itself missing: also backed off
+    caplog.clear()
+    poll(26)
+    assert len([r for r in caplog.records if "version CURRENT" in r.getMessage()]) == 2
+    (models / "CURRENT").write_text("v4\n")
+    poll(40)
+    assert configured == ["v4"] and attempts[-1][0] == "v4"

@@ -1,0 +1,242 @@
+"""Server-level limits over real gRPC: concurrent RPCs, message size, health under a flood, the port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving import server as server_module
+from serving.config import ServerConfig
+from serving.server import BindError, FeedServer, ensure_port_free, write_port_file_when_serving
+from tests.conftest import REPO
+from tests.feed_world import TOKEN_SECRET, build_world
+
+SLOW_FEED_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("limits-world"), users=120, sellers=12, items=300)
+
+
+@contextlib.contextmanager
+def serving(world, **overrides) -> Iterator[FeedServer]:
+    settings = dict(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0,
+                    token_secret=TOKEN_SECRET, reload_seconds=0)
+    server = FeedServer(ServerConfig(**{**settings, **overrides}))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=0)
+
+
+def slow_feeds(server: FeedServer) -> None:
+    """Every GetFeed takes SLOW_FEED_SECONDS on a request thread (a deep page, a slow store)."""
+    real = server.service.get_feed
+
+    def get_feed(*args, **kwargs):
+        time.sleep(SLOW_FEED_SECONDS)
+        return real(*args, **kwargs)
+
+    server.service.get_feed = get_feed
+
+
+def assert_fast(latencies: list[float]) -> None:
+    """Every health Check under 100 ms; on a noisy shared VM one may be late, but by < 0.5 s.
+
+    Before the fix each Check waited for the feed RPCs queued ahead of it: seconds.
+    """
+    late = sorted(t for t in latencies if t >= 0.1)
+    assert len(late) <= 1 and all(t < 0.5 for t in late), f"{len(late)} of {len(latencies)} checks took >= 100 ms: {late}"
+
+
+def test_health_answers_fast_and_excess_work_is_refused_under_a_flood(world):
+    # 4 feed threads, at most 12 feed RPCs in flight; 100 slow GetFeeds at once. Before the
+    # fix all 100 were queued, and health Check, which shared their threads, waited behind
+    # them (100 x 0.5 s / 4 threads = 12.5 s).
+    with serving(world, threads=4, max_concurrent_rpcs=12) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        slow_feeds(server)
+        stub, health = feed_pb2_grpc.FeedServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # connected
+        started = time.perf_counter()
+        flood = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id=f"u{i:05d}", limit=5), timeout=30) for i in range(100)]
+        # The excess is refused at once, long before the first slow GetFeed could finish.
+        while sum(f.done() for f in flood) < 80 and time.perf_counter() - started < SLOW_FEED_SECONDS:
+            time.sleep(0.005)
+        refused_within = time.perf_counter() - started
+        refused = [f for f in flood if f.done()]
+        assert len(refused) >= 80 and refused_within < SLOW_FEED_SECONDS, (len(refused), refused_within)
+        assert {f.code() for f in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert "--max-concurrent-rpcs" in refused[0].details()
+        # While every feed thread is busy (3 waves of 4), health answers at once.
+        latencies = []
+        while any(not f.done() for f in flood):
+            t0 = time.perf_counter()
+            status = health.Check(health_pb2.HealthCheckRequest(service="feedrank.feed.v1.FeedService"), timeout=2).status
+            latencies.append(time.perf_counter() - t0)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            time.sleep(0.02)
+        assert_fast(latencies)
+        assert len(latencies) >= 10
+        codes = Counter(f.code() for f in flood)
+        assert codes[grpc.StatusCode.OK] >= 12 and set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        registry = server.service.metrics.registry
+        assert registry.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "RESOURCE_EXHAUSTED"}) == codes[grpc.StatusCode.RESOURCE_EXHAUSTED]
+        # Once the flood is over, the server serves again.
+        assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).items) == 5
+
+
+def test_health_has_its_own_threads_even_without_a_concurrency_limit(world):
+    with serving(world, threads=2, max_concurrent_rpcs=0) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        slow_feeds(server)
+        stub, health = feed_pb2_grpc.FeedServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        flood = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=30) for _ in range(20)]
+        time.sleep(0.1)
+        latencies = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            latencies.append(time.perf_counter() - t0)
+        assert_fast(latencies)
+        for future in flood:
+            future.cancel()
+
+
+def test_a_message_over_the_size_limit_gets_resource_exhausted(world):
+    with serving(world, max_message_bytes=4096) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        events = [feed_pb2.Event(event_id=f"big-{i:04d}", not_interested_seller=feed_pb2.UserSeller(user_id="u00001", seller_id=f"seller-{i:040d}"))
+                  for i in range(100)]
+        request = feed_pb2.IngestRequest(events=events)
+        assert request.ByteSize() > 4096
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Ingest(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Ingest(feed_pb2.IngestRequest(events=events[:10]), timeout=10).applied == 10
+        assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).items) == 5
+
+
+# --- the port -------------------------------------------------------------------------------------
+
+
+def run_serving(world, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(world.data_dir), "--port", str(port)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_refused_in_one_line(result: subprocess.CompletedProcess, port: int) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "already in use" in line]
+    assert lines == [f"error: cannot serve on 127.0.0.1:{port}: the port is already in use (another feedrank server or "
+                     f"another program); stop it or choose another --port (only the processes of one --workers server share a port)"], result.stderr
+
+
+def test_a_second_server_on_a_served_port_is_refused_with_one_line(world):
+    with serving(world) as first, grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        with pytest.raises(BindError, match="already in use"):
+            FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=first.port, token_secret=TOKEN_SECRET))
+        assert_refused_in_one_line(run_serving(world, first.port), first.port)
+        # The first server still has the port to itself.
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        assert all(len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00002", limit=3), timeout=10).items) == 3 for _ in range(5))
+
+
+def test_a_port_held_by_another_program_is_refused_with_one_line(world):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(BindError, match="already in use"):
+            ensure_port_free("127.0.0.1", port)
+        assert_refused_in_one_line(run_serving(world, port), port)
+    ensure_port_free("127.0.0.1", port)  # free again
+
+
+def test_the_port_file_is_written_only_once_health_is_serving(tmp_path):
+    fake = SimpleNamespace(serving=threading.Event(), port=4242)
+    path = tmp_path / "port"
+    stop = threading.Event()
+    writer = threading.Thread(target=write_port_file_when_serving, args=(fake, str(path), stop))
+    writer.start()
+    time.sleep(0.3)
+    assert not path.exists()  # NOT_SERVING (e.g. the store does not answer yet)
+    fake.serving.set()
+    writer.join(timeout=5)
+    assert path.read_text() == "4242"
+    # Stopped before it was ever SERVING: no file.
+    other = tmp_path / "other"
+    stop.set()
+    write_port_file_when_serving(SimpleNamespace(serving=threading.Event(), port=1), str(other), stop)
+    assert not other.exists()
+
+
+def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
+    class Store:
+        up = True
+
+        def ping(self):
+            if self.up is None:
+                raise ConnectionError("boom")
+            return self.up
+
+    from grpc_health.v1 import health
+
+    store, servicer, now = Store(), health.HealthServicer(), [0.0]
+    monitor = server_module.HealthMonitor(store, servicer, clock=lambda: now[0])
+    caplog.set_level("INFO", logger="feedrank.serving")
+    monitor.check()
+    assert monitor.serving.is_set()
+    for up in (False, None, False, False):
+        store.up = up
+        now[0] += 1
+        monitor.check()
+        assert not monitor.serving.is_set()
+    store.up = True
+    now[0] += 1
+    monitor.check()
+    monitor.check()
+    assert monitor.serving.is_set()
+    messages = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
+    assert messages == ["store unavailable: health NOT_SERVING until it answers again", "store answers again after 4.0 s: health SERVING"]
+
+
+@pytest.mark.redis
+def test_only_the_workers_of_one_server_share_a_port(world, redis_url, tmp_path):
+    port_file = tmp_path / "port"
+    argv = [sys.executable, "-m", "serving", "--store", redis_url, "--models", str(world.models_dir), "--reload-seconds", "0"]
+    first = subprocess.Popen([*argv, "--workers", "2", "--port", "0", "--port-file", str(port_file)], cwd=REPO,
+                             env={**os.environ, "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode()},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "timeout"
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        for extra in (["--workers", "2"], []):  # another --workers server, or a single one: both refused
+            second = subprocess.run([*argv, *extra, "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert_refused_in_one_line(second, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u1", limit=3), timeout=10).model_version
+        assert first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
