@@ -5,18 +5,25 @@
   python -m serving demo [--workdir DIR]
   python -m serving load --data DIR --redis URL
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
+
+Progress bars are drawn only when stderr is a terminal (serve, load and export also take
+--no-progress).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 
 from serving import client
 from serving.config import HelpFormatter, add_server_arguments, config_from_args
+from training.__main__ import add_drop_unknown_items_argument, progress_bars
+from training.dataset import load_defaults
 
 COMMANDS = ("serve", "feed", "demo", "load", "export")
+log = logging.getLogger("serving")
 
 
 def _serve(argv: list[str]) -> None:
@@ -27,6 +34,10 @@ def _serve(argv: list[str]) -> None:
         formatter_class=HelpFormatter,
     )
     add_server_arguments(parser)
+    command_line = parser.add_argument_group("command line only (no variable or config key)")
+    add_drop_unknown_items_argument(command_line)  # type: ignore[arg-type]
+    command_line.add_argument("--no-progress", action="store_true",
+                              help="no progress bar while the memory store loads (none either when stderr is not a terminal)")
     args = parser.parse_args(argv)
     config = config_from_args(args)
     if config.store_url == "memory" and not config.data_dir:
@@ -45,32 +56,47 @@ def _serve(argv: list[str]) -> None:
     from serving.server import serve
 
     try:
-        serve(config, port_file=args.port_file)
+        with progress_bars(sys.stderr.isatty() and not args.no_progress), \
+                load_defaults("drop" if args.drop_unknown_items else "error", warn=log.warning):
+            serve(config, port_file=args.port_file)
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
         sys.exit(f"error: {error}")
+
+
+def unknown_command(word: str) -> str:
+    """The error line for ``python -m serving WORD`` when WORD is neither a command nor a flag."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return (f"python -m serving: error: unknown command {word!r} (commands: {', '.join(COMMANDS)}; "
+            f"flags alone run serve){hint}")
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        print(f"usage: python -m serving [{'|'.join(COMMANDS)}] ...", file=sys.stderr)
+        print(unknown_command(argv[0]), file=sys.stderr)
+        sys.exit(2)
     command = argv[0] if argv and argv[0] in COMMANDS else "serve"
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
-    if command == "feed":
-        client.main(rest)
-    elif command == "demo":
-        from serving import demo
+    with progress_bars(sys.stderr.isatty()):
+        if command == "feed":
+            client.main(rest)
+        elif command == "demo":
+            from serving import demo
 
-        demo.main(rest)
-    elif command == "load":
-        from serving import load
+            demo.main(rest)
+        elif command == "load":
+            from serving import load
 
-        load.main(rest)
-    elif command == "export":
-        from serving import export
+            load.main(rest)
+        elif command == "export":
+            from serving import export
 
-        export.main(rest)
-    else:
-        _serve(rest)
+            export.main(rest)
+        else:
+            _serve(rest)
 
 
 if __name__ == "__main__":

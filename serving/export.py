@@ -18,8 +18,10 @@ are written to ``events.csv`` with the columns
   stock, card, vacation_until
 
 (one row per applied event, in log order; the fields of stores.events.Event.to_record,
-empty when a kind does not use them; ``card`` is the JSON object of the card fields the
-event named). The last stream id is printed: pass it as the
+empty when a kind does not use them: ``created_at`` only on item_upsert, ``stock`` on
+item_upsert and stock_update, ``card`` on item_upsert and item_update, ``vacation_until``
+on seller_vacation, and the ids stores.events.REQUIRED_IDS and OPTIONAL_IDS give the kind;
+``card`` is the JSON object of the card fields the event named). The last stream id is printed: pass it as the
 next ``--since`` to export only what is new.
 """
 
@@ -30,18 +32,46 @@ import csv
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from stores.redis import RECORD_FIELDS, connect, split_url, unavailable_on_redis_errors
+from serving.load import connect_checked, exit_on_redis_errors
+from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, REQUIRED_IDS, EventKind
+from stores.redis import RECORD_FIELDS, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
 
 EVENTS_FILE = "events.csv"
 EVENT_COLUMNS = ("stream_id", *RECORD_FIELDS)
+# Record fields only some kinds use (the ids: REQUIRED_IDS and OPTIONAL_IDS); the rest
+# (event_id, kind, ts) every kind has.
+_FIELD_KINDS: dict[str, tuple[EventKind, ...]] = {
+    "created_at": (EventKind.ITEM_UPSERT,),
+    "stock": (EventKind.ITEM_UPSERT, EventKind.STOCK_UPDATE),
+    "card": CARD_EVENTS,
+    "vacation_until": (EventKind.SELLER_VACATION,),
+}
+
+
+def _used_fields(kind: EventKind) -> frozenset[str]:
+    ids = REQUIRED_IDS.get(kind, ID_FIELDS) + OPTIONAL_IDS.get(kind, ())
+    unused = {name for name in ID_FIELDS if name not in ids}
+    unused |= {name for name, kinds in _FIELD_KINDS.items() if kind not in kinds}
+    return frozenset(name for name in RECORD_FIELDS if name not in unused)
+
+
+_USED_FIELDS = {kind.value: _used_fields(kind) for kind in EventKind}
+
+
+def event_row(stream_id: str, record: dict[str, str]) -> list[str]:
+    """The events.csv row of a log record: the fields its kind does not use are empty
+    (a like's record carries ``created_at=0.0`` and ``stock=0``: Event's defaults)."""
+    used = _USED_FIELDS.get(record.get("kind", ""))
+    return [stream_id, *(record.get(name, "") if used is None or name in used else "" for name in RECORD_FIELDS)]
 SCAN_COUNT = 1_000
 FETCH_BATCH = 1_000
 
@@ -149,7 +179,7 @@ def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFI
             if not entries:
                 break
             for stream_id, record in entries:
-                writer.writerow([stream_id, *(record.get(name, "") for name in RECORD_FIELDS)])
+                writer.writerow(event_row(stream_id, record))
                 last = stream_id
             count += len(entries)
             start = "(" + last
@@ -176,11 +206,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
     parser.add_argument("--out", required=True, help="dataset directory to write (created if needed)")
     parser.add_argument("--since", help="also write events.csv with the log entries after this stream id (0 = all)")
+    parser.add_argument("--no-progress", action="store_true", help="accepted like every command's (export draws no progress bar)")
     args = parser.parse_args(argv)
-    url, own = split_url(args.redis)
-    client = connect(url, socket_timeout=60.0, socket_connect_timeout=5.0)
+    client, own = connect_checked(args.redis, socket_timeout=60.0, socket_connect_timeout=5.0)
     try:
-        stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX))
+        with exit_on_redis_errors(args.redis):
+            stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX))
+    except OSError as error:
+        sys.exit(f"error: --out {args.out}: {error.strerror or error}")
     finally:
         client.close()
     print(

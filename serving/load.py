@@ -1,6 +1,6 @@
 """``python -m serving load``: load a dataset directory into Redis.
 
-  python -m serving load --data DIR --redis URL [--batch 10000] [--no-progress]
+  python -m serving load --data DIR --redis URL [--batch 10000] [--no-progress] [--drop-unknown-items]
 
 Writes are pipelined, ``--batch`` commands per round trip, with a progress bar over the
 dataset's rows. Every write sets an absolute value (HSET, ZADD, SADD; like counts and
@@ -12,6 +12,7 @@ meant for an empty Redis or one holding the same dataset; it does not log events
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -19,12 +20,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from redis.exceptions import RedisClusterException, RedisError
 from tqdm import tqdm
 
 from ranking.store import trending_weight
+from stores.base import StoreUnavailable
 from stores.events import EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
@@ -34,7 +38,8 @@ from stores.redis import (
     unavailable_on_redis_errors,
 )
 from stores.redis_keys import DEFAULT_PREFIX, Keys
-from training.dataset import Dataset, Items, load_dataset
+from training.__main__ import add_drop_unknown_items_argument
+from training.dataset import Dataset, DatasetError, Items, load_dataset
 
 DEFAULT_BATCH = 10_000  # commands per pipeline round trip
 LOAD_SOCKET_TIMEOUT = 60.0  # a 10k-command pipeline can take a while on a busy server
@@ -210,13 +215,61 @@ def load_into_redis(
     return LoadStats(rows=total, commands=commands, seconds=time.perf_counter() - started)
 
 
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        return url
+
+
+def _fail(url: str, message: str) -> NoReturn:
+    sys.exit(f"error: --redis {redacted(url)}: {message}")
+
+
+def connect_checked(url_text: str, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """(client, our own URL options) for ``--redis``, after a PING; exits with one line
+    (no traceback) on a bad URL or an unreachable Redis."""
+    try:
+        url, own = split_url(url_text)
+        with unavailable_on_redis_errors():
+            client = connect(url, **options)  # a cluster client connects here
+            client.ping()  # a standalone one here, where an unknown URL option fails too
+    except (ValueError, TypeError) as error:
+        _fail(url_text, f"bad URL: {error}")
+    except StoreUnavailable as error:
+        _fail(url_text, f"Redis unreachable: {error}")
+    except (RedisError, RedisClusterException) as error:
+        _fail(url_text, f"{type(error).__name__}: {error}")
+    return client, own
+
+
+@contextlib.contextmanager
+def exit_on_redis_errors(url_text: str) -> Iterator[None]:
+    """One line and exit status 1 instead of a traceback when Redis fails mid-command."""
+    try:
+        with unavailable_on_redis_errors():
+            yield
+    except StoreUnavailable as error:
+        _fail(url_text, f"Redis unreachable: {error}")
+    except (RedisError, RedisClusterException) as error:
+        _fail(url_text, f"{type(error).__name__}: {error}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, follows.csv, friends.csv)")
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="commands per pipeline round trip (default: %(default)s)")
     parser.add_argument("--recent-likes", type=int, default=DEFAULT_RECENT_LIKES, help="recent likes kept per user (default: %(default)s)")
     parser.add_argument("--listings", type=int, default=DEFAULT_LISTINGS, help="newest listings kept per seller (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_drop_unknown_items_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 
 
 def main(argv: list[str]) -> None:
@@ -225,21 +278,28 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be >= 1")
-    url, own = split_url(args.redis)
-    started = time.perf_counter()
-    dataset = load_dataset(args.data)
-    read_seconds = time.perf_counter() - started
-    client = connect(url, socket_timeout=LOAD_SOCKET_TIMEOUT, socket_connect_timeout=5.0)
+    client, own = connect_checked(args.redis, socket_timeout=LOAD_SOCKET_TIMEOUT, socket_connect_timeout=5.0)
     try:
-        stats = load_into_redis(
-            client,
-            dataset,
-            prefix=own.get("prefix", DEFAULT_PREFIX),
-            recent_likes=own.get("recent_likes", args.recent_likes),
-            listings=own.get("listings", args.listings),
-            batch=args.batch,
-            progress=not args.no_progress,
-        )
+        started = time.perf_counter()
+        warnings: list[str] = []
+        try:
+            dataset = load_dataset(args.data, on_unknown_item="drop" if args.drop_unknown_items else "error", warnings=warnings)
+        except DatasetError as error:
+            sys.exit(f"error: {error}")
+        finally:
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        read_seconds = time.perf_counter() - started
+        with exit_on_redis_errors(args.redis):
+            stats = load_into_redis(
+                client,
+                dataset,
+                prefix=own.get("prefix", DEFAULT_PREFIX),
+                recent_likes=own.get("recent_likes", args.recent_likes),
+                listings=own.get("listings", args.listings),
+                batch=args.batch,
+                progress=sys.stderr.isatty() and not args.no_progress,
+            )
     finally:
         client.close()
     print(

@@ -137,8 +137,10 @@ def test_column_order_is_free(tmp_path: Path) -> None:
         pytest.param({"follows": "user_id,ts\nu1,1\n"},
                      "follows.csv", 1, "seller_id", "missing required column",
                      id="missing-column"),
-        pytest.param({"likes": "user_id,item_id,ts,rating\nu1,i1,1,5\n"},
-                     "likes.csv", 1, "rating", "unknown column", id="unknown-column"),
+        pytest.param({"likes": "user_id,item_id,ts,ts\nu1,i1,1,5\n"},
+                     "likes.csv", 1, "ts", "duplicate column", id="duplicate-column"),
+        pytest.param({"items": ITEMS + "i4,s2,1,18.5,,\n"},
+                     "items.csv", 5, "stock", "non-negative integer", id="fractional-stock"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\n,i2,2\n"},
                      "likes.csv", 3, "user_id", "must not be empty", id="empty-id"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu1,i9,2\n"},
@@ -190,6 +192,131 @@ def test_missing_likes_file(tmp_path: Path) -> None:
     (tmp_path / "items.csv").write_text(ITEMS)
     err = error_of(tmp_path)
     assert err.file == "likes.csv"
+    assert str(err) == f"likes.csv: not found in dataset directory {tmp_path} (the one required file; it holds items.csv)"
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    err = error_of(tmp_path / "nope")
+    assert str(err) == f"dataset directory {tmp_path / 'nope'}: no such directory"
+    (tmp_path / "file").write_text("x")
+    assert str(error_of(tmp_path / "file")) == f"dataset directory {tmp_path / 'file'}: not a directory"
+
+
+# --------------------------------------------------------------------------- forgiving reads
+
+
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_extra_columns_are_ignored_with_a_warning(tmp_path: Path, blank: str) -> None:
+    likes = f"user_id,rating,item_id,ts,,rating\nu1,5,i1,1,x,y\n{blank}u2,4,i2,2,,\n"
+    notes: list[str] = []
+    ds = load_dataset(str(make(tmp_path, likes=likes)), warnings=notes)
+    assert (ds.likes.src, ds.likes.dst, ds.likes.ts.tolist()) == (["u1", "u2"], ["i1", "i2"], [1.0, 2.0])
+    assert notes == ["likes.csv: ignored columns 'rating', '', 'rating' (not one of user_id, item_id, ts, weight)"]
+
+
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_ids_are_stripped(tmp_path: Path, blank: str) -> None:
+    items = "item_id,seller_id,created_at,stock\n i1 , s1,1,3\ni2,s1 ,1,3\n"
+    likes = f"user_id,item_id,ts\nu1 ,i1,1\n{blank}\tu2,i2 ,2\n"
+    engagements = "user_id,item_id,kind,ts,friend_id\nu1,i2 , share ,1, u2\n"
+    ds = load_dataset(str(make(tmp_path, items=items, likes=likes, engagements=engagements, follows=None, friends=None)))
+    assert ds.items.item_id == ["i1", "i2"] and ds.items.seller_id == ["s1", "s1"]
+    assert (ds.likes.src, ds.likes.dst) == (["u1", "u2"], ["i1", "i2"])
+    e = ds.engagements
+    assert (e.user_id, e.item_id, e.kind, e.friend_id) == (["u1"], ["i2"], ["share"], ["u2"])
+
+
+def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
+    items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
+    ds = load_dataset(str(make(tmp_path, items=items)))
+    assert ds.items.stock.dtype == np.int64 and ds.items.stock.tolist() == [18, 0, 7]
+    assert ds.items.ship_days[0] == 2.0
+
+
+def test_up_to_20_errors_are_reported_across_files(tmp_path: Path) -> None:
+    likes = "user_id,item_id,ts\nu1,i1,1\nu2,i2,yesterday\n,i1,2\n"
+    err = error_of(make(tmp_path / "a", likes=likes, items=ITEMS + "i4,s2,1,lots,,\n"))
+    assert [(e.file, e.line, e.column) for e in err.errors] == [
+        ("likes.csv", 4, "user_id"), ("likes.csv", 3, "ts"), ("items.csv", 5, "stock")]
+    assert str(err).splitlines() == [
+        "likes.csv:4: column 'user_id': must not be empty",
+        "likes.csv:3: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'yesterday'",
+        "items.csv:5: column 'stock': expected a non-negative integer, got 'lots'",
+    ]
+    assert (err.file, err.line, err.column) == ("likes.csv", 4, "user_id")  # the first
+    assert pickle.loads(pickle.dumps(err)).errors[2].line == 5
+
+    many = "user_id,item_id,ts\n" + "".join(f"u{n},i1,bad{n}\n" for n in range(30))
+    err = error_of(make(tmp_path / "b", likes=many))
+    assert [e.line for e in err.errors] == list(range(2, 22)) and err.more
+    assert str(err).splitlines()[-1] == "(and more: only the first 20 errors are reported)"
+
+
+def test_every_unknown_item_is_reported(tmp_path: Path) -> None:
+    err = error_of(make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n"))
+    assert [(e.line, e.message) for e in err.errors] == [
+        (2, "unknown item 'i9' (not in items.csv)"), (4, "unknown item 'i8' (not in items.csv)")]
+
+
+def test_load_defaults_drop_unknown_items_and_pass_warnings_on(tmp_path: Path) -> None:
+    from training.dataset import load_defaults
+
+    path = str(make(tmp_path, likes="user_id,item_id,ts,note\nu1,i9,1,\nu1,i1,2,\n"))
+    seen: list[str] = []
+    with load_defaults(on_unknown_item="drop", warn=seen.append):
+        assert load_dataset(path).likes.dst == ["i1"]
+    assert [note.split(":")[0] for note in seen] == ["likes.csv", "likes.csv"]
+    assert "dropped 1 likes" in seen[1]
+    assert error_of(tmp_path).line == 2  # restored: unknown items are errors again
+
+
+# --------------------------------------------------------------------------- garbage files
+
+_CELLS = st.one_of(
+    st.sampled_from(["", "u1", "i1", "s1", " i1 ", "1", "-1", "18.0", "1e309", "nan", "inf", "2023-11-14T22:13:20Z",
+                     "0001-01-01T00:00:00+14:00", "share", "view", "EUR", '"', '""', "\r", "\n", "\x00", "\ufeff"]),
+    st.text(max_size=8),
+)
+_FILES = ("items.csv", "likes.csv", "follows.csv", "friends.csv", "sellers.csv", "engagements.csv")
+_COLUMNS = ("item_id", "seller_id", "created_at", "stock", "price", "category", "title", "image_url", "currency",
+            "ship_days", "feed_eligible", "user_id", "ts", "weight", "friend_id", "kind", "vacation_until", "extra", "")
+
+
+@st.composite
+def _csv_bytes(draw: st.DrawFn) -> bytes:
+    """Random bytes, random text, or a CSV of schema-like columns with random cells."""
+    shape = draw(st.sampled_from(["bytes", "text", "csv", "csv"]))
+    if shape == "bytes":
+        return draw(st.binary(max_size=200))
+    if shape == "text":
+        return draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
+    header = draw(st.lists(st.sampled_from(_COLUMNS), min_size=1, max_size=7))
+    rows = draw(st.lists(st.lists(_CELLS, min_size=len(header) - 1, max_size=len(header) + 1), max_size=6))
+    sep = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    text = sep.join(",".join(cells) for cells in [header, *rows]) + draw(st.sampled_from(["", sep]))
+    data = text.encode("utf-8", "surrogatepass")
+    if draw(st.booleans()) and data:  # a stray invalid byte somewhere
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + data[at:]
+    return data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(st.sampled_from(_FILES), _csv_bytes(), min_size=1), keep_valid=st.booleans())
+def test_garbage_files_give_a_dataset_error_or_a_dataset(tmp_path: Path, files: dict[str, bytes], keep_valid: bool) -> None:
+    base = {"items.csv": ITEMS, "likes.csv": LIKES, "follows.csv": FOLLOWS, "friends.csv": FRIENDS} if keep_valid else {}
+    for name in _FILES:
+        (tmp_path / name).unlink(missing_ok=True)
+    for name, text in base.items():
+        (tmp_path / name).write_text(text)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    try:
+        ds = load_dataset(str(tmp_path), warnings=[])
+    except DatasetError as error:
+        assert 1 <= len(error.errors) <= 20 and str(error)
+    else:
+        assert isinstance(ds, Dataset)
 
 
 # --------------------------------------------------------------------------- dedupe
@@ -298,8 +425,9 @@ def test_error_pickles() -> None:
 
 # --------------------------------------------------------------------------- property
 
+# Ids have no surrounding whitespace: loading strips it.
 _ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-               min_size=1, max_size=6)
+               min_size=1, max_size=6).map(str.strip).filter(bool)
 _times = st.one_of(st.just(float("nan")), st.integers(-(2**40), 2**40).map(float),
                    st.floats(-1e12, 1e12, allow_nan=False))
 

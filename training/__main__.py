@@ -5,15 +5,20 @@
   python -m training evaluate --data DIR [--split ...] [--k 10,20] [--json OUT]
   python -m training tune --data DIR --out params.json [--trials 30] [--timeout 900]
   python -m training train --data DIR --out MODELS_DIR --params params.json
+
+Every command takes --no-progress (progress bars are off anyway when stderr is not a
+terminal); train, evaluate and tune take --drop-unknown-items.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
-from training.dataset import DatasetError
+from training.dataset import DatasetError, load_defaults
 
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -23,6 +28,44 @@ COMMANDS = {
     "tune": ("training.tune", "choose hyperparameters, pool sizes and sources on a validation split"),
     "lastfm": ("training.lastfm", "convert the HetRec 2011 Last.fm 2K dataset into a dataset directory"),
 }
+# Commands that read a dataset directory (--data).
+DATA_COMMANDS = ("train", "evaluate", "tune")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Progress bars only if ``enabled``: otherwise every tqdm bar drawn inside (ours, the
+    trainer's, implicit's) is disabled, whatever its caller asked. Restored on exit.
+
+    Command lines pass ``sys.stderr.isatty() and not args.no_progress``: a bar redrawn
+    with carriage returns is noise in a log file.
+    """
+    if enabled:
+        yield
+        return
+    from tqdm import std
+
+    draw = std.tqdm.__init__
+
+    def quiet(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs["disable"] = True
+        draw(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = draw  # type: ignore[method-assign]
+
+
+def print_warning(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def add_drop_unknown_items_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--drop-unknown-items", action="store_true",
+                        help="drop the likes of items missing from items.csv, with a warning that counts them "
+                             "(default: such a like is an error)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -40,6 +83,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             continue
         sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
+        if name in DATA_COMMANDS:
+            add_drop_unknown_items_argument(sub)
         sub.set_defaults(run=module.run)
         subparsers[name] = sub
     return parser, subparsers
@@ -56,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
 
             subparsers[args.command].set_defaults(**params_file_defaults(args.params))
             args = parser.parse_args(argv)
-        args.run(args)
+        on_unknown_item = "drop" if getattr(args, "drop_unknown_items", False) else "error"
+        with progress_bars(sys.stderr.isatty() and not getattr(args, "no_progress", False)), \
+                load_defaults(on_unknown_item, warn=print_warning):
+            args.run(args)
     except (DatasetError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
 

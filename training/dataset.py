@@ -1,7 +1,7 @@
 """The dataset directory: items.csv, likes.csv, follows.csv, friends.csv, sellers.csv,
 engagements.csv.
 
-Columns (header row required, order free, extra columns rejected):
+Columns (header row required, order free; other columns are ignored with a warning):
   items.csv    item_id, seller_id, created_at, stock[, price][, category][, title]
                [, image_url][, currency][, ship_days][, feed_eligible]
   likes.csv    user_id, item_id, ts[, weight]
@@ -26,8 +26,12 @@ Only likes.csv is required. Without items.csv every liked item is an in-stock it
 text and eligible. A missing follows.csv / friends.csv / sellers.csv /
 engagements.csv means no such rows.
 
-Every bad value raises :class:`DatasetError` naming the file, the 1-based physical line
-(the header is line 1) and the column.
+Ids (the ``*_id`` columns) and ``kind`` are stripped of surrounding whitespace. ``stock``
+and ``ship_days`` are whole numbers, also when written as ``18.0``.
+
+Bad values raise :class:`DatasetError` naming the file, the 1-based physical line (the
+header is line 1) and the column; loading goes on after one and reports up to
+MAX_REPORTED_ERRORS at once. Any bad file (not UTF-8, broken CSV) gives a DatasetError.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ import hashlib
 import io
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -220,19 +225,67 @@ class Dataset:
         return dataclasses.replace(self, likes=likes)
 
 
-class DatasetError(ValueError):
-    """A bad value in a dataset file, located by file, line and column."""
+MAX_REPORTED_ERRORS = 20
+"""Loading goes on after a bad value and reports up to this many errors at once."""
 
-    def __init__(self, file: str, line: int, column: str, message: str) -> None:
-        super().__init__(f"{file}:{line}: column {column!r}: {message}")
+
+class DatasetError(ValueError):
+    """A bad value in a dataset file, located by file, line and column.
+
+    A load that finds several reports them together (up to MAX_REPORTED_ERRORS): ``errors``
+    lists them in order, one located error each, and the message has one line per error.
+    ``file``, ``line``, ``column`` and ``message`` are those of the first. Line 0 is the
+    file as a whole (a missing file); a missing directory has ``file`` "".
+    """
+
+    def __init__(
+        self, file: str, line: int, column: str, message: str, errors: Sequence[DatasetError] = (), more: bool = False
+    ) -> None:
         self.file = file
         self.line = line
         self.column = column
         self.message = message
+        self.errors: list[DatasetError] = list(errors) or [self]
+        self.more = more  # there were more errors than MAX_REPORTED_ERRORS
+        text = "\n".join(_located(e.file, e.line, e.column, e.message) for e in self.errors)
+        if more:
+            text += f"\n(and more: only the first {len(self.errors)} errors are reported)"
+        super().__init__(text)
 
-    def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:
-        # Picklable across processes despite the four-argument constructor.
-        return (DatasetError, (self.file, self.line, self.column, self.message))
+    @classmethod
+    def of(cls, errors: Sequence[DatasetError], more: bool = False) -> DatasetError:
+        """One error that reports all of ``errors`` (each a single located error)."""
+        if len(errors) == 1 and not more:
+            return errors[0]
+        first = errors[0]
+        return cls(first.file, first.line, first.column, first.message, errors, more)
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        # Picklable across processes despite the multi-argument constructor.
+        errors = tuple(self.errors) if len(self.errors) > 1 else ()
+        return (DatasetError, (self.file, self.line, self.column, self.message, errors, self.more))
+
+
+def _located(file: str, line: int, column: str, message: str) -> str:
+    if line > 0:
+        return f"{file}:{line}: column {column!r}: {message}"
+    return f"{file}: {message}" if file else message
+
+
+class _Errors:
+    """The errors found so far in one load; raises once MAX_REPORTED_ERRORS are found."""
+
+    def __init__(self) -> None:
+        self.found: list[DatasetError] = []
+
+    def add(self, error: DatasetError) -> None:
+        if len(self.found) == MAX_REPORTED_ERRORS:
+            raise DatasetError.of(self.found, more=True)
+        self.found.append(error)
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise DatasetError.of(self.found)
 
 
 # --------------------------------------------------------------------------- schema
@@ -265,89 +318,162 @@ class _Table:
     """The columns of one CSV file plus a map from data row index to physical line."""
 
     def __init__(
-        self, file: str, columns: dict[str, list[str]], lines: np.ndarray | None, n: int
+        self, file: str, columns: dict[str, list[str]], lines: np.ndarray | None, n: int, errors: _Errors
     ) -> None:
         self.file = file
         self.columns = columns
         self._lines = lines  # None: row i is on line i + 2 (no blank or multi-line rows)
         self.n = n
+        self.errors = errors
 
     def line(self, row: int) -> int:
         return int(self._lines[row]) if self._lines is not None else row + 2
 
-    def error(self, row: int, column: str, message: str) -> DatasetError:
-        return DatasetError(self.file, self.line(row), column, message)
+    def report(self, row: int, column: str, message: str) -> None:
+        """Record a bad value and go on (raises once too many are found)."""
+        self.errors.add(DatasetError(self.file, self.line(row), column, message))
 
 
-def _read_table(directory: str, file: str) -> _Table:
+def _is_stripped(name: str) -> bool:
+    """Columns whose surrounding whitespace is dropped: ids (" u1" is u1) and the engagement kind."""
+    return name.endswith("_id") or name == "kind"
+
+
+def _read_table(directory: str, file: str, errors: _Errors, warnings: list[str]) -> _Table | None:
+    """The file's columns, or None after reporting why it cannot be read (a bad header,
+    rows with the wrong number of fields, bytes that are not UTF-8, a broken CSV)."""
+    path = os.path.join(directory, file)
+    try:
+        return _read_table_unchecked(path, file, errors, warnings)
+    except UnicodeDecodeError as error:
+        line, offset = _undecodable_line(path)
+        errors.add(DatasetError(file, line, "<row>", f"not UTF-8 text (byte {offset} of the line: {error.reason})"))
+    except csv.Error as error:
+        errors.add(DatasetError(file, getattr(error, "line_num", 0) or 0, "<row>", f"not valid CSV: {error}"))
+    except OSError as error:
+        errors.add(DatasetError(file, 0, "<file>", f"cannot be read: {error.strerror or error}"))
+    return None
+
+
+class _CsvError(csv.Error):
+    line_num = 0
+
+
+def _reader_rows(reader: Any) -> Iterator[list[str]]:
+    """The rows, with the physical line of a csv.Error attached to it."""
+    try:
+        yield from reader
+    except csv.Error as error:
+        located = _CsvError(str(error))
+        located.line_num = max(reader.line_num, 1)  # type: ignore[attr-defined]
+        raise located from None
+
+
+def _undecodable_line(path: str) -> tuple[int, int]:
+    """(1-based line, 1-based byte in it) of the first bytes that are not UTF-8."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return number, error.start + 1
+    return 0, 0
+
+
+def _read_table_unchecked(path: str, file: str, errors: _Errors, warnings: list[str]) -> _Table | None:
     required, optional = _SCHEMA[file]
-    with open(os.path.join(directory, file), newline="", encoding="utf-8-sig") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
+        rows_iter = _reader_rows(reader)
+        header = next(rows_iter, None)
         if header is None:
-            raise DatasetError(file, 1, "<header>", "empty file; a header row is required")
+            errors.add(DatasetError(file, 1, "<header>", "empty file; a header row is required"))
+            return None
         header = [h.strip() for h in header]
+        known = set(required + optional)
         seen: set[str] = set()
+        ignored: list[str] = []
+        broken = False
         for name in header:
-            if name not in required and name not in optional:
-                raise DatasetError(
-                    file, 1, name, f"unknown column; expected {', '.join(required + optional)}"
-                )
-            if name in seen:
-                raise DatasetError(file, 1, name, "duplicate column")
+            if name not in known:
+                ignored.append(name)
+            elif name in seen:
+                errors.add(DatasetError(file, 1, name, "duplicate column"))
+                broken = True
             seen.add(name)
         for name in required:
             if name not in seen:
-                raise DatasetError(file, 1, name, "missing required column")
+                errors.add(DatasetError(file, 1, name, f"missing required column (columns: {', '.join(required)}"
+                                        + (f"[, {', '.join(optional)}]" if optional else "") + ")"))
+                broken = True
+        if broken:
+            return None
+        if ignored:
+            names = ", ".join(repr(name) for name in ignored)
+            warnings.append(f"{file}: ignored column{'s' if len(ignored) > 1 else ''} {names} "
+                            f"(not one of {', '.join(required + optional)})")
+        keep = [i for i, name in enumerate(header) if name in known]
         header_lines = reader.line_num
-        fast = _read_columns_fast(os.path.join(directory, file), header) if header_lines == 1 else None
+        fast = _read_columns_fast(path, header, keep) if header_lines == 1 else None
         if fast is not None:
             columns, n = fast
-            return _Table(file, columns, None, n)
-        rows = list(reader)
+            return _Table(file, columns, None, n, errors)
+        rows = list(rows_iter)
         total_lines = reader.line_num
 
     lines: np.ndarray | None = None
     has_blank = [] in rows
     if has_blank or total_lines - header_lines != len(rows) or header_lines != 1:
         # Blank lines or quoted newlines: recover each row's first physical line.
-        lines, rows = _rows_with_lines(directory, file)
+        lines, rows = _rows_with_lines(path, file)
 
     width = len(header)
+    table = _Table(file, {}, lines, len(rows), errors)
     if rows and (min(map(len, rows)) != width or max(map(len, rows)) != width):
-        table = _Table(file, {}, lines, len(rows))
         for i, r in enumerate(rows):
             if len(r) != width:
                 column = header[len(r)] if len(r) < width else "<row>"
-                raise table.error(i, column, f"expected {width} fields, got {len(r)}")
+                table.report(i, column, f"expected {width} fields, got {len(r)}")
+        return None
 
     if rows:
-        cols = [list(c) for c in zip(*rows)]
+        cols = list(zip(*rows))
+        table.columns = {
+            header[i]: [v.strip() for v in cols[i]] if _is_stripped(header[i]) else list(cols[i]) for i in keep
+        }
     else:
-        cols = [[] for _ in header]
-    return _Table(file, dict(zip(header, cols)), lines, len(rows))
+        table.columns = {header[i]: [] for i in keep}
+    return table
 
 
-def _read_columns_fast(path: str, header: list[str]) -> tuple[dict[str, list[str]], int] | None:
-    """Every column as strings, read by pyarrow's multithreaded CSV parser.
+def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[dict[str, list[str]], int] | None:
+    """The ``keep`` columns as strings, read by pyarrow's multithreaded CSV parser.
 
     None when the file needs the careful reader: a row with the wrong number of fields,
     a quoted newline, a blank line (anything that breaks "data row i is on line i + 2",
-    which error messages rely on). That reader then finds and names the problem.
+    which error messages rely on), bytes that are not UTF-8. That reader then finds and
+    names the problem.
     """
     import pyarrow as pa
     import pyarrow.csv as pv
 
+    # Unique names for pyarrow: ignored columns may repeat or be unnamed.
+    names = [name if i in keep else f"\0ignored{i}" for i, name in enumerate(header)]
+    wanted = [names[i] for i in keep]
     try:
         table = pv.read_csv(
             path,
-            read_options=pv.ReadOptions(column_names=header, skip_rows=1),
-            parse_options=pv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+            read_options=pv.ReadOptions(column_names=names, skip_rows=1),
+            parse_options=pv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),  # a blank line: row count differs
             convert_options=pv.ConvertOptions(
-                column_types={name: pa.string() for name in header}, strings_can_be_null=False, quoted_strings_can_be_null=False
+                column_types={name: pa.string() for name in wanted}, include_columns=wanted,
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
             ),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    except (pa.ArrowException, UnicodeDecodeError):
         return None
     newlines = 0
     with open(path, "rb") as fh:
@@ -358,31 +484,33 @@ def _read_columns_fast(path: str, header: list[str]) -> tuple[dict[str, list[str
     if table.num_rows != physical - 1:
         return None
     return {
-        name: _shared_strings(table.column(name)) if name.endswith("_id") else table.column(name).to_pylist() for name in header
+        name: _shared_strings(table.column(name)) if _is_stripped(name) else table.column(name).to_pylist() for name in wanted
     }, table.num_rows
 
 
 def _shared_strings(column) -> list[str]:
-    """The column as a list in which equal values are one str object.
+    """The column as a list of stripped values in which equal values are one str object.
 
     Ids repeat (a user on every one of their likes): one object per distinct id instead of
     one per row saves about 50 bytes a row, gigabytes at tens of millions of likes.
+    Stripping the distinct values costs next to nothing.
     """
     import pyarrow.compute as pc
 
     encoded = pc.dictionary_encode(column.combine_chunks())
-    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    distinct = np.asarray([value.strip() for value in encoded.dictionary.to_pylist()], dtype=object)
     return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
 
 
-def _rows_with_lines(directory: str, file: str) -> tuple[np.ndarray, list[list[str]]]:
+def _rows_with_lines(path: str, file: str) -> tuple[np.ndarray, list[list[str]]]:
     lines: list[int] = []
     rows: list[list[str]] = []
-    with open(os.path.join(directory, file), newline="", encoding="utf-8-sig") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        next(reader)
+        rows_iter = _reader_rows(reader)
+        next(rows_iter)
         prev = reader.line_num
-        for r in reader:
+        for r in rows_iter:
             if r:  # blank lines are skipped, not errors
                 rows.append(r)
                 lines.append(prev + 1)
@@ -402,7 +530,10 @@ def _parse_time(text: str) -> float:
         dt = datetime.fromisoformat(s)
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        try:
+            return dt.timestamp()
+        except (OverflowError, OSError):  # e.g. year 1 at UTC+14
+            raise ValueError(text) from None
     if not math.isfinite(value):
         raise ValueError(text)
     return value
@@ -421,14 +552,27 @@ def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
     for i, v in enumerate(values):
         if not v.strip():
             if not allow_empty:
-                raise table.error(i, column, "must not be empty")
+                table.report(i, column, "must not be empty")
             out[i] = np.nan
             continue
         try:
             out[i] = _parse_time(v)
         except ValueError:
-            raise table.error(i, column, f"{_TIME_EXPECTED}, got {v!r}") from None
+            table.report(i, column, f"{_TIME_EXPECTED}, got {v!r}")
+            out[i] = np.nan
     return out
+
+
+def _whole_number(text: str) -> int:
+    """An integer written as one ("18") or as an integral float ("18.0", "1e3"). Raises ValueError."""
+    s = text.strip()
+    try:
+        return int(s)
+    except ValueError:
+        value = float(s)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def _stock(table: _Table, column: str) -> np.ndarray:
@@ -437,18 +581,19 @@ def _stock(table: _Table, column: str) -> np.ndarray:
     try:
         out = np.array(values, dtype=np.int64)
     except (ValueError, OverflowError):
+        out = np.zeros(len(values), dtype=np.int64)
         for i, v in enumerate(values):
             try:
-                ok = 0 <= int(v) < 2**63
-            except ValueError:
-                ok = False
-            if not ok:
-                raise table.error(i, column, f"{expected}, got {v!r}") from None
-        raise
-    negative = np.flatnonzero(out < 0)
-    if len(negative):
-        i = int(negative[0])
-        raise table.error(i, column, f"{expected}, got {values[i]!r}")
+                n = _whole_number(v)
+            except (ValueError, OverflowError):
+                n = -1
+            if 0 <= n < 2**63:
+                out[i] = n
+            else:
+                table.report(i, column, f"{expected}, got {v!r}")
+        return out
+    for i in np.flatnonzero(out < 0).tolist():
+        table.report(i, column, f"{expected}, got {values[i]!r}")
     return out
 
 
@@ -465,18 +610,19 @@ def _prices(table: _Table, column: str) -> np.ndarray:
             try:
                 out[i] = float(v) if v.strip() else np.nan
             except ValueError:
-                raise table.error(i, column, f"{expected}, got {v!r}") from None
-    bad = np.flatnonzero(np.isinf(out) | (out < 0))
-    if len(bad):
-        i = int(bad[0])
-        raise table.error(i, column, f"{expected}, got {values[i]!r}")
+                out[i] = np.nan
+                table.report(i, column, f"{expected}, got {v!r}")
+    for i in np.flatnonzero(np.isinf(out) | (out < 0)).tolist():
+        table.report(i, column, f"{expected}, got {values[i]!r}")
     return out
 
 
 def _ids(table: _Table, column: str) -> list[str]:
     values = table.columns[column]
     if "" in values:
-        raise table.error(values.index(""), column, "must not be empty")
+        for i, v in enumerate(values):
+            if not v:
+                table.report(i, column, "must not be empty")
     return values
 
 
@@ -526,9 +672,10 @@ def _weights(table: _Table, column: str) -> np.ndarray | None:
         try:
             out[i] = float(v) if v.strip() else 1.0
         except ValueError:
-            raise table.error(i, column, f"{expected}, got {v!r}") from None
+            out[i] = math.nan
         if not (math.isfinite(out[i]) and out[i] > 0):
-            raise table.error(i, column, f"{expected}, got {v!r}")
+            table.report(i, column, f"{expected}, got {v!r}")
+            out[i] = 1.0
     return out
 
 
@@ -548,103 +695,172 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass
+class _LoadDefaults:
+    on_unknown_item: str = "error"
+    warn: Callable[[str], None] | None = None
+
+
+_load_defaults = _LoadDefaults()
+
+
+@contextlib.contextmanager
+def load_defaults(on_unknown_item: Literal["error", "drop"] = "error", warn: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Defaults for the :func:`load_dataset` calls made inside, for this process.
+
+    For command lines whose dataset is loaded deep in library code (the trainer, the
+    server's store): ``on_unknown_item`` for calls that pass none, and ``warn`` called
+    with each warning of calls that pass no ``warnings`` list. Restored on exit.
+    """
+    global _load_defaults
+    if on_unknown_item not in ("error", "drop"):
+        raise ValueError(f"on_unknown_item must be 'error' or 'drop', got {on_unknown_item!r}")
+    previous = _load_defaults
+    _load_defaults = _LoadDefaults(on_unknown_item, warn)
+    try:
+        yield
+    finally:
+        _load_defaults = previous
+
+
 def load_dataset(
     path: str,
-    on_unknown_item: Literal["error", "drop"] = "error",
+    on_unknown_item: Literal["error", "drop"] | None = None,
     warnings: list[str] | None = None,
 ) -> Dataset:
     """Read and validate a dataset directory.
 
     Duplicate likes/follows/friendships are collapsed keeping the latest ts; friendships
-    are undirected and stored once with ``src < dst``. A like of an item missing from
-    items.csv raises DatasetError by default (``on_unknown_item="error"``); with
-    ``"drop"`` such likes are dropped and, if ``warnings`` is a list, a message with the
-    count is appended to it.
+    are undirected and stored once with ``src < dst``. Ids are stripped of surrounding
+    whitespace. A like of an item missing from items.csv raises DatasetError by default
+    (``on_unknown_item="error"``); with ``"drop"`` such likes are dropped with a
+    warning. Columns a file does not define are ignored with a warning. Warnings are
+    appended to ``warnings`` if it is a list (else passed to the ``warn`` of
+    :func:`load_defaults`, if any); ``on_unknown_item`` None takes the default there
+    ("error").
 
     Raises:
-        DatasetError: a missing likes.csv (line 0, column "<file>"), a bad header, a
-            bad value, a row with the wrong number of fields, a duplicate item_id, a
-            self-friendship or an unknown item.
+        DatasetError: a missing directory or likes.csv (line 0), or every problem found,
+            up to MAX_REPORTED_ERRORS: a bad header, a bad value, a row with the wrong
+            number of fields, a duplicate item_id, a self-friendship, an unknown item,
+            bytes that are not UTF-8 or a broken CSV. Never another exception for a
+            bad file.
     """
+    defaults = _load_defaults
+    if on_unknown_item is None:
+        on_unknown_item = defaults.on_unknown_item  # type: ignore[assignment]
     if on_unknown_item not in ("error", "drop"):
         raise ValueError(f"on_unknown_item must be 'error' or 'drop', got {on_unknown_item!r}")
-    with _gc_paused():
-        return _load(path, on_unknown_item, warnings)
+    notes: list[str] = warnings if warnings is not None else []
+    try:
+        with _gc_paused():
+            return _load(path, on_unknown_item, notes)
+    finally:
+        if warnings is None and defaults.warn is not None:
+            for note in notes:
+                defaults.warn(note)
 
 
-def _load(path: str, on_unknown_item: str, warnings: list[str] | None) -> Dataset:
+def _check_directory(path: str) -> None:
+    if not os.path.isdir(path):
+        what = "not a directory" if os.path.exists(path) else "no such directory"
+        raise DatasetError("", 0, "<directory>", f"dataset directory {path}: {what}")
     if not os.path.isfile(os.path.join(path, LIKES)):
-        raise DatasetError(LIKES, 0, "<file>", f"required file missing in {path!r}")
+        try:
+            found = sorted(name for name in os.listdir(path) if name.endswith(".csv"))
+        except OSError:
+            found = []
+        holds = f"it holds {', '.join(found)}" if found else "it holds no .csv file"
+        raise DatasetError(LIKES, 0, "<file>", f"not found in dataset directory {path} (the one required file; {holds})")
 
-    likes_t = _read_table(path, LIKES)
-    like_users = _ids(likes_t, "user_id")
-    like_items = _ids(likes_t, "item_id")
-    like_ts = _times(likes_t, "ts", allow_empty=True)
-    like_weight = _weights(likes_t, "weight")
 
-    if os.path.isfile(os.path.join(path, ITEMS)):
-        items = _load_items(_read_table(path, ITEMS))
+def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
+    _check_directory(path)
+    errors = _Errors()
+
+    def table(file: str) -> _Table | None:
+        if not os.path.isfile(os.path.join(path, file)):
+            return None
+        return _read_table(path, file, errors, warnings)
+
+    like_users: list[str] = []
+    like_items: list[str] = []
+    like_ts = np.empty(0, dtype=np.float64)
+    like_weight: np.ndarray | None = None
+    likes_t = table(LIKES)
+    if likes_t is not None:
+        like_users = _ids(likes_t, "user_id")
+        like_items = _ids(likes_t, "item_id")
+        like_ts = _times(likes_t, "ts", allow_empty=True)
+        like_weight = _weights(likes_t, "weight")
+
+    items: Items | None = None  # None: items.csv is unreadable
+    has_items_file = os.path.isfile(os.path.join(path, ITEMS))
+    if has_items_file:
+        items_t = table(ITEMS)
+        if items_t is not None:
+            items = _load_items(items_t)
+    elif likes_t is not None:
+        items = Items.without_listing(list(dict.fromkeys(like_items)))
+    if has_items_file and items is not None and likes_t is not None:
         known = set(items.item_id)
         if not known.issuperset(like_items):
-            keep = np.fromiter(
-                map(known.__contains__, like_items), dtype=bool, count=len(like_items)
-            )
+            keep = np.fromiter(map(known.__contains__, like_items), dtype=bool, count=len(like_items))
             unknown = np.flatnonzero(~keep)
             if on_unknown_item == "error":
-                i = int(unknown[0])
-                raise likes_t.error(
-                    i, "item_id", f"unknown item {like_items[i]!r} (not in {ITEMS})"
-                )
-            if warnings is not None:
+                for i in unknown.tolist():
+                    if like_items[i]:  # an empty id is reported already
+                        likes_t.report(i, "item_id", f"unknown item {like_items[i]!r} (not in {ITEMS})")
+            else:
                 warnings.append(
                     f"{LIKES}: dropped {len(unknown)} likes of items not in {ITEMS} "
                     f"(first on line {likes_t.line(int(unknown[0]))})"
                 )
-            rows = np.flatnonzero(keep).tolist()
-            like_users = [like_users[i] for i in rows]
-            like_items = [like_items[i] for i in rows]
-            like_ts = like_ts[keep]
-            if like_weight is not None:
-                like_weight = like_weight[keep]
-    else:
-        items = Items.without_listing(list(dict.fromkeys(like_items)))
+                rows = np.flatnonzero(keep).tolist()
+                like_users = [like_users[i] for i in rows]
+                like_items = [like_items[i] for i in rows]
+                like_ts = like_ts[keep]
+                if like_weight is not None:
+                    like_weight = like_weight[keep]
 
-    likes = _dedupe(like_users, like_items, like_ts, like_weight)
+    follows_t = table(FOLLOWS)
+    if follows_t is not None:
+        follow_edges = (_ids(follows_t, "user_id"), _ids(follows_t, "seller_id"), _times(follows_t, "ts", True))
 
-    follows = _empty_edges()
-    if os.path.isfile(os.path.join(path, FOLLOWS)):
-        t = _read_table(path, FOLLOWS)
-        follows = _dedupe(_ids(t, "user_id"), _ids(t, "seller_id"), _times(t, "ts", True))
+    friends_t = table(FRIENDS)
+    friend_edges = _friend_edges(friends_t) if friends_t is not None else None
 
-    friends = _empty_edges()
-    if os.path.isfile(os.path.join(path, FRIENDS)):
-        friends = _load_friends(_read_table(path, FRIENDS))
+    sellers_t = table(SELLERS)
+    sellers = _load_sellers(sellers_t) if sellers_t is not None else Sellers.none()
 
-    sellers = Sellers.none()
-    if os.path.isfile(os.path.join(path, SELLERS)):
-        sellers = _load_sellers(_read_table(path, SELLERS))
-
+    engagements_t = table(ENGAGEMENTS_FILE)
     engagements = Engagements.none()
-    if os.path.isfile(os.path.join(path, ENGAGEMENTS_FILE)):
-        engagements = _load_engagements(_read_table(path, ENGAGEMENTS_FILE), set(items.item_id))
+    if engagements_t is not None:
+        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id))
 
+    errors.raise_any()
+    assert items is not None
+    likes = _dedupe(like_users, like_items, like_ts, like_weight)
+    follows = _dedupe(*follow_edges) if follows_t is not None else _empty_edges()
+    friends = _dedupe(*friend_edges) if friend_edges is not None else _empty_edges()
     return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
 
 
-def _load_engagements(t: _Table, known_items: set[str]) -> Engagements:
+def _load_engagements(t: _Table, known_items: set[str] | None) -> Engagements:
+    """``known_items`` None: items.csv could not be read, so unknown items are not checked."""
     user_id, item_id = _ids(t, "user_id"), _ids(t, "item_id")
     kind = t.columns["kind"]
     friend_id = t.columns.get("friend_id", [""] * t.n)
     valid = set(ENGAGEMENT_KINDS)
     for i, (user, item, k, friend) in enumerate(zip(user_id, item_id, kind, friend_id)):
         if k not in valid:
-            raise t.error(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
-        if item not in known_items:
-            raise t.error(i, "item_id", f"unknown item {item!r} (not in {ITEMS} or {LIKES})")
-        if friend and k != EventKind.SHARE.value:
-            raise t.error(i, "friend_id", f"only a share names a friend, not a {k}")
-        if friend == user:
-            raise t.error(i, "friend_id", f"user {user!r} shares with themselves")
+            t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
+        if known_items is not None and item and item not in known_items:
+            t.report(i, "item_id", f"unknown item {item!r} (not in {ITEMS} or {LIKES})")
+        if friend and k != EventKind.SHARE.value and k in valid:
+            t.report(i, "friend_id", f"only a share names a friend, not a {k}")
+        if friend and friend == user:
+            t.report(i, "friend_id", f"user {user!r} shares with themselves")
     return Engagements(user_id, item_id, kind, _times(t, "ts", allow_empty=True), friend_id)
 
 
@@ -652,8 +868,8 @@ def _load_sellers(t: _Table) -> Sellers:
     seller_id = _ids(t, "seller_id")
     first: dict[str, int] = {}
     for i, v in enumerate(seller_id):
-        if first.setdefault(v, i) != i:
-            raise t.error(i, "seller_id", f"duplicate seller {v!r} (first on line {t.line(first[v])})")
+        if v and first.setdefault(v, i) != i:
+            t.report(i, "seller_id", f"duplicate seller {v!r} (first on line {t.line(first[v])})")
     until = np.full(t.n, np.nan)
     for i, v in enumerate(t.columns["vacation_until"]):
         text = v.strip()
@@ -663,7 +879,7 @@ def _load_sellers(t: _Table) -> Sellers:
             try:
                 until[i] = _parse_time(text)
             except ValueError:
-                raise t.error(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {v!r}") from None
+                t.report(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {v!r}")
     return Sellers(seller_id, until)
 
 
@@ -674,11 +890,13 @@ def _ship_days(table: _Table, column: str) -> np.ndarray | None:
     for i, v in enumerate(table.columns[column]):
         if v.strip():
             try:
-                out[i] = int(v)
-            except ValueError:
-                out[i] = -1.0
-            if not 0 <= out[i] <= MAX_SHIP_DAYS:
-                raise table.error(i, column, f"expected whole days between 0 and {MAX_SHIP_DAYS} or empty, got {v!r}")
+                days = _whole_number(v)
+            except (ValueError, OverflowError):
+                days = -1
+            if 0 <= days <= MAX_SHIP_DAYS:
+                out[i] = days
+            else:
+                table.report(i, column, f"expected whole days between 0 and {MAX_SHIP_DAYS} or empty, got {v!r}")
     return out
 
 
@@ -686,9 +904,9 @@ def _eligible(table: _Table, column: str) -> np.ndarray | None:
     values = table.columns.get(column)
     if values is None:
         return None
-    bad = next((i for i, v in enumerate(values) if v.strip() not in ("", "0", "1")), None)
-    if bad is not None:
-        raise table.error(bad, column, f"expected 1, 0 or empty, got {values[bad]!r}")
+    for i, v in enumerate(values):
+        if v.strip() not in ("", "0", "1"):
+            table.report(i, column, f"expected 1, 0 or empty, got {v!r}")
     return np.fromiter((v.strip() != "0" for v in values), bool, len(values))
 
 
@@ -696,7 +914,7 @@ def _currencies(table: _Table, column: str) -> list[str] | None:
     values = table.columns.get(column)
     for i, v in enumerate(values or ()):
         if v and not is_currency_code(v):
-            raise table.error(i, column, f"expected an ISO 4217 code such as EUR or empty, got {v!r}")
+            table.report(i, column, f"expected an ISO 4217 code such as EUR or empty, got {v!r}")
     return values
 
 
@@ -706,10 +924,10 @@ def _load_items(t: _Table) -> Items:
         first: dict[str, int] = {}
         for i, v in enumerate(item_id):
             if v in first:
-                raise t.error(
-                    i, "item_id", f"duplicate item {v!r} (first on line {t.line(first[v])})"
-                )
-            first[v] = i
+                if v:
+                    t.report(i, "item_id", f"duplicate item {v!r} (first on line {t.line(first[v])})")
+            else:
+                first[v] = i
     return Items(
         item_id=item_id,
         seller_id=t.columns["seller_id"],  # "" = no seller
@@ -725,7 +943,8 @@ def _load_items(t: _Table) -> Items:
     )
 
 
-def _load_friends(t: _Table) -> Edges:
+def _friend_edges(t: _Table) -> tuple[list[str], list[str], np.ndarray]:
+    """(src, dst, ts) with src < dst: a friendship is undirected."""
     a = _ids(t, "user_id")
     b = _ids(t, "friend_id")
     ts = _times(t, "ts", allow_empty=True)
@@ -739,8 +958,11 @@ def _load_friends(t: _Table) -> Edges:
             src.append(y)
             dst.append(x)
         else:
-            raise t.error(i, "friend_id", f"self-friendship: user {x!r} befriends itself")
-    return _dedupe(src, dst, ts)
+            if x:  # an empty id is reported already
+                t.report(i, "friend_id", f"self-friendship: user {x!r} befriends itself")
+            src.append(x)
+            dst.append(y)
+    return src, dst, ts
 
 
 # --------------------------------------------------------------------------- write
@@ -855,5 +1077,6 @@ __all__ = [
     "Items",
     "Sellers",
     "load_dataset",
+    "load_defaults",
     "write_dataset",
 ]

@@ -488,6 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--days", type=int, default=90, metavar="D",
                    help="items are listed within this many days before --end-time "
                         "(default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -496,7 +498,8 @@ def run(args: argparse.Namespace) -> int:
     ds = generate(
         users=args.users, sellers=args.sellers, items=args.items,
         likes_per_user=args.likes_per_user, communities=args.communities, seed=args.seed,
-        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty(), engagements=args.engagements,
+        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty() and not args.no_progress,
+        engagements=args.engagements,
     )
     write_dataset(ds, args.out)
     out_of_stock = int((ds.items.stock == 0).sum())

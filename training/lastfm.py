@@ -160,6 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="dataset directory to write (items.csv, likes.csv with weight, friends.csv); keep it "
                              "outside the repository: the data is for non-commercial use only")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (accepted like every command's; the conversion draws none)")
 
 
 def run(args: argparse.Namespace) -> None:
