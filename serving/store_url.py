@@ -15,7 +15,8 @@ class Durability:
 
     ``state_dir`` None: it does not (every ingested event is lost on restart). ``fsync``
     "batch" syncs the write-ahead log before each ack; "off" leaves it to the OS.
-    ``snapshot_seconds``: how often the log is compacted into a snapshot.
+    ``snapshot_seconds``: how often the log is compacted into a snapshot (<= 0: never).
+    The store is stores.durable.DurableStore; README "Durability of the memory store".
     """
 
     state_dir: str | None = None
@@ -23,19 +24,30 @@ class Durability:
     snapshot_seconds: float = 300.0
 
 
-def open_store(url: str, data_dir: str | None = None, durability: Durability = Durability()) -> FeedStore:
-    """'memory' loads ``data_dir``; redis:// and redis-cluster:// connect to Redis."""
+def open_store(
+    url: str, data_dir: str | None = None, durability: Durability = Durability(), progress: bool = True
+) -> FeedStore:
+    """'memory' loads ``data_dir`` (and with ``durability.state_dir`` replays the events
+    acknowledged before, raising stores.wal.WalError, a ValueError, when it cannot);
+    redis:// and redis-cluster:// connect to Redis. ``progress`` draws the load's bar."""
     if durability.state_dir is not None and url != "memory":
         raise ValueError("--state-dir is for the memory store; Redis keeps its own state")
-    if durability.state_dir is not None:
-        raise ValueError("--state-dir: the durable memory store is not built yet")
+    if durability.fsync not in FSYNC_POLICIES:
+        raise ValueError(f"--fsync must be one of {', '.join(FSYNC_POLICIES)}, got {durability.fsync!r}")
     if url == "memory":
         if not data_dir:
             raise ValueError("--data is required with the memory store")
         from stores.memory import MemoryStore
         from training.dataset import load_dataset
 
-        return MemoryStore.from_dataset(load_dataset(data_dir), progress=True)
+        dataset = load_dataset(data_dir)
+        if durability.state_dir is None:
+            return MemoryStore.from_dataset(dataset, progress=progress)
+        from stores.durable import open_durable_memory
+
+        return open_durable_memory(
+            dataset, durability.state_dir, durability.fsync, durability.snapshot_seconds, progress=progress
+        )
     if url.startswith(("redis://", "rediss://", "redis-cluster://", "unix://")):
         from stores.redis import RedisStore
 

@@ -1,0 +1,442 @@
+"""The memory store made durable: a write-ahead log of acknowledged batches, replayed on start.
+
+``DurableStore`` wraps a MemoryStore freshly loaded from a dataset. Its state directory:
+
+    LOCK                       held (flock) by the one process using the directory
+    snapshot.wal               the batches folded out of older logs: header + batches 1..N
+    wal-<first seq>.log        logs of the batches after it, the newest one being written
+
+Apply order: under one write lock, the batch is validated and applied in memory, then
+its record is appended to the log (an ``os.write``); outside the lock the log is
+fsynced ("batch": group commit, one fsync covers every batch written before it) and only
+then is the batch acknowledged. A batch the store rejects is never logged; a crash
+before the fsync loses a batch no client saw acknowledged, together with the memory
+that held it. A batch of duplicates only is not logged (it changed nothing), but waits
+for the log to be durable up to where it was applied, so its ack never gets ahead of
+the original's.
+
+A snapshot is the log folded into one file of the same format: the applied batches
+themselves, in order, tied to the dataset by its fingerprint. Replay goes through the
+very ``MemoryStore.apply`` that built the state the first time (with the wall time each
+batch was applied at, so the dedupe TTL expires ids as it did), so it rebuilds the same
+state whatever the store's internals become; an image of those internals (pickled) would
+take ~10 s under the store lock for 100k items and break with every change to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import inspect
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ranking.store import Activity, ItemColumns, UserState
+from ranking.types import ItemCard
+from ranking.vocab import Vocabulary
+from stores.base import ApplyResult, StoreUnavailable
+from stores.events import Event, EventValidationError
+from stores.memory import MemoryStore
+from stores.wal import Batch, LogReader, LogWriter, WalError, batch_record, encode_events, fsync_dir, header_record, truncate
+
+if TYPE_CHECKING:
+    from training.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+FSYNC_POLICIES = ("batch", "off")
+SNAPSHOT = "snapshot.wal"
+_LOG_NAME = re.compile(r"^wal-(\d{16})\.log$")
+# Store limits that are ingest policy, not state: a replayed batch passed them when it was
+# acknowledged, and a lower limit set since must not refuse it.
+_POLICY_LIMITS = ("max_friends", "max_follows")
+
+
+def log_name(first_seq: int) -> str:
+    return f"wal-{first_seq:016d}.log"
+
+
+class ApplyClock:
+    """The wall clock a MemoryStore reads while it applies a batch (its dedupe TTL).
+
+    Pinned by DurableStore to the time that goes into the log record, and on replay to
+    the logged time, so replay forgets event ids exactly as the first run did.
+    """
+
+    def __init__(self) -> None:
+        self.pinned: float | None = None
+
+    def __call__(self) -> float:
+        pinned = self.pinned
+        return time.time() if pinned is None else pinned
+
+
+class DurableStore:
+    """A FeedStore: reads go to the wrapped MemoryStore, each applied batch to the log first.
+
+    ``store`` must hold exactly the dataset whose fingerprint is ``dataset_fingerprint``;
+    opening replays the state directory over it (WalError if the directory was built
+    over another dataset, or is corrupt beyond a torn tail). ``fsync``: "batch" or
+    "off". ``snapshot_seconds`` <= 0: no scheduled snapshots (``snapshot()`` still works).
+    ``clock``: the ApplyClock the store was built with, if any.
+    """
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        dataset_fingerprint: str,
+        state_dir: str,
+        fsync: str = "batch",
+        snapshot_seconds: float = 300.0,
+        clock: ApplyClock | None = None,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        self._store = store
+        self._fingerprint = dataset_fingerprint
+        self.state_dir = os.path.abspath(state_dir)
+        self.fsync = fsync
+        self.snapshot_seconds = snapshot_seconds
+        self._clock = clock or ApplyClock()
+        self._write_lock = threading.Lock()  # apply + append: the log's order is the apply order
+        self._sync_lock = threading.Lock()  # fsync, and swapping the log file
+        self._snapshot_lock = threading.Lock()
+        self._failed: str | None = None
+        self._closed = False
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._lock_file = _lock_directory(self.state_dir)
+        try:
+            started = time.monotonic()
+            self._written, batches, events = self._recover()
+            if batches:
+                log.info("replayed %d events (%d batches) from %s in %.1f s",
+                         events, batches, self.state_dir, time.monotonic() - started)  # fmt: skip
+            self._writer = self._open_log(self._written + 1)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._synced = self._written
+        self._stop = threading.Event()
+        self._snapshotter: threading.Thread | None = None
+        if snapshot_seconds > 0:
+            self._snapshotter = threading.Thread(target=self._snapshot_loop, name="wal-snapshot", daemon=True)
+            self._snapshotter.start()
+
+    # -- reads: the memory store answers -------------------------------------------------
+
+    @property
+    def items(self) -> Vocabulary:
+        return self._store.items
+
+    @property
+    def sellers(self) -> Vocabulary:
+        return self._store.sellers
+
+    @property
+    def categories(self) -> Vocabulary:
+        return self._store.categories
+
+    def read_user(self, user_id: str) -> UserState:
+        return self._store.read_user(user_id)
+
+    def read_activity(self, seller_ids: Sequence[str], friend_ids: Sequence[str], per_key_limit: int, trending_limit: int) -> Activity:
+        return self._store.read_activity(seller_ids, friend_ids, per_key_limit, trending_limit)
+
+    def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
+        return self._store.hydrate(user_id, item_codes)
+
+    def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
+        return self._store.read_cards(item_codes)
+
+    def __getattr__(self, name: str) -> Any:  # users, recent_likes_bound...: as the memory store
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Apply a validated batch, log it, and return once the log is durable (see module doc).
+
+        Raises EventValidationError (nothing applied, nothing logged) as MemoryStore.apply
+        does, and StoreUnavailable once the log cannot be written: from then on every
+        apply is refused and ``ping`` is False, until a restart replays the log.
+        """
+        encoded = encode_events(events)  # the costly part, outside the lock
+        with self._write_lock:
+            self._check_usable()
+            now = time.time()
+            self._clock.pinned = now
+            try:
+                result = self._store.apply(events)
+            finally:
+                self._clock.pinned = None
+            if result.applied:
+                try:
+                    self._writer.append(batch_record(self._written + 1, now, encoded))
+                except OSError as error:
+                    self._fail(f"writing {self._writer.path}: {error}")
+                self._written += 1
+            target = self._written
+        if self.fsync == "batch":
+            self._sync_to(target)
+        return result
+
+    def _sync_to(self, seq: int) -> None:
+        """Return once every batch up to ``seq`` is fsynced; one fsync serves every waiter."""
+        with self._sync_lock:
+            if self._synced >= seq:
+                return
+            self._check_usable()
+            upto = self._written  # everything up to here is written to the current file
+            try:
+                self._writer.sync()
+            except OSError as error:
+                self._fail(f"fsync of {self._writer.path}: {error}")
+            self._synced = upto
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if self._failed is not None:
+            raise StoreUnavailable(f"write-ahead log failed ({self._failed}); ingest is refused until a restart")
+
+    def _fail(self, reason: str) -> None:
+        # The batch is applied in memory but not logged; after a failed fsync the page
+        # cache may have dropped what it held (retrying fsync can lie). Refuse all writes:
+        # a restart replays what is on disk, which is every acknowledged batch.
+        self._failed = reason
+        log.error("write-ahead log in %s failed: %s; ingest is refused until a restart", self.state_dir, reason)
+        raise StoreUnavailable(f"write-ahead log failed ({reason}); ingest is refused until a restart")
+
+    def ping(self) -> bool:
+        return self._failed is None and not self._closed and self._store.ping()
+
+    def close(self) -> None:
+        """Stop snapshots, sync and close the log, release the directory."""
+        self._stop.set()
+        if self._snapshotter is not None and self._snapshotter is not threading.current_thread():
+            self._snapshotter.join()
+        with self._snapshot_lock, self._write_lock, self._sync_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._failed is None:
+                    self._writer.sync()
+            except OSError as error:  # with --fsync batch every ack was synced already
+                log.error("fsync of %s on close failed: %s", self._writer.path, error)
+            finally:
+                self._writer.close()
+                self._lock_file.close()
+        self._store.close()
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def snapshot(self) -> bool:
+        """Fold the logs written so far into the snapshot; False when there was nothing new.
+
+        The current log is closed and a new one started (a short pause of ingest); the
+        snapshot is then written beside, without holding up reads or writes, made durable
+        (temp file, fsync, rename, fsync of the directory), and only then are the logs it
+        holds deleted.
+        """
+        with self._snapshot_lock:
+            with self._write_lock:
+                self._check_usable()
+                through = self._written
+                folded = [path for first, path in self._logs() if path != self._writer.path]
+                if self._writer.records:
+                    with self._sync_lock:
+                        try:
+                            self._writer.sync()
+                        except OSError as error:
+                            self._fail(f"fsync of {self._writer.path}: {error}")
+                        old, self._writer = self._writer, self._open_log(through + 1)
+                        self._synced = max(self._synced, through)
+                    old.close()
+                    folded.append(old.path)
+                if not folded:
+                    return False
+            started = time.monotonic()
+            self._write_snapshot(folded, through)
+            for path in folded:
+                os.remove(path)
+            fsync_dir(self.state_dir)
+            log.info("snapshot of %s through batch %d in %.2f s", self.state_dir, through, time.monotonic() - started)
+            return True
+
+    def _write_snapshot(self, logs: list[str], through: int) -> None:
+        path = os.path.join(self.state_dir, SNAPSHOT)
+        tmp = path + ".tmp"
+        sources = ([path] if os.path.exists(path) else []) + logs
+        expected = 1
+        with open(tmp, "wb") as out:
+            out.write(header_record("snapshot", self._fingerprint, through_seq=through))
+            for source in sources:
+                with LogReader(source, parse=False) as reader:
+                    for line in reader.lines():
+                        seq = line.payload["seq"]
+                        if seq < expected:
+                            continue
+                        if seq != expected:
+                            raise WalError(f"{source}: line {line.number}: batch {seq} where {expected} was expected")
+                        out.write(line.raw)
+                        expected += 1
+            if expected != through + 1:
+                raise WalError(f"snapshot of {self.state_dir}: batches end at {expected - 1}, expected {through}")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.state_dir)
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.wait(self.snapshot_seconds):
+            try:
+                self.snapshot()
+            except StoreUnavailable:
+                return
+            except Exception:
+                log.exception("snapshot of %s failed; the write-ahead log grows until one succeeds", self.state_dir)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def _logs(self) -> list[tuple[int, str]]:
+        found = (_LOG_NAME.match(name) for name in os.listdir(self.state_dir))
+        return sorted((int(m.group(1)), os.path.join(self.state_dir, m.group(0))) for m in found if m)
+
+    def _open_log(self, first_seq: int) -> LogWriter:
+        return LogWriter(os.path.join(self.state_dir, log_name(first_seq)), header_record("log", self._fingerprint, first_seq=first_seq))
+
+    def _check_header(self, reader: LogReader) -> None:
+        check_dataset(reader, self._fingerprint, self.state_dir)
+
+    def _recover(self) -> tuple[int, int, int]:
+        """Replay the snapshot and the logs; (last batch sequence number, batches and events replayed)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.state_dir, SNAPSHOT + ".tmp"))  # a snapshot cut short
+        last, batches, events = 0, 0, 0
+        snapshot = os.path.join(self.state_dir, SNAPSHOT)
+        with self._replaying():
+            if os.path.exists(snapshot):
+                with LogReader(snapshot) as reader:
+                    if reader.header is None:
+                        raise WalError(f"{snapshot}: no header: the file is damaged")
+                    self._check_header(reader)
+                    for batch, number in reader.batches():
+                        last, events = self._replay(batch, last, f"{snapshot}: line {number}"), events + len(batch.events)
+                        batches += 1
+                    if reader.torn_at is not None:
+                        raise WalError(f"{snapshot}: byte offset {reader.torn_at}: the snapshot is damaged at its end")
+                    if reader.header.get("through_seq") != last:
+                        raise WalError(f"{snapshot}: holds batches up to {last}, its header says {reader.header.get('through_seq')}")
+            for _, path in self._logs():
+                records = 0
+                with LogReader(path) as reader:
+                    if reader.header is not None:
+                        self._check_header(reader)
+                    for batch, number in reader.batches():
+                        records += 1
+                        if batch.seq <= last:  # already in the snapshot (a crash before this log was deleted)
+                            continue
+                        last, events = self._replay(batch, last, f"{path}: line {number}"), events + len(batch.events)
+                        batches += 1
+                    if reader.torn_at is not None:
+                        log.warning("%s: a torn record at byte offset %d (a write cut short by a crash, never "
+                                    "acknowledged) is cut off", path, reader.torn_at)  # fmt: skip
+                        truncate(path, reader.end)
+                if not records:
+                    os.remove(path)
+        fsync_dir(self.state_dir)
+        return last, batches, events
+
+    def _replay(self, batch: Batch, last: int, where: str) -> int:
+        if batch.seq != last + 1:
+            raise WalError(f"{where}: batch {batch.seq} follows batch {last}: batches are missing")
+        self._clock.pinned = batch.at
+        try:
+            self._store.apply(batch.events)
+        except EventValidationError as error:
+            raise WalError(f"{where}: the logged batch no longer applies: {error}") from error
+        finally:
+            self._clock.pinned = None
+        return batch.seq
+
+    @contextlib.contextmanager
+    def _replaying(self) -> Iterator[None]:
+        limits = {name: getattr(self._store, name) for name in _POLICY_LIMITS if hasattr(self._store, name)}
+        for name in limits:
+            setattr(self._store, name, 0)
+        try:
+            yield
+        finally:
+            for name, value in limits.items():
+                setattr(self._store, name, value)
+
+
+def _lock_directory(state_dir: str):
+    path = os.path.join(state_dir, "LOCK")
+    lock_file = open(path, "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip()
+        lock_file.close()
+        raise WalError(f"state directory {state_dir} is in use by another process{f' (pid {holder})' if holder else ''}") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
+
+
+def open_durable_memory(
+    dataset: Dataset,
+    state_dir: str,
+    fsync: str = "batch",
+    snapshot_seconds: float = 300.0,
+    progress: bool = False,
+    readers: Collection[str] | None = None,
+    **store_options: Any,
+) -> DurableStore:
+    """A MemoryStore loaded from ``dataset``, with the state directory replayed over it.
+
+    The directory's dataset fingerprint is checked before the (slow) load.
+    """
+    fingerprint = dataset.fingerprint()
+    _precheck(state_dir, fingerprint)
+    clock = ApplyClock()
+    if "clock" in inspect.signature(MemoryStore.__init__).parameters:
+        store_options.setdefault("clock", clock)
+    store = MemoryStore.from_dataset(dataset, progress=progress, readers=readers, **store_options)
+    return DurableStore(store, fingerprint, state_dir, fsync, snapshot_seconds, clock)
+
+
+def check_dataset(reader: LogReader, fingerprint: str, state_dir: str) -> None:
+    """Raise WalError unless the file was written over the dataset with ``fingerprint``."""
+    built_over = reader.header.get("dataset") if reader.header else None
+    if built_over != fingerprint:
+        raise WalError(
+            f"{reader.path} holds events ingested over another dataset (fingerprint {str(built_over)[:12]}…, "
+            f"the loaded one is {fingerprint[:12]}…): they would not replay to the same state. Start with the "
+            f"dataset they were ingested over, or with a new --state-dir (moving {state_dir} away drops them)"
+        )
+
+
+def _precheck(state_dir: str, fingerprint: str) -> None:
+    """Check the files' dataset before spending a minute loading the store."""
+    if not os.path.isdir(state_dir):
+        return
+    for name in sorted(os.listdir(state_dir)):
+        if name == SNAPSHOT or _LOG_NAME.match(name):
+            with LogReader(os.path.join(state_dir, name), parse=False) as reader:
+                if reader.header is not None:
+                    check_dataset(reader, fingerprint, state_dir)

@@ -1,0 +1,232 @@
+"""The write-ahead log of the durable memory store: framed, checksummed records of event batches.
+
+A log file and a snapshot share one format: text lines, each a framed record
+
+    <crc32 of payload, 8 hex digits> <payload length in bytes> <payload>\\n
+
+whose payload is compact ASCII JSON (so it never holds a newline). The first record is
+the file's header: ``{"format": "feedrank-wal", "version": 1, "kind": "log" | "snapshot",
+"dataset": <fingerprint>, ...}``. Every other record is one acknowledged batch,
+``{"seq": N, "at": <wall time it was applied>, "events": [Event.to_record(), ...]}``;
+sequence numbers run 1, 2, 3... across files without a gap.
+
+A record is checked by its length and checksum, then decoded. A bad record followed by
+nothing but more bad bytes is a torn tail (a write cut short by a crash: never
+acknowledged) and is cut off with a warning; a bad record followed by a good one is
+corruption in the middle, an error naming the file, line and byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from stores.events import Event
+
+log = logging.getLogger(__name__)
+
+FORMAT = "feedrank-wal"
+VERSION = 1
+
+
+class WalError(ValueError):
+    """A state directory that cannot be replayed as it is (corrupt, or built over another dataset)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One logged batch: its sequence number, when it was applied (wall time), its events."""
+
+    seq: int
+    at: float
+    events: list[Event]
+
+
+def frame(payload: dict[str, Any]) -> bytes:
+    """One record line: checksum, length and the compact JSON payload."""
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
+
+
+def encode_events(events: Sequence[Event]) -> bytes:
+    """The JSON array of the events' records, encoded once, outside any lock."""
+    return json.dumps([event.to_record() for event in events], separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def batch_record(seq: int, at: float, encoded_events: bytes) -> bytes:
+    """A batch record; the payload starts with its sequence number (``_unframe`` reads it without parsing the rest)."""
+    data = b'{"seq":%d,"at":%s,"events":%s}' % (seq, json.dumps(float(at)).encode(), encoded_events)
+    return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
+
+
+def header_record(kind: str, dataset: str, **fields: Any) -> bytes:
+    return frame({"format": FORMAT, "version": VERSION, "kind": kind, "dataset": dataset, **fields})
+
+
+_SEQ_PREFIX = b'{"seq":'
+
+
+def _unframe(line: bytes, parse: bool = True) -> dict[str, Any] | None:
+    """The payload of a well-formed line, or None (torn, garbled or failing its checksum).
+
+    ``parse`` False: a batch record's payload is not decoded, only its sequence number
+    read (``{"seq": N}``): enough to copy it into a snapshot.
+    """
+    if not line.endswith(b"\n"):
+        return None
+    parts = line[:-1].split(b" ", 2)
+    if len(parts) != 3:
+        return None
+    crc, length, data = parts
+    try:
+        if int(length) != len(data) or int(crc, 16) != zlib.crc32(data):
+            return None
+        if not parse and data.startswith(_SEQ_PREFIX):
+            return {"seq": int(data[len(_SEQ_PREFIX) : data.index(b",", len(_SEQ_PREFIX))])}
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+@dataclass
+class _Line:
+    number: int  # 1-based
+    offset: int  # of its first byte
+    raw: bytes
+    payload: dict[str, Any]
+
+
+class LogReader:
+    """Reads one log or snapshot file record by record, checking each.
+
+    ``header`` is read on construction (None for a file cut short before its header was
+    whole). Iterating yields the batch records; at the end, ``torn_at`` is the byte offset
+    of a torn tail (None when the file ends cleanly) and ``end`` the offset after the last
+    good record.
+    """
+
+    def __init__(self, path: str, parse: bool = True) -> None:
+        self.path = path
+        self._parse = parse
+        self._file: BinaryIO = open(path, "rb")
+        self._number = 0
+        self._offset = 0
+        self.end = 0
+        self.torn_at: int | None = None
+        first = self._next()
+        self.header: dict[str, Any] | None = None
+        if first is not None:
+            if first.payload.get("format") != FORMAT:
+                raise WalError(f"{path}:1: not a feedrank write-ahead log (no header)")
+            if first.payload.get("version") != VERSION:
+                raise WalError(f"{path}:1: format version {first.payload.get('version')!r}, this server reads {VERSION}")
+            self.header = first.payload
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _next(self) -> _Line | None:
+        """The next good line; None at a clean end or a torn tail (``torn_at`` set)."""
+        raw = self._file.readline()
+        if not raw:
+            return None
+        self._number += 1
+        offset, self._offset = self._offset, self._offset + len(raw)
+        payload = _unframe(raw, self._parse or self._number == 1)
+        if payload is None:
+            self._check_tail(offset)
+            self.torn_at = offset
+            return None
+        self.end = self._offset
+        return _Line(self._number, offset, raw, payload)
+
+    def _check_tail(self, bad_offset: int) -> None:
+        """Raise WalError if a good record follows the bad one at ``bad_offset``."""
+        number = self._number
+        for raw in iter(self._file.readline, b""):
+            if _unframe(raw, parse=False) is not None:
+                raise WalError(
+                    f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt, and good records follow it: "
+                    "not a torn tail. Restore the state directory from a backup, or move this file away to drop "
+                    "the events from here on"
+                )
+
+    def lines(self) -> Iterator[_Line]:
+        """The good batch lines (read with ``parse`` False, only their ``seq`` is decoded: for copying)."""
+        if self.header is None:
+            return
+        while (line := self._next()) is not None:
+            if not isinstance(line.payload.get("seq"), int):
+                raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): a record without a sequence number")
+            yield line
+
+    def batches(self) -> Iterator[tuple[Batch, int]]:
+        """(batch, line number) of each record, decoded into Events."""
+        for line in self.lines():
+            try:
+                events = [Event.from_record(record) for record in line.payload["events"]]
+                batch = Batch(line.payload["seq"], float(line.payload.get("at", 0.0)), events)
+            except (KeyError, TypeError, ValueError) as error:
+                raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}") from error
+            yield batch, line.number
+
+
+def fsync_dir(path: str) -> None:
+    """Make renames, creations and deletions in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate(path: str, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes, durably."""
+    with open(path, "r+b") as file:
+        file.truncate(size)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+class LogWriter:
+    """Appends records to one log file with unbuffered writes (one ``os.write`` per record)."""
+
+    def __init__(self, path: str, header: bytes) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self.records = 0
+        try:
+            self.write(header)
+            os.fsync(self.fd)
+            fsync_dir(os.path.dirname(path) or ".")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def append(self, record: bytes) -> None:
+        self.write(record)
+        self.records += 1
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)

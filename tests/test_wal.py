@@ -1,0 +1,684 @@
+"""The durable memory store (stores/durable.py, stores/wal.py): a write-ahead log of every
+acknowledged batch, replayed over the dataset on start, folded into a snapshot on a schedule.
+
+Also run as a program: ``python -m tests.test_wal child ...`` is the ingesting process the
+SIGKILL test kills; ``python -m tests.test_wal bench`` measures ingest with and without the log.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.store_url import Durability, open_store
+from stores import durable
+from stores.base import StoreUnavailable
+from stores.durable import SNAPSHOT, DurableStore, open_durable_memory
+from stores.events import Event, EventKind, EventValidationError, validate_batch
+from stores.memory import MemoryStore
+from stores.wal import WalError, batch_record, encode_events
+from tests import store_views as views
+from tests.builders import DAY, NOW, make_dataset, social_dataset
+from tests.test_store_contract import (  # noqa: F401 (re-collected here with the durable store_factory below)
+    test_a_batch_with_an_unknown_item_changes_nothing,
+    test_a_retried_event_id_changes_nothing,
+    test_a_share_reaches_the_named_friend_or_every_friend,
+    test_an_engagement_with_an_unknown_item_changes_nothing,
+    test_an_item_upserted_earlier_in_the_batch_can_be_liked,
+    test_follow_friend_and_their_reversals,
+    test_item_events_change_only_the_card_fields_they_name,
+    test_item_upsert_lists_the_item_and_stock_updates_apply,
+    test_like_and_unlike_update_counts_and_activity,
+    test_not_interested_hides_items_and_sellers,
+    test_shares_with_a_user_are_bounded_newest_first,
+    test_vacations_start_and_end_by_event,
+    test_views_count_until_the_user_engages,
+    test_views_far_apart_start_a_new_count,
+)
+from training.dataset import write_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+USERS = ["alice", "bob", "carol", "dave", "erin"]
+SELLERS = ["s1", "s2", "s3", "alice"]
+ITEMS = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1", "n0", "n1", "n2", "n3", "n4"]
+STORE_OPTIONS = {"trending_refresh_seconds": 0.0}
+
+
+# -- the contract suite, on the durable store ----------------------------------------------
+
+
+class ReopeningStore:
+    """A durable store closed and reopened after every apply (every other time through a
+    snapshot), so each read that follows a write is answered by a store rebuilt from the
+    dataset and the state directory alone."""
+
+    def __init__(self, dataset, state_dir: Path) -> None:
+        self._open = lambda: open_durable_memory(dataset, str(state_dir), snapshot_seconds=0, **STORE_OPTIONS)
+        self.store = self._open()
+        self.applies = 0
+
+    def apply(self, events):
+        try:
+            return self.store.apply(events)
+        finally:
+            self.applies += 1
+            if self.applies % 2 == 0:
+                self.store.snapshot()
+            self.store.close()
+            self.store = self._open()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.fixture(params=["durable", "durable-reopened"])
+def store_factory(request, tmp_path):
+    """The contract tests imported above, on the durable store: as it runs, and reopened
+    from its state directory after every write."""
+    created = []
+
+    def factory(dataset):
+        state_dir = tmp_path / f"state{len(created)}"
+        if request.param == "durable":
+            store = open_durable_memory(dataset, str(state_dir), snapshot_seconds=0, **STORE_OPTIONS)
+        else:
+            store = ReopeningStore(dataset, state_dir)
+        created.append(store)
+        return store
+
+    yield factory
+    for store in created:
+        store.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def mixed_batches(seed: int, n_batches: int = 40, size: int = 6, prefix: str = "m") -> list[list[Event]]:
+    """Valid batches of every event kind over social_dataset's ids (and five new items),
+    with whole and partial retries mixed in."""
+    rnd = random.Random(seed)
+    sellers = ["s1", "s2", "s3"]
+    batches = [[
+        Event(f"{prefix}-up{k}", EventKind.ITEM_UPSERT, NOW, item_id=f"n{k}", seller_id=sellers[k % 3], created_at=NOW - k * 3600,
+              stock=3, title=f"New {k}", price=9.5 + k, currency="EUR", category=f"c{k % 2}", ship_days=2)
+        for k in range(5)
+    ]]  # fmt: skip
+    kinds = list(EventKind)
+    for b in range(n_batches):
+        batch = []
+        for j in range(size):
+            event_id, ts = f"{prefix}-{b}-{j}", NOW + b * 60 + j
+            kind = rnd.choice(kinds)
+            user, other = rnd.sample(USERS, 2)
+            item, seller = rnd.choice(ITEMS), rnd.choice(sellers)
+            if kind in (EventKind.LIKE, EventKind.UNLIKE, EventKind.NOT_INTERESTED_ITEM, EventKind.VIEW, EventKind.CLICK,
+                        EventKind.ADD_TO_CART, EventKind.PURCHASE):  # fmt: skip
+                event = Event(event_id, kind, ts, user_id=user, item_id=item)
+            elif kind is EventKind.SHARE:
+                event = Event(event_id, kind, ts, user_id=user, item_id=item, friend_id=rnd.choice([other, ""]))
+            elif kind in (EventKind.FOLLOW, EventKind.UNFOLLOW, EventKind.NOT_INTERESTED_SELLER):
+                event = Event(event_id, kind, ts, user_id=user, seller_id=seller)
+            elif kind in (EventKind.FRIEND, EventKind.UNFRIEND):
+                event = Event(event_id, kind, ts, user_id=user, friend_id=other)
+            elif kind is EventKind.ITEM_UPSERT:
+                event = Event(event_id, kind, ts, item_id=f"n{rnd.randrange(5)}", seller_id=seller, created_at=ts - 60,
+                              stock=rnd.randrange(3), title="", feed_eligible=rnd.random() < 0.8)  # fmt: skip
+            elif kind is EventKind.STOCK_UPDATE:
+                event = Event(event_id, kind, ts, item_id=item, stock=rnd.randrange(4))
+            elif kind is EventKind.ITEM_UPDATE:
+                event = Event(event_id, kind, ts, item_id=item, title=f"t{b}", price=None if rnd.random() < 0.5 else 1.25 * b)
+            elif kind is EventKind.SELLER_VACATION:
+                event = Event(event_id, kind, ts, seller_id=seller, vacation_until=rnd.choice([ts + DAY, float("inf")]))
+            else:
+                event = Event(event_id, kind, ts, seller_id=seller)
+            batch.append(event)
+        validate_batch(batch)
+        batches.append(batch)
+        if rnd.random() < 0.15:
+            batches.append(rnd.choice(batches))  # a retried batch
+        if rnd.random() < 0.15:
+            batches.append(batch[:2] + [Event(f"{prefix}-{b}-x", EventKind.VIEW, ts, user_id=user, item_id="i1")])
+    return batches
+
+
+def state_of(store) -> tuple:
+    """Everything a feed reads, by ids."""
+    return (
+        [views.read_user(store, user) for user in USERS],
+        views.read_activity(store, SELLERS, USERS, 50, 50),
+        [views.hydrate(store, user, ITEMS) for user in USERS],
+    )
+
+
+def apply_all(stores, batches) -> None:
+    for batch in batches:
+        outcomes = []
+        for store in stores:
+            try:
+                outcomes.append(store.apply(batch))
+            except EventValidationError as error:
+                outcomes.append(str(error))
+        assert all(outcome == outcomes[0] for outcome in outcomes)
+
+
+def log_files(state_dir: Path) -> list[Path]:
+    return sorted(state_dir.glob("wal-*.log"))
+
+
+def reference(batches) -> MemoryStore:
+    store = MemoryStore.from_dataset(social_dataset(), **STORE_OPTIONS)
+    apply_all([store], batches)
+    return store
+
+
+def open_state(state_dir: Path, **options) -> DurableStore:
+    return open_durable_memory(social_dataset(), str(state_dir), **{"snapshot_seconds": 0, **STORE_OPTIONS, **options})
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+def test_the_log_holds_each_batch_as_event_records(tmp_path):
+    import json
+
+    batches = mixed_batches(seed=9)
+    batches.append([Event("c", EventKind.ITEM_UPDATE, NOW, item_id="i1", title="", price=0.1, ship_days=0, category="", feed_eligible=False)])
+    assert {event.kind for batch in batches for event in batch} == set(EventKind)
+    store = open_state(tmp_path)
+    logged = [batch for batch in batches if store.apply(batch).applied]
+    store.close()
+    lines = log_files(tmp_path)[0].read_bytes().splitlines()[1:]
+    assert [json.loads(line.split(b" ", 2)[2])["events"] for line in lines] == [[e.to_record() for e in batch] for batch in logged]
+    assert all(Event.from_record(event.to_record()) == event for batch in batches for event in batch)
+
+
+@pytest.mark.parametrize("fsync", ["batch", "off"])
+def test_a_reopened_store_reads_exactly_as_before(tmp_path, fsync):
+    batches = mixed_batches(seed=1)
+    store = open_state(tmp_path, fsync=fsync)
+    apply_all([store], batches)
+    before = state_of(store)
+    store.close()
+    reopened = open_state(tmp_path, fsync=fsync)
+    assert state_of(reopened) == before == state_of(reference(batches))
+    # Dedupe by event id survives the restart: a retried batch is a duplicate.
+    assert reopened.apply(batches[1]).applied == 0
+    reopened.close()
+
+
+def test_a_batch_the_store_rejects_is_not_logged_and_a_batch_of_duplicates_is_not_logged(tmp_path):
+    store = open_state(tmp_path)
+    like = [Event("e1", EventKind.LIKE, NOW, user_id="alice", item_id="i1")]
+    store.apply(like)
+    size = log_files(tmp_path)[-1].stat().st_size
+    with pytest.raises(EventValidationError):
+        store.apply([Event("e2", EventKind.LIKE, NOW, user_id="alice", item_id="nowhere")])
+    assert store.apply(like).duplicates == 1
+    assert log_files(tmp_path)[-1].stat().st_size == size
+    store.close()
+    store = open_state(tmp_path)
+    assert [item for item, _ in views.read_user(store, "alice").recent_likes] == ["i1", "i8"]
+    store.close()
+
+
+def test_concurrent_applies_replay_in_the_order_they_were_applied(tmp_path):
+    # Every thread sets the same items' stock and toggles the same likes: the final state
+    # depends on the order, and the log must hold the order the memory store applied.
+    store = open_state(tmp_path)
+
+    def work(thread: int) -> None:
+        for k in range(30):
+            store.apply([
+                Event(f"t{thread}-{k}-s", EventKind.STOCK_UPDATE, NOW, item_id=ITEMS[k % 5], stock=thread * 100 + k),
+                Event(f"t{thread}-{k}-l", EventKind.LIKE if k % 2 == 0 else EventKind.UNLIKE, NOW + k, user_id="erin", item_id=ITEMS[thread % 4]),
+                Event(f"t{thread}-{k}-v", EventKind.VIEW, NOW + k, user_id=USERS[thread % 5], item_id=ITEMS[k % 9]),
+            ])  # fmt: skip
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    before = state_of(store)
+    store.close()
+    reopened = open_state(tmp_path)
+    assert state_of(reopened) == before
+    reopened.close()
+
+
+@pytest.mark.skipif("dedupe_ttl" not in inspect.signature(MemoryStore).parameters, reason="the memory store remembers ids forever")
+def test_replay_forgets_event_ids_when_the_first_run_did(tmp_path, monkeypatch):
+    # An id retried after the dedupe TTL is applied again; replay pins each batch's time,
+    # so it does the same (replaying at today's time would call the retry a duplicate).
+    class Clock:
+        now = 1_000.0
+
+        def time(self):
+            return self.now
+
+        def monotonic(self):
+            return time.monotonic()
+
+    clock = Clock()
+    monkeypatch.setattr(durable, "time", clock)
+    view = [Event("v1", EventKind.VIEW, NOW, user_id="alice", item_id="i1")]
+    store = open_state(tmp_path, dedupe_ttl=100)
+    assert store.apply(view).applied == 1
+    clock.now = 1_050.0
+    assert store.apply(view).duplicates == 1
+    clock.now = 1_200.0
+    assert store.apply(view).applied == 1
+    assert views.hydrate(store, "alice", ["i1"]).seen["i1"][0] == 2
+    store.close()
+    clock.now = 1_250.0
+    store = open_state(tmp_path, dedupe_ttl=100)
+    assert views.hydrate(store, "alice", ["i1"]).seen["i1"][0] == 2
+    assert store.apply(view).duplicates == 1  # applied at 1200: remembered until 1300
+    store.close()
+
+
+def test_a_state_directory_of_another_dataset_is_refused(tmp_path):
+    store = open_state(tmp_path)
+    store.apply([Event("e1", EventKind.LIKE, NOW, user_id="alice", item_id="i1")])
+    store.close()
+    other = make_dataset([("i1", "s1", NOW, 5)], likes=[("bob", "i1", NOW)])
+    with pytest.raises(WalError, match="another dataset"):
+        open_durable_memory(other, str(tmp_path), snapshot_seconds=0)
+    data_dir = tmp_path / "other-data"
+    write_dataset(other, str(data_dir))
+    with pytest.raises(ValueError, match=r"wal-0000000000000001\.log holds events ingested over another dataset"):
+        open_store("memory", str(data_dir), Durability(state_dir=str(tmp_path)), progress=False)
+
+
+def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
+    store = open_state(tmp_path)
+    with pytest.raises(WalError, match="in use by another process"):
+        open_state(tmp_path)
+    store.close()
+    open_state(tmp_path).close()
+
+
+# -- damage ------------------------------------------------------------------------------------
+
+
+def _three_batches(state_dir: Path) -> list[list[Event]]:
+    batches = [[Event(f"e{k}", EventKind.FOLLOW, NOW, user_id="dave", seller_id=f"s{k}")] for k in range(3)]
+    store = open_state(state_dir)
+    apply_all([store], batches)
+    store.close()
+    return batches
+
+
+def _follows(state_dir: Path) -> set[str]:
+    store = open_state(state_dir)
+    try:
+        return set(views.read_user(store, "dave").follows)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("tail", ["half a record", "a record cut short", "zeros"])
+def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path, caplog, tail):
+    _three_batches(tmp_path)
+    path = log_files(tmp_path)[-1]
+    whole = path.read_bytes()
+    if tail == "half a record":
+        record = batch_record(4, time.time(), encode_events([Event("e9", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s9")]))
+        path.write_bytes(whole + record[: len(record) // 2])
+        expected, kept = {"s0", "s1", "s2"}, whole
+    elif tail == "a record cut short":
+        path.write_bytes(whole[:-10])  # the third batch's write never completed: it was never acknowledged
+        expected, kept = {"s0", "s1"}, whole[: whole.rfind(b"\n", 0, len(whole) - 1) + 1]
+    else:
+        path.write_bytes(whole + b"\0" * 4096)
+        expected, kept = {"s0", "s1", "s2"}, whole
+    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+        assert _follows(tmp_path) == expected
+    assert "torn record" in caplog.text and path.name in caplog.text
+    assert path.read_bytes() == kept
+    assert _follows(tmp_path) == expected  # and the next start is clean
+
+
+def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offset(tmp_path):
+    _three_batches(tmp_path)
+    path = log_files(tmp_path)[-1]
+    lines = path.read_bytes().splitlines(keepends=True)
+    offset = len(lines[0])
+    damaged = bytearray(lines[1])
+    damaged[len(damaged) // 2] ^= 0x01  # one flipped bit in the first batch (line 2, after the header)
+    path.write_bytes(lines[0] + bytes(damaged) + b"".join(lines[2:]))
+    with pytest.raises(WalError) as error:
+        open_state(tmp_path)
+    assert f"{path}: line 2 (byte offset {offset}) is corrupt" in str(error.value)
+
+
+def test_a_damaged_snapshot_is_an_error(tmp_path):
+    _three_batches(tmp_path)
+    store = open_state(tmp_path)
+    assert store.snapshot()
+    store.close()
+    path = tmp_path / SNAPSHOT
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(WalError, match="snapshot is damaged"):
+        open_state(tmp_path)
+
+
+def test_a_failed_log_write_refuses_ingest_and_loses_nothing_acknowledged(tmp_path, monkeypatch):
+    store = open_state(tmp_path)
+    store.apply([Event("e1", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s1")])
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        store.apply([Event("e2", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")])
+    assert not store.ping()
+    with pytest.raises(StoreUnavailable, match="refused until a restart"):
+        store.apply([Event("e3", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s3")])
+    monkeypatch.undo()
+    store.close()
+    # e2 reached the file (only its fsync failed): unacknowledged, it may or may not be
+    # there; e1 is; e3 was never applied.
+    assert {"s1"} <= _follows(tmp_path) <= {"s1", "s2"}
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+def test_a_snapshot_folds_the_logs_and_more_events_replay_after_it(tmp_path):
+    first, then = mixed_batches(seed=2, prefix="a"), mixed_batches(seed=3, prefix="b")[1:]
+    store = open_state(tmp_path)
+    apply_all([store], first)
+    assert store.snapshot()
+    assert not store.snapshot()  # nothing new
+    assert [p.name for p in log_files(tmp_path)] == ["wal-%016d.log" % (store._written + 1)]
+    apply_all([store], then)
+    before = state_of(store)
+    store.close()
+    store = open_state(tmp_path)
+    assert state_of(store) == before == state_of(reference(first + then))
+    # A restart leaves the old logs for the next snapshot to fold: still one snapshot, one log.
+    apply_all([store], mixed_batches(seed=4, prefix="c")[1:])
+    assert store.snapshot()
+    assert len(log_files(tmp_path)) == 1 and (tmp_path / SNAPSHOT).exists()
+    store.close()
+
+
+def test_snapshots_are_taken_on_schedule(tmp_path):
+    batches = mixed_batches(seed=5)
+    store = open_state(tmp_path, snapshot_seconds=0.05)
+    apply_all([store], batches)
+    deadline = time.monotonic() + 10
+    while not ((tmp_path / SNAPSHOT).exists() and len(log_files(tmp_path)) == 1):
+        assert time.monotonic() < deadline, "no snapshot within 10 s"
+        time.sleep(0.02)
+    before = state_of(store)
+    store.close()
+    store = open_state(tmp_path)
+    assert state_of(store) == before
+    store.close()
+
+
+def test_a_crash_after_the_snapshot_but_before_deleting_its_logs_replays_each_batch_once(tmp_path):
+    batches = mixed_batches(seed=6)
+    store = open_state(tmp_path)
+    apply_all([store], batches)
+    kept = {path.name: path.read_bytes() for path in log_files(tmp_path)}
+    assert store.snapshot()
+    store.close()
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / (SNAPSHOT + ".tmp")).write_bytes(b"a snapshot cut short")
+    store = open_state(tmp_path)
+    assert state_of(store) == state_of(reference(batches))
+    store.close()
+    assert not (tmp_path / (SNAPSHOT + ".tmp")).exists()
+
+
+# -- SIGKILL -----------------------------------------------------------------------------------
+
+
+def follow_batch(index: int, size: int = 5) -> list[Event]:
+    """Batch ``index`` of the SIGKILL tests: one user follows ``size`` new sellers."""
+    user = f"w{index % 97}"
+    return [Event(f"k{index}-{j}", EventKind.FOLLOW, NOW, user_id=user, seller_id=f"k{index}-{j}") for j in range(size)]
+
+
+def _child(data_dir: str, state_dir: str, first: int, threads: int) -> None:
+    """Apply follow_batch(first), (first + 1)... from ``threads`` threads; print each index once acknowledged."""
+    import itertools
+
+    store = open_store("memory", data_dir, Durability(state_dir=state_dir, fsync="batch", snapshot_seconds=0.05), progress=False)
+    print("ready", flush=True)
+    counter, out = itertools.count(first), threading.Lock()
+
+    def work() -> None:
+        while True:
+            index = next(counter)
+            store.apply(follow_batch(index))
+            with out:
+                sys.stdout.write(f"{index}\n")
+                sys.stdout.flush()
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def _read_acks(process: subprocess.Popen, wanted: int) -> list[int]:
+    assert process.stdout.readline().strip() == "ready"
+    acks = []
+    while len(acks) < wanted:
+        line = process.stdout.readline()
+        assert line.endswith("\n"), f"the child died: {process.stderr.read()}"
+        acks.append(int(line))
+    return acks
+
+
+def test_sigkill_mid_ingest_loses_no_acknowledged_batch(tmp_path):
+    """A child process ingests from 4 threads with snapshots every 50 ms; it is SIGKILLed
+    at a random point, three times. Every batch it acknowledged is there afterwards, every
+    batch is all or nothing, and a retried batch is a duplicate."""
+    data_dir, state_dir = tmp_path / "data", tmp_path / "state"
+    write_dataset(social_dataset(), str(data_dir))
+    rnd = random.Random(7)
+    acked: list[int] = []
+    for round_ in range(3):
+        first = round_ * 100_000
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_wal", "child", str(data_dir), str(state_dir), str(first), "4"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            acked += _read_acks(process, rnd.randrange(50, 400))
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    store = open_durable_memory(social_dataset(), str(state_dir), snapshot_seconds=0)
+    try:
+        for index in acked:
+            assert {e.seller_id for e in follow_batch(index)} <= set(views.read_user(store, f"w{index % 97}").follows), index
+        for round_ in range(3):  # the batches in flight at the kill: wholly applied or not at all
+            for index in range(round_ * 100_000, round_ * 100_000 + 1000):
+                follows = set(views.read_user(store, f"w{index % 97}").follows)
+                assert len({e.seller_id for e in follow_batch(index)} & follows) in (0, 5), index
+        for index in acked[:: max(len(acked) // 50, 1)]:
+            assert store.apply(follow_batch(index)).duplicates == 5
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from tests.feed_world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world"), users=150, sellers=20, items=600)
+
+
+def _start_server(world, state_dir: Path, port_file: Path) -> tuple[subprocess.Popen, str]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port_file.unlink(missing_ok=True)
+    log_file = (port_file.parent / "server.log").open("a")  # a pipe nobody reads would fill and block the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--data", str(world.data_dir), "--models", str(world.models_dir),
+         "--state-dir", str(state_dir), "--snapshot-seconds", "1", "--port", "0", "--port-file", str(port_file)],
+        cwd=REPO, env={**os.environ, "FEEDRANK_TOKEN_SECRET": "tests-token-secret-0123456789abcdef"},
+        stdout=subprocess.DEVNULL, stderr=log_file,
+    )  # fmt: skip
+    log_file.close()
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"the server exited: {(port_file.parent / 'server.log').read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the server did not start in 120 s"
+        if port_file.exists() and port_file.read_text().strip():
+            target = f"127.0.0.1:{port_file.read_text().strip()}"
+            with grpc.insecure_channel(target) as channel:
+                try:
+                    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                except grpc.RpcError:
+                    status = None
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return process, target
+        time.sleep(0.1)
+
+
+def _ingest_request(index: int):
+    from protos.feed.v1 import feed_pb2
+
+    return feed_pb2.IngestRequest(events=[
+        feed_pb2.Event(event_id=f"g{index}-{j}", follow=feed_pb2.UserSeller(user_id=f"u{index % 100:05d}", seller_id=f"g{index}-{j}"))
+        for j in range(20)
+    ])  # fmt: skip
+
+
+def test_sigkill_of_a_real_server_mid_ingest_stream_loses_no_acknowledged_event(world, tmp_path):
+    """``python -m serving --state-dir``: Ingest streams from 3 clients, SIGKILL, restart;
+    every acknowledged batch is a duplicate when retried, and its follows are in the store."""
+    import grpc
+
+    from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+
+    state_dir, port_file = tmp_path / "state", tmp_path / "port"
+    process, target = _start_server(world, state_dir, port_file)
+    acked: list[int] = []
+    lock = threading.Lock()
+
+    def stream(first: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            for index in range(first, first + 100_000):
+                try:
+                    response = stub.Ingest(_ingest_request(index), timeout=10)
+                except grpc.RpcError:
+                    return  # the server is gone
+                assert (response.applied, response.duplicates) == (20, 0)
+                with lock:
+                    acked.append(index)
+
+    clients = [threading.Thread(target=stream, args=(c * 100_000,)) for c in range(3)]
+    try:
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 150 or not (state_dir / SNAPSHOT).exists():  # past a snapshot
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        for client in clients:
+            client.join()
+    assert len(acked) >= 150
+
+    process, target = _start_server(world, state_dir, port_file)
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            for index in acked:
+                response = stub.Ingest(_ingest_request(index), timeout=10)
+                assert (response.applied, response.duplicates) == (0, 20), index
+            assert stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=10), timeout=10).items
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    store = open_store("memory", str(world.data_dir), Durability(state_dir=str(state_dir), snapshot_seconds=0), progress=False)
+    try:
+        for index in acked:
+            follows = set(views.read_user(store, f"u{index % 100:05d}").follows)
+            assert {f"g{index}-{j}" for j in range(20)} <= follows, index
+    finally:
+        store.close()
+
+
+# -- the ingest benchmark ------------------------------------------------------------------------
+
+
+def bench(events: int = 20_000, batch: int = 100, threads: int = 1, repeat: int = 3) -> None:
+    """Ingest of a stream of ``batch``-event like/view batches from ``threads`` threads:
+    no log, fsync off, fsync batch. Best of ``repeat`` runs: events/s (wall) and CPU
+    microseconds per event (the process's, all threads); then replay speed."""
+    from training.generate import generate
+
+    dataset = generate(users=2000, sellers=200, items=5000, seed=1)
+    fingerprint = dataset.fingerprint()
+    users, items = list(dataset.likes.src[:2000]), list(dataset.items.item_id[:2000])
+    rnd = random.Random(0)
+    stream = [
+        [Event(f"b{k}-{j}", rnd.choice([EventKind.LIKE, EventKind.VIEW]), NOW, user_id=rnd.choice(users), item_id=rnd.choice(items))
+         for j in range(batch)]
+        for k in range(events // batch)
+    ]  # fmt: skip
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"wal-bench-{os.getpid()}"
+    for mode in ("no log", "off", "batch"):
+        rates, cpus, replays = [], [], []
+        for _ in range(repeat):
+            shutil.rmtree(root, ignore_errors=True)
+            memory = MemoryStore.from_dataset(dataset)
+            store = memory if mode == "no log" else DurableStore(memory, fingerprint, str(root), fsync=mode, snapshot_seconds=0)
+            chunks = [stream[t::threads] for t in range(threads)]
+            workers = [threading.Thread(target=lambda c: [store.apply(b) for b in c], args=(chunk,)) for chunk in chunks]
+            wall, cpu = time.perf_counter(), time.process_time()
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            rates.append(events / (time.perf_counter() - wall))
+            cpus.append((time.process_time() - cpu) / events * 1e6)
+            store.close()
+            if mode != "no log":
+                memory = MemoryStore.from_dataset(dataset)
+                started = time.perf_counter()
+                DurableStore(memory, fingerprint, str(root), snapshot_seconds=0).close()
+                replays.append(events / (time.perf_counter() - started))
+        replay = f"   replay {max(replays):,.0f} events/s" if replays else ""
+        print(f"{mode:>7}: {max(rates):8,.0f} events/s {max(rates) / batch:6,.0f} batches/s {min(cpus):6,.0f} us CPU/event"
+              f"  ({threads} threads){replay}", flush=True)  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "child":
+        _child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif sys.argv[1] == "bench":
+        bench(*(int(arg) for arg in sys.argv[2:]))
