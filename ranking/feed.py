@@ -38,6 +38,11 @@ class FeedSettings:
     fatigue_free_views: int = 2  # views an item gets before it starts to sink
     fatigue_sink: float = math.log(2)  # score (log-odds) lost per view past the free ones: halves the odds
     fatigue_hide_views: int = 6  # at this many views the item rests out of the feed until the window passes
+    # Fan-out caps: the activity of at most this many followed sellers / friends is read per
+    # request (ranking.pipeline.select_fanout picks which); 0 reads all. Bounds the cost of
+    # one user's feed whatever their graph degree.
+    max_follows_read: int = 50
+    max_friends_read: int = 100
 
 
 def build_feed_pipeline(
@@ -83,5 +88,7 @@ def build_feed_pipeline(
         ),
         per_key_limit=settings.per_key_limit,
         trending_limit=settings.trending_limit,
+        max_follows_read=settings.max_follows_read,
+        max_friends_read=settings.max_friends_read,
     )
     return FeedPipeline(config, store, items)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,8 +13,9 @@ from ranking import batch as bits
 from ranking.batch import CandidateBatch
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
 from ranking.model_items import ModelItems
-from ranking.store import FeedStateReader
+from ranking.store import FeedStateReader, ItemColumns, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
+from ranking.vocab import stable_hash
 
 DUPLICATE = "duplicate"
 """The name under which rows merged into another row of the same item are counted as removed."""
@@ -26,6 +28,10 @@ class PipelineConfig:
     ``id_filters`` need only item codes and run before hydration, so the store is asked
     about fewer items; ``item_filters`` read the hydrated item columns. Within each
     list, order the cheapest first.
+
+    ``max_follows_read`` / ``max_friends_read`` cap the fan-out of one request: the
+    activity of at most that many followed sellers and friends is read (0: all); see
+    ``select_fanout`` for which.
     """
 
     sources: Sequence[CandidateSource]
@@ -35,6 +41,8 @@ class PipelineConfig:
     selector: Selector
     per_key_limit: int = 20
     trending_limit: int = 100
+    max_follows_read: int = 0
+    max_friends_read: int = 0
 
 
 @dataclass
@@ -78,7 +86,9 @@ class FeedPipeline:
     """Runs a PipelineConfig against a store and an (optional) embedding model's items.
 
     Reads the store in exactly four batched calls: user, activity, hydration and, for
-    the page's items only, their cards.
+    the page's items only, their cards; a user who follows more sellers than the fan-out
+    cap costs a fifth, small one (the recent likes' sellers, which choose whose listings
+    to read).
     """
 
     def __init__(self, config: PipelineConfig, store: FeedStateReader, model_items: ModelItems | None) -> None:
@@ -141,6 +151,16 @@ class FeedPipeline:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
         user = store.read_user(user_id)
+        all_follows = user.follows
+        recent: ItemColumns | None = None
+        liked_sellers: list[str] = []
+        if _over(user.follows, config.max_follows_read):
+            # Which followed sellers the user likes needs the recent likes' sellers now.
+            recent = store.hydrate(user_id, user.recent_likes)
+            liked_sellers = store.sellers.ids(recent.seller[recent.exists & (recent.seller >= 0)].tolist())
+        if recent is not None or _over(user.friends, config.max_friends_read):
+            follows, friends = select_fanout(user, liked_sellers, config.max_follows_read, config.max_friends_read, now)
+            user = dataclasses.replace(user, follows=follows, friends=friends)
         # Trending and neighbour pools grow with depth so later pages still have candidates.
         depth = len(served) + limit
         activity = store.read_activity(user.follows, user.friends, config.per_key_limit, max(config.trending_limit, 2 * depth))
@@ -172,16 +192,19 @@ class FeedPipeline:
         # The recent likes ride along in the same hydration call: their sellers give the
         # user's seller affinity without another store read.
         n = len(batch)
-        hydrated = store.hydrate(user_id, np.concatenate([batch.codes, user.recent_likes]))
-        batch.items = hydrated.take(slice(0, n))
-        recent = hydrated.take(slice(n, None))
+        if recent is None:
+            hydrated = store.hydrate(user_id, np.concatenate([batch.codes, user.recent_likes]))
+            batch.items = hydrated.take(slice(0, n))
+            recent = hydrated.take(slice(n, None))
+        else:
+            batch.items = store.hydrate(user_id, batch.codes)
         with_seller = recent.exists & (recent.seller >= 0)
         query.seller_likes, inverse, query.seller_like_counts = np.unique(
             recent.seller[with_seller], return_inverse=True, return_counts=True
         )
         query.seller_last_like = np.full(len(query.seller_likes), -np.inf)
         np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
-        query.followed_sellers = _known(store.sellers.codes(user.follows))
+        query.followed_sellers = _known(store.sellers.codes(all_follows))
         query.own_seller = store.sellers.code(user_id)
         # Category ids become codes only now, for the same reason as the exclusions.
         query.include_categories = store.categories.codes(list(shopper.include_categories))
@@ -254,3 +277,51 @@ class FeedPipeline:
 
 def _known(codes: np.ndarray) -> np.ndarray:
     return codes[codes >= 0]
+
+
+def _over(ids: Sequence[str], cap: int) -> bool:
+    return cap > 0 and len(ids) > cap
+
+
+def select_fanout(
+    user: UserState, liked_sellers: Sequence[str], max_follows: int, max_friends: int, now: float = 0.0
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The followed sellers and friends whose activity one request reads: at most
+    ``max_follows`` and ``max_friends`` of them (0: all), sorted, as UserState keeps them.
+
+    The stores keep follows and friendships without a time, so recency is that of the
+    user's own interactions. First the strongest, most recent affinity:
+
+    * sellers: those whose items the user liked most recently (``liked_sellers``, the
+      sellers of the recent likes, newest like first), then sellers who are also friends;
+    * friends: those who shared items with the user, newest share first, then friends
+      whose shop the user follows.
+
+    The remaining places go to a run of the others (in id order, wrapping around) that
+    starts at an offset drawn from a stable hash of the user and the day of ``now``: the
+    same all day in every process (pages stay consistent), a different run each day (so
+    over days every friend's and seller's activity gets read), favouring no id range
+    across users, and O(cap) per request rather than a hash per friend.
+    """
+    day = int(now // 86_400) if now == now and abs(now) < 1e18 else 0
+    salt = f"{user.user_id}\0{day}"
+    follows = _capped(salt, user.follows, [*liked_sellers, *user.friends], max_follows)
+    friends = _capped(salt, user.friends, [*user.shared.sharers, *user.follows], max_friends)
+    return follows, friends
+
+
+def _capped(salt: str, ids: tuple[str, ...], preferred: Iterable[str], cap: int) -> tuple[str, ...]:
+    """At most ``cap`` of the sorted ``ids``: the ``preferred`` ones first (in order), then a run from a salted offset."""
+    if not _over(ids, cap):
+        return ids
+    members = set(ids)
+    chosen = list(dict.fromkeys(p for p in preferred if p in members))[:cap]
+    taken = set(chosen)
+    start = stable_hash(salt) % len(ids)
+    for offset in range(len(ids)):
+        if len(chosen) >= cap:
+            break
+        candidate = ids[(start + offset) % len(ids)]
+        if candidate not in taken:
+            chosen.append(candidate)
+    return tuple(sorted(chosen))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,9 +17,9 @@ from ranking.pipeline import FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
 from serving.arms import Arms
 from serving.metrics import FeedMetrics
-from serving.page_token import EMPTY, MAX_SERVED, PageTokenCodec
+from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
-from stores.events import MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, validate_batch
+from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, validate_batch
 from training.artifact import Artifact
 
 MAX_LIMIT = 100
@@ -27,11 +28,16 @@ MAX_CATEGORIES = 100
 
 
 class InvalidRequest(ValueError):
-    """A request field is invalid; ``field`` names it."""
+    """A request field is invalid; ``field`` names it, ``description`` says why."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.description = message
+
+
+class FeedEnded(InvalidRequest):
+    """The page token is as deep as the feed goes (the page-depth cap): OUT_OF_RANGE."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,14 @@ def validate_user_id(user_id: str) -> None:
         raise InvalidRequest("user_id", f"longer than {MAX_ID_BYTES} bytes")
 
 
+def validate_exclusions(exclude_item_ids: Sequence[str]) -> None:
+    if len(exclude_item_ids) > MAX_EXCLUDED:
+        raise InvalidRequest("exclude_item_ids", f"at most {MAX_EXCLUDED} ids, got {len(exclude_item_ids)}")
+    for index, item_id in enumerate(exclude_item_ids):
+        if len(item_id.encode()) > MAX_ID_BYTES:
+            raise InvalidRequest(f"exclude_item_ids[{index}]", f"longer than {MAX_ID_BYTES} bytes")
+
+
 @dataclass(frozen=True)
 class _Route:
     """What one A/B arm serves with."""
@@ -93,6 +107,9 @@ class FeedService:
     Without arms every user gets the CURRENT model and ``settings``. With ``arms``, each
     user is served by the pipeline of their arm: the arm's model (a pinned version from
     ``pinned``, or CURRENT) and the arm's feed settings.
+
+    ``max_clock_skew``: ingested times (ts, created_at) may be at most this many seconds
+    ahead of the server's clock. The page-depth cap and token expiry are the ``codec``'s.
     """
 
     def __init__(
@@ -105,9 +122,11 @@ class FeedService:
         *,
         arms: Arms | None = None,
         pinned: Mapping[str, Artifact] = {},
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.store = store
         self.codec = codec
+        self.max_clock_skew = max_clock_skew
         self.settings = settings
         self.metrics = metrics or FeedMetrics()
         self._lock = threading.Lock()  # serialises writers; readers take self._state once
@@ -191,20 +210,25 @@ class FeedService:
         """One page of ``user_id``'s feed, narrowed by ``shopper``.
 
         Raises InvalidRequest for a bad field (including a page token that is malformed,
-        tampered with, or another user's) and StoreUnavailable when the store is down.
+        expired, signed with an unknown key, tampered with, or another user's), FeedEnded
+        for a token past the page-depth cap, and StoreUnavailable when the store is down.
+        The feed ends (no next token) after ``codec.max_served`` items.
         """
         validate_user_id(user_id)
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidRequest("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
-        if len(exclude_item_ids) > MAX_EXCLUDED:
-            raise InvalidRequest("exclude_item_ids", f"at most {MAX_EXCLUDED} ids, got {len(exclude_item_ids)}")
+        validate_exclusions(exclude_item_ids)
         validate_shopper_filters(shopper)
         served = EMPTY
         if page_token:
             try:
-                served = self.codec.decode(user_id, page_token)
+                served = self.codec.decode(user_id, page_token, now)
             except ValueError as error:
                 raise InvalidRequest("page_token", str(error).removeprefix("page_token ")) from error
+        max_served = self.codec.max_served
+        if len(served) >= max_served:
+            raise FeedEnded("page_token", f"the feed ends after {max_served} items; start again from the first page")
+        limit = min(limit, max_served - len(served))
         state = self._state
         route = state.default
         if state.arms is not None:
@@ -213,12 +237,15 @@ class FeedService:
         result = route.pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper)
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
-        more = bool(result.has_more and result.items) and len(served) < MAX_SERVED
-        return FeedPage(result.items, self.codec.encode(user_id, served) if more else "", route.version, route.arm)
+        more = bool(result.has_more and result.items) and len(served) < max_served
+        return FeedPage(result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm)
 
-    def ingest(self, events: Sequence[Event]) -> ApplyResult:
-        """Validate the whole batch, then apply it atomically; raises EventValidationError first."""
-        validate_batch(events)
+    def ingest(self, events: Sequence[Event], now: float | None = None) -> ApplyResult:
+        """Validate the whole batch, then apply it atomically; raises EventValidationError first.
+
+        ``now`` (default: the clock) bounds the events' times (``max_clock_skew``).
+        """
+        validate_batch(events, time.time() if now is None else now, self.max_clock_skew)
         result = self.store.apply(events)
         self.metrics.observe_ingest(result.applied, result.duplicates)
         return result

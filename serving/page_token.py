@@ -3,6 +3,18 @@
 A token carries the items already served (4-byte hashes), bound to one user by an
 HMAC. The next page is the top of the same ranked feed without those items, so pages
 never repeat and still see state that changed between pages.
+
+Layout (version 2), URL-safe base64 without padding::
+
+    MAC (16 bytes) | version (1) | key id (4) | issued at (uint32 Unix seconds) | hashes (4 each)
+
+The MAC is HMAC-SHA256 over the user id and everything after the MAC, truncated. The key
+id is a fingerprint of the signing secret (the first 4 bytes of its SHA-256, which gives
+nothing away about it), so a token signed with a key this server does not hold is told
+apart from one that was altered or belongs to another user. A token is accepted when it
+is signed with the current secret or one of the ``previous`` secrets (a rotation:
+deploy the new secret with the old one as previous, and drop the old one once the
+tokens it signed have expired), and is at most ``ttl_seconds`` old.
 """
 
 from __future__ import annotations
@@ -11,24 +23,39 @@ import base64
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ranking.vocab import stable_hash
 
-_VERSION = 1
+_VERSION = 2
 _MAC_BYTES = 16
+_HEADER = struct.Struct("<B4sI")  # version, key id, issued at
 # A feed this deep ends: the token would grow past ~27 KB.
 MAX_SERVED = 5_000
+DEFAULT_TOKEN_TTL_SECONDS = 3_600.0
+# Items a feed serves before it ends (the page-depth cap): deeper pages cost more (their
+# candidate pools grow with the items already served) and tokens grow by 4 bytes per item.
+DEFAULT_MAX_SERVED = 1_000
+# Tokens signed a little in the future (another server's clock) are still accepted.
+_CLOCK_SKEW_SECONDS = 300.0
 
 
 class PageTokenError(ValueError):
-    """The token is malformed, tampered with, or belongs to another user."""
+    """The token is malformed, expired, signed with an unknown key, tampered with, or
+    belongs to another user."""
 
 
 item_hash = stable_hash
+
+
+def max_token_chars(max_served: int) -> int:
+    """Length of the longest token a codec with ``max_served`` issues (one page past it)."""
+    raw = _MAC_BYTES + _HEADER.size + 4 * max_served
+    return -(-raw * 4 // 3)
 
 
 @dataclass(frozen=True)
@@ -54,32 +81,78 @@ class ServedItems:
 EMPTY = ServedItems(frozenset())
 
 
+def key_id(secret: bytes) -> bytes:
+    """The public fingerprint of a signing secret carried in each token."""
+    return hashlib.sha256(b"feedrank page token key\0" + secret).digest()[:4]
+
+
 class PageTokenCodec:
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("page token secret must be at least 16 bytes")
+    """Signs and checks page tokens.
+
+    ``secret`` signs new tokens; tokens signed with any of ``previous`` are still
+    accepted (key rotation). A token older than ``ttl_seconds`` is rejected (0: never
+    expires). ``max_served`` is the page-depth cap: the feed ends after that many items
+    (at most MAX_SERVED).
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        previous: Sequence[bytes] = (),
+        ttl_seconds: float = DEFAULT_TOKEN_TTL_SECONDS,
+        max_served: int = DEFAULT_MAX_SERVED,
+    ) -> None:
+        for key in (secret, *previous):
+            if len(key) < 16:
+                raise ValueError("page token secrets must be at least 16 bytes")
+        if ttl_seconds < 0:
+            raise ValueError("page token TTL must be >= 0 (0: tokens never expire)")
+        if not 1 <= max_served <= MAX_SERVED:
+            raise ValueError(f"max_served must be between 1 and {MAX_SERVED}")
         self._secret = secret
+        self._key_id = key_id(secret)
+        self._keys = {key_id(key): key for key in reversed((secret, *previous))}  # the current one wins a clash
+        self.ttl_seconds = ttl_seconds
+        self.max_served = max_served
+        # The longest token this codec issues: served items stop at max_served plus a page.
+        self.max_token_chars = max_token_chars(max_served + 100)
 
-    def _mac(self, user_id: str, body: bytes) -> bytes:
+    @staticmethod
+    def _mac(secret: bytes, user_id: str, body: bytes) -> bytes:
         message = user_id.encode() + b"\0" + body
-        return hmac.new(self._secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.new(secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def encode(self, user_id: str, served: ServedItems) -> str:
+    def encode(self, user_id: str, served: ServedItems, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
         hashes = np.array(sorted(served.hashes), dtype="<u4").tobytes()
-        body = struct.pack("<B", _VERSION) + hashes
-        return base64.urlsafe_b64encode(self._mac(user_id, body) + body).decode().rstrip("=")
+        body = _HEADER.pack(_VERSION, self._key_id, max(0, min(issued, 0xFFFFFFFF))) + hashes
+        return base64.urlsafe_b64encode(self._mac(self._secret, user_id, body) + body).decode().rstrip("=")
 
-    def decode(self, user_id: str, token: str) -> ServedItems:
+    def decode(self, user_id: str, token: str, now: float | None = None) -> ServedItems:
         """The served items of a token from ``encode``; raises PageTokenError otherwise."""
+        if len(token) > self.max_token_chars:
+            raise PageTokenError(f"page_token is longer than any token this server issues ({self.max_token_chars} characters)")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError) as error:
             raise PageTokenError("page_token is not a token this server issued") from error
         mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
-        if len(mac) < _MAC_BYTES or not body or (len(body) - 1) % 4:
+        if len(mac) < _MAC_BYTES or not body:
             raise PageTokenError("page_token is not a token this server issued")
-        if not hmac.compare_digest(mac, self._mac(user_id, body)):
-            raise PageTokenError("page_token was tampered with or belongs to another user")
         if body[0] != _VERSION:
-            raise PageTokenError("page_token has an unsupported version")
-        return ServedItems(frozenset(np.frombuffer(body[1:], dtype="<u4").tolist()))
+            raise PageTokenError("page_token has an unsupported version; start again from the first page")
+        if len(body) < _HEADER.size or (len(body) - _HEADER.size) % 4:
+            raise PageTokenError("page_token is not a token this server issued")
+        _, kid, issued = _HEADER.unpack_from(body)
+        secret = self._keys.get(kid)
+        if secret is None:
+            raise PageTokenError(
+                "page_token was signed by another server or key (servers that share tokens need the same "
+                "FEEDRANK_TOKEN_SECRET); start again from the first page"
+            )
+        if not hmac.compare_digest(mac, self._mac(secret, user_id, body)):
+            raise PageTokenError("page_token was tampered with or belongs to another user")
+        now = time.time() if now is None else now
+        if self.ttl_seconds and not (now - self.ttl_seconds <= issued <= now + _CLOCK_SKEW_SECONDS):
+            raise PageTokenError(f"page_token has expired (tokens last {self.ttl_seconds:g} s); start again from the first page")
+        return ServedItems(frozenset(np.frombuffer(body[_HEADER.size :], dtype="<u4").tolist()))

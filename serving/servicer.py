@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
-from serving.feed_service import FeedService, InvalidRequest
+from serving.feed_service import FeedEnded, FeedService, InvalidRequest
 from stores.base import StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
@@ -88,6 +93,73 @@ def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
     )
 
 
+_LOG = logging.getLogger(__name__)
+# How long a client should wait before retrying after UNAVAILABLE (google.rpc.RetryInfo).
+RETRY_DELAY_SECONDS = 1.0
+STORE_UNAVAILABLE = "store unavailable"
+_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE: code_pb2.OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+}
+
+
+def _abort_with_details(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, *details: Any) -> NoReturn:
+    """End the RPC with ``code`` and ``message``, the ``details`` messages packed as a
+    google.rpc.Status in the trailers (grpcio-status: ``rpc_status.from_call`` reads them)."""
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=_CODES[code], message=message, details=packed)))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def abort_bad_request(context: grpc.ServicerContext, field: str, description: str, message: str,
+                      code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> NoReturn:
+    """INVALID_ARGUMENT (or ``code``) with ``message`` and a google.rpc.BadRequest naming ``field``."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+    _abort_with_details(context, code, message, error_details_pb2.BadRequest(field_violations=[violation]))
+
+
+def abort_unavailable(context: grpc.ServicerContext, message: str) -> NoReturn:
+    """UNAVAILABLE with ``message`` and a google.rpc.RetryInfo (RETRY_DELAY_SECONDS)."""
+    delay = duration_pb2.Duration(seconds=int(RETRY_DELAY_SECONDS), nanos=int(RETRY_DELAY_SECONDS % 1 * 1e9))
+    _abort_with_details(context, grpc.StatusCode.UNAVAILABLE, message, error_details_pb2.RetryInfo(retry_delay=delay))
+
+
+class _OutageLog:
+    """Logs why the store is unavailable (the client only reads STORE_UNAVAILABLE: the
+    detail names internal hosts), at most once per ``every_seconds`` with a count of the
+    failures in between, so an outage does not flood the log."""
+
+    def __init__(self, every_seconds: float = 10.0) -> None:
+        self.every_seconds = every_seconds
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def __call__(self, method: str, error: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every_seconds:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        _LOG.warning("%s: store unavailable: %s (%d more failures since the last report)", method, error, suppressed)
+
+
+_log_outage = _OutageLog()
+
+
+def _abort_internal(context: grpc.ServicerContext, method: str) -> NoReturn:
+    """A bug, not the client's fault: log the traceback, answer INTERNAL without internals."""
+    _LOG.exception("%s failed", method)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
 def _abort_if_expired(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -96,7 +168,7 @@ def _abort_if_expired(context: grpc.ServicerContext) -> None:
 
 def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedService:
     if service is None:
-        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store")
+        abort_unavailable(context, "the server is still loading its model and store")
     _abort_if_expired(context)
     return service
 
@@ -137,9 +209,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 shopper_filters_from_proto(request),
             )
         except InvalidRequest as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            code = grpc.StatusCode.OUT_OF_RANGE if isinstance(error, FeedEnded) else grpc.StatusCode.INVALID_ARGUMENT
+            abort_bad_request(context, error.field, error.description, str(error), code)
         except StoreUnavailable as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+            _log_outage("GetFeed", error)
+            abort_unavailable(context, STORE_UNAVAILABLE)
+        except Exception:
+            _abort_internal(context, "GetFeed")
         _abort_if_expired(context)
         return feed_pb2.GetFeedResponse(
             items=[feed_item_to_proto(c) for c in page.items],
@@ -154,9 +230,12 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         received_at = time.time()
         try:
             events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
-            result = service.ingest(events)
+            result = service.ingest(events, now=received_at)
         except EventValidationError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            abort_bad_request(context, error.path, error.description, str(error))
         except StoreUnavailable as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {error}")
+            _log_outage("Ingest", error)
+            abort_unavailable(context, STORE_UNAVAILABLE)
+        except Exception:
+            _abort_internal(context, "Ingest")
         return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +20,14 @@ MAX_TITLE_BYTES = 512
 MAX_IMAGE_URL_BYTES = 2048
 MAX_CATEGORY_BYTES = 256
 MAX_SHIP_DAYS = 365
+# Times from the future: an event's ts and an upsert's created_at may be at most this far
+# ahead of the server's clock (client clock skew); a vacation may end at most
+# MAX_VACATION_SECONDS ahead (inf, until further notice, is always allowed).
+DEFAULT_MAX_CLOCK_SKEW = 86_400.0
+MAX_VACATION_SECONDS = 366 * 86_400.0
+# Graph degrees the stores accept at ingest (a dataset load is trusted and not capped).
+DEFAULT_MAX_FRIENDS = 1_000
+DEFAULT_MAX_FOLLOWS = 1_000
 
 
 class EventKind(enum.Enum):
@@ -119,7 +127,7 @@ class Event:
         The card fields travel as one JSON object of the named ones, so "not named" and
         "named empty" stay apart.
         """
-        record = {k: ("" if v is None else str(v)) for k, v in asdict(self).items() if k not in CARD_FIELDS}
+        record = {k: ("" if v is None else str(v)) for k, v in ((f, getattr(self, f)) for f in _RECORD_FIELDS)}
         record["kind"] = self.kind.value
         record["vacation_until"] = repr(float(self.vacation_until))
         card = self.card()
@@ -141,6 +149,9 @@ class Event:
             vacation_until=float(record.get("vacation_until") or 0.0),
             **card_from_strings(json.loads(record.get("card") or "{}")),
         )
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Event) if f.name not in CARD_FIELDS)
 
 
 def card_strings(card: dict[str, Any]) -> dict[str, str]:
@@ -174,12 +185,22 @@ def card_from_strings(fields: dict[str, str]) -> dict[str, Any]:
 
 
 class EventValidationError(ValueError):
-    """An event in a batch is invalid; names its index in the batch and the field."""
+    """An event in a batch is invalid; names its index in the batch and the field.
 
-    def __init__(self, index: int, field: str, message: str) -> None:
-        super().__init__(f"events[{index}].{field}: {message}")
+    ``index`` None: the batch as a whole is invalid (empty, too large) and ``field`` is
+    "events". ``path`` is the request field a client reads: ``events[3].item_id``, or
+    ``events``; the message starts with it.
+    """
+
+    def __init__(self, index: int | None, field: str, message: str) -> None:
         self.index = index
         self.field = field
+        self.description = message
+        super().__init__(f"{self.path}: {message}")
+
+    @property
+    def path(self) -> str:
+        return self.field if self.index is None else f"events[{self.index}].{self.field}"
 
 
 def _check_id(index: int, field: str, value: str) -> None:
@@ -189,11 +210,22 @@ def _check_id(index: int, field: str, value: str) -> None:
         raise EventValidationError(index, field, f"longer than {MAX_ID_BYTES} bytes")
 
 
-def validate_event(index: int, event: Event) -> None:
-    """Raise EventValidationError if ``event`` cannot be applied."""
+def validate_event(index: int, event: Event, now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW) -> None:
+    """Raise EventValidationError if ``event`` cannot be applied.
+
+    With ``now`` (the server's clock), times from the future are rejected: ``ts`` and
+    ``created_at`` beyond ``now + max_skew``, a finite ``vacation_until`` beyond
+    ``now + MAX_VACATION_SECONDS``.
+    """
     _check_id(index, "event_id", event.event_id)
     if not math.isfinite(event.ts) or event.ts < 0:
         raise EventValidationError(index, "ts", "must be a non-negative Unix time")
+    if now is not None:
+        _check_not_future(index, "ts", event.ts, now + max_skew)
+        if event.kind is EventKind.ITEM_UPSERT and math.isfinite(event.created_at):
+            _check_not_future(index, "created_at", event.created_at, now + max_skew)
+        if event.kind is EventKind.SELLER_VACATION and math.isfinite(event.vacation_until):
+            _check_not_future(index, "vacation_until", event.vacation_until, now + MAX_VACATION_SECONDS)
     required = REQUIRED_IDS[event.kind]
     for name in ID_FIELDS:
         value = getattr(event, name)
@@ -216,6 +248,11 @@ def validate_event(index: int, event: Event) -> None:
     _check_card(index, event)
     if event.kind is EventKind.SELLER_VACATION and not (event.vacation_until > event.ts):
         raise EventValidationError(index, "vacation_until", "must be after the event's ts (0 means until further notice)")
+
+
+def _check_not_future(index: int, field: str, value: float, latest: float) -> None:
+    if value > latest:
+        raise EventValidationError(index, field, f"is in the future: {value!r} is after the latest accepted time {latest:.0f}")
 
 
 def _check_text(index: int, field: str, value: str | None, max_bytes: int) -> None:
@@ -244,19 +281,102 @@ def _check_card(index: int, event: Event) -> None:
         raise EventValidationError(index, "image_url", "must be an http or https URL")
 
 
-def validate_batch(events: Sequence[Event]) -> None:
+def validate_batch(events: Sequence[Event], now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW) -> None:
     """Validate a whole batch before any of it is applied.
 
-    Raises EventValidationError for the first invalid event, or for an empty, oversized
-    or internally inconsistent batch (the same event id used twice with different content).
+    Raises EventValidationError for the first invalid event, or (field ``events``, no
+    index) for an empty or oversized batch, or for an internally inconsistent one (the
+    same event id used twice with different content). ``now`` and ``max_skew``: see
+    ``validate_event``; without ``now`` times are not checked against the clock.
     """
     if not events:
-        raise EventValidationError(0, "events", "batch is empty")
+        raise EventValidationError(None, "events", "batch is empty")
     if len(events) > MAX_BATCH:
-        raise EventValidationError(MAX_BATCH, "events", f"batch larger than {MAX_BATCH} events")
+        raise EventValidationError(None, "events", f"batch larger than {MAX_BATCH} events")
     seen: dict[str, Event] = {}
     for index, event in enumerate(events):
-        validate_event(index, event)
+        validate_event(index, event, now, max_skew)
         earlier = seen.setdefault(event.event_id, event)
         if earlier != event:
             raise EventValidationError(index, "event_id", "reused within the batch for a different event")
+
+
+GRAPH_KINDS = {
+    EventKind.FOLLOW: "follows",
+    EventKind.UNFOLLOW: "follows",
+    EventKind.FRIEND: "friends",
+    EventKind.UNFRIEND: "friends",
+}
+"""The graph edits a degree cap applies to, and the edge set each changes ("friends" are stored both ways)."""
+
+
+def graph_edges(event: Event) -> list[tuple[str, str, str]]:
+    """(edge set, owner, member) of each stored edge a graph event adds or removes."""
+    what = GRAPH_KINDS.get(event.kind)
+    if what == "follows":
+        return [(what, event.user_id, event.seller_id)]
+    if what == "friends":
+        return [(what, event.user_id, event.friend_id), (what, event.friend_id, event.user_id)]
+    return []
+
+
+def degree_error(index: int, field: str, what: str, user_id: str, bound: int) -> EventValidationError:
+    """The error for an edit past a degree cap: ``what`` is "friends" or "follows"."""
+    noun = "friends" if what == "friends" else "followed sellers"
+    return EventValidationError(index, field, f"{user_id!r} already has {bound} {noun}, the most allowed")
+
+
+def check_degrees(
+    events: Sequence[Event],
+    indices: Iterable[int],
+    degree: Callable[[str, str], int],
+    has_edge: Callable[[str, str, str], bool],
+    max_friends: int,
+    max_follows: int,
+) -> None:
+    """Raise EventValidationError for the first event of ``indices`` (in order) that would
+    give a user more than ``max_friends`` friends or ``max_follows`` followed sellers
+    (0: no cap), replaying the batch's earlier graph edits over the stored graph.
+
+    ``degree(edge set, user)`` and ``has_edge(edge set, user, member)`` read the stored
+    graph ("friends" or "follows"). An edit that changes nothing (an existing edge) is
+    always accepted, so a retried batch never trips the cap.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    edges: dict[tuple[str, str, str], bool] = {}
+
+    def count(what: str, user: str) -> int:
+        if (what, user) not in counts:
+            counts[(what, user)] = degree(what, user)
+        return counts[(what, user)]
+
+    def present(edge: tuple[str, str, str]) -> bool:
+        if edge not in edges:
+            edges[edge] = has_edge(*edge)
+        return edges[edge]
+
+    bounds = {"friends": max_friends, "follows": max_follows}
+    for index in indices:
+        event = events[index]
+        adding = event.kind in (EventKind.FOLLOW, EventKind.FRIEND)
+        for position, edge in enumerate(graph_edges(event)):
+            what, user, _ = edge
+            if adding and not present(edge) and 0 < bounds[what] <= count(what, user):
+                raise degree_error(index, "user_id" if position == 0 else "friend_id", what, user, bounds[what])
+        for edge in graph_edges(event):
+            if present(edge) != adding:
+                edges[edge] = adding
+                counts[edge[:2]] = count(*edge[:2]) + (1 if adding else -1)
+
+
+def first_error(*checks: Callable[[], None]) -> None:
+    """Run each check; raise the EventValidationError of the earliest event any of them
+    rejects (the same error whichever order a store runs its checks in)."""
+    errors = []
+    for check in checks:
+        try:
+            check()
+        except EventValidationError as error:
+            errors.append(error)
+    if errors:
+        raise min(errors, key=lambda error: -1 if error.index is None else error.index)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -35,13 +35,24 @@ from ranking.store import (
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, encode
 from stores.base import ApplyResult
-from stores.events import ENGAGEMENTS, ITEM_REFERENCES, Event, EventKind, EventValidationError
+from stores.events import (
+    DEFAULT_MAX_FOLLOWS,
+    DEFAULT_MAX_FRIENDS,
+    ENGAGEMENTS,
+    ITEM_REFERENCES,
+    Event,
+    EventKind,
+    EventValidationError,
+    check_degrees,
+    first_error,
+)
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
     from training.dataset import Dataset, Edges
 
 DEFAULT_RECENT_LIKES = 50
 DEFAULT_TRENDING_REFRESH_SECONDS = 1.0
+DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered (as stores.redis); 0 = forever
 _TRENDING_CACHE_DEPTH = 1_000
 
 
@@ -316,15 +327,30 @@ class MemoryStore:
     Trending is recomputed at most every ``trending_refresh_seconds`` after a like
     changes it; it only nominates candidates, which are hydrated fresh, so a short delay
     never shows a stale stock level.
+
+    Applied event ids are remembered for ``dedupe_ttl`` seconds of wall time (``clock``)
+    from when they were applied, as Redis does with its key TTL (0: forever), so the
+    memory they take is bounded by the ingest rate times the TTL: a batch retried
+    within the TTL changes nothing, one retried later is applied again. Ingest refuses
+    an edit that would give a user more than ``max_friends`` friends or ``max_follows``
+    followed sellers (0: no cap; a dataset load is not capped).
     """
 
     def __init__(
         self,
         recent_likes: int = DEFAULT_RECENT_LIKES,
         trending_refresh_seconds: float = DEFAULT_TRENDING_REFRESH_SECONDS,
+        dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
+        max_friends: int = DEFAULT_MAX_FRIENDS,
+        max_follows: int = DEFAULT_MAX_FOLLOWS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.recent_likes_bound = recent_likes
         self.trending_refresh_seconds = trending_refresh_seconds
+        self.dedupe_ttl = dedupe_ttl
+        self.max_friends = max_friends
+        self.max_follows = max_follows
+        self._clock = clock
         self.items = Vocabulary()
         self.sellers = Vocabulary()
         self.users = Vocabulary()
@@ -343,6 +369,7 @@ class MemoryStore:
         self._trending_cache_depth = 0
         self._trending_dirty_since: float | None = 0.0
         self._applied_event_ids: set[str] = set()
+        self._dedupe_expiry: deque[tuple[float, str]] = deque()  # (forget at, event id), oldest first
 
     @classmethod
     def from_dataset(
@@ -515,12 +542,31 @@ class MemoryStore:
         of an item that neither exists nor is upserted earlier in the batch.
         """
         with self._lock:
+            now = self._clock()
+            self._forget_expired(now)
             fresh = self._unapplied(events)
-            self._check_references(events, fresh)
+            first_error(
+                lambda: self._check_references(events, fresh),
+                lambda: check_degrees(events, fresh, self._degree, self._has_edge, self.max_friends, self.max_follows),
+            )
+            forget_at = now + self.dedupe_ttl
             for index in fresh:
                 self._apply_one(events[index])
                 self._applied_event_ids.add(events[index].event_id)
+                if self.dedupe_ttl > 0:
+                    self._dedupe_expiry.append((forget_at, events[index].event_id))
             return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh))
+
+    def _forget_expired(self, now: float) -> None:
+        expiry = self._dedupe_expiry
+        while expiry and expiry[0][0] <= now:
+            self._applied_event_ids.discard(expiry.popleft()[1])
+
+    def _degree(self, what: str, user_id: str) -> int:
+        return len((self._friends if what == "friends" else self._follows).get(user_id, ()))
+
+    def _has_edge(self, what: str, user_id: str, other: str) -> bool:
+        return other in (self._friends if what == "friends" else self._follows).get(user_id, ())
 
     def _unapplied(self, events: Sequence[Event]) -> list[int]:
         seen: set[str] = set()

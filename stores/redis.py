@@ -5,10 +5,16 @@ standalone Redis whatever the number of friends or followed sellers. On a cluste
 pipeline is split by node and the parts are written before any is read, so each method
 is one parallel round trip per node it touches (at most the number of primaries).
 
-Writes. ``apply`` runs Lua, so a batch is validated (duplicate ids, unknown items)
-before anything is written:
+Writes. ``apply`` runs Lua, so a batch is validated (duplicate ids, unknown items, the
+degree caps ``max_friends`` / ``max_follows``) before anything is written. Writes use
+their own connections (``write_client``) with a longer socket timeout that fits a full
+batch, so a long write is neither reported as failed by the read timeout nor holds a
+connection a feed waits for:
   * standalone: one script call applies the whole batch, appends every new event to the
-    ``{log}:events`` stream and marks its id done, atomically;
+    ``{log}:events`` stream and marks its id done, atomically. A batch larger than
+    ``write_chunk`` events is validated whole by a read-only script, then applied by
+    one such script per chunk, so no script blocks Redis (and concurrent feeds) for
+    long; the guarantee is then all-or-retry, as on a cluster (``_apply_chunked``);
   * cluster: keys are hash-tagged per entity so state spreads over the nodes, and one
     script may only touch one slot. The batch is validated by a read, logged to the
     stream as "pending" (one script in the ``{log}`` slot), applied by per-slot scripts
@@ -20,8 +26,9 @@ before anything is written:
     succeeded, and a retry of an unacknowledged batch converges to the state a single
     successful apply gives. Two batches applied concurrently may interleave per entity.
 
-Failures. Sockets have short timeouts and a connection error is retried once at most,
-so a dead or frozen Redis raises StoreUnavailable within about ``socket_timeout``.
+Failures. Read sockets have short timeouts and a connection error is retried once at
+most, so a dead or frozen Redis raises StoreUnavailable within about ``socket_timeout``
+on a read (``write_timeout`` on a write).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import redis
@@ -63,19 +70,43 @@ from ranking.store import (
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 from stores.base import ApplyResult, StoreUnavailable
-from stores.events import ENGAGEMENTS, ITEM_REFERENCES, Event, EventKind, EventValidationError
+from stores.events import (
+    DEFAULT_MAX_FOLLOWS,
+    DEFAULT_MAX_FRIENDS,
+    ENGAGEMENTS,
+    ITEM_REFERENCES,
+    Event,
+    EventKind,
+    EventValidationError,
+    check_degrees,
+    degree_error,
+    first_error,
+    graph_edges,
+)
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
 DEFAULT_STREAM_MAXLEN = 0  # approximate cap of the event stream; 0 = unbounded
-DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every request while Redis is frozen
+DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every read while Redis is frozen
 DEFAULT_CONNECT_TIMEOUT = 0.5
+# Events per apply script: a larger batch is validated whole, then applied in chunks of
+# this many, so no single script blocks Redis (and the reads of concurrent feeds) for
+# more than a few milliseconds. A full batch (MAX_BATCH events) in one script took
+# 0.27-0.39 s: past the read timeout, it was reported UNAVAILABLE although applied.
+DEFAULT_WRITE_CHUNK = 500
+# Writes have their own connections and timeout: each of their round trips is one chunk
+# (or the validation of a batch, read-only), far below it; a frozen Redis still fails
+# an ingest well within a client's usual deadline.
+DEFAULT_WRITE_TIMEOUT = 1.0
 
 # Options of ours that may ride in the store URL's query string, next to redis-py's own
 # (socket_timeout, socket_connect_timeout, ...).
-_OWN_OPTIONS = {"recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str}
+_OWN_OPTIONS = {
+    "recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str,
+    "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int,
+}  # fmt: skip
 
 # Event.to_record() field order: the Lua scripts read records positionally.
 RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "card", "vacation_until")
@@ -99,7 +130,9 @@ local MAXLEN = tonumber(ARGV[8])
 local SEEN = tonumber(ARGV[9])
 local SHARED = tonumber(ARGV[10])
 local WINDOW = tonumber(ARGV[11])
-local BASE = 11
+local MAXFRIENDS = tonumber(ARGV[12])
+local MAXFOLLOWS = tonumber(ARGV[13])
+local BASE = 13
 local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','card','vacation_until'}
 local NF = #FIELDS
 
@@ -259,14 +292,34 @@ local function log_event(o, status)
 end
 """
 
-# Standalone: the whole batch, atomically. ARGV after the constants: records, NF fields each.
-_LUA_APPLY_BATCH = (
-    _LUA_PRELUDE
-    + "local REFERENCES = {" + "".join(f"['{kind.value}'] = true, " for kind in ITEM_REFERENCES) + "}\n"
-    + "local ENGAGE = {" + "".join(f"['{kind.value}'] = true, " for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)) + "}\n"
+# Standalone validation of a batch, read-only: duplicates, unknown items and the degree
+# caps (MAXFRIENDS, MAXFOLLOWS; 0 = not checked), the batch's own graph edits replayed
+# over the stored sets. ARGV after the constants: records, NF fields each. Leaves
+# ``fresh`` (offsets of the events to apply) and ``dups``, or returns the error.
+_LUA_VALIDATE = (
+    "local REFERENCES = {" + "".join(f"['{kind.value}'] = true, " for kind in ITEM_REFERENCES) + "}\n"
     + r"""
 local n = (#ARGV - BASE) / NF
 local fresh, seen, upserted, dups = {}, {}, {}, 0
+local CHECK_DEGREES = MAXFRIENDS > 0 or MAXFOLLOWS > 0
+local degree, member = {}, {}
+local function present(key, m)
+  local t = member[key]
+  if not t then t = {}; member[key] = t end
+  if t[m] == nil then t[m] = redis.call('SISMEMBER', key, m) == 1 end
+  return t[m]
+end
+local function count(key)
+  if degree[key] == nil then degree[key] = redis.call('SCARD', key) end
+  return degree[key]
+end
+local function full(key, m, bound) return bound > 0 and not present(key, m) and count(key) >= bound end
+local function set_edge(key, m, on)
+  if present(key, m) ~= on then
+    member[key][m] = on
+    if on then degree[key] = count(key) + 1 else degree[key] = count(key) - 1 end
+  end
+end
 for e = 0, n - 1 do
   local o = BASE + e * NF
   local eid, kind, item = ARGV[o + 1], ARGV[o + 2], ARGV[o + 5]
@@ -280,9 +333,34 @@ for e = 0, n - 1 do
     elseif REFERENCES[kind] and not upserted[item]
         and redis.call('EXISTS', ikey(item)) == 0 then
       return {'unknown_item', e}
+    elseif CHECK_DEGREES and (kind == 'follow' or kind == 'unfollow') then
+      local u, key, seller = ARGV[o + 4], ukey(ARGV[o + 4], 'follows'), ARGV[o + 6]
+      if kind == 'follow' and full(key, seller, MAXFOLLOWS) then return {'degree', e, 'user_id', 'follows', u} end
+      set_edge(key, seller, kind == 'follow')
+    elseif CHECK_DEGREES and (kind == 'friend' or kind == 'unfriend') then
+      local u, f = ARGV[o + 4], ARGV[o + 7]
+      local a, b = ukey(u, 'friends'), ukey(f, 'friends')
+      if kind == 'friend' then
+        if full(a, f, MAXFRIENDS) then return {'degree', e, 'user_id', 'friends', u} end
+        if full(b, u, MAXFRIENDS) then return {'degree', e, 'friend_id', 'friends', f} end
+      end
+      set_edge(a, f, kind == 'friend')
+      set_edge(b, u, kind == 'friend')
     end
   end
 end
+"""
+)
+
+# Standalone: validate the batch and report, without writing anything.
+_LUA_VALIDATE_BATCH = _LUA_PRELUDE + _LUA_VALIDATE + "return {'ok', #fresh, dups}\n"
+
+# Standalone: the whole batch, atomically: validated, then applied.
+_LUA_APPLY_BATCH = (
+    _LUA_PRELUDE
+    + _LUA_VALIDATE
+    + "local ENGAGE = {" + "".join(f"['{kind.value}'] = true, " for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)) + "}\n"
+    + r"""
 for _, o in ipairs(fresh) do
   local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
   if kind == 'like' then
@@ -545,15 +623,17 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
 
 def split_url(url: str) -> tuple[str, dict[str, Any]]:
     """The URL without our own query options, and those options parsed."""
-    parts = urlsplit(url)
-    own: dict[str, Any] = {}
-    rest = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OWN_OPTIONS:
-            own[name] = _OWN_OPTIONS[name](value)
-        else:
-            rest.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), own
+    own = {name: _OWN_OPTIONS[name](value) for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True)
+           if name in _OWN_OPTIONS}  # fmt: skip
+    return _without_options(url, *_OWN_OPTIONS), own
+
+
+def _without_options(url: str, *names: str) -> str:
+    """``url`` without the query options ``names`` (the rest of it untouched: urlunsplit
+    would turn unix:///path into unix:/path)."""
+    base, _, query = url.partition("?")
+    kept = [(n, v) for n, v in parse_qsl(query, keep_blank_values=True) if n not in names]
+    return f"{base}?{urlencode(kept)}" if kept else base
 
 
 class RedisStore:
@@ -562,6 +642,13 @@ class RedisStore:
     ``recent_likes`` bounds each user's recent-likes sorted set (as the memory store's
     ``recent_likes``); ``listings`` bounds each seller's listings sorted set, so
     ``read_activity`` returns at most that many listings per seller.
+
+    ``write_client`` (default: ``client``) runs ``apply``: its own connection pool, with
+    a socket timeout that fits a full batch, so a long write neither times out as a read
+    would nor holds a connection a feed is waiting for. ``write_chunk``: see
+    DEFAULT_WRITE_CHUNK. ``max_friends`` / ``max_follows``: degree caps checked at
+    ingest (0: none; on a cluster two concurrent batches may together pass a cap, as
+    their parts interleave).
     """
 
     def __init__(
@@ -572,10 +659,20 @@ class RedisStore:
         dedupe_ttl: int = DEFAULT_DEDUPE_TTL,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         prefix: str = DEFAULT_PREFIX,
+        write_client: redis.Redis | RedisCluster | None = None,
+        write_chunk: int = DEFAULT_WRITE_CHUNK,
+        max_friends: int = DEFAULT_MAX_FRIENDS,
+        max_follows: int = DEFAULT_MAX_FOLLOWS,
     ) -> None:
         if recent_likes < 1 or listings < 1:
             raise ValueError("recent_likes and listings must be >= 1")
+        if write_chunk < 1:
+            raise ValueError("write_chunk must be >= 1")
         self.client = client
+        self.write_client = client if write_client is None else write_client
+        self.write_chunk = write_chunk
+        self.max_friends = max_friends
+        self.max_follows = max_follows
         self.is_cluster = isinstance(client, RedisCluster)
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
@@ -583,9 +680,11 @@ class RedisStore:
         self._consts = [
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
-            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS),
+            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows),
         ]  # fmt: skip
-        self._sources = {"batch": _LUA_APPLY_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS,
+        # The chunks of a batch validated whole skip the degree caps (0, 0).
+        self._chunk_consts = [*self._consts[:-2], "0", "0"]
+        self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
@@ -598,18 +697,28 @@ class RedisStore:
         """Connect lazily; ``kwargs`` are redis-py options (query options in the URL win).
 
         Our own options may be given in the query string too: recent_likes, listings,
-        dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix.
+        dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
+        write_timeout (the writes' socket timeout, seconds; at least the reads'),
+        write_chunk, max_friends and max_follows (0 = no cap).
         """
         url, own = split_url(url)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        read_timeout = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout", kwargs["socket_timeout"])
+        write_timeout = max(own.pop("write_timeout", DEFAULT_WRITE_TIMEOUT), float(read_timeout or 0))
         with unavailable_on_redis_errors():
-            return cls(connect(url, **kwargs), **own)
+            client = connect(url, **kwargs)
+            writer = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": write_timeout})
+            return cls(client, write_client=writer, **own)
 
     # -- reads -------------------------------------------------------------------------
 
     def _pipeline(self) -> Any:
         return self.client.pipeline(transaction=False) if not self.is_cluster else self.client.pipeline()
+
+    def _write_pipeline(self) -> Any:
+        client = self.write_client
+        return client.pipeline(transaction=False) if not self.is_cluster else client.pipeline()
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
@@ -786,13 +895,16 @@ class RedisStore:
         """Apply a validated batch; see FeedStore.apply and the module docstring.
 
         Raises EventValidationError, before writing anything, for a like or stock update
-        of an item that neither exists nor is upserted earlier in the batch.
+        of an item that neither exists nor is upserted earlier in the batch, and for a
+        graph edit past ``max_friends`` / ``max_follows``.
         """
         if not events:
             return ApplyResult(applied=0, duplicates=0)
         with unavailable_on_redis_errors():
             if self.is_cluster:
                 return self._apply_partitioned(events)
+            if len(events) > self.write_chunk:
+                return self._apply_chunked(events)
             return self._apply_atomic(events)
 
     def _sha(self, name: str) -> str:
@@ -805,12 +917,17 @@ class RedisStore:
     def _eval(self, name: str, key: str, args: Sequence[str]) -> Any:
         return self._eval_keys(name, [key], args)
 
-    def _eval_keys(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+    def _eval_keys(self, name: str, keys: Sequence[str], args: Sequence[str], client: Any = None) -> Any:
+        client = self.client if client is None else client
         try:
-            return self.client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return client.evalsha(self._sha(name), len(keys), *keys, *args)
         except NoScriptError:  # the server restarted or failed over: load again, once
             self._shas.clear()
-            return self.client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+
+    def _write(self, name: str, records: Sequence[str], consts: Sequence[str] | None = None) -> Any:
+        """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write connections."""
+        return self._eval_keys(name, [self.keys.events], [*(self._consts if consts is None else consts), *records], self.write_client)
 
     @staticmethod
     def _flat_records(events: Sequence[Event]) -> list[str]:
@@ -820,39 +937,87 @@ class RedisStore:
             flat.extend(record[name] for name in RECORD_FIELDS)
         return flat
 
-    def _apply_atomic(self, events: Sequence[Event]) -> ApplyResult:
-        reply = self._eval("batch", self.keys.events, [*self._consts, *self._flat_records(events)])
+    def _raise_invalid(self, reply: list[Any], events: Sequence[Event], offset: int = 0) -> None:
+        """Raise the EventValidationError a validating script replied, if any."""
         if reply[0] == "unknown_item":
-            index = int(reply[1])
+            index = offset + int(reply[1])
             raise EventValidationError(index, "item_id", f"unknown item {events[index].item_id!r}")
+        if reply[0] == "degree":
+            _, index, field, what, user_id = reply
+            bound = self.max_friends if what == "friends" else self.max_follows
+            raise degree_error(offset + int(index), field, what, user_id, bound)
+
+    def _apply_atomic(self, events: Sequence[Event]) -> ApplyResult:
+        reply = self._write("batch", self._flat_records(events))
+        self._raise_invalid(reply, events)
         return ApplyResult(applied=int(reply[1]), duplicates=int(reply[2]))
+
+    def _apply_chunked(self, events: Sequence[Event]) -> ApplyResult:
+        """A batch larger than ``write_chunk``: validated whole by one read-only script,
+        then applied by one atomic script per chunk, so Redis serves other clients (the
+        reads of feeds) between chunks. Nothing is written unless the whole batch is
+        valid; the ack comes after the last chunk. A failure in between leaves the first
+        chunks applied and marked done (they are not acknowledged): a retry of the batch
+        skips them as duplicates and converges to the state one atomic apply gives.
+        The degree caps are checked by the validation (a concurrent batch may slip past
+        them in between). A concurrent feed may see part of the batch while it is applied.
+        """
+        records = self._flat_records(events)
+        self._raise_invalid(self._write("validate", records), events)
+        applied = duplicates = 0
+        width = len(RECORD_FIELDS)
+        for start in range(0, len(events), self.write_chunk):
+            chunk = records[start * width : (start + self.write_chunk) * width]
+            reply = self._write("batch", chunk, self._chunk_consts)
+            self._raise_invalid(reply, events, start)  # only if the store changed under the batch
+            applied, duplicates = applied + int(reply[1]), duplicates + int(reply[2])
+        return ApplyResult(applied=applied, duplicates=duplicates)
 
     def _apply_partitioned(self, events: Sequence[Event]) -> ApplyResult:
         k = self.keys
         event_ids = list(dict.fromkeys(e.event_id for e in events))
         referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in ITEM_REFERENCES))
-        pipe = self._pipeline()
+        edges = list(dict.fromkeys(edge for e in events for edge in graph_edges(e)))
+        owners = list(dict.fromkeys(edge[:2] for edge in edges))
+        pipe = self._write_pipeline()
         for event_id in event_ids:
             pipe.get(k.event_status(event_id))
         for item_id in referenced:
             pipe.exists(k.item(item_id))
-        replies = pipe.execute()
-        status = dict(zip(event_ids, replies[: len(event_ids)]))
-        exists = dict(zip(referenced, replies[len(event_ids) :]))
+        for what, user_id in owners:
+            pipe.scard(k.user(user_id, what))
+        for what, user_id, other in edges:
+            pipe.sismember(k.user(user_id, what), other)
+        replies = iter(pipe.execute())
+        status = {event_id: next(replies) for event_id in event_ids}
+        exists = {item_id: next(replies) for item_id in referenced}
+        degrees = {owner: int(next(replies)) for owner in owners}
+        present = {edge: bool(next(replies)) for edge in edges}
 
         fresh: list[int] = []
         seen: set[str] = set()
-        upserted: set[str] = set()
         for index, event in enumerate(events):
             if event.event_id in seen or status[event.event_id] == "done":
                 continue
             seen.add(event.event_id)
             fresh.append(index)
-            if event.kind is EventKind.ITEM_UPSERT:
-                upserted.add(event.item_id)
-            elif event.kind in ITEM_REFERENCES:
-                if not exists[event.item_id] and event.item_id not in upserted:
-                    raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
+
+        def check_references() -> None:
+            upserted: set[str] = set()
+            for index in fresh:
+                event = events[index]
+                if event.kind is EventKind.ITEM_UPSERT:
+                    upserted.add(event.item_id)
+                elif event.kind in ITEM_REFERENCES:
+                    if not exists[event.item_id] and event.item_id not in upserted:
+                        raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
+
+        first_error(
+            check_references,
+            lambda: check_degrees(
+                events, fresh, lambda what, user: degrees[(what, user)], lambda *edge: present[edge], self.max_friends, self.max_follows
+            ),
+        )
         if not fresh:
             return ApplyResult(applied=0, duplicates=len(events))
         batch = [events[i] for i in fresh]
@@ -860,11 +1025,11 @@ class RedisStore:
         # Intent first: once logged, a crash before "done" leaves the ids pending and a
         # retry re-applies the missing parts.
         unlogged = [e for e in batch if status[e.event_id] is None]
-        if unlogged:
-            self._eval("log", k.events, [*self._consts, *self._flat_records(unlogged)])
+        for start in range(0, len(unlogged), self.write_chunk):
+            self._write("log", self._flat_records(unlogged[start : start + self.write_chunk]))
         first = self._run_slot_ops(_stage_one(batch))
         self._run_slot_ops(_stage_two(batch, first))
-        pipe = self._pipeline()
+        pipe = self._write_pipeline()
         ttl = int(self._consts[3])
         for event in batch:
             pipe.set(k.event_status(event.event_id), "done", ex=ttl or None)
@@ -878,13 +1043,14 @@ class RedisStore:
         """
         if not ops:
             return {}
-        tags = list(ops)
+        # One script call per chunk of a tag's operations, so none blocks its node long.
+        calls = [(tag, ops[tag][at : at + self.write_chunk]) for tag in ops for at in range(0, len(ops[tag]), self.write_chunk)]
         for attempt in (0, 1):
             sha = self._sha("slot")
-            pipe = self._pipeline()
-            for tag in tags:
+            pipe = self._write_pipeline()
+            for tag, part in calls:
                 args = [*self._consts, self.keys.part_prefix(tag)]
-                for op in ops[tag]:
+                for op in part:
                     args.extend(op + [""] * (OP_WIDTH - len(op)))
                 # ClusterPipeline blocks .evalsha(); the raw command is routed by its key.
                 pipe.execute_command("EVALSHA", sha, 1, self.keys.tag_key(tag), *args)
@@ -895,7 +1061,7 @@ class RedisStore:
                 if attempt:
                     raise
                 self._shas.clear()
-        return {(tag, op[0]): result for tag, reply in zip(tags, replies) for op, result in zip(ops[tag], reply)}
+        return {(tag, op[0]): result for (tag, part), reply in zip(calls, replies) for op, result in zip(part, reply)}
 
     # -- health ------------------------------------------------------------------------
 
@@ -907,6 +1073,8 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+        if self.write_client is not self.client:
+            self.write_client.close()
 
 
 # -- the cluster's two stages ---------------------------------------------------------

@@ -45,3 +45,64 @@ def test_records_round_trip():
     event = Event("e", EventKind.ITEM_UPSERT, 5.0, item_id="i", seller_id="s", created_at=4.0, stock=2, price=9.5, category="c")
     assert Event.from_record(event.to_record()) == event
     assert Event.from_record(like().to_record()) == like()
+
+
+def test_batch_errors_name_the_events_field_without_an_index():
+    from stores.events import MAX_BATCH
+
+    for batch, message in (([], "events: batch is empty"), ([like(f"e{i}") for i in range(MAX_BATCH + 1)], "batch larger than")):
+        with pytest.raises(EventValidationError) as error:
+            validate_batch(batch)
+        assert (error.value.index, error.value.field, error.value.path) == (None, "events", "events")
+        assert str(error.value).startswith("events: ") and message in str(error.value)
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([like("ok"), like("bad", item_id="")])
+    assert (error.value.path, error.value.description) == ("events[1].item_id", "must not be empty")
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (like(ts=NOW + 86_401), "ts"),
+        (like(ts=1e300), "ts"),
+        (Event("e", EventKind.ITEM_UPSERT, NOW, item_id="i", seller_id="s", created_at=4e9), "created_at"),
+        (Event("e", EventKind.ITEM_UPSERT, NOW, item_id="i", seller_id="s", created_at=1e300), "created_at"),
+        (Event("e", EventKind.SELLER_VACATION, NOW, seller_id="s", vacation_until=NOW + 400 * 86_400), "vacation_until"),
+    ],
+)
+def test_times_from_the_future_are_rejected_given_the_clock(event, field):
+    validate_batch([event])  # without a clock, times are not checked against it
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([like("ok", ts=NOW), event], now=NOW)
+    assert (error.value.index, error.value.field) == (1, field)
+
+
+def test_times_within_the_skew_and_open_ended_vacations_pass():
+    validate_batch([
+        like(ts=NOW + 86_000),
+        Event("u", EventKind.ITEM_UPSERT, NOW, item_id="i", seller_id="s", created_at=NOW + 3_600),
+        Event("v", EventKind.SELLER_VACATION, NOW, seller_id="s", vacation_until=float("inf")),
+        Event("w", EventKind.SELLER_VACATION, NOW, seller_id="t", vacation_until=NOW + 30 * 86_400),
+    ], now=NOW)  # fmt: skip
+    with pytest.raises(EventValidationError):
+        validate_batch([like(ts=NOW + 120)], now=NOW, max_skew=60)
+
+
+def test_every_string_field_of_an_event_is_capped():
+    long = "x" * 5_000
+    for event, field in (
+        (like(event_id=long), "event_id"),
+        (like(user_id=long), "user_id"),
+        (Event("e", EventKind.FOLLOW, 1.0, user_id="u", seller_id=long), "seller_id"),
+        (Event("e", EventKind.SHARE, 1.0, user_id="u", item_id="i", friend_id=long), "friend_id"),
+        (Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", title=long), "title"),
+        (Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", category=long), "category"),
+        (Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", image_url="https://x/" + long), "image_url"),
+        (Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", currency=long), "currency"),
+    ):
+        with pytest.raises(EventValidationError) as error:
+            validate_batch([event])
+        assert error.value.field == field

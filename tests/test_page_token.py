@@ -39,3 +39,62 @@ def test_a_token_from_another_secret_is_rejected():
     token = PageTokenCodec(b"o" * 32).encode("alice", EMPTY.plus(["i1"]))
     with pytest.raises(PageTokenError):
         CODEC.decode("alice", token)
+
+
+def test_a_token_expires_after_the_ttl():
+    codec = PageTokenCodec(b"k" * 32, ttl_seconds=600)
+    token = codec.encode("alice", EMPTY.plus(["i1"]), now=1_000_000.0)
+    assert "i1" in codec.decode("alice", token, now=1_000_599.0)
+    with pytest.raises(PageTokenError, match="expired"):
+        codec.decode("alice", token, now=1_000_601.0)
+    # A token from the future (beyond clock skew between servers) is not accepted either.
+    with pytest.raises(PageTokenError, match="expired"):
+        codec.decode("alice", token, now=1_000_000.0 - 3_600)
+    # TTL 0: never expires.
+    forever = PageTokenCodec(b"k" * 32, ttl_seconds=0)
+    assert len(forever.decode("alice", forever.encode("alice", EMPTY.plus(["i1"]), now=0.0), now=4e9)) == 1
+
+
+def test_the_default_ttl_is_an_hour():
+    token = CODEC.encode("alice", EMPTY.plus(["i1"]), now=1_000_000.0)
+    CODEC.decode("alice", token, now=1_000_000.0 + 3_599)
+    with pytest.raises(PageTokenError, match="expired"):
+        CODEC.decode("alice", token, now=1_000_000.0 + 3_601)
+
+
+def test_a_token_signed_with_a_previous_secret_works_during_the_rotation():
+    old, new = b"o" * 32, b"n" * 32
+    token = PageTokenCodec(old).encode("alice", EMPTY.plus(["i1", "i2"]))
+    rotating = PageTokenCodec(new, previous=[old])
+    assert rotating.decode("alice", token) == EMPTY.plus(["i1", "i2"])
+    # New tokens are signed with the new secret: servers still on the old one alone reject them ...
+    fresh = rotating.encode("alice", EMPTY.plus(["i3"]))
+    with pytest.raises(PageTokenError, match="signed by another server or key"):
+        PageTokenCodec(old).decode("alice", fresh)
+    # ... and once the old secret is dropped, its tokens are rejected for what they are.
+    with pytest.raises(PageTokenError, match="signed by another server or key"):
+        PageTokenCodec(new).decode("alice", token)
+    # The rotation does not weaken the user binding.
+    with pytest.raises(PageTokenError, match="another user"):
+        rotating.decode("bob", token)
+
+
+def test_a_token_from_another_key_says_so_rather_than_tampered():
+    token = PageTokenCodec(b"o" * 32).encode("alice", EMPTY.plus(["i1"]))
+    with pytest.raises(PageTokenError) as error:
+        CODEC.decode("alice", token)
+    assert "signed by another server or key" in str(error.value) and "tampered" not in str(error.value)
+
+
+def test_tokens_longer_than_any_issued_are_rejected_before_decoding():
+    codec = PageTokenCodec(b"k" * 32, max_served=10)
+    deepest = codec.encode("alice", EMPTY.plus([f"i{n}" for n in range(110)]))
+    assert len(deepest) <= codec.max_token_chars
+    with pytest.raises(PageTokenError, match="longer than"):
+        codec.decode("alice", "A" * (codec.max_token_chars + 1))
+
+
+@pytest.mark.parametrize("options", [dict(previous=[b"short"]), dict(ttl_seconds=-1), dict(max_served=0), dict(max_served=10**6)])
+def test_bad_codec_settings_are_refused(options):
+    with pytest.raises(ValueError):
+        PageTokenCodec(b"k" * 32, **options)
