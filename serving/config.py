@@ -25,10 +25,14 @@ from typing import Any
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from serving import auth
 from serving.logs import LOG_FORMATS, LOG_LEVELS
+from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED
 from serving.store_url import FSYNC_POLICIES, Durability
+from stores.events import DEFAULT_MAX_CLOCK_SKEW
+from stores.memory import DEFAULT_DEDUPE_TTL, DEFAULT_MAX_FOLLOWS, DEFAULT_MAX_FRIENDS
 
 ENV_PREFIX = "FEEDRANK_"
 TOKEN_SECRET_ENV = "FEEDRANK_TOKEN_SECRET"
+PREVIOUS_SECRETS_ENV = "FEEDRANK_TOKEN_SECRET_PREVIOUS"
 TOKENS_ENV = "FEEDRANK_TOKENS"
 CONFIG_ENV = "FEEDRANK_CONFIG"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -64,6 +68,15 @@ class ServerConfig:
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS  # FeedService RPCs in flight per process; 0: no limit
     # Durability of the memory store (the write-ahead log: serving/store_url.py).
     durability: Durability = Durability()
+    # Page tokens (serving/page_token.py): secrets still accepted during a rotation, lifetime, depth.
+    previous_token_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    token_ttl_seconds: float = DEFAULT_TOKEN_TTL_SECONDS
+    max_feed_depth: int = DEFAULT_MAX_SERVED
+    max_clock_skew_seconds: float = DEFAULT_MAX_CLOCK_SKEW  # ingested times may be at most this far ahead
+    # Store limits: graph degrees at ingest, how long applied event ids are remembered.
+    max_friends: int = DEFAULT_MAX_FRIENDS
+    max_follows: int = DEFAULT_MAX_FOLLOWS
+    dedupe_ttl_seconds: float = DEFAULT_DEDUPE_TTL
     worker_index: int = 0  # which of --workers this process is (set by serve())
 
 
@@ -199,6 +212,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
     Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request or response message; a larger one gets RESOURCE_EXHAUSTED", "limits", minimum=1024),
     Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (running or queued for --threads) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit", "limits", minimum=0),
+    Flag("token_ttl_seconds", float, DEFAULT_TOKEN_TTL_SECONDS, "a page token expires this long after it was issued; 0: never", "limits", minimum=0),
+    Flag("max_feed_depth", int, DEFAULT_MAX_SERVED, f"items a user can page through in one feed; a token past it gets OUT_OF_RANGE (at most {MAX_SERVED})", "limits", minimum=1, maximum=MAX_SERVED),
+    Flag("max_clock_skew_seconds", float, DEFAULT_MAX_CLOCK_SKEW, "an ingested time (ts, created_at) this far past the server's clock is refused", "limits", minimum=0),
+    Flag("max_friends", int, DEFAULT_MAX_FRIENDS, "friends a user may have; a friend event past it is refused (memory and Redis); 0: no cap", "limits", minimum=0),
+    Flag("max_follows", int, DEFAULT_MAX_FOLLOWS, "sellers a user may follow; a follow past it is refused; 0: no cap", "limits", minimum=0),
+    Flag("dedupe_ttl_seconds", float, DEFAULT_DEDUPE_TTL, "how long an applied event id is remembered (a retry within it is a duplicate); 0: forever", "limits", minimum=0),
+    Flag("max_follows_read", int, _FEED.max_follows_read, "followed sellers whose listings one feed reads (the most recently liked first)", "feed", minimum=1),
+    Flag("max_friends_read", int, _FEED.max_friends_read, "friends whose likes one feed reads (those who shared with the user first)", "feed", minimum=1),
     Flag("state_dir", str, None, "keep the memory store's acknowledged events here (write-ahead log and snapshots) and replay them on start; default: events are lost on restart", "durability", metavar="DIR"),
     Flag("fsync", str, "batch", "'batch': fsync the log before each Ingest is acknowledged; 'off': leave it to the OS (a crash of the machine may lose recent acks)", "durability", choices=FSYNC_POLICIES),
     Flag("snapshot_seconds", float, 300.0, "compact the write-ahead log into a snapshot this often; 0: never", "durability", minimum=0),
@@ -352,6 +373,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     except auth.TokenError as error:
         raise ConfigError(str(error)) from None
     secret = environ.get(TOKEN_SECRET_ENV) or None
+    previous = tuple(p.strip().encode() for p in environ.get(PREVIOUS_SECRETS_ENV, "").split(",") if p.strip())
     return ServerConfig(
         models_dir=v["models"],
         store_url=v["store"],
@@ -375,6 +397,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
             fatigue_free_views=v["fatigue_free_views"],
             fatigue_sink=v["fatigue_sink"],
             fatigue_hide_views=v["fatigue_hide_views"],
+            max_follows_read=v["max_follows_read"],
+            max_friends_read=v["max_friends_read"],
             sources=sources,
         ),
         arms_file=v["arms"],
@@ -388,6 +412,13 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         max_message_bytes=v["max_message_bytes"],
         max_concurrent_rpcs=v["max_concurrent_rpcs"],
         durability=Durability(v["state_dir"], v["fsync"], v["snapshot_seconds"]),
+        previous_token_secrets=previous,
+        token_ttl_seconds=v["token_ttl_seconds"],
+        max_feed_depth=v["max_feed_depth"],
+        max_clock_skew_seconds=v["max_clock_skew_seconds"],
+        max_friends=v["max_friends"],
+        max_follows=v["max_follows"],
+        dedupe_ttl_seconds=v["dedupe_ttl_seconds"],
     )
 
 

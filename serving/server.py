@@ -438,9 +438,14 @@ class FeedServer:
         arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
         arms = load_arms(arms_file, self.config.feed) if arms_file else None
         pinned = load_pinned(arms, self.config.models_dir, {artifact.version: artifact})
-        store = open_store(self.config.store_url, self.config.data_dir, durability=self.config.durability)
+        config = self.config
+        limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
+        store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
+        codec = PageTokenCodec(
+            config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
+        )
         self.service = FeedService(
-            store, artifact, PageTokenCodec(self.config.token_secret), self.config.feed, arms=arms, pinned=pinned
+            store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds
         )
         if self.config.metrics_port:
             self.service.metrics.serve_http(self.config.metrics_port, self.config.host)

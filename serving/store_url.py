@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from stores import FeedStore
@@ -25,11 +26,17 @@ class Durability:
 
 
 def open_store(
-    url: str, data_dir: str | None = None, durability: Durability = Durability(), progress: bool = True
+    url: str,
+    data_dir: str | None = None,
+    durability: Durability = Durability(),
+    progress: bool = True,
+    limits: Mapping[str, float] = {},
 ) -> FeedStore:
     """'memory' loads ``data_dir`` (and with ``durability.state_dir`` replays the events
     acknowledged before, raising stores.wal.WalError, a ValueError, when it cannot);
-    redis:// and redis-cluster:// connect to Redis. ``progress`` draws the load's bar."""
+    redis:// and redis-cluster:// connect to Redis. ``progress`` draws the load's bar.
+    ``limits`` (max_friends, max_follows, dedupe_ttl) go to either store; on Redis an
+    option the URL's query sets wins."""
     if durability.state_dir is not None and url != "memory":
         raise ValueError("--state-dir is for the memory store; Redis keeps its own state")
     if durability.fsync not in FSYNC_POLICIES:
@@ -42,14 +49,14 @@ def open_store(
 
         dataset = load_dataset(data_dir)
         if durability.state_dir is None:
-            return MemoryStore.from_dataset(dataset, progress=progress)
+            return MemoryStore.from_dataset(dataset, progress=progress, **limits)
         from stores.durable import open_durable_memory
 
         return open_durable_memory(
-            dataset, durability.state_dir, durability.fsync, durability.snapshot_seconds, progress=progress
+            dataset, durability.state_dir, durability.fsync, durability.snapshot_seconds, progress=progress, **limits
         )
     if url.startswith(("redis://", "rediss://", "redis-cluster://", "unix://")):
         from stores.redis import RedisStore
 
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, options=limits)
     raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT")

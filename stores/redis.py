@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -693,15 +693,17 @@ class RedisStore:
         self.categories = Vocabulary()
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+    def from_url(cls, url: str, options: Mapping[str, Any] = {}, **kwargs: Any) -> RedisStore:
         """Connect lazily; ``kwargs`` are redis-py options (query options in the URL win).
 
         Our own options may be given in the query string too: recent_likes, listings,
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
         write_timeout (the writes' socket timeout, seconds; at least the reads'),
-        write_chunk, max_friends and max_follows (0 = no cap).
+        write_chunk, max_friends and max_follows (0 = no cap). ``options`` are our own
+        options too, for those the query does not set.
         """
         url, own = split_url(url)
+        own = {**options, **own}
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         read_timeout = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout", kwargs["socket_timeout"])

@@ -155,17 +155,17 @@ def test_durability_settings_reach_the_store(world, monkeypatch):
     opened = []
     real = server_module.open_store
 
-    def spy(url, data_dir=None, durability=Durability()):
-        opened.append(durability)
+    def spy(url, data_dir=None, durability=Durability(), limits={}):
+        opened.append((durability, limits))
         return real(url, data_dir)
 
     monkeypatch.setattr(server_module, "open_store", spy)
     args = parse("--models", str(world.models_dir), "--data", str(world.data_dir), "--port", "0",
-                 "--state-dir", "/tmp/state", "--fsync", "off", "--snapshot-seconds", "60")
-    server = server_module.FeedServer(resolve_config(args, {}))
+                 "--state-dir", "/tmp/state", "--fsync", "off", "--snapshot-seconds", "60", "--max-friends", "7")
+    server = server_module.FeedServer(resolve_config(args, {"FEEDRANK_DEDUPE_TTL_SECONDS": "60"}))
     server.start()
     server.stop(grace=0)
-    assert opened == [Durability("/tmp/state", "off", 60.0)]
+    assert opened == [(Durability("/tmp/state", "off", 60.0), {"max_friends": 7, "max_follows": 1000, "dedupe_ttl": 60})]
 
 
 # --- logs -----------------------------------------------------------------------------------------
@@ -323,3 +323,21 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
     (models / "CURRENT").write_text("v4\n")
     poll(40)
     assert configured == ["v4"] and attempts[-1][0] == "v4"
+
+
+def test_page_token_and_ingest_limits_come_from_flags_and_environment(world):
+    args = parse("--models", str(world.models_dir), "--data", str(world.data_dir), "--token-ttl-seconds", "60",
+                 "--max-feed-depth", "200", "--max-friends-read", "9")
+    environ = {"FEEDRANK_TOKEN_SECRET_PREVIOUS": "old-secret-0123456789, older-secret-0123456789",
+               "FEEDRANK_MAX_CLOCK_SKEW_SECONDS": "30", "FEEDRANK_TOKEN_TTL_SECONDS": "999"}
+    config = resolve_config(args, environ)
+    assert (config.token_ttl_seconds, config.max_feed_depth, config.max_clock_skew_seconds) == (60.0, 200, 30.0)
+    assert config.previous_token_secrets == (b"old-secret-0123456789", b"older-secret-0123456789")
+    assert config.feed.max_friends_read == 9
+    server = server_module.FeedServer(config)
+    server.start()
+    try:
+        codec = server.service.codec
+        assert (codec.ttl_seconds, codec.max_served) == (60.0, 200) and server.service.max_clock_skew == 30.0
+    finally:
+        server.stop(grace=0)
