@@ -16,7 +16,9 @@ After ``--seconds-before`` it SIGKILLs the primary that owns the most slots, kee
 load on for ``--seconds-after``, and reports: answers by outcome per second, the recovery
 time (kill to the first success after the last failure), and the acknowledged follows
 missing afterwards. ``--min-replicas N`` asks Ingest to wait for N replicas per write
-(Redis WAIT), which is what bounds the loss of acknowledged writes.
+(Redis WAIT), which is what bounds the loss of acknowledged writes; the shard that lost
+its primary has no replica left after the failover, so with N >= 1 its writes stay
+UNAVAILABLE (not replicated) until a replica is added back, while reads recover.
 """
 
 from __future__ import annotations
@@ -139,9 +141,13 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
     for thread in threads:
         thread.join()
 
-    failures = [t for t, _, outcome in outcomes if outcome != "ok" and t >= killed_at]
-    last_failure = max(failures, default=killed_at)
-    first_ok = min((t for t, _, outcome in outcomes if outcome == "ok" and t > last_failure), default=None)
+    def recovery(kinds: tuple[str, ...]) -> float | None:
+        """Kill to the first success after the last failure, of these RPCs."""
+        failures = [t for t, kind, outcome in outcomes if kind in kinds and outcome != "ok" and t >= killed_at]
+        last_failure = max(failures, default=killed_at)
+        first_ok = min((t for t, kind, outcome in outcomes if kind in kinds and outcome == "ok" and t > last_failure), default=None)
+        return None if first_ok is None else round(first_ok - killed_at, 2)
+
     store.close()
     missing = _missing_follows(cluster.url, acked)
     by_second: dict[int, Counter] = {}
@@ -151,7 +157,8 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
         "min_replicas": args.min_replicas,
         "node_timeout_ms": args.node_timeout_ms,
         "outcomes": dict(Counter(f"{kind} {outcome}" for _, kind, outcome in outcomes)),
-        "recovery_seconds": None if first_ok is None else round(first_ok - killed_at, 2),
+        "recovery_seconds": recovery(("GetFeed", "Ingest")),
+        "recovery_seconds_by_rpc": {kind: recovery((kind,)) for kind in ("GetFeed", "Ingest")},
         "acked_events": len(acked),
         "acked_events_missing": missing,
         "per_second_after_kill": {str(s): dict(c) for s, c in sorted(by_second.items()) if s >= -1},

@@ -240,12 +240,13 @@ class FeedService:
         more = bool(result.has_more and result.items) and len(served) < max_served
         return FeedPage(result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm)
 
-    def ingest(self, events: Sequence[Event], now: float | None = None) -> ApplyResult:
+    def ingest(self, events: Sequence[Event], now: float | None = None, min_replicas: int = 0) -> ApplyResult:
         """Validate the whole batch, then apply it atomically; raises EventValidationError first.
 
-        ``now`` (default: the clock) bounds the events' times (``max_clock_skew``).
+        ``now`` (default: the clock) bounds the events' times (``max_clock_skew``);
+        ``min_replicas``: see FeedStore.apply.
         """
         validate_batch(events, time.time() if now is None else now, self.max_clock_skew)
-        result = self.store.apply(events)
+        result = self.store.apply(events, min_replicas=min_replicas) if min_replicas else self.store.apply(events)
         self.metrics.observe_ingest(result.applied, result.duplicates)
         return result

@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedService, InvalidRequest
-from stores.base import StoreUnavailable
+from stores.base import NotReplicated, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
@@ -230,9 +230,11 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         received_at = time.time()
         try:
             events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
-            result = service.ingest(events, now=received_at)
+            result = service.ingest(events, now=received_at, min_replicas=request.min_replicas)
         except EventValidationError as error:
             abort_bad_request(context, error.path, error.description, str(error))
+        except NotReplicated as error:  # applied on the primaries: say so, a retry is safe
+            abort_unavailable(context, f"not replicated: {error}")
         except StoreUnavailable as error:
             _log_outage("Ingest", error)
             abort_unavailable(context, STORE_UNAVAILABLE)

@@ -22,11 +22,19 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached or did not answer in time."""
 
 
+class NotReplicated(StoreUnavailable):
+    """A batch was applied on the primaries but fewer replicas than asked confirmed it in time."""
+
+
 class FeedStore(FeedStateReader, Protocol):
     """A live store of items, likes, follows, friendships, stock and hidden items."""
 
-    def apply(self, events: Sequence[Event]) -> ApplyResult:
+    def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
         """Apply a validated batch atomically, in order.
+
+        ``min_replicas`` > 0 returns only once that many replicas hold the batch (raises
+        NotReplicated when fewer confirm in time); a store without replicas raises
+        EventValidationError on the field ``min_replicas``.
 
         Idempotent by event id: an event whose id was applied before changes nothing and
         is counted in ``duplicates``. Returns only once the change is durable in the store.

@@ -42,7 +42,7 @@ from ranking.store import Activity, ItemColumns, UserState
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 from stores.base import ApplyResult, StoreUnavailable
-from stores.events import Event, EventValidationError
+from stores.events import Event, EventValidationError, no_replicas
 from stores.memory import MemoryStore
 from stores.wal import Batch, LogReader, LogWriter, WalError, batch_record, encode_events, fsync_dir, header_record, truncate
 
@@ -162,13 +162,15 @@ class DurableStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Event]) -> ApplyResult:
+    def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
         """Apply a validated batch, log it, and return once the log is durable (see module doc).
+        No replicas: ``min_replicas`` must be 0.
 
         Raises EventValidationError (nothing applied, nothing logged) as MemoryStore.apply
         does, and StoreUnavailable once the log cannot be written: from then on every
         apply is refused and ``ping`` is False, until a restart replays the log.
         """
+        no_replicas(min_replicas)
         encoded = encode_events(events)  # the costly part, outside the lock
         with self._write_lock:
             self._check_usable()

@@ -203,6 +203,12 @@ class EventValidationError(ValueError):
         return self.field if self.index is None else f"events[{self.index}].{self.field}"
 
 
+def no_replicas(min_replicas: int) -> None:
+    """For a store without replicas: refuse a request to wait for some."""
+    if min_replicas:
+        raise EventValidationError(None, "min_replicas", "this store has no replicas to wait for; send 0")
+
+
 def _check_id(index: int, field: str, value: str) -> None:
     if not value:
         raise EventValidationError(index, field, "must not be empty")

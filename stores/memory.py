@@ -42,6 +42,7 @@ from stores.events import (
     ITEM_REFERENCES,
     Event,
     EventKind,
+    no_replicas,
     EventValidationError,
     check_degrees,
     first_error,
@@ -535,12 +536,13 @@ class MemoryStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Apply a validated batch atomically; see FeedStore.apply.
+    def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
+        """Apply a validated batch atomically; see FeedStore.apply (no replicas: ``min_replicas`` must be 0).
 
         Raises EventValidationError, before changing anything, for a like or stock update
         of an item that neither exists nor is upserted earlier in the batch.
         """
+        no_replicas(min_replicas)
         with self._lock:
             now = self._clock()
             self._forget_expired(now)

@@ -69,7 +69,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, StoreUnavailable
+from stores.base import ApplyResult, NotReplicated, StoreUnavailable
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -96,6 +96,7 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 # more than a few milliseconds. A full batch (MAX_BATCH events) in one script took
 # 0.27-0.39 s: past the read timeout, it was reported UNAVAILABLE although applied.
 DEFAULT_WRITE_CHUNK = 500
+DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -105,7 +106,7 @@ DEFAULT_WRITE_TIMEOUT = 1.0
 # (socket_timeout, socket_connect_timeout, ...).
 _OWN_OPTIONS = {
     "recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str,
-    "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int,
+    "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int, "wait_timeout_ms": int,
 }  # fmt: skip
 
 # Event.to_record() field order: the Lua scripts read records positionally.
@@ -661,6 +662,7 @@ class RedisStore:
         prefix: str = DEFAULT_PREFIX,
         write_client: redis.Redis | RedisCluster | None = None,
         write_chunk: int = DEFAULT_WRITE_CHUNK,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
         max_friends: int = DEFAULT_MAX_FRIENDS,
         max_follows: int = DEFAULT_MAX_FOLLOWS,
     ) -> None:
@@ -671,6 +673,7 @@ class RedisStore:
         self.client = client
         self.write_client = client if write_client is None else write_client
         self.write_chunk = write_chunk
+        self.wait_timeout_ms = wait_timeout_ms
         self.max_friends = max_friends
         self.max_follows = max_follows
         self.is_cluster = isinstance(client, RedisCluster)
@@ -699,7 +702,7 @@ class RedisStore:
         Our own options may be given in the query string too: recent_likes, listings,
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
         write_timeout (the writes' socket timeout, seconds; at least the reads'),
-        write_chunk, max_friends and max_follows (0 = no cap). ``options`` are our own
+        write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms. ``options`` are our own
         options too, for those the query does not set.
         """
         url, own = split_url(url)
@@ -893,21 +896,53 @@ class RedisStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Event]) -> ApplyResult:
+    def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
         """Apply a validated batch; see FeedStore.apply and the module docstring.
 
         Raises EventValidationError, before writing anything, for a like or stock update
         of an item that neither exists nor is upserted earlier in the batch, and for a
-        graph edit past ``max_friends`` / ``max_follows``.
+        graph edit past ``max_friends`` / ``max_follows``. With ``min_replicas``, returns
+        once that many replicas of every primary written to hold the batch (NotReplicated
+        when fewer confirm within ``wait_timeout_ms``).
         """
         if not events:
             return ApplyResult(applied=0, duplicates=0)
+        if min_replicas < 0:
+            raise EventValidationError(None, "min_replicas", "must be >= 0")
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                return self._apply_partitioned(events)
-            if len(events) > self.write_chunk:
-                return self._apply_chunked(events)
-            return self._apply_atomic(events)
+                result, tags = self._apply_partitioned(events)
+            else:
+                result, tags = self._apply_chunked(events) if len(events) > self.write_chunk else self._apply_atomic(events), ["log"]
+            if min_replicas and result.applied:
+                self._wait_for_replicas(tags, min_replicas)
+            return result
+
+    def _wait_for_replicas(self, tags: Sequence[str], min_replicas: int) -> None:
+        """Redis WAIT on each primary that holds one of ``tags``.
+
+        WAIT covers the writes of its own connection, and a pooled write may have used
+        another: each primary gets a marker write and the WAIT on one connection. Its
+        replication stream is ordered, so once replicas hold the marker they hold every
+        write that finished before it, the batch's included.
+        """
+        targets: dict[str, tuple[Any, str]] = {}
+        for tag in tags:
+            key = f"{self.keys.prefix}{{{tag}}}:replicated"
+            if self.is_cluster:
+                node = self.write_client.get_node_from_key(key)
+                targets.setdefault(node.name, (self.write_client.get_redis_connection(node), key))
+            else:
+                targets.setdefault("", (self.write_client, key))
+        for client, key in targets.values():
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, "1", px=60_000)
+            pipe.execute_command("WAIT", min_replicas, self.wait_timeout_ms)
+            acked = int(pipe.execute()[1])
+            if acked < min_replicas:
+                raise NotReplicated(
+                    f"applied, but {acked} of {min_replicas} replicas confirmed within {self.wait_timeout_ms} ms; retrying is safe"
+                )
 
     def _sha(self, name: str) -> str:
         if name not in self._shas:
@@ -975,7 +1010,8 @@ class RedisStore:
             applied, duplicates = applied + int(reply[1]), duplicates + int(reply[2])
         return ApplyResult(applied=applied, duplicates=duplicates)
 
-    def _apply_partitioned(self, events: Sequence[Event]) -> ApplyResult:
+    def _apply_partitioned(self, events: Sequence[Event]) -> tuple[ApplyResult, list[str]]:
+        """The cluster's apply; also the hash tags it wrote to (for ``_wait_for_replicas``)."""
         k = self.keys
         event_ids = list(dict.fromkeys(e.event_id for e in events))
         referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in ITEM_REFERENCES))
@@ -1021,7 +1057,7 @@ class RedisStore:
             ),
         )
         if not fresh:
-            return ApplyResult(applied=0, duplicates=len(events))
+            return ApplyResult(applied=0, duplicates=len(events)), []
         batch = [events[i] for i in fresh]
 
         # Intent first: once logged, a crash before "done" leaves the ids pending and a
@@ -1029,14 +1065,16 @@ class RedisStore:
         unlogged = [e for e in batch if status[e.event_id] is None]
         for start in range(0, len(unlogged), self.write_chunk):
             self._write("log", self._flat_records(unlogged[start : start + self.write_chunk]))
-        first = self._run_slot_ops(_stage_one(batch))
-        self._run_slot_ops(_stage_two(batch, first))
+        stage_one = _stage_one(batch)
+        first = self._run_slot_ops(stage_one)
+        stage_two = _stage_two(batch, first)
+        self._run_slot_ops(stage_two)
         pipe = self._write_pipeline()
         ttl = int(self._consts[3])
         for event in batch:
             pipe.set(k.event_status(event.event_id), "done", ex=ttl or None)
         pipe.execute()
-        return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh))
+        return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh)), ["log", *stage_one, *stage_two]
 
     def _run_slot_ops(self, ops: dict[str, list[list[str]]]) -> dict[tuple[str, str], str]:
         """Run each tag's operations with one per-slot script call, all calls pipelined.

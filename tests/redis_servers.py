@@ -168,6 +168,11 @@ class RedisClusterServers:
                     if time.monotonic() > deadline:
                         raise RuntimeError("the test cluster did not reach cluster_state:ok")
                     time.sleep(0.05)
+                # A replica counts once its first sync is done: WAIT and failover need it.
+                while (info := client.info("replication")).get("role") == "slave" and info.get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a replica of the test cluster did not sync")
+                    time.sleep(0.05)
         return self
 
     def flushall(self) -> None:

@@ -237,10 +237,12 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., ts: _Optional[float] = ..., like: _Optional[_Union[UserItem, _Mapping]] = ..., unlike: _Optional[_Union[UserItem, _Mapping]] = ..., follow: _Optional[_Union[UserSeller, _Mapping]] = ..., unfollow: _Optional[_Union[UserSeller, _Mapping]] = ..., friend: _Optional[_Union[UserFriend, _Mapping]] = ..., unfriend: _Optional[_Union[UserFriend, _Mapping]] = ..., item_upsert: _Optional[_Union[ItemUpsert, _Mapping]] = ..., stock_update: _Optional[_Union[StockUpdate, _Mapping]] = ..., not_interested_item: _Optional[_Union[UserItem, _Mapping]] = ..., not_interested_seller: _Optional[_Union[UserSeller, _Mapping]] = ..., item_update: _Optional[_Union[ItemUpdate, _Mapping]] = ..., seller_vacation: _Optional[_Union[SellerVacation, _Mapping]] = ..., seller_vacation_end: _Optional[_Union[SellerVacationEnd, _Mapping]] = ..., share: _Optional[_Union[Share, _Mapping]] = ..., view: _Optional[_Union[UserItem, _Mapping]] = ..., click: _Optional[_Union[UserItem, _Mapping]] = ..., add_to_cart: _Optional[_Union[UserItem, _Mapping]] = ..., purchase: _Optional[_Union[UserItem, _Mapping]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "min_replicas")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    min_replicas: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., min_replicas: _Optional[int] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
     __slots__ = ("applied", "duplicates")

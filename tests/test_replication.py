@@ -1,0 +1,86 @@
+"""Ingest's min_replicas (Redis WAIT), and a Redis Cluster primary killed under load."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from benchmarks import bench_failover
+from protos.feed.v1 import feed_pb2
+from serving.load import load_into_redis
+from stores.base import NotReplicated
+from stores.events import Event, EventKind
+from stores.redis import RedisStore
+from tests.builders import NOW, social_dataset
+from tests.conftest import make_redis_store
+from tests.redis_servers import RedisClusterServers, RedisServer, require_redis
+from tests.test_grpc_feed import event, server, stub, world  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def primary_with_replica(tmp_path):
+    require_redis()
+    primary = RedisServer(tmp_path / "primary").start()
+    replica = RedisServer(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    with replica.client() as client:
+        deadline = time.monotonic() + 10
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+    yield primary, replica
+    replica.stop()
+    primary.stop()
+
+
+def _likes(n: int, start: int = 0) -> list[Event]:
+    return [Event(f"r{k}", EventKind.LIKE, NOW + k, user_id=f"w{k}", item_id="i1") for k in range(start, start + n)]
+
+
+def test_ingest_waits_for_the_replicas_it_asks_for(primary_with_replica):
+    primary, replica = primary_with_replica
+    store = RedisStore.from_url(primary.url + "?wait_timeout_ms=300")
+    load_into_redis(store.client, social_dataset())
+    assert store.apply(_likes(5), min_replicas=1).applied == 5
+    with replica.client() as client:  # acknowledged with min_replicas=1: already on the replica
+        assert all(client.hexists(f"fr:{{u:w{k}}}:liked", "i1") for k in range(5))
+    with pytest.raises(NotReplicated, match="1 of 2 replicas"):
+        store.apply(_likes(3, start=5), min_replicas=2)
+    assert store.apply(_likes(3, start=5), min_replicas=1).duplicates == 3  # it was applied: a retry is a no-op
+    store.close()
+
+
+def test_the_cluster_waits_on_every_primary_it_wrote_to(tmp_path):
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
+    try:
+        store = make_redis_store(cluster.url, social_dataset())
+        batch = _likes(30) + [Event("f1", EventKind.FOLLOW, NOW, user_id="w1", seller_id="s2")]
+        assert store.apply(batch, min_replicas=1).applied == 31
+        with pytest.raises(NotReplicated):
+            store.apply(_likes(2, start=100), min_replicas=2)
+        store.close()
+    finally:
+        cluster.stop()
+
+
+def test_the_memory_store_has_no_replicas_to_wait_for(stub):  # noqa: F811
+    request = feed_pb2.IngestRequest(events=[event(like=feed_pb2.UserItem(user_id="u00001", item_id="i000001"))], min_replicas=1)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Ingest(request, timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith("min_replicas:")
+
+
+def test_a_killed_cluster_primary_costs_seconds_of_unavailable_no_wrong_feed_and_no_acked_write():
+    require_redis()
+    report = bench_failover.main(["--users", "400", "--items", "800", "--seconds-before", "2", "--seconds-after", "10", "--min-replicas", "1"])
+    outcomes = report["outcomes"]
+    assert "GetFeed WRONG FEED" not in outcomes
+    assert outcomes.get("GetFeed UNAVAILABLE", 0) > 0, "the failover was not seen"
+    recovered = report["recovery_seconds_by_rpc"]["GetFeed"]
+    assert recovered is not None and recovered < 9, report["recovery_seconds_by_rpc"]
+    # Every write acknowledged after waiting for a replica survived the failover.
+    assert report["acked_events"] > 0 and report["acked_events_missing"] == 0
