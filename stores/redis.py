@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -608,6 +609,28 @@ def unavailable_on_redis_errors() -> Iterator[None]:
         raise
 
 
+class LazyCluster:
+    """A Redis Cluster client made on first use, and made again on the next use while it
+    cannot be: redis-py connects to the nodes when the client is made, and a server must
+    start while its cluster is down (health NOT_SERVING until the store answers)."""
+
+    def __init__(self, make: Callable[[], RedisCluster]) -> None:
+        self._make = make
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
     """A redis-py client for a redis://, rediss://, unix:// or redis-cluster:// URL.
 
@@ -617,7 +640,7 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
     """
     if url.startswith("redis-cluster://"):
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        return RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs)
+        return LazyCluster(lambda: RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs))
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
     return redis.Redis.from_url(url, decode_responses=True, **kwargs)
 
@@ -676,7 +699,7 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         self.max_friends = max_friends
         self.max_follows = max_follows
-        self.is_cluster = isinstance(client, RedisCluster)
+        self.is_cluster = isinstance(client, (RedisCluster, LazyCluster))
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
         self.listings_bound = listings

@@ -84,3 +84,38 @@ def test_a_killed_cluster_primary_costs_seconds_of_unavailable_no_wrong_feed_and
     assert recovered is not None and recovered < 9, report["recovery_seconds_by_rpc"]
     # Every write acknowledged after waiting for a replica survived the failover.
     assert report["acked_events"] > 0 and report["acked_events_missing"] == 0
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_server_started_while_its_store_is_down_comes_up_by_itself(world, tmp_path, kind):  # noqa: F811
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from stores.redis import connect
+    from tests.feed_world import running_server
+
+    require_redis()
+    store = RedisServer(tmp_path / "redis") if kind == "redis" else RedisClusterServers(tmp_path / "cluster")
+    try:
+        with running_server(world, store_url=store.url) as (feed_server, feed_stub):
+            with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+
+                def status():
+                    return health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+                assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+                with pytest.raises(grpc.RpcError) as error:
+                    feed_stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5)
+                assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+                store.start()
+                client = connect(store.url, socket_timeout=30.0)
+                load_into_redis(client, world.dataset)
+                client.close()
+                deadline = time.monotonic() + 20
+                while status() != health_pb2.HealthCheckResponse.SERVING:
+                    assert time.monotonic() < deadline, "the server did not come up by itself"
+                    time.sleep(0.1)
+                user = world.dataset.user_ids()[0]
+                assert feed_stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=5).items
+    finally:
+        store.stop()
