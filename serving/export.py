@@ -1,13 +1,16 @@
 """``python -m serving export``: write Redis's live state back as a dataset directory.
 
-  python -m serving export --redis URL --out DIR [--since STREAM_ID]
+  python -m serving export --redis URL --out DIR [--format csv|parquet] [--since STREAM_ID]
 
 Writes items.csv, likes.csv, follows.csv, friends.csv, when a seller is on vacation
 sellers.csv, and when users shared, clicked, carted or bought engagements.csv (one row
 per user, item, kind and friend, at its latest time; views are not kept per view in
 Redis, only the bounded fatigue state: the full history is in the event log, see
 ``--since``) (training.dataset format), so
-the trainer can retrain from live data. Keys are found with SCAN (on a cluster, on every
+the trainer can retrain from live data. With ``--format parquet`` the same tables are
+written as items.parquet, likes.parquet, ... (all six, one file each, in types Spark
+reads as they are: string, double, int64, bool); either format replaces the other's
+files of the same tables in DIR. Keys are found with SCAN (on a cluster, on every
 primary). Follows and friendships are kept in Redis as plain sets, so their ``ts`` column
 is empty; likes keep their time; items with no known ``created_at`` are written as 0.
 
@@ -35,7 +38,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -187,14 +190,17 @@ def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFI
     return count, last
 
 
-def export_from_redis(client: Any, out_dir: str, since: str | None = None, prefix: str = DEFAULT_PREFIX) -> ExportStats:
-    """Write the live state (and the events after ``since``, if given) into ``out_dir``.
+def export_from_redis(
+    client: Any, out_dir: str, since: str | None = None, prefix: str = DEFAULT_PREFIX, format: Literal["csv", "parquet"] = "csv"
+) -> ExportStats:
+    """Write the live state (and the events after ``since``, if given) into ``out_dir``,
+    the dataset as CSV or Parquet files (``format``); events.csv is CSV either way.
 
     Raises StoreUnavailable when Redis cannot be reached.
     """
     with unavailable_on_redis_errors():
         dataset = read_live_dataset(client, prefix)
-        write_dataset(dataset, out_dir)
+        write_dataset(dataset, out_dir, format=format)
         events, last = (0, None)
         if since is not None:
             events, last = write_events(client, os.path.join(out_dir, EVENTS_FILE), since, prefix)
@@ -205,13 +211,15 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
     parser.add_argument("--out", required=True, help="dataset directory to write (created if needed)")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                        help="dataset files to write: csv (default) or parquet (items.parquet, likes.parquet, ..., for Spark)")
     parser.add_argument("--since", help="also write events.csv with the log entries after this stream id (0 = all)")
     parser.add_argument("--no-progress", action="store_true", help="accepted like every command's (export draws no progress bar)")
     args = parser.parse_args(argv)
     client, own = connect_checked(args.redis, socket_timeout=60.0, socket_connect_timeout=5.0)
     try:
         with exit_on_redis_errors(args.redis):
-            stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX))
+            stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX), args.format)
     except OSError as error:
         sys.exit(f"error: --out {args.out}: {error.strerror or error}")
     finally:

@@ -32,10 +32,20 @@ and ``ship_days`` are whole numbers, also when written as ``18.0``.
 Bad values raise :class:`DatasetError` naming the file, the 1-based physical line (the
 header is line 1) and the column; loading goes on after one and reports up to
 MAX_REPORTED_ERRORS at once. Any bad file (not UTF-8, broken CSV) gives a DatasetError.
+
+Any table may be Parquet instead: ``likes.parquet``, a file or a directory of part files
+(``likes.parquet/part-*.parquet`` as Spark writes them), with the same columns and
+validation. Ids are strings (or integers, read as their digits); times numbers, ISO
+strings, timestamps or dates (-> Unix seconds; naive is UTC); the numeric columns numbers
+(or strings, parsed as in CSV); ``feed_eligible`` also booleans; null (and NaN) is empty.
+An error names the file or part file (``likes.parquet/part-00001.parquet``), the 1-based
+row in it as its line, and the column. A table in both formats is an error.
+:func:`write_dataset` writes either format.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import dataclasses
@@ -44,6 +54,7 @@ import hashlib
 import io
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -315,10 +326,14 @@ def _empty_edges() -> Edges:
 
 
 class _Table:
-    """The columns of one CSV file plus a map from data row index to physical line."""
+    """The columns of one CSV file plus a map from data row index to physical line.
+
+    A column is a list of str (CSV, and Parquet string columns; a Parquet null is "") or,
+    for a numeric Parquet column, a float64 array (NaN where null) or an int64 array.
+    """
 
     def __init__(
-        self, file: str, columns: dict[str, list[str]], lines: np.ndarray | None, n: int, errors: _Errors
+        self, file: str, columns: dict[str, Any], lines: np.ndarray | None, n: int, errors: _Errors
     ) -> None:
         self.file = file
         self.columns = columns
@@ -329,9 +344,38 @@ class _Table:
     def line(self, row: int) -> int:
         return int(self._lines[row]) if self._lines is not None else row + 2
 
+    def locate(self, row: int) -> tuple[str, int]:
+        """(file, line) of a data row, as a DatasetError names them."""
+        return self.file, self.line(row)
+
+    def where(self, row: int) -> str:
+        """A data row for a message: 'line 5'."""
+        return f"line {self.line(row)}"
+
     def report(self, row: int, column: str, message: str) -> None:
         """Record a bad value and go on (raises once too many are found)."""
-        self.errors.add(DatasetError(self.file, self.line(row), column, message))
+        file, line = self.locate(row)
+        self.errors.add(DatasetError(file, line, column, message))
+
+
+class _ParquetTable(_Table):
+    """A Parquet file or directory of part files: rows are numbered from 1 in each file."""
+
+    def __init__(self, file: str, parts: list[tuple[str, int]], columns: dict[str, Any], n: int, errors: _Errors) -> None:
+        super().__init__(file, columns, None, n, errors)
+        self.parts = parts  # (name as reported, first row), in row order
+        self._starts = [start for _, start in parts]
+
+    def locate(self, row: int) -> tuple[str, int]:
+        name, start = self.parts[bisect.bisect_right(self._starts, row) - 1]
+        return name, row - start + 1
+
+    def line(self, row: int) -> int:
+        return self.locate(row)[1]
+
+    def where(self, row: int) -> str:
+        name, number = self.locate(row)
+        return f"row {number}" if name == self.file else f"row {number} of {name}"
 
 
 def _is_stripped(name: str) -> bool:
@@ -518,6 +562,152 @@ def _rows_with_lines(path: str, file: str) -> tuple[np.ndarray, list[list[str]]]
     return np.asarray(lines, dtype=np.int64), rows
 
 
+# --------------------------------------------------------------------------- Parquet
+
+PARQUET = ".parquet"
+_TEXT_COLUMNS = frozenset({"item_id", "seller_id", "user_id", "friend_id", "kind", "category", "title", "image_url", "currency"})
+_TIME_COLUMNS = frozenset({"ts", "created_at", "vacation_until"})
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def parquet_name(file: str) -> str:
+    """The Parquet name of a table given by its CSV name: likes.csv -> likes.parquet."""
+    return file.removesuffix(".csv") + PARQUET
+
+
+def _source(directory: str, file: str) -> str | None:
+    """The name of what holds table ``file`` (a CSV name) in ``directory``: ``file``, its
+    Parquet file or directory, or None. Both present is reported by _check_directory."""
+    if os.path.isfile(os.path.join(directory, file)):
+        return file
+    name = parquet_name(file)
+    return name if os.path.exists(os.path.join(directory, name)) else None
+
+
+def _parquet_parts(directory: str, name: str) -> list[tuple[str, str]]:
+    """(name as reported, path) of the file ``name`` or of the part files in directory
+    ``name`` (every *.parquet but hidden ones: Spark's _SUCCESS and .crc files are skipped)."""
+    path = os.path.join(directory, name)
+    if not os.path.isdir(path):
+        return [(name, path)]
+    parts = sorted(p for p in os.listdir(path) if p.endswith(PARQUET) and not p.startswith((".", "_")))
+    return [(f"{name}/{p}", os.path.join(path, p)) for p in parts]
+
+
+def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str]) -> _ParquetTable | None:
+    """Table ``file`` (its CSV name) from its Parquet file or part files, with the columns
+    converted for the validators; None after reporting why it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = parquet_name(file)
+    required, optional = _SCHEMA[file]
+    known = required + optional
+    files = _parquet_parts(directory, name)
+    if not files:
+        errors.add(DatasetError(name, 0, "<file>", "a directory without part files (*.parquet)"))
+        return None
+    pieces: list[tuple[str, int, dict[str, Any]]] = []  # (name, rows, columns)
+    ignored: dict[str, None] = {}
+    broken = False
+    for shown, path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+            columns = parquet.schema_arrow.names
+            problems = [f"duplicate column {c!r}" for c in sorted(set(columns)) if c in known and columns.count(c) > 1]
+            problems += [f"missing required column {c!r} (columns: {', '.join(required)}"
+                         + (f"[, {', '.join(optional)}]" if optional else "") + ")" for c in required if c not in columns]
+            for problem in problems:
+                errors.add(DatasetError(shown, 0, "<file>", problem))
+            if problems:
+                broken = True
+                continue
+            ignored.update((c, None) for c in columns if c not in known)
+            wanted = [c for c in known if c in columns]
+            data = parquet.read(columns=wanted, use_threads=True)
+        except (pa.ArrowException, OSError) as error:
+            errors.add(DatasetError(shown, 0, "<file>", f"not a readable Parquet file: {error}"))
+            broken = True
+            continue
+        converted: dict[str, Any] = {}
+        for column in wanted:
+            values = _parquet_column(column, data.column(column))
+            if isinstance(values, str):
+                errors.add(DatasetError(shown, 0, "<file>", f"column {column!r}: {values}, got Parquet type {data.schema.field(column).type}"))
+                broken = True
+            else:
+                converted[column] = values
+        pieces.append((shown, data.num_rows, converted))
+    if ignored:
+        names = ", ".join(repr(c) for c in ignored)
+        warnings.append(f"{name}: ignored column{'s' if len(ignored) > 1 else ''} {names} (not one of {', '.join(known)})")
+    if broken:
+        return None
+    present = [c for c in known if any(c in columns for _, _, columns in pieces)]
+    parts: list[tuple[str, int]] = []
+    start = 0
+    for shown, rows, _ in pieces:
+        parts.append((shown, start))
+        start += rows
+    columns = {c: _concat([cols.get(c) for _, _, cols in pieces], [rows for _, rows, _ in pieces], c) for c in present}
+    return _ParquetTable(name, parts, columns, start, errors)
+
+
+def _parquet_column(name: str, column: Any) -> list[str] | np.ndarray | str:
+    """A Parquet column as the validators take it: a list of str for text (null: ""), a
+    float64 array for numbers, booleans and times in Unix seconds (NaN where null), an
+    int64 array for a stock without nulls. A string column of numbers or times is kept as
+    text, parsed as in CSV. A type that does not fit the column: what was expected (a str)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column, t = column.cast(t.value_type), t.value_type
+    string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    textual = pa.types.is_string(t) or pa.types.is_large_string(t) or string_view(t) or pa.types.is_null(t)
+    if name in _TEXT_COLUMNS:
+        if not (textual or (name.endswith("_id") and pa.types.is_integer(t))):
+            return "expected strings" + (" or integers" if name.endswith("_id") else "")
+        column = column.cast(pa.string())
+        if column.null_count:
+            column = pc.fill_null(column, "")
+        return _shared_strings(column) if _is_stripped(name) else column.to_pylist()
+    if textual and not pa.types.is_null(t):
+        return (pc.fill_null(column, "") if column.null_count else column).to_pylist()
+    if name in _TIME_COLUMNS and (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+        if pa.types.is_date(t):
+            column = column.cast(pa.timestamp("s"))
+        scale = _UNIT_SECONDS[column.type.unit]
+        return column.cast(pa.int64()).cast(pa.float64()).to_numpy() / scale
+    if name == "stock" and pa.types.is_integer(t) and t != pa.uint64() and not column.null_count:
+        return column.cast(pa.int64()).to_numpy()
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
+    if numeric or (name == "feed_eligible" and pa.types.is_boolean(t)):
+        return column.cast(pa.float64()).to_numpy()
+    if name in _TIME_COLUMNS:
+        return "expected numbers (Unix seconds), ISO-8601 strings or timestamps"
+    return "expected " + ("booleans, numbers or strings" if name == "feed_eligible" else "numbers or strings")
+
+
+def _concat(pieces: list[Any], rows: list[int], name: str) -> list[str] | np.ndarray:
+    """One column from the part files' (None: a part without this optional column, all null)."""
+    if len(pieces) == 1 and pieces[0] is not None:
+        return pieces[0]
+    text = name in _TEXT_COLUMNS or any(isinstance(p, list) for p in pieces)
+    if not text:
+        return np.concatenate([np.full(n, np.nan) if p is None else p for p, n in zip(pieces, rows)])
+    out: list[str] = []
+    for p, n in zip(pieces, rows):
+        if p is None:
+            out.extend([""] * n)
+        elif isinstance(p, np.ndarray):  # numbers beside text in another part: as CSV text
+            out.extend(str(v) if p.dtype.kind == "i" else _format_time(v) for v in p.tolist())
+        else:
+            out.extend(p)
+    return out
+
+
 # --------------------------------------------------------------------------- values
 
 
@@ -539,8 +729,25 @@ def _parse_time(text: str) -> float:
     return value
 
 
+def _shown(values: Any, i: int) -> str:
+    """Value ``i`` of a column for a message: the text's repr, or the Parquet number ('null' when null)."""
+    if isinstance(values, np.ndarray):
+        v = values[i].item()
+        return "null" if isinstance(v, float) and math.isnan(v) else repr(v)
+    return repr(values[i])
+
+
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
     values = table.columns[column]
+    if isinstance(values, np.ndarray):  # Parquet numbers or timestamps, as seconds; NaN where null
+        out = values.astype(np.float64)
+        for i in np.flatnonzero(np.isinf(out)).tolist():
+            table.report(i, column, f"{_TIME_EXPECTED}, got {_shown(values, i)}")
+        if not allow_empty:
+            for i in np.flatnonzero(np.isnan(out)).tolist():
+                table.report(i, column, "must not be empty")
+        out[np.isinf(out)] = np.nan
+        return out
     try:
         # Fast path: every value is a plain number (the common case for machine-written data).
         out = np.array(values, dtype=np.float64)
@@ -578,6 +785,12 @@ def _whole_number(text: str) -> int:
 def _stock(table: _Table, column: str) -> np.ndarray:
     values = table.columns[column]
     expected = "expected a non-negative integer"
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":  # Parquet numbers; NaN where null
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(values) & (values >= 0) & (values < 2.0**63) & (np.floor(values) == values)
+        for i in np.flatnonzero(~ok).tolist():
+            table.report(i, column, f"{expected}, got {_shown(values, i)}")
+        return np.where(ok, values, 0).astype(np.int64)
     try:
         out = np.array(values, dtype=np.int64)
     except (ValueError, OverflowError):
@@ -593,7 +806,7 @@ def _stock(table: _Table, column: str) -> np.ndarray:
                 table.report(i, column, f"{expected}, got {v!r}")
         return out
     for i in np.flatnonzero(out < 0).tolist():
-        table.report(i, column, f"{expected}, got {values[i]!r}")
+        table.report(i, column, f"{expected}, got {_shown(values, i)}")
     return out
 
 
@@ -613,7 +826,7 @@ def _prices(table: _Table, column: str) -> np.ndarray:
                 out[i] = np.nan
                 table.report(i, column, f"{expected}, got {v!r}")
     for i in np.flatnonzero(np.isinf(out) | (out < 0)).tolist():
-        table.report(i, column, f"{expected}, got {values[i]!r}")
+        table.report(i, column, f"{expected}, got {_shown(values, i)}")
     return out
 
 
@@ -667,6 +880,14 @@ def _weights(table: _Table, column: str) -> np.ndarray | None:
     if values is None:
         return None
     expected = "expected a positive number or empty"
+    if isinstance(values, np.ndarray):  # Parquet numbers; null (NaN) is 1
+        out = values.astype(np.float64)
+        out[np.isnan(out)] = 1.0
+        bad = ~(np.isfinite(out) & (out > 0))
+        for i in np.flatnonzero(bad).tolist():
+            table.report(i, column, f"{expected}, got {_shown(values, i)}")
+        out[bad] = 1.0
+        return out
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         try:
@@ -765,12 +986,19 @@ def _check_directory(path: str) -> None:
     if not os.path.isdir(path):
         what = "not a directory" if os.path.exists(path) else "no such directory"
         raise DatasetError("", 0, "<directory>", f"dataset directory {path}: {what}")
-    if not os.path.isfile(os.path.join(path, LIKES)):
+    both = [
+        DatasetError(file, 0, "<file>", f"both {file} and {parquet_name(file)} in dataset directory {path}: keep one of them")
+        for file in _SCHEMA
+        if os.path.isfile(os.path.join(path, file)) and os.path.exists(os.path.join(path, parquet_name(file)))
+    ]
+    if both:
+        raise DatasetError.of(both)
+    if _source(path, LIKES) is None:
         try:
-            found = sorted(name for name in os.listdir(path) if name.endswith(".csv"))
+            found = sorted(name for name in os.listdir(path) if name.endswith((".csv", PARQUET)))
         except OSError:
             found = []
-        holds = f"it holds {', '.join(found)}" if found else "it holds no .csv file"
+        holds = f"it holds {', '.join(found)}" if found else "it holds no .csv or .parquet file"
         raise DatasetError(LIKES, 0, "<file>", f"not found in dataset directory {path} (the one required file; {holds})")
 
 
@@ -779,9 +1007,14 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     errors = _Errors()
 
     def table(file: str) -> _Table | None:
-        if not os.path.isfile(os.path.join(path, file)):
+        source = _source(path, file)
+        if source is None:
             return None
+        if source != file:
+            return _read_parquet(path, file, errors, warnings)
         return _read_table(path, file, errors, warnings)
+
+    items_name, likes_name = _source(path, ITEMS), _source(path, LIKES) or LIKES
 
     like_users: list[str] = []
     like_items: list[str] = []
@@ -795,7 +1028,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
         like_weight = _weights(likes_t, "weight")
 
     items: Items | None = None  # None: items.csv is unreadable
-    has_items_file = os.path.isfile(os.path.join(path, ITEMS))
+    has_items_file = items_name is not None
     if has_items_file:
         items_t = table(ITEMS)
         if items_t is not None:
@@ -810,11 +1043,11 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
             if on_unknown_item == "error":
                 for i in unknown.tolist():
                     if like_items[i]:  # an empty id is reported already
-                        likes_t.report(i, "item_id", f"unknown item {like_items[i]!r} (not in {ITEMS})")
+                        likes_t.report(i, "item_id", f"unknown item {like_items[i]!r} (not in {items_name})")
             else:
                 warnings.append(
-                    f"{LIKES}: dropped {len(unknown)} likes of items not in {ITEMS} "
-                    f"(first on line {likes_t.line(int(unknown[0]))})"
+                    f"{likes_name}: dropped {len(unknown)} likes of items not in {items_name} "
+                    f"(first on {likes_t.where(int(unknown[0]))})"
                 )
                 rows = np.flatnonzero(keep).tolist()
                 like_users = [like_users[i] for i in rows]
@@ -836,7 +1069,9 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     engagements_t = table(ENGAGEMENTS_FILE)
     engagements = Engagements.none()
     if engagements_t is not None:
-        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id))
+        engagements = _load_engagements(
+            engagements_t, None if items is None else set(items.item_id), f"{items_name or ITEMS} or {likes_name}"
+        )
 
     errors.raise_any()
     assert items is not None
@@ -846,7 +1081,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
 
 
-def _load_engagements(t: _Table, known_items: set[str] | None) -> Engagements:
+def _load_engagements(t: _Table, known_items: set[str] | None, item_files: str = f"{ITEMS} or {LIKES}") -> Engagements:
     """``known_items`` None: items.csv could not be read, so unknown items are not checked."""
     user_id, item_id = _ids(t, "user_id"), _ids(t, "item_id")
     kind = t.columns["kind"]
@@ -856,7 +1091,7 @@ def _load_engagements(t: _Table, known_items: set[str] | None) -> Engagements:
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
         if known_items is not None and item and item not in known_items:
-            t.report(i, "item_id", f"unknown item {item!r} (not in {ITEMS} or {LIKES})")
+            t.report(i, "item_id", f"unknown item {item!r} (not in {item_files})")
         if friend and k != EventKind.SHARE.value and k in valid:
             t.report(i, "friend_id", f"only a share names a friend, not a {k}")
         if friend and friend == user:
@@ -869,9 +1104,16 @@ def _load_sellers(t: _Table) -> Sellers:
     first: dict[str, int] = {}
     for i, v in enumerate(seller_id):
         if v and first.setdefault(v, i) != i:
-            t.report(i, "seller_id", f"duplicate seller {v!r} (first on line {t.line(first[v])})")
+            t.report(i, "seller_id", f"duplicate seller {v!r} (first on {t.where(first[v])})")
+    values = t.columns["vacation_until"]
+    if isinstance(values, np.ndarray):  # Parquet numbers or timestamps; inf: until further notice
+        until = values.astype(np.float64)
+        for i in np.flatnonzero(np.isneginf(until)).tolist():
+            t.report(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {_shown(values, i)}")
+        until[np.isneginf(until)] = np.nan
+        return Sellers(seller_id, until)
     until = np.full(t.n, np.nan)
-    for i, v in enumerate(t.columns["vacation_until"]):
+    for i, v in enumerate(values):
         text = v.strip()
         if text.lower() == "inf":
             until[i] = np.inf
@@ -886,6 +1128,16 @@ def _load_sellers(t: _Table) -> Sellers:
 def _ship_days(table: _Table, column: str) -> np.ndarray | None:
     if column not in table.columns:
         return None
+    values = table.columns[column]
+    expected = f"expected whole days between 0 and {MAX_SHIP_DAYS} or empty"
+    if isinstance(values, np.ndarray):  # Parquet numbers; NaN where null
+        out = values.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(out) & ~((out >= 0) & (out <= MAX_SHIP_DAYS) & (np.floor(out) == out))
+        for i in np.flatnonzero(bad).tolist():
+            table.report(i, column, f"{expected}, got {_shown(values, i)}")
+        out[bad] = np.nan
+        return out
     out = np.full(table.n, np.nan)
     for i, v in enumerate(table.columns[column]):
         if v.strip():
@@ -896,7 +1148,7 @@ def _ship_days(table: _Table, column: str) -> np.ndarray | None:
             if 0 <= days <= MAX_SHIP_DAYS:
                 out[i] = days
             else:
-                table.report(i, column, f"expected whole days between 0 and {MAX_SHIP_DAYS} or empty, got {v!r}")
+                table.report(i, column, f"{expected}, got {v!r}")
     return out
 
 
@@ -904,6 +1156,10 @@ def _eligible(table: _Table, column: str) -> np.ndarray | None:
     values = table.columns.get(column)
     if values is None:
         return None
+    if isinstance(values, np.ndarray):  # Parquet booleans or numbers; null (NaN) is eligible
+        for i in np.flatnonzero(~(np.isnan(values) | (values == 0) | (values == 1))).tolist():
+            table.report(i, column, f"expected 1, 0 or empty, got {_shown(values, i)}")
+        return values != 0
     for i, v in enumerate(values):
         if v.strip() not in ("", "0", "1"):
             table.report(i, column, f"expected 1, 0 or empty, got {v!r}")
@@ -925,7 +1181,7 @@ def _load_items(t: _Table) -> Items:
         for i, v in enumerate(item_id):
             if v in first:
                 if v:
-                    t.report(i, "item_id", f"duplicate item {v!r} (first on line {t.line(first[v])})")
+                    t.report(i, "item_id", f"duplicate item {v!r} (first on {t.where(first[v])})")
             else:
                 first[v] = i
     return Items(
@@ -1047,15 +1303,91 @@ def _render(ds: Dataset) -> dict[str, str]:
     return out
 
 
-def write_dataset(dataset: Dataset, path: str) -> None:
-    """Write the CSV files into ``path`` (created if needed); sellers.csv only when a seller
-    has state, engagements.csv only when there are engagements.
+def _arrow_tables(ds: Dataset) -> dict[str, Any]:
+    """The dataset as one Arrow table per file (by CSV name), in plain types Spark reads:
+    string ids and text, double times and prices (null where unknown), int64 stock and
+    ship_days, bool feed_eligible. Every table and item column is there (a fixed schema),
+    except ``weight``, only on weighted likes, as in CSV."""
+    import pyarrow as pa
 
-    Output is deterministic (byte-identical for equal datasets) and
+    def text(values: list[str]) -> Any:
+        return pa.array(values, pa.string())
+
+    def doubles(values: np.ndarray) -> Any:
+        values = np.asarray(values, dtype=np.float64)
+        return pa.array(values, pa.float64(), mask=np.isnan(values))
+
+    def whole(values: np.ndarray) -> Any:
+        values = np.asarray(values, dtype=np.float64)
+        if not (np.isnan(values) | (np.floor(values) == values)).all():
+            return doubles(values)  # not whole days: loading says so, as it would in CSV
+        missing = np.isnan(values)
+        return pa.array(np.where(missing, 0, values).astype(np.int64), pa.int64(), mask=missing)
+
+    it = ds.items
+    out = {
+        ITEMS: pa.table({
+            "item_id": text(it.item_id), "seller_id": text(it.seller_id), "created_at": doubles(it.created_at),
+            "stock": pa.array(np.asarray(it.stock, dtype=np.int64), pa.int64()), "price": doubles(it.price),
+            "category": text(it.category), "title": text(it.title), "image_url": text(it.image_url),
+            "currency": text(it.currency), "ship_days": whole(it.ship_days),
+            "feed_eligible": pa.array(np.asarray(it.feed_eligible, dtype=bool), pa.bool_()),
+        })  # fmt: skip
+    }
+    for name, edges in ((LIKES, ds.likes), (FOLLOWS, ds.follows), (FRIENDS, ds.friends)):
+        src, dst, ts = _SCHEMA[name][0]
+        columns = {src: text(edges.src), dst: text(edges.dst), ts: doubles(edges.ts)}
+        if name == LIKES and edges.weight is not None:
+            columns["weight"] = doubles(edges.weight)
+        out[name] = pa.table(columns)
+    e = ds.engagements
+    out[ENGAGEMENTS_FILE] = pa.table({
+        "user_id": text(e.user_id), "item_id": text(e.item_id), "kind": text(e.kind), "ts": doubles(e.ts),
+        "friend_id": text(e.friend_id),
+    })  # fmt: skip
+    out[SELLERS] = pa.table({"seller_id": text(ds.sellers.seller_id), "vacation_until": doubles(ds.sellers.vacation_until)})
+    return out
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a directory (of Parquet parts), if there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"] = "csv") -> None:
+    """Write the dataset into ``path`` (created if needed) as CSV files or Parquet files.
+
+    CSV: sellers.csv only when a seller has state, engagements.csv only when there are
+    engagements; output is deterministic (byte-identical for equal datasets).
+    Parquet: one file per table (likes.parquet, ...), all six, in the types of
+    :func:`_arrow_tables`, which Spark reads as they are.
+    Either way the directory then holds this dataset only: the other format's files (or
+    Parquet part directories) of the same tables are removed, so it never holds both.
     ``load_dataset(path)`` returns an equal dataset when the input was valid
     (deduplicated edges, friendships with ``src < dst``, unique item ids).
     """
+    if format not in ("csv", "parquet"):
+        raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}")
     os.makedirs(path, exist_ok=True)
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        with _gc_paused():
+            tables = _arrow_tables(dataset)
+        for name, table in tables.items():
+            target = os.path.join(path, parquet_name(name))
+            tmp = os.path.join(path, f".{parquet_name(name)}.tmp")
+            pq.write_table(table, tmp)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        for name in _SCHEMA:
+            _remove(os.path.join(path, name))
+        return
     with _gc_paused():
         rendered = _render(dataset)
     for optional in (SELLERS, ENGAGEMENTS_FILE):
@@ -1067,6 +1399,8 @@ def write_dataset(dataset: Dataset, path: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, os.path.join(path, name))
+    for name in _SCHEMA:
+        _remove(os.path.join(path, parquet_name(name)))
 
 
 __all__ = [
