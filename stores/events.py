@@ -332,6 +332,18 @@ def degree_error(index: int, field: str, what: str, user_id: str, bound: int) ->
     return EventValidationError(index, field, f"{user_id!r} already has {bound} {noun}, the most allowed")
 
 
+def check_references(events: Sequence[Event], fresh: Sequence[int], exists: Callable[[str], bool]) -> None:
+    """Raise EventValidationError for the first of the ``fresh`` events that names an item
+    (ITEM_REFERENCES) the store does not hold (``exists``) and no earlier upsert of the batch adds."""
+    upserted: set[str] = set()
+    for index in fresh:
+        event = events[index]
+        if event.kind is EventKind.ITEM_UPSERT:
+            upserted.add(event.item_id)
+        elif event.kind in ITEM_REFERENCES and event.item_id not in upserted and not exists(event.item_id):
+            raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
+
+
 def check_degrees(
     events: Sequence[Event],
     indices: Iterable[int],

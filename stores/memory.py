@@ -39,13 +39,12 @@ from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
     ENGAGEMENTS,
-    ITEM_REFERENCES,
     Event,
     EventKind,
-    no_replicas,
-    EventValidationError,
     check_degrees,
+    check_references,
     first_error,
+    no_replicas,
 )
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset
@@ -548,7 +547,7 @@ class MemoryStore:
             self._forget_expired(now)
             fresh = self._unapplied(events)
             first_error(
-                lambda: self._check_references(events, fresh),
+                lambda: check_references(events, fresh, self._exists),
                 lambda: check_degrees(events, fresh, self._degree, self._has_edge, self.max_friends, self.max_follows),
             )
             forget_at = now + self.dedupe_ttl
@@ -584,15 +583,6 @@ class MemoryStore:
         code = self.items.code(item_id)
         return code >= 0 and code < len(self._catalogue.exists) and bool(self._catalogue.exists[code])
 
-    def _check_references(self, events: Sequence[Event], fresh: list[int]) -> None:
-        upserted: set[str] = set()
-        for index in fresh:
-            event = events[index]
-            if event.kind is EventKind.ITEM_UPSERT:
-                upserted.add(event.item_id)
-            elif event.kind in ITEM_REFERENCES:
-                if not self._exists(event.item_id) and event.item_id not in upserted:
-                    raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
 
     def _apply_one(self, event: Event) -> None:
         kind = event.kind

@@ -80,6 +80,7 @@ from stores.events import (
     EventKind,
     EventValidationError,
     check_degrees,
+    check_references,
     degree_error,
     first_error,
     graph_edges,
@@ -1063,18 +1064,8 @@ class RedisStore:
             seen.add(event.event_id)
             fresh.append(index)
 
-        def check_references() -> None:
-            upserted: set[str] = set()
-            for index in fresh:
-                event = events[index]
-                if event.kind is EventKind.ITEM_UPSERT:
-                    upserted.add(event.item_id)
-                elif event.kind in ITEM_REFERENCES:
-                    if not exists[event.item_id] and event.item_id not in upserted:
-                        raise EventValidationError(index, "item_id", f"unknown item {event.item_id!r}")
-
         first_error(
-            check_references,
+            lambda: check_references(events, fresh, lambda item: bool(exists[item])),
             lambda: check_degrees(
                 events, fresh, lambda what, user: degrees[(what, user)], lambda *edge: present[edge], self.max_friends, self.max_follows
             ),
