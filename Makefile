@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test install redis-server protos bench clean
+.PHONY: demo test install spark redis-server protos bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The Spark engine's extra (pyspark, about 450 MB): for the tests and `--engine spark`,
+# not for the demo. It needs Java 17: tests/test_spark.py names the apt package when it
+# is missing (a failure under CI=true, a skip otherwise).
+$(VENV)/.spark-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[spark]'
+	touch $@
+
+spark: $(VENV)/.spark-installed
 
 # Tests start their own redis-server processes; install the binary when it is missing.
 redis-server:
@@ -24,7 +33,7 @@ redis-server:
 demo: install
 	$(PY) -m serving demo --workdir $(DEMO_DIR)
 
-test: install redis-server
+test: install spark redis-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 protos: install

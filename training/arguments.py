@@ -202,3 +202,67 @@ def params_file_defaults(path: str) -> dict[str, object]:
         for key, value in values.items():
             defaults[key] = ",".join(value) if isinstance(value, list) else value
     return defaults
+
+
+ENGINES = ("implicit", "spark")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and the Spark session's flags (training.spark_engine)."""
+    from training.spark_engine import SparkSettings
+
+    d = SparkSettings()
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=ENGINES, default="implicit",
+                       help="implicit: one process (implicit ALS); spark: the interaction matrix, ALS and item-kNN "
+                            "on Apache Spark (needs the spark extra and Java 17); the same artifact either way "
+                            "(default: %(default)s)")
+    group.add_argument("--spark-master", default=d.master, metavar="URL",
+                       help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... (default: %(default)s)")
+    group.add_argument("--spark-driver-memory", default=d.driver_memory, metavar="SIZE",
+                       help="driver JVM heap; in local mode the executors live in it too (default: %(default)s)")
+    group.add_argument("--spark-executor-memory", default=d.executor_memory, metavar="SIZE",
+                       help="heap per executor on a cluster (default: %(default)s)")
+    group.add_argument("--spark-partitions", type=int, default=d.partitions, metavar="N",
+                       help="shuffle partitions and ALS user/item blocks; 0 = the session's cores "
+                            "(default: %(default)s)")
+    group.add_argument("--spark-checkpoint-dir", default=d.checkpoint_dir, metavar="DIR",
+                       help="where ALS cuts its lineage every 10 iterations; on a cluster a shared path "
+                            "(hdfs://, s3a://) (default: a temporary directory for local masters, else "
+                            "feedrank-spark-checkpoints on the cluster's default filesystem)")
+    group.add_argument("--spark-knn-max-user-items", type=int, default=d.knn_max_user_items, metavar="N",
+                       help="item-kNN on Spark: only each user's N heaviest items form co-occurring pairs (a user "
+                            "costs N^2 pairs); 0 = all (default: %(default)s)")
+    group.add_argument("--spark-conf", action="append", type=_spark_conf, default=[], metavar="KEY=VALUE",
+                       help="any other Spark setting, e.g. spark.executor.instances=50; repeatable; wins over the "
+                            "flags above")
+
+
+def _spark_conf(text: str) -> tuple[str, str]:
+    from training.spark_engine import parse_spark_conf
+
+    try:
+        return parse_spark_conf(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def spark_settings_from_args(args: argparse.Namespace):
+    """The training.spark_engine.SparkSettings of ``--spark-*``; ValueError when they are
+    given without ``--engine spark`` (they would be silently ignored)."""
+    from training.spark_engine import SparkSettings
+
+    settings = SparkSettings(
+        master=args.spark_master,
+        driver_memory=args.spark_driver_memory,
+        executor_memory=args.spark_executor_memory,
+        partitions=args.spark_partitions,
+        checkpoint_dir=args.spark_checkpoint_dir,
+        conf=tuple(args.spark_conf),
+        knn_max_user_items=args.spark_knn_max_user_items,
+    )
+    if args.engine != "spark" and replace(settings, app_name=SparkSettings().app_name) != SparkSettings():
+        raise ValueError("the --spark-* flags apply to --engine spark only")
+    if args.spark_partitions < 0:
+        raise ValueError(f"--spark-partitions: expected 0 or more, got {args.spark_partitions}")
+    return settings

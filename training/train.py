@@ -4,7 +4,9 @@
 
 Steps: load and validate the dataset, build the weighted interaction matrix (likes plus
 follows as extra seller columns), fit implicit ALS, build the MIPS index, evaluate,
-publish ``MODELS_DIR/<version>/`` and switch ``MODELS_DIR/CURRENT`` to it.
+publish ``MODELS_DIR/<version>/`` and switch ``MODELS_DIR/CURRENT`` to it. With
+``--engine spark`` the matrix, ALS and item-kNN run on Spark (training.spark_engine) and
+the same artifact is published.
 """
 
 from __future__ import annotations
@@ -118,20 +120,26 @@ def fitted_ranker_spec(
     ds: Dataset,
     params: TrainParams,
     ranker_params,
-    interactions: als.Interactions | None = None,
+    interactions: Any = None,
     settings: FeedSettings = FeedSettings(),
+    engine: Any = None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """The manifest "ranker" entry fitted on a validation split of ``ds`` (training.ranker_fit),
     and the fit part's factors to warm-start the served model from (None for the blend).
 
     Objective "blend" publishes the hand-set blend. When the data cannot support a fit
     (no validation user with a positive in their candidate pool, e.g. a toy dataset) the
-    blend is published too, and the manifest says why.
+    blend is published too, and the manifest says why. With ``engine`` (a
+    training.spark_engine.SparkEngine; ``interactions`` then its SparkInteractions) the
+    fit part's model is trained on Spark, and there are no factors to warm-start from.
     """
     if ranker_params.objective == "blend":
         return {**default_ranker_spec(), "fit": {"objective": "blend"}}, None
     try:
-        ranker, info, warm = fit_ranker(ds, params, settings, ranker_params, interactions)
+        if engine is not None:
+            ranker, info, warm = engine.fit_ranker(ds, params, settings, ranker_params, interactions)
+        else:
+            ranker, info, warm = fit_ranker(ds, params, settings, ranker_params, interactions)
     except ValueError as error:
         if params.show_progress:
             print(f"ranker: cannot fit ({error}); publishing the hand-set blend", flush=True)
@@ -146,10 +154,14 @@ def train_and_publish(
     evaluate_fn: EvaluateFn | None = None,
     ranker_params=None,
     settings: FeedSettings = FeedSettings(),
+    engine: Any = None,
 ) -> str:
     """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish; returns the version directory.
 
     ``ranker_params`` is a training.ranker_fit.RankerFitParams (default: its defaults).
+    ``engine``: None trains with implicit in this process; a training.spark_engine.SparkEngine
+    (whose session the caller owns) builds the matrix, ALS and item-kNN on Spark. Either
+    way the same artifact is published; the manifest's "engine" entry says which made it.
     """
 
     ranker_params = ranker_params or RankerFitParams()
@@ -160,11 +172,17 @@ def train_and_publish(
         ds = load_dataset(data_dir)
         fingerprint = ds.fingerprint()
     with _step("interactions", timings, verbose):
-        interactions = interactions_of(ds, params)
-    # The ranker's fit-part model is trained first; the served model starts from it.
+        interactions = interactions_of(ds, params) if engine is None else engine.interactions(ds, params)
+    # The ranker's fit-part model is trained first; the served model starts from it (implicit).
     with _step("ranker", timings, verbose):
-        ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings)
-    model, info = train(ds, params, interactions, initial=warm)
+        ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings, engine=engine)
+    if engine is None:
+        model, info = train(ds, params, interactions, initial=warm)
+        engine_info: dict[str, Any] = {"name": "implicit"}
+    else:
+        model, info = engine.train(ds, params, interactions)
+        interactions.frame.unpersist()
+        engine_info = engine.describe()
     timings.update(info.pop("timings"))
     metrics: dict[str, Any] = {}
     if evaluate_fn is not None:
@@ -177,6 +195,7 @@ def train_and_publish(
         "metrics": metrics,
         "ranker": ranker,
         "feed": {**asdict(settings), "sources": list(settings.sources)},
+        "engine": engine_info,
         "timings": timings,
     }
     with _step("publish", timings, verbose):

@@ -1,6 +1,7 @@
 """`python -m training train`: load, train, fit the ranker, evaluate, publish.
 
   python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
+  python -m training train --data DIR --out MODELS_DIR --engine spark --spark-master yarn
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from training.arguments import (
+    add_engine_arguments,
     add_eval_users_argument,
     add_feed_arguments,
     add_training_arguments,
@@ -15,6 +17,7 @@ from training.arguments import (
     parse_ks,
     ranker_params_from_args,
     settings_from_args,
+    spark_settings_from_args,
 )
 from training.experiment import held_out_evaluation
 from training.train import train_and_publish
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_eval_users_argument(parser)
     add_feed_arguments(parser)
     add_training_arguments(parser)
-
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -40,11 +43,23 @@ def run(args: argparse.Namespace) -> None:
     params = params_from_args(args)
     ranker_params = ranker_params_from_args(args)
     settings = settings_from_args(args)
+    spark = spark_settings_from_args(args)
+    ks = parse_ks(args.k)
+    if args.engine == "spark":
+        from training.spark_engine import spark_engine
+
+        with spark_engine(spark, verbose=params.show_progress) as engine:
+            evaluate_fn = (
+                None
+                if args.eval_split == "none"
+                else engine.held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
+            )
+            train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params,
+                              settings=settings, engine=engine)
+        return
     evaluate_fn = (
         None
         if args.eval_split == "none"
-        else held_out_evaluation(
-            args.eval_split, parse_ks(args.k), params, ranker_params, settings, max_users=args.eval_users
-        )
+        else held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
     )
     train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params, settings=settings)
