@@ -64,9 +64,13 @@ PYSPARK_HINT = "pip install -e '.[spark]'"
 MIN_RATING = 1e-6
 """Spark rating of a cell whose implicit confidence alpha * w is at most 1 (see above)."""
 COLLECT_CHUNK_BYTES = 256 << 20
-"""Bytes per collect when factors or neighbours come to the driver: bounds the driver's
-transient memory and stays under Spark's default spark.driver.maxResultSize (1g). Each
-chunk is one job over the cached result (100M users x 64 factors: 100 jobs)."""
+"""Largest bytes per collect when factors or neighbours come to the driver (a sixteenth of
+the driver heap when that is less): bounds the driver's transient memory and stays under
+Spark's default spark.driver.maxResultSize (1g). Each chunk is one job over the cached
+result (100M users x 64 factors: 100 jobs)."""
+KNN_PAIRS_PER_PARTITION = 1_000_000
+"""Item-kNN: co-occurring pair rows per shuffle partition (about 40 MB of rows per task)."""
+KNN_MAX_PARTITIONS = 100_000
 DEFAULT_KNN_MAX_USER_ITEMS = 1000
 """Item-kNN: a user's co-occurring pairs grow with the square of their items; only each
 user's heaviest this many items take part in the pairs (norms use all of them)."""
@@ -177,6 +181,12 @@ class SparkEngine:
         self.partitions = partitions
         self.checkpoint_dir = checkpoint_dir
         self.last_als: dict[str, Any] = {}
+        self.last_knn: dict[str, Any] = {}
+        try:
+            heap = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+        except Exception:  # noqa: BLE001 - a remote or unusual gateway: keep the default
+            heap = 16 * COLLECT_CHUNK_BYTES
+        self.collect_bytes = int(min(COLLECT_CHUNK_BYTES, max(16 << 20, heap // 16)))
 
     # ---- the session ---------------------------------------------------------------
 
@@ -189,6 +199,7 @@ class SparkEngine:
             "partitions": self.partitions,
             "knn_max_user_items": self.settings.knn_max_user_items,
             "als": dict(self.last_als),
+            "item_knn": dict(self.last_knn),
         }
 
     def jvm_peak_rss_bytes(self) -> int | None:
@@ -202,6 +213,17 @@ class SparkEngine:
         except (AttributeError, OSError, ValueError):
             return None
         return None
+
+    @contextlib.contextmanager
+    def _shuffle_partitions(self, n: int) -> Iterator[None]:
+        """spark.sql.shuffle.partitions = ``n`` for the queries run inside (AQE may coalesce them)."""
+        key = "spark.sql.shuffle.partitions"
+        before = self.spark.conf.get(key)
+        self.spark.conf.set(key, str(n))
+        try:
+            yield
+        finally:
+            self.spark.conf.set(key, before)
 
     def _frame(self, columns: Mapping[str, np.ndarray]) -> Any:
         """A Spark DataFrame from numpy columns (shipped as Arrow)."""
@@ -345,8 +367,8 @@ class SparkEngine:
             finalStorageLevel="MEMORY_AND_DISK",
         )
         model = estimator.fit(ratings)
-        users, present = collect_factors(model.userFactors, len(inter.user_ids), params.factors)
-        items, _ = collect_factors(model.itemFactors, inter.n_items, params.factors)
+        users, present = collect_factors(model.userFactors, len(inter.user_ids), params.factors, self.collect_bytes)
+        items, _ = collect_factors(model.itemFactors, inter.n_items, params.factors, self.collect_bytes)
         return users, items, present
 
     # ---- item-kNN ------------------------------------------------------------------------
@@ -390,10 +412,18 @@ class SparkEngine:
         if kind in ("cosine", "tfidf"):
             x = x.select("user", "item", (F.col("x") / F.sqrt(F.sum(F.col("x") * F.col("x")).over(per_item))).alias("x"))
         cap = self.settings.knn_max_user_items
-        if cap > 0:
+        x = base = x.persist(_storage_level())
+        most, pair_rows = x.groupBy("user").count().agg(
+            F.max("count"), F.sum(F.pow(F.least(F.col("count"), F.lit(cap or 2**31 - 1)).cast("double"), 2.0))
+        ).first()
+        if cap > 0 and (most or 0) > cap:
             heaviest = F.row_number().over(per_user.orderBy(F.desc("x"), "item"))
-            x = x.withColumn("_rank", heaviest).where(F.col("_rank") <= cap).drop("_rank")
-        x = x.persist(_storage_level())
+            x = x.withColumn("_rank", heaviest).where(F.col("_rank") <= cap).drop("_rank").persist(_storage_level())
+        # The pairs' shuffles get a partition per KNN_PAIRS_PER_PARTITION pair rows: with
+        # Spark's cores-sized default one task's sort can run out of execution memory.
+        shuffle = int(max(self.partitions, min(KNN_MAX_PARTITIONS, -(-(pair_rows or 0) // KNN_PAIRS_PER_PARTITION))))
+        self.last_knn = {"kind": kind, "pair_rows": int(pair_rows or 0), "max_user_items": int(most or 0),
+                         "shuffle_partitions": shuffle}
         a, b_ = x.alias("a"), x.alias("b")
         pairs = (
             a.join(b_, F.col("a.user") == F.col("b.user"))
@@ -403,17 +433,19 @@ class SparkEngine:
         )
         best = F.row_number().over(Window.partitionBy("item").orderBy(F.desc("sim"), "other"))
         top = pairs.withColumn("_rank", best).where((F.col("_rank") <= k) & (F.col("sim") != 0)).drop("_rank")
-        top = top.persist(_storage_level())
         rows, cols, vals = [], [], []
-        step = max(1, COLLECT_CHUNK_BYTES // (12 * max(k, 1)))  # items per chunk: k (int, int, float) rows each
-        for start in range(0, n_items, step):
-            stop = start + step
-            table = top.where((F.col("item") >= start) & (F.col("item") < stop)).toArrow()
-            rows.append(table.column("item").to_numpy())
-            cols.append(table.column("other").to_numpy())
-            vals.append(table.column("sim").to_numpy().astype(np.float32))
-        top.unpersist()
+        step = max(1, self.collect_bytes // (12 * max(k, 1)))  # items per chunk: k (int, int, float) rows each
+        with self._shuffle_partitions(shuffle):
+            top = top.persist(_storage_level())
+            for start in range(0, n_items, step):
+                stop = start + step
+                table = top.where((F.col("item") >= start) & (F.col("item") < stop)).toArrow()
+                rows.append(table.column("item").to_numpy())
+                cols.append(table.column("other").to_numpy())
+                vals.append(table.column("sim").to_numpy().astype(np.float32))
+            top.unpersist()
         x.unpersist()
+        base.unpersist()
         similarity = sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items), dtype=np.float32
         )
