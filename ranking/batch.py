@@ -23,6 +23,20 @@ ITEM_KNN = np.uint8(8)
 TRENDING = np.uint8(16)
 FRIEND_SHARE = np.uint8(32)
 SIMILAR = EMBEDDING | ITEM_KNN
+# Each bit's source (ranking.sources names), in bit order.
+SOURCE_BITS = (
+    ("followed_sellers", FOLLOWED_SELLER),
+    ("friend_likes", FRIEND_LIKE),
+    ("embedding_neighbours", EMBEDDING),
+    ("item_knn", ITEM_KNN),
+    ("trending", TRENDING),
+    ("friend_shares", FRIEND_SHARE),
+)
+
+
+def source_names(mask: int) -> tuple[str, ...]:
+    """The names of the sources whose bits are set in ``mask``."""
+    return tuple(name for name, bit in SOURCE_BITS if mask & int(bit))
 
 
 def _floats(n: int) -> np.ndarray:

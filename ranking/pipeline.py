@@ -12,6 +12,7 @@ import numpy as np
 from ranking import batch as bits
 from ranking.batch import CandidateBatch
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
+from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
@@ -46,16 +47,43 @@ class PipelineConfig:
 
 
 @dataclass
+class Explanation:
+    """Why a page is what it is (``FeedPipeline.run(explain=True)``; off the hot path).
+
+    ``features`` and ``contributions`` have one row per page item, in page order:
+    the feature values (columns ranking.features.FEATURE_NAMES) and the score split
+    into the terms ``terms`` names (each row sums to the item's score).
+    ``removed`` lists, per filter, the ids of the items it removed (at most
+    ``MAX_EXPLAINED_REMOVALS`` each; the counts are the result's ``removed_by_filter``).
+    ``sources`` names, per page item, the candidate sources that proposed it.
+    """
+
+    feature_names: tuple[str, ...]
+    features: np.ndarray
+    terms: tuple[str, ...]
+    contributions: np.ndarray
+    sources: list[tuple[str, ...]]
+    removed: dict[str, list[str]]
+
+
+MAX_EXPLAINED_REMOVALS = 200
+
+
+@dataclass
 class FeedResult:
     """One page, best first, plus what happened on the way (for metrics and debugging).
 
-    ``has_more`` is true when ranked candidates remain after this page.
+    ``has_more`` is true when ranked candidates remain after this page; ``explanation``
+    is set when the page was asked for with ``explain=True``.
     """
 
     items: list[RankedItem]
     has_more: bool
     gathered_by_source: Counter[str] = field(default_factory=Counter)
     removed_by_filter: Counter[str] = field(default_factory=Counter)
+    explanation: Explanation | None = None
+    # Item codes each filter removed, by filter name: collected only when explaining.
+    removed_codes: dict[str, list[np.ndarray]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -104,13 +132,15 @@ class FeedPipeline:
         exclude_ids: Sequence[str] = (),
         served_hashes: np.ndarray | None = None,
         shopper: ShopperFilters = ShopperFilters(),
+        explain: bool = False,
     ) -> FeedResult:
         """One page of the feed, best first, without the excluded and already served items.
 
         ``served_hashes`` are ``ranking.vocab.stable_hash`` values of the items served
-        on earlier pages (sorted uint32); ``shopper`` narrows the feed.
+        on earlier pages (sorted uint32); ``shopper`` narrows the feed. ``explain`` also
+        fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
-        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper)
+        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
@@ -118,7 +148,26 @@ class FeedPipeline:
         page = self.config.selector.select(query, batch, ranked)
         result.items = self._page_items(query, batch, page, scores)
         result.has_more = len(ranked) > len(page)
+        if explain:
+            result.explanation = self._explain(query, batch, page, result)
         return result
+
+    def _explain(self, query: FeedQuery, batch: CandidateBatch, page: np.ndarray, result: FeedResult) -> Explanation:
+        scorer = self.config.scorer
+        features_of = getattr(scorer, "features", None)
+        contributions_of = getattr(scorer, "contributions", None)
+        if features_of is None or contributions_of is None:
+            raise TypeError(f"scorer {scorer.name!r} cannot explain its scores (features(), contributions())")
+        page_batch = batch.take(page)
+        terms, contributions = contributions_of(query, page_batch)
+        removed = {
+            name: self.store.items.ids(np.concatenate(parts)[:MAX_EXPLAINED_REMOVALS].tolist())
+            for name, parts in (result.removed_codes or {}).items()
+        }
+        return Explanation(
+            FEATURE_NAMES, features_of(query, page_batch), terms, contributions,
+            [bits.source_names(int(mask)) for mask in page_batch.sources.tolist()], removed,
+        )
 
     def pool(
         self,
@@ -147,6 +196,7 @@ class FeedPipeline:
         exclude_ids: Sequence[str],
         served_hashes: np.ndarray | None,
         shopper: ShopperFilters = ShopperFilters(),
+        explain: bool = False,
     ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
@@ -175,7 +225,7 @@ class FeedPipeline:
             if knn is not None and len(recent_rows):
                 query.item_scores = knn.user_scores_rows(recent_rows)
 
-        result = FeedResult([], False)
+        result = FeedResult([], False, removed_codes={} if explain else None)
         parts = []
         for source in config.sources:
             part = source.gather(query)
@@ -218,7 +268,10 @@ class FeedPipeline:
         alive = np.ones(len(batch), dtype=bool)
         for feed_filter in filters:
             keep = feed_filter.keep(query, batch)
-            result.removed_by_filter[feed_filter.name] += int(np.count_nonzero(alive & ~keep))
+            removed = alive & ~keep
+            result.removed_by_filter[feed_filter.name] += int(np.count_nonzero(removed))
+            if result.removed_codes is not None and removed.any():
+                result.removed_codes.setdefault(feed_filter.name, []).append(batch.codes[removed])
             alive &= keep
         return batch if alive.all() else batch.take(alive)
 

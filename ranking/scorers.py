@@ -6,7 +6,7 @@ import numpy as np
 
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
-from ranking.features import SIMILARITY_SIGNALS, compute_features, similarity_signals
+from ranking.features import FEATURE_NAMES, SIMILARITY_SIGNALS, compute_features, similarity_signals
 from ranking.filters import unengaged_views
 from ranking.model_items import ModelItems
 from ranking.ranker import LinearRanker
@@ -52,6 +52,12 @@ class LinearScorer:
         # A feature the ranker weighs 0 cannot change a score: it is not computed.
         return self.ranker.score(self._features(query, batch, self._used))
 
+    def contributions(self, query: FeedQuery, batch: CandidateBatch) -> tuple[tuple[str, ...], np.ndarray]:
+        """Each row's score split into named terms (weight × feature, then the bias); rows sum to ``score``."""
+        terms = self.features(query, batch) * self.ranker.weights
+        bias = np.full((len(batch), 1), self.ranker.bias)
+        return (*FEATURE_NAMES, "bias"), np.hstack([terms, bias])
+
 
 class FatigueScorer:
     """``inner``'s score, lowered by ``sink_per_view`` for every view past ``free_views``
@@ -76,5 +82,14 @@ class FatigueScorer:
         scores = self.inner.score(query, batch)
         if not len(batch) or not self.sink_per_view:
             return scores
+        return (scores - self._sink(query, batch)).astype(np.float32, copy=False)
+
+    def contributions(self, query: FeedQuery, batch: CandidateBatch) -> tuple[tuple[str, ...], np.ndarray]:
+        """``inner``'s terms plus a "fatigue" term (zero or negative)."""
+        names, terms = self.inner.contributions(query, batch)
+        sink = self._sink(query, batch) if len(batch) and self.sink_per_view else np.zeros(len(batch))
+        return (*names, "fatigue"), np.hstack([terms, -np.asarray(sink, dtype=np.float64).reshape(-1, 1)])
+
+    def _sink(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
         excess = np.maximum(unengaged_views(query, batch) - self.free_views, 0)
-        return (scores - self.sink_per_view * excess).astype(np.float32, copy=False)
+        return self.sink_per_view * excess

@@ -170,6 +170,23 @@ def check_versions(arms: Arms, models_dir: str) -> None:
             raise ArmsConfigError(f"{arms.source}: arm {arm.name!r}: no model version {arm.model!r} in {models_dir}")
 
 
+def published_versions(models_dir: str) -> list[str]:
+    """The model versions published in ``models_dir``, newest first (names sort by time)."""
+    try:
+        names = os.listdir(models_dir)
+    except FileNotFoundError:
+        return []
+    return sorted((n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(models_dir, n, MANIFEST))),
+                  reverse=True)
+
+
+def load_named_version(models_dir: str, version: str) -> Artifact:
+    """A published version by name: only a version directory of ``models_dir``, never another path."""
+    if version not in published_versions(models_dir):
+        raise FileNotFoundError(f"no model version {version!r} in {models_dir}")
+    return load_version(os.path.join(models_dir, version))
+
+
 def load_pinned(arms: Arms | None, models_dir: str, loaded: Mapping[str, Artifact] = {}) -> dict[str, Artifact]:
     """The artifacts of the versions the arms pin, by version; reuses those in ``loaded``."""
     if arms is None:

@@ -169,20 +169,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def check(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> tuple[grpc.StatusCode, str] | Token:
         """The token allowed to call ``method``, or the status that refuses the call."""
         header = _metadata_value(metadata, "authorization")
-        if not isinstance(header, str) or not header:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send the metadata 'authorization: Bearer TOKEN'"
+        scope = METHOD_SCOPES.get(method)
+        return self.check_bearer(header if isinstance(header, str) else None, scope, method.rsplit("/", 1)[-1])
+
+    def check_bearer(self, header: str | None, scope: str | None, what: str) -> tuple[grpc.StatusCode, str] | Token:
+        """The token of an ``authorization`` header (gRPC metadata or HTTP) if it grants
+        ``scope`` (None: refused to every token), else the status that refuses ``what``."""
+        if not header:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send the header 'authorization: Bearer TOKEN'"
         scheme, _, presented = header.strip().partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
-            return grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata must be 'Bearer TOKEN'"
+            return grpc.StatusCode.UNAUTHENTICATED, "the authorization header must be 'Bearer TOKEN'"
         token = self.identify(presented)
         if token is None:
             return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
-        scope = METHOD_SCOPES.get(method)
         if scope is None or scope not in token.scopes:
-            name = method.rsplit("/", 1)[-1]
             needed = f"the '{scope}' scope" if scope else "a scope no token has"
-            return grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {name} needs"
+            return grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {what} needs"
         return token
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:

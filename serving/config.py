@@ -52,6 +52,7 @@ class ServerConfig:
     token_secret: bytes | None = field(default=None, repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
     metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
+    http_port: int = 0  # the feed explorer and HTTP/JSON API (serving/web; worker i uses port + i); 0 disables
     feed: FeedSettings = FeedSettings()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
     port_file: str | None = None  # written with the bound port once health is SERVING
@@ -203,6 +204,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis", "server", minimum=1),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
+    Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
     Flag("tokens_file", str, None, "bearer tokens with scopes (format above)", "auth and TLS", metavar="FILE"),
     Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),
@@ -385,6 +387,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         token_secret=secret.encode() if secret else None,
         reload_seconds=v["reload_seconds"],
         metrics_port=v["metrics_port"],
+        http_port=v["http_port"],
         feed=FeedSettings(
             max_per_seller=v["max_per_seller"],
             max_per_category=v["max_per_category"],

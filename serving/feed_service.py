@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ranking.feed import FeedSettings, build_feed_pipeline
-from ranking.pipeline import FeedPipeline
+from ranking.pipeline import Explanation, FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
 from serving.arms import Arms
 from serving.metrics import FeedMetrics
@@ -21,6 +22,9 @@ from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
 from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, validate_batch
 from training.artifact import Artifact
+
+# Model versions outside the configuration (asked for by name) kept loaded at a time.
+EXTRA_VERSIONS = 2
 
 MAX_LIMIT = 100
 MAX_EXCLUDED = 1_000
@@ -46,6 +50,29 @@ class FeedPage:
     next_page_token: str
     model_version: str
     arm: str = ""  # the A/B arm that built the page; "" when no arms are configured
+    # What the request did on the way (the counts the metrics got), and, when asked
+    # for, why each item is there.
+    gathered_by_source: Mapping[str, int] = field(default_factory=dict)
+    removed_by_filter: Mapping[str, int] = field(default_factory=dict)
+    explanation: Explanation | None = None
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """What a user's feed is built from, as ids (for people looking at a feed, not the hot path).
+
+    ``recent_likes`` are (item id, time), newest first; ``hidden_items`` the items and
+    ``hidden_sellers`` the sellers the user said they are not interested in;
+    ``shared_with`` (item id, friend id) shares, newest first.
+    """
+
+    user_id: str
+    recent_likes: list[tuple[str, float]]
+    friends: tuple[str, ...]
+    follows: tuple[str, ...]
+    hidden_items: list[str]
+    hidden_sellers: list[str]
+    shared_with: list[tuple[str, str]]
 
 
 def validate_shopper_filters(shopper: ShopperFilters) -> None:
@@ -110,6 +137,9 @@ class FeedService:
 
     ``max_clock_skew``: ingested times (ts, created_at) may be at most this many seconds
     ahead of the server's clock. The page-depth cap and token expiry are the ``codec``'s.
+    ``load_version(version)`` loads a model version by name, for feeds asked of a
+    version the configuration does not serve (comparing models); without it only the
+    loaded versions can be asked for.
     """
 
     def __init__(
@@ -123,8 +153,11 @@ class FeedService:
         arms: Arms | None = None,
         pinned: Mapping[str, Artifact] = {},
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        load_version: Callable[[str], Artifact] | None = None,
     ) -> None:
         self.store = store
+        self.load_version = load_version
+        self._extra: OrderedDict[str, _Route] = OrderedDict()  # most recently used last
         self.codec = codec
         self.max_clock_skew = max_clock_skew
         self.settings = settings
@@ -206,6 +239,10 @@ class FeedService:
         exclude_item_ids: Sequence[str],
         now: float,
         shopper: ShopperFilters = ShopperFilters(),
+        *,
+        explain: bool = False,
+        arm: str | None = None,
+        version: str | None = None,
     ) -> FeedPage:
         """One page of ``user_id``'s feed, narrowed by ``shopper``.
 
@@ -213,6 +250,10 @@ class FeedService:
         expired, signed with an unknown key, tampered with, or another user's), FeedEnded
         for a token past the page-depth cap, and StoreUnavailable when the store is down.
         The feed ends (no next token) after ``codec.max_served`` items.
+
+        For people comparing models: ``arm`` builds the page as that A/B arm would,
+        ``version`` with that model version and the server's settings (instead of the
+        user's own arm); ``explain`` adds the page's Explanation.
         """
         validate_user_id(user_id)
         if not 1 <= limit <= MAX_LIMIT:
@@ -229,16 +270,73 @@ class FeedService:
         if len(served) >= max_served:
             raise FeedEnded("page_token", f"the feed ends after {max_served} items; start again from the first page")
         limit = min(limit, max_served - len(served))
-        state = self._state
-        route = state.default
-        if state.arms is not None:
-            arm = state.arms.assign(user_id)
-            route = state.routes[arm.name] if arm is not None else route
-        result = route.pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper)
+        route = self._route(user_id, arm, version)
+        result = route.pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper, explain)
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
         served = served.plus(c.item_id for c in result.items)
         more = bool(result.has_more and result.items) and len(served) < max_served
-        return FeedPage(result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm)
+        return FeedPage(
+            result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm,
+            dict(result.gathered_by_source), dict(result.removed_by_filter), result.explanation,
+        )
+
+    def _route(self, user_id: str, arm: str | None, version: str | None) -> _Route:
+        state = self._state
+        if arm is not None and version is not None:
+            raise InvalidRequest("version", "ask for an arm or a model version, not both")
+        if arm is not None:
+            if arm not in state.routes:
+                known = ", ".join(sorted(state.routes)) or "none are configured"
+                raise InvalidRequest("arm", f"no A/B arm {arm!r} (arms: {known})")
+            return state.routes[arm]
+        if version is not None:
+            return self._version_route(state, version)
+        route = state.default
+        if state.arms is not None:
+            assigned = state.arms.assign(user_id)
+            route = state.routes[assigned.name] if assigned is not None else route
+        return route
+
+    def _version_route(self, state: _State, version: str) -> _Route:
+        """A route serving ``version`` with the server's settings (loaded on demand, a few kept)."""
+        if version == state.current.version:
+            return state.default
+        with self._lock:
+            route = self._extra.get(version)
+            if route is None:
+                artifact = state.pinned.get(version)
+                if artifact is None:
+                    artifact = self._load(version)
+                route = _Route("", version, build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings))
+                self._extra[version] = route
+                while len(self._extra) > EXTRA_VERSIONS:
+                    self._extra.popitem(last=False)
+            self._extra.move_to_end(version)
+            return route
+
+    def _load(self, version: str) -> Artifact:
+        if self.load_version is None:
+            raise InvalidRequest("version", f"model version {version!r} is not loaded")
+        try:
+            return self.load_version(version)
+        except (OSError, ValueError) as error:
+            raise InvalidRequest("version", f"cannot load model version {version!r}: {error}") from error
+
+    def user_context(self, user_id: str, max_likes: int = 50) -> UserContext:
+        """``user_id``'s likes, friends, follows, hides and shares, by id (one store read)."""
+        validate_user_id(user_id)
+        store = self.store
+        user = store.read_user(user_id)
+        likes = user.recent_likes[:max_likes]
+        return UserContext(
+            user_id,
+            list(zip(store.items.ids(likes.tolist()), user.recent_like_times[:max_likes].tolist())),
+            user.friends,
+            user.follows,
+            store.items.ids(user.hidden_items.tolist()),
+            [store.sellers.id(code) for code in user.hidden_sellers.tolist()],
+            list(zip(store.items.ids(user.shared.items.tolist()), user.shared.sharers)),
+        )
 
     def ingest(self, events: Sequence[Event], now: float | None = None, min_replicas: int = 0) -> ApplyResult:
         """Validate the whole batch, then apply it atomically; raises EventValidationError first.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import ipaddress
 import logging
@@ -28,12 +29,14 @@ from grpc_reflection.v1alpha import reflection
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.feed import FeedSettings
 from serving import logs
-from serving.arms import describe, load_arms, load_pinned
+from serving.arms import describe, load_arms, load_named_version, load_pinned
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
+from serving.web import HttpServer, create_app
+from serving.web.common import WebContext
 from serving.store_url import open_store
 from stores import FeedStore
 from training.artifact import current_version, load_current, load_version
@@ -386,8 +389,9 @@ class FeedServer:
             HealthLane(self.health_pool),
             logs.AccessLog(self._model_version, self._count_refused),
         ]
-        if config.tokens:
-            interceptors.append(AuthInterceptor(config.tokens, self.reject_pool))
+        auth = AuthInterceptor(config.tokens, self.reject_pool) if config.tokens else None
+        if auth is not None:
+            interceptors.append(auth)
         if config.max_concurrent_rpcs:
             interceptors.append(ConcurrencyLimit(self.feed_pool, config.max_concurrent_rpcs, self.reject_pool))
         self.grpc_server = grpc.server(
@@ -418,6 +422,19 @@ class FeedServer:
             raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
         self._threads: list[ModelWatcher | HealthMonitor] = []
         self.service: FeedService | None = None
+        self.http: HttpServer | None = None
+        if config.http_port:
+            self.http = self._http_server(auth)
+
+    def _http_server(self, auth: AuthInterceptor | None) -> HttpServer:
+        config = self.config
+        context = WebContext(lambda: self.servicer.service, auth, config.models_dir)
+        try:
+            return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key)
+        except OSError as error:
+            self.grpc_server.stop(None)
+            self._shutdown_pools()
+            raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error}") from None
 
     def _model_version(self) -> str:
         service = self.servicer.service
@@ -443,6 +460,8 @@ class FeedServer:
         """Start answering (health NOT_SERVING), load model and store, then turn SERVING."""
         limit_native_threads()
         self.grpc_server.start()
+        if self.http is not None:
+            self.http.start()
         self._warn_about_openness()
         artifact = load_current(self.config.models_dir)
         arms_file = self.config.arms_file
@@ -456,7 +475,8 @@ class FeedServer:
             config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
         )
         self.service = FeedService(
-            store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds
+            store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
+            load_version=functools.partial(load_named_version, config.models_dir),
         )
         if self.config.metrics_port:
             self.service.metrics.serve_http(self.config.metrics_port, self.config.host)
@@ -490,6 +510,8 @@ class FeedServer:
         self.health.enter_graceful_shutdown()
         self.serving.clear()
         self.grpc_server.stop(grace).wait()
+        if self.http is not None:
+            self.http.stop()
         self._shutdown_pools()
         if self.service is not None:
             self.service.store.close()
@@ -569,7 +591,8 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
             try:
                 logs.set_worker(index)
                 worker_config = replace(
-                    config, worker_index=index, metrics_port=config.metrics_port + index if config.metrics_port else 0
+                    config, worker_index=index, metrics_port=config.metrics_port + index if config.metrics_port else 0,
+                    http_port=config.http_port + index if config.http_port else 0,
                 )
                 _serve_one(worker_config, f"{port_file}.{index}" if port_file else None)
             except BindError as error:

@@ -6,6 +6,7 @@ A version directory holds
   factors.npz     user_factors, item_factors (float32)
   index.faiss     the MIPS index, plus index.faiss.json (kind and parameters)
   knn.npz         optional: the item-kNN similarity matrix (scipy.sparse CSR, item rows)
+  evaluation.svg  optional: the evaluation chart (manifest "charts" names it)
 It is written under a temporary name and renamed into place, so a reader never sees a
 half-written version; CURRENT is then replaced atomically (os.replace), so a reader sees
 either the old version or the new one.
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -35,6 +37,9 @@ IDS = "ids.npz"
 FACTORS = "factors.npz"
 INDEX = "index.faiss"
 KNN = "knn.npz"
+EVALUATION_CHART = "evaluation.svg"
+# Names publish writes itself: an extra file must not replace one of them.
+_ARTIFACT_FILES = frozenset({MANIFEST, IDS, FACTORS, INDEX, INDEX + ".json", KNN})
 
 
 @dataclass(frozen=True)
@@ -64,15 +69,30 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable in a manifest: {type(value).__name__}")
 
 
-def publish(models_dir: str, model: EmbeddingModel, manifest: dict[str, Any]) -> str:
+def check_extra_file_name(name: str) -> None:
+    """ValueError unless ``name`` is a plain, visible file name that publish does not write itself."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    if not name or name.startswith(".") or any(sep in name for sep in separators):
+        raise ValueError(f"extra file name {name!r}: must be a plain file name, without a path separator "
+                         "and not starting with '.'")
+    if name in _ARTIFACT_FILES:
+        raise ValueError(f"extra file name {name!r}: publish writes that file itself")
+
+
+def publish(
+    models_dir: str, model: EmbeddingModel, manifest: dict[str, Any], files: Mapping[str, bytes] = {}
+) -> str:
     """Write ``model`` as a new version under ``models_dir`` and point CURRENT at it.
 
     ``manifest`` should carry params, data_fingerprint, metrics and ranker
     ({"features": [...], "weights": {...}, "bias": float}); version and created_at are
-    filled in here. Returns the new version directory.
+    filled in here. ``files`` (name -> content) are written into the version directory
+    too, e.g. {EVALUATION_CHART: svg}. Returns the new version directory.
     """
     if "ranker" not in manifest:
         raise ValueError("manifest needs a 'ranker' entry: {'features', 'weights', 'bias'}")
+    for name in files:
+        check_extra_file_name(name)
     os.makedirs(models_dir, exist_ok=True)
     created = datetime.now(timezone.utc)
     version = new_version(created, salt=str(manifest.get("data_fingerprint", "")))
@@ -102,6 +122,9 @@ def publish(models_dir: str, model: EmbeddingModel, manifest: dict[str, Any]) ->
         model.index.save(os.path.join(tmp, INDEX))
         if model.item_knn is not None:
             model.item_knn.save(os.path.join(tmp, KNN))
+        for name, content in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(content)
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(full_manifest, f, indent=2, sort_keys=True, default=_json_default)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700

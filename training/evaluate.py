@@ -13,7 +13,9 @@ model, ranker, split and users) under a few other seller and category caps per p
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -438,28 +440,79 @@ def read_test_file(path: str) -> Edges:
     return Edges(src, dst, np.full(len(src), np.nan))
 
 
+CHART_METRICS = ("precision", "recall", "ndcg")
+# Fixed so the same metrics give the same SVG bytes (matplotlib salts its SVG ids randomly otherwise).
+_SVG_HASH_SALT = "feedrank-evaluation-chart"
+# Per output format, the metadata entries that would otherwise stamp the file with the current time.
+_UNDATED = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
 def plot_report(report: EvaluationReport, path: str) -> None:
-    """A grouped bar chart of every metric per method (needs the `plot` extra: matplotlib)."""
+    """A grouped bar chart of every metric per method, written to ``path`` (format from its
+    extension, PNG when it has none; needs the `plot` extra: matplotlib)."""
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    chart = plot_metrics(report.as_json(), extension or "png")
+    with open(path, "wb") as handle:
+        handle.write(chart)
+
+
+def plot_metrics(metrics: dict, fmt: str = "svg") -> bytes:
+    """The grouped bar chart of a manifest's "metrics" entry (``EvaluationReport.as_json()``):
+    precision, recall and ndcg at each cut-off present, one bar per method ("model" first,
+    then the baselines). Returns the file's bytes in ``fmt``; the same metrics give the same bytes.
+
+    ValueError when matplotlib is missing (the `plot` extra) or nothing in ``metrics`` can be plotted.
+    """
+    mpl = _matplotlib()
+    methods = chart_methods(metrics)
+    columns = [f"{m}@{k}" for k in chart_cutoffs(methods) for m in CHART_METRICS]
+    if not columns:
+        raise ValueError("no precision/recall/ndcg@k values in the metrics to plot")
+    test_users = metrics.get("test_users")
+    title = "feed vs baselines" + (f" ({test_users} test users)" if test_users else "")
+    # fonttype "none": labels stay <text> elements (searchable, small) instead of glyph paths.
+    with mpl.rc_context({"svg.hashsalt": _SVG_HASH_SALT, "svg.fonttype": "none"}):
+        figure = mpl.figure.Figure(figsize=(max(8, 1.4 * len(columns)), 4.5), layout="tight")
+        _draw_bars(figure.subplots(), methods, columns, title)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=120, metadata=_UNDATED.get(fmt))
+    return buffer.getvalue()
+
+
+def chart_methods(metrics: dict) -> dict[str, dict[str, float]]:
+    """Method name -> its metrics, "model" first, then the baselines; methods without metrics left out."""
+    methods = {"model": metrics.get("model") or {}, **(metrics.get("baselines") or {})}
+    return {name: values for name, values in methods.items() if values}
+
+
+def chart_cutoffs(methods: dict[str, dict[str, float]]) -> list[int]:
+    """The cut-offs k with a precision, recall or ndcg@k value in any method, ascending."""
+    cutoffs: set[int] = set()
+    for values in methods.values():
+        for key in values:
+            name, _, k = key.partition("@")
+            if name in CHART_METRICS and k.isdigit():
+                cutoffs.add(int(k))
+    return sorted(cutoffs)
+
+
+def _draw_bars(axes, methods: dict[str, dict[str, float]], columns: list[str], title: str) -> None:
+    width = 0.8 / len(methods)
+    x = np.arange(len(columns))
+    for i, (method, values) in enumerate(methods.items()):
+        axes.bar(x + i * width, [values.get(c, 0.0) for c in columns], width, label=method)
+    axes.set_xticks(x + width * (len(methods) - 1) / 2, columns)
+    axes.set_ylabel("score")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+
+
+def _matplotlib():
+    # matplotlib.figure.Figure, not pyplot: renders headless (Agg for PNG) without touching
+    # pyplot's global backend or figure list, so the trainer can call it from any thread.
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.figure
     except ImportError as error:
-        raise ValueError("--plot needs matplotlib: pip install 'feedrank[plot]'") from error
-    metrics = [f"{m}@{k}" for k in report.ks for m in ("precision", "recall", "ndcg")]
-    methods = list(report.methods)
-    width = 0.8 / len(methods)
-    figure, axes = plt.subplots(figsize=(max(8, 1.4 * len(metrics)), 4.5))
-    x = np.arange(len(metrics))
-    for i, method in enumerate(methods):
-        axes.bar(x + i * width, [report.methods[method].get(m, 0.0) for m in metrics], width, label=method)
-    axes.set_xticks(x + width * (len(methods) - 1) / 2, metrics)
-    axes.set_ylabel("score")
-    axes.set_title(f"feed vs baselines ({report.test_users} test users)")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
+        raise ValueError("plotting needs matplotlib: pip install 'feedrank[plot]'") from error
+    return matplotlib

@@ -3,7 +3,7 @@
   python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
 
 Steps: load and validate the dataset, build the weighted interaction matrix (likes plus
-follows as extra seller columns), fit implicit ALS, build the MIPS index, evaluate,
+follows as extra seller columns), fit implicit ALS, build the MIPS index, evaluate (and chart it),
 publish ``MODELS_DIR/<version>/`` and switch ``MODELS_DIR/CURRENT`` to it. With
 ``--engine spark`` the matrix, ALS and item-kNN run on Spark (training.spark_engine) and
 the same artifact is published.
@@ -26,8 +26,9 @@ from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_BLEND
-from training.artifact import publish
+from training.artifact import EVALUATION_CHART, publish
 from training.dataset import Dataset, load_dataset
+from training.evaluate import plot_metrics
 from training.params import TrainParams, interactions_of
 from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
 
@@ -147,6 +148,16 @@ def fitted_ranker_spec(
     return ranker_spec(ranker, info), warm
 
 
+def evaluation_chart_files(metrics: dict[str, Any]) -> dict[str, bytes]:
+    """{EVALUATION_CHART: svg} for the version directory, or {} (with one line saying why)
+    when the chart cannot be drawn: a missing chart must not stop a model from publishing."""
+    try:
+        return {EVALUATION_CHART: plot_metrics(metrics)}
+    except ValueError as error:
+        print(f"evaluation chart: skipped ({error})", flush=True)
+        return {}
+
+
 def train_and_publish(
     data_dir: str,
     models_dir: str,
@@ -188,18 +199,23 @@ def train_and_publish(
     if evaluate_fn is not None:
         with _step("evaluate", timings, verbose):
             metrics = evaluate_fn(ds, model)
+    files: dict[str, bytes] = {}
+    if metrics:
+        with _step("chart", timings, verbose):
+            files = evaluation_chart_files(metrics)
     manifest = {
         "params": {k: v for k, v in asdict(params).items() if k != "show_progress"},
         "data": {"path": data_dir, "fingerprint": fingerprint, **info},
         "data_fingerprint": fingerprint,
         "metrics": metrics,
+        "charts": {"evaluation": EVALUATION_CHART} if EVALUATION_CHART in files else {},
         "ranker": ranker,
         "feed": {**asdict(settings), "sources": list(settings.sources)},
         "engine": engine_info,
         "timings": timings,
     }
     with _step("publish", timings, verbose):
-        version_dir = publish(models_dir, model, manifest)
+        version_dir = publish(models_dir, model, manifest, files=files)
     if verbose:
         print(f"{'total':<14} {time.perf_counter() - started:8.2f} s")
     print(version_dir)

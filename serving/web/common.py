@@ -1,0 +1,132 @@
+"""What the explorer and the HTTP/JSON API share: the server's parts, auth, and errors.
+
+gRPC status codes map to HTTP statuses as Google's APIs map them (google/rpc/code.proto,
+the "HTTP Mapping" of each code); README "HTTP/JSON" lists the ones this server uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from flask import Response, current_app, jsonify, request
+
+from serving.auth import AuthInterceptor, Token
+from serving.feed_service import FeedService
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+# The cookie the explorer's sign-in form sets: a browser cannot add a header to a link.
+TOKEN_COOKIE = "feedrank_token"
+BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """The parts of the running server the web app reads.
+
+    ``service()`` is None while the server is still loading; ``auth`` None when no
+    tokens are configured (everything is open, as over gRPC).
+    """
+
+    service: Callable[[], FeedService | None]
+    auth: AuthInterceptor | None
+    models_dir: str
+
+
+def web_context() -> WebContext:
+    return current_app.extensions["feedrank"]
+
+
+class HttpError(Exception):
+    """A request refused with a gRPC ``code`` (sent as its HTTP status), naming ``field`` when one is at fault."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, field: str = "", description: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.description = description or message
+        self.retry_after = retry_after
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+
+def error_json(error: HttpError) -> Response:
+    """The JSON error body Google's HTTP APIs use: {"error": {code, status, message, details}}."""
+    details: list[dict[str, Any]] = []
+    if error.field:
+        details.append({"@type": BAD_REQUEST_TYPE,
+                        "fieldViolations": [{"field": error.field, "description": error.description}]})
+    if error.retry_after is not None:
+        details.append({"@type": RETRY_INFO_TYPE, "retryDelay": f"{error.retry_after:g}s"})
+    body = {"error": {"code": error.http_status, "status": error.code.name, "message": error.message, "details": details}}
+    response = jsonify(body)
+    response.status_code = error.http_status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
+
+
+def ready_service() -> FeedService:
+    service = web_context().service()
+    if service is None:
+        raise HttpError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store", retry_after=1.0)
+    return service
+
+
+def authorize(scope: str, what: str, allow_cookie: bool = False) -> Token | None:
+    """The caller's token if it grants ``scope``; raises HttpError (401/403) otherwise.
+
+    None when auth is off. ``allow_cookie``: also read the explorer's sign-in cookie
+    (pages only; the JSON API takes the header alone, so no cookie can ingest events).
+    """
+    auth = web_context().auth
+    if auth is None:
+        return None
+    header = request.headers.get("Authorization")
+    if not header and allow_cookie and request.cookies.get(TOKEN_COOKIE):
+        header = "Bearer " + request.cookies[TOKEN_COOKIE]
+    outcome = auth.check_bearer(header, scope, what)
+    if isinstance(outcome, Token):
+        return outcome
+    raise HttpError(*outcome)
+
+
+def requires(scope: str, what: str, allow_cookie: bool = False) -> Callable:
+    """Decorate a view: it runs only for a caller whose token grants ``scope``."""
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            authorize(scope, what, allow_cookie)
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate
