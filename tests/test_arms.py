@@ -15,6 +15,7 @@ import pytest
 from protos.feed.v1 import feed_pb2
 from ranking.feed import FeedSettings
 from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms
+from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
 from tests.conftest import REPO
 from tests.feed_world import FAST_TRAINING, World, all_pages, build_world, running_server
@@ -266,3 +267,37 @@ def test_arms_models_and_the_arms_file_are_hot_reloaded(world, tmp_path, caplog)
         # With no arms left in the file the experiment is off.
         write_atomically(path, 'salt = "grpc-test"\n')
         wait_for(stub, treatment, ("", newest))
+
+
+def test_a_feed_can_be_built_as_another_arm_or_model_version_would(world, tmp_path):
+    arms = load_arms(str(arms_file(tmp_path, split(world.new))))
+    user = next(u for u in world.dataset.user_ids() if arms.assign(u).name == "control")
+    with running_server(world, arms_file=str(arms_file(tmp_path, split(world.new)))) as (server, stub):
+        service = server.service
+        as_treatment = service.get_feed(user, 20, "", [], time.time(), arm="treatment")
+        assert (as_treatment.arm, as_treatment.model_version) == ("treatment", world.new)
+        assert max(Counter(item.seller_id for item in as_treatment.items).values()) == 1  # the arm's settings
+        newer = service.get_feed(user, 20, "", [], time.time(), version=world.new)
+        assert (newer.arm, newer.model_version) == ("", world.new)
+        own = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=20), timeout=5)
+        assert (own.arm, own.model_version) == ("control", world.old)  # the user's own arm is untouched
+        for kwargs, field in (({"arm": "nope"}, "arm"), ({"version": "20990101T000000Z-000000"}, "version"),
+                              ({"version": "../models/" + world.old}, "version"), ({"arm": "control", "version": world.old}, "version")):
+            with pytest.raises(InvalidRequest) as raised:
+                service.get_feed(user, 5, "", [], time.time(), **kwargs)
+            assert raised.value.field == field, kwargs
+
+
+def test_user_context_names_likes_friends_follows_and_hides(world):
+    with running_server(world) as (server, stub):
+        user = world.dataset.user_ids()[0]
+        liked = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=3), timeout=5).items
+        stub.Ingest(feed_pb2.IngestRequest(events=[
+            feed_pb2.Event(event_id="ctx-1", like=feed_pb2.UserItem(user_id=user, item_id=liked[0].item_id)),
+            feed_pb2.Event(event_id="ctx-2", not_interested_item=feed_pb2.UserItem(user_id=user, item_id=liked[1].item_id)),
+        ]), timeout=5)
+        context = server.service.user_context(user)
+        assert context.recent_likes[0][0] == liked[0].item_id
+        assert context.hidden_items == [liked[1].item_id]
+        pairs = list(zip(world.dataset.friends.src, world.dataset.friends.dst))
+        assert context.friends == tuple(sorted({b for a, b in pairs if a == user} | {a for a, b in pairs if b == user}))

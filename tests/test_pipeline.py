@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
 from ranking.types import ReasonKind
@@ -156,3 +158,21 @@ def test_fresh_graph_activity_is_promoted_to_the_top_but_capped():
     assert promoted[:2] == ["fresh0", "fresh1"]
     assert sum(i.startswith("fresh") for i in promoted) == 2
     assert page(FeedSettings(max_fresh=0))[0] == "i6"  # without promotion, the most liked item leads
+
+
+def test_an_explained_page_is_the_same_page_and_says_why():
+    s = store()
+    plain = feed_for(s)
+    explained = feed_for(s, explain=True)
+    assert [(c.item_id, c.score) for c in explained.items] == [(c.item_id, c.score) for c in plain.items]
+    why = explained.explanation
+    assert why is not None and plain.explanation is None
+    assert why.features.shape == (len(explained.items), len(why.feature_names))
+    assert why.contributions.shape == (len(explained.items), len(why.terms))
+    assert np.allclose(why.contributions.sum(axis=1), [c.score for c in explained.items], atol=1e-5)
+    assert "i2" in why.removed["out_of_stock"] and "i8" in why.removed["already_liked"]
+    assert {name: len(removed) for name, removed in why.removed.items()} == {
+        name: n for name, n in explained.removed_by_filter.items() if n and name != "duplicate"
+    }
+    i6 = ids(explained).index("i6")
+    assert {"friend_likes", "trending"} <= set(why.sources[i6])
