@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test install spark redis-server protos bench clean
+.PHONY: demo test install spark redis-server browser protos bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,18 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# tests/test_explorer.py drives Debian's headless Chromium through its chromedriver;
+# install both when either is missing (Selenium never downloads a browser here).
+browser:
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+	  echo "installing chromium and chromium-driver"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: install
 	$(PY) -m serving demo --workdir $(DEMO_DIR)
 
-test: install spark redis-server
+test: install spark redis-server browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 protos: install

@@ -25,7 +25,7 @@ def create_app(context: WebContext) -> Flask:
     from serving.web.api import api
     from serving.web.explorer import explorer
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the explorer serves its assets, with its headers
     app.extensions["feedrank"] = context
     app.register_blueprint(api)
     app.register_blueprint(explorer)
