@@ -6,6 +6,7 @@ Everything runs locally with the embedded memory store; nothing else is needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -76,6 +77,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sellers", type=int, default=300, help="synthetic sellers (default: %(default)s)")
     parser.add_argument("--items", type=int, default=8000, help="synthetic items (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=0,
+                        help="also serve the feed explorer on this port and keep the server running until Ctrl-C (default: off)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     data_dir, models_dir, port_file = workdir / "data", workdir / "models", workdir / "server.port"
@@ -89,6 +92,8 @@ def main(argv: list[str]) -> None:
     ])
     port_file.unlink(missing_ok=True)
     server_argv = ["-m", "serving", "--data", str(data_dir), "--models", str(models_dir), "--port", "0", "--port-file", str(port_file)]
+    if args.http_port:
+        server_argv += ["--http-port", str(args.http_port)]
     print(f"\n==> Start the gRPC server\n$ python {' '.join(server_argv)}", flush=True)
     env = dict(os.environ, FEEDRANK_TOKEN_SECRET=os.environ.get("FEEDRANK_TOKEN_SECRET", "demo-secret-not-for-production"))
     server = subprocess.Popen([sys.executable, *server_argv], env=env)
@@ -127,6 +132,10 @@ def main(argv: list[str]) -> None:
             ]), timeout=5)
             away = find_ranks(stub, user, {"demo-new-listing"})
             print("demo-new-listing: " + (f"still at rank {away['demo-new-listing']}" if away else "gone from the feed while its seller is away"))
+        if args.http_port:
+            print(f"\n==> Feed explorer: http://127.0.0.1:{args.http_port}/?user={user}  (Ctrl-C stops the server)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
