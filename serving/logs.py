@@ -129,7 +129,8 @@ def configure(log_format: str = "text", level: str = "info", stream: Any = None)
     return handler
 
 
-def _request_id(metadata: Any) -> str:
+def request_id_of(metadata: Any) -> str:
+    """The caller's x-request-id (cleaned, bounded), else a new one."""
     for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and value:
             cleaned = "".join(c for c in value[:MAX_REQUEST_ID_CHARS] if c.isprintable())
@@ -166,7 +167,7 @@ class AccessLog(grpc.ServerInterceptor):
         level = logging.INFO if feed else logging.DEBUG
         if not self.log.isEnabledFor(level) and (self.on_rejected is None or not feed):
             return handler  # nothing to log or count
-        request_id = _request_id(handler_call_details.invocation_metadata)
+        request_id = request_id_of(handler_call_details.invocation_metadata)
         behavior = handler.unary_unary
 
         @functools.wraps(behavior)
@@ -194,16 +195,13 @@ class AccessLog(grpc.ServerInterceptor):
                 if call["rejected"] and self.on_rejected is not None:
                     self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
                 if self.log.isEnabledFor(level):
-                    self._line(level, method, code_name, seconds, response, call, context)
+                    self.write(level, method, code_name, seconds, response, call, _peer(context))
 
         return handler._replace(unary_unary=logged)
 
-    def _line(self, level: int, method: str, code: str, seconds: float, response: Any, call: dict, context: grpc.ServicerContext) -> None:
+    def write(self, level: int, method: str, code: str, seconds: float, response: Any, call: dict, peer: str) -> None:
+        """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""
         version = getattr(response, "model_version", "") or self.model_version()
-        try:
-            peer = context.peer()
-        except Exception:  # noqa: BLE001
-            peer = ""
         name = method.rsplit("/", 1)[-1]
         latency_ms = round(seconds * 1000, 3)
         self.log.log(
@@ -226,3 +224,10 @@ class AccessLog(grpc.ServerInterceptor):
                 },
             },
         )
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    try:
+        return context.peer()
+    except Exception:  # noqa: BLE001
+        return ""

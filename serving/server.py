@@ -428,7 +428,7 @@ class FeedServer:
 
     def _http_server(self, auth: AuthInterceptor | None) -> HttpServer:
         config = self.config
-        context = WebContext(lambda: self.servicer.service, auth, config.models_dir)
+        context = WebContext(lambda: self.servicer.service, auth, config.models_dir, config.max_message_bytes)
         try:
             return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key)
         except OSError as error:

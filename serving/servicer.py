@@ -8,11 +8,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
@@ -97,36 +99,6 @@ _LOG = logging.getLogger(__name__)
 # How long a client should wait before retrying after UNAVAILABLE (google.rpc.RetryInfo).
 RETRY_DELAY_SECONDS = 1.0
 STORE_UNAVAILABLE = "store unavailable"
-_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
-    grpc.StatusCode.OUT_OF_RANGE: code_pb2.OUT_OF_RANGE,
-    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
-}
-
-
-def _abort_with_details(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, *details: Any) -> NoReturn:
-    """End the RPC with ``code`` and ``message``, the ``details`` messages packed as a
-    google.rpc.Status in the trailers (grpcio-status: ``rpc_status.from_call`` reads them)."""
-    packed = []
-    for detail in details:
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        packed.append(holder)
-    context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=_CODES[code], message=message, details=packed)))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
-
-
-def abort_bad_request(context: grpc.ServicerContext, field: str, description: str, message: str,
-                      code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> NoReturn:
-    """INVALID_ARGUMENT (or ``code``) with ``message`` and a google.rpc.BadRequest naming ``field``."""
-    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-    _abort_with_details(context, code, message, error_details_pb2.BadRequest(field_violations=[violation]))
-
-
-def abort_unavailable(context: grpc.ServicerContext, message: str) -> NoReturn:
-    """UNAVAILABLE with ``message`` and a google.rpc.RetryInfo (RETRY_DELAY_SECONDS)."""
-    delay = duration_pb2.Duration(seconds=int(RETRY_DELAY_SECONDS), nanos=int(RETRY_DELAY_SECONDS % 1 * 1e9))
-    _abort_with_details(context, grpc.StatusCode.UNAVAILABLE, message, error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 class _OutageLog:
@@ -153,11 +125,92 @@ class _OutageLog:
 _log_outage = _OutageLog()
 
 
-def _abort_internal(context: grpc.ServicerContext, method: str) -> NoReturn:
-    """A bug, not the client's fault: log the traceback, answer INTERNAL without internals."""
-    _LOG.exception("%s failed", method)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call failed, as the client is told over gRPC and HTTP alike: a status ``code``
+    and ``message``; ``field`` and ``description`` when one request field is at fault;
+    ``retry_after`` seconds when the same call may succeed later."""
+
+    code: grpc.StatusCode
+    message: str
+    field: str = ""
+    description: str = ""
+    retry_after: float | None = None
+
+
+LOADING = Refusal(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store", retry_after=RETRY_DELAY_SECONDS)
+
+
+def refusal_of(error: Exception, method: str) -> Refusal:
+    """The answer to a call of ``method`` that raised ``error``; logs outages (rate-limited) and bugs."""
+    if isinstance(error, InvalidRequest):
+        code = grpc.StatusCode.OUT_OF_RANGE if isinstance(error, FeedEnded) else grpc.StatusCode.INVALID_ARGUMENT
+        return Refusal(code, str(error), error.field, error.description)
+    if isinstance(error, EventValidationError):
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
+    if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
+        return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error}", retry_after=RETRY_DELAY_SECONDS)
+    if isinstance(error, StoreUnavailable):
+        _log_outage(method, error)
+        return Refusal(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE, retry_after=RETRY_DELAY_SECONDS)
+    # A bug, not the client's fault: log the traceback, answer without internals.
+    _LOG.error("%s failed", method, exc_info=error)
+    return Refusal(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def abort_refused(context: grpc.ServicerContext, refusal: Refusal) -> NoReturn:
+    """End the RPC as ``refusal`` says. A field at fault goes in a google.rpc.BadRequest, a
+    retry delay in a google.rpc.RetryInfo, packed as a google.rpc.Status in the trailers
+    (grpcio-status: ``rpc_status.from_call`` reads them)."""
+    details: list[Message] = []
+    if refusal.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=refusal.field, description=refusal.description)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if refusal.retry_after is not None:
+        delay = duration_pb2.Duration(seconds=int(refusal.retry_after), nanos=int(refusal.retry_after % 1 * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if details:
+        status = status_pb2.Status(code=refusal.code.value[0], message=refusal.message, details=[_packed(d) for d in details])
+        context.abort_with_status(rpc_status.to_status(status))
+    else:
+        context.abort(refusal.code, refusal.message)
     raise AssertionError("abort returned")  # pragma: no cover
+
+
+def _packed(detail: Message) -> any_pb2.Any:
+    holder = any_pb2.Any()
+    holder.Pack(detail)
+    return holder
+
+
+def get_feed_response(service: FeedService, request: feed_pb2.GetFeedRequest, now: float) -> feed_pb2.GetFeedResponse:
+    page = service.get_feed(
+        request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), now, shopper_filters_from_proto(request),
+    )
+    return feed_pb2.GetFeedResponse(
+        items=[feed_item_to_proto(c) for c in page.items],
+        next_page_token=page.next_page_token,
+        model_version=page.model_version,
+        arm=page.arm,
+    )
+
+
+def ingest_response(service: FeedService, request: feed_pb2.IngestRequest, received_at: float) -> feed_pb2.IngestResponse:
+    events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
+    result = service.ingest(events, now=received_at, min_replicas=request.min_replicas)
+    return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)
+
+
+def observe_call(service: FeedService, method: str, code: grpc.StatusCode, seconds: float,
+                 request: Message | None, response: Message | None) -> None:
+    """Count a call by final status code and time it; a GetFeed also by A/B arm, even when it fails.
+
+    ``request`` None: refused before it was read (no arm to count it under).
+    """
+    arm = None
+    if isinstance(request, feed_pb2.GetFeedRequest):
+        arm = response.arm if response is not None else service.arm_of(request.user_id)
+    service.metrics.observe_request(method, code.name, seconds, arm)
 
 
 def _abort_if_expired(context: grpc.ServicerContext) -> None:
@@ -168,13 +221,13 @@ def _abort_if_expired(context: grpc.ServicerContext) -> None:
 
 def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedService:
     if service is None:
-        abort_unavailable(context, "the server is still loading its model and store")
+        abort_refused(context, LOADING)
     _abort_if_expired(context)
     return service
 
 
 def _observed(handler: Callable) -> Callable:
-    """Count the RPC by final status code (and a GetFeed by A/B arm) and time it, in the service's metrics."""
+    """Count and time the RPC in the service's metrics (``observe_call``)."""
 
     @functools.wraps(handler)
     def wrapper(self: FeedServicer, request: Any, context: grpc.ServicerContext) -> Any:
@@ -186,10 +239,7 @@ def _observed(handler: Callable) -> Callable:
         finally:
             if self.service is not None:
                 code = context.code() or grpc.StatusCode.OK
-                arm = None  # GetFeed is also counted by A/B arm, even when it fails
-                if isinstance(request, feed_pb2.GetFeedRequest):
-                    arm = response.arm if response is not None else self.service.arm_of(request.user_id)
-                self.service.metrics.observe_request(handler.__name__, code.name, time.perf_counter() - started, arm)
+                observe_call(self.service, handler.__name__, code, time.perf_counter() - started, request, response)
 
     return wrapper
 
@@ -204,40 +254,16 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         service = _ready(self.service, context)
         try:
-            page = service.get_feed(
-                request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), time.time(),
-                shopper_filters_from_proto(request),
-            )
-        except InvalidRequest as error:
-            code = grpc.StatusCode.OUT_OF_RANGE if isinstance(error, FeedEnded) else grpc.StatusCode.INVALID_ARGUMENT
-            abort_bad_request(context, error.field, error.description, str(error), code)
-        except StoreUnavailable as error:
-            _log_outage("GetFeed", error)
-            abort_unavailable(context, STORE_UNAVAILABLE)
-        except Exception:
-            _abort_internal(context, "GetFeed")
+            response = get_feed_response(service, request, time.time())
+        except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
+            abort_refused(context, refusal_of(error, "GetFeed"))
         _abort_if_expired(context)
-        return feed_pb2.GetFeedResponse(
-            items=[feed_item_to_proto(c) for c in page.items],
-            next_page_token=page.next_page_token,
-            model_version=page.model_version,
-            arm=page.arm,
-        )
+        return response
 
     @_observed
     def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.ServicerContext) -> feed_pb2.IngestResponse:
         service = _ready(self.service, context)
-        received_at = time.time()
         try:
-            events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
-            result = service.ingest(events, now=received_at, min_replicas=request.min_replicas)
-        except EventValidationError as error:
-            abort_bad_request(context, error.path, error.description, str(error))
-        except NotReplicated as error:  # applied on the primaries: say so, a retry is safe
-            abort_unavailable(context, f"not replicated: {error}")
-        except StoreUnavailable as error:
-            _log_outage("Ingest", error)
-            abort_unavailable(context, STORE_UNAVAILABLE)
-        except Exception:
-            _abort_internal(context, "Ingest")
-        return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)
+            return ingest_response(service, request, time.time())
+        except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
+            abort_refused(context, refusal_of(error, "Ingest"))

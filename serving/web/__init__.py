@@ -12,13 +12,16 @@ import threading
 
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
-from flask import Flask
+import grpc
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
 
 from serving.web.common import HttpError, WebContext, error_json
 
 log = logging.getLogger("feedrank.http")
 
 HTTP_THREADS = 8
+BODY_CAP_FACTOR = 4
 
 
 def create_app(context: WebContext) -> Flask:
@@ -30,7 +33,20 @@ def create_app(context: WebContext) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(explorer)
     app.register_error_handler(HttpError, error_json)
+    app.register_error_handler(HTTPException, _routing_error)
     return app
+
+
+def _routing_error(error: HTTPException) -> Response | HTTPException:
+    """A path or method no view takes: JSON under the API's /v1/, Flask's page elsewhere."""
+    if not request.path.startswith("/v1/"):
+        return error
+    code = grpc.StatusCode.NOT_FOUND if error.code == 404 else grpc.StatusCode.UNIMPLEMENTED
+    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}"))
+    response.status_code = error.code or 500
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(error.valid_methods or ())
+    return response
 
 
 class HttpServer:
@@ -38,6 +54,10 @@ class HttpServer:
 
     def __init__(self, app: Flask, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.server = wsgi.Server((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
+        # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
+        # would still read and discard it to keep the connection. This cap bounds that
+        # (a larger body gets cheroot's own plain 413).
+        self.server.max_request_body_size = BODY_CAP_FACTOR * app.extensions["feedrank"].max_body_bytes
         if tls_cert:
             self.server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
         self.server.prepare()  # binds now, so a taken port fails the start

@@ -16,7 +16,9 @@ import grpc
 from flask import Response, current_app, jsonify, request
 
 from serving.auth import AuthInterceptor, Token
+from serving.config import DEFAULT_MAX_MESSAGE_BYTES
 from serving.feed_service import FeedService
+from serving.servicer import LOADING, Refusal
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -48,12 +50,14 @@ class WebContext:
     """The parts of the running server the web app reads.
 
     ``service()`` is None while the server is still loading; ``auth`` None when no
-    tokens are configured (everything is open, as over gRPC).
+    tokens are configured (everything is open, as over gRPC). ``max_body_bytes``: the
+    largest request body, as ``--max-message-bytes`` is the largest gRPC message.
     """
 
     service: Callable[[], FeedService | None]
     auth: AuthInterceptor | None
     models_dir: str
+    max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 def web_context() -> WebContext:
@@ -77,6 +81,11 @@ class HttpError(Exception):
         return HTTP_STATUS[self.code]
 
 
+def refused(refusal: Refusal) -> HttpError:
+    """The HTTP form of a refusal of the gRPC servicer's (serving/servicer.py): the same answer."""
+    return HttpError(refusal.code, refusal.message, refusal.field, refusal.description, refusal.retry_after)
+
+
 def error_json(error: HttpError) -> Response:
     """The JSON error body Google's HTTP APIs use: {"error": {code, status, message, details}}."""
     details: list[dict[str, Any]] = []
@@ -88,6 +97,8 @@ def error_json(error: HttpError) -> Response:
     body = {"error": {"code": error.http_status, "status": error.code.name, "message": error.message, "details": details}}
     response = jsonify(body)
     response.status_code = error.http_status
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = "Bearer"  # a 401 must say which scheme it wants (RFC 9110)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return response
@@ -96,7 +107,7 @@ def error_json(error: HttpError) -> Response:
 def ready_service() -> FeedService:
     service = web_context().service()
     if service is None:
-        raise HttpError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store", retry_after=1.0)
+        raise refused(LOADING)
     return service
 
 

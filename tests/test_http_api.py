@@ -1,0 +1,306 @@
+"""The HTTP/JSON API (serving/web/api.py) against a real server: for the same request the
+same answer as gRPC, in the proto's canonical JSON; errors in Google's JSON error shape,
+with the gRPC code mapped to an HTTP status; the same tokens; metrics and access lines."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2  # noqa: F401 (registers the detail types json_format prints)
+from grpc_status import rpc_status
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving import auth
+from serving.server import FeedServer
+from serving.web.common import HTTP_STATUS
+from tests.feed_world import build_world, running_server
+from tests.redis_servers import free_port
+
+JSON = {"Content-Type": "application/json"}
+READ = "read-token-0123456789abcdef"
+WRITE = "write-token-0123456789abcdef"
+TOKENS = f"{READ} read reader\n{WRITE} write writer\n"
+_ids = itertools.count()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: Any
+
+
+@dataclass
+class Served:
+    """A running server with its gRPC stub and its HTTP port."""
+
+    server: FeedServer
+    stub: feed_pb2_grpc.FeedServiceStub
+
+    def http(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.http.port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, response.headers, json.loads(response.read()))
+        finally:
+            connection.close()
+
+    def feed(self, user_id: str, headers: dict[str, str] | None = None, **query: Any) -> Answer:
+        return self.http("GET", feed_path(user_id, **query), headers=headers)
+
+    def ingest(self, body: Any, headers: dict[str, str] = JSON) -> Answer:
+        return self.http("POST", "/v1/events:ingest", body if isinstance(body, bytes) else json.dumps(body).encode(), headers)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.server.service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def feed_path(user_id: str, **query: Any) -> str:
+    return f"/v1/users/{quote(user_id, safe='')}/feed?{urlencode(query, doseq=True)}"
+
+
+def grpc_error(call: Any, request: Any, metadata: Any = None) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call(request, metadata=metadata, timeout=10)
+    return error.value
+
+
+def as_http(error: grpc.RpcError) -> tuple[int, dict]:
+    """The HTTP status and JSON error body Google's mapping gives a gRPC error."""
+    status = rpc_status.from_call(error)
+    fields = json_format.MessageToDict(status) if status is not None else {"message": error.details()}
+    code = HTTP_STATUS[error.code()]
+    return code, {"error": {"details": [], **fields, "code": code, "status": error.code().name}}
+
+
+def assert_answers_alike(answer: Answer, error: grpc.RpcError) -> None:
+    assert (answer.status, answer.body) == as_http(error)
+
+
+def an_event(**payload: Any) -> dict:
+    return {"eventId": f"http-{next(_ids)}", **payload}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("http-world"), users=120, sellers=12, items=300)
+
+
+@pytest.fixture(scope="module")
+def api(world) -> Iterator[Served]:
+    with running_server(world, http_port=free_port()) as (server, stub):
+        yield Served(server, stub)
+
+
+@pytest.fixture()
+def frozen_clock(monkeypatch) -> None:
+    """The same ``now`` for the gRPC and the HTTP call: the same scores and page tokens."""
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
+
+
+# --- the same answers as gRPC -------------------------------------------------------------
+
+
+def test_feed_pages_are_the_grpc_responses_in_canonical_json(api, world, frozen_clock):
+    categories = sorted(set(world.dataset.items.category))[:3]
+    for user in [*world.dataset.user_ids()[:3], "a new user/é", "50%2F50/"]:
+        first = api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=7), timeout=10)
+        answer = api.feed(user, page_size=7)
+        assert answer.status == 200 and answer.headers["Content-Type"] == "application/json"
+        assert answer.body == json_format.MessageToDict(first)
+        assert {"itemId", "sellerId", "score", "reasons"} <= set(answer.body["items"][0]) and answer.body["modelVersion"]
+        # The second page, by either name of the token parameter.
+        second = api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=7, page_token=first.next_page_token), timeout=10)
+        assert api.feed(user, page_size=7, pageToken=answer.body["nextPageToken"]).body == json_format.MessageToDict(second)
+        assert api.feed(user, page_size=7, page_token=first.next_page_token).body == json_format.MessageToDict(second)
+    # Every other GetFeedRequest field, repeated ones as repeated parameters.
+    user = world.dataset.user_ids()[5]
+    excluded = [item.item_id for item in api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=2), timeout=10).items]
+    filtered = api.stub.GetFeed(feed_pb2.GetFeedRequest(
+        user_id=user, limit=10, exclude_item_ids=excluded, include_categories=categories, exclude_categories=["none"],
+        min_price=1.0, max_price=500.0, max_ship_days=30), timeout=10)
+    answer = api.feed(user, pageSize=10, exclude_item_ids=excluded, includeCategories=categories, exclude_categories="none",
+                      min_price="1", maxPrice="500.0", max_ship_days=30)
+    assert answer.body == json_format.MessageToDict(filtered) and answer.body["items"]
+
+
+def test_events_ingested_over_http_show_in_the_next_grpc_feed(api, world):
+    user = world.dataset.user_ids()[7]
+    shown = [item.item_id for item in api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=10).items]
+    sold_out = an_event(stockUpdate={"itemId": shown[0], "stock": "0"})
+    answer = api.ingest({"events": [sold_out]})
+    assert (answer.status, answer.body) == (200, {"applied": 1})
+    # Proto field names are read too: the same event again is a duplicate.
+    again = {"events": [{"event_id": sold_out["eventId"], "stock_update": {"item_id": shown[0], "stock": 0}}]}
+    assert api.ingest(again).body == {"duplicates": 1}
+    after = api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=10)
+    assert shown[0] not in {item.item_id for item in after.items} and after.items
+
+
+# --- the same refusals as gRPC ------------------------------------------------------------
+
+LONG_ID = "u" * 300
+
+
+@pytest.mark.parametrize(("user_id", "query", "fields"), [
+    ("", {"page_size": 5}, {"limit": 5}),
+    (LONG_ID, {"page_size": 5}, {"limit": 5}),
+    ("u00001", {"page_size": 0}, {"limit": 0}),
+    ("u00001", {"page_size": 101}, {"limit": 101}),
+    ("u00001", {"page_size": 5, "page_token": "not-a-token"}, {"limit": 5, "page_token": "not-a-token"}),
+    ("u00001", {"page_size": 5, "min_price": -1}, {"limit": 5, "min_price": -1}),
+    ("u00001", {"pageSize": 5, "minPrice": 9, "maxPrice": 1}, {"limit": 5, "min_price": 9, "max_price": 1}),
+    ("u00001", {"page_size": 5, "max_ship_days": 999}, {"limit": 5, "max_ship_days": 999}),
+    ("u00001", {"page_size": 5, "exclude_item_ids": LONG_ID}, {"limit": 5, "exclude_item_ids": [LONG_ID]}),
+])
+def test_a_bad_feed_request_is_refused_as_over_grpc(api, user_id, query, fields):
+    error = grpc_error(api.stub.GetFeed, feed_pb2.GetFeedRequest(user_id=user_id, **fields))
+    answer = api.feed(user_id, **query)
+    assert_answers_alike(answer, error)
+    assert answer.status == 400 and answer.body["error"]["details"][0]["fieldViolations"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"events": [{"eventId": "no-payload"}]}, "events[0].payload"),
+    ({"events": []}, "events"),
+    ({"events": [an_event(like={"userId": "u00001", "itemId": ""})]}, "events[0].item_id"),
+    ({"events": [an_event(like={"userId": "u00001", "itemId": "i1"})], "minReplicas": 1}, "min_replicas"),
+])
+def test_a_bad_batch_is_refused_as_over_grpc(api, body, field):
+    error = grpc_error(api.stub.Ingest, json_format.ParseDict(body, feed_pb2.IngestRequest()))
+    answer = api.ingest(body)
+    assert_answers_alike(answer, error)
+    assert answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == field
+
+
+def test_while_loading_both_answer_unavailable_with_a_retry_delay(api):
+    service, api.server.servicer.service = api.server.servicer.service, None
+    try:
+        error = grpc_error(api.stub.GetFeed, feed_pb2.GetFeedRequest(user_id="u00001", limit=5))
+        answer = api.feed("u00001", page_size=5)
+    finally:
+        api.server.servicer.service = service
+    assert_answers_alike(answer, error)
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.body["error"]["details"] == [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
+
+
+# --- refusals only HTTP has ---------------------------------------------------------------
+
+
+def bad_field(answer: Answer) -> tuple[int, str, str]:
+    (violation,) = answer.body["error"]["details"][0]["fieldViolations"]
+    assert answer.body["error"]["message"] == f"{violation['field']}: {violation['description']}"
+    return answer.status, violation["field"], violation["description"]
+
+
+def test_query_parameters_are_known_typed_and_given_once(api):
+    status, field, description = bad_field(api.feed("u00001", page_size=5, colour="red"))
+    assert (status, field) == (400, "colour") and "page_size, page_token, exclude_item_ids" in description
+    assert bad_field(api.feed("u00001", limit=5))[:2] == (400, "limit")  # the query string says page_size
+    assert bad_field(api.feed("u00001", page_size="ten")) == (400, "page_size", "must be a 32-bit integer, got 'ten'")
+    assert bad_field(api.feed("u00001", page_size=5, min_price="cheap")) == (400, "min_price", "must be a number, got 'cheap'")
+    assert bad_field(api.feed("u00001", page_size=[5, 6]))[:2] == (400, "page_size")
+    assert bad_field(api.feed("u00001", page_size=5, pageSize=6)) == (400, "pageSize", "given more than once")
+
+
+@pytest.mark.parametrize(("body", "field", "text"), [
+    (b'{"events": [', "", "Failed to load JSON"),
+    (b"[]", "", "the body must be a JSON object: an IngestRequest"),
+    (b"\xff{}", "", "the body is not UTF-8"),
+    (json.dumps({"events": [an_event(), an_event(ts="soon")]}).encode(), "events[1].ts", "Couldn't parse float"),
+    (json.dumps({"events": [an_event(like={"userId": "u", "colour": "red"})]}).encode(), "events[0].like.colour", 'no field named "colour"'),
+    (json.dumps({"minReplicas": "many"}).encode(), "minReplicas", "many"),
+])
+def test_a_body_that_is_not_an_ingest_request_in_json_is_a_bad_request(api, body, field, text):
+    answer = api.ingest(body)
+    assert answer.status == 400 and answer.body["error"]["status"] == "INVALID_ARGUMENT" and text in answer.body["error"]["message"]
+    violations = [v for detail in answer.body["error"]["details"] for v in detail["fieldViolations"]]
+    assert [v["field"] for v in violations] == ([field] if field else [])
+
+
+def test_only_json_bodies_no_larger_than_a_grpc_message(api, world):
+    body = json.dumps({"events": [an_event(like={"userId": "u00001", "itemId": world.dataset.items.item_id[0]})]}).encode()
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        answer = api.ingest(body, headers)
+        assert answer.status == 415 and "Content-Type: application/json" in answer.body["error"]["message"]
+    assert api.ingest(body, {"Content-Type": "application/json; charset=utf-8"}).status == 200
+    # Too large is refused from the Content-Length, before the body is read.
+    limit = api.server.config.max_message_bytes
+    connection = http.client.HTTPConnection("127.0.0.1", api.server.http.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/v1/events:ingest")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(limit + 1))
+        connection.endheaders()
+        response = connection.getresponse()
+        error = json.loads(response.read())["error"]
+    finally:
+        connection.close()
+    assert (response.status, error["status"]) == (413, "RESOURCE_EXHAUSTED") and str(limit) in error["message"]
+
+
+# --- auth, metrics, access lines ----------------------------------------------------------
+
+
+def test_the_grpc_tokens_and_scopes_guard_the_api(world):
+    tokens = tuple(auth.parse_tokens(TOKENS, "t"))
+    with running_server(world, http_port=free_port(), tokens=tokens) as (server, stub):
+        served = Served(server, stub)
+        feed = feed_pb2.GetFeedRequest(user_id="u00001", limit=5)
+        unauthenticated = served.feed("u00001", page_size=5)
+        assert_answers_alike(unauthenticated, grpc_error(stub.GetFeed, feed))
+        assert unauthenticated.status == 401 and unauthenticated.headers["WWW-Authenticate"] == "Bearer"
+        assert served.feed("u00001", {"Authorization": f"Basic {READ}"}, page_size=5).status == 401
+        events = {"events": [an_event(follow={"userId": "u00001", "sellerId": "s-nobody"})]}
+        forbidden = served.ingest(events, {**JSON, "Authorization": f"Bearer {READ}"})
+        assert_answers_alike(forbidden, grpc_error(stub.Ingest, json_format.ParseDict(events, feed_pb2.IngestRequest()),
+                                                   [("authorization", f"Bearer {READ}")]))
+        assert forbidden.status == 403 and "'write' scope" in forbidden.body["error"]["message"]
+        assert len(served.feed("u00001", {"Authorization": f"Bearer {READ}"}, page_size=5).body["items"]) == 5
+        assert served.ingest(events, {**JSON, "Authorization": f"Bearer {WRITE}"}).body == {"applied": 1}
+        assert served.metric("feedrank_requests_total", method="http.GetFeed", code="UNAUTHENTICATED") == 2
+        assert served.metric("feedrank_requests_total", method="http.Ingest", code="PERMISSION_DENIED") == 1
+
+
+def test_calls_are_counted_like_rpcs_and_logged_with_their_request_id(api, caplog):
+    before = {
+        "ok": api.metric("feedrank_requests_total", method="http.GetFeed", code="OK"),
+        "bad": api.metric("feedrank_requests_total", method="http.GetFeed", code="INVALID_ARGUMENT"),
+        "arm": api.metric("feedrank_arm_requests_total", arm="", code="OK"),
+        "ingest": api.metric("feedrank_requests_total", method="http.Ingest", code="OK"),
+    }
+    with caplog.at_level(logging.INFO, logger="feedrank.access"):
+        answer = api.feed("u00002", {"X-Request-Id": "req-42"}, page_size=5)
+        api.feed("u00002", page_size=0)
+        api.ingest({"events": [an_event(view={"userId": "u00002", "itemId": answer.body["items"][0]["itemId"]})]})
+    assert answer.headers["X-Request-Id"] == "req-42"
+    assert api.metric("feedrank_requests_total", method="http.GetFeed", code="OK") == before["ok"] + 1
+    assert api.metric("feedrank_requests_total", method="http.GetFeed", code="INVALID_ARGUMENT") == before["bad"] + 1
+    assert api.metric("feedrank_arm_requests_total", arm="", code="OK") == before["arm"] + 1
+    assert api.metric("feedrank_requests_total", method="http.Ingest", code="OK") == before["ingest"] + 1
+    lines = [(r.request_id, r.fields["method"], r.fields["code"], r.fields["model_version"]) for r in caplog.records
+             if r.name == "feedrank.access"]
+    version = api.server.service.model_version
+    assert lines[0] == ("req-42", "http.GetFeed", "OK", version)
+    assert [line[1:3] for line in lines[1:]] == [("http.GetFeed", "INVALID_ARGUMENT"), ("http.Ingest", "OK")]
+
+
+def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
+    missing = api.http("GET", "/v1/nothing-here")
+    assert (missing.status, missing.body["error"]["status"]) == (404, "NOT_FOUND")
+    wrong = api.http("DELETE", "/v1/events:ingest")
+    assert (wrong.status, wrong.body["error"]["status"]) == (405, "UNIMPLEMENTED") and "POST" in wrong.headers["Allow"]
