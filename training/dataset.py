@@ -844,16 +844,15 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
 
     Output order is the order of each pair's first occurrence.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(src)
-    if not n:
+    if not len(src):
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     su = encode(src)[0].astype(np.int64)
     dv = encode(dst)[0].astype(np.int64)
     key = su * (int(dv.max()) + 1) + dv
-    if len(pc.unique(pa.array(key))) == n:
+    # numpy's sort beats a hash of tens of millions of distinct keys (0.3 s against 14 s at
+    # 29M likes: the hash table misses the cache on every insert).
+    ordered = np.sort(key)
+    if not (ordered[1:] == ordered[:-1]).any():
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     filled = np.where(np.isnan(ts), -np.inf, ts)
