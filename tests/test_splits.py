@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.ranker import LinearRanker
+from stores.memory import MemoryStore
+from tests.builders import make_dataset
 from training.dataset import Dataset, Edges
 from training.generate import generate
-from training.splits import random_split, time_split
+from training.splits import evaluation_time, random_split, time_split
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +143,19 @@ def test_engagements_of_held_out_pairs_and_of_the_future_stay_out_of_training(ds
         assert len(train.engagements) > 0.5 * len(ds.engagements)
         if before is not None:
             assert train.engagements.ts.max() < before
+
+
+def test_a_replay_of_undated_data_promotes_no_like_as_news():
+    """Undated events are stored at time 0; replayed at 0 each friend's like would be news
+    and jump the ranker's order. The replay clock puts them past the news window."""
+    nan = float("nan")
+    items = [("pop", "s1", nan, 5), ("f1", "s2", nan, 5)]
+    likes = [(f"stranger{i}", "pop", nan) for i in range(5)] + [("bob", "f1", nan)]
+    dataset = make_dataset(items, likes, friends=[("alice", "bob", nan)])
+    store = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+    by_popularity = LinearRanker.from_mapping({"popularity": 1.0})
+    pipeline = build_feed_pipeline(store, None, by_popularity)
+    assert [c.item_id for c in pipeline.run("alice", 2, 0.0).items] == ["f1", "pop"]  # news first at 0
+    replay_now = evaluation_time(dataset)
+    assert replay_now >= FeedSettings().fresh_window_seconds
+    assert [c.item_id for c in pipeline.run("alice", 2, replay_now).items] == ["pop", "f1"]
