@@ -19,7 +19,7 @@ import sys
 
 from serving import client
 from serving.config import HelpFormatter, add_server_arguments, config_from_args
-from training.__main__ import add_drop_unknown_items_argument, progress_bars
+from training.__main__ import progress_bars
 from training.dataset import load_defaults
 
 COMMANDS = ("serve", "feed", "demo", "load", "export")
@@ -34,10 +34,6 @@ def _serve(argv: list[str]) -> None:
         formatter_class=HelpFormatter,
     )
     add_server_arguments(parser)
-    command_line = parser.add_argument_group("command line only (no variable or config key)")
-    add_drop_unknown_items_argument(command_line)  # type: ignore[arg-type]
-    command_line.add_argument("--no-progress", action="store_true",
-                              help="no progress bar while the memory store loads (none either when stderr is not a terminal)")
     args = parser.parse_args(argv)
     config = config_from_args(args)
     if config.store_url == "memory" and not config.data_dir:
@@ -56,8 +52,8 @@ def _serve(argv: list[str]) -> None:
     from serving.server import serve
 
     try:
-        with progress_bars(sys.stderr.isatty() and not args.no_progress), \
-                load_defaults("drop" if args.drop_unknown_items else "error", warn=log.warning):
+        with progress_bars(sys.stderr.isatty() and config.progress), \
+                load_defaults("drop" if config.drop_unknown_items else "error", warn=log.warning):
             serve(config, port_file=args.port_file)
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
         sys.exit(f"error: {error}")

@@ -31,6 +31,8 @@ from stores.events import DEFAULT_MAX_CLOCK_SKEW
 from stores.memory import DEFAULT_DEDUPE_TTL, DEFAULT_MAX_FOLLOWS, DEFAULT_MAX_FRIENDS
 
 ENV_PREFIX = "FEEDRANK_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 TOKEN_SECRET_ENV = "FEEDRANK_TOKEN_SECRET"
 PREVIOUS_SECRETS_ENV = "FEEDRANK_TOKEN_SECRET_PREVIOUS"
 TOKENS_ENV = "FEEDRANK_TOKENS"
@@ -53,6 +55,8 @@ class ServerConfig:
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
     metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
     http_port: int = 0  # the feed explorer and HTTP/JSON API (serving/web; worker i uses port + i); 0 disables
+    progress: bool = True  # a progress bar while the memory store loads (only on a terminal)
+    drop_unknown_items: bool = False  # drop likes of items missing from items.csv instead of refusing the dataset
     feed: FeedSettings = FeedSettings()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
     port_file: str | None = None  # written with the bound port once health is SERVING
@@ -87,10 +91,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Flag:
-    """One server setting: ``--flag``, ``FEEDRANK_FLAG`` and the TOML key ``dest``."""
+    """One server setting: ``--flag``, ``FEEDRANK_FLAG`` and the TOML key ``dest``
+    (a bool also has ``--no-flag``; its variable takes 1/0, true/false, yes/no, on/off)."""
 
     dest: str
-    kind: type  # int, float or str
+    kind: type  # int, float, str or bool
     default: Any
     help: str
     group: str
@@ -119,6 +124,11 @@ class Flag:
                 value = float(text.strip())
             except ValueError:
                 raise ValueError(f"expected a number, got {text!r}") from None
+        elif self.kind is bool:
+            word = text.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}, got {text!r}")
+            value = word in _TRUE
         else:
             value = text
         return self.check(value)
@@ -126,8 +136,8 @@ class Flag:
     def from_toml(self, value: Any) -> Any:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, self.kind) or isinstance(value, bool):
-            expected = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        if not isinstance(value, self.kind) or (isinstance(value, bool) and self.kind is not bool):
+            expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
             raise ValueError(f"expected {expected}, got {value!r}")
         return self.check(value)
 
@@ -205,6 +215,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
+    Flag("progress", bool, True, "a progress bar while the memory store loads (never when stderr is not a terminal)", "server"),
+    Flag("drop_unknown_items", bool, False, "drop the likes of items missing from items.csv, with a warning that counts them (off: such a like is an error)", "server"),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
     Flag("tokens_file", str, None, "bearer tokens with scopes (format above)", "auth and TLS", metavar="FILE"),
     Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),
@@ -253,7 +265,14 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _help(flag: Flag) -> str:
-    default = "" if flag.default is None else f"default: {flag.default:g}; " if isinstance(flag.default, float) else f"default: {flag.default}; "
+    if flag.default is None:
+        default = ""
+    elif isinstance(flag.default, bool):
+        default = f"default: {'on' if flag.default else 'off'}; "
+    elif isinstance(flag.default, float):
+        default = f"default: {flag.default:g}; "
+    else:
+        default = f"default: {flag.default}; "
     return f"{flag.help} ({default}env {flag.env})".replace("%", "%%")
 
 
@@ -267,6 +286,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         f"a flag or variable overrides it (env {CONFIG_ENV})",
     )
     for flag in FLAGS:
+        if flag.kind is bool:
+            groups[flag.group].add_argument(
+                flag.flag, dest=flag.dest, action=argparse.BooleanOptionalAction, default=None, help=_help(flag)
+            )
+            continue
         groups[flag.group].add_argument(
             flag.flag, dest=flag.dest, type=flag.argparse_type(), default=None, help=_help(flag),
             metavar=flag.metavar or ("{" + ",".join(flag.choices) + "}" if flag.choices else flag.dest.upper()),
@@ -388,6 +412,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         reload_seconds=v["reload_seconds"],
         metrics_port=v["metrics_port"],
         http_port=v["http_port"],
+        progress=v["progress"],
+        drop_unknown_items=v["drop_unknown_items"],
         feed=FeedSettings(
             max_per_seller=v["max_per_seller"],
             max_per_category=v["max_per_category"],

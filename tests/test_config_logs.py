@@ -59,7 +59,7 @@ def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path):
 
 
 def test_every_flag_can_come_from_the_environment(tmp_path):
-    values = {"int": "3", "float": "2.5", "str": None}
+    values = {"int": "3", "float": "2.5", "str": None, "bool": "yes"}
     env = {}
     for flag in FLAGS:
         if flag.choices:
@@ -91,6 +91,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FATIGUE_SINK": "lots"}, "FEEDRANK_FATIGUE_SINK: expected a number, got 'lots'"),
         ({"FEEDRANK_LOG_FORMAT": "xml"}, "FEEDRANK_LOG_FORMAT: expected one of text, json, got 'xml'"),
         ({"FEEDRANK_FSYNC": "always"}, "FEEDRANK_FSYNC: expected one of batch, off, got 'always'"),
+        ({"FEEDRANK_PROGRESS": "maybe"}, "FEEDRANK_PROGRESS: expected one of 1, true, yes, on, 0, false, no, off, got 'maybe'"),
         ({"FEEDRANK_SOURCES": "trending,bogus"}, "FEEDRANK_SOURCES: unknown sources bogus; choose from"),
         ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
@@ -101,6 +102,23 @@ def test_a_bad_environment_value_names_the_variable(env, message):
     with pytest.raises(ConfigError) as error:
         resolve_config(parse("--models", "m"), env)
     assert str(error.value).startswith(message)
+
+
+def test_switches_come_from_flags_environment_and_file_and_can_be_turned_off(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('models = "m"\nprogress = false\ndrop_unknown_items = true\n')
+    from_file = resolve_config(parse("--config", str(path)), {})
+    assert (from_file.progress, from_file.drop_unknown_items) == (False, True)
+    env = {"FEEDRANK_PROGRESS": "on", "FEEDRANK_DROP_UNKNOWN_ITEMS": "0"}
+    from_env = resolve_config(parse("--config", str(path)), env)
+    assert (from_env.progress, from_env.drop_unknown_items) == (True, False)
+    flagged = resolve_config(parse("--config", str(path), "--no-progress", "--drop-unknown-items"), env)
+    assert (flagged.progress, flagged.drop_unknown_items) == (False, True)
+    defaults = resolve_config(parse("--models", "m"), {})
+    assert (defaults.progress, defaults.drop_unknown_items) == (True, False)
+    path.write_text('models = "m"\nprogress = 1\n')
+    with pytest.raises(ConfigError, match="progress.*expected true or false"):
+        resolve_config(parse("--config", str(path)), {})
 
 
 def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
