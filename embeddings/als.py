@@ -113,6 +113,40 @@ def recency_weights(times: np.ndarray, half_life_days: float) -> np.ndarray:
     return np.maximum(np.exp2(-age_days / half_life_days), MIN_RECENCY_WEIGHT).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class LayoutCodes:
+    """Where each edge of a dataset lands in an interaction matrix: the row of each like's,
+    follow's and engagement's user (``user_codes``, in that order), the item column of each
+    like and engagement and the seller of each follow (-1: not in the layout)."""
+
+    item_ids: list[str]
+    seller_ids: list[str]
+    user_ids: list[str]
+    like_items: np.ndarray
+    follow_sellers: np.ndarray
+    user_codes: np.ndarray
+    engaged_items: np.ndarray
+
+
+def layout_codes(ds: Dataset, layout: Interactions | None = None) -> LayoutCodes:
+    """The codes of ``ds``'s edges in ``layout``'s rows and columns, or in a layout of its
+    own (first-seen order: the catalogue, then likes; users of likes, follows, engagements)."""
+    likes, follows, engaged = ds.likes, ds.follows, ds.engagements
+    if layout is None:
+        item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
+        like_items = item_codes[len(ds.items) :]
+        seller_codes, seller_ids = _without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
+        follow_sellers = seller_codes[len(ds.items) :]
+        user_codes, user_ids = encode(list(likes.src) + list(follows.src) + list(engaged.user_id))
+    else:
+        item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
+        like_items = positions_in(likes.dst, item_ids)
+        follow_sellers = positions_in(follows.dst, seller_ids)
+        user_codes = positions_in(list(likes.src) + list(follows.src) + list(engaged.user_id), user_ids)
+    engaged_items = positions_in(engaged.item_id, item_ids) if len(engaged) else np.zeros(0, np.int32)
+    return LayoutCodes(item_ids, seller_ids, user_ids, like_items, follow_sellers, user_codes, engaged_items)
+
+
 def build_interactions(
     ds: Dataset,
     like_weight: float = DEFAULT_LIKE_WEIGHT,
@@ -147,18 +181,9 @@ def build_interactions(
     n_likes, n_follows = len(likes), len(follows)
     weights_of = DEFAULT_ENGAGEMENT_WEIGHTS if engagement_weights is None else engagement_weights
     engagement_values = np.array([weights_of.get(kind, 0.0) for kind in engaged.kind], dtype=np.float32)
-    if layout is None:
-        item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
-        like_items = item_codes[len(ds.items) :]
-        seller_codes, seller_ids = _without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
-        follow_sellers = seller_codes[len(ds.items) :]
-        user_codes, user_ids = encode(list(likes.src) + list(follows.src) + list(engaged.user_id))
-    else:
-        item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
-        like_items = positions_in(likes.dst, item_ids)
-        follow_sellers = positions_in(follows.dst, seller_ids)
-        user_codes = positions_in(list(likes.src) + list(follows.src) + list(engaged.user_id), user_ids)
-    engaged_items = positions_in(engaged.item_id, item_ids) if len(engaged) else np.zeros(0, np.int32)
+    codes = layout_codes(ds, layout)
+    item_ids, seller_ids, user_ids = codes.item_ids, codes.seller_ids, codes.user_ids
+    like_items, follow_sellers, user_codes, engaged_items = codes.like_items, codes.follow_sellers, codes.user_codes, codes.engaged_items
 
     n_items = len(item_ids)
     rows = user_codes

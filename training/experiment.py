@@ -22,6 +22,21 @@ from training.splits import (
 from training.train import train
 
 
+def evaluation_parts(
+    dataset: Dataset, split: SplitSpec | None, test: Edges | None, ranker_params: RankerFitParams | None
+) -> tuple[Dataset, Edges, float | None, RankerFitParams]:
+    """(training part, test likes, replay time or None, ranker params) of an evaluation:
+    ``dataset`` is the training part when ``test`` is given, else ``split`` (default: the
+    dataset's default split) cuts it, and the ranker's validation takes that split's shape."""
+    ranker_params = ranker_params or RankerFitParams()
+    if test is not None:
+        return dataset, test, None, ranker_params
+    split = split or default_split(dataset)
+    train_part, test, now = split_for_evaluation(dataset, split)
+    # Validation mirrors the test: the ranker is chosen on a split of the same shape.
+    return train_part, test, now, replace(ranker_params, validation_kind=split.kind)
+
+
 def evaluate_split(
     dataset: Dataset,
     split: SplitSpec | None,
@@ -41,14 +56,7 @@ def evaluate_split(
     With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
     ``report.ranker`` holds the fitted ranker's manifest entry.
     """
-    ranker_params = ranker_params or RankerFitParams()
-    if test is not None:
-        train_part, now = dataset, None
-    else:
-        split = split or default_split(dataset)
-        train_part, test, now = split_for_evaluation(dataset, split)
-        # Validation mirrors the test: the ranker is chosen on a split of the same shape.
-        ranker_params = replace(ranker_params, validation_kind=split.kind)
+    train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
     ranker, extra, warm = DEFAULT_RANKER, {}, None
     fit_info: dict = {"objective": "blend"}
     interactions = interactions_of(train_part, params)

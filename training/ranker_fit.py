@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -292,19 +293,10 @@ def fit_ranker(
     pools) and has its own item-kNN, so no validation like leaks into any feature.
     """
     from embeddings import als
-    from embeddings.index import build_index
     from embeddings.knn import train_item_knn
 
     tp = train_params
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-        if tp.show_progress:
-            print(f"  ranker {name:<10} {timings[name]:8.2f} s", flush=True)
+    lap = StepClock(tp.show_progress)
 
     layout = interactions or interactions_of(train, tp)
     fit_part, held, now = validation_split(train, params.validation_fraction, params.seed, params.validation_kind)
@@ -324,10 +316,42 @@ def fit_ranker(
     lap("item-knn")
     # Users without a fit-part interaction are folded in from their likes, as when serving.
     active = np.diff(fit_matrix.matrix.indptr) > 0
-    model = EmbeddingModel(
-        [u for u, keep in zip(fit_matrix.user_ids, active.tolist()) if keep], fit_matrix.item_ids, users[active], items,
+    model = fit_part_model(fit_matrix.user_ids, fit_matrix.item_ids, users, items, active, knn, tp)
+    ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, params, lap)
+    return ranker, info, (users, columns)
+
+
+class StepClock:
+    """Times the steps of the ranker's fit (``clock(name)`` ends one); prints each when ``verbose``."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._started, 2)
+        self._started = now
+        if self.verbose:
+            print(f"  ranker {name:<10} {self.timings[name]:8.2f} s", flush=True)
+
+
+def fit_part_model(user_ids: Sequence[str], item_ids: Sequence[str], users: np.ndarray, items: np.ndarray,
+                   active: np.ndarray, knn: Any, tp: Any) -> EmbeddingModel:
+    """The fit part's model for the pools: the ``active`` users' factors (the others fold in
+    from their likes, as when serving), an exact index (a few thousand pools need none built)."""
+    from embeddings.index import build_index
+
+    return EmbeddingModel(
+        [u for u, keep in zip(user_ids, active.tolist()) if keep], item_ids, users[active], items,
         build_index(items, "flat"), regularization=tp.regularization, alpha=tp.alpha * tp.like_weight, item_knn=knn,
     )
+
+
+def fit_on_pools(fit_part: Dataset, held: Edges, now: float, model: EmbeddingModel, tp: Any, settings: FeedSettings,
+                 params: RankerFitParams, lap: StepClock) -> tuple[LinearRanker, dict[str, Any]]:
+    """Collect the validation pools with the fit part's ``model``, fit above the baselines; the ranker and its report."""
     examples = collect_examples(fit_part, held, model, now, settings, params, show_progress=tp.show_progress)
     lap("pools")
     ranker, check = fit_above_baselines(examples, params)
@@ -342,9 +366,9 @@ def fit_ranker(
         "candidates_per_user": round(examples.candidates_per_user, 1),
         "pool_recall": round(examples.positives_in_pool / max(examples.positives_total, 1), 4),
         **check,
-        "timings": timings,
+        "timings": lap.timings,
     }
-    return ranker, info, (users, columns)
+    return ranker, info
 
 
 def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[LinearRanker, dict[str, Any]]:

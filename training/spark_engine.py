@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,6 @@ from embeddings import als
 from embeddings.index import build_index
 from embeddings.knn import ItemKNN, train_item_knn
 from embeddings.model import EmbeddingModel
-from ranking.vocab import encode, positions_in
 from training.dataset import Dataset
 from training.params import TrainParams, engagement_weights
 
@@ -248,19 +247,10 @@ class SparkEngine:
 
         likes, follows, engaged = ds.likes, ds.follows, ds.engagements
         n_likes, n_follows = len(likes), len(follows)
-        if layout is None:
-            item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
-            like_items = item_codes[len(ds.items):]
-            seller_codes, seller_ids = als._without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
-            follow_sellers = seller_codes[len(ds.items):]
-            user_codes, user_ids = encode(list(likes.src) + list(follows.src) + list(engaged.user_id))
-        else:
-            item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
-            like_items = positions_in(likes.dst, item_ids)
-            follow_sellers = positions_in(follows.dst, seller_ids)
-            user_codes = positions_in(list(likes.src) + list(follows.src) + list(engaged.user_id), user_ids)
+        codes = als.layout_codes(ds, layout)
+        item_ids, seller_ids, user_ids = codes.item_ids, codes.seller_ids, codes.user_ids
+        like_items, follow_sellers, user_codes, engaged_items = codes.like_items, codes.follow_sellers, codes.user_codes, codes.engaged_items
         n_items = len(item_ids)
-        engaged_items = positions_in(engaged.item_id, item_ids) if len(engaged) else np.zeros(0, np.int32)
 
         like_frame = self._frame({
             "user": user_codes[:n_likes], "col": like_items.astype(np.int32),
@@ -494,20 +484,11 @@ class SparkEngine:
         ``ranker_params.max_users`` sampled users, fit, baseline check) and report; returns
         (ranker, info, None): there is no warm start on Spark.
         """
-        from training.ranker_fit import collect_examples, fit_above_baselines
+        from training.ranker_fit import StepClock, fit_on_pools, fit_part_model
         from training.splits import validation_split
 
         tp, rp = params, ranker_params
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            timings[name] = round(time.perf_counter() - clock, 2)
-            clock = time.perf_counter()
-            if tp.show_progress:
-                print(f"  ranker {name:<10} {timings[name]:8.2f} s", flush=True)
-
+        lap = StepClock(tp.show_progress)
         layout = layout or self.interactions(ds, tp)
         fit_part, held, now = validation_split(ds, rp.validation_fraction, rp.seed, rp.validation_kind)
         fit_inter = self.interactions(fit_part, tp, layout)
@@ -517,26 +498,8 @@ class SparkEngine:
         knn = self.item_knn(fit_inter, tp)
         lap("item-knn")
         fit_inter.frame.unpersist()
-        model = EmbeddingModel(
-            [u for u, keep in zip(fit_inter.user_ids, active.tolist()) if keep], fit_inter.item_ids, users[active], items,
-            build_index(items, "flat"), regularization=tp.regularization, alpha=tp.alpha * tp.like_weight, item_knn=knn,
-        )
-        examples = collect_examples(fit_part, held, model, now, settings, rp, show_progress=tp.show_progress)
-        lap("pools")
-        ranker, check = fit_above_baselines(examples, rp)
-        lap("fit")
-        info = {
-            "objective": rp.objective,
-            "l2": rp.l2,
-            "validation_fraction": rp.validation_fraction,
-            "validation_kind": rp.validation_kind or "auto",
-            "validation_users": examples.users,
-            "rows": int(len(examples.labels)),
-            "candidates_per_user": round(examples.candidates_per_user, 1),
-            "pool_recall": round(examples.positives_in_pool / max(examples.positives_total, 1), 4),
-            **check,
-            "timings": timings,
-        }
+        model = fit_part_model(fit_inter.user_ids, fit_inter.item_ids, users, items, active, knn, tp)
+        ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, rp, lap)
         return ranker, info, None
 
     def evaluate_split(self, dataset, split, test, ks, params, settings=None, show_progress=True, ranker_params=None,
@@ -545,18 +508,12 @@ class SparkEngine:
         from ranking.feed import FeedSettings
         from ranking.ranker import DEFAULT_RANKER
         from training.evaluate import evaluate, pipeline_recommender
-        from training.ranker_fit import RankerFitParams
-        from training.splits import default_split, evaluation_time, split_for_evaluation
+        from training.experiment import evaluation_parts
+        from training.splits import evaluation_time
         from training.train import fitted_ranker_spec
 
-        ranker_params = ranker_params or RankerFitParams()
         settings = settings or FeedSettings()
-        if test is not None:
-            train_part, now = dataset, None
-        else:
-            split = split or default_split(dataset)
-            train_part, test, now = split_for_evaluation(dataset, split)
-            ranker_params = replace(ranker_params, validation_kind=split.kind)
+        train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
         interactions = self.interactions(train_part, params)
         spec, _ = fitted_ranker_spec(train_part, params, ranker_params, interactions, settings, engine=self)
         from ranking.ranker import LinearRanker
