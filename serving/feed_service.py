@@ -277,7 +277,7 @@ class FeedService:
         more = bool(result.has_more and result.items) and len(served) < max_served
         return FeedPage(
             result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm,
-            dict(result.gathered_by_source), dict(result.removed_by_filter), result.explanation,
+            result.gathered_by_source, result.removed_by_filter, result.explanation,
         )
 
     def _route(self, user_id: str, arm: str | None, version: str | None) -> _Route:
