@@ -23,7 +23,9 @@ from grpc_status import rpc_status
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import auth
 from serving.server import FeedServer
+from serving.load import load_into_redis
 from serving.web.common import HTTP_STATUS
+from stores.redis import connect
 from tests.feed_world import build_world, running_server
 from tests.redis_servers import free_port
 
@@ -304,3 +306,21 @@ def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
     assert (missing.status, missing.body["error"]["status"]) == (404, "NOT_FOUND")
     wrong = api.http("DELETE", "/v1/events:ingest")
     assert (wrong.status, wrong.body["error"]["status"]) == (405, "UNIMPLEMENTED") and "POST" in wrong.headers["Allow"]
+
+
+@pytest.mark.redis
+def test_on_redis_http_answers_as_grpc_and_an_http_ingest_shows_in_the_next_feed(world, redis_url, frozen_clock):
+    client = connect(redis_url, socket_timeout=30.0)
+    try:
+        load_into_redis(client, world.dataset)
+    finally:
+        client.close()
+    with running_server(world, store_url=redis_url, http_port=free_port()) as (server, stub):
+        api = Served(server, stub)
+        user = world.dataset.user_ids()[0]
+        page = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=10)
+        assert api.feed(user, page_size=5).body == json_format.MessageToDict(page)
+        gone = page.items[0].item_id
+        assert api.ingest({"events": [an_event(stockUpdate={"itemId": gone, "stock": "0"})]}).body == {"applied": 1}
+        after = api.feed(user, page_size=20).body
+        assert after["items"] and gone not in {item["itemId"] for item in after["items"]}
