@@ -155,11 +155,15 @@ def train_item_knn(
     show_progress: bool = True,
     num_threads: int = 0,
     l2: float = DEFAULT_EASE_L2,
+    rows: np.ndarray | None = None,
 ) -> ItemKNN:
     """Fit an item-to-item model on a user x item matrix (columns = ``item_ids``):
     implicit's item-kNN, or EASE with penalty ``l2`` when ``kind`` is "ease".
 
-    Returns an ItemKNN whose rows keep each item's ``k`` most similar other items.
+    Returns an ItemKNN whose rows keep each item's ``k`` most similar other items. With
+    ``rows`` (item-kNN kinds only) only those items' rows are computed, the same as
+    implicit's, and the others are left empty: a model read only from known items (the
+    ranker's pools read the rows of their users' likes) costs that share of a full one.
     """
     from implicit.nearest_neighbours import (
         BM25Recommender,
@@ -177,6 +181,8 @@ def train_item_knn(
         raise ValueError(f"unknown item-kNN kind {kind!r}; choose from {KNN_KINDS}")
     if user_items.shape[1] != len(item_ids):
         raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
+    if rows is not None:
+        return ItemKNN(item_ids, _knn_rows(user_items, kind, k, rows))
     # One more neighbour than asked, because implicit keeps each item as its own neighbour.
     model = classes[kind](K=k + 1, num_threads=num_threads)
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
@@ -188,6 +194,45 @@ def train_item_knn(
     similarity.eliminate_zeros()
     similarity.sort_indices()
     return ItemKNN(item_ids, similarity)
+
+
+def _knn_rows(user_items: sp.csr_matrix, kind: str, k: int, rows: np.ndarray, chunk: int = 2048) -> sp.csr_matrix:
+    """The rows ``rows`` of implicit's item-kNN similarity for ``kind``: the same weighting
+    of the user x item matrix, the same k + 1 largest dot products per row with the item
+    itself among them, then the item itself dropped (ties may pick other equal neighbours)."""
+    from implicit.nearest_neighbours import bm25_weight, normalize, tfidf_weight
+
+    items_users = sp.csr_matrix(user_items, dtype=np.float32).T
+    if kind == "cosine":
+        weighted = normalize(items_users)
+    elif kind == "tfidf":
+        weighted = normalize(tfidf_weight(items_users))
+    else:  # bm25, with BM25Recommender's defaults
+        weighted = bm25_weight(items_users, K1=1.2, B=0.75)
+    weighted = sp.csr_matrix(weighted, dtype=np.float32)
+    users_items = weighted.T.tocsr()
+    n = weighted.shape[0]
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    kept_rows, kept_columns, kept_values = [], [], []
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        product = sp.csr_matrix(weighted[block] @ users_items)
+        for i, row in enumerate(block.tolist()):
+            lo, hi = product.indptr[i], product.indptr[i + 1]
+            columns, values = product.indices[lo:hi], product.data[lo:hi]
+            if hi - lo > k + 1:
+                top = np.argpartition(-values, k)[: k + 1]
+                columns, values = columns[top], values[top]
+            keep = (columns != row) & (values != 0)
+            kept_rows.append(np.full(int(keep.sum()), row, np.int64))
+            kept_columns.append(columns[keep])
+            kept_values.append(values[keep])
+    if not kept_rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    r, c, v = np.concatenate(kept_rows), np.concatenate(kept_columns), np.concatenate(kept_values)
+    similarity = sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(n, n))
+    similarity.sort_indices()
+    return similarity
 
 
 def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: int = DEFAULT_KNN_K) -> sp.csr_matrix:

@@ -510,3 +510,27 @@ def test_bad_engagements_are_located(tmp_path: Path, row: str, column: str) -> N
     with pytest.raises(DatasetError) as error:
         load_dataset(str(make(tmp_path, engagements=text)))
     assert (error.value.file, error.value.line, error.value.column) == ("engagements.csv", 3, column)
+
+
+_FIELD = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_FIELD, st.sampled_from(["a", "b,c", 'q"', "x\r", "y\nz", ""]), st.integers(-(2**53), 2**53)),
+                     max_size=12),
+       chunk=st.integers(1, 5))
+def test_csv_bytes_are_the_bytes_csv_writer_writes(rows, chunk):
+    """The fingerprint and written files: pyarrow's fast join where no field needs quoting, csv.writer's bytes always."""
+    import training.dataset as module
+
+    text, kind, number = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+    numbers = np.asarray(number, dtype=np.int64)
+    expected = module._csv_text(("a", "b", "c"), [text, kind, [str(n) for n in number]]).encode()
+    saved = module._CSV_CHUNK_ROWS
+    module._CSV_CHUNK_ROWS = chunk
+    try:
+        assert module._csv_bytes(("a", "b", "c"), [text, kind, numbers]) == expected
+        plain = [value for value in kind if value in ("a", "")]
+        assert module._csv_bytes(("a", "b"), [plain, plain]) == module._csv_text(("a", "b"), [plain, plain]).encode()
+    finally:
+        module._CSV_CHUNK_ROWS = saved

@@ -132,6 +132,31 @@ def test_item_knn_user_scores_sum_the_similarity_rows_of_the_distinct_known_like
     assert len(knn.user_scores(["unknown"]).rows) == 0
 
 
+@pytest.mark.parametrize("kind", ["cosine", "bm25", "tfidf"])
+def test_item_knn_of_chosen_rows_equals_implicits_rows_and_leaves_the_rest_empty(kind: str) -> None:
+    import scipy.sparse as sp
+
+    from embeddings.knn import train_item_knn
+
+    rng = np.random.default_rng(3)
+    users, items, per_user = 800, 400, 12
+    popularity = rng.zipf(1.6, items).astype(float)  # skewed, as likes are: hubs and ties
+    cells = (np.repeat(np.arange(users), per_user), rng.choice(items, users * per_user, p=popularity / popularity.sum()))
+    matrix = sp.csr_matrix((rng.integers(1, 5, users * per_user).astype(np.float32), cells), shape=(users, items))
+    matrix.sum_duplicates()
+    ids = [f"i{n}" for n in range(items)]
+    chosen = rng.choice(items, 60, replace=False)
+    full = train_item_knn(matrix, ids, kind, 15, show_progress=False).similarity
+    part = train_item_knn(matrix, ids, kind, 15, show_progress=False, rows=chosen).similarity
+    for row in chosen:  # the same neighbour weights; equal weights may pick other neighbours
+        np.testing.assert_allclose(np.sort(part[row].data), np.sort(full[row].data), rtol=1e-5)
+        assert row not in part[row].indices
+    assert part[np.setdiff1d(np.arange(items), chosen)].nnz == 0
+    liked = matrix[5].indices  # a user's scores read only the rows of their likes
+    only_liked = train_item_knn(matrix, ids, kind, 15, show_progress=False, rows=liked)
+    np.testing.assert_allclose(only_liked.user_scores_rows(liked).scores.sum(), full[liked].sum(), rtol=1e-5)
+
+
 def test_a_deep_neighbour_search_is_exact_and_agrees_with_the_index_at_its_top() -> None:
     from embeddings.model import EXACT_SEARCH_K_SHARE
 

@@ -54,6 +54,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,8 +214,7 @@ class Dataset:
         digest = hashlib.sha256()
         with _gc_paused():
             rendered = _render(self)
-        for name, text in rendered.items():
-            data = text.encode("utf-8")
+        for name, data in rendered.items():
             digest.update(f"{name}\0{len(data)}\0".encode())
             digest.update(data)
         return digest.hexdigest()
@@ -1240,6 +1240,19 @@ def _format_time(x: float) -> str:
     return repr(x)
 
 
+def _time_column(ts: np.ndarray) -> np.ndarray | list[str]:
+    """``_format_times(ts)`` as a column for ``_csv_bytes``: int64 seconds when every time
+    is integral (joined as text by pyarrow, no str per row), else the formatted strings."""
+    ts = np.asarray(ts, dtype=np.float64)
+    if np.isfinite(ts).all() and (np.floor(ts) == ts).all() and (np.abs(ts) < 2**53).all():
+        return ts.astype(np.int64)
+    return _format_times(ts)
+
+
+_NEEDS_QUOTING = '[,"\r\n]'
+_CSV_CHUNK_ROWS = 1 << 20
+
+
 def _csv_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
     buf = io.StringIO()
     # With a "\n" terminator, csv's minimal quoting leaves a bare "\r" unquoted, which
@@ -1251,6 +1264,40 @@ def _csv_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
     writer.writerow(header)
     writer.writerows(zip(*columns))
     return buf.getvalue()
+
+
+def _csv_bytes(header: Sequence[str], columns: Sequence[Sequence[str] | np.ndarray]) -> bytes:
+    """UTF-8 of ``_csv_text(header, columns)``; int64 arrays are columns of integers.
+
+    When no field needs quoting (ids, numbers, times: the bulk of any dataset), pyarrow
+    joins the fields in C++ a chunk of rows at a time, byte for byte what csv.writer
+    writes and about ten times faster at tens of millions of rows (the fingerprint of a
+    29M-like dataset took 53 s through csv.writer). Anything else goes through csv.writer.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def chunk(column: Sequence[str] | np.ndarray, start: int) -> Any:
+        part = column[start : start + _CSV_CHUNK_ROWS]
+        return pa.array(part).cast(pa.string()) if isinstance(part, np.ndarray) else pa.array(part, pa.string())
+
+    n = len(columns[0]) if columns else 0
+    pieces = [(",".join(header) + "\n").encode()] if not any(re.search(_NEEDS_QUOTING, h) for h in header) else None
+    for start in range(0, n, _CSV_CHUNK_ROWS):
+        if pieces is None:
+            break
+        fields = [chunk(column, start) for column in columns]
+        if any(pc.any(pc.match_substring_regex(f, _NEEDS_QUOTING)).as_py() for f in fields if f.type == pa.string()):
+            pieces = None
+            break
+        lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, ","), "", "\n")
+        _, offsets, data = lines.buffers()
+        offsets = np.frombuffer(offsets, np.int32)
+        pieces.append(memoryview(data)[offsets[lines.offset] : offsets[lines.offset + len(lines)]])
+    if pieces is not None:
+        return b"".join(pieces)
+    plain = [column.astype(str).tolist() if isinstance(column, np.ndarray) else column for column in columns]
+    return _csv_text(header, plain).encode("utf-8")
 
 
 def _card_columns(it: Items) -> dict[str, list[str]]:
@@ -1267,11 +1314,11 @@ def _card_columns(it: Items) -> dict[str, list[str]]:
     return {name: values for name, values in columns.items() if any(v != defaults.get(name, "") for v in values)}
 
 
-def _render(ds: Dataset) -> dict[str, str]:
+def _render(ds: Dataset) -> dict[str, bytes]:
     it = ds.items
     cards = _card_columns(it)
     out = {
-        ITEMS: _csv_text(
+        ITEMS: _csv_bytes(
             ("item_id", "seller_id", "created_at", "stock", "price", "category", *cards),
             (
                 it.item_id,
@@ -1285,20 +1332,20 @@ def _render(ds: Dataset) -> dict[str, str]:
         )
     }
     for name, edges in ((LIKES, ds.likes), (FOLLOWS, ds.follows), (FRIENDS, ds.friends)):
-        header, columns = _SCHEMA[name][0], [edges.src, edges.dst, _format_times(edges.ts)]
+        header, columns = _SCHEMA[name][0], [edges.src, edges.dst, _time_column(edges.ts)]
         if name == LIKES and edges.weight is not None:
             # Only a weighted dataset gets the column: unweighted files (and their
             # fingerprints) are exactly what they were before weights existed.
-            header, columns = header + ("weight",), columns + [_format_times(edges.weight)]
-        out[name] = _csv_text(header, columns)
+            header, columns = header + ("weight",), columns + [_time_column(edges.weight)]
+        out[name] = _csv_bytes(header, columns)
     if len(ds.engagements):
         e = ds.engagements
-        out[ENGAGEMENTS_FILE] = _csv_text(
-            _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), (e.user_id, e.item_id, e.kind, _format_times(e.ts), e.friend_id)
+        out[ENGAGEMENTS_FILE] = _csv_bytes(
+            _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), (e.user_id, e.item_id, e.kind, _time_column(e.ts), e.friend_id)
         )
     if len(ds.sellers):
         until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
-        out[SELLERS] = _csv_text(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
+        out[SELLERS] = _csv_bytes(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
     return out
 
 
@@ -1395,7 +1442,7 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
                 os.remove(os.path.join(path, optional))
     for name, text in rendered.items():
         tmp = os.path.join(path, f".{name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(text)
         os.replace(tmp, os.path.join(path, name))
     for name in _SCHEMA:

@@ -85,6 +85,34 @@ class Examples:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PoolSample:
+    """The validation users whose pools are collected, and each one's validation items."""
+
+    users: list[str]
+    relevant: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, labels: Edges, params: RankerFitParams) -> PoolSample:
+        """Every user of ``labels``, or a sample of ``params.max_users`` of them seeded by ``params.seed``."""
+        relevant: dict[str, set[str]] = defaultdict(set)
+        for user_id, item_id in zip(labels.src, labels.dst):
+            relevant[user_id].add(item_id)
+        users = sorted(relevant)
+        if len(users) > params.max_users:
+            rng = np.random.default_rng(params.seed)
+            users = sorted(rng.choice(users, params.max_users, replace=False).tolist())
+        return cls(users, relevant)
+
+    def liked_columns(self, interactions: Any) -> np.ndarray:
+        """The item columns of ``interactions`` (an embeddings.als.Interactions) that these
+        users interacted with: the only item-kNN rows their pools read."""
+        wanted = set(self.users)
+        rows = np.fromiter((i for i, user_id in enumerate(interactions.user_ids) if user_id in wanted), np.int64)
+        columns = np.unique(interactions.matrix[rows].indices)
+        return columns[columns < interactions.n_items]
+
+
 def collect_examples(
     fit_part: Dataset,
     labels: Edges,
@@ -93,21 +121,17 @@ def collect_examples(
     settings: FeedSettings = FeedSettings(),
     params: RankerFitParams = RankerFitParams(),
     show_progress: bool = True,
+    sample: PoolSample | None = None,
 ) -> Examples:
     """Candidate pools of the serving pipeline over a memory store of ``fit_part``.
 
-    One pool per user of ``labels`` (at most ``params.max_users``, sampled with
-    ``params.seed``); a row is a positive when (user, item) is in ``labels``.
+    One pool per user of ``sample`` (default: ``PoolSample.of(labels, params)``); a row is a
+    positive when (user, item) is in ``labels``.
     """
     from stores.memory import MemoryStore
 
-    relevant: dict[str, set[str]] = defaultdict(set)
-    for user_id, item_id in zip(labels.src, labels.dst):
-        relevant[user_id].add(item_id)
-    users = sorted(relevant)
-    if len(users) > params.max_users:
-        rng = np.random.default_rng(params.seed)
-        users = sorted(rng.choice(users, params.max_users, replace=False).tolist())
+    sample = sample or PoolSample.of(labels, params)
+    users, relevant = sample.users, sample.relevant
     store = MemoryStore.from_dataset(fit_part, progress=show_progress, readers=users)
     pipeline = build_feed_pipeline(store, model, DEFAULT_RANKER, settings)
     blocks, ys, gs = [], [], []
@@ -308,16 +332,19 @@ def fit_ranker(
     )
     lap("als")
     items = np.ascontiguousarray(columns[: fit_matrix.n_items])
+    sample = PoolSample.of(held, params)
     knn = None
     if tp.knn != "none":
+        # The pools read only their users' liked items' rows (EASE computes all of them).
+        rows = None if tp.knn == "ease" else sample.liked_columns(fit_matrix)
         knn = train_item_knn(
-            fit_matrix.item_matrix, fit_matrix.item_ids, tp.knn, tp.knn_k, show_progress=False, l2=tp.ease_l2
+            fit_matrix.item_matrix, fit_matrix.item_ids, tp.knn, tp.knn_k, show_progress=False, l2=tp.ease_l2, rows=rows
         )
     lap("item-knn")
     # Users without a fit-part interaction are folded in from their likes, as when serving.
     active = np.diff(fit_matrix.matrix.indptr) > 0
     model = fit_part_model(fit_matrix.user_ids, fit_matrix.item_ids, users, items, active, knn, tp)
-    ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, params, lap)
+    ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, params, lap, sample)
     return ranker, info, (users, columns)
 
 
@@ -350,9 +377,10 @@ def fit_part_model(user_ids: Sequence[str], item_ids: Sequence[str], users: np.n
 
 
 def fit_on_pools(fit_part: Dataset, held: Edges, now: float, model: EmbeddingModel, tp: Any, settings: FeedSettings,
-                 params: RankerFitParams, lap: StepClock) -> tuple[LinearRanker, dict[str, Any]]:
-    """Collect the validation pools with the fit part's ``model``, fit above the baselines; the ranker and its report."""
-    examples = collect_examples(fit_part, held, model, now, settings, params, show_progress=tp.show_progress)
+                 params: RankerFitParams, lap: StepClock, sample: PoolSample | None = None) -> tuple[LinearRanker, dict[str, Any]]:
+    """Collect the validation pools (of ``sample``'s users) with the fit part's ``model``, fit above the baselines;
+    the ranker and its report."""
+    examples = collect_examples(fit_part, held, model, now, settings, params, show_progress=tp.show_progress, sample=sample)
     lap("pools")
     ranker, check = fit_above_baselines(examples, params)
     lap("fit")
