@@ -122,6 +122,41 @@ class ItemKNN:
         summed = np.add.reduceat(values[order], starts)
         return ItemScores(columns[starts].astype(np.int32), summed.astype(np.float32), self.item_row)
 
+    def weighted_sums_at(self, liked_rows: np.ndarray, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Several weightings of ``user_scores_rows`` read at ``rows``, in one pass.
+
+        ``weightings`` has one weight per liked row in each of its rows; column j of the
+        result (shape ``(len(rows), len(weightings))``) equals
+        ``user_scores_rows(liked_rows, weightings[j]).lookup(rows)``: a liked row given
+        twice counts its largest weight once, rows < 0 score 0. Only the neighbours
+        among ``rows`` are summed, so no score over the whole neighbourhood is built.
+        """
+        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
+        out = np.zeros((len(rows), len(weightings)))
+        liked_rows = np.asarray(liked_rows)
+        valid = liked_rows >= 0
+        liked, inverse = np.unique(liked_rows[valid], return_inverse=True)
+        targets, target_of = np.unique(np.asarray(rows), return_inverse=True)
+        if not len(liked) or not len(targets):
+            return out
+        liked_weights = np.zeros((len(weightings), len(liked)))
+        for weights, maxima in zip(weightings[:, valid], liked_weights):
+            np.maximum.at(maxima, inverse.ravel(), weights)
+        indptr = self.similarity.indptr
+        starts, lengths = indptr[liked], indptr[liked + 1] - indptr[liked]
+        total = int(lengths.sum())
+        if not total:
+            return out
+        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total)
+        columns = self.similarity.indices[positions]
+        at = np.minimum(np.searchsorted(targets, columns), len(targets) - 1)
+        hit = targets[at] == columns
+        values = self.similarity.data[positions[hit]].astype(np.float64)
+        source = np.repeat(np.arange(len(liked)), lengths)[hit]
+        sums = np.stack([np.bincount(at[hit], weights=values * maxima[source], minlength=len(targets)) for maxima in liked_weights], 1)
+        sums[targets < 0] = 0.0
+        return sums[target_of.ravel()]
+
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
         rows, values = self.top_rows(scores, k)

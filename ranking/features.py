@@ -93,10 +93,15 @@ def similarity_signals(
     """
     out = np.zeros((len(rows), SIMILARITY_SIGNALS))
     out[:, 0] = all_recent.lookup(rows)
+    columns, weightings = [], []
     if needed is None or needed[_RECENT_ITEM_SIMILARITY]:
-        out[:, 1] = knn.user_scores_rows(recent_rows, _decay(now - recent_times, _USER_ACTIVITY_TAU)).lookup(rows)
+        columns.append(1)
+        weightings.append(_decay(now - recent_times, _USER_ACTIVITY_TAU))
     if needed is None or needed[_LAST_ITEMS_SIMILARITY]:
-        out[:, 2] = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
+        columns.append(2)
+        weightings.append((np.arange(len(recent_rows)) < LAST_ITEMS).astype(np.float64))
+    if columns:
+        out[:, columns] = knn.weighted_sums_at(recent_rows, np.vstack(weightings), rows)
     return out
 
 

@@ -315,6 +315,10 @@ def apply_engagement(
         seen[event.user_id].engaged(code)
 
 
+_CARD_COLUMNS = ("title", "image_url", "price", "currency", "category", "ship_days")
+"""The catalogue columns an ItemCard is read from, in read_cards's order."""
+
+
 def _grown(old: np.ndarray, size: int, fill: object) -> np.ndarray:
     grown = np.full(size, fill, dtype=old.dtype)
     grown[: len(old)] = old
@@ -495,20 +499,27 @@ class MemoryStore:
         codes = np.asarray(item_codes, dtype=np.int64)
         with self._lock:
             catalogue = self._catalogue
-            inside = codes[(codes >= 0) & (codes < len(catalogue.exists))]
-            known = set(inside[catalogue.exists[inside]].tolist())
-            return [self._card(catalogue, code) if code in known else ItemCard() for code in codes.tolist()]
-
-    def _card(self, catalogue: _Catalogue, code: int) -> ItemCard:
-        price, ship_days, category = catalogue.price[code], catalogue.ship_days[code], catalogue.category[code]
-        return ItemCard(
-            title=catalogue.title[code],
-            image_url=catalogue.image_url[code],
-            price=None if np.isnan(price) else float(price),
-            currency=catalogue.currency[code],
-            category=self.categories.id(int(category)) if category >= 0 else "",
-            ship_days=None if np.isnan(ship_days) else int(ship_days),
-        )
+            known = (codes >= 0) & (codes < len(catalogue.exists))
+            known[known] = catalogue.exists[codes[known]]
+            if not known.any():
+                return [ItemCard() for _ in range(len(codes))]
+            # One gather per column, then plain Python values: no numpy scalar per field.
+            at = np.where(known, codes, int(codes[known][0]))
+            fields = zip(known.tolist(), *(getattr(catalogue, name)[at].tolist() for name in _CARD_COLUMNS))
+            category_id = self.categories.id
+            return [
+                ItemCard(
+                    title=title,
+                    image_url=image_url,
+                    price=None if math.isnan(price) else price,
+                    currency=currency,
+                    category=category_id(category) if category >= 0 else "",
+                    ship_days=None if math.isnan(ship_days) else int(ship_days),
+                )
+                if is_known
+                else ItemCard()
+                for is_known, title, image_url, price, currency, category, ship_days in fields
+            ]
 
     def _trending(self, limit: int) -> np.ndarray:
         if limit <= 0:

@@ -132,6 +132,26 @@ def test_item_knn_user_scores_sum_the_similarity_rows_of_the_distinct_known_like
     assert len(knn.user_scores(["unknown"]).rows) == 0
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_weighted_sums_at_read_what_each_weightings_user_scores_hold(seed: int) -> None:
+    import scipy.sparse as sp
+
+    from embeddings.knn import ItemKNN
+
+    rng = np.random.default_rng(seed)
+    n = 200
+    similarity = sp.random(n, n, density=rng.uniform(0.0, 0.1), random_state=seed, format="csr", dtype=np.float32)
+    similarity.setdiag(0.0)
+    knn = ItemKNN([f"i{r}" for r in range(n)], similarity)
+    liked = rng.integers(-1, n, rng.integers(0, 12))  # repeats and unknowns (-1) included
+    weightings = rng.random((rng.integers(1, 4), len(liked)))
+    rows = rng.integers(-1, n, rng.integers(0, 60))
+    got = knn.weighted_sums_at(liked, weightings, rows)
+    assert got.shape == (len(rows), len(weightings))
+    for j, weights in enumerate(weightings):
+        np.testing.assert_allclose(got[:, j], knn.user_scores_rows(liked, weights).lookup(rows), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("kind", ["cosine", "bm25", "tfidf"])
 def test_item_knn_of_chosen_rows_equals_implicits_rows_and_leaves_the_rest_empty(kind: str) -> None:
     import scipy.sparse as sp
