@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
     where.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
     where.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
-    where.add_argument("--threads", type=int, default=8, help="--threads of a spawned server (default: %(default)s)")
+    where.add_argument("--threads", type=int, default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
     load = parser.add_argument_group("load")
     load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
     load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")

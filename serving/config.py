@@ -39,6 +39,12 @@ TOKENS_ENV = "FEEDRANK_TOKENS"
 CONFIG_ENV = "FEEDRANK_CONFIG"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 64
+MEMORY_FEED_THREADS = 2
+"""Feed threads per process with the memory store when --threads is 0: on 2 cores, 2 threads
+served 251-278 GetFeed/s with a p99 of 27-30 ms at half load, 8 threads 176-202/s and
+41-57 ms (benchmarks/README.md, 2026-12-02)."""
+REDIS_FEED_THREADS = 8
+"""Feed threads per process with Redis when --threads is 0: requests wait on round trips."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class ServerConfig:
     data_dir: str | None = None  # dataset directory the memory store loads
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
-    threads: int = 8  # threads running FeedService RPCs per process
+    threads: int = 0  # threads running FeedService RPCs per process; 0: feed_threads picks
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
     # Page-token key; None: a random one per start (tokens do not survive a restart, and the server warns).
     token_secret: bytes | None = field(default=None, repr=False)
@@ -83,6 +89,13 @@ class ServerConfig:
     max_follows: int = DEFAULT_MAX_FOLLOWS
     dedupe_ttl_seconds: float = DEFAULT_DEDUPE_TTL
     worker_index: int = 0  # which of --workers this process is (set by serve())
+
+    @property
+    def feed_threads(self) -> int:
+        """``threads``, or when it is 0 the measured default for the store."""
+        if self.threads:
+            return self.threads
+        return MEMORY_FEED_THREADS if self.store_url == "memory" else REDIS_FEED_THREADS
 
 
 class ConfigError(ValueError):
@@ -210,7 +223,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
-    Flag("threads", int, 8, "threads running FeedService RPCs per process (health has its own)", "server", minimum=1),
+    Flag("threads", int, 0, f"threads running FeedService RPCs per process (health has its own); 0: {MEMORY_FEED_THREADS} with the memory store (its feeds are CPU-bound and more threads only queue for the GIL), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis", "server", minimum=1),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),

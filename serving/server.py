@@ -381,7 +381,7 @@ class FeedServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.serving = threading.Event()  # set while health is SERVING
-        self.feed_pool = CountingExecutor(config.threads, thread_name_prefix="feed")
+        self.feed_pool = CountingExecutor(config.feed_threads, thread_name_prefix="feed")
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health")
         self.reject_pool = futures.ThreadPoolExecutor(REJECT_THREADS, thread_name_prefix="reject")
         # Outermost first: the health lane, the access log (sees every answer), auth, then the limit.

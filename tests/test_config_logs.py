@@ -42,6 +42,15 @@ def world(tmp_path_factory):
 # --- config ---------------------------------------------------------------------------------------
 
 
+def test_feed_threads_default_to_the_measured_best_for_the_store_and_a_set_value_wins():
+    from serving.config import MEMORY_FEED_THREADS, REDIS_FEED_THREADS
+
+    models = ("--models", "m", "--data", "d")
+    assert resolve_config(parse(*models), {}).feed_threads == MEMORY_FEED_THREADS
+    assert resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0"), {}).feed_threads == REDIS_FEED_THREADS
+    assert resolve_config(parse(*models, "--threads", "5"), {}).feed_threads == 5
+
+
 def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path):
     config_file = tmp_path / "feedrank.toml"
     config_file.write_text('models = "m"\nport = 7001\nthreads = 3\nmax_per_seller = 4\nfatigue_sink = 1\nlog_format = "json"\n')
@@ -87,7 +96,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
     [
         ({"FEEDRANK_PORT": "abc"}, "FEEDRANK_PORT: expected an integer, got 'abc'"),
         ({"FEEDRANK_PORT": "70000"}, "FEEDRANK_PORT: must be <= 65535, got 70000"),
-        ({"FEEDRANK_THREADS": "0"}, "FEEDRANK_THREADS: must be >= 1, got 0"),
+        ({"FEEDRANK_THREADS": "-1"}, "FEEDRANK_THREADS: must be >= 0, got -1"),
         ({"FEEDRANK_FATIGUE_SINK": "lots"}, "FEEDRANK_FATIGUE_SINK: expected a number, got 'lots'"),
         ({"FEEDRANK_LOG_FORMAT": "xml"}, "FEEDRANK_LOG_FORMAT: expected one of text, json, got 'xml'"),
         ({"FEEDRANK_FSYNC": "always"}, "FEEDRANK_FSYNC: expected one of batch, off, got 'always'"),
