@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,3 +50,18 @@ class FeedStore(FeedStateReader, Protocol):
 
     def close(self) -> None:
         ...
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building millions of small objects (ids, sets, lists):
+    each burst of allocations otherwise triggers collections that walk the whole heap,
+    which triples a dataset's load time and made 136k friend sets take 6.6 s. Nothing
+    built under it makes cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

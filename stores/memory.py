@@ -34,7 +34,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, encode
-from stores.base import ApplyResult
+from stores.base import ApplyResult, gc_paused
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -389,7 +389,7 @@ class MemoryStore:
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
         steps = ("catalogue", "likes", "timelines", "graph", "engagements")
-        with tqdm(total=len(steps), desc="load memory store", unit="step", disable=not progress) as bar:
+        with gc_paused(), tqdm(total=len(steps), desc="load memory store", unit="step", disable=not progress) as bar:
             item_codes = store.items.codes(items.item_id, add=True)
             has_seller = np.fromiter((bool(s) for s in items.seller_id), bool, len(items))
             seller_codes = np.full(len(items), -1, np.int32)

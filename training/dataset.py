@@ -49,7 +49,6 @@ import bisect
 import contextlib
 import csv
 import dataclasses
-import gc
 import hashlib
 import io
 import math
@@ -64,6 +63,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ranking.vocab import encode
+from stores.base import gc_paused
 from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, EventKind, is_currency_code
 
 ENGAGEMENT_KINDS = tuple(kind.value for kind in ENGAGEMENTS)
@@ -212,7 +212,7 @@ class Dataset:
         dataset reloaded from its own written copy keeps its fingerprint.
         """
         digest = hashlib.sha256()
-        with _gc_paused():
+        with gc_paused():
             rendered = _render(self)
         for name, data in rendered.items():
             digest.update(f"{name}\0{len(data)}\0".encode())
@@ -902,19 +902,6 @@ def _weights(table: _Table, column: str) -> np.ndarray | None:
 # --------------------------------------------------------------------------- load
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: building millions of small str/list objects otherwise
-    triggers repeated full collections that triple load time; nothing here makes cycles."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 @dataclass
 class _LoadDefaults:
     on_unknown_item: str = "error"
@@ -973,7 +960,7 @@ def load_dataset(
         raise ValueError(f"on_unknown_item must be 'error' or 'drop', got {on_unknown_item!r}")
     notes: list[str] = warnings if warnings is not None else []
     try:
-        with _gc_paused():
+        with gc_paused():
             return _load(path, on_unknown_item, notes)
     finally:
         if warnings is None and defaults.warn is not None:
@@ -1422,7 +1409,7 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
     if format == "parquet":
         import pyarrow.parquet as pq
 
-        with _gc_paused():
+        with gc_paused():
             tables = _arrow_tables(dataset)
         for name, table in tables.items():
             target = os.path.join(path, parquet_name(name))
@@ -1434,7 +1421,7 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
         for name in _SCHEMA:
             _remove(os.path.join(path, name))
         return
-    with _gc_paused():
+    with gc_paused():
         rendered = _render(dataset)
     for optional in (SELLERS, ENGAGEMENTS_FILE):
         if optional not in rendered:
