@@ -95,30 +95,17 @@ class ItemKNN:
         follows the neighbours touched (recent likes x k), not the catalogue, and skips
         scipy's per-call overhead.
         """
-        liked_rows = np.asarray(liked_rows)
-        rows, inverse = np.unique(liked_rows, return_inverse=True)
-        row_weights = None
-        if weights is not None:
-            row_weights = np.zeros(len(rows))
-            np.maximum.at(row_weights, inverse.ravel(), np.asarray(weights, dtype=np.float64))
-            row_weights = row_weights[rows >= 0]
-        rows = rows[rows >= 0]
-        if not len(rows):
+        rows, row_weights = _distinct_rows(liked_rows, None if weights is None else np.atleast_2d(weights))
+        positions, lengths = self._neighbour_positions(rows)
+        if not len(positions):
             return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
-        indptr = self.similarity.indptr
-        starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
-        total = int(lengths.sum())
-        if not total:
-            return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
-        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        positions = offsets + np.arange(total)
         columns = self.similarity.indices[positions]
         order = np.argsort(columns)
         columns = columns[order]
         starts = np.flatnonzero(np.concatenate(([True], columns[1:] != columns[:-1])))
         values = self.similarity.data[positions].astype(np.float64)
         if row_weights is not None:
-            values *= np.repeat(row_weights, lengths)
+            values *= np.repeat(row_weights[0], lengths)
         summed = np.add.reduceat(values[order], starts)
         return ItemScores(columns[starts].astype(np.int32), summed.astype(np.float32), self.item_row)
 
@@ -132,22 +119,11 @@ class ItemKNN:
         among ``rows`` are summed, so no score over the whole neighbourhood is built.
         """
         weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
-        out = np.zeros((len(rows), len(weightings)))
-        liked_rows = np.asarray(liked_rows)
-        valid = liked_rows >= 0
-        liked, inverse = np.unique(liked_rows[valid], return_inverse=True)
+        liked, liked_weights = _distinct_rows(liked_rows, weightings)
         targets, target_of = np.unique(np.asarray(rows), return_inverse=True)
-        if not len(liked) or not len(targets):
-            return out
-        liked_weights = np.zeros((len(weightings), len(liked)))
-        for weights, maxima in zip(weightings[:, valid], liked_weights):
-            np.maximum.at(maxima, inverse.ravel(), weights)
-        indptr = self.similarity.indptr
-        starts, lengths = indptr[liked], indptr[liked + 1] - indptr[liked]
-        total = int(lengths.sum())
-        if not total:
-            return out
-        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total)
+        positions, lengths = self._neighbour_positions(liked)
+        if not len(positions) or not len(targets):
+            return np.zeros((len(rows), len(weightings)))
         columns = self.similarity.indices[positions]
         at = np.minimum(np.searchsorted(targets, columns), len(targets) - 1)
         hit = targets[at] == columns
@@ -156,6 +132,13 @@ class ItemKNN:
         sums = np.stack([np.bincount(at[hit], weights=values * maxima[source], minlength=len(targets)) for maxima in liked_weights], 1)
         sums[targets < 0] = 0.0
         return sums[target_of.ravel()]
+
+    def _neighbour_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in the CSR arrays of every neighbour of ``rows`` (row by row), and each row's count."""
+        indptr = self.similarity.indptr
+        starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+        total = int(lengths.sum())
+        return np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total), lengths
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
@@ -180,6 +163,20 @@ class ItemKNN:
     @classmethod
     def load(cls, path: str, item_ids: Sequence[str]) -> ItemKNN:
         return cls(item_ids, sp.load_npz(path).tocsr())
+
+
+def _distinct_rows(liked_rows: np.ndarray, weightings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The distinct rows >= 0 of ``liked_rows``, with each weighting's (a row of
+    ``weightings``, one weight per liked row) largest weight for each of them."""
+    liked_rows = np.asarray(liked_rows)
+    valid = liked_rows >= 0
+    rows, inverse = np.unique(liked_rows[valid], return_inverse=True)
+    if weightings is None:
+        return rows, None
+    maxima = np.zeros((len(weightings), len(rows)))
+    for weights, row_maxima in zip(np.asarray(weightings, dtype=np.float64)[:, valid], maxima):
+        np.maximum.at(row_maxima, inverse.ravel(), weights)
+    return rows, maxima
 
 
 def train_item_knn(
@@ -235,15 +232,16 @@ def _knn_rows(user_items: sp.csr_matrix, kind: str, k: int, rows: np.ndarray, ch
     """The rows ``rows`` of implicit's item-kNN similarity for ``kind``: the same weighting
     of the user x item matrix, the same k + 1 largest dot products per row with the item
     itself among them, then the item itself dropped (ties may pick other equal neighbours)."""
-    from implicit.nearest_neighbours import bm25_weight, normalize, tfidf_weight
+    from implicit.nearest_neighbours import BM25Recommender, bm25_weight, normalize, tfidf_weight
 
     items_users = sp.csr_matrix(user_items, dtype=np.float32).T
     if kind == "cosine":
         weighted = normalize(items_users)
     elif kind == "tfidf":
         weighted = normalize(tfidf_weight(items_users))
-    else:  # bm25, with BM25Recommender's defaults
-        weighted = bm25_weight(items_users, K1=1.2, B=0.75)
+    else:  # bm25, with the constants train_item_knn's BM25Recommender uses
+        defaults = BM25Recommender()
+        weighted = bm25_weight(items_users, K1=defaults.K1, B=defaults.B)
     weighted = sp.csr_matrix(weighted, dtype=np.float32)
     users_items = weighted.T.tocsr()
     n = weighted.shape[0]

@@ -1212,11 +1212,8 @@ def _friend_edges(t: _Table) -> tuple[list[str], list[str], np.ndarray]:
 
 def _format_times(ts: np.ndarray) -> list[str]:
     """Integral seconds as integers, other values by repr (exact), NaN as empty."""
-    ts = np.asarray(ts, dtype=np.float64)
-    finite = np.isfinite(ts)
-    if finite.all() and (np.floor(ts) == ts).all() and (np.abs(ts) < 2**53).all():
-        return ts.astype(np.int64).astype(str).tolist()
-    return [_format_time(x) for x in ts.tolist()]
+    column = _time_column(ts)
+    return column.astype(str).tolist() if isinstance(column, np.ndarray) else column
 
 
 def _format_time(x: float) -> str:
@@ -1233,7 +1230,7 @@ def _time_column(ts: np.ndarray) -> np.ndarray | list[str]:
     ts = np.asarray(ts, dtype=np.float64)
     if np.isfinite(ts).all() and (np.floor(ts) == ts).all() and (np.abs(ts) < 2**53).all():
         return ts.astype(np.int64)
-    return _format_times(ts)
+    return [_format_time(x) for x in ts.tolist()]
 
 
 _NEEDS_QUOTING = '[,"\r\n]'
@@ -1261,30 +1258,37 @@ def _csv_bytes(header: Sequence[str], columns: Sequence[Sequence[str] | np.ndarr
     writes and about ten times faster at tens of millions of rows (the fingerprint of a
     29M-like dataset took 53 s through csv.writer). Anything else goes through csv.writer.
     """
+    joined = _joined_without_quoting(header, columns)
+    if joined is not None:
+        return joined
+    plain = [column.astype(str).tolist() if isinstance(column, np.ndarray) else column for column in columns]
+    return _csv_text(header, plain).encode("utf-8")
+
+
+def _joined_without_quoting(header: Sequence[str], columns: Sequence[Sequence[str] | np.ndarray]) -> bytes | None:
+    """The CSV bytes joined by pyarrow, or None when a field needs quoting."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    def chunk(column: Sequence[str] | np.ndarray, start: int) -> Any:
-        part = column[start : start + _CSV_CHUNK_ROWS]
-        return pa.array(part).cast(pa.string()) if isinstance(part, np.ndarray) else pa.array(part, pa.string())
-
-    n = len(columns[0]) if columns else 0
-    pieces = [(",".join(header) + "\n").encode()] if not any(re.search(_NEEDS_QUOTING, h) for h in header) else None
-    for start in range(0, n, _CSV_CHUNK_ROWS):
-        if pieces is None:
-            break
-        fields = [chunk(column, start) for column in columns]
-        if any(pc.any(pc.match_substring_regex(f, _NEEDS_QUOTING)).as_py() for f in fields if f.type == pa.string()):
-            pieces = None
-            break
+    if any(re.search(_NEEDS_QUOTING, name) for name in header):
+        return None
+    pieces: list[bytes | memoryview] = [(",".join(header) + "\n").encode()]
+    for start in range(0, len(columns[0]) if columns else 0, _CSV_CHUNK_ROWS):
+        fields = []
+        for column in columns:
+            part = column[start : start + _CSV_CHUNK_ROWS]
+            if isinstance(part, np.ndarray):
+                fields.append(pa.array(part).cast(pa.string()))  # integers never need quoting
+                continue
+            text = pa.array(part, pa.string())
+            if pc.any(pc.match_substring_regex(text, _NEEDS_QUOTING)).as_py():
+                return None
+            fields.append(text)
         lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, ","), "", "\n")
         _, offsets, data = lines.buffers()
         offsets = np.frombuffer(offsets, np.int32)
         pieces.append(memoryview(data)[offsets[lines.offset] : offsets[lines.offset + len(lines)]])
-    if pieces is not None:
-        return b"".join(pieces)
-    plain = [column.astype(str).tolist() if isinstance(column, np.ndarray) else column for column in columns]
-    return _csv_text(header, plain).encode("utf-8")
+    return b"".join(pieces)
 
 
 def _card_columns(it: Items) -> dict[str, list[str]]:

@@ -113,9 +113,8 @@ class PoolSample:
     def liked_columns(self, interactions: Any) -> np.ndarray:
         """The item columns of ``interactions`` (an embeddings.als.Interactions) that these
         users interacted with: the only item-kNN rows their pools read."""
-        wanted = set(self.users)
-        rows = np.fromiter((i for i, user_id in enumerate(interactions.user_ids) if user_id in wanted), np.int64)
-        columns = np.unique(interactions.matrix[rows].indices)
+        rows = positions_in(self.users, interactions.user_ids)
+        columns = np.unique(interactions.matrix[rows[rows >= 0]].indices)
         return columns[columns < interactions.n_items]
 
 
