@@ -25,11 +25,13 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   the lists whose centroid has the largest inner product with the query, and quantizes
   the raw factors, so its error scales with |q| |x - x'| and not with M.
 
-So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD (100k) items, flat below;
-AUTO_LARGE_KIND is the switch.
+So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD (100k) items. Below that HNSW over
+the reduction holds up (norms spread less in small catalogues): from AUTO_HNSW_THRESHOLD
+(20k) items "auto" builds hnsw-mips, and exact flat below it. AUTO_LARGE_KIND is the
+switch for large catalogues.
 
 Kinds:
-  flat        exact IndexFlatIP; best below AUTO_ANN_THRESHOLD items.
+  flat        exact IndexFlatIP; best below AUTO_HNSW_THRESHOLD items.
   hnsw-mips   IndexHNSWFlat (L2) on the augmented vectors.
   hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
               benchmark can show where it fails.
@@ -39,7 +41,8 @@ Kinds:
               vectors, which is also what load() reads them back from).
   ivfpq-mips  the same on the augmented vectors (L2). Exists only so the benchmark can
               show where it fails.
-  auto        flat below AUTO_ANN_THRESHOLD items, else AUTO_LARGE_KIND.
+  auto        flat below AUTO_HNSW_THRESHOLD items, hnsw-mips up to AUTO_ANN_THRESHOLD,
+              AUTO_LARGE_KIND from there.
 
 Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
 kinds scale nprobe with k / IVF_REFERENCE_K, so the probed lists hold enough candidates
@@ -73,6 +76,12 @@ Measured with ivfpq-ip (default lists, PQ32x4fs, nprobe 32-96, k_factor 16), one
 thread, k=100: at 50k items it is slower than exact (0.7-0.9x: its fixed cost per call,
 a few tenths of a millisecond, is about exact's whole cost), at 200k 4.6x faster
 (recall@100 0.96-0.98), at 1M 18x. 100k sits between the two measurements."""
+AUTO_HNSW_THRESHOLD = 20_000
+"""Catalogue size from which "auto" picks hnsw-mips over exact search, below
+AUTO_ANN_THRESHOLD. Measured on the generator's ALS factors (16 dims), one thread, k=25
+(a first page's neighbours), M=32, efSearch 128: 10k items 0.7x exact's speed (recall@25
+0.994), 20k 1.5x (0.988), 30k 1.8x (0.982), 50k 2.7x (0.973); a GetFeed at 50k items
+spends about 0.13 ms less in the search (benchmarks/README.md, "ANN")."""
 AUTO_LARGE_KIND = "ivfpq-ip"
 """What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
 ZERO_NORM_RTOL = 1e-6
@@ -360,4 +369,6 @@ def build_index(
 
 def auto_kind(n: int) -> str:
     """The kind "auto" builds for a catalogue of ``n`` items."""
-    return "flat" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND
+    if n < AUTO_HNSW_THRESHOLD:
+        return "flat"
+    return "hnsw-mips" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND
