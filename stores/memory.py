@@ -174,16 +174,25 @@ class _Catalogue:
             self.away_until = _grown(self.away_until, max(n, 2 * len(self.away_until), 256), 0.0)
 
     def columns(self, codes: np.ndarray) -> ItemColumns:
-        # Codes past the end belong to ids a model or a request registered, never listed.
-        inside = codes < len(self.exists)
-        columns = ItemColumns.empty(len(codes))
-        known = codes[inside]
-        for name in _STORED_COLUMNS:
-            getattr(columns, name)[inside] = getattr(self, name)[known]
-        sellers = columns.seller
+        n = len(codes)
+        if not len(self.exists):
+            return ItemColumns.empty(n)
+        # Codes past the end belong to ids a model or a request registered, never listed:
+        # they read row 0, then get the empty row's values. One gather per column.
+        outside = codes >= len(self.exists)
+        any_outside = bool(outside.any())
+        at = np.where(outside, 0, codes) if any_outside else codes
+        stored = {name: getattr(self, name)[at] for name in _STORED_COLUMNS}
+        if any_outside:
+            for name, column in stored.items():
+                column[outside] = ITEM_COLUMNS[name][0]
+        sellers = stored["seller"]
+        away_until = np.zeros(n)
         with_seller = (sellers >= 0) & (sellers < len(self.away_until))
-        columns.seller_away_until[with_seller] = self.away_until[sellers[with_seller]]
-        return columns
+        away_until[with_seller] = self.away_until[sellers[with_seller]]
+        return ItemColumns(
+            **stored, liked=np.zeros(n, bool), seller_away_until=away_until, views=np.zeros(n, np.int64), viewed_at=np.zeros(n)
+        )
 
     def set_card(self, code: int, card: dict[str, str], categories: Vocabulary) -> None:
         """Store the named card fields (``Event.card`` strings) of one item."""
