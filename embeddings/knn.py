@@ -32,15 +32,69 @@ EASE_MIN_SUPPORT = 2
 
 
 @dataclass(frozen=True)
+class Neighbourhood:
+    """The similarities from a user's liked rows to all their neighbours, grouped by neighbour.
+
+    Every weighting of the liked rows sums over the same entries, so one neighbourhood
+    serves the item-kNN source and each similarity feature. Entry e is similarity
+    ``values[e]`` from liked row ``distinct[source[e]]`` to neighbour ``rows[group[e]]``.
+    ``inverse`` maps each valid (>= 0) liked row, in the order given, to its distinct row.
+    """
+
+    distinct: np.ndarray  # distinct liked rows >= 0, ascending
+    valid: np.ndarray  # bool per given liked row: >= 0
+    inverse: np.ndarray  # index into distinct per valid liked row
+    rows: np.ndarray  # int32 neighbour rows, ascending, distinct
+    group: np.ndarray  # index into rows per entry
+    source: np.ndarray  # index into distinct per entry
+    values: np.ndarray  # float64 similarity per entry
+
+    def distinct_weights(self, weightings: np.ndarray) -> np.ndarray:
+        """Each weighting (a row of one weight per given liked row) per distinct row: a
+        liked row given twice counts its largest weight, once."""
+        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))[:, self.valid]
+        if len(self.inverse) == len(self.distinct):  # no repeats: a permutation
+            out = np.empty((len(weightings), len(self.distinct)))
+            out[:, self.inverse] = weightings
+            return out
+        out = np.zeros((len(weightings), len(self.distinct)))
+        for weights, row_maxima in zip(weightings, out):
+            np.maximum.at(row_maxima, self.inverse, weights)
+        return out
+
+    def sums(self, weightings: np.ndarray | None = None) -> np.ndarray:
+        """Summed similarity per neighbour row, shape (len(weightings), len(rows)); one row of ones without weightings."""
+        if weightings is None:
+            return np.bincount(self.group, weights=self.values, minlength=len(self.rows))[None, :]
+        per_distinct = self.distinct_weights(weightings)
+        return np.stack([
+            np.bincount(self.group, weights=self.values * weights[self.source], minlength=len(self.rows))
+            for weights in per_distinct
+        ]) if len(per_distinct) else np.zeros((0, len(self.rows)))
+
+    def sums_at(self, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``sums(weightings)`` read at ``rows``, shape (len(rows), len(weightings)); 0 where a row has none."""
+        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
+        out = np.zeros((len(rows), len(weightings)))
+        hit, at = _positions_in(self.rows, rows)
+        if hit.any():
+            out[hit] = self.sums(weightings)[:, at[hit]].T
+        return out
+
+
+@dataclass(frozen=True)
 class ItemScores:
     """A user's item-kNN scores as a sparse vector: item rows (sorted) and their scores.
 
     ``item_row`` is the model's id -> row map (shared, not copied), for lookups by id.
+    ``neighbourhood`` is what the scores were summed from (``ItemKNN.user_scores_rows``
+    keeps it, so other weightings of the same likes cost one sum each).
     """
 
     rows: np.ndarray  # int32, ascending
     scores: np.ndarray  # float32, same length
     item_row: Mapping[str, int] = field(default_factory=dict, repr=False)
+    neighbourhood: Neighbourhood | None = field(default=None, repr=False)
 
     def lookup_ids(self, item_ids: Sequence[str]) -> np.ndarray:
         """Score per asked id (0 for unknown ids or items with no score), same order."""
@@ -49,15 +103,19 @@ class ItemScores:
 
     def lookup(self, rows: np.ndarray) -> np.ndarray:
         """Score per asked row (0 where the row has none), same order and length."""
-        rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros(len(rows), dtype=np.float32)
-        if not len(self.rows) or not len(rows):
-            return out
-        at = np.searchsorted(self.rows, rows)
-        at_clipped = np.minimum(at, len(self.rows) - 1)
-        hit = (rows >= 0) & (self.rows[at_clipped] == rows)
-        out[hit] = self.scores[at_clipped[hit]]
+        hit, at = _positions_in(self.rows, rows)
+        out[hit] = self.scores[at[hit]]
         return out
+
+
+def _positions_in(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hit, at): which ``rows`` are in ``sorted_rows`` (rows < 0 never are), and where."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(sorted_rows) or not len(rows):
+        return np.zeros(len(rows), bool), np.zeros(len(rows), np.int64)
+    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return (rows >= 0) & (sorted_rows[at] == rows), at
 
 
 class ItemKNN:
@@ -93,52 +151,43 @@ class ItemKNN:
         With ``weights`` (one per liked row) each similarity counts that much; a row given
         twice counts its largest weight once. Reads the CSR arrays directly: the cost
         follows the neighbours touched (recent likes x k), not the catalogue, and skips
-        scipy's per-call overhead.
+        scipy's per-call overhead. The scores keep their ``neighbourhood``.
         """
-        rows, row_weights = _distinct_rows(liked_rows, None if weights is None else np.atleast_2d(weights))
-        positions, lengths = self._neighbour_positions(rows)
-        if not len(positions):
-            return ItemScores(np.empty(0, np.int32), np.empty(0, np.float32), self.item_row)
-        columns = self.similarity.indices[positions]
-        order = np.argsort(columns)
-        columns = columns[order]
-        starts = np.flatnonzero(np.concatenate(([True], columns[1:] != columns[:-1])))
-        values = self.similarity.data[positions].astype(np.float64)
-        if row_weights is not None:
-            values *= np.repeat(row_weights[0], lengths)
-        summed = np.add.reduceat(values[order], starts)
-        return ItemScores(columns[starts].astype(np.int32), summed.astype(np.float32), self.item_row)
+        neighbourhood = self.neighbourhood(liked_rows)
+        summed = neighbourhood.sums(None if weights is None else np.atleast_2d(weights))[0]
+        return ItemScores(neighbourhood.rows, summed.astype(np.float32), self.item_row, neighbourhood)
 
     def weighted_sums_at(self, liked_rows: np.ndarray, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Several weightings of ``user_scores_rows`` read at ``rows``, in one pass.
 
         ``weightings`` has one weight per liked row in each of its rows; column j of the
         result (shape ``(len(rows), len(weightings))``) equals
-        ``user_scores_rows(liked_rows, weightings[j]).lookup(rows)``: a liked row given
-        twice counts its largest weight once, rows < 0 score 0. Only the neighbours
-        among ``rows`` are summed, so no score over the whole neighbourhood is built.
+        ``user_scores_rows(liked_rows, weightings[j]).lookup(rows)``.
         """
-        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
-        liked, liked_weights = _distinct_rows(liked_rows, weightings)
-        targets, target_of = np.unique(np.asarray(rows), return_inverse=True)
-        positions, lengths = self._neighbour_positions(liked)
-        if not len(positions) or not len(targets):
-            return np.zeros((len(rows), len(weightings)))
-        columns = self.similarity.indices[positions]
-        at = np.minimum(np.searchsorted(targets, columns), len(targets) - 1)
-        hit = targets[at] == columns
-        values = self.similarity.data[positions[hit]].astype(np.float64)
-        source = np.repeat(np.arange(len(liked)), lengths)[hit]
-        sums = np.stack([np.bincount(at[hit], weights=values * maxima[source], minlength=len(targets)) for maxima in liked_weights], 1)
-        sums[targets < 0] = 0.0
-        return sums[target_of.ravel()]
+        return self.neighbourhood(liked_rows).sums_at(weightings, rows)
 
-    def _neighbour_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in the CSR arrays of every neighbour of ``rows`` (row by row), and each row's count."""
+    def neighbourhood(self, liked_rows: np.ndarray) -> Neighbourhood:
+        """Every similarity from the distinct liked rows (>= 0) to their neighbours, grouped by neighbour."""
+        liked_rows = np.asarray(liked_rows)
+        valid = liked_rows >= 0
+        distinct, inverse = np.unique(liked_rows[valid], return_inverse=True)
         indptr = self.similarity.indptr
-        starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+        starts, lengths = indptr[distinct], indptr[distinct + 1] - indptr[distinct]
         total = int(lengths.sum())
-        return np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total), lengths
+        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total)
+        columns = self.similarity.indices[positions]
+        order = np.argsort(columns)
+        columns = columns[order]
+        first = np.concatenate(([True], columns[1:] != columns[:-1])) if total else np.zeros(0, bool)
+        return Neighbourhood(
+            distinct=distinct,
+            valid=valid,
+            inverse=inverse.ravel(),
+            rows=columns[first].astype(np.int32),
+            group=np.cumsum(first) - 1,
+            source=np.repeat(np.arange(len(distinct)), lengths)[order],
+            values=self.similarity.data[positions[order]].astype(np.float64),
+        )
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""
@@ -163,20 +212,6 @@ class ItemKNN:
     @classmethod
     def load(cls, path: str, item_ids: Sequence[str]) -> ItemKNN:
         return cls(item_ids, sp.load_npz(path).tocsr())
-
-
-def _distinct_rows(liked_rows: np.ndarray, weightings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The distinct rows >= 0 of ``liked_rows``, with each weighting's (a row of
-    ``weightings``, one weight per liked row) largest weight for each of them."""
-    liked_rows = np.asarray(liked_rows)
-    valid = liked_rows >= 0
-    rows, inverse = np.unique(liked_rows[valid], return_inverse=True)
-    if weightings is None:
-        return rows, None
-    maxima = np.zeros((len(weightings), len(rows)))
-    for weights, row_maxima in zip(np.asarray(weightings, dtype=np.float64)[:, valid], maxima):
-        np.maximum.at(row_maxima, inverse.ravel(), weights)
-    return rows, maxima
 
 
 def train_item_knn(

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from embeddings.knn import ItemKNN, ItemScores
+from embeddings.knn import Neighbourhood
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
 from ranking.store import recent_like_count
@@ -76,32 +76,24 @@ def _member(codes: np.ndarray, members: np.ndarray) -> np.ndarray:
 
 
 def similarity_signals(
-    knn: ItemKNN,
-    all_recent: ItemScores,
-    recent_rows: np.ndarray,
-    recent_times: np.ndarray,
-    now: float,
-    rows: np.ndarray,
-    needed: np.ndarray | None = None,
+    neighbourhood: Neighbourhood, recent_times: np.ndarray, now: float, rows: np.ndarray, needed: np.ndarray | None = None
 ) -> np.ndarray:
     """Item-kNN similarity of each candidate row to the user's recent likes, shape (len(rows), SIMILARITY_SIGNALS).
 
-    ``all_recent`` are the scores over every recent like (``knn.user_scores_rows`` of
-    ``recent_rows``, which the item-kNN source also reads); ``recent_rows`` are newest
-    first, ``recent_times`` their like times. With ``needed`` (one bool per feature,
-    FEATURE_NAMES order) a time column the ranker does not use stays 0.
+    ``neighbourhood`` is that of the recent likes (``ItemScores.neighbourhood`` of the
+    scores the item-kNN source also reads), newest first; ``recent_times`` their like
+    times. With ``needed`` (one bool per feature, FEATURE_NAMES order) a time column the
+    ranker does not use stays 0.
     """
     out = np.zeros((len(rows), SIMILARITY_SIGNALS))
-    out[:, 0] = all_recent.lookup(rows)
-    columns, weightings = [], []
+    columns, weightings = [0], [np.ones(len(recent_times))]
     if needed is None or needed[_RECENT_ITEM_SIMILARITY]:
         columns.append(1)
         weightings.append(_decay(now - recent_times, _USER_ACTIVITY_TAU))
     if needed is None or needed[_LAST_ITEMS_SIMILARITY]:
         columns.append(2)
-        weightings.append((np.arange(len(recent_rows)) < LAST_ITEMS).astype(np.float64))
-    if columns:
-        out[:, columns] = knn.weighted_sums_at(recent_rows, np.vstack(weightings), rows)
+        weightings.append((np.arange(len(recent_times)) < LAST_ITEMS).astype(np.float64))
+    out[:, columns] = neighbourhood.sums_at(np.vstack(weightings), rows)
     return out
 
 

@@ -40,11 +40,9 @@ class LinearScorer:
             if query.user_vector is not None and missing.any():
                 scores = self.items.model.row_scores(query.user_vector, rows[missing])
                 batch.embedding_score[missing] = scores
-            knn = self.items.model.item_knn
-            if query.item_scores is not None and knn is not None:
-                recent_rows = self.items.rows(query.user.recent_likes)
+            if query.item_scores is not None:
                 similarity = similarity_signals(
-                    knn, query.item_scores, recent_rows, query.user.recent_like_times, query.now, rows, needed
+                    query.item_scores.neighbourhood, query.user.recent_like_times, query.now, rows, needed
                 )
         return compute_features(query, batch, similarity, needed)
 

@@ -133,7 +133,7 @@ def test_item_knn_user_scores_sum_the_similarity_rows_of_the_distinct_known_like
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_weighted_sums_at_read_what_each_weightings_user_scores_hold(seed: int) -> None:
+def test_weighted_sums_are_the_dense_sums_of_each_liked_rows_largest_weight(seed: int) -> None:
     import scipy.sparse as sp
 
     from embeddings.knn import ItemKNN
@@ -146,10 +146,21 @@ def test_weighted_sums_at_read_what_each_weightings_user_scores_hold(seed: int) 
     liked = rng.integers(-1, n, rng.integers(0, 12))  # repeats and unknowns (-1) included
     weightings = rng.random((rng.integers(1, 4), len(liked)))
     rows = rng.integers(-1, n, rng.integers(0, 60))
+    dense = similarity.toarray().astype(np.float64)
+    expected = np.zeros((len(rows), len(weightings)))
+    for j, weights in enumerate(weightings):
+        largest = {}
+        for row, weight in zip(liked.tolist(), weights.tolist()):
+            if row >= 0:
+                largest[row] = max(largest.get(row, 0.0), weight)
+        summed = sum((weight * dense[row] for row, weight in largest.items()), np.zeros(n))
+        expected[:, j] = np.where(rows >= 0, summed[rows], 0.0)
+        np.testing.assert_allclose(knn.user_scores_rows(liked, weights).lookup(rows), expected[:, j], rtol=1e-5, atol=1e-6)
     got = knn.weighted_sums_at(liked, weightings, rows)
     assert got.shape == (len(rows), len(weightings))
-    for j, weights in enumerate(weightings):
-        np.testing.assert_allclose(got[:, j], knn.user_scores_rows(liked, weights).lookup(rows), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    neighbourhood = knn.user_scores_rows(liked).neighbourhood
+    np.testing.assert_allclose(neighbourhood.sums_at(weightings, rows), expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "bm25", "tfidf"])
