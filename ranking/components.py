@@ -34,7 +34,8 @@ class FeedQuery:
     the first and last are set at hydration, when the candidates' sellers have codes. ``item_scores`` are the user's item-kNN
     scores (from recent likes) when the model has an item-kNN part. ``seller_likes`` and
     ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
-    ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items.
+    ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items;
+    ``category_likes`` and ``category_like_counts`` count them per category code the same way.
     ``shopper`` is what the request narrowed the feed to.
     """
 
@@ -52,6 +53,8 @@ class FeedQuery:
     seller_likes: np.ndarray = field(default_factory=_codes)
     seller_like_counts: np.ndarray = field(default_factory=_codes)
     seller_last_like: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    category_likes: np.ndarray = field(default_factory=_codes)
+    category_like_counts: np.ndarray = field(default_factory=_codes)
     shopper: ShopperFilters = ShopperFilters()
     # The shopper's categories as category codes (-1: a category the store has never seen), set at hydration.
     include_categories: np.ndarray = field(default_factory=_codes)

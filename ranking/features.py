@@ -36,6 +36,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ship_speed",  # 1 / (1 + days until dispatch); 0 when the seller gave none
     # Engagement beyond likes.
     "friend_shares",  # log1p(number of friends who shared the item with the user)
+    "category_affinity",  # share of the user's recent likes that went to the item's category
 )
 TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
@@ -116,13 +117,14 @@ def compute_features(
         return features
     now, items = query.now, batch.items
     sellers = items.seller
+    hit, at = _positions_in(query.seller_likes, sellers)
     affinity = np.zeros(n)
+    affinity[hit] = query.seller_like_counts[at[hit]]
     seller_liked_at = np.full(n, -np.inf)
-    if len(query.seller_likes):
-        at = np.minimum(np.searchsorted(query.seller_likes, sellers), len(query.seller_likes) - 1)
-        hit = (query.seller_likes[at] == sellers) & (sellers >= 0)
-        affinity[hit] = query.seller_like_counts[at[hit]]
-        seller_liked_at[hit] = query.seller_last_like[at[hit]]
+    seller_liked_at[hit] = query.seller_last_like[at[hit]]
+    category_hit, category_at = _positions_in(query.category_likes, items.category)
+    category_affinity = np.zeros(n)
+    category_affinity[category_hit] = query.category_like_counts[category_at[category_hit]]
     # Signed: EASE's weights are negative where the user's likes argue against an item.
     similarity = np.sign(item_similarity) * np.log1p(np.abs(item_similarity))
     features[:, 0] = batch.embedding_score
@@ -131,7 +133,8 @@ def compute_features(
     features[:, 2] = np.log1p(batch.friend_likes)
     features[:, 3] = _decay(now - batch.friend_like_time, _FRIEND_LIKE_TAU)
     features[:, 4] = _member(sellers, query.followed_sellers)
-    features[:, 5] = affinity / max(len(query.user.recent_likes), 1)
+    recent_likes = max(len(query.user.recent_likes), 1)
+    features[:, 5] = affinity / recent_likes
     features[:, 6] = _decay(now - items.created_at, _RECENCY_TAU)
     features[:, 7] = np.log1p(items.like_count)
     features[:, 8] = _decay(now - batch.social_time, _SOCIAL_TAU)
@@ -141,4 +144,13 @@ def compute_features(
     features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU) if needed is None or needed[12] else 0.0
     features[:, 13] = np.nan_to_num(1.0 / (1.0 + items.ship_days), nan=0.0)
     features[:, 14] = np.log1p(batch.friend_shares)
+    features[:, 15] = category_affinity / recent_likes
     return features
+
+
+def _positions_in(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hit, at): which ``codes`` (>= 0) are in ``sorted_codes``, and where."""
+    if not len(sorted_codes):
+        return np.zeros(len(codes), bool), np.zeros(len(codes), np.int64)
+    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    return (sorted_codes[at] == codes) & (codes >= 0), at

@@ -254,6 +254,8 @@ class FeedPipeline:
         )
         query.seller_last_like = np.full(len(query.seller_likes), -np.inf)
         np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
+        with_category = recent.exists & (recent.category >= 0)
+        query.category_likes, query.category_like_counts = np.unique(recent.category[with_category], return_counts=True)
         query.followed_sellers = _known(store.sellers.codes(all_follows))
         query.own_seller = store.sellers.code(user_id)
         # Category ids become codes only now, for the same reason as the exclusions.

@@ -65,6 +65,23 @@ def test_item_similarity_and_seller_affinity_come_from_the_users_recent_likes(wo
         assert value == pytest.approx(expected, rel=1e-6)
 
 
+def test_category_affinity_is_the_share_of_recent_likes_in_the_items_category(world):
+    dataset, model = world
+    store = MemoryStore.from_dataset(dataset)
+    pipeline = build_feed_pipeline(store, model, DEFAULT_RANKER)
+    user_id = max(set(dataset.likes.src), key=list(dataset.likes.src).count)
+    pool = pipeline.pool(user_id, 20, float(np.nanmax(dataset.likes.ts)) + 1.0)
+    category_of = dict(zip(dataset.items.item_id, dataset.items.category))
+    recent = store.items.ids(pool.query.user.recent_likes.tolist())
+    per_category: dict[str, int] = {}
+    for item_id in recent:
+        per_category[category_of[item_id]] = per_category.get(category_of[item_id], 0) + 1
+    affinity = pool.features[:, col["category_affinity"]]
+    expected = [per_category.get(category_of[item_id], 0) / len(recent) for item_id in pool.item_ids()]
+    np.testing.assert_allclose(affinity, expected, rtol=1e-6)
+    assert (affinity > 0).any() and (affinity < 1).all()
+
+
 def test_social_features_follow_friend_likes_and_item_age():
     store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
     pool = build_feed_pipeline(store, None).pool("alice", 20, NOW)
