@@ -9,7 +9,7 @@ import pytest
 
 from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
-from serving.page_token import PageTokenCodec
+from serving.page_token import MAX_SERVED, PageTokenCodec
 from stores.events import Event, EventKind
 
 
@@ -43,9 +43,13 @@ def test_memory_store_ingest_batch_of_100_likes(benchmark, bench_world):
 
 @pytest.mark.parametrize("page", [1, 10, 50])
 def test_feed_service_page_at_depth_limit_100(benchmark, bench_world, page):
-    """One GetFeed of page N (limit 100) through FeedService, page token included."""
+    """One GetFeed of page N (limit 100) through FeedService, page token included.
+
+    The codec allows the deepest feed a server can be configured for (MAX_SERVED items),
+    so page 50 exists; the server's default cap (DEFAULT_MAX_SERVED) ends a feed at page 10.
+    """
     dataset, store, artifact, _, now = bench_world
-    service = FeedService(store, artifact, PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())
+    service = FeedService(store, artifact, PageTokenCodec(b"bench-secret-0123456789", max_served=MAX_SERVED), FeedSettings())
     user = random.Random(1).choice(dataset.user_ids())
     token = ""
     for _ in range(page - 1):
