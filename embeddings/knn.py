@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ranking.vocab import sorted_positions
+
 KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
 DEFAULT_KNN = "cosine"
 """Similarity of the item-kNN model; "none" trains no item-kNN model."""
@@ -76,7 +78,7 @@ class Neighbourhood:
         """``sums(weightings)`` read at ``rows``, shape (len(rows), len(weightings)); 0 where a row has none."""
         weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
         out = np.zeros((len(rows), len(weightings)))
-        hit, at = _positions_in(self.rows, rows)
+        hit, at = sorted_positions(self.rows, rows)
         if hit.any():
             out[hit] = self.sums(weightings)[:, at[hit]].T
         return out
@@ -104,18 +106,9 @@ class ItemScores:
     def lookup(self, rows: np.ndarray) -> np.ndarray:
         """Score per asked row (0 where the row has none), same order and length."""
         out = np.zeros(len(rows), dtype=np.float32)
-        hit, at = _positions_in(self.rows, rows)
+        hit, at = sorted_positions(self.rows, rows)
         out[hit] = self.scores[at[hit]]
         return out
-
-
-def _positions_in(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hit, at): which ``rows`` are in ``sorted_rows`` (rows < 0 never are), and where."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if not len(sorted_rows) or not len(rows):
-        return np.zeros(len(rows), bool), np.zeros(len(rows), np.int64)
-    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
-    return (rows >= 0) & (sorted_rows[at] == rows), at
 
 
 class ItemKNN:

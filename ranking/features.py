@@ -16,6 +16,7 @@ from embeddings.knn import Neighbourhood
 from ranking.batch import CandidateBatch
 from ranking.components import FeedQuery
 from ranking.store import recent_like_count
+from ranking.vocab import sorted_positions
 
 FEATURE_NAMES: tuple[str, ...] = (
     "embedding_score",  # <user vector, item factor>; the user vector is folded in for users the model has not seen
@@ -117,12 +118,12 @@ def compute_features(
         return features
     now, items = query.now, batch.items
     sellers = items.seller
-    hit, at = _positions_in(query.seller_likes, sellers)
+    hit, at = sorted_positions(query.seller_likes, sellers)
     affinity = np.zeros(n)
     affinity[hit] = query.seller_like_counts[at[hit]]
     seller_liked_at = np.full(n, -np.inf)
     seller_liked_at[hit] = query.seller_last_like[at[hit]]
-    category_hit, category_at = _positions_in(query.category_likes, items.category)
+    category_hit, category_at = sorted_positions(query.category_likes, items.category)
     category_affinity = np.zeros(n)
     category_affinity[category_hit] = query.category_like_counts[category_at[category_hit]]
     # Signed: EASE's weights are negative where the user's likes argue against an item.
@@ -147,10 +148,3 @@ def compute_features(
     features[:, 15] = category_affinity / recent_likes
     return features
 
-
-def _positions_in(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hit, at): which ``codes`` (>= 0) are in ``sorted_codes``, and where."""
-    if not len(sorted_codes):
-        return np.zeros(len(codes), bool), np.zeros(len(codes), np.int64)
-    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
-    return (sorted_codes[at] == codes) & (codes >= 0), at

@@ -145,3 +145,13 @@ def lookup(table: np.ndarray, codes: np.ndarray, missing: int | float) -> np.nda
     out = np.full(len(codes), missing, dtype=table.dtype)
     out[inside] = table[codes[inside]]
     return out
+
+
+def sorted_positions(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, at): which ``codes`` occur in ``sorted_codes`` (ascending; a negative code
+    never does), and where (``at`` is meaningful only where found)."""
+    codes = np.asarray(codes)
+    if not len(sorted_codes) or not len(codes):
+        return np.zeros(len(codes), bool), np.zeros(len(codes), np.int64)
+    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    return (sorted_codes[at] == codes) & (codes >= 0), at

@@ -33,7 +33,7 @@ from ranking.store import (
     trending_weights,
 )
 from ranking.types import ItemCard
-from ranking.vocab import Vocabulary, encode
+from ranking.vocab import Vocabulary, encode, sorted_positions
 from stores.base import ApplyResult, gc_paused
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
@@ -264,8 +264,7 @@ class _Seen:
         seen = seen[order]
         counts = np.array([v[0] for v in self.views.values()], np.int64)[order]
         lasts = np.array([v[1] for v in self.views.values()], np.float64)[order]
-        at = np.minimum(np.searchsorted(seen, codes), len(seen) - 1)
-        hit = seen[at] == codes
+        hit, at = sorted_positions(seen, codes)
         columns.views[hit] = counts[at[hit]]
         columns.viewed_at[hit] = lasts[at[hit]]
 
@@ -497,9 +496,7 @@ class MemoryStore:
             columns = self._catalogue.columns(codes)
             liked_items, _ = self._likes.row(self.users.code(user_id))
             if len(liked_items):
-                liked_sorted = np.sort(liked_items)
-                at = np.minimum(np.searchsorted(liked_sorted, codes), len(liked_sorted) - 1)
-                columns.liked[:] = liked_sorted[at] == codes
+                columns.liked[:] = sorted_positions(np.sort(liked_items), codes)[0]
             if user_id in self._seen:
                 self._seen[user_id].fill(codes, columns)
             return columns
