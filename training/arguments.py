@@ -43,7 +43,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ease-l2", type=float, default=d.ease_l2,
                        help=f"L2 penalty of EASE, with --knn ease (default: {d.ease_l2})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
-                       help="item index: exact below 100k items, IVF + fast-scan PQ + exact refine above (default: auto)")
+                       help="item index: auto is exact below 20k items, hnsw-mips up to 100k, IVF + fast-scan PQ + exact refine "
+                            "above (default: auto)")
     group.add_argument("--ef-search", type=int, default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
     group.add_argument("--warm-iterations", type=int, default=d.warm_iterations,
