@@ -107,6 +107,24 @@ def test_item_knn_from_spark_cooccurrence_matches_implicit(engine, dataset, kind
     built.frame.unpersist()
 
 
+def test_item_knn_of_chosen_rows_equals_the_full_models_rows_and_leaves_the_rest_empty(engine, dataset) -> None:
+    params = replace(PARAMS, knn="bm25", knn_k=20)
+    built = engine.interactions(dataset, params)
+    full = engine.item_knn(built, params).similarity
+    chosen = np.random.default_rng(0).choice(built.n_items, built.n_items // 5, replace=False)
+    part = engine.item_knn(built, params, rows=chosen).similarity
+    for row in chosen.tolist():  # the same weights (equal ones may pick other neighbours at the k-th)
+        np.testing.assert_allclose(np.sort(part[row].data), np.sort(full[row].data), rtol=1e-5)
+    assert part[np.setdiff1d(np.arange(built.n_items), chosen)].nnz == 0 and part.nnz > 0
+    # The pools' rows: what the sampled users liked, found in Spark as on the driver.
+    users = sorted(set(dataset.likes.src))[:40]
+    liked = engine._liked_columns(built, users)
+    expected = interactions_of(dataset, params)  # the same layout (test above)
+    columns = np.unique(expected.matrix[[expected.user_ids.index(u) for u in users]].indices)
+    np.testing.assert_array_equal(liked, columns[columns < expected.n_items])
+    built.frame.unpersist()
+
+
 @pytest.fixture(scope="module")
 def spark_world(engine, dataset, tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("spark-world")

@@ -363,14 +363,17 @@ class SparkEngine:
 
     # ---- item-kNN ------------------------------------------------------------------------
 
-    def item_knn(self, inter: SparkInteractions, params: TrainParams) -> ItemKNN | None:
+    def item_knn(self, inter: SparkInteractions, params: TrainParams, rows: np.ndarray | None = None) -> ItemKNN | None:
         """The item-kNN model of ``params.knn`` over the item columns of ``inter``.
 
         cosine, bm25, tfidf: implicit's weighting (embeddings.knn, implicit.nearest_neighbours)
         computed per cell in Spark, the co-occurrence sum(x_ui * x_uj) by a self-join on the
         user, and each item's top ``knn_k`` other items by a window: the same matrix as
         implicit's (ties aside) while no user has more than ``knn_max_user_items`` items.
-        ease: on the driver (bounded by EASE_MAX_ITEMS items).
+        With ``rows`` (item columns) only those items' rows are computed, as
+        ``train_item_knn(rows=)`` does: the weighting still reads every cell, the join's
+        left side only the chosen items. ease: on the driver (bounded by EASE_MAX_ITEMS
+        items; every row).
         """
         from pyspark.sql import Window
         from pyspark.sql import functions as F
@@ -414,7 +417,11 @@ class SparkEngine:
         shuffle = int(max(self.partitions, min(KNN_MAX_PARTITIONS, -(-(pair_rows or 0) // KNN_PAIRS_PER_PARTITION))))
         self.last_knn = {"kind": kind, "pair_rows": int(pair_rows or 0), "max_user_items": int(most or 0),
                          "shuffle_partitions": shuffle}
-        a, b_ = x.alias("a"), x.alias("b")
+        left = x
+        if rows is not None:
+            chosen = self._frame({"item": np.unique(rows).astype(np.int32)})
+            left = x.join(F.broadcast(chosen), "item")
+        a, b_ = left.alias("a"), x.alias("b")
         pairs = (
             a.join(b_, F.col("a.user") == F.col("b.user"))
             .where(F.col("a.item") != F.col("b.item"))
@@ -484,7 +491,7 @@ class SparkEngine:
         ``ranker_params.max_users`` sampled users, fit, baseline check) and report; returns
         (ranker, info, None): there is no warm start on Spark.
         """
-        from training.ranker_fit import StepClock, fit_on_pools, fit_part_model
+        from training.ranker_fit import PoolSample, StepClock, fit_on_pools, fit_part_model
         from training.splits import validation_split
 
         tp, rp = params, ranker_params
@@ -495,12 +502,25 @@ class SparkEngine:
         lap("split")
         users, items, active = self.train_als(fit_inter, tp)
         lap("als")
-        knn = self.item_knn(fit_inter, tp)
+        sample = PoolSample.of(held, rp)
+        knn = self.item_knn(fit_inter, tp, rows=self._liked_columns(fit_inter, sample.users))
         lap("item-knn")
         fit_inter.frame.unpersist()
         model = fit_part_model(fit_inter.user_ids, fit_inter.item_ids, users, items, active, knn, tp)
-        ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, rp, lap)
+        ranker, info = fit_on_pools(fit_part, held, now, model, tp, settings, rp, lap, sample)
         return ranker, info, None
+
+    def _liked_columns(self, inter: SparkInteractions, users: list[str]) -> np.ndarray:
+        """The item columns ``users`` interacted with in ``inter``: the only item-kNN rows
+        their pools read (PoolSample.liked_columns, computed in Spark)."""
+        from pyspark.sql import functions as F
+
+        from ranking.vocab import positions_in
+
+        user_rows = positions_in(users, inter.user_ids)
+        chosen = self._frame({"user": user_rows[user_rows >= 0].astype(np.int32)})
+        liked = inter.frame.join(F.broadcast(chosen), "user").where(F.col("col") < inter.n_items).select("col").distinct()
+        return np.sort(liked.toArrow().column("col").to_numpy()).astype(np.int64)
 
     def evaluate_split(self, dataset, split, test, ks, params, settings=None, show_progress=True, ranker_params=None,
                        compare_blend=True, max_users=0):
