@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,27 @@ def test_counts_that_do_not_add_up_are_refused():
 
     with pytest.raises(RuntimeError, match="3 calls but 1 successes \\+ 1 errors"):
         loadgen.summarise("GetFeed", "closed", 4, 0.0, tally, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "aio-inline", "aio-pool"])
+def test_each_bare_server_kind_serves_the_load_without_errors(world, tmp_path, kind):
+    import subprocess
+    import sys
+    import time
+
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.server_kind", "--models", str(world.models_dir), "--data", str(world.data_dir),
+         "--port-file", str(port_file), "--kind", kind],
+        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() is not None else "timeout"
+            time.sleep(0.1)
+        status, phases = run_loadgen(world, f"127.0.0.1:{port_file.read_text()}", tmp_path)
+    finally:
+        server.kill()
+        server.wait()
+    assert status == 0 and all(p["errors"] == 0 and p["successes"] > 0 for p in phases)
