@@ -45,18 +45,47 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def ephemeral_ports() -> range:
+    """The range the kernel draws connect()'s source ports from (Linux's default when
+    /proc does not say; macOS's 49152-65535 lies inside it)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+_handed_out: set[int] = set()  # ports (and bus ports) free_port gave in this process
+
+
 def free_port(cluster_bus: bool = False) -> int:
-    """A free port; for a cluster node one <= 55535 whose bus port (+10000) is free too."""
-    if not cluster_bus:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    """A free port for a test server, outside the ephemeral range; for a cluster node one
+    whose bus port (+10000) is free and outside it too. No port is handed out twice in a
+    process, bus ports included (a cluster's nodes get their ports before any starts).
+
+    Outside the ephemeral range, because a client connecting to a port where nothing
+    listens yet (wait_ready's PING before redis-server binds, a client of a stopped
+    node) can be given that very port as its source port: a TCP self-connect, whose
+    peer is the socket itself. redis-py then reads its own HELLO back as the reply
+    (['HELLO', '3']: "'list' object has no attribute 'get'"), and the socket holds the
+    port the server is about to bind. connect() never picks a port outside the range.
+    If the range leaves no room (a widened ip_local_port_range), any port will do.
+    """
+    ephemeral = ephemeral_ports()
+    span = 10_000 if cluster_bus else 0
+
+    def usable(port: int, anywhere: bool) -> bool:
+        ports = (port, port + span) if cluster_bus else (port,)
+        return all(p <= 65_535 and p not in _handed_out and (anywhere or p not in ephemeral) for p in ports)
+
     rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(20_000, 55_535)
-        if _bindable(port) and _bindable(port + 10_000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
+    for anywhere in (False, True):
+        candidates = [port for port in range(10_000, 65_536 - span) if usable(port, anywhere)]
+        for port in rng.sample(candidates, min(len(candidates), 1000)):
+            if _bindable(port) and (not cluster_bus or _bindable(port + span)):
+                _handed_out.update((port, port + span))
+                return port
+    raise RuntimeError("no free port" + (" pair for a cluster node" if cluster_bus else ""))
 
 
 class RedisServer:
