@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,20 +118,18 @@ def merge_tokens(*groups: Iterable[Token]) -> tuple[Token, ...]:
     return tuple(merged.values())
 
 
-def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, pool: futures.ThreadPoolExecutor | None = None) -> grpc.RpcMethodHandler:
-    """``handler`` with its behaviour replaced by an immediate ``code`` (run on ``pool`` if given).
+def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """``handler`` (of a grpc.aio server) with its behaviour replaced by an immediate ``code``.
 
     The request is not parsed. Access logs (serving/logs.py) count it as rejected.
     """
 
-    def reject(request: Any, context: grpc.ServicerContext) -> Any:
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
         logs.mark_call(rejected=True)
-        context.abort(code, details)
+        context.set_code(code)  # the status leaves after the access log has counted it
+        context.set_details(details)
 
-    if pool is not None:
-        reject.experimental_thread_pool = pool  # type: ignore[attr-defined]  # grpc runs it there, not in the busy pool
-    kind = _kind(handler)
-    return handler._replace(**{kind: reject, "request_deserializer": None})
+    return handler._replace(**{_kind(handler): reject, "request_deserializer": None})
 
 
 def _kind(handler: grpc.RpcMethodHandler) -> str:
@@ -148,14 +145,13 @@ def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> Any
     return None
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the bearer token and its scope of every call but health and reflection."""
 
-    def __init__(self, tokens: Sequence[Token], reject_pool: futures.ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, tokens: Sequence[Token]) -> None:
         if not tokens:
             raise ValueError("AuthInterceptor needs at least one token")
         self.tokens = tuple(tokens)
-        self.reject_pool = reject_pool
 
     def identify(self, presented: str) -> Token | None:
         """The token ``presented`` is, compared in constant time with every known token."""
@@ -189,16 +185,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {what} needs"
         return token
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if is_open_method(method):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open_method(method):
+            return handler
         outcome = self.check(method, handler_call_details.invocation_metadata)
         if not isinstance(outcome, Token):
-            return rejecting(handler, *outcome, pool=self.reject_pool)
+            return rejecting(handler, *outcome)
         return _as_client(handler, outcome.name)
 
 
@@ -208,8 +202,8 @@ def _as_client(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandl
     behavior = getattr(handler, kind)
 
     @functools.wraps(behavior)
-    def named(request: Any, context: grpc.ServicerContext) -> Any:
+    async def named(request: Any, context: grpc.aio.ServicerContext) -> Any:
         logs.mark_call(client=name)
-        return behavior(request, context)
+        return await behavior(request, context)
 
     return handler._replace(**{kind: named})

@@ -39,10 +39,11 @@ TOKENS_ENV = "FEEDRANK_TOKENS"
 CONFIG_ENV = "FEEDRANK_CONFIG"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 64
-MEMORY_FEED_THREADS = 2
-"""Feed threads per process with the memory store when --threads is 0: on 2 cores, 2 threads
-served 251-278 GetFeed/s with a p99 of 27-30 ms at half load, 8 threads 176-202/s and
-41-57 ms (benchmarks/README.md, 2026-12-02)."""
+MEMORY_FEED_THREADS = 0
+"""Feed threads per process with the memory store when --threads is 0: none, each feed is
+built on the server's event loop. On 2 cores that served 1.3x the GetFeeds of 2 threads
+(411-447 against 306-343 per second, 20k users / 50k items), at a lower p99
+(benchmarks/README.md, "Sync vs aio again", 2026-12-02)."""
 REDIS_FEED_THREADS = 8
 """Feed threads per process with Redis when --threads is 0: requests wait on round trips."""
 
@@ -54,7 +55,7 @@ class ServerConfig:
     data_dir: str | None = None  # dataset directory the memory store loads
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
-    threads: int = 0  # threads running FeedService RPCs per process; 0: feed_threads picks
+    threads: int = 0  # threads running FeedService RPCs per process; 0: feed_threads picks (0 there: the event loop)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
     # Page-token key; None: a random one per start (tokens do not survive a restart, and the server warns).
     token_secret: bytes | None = field(default=None, repr=False)
@@ -92,7 +93,7 @@ class ServerConfig:
 
     @property
     def feed_threads(self) -> int:
-        """``threads``, or when it is 0 the measured default for the store."""
+        """``threads``, or when it is 0 the measured default for the store (0: the event loop builds the feeds)."""
         if self.threads:
             return self.threads
         return MEMORY_FEED_THREADS if self.store_url == "memory" else REDIS_FEED_THREADS
@@ -223,7 +224,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
-    Flag("threads", int, 0, f"threads running FeedService RPCs per process (health has its own); 0: {MEMORY_FEED_THREADS} with the memory store (its feeds are CPU-bound and more threads only queue for the GIL), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
+    Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the feeds in flight, at most --max-concurrent-rpcs of them), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis", "server", minimum=1),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
@@ -238,7 +239,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log_format", str, "text", "log line format", "logs", choices=LOG_FORMATS),
     Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
     Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request or response message; a larger one gets RESOURCE_EXHAUSTED", "limits", minimum=1024),
-    Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (running or queued for --threads) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit", "limits", minimum=0),
+    Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (accepted and not yet answered) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit", "limits", minimum=0),
     Flag("token_ttl_seconds", float, DEFAULT_TOKEN_TTL_SECONDS, "a page token expires this long after it was issued; 0: never", "limits", minimum=0),
     Flag("max_feed_depth", int, DEFAULT_MAX_SERVED, f"items a user can page through in one feed; a token past it gets OUT_OF_RANGE (at most {MAX_SERVED})", "limits", minimum=1, maximum=MAX_SERVED),
     Flag("max_clock_skew_seconds", float, DEFAULT_MAX_CLOCK_SKEW, "an ingested time (ts, created_at) this far past the server's clock is refused", "limits", minimum=0),

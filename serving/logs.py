@@ -139,8 +139,8 @@ def request_id_of(metadata: Any) -> str:
     return uuid.uuid4().hex
 
 
-class AccessLog(grpc.ServerInterceptor):
-    """One access line per unary RPC, whatever answered it (the servicer or an interceptor).
+class AccessLog(grpc.aio.ServerInterceptor):
+    """One access line per unary RPC of a grpc.aio server, whatever answered it (the servicer or an interceptor).
 
     ``model_version()`` is the version served (a GetFeed names its own, which may be an
     A/B arm's). ``on_rejected(method, code, seconds)`` is told of calls refused by an
@@ -158,8 +158,8 @@ class AccessLog(grpc.ServerInterceptor):
         self.feed_prefix = feed_prefix
         self.log = logging.getLogger(ACCESS_LOGGER)
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler  # streams (health Watch, reflection) are long-lived: not logged
         method = handler_call_details.method
@@ -171,14 +171,16 @@ class AccessLog(grpc.ServerInterceptor):
         behavior = handler.unary_unary
 
         @functools.wraps(behavior)
-        def logged(request: Any, context: grpc.ServicerContext) -> Any:
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = {"request_id": request_id, "client": None, "rejected": False}
             token = _CALL.set(call)
+            # Set before the call: an abort sends the trailers it finds at once.
+            context.set_trailing_metadata((("x-request-id", request_id),))
             started = time.perf_counter()
             response = None
             raised = False
             try:
-                response = behavior(request, context)
+                response = await behavior(request, context)
                 return response
             except BaseException:
                 raised = True
@@ -188,10 +190,6 @@ class AccessLog(grpc.ServerInterceptor):
                 _CALL.reset(token)
                 code = context.code()
                 code_name = code.name if code is not None else ("UNKNOWN" if raised else "OK")
-                try:
-                    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + (("x-request-id", request_id),))
-                except Exception:  # noqa: BLE001 (the call may be gone; the log line still matters)
-                    pass
                 if call["rejected"] and self.on_rejected is not None:
                     self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
                 if self.log.isEnabledFor(level):
@@ -226,7 +224,7 @@ class AccessLog(grpc.ServerInterceptor):
         )
 
 
-def _peer(context: grpc.ServicerContext) -> str:
+def _peer(context: grpc.aio.ServicerContext) -> str:
     try:
         return context.peer()
     except Exception:  # noqa: BLE001

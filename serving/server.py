@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -16,13 +17,14 @@ import sys
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -42,11 +44,10 @@ from stores import FeedStore
 from training.artifact import current_version, load_current, load_version
 
 log = logging.getLogger("feedrank.serving")
+T = TypeVar("T")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
-HEALTH_THREADS = 2  # health Check runs on these, never queued behind feed RPCs
-REJECT_THREADS = 2  # refusals (auth, limits) run on these: they must not wait for a busy feed thread
 NO_SECRET_WARNING = (
     "FEEDRANK_TOKEN_SECRET is not set: page tokens are signed with a random key, so they stop working "
     "when this server restarts and other server processes reject them"
@@ -188,19 +189,22 @@ def _signature(path: str) -> tuple[int, int, int] | None:
 
 
 class HealthMonitor(threading.Thread):
-    """Keeps health SERVING only while the store answers; logs an outage once when it starts and once when it ends."""
+    """Keeps health SERVING only while the store answers; logs an outage once when it starts and once when it ends.
+
+    ``publish(status)`` sets a ``HealthCheckResponse`` status for the server and FeedService.
+    """
 
     def __init__(
         self,
         store: FeedStore,
-        health_servicer: health.HealthServicer,
+        publish: Callable[[int], None],
         every_seconds: float = 1.0,
         serving: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name="health-monitor", daemon=True)
         self.store = store
-        self.health_servicer = health_servicer
+        self.publish = publish
         self.every_seconds = every_seconds
         self.serving = serving if serving is not None else threading.Event()  # set while SERVING
         self.clock = clock
@@ -212,9 +216,7 @@ class HealthMonitor(threading.Thread):
             up = bool(self.store.ping())
         except Exception:  # noqa: BLE001 (a store that cannot even be asked is down)
             up = False
-        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            self.health_servicer.set(name, status)
+        self.publish(health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
         if up:
             if self.down_since is not None:
                 log.warning("store answers again after %.1f s: health SERVING", self.clock() - self.down_since)
@@ -292,70 +294,50 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-class CountingExecutor(futures.ThreadPoolExecutor):
-    """A thread pool that knows how many of its tasks are queued or running."""
-
-    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self._count_lock = threading.Lock()
-        self.in_flight = 0
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
-        with self._count_lock:
-            self.in_flight += 1
-        try:
-            future = super().submit(fn, *args, **kwargs)
-        except BaseException:
-            self._done(None)
-            raise
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, _: Any) -> None:
-        with self._count_lock:
-            self.in_flight -= 1
-
-
-class ConcurrencyLimit(grpc.ServerInterceptor):
+class ConcurrencyLimit(grpc.aio.ServerInterceptor):
     """Refuses a FeedService call at once with RESOURCE_EXHAUSTED while ``limit`` calls are in flight.
 
-    In flight: queued for or running on the feed pool. gRPC looks up handlers (and so runs
-    this) on its one polling thread just before it queues the call, so the count is exact.
-    A refusal runs on ``reject_pool``, never behind the queued calls.
+    In flight: accepted and not yet answered, whether waiting for the event loop or the
+    feed threads or running. The interceptor runs in the call's own task when the server
+    accepts it, before its request is read, and the count drops when that task ends,
+    however it ends. Everything here runs on the event loop: no lock.
     """
 
-    def __init__(self, pool: CountingExecutor, limit: int, reject_pool: futures.ThreadPoolExecutor | None = None) -> None:
-        self.pool = pool
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.reject_pool = reject_pool
+        self.in_flight = 0
         self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or is_open_method(handler_call_details.method) or self.pool.in_flight < self.limit:
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open_method(handler_call_details.method):
             return handler
-        return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message, self.reject_pool)
+        if self.in_flight >= self.limit:
+            return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message)
+        self.in_flight += 1
+        asyncio.current_task().add_done_callback(self._done)
+        return handler
+
+    def _done(self, _: asyncio.Task) -> None:
+        self.in_flight -= 1
 
 
-class HealthLane(grpc.ServerInterceptor):
-    """Runs health Check on a pool of its own: it answers at once however busy the feed threads are."""
+class EventLoopThread:
+    """An asyncio event loop running on a thread of its own, for a grpc.aio server behind a blocking API."""
 
-    METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+    def __init__(self, name: str = "grpc-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
 
-    def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
-        self.pool = pool
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method not in self.METHODS or handler.unary_unary is None:
-            return handler
-        behavior = handler.unary_unary
-
-        def check(request: Any, context: grpc.ServicerContext) -> Any:
-            return behavior(request, context)
-
-        check.experimental_thread_pool = self.pool  # type: ignore[attr-defined]  # grpc's per-method executor
-        return handler._replace(unary_unary=check)
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -366,7 +348,13 @@ def _is_loopback(host: str) -> bool:
 
 
 class FeedServer:
-    """A running server; ``stop()`` drains in-flight requests."""
+    """A running server; ``stop()`` drains in-flight requests.
+
+    A grpc.aio server on an event loop thread of its own (``EventLoopThread``): health,
+    reflection, the interceptors and, with ``feed_threads`` 0, the feeds themselves run
+    there; with ``feed_threads`` > 0 the feeds run on that many threads and the loop stays
+    free for health checks and refusals. The methods of this class block as before.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.ephemeral_secret = config.token_secret is None
@@ -377,48 +365,18 @@ class FeedServer:
         shared_port = config.workers > 1  # serve() checked the port before forking the workers
         if config.port and not shared_port:
             ensure_port_free(config.host, config.port)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.serving = threading.Event()  # set while health is SERVING
-        self.feed_pool = CountingExecutor(config.feed_threads, thread_name_prefix="feed")
-        self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health")
-        self.reject_pool = futures.ThreadPoolExecutor(REJECT_THREADS, thread_name_prefix="reject")
-        # Outermost first: the health lane, the access log (sees every answer), auth, then the limit.
-        interceptors: list[grpc.ServerInterceptor] = [
-            HealthLane(self.health_pool),
-            logs.AccessLog(self._model_version, self._count_refused),
-        ]
-        auth = AuthInterceptor(config.tokens, self.reject_pool) if config.tokens else None
-        if auth is not None:
-            interceptors.append(auth)
-        if config.max_concurrent_rpcs:
-            interceptors.append(ConcurrencyLimit(self.feed_pool, config.max_concurrent_rpcs, self.reject_pool))
-        self.grpc_server = grpc.server(
-            self.feed_pool,
-            interceptors=interceptors,
-            options=[
-                ("grpc.so_reuseport", 1 if shared_port else 0),
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-            ],
-        )
-        self.servicer = FeedServicer()
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
+        self.feed_pool = futures.ThreadPoolExecutor(config.feed_threads, thread_name_prefix="feed") if config.feed_threads else None
+        self.servicer = FeedServicer(pool=self.feed_pool)
+        auth = AuthInterceptor(config.tokens) if config.tokens else None
+        self.events = EventLoopThread()
         address = grpc_address(config.host, config.port)
         try:
-            if credentials is not None:
-                self.port = self.grpc_server.add_secure_port(address, credentials)
-            else:
-                self.port = self.grpc_server.add_insecure_port(address)
+            self.port = self.events.run(self._build(config, auth, credentials, address, shared_port))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
-            self._shutdown_pools()
+            self._release()
             raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
         self._threads: list[ModelWatcher | HealthMonitor] = []
         self.service: FeedService | None = None
@@ -426,14 +384,48 @@ class FeedServer:
         if config.http_port:
             self.http = self._http_server(auth)
 
+    async def _build(self, config: ServerConfig, auth: AuthInterceptor | None, credentials: grpc.ServerCredentials | None,
+                     address: str, shared_port: bool) -> int:
+        """Create the server on the loop (grpc.aio binds it to the loop it is made on); its port."""
+        self.health = health_async.HealthServicer()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Outermost first: the access log (sees every answer), auth, then the limit.
+        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._model_version, self._count_refused)]
+        if auth is not None:
+            interceptors.append(auth)
+        self.concurrency_limit = ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
+        if self.concurrency_limit is not None:
+            interceptors.append(self.concurrency_limit)
+        self.grpc_server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", 1 if shared_port else 0),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
+        )
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
+        if credentials is not None:
+            return self.grpc_server.add_secure_port(address, credentials)
+        return self.grpc_server.add_insecure_port(address)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    def _publish_health(self, status: int) -> None:
+        self.events.run(self._set_health(status))
+
     def _http_server(self, auth: AuthInterceptor | None) -> HttpServer:
         config = self.config
         context = WebContext(lambda: self.servicer.service, auth, config.models_dir, config.max_message_bytes)
         try:
             return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key)
         except OSError as error:
-            self.grpc_server.stop(None)
-            self._shutdown_pools()
+            self.events.run(self.grpc_server.stop(None))
+            self._release()
             raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error}") from None
 
     def _model_version(self) -> str:
@@ -459,7 +451,7 @@ class FeedServer:
     def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and store, then turn SERVING."""
         limit_native_threads()
-        self.grpc_server.start()
+        self.events.run(self.grpc_server.start())
         if self.http is not None:
             self.http.start()
         self._warn_about_openness()
@@ -484,7 +476,7 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(store, self.health, serving=self.serving)
+        monitor = HealthMonitor(store, self._publish_health, serving=self.serving)
         monitor.check()
         self._threads = [monitor]
         if self.config.reload_seconds > 0:
@@ -500,21 +492,25 @@ class FeedServer:
         if arms is not None:
             log.info("A/B arms from %s: %s", arms_file, describe(arms))
 
-    def _shutdown_pools(self) -> None:
-        for pool in (self.feed_pool, self.health_pool, self.reject_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
+    def _release(self) -> None:
+        if self.feed_pool is not None:
+            self.feed_pool.shutdown(wait=False, cancel_futures=True)
+        self.events.close()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         for thread in self._threads:
             thread.stopped.set()
-        self.health.enter_graceful_shutdown()
         self.serving.clear()
-        self.grpc_server.stop(grace).wait()
+        self.events.run(self._drain(grace))
         if self.http is not None:
             self.http.stop()
-        self._shutdown_pools()
+        self._release()
         if self.service is not None:
             self.service.store.close()
+
+    async def _drain(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
 
 
 def _write_atomically(path: str, text: str) -> None:

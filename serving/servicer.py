@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -158,10 +161,15 @@ def refusal_of(error: Exception, method: str) -> Refusal:
     return Refusal(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def abort_refused(context: grpc.ServicerContext, refusal: Refusal) -> NoReturn:
-    """End the RPC as ``refusal`` says. A field at fault goes in a google.rpc.BadRequest, a
-    retry delay in a google.rpc.RetryInfo, packed as a google.rpc.Status in the trailers
-    (grpcio-status: ``rpc_status.from_call`` reads them)."""
+def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+    """Make the RPC end as ``refusal`` says once its handler returns (return None after this).
+
+    A field at fault goes in a google.rpc.BadRequest, a retry delay in a google.rpc.RetryInfo,
+    packed as a google.rpc.Status in the trailers (grpcio-status: ``rpc_status.from_call``
+    reads them), after the trailers already set (the access log's x-request-id). Unlike
+    ``abort``, which sends the status at once, the status leaves after the interceptors
+    have counted and logged the call: a client that sees it also sees its metrics.
+    """
     details: list[Message] = []
     if refusal.field:
         violation = error_details_pb2.BadRequest.FieldViolation(field=refusal.field, description=refusal.description)
@@ -169,12 +177,11 @@ def abort_refused(context: grpc.ServicerContext, refusal: Refusal) -> NoReturn:
     if refusal.retry_after is not None:
         delay = duration_pb2.Duration(seconds=int(refusal.retry_after), nanos=int(refusal.retry_after % 1 * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    context.set_code(refusal.code)
+    context.set_details(refusal.message)
     if details:
         status = status_pb2.Status(code=refusal.code.value[0], message=refusal.message, details=[_packed(d) for d in details])
-        context.abort_with_status(rpc_status.to_status(status))
-    else:
-        context.abort(refusal.code, refusal.message)
-    raise AssertionError("abort returned")  # pragma: no cover
+        context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + tuple(rpc_status.to_status(status).trailing_metadata))
 
 
 def _packed(detail: Message) -> any_pb2.Any:
@@ -213,57 +220,58 @@ def observe_call(service: FeedService, method: str, code: grpc.StatusCode, secon
     service.metrics.observe_request(method, code.name, seconds, arm)
 
 
-def _abort_if_expired(context: grpc.ServicerContext) -> None:
+EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
+
+
+def _expired(context: grpc.aio.ServicerContext) -> bool:
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
-
-
-def _ready(service: FeedService | None, context: grpc.ServicerContext) -> FeedService:
-    if service is None:
-        abort_refused(context, LOADING)
-    _abort_if_expired(context)
-    return service
-
-
-def _observed(handler: Callable) -> Callable:
-    """Count and time the RPC in the service's metrics (``observe_call``)."""
-
-    @functools.wraps(handler)
-    def wrapper(self: FeedServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        response = None
-        try:
-            response = handler(self, request, context)
-            return response
-        finally:
-            if self.service is not None:
-                code = context.code() or grpc.StatusCode.OK
-                observe_call(self.service, handler.__name__, code, time.perf_counter() - started, request, response)
-
-    return wrapper
+    return remaining is not None and remaining <= 0
 
 
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
-    """Registered before the server starts; answers UNAVAILABLE until ``service`` is set."""
+    """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set.
 
-    def __init__(self, service: FeedService | None = None) -> None:
+    ``pool`` None: each call is built on the event loop itself (a feed from the memory store
+    is ~1.5 ms of CPU, and the loop avoids a thread hand-off per call); else the loop awaits
+    it on ``pool``'s threads (a store that waits on round trips, such as Redis).
+    """
+
+    def __init__(self, service: FeedService | None = None, pool: Executor | None = None) -> None:
         self.service = service
+        self.pool = pool
 
-    @_observed
-    def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
-        service = _ready(self.service, context)
-        try:
-            response = get_feed_response(service, request, time.time())
-        except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
-            abort_refused(context, refusal_of(error, "GetFeed"))
-        _abort_if_expired(context)
+    async def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetFeedResponse:
+        return await self._answer("GetFeed", get_feed_response, request, context, late_is_expired=True)
+
+    async def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.aio.ServicerContext) -> feed_pb2.IngestResponse:
+        # Applied events stay applied: a late answer is still the truth, not DEADLINE_EXCEEDED.
+        return await self._answer("Ingest", ingest_response, request, context, late_is_expired=False)
+
+    async def _answer(self, method: str, respond: Callable[[FeedService, Any, float], Message], request: Message,
+                      context: grpc.aio.ServicerContext, late_is_expired: bool) -> Message | None:
+        """``respond(service, request, now)``, counted and timed in the service's metrics
+        (``observe_call``); a failure becomes its refusal (``refusal_of``)."""
+        service = self.service
+        if service is None:
+            return refuse(context, LOADING)
+        started = time.perf_counter()
+        response, refusal = None, EXPIRED if _expired(context) else None
+        if refusal is None:
+            try:
+                response = await self._run(respond, service, request, time.time())
+            except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
+                refusal = refusal_of(error, method)
+            if refusal is None and late_is_expired and _expired(context):
+                response, refusal = None, EXPIRED
+        code = refusal.code if refusal is not None else grpc.StatusCode.OK
+        observe_call(service, method, code, time.perf_counter() - started, request, response)
+        if refusal is not None:
+            return refuse(context, refusal)
         return response
 
-    @_observed
-    def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.ServicerContext) -> feed_pb2.IngestResponse:
-        service = _ready(self.service, context)
-        try:
-            return ingest_response(service, request, time.time())
-        except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
-            abort_refused(context, refusal_of(error, "Ingest"))
+    async def _run(self, respond: Callable[..., Message], *args: Any) -> Message:
+        if self.pool is None:
+            return respond(*args)
+        # The copied context carries the call's request id into the thread's log records.
+        call = functools.partial(contextvars.copy_context().run, respond, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)

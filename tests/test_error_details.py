@@ -21,6 +21,7 @@ from ranking.ranker import DEFAULT_RANKER
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
+from serving.server import EventLoopThread
 from serving.servicer import FeedServicer
 from stores.memory import MemoryStore
 from tests.builders import social_dataset
@@ -37,24 +38,33 @@ class _NoModel:
 
 
 @contextlib.contextmanager
-def serving(service) -> Iterator[feed_pb2_grpc.FeedServiceStub]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_grpc.FeedServiceStub]:
+    """``service`` behind a grpc.aio server, its calls built on the event loop or on ``pool``."""
+    events = EventLoopThread()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, pool), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = events.run(start())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield feed_pb2_grpc.FeedServiceStub(channel)
     finally:
         channel.close()
-        server.stop(grace=0)
+        events.run(server.stop(0))
+        events.close()
 
 
-@pytest.fixture(scope="module")
-def stub():
+@pytest.fixture(scope="module", params=["on the event loop", "on feed threads"])
+def stub(request):
     service = FeedService(MemoryStore.from_dataset(social_dataset()), _NoModel(), PageTokenCodec(SECRET), FeedSettings())
-    with serving(service) as stub:
-        yield stub
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(futures.ThreadPoolExecutor(2)) if request.param == "on feed threads" else None
+        yield stack.enter_context(serving(service, pool))
 
 
 def details_of(error: grpc.RpcError) -> list:

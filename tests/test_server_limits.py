@@ -117,6 +117,44 @@ def test_health_has_its_own_threads_even_without_a_concurrency_limit(world):
             future.cancel()
 
 
+def test_feeds_built_on_the_event_loop_keep_health_fast_under_a_flood_of_real_feeds(world):
+    # The memory store's default: no feed threads, each feed is built on the event loop. A
+    # health Check then waits for the feeds accepted ahead of it, at most
+    # --max-concurrent-rpcs (16 here) of about a millisecond each; the rest are refused.
+    with serving(world, max_concurrent_rpcs=16) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert server.feed_pool is None
+        stub, health = feed_pb2_grpc.FeedServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        latencies = []
+        for wave in range(5):
+            flood = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id=f"u{i % 100:05d}", limit=20), timeout=30) for i in range(100)]
+            while any(not f.done() for f in flood):
+                t0 = time.perf_counter()
+                health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                latencies.append(time.perf_counter() - t0)
+            codes = Counter(f.code() for f in flood)
+            assert codes[grpc.StatusCode.OK] >= 16 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert_fast(latencies)
+        assert server.concurrency_limit.in_flight == 0
+
+
+def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
+    with serving(world, threads=1, max_concurrent_rpcs=8) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        slow_feeds(server)
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        flood = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=30) for _ in range(8)]
+        deadline = time.monotonic() + 5
+        while server.concurrency_limit.in_flight < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.concurrency_limit.in_flight == 8
+        for future in flood:
+            future.cancel()
+        while server.concurrency_limit.in_flight and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        assert server.concurrency_limit.in_flight == 0
+        assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00002", limit=5), timeout=10).items) == 5
+
+
 def test_a_message_over_the_size_limit_gets_resource_exhausted(world):
     with serving(world, max_message_bytes=4096) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
@@ -197,10 +235,8 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
                 raise ConnectionError("boom")
             return self.up
 
-    from grpc_health.v1 import health
-
-    store, servicer, now = Store(), health.HealthServicer(), [0.0]
-    monitor = server_module.HealthMonitor(store, servicer, clock=lambda: now[0])
+    store, published, now = Store(), [], [0.0]
+    monitor = server_module.HealthMonitor(store, published.append, clock=lambda: now[0])
     caplog.set_level("INFO", logger="feedrank.serving")
     monitor.check()
     assert monitor.serving.is_set()
@@ -214,6 +250,8 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
     monitor.check()
     monitor.check()
     assert monitor.serving.is_set()
+    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert published == [SERVING] + [NOT_SERVING] * 4 + [SERVING] * 2
     messages = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
     assert messages == ["store unavailable: health NOT_SERVING until it answers again", "store answers again after 4.0 s: health SERVING"]
 
