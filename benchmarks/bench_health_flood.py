@@ -21,13 +21,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving import native_threads
 from serving import server as server_module
 from serving.config import ServerConfig
 from tests.feed_world import build_world
 
 
 def flood(world, interval: float, floods: int) -> str:
-    server_module.GIL_SWITCH_INTERVAL = interval  # read by limit_native_threads at start
+    native_threads.GIL_SWITCH_INTERVAL = interval  # read by limit_native_threads at start
     server = server_module.FeedServer(
         ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=b"x" * 32, reload_seconds=0)
     )

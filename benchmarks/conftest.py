@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ranking.feed import build_feed_pipeline
-from serving.server import limit_native_threads
+from serving.native_threads import limit_native_threads
 from stores.memory import MemoryStore
 from training.artifact import load_current
 from training.dataset import write_dataset

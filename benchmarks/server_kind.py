@@ -28,7 +28,7 @@ from protos.feed.v1 import feed_pb2_grpc
 from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
-from serving.server import limit_native_threads
+from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.servicer import get_feed_response
 from stores.memory import MemoryStore
 from training.artifact import load_current
@@ -49,7 +49,7 @@ def serve_sync(service: FeedService, threads: int, port_file: str) -> None:
         def GetFeed(self, request, context):
             return get_feed_response(service, request, time.time())
 
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(threads))
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(threads, initializer=one_faiss_thread))
     feed_pb2_grpc.add_FeedServiceServicer_to_server(Feed(), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     _announce(server.add_insecure_port("127.0.0.1:0"), port_file, server.start)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "sync":
         serve_sync(service, args.threads, args.port_file)
     else:
-        pool = concurrent.futures.ThreadPoolExecutor(args.threads) if args.kind == "aio-pool" else None
+        pool = concurrent.futures.ThreadPoolExecutor(args.threads, initializer=one_faiss_thread) if args.kind == "aio-pool" else None
         asyncio.run(serve_aio(service, pool, args.port_file))
 
 

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import ssl
 import threading
 import time
@@ -35,6 +34,7 @@ from serving.arms import describe, load_arms, load_named_version, load_pinned
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
+from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
 from serving.web import HttpServer, create_app
@@ -52,25 +52,6 @@ NO_SECRET_WARNING = (
     "FEEDRANK_TOKEN_SECRET is not set: page tokens are signed with a random key, so they stop working "
     "when this server restarts and other server processes reject them"
 )
-
-
-GIL_SWITCH_INTERVAL = 0.001
-
-
-def limit_native_threads() -> None:
-    """One faiss/BLAS thread per request thread: parallel searches otherwise fight for the cores.
-
-    And a 1 ms GIL switch interval (Python's default is 5 ms): with every feed thread busy,
-    a health Check needs the GIL several times, and at 5 ms it waited past 100 ms in 3 of
-    4 floods of 200 deep GetFeeds; at 1 ms in none, with no loss of throughput measured
-    (benchmarks/bench_health_flood.py).
-    """
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    faiss.omp_set_num_threads(1)
-    threadpool_limits(1)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 class ModelWatcher(threading.Thread):
@@ -325,10 +306,15 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
 class EventLoopThread:
     """An asyncio event loop running on a thread of its own, for a grpc.aio server behind a blocking API."""
 
-    def __init__(self, name: str = "grpc-loop") -> None:
+    def __init__(self, name: str = "grpc-loop", initializer: Callable[[], None] = one_faiss_thread) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.initializer = initializer
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
+
+    def _run(self) -> None:
+        self.initializer()
+        self.loop.run_forever()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop and wait for its result."""
@@ -366,7 +352,9 @@ class FeedServer:
         if config.port and not shared_port:
             ensure_port_free(config.host, config.port)
         self.serving = threading.Event()  # set while health is SERVING
-        self.feed_pool = futures.ThreadPoolExecutor(config.feed_threads, thread_name_prefix="feed") if config.feed_threads else None
+        self.feed_pool = futures.ThreadPoolExecutor(
+            config.feed_threads, thread_name_prefix="feed", initializer=one_faiss_thread
+        ) if config.feed_threads else None
         self.servicer = FeedServicer(pool=self.feed_pool)
         auth = AuthInterceptor(config.tokens) if config.tokens else None
         self.events = EventLoopThread()

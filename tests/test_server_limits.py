@@ -23,6 +23,7 @@ from serving.config import ServerConfig
 from serving.server import BindError, FeedServer, ensure_port_free, write_port_file_when_serving
 from tests.conftest import REPO
 from tests.feed_world import TOKEN_SECRET, build_world
+from tests.redis_servers import free_port
 
 SLOW_FEED_SECONDS = 0.5
 
@@ -153,6 +154,35 @@ def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
             time.sleep(0.05)
         assert server.concurrency_limit.in_flight == 0
         assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00002", limit=5), timeout=10).items) == 5
+
+
+def _faiss_threads_in_a_new_thread(run=lambda: None) -> int:
+    import faiss
+
+    seen = []
+    thread = threading.Thread(target=lambda: (run(), seen.append(faiss.omp_get_max_threads())))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: faiss's default is already one thread")
+def test_every_thread_that_builds_feeds_searches_with_one_faiss_thread(world):
+    # OpenMP's thread count is per thread: a new thread starts at one per core, which made
+    # each single-query search 3x slower on the server's threads.
+    import faiss
+
+    assert _faiss_threads_in_a_new_thread() > 1
+    for threads in (0, 2):
+        with serving(world, threads=threads, http_port=free_port()) as server:
+            async def loop_threads() -> int:
+                return faiss.omp_get_max_threads()
+
+            assert server.events.run(loop_threads()) == 1
+            if threads:
+                assert {server.feed_pool.submit(faiss.omp_get_max_threads).result() for _ in range(8)} == {1}
+    client = server.http.server.wsgi_app.test_client()
+    assert _faiss_threads_in_a_new_thread(lambda: client.get("/v1/users/u00001/feed")) == 1
 
 
 def test_a_message_over_the_size_limit_gets_resource_exhausted(world):

@@ -16,6 +16,7 @@ import grpc
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from serving.native_threads import one_faiss_thread
 from serving.web.common import HttpError, WebContext, error_json
 
 log = logging.getLogger("feedrank.http")
@@ -34,6 +35,7 @@ def create_app(context: WebContext) -> Flask:
     app.register_blueprint(explorer)
     app.register_error_handler(HttpError, error_json)
     app.register_error_handler(HTTPException, _routing_error)
+    app.before_request(one_faiss_thread)  # cheroot's worker threads build feeds too
     return app
 
 
