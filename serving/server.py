@@ -48,6 +48,9 @@ T = TypeVar("T")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
+# Ingest threads when feeds are built on the event loop: an Ingest may wait on the
+# write-ahead log's fsync, and two of them in flight share one (group commit).
+INGEST_THREADS = 2
 NO_SECRET_WARNING = (
     "FEEDRANK_TOKEN_SECRET is not set: page tokens are signed with a random key, so they stop working "
     "when this server restarts and other server processes reject them"
@@ -338,8 +341,9 @@ class FeedServer:
 
     A grpc.aio server on an event loop thread of its own (``EventLoopThread``): health,
     reflection, the interceptors and, with ``feed_threads`` 0, the feeds themselves run
-    there; with ``feed_threads`` > 0 the feeds run on that many threads and the loop stays
-    free for health checks and refusals. The methods of this class block as before.
+    there (Ingest then runs on INGEST_THREADS threads); with ``feed_threads`` > 0 feeds
+    and Ingest run on that many threads and the loop stays free for health checks and
+    refusals. The methods of this class block as before.
     """
 
     def __init__(self, config: ServerConfig) -> None:
@@ -355,7 +359,8 @@ class FeedServer:
         self.feed_pool = futures.ThreadPoolExecutor(
             config.feed_threads, thread_name_prefix="feed", initializer=one_faiss_thread
         ) if config.feed_threads else None
-        self.servicer = FeedServicer(pool=self.feed_pool)
+        self.ingest_pool = self.feed_pool or futures.ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="ingest")
+        self.servicer = FeedServicer(feed_pool=self.feed_pool, ingest_pool=self.ingest_pool)
         auth = AuthInterceptor(config.tokens) if config.tokens else None
         self.events = EventLoopThread()
         address = grpc_address(config.host, config.port)
@@ -481,8 +486,8 @@ class FeedServer:
             log.info("A/B arms from %s: %s", arms_file, describe(arms))
 
     def _release(self) -> None:
-        if self.feed_pool is not None:
-            self.feed_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in {self.feed_pool, self.ingest_pool} - {None}:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.events.close()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:

@@ -220,6 +220,14 @@ def observe_call(service: FeedService, method: str, code: grpc.StatusCode, secon
     service.metrics.observe_request(method, code.name, seconds, arm)
 
 
+async def _run(pool: Executor | None, respond: Callable[..., Message], *args: Any) -> Message:
+    if pool is None:
+        return respond(*args)
+    # The copied context carries the call's request id into the thread's log records.
+    call = functools.partial(contextvars.copy_context().run, respond, *args)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+
 EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
 
 
@@ -231,26 +239,29 @@ def _expired(context: grpc.aio.ServicerContext) -> bool:
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set.
 
-    ``pool`` None: each call is built on the event loop itself (a feed from the memory store
-    is ~1.5 ms of CPU, and the loop avoids a thread hand-off per call); else the loop awaits
-    it on ``pool``'s threads (a store that waits on round trips, such as Redis).
+    A GetFeed runs on ``feed_pool``, an Ingest on ``ingest_pool``; None runs it on the event
+    loop itself. A feed from the memory store is ~1.5 ms of CPU, and on the loop it saves a
+    thread hand-off per call; an Ingest may wait on a disk (the write-ahead log's fsync) or
+    on replicas, which must not hold up the loop.
     """
 
-    def __init__(self, service: FeedService | None = None, pool: Executor | None = None) -> None:
+    def __init__(self, service: FeedService | None = None, feed_pool: Executor | None = None,
+                 ingest_pool: Executor | None = None) -> None:
         self.service = service
-        self.pool = pool
+        self.feed_pool = feed_pool
+        self.ingest_pool = ingest_pool
 
     async def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetFeedResponse:
-        return await self._answer("GetFeed", get_feed_response, request, context, late_is_expired=True)
+        return await self._answer("GetFeed", get_feed_response, self.feed_pool, request, context, late_is_expired=True)
 
     async def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.aio.ServicerContext) -> feed_pb2.IngestResponse:
         # Applied events stay applied: a late answer is still the truth, not DEADLINE_EXCEEDED.
-        return await self._answer("Ingest", ingest_response, request, context, late_is_expired=False)
+        return await self._answer("Ingest", ingest_response, self.ingest_pool, request, context, late_is_expired=False)
 
-    async def _answer(self, method: str, respond: Callable[[FeedService, Any, float], Message], request: Message,
-                      context: grpc.aio.ServicerContext, late_is_expired: bool) -> Message | None:
-        """``respond(service, request, now)``, counted and timed in the service's metrics
-        (``observe_call``); a failure becomes its refusal (``refusal_of``)."""
+    async def _answer(self, method: str, respond: Callable[[FeedService, Any, float], Message], pool: Executor | None,
+                      request: Message, context: grpc.aio.ServicerContext, late_is_expired: bool) -> Message | None:
+        """``respond(service, request, now)`` on ``pool`` (None: here), counted and timed in the
+        service's metrics (``observe_call``); a failure becomes its refusal (``refusal_of``)."""
         service = self.service
         if service is None:
             return refuse(context, LOADING)
@@ -258,7 +269,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         response, refusal = None, EXPIRED if _expired(context) else None
         if refusal is None:
             try:
-                response = await self._run(respond, service, request, time.time())
+                response = await _run(pool, respond, service, request, time.time())
             except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
                 refusal = refusal_of(error, method)
             if refusal is None and late_is_expired and _expired(context):
@@ -268,10 +279,3 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if refusal is not None:
             return refuse(context, refusal)
         return response
-
-    async def _run(self, respond: Callable[..., Message], *args: Any) -> Message:
-        if self.pool is None:
-            return respond(*args)
-        # The copied context carries the call's request id into the thread's log records.
-        call = functools.partial(contextvars.copy_context().run, respond, *args)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, call)

@@ -44,7 +44,7 @@ def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_
 
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, pool), server)
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, pool, pool), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port

@@ -139,6 +139,28 @@ def test_feeds_built_on_the_event_loop_keep_health_fast_under_a_flood_of_real_fe
         assert server.concurrency_limit.in_flight == 0
 
 
+def test_a_slow_ingest_does_not_hold_up_feeds_built_on_the_event_loop(world):
+    # An Ingest may wait on the write-ahead log's fsync: it runs on threads of its own.
+    with serving(world) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert server.feed_pool is None and server.ingest_pool is not None
+        real = server.service.ingest
+
+        def slow_ingest(*args, **kwargs):
+            time.sleep(SLOW_FEED_SECONDS)
+            return real(*args, **kwargs)
+
+        server.service.ingest = slow_ingest
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)  # connected
+        event = feed_pb2.Event(event_id="slow-1", like=feed_pb2.UserItem(user_id="u00002", item_id="i000001"))
+        ingest = stub.Ingest.future(feed_pb2.IngestRequest(events=[event]), timeout=10)
+        time.sleep(0.05)
+        started = time.perf_counter()
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)
+        assert time.perf_counter() - started < SLOW_FEED_SECONDS / 2 and not ingest.done()
+        assert ingest.result().applied == 1
+
+
 def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
     with serving(world, threads=1, max_concurrent_rpcs=8) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         slow_feeds(server)
