@@ -6,9 +6,9 @@
 Only GetFeed and the health check, with no interceptors (auth, access log, limits), no
 HTTP side and no Ingest, over a memory store of DATA: the same FeedService and response
 building as `python -m serving`, so the difference between kinds is the gRPC server's own.
-``sync`` is grpc.server with a ``--threads`` pool (what `python -m serving` runs);
-``aio-inline`` builds each feed on the asyncio loop; ``aio-pool`` awaits it in a
-``--threads`` executor.
+``sync`` is grpc.server with a ``--threads`` pool (what `python -m serving` ran before
+it moved to grpc.aio); ``aio-inline`` builds each feed on the asyncio loop (what it runs
+with the memory store); ``aio-pool`` awaits it in a ``--threads`` executor (with Redis).
 """
 
 from __future__ import annotations
