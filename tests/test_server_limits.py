@@ -207,6 +207,33 @@ def test_every_thread_that_builds_feeds_searches_with_one_faiss_thread(world):
     assert _faiss_threads_in_a_new_thread(lambda: client.get("/v1/users/u00001/feed")) == 1
 
 
+def test_stop_drains_the_calls_in_flight_and_refuses_new_ones(world):
+    server = FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0,
+                                     token_secret=TOKEN_SECRET, reload_seconds=0, threads=2))
+    server.start()
+    stopper = None
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub, health = feed_pb2_grpc.FeedServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            slow_feeds(server)
+            in_flight = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id=f"u0000{i}", limit=5), timeout=30) for i in (1, 2)]
+            time.sleep(0.1)  # both running on the feed threads
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 5.0})
+            stopper.start()
+            time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as late:  # a new call during the drain is refused
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00003", limit=5), timeout=5)
+            assert late.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert [len(call.result().items) for call in in_flight] == [5, 5]  # the calls in flight finish
+    finally:
+        if stopper is not None:
+            stopper.join(timeout=30)
+        else:
+            server.stop(grace=0)
+    assert stopper is not None and not stopper.is_alive()
+
+
 def test_a_message_over_the_size_limit_gets_resource_exhausted(world):
     with serving(world, max_message_bytes=4096) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
