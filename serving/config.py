@@ -41,9 +41,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 MEMORY_FEED_THREADS = 0
 """Feed threads per process with the memory store when --threads is 0: none, each feed is
-built on the server's event loop. On 2 cores that served 1.3x the GetFeeds of 2 threads
-(411-447 against 306-343 per second, 20k users / 50k items), at a lower p99
-(benchmarks/README.md, "Sync vs aio again", 2026-12-02)."""
+built on the server's event loop. On 2 cores that served 1.25x the GetFeeds of the sync
+server's 2 threads (404-475 against 327-373 per second, 20k users / 50k items), with the
+same tail within noise (benchmarks/README.md, "python -m serving on grpc.aio", 2026-12-02)."""
 REDIS_FEED_THREADS = 8
 """Feed threads per process with Redis when --threads is 0: requests wait on round trips."""
 
