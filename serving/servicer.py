@@ -270,6 +270,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if refusal is None:
             try:
                 response = await _run(pool, respond, service, request, time.time())
+            except asyncio.CancelledError:  # the client went away: counted, then gRPC ends the call
+                observe_call(service, method, grpc.StatusCode.CANCELLED, time.perf_counter() - started, request, None)
+                raise
             except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
                 refusal = refusal_of(error, method)
             if refusal is None and late_is_expired and _expired(context):

@@ -175,6 +175,8 @@ def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
         while server.concurrency_limit.in_flight and time.monotonic() < deadline + 5:
             time.sleep(0.05)
         assert server.concurrency_limit.in_flight == 0
+        cancelled = {"method": "GetFeed", "code": "CANCELLED"}
+        assert server.service.metrics.registry.get_sample_value("feedrank_requests_total", cancelled) == 8
         assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00002", limit=5), timeout=10).items) == 5
 
 
