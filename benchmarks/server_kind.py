@@ -3,9 +3,10 @@
   python -m benchmarks.server_kind --models DIR --data DIR --port-file F --kind sync|aio-inline|aio-pool [--threads 2]
   python -m benchmarks.loadgen --target 127.0.0.1:$(cat F) --data DIR --duration 15 --concurrency 8
 
-Only GetFeed and the health check, with no interceptors (auth, access log, limits), no
-HTTP side and no Ingest, over a memory store of DATA: the same FeedService and response
-building as `python -m serving`, so the difference between kinds is the gRPC server's own.
+FeedService and the health check, with no interceptors (auth, access log, limits) and no
+HTTP side, over a memory store of DATA: the same FeedService and response building as
+`python -m serving` (its FeedServicer for the aio kinds), so the difference between kinds
+is the gRPC server's own.
 ``sync`` is grpc.server with a ``--threads`` pool (what `python -m serving` ran before
 it moved to grpc.aio); ``aio-inline`` builds each feed on the asyncio loop (what it runs
 with the memory store); ``aio-pool`` awaits it in a ``--threads`` executor (with Redis).
@@ -29,7 +30,7 @@ from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import get_feed_response
+from serving.servicer import FeedServicer, get_feed_response
 from stores.memory import MemoryStore
 from training.artifact import load_current
 from training.dataset import load_dataset
@@ -57,14 +58,8 @@ def serve_sync(service: FeedService, threads: int, port_file: str) -> None:
 
 
 async def serve_aio(service: FeedService, pool: concurrent.futures.Executor | None, port_file: str) -> None:
-    class Feed(feed_pb2_grpc.FeedServiceServicer):
-        async def GetFeed(self, request, context):
-            if pool is None:
-                return get_feed_response(service, request, time.time())
-            return await asyncio.get_running_loop().run_in_executor(pool, get_feed_response, service, request, time.time())
-
     server = aio.server()
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(Feed(), server)
+    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, feed_pool=pool, ingest_pool=pool), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_async.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

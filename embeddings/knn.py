@@ -150,15 +150,6 @@ class ItemKNN:
         summed = neighbourhood.sums(None if weights is None else np.atleast_2d(weights))[0]
         return ItemScores(neighbourhood.rows, summed.astype(np.float32), self.item_row, neighbourhood)
 
-    def weighted_sums_at(self, liked_rows: np.ndarray, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Several weightings of ``user_scores_rows`` read at ``rows``, in one pass.
-
-        ``weightings`` has one weight per liked row in each of its rows; column j of the
-        result (shape ``(len(rows), len(weightings))``) equals
-        ``user_scores_rows(liked_rows, weightings[j]).lookup(rows)``.
-        """
-        return self.neighbourhood(liked_rows).sums_at(weightings, rows)
-
     def neighbourhood(self, liked_rows: np.ndarray) -> Neighbourhood:
         """Every similarity from the distinct liked rows (>= 0) to their neighbours, grouped by neighbour."""
         liked_rows = np.asarray(liked_rows)

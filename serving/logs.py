@@ -174,7 +174,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
         async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = {"request_id": request_id, "client": None, "rejected": False}
             token = _CALL.set(call)
-            # Set before the call: an abort sends the trailers it finds at once.
+            # Set first: a refusal adds its error details after it (servicer.refuse).
             context.set_trailing_metadata((("x-request-id", request_id),))
             started = time.perf_counter()
             response = None

@@ -281,10 +281,12 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
 class ConcurrencyLimit(grpc.aio.ServerInterceptor):
     """Refuses a FeedService call at once with RESOURCE_EXHAUSTED while ``limit`` calls are in flight.
 
-    In flight: accepted and not yet answered, whether waiting for the event loop or the
-    feed threads or running. The interceptor runs in the call's own task when the server
-    accepts it, before its request is read, and the count drops when that task ends,
-    however it ends. Everything here runs on the event loop: no lock.
+    In flight: accepted and not yet answered, whether waiting for the feed threads or
+    running. The interceptor runs in the call's own task when the server accepts it,
+    before its request is read, and the count drops when that task ends, however it ends.
+    Everything here runs on the event loop: no lock. With feeds built on the loop itself
+    the server accepts calls only as fast as it answers them, so there the backlog waits
+    in gRPC's queue, where this does not see it (README, "Limits").
     """
 
     def __init__(self, limit: int) -> None:

@@ -156,7 +156,7 @@ def test_weighted_sums_are_the_dense_sums_of_each_liked_rows_largest_weight(seed
         summed = sum((weight * dense[row] for row, weight in largest.items()), np.zeros(n))
         expected[:, j] = np.where(rows >= 0, summed[rows], 0.0)
         np.testing.assert_allclose(knn.user_scores_rows(liked, weights).lookup(rows), expected[:, j], rtol=1e-5, atol=1e-6)
-    got = knn.weighted_sums_at(liked, weightings, rows)
+    got = knn.neighbourhood(liked).sums_at(weightings, rows)
     assert got.shape == (len(rows), len(weightings))
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
     neighbourhood = knn.user_scores_rows(liked).neighbourhood
