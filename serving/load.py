@@ -34,6 +34,7 @@ from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
     connect,
+    pack_item,
     split_url,
     unavailable_on_redis_errors,
 )
@@ -99,6 +100,7 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
             "like_count": str(like_count.get(item_id, 0)),
             **_card(items, row),
         }
+        fields["packed"] = pack_item(fields)
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created

@@ -34,8 +34,8 @@ on a read (``write_timeout`` on a write).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -118,10 +118,39 @@ _ITEM_FIELDS = ("seller", "created_at", "stock", "like_count", "feed_eligible", 
 _CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "category", "ship_days")
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
 
+# Every write of an item keeps its hydration fields (_ITEM_FIELDS) packed in one more
+# hash field, ``packed``, so a feed reads one field per candidate instead of an HMGET of
+# eight: in the hydrate script, Redis's cost per field read, not per call, dominated
+# (2.9-3.5 ms -> 2.2-2.4 ms a feed at 20k/50k, benchmarks/README.md). Layout: the
+# numbers "created_at,stock,like_count,eligible,price,ship_days" (eligible 1/0, a missing
+# price or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
+# category; pack_item is the same in Python. An item written before the field existed
+# has none: read_packed packs its fields on the fly.
+_LUA_PACK = r"""
+local PACKED_FIELDS = {'seller', 'created_at', 'stock', 'like_count', 'feed_eligible', 'price', 'ship_days', 'category'}
+local function pack(v)
+  local eligible, seller = '1', v[1] or ''
+  if v[5] == '0' then eligible = '0' end
+  return (v[2] or '0') .. ',' .. (v[3] or '0') .. ',' .. (v[4] or '0') .. ',' .. eligible .. ',' .. (v[6] or 'nan') .. ','
+         .. (v[7] or 'nan') .. '|' .. #seller .. ':' .. seller .. (v[8] or '')
+end
+local function read_packed(k)  -- nil: no such item
+  local p = redis.call('HGET', k, 'packed')
+  if p then return p end
+  local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
+  if v[1] or v[3] then return pack(v) end
+  return nil
+end
+local function repack(k)
+  local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
+  if v[1] or v[3] then redis.call('HSET', k, 'packed', pack(v)) end
+end
+"""
+
 # Shared by both apply scripts: constants from ARGV and one function per per-slot
 # operation. Scores and times stay strings end to end: Lua would print numbers with 14
 # significant digits and lose the sub-second part of a Unix time.
-_LUA_PRELUDE = r"""
+_LUA_PRELUDE = _LUA_PACK + r"""
 local P = ARGV[1]
 local RB = tonumber(ARGV[2])
 local LB = tonumber(ARGV[3])
@@ -254,16 +283,27 @@ OPS.upsert = function(item, seller, created, stock, card)
   redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock)
   redis.call('HSETNX', k, 'like_count', '0')
   set_card(k, card)
+  repack(k)
   if old then return old end
   return ''
 end
-OPS.update = function(item, card) set_card(ikey(item), card) return '1' end
-OPS.stock = function(item, stock) redis.call('HSET', ikey(item), 'stock', stock) return '1' end
+OPS.update = function(item, card)
+  local k = ikey(item)
+  set_card(k, card)
+  repack(k)
+  return '1'
+end
+OPS.stock = function(item, stock)
+  local k = ikey(item)
+  redis.call('HSET', k, 'stock', stock)
+  repack(k)
+  return '1'
+end
 OPS.count = function(item, delta)
   local k = ikey(item)
-  if redis.call('EXISTS', k) == 1 and redis.call('HINCRBY', k, 'like_count', delta) < 0 then
-    redis.call('HSET', k, 'like_count', '0')
-  end
+  if redis.call('EXISTS', k) == 0 then return '1' end
+  if redis.call('HINCRBY', k, 'like_count', delta) < 0 then redis.call('HSET', k, 'like_count', '0') end
+  repack(k)
   return '1'
 end
 -- seller slot
@@ -438,30 +478,35 @@ return out
 
 # Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
 # the vacations hash and the user's views hash and seen set (empty strings come back for
-# views and their times when the user viewed nothing); ARGV the key prefix then the item ids (the script builds the
-# item keys: half the bytes to send and pack). Numbers come back joined into one string
-# per column and the flags as one string of 0/1 per column, so the client parses a few
-# strings with numpy instead of several Python objects per item. Each distinct seller's
-# vacation is read once.
-_LUA_HYDRATE = r"""
+# views and their times when the user viewed nothing); ARGV the key prefix then the item
+# ids (the script builds the item keys: half the bytes to send and pack). Each item's
+# packed numbers come back joined into one string (numpy parses it in one call), its
+# seller and category as lists, and flags as one string of 0/1 per column. Each distinct
+# seller's vacation is read once.
+_LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
-local exists, liked, created, stock, likes, sellers = {}, {}, {}, {}, {}, {}
-local eligible, price, ship, category = {}, {}, {}, {}
+local MISSING = '0,0,0,1,nan,nan'
+local exists, liked, numbers, sellers, category = {}, {}, {}, {}, {}
 local seen, distinct = {}, {}
 for j = 1, n do
-  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j + 1] .. '}', 'seller', 'created_at', 'stock', 'like_count',
-                      'feed_eligible', 'price', 'ship_days', 'category')
-  if v[1] or v[3] then exists[j] = '1' else exists[j] = '0' end
-  sellers[j] = v[1] or ''
-  created[j] = v[2] or '0'
-  stock[j] = v[3] or '0'
-  likes[j] = v[4] or '0'
-  if v[5] == '0' then eligible[j] = '0' else eligible[j] = '1' end
-  price[j] = v[6] or 'nan'
-  ship[j] = v[7] or 'nan'
-  category[j] = v[8] or ''
-  if v[1] and v[1] ~= '' and not seen[v[1]] then seen[v[1]] = true; distinct[#distinct + 1] = v[1] end
+  local p = read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
+  if p then
+    local bar = string.find(p, '|', 1, true)
+    local colon = string.find(p, ':', bar + 1, true)
+    local last = colon + tonumber(string.sub(p, bar + 1, colon - 1))
+    local s = string.sub(p, colon + 1, last)
+    exists[j] = '1'
+    numbers[j] = string.sub(p, 1, bar - 1)
+    sellers[j] = s
+    category[j] = string.sub(p, last + 1)
+    if s ~= '' and not seen[s] then seen[s] = true; distinct[#distinct + 1] = s end
+  else
+    exists[j] = '0'
+    numbers[j] = MISSING
+    sellers[j] = ''
+    category[j] = ''
+  end
 end
 local trending, views, viewed_at = {}, {}, {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
@@ -493,10 +538,8 @@ if #distinct > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local away = {}
 for j = 1, n do away[j] = away_of[sellers[j]] or '0' end
-return {table.concat(exists), table.concat(liked), table.concat(created, ','), table.concat(stock, ','),
-        table.concat(likes, ','), sellers, table.concat(trending, ','), table.concat(eligible),
-        table.concat(away, ','), table.concat(price, ','), table.concat(ship, ','), category,
-        table.concat(views, ','), table.concat(viewed_at, ',')}
+return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers, category, table.concat(trending, ','),
+        table.concat(away, ','), table.concat(views, ','), table.concat(viewed_at, ',')}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -569,9 +612,44 @@ def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
     return np.array([v or "0" for v in values], dtype=dtype) if values else np.zeros(0, dtype)
 
 
-def _optional_floats(values: Sequence[str | None]) -> np.ndarray:
-    """float64 per value; NaN where a value is missing or empty."""
-    return np.array([float(v) if v else np.nan for v in values], dtype=np.float64)
+_PACKED_NUMBERS = 6  # created_at, stock, like_count, eligible, price, ship_days
+_MISSING_NUMBERS = "0,0,0,1,nan,nan"
+
+
+def pack_item(fields: Mapping[str, str | None]) -> str:
+    """The ``packed`` field of an item hash with these _ITEM_FIELDS (_LUA_PACK's pack)."""
+    seller = fields.get("seller") or ""
+    numbers = (
+        fields.get("created_at") or "0", fields.get("stock") or "0", fields.get("like_count") or "0",
+        "0" if fields.get("feed_eligible") == "0" else "1", fields.get("price") or "nan", fields.get("ship_days") or "nan",
+    )  # fmt: skip
+    return f"{','.join(numbers)}|{len(seller.encode())}:{seller}{fields.get('category') or ''}"
+
+
+def _split_packed(packed: Sequence[str | None]) -> tuple[np.ndarray, str, list[str], list[str]]:
+    """Existence flags, joined numbers, sellers and categories of packed items (None: no such item)."""
+    numbers, sellers, categories = [], [], []
+    for value in packed:
+        if value is None:
+            numbers.append(_MISSING_NUMBERS)
+            sellers.append("")
+            categories.append("")
+            continue
+        head, _, rest = value.partition("|")
+        length, _, text = rest.partition(":")
+        text_bytes, cut = text.encode(), int(length)  # the length counts bytes, as Lua does
+        numbers.append(head)
+        sellers.append(text_bytes[:cut].decode())
+        categories.append(text_bytes[cut:].decode())
+    return np.array([v is not None for v in packed], dtype=bool), ",".join(numbers), sellers, categories
+
+
+def _packed_numbers(text: str, n: int) -> np.ndarray:
+    """The (n, 6) numbers of n packed items from their joined text, in one parse."""
+    numbers = np.fromstring(text, dtype=np.float64, sep=",") if n else np.zeros(0)
+    if numbers.size != n * _PACKED_NUMBERS:
+        raise ValueError(f"malformed packed item fields: {numbers.size} numbers for {n} items")
+    return numbers.reshape(n, _PACKED_NUMBERS)
 
 
 def _card(fields: dict[str, str | None]) -> ItemCard:
@@ -830,62 +908,63 @@ class RedisStore:
         k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                # Items live in different slots: one HMGET each, pipelined per node; the
-                # vacations of their sellers take a second round trip, only when any exist.
+                # Items live in different slots: one HGET each, pipelined per node; items
+                # written before the packed field, and the vacations of the sellers, take
+                # one more round trip each, only when there are any.
                 pipe = self._pipeline()
                 for item_id in ids:
-                    pipe.hmget(k.item(item_id), _ITEM_FIELDS)
+                    pipe.hget(k.item(item_id), "packed")
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
                 pipe.exists(k.vacations)
                 pipe.hmget(k.views(user_id), ids)
                 pipe.zmscore(k.seen(user_id), ids)
-                *fields, liked, trending, any_vacation, view_counts, last_views = pipe.execute()
-                seller_ids = [f[0] or "" for f in fields]
-                exists = np.fromiter((f[0] is not None or f[2] is not None for f in fields), bool, n)
+                *packed, liked, trending, any_vacation, view_counts, last_views = pipe.execute()
+                self._pack_unpacked(ids, packed)
+                exists, numbers_text, seller_ids, category = _split_packed(packed)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
-                created, stock, like_count, eligible_text, price, ship_days, category = (
-                    [f[j] for f in fields] for j in range(1, len(_ITEM_FIELDS))
-                )
-                created, stock, like_count = _numbers(created, np.float64), _numbers(stock, np.int64), _numbers(like_count, np.int64)
                 trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
-                eligible = np.fromiter((e != "0" for e in eligible_text), bool, n)
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
-                price, ship_days = _optional_floats(price), _optional_floats(ship_days)
                 views, viewed_at = _numbers(view_counts, np.int64), np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                (exists_text, liked_text, created_text, stock_text, likes_text, seller_ids, trending_text, eligible_text,
-                 away_text, price_text, ship_text, category, views_text, viewed_text) = self._eval_keys(
+                (exists_text, liked_text, numbers_text, seller_ids, category, trending_text, away_text, views_text,
+                 viewed_text) = self._eval_keys(
                     "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id)], [k.prefix, *ids]
                 )  # fmt: skip
-                exists, liked_flags, eligible = _flags(exists_text), _flags(liked_text), _flags(eligible_text)
-                # The script never leaves a number empty (missing price and ship time are 'nan'),
-                # so numpy parses each column in one call.
-                created = np.array(created_text.split(","), dtype=np.float64)
-                stock = np.array(stock_text.split(","), dtype=np.int64)
-                like_count = np.array(likes_text.split(","), dtype=np.int64)
+                exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 trending = np.array(trending_text.split(","), dtype=np.float64)
                 away = np.array(away_text.split(","), dtype=np.float64)
-                price = np.array(price_text.split(","), dtype=np.float64)
-                ship_days = np.array(ship_text.split(","), dtype=np.float64)
                 views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
                 viewed_at = np.array(viewed_text.split(","), dtype=np.float64) if viewed_text else np.zeros(n)
+        numbers = _packed_numbers(numbers_text, n)
         return ItemColumns(
             exists=exists,
             seller=self._codes_or_none(self.sellers, seller_ids),
-            created_at=created,
-            stock=stock,
-            like_count=like_count,
+            created_at=numbers[:, 0].copy(),
+            stock=numbers[:, 1].astype(np.int64),
+            like_count=numbers[:, 2].astype(np.int64),
             liked=liked_flags,
             trending=trending,
-            eligible=eligible,
+            eligible=numbers[:, 3] != 0,
             seller_away_until=away,
-            price=price,
-            ship_days=ship_days,
-            category=self._codes_or_none(self.categories, [c or "" for c in category]),
+            price=numbers[:, 4].copy(),
+            ship_days=numbers[:, 5].copy(),
+            category=self._codes_or_none(self.categories, category),
             views=views,
             viewed_at=viewed_at,
         )
+
+    def _pack_unpacked(self, ids: Sequence[str], packed: list[str | None]) -> None:
+        """Fill in, from their fields, the packed value of items written before the field existed."""
+        missing = [j for j, value in enumerate(packed) if value is None]
+        if not missing:
+            return
+        pipe = self._pipeline()
+        for j in missing:
+            pipe.hmget(self.keys.item(ids[j]), _ITEM_FIELDS)
+        for j, values in zip(missing, pipe.execute()):
+            if values[0] is not None or values[2] is not None:  # a seller or a stock: the item exists
+                packed[j] = pack_item(dict(zip(_ITEM_FIELDS, values)))
 
     @staticmethod
     def _codes_or_none(vocabulary: Vocabulary, ids: Sequence[str]) -> np.ndarray:

@@ -20,7 +20,9 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
   item    {i:ID}                 hash seller, created_at, stock, like_count, and the card
                                  fields an event named (title, image_url, price, currency,
                                  category, ship_days, feed_eligible "1"/"0"; absent: not
-                                 set, eligible); stock 0 is the out-of-stock state
+                                 set, eligible); stock 0 is the out-of-stock state;
+                                 packed: the fields a feed reads for every candidate, in one
+                                 value that every write of the item refreshes (stores/redis.py)
   seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")

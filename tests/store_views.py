@@ -6,6 +6,7 @@ same state agree on these views, not on the codes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,10 @@ class ItemView:
     eligible: bool = True
     seller_away_until: float = 0.0
     card: ItemCard = ItemCard()
+    # the hydrated columns the ranker and the caps read (None: not set)
+    price: float | None = None
+    ship_days: float | None = None
+    category: str = ""
 
     @property
     def in_stock(self) -> bool:
@@ -94,13 +99,18 @@ def hydrate(store: FeedStateReader, user_id: str, item_ids: Sequence[str]) -> Hy
     codes = store.items.codes(list(item_ids), add=True)
     columns = store.hydrate(user_id, codes)
     items = {}
-    for item_id, exists, seller, created_at, stock, like_count, eligible, away, card in zip(
+    for item_id, exists, seller, created_at, stock, like_count, eligible, away, card, price, ship_days, category in zip(
         item_ids, columns.exists.tolist(), columns.seller.tolist(), columns.created_at.tolist(), columns.stock.tolist(),
         columns.like_count.tolist(), columns.eligible.tolist(), columns.seller_away_until.tolist(), store.read_cards(codes),
+        columns.price.tolist(), columns.ship_days.tolist(), columns.category.tolist(),
     ):  # fmt: skip
         if exists:
             seller_id = store.sellers.id(seller) if seller >= 0 else ""
-            items[item_id] = ItemView(seller_id, created_at, stock, like_count, eligible, away, card)
+            items[item_id] = ItemView(
+                seller_id, created_at, stock, like_count, eligible, away, card,
+                None if math.isnan(price) else price, None if math.isnan(ship_days) else ship_days,
+                store.categories.id(category) if category >= 0 else "",
+            )  # fmt: skip
     seen = {
         item_id: (views, at)
         for item_id, views, at in zip(item_ids, columns.views.tolist(), columns.viewed_at.tolist())

@@ -294,6 +294,38 @@ def test_hydrating_thousands_of_items_at_once(url):
     store.close()
 
 
+def _drop_packed_fields(store: RedisStore) -> int:
+    """Remove every item's packed field, as in a Redis written before the field existed."""
+    client = store.client
+    nodes = [client.get_redis_connection(n) for n in client.get_primaries()] if store.is_cluster else [client]
+    dropped = 0
+    for node in nodes:
+        for key in node.scan_iter(match=store.keys.item_pattern, count=1000):
+            dropped += node.hdel(key, "packed")
+    return dropped
+
+
+def test_items_written_before_the_packed_field_hydrate_alike_and_a_write_packs_them(url):
+    dataset = generate(users=200, sellers=20, items=300, seed=5)
+    store = make_redis_store(url, dataset)
+    memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+    items = dataset.items.item_id[:120] + ["missing"]
+    users = dataset.user_ids()[:5]
+    expected = {user: views.hydrate(memory, user, items) for user in users}
+    assert {user: views.hydrate(store, user, items) for user in users} == expected  # packed by the loader
+    assert _drop_packed_fields(store) == len(dataset.items)
+    assert {user: views.hydrate(store, user, items) for user in users} == expected  # packed on the fly
+    batch = [
+        Event("s", EventKind.STOCK_UPDATE, NOW, item_id=items[0], stock=0),
+        Event("l", EventKind.LIKE, NOW, user_id=users[0], item_id=items[1]),
+        Event("u", EventKind.ITEM_UPDATE, NOW, item_id=items[2], price=1.5, category="new"),
+    ]
+    assert store.apply(batch) == memory.apply(batch)
+    assert all(store.client.hget(store.keys.item(item), "packed") for item in items[:3])
+    assert {user: views.hydrate(store, user, items) for user in users} == {user: views.hydrate(memory, user, items) for user in users}
+    store.close()
+
+
 def test_loading_twice_gives_the_same_state(url, tmp_path: Path):
     dataset = generate(users=200, sellers=20, items=300, seed=5)
     store = make_redis_store(url, dataset)

@@ -201,6 +201,22 @@ def test_cards_eligibility_and_vacations_load_from_the_dataset(store_factory):
     assert store.categories.id(int(columns.category[0])) == "shoes" and columns.category[1] == -1
 
 
+def test_hydration_keeps_ids_and_categories_with_separators_and_non_ascii_text(store_factory):
+    """Redis packs an item's hydrated fields into one value: no id or text may break it."""
+    store = store_factory(social_dataset())
+    odd = [("o1", "s|1:é,", "a|b:c,ü"), ("o2", "1:x", "|"), ("o3", "ß" * 40, ":" * 3)]
+    store.apply([ev(f"odd{n}", EventKind.ITEM_UPSERT, item_id=item, seller_id=seller, created_at=NOW + 0.25, stock=n + 1,
+                    price=9.99, ship_days=n, category=category)
+                 for n, (item, seller, category) in enumerate(odd)])  # fmt: skip
+    store.apply([ev("liked", EventKind.LIKE, user_id="alice", item_id="o2")])
+    hydration = views.hydrate(store, "alice", ["o1", "missing", "o2", "o3"])
+    assert {item: (v.seller_id, v.category, v.created_at, v.stock, v.like_count, v.price, v.ship_days)
+            for item, v in hydration.items.items()} == {
+        item: (seller, category, NOW + 0.25, n + 1, int(item == "o2"), 9.99, float(n))
+        for n, (item, seller, category) in enumerate(odd)
+    }  # fmt: skip
+
+
 def test_item_events_change_only_the_card_fields_they_name(store_factory):
     store = store_factory(social_dataset())
     store.apply([ev("new", EventKind.ITEM_UPSERT, seller_id="s9", item_id="n1", created_at=NOW, stock=2,
