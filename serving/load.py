@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from tqdm import tqdm
 
@@ -33,6 +34,7 @@ from stores.events import EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
+    LazyCluster,
     connect,
     pack_item,
     split_url,
@@ -76,8 +78,11 @@ def _card(items: Items, row: int) -> dict[str, str]:
     return card_strings({name: value for name, value in card.items() if value is not None})
 
 
-def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
-    """(rows done by this command, method name, args), grouped by key."""
+def _commands(
+    dataset: Dataset, keys: Keys, recent_likes: int, listings: int, packed_items: bool
+) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
+    """(rows done by this command, method name, args), grouped by key; ``packed_items``:
+    also the hash of every item's packed value (standalone Redis)."""
     items, likes = dataset.items, dataset.likes
     like_count: dict[str, int] = defaultdict(int)
     trending: dict[str, float] = defaultdict(float)
@@ -89,6 +94,7 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
         trending[item_id] += trending_weight(ts)
 
     by_seller: dict[str, dict[str, str]] = defaultdict(dict)
+    packed: dict[str, str] = {}
     for row, (item_id, seller_id, created_at, stock) in enumerate(
         zip(items.item_id, items.seller_id, items.created_at.tolist(), items.stock.tolist())
     ):
@@ -100,10 +106,14 @@ def _commands(dataset: Dataset, keys: Keys, recent_likes: int, listings: int) ->
             "like_count": str(like_count.get(item_id, 0)),
             **_card(items, row),
         }
-        fields["packed"] = pack_item(fields)
+        fields["packed"] = packed[item_id] = pack_item(fields)
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created
+    if packed_items:
+        packed_rows = list(packed.items())
+        for start in range(0, len(packed_rows), 1000):
+            yield 0, "hset", (keys.packed_items, None, None, dict(packed_rows[start : start + 1000]))
     sellers = dataset.sellers
     away = {s: repr(t) for s, t in zip(sellers.seller_id, sellers.vacation_until.tolist()) if not math.isnan(t)}
     if away:
@@ -200,7 +210,7 @@ def load_into_redis(
     pipe = client.pipeline()
     pending_rows = 0
     with bar, unavailable_on_redis_errors():
-        for rows, method, args in _commands(dataset, keys, recent_likes, listings):
+        for rows, method, args in _commands(dataset, keys, recent_likes, listings, not isinstance(client, (RedisCluster, LazyCluster))):
             if method == "hset":
                 pipe.hset(args[0], mapping=args[3])
             else:

@@ -118,16 +118,19 @@ _ITEM_FIELDS = ("seller", "created_at", "stock", "like_count", "feed_eligible", 
 _CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "category", "ship_days")
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
 
-# Every write of an item keeps its hydration fields (_ITEM_FIELDS) packed in one more
-# hash field, ``packed``, so a feed reads one field per candidate instead of an HMGET of
-# eight: in the hydrate script, Redis's cost per field read, not per call, dominated
-# (2.9-3.5 ms -> 2.2-2.4 ms a feed at 20k/50k, benchmarks/README.md). Layout: the
-# numbers "created_at,stock,like_count,eligible,price,ship_days" (eligible 1/0, a missing
-# price or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
-# category; pack_item is the same in Python. An item written before the field existed
-# has none: read_packed packs its fields on the fly.
+# Every write of an item keeps its hydration fields (_ITEM_FIELDS) packed in one value:
+# in the item's hash (field ``packed``) and, on standalone Redis, in one hash of every
+# item (``Keys.packed_items``), so a feed reads its candidates with one HMGET instead of
+# an HMGET of eight fields per candidate. Per-element work inside the hydrate script was
+# its cost (benchmarks/README.md, "Redis: packed item fields"). A cluster cannot keep
+# one hash for items of every slot: its feeds read the item hashes' field, pipelined per
+# node. Layout: the numbers "created_at,stock,like_count,eligible,price,ship_days"
+# (eligible 1/0, a missing price or ship time "nan"), "|", the seller's length in bytes,
+# ":", the seller, then the category; pack_item is the same in Python. An item written
+# before the packed value existed has none: read_packed packs its fields on the fly.
 _LUA_PACK = r"""
 local PACKED_FIELDS = {'seller', 'created_at', 'stock', 'like_count', 'feed_eligible', 'price', 'ship_days', 'category'}
+local PACKED_ITEMS = false  -- the hash of every item's packed value: standalone scripts set it
 local function pack(v)
   local eligible, seller = '1', v[1] or ''
   if v[5] == '0' then eligible = '0' end
@@ -141,9 +144,12 @@ local function read_packed(k)  -- nil: no such item
   if v[1] or v[3] then return pack(v) end
   return nil
 end
-local function repack(k)
+local function repack(k, item)
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
-  if v[1] or v[3] then redis.call('HSET', k, 'packed', pack(v)) end
+  if not (v[1] or v[3]) then return end
+  local p = pack(v)
+  redis.call('HSET', k, 'packed', p)
+  if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) end
 end
 """
 
@@ -283,27 +289,27 @@ OPS.upsert = function(item, seller, created, stock, card)
   redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock)
   redis.call('HSETNX', k, 'like_count', '0')
   set_card(k, card)
-  repack(k)
+  repack(k, item)
   if old then return old end
   return ''
 end
 OPS.update = function(item, card)
   local k = ikey(item)
   set_card(k, card)
-  repack(k)
+  repack(k, item)
   return '1'
 end
 OPS.stock = function(item, stock)
   local k = ikey(item)
   redis.call('HSET', k, 'stock', stock)
-  repack(k)
+  repack(k, item)
   return '1'
 end
 OPS.count = function(item, delta)
   local k = ikey(item)
   if redis.call('EXISTS', k) == 0 then return '1' end
   if redis.call('HINCRBY', k, 'like_count', delta) < 0 then redis.call('HSET', k, 'like_count', '0') end
-  repack(k)
+  repack(k, item)
   return '1'
 end
 -- seller slot
@@ -404,6 +410,7 @@ _LUA_APPLY_BATCH = (
     + _LUA_VALIDATE
     + "local ENGAGE = {" + "".join(f"['{kind.value}'] = true, " for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)) + "}\n"
     + r"""
+PACKED_ITEMS = P .. '{items}:packed'
 for _, o in ipairs(fresh) do
   local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
   if kind == 'like' then
@@ -477,9 +484,10 @@ return out
 
 
 # Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
-# the vacations hash and the user's views hash and seen set (empty strings come back for
-# views and their times when the user viewed nothing); ARGV the key prefix then the item
-# ids (the script builds the item keys: half the bytes to send and pack). Each item's
+# the vacations hash, the user's views hash and seen set (empty strings come back for
+# views and their times when the user viewed nothing) and the packed items; ARGV the key
+# prefix then the item ids (the script builds the keys of items it must read one by
+# one: half the bytes to send and pack). Each item's
 # packed numbers come back joined into one string (numpy parses it in one call), its
 # seller and category as lists, and flags as one string of 0/1 per column. Each distinct
 # seller's vacation is read once.
@@ -488,9 +496,13 @@ local n = #ARGV - 1
 local P = ARGV[1]
 local MISSING = '0,0,0,1,nan,nan'
 local exists, liked, numbers, sellers, category = {}, {}, {}, {}, {}
-local seen, distinct = {}, {}
+local seen, distinct, packed = {}, {}, {}
+for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
+  local got = redis.call('HMGET', KEYS[6], unpack(ARGV, start, math.min(start + 999, n + 1)))
+  for j = 1, #got do packed[start + j - 2] = got[j] end
+end
 for j = 1, n do
-  local p = read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
+  local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
   if p then
     local bar = string.find(p, '|', 1, true)
     local colon = string.find(p, ':', bar + 1, true)
@@ -929,7 +941,8 @@ class RedisStore:
             else:
                 (exists_text, liked_text, numbers_text, seller_ids, category, trending_text, away_text, views_text,
                  viewed_text) = self._eval_keys(
-                    "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id)], [k.prefix, *ids]
+                    "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id), k.packed_items],
+                    [k.prefix, *ids],
                 )  # fmt: skip
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 trending = np.array(trending_text.split(","), dtype=np.float64)

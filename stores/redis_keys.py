@@ -27,6 +27,8 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {log}:events           stream: one entry per applied event (Event.to_record())
+          {items}:packed         hash item -> the item's packed value (standalone only: a
+                                 cluster's feeds read each item's own)
   dedupe  d:{log}:EVENT_ID       "pending" / "done": the event id was logged / fully applied
           d:{TAG}:EVENT_ID#PART  cluster only: result of one part of an event in slot TAG
 
@@ -101,6 +103,10 @@ class Keys:
     @property
     def vacations(self) -> str:
         return f"{self.prefix}{{vacations}}"
+
+    @property
+    def packed_items(self) -> str:
+        return f"{self.prefix}{{items}}:packed"
 
     @property
     def events(self) -> str:

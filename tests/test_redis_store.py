@@ -223,7 +223,17 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
     return batches
 
 
+def packed_items_match_the_item_hashes(store: RedisStore) -> None:
+    """On standalone Redis, the hash of packed items holds exactly each item hash's packed value."""
+    if store.is_cluster:
+        return
+    item_keys = list(store.client.scan_iter(match=store.keys.item_pattern, count=1000))
+    expected = {store.keys.item_id_of(key): store.client.hget(key, "packed") for key in item_keys}
+    assert store.client.hgetall(store.keys.packed_items) == expected
+
+
 def same_reads(memory: MemoryStore, store: RedisStore) -> None:
+    packed_items_match_the_item_hashes(store)
     users = ["alice", "bob", "carol", "dave", "erin", "nobody"]
     items = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1", "missing"]
     for user in users:
@@ -294,18 +304,21 @@ def test_hydrating_thousands_of_items_at_once(url):
     store.close()
 
 
-def _drop_packed_fields(store: RedisStore) -> int:
-    """Remove every item's packed field, as in a Redis written before the field existed."""
+def _drop_packed_values(store: RedisStore) -> int:
+    """Remove every item's packed value, as in a Redis written before they existed."""
     client = store.client
     nodes = [client.get_redis_connection(n) for n in client.get_primaries()] if store.is_cluster else [client]
     dropped = 0
     for node in nodes:
         for key in node.scan_iter(match=store.keys.item_pattern, count=1000):
             dropped += node.hdel(key, "packed")
+    if not store.is_cluster:
+        assert client.hlen(store.keys.packed_items) == dropped
+        client.delete(store.keys.packed_items)
     return dropped
 
 
-def test_items_written_before_the_packed_field_hydrate_alike_and_a_write_packs_them(url):
+def test_items_written_before_packed_values_hydrate_alike_and_a_write_packs_them(url):
     dataset = generate(users=200, sellers=20, items=300, seed=5)
     store = make_redis_store(url, dataset)
     memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
@@ -313,7 +326,7 @@ def test_items_written_before_the_packed_field_hydrate_alike_and_a_write_packs_t
     users = dataset.user_ids()[:5]
     expected = {user: views.hydrate(memory, user, items) for user in users}
     assert {user: views.hydrate(store, user, items) for user in users} == expected  # packed by the loader
-    assert _drop_packed_fields(store) == len(dataset.items)
+    assert _drop_packed_values(store) == len(dataset.items)
     assert {user: views.hydrate(store, user, items) for user in users} == expected  # packed on the fly
     batch = [
         Event("s", EventKind.STOCK_UPDATE, NOW, item_id=items[0], stock=0),
@@ -321,7 +334,10 @@ def test_items_written_before_the_packed_field_hydrate_alike_and_a_write_packs_t
         Event("u", EventKind.ITEM_UPDATE, NOW, item_id=items[2], price=1.5, category="new"),
     ]
     assert store.apply(batch) == memory.apply(batch)
-    assert all(store.client.hget(store.keys.item(item), "packed") for item in items[:3])
+    repacked = [store.client.hget(store.keys.item(item), "packed") for item in items[:3]]
+    assert all(repacked)
+    if not store.is_cluster:
+        assert store.client.hmget(store.keys.packed_items, items[:3]) == repacked
     assert {user: views.hydrate(store, user, items) for user in users} == {user: views.hydrate(memory, user, items) for user in users}
     store.close()
 
