@@ -42,6 +42,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -611,9 +613,20 @@ return {table.concat(lengths, ','), members, table.concat(scores, ','), trending
 """
 
 
+def _floats(text: str) -> np.ndarray:
+    """float64 of a comma-joined string of numbers ("nan" and "inf" too); none when empty.
+
+    pyarrow parses them three times as fast as numpy does (np.fromstring, or an array
+    of the split strings): most of a feed's reply from Redis is such numbers.
+    """
+    if not text:
+        return np.zeros(0)
+    return pc.cast(pc.split_pattern(pa.array([text]), ",").flatten(), pa.float64()).to_numpy(zero_copy_only=False, writable=True)
+
+
 def _negated_times(scores_text: str) -> np.ndarray:
     """Times from a joined string of sorted-set scores (negated times)."""
-    return -np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0)
+    return -_floats(scores_text)
 
 
 def _flags(text: str) -> np.ndarray:
@@ -658,7 +671,7 @@ def _split_packed(packed: Sequence[str | None]) -> tuple[np.ndarray, str, list[s
 
 def _packed_numbers(text: str, n: int) -> np.ndarray:
     """The (n, 6) numbers of n packed items from their joined text, in one parse."""
-    numbers = np.fromstring(text, dtype=np.float64, sep=",") if n else np.zeros(0)
+    numbers = _floats(text)
     if numbers.size != n * _PACKED_NUMBERS:
         raise ValueError(f"malformed packed item fields: {numbers.size} numbers for {n} items")
     return numbers.reshape(n, _PACKED_NUMBERS)
@@ -877,7 +890,7 @@ class RedisStore:
             with unavailable_on_redis_errors():
                 lengths_text, members, scores_text, trending = self._eval_keys("activity", keys, args)
             lengths = np.array(lengths_text.split(","), dtype=np.int64) if lengths_text else np.zeros(0, np.int64)
-            times = -np.array(scores_text.split(","), dtype=np.float64) if scores_text else np.zeros(0)
+            times = _negated_times(scores_text)
             codes = self.items.codes(members, add=True)
             owners = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
             split = int(lengths[: len(sellers)].sum())
@@ -945,10 +958,9 @@ class RedisStore:
                     [k.prefix, *ids],
                 )  # fmt: skip
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
-                trending = np.array(trending_text.split(","), dtype=np.float64)
-                away = np.array(away_text.split(","), dtype=np.float64)
+                trending, away = _floats(trending_text), _floats(away_text)
                 views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
-                viewed_at = np.array(viewed_text.split(","), dtype=np.float64) if viewed_text else np.zeros(n)
+                viewed_at = _floats(viewed_text) if viewed_text else np.zeros(n)
         numbers = _packed_numbers(numbers_text, n)
         return ItemColumns(
             exists=exists,
