@@ -1,0 +1,32 @@
+"""bench_redis_cost, run briefly against a real Redis loaded with a small world."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from benchmarks import bench_redis_cost
+from serving.load import load_into_redis
+from stores.redis import connect
+from tests.feed_world import build_world
+
+pytestmark = pytest.mark.redis
+
+
+def test_it_reports_client_and_redis_costs_per_feed(redis_url, tmp_path, capsys):
+    world = build_world(tmp_path, users=200, sellers=20, items=600)
+    client = connect(redis_url)
+    load_into_redis(client, world.dataset)
+    client.close()
+
+    bench_redis_cost.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--redis", redis_url,
+                           "--requests", "30", "--warmup", "5"])  # fmt: skip
+
+    line = capsys.readouterr().out.strip()
+    figures = re.fullmatch(
+        r"per feed over 30 feeds: client wall ([\d.]+) ms, client CPU ([\d.]+) ms, Redis CPU ([\d.]+) ms, Redis scripts ([\d.]+) ms", line
+    )
+    assert figures, line
+    wall, _, _, scripts = (float(f) for f in figures.groups())
+    assert 0 < scripts <= wall  # every feed ran its scripts on this Redis, within the feed's own time
