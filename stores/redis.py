@@ -124,7 +124,7 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"
 # in the item's hash (field ``packed``) and, on standalone Redis, in one hash of every
 # item (``Keys.packed_items``), so a feed reads its candidates with one HMGET instead of
 # an HMGET of eight fields per candidate. Per-element work inside the hydrate script was
-# its cost (benchmarks/README.md, "Redis: packed item fields"). A cluster cannot keep
+# its cost (benchmarks/README.md, "Redis: packed item values"). A cluster cannot keep
 # one hash for items of every slot: its feeds read the item hashes' field, pipelined per
 # node. Layout: the numbers "created_at,stock,like_count,eligible,price,ship_days"
 # (eligible 1/0, a missing price or ship time "nan"), "|", the seller's length in bytes,
@@ -489,10 +489,9 @@ return out
 # the vacations hash, the user's views hash and seen set (empty strings come back for
 # views and their times when the user viewed nothing) and the packed items; ARGV the key
 # prefix then the item ids (the script builds the keys of items it must read one by
-# one: half the bytes to send and pack). Each item's
-# packed numbers come back joined into one string (numpy parses it in one call), its
-# seller and category as lists, and flags as one string of 0/1 per column. Each distinct
-# seller's vacation is read once.
+# one: half the bytes to send and pack). The items' packed numbers come back joined into
+# one string (parsed in one call), their sellers and categories as lists, and flags as
+# one string of 0/1 per column. Each distinct seller's vacation is read once.
 _LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
