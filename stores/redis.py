@@ -115,21 +115,21 @@ _OWN_OPTIONS = {
 
 # Event.to_record() field order: the Lua scripts read records positionally.
 RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "card", "vacation_until")
-# The item hash fields a feed's hydration reads (for every candidate) and a page's cards read.
-_ITEM_FIELDS = ("seller", "created_at", "stock", "like_count", "feed_eligible", "price", "ship_days", "category")
+# The item hash fields a page's cards read (hydration reads _LUA_PACK's packed value).
 _CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "category", "ship_days")
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
 
-# Every write of an item keeps its hydration fields (_ITEM_FIELDS) packed in one value:
+# Every write of an item keeps its hydration fields (PACKED_FIELDS) packed in one value:
 # in the item's hash (field ``packed``) and, on standalone Redis, in one hash of every
 # item (``Keys.packed_items``), so a feed reads its candidates with one HMGET instead of
 # an HMGET of eight fields per candidate. Per-element work inside the hydrate script was
 # its cost (benchmarks/README.md, "Redis: packed item values"). A cluster cannot keep
-# one hash for items of every slot: its feeds read the item hashes' field, pipelined per
-# node. Layout: the numbers "created_at,stock,like_count,eligible,price,ship_days"
-# (eligible 1/0, a missing price or ship time "nan"), "|", the seller's length in bytes,
-# ":", the seller, then the category; pack_item is the same in Python. An item written
-# before the packed value existed has none: read_packed packs its fields on the fly.
+# one hash for items of every slot: its feeds read the item hashes' field, one script
+# per node (RedisStore._on_item_nodes). Layout: the numbers
+# "created_at,stock,like_count,eligible,price,ship_days" (eligible 1/0, a missing price
+# or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
+# category; pack_item is the same in Python. An item written before the packed value
+# existed has none: read_packed packs its fields on the fly.
 _LUA_PACK = r"""
 local PACKED_FIELDS = {'seller', 'created_at', 'stock', 'like_count', 'feed_eligible', 'price', 'ship_days', 'category'}
 local PACKED_ITEMS = false  -- the hash of every item's packed value: standalone scripts set it
@@ -567,6 +567,14 @@ end
 return out
 """
 
+# Cluster: the packed values of items one node holds, in one command (ARGV the key
+# prefix then the item ids; false for no such item). See RedisStore._on_item_nodes.
+_LUA_PACKED_ITEMS = _LUA_PACK + r"""
+local P, out = ARGV[1], {}
+for j = 2, #ARGV do out[j - 1] = read_packed(P .. '{i:' .. ARGV[j] .. '}') or false end
+return out
+"""
+
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
 # hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
 # cluster too); ARGV the recent-likes and shared bounds. Scores come back as joined strings.
@@ -641,7 +649,7 @@ _MISSING_NUMBERS = "0,0,0,1,nan,nan"
 
 
 def pack_item(fields: Mapping[str, str | None]) -> str:
-    """The ``packed`` field of an item hash with these _ITEM_FIELDS (_LUA_PACK's pack)."""
+    """The ``packed`` field of an item hash with these fields (_LUA_PACK's pack)."""
     seller = fields.get("seller") or ""
     numbers = (
         fields.get("created_at") or "0", fields.get("stock") or "0", fields.get("like_count") or "0",
@@ -813,7 +821,7 @@ class RedisStore:
         ]  # fmt: skip
         # The chunks of a batch validated whole skip the degree caps (0, 0).
         self._chunk_consts = [*self._consts[:-2], "0", "0"]
-        self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS,
+        self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
@@ -932,19 +940,14 @@ class RedisStore:
         k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                # Items live in different slots: one HGET each, pipelined per node; items
-                # written before the packed field, and the vacations of the sellers, take
-                # one more round trip each, only when there are any.
+                packed = self._on_item_nodes("packed", ids, 1)
                 pipe = self._pipeline()
-                for item_id in ids:
-                    pipe.hget(k.item(item_id), "packed")
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
                 pipe.exists(k.vacations)
                 pipe.hmget(k.views(user_id), ids)
                 pipe.zmscore(k.seen(user_id), ids)
-                *packed, liked, trending, any_vacation, view_counts, last_views = pipe.execute()
-                self._pack_unpacked(ids, packed)
+                liked, trending, any_vacation, view_counts, last_views = pipe.execute()
                 exists, numbers_text, seller_ids, category = _split_packed(packed)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
@@ -978,17 +981,37 @@ class RedisStore:
             viewed_at=viewed_at,
         )
 
-    def _pack_unpacked(self, ids: Sequence[str], packed: list[str | None]) -> None:
-        """Fill in, from their fields, the packed value of items written before the field existed."""
-        missing = [j for j, value in enumerate(packed) if value is None]
-        if not missing:
-            return
-        pipe = self._pipeline()
-        for j in missing:
-            pipe.hmget(self.keys.item(ids[j]), _ITEM_FIELDS)
-        for j, values in zip(missing, pipe.execute()):
-            if values[0] is not None or values[2] is not None:  # a seller or a stock: the item exists
-                packed[j] = pack_item(dict(zip(_ITEM_FIELDS, values)))
+    def _on_item_nodes(self, name: str, ids: Sequence[str], width: int) -> list[Any]:
+        """Cluster: script ``name`` (ARGV the key prefix then item ids; ``width`` reply values
+        per item) run once on each primary over the items it holds; the replies in ``ids``'
+        order.
+
+        One command per node instead of one per item: redis-py spends about 25 µs of client
+        CPU on each pipelined command, 10 ms for a feed's candidates. A script without a
+        shebang may read keys of several slots as long as its node holds them; when the
+        slots moved since the client last looked, the slot map is refreshed and the call
+        retried once.
+        """
+        client = self.client
+        for attempt in (1, 2):
+            rows_of: dict[str, list[int]] = defaultdict(list)
+            nodes = {}
+            for row, item_id in enumerate(ids):
+                node = client.nodes_manager.get_node_from_slot(client.keyslot(self.keys.item(item_id)))
+                rows_of[node.name].append(row)
+                nodes[node.name] = node
+            out: list[Any] = [None] * (len(ids) * width)
+            try:
+                for node_name, rows in rows_of.items():
+                    reply = self._eval_keys(name, [], [self.keys.prefix, *(ids[row] for row in rows)], nodes[node_name].redis_connection)
+                    for at, row in enumerate(rows):
+                        out[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
+                return out
+            except ResponseError as error:
+                if attempt == 2 or "non local key" not in str(error):
+                    raise
+                client.nodes_manager.initialize()
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _codes_or_none(vocabulary: Vocabulary, ids: Sequence[str]) -> np.ndarray:
@@ -1011,15 +1034,11 @@ class RedisStore:
             return []
         width = len(_CARD_FIELDS)
         with unavailable_on_redis_errors():
-            if self.is_cluster:  # items live in different slots: one HMGET each, pipelined per node
-                pipe = self._pipeline()
-                for item_id in ids:
-                    pipe.hmget(self.keys.item(item_id), _CARD_FIELDS)
-                replies = pipe.execute()
+            if self.is_cluster:
+                flat = self._on_item_nodes("cards", ids, width)
             else:
                 flat = self._eval_keys("cards", [], [self.keys.prefix, *ids])
-                replies = [flat[at : at + width] for at in range(0, len(flat), width)]
-        return [_card(dict(zip(_CARD_FIELDS, reply))) for reply in replies]
+        return [_card(dict(zip(_CARD_FIELDS, flat[at : at + width]))) for at in range(0, len(flat), width)]
 
     # -- writes ------------------------------------------------------------------------
 
