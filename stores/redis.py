@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -145,6 +146,14 @@ local function read_packed(k)  -- nil: no such item
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
   if v[1] or v[3] then return pack(v) end
   return nil
+end
+-- A packed value's numbers, seller and category; no value: a missing item's.
+local function split_packed(p)
+  if not p then return '0,0,0,1,nan,nan', '', '' end
+  local bar = string.find(p, '|', 1, true)
+  local colon = string.find(p, ':', bar + 1, true)
+  local last = colon + tonumber(string.sub(p, bar + 1, colon - 1))
+  return string.sub(p, 1, bar - 1), string.sub(p, colon + 1, last), string.sub(p, last + 1)
 end
 local function repack(k, item)
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
@@ -495,7 +504,6 @@ return out
 _LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
-local MISSING = '0,0,0,1,nan,nan'
 local exists, liked, numbers, sellers, category = {}, {}, {}, {}, {}
 local seen, distinct, packed = {}, {}, {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
@@ -504,22 +512,11 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
 end
 for j = 1, n do
   local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
-  if p then
-    local bar = string.find(p, '|', 1, true)
-    local colon = string.find(p, ':', bar + 1, true)
-    local last = colon + tonumber(string.sub(p, bar + 1, colon - 1))
-    local s = string.sub(p, colon + 1, last)
-    exists[j] = '1'
-    numbers[j] = string.sub(p, 1, bar - 1)
-    sellers[j] = s
-    category[j] = string.sub(p, last + 1)
-    if s ~= '' and not seen[s] then seen[s] = true; distinct[#distinct + 1] = s end
-  else
-    exists[j] = '0'
-    numbers[j] = MISSING
-    sellers[j] = ''
-    category[j] = ''
-  end
+  if p then exists[j] = '1' else exists[j] = '0' end
+  local s
+  numbers[j], s, category[j] = split_packed(p)
+  sellers[j] = s
+  if s ~= '' and not seen[s] then seen[s] = true; distinct[#distinct + 1] = s end
 end
 local trending, views, viewed_at = {}, {}, {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
@@ -568,11 +565,16 @@ return out
 """
 
 # Cluster: the packed values of items one node holds, in one command (ARGV the key
-# prefix then the item ids; false for no such item). See RedisStore._on_item_nodes.
+# prefix then the item ids), split as the hydrate script splits them: existence flags,
+# joined numbers, sellers, categories. See RedisStore._on_item_nodes.
 _LUA_PACKED_ITEMS = _LUA_PACK + r"""
-local P, out = ARGV[1], {}
-for j = 2, #ARGV do out[j - 1] = read_packed(P .. '{i:' .. ARGV[j] .. '}') or false end
-return out
+local P, exists, numbers, sellers, category = ARGV[1], {}, {}, {}, {}
+for j = 2, #ARGV do
+  local p = read_packed(P .. '{i:' .. ARGV[j] .. '}')
+  if p then exists[j - 1] = '1' else exists[j - 1] = '0' end
+  numbers[j - 1], sellers[j - 1], category[j - 1] = split_packed(p)
+end
+return {table.concat(exists), table.concat(numbers, ','), sellers, category}
 """
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
@@ -645,7 +647,6 @@ def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
 
 
 _PACKED_NUMBERS = 6  # created_at, stock, like_count, eligible, price, ship_days
-_MISSING_NUMBERS = "0,0,0,1,nan,nan"
 
 
 def pack_item(fields: Mapping[str, str | None]) -> str:
@@ -656,24 +657,6 @@ def pack_item(fields: Mapping[str, str | None]) -> str:
         "0" if fields.get("feed_eligible") == "0" else "1", fields.get("price") or "nan", fields.get("ship_days") or "nan",
     )  # fmt: skip
     return f"{','.join(numbers)}|{len(seller.encode())}:{seller}{fields.get('category') or ''}"
-
-
-def _split_packed(packed: Sequence[str | None]) -> tuple[np.ndarray, str, list[str], list[str]]:
-    """Existence flags, joined numbers, sellers and categories of packed items (None: no such item)."""
-    numbers, sellers, categories = [], [], []
-    for value in packed:
-        if value is None:
-            numbers.append(_MISSING_NUMBERS)
-            sellers.append("")
-            categories.append("")
-            continue
-        head, _, rest = value.partition("|")
-        length, _, text = rest.partition(":")
-        text_bytes, cut = text.encode(), int(length)  # the length counts bytes, as Lua does
-        numbers.append(head)
-        sellers.append(text_bytes[:cut].decode())
-        categories.append(text_bytes[cut:].decode())
-    return np.array([v is not None for v in packed], dtype=bool), ",".join(numbers), sellers, categories
 
 
 def _packed_numbers(text: str, n: int) -> np.ndarray:
@@ -771,6 +754,47 @@ def _without_options(url: str, *names: str) -> str:
     return f"{base}?{urlencode(kept)}" if kept else base
 
 
+class _ItemPlacement:
+    """Cluster: the hash slot of each item (by item code) and the primary holding each slot,
+    as arrays, so grouping a feed's candidates by node costs no Python per item (redis-py's
+    keyslot and slot lookup took about 10 µs an item). Replaced, never resized in place:
+    request threads read them without a lock."""
+
+    SLOTS = 16384
+
+    def __init__(self) -> None:
+        self._slot_of = np.zeros(0, np.int16)  # by item code; -1: not computed yet
+        self._map: tuple[Any, np.ndarray, list[Any]] = (None, np.zeros(0, np.int16), [])
+
+    def slots(self, codes: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        """The slot of each item (``ids`` and their ``codes``), computed once per item."""
+        table = self._slot_of
+        if len(codes) and codes.max() >= len(table):
+            grown = np.full(max(int(codes.max()) + 1, 2 * len(table), 1024), -1, np.int16)
+            grown[: len(table)] = table
+            table = self._slot_of = grown
+        slots = table[codes]
+        for row in np.flatnonzero(slots < 0).tolist():  # the item's keys are hash-tagged {i:ID}
+            slots[row] = table[codes[row]] = key_slot(Keys.item_tag(ids[row]).encode())
+        return slots
+
+    def owners(self, manager: Any) -> tuple[np.ndarray, list[Any]]:
+        """(index into the node list per slot, -1 where none; the primaries) for ``manager``'s
+        current slot map; recomputed when redis-py replaces the map (its initialize())."""
+        cache, owner, nodes = self._map
+        if cache is not manager.slots_cache:
+            cache = manager.slots_cache
+            names = sorted({holders[0].name for holders in cache.values() if holders})
+            index = {name: at for at, name in enumerate(names)}
+            owner = np.full(self.SLOTS, -1, np.int16)
+            for slot, holders in cache.items():
+                if holders:
+                    owner[slot] = index[holders[0].name]
+            nodes = [manager.get_node(node_name=name) for name in names]
+            self._map = (cache, owner, nodes)
+        return owner, nodes
+
+
 class RedisStore:
     """FeedStore over Redis; see the module docstring for the read and write design.
 
@@ -811,6 +835,7 @@ class RedisStore:
         self.max_friends = max_friends
         self.max_follows = max_follows
         self.is_cluster = isinstance(client, (RedisCluster, LazyCluster))
+        self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
         self.listings_bound = listings
@@ -940,7 +965,12 @@ class RedisStore:
         k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                packed = self._on_item_nodes("packed", ids, 1)
+                exists, numbers = np.zeros(n, bool), np.empty((n, _PACKED_NUMBERS))
+                seller_ids, category = [""] * n, [""] * n
+                for rows, (flags, numbers_text, sellers, categories) in self._on_item_nodes("packed", item_codes, ids):
+                    exists[rows], numbers[rows] = _flags(flags), _packed_numbers(numbers_text, len(rows))
+                    for row, seller_id, category_id in zip(rows.tolist(), sellers, categories):
+                        seller_ids[row], category[row] = seller_id, category_id
                 pipe = self._pipeline()
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
@@ -948,7 +978,6 @@ class RedisStore:
                 pipe.hmget(k.views(user_id), ids)
                 pipe.zmscore(k.seen(user_id), ids)
                 liked, trending, any_vacation, view_counts, last_views = pipe.execute()
-                exists, numbers_text, seller_ids, category = _split_packed(packed)
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
@@ -960,10 +989,10 @@ class RedisStore:
                     [k.prefix, *ids],
                 )  # fmt: skip
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
+                numbers = _packed_numbers(numbers_text, n)
                 trending, away = _floats(trending_text), _floats(away_text)
                 views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
                 viewed_at = _floats(viewed_text) if viewed_text else np.zeros(n)
-        numbers = _packed_numbers(numbers_text, n)
         return ItemColumns(
             exists=exists,
             seller=self._codes_or_none(self.sellers, seller_ids),
@@ -981,10 +1010,9 @@ class RedisStore:
             viewed_at=viewed_at,
         )
 
-    def _on_item_nodes(self, name: str, ids: Sequence[str], width: int) -> list[Any]:
-        """Cluster: script ``name`` (ARGV the key prefix then item ids; ``width`` reply values
-        per item) run once on each primary over the items it holds; the replies in ``ids``'
-        order.
+    def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
+        """Cluster: script ``name`` (ARGV the key prefix then item ids) run once on each
+        primary over the items it holds; (rows of ``ids``, reply) per node.
 
         One command per node instead of one per item: redis-py spends about 25 µs of client
         CPU on each pipelined command, 10 ms for a feed's candidates. A script without a
@@ -992,25 +1020,24 @@ class RedisStore:
         slots moved since the client last looked, the slot map is refreshed and the call
         retried once.
         """
-        client = self.client
+        manager = self.client.nodes_manager
+        codes = np.asarray(item_codes, dtype=np.int64)
         for attempt in (1, 2):
-            rows_of: dict[str, list[int]] = defaultdict(list)
-            nodes = {}
-            for row, item_id in enumerate(ids):
-                node = client.nodes_manager.get_node_from_slot(client.keyslot(self.keys.item(item_id)))
-                rows_of[node.name].append(row)
-                nodes[node.name] = node
-            out: list[Any] = [None] * (len(ids) * width)
+            owner, nodes = self._placement.owners(manager)
+            node_of = owner[self._placement.slots(codes, ids)]
+            if (node_of < 0).any():
+                raise SlotNotCoveredError("a slot of the feed's items is not covered by the cluster")
             try:
-                for node_name, rows in rows_of.items():
-                    reply = self._eval_keys(name, [], [self.keys.prefix, *(ids[row] for row in rows)], nodes[node_name].redis_connection)
-                    for at, row in enumerate(rows):
-                        out[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
-                return out
+                replies = []
+                for node in np.unique(node_of).tolist():
+                    rows = np.flatnonzero(node_of == node)
+                    args = [self.keys.prefix, *(ids[row] for row in rows.tolist())]
+                    replies.append((rows, self._eval_keys(name, [], args, nodes[node].redis_connection)))
+                return replies
             except ResponseError as error:
                 if attempt == 2 or "non local key" not in str(error):
                     raise
-                client.nodes_manager.initialize()
+                manager.initialize()
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -1035,7 +1062,10 @@ class RedisStore:
         width = len(_CARD_FIELDS)
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                flat = self._on_item_nodes("cards", ids, width)
+                flat = [None] * (len(ids) * width)
+                for rows, reply in self._on_item_nodes("cards", item_codes, ids):
+                    for at, row in enumerate(rows.tolist()):
+                        flat[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
             else:
                 flat = self._eval_keys("cards", [], [self.keys.prefix, *ids])
         return [_card(dict(zip(_CARD_FIELDS, flat[at : at + width]))) for at in range(0, len(flat), width)]

@@ -130,18 +130,16 @@ def test_a_cluster_read_through_a_stale_slot_map_refreshes_it_and_reads_right(re
     memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
     items, user = dataset.items.item_id[:60], dataset.user_ids()[0]
     manager = store.client.nodes_manager
-    primaries = sorted({node.name for node in manager.nodes_cache.values() if node.server_type == "primary"})
-    correct, stale_lookups = manager.get_node_from_slot, []
-
-    def stale(slot, *args, **kwargs):  # until the map is refreshed: every slot on the "next" primary
-        node = correct(slot, *args, **kwargs)
-        stale_lookups.append(slot)
-        return manager.get_node(node_name=primaries[(primaries.index(node.name) + 1) % len(primaries)])
-
-    monkeypatch.setattr(manager, "get_node_from_slot", stale)
-    monkeypatch.setattr(manager, "initialize", lambda: monkeypatch.setattr(manager, "get_node_from_slot", correct))
+    current = manager.slots_cache
+    primaries = sorted({holders[0].name for holders in current.values()})
+    # A stale map: every slot on the "next" primary, as if all had moved since.
+    stale = {slot: [manager.get_node(node_name=primaries[(primaries.index(holders[0].name) + 1) % len(primaries)])]
+             for slot, holders in current.items()}  # fmt: skip
+    refreshes = []
+    monkeypatch.setattr(manager, "slots_cache", stale)
+    monkeypatch.setattr(manager, "initialize", lambda: refreshes.append(1) or setattr(manager, "slots_cache", current))
     assert views.hydrate(store, user, items) == views.hydrate(memory, user, items)
-    assert len(stale_lookups) == len(items)  # the first attempt used the stale map, the retry the fresh one
+    assert refreshes == [1]  # refused once through the stale map, then read through the fresh one
     store.close()
 
 
