@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from tqdm import tqdm
 
@@ -34,8 +33,8 @@ from stores.events import EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
-    LazyCluster,
     connect,
+    is_cluster_client,
     pack_item,
     split_url,
     unavailable_on_redis_errors,
@@ -106,7 +105,9 @@ def _commands(
             "like_count": str(like_count.get(item_id, 0)),
             **_card(items, row),
         }
-        fields["packed"] = packed[item_id] = pack_item(fields)
+        fields["packed"] = pack_item(fields)
+        if packed_items:
+            packed[item_id] = fields["packed"]
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created
@@ -210,7 +211,7 @@ def load_into_redis(
     pipe = client.pipeline()
     pending_rows = 0
     with bar, unavailable_on_redis_errors():
-        for rows, method, args in _commands(dataset, keys, recent_likes, listings, not isinstance(client, (RedisCluster, LazyCluster))):
+        for rows, method, args in _commands(dataset, keys, recent_likes, listings, not is_cluster_client(client)):
             if method == "hset":
                 pipe.hset(args[0], mapping=args[3])
             else:

@@ -3,7 +3,9 @@
 Reads. Each FeedStateReader method is one pipeline, so a feed costs four round trips on
 standalone Redis whatever the number of friends or followed sellers. On a cluster a
 pipeline is split by node and the parts are written before any is read, so each method
-is one parallel round trip per node it touches (at most the number of primaries).
+is one parallel round trip per node it touches (at most the number of primaries); the
+items of hydration and of a page's cards are read by one script call per node holding
+them, in turn (``_on_item_nodes``).
 
 Writes. ``apply`` runs Lua, so a batch is validated (duplicate ids, unknown items, the
 degree caps ``max_friends`` / ``max_follows``) before anything is written. Writes use
@@ -140,13 +142,12 @@ local function pack(v)
   return (v[2] or '0') .. ',' .. (v[3] or '0') .. ',' .. (v[4] or '0') .. ',' .. eligible .. ',' .. (v[6] or 'nan') .. ','
          .. (v[7] or 'nan') .. '|' .. #seller .. ':' .. seller .. (v[8] or '')
 end
-local function read_packed(k)  -- nil: no such item
-  local p = redis.call('HGET', k, 'packed')
-  if p then return p end
+local function pack_fields(k)  -- the item's packed value from its fields; nil: no such item
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
   if v[1] or v[3] then return pack(v) end
   return nil
 end
+local function read_packed(k) return redis.call('HGET', k, 'packed') or pack_fields(k) end
 -- A packed value's numbers, seller and category; no value: a missing item's.
 local function split_packed(p)
   if not p then return '0,0,0,1,nan,nan', '', '' end
@@ -156,9 +157,8 @@ local function split_packed(p)
   return string.sub(p, 1, bar - 1), string.sub(p, colon + 1, last), string.sub(p, last + 1)
 end
 local function repack(k, item)
-  local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
-  if not (v[1] or v[3]) then return end
-  local p = pack(v)
+  local p = pack_fields(k)
+  if not p then return end
   redis.call('HSET', k, 'packed', p)
   if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) end
 end
@@ -725,6 +725,10 @@ class LazyCluster:
             self._client.close()
 
 
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, (RedisCluster, LazyCluster))
+
+
 def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
     """A redis-py client for a redis://, rediss://, unix:// or redis-cluster:// URL.
 
@@ -834,7 +838,7 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         self.max_friends = max_friends
         self.max_follows = max_follows
-        self.is_cluster = isinstance(client, (RedisCluster, LazyCluster))
+        self.is_cluster = is_cluster_client(client)
         self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
