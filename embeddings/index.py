@@ -61,6 +61,7 @@ from an IVF kind's exact search for large k).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -128,7 +129,15 @@ def _augment_items(items: np.ndarray, max_norm: float) -> np.ndarray:
 
 
 def _augment_queries(queries: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]))
+    augmented = np.zeros((len(queries), queries.shape[1] + 1), np.float32)
+    augmented[:, :-1] = queries
+    return augmented
+
+
+@functools.lru_cache(maxsize=64)
+def _hnsw_params(ef_search: int) -> faiss.SearchParametersHNSW:
+    """Search parameters per efSearch: searches only read them, so threads share one object."""
+    return faiss.SearchParametersHNSW(efSearch=ef_search)
 
 
 def _pq_layout(d: int, pq_m: int) -> np.ndarray:
@@ -203,7 +212,7 @@ class MipsIndex:
             # shared setting.
             if self.kind in HNSW_KINDS:
                 # efSearch below k cannot return k good results.
-                search_params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k_eff))
+                search_params = _hnsw_params(max(int(self.params["ef_search"]), k_eff))
             else:
                 x = _to_code_space(x, _pq_layout(x.shape[1], int(self.params["pq_m"])), int(self.index.d))
                 ivf_params = faiss.SearchParametersIVF(nprobe=nprobe)
@@ -215,8 +224,8 @@ class MipsIndex:
             # (L2 of the augmented vectors for ivfpq-mips); scores are the inner products.
             scores = self._exact_scores(queries, rows)
             order = np.argsort(-scores, axis=1, kind="stable")
-            rows = np.take_along_axis(rows, order, axis=1)
-            scores = np.take_along_axis(scores, order, axis=1)
+            each_query = np.arange(nq)[:, None]
+            rows, scores = rows[each_query, order], scores[each_query, order]
         scores = scores.astype(np.float32, copy=False)
         rows = rows.astype(np.int64, copy=False)
         scores[rows < 0] = -np.inf
@@ -227,7 +236,7 @@ class MipsIndex:
 
     def _exact_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         gathered = self.vectors[np.maximum(rows, 0)]  # [q, k, dim]
-        scores = np.einsum("qkd,qd->qk", gathered, queries).astype(np.float32)
+        scores = (gathered @ queries[:, :, None])[..., 0]
         scores[rows < 0] = -np.inf
         return scores
 

@@ -38,16 +38,17 @@ class Neighbourhood:
     """The similarities from a user's liked rows to all their neighbours, grouped by neighbour.
 
     Every weighting of the liked rows sums over the same entries, so one neighbourhood
-    serves the item-kNN source and each similarity feature. Entry e is similarity
-    ``values[e]`` from liked row ``distinct[source[e]]`` to neighbour ``rows[group[e]]``.
-    ``inverse`` maps each valid (>= 0) liked row, in the order given, to its distinct row.
+    serves the item-kNN source and each similarity feature. Entries are sorted by
+    neighbour: those of neighbour ``rows[g]`` start at ``starts[g]``, and entry e is
+    similarity ``values[e]`` from liked row ``distinct[source[e]]``. ``inverse`` maps
+    each valid (>= 0) liked row, in the order given, to its distinct row.
     """
 
     distinct: np.ndarray  # distinct liked rows >= 0, ascending
     valid: np.ndarray  # bool per given liked row: >= 0
     inverse: np.ndarray  # index into distinct per valid liked row
     rows: np.ndarray  # int32 neighbour rows, ascending, distinct
-    group: np.ndarray  # index into rows per entry
+    starts: np.ndarray  # first entry of each neighbour row
     source: np.ndarray  # index into distinct per entry
     values: np.ndarray  # float64 similarity per entry
 
@@ -67,12 +68,13 @@ class Neighbourhood:
     def sums(self, weightings: np.ndarray | None = None) -> np.ndarray:
         """Summed similarity per neighbour row, shape (len(weightings), len(rows)); one row of ones without weightings."""
         if weightings is None:
-            return np.bincount(self.group, weights=self.values, minlength=len(self.rows))[None, :]
-        per_distinct = self.distinct_weights(weightings)
-        return np.stack([
-            np.bincount(self.group, weights=self.values * weights[self.source], minlength=len(self.rows))
-            for weights in per_distinct
-        ]) if len(per_distinct) else np.zeros((0, len(self.rows)))
+            contributions = self.values[None, :]
+        else:
+            contributions = self.distinct_weights(weightings)[:, self.source] * self.values
+        if not len(self.rows):
+            return np.zeros((len(contributions), 0))
+        # One pass over the entries for every weighting: they are grouped by neighbour.
+        return np.add.reduceat(contributions, self.starts, axis=1)
 
     def sums_at(self, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``sums(weightings)`` read at ``rows``, shape (len(rows), len(weightings)); 0 where a row has none."""
@@ -168,7 +170,7 @@ class ItemKNN:
             valid=valid,
             inverse=inverse.ravel(),
             rows=columns[first].astype(np.int32),
-            group=np.cumsum(first) - 1,
+            starts=np.flatnonzero(first),
             source=np.repeat(np.arange(len(distinct)), lengths)[order],
             values=self.similarity.data[positions[order]].astype(np.float64),
         )

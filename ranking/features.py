@@ -143,7 +143,9 @@ def compute_features(
     features[:, 11] = similarity[:, 2]
     features[:, 9] = np.log1p(recent_like_count(items.trending, now)) if needed is None or needed[9] else 0.0
     features[:, 12] = _decay(now - seller_liked_at, _USER_ACTIVITY_TAU) if needed is None or needed[12] else 0.0
-    features[:, 13] = np.nan_to_num(1.0 / (1.0 + items.ship_days), nan=0.0)
+    ship_speed = 1.0 / (1.0 + items.ship_days)
+    np.copyto(ship_speed, 0.0, where=np.isnan(ship_speed))  # not nan_to_num: 5x the cost on a few hundred rows
+    features[:, 13] = ship_speed
     features[:, 14] = np.log1p(batch.friend_shares)
     features[:, 15] = category_affinity / recent_likes
     return features

@@ -16,7 +16,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
-from ranking.vocab import stable_hash
+from ranking.vocab import sorted_positions, stable_hash
 
 DUPLICATE = "duplicate"
 """The name under which rows merged into another row of the same item are counted as removed."""
@@ -267,15 +267,19 @@ class FeedPipeline:
     @staticmethod
     def _filter(query: FeedQuery, filters: Sequence[Filter], batch: CandidateBatch, result: FeedResult) -> CandidateBatch:
         """Apply the filters in order; each is charged only with rows no earlier filter removed."""
-        alive = np.ones(len(batch), dtype=bool)
-        for feed_filter in filters:
-            keep = feed_filter.keep(query, batch)
-            removed = alive & ~keep
-            result.removed_by_filter[feed_filter.name] += int(np.count_nonzero(removed))
-            if result.removed_codes is not None and removed.any():
-                result.removed_codes.setdefault(feed_filter.name, []).append(batch.codes[removed])
-            alive &= keep
-        return batch if alive.all() else batch.take(alive)
+        if not filters:
+            return batch
+        keeps = np.stack([feed_filter.keep(query, batch) for feed_filter in filters])
+        alive = keeps.all(axis=0)
+        dead = ~alive
+        # A removed row is charged to the first filter that rejects it.
+        charged = np.argmin(keeps[:, dead], axis=0)
+        removed_counts = np.bincount(charged, minlength=len(filters)).tolist()
+        for index, (feed_filter, removed) in enumerate(zip(filters, removed_counts)):
+            result.removed_by_filter[feed_filter.name] += removed
+            if result.removed_codes is not None and removed:
+                result.removed_codes.setdefault(feed_filter.name, []).append(batch.codes[dead][charged == index])
+        return batch.take(alive) if len(charged) else batch
 
     def _page_items(self, query: FeedQuery, batch: CandidateBatch, rows: np.ndarray, scores: np.ndarray) -> list[RankedItem]:
         """The only Python objects of a feed: one per item on the page, with its reasons."""
@@ -312,7 +316,7 @@ class FeedPipeline:
         likes = query.activity.friend_likes
         likers: dict[int, list[tuple[float, str]]] = {code: [] for code in codes.tolist()}
         if likers:
-            at = np.flatnonzero(np.isin(likes.items, codes))
+            at = np.flatnonzero(sorted_positions(np.sort(codes), likes.items)[0])
             friends = query.user.friends
             for code, at_time, owner in zip(likes.items[at].tolist(), likes.times[at].tolist(), likes.owners[at].tolist()):
                 likers[code].append((-at_time, friends[owner]))

@@ -49,8 +49,13 @@ def trending_weights(ts: np.ndarray) -> np.ndarray:
 def recent_like_count(trending: np.ndarray, now: float) -> np.ndarray:
     """Each item's like count at ``now`` with every like decayed by TRENDING_HALF_LIFE,
     from the stored trending sums (float64; 0 for an item without likes)."""
+    trending = np.asarray(trending, dtype=np.float64)
+    elapsed = (now - TRENDING_EPOCH) / _TRENDING_TAU
+    if abs(elapsed) < _MAX_EXPONENT:
+        # exp(log(sum) - elapsed) as one multiply, whenever exp(-elapsed) is a finite normal double.
+        return np.minimum(trending * math.exp(-elapsed), math.exp(_MAX_EXPONENT))
     with np.errstate(divide="ignore"):
-        exponent = np.log(np.asarray(trending, dtype=np.float64)) - (now - TRENDING_EPOCH) / _TRENDING_TAU
+        exponent = np.log(trending) - elapsed
     return np.exp(np.minimum(exponent, _MAX_EXPONENT))
 
 

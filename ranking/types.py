@@ -52,7 +52,10 @@ class ShopperFilters:
 
     @property
     def active(self) -> bool:
-        return self != ShopperFilters()
+        return self != _NO_SHOPPER_FILTERS
+
+
+_NO_SHOPPER_FILTERS = ShopperFilters()
 
 
 @dataclass(frozen=True, slots=True)
