@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ranking.vocab import sorted_positions
+from ranking.vocab import distinct_inverse, sorted_positions
 
 KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
 DEFAULT_KNN = "cosine"
@@ -156,7 +156,7 @@ class ItemKNN:
         """Every similarity from the distinct liked rows (>= 0) to their neighbours, grouped by neighbour."""
         liked_rows = np.asarray(liked_rows)
         valid = liked_rows >= 0
-        distinct, inverse = np.unique(liked_rows[valid], return_inverse=True)
+        distinct, inverse = distinct_inverse(liked_rows[valid])
         indptr = self.similarity.indptr
         starts, lengths = indptr[distinct], indptr[distinct + 1] - indptr[distinct]
         total = int(lengths.sum())
@@ -168,7 +168,7 @@ class ItemKNN:
         return Neighbourhood(
             distinct=distinct,
             valid=valid,
-            inverse=inverse.ravel(),
+            inverse=inverse,
             rows=columns[first].astype(np.int32),
             starts=np.flatnonzero(first),
             source=np.repeat(np.arange(len(distinct)), lengths)[order],

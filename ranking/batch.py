@@ -1,6 +1,6 @@
 """The candidates of one feed as one batch of columns.
 
-Sources each return a batch; the executor joins them, merges rows of the same item,
+Sources each return their candidates; the executor merges them into one batch (one row per item),
 applies filters as boolean masks, hydrates the item columns with one store read and
 hands the batch to the scorer. Only the items of the returned page ever become Python
 objects. Columns are numpy arrays of one length, one row per candidate.
@@ -9,11 +9,13 @@ objects. Columns are numpy arrays of one length, one row per candidate.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ranking.store import ItemColumns
+from ranking.vocab import distinct_inverse
 
 # One bit per candidate source, in the candidate's ``sources`` column.
 FOLLOWED_SELLER = np.uint8(1)
@@ -39,12 +41,21 @@ def source_names(mask: int) -> tuple[str, ...]:
     return tuple(name for name, bit in SOURCE_BITS if mask & int(bit))
 
 
-def _floats(n: int) -> np.ndarray:
-    return np.full(n, np.nan, dtype=np.float64)
+@dataclass(frozen=True)
+class SourceCandidates:
+    """What one source returns: item codes, the source's bit, and the signals it knows
+    (a CandidateBatch column name -> one value per code); the other signals are absent."""
 
+    codes: np.ndarray
+    source: np.uint8
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
 
-def _never(n: int) -> np.ndarray:
-    return np.full(n, -np.inf, dtype=np.float64)
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @classmethod
+    def none(cls) -> SourceCandidates:
+        return cls(np.zeros(0, np.int32), np.uint8(0))
 
 
 @dataclass
@@ -70,65 +81,42 @@ class CandidateBatch:
         return len(self.codes)
 
     @classmethod
-    def gathered(
-        cls,
-        codes: np.ndarray,
-        source: np.uint8,
-        embedding_score: np.ndarray | None = None,
-        friend_likes: np.ndarray | None = None,
-        friend_like_time: np.ndarray | None = None,
-        social_time: np.ndarray | None = None,
-        friend_shares: np.ndarray | None = None,
-    ) -> CandidateBatch:
-        """What one source returns: codes, its bit, and the signals it knows (others absent)."""
-        n = len(codes)
-        return cls(
-            codes=np.asarray(codes, dtype=np.int32),
-            sources=np.full(n, source, dtype=np.uint8),
-            embedding_score=_floats(n) if embedding_score is None else np.asarray(embedding_score, np.float64),
-            friend_likes=np.zeros(n, np.int32) if friend_likes is None else np.asarray(friend_likes, np.int32),
-            friend_like_time=_never(n) if friend_like_time is None else np.asarray(friend_like_time, np.float64),
-            social_time=_never(n) if social_time is None else np.asarray(social_time, np.float64),
-            friend_shares=np.zeros(n, np.int32) if friend_shares is None else np.asarray(friend_shares, np.int32),
+    def merged(cls, parts: Sequence[SourceCandidates]) -> CandidateBatch:
+        """One row per item, ordered by code: the sources' bits OR-ed, every signal its strongest (newest) value."""
+        codes = np.concatenate([part.codes for part in parts]) if parts else np.zeros(0, np.int32)
+        distinct, inverse = distinct_inverse(codes)
+        n = len(distinct)
+        batch = cls(
+            codes=distinct.astype(np.int32, copy=False),
+            sources=np.zeros(n, np.uint8),
+            embedding_score=np.full(n, np.nan),
+            friend_likes=np.zeros(n, np.int32),
+            friend_like_time=np.full(n, -np.inf),
+            social_time=np.full(n, -np.inf),
+            friend_shares=np.zeros(n, np.int32),
         )
-
-    @classmethod
-    def empty(cls) -> CandidateBatch:
-        return cls.gathered(np.zeros(0, np.int32), np.uint8(0))
-
-    @classmethod
-    def concat(cls, parts: list[CandidateBatch]) -> CandidateBatch:
-        if not parts:
-            return cls.empty()
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _SIGNAL_COLUMNS))
+        end = 0
+        for part in parts:
+            rows = inverse[end : end + len(part)]
+            end += len(part)
+            batch.sources[rows] |= part.source
+            for name, values in part.signals.items():
+                column = getattr(batch, name)
+                _STRONGEST[name].at(column, rows, np.asarray(values, column.dtype))
+        return batch
 
     def take(self, rows: np.ndarray) -> CandidateBatch:
         """The rows selected by an index array or a boolean mask, in that order."""
         items = self.items.take(rows) if self.items is not None else None
         return CandidateBatch(*(getattr(self, name)[rows] for name in _SIGNAL_COLUMNS), items=items)
 
-    def merge_duplicates(self) -> CandidateBatch:
-        """One row per item, ordered by code: sources OR-ed, every signal its strongest (newest) value."""
-        if not len(self):
-            return self
-        order = np.argsort(self.codes, kind="stable")
-        codes = self.codes[order]
-        starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
-        if len(starts) == len(codes):
-            return self.take(order)
-
-        def reduce(ufunc: np.ufunc, column: np.ndarray) -> np.ndarray:
-            return ufunc.reduceat(column[order], starts)
-
-        return CandidateBatch(
-            codes=codes[starts],
-            sources=reduce(np.bitwise_or, self.sources),
-            embedding_score=reduce(np.fmax, self.embedding_score),
-            friend_likes=reduce(np.maximum, self.friend_likes),
-            friend_like_time=reduce(np.maximum, self.friend_like_time),
-            social_time=reduce(np.maximum, self.social_time),
-            friend_shares=reduce(np.maximum, self.friend_shares),
-        )
-
-
 _SIGNAL_COLUMNS = tuple(f.name for f in dataclasses.fields(CandidateBatch) if f.name != "items")
+# How two sources' values of one signal for the same item merge: an absent embedding
+# score is NaN, which fmax ignores; an absent count or time is the column's minimum.
+_STRONGEST = {
+    "embedding_score": np.fmax,
+    "friend_likes": np.maximum,
+    "friend_like_time": np.maximum,
+    "social_time": np.maximum,
+    "friend_shares": np.maximum,
+}

@@ -1,8 +1,9 @@
 """The four kinds of pipeline component. Each has one method and a ``name`` for stats.
 
 What flows between them is one ``CandidateBatch`` (columns, one row per candidate):
-sources return batches, filters return keep-masks over the batch, the scorer one score
-per row, the selector the rows of the page.
+sources return ``SourceCandidates`` (codes and the signals they know), which the
+executor merges into the batch; filters return keep-masks over the batch, the scorer
+one score per row, the selector the rows of the page.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from embeddings.knn import ItemScores
-from ranking.batch import CandidateBatch
+from ranking.batch import CandidateBatch, SourceCandidates
 from ranking.store import Activity, UserState
 from ranking.types import ShopperFilters
 
@@ -68,7 +69,7 @@ class FeedQuery:
 class CandidateSource(Protocol):
     name: str
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         """Candidates with the source's bit and its own signals; order is not significant."""
         ...
 

@@ -16,7 +16,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
-from ranking.vocab import sorted_positions, stable_hash
+from ranking.vocab import distinct_inverse, sorted_positions, stable_hash
 
 DUPLICATE = "duplicate"
 """The name under which rows merged into another row of the same item are counted as removed."""
@@ -231,9 +231,8 @@ class FeedPipeline:
             part = source.gather(query)
             result.gathered_by_source[source.name] += len(part)
             parts.append(part)
-        gathered = CandidateBatch.concat(parts)
-        batch = gathered.merge_duplicates()
-        result.removed_by_filter[DUPLICATE] += len(gathered) - len(batch)
+        batch = CandidateBatch.merged(parts)
+        result.removed_by_filter[DUPLICATE] += sum(map(len, parts)) - len(batch)
         # Ids become codes only now: a networked store's vocabulary learns ids as its
         # replies bring them, so an id first met in this request has a code only by now.
         query.exclude_codes = _known(store.items.codes(list(exclude_ids)))
@@ -249,13 +248,13 @@ class FeedPipeline:
         else:
             batch.items = store.hydrate(user_id, batch.codes)
         with_seller = recent.exists & (recent.seller >= 0)
-        query.seller_likes, inverse, query.seller_like_counts = np.unique(
-            recent.seller[with_seller], return_inverse=True, return_counts=True
-        )
+        query.seller_likes, inverse = distinct_inverse(recent.seller[with_seller])
+        query.seller_like_counts = np.bincount(inverse, minlength=len(query.seller_likes))
         query.seller_last_like = np.full(len(query.seller_likes), -np.inf)
         np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
         with_category = recent.exists & (recent.category >= 0)
-        query.category_likes, query.category_like_counts = np.unique(recent.category[with_category], return_counts=True)
+        query.category_likes, inverse = distinct_inverse(recent.category[with_category])
+        query.category_like_counts = np.bincount(inverse, minlength=len(query.category_likes))
         query.followed_sellers = _known(store.sellers.codes(all_follows))
         query.own_seller = store.sellers.code(user_id)
         # Category ids become codes only now, for the same reason as the exclusions.

@@ -1,4 +1,4 @@
-"""Candidate sources: where the items of a feed come from. Each returns one CandidateBatch."""
+"""Candidate sources: where the items of a feed come from. Each returns its SourceCandidates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from embeddings.knn import ItemKNN
 from ranking import batch as bits
-from ranking.batch import CandidateBatch
+from ranking.batch import SourceCandidates
 from ranking.components import FeedQuery
 from ranking.model_items import ModelItems
 
@@ -16,9 +16,9 @@ class FollowedSellerSource:
 
     name = "followed_sellers"
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         listings = query.activity.listings
-        return CandidateBatch.gathered(listings.items, bits.FOLLOWED_SELLER, social_time=listings.times)
+        return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times})
 
 
 def _per_item(items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -34,13 +34,13 @@ class FriendLikesSource:
 
     name = "friend_likes"
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         likes = query.activity.friend_likes
         if not len(likes):
-            return CandidateBatch.empty()
+            return SourceCandidates.none()
         items, friends, newest = _per_item(likes.items, likes.times)
-        return CandidateBatch.gathered(
-            items, bits.FRIEND_LIKE, friend_likes=friends, friend_like_time=newest, social_time=newest
+        return SourceCandidates(
+            items, bits.FRIEND_LIKE, {"friend_likes": friends, "friend_like_time": newest, "social_time": newest}
         )
 
 
@@ -49,12 +49,12 @@ class FriendSharesSource:
 
     name = "friend_shares"
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         shared = query.user.shared
         if not len(shared):
-            return CandidateBatch.empty()
+            return SourceCandidates.none()
         items, sharers, newest = _per_item(shared.items, shared.times)
-        return CandidateBatch.gathered(items, bits.FRIEND_SHARE, friend_shares=sharers, social_time=newest)
+        return SourceCandidates(items, bits.FRIEND_SHARE, {"friend_shares": sharers, "social_time": newest})
 
 
 def _pool_size(k: int, query: FeedQuery) -> int:
@@ -71,11 +71,11 @@ class EmbeddingNeighbourSource:
         self.items = items
         self.k = k
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         if query.user_vector is None:
-            return CandidateBatch.empty()
+            return SourceCandidates.none()
         rows, scores = self.items.model.neighbour_rows(query.user_vector, _pool_size(self.k, query))
-        return CandidateBatch.gathered(self.items.codes(rows), bits.EMBEDDING, embedding_score=scores)
+        return SourceCandidates(self.items.codes(rows), bits.EMBEDDING, {"embedding_score": scores})
 
 
 class ItemKnnSource:
@@ -92,11 +92,11 @@ class ItemKnnSource:
         self.knn = knn
         self.k = k
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
+    def gather(self, query: FeedQuery) -> SourceCandidates:
         if query.item_scores is None:
-            return CandidateBatch.empty()
+            return SourceCandidates.none()
         rows, _ = self.knn.top_rows(query.item_scores, _pool_size(self.k, query))
-        return CandidateBatch.gathered(self.items.codes(rows), bits.ITEM_KNN)
+        return SourceCandidates(self.items.codes(rows), bits.ITEM_KNN)
 
 
 class TrendingSource:
@@ -104,5 +104,5 @@ class TrendingSource:
 
     name = "trending"
 
-    def gather(self, query: FeedQuery) -> CandidateBatch:
-        return CandidateBatch.gathered(query.activity.trending, bits.TRENDING)
+    def gather(self, query: FeedQuery) -> SourceCandidates:
+        return SourceCandidates(query.activity.trending, bits.TRENDING)
