@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ranking.vocab import distinct_inverse, sorted_positions
+from ranking.vocab import concatenated_ranges, distinct_inverse, sorted_positions
 
 KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
 DEFAULT_KNN = "cosine"
@@ -159,8 +159,8 @@ class ItemKNN:
         distinct, inverse = distinct_inverse(liked_rows[valid])
         indptr = self.similarity.indptr
         starts, lengths = indptr[distinct], indptr[distinct + 1] - indptr[distinct]
-        total = int(lengths.sum())
-        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total)
+        positions = concatenated_ranges(starts, lengths)
+        total = len(positions)
         columns = self.similarity.indices[positions]
         order = np.argsort(columns, kind="stable")  # stable: half the time of quicksort on 5,000 ints, and a fixed summation order
         columns = columns[order]

@@ -174,3 +174,13 @@ def distinct_inverse(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inverse = np.empty(len(codes), np.intp)
     inverse[order] = np.cumsum(first) - 1
     return ordered[first], inverse
+
+
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(start, start + length) ...])`` without a Python loop."""
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    offsets = np.asarray(starts, np.int64) - np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return np.repeat(offsets, lengths) + np.arange(total)

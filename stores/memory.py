@@ -33,7 +33,7 @@ from ranking.store import (
     trending_weights,
 )
 from ranking.types import ItemCard
-from ranking.vocab import Vocabulary, encode, sorted_positions
+from ranking.vocab import Vocabulary, concatenated_ranges, encode, sorted_positions
 from stores.base import ApplyResult, gc_paused
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
@@ -120,7 +120,17 @@ class TimelineTable:
     def newest(self, keys: Sequence[int], limit: int) -> Timelines:
         """The newest ``limit`` entries of each key, owned by the key's position in ``keys``."""
         limit = max(limit, 0)
-        return Timelines.concat([(items[:limit], times[:limit]) for items, times in map(self.row, keys)])
+        if not self._changed.keys().isdisjoint(keys):
+            return Timelines.concat([(items[:limit], times[:limit]) for items, times in map(self.row, keys)])
+        # No asked row was copied since the build: one gather of their prefixes, no loop over keys.
+        codes = np.asarray(keys, np.int64)
+        codes = np.where((codes >= 0) & (codes < len(self._indptr) - 1), codes, len(self._indptr) - 1)
+        starts = self._indptr[codes]
+        lengths = np.minimum(self._indptr[np.minimum(codes + 1, len(self._indptr) - 1)] - starts, limit)
+        positions = concatenated_ranges(starts, lengths)
+        return Timelines(
+            self._items[positions], self._times[positions], np.repeat(np.arange(len(codes), dtype=np.int32), lengths)
+        )
 
     def time_of(self, key: int, item: int) -> float | None:
         items, times = self.row(key)
