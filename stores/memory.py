@@ -174,21 +174,21 @@ class _Catalogue:
     """
 
     def __init__(self) -> None:
-        self.records = np.zeros(0, _RECORD)
+        self._set_records(np.zeros(0, _RECORD))
         for name in _TEXT_COLUMNS:
             setattr(self, name, np.zeros(0, object))
         self.away_until = np.zeros(0, np.float64)
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        if name in _STORED_COLUMNS:
-            return self.records[name]
-        raise AttributeError(name)
+    def _set_records(self, records: np.ndarray) -> None:
+        self.records = records
+        for name in _STORED_COLUMNS:
+            setattr(self, name, records[name])
 
     def reserve(self, n: int) -> None:
         if n <= len(self.records):
             return
         size = max(n, 2 * len(self.records), 1024)
-        self.records = _grown(self.records, size, _EMPTY_RECORD)
+        self._set_records(_grown(self.records, size, _EMPTY_RECORD))
         for name in _TEXT_COLUMNS:
             setattr(self, name, _grown(getattr(self, name), size, ""))
 
