@@ -10,8 +10,8 @@ out of the training part with the same shape as the test (the latest likes when 
 like has a time, else random ones: ``training.ranker_fit.validation_split``); the model
 and the ranker are trained once on the rest, then the served pipeline is replayed with one
 knob changed at a time (embedding neighbours, item-kNN neighbours, trending items,
-listings or likes read per followed seller or friend) and scored with NDCG@10/@20 over a
-seeded sample of validation users. Per knob, the smallest value whose NDCG@10 is within
+listings or likes read per followed seller or friend, the HNSW search breadth) and
+scored with NDCG@10/@20 over a seeded sample of validation users. Per knob, the smallest value whose NDCG@10 is within
 ``--tolerance`` (1 %) of that knob's best is marked as chosen.
 """
 
@@ -43,6 +43,7 @@ KNOBS: dict[str, tuple[int, ...]] = {
     "knn_neighbours": (25, 50, 100, 200),
     "trending_limit": (20, 50, 100),
     "per_key_limit": (5, 10, 20),
+    "ef_search": (32, 64, 128),  # hnsw-* indexes only; 0 (the model's own) is not swept
 }
 
 
@@ -79,13 +80,14 @@ def sweep(args: argparse.Namespace) -> dict:
         return ranking_metrics(recommended, {u: relevant[u] for u in users}, (10, 20))
 
     rows = []
-    for knob, values in KNOBS.items():
-        for value in sorted({*values, getattr(base, knob)}):
+    knobs = {name: KNOBS[name] for name in args.knobs or KNOBS}
+    for knob, values in knobs.items():
+        for value in sorted({*values, getattr(base, knob)} - {0}):
             metrics = quality(replace(base, **{knob: value}))
             rows.append({"knob": knob, "value": value, **{k: round(v, 5) for k, v in metrics.items()}})
             print(f"{knob:<16} {value:>5}  ndcg@10 {metrics['ndcg@10']:.4f}  ndcg@20 {metrics['ndcg@20']:.4f}", flush=True)
     chosen = {}
-    for knob in KNOBS:
+    for knob in knobs:
         knob_rows = [r for r in rows if r["knob"] == knob]
         best = max(r["ndcg@10"] for r in knob_rows)
         chosen[knob] = min(r["value"] for r in knob_rows if r["ndcg@10"] >= (1 - args.tolerance) * best)
@@ -125,9 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=2000, help="validation users sampled, 0 = all (default: %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="a value is good enough within this share of the knob's best NDCG@10 (default: %(default)s)")
     parser.add_argument("--base", action="append", default=[], metavar="KNOB=INT", help="start from this value of a knob instead of the serving default")
+    parser.add_argument("--knobs", type=lambda text: text.split(","), help=f"sweep only these knobs, comma-separated (default: all of {', '.join(KNOBS)})")
     parser.add_argument("--json", help="write the report as JSON here")
     add_training_arguments(parser)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.knobs or ()) - set(KNOBS))
+    if unknown:
+        parser.error(f"--knobs: unknown {', '.join(unknown)}; choose from {', '.join(KNOBS)}")
     report = sweep(args)
     print(format_table(report))
     if args.json:

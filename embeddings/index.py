@@ -180,13 +180,14 @@ class MipsIndex:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, ef_search: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per query by inner product, best first.
 
         ``queries`` is float32 ``[q, dim]`` (a single vector is accepted as ``[dim]``).
         Returns ``(scores float32 [q, k], rows int64 [q, k])``; scores are exact inner
         products with the original factors. Rows missing (k above the catalogue size, or
-        an approximate index that found fewer) are -1 with score -inf.
+        an approximate index that found fewer) are -1 with score -inf. ``ef_search``
+        overrides the search breadth of hnsw-* kinds (0: the index's own ``ef_search``).
         """
         queries = _as_matrix(queries, self.dim)
         nq = len(queries)
@@ -212,7 +213,7 @@ class MipsIndex:
             # shared setting.
             if self.kind in HNSW_KINDS:
                 # efSearch below k cannot return k good results.
-                search_params = _hnsw_params(max(int(self.params["ef_search"]), k_eff))
+                search_params = _hnsw_params(max(ef_search or int(self.params["ef_search"]), k_eff))
             else:
                 x = _to_code_space(x, _pq_layout(x.shape[1], int(self.params["pq_m"])), int(self.index.d))
                 ivf_params = faiss.SearchParametersIVF(nprobe=nprobe)
@@ -302,7 +303,7 @@ def build_index(
     kind: str = "auto",
     hnsw_m: int = 32,
     ef_construction: int = 200,
-    ef_search: int = 128,
+    ef_search: int = 64,
     nlist: int = 0,
     pq_m: int = IVF_PQ_M,
     nprobe: int = IVF_NPROBE,

@@ -119,16 +119,17 @@ class EmbeddingModel:
         item_ids = self.item_ids
         return [item_ids[r] for r in rows.tolist()], scores
 
-    def neighbour_rows(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def neighbour_rows(self, vector: np.ndarray, k: int, ef_search: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Up to k (int32 item rows, float32 inner products), best first (ties by row).
 
         From the index, except when k is a sizeable share of the catalogue (deep pages):
         then one exact matrix-vector product is cheaper than a graph walk as wide as k.
+        ``ef_search`` overrides an HNSW index's own search breadth (0: keep it).
         """
         vector = np.asarray(vector, dtype=np.float32)
         n = len(self.item_ids)
         if k * EXACT_SEARCH_K_SHARE < n or self.index.kind == "flat":
-            scores, rows = self.index.search(vector.reshape(1, -1), k)
+            scores, rows = self.index.search(vector.reshape(1, -1), k, ef_search)
             keep = rows[0] >= 0
             return rows[0][keep].astype(np.int32), scores[0][keep]
         scores = self.item_factors @ vector

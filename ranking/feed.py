@@ -30,6 +30,7 @@ class FeedSettings:
     per_key_limit: int = 50  # newest listings per followed seller / likes per friend to read (Last.fm needs 50; the generator 5)
     trending_limit: int = 20  # trending items to read for a first page
     neighbours: int = 25  # embedding neighbours to fetch for a first page
+    ef_search: int = 0  # HNSW search breadth of the neighbour search (hnsw-* indexes); 0: the model's own
     knn_neighbours: int = 25  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
     fresh_window_seconds: float = 3_600.0  # graph activity this recent is promoted to the top
@@ -59,7 +60,7 @@ def build_feed_pipeline(
         "followed_sellers": sources.FollowedSellerSource(),
         "friend_likes": sources.FriendLikesSource(),
         "friend_shares": sources.FriendSharesSource(),
-        "embedding_neighbours": sources.EmbeddingNeighbourSource(items, settings.neighbours) if items else None,
+        "embedding_neighbours": sources.EmbeddingNeighbourSource(items, settings.neighbours, settings.ef_search) if items else None,
         "item_knn": (
             sources.ItemKnnSource(items, model.item_knn, settings.knn_neighbours) if items and model.item_knn else None
         ),

@@ -67,14 +67,15 @@ class EmbeddingNeighbourSource:
 
     name = "embedding_neighbours"
 
-    def __init__(self, items: ModelItems, k: int = 200) -> None:
+    def __init__(self, items: ModelItems, k: int = 200, ef_search: int = 0) -> None:
         self.items = items
         self.k = k
+        self.ef_search = ef_search
 
     def gather(self, query: FeedQuery) -> SourceCandidates:
         if query.user_vector is None:
             return SourceCandidates.none()
-        rows, scores = self.items.model.neighbour_rows(query.user_vector, _pool_size(self.k, query))
+        rows, scores = self.items.model.neighbour_rows(query.user_vector, _pool_size(self.k, query), self.ef_search)
         return SourceCandidates(self.items.codes(rows), bits.EMBEDDING, {"embedding_score": scores})
 
 

@@ -100,7 +100,7 @@ def test_social_features_follow_friend_likes_and_item_age():
 def test_compute_features_of_nothing_is_an_empty_matrix():
     store = MemoryStore.from_dataset(social_dataset())
     query = build_feed_pipeline(store, None).pool("alice", 5, NOW).query
-    assert compute_features(query, CandidateBatch.empty(), np.zeros(0)).shape == (0, len(FEATURE_NAMES))
+    assert compute_features(query, CandidateBatch.merged([]), np.zeros(0)).shape == (0, len(FEATURE_NAMES))
 
 
 def test_time_features_read_the_users_latest_likes_and_the_items_recent_likes(world):

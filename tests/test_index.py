@@ -72,6 +72,21 @@ def test_hnsw_mips_recall_and_exact_scores(narrow_norms, narrow_truth, narrow_hn
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
+def test_ef_search_per_call_overrides_the_index_breadth(narrow_norms, narrow_truth, narrow_hnsw) -> None:
+    items, queries = narrow_norms
+    index = narrow_hnsw["hnsw-mips"]
+    before = index.params["ef_search"]
+    index.params["ef_search"] = 50
+    try:
+        narrow = recall(narrow_truth, index.search(queries, 50)[1])
+        wide = recall(narrow_truth, index.search(queries, 50, ef_search=400)[1])
+        assert wide > narrow, (narrow, wide)
+        assert index.params["ef_search"] == 50  # the override is per call, never stored
+        np.testing.assert_array_equal(index.search(queries, 50, ef_search=50)[1], index.search(queries, 50)[1])
+    finally:
+        index.params["ef_search"] = before
+
+
 def test_hnsw_ip_is_worse_than_mips_on_narrow_norms(narrow_norms, narrow_truth, narrow_hnsw) -> None:
     _, queries = narrow_norms
     found = {}
