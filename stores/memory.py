@@ -87,6 +87,11 @@ def _grouped_sets(keys: list[str], values: list[str]) -> dict[str, set[str]]:
     return {key: set(grouped[start:stop]) for key, start, stop in zip(distinct, bounds, bounds[1:])}
 
 
+_LOOP_KEYS = 10
+"""Up to this many keys, a timeline read slices row by row: cheaper than one gather's
+fixed cost (7 against 15 us for 2 keys; 116 against 24 us for 100)."""
+
+
 class TimelineTable:
     """Per integer key, a newest-first list of (item code, time); ties list the smaller id first.
 
@@ -120,9 +125,9 @@ class TimelineTable:
     def newest(self, keys: Sequence[int], limit: int) -> Timelines:
         """The newest ``limit`` entries of each key, owned by the key's position in ``keys``."""
         limit = max(limit, 0)
-        if not self._changed.keys().isdisjoint(keys):
+        if len(keys) <= _LOOP_KEYS or not self._changed.keys().isdisjoint(keys):
             return Timelines.concat([(items[:limit], times[:limit]) for items, times in map(self.row, keys)])
-        # No asked row was copied since the build: one gather of their prefixes, no loop over keys.
+        # Many keys, none copied since the build: one gather of their prefixes, no loop over keys.
         codes = np.asarray(keys, np.int64)
         codes = np.where((codes >= 0) & (codes < len(self._indptr) - 1), codes, len(self._indptr) - 1)
         starts = self._indptr[codes]
