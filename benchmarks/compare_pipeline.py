@@ -1,0 +1,128 @@
+"""Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per first page.
+
+    python -m benchmarks.compare_pipeline --data DIR --models DIR CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
+        [--rounds 60] [--batch 200] [--users 2000] [--seed 0]
+
+One worker process per checkout imports that checkout's code (PYTHONPATH), loads DIR into
+a memory store and the current model version of DIR, runs every user once to warm up,
+then times ``FeedPipeline.run`` (first pages, limit 20) with ``time.thread_time`` over
+batches of --batch users. The workers take turns, batch by batch, --rounds times, and
+every worker runs the same users in the same round: on a shared machine a burst of noise
+hits neighbouring batches of every checkout alike, so the per-round ratios are far
+steadier than the times of runs one after another. KEY=VALUE pairs set that checkout's
+FeedSettings fields (e.g. ``.:ef_search=64``).
+
+Reported: per checkout, the median and 10th percentile of the CPU time per page; per
+later checkout, the median per-round ratio to the first (with its 10th and 90th
+percentiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Run in the checkout under test: only APIs every checkout has."""
+    import random
+    import time
+
+    import numpy as np
+
+    from ranking.feed import FeedSettings, build_feed_pipeline
+    from serving.native_threads import limit_native_threads
+    from stores.memory import MemoryStore
+    from training.artifact import load_current
+    from training.dataset import load_dataset
+
+    limit_native_threads()  # one faiss/BLAS thread, as in the server
+    dataset = load_dataset(args.data)
+    artifact = load_current(args.models)
+    defaults = FeedSettings()
+    settings = {key: type(getattr(defaults, key))(value) for key, value in (pair.split("=", 1) for pair in args.settings)}
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), artifact.model, artifact.ranker, FeedSettings(**settings))
+    users = dataset.user_ids()
+    users = random.Random(args.seed).sample(users, min(args.users, len(users)))
+    now = float(np.nanmax(dataset.likes.ts))
+    for user in users:
+        pipeline.run(user, 20, now)
+    print("ready", flush=True)
+    turn = 0
+    for line in sys.stdin:
+        batch = [users[(turn + i) % len(users)] for i in range(int(line))]
+        turn += len(batch)
+        started = time.thread_time()
+        for user in batch:
+            pipeline.run(user, 20, now)
+        print((time.thread_time() - started) / len(batch) * 1e6, flush=True)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(share * len(ordered)), len(ordered) - 1)]
+
+
+def compare(args: argparse.Namespace) -> list[str]:
+    workers = []
+    for spec in args.checkouts:
+        checkout, _, pairs = spec.partition(":")
+        settings = [pair for pair in pairs.split(",") if pair]
+        command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
+                   "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else [])]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
+        workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    try:
+        for spec, worker in zip(args.checkouts, workers):
+            if worker.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{spec}: the worker failed to start (exit code {worker.wait()})")
+        times: list[list[float]] = [[] for _ in workers]
+        for _ in range(args.rounds):
+            for worker, measured in zip(workers, times):
+                worker.stdin.write(f"{args.batch}\n")
+                worker.stdin.flush()
+                measured.append(float(worker.stdout.readline()))
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait()
+    lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {_percentile(t, 0.1):.0f} us per page"
+             for spec, t in zip(args.checkouts, times)]  # fmt: skip
+    for spec, measured in zip(args.checkouts[1:], times[1:]):
+        ratios = [b / a for a, b in zip(times[0], measured)]
+        lines.append(f"{spec} / {args.checkouts[0]}: per-round ratio median {statistics.median(ratios):.3f}, "
+                     f"p10 {_percentile(ratios, 0.1):.3f}, p90 {_percentile(ratios, 0.9):.3f}")  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("checkouts", nargs="*", metavar="CHECKOUT[:KEY=VALUE,...]", help="two or more source trees; the first is the baseline")
+    parser.add_argument("--data", required=True, help="dataset directory")
+    parser.add_argument("--models", required=True, help="model directory (its current version is served)")
+    parser.add_argument("--rounds", type=int, default=60, help="turns of every worker (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=200, help="first pages per turn (default: %(default)s)")
+    parser.add_argument("--users", type=int, default=2000, help="users sampled, the same in every checkout (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return
+    if len(args.checkouts) < 2:
+        parser.error("give at least two checkouts (the first is the baseline)")
+    if args.rounds < 1 or args.batch < 1 or args.users < 1:
+        parser.error("--rounds, --batch and --users must be at least 1")
+    for spec in args.checkouts:
+        if not os.path.isdir(os.path.join(spec.partition(":")[0], "ranking")):
+            parser.error(f"{spec}: not a feedrank checkout (no ranking/ directory)")
+    print("\n".join(compare(args)))
+
+
+if __name__ == "__main__":
+    main()

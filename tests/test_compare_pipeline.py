@@ -1,0 +1,34 @@
+"""benchmarks.compare_pipeline, run briefly on a small world: two workers, interleaved."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from benchmarks import compare_pipeline
+from tests.feed_world import build_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_it_reports_each_checkout_and_the_ratio_to_the_first(tmp_path, capsys):
+    world = build_world(tmp_path, users=200, sellers=20, items=600)
+    compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "3", "--batch", "5",
+                           "--users", "50", ROOT, f"{ROOT}:neighbours=40,fresh_window_seconds=60"])  # fmt: skip
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3, lines
+    for line in lines[:2]:
+        assert re.fullmatch(r".+: median \d+ us, p10 \d+ us per page", line), line
+    ratio = re.fullmatch(r".+ / .+: per-round ratio median ([\d.]+), p10 ([\d.]+), p90 ([\d.]+)", lines[2])
+    assert ratio, lines[2]
+    median, p10, p90 = (float(v) for v in ratio.groups())
+    assert 0 < p10 <= median <= p90
+
+
+def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare_pipeline.main(["--data", str(tmp_path), "--models", str(tmp_path), ROOT, str(tmp_path)])
+    assert f"{tmp_path}: not a feedrank checkout" in capsys.readouterr().err
