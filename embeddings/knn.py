@@ -162,7 +162,8 @@ class ItemKNN:
         positions = concatenated_ranges(starts, lengths)
         total = len(positions)
         columns = self.similarity.indices[positions]
-        order = np.argsort(columns, kind="stable")  # stable: half the time of quicksort on 5,000 ints, and a fixed summation order
+        # Stable: half the time of the default quicksort on 5,000 ints, and a fixed summation order.
+        order = np.argsort(columns, kind="stable")
         columns = columns[order]
         first = np.concatenate(([True], columns[1:] != columns[:-1])) if total else np.zeros(0, bool)
         return Neighbourhood(
