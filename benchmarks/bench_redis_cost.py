@@ -22,6 +22,7 @@ import numpy as np
 
 from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
+from serving.load import connect_checked, exit_on_redis_errors
 from serving.native_threads import limit_native_threads
 from serving.page_token import PageTokenCodec
 from stores.redis import RedisStore
@@ -51,6 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     limit_native_threads()  # one faiss/BLAS thread, as in the server
+    client, _ = connect_checked(args.redis)  # one line, not a traceback, when the URL is wrong or Redis is down
+    client.close()
+    with exit_on_redis_errors(args.redis):
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data)
     store = RedisStore.from_url(args.redis)
     service = FeedService(store, load_current(args.models), PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
@@ -30,3 +31,12 @@ def test_it_reports_client_and_redis_costs_per_feed(redis_url, tmp_path, capsys)
     assert figures, line
     wall, _, _, scripts = (float(f) for f in figures.groups())
     assert 0 < scripts <= wall  # every feed ran its scripts on this Redis, within the feed's own time
+
+
+def test_an_unreachable_redis_is_one_line_not_a_traceback(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SystemExit) as exited:
+        bench_redis_cost.main(["--data", str(tmp_path), "--models", str(tmp_path), "--redis", f"redis://127.0.0.1:{port}/0"])
+    assert "Redis unreachable" in str(exited.value), exited.value
