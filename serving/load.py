@@ -80,8 +80,9 @@ def _card(items: Items, row: int) -> dict[str, str]:
 def _commands(
     dataset: Dataset, keys: Keys, recent_likes: int, listings: int, packed_items: bool
 ) -> Iterator[tuple[int, str, tuple[Any, ...]]]:
-    """(rows done by this command, method name, args), grouped by key; ``packed_items``:
-    also the hash of every item's packed value (standalone Redis)."""
+    """(rows done by this command, method name, args), grouped by key. The items' packed
+    values go to the hash of every item with ``packed_items`` (standalone Redis), else to
+    the item hashes (a cluster)."""
     items, likes = dataset.items, dataset.likes
     like_count: dict[str, int] = defaultdict(int)
     trending: dict[str, float] = defaultdict(float)
@@ -105,9 +106,10 @@ def _commands(
             "like_count": str(like_count.get(item_id, 0)),
             **_card(items, row),
         }
-        fields["packed"] = pack_item(fields)
         if packed_items:
-            packed[item_id] = fields["packed"]
+            packed[item_id] = pack_item(fields)
+        else:
+            fields["packed"] = pack_item(fields)
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created

@@ -123,12 +123,12 @@ _CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "c
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
 
 # Every write of an item keeps its hydration fields (PACKED_FIELDS) packed in one value:
-# in the item's hash (field ``packed``) and, on standalone Redis, in one hash of every
-# item (``Keys.packed_items``), so a feed reads its candidates with one HMGET instead of
-# an HMGET of eight fields per candidate. Per-element work inside the hydrate script was
-# its cost (benchmarks/README.md, "Redis: packed item values"). A cluster cannot keep
-# one hash for items of every slot: its feeds read the item hashes' field, one script
-# per node (RedisStore._on_item_nodes). Layout: the numbers
+# on standalone Redis in one hash of every item (``Keys.packed_items``), so a feed reads
+# its candidates with one HMGET instead of an HMGET of eight fields per candidate
+# (per-element work inside the hydrate script was its cost: benchmarks/README.md, "Redis:
+# packed item values"); on a cluster, which cannot keep one hash for items of every
+# slot, in the item's own hash (field ``packed``), which its feeds read with one script
+# per node (RedisStore._on_item_nodes). Never both: each write would be paid twice. Layout: the numbers
 # "created_at,stock,like_count,eligible,price,ship_days" (eligible 1/0, a missing price
 # or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
 # category; pack_item is the same in Python. An item written before the packed value
@@ -159,8 +159,7 @@ end
 local function repack(k, item)
   local p = pack_fields(k)
   if not p then return end
-  redis.call('HSET', k, 'packed', p)
-  if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) end
+  if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) else redis.call('HSET', k, 'packed', p) end
 end
 """
 
