@@ -165,7 +165,10 @@ class TimelineTable:
 _STORED_COLUMNS = tuple(name for name in ITEM_COLUMNS if name not in ("liked", "seller_away_until", "views", "viewed_at"))
 _TEXT_COLUMNS = ("title", "image_url", "currency")  # read only for a page's cards
 # Widest fields first and padded to 64 bytes, so every field and record is aligned.
-_RECORD = np.dtype(sorted(((name, ITEM_COLUMNS[name][1]) for name in _STORED_COLUMNS), key=lambda f: -np.dtype(f[1]).itemsize), align=True)
+_RECORD = np.dtype(
+    sorted(((name, ITEM_COLUMNS[name][1]) for name in _STORED_COLUMNS), key=lambda field: -np.dtype(field[1]).itemsize),
+    align=True,
+)
 _EMPTY_RECORD = np.array(tuple(ITEM_COLUMNS[name][0] for name in _RECORD.names), dtype=_RECORD)
 
 
