@@ -155,15 +155,19 @@ async def run_phases(target: str, users: list[str], args: argparse.Namespace) ->
             await channel.close()
 
 
-def spawn_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """``python -m serving`` on a free port with the --store/--workers/--threads asked for."""
+def spawn_server(
+    args: argparse.Namespace, workdir: Path, checkout: str | None = None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``python -m serving`` on a free port with the --store/--workers/--threads asked for;
+    from ``checkout``'s code when given (its directory and PYTHONPATH), with ``extra`` flags."""
     port_file, log = workdir / "port", workdir / "server.log"
     argv = [sys.executable, "-m", "serving", "--models", args.models, "--port", "0", "--port-file", str(port_file),
-            "--store", args.store, "--workers", str(args.workers), "--threads", str(args.threads)]  # fmt: skip
+            "--store", args.store, "--workers", str(args.workers), "--threads", str(args.threads), *(extra or [])]  # fmt: skip
     if args.data and args.store == "memory":
         argv += ["--data", args.data]
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)} if checkout else None
     with open(log, "w") as output:
-        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=checkout, env=env)
     deadline = time.monotonic() + 600
     while not port_file.exists():
         if server.poll() is not None or time.monotonic() > deadline:
