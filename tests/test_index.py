@@ -73,7 +73,7 @@ def test_hnsw_mips_recall_and_exact_scores(narrow_norms, narrow_truth, narrow_hn
 
 
 def test_ef_search_per_call_overrides_the_index_breadth(narrow_norms, narrow_truth, narrow_hnsw) -> None:
-    items, queries = narrow_norms
+    _, queries = narrow_norms
     index = narrow_hnsw["hnsw-mips"]
     before = index.params["ef_search"]
     index.params["ef_search"] = 50
