@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import statistics
@@ -42,22 +43,28 @@ def _percentile(values: list[float], share: float) -> float:
 
 async def drive(targets: list[str], users: list[str], args: argparse.Namespace) -> tuple[list[list[float]], list[list[float]], int]:
     """(empty qps per round, GetFeed qps per round) per target, and the failed calls."""
-    channels = [grpc.aio.insecure_channel(target) for target in targets]
+    # As in loadgen: SO_REUSEPORT spreads connections, not calls, among a server's
+    # --workers, so each server gets --channels connections, used in turn.
+    channels = [
+        [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
+        for target in targets
+    ]
     rng = random.Random(args.seed)
     failed = 0
 
-    def calls(channel: grpc.aio.Channel):
-        health, feed = health_pb2_grpc.HealthStub(channel), feed_pb2_grpc.FeedServiceStub(channel)
+    def calls(connections: list[grpc.aio.Channel]):
+        healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in connections])
+        feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in connections])
 
         async def empty(timeout: float) -> None:
-            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
 
         async def get_feed(timeout: float) -> None:
-            await feed.GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=20), timeout=timeout)
+            await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=20), timeout=timeout)
 
         return empty, get_feed
 
-    pairs = [calls(channel) for channel in channels]
+    pairs = [calls(connections) for connections in channels]
     empty_qps: list[list[float]] = [[] for _ in targets]
     feed_qps: list[list[float]] = [[] for _ in targets]
     try:
@@ -71,7 +78,7 @@ async def drive(targets: list[str], users: list[str], args: argparse.Namespace) 
                     failed += sum(tally.errors.values())
                     out.append(len(tally.latencies) / elapsed)
     finally:
-        for channel in channels:
+        for channel in itertools.chain.from_iterable(channels):
             await channel.close()
     return empty_qps, feed_qps, failed
 
@@ -102,14 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="turns of every server (default: %(default)s)")
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of each closed-loop burst (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight per burst (default: %(default)s)")
+    parser.add_argument("--channels", type=int, default=4, help="client connections per server, used in turn; spreads the load over --workers (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
     parser.add_argument("--allow-errors", action="store_true", help="report failed calls and exit 0")
     args = parser.parse_args(argv)
     if len(args.checkouts) < 2:
         parser.error("give at least two checkouts (the first is the baseline)")
-    if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1:
-        parser.error("--rounds and --concurrency must be at least 1, --burst positive")
+    if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1 or args.channels < 1:
+        parser.error("--rounds, --concurrency and --channels must be at least 1, --burst positive")
     for spec in args.checkouts:
         if not os.path.isdir(os.path.join(spec.partition(":")[0], "serving")):
             parser.error(f"{spec}: not a feedrank checkout (no serving/ directory)")
