@@ -61,9 +61,28 @@ def _worker(args: argparse.Namespace) -> None:
         print((time.thread_time() - started) / len(batch) * 1e6, flush=True)
 
 
-def _percentile(values: list[float], share: float) -> float:
+def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(share * len(ordered)), len(ordered) - 1)]
+
+
+def ratio_lines(specs: list[str], per_round: list[list[float]], what: str) -> list[str]:
+    """One line per later checkout: its per-round ``what`` divided by the first's."""
+    lines = []
+    for spec, measured in zip(specs[1:], per_round[1:]):
+        ratios = [b / a for a, b in zip(per_round[0], measured)]
+        lines.append(f"{spec} / {specs[0]}: {what}per-round ratio median {statistics.median(ratios):.3f}, "
+                     f"p10 {percentile(ratios, 0.1):.3f}, p90 {percentile(ratios, 0.9):.3f}")  # fmt: skip
+    return lines
+
+
+def check_checkouts(parser: argparse.ArgumentParser, specs: list[str], package: str) -> None:
+    """Exit through ``parser`` unless there are two or more CHECKOUT[:...] specs, each a tree holding ``package``."""
+    if len(specs) < 2:
+        parser.error("give at least two checkouts (the first is the baseline)")
+    for spec in specs:
+        if not os.path.isdir(os.path.join(spec.partition(":")[0], package)):
+            parser.error(f"{spec}: not a feedrank checkout (no {package}/ directory)")
 
 
 def compare(args: argparse.Namespace) -> list[str]:
@@ -89,13 +108,9 @@ def compare(args: argparse.Namespace) -> list[str]:
         for worker in workers:
             worker.stdin.close()
             worker.wait()
-    lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {_percentile(t, 0.1):.0f} us per page"
+    lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {percentile(t, 0.1):.0f} us per page"
              for spec, t in zip(args.checkouts, times)]  # fmt: skip
-    for spec, measured in zip(args.checkouts[1:], times[1:]):
-        ratios = [b / a for a, b in zip(times[0], measured)]
-        lines.append(f"{spec} / {args.checkouts[0]}: per-round ratio median {statistics.median(ratios):.3f}, "
-                     f"p10 {_percentile(ratios, 0.1):.3f}, p90 {_percentile(ratios, 0.9):.3f}")  # fmt: skip
-    return lines
+    return lines + ratio_lines(args.checkouts, times, "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,13 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         _worker(args)
         return
-    if len(args.checkouts) < 2:
-        parser.error("give at least two checkouts (the first is the baseline)")
+    check_checkouts(parser, args.checkouts, "ranking")
     if args.rounds < 1 or args.batch < 1 or args.users < 1:
         parser.error("--rounds, --batch and --users must be at least 1")
-    for spec in args.checkouts:
-        if not os.path.isdir(os.path.join(spec.partition(":")[0], "ranking")):
-            parser.error(f"{spec}: not a feedrank checkout (no ranking/ directory)")
     print("\n".join(compare(args)))
 
 

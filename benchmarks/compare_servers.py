@@ -21,65 +21,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import os
 import random
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from benchmarks.loadgen import closed_loop, sample_users, spawn_server, stop_server
-from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(share * len(ordered)), len(ordered) - 1)]
+from benchmarks.compare_pipeline import check_checkouts, ratio_lines
+from benchmarks.loadgen import add_spawn_arguments, closed_loop, sample_users, server_calls, spawn_server, stop_server
 
 
 async def drive(targets: list[str], users: list[str], args: argparse.Namespace) -> tuple[list[list[float]], list[list[float]], int]:
     """(empty qps per round, GetFeed qps per round) per target, and the failed calls."""
-    # As in loadgen: SO_REUSEPORT spreads connections, not calls, among a server's
-    # --workers, so each server gets --channels connections, used in turn.
-    channels = [
-        [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
-        for target in targets
-    ]
     rng = random.Random(args.seed)
-    failed = 0
-
-    def calls(connections: list[grpc.aio.Channel]):
-        healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in connections])
-        feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in connections])
-
-        async def empty(timeout: float) -> None:
-            await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-
-        async def get_feed(timeout: float) -> None:
-            await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=20), timeout=timeout)
-
-        return empty, get_feed
-
-    pairs = [calls(connections) for connections in channels]
+    servers = [server_calls(target, users, args.channels, 20, rng) for target in targets]
     empty_qps: list[list[float]] = [[] for _ in targets]
     feed_qps: list[list[float]] = [[] for _ in targets]
+    failed = 0
     try:
-        for empty, get_feed in pairs:  # warm up connections, caches and the allocator
-            for call in (empty, get_feed):
+        for calls in servers:  # warm up connections, caches and the allocator
+            for call in (calls.empty, calls.get_feed):
                 await closed_loop(call, args.concurrency, args.burst, args.timeout)
         for _ in range(args.rounds):
-            for (empty, get_feed), empties, feeds in zip(pairs, empty_qps, feed_qps):
-                for call, out in ((empty, empties), (get_feed, feeds)):
+            for calls, empties, feeds in zip(servers, empty_qps, feed_qps):
+                for call, out in ((calls.empty, empties), (calls.get_feed, feeds)):
                     tally, elapsed = await closed_loop(call, args.concurrency, args.burst, args.timeout)
                     failed += sum(tally.errors.values())
                     out.append(len(tally.latencies) / elapsed)
     finally:
-        for channel in itertools.chain.from_iterable(channels):
-            await channel.close()
+        for calls in servers:
+            await calls.close()
     return empty_qps, feed_qps, failed
 
 
@@ -89,12 +60,7 @@ def report(specs: list[str], empty_qps: list[list[float]], feed_qps: list[list[f
         ratio = statistics.median(f / e for f, e in zip(feeds, empties))
         lines.append(f"{spec}: GetFeed {statistics.median(feeds):.0f}/s, empty {statistics.median(empties):.0f}/s, "
                      f"GetFeed / empty per round: median {ratio:.3f}")  # fmt: skip
-    for spec, feeds in zip(specs[1:], feed_qps[1:]):
-        ratios = [b / a for a, b in zip(feed_qps[0], feeds)]
-        lines.append(f"{spec} / {specs[0]}: GetFeed per-round ratio median {statistics.median(ratios):.3f}, "
-                     f"p10 {_percentile(ratios, 0.1):.3f}, p90 {_percentile(ratios, 0.9):.3f}")  # fmt: skip
-    lines.append(f"failed calls: {failed}")
-    return lines
+    return [*lines, *ratio_lines(specs, feed_qps, "GetFeed "), f"failed calls: {failed}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkouts", nargs="*", metavar="CHECKOUT[:SERVER FLAGS]", help="two or more source trees; the first is the baseline")
     parser.add_argument("--data", required=True, help="dataset directory (the users; and the memory store's data)")
     parser.add_argument("--models", required=True, help="model directory every server serves")
-    parser.add_argument("--store", default="memory", help="store URL of every server (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="--workers of every server; >1 needs a Redis --store (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="--threads of every server (default: %(default)s, the server's own default)")
+    add_spawn_arguments(parser.add_argument_group("every server"))
     parser.add_argument("--rounds", type=int, default=20, help="turns of every server (default: %(default)s)")
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of each closed-loop burst (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight per burst (default: %(default)s)")
@@ -114,13 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
     parser.add_argument("--allow-errors", action="store_true", help="report failed calls and exit 0")
     args = parser.parse_args(argv)
-    if len(args.checkouts) < 2:
-        parser.error("give at least two checkouts (the first is the baseline)")
+    check_checkouts(parser, args.checkouts, "serving")
     if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1 or args.channels < 1:
         parser.error("--rounds, --concurrency and --channels must be at least 1, --burst positive")
-    for spec in args.checkouts:
-        if not os.path.isdir(os.path.join(spec.partition(":")[0], "serving")):
-            parser.error(f"{spec}: not a feedrank checkout (no serving/ directory)")
 
     servers = []
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:

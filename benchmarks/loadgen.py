@@ -125,20 +125,46 @@ async def open_loop(call: Call, rate: float, duration: float, timeout: float) ->
     return tally, time.perf_counter() - started
 
 
-async def run_phases(target: str, users: list[str], args: argparse.Namespace) -> list[PhaseResult]:
+@dataclass
+class ServerCalls:
+    """The two calls the generator makes of one server, over ``channels`` used in turn."""
+
+    channels: list[grpc.aio.Channel]
+    empty: Call
+    get_feed: Call
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+def server_calls(target: str, users: list[str], connections: int, limit: int, rng: random.Random) -> ServerCalls:
+    """Empty RPCs and GetFeeds of random ``users`` against ``target`` over ``connections`` channels."""
     # SO_REUSEPORT spreads connections, not calls, among --workers: one channel would load
     # one worker. A local subchannel pool keeps each channel on its own connection.
-    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
     healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in channels])
     feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in channels])
-    rng = random.Random(args.seed)
 
     async def empty(timeout: float) -> None:
         await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
 
     async def get_feed(timeout: float) -> None:
-        await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=args.limit), timeout=timeout)
+        await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=limit), timeout=timeout)
 
+    return ServerCalls(channels, empty, get_feed)
+
+
+def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
+    """--store, --workers and --threads of spawned servers (``spawn_server`` reads them)."""
+    group.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
+    group.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
+
+
+async def run_phases(target: str, users: list[str], args: argparse.Namespace) -> list[PhaseResult]:
+    calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed))
+    empty, get_feed = calls.empty, calls.get_feed
     try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
@@ -151,8 +177,7 @@ async def run_phases(target: str, users: list[str], args: argparse.Namespace) ->
         results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, tally, elapsed))
         return results
     finally:
-        for channel in channels:
-            await channel.close()
+        await calls.close()
 
 
 def spawn_server(
@@ -220,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--target", help="address of a running server; otherwise one is spawned from --models")
     where.add_argument("--models", help="models directory for a spawned server")
     where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
-    where.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
-    where.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
-    where.add_argument("--threads", type=int, default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
+    add_spawn_arguments(where)
     load = parser.add_argument_group("load")
     load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
     load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")
