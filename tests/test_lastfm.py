@@ -7,6 +7,9 @@ where they fail.
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -104,3 +107,74 @@ def test_temporal_dataset_time_splits_and_round_trips(lastfm_temporal, tmp_path)
     assert default_split(lastfm_temporal).kind == "time"
     write_dataset(lastfm_temporal, str(tmp_path))
     assert load_dataset(str(tmp_path)).fingerprint() == lastfm_temporal.fingerprint()
+
+
+def _write_published_split(root, train_rows, test_rows, users=None, items=None):
+    """A tiny Last.fm source (3 users, 4 artists) and a split of it in SocialLGN's format."""
+    src, split = root / "src", root / "split"
+    src.mkdir()
+    split.mkdir()
+    (src / "user_artists.dat").write_text(
+        "userID\tartistID\tweight\n" + "".join(f"{u}\t{a}\t{w}\n" for u, a, w in LISTENS))
+    (src / "user_friends.dat").write_text("userID\tfriendID\n2\t3\n3\t2\n")
+    (split / "userReindex.json").write_text(json.dumps(users or {"2": 0, "3": 1, "7": 2}))
+    (split / "itemReindex.json").write_text(json.dumps(items or {"10": 0, "11": 1, "12": 2, "13": 3}))
+    for name, rows in (("train_set.txt", train_rows), ("test_set.txt", test_rows)):
+        (split / name).write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in rows))
+    return str(src), str(split)
+
+
+LISTENS = [(2, 10, 5), (2, 11, 1), (2, 12, 3), (3, 10, 2), (3, 13, 9), (7, 12, 4)]
+TRAIN_ROWS = [(0, 0), (0, 2), (1, 3), (2, 2)]  # indices: user 0 = u2, item 3 = a13
+TEST_ROWS = [(0, 1), (1, 0)]
+
+
+def test_a_published_split_cuts_the_listens_as_its_files_say(tmp_path):
+    from training.evaluate import read_test_file
+    from training.lastfm import add_arguments, run, split_as_published
+
+    src, split = _write_published_split(tmp_path, TRAIN_ROWS, TEST_ROWS)
+    train_part, test = split_as_published(read_lastfm(src, binary=True), split)
+    assert sorted(zip(train_part.likes.src, train_part.likes.dst)) == [("u2", "a10"), ("u2", "a12"), ("u3", "a13"), ("u7", "a12")]
+    assert sorted(zip(test.src, test.dst)) == [("u2", "a11"), ("u3", "a10")]
+    assert len(train_part.friends) == 1 and len(train_part.items) == 4
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    run(parser.parse_args(["--src", src, "--binary", "--published-split", split, "--out", str(out)]))
+    written = read_test_file(str(out / "test_pairs.csv"))
+    assert sorted(zip(written.src, written.dst)) == [("u2", "a11"), ("u3", "a10")]
+    from training.dataset import load_dataset
+
+    assert len(load_dataset(str(out)).likes) == 4
+
+
+@pytest.mark.parametrize("train_rows, test_rows, users, message", [
+    (TRAIN_ROWS + [(1, 1)], TEST_ROWS, None, "train_set.txt:6: column 'user': u3 never listened to a11"),
+    (TRAIN_ROWS, TEST_ROWS + [(0, 0)], None, "test_set.txt:4: column 'user': the pair u2,a10 is also in train_set.txt"),
+    (TRAIN_ROWS, TEST_ROWS + [(1, 0)], None, "test_set.txt:4: column 'user': the pair u3,a10 is twice"),
+    (TRAIN_ROWS, [(0, 1), (5, 0)], None, "test_set.txt:3: column 'user': index 5 is not in userReindex.json"),
+    (TRAIN_ROWS, [(0, 1), (1, 9)], None, "test_set.txt:3: column 'item': index 9 is not in itemReindex.json"),
+    (TRAIN_ROWS, [(0, 1)], None, "train_set.txt: 1 likes of user_artists.dat are in neither part (the first: u3,a10)"),
+    (TRAIN_ROWS, TEST_ROWS, {"2": 0, "3": "one"}, "userReindex.json:1: column '<file>': expected a JSON object"),
+])
+def test_a_published_split_that_does_not_fit_the_data_names_file_line_and_column(tmp_path, train_rows, test_rows, users, message):
+    from training.dataset import DatasetError
+    from training.lastfm import split_as_published
+
+    src, split = _write_published_split(tmp_path, train_rows, test_rows, users=users)
+    with pytest.raises(DatasetError, match="^" + re.escape(message)):
+        split_as_published(read_lastfm(src, binary=True), split)
+
+
+def test_a_published_index_that_is_not_json_names_its_line(tmp_path):
+    from training.dataset import DatasetError
+    from training.lastfm import split_as_published
+
+    src, split = _write_published_split(tmp_path, TRAIN_ROWS, TEST_ROWS)
+    (tmp_path / "split" / "itemReindex.json").write_text('{"10": 0,\n "11": }')
+    with pytest.raises(DatasetError, match=r"^itemReindex.json:2: column '<json>': not valid JSON: Expecting value \(column 8\)"):
+        split_as_published(read_lastfm(src, binary=True), split)

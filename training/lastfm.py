@@ -14,6 +14,14 @@ Ids are prefixed ("u2", "a51") so users and artists never collide. The likes are
   "predict what they pick up next" evaluation. Five tags carry years before 2005 (the
   service's launch; 1956, 1957, 1979): they are kept as given and fall into training.
 
+With ``--published-split DIR`` the likes are cut by a split published with a paper
+instead of a seeded one: DIR holds SocialLGN's ``data/preprocessed/lastfm`` files
+(``train_set.txt`` and ``test_set.txt``, CSV ``user,item`` of 0-based indices, and
+``userReindex.json`` and ``itemReindex.json``, each original id -> index). ``--out``
+then holds the training part, and ``OUT/test_pairs.csv`` the test pairs for
+``python -m training evaluate --test``. That split is a global random 80/20 cut of the
+pairs (each user holds out 1 to 22 of their artists, binomially), not 20 % of each user.
+
 The data is for non-commercial research only (see the dataset's README): convert it
 into a scratch directory, never into this repository.
 """
@@ -22,14 +30,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 from datetime import datetime, timezone
 
 import numpy as np
 
 from training.dataset import Dataset, DatasetError, Edges, Items
+from training.splits import split_by_mask
 
 USER_ARTISTS = "user_artists.dat"
+PUBLISHED_TRAIN, PUBLISHED_TEST = "train_set.txt", "test_set.txt"
+PUBLISHED_USER_INDEX, PUBLISHED_ITEM_INDEX = "userReindex.json", "itemReindex.json"
+TEST_PAIRS = "test_pairs.csv"
 USER_FRIENDS = "user_friends.dat"
 USER_TAGGED_ARTISTS = "user_taggedartists.dat"
 ARTISTS = "artists.dat"
@@ -146,6 +159,69 @@ def _friendships(src: str) -> Edges:
     return Edges(friend_src, friend_dst, np.full(len(friend_src), np.nan))
 
 
+def split_as_published(dataset: Dataset, directory: str) -> tuple[Dataset, Edges]:
+    """(training part, test pairs) of ``dataset`` (read_lastfm's) as the split files in
+    ``directory`` cut it (see the module docstring for their format).
+
+    Every pair of the files must be a like of ``dataset``, in one part only, and every like
+    must be in one part: a published split of other data is an error, not a silent subset.
+    Raises DatasetError located at the file, line and column of the first bad row.
+    """
+    users = _index_names(directory, PUBLISHED_USER_INDEX, "u")
+    items = _index_names(directory, PUBLISHED_ITEM_INDEX, "a")
+    row_of = {pair: row for row, pair in enumerate(zip(dataset.likes.src, dataset.likes.dst))}
+    part = np.full(len(row_of), -1, dtype=np.int8)
+    for part_code, file in enumerate((PUBLISHED_TRAIN, PUBLISHED_TEST)):
+        rows = _published_rows(directory, file)
+        for line, (user, item) in enumerate(zip(_int_column(rows, 0, file, "user"), _int_column(rows, 1, file, "item")), start=2):
+            if user not in users or item not in items:
+                column, value, names = ("user", user, PUBLISHED_USER_INDEX) if user not in users else ("item", item, PUBLISHED_ITEM_INDEX)
+                raise DatasetError(file, line, column, f"index {value} is not in {names}")
+            row = row_of.get((users[user], items[item]))
+            if row is None:
+                raise DatasetError(file, line, "user", f"{users[user]} never listened to {items[item]} in {USER_ARTISTS}")
+            if part[row] != -1:
+                where = "twice" if part[row] == part_code else f"also in {PUBLISHED_TRAIN}"
+                raise DatasetError(file, line, "user", f"the pair {users[user]},{items[item]} is {where}")
+            part[row] = part_code
+    missing = np.flatnonzero(part == -1)
+    if len(missing):
+        raise DatasetError(PUBLISHED_TRAIN, 0, "<file>", f"{len(missing)} likes of {USER_ARTISTS} are in neither part "
+                           f"(the first: {dataset.likes.src[missing[0]]},{dataset.likes.dst[missing[0]]})")
+    return split_by_mask(dataset, part == 1)
+
+
+def _index_names(directory: str, file: str, prefix: str) -> dict[int, str]:
+    """index -> our id ("u2", "a51") from a JSON object of original id -> index."""
+    path = os.path.join(directory, file)
+    if not os.path.isfile(path):
+        raise DatasetError(file, 0, "<file>", f"required file missing: {path}")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            mapping = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DatasetError(file, error.lineno, "<json>", f"not valid JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+        raise DatasetError(file, 1, "<file>", "expected a JSON object of original id -> integer index")
+    return {index: f"{prefix}{original}" for original, index in mapping.items()}
+
+
+def _published_rows(directory: str, file: str) -> list[list[str]]:
+    path = os.path.join(directory, file)
+    if not os.path.isfile(path):
+        raise DatasetError(file, 0, "<file>", f"required file missing: {path}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        if [h.strip() for h in next(reader, [])] != ["user", "item"]:
+            raise DatasetError(file, 1, "user", "expected the header user,item")
+        rows = []
+        for row in reader:
+            if len(row) != 2:
+                raise DatasetError(file, reader.line_num, "<row>", f"expected 2 fields, got {len(row)}")
+            rows.append(row)
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training lastfm``."""
     parser.add_argument("--src", required=True,
@@ -157,6 +233,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temporal", action="store_true",
                         help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
                              "for time-split evaluation; default: listens with their counts, undated")
+    parser.add_argument("--published-split", metavar="DIR",
+                        help="cut the likes as SocialLGN's published split does (DIR: their data/preprocessed/lastfm, "
+                             "with train_set.txt, test_set.txt, userReindex.json, itemReindex.json): --out gets the "
+                             "training part and OUT/test_pairs.csv the test pairs, for `evaluate --test`")
     parser.add_argument("--out", required=True,
                         help="dataset directory to write (items.csv, likes.csv with weight, friends.csv); keep it "
                              "outside the repository: the data is for non-commercial use only")
@@ -168,10 +248,23 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training lastfm``."""
     from training.dataset import write_dataset
 
+    if args.published_split and args.temporal:
+        raise SystemExit("--published-split cuts the listens of user_artists.dat: it does not go with --temporal")
     dataset = read_lastfm(args.src, temporal=args.temporal, binary=args.binary)
+    test = None
+    if args.published_split:
+        dataset, test = split_as_published(dataset, args.published_split)
     write_dataset(dataset, args.out)
     kind = "dated tag pairs" if args.temporal else "listens"
     print(
         f"{args.out}: {len(dataset.items)} items (artists), {len(dataset.likes)} likes ({kind}), "
         f"{len(dataset.friends)} friendships, {len(set(dataset.likes.src))} users"
     )
+    if test is not None:
+        path = os.path.join(args.out, TEST_PAIRS)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["user_id", "item_id"])
+            writer.writerows(zip(test.src, test.dst))
+        print(f"{path}: {len(test)} test pairs of {len(set(test.src))} users; evaluate with "
+              f"python -m training evaluate --data {args.out} --test {path}")

@@ -26,7 +26,7 @@ def _take(edges: Edges, rows: np.ndarray) -> Edges:
                  weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
 
 
-def _train_part(ds: Dataset, is_test: np.ndarray, before: float | None = None) -> tuple[Dataset, Edges]:
+def split_by_mask(ds: Dataset, is_test: np.ndarray, before: float | None = None) -> tuple[Dataset, Edges]:
     """(train dataset, held-out likes) for a mask over ``ds.likes``; see the module docstring."""
     train, test = _take(ds.likes, np.flatnonzero(~is_test)), _take(ds.likes, np.flatnonzero(is_test))
     engagements = ds.engagements
@@ -59,7 +59,7 @@ def random_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edge
     n_test = int(round(fraction * n))
     is_test = np.zeros(n, dtype=bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
-    return _train_part(ds, is_test)
+    return split_by_mask(ds, is_test)
 
 
 def per_user_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Edges]:
@@ -83,7 +83,7 @@ def per_user_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Ed
     held_per_user = np.floor(fraction * counts + 0.5).astype(np.int64)
     is_test = np.zeros(n, dtype=bool)
     is_test[order] = rank_in_user < np.repeat(held_per_user, counts)
-    return _train_part(ds, is_test)
+    return split_by_mask(ds, is_test)
 
 
 def time_split(ds: Dataset, fraction: float) -> tuple[Dataset, Edges, float]:
@@ -113,7 +113,7 @@ def time_split(ds: Dataset, fraction: float) -> tuple[Dataset, Edges, float]:
     else:
         split_time = float(np.partition(ts, n - n_test)[n - n_test])
     is_test = ts >= split_time
-    return (*_train_part(ds, is_test, before=split_time), split_time)
+    return (*split_by_mask(ds, is_test, before=split_time), split_time)
 
 
 # "Now" for a replay of data without any time, where the stores keep every event at time
