@@ -104,10 +104,15 @@ def print_table(title: str, summary, reports, ks, compares_with_sociallgn: bool)
     seeds = list(reports)
     methods = list(summary)
     width = max(len(n) for n in methods + ["SocialLGN (published)"])
-    print(f"\n{title}, {len(seeds)} run(s) ({', '.join(map(str, seeds))}): mean ± std")
+    several = len(seeds) > 1
+    print(f"\n{title}, " + (f"{len(seeds)} runs ({', '.join(map(str, seeds))}): mean ± std" if several else "one run"))
     print(f"{'method':<{width}} " + " ".join(f"{m:>17}" for m in metrics))
+
+    def shown(mean: float, std: float) -> str:
+        return f"{mean:8.4f} ± {std:6.4f}" if several else f"{mean:8.4f}{'':9}"
+
     for name in methods:
-        print(f"{name:<{width}} " + " ".join(f"{summary[name][m][0]:8.4f} ± {summary[name][m][1]:6.4f}" for m in metrics))
+        print(f"{name:<{width}} " + " ".join(shown(*summary[name][m]) for m in metrics))
     if compares_with_sociallgn:
         print(f"{'SocialLGN (published)':<{width}} " + " ".join(
             f"{SOCIALLGN[m]:8.4f}{'':9}" if m in SOCIALLGN else f"{'':>17}" for m in metrics))
