@@ -61,6 +61,8 @@ PROTOCOLS = {
 }
 """Protocol -> (train params, feed settings, ranker fit) it runs with."""
 SPLITS = ("user", "random")
+SPLIT_TITLES = {"user": "20 % of each user's artists", "random": "20 % of all pairs at random",
+                "published": "SocialLGN's published split"}
 
 
 def peak_rss_mb() -> float:
@@ -193,9 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         payload["protocols"][protocol] = {}
         for kind, reports in results.items():
             summary = summarise(reports, ks)
-            shape = {"user": "20 % of each user's artists", "random": "20 % of all pairs at random",
-                     "published": "SocialLGN's published split"}[kind]
-            print_table(f"Last.fm 2K, {protocol} protocol, {shape}", summary, reports, ks,
+            print_table(f"Last.fm 2K, {protocol} protocol, {SPLIT_TITLES[kind]}", summary, reports, ks,
                         compares_with_sociallgn=protocol == "binary" and kind in ("random", "published"))
             ablation = {}
             if args.ablation and kind == splits[0]:

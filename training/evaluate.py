@@ -412,6 +412,16 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
 # -- command line ------------------------------------------------------------------------
 
 
+def write_test_file(path: str, test: Edges) -> None:
+    """``test``'s pairs as the CSV ``read_test_file`` reads (header user_id,item_id)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "item_id"])
+        writer.writerows(zip(test.src, test.dst))
+
+
 def read_test_file(path: str) -> Edges:
     """A CSV of user_id,item_id (header row) as test pairs; bad rows name line and column."""
     import csv

@@ -48,14 +48,18 @@ USER_TAGGED_ARTISTS = "user_taggedartists.dat"
 ARTISTS = "artists.dat"
 
 
-def _rows(path: str, columns: int, encoding: str = "utf-8") -> list[list[str]]:
-    """Tab-separated rows after the header; quoting disabled (artist names contain quotes)."""
+def _rows(path: str, columns: int, encoding: str = "utf-8", delimiter: str = "\t",
+          header: list[str] | None = None) -> list[list[str]]:
+    """Rows after the header (checked against ``header`` when given); quoting disabled
+    (artist names contain quotes)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise DatasetError(name, 0, "<file>", f"required file missing: {path}")
     with open(path, newline="", encoding=encoding) as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader, None)
+        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        first = next(reader, None)
+        if header is not None and [h.strip() for h in first or []] != header:
+            raise DatasetError(name, 1, header[0], f"expected the header {','.join(header)}")
         rows = []
         for row in reader:
             if not row:
@@ -172,7 +176,7 @@ def split_as_published(dataset: Dataset, directory: str) -> tuple[Dataset, Edges
     row_of = {pair: row for row, pair in enumerate(zip(dataset.likes.src, dataset.likes.dst))}
     part = np.full(len(row_of), -1, dtype=np.int8)
     for part_code, file in enumerate((PUBLISHED_TRAIN, PUBLISHED_TEST)):
-        rows = _published_rows(directory, file)
+        rows = _rows(os.path.join(directory, file), 2, delimiter=",", header=["user", "item"])
         for line, (user, item) in enumerate(zip(_int_column(rows, 0, file, "user"), _int_column(rows, 1, file, "item")), start=2):
             if user not in users or item not in items:
                 column, value, names = ("user", user, PUBLISHED_USER_INDEX) if user not in users else ("item", item, PUBLISHED_ITEM_INDEX)
@@ -204,22 +208,6 @@ def _index_names(directory: str, file: str, prefix: str) -> dict[int, str]:
     if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
         raise DatasetError(file, 1, "<file>", "expected a JSON object of original id -> integer index")
     return {index: f"{prefix}{original}" for original, index in mapping.items()}
-
-
-def _published_rows(directory: str, file: str) -> list[list[str]]:
-    path = os.path.join(directory, file)
-    if not os.path.isfile(path):
-        raise DatasetError(file, 0, "<file>", f"required file missing: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        if [h.strip() for h in next(reader, [])] != ["user", "item"]:
-            raise DatasetError(file, 1, "user", "expected the header user,item")
-        rows = []
-        for row in reader:
-            if len(row) != 2:
-                raise DatasetError(file, reader.line_num, "<row>", f"expected 2 fields, got {len(row)}")
-            rows.append(row)
-    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,10 +249,9 @@ def run(args: argparse.Namespace) -> None:
         f"{len(dataset.friends)} friendships, {len(set(dataset.likes.src))} users"
     )
     if test is not None:
+        from training.evaluate import write_test_file
+
         path = os.path.join(args.out, TEST_PAIRS)
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["user_id", "item_id"])
-            writer.writerows(zip(test.src, test.dst))
+        write_test_file(path, test)
         print(f"{path}: {len(test)} test pairs of {len(set(test.src))} users; evaluate with "
               f"python -m training evaluate --data {args.out} --test {path}")
