@@ -14,10 +14,11 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ranking.vocab import concatenated_ranges, distinct_inverse, sorted_positions
+from ranking.vocab import distinct_inverse
 
 KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
 DEFAULT_KNN = "cosine"
@@ -38,19 +39,24 @@ class Neighbourhood:
     """The similarities from a user's liked rows to all their neighbours, grouped by neighbour.
 
     Every weighting of the liked rows sums over the same entries, so one neighbourhood
-    serves the item-kNN source and each similarity feature. Entries are sorted by
-    neighbour: those of neighbour ``rows[g]`` start at ``starts[g]``, and entry e is
-    similarity ``values[e]`` from liked row ``distinct[source[e]]``. ``inverse`` maps
-    each valid (>= 0) liked row, in the order given, to its distinct row.
+    serves the item-kNN source and each similarity feature. Entry e is similarity
+    ``values[e]`` from liked row ``distinct[source[e]]`` to neighbour ``rows[group[e]]``.
+    ``inverse`` maps each valid (>= 0) liked row, in the order given, to its distinct row.
+    ``table`` finds a neighbour row's group (``_group_entries``).
     """
 
     distinct: np.ndarray  # distinct liked rows >= 0, ascending
     valid: np.ndarray  # bool per given liked row: >= 0
     inverse: np.ndarray  # index into distinct per valid liked row
-    rows: np.ndarray  # int32 neighbour rows, ascending, distinct
-    starts: np.ndarray  # first entry of each neighbour row
-    source: np.ndarray  # index into distinct per entry
+    rows: np.ndarray  # int32 distinct neighbour rows, in order of first appearance
+    group: np.ndarray  # int32 index into rows per entry
+    source: np.ndarray  # int32 index into distinct per entry
     values: np.ndarray  # float64 similarity per entry
+    table: np.ndarray = field(repr=False)  # (capacity, 2) int64 open-addressing hash table: (row, group), row -1 when free
+
+    def groups_of(self, rows: np.ndarray) -> np.ndarray:
+        """The group of each of ``rows`` (int64), -1 where the row is no neighbour."""
+        return _lookup_groups(self.table, np.asarray(rows, dtype=np.int64))
 
     def distinct_weights(self, weightings: np.ndarray) -> np.ndarray:
         """Each weighting (a row of one weight per given liked row) per distinct row: a
@@ -67,38 +73,121 @@ class Neighbourhood:
 
     def sums(self, weightings: np.ndarray | None = None) -> np.ndarray:
         """Summed similarity per neighbour row, shape (len(weightings), len(rows)); one row of ones without weightings."""
-        if weightings is None:
-            contributions = self.values[None, :]
-        else:
-            contributions = self.distinct_weights(weightings)[:, self.source] * self.values
-        if not len(self.rows):
-            return np.zeros((len(contributions), 0))
-        # One pass over the entries for every weighting: they are grouped by neighbour.
-        return np.add.reduceat(contributions, self.starts, axis=1)
+        weights = np.ones((1, len(self.distinct))) if weightings is None else self.distinct_weights(weightings)
+        return _group_sums(self.group, self.source, self.values, weights, len(self.rows))
 
     def sums_at(self, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``sums(weightings)`` read at ``rows``, shape (len(rows), len(weightings)); 0 where a row has none."""
         weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
         out = np.zeros((len(rows), len(weightings)))
-        hit, at = sorted_positions(self.rows, rows)
+        groups = self.groups_of(rows)
+        hit = groups >= 0
         if hit.any():
-            out[hit] = self.sums(weightings)[:, at[hit]].T
+            out[hit] = self.sums(weightings)[:, groups[hit]].T
         return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_shift(capacity):
+    """For a table of ``capacity`` (a power of two, at least 2) slots, the shift of ``_first_slot``."""
+    bits = 0
+    while (1 << bits) < capacity:
+        bits += 1
+    return 32 - bits
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _first_slot(row, shift):
+    """Fibonacci hashing: the top bits of row x 2^32/phi (mod 2^32)."""
+    return ((row * 2654435761) & 0xFFFFFFFF) >> shift
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_entries(indptr, indices, liked):
+    """Every CSR entry of the ``liked`` rows, grouped by column without sorting.
+
+    Returns (rows, group, source, positions, table): the distinct columns in order of
+    first appearance, each entry's index into them, its liked row's index into
+    ``liked`` and its position in ``indices``, and the (column, group) hash table that
+    ``_lookup_groups`` reads. A table at most half full keeps probes short; the cost is
+    linear in the entries, where a sort of them was the dearest step of a feed.
+    """
+    total = 0
+    for row in liked:
+        total += indptr[row + 1] - indptr[row]
+    capacity = 16
+    while capacity < 2 * total:
+        capacity *= 2
+    mask = capacity - 1
+    shift = _hash_shift(capacity)
+    table = np.full((capacity, 2), -1, np.int64)
+    rows = np.empty(total, np.int32)
+    group = np.empty(total, np.int32)
+    source = np.empty(total, np.int32)
+    positions = np.empty(total, np.int64)
+    groups = 0
+    entry = 0
+    for liked_index in range(len(liked)):
+        row = liked[liked_index]
+        for position in range(indptr[row], indptr[row + 1]):
+            column = indices[position]
+            slot = _first_slot(column, shift)
+            while table[slot, 0] != -1 and table[slot, 0] != column:
+                slot = (slot + 1) & mask
+            if table[slot, 0] == -1:
+                table[slot, 0] = column
+                table[slot, 1] = groups
+                rows[groups] = column
+                groups += 1
+            group[entry] = table[slot, 1]
+            source[entry] = liked_index
+            positions[entry] = position
+            entry += 1
+    return rows[:groups], group, source, positions, table
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_groups(table, rows):
+    mask = len(table) - 1
+    shift = _hash_shift(len(table))
+    out = np.full(len(rows), -1, np.int64)
+    for index in range(len(rows)):
+        row = rows[index]
+        if row < 0:
+            continue
+        slot = _first_slot(row, shift)
+        while table[slot, 0] != -1:
+            if table[slot, 0] == row:
+                out[index] = table[slot, 1]
+                break
+            slot = (slot + 1) & mask
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(group, source, values, weights, groups):
+    """Per weighting (a row of ``weights``, one weight per liked row), the sum over each group's entries."""
+    out = np.zeros((weights.shape[0], groups))
+    for entry in range(len(group)):
+        for weighting in range(weights.shape[0]):
+            out[weighting, group[entry]] += weights[weighting, source[entry]] * values[entry]
+    return out
 
 
 @dataclass(frozen=True)
 class ItemScores:
-    """A user's item-kNN scores as a sparse vector: item rows (sorted) and their scores.
+    """A user's item-kNN scores as a sparse vector: item rows (in no particular order) and their scores.
 
     ``item_row`` is the model's id -> row map (shared, not copied), for lookups by id.
     ``neighbourhood`` is what the scores were summed from (``ItemKNN.user_scores_rows``
-    keeps it, so other weightings of the same likes cost one sum each).
+    keeps it, so other weightings of the same likes cost one sum each); row ``rows[g]``
+    is its group g.
     """
 
-    rows: np.ndarray  # int32, ascending
+    rows: np.ndarray  # int32
     scores: np.ndarray  # float32, same length
-    item_row: Mapping[str, int] = field(default_factory=dict, repr=False)
-    neighbourhood: Neighbourhood | None = field(default=None, repr=False)
+    item_row: Mapping[str, int] = field(repr=False)
+    neighbourhood: Neighbourhood = field(repr=False)
 
     def lookup_ids(self, item_ids: Sequence[str]) -> np.ndarray:
         """Score per asked id (0 for unknown ids or items with no score), same order."""
@@ -108,8 +197,9 @@ class ItemScores:
     def lookup(self, rows: np.ndarray) -> np.ndarray:
         """Score per asked row (0 where the row has none), same order and length."""
         out = np.zeros(len(rows), dtype=np.float32)
-        hit, at = sorted_positions(self.rows, rows)
-        out[hit] = self.scores[at[hit]]
+        groups = self.neighbourhood.groups_of(rows)
+        hit = groups >= 0
+        out[hit] = self.scores[groups[hit]]
         return out
 
 
@@ -157,24 +247,24 @@ class ItemKNN:
         liked_rows = np.asarray(liked_rows)
         valid = liked_rows >= 0
         distinct, inverse = distinct_inverse(liked_rows[valid])
-        indptr = self.similarity.indptr
-        starts, lengths = indptr[distinct], indptr[distinct + 1] - indptr[distinct]
-        positions = concatenated_ranges(starts, lengths)
-        total = len(positions)
-        columns = self.similarity.indices[positions]
-        # Stable: half the time of the default quicksort on 5,000 ints, and a fixed summation order.
-        order = np.argsort(columns, kind="stable")
-        columns = columns[order]
-        first = np.concatenate(([True], columns[1:] != columns[:-1])) if total else np.zeros(0, bool)
+        similarity = self.similarity
+        rows, group, source, positions, table = _group_entries(similarity.indptr, similarity.indices, distinct)
         return Neighbourhood(
             distinct=distinct,
             valid=valid,
             inverse=inverse,
-            rows=columns[first].astype(np.int32),
-            starts=np.flatnonzero(first),
-            source=np.repeat(np.arange(len(distinct)), lengths)[order],
-            values=self.similarity.data[positions[order]].astype(np.float64),
+            rows=rows,
+            group=group,
+            source=source,
+            values=similarity.data[positions].astype(np.float64),
+            table=table,
         )
+
+    def warm_up(self) -> None:
+        """Compile the request-time kernels (or load them from numba's cache) for this
+        matrix's dtypes, so that a server's first feed does not pay for it."""
+        liked = np.zeros(1 if len(self.item_ids) else 0, np.int64)
+        self.user_scores_rows(liked).neighbourhood.sums_at(np.ones((1, len(liked))), liked)
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:
         """Up to k (item id, score) pairs with a positive score, best first (ties by row)."""

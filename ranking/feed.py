@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from embeddings.model import EmbeddingModel
-from ranking import filters, sources
+from ranking import features, filters, sources
 from ranking.model_items import ModelItems
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
@@ -92,4 +92,8 @@ def build_feed_pipeline(
         max_follows_read=settings.max_follows_read,
         max_friends_read=settings.max_friends_read,
     )
+    # Compiled kernels load (or compile) now rather than on the first feed.
+    features.warm_up()
+    if model is not None and model.item_knn is not None:
+        model.item_knn.warm_up()
     return FeedPipeline(config, store, items)

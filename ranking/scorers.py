@@ -44,7 +44,7 @@ class LinearScorer:
                 similarity = similarity_signals(
                     query.item_scores.neighbourhood, query.user.recent_like_times, query.now, rows, needed
                 )
-        return compute_features(query, batch, similarity, needed)
+        return compute_features(query, batch, similarity)
 
     def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
         # A feature the ranker weighs 0 cannot change a score: it is not computed.
