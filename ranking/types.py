@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class ReasonKind(enum.Enum):
@@ -58,12 +59,12 @@ class ShopperFilters:
 _NO_SHOPPER_FILTERS = ShopperFilters()
 
 
-@dataclass(frozen=True, slots=True)
-class ItemCard:
+class ItemCard(NamedTuple):
     """What a client draws an item from: text, picture, price and dispatch time.
 
     ``price`` and ``ship_days`` are None when the seller gave none; ``currency`` is an
-    ISO 4217 code.
+    ISO 4217 code. A named tuple rather than a frozen dataclass: every page builds one per
+    item, at a quarter of the cost.
     """
 
     title: str = ""
