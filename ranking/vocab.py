@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Iterable, Sequence
 
+import numba
 import numpy as np
 
 UNKNOWN = -1
@@ -162,18 +163,24 @@ def sorted_positions(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.nd
 def distinct_inverse(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct, inverse): the distinct ``codes`` ascending, and each code's index into them.
 
-    ``np.unique(codes, return_inverse=True)`` at a third of its cost on the few hundred
-    codes of one request.
+    ``np.unique(codes, return_inverse=True)`` at a fifth of its cost on the few hundred
+    codes of one request: numpy's sort, then one compiled pass over the sorted runs.
     """
     codes = np.asarray(codes)
-    order = np.argsort(codes, kind="stable")
-    ordered = codes[order]
-    first = np.empty(len(codes), bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return _sorted_runs(codes, np.argsort(codes, kind="stable"))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_runs(codes, order):
+    distinct = np.empty(len(codes), codes.dtype)
     inverse = np.empty(len(codes), np.intp)
-    inverse[order] = np.cumsum(first) - 1
-    return ordered[first], inverse
+    last = -1
+    for at in order:
+        if last < 0 or codes[at] != distinct[last]:
+            last += 1
+            distinct[last] = codes[at]
+        inverse[at] = last
+    return distinct[: last + 1], inverse
 
 
 def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
