@@ -16,7 +16,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
-from ranking.vocab import distinct_inverse, sorted_positions, stable_hash
+from ranking.vocab import count_and_newest, sorted_positions, stable_hash
 
 DUPLICATE = "duplicate"
 """The name under which rows merged into another row of the same item are counted as removed."""
@@ -248,13 +248,13 @@ class FeedPipeline:
         else:
             batch.items = store.hydrate(user_id, batch.codes)
         with_seller = recent.exists & (recent.seller >= 0)
-        query.seller_likes, inverse = distinct_inverse(recent.seller[with_seller])
-        query.seller_like_counts = np.bincount(inverse, minlength=len(query.seller_likes))
-        query.seller_last_like = np.full(len(query.seller_likes), -np.inf)
-        np.maximum.at(query.seller_last_like, inverse, user.recent_like_times[with_seller])
+        query.seller_likes, query.seller_like_counts, query.seller_last_like = count_and_newest(
+            recent.seller[with_seller], user.recent_like_times[with_seller]
+        )
         with_category = recent.exists & (recent.category >= 0)
-        query.category_likes, inverse = distinct_inverse(recent.category[with_category])
-        query.category_like_counts = np.bincount(inverse, minlength=len(query.category_likes))
+        query.category_likes, query.category_like_counts, _ = count_and_newest(
+            recent.category[with_category], user.recent_like_times[with_category]
+        )
         query.followed_sellers = _known(store.sellers.codes(all_follows))
         query.own_seller = store.sellers.code(user_id)
         # Category ids become codes only now, for the same reason as the exclusions.

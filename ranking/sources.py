@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from embeddings.knn import ItemKNN
 from ranking import batch as bits
 from ranking.batch import SourceCandidates
 from ranking.components import FeedQuery
 from ranking.model_items import ModelItems
+from ranking.vocab import count_and_newest
 
 
 class FollowedSellerSource:
@@ -21,14 +20,6 @@ class FollowedSellerSource:
         return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times})
 
 
-def _per_item(items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct items, rows per item, newest time per item) of parallel (item, time) rows."""
-    order = np.lexsort((-times, items))  # per item, newest first
-    items = items[order]
-    firsts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
-    return items[firsts], np.diff(np.r_[firsts, len(items)]), times[order][firsts]
-
-
 class FriendLikesSource:
     """Items the user's friends liked recently: how many friends, and the newest like."""
 
@@ -38,7 +29,7 @@ class FriendLikesSource:
         likes = query.activity.friend_likes
         if not len(likes):
             return SourceCandidates.none()
-        items, friends, newest = _per_item(likes.items, likes.times)
+        items, friends, newest = count_and_newest(likes.items, likes.times)
         return SourceCandidates(
             items, bits.FRIEND_LIKE, {"friend_likes": friends, "friend_like_time": newest, "social_time": newest}
         )
@@ -53,7 +44,7 @@ class FriendSharesSource:
         shared = query.user.shared
         if not len(shared):
             return SourceCandidates.none()
-        items, sharers, newest = _per_item(shared.items, shared.times)
+        items, sharers, newest = count_and_newest(shared.items, shared.times)
         return SourceCandidates(items, bits.FRIEND_SHARE, {"friend_shares": sharers, "social_time": newest})
 
 

@@ -183,6 +183,27 @@ def _sorted_runs(codes, order):
     return distinct[: last + 1], inverse
 
 
+def count_and_newest(keys: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys ascending, rows per key, newest time per key) of parallel (key, time) rows."""
+    keys = np.asarray(keys)
+    return _count_and_newest_runs(keys, np.asarray(times, np.float64), np.argsort(keys, kind="stable"))
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_and_newest_runs(keys, times, order):
+    distinct = np.empty(len(keys), keys.dtype)
+    counts = np.zeros(len(keys), np.int64)
+    newest = np.full(len(keys), -np.inf)
+    last = -1
+    for at in order:
+        if last < 0 or keys[at] != distinct[last]:
+            last += 1
+            distinct[last] = keys[at]
+        counts[last] += 1
+        newest[last] = max(newest[last], times[at])
+    return distinct[: last + 1], counts[: last + 1], newest[: last + 1]
+
+
 def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``concatenate([arange(start, start + length) ...])`` without a Python loop."""
     lengths = np.asarray(lengths, np.int64)
