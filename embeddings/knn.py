@@ -58,33 +58,19 @@ class Neighbourhood:
         """The group of each of ``rows`` (int64), -1 where the row is no neighbour."""
         return _lookup_groups(self.table, np.asarray(rows, dtype=np.int64))
 
-    def distinct_weights(self, weightings: np.ndarray) -> np.ndarray:
-        """Each weighting (a row of one weight per given liked row) per distinct row: a
-        liked row given twice counts its largest weight, once."""
-        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))[:, self.valid]
-        if len(self.inverse) == len(self.distinct):  # no repeats: a permutation
-            out = np.empty((len(weightings), len(self.distinct)))
-            out[:, self.inverse] = weightings
-            return out
-        out = np.zeros((len(weightings), len(self.distinct)))
-        for weights, row_maxima in zip(weightings, out):
-            np.maximum.at(row_maxima, self.inverse, weights)
-        return out
-
     def sums(self, weightings: np.ndarray | None = None) -> np.ndarray:
-        """Summed similarity per neighbour row, shape (len(weightings), len(rows)); one row of ones without weightings."""
-        weights = np.ones((1, len(self.distinct))) if weightings is None else self.distinct_weights(weightings)
-        return _group_sums(self.group, self.source, self.values, weights, len(self.rows))
+        """Summed similarity per neighbour row, shape (len(weightings), len(rows)); one row of ones without weightings.
+
+        A weighting has one weight per given liked row; a liked row given twice counts
+        its largest weight, once.
+        """
+        weightings = np.ones((1, len(self.valid))) if weightings is None else np.atleast_2d(np.asarray(weightings, np.float64))
+        return _group_sums(self.group, self.source, self.values, self.valid, self.inverse, len(self.distinct), weightings, len(self.rows))
 
     def sums_at(self, weightings: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``sums(weightings)`` read at ``rows``, shape (len(rows), len(weightings)); 0 where a row has none."""
-        weightings = np.atleast_2d(np.asarray(weightings, dtype=np.float64))
-        out = np.zeros((len(rows), len(weightings)))
-        groups = self.groups_of(rows)
-        hit = groups >= 0
-        if hit.any():
-            out[hit] = self.sums(weightings)[:, groups[hit]].T
-        return out
+        sums = self.sums(weightings)
+        return _gather_groups(sums, self.groups_of(rows))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -165,12 +151,30 @@ def _lookup_groups(table, rows):
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_sums(group, source, values, weights, groups):
-    """Per weighting (a row of ``weights``, one weight per liked row), the sum over each group's entries."""
-    out = np.zeros((weights.shape[0], groups))
+def _group_sums(group, source, values, valid, inverse, distinct, weightings, groups):
+    """Per weighting (a row of ``weightings``, one weight per given liked row), the sum over each group's entries."""
+    weights = np.full((weightings.shape[0], distinct), -np.inf)
+    valid_index = 0
+    for given in range(len(valid)):
+        if valid[given]:
+            row = inverse[valid_index]
+            valid_index += 1
+            for weighting in range(weightings.shape[0]):
+                weights[weighting, row] = max(weights[weighting, row], weightings[weighting, given])
+    out = np.zeros((weightings.shape[0], groups))
     for entry in range(len(group)):
-        for weighting in range(weights.shape[0]):
+        for weighting in range(weightings.shape[0]):
             out[weighting, group[entry]] += weights[weighting, source[entry]] * values[entry]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_groups(sums, groups):
+    """``sums[:, groups].T``, with rows of 0 where a group is -1."""
+    out = np.zeros((len(groups), sums.shape[0]))
+    for index in range(len(groups)):
+        if groups[index] >= 0:
+            out[index] = sums[:, groups[index]]
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ranking.store import ItemColumns
+from ranking.store import ItemColumns, as_indices
 from ranking.vocab import distinct_inverse
 
 # One bit per candidate source, in the candidate's ``sources`` column.
@@ -107,8 +107,9 @@ class CandidateBatch:
 
     def take(self, rows: np.ndarray) -> CandidateBatch:
         """The rows selected by an index array or a boolean mask, in that order."""
-        items = self.items.take(rows) if self.items is not None else None
-        return CandidateBatch(*(getattr(self, name)[rows] for name in _SIGNAL_COLUMNS), items=items)
+        at = as_indices(rows)
+        items = self.items.take(at) if self.items is not None else None
+        return CandidateBatch(*(getattr(self, name).take(at) for name in _SIGNAL_COLUMNS), items=items)
 
 _SIGNAL_COLUMNS = tuple(f.name for f in dataclasses.fields(CandidateBatch) if f.name != "items")
 # How two sources' values of one signal for the same item merge: an absent embedding

@@ -155,6 +155,13 @@ class Activity:
     trending: np.ndarray = field(default_factory=_codes)
 
 
+def as_indices(rows: np.ndarray) -> np.ndarray:
+    """An index array for a selection of rows (a boolean mask or indices): ``take`` with it
+    costs half of indexing each column with a mask."""
+    rows = np.asarray(rows)
+    return np.flatnonzero(rows) if rows.dtype == bool else rows
+
+
 @dataclass(frozen=True)
 class ItemColumns:
     """The current state of the asked items, one entry per asked code, same order.
@@ -184,7 +191,10 @@ class ItemColumns:
 
     def take(self, rows: np.ndarray | slice) -> ItemColumns:
         """The selected rows (index array, mask or slice), in that order."""
-        return ItemColumns(*(getattr(self, name)[rows] for name in ITEM_COLUMNS))
+        if isinstance(rows, slice):
+            return ItemColumns(*(getattr(self, name)[rows] for name in ITEM_COLUMNS))
+        at = as_indices(rows)
+        return ItemColumns(*(getattr(self, name).take(at) for name in ITEM_COLUMNS))
 
     @classmethod
     def empty(cls, n: int = 0) -> ItemColumns:

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -106,9 +107,12 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _text_value(value: Any) -> str:
     text = "" if value is None else str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def configure(log_format: str = "text", level: str = "info", stream: Any = None) -> logging.Handler:
