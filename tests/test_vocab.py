@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from ranking.vocab import BULK_ENCODE_MIN, UNKNOWN, Vocabulary, encode, positions_in
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ranking.vocab import BULK_ENCODE_MIN, UNKNOWN, Vocabulary, count_and_newest, distinct_inverse, encode, positions_in
 
 
 def one_by_one(vocabulary: Vocabulary, ids: list[str], add: bool) -> np.ndarray:
@@ -33,3 +36,17 @@ def test_encode_and_positions_in():
     assert codes.tolist() == [0, 1, 0, 2] and distinct == ["b", "a", "c"]
     assert positions_in(["c", "x", "b"], ["b", "c"]).tolist() == [1, -1, 0]
     assert encode([])[1] == [] and len(positions_in([], ["a"])) == 0
+
+
+@settings(deadline=None)  # the first example loads the compiled code
+@given(st.lists(st.tuples(st.integers(-3, 40), st.floats(-1e9, 1e9) | st.just(float("-inf"))), max_size=60))
+def test_the_compiled_groupings_agree_with_numpy(rows):
+    keys = np.array([key for key, _ in rows], dtype=np.int32)
+    times = np.array([time for _, time in rows], dtype=np.float64)
+    distinct, inverse = distinct_inverse(keys)
+    expected, expected_inverse = np.unique(keys, return_inverse=True)
+    assert distinct.tolist() == expected.tolist() and inverse.tolist() == expected_inverse.ravel().tolist()
+    grouped, counts, newest = count_and_newest(keys, times)
+    assert grouped.tolist() == expected.tolist()
+    assert counts.tolist() == np.bincount(expected_inverse.ravel(), minlength=len(expected)).tolist()
+    assert newest.tolist() == [times[keys == key].max() for key in expected.tolist()]
