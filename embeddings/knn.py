@@ -281,7 +281,13 @@ class ItemKNN:
         positive = scores.scores > 0
         rows, values = scores.rows[positive], scores.scores[positive]
         if len(rows) > k:
-            keep = np.argpartition(-values, k - 1)[:k]
+            # The k-th best score, then the lowest rows among those tied with it: the cut
+            # does not depend on the order the rows come in.
+            kth = -np.partition(-values, k - 1)[k - 1]
+            above = np.flatnonzero(values > kth)
+            tied = np.flatnonzero(values == kth)
+            tied = tied[np.argsort(rows[tied], kind="stable")[: k - len(above)]]
+            keep = np.concatenate([above, tied])
             rows, values = rows[keep], values[keep]
         order = np.lexsort((rows, -values))
         return rows[order], values[order]

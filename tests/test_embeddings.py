@@ -264,3 +264,24 @@ def test_engagements_add_their_kinds_weight_to_the_users_item_cell():
     assert "zoe" in got.user_ids and got.matrix[got.user_ids.index("zoe")].nnz == 0  # a click weighing 0 adds nothing
     plain = build_interactions(ds, follow_weight=0.0, engagement_weights={})
     assert plain.matrix[:, : plain.n_items].sum() == len(ds.likes)
+
+
+def test_item_knn_top_rows_breaks_ties_at_the_cut_by_lowest_row_whatever_the_order() -> None:
+    import scipy.sparse as sp
+
+    from embeddings.knn import ItemKNN
+
+    rng = np.random.default_rng(4)
+    n = 60
+    similarity = sp.csr_matrix(rng.integers(0, 3, (n, n)).astype(np.float32))  # few distinct sums: many ties
+    similarity.setdiag(0.0)
+    similarity.eliminate_zeros()
+    knn = ItemKNN([f"i{r}" for r in range(n)], similarity)
+    liked = rng.choice(n, 4, replace=False)
+    dense = np.asarray(similarity[liked].sum(axis=0)).ravel()
+    for k in (1, 5, 17):
+        expected = sorted((r for r in range(n) if dense[r] > 0), key=lambda r: (-dense[r], r))[:k]
+        for order in (liked, liked[::-1]):  # another order of likes: other hash-table order
+            rows, values = knn.top_rows(knn.user_scores_rows(order), k)
+            assert rows.tolist() == expected
+            np.testing.assert_allclose(values, dense[expected])
