@@ -8,6 +8,9 @@ Three phases, one run, same server:
   1. empty RPC (grpc.health.v1.Health/Check) closed loop: the stack's ceiling;
   2. GetFeed closed loop at --concurrency: saturation throughput;
   3. GetFeed open loop at --load (default 0.5) x that throughput: latency at half load.
+With a server on this machine (spawned, or --server-pid), each phase also reports the
+server's CPU time per call, read from /proc: on a shared machine it moves far less than
+the throughputs do.
 Every call is counted once, as a success or as an error by status code; a phase whose
 counts do not add up is a bug in this program and stops it. The exit status is 1 when
 any phase had an error (--allow-errors reports them and exits 0).
@@ -82,9 +85,12 @@ class PhaseResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    server_cpu_ms: float = float("nan")  # server CPU (user + system, its process tree) per successful call; NaN: not measured
 
 
-def summarise(rpc: str, mode: str, concurrency: int, target: float, tally: Tally, elapsed: float) -> PhaseResult:
+def summarise(
+    rpc: str, mode: str, concurrency: int, target: float, tally: Tally, elapsed: float, server_cpu_s: float = float("nan")
+) -> PhaseResult:
     """Percentiles over successful calls; raises if the phase's counts do not add up."""
     successes, errors = len(tally.latencies), sum(tally.errors.values())
     if tally.started != successes + errors:
@@ -92,7 +98,8 @@ def summarise(rpc: str, mode: str, concurrency: int, target: float, tally: Tally
     ms = np.array(tally.latencies) * 1e3 if tally.latencies else np.array([np.nan])
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
-                       dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99))  # fmt: skip
+                       dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99),
+                       1e3 * server_cpu_s / successes if successes else float("nan"))  # fmt: skip
 
 
 async def closed_loop(call: Call, concurrency: int, duration: float, timeout: float) -> tuple[Tally, float]:
@@ -162,19 +169,50 @@ def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--threads", type=int, default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
 
 
-async def run_phases(target: str, users: list[str], args: argparse.Namespace) -> list[PhaseResult]:
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants (Linux /proc; NaN elsewhere)."""
+    parents, cpu = {}, {}
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return float("nan")
+    for entry in entries:
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = int(fields[11]) + int(fields[12])
+    if pid not in cpu:
+        return float("nan")
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier and child not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(cpu[p] for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_phases(target: str, users: list[str], args: argparse.Namespace, server_pid: int | None = None) -> list[PhaseResult]:
+    """The three phases; with ``server_pid`` (a server on this machine) each also reports its server CPU per call."""
     calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed))
     empty, get_feed = calls.empty, calls.get_feed
+
+    def server_cpu() -> float:
+        return process_tree_cpu_seconds(server_pid) if server_pid else float("nan")
+
     try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
         results = []
         for name, call in (("empty", empty), ("GetFeed", get_feed)):
+            cpu_before = server_cpu()
             tally, elapsed = await closed_loop(call, args.concurrency, args.duration, args.timeout)
-            results.append(summarise(name, "closed", args.concurrency, 0.0, tally, elapsed))
+            results.append(summarise(name, "closed", args.concurrency, 0.0, tally, elapsed, server_cpu() - cpu_before))
         rate = max(results[1].qps * args.load, 1.0)
+        cpu_before = server_cpu()
         tally, elapsed = await open_loop(get_feed, rate, args.duration, args.timeout)
-        results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, tally, elapsed))
+        results.append(summarise("GetFeed", f"open@{args.load:.0%}", 0, rate, tally, elapsed, server_cpu() - cpu_before))
         return results
     finally:
         await calls.close()
@@ -222,10 +260,10 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 
 def format_table(results: list[PhaseResult]) -> str:
-    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"]
+    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"]
     for r in results:
         lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
-                     f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f}")  # fmt: skip
+                     f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}")  # fmt: skip
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
@@ -235,6 +273,10 @@ def format_table(results: list[PhaseResult]) -> str:
     lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {TARGET_FEED_TO_EMPTY}: {verdict[ratio >= TARGET_FEED_TO_EMPTY]})")
     lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms (target <= {TARGET_P99_HALF_LOAD_MS:g} ms: "
                  f"{verdict[half.p99_ms <= TARGET_P99_HALF_LOAD_MS]})")  # fmt: skip
+    if feed.server_cpu_ms == feed.server_cpu_ms:  # measured (not NaN)
+        lines.append(f"server CPU per call: empty RPC {empty.server_cpu_ms:.3f} ms, GetFeed {feed.server_cpu_ms:.3f} ms; "
+                     f"their ratio {empty.server_cpu_ms / feed.server_cpu_ms:.3f} is the throughput ratio a server that "
+                     "had the cores to itself would reach (steadier than qps on a shared machine)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -245,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--target", help="address of a running server; otherwise one is spawned from --models")
     where.add_argument("--models", help="models directory for a spawned server")
     where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
+    where.add_argument("--server-pid", type=int, help="pid of the --target server, when it runs on this machine: each phase "
+                       "then reports the server's CPU per call (a spawned server's is always reported)")  # fmt: skip
     add_spawn_arguments(where)
     load = parser.add_argument_group("load")
     load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
@@ -265,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loadgen-") as workdir:
         try:
             if args.target:
-                target = args.target
+                target, server_pid = args.target, args.server_pid
             else:
                 server, target = spawn_server(args, Path(workdir))
-            results = asyncio.run(run_phases(target, sample_users(args), args))
+                server_pid = server.pid
+            results = asyncio.run(run_phases(target, sample_users(args), args, server_pid))
         finally:
             if server is not None:
                 stop_server(server)

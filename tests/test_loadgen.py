@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def run_loadgen(world, target, tmp_path, *extra: str) -> tuple[int, list[dict]]:
 
 
 def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path, capsys):
-    status, phases = run_loadgen(world, target, tmp_path)
+    # The server runs in this process: its CPU per call includes the generator's, but is measured.
+    status, phases = run_loadgen(world, target, tmp_path, "--server-pid", str(os.getpid()))
 
     assert status == 0
     assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
@@ -45,11 +47,13 @@ def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path
         assert phase["elapsed_s"] >= DURATION * 0.9
         assert phase["qps"] == pytest.approx(phase["successes"] / phase["elapsed_s"])
         assert phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"]
+        assert 0 < phase["server_cpu_ms"] < 1e3 * DURATION * os.cpu_count()
     assert phases[2]["target_qps"] == pytest.approx(max(phases[1]["qps"] * 0.5, 1.0))
     table = capsys.readouterr().out
     assert "errors" in table.splitlines()[0]
     assert f"target >= {loadgen.TARGET_FEED_TO_EMPTY}" in table
     assert f"target <= {loadgen.TARGET_P99_HALF_LOAD_MS:g} ms" in table
+    assert "server CPU per call: empty RPC" in table
 
 
 def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target, tmp_path, capsys):
