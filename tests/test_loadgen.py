@@ -102,3 +102,12 @@ def test_each_bare_server_kind_serves_the_load_without_errors(world, tmp_path, k
         server.kill()
         server.wait()
     assert status == 0 and all(p["errors"] == 0 and p["successes"] > 0 for p in phases)
+
+
+def test_a_fixed_rate_replaces_the_share_of_saturation(world, target, tmp_path, capsys):
+    status, phases = run_loadgen(world, target, tmp_path, "--rate", "25")
+
+    assert status == 0
+    assert phases[2]["mode"] == "open@25/s" and phases[2]["target_qps"] == 25
+    assert phases[2]["successes"] == phases[2]["calls"] > 0
+    assert "GetFeed p99 at open@25/s:" in capsys.readouterr().out
