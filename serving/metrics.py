@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,6 +15,23 @@ from prometheus_client import (
 
 # Buckets around the 10 ms p99 target.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class _Children:
+    """A labelled metric's children by label values, each looked up in the metric once:
+    ``labels()`` validates and takes a lock on every call, twice the cost of the update
+    itself, and a feed updates some twenty series. The label values are few (methods,
+    codes, sources, filters, arms), so the cache stays small."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:  # a race adds the same child twice: labels() returns one per values
+            child = self._children[values] = self.metric.labels(*values)
+        return child
 
 
 class FeedMetrics:
@@ -30,20 +48,26 @@ class FeedMetrics:
         self.arm_requests = Counter("feedrank_arm_requests", "GetFeed RPCs by A/B arm and status code", ["arm", "code"], registry=self.registry)
         self.arm_latency = Histogram("feedrank_arm_request_seconds", "GetFeed latency by A/B arm", ["arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.arm_model = Gauge("feedrank_arm_model_info", "The model version each A/B arm serves (value 1)", ["arm", "version"], registry=self.registry)
+        self._requests, self._latency = _Children(self.requests), _Children(self.latency)
+        self._arm_requests, self._arm_latency = _Children(self.arm_requests), _Children(self.arm_latency)
+        self._gathered, self._removed = _Children(self.gathered), _Children(self.removed)
 
     def observe_request(self, method: str, code: str, seconds: float, arm: str | None = None) -> None:
         """One RPC; ``arm`` (a GetFeed's A/B arm, "" for none) also counts it per arm."""
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        self._requests(method, code).inc()
+        self._latency(method).observe(seconds)
         if arm is not None:
-            self.arm_requests.labels(arm, code).inc()
-            self.arm_latency.labels(arm).observe(seconds)
+            self._arm_requests(arm, code).inc()
+            self._arm_latency(arm).observe(seconds)
 
     def observe_feed(self, gathered: Mapping[str, int], removed: Mapping[str, int]) -> None:
-        for source, count in gathered.items():
-            self.gathered.labels(source).inc(count)
-        for name, count in removed.items():
-            self.removed.labels(name).inc(count)
+        """Count a feed's candidates by source and its removals by filter (a zero count
+        still makes its series appear)."""
+        for counters, counts in ((self._gathered, gathered), (self._removed, removed)):
+            for name, count in counts.items():
+                child = counters(name)
+                if count:
+                    child.inc(count)
 
     def observe_ingest(self, applied: int, duplicates: int) -> None:
         self.events.labels("applied").inc(applied)

@@ -81,14 +81,10 @@ def _has(message: Any, name: str) -> bool:
 
 def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
     card = item.card
-    return feed_pb2.FeedItem(
+    message = feed_pb2.FeedItem(
         item_id=item.item_id,
         seller_id=item.seller_id,
         score=item.score,
-        reasons=[
-            feed_pb2.Reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
-            for reason in sorted(item.reasons, key=lambda r: r.kind.value)
-        ],
         title=card.title,
         image_url=card.image_url,
         price=card.price,
@@ -96,6 +92,12 @@ def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
         category=card.category,
         ship_days=card.ship_days,
     )
+    # Added in place: a Reason built apart and passed in a list is built twice (then
+    # copied). RankedItem keeps its reasons in ReasonKind order already.
+    add_reason = message.reasons.add
+    for reason in item.reasons:
+        add_reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
+    return message
 
 
 _LOG = logging.getLogger(__name__)

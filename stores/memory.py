@@ -274,6 +274,9 @@ class _Seen:
 
     def __init__(self) -> None:
         self.views: dict[int, tuple[int, float, str]] = {}  # code -> (views, last view, item id)
+        # (codes sorted, their views, their last views): rebuilt on the first read after a
+        # change, as a user's feeds read their views far more often than they add to them.
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def view(self, code: int, item_id: str, ts: float) -> None:
         count, last, _ = self.views.get(code, (0, -math.inf, item_id))
@@ -282,22 +285,28 @@ class _Seen:
         self.views[code] = (count + 1, max(last, ts), item_id)
         if len(self.views) > SEEN_BOUND:
             del self.views[min(self.views, key=lambda c: self.views[c][1:])]
+        self._arrays = None
 
     def engaged(self, code: int) -> None:
-        self.views.pop(code, None)
+        if self.views.pop(code, None) is not None:
+            self._arrays = None
 
     def fill(self, codes: np.ndarray, columns: ItemColumns) -> None:
         """Set ``columns.views`` and ``viewed_at`` of the rows whose code was viewed."""
         if not self.views:
             return
-        seen = np.fromiter(self.views, np.int64, len(self.views))
-        order = np.argsort(seen)
-        seen = seen[order]
-        counts = np.array([v[0] for v in self.views.values()], np.int64)[order]
-        lasts = np.array([v[1] for v in self.views.values()], np.float64)[order]
+        arrays = self._arrays
+        if arrays is None:
+            seen = np.fromiter(self.views, np.int64, len(self.views))
+            order = np.argsort(seen)
+            counts = np.array([v[0] for v in self.views.values()], np.int64)[order]
+            lasts = np.array([v[1] for v in self.views.values()], np.float64)[order]
+            arrays = self._arrays = (seen[order], counts, lasts)
+        seen, counts, lasts = arrays
         hit, at = sorted_positions(seen, codes)
-        columns.views[hit] = counts[at[hit]]
-        columns.viewed_at[hit] = lasts[at[hit]]
+        at = at[hit]
+        columns.views[hit] = counts[at]
+        columns.viewed_at[hit] = lasts[at]
 
 
 def replay_engagements(
