@@ -74,11 +74,13 @@ class FeedResult:
     """One page, best first, plus what happened on the way (for metrics and debugging).
 
     ``has_more`` is true when ranked candidates remain after this page; ``explanation``
-    is set when the page was asked for with ``explain=True``.
+    is set when the page was asked for with ``explain=True``. ``item_hashes`` are the
+    ``ranking.vocab.stable_hash`` of the items' ids, in page order (what page tokens keep).
     """
 
     items: list[RankedItem]
     has_more: bool
+    item_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     gathered_by_source: Counter[str] = field(default_factory=Counter)
     removed_by_filter: Counter[str] = field(default_factory=Counter)
     explanation: Explanation | None = None
@@ -147,6 +149,7 @@ class FeedPipeline:
         ranked = np.lexsort((batch.codes, self.store.items.hashes(batch.codes), -scores))
         page = self.config.selector.select(query, batch, ranked)
         result.items = self._page_items(query, batch, page, scores)
+        result.item_hashes = self.store.items.hashes(batch.codes[page])
         result.has_more = len(ranked) > len(page)
         if explain:
             result.explanation = self._explain(query, batch, page, result)

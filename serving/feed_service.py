@@ -273,7 +273,7 @@ class FeedService:
         route = self._route(user_id, arm, version)
         result = route.pipeline.run(user_id, limit, now, exclude_item_ids, served.array(), shopper, explain)
         self.metrics.observe_feed(result.gathered_by_source, result.removed_by_filter)
-        served = served.plus(c.item_id for c in result.items)
+        served = served.plus_hashes(result.item_hashes.tolist())
         more = bool(result.has_more and result.items) and len(served) < max_served
         return FeedPage(
             result.items, self.codec.encode(user_id, served, now) if more else "", route.version, route.arm,

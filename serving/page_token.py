@@ -75,7 +75,11 @@ class ServedItems:
         return np.array(sorted(self.hashes), dtype=np.uint32)
 
     def plus(self, item_ids: Iterable[str]) -> ServedItems:
-        return ServedItems(self.hashes | {item_hash(i) for i in item_ids})
+        return self.plus_hashes(item_hash(i) for i in item_ids)
+
+    def plus_hashes(self, hashes: Iterable[int]) -> ServedItems:
+        """These items too, by their ``item_hash`` (a pipeline's page has them at hand)."""
+        return ServedItems(self.hashes.union(hashes))
 
 
 EMPTY = ServedItems(frozenset())

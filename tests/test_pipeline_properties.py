@@ -102,6 +102,7 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
         hashes = np.array(sorted({stable_hash(i) for i in served}), dtype=np.uint32)
         page = pipeline.run(user, limit, NOW, exclude_ids=exclude, served_hashes=hashes)
         assert len(page.items) <= limit
+        assert page.item_hashes.tolist() == [stable_hash(item.item_id) for item in page.items]
         for item in page.items:
             seller, stock = catalogue[item.item_id]  # a known item: never one only the model has
             assert stock > 0
