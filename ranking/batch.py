@@ -9,14 +9,13 @@ objects. Columns are numpy arrays of one length, one row per candidate.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from ranking.store import ItemColumns, as_indices
+from ranking.vocab import distinct_inverse
 
 # One bit per candidate source, in the candidate's ``sources`` column.
 FOLLOWED_SELLER = np.uint8(1)
@@ -84,18 +83,27 @@ class CandidateBatch:
     @classmethod
     def merged(cls, parts: Sequence[SourceCandidates]) -> CandidateBatch:
         """One row per item, ordered by code: the sources' bits OR-ed, every signal its strongest (newest) value."""
-        if not parts:
-            parts = [SourceCandidates.none()]
-        codes = np.concatenate([part.codes for part in parts]).astype(np.int32, copy=False)
-        source_bits = np.repeat(np.array([part.source for part in parts], np.uint8), [len(part) for part in parts])
-        signals = [
-            np.concatenate([
-                np.asarray(part.signals[name], dtype) if name in part.signals else np.full(len(part), absent, dtype)
-                for part in parts
-            ])
-            for name, dtype, absent in _SIGNALS
-        ]
-        return cls(*_merge_rows(codes, source_bits, *signals))
+        codes = np.concatenate([part.codes for part in parts]) if parts else np.zeros(0, np.int32)
+        distinct, inverse = distinct_inverse(codes)
+        n = len(distinct)
+        batch = cls(
+            codes=distinct.astype(np.int32, copy=False),
+            sources=np.zeros(n, np.uint8),
+            embedding_score=np.full(n, np.nan),
+            friend_likes=np.zeros(n, np.int32),
+            friend_like_time=np.full(n, -np.inf),
+            social_time=np.full(n, -np.inf),
+            friend_shares=np.zeros(n, np.int32),
+        )
+        end = 0
+        for part in parts:
+            rows = inverse[end : end + len(part)]
+            end += len(part)
+            batch.sources[rows] |= part.source
+            for name, values in part.signals.items():
+                column = getattr(batch, name)
+                _STRONGEST[name].at(column, rows, np.asarray(values, column.dtype))
+        return batch
 
     def take(self, rows: np.ndarray) -> CandidateBatch:
         """The rows selected by an index array or a boolean mask, in that order."""
@@ -104,54 +112,12 @@ class CandidateBatch:
         return CandidateBatch(*(getattr(self, name).take(at) for name in _SIGNAL_COLUMNS), items=items)
 
 _SIGNAL_COLUMNS = tuple(f.name for f in dataclasses.fields(CandidateBatch) if f.name != "items")
-# The signals a source may know, in CandidateBatch order: (name, dtype, value when absent).
-_SIGNALS = (
-    ("embedding_score", np.float64, np.nan),
-    ("friend_likes", np.int32, 0),
-    ("friend_like_time", np.float64, -np.inf),
-    ("social_time", np.float64, -np.inf),
-    ("friend_shares", np.int32, 0),
-)
-
-
-@numba.njit(cache=True, nogil=True)
-def _merge_rows(codes, source_bits, embedding_score, friend_likes, friend_like_time, social_time, friend_shares):
-    """The rows of every source, one per distinct code (ascending): bits OR-ed, the
-    embedding score the largest known (NaN when none), counts and times their maximum.
-
-    Compiled: as numpy this was a sort, then an ``ufunc.at`` per source and signal.
-    """
-    order = np.argsort(codes)
-    n = len(codes)
-    out_codes = np.empty(n, np.int32)
-    out_bits = np.zeros(n, np.uint8)
-    out_embedding = np.empty(n, np.float64)
-    out_likes = np.empty(n, np.int32)
-    out_like_time = np.empty(n, np.float64)
-    out_social_time = np.empty(n, np.float64)
-    out_shares = np.empty(n, np.int32)
-    rows = 0
-    for row in order:
-        if rows == 0 or out_codes[rows - 1] != codes[row]:
-            out_codes[rows] = codes[row]
-            out_bits[rows] = source_bits[row]
-            out_embedding[rows] = embedding_score[row]
-            out_likes[rows] = friend_likes[row]
-            out_like_time[rows] = friend_like_time[row]
-            out_social_time[rows] = social_time[row]
-            out_shares[rows] = friend_shares[row]
-            rows += 1
-            continue
-        at = rows - 1
-        out_bits[at] |= source_bits[row]
-        score = embedding_score[row]
-        if not math.isnan(score) and (math.isnan(out_embedding[at]) or score > out_embedding[at]):
-            out_embedding[at] = score
-        out_likes[at] = max(out_likes[at], friend_likes[row])
-        out_like_time[at] = max(out_like_time[at], friend_like_time[row])
-        out_social_time[at] = max(out_social_time[at], social_time[row])
-        out_shares[at] = max(out_shares[at], friend_shares[row])
-    return (
-        out_codes[:rows], out_bits[:rows], out_embedding[:rows], out_likes[:rows],
-        out_like_time[:rows], out_social_time[:rows], out_shares[:rows],
-    )
+# How two sources' values of one signal for the same item merge: an absent embedding
+# score is NaN, which fmax ignores; an absent count or time is the column's minimum.
+_STRONGEST = {
+    "embedding_score": np.fmax,
+    "friend_likes": np.maximum,
+    "friend_like_time": np.maximum,
+    "social_time": np.maximum,
+    "friend_shares": np.maximum,
+}
