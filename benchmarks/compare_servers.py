@@ -11,10 +11,12 @@ another. The servers waiting their turn are idle, so a burst of noise on a share
 hits neighbouring bursts of every server alike, and the per-round ratios are far steadier
 than runs one after another (``compare_load.sh``).
 
-Reported: per server, the median GetFeed and empty-RPC throughput and their ratio; per
-later server, the median per-round GetFeed throughput ratio to the first (with its 10th
-and 90th percentiles), and the calls that failed (any error fails the run unless
---allow-errors).
+Reported: per server, the median GetFeed and empty-RPC throughput and their ratio, and
+the server's CPU time per call of each (its process tree, from /proc); per later server,
+the median per-round ratio to the first of the GetFeed throughput and of the CPU per
+GetFeed (with their 10th and 90th percentiles); and the calls that failed (any error
+fails the run unless --allow-errors). On a shared machine the CPU per call moves far less
+than the throughput does.
 """
 
 from __future__ import annotations
@@ -25,42 +27,64 @@ import random
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
-from benchmarks.loadgen import add_spawn_arguments, closed_loop, sample_users, server_calls, spawn_server, stop_server
+from benchmarks.loadgen import (
+    add_spawn_arguments, closed_loop, process_tree_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
+)
 
 
-async def drive(targets: list[str], users: list[str], args: argparse.Namespace) -> tuple[list[list[float]], list[list[float]], int]:
-    """(empty qps per round, GetFeed qps per round) per target, and the failed calls."""
+@dataclass
+class Bursts:
+    """One server's bursts, one value per round: throughput and server CPU ms per call (NaN: not measured)."""
+
+    empty_qps: list[float] = field(default_factory=list)
+    feed_qps: list[float] = field(default_factory=list)
+    empty_cpu_ms: list[float] = field(default_factory=list)
+    feed_cpu_ms: list[float] = field(default_factory=list)
+
+
+async def drive(targets: list[str], pids: list[int], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
+    """Each target's bursts (``pids``: its server process, for the CPU per call), and the failed calls."""
     rng = random.Random(args.seed)
     servers = [server_calls(target, users, args.channels, 20, rng) for target in targets]
-    empty_qps: list[list[float]] = [[] for _ in targets]
-    feed_qps: list[list[float]] = [[] for _ in targets]
+    bursts = [Bursts() for _ in targets]
     failed = 0
     try:
         for calls in servers:  # warm up connections, caches and the allocator
             for call in (calls.empty, calls.get_feed):
                 await closed_loop(call, args.concurrency, args.burst, args.timeout)
         for _ in range(args.rounds):
-            for calls, empties, feeds in zip(servers, empty_qps, feed_qps):
-                for call, out in ((calls.empty, empties), (calls.get_feed, feeds)):
+            for calls, pid, server in zip(servers, pids, bursts):
+                for call, qps, cpu_ms in ((calls.empty, server.empty_qps, server.empty_cpu_ms),
+                                          (calls.get_feed, server.feed_qps, server.feed_cpu_ms)):  # fmt: skip
+                    cpu_before = process_tree_cpu_seconds(pid)
                     tally, elapsed = await closed_loop(call, args.concurrency, args.burst, args.timeout)
+                    cpu = process_tree_cpu_seconds(pid) - cpu_before
                     failed += sum(tally.errors.values())
-                    out.append(len(tally.latencies) / elapsed)
+                    qps.append(len(tally.latencies) / elapsed)
+                    cpu_ms.append(cpu / len(tally.latencies) * 1e3 if tally.latencies else float("nan"))
     finally:
         for calls in servers:
             await calls.close()
-    return empty_qps, feed_qps, failed
+    return bursts, failed
 
 
-def report(specs: list[str], empty_qps: list[list[float]], feed_qps: list[list[float]], failed: int) -> list[str]:
+def report(specs: list[str], bursts: list[Bursts], failed: int) -> list[str]:
     lines = []
-    for spec, empties, feeds in zip(specs, empty_qps, feed_qps):
-        ratio = statistics.median(f / e for f, e in zip(feeds, empties))
-        lines.append(f"{spec}: GetFeed {statistics.median(feeds):.0f}/s, empty {statistics.median(empties):.0f}/s, "
-                     f"GetFeed / empty per round: median {ratio:.3f}")  # fmt: skip
-    return [*lines, *ratio_lines(specs, feed_qps, "GetFeed "), f"failed calls: {failed}"]
+    for spec, server in zip(specs, bursts):
+        ratio = statistics.median(f / e for f, e in zip(server.feed_qps, server.empty_qps))
+        lines.append(f"{spec}: GetFeed {statistics.median(server.feed_qps):.0f}/s, empty {statistics.median(server.empty_qps):.0f}/s, "
+                     f"GetFeed / empty per round: median {ratio:.3f}; server CPU per call: GetFeed "
+                     f"{statistics.median(server.feed_cpu_ms):.3f} ms, empty {statistics.median(server.empty_cpu_ms):.3f} ms")  # fmt: skip
+    return [
+        *lines,
+        *ratio_lines(specs, [server.feed_qps for server in bursts], "GetFeed "),
+        *ratio_lines(specs, [server.feed_cpu_ms for server in bursts], "server CPU per GetFeed "),
+        f"failed calls: {failed}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(scratch) / str(number)
                 workdir.mkdir()
                 servers.append(spawn_server(args, workdir, checkout, flags.split()))
-            results = asyncio.run(drive([target for _, target in servers], sample_users(args), args))
+            bursts, failed = asyncio.run(
+                drive([target for _, target in servers], [server.pid for server, _ in servers], sample_users(args), args)
+            )
         finally:
             for server, _ in servers:
                 stop_server(server)
-    print("\n".join(report(args.checkouts, *results)))
-    return 1 if results[2] and not args.allow_errors else 0
+    print("\n".join(report(args.checkouts, bursts, failed)))
+    return 1 if failed and not args.allow_errors else 0
 
 
 if __name__ == "__main__":

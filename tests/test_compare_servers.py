@@ -19,15 +19,19 @@ def test_it_reports_each_server_and_the_ratio_to_the_first(tmp_path, capsys):
                                    "--burst", "0.3", "--concurrency", "2", ROOT, f"{ROOT}:--neighbours 40"])  # fmt: skip
 
     lines = capsys.readouterr().out.strip().splitlines()
-    assert status == 0 and len(lines) == 4, lines
+    assert status == 0 and len(lines) == 5, lines
     for line in lines[:2]:
-        figures = re.fullmatch(r".+: GetFeed (\d+)/s, empty (\d+)/s, GetFeed / empty per round: median ([\d.]+)", line)
+        figures = re.fullmatch(r".+: GetFeed (\d+)/s, empty (\d+)/s, GetFeed / empty per round: median ([\d.]+); "
+                               r"server CPU per call: GetFeed ([\d.]+) ms, empty ([\d.]+) ms", line)  # fmt: skip
         assert figures and all(float(f) > 0 for f in figures.groups()), line
-    ratio = re.fullmatch(r".+ / .+: GetFeed per-round ratio median ([\d.]+), p10 ([\d.]+), p90 ([\d.]+)", lines[2])
-    assert ratio, lines[2]
-    median, p10, p90 = (float(v) for v in ratio.groups())
-    assert 0 < p10 <= median <= p90
-    assert lines[3] == "failed calls: 0"
+        feed_cpu, empty_cpu = (float(f) for f in figures.groups()[3:])
+        assert feed_cpu > empty_cpu, line  # a feed is more work than a health check
+    for line, what in zip(lines[2:4], ("GetFeed ", "server CPU per GetFeed ")):
+        ratio = re.fullmatch(rf".+ / .+: {what}per-round ratio median ([\d.]+), p10 ([\d.]+), p90 ([\d.]+)", line)
+        assert ratio, line
+        median, p10, p90 = (float(v) for v in ratio.groups())
+        assert 0 < p10 <= median <= p90
+    assert lines[4] == "failed calls: 0"
 
 
 def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
