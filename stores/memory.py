@@ -172,6 +172,10 @@ _RECORD = np.dtype(
 _EMPTY_RECORD = np.array(tuple(ITEM_COLUMNS[name][0] for name in _RECORD.names), dtype=_RECORD)
 
 
+CARD_CACHE_BOUND = 100_000
+"""Cards a memory store keeps built (about 20 MB at this bound)."""
+
+
 class _Catalogue:
     """Item columns indexed by item code, grown by doubling; sellers' vacations by seller code.
 
@@ -409,6 +413,10 @@ class MemoryStore:
         self.categories = Vocabulary()
         self._lock = threading.RLock()
         self._catalogue = _Catalogue()
+        # Cards read before, by item code: a page's cards cost a dict lookup each instead of
+        # six column gathers and a tuple. Item upserts and updates drop their item's entry;
+        # past CARD_CACHE_BOUND entries the cache starts again empty.
+        self._cards: dict[int, ItemCard] = {}
         self._likes = TimelineTable()  # by user code: every like, newest first
         self._listings = TimelineTable()  # by seller code
         self._follows: dict[str, set[str]] = defaultdict(set)
@@ -542,30 +550,41 @@ class MemoryStore:
             return columns
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
-        codes = np.asarray(item_codes, dtype=np.int64)
+        codes = np.asarray(item_codes, dtype=np.int64).tolist()
         with self._lock:
-            catalogue = self._catalogue
-            known = (codes >= 0) & (codes < len(catalogue.exists))
-            known[known] = catalogue.exists[codes[known]]
-            if not known.any():
-                return [ItemCard() for _ in range(len(codes))]
-            # One gather per column, then plain Python values: no numpy scalar per field.
-            at = np.where(known, codes, int(codes[known][0]))
-            fields = zip(known.tolist(), *(getattr(catalogue, name)[at].tolist() for name in _CARD_COLUMNS))
-            category_id = self.categories.id
-            return [
-                ItemCard(
-                    title=title,
-                    image_url=image_url,
-                    price=None if math.isnan(price) else price,
-                    currency=currency,
-                    category=category_id(category) if category >= 0 else "",
-                    ship_days=None if math.isnan(ship_days) else int(ship_days),
-                )
-                if is_known
-                else ItemCard()
-                for is_known, title, image_url, price, currency, category, ship_days in fields
-            ]
+            cache = self._cards
+            cards = [cache.get(code) for code in codes]
+            missing = [at for at, card in enumerate(cards) if card is None]
+            if missing:
+                if len(cache) + len(missing) > CARD_CACHE_BOUND:
+                    cache.clear()
+                for at, card in zip(missing, self._gather_cards(np.array([codes[at] for at in missing], np.int64))):
+                    cards[at] = cache[codes[at]] = card
+            return cards
+
+    def _gather_cards(self, codes: np.ndarray) -> list[ItemCard]:
+        catalogue = self._catalogue
+        known = (codes >= 0) & (codes < len(catalogue.exists))
+        known[known] = catalogue.exists[codes[known]]
+        if not known.any():
+            return [ItemCard() for _ in range(len(codes))]
+        # One gather per column, then plain Python values: no numpy scalar per field.
+        at = np.where(known, codes, int(codes[known][0]))
+        fields = zip(known.tolist(), *(getattr(catalogue, name)[at].tolist() for name in _CARD_COLUMNS))
+        category_id = self.categories.id
+        return [
+            ItemCard(
+                title=title,
+                image_url=image_url,
+                price=None if math.isnan(price) else price,
+                currency=currency,
+                category=category_id(category) if category >= 0 else "",
+                ship_days=None if math.isnan(ship_days) else int(ship_days),
+            )
+            if is_known
+            else ItemCard()
+            for is_known, title, image_url, price, currency, category, ship_days in fields
+        ]
 
     def _trending(self, limit: int) -> np.ndarray:
         if limit <= 0:
@@ -662,6 +681,7 @@ class MemoryStore:
             self._friends[event.friend_id].discard(event.user_id)
         elif kind is EventKind.ITEM_UPSERT:
             self._upsert(event)
+            self._cards.pop(self.items.code(event.item_id), None)
         elif kind is EventKind.STOCK_UPDATE:
             self._catalogue.stock[self.items.code(event.item_id)] = event.stock
         elif kind is EventKind.NOT_INTERESTED_ITEM:
@@ -669,7 +689,9 @@ class MemoryStore:
         elif kind is EventKind.NOT_INTERESTED_SELLER:
             self._hidden_sellers[event.user_id].add(self.sellers.add(event.seller_id))
         elif kind is EventKind.ITEM_UPDATE:
-            self._catalogue.set_card(self.items.code(event.item_id), event.card(), self.categories)
+            code = self.items.code(event.item_id)
+            self._catalogue.set_card(code, event.card(), self.categories)
+            self._cards.pop(code, None)
         elif kind in (EventKind.SELLER_VACATION, EventKind.SELLER_VACATION_END):
             seller = self.sellers.add(event.seller_id)
             self._catalogue.reserve_sellers(len(self.sellers))

@@ -11,6 +11,8 @@ import pytest
 from ranking.store import TRENDING_HALF_LIFE, recent_like_count
 from ranking.types import ItemCard
 from stores.events import Event, EventKind, EventValidationError
+from stores import memory
+from stores.memory import MemoryStore
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from training.dataset import Sellers
@@ -219,6 +221,7 @@ def test_hydration_keeps_ids_and_categories_with_separators_and_non_ascii_text(s
 
 def test_item_events_change_only_the_card_fields_they_name(store_factory):
     store = store_factory(social_dataset())
+    assert store.read_cards(store.items.codes(["n1"], add=True)) == [ItemCard()]  # read before it exists
     store.apply([ev("new", EventKind.ITEM_UPSERT, seller_id="s9", item_id="n1", created_at=NOW, stock=2,
                     title="Lamp", price=30.0, currency="EUR", ship_days=3, category="home")])  # fmt: skip
     card = lambda: store.read_cards(store.items.codes(["n1"], add=True))[0]  # noqa: E731
@@ -368,3 +371,13 @@ def test_shares_and_views_load_from_the_dataset(store_factory):
     assert views.read_user(store, "alice").shared == (("i3", "bob", NOW - 50),)
     assert views.read_user(store, "carol").shared == (("i7", "alice", NOW - 40),)
     assert _seen(store, "alice") == {"i1": (2, NOW - 20)}
+
+
+def test_cards_stay_right_past_the_memory_stores_card_cache_bound(monkeypatch):
+    monkeypatch.setattr(memory, "CARD_CACHE_BOUND", 2)
+    store = MemoryStore.from_dataset(social_dataset())
+    codes = store.items.codes(["i1", "i2", "i3"], add=True)
+    first = store.read_cards(codes)
+    store.apply([ev("retitle", EventKind.ITEM_UPDATE, item_id="i2", title="Renamed")])
+    again = store.read_cards(codes)
+    assert again[0] == first[0] and again[2] == first[2] and again[1].title == "Renamed"
