@@ -11,7 +11,9 @@ Three phases, one run, same server:
      or at a fixed --rate, to compare the tails of two servers at the same load.
 With a server on this machine (spawned, or --server-pid), each phase also reports the
 server's CPU time per call, read from /proc: on a shared machine it moves far less than
-the throughputs do.
+the throughputs do. With --store-pid (e.g. `--store-pid $(pgrep -f "redis-server.*:6379")`)
+the store's CPU per call is reported too: a Redis server on the same cores does part of
+every feed's work, which the server's figure leaves out.
 Every call is counted once, as a success or as an error by status code; a phase whose
 counts do not add up is a bug in this program and stops it. The exit status is 1 when
 any phase had an error (--allow-errors reports them and exits 0).
@@ -32,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,10 +89,12 @@ class PhaseResult:
     p90_ms: float
     p99_ms: float
     server_cpu_ms: float = float("nan")  # server CPU (user + system, its process tree) per successful call; NaN: not measured
+    store_cpu_ms: float = float("nan")  # the --store-pid processes' CPU per successful call; NaN: not measured
 
 
 def summarise(
-    rpc: str, mode: str, concurrency: int, target: float, tally: Tally, elapsed: float, server_cpu_s: float = float("nan")
+    rpc: str, mode: str, concurrency: int, target: float, tally: Tally, elapsed: float,
+    server_cpu_s: float = float("nan"), store_cpu_s: float = float("nan"),
 ) -> PhaseResult:
     """Percentiles over successful calls; raises if the phase's counts do not add up."""
     successes, errors = len(tally.latencies), sum(tally.errors.values())
@@ -100,7 +104,7 @@ def summarise(
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
                        dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99),
-                       1e3 * server_cpu_s / successes if successes else float("nan"))  # fmt: skip
+                       *(1e3 * cpu / successes if successes else float("nan") for cpu in (server_cpu_s, store_cpu_s)))  # fmt: skip
 
 
 async def closed_loop(call: Call, concurrency: int, duration: float, timeout: float) -> tuple[Tally, float]:
@@ -194,27 +198,35 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return sum(cpu[p] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_phases(target: str, users: list[str], args: argparse.Namespace, server_pid: int | None = None) -> list[PhaseResult]:
-    """The three phases; with ``server_pid`` (a server on this machine) each also reports its server CPU per call."""
+async def run_phases(
+    target: str, users: list[str], args: argparse.Namespace, server_pid: int | None = None, store_pids: Sequence[int] = ()
+) -> list[PhaseResult]:
+    """The three phases; with ``server_pid`` (a server on this machine) each also reports
+    its server CPU per call, and with ``store_pids`` (e.g. redis-server) the store's."""
     calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed))
     empty, get_feed = calls.empty, calls.get_feed
 
-    def server_cpu() -> float:
-        return process_tree_cpu_seconds(server_pid) if server_pid else float("nan")
+    def cpu() -> tuple[float, float]:
+        server = process_tree_cpu_seconds(server_pid) if server_pid else float("nan")
+        store = sum(process_tree_cpu_seconds(pid) for pid in store_pids) if store_pids else float("nan")
+        return server, store
+
+    async def phase(name: str, mode: str, concurrency: int, target_qps: float, run: Awaitable[tuple[Tally, float]]) -> PhaseResult:
+        server_before, store_before = cpu()
+        tally, elapsed = await run
+        server_after, store_after = cpu()
+        return summarise(name, mode, concurrency, target_qps, tally, elapsed, server_after - server_before, store_after - store_before)
 
     try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
-        results = []
-        for name, call in (("empty", empty), ("GetFeed", get_feed)):
-            cpu_before = server_cpu()
-            tally, elapsed = await closed_loop(call, args.concurrency, args.duration, args.timeout)
-            results.append(summarise(name, "closed", args.concurrency, 0.0, tally, elapsed, server_cpu() - cpu_before))
+        results = [
+            await phase(name, "closed", args.concurrency, 0.0, closed_loop(call, args.concurrency, args.duration, args.timeout))
+            for name, call in (("empty", empty), ("GetFeed", get_feed))
+        ]
         rate = args.rate or max(results[1].qps * args.load, 1.0)
-        cpu_before = server_cpu()
-        tally, elapsed = await open_loop(get_feed, rate, args.duration, args.timeout)
         mode = f"open@{rate:.0f}/s" if args.rate else f"open@{args.load:.0%}"
-        results.append(summarise("GetFeed", mode, 0, rate, tally, elapsed, server_cpu() - cpu_before))
+        results.append(await phase("GetFeed", mode, 0, rate, open_loop(get_feed, rate, args.duration, args.timeout)))
         return results
     finally:
         await calls.close()
@@ -262,10 +274,13 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 
 def format_table(results: list[PhaseResult]) -> str:
-    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"]
+    with_store = any(r.store_cpu_ms == r.store_cpu_ms for r in results)  # measured (not NaN)
+    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
+             + (f" {'store cpu ms':>12}" if with_store else "")]  # fmt: skip
     for r in results:
         lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
-                     f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}")  # fmt: skip
+                     f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}"
+                     + (f" {r.store_cpu_ms:>12.3f}" if with_store else ""))  # fmt: skip
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
@@ -282,6 +297,10 @@ def format_table(results: list[PhaseResult]) -> str:
         lines.append(f"server CPU per call: empty RPC {empty.server_cpu_ms:.3f} ms, GetFeed {feed.server_cpu_ms:.3f} ms; "
                      f"their ratio {empty.server_cpu_ms / feed.server_cpu_ms:.3f} is the throughput ratio a server that "
                      "had the cores to itself would reach (steadier than qps on a shared machine)")  # fmt: skip
+    if with_store:
+        empty_total, feed_total = empty.server_cpu_ms + empty.store_cpu_ms, feed.server_cpu_ms + feed.store_cpu_ms
+        lines.append(f"server and store CPU per call: empty RPC {empty_total:.3f} ms, GetFeed {feed_total:.3f} ms; "
+                     f"their ratio {empty_total / feed_total:.3f} counts the store's work on the same cores too")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -294,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
     where.add_argument("--server-pid", type=int, help="pid of the --target server, when it runs on this machine: each phase "
                        "then reports the server's CPU per call (a spawned server's is always reported)")  # fmt: skip
+    where.add_argument("--store-pid", type=int, action="append", default=[], metavar="PID",
+                       help="pid of a store process on this machine, e.g. redis-server (repeat for several): each phase "
+                       "then also reports the store's CPU per call, which the server's does not include")  # fmt: skip
     add_spawn_arguments(where)
     load = parser.add_argument_group("load")
     load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
@@ -320,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
-            results = asyncio.run(run_phases(target, sample_users(args), args, server_pid))
+            results = asyncio.run(run_phases(target, sample_users(args), args, server_pid, args.store_pid))
         finally:
             if server is not None:
                 stop_server(server)

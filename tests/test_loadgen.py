@@ -104,10 +104,24 @@ def test_each_bare_server_kind_serves_the_load_without_errors(world, tmp_path, k
     assert status == 0 and all(p["errors"] == 0 and p["successes"] > 0 for p in phases)
 
 
+def test_a_stores_cpu_is_reported_beside_the_servers(world, target, tmp_path, capsys):
+    # Both run in this process here: the plumbing is what is checked, not the split.
+    status, phases = run_loadgen(world, target, tmp_path, "--server-pid", str(os.getpid()), "--store-pid", str(os.getpid()))
+
+    assert status == 0
+    for phase in phases:
+        assert phase["store_cpu_ms"] == pytest.approx(phase["server_cpu_ms"], rel=0.2, abs=0.05)
+    table = capsys.readouterr().out
+    assert "store cpu ms" in table.splitlines()[0]
+    assert "server and store CPU per call: empty RPC" in table
+
+
 def test_a_fixed_rate_replaces_the_share_of_saturation(world, target, tmp_path, capsys):
     status, phases = run_loadgen(world, target, tmp_path, "--rate", "25")
 
     assert status == 0
     assert phases[2]["mode"] == "open@25/s" and phases[2]["target_qps"] == 25
     assert phases[2]["successes"] == phases[2]["calls"] > 0
-    assert "GetFeed p99 at open@25/s:" in capsys.readouterr().out
+    assert all(p["store_cpu_ms"] != p["store_cpu_ms"] for p in phases)  # NaN: no --store-pid
+    table = capsys.readouterr().out
+    assert "GetFeed p99 at open@25/s:" in table and "store cpu ms" not in table
