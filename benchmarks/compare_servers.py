@@ -14,7 +14,9 @@ than runs one after another (``compare_load.sh``).
 Reported: per server, the median GetFeed and empty-RPC throughput and their ratio, and
 the server's CPU time per call of each (its process tree, from /proc); per later server,
 the median per-round ratio to the first of the GetFeed throughput and of the CPU per
-GetFeed (with their 10th and 90th percentiles); and the calls that failed (any error
+GetFeed (with their 10th and 90th percentiles). With --store-pid (a redis-server all the
+servers read), that store's CPU per GetFeed too, and the ratio of server and store CPU:
+a change that moves work between the server and Redis shows there; and the calls that failed (any error
 fails the run unless --allow-errors). On a shared machine the CPU per call moves far less
 than the throughput does.
 """
@@ -44,10 +46,16 @@ class Bursts:
     feed_qps: list[float] = field(default_factory=list)
     empty_cpu_ms: list[float] = field(default_factory=list)
     feed_cpu_ms: list[float] = field(default_factory=list)
+    feed_store_cpu_ms: list[float] = field(default_factory=list)  # the --store-pid processes' CPU per GetFeed
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    return sum(process_tree_cpu_seconds(pid) for pid in pids) if pids else float("nan")
 
 
 async def drive(targets: list[str], pids: list[int], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
-    """Each target's bursts (``pids``: its server process, for the CPU per call), and the failed calls."""
+    """Each target's bursts (``pids``: its server process, for the CPU per call; the
+    ``args.store_pid`` processes' CPU per GetFeed too), and the failed calls."""
     rng = random.Random(args.seed)
     servers = [server_calls(target, users, args.channels, 20, rng) for target in targets]
     bursts = [Bursts() for _ in targets]
@@ -60,12 +68,15 @@ async def drive(targets: list[str], pids: list[int], users: list[str], args: arg
             for calls, pid, server in zip(servers, pids, bursts):
                 for call, qps, cpu_ms in ((calls.empty, server.empty_qps, server.empty_cpu_ms),
                                           (calls.get_feed, server.feed_qps, server.feed_cpu_ms)):  # fmt: skip
-                    cpu_before = process_tree_cpu_seconds(pid)
+                    cpu_before, store_before = process_tree_cpu_seconds(pid), _cpu_seconds(args.store_pid)
                     tally, elapsed = await closed_loop(call, args.concurrency, args.burst, args.timeout)
-                    cpu = process_tree_cpu_seconds(pid) - cpu_before
+                    cpu, store = process_tree_cpu_seconds(pid) - cpu_before, _cpu_seconds(args.store_pid) - store_before
                     failed += sum(tally.errors.values())
                     qps.append(len(tally.latencies) / elapsed)
-                    cpu_ms.append(cpu / len(tally.latencies) * 1e3 if tally.latencies else float("nan"))
+                    per_call = 1e3 / len(tally.latencies) if tally.latencies else float("nan")
+                    cpu_ms.append(cpu * per_call)
+                    if call is calls.get_feed:
+                        server.feed_store_cpu_ms.append(store * per_call)
     finally:
         for calls in servers:
             await calls.close()
@@ -73,16 +84,20 @@ async def drive(targets: list[str], pids: list[int], users: list[str], args: arg
 
 
 def report(specs: list[str], bursts: list[Bursts], failed: int) -> list[str]:
+    with_store = any(value == value for server in bursts for value in server.feed_store_cpu_ms)  # measured (not NaN)
     lines = []
     for spec, server in zip(specs, bursts):
         ratio = statistics.median(f / e for f, e in zip(server.feed_qps, server.empty_qps))
         lines.append(f"{spec}: GetFeed {statistics.median(server.feed_qps):.0f}/s, empty {statistics.median(server.empty_qps):.0f}/s, "
                      f"GetFeed / empty per round: median {ratio:.3f}; server CPU per call: GetFeed "
-                     f"{statistics.median(server.feed_cpu_ms):.3f} ms, empty {statistics.median(server.empty_cpu_ms):.3f} ms")  # fmt: skip
+                     f"{statistics.median(server.feed_cpu_ms):.3f} ms, empty {statistics.median(server.empty_cpu_ms):.3f} ms"
+                     + (f"; store CPU per GetFeed {statistics.median(server.feed_store_cpu_ms):.3f} ms" if with_store else ""))  # fmt: skip
+    both = [[a + b for a, b in zip(server.feed_cpu_ms, server.feed_store_cpu_ms)] for server in bursts]
     return [
         *lines,
         *ratio_lines(specs, [server.feed_qps for server in bursts], "GetFeed "),
         *ratio_lines(specs, [server.feed_cpu_ms for server in bursts], "server CPU per GetFeed "),
+        *(ratio_lines(specs, both, "server and store CPU per GetFeed ") if with_store else []),
         f"failed calls: {failed}",
     ]
 
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset directory (the users; and the memory store's data)")
     parser.add_argument("--models", required=True, help="model directory every server serves")
     add_spawn_arguments(parser.add_argument_group("every server"))
+    parser.add_argument("--store-pid", type=int, action="append", default=[], metavar="PID",
+                        help="pid of a store process every server uses, e.g. redis-server (repeatable): its CPU per "
+                        "GetFeed is reported too, and the ratio of server and store CPU")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=20, help="turns of every server (default: %(default)s)")
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of each closed-loop burst (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight per burst (default: %(default)s)")
