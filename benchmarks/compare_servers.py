@@ -14,11 +14,11 @@ than runs one after another (``compare_load.sh``).
 Reported: per server, the median GetFeed and empty-RPC throughput and their ratio, and
 the server's CPU time per call of each (its process tree, from /proc); per later server,
 the median per-round ratio to the first of the GetFeed throughput and of the CPU per
-GetFeed (with their 10th and 90th percentiles). With --store-pid (a redis-server all the
-servers read), that store's CPU per GetFeed too, and the ratio of server and store CPU:
-a change that moves work between the server and Redis shows there; and the calls that failed (any error
+GetFeed (with their 10th and 90th percentiles); and the calls that failed (any error
 fails the run unless --allow-errors). On a shared machine the CPU per call moves far less
-than the throughput does.
+than the throughput does. With --store-pid (a redis-server all the servers read), that
+store's CPU per GetFeed too, and the ratio of server and store CPU together: a change that
+moves work between the server and Redis shows there.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
 from benchmarks.loadgen import (
-    add_spawn_arguments, closed_loop, process_tree_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
+    add_spawn_arguments, closed_loop, process_tree_cpu_seconds, processes_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
 )
 
 
@@ -47,10 +47,6 @@ class Bursts:
     empty_cpu_ms: list[float] = field(default_factory=list)
     feed_cpu_ms: list[float] = field(default_factory=list)
     feed_store_cpu_ms: list[float] = field(default_factory=list)  # the --store-pid processes' CPU per GetFeed
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    return sum(process_tree_cpu_seconds(pid) for pid in pids) if pids else float("nan")
 
 
 async def drive(targets: list[str], pids: list[int], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
@@ -68,9 +64,9 @@ async def drive(targets: list[str], pids: list[int], users: list[str], args: arg
             for calls, pid, server in zip(servers, pids, bursts):
                 for call, qps, cpu_ms in ((calls.empty, server.empty_qps, server.empty_cpu_ms),
                                           (calls.get_feed, server.feed_qps, server.feed_cpu_ms)):  # fmt: skip
-                    cpu_before, store_before = process_tree_cpu_seconds(pid), _cpu_seconds(args.store_pid)
+                    cpu_before, store_before = process_tree_cpu_seconds(pid), processes_cpu_seconds(args.store_pid)
                     tally, elapsed = await closed_loop(call, args.concurrency, args.burst, args.timeout)
-                    cpu, store = process_tree_cpu_seconds(pid) - cpu_before, _cpu_seconds(args.store_pid) - store_before
+                    cpu, store = process_tree_cpu_seconds(pid) - cpu_before, processes_cpu_seconds(args.store_pid) - store_before
                     failed += sum(tally.errors.values())
                     qps.append(len(tally.latencies) / elapsed)
                     per_call = 1e3 / len(tally.latencies) if tally.latencies else float("nan")

@@ -198,6 +198,11 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return sum(cpu[p] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
+def processes_cpu_seconds(pids: Sequence[int]) -> float:
+    """``process_tree_cpu_seconds`` summed over ``pids``; NaN when there are none (not measured)."""
+    return sum(process_tree_cpu_seconds(pid) for pid in pids) if pids else float("nan")
+
+
 async def run_phases(
     target: str, users: list[str], args: argparse.Namespace, server_pid: int | None = None, store_pids: Sequence[int] = ()
 ) -> list[PhaseResult]:
@@ -207,9 +212,7 @@ async def run_phases(
     empty, get_feed = calls.empty, calls.get_feed
 
     def cpu() -> tuple[float, float]:
-        server = process_tree_cpu_seconds(server_pid) if server_pid else float("nan")
-        store = sum(process_tree_cpu_seconds(pid) for pid in store_pids) if store_pids else float("nan")
-        return server, store
+        return processes_cpu_seconds([server_pid] if server_pid else []), processes_cpu_seconds(store_pids)
 
     async def phase(name: str, mode: str, concurrency: int, target_qps: float, run: Awaitable[tuple[Tally, float]]) -> PhaseResult:
         server_before, store_before = cpu()

@@ -146,10 +146,11 @@ class FeedPipeline:
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
-        ranked = np.lexsort((batch.codes, self.store.items.hashes(batch.codes), -scores))
+        hashes = self.store.items.hashes(batch.codes)
+        ranked = np.lexsort((batch.codes, hashes, -scores))
         page = self.config.selector.select(query, batch, ranked)
         result.items = self._page_items(query, batch, page, scores)
-        result.item_hashes = self.store.items.hashes(batch.codes[page])
+        result.item_hashes = hashes[page]
         result.has_more = len(ranked) > len(page)
         if explain:
             result.explanation = self._explain(query, batch, page, result)

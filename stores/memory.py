@@ -190,6 +190,11 @@ class _Catalogue:
         for name in _TEXT_COLUMNS:
             setattr(self, name, np.zeros(0, object))
         self.away_until = np.zeros(0, np.float64)
+        # Cards built before, by item code: a page's cards cost a dict lookup each instead of
+        # six column gathers and a tuple. set_card, through which every card change after
+        # the bulk load goes (item upserts and updates), drops the item's entry; past
+        # CARD_CACHE_BOUND entries the cache starts again empty.
+        self._cards: dict[int, ItemCard] = {}
 
     def _set_records(self, records: np.ndarray) -> None:
         self.records = records
@@ -242,6 +247,41 @@ class _Catalogue:
                 self.category[code] = categories.add(value) if value else -1
             else:
                 getattr(self, name)[code] = value
+        self._cards.pop(code, None)
+
+    def cards(self, codes: list[int], categories: Vocabulary) -> list[ItemCard]:
+        """The card of each item code (an empty card for an item not held), same order."""
+        cache = self._cards
+        cards = [cache.get(code) for code in codes]
+        missing = [at for at, card in enumerate(cards) if card is None]
+        if missing:
+            if len(cache) + len(missing) > CARD_CACHE_BOUND:
+                cache.clear()
+            for at, card in zip(missing, self._built_cards(np.array([codes[at] for at in missing], np.int64), categories)):
+                cards[at] = cache[codes[at]] = card
+        return cards
+
+    def _built_cards(self, codes: np.ndarray, categories: Vocabulary) -> list[ItemCard]:
+        known = (codes >= 0) & (codes < len(self.exists))
+        known[known] = self.exists[codes[known]]
+        if not known.any():
+            return [ItemCard() for _ in range(len(codes))]
+        # One gather per column, then plain Python values: no numpy scalar per field.
+        at = np.where(known, codes, int(codes[known][0]))
+        fields = zip(known.tolist(), *(getattr(self, name)[at].tolist() for name in _CARD_COLUMNS))
+        return [
+            ItemCard(
+                title=title,
+                image_url=image_url,
+                price=None if math.isnan(price) else price,
+                currency=currency,
+                category=categories.id(category) if category >= 0 else "",
+                ship_days=None if math.isnan(ship_days) else int(ship_days),
+            )
+            if is_known
+            else ItemCard()
+            for is_known, title, image_url, price, currency, category, ship_days in fields
+        ]
 
 
 class _SharedWith:
@@ -413,10 +453,6 @@ class MemoryStore:
         self.categories = Vocabulary()
         self._lock = threading.RLock()
         self._catalogue = _Catalogue()
-        # Cards read before, by item code: a page's cards cost a dict lookup each instead of
-        # six column gathers and a tuple. Item upserts and updates drop their item's entry;
-        # past CARD_CACHE_BOUND entries the cache starts again empty.
-        self._cards: dict[int, ItemCard] = {}
         self._likes = TimelineTable()  # by user code: every like, newest first
         self._listings = TimelineTable()  # by seller code
         self._follows: dict[str, set[str]] = defaultdict(set)
@@ -550,41 +586,8 @@ class MemoryStore:
             return columns
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
-        codes = np.asarray(item_codes, dtype=np.int64).tolist()
         with self._lock:
-            cache = self._cards
-            cards = [cache.get(code) for code in codes]
-            missing = [at for at, card in enumerate(cards) if card is None]
-            if missing:
-                if len(cache) + len(missing) > CARD_CACHE_BOUND:
-                    cache.clear()
-                for at, card in zip(missing, self._gather_cards(np.array([codes[at] for at in missing], np.int64))):
-                    cards[at] = cache[codes[at]] = card
-            return cards
-
-    def _gather_cards(self, codes: np.ndarray) -> list[ItemCard]:
-        catalogue = self._catalogue
-        known = (codes >= 0) & (codes < len(catalogue.exists))
-        known[known] = catalogue.exists[codes[known]]
-        if not known.any():
-            return [ItemCard() for _ in range(len(codes))]
-        # One gather per column, then plain Python values: no numpy scalar per field.
-        at = np.where(known, codes, int(codes[known][0]))
-        fields = zip(known.tolist(), *(getattr(catalogue, name)[at].tolist() for name in _CARD_COLUMNS))
-        category_id = self.categories.id
-        return [
-            ItemCard(
-                title=title,
-                image_url=image_url,
-                price=None if math.isnan(price) else price,
-                currency=currency,
-                category=category_id(category) if category >= 0 else "",
-                ship_days=None if math.isnan(ship_days) else int(ship_days),
-            )
-            if is_known
-            else ItemCard()
-            for is_known, title, image_url, price, currency, category, ship_days in fields
-        ]
+            return self._catalogue.cards(np.asarray(item_codes, dtype=np.int64).tolist(), self.categories)
 
     def _trending(self, limit: int) -> np.ndarray:
         if limit <= 0:
@@ -681,7 +684,6 @@ class MemoryStore:
             self._friends[event.friend_id].discard(event.user_id)
         elif kind is EventKind.ITEM_UPSERT:
             self._upsert(event)
-            self._cards.pop(self.items.code(event.item_id), None)
         elif kind is EventKind.STOCK_UPDATE:
             self._catalogue.stock[self.items.code(event.item_id)] = event.stock
         elif kind is EventKind.NOT_INTERESTED_ITEM:
@@ -689,9 +691,7 @@ class MemoryStore:
         elif kind is EventKind.NOT_INTERESTED_SELLER:
             self._hidden_sellers[event.user_id].add(self.sellers.add(event.seller_id))
         elif kind is EventKind.ITEM_UPDATE:
-            code = self.items.code(event.item_id)
-            self._catalogue.set_card(code, event.card(), self.categories)
-            self._cards.pop(code, None)
+            self._catalogue.set_card(self.items.code(event.item_id), event.card(), self.categories)
         elif kind in (EventKind.SELLER_VACATION, EventKind.SELLER_VACATION_END):
             seller = self.sellers.add(event.seller_id)
             self._catalogue.reserve_sellers(len(self.sellers))
