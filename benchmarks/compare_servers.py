@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
 from benchmarks.loadgen import (
-    add_spawn_arguments, closed_loop, process_tree_cpu_seconds, processes_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
+    add_spawn_arguments, check_pids, closed_loop, process_tree_cpu_seconds, processes_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
 )
 
 
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     check_checkouts(parser, args.checkouts, "serving")
     if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1 or args.channels < 1:
         parser.error("--rounds, --concurrency and --channels must be at least 1, --burst positive")
+    check_pids(parser, "--store-pid", args.store_pid)
 
     servers = []
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:

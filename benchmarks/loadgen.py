@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import random
 import subprocess
@@ -198,6 +199,14 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return sum(cpu[p] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
+def check_pids(parser: argparse.ArgumentParser, flag: str, pids: Sequence[int]) -> None:
+    """Exit through ``parser`` when one of ``pids`` (given as ``flag``) is no process this
+    program can read the CPU of: its figures would silently be NaN."""
+    for pid in pids:
+        if math.isnan(process_tree_cpu_seconds(pid)):
+            parser.error(f"{flag} {pid}: no such process on this machine (or /proc cannot be read)")
+
+
 def processes_cpu_seconds(pids: Sequence[int]) -> float:
     """``process_tree_cpu_seconds`` summed over ``pids``; NaN when there are none (not measured)."""
     return sum(process_tree_cpu_seconds(pid) for pid in pids) if pids else float("nan")
@@ -337,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.target and not args.models:
         parser.error("give --target, or --models (and --data) to spawn a server")
+    check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid else [])
+    check_pids(parser, "--store-pid", args.store_pid)
     server = None
     with tempfile.TemporaryDirectory(prefix="loadgen-") as workdir:
         try:

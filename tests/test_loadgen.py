@@ -125,3 +125,10 @@ def test_a_fixed_rate_replaces_the_share_of_saturation(world, target, tmp_path, 
     assert all(p["store_cpu_ms"] != p["store_cpu_ms"] for p in phases)  # NaN: no --store-pid
     table = capsys.readouterr().out
     assert "GetFeed p99 at open@25/s:" in table and "store cpu ms" not in table
+
+
+@pytest.mark.parametrize("flag", ["--server-pid", "--store-pid"])
+def test_a_pid_that_is_no_process_is_refused_by_name(flag, capsys):
+    with pytest.raises(SystemExit):
+        loadgen.main(["--target", "127.0.0.1:1", flag, "999999999"])
+    assert f"{flag} 999999999: no such process" in capsys.readouterr().err
