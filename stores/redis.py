@@ -44,8 +44,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -90,6 +88,8 @@ from stores.events import (
     first_error,
     graph_edges,
 )
+from stores.joined_floats import joined_floats
+from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
@@ -621,20 +621,9 @@ return {table.concat(lengths, ','), members, table.concat(scores, ','), trending
 """
 
 
-def _floats(text: str) -> np.ndarray:
-    """float64 of a comma-joined string of numbers ("nan" and "inf" too); none when empty.
-
-    pyarrow parses them three times as fast as numpy does (np.fromstring, or an array
-    of the split strings): most of a feed's reply from Redis is such numbers.
-    """
-    if not text:
-        return np.zeros(0)
-    return pc.cast(pc.split_pattern(pa.array([text]), ",").flatten(), pa.float64()).to_numpy(zero_copy_only=False, writable=True)
-
-
 def _negated_times(scores_text: str) -> np.ndarray:
     """Times from a joined string of sorted-set scores (negated times)."""
-    return -_floats(scores_text)
+    return -joined_floats(scores_text)
 
 
 def _flags(text: str) -> np.ndarray:
@@ -660,7 +649,7 @@ def pack_item(fields: Mapping[str, str | None]) -> str:
 
 def _packed_numbers(text: str, n: int) -> np.ndarray:
     """The (n, 6) numbers of n packed items from their joined text, in one parse."""
-    numbers = _floats(text)
+    numbers = joined_floats(text)
     if numbers.size != n * _PACKED_NUMBERS:
         raise ValueError(f"malformed packed item fields: {numbers.size} numbers for {n} items")
     return numbers.reshape(n, _PACKED_NUMBERS)
@@ -856,6 +845,7 @@ class RedisStore:
         self.items = Vocabulary()
         self.sellers = Vocabulary()
         self.categories = Vocabulary()
+        compile_number_parser()  # not on the first feed
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] = {}, **kwargs: Any) -> RedisStore:
@@ -993,9 +983,9 @@ class RedisStore:
                 )  # fmt: skip
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 numbers = _packed_numbers(numbers_text, n)
-                trending, away = _floats(trending_text), _floats(away_text)
+                trending, away = joined_floats(trending_text), joined_floats(away_text)
                 views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
-                viewed_at = _floats(viewed_text) if viewed_text else np.zeros(n)
+                viewed_at = joined_floats(viewed_text) if viewed_text else np.zeros(n)
         return ItemColumns(
             exists=exists,
             seller=self._codes_or_none(self.sellers, seller_ids),
