@@ -1,7 +1,7 @@
 """Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per first page.
 
     python -m benchmarks.compare_pipeline --data DIR --models DIR CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
-        [--rounds 60] [--batch 200] [--users 2000] [--seed 0]
+        [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--store redis://HOST:PORT/DB]
 
 One worker process per checkout imports that checkout's code (PYTHONPATH), loads DIR into
 a memory store and the current model version of DIR, runs every user once to warm up,
@@ -15,6 +15,13 @@ FeedSettings fields (e.g. ``.:ef_search=64``).
 Reported: per checkout, the median and 10th percentile of the CPU time per page; per
 later checkout, the median per-round ratio to the first (with its 10th and 90th
 percentiles).
+
+With --store, every worker reads that Redis instead (it must already hold DIR's dataset:
+`python -m serving load --data DIR --redis URL`; the pipeline only reads it), and each
+turn also measures Redis's own CPU (INFO cpu) over its batch: the workers take turns, so
+it is that checkout's. Reported then too: Redis's CPU per page, and the per-round ratio
+of the client's and Redis's CPU together, so a change that moves work between the client
+and Redis's scripts shows.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ def _worker(args: argparse.Namespace) -> None:
     from ranking.feed import FeedSettings, build_feed_pipeline
     from serving.native_threads import limit_native_threads
     from stores.memory import MemoryStore
+    from stores.redis import RedisStore
     from training.artifact import load_current
     from training.dataset import load_dataset
 
@@ -44,7 +52,15 @@ def _worker(args: argparse.Namespace) -> None:
     artifact = load_current(args.models)
     defaults = FeedSettings()
     settings = {key: type(getattr(defaults, key))(value) for key, value in (pair.split("=", 1) for pair in args.settings)}
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), artifact.model, artifact.ranker, FeedSettings(**settings))
+    store = RedisStore.from_url(args.store) if args.store else MemoryStore.from_dataset(dataset)
+    pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker, FeedSettings(**settings))
+
+    def store_cpu_seconds() -> float:
+        if not args.store:
+            return 0.0
+        info = store.client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
     users = dataset.user_ids()
     users = random.Random(args.seed).sample(users, min(args.users, len(users)))
     now = float(np.nanmax(dataset.likes.ts))
@@ -55,10 +71,11 @@ def _worker(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         batch = [users[(turn + i) % len(users)] for i in range(int(line))]
         turn += len(batch)
-        started = time.thread_time()
+        started, store_started = time.thread_time(), store_cpu_seconds()
         for user in batch:
             pipeline.run(user, 20, now)
-        print((time.thread_time() - started) / len(batch) * 1e6, flush=True)
+        client, store_cpu = time.thread_time() - started, store_cpu_seconds() - store_started
+        print(client / len(batch) * 1e6, store_cpu / len(batch) * 1e6, flush=True)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -91,7 +108,8 @@ def compare(args: argparse.Namespace) -> list[str]:
         checkout, _, pairs = spec.partition(":")
         settings = [pair for pair in pairs.split(",") if pair]
         command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
-                   "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else [])]  # fmt: skip
+                   "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else []),
+                   *(["--store", args.store] if args.store else [])]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
         workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
@@ -99,18 +117,26 @@ def compare(args: argparse.Namespace) -> list[str]:
             if worker.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{spec}: the worker failed to start (exit code {worker.wait()})")
         times: list[list[float]] = [[] for _ in workers]
+        store_times: list[list[float]] = [[] for _ in workers]
         for _ in range(args.rounds):
-            for worker, measured in zip(workers, times):
+            for worker, measured, store_measured in zip(workers, times, store_times):
                 worker.stdin.write(f"{args.batch}\n")
                 worker.stdin.flush()
-                measured.append(float(worker.stdout.readline()))
+                client, store_cpu = (float(v) for v in worker.stdout.readline().split())
+                measured.append(client)
+                store_measured.append(store_cpu)
     finally:
         for worker in workers:
             worker.stdin.close()
             worker.wait()
     lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {percentile(t, 0.1):.0f} us per page"
              for spec, t in zip(args.checkouts, times)]  # fmt: skip
-    return lines + ratio_lines(args.checkouts, times, "")
+    lines += ratio_lines(args.checkouts, times, "")
+    if args.store:
+        lines += [f"{spec}: Redis CPU median {statistics.median(t):.0f} us per page" for spec, t in zip(args.checkouts, store_times)]
+        both = [[a + b for a, b in zip(client, store)] for client, store in zip(times, store_times)]
+        lines += ratio_lines(args.checkouts, both, "client and Redis CPU ")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=200, help="first pages per turn (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="users sampled, the same in every checkout (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
+    parser.add_argument("--store", help="redis://HOST:PORT/DB already holding DIR's dataset (default: a memory store in each worker)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--settings", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -498,24 +498,42 @@ return out
 # views and their times when the user viewed nothing) and the packed items; ARGV the key
 # prefix then the item ids (the script builds the keys of items it must read one by
 # one: half the bytes to send and pack). The items' packed numbers come back joined into
-# one string (parsed in one call), their sellers and categories as lists, and flags as
-# one string of 0/1 per column. Each distinct seller's vacation is read once.
+# one string (parsed in one call), flags as one string of 0/1 per column, and sellers and
+# categories as their distinct values with each item's position among them (joined):
+# a page's few hundred candidates share a few dozen sellers and categories, and every
+# string in the reply costs Redis, hiredis and a vocabulary lookup. Each distinct
+# seller's vacation is read once and comes back per distinct seller.
 _LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
-local exists, liked, numbers, sellers, category = {}, {}, {}, {}, {}
-local seen, distinct, packed = {}, {}, {}
+local exists, liked, numbers = {}, {}, {}
+local packed = {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local got = redis.call('HMGET', KEYS[6], unpack(ARGV, start, math.min(start + 999, n + 1)))
   for j = 1, #got do packed[start + j - 2] = got[j] end
 end
+-- Distinct values in order of first sight; a value's position is kept as text, so the
+-- joined positions are copies, not number formatting.
+local function distinct()
+  return {values = {}, position = {}}
+end
+local function position_of(d, value)
+  local at = d.position[value]
+  if not at then
+    at = tostring(#d.values)
+    d.values[#d.values + 1] = value
+    d.position[value] = at
+  end
+  return at
+end
+local sellers, categories = distinct(), distinct()
+local seller_at, category_at = {}, {}
 for j = 1, n do
   local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
   if p then exists[j] = '1' else exists[j] = '0' end
-  local s
-  numbers[j], s, category[j] = split_packed(p)
-  sellers[j] = s
-  if s ~= '' and not seen[s] then seen[s] = true; distinct[#distinct + 1] = s end
+  local s, c
+  numbers[j], s, c = split_packed(p)
+  seller_at[j], category_at[j] = position_of(sellers, s), position_of(categories, c)
 end
 local trending, views, viewed_at = {}, {}, {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
@@ -538,17 +556,17 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
     end
   end
 end
-local away_of = {}
-if #distinct > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
-  for start = 1, #distinct, 1000 do
-    local got = redis.call('HMGET', KEYS[3], unpack(distinct, start, math.min(start + 999, #distinct)))
-    for j = 1, #got do if got[j] then away_of[distinct[start + j - 1]] = got[j] end end
+local away = {}
+local d = #sellers.values
+if d > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  for start = 1, d, 1000 do
+    local got = redis.call('HMGET', KEYS[3], unpack(sellers.values, start, math.min(start + 999, d)))
+    for j = 1, #got do away[start + j - 1] = got[j] or '0' end
   end
 end
-local away = {}
-for j = 1, n do away[j] = away_of[sellers[j]] or '0' end
-return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers, category, table.concat(trending, ','),
-        table.concat(away, ','), table.concat(views, ','), table.concat(viewed_at, ',')}
+return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers.values, table.concat(seller_at, ','),
+        categories.values, table.concat(category_at, ','), table.concat(trending, ','), table.concat(away, ','),
+        table.concat(views, ','), table.concat(viewed_at, ',')}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -628,6 +646,11 @@ def _negated_times(scores_text: str) -> np.ndarray:
 
 def _flags(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def _positions(text: str) -> np.ndarray:
+    """Positions joined by commas (the hydrate script's seller and category columns)."""
+    return joined_floats(text).astype(np.intp)
 
 
 def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
@@ -959,11 +982,12 @@ class RedisStore:
         with unavailable_on_redis_errors():
             if self.is_cluster:
                 exists, numbers = np.zeros(n, bool), np.empty((n, _PACKED_NUMBERS))
-                seller_ids, category = [""] * n, [""] * n
+                seller_ids, category_ids = [""] * n, [""] * n
                 for rows, (flags, numbers_text, sellers, categories) in self._on_item_nodes("packed", item_codes, ids):
                     exists[rows], numbers[rows] = _flags(flags), _packed_numbers(numbers_text, len(rows))
                     for row, seller_id, category_id in zip(rows.tolist(), sellers, categories):
-                        seller_ids[row], category[row] = seller_id, category_id
+                        seller_ids[row], category_ids[row] = seller_id, category_id
+                seller, category = self._codes_or_none(self.sellers, seller_ids), self._codes_or_none(self.categories, category_ids)
                 pipe = self._pipeline()
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
@@ -976,19 +1000,23 @@ class RedisStore:
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
                 views, viewed_at = _numbers(view_counts, np.int64), np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                (exists_text, liked_text, numbers_text, seller_ids, category, trending_text, away_text, views_text,
-                 viewed_text) = self._eval_keys(
+                (exists_text, liked_text, numbers_text, distinct_sellers, seller_at_text, distinct_categories,
+                 category_at_text, trending_text, away_text, views_text, viewed_text) = self._eval_keys(
                     "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id), k.packed_items],
                     [k.prefix, *ids],
                 )  # fmt: skip
                 exists, liked_flags = _flags(exists_text), _flags(liked_text)
                 numbers = _packed_numbers(numbers_text, n)
-                trending, away = joined_floats(trending_text), joined_floats(away_text)
-                views = np.array(views_text.split(","), dtype=np.int64) if views_text else np.zeros(n, np.int64)
+                seller_at = _positions(seller_at_text)
+                seller = self._codes_or_none(self.sellers, distinct_sellers)[seller_at]
+                category = self._codes_or_none(self.categories, distinct_categories)[_positions(category_at_text)]
+                trending = joined_floats(trending_text)
+                away = joined_floats(away_text)[seller_at] if away_text else np.zeros(n)
+                views = joined_floats(views_text).astype(np.int64) if views_text else np.zeros(n, np.int64)
                 viewed_at = joined_floats(viewed_text) if viewed_text else np.zeros(n)
         return ItemColumns(
             exists=exists,
-            seller=self._codes_or_none(self.sellers, seller_ids),
+            seller=seller,
             created_at=numbers[:, 0].copy(),
             stock=numbers[:, 1].astype(np.int64),
             like_count=numbers[:, 2].astype(np.int64),
@@ -998,7 +1026,7 @@ class RedisStore:
             seller_away_until=away,
             price=numbers[:, 4].copy(),
             ship_days=numbers[:, 5].copy(),
-            category=self._codes_or_none(self.categories, category),
+            category=category,
             views=views,
             viewed_at=viewed_at,
         )

@@ -8,6 +8,8 @@ import re
 import pytest
 
 from benchmarks import compare_pipeline
+from serving.load import load_into_redis
+from stores.redis import connect
 from tests.feed_world import build_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +28,25 @@ def test_it_reports_each_checkout_and_the_ratio_to_the_first(tmp_path, capsys):
     assert ratio, lines[2]
     median, p10, p90 = (float(v) for v in ratio.groups())
     assert 0 < p10 <= median <= p90
+
+
+@pytest.mark.redis
+def test_on_redis_it_adds_redis_cpu_and_the_ratio_of_both(tmp_path, capsys, redis_server):
+    world = build_world(tmp_path, users=200, sellers=20, items=600)
+    with redis_server.client() as client:
+        client.flushall()
+    client = connect(redis_server.url, socket_timeout=30.0)
+    load_into_redis(client, world.dataset)
+    client.close()
+    compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "3", "--batch", "5",
+                           "--users", "50", "--store", redis_server.url, ROOT, ROOT])  # fmt: skip
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6, lines
+    for line in lines[3:5]:
+        cpu = re.fullmatch(r".+: Redis CPU median (\d+) us per page", line)
+        assert cpu and int(cpu.group(1)) > 0, line  # every page reads Redis
+    assert re.fullmatch(r".+ / .+: client and Redis CPU per-round ratio median [\d.]+, p10 [\d.]+, p90 [\d.]+", lines[5]), lines[5]
 
 
 def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):

@@ -219,6 +219,22 @@ def test_hydration_keeps_ids_and_categories_with_separators_and_non_ascii_text(s
     }  # fmt: skip
 
 
+def test_hydration_gives_each_item_its_own_seller_category_and_vacation(store_factory):
+    """Items share sellers and categories (Redis sends each distinct one once): every
+    item, in any order and between missing ones, still gets its own."""
+    store = store_factory(social_dataset())
+    sellers, categories = ["r0", "r1", "r2"], ["home", "", "toys", "home"]
+    store.apply([ev(f"r{n}", EventKind.ITEM_UPSERT, item_id=f"r{n}", seller_id=sellers[n % 3], created_at=NOW, stock=1,
+                    category=categories[n % 4]) for n in range(12)])  # fmt: skip
+    store.apply([ev("away", EventKind.SELLER_VACATION, seller_id="r1", vacation_until=NOW + DAY)])
+    order = ["r7", "missing", "r0", "r11", "r4", "gone", "r9", "r2", "r5"]
+    hydration = views.hydrate(store, "alice", order)
+    assert {item: (v.seller_id, v.category, v.seller_away_until) for item, v in hydration.items.items()} == {
+        item: (sellers[n % 3], categories[n % 4], NOW + DAY if n % 3 == 1 else 0.0)
+        for item in order if item.startswith("r") for n in [int(item[1:])]
+    }
+
+
 def test_item_events_change_only_the_card_fields_they_name(store_factory):
     store = store_factory(social_dataset())
     assert store.read_cards(store.items.codes(["n1"], add=True)) == [ItemCard()]  # read before it exists
