@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stores.joined_floats import _parse, joined_floats
+from stores.joined_floats import _fast_path, _parse, joined_floats
 
 # How the numbers in Redis's replies are written: Python's repr (what the loader and the
 # ingest path store), Redis's %.17g (sorted-set scores) and Lua's %.14g (numbers a script
@@ -57,27 +57,37 @@ def test_tokens_at_the_limits_equal_float(values: list[str]) -> None:
     assert _same(joined_floats(text), [float(t) for t in values]), text
 
 
-def test_the_numbers_of_a_feed_take_the_compiled_path() -> None:
-    # Packed item columns, times, flags, no scores, an absent time: no fallback to pyarrow.
+def _bytes(text: str) -> np.ndarray:
+    return np.frombuffer((text + "\0").encode(), np.uint8)
+
+
+def _exact_on_the_fast_path(token: str) -> bool:
+    return _fast_path(_bytes(token), 0, len(token))[1]
+
+
+def test_the_numbers_of_a_feed_take_the_fast_path() -> None:
+    # Packed item columns, times, flags, no scores, an absent time: no strtod, no pyarrow.
     for text in ("1764598952.0,43,6,1,52.87,6,1762529513.25,0,0,1,nan,nan", "-1767213367,-1767204864.5", "0,0,inf,-inf,0"):
-        out = np.empty(text.count(",") + 1)
-        assert _parse(np.frombuffer(text.encode(), np.uint8), out), text
-        assert _same(out, [float(t) for t in text.split(",")])
-
-
-def test_seventeen_digits_fall_back_to_the_correctly_rounded_parse() -> None:
-    # Redis's %.17g of a trending score; 2^64 + 5, twenty digits, which a uint64
-    # mantissa would wrap to 5.
-    for text in ("0.1,3.2206672326480324e+32", "0.1,18446744073709551621"):
-        assert not _parse(np.frombuffer(text.encode(), np.uint8), np.empty(2)), text
+        assert all(_exact_on_the_fast_path(token) for token in text.split(",")), text
         assert _same(joined_floats(text), [float(t) for t in text.split(",")])
+
+
+def test_seventeen_digits_go_to_strtod_and_still_read_exactly() -> None:
+    # Redis's %.17g of a trending score; 2^64 + 5, twenty digits, which a uint64
+    # mantissa would wrap to 5; a power of ten past 22.
+    for token in ("3.2206672326480324e+32", "18446744073709551621", "1e+23", "4.9406564584124654e-324"):
+        assert not _exact_on_the_fast_path(token), token
+        text = f"0.1,{token},7"
+        out = np.empty(3)
+        assert _parse(_bytes(text), out, np.zeros(1, np.intp)), text  # not pyarrow's
+        assert _same(out, [0.1, float(token), 7.0]), text
 
 
 def test_empty_text_is_no_numbers() -> None:
     assert joined_floats("").shape == (0,)
 
 
-@pytest.mark.parametrize("text", ["1,,2", "1,", "abc", "1.2.3", "1e", "--1", "1 ,2"])
+@pytest.mark.parametrize("text", ["1,,2", "1,", ",1", "abc", "1.2.3", "1e", "--1", "1 ,2", "1e400x", "0x10"])
 def test_malformed_text_raises(text: str) -> None:
     with pytest.raises(pa.ArrowInvalid):
         joined_floats(text)
