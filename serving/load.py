@@ -33,6 +33,7 @@ from stores.events import EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
+    PACKED_FIELD,
     connect,
     is_cluster_client,
     pack_item,
@@ -107,9 +108,9 @@ def _commands(
             **_card(items, row),
         }
         if packed_items:
-            packed[item_id] = pack_item(fields)
+            packed[item_id] = pack_item(fields, trending.get(item_id, 0.0))
         else:
-            fields["packed"] = pack_item(fields)
+            fields[PACKED_FIELD] = pack_item(fields)
         yield 1, "hset", (keys.item(item_id), None, None, fields)
         if seller_id:
             by_seller[seller_id][item_id] = "-" + created

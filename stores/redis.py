@@ -127,39 +127,48 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"
 # its candidates with one HMGET instead of an HMGET of eight fields per candidate
 # (per-element work inside the hydrate script was its cost: benchmarks/README.md, "Redis:
 # packed item values"); on a cluster, which cannot keep one hash for items of every
-# slot, in the item's own hash (field ``packed``), which its feeds read with one script
+# slot, in the item's own hash (field PACKED_FIELD), which its feeds read with one script
 # per node (RedisStore._on_item_nodes). Never both: each write would be paid twice. Layout: the numbers
-# "created_at,stock,like_count,eligible,price,ship_days" (eligible 1/0, a missing price
-# or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
-# category; pack_item is the same in Python. An item written before the packed value
-# existed has none: read_packed packs its fields on the fly.
+# "created_at,stock,like_count,eligible,price,ship_days,trending" (eligible 1/0, a missing
+# price or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
+# category; pack_item is the same in Python. On standalone Redis "trending" is the item's
+# score in the trending set, which every like and unlike refreshes with the like count:
+# the hydrate script then needs no ZMSCORE, whose score formatting was a third of its
+# time (benchmarks/README.md, "2026-12-03 (midday)"); a cluster keeps the set in another
+# slot than the item, so there it is 0 and a feed reads the set. An item written before
+# this layout existed has no packed value under PACKED_FIELD or in Keys.packed_items:
+# read_packed packs its fields on the fly.
+PACKED_FIELD = "packed7"
 _LUA_PACK = r"""
 local PACKED_FIELDS = {'seller', 'created_at', 'stock', 'like_count', 'feed_eligible', 'price', 'ship_days', 'category'}
 local PACKED_ITEMS = false  -- the hash of every item's packed value: standalone scripts set it
-local function pack(v)
+local TRENDING_IN_PACK = false  -- the trending set whose scores join packed values: standalone scripts set it
+local function pack(v, trend)
   local eligible, seller = '1', v[1] or ''
   if v[5] == '0' then eligible = '0' end
   return (v[2] or '0') .. ',' .. (v[3] or '0') .. ',' .. (v[4] or '0') .. ',' .. eligible .. ',' .. (v[6] or 'nan') .. ','
-         .. (v[7] or 'nan') .. '|' .. #seller .. ':' .. seller .. (v[8] or '')
+         .. (v[7] or 'nan') .. ',' .. trend .. '|' .. #seller .. ':' .. seller .. (v[8] or '')
 end
-local function pack_fields(k)  -- the item's packed value from its fields; nil: no such item
+local function pack_fields(k, item)  -- the item's packed value from its fields; nil: no such item
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
-  if v[1] or v[3] then return pack(v) end
-  return nil
+  if not (v[1] or v[3]) then return nil end
+  local trend = '0'
+  if TRENDING_IN_PACK then trend = redis.call('ZSCORE', TRENDING_IN_PACK, item) or '0' end
+  return pack(v, trend)
 end
-local function read_packed(k) return redis.call('HGET', k, 'packed') or pack_fields(k) end
+local function read_packed(k, item) return redis.call('HGET', k, '""" + PACKED_FIELD + r"""') or pack_fields(k, item) end
 -- A packed value's numbers, seller and category; no value: a missing item's.
 local function split_packed(p)
-  if not p then return '0,0,0,1,nan,nan', '', '' end
+  if not p then return '0,0,0,1,nan,nan,0', '', '' end
   local bar = string.find(p, '|', 1, true)
   local colon = string.find(p, ':', bar + 1, true)
   local last = colon + tonumber(string.sub(p, bar + 1, colon - 1))
   return string.sub(p, 1, bar - 1), string.sub(p, colon + 1, last), string.sub(p, last + 1)
 end
 local function repack(k, item)
-  local p = pack_fields(k)
+  local p = pack_fields(k, item)
   if not p then return end
-  if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) else redis.call('HSET', k, 'packed', p) end
+  if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) else redis.call('HSET', k, '""" + PACKED_FIELD + r"""', p) end
 end
 """
 
@@ -420,14 +429,16 @@ _LUA_APPLY_BATCH = (
     + _LUA_VALIDATE
     + "local ENGAGE = {" + "".join(f"['{kind.value}'] = true, " for kind in (EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)) + "}\n"
     + r"""
-PACKED_ITEMS = P .. '{items}:packed'
+PACKED_ITEMS = P .. '""" + Keys("").packed_items + r"""'
+TRENDING_IN_PACK = TRENDING
 for _, o in ipairs(fresh) do
   local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
+  -- The trending score first: the like count's repack packs it.
   if kind == 'like' then
-    if OPS.like(u, item, ts) == '1' then OPS.count(item, 1); OPS.trend(item, ts, '') end
+    if OPS.like(u, item, ts) == '1' then OPS.trend(item, ts, ''); OPS.count(item, 1) end
   elseif kind == 'unlike' then
     local liked_ts = OPS.unlike(u, item)
-    if liked_ts ~= '' then OPS.count(item, -1); OPS.trend(item, liked_ts, '-') end
+    if liked_ts ~= '' then OPS.trend(item, liked_ts, '-'); OPS.count(item, -1) end
   elseif kind == 'follow' then OPS.follow(u, seller)
   elseif kind == 'unfollow' then OPS.unfollow(u, seller)
   elseif kind == 'friend' then OPS.friend(u, friend); OPS.friend(friend, u)
@@ -506,6 +517,7 @@ return out
 _LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
+TRENDING_IN_PACK = KEYS[2]
 local exists, liked, numbers = {}, {}, {}
 local packed = {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
@@ -529,23 +541,19 @@ end
 local sellers, categories = distinct(), distinct()
 local seller_at, category_at = {}, {}
 for j = 1, n do
-  local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}')
+  local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}', ARGV[j + 1])
   if p then exists[j] = '1' else exists[j] = '0' end
   local s, c
   numbers[j], s, c = split_packed(p)
   seller_at[j], category_at[j] = position_of(sellers, s), position_of(categories, c)
 end
-local trending, views, viewed_at = {}, {}, {}
+local views, viewed_at = {}, {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local chunk_end = math.min(start + 999, n + 1)
   local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, chunk_end))
   for j = 1, #got do
     if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
-  end
-  local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, start, chunk_end))
-  for j = 1, #scores do
-    trending[start + j - 2] = scores[j] or '0'
   end
   if any_seen then
     local counts = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
@@ -565,8 +573,8 @@ if d > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   end
 end
 return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers.values, table.concat(seller_at, ','),
-        categories.values, table.concat(category_at, ','), table.concat(trending, ','), table.concat(away, ','),
-        table.concat(views, ','), table.concat(viewed_at, ',')}
+        categories.values, table.concat(category_at, ','), table.concat(away, ','), table.concat(views, ','),
+        table.concat(viewed_at, ',')}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -587,7 +595,7 @@ return out
 _LUA_PACKED_ITEMS = _LUA_PACK + r"""
 local P, exists, numbers, sellers, category = ARGV[1], {}, {}, {}, {}
 for j = 2, #ARGV do
-  local p = read_packed(P .. '{i:' .. ARGV[j] .. '}')
+  local p = read_packed(P .. '{i:' .. ARGV[j] .. '}', ARGV[j])
   if p then exists[j - 1] = '1' else exists[j - 1] = '0' end
   numbers[j - 1], sellers[j - 1], category[j - 1] = split_packed(p)
 end
@@ -657,15 +665,17 @@ def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
     return np.array([v or "0" for v in values], dtype=dtype) if values else np.zeros(0, dtype)
 
 
-_PACKED_NUMBERS = 6  # created_at, stock, like_count, eligible, price, ship_days
+_PACKED_NUMBERS = 7  # created_at, stock, like_count, eligible, price, ship_days, trending (0 on a cluster)
 
 
-def pack_item(fields: Mapping[str, str | None]) -> str:
-    """The ``packed`` field of an item hash with these fields (_LUA_PACK's pack)."""
+def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
+    """The packed value of an item hash with these fields and this trending score (0 on a
+    cluster); _LUA_PACK's pack."""
     seller = fields.get("seller") or ""
     numbers = (
         fields.get("created_at") or "0", fields.get("stock") or "0", fields.get("like_count") or "0",
         "0" if fields.get("feed_eligible") == "0" else "1", fields.get("price") or "nan", fields.get("ship_days") or "nan",
+        repr(float(trending)),
     )  # fmt: skip
     return f"{','.join(numbers)}|{len(seller.encode())}:{seller}{fields.get('category') or ''}"
 
@@ -1001,7 +1011,7 @@ class RedisStore:
                 views, viewed_at = _numbers(view_counts, np.int64), np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
                 (exists_text, liked_text, numbers_text, distinct_sellers, seller_at_text, distinct_categories,
-                 category_at_text, trending_text, away_text, views_text, viewed_text) = self._eval_keys(
+                 category_at_text, away_text, views_text, viewed_text) = self._eval_keys(
                     "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id), k.packed_items],
                     [k.prefix, *ids],
                 )  # fmt: skip
@@ -1010,7 +1020,7 @@ class RedisStore:
                 seller_at = _positions(seller_at_text)
                 seller = self._codes_or_none(self.sellers, distinct_sellers)[seller_at]
                 category = self._codes_or_none(self.categories, distinct_categories)[_positions(category_at_text)]
-                trending = joined_floats(trending_text)
+                trending = numbers[:, 6].copy()
                 away = joined_floats(away_text)[seller_at] if away_text else np.zeros(n)
                 views = joined_floats(views_text).astype(np.int64) if views_text else np.zeros(n, np.int64)
                 viewed_at = joined_floats(viewed_text) if viewed_text else np.zeros(n)

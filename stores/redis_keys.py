@@ -21,14 +21,17 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
                                  fields an event named (title, image_url, price, currency,
                                  category, ship_days, feed_eligible "1"/"0"; absent: not
                                  set, eligible); stock 0 is the out-of-stock state;
-                                 packed: the fields a feed reads for every candidate, in one
-                                 value that every write of the item refreshes (stores/redis.py)
+                                 packed7: on a cluster, the fields a feed reads for every
+                                 candidate, in one value that every write of the item
+                                 refreshes (stores/redis.py, PACKED_FIELD)
   seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {log}:events           stream: one entry per applied event (Event.to_record())
-          {items}:packed         hash item -> the item's packed value (standalone only: a
-                                 cluster's feeds read each item's own)
+          {items}:packed7        hash item -> the item's packed value, its trending score
+                                 included (standalone only: a cluster's feeds read each
+                                 item's own); "{items}:packed" and the item field "packed",
+                                 of the layout before, are no longer read
   dedupe  d:{log}:EVENT_ID       "pending" / "done": the event id was logged / fully applied
           d:{TAG}:EVENT_ID#PART  cluster only: result of one part of an event in slot TAG
 
@@ -106,7 +109,7 @@ class Keys:
 
     @property
     def packed_items(self) -> str:
-        return f"{self.prefix}{{items}}:packed"
+        return f"{self.prefix}{{items}}:packed7"
 
     @property
     def events(self) -> str:

@@ -18,7 +18,7 @@ from serving.load import load_into_redis
 from stores.base import StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
-from stores.redis import RedisStore, pack_item
+from stores.redis import PACKED_FIELD, RedisStore, pack_item
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
@@ -248,20 +248,29 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
 
 def packed_items_match_the_item_hashes(store: RedisStore) -> None:
     """Every item's packed value is its fields packed: on standalone Redis in the hash of
-    packed items only, on a cluster in the item hash only."""
+    packed items only, with the item's trending score; on a cluster in the item hash only.
+    Numbers compare as numbers: Lua writes a score as Redis formats it, pack_item as repr."""
     client = store.client
     nodes = [client.get_redis_connection(n) for n in client.get_primaries()] if store.is_cluster else [client]
     packed, expected = {}, {}
     for node in nodes:
         for key in node.scan_iter(match=store.keys.item_pattern, count=1000):
-            fields = node.hgetall(key)
-            expected[store.keys.item_id_of(key)] = pack_item(fields)
-            if "packed" in fields:
-                packed[store.keys.item_id_of(key)] = fields["packed"]
+            fields, item = node.hgetall(key), store.keys.item_id_of(key)
+            trending = 0.0 if store.is_cluster else client.zscore(store.keys.trending, item) or 0.0
+            expected[item] = pack_item(fields, trending)
+            if PACKED_FIELD in fields:
+                packed[item] = fields[PACKED_FIELD]
     if not store.is_cluster:
         assert not packed, "standalone item hashes carry no packed field"
         packed = client.hgetall(store.keys.packed_items)
-    assert packed == expected
+    assert {item: _numbers_read(value) for item, value in packed.items()} == {
+        item: _numbers_read(value) for item, value in expected.items()
+    }
+
+
+def _numbers_read(packed: str) -> tuple[tuple[str, ...], str]:
+    numbers, _, rest = packed.partition("|")
+    return tuple(repr(float(number)) for number in numbers.split(",")), rest
 
 
 def same_reads(memory: MemoryStore, store: RedisStore) -> None:
@@ -346,7 +355,7 @@ def _drop_packed_values(store: RedisStore) -> int:
     dropped = 0
     for node in (client.get_redis_connection(n) for n in client.get_primaries()):
         for key in node.scan_iter(match=store.keys.item_pattern, count=1000):
-            dropped += node.hdel(key, "packed")
+            dropped += node.hdel(key, PACKED_FIELD)
     return dropped
 
 
@@ -367,7 +376,7 @@ def test_items_written_before_packed_values_hydrate_alike_and_a_write_packs_them
     ]
     assert store.apply(batch) == memory.apply(batch)
     if store.is_cluster:
-        repacked = [store.client.hget(store.keys.item(item), "packed") for item in items[:3]]
+        repacked = [store.client.hget(store.keys.item(item), PACKED_FIELD) for item in items[:3]]
     else:
         repacked = store.client.hmget(store.keys.packed_items, items[:3])
     assert all(repacked)

@@ -69,6 +69,12 @@ def test_hydrate_gives_each_items_decayed_like_count(store_factory):
     assert recent_like_count(columns.trending, NOW) == pytest.approx([1.0, 1.0, 0.0])
     store.apply([ev("later", EventKind.LIKE, NOW, user_id="u4", item_id="z")])
     assert recent_like_count(store.hydrate("u1", store.items.codes(["z"], add=True)).trending, NOW) == pytest.approx([1.0])
+    # Every like and unlike reaches the next hydration (Redis packs the score with the item).
+    store.apply([ev("more", EventKind.LIKE, NOW, user_id="u4", item_id="x"), ev("undo", EventKind.UNLIKE, NOW, user_id="u4", item_id="z")])
+    columns = store.hydrate("u1", store.items.codes(["x", "y", "z"], add=True))
+    assert recent_like_count(columns.trending, NOW) == pytest.approx([2.0, 1.0, 0.0])
+    store.apply([ev("stock", EventKind.STOCK_UPDATE, NOW, item_id="x", stock=5)])  # a repack keeps the score
+    assert recent_like_count(store.hydrate("u1", store.items.codes(["x"], add=True)).trending, NOW) == pytest.approx([2.0])
 
 
 def test_hydrate_returns_state_of_known_items_and_liked_flags(store_factory):
