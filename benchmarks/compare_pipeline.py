@@ -1,7 +1,7 @@
 """Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per first page.
 
     python -m benchmarks.compare_pipeline --data DIR --models DIR CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
-        [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--store redis://HOST:PORT/DB]
+        [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--store redis://HOST:PORT/DB ...]
 
 One worker process per checkout imports that checkout's code (PYTHONPATH), loads DIR into
 a memory store and the current model version of DIR, runs every user once to warm up,
@@ -21,7 +21,9 @@ With --store, every worker reads that Redis instead (it must already hold DIR's 
 turn also measures Redis's own CPU (INFO cpu) over its batch: the workers take turns, so
 it is that checkout's. Reported then too: Redis's CPU per page, and the per-round ratio
 of the client's and Redis's CPU together, so a change that moves work between the client
-and Redis's scripts shows.
+and Redis's scripts shows. Give one --store per checkout, in order, when their stores
+differ (a change of the stored layout: each Redis loaded by its checkout's own
+`serving load`); each worker then reads its own, and each Redis works only in its turn.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def _worker(args: argparse.Namespace) -> None:
     artifact = load_current(args.models)
     defaults = FeedSettings()
     settings = {key: type(getattr(defaults, key))(value) for key, value in (pair.split("=", 1) for pair in args.settings)}
-    store = RedisStore.from_url(args.store) if args.store else MemoryStore.from_dataset(dataset)
+    store = RedisStore.from_url(args.store[0]) if args.store else MemoryStore.from_dataset(dataset)
     pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker, FeedSettings(**settings))
 
     def store_cpu_seconds() -> float:
@@ -104,12 +106,13 @@ def check_checkouts(parser: argparse.ArgumentParser, specs: list[str], package: 
 
 def compare(args: argparse.Namespace) -> list[str]:
     workers = []
-    for spec in args.checkouts:
+    stores = args.store * len(args.checkouts) if len(args.store) == 1 else args.store
+    for spec, store in zip(args.checkouts, stores or [None] * len(args.checkouts)):
         checkout, _, pairs = spec.partition(":")
         settings = [pair for pair in pairs.split(",") if pair]
         command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
                    "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else []),
-                   *(["--store", args.store] if args.store else [])]  # fmt: skip
+                   *(["--store", store] if store else [])]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
         workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=200, help="first pages per turn (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="users sampled, the same in every checkout (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
-    parser.add_argument("--store", help="redis://HOST:PORT/DB already holding DIR's dataset (default: a memory store in each worker)")
+    parser.add_argument("--store", action="append", default=[], metavar="URL",
+                        help="redis://HOST:PORT/DB already holding DIR's dataset; once for every checkout, or once per checkout "
+                             "in order (default: a memory store in each worker)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--settings", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         _worker(args)
         return
     check_checkouts(parser, args.checkouts, "ranking")
+    if len(args.store) not in (0, 1, len(args.checkouts)):
+        parser.error(f"give --store once, or once per checkout ({len(args.checkouts)}), not {len(args.store)} times")
     if args.rounds < 1 or args.batch < 1 or args.users < 1:
         parser.error("--rounds, --batch and --users must be at least 1")
     print("\n".join(compare(args)))

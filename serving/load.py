@@ -170,7 +170,7 @@ def _engagement_commands(dataset: Dataset, keys: Keys, befriended: dict[str, lis
     for user_id, fatigue in seen.items():
         if fatigue.views:
             yield 0, "zadd", (keys.seen(user_id), {item: repr(last) for _, last, item in fatigue.views.values()})
-            yield 0, "hset", (keys.views(user_id), None, None, {item: str(count) for count, _, item in fatigue.views.values()})
+            yield 0, "hset", (keys.views(user_id), None, None, {item: f"{count},{last!r}" for count, last, item in fatigue.views.values()})
     engaged: dict[str, dict[str, float]] = defaultdict(dict)
     for user_id, item_id, kind, ts, friend_id in zip(
         engagements.user_id, engagements.item_id, engagements.kind, np.nan_to_num(engagements.ts, nan=0.0).tolist(), engagements.friend_id

@@ -267,10 +267,13 @@ OPS.hide_seller = function(u, s) redis.call('SADD', ukey(u, 'hidden_sellers'), s
 OPS.view = function(u, item, ts)
   local seen, views = ukey(u, 'seen'), ukey(u, 'views')
   local last = redis.call('ZSCORE', seen, item)
-  local count = tonumber(redis.call('HGET', views, item) or '0')
+  local count = tonumber(string.match(redis.call('HGET', views, item) or '0', '^[^,]*'))
   if not last or tonumber(ts) - tonumber(last) > WINDOW then count = 0 end
-  if not last or tonumber(ts) > tonumber(last) then redis.call('ZADD', seen, ts, item) end
-  redis.call('HSET', views, item, count + 1)
+  if not last or tonumber(ts) > tonumber(last) then
+    redis.call('ZADD', seen, ts, item)
+    last = ts
+  end
+  redis.call('HSET', views, item, (count + 1) .. ',' .. last)
   local over = redis.call('ZCARD', seen) - SEEN
   if over > 0 then
     local gone = redis.call('ZPOPMIN', seen, over)
@@ -505,8 +508,9 @@ return out
 
 
 # Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
-# the vacations hash, the user's views hash and seen set (empty strings come back for
-# views and their times when the user viewed nothing) and the packed items; ARGV the key
+# the vacations hash, the user's views hash and seen set (an empty string comes back for
+# the views when the user viewed nothing, else "count,time" per item) and the packed
+# items; ARGV the key
 # prefix then the item ids (the script builds the keys of items it must read one by
 # one: half the bytes to send and pack). The items' packed numbers come back joined into
 # one string (parsed in one call), flags as one string of 0/1 per column, and sellers and
@@ -547,7 +551,7 @@ for j = 1, n do
   numbers[j], s, c = split_packed(p)
   seller_at[j], category_at[j] = position_of(sellers, s), position_of(categories, c)
 end
-local views, viewed_at = {}, {}
+local views = {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local chunk_end = math.min(start + 999, n + 1)
@@ -556,11 +560,13 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
     if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
   end
   if any_seen then
-    local counts = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
-    local lasts = redis.call('ZMSCORE', KEYS[5], unpack(ARGV, start, chunk_end))
-    for j = 1, #counts do
-      views[start + j - 2] = counts[j] or '0'
-      viewed_at[start + j - 2] = lasts[j] or '0'
+    local got = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
+    for j = 1, #got do
+      local v = got[j] or '0,0'
+      if not string.find(v, ',', 1, true) then  -- a count written before the time joined it
+        v = v .. ',' .. (redis.call('ZSCORE', KEYS[5], ARGV[start + j - 1]) or '0')
+      end
+      views[start + j - 2] = v
     end
   end
 end
@@ -573,8 +579,7 @@ if d > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   end
 end
 return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers.values, table.concat(seller_at, ','),
-        categories.values, table.concat(category_at, ','), table.concat(away, ','), table.concat(views, ','),
-        table.concat(viewed_at, ',')}
+        categories.values, table.concat(category_at, ','), table.concat(away, ','), table.concat(views, ',')}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -661,8 +666,9 @@ def _positions(text: str) -> np.ndarray:
     return joined_floats(text).astype(np.intp)
 
 
-def _numbers(values: Sequence[str | None], dtype: type) -> np.ndarray:
-    return np.array([v or "0" for v in values], dtype=dtype) if values else np.zeros(0, dtype)
+def _views(counts_and_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """View counts and last view times from (n, 2) rows of the views hash's "count,time"."""
+    return counts_and_times[:, 0].astype(np.int64), counts_and_times[:, 1].copy()
 
 
 _PACKED_NUMBERS = 7  # created_at, stock, like_count, eligible, price, ship_days, trending (0 on a cluster)
@@ -1008,10 +1014,11 @@ class RedisStore:
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
                 away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
-                views, viewed_at = _numbers(view_counts, np.int64), np.array([v or 0.0 for v in last_views], dtype=np.float64)
+                views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
+                viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
                 (exists_text, liked_text, numbers_text, distinct_sellers, seller_at_text, distinct_categories,
-                 category_at_text, away_text, views_text, viewed_text) = self._eval_keys(
+                 category_at_text, away_text, views_text) = self._eval_keys(
                     "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id), k.packed_items],
                     [k.prefix, *ids],
                 )  # fmt: skip
@@ -1022,8 +1029,7 @@ class RedisStore:
                 category = self._codes_or_none(self.categories, distinct_categories)[_positions(category_at_text)]
                 trending = numbers[:, 6].copy()
                 away = joined_floats(away_text)[seller_at] if away_text else np.zeros(n)
-                views = joined_floats(views_text).astype(np.int64) if views_text else np.zeros(n, np.int64)
-                viewed_at = joined_floats(viewed_text) if viewed_text else np.zeros(n)
+                views, viewed_at = _views(joined_floats(views_text).reshape(n, 2) if views_text else np.zeros((n, 2)))
         return ItemColumns(
             exists=exists,
             seller=seller,

@@ -14,7 +14,10 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
           {u:ID}:shared          zset JSON [item, sharer] -> -ts, the newest SHARED_BOUND shares
                                  friends sent the user (one per item and sharer, newest share)
           {u:ID}:seen            zset item -> time of the user's last view, newest SEEN_BOUND
-          {u:ID}:views           hash item -> views since the user last engaged with it
+          {u:ID}:views           hash item -> "COUNT,TIME": views since the user last engaged
+                                 with it, and the last one's time (as in seen: one read
+                                 gives a feed both; a bare COUNT, written before, is read
+                                 with its time from seen)
           {u:ID}:engaged         hash JSON [kind, item, friend] -> ts: the user's shares,
                                  clicks, carts and purchases (for export and retraining)
   item    {i:ID}                 hash seller, created_at, stock, like_count, and the card

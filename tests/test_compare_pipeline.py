@@ -39,7 +39,7 @@ def test_on_redis_it_adds_redis_cpu_and_the_ratio_of_both(tmp_path, capsys, redi
     load_into_redis(client, world.dataset)
     client.close()
     compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "3", "--batch", "5",
-                           "--users", "50", "--store", redis_server.url, ROOT, ROOT])  # fmt: skip
+                           "--users", "50", "--store", redis_server.url, "--store", redis_server.url, ROOT, ROOT])  # fmt: skip
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6, lines
@@ -47,6 +47,13 @@ def test_on_redis_it_adds_redis_cpu_and_the_ratio_of_both(tmp_path, capsys, redi
         cpu = re.fullmatch(r".+: Redis CPU median (\d+) us per page", line)
         assert cpu and int(cpu.group(1)) > 0, line  # every page reads Redis
     assert re.fullmatch(r".+ / .+: client and Redis CPU per-round ratio median [\d.]+, p10 [\d.]+, p90 [\d.]+", lines[5]), lines[5]
+
+
+def test_it_refuses_a_store_count_that_matches_no_checkout_count(capsys):
+    with pytest.raises(SystemExit):
+        compare_pipeline.main(["--data", ROOT, "--models", ROOT, "--store", "redis://a", "--store", "redis://b",
+                               "--store", "redis://c", ROOT, ROOT])  # fmt: skip
+    assert "give --store once, or once per checkout (2), not 3 times" in capsys.readouterr().err
 
 
 def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):

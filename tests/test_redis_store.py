@@ -384,6 +384,19 @@ def test_items_written_before_packed_values_hydrate_alike_and_a_write_packs_them
     store.close()
 
 
+def test_view_counts_written_before_their_times_joined_them_still_read_and_upgrade(url):
+    """An older version kept only the count in the views hash (the time in seen)."""
+    store = make_redis_store(url, social_dataset())
+    store.apply([Event(f"v{n}", EventKind.VIEW, NOW + n, user_id="alice", item_id="i1") for n in range(3)])
+    store.apply([Event("v3", EventKind.VIEW, NOW, user_id="alice", item_id="i3")])
+    assert store.client.hget(store.keys.views("alice"), "i1") == f"3,{NOW + 2!r}"
+    store.client.hset(store.keys.views("alice"), mapping={"i1": "3", "i3": "1"})
+    assert views.hydrate(store, "alice", ["i1", "i3", "i6"]).seen == {"i1": (3, NOW + 2), "i3": (1, NOW)}
+    store.apply([Event("v4", EventKind.VIEW, NOW + 4, user_id="alice", item_id="i1")])
+    assert views.hydrate(store, "alice", ["i1", "i3", "i6"]).seen == {"i1": (4, NOW + 4), "i3": (1, NOW)}
+    store.close()
+
+
 def test_loading_twice_gives_the_same_state(url, tmp_path: Path):
     dataset = generate(users=200, sellers=20, items=300, seed=5)
     store = make_redis_store(url, dataset)

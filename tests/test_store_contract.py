@@ -343,6 +343,13 @@ def test_views_count_until_the_user_engages(store_factory):
     assert _seen(store, "alice") == {"i1": (3, NOW + 2)}
 
 
+def test_a_view_older_than_the_last_counts_and_keeps_the_last_time(store_factory):
+    store = store_factory(social_dataset())
+    store.apply([ev("new", EventKind.VIEW, NOW + 50, user_id="alice", item_id="i1")])
+    store.apply([ev("old", EventKind.VIEW, NOW + 10, user_id="alice", item_id="i1")])
+    assert _seen(store, "alice") == {"i1": (2, NOW + 50)}
+
+
 def test_views_far_apart_start_a_new_count(store_factory):
     from ranking.store import VIEW_WINDOW_SECONDS
 
