@@ -4,10 +4,11 @@
   python -m serving feed --target HOST:PORT --user USER [--limit N] [--pages N]
   python -m serving demo [--workdir DIR]
   python -m serving load --data DIR --redis URL
+  python -m serving repack --redis URL
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
 
-Progress bars are drawn only when stderr is a terminal (serve, load and export also take
---no-progress).
+Progress bars are drawn only when stderr is a terminal (serve, load, repack and export
+also take --no-progress).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from serving.config import HelpFormatter, add_server_arguments, config_from_args
 from training.__main__ import progress_bars
 from training.dataset import load_defaults
 
-COMMANDS = ("serve", "feed", "demo", "load", "export")
+COMMANDS = ("serve", "feed", "demo", "load", "repack", "export")
 log = logging.getLogger("serving")
 
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             from serving import load
 
             load.main(rest)
+        elif command == "repack":
+            from serving import repack
+
+            repack.main(rest)
         elif command == "export":
             from serving import export
 

@@ -607,6 +607,22 @@ end
 return {table.concat(exists), table.concat(numbers, ','), sellers, category}
 """
 
+# Items' packed values rebuilt from their fields, each atomically with the writes that
+# repack it (RedisStore.repack_items): ARGV the key prefix then item ids. "repack" is
+# standalone's (the hash of every item, trending scores packed), "repack_node" a cluster
+# node's (each item's own field), run on the node holding the items.
+_LUA_REPACK_BODY = r"""
+local P = ARGV[1]
+for j = 2, #ARGV do repack(P .. '{i:' .. ARGV[j] .. '}', ARGV[j]) end
+return #ARGV - 1
+"""
+_LUA_REPACK = (
+    _LUA_PACK
+    + "PACKED_ITEMS = ARGV[1] .. '" + Keys("").packed_items + "'\nTRENDING_IN_PACK = ARGV[1] .. '" + Keys("").trending + "'\n"
+    + _LUA_REPACK_BODY
+)
+_LUA_REPACK_NODE = _LUA_PACK + _LUA_REPACK_BODY
+
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
 # hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
 # cluster too); ARGV the recent-likes and shared bounds. Scores come back as joined strings.
@@ -878,7 +894,7 @@ class RedisStore:
         # The chunks of a batch validated whole skip the degree caps (0, 0).
         self._chunk_consts = [*self._consts[:-2], "0", "0"]
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS,
-                         "activity": _LUA_ACTIVITY, "user": _LUA_USER}
+                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -1108,6 +1124,30 @@ class RedisStore:
         return [_card(dict(zip(_CARD_FIELDS, flat[at : at + width]))) for at in range(0, len(flat), width)]
 
     # -- writes ------------------------------------------------------------------------
+
+    def item_id_batches(self, batch: int = 1_000) -> Iterator[list[str]]:
+        """Every stored item's id, ``batch`` at a time (SCAN: items written meanwhile may
+        or may not be seen; on a cluster, every primary's)."""
+        k = self.keys
+        nodes = [self.client.get_redis_connection(n) for n in self.client.get_primaries()] if self.is_cluster else [self.client]
+        for node in nodes:
+            ids: list[str] = []
+            for key in node.scan_iter(match=k.item_pattern, count=batch):
+                ids.append(k.item_id_of(key))
+                if len(ids) == batch:
+                    yield ids
+                    ids = []
+            if ids:
+                yield ids
+
+    def repack_items(self, item_ids: Sequence[str]) -> int:
+        """Rebuild these items' packed values from their fields (a Redis written by an
+        older layout); each item atomically, as its writes do. The number repacked."""
+        with unavailable_on_redis_errors():
+            if not self.is_cluster:
+                return self._eval_keys("repack", [], [self.keys.prefix, *item_ids], self.write_client)
+            codes = self.items.codes(list(item_ids), add=True)
+            return sum(count for _, count in self._on_item_nodes("repack_node", codes, list(item_ids)))
 
     def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
         """Apply a validated batch; see FeedStore.apply and the module docstring.

@@ -384,6 +384,33 @@ def test_items_written_before_packed_values_hydrate_alike_and_a_write_packs_them
     store.close()
 
 
+def test_repack_rebuilds_every_packed_value_of_a_live_redis(url, capsys):
+    """An older layout's Redis, events applied since its load: repack packs every item
+    from its fields, trending scores included, without touching anything else."""
+    from serving import repack
+
+    dataset = generate(users=200, sellers=20, items=300, seed=5)
+    store = make_redis_store(url, dataset)
+    memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+    items, users = dataset.items.item_id[:3], dataset.user_ids()[:3]
+    batch = [Event("l", EventKind.LIKE, NOW, user_id=users[0], item_id=items[1]), Event("s", EventKind.STOCK_UPDATE, NOW, item_id=items[0], stock=0)]
+    assert store.apply(batch) == memory.apply(batch)
+    assert _drop_packed_values(store) == len(dataset.items)
+    before = snapshot(store.client)
+    repack.main(["--redis", url, "--batch", "64", "--no-progress"])
+    assert capsys.readouterr().out.startswith(f"repacked {len(dataset.items)} items in ")
+    packed_items_match_the_item_hashes(store)
+    def without_packed(state: dict) -> dict:
+        return {key: (kind, {f: v for f, v in value.items() if f != PACKED_FIELD} if kind == "hash" else value)
+                for key, (kind, value) in state.items() if key != store.keys.packed_items}  # fmt: skip
+
+    after = snapshot(store.client)
+    assert after != before and without_packed(after) == without_packed(before)  # the packed values only
+    asked = dataset.items.item_id[:120]
+    assert {u: views.hydrate(store, u, asked) for u in users} == {u: views.hydrate(memory, u, asked) for u in users}
+    store.close()
+
+
 def test_view_counts_written_before_their_times_joined_them_still_read_and_upgrade(url):
     """An older version kept only the count in the views hash (the time in seen)."""
     store = make_redis_store(url, social_dataset())

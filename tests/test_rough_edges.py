@@ -179,6 +179,12 @@ def test_serving_load_draws_no_bar_into_a_pipe(tiny, redis_url):
     assert b"\r" not in loaded.stderr and b"rows/s" in loaded.stdout
 
 
+def test_serving_repack_names_a_redis_that_is_down_in_one_line():
+    repacked = run("serving", "repack", "--redis", "redis://127.0.0.1:1/0")
+    assert repacked.returncode != 0 and "Traceback" not in repacked.stderr
+    assert "redis://127.0.0.1:1/0" in repacked.stderr, repacked.stderr
+
+
 def test_every_command_takes_no_progress():
     from serving import export, load
     from training.__main__ import build_parser
@@ -190,6 +196,7 @@ def test_every_command_takes_no_progress():
         "serve": run("serving", "--help").stdout,
         "load": run("serving", "load", "--help").stdout,
         "export": run("serving", "export", "--help").stdout,
+        "repack": run("serving", "repack", "--help").stdout,
     }
     for name, text in help_of.items():
         assert "--no-progress" in text, name
