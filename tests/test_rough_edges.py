@@ -98,7 +98,7 @@ def test_an_unknown_serving_command_is_an_error(capsys):
         main(["fed", "--user", "u1"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown command 'fed'" in err and "serve, feed, demo, load, export" in err and "did you mean 'feed'?" in err
+    assert "unknown command 'fed'" in err and "serve, feed, demo, load, repack, export" in err and "did you mean 'feed'?" in err
 
 
 def test_flags_alone_still_serve(tmp_path):
