@@ -5,7 +5,8 @@
 Writes are pipelined, ``--batch`` commands per round trip, with a progress bar over the
 dataset's rows. Every write sets an absolute value (HSET, ZADD, SADD; like counts and
 trending scores are computed from the dataset, never incremented), so loading the same
-dataset twice leaves the same state: an interrupted load is simply run again. Loading is
+dataset twice leaves the same state (but for the vacations' version counter, which tells
+feed servers to read the vacations again): an interrupted load is simply run again. Loading is
 meant for an empty Redis or one holding the same dataset; it does not log events.
 """
 
@@ -122,6 +123,7 @@ def _commands(
     away = {s: repr(t) for s, t in zip(sellers.seller_id, sellers.vacation_until.tolist()) if not math.isnan(t)}
     if away:
         yield 0, "hset", (keys.vacations, None, None, away)
+        yield 0, "incr", (keys.vacations_version,)  # servers' copies of the hash refresh
     for seller_id, listed in by_seller.items():
         yield 0, "zadd", (keys.listings(seller_id), listed)
         yield 0, "zremrangebyrank", (keys.listings(seller_id), listings, -1)

@@ -59,16 +59,26 @@ def _parse(text, out, end_pointer):
         end = start
         while end < n and text[end] != _COMMA:
             end += 1
-        value, exact = _fast_path(text, start, end)
-        if not exact:
-            if not _decimal_token(text, start, end):  # strtod would read hex, "infinity", spaces
-                return False
-            value = _strtod(text.ctypes.data + start, end_pointer.ctypes.data)
-            if end_pointer[0] != text.ctypes.data + end:
-                return False
+        value, read = parse_number(text, start, end, end_pointer)
+        if not read:
+            return False
         out[k] = value
         start = end + 1
     return start == n + 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def parse_number(text, start, end, end_pointer):
+    """The number in ``text[start:end]`` and True, or False when it does not read whole.
+    ``text`` continues past ``end`` with a byte that ends a number (a NUL, "," or "|");
+    ``end_pointer`` is one intp, strtod's out-parameter."""
+    value, exact = _fast_path(text, start, end)
+    if exact:
+        return value, True
+    if not _decimal_token(text, start, end):  # strtod would read hex, "infinity", spaces
+        return 0.0, False
+    value = _strtod(text.ctypes.data + start, end_pointer.ctypes.data)
+    return value, end_pointer[0] == text.ctypes.data + end
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

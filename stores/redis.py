@@ -91,6 +91,7 @@ from stores.events import (
 from stores.joined_floats import joined_floats
 from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
+from stores.packed_frames import PACKED_NUMBERS, Frames, split_frames
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
@@ -157,13 +158,10 @@ local function pack_fields(k, item)  -- the item's packed value from its fields;
   return pack(v, trend)
 end
 local function read_packed(k, item) return redis.call('HGET', k, '""" + PACKED_FIELD + r"""') or pack_fields(k, item) end
--- A packed value's numbers, seller and category; no value: a missing item's.
-local function split_packed(p)
-  if not p then return '0,0,0,1,nan,nan,0', '', '' end
-  local bar = string.find(p, '|', 1, true)
-  local colon = string.find(p, ':', bar + 1, true)
-  local last = colon + tonumber(string.sub(p, bar + 1, colon - 1))
-  return string.sub(p, 1, bar - 1), string.sub(p, colon + 1, last), string.sub(p, last + 1)
+-- A packed value framed for a reply: its length in bytes, ":", the value; "0:" for none.
+local function frame(p)
+  if p then return #p .. ':' .. p end
+  return '0:'
 end
 local function repack(k, item)
   local p = pack_fields(k, item)
@@ -198,6 +196,7 @@ local function ikey(i) return P .. '{i:' .. i .. '}' end
 local function skey(s) return P .. '{s:' .. s .. '}:listings' end
 local TRENDING = P .. '{trending}'
 local VACATIONS = P .. '{vacations}'
+local VACATIONS_VERSION = P .. '{vacations}:version'
 local STREAM = P .. '{log}:events'
 local function status_key(eid) return P .. 'd:{log}:' .. eid end
 
@@ -343,8 +342,15 @@ OPS.list = function(seller, item, created)
 end
 OPS.unlist = function(seller, item) redis.call('ZREM', skey(seller), item) return '1' end
 -- vacations slot
-OPS.vacation = function(seller, ends) redis.call('HSET', VACATIONS, seller, ends) return '1' end
-OPS.vacation_end = function(seller) redis.call('HDEL', VACATIONS, seller) return '1' end
+OPS.vacation = function(seller, ends)
+  redis.call('HSET', VACATIONS, seller, ends)
+  redis.call('INCR', VACATIONS_VERSION)
+  return '1'
+end
+OPS.vacation_end = function(seller)
+  if redis.call('HDEL', VACATIONS, seller) == 1 then redis.call('INCR', VACATIONS_VERSION) end
+  return '1'
+end
 -- trending slot
 OPS.trend = function(item, ts, sign)
   redis.call('ZINCRBY', TRENDING, sign .. weight(ts), item)
@@ -508,49 +514,24 @@ return out
 
 
 # Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
-# the vacations hash, the user's views hash and seen set (an empty string comes back for
-# the views when the user viewed nothing, else "count,time" per item) and the packed
-# items; ARGV the key
-# prefix then the item ids (the script builds the keys of items it must read one by
-# one: half the bytes to send and pack). The items' packed numbers come back joined into
-# one string (parsed in one call), flags as one string of 0/1 per column, and sellers and
-# categories as their distinct values with each item's position among them (joined):
-# a page's few hundred candidates share a few dozen sellers and categories, and every
-# string in the reply costs Redis, hiredis and a vocabulary lookup. Each distinct
-# seller's vacation is read once and comes back per distinct seller.
+# the vacations' version counter, the user's views hash and seen set, and the packed
+# items; ARGV the key prefix then the item ids (the script builds the keys of items it
+# must read one by one: half the bytes to send and pack). The reply: the items' packed
+# values framed and joined (stores/packed_frames.py: the script does no per-item
+# splitting, a third of its time when it did), the liked flags as one string of 0/1,
+# the views as "count,time" per item joined (empty when the user viewed nothing), and
+# the vacations' version, which tells the client when to refresh its copy of the
+# vacations hash (RedisStore._vacations).
 _LUA_HYDRATE = _LUA_PACK + r"""
 local n = #ARGV - 1
 local P = ARGV[1]
 TRENDING_IN_PACK = KEYS[2]
-local exists, liked, numbers = {}, {}, {}
-local packed = {}
+local liked, frames, packed = {}, {}, {}
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
   local got = redis.call('HMGET', KEYS[6], unpack(ARGV, start, math.min(start + 999, n + 1)))
   for j = 1, #got do packed[start + j - 2] = got[j] end
 end
--- Distinct values in order of first sight; a value's position is kept as text, so the
--- joined positions are copies, not number formatting.
-local function distinct()
-  return {values = {}, position = {}}
-end
-local function position_of(d, value)
-  local at = d.position[value]
-  if not at then
-    at = tostring(#d.values)
-    d.values[#d.values + 1] = value
-    d.position[value] = at
-  end
-  return at
-end
-local sellers, categories = distinct(), distinct()
-local seller_at, category_at = {}, {}
-for j = 1, n do
-  local p = packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}', ARGV[j + 1])
-  if p then exists[j] = '1' else exists[j] = '0' end
-  local s, c
-  numbers[j], s, c = split_packed(p)
-  seller_at[j], category_at[j] = position_of(sellers, s), position_of(categories, c)
-end
+for j = 1, n do frames[j] = frame(packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}', ARGV[j + 1])) end
 local views = {}
 local any_seen = redis.call('EXISTS', KEYS[4]) == 1
 for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
@@ -560,7 +541,7 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
     if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
   end
   if any_seen then
-    local got = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
+    got = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
     for j = 1, #got do
       local v = got[j] or '0,0'
       if not string.find(v, ',', 1, true) then  -- a count written before the time joined it
@@ -570,16 +551,7 @@ for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
     end
   end
 end
-local away = {}
-local d = #sellers.values
-if d > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
-  for start = 1, d, 1000 do
-    local got = redis.call('HMGET', KEYS[3], unpack(sellers.values, start, math.min(start + 999, d)))
-    for j = 1, #got do away[start + j - 1] = got[j] or '0' end
-  end
-end
-return {table.concat(exists), table.concat(liked), table.concat(numbers, ','), sellers.values, table.concat(seller_at, ','),
-        categories.values, table.concat(category_at, ','), table.concat(away, ','), table.concat(views, ',')}
+return {table.concat(frames), table.concat(liked), table.concat(views, ','), redis.call('GET', KEYS[3]) or ''}
 """
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
@@ -595,16 +567,12 @@ return out
 """
 
 # Cluster: the packed values of items one node holds, in one command (ARGV the key
-# prefix then the item ids), split as the hydrate script splits them: existence flags,
-# joined numbers, sellers, categories. See RedisStore._on_item_nodes.
+# prefix then the item ids), framed and joined as the hydrate script returns them. See
+# RedisStore._on_item_nodes.
 _LUA_PACKED_ITEMS = _LUA_PACK + r"""
-local P, exists, numbers, sellers, category = ARGV[1], {}, {}, {}, {}
-for j = 2, #ARGV do
-  local p = read_packed(P .. '{i:' .. ARGV[j] .. '}', ARGV[j])
-  if p then exists[j - 1] = '1' else exists[j - 1] = '0' end
-  numbers[j - 1], sellers[j - 1], category[j - 1] = split_packed(p)
-end
-return {table.concat(exists), table.concat(numbers, ','), sellers, category}
+local P, frames = ARGV[1], {}
+for j = 2, #ARGV do frames[j - 1] = frame(read_packed(P .. '{i:' .. ARGV[j] .. '}', ARGV[j])) end
+return table.concat(frames)
 """
 
 # Items' packed values rebuilt from their fields, each atomically with the writes that
@@ -677,17 +645,9 @@ def _flags(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
-def _positions(text: str) -> np.ndarray:
-    """Positions joined by commas (the hydrate script's seller and category columns)."""
-    return joined_floats(text).astype(np.intp)
-
-
 def _views(counts_and_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """View counts and last view times from (n, 2) rows of the views hash's "count,time"."""
     return counts_and_times[:, 0].astype(np.int64), counts_and_times[:, 1].copy()
-
-
-_PACKED_NUMBERS = 7  # created_at, stock, like_count, eligible, price, ship_days, trending (0 on a cluster)
 
 
 def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
@@ -702,12 +662,18 @@ def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
     return f"{','.join(numbers)}|{len(seller.encode())}:{seller}{fields.get('category') or ''}"
 
 
-def _packed_numbers(text: str, n: int) -> np.ndarray:
-    """The (n, 6) numbers of n packed items from their joined text, in one parse."""
-    numbers = joined_floats(text)
-    if numbers.size != n * _PACKED_NUMBERS:
-        raise ValueError(f"malformed packed item fields: {numbers.size} numbers for {n} items")
-    return numbers.reshape(n, _PACKED_NUMBERS)
+def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
+    """One Frames of ``n`` items from each cluster node's, at those rows."""
+    exists, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
+    seller_ids, category_ids = [""] * n, [""] * n
+    for rows, part in parts:
+        exists[rows], numbers[rows] = part.exists, part.numbers
+        for row, seller_at, category_at in zip(rows.tolist(), part.seller_of.tolist(), part.category_of.tolist()):
+            seller_ids[row], category_ids[row] = part.sellers[seller_at], part.categories[category_at]
+    sellers, categories = list(dict.fromkeys(seller_ids)), list(dict.fromkeys(category_ids))
+    seller_at, category_at = {s: k for k, s in enumerate(sellers)}, {c: k for k, c in enumerate(categories)}
+    return Frames(exists, numbers, sellers, np.array([seller_at[s] for s in seller_ids], np.intp),
+                  categories, np.array([category_at[c] for c in category_ids], np.intp))  # fmt: skip
 
 
 def _card(fields: dict[str, str | None]) -> ItemCard:
@@ -900,6 +866,7 @@ class RedisStore:
         self.items = Vocabulary()
         self.sellers = Vocabulary()
         self.categories = Vocabulary()
+        self._vacation_copy: tuple[str | None, dict[str, float]] = (None, {})  # see _vacations
         compile_number_parser()  # not on the first feed
 
     @classmethod
@@ -1013,42 +980,34 @@ class RedisStore:
         k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                exists, numbers = np.zeros(n, bool), np.empty((n, _PACKED_NUMBERS))
-                seller_ids, category_ids = [""] * n, [""] * n
-                for rows, (flags, numbers_text, sellers, categories) in self._on_item_nodes("packed", item_codes, ids):
-                    exists[rows], numbers[rows] = _flags(flags), _packed_numbers(numbers_text, len(rows))
-                    for row, seller_id, category_id in zip(rows.tolist(), sellers, categories):
-                        seller_ids[row], category_ids[row] = seller_id, category_id
-                seller, category = self._codes_or_none(self.sellers, seller_ids), self._codes_or_none(self.categories, category_ids)
+                parts = [(rows, split_frames(text, len(rows))) for rows, text in self._on_item_nodes("packed", item_codes, ids)]
+                frames = _gathered(parts, n)
                 pipe = self._pipeline()
                 pipe.hmget(k.liked(user_id), ids)
                 pipe.zmscore(k.trending, ids)
-                pipe.exists(k.vacations)
+                pipe.get(k.vacations_version)
                 pipe.hmget(k.views(user_id), ids)
                 pipe.zmscore(k.seen(user_id), ids)
-                liked, trending, any_vacation, view_counts, last_views = pipe.execute()
+                liked, trending, vacations_version, view_counts, last_views = pipe.execute()
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
                 trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
-                away = self._vacations(seller_ids) if any_vacation else np.zeros(n)
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                (exists_text, liked_text, numbers_text, distinct_sellers, seller_at_text, distinct_categories,
-                 category_at_text, away_text, views_text) = self._eval_keys(
-                    "hydrate", [k.liked(user_id), k.trending, k.vacations, k.views(user_id), k.seen(user_id), k.packed_items],
+                frames_text, liked_text, views_text, vacations_version = self._eval_keys(
+                    "hydrate", [k.liked(user_id), k.trending, k.vacations_version, k.views(user_id), k.seen(user_id), k.packed_items],
                     [k.prefix, *ids],
                 )  # fmt: skip
-                exists, liked_flags = _flags(exists_text), _flags(liked_text)
-                numbers = _packed_numbers(numbers_text, n)
-                seller_at = _positions(seller_at_text)
-                seller = self._codes_or_none(self.sellers, distinct_sellers)[seller_at]
-                category = self._codes_or_none(self.categories, distinct_categories)[_positions(category_at_text)]
-                trending = numbers[:, 6].copy()
-                away = joined_floats(away_text)[seller_at] if away_text else np.zeros(n)
+                frames = split_frames(frames_text, n)
+                liked_flags = _flags(liked_text)
+                trending = frames.numbers[:, 6].copy()
                 views, viewed_at = _views(joined_floats(views_text).reshape(n, 2) if views_text else np.zeros((n, 2)))
+            until = self._vacations(vacations_version or "")
+            away = np.array([until.get(seller, 0.0) for seller in frames.sellers])[frames.seller_of]
+        numbers = frames.numbers
         return ItemColumns(
-            exists=exists,
-            seller=seller,
+            exists=frames.exists,
+            seller=self._codes_or_none(self.sellers, frames.sellers)[frames.seller_of],
             created_at=numbers[:, 0].copy(),
             stock=numbers[:, 1].astype(np.int64),
             like_count=numbers[:, 2].astype(np.int64),
@@ -1058,7 +1017,7 @@ class RedisStore:
             seller_away_until=away,
             price=numbers[:, 4].copy(),
             ship_days=numbers[:, 5].copy(),
-            category=category,
+            category=self._codes_or_none(self.categories, frames.categories)[frames.category_of],
             views=views,
             viewed_at=viewed_at,
         )
@@ -1100,13 +1059,20 @@ class RedisStore:
         codes[np.fromiter((not i for i in ids), bool, len(ids))] = -1
         return codes
 
-    def _vacations(self, seller_ids: Sequence[str]) -> np.ndarray:
-        """End of each seller's vacation (0: none), one HMGET for the distinct sellers."""
-        distinct = sorted({s for s in seller_ids if s})
-        if not distinct:
-            return np.zeros(len(seller_ids))
-        until = dict(zip(distinct, self.client.hmget(self.keys.vacations, distinct)))
-        return np.array([float(until.get(s) or 0.0) for s in seller_ids], dtype=np.float64)
+    def _vacations(self, version: str) -> dict[str, float]:
+        """Seller -> end of their vacation, as of the vacations' ``version`` or later.
+
+        Every change of the vacations hash increments its version, read in the same
+        command as the feed's items: this process keeps a copy and reads the whole hash
+        again (one HGETALL) only when the version moved. A per-seller lookup inside the
+        hydrate script needed each packed value split there.
+        """
+        cached_version, until = self._vacation_copy
+        if version != cached_version:
+            fresh = self.client.hgetall(self.keys.vacations)
+            until = {seller: float(end) for seller, end in fresh.items()}
+            self._vacation_copy = (version, until)
+        return until
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
         ids = self.items.ids(np.asarray(item_codes).tolist())

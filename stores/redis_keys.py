@@ -30,6 +30,8 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
   seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
+          {vacations}:version    counter: every change of the vacations hash increments it,
+                                 so a feed server's copy of the hash knows when to refresh
           {log}:events           stream: one entry per applied event (Event.to_record())
           {items}:packed7        hash item -> the item's packed value, its trending score
                                  included (standalone only: a cluster's feeds read each
@@ -109,6 +111,10 @@ class Keys:
     @property
     def vacations(self) -> str:
         return f"{self.prefix}{{vacations}}"
+
+    @property
+    def vacations_version(self) -> str:
+        return f"{self.prefix}{{vacations}}:version"
 
     @property
     def packed_items(self) -> str:

@@ -1,0 +1,132 @@
+"""Items' packed values as Redis's hydrate scripts return them: each one length-prefixed.
+
+A reply joins "LEN:VALUE" per item, LEN the value's length in bytes ("0:" for a missing
+item), so the script does no per-item parsing: splitting every value into its numbers,
+seller and category in Lua was a third of the hydrate script's time (benchmarks/README.md,
+"2026-12-03 (afternoon)"). A value is stores/redis.py's packed layout:
+"created_at,stock,like_count,eligible,price,ship_days,trending|LEN:SELLER" then the
+category. One compiled pass splits them all; sellers and categories are decoded once per
+distinct value, found by a hash of their bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from stores.joined_floats import parse_number
+
+PACKED_NUMBERS = 7  # created_at, stock, like_count, eligible, price, ship_days, trending
+_MISSING = np.array([0.0, 0.0, 0.0, 1.0, np.nan, np.nan, 0.0])  # a missing item's numbers
+_COLON, _COMMA, _BAR, _ZERO, _NINE = (ord(c) for c in ":,|09")
+_FNV_OFFSET, _FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)
+
+
+@dataclass(frozen=True)
+class Frames:
+    exists: np.ndarray  # bool per item
+    numbers: np.ndarray  # (n, PACKED_NUMBERS) float64
+    sellers: list[str]  # distinct sellers ("" for a missing item's)
+    seller_of: np.ndarray  # each item's position in ``sellers``
+    categories: list[str]
+    category_of: np.ndarray
+
+
+def split_frames(text: str, n: int) -> Frames:
+    """The ``n`` length-prefixed packed values of ``text``; ValueError when malformed."""
+    blob = np.frombuffer((text + "\0").encode(), np.uint8)  # the NUL: see parse_number
+    exists, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
+    spans, hashes = np.zeros((n, 4), np.int64), np.zeros((n, 2), np.uint64)
+    if not _split(blob, numbers, exists, spans, hashes, _MISSING, np.zeros(1, np.intp)):
+        raise ValueError(f"malformed packed item values for {n} items: {text[:200]!r}")
+    sellers, seller_of = _distinct(blob, spans[:, 0], spans[:, 1], hashes[:, 0])
+    categories, category_of = _distinct(blob, spans[:, 2], spans[:, 3], hashes[:, 1])
+    return Frames(exists, numbers, sellers, seller_of, categories, category_of)
+
+
+def _distinct(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, hashes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The distinct strings of these spans and each span's position among them."""
+    if not len(hashes):
+        return [], np.zeros(0, np.intp)
+    _, first, position = np.unique(hashes, return_index=True, return_inverse=True)
+    if not _same_spans(blob, starts, ends, first[position]):  # two strings share a 64-bit hash
+        every = [blob[s:e].tobytes().decode() for s, e in zip(starts.tolist(), ends.tolist())]
+        distinct = list(dict.fromkeys(every))
+        at = {value: k for k, value in enumerate(distinct)}
+        return distinct, np.array([at[value] for value in every], np.intp)
+    return [blob[s:e].tobytes().decode() for s, e in zip(starts[first].tolist(), ends[first].tolist())], position
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_spans(blob, starts, ends, representative):
+    for row in range(len(starts)):
+        other = representative[row]
+        length = ends[row] - starts[row]
+        if ends[other] - starts[other] != length:
+            return False
+        for k in range(length):
+            if blob[starts[row] + k] != blob[starts[other] + k]:
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fnv(blob, start, end):
+    h = _FNV_OFFSET
+    for at in range(start, end):
+        h = (h ^ np.uint64(blob[at])) * _FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _length(blob, at, end):
+    """The decimal length at ``at`` up to a ":", and where its value starts; -1 if malformed."""
+    length = 0
+    digits = 0
+    while at < end and _ZERO <= blob[at] <= _NINE:
+        length = length * 10 + (blob[at] - _ZERO)
+        digits += 1
+        at += 1
+    if digits == 0 or digits > 9 or at >= end or blob[at] != _COLON:
+        return -1, at
+    return length, at + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _split(blob, numbers, exists, spans, hashes, missing, end_pointer):
+    size = len(blob) - 1
+    at = 0
+    for row in range(len(numbers)):
+        length, at = _length(blob, at, size)
+        if length < 0 or at + length > size:
+            return False
+        end = at + length
+        if length == 0:
+            numbers[row] = missing
+            spans[row] = at
+            hashes[row] = _FNV_OFFSET
+            continue
+        exists[row] = True
+        for k in range(numbers.shape[1]):
+            start = at
+            while at < end and blob[at] != _COMMA and blob[at] != _BAR:
+                at += 1
+            last = k == numbers.shape[1] - 1
+            if at >= end or (blob[at] == _BAR) != last:
+                return False
+            value, read = parse_number(blob, start, at, end_pointer)
+            if not read:
+                return False
+            numbers[row, k] = value
+            at += 1
+        seller_length, at = _length(blob, at, end)
+        if seller_length < 0 or at + seller_length > end:
+            return False
+        spans[row, 0], spans[row, 1] = at, at + seller_length
+        spans[row, 2], spans[row, 3] = at + seller_length, end
+        hashes[row, 0] = _fnv(blob, at, at + seller_length)
+        hashes[row, 1] = _fnv(blob, at + seller_length, end)
+        at = end
+    return at == size
