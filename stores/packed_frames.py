@@ -3,7 +3,7 @@
 A reply joins "LEN:VALUE" per item, LEN the value's length in bytes ("0:" for a missing
 item), so the script does no per-item parsing: splitting every value into its numbers,
 seller and category in Lua was a third of the hydrate script's time (benchmarks/README.md,
-"2026-12-03 (afternoon)"). A value is stores/redis.py's packed layout:
+"2026-12-03 (midday)", "Then: packed values split by the client"). A value is stores/redis.py's packed layout:
 "created_at,stock,like_count,eligible,price,ship_days,trending|LEN:SELLER" then the
 category. One compiled pass splits them all; sellers and categories are decoded once per
 distinct value, found by a hash of their bytes.
