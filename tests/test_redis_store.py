@@ -110,8 +110,8 @@ def test_on_a_cluster_each_read_is_one_round_trip_per_node(redis_cluster_url, re
         counter = RoundTripCounter(monkeypatch)
         # read_user stays on the user's node; activity and the cards go once to each node
         # they touch; hydration runs one script on each node holding candidates, then reads
-        # the user's liked flags and views (their node) and the trending scores (its node),
-        # and once more the vacations' node while any seller is away.
+        # the user's liked flags and views (their node), the trending scores (its node) and
+        # the vacations' version, and once more the vacations' node when that version moved.
         assert counter.measure(store.read_user, "hub") == 1
         assert counter.measure(pipeline.run, "hub", 10, NOW) <= 1 + nodes + (nodes + 2) + nodes
         store.apply([Event("away", EventKind.SELLER_VACATION, NOW, seller_id="elsewhere", vacation_until=math.inf)])
