@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="turns of every server (default: %(default)s)")
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of each closed-loop burst (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight per burst (default: %(default)s)")
-    parser.add_argument("--channels", type=int, default=4, help="client connections per server, used in turn; spreads the load over --workers (default: %(default)s)")
+    parser.add_argument("--channels", type=int, default=12, help="client connections per server, used in turn; spreads the load over --workers (default: %(default)s; as loadgen's)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
     parser.add_argument("--allow-errors", action="store_true", help="report failed calls and exit 0")

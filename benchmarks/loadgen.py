@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                        "then also reports the store's CPU per call, which the server's does not include")  # fmt: skip
     add_spawn_arguments(where)
     load = parser.add_argument_group("load")
-    load.add_argument("--channels", type=int, default=4, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
+    # 12: a multiple of 2, 3 and 4 workers. With 4, SO_REUSEPORT gave one of 3 workers two connections, and 3 workers
+    # measured worst for it (benchmarks/README.md, "2026-12-03 (midday)").
+    load.add_argument("--channels", type=int, default=12, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
     load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")
     load.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default: %(default)s)")
     load.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (default: %(default)s)")
