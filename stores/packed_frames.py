@@ -46,6 +46,12 @@ def split_frames(text: str, n: int) -> Frames:
     return Frames(exists, numbers, sellers, seller_of, categories, category_of)
 
 
+def warm_up() -> None:
+    """Compile the splitter (or load it from numba's cache: about a second either way)
+    before the first feed needs it."""
+    split_frames("0:" + "".join(f"{len(v)}:{v}" for v in ["1,1,1,1,nan,nan,0|1:sc"]), 2)
+
+
 def _distinct(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, hashes: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The distinct strings of these spans and each span's position among them."""
     if not len(hashes):

@@ -92,6 +92,7 @@ from stores.joined_floats import joined_floats
 from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, split_frames
+from stores.packed_frames import warm_up as compile_frame_splitter
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
@@ -867,7 +868,8 @@ class RedisStore:
         self.sellers = Vocabulary()
         self.categories = Vocabulary()
         self._vacation_copy: tuple[str | None, dict[str, float]] = (None, {})  # see _vacations
-        compile_number_parser()  # not on the first feed
+        compile_number_parser()  # neither on the first feed
+        compile_frame_splitter()
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] = {}, **kwargs: Any) -> RedisStore:
