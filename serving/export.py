@@ -44,7 +44,7 @@ import numpy as np
 
 from serving.load import connect_checked, exit_on_redis_errors
 from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, REQUIRED_IDS, EventKind
-from stores.redis import RECORD_FIELDS, unavailable_on_redis_errors
+from stores.redis import RECORD_FIELDS, scan_keys, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
 
@@ -75,7 +75,6 @@ def event_row(stream_id: str, record: dict[str, str]) -> list[str]:
     (a like's record carries ``created_at=0.0`` and ``stock=0``: Event's defaults)."""
     used = _USED_FIELDS.get(record.get("kind", ""))
     return [stream_id, *(record.get(name, "") if used is None or name in used else "" for name in RECORD_FIELDS)]
-SCAN_COUNT = 1_000
 FETCH_BATCH = 1_000
 
 
@@ -87,15 +86,6 @@ class ExportStats:
     friends: int
     events: int
     last_event_id: str | None
-
-
-def _scan(client: Any, pattern: str) -> Iterator[str]:
-    """Every key matching ``pattern``, on each primary of a cluster."""
-    if hasattr(client, "get_primaries"):
-        for node in client.get_primaries():
-            yield from client.get_redis_connection(node).scan_iter(match=pattern, count=SCAN_COUNT)
-    else:
-        yield from client.scan_iter(match=pattern, count=SCAN_COUNT)
 
 
 def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any]]:
@@ -110,7 +100,7 @@ def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any
 def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
     """The live state as a Dataset (rows sorted by id, so equal states give equal files)."""
     k = Keys(prefix)
-    item_keys = sorted(_scan(client, k.item_pattern))
+    item_keys = sorted(scan_keys(client, k.item_pattern))
     rows = sorted((k.item_id_of(key), fields) for key, fields in _fetch(client, item_keys, "hgetall") if "seller" in fields)
     fields = [f for _, f in rows]
 
@@ -133,18 +123,18 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
     vacations = sorted(client.hgetall(k.vacations).items())
     likes = sorted(
         (k.user_id_of(key, "liked"), item, float(ts))
-        for key, liked in _fetch(client, sorted(_scan(client, k.liked_pattern)), "hgetall")
+        for key, liked in _fetch(client, sorted(scan_keys(client, k.liked_pattern)), "hgetall")
         for item, ts in liked.items()
     )
     follows = sorted(
         (k.user_id_of(key, "follows"), seller)
-        for key, sellers in _fetch(client, sorted(_scan(client, k.follows_pattern)), "smembers")
+        for key, sellers in _fetch(client, sorted(scan_keys(client, k.follows_pattern)), "smembers")
         for seller in sellers
     )
     friends = sorted(
         {
             (min(user, friend), max(user, friend))
-            for key, others in _fetch(client, sorted(_scan(client, k.friends_pattern)), "smembers")
+            for key, others in _fetch(client, sorted(scan_keys(client, k.friends_pattern)), "smembers")
             for user in [k.user_id_of(key, "friends")]
             for friend in others
             if friend != user
@@ -152,7 +142,7 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
     )
     engaged = sorted(
         (k.user_id_of(key, "engaged"), *json.loads(field), float(ts))
-        for key, fields in _fetch(client, sorted(_scan(client, k.engaged_pattern)), "hgetall")
+        for key, fields in _fetch(client, sorted(scan_keys(client, k.engaged_pattern)), "hgetall")
         for field, ts in fields.items()
     )  # (user, kind, item, friend, ts)
     return Dataset(

@@ -52,16 +52,20 @@ def warm_up() -> None:
     split_frames("0:" + "".join(f"{len(v)}:{v}" for v in ["1,1,1,1,nan,nan,0|1:sc"]), 2)
 
 
+def distinct_positions(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct values in order of first sight, and each value's position among them."""
+    distinct = list(dict.fromkeys(values))
+    at = {value: k for k, value in enumerate(distinct)}
+    return distinct, np.array([at[value] for value in values], np.intp)
+
+
 def _distinct(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, hashes: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The distinct strings of these spans and each span's position among them."""
     if not len(hashes):
         return [], np.zeros(0, np.intp)
     _, first, position = np.unique(hashes, return_index=True, return_inverse=True)
     if not _same_spans(blob, starts, ends, first[position]):  # two strings share a 64-bit hash
-        every = [blob[s:e].tobytes().decode() for s, e in zip(starts.tolist(), ends.tolist())]
-        distinct = list(dict.fromkeys(every))
-        at = {value: k for k, value in enumerate(distinct)}
-        return distinct, np.array([at[value] for value in every], np.intp)
+        return distinct_positions([blob[s:e].tobytes().decode() for s, e in zip(starts.tolist(), ends.tolist())])
     return [blob[s:e].tobytes().decode() for s, e in zip(starts[first].tolist(), ends[first].tolist())], position
 
 

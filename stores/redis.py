@@ -91,7 +91,7 @@ from stores.events import (
 from stores.joined_floats import joined_floats
 from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
-from stores.packed_frames import PACKED_NUMBERS, Frames, split_frames
+from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames
 from stores.packed_frames import warm_up as compile_frame_splitter
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 
@@ -671,10 +671,7 @@ def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
         exists[rows], numbers[rows] = part.exists, part.numbers
         for row, seller_at, category_at in zip(rows.tolist(), part.seller_of.tolist(), part.category_of.tolist()):
             seller_ids[row], category_ids[row] = part.sellers[seller_at], part.categories[category_at]
-    sellers, categories = list(dict.fromkeys(seller_ids)), list(dict.fromkeys(category_ids))
-    seller_at, category_at = {s: k for k, s in enumerate(sellers)}, {c: k for k, c in enumerate(categories)}
-    return Frames(exists, numbers, sellers, np.array([seller_at[s] for s in seller_ids], np.intp),
-                  categories, np.array([category_at[c] for c in category_ids], np.intp))  # fmt: skip
+    return Frames(exists, numbers, *distinct_positions(seller_ids), *distinct_positions(category_ids))
 
 
 def _card(fields: dict[str, str | None]) -> ItemCard:
@@ -733,6 +730,15 @@ class LazyCluster:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def scan_keys(client: Any, pattern: str, count: int = 1_000) -> Iterator[str]:
+    """Every key matching ``pattern`` (SCAN, ``count`` per step), on each primary of a cluster."""
+    if is_cluster_client(client):
+        for node in client.get_primaries():
+            yield from client.get_redis_connection(node).scan_iter(match=pattern, count=count)
+    else:
+        yield from client.scan_iter(match=pattern, count=count)
 
 
 def is_cluster_client(client: Any) -> bool:
@@ -1095,18 +1101,16 @@ class RedisStore:
 
     def item_id_batches(self, batch: int = 1_000) -> Iterator[list[str]]:
         """Every stored item's id, ``batch`` at a time (SCAN: items written meanwhile may
-        or may not be seen; on a cluster, every primary's)."""
+        or may not be seen)."""
         k = self.keys
-        nodes = [self.client.get_redis_connection(n) for n in self.client.get_primaries()] if self.is_cluster else [self.client]
-        for node in nodes:
-            ids: list[str] = []
-            for key in node.scan_iter(match=k.item_pattern, count=batch):
-                ids.append(k.item_id_of(key))
-                if len(ids) == batch:
-                    yield ids
-                    ids = []
-            if ids:
+        ids: list[str] = []
+        for key in scan_keys(self.client, k.item_pattern, batch):
+            ids.append(k.item_id_of(key))
+            if len(ids) == batch:
                 yield ids
+                ids = []
+        if ids:
+            yield ids
 
     def repack_items(self, item_ids: Sequence[str]) -> int:
         """Rebuild these items' packed values from their fields (a Redis written by an
