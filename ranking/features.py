@@ -38,6 +38,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     # Engagement beyond likes.
     "friend_shares",  # log1p(number of friends who shared the item with the user)
     "category_affinity",  # share of the user's recent likes that went to the item's category
+    # Fan-out: one followed seller among three says more than one among three hundred.
+    "followed_seller_share",  # 1 / (sellers the user follows) if the user follows the item's seller, else 0
+    "friend_like_share",  # friends who liked the item / friends whose likes were read
 )
 TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
@@ -118,6 +121,8 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
         items.like_count,
         recent_like_count(items.trending, query.now),
         items.ship_days,
+        len(query.followed_sellers),
+        len(query.user.friends),
         *_query_columns(query),
     )
     return features
@@ -168,7 +173,7 @@ def _position(sorted_values, value):
 @numba.njit(cache=True, nogil=True)
 def _fill_features(
     out, now, recent_likes, embedding_score, similarity, friend_likes, friend_like_time, social_time, friend_shares,
-    seller, category, created_at, like_count, recent_popularity, ship_days,
+    seller, category, created_at, like_count, recent_popularity, ship_days, follows, friends,
     followed_sellers, seller_likes, seller_like_counts, seller_last_like, category_likes, category_like_counts,
 ):
     """Every feature of every row in one pass; the columns are FEATURE_NAMES, in order.
@@ -184,6 +189,8 @@ def _fill_features(
         out[row, 3] = _decay_at(now - friend_like_time[row], _FRIEND_LIKE_TAU)
         at = _position(followed_sellers, seller[row])
         out[row, 4] = 1.0 if at >= 0 else 0.0
+        out[row, 16] = 1.0 / follows if at >= 0 else 0.0
+        out[row, 17] = friend_likes[row] / friends if friends > 0 else 0.0
         at = _position(seller_likes, seller[row])
         out[row, 5] = seller_like_counts[at] / recent_likes if at >= 0 else 0.0
         out[row, 12] = _decay_at(now - seller_last_like[at], _USER_ACTIVITY_TAU) if at >= 0 else 0.0

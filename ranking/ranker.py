@@ -29,6 +29,8 @@ DEFAULT_BLEND: dict[str, float] = {
     # A friend's share is a personal recommendation: at least as strong as a friend's like.
     "friend_shares": 0.6,
     "category_affinity": 0.0,
+    "followed_seller_share": 0.0,
+    "friend_like_share": 0.0,
 }
 assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 

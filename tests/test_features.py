@@ -10,6 +10,7 @@ from ranking.features import FEATURE_NAMES, LAST_ITEMS, TIME_FEATURES, USER_ACTI
 from ranking.store import recent_like_count
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
+from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, social_dataset
 from training.generate import generate
@@ -95,6 +96,27 @@ def test_social_features_follow_friend_likes_and_item_age():
     # No model: no embedding score, no item-kNN similarity.
     assert not pool.features[:, col["embedding_score"]].any()
     assert not pool.features[:, col["item_similarity"]].any()
+
+
+def test_fan_out_shares_divide_by_the_sellers_followed_and_the_friends_read():
+    store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
+    pipeline = build_feed_pipeline(store, None)
+
+    def shares() -> dict[str, tuple[float, float]]:
+        pool = pipeline.pool("alice", 20, NOW)
+        return {item_id: (float(row[col["followed_seller_share"]]), float(row[col["friend_like_share"]]))
+                for item_id, row in zip(pool.item_ids(), pool.features)}
+
+    # Alice follows s1 only and has two friends: bob and carol liked i6, bob i7.
+    before = shares()
+    assert before["i1"] == (1.0, 0.0) and before["i6"] == (0.0, 1.0) and before["i7"] == (0.0, 0.5)
+    store.apply([
+        Event("f1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s2"),
+        Event("f2", EventKind.FRIEND, NOW, user_id="alice", friend_id="dave"),
+        Event("f3", EventKind.FRIEND, NOW, user_id="alice", friend_id="erin"),
+    ])
+    after = shares()  # dave liked i7 too
+    assert after["i1"] == (0.5, 0.0) and after["i6"] == (0.5, 0.5) and after["i7"] == (0.5, 0.5)
 
 
 def test_compute_features_of_nothing_is_an_empty_matrix():
