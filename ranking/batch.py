@@ -63,9 +63,11 @@ class CandidateBatch:
     """Candidates and their signals. An absent embedding score is NaN; an absent time is -inf.
 
     ``friend_likes`` is the number of friends who liked the item, ``friend_like_time``
-    the newest such like, ``friend_shares`` the number of friends who shared it with the
-    user, ``social_time`` the newest social event behind the item (a followed seller's
-    listing, a friend's like or share). ``items`` is filled by hydration.
+    the newest such like, ``selective_likes`` the sum over those friends of 1 / (the
+    likes of theirs that were read), ``friend_shares`` the number of friends who shared
+    it with the user, ``social_time`` the newest social event behind the item (a followed
+    seller's listing, a friend's like or share), ``listing_share`` 1 / (the listings of its
+    seller that were read) for a followed seller's item. ``items`` is filled by hydration.
     """
 
     codes: np.ndarray  # int32 item codes
@@ -75,6 +77,8 @@ class CandidateBatch:
     friend_like_time: np.ndarray  # float64
     social_time: np.ndarray  # float64
     friend_shares: np.ndarray  # int32
+    selective_likes: np.ndarray  # float64
+    listing_share: np.ndarray  # float64
     items: ItemColumns | None = field(default=None)
 
     def __len__(self) -> int:
@@ -94,6 +98,8 @@ class CandidateBatch:
             friend_like_time=np.full(n, -np.inf),
             social_time=np.full(n, -np.inf),
             friend_shares=np.zeros(n, np.int32),
+            selective_likes=np.zeros(n),
+            listing_share=np.zeros(n),
         )
         end = 0
         for part in parts:
@@ -120,4 +126,6 @@ _STRONGEST = {
     "friend_like_time": np.maximum,
     "social_time": np.maximum,
     "friend_shares": np.maximum,
+    "selective_likes": np.maximum,
+    "listing_share": np.maximum,
 }

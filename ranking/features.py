@@ -41,6 +41,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     # Fan-out: one followed seller among three says more than one among three hundred.
     "followed_seller_share",  # 1 / (sellers the user follows) if the user follows the item's seller, else 0
     "friend_like_share",  # friends who liked the item / friends whose likes were read
+    "selective_friend_likes",  # sum over friends who liked it of 1 / (their likes read), / friends read
+    "followed_listing_share",  # followed_seller_share / (listings read of the item's seller)
 )
 TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""
@@ -115,6 +117,8 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
         batch.friend_like_time,
         batch.social_time,
         batch.friend_shares,
+        batch.selective_likes,
+        batch.listing_share,
         items.seller,
         items.category,
         items.created_at,
@@ -173,7 +177,7 @@ def _position(sorted_values, value):
 @numba.njit(cache=True, nogil=True)
 def _fill_features(
     out, now, recent_likes, embedding_score, similarity, friend_likes, friend_like_time, social_time, friend_shares,
-    seller, category, created_at, like_count, recent_popularity, ship_days, follows, friends,
+    selective_likes, listing_share, seller, category, created_at, like_count, recent_popularity, ship_days, follows, friends,
     followed_sellers, seller_likes, seller_like_counts, seller_last_like, category_likes, category_like_counts,
 ):
     """Every feature of every row in one pass; the columns are FEATURE_NAMES, in order.
@@ -191,6 +195,8 @@ def _fill_features(
         out[row, 4] = 1.0 if at >= 0 else 0.0
         out[row, 16] = 1.0 / follows if at >= 0 else 0.0
         out[row, 17] = friend_likes[row] / friends if friends > 0 else 0.0
+        out[row, 18] = selective_likes[row] / friends if friends > 0 else 0.0
+        out[row, 19] = listing_share[row] / follows if at >= 0 else 0.0
         at = _position(seller_likes, seller[row])
         out[row, 5] = seller_like_counts[at] / recent_likes if at >= 0 else 0.0
         out[row, 12] = _decay_at(now - seller_last_like[at], _USER_ACTIVITY_TAU) if at >= 0 else 0.0

@@ -31,6 +31,8 @@ DEFAULT_BLEND: dict[str, float] = {
     "category_affinity": 0.0,
     "followed_seller_share": 0.0,
     "friend_like_share": 0.0,
+    "selective_friend_likes": 0.0,
+    "followed_listing_share": 0.0,
 }
 assert set(DEFAULT_BLEND) == set(FEATURE_NAMES), "DEFAULT_BLEND must name every feature"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from embeddings.knn import ItemKNN
 from ranking import batch as bits
 from ranking.batch import SourceCandidates
@@ -17,7 +19,8 @@ class FollowedSellerSource:
 
     def gather(self, query: FeedQuery) -> SourceCandidates:
         listings = query.activity.listings
-        return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times})
+        share = 1.0 / _rows_of_owner(listings.owners)
+        return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times, "listing_share": share})
 
 
 class FriendLikesSource:
@@ -30,9 +33,17 @@ class FriendLikesSource:
         if not len(likes):
             return SourceCandidates.none()
         items, friends, newest = count_and_newest(likes.items, likes.times)
+        # A like from a friend who likes little says more than one from a friend who likes everything.
+        selective = np.bincount(np.searchsorted(items, likes.items), 1.0 / _rows_of_owner(likes.owners), len(items))
         return SourceCandidates(
-            items, bits.FRIEND_LIKE, {"friend_likes": friends, "friend_like_time": newest, "social_time": newest}
+            items, bits.FRIEND_LIKE,
+            {"friend_likes": friends, "friend_like_time": newest, "social_time": newest, "selective_likes": selective},
         )
+
+
+def _rows_of_owner(owners: np.ndarray) -> np.ndarray:
+    """For each row of a Timelines, how many rows its owner has."""
+    return np.bincount(owners)[owners].astype(np.float64)
 
 
 class FriendSharesSource:

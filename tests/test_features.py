@@ -98,25 +98,31 @@ def test_social_features_follow_friend_likes_and_item_age():
     assert not pool.features[:, col["item_similarity"]].any()
 
 
-def test_fan_out_shares_divide_by_the_sellers_followed_and_the_friends_read():
+def test_fan_out_features_divide_by_the_sellers_followed_the_friends_read_and_their_activity():
     store = MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
     pipeline = build_feed_pipeline(store, None)
 
-    def shares() -> dict[str, tuple[float, float]]:
-        pool = pipeline.pool("alice", 20, NOW)
-        return {item_id: (float(row[col["followed_seller_share"]]), float(row[col["friend_like_share"]]))
-                for item_id, row in zip(pool.item_ids(), pool.features)}
+    names = ("followed_seller_share", "friend_like_share", "selective_friend_likes", "followed_listing_share")
 
-    # Alice follows s1 only and has two friends: bob and carol liked i6, bob i7.
+    def shares() -> dict[str, np.ndarray]:
+        pool = pipeline.pool("alice", 20, NOW)
+        return {item_id: row[[col[name] for name in names]] for item_id, row in zip(pool.item_ids(), pool.features)}
+
+    # Alice follows s1 (five listings: i1..i5) and has two friends: bob, who liked three
+    # items (i6, i7, a1), and carol, who liked one (i6).
     before = shares()
-    assert before["i1"] == (1.0, 0.0) and before["i6"] == (0.0, 1.0) and before["i7"] == (0.0, 0.5)
+    np.testing.assert_allclose(before["i1"], [1.0, 0.0, 0.0, 1 / 5], rtol=1e-6)
+    np.testing.assert_allclose(before["i6"], [0.0, 1.0, (1 / 3 + 1) / 2, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(before["i7"], [0.0, 0.5, (1 / 3) / 2, 0.0], rtol=1e-6)
     store.apply([
-        Event("f1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s2"),
-        Event("f2", EventKind.FRIEND, NOW, user_id="alice", friend_id="dave"),
-        Event("f3", EventKind.FRIEND, NOW, user_id="alice", friend_id="erin"),
+        Event("f1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s2"),  # three listings: i6..i8
+        Event("f2", EventKind.FRIEND, NOW, user_id="alice", friend_id="dave"),  # liked i7 and i8
+        Event("f3", EventKind.FRIEND, NOW, user_id="alice", friend_id="erin"),  # liked nothing
     ])
-    after = shares()  # dave liked i7 too
-    assert after["i1"] == (0.5, 0.0) and after["i6"] == (0.5, 0.5) and after["i7"] == (0.5, 0.5)
+    after = shares()
+    np.testing.assert_allclose(after["i1"], [0.5, 0.0, 0.0, 1 / 5 / 2], rtol=1e-6)
+    np.testing.assert_allclose(after["i6"], [0.5, 0.5, (1 / 3 + 1) / 4, 1 / 3 / 2], rtol=1e-6)
+    np.testing.assert_allclose(after["i7"], [0.5, 0.5, (1 / 3 + 1 / 2) / 4, 1 / 3 / 2], rtol=1e-6)
 
 
 def test_compute_features_of_nothing_is_an_empty_matrix():
