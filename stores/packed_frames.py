@@ -41,8 +41,10 @@ def split_frames(text: str, n: int) -> Frames:
     spans, hashes = np.zeros((n, 4), np.int64), np.zeros((n, 2), np.uint64)
     if not _split(blob, numbers, exists, spans, hashes, _MISSING, np.zeros(1, np.intp)):
         raise ValueError(f"malformed packed item values for {n} items: {text[:200]!r}")
-    sellers, seller_of = _distinct(blob, spans[:, 0], spans[:, 1], hashes[:, 0])
-    categories, category_of = _distinct(blob, spans[:, 2], spans[:, 3], hashes[:, 1])
+    # An ASCII reply's byte offsets are its character offsets: slices of it need no decoding.
+    source = text if text.isascii() else None
+    sellers, seller_of = _distinct(blob, spans[:, 0], spans[:, 1], hashes[:, 0], source)
+    categories, category_of = _distinct(blob, spans[:, 2], spans[:, 3], hashes[:, 1], source)
     return Frames(exists, numbers, sellers, seller_of, categories, category_of)
 
 
@@ -59,14 +61,23 @@ def distinct_positions(values: list[str]) -> tuple[list[str], np.ndarray]:
     return distinct, np.array([at[value] for value in values], np.intp)
 
 
-def _distinct(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, hashes: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The distinct strings of these spans and each span's position among them."""
+def _distinct(
+    blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, hashes: np.ndarray, ascii_text: str | None
+) -> tuple[list[str], np.ndarray]:
+    """The distinct strings of these spans and each span's position among them; ``ascii_text``
+    is the blob as a str when it is ASCII (then the strings are slices of it)."""
     if not len(hashes):
         return [], np.zeros(0, np.intp)
     _, first, position = np.unique(hashes, return_index=True, return_inverse=True)
     if not _same_spans(blob, starts, ends, first[position]):  # two strings share a 64-bit hash
-        return distinct_positions([blob[s:e].tobytes().decode() for s, e in zip(starts.tolist(), ends.tolist())])
-    return [blob[s:e].tobytes().decode() for s, e in zip(starts[first].tolist(), ends[first].tolist())], position
+        return distinct_positions(_strings(blob, starts, ends, ascii_text))
+    return _strings(blob, starts[first], ends[first], ascii_text), position
+
+
+def _strings(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray, ascii_text: str | None) -> list[str]:
+    if ascii_text is not None:
+        return [ascii_text[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+    return [blob[s:e].tobytes().decode() for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 @numba.njit(cache=True, nogil=True)
