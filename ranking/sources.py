@@ -19,7 +19,7 @@ class FollowedSellerSource:
 
     def gather(self, query: FeedQuery) -> SourceCandidates:
         listings = query.activity.listings
-        share = 1.0 / _rows_of_owner(listings.owners)
+        share = 1.0 / listings.rows_of_owner()
         return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times, "listing_share": share})
 
 
@@ -34,16 +34,11 @@ class FriendLikesSource:
             return SourceCandidates.none()
         items, friends, newest = count_and_newest(likes.items, likes.times)
         # A like from a friend who likes little says more than one from a friend who likes everything.
-        selective = np.bincount(np.searchsorted(items, likes.items), 1.0 / _rows_of_owner(likes.owners), len(items))
+        selective = np.bincount(np.searchsorted(items, likes.items), 1.0 / likes.rows_of_owner(), len(items))
         return SourceCandidates(
             items, bits.FRIEND_LIKE,
             {"friend_likes": friends, "friend_like_time": newest, "social_time": newest, "selective_likes": selective},
         )
-
-
-def _rows_of_owner(owners: np.ndarray) -> np.ndarray:
-    """For each row of a Timelines, how many rows its owner has."""
-    return np.bincount(owners)[owners].astype(np.float64)
 
 
 class FriendSharesSource:

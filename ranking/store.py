@@ -92,6 +92,10 @@ class Timelines:
     def __len__(self) -> int:
         return len(self.items)
 
+    def rows_of_owner(self) -> np.ndarray:
+        """For each row, how many rows its list has (float64: what was read of that key)."""
+        return np.bincount(self.owners)[self.owners].astype(np.float64)
+
     @classmethod
     def concat(cls, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> Timelines:
         """Join per-key (items, times) pairs, the i-th pair owned by key i."""
