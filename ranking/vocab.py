@@ -66,6 +66,7 @@ class Vocabulary:
         self._lock = threading.Lock()
         self._ids: list[str] = []
         self._code: dict[str, int] = {}
+        # Filled up to len(self._ids); the rest is room to grow into without a copy.
         self._hashes = np.zeros(0, dtype=np.uint32)
         self.codes(list(ids), add=True)
 
@@ -101,10 +102,7 @@ class Vocabulary:
         # generator, and a feed on Redis looks up about a thousand ids.
         codes = np.array([get(i, UNKNOWN) for i in ids], dtype=np.int32)
         if add and (codes < 0).any():
-            with self._lock:
-                for item_id in dict.fromkeys(ids[at] for at in np.flatnonzero(codes < 0).tolist()):
-                    self._add(item_id)
-                self._grow_hashes()
+            self._add_all([ids[at] for at in np.flatnonzero(codes < 0).tolist()])
             codes = np.array([get(i, UNKNOWN) for i in ids], dtype=np.int32)
         return codes
 
@@ -113,30 +111,35 @@ class Vocabulary:
         code = self._code.get(item_id)
         if code is not None:
             return code
-        with self._lock:
-            code = self._add(item_id)
-            self._grow_hashes()
-        return code
+        self._add_all([item_id])
+        return self._code[item_id]
 
     def hashes(self, codes: np.ndarray) -> np.ndarray:
         """uint32 stable_hash of each code's id, same order; every code must be known."""
         return self._hashes[codes]
 
-    def _add(self, item_id: str) -> int:
-        code = self._code.get(item_id)
-        if code is None:
-            code = len(self._ids)
-            self._ids.append(item_id)
-            self._code[item_id] = code
-        return code
+    def _add_all(self, item_ids: Sequence[str]) -> None:
+        """Give each new id of ``item_ids`` the next code.
 
-    def _grow_hashes(self) -> None:
-        done = len(self._hashes)
-        if done == len(self._ids):
-            return
-        fresh = np.fromiter((stable_hash(i) for i in self._ids[done:]), dtype=np.uint32, count=len(self._ids) - done)
-        # Replace, never resize in place: readers may hold the old array.
-        self._hashes = np.concatenate([self._hashes, fresh])
+        Readers take no lock, so a code is published (in ``_code``) only once its id and
+        hash are in place: whoever is handed a code can look both up. The hashes grow into
+        spare room, doubling it when full, so adding a few ids to a large vocabulary does
+        not copy all of its hashes; a reader still holding the old array only ever reads
+        codes it already had.
+        """
+        with self._lock:
+            fresh = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in self._code]
+            if not fresh:
+                return
+            start, end = len(self._ids), len(self._ids) + len(fresh)
+            hashes = self._hashes
+            if end > len(hashes):
+                hashes = np.zeros(max(end, 2 * len(hashes)), dtype=np.uint32)
+                hashes[:start] = self._hashes[:start]
+            hashes[start:end] = np.fromiter((stable_hash(i) for i in fresh), dtype=np.uint32, count=len(fresh))
+            self._hashes = hashes
+            self._ids.extend(fresh)
+            self._code.update(zip(fresh, range(start, end)))
 
 
 def lookup(table: np.ndarray, codes: np.ndarray, missing: int | float) -> np.ndarray:

@@ -50,3 +50,47 @@ def test_the_compiled_groupings_agree_with_numpy(rows):
     assert grouped.tolist() == expected.tolist()
     assert counts.tolist() == np.bincount(expected_inverse.ravel(), minlength=len(expected)).tolist()
     assert newest.tolist() == [times[keys == key].max() for key in expected.tolist()]
+
+
+def test_a_reader_never_sees_a_code_before_its_id_and_hash():
+    """Readers take no lock: every code they are handed must already have its id and hash."""
+    import sys
+    import threading
+
+    from ranking.vocab import stable_hash
+
+    vocabulary = Vocabulary(["seed"])
+    batches = [[f"b{b}-{k}" for k in range(2_000)] for b in range(30)]
+    failures: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for batch in batches:
+                codes = vocabulary.codes(batch)
+                known = codes[codes >= 0]
+                if not len(known):
+                    continue
+                try:
+                    hashes, ids = vocabulary.hashes(known), vocabulary.ids(known.tolist())
+                except IndexError as error:
+                    failures.append(f"{len(known)} codes of {batch[0]}'s batch: {error}")
+                    return
+                expected = [stable_hash(i) for i in ids]
+                if hashes.tolist() != expected or ids != [batch[k] for k in np.flatnonzero(codes >= 0).tolist()]:
+                    failures.append(f"wrong hash or id in {batch[0]}'s batch")
+                    return
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so the reader lands inside the writer's adds
+    reader.start()
+    try:
+        for batch in batches:
+            vocabulary.codes(batch, add=True)
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert not failures, failures[0]
+    assert len(vocabulary) == 1 + 30 * 2_000
