@@ -72,3 +72,21 @@ def test_an_ease_model_saves_and_loads(tmp_path):
     model.save(str(tmp_path / "knn.npz"))
     again = type(model).load(str(tmp_path / "knn.npz"), ids)
     assert (again.similarity != model.similarity).nnz == 0 and model.nnz <= 15 * 5
+
+
+@pytest.mark.parametrize("block", [3, 4, 512])
+def test_the_cholesky_inverse_matches_numpy_across_block_edges(block):
+    x = random_matrix(40, 11, seed=8, density=0.3).toarray().astype(np.float64)
+    gram = x.T @ x + 2.0 * np.eye(11)
+    before = gram.copy()
+    inverse = embeddings.knn._spd_inverse(gram, block=block)
+    assert np.allclose(inverse, np.linalg.inv(before), rtol=1e-10, atol=1e-12)
+    assert (inverse == inverse.T).all() and (gram == before).all()
+
+
+def test_a_matrix_that_is_not_positive_definite_falls_back_to_numpy():
+    singular = np.ones((4, 4))  # rank 1: Cholesky fails, and so does a general inverse
+    with pytest.raises(np.linalg.LinAlgError):
+        embeddings.knn._spd_inverse(singular)
+    indefinite = np.array([[0.0, 1.0], [1.0, 0.0]])  # invertible, not positive definite
+    assert np.allclose(embeddings.knn._spd_inverse(indefinite), np.linalg.inv(indefinite))
