@@ -428,27 +428,16 @@ def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: i
     return similarity
 
 
-def _spd_inverse(matrix: np.ndarray, block: int = 512) -> np.ndarray:
+def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
     """The inverse of a symmetric positive definite matrix (EASE's Gram matrix plus its
-    penalty) through its Cholesky factor: about two thirds of ``np.linalg.inv``'s time,
-    which factors it as a general matrix, and one matrix of memory fewer. A matrix that is
-    not positive definite (a zero penalty over dependent items) falls back to
+    penalty) through its Cholesky factor (scipy's ``assume_a="pos"``): about two thirds
+    of ``np.linalg.inv``'s time, which factors it as a general matrix. A matrix that is not
+    positive definite (a zero penalty over dependent items) falls back to
     ``np.linalg.inv``. ``matrix`` is left as it was.
     """
-    from scipy.linalg import lapack
+    import scipy.linalg
 
-    factor, info = lapack.dpotrf(matrix, lower=False)
-    if info == 0:
-        inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
-    if info != 0:
+    try:
+        return scipy.linalg.inv(matrix, assume_a="pos")
+    except np.linalg.LinAlgError:
         return np.linalg.inv(matrix)
-    # dpotri fills the upper triangle only; mirror it block by block, so no temporary
-    # is the size of the matrix.
-    n = len(inverse)
-    for first in range(0, n, block):
-        last = min(first + block, n)
-        inverse[last:, first:last] = inverse[first:last, last:].T
-        diagonal = inverse[first:last, first:last]
-        below = np.tril_indices(last - first, -1)
-        diagonal[below] = diagonal.T[below]
-    return inverse
