@@ -93,6 +93,10 @@ class Interactions:
         """The user x item part only (likes), without seller columns."""
         return self.matrix[:, : self.n_items].tocsr()
 
+    def users_per_item(self) -> np.ndarray:
+        """How many users have a nonzero cell in each item column (int64, by item column)."""
+        return np.bincount(self.matrix.indices[self.matrix.data != 0], minlength=self.matrix.shape[1])[: self.n_items]
+
 
 def _without_empty(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     """Drop "" (no seller) from a first-seen encoding: its code becomes -1, later codes shift down."""

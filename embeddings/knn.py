@@ -20,16 +20,22 @@ import scipy.sparse as sp
 
 from ranking.vocab import distinct_inverse
 
-KNN_KINDS = ("cosine", "bm25", "tfidf", "ease", "none")
-DEFAULT_KNN = "cosine"
-"""Similarity of the item-kNN model; "none" trains no item-kNN model."""
+KNN_KINDS = ("auto", "cosine", "bm25", "tfidf", "ease", "none")
+DEFAULT_KNN = "auto"
+"""Similarity of the item-kNN model; "none" trains no item-kNN model. "auto" is EASE up to
+EASE_AUTO_MAX_ITEMS items with support and cosine above (``resolve_knn_kind``)."""
 DEFAULT_KNN_K = 100
 """Neighbours kept per item. More costs memory (k floats per item) and request time."""
-DEFAULT_EASE_L2 = 200.0
-"""EASE's L2 penalty λ (the paper's Last.fm-sized optimum is in the hundreds)."""
+DEFAULT_EASE_L2 = 50.0
+"""EASE's L2 penalty λ as the feed's item-to-item model: chosen on Last.fm's validation
+split among 10, 25, 50, 100 and 200 (benchmarks/README.md); EASE as a baseline keeps the
+paper's value (training.evaluate.EASE_BASELINE_L2)."""
 EASE_MAX_ITEMS = 20_000
-"""EASE inverts a dense Gram matrix over the items with support: 20k items is 3.2 GB in
-float64 and about a minute on 2 cores; above that, use an item-kNN kind."""
+"""EASE inverts a dense Gram matrix over the items with support: 20k items is 1.6 GB in
+float32 and a few minutes on 2 cores; above that, use an item-kNN kind."""
+EASE_AUTO_MAX_ITEMS = 10_000
+"""The largest catalogue (items with support) for which "auto" picks EASE: its inverse
+takes about 5 s at 8k items on 2 cores, and the time grows with the cube."""
 EASE_MIN_SUPPORT = 2
 """Items liked by fewer users take no part in EASE (their weights would be noise)."""
 
@@ -312,7 +318,8 @@ def train_item_knn(
     rows: np.ndarray | None = None,
 ) -> ItemKNN:
     """Fit an item-to-item model on a user x item matrix (columns = ``item_ids``):
-    implicit's item-kNN, or EASE with penalty ``l2`` when ``kind`` is "ease".
+    implicit's item-kNN, or EASE with penalty ``l2`` when ``kind`` is "ease" (or "auto"
+    resolves to it, ``resolve_knn_kind``).
 
     Returns an ItemKNN whose rows keep each item's ``k`` most similar other items. With
     ``rows`` (item-kNN kinds only) only those items' rows are computed, the same as
@@ -326,15 +333,14 @@ def train_item_knn(
     )
     from threadpoolctl import threadpool_limits
 
+    if user_items.shape[1] != len(item_ids):
+        raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
+    kind = resolve_knn_kind(kind, user_items)
     if kind == "ease":
-        if user_items.shape[1] != len(item_ids):
-            raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
         return ItemKNN(item_ids, ease_similarity(user_items, l2, k))
     classes = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
     if kind not in classes:
         raise ValueError(f"unknown item-kNN kind {kind!r}; choose from {KNN_KINDS}")
-    if user_items.shape[1] != len(item_ids):
-        raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
     if rows is not None:
         return ItemKNN(item_ids, _knn_rows(user_items, kind, k, rows))
     # One more neighbour than asked, because implicit keeps each item as its own neighbour.
@@ -348,6 +354,21 @@ def train_item_knn(
     similarity.eliminate_zeros()
     similarity.sort_indices()
     return ItemKNN(item_ids, similarity)
+
+
+def ease_item_count(user_items: sp.spmatrix) -> int:
+    """How many item columns EASE would model: those with at least EASE_MIN_SUPPORT users."""
+    support = np.diff(sp.csc_matrix(user_items).indptr)
+    return int(np.count_nonzero(support >= EASE_MIN_SUPPORT))
+
+
+def resolve_knn_kind(kind: str, user_items: sp.spmatrix | int) -> str:
+    """The kind to train for ``kind``: "auto" is EASE when at most EASE_AUTO_MAX_ITEMS items
+    qualify (``user_items`` is the matrix or that count), cosine above; any other kind is itself."""
+    if kind != "auto":
+        return kind
+    qualifying = user_items if isinstance(user_items, int) else ease_item_count(user_items)
+    return "ease" if qualifying <= EASE_AUTO_MAX_ITEMS else "cosine"
 
 
 def _knn_rows(user_items: sp.csr_matrix, kind: str, k: int, rows: np.ndarray, chunk: int = 2048) -> sp.csr_matrix:
@@ -408,24 +429,37 @@ def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: i
             f"EASE over {len(active)} items (with {EASE_MIN_SUPPORT}+ users) exceeds EASE_MAX_ITEMS="
             f"{EASE_MAX_ITEMS}: the dense Gram matrix would not fit; use --knn cosine, bm25 or tfidf"
         )
-    if not len(active):
-        return sp.csr_matrix((n, n), dtype=np.float32)
-    xa = x[:, active]
-    gram = (xa.T @ xa).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    precision = _spd_inverse(gram)
-    weights = precision / -np.diag(precision)[np.newaxis, :]
-    np.fill_diagonal(weights, 0.0)
     keep = min(k, len(active) - 1)
     if keep <= 0:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    top = np.argpartition(-np.abs(weights), keep - 1, axis=1)[:, :keep]
-    values = np.take_along_axis(weights, top, axis=1)
-    nonzero = values != 0
-    rows = np.repeat(active, keep).reshape(len(active), keep)[nonzero]
-    similarity = sp.csr_matrix((values[nonzero].astype(np.float32), (rows, active[top[nonzero]])), shape=(n, n))
+    xa = x[:, active]
+    # float32 halves the memory and, on 2 cores, takes 0.4x float64's time for the
+    # inverse; its error (about 6e-7 of the largest entry at 8k items) moves no top-k.
+    gram = (xa.T @ xa).astype(np.float32).toarray()
+    gram[np.diag_indices_from(gram)] += np.float32(l2)
+    weights = _spd_inverse(gram)
+    del gram
+    weights /= -np.diag(weights).copy()[np.newaxis, :]
+    np.fill_diagonal(weights, 0.0)
+    rows, columns, values = _top_by_magnitude(weights, keep)
+    similarity = sp.csr_matrix((values, (active[rows], active[columns])), shape=(n, n), dtype=np.float32)
     similarity.sort_indices()
     return similarity
+
+
+def _top_by_magnitude(weights: np.ndarray, keep: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``keep`` entries of largest magnitude, zeros dropped, as (row, column,
+    value) arrays; a block of rows at a time, so the scratch is ``block`` rows, not n²."""
+    rows, columns, values = [], [], []
+    for start in range(0, weights.shape[0], block):
+        part = weights[start : start + block]
+        top = np.argpartition(-np.abs(part), keep - 1, axis=1)[:, :keep]
+        kept = np.take_along_axis(part, top, axis=1)
+        nonzero = kept != 0
+        rows.append((start + np.nonzero(nonzero)[0]).astype(np.int64))
+        columns.append(top[nonzero])
+        values.append(kept[nonzero])
+    return np.concatenate(rows), np.concatenate(columns), np.concatenate(values)
 
 
 def _spd_inverse(matrix: np.ndarray) -> np.ndarray:

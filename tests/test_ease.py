@@ -89,3 +89,31 @@ def test_a_matrix_that_is_not_positive_definite_falls_back_to_numpy():
         embeddings.knn._spd_inverse(singular)
     indefinite = np.array([[0.0, 1.0], [1.0, 0.0]])  # invertible, not positive definite
     assert np.allclose(embeddings.knn._spd_inverse(indefinite), np.linalg.inv(indefinite))
+
+
+def test_the_top_weights_by_magnitude_are_the_same_in_any_block_size():
+    weights = np.random.default_rng(9).normal(size=(13, 13)).astype(np.float32)
+    weights[2] = 0.0  # a row with nothing to keep
+    whole = embeddings.knn._top_by_magnitude(weights, 4, block=100)
+    for block in (1, 3, 5):
+        parts = embeddings.knn._top_by_magnitude(weights, 4, block=block)
+        for got, expected in zip(parts, whole):
+            assert np.array_equal(np.sort(got), np.sort(expected))
+    rows, columns, values = whole
+    assert 2 not in rows and np.bincount(rows, minlength=13).max() == 4
+    assert np.array_equal(values, weights[rows, columns])
+
+
+def test_auto_is_ease_up_to_its_limit_and_cosine_above(monkeypatch):
+    from embeddings.knn import ease_item_count, resolve_knn_kind
+
+    x = random_matrix(100, 20, seed=10, density=0.5)
+    assert ease_item_count(x) == 20
+    monkeypatch.setattr(embeddings.knn, "EASE_AUTO_MAX_ITEMS", 20)
+    assert resolve_knn_kind("auto", x) == "ease" and resolve_knn_kind("auto", 20) == "ease"
+    monkeypatch.setattr(embeddings.knn, "EASE_AUTO_MAX_ITEMS", 19)
+    assert resolve_knn_kind("auto", x) == "cosine"
+    assert [resolve_knn_kind(kind, x) for kind in ("cosine", "bm25", "ease", "none")] == ["cosine", "bm25", "ease", "none"]
+    ids = [f"i{j}" for j in range(20)]
+    cosine = train_item_knn(x, ids, "cosine", k=5)
+    assert (train_item_knn(x, ids, "auto", k=5).similarity != cosine.similarity).nnz == 0

@@ -60,3 +60,50 @@ def test_run_publishes_a_loadable_version(tmp_path) -> None:
 def test_train_with_hnsw(kind: str) -> None:
     model, info = train(two_communities(), TrainParams(factors=8, iterations=5, index=kind, show_progress=False))
     assert info["index_kind"] == kind and len(model.neighbours(model.user_vector("u01", []), 5)[0]) == 5
+
+
+def test_auto_knn_is_resolved_once_on_the_whole_matrix_for_the_ranker_and_the_served_model(tmp_path, monkeypatch) -> None:
+    """Near the limit the ranker's fit part (fewer likes) could resolve "auto" to EASE while
+    the whole matrix resolves to cosine: the ranker would learn weights for another model's
+    similarities. One resolution, named in the manifest, rules that out."""
+    import embeddings.knn
+    import training.train
+    from embeddings.knn import ease_item_count
+    from training.dataset import write_dataset
+    from training.params import interactions_of
+    from training.train import train_and_publish
+
+    from training.generate import generate
+    from ranking.feed import FeedSettings
+    from training.ranker_fit import RankerFitParams, fit_ranker
+    from training.splits import validation_split
+
+    dataset = generate(users=150, sellers=10, items=300, seed=3)
+    write_dataset(dataset, str(tmp_path / "data"))
+    params = TrainParams(factors=8, iterations=5, show_progress=False)
+    assert params.knn == "auto"
+    whole = interactions_of(dataset, params)
+    split = RankerFitParams()
+    fit_part = validation_split(dataset, split.validation_fraction, split.seed, split.validation_kind)[0]
+    qualifying = ease_item_count(whole.item_matrix)
+    in_fit_part = ease_item_count(interactions_of(fit_part, params, whole).item_matrix)
+    assert in_fit_part < qualifying
+    kinds: list[str] = []
+
+    def recording(user_items, item_ids, kind, *args, **kwargs):
+        kinds.append(kind)
+        return real(user_items, item_ids, kind, *args, **kwargs)
+
+    real = embeddings.knn.train_item_knn
+    monkeypatch.setattr(embeddings.knn, "train_item_knn", recording)
+    monkeypatch.setattr(training.train, "train_item_knn", recording)
+    for limit, expected in ((qualifying, "ease"), (in_fit_part, "cosine")):
+        monkeypatch.setattr(embeddings.knn, "EASE_AUTO_MAX_ITEMS", limit)
+        kinds.clear()
+        _, _, warm = fit_ranker(dataset, params, FeedSettings(), RankerFitParams(), whole)  # as evaluate_split calls them
+        train(dataset, params, whole, initial=warm)
+        assert kinds == [expected, expected]  # the ranker's fit-part model, then the served one
+        kinds.clear()
+        train_and_publish(str(tmp_path / "data"), str(tmp_path / f"models-{limit}"), params)
+        assert kinds == [expected, expected]
+        assert load_current(str(tmp_path / f"models-{limit}")).manifest["params"]["knn"] == expected

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from embeddings import als
-from embeddings.knn import KNN_KINDS
+from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from training.ranker_fit import OBJECTIVES, RankerFitParams
@@ -37,11 +37,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a like's ALS confidence halves with every DAYS before the newest like (timed likes "
                             "only); 0 weighs old and new alike (default: %(default)s)")
     group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
-                       help="item-kNN similarity for the item_knn source and feature; none trains none "
+                       help="item-to-item model for the item_knn source and feature: auto is EASE up to "
+                            f"{EASE_AUTO_MAX_ITEMS:,} items liked by 2+ users and cosine above; none trains none "
                             "(default: %(default)s)")
     group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
     group.add_argument("--ease-l2", type=float, default=d.ease_l2,
-                       help=f"L2 penalty of EASE, with --knn ease (default: {d.ease_l2})")
+                       help=f"L2 penalty of EASE, with --knn ease or auto (default: {d.ease_l2})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
                        help="item index: auto is exact below 20k items, hnsw-mips up to 100k, IVF + fast-scan PQ + exact refine "
                             "above (default: auto)")

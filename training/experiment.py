@@ -12,7 +12,7 @@ from ranking.ranker import DEFAULT_RANKER
 from training.dataset import Dataset, Edges
 from training.evaluate import EvaluationReport, evaluate, pipeline_recommender
 from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
-from training.params import interactions_of
+from training.params import interactions_of, with_knn_resolved
 from training.splits import (
     SplitSpec,
     default_split,
@@ -60,6 +60,7 @@ def evaluate_split(
     ranker, extra, warm = DEFAULT_RANKER, {}, None
     fit_info: dict = {"objective": "blend"}
     interactions = interactions_of(train_part, params)
+    params = with_knn_resolved(params, interactions)
     if ranker_params.objective != "blend":
         # As the trainer publishes: the ranker's fit-part model first, the served model from it.
         ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)

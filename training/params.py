@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
 
 from embeddings import als
-from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K
+from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K, EASE_MIN_SUPPORT, resolve_knn_kind
 from training.dataset import Dataset
 
 
@@ -40,7 +43,8 @@ class TrainParams:
     recency_half_life_days: float = 0.0
     """A like's ALS confidence halves with every this many days before the newest like; 0 = off."""
     knn: str = DEFAULT_KNN
-    """Item-kNN similarity (cosine, bm25, tfidf) for the item_knn source and feature; none skips it."""
+    """Item-kNN similarity (cosine, bm25, tfidf, ease) for the item_knn source and feature; none
+    skips it; auto is EASE up to embeddings.knn.EASE_AUTO_MAX_ITEMS items, cosine above."""
     knn_k: int = DEFAULT_KNN_K
     """Neighbours kept per item by the item-kNN model."""
     ease_l2: float = DEFAULT_EASE_L2
@@ -77,3 +81,14 @@ def interactions_of(ds: Dataset, params: TrainParams, layout: als.Interactions |
         ds, params.like_weight, params.follow_weight, params.weight_transform, layout=layout,
         recency_half_life_days=params.recency_half_life_days, engagement_weights=engagement_weights(params),
     )
+
+
+def with_knn_resolved(params: TrainParams, interactions: Any) -> TrainParams:
+    """``params`` with an "auto" item-kNN kind replaced by the one it means for the catalogue
+    of ``interactions`` (als.Interactions or a Spark engine's), resolved once on the whole
+    training matrix so that the ranker's fit-part model and the served model share one kind
+    and the manifest names it."""
+    if params.knn != "auto":
+        return params
+    qualifying = int(np.count_nonzero(interactions.users_per_item() >= EASE_MIN_SUPPORT))
+    return replace(params, knn=resolve_knn_kind("auto", qualifying))

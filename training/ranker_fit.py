@@ -36,7 +36,7 @@ from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from ranking.vocab import encode, positions_in
 from training.dataset import Dataset, Edges
-from training.params import interactions_of
+from training.params import interactions_of, with_knn_resolved
 from training.splits import validation_split
 
 OBJECTIVES = ("logistic", "pairwise")
@@ -328,6 +328,7 @@ def fit_ranker(
     lap = StepClock(tp.show_progress)
 
     layout = interactions or interactions_of(train, tp)
+    tp = with_knn_resolved(tp, layout)  # on the whole matrix, as train() resolves it
     fit_part, held, now = validation_split(train, params.validation_fraction, params.seed, params.validation_kind)
     fit_matrix = interactions_of(fit_part, tp, layout)
     lap("split")

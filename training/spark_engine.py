@@ -55,7 +55,7 @@ from embeddings.index import build_index
 from embeddings.knn import ItemKNN, train_item_knn
 from embeddings.model import EmbeddingModel
 from training.dataset import Dataset
-from training.params import TrainParams, engagement_weights
+from training.params import TrainParams, engagement_weights, with_knn_resolved
 
 JAVA_HINT = "apt-get install openjdk-17-jre-headless"
 """How to get the Java runtime Spark needs (pyspark 4.0 runs on Java 17 or 21)."""
@@ -150,6 +150,15 @@ class SparkInteractions:
     @property
     def n_columns(self) -> int:
         return len(self.item_ids) + len(self.seller_ids)
+
+    def users_per_item(self) -> np.ndarray:
+        """How many users have a cell in each item column (int64, by item column), counted in Spark."""
+        from pyspark.sql import functions as F
+
+        counts = self.frame.where((F.col("col") < self.n_items) & (F.col("weight") != 0)).groupBy("col").count().toArrow()
+        per_item = np.zeros(self.n_items, dtype=np.int64)
+        per_item[counts.column("col").to_numpy()] = counts.column("count").to_numpy()
+        return per_item
 
     def to_scipy(self, items_only: bool = False) -> sp.csr_matrix:
         """The matrix on the driver as float32 CSR (tests, EASE): small matrices only."""
@@ -373,12 +382,13 @@ class SparkEngine:
         With ``rows`` (item columns) only those items' rows are computed, as
         ``train_item_knn(rows=)`` does: the weighting still reads every cell, the join's
         left side only the chosen items. ease: on the driver (bounded by EASE_MAX_ITEMS
-        items; every row).
+        items; every row). auto: resolved on ``inter`` unless the caller resolved it on the
+        whole training matrix (training.params.with_knn_resolved).
         """
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        kind, k = params.knn, params.knn_k
+        kind, k = with_knn_resolved(params, inter).knn, params.knn_k
         if kind == "none":
             return None
         n_items = inter.n_items
@@ -497,6 +507,7 @@ class SparkEngine:
         tp, rp = params, ranker_params
         lap = StepClock(tp.show_progress)
         layout = layout or self.interactions(ds, tp)
+        tp = with_knn_resolved(tp, layout)
         fit_part, held, now = validation_split(ds, rp.validation_fraction, rp.seed, rp.validation_kind)
         fit_inter = self.interactions(fit_part, tp, layout)
         lap("split")
@@ -535,6 +546,7 @@ class SparkEngine:
         settings = settings or FeedSettings()
         train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
         interactions = self.interactions(train_part, params)
+        params = with_knn_resolved(params, interactions)
         spec, _ = fitted_ranker_spec(train_part, params, ranker_params, interactions, settings, engine=self)
         from ranking.ranker import LinearRanker
 

@@ -29,7 +29,7 @@ from ranking.ranker import DEFAULT_BLEND
 from training.artifact import EVALUATION_CHART, publish
 from training.dataset import Dataset, load_dataset
 from training.evaluate import plot_metrics
-from training.params import TrainParams, interactions_of
+from training.params import TrainParams, interactions_of, with_knn_resolved
 from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
 
 # (dataset, trained model) -> metrics for the manifest, e.g. {"model": {"ndcg@10": ...}}
@@ -64,6 +64,7 @@ def train(
     if interactions is None:
         with _step("interactions", timings, verbose):
             interactions = interactions_of(ds, params)
+    params = with_knn_resolved(params, interactions)
     with _step("als", timings, verbose):
         user_factors, item_factors = als.train_als(
             interactions,
@@ -184,6 +185,7 @@ def train_and_publish(
         fingerprint = ds.fingerprint()
     with _step("interactions", timings, verbose):
         interactions = interactions_of(ds, params) if engine is None else engine.interactions(ds, params)
+    params = with_knn_resolved(params, interactions)
     # The ranker's fit-part model is trained first; the served model starts from it (implicit).
     with _step("ranker", timings, verbose):
         ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings, engine=engine)

@@ -36,15 +36,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from embeddings import als
-from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS
+from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, ease_item_count, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
-from training.params import ENGAGEMENT_WEIGHT_FIELDS
+from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, interactions_of
 from training.ranker_fit import NoRankingSignal, RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
-from training.train import TrainParams
 
 OBJECTIVE_METRIC = "ndcg@10"
 TUNED_TRAIN_FIELDS = (
@@ -94,20 +93,24 @@ class TuneResult:
 @dataclass(frozen=True)
 class SearchSpace:
     """What the data allows to search: weights only when likes carry them, time only when
-    they are timed, EASE only up to EASE_MAX_ITEMS items."""
+    they are timed, EASE only up to EASE_MAX_ITEMS items with support. The kinds are
+    concrete: "auto" is one of them on a given catalogue (``auto_knn``)."""
 
     weighted: bool
     timed: bool
-    knn_kinds: tuple[str, ...] = KNN_KINDS
+    knn_kinds: tuple[str, ...] = tuple(k for k in KNN_KINDS if k != "auto")
     engagement_kinds: tuple[str, ...] = ()  # kinds present in engagements.csv: their weights are searched
+    auto_knn: str = "cosine"  # the kind "auto" means on this catalogue
 
     @classmethod
-    def of(cls, dataset: Dataset) -> SearchSpace:
+    def of(cls, dataset: Dataset, params: TrainParams = TrainParams()) -> SearchSpace:
+        ease_items = ease_item_count(interactions_of(dataset, params).item_matrix)
         return cls(
             weighted=dataset.likes.weight is not None,
             timed=has_times(dataset),
-            knn_kinds=tuple(k for k in KNN_KINDS if k != "ease" or len(dataset.items) <= EASE_MAX_ITEMS),
+            knn_kinds=tuple(k for k in KNN_KINDS if k != "auto" and (k != "ease" or ease_items <= EASE_MAX_ITEMS)),
             engagement_kinds=tuple(k for k in ENGAGEMENT_WEIGHT_FIELDS if k in set(dataset.engagements.kind)),
+            auto_knn=resolve_knn_kind("auto", ease_items),
         )
 
 
@@ -156,6 +159,8 @@ def as_trial_values(params: TrainParams, settings: FeedSettings, ranker: RankerF
     """The trial parameters that reproduce ``params``, ``settings`` and ``ranker`` (to enqueue the defaults)."""
     optional = {"weight_transform": space.weighted, "recency_half_life_days": space.timed}
     values: dict[str, Any] = {name: getattr(params, name) for name in TUNED_TRAIN_FIELDS if optional.get(name, True)}
+    if values["knn"] == "auto":
+        values["knn"] = space.auto_knn
     values.update({ENGAGEMENT_WEIGHT_FIELDS[kind]: getattr(params, ENGAGEMENT_WEIGHT_FIELDS[kind]) for kind in space.engagement_kinds})
     values.update({name: getattr(settings, name) for name in TUNED_FEED_FIELDS if name != "sources"})
     values.update({f"source_{name}": name in settings.sources for name in SOURCE_NAMES})
@@ -184,8 +189,8 @@ def tune(
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
     kind = test_split.kind if test_split else default_split(tuning_part).kind
     validation = SplitSpec(kind, validation_fraction, seed)
-    space = SearchSpace.of(tuning_part)
     base = replace(base, show_progress=False, seed=seed)
+    space = SearchSpace.of(tuning_part, base)
     ranker_params = replace(ranker_params, seed=seed)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
