@@ -30,10 +30,13 @@ def test_tune_is_no_worse_than_the_defaults_on_validation_and_never_reads_the_te
     _, test, _ = split_for_evaluation(dataset, test_split)
     test_pairs = set(zip(test.src, test.dst))
     seen: list[set[tuple[str, str]]] = []
+    replayed: list[set[str]] = []
 
     def spying_evaluate_split(data, *args, **kwargs):
         seen.append(set(zip(data.likes.src, data.likes.dst)))
-        return evaluate_split(data, *args, **kwargs)
+        report = evaluate_split(data, *args, **kwargs)
+        replayed.append(set(report.methods))
+        return report
 
     monkeypatch.setattr(training.tune, "evaluate_split", spying_evaluate_split)
     result = tune(dataset, test_split, trials=4, timeout=300, seed=1, base=SMALL, show_progress=False)
@@ -42,7 +45,8 @@ def test_tune_is_no_worse_than_the_defaults_on_validation_and_never_reads_the_te
     assert result.validation.kind == "time"  # mirrors the test split
     assert result.value >= result.default_value
     assert result.trials[0]["value"] == result.default_value
-    assert {"popularity", "als"} <= set(result.baselines)
+    assert {"popularity", "als", "ease"} <= set(result.baselines)
+    assert replayed[0] > {"model"} and replayed[1:] == [{"model"}] * 3  # the baselines once: they do not change
 
     # Re-scored on the same validation split, the chosen parameters hold up against the defaults.
     tuning_part = split_for_evaluation(dataset, test_split)[0]

@@ -291,8 +291,9 @@ def evaluate(
     show_progress: bool = True,
     max_users: int = 0,
     cap_grid: bool = False,
+    baselines: bool = True,
 ) -> EvaluationReport:
-    """Evaluate the served feed and the baselines on ``test`` (user -> item pairs).
+    """Evaluate the served feed and (with ``baselines``) the baselines on ``test`` (user -> item pairs).
 
     With ``max_users`` > 0, metrics average over a seeded sample of that many test users
     (the replay costs milliseconds per user: this bounds it on large datasets). With
@@ -316,19 +317,9 @@ def evaluate(
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
 
     now = evaluation_time(train) if now is None else now
-    methods: dict[str, Recommender] = {
-        "model": pipeline_recommender(train, model, ranker, now, settings, show_progress),
-        "popularity": popularity_baseline(train, eligible),
-        "followed_sellers": followed_sellers_baseline(train, eligible),
-        "friends_likes": friends_likes_baseline(train, eligible),
-    }
-    if model is not None:
-        methods["als"] = als_baseline(model, train, eligible)
-        if model.item_knn is not None:
-            methods["item_knn"] = item_knn_baseline(model, train, eligible)
-    ease = ease_baseline(train, eligible)
-    if ease is not None:
-        methods["ease"] = ease
+    methods: dict[str, Recommender] = {"model": pipeline_recommender(train, model, ranker, now, settings, show_progress)}
+    if baselines:
+        methods.update(baseline_recommenders(train, model, eligible))
     methods.update(extra_methods or {})
     users = sorted(relevant)
     for name, recommend in methods.items():
@@ -346,6 +337,24 @@ def evaluate(
     if cap_grid:
         evaluate_cap_grid(report, show_progress)
     return report
+
+
+def baseline_recommenders(train: Dataset, model: EmbeddingModel | None, eligible: Eligibility) -> dict[str, Recommender]:
+    """Every baseline that applies: popularity, followed sellers, friends' likes, and with a
+    model ALS alone and its item-kNN alone, and EASE alone where the catalogue allows."""
+    methods: dict[str, Recommender] = {
+        "popularity": popularity_baseline(train, eligible),
+        "followed_sellers": followed_sellers_baseline(train, eligible),
+        "friends_likes": friends_likes_baseline(train, eligible),
+    }
+    if model is not None:
+        methods["als"] = als_baseline(model, train, eligible)
+        if model.item_knn is not None:
+            methods["item_knn"] = item_knn_baseline(model, train, eligible)
+    ease = ease_baseline(train, eligible)
+    if ease is not None:
+        methods["ease"] = ease
+    return methods
 
 
 def cap_grid_settings(settings: FeedSettings, depth: int) -> list[FeedSettings]:

@@ -48,12 +48,14 @@ def evaluate_split(
     ranker_params=None,
     compare_blend: bool = True,
     max_users: int = 0,
+    baselines: bool = True,
 ) -> EvaluationReport:
     """Train on the training part with ``params`` and evaluate the served feed on the rest.
 
     The served ranker is fitted on a validation split of the training part
     (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend).
-    With ``compare_blend`` the same feed under the hand-set blend is reported as "blend".
+    With ``compare_blend`` the same feed under the hand-set blend is reported as "blend";
+    without ``baselines``, only the feed (and the blend) are replayed.
     ``report.ranker`` holds the fitted ranker's manifest entry.
     """
     train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
@@ -71,7 +73,7 @@ def evaluate_split(
             extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
     report = evaluate(
         train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress,
-        max_users=max_users,
+        max_users=max_users, baselines=baselines,
     )
     report.ranker = ranker_spec(ranker, fit_info)
     return report

@@ -202,6 +202,7 @@ def tune(
             report = evaluate_split(
                 tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
                 ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
+                baselines=not baselines,  # they do not change between trials: replayed once
             )
         except NoRankingSignal:
             # Sources that find no validation like (followed sellers alone on data without
