@@ -420,7 +420,7 @@ def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: i
     Only items with at least EASE_MIN_SUPPORT users enter the model; the others get no
     row and no column. Raises ValueError naming EASE_MAX_ITEMS when more items qualify.
     """
-    x = sp.csc_matrix(user_items, dtype=np.float64)
+    x = sp.csc_matrix(user_items, dtype=np.float32)
     n = x.shape[1]
     support = np.diff(x.indptr)
     active = np.flatnonzero(support >= EASE_MIN_SUPPORT)
@@ -434,8 +434,9 @@ def ease_similarity(user_items: sp.csr_matrix, l2: float = DEFAULT_EASE_L2, k: i
         return sp.csr_matrix((n, n), dtype=np.float32)
     xa = x[:, active]
     # float32 halves the memory and, on 2 cores, takes 0.4x float64's time for the
-    # inverse; its error (about 6e-7 of the largest entry at 8k items) moves no top-k.
-    gram = (xa.T @ xa).astype(np.float32).toarray()
+    # inverse; its error (about 6e-7 of the largest entry at 8k items) changed no
+    # validation NDCG@10 in the fourth place. Co-occurrence counts are exact in float32.
+    gram = (xa.T @ xa).toarray()
     gram[np.diag_indices_from(gram)] += np.float32(l2)
     weights = _spd_inverse(gram)
     del gram
