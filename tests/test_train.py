@@ -107,3 +107,12 @@ def test_auto_knn_is_resolved_once_on_the_whole_matrix_for_the_ranker_and_the_se
         train_and_publish(str(tmp_path / "data"), str(tmp_path / f"models-{limit}"), params)
         assert kinds == [expected, expected]
         assert load_current(str(tmp_path / f"models-{limit}")).manifest["params"]["knn"] == expected
+
+
+def test_the_trainer_says_what_auto_resolved_to(tmp_path, capsys) -> None:
+    from training.dataset import write_dataset
+    from training.train import train_and_publish
+
+    write_dataset(two_communities(), str(tmp_path / "data"))
+    train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5))
+    assert "item-kNN       auto -> ease" in capsys.readouterr().out

@@ -21,7 +21,7 @@ import numpy as np
 
 from embeddings import als
 from embeddings.index import build_index
-from embeddings.knn import train_item_knn
+from embeddings.knn import EASE_AUTO_MAX_ITEMS, EASE_MIN_SUPPORT, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
@@ -185,7 +185,10 @@ def train_and_publish(
         fingerprint = ds.fingerprint()
     with _step("interactions", timings, verbose):
         interactions = interactions_of(ds, params) if engine is None else engine.interactions(ds, params)
+    requested_knn = params.knn
     params = with_knn_resolved(params, interactions)
+    if verbose and requested_knn != params.knn:
+        print(f"item-kNN       {requested_knn} -> {params.knn} (EASE up to {EASE_AUTO_MAX_ITEMS:,} items with {EASE_MIN_SUPPORT}+ users)", flush=True)
     # The ranker's fit-part model is trained first; the served model starts from it (implicit).
     with _step("ranker", timings, verbose):
         ranker, warm = fitted_ranker_spec(ds, params, ranker_params, interactions, settings, engine=engine)
