@@ -19,10 +19,17 @@ from training.train import TrainParams, train
 col = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
-@pytest.fixture(scope="module")
-def world():
+def signed_log1p(values: np.ndarray) -> np.ndarray:
+    """How the similarity features compress a sum that may be negative (EASE)."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+@pytest.fixture(scope="module", params=["ease", "cosine"])
+def world(request):
+    """A small world whose item-to-item model is EASE (what "auto" picks at this size; its
+    weights are signed) or cosine item-kNN (non-negative)."""
     dataset = generate(users=300, sellers=30, items=900, seed=5)
-    model, _ = train(dataset, TrainParams(factors=16, iterations=6, knn_k=30, show_progress=False))
+    model, _ = train(dataset, TrainParams(factors=16, iterations=6, knn=request.param, knn_k=30, show_progress=False))
     return dataset, model
 
 
@@ -144,10 +151,15 @@ def test_time_features_read_the_users_latest_likes_and_the_items_recent_likes(wo
     recent_rows = knn.rows_of(pool.store.items.ids(user.recent_likes.tolist()))
     # The last few likes only, newest first.
     last = knn.user_scores_rows(recent_rows[:LAST_ITEMS]).lookup(rows)
-    np.testing.assert_allclose(pool.features[:, col["last_items_similarity"]], np.log1p(last), rtol=1e-5)
-    # Every recent like, each weighed by its age: never more than the unweighted sum.
-    assert (pool.features[:, col["recent_item_similarity"]] <= pool.features[:, col["item_similarity"]] + 1e-6).all()
-    assert (pool.features[:, col["recent_item_similarity"]] > 0).any()
+    np.testing.assert_allclose(pool.features[:, col["last_items_similarity"]], signed_log1p(last), rtol=1e-5, atol=1e-6)
+    # Every recent like, each weighed by its age (in (0, 1]); never more than the unweighted
+    # sum where the similarities are non-negative (cosine; EASE's are signed).
+    decay = 2.0 ** (-(now - user.recent_like_times) / (USER_ACTIVITY_HALF_LIFE_DAYS * DAY))
+    recent = knn.user_scores_rows(recent_rows, decay).lookup(rows)
+    np.testing.assert_allclose(pool.features[:, col["recent_item_similarity"]], signed_log1p(recent), rtol=1e-4, atol=1e-6)
+    assert (recent != 0).any()
+    if (knn.similarity.data >= 0).all():
+        assert (recent <= knn.user_scores_rows(recent_rows).lookup(rows) + 1e-6).all()
     # Seller recency: the user's newest like of the row's seller, decayed.
     liked_sellers = pool.store.hydrate(user_id, user.recent_likes).seller
     for seller, value in zip(pool.batch.items.seller.tolist(), pool.features[:, col["seller_recency"]].tolist()):
