@@ -105,3 +105,27 @@ def test_a_trial_whose_pools_hold_no_like_scores_zero_instead_of_ending_the_sear
     result = tune(dataset, SplitSpec("time", 0.2), trials=3, timeout=600, base=SMALL, show_progress=False)
     assert [trial["value"] == 0.0 for trial in result.trials] == [False, True, False]
     assert result.value == max(trial["value"] for trial in result.trials) > 0
+
+
+def test_required_sources_run_in_every_trial_and_are_not_searched(dataset, monkeypatch):
+    used: list[tuple[str, ...]] = []
+
+    def recording_evaluate_split(data, split, test, ks, params, settings, **kwargs):
+        used.append(settings.sources)
+        return evaluate_split(data, split, test, ks, params, settings, **kwargs)
+
+    monkeypatch.setattr(training.tune, "evaluate_split", recording_evaluate_split)
+    required = ("followed_sellers", "friend_likes")
+    result = tune(dataset, SplitSpec("time", 0.2), trials=5, timeout=300, seed=3, base=SMALL, show_progress=False,
+                  required_sources=required)
+    assert len(used) == 5 and all(set(required) <= set(sources) for sources in used)
+    assert set(required) <= set(result.settings.sources)
+    assert not any(f"source_{name}" in trial["params"] for trial in result.trials for name in required)
+
+
+def test_an_unknown_required_source_is_named_before_any_work(tmp_path):
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit, match="--require-sources: unknown source 'friends'; choose from followed_sellers"):
+        main(["tune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "p.json"), "--require-sources",
+              "friend_likes,friends"])

@@ -101,6 +101,7 @@ class SearchSpace:
     knn_kinds: tuple[str, ...] = tuple(k for k in KNN_KINDS if k != "auto")
     engagement_kinds: tuple[str, ...] = ()  # kinds present in engagements.csv: their weights are searched
     auto_knn: str = "cosine"  # the kind "auto" means on this catalogue
+    required_sources: tuple[str, ...] = ()  # always on: the product promises them (--require-sources)
 
     @classmethod
     def of(cls, dataset: Dataset, params: TrainParams = TrainParams()) -> SearchSpace:
@@ -118,7 +119,10 @@ def suggest(
     trial, base: TrainParams, settings: FeedSettings, ranker: RankerFitParams, space: SearchSpace
 ) -> tuple[TrainParams, FeedSettings, RankerFitParams]:
     """One point of the search space (see the module docstring)."""
-    sources = tuple(name for name in SOURCE_NAMES if trial.suggest_categorical(f"source_{name}", [True, False]))
+    sources = tuple(
+        name for name in SOURCE_NAMES
+        if name in space.required_sources or trial.suggest_categorical(f"source_{name}", [True, False])
+    )
     if space.timed:
         dropped = tuple(name for name in TIME_FEATURES if not trial.suggest_categorical(f"feature_{name}", [True, False]))
         ranker = replace(ranker, drop_features=tuple(sorted(set(ranker.drop_features) - set(TIME_FEATURES) | set(dropped))))
@@ -163,7 +167,7 @@ def as_trial_values(params: TrainParams, settings: FeedSettings, ranker: RankerF
         values["knn"] = space.auto_knn
     values.update({ENGAGEMENT_WEIGHT_FIELDS[kind]: getattr(params, ENGAGEMENT_WEIGHT_FIELDS[kind]) for kind in space.engagement_kinds})
     values.update({name: getattr(settings, name) for name in TUNED_FEED_FIELDS if name != "sources"})
-    values.update({f"source_{name}": name in settings.sources for name in SOURCE_NAMES})
+    values.update({f"source_{name}": name in settings.sources for name in SOURCE_NAMES if name not in space.required_sources})
     if space.timed:
         values.update({f"feature_{name}": name not in ranker.drop_features for name in TIME_FEATURES})
     return values
@@ -181,16 +185,17 @@ def tune(
     eval_users: int = 2000,
     validation_fraction: float = 0.2,
     show_progress: bool = True,
+    required_sources: tuple[str, ...] = (),
 ) -> TuneResult:
     """Search for ``trials`` trials or ``timeout`` seconds, whichever ends first (the first
-    trial, the defaults, always runs)."""
+    trial, the defaults, always runs). ``required_sources`` run in every trial."""
     import optuna
 
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
     kind = test_split.kind if test_split else default_split(tuning_part).kind
     validation = SplitSpec(kind, validation_fraction, seed)
     base = replace(base, show_progress=False, seed=seed)
-    space = SearchSpace.of(tuning_part, base)
+    space = replace(SearchSpace.of(tuning_part, base), required_sources=tuple(required_sources))
     ranker_params = replace(ranker_params, seed=seed)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
@@ -249,6 +254,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the splits (default: %(default)s)")
     parser.add_argument("--eval-users", type=int, default=2000,
                         help="validation users per trial, a seeded sample; 0 = all (default: %(default)s)")
+    parser.add_argument(
+        "--require-sources", default="", metavar="LIST",
+        help="candidate sources every trial keeps, comma-separated, e.g. followed_sellers,friend_likes when the "
+             f"product promises them (choices: {', '.join(SOURCE_NAMES)}; default: none, every source is searched)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no per-trial lines")
 
 
@@ -256,13 +266,17 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training tune``."""
     from training.dataset import load_dataset
 
+    required = tuple(name for name in args.require_sources.split(",") if name)
+    unknown = [name for name in required if name not in SOURCE_NAMES]
+    if unknown:
+        raise SystemExit(f"--require-sources: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCE_NAMES)}")
     dataset = load_dataset(args.data)
     test_split = None if args.test_split == "none" else (
         default_split(dataset) if args.test_split == "auto" else SplitSpec.parse(args.test_split)
     )
     started = time.perf_counter()
     result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
-                  show_progress=not args.no_progress)
+                  show_progress=not args.no_progress, required_sources=required)
     payload = result.as_json()
     payload["seconds"] = round(time.perf_counter() - started, 1)
     with open(args.out, "w") as handle:
