@@ -29,7 +29,10 @@ class FeedSettings:
     # least 2 x (items served so far + limit), so deep pages still find unseen items.
     per_key_limit: int = 50  # newest listings per followed seller / likes per friend to read (Last.fm needs 50; the generator 5)
     trending_limit: int = 20  # trending items to read for a first page
-    neighbours: int = 25  # embedding neighbours to fetch for a first page
+    # Embedding neighbours: re-measured with the ranker refitted on each pool size, as a
+    # trained model is (benchmarks/README.md, 2026-12-03 night): 25 was 1.6-1.7 % below
+    # the best on both generator datasets, 150 within 1 % of it; Last.fm is flat.
+    neighbours: int = 150  # embedding neighbours to fetch for a first page
     ef_search: int = 0  # HNSW search breadth of the neighbour search (hnsw-* indexes); 0: the model's own
     knn_neighbours: int = 25  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
