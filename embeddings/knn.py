@@ -335,7 +335,8 @@ def train_item_knn(
 
     if user_items.shape[1] != len(item_ids):
         raise ValueError(f"{user_items.shape[1]} item columns but {len(item_ids)} item ids")
-    kind = resolve_knn_kind(kind, user_items)
+    if kind == "auto":
+        kind = resolve_knn_kind(kind, ease_item_count(user_items))
     if kind == "ease":
         return ItemKNN(item_ids, ease_similarity(user_items, l2, k))
     classes = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
@@ -362,13 +363,12 @@ def ease_item_count(user_items: sp.spmatrix) -> int:
     return int(np.count_nonzero(support >= EASE_MIN_SUPPORT))
 
 
-def resolve_knn_kind(kind: str, user_items: sp.spmatrix | int) -> str:
+def resolve_knn_kind(kind: str, ease_items: int) -> str:
     """The kind to train for ``kind``: "auto" is EASE when at most EASE_AUTO_MAX_ITEMS items
-    qualify (``user_items`` is the matrix or that count), cosine above; any other kind is itself."""
+    qualify for it (``ease_items``, see ``ease_item_count``), cosine above; any other kind is itself."""
     if kind != "auto":
         return kind
-    qualifying = user_items if isinstance(user_items, int) else ease_item_count(user_items)
-    return "ease" if qualifying <= EASE_AUTO_MAX_ITEMS else "cosine"
+    return "ease" if ease_items <= EASE_AUTO_MAX_ITEMS else "cosine"
 
 
 def _knn_rows(user_items: sp.csr_matrix, kind: str, k: int, rows: np.ndarray, chunk: int = 2048) -> sp.csr_matrix:

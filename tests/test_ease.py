@@ -110,10 +110,10 @@ def test_auto_is_ease_up_to_its_limit_and_cosine_above(monkeypatch):
     x = random_matrix(100, 20, seed=10, density=0.5)
     assert ease_item_count(x) == 20
     monkeypatch.setattr(embeddings.knn, "EASE_AUTO_MAX_ITEMS", 20)
-    assert resolve_knn_kind("auto", x) == "ease" and resolve_knn_kind("auto", 20) == "ease"
+    assert resolve_knn_kind("auto", ease_item_count(x)) == "ease"
     monkeypatch.setattr(embeddings.knn, "EASE_AUTO_MAX_ITEMS", 19)
-    assert resolve_knn_kind("auto", x) == "cosine"
-    assert [resolve_knn_kind(kind, x) for kind in ("cosine", "bm25", "ease", "none")] == ["cosine", "bm25", "ease", "none"]
+    assert resolve_knn_kind("auto", ease_item_count(x)) == "cosine"
+    assert [resolve_knn_kind(kind, 20) for kind in ("cosine", "bm25", "ease", "none")] == ["cosine", "bm25", "ease", "none"]
     ids = [f"i{j}" for j in range(20)]
     cosine = train_item_knn(x, ids, "cosine", k=5)
     assert (train_item_knn(x, ids, "auto", k=5).similarity != cosine.similarity).nnz == 0

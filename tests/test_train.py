@@ -69,14 +69,13 @@ def test_auto_knn_is_resolved_once_on_the_whole_matrix_for_the_ranker_and_the_se
     import embeddings.knn
     import training.train
     from embeddings.knn import ease_item_count
-    from training.dataset import write_dataset
-    from training.params import interactions_of
-    from training.train import train_and_publish
-
-    from training.generate import generate
     from ranking.feed import FeedSettings
+    from training.dataset import write_dataset
+    from training.generate import generate
+    from training.params import interactions_of
     from training.ranker_fit import RankerFitParams, fit_ranker
     from training.splits import validation_split
+    from training.train import train_and_publish
 
     dataset = generate(users=150, sellers=10, items=300, seed=3)
     write_dataset(dataset, str(tmp_path / "data"))

@@ -240,9 +240,7 @@ def ease_baseline(train: Dataset, eligible: Eligibility, l2: float = EASE_BASELI
 
     interactions = build_interactions(train, follow_weight=0.0, weight_transform="binary", engagement_weights={})  # baselines: likes only
     try:
-        model = train_item_knn(
-            interactions.item_matrix, interactions.item_ids, "ease", k=EASE_BASELINE_K, l2=l2
-        )
+        model = train_item_knn(interactions.item_matrix, interactions.item_ids, "ease", k=EASE_BASELINE_K, l2=l2)
     except ValueError:
         return None
     return item_to_item_recommender(model, train, eligible)

@@ -90,5 +90,10 @@ def with_knn_resolved(params: TrainParams, interactions: Any) -> TrainParams:
     and the manifest names it."""
     if params.knn != "auto":
         return params
-    qualifying = int(np.count_nonzero(interactions.users_per_item() >= EASE_MIN_SUPPORT))
-    return replace(params, knn=resolve_knn_kind("auto", qualifying))
+    return replace(params, knn=resolve_knn_kind("auto", ease_item_count_of(interactions)))
+
+
+def ease_item_count_of(interactions: Any) -> int:
+    """embeddings.knn.ease_item_count of ``interactions``' item columns, counted where the
+    matrix lives (als.Interactions or a Spark engine's), without collecting it."""
+    return int(np.count_nonzero(interactions.users_per_item() >= EASE_MIN_SUPPORT))

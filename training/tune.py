@@ -36,12 +36,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from embeddings import als
-from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, ease_item_count, resolve_knn_kind
+from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import Dataset
 from training.experiment import evaluate_split
-from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, interactions_of
+from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import NoRankingSignal, RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
 
@@ -105,7 +105,7 @@ class SearchSpace:
 
     @classmethod
     def of(cls, dataset: Dataset, params: TrainParams = TrainParams()) -> SearchSpace:
-        ease_items = ease_item_count(interactions_of(dataset, params).item_matrix)
+        ease_items = ease_item_count_of(interactions_of(dataset, params))
         return cls(
             weighted=dataset.likes.weight is not None,
             timed=has_times(dataset),
