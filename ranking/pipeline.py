@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ranking import batch as bits
-from ranking.batch import CandidateBatch
+from ranking.batch import CandidateBatch, SourceCandidates
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
 from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
@@ -33,6 +33,10 @@ class PipelineConfig:
     ``max_follows_read`` / ``max_friends_read`` cap the fan-out of one request: the
     activity of at most that many followed sellers and friends is read (0: all); see
     ``select_fanout`` for which.
+
+    ``fallback_sources`` run only when ``sources`` gathered fewer than
+    ``fallback_below(served + limit)`` candidates: a user the other sources know little
+    about (cold start) still gets a full page, and the others' feeds are not diluted.
     """
 
     sources: Sequence[CandidateSource]
@@ -44,6 +48,13 @@ class PipelineConfig:
     trending_limit: int = 100
     max_follows_read: int = 0
     max_friends_read: int = 0
+    fallback_sources: Sequence[CandidateSource] = ()
+
+
+def fallback_below(depth: int) -> int:
+    """Fewer candidates than this from the main sources call in the fallback sources: twice
+    the items served so far and on this page, the margin every pool keeps for the filters."""
+    return 2 * depth
 
 
 @dataclass
@@ -230,11 +241,11 @@ class FeedPipeline:
                 query.item_scores = knn.user_scores_rows(recent_rows)
 
         result = FeedResult([], False, removed_codes={} if explain else None)
-        parts = []
-        for source in config.sources:
-            part = source.gather(query)
-            result.gathered_by_source[source.name] += len(part)
-            parts.append(part)
+        parts = self._gather(config.sources, query, result)
+        if sum(map(len, parts)) < fallback_below(depth):
+            parts += self._gather(config.fallback_sources, query, result)
+        else:
+            result.gathered_by_source.update(dict.fromkeys((source.name for source in config.fallback_sources), 0))
         batch = CandidateBatch.merged(parts)
         result.removed_by_filter[DUPLICATE] += sum(map(len, parts)) - len(batch)
         # Ids become codes only now: a networked store's vocabulary learns ids as its
@@ -266,6 +277,15 @@ class FeedPipeline:
         query.exclude_categories = store.categories.codes(list(shopper.exclude_categories))
         batch = self._filter(query, config.item_filters, batch, result)
         return query, batch, result
+
+    @staticmethod
+    def _gather(sources: Sequence[CandidateSource], query: FeedQuery, result: FeedResult) -> list[SourceCandidates]:
+        parts = []
+        for source in sources:
+            part = source.gather(query)
+            result.gathered_by_source[source.name] += len(part)
+            parts.append(part)
+        return parts
 
     @staticmethod
     def _filter(query: FeedQuery, filters: Sequence[Filter], batch: CandidateBatch, result: FeedResult) -> CandidateBatch:

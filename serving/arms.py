@@ -220,9 +220,10 @@ def _feed_value(key: str, value: Any) -> Any:
 def _validate_settings(settings: FeedSettings) -> None:
     if settings.max_per_seller < 1:
         raise ValueError(f"max_per_seller: must be >= 1, got {settings.max_per_seller}")
-    unknown = [s for s in settings.sources if s not in SOURCE_NAMES]
-    if unknown:
-        raise ValueError(f"sources: unknown {unknown}; choose from {list(SOURCE_NAMES)}")
+    for key in ("sources", "fallback_sources"):
+        unknown = [s for s in getattr(settings, key) if s not in SOURCE_NAMES]
+        if unknown:
+            raise ValueError(f"{key}: unknown {unknown}; choose from {list(SOURCE_NAMES)}")
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any, after: int = 0) -> None:

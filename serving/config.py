@@ -264,9 +264,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("fatigue_sink", float, _FEED.fatigue_sink, "score (log-odds) an item loses per view past the free ones; ln 2 halves its odds", "feed", minimum=0),
     Flag("fatigue_hide_views", int, _FEED.fatigue_hide_views, "views without engagement after which an item rests out of the feed for 3 days from the last view", "feed", minimum=1),
     Flag("sources", str, ",".join(SOURCE_NAMES), "comma-separated candidate sources", "feed"),
+    Flag("fallback_sources", str, ",".join(_FEED.fallback_sources), "of those, the ones that run only when the others gathered fewer than 2 x (served + limit) candidates (the cold-start fallback); 'none': every source always runs", "feed"),
     Flag("arms", str, None, "A/B arms file (TOML, format above); default: no arms", "A/B arms", metavar="FILE"),
 )
 FLAGS_BY_DEST = {f.dest: f for f in FLAGS}
+
+
+def _source_names(text: str, given_by: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
+    unknown = sorted(set(names) - set(SOURCE_NAMES))
+    if unknown:
+        raise ConfigError(f"{given_by}: unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
+    return names
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -405,10 +414,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         raise ConfigError("--tls-cert and --tls-key go together")
     if v["state_dir"] and v["store"] != "memory":
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
-    sources = tuple(s.strip() for s in v["sources"].split(",") if s.strip())
-    unknown = sorted(set(sources) - set(SOURCE_NAMES))
-    if unknown:
-        raise ConfigError(f"{source['sources']}: unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
+    sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))
     try:
         tokens = read_tokens(v["tokens_file"], environ)
     except auth.TokenError as error:
@@ -445,6 +451,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
             max_follows_read=v["max_follows_read"],
             max_friends_read=v["max_friends_read"],
             sources=sources,
+            fallback_sources=fallback_sources,
         ),
         arms_file=v["arms"],
         port_file=v["port_file"],

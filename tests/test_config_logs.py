@@ -74,7 +74,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         if flag.choices:
             env[flag.env] = flag.choices[-1]
         elif flag.kind is str:
-            env[flag.env] = {"store": "memory", "sources": "trending"}.get(flag.dest, str(tmp_path / flag.dest))
+            env[flag.env] = {"store": "memory", "sources": "trending", "fallback_sources": "none"}.get(flag.dest, str(tmp_path / flag.dest))
         else:
             env[flag.env] = values[flag.kind.__name__]
     del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
@@ -86,6 +86,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
             expected = flag.from_text(env[flag.env])
             assert getattr(args, flag.dest) == expected, flag.env  # written back into the namespace
     assert config.port == 3 and config.feed.fresh_window_seconds == 2.5 and config.feed.sources == ("trending",)
+    assert config.feed.fallback_sources == ()
     assert config.log_format == "json" and config.log_level == "error"
     assert config.durability == Durability(str(tmp_path / "state_dir"), "off", 2.5)
     assert config.port_file == str(tmp_path / "port_file") and config.arms_file == str(tmp_path / "arms")
@@ -102,6 +103,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FSYNC": "always"}, "FEEDRANK_FSYNC: expected one of batch, off, got 'always'"),
         ({"FEEDRANK_PROGRESS": "maybe"}, "FEEDRANK_PROGRESS: expected one of 1, true, yes, on, 0, false, no, off, got 'maybe'"),
         ({"FEEDRANK_SOURCES": "trending,bogus"}, "FEEDRANK_SOURCES: unknown sources bogus; choose from"),
+        ({"FEEDRANK_FALLBACK_SOURCES": "trendy"}, "FEEDRANK_FALLBACK_SOURCES: unknown sources trendy; choose from"),
         ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
@@ -111,6 +113,13 @@ def test_a_bad_environment_value_names_the_variable(env, message):
     with pytest.raises(ConfigError) as error:
         resolve_config(parse("--models", "m"), env)
     assert str(error.value).startswith(message)
+
+
+def test_fallback_sources_default_to_trending_and_none_turns_the_fallback_off():
+    assert resolve_config(parse("--models", "m"), {}).feed.fallback_sources == ("trending",)
+    assert resolve_config(parse("--models", "m", "--fallback-sources", "none"), {}).feed.fallback_sources == ()
+    both = resolve_config(parse("--models", "m"), {"FEEDRANK_FALLBACK_SOURCES": "trending,item_knn"})
+    assert both.feed.fallback_sources == ("trending", "item_knn")
 
 
 def test_switches_come_from_flags_environment_and_file_and_can_be_turned_off(tmp_path):

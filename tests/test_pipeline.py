@@ -94,6 +94,29 @@ def test_unknown_user_gets_a_trending_cold_start_feed():
     assert "i2" not in ids(result)
 
 
+def test_trending_runs_only_when_the_other_sources_gather_too_few():
+    # alice's friends and followed sellers give a handful of candidates: enough for a page of
+    # two (fewer than 2 x 2 would call trending in), too few for a page of twenty.
+    gathered = feed_for(store(), limit=20).gathered_by_source
+    personal = sum(n for name, n in gathered.items() if name != "trending")
+    assert 4 <= personal < 40 and gathered["trending"] > 0
+    small = feed_for(store(), limit=2)
+    assert small.gathered_by_source["trending"] == 0  # counted, so its metric series still appears
+    assert "trending" in small.gathered_by_source
+    assert not any(c.reason(ReasonKind.TRENDING) for c in small.items)
+    always = feed_for(store(), limit=2, settings=FeedSettings(fallback_sources=()))
+    assert always.gathered_by_source["trending"] > 0
+
+
+def test_a_deeper_page_calls_the_fallback_in_when_the_pool_runs_short():
+    s = store()
+    pipeline = build_feed_pipeline(s, None)
+    first = pipeline.run("alice", 2, NOW)
+    assert first.gathered_by_source["trending"] == 0
+    deeper = pipeline.run("alice", 2, NOW, served_hashes=np.sort(np.arange(40, dtype=np.uint32)))
+    assert deeper.gathered_by_source["trending"] > 0
+
+
 def test_same_state_gives_the_same_feed():
     assert [(c.item_id, c.score) for c in feed_for(store()).items] == [(c.item_id, c.score) for c in feed_for(store()).items]
 

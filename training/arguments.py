@@ -158,6 +158,9 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
                       help="item-kNN candidates gathered per feed (default: %(default)s)")
     feed.add_argument("--sources", default=",".join(d.sources),
                       help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
+    feed.add_argument("--fallback-sources", default=",".join(d.fallback_sources), metavar="LIST",
+                      help="of those, the ones that run only when the others gathered fewer than 2 x (served + limit) "
+                           "candidates (the cold-start fallback); 'none': every source always runs (default: %(default)s)")
 
 
 def settings_from_args(args: argparse.Namespace) -> FeedSettings:
@@ -170,6 +173,7 @@ def settings_from_args(args: argparse.Namespace) -> FeedSettings:
         neighbours=args.neighbours,
         knn_neighbours=args.knn_neighbours,
         sources=tuple(s for s in args.sources.split(",") if s),
+        fallback_sources=tuple(s for s in args.fallback_sources.split(",") if s and s != "none"),
     )
 
 
