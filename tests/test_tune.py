@@ -40,13 +40,13 @@ def test_tune_is_no_worse_than_the_defaults_on_validation_and_never_reads_the_te
 
     monkeypatch.setattr(training.tune, "evaluate_split", spying_evaluate_split)
     result = tune(dataset, test_split, trials=4, timeout=300, seed=1, base=SMALL, show_progress=False)
-    assert len(result.trials) == 4 and len(seen) == 4
+    assert len(result.trials) == 4 and len(seen) == 4 + (2 if result.confirmation else 0)
     assert all(not pairs & test_pairs for pairs in seen)
     assert result.validation.kind == "time"  # mirrors the test split
     assert result.value >= result.default_value
     assert result.trials[0]["value"] == result.default_value
     assert {"popularity", "als", "ease"} <= set(result.baselines)
-    assert replayed[0] > {"model"} and replayed[1:] == [{"model"}] * 3  # the baselines once: they do not change
+    assert replayed[0] > {"model"} and replayed[1:] == [{"model"}] * (len(replayed) - 1)  # the baselines once: they do not change
 
     # Re-scored on the same validation split, the chosen parameters hold up against the defaults.
     tuning_part = split_for_evaluation(dataset, test_split)[0]
@@ -56,6 +56,62 @@ def test_tune_is_no_worse_than_the_defaults_on_validation_and_never_reads_the_te
                                 ranker_params=training.tune.RankerFitParams(seed=1), compare_blend=False, max_users=2000)
         return report.methods["model"]["ndcg@10"]
     assert score(result.params, result.settings) >= score(replace(SMALL, seed=1), FeedSettings()) - 0.005
+
+
+# Weak defaults (few neighbours and listings, no item-kNN) that a few trials beat on the search split.
+WEAK = replace(SMALL, knn="none")
+WEAK_FEED = FeedSettings(neighbours=10, per_key_limit=5)
+
+
+def _confirmed_tune(dataset, monkeypatch, confirmation_scores=None):
+    """tune on WEAK defaults, recording each evaluation (likes, split); ``confirmation_scores``
+    (best, defaults) replaces the two confirmation scores, to reach the rule's other side."""
+    calls: list[tuple[set[tuple[str, str]], SplitSpec]] = []
+
+    def spying_evaluate_split(data, split, *args, **kwargs):
+        calls.append((set(zip(data.likes.src, data.likes.dst)), split))
+        report = evaluate_split(data, split, *args, **kwargs)
+        confirming = len(calls) - trials - 1
+        if confirmation_scores is not None and confirming >= 0:
+            report.methods["model"]["ndcg@10"] = confirmation_scores[confirming]
+        return report
+
+    trials = 5
+    monkeypatch.setattr(training.tune, "evaluate_split", spying_evaluate_split)
+    result = tune(dataset, SplitSpec("time", 0.2), trials=trials, timeout=300, seed=2, base=WEAK, settings=WEAK_FEED,
+                  show_progress=False)
+    return result, calls
+
+
+def test_a_best_trial_is_confirmed_on_the_window_before_the_searchs(dataset, monkeypatch):
+    result, calls = _confirmed_tune(dataset, monkeypatch)
+    searched = len(result.trials)
+    assert result.confirmation is not None and result.search_best > result.default_value
+    # Two more feeds replayed (the best trial, the defaults) on the part before the search's
+    # validation window: none of its likes is one the search validated on or trained past.
+    tuning_part = split_for_evaluation(dataset, SplitSpec("time", 0.2))[0]
+    window = split_for_evaluation(tuning_part, result.validation)[1]
+    assert len(calls) == searched + 2
+    for likes, split in calls[searched:]:
+        assert split == result.validation and not likes & set(zip(window.src, window.dst))
+        assert len(likes) < len(calls[0][0])
+    confirmation = result.as_json()["confirmation"]
+    assert confirmation["search_best"] == max(t["value"] for t in result.trials)
+    assert confirmation["kept"] == ("best trial" if confirmation["best"] > confirmation["defaults"] else "defaults")
+
+
+def test_a_best_trial_that_loses_the_confirmation_gives_way_to_the_defaults(dataset, monkeypatch):
+    result, _ = _confirmed_tune(dataset, monkeypatch, confirmation_scores=(0.01, 0.02))
+    assert result.confirmation is not None and not result.confirmation.kept_best
+    assert result.value == result.default_value < result.search_best
+    assert (result.settings.neighbours, result.settings.per_key_limit) == (WEAK_FEED.neighbours, WEAK_FEED.per_key_limit)
+    assert (result.params.knn, result.params.iterations) == (WEAK.knn, WEAK.iterations)
+    assert result.as_json()["confirmation"]["kept"] == "defaults"
+
+
+def test_a_per_user_split_is_confirmed_on_another_seeds_draw(dataset):
+    part, split = training.tune.confirmation_split(dataset, SplitSpec("user", 0.2, 4))
+    assert part is dataset and split == SplitSpec("user", 0.2, 5)
 
 
 def test_the_tune_command_writes_params_that_train_reads(dataset, tmp_path, capsys):
@@ -118,7 +174,8 @@ def test_required_sources_run_in_every_trial_and_are_not_searched(dataset, monke
     required = ("followed_sellers", "friend_likes")
     result = tune(dataset, SplitSpec("time", 0.2), trials=5, timeout=300, seed=3, base=SMALL, show_progress=False,
                   required_sources=required)
-    assert len(used) == 5 and all(set(required) <= set(sources) for sources in used)
+    assert len(used) == 5 + (2 if result.confirmation else 0)  # the trials, then any confirmation
+    assert all(set(required) <= set(sources) for sources in used)
     assert set(required) <= set(result.settings.sources)
     assert not any(f"source_{name}" in trial["params"] for trial in result.trials for name in required)
 

@@ -24,6 +24,11 @@ search: the space mixes log-scaled floats, integers and categoricals with about 
 dimensions and a budget of tens of trials, where TPE finds good regions in fewer trials;
 its first trial is the current defaults, so the result is never worse than them on
 validation.
+
+The best of tens of trials on one split is partly that split's luck. So when a trial beats
+the defaults, both are scored again on a second validation split the search never saw
+(the window just before the search's for a time split, another seed's draw otherwise),
+and the trial is kept only if it beats the defaults there too.
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
 ENGAGEMENT_WEIGHT_MAX = 2.0  # each engagement kind weighs 0..2 likes
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """The search's best trial and the defaults, scored again on a second validation split
+    (``confirmation_split``) that the search never saw; the best is kept only if it wins there too."""
+
+    split: str
+    best: float
+    defaults: float
+
+    @property
+    def kept_best(self) -> bool:
+        return self.best > self.defaults
+
+
 @dataclass
 class TuneResult:
     params: TrainParams
@@ -68,6 +87,8 @@ class TuneResult:
     validation: SplitSpec
     test_split: SplitSpec | None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    search_best: float = 0.0  # the best trial's score on the search's split, kept or not
+    confirmation: Confirmation | None = None  # None when the defaults were the search's best
 
     def as_json(self) -> dict[str, Any]:
         feed = {name: getattr(self.settings, name) for name in TUNED_FEED_FIELDS}
@@ -86,8 +107,24 @@ class TuneResult:
                 "baselines": self.baselines,
                 "best_baseline": best_baseline,
             },
+            "confirmation": None if self.confirmation is None else {
+                "split": self.confirmation.split,
+                "search_best": self.search_best,
+                "best": self.confirmation.best,
+                "defaults": self.confirmation.defaults,
+                "kept": "best trial" if self.confirmation.kept_best else "defaults",
+            },
             "trials": self.trials,
         }
+
+
+def confirmation_split(tuning_part: Dataset, validation: SplitSpec) -> tuple[Dataset, SplitSpec]:
+    """A second validation split, shaped like the search's, with other labels: for time, the
+    window just before the search's (trained on what came before it: a second origin of a
+    rolling backtest); for per-user and random splits, another seed's draw."""
+    if validation.kind == "time":
+        return split_for_evaluation(tuning_part, validation)[0], validation
+    return tuning_part, replace(validation, seed=validation.seed + 1)
 
 
 @dataclass(frozen=True)
@@ -229,12 +266,31 @@ def tune(
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial(as_trial_values(base, settings, ranker_params, space))
     study.optimize(objective, n_trials=max(trials, 1), timeout=timeout)
-    best_params, best_settings, best_ranker = suggest(
-        optuna.trial.FixedTrial(study.best_params), base, settings, ranker_params, space
-    )
+    def chosen(trial: Any) -> tuple[TrainParams, FeedSettings, RankerFitParams]:
+        return suggest(optuna.trial.FixedTrial(trial.params), base, settings, ranker_params, space)
+
+    best, value, default_value = chosen(study.best_trial), study.best_value, history[0]["value"]
+    confirmation = None
+    if study.best_trial.number != 0:
+        # The best of many trials on one split is partly that split's luck (the winner's
+        # curse): it must also beat the defaults on labels the search never saw.
+        confirm_part, confirm_split = confirmation_split(tuning_part, validation)
+
+        def confirm(params: TrainParams, trial_settings: FeedSettings, trial_ranker: RankerFitParams) -> float:
+            report = evaluate_split(
+                confirm_part, confirm_split, None, (10,), params, trial_settings, show_progress=False,
+                ranker_params=trial_ranker, compare_blend=False, max_users=eval_users, baselines=False,
+            )
+            return report.methods["model"][OBJECTIVE_METRIC]
+
+        defaults = chosen(study.trials[0])
+        confirmation = Confirmation(str(confirm_split), confirm(*best), confirm(*defaults))
+        if not confirmation.kept_best:
+            best, value = defaults, default_value
     return TuneResult(
-        params=best_params, settings=best_settings, ranker_params=best_ranker, value=study.best_value, default_value=history[0]["value"],
+        params=best[0], settings=best[1], ranker_params=best[2], value=value, default_value=default_value,
         baselines=baselines, validation=validation, test_split=test_split, trials=history,
+        search_best=study.best_value, confirmation=confirmation,
     )
 
 
@@ -285,6 +341,12 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(result.trials)} trials in {payload['seconds']:.0f} s on {validation['split']} "
           f"(test part {validation['test_split_set_aside']} set aside): {OBJECTIVE_METRIC} {result.value:.4f}, "
           f"defaults {result.default_value:.4f}; wrote {args.out}")
+    confirmation = payload["confirmation"]
+    if confirmation is not None:
+        print(f"confirmation on {confirmation['split']} of the part before the search's validation window"
+              if result.validation.kind == "time" else f"confirmation on {confirmation['split']}", end="")
+        print(f": best trial {confirmation['best']:.4f} (search {confirmation['search_best']:.4f}), defaults "
+              f"{confirmation['defaults']:.4f}; kept the {confirmation['kept']}")
     best_name = validation["best_baseline"]
     if best_name and result.baselines[best_name] > result.value:
         print(f"warning: on validation the {best_name} baseline ({result.baselines[best_name]:.4f}) beats the "
