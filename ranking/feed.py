@@ -17,6 +17,16 @@ from ranking.store import FeedStateReader
 SOURCE_NAMES = ("followed_sellers", "friend_likes", "friend_shares", "embedding_neighbours", "item_knn", "trending")
 
 
+def parse_source_names(text: str) -> tuple[str, ...]:
+    """Comma-separated candidate source names, as flags and variables give them; "none" (or
+    nothing) is no source. ValueError names the unknown ones and the choices."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip() not in ("", "none"))
+    unknown = sorted(set(names) - set(SOURCE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
+    return names
+
+
 @dataclass(frozen=True)
 class FeedSettings:
     """Tunable knobs of the feed (the serving CLI exposes each as a flag)."""

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ranking.feed import SOURCE_NAMES, FeedSettings
+from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
 from serving import auth
 from serving.logs import LOG_FORMATS, LOG_LEVELS
 from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED
@@ -271,11 +271,10 @@ FLAGS_BY_DEST = {f.dest: f for f in FLAGS}
 
 
 def _source_names(text: str, given_by: str) -> tuple[str, ...]:
-    names = tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
-    unknown = sorted(set(names) - set(SOURCE_NAMES))
-    if unknown:
-        raise ConfigError(f"{given_by}: unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
-    return names
+    try:
+        return parse_source_names(text)
+    except ValueError as error:
+        raise ConfigError(f"{given_by}: {error}") from None
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -115,3 +115,12 @@ def test_the_trainer_says_what_auto_resolved_to(tmp_path, capsys) -> None:
     write_dataset(two_communities(), str(tmp_path / "data"))
     train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5))
     assert "item-kNN       auto -> ease" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--sources", "--fallback-sources"])
+def test_an_unknown_source_flag_is_named_before_any_work(flag, tmp_path, capsys):
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), flag, "trending,trendy"])
+    assert f"argument {flag}: unknown sources trendy; choose from followed_sellers" in capsys.readouterr().err

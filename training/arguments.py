@@ -8,7 +8,7 @@ from dataclasses import replace
 from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
-from ranking.feed import FeedSettings
+from ranking.feed import FeedSettings, parse_source_names
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
 from training.train import TrainParams
@@ -156,9 +156,9 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
                       help="embedding neighbours gathered per feed (default: %(default)s)")
     feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
                       help="item-kNN candidates gathered per feed (default: %(default)s)")
-    feed.add_argument("--sources", default=",".join(d.sources),
+    feed.add_argument("--sources", default=",".join(d.sources), type=_source_names,
                       help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
-    feed.add_argument("--fallback-sources", default=",".join(d.fallback_sources), metavar="LIST",
+    feed.add_argument("--fallback-sources", default=",".join(d.fallback_sources), type=_source_names, metavar="LIST",
                       help="of those, the ones that run only when the others gathered fewer than 2 x (served + limit) "
                            "candidates (the cold-start fallback); 'none': every source always runs (default: %(default)s)")
 
@@ -172,9 +172,16 @@ def settings_from_args(args: argparse.Namespace) -> FeedSettings:
         trending_limit=args.trending_limit,
         neighbours=args.neighbours,
         knn_neighbours=args.knn_neighbours,
-        sources=tuple(s for s in args.sources.split(",") if s),
-        fallback_sources=tuple(s for s in args.fallback_sources.split(",") if s and s != "none"),
+        sources=args.sources,
+        fallback_sources=args.fallback_sources,
     )
+
+
+def _source_names(text: str) -> tuple[str, ...]:
+    try:
+        return parse_source_names(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
