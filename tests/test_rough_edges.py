@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ranking.ranker import DEFAULT_BLEND
 from stores.events import Event, EventKind
 from tests.conftest import REPO
 
@@ -73,6 +75,29 @@ def test_a_directory_without_likes_csv_says_so(tmp_path):
     (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\n")
     line = one_error_line(run("training", "train", "--data", str(tmp_path), "--out", str(tmp_path / "m")), "error: ")
     assert line == f"error: likes.csv: not found in dataset directory {tmp_path} (the one required file; it holds items.csv)"
+
+
+def test_data_too_thin_for_a_ranker_still_trains_and_evaluates_with_the_blend(tmp_path):
+    """Three likes cannot fit a learned ranker: train publishes the hand-set blend and
+    evaluate reports it, each with a warning and the reason, instead of failing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,seller_id,created_at,stock\n" + "".join(f"i{k},s0,{1_700_000_000 + k},1\n" for k in range(5)))
+    (data / "likes.csv").write_text("user_id,item_id,ts\na,i0,1700000001\nb,i1,1700000002\nc,i0,1700000003\n")
+    warning = "warning: ranker: cannot fit (the ranker's validation pools need both positives and negatives); using the hand-set blend"
+
+    trained = run("training", "train", "--data", str(data), "--out", str(tmp_path / "models"), "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stderr.splitlines().count(warning) == 2, trained.stderr  # the published ranker's fit and the evaluation's
+    version = (tmp_path / "models" / "CURRENT").read_text().strip()
+    manifest = json.loads((tmp_path / "models" / version / "manifest.json").read_text())
+    assert manifest["ranker"]["fit"] == {"objective": "blend", "reason": "the ranker's validation pools need both positives and negatives"}
+    assert manifest["ranker"]["weights"] == DEFAULT_BLEND
+
+    evaluated = run("training", "evaluate", "--data", str(data), "--no-progress")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert warning in evaluated.stderr.splitlines()
+    assert evaluated.stdout.splitlines()[1].startswith("model ")
 
 
 def test_serve_names_a_missing_data_directory(tiny, tmp_path):

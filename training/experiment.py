@@ -8,10 +8,10 @@ from dataclasses import replace
 
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings
-from ranking.ranker import DEFAULT_RANKER
+from ranking.ranker import DEFAULT_RANKER, LinearRanker
 from training.dataset import Dataset, Edges
 from training.evaluate import EvaluationReport, evaluate, pipeline_recommender
-from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
+from training.ranker_fit import RankerFitParams
 from training.params import interactions_of, with_knn_resolved
 from training.splits import (
     SplitSpec,
@@ -19,7 +19,7 @@ from training.splits import (
     evaluation_time,
     split_for_evaluation,
 )
-from training.train import train
+from training.train import fitted_ranker_spec, train
 
 
 def evaluation_parts(
@@ -53,31 +53,28 @@ def evaluate_split(
     """Train on the training part with ``params`` and evaluate the served feed on the rest.
 
     The served ranker is fitted on a validation split of the training part
-    (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend).
+    (``ranker_params``, a RankerFitParams; objective "blend" keeps the hand-set blend, and
+    so does data too thin to fit one: training.train.fitted_ranker_spec).
     With ``compare_blend`` the same feed under the hand-set blend is reported as "blend";
     without ``baselines``, only the feed (and the blend) are replayed.
     ``report.ranker`` holds the fitted ranker's manifest entry.
     """
     train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
-    ranker, extra, warm = DEFAULT_RANKER, {}, None
-    fit_info: dict = {"objective": "blend"}
     interactions = interactions_of(train_part, params)
     params = with_knn_resolved(params, interactions)
-    if ranker_params.objective != "blend":
-        # As the trainer publishes: the ranker's fit-part model first, the served model from it.
-        ranker, fit_info, warm = fit_ranker(train_part, params, settings, ranker_params, interactions)
+    # As the trainer publishes: the ranker's fit-part model first, the served model from it.
+    spec, warm = fitted_ranker_spec(train_part, params, ranker_params, interactions, settings)
     model, _ = train(train_part, params, interactions, initial=warm)
-    if ranker_params.objective != "blend":
-        if compare_blend:
-            replay_now = evaluation_time(train_part) if now is None else now
-            extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
+    extra = {}
+    if compare_blend and spec["fit"]["objective"] != "blend":
+        replay_now = evaluation_time(train_part) if now is None else now
+        extra["blend"] = pipeline_recommender(train_part, model, DEFAULT_RANKER, replay_now, settings)
     report = evaluate(
-        train_part, test, model, ranker, ks, settings, now=now, extra_methods=extra, show_progress=show_progress,
-        max_users=max_users, baselines=baselines,
+        train_part, test, model, LinearRanker.from_mapping(spec["weights"], spec["bias"]), ks, settings, now=now,
+        extra_methods=extra, show_progress=show_progress, max_users=max_users, baselines=baselines,
     )
-    report.ranker = ranker_spec(ranker, fit_info)
+    report.ranker = spec
     return report
-
 
 
 def held_out_evaluation(

@@ -43,7 +43,8 @@ OBJECTIVES = ("logistic", "pairwise")
 
 
 class NoRankingSignal(ValueError):
-    """The validation pools hold no user with both a positive and a negative candidate."""
+    """No usable ranker: the validation pools hold no user with both a positive and a
+    negative candidate, or the fit's weights are not finite."""
 
 
 @dataclass(frozen=True)
@@ -444,5 +445,5 @@ def ranker_spec(ranker: LinearRanker, info: dict[str, Any] | None = None) -> dic
     if info:
         spec["fit"] = info
     if not all(math.isfinite(w) for w in spec["weights"].values()):
-        raise ValueError("the fitted ranker has non-finite weights")
+        raise NoRankingSignal("the fitted ranker has non-finite weights")
     return spec

@@ -11,6 +11,7 @@ the same artifact is published.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from training.artifact import EVALUATION_CHART, publish
 from training.dataset import Dataset, load_dataset
 from training.evaluate import plot_metrics
 from training.params import TrainParams, interactions_of, with_knn_resolved
-from training.ranker_fit import RankerFitParams, fit_ranker, ranker_spec
+from training.ranker_fit import NoRankingSignal, RankerFitParams, fit_ranker, ranker_spec
 
 # (dataset, trained model) -> metrics for the manifest, e.g. {"model": {"ndcg@10": ...}}
 EvaluateFn = Callable[[Dataset, EmbeddingModel], dict[str, Any]]
@@ -130,8 +131,9 @@ def fitted_ranker_spec(
     and the fit part's factors to warm-start the served model from (None for the blend).
 
     Objective "blend" publishes the hand-set blend. When the data cannot support a fit
-    (no validation user with a positive in their candidate pool, e.g. a toy dataset) the
-    blend is published too, and the manifest says why. With ``engine`` (a
+    (no validation user with a positive in their candidate pool, e.g. a toy dataset; or
+    a fit with non-finite weights) the blend is used too, a warning on stderr says why,
+    and so does the entry ("fit": {"objective": "blend", "reason": ...}). With ``engine`` (a
     training.spark_engine.SparkEngine; ``interactions`` then its SparkInteractions) the
     fit part's model is trained on Spark, and there are no factors to warm-start from.
     """
@@ -142,9 +144,8 @@ def fitted_ranker_spec(
             ranker, info, warm = engine.fit_ranker(ds, params, settings, ranker_params, interactions)
         else:
             ranker, info, warm = fit_ranker(ds, params, settings, ranker_params, interactions)
-    except ValueError as error:
-        if params.show_progress:
-            print(f"ranker: cannot fit ({error}); publishing the hand-set blend", flush=True)
+    except NoRankingSignal as error:
+        print(f"warning: ranker: cannot fit ({error}); using the hand-set blend", file=sys.stderr, flush=True)
         return {**default_ranker_spec(), "fit": {"objective": "blend", "reason": str(error)}}, None
     return ranker_spec(ranker, info), warm
 
