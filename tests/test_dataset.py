@@ -14,6 +14,7 @@ from training.dataset import (
     Dataset,
     DatasetError,
     Edges,
+    MAX_UNIX_SECONDS,
     Items,
     load_dataset,
     write_dataset,
@@ -120,6 +121,10 @@ def test_column_order_is_free(tmp_path: Path) -> None:
                      "likes.csv", 3, "ts", "'yesterday'", id="bad-ts"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,nan\n"},
                      "likes.csv", 2, "ts", "Unix time or ISO-8601", id="nan-ts"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,1700000000000\n"},
+                     "likes.csv", 3, "ts", "1700000000000 is after the year 5000 as Unix seconds: milliseconds?", id="ms-ts"),
+        pytest.param({"items": ITEMS + "i4,s2,1700000000000,1,,\n"},
+                     "items.csv", 5, "created_at", "milliseconds? (divide by 1,000)", id="ms-created-at"),
         pytest.param({"items": ITEMS + "i4,s2,1,-2,,\n"},
                      "items.csv", 5, "stock", "non-negative integer", id="negative-stock"),
         pytest.param({"items": ITEMS + "i4,s2,1,lots,,\n"},
@@ -428,8 +433,8 @@ def test_error_pickles() -> None:
 # Ids have no surrounding whitespace: loading strips it.
 _ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                min_size=1, max_size=6).map(str.strip).filter(bool)
-_times = st.one_of(st.just(float("nan")), st.integers(-(2**40), 2**40).map(float),
-                   st.floats(-1e12, 1e12, allow_nan=False))
+_times = st.one_of(st.just(float("nan")), st.integers(-(2**40), int(MAX_UNIX_SECONDS)).map(float),
+                   st.floats(-1e12, MAX_UNIX_SECONDS, allow_nan=False))
 
 
 @st.composite

@@ -238,6 +238,7 @@ GOOD_ITEMS = {"item_id": ["i1", "i2"], "seller_id": ["s1", "s1"], "created_at": 
         ("likes", "ts", ["1", "yesterday", "3"], 2,
          "expected a Unix time or ISO-8601 timestamp, got 'yesterday'"),
         ("likes", "ts", [1.0, 2.0, float("inf")], 3, "expected a Unix time or ISO-8601 timestamp, got inf"),
+        ("likes", "ts", [1.0, 1.7e12, 3.0], 2, "1700000000000 is after the year 5000 as Unix seconds: milliseconds? (divide by 1,000)"),
         ("likes", "user_id", ["u1", None, "u3"], 2, "must not be empty"),
         ("likes", "user_id", ["u1", "  ", "u3"], 2, "must not be empty"),
         ("likes", "item_id", ["i1", "i1", "i9"], 3, "unknown item 'i9' (not in items.parquet)"),

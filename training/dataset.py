@@ -9,7 +9,8 @@ Columns (header row required, order free; other columns are ignored with a warni
   friends.csv  user_id, friend_id, ts        (undirected)
   sellers.csv  seller_id, vacation_until
   engagements.csv  user_id, item_id, kind, ts[, friend_id]
-``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty.
+``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty; one above
+MAX_UNIX_SECONDS (milliseconds, most likely) is an error.
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
 The item card columns are optional and may be empty: ``price`` a non-negative number,
@@ -737,7 +738,20 @@ def _shown(values: Any, i: int) -> str:
     return repr(values[i])
 
 
+MAX_UNIX_SECONDS = 1e11
+"""Later than this (the year 5138) a time is not Unix seconds: almost surely milliseconds,
+which would put every like in the far future and every recency feature at zero."""
+
+
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
+    out = _parsed_times(table, column, allow_empty)
+    with np.errstate(invalid="ignore"):
+        for i in np.flatnonzero(out > MAX_UNIX_SECONDS).tolist():
+            table.report(i, column, f"{out[i]:.0f} is after the year 5000 as Unix seconds: milliseconds? (divide by 1,000)")
+    return out
+
+
+def _parsed_times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
     values = table.columns[column]
     if isinstance(values, np.ndarray):  # Parquet numbers or timestamps, as seconds; NaN where null
         out = values.astype(np.float64)
