@@ -256,9 +256,14 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         raise EventValidationError(index, "vacation_until", "must be after the event's ts (0 means until further notice)")
 
 
+MAX_UNIX_SECONDS = 1e11
+"""Later than this (the year 5138) a time is not Unix seconds: almost surely milliseconds."""
+
+
 def _check_not_future(index: int, field: str, value: float, latest: float) -> None:
     if value > latest:
-        raise EventValidationError(index, field, f"is in the future: {value!r} is after the latest accepted time {latest:.0f}")
+        hint = " (milliseconds? times are Unix seconds)" if value > MAX_UNIX_SECONDS else ""
+        raise EventValidationError(index, field, f"is in the future: {value!r} is after the latest accepted time {latest:.0f}{hint}")
 
 
 def _check_text(index: int, field: str, value: str | None, max_bytes: int) -> None:

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stores.events import MAX_UNIX_SECONDS
 from training.dataset import (
     Dataset,
     DatasetError,
     Edges,
-    MAX_UNIX_SECONDS,
     Items,
     load_dataset,
     write_dataset,

@@ -80,6 +80,15 @@ def test_times_from_the_future_are_rejected_given_the_clock(event, field):
     assert (error.value.index, error.value.field) == (1, field)
 
 
+def test_a_time_in_milliseconds_is_named_as_such():
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([like(ts=NOW * 1000)], now=NOW)
+    assert error.value.description.endswith("is after the latest accepted time 1800086400 (milliseconds? times are Unix seconds)")
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([like(ts=NOW + 86_401)], now=NOW)
+    assert "milliseconds" not in error.value.description
+
+
 def test_times_within_the_skew_and_open_ended_vacations_pass():
     validate_batch([
         like(ts=NOW + 86_000),

@@ -65,7 +65,7 @@ import numpy as np
 
 from ranking.vocab import encode
 from stores.base import gc_paused
-from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, EventKind, is_currency_code
+from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, EventKind, is_currency_code
 
 ENGAGEMENT_KINDS = tuple(kind.value for kind in ENGAGEMENTS)
 
@@ -738,12 +738,8 @@ def _shown(values: Any, i: int) -> str:
     return repr(values[i])
 
 
-MAX_UNIX_SECONDS = 1e11
-"""Later than this (the year 5138) a time is not Unix seconds: almost surely milliseconds,
-which would put every like in the far future and every recency feature at zero."""
-
-
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
+    # Milliseconds would put every like in the far future and every recency feature at zero.
     out = _parsed_times(table, column, allow_empty)
     with np.errstate(invalid="ignore"):
         for i in np.flatnonzero(out > MAX_UNIX_SECONDS).tolist():
