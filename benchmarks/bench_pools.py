@@ -31,6 +31,7 @@ from training.arguments import (
     add_training_arguments,
     params_from_args,
     ranker_params_from_args,
+    split_text,
 )
 from training.dataset import load_dataset
 from training.metrics import ranking_metrics
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.bench_pools", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--split", required=True, help="the TEST protocol: time:FRACTION or random:FRACTION[:SEED]; its test part is never read")
+    parser.add_argument("--split", required=True, type=split_text(), help="the TEST protocol: time:FRACTION or random:FRACTION[:SEED]; its test part is never read")
     parser.add_argument("--validation", type=float, default=0.2, help="share of the training part held out for validation (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="validation users sampled, 0 = all (default: %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="a value is good enough within this share of the knob's best NDCG@10 (default: %(default)s)")

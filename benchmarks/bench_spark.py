@@ -193,7 +193,7 @@ def scale(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments
+    from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("parity", help="served NDCG@10, implicit vs Spark, on one split")
     p.add_argument("--data", required=True)
-    p.add_argument("--split", help="as `python -m training evaluate --split` (default: its default)")
+    p.add_argument("--split", type=split_text(), help="as `python -m training evaluate --split` (default: its default)")
     p.add_argument("--seeds", default="0", help="comma-separated ALS/ranker seeds (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative difference (default: %(default)s)")
     p.add_argument("--json", help="write rows and summary here")

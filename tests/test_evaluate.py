@@ -61,7 +61,7 @@ def test_split_specs_and_cutoffs_parse_or_explain():
     assert SplitSpec.parse("time:0.1") == SplitSpec("time", 0.1)
     assert parse_ks("20,10") == (10, 20)
     for bad in ("random", "time:x", "later:0.2"):
-        with pytest.raises(ValueError, match="--split"):
+        with pytest.raises(ValueError, match="expected time:FRACTION"):
             SplitSpec.parse(bad)
     with pytest.raises(ValueError, match="--k"):
         parse_ks("ten")

@@ -121,10 +121,11 @@ def test_default_split_is_per_user_without_times() -> None:
 
 
 @pytest.mark.parametrize("text", ["user", "user:x", "time:0.2:3", "week:0.2", "user:1.5"])
-def test_split_spec_errors_name_the_flag(text: str) -> None:
+def test_split_spec_errors_say_what_was_expected(text: str) -> None:
+    """The flag's name comes from argparse (tests/test_train.py): --split, --eval-split or --test-split."""
     from training.splits import SplitSpec
 
-    with pytest.raises(ValueError, match="split|fraction"):
+    with pytest.raises(ValueError, match="expected time:FRACTION|fraction must be in"):
         SplitSpec.parse(text)
 
 

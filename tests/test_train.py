@@ -124,3 +124,30 @@ def test_an_unknown_source_flag_is_named_before_any_work(flag, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), flag, "trending,trendy"])
     assert f"argument {flag}: unknown sources trendy; choose from followed_sellers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "says"),
+    [
+        ("train", "--factors", "0", "must be >= 1, got 0"),
+        ("train", "--factors", "2.5", "expected an integer, got '2.5'"),
+        ("train", "--regularization", "-1", "must be >= 0, got -1"),
+        ("train", "--alpha", "nan", "expected a finite number, got 'nan'"),
+        ("train", "--ease-l2", "0", "must be > 0, got 0"),
+        ("train", "--ranker-validation", "1", "must be < 1, got 1"),
+        ("train", "--max-per-seller", "0", "must be >= 1, got 0"),
+        ("train", "--eval-split", "time:1.5", "fraction must be in (0, 1), got 1.5"),
+        ("evaluate", "--split", "banana", "expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got 'banana'"),
+        ("tune", "--test-split", "user:0", "fraction must be in (0, 1), got 0.0"),
+    ],
+)
+def test_a_hyperparameter_out_of_range_is_named_before_any_work(command, flag, value, says, tmp_path, capsys):
+    """ALS with 0 factors once published a model, NaN alpha ended in implicit's traceback,
+    and a bad split was reported without its flag (or as --split): now argparse names the
+    flag, before the data is read."""
+    from training.__main__ import main
+
+    out = [] if command == "evaluate" else ["--out", str(tmp_path / "m")]
+    with pytest.raises(SystemExit):
+        main([command, "--data", str(tmp_path / "missing"), *out, flag, value])
+    assert f"argument {flag}: {says}" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from embeddings import als
@@ -11,47 +13,85 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings, parse_source_names
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
+from training.splits import SplitSpec
 from training.train import TrainParams
+
+
+def bounded(kind: type, minimum: float | None = None, above: float | None = None, below: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) at least ``minimum``, more than
+    ``above``, less than ``below``; argparse puts the flag's name before the message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {text}")
+        if below is not None and not value < below:
+            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {text}")
+        return value
+
+    return parse
+
+
+def split_text(*words: str) -> Callable[[str], str]:
+    """An argparse type for a split flag: one of ``words`` (auto, none) or a SplitSpec,
+    checked at parsing and returned as written."""
+
+    def parse(text: str) -> str:
+        if text not in words:
+            try:
+                SplitSpec.parse(text)
+            except ValueError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    return parse
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Hyperparameter flags, shared by ``train`` and ``evaluate``."""
     d = TrainParams()
     group = parser.add_argument_group("model")
-    group.add_argument("--factors", type=int, default=d.factors, help=f"latent dimensions (default: {d.factors})")
-    group.add_argument("--regularization", type=float, default=d.regularization,
+    group.add_argument("--factors", type=bounded(int, 1), default=d.factors, help=f"latent dimensions (default: {d.factors})")
+    group.add_argument("--regularization", type=bounded(float, 0), default=d.regularization,
                        help=f"ALS L2 regularization (default: {d.regularization})")
-    group.add_argument("--alpha", type=float, default=d.alpha,
+    group.add_argument("--alpha", type=bounded(float, above=0), default=d.alpha,
                        help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
-    group.add_argument("--iterations", type=int, default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
-    group.add_argument("--follow-weight", type=float, default=d.follow_weight,
+    group.add_argument("--iterations", type=bounded(int, 1), default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
+    group.add_argument("--follow-weight", type=bounded(float, 0), default=d.follow_weight,
                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
     for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items():
-        group.add_argument(f"--{kind.replace('_', '-')}-weight", dest=name, type=float, default=getattr(d, name), metavar="W",
+        group.add_argument(f"--{kind.replace('_', '-')}-weight", dest=name, type=bounded(float, 0), default=getattr(d, name), metavar="W",
                            help=f"weight of a {kind.replace('_', '-')} (engagements.csv) relative to a like; 0 ignores "
                                 "them (default: %(default)s)")
     group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
                        help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "
                             "log = log2(1 + w), raw, binary (default: %(default)s)")
-    group.add_argument("--recency-half-life-days", type=float, default=d.recency_half_life_days, metavar="DAYS",
+    group.add_argument("--recency-half-life-days", type=bounded(float, 0), default=d.recency_half_life_days, metavar="DAYS",
                        help="a like's ALS confidence halves with every DAYS before the newest like (timed likes "
                             "only); 0 weighs old and new alike (default: %(default)s)")
     group.add_argument("--knn", choices=KNN_KINDS, default=d.knn,
                        help="item-to-item model for the item_knn source and feature: auto is EASE up to "
                             f"{EASE_AUTO_MAX_ITEMS:,} items liked by 2+ users and cosine above; none trains none "
                             "(default: %(default)s)")
-    group.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
-    group.add_argument("--ease-l2", type=float, default=d.ease_l2,
+    group.add_argument("--knn-k", type=bounded(int, 1), default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
+    group.add_argument("--ease-l2", type=bounded(float, above=0), default=d.ease_l2,
                        help=f"L2 penalty of EASE, with --knn ease or auto (default: {d.ease_l2})")
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
                        help="item index: auto is exact below 20k items, hnsw-mips up to 100k, IVF + fast-scan PQ + exact refine "
                             "above (default: auto)")
-    group.add_argument("--ef-search", type=int, default=d.ef_search,
+    group.add_argument("--ef-search", type=bounded(int, 0), default=d.ef_search,
                        help=f"HNSW search beam width (default: {d.ef_search})")
-    group.add_argument("--warm-iterations", type=int, default=d.warm_iterations,
+    group.add_argument("--warm-iterations", type=bounded(int, 0), default=d.warm_iterations,
                        help="ALS sweeps over all the data, starting from the ranker's fit-part model "
                             f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
-    group.add_argument("--seed", type=int, default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
+    group.add_argument("--seed", type=bounded(int, 0), default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
     add_params_file_argument(group)
     add_ranker_arguments(parser)
@@ -65,10 +105,10 @@ def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ranker", choices=(*OBJECTIVES, "blend"), default=d.objective,
                        help="ranker objective fitted on the serving pipeline's candidates, or blend for the "
                             "hand-set weights (default: %(default)s)")
-    group.add_argument("--ranker-l2", type=float, default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
-    group.add_argument("--ranker-validation", type=float, default=d.validation_fraction,
+    group.add_argument("--ranker-l2", type=bounded(float, 0), default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
+    group.add_argument("--ranker-validation", type=bounded(float, above=0, below=1), default=d.validation_fraction,
                        help="share of the training likes held out as ranker labels (default: %(default)s)")
-    group.add_argument("--ranker-users", type=int, default=d.max_users,
+    group.add_argument("--ranker-users", type=bounded(int, 1), default=d.max_users,
                        help="validation users whose candidate pools are collected (default: %(default)s)")
     group.add_argument("--drop-features", type=parse_feature_names, default=",".join(d.drop_features), metavar="NAMES",
                        help="comma-separated features the ranker holds at weight 0 (tune chooses which time "
@@ -135,7 +175,7 @@ DEFAULT_EVAL_USERS = 10_000
 
 def add_eval_users_argument(parser) -> None:
     parser.add_argument(
-        "--eval-users", type=int, default=DEFAULT_EVAL_USERS,
+        "--eval-users", type=bounded(int, 0), default=DEFAULT_EVAL_USERS,
         help="average over a seeded sample of this many test users; 0 = all (default: %(default)s)",
     )
 
@@ -144,17 +184,17 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     """The feed settings the ranker is fitted and the feed replayed under (as served)."""
     feed = parser.add_argument_group("feed (as served)")
     d = FeedSettings()
-    feed.add_argument("--max-per-seller", type=int, default=d.max_per_seller,
+    feed.add_argument("--max-per-seller", type=bounded(int, 1), default=d.max_per_seller,
                       help="seller cap per page, as served (default: %(default)s)")
-    feed.add_argument("--max-per-category", type=int, default=d.max_per_category,
+    feed.add_argument("--max-per-category", type=bounded(int, 0), default=d.max_per_category,
                       help="category cap per page, as served; 0 = none (default: %(default)s)")
-    feed.add_argument("--per-key-limit", type=int, default=d.per_key_limit,
+    feed.add_argument("--per-key-limit", type=bounded(int, 1), default=d.per_key_limit,
                       help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
-    feed.add_argument("--trending-limit", type=int, default=d.trending_limit,
+    feed.add_argument("--trending-limit", type=bounded(int, 0), default=d.trending_limit,
                       help="trending items gathered for a first page (default: %(default)s)")
-    feed.add_argument("--neighbours", type=int, default=d.neighbours,
+    feed.add_argument("--neighbours", type=bounded(int, 0), default=d.neighbours,
                       help="embedding neighbours gathered per feed (default: %(default)s)")
-    feed.add_argument("--knn-neighbours", type=int, default=d.knn_neighbours,
+    feed.add_argument("--knn-neighbours", type=bounded(int, 0), default=d.knn_neighbours,
                       help="item-kNN candidates gathered per feed (default: %(default)s)")
     feed.add_argument("--sources", default=",".join(d.sources), type=_source_names,
                       help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")

@@ -16,6 +16,7 @@ from training.arguments import (
     parse_ks,
     ranker_params_from_args,
     settings_from_args,
+    split_text,
 )
 from training.evaluate import evaluate_cap_grid, plot_report, read_test_file
 from training.experiment import evaluate_split
@@ -29,7 +30,7 @@ def add_arguments(parser) -> None:
     """Flags of ``python -m training evaluate``."""
     parser.add_argument("--data", required=True, help="dataset directory")
     held_out = parser.add_mutually_exclusive_group()
-    held_out.add_argument("--split", help="time:FRACTION, user:FRACTION[:SEED] (a fraction of each user's likes) or "
+    held_out.add_argument("--split", type=split_text(), help="time:FRACTION, user:FRACTION[:SEED] (a fraction of each user's likes) or "
                                           "random:FRACTION[:SEED] (default: time:0.2 when every like has a time, "
                                           "else user:0.2:0)")
     held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")

@@ -159,7 +159,7 @@ class SplitSpec:
         except ValueError:
             spec = None
         if spec is None:
-            raise ValueError(f"--split: expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got {text!r}")
+            raise ValueError(f"expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got {text!r}")
         _check_fraction(spec.fraction)
         return spec
 

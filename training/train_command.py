@@ -18,6 +18,7 @@ from training.arguments import (
     ranker_params_from_args,
     settings_from_args,
     spark_settings_from_args,
+    split_text,
 )
 from training.experiment import held_out_evaluation
 from training.train import train_and_publish
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training train``."""
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
     parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
-    parser.add_argument("--eval-split", default="auto",
+    parser.add_argument("--eval-split", default="auto", type=split_text("auto", "none"),
                         help="held-out split for the evaluation table: time:FRACTION, user:FRACTION[:SEED], "
                              "random:FRACTION[:SEED], auto (time:0.2 when every like has a time, else user:0.2) "
                              "or none (default: auto)")

@@ -44,6 +44,7 @@ from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
+from training.arguments import bounded, split_text
 from training.dataset import Dataset
 from training.experiment import evaluate_split
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
@@ -299,16 +300,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory")
     parser.add_argument("--out", required=True, help="JSON file to write the chosen parameters to (for train --params)")
     parser.add_argument(
-        "--test-split", default="auto",
+        "--test-split", default="auto", type=split_text("auto", "none"),
         help="the evaluation's test split, set aside before tuning and never read: time:FRACTION, "
              "user:FRACTION[:SEED], random:FRACTION[:SEED], auto (what evaluate uses by default: time:0.2 when every "
              "like has a time, else user:0.2:0) or none (tune on all of DATA) (default: %(default)s)",
     )
-    parser.add_argument("--trials", type=int, default=30, help="trials, the defaults first (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=900.0,
+    parser.add_argument("--trials", type=bounded(int, 1), default=30, help="trials, the defaults first (default: %(default)s)")
+    parser.add_argument("--timeout", type=bounded(float, above=0), default=900.0,
                         help="stop starting trials after this many seconds (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the splits (default: %(default)s)")
-    parser.add_argument("--eval-users", type=int, default=2000,
+    parser.add_argument("--seed", type=bounded(int, 0), default=0, help="seed of the sampler and the splits (default: %(default)s)")
+    parser.add_argument("--eval-users", type=bounded(int, 0), default=2000,
                         help="validation users per trial, a seeded sample; 0 = all (default: %(default)s)")
     parser.add_argument(
         "--require-sources", default="", metavar="LIST",
