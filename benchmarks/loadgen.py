@@ -44,6 +44,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from training.flag_types import bounded
 
 # Design targets (memory store), printed with every table.
 TARGET_FEED_TO_EMPTY = 0.2  # GetFeed closed-loop throughput / empty RPC closed-loop throughput, at least
@@ -171,8 +172,8 @@ def server_calls(target: str, users: list[str], connections: int, limit: int, rn
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
     """--store, --workers and --threads of spawned servers (``spawn_server`` reads them)."""
     group.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
-    group.add_argument("--workers", type=int, default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
-    group.add_argument("--threads", type=int, default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
+    group.add_argument("--workers", type=bounded(int, 1), default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
+    group.add_argument("--threads", type=bounded(int, 0), default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -332,15 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     load = parser.add_argument_group("load")
     # 12: a multiple of 2, 3 and 4 workers. With 4, SO_REUSEPORT gave one of 3 workers two connections, and 3 workers
     # measured worst for it (benchmarks/README.md, "2026-12-03 (midday)").
-    load.add_argument("--channels", type=int, default=12, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
-    load.add_argument("--concurrency", type=int, default=16, help="in-flight requests in closed loop (default: %(default)s)")
-    load.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default: %(default)s)")
-    load.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (default: %(default)s)")
-    load.add_argument("--load", type=float, default=0.5, help="open-loop rate as a fraction of saturation (default: %(default)s)")
-    load.add_argument("--rate", type=float, default=0.0, help="open-loop rate in GetFeeds per second, instead of --load: the "
+    load.add_argument("--channels", type=bounded(int, 1), default=12, help="client connections, used in turn; spreads the load over --workers (default: %(default)s)")
+    load.add_argument("--concurrency", type=bounded(int, 1), default=16, help="in-flight requests in closed loop (default: %(default)s)")
+    load.add_argument("--duration", type=bounded(float, above=0), default=10.0, help="seconds per phase (default: %(default)s)")
+    load.add_argument("--warmup", type=bounded(float, 0), default=2.0, help="warm-up seconds per RPC (default: %(default)s)")
+    load.add_argument("--load", type=bounded(float, above=0), default=0.5, help="open-loop rate as a fraction of saturation (default: %(default)s)")
+    load.add_argument("--rate", type=bounded(float, 0), default=0.0, help="open-loop rate in GetFeeds per second, instead of --load: the "
                       "same load for servers of different saturation (default: --load)")  # fmt: skip
-    load.add_argument("--limit", type=int, default=20, help="items per GetFeed (default: %(default)s)")
-    load.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    load.add_argument("--limit", type=int, default=20, help="items per GetFeed; not checked here, so a run can measure the server's refusals (default: %(default)s)")
+    load.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     load.add_argument("--seed", type=int, default=0, help="seed for the user sample (default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", help="write results as JSON here")

@@ -8,6 +8,7 @@ import sys
 import grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from training.flag_types import bounded
 
 _REASON_TEXT = {
     feed_pb2.REASON_KIND_FOLLOWED_SELLER: lambda r: f"from {r.actor_ids[0] if r.actor_ids else 'a seller'}, a seller you follow",
@@ -62,9 +63,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving feed", description="Print a user's feed from a running server.")
     parser.add_argument("--target", default="127.0.0.1:50051", help="server address (default: %(default)s)")
     parser.add_argument("--user", required=True, help="user id")
-    parser.add_argument("--limit", type=int, default=10, help="items per page, 1..100 (default: %(default)s)")
-    parser.add_argument("--pages", type=int, default=1, help="pages to fetch (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    parser.add_argument("--limit", type=bounded(int, 1, maximum=100), default=10, help="items per page, 1..100 (default: %(default)s)")
+    parser.add_argument("--pages", type=bounded(int, 1), default=1, help="pages to fetch (default: %(default)s)")
+    parser.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     args = parser.parse_args(argv)
     with grpc.insecure_channel(args.target) as channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)

@@ -44,6 +44,7 @@ from stores.redis import (
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.__main__ import add_drop_unknown_items_argument
 from training.dataset import Dataset, DatasetError, Items, load_dataset
+from training.flag_types import bounded
 
 DEFAULT_BATCH = 10_000  # commands per pipeline round trip
 LOAD_SOCKET_TIMEOUT = 60.0  # a 10k-command pipeline can take a while on a busy server
@@ -283,9 +284,9 @@ def exit_on_redis_errors(url_text: str) -> Iterator[None]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, follows.csv, friends.csv)")
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="commands per pipeline round trip (default: %(default)s)")
-    parser.add_argument("--recent-likes", type=int, default=DEFAULT_RECENT_LIKES, help="recent likes kept per user (default: %(default)s)")
-    parser.add_argument("--listings", type=int, default=DEFAULT_LISTINGS, help="newest listings kept per seller (default: %(default)s)")
+    parser.add_argument("--batch", type=bounded(int, 1), default=DEFAULT_BATCH, help="commands per pipeline round trip (default: %(default)s)")
+    parser.add_argument("--recent-likes", type=bounded(int, 1), default=DEFAULT_RECENT_LIKES, help="recent likes kept per user (default: %(default)s)")
+    parser.add_argument("--listings", type=bounded(int, 1), default=DEFAULT_LISTINGS, help="newest listings kept per seller (default: %(default)s)")
     add_drop_unknown_items_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 
@@ -294,8 +295,6 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error("--batch must be >= 1")
     client, own = connect_checked(args.redis, socket_timeout=LOAD_SOCKET_TIMEOUT, socket_connect_timeout=5.0)
     try:
         started = time.perf_counter()

@@ -343,3 +343,21 @@ def test_serve_drop_unknown_items(tiny, tmp_path):
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     assert "likes.csv: dropped 1 likes of items not in items.csv" in output
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("serving", "load", "--data", "d", "--redis", "redis://127.0.0.1:1/0", "--recent-likes", "-1"),
+         "argument --recent-likes: must be >= 1, got -1"),
+        (("serving", "load", "--data", "d", "--redis", "redis://127.0.0.1:1/0", "--batch", "0"), "argument --batch: must be >= 1, got 0"),
+        (("serving", "feed", "--user", "u", "--pages", "0"), "argument --pages: must be >= 1, got 0"),
+        (("serving", "feed", "--user", "u", "--limit", "101"), "argument --limit: must be <= 100, got 101"),
+        (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--concurrency", "0"), "argument --concurrency: must be >= 1, got 0"),
+        (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--duration", "nan"), "argument --duration: expected a finite number, got 'nan'"),
+    ],
+)
+def test_numeric_flags_out_of_range_are_refused_before_any_work(argv, says):
+    """`serving load --recent-likes -1` used to load, and `loadgen --concurrency 0` to run."""
+    result = run(*argv)
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith(says), result.stderr

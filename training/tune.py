@@ -44,7 +44,8 @@ from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
-from training.arguments import bounded, split_text
+from training.arguments import split_text
+from training.flag_types import bounded
 from training.dataset import Dataset
 from training.experiment import evaluate_split
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
