@@ -22,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from redis.exceptions import RedisClusterException, RedisError
@@ -41,6 +40,7 @@ from stores.redis import (
     split_url,
     unavailable_on_redis_errors,
 )
+from serving.store_url import redacted
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.__main__ import add_drop_unknown_items_argument
 from training.dataset import Dataset, DatasetError, Items, load_dataset
@@ -232,20 +232,6 @@ def load_into_redis(
             pipe.execute()
         bar.update(pending_rows)
     return LoadStats(rows=total, commands=commands, seconds=time.perf_counter() - started)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return url
 
 
 def _fail(url: str, message: str) -> NoReturn:

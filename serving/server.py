@@ -39,7 +39,7 @@ from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
 from serving.web import HttpServer, create_app
 from serving.web.common import WebContext
-from serving.store_url import open_store
+from serving.store_url import open_store, redacted
 from stores import FeedStore
 from training.artifact import current_version, load_current, load_version
 
@@ -185,8 +185,10 @@ class HealthMonitor(threading.Thread):
         every_seconds: float = 1.0,
         serving: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store_name: str = "",
     ) -> None:
         super().__init__(name="health-monitor", daemon=True)
+        self.store_name = f"store {store_name}" if store_name else "store"  # for the log lines
         self.store = store
         self.publish = publish
         self.every_seconds = every_seconds
@@ -203,14 +205,14 @@ class HealthMonitor(threading.Thread):
         self.publish(health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
         if up:
             if self.down_since is not None:
-                log.warning("store answers again after %.1f s: health SERVING", self.clock() - self.down_since)
+                log.warning("%s answers again after %.1f s: health SERVING", self.store_name, self.clock() - self.down_since)
                 self.down_since = None
             self.serving.set()
         else:
             self.serving.clear()
             if self.down_since is None:
                 self.down_since = self.clock()
-                log.error("store unavailable: health NOT_SERVING until it answers again")
+                log.error("%s unavailable: health NOT_SERVING until it answers again", self.store_name)
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
@@ -471,7 +473,7 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(store, self._publish_health, serving=self.serving)
+        monitor = HealthMonitor(store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url))
         monitor.check()
         self._threads = [monitor]
         if self.config.reload_seconds > 0:

@@ -321,7 +321,7 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
             return self.up
 
     store, published, now = Store(), [], [0.0]
-    monitor = server_module.HealthMonitor(store, published.append, clock=lambda: now[0])
+    monitor = server_module.HealthMonitor(store, published.append, clock=lambda: now[0], store_name="redis://10.0.0.9:6379/0")
     caplog.set_level("INFO", logger="feedrank.serving")
     monitor.check()
     assert monitor.serving.is_set()
@@ -338,7 +338,10 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
     SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     assert published == [SERVING] + [NOT_SERVING] * 4 + [SERVING] * 2
     messages = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
-    assert messages == ["store unavailable: health NOT_SERVING until it answers again", "store answers again after 4.0 s: health SERVING"]
+    assert messages == [
+        "store redis://10.0.0.9:6379/0 unavailable: health NOT_SERVING until it answers again",
+        "store redis://10.0.0.9:6379/0 answers again after 4.0 s: health SERVING",
+    ]
 
 
 @pytest.mark.redis
@@ -363,3 +366,12 @@ def test_only_the_workers_of_one_server_share_a_port(world, redis_url, tmp_path)
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_store_urls_in_log_lines_hide_their_password():
+    from serving.store_url import redacted
+
+    assert redacted("redis://app:s3cret@10.0.0.9:6379/0") == "redis://app:***@10.0.0.9:6379/0"
+    assert redacted("redis://:s3cret@host/0") == "redis://:***@host/0"
+    assert redacted("redis://10.0.0.9:6379/0") == "redis://10.0.0.9:6379/0"
+    assert redacted("memory") == "memory"
