@@ -49,7 +49,7 @@ from training.flag_types import bounded
 from training.dataset import Dataset
 from training.experiment import evaluate_split
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
-from training.ranker_fit import NoRankingSignal, RankerFitParams
+from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
 
 OBJECTIVE_METRIC = "ndcg@10"
@@ -242,18 +242,14 @@ def tune(
     def objective(trial) -> float:
         params, trial_settings, trial_ranker = suggest(trial, base, settings, ranker_params, space)
         started = time.perf_counter()
-        try:
-            report = evaluate_split(
-                tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
-                ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
-                baselines=not baselines,  # they do not change between trials: replayed once
-            )
-        except NoRankingSignal:
-            # Sources that find no validation like (followed sellers alone on data without
-            # sellers): a feed that recommends none of them scores 0.
-            history.append({"number": trial.number, "value": 0.0, "seconds": round(time.perf_counter() - started, 1),
-                            "params": dict(trial.params), "note": "the pools held no validation like"})
-            return 0.0
+        # Sources that find no validation like (followed sellers alone on data without
+        # sellers) fit no ranker: the trial's feed is then scored under the hand-set blend,
+        # as train would publish it.
+        report = evaluate_split(
+            tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
+            ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
+            baselines=not baselines,  # they do not change between trials: replayed once
+        )
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
             baselines.update({name: m[OBJECTIVE_METRIC] for name, m in report.methods.items() if name != "model"})
