@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from embeddings.model import EmbeddingModel
@@ -17,11 +18,16 @@ from ranking.store import FeedStateReader
 SOURCE_NAMES = ("followed_sellers", "friend_likes", "friend_shares", "embedding_neighbours", "item_knn", "trending")
 
 
+def unknown_sources(names: Iterable[str]) -> list[str]:
+    """The names that are no candidate source (SOURCE_NAMES), sorted; each caller words the error."""
+    return sorted(set(names) - set(SOURCE_NAMES))
+
+
 def parse_source_names(text: str) -> tuple[str, ...]:
     """Comma-separated candidate source names, as flags and variables give them; "none" (or
     nothing) is no source. ValueError names the unknown ones and the choices."""
     names = tuple(name.strip() for name in text.split(",") if name.strip() not in ("", "none"))
-    unknown = sorted(set(names) - set(SOURCE_NAMES))
+    unknown = unknown_sources(names)
     if unknown:
         raise ValueError(f"unknown sources {', '.join(unknown)}; choose from {', '.join(SOURCE_NAMES)}")
     return names
@@ -70,9 +76,9 @@ def build_feed_pipeline(
     ranker: LinearRanker = DEFAULT_RANKER,
     settings: FeedSettings = FeedSettings(),
 ) -> FeedPipeline:
-    unknown = (set(settings.sources) | set(settings.fallback_sources)) - set(SOURCE_NAMES)
+    unknown = unknown_sources([*settings.sources, *settings.fallback_sources])
     if unknown:
-        raise ValueError(f"unknown candidate sources: {sorted(unknown)}; choose from {SOURCE_NAMES}")
+        raise ValueError(f"unknown candidate sources: {unknown}; choose from {SOURCE_NAMES}")
     items = ModelItems(model, store.items) if model is not None else None
     available = {
         "followed_sellers": sources.FollowedSellerSource(),

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ranking.feed import SOURCE_NAMES, FeedSettings
+from ranking.feed import SOURCE_NAMES, FeedSettings, unknown_sources
 from training.artifact import MANIFEST, Artifact, load_version
 
 BUCKETS = 10_000
@@ -221,7 +221,7 @@ def _validate_settings(settings: FeedSettings) -> None:
     if settings.max_per_seller < 1:
         raise ValueError(f"max_per_seller: must be >= 1, got {settings.max_per_seller}")
     for key in ("sources", "fallback_sources"):
-        unknown = [s for s in getattr(settings, key) if s not in SOURCE_NAMES]
+        unknown = unknown_sources(getattr(settings, key))
         if unknown:
             raise ValueError(f"{key}: unknown {unknown}; choose from {list(SOURCE_NAMES)}")
 

@@ -28,6 +28,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from tqdm import tqdm
 
 from ranking.store import trending_weight
+from serving.store_url import redacted
 from stores.base import StoreUnavailable
 from stores.events import EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
@@ -40,7 +41,6 @@ from stores.redis import (
     split_url,
     unavailable_on_redis_errors,
 )
-from serving.store_url import redacted
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.__main__ import add_drop_unknown_items_argument
 from training.dataset import Dataset, DatasetError, Items, load_dataset

@@ -10,9 +10,9 @@ from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings, parse_source_names
+from training.flag_types import bounded
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
-from training.flag_types import bounded
 from training.splits import SplitSpec
 from training.train import TrainParams
 

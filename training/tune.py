@@ -43,11 +43,11 @@ from typing import Any
 from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
-from ranking.feed import SOURCE_NAMES, FeedSettings
+from ranking.feed import SOURCE_NAMES, FeedSettings, unknown_sources
 from training.arguments import split_text
-from training.flag_types import bounded
 from training.dataset import Dataset
 from training.experiment import evaluate_split
+from training.flag_types import bounded
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> None:
     from training.dataset import load_dataset
 
     required = tuple(name for name in args.require_sources.split(",") if name)
-    unknown = [name for name in required if name not in SOURCE_NAMES]
+    unknown = unknown_sources(required)
     if unknown:
         raise SystemExit(f"--require-sources: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCE_NAMES)}")
     dataset = load_dataset(args.data)
