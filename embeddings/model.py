@@ -8,6 +8,7 @@ import numpy as np
 
 from embeddings.index import MipsIndex
 from embeddings.knn import ItemKNN
+from embeddings.user_neighbours import UserNeighbours
 
 DEFAULT_FOLDIN_ALPHA = 20.0
 """Confidence of a like when folding in a user; matches embeddings.als.DEFAULT_ALPHA."""
@@ -36,6 +37,8 @@ class EmbeddingModel:
     least-squares problem ALS solves for a user (implicit's ``recalculate_user``).
     ``item_knn``, when given, is the item-kNN model over the same items (same id order);
     the item-kNN candidate source and the ``item_similarity`` feature read it.
+    ``user_neighbours``, when given, holds each trained user's neighbour search, run at
+    training time (embeddings.user_neighbours); ``user_neighbour_rows`` reads it.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class EmbeddingModel:
         regularization: float,
         alpha: float = DEFAULT_FOLDIN_ALPHA,
         item_knn: ItemKNN | None = None,
+        user_neighbours: UserNeighbours | None = None,
     ) -> None:
         self.user_ids = list(user_ids)
         self.item_ids = list(item_ids)
@@ -65,6 +69,7 @@ class EmbeddingModel:
         if item_knn is not None and item_knn.item_ids != self.item_ids:
             raise ValueError("the item-kNN model's items are not the embedding model's items")
         self.item_knn = item_knn
+        self.user_neighbours = user_neighbours
         self.regularization = float(regularization)
         self.alpha = float(alpha)
         self.user_row = {u: i for i, u in enumerate(self.user_ids)}
@@ -128,7 +133,7 @@ class EmbeddingModel:
         """
         vector = np.asarray(vector, dtype=np.float32)
         n = len(self.item_ids)
-        if k * EXACT_SEARCH_K_SHARE < n or self.index.kind == "flat":
+        if self.searches_index(k):
             scores, rows = self.index.search(vector.reshape(1, -1), k, ef_search)
             keep = rows[0] >= 0
             return rows[0][keep].astype(np.int32), scores[0][keep]
@@ -136,6 +141,26 @@ class EmbeddingModel:
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.lexsort((top, -scores[top]))]
         return top.astype(np.int32), scores[top]
+
+    def user_neighbour_rows(
+        self, user_id: str, vector: np.ndarray, k: int, ef_search: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``neighbour_rows(vector, k, ef_search)`` where ``vector`` is ``user_vector_from_rows``'s
+        for ``user_id``: read from ``user_neighbours`` when it holds that very search (a
+        trained user, the same k and search breadth), else searched now."""
+        table = self.user_neighbours
+        row = self.user_row.get(user_id) if table is not None else None
+        if row is not None and table.answers(k, ef_search):
+            return table.of(row)
+        return self.neighbour_rows(vector, k, ef_search)
+
+    def searches_index(self, k: int) -> bool:
+        """Whether ``neighbour_rows`` asks the index for ``k`` items (else the exact product answers)."""
+        return k * EXACT_SEARCH_K_SHARE < len(self.item_ids) or self.index.kind == "flat"
+
+    def index_ef_search(self) -> int:
+        """The index's own search breadth (0 for kinds without one)."""
+        return int(self.index.params.get("ef_search", 0))
 
     def row_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner product per item row (float32), same order; NaN for rows < 0."""

@@ -72,7 +72,9 @@ class EmbeddingNeighbourSource:
     def gather(self, query: FeedQuery) -> SourceCandidates:
         if query.user_vector is None:
             return SourceCandidates.none()
-        rows, scores = self.items.model.neighbour_rows(query.user_vector, _pool_size(self.k, query), self.ef_search)
+        rows, scores = self.items.model.user_neighbour_rows(
+            query.user.user_id, query.user_vector, _pool_size(self.k, query), self.ef_search
+        )
         return SourceCandidates(self.items.codes(rows), bits.EMBEDDING, {"embedding_score": scores})
 
 

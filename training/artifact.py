@@ -6,6 +6,9 @@ A version directory holds
   factors.npz     user_factors, item_factors (float32)
   index.faiss     the MIPS index, plus index.faiss.json (kind and parameters)
   knn.npz         optional: the item-kNN similarity matrix (scipy.sparse CSR, item rows)
+  user_neighbours.npy, user_neighbour_scores.npy
+                  optional: each trained user's first-page neighbour search
+                  (embeddings.user_neighbours; manifest model.user_neighbours gives k)
   evaluation.svg  optional: the evaluation chart (manifest "charts" names it)
 It is written under a temporary name and renamed into place, so a reader never sees a
 half-written version; CURRENT is then replaced atomically (os.replace), so a reader sees
@@ -29,6 +32,7 @@ import numpy as np
 from embeddings.index import MipsIndex
 from embeddings.knn import ItemKNN
 from embeddings.model import DEFAULT_FOLDIN_ALPHA, EmbeddingModel
+from embeddings.user_neighbours import ROWS_FILE, SCORES_FILE, UserNeighbours
 from ranking.ranker import LinearRanker
 
 CURRENT = "CURRENT"
@@ -39,7 +43,7 @@ INDEX = "index.faiss"
 KNN = "knn.npz"
 EVALUATION_CHART = "evaluation.svg"
 # Names publish writes itself: an extra file must not replace one of them.
-_ARTIFACT_FILES = frozenset({MANIFEST, IDS, FACTORS, INDEX, INDEX + ".json", KNN})
+_ARTIFACT_FILES = frozenset({MANIFEST, IDS, FACTORS, INDEX, INDEX + ".json", KNN, ROWS_FILE, SCORES_FILE})
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ def publish(
             "alpha": model.alpha,
             "index": {"kind": model.index.kind, **model.index.params},
             "item_knn": {"nnz": model.item_knn.nnz} if model.item_knn is not None else None,
+            "user_neighbours": (
+                {"k": model.user_neighbours.k, "ef_search": model.user_neighbours.ef_search}
+                if model.user_neighbours is not None else None
+            ),
         },
     }
 
@@ -122,6 +130,8 @@ def publish(
         model.index.save(os.path.join(tmp, INDEX))
         if model.item_knn is not None:
             model.item_knn.save(os.path.join(tmp, KNN))
+        if model.user_neighbours is not None:
+            model.user_neighbours.save(tmp)
         for name, content in files.items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(content)
@@ -190,6 +200,10 @@ def load_version(path: str) -> Artifact:
     info = manifest.get("model", {})
     knn_path = os.path.join(path, KNN)
     item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
+    table = info.get("user_neighbours")
+    user_neighbours = (
+        UserNeighbours.load(path, int(table["k"]), int(table["ef_search"]), len(user_ids)) if table else None
+    )
     model = EmbeddingModel(
         user_ids,
         item_ids,
@@ -199,6 +213,7 @@ def load_version(path: str) -> Artifact:
         regularization=float(info.get("regularization", manifest.get("params", {}).get("regularization", 0.0))),
         alpha=float(info.get("alpha", DEFAULT_FOLDIN_ALPHA)),
         item_knn=item_knn,
+        user_neighbours=user_neighbours,
     )
     ranker_spec = manifest["ranker"]
     ranker = LinearRanker.from_mapping(ranker_spec["weights"], float(ranker_spec.get("bias", 0.0)))

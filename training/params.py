@@ -9,6 +9,7 @@ import numpy as np
 
 from embeddings import als
 from embeddings.knn import DEFAULT_EASE_L2, DEFAULT_KNN, DEFAULT_KNN_K, EASE_MIN_SUPPORT, resolve_knn_kind
+from embeddings.user_neighbours import PRECOMPUTE_MAX_USERS
 from training.dataset import Dataset
 
 
@@ -59,6 +60,9 @@ class TrainParams:
     """HNSW search-time beam width (raised to k per query when k is larger). 64 keeps the
     validation NDCG@10 of 128 and recall@25 >= 0.95 at 50k items at about half the search
     time (benchmarks/README.md, "Pool sizes"); servers can override it (``--ef-search``)."""
+    precompute_neighbours_up_to: int = PRECOMPUTE_MAX_USERS
+    """Up to this many users, the published model keeps each trained user's first-page
+    neighbour search, run at training time (embeddings.user_neighbours); 0: never."""
     seed: int = 0
     """Seed of the ALS initialisation."""
     warm_iterations: int = 3

@@ -24,6 +24,7 @@ from embeddings import als
 from embeddings.index import build_index
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, EASE_MIN_SUPPORT, train_item_knn
 from embeddings.model import EmbeddingModel
+from embeddings.user_neighbours import precompute_user_neighbours
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_BLEND
@@ -201,6 +202,9 @@ def train_and_publish(
         interactions.frame.unpersist()
         engine_info = engine.describe()
     timings.update(info.pop("timings"))
+    if 0 < len(model.user_ids) <= params.precompute_neighbours_up_to:
+        with _step("neighbours", timings, verbose):
+            model.user_neighbours = precompute_user_neighbours(model, settings.neighbours, verbose)
     metrics: dict[str, Any] = {}
     if evaluate_fn is not None:
         with _step("evaluate", timings, verbose):

@@ -1,0 +1,113 @@
+"""embeddings.user_neighbours: the trainer's per-user neighbour search is the one serving runs."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from embeddings.index import build_index
+from embeddings.model import EXACT_SEARCH_K_SHARE, EmbeddingModel
+from embeddings.user_neighbours import ROWS_FILE, UserNeighbours, precompute_user_neighbours
+from ranking.feed import FeedSettings, build_feed_pipeline
+from stores.memory import MemoryStore
+from training.artifact import load_current, publish
+from training.dataset import write_dataset
+from training.generate import generate
+from training.params import TrainParams
+from training.train import default_ranker_spec, train_and_publish
+
+K = 20
+
+
+def hnsw_model(n_users: int = 300, n_items: int = 3 * K * EXACT_SEARCH_K_SHARE // 2) -> EmbeddingModel:
+    rng = np.random.default_rng(0)
+    users = rng.standard_normal((n_users, 8)).astype(np.float32)
+    items = rng.standard_normal((n_items, 8)).astype(np.float32)
+    index = build_index(items, "hnsw-mips", hnsw_m=8, ef_search=16)
+    return EmbeddingModel([f"u{i}" for i in range(n_users)], [f"i{j}" for j in range(n_items)], users, items, index, 0.1)
+
+
+def test_each_users_row_is_the_search_serving_would_run() -> None:
+    model = hnsw_model()
+    table = precompute_user_neighbours(model, K)
+    assert table is not None and table.rows.shape == (300, K) and table.ef_search == 16
+    for user in range(300):
+        live_rows, live_scores = model.neighbour_rows(model.user_factors[user], K)
+        rows, scores = table.of(user)
+        np.testing.assert_array_equal(rows, live_rows)
+        np.testing.assert_array_equal(scores, live_scores)
+
+
+def test_a_trained_user_is_answered_from_the_table_and_anything_else_searches(monkeypatch) -> None:
+    model = hnsw_model()
+    model.user_neighbours = precompute_user_neighbours(model, K)
+    expected = model.neighbour_rows(model.user_factors[7], K)
+    folded_in = model.fold_in(["i1", "i2"])
+    searched = []
+    search = model.index.search
+    monkeypatch.setattr(model.index, "search", lambda *args, **kwargs: searched.append(args[1]) or search(*args, **kwargs))
+
+    rows, scores = model.user_neighbour_rows("u7", model.user_factors[7], K)
+    np.testing.assert_array_equal(rows, expected[0])
+    np.testing.assert_array_equal(scores, expected[1])
+    model.user_neighbour_rows("u7", model.user_factors[7], K, ef_search=16)  # the index's own breadth
+    assert searched == []
+    model.user_neighbour_rows("u7", model.user_factors[7], K + 1)  # a deeper page
+    model.user_neighbour_rows("u7", model.user_factors[7], K, ef_search=32)  # another breadth
+    model.user_neighbour_rows("new", folded_in, K)  # a folded-in user
+    assert searched == [K + 1, K, K]
+
+
+def test_no_table_where_serving_would_not_search_the_index() -> None:
+    small_catalogue = hnsw_model(n_items=K * EXACT_SEARCH_K_SHARE)  # the exact product answers
+    assert precompute_user_neighbours(small_catalogue, K) is None
+    assert precompute_user_neighbours(hnsw_model(), 0) is None
+
+
+def test_the_table_round_trips_through_an_artifact_memory_mapped(tmp_path) -> None:
+    model = hnsw_model()
+    model.user_neighbours = precompute_user_neighbours(model, K)
+    version = publish(str(tmp_path), model, {"ranker": default_ranker_spec()})
+    loaded = load_current(str(tmp_path))
+    table = loaded.model.user_neighbours
+    assert loaded.manifest["model"]["user_neighbours"] == {"k": K, "ef_search": 16}
+    assert type(table.rows) is np.ndarray and not table.rows.flags.owndata  # a view of the mapping
+    np.testing.assert_array_equal(table.rows, model.user_neighbours.rows)
+    np.testing.assert_array_equal(table.scores, model.user_neighbours.scores)
+
+    np.save(f"{version}/{ROWS_FILE}", model.user_neighbours.rows[:, :-1])
+    with pytest.raises(ValueError, match=rf"{ROWS_FILE}: holds int32 \(300, {K - 1}\), expected int32 \(300, {K}\)"):
+        load_current(str(tmp_path))
+
+
+def test_feeds_are_the_same_with_and_without_the_table(tmp_path, monkeypatch) -> None:
+    dataset = generate(users=400, sellers=40, items=6_000, seed=2)
+    write_dataset(dataset, str(tmp_path / "data"))
+    settings = FeedSettings(neighbours=40)  # a first page searches the index: 40 x 100 < 6,000 items
+    train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(index="hnsw-mips", show_progress=False),
+                      settings=settings)
+    artifact = load_current(str(tmp_path / "models"))
+    assert isinstance(artifact.model.user_neighbours, UserNeighbours) and artifact.model.user_neighbours.k == 40
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), artifact.model, artifact.ranker, settings)
+    now = time.time()
+    users = random.Random(0).sample(dataset.user_ids(), 100)
+
+    index = artifact.model.index
+    searches = []
+    search = index.search
+    monkeypatch.setattr(index, "search", lambda *args, **kwargs: searches.append(1) or search(*args, **kwargs))
+
+    def feeds() -> tuple[list[list[tuple[str, float]]], int]:
+        searches.clear()
+        return [[(item.item_id, item.score) for item in pipeline.run(user, 20, now).items] for user in users], len(searches)
+
+    with_table, searched_with_table = feeds()
+    artifact.model.user_neighbours = None
+    live, searched_live = feeds()
+    assert live == with_table
+    assert sum(map(len, with_table)) > 1_000
+    trained = sum(user in artifact.model.user_row for user in users)
+    assert searched_live == searched_with_table + trained and trained > 50
