@@ -50,18 +50,26 @@ class UserNeighbours:
         np.save(os.path.join(directory, SCORES_FILE), self.scores)
 
     @classmethod
-    def load(cls, directory: str, k: int, ef_search: int, n_users: int) -> UserNeighbours:
-        """Memory-mapped: a server's worker processes share one copy in the page cache."""
-        rows = np.load(os.path.join(directory, ROWS_FILE), mmap_mode="r", allow_pickle=False)
-        scores = np.load(os.path.join(directory, SCORES_FILE), mmap_mode="r", allow_pickle=False)
-        for name, table, dtype in ((ROWS_FILE, rows, np.int32), (SCORES_FILE, scores, np.float32)):
+    def load(cls, directory: str, k: int, ef_search: int, n_users: int, n_items: int) -> UserNeighbours:
+        """Memory-mapped: a server's worker processes share one copy in the page cache.
+        ValueError names the file when it is not the table a model of this shape needs."""
+        tables = []
+        for name, dtype in ((ROWS_FILE, np.int32), (SCORES_FILE, np.float32)):
+            path = os.path.join(directory, name)
+            try:
+                table = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as error:  # a truncated or foreign file
+                raise ValueError(f"{path}: not a readable .npy table ({error})") from None
             if table.shape != (n_users, k) or table.dtype != dtype:
                 raise ValueError(
-                    f"{os.path.join(directory, name)}: holds {table.dtype} {table.shape}, "
-                    f"expected {np.dtype(dtype)} {(n_users, k)} (the model's users x k)"
+                    f"{path}: holds {table.dtype} {table.shape}, expected {np.dtype(dtype)} {(n_users, k)} (the model's users x k)"
                 )
-        # Plain arrays over the mapping: a memmap's every slice pays for its subclass.
-        return cls(k, ef_search, np.asarray(rows), np.asarray(scores))
+            # Plain arrays over the mapping: a memmap's every slice pays for its subclass.
+            tables.append(np.asarray(table))
+        rows, scores = tables
+        if rows.size and (rows.min() < -1 or rows.max() >= n_items):
+            raise ValueError(f"{os.path.join(directory, ROWS_FILE)}: item rows outside -1..{n_items - 1}")
+        return cls(k, ef_search, rows, scores)
 
 
 def precompute_user_neighbours(model, k: int, show_progress: bool = False) -> UserNeighbours | None:

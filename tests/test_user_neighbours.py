@@ -78,8 +78,18 @@ def test_the_table_round_trips_through_an_artifact_memory_mapped(tmp_path) -> No
     np.testing.assert_array_equal(table.rows, model.user_neighbours.rows)
     np.testing.assert_array_equal(table.scores, model.user_neighbours.scores)
 
-    np.save(f"{version}/{ROWS_FILE}", model.user_neighbours.rows[:, :-1])
+    rows_file = f"{version}/{ROWS_FILE}"
+    np.save(rows_file, model.user_neighbours.rows[:, :-1])
     with pytest.raises(ValueError, match=rf"{ROWS_FILE}: holds int32 \(300, {K - 1}\), expected int32 \(300, {K}\)"):
+        load_current(str(tmp_path))
+    out_of_range = model.user_neighbours.rows.copy()
+    out_of_range[3, 4] = len(model.item_ids)
+    np.save(rows_file, out_of_range)
+    with pytest.raises(ValueError, match=rf"{ROWS_FILE}: item rows outside -1..{len(model.item_ids) - 1}"):
+        load_current(str(tmp_path))
+    with open(rows_file, "r+b") as f:
+        f.truncate(1_000)
+    with pytest.raises(ValueError, match=rf"{ROWS_FILE}: not a readable .npy table"):
         load_current(str(tmp_path))
 
 

@@ -202,7 +202,8 @@ def load_version(path: str) -> Artifact:
     item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
     table = info.get("user_neighbours")
     user_neighbours = (
-        UserNeighbours.load(path, int(table["k"]), int(table["ef_search"]), len(user_ids)) if table else None
+        UserNeighbours.load(path, int(table["k"]), int(table["ef_search"]), len(user_ids), len(item_ids))
+        if table else None
     )
     model = EmbeddingModel(
         user_ids,
