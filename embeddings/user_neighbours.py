@@ -2,8 +2,8 @@
 
 A trained user's vector and the item index change only when a new model is published,
 so the neighbour search a first page runs returns the same rows for that user on every
-request. The trainer runs it for every trained user in batches (faiss searches a batch on
-all cores) and the artifact keeps the answers; serving reads one row instead of walking
+request. The trainer runs it for every trained user (in batches, which faiss searches on
+all cores, except for the exact index) and the artifact keeps the answers; serving reads one row instead of walking
 the HNSW graph, which was the dearest single step of a feed (benchmarks/README.md). The
 search is the one serving would run, so feeds are the same with or without the table.
 Folded-in users, deeper pages and other search settings still search live.
@@ -20,7 +20,7 @@ from tqdm import tqdm
 PRECOMPUTE_MAX_USERS = 200_000
 """Default for the trainer: above this many users the table is not built. At the default
 k = 150 it takes 8 bytes per neighbour (1.2 KB a user; 240 MB at this bound, memory-mapped
-so a server's workers share it), and the search about 0.1 ms a user on one core."""
+so a server's workers share it), and the search 0.1-0.3 ms a user on one core."""
 ROWS_FILE = "user_neighbours.npy"
 SCORES_FILE = "user_neighbour_scores.npy"
 _BATCH = 4_096
@@ -73,7 +73,7 @@ class UserNeighbours:
 
 
 def precompute_user_neighbours(model, k: int, show_progress: bool = False) -> UserNeighbours | None:
-    """Every trained user's ``model.neighbour_rows(vector, k)``, or None when serving would
+    """Every trained user's ``model.neighbour_rows(vector, k)``, bit for bit, or None when serving would
     not search the index for k (a catalogue small enough for the exact product, which is
     cheap) or k < 1. ``model`` is an embeddings.model.EmbeddingModel."""
     n_users = len(model.user_ids)
@@ -81,9 +81,13 @@ def precompute_user_neighbours(model, k: int, show_progress: bool = False) -> Us
         return None
     rows = np.full((n_users, k), -1, np.int32)
     scores = np.full((n_users, k), -np.inf, np.float32)
+    # faiss's exact search scores a batch of queries with other kernels than one query, which
+    # round differently in the last bits (and can swap near-ties): so one user per call, as
+    # serving asks. Graph and inverted-list searches treat each query of a batch alone.
+    batch = 1 if model.index.kind == "flat" else _BATCH
     with tqdm(total=n_users, desc="user neighbours", unit="user", disable=not show_progress) as progress:
-        for start in range(0, n_users, _BATCH):
-            stop = min(start + _BATCH, n_users)
+        for start in range(0, n_users, batch):
+            stop = min(start + batch, n_users)
             batch_scores, batch_rows = model.index.search(model.user_factors[start:stop], k)
             rows[start:stop] = batch_rows
             scores[start:stop] = batch_scores
