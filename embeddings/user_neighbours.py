@@ -3,10 +3,11 @@
 A trained user's vector and the item index change only when a new model is published,
 so the neighbour search a first page runs returns the same rows for that user on every
 request. The trainer runs it for every trained user (in batches, which faiss searches on
-all cores, except for the exact index) and the artifact keeps the answers; serving reads one row instead of walking
-the HNSW graph, which was the dearest single step of a feed (benchmarks/README.md). The
-search is the one serving would run, so feeds are the same with or without the table.
-Folded-in users, deeper pages and other search settings still search live.
+all cores, except over the exact index) and the artifact keeps the answers; serving reads
+one row instead of searching the index, which was the dearest single step of a feed
+(benchmarks/README.md). The search is the one serving would run, so feeds are the same
+with or without the table. Folded-in users, deeper pages and other search settings still
+search live.
 """
 
 from __future__ import annotations
