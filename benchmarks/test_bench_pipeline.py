@@ -20,6 +20,20 @@ def test_feed_pipeline_first_page(benchmark, bench_world):
     assert result.items
 
 
+def test_feed_pipeline_first_page_searching_the_index(benchmark, bench_world):
+    """The first page with the trained users' neighbour searches run live, as a model
+    without the precomputed table serves them (embeddings/user_neighbours.py)."""
+    dataset, _, artifact, pipeline, now = bench_world
+    assert artifact.model.user_neighbours is not None, "the benchmark model should carry the table"
+    users = itertools.cycle(random.Random(0).sample(dataset.user_ids(), 2000))
+    table, artifact.model.user_neighbours = artifact.model.user_neighbours, None
+    try:
+        result = benchmark(lambda: pipeline.run(next(users), 20, now))
+    finally:
+        artifact.model.user_neighbours = table
+    assert result.items
+
+
 def test_feed_pipeline_cold_start_user(benchmark, bench_world):
     _, _, _, pipeline, now = bench_world
     result = benchmark(lambda: pipeline.run("nobody-knows-me", 20, now))
