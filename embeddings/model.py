@@ -158,10 +158,6 @@ class EmbeddingModel:
         """Whether ``neighbour_rows`` asks the index for ``k`` items (else the exact product answers)."""
         return k * EXACT_SEARCH_K_SHARE < len(self.item_ids) or self.index.kind == "flat"
 
-    def index_ef_search(self) -> int:
-        """The index's own search breadth (0 for kinds without one)."""
-        return int(self.index.params.get("ef_search", 0))
-
     def row_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner product per item row (float32), same order; NaN for rows < 0."""
         rows = np.asarray(rows)

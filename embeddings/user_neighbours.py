@@ -93,5 +93,5 @@ def precompute_user_neighbours(model, k: int, show_progress: bool = False) -> Us
             rows[start:stop] = batch_rows
             scores[start:stop] = batch_scores
             progress.update(stop - start)
-    scores[rows < 0] = -np.inf
-    return UserNeighbours(k, model.index_ef_search(), rows, scores)
+    # The search breadth serving uses when it asks for none (ef_search 0); kinds without one: 0.
+    return UserNeighbours(k, int(model.index.params.get("ef_search", 0)), rows, scores)

@@ -22,7 +22,7 @@ from training.train import default_ranker_spec, train_and_publish
 K = 20
 
 
-def hnsw_model(n_users: int = 300, n_items: int = 3 * K * EXACT_SEARCH_K_SHARE // 2, kind: str = "hnsw-mips",
+def random_model(n_users: int = 300, n_items: int = 3 * K * EXACT_SEARCH_K_SHARE // 2, kind: str = "hnsw-mips",
                dim: int = 8) -> EmbeddingModel:
     rng = np.random.default_rng(0)
     users = rng.standard_normal((n_users, dim)).astype(np.float32)
@@ -35,7 +35,7 @@ def hnsw_model(n_users: int = 300, n_items: int = 3 * K * EXACT_SEARCH_K_SHARE /
 # factors (every score, and some near-ties' order): the table must not be built that way.
 @pytest.mark.parametrize("kind, n_items, dim", [("hnsw-mips", 3_000, 8), ("flat", 17_000, 64), ("ivfpq-ip", 20_000, 16)])
 def test_each_users_row_is_the_search_serving_would_run_bit_for_bit(kind: str, n_items: int, dim: int) -> None:
-    model = hnsw_model(n_items=n_items, kind=kind, dim=dim)
+    model = random_model(n_items=n_items, kind=kind, dim=dim)
     table = precompute_user_neighbours(model, K)
     assert table is not None and table.rows.shape == (300, K) and table.ef_search == (16 if kind == "hnsw-mips" else 0)
     for user in range(300):
@@ -46,7 +46,7 @@ def test_each_users_row_is_the_search_serving_would_run_bit_for_bit(kind: str, n
 
 
 def test_a_trained_user_is_answered_from_the_table_and_anything_else_searches(monkeypatch) -> None:
-    model = hnsw_model()
+    model = random_model()
     model.user_neighbours = precompute_user_neighbours(model, K)
     expected = model.neighbour_rows(model.user_factors[7], K)
     folded_in = model.fold_in(["i1", "i2"])
@@ -66,13 +66,13 @@ def test_a_trained_user_is_answered_from_the_table_and_anything_else_searches(mo
 
 
 def test_no_table_where_serving_would_not_search_the_index() -> None:
-    small_catalogue = hnsw_model(n_items=K * EXACT_SEARCH_K_SHARE)  # the exact product answers
+    small_catalogue = random_model(n_items=K * EXACT_SEARCH_K_SHARE)  # the exact product answers
     assert precompute_user_neighbours(small_catalogue, K) is None
-    assert precompute_user_neighbours(hnsw_model(), 0) is None
+    assert precompute_user_neighbours(random_model(), 0) is None
 
 
 def test_the_table_round_trips_through_an_artifact_memory_mapped(tmp_path) -> None:
-    model = hnsw_model()
+    model = random_model()
     model.user_neighbours = precompute_user_neighbours(model, K)
     version = publish(str(tmp_path), model, {"ranker": default_ranker_spec()})
     loaded = load_current(str(tmp_path))
