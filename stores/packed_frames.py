@@ -1,16 +1,19 @@
-"""Items' packed values as Redis's hydrate scripts return them: each one length-prefixed.
+"""Items' packed values, split into columns in one compiled pass.
 
-A reply joins "LEN:VALUE" per item, LEN the value's length in bytes ("0:" for a missing
-item), so the script does no per-item parsing: splitting every value into its numbers,
-seller and category in Lua was a third of the hydrate script's time (benchmarks/README.md,
-"2026-12-03 (midday)", "Then: packed values split by the client"). A value is stores/redis.py's packed layout:
+They reach a client two ways. Standalone Redis answers a plain HMGET, one bulk string
+per item (``split_values``): a hydrate script did the same reading at four times
+Redis's CPU, most of it spent moving a few hundred item ids in and out of Lua
+(benchmarks/README.md, "2026-12-04 (later)"). A cluster node's script joins "LEN:VALUE"
+per item, LEN the value's length in bytes ("0:" for a missing item), so that it does no
+per-item parsing (``split_frames``). A value is stores/redis.py's packed layout:
 "created_at,stock,like_count,eligible,price,ship_days,trending|LEN:SELLER" then the
-category. One compiled pass splits them all; sellers and categories are decoded once per
-distinct value, found by a hash of their bytes.
+category. Sellers and categories are decoded once per distinct value, found by a hash of
+their bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -37,14 +40,35 @@ class Frames:
 def split_frames(text: str, n: int) -> Frames:
     """The ``n`` length-prefixed packed values of ``text``; ValueError when malformed."""
     blob = np.frombuffer((text + "\0").encode(), np.uint8)  # the NUL: see parse_number
-    exists, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
-    spans, hashes = np.zeros((n, 4), np.int64), np.zeros((n, 2), np.uint64)
-    if not _split(blob, numbers, exists, spans, hashes, _MISSING, np.zeros(1, np.intp)):
+    starts, lengths = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if not _frame_spans(blob, starts, lengths):
         raise ValueError(f"malformed packed item values for {n} items: {text[:200]!r}")
     # An ASCII reply's byte offsets are its character offsets: slices of it need no decoding.
-    source = text if text.isascii() else None
-    sellers, seller_of = _distinct(blob, spans[:, 0], spans[:, 1], hashes[:, 0], source)
-    categories, category_of = _distinct(blob, spans[:, 2], spans[:, 3], hashes[:, 1], source)
+    return _split_spans(blob, starts, lengths, text if text.isascii() else None, lambda: text[:200])
+
+
+def split_values(values: list[bytes | None]) -> Frames:
+    """Packed values as an HMGET answers them undecoded (None: no such item); ValueError
+    when one is malformed."""
+    n = len(values)
+    if None in values:
+        values = [b"" if value is None else value for value in values]  # length 0: missing
+    lengths = np.fromiter(map(len, values), np.int64, n)
+    raw = b"".join(values)
+    starts = np.zeros(n, np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    blob = np.frombuffer(raw + b"\0", np.uint8)
+    return _split_spans(blob, starts, lengths, raw.decode("ascii") if raw.isascii() else None, lambda: values[:20])
+
+
+def _split_spans(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray, ascii_text: str | None, shown: Callable[[], object]) -> Frames:
+    n = len(starts)
+    exists, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
+    spans, hashes = np.zeros((n, 4), np.int64), np.zeros((n, 2), np.uint64)
+    if not _split(blob, starts, lengths, numbers, exists, spans, hashes, _MISSING, np.zeros(1, np.intp)):
+        raise ValueError(f"malformed packed item values for {n} items: {shown()!r}")
+    sellers, seller_of = _distinct(blob, spans[:, 0], spans[:, 1], hashes[:, 0], ascii_text)
+    categories, category_of = _distinct(blob, spans[:, 2], spans[:, 3], hashes[:, 1], ascii_text)
     return Frames(exists, numbers, sellers, seller_of, categories, category_of)
 
 
@@ -52,6 +76,7 @@ def warm_up() -> None:
     """Compile the splitter (or load it from numba's cache: about a second either way)
     before the first feed needs it."""
     split_frames("0:" + "".join(f"{len(v)}:{v}" for v in ["1,1,1,1,nan,nan,0|1:sc"]), 2)
+    split_values([None, b"1,1,1,1,nan,nan,0|1:sc"])
 
 
 def distinct_positions(values: list[str]) -> tuple[list[str], np.ndarray]:
@@ -116,15 +141,28 @@ def _length(blob, at, end):
 
 
 @numba.njit(cache=True, nogil=True)
-def _split(blob, numbers, exists, spans, hashes, missing, end_pointer):
+def _frame_spans(blob, starts, lengths):
+    """Each "LEN:VALUE" frame's value span; False when the frames are malformed or do not
+    fill the blob (up to its closing NUL) exactly."""
     size = len(blob) - 1
     at = 0
-    for row in range(len(numbers)):
+    for row in range(len(starts)):
         length, at = _length(blob, at, size)
         if length < 0 or at + length > size:
             return False
-        end = at + length
-        if length == 0:
+        starts[row], lengths[row] = at, length
+        at += length
+    return at == size
+
+
+@numba.njit(cache=True, nogil=True)
+def _split(blob, starts, lengths, numbers, exists, spans, hashes, missing, end_pointer):
+    """Each span's numbers, seller and category (a length of 0: a missing item); False
+    when a value is malformed."""
+    for row in range(len(numbers)):
+        at = starts[row]
+        end = at + lengths[row]
+        if lengths[row] == 0:
             numbers[row] = missing
             spans[row] = at
             hashes[row] = _FNV_OFFSET
@@ -149,5 +187,4 @@ def _split(blob, numbers, exists, spans, hashes, missing, end_pointer):
         spans[row, 2], spans[row, 3] = at + seller_length, end
         hashes[row, 0] = _fnv(blob, at, at + seller_length)
         hashes[row, 1] = _fnv(blob, at + seller_length, end)
-        at = end
-    return at == size
+    return True

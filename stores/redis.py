@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -91,9 +92,10 @@ from stores.events import (
 from stores.joined_floats import joined_floats
 from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
-from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames
+from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
 from stores.redis_keys import DEFAULT_PREFIX, Keys
+from stores.redis_packer import with_fast_packer
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
@@ -514,47 +516,6 @@ return out
 """
 
 
-# Standalone hydration in one command: KEYS are the user's liked hash, the trending set,
-# the vacations' version counter, the user's views hash and seen set, and the packed
-# items; ARGV the key prefix then the item ids (the script builds the keys of items it
-# must read one by one: half the bytes to send and pack). The reply: the items' packed
-# values framed and joined (stores/packed_frames.py: the script does no per-item
-# splitting, a third of its time when it did), the liked flags as one string of 0/1,
-# the views as "count,time" per item joined (empty when the user viewed nothing), and
-# the vacations' version, which tells the client when to refresh its copy of the
-# vacations hash (RedisStore._vacations).
-_LUA_HYDRATE = _LUA_PACK + r"""
-local n = #ARGV - 1
-local P = ARGV[1]
-TRENDING_IN_PACK = KEYS[2]
-local liked, frames, packed = {}, {}, {}
-for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
-  local got = redis.call('HMGET', KEYS[6], unpack(ARGV, start, math.min(start + 999, n + 1)))
-  for j = 1, #got do packed[start + j - 2] = got[j] end
-end
-for j = 1, n do frames[j] = frame(packed[j] or read_packed(P .. '{i:' .. ARGV[j + 1] .. '}', ARGV[j + 1])) end
-local views = {}
-local any_seen = redis.call('EXISTS', KEYS[4]) == 1
-for start = 2, n + 1, 1000 do  -- unpack() is limited by the Lua C stack
-  local chunk_end = math.min(start + 999, n + 1)
-  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, start, chunk_end))
-  for j = 1, #got do
-    if got[j] then liked[start + j - 2] = '1' else liked[start + j - 2] = '0' end
-  end
-  if any_seen then
-    got = redis.call('HMGET', KEYS[4], unpack(ARGV, start, chunk_end))
-    for j = 1, #got do
-      local v = got[j] or '0,0'
-      if not string.find(v, ',', 1, true) then  -- a count written before the time joined it
-        v = v .. ',' .. (redis.call('ZSCORE', KEYS[5], ARGV[start + j - 1]) or '0')
-      end
-      views[start + j - 2] = v
-    end
-  end
-end
-return {table.concat(frames), table.concat(liked), table.concat(views, ','), redis.call('GET', KEYS[3]) or ''}
-"""
-
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
 # flat reply of the _CARD_FIELDS of each item in turn (false for a missing field).
 _LUA_CARDS = r"""
@@ -568,12 +529,23 @@ return out
 """
 
 # Cluster: the packed values of items one node holds, in one command (ARGV the key
-# prefix then the item ids), framed and joined as the hydrate script returns them. See
+# prefix then the item ids), framed and joined (stores/packed_frames.py). See
 # RedisStore._on_item_nodes.
 _LUA_PACKED_ITEMS = _LUA_PACK + r"""
 local P, frames = ARGV[1], {}
 for j = 2, #ARGV do frames[j - 1] = frame(read_packed(P .. '{i:' .. ARGV[j] .. '}', ARGV[j])) end
 return table.concat(frames)
+"""
+
+# Standalone: the packed values of items the hash of every item's packed values lacks,
+# each item's own or packed from its fields with its trending score (KEYS[1], the
+# trending set): a missing item, or one written before packed values existed. ARGV the
+# key prefix then the item ids; one reply per item, nil for none.
+_LUA_UNPACKED_ITEMS = _LUA_PACK + r"""
+TRENDING_IN_PACK = KEYS[1]
+local P, out = ARGV[1], {}
+for j = 2, #ARGV do out[j - 1] = read_packed(P .. '{i:' .. ARGV[j] .. '}', ARGV[j]) or false end
+return out
 """
 
 # Items' packed values rebuilt from their fields, each atomically with the writes that
@@ -640,10 +612,6 @@ return {table.concat(lengths, ','), members, table.concat(scores, ','), trending
 def _negated_times(scores_text: str) -> np.ndarray:
     """Times from a joined string of sorted-set scores (negated times)."""
     return -joined_floats(scores_text)
-
-
-def _flags(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
 def _views(counts_and_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -756,7 +724,7 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
         return LazyCluster(lambda: RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs))
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
-    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    return redis.Redis.from_url(url, decode_responses=True, **with_fast_packer(url, kwargs))
 
 
 def split_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -866,7 +834,7 @@ class RedisStore:
         ]  # fmt: skip
         # The chunks of a batch validated whole skip the degree caps (0, 0).
         self._chunk_consts = [*self._consts[:-2], "0", "0"]
-        self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "hydrate": _LUA_HYDRATE, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS,
+        self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
@@ -1002,14 +970,8 @@ class RedisStore:
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                frames_text, liked_text, views_text, vacations_version = self._eval_keys(
-                    "hydrate", [k.liked(user_id), k.trending, k.vacations_version, k.views(user_id), k.seen(user_id), k.packed_items],
-                    [k.prefix, *ids],
-                )  # fmt: skip
-                frames = split_frames(frames_text, n)
-                liked_flags = _flags(liked_text)
+                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, ids)
                 trending = frames.numbers[:, 6].copy()
-                views, viewed_at = _views(joined_floats(views_text).reshape(n, 2) if views_text else np.zeros((n, 2)))
             until = self._vacations(vacations_version or "")
             away = np.array([until.get(seller, 0.0) for seller in frames.sellers])[frames.seller_of]
         numbers = frames.numbers
@@ -1029,6 +991,42 @@ class RedisStore:
             views=views,
             viewed_at=viewed_at,
         )
+
+    def _hydrate_standalone(self, user_id: str, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
+        """Standalone hydration in one round trip of plain commands: the items' packed
+        values, the user's liked flags and views, and the vacations' version (which tells
+        this process when to refresh its copy of the vacations hash: ``_vacations``).
+
+        Plain HMGETs rather than one script: a script spent four times Redis's CPU on the
+        same reads, moving the item ids into Lua and back (benchmarks/README.md,
+        "2026-12-04 (later)"). An item missing from the hash of packed values, or a view
+        count written before its time joined it, costs a second round trip (an older
+        layout: ``serving repack`` and the next view rewrite them).
+        """
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("HMGET", k.packed_items, *ids, **{NEVER_DECODE: True})
+        pipe.execute_command("HMGET", k.liked(user_id), *ids)
+        pipe.execute_command("HMGET", k.views(user_id), *ids)
+        pipe.get(k.vacations_version)
+        packed, liked, seen, vacations_version = pipe.execute()
+        unpacked = [at for at, value in enumerate(packed) if value is None]
+        if unpacked:
+            found = self._eval_keys("unpacked", [k.trending], [k.prefix, *(ids[at] for at in unpacked)])
+            for at, value in zip(unpacked, found):
+                packed[at] = value.encode() if value is not None else None
+        n = len(ids)
+        liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
+        if not any(seen):
+            return split_values(packed), liked_flags, np.zeros(n, np.int64), np.zeros(n), vacations_version
+        counts_and_times = [value or "0,0" for value in seen]
+        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
+        if counts_only:  # the time of such a count is its score in the seen set
+            times = self.client.zmscore(k.seen(user_id), [ids[at] for at in counts_only])
+            for at, time in zip(counts_only, times):
+                counts_and_times[at] += f",{time or 0!r}"
+        views, viewed_at = _views(joined_floats(",".join(counts_and_times)).reshape(n, 2))
+        return split_values(packed), liked_flags, views, viewed_at, vacations_version
 
     def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
         """Cluster: script ``name`` (ARGV the key prefix then item ids) run once on each

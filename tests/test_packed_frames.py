@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stores import packed_frames
-from stores.packed_frames import PACKED_NUMBERS, split_frames
+from stores.packed_frames import PACKED_NUMBERS, split_frames, split_values
 from stores.redis import pack_item
 
 TEXT = st.one_of(st.sampled_from(["", "s1", "a|b:c,ü", "1:x", "|", ":" * 3, "ß" * 40, "0:"]), st.text(max_size=12))
@@ -53,6 +53,24 @@ def test_frames_split_into_each_items_numbers_seller_and_category(items: list) -
     assert frames.numbers.shape == (len(items), PACKED_NUMBERS)
     assert [_got(frames, row) for row in range(len(items))] == [_expected(item) for item in items]
     assert len(set(frames.sellers)) == len(frames.sellers) and len(set(frames.categories)) == len(frames.categories)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ITEM, max_size=30))
+def test_values_as_hmget_answers_them_split_as_their_frames_do(items: list) -> None:
+    values = [None if item is None else pack_item(*item).encode() for item in items]
+    frames = split_values(values)
+    assert [_got(frames, row) for row in range(len(items))] == [_expected(item) for item in items]
+
+
+@pytest.mark.parametrize("value", [b"", b"1,2", b"x,1,1,1,nan,nan,0|1:s", b"1,1,1,1,nan,nan,0|9:s", b"1,1,1,1,nan,nan|1:s"])
+def test_a_malformed_value_raises(value: bytes) -> None:
+    good = pack_item({"seller": "s", "created_at": "1", "stock": "1"}).encode()
+    if value:
+        with pytest.raises(ValueError, match="malformed packed item values"):
+            split_values([good, value])
+    else:  # an empty value is a missing item, as HMGET's nil is
+        assert split_values([good, value]).exists.tolist() == [True, False]
 
 
 def test_strings_that_share_a_hash_still_get_their_own_value(monkeypatch) -> None:
