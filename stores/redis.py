@@ -129,19 +129,19 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"
 # Every write of an item keeps its hydration fields (PACKED_FIELDS) packed in one value:
 # on standalone Redis in one hash of every item (``Keys.packed_items``), so a feed reads
 # its candidates with one HMGET instead of an HMGET of eight fields per candidate
-# (per-element work inside the hydrate script was its cost: benchmarks/README.md, "Redis:
-# packed item values"); on a cluster, which cannot keep one hash for items of every
+# (per-element work inside the old hydrate script was its cost: benchmarks/README.md,
+# "Redis: packed item values"); on a cluster, which cannot keep one hash for items of every
 # slot, in the item's own hash (field PACKED_FIELD), which its feeds read with one script
 # per node (RedisStore._on_item_nodes). Never both: each write would be paid twice. Layout: the numbers
 # "created_at,stock,like_count,eligible,price,ship_days,trending" (eligible 1/0, a missing
 # price or ship time "nan"), "|", the seller's length in bytes, ":", the seller, then the
 # category; pack_item is the same in Python. On standalone Redis "trending" is the item's
 # score in the trending set, which every like and unlike refreshes with the like count:
-# the hydrate script then needs no ZMSCORE, whose score formatting was a third of its
-# time (benchmarks/README.md, "2026-12-03 (midday)"); a cluster keeps the set in another
+# hydration then needs no ZMSCORE, whose score formatting was a third of the old hydrate
+# script's time (benchmarks/README.md, "2026-12-03 (midday)"); a cluster keeps the set in another
 # slot than the item, so there it is 0 and a feed reads the set. An item written before
 # this layout existed has no packed value under PACKED_FIELD or in Keys.packed_items:
-# read_packed packs its fields on the fly.
+# read_packed packs its fields on the fly (standalone: _LUA_UNPACKED_ITEMS).
 PACKED_FIELD = "packed7"
 _LUA_PACK = r"""
 local PACKED_FIELDS = {'seller', 'created_at', 'stock', 'like_count', 'feed_eligible', 'price', 'ship_days', 'category'}
@@ -1069,9 +1069,9 @@ class RedisStore:
         """Seller -> end of their vacation, as of the vacations' ``version`` or later.
 
         Every change of the vacations hash increments its version, read in the same
-        command as the feed's items: this process keeps a copy and reads the whole hash
-        again (one HGETALL) only when the version moved. A per-seller lookup inside the
-        hydrate script needed each packed value split there.
+        round trip as the feed's items: this process keeps a copy and reads the whole hash
+        again (one HGETALL) only when the version moved. A per-seller lookup inside Redis
+        would need each packed value split there.
         """
         cached_version, until = self._vacation_copy
         if version != cached_version:
