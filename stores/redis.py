@@ -107,7 +107,11 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 # more than a few milliseconds. A full batch (MAX_BATCH events) in one script took
 # 0.27-0.39 s: past the read timeout, it was reported UNAVAILABLE although applied.
 DEFAULT_WRITE_CHUNK = 500
-DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
+DEFAULT_WAIT_TIMEOUT_MS = 1_000
+# A feed reads the user's liked and views hashes whole when one HSCAN call returns them
+# (Redis returns a small hash whole; a larger one in parts of about this many entries),
+# and else asks for its candidates only.
+USER_HASH_SCAN = 512  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -614,9 +618,12 @@ def _negated_times(scores_text: str) -> np.ndarray:
     return -joined_floats(scores_text)
 
 
-def _views(counts_and_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """View counts and last view times from (n, 2) rows of the views hash's "count,time"."""
-    return counts_and_times[:, 0].astype(np.int64), counts_and_times[:, 1].copy()
+def _rows_in(codes: np.ndarray, asked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each code of ``asked``: the row of ``codes`` that holds it, and whether one does."""
+    order = np.argsort(codes, kind="stable")
+    at = np.minimum(np.searchsorted(codes[order], asked), len(codes) - 1)
+    rows = order[at]
+    return rows, codes[rows] == asked
 
 
 def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
@@ -970,7 +977,7 @@ class RedisStore:
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, ids)
+                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, np.asarray(item_codes), ids)
                 trending = frames.numbers[:, 6].copy()
             until = self._vacations(vacations_version or "")
             away = np.array([until.get(seller, 0.0) for seller in frames.sellers])[frames.seller_of]
@@ -992,41 +999,56 @@ class RedisStore:
             viewed_at=viewed_at,
         )
 
-    def _hydrate_standalone(self, user_id: str, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
+    def _hydrate_standalone(self, user_id: str, item_codes: np.ndarray, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
         """Standalone hydration in one round trip of plain commands: the items' packed
-        values, the user's liked flags and views, and the vacations' version (which tells
+        values, the user's liked and views hashes, and the vacations' version (which tells
         this process when to refresh its copy of the vacations hash: ``_vacations``).
 
-        Plain HMGETs rather than one script: a script spent four times Redis's CPU on the
-        same reads, moving the item ids into Lua and back (benchmarks/README.md,
-        "2026-12-04 (later)"). An item missing from the hash of packed values, or a view
-        count written before its time joined it, costs a second round trip (an older
-        layout: ``serving repack`` and the next view rewrite them).
+        Plain commands rather than one script: a script spent four times Redis's CPU on
+        the same reads, moving the item ids into Lua and back. The user's two hashes are
+        read whole (one HSCAN call each) rather than at every candidate: a few dozen
+        entries instead of a few hundred ids sent and a few hundred nils back
+        (benchmarks/README.md, "2026-12-04 (later)"). A hash too large for one call, an item
+        missing from the hash of packed values, or a view count written before its time
+        joined it costs a second round trip (the last two: an older layout, which
+        ``serving repack`` and the next view rewrite).
         """
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("HMGET", k.packed_items, *ids, **{NEVER_DECODE: True})
-        pipe.execute_command("HMGET", k.liked(user_id), *ids)
-        pipe.execute_command("HMGET", k.views(user_id), *ids)
+        pipe.execute_command("HSCAN", k.liked(user_id), 0, "COUNT", USER_HASH_SCAN)
+        pipe.execute_command("HSCAN", k.views(user_id), 0, "COUNT", USER_HASH_SCAN)
         pipe.get(k.vacations_version)
-        packed, liked, seen, vacations_version = pipe.execute()
+        packed, liked_scan, views_scan, vacations_version = pipe.execute()
         unpacked = [at for at, value in enumerate(packed) if value is None]
         if unpacked:
             found = self._eval_keys("unpacked", [k.trending], [k.prefix, *(ids[at] for at in unpacked)])
             for at, value in zip(unpacked, found):
                 packed[at] = value.encode() if value is not None else None
-        n = len(ids)
-        liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
-        if not any(seen):
-            return split_values(packed), liked_flags, np.zeros(n, np.int64), np.zeros(n), vacations_version
-        counts_and_times = [value or "0,0" for value in seen]
-        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
-        if counts_only:  # the time of such a count is its score in the seen set
-            times = self.client.zmscore(k.seen(user_id), [ids[at] for at in counts_only])
-            for at, time in zip(counts_only, times):
-                counts_and_times[at] += f",{time or 0!r}"
-        views, viewed_at = _views(joined_floats(",".join(counts_and_times)).reshape(n, 2))
+        liked = self._entries_for(k.liked(user_id), liked_scan, ids)
+        liked_flags = np.isin(item_codes, self.items.codes(list(liked)))
+        views, viewed_at = np.zeros(len(ids), np.int64), np.zeros(len(ids))
+        viewed = self._entries_for(k.views(user_id), views_scan, ids)
+        if viewed:
+            counts_and_times = list(viewed.values())
+            counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
+            if counts_only:  # the time of such a count is its score in the seen set
+                items = list(viewed)
+                times = self.client.zmscore(k.seen(user_id), [items[at] for at in counts_only])
+                for at, time in zip(counts_only, times):
+                    counts_and_times[at] += f",{time or 0!r}"
+            rows, found = _rows_in(self.items.codes(list(viewed)), item_codes)
+            numbers = joined_floats(",".join(counts_and_times)).reshape(-1, 2)[rows[found]]
+            views[found], viewed_at[found] = numbers[:, 0].astype(np.int64), numbers[:, 1]
         return split_values(packed), liked_flags, views, viewed_at, vacations_version
+
+    def _entries_for(self, key: str, scan: tuple[int, dict[str, str]], ids: list[str]) -> dict[str, str]:
+        """The entries of hash ``key`` among ``ids``, or more: all of them when HSCAN's
+        first call (``scan``) read it whole, else those of ``ids`` (one HMGET)."""
+        cursor, entries = scan
+        if not cursor:
+            return entries
+        return {item: value for item, value in zip(ids, self.client.hmget(key, ids)) if value is not None}
 
     def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
         """Cluster: script ``name`` (ARGV the key prefix then item ids) run once on each

@@ -345,6 +345,32 @@ def test_hydrating_thousands_of_items_at_once(url):
     store.close()
 
 
+@pytest.mark.parametrize("compact_entries", [512, 16])  # 16: the user's hashes too large for one HSCAN call
+def test_a_users_liked_and_views_hashes_read_whole_or_by_candidate_hydrate_alike(redis_url, monkeypatch, compact_entries):
+    """Standalone hydration reads the user's liked and views hashes with one HSCAN call
+    each. Redis answers a compact (listpack) hash whole; a larger one in parts, and then
+    the hash is read at the candidates instead (HMGET)."""
+    monkeypatch.setattr("stores.redis.USER_HASH_SCAN", 8)
+    client = redis.Redis.from_url(redis_url)
+    before = client.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
+    client.config_set("hash-max-listpack-entries", compact_entries)
+    try:
+        items = [(f"x{n}", f"s{n % 7}", NOW - n, 1) for n in range(400)]
+        dataset = make_dataset(items, likes=[("u", f"x{n}", NOW - n) for n in range(0, 400, 2)])
+        store, memory = make_redis_store(redis_url, dataset), MemoryStore.from_dataset(dataset)
+        viewed = [Event(f"v{n}", EventKind.VIEW, NOW + n, user_id="u", item_id=f"x{n % 300}") for n in range(450)]
+        assert store.apply(viewed) == memory.apply(viewed)
+    finally:
+        client.config_set("hash-max-listpack-entries", before)
+    asked = [f"x{n}" for n in range(0, 400, 3)] + ["x1", "unknown"]
+    assert views.hydrate(store, "u", asked) == views.hydrate(memory, "u", asked)
+    counter = RoundTripCounter(monkeypatch)
+    read_whole = compact_entries > 300
+    assert counter.measure(store.hydrate, "u", store.items.codes(asked[:-1])) == (1 if read_whole else 3)
+    store.close()
+    client.close()
+
+
 def _drop_packed_values(store: RedisStore) -> int:
     """Remove every item's packed value, as in a Redis written before they existed."""
     client = store.client
