@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis._parsers.encoders import Encoder
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
+from redis.connection import Connection
 from redis.exceptions import DataError
 
 from stores.redis_packer import HiredisCommandPacker, with_fast_packer
 
-_ENCODE = Encoder("utf-8", "strict", decode_responses=True).encode
-REDIS_PY = HiredisRespSerializer(fallback=PythonRespSerializer(6000, _ENCODE).pack, encode=_ENCODE)
+REDIS_PY = Connection()._command_packer  # the packer redis-py gives a connection of its own
 ARGUMENT = st.one_of(
     st.text(), st.binary(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
     st.binary().map(bytearray), st.binary().map(memoryview),
@@ -22,7 +20,15 @@ ARGUMENT = st.one_of(
 @settings(max_examples=500)
 @given(st.sampled_from(["HMGET", "EVALSHA", "SCRIPT LOAD", "CONFIG SET", "GET"]), st.lists(ARGUMENT, max_size=12))
 def test_packs_as_redis_py_does(command: str, arguments: list) -> None:
-    assert b"".join(HiredisCommandPacker().pack(command, *arguments)) == b"".join(REDIS_PY.pack(command, *arguments))
+    assert _packed(HiredisCommandPacker(), command, *arguments) == _packed(REDIS_PY, command, *arguments)
+
+
+def _packed(packer, *args) -> bytes | str:
+    """The packed command, or "refused" (redis-py's DataError: some versions refuse bytearray)."""
+    try:
+        return b"".join(packer.pack(*args))
+    except DataError:
+        return "refused"
 
 
 def test_refuses_what_redis_py_refuses() -> None:
