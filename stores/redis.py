@@ -107,11 +107,11 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 # more than a few milliseconds. A full batch (MAX_BATCH events) in one script took
 # 0.27-0.39 s: past the read timeout, it was reported UNAVAILABLE although applied.
 DEFAULT_WRITE_CHUNK = 500
-DEFAULT_WAIT_TIMEOUT_MS = 1_000
+DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
 # A feed reads the user's liked and views hashes whole when one HSCAN call returns them
 # (Redis returns a small hash whole; a larger one in parts of about this many entries),
 # and else asks for its candidates only.
-USER_HASH_SCAN = 512  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
+USER_HASH_SCAN = 512
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -1035,8 +1035,8 @@ class RedisStore:
             if counts_only:  # the time of such a count is its score in the seen set
                 items = list(viewed)
                 times = self.client.zmscore(k.seen(user_id), [items[at] for at in counts_only])
-                for at, time in zip(counts_only, times):
-                    counts_and_times[at] += f",{time or 0!r}"
+                for at, seen_at in zip(counts_only, times):
+                    counts_and_times[at] += f",{seen_at or 0!r}"
             rows, found = _rows_in(self.items.codes(list(viewed)), item_codes)
             numbers = joined_floats(",".join(counts_and_times)).reshape(-1, 2)[rows[found]]
             views[found], viewed_at[found] = numbers[:, 0].astype(np.int64), numbers[:, 1]
