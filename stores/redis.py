@@ -663,10 +663,18 @@ def _card(fields: dict[str, str | None]) -> ItemCard:
     )
 
 
+# A script's command refused by a cluster that is down or failing over: Redis reports it
+# without the CLUSTERDOWN code (seen in tests/test_replication.py's failover run).
+_TRANSIENT_SCRIPT_REPLIES = ("while the cluster is down",)
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ClusterError)):
         return True
-    return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
+    if not isinstance(error, ResponseError):
+        return False
+    message = str(error)
+    return message.startswith(_TRANSIENT_REPLIES) or any(reply in message for reply in _TRANSIENT_SCRIPT_REPLIES)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from serving.load import load_into_redis
 from stores.base import StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
-from stores.redis import PACKED_FIELD, RedisStore, pack_item
+from stores.redis import PACKED_FIELD, RedisStore, pack_item, unavailable_on_redis_errors
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
@@ -499,6 +499,19 @@ def own_server(tmp_path: Path):
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("reply", [
+    "CLUSTERDOWN The cluster is down",
+    "Script attempted to execute a command while the cluster is down script: b369, on @user_script:18.",
+])  # fmt: skip
+def test_a_cluster_down_reply_is_unavailable_even_from_inside_a_script(reply):
+    with pytest.raises(StoreUnavailable):
+        with unavailable_on_redis_errors():
+            raise redis.exceptions.ResponseError(reply)
+    with pytest.raises(redis.exceptions.ResponseError):  # a script's own bug stays a bug
+        with unavailable_on_redis_errors():
+            raise redis.exceptions.ResponseError("user_script:3: attempt to index a nil value")
 
 
 def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server):
