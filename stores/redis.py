@@ -618,14 +618,6 @@ def _negated_times(scores_text: str) -> np.ndarray:
     return -joined_floats(scores_text)
 
 
-def _rows_in(codes: np.ndarray, asked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each code of ``asked``: the row of ``codes`` that holds it, and whether one does."""
-    order = np.argsort(codes, kind="stable")
-    at = np.minimum(np.searchsorted(codes[order], asked), len(codes) - 1)
-    rows = order[at]
-    return rows, codes[rows] == asked
-
-
 def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
     """The packed value of an item hash with these fields and this trending score (0 on a
     cluster); _LUA_PACK's pack."""
@@ -985,7 +977,7 @@ class RedisStore:
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
             else:
-                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, np.asarray(item_codes), ids)
+                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, ids)
                 trending = frames.numbers[:, 6].copy()
             until = self._vacations(vacations_version or "")
             away = np.array([until.get(seller, 0.0) for seller in frames.sellers])[frames.seller_of]
@@ -1007,7 +999,7 @@ class RedisStore:
             viewed_at=viewed_at,
         )
 
-    def _hydrate_standalone(self, user_id: str, item_codes: np.ndarray, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
+    def _hydrate_standalone(self, user_id: str, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
         """Standalone hydration in one round trip of plain commands: the items' packed
         values, the user's liked and views hashes, and the vacations' version (which tells
         this process when to refresh its copy of the vacations hash: ``_vacations``).
@@ -1034,21 +1026,18 @@ class RedisStore:
             for at, value in zip(unpacked, found):
                 packed[at] = value.encode() if value is not None else None
         liked = self._entries_for(k.liked(user_id), liked_scan, ids)
-        liked_flags = np.isin(item_codes, self.items.codes(list(liked)))
-        views, viewed_at = np.zeros(len(ids), np.int64), np.zeros(len(ids))
+        liked_flags = np.fromiter(map(liked.__contains__, ids), bool, len(ids))
         viewed = self._entries_for(k.views(user_id), views_scan, ids)
-        if viewed:
-            counts_and_times = list(viewed.values())
-            counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
-            if counts_only:  # the time of such a count is its score in the seen set
-                items = list(viewed)
-                times = self.client.zmscore(k.seen(user_id), [items[at] for at in counts_only])
-                for at, seen_at in zip(counts_only, times):
-                    counts_and_times[at] += f",{seen_at or 0!r}"
-            rows, found = _rows_in(self.items.codes(list(viewed)), item_codes)
-            numbers = joined_floats(",".join(counts_and_times)).reshape(-1, 2)[rows[found]]
-            views[found], viewed_at[found] = numbers[:, 0].astype(np.int64), numbers[:, 1]
-        return split_values(packed), liked_flags, views, viewed_at, vacations_version
+        if not viewed:
+            return split_values(packed), liked_flags, np.zeros(len(ids), np.int64), np.zeros(len(ids)), vacations_version
+        counts_and_times = [viewed.get(item, "0,0") for item in ids]
+        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
+        if counts_only:  # the time of such a count is its score in the seen set
+            times = self.client.zmscore(k.seen(user_id), [ids[at] for at in counts_only])
+            for at, seen_at in zip(counts_only, times):
+                counts_and_times[at] += f",{seen_at or 0!r}"
+        numbers = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
+        return split_values(packed), liked_flags, numbers[:, 0].astype(np.int64), numbers[:, 1].copy(), vacations_version
 
     def _entries_for(self, key: str, scan: tuple[int, dict[str, str]], ids: list[str]) -> dict[str, str]:
         """The entries of hash ``key`` among ``ids``, or more: all of them when HSCAN's
