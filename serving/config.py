@@ -57,6 +57,7 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port
     threads: int = 0  # threads running FeedService RPCs per process; 0: feed_threads picks (0 there: the event loop)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
+    feed_processes: int = 0  # child processes building the GetFeeds of one server process; needs a shared store
     # Page-token key; None: a random one per start (tokens do not survive a restart, and the server warns).
     token_secret: bytes | None = field(default=None, repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
@@ -225,7 +226,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
-    Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis", "server", minimum=1),
+    Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
+    Flag("feed_processes", int, 0, "child processes that build the GetFeeds of this one server process, each with its own store connection and model: one connection can then use every core (with --workers, a client with one channel reaches one process). Needs --store redis; instead of --workers; 0: feeds are built in the server process", "server", minimum=0),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
@@ -411,6 +413,12 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
             raise ConfigError(f"{source[dest]} needs --tls-cert")
     if bool(v["tls_cert"]) != bool(v["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if v["feed_processes"] and v["store"] == "memory":
+        raise ConfigError(f"{source['feed_processes']} needs a shared store (--store redis://...): each process would "
+                          "hold its own memory store and miss the events ingested by the others")
+    if v["feed_processes"] and v["workers"] > 1:
+        raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
+                          "connection of one server process; workers each take their own connections)")
     if v["state_dir"] and v["store"] != "memory":
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
     sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))
@@ -428,6 +436,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         port=v["port"],
         threads=v["threads"],
         workers=v["workers"],
+        feed_processes=v["feed_processes"],
         token_secret=secret.encode() if secret else None,
         reload_seconds=v["reload_seconds"],
         metrics_port=v["metrics_port"],

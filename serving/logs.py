@@ -56,6 +56,12 @@ def mark_call(**facts: Any) -> None:
         call.update(facts)
 
 
+def enter_call(request_id: str | None) -> None:
+    """The records of this thread carry ``request_id`` from now on: a feed process builds
+    the feed of a call its server received (serving/feed_processes.py)."""
+    _CALL.set({"request_id": request_id, "client": None, "rejected": False} if request_id else None)
+
+
 def current_request_id() -> str | None:
     call = _CALL.get()
     return call["request_id"] if call else None

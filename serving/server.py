@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import gc
 import ipaddress
 import logging
@@ -28,26 +27,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from ranking.feed import FeedSettings
 from serving import logs
-from serving.arms import describe, load_arms, load_named_version, load_pinned
+from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
+from serving.feed_processes import FeedProcesses
 from serving.feed_service import FeedService
+from serving.service_setup import ModelWatcher, open_service, start_model_watcher
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.page_token import PageTokenCodec
 from serving.servicer import FeedServicer
 from serving.web import HttpServer, create_app
 from serving.web.common import WebContext
-from serving.store_url import open_store, redacted
+from serving.store_url import redacted
 from stores import FeedStore
-from training.artifact import current_version, load_current, load_version
 
 log = logging.getLogger("feedrank.serving")
 T = TypeVar("T")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
-MAX_RELOAD_BACKOFF_SECONDS = 600.0
 # Ingest threads when feeds are built on the event loop: an Ingest may wait on the
 # write-ahead log's fsync, and two of them in flight share one (group commit).
 INGEST_THREADS = 2
@@ -55,121 +52,6 @@ NO_SECRET_WARNING = (
     "FEEDRANK_TOKEN_SECRET is not set: page tokens are signed with a random key, so they stop working "
     "when this server restarts and other server processes reject them"
 )
-
-
-class ModelWatcher(threading.Thread):
-    """Polls models/CURRENT and the arms file; hot-swaps the service's models and arms when they change.
-
-    Arms that follow CURRENT switch with it; a changed arms file is re-read and the
-    versions it pins are loaded before the switch. A broken file or artifact is logged and
-    the old state kept. A broken artifact is logged as one line naming the version and
-    tried again after a backoff that doubles (2, 4, 8... polls, at most
-    MAX_RELOAD_BACKOFF_SECONDS), not on every poll; a new CURRENT is tried at once. A broken
-    arms file is tried again once it changes again.
-    """
-
-    def __init__(
-        self,
-        service: FeedService,
-        models_dir: str,
-        every_seconds: float,
-        arms_file: str | None = None,
-        feed: FeedSettings = FeedSettings(),
-        arms_signature: tuple[int, int, int] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        """``arms_signature``: ``_signature(arms_file)`` taken before the service's arms were read."""
-        super().__init__(name="model-watcher", daemon=True)
-        self.service = service
-        self.models_dir = models_dir
-        self.every_seconds = every_seconds
-        self.arms_file = arms_file
-        self.feed = feed
-        self.arms_signature = arms_signature
-        self.clock = clock
-        self.stopped = threading.Event()
-        self.failed_version: str | None = None  # the version (or "CURRENT") that failed last
-        self.failures = 0  # its consecutive failures
-        self.retry_at = 0.0
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.every_seconds):
-            self.check()
-
-    def _new_model(self, served: str, pinned: dict) -> Any:
-        """The artifact CURRENT names if it is new and loads (None otherwise)."""
-        if self.failed_version == "CURRENT" and self.clock() < self.retry_at:
-            return None
-        try:
-            version = current_version(self.models_dir)
-        except Exception as error:  # noqa: BLE001 (CURRENT missing or unreadable: keep serving)
-            self._failed("CURRENT", error)
-            return None
-        if version == served:
-            self.failed_version, self.failures = None, 0
-            return None
-        if version == self.failed_version and self.clock() < self.retry_at:
-            return None
-        try:
-            artifact = pinned.get(version) or load_version(os.path.join(self.models_dir, version))
-        except Exception as error:  # noqa: BLE001 (a half-written or broken artifact must not kill serving)
-            self._failed(version, error)
-            return None
-        if self.failed_version is not None:
-            log.info("model %s loaded after %d failed reload attempts", version, self.failures)
-        self.failed_version, self.failures = None, 0
-        return artifact
-
-    def _failed(self, version: str, error: BaseException) -> None:
-        if version != self.failed_version:
-            self.failed_version, self.failures = version, 0
-        self.failures += 1
-        delay = min(max(self.every_seconds, 1.0) * 2**self.failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
-        self.retry_at = self.clock() + delay
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
-        log.error(
-            "model reload failed: version %s: %s; still serving %s; next try in %.0f s",
-            version, reason, self.service.model_version, delay,
-            extra={"fields": {"version": version, "attempt": self.failures, "retry_in_s": delay}},
-        )
-        log.debug("model reload failure of %s", version, exc_info=error)
-
-    def check(self) -> None:
-        """One poll: swap in whatever changed, all at once."""
-        service = self.service
-        current, arms, pinned = service.current_artifact, service.arms, service.pinned
-        changed = False
-        artifact = self._new_model(current.version, dict(pinned))
-        if artifact is not None:
-            current, changed = artifact, True
-        if self.arms_file:
-            signature = _signature(self.arms_file)
-            if signature != self.arms_signature:
-                self.arms_signature = signature
-                try:
-                    arms = load_arms(self.arms_file, self.feed)
-                    pinned = load_pinned(arms, self.models_dir, {**pinned, current.version: current})
-                    changed = True
-                except Exception:
-                    log.exception("arms reload from %s failed; keeping arms %s", self.arms_file, describe(service.arms) if service.arms else "none")
-                    arms, pinned = service.arms, service.pinned
-        if not changed:
-            return
-        try:
-            service.configure(current, arms, pinned)
-        except Exception:
-            log.exception("model or arms swap failed; still serving %s", service.model_version)
-            return
-        log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
-
-
-def _signature(path: str) -> tuple[int, int, int] | None:
-    """Changes whenever the file is rewritten or replaced (None: it is missing)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class HealthMonitor(threading.Thread):
@@ -364,7 +246,11 @@ class FeedServer:
             config.feed_threads, thread_name_prefix="feed", initializer=one_faiss_thread
         ) if config.feed_threads else None
         self.ingest_pool = self.feed_pool or futures.ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="ingest")
-        self.servicer = FeedServicer(feed_pool=self.feed_pool, ingest_pool=self.ingest_pool)
+        self.feed_processes = FeedProcesses(config, config.feed_processes) if config.feed_processes else None
+        self.servicer = FeedServicer(
+            feed_pool=self.feed_pool, ingest_pool=self.ingest_pool,
+            build_feed=self.feed_processes.get_feed_response if self.feed_processes is not None else None,
+        )
         auth = AuthInterceptor(config.tokens) if config.tokens else None
         self.events = EventLoopThread()
         address = grpc_address(config.host, config.port)
@@ -452,46 +338,33 @@ class FeedServer:
         if self.http is not None:
             self.http.start()
         self._warn_about_openness()
-        artifact = load_current(self.config.models_dir)
-        arms_file = self.config.arms_file
-        arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
-        arms = load_arms(arms_file, self.config.feed) if arms_file else None
-        pinned = load_pinned(arms, self.config.models_dir, {artifact.version: artifact})
         config = self.config
-        limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
-        store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
-        codec = PageTokenCodec(
-            config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
-        )
-        self.service = FeedService(
-            store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
-            load_version=functools.partial(load_named_version, config.models_dir),
-        )
-        if self.config.metrics_port:
-            self.service.metrics.serve_http(self.config.metrics_port, self.config.host)
+        self.service, arms_signature = open_service(config)
+        if self.feed_processes is not None:
+            pids = self.feed_processes.start()
+            log.info("%d feed processes ready (pids %s)", len(pids), ", ".join(map(str, pids)))
+        if config.metrics_port:
+            self.service.metrics.serve_http(config.metrics_port, config.host)
         self.servicer.service = self.service
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url))
+        monitor = HealthMonitor(self.service.store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url))
         monitor.check()
+        monitor.start()
         self._threads = [monitor]
-        if self.config.reload_seconds > 0:
-            self._threads.append(
-                ModelWatcher(
-                    self.service, self.config.models_dir, self.config.reload_seconds, arms_file, self.config.feed, arms_signature
-                )
-            )
-        for thread in self._threads:
-            thread.start()
-        log.info("serving model %s on %s:%d%s", artifact.version, self.config.host, self.port,
-                 " (TLS" + (", client certificates required)" if self.config.tls_client_ca else ")") if self.config.tls_cert else "")
-        if arms is not None:
-            log.info("A/B arms from %s: %s", arms_file, describe(arms))
+        if config.reload_seconds > 0:
+            self._threads.append(start_model_watcher(self.service, config, arms_signature))
+        log.info("serving model %s on %s:%d%s", self.service.model_version, config.host, self.port,
+                 " (TLS" + (", client certificates required)" if config.tls_client_ca else ")") if config.tls_cert else "")
+        if self.service.arms is not None:
+            log.info("A/B arms from %s: %s", config.arms_file, describe(self.service.arms))
 
     def _release(self) -> None:
         for pool in {self.feed_pool, self.ingest_pool} - {None}:
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.feed_processes is not None:
+            self.feed_processes.shutdown()
         self.events.close()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:

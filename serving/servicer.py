@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from grpc_status import rpc_status
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
-from serving.feed_service import FeedEnded, FeedService, InvalidRequest
+from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
 from stores.base import NotReplicated, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
@@ -152,8 +153,18 @@ class Refusal:
 LOADING = Refusal(grpc.StatusCode.UNAVAILABLE, "the server is still loading its model and store", retry_after=RETRY_DELAY_SECONDS)
 
 
+class Refused(Exception):
+    """A refusal decided elsewhere (a feed process, serving/feed_processes.py), answered as it is."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
 def refusal_of(error: Exception, method: str) -> Refusal:
     """The answer to a call of ``method`` that raised ``error``; logs outages (rate-limited) and bugs."""
+    if isinstance(error, Refused):
+        return error.refusal
     if isinstance(error, InvalidRequest):
         code = grpc.StatusCode.OUT_OF_RANGE if isinstance(error, FeedEnded) else grpc.StatusCode.INVALID_ARGUMENT
         return Refusal(code, str(error), error.field, error.description)
@@ -199,9 +210,16 @@ def _packed(detail: Message) -> any_pb2.Any:
 
 
 def get_feed_response(service: FeedService, request: feed_pb2.GetFeedRequest, now: float) -> feed_pb2.GetFeedResponse:
-    page = service.get_feed(
+    return page_response(feed_page(service, request, now))
+
+
+def feed_page(service: FeedService, request: feed_pb2.GetFeedRequest, now: float) -> FeedPage:
+    return service.get_feed(
         request.user_id, request.limit, request.page_token, list(request.exclude_item_ids), now, shopper_filters_from_proto(request),
     )
+
+
+def page_response(page: FeedPage) -> feed_pb2.GetFeedResponse:
     response = feed_pb2.GetFeedResponse(next_page_token=page.next_page_token, model_version=page.model_version, arm=page.arm)
     add_item = response.items.add
     for item in page.items:
@@ -229,7 +247,8 @@ def observe_call(service: FeedService, method: str, code: grpc.StatusCode, secon
 
 async def _run(pool: Executor | None, respond: Callable[..., Message], *args: Any) -> Message:
     if pool is None:
-        return respond(*args)
+        answer = respond(*args)
+        return await answer if inspect.isawaitable(answer) else answer
     # The copied context carries the call's request id into the thread's log records.
     call = functools.partial(contextvars.copy_context().run, respond, *args)
     return await asyncio.get_running_loop().run_in_executor(pool, call)
@@ -249,25 +268,29 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     A GetFeed runs on ``feed_pool``, an Ingest on ``ingest_pool``; None runs it on the event
     loop itself. A feed from the memory store is ~1.5 ms of CPU, and on the loop it saves a
     thread hand-off per call; an Ingest may wait on a disk (the write-ahead log's fsync) or
-    on replicas, which must not hold up the loop.
+    on replicas, which must not hold up the loop. With ``build_feed`` (an async
+    ``get_feed_response``: ``FeedProcesses.get_feed_response``) GetFeeds are built there instead.
     """
 
     def __init__(self, service: FeedService | None = None, feed_pool: Executor | None = None,
-                 ingest_pool: Executor | None = None) -> None:
+                 ingest_pool: Executor | None = None,
+                 build_feed: Callable[[FeedService, feed_pb2.GetFeedRequest, float], Awaitable[feed_pb2.GetFeedResponse]] | None = None) -> None:
         self.service = service
-        self.feed_pool = feed_pool
+        self.feed_pool = None if build_feed else feed_pool
         self.ingest_pool = ingest_pool
+        self.build_feed = build_feed or get_feed_response
 
     async def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetFeedResponse:
-        return await self._answer("GetFeed", get_feed_response, self.feed_pool, request, context, late_is_expired=True)
+        return await self._answer("GetFeed", self.build_feed, self.feed_pool, request, context, late_is_expired=True)
 
     async def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.aio.ServicerContext) -> feed_pb2.IngestResponse:
         # Applied events stay applied: a late answer is still the truth, not DEADLINE_EXCEEDED.
         return await self._answer("Ingest", ingest_response, self.ingest_pool, request, context, late_is_expired=False)
 
-    async def _answer(self, method: str, respond: Callable[[FeedService, Any, float], Message], pool: Executor | None,
-                      request: Message, context: grpc.aio.ServicerContext, late_is_expired: bool) -> Message | None:
-        """``respond(service, request, now)`` on ``pool`` (None: here), counted and timed in the
+    async def _answer(self, method: str, respond: Callable[[FeedService, Any, float], Message | Awaitable[Message]],
+                      pool: Executor | None, request: Message, context: grpc.aio.ServicerContext,
+                      late_is_expired: bool) -> Message | None:
+        """``respond(service, request, now)`` on ``pool`` (None: here, awaited if it is async), counted and timed in the
         service's metrics (``observe_call``); a failure becomes its refusal (``refusal_of``)."""
         service = self.service
         if service is None:

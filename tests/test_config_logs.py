@@ -20,6 +20,7 @@ import pytest
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import auth, logs
 from serving import server as server_module
+from serving import service_setup
 from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, resolve_config
 from serving.store_url import Durability
 from tests.conftest import REPO
@@ -79,6 +80,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
             env[flag.env] = values[flag.kind.__name__]
     del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
     env["FEEDRANK_MAX_MESSAGE_BYTES"] = "5000"
+    env["FEEDRANK_FEED_PROCESSES"] = "0"  # feed processes need a shared store, and the workers are 3
     args = parse()
     config = resolve_config(args, env)
     for flag in FLAGS:
@@ -106,6 +108,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FALLBACK_SOURCES": "trendy"}, "FEEDRANK_FALLBACK_SOURCES: unknown sources trendy; choose from"),
         ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
+        ({"FEEDRANK_FEED_PROCESSES": "2"}, "FEEDRANK_FEED_PROCESSES needs a shared store"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
     ],
 )
@@ -189,13 +192,13 @@ def test_config_from_args_turns_errors_into_a_usage_error(capsys):
 
 def test_durability_settings_reach_the_store(world, monkeypatch):
     opened = []
-    real = server_module.open_store
+    real = service_setup.open_store
 
     def spy(url, data_dir=None, durability=Durability(), limits={}):
         opened.append((durability, limits))
         return real(url, data_dir)
 
-    monkeypatch.setattr(server_module, "open_store", spy)
+    monkeypatch.setattr(service_setup, "open_store", spy)
     args = parse("--models", str(world.models_dir), "--data", str(world.data_dir), "--port", "0",
                  "--state-dir", "/tmp/state", "--fsync", "off", "--snapshot-seconds", "60", "--max-friends", "7")
     server = server_module.FeedServer(resolve_config(args, {"FEEDRANK_DEDUPE_TTL_SECONDS": "60"}))
@@ -324,7 +327,7 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
             raise ValueError(f"{path}: index.faiss does not hold\nthe item factors")
         return SimpleNamespace(version="v4")
 
-    monkeypatch.setattr(server_module, "load_version", load_version)
+    monkeypatch.setattr(service_setup, "load_version", load_version)
     served = SimpleNamespace(version="v1")
     configured = []
 
@@ -334,7 +337,7 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
 
     service = SimpleNamespace(current_artifact=served, arms=None, pinned={}, model_version="v1", configure=configure)
     now = [0.0]
-    watcher = server_module.ModelWatcher(service, str(models), every_seconds=1.0, clock=lambda: now[0])
+    watcher = service_setup.ModelWatcher(service, str(models), every_seconds=1.0, clock=lambda: now[0])
     caplog.set_level("INFO", logger="feedrank.serving")
 
     def poll(until: float) -> None:

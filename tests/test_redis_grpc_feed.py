@@ -41,14 +41,16 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"), users=150, sellers=20, items=600)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture(params=["redis", "redis-cluster", "redis, feed processes"])
 def server(request: pytest.FixtureRequest, world):
-    """A server whose store is Redis, loaded with the world's dataset by the load command's code."""
-    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    """A server whose store is Redis, loaded with the world's dataset by the load command's code;
+    in the third kind, its GetFeeds are built by two feed processes (``--feed-processes``)."""
+    url = request.getfixturevalue("redis_cluster_url" if request.param == "redis-cluster" else "redis_url")
     client = connect(url, socket_timeout=30.0)
     try:
         load_into_redis(client, world.dataset)
     finally:
         client.close()
-    with running_server(world, store_url=url) as (feed_server, feed_stub):
+    feed_processes = 2 if request.param.endswith("feed processes") else 0
+    with running_server(world, store_url=url, feed_processes=feed_processes) as (feed_server, feed_stub):
         yield feed_server, feed_stub

@@ -1,0 +1,164 @@
+"""The FeedService a server config describes, and the thread that keeps its models fresh:
+the same for the server process and for its feed processes (serving/feed_processes.py)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ranking.feed import FeedSettings
+from serving.arms import describe, load_arms, load_named_version, load_pinned
+from serving.config import ServerConfig
+from serving.feed_service import FeedService
+from serving.page_token import PageTokenCodec
+from serving.store_url import open_store
+from training.artifact import current_version, load_current, load_version
+
+log = logging.getLogger("feedrank.serving")
+MAX_RELOAD_BACKOFF_SECONDS = 600.0
+
+
+def open_service(config: ServerConfig) -> tuple[FeedService, tuple[int, int, int] | None]:
+    """The FeedService ``config`` describes, with its store open and its model and arms
+    loaded; and the arms file's signature, taken before it was read (for ``start_model_watcher``)."""
+    artifact = load_current(config.models_dir)
+    arms_file = config.arms_file
+    arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
+    arms = load_arms(arms_file, config.feed) if arms_file else None
+    pinned = load_pinned(arms, config.models_dir, {artifact.version: artifact})
+    limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
+    store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
+    codec = PageTokenCodec(
+        config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
+    )
+    service = FeedService(
+        store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
+        load_version=functools.partial(load_named_version, config.models_dir),
+    )
+    return service, arms_signature
+
+
+def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: tuple[int, int, int] | None) -> ModelWatcher:
+    watcher = ModelWatcher(service, config.models_dir, config.reload_seconds, config.arms_file, config.feed, arms_signature)
+    watcher.start()
+    return watcher
+
+
+class ModelWatcher(threading.Thread):
+    """Polls models/CURRENT and the arms file; hot-swaps the service's models and arms when they change.
+
+    Arms that follow CURRENT switch with it; a changed arms file is re-read and the
+    versions it pins are loaded before the switch. A broken file or artifact is logged and
+    the old state kept. A broken artifact is logged as one line naming the version and
+    tried again after a backoff that doubles (2, 4, 8... polls, at most
+    MAX_RELOAD_BACKOFF_SECONDS), not on every poll; a new CURRENT is tried at once. A broken
+    arms file is tried again once it changes again.
+    """
+
+    def __init__(
+        self,
+        service: FeedService,
+        models_dir: str,
+        every_seconds: float,
+        arms_file: str | None = None,
+        feed: FeedSettings = FeedSettings(),
+        arms_signature: tuple[int, int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``arms_signature``: ``_signature(arms_file)`` taken before the service's arms were read."""
+        super().__init__(name="model-watcher", daemon=True)
+        self.service = service
+        self.models_dir = models_dir
+        self.every_seconds = every_seconds
+        self.arms_file = arms_file
+        self.feed = feed
+        self.arms_signature = arms_signature
+        self.clock = clock
+        self.stopped = threading.Event()
+        self.failed_version: str | None = None  # the version (or "CURRENT") that failed last
+        self.failures = 0  # its consecutive failures
+        self.retry_at = 0.0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_seconds):
+            self.check()
+
+    def _new_model(self, served: str, pinned: dict) -> Any:
+        """The artifact CURRENT names if it is new and loads (None otherwise)."""
+        if self.failed_version == "CURRENT" and self.clock() < self.retry_at:
+            return None
+        try:
+            version = current_version(self.models_dir)
+        except Exception as error:  # noqa: BLE001 (CURRENT missing or unreadable: keep serving)
+            self._failed("CURRENT", error)
+            return None
+        if version == served:
+            self.failed_version, self.failures = None, 0
+            return None
+        if version == self.failed_version and self.clock() < self.retry_at:
+            return None
+        try:
+            artifact = pinned.get(version) or load_version(os.path.join(self.models_dir, version))
+        except Exception as error:  # noqa: BLE001 (a half-written or broken artifact must not kill serving)
+            self._failed(version, error)
+            return None
+        if self.failed_version is not None:
+            log.info("model %s loaded after %d failed reload attempts", version, self.failures)
+        self.failed_version, self.failures = None, 0
+        return artifact
+
+    def _failed(self, version: str, error: BaseException) -> None:
+        if version != self.failed_version:
+            self.failed_version, self.failures = version, 0
+        self.failures += 1
+        delay = min(max(self.every_seconds, 1.0) * 2**self.failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
+        self.retry_at = self.clock() + delay
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        log.error(
+            "model reload failed: version %s: %s; still serving %s; next try in %.0f s",
+            version, reason, self.service.model_version, delay,
+            extra={"fields": {"version": version, "attempt": self.failures, "retry_in_s": delay}},
+        )
+        log.debug("model reload failure of %s", version, exc_info=error)
+
+    def check(self) -> None:
+        """One poll: swap in whatever changed, all at once."""
+        service = self.service
+        current, arms, pinned = service.current_artifact, service.arms, service.pinned
+        changed = False
+        artifact = self._new_model(current.version, dict(pinned))
+        if artifact is not None:
+            current, changed = artifact, True
+        if self.arms_file:
+            signature = _signature(self.arms_file)
+            if signature != self.arms_signature:
+                self.arms_signature = signature
+                try:
+                    arms = load_arms(self.arms_file, self.feed)
+                    pinned = load_pinned(arms, self.models_dir, {**pinned, current.version: current})
+                    changed = True
+                except Exception:
+                    log.exception("arms reload from %s failed; keeping arms %s", self.arms_file, describe(service.arms) if service.arms else "none")
+                    arms, pinned = service.arms, service.pinned
+        if not changed:
+            return
+        try:
+            service.configure(current, arms, pinned)
+        except Exception:
+            log.exception("model or arms swap failed; still serving %s", service.model_version)
+            return
+        log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """Changes whenever the file is rewritten or replaced (None: it is missing)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino

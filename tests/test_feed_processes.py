@@ -1,0 +1,110 @@
+"""GetFeeds built in child processes (``--feed-processes``), over real gRPC and a real Redis.
+
+The whole end-to-end feed suite also runs against such a server (tests/test_redis_grpc_feed.py);
+here: the same pages as a server that builds them itself, refusals and metrics that cross
+the process boundary intact, a child that dies, and the flags.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.feed.v1 import feed_pb2
+from serving.config import ConfigError, resolve_config
+from serving.feed_processes import PROCESS_LOST
+from serving.load import load_into_redis
+from stores.redis import connect
+from tests.feed_world import build_world, running_server
+from tests.test_config_logs import parse
+from tests.test_error_details import violation
+
+pytestmark = pytest.mark.redis
+
+USERS = [f"u{n:05d}" for n in range(1, 40, 3)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("world"), users=150, sellers=20, items=600)
+
+
+@pytest.fixture()
+def redis_store(redis_url, world):
+    client = connect(redis_url, socket_timeout=30.0)
+    try:
+        load_into_redis(client, world.dataset)
+    finally:
+        client.close()
+    return redis_url
+
+
+def first_pages(stub) -> dict[str, list[str]]:
+    return {
+        user: [item.item_id for item in stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=10).items]
+        for user in USERS
+    }
+
+
+def test_feed_processes_serve_the_pages_the_server_process_builds(world, redis_store):
+    with running_server(world, store_url=redis_store) as (_, stub):
+        expected = first_pages(stub)
+    with running_server(world, store_url=redis_store, feed_processes=2) as (server, stub):
+        assert len(server.feed_processes.started_pids) == 2
+        assert first_pages(stub) == expected
+        # Many calls in flight on one channel: every one answered, by both children.
+        with futures.ThreadPoolExecutor(8) as pool:
+            pages = list(pool.map(lambda user: stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=10), USERS * 4))
+        assert [[item.item_id for item in page.items] for page in pages] == [expected[user] for user in USERS * 4]
+    assert sum(1 for n in expected.values() if n) == len(USERS), "every user has a feed"
+
+
+def test_a_refusal_and_the_feed_counts_cross_from_the_child_intact(world, redis_store):
+    with running_server(world, store_url=redis_store, feed_processes=1) as (server, stub):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=0), timeout=10)
+        assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert violation(error.value)[0] == "limit"
+        response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)
+        registry = server.service.metrics.registry
+        assert registry.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "INVALID_ARGUMENT"}) == 1
+        assert registry.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "OK"}) == 1
+        gathered = sum(
+            sample.value for metric in registry.collect() if metric.name == "feedrank_candidates"
+            for sample in metric.samples if sample.name == "feedrank_candidates_total"
+        )
+        assert gathered >= len(response.items) > 0
+
+
+def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(world, redis_store):
+    with running_server(world, store_url=redis_store, feed_processes=2) as (server, stub):
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        os.kill(server.feed_processes.started_pids[0], signal.SIGKILL)
+        answered, refused = 0, 0
+        deadline = time.monotonic() + 60
+        while answered < 10:
+            assert time.monotonic() < deadline, f"no feeds again after a feed process died ({refused} refused)"
+            try:
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=30)
+                answered += 1
+            except grpc.RpcError as error:
+                assert error.code() is grpc.StatusCode.UNAVAILABLE and error.details() == PROCESS_LOST.message
+                refused += 1
+                answered = 0
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_feed_processes_need_a_shared_store_and_exclude_workers():
+    with pytest.raises(ConfigError, match="--feed-processes needs a shared store"):
+        resolve_config(parse("--models", "m", "--feed-processes", "2"), {})
+    with pytest.raises(ConfigError, match="--feed-processes and --workers: choose one"):
+        resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "2", "--workers", "2"), {})
+    config = resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "3"), {})
+    assert config.feed_processes == 3
