@@ -1,7 +1,7 @@
 """gRPC load generator for a running (or spawned) feed server.
 
     python -m benchmarks.loadgen --data DIR --models MODELS      # spawns a server
-    python -m benchmarks.loadgen --data DIR --models MODELS --store redis://HOST:PORT/0 --workers 2
+    python -m benchmarks.loadgen --data DIR --models MODELS --store redis://HOST:PORT/0 --feed-processes 3   # or --workers 3
     python -m benchmarks.loadgen --target 127.0.0.1:50051 --duration 20 --json out.json
 
 Three phases, one run, same server:
@@ -170,10 +170,11 @@ def server_calls(target: str, users: list[str], connections: int, limit: int, rn
 
 
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
-    """--store, --workers and --threads of spawned servers (``spawn_server`` reads them)."""
+    """--store, --workers, --threads and --feed-processes of spawned servers (``spawn_server`` reads them)."""
     group.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
     group.add_argument("--workers", type=bounded(int, 1), default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
     group.add_argument("--threads", type=bounded(int, 0), default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
+    group.add_argument("--feed-processes", type=bounded(int, 0), default=None, help="--feed-processes of a spawned server, instead of --workers; needs --store redis (default: the server's own)")
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -248,11 +249,13 @@ async def run_phases(
 def spawn_server(
     args: argparse.Namespace, workdir: Path, checkout: str | None = None, extra: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """``python -m serving`` on a free port with the --store/--workers/--threads asked for;
+    """``python -m serving`` on a free port with the --store/--workers/--threads/--feed-processes asked for;
     from ``checkout``'s code when given (its directory and PYTHONPATH), with ``extra`` flags."""
     port_file, log = workdir / "port", workdir / "server.log"
     argv = [sys.executable, "-m", "serving", "--models", args.models, "--port", "0", "--port-file", str(port_file),
             "--store", args.store, "--workers", str(args.workers), "--threads", str(args.threads), *(extra or [])]  # fmt: skip
+    if getattr(args, "feed_processes", None) is not None:
+        argv += ["--feed-processes", str(args.feed_processes)]
     if args.data and args.store == "memory":
         argv += ["--data", args.data]
     env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)} if checkout else None

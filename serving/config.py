@@ -100,6 +100,14 @@ class ServerConfig:
         return MEMORY_FEED_THREADS if self.store_url == "memory" else REDIS_FEED_THREADS
 
 
+def default_feed_processes(store_url: str, workers: int) -> int:
+    """--feed-processes when it is not set: one more than the cores (a feed waits on its
+    store's round trips part of the time) with a networked store and one worker, else none."""
+    if store_url == "memory" or workers > 1:
+        return 0
+    return len(os.sched_getaffinity(0)) + 1
+
+
 class ConfigError(ValueError):
     """A bad setting; the message names where it came from (flag, variable, or file:line key)."""
 
@@ -227,7 +235,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
-    Flag("feed_processes", int, 0, "child processes that build the GetFeeds of this one server process, each with its own store connection and model: one connection can then use every core (with --workers, a client with one channel reaches one process). Needs --store redis; instead of --workers; 0: feeds are built in the server process", "server", minimum=0),
+    Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). Needs --store redis; instead of --workers; 0: feeds are built in the server process. Default: one more than the cores with a Redis store and one worker (3 on 2 cores served 2.2x the GetFeeds of --workers 3 over one channel, as many over twelve, with a lower tail: benchmarks/README.md), else 0", "server", minimum=0, metavar="N"),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
@@ -413,6 +421,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
             raise ConfigError(f"{source[dest]} needs --tls-cert")
     if bool(v["tls_cert"]) != bool(v["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if v["feed_processes"] is None:
+        v["feed_processes"] = args.feed_processes = default_feed_processes(v["store"], v["workers"])
     if v["feed_processes"] and v["store"] == "memory":
         raise ConfigError(f"{source['feed_processes']} needs a shared store (--store redis://...): each process would "
                           "hold its own memory store and miss the events ingested by the others")

@@ -108,3 +108,12 @@ def test_feed_processes_need_a_shared_store_and_exclude_workers():
         resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "2", "--workers", "2"), {})
     config = resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "3"), {})
     assert config.feed_processes == 3
+
+
+def test_a_redis_server_builds_its_feeds_in_one_more_process_than_cores_unless_told_otherwise():
+    redis = ("--models", "m", "--store", "redis://127.0.0.1:1/0")
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_config(parse(*redis), {}).feed_processes == cores + 1
+    assert resolve_config(parse(*redis, "--feed-processes", "0"), {}).feed_processes == 0
+    assert resolve_config(parse(*redis, "--workers", "3"), {}).feed_processes == 0
+    assert resolve_config(parse("--models", "m"), {}).feed_processes == 0
