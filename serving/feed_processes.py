@@ -20,6 +20,7 @@ pool is replaced.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -66,6 +67,7 @@ def _start_child(config: Any) -> None:
     logs.set_worker(config.worker_index)
     limit_native_threads()
     service, arms_signature = open_service(config)
+    gc.freeze()  # as the server does: the model is long-lived objects the cyclic GC need not walk
     if config.reload_seconds > 0:
         start_model_watcher(service, config, arms_signature)
     _service = service
