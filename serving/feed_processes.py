@@ -51,6 +51,7 @@ log = logging.getLogger("feedrank.serving")
 
 READY_TIMEOUT_SECONDS = 600.0
 """How long the server waits for its feed processes to load the model and reach the store."""
+PARENT_CHECK_SECONDS = 1.0
 PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retry", retry_after=RETRY_DELAY_SECONDS)
 
 
@@ -63,6 +64,7 @@ def _start_child(config: Any) -> None:
     """Initializer of a child: the server's own service, built as the server builds it."""
     global _service
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops the children
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     logs.configure(config.log_format, config.log_level)
     logs.set_worker(config.worker_index)
     limit_native_threads()
@@ -71,6 +73,15 @@ def _start_child(config: Any) -> None:
     if config.reload_seconds > 0:
         start_model_watcher(service, config, arms_signature)
     _service = service
+
+
+def _exit_with_parent(parent: int, every_seconds: float = PARENT_CHECK_SECONDS) -> None:
+    """Exit once the server process is gone. A server killed outright (SIGKILL, the OOM
+    killer) cannot stop its children, and they would wait for work forever: the pool's
+    queue has writers in every child, so its pipe never closes."""
+    while os.getppid() == parent:
+        time.sleep(every_seconds)
+    os._exit(0)
 
 
 def _ready() -> int:

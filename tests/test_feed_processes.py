@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent import futures
 
@@ -21,6 +23,7 @@ from serving.config import ConfigError, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
 from stores.redis import connect
+from tests.conftest import REPO
 from tests.feed_world import build_world, running_server
 from tests.test_config_logs import parse
 from tests.test_error_details import violation
@@ -99,6 +102,47 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
                 answered = 0
         status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_feed_processes_exit_when_their_server_is_killed_outright(world, redis_store, tmp_path):
+    port_file = tmp_path / "port"
+    argv = [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", redis_store, "--port", "0",
+            "--port-file", str(port_file), "--feed-processes", "2", "--reload-seconds", "0"]  # fmt: skip
+    server = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        children = [pid for pid in children_of(server.pid) if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(children) == 2
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "the feed processes outlived their server"
+        time.sleep(0.1)
 
 
 def test_feed_processes_need_a_shared_store_and_exclude_workers():
