@@ -35,6 +35,7 @@ import grpc
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
+from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.native_threads import limit_native_threads
 from serving.service_setup import open_service, start_model_watcher
@@ -60,7 +61,7 @@ PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retr
 _service: FeedService | None = None
 
 
-def _start_child(config: Any) -> None:
+def _start_child(config: ServerConfig) -> None:
     """Initializer of a child: the server's own service, built as the server builds it."""
     global _service
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops the children
@@ -105,7 +106,7 @@ def _build_feed(request_bytes: bytes, now: float, request_id: str | None) -> tup
 class FeedProcesses:
     """``processes`` children that build GetFeeds for this server (module docstring)."""
 
-    def __init__(self, config: Any, processes: int) -> None:
+    def __init__(self, config: ServerConfig, processes: int) -> None:
         if config.store_url == "memory":
             raise ValueError("feed processes need a shared store (redis://...): each would hold its own memory store "
                              "and miss the events ingested by the server")
