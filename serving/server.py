@@ -246,13 +246,13 @@ class FeedServer:
             config.feed_threads, thread_name_prefix="feed", initializer=one_faiss_thread
         ) if config.feed_threads else None
         self.ingest_pool = self.feed_pool or futures.ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="ingest")
-        self.feed_processes = FeedProcesses(config, config.feed_processes) if config.feed_processes else None
+        self.events = EventLoopThread()
+        self.feed_processes = FeedProcesses(config, config.feed_processes, self.events.loop) if config.feed_processes else None
         self.servicer = FeedServicer(
             feed_pool=self.feed_pool, ingest_pool=self.ingest_pool,
             build_feed=self.feed_processes.get_feed_response if self.feed_processes is not None else None,
         )
         auth = AuthInterceptor(config.tokens) if config.tokens else None
-        self.events = EventLoopThread()
         address = grpc_address(config.host, config.port)
         try:
             self.port = self.events.run(self._build(config, auth, credentials, address, shared_port))

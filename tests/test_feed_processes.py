@@ -59,7 +59,7 @@ def test_feed_processes_serve_the_pages_the_server_process_builds(world, redis_s
     with running_server(world, store_url=redis_store) as (_, stub):
         expected = first_pages(stub)
     with running_server(world, store_url=redis_store, feed_processes=2) as (server, stub):
-        assert len(server.feed_processes.started_pids) == 2
+        assert len(server.feed_processes.pids) == 2
         assert first_pages(stub) == expected
         # Many calls in flight on one channel: every one answered, by both children.
         with futures.ThreadPoolExecutor(8) as pool:
@@ -88,7 +88,8 @@ def test_a_refusal_and_the_feed_counts_cross_from_the_child_intact(world, redis_
 def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(world, redis_store):
     with running_server(world, store_url=redis_store, feed_processes=2) as (server, stub):
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
-        os.kill(server.feed_processes.started_pids[0], signal.SIGKILL)
+        killed = server.feed_processes.pids[0]
+        os.kill(killed, signal.SIGKILL)
         answered, refused = 0, 0
         deadline = time.monotonic() + 60
         while answered < 10:
@@ -102,6 +103,10 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
                 answered = 0
         status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
+        while len(server.feed_processes.pids) < 2:
+            assert time.monotonic() < deadline, "no feed process took the killed one's place"
+            time.sleep(0.1)
+        assert killed not in server.feed_processes.pids
 
 
 def children_of(pid: int) -> list[int]:
