@@ -166,3 +166,13 @@ def test_a_redis_server_builds_its_feeds_in_one_more_process_than_cores_unless_t
     assert resolve_config(parse(*redis, "--feed-processes", "0"), {}).feed_processes == 0
     assert resolve_config(parse(*redis, "--workers", "3"), {}).feed_processes == 0
     assert resolve_config(parse("--models", "m"), {}).feed_processes == 0
+
+
+def test_the_transport_benchmark_reports_both_transports_in_every_round():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_feed_ipc", "--calls", "20", "--rounds", "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [(row[0], " ".join(row[1:-2])) for row in rows] == [
+        (str(r), name) for r in (1, 2) for name in ("ProcessPoolExecutor", "pipe per child")
+    ]
+    assert all(float(row[-2]) > 0 and float(row[-1]) >= 0 for row in rows)
