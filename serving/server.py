@@ -55,7 +55,9 @@ NO_SECRET_WARNING = (
 
 
 class HealthMonitor(threading.Thread):
-    """Keeps health SERVING only while the store answers; logs an outage once when it starts and once when it ends.
+    """Keeps health SERVING only while the store answers (and, with ``feed_processes``, while
+    one of them is alive to build feeds); logs an outage once when it starts and once when
+    it ends.
 
     ``publish(status)`` sets a ``HealthCheckResponse`` status for the server and FeedService.
     """
@@ -68,33 +70,44 @@ class HealthMonitor(threading.Thread):
         serving: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         store_name: str = "",
+        feed_processes: FeedProcesses | None = None,
     ) -> None:
         super().__init__(name="health-monitor", daemon=True)
         self.store_name = f"store {store_name}" if store_name else "store"  # for the log lines
         self.store = store
+        self.feed_processes = feed_processes
         self.publish = publish
         self.every_seconds = every_seconds
         self.serving = serving if serving is not None else threading.Event()  # set while SERVING
         self.clock = clock
         self.down_since: float | None = None
+        self.down_what = ""  # what was down first, since down_since
         self.stopped = threading.Event()
 
-    def check(self) -> None:
+    def _down(self) -> str | None:
+        """What keeps the server from building feeds (for the log), or None."""
         try:
-            up = bool(self.store.ping())
+            if not self.store.ping():
+                return self.store_name
         except Exception:  # noqa: BLE001 (a store that cannot even be asked is down)
-            up = False
-        self.publish(health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
-        if up:
+            return self.store_name
+        if self.feed_processes is not None and not self.feed_processes.pids:
+            return "every feed process"
+        return None
+
+    def check(self) -> None:
+        down = self._down()
+        self.publish(health_pb2.HealthCheckResponse.SERVING if down is None else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if down is None:
             if self.down_since is not None:
-                log.warning("%s answers again after %.1f s: health SERVING", self.store_name, self.clock() - self.down_since)
+                log.warning("%s answers again after %.1f s: health SERVING", self.down_what, self.clock() - self.down_since)
                 self.down_since = None
             self.serving.set()
         else:
             self.serving.clear()
             if self.down_since is None:
-                self.down_since = self.clock()
-                log.error("%s unavailable: health NOT_SERVING until it answers again", self.store_name)
+                self.down_since, self.down_what = self.clock(), down
+                log.error("%s unavailable: health NOT_SERVING until it answers again", down)
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
@@ -349,7 +362,8 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(self.service.store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url))
+        monitor = HealthMonitor(self.service.store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url),
+                                feed_processes=self.feed_processes)
         monitor.check()
         monitor.start()
         self._threads = [monitor]
