@@ -8,6 +8,7 @@ the process boundary intact, a child that dies, and the flags.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,26 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
             assert time.monotonic() < deadline, "no feed process took the killed one's place"
             time.sleep(0.1)
         assert killed not in server.feed_processes.pids
+
+
+def test_every_feed_process_serves_a_newly_published_model_without_a_restart(world, redis_store, tmp_path):
+    from tests.feed_world import FAST_TRAINING
+    from training.artifact import publish
+    from training.train import default_ranker_spec, train
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    world_copy = type(world)(world.dataset, world.data_dir, models)
+    with running_server(world_copy, store_url=redis_store, feed_processes=2, reload_seconds=0.2) as (_, stub):
+        before = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).model_version
+        model, _ = train(world.dataset, FAST_TRAINING)
+        version = publish(str(models), model, {"params": {}, "metrics": {}, "ranker": default_ranker_spec()}).rsplit("/", 1)[-1]
+        deadline, in_a_row = time.monotonic() + 30, 0
+        while in_a_row < 20:  # calls spread over both children: twenty in a row means both switched
+            assert time.monotonic() < deadline, "the new model was not picked up by every feed process"
+            served = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).model_version
+            in_a_row = in_a_row + 1 if served == version else 0
+    assert before != version
 
 
 def children_of(pid: int) -> list[int]:
