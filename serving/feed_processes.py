@@ -159,7 +159,8 @@ class FeedProcesses:
         except (EOFError, OSError):
             ready = False
         if not ready:
-            raise RuntimeError(f"a feed process (pid {child.process.pid}) failed to start in {timeout:.0f} s (--feed-processes): see its error above")
+            raise RuntimeError(f"a feed process (pid {child.process.pid}) exited or was not ready within {timeout:.0f} s "
+                               "(--feed-processes): see its error above")
 
     async def _adopt_all(self, children: list[_Child]) -> None:
         for child in children:
