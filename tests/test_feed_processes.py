@@ -197,3 +197,20 @@ def test_the_transport_benchmark_reports_both_transports_in_every_round():
         (str(r), name) for r in (1, 2) for name in ("ProcessPoolExecutor", "pipe per child")
     ]
     assert all(float(row[-2]) > 0 and float(row[-1]) >= 0 for row in rows)
+
+
+def test_a_feed_process_that_cannot_start_fails_the_start_with_its_reason(tmp_path, redis_url):
+    from serving.config import ServerConfig
+    from serving.feed_processes import FeedProcesses
+    from serving.server import EventLoopThread
+
+    events = EventLoopThread()
+    config = ServerConfig(models_dir=str(tmp_path / "no-models"), store_url=redis_url, token_secret=b"k" * 32, reload_seconds=0)
+    feed_processes = FeedProcesses(config, 2, events.loop)
+    try:
+        with pytest.raises(RuntimeError, match=r"a feed process \(pid \d+\) exited or was not ready within 60 s"):
+            feed_processes.start(timeout=60)
+        assert feed_processes.pids == []
+    finally:
+        feed_processes.shutdown()
+        events.close()
