@@ -63,7 +63,10 @@ _READY = b"ready"
 def _child_main(config: ServerConfig, pipe: Connection) -> None:
     """A feed process: the server's own service, built as the server builds it, then one
     feed per request on ``pipe`` until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops its children
+    # Ctrl-C, and a SIGTERM sent to the whole process group (timeout(1), a service manager),
+    # reach the server too, which drains its calls, then closes the pipes: the children's cue.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_format, config.log_level)
     logs.set_worker(config.worker_index)
     limit_native_threads()

@@ -403,7 +403,39 @@ def _write_atomically(path: str, text: str) -> None:
     tmp.replace(path)
 
 
-def write_port_file_when_serving(server: Any, path: str, stop: threading.Event) -> None:
+class StopSignals:
+    """SIGTERM and SIGINT, as an event the main thread polls.
+
+    The handler only appends to a list: an ``Event.set`` in a handler takes the event's
+    lock, and a second signal landing while the first handler held it deadlocked the
+    server (a ``timeout`` and a ``pkill`` one after the other did it).
+    """
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        self._received: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, _: self._received.append(signum))
+
+    def set(self) -> None:
+        """Stop as if signalled."""
+        self._received.append(0)
+
+    def is_set(self) -> bool:
+        return bool(self._received)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once a signal came; False when ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._received:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL_SECONDS if deadline is None else min(self.POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+        return True
+
+
+def write_port_file_when_serving(server: Any, path: str, stop: threading.Event | StopSignals) -> None:
     """Write ``server.port`` to ``path`` once ``server.serving`` is set (never if ``stop`` comes first)."""
     if not server.serving.is_set():
         log.info("waiting for health SERVING before writing %s", path)
@@ -415,9 +447,7 @@ def write_port_file_when_serving(server: Any, path: str, stop: threading.Event) 
 
 def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
     server = FeedServer(config)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = StopSignals()
     server.start()
     if ready_file:
         write_port_file_when_serving(server, ready_file, stop)
@@ -484,9 +514,7 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
             finally:
                 os._exit(code)
         children.append(pid)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = StopSignals()
     if port_file:
         ready = [Path(f"{port_file}.{i}") for i in range(config.workers)]
         while not all(p.exists() for p in ready) and not stop.wait(0.1):

@@ -171,6 +171,30 @@ def test_feed_processes_exit_when_their_server_is_killed_outright(world, redis_s
         time.sleep(0.1)
 
 
+def test_a_burst_of_sigterms_to_the_whole_process_group_stops_the_server_cleanly(world, redis_store, tmp_path):
+    """As timeout(1) or a service manager sends it, more than once: the server drains and
+    exits 0, and its children wait for it rather than die first."""
+    port_file, log_file = tmp_path / "port", tmp_path / "server.log"
+    argv = [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", redis_store, "--port", "0",
+            "--port-file", str(port_file), "--feed-processes", "2", "--reload-seconds", "0"]  # fmt: skip
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.1)
+        for _ in range(50):
+            os.killpg(server.pid, signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, log_file.read_text()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    text = log_file.read_text()
+    assert "shutting down" in text and "a feed process" not in text, text
+
+
 def test_feed_processes_need_a_shared_store_and_exclude_workers():
     with pytest.raises(ConfigError, match="--feed-processes needs a shared store"):
         resolve_config(parse("--models", "m", "--feed-processes", "2"), {})
