@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from embeddings.mapped_npz import load_mapped_npz
 from ranking.vocab import distinct_inverse
 
 KNN_KINDS = ("auto", "cosine", "bm25", "tfidf", "ease", "none")
@@ -225,7 +226,9 @@ class ItemKNN:
         n = len(self.item_ids)
         if similarity.shape != (n, n):
             raise ValueError(f"similarity is {similarity.shape}, expected ({n}, {n})")
-        self.similarity = sp.csr_matrix(similarity, dtype=np.float32)
+        if similarity.format != "csr" or similarity.dtype != np.float32:
+            similarity = sp.csr_matrix(similarity, dtype=np.float32)
+        self.similarity = similarity  # as given when it is CSR float32 already: a loaded one stays memory-mapped
         self.item_row = {t: i for i, t in enumerate(self.item_ids)}
 
     @property
@@ -304,7 +307,12 @@ class ItemKNN:
 
     @classmethod
     def load(cls, path: str, item_ids: Sequence[str]) -> ItemKNN:
-        return cls(item_ids, sp.load_npz(path).tocsr())
+        """The matrix ``save`` wrote, its arrays memory-mapped (embeddings/mapped_npz.py)."""
+        arrays = load_mapped_npz(path)
+        if arrays.get("format", np.array(b"")).item() != b"csr":
+            return cls(item_ids, sp.load_npz(path).tocsr())
+        shape = tuple(int(n) for n in arrays["shape"])
+        return cls(item_ids, sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape, copy=False))
 
 
 def train_item_knn(
