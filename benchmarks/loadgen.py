@@ -254,7 +254,7 @@ def spawn_server(
     port_file, log = workdir / "port", workdir / "server.log"
     argv = [sys.executable, "-m", "serving", "--models", args.models, "--port", "0", "--port-file", str(port_file),
             "--store", args.store, "--workers", str(args.workers), "--threads", str(args.threads), *(extra or [])]  # fmt: skip
-    if getattr(args, "feed_processes", None) is not None:
+    if args.feed_processes is not None:
         argv += ["--feed-processes", str(args.feed_processes)]
     if args.data and args.store == "memory":
         argv += ["--data", args.data]
