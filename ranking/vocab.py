@@ -70,6 +70,15 @@ class Vocabulary:
         self._hashes = np.zeros(0, dtype=np.uint32)
         self.codes(list(ids), add=True)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._ids)
 

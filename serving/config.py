@@ -57,7 +57,7 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port
     threads: int = 0  # threads running FeedService RPCs per process; 0: feed_threads picks (0 there: the event loop)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT); >1 needs a shared store
-    feed_processes: int = 0  # child processes building the GetFeeds of one server process; needs a shared store
+    feed_processes: int = 0  # child processes building the GetFeeds of one server process
     # Page-token key; None: a random one per start (tokens do not survive a restart, and the server warns).
     token_secret: bytes | None = field(default=None, repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
@@ -102,7 +102,8 @@ class ServerConfig:
 
 def default_feed_processes(store_url: str, workers: int) -> int:
     """--feed-processes when it is not set: one more than the cores (a feed waits on its
-    store's round trips part of the time) with a networked store and one worker, else none."""
+    store's round trips part of the time) with a networked store and one worker, else none
+    (with the memory store each child would be a copy of the store: asked for, not assumed)."""
     if store_url == "memory" or workers > 1:
         return 0
     return len(os.sched_getaffinity(0)) + 1
@@ -235,7 +236,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
-    Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). Needs --store redis; instead of --workers; 0: feeds are built in the server process. Default: one more than the cores with a Redis store and one worker (3 on 2 cores served 2.2x the GetFeeds of --workers 3 over one channel, as many over twelve, with a lower tail: benchmarks/README.md), else 0", "server", minimum=0, metavar="N"),
+    Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). With the memory store each child holds a copy of the server's store, which follows every Ingest before the child's next feed: N more copies of the store's memory, and a start that waits for them. Instead of --workers; 0: feeds are built in the server process. Default: one more than the cores with a Redis store and one worker (3 on 2 cores served 2.2x the GetFeeds of --workers 3 over one channel, as many over twelve, with a lower tail: benchmarks/README.md), else 0", "server", minimum=0, metavar="N"),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
@@ -423,9 +424,6 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         raise ConfigError("--tls-cert and --tls-key go together")
     if v["feed_processes"] is None:
         v["feed_processes"] = args.feed_processes = default_feed_processes(v["store"], v["workers"])
-    if v["feed_processes"] and v["store"] == "memory":
-        raise ConfigError(f"{source['feed_processes']} needs a shared store (--store redis://...): each process would "
-                          "hold its own memory store and miss the events ingested by the others")
     if v["feed_processes"] and v["workers"] > 1:
         raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
                           "connection of one server process; workers each take their own connections)")

@@ -7,8 +7,15 @@ one process and its one GIL, and got half the GetFeeds per second of twelve chan
 process answers every connection and each GetFeed is built by whichever of N child
 processes is free; everything else (health, Ingest, metrics, the access log) stays in
 the server process. Each child opens its own store connection and loads the model, and
-watches for new models as the server does. It needs a networked store: a memory store
-would be a copy per process, blind to the events the others ingest.
+watches for new models as the server does.
+
+With the memory store each child holds a copy of the server's store, which stays the one
+that Ingest writes to (and logs, with a state directory). A child starts from the store's
+pickled state, and every batch applied after that state was taken goes down its pipe
+ahead of the next feed it builds (and at once while it is idle): a feed asked for after
+an Ingest was acknowledged sees its events, in every child. Taking that state holds the
+store's lock (about a second for 20k users and 50k items), so the children start behind
+the server's load and a child that replaces a dead one pauses Ingest as long.
 
 Each child has a pipe of its own to the server's event loop, and builds one feed at a
 time; calls wait in one queue in the server until a child is free. A child answers with
@@ -55,6 +62,8 @@ RESTART_DELAY_SECONDS = 5.0
 """How long the server waits before trying again to start a feed process that failed to start."""
 PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retry", retry_after=RETRY_DELAY_SECONDS)
 _READY = b"ready"
+# The first byte of each message to a child: what follows.
+_STATE, _EVENTS, _FEED = b"S", b"E", b"F"
 
 
 # -- in the child --------------------------------------------------------------------
@@ -71,7 +80,10 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     logs.set_worker(config.worker_index)
     limit_native_threads()
     try:
-        service, arms_signature = open_service(config)
+        store = pickle.loads(_body(pipe.recv_bytes(), _STATE)) if config.store_url == "memory" else None
+        service, arms_signature = open_service(config, store)
+    except (EOFError, OSError):  # the server went away before sending the store
+        raise SystemExit(1) from None
     except Exception:
         log.exception("a feed process could not start")
         raise SystemExit(1) from None
@@ -81,10 +93,19 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     pipe.send_bytes(_READY)
     while True:
         try:
-            request = pipe.recv_bytes()
+            message = pipe.recv_bytes()
         except (EOFError, OSError):  # the server closed the pipe, or is gone
             return
-        pipe.send_bytes(pickle.dumps(_build_feed(service, *pickle.loads(request)), pickle.HIGHEST_PROTOCOL))
+        if message[:1] == _EVENTS:
+            service.store.replay_applied(pickle.loads(_body(message, _EVENTS)))
+            continue
+        pipe.send_bytes(pickle.dumps(_build_feed(service, *pickle.loads(_body(message, _FEED))), pickle.HIGHEST_PROTOCOL))
+
+
+def _body(message: bytes, kind: bytes) -> memoryview:
+    if message[:1] != kind:
+        raise ValueError(f"feed process: expected a {kind!r} message, got {message[:1]!r}")
+    return memoryview(message)[1:]
 
 
 def _build_feed(service: FeedService, request_bytes: bytes, now: float, request_id: str | None) -> tuple[bytes | None, Any, dict, dict]:
@@ -105,6 +126,7 @@ class _Child:
     process: Any  # multiprocessing's SpawnProcess
     pipe: Connection
     call: asyncio.Future | None = field(default=None)  # the call it is building, if any
+    backlog: collections.deque[bytes] = field(default_factory=collections.deque)  # events not sent yet (memory store)
 
 
 class FeedProcesses:
@@ -115,9 +137,6 @@ class FeedProcesses:
     """
 
     def __init__(self, config: ServerConfig, processes: int, loop: asyncio.AbstractEventLoop) -> None:
-        if config.store_url == "memory":
-            raise ValueError("feed processes need a shared store (redis://...): each would hold its own memory store "
-                             "and miss the events ingested by the server")
         self.config = config
         self.processes = processes
         self.loop = loop
@@ -126,23 +145,33 @@ class FeedProcesses:
         self._idle: collections.deque[_Child] = collections.deque()
         self._queued: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
         self._closed = threading.Event()
+        self._primary: Any = None  # the server's memory store, which the children copy
+        self._followers: tuple[_Child, ...] = ()  # children that get its applied events (replaced whole: read unlocked)
 
     @property
     def pids(self) -> list[int]:
         return sorted(child.process.pid for child in self._children)
 
-    def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> list[int]:
+    def start(self, store: Any = None, timeout: float = READY_TIMEOUT_SECONDS) -> list[int]:
         """Start every child and wait until each has its model and store; their pids.
+        ``store``: the server's own, which the children copy when it is the memory store.
 
         A child that cannot start (a store it cannot reach, a model it cannot load) raises
         RuntimeError here, after logging its own error.
         """
+        if self.config.store_url == "memory":
+            if store is None:
+                raise ValueError("feed processes on the memory store copy the server's store: pass it to start")
+            self._primary = store
+            store.publish_applied(self._publish)
         children = [self._spawn() for _ in range(self.processes)]
         try:
+            self._send_state(children)
             for child in children:
                 self._wait_ready(child, timeout)
         except RuntimeError:
             for child in children:
+                self._unfollow(child)
                 self._stop(child)
             raise
         asyncio.run_coroutine_threadsafe(self._adopt_all(children), self.loop).result()
@@ -154,6 +183,39 @@ class FeedProcesses:
         process.start()
         theirs.close()  # the child holds its end alone: the pipe closes when either side goes
         return _Child(process, ours)
+
+    def _send_state(self, children: list[_Child]) -> None:
+        """With the memory store: the store's state to each child, which from then on
+        follows every batch applied."""
+        if self._primary is None:
+            return
+        state = _STATE + self._primary.pickled_state(then=lambda: self._follow(children))
+        for child in children:
+            try:
+                child.pipe.send_bytes(state)
+            except OSError:
+                raise RuntimeError(f"a feed process (pid {child.process.pid}) exited before it had the store "
+                                   "(--feed-processes): see its error above") from None
+
+    def _follow(self, children: list[_Child]) -> None:
+        self._followers = (*self._followers, *children)
+
+    def _unfollow(self, child: _Child) -> None:
+        self._followers = tuple(follower for follower in self._followers if follower is not child)
+
+    def _publish(self, events: list) -> None:
+        """Under the memory store's lock, on the thread that applied ``events``: queue them
+        for every child, in order, and have the loop send them."""
+        followers = self._followers
+        if not followers:
+            return
+        message = _EVENTS + pickle.dumps(events, pickle.HIGHEST_PROTOCOL)
+        for child in followers:
+            child.backlog.append(message)
+        try:
+            self.loop.call_soon_threadsafe(self._dispatch)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            pass
 
     @staticmethod
     def _wait_ready(child: _Child, timeout: float) -> None:
@@ -184,7 +246,7 @@ class FeedProcesses:
             raise Refused(PROCESS_LOST)
         answer = self.loop.create_future()
         work = (request.SerializeToString(), now, logs.current_request_id())
-        self._queued.append((pickle.dumps(work, pickle.HIGHEST_PROTOCOL), answer))
+        self._queued.append((_FEED + pickle.dumps(work, pickle.HIGHEST_PROTOCOL), answer))
         self._dispatch()
         payload, refusal, gathered, removed = await answer
         if refusal is not None:
@@ -193,16 +255,32 @@ class FeedProcesses:
         return feed_pb2.GetFeedResponse.FromString(payload)
 
     def _dispatch(self) -> None:
+        """Hand the waiting calls to idle children; first, any events a child has not had.
+
+        Only an idle child is written to: it is reading its pipe, so a write cannot fill
+        the pipe of a child that is itself waiting to write its reply."""
+        for child in list(self._idle):
+            self._send_backlog(child)
         while self._idle and self._queued:
             work, answer = self._queued.popleft()
             if answer.done():  # its caller went away while it waited
                 continue
             child = self._idle.popleft()
             child.call = answer
-            try:
-                child.pipe.send_bytes(work)
-            except OSError:
-                self._lost(child)
+            self._send(child, work)
+
+    def _send_backlog(self, child: _Child) -> None:
+        backlog = child.backlog
+        while backlog and self._send(child, backlog.popleft()):
+            pass
+
+    def _send(self, child: _Child, message: bytes) -> bool:
+        try:
+            child.pipe.send_bytes(message)
+        except OSError:
+            self._lost(child)
+            return False
+        return True
 
     def _on_reply(self, child: _Child) -> None:
         try:
@@ -218,6 +296,9 @@ class FeedProcesses:
 
     def _lost(self, child: _Child) -> None:
         """A child died: fail its call, and start another in its place."""
+        if child not in self._children:  # seen already (a failed write, then its reader's EOF)
+            return
+        self._unfollow(child)
         self.loop.remove_reader(child.pipe.fileno())
         self._children.remove(child)
         if child in self._idle:
@@ -240,8 +321,10 @@ class FeedProcesses:
         while not self._closed.is_set():
             child = self._spawn()
             try:
+                self._send_state([child])
                 self._wait_ready(child, READY_TIMEOUT_SECONDS)
             except RuntimeError as error:
+                self._unfollow(child)
                 self._stop(child)
                 log.error("%s; trying again in %.0f s", error, RESTART_DELAY_SECONDS)
                 self._closed.wait(RESTART_DELAY_SECONDS)
@@ -263,6 +346,7 @@ class FeedProcesses:
     def shutdown(self) -> None:
         """Stop every child (call once the server takes no more calls)."""
         self._closed.set()
+        self._followers = ()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._detach_all(), self.loop).result()
         for child in self._children:

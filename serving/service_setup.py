@@ -17,22 +17,25 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.store_url import open_store
+from stores import FeedStore
 from training.artifact import current_version, load_current, load_version
 
 log = logging.getLogger("feedrank.serving")
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
 
 
-def open_service(config: ServerConfig) -> tuple[FeedService, tuple[int, int, int] | None]:
-    """The FeedService ``config`` describes, with its store open and its model and arms
-    loaded; and the arms file's signature, taken before it was read (for ``start_model_watcher``)."""
+def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
+    """The FeedService ``config`` describes, with its store open (or ``store``, already open)
+    and its model and arms loaded; and the arms file's signature, taken before it was read
+    (for ``start_model_watcher``)."""
     artifact = load_current(config.models_dir)
     arms_file = config.arms_file
     arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
     arms = load_arms(arms_file, config.feed) if arms_file else None
     pinned = load_pinned(arms, config.models_dir, {artifact.version: artifact})
     limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
-    store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
+    if store is None:
+        store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
     codec = PageTokenCodec(
         config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
     )

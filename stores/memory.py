@@ -10,6 +10,7 @@ that ingest changed since.
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 import time
 from collections import defaultdict, deque
@@ -195,6 +196,14 @@ class _Catalogue:
         # the bulk load goes (item upserts and updates), drops the item's entry; past
         # CARD_CACHE_BOUND entries the cache starts again empty.
         self._cards: dict[int, ItemCard] = {}
+
+    def __getstate__(self) -> dict:
+        # The columns are views of ``records``: pickled, each would become a copy of its own.
+        return {name: value for name, value in self.__dict__.items() if name not in _STORED_COLUMNS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._set_records(self.records)
 
     def _set_records(self, records: np.ndarray) -> None:
         self.records = records
@@ -466,6 +475,17 @@ class MemoryStore:
         self._trending_dirty_since: float | None = 0.0
         self._applied_event_ids: set[str] = set()
         self._dedupe_expiry: deque[tuple[float, str]] = deque()  # (forget at, event id), oldest first
+        self._on_applied: Callable[[list[Event]], None] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_on_applied"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._on_applied = None
 
     @classmethod
     def from_dataset(
@@ -635,7 +655,31 @@ class MemoryStore:
                 self._applied_event_ids.add(events[index].event_id)
                 if self.dedupe_ttl > 0:
                     self._dedupe_expiry.append((forget_at, events[index].event_id))
+            if fresh and self._on_applied is not None:
+                self._on_applied([events[index] for index in fresh])
             return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh))
+
+    # -- copies in other processes (serving/feed_processes.py) ---------------------------
+
+    def publish_applied(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call ``listener`` with the events of every later apply that changed something,
+        in the order they were applied, under the store's lock (so it must not block)."""
+        self._on_applied = listener
+
+    def pickled_state(self, then: Callable[[], None] = lambda: None) -> bytes:
+        """The whole state, pickled (``pickle.loads`` gives a store that reads the same);
+        ``then`` runs under the same lock, so no apply falls between the two."""
+        with self._lock:
+            state = pickle.dumps(self, pickle.HIGHEST_PROTOCOL)
+            then()
+            return state
+
+    def replay_applied(self, events: Sequence[Event]) -> None:
+        """Apply events another store of the same state applied, in its order: a copy's
+        writes (they were checked, and duplicates dropped, when first applied)."""
+        with self._lock:
+            for event in events:
+                self._apply_one(event)
 
     def _forget_expired(self, now: float) -> None:
         expiry = self._dedupe_expiry

@@ -80,7 +80,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
             env[flag.env] = values[flag.kind.__name__]
     del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
     env["FEEDRANK_MAX_MESSAGE_BYTES"] = "5000"
-    env["FEEDRANK_FEED_PROCESSES"] = "0"  # feed processes need a shared store, and the workers are 3
+    env["FEEDRANK_FEED_PROCESSES"] = "0"  # feed processes exclude workers, and the workers are 3
     args = parse()
     config = resolve_config(args, env)
     for flag in FLAGS:
@@ -108,7 +108,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FALLBACK_SOURCES": "trendy"}, "FEEDRANK_FALLBACK_SOURCES: unknown sources trendy; choose from"),
         ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
-        ({"FEEDRANK_FEED_PROCESSES": "2"}, "FEEDRANK_FEED_PROCESSES needs a shared store"),
+        ({"FEEDRANK_FEED_PROCESSES": "2", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_FEED_PROCESSES and FEEDRANK_WORKERS: choose one"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
     ],
 )

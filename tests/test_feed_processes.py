@@ -1,12 +1,15 @@
-"""GetFeeds built in child processes (``--feed-processes``), over real gRPC and a real Redis.
+"""GetFeeds built in child processes (``--feed-processes``), over real gRPC and a real Redis
+(and the memory store, which each child copies).
 
-The whole end-to-end feed suite also runs against such a server (tests/test_redis_grpc_feed.py);
-here: the same pages as a server that builds them itself, refusals and metrics that cross
-the process boundary intact, a child that dies, and the flags.
+The whole end-to-end feed suite also runs against such a server (tests/test_redis_grpc_feed.py,
+and on the memory store tests/test_grpc_feed.py); here: the same pages as a server that
+builds them itself, refusals and metrics that cross the process boundary intact, a child
+that dies, and the flags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +31,7 @@ from tests.conftest import REPO
 from tests.feed_world import build_world, running_server
 from tests.test_config_logs import parse
 from tests.test_error_details import violation
+from tests.test_grpc_feed import event
 
 pytestmark = pytest.mark.redis
 
@@ -195,9 +199,37 @@ def test_a_burst_of_sigterms_to_the_whole_process_group_stops_the_server_cleanly
     assert "shutting down" in text and "a feed process" not in text, text
 
 
-def test_feed_processes_need_a_shared_store_and_exclude_workers():
-    with pytest.raises(ConfigError, match="--feed-processes needs a shared store"):
-        resolve_config(parse("--models", "m", "--feed-processes", "2"), {})
+def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_started(world):
+    """With the memory store a new child copies the server's store as it is then, and
+    follows what comes after: nothing ingested before or after is missing from its feeds."""
+    with running_server(world, feed_processes=2) as (server, stub):
+        user = "u00004"
+
+        def page() -> list[str]:
+            return [item.item_id for item in stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=30).items]
+
+        def sell_out(item_id: str) -> None:
+            stub.Ingest(feed_pb2.IngestRequest(events=[event(stock_update=feed_pb2.StockUpdate(item_id=item_id, stock=0))]), timeout=10)
+
+        sold_out = [page()[0]]
+        sell_out(sold_out[0])
+        killed = server.feed_processes.pids[0]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(server.feed_processes.pids) < 2 or killed in server.feed_processes.pids:
+            assert time.monotonic() < deadline, "no feed process took the killed one's place"
+            time.sleep(0.1)
+        served = []
+        while len(served) < 2:  # the first calls may find the killed child
+            with contextlib.suppress(grpc.RpcError):
+                served.append(page())
+        sold_out.append(served[-1][0])
+        sell_out(sold_out[1])
+        for _ in range(12):  # calls go to each idle child in turn: both children build several
+            assert not set(sold_out) & set(page())
+
+
+def test_feed_processes_exclude_workers():
     with pytest.raises(ConfigError, match="--feed-processes and --workers: choose one"):
         resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "2", "--workers", "2"), {})
     config = resolve_config(parse("--models", "m", "--store", "redis://127.0.0.1:1/0", "--feed-processes", "3"), {})
@@ -211,6 +243,7 @@ def test_a_redis_server_builds_its_feeds_in_one_more_process_than_cores_unless_t
     assert resolve_config(parse(*redis, "--feed-processes", "0"), {}).feed_processes == 0
     assert resolve_config(parse(*redis, "--workers", "3"), {}).feed_processes == 0
     assert resolve_config(parse("--models", "m"), {}).feed_processes == 0
+    assert resolve_config(parse("--models", "m", "--feed-processes", "2"), {}).feed_processes == 2
 
 
 def test_the_transport_benchmark_reports_both_transports_in_every_round():
