@@ -1,8 +1,8 @@
 """GetFeeds built in child processes (``--feed-processes``), over real gRPC and a real Redis
 (and the memory store, which each child copies).
 
-The whole end-to-end feed suite also runs against such a server (tests/test_redis_grpc_feed.py,
-and on the memory store tests/test_grpc_feed.py); here: the same pages as a server that
+The end-to-end feed suite also runs against such servers, on Redis and on the memory
+store (tests/test_redis_grpc_feed.py); here: the same pages as a server that
 builds them itself, refusals and metrics that cross the process boundary intact, a child
 that dies, and the flags.
 """

@@ -26,12 +26,9 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"))
 
 
-@pytest.fixture(params=["memory", "memory, feed processes"])
-def server(request: pytest.FixtureRequest, world):
-    """A server on the memory store; in the second kind its GetFeeds are built by two feed
-    processes (``--feed-processes``), each with a copy of the store that follows Ingest."""
-    feed_processes = 2 if request.param.endswith("feed processes") else 0
-    with running_server(world, feed_processes=feed_processes) as (server, stub):
+@pytest.fixture()
+def server(world):
+    with running_server(world) as (server, stub):
         yield server, stub
 
 

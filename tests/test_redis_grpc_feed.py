@@ -1,7 +1,9 @@
 """The end-to-end gRPC feed tests of test_grpc_feed.py, re-run with the store in Redis:
 standalone and a 3-master cluster (out-of-stock guarantee, freshness, pagination,
 not-interested, retries, invalid batches...), and those of test_grpc_commerce.py
-(vacations, the curated catalogue, cards, filters, the category cap, shares, fatigue)."""
+(vacations, the curated catalogue, cards, filters, the category cap, shares, fatigue).
+And with feeds built by feed processes (``--feed-processes``), on Redis and on the memory
+store, where each child holds a copy of the store that must follow every Ingest."""
 
 from __future__ import annotations
 
@@ -41,16 +43,19 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"), users=150, sellers=20, items=600)
 
 
-@pytest.fixture(params=["redis", "redis-cluster", "redis, feed processes"])
+@pytest.fixture(params=["redis", "redis-cluster", "redis, feed processes", "memory, feed processes"])
 def server(request: pytest.FixtureRequest, world):
-    """A server whose store is Redis, loaded with the world's dataset by the load command's code;
-    in the third kind, its GetFeeds are built by two feed processes (``--feed-processes``)."""
-    url = request.getfixturevalue("redis_cluster_url" if request.param == "redis-cluster" else "redis_url")
-    client = connect(url, socket_timeout=30.0)
-    try:
-        load_into_redis(client, world.dataset)
-    finally:
-        client.close()
+    """A server whose store is Redis, loaded with the world's dataset by the load command's code,
+    or the memory store; in the last two kinds its GetFeeds are built by two feed processes."""
+    if request.param.startswith("memory"):
+        url = "memory"
+    else:
+        url = request.getfixturevalue("redis_cluster_url" if request.param == "redis-cluster" else "redis_url")
+        client = connect(url, socket_timeout=30.0)
+        try:
+            load_into_redis(client, world.dataset)
+        finally:
+            client.close()
     feed_processes = 2 if request.param.endswith("feed processes") else 0
     with running_server(world, store_url=url, feed_processes=feed_processes) as (feed_server, feed_stub):
         yield feed_server, feed_stub
