@@ -5,6 +5,8 @@ store it copies, even while other threads apply batches as the copy is taken."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -12,7 +14,9 @@ import pytest
 from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import NOW, social_dataset
+from tests.conftest import REPO
 from tests.test_wal import ITEMS, STORE_OPTIONS, USERS, apply_all, mixed_batches, open_state, reference, state_of
+from training.dataset import write_dataset
 
 
 @pytest.fixture(params=["memory", "durable"])
@@ -74,3 +78,12 @@ def test_a_batch_that_changes_nothing_is_not_published(primary):
     primary.apply(like)
     primary.apply(like)  # a retry: a duplicate
     assert published == [like]
+
+
+def test_the_copy_benchmark_reports_each_step(tmp_path):
+    write_dataset(social_dataset(), str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_store_copy", "--data", str(tmp_path), "--no-progress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    load, state, unpickled = result.stdout.splitlines()
+    assert load.startswith("load: ") and state.startswith("state: ") and "under the store's lock" in state
+    assert unpickled.startswith("unpickled (as a feed process does) in ")
