@@ -50,6 +50,7 @@ from protos.feed.v1 import feed_pb2
 from serving import logs
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
+from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
 from serving.service_setup import open_service, start_model_watcher
 from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, page_response, refusal_of
@@ -147,14 +148,16 @@ class FeedProcesses:
         self._closed = threading.Event()
         self._primary: Any = None  # the server's memory store, which the children copy
         self._followers: tuple[_Child, ...] = ()  # children that get its applied events (replaced whole: read unlocked)
+        self._exits: Any = None  # the metrics' counter of children that died
 
     @property
     def pids(self) -> list[int]:
         return sorted(child.process.pid for child in self._children)
 
-    def start(self, store: Any = None, timeout: float = READY_TIMEOUT_SECONDS) -> list[int]:
+    def start(self, store: Any = None, metrics: FeedMetrics | None = None, timeout: float = READY_TIMEOUT_SECONDS) -> list[int]:
         """Start every child and wait until each has its model and store; their pids.
-        ``store``: the server's own, which the children copy when it is the memory store.
+        ``store``: the server's own, which the children copy when it is the memory store;
+        ``metrics``: where to report the children alive, the calls waiting and the exits.
 
         A child that cannot start (a store it cannot reach, a model it cannot load) raises
         RuntimeError here, after logging its own error.
@@ -164,6 +167,9 @@ class FeedProcesses:
                 raise ValueError("feed processes on the memory store copy the server's store: pass it to start")
             self._primary = store
             store.publish_applied(self._publish)
+        if metrics is not None:
+            metrics.track_feed_processes(lambda: len(self._children), lambda: len(self._queued))
+            self._exits = metrics.feed_process_exits
         children = [self._spawn() for _ in range(self.processes)]
         try:
             self._send_state(children)
@@ -299,6 +305,8 @@ class FeedProcesses:
         if child not in self._children:  # seen already (a failed write, then its reader's EOF)
             return
         self._unfollow(child)
+        if self._exits is not None:
+            self._exits.inc()
         self.loop.remove_reader(child.pipe.fileno())
         self._children.remove(child)
         if child in self._idle:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -48,6 +48,12 @@ class FeedMetrics:
         self.arm_requests = Counter("feedrank_arm_requests", "GetFeed RPCs by A/B arm and status code", ["arm", "code"], registry=self.registry)
         self.arm_latency = Histogram("feedrank_arm_request_seconds", "GetFeed latency by A/B arm", ["arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.arm_model = Gauge("feedrank_arm_model_info", "The model version each A/B arm serves (value 1)", ["arm", "version"], registry=self.registry)
+        # Feed processes (--feed-processes): read when scraped, so a call pays nothing for them.
+        self.feed_processes = Gauge("feedrank_feed_processes", "Feed processes alive", registry=self.registry)
+        self.feed_queue = Gauge("feedrank_feed_queue", "GetFeeds waiting for a free feed process", registry=self.registry)
+        self.feed_process_exits = Counter(
+            "feedrank_feed_process_exits", "Feed processes that exited while serving (each is replaced)", registry=self.registry
+        )
         self._requests, self._latency = _Children(self.requests), _Children(self.latency)
         self._arm_requests, self._arm_latency = _Children(self.arm_requests), _Children(self.arm_latency)
         self._gathered, self._removed = _Children(self.gathered), _Children(self.removed)
@@ -68,6 +74,11 @@ class FeedMetrics:
                 child = counters(name)
                 if count:
                     child.inc(count)
+
+    def track_feed_processes(self, alive: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Report ``alive()`` feed processes and ``waiting()`` queued GetFeeds at each scrape."""
+        self.feed_processes.set_function(alive)
+        self.feed_queue.set_function(waiting)
 
     def observe_ingest(self, applied: int, duplicates: int) -> None:
         self.events.labels("applied").inc(applied)

@@ -354,7 +354,7 @@ class FeedServer:
         config = self.config
         self.service, arms_signature = open_service(config)
         if self.feed_processes is not None:
-            pids = self.feed_processes.start(self.service.store)
+            pids = self.feed_processes.start(self.service.store, self.service.metrics)
             log.info("%d feed processes ready (pids %s)", len(pids), ", ".join(map(str, pids)))
         if config.metrics_port:
             self.service.metrics.serve_http(config.metrics_port, config.host)

@@ -112,6 +112,10 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
             assert time.monotonic() < deadline, "no feed process took the killed one's place"
             time.sleep(0.1)
         assert killed not in server.feed_processes.pids
+        registry = server.service.metrics.registry
+        assert registry.get_sample_value("feedrank_feed_process_exits_total") == 1
+        assert registry.get_sample_value("feedrank_feed_processes") == 2
+        assert registry.get_sample_value("feedrank_feed_queue") == 0
 
 
 def test_every_feed_process_serves_a_newly_published_model_without_a_restart(world, redis_store, tmp_path):
