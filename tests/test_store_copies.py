@@ -15,7 +15,7 @@ from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import NOW, social_dataset
 from tests.conftest import REPO
-from tests.test_wal import ITEMS, STORE_OPTIONS, USERS, apply_all, mixed_batches, open_state, reference, state_of
+from tests.test_wal import STORE_OPTIONS, apply_all, conflicting_batches, mixed_batches, open_state, reference, state_of
 from training.dataset import write_dataset
 
 
@@ -45,18 +45,13 @@ def test_a_copy_taken_mid_stream_follows_every_later_batch_to_the_same_state(pri
 
 
 def test_a_copy_taken_while_threads_apply_misses_no_batch_and_doubles_none(primary):
-    # Every thread sets the same items' stock and toggles the same likes: the state
-    # depends on each batch being replayed once, in the order the primary applied it.
+    # The state depends on each batch being replayed once, in the order the primary applied it.
     pending: list[list[list[Event]]] = []  # per copy: the batches applied after its state was taken
     primary.publish_applied(lambda events: [backlog.append(events) for backlog in pending])
 
     def work(thread: int) -> None:
-        for k in range(40):
-            primary.apply([
-                Event(f"t{thread}-{k}-s", EventKind.STOCK_UPDATE, NOW, item_id=ITEMS[k % 5], stock=thread * 100 + k),
-                Event(f"t{thread}-{k}-l", EventKind.LIKE if k % 2 == 0 else EventKind.UNLIKE, NOW + k, user_id="erin", item_id=ITEMS[thread % 4]),
-                Event(f"t{thread}-{k}-v", EventKind.VIEW, NOW + k, user_id=USERS[thread % 5], item_id=ITEMS[k % 9]),
-            ])  # fmt: skip
+        for batch in conflicting_batches(thread, 40):
+            primary.apply(batch)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
     for thread in threads:

@@ -236,18 +236,23 @@ def test_a_batch_the_store_rejects_is_not_logged_and_a_batch_of_duplicates_is_no
     store.close()
 
 
+def conflicting_batches(thread: int, count: int) -> list[list[Event]]:
+    """``count`` batches of one of several threads: every thread sets the same items' stock
+    and toggles the same likes, so the final state depends on the order of the batches."""
+    return [[
+        Event(f"t{thread}-{k}-s", EventKind.STOCK_UPDATE, NOW, item_id=ITEMS[k % 5], stock=thread * 100 + k),
+        Event(f"t{thread}-{k}-l", EventKind.LIKE if k % 2 == 0 else EventKind.UNLIKE, NOW + k, user_id="erin", item_id=ITEMS[thread % 4]),
+        Event(f"t{thread}-{k}-v", EventKind.VIEW, NOW + k, user_id=USERS[thread % 5], item_id=ITEMS[k % 9]),
+    ] for k in range(count)]  # fmt: skip
+
+
 def test_concurrent_applies_replay_in_the_order_they_were_applied(tmp_path):
-    # Every thread sets the same items' stock and toggles the same likes: the final state
-    # depends on the order, and the log must hold the order the memory store applied.
+    # The log must hold the order the memory store applied.
     store = open_state(tmp_path)
 
     def work(thread: int) -> None:
-        for k in range(30):
-            store.apply([
-                Event(f"t{thread}-{k}-s", EventKind.STOCK_UPDATE, NOW, item_id=ITEMS[k % 5], stock=thread * 100 + k),
-                Event(f"t{thread}-{k}-l", EventKind.LIKE if k % 2 == 0 else EventKind.UNLIKE, NOW + k, user_id="erin", item_id=ITEMS[thread % 4]),
-                Event(f"t{thread}-{k}-v", EventKind.VIEW, NOW + k, user_id=USERS[thread % 5], item_id=ITEMS[k % 9]),
-            ])  # fmt: skip
+        for batch in conflicting_batches(thread, 30):
+            store.apply(batch)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
     for thread in threads:
