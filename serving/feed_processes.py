@@ -21,7 +21,8 @@ event loop: a child that is still applying a large batch holds up the loop until
 pipe has room again (a batch is at most --max-message-bytes).
 
 Each child has a pipe of its own to the server's event loop, and builds one feed at a
-time; calls wait in one queue in the server until a child is free. A child answers with
+time; calls wait in one queue in the server until a child is free, and go to the child
+that has been idle for the shortest time. A child answers with
 the serialized response or the refusal it mapped its error to (``refusal_of``, which logs
 outages and bugs in the child), and the candidates and removals the feed counted, which
 the server adds to its metrics. A child that dies fails the call it held with
@@ -298,7 +299,10 @@ class FeedProcesses:
             self._lost(child)
             return
         answer, child.call = child.call, None
-        self._idle.append(child)
+        # The child idle for the shortest time takes the next call: its caches are warm
+        # and its core awake. On the memory store at 200 GetFeeds per second that cost
+        # 8-13 % less CPU per call than the child idle longest (benchmarks/README.md).
+        self._idle.appendleft(child)
         if answer is not None and not answer.done():
             answer.set_result(reply)
         self._dispatch()

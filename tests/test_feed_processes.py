@@ -131,10 +131,13 @@ def test_every_feed_process_serves_a_newly_published_model_without_a_restart(wor
         model, _ = train(world.dataset, FAST_TRAINING)
         version = publish(str(models), model, {"params": {}, "metrics": {}, "ranker": default_ranker_spec()}).rsplit("/", 1)[-1]
         deadline, in_a_row = time.monotonic() + 30, 0
-        while in_a_row < 20:  # calls spread over both children: twenty in a row means both switched
-            assert time.monotonic() < deadline, "the new model was not picked up by every feed process"
-            served = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).model_version
-            in_a_row = in_a_row + 1 if served == version else 0
+        with futures.ThreadPoolExecutor(8) as pool:
+            while in_a_row < 5:  # eight calls at once keep both children busy: five rounds in a row mean both switched
+                assert time.monotonic() < deadline, "the new model was not picked up by every feed process"
+                served = set(pool.map(
+                    lambda _: stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).model_version, range(8)
+                ))
+                in_a_row = in_a_row + 1 if served == {version} else 0
     assert before != version
 
 
@@ -227,10 +230,12 @@ def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_st
         while len(served) < 2:  # the first calls may find the killed child
             with contextlib.suppress(grpc.RpcError):
                 served.append(page())
+        assert not any(sold_out[0] in served_page for served_page in served)
         sold_out.append(served[-1][0])
         sell_out(sold_out[1])
-        for _ in range(12):  # calls go to each idle child in turn: both children build several
-            assert not set(sold_out) & set(page())
+        with futures.ThreadPoolExecutor(8) as pool:  # calls at once: both children build some
+            pages = list(pool.map(lambda _: page(), range(24)))
+        assert not any(set(sold_out) & set(served_page) for served_page in pages)
 
 
 def test_feed_processes_exclude_workers():
