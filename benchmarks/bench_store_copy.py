@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a bar while the store loads")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    store = open_store("memory", args.data, progress=args.progress)
+    try:
+        store = open_store("memory", args.data, progress=args.progress)
+    except ValueError as error:  # a missing or broken dataset: its file, line and column
+        parser.exit(2, f"{parser.prog}: {error}\n")
     loaded = time.perf_counter()
     print(f"load: {loaded - started:.1f} s, resident {resident_mb()} MB", flush=True)
     state = store.pickled_state()

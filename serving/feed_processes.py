@@ -269,8 +269,9 @@ class FeedProcesses:
 
         Only an idle child is written to: it is reading its pipe, so a write cannot fill
         the pipe of a child that is itself waiting to write its reply."""
-        for child in list(self._idle):
-            self._send_backlog(child)
+        if self._followers:  # only the memory store's children have events to send
+            for child in list(self._idle):
+                self._send_backlog(child)
         while self._idle and self._queued:
             work, answer = self._queued.popleft()
             if answer.done():  # its caller went away while it waited
