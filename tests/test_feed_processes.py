@@ -9,6 +9,7 @@ that dies, and the flags.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -26,6 +27,7 @@ from protos.feed.v1 import feed_pb2
 from serving.config import ConfigError, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
+from stores.events import Event, EventKind
 from stores.redis import connect
 from tests.conftest import REPO
 from tests.feed_world import build_world, running_server
@@ -236,6 +238,39 @@ def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_st
         with futures.ThreadPoolExecutor(8) as pool:  # calls at once: both children build some
             pages = list(pool.map(lambda _: page(), range(24)))
         assert not any(set(sold_out) & set(served_page) for served_page in pages)
+
+
+def test_a_busy_child_takes_the_next_call_unless_events_wait_for_it(world):
+    """With no child idle, a call is written to a busy child as the next it builds (its
+    caches warm), but never ahead of the events that child has not had yet: a call that
+    arrives after a stock change must not be built from the copy without it."""
+    with running_server(world, feed_processes=1) as (server, stub):
+        processes, service = server.feed_processes, server.service
+        user = "u00004"
+        request = feed_pb2.GetFeedRequest(user_id=user, limit=10)
+        first = [item.item_id for item in stub.GetFeed(request, timeout=30).items]
+        [child] = processes._children
+
+        async def two_calls_at_once(sell_out_between: bool) -> tuple[list[str], int]:
+            first_call = asyncio.ensure_future(processes.get_feed_response(service, request, time.time()))
+            await asyncio.sleep(0)  # written to the idle child, which builds it for a millisecond or more
+            if sell_out_between:  # as an Ingest does: applied, and queued for the busy child
+                service.store.apply([Event("sold-out-while-busy", EventKind.STOCK_UPDATE, time.time(), item_id=first[0], stock=0)])
+            second_call = asyncio.ensure_future(processes.get_feed_response(service, request, time.time()))
+            await asyncio.sleep(0)
+            held = len(child.calls)
+            await first_call
+            return [item.item_id for item in (await second_call).items], held
+
+        def run(sell_out_between: bool) -> tuple[list[str], int]:
+            return asyncio.run_coroutine_threadsafe(two_calls_at_once(sell_out_between), processes.loop).result(30)
+
+        page, held = run(sell_out_between=False)
+        assert held == 2, "the second call should have gone to the busy child"
+        assert page == first
+        page, held = run(sell_out_between=True)
+        assert held == 1, "the second call went ahead of the events its child had not had"
+        assert first[0] not in page and page
 
 
 def test_feed_processes_exclude_workers():
