@@ -27,8 +27,8 @@ unless events wait for that child; else it waits in one queue in the server. A c
 answers with the serialized response or the refusal it mapped its error to
 (``refusal_of``, which logs outages and bugs in the child), and the candidates and
 removals the feed counted, which the server adds to its metrics. A child that dies fails
-the calls it held with UNAVAILABLE (a retry is safe: a GetFeed changes nothing), and a new child takes its
-place. A child exits when its pipe closes, so also when the server is killed outright.
+the calls it held with UNAVAILABLE (a retry is safe: a GetFeed changes nothing), and a
+new child takes its place. A child exits when its pipe closes, so also when the server is killed outright.
 
 Direct pipes rather than a ``ProcessPoolExecutor``: its queue feeder and result threads
 cost the server 100-175 µs of CPU and 230-500 µs of latency per call, against 20-34 µs
@@ -65,8 +65,9 @@ log = logging.getLogger("feedrank.serving")
 CALLS_PER_CHILD = 2
 """GetFeeds a child may hold at once: the one it builds, and the next, written while it builds
 the first when no child is idle, so that it starts the next at once, its caches warm,
-without waiting for the server's loop (benchmarks/README.md: 8 % more GetFeeds per second
-at 16 calls in flight on 2 cores, 5 % less CPU per call)."""
+without waiting for the server's loop (benchmarks/README.md: at 16 calls in flight on 2
+cores, in turns, 3-7 % more GetFeeds per second on the memory store and 9 % on Redis;
+three per child lost 3 %)."""
 READY_TIMEOUT_SECONDS = 600.0
 """How long the server waits for a feed process to load the model and reach the store."""
 RESTART_DELAY_SECONDS = 5.0
