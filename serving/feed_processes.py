@@ -28,7 +28,8 @@ answers with the serialized response or the refusal it mapped its error to
 (``refusal_of``, which logs outages and bugs in the child), and the candidates and
 removals the feed counted, which the server adds to its metrics. A child that dies fails
 the calls it held with UNAVAILABLE (a retry is safe: a GetFeed changes nothing), and a
-new child takes its place. A child exits when its pipe closes, so also when the server is killed outright.
+new child takes its place. A child exits when its pipe closes, so also when the server is
+killed outright.
 
 Direct pipes rather than a ``ProcessPoolExecutor``: its queue feeder and result threads
 cost the server 100-175 µs of CPU and 230-500 µs of latency per call, against 20-34 µs
