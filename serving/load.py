@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -231,6 +232,11 @@ def load_into_redis(
         if len(pipe):
             pipe.execute()
         bar.update(pending_rows)
+        # A feed server's copy of what it read (stores/redis_cache.py) cannot tell what a
+        # load changed: a change log of a new epoch makes every copy start afresh.
+        seq, epoch, log = keys.change_log_keys()
+        client.delete(seq, log)
+        client.set(epoch, f"load {uuid.uuid4()}")
     return LoadStats(rows=total, commands=commands, seconds=time.perf_counter() - started)
 
 

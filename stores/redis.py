@@ -1,7 +1,11 @@
 """The Redis online store: standalone Redis or a Redis Cluster, through redis-py.
 
 Reads. Each FeedStateReader method is one pipeline, so a feed costs four round trips on
-standalone Redis whatever the number of friends or followed sellers. On a cluster a
+standalone Redis whatever the number of friends or followed sellers. On standalone Redis
+each process also keeps what its feeds read of items, cards, listings, recent likes and
+trending (``read_cache``, stores/redis_cache.py): the user's read brings that copy up to
+date from a change log that every write script appends to, and a feed whose reads it
+holds costs two round trips (the user; the user's liked and views hashes). On a cluster a
 pipeline is split by node and the parts are written before any is read, so each method
 is one parallel round trip per node it touches (at most the number of primaries); the
 items of hydration and of a page's cards are read by one script call per node holding
@@ -94,6 +98,7 @@ from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
+from stores.redis_cache import CHANGE_LOG_CAP, CACHED_NUMBERS, ReadCache
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
 
@@ -122,6 +127,7 @@ DEFAULT_WRITE_TIMEOUT = 1.0
 _OWN_OPTIONS = {
     "recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str,
     "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int, "wait_timeout_ms": int,
+    "read_cache": lambda value: value.lower() not in ("0", "false", "no", "off"),
 }  # fmt: skip
 
 # Event.to_record() field order: the Lua scripts read records positionally.
@@ -129,6 +135,28 @@ RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "f
 # The item hash fields a page's cards read (hydration reads _LUA_PACK's packed value).
 _CARD_FIELDS = ("seller", "stock", "title", "image_url", "price", "currency", "category", "ship_days")
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS", "MISCONF")
+
+# The change log after sequence number ``last`` (stores/redis_cache.py): {seq, epoch,
+# tags}, tags false when the log cannot tell them (the reader is more than ``bound`` tags
+# behind, or the log began again): the reader then starts afresh.
+_LUA_CHANGES_SINCE = r"""
+local function changes_since(seq_key, epoch_key, log_key, last, bound)
+  local seq_text = redis.call('GET', seq_key) or '0'
+  local seq = tonumber(seq_text)
+  local tags = false
+  if last >= 0 and seq >= last and seq - last <= bound then
+    tags = {}
+    if seq > last then
+      tags = redis.call('LRANGE', log_key, last - seq, -1)
+      if #tags ~= seq - last then tags = false end
+    end
+  end
+  return {seq_text, redis.call('GET', epoch_key) or '', tags}
+end
+"""
+# A writer's copy is brought up to date by its writes only while this close behind; a
+# process that only writes would otherwise read every other writer's tags.
+WRITER_CHANGES_BOUND = 1_000
 
 # Every write of an item keeps its hydration fields (PACKED_FIELDS) packed in one value:
 # on standalone Redis in one hash of every item (``Keys.packed_items``), so a feed reads
@@ -170,10 +198,33 @@ local function frame(p)
   if p then return #p .. ':' .. p end
   return '0:'
 end
+-- The change log (stores/redis_cache.py): a tag per thing a script changed, logged once
+-- at its end. CHANGES is its keys' prefix; standalone write scripts set it.
+local CHANGES = false
+local changed, noted = {}, {}
+local function note_change(tag)
+  if CHANGES and not noted[tag] then
+    noted[tag] = true
+    changed[#changed + 1] = tag
+  end
+end
+local function log_changes()
+  if not CHANGES or #changed == 0 then return end
+  local epoch, log = CHANGES .. 'epoch', CHANGES .. 'log'
+  if redis.call('EXISTS', epoch) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', epoch, now[1] .. '.' .. now[2])
+  end
+  for j = 1, #changed, 1000 do redis.call('RPUSH', log, unpack(changed, j, math.min(j + 999, #changed))) end
+  redis.call('INCRBY', CHANGES .. 'seq', #changed)
+  redis.call('LTRIM', log, -""" + str(CHANGE_LOG_CAP) + r""", -1)
+end
+""" + _LUA_CHANGES_SINCE + r"""
 local function repack(k, item)
   local p = pack_fields(k, item)
   if not p then return end
   if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) else redis.call('HSET', k, '""" + PACKED_FIELD + r"""', p) end
+  note_change('i:' .. item)
 end
 """
 
@@ -194,7 +245,8 @@ local SHARED = tonumber(ARGV[10])
 local WINDOW = tonumber(ARGV[11])
 local MAXFRIENDS = tonumber(ARGV[12])
 local MAXFOLLOWS = tonumber(ARGV[13])
-local BASE = 13
+local LAST = tonumber(ARGV[14])  -- the writer's copy's place in the change log (-1: none yet); -2: it keeps no copy
+local BASE = 14
 local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','card','vacation_until'}
 local NF = #FIELDS
 
@@ -249,6 +301,7 @@ OPS.like = function(u, item, ts)
   local recent = ukey(u, 'likes')
   redis.call('ZADD', recent, '-' .. ts, item)
   redis.call('ZREMRANGEBYRANK', recent, RB, -1)
+  note_change('u:' .. u)
   return '1'
 end
 OPS.unlike = function(u, item)
@@ -257,8 +310,9 @@ OPS.unlike = function(u, item)
   if not ts then return '' end
   redis.call('HDEL', liked, item)
   local recent = ukey(u, 'likes')
-  if redis.call('ZREM', recent, item) == 1 and redis.call('HLEN', liked) > redis.call('ZCARD', recent) then
-    refill(u)
+  if redis.call('ZREM', recent, item) == 1 then
+    note_change('u:' .. u)
+    if redis.call('HLEN', liked) > redis.call('ZCARD', recent) then refill(u) end
   end
   return ts
 end
@@ -345,9 +399,13 @@ OPS.list = function(seller, item, created)
   local k = skey(seller)
   redis.call('ZADD', k, '-' .. created, item)
   redis.call('ZREMRANGEBYRANK', k, LB, -1)
+  note_change('s:' .. seller)
   return '1'
 end
-OPS.unlist = function(seller, item) redis.call('ZREM', skey(seller), item) return '1' end
+OPS.unlist = function(seller, item)
+  if redis.call('ZREM', skey(seller), item) == 1 then note_change('s:' .. seller) end
+  return '1'
+end
 -- vacations slot
 OPS.vacation = function(seller, ends)
   redis.call('HSET', VACATIONS, seller, ends)
@@ -361,6 +419,7 @@ end
 -- trending slot
 OPS.trend = function(item, ts, sign)
   redis.call('ZINCRBY', TRENDING, sign .. weight(ts), item)
+  note_change('t')
   return '1'
 end
 
@@ -447,6 +506,7 @@ _LUA_APPLY_BATCH = (
     + r"""
 PACKED_ITEMS = P .. '""" + Keys("").packed_items + r"""'
 TRENDING_IN_PACK = TRENDING
+CHANGES = P .. '""" + Keys("").changes + r"""'
 for _, o in ipairs(fresh) do
   local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
   -- The trending score first: the like count's repack packs it.
@@ -477,7 +537,9 @@ for _, o in ipairs(fresh) do
   end
   log_event(o, 'done')
 end
-return {'ok', #fresh, dups}
+log_changes()
+if LAST < -1 then return {'ok', #fresh, dups} end
+return {'ok', #fresh, dups, changes_since(CHANGES .. 'seq', CHANGES .. 'epoch', CHANGES .. 'log', LAST, """ + str(WRITER_CHANGES_BOUND) + r""")}
 """
 )
 
@@ -521,7 +583,8 @@ return out
 
 
 # Standalone cards of a page in one command: ARGV the key prefix then the item ids; one
-# flat reply of the _CARD_FIELDS of each item in turn (false for a missing field).
+# flat reply of the _CARD_FIELDS of each item in turn (false for a missing field), then
+# the change log's sequence number the reply is at (KEYS[1]; stores/redis_cache.py).
 _LUA_CARDS = r"""
 local P, out = ARGV[1], {}
 for j = 2, #ARGV do
@@ -529,6 +592,7 @@ for j = 2, #ARGV do
                       'category', 'ship_days')
   for f = 1, 8 do out[#out + 1] = v[f] end
 end
+if #KEYS > 0 then out[#out + 1] = redis.call('GET', KEYS[1]) or '0' end
 return out
 """
 
@@ -559,11 +623,13 @@ return out
 _LUA_REPACK_BODY = r"""
 local P = ARGV[1]
 for j = 2, #ARGV do repack(P .. '{i:' .. ARGV[j] .. '}', ARGV[j]) end
+log_changes()
 return #ARGV - 1
 """
 _LUA_REPACK = (
     _LUA_PACK
     + "PACKED_ITEMS = ARGV[1] .. '" + Keys("").packed_items + "'\nTRENDING_IN_PACK = ARGV[1] .. '" + Keys("").trending + "'\n"
+    + "CHANGES = ARGV[1] .. '" + Keys("").changes + "'\n"
     + _LUA_REPACK_BODY
 )
 _LUA_REPACK_NODE = _LUA_PACK + _LUA_REPACK_BODY
@@ -571,6 +637,7 @@ _LUA_REPACK_NODE = _LUA_PACK + _LUA_REPACK_BODY
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
 # hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
 # cluster too); ARGV the recent-likes and shared bounds. Scores come back as joined strings.
+# On standalone Redis also the change log since this process's copy last read it.
 _LUA_USER = r"""
 local function newest(key, bound)
   local got = redis.call('ZRANGE', key, 0, bound - 1, 'WITHSCORES')
@@ -581,20 +648,25 @@ local function newest(key, bound)
   end
   return members, table.concat(scores, ',')
 end
+""" + _LUA_CHANGES_SINCE + r"""
 local likes, like_scores = newest(KEYS[1], tonumber(ARGV[1]))
 local shared, shared_scores = newest(KEYS[6], tonumber(ARGV[2]))
-return {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
-        redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
+local reply = {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
+               redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
+-- Standalone: the change log since ARGV[3] (KEYS[7..9]: seq, epoch, log).
+if #KEYS > 6 then reply[9] = changes_since(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), """ + str(CHANGE_LOG_CAP) + r""") end
+return reply
 """
 
 # Standalone activity in one command: KEYS are the sellers' listing sets, the friends'
-# recent-likes sets, then the trending set; ARGV the number of sellers and the three
-# limits. One reply instead of one per key: list lengths and scores come back as joined
-# strings, members as one flat list.
+# recent-likes sets, the trending set, then the change log's sequence number; ARGV the
+# number of sellers and the three limits. One reply instead of one per key: list lengths
+# and scores come back as joined strings, members as one flat list, then the sequence
+# number the reply is at (stores/redis_cache.py).
 _LUA_ACTIVITY = r"""
 local sellers, listing_limit, like_limit, trending_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lengths, members, scores = {}, {}, {}
-for j = 1, #KEYS - 1 do
+for j = 1, #KEYS - 2 do
   local limit = like_limit
   if j <= sellers then limit = listing_limit end
   local got = {}
@@ -607,9 +679,9 @@ for j = 1, #KEYS - 1 do
 end
 local trending = {}
 if trending_limit > 0 then
-  trending = redis.call('ZREVRANGEBYSCORE', KEYS[#KEYS], '+inf', '(0', 'LIMIT', 0, trending_limit)
+  trending = redis.call('ZREVRANGEBYSCORE', KEYS[#KEYS - 1], '+inf', '(0', 'LIMIT', 0, trending_limit)
 end
-return {table.concat(lengths, ','), members, table.concat(scores, ','), trending}
+return {table.concat(lengths, ','), members, table.concat(scores, ','), trending, redis.call('GET', KEYS[#KEYS]) or '0'}
 """
 
 
@@ -797,6 +869,9 @@ class RedisStore:
     ``recent_likes``); ``listings`` bounds each seller's listings sorted set, so
     ``read_activity`` returns at most that many listings per seller.
 
+    ``read_cache`` (standalone only): keep the items, cards and timelines feeds read in
+    this process, brought up to date at each feed's first read (stores/redis_cache.py).
+
     ``write_client`` (default: ``client``) runs ``apply``: its own connection pool, with
     a socket timeout that fits a full batch, so a long write neither times out as a read
     would nor holds a connection a feed is waiting for. ``write_chunk``: see
@@ -818,6 +893,7 @@ class RedisStore:
         wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
         max_friends: int = DEFAULT_MAX_FRIENDS,
         max_follows: int = DEFAULT_MAX_FOLLOWS,
+        read_cache: bool = True,
     ) -> None:
         if recent_likes < 1 or listings < 1:
             raise ValueError("recent_likes and listings must be >= 1")
@@ -837,10 +913,10 @@ class RedisStore:
         self._consts = [
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
-            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows),
+            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows), "-2",
         ]  # fmt: skip
         # The chunks of a batch validated whole skip the degree caps (0, 0).
-        self._chunk_consts = [*self._consts[:-2], "0", "0"]
+        self._chunk_consts = [*self._consts[:-3], "0", "0", "-2"]
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
@@ -848,7 +924,12 @@ class RedisStore:
         self.items = Vocabulary()
         self.sellers = Vocabulary()
         self.categories = Vocabulary()
-        self._vacation_copy: tuple[str | None, dict[str, float]] = (None, {})  # see _vacations
+        # (version, seller -> end, [the ends by seller code, as far as known]): _vacations, _away
+        self._vacation_copy: tuple[str | None, dict[str, float], list[np.ndarray]] = (None, {}, [np.zeros(0)])
+        # Standalone only: a cluster's write scripts run per slot and keep no change log.
+        self._cache = ReadCache(self.items.code) if read_cache and not self.is_cluster else None
+        if self._cache is not None:
+            self._forget_on_reconnect(client, self._cache)
         compile_number_parser()  # neither on the first feed
         compile_frame_splitter()
 
@@ -859,7 +940,8 @@ class RedisStore:
         Our own options may be given in the query string too: recent_likes, listings,
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
         write_timeout (the writes' socket timeout, seconds; at least the reads'),
-        write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms. ``options`` are our own
+        write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms, read_cache
+        (0 = read everything from Redis at every feed). ``options`` are our own
         options too, for those the query does not set.
         """
         url, own = split_url(url)
@@ -882,16 +964,40 @@ class RedisStore:
         client = self.write_client
         return client.pipeline(transaction=False) if not self.is_cluster else client.pipeline()
 
+    @staticmethod
+    def _forget_on_reconnect(client: redis.Redis, cache: ReadCache) -> None:
+        """Drop ``cache`` whenever ``client`` makes a connection: a Redis that restarted
+        or failed over may have lost writes this process saw, and its log may have
+        started again at a number this process has passed."""
+        kwargs = client.connection_pool.connection_kwargs
+        connect_next = kwargs.get("redis_connect_func")
+
+        def on_connect(connection: Any) -> None:
+            if connect_next is None:
+                connection.on_connect()
+            else:
+                connect_next(connection)
+            cache.clear()
+
+        kwargs["redis_connect_func"] = on_connect
+
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
         keys = [
             k.recent_likes(user_id), k.follows(user_id), k.friends(user_id), k.hidden_items(user_id),
             k.hidden_sellers(user_id), k.shared(user_id),
         ]  # fmt: skip
+        args = [self.recent_likes_bound, SHARED_BOUND]
+        cache = self._cache
+        if cache is not None:  # a feed's first read brings this process's copy up to date
+            keys += k.change_log_keys()
+            args.append(cache.seq)
         with unavailable_on_redis_errors():
-            likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = self._eval_keys(
-                "user", keys, [self.recent_likes_bound, SHARED_BOUND]
-            )
+            reply = self._eval_keys("user", keys, args)
+        likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = reply[:8]
+        if cache is not None:
+            seq_text, epoch, tags = reply[8]
+            cache.sync(int(seq_text), epoch, tags)
         shares = [json.loads(member) for member in shared]  # [item, sharer]
         return UserState(
             user_id=user_id,
@@ -914,20 +1020,41 @@ class RedisStore:
         like_limit = min(per_key_limit, self.recent_likes_bound)
         sellers = list(seller_ids) if listing_limit > 0 else []
         friends = list(friend_ids) if like_limit > 0 else []
+        trending_limit = max(trending_limit, 0)
         if not self.is_cluster:
-            keys = [k.listings(s) for s in sellers] + [k.recent_likes(f) for f in friends] + [k.trending]
-            args = [len(sellers), listing_limit, like_limit, max(trending_limit, 0)]
-            with unavailable_on_redis_errors():
-                lengths_text, members, scores_text, trending = self._eval_keys("activity", keys, args)
-            lengths = np.array(lengths_text.split(","), dtype=np.int64) if lengths_text else np.zeros(0, np.int64)
-            times = _negated_times(scores_text)
-            codes = self.items.codes(members, add=True)
-            owners = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+            tags = [f"s:{s}" for s in sellers] + [f"u:{f}" for f in friends]
+            limits = [listing_limit] * len(sellers) + [like_limit] * len(friends)
+            cache = self._cache
+            if cache is None:
+                kept: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(tags)
+                trending = None
+            else:
+                kept = [cache.timeline(tag, limit) for tag, limit in zip(tags, limits)]
+                trending = cache.timeline("t", trending_limit)
+            missing = [at for at, timeline in enumerate(kept) if timeline is None]
+            if missing or trending is None:
+                fetched, trending_codes, seq = self._read_timelines(
+                    [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listing_limit, like_limit,
+                    trending_limit if trending is None else 0,
+                )  # fmt: skip
+                for at, timeline in zip(missing, fetched):
+                    kept[at] = timeline
+                if cache is not None:
+                    fill = cache.begin_fill(seq)
+                    cache.keep_timelines(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
+                    if trending is None:
+                        cache.keep_timelines(fill, {"t": (trending_limit, trending_codes, np.zeros(len(trending_codes)))})
+                if trending is None:
+                    trending = (trending_codes, None)
+            lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
+            codes = np.concatenate([codes for codes, _ in kept]) if kept else np.zeros(0, np.int32)
+            times = np.concatenate([times for _, times in kept]) if kept else np.zeros(0)
+            owners = np.repeat(np.arange(len(kept), dtype=np.int32), lengths)
             split = int(lengths[: len(sellers)].sum())
             return Activity(
                 listings=Timelines(codes[:split], times[:split], owners[:split]),
                 friend_likes=Timelines(codes[split:], times[split:], owners[split:] - len(sellers)),
-                trending=self.items.codes(trending, add=True),
+                trending=trending[0],
             )
         # A cluster spreads these keys over its nodes: one pipelined command per key.
         pipe = self._pipeline()
@@ -945,6 +1072,26 @@ class RedisStore:
             trending=self.items.codes(replies[-1], add=True) if trending_limit > 0 else np.zeros(0, np.int32),
         )
 
+    def _read_timelines(
+        self, tags: Sequence[str], sellers: int, listing_limit: int, like_limit: int, trending_limit: int
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, int]:
+        """Standalone, one command: the newest (codes, times) of each list ``tags`` names
+        (the first ``sellers`` listings, then recent likes), the trending items, and the
+        change log's sequence number they are at."""
+        k = self.keys
+        keys = [k.listings(tag[2:]) if at < sellers else k.recent_likes(tag[2:]) for at, tag in enumerate(tags)]
+        keys += [k.trending, k.changes + "seq"]
+        with unavailable_on_redis_errors():
+            lengths_text, members, scores_text, trending, seq = self._eval_keys(
+                "activity", keys, [sellers, listing_limit, like_limit, trending_limit]
+            )
+        lengths = np.array(lengths_text.split(","), dtype=np.int64) if lengths_text else np.zeros(0, np.int64)
+        codes, times = self.items.codes(members, add=True), _negated_times(scores_text)
+        ends = np.cumsum(lengths).tolist()
+        starts = [0, *ends[:-1]]
+        timelines = [(codes[start:end], times[start:end]) for start, end in zip(starts, ends)]
+        return timelines, self.items.codes(trending, add=True), int(seq)
+
     def _timelines(self, replies: Sequence[list[tuple[str, float]]]) -> Timelines:
         """Newest-first sorted-set replies (member, -time), the i-th owned by key i."""
         lengths = [len(reply) for reply in replies]
@@ -956,14 +1103,15 @@ class RedisStore:
         )
 
     def hydrate(self, user_id: str, item_codes: np.ndarray) -> ItemColumns:
-        ids = self.items.ids(np.asarray(item_codes).tolist())
-        n = len(ids)
+        codes = np.asarray(item_codes, dtype=np.int64)
+        n = len(codes)
         if not n:
             return ItemColumns.empty()
         k = self.keys
         with unavailable_on_redis_errors():
             if self.is_cluster:
-                parts = [(rows, split_frames(text, len(rows))) for rows, text in self._on_item_nodes("packed", item_codes, ids)]
+                ids = self.items.ids(codes.tolist())
+                parts = [(rows, split_frames(text, len(rows))) for rows, text in self._on_item_nodes("packed", codes, ids)]
                 frames = _gathered(parts, n)
                 pipe = self._pipeline()
                 pipe.hmget(k.liked(user_id), ids)
@@ -973,36 +1121,46 @@ class RedisStore:
                 pipe.zmscore(k.seen(user_id), ids)
                 liked, trending, vacations_version, view_counts, last_views = pipe.execute()
                 liked_flags = np.fromiter((ts is not None for ts in liked), bool, n)
-                trending = np.array([v or 0.0 for v in trending], dtype=np.float64)
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
+                exists, numbers, seller, category = self._item_columns(frames)
+                numbers[:, CACHED_NUMBERS.index("trending")] = [v or 0.0 for v in trending]
             else:
-                frames, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(user_id, ids)
-                trending = frames.numbers[:, 6].copy()
-            until = self._vacations(vacations_version or "")
-            away = np.array([until.get(seller, 0.0) for seller in frames.sellers])[frames.seller_of]
-        numbers = frames.numbers
+                exists, numbers, seller, category, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(
+                    user_id, codes
+                )
+            away = self._away(vacations_version or "", seller)
         return ItemColumns(
-            exists=frames.exists,
-            seller=self._codes_or_none(self.sellers, frames.sellers)[frames.seller_of],
+            exists=exists,
+            seller=seller,
             created_at=numbers[:, 0].copy(),
             stock=numbers[:, 1].astype(np.int64),
             like_count=numbers[:, 2].astype(np.int64),
             liked=liked_flags,
-            trending=trending,
+            trending=numbers[:, 6].copy(),
             eligible=numbers[:, 3] != 0,
             seller_away_until=away,
             price=numbers[:, 4].copy(),
             ship_days=numbers[:, 5].copy(),
-            category=self._codes_or_none(self.categories, frames.categories)[frames.category_of],
+            category=category,
             views=views,
             viewed_at=viewed_at,
         )
 
-    def _hydrate_standalone(self, user_id: str, ids: list[str]) -> tuple[Frames, np.ndarray, np.ndarray, np.ndarray, str | None]:
-        """Standalone hydration in one round trip of plain commands: the items' packed
-        values, the user's liked and views hashes, and the vacations' version (which tells
-        this process when to refresh its copy of the vacations hash: ``_vacations``).
+    def _item_columns(self, frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(exists, numbers, seller codes, category codes) of packed values split into ``frames``."""
+        seller = self._codes_or_none(self.sellers, frames.sellers)[frames.seller_of]
+        category = self._codes_or_none(self.categories, frames.categories)[frames.category_of]
+        return frames.exists, frames.numbers, seller, category
+
+    def _hydrate_standalone(
+        self, user_id: str, codes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str | None]:
+        """Standalone hydration in one round trip of plain commands: the packed values of
+        the items this process's copy lacks, the user's liked and views hashes, and the
+        vacations' version (which tells this process when to refresh its copy of the
+        vacations hash: ``_vacations``). (exists, numbers, seller codes, category codes,
+        liked, views, viewed_at, vacations' version.)
 
         Plain commands rather than one script: a script spent four times Redis's CPU on
         the same reads, moving the item ids into Lua and back. The user's two hashes are
@@ -1013,39 +1171,71 @@ class RedisStore:
         joined it costs a second round trip (the last two: an older layout, which
         ``serving repack`` and the next view rewrite).
         """
-        k = self.keys
+        k, cache, n = self.keys, self._cache, len(codes)
+        if cache is None:
+            known, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
+            seller, category = np.empty(n, np.int32), np.empty(n, np.int32)
+        else:
+            known, numbers, seller, category = cache.items(codes)
+        missing = np.flatnonzero(~known)
+        fetch = self.items.ids(codes[missing].tolist())
         pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command("HMGET", k.packed_items, *ids, **{NEVER_DECODE: True})
+        if fetch:
+            pipe.execute_command("GET", k.changes + "seq")  # before the values: they are at least this new
+            pipe.execute_command("HMGET", k.packed_items, *fetch, **{NEVER_DECODE: True})
         pipe.execute_command("HSCAN", k.liked(user_id), 0, "COUNT", USER_HASH_SCAN)
         pipe.execute_command("HSCAN", k.views(user_id), 0, "COUNT", USER_HASH_SCAN)
         pipe.get(k.vacations_version)
-        packed, liked_scan, views_scan, vacations_version = pipe.execute()
-        unpacked = [at for at, value in enumerate(packed) if value is None]
-        if unpacked:
-            found = self._eval_keys("unpacked", [k.trending], [k.prefix, *(ids[at] for at in unpacked)])
-            for at, value in zip(unpacked, found):
-                packed[at] = value.encode() if value is not None else None
-        liked = self._entries_for(k.liked(user_id), liked_scan, ids)
-        liked_flags = np.fromiter(map(liked.__contains__, ids), bool, len(ids))
-        viewed = self._entries_for(k.views(user_id), views_scan, ids)
-        if not viewed:
-            return split_values(packed), liked_flags, np.zeros(len(ids), np.int64), np.zeros(len(ids)), vacations_version
-        counts_and_times = [viewed.get(item, "0,0") for item in ids]
-        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
-        if counts_only:  # the time of such a count is its score in the seen set
-            times = self.client.zmscore(k.seen(user_id), [ids[at] for at in counts_only])
-            for at, seen_at in zip(counts_only, times):
-                counts_and_times[at] += f",{seen_at or 0!r}"
-        numbers = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
-        return split_values(packed), liked_flags, numbers[:, 0].astype(np.int64), numbers[:, 1].copy(), vacations_version
+        replies = pipe.execute()
+        liked_scan, views_scan, vacations_version = replies[-3:]
+        exists = known  # a copy: the cache's gather or a new array
+        if fetch:
+            seq, packed = replies[0], replies[1]
+            unpacked = [at for at, value in enumerate(packed) if value is None]
+            if unpacked:
+                found = self._eval_keys("unpacked", [k.trending], [k.prefix, *(fetch[at] for at in unpacked)])
+                for at, value in zip(unpacked, found):
+                    packed[at] = value.encode() if value is not None else None
+            fetched = self._item_columns(split_values(packed))
+            for column, values in zip((exists, numbers, seller, category), fetched):
+                column[missing] = values
+            if cache is not None:
+                present = fetched[0]
+                cache.keep_items(
+                    cache.begin_fill(int(seq or 0)), codes[missing[present]], *(values[present] for values in fetched[1:])
+                )
+        liked_flags = np.zeros(n, bool)
+        liked_flags[self._rows_in_hash(k.liked(user_id), liked_scan, codes)[0]] = True
+        views, viewed_at = np.zeros(n, np.int64), np.zeros(n)
+        rows, counts_and_times = self._rows_in_hash(k.views(user_id), views_scan, codes)
+        if len(rows):
+            counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
+            if counts_only:  # the time of such a count is its score in the seen set
+                times = self.client.zmscore(k.seen(user_id), self.items.ids(codes[rows[counts_only]].tolist()))
+                for at, seen_at in zip(counts_only, times):
+                    counts_and_times[at] += f",{seen_at or 0!r}"
+            viewing = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
+            views[rows], viewed_at[rows] = viewing[:, 0], viewing[:, 1]
+        return exists, numbers, seller, category, liked_flags, views, viewed_at, vacations_version
 
-    def _entries_for(self, key: str, scan: tuple[int, dict[str, str]], ids: list[str]) -> dict[str, str]:
-        """The entries of hash ``key`` among ``ids``, or more: all of them when HSCAN's
-        first call (``scan``) read it whole, else those of ``ids`` (one HMGET)."""
+    def _rows_in_hash(self, key: str, scan: tuple[int, dict[str, str]], codes: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The rows of item ``codes`` that hash ``key`` (item id -> value) holds, and their
+        values: from HSCAN's first call (``scan``) when it read the hash whole, else by one
+        HMGET of the items. By codes: no id is looked up for the other candidates."""
         cursor, entries = scan
-        if not cursor:
-            return entries
-        return {item: value for item, value in zip(ids, self.client.hmget(key, ids)) if value is not None}
+        if cursor:
+            values = self.client.hmget(key, self.items.ids(codes.tolist()))
+            rows = [at for at, value in enumerate(values) if value is not None]
+            return np.array(rows, dtype=np.int64), [values[at] for at in rows]
+        if not entries:
+            return np.zeros(0, np.int64), []
+        entry_codes = self.items.codes(list(entries))
+        order = np.argsort(entry_codes, kind="stable")
+        ordered = entry_codes[order]
+        at = np.minimum(np.searchsorted(ordered, codes), len(ordered) - 1)
+        rows = np.flatnonzero(ordered[at] == codes)
+        values = list(entries.values())
+        return rows, [values[j] for j in order[at[rows]].tolist()]
 
     def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
         """Cluster: script ``name`` (ARGV the key prefix then item ids) run once on each
@@ -1092,27 +1282,49 @@ class RedisStore:
         again (one HGETALL) only when the version moved. A per-seller lookup inside Redis
         would need each packed value split there.
         """
-        cached_version, until = self._vacation_copy
+        cached_version, until, _ = self._vacation_copy
         if version != cached_version:
             fresh = self.client.hgetall(self.keys.vacations)
             until = {seller: float(end) for seller, end in fresh.items()}
-            self._vacation_copy = (version, until)
+            self._vacation_copy = (version, until, [np.zeros(0)])
         return until
 
+    def _away(self, version: str, seller: np.ndarray) -> np.ndarray:
+        """The end of the vacation of each seller code (-1: none), 0 for none."""
+        self._vacations(version)
+        _, until, holder = self._vacation_copy
+        if not until:
+            return np.zeros(len(seller))
+        ends = holder[0]
+        if len(ends) < len(self.sellers):  # sellers met since: look theirs up once
+            more = [until.get(self.sellers.id(code), 0.0) for code in range(len(ends), len(self.sellers))]
+            ends = holder[0] = np.concatenate([ends, more])
+        return np.where(seller >= 0, ends[np.maximum(seller, 0)], 0.0)
+
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
-        ids = self.items.ids(np.asarray(item_codes).tolist())
-        if not ids:
+        codes = np.asarray(item_codes).tolist()
+        if not codes:
             return []
+        cache = self._cache
+        cards = [None] * len(codes) if cache is None else cache.cards(codes)
+        missing = [at for at, card in enumerate(cards) if card is None]
+        if not missing:
+            return cards
+        missing_codes = [codes[at] for at in missing]
+        ids = self.items.ids(missing_codes)
         width = len(_CARD_FIELDS)
         with unavailable_on_redis_errors():
             if self.is_cluster:
                 flat = [None] * (len(ids) * width)
-                for rows, reply in self._on_item_nodes("cards", item_codes, ids):
+                for rows, reply in self._on_item_nodes("cards", np.asarray(missing_codes), ids):
                     for at, row in enumerate(rows.tolist()):
                         flat[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
             else:
-                flat = self._eval_keys("cards", [], [self.keys.prefix, *ids])
-        return [_card(dict(zip(_CARD_FIELDS, flat[at : at + width]))) for at in range(0, len(flat), width)]
+                *flat, seq = self._eval_keys("cards", [self.keys.changes + "seq"], [self.keys.prefix, *ids])
+        fetched = {codes[at]: _card(dict(zip(_CARD_FIELDS, flat[j * width : (j + 1) * width]))) for j, at in enumerate(missing)}
+        if cache is not None:
+            cache.keep_cards(cache.begin_fill(int(seq)), fetched)
+        return [card if card is not None else fetched[code] for card, code in zip(cards, codes)]
 
     # -- writes ------------------------------------------------------------------------
 
@@ -1205,8 +1417,17 @@ class RedisStore:
             return client.evalsha(self._sha(name), len(keys), *keys, *args)
 
     def _write(self, name: str, records: Sequence[str], consts: Sequence[str] | None = None) -> Any:
-        """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write connections."""
-        return self._eval_keys(name, [self.keys.events], [*(self._consts if consts is None else consts), *records], self.write_client)
+        """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write
+        connections. A batch brings this process's copy up to date with what it wrote
+        (its reply's fourth part), so a read right after sees it without a feed's sync."""
+        consts = self._consts if consts is None else consts
+        cache = self._cache
+        if name == "batch" and cache is not None:
+            consts = [*consts[:-1], str(cache.seq)]
+        reply = self._eval_keys(name, [self.keys.events], [*consts, *records], self.write_client)
+        if name == "batch" and cache is not None and reply[0] == "ok" and len(reply) > 3:
+            cache.sync(int(reply[3][0]), reply[3][1], reply[3][2])
+        return reply
 
     @staticmethod
     def _flat_records(events: Sequence[Event]) -> list[str]:

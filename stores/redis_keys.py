@@ -37,6 +37,10 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
                                  included (standalone only: a cluster's feeds read each
                                  item's own); "{items}:packed" and the item field "packed",
                                  of the layout before, are no longer read
+          {changes}:seq          counter: the tags ever added to the change log
+          {changes}:epoch        when the change log began (reset: readers start afresh)
+          {changes}:log          list of tags of what write scripts changed, the newest
+                                 CHANGE_LOG_CAP (standalone only; stores/redis_cache.py)
   dedupe  d:{log}:EVENT_ID       "pending" / "done": the event id was logged / fully applied
           d:{TAG}:EVENT_ID#PART  cluster only: result of one part of an event in slot TAG
 
@@ -119,6 +123,14 @@ class Keys:
     @property
     def packed_items(self) -> str:
         return f"{self.prefix}{{items}}:packed7"
+
+    @property
+    def changes(self) -> str:
+        """The change log's keys' prefix: then "seq", "epoch" and "log"."""
+        return f"{self.prefix}{{changes}}:"
+
+    def change_log_keys(self) -> list[str]:
+        return [self.changes + "seq", self.changes + "epoch", self.changes + "log"]
 
     @property
     def events(self) -> str:

@@ -1,0 +1,196 @@
+"""A process's copy of what its feeds read most from standalone Redis: the items' packed
+columns, the page's cards, sellers' listings, users' recent likes and the trending list.
+
+Every write script appends a tag per thing it changed to a change log in Redis
+(``Keys.changes``): ``i:ITEM`` (the item's packed value and card), ``s:SELLER`` (the
+seller's listings), ``u:USER`` (the user's recent likes) and ``t`` (the trending set),
+and adds their number to a sequence number. The script that reads a feed's user (its
+first read) also reads the log since this process last did; ``sync`` drops the copies
+those tags name before the feed reads anything else. So a feed sees every write that was
+acknowledged before it began, as when it read Redis alone: read-your-writes holds across
+processes and servers. A copy is kept only while no tag newer than the data it holds has
+been applied (``allows``); a fill that lost that race serves its own feed and is not kept.
+
+The whole copy is dropped when the log cannot say what changed: the reader is further
+behind than the log keeps (CHANGE_LOG_CAP tags), the log was started afresh (a new
+``epoch``: Redis flushed, or a bulk load, which deletes the log), or the connection to
+Redis was made again (a restart or a failover may have lost writes this process saw).
+
+Without this copy a feed on Redis spent more of its CPU, and of Redis's, reading the
+same few thousand hot items and timelines again than ranking them (benchmarks/README.md,
+"2026-12-05: a process's copy of Redis's feed reads").
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from ranking.types import ItemCard
+
+CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops its whole copy
+DEFAULT_CACHED_KEYS = 200_000  # timelines and cards each; past it the older half is dropped
+# The item columns a packed value holds, in the cached array's column order.
+CACHED_NUMBERS = ("created_at", "stock", "like_count", "eligible", "price", "ship_days", "trending")
+
+Value = TypeVar("Value")
+
+
+@dataclass(frozen=True)
+class Fill:
+    """When a read of missing entries began: the cache's generation, and the change log's
+    sequence number that the read's data is at least as new as."""
+
+    generation: int
+    seq: int
+
+
+class _Bounded(Generic[Value]):
+    """A dict that drops its older half (insertion order) when it reaches ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: dict = {}
+
+    def put(self, key: object, value: Value) -> None:
+        entries = self.entries
+        if len(entries) >= self.capacity and key not in entries:
+            for old in list(entries)[: max(1, len(entries) // 2)]:
+                del entries[old]
+        entries[key] = value
+
+
+class ReadCache:
+    """The copy itself; thread-safe. Item columns are arrays indexed by the store's item
+    codes; timelines (newest first) and cards are bounded dicts."""
+
+    def __init__(self, item_code: Callable[[str], int], capacity: int = DEFAULT_CACHED_KEYS) -> None:
+        self._item_code = item_code
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.seq = -1  # the log's sequence number this copy is in step with; -1: none yet
+        self.epoch: str | None = None
+        self._known = np.zeros(0, bool)
+        self._numbers = np.zeros((0, len(CACHED_NUMBERS)))
+        self._seller = np.zeros(0, np.int32)
+        self._category = np.zeros(0, np.int32)
+        self._timelines: _Bounded[tuple[int, np.ndarray, np.ndarray]] = _Bounded(capacity)  # tag -> (limit read, codes, times)
+        self._cards: _Bounded[ItemCard] = _Bounded(capacity)
+        self._grow(1)
+
+    # -- the change log ------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Drop everything, and keep no read that began before."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self.generation += 1
+        self.seq = -1
+        self._known[:] = False
+        self._timelines.entries.clear()
+        self._cards.entries.clear()
+
+    def sync(self, seq: int, epoch: str | None, tags: Sequence[str] | None) -> None:
+        """Apply the log's ``tags`` up to ``seq``; None: it could not tell them (start afresh)."""
+        with self._lock:
+            if tags is None or epoch != self.epoch:
+                self._clear()
+                self.epoch = epoch
+            else:
+                self._drop(tags)
+            self.seq = max(self.seq, seq)
+
+    def _drop(self, tags: Sequence[str]) -> None:
+        timelines, cards = self._timelines.entries, self._cards.entries
+        for tag in tags:
+            if tag.startswith("i:"):
+                code = self._item_code(tag[2:])
+                if 0 <= code < len(self._known):
+                    self._known[code] = False
+                cards.pop(code, None)
+            else:
+                timelines.pop(tag, None)
+
+    def begin_fill(self, seq: int) -> Fill:
+        """A read of missing entries whose data is at least as new as the log's ``seq``
+        (read before it, in the same connection's order): keep it only while ``allows``."""
+        return Fill(self.generation, seq)
+
+    def _allows(self, fill: Fill) -> bool:
+        # A tag newer than the fill's data may already have been applied (by another
+        # thread's sync): it would not drop what the fill now brings.
+        # Before the first sync this copy cannot know what a write changed: it keeps nothing.
+        return fill.generation == self.generation and 0 <= self.seq <= fill.seq
+
+    # -- items -----------------------------------------------------------------------------
+
+    def items(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(known mask, numbers (n, CACHED_NUMBERS), seller codes, category codes) of ``codes``;
+        rows not known are meaningless."""
+        with self._lock:
+            inside = codes < len(self._known)
+            if inside.all():
+                return self._known[codes], self._numbers[codes], self._seller[codes], self._category[codes]
+            at = np.where(inside, codes, 0)
+            return self._known[at] & inside, self._numbers[at], self._seller[at], self._category[at]
+
+    def keep_items(self, fill: Fill, codes: np.ndarray, numbers: np.ndarray, sellers: np.ndarray, categories: np.ndarray) -> None:
+        """Keep the read columns of existing items ``codes`` (distinct)."""
+        if not len(codes):
+            return
+        with self._lock:
+            if not self._allows(fill):
+                return
+            self._grow(int(codes.max()) + 1)
+            self._numbers[codes] = numbers
+            self._seller[codes] = sellers
+            self._category[codes] = categories
+            self._known[codes] = True
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self._known):
+            return
+        size = max(size, 2 * len(self._known), 1024)
+
+        def grown(array: np.ndarray) -> np.ndarray:
+            bigger = np.zeros((size, *array.shape[1:]), array.dtype)
+            bigger[: len(array)] = array
+            return bigger
+
+        self._known, self._numbers = grown(self._known), grown(self._numbers)
+        self._seller, self._category = grown(self._seller), grown(self._category)
+
+    # -- timelines and cards ---------------------------------------------------------------
+
+    def timeline(self, tag: str, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The newest ``limit`` (codes, times) of the list ``tag`` names, or None."""
+        kept = self._timelines.entries.get(tag)
+        if kept is None:
+            return None
+        read_limit, codes, times = kept
+        if limit > read_limit and len(codes) == read_limit:
+            return None  # the list may hold more than was read
+        return codes[:limit], times[:limit]
+
+    def keep_timelines(self, fill: Fill, timelines: dict[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Keep each tag's (limit it was read with, codes, times)."""
+        with self._lock:
+            if self._allows(fill):
+                for tag, timeline in timelines.items():
+                    self._timelines.put(tag, timeline)
+
+    def cards(self, codes: Sequence[int]) -> list[ItemCard | None]:
+        get = self._cards.entries.get
+        return [get(code) for code in codes]
+
+    def keep_cards(self, fill: Fill, cards: dict[int, ItemCard]) -> None:
+        with self._lock:
+            if self._allows(fill):
+                for code, card in cards.items():
+                    self._cards.put(code, card)

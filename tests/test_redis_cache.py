@@ -1,0 +1,180 @@
+"""A process's copy of its feeds' Redis reads (stores/redis_cache.py): what it keeps, what
+drops it, and that a feed's reads through it equal reads of Redis itself, whoever wrote."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import redis
+
+import tests.store_views as views
+from ranking.types import ItemCard
+from stores.events import Event, EventKind
+from stores.redis import RedisStore
+from stores.redis_cache import ReadCache
+from tests.builders import DAY, NOW, make_dataset, social_dataset
+from tests.conftest import make_redis_store
+
+ITEMS = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1"]
+USERS = ["alice", "bob", "carol", "dave"]
+SELLERS = ["s1", "s2", "alice", "s3"]
+
+
+def cache_of(codes: dict[str, int]) -> ReadCache:
+    return ReadCache(lambda item: codes.get(item, -1))
+
+
+def keep_one_item(cache: ReadCache, seq: int, code: int = 3) -> None:
+    numbers = np.arange(7, dtype=float)[None, :]
+    cache.keep_items(cache.begin_fill(seq), np.array([code]), numbers, np.array([1], np.int32), np.array([2], np.int32))
+
+
+def test_a_synced_copy_keeps_what_it_read_and_a_tag_drops_it():
+    cache = cache_of({"x": 3})
+    keep_one_item(cache, 0)
+    assert not cache.items(np.array([3]))[0].any()  # never synced: nothing kept
+    cache.sync(5, "e", None)
+    keep_one_item(cache, 5)
+    cache.keep_timelines(cache.begin_fill(5), {"s:s1": (10, np.array([3], np.int32), np.array([1.0]))})
+    cache.keep_cards(cache.begin_fill(5), {3: ItemCard(title="x")})
+    known, numbers, seller, category = cache.items(np.array([3, 3, 4000]))
+    assert known.tolist() == [True, True, False] and numbers[0].tolist() == list(range(7)) and seller[0] == 1 and category[0] == 2
+    assert cache.timeline("s:s1", 5)[0].tolist() == [3] and cache.cards([3]) == [ItemCard(title="x")]
+    assert cache.timeline("s:s1", 20) is not None  # the list was read whole: 1 < 10
+    cache.sync(6, "e", ["i:x", "s:s1"])
+    assert not cache.items(np.array([3]))[0].any()
+    assert cache.timeline("s:s1", 5) is None and cache.cards([3]) == [None]
+
+
+def test_a_fill_that_began_before_an_applied_tag_is_not_kept():
+    cache = cache_of({"x": 3})
+    cache.sync(5, "e", [])
+    fill = cache.begin_fill(5)  # read at seq 5, then another thread syncs past it
+    cache.sync(7, "e", ["i:x"])
+    cache.keep_items(fill, np.array([3]), np.zeros((1, 7)), np.array([1], np.int32), np.array([2], np.int32))
+    assert not cache.items(np.array([3]))[0].any()
+    keep_one_item(cache, 7)
+    assert cache.items(np.array([3]))[0].all()
+
+
+@pytest.mark.parametrize("cause", ["tags unknown", "new epoch", "clear"])
+def test_a_copy_starts_afresh_when_the_log_cannot_say_what_changed(cause):
+    cache = cache_of({"x": 3})
+    cache.sync(5, "e", [])
+    keep_one_item(cache, 5)
+    fill = cache.begin_fill(5)
+    if cause == "tags unknown":
+        cache.sync(9, "e", None)
+    elif cause == "new epoch":
+        cache.sync(9, "f", [])
+    else:
+        cache.clear()
+    assert not cache.items(np.array([3]))[0].any()
+    cache.sync(9, cache.epoch, [])
+    keep_one_item(cache, 9, code=5)
+    cache.keep_items(fill, np.array([4]), np.zeros((1, 7)), np.array([1], np.int32), np.array([2], np.int32))
+    assert cache.items(np.array([5]))[0].all() and not cache.items(np.array([4]))[0].any()  # a read from before is not kept
+
+
+def test_timelines_and_cards_are_bounded():
+    cache = ReadCache(lambda item: -1, capacity=10)
+    cache.sync(0, "", [])
+    for n in range(25):
+        cache.keep_cards(cache.begin_fill(0), {n: ItemCard(title=str(n))})
+    kept = [card for card in cache.cards(range(25)) if card is not None]
+    assert 5 <= len(kept) <= 10 and kept[-1] == ItemCard(title="24")
+
+
+# -- through Redis ------------------------------------------------------------------------
+
+
+_serial = itertools.count(1)
+
+
+def ev(kind: EventKind, **fields) -> Event:
+    n = next(_serial)
+    return Event(event_id=f"c{n}", kind=kind, ts=NOW + n, **fields)
+
+
+def random_events(rng: random.Random, new_items: list[str]) -> list[Event]:
+    """One to three writes of what a feed's copy keeps: items, cards, listings, likes, trending."""
+    events = []
+    for _ in range(rng.randint(1, 3)):
+        choice = rng.randrange(6)
+        user, item = rng.choice(USERS), rng.choice(ITEMS + new_items)
+        if choice == 0:
+            events.append(ev(EventKind.LIKE, user_id=user, item_id=item))
+        elif choice == 1:
+            events.append(ev(EventKind.UNLIKE, user_id=user, item_id=item))
+        elif choice == 2:
+            events.append(ev(EventKind.STOCK_UPDATE, item_id=item, stock=rng.choice([0, 0, 3])))
+        elif choice == 3:
+            events.append(ev(EventKind.ITEM_UPDATE, item_id=item, title=f"t{rng.randrange(100)}", price=float(rng.randrange(1, 9))))
+        elif choice == 4:
+            new_items.append(f"n{len(new_items)}")
+            seller = rng.choice(SELLERS)
+            events.append(ev(EventKind.ITEM_UPSERT, item_id=new_items[-1], seller_id=seller, created_at=NOW + len(new_items), stock=2))
+        else:
+            events.append(ev(EventKind.VIEW, user_id=user, item_id=item))
+    return events
+
+
+def feed_reads(store: RedisStore, user: str, items: list[str]) -> tuple:
+    """What a feed reads, in a feed's order: its user first."""
+    return (
+        views.read_user(store, user),
+        views.read_activity(store, SELLERS, USERS, 3, 5),
+        views.read_activity(store, SELLERS, USERS, 10, 20),  # a deeper page asks for more
+        views.hydrate(store, user, items),
+    )
+
+
+def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url):
+    writer = make_redis_store(redis_url, social_dataset())  # also the loader
+    kept = RedisStore.from_url(redis_url)  # another process's store, with its copy
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    rng, new_items = random.Random(11), []
+    for step in range(120):
+        user = rng.choice(USERS)
+        items = ITEMS + new_items
+        assert feed_reads(kept, user, items) == feed_reads(direct, user, items), f"step {step}"
+        if step % 3:  # the copy's own writes too: they bring it up to date at once
+            (writer if step % 3 == 1 else kept).apply(random_events(rng, new_items))
+    assert kept._cache.seq > 0 and kept._cache.items(kept.items.codes(ITEMS))[0].any()
+    for store in (writer, kept, direct):
+        store.close()
+
+
+def test_a_load_a_flush_and_a_reconnection_each_start_the_copy_afresh(redis_url):
+    from serving.load import load_into_redis
+
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    i1 = kept.items.codes(["i1"], add=True)
+
+    def stock_seen() -> int:
+        kept.read_user("alice")
+        return int(kept.hydrate("alice", i1).stock[0])
+
+    assert stock_seen() == 5 and stock_seen() == 5  # the second from the copy
+    with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+        # A bulk load writes around the log: its end starts a new one.
+        load_into_redis(admin, make_dataset([("i1", "s1", NOW - DAY, 1)]))
+        assert stock_seen() == 1
+        writer.apply([ev(EventKind.STOCK_UPDATE, item_id="i1", stock=7)])
+        assert stock_seen() == 7
+        admin.flushall()
+        load_into_redis(admin, social_dataset())
+        assert stock_seen() == 5
+        writer.apply([ev(EventKind.STOCK_UPDATE, item_id="i1", stock=4)])
+        assert stock_seen() == 4
+        # A reconnection (here: every client dropped) may follow a restart that lost writes.
+        kept.hydrate("alice", i1)
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        admin.hset("fr:{items}:packed7", "i1", admin.hget("fr:{items}:packed7", "i1").replace(",4,", ",9,", 1))
+        assert stock_seen() == 9
+    for store in (writer, kept):
+        store.close()
