@@ -5,7 +5,7 @@ standalone Redis whatever the number of friends or followed sellers. On standalo
 each process also keeps what its feeds read of items, cards, listings, recent likes and
 trending (``read_cache``, stores/redis_cache.py): the user's read brings that copy up to
 date from a change log that every write script appends to, and a feed whose reads it
-holds costs two round trips (the user; the user's liked and views hashes). On a cluster a
+holds (the user's liked and views hashes included) costs that one round trip. On a cluster a
 pipeline is split by node and the parts are written before any is read, so each method
 is one parallel round trip per node it touches (at most the number of primaries); the
 items of hydration and of a page's cards are read by one script call per node holding
@@ -289,6 +289,7 @@ end
 
 -- Any engagement but a view ends the item's fatigue.
 local function clear_seen(u, item)
+  note_change('h:' .. u)
   redis.call('HDEL', ukey(u, 'views'), item)
   redis.call('ZREM', ukey(u, 'seen'), item)
 end
@@ -296,7 +297,7 @@ end
 local OPS = {}
 -- user slot
 OPS.like = function(u, item, ts)
-  clear_seen(u, item)
+  clear_seen(u, item)  -- also notes the user's liked hash changing
   if redis.call('HSETNX', ukey(u, 'liked'), item, ts) == 0 then return '0' end
   local recent = ukey(u, 'likes')
   redis.call('ZADD', recent, '-' .. ts, item)
@@ -309,6 +310,7 @@ OPS.unlike = function(u, item)
   local ts = redis.call('HGET', liked, item)
   if not ts then return '' end
   redis.call('HDEL', liked, item)
+  note_change('h:' .. u)
   local recent = ukey(u, 'likes')
   if redis.call('ZREM', recent, item) == 1 then
     note_change('u:' .. u)
@@ -334,6 +336,7 @@ OPS.view = function(u, item, ts)
     last = ts
   end
   redis.call('HSET', views, item, (count + 1) .. ',' .. last)
+  note_change('h:' .. u)
   local over = redis.call('ZCARD', seen) - SEEN
   if over > 0 then
     local gone = redis.call('ZPOPMIN', seen, over)
@@ -410,10 +413,14 @@ end
 OPS.vacation = function(seller, ends)
   redis.call('HSET', VACATIONS, seller, ends)
   redis.call('INCR', VACATIONS_VERSION)
+  note_change('v')
   return '1'
 end
 OPS.vacation_end = function(seller)
-  if redis.call('HDEL', VACATIONS, seller) == 1 then redis.call('INCR', VACATIONS_VERSION) end
+  if redis.call('HDEL', VACATIONS, seller) == 1 then
+    redis.call('INCR', VACATIONS_VERSION)
+    note_change('v')
+  end
   return '1'
 end
 -- trending slot
@@ -700,6 +707,15 @@ def pack_item(fields: Mapping[str, str | None], trending: float = 0.0) -> str:
         repr(float(trending)),
     )  # fmt: skip
     return f"{','.join(numbers)}|{len(seller.encode())}:{seller}{fields.get('category') or ''}"
+
+
+def _rows_of(ordered: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``codes`` found in the sorted ``ordered``, and where each was found."""
+    if not len(ordered):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    at = np.minimum(np.searchsorted(ordered, codes), len(ordered) - 1)
+    rows = np.flatnonzero(ordered[at] == codes)
+    return rows, at[rows]
 
 
 def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
@@ -1041,9 +1057,9 @@ class RedisStore:
                     kept[at] = timeline
                 if cache is not None:
                     fill = cache.begin_fill(seq)
-                    cache.keep_timelines(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
+                    cache.keep(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
                     if trending is None:
-                        cache.keep_timelines(fill, {"t": (trending_limit, trending_codes, np.zeros(len(trending_codes)))})
+                        cache.keep(fill, {"t": (trending_limit, trending_codes, np.zeros(len(trending_codes)))})
                 if trending is None:
                     trending = (trending_codes, None)
             lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
@@ -1125,11 +1141,9 @@ class RedisStore:
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
                 exists, numbers, seller, category = self._item_columns(frames)
                 numbers[:, CACHED_NUMBERS.index("trending")] = [v or 0.0 for v in trending]
+                away = self._away(self._vacations(vacations_version or ""), seller)
             else:
-                exists, numbers, seller, category, liked_flags, views, viewed_at, vacations_version = self._hydrate_standalone(
-                    user_id, codes
-                )
-            away = self._away(vacations_version or "", seller)
+                exists, numbers, seller, category, liked_flags, views, viewed_at, away = self._hydrate_standalone(user_id, codes)
         return ItemColumns(
             exists=exists,
             seller=seller,
@@ -1155,12 +1169,12 @@ class RedisStore:
 
     def _hydrate_standalone(
         self, user_id: str, codes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str | None]:
-        """Standalone hydration in one round trip of plain commands: the packed values of
-        the items this process's copy lacks, the user's liked and views hashes, and the
-        vacations' version (which tells this process when to refresh its copy of the
-        vacations hash: ``_vacations``). (exists, numbers, seller codes, category codes,
-        liked, views, viewed_at, vacations' version.)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Standalone hydration, (exists, numbers, seller codes, category codes, liked,
+        views, viewed_at, seller_away_until), in at most one round trip of plain commands:
+        what this process's copy lacks of the items' packed values, the user's liked and
+        views hashes and the vacations hash (without a copy: the vacations' version, which
+        tells when to refresh this process's copy of the hash: ``_vacations``).
 
         Plain commands rather than one script: a script spent four times Redis's CPU on
         the same reads, moving the item ids into Lua and back. The user's two hashes are
@@ -1175,22 +1189,30 @@ class RedisStore:
         if cache is None:
             known, numbers = np.zeros(n, bool), np.empty((n, PACKED_NUMBERS))
             seller, category = np.empty(n, np.int32), np.empty(n, np.int32)
+            hashes = vacations = None
         else:
             known, numbers, seller, category = cache.items(codes)
+            hashes, vacations = cache.entry(f"h:{user_id}"), cache.entry("v")
         missing = np.flatnonzero(~known)
         fetch = self.items.ids(codes[missing].tolist())
         pipe = self.client.pipeline(transaction=False)
-        if fetch:
+        if cache is not None and (fetch or hashes is None or vacations is None):
             pipe.execute_command("GET", k.changes + "seq")  # before the values: they are at least this new
+        if fetch:
             pipe.execute_command("HMGET", k.packed_items, *fetch, **{NEVER_DECODE: True})
-        pipe.execute_command("HSCAN", k.liked(user_id), 0, "COUNT", USER_HASH_SCAN)
-        pipe.execute_command("HSCAN", k.views(user_id), 0, "COUNT", USER_HASH_SCAN)
-        pipe.get(k.vacations_version)
-        replies = pipe.execute()
-        liked_scan, views_scan, vacations_version = replies[-3:]
+        if hashes is None:
+            pipe.execute_command("HSCAN", k.liked(user_id), 0, "COUNT", USER_HASH_SCAN)
+            pipe.execute_command("HSCAN", k.views(user_id), 0, "COUNT", USER_HASH_SCAN)
+        if cache is None:
+            pipe.get(k.vacations_version)
+        elif vacations is None:
+            pipe.hgetall(k.vacations)
+        asked = len(pipe)
+        replies = iter(pipe.execute() if asked else [])
+        fill = cache.begin_fill(int(next(replies) or 0)) if cache is not None and asked else None
         exists = known  # a copy: the cache's gather or a new array
         if fetch:
-            seq, packed = replies[0], replies[1]
+            packed = next(replies)
             unpacked = [at for at, value in enumerate(packed) if value is None]
             if unpacked:
                 found = self._eval_keys("unpacked", [k.trending], [k.prefix, *(fetch[at] for at in unpacked)])
@@ -1199,43 +1221,70 @@ class RedisStore:
             fetched = self._item_columns(split_values(packed))
             for column, values in zip((exists, numbers, seller, category), fetched):
                 column[missing] = values
-            if cache is not None:
+            if fill is not None:
                 present = fetched[0]
-                cache.keep_items(
-                    cache.begin_fill(int(seq or 0)), codes[missing[present]], *(values[present] for values in fetched[1:])
-                )
-        liked_flags = np.zeros(n, bool)
-        liked_flags[self._rows_in_hash(k.liked(user_id), liked_scan, codes)[0]] = True
+                cache.keep_items(fill, codes[missing[present]], *(values[present] for values in fetched[1:]))
+        if hashes is None:
+            liked_scan, views_scan = next(replies), next(replies)
+            hashes = self._user_hashes(user_id, liked_scan, views_scan)
+            if fill is not None and hashes is not None:
+                cache.keep(fill, {f"h:{user_id}": hashes})
+        if cache is None:
+            vacations = self._vacations(next(replies) or "")
+        elif vacations is None:
+            vacations = ({seller_id: float(end) for seller_id, end in next(replies).items()}, [np.zeros(0)])
+            cache.keep(fill, {"v": vacations})
+        away = self._away(vacations, seller)
+        if hashes is None:  # a hash too large for one call: HMGET the candidates
+            return exists, numbers, seller, category, *self._user_rows_by_hmget(user_id, codes), away
+        liked_codes, view_codes, view_counts, view_times = hashes
+        liked = _rows_of(liked_codes, codes)[0]
+        rows, at = _rows_of(view_codes, codes)
         views, viewed_at = np.zeros(n, np.int64), np.zeros(n)
-        rows, counts_and_times = self._rows_in_hash(k.views(user_id), views_scan, codes)
-        if len(rows):
-            counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
-            if counts_only:  # the time of such a count is its score in the seen set
-                times = self.client.zmscore(k.seen(user_id), self.items.ids(codes[rows[counts_only]].tolist()))
-                for at, seen_at in zip(counts_only, times):
-                    counts_and_times[at] += f",{seen_at or 0!r}"
-            viewing = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
-            views[rows], viewed_at[rows] = viewing[:, 0], viewing[:, 1]
-        return exists, numbers, seller, category, liked_flags, views, viewed_at, vacations_version
+        views[rows], viewed_at[rows] = view_counts[at], view_times[at]
+        liked_flags = np.zeros(n, bool)
+        liked_flags[liked] = True
+        return exists, numbers, seller, category, liked_flags, views, viewed_at, away
 
-    def _rows_in_hash(self, key: str, scan: tuple[int, dict[str, str]], codes: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """The rows of item ``codes`` that hash ``key`` (item id -> value) holds, and their
-        values: from HSCAN's first call (``scan``) when it read the hash whole, else by one
-        HMGET of the items. By codes: no id is looked up for the other candidates."""
-        cursor, entries = scan
-        if cursor:
-            values = self.client.hmget(key, self.items.ids(codes.tolist()))
-            rows = [at for at, value in enumerate(values) if value is not None]
-            return np.array(rows, dtype=np.int64), [values[at] for at in rows]
-        if not entries:
-            return np.zeros(0, np.int64), []
-        entry_codes = self.items.codes(list(entries))
-        order = np.argsort(entry_codes, kind="stable")
-        ordered = entry_codes[order]
-        at = np.minimum(np.searchsorted(ordered, codes), len(ordered) - 1)
-        rows = np.flatnonzero(ordered[at] == codes)
-        values = list(entries.values())
-        return rows, [values[j] for j in order[at[rows]].tolist()]
+    def _user_hashes(
+        self, user_id: str, liked_scan: tuple[int, dict[str, str]], views_scan: tuple[int, dict[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The user's liked items, and viewed items with their counts and last views, by
+        code (each sorted by code), from HSCAN's first calls; None when a hash was too
+        large for one call."""
+        if liked_scan[0] or views_scan[0]:
+            return None
+        liked_codes = np.sort(self.items.codes(list(liked_scan[1]), add=True).astype(np.int64))
+        viewed = views_scan[1]
+        if not viewed:
+            return liked_codes, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        view_codes = self.items.codes(list(viewed), add=True).astype(np.int64)
+        counts_and_times = list(viewed.values())
+        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
+        if counts_only:  # the time of such a count is its score in the seen set
+            times = self.client.zmscore(self.keys.seen(user_id), [list(viewed)[at] for at in counts_only])
+            for at, seen_at in zip(counts_only, times):
+                counts_and_times[at] += f",{seen_at or 0!r}"
+        viewing = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
+        order = np.argsort(view_codes, kind="stable")
+        return liked_codes, view_codes[order], viewing[order, 0].astype(np.int64), viewing[order, 1].copy()
+
+    def _user_rows_by_hmget(self, user_id: str, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(liked, views, viewed_at) of ``codes``, read at each candidate (a user whose
+        hashes one HSCAN call could not read whole)."""
+        k, n = self.keys, len(codes)
+        ids = self.items.ids(codes.tolist())
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.liked(user_id), ids)
+        pipe.hmget(k.views(user_id), ids)
+        liked, viewed = pipe.execute()
+        views, viewed_at = np.zeros(n, np.int64), np.zeros(n)
+        for at, value in enumerate(viewed):
+            if value is not None:
+                count, _, seen_at = value.partition(",")
+                views[at] = int(count)
+                viewed_at[at] = float(seen_at) if seen_at else float(self.client.zscore(k.seen(user_id), ids[at]) or 0.0)
+        return np.fromiter((ts is not None for ts in liked), bool, n), views, viewed_at
 
     def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
         """Cluster: script ``name`` (ARGV the key prefix then item ids) run once on each
@@ -1274,25 +1323,25 @@ class RedisStore:
         codes[np.fromiter((not i for i in ids), bool, len(ids))] = -1
         return codes
 
-    def _vacations(self, version: str) -> dict[str, float]:
-        """Seller -> end of their vacation, as of the vacations' ``version`` or later.
+    def _vacations(self, version: str) -> tuple[dict[str, float], list[np.ndarray]]:
+        """Seller -> end of their vacation, as of the vacations' ``version`` or later, and
+        a holder of those ends by seller code (``_away``).
 
         Every change of the vacations hash increments its version, read in the same
         round trip as the feed's items: this process keeps a copy and reads the whole hash
         again (one HGETALL) only when the version moved. A per-seller lookup inside Redis
         would need each packed value split there.
         """
-        cached_version, until, _ = self._vacation_copy
-        if version != cached_version:
+        copy = self._vacation_copy
+        if version != copy[0]:
             fresh = self.client.hgetall(self.keys.vacations)
-            until = {seller: float(end) for seller, end in fresh.items()}
-            self._vacation_copy = (version, until, [np.zeros(0)])
-        return until
+            copy = self._vacation_copy = (version, {seller: float(end) for seller, end in fresh.items()}, [np.zeros(0)])
+        return copy[1], copy[2]
 
-    def _away(self, version: str, seller: np.ndarray) -> np.ndarray:
-        """The end of the vacation of each seller code (-1: none), 0 for none."""
-        self._vacations(version)
-        _, until, holder = self._vacation_copy
+    def _away(self, vacations: tuple[dict[str, float], list[np.ndarray]], seller: np.ndarray) -> np.ndarray:
+        """The end of the vacation of each seller code (-1: none), 0 for none, from
+        ``vacations`` (``_vacations``): the ends by code are looked up once per seller."""
+        until, holder = vacations
         if not until:
             return np.zeros(len(seller))
         ends = holder[0]

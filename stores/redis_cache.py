@@ -78,7 +78,8 @@ class ReadCache:
         self._numbers = np.zeros((0, len(CACHED_NUMBERS)))
         self._seller = np.zeros(0, np.int32)
         self._category = np.zeros(0, np.int32)
-        self._timelines: _Bounded[tuple[int, np.ndarray, np.ndarray]] = _Bounded(capacity)  # tag -> (limit read, codes, times)
+        # tag -> a timeline (limit read, codes, times), a user's liked and views hashes, the vacations
+        self._entries: _Bounded[object] = _Bounded(capacity)
         self._cards: _Bounded[ItemCard] = _Bounded(capacity)
         self._grow(1)
 
@@ -93,7 +94,7 @@ class ReadCache:
         self.generation += 1
         self.seq = -1
         self._known[:] = False
-        self._timelines.entries.clear()
+        self._entries.entries.clear()
         self._cards.entries.clear()
 
     def sync(self, seq: int, epoch: str | None, tags: Sequence[str] | None) -> None:
@@ -107,7 +108,7 @@ class ReadCache:
             self.seq = max(self.seq, seq)
 
     def _drop(self, tags: Sequence[str]) -> None:
-        timelines, cards = self._timelines.entries, self._cards.entries
+        entries, cards = self._entries.entries, self._cards.entries
         for tag in tags:
             if tag.startswith("i:"):
                 code = self._item_code(tag[2:])
@@ -115,7 +116,7 @@ class ReadCache:
                     self._known[code] = False
                 cards.pop(code, None)
             else:
-                timelines.pop(tag, None)
+                entries.pop(tag, None)
 
     def begin_fill(self, seq: int) -> Fill:
         """A read of missing entries whose data is at least as new as the log's ``seq``
@@ -168,9 +169,19 @@ class ReadCache:
 
     # -- timelines and cards ---------------------------------------------------------------
 
+    def entry(self, tag: str) -> object | None:
+        """What ``keep`` kept under ``tag``, or None."""
+        return self._entries.entries.get(tag)
+
+    def keep(self, fill: Fill, entries: dict[str, object]) -> None:
+        with self._lock:
+            if self._allows(fill):
+                for tag, value in entries.items():
+                    self._entries.put(tag, value)
+
     def timeline(self, tag: str, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The newest ``limit`` (codes, times) of the list ``tag`` names, or None."""
-        kept = self._timelines.entries.get(tag)
+        kept = self._entries.entries.get(tag)
         if kept is None:
             return None
         read_limit, codes, times = kept
@@ -178,12 +189,6 @@ class ReadCache:
             return None  # the list may hold more than was read
         return codes[:limit], times[:limit]
 
-    def keep_timelines(self, fill: Fill, timelines: dict[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Keep each tag's (limit it was read with, codes, times)."""
-        with self._lock:
-            if self._allows(fill):
-                for tag, timeline in timelines.items():
-                    self._timelines.put(tag, timeline)
 
     def cards(self, codes: Sequence[int]) -> list[ItemCard | None]:
         get = self._cards.entries.get

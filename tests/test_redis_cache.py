@@ -38,7 +38,7 @@ def test_a_synced_copy_keeps_what_it_read_and_a_tag_drops_it():
     assert not cache.items(np.array([3]))[0].any()  # never synced: nothing kept
     cache.sync(5, "e", None)
     keep_one_item(cache, 5)
-    cache.keep_timelines(cache.begin_fill(5), {"s:s1": (10, np.array([3], np.int32), np.array([1.0]))})
+    cache.keep(cache.begin_fill(5), {"s:s1": (10, np.array([3], np.int32), np.array([1.0]))})
     cache.keep_cards(cache.begin_fill(5), {3: ItemCard(title="x")})
     known, numbers, seller, category = cache.items(np.array([3, 3, 4000]))
     assert known.tolist() == [True, True, False] and numbers[0].tolist() == list(range(7)) and seller[0] == 1 and category[0] == 2
@@ -103,7 +103,7 @@ def random_events(rng: random.Random, new_items: list[str]) -> list[Event]:
     """One to three writes of what a feed's copy keeps: items, cards, listings, likes, trending."""
     events = []
     for _ in range(rng.randint(1, 3)):
-        choice = rng.randrange(6)
+        choice = rng.randrange(8)
         user, item = rng.choice(USERS), rng.choice(ITEMS + new_items)
         if choice == 0:
             events.append(ev(EventKind.LIKE, user_id=user, item_id=item))
@@ -117,8 +117,12 @@ def random_events(rng: random.Random, new_items: list[str]) -> list[Event]:
             new_items.append(f"n{len(new_items)}")
             seller = rng.choice(SELLERS)
             events.append(ev(EventKind.ITEM_UPSERT, item_id=new_items[-1], seller_id=seller, created_at=NOW + len(new_items), stock=2))
-        else:
+        elif choice == 5:
             events.append(ev(EventKind.VIEW, user_id=user, item_id=item))
+        elif choice == 6:
+            events.append(ev(EventKind.SELLER_VACATION, seller_id=rng.choice(SELLERS), vacation_until=NOW + 9 * DAY))
+        else:
+            events.append(ev(EventKind.SELLER_VACATION_END, seller_id=rng.choice(SELLERS)))
     return events
 
 
