@@ -34,8 +34,17 @@ from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
 from benchmarks.loadgen import (
-    add_spawn_arguments, check_pids, closed_loop, process_tree_cpu_seconds, processes_cpu_seconds, sample_users, server_calls, spawn_server, stop_server,
+    add_spawn_arguments,
+    check_pids,
+    closed_loop,
+    process_tree_cpu_seconds,
+    processes_cpu_seconds,
+    sample_users,
+    server_calls,
+    spawn_server,
+    stop_server,
 )
+from training.flag_types import bounded
 
 
 @dataclass
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=12, help="client connections per server, used in turn; spreads the load over --workers (default: %(default)s; as loadgen's)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
+    parser.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users asked for, sampled from the first "
+                        "200,000 likes of --data; 0: all of those (default: %(default)s)")
     parser.add_argument("--allow-errors", action="store_true", help="report failed calls and exit 0")
     args = parser.parse_args(argv)
     check_checkouts(parser, args.checkouts, "serving")

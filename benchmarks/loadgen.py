@@ -9,6 +9,10 @@ Three phases, one run, same server:
   2. GetFeed closed loop at --concurrency: saturation throughput;
   3. GetFeed open loop at --load (default 0.5) x that throughput: latency at half load;
      or at a fixed --rate, to compare the tails of two servers at the same load.
+With --ingest-rate, likes of random sampled users and items arrive through Ingest at that
+rate during both GetFeed phases (one event per call), and their own row reports them: a
+server that keeps copies of what it read (the Redis store's read cache) then shows what
+writes cost it. --users sets how many distinct users the GetFeeds ask for.
 With a server on this machine (spawned, or --server-pid), each phase also reports the
 server's CPU time per call, read from /proc: on a shared machine it moves far less than
 the throughputs do. With --store-pid (e.g. `--store-pid $(pgrep -f "redis-server.*:6379")`)
@@ -141,19 +145,23 @@ async def open_loop(call: Call, rate: float, duration: float, timeout: float) ->
 
 @dataclass
 class ServerCalls:
-    """The two calls the generator makes of one server, over ``channels`` used in turn."""
+    """The calls the generator makes of one server, over ``channels`` used in turn."""
 
     channels: list[grpc.aio.Channel]
     empty: Call
     get_feed: Call
+    ingest_like: Call
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
 
 
-def server_calls(target: str, users: list[str], connections: int, limit: int, rng: random.Random) -> ServerCalls:
-    """Empty RPCs and GetFeeds of random ``users`` against ``target`` over ``connections`` channels."""
+def server_calls(
+    target: str, users: list[str], connections: int, limit: int, rng: random.Random, items: Sequence[str] = ()
+) -> ServerCalls:
+    """Empty RPCs, GetFeeds of random ``users`` and their likes of random ``items``
+    against ``target`` over ``connections`` channels."""
     # SO_REUSEPORT spreads connections, not calls, among --workers: one channel would load
     # one worker. A local subchannel pool keeps each channel on its own connection.
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
@@ -166,7 +174,15 @@ def server_calls(target: str, users: list[str], connections: int, limit: int, rn
     async def get_feed(timeout: float) -> None:
         await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=limit), timeout=timeout)
 
-    return ServerCalls(channels, empty, get_feed)
+    run = f"loadgen-{os.getpid()}-{time.time_ns()}"
+    serial = itertools.count()
+
+    async def ingest_like(timeout: float) -> None:
+        like = feed_pb2.UserItem(user_id=rng.choice(users), item_id=rng.choice(items))
+        event = feed_pb2.Event(event_id=f"{run}-{next(serial)}", like=like)
+        await next(feeds).Ingest(feed_pb2.IngestRequest(events=[event]), timeout=timeout)
+
+    return ServerCalls(channels, empty, get_feed, ingest_like)
 
 
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
@@ -215,11 +231,17 @@ def processes_cpu_seconds(pids: Sequence[int]) -> float:
 
 
 async def run_phases(
-    target: str, users: list[str], args: argparse.Namespace, server_pid: int | None = None, store_pids: Sequence[int] = ()
+    target: str,
+    users_and_items: tuple[list[str], list[str]],
+    args: argparse.Namespace,
+    server_pid: int | None = None,
+    store_pids: Sequence[int] = (),
 ) -> list[PhaseResult]:
     """The three phases; with ``server_pid`` (a server on this machine) each also reports
-    its server CPU per call, and with ``store_pids`` (e.g. redis-server) the store's."""
-    calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed))
+    its server CPU per call, and with ``store_pids`` (e.g. redis-server) the store's. With
+    ``args.ingest_rate``, a fourth row: the likes ingested during the GetFeed phases."""
+    users, items = users_and_items
+    calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed), items)
     empty, get_feed = calls.empty, calls.get_feed
 
     def cpu() -> tuple[float, float]:
@@ -234,13 +256,18 @@ async def run_phases(
     try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
             await closed_loop(call, args.concurrency, args.warmup, args.timeout)
-        results = [
-            await phase(name, "closed", args.concurrency, 0.0, closed_loop(call, args.concurrency, args.duration, args.timeout))
-            for name, call in (("empty", empty), ("GetFeed", get_feed))
-        ]
+        results = [await phase("empty", "closed", args.concurrency, 0.0, closed_loop(empty, args.concurrency, args.duration, args.timeout))]
+        ingest = None
+        if args.ingest_rate:  # beside both GetFeed phases, and the pause between them
+            ingest_started = time.perf_counter()
+            ingest = asyncio.ensure_future(open_loop(calls.ingest_like, args.ingest_rate, 2 * args.duration, args.timeout))
+        results.append(await phase("GetFeed", "closed", args.concurrency, 0.0, closed_loop(get_feed, args.concurrency, args.duration, args.timeout)))
         rate = args.rate or max(results[1].qps * args.load, 1.0)
         mode = f"open@{rate:.0f}/s" if args.rate else f"open@{args.load:.0%}"
         results.append(await phase("GetFeed", mode, 0, rate, open_loop(get_feed, rate, args.duration, args.timeout)))
+        if ingest is not None:
+            tally, _ = await ingest
+            results.append(summarise("Ingest", f"open@{args.ingest_rate:.0f}/s", 0, args.ingest_rate, tally, time.perf_counter() - ingest_started))
         return results
     finally:
         await calls.close()
@@ -281,12 +308,20 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def sample_users(args: argparse.Namespace) -> list[str]:
+    return sample_users_and_items(args)[0]
+
+
+def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """--users users and the items they liked, from the first 200,000 rows of likes.csv."""
     if not args.data:
-        return [f"u{i:05d}" for i in range(1000)]
+        return [f"u{i:05d}" for i in range(1000)], [f"i{i:06d}" for i in range(1000)]
     with open(os.path.join(args.data, "likes.csv")) as handle:
         next(handle)
-        users = sorted({line.split(",", 1)[0] for line, _ in zip(handle, range(200_000))})
-    return random.Random(args.seed).sample(users, min(len(users), 5000))
+        rows = [line.split(",", 2)[:2] for line, _ in zip(handle, range(200_000))]
+    users = sorted({user for user, _ in rows})
+    items = sorted({item for _, item in rows})
+    wanted = len(users) if args.users == 0 else min(len(users), args.users)
+    return random.Random(args.seed).sample(users, wanted), items
 
 
 def format_table(results: list[PhaseResult]) -> str:
@@ -300,7 +335,7 @@ def format_table(results: list[PhaseResult]) -> str:
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
-    empty, feed, half = results
+    empty, feed, half = results[:3]
     ratio = feed.qps / empty.qps if empty.qps else float("nan")
     verdict = {True: "met", False: "MISSED"}
     lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {TARGET_FEED_TO_EMPTY}: {verdict[ratio >= TARGET_FEED_TO_EMPTY]})")
@@ -346,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--limit", type=int, default=20, help="items per GetFeed; not checked here, so a run can measure the server's refusals (default: %(default)s)")
     load.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     load.add_argument("--seed", type=int, default=0, help="seed for the user sample (default: %(default)s)")
+    load.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users the GetFeeds ask for, sampled from the "
+                      "first 200,000 likes of --data; 0: all of those (default: %(default)s)")
+    load.add_argument("--ingest-rate", type=bounded(float, 0), default=0.0, help="likes per second sent through Ingest (one per "
+                      "call) during both GetFeed phases; 0: none (default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", help="write results as JSON here")
     out.add_argument("--allow-errors", action="store_true", help="exit 0 even when some calls failed")
@@ -362,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
-            results = asyncio.run(run_phases(target, sample_users(args), args, server_pid, args.store_pid))
+            results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid))
         finally:
             if server is not None:
                 stop_server(server)

@@ -132,3 +132,15 @@ def test_a_pid_that_is_no_process_is_refused_by_name(flag, capsys):
     with pytest.raises(SystemExit):
         loadgen.main(["--target", "127.0.0.1:1", flag, "999999999"])
     assert f"{flag} 999999999: no such process" in capsys.readouterr().err
+
+
+def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(world, target, tmp_path, capsys):
+    status, phases = run_loadgen(world, target, tmp_path, "--ingest-rate", "40", "--users", "50")
+
+    assert status == 0
+    assert [(p["rpc"], p["mode"]) for p in phases] == [*PHASES, ("Ingest", "open@40/s")]
+    ingest = phases[3]
+    assert ingest["errors"] == 0 and ingest["successes"] == ingest["calls"]
+    assert ingest["calls"] == pytest.approx(40 * 2 * DURATION, rel=0.5)  # Poisson arrivals over both GetFeed phases
+    assert ingest["elapsed_s"] >= 2 * DURATION * 0.9
+    assert "Ingest" in capsys.readouterr().out
