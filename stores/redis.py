@@ -660,7 +660,13 @@ local likes, like_scores = newest(KEYS[1], tonumber(ARGV[1]))
 local shared, shared_scores = newest(KEYS[6], tonumber(ARGV[2]))
 local reply = {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
                redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
--- Standalone: the change log since ARGV[3] (KEYS[7..9]: seq, epoch, log).
+-- Standalone: the change log since ARGV[3] (KEYS[7..9]: seq, epoch, log); and when the
+-- process's copy lacks them, the user's liked and views hashes (KEYS[10], KEYS[11]), by
+-- one HSCAN call each of ARGV[4] entries, for hydration to find kept.
+if #KEYS > 9 then
+  reply[10] = redis.call('HSCAN', KEYS[10], 0, 'COUNT', ARGV[4])
+  reply[11] = redis.call('HSCAN', KEYS[11], 0, 'COUNT', ARGV[4])
+end
 if #KEYS > 6 then reply[9] = changes_since(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), """ + str(CHANGE_LOG_CAP) + r""") end
 return reply
 """
@@ -1005,15 +1011,24 @@ class RedisStore:
         ]  # fmt: skip
         args = [self.recent_likes_bound, SHARED_BOUND]
         cache = self._cache
+        hashes_tag = f"h:{user_id}"
         if cache is not None:  # a feed's first read brings this process's copy up to date
             keys += k.change_log_keys()
             args.append(cache.seq)
+            if cache.entry(hashes_tag) is None:
+                keys += [k.liked(user_id), k.views(user_id)]
+                args.append(USER_HASH_SCAN)
         with unavailable_on_redis_errors():
             reply = self._eval_keys("user", keys, args)
-        likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = reply[:8]
-        if cache is not None:
-            seq_text, epoch, tags = reply[8]
-            cache.sync(int(seq_text), epoch, tags)
+            likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = reply[:8]
+            if cache is not None:
+                seq_text, epoch, tags = reply[8]
+                cache.sync(int(seq_text), epoch, tags)
+                if len(reply) > 9:  # read in the same script as the log: as new as its seq
+                    scans = [(int(cursor), dict(zip(flat[::2], flat[1::2]))) for cursor, flat in reply[9:11]]
+                    hashes = self._user_hashes(user_id, *scans)
+                    if hashes is not None:
+                        cache.keep(cache.begin_fill(int(seq_text)), {hashes_tag: hashes})
         shares = [json.loads(member) for member in shared]  # [item, sharer]
         return UserState(
             user_id=user_id,
@@ -1070,7 +1085,7 @@ class RedisStore:
             return Activity(
                 listings=Timelines(codes[:split], times[:split], owners[:split]),
                 friend_likes=Timelines(codes[split:], times[split:], owners[split:] - len(sellers)),
-                trending=trending[0],
+                trending=trending[0].copy(),  # the kept array is not the caller's to change
             )
         # A cluster spreads these keys over its nodes: one pipelined command per key.
         pipe = self._pipeline()
