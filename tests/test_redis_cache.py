@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -182,3 +183,41 @@ def test_a_load_a_flush_and_a_reconnection_each_start_the_copy_afresh(redis_url)
         assert stock_seen() == 9
     for store in (writer, kept):
         store.close()
+
+
+def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_write(redis_url):
+    """Feeds in threads (a server's --threads) share one copy while another process
+    writes: a feed that begins after a write was acknowledged reads that write or a later
+    one, whichever thread filled or dropped the copy meanwhile."""
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    codes = kept.items.codes(ITEMS, add=True)
+    acked = dict.fromkeys(ITEMS, 0)  # item -> the stock of its last acknowledged write (stocks only grow)
+    done, failures = threading.Event(), []
+
+    def write() -> None:
+        rng = random.Random(3)
+        for step in range(1, 301):
+            item = rng.choice(ITEMS)
+            writer.apply([ev(EventKind.STOCK_UPDATE, item_id=item, stock=step)])
+            acked[item] = step
+        done.set()
+
+    def read(seed: int) -> None:
+        rng = random.Random(seed)
+        while not done.is_set():
+            floor = dict(acked)
+            kept.read_user(rng.choice(USERS))  # a feed's first read
+            stocks = kept.hydrate("alice", codes).stock.tolist()
+            failures.extend((item, stock, floor[item]) for item, stock in zip(ITEMS, stocks) if stock < floor[item])
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures[:5]
+    kept.read_user("alice")
+    assert kept.hydrate("alice", codes).stock.tolist() == [acked[item] or stock for item, stock in zip(ITEMS, [5, 0, 5, 5, 5, 5, 5, 5, 5])]
+    writer.close()
+    kept.close()
