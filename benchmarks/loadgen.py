@@ -53,6 +53,9 @@ from training.flag_types import bounded
 # Design targets (memory store), printed with every table.
 TARGET_FEED_TO_EMPTY = 0.2  # GetFeed closed-loop throughput / empty RPC closed-loop throughput, at least
 TARGET_P99_HALF_LOAD_MS = 15.0  # GetFeed p99 in open loop at half the saturation rate, at most
+# A spawned server on Redis (issue 7) shares the cores with redis-server.
+REDIS_TARGET_FEED_TO_EMPTY = 0.15
+REDIS_TARGET_P99_HALF_LOAD_MS = 20.0
 
 Call = Callable[[float], Awaitable[None]]
 
@@ -324,7 +327,11 @@ def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[st
     return random.Random(args.seed).sample(users, wanted), items
 
 
-def format_table(results: list[PhaseResult]) -> str:
+def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
+    """The phases' table, then the targets' verdicts (Redis's for a spawned server on Redis)."""
+    target_ratio, target_p99 = (
+        (REDIS_TARGET_FEED_TO_EMPTY, REDIS_TARGET_P99_HALF_LOAD_MS) if on_redis else (TARGET_FEED_TO_EMPTY, TARGET_P99_HALF_LOAD_MS)
+    )
     with_store = any(r.store_cpu_ms == r.store_cpu_ms for r in results)  # measured (not NaN)
     lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
              + (f" {'store cpu ms':>12}" if with_store else "")]  # fmt: skip
@@ -338,10 +345,10 @@ def format_table(results: list[PhaseResult]) -> str:
     empty, feed, half = results[:3]
     ratio = feed.qps / empty.qps if empty.qps else float("nan")
     verdict = {True: "met", False: "MISSED"}
-    lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {TARGET_FEED_TO_EMPTY}: {verdict[ratio >= TARGET_FEED_TO_EMPTY]})")
+    lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {target_ratio:g}: {verdict[ratio >= target_ratio]})")
     if half.mode.endswith("%"):  # the target is set at a share of saturation, not at a fixed --rate
-        lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms (target <= {TARGET_P99_HALF_LOAD_MS:g} ms: "
-                     f"{verdict[half.p99_ms <= TARGET_P99_HALF_LOAD_MS]})")  # fmt: skip
+        lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms (target <= {target_p99:g} ms: "
+                     f"{verdict[half.p99_ms <= target_p99]})")  # fmt: skip
     else:
         lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms")
     if feed.server_cpu_ms == feed.server_cpu_ms:  # measured (not NaN)
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 stop_server(server)
-    print(format_table(results))
+    print(format_table(results, on_redis=not args.target and args.store.startswith(("redis://", "rediss://", "unix://", "redis-cluster://"))))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
     failed = sum(r.errors for r in results)

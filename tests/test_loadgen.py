@@ -144,3 +144,14 @@ def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(worl
     assert ingest["calls"] == pytest.approx(40 * 2 * DURATION, rel=0.5)  # Poisson arrivals over both GetFeed phases
     assert ingest["elapsed_s"] >= 2 * DURATION * 0.9
     assert "Ingest" in capsys.readouterr().out
+
+
+def test_a_server_on_redis_is_held_to_the_redis_targets():
+    def phase(rpc: str, mode: str, seconds: list[float]) -> loadgen.PhaseResult:
+        tally = loadgen.Tally(started=len(seconds), latencies=seconds)
+        return loadgen.summarise(rpc, mode, 16, 0.0, tally, 1.0)
+
+    results = [phase("empty", "closed", [0.001] * 1000), phase("GetFeed", "closed", [0.01] * 170), phase("GetFeed", "open@50%", [0.018] * 85)]
+    on_redis, on_memory = loadgen.format_table(results, on_redis=True), loadgen.format_table(results)
+    assert "0.170 (target >= 0.15: met)" in on_redis and "18.0 ms (target <= 20 ms: met)" in on_redis
+    assert "0.170 (target >= 0.2: MISSED)" in on_memory and "18.0 ms (target <= 15 ms: MISSED)" in on_memory
