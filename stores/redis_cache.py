@@ -1,24 +1,26 @@
 """A process's copy of what its feeds read most from standalone Redis: the items' packed
-columns, the page's cards, sellers' listings, users' recent likes and the trending list.
+columns, the page's cards, sellers' listings, users' recent likes, users' liked and views
+hashes, the trending list and the vacations.
 
 Every write script appends a tag per thing it changed to a change log in Redis
 (``Keys.changes``): ``i:ITEM`` (the item's packed value and card), ``s:SELLER`` (the
-seller's listings), ``u:USER`` (the user's recent likes) and ``t`` (the trending set),
-and adds their number to a sequence number. The script that reads a feed's user (its
-first read) also reads the log since this process last did; ``sync`` drops the copies
+seller's listings), ``u:USER`` (the user's recent likes), ``h:USER`` (the user's liked and
+views hashes), ``t`` (the trending set) and ``v`` (the vacations), and adds their number
+to a sequence number. The script that reads a feed's user (its first read) also reads
+the log since this process last did; ``sync`` drops the copies
 those tags name before the feed reads anything else. So a feed sees every write that was
 acknowledged before it began, as when it read Redis alone: read-your-writes holds across
 processes and servers. A copy is kept only while no tag newer than the data it holds has
-been applied (``allows``); a fill that lost that race serves its own feed and is not kept.
+been applied (``_allows``); a fill that lost that race serves its own feed and is not kept.
 
 The whole copy is dropped when the log cannot say what changed: the reader is further
 behind than the log keeps (CHANGE_LOG_CAP tags), the log was started afresh (a new
-``epoch``: Redis flushed, or a bulk load, which deletes the log), or the connection to
+``epoch``: Redis flushed, or a bulk load, which starts one), or the connection to
 Redis was made again (a restart or a failover may have lost writes this process saw).
 
 Without this copy a feed on Redis spent more of its CPU, and of Redis's, reading the
 same few thousand hot items and timelines again than ranking them (benchmarks/README.md,
-"2026-12-05: a process's copy of Redis's feed reads").
+"2026-12-04 (late night): a process's copy of Redis's feed reads").
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 from ranking.types import ItemCard
 
 CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops its whole copy
-DEFAULT_CACHED_KEYS = 200_000  # timelines and cards each; past it the older half is dropped
+DEFAULT_CACHED_KEYS = 200_000  # entries (timelines, hashes, vacations) and cards each; past it the older half is dropped
 # The item columns a packed value holds, in the cached array's column order.
 CACHED_NUMBERS = ("created_at", "stock", "like_count", "eligible", "price", "ship_days", "trending")
 
@@ -66,7 +68,8 @@ class _Bounded(Generic[Value]):
 
 class ReadCache:
     """The copy itself; thread-safe. Item columns are arrays indexed by the store's item
-    codes; timelines (newest first) and cards are bounded dicts."""
+    codes; the other entries (timelines newest first, users' hashes, the vacations) and
+    cards are bounded dicts."""
 
     def __init__(self, item_code: Callable[[str], int], capacity: int = DEFAULT_CACHED_KEYS) -> None:
         self._item_code = item_code
