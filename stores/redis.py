@@ -1053,40 +1053,7 @@ class RedisStore:
         friends = list(friend_ids) if like_limit > 0 else []
         trending_limit = max(trending_limit, 0)
         if not self.is_cluster:
-            tags = [f"s:{s}" for s in sellers] + [f"u:{f}" for f in friends]
-            limits = [listing_limit] * len(sellers) + [like_limit] * len(friends)
-            cache = self._cache
-            if cache is None:
-                kept: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(tags)
-                trending = None
-            else:
-                kept = [cache.timeline(tag, limit) for tag, limit in zip(tags, limits)]
-                trending = cache.timeline("t", trending_limit)
-            missing = [at for at, timeline in enumerate(kept) if timeline is None]
-            if missing or trending is None:
-                fetched, trending_codes, seq = self._read_timelines(
-                    [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listing_limit, like_limit,
-                    trending_limit if trending is None else 0,
-                )  # fmt: skip
-                for at, timeline in zip(missing, fetched):
-                    kept[at] = timeline
-                if cache is not None:
-                    fill = cache.begin_fill(seq)
-                    cache.keep(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
-                    if trending is None:
-                        cache.keep(fill, {"t": (trending_limit, trending_codes, np.zeros(len(trending_codes)))})
-                if trending is None:
-                    trending = (trending_codes, None)
-            lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
-            codes = np.concatenate([codes for codes, _ in kept]) if kept else np.zeros(0, np.int32)
-            times = np.concatenate([times for _, times in kept]) if kept else np.zeros(0)
-            owners = np.repeat(np.arange(len(kept), dtype=np.int32), lengths)
-            split = int(lengths[: len(sellers)].sum())
-            return Activity(
-                listings=Timelines(codes[:split], times[:split], owners[:split]),
-                friend_likes=Timelines(codes[split:], times[split:], owners[split:] - len(sellers)),
-                trending=trending[0].copy(),  # the kept array is not the caller's to change
-            )
+            return self._standalone_activity(sellers, friends, listing_limit, like_limit, trending_limit)
         # A cluster spreads these keys over its nodes: one pipelined command per key.
         pipe = self._pipeline()
         for seller in sellers:
@@ -1101,6 +1068,41 @@ class RedisStore:
             listings=self._timelines(replies[: len(sellers)]),
             friend_likes=self._timelines(replies[len(sellers) : len(sellers) + len(friends)]),
             trending=self.items.codes(replies[-1], add=True) if trending_limit > 0 else np.zeros(0, np.int32),
+        )
+
+    def _standalone_activity(
+        self, sellers: list[str], friends: list[str], listing_limit: int, like_limit: int, trending_limit: int
+    ) -> Activity:
+        """The timelines this process's copy holds, and one script call for the rest."""
+        tags = [f"s:{s}" for s in sellers] + [f"u:{f}" for f in friends]
+        limits = [listing_limit] * len(sellers) + [like_limit] * len(friends)
+        cache = self._cache
+        kept = [None if cache is None else cache.timeline(tag, limit) for tag, limit in zip(tags, limits)]
+        kept_trending = None if cache is None else cache.timeline("t", trending_limit)
+        trending = None if kept_trending is None else kept_trending[0].copy()  # the kept array is not the caller's to change
+        missing = [at for at, timeline in enumerate(kept) if timeline is None]
+        if missing or trending is None:
+            fetched, fetched_trending, seq = self._read_timelines(
+                [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listing_limit, like_limit,
+                trending_limit if trending is None else 0,
+            )  # fmt: skip
+            for at, timeline in zip(missing, fetched):
+                kept[at] = timeline
+            fill = {tags[at]: (limits[at], *kept[at]) for at in missing}
+            if trending is None:
+                trending = fetched_trending
+                fill["t"] = (trending_limit, trending.copy(), np.zeros(len(trending)))
+            if cache is not None:
+                cache.keep(cache.begin_fill(seq), fill)
+        lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
+        codes = np.concatenate([codes for codes, _ in kept]) if kept else np.zeros(0, np.int32)
+        times = np.concatenate([times for _, times in kept]) if kept else np.zeros(0)
+        owners = np.repeat(np.arange(len(kept), dtype=np.int32), lengths)
+        split = int(lengths[: len(sellers)].sum())
+        return Activity(
+            listings=Timelines(codes[:split], times[:split], owners[:split]),
+            friend_likes=Timelines(codes[split:], times[split:], owners[split:] - len(sellers)),
+            trending=trending,
         )
 
     def _read_timelines(
