@@ -98,7 +98,7 @@ from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
-from stores.redis_cache import CHANGE_LOG_CAP, CACHED_NUMBERS, ReadCache
+from stores.redis_cache import CHANGE_LOG_CAP, ReadCache
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
 
@@ -124,11 +124,22 @@ DEFAULT_WRITE_TIMEOUT = 1.0
 
 # Options of ours that may ride in the store URL's query string, next to redis-py's own
 # (socket_timeout, socket_connect_timeout, ...).
+def _flag(value: str) -> bool:
+    """A URL option's yes or no."""
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
+
+
 _OWN_OPTIONS = {
     "recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str,
     "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int, "wait_timeout_ms": int,
-    "read_cache": lambda value: value.lower() not in ("0", "false", "no", "off"),
+    "read_cache": _flag,
 }  # fmt: skip
+
 
 # Event.to_record() field order: the Lua scripts read records positionally.
 RECORD_FIELDS = ("event_id", "kind", "ts", "user_id", "item_id", "seller_id", "friend_id", "created_at", "stock", "card", "vacation_until")
@@ -219,7 +230,6 @@ local function log_changes()
   redis.call('INCRBY', CHANGES .. 'seq', #changed)
   redis.call('LTRIM', log, -""" + str(CHANGE_LOG_CAP) + r""", -1)
 end
-""" + _LUA_CHANGES_SINCE + r"""
 local function repack(k, item)
   local p = pack_fields(k, item)
   if not p then return end
@@ -514,6 +524,7 @@ _LUA_APPLY_BATCH = (
 PACKED_ITEMS = P .. '""" + Keys("").packed_items + r"""'
 TRENDING_IN_PACK = TRENDING
 CHANGES = P .. '""" + Keys("").changes + r"""'
+""" + _LUA_CHANGES_SINCE + r"""
 for _, o in ipairs(fresh) do
   local kind, ts, u, item, seller, friend = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
   -- The trending score first: the like count's repack packs it.
@@ -829,9 +840,15 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
 
 
 def split_url(url: str) -> tuple[str, dict[str, Any]]:
-    """The URL without our own query options, and those options parsed."""
-    own = {name: _OWN_OPTIONS[name](value) for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True)
-           if name in _OWN_OPTIONS}  # fmt: skip
+    """The URL without our own query options, and those options parsed; ValueError naming
+    the option whose value is not of its kind."""
+    own = {}
+    for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+        if name in _OWN_OPTIONS:
+            try:
+                own[name] = _OWN_OPTIONS[name](value)
+            except ValueError as error:
+                raise ValueError(f"store URL option {name}={value!r}: {error}") from None
     return _without_options(url, *_OWN_OPTIONS), own
 
 
@@ -1113,7 +1130,7 @@ class RedisStore:
         change log's sequence number they are at."""
         k = self.keys
         keys = [k.listings(tag[2:]) if at < sellers else k.recent_likes(tag[2:]) for at, tag in enumerate(tags)]
-        keys += [k.trending, k.changes + "seq"]
+        keys += [k.trending, k.change_seq]
         with unavailable_on_redis_errors():
             lengths_text, members, scores_text, trending, seq = self._eval_keys(
                 "activity", keys, [sellers, listing_limit, like_limit, trending_limit]
@@ -1157,7 +1174,7 @@ class RedisStore:
                 views = np.array([(v or "0").partition(",")[0] for v in view_counts], dtype=np.int64)
                 viewed_at = np.array([v or 0.0 for v in last_views], dtype=np.float64)
                 exists, numbers, seller, category = self._item_columns(frames)
-                numbers[:, CACHED_NUMBERS.index("trending")] = [v or 0.0 for v in trending]
+                numbers[:, 6] = [v or 0.0 for v in trending]  # the packed layout's trending column
                 away = self._away(self._vacations(vacations_version or ""), seller)
             else:
                 exists, numbers, seller, category, liked_flags, views, viewed_at, away = self._hydrate_standalone(user_id, codes)
@@ -1214,7 +1231,7 @@ class RedisStore:
         fetch = self.items.ids(codes[missing].tolist())
         pipe = self.client.pipeline(transaction=False)
         if cache is not None and (fetch or hashes is None or vacations is None):
-            pipe.execute_command("GET", k.changes + "seq")  # before the values: they are at least this new
+            pipe.execute_command("GET", k.change_seq)  # before the values: they are at least this new
         if fetch:
             pipe.execute_command("HMGET", k.packed_items, *fetch, **{NEVER_DECODE: True})
         if hashes is None:
@@ -1276,15 +1293,22 @@ class RedisStore:
         if not viewed:
             return liked_codes, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         view_codes = self.items.codes(list(viewed), add=True).astype(np.int64)
-        counts_and_times = list(viewed.values())
-        counts_only = [at for at, value in enumerate(counts_and_times) if "," not in value]
-        if counts_only:  # the time of such a count is its score in the seen set
-            times = self.client.zmscore(self.keys.seen(user_id), [list(viewed)[at] for at in counts_only])
-            for at, seen_at in zip(counts_only, times):
-                counts_and_times[at] += f",{seen_at or 0!r}"
-        viewing = joined_floats(",".join(counts_and_times)).reshape(-1, 2)
+        counts, times = self._view_counts_and_times(user_id, list(viewed), list(viewed.values()))
         order = np.argsort(view_codes, kind="stable")
-        return liked_codes, view_codes[order], viewing[order, 0].astype(np.int64), viewing[order, 1].copy()
+        return liked_codes, view_codes[order], counts[order], times[order]
+
+    def _view_counts_and_times(self, user_id: str, items: list[str], values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The user's views of ``items`` and the last one's time, from their views-hash
+        ``values`` ("COUNT,TIME"); a bare COUNT, written before times joined it, takes its
+        time from the seen set (one ZMSCORE for all of them)."""
+        counts_only = [at for at, value in enumerate(values) if "," not in value]
+        if counts_only:
+            values = list(values)
+            times = self.client.zmscore(self.keys.seen(user_id), [items[at] for at in counts_only])
+            for at, seen_at in zip(counts_only, times):
+                values[at] += f",{seen_at or 0!r}"
+        viewing = joined_floats(",".join(values)).reshape(-1, 2)
+        return viewing[:, 0].astype(np.int64), viewing[:, 1].copy()
 
     def _user_rows_by_hmget(self, user_id: str, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(liked, views, viewed_at) of ``codes``, read at each candidate (a user whose
@@ -1296,11 +1320,9 @@ class RedisStore:
         pipe.hmget(k.views(user_id), ids)
         liked, viewed = pipe.execute()
         views, viewed_at = np.zeros(n, np.int64), np.zeros(n)
-        for at, value in enumerate(viewed):
-            if value is not None:
-                count, _, seen_at = value.partition(",")
-                views[at] = int(count)
-                viewed_at[at] = float(seen_at) if seen_at else float(self.client.zscore(k.seen(user_id), ids[at]) or 0.0)
+        rows = [at for at, value in enumerate(viewed) if value is not None]
+        if rows:
+            views[rows], viewed_at[rows] = self._view_counts_and_times(user_id, [ids[at] for at in rows], [viewed[at] for at in rows])
         return np.fromiter((ts is not None for ts in liked), bool, n), views, viewed_at
 
     def _on_item_nodes(self, name: str, item_codes: np.ndarray, ids: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
@@ -1386,10 +1408,10 @@ class RedisStore:
                     for at, row in enumerate(rows.tolist()):
                         flat[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
             else:
-                *flat, seq = self._eval_keys("cards", [self.keys.changes + "seq"], [self.keys.prefix, *ids])
+                *flat, seq = self._eval_keys("cards", [self.keys.change_seq], [self.keys.prefix, *ids])
         fetched = {codes[at]: _card(dict(zip(_CARD_FIELDS, flat[j * width : (j + 1) * width]))) for j, at in enumerate(missing)}
         if cache is not None:
-            cache.keep_cards(cache.begin_fill(int(seq)), fetched)
+            cache.keep(cache.begin_fill(int(seq)), fetched)
         return [card if card is not None else fetched[code] for card, code in zip(cards, codes)]
 
     # -- writes ------------------------------------------------------------------------

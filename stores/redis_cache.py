@@ -28,18 +28,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import numpy as np
 
 from ranking.types import ItemCard
+from stores.packed_frames import PACKED_NUMBERS
 
 CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops its whole copy
-DEFAULT_CACHED_KEYS = 200_000  # entries (timelines, hashes, vacations) and cards each; past it the older half is dropped
-# The item columns a packed value holds, in the cached array's column order.
-CACHED_NUMBERS = ("created_at", "stock", "like_count", "eligible", "price", "ship_days", "trending")
-
-Value = TypeVar("Value")
+DEFAULT_CACHED_KEYS = 200_000  # entries (timelines, hashes, cards, the vacations); past it the older half is dropped
 
 
 @dataclass(frozen=True)
@@ -51,14 +47,14 @@ class Fill:
     seq: int
 
 
-class _Bounded(Generic[Value]):
+class _Bounded:
     """A dict that drops its older half (insertion order) when it reaches ``capacity``."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: dict = {}
 
-    def put(self, key: object, value: Value) -> None:
+    def put(self, key: object, value: object) -> None:
         entries = self.entries
         if len(entries) >= self.capacity and key not in entries:
             for old in list(entries)[: max(1, len(entries) // 2)]:
@@ -68,8 +64,9 @@ class _Bounded(Generic[Value]):
 
 class ReadCache:
     """The copy itself; thread-safe. Item columns are arrays indexed by the store's item
-    codes; the other entries (timelines newest first, users' hashes, the vacations) and
-    cards are bounded dicts."""
+    codes (the packed layout's numbers, seller and category codes); the other entries
+    are one bounded dict: timelines (newest first), users' hashes and the vacations by
+    tag, cards by item code."""
 
     def __init__(self, item_code: Callable[[str], int], capacity: int = DEFAULT_CACHED_KEYS) -> None:
         self._item_code = item_code
@@ -78,12 +75,10 @@ class ReadCache:
         self.seq = -1  # the log's sequence number this copy is in step with; -1: none yet
         self.epoch: str | None = None
         self._known = np.zeros(0, bool)
-        self._numbers = np.zeros((0, len(CACHED_NUMBERS)))
+        self._numbers = np.zeros((0, PACKED_NUMBERS))
         self._seller = np.zeros(0, np.int32)
         self._category = np.zeros(0, np.int32)
-        # tag -> a timeline (limit read, codes, times), a user's liked and views hashes, the vacations
-        self._entries: _Bounded[object] = _Bounded(capacity)
-        self._cards: _Bounded[ItemCard] = _Bounded(capacity)
+        self._entries = _Bounded(capacity)
         self._grow(1)
 
     # -- the change log ------------------------------------------------------------------
@@ -98,7 +93,6 @@ class ReadCache:
         self.seq = -1
         self._known[:] = False
         self._entries.entries.clear()
-        self._cards.entries.clear()
 
     def sync(self, seq: int, epoch: str | None, tags: Sequence[str] | None) -> None:
         """Apply the log's ``tags`` up to ``seq``; None: it could not tell them (start afresh)."""
@@ -111,19 +105,19 @@ class ReadCache:
             self.seq = max(self.seq, seq)
 
     def _drop(self, tags: Sequence[str]) -> None:
-        entries, cards = self._entries.entries, self._cards.entries
+        entries = self._entries.entries
         for tag in tags:
             if tag.startswith("i:"):
                 code = self._item_code(tag[2:])
                 if 0 <= code < len(self._known):
                     self._known[code] = False
-                cards.pop(code, None)
+                entries.pop(code, None)  # its card
             else:
                 entries.pop(tag, None)
 
     def begin_fill(self, seq: int) -> Fill:
         """A read of missing entries whose data is at least as new as the log's ``seq``
-        (read before it, in the same connection's order): keep it only while ``allows``."""
+        (read before it, in the same connection's order): kept only while ``_allows``."""
         return Fill(self.generation, seq)
 
     def _allows(self, fill: Fill) -> bool:
@@ -135,7 +129,7 @@ class ReadCache:
     # -- items -----------------------------------------------------------------------------
 
     def items(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(known mask, numbers (n, CACHED_NUMBERS), seller codes, category codes) of ``codes``;
+        """(known mask, numbers (n, PACKED_NUMBERS), seller codes, category codes) of ``codes``;
         rows not known are meaningless."""
         with self._lock:
             inside = codes < len(self._known)
@@ -170,13 +164,14 @@ class ReadCache:
         self._known, self._numbers = grown(self._known), grown(self._numbers)
         self._seller, self._category = grown(self._seller), grown(self._category)
 
-    # -- timelines and cards ---------------------------------------------------------------
+    # -- timelines, hashes, cards and the vacations -------------------------------------------
 
     def entry(self, tag: str) -> object | None:
         """What ``keep`` kept under ``tag``, or None."""
         return self._entries.entries.get(tag)
 
-    def keep(self, fill: Fill, entries: dict[str, object]) -> None:
+    def keep(self, fill: Fill, entries: dict[str | int, object]) -> None:
+        """Keep ``entries``: by tag, or cards by item code."""
         with self._lock:
             if self._allows(fill):
                 for tag, value in entries.items():
@@ -192,13 +187,6 @@ class ReadCache:
             return None  # the list may hold more than was read
         return codes[:limit], times[:limit]
 
-
     def cards(self, codes: Sequence[int]) -> list[ItemCard | None]:
-        get = self._cards.entries.get
+        get = self._entries.entries.get
         return [get(code) for code in codes]
-
-    def keep_cards(self, fill: Fill, cards: dict[int, ItemCard]) -> None:
-        with self._lock:
-            if self._allows(fill):
-                for code, card in cards.items():
-                    self._cards.put(code, card)

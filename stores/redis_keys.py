@@ -129,8 +129,13 @@ class Keys:
         """The change log's keys' prefix: then "seq", "epoch" and "log"."""
         return f"{self.prefix}{{changes}}:"
 
+    @property
+    def change_seq(self) -> str:
+        return self.changes + "seq"
+
     def change_log_keys(self) -> list[str]:
-        return [self.changes + "seq", self.changes + "epoch", self.changes + "log"]
+        """seq, epoch and log, in this order."""
+        return [self.change_seq, self.changes + "epoch", self.changes + "log"]
 
     @property
     def events(self) -> str:

@@ -40,7 +40,7 @@ def test_a_synced_copy_keeps_what_it_read_and_a_tag_drops_it():
     cache.sync(5, "e", None)
     keep_one_item(cache, 5)
     cache.keep(cache.begin_fill(5), {"s:s1": (10, np.array([3], np.int32), np.array([1.0]))})
-    cache.keep_cards(cache.begin_fill(5), {3: ItemCard(title="x")})
+    cache.keep(cache.begin_fill(5), {3: ItemCard(title="x")})
     known, numbers, seller, category = cache.items(np.array([3, 3, 4000]))
     assert known.tolist() == [True, True, False] and numbers[0].tolist() == list(range(7)) and seller[0] == 1 and category[0] == 2
     assert cache.timeline("s:s1", 5)[0].tolist() == [3] and cache.cards([3]) == [ItemCard(title="x")]
@@ -84,7 +84,7 @@ def test_timelines_and_cards_are_bounded():
     cache = ReadCache(lambda item: -1, capacity=10)
     cache.sync(0, "", [])
     for n in range(25):
-        cache.keep_cards(cache.begin_fill(0), {n: ItemCard(title=str(n))})
+        cache.keep(cache.begin_fill(0), {n: ItemCard(title=str(n))})
     kept = [card for card in cache.cards(range(25)) if card is not None]
     assert 5 <= len(kept) <= 10 and kept[-1] == ItemCard(title="24")
 
@@ -221,3 +221,32 @@ def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_wr
     assert kept.hydrate("alice", codes).stock.tolist() == [acked[item] or stock for item, stock in zip(ITEMS, [5, 0, 5, 5, 5, 5, 5, 5, 5])]
     writer.close()
     kept.close()
+
+
+@pytest.mark.parametrize("query, named", [("read_cache=maybe", "read_cache='maybe'"), ("recent_likes=many", "recent_likes='many'")])
+def test_a_store_url_option_of_the_wrong_kind_is_refused_by_name(query, named):
+    from stores.redis import split_url
+
+    with pytest.raises(ValueError, match=f"store URL option {named}"):
+        split_url(f"redis://127.0.0.1:6379/0?{query}")
+    assert split_url("redis://127.0.0.1:6379/0?read_cache=off")[1] == {"read_cache": False}
+
+
+def test_view_counts_written_before_their_time_take_it_from_the_seen_set(redis_url):
+    from stores.memory import MemoryStore
+
+    dataset = social_dataset()
+    writer, memory = make_redis_store(redis_url, dataset), MemoryStore.from_dataset(dataset)
+    viewed = [Event(f"bare{n}", EventKind.VIEW, NOW + n, user_id="alice", item_id=item) for n, item in enumerate(["i1", "i3", "i1"])]
+    assert writer.apply(viewed) == memory.apply(viewed)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+        key = writer.keys.views("alice")
+        admin.hset(key, mapping={item: value.partition(",")[0] for item, value in admin.hgetall(key).items()})  # the older layout
+    expected = views.hydrate(memory, "alice", ITEMS)
+    assert expected.seen == {"i1": (2, NOW + 2), "i3": (1, NOW + 1)}
+    for url in (redis_url, f"{redis_url}?read_cache=0"):
+        store = RedisStore.from_url(url)
+        views.read_user(store, "alice")
+        assert views.hydrate(store, "alice", ITEMS) == expected
+        store.close()
+    writer.close()
