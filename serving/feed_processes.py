@@ -58,7 +58,7 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
-from serving.service_setup import open_service, start_model_watcher
+from serving.service_setup import open_service, start_model_watcher, warm_store
 from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, page_response, refusal_of
 
 log = logging.getLogger("feedrank.serving")
@@ -95,6 +95,7 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     try:
         store = pickle.loads(_body(pipe.recv_bytes(), _STATE)) if config.store_url == "memory" else None
         service, arms_signature = open_service(config, store)
+        warm_store(service.store)
     except (EOFError, OSError):  # the server went away before sending the store
         raise SystemExit(1) from None
     except Exception:

@@ -33,7 +33,7 @@ from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
 from serving.feed_processes import FeedProcesses
 from serving.feed_service import FeedService
-from serving.service_setup import ModelWatcher, open_service, start_model_watcher
+from serving.service_setup import ModelWatcher, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.servicer import FeedServicer
 from serving.web import HttpServer, create_app
@@ -356,6 +356,8 @@ class FeedServer:
         if self.feed_processes is not None:
             pids = self.feed_processes.start(self.service.store, self.service.metrics)
             log.info("%d feed processes ready (pids %s)", len(pids), ", ".join(map(str, pids)))
+        else:
+            warm_store(self.service.store)
         if config.metrics_port:
             self.service.metrics.serve_http(config.metrics_port, config.host)
         self.servicer.service = self.service

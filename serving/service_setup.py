@@ -46,6 +46,25 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
     return service, arms_signature
 
 
+def warm_store(store: FeedStore) -> None:
+    """Before a process builds its first feed: a Redis store copies every item's columns
+    into the process's copy of its reads (RedisStore.warm_copy). A Redis that does not
+    answer is logged and left to the feeds, which fill the copy as they read."""
+    from stores import StoreUnavailable
+    from stores.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return
+    started = time.perf_counter()
+    try:
+        copied = store.warm_copy()
+    except StoreUnavailable as error:
+        log.warning("could not copy the items' columns from Redis before the first feed (%s): feeds will read them", error)
+        return
+    if copied:
+        log.info("copied %d items' columns from Redis in %.1f s", copied, time.perf_counter() - started)
+
+
 def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: tuple[int, int, int] | None) -> ModelWatcher:
     watcher = ModelWatcher(service, config.models_dir, config.reload_seconds, config.arms_file, config.feed, arms_signature)
     watcher.start()

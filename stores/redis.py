@@ -117,6 +117,9 @@ DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for r
 # (Redis returns a small hash whole; a larger one in parts of about this many entries),
 # and else asks for its candidates only.
 USER_HASH_SCAN = 512
+# Entries per HSCAN call when a process copies every item's packed values (warm_copy):
+# each call holds Redis a millisecond or two, not the tens a whole 1M-item hash would.
+WARM_SCAN_COUNT = 5_000
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -164,6 +167,10 @@ local function changes_since(seq_key, epoch_key, log_key, last, bound)
   end
   return {seq_text, redis.call('GET', epoch_key) or '', tags}
 end
+"""
+# The change log alone, for a process whose copy must be in step before a feed reads.
+_LUA_CHANGES = _LUA_CHANGES_SINCE + r"""
+return changes_since(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), """ + str(CHANGE_LOG_CAP) + r""")
 """
 # A writer's copy is brought up to date by its writes only while this close behind; a
 # process that only writes would otherwise read every other writer's tags.
@@ -957,7 +964,7 @@ class RedisStore:
         # The chunks of a batch validated whole skip the degree caps (0, 0).
         self._chunk_consts = [*self._consts[:-3], "0", "0", "-2"]
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
-                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
+                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -1019,6 +1026,37 @@ class RedisStore:
             cache.clear()
 
         kwargs["redis_connect_func"] = on_connect
+
+    def warm_copy(self, count: int = WARM_SCAN_COUNT) -> int:
+        """Copy every item's packed columns into this process's copy before its first
+        feed, HSCANning the hash of packed values ``count`` entries a call; the number of
+        items copied (0 without a copy: on a cluster, or with read_cache=0).
+
+        Without it each item costs the first feeds that meet it a read from Redis, and at
+        a million items a process meets most of them only after minutes of traffic
+        (benchmarks/README.md, "2026-12-05: a process's copy filled at start"). Each call
+        is one fill, at least as new as the log's sequence number read just before it.
+        """
+        cache = self._cache
+        if cache is None:
+            return 0
+        k, copied = self.keys, 0
+        with unavailable_on_redis_errors():
+            seq, epoch, tags = self._eval_keys("changes", k.change_log_keys(), [cache.seq])
+            cache.sync(int(seq), epoch, tags)  # a fill is kept only by a copy in step with the log
+            cursor = 0
+            while True:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.execute_command("GET", k.change_seq)
+                pipe.execute_command("HSCAN", k.packed_items, cursor, "COUNT", count, **{NEVER_DECODE: True})
+                seq, (cursor, entries) = pipe.execute()
+                if entries:
+                    codes = self.items.codes([item.decode() for item in entries], add=True).astype(np.int64)
+                    exists, numbers, seller, category = self._item_columns(split_values(list(entries.values())))
+                    cache.keep_items(cache.begin_fill(int(seq or 0)), codes[exists], numbers[exists], seller[exists], category[exists])
+                    copied += int(exists.sum())
+                if not cursor:
+                    return copied
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys

@@ -137,10 +137,13 @@ def feed_reads(store: RedisStore, user: str, items: list[str]) -> tuple:
     )
 
 
-def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url):
+@pytest.mark.parametrize("warmed", [False, True], ids=["filled by feeds", "warmed at start"])
+def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url, warmed):
     writer = make_redis_store(redis_url, social_dataset())  # also the loader
     kept = RedisStore.from_url(redis_url)  # another process's store, with its copy
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    if warmed:
+        assert kept.warm_copy() == len(ITEMS)
     rng, new_items = random.Random(11), []
     for step in range(120):
         user = rng.choice(USERS)
@@ -149,6 +152,31 @@ def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url)
         if step % 3:  # the copy's own writes too: they bring it up to date at once
             (writer if step % 3 == 1 else kept).apply(random_events(rng, new_items))
     assert kept._cache.seq > 0 and kept._cache.items(kept.items.codes(ITEMS))[0].any()
+    for store in (writer, kept, direct):
+        store.close()
+
+
+def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url):
+    writer = make_redis_store(redis_url, social_dataset())
+    many = [f"w{i}" for i in range(300)]  # more than a small hash answers in one HSCAN call
+    writer.apply([ev(EventKind.ITEM_UPSERT, item_id=item, seller_id="s1", created_at=NOW, stock=2) for item in many])
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    items = ITEMS + many
+    assert kept.warm_copy(count=10) >= len(items)  # HSCAN may answer an entry twice
+    assert kept._cache.items(kept.items.codes(items))[0].all()
+    with redis.Redis.from_url(redis_url) as admin:
+
+        def packed_reads() -> int:
+            return int(admin.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+        before = packed_reads()
+        kept.read_user("alice")
+        kept.hydrate("alice", kept.items.codes(items))
+        assert packed_reads() == before  # the copy held every item
+        assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
+        writer.apply([ev(EventKind.STOCK_UPDATE, item_id="w7", stock=0), ev(EventKind.LIKE, user_id="bob", item_id="w9")])
+        assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
     for store in (writer, kept, direct):
         store.close()
 
