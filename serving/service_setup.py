@@ -51,7 +51,7 @@ def warm_store(store: FeedStore) -> None:
     into the process's copy of its reads (RedisStore.warm_copy). A Redis that does not
     answer is logged and left to the feeds, which fill the copy as they read."""
     from stores import StoreUnavailable
-    from stores.redis import RedisStore
+    from stores.redis import WARM_MAX_ITEMS, RedisStore
 
     if not isinstance(store, RedisStore):
         return
@@ -61,7 +61,9 @@ def warm_store(store: FeedStore) -> None:
     except StoreUnavailable as error:
         log.warning("could not copy the items' columns from Redis before the first feed (%s): feeds will read them", error)
         return
-    if copied:
+    if copied is None:
+        log.info("Redis holds more items than a process copies at start (%d): feeds will read them", WARM_MAX_ITEMS)
+    elif copied:
         log.info("copied %d items' columns from Redis in %.1f s", copied, time.perf_counter() - started)
 
 

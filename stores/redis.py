@@ -120,6 +120,9 @@ USER_HASH_SCAN = 512
 # Entries per HSCAN call when a process copies every item's packed values (warm_copy):
 # each call holds Redis a millisecond or two, not the tens a whole 1M-item hash would.
 WARM_SCAN_COUNT = 5_000
+# Past this many items a copy made at start would delay it too long (about 5.5 s per
+# million items per process on 2 cores); feeds then fill the copy as they read.
+WARM_MAX_ITEMS = 2_000_000
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -1027,10 +1030,12 @@ class RedisStore:
 
         kwargs["redis_connect_func"] = on_connect
 
-    def warm_copy(self, count: int = WARM_SCAN_COUNT) -> int:
+    def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS) -> int | None:
         """Copy every item's packed columns into this process's copy before its first
         feed, HSCANning the hash of packed values ``count`` entries a call; the number of
-        items copied (0 without a copy: on a cluster, or with read_cache=0).
+        items copied (0 without a copy: on a cluster, or with read_cache=0), or None when
+        Redis holds more than ``max_items`` items: then nothing is copied, and feeds fill
+        the copy as they read.
 
         Without it each item costs the first feeds that meet it a read from Redis, and at
         a million items a process meets most of them only after minutes of traffic
@@ -1044,6 +1049,8 @@ class RedisStore:
         with unavailable_on_redis_errors():
             seq, epoch, tags = self._eval_keys("changes", k.change_log_keys(), [cache.seq])
             cache.sync(int(seq), epoch, tags)  # a fill is kept only by a copy in step with the log
+            if self.client.hlen(k.packed_items) > max_items:
+                return None
             cursor = 0
             while True:
                 pipe = self.client.pipeline(transaction=False)

@@ -163,6 +163,8 @@ def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url
     kept = RedisStore.from_url(redis_url)
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
     items = ITEMS + many
+    too_many = RedisStore.from_url(redis_url)
+    assert too_many.warm_copy(max_items=len(items) - 1) is None and not too_many._cache._known.any()
     assert kept.warm_copy(count=10) >= len(items)  # HSCAN may answer an entry twice
     assert kept._cache.items(kept.items.codes(items))[0].all()
     with redis.Redis.from_url(redis_url) as admin:
@@ -177,7 +179,7 @@ def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url
         assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
         writer.apply([ev(EventKind.STOCK_UPDATE, item_id="w7", stock=0), ev(EventKind.LIKE, user_id="bob", item_id="w9")])
         assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
-    for store in (writer, kept, direct):
+    for store in (writer, kept, direct, too_many):
         store.close()
 
 
