@@ -338,12 +338,19 @@ OPS.unlike = function(u, item)
   end
   return ts
 end
-OPS.follow = function(u, s) redis.call('SADD', ukey(u, 'follows'), s) return '1' end
-OPS.unfollow = function(u, s) redis.call('SREM', ukey(u, 'follows'), s) return '1' end
-OPS.friend = function(u, f) redis.call('SADD', ukey(u, 'friends'), f) return '1' end
-OPS.unfriend = function(u, f) redis.call('SREM', ukey(u, 'friends'), f) return '1' end
-OPS.hide_item = function(u, item) redis.call('SADD', ukey(u, 'hidden_items'), item) return '1' end
-OPS.hide_seller = function(u, s) redis.call('SADD', ukey(u, 'hidden_sellers'), s) return '1' end
+-- The user's own sets, which their feeds' copy of the user keeps under 'p:' (with the
+-- recent likes, whose 'u:' tag drops it too).
+local function user_set(u, what, command, member)
+  redis.call(command, ukey(u, what), member)
+  note_change('p:' .. u)
+  return '1'
+end
+OPS.follow = function(u, s) return user_set(u, 'follows', 'SADD', s) end
+OPS.unfollow = function(u, s) return user_set(u, 'follows', 'SREM', s) end
+OPS.friend = function(u, f) return user_set(u, 'friends', 'SADD', f) end
+OPS.unfriend = function(u, f) return user_set(u, 'friends', 'SREM', f) end
+OPS.hide_item = function(u, item) return user_set(u, 'hidden_items', 'SADD', item) end
+OPS.hide_seller = function(u, s) return user_set(u, 'hidden_sellers', 'SADD', s) end
 -- A view more than WINDOW after the item's last one starts a new count; past SEEN items
 -- the one viewed longest ago is forgotten.
 OPS.view = function(u, item, ts)
@@ -381,6 +388,7 @@ OPS.receive_share = function(r, sharer, item, ts)
   local k = ukey(r, 'shared')
   redis.call('ZADD', k, 'LT', '-' .. ts, cjson.encode({item, sharer}))
   redis.call('ZREMRANGEBYRANK', k, SHARED, -1)
+  note_change('p:' .. r)
   return '1'
 end
 -- item slot; a card is the JSON object of the fields an event names (Event.card)
@@ -677,18 +685,33 @@ local function newest(key, bound)
   return members, table.concat(scores, ',')
 end
 """ + _LUA_CHANGES_SINCE + r"""
-local likes, like_scores = newest(KEYS[1], tonumber(ARGV[1]))
-local shared, shared_scores = newest(KEYS[6], tonumber(ARGV[2]))
-local reply = {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
-               redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
--- Standalone: the change log since ARGV[3] (KEYS[7..9]: seq, epoch, log); and when the
--- process's copy lacks them, the user's liked and views hashes (KEYS[10], KEYS[11]), by
+-- Standalone: the change log since ARGV[3] (KEYS[7..9]: seq, epoch, log). When the
+-- process's copy holds the user (ARGV[5], the user's id; ARGV[6], the epoch of the log
+-- it follows) and no tag since names them, the user's part of the reply is eight zeros:
+-- the copy stands.
+local log = false
+if #KEYS > 6 then log = changes_since(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), """ + str(CHANGE_LOG_CAP) + r""") end
+local reply = false
+if ARGV[6] and log and log[3] and log[2] == ARGV[6] then
+  local own, likes_tag = 'p:' .. ARGV[5], 'u:' .. ARGV[5]
+  reply = {0, 0, 0, 0, 0, 0, 0, 0}
+  for _, tag in ipairs(log[3]) do
+    if tag == own or tag == likes_tag then reply = false break end
+  end
+end
+if not reply then
+  local likes, like_scores = newest(KEYS[1], tonumber(ARGV[1]))
+  local shared, shared_scores = newest(KEYS[6], tonumber(ARGV[2]))
+  reply = {likes, like_scores, redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3]),
+           redis.call('SMEMBERS', KEYS[4]), redis.call('SMEMBERS', KEYS[5]), shared, shared_scores}
+end
+if log then reply[9] = log end
+-- When the copy lacks them, the user's liked and views hashes (KEYS[10], KEYS[11]), by
 -- one HSCAN call each of ARGV[4] entries, for hydration to find kept.
 if #KEYS > 9 then
   reply[10] = redis.call('HSCAN', KEYS[10], 0, 'COUNT', ARGV[4])
   reply[11] = redis.call('HSCAN', KEYS[11], 0, 'COUNT', ARGV[4])
 end
-if #KEYS > 6 then reply[9] = changes_since(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), """ + str(CHANGE_LOG_CAP) + r""") end
 return reply
 """
 
@@ -1073,36 +1096,55 @@ class RedisStore:
         ]  # fmt: skip
         args = [self.recent_likes_bound, SHARED_BOUND]
         cache = self._cache
-        hashes_tag = f"h:{user_id}"
+        hashes_tag, user_tag = f"h:{user_id}", f"p:{user_id}"
+        kept_user = None
         if cache is not None:  # a feed's first read brings this process's copy up to date
+            seq, epoch, kept_user = cache.entry_at_seq(user_tag)
             keys += k.change_log_keys()
-            args.append(cache.seq)
+            args += [seq, USER_HASH_SCAN, *((user_id, epoch) if kept_user is not None else ())]
             if cache.entry(hashes_tag) is None:
                 keys += [k.liked(user_id), k.views(user_id)]
-                args.append(USER_HASH_SCAN)
         with unavailable_on_redis_errors():
             reply = self._eval_keys("user", keys, args)
-            likes, scores_text, follows, friends, hidden_items, hidden_sellers, shared, shared_text = reply[:8]
             if cache is not None:
                 seq_text, epoch, tags = reply[8]
                 cache.sync(int(seq_text), epoch, tags)
-                if len(reply) > 9:  # read in the same script as the log: as new as its seq
+                fill = cache.begin_fill(int(seq_text))  # read in the same script as the log: as new as its seq
+                if len(reply) > 9:
                     scans = [(int(cursor), dict(zip(flat[::2], flat[1::2]))) for cursor, flat in reply[9:11]]
                     hashes = self._user_hashes(user_id, *scans)
                     if hashes is not None:
-                        cache.keep(cache.begin_fill(int(seq_text)), {hashes_tag: hashes})
+                        cache.keep(fill, {hashes_tag: hashes})
+                if reply[0] == 0:  # no tag names the user since the copy's state of them
+                    return kept_user
+        user = self._user_state(user_id, *reply[:8])
+        if cache is not None:
+            cache.keep(fill, {user_tag: user})
+        return user
+
+    def _user_state(
+        self, user_id: str, likes: list[str], scores_text: str, follows: list[str], friends: list[str],
+        hidden_items: list[str], hidden_sellers: list[str], shared: list[str], shared_text: str,
+    ) -> UserState:
+        """The user script's reply as a UserState; its arrays read-only, since a process's
+        copy hands the same state to every feed of the user."""
         shares = [json.loads(member) for member in shared]  # [item, sharer]
+        arrays = [
+            self.items.codes(likes, add=True), _negated_times(scores_text), self.items.codes([item for item, _ in shares], add=True),
+            _negated_times(shared_text), self.items.codes(hidden_items, add=True), self.sellers.codes(hidden_sellers, add=True),
+        ]  # fmt: skip
+        for array in arrays:
+            array.flags.writeable = False
+        recent_likes, recent_like_times, shared_items, shared_times, hidden_item_codes, hidden_seller_codes = arrays
         return UserState(
             user_id=user_id,
-            recent_likes=self.items.codes(likes, add=True),
-            recent_like_times=_negated_times(scores_text),
-            shared=SharedItems(
-                self.items.codes([item for item, _ in shares], add=True), _negated_times(shared_text), tuple(s for _, s in shares)
-            ),
+            recent_likes=recent_likes,
+            recent_like_times=recent_like_times,
+            shared=SharedItems(shared_items, shared_times, tuple(s for _, s in shares)),
             follows=tuple(sorted(follows)),
             friends=tuple(sorted(friends)),
-            hidden_items=self.items.codes(hidden_items, add=True),
-            hidden_sellers=self.sellers.codes(hidden_sellers, add=True),
+            hidden_items=hidden_item_codes,
+            hidden_sellers=hidden_seller_codes,
         )
 
     def read_activity(

@@ -1,14 +1,16 @@
 """A process's copy of what its feeds read most from standalone Redis: the items' packed
-columns, the page's cards, sellers' listings, users' recent likes, users' liked and views
-hashes, the trending list and the vacations.
+columns, the page's cards, sellers' listings, users' recent likes, users' own state (what
+the user script reads), users' liked and views hashes, the trending list and the vacations.
 
 Every write script appends a tag per thing it changed to a change log in Redis
 (``Keys.changes``): ``i:ITEM`` (the item's packed value and card), ``s:SELLER`` (the
-seller's listings), ``u:USER`` (the user's recent likes), ``h:USER`` (the user's liked and
-views hashes), ``t`` (the trending set) and ``v`` (the vacations), and adds their number
-to a sequence number. The script that reads a feed's user (its first read) also reads
-the log since this process last did; ``sync`` drops the copies
-those tags name before the feed reads anything else. So a feed sees every write that was
+seller's listings), ``u:USER`` (the user's recent likes, which their state holds too),
+``p:USER`` (the user's follows, friends, hidden items and sellers, and what was shared
+with them), ``h:USER`` (the user's liked and views hashes), ``t`` (the trending set) and
+``v`` (the vacations), and adds their number to a sequence number. The script that reads
+a feed's user (its first read) also reads the log since this process last did; ``sync``
+drops the copies those tags name before the feed reads anything else. That script
+answers with the user's state only when the copy lacks it or a tag since names them. So a feed sees every write that was
 acknowledged before it began, as when it read Redis alone: read-your-writes holds across
 processes and servers. A copy is kept only while no tag newer than the data it holds has
 been applied (``_allows``); a fill that lost that race serves its own feed and is not kept.
@@ -114,6 +116,8 @@ class ReadCache:
                 entries.pop(code, None)  # its card
             else:
                 entries.pop(tag, None)
+                if tag.startswith("u:"):  # a user's state holds their recent likes too
+                    entries.pop("p:" + tag[2:], None)
 
     def begin_fill(self, seq: int) -> Fill:
         """A read of missing entries whose data is at least as new as the log's ``seq``
@@ -169,6 +173,13 @@ class ReadCache:
     def entry(self, tag: str) -> object | None:
         """What ``keep`` kept under ``tag``, or None."""
         return self._entries.entries.get(tag)
+
+    def entry_at_seq(self, tag: str) -> tuple[int, str | None, object | None]:
+        """(the copy's sequence number, its log's epoch, what it keeps under ``tag``), taken
+        together: the entry holds every change up to that number of that log, so a reader
+        that checks the log after it for ``tag`` knows whether the entry still stands."""
+        with self._lock:
+            return self.seq, self.epoch, self._entries.entries.get(tag)
 
     def keep(self, fill: Fill, entries: dict[str | int, object]) -> None:
         """Keep ``entries``: by tag, or cards by item code."""

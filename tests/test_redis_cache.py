@@ -101,11 +101,22 @@ def ev(kind: EventKind, **fields) -> Event:
 
 
 def random_events(rng: random.Random, new_items: list[str]) -> list[Event]:
-    """One to three writes of what a feed's copy keeps: items, cards, listings, likes, trending."""
+    """One to three writes of what a feed's copy keeps: items, cards, listings, likes,
+    trending, vacations, and the users' own follows, friends, hidden items and sellers and shares."""
     events = []
     for _ in range(rng.randint(1, 3)):
-        choice = rng.randrange(8)
+        choice = rng.randrange(15)
         user, item = rng.choice(USERS), rng.choice(ITEMS + new_items)
+        other, seller = rng.choice([u for u in USERS if u != user]), rng.choice(SELLERS)
+        if choice >= 8:
+            kind, field, value = [
+                (EventKind.FOLLOW, "seller_id", seller), (EventKind.UNFOLLOW, "seller_id", seller),
+                (EventKind.FRIEND, "friend_id", other), (EventKind.UNFRIEND, "friend_id", other),
+                (EventKind.NOT_INTERESTED_ITEM, "item_id", item), (EventKind.NOT_INTERESTED_SELLER, "seller_id", seller),
+                (EventKind.SHARE, "item_id", item),
+            ][choice - 8]  # fmt: skip
+            events.append(ev(kind, user_id=user, **{field: value}))
+            continue
         if choice == 0:
             events.append(ev(EventKind.LIKE, user_id=user, item_id=item))
         elif choice == 1:
@@ -181,6 +192,50 @@ def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url
         assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
     for store in (writer, kept, direct, too_many):
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (EventKind.LIKE, {"user_id": "alice", "item_id": "i7"}),
+        (EventKind.UNLIKE, {"user_id": "alice", "item_id": "i8"}),
+        (EventKind.FOLLOW, {"user_id": "alice", "seller_id": "s3"}),
+        (EventKind.UNFOLLOW, {"user_id": "alice", "seller_id": "s1"}),
+        (EventKind.FRIEND, {"user_id": "alice", "friend_id": "dave"}),
+        (EventKind.FRIEND, {"user_id": "dave", "friend_id": "alice"}),  # alice's set changes by dave's event
+        (EventKind.UNFRIEND, {"user_id": "alice", "friend_id": "bob"}),
+        (EventKind.NOT_INTERESTED_ITEM, {"user_id": "alice", "item_id": "i5"}),
+        (EventKind.NOT_INTERESTED_SELLER, {"user_id": "alice", "seller_id": "s2"}),
+        (EventKind.SHARE, {"user_id": "bob", "item_id": "i6"}),  # shared with bob's friends, alice among them
+    ],
+    ids=lambda value: value.value if isinstance(value, EventKind) else "",
+)
+@pytest.mark.parametrize("written_by", ["another process", "the same process"])
+def test_a_users_kept_state_follows_every_write_to_it(redis_url, kind, fields, written_by):
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    before = views.read_user(kept, "alice")
+    assert views.read_user(kept, "alice") == before  # the second from the copy
+    assert kept._cache.entry("p:alice") is not None
+    (writer if written_by == "another process" else kept).apply([ev(kind, **fields)])
+    after = views.read_user(kept, "alice")
+    assert after != before and after == views.read_user(RedisStore.from_url(f"{redis_url}?read_cache=0"), "alice")
+    for store in (writer, kept):
+        store.close()
+
+
+def test_a_users_kept_state_is_not_taken_for_that_of_a_new_log(redis_url):
+    """After a bulk load the log starts again at 0, where a copy's number may already be."""
+    from serving.load import load_into_redis
+
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    assert views.read_user(kept, "alice").follows == frozenset({"s1"}) and kept._cache.seq == 0
+    with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+        load_into_redis(admin, make_dataset([("i1", "s1", NOW - DAY, 1)], follows=[("alice", "s3", NOW - DAY)]))
+    assert views.read_user(kept, "alice").follows == frozenset({"s1", "s3"})
+    writer.close()
+    kept.close()
 
 
 def test_a_load_a_flush_and_a_reconnection_each_start_the_copy_afresh(redis_url):
