@@ -673,7 +673,9 @@ _LUA_REPACK_NODE = _LUA_PACK + _LUA_REPACK_BODY
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
 # hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
 # cluster too); ARGV the recent-likes and shared bounds. Scores come back as joined strings.
-# On standalone Redis also the change log since this process's copy last read it.
+# On standalone Redis also the change log since this process's copy last read it (ARGV[3]
+# on: the copy's sequence number, the hashes' HSCAN count, and when the copy holds the
+# user, their id and the log's epoch), and the user's state only when the copy needs it.
 _LUA_USER = r"""
 local function newest(key, bound)
   local got = redis.call('ZRANGE', key, 0, bound - 1, 'WITHSCORES')
