@@ -308,6 +308,40 @@ def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_wr
     kept.close()
 
 
+def test_threads_sharing_a_copy_never_read_a_users_state_older_than_an_acknowledged_write(redis_url):
+    """The same for a user's own state: alice follows one more seller per acknowledged
+    write, and a read that begins after it must count at least that many."""
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    acked = [1]  # alice follows s1 at first
+    done, failures = threading.Event(), []
+
+    def write() -> None:
+        for step in range(300):
+            writer.apply([ev(EventKind.FOLLOW, user_id="alice", seller_id=f"x{step}")])
+            acked[0] = step + 2
+        done.set()
+
+    def read(seed: int) -> None:
+        rng = random.Random(seed)
+        while not done.is_set():
+            floor = acked[0]
+            kept.read_user(rng.choice(USERS))  # other users' reads move the copy along too
+            follows = len(kept.read_user("alice").follows)
+            if follows < floor:
+                failures.append((follows, floor))
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures[:5]
+    assert len(kept.read_user("alice").follows) == acked[0] == 301
+    writer.close()
+    kept.close()
+
+
 @pytest.mark.parametrize("query, named", [("read_cache=maybe", "read_cache='maybe'"), ("recent_likes=many", "recent_likes='many'")])
 def test_a_store_url_option_of_the_wrong_kind_is_refused_by_name(query, named):
     from stores.redis import split_url
