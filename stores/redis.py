@@ -98,7 +98,7 @@ from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
-from stores.redis_cache import CHANGE_LOG_CAP, ReadCache
+from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, ReadCache
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
 
@@ -143,7 +143,7 @@ def _flag(value: str) -> bool:
 _OWN_OPTIONS = {
     "recent_likes": int, "listings": int, "dedupe_ttl": int, "stream_maxlen": int, "prefix": str,
     "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int, "wait_timeout_ms": int,
-    "read_cache": _flag,
+    "read_cache": _flag, "read_cache_entries": int,
 }  # fmt: skip
 
 
@@ -968,9 +968,12 @@ class RedisStore:
         max_friends: int = DEFAULT_MAX_FRIENDS,
         max_follows: int = DEFAULT_MAX_FOLLOWS,
         read_cache: bool = True,
+        read_cache_entries: int = DEFAULT_CACHED_KEYS,
     ) -> None:
         if recent_likes < 1 or listings < 1:
             raise ValueError("recent_likes and listings must be >= 1")
+        if read_cache_entries < 1:
+            raise ValueError(f"read_cache_entries must be >= 1, got {read_cache_entries} (read_cache=0 turns the copy off)")
         if write_chunk < 1:
             raise ValueError("write_chunk must be >= 1")
         self.client = client
@@ -1001,7 +1004,7 @@ class RedisStore:
         # (version, seller -> end, [the ends by seller code, as far as known]): _vacations, _away
         self._vacation_copy: tuple[str | None, dict[str, float], list[np.ndarray]] = (None, {}, [np.zeros(0)])
         # Standalone only: a cluster's write scripts run per slot and keep no change log.
-        self._cache = ReadCache(self.items.code) if read_cache and not self.is_cluster else None
+        self._cache = ReadCache(self.items.code, read_cache_entries) if read_cache and not self.is_cluster else None
         if self._cache is not None:
             self._forget_on_reconnect(client, self._cache)
         compile_number_parser()  # neither on the first feed
@@ -1015,7 +1018,8 @@ class RedisStore:
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
         write_timeout (the writes' socket timeout, seconds; at least the reads'),
         write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms, read_cache
-        (0 = read everything from Redis at every feed). ``options`` are our own
+        (0 = read everything from Redis at every feed), read_cache_entries (the copy's bound
+        on timelines, users' state and hashes and cards together). ``options`` are our own
         options too, for those the query does not set.
         """
         url, own = split_url(url)

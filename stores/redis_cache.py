@@ -37,7 +37,10 @@ from ranking.types import ItemCard
 from stores.packed_frames import PACKED_NUMBERS
 
 CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops its whole copy
-DEFAULT_CACHED_KEYS = 200_000  # entries (timelines, hashes, cards, the vacations); past it the older half is dropped
+# Entries (timelines, users' state and hashes, cards, the vacations); past it the older half
+# is dropped. At 1M users it settles at about 0.85 GB per process, some 4 KB an entry
+# (benchmarks/README.md, "2026-12-05"); the store URL's read_cache_entries sets it.
+DEFAULT_CACHED_KEYS = 200_000
 
 
 @dataclass(frozen=True)

@@ -342,13 +342,28 @@ def test_threads_sharing_a_copy_never_read_a_users_state_older_than_an_acknowled
     kept.close()
 
 
-@pytest.mark.parametrize("query, named", [("read_cache=maybe", "read_cache='maybe'"), ("recent_likes=many", "recent_likes='many'")])
+@pytest.mark.parametrize(
+    "query, named",
+    [("read_cache=maybe", "read_cache='maybe'"), ("recent_likes=many", "recent_likes='many'"), ("read_cache_entries=lots", "read_cache_entries='lots'")],
+)
 def test_a_store_url_option_of_the_wrong_kind_is_refused_by_name(query, named):
     from stores.redis import split_url
 
     with pytest.raises(ValueError, match=f"store URL option {named}"):
         split_url(f"redis://127.0.0.1:6379/0?{query}")
     assert split_url("redis://127.0.0.1:6379/0?read_cache=off")[1] == {"read_cache": False}
+
+
+def test_the_copys_bound_is_a_store_url_option(redis_url):
+    writer = make_redis_store(redis_url, social_dataset())
+    small = RedisStore.from_url(f"{redis_url}?read_cache_entries=3")
+    for user in USERS:  # a user's state and hashes: two entries each
+        small.read_user(user)
+    assert len(small._cache._entries.entries) <= 3
+    with pytest.raises(ValueError, match="read_cache_entries must be >= 1"):
+        RedisStore.from_url(f"{redis_url}?read_cache_entries=0")
+    for store in (writer, small):
+        store.close()
 
 
 def test_view_counts_written_before_their_time_take_it_from_the_seen_set(redis_url):
