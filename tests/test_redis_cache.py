@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -270,6 +271,29 @@ def test_a_load_a_flush_and_a_reconnection_each_start_the_copy_afresh(redis_url)
         store.close()
 
 
+def reads_beside_writes(write: Callable[[], None], read: Callable[[random.Random], None], readers: int = 3) -> None:
+    """``write()`` in one thread while ``readers`` threads, sharing whatever ``read``
+    shares, call ``read(rng)`` again and again until the writes are done."""
+    done = threading.Event()
+
+    def write_then_stop() -> None:
+        try:
+            write()
+        finally:
+            done.set()
+
+    def read_until_done(seed: int) -> None:
+        rng = random.Random(seed)
+        while not done.is_set():
+            read(rng)
+
+    threads = [threading.Thread(target=write_then_stop)] + [threading.Thread(target=read_until_done, args=(seed,)) for seed in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
 def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_write(redis_url):
     """Feeds in threads (a server's --threads) share one copy while another process
     writes: a feed that begins after a write was acknowledged reads that write or a later
@@ -278,7 +302,7 @@ def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_wr
     kept = RedisStore.from_url(redis_url)
     codes = kept.items.codes(ITEMS, add=True)
     acked = dict.fromkeys(ITEMS, 0)  # item -> the stock of its last acknowledged write (stocks only grow)
-    done, failures = threading.Event(), []
+    failures = []
 
     def write() -> None:
         rng = random.Random(3)
@@ -286,21 +310,14 @@ def test_threads_sharing_a_copy_never_read_a_stock_older_than_an_acknowledged_wr
             item = rng.choice(ITEMS)
             writer.apply([ev(EventKind.STOCK_UPDATE, item_id=item, stock=step)])
             acked[item] = step
-        done.set()
 
-    def read(seed: int) -> None:
-        rng = random.Random(seed)
-        while not done.is_set():
-            floor = dict(acked)
-            kept.read_user(rng.choice(USERS))  # a feed's first read
-            stocks = kept.hydrate("alice", codes).stock.tolist()
-            failures.extend((item, stock, floor[item]) for item, stock in zip(ITEMS, stocks) if stock < floor[item])
+    def read(rng: random.Random) -> None:
+        floor = dict(acked)
+        kept.read_user(rng.choice(USERS))  # a feed's first read
+        stocks = kept.hydrate("alice", codes).stock.tolist()
+        failures.extend((item, stock, floor[item]) for item, stock in zip(ITEMS, stocks) if stock < floor[item])
 
-    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    reads_beside_writes(write, read)
     assert not failures, failures[:5]
     kept.read_user("alice")
     assert kept.hydrate("alice", codes).stock.tolist() == [acked[item] or stock for item, stock in zip(ITEMS, [5, 0, 5, 5, 5, 5, 5, 5, 5])]
@@ -314,28 +331,21 @@ def test_threads_sharing_a_copy_never_read_a_users_state_older_than_an_acknowled
     writer = make_redis_store(redis_url, social_dataset())
     kept = RedisStore.from_url(redis_url)
     acked = [1]  # alice follows s1 at first
-    done, failures = threading.Event(), []
+    failures = []
 
     def write() -> None:
         for step in range(300):
             writer.apply([ev(EventKind.FOLLOW, user_id="alice", seller_id=f"x{step}")])
             acked[0] = step + 2
-        done.set()
 
-    def read(seed: int) -> None:
-        rng = random.Random(seed)
-        while not done.is_set():
-            floor = acked[0]
-            kept.read_user(rng.choice(USERS))  # other users' reads move the copy along too
-            follows = len(kept.read_user("alice").follows)
-            if follows < floor:
-                failures.append((follows, floor))
+    def read(rng: random.Random) -> None:
+        floor = acked[0]
+        kept.read_user(rng.choice(USERS))  # other users' reads move the copy along too
+        follows = len(kept.read_user("alice").follows)
+        if follows < floor:
+            failures.append((follows, floor))
 
-    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    reads_beside_writes(write, read)
     assert not failures, failures[:5]
     assert len(kept.read_user("alice").follows) == acked[0] == 301
     writer.close()
