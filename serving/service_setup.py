@@ -47,9 +47,10 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
 
 
 def warm_store(store: FeedStore) -> None:
-    """Before a process builds its first feed: a Redis store copies every item's columns
-    into the process's copy of its reads (RedisStore.warm_copy). A Redis that does not
-    answer is logged and left to the feeds, which fill the copy as they read."""
+    """Before a process builds its first feed: a Redis store copies every item's columns,
+    then the cards of the most liked items, into the process's copy of its reads
+    (RedisStore.warm_copy, warm_cards). A Redis that does not answer is logged and left
+    to the feeds, which fill the copy as they read."""
     from stores import StoreUnavailable
     from stores.redis import WARM_MAX_ITEMS, RedisStore
 
@@ -58,13 +59,14 @@ def warm_store(store: FeedStore) -> None:
     started = time.perf_counter()
     try:
         copied = store.warm_copy()
+        cards = store.warm_cards() if copied else 0
     except StoreUnavailable as error:
-        log.warning("could not copy the items' columns from Redis before the first feed (%s): feeds will read them", error)
+        log.warning("could not copy the items' columns and cards from Redis before the first feed (%s): feeds will read them", error)
         return
     if copied is None:
         log.info("Redis holds more items than a process copies at start (%d): feeds will read them", WARM_MAX_ITEMS)
     elif copied:
-        log.info("copied %d items' columns from Redis in %.1f s", copied, time.perf_counter() - started)
+        log.info("copied %d items' columns and %d cards from Redis in %.1f s", copied, cards, time.perf_counter() - started)
 
 
 def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: tuple[int, int, int] | None) -> ModelWatcher:

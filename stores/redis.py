@@ -123,6 +123,9 @@ WARM_SCAN_COUNT = 5_000
 # Past this many items a copy made at start would delay it too long (about 5.5 s per
 # million items per process on 2 cores); feeds then fill the copy as they read.
 WARM_MAX_ITEMS = 2_000_000
+# Items per call when a process copies cards at start (warm_cards): each call's script
+# reads this many items' card fields, about a millisecond of Redis's time.
+WARM_CARDS_BATCH = 1_000
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -1093,6 +1096,24 @@ class RedisStore:
                     copied += int(exists.sum())
                 if not cursor:
                     return copied
+
+    def warm_cards(self, limit: int | None = None, batch: int = WARM_CARDS_BATCH) -> int:
+        """Copy the cards of the ``limit`` most liked items on sale whose columns the copy
+        holds (``warm_copy`` first), ``batch`` items a call; the number copied. The default
+        limit is half the copy's entry bound, so that feeds' reads keep room beside them.
+
+        Without it a page whose cards the copy lacks costs its feed one more round trip to
+        Redis, which at start is nearly every page (benchmarks/README.md, "2026-12-05
+        (later): cards copied at start"). The most liked first, because pages favour
+        them; the least liked of them are kept first, so the bound drops those first.
+        """
+        cache = self._cache
+        if cache is None:
+            return 0
+        codes = cache.most_liked_on_sale(cache.capacity // 2 if limit is None else limit)
+        for start in range(0, len(codes), batch):
+            self.read_cards(codes[start : start + batch])
+        return len(codes)
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys

@@ -41,6 +41,7 @@ CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops it
 # is dropped. At 1M users it settles at about 0.85 GB per process, some 4 KB an entry
 # (benchmarks/README.md, "2026-12-05"); the store URL's read_cache_entries sets it.
 DEFAULT_CACHED_KEYS = 200_000
+_STOCK, _LIKE_COUNT, _ELIGIBLE = 1, 2, 3  # columns of the packed numbers (stores/packed_frames.py)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,24 @@ class ReadCache:
             self._seller[codes] = sellers
             self._category[codes] = categories
             self._known[codes] = True
+
+    def most_liked_on_sale(self, n: int) -> np.ndarray:
+        """Codes of up to ``n`` items whose columns the copy holds, in stock and eligible,
+        the most liked among them; least liked first."""
+        with self._lock:
+            known = np.flatnonzero(self._known)
+            numbers = self._numbers[known]
+        selling = (numbers[:, _STOCK] > 0) & (numbers[:, _ELIGIBLE] > 0)
+        on_sale, likes = known[selling], numbers[selling, _LIKE_COUNT]
+        if n < len(on_sale):
+            best = np.argpartition(likes, len(likes) - n)[len(likes) - n :]
+            on_sale, likes = on_sale[best], likes[best]
+        return on_sale[np.argsort(likes, kind="stable")]
+
+    @property
+    def capacity(self) -> int:
+        """Entries the copy keeps before it drops its older half."""
+        return self._entries.capacity
 
     def _grow(self, size: int) -> None:
         if size <= len(self._known):

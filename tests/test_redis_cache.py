@@ -195,6 +195,34 @@ def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url
         store.close()
 
 
+def test_cards_copied_at_start_are_the_most_liked_on_sale_and_follow_writes(redis_url):
+    writer = make_redis_store(redis_url, social_dataset())
+    liked = [f"w{i}" for i in range(12)]  # w{i} liked by i users; w11 out of stock
+    writer.apply([ev(EventKind.ITEM_UPSERT, item_id=item, seller_id="s1", created_at=NOW, stock=0 if item == "w11" else 3, title=item) for item in liked])
+    writer.apply([ev(EventKind.LIKE, user_id=f"u{j}", item_id=item) for i, item in enumerate(liked) for j in range(i)])
+    kept = RedisStore.from_url(f"{redis_url}?read_cache_entries=10")  # cards for half of it
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    assert kept.warm_cards() == 0  # no item's columns yet: nothing to choose from
+    kept.warm_copy()
+    assert kept.warm_cards() == 5
+    codes = kept.items.codes(liked)
+    assert [at for at, card in enumerate(kept._cache.cards(codes.tolist())) if card is not None] == [6, 7, 8, 9, 10]
+    with redis.Redis.from_url(redis_url) as admin:
+
+        def script_calls() -> int:
+            return int(admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+        before = script_calls()
+        assert kept.read_cards(codes[6:11]) == [ItemCard(title=item) for item in liked[6:11]]
+        assert script_calls() == before
+    writer.apply([ev(EventKind.ITEM_UPSERT, item_id="w10", seller_id="s1", created_at=NOW, stock=3, title="renamed")])
+    kept.read_user("alice")  # a feed's first read brings the copy up to date
+    assert kept.read_cards(codes) == direct.read_cards(direct.items.codes(liked, add=True))
+    assert kept.read_cards(codes[10:11]) == [ItemCard(title="renamed")]
+    for store in (writer, kept, direct):
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
