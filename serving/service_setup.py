@@ -49,8 +49,8 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
 def warm_store(store: FeedStore) -> None:
     """Before a process builds its first feed: a Redis store copies every item's columns,
     then the cards of the most liked items, into the process's copy of its reads
-    (RedisStore.warm_copy, warm_cards). A Redis that does not answer is logged and left
-    to the feeds, which fill the copy as they read."""
+    (RedisStore.warm), and copies them again whenever the copy is dropped. A Redis that
+    does not answer is logged and left to the feeds, which fill the copy as they read."""
     from stores import StoreUnavailable
     from stores.redis import WARM_MAX_ITEMS, RedisStore
 
@@ -58,8 +58,7 @@ def warm_store(store: FeedStore) -> None:
         return
     started = time.perf_counter()
     try:
-        copied = store.warm_copy()
-        cards = store.warm_cards() if copied else 0
+        copied, cards = store.warm()
     except StoreUnavailable as error:
         log.warning("could not copy the items' columns and cards from Redis before the first feed (%s): feeds will read them", error)
         return

@@ -40,7 +40,9 @@ on a read (``write_timeout`` on a write).
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -101,6 +103,8 @@ from stores.packed_frames import warm_up as compile_frame_splitter
 from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, ReadCache
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
+
+log = logging.getLogger("feedrank.store")
 
 DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
@@ -1010,6 +1014,11 @@ class RedisStore:
         self._cache = ReadCache(self.items.code, read_cache_entries) if read_cache and not self.is_cluster else None
         if self._cache is not None:
             self._forget_on_reconnect(client, self._cache)
+        # The copy's generation the last warm began in (None: this process never warms),
+        # and the thread copying it again after the copy was dropped (_rewarm_if_dropped).
+        self._warmed_generation: int | None = None
+        self._rewarm_lock = threading.Lock()
+        self._rewarm_thread: threading.Thread | None = None
         compile_number_parser()  # neither on the first feed
         compile_frame_splitter()
 
@@ -1062,7 +1071,18 @@ class RedisStore:
 
         kwargs["redis_connect_func"] = on_connect
 
-    def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS) -> int | None:
+    def warm(self, client: Any = None) -> tuple[int | None, int]:
+        """``warm_copy``, then ``warm_cards`` when it copied items: (items, cards) copied.
+
+        After it, a feed that finds the copy dropped (a new connection to Redis, a new
+        log: a restart, a failover or a bulk load) starts the same copy again in the
+        background (``_rewarm_if_dropped``), on the write connections, whose connecting
+        does not drop the copy again.
+        """
+        copied = self.warm_copy(client=client)
+        return copied, self.warm_cards(client=client) if copied else 0
+
+    def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS, client: Any = None) -> int | None:
         """Copy every item's packed columns into this process's copy before its first
         feed, HSCANning the hash of packed values ``count`` entries a call; the number of
         items copied (0 without a copy: on a cluster, or with read_cache=0), or None when
@@ -1077,15 +1097,17 @@ class RedisStore:
         cache = self._cache
         if cache is None:
             return 0
+        client = self.client if client is None else client
         k, copied = self.keys, 0
         with unavailable_on_redis_errors():
-            seq, epoch, tags = self._eval_keys("changes", k.change_log_keys(), [cache.seq])
+            seq, epoch, tags = self._eval_keys("changes", k.change_log_keys(), [cache.seq], client)
             cache.sync(int(seq), epoch, tags)  # a fill is kept only by a copy in step with the log
-            if self.client.hlen(k.packed_items) > max_items:
+            if client.hlen(k.packed_items) > max_items:
                 return None
+            self._warmed_generation = cache.generation
             cursor = 0
             while True:
-                pipe = self.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 pipe.execute_command("GET", k.change_seq)
                 pipe.execute_command("HSCAN", k.packed_items, cursor, "COUNT", count, **{NEVER_DECODE: True})
                 seq, (cursor, entries) = pipe.execute()
@@ -1097,7 +1119,7 @@ class RedisStore:
                 if not cursor:
                     return copied
 
-    def warm_cards(self, limit: int | None = None, batch: int = WARM_CARDS_BATCH) -> int:
+    def warm_cards(self, limit: int | None = None, batch: int = WARM_CARDS_BATCH, client: Any = None) -> int:
         """Copy the cards of the ``limit`` most liked items on sale whose columns the copy
         holds (``warm_copy`` first), ``batch`` items a call; the number copied. The default
         limit is half the copy's entry bound, so that feeds' reads keep room beside them.
@@ -1112,8 +1134,29 @@ class RedisStore:
             return 0
         codes = cache.most_liked_on_sale(cache.capacity // 2 if limit is None else limit)
         for start in range(0, len(codes), batch):
-            self.read_cards(codes[start : start + batch])
+            self._read_cards(codes[start : start + batch], client)
         return len(codes)
+
+    def _rewarm_if_dropped(self, cache: ReadCache) -> None:
+        """Copy again in the background, once per drop, when the copy a warm filled was dropped."""
+        if self._warmed_generation is None or cache.generation == self._warmed_generation:
+            return
+        with self._rewarm_lock:
+            if self._rewarm_thread is not None and self._rewarm_thread.is_alive():
+                return  # it records the generation it fills; a drop during it is seen after it
+            self._warmed_generation = cache.generation
+            self._rewarm_thread = threading.Thread(target=self._rewarm, name="feedrank-rewarm", daemon=True)
+            self._rewarm_thread.start()
+
+    def _rewarm(self) -> None:
+        started = time.perf_counter()
+        try:
+            copied, cards = self.warm(self.write_client)
+        except StoreUnavailable as error:
+            log.warning("could not copy the items' columns and cards again after the copy was dropped (%s): feeds will read them", error)
+            return
+        if copied:
+            log.info("the copy was dropped: copied %d items' columns and %d cards again in %.1f s", copied, cards, time.perf_counter() - started)
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
@@ -1136,6 +1179,7 @@ class RedisStore:
             if cache is not None:
                 seq_text, epoch, tags = reply[8]
                 cache.sync(int(seq_text), epoch, tags)
+                self._rewarm_if_dropped(cache)
                 fill = cache.begin_fill(int(seq_text))  # read in the same script as the log: as new as its seq
                 if len(reply) > 9:
                     scans = [(int(cursor), dict(zip(flat[::2], flat[1::2]))) for cursor, flat in reply[9:11]]
@@ -1504,6 +1548,9 @@ class RedisStore:
         return np.where(seller >= 0, ends[np.maximum(seller, 0)], 0.0)
 
     def read_cards(self, item_codes: np.ndarray) -> list[ItemCard]:
+        return self._read_cards(item_codes)
+
+    def _read_cards(self, item_codes: np.ndarray, client: Any = None) -> list[ItemCard]:
         codes = np.asarray(item_codes).tolist()
         if not codes:
             return []
@@ -1522,7 +1569,7 @@ class RedisStore:
                     for at, row in enumerate(rows.tolist()):
                         flat[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
             else:
-                *flat, seq = self._eval_keys("cards", [self.keys.change_seq], [self.keys.prefix, *ids])
+                *flat, seq = self._eval_keys("cards", [self.keys.change_seq], [self.keys.prefix, *ids], client)
         fetched = {codes[at]: _card(dict(zip(_CARD_FIELDS, flat[j * width : (j + 1) * width]))) for j, at in enumerate(missing)}
         if cache is not None:
             cache.keep(cache.begin_fill(int(seq)), fetched)
@@ -1600,10 +1647,11 @@ class RedisStore:
                     f"applied, but {acked} of {min_replicas} replicas confirmed within {self.wait_timeout_ms} ms; retrying is safe"
                 )
 
-    def _sha(self, name: str) -> str:
+    def _sha(self, name: str, client: Any = None) -> str:
         if name not in self._shas:
-            # On a cluster SCRIPT LOAD goes to every primary.
-            sha = self.client.script_load(self._sources[name])
+            # On a cluster SCRIPT LOAD goes to every primary; standalone, to the connections
+            # the script runs on (the re-warm's load must not open a read connection).
+            sha = (self.client if client is None or self.is_cluster else client).script_load(self._sources[name])
             self._shas[name] = sha if isinstance(sha, str) else next(iter(sha.values()))
         return self._shas[name]
 
@@ -1613,10 +1661,10 @@ class RedisStore:
     def _eval_keys(self, name: str, keys: Sequence[str], args: Sequence[str], client: Any = None) -> Any:
         client = self.client if client is None else client
         try:
-            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return client.evalsha(self._sha(name, client), len(keys), *keys, *args)
         except NoScriptError:  # the server restarted or failed over: load again, once
             self._shas.clear()
-            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return client.evalsha(self._sha(name, client), len(keys), *keys, *args)
 
     def _write(self, name: str, records: Sequence[str], consts: Sequence[str] | None = None) -> Any:
         """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write

@@ -299,6 +299,39 @@ def test_a_load_a_flush_and_a_reconnection_each_start_the_copy_afresh(redis_url)
         store.close()
 
 
+@pytest.mark.parametrize("drop", ["a bulk load", "every connection killed"])
+def test_a_warmed_copy_that_is_dropped_is_copied_again_in_the_background(redis_url, drop):
+    from serving.load import load_into_redis
+
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    filled_by_feeds = RedisStore.from_url(redis_url)  # never warmed: never copies in the background
+    assert kept.warm() == (len(ITEMS), 8)  # a1 is out of stock: no card
+    for store in (kept, filled_by_feeds):
+        store.read_user("alice")
+    with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+        if drop == "a bulk load":
+            load_into_redis(admin, make_dataset([("i1", "s1", NOW - DAY, 1), ("n1", "s2", NOW - DAY, 3)]))
+        else:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    generation = kept._cache.generation
+    kept.read_user("alice")  # the feed that finds the copy dropped
+    assert kept._cache.generation > generation and kept._rewarm_thread is not None
+    kept._rewarm_thread.join(timeout=10)
+    items = ITEMS + ["n1"]
+    codes = kept.items.codes(items, add=True)
+    known = kept._cache.items(codes)[0]
+    assert known.tolist() == direct.hydrate("alice", direct.items.codes(items, add=True)).exists.tolist()  # what Redis holds now
+    assert known.any() and not filled_by_feeds._cache.items(filled_by_feeds.items.codes(items, add=True))[0].any()
+    assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
+    generation = kept._cache.generation
+    kept.read_user("alice")  # copying again did not drop the copy: no second copy
+    assert kept._cache.generation == generation and not kept._rewarm_thread.is_alive()
+    for store in (writer, kept, direct, filled_by_feeds):
+        store.close()
+
+
 def reads_beside_writes(write: Callable[[], None], read: Callable[[random.Random], None], readers: int = 3) -> None:
     """``write()`` in one thread while ``readers`` threads, sharing whatever ``read``
     shares, call ``read(rng)`` again and again until the writes are done."""
