@@ -19,6 +19,8 @@ The whole copy is dropped when the log cannot say what changed: the reader is fu
 behind than the log keeps (CHANGE_LOG_CAP tags), the log was started afresh (a new
 ``epoch``: Redis flushed, or a bulk load, which starts one), or the connection to
 Redis was made again (a restart or a failover may have lost writes this process saw).
+A process that copied the items at start (``RedisStore.warm``) copies them again in the
+background when a feed finds the copy dropped.
 
 Without this copy a feed on Redis spent more of its CPU, and of Redis's, reading the
 same few thousand hot items and timelines again than ranking them (benchmarks/README.md,
