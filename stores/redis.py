@@ -130,11 +130,6 @@ WARM_MAX_ITEMS = 2_000_000
 # Items per call when a process copies cards at start (warm_cards): each call's script
 # reads this many items' card fields, about a millisecond of Redis's time.
 WARM_CARDS_BATCH = 1_000
-# A copy made again in the background, while feeds run, sleeps after each call as long as
-# the call took times this: otherwise it holds the GIL against the feeds of its process
-# (at 1M items, in one process, feeds' p50 went from 4.4 ms with a cold copy to 20 ms while
-# it ran; with 1.0, 4.9 ms, and the copy took 13 s instead of 6; benchmarks/README.md).
-REWARM_PAUSE = 1.0
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -793,11 +788,6 @@ def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
     return Frames(exists, numbers, *distinct_positions(seller_ids), *distinct_positions(category_ids))
 
 
-def _pause(started: float, pause: float) -> None:
-    if pause > 0:
-        time.sleep((time.perf_counter() - started) * pause)
-
-
 def _card(fields: dict[str, str | None]) -> ItemCard:
     if fields["seller"] is None and fields["stock"] is None:  # no such item
         return ItemCard()
@@ -1081,19 +1071,18 @@ class RedisStore:
 
         kwargs["redis_connect_func"] = on_connect
 
-    def warm(self, client: Any = None, pause: float = 0.0) -> tuple[int | None, int]:
+    def warm(self, client: Any = None) -> tuple[int | None, int]:
         """``warm_copy``, then ``warm_cards`` when it copied items: (items, cards) copied.
 
         After it, a feed that finds the copy dropped (a new connection to Redis, a new
         log: a restart, a failover or a bulk load) starts the same copy again in the
         background (``_rewarm_if_dropped``), on the write connections, whose connecting
-        does not drop the copy again. ``pause``: after each call, sleep that many times as
-        long as the call took (``REWARM_PAUSE`` in the background).
+        does not drop the copy again.
         """
-        copied = self.warm_copy(client=client, pause=pause)
-        return copied, self.warm_cards(client=client, pause=pause) if copied else 0
+        copied = self.warm_copy(client=client)
+        return copied, self.warm_cards(client=client) if copied else 0
 
-    def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS, client: Any = None, pause: float = 0.0) -> int | None:
+    def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS, client: Any = None) -> int | None:
         """Copy every item's packed columns into this process's copy before its first
         feed, HSCANning the hash of packed values ``count`` entries a call; the number of
         items copied (0 without a copy: on a cluster, or with read_cache=0), or None when
@@ -1118,7 +1107,6 @@ class RedisStore:
             self._warmed_generation = cache.generation
             cursor = 0
             while True:
-                started = time.perf_counter()
                 pipe = client.pipeline(transaction=False)
                 pipe.execute_command("GET", k.change_seq)
                 pipe.execute_command("HSCAN", k.packed_items, cursor, "COUNT", count, **{NEVER_DECODE: True})
@@ -1130,9 +1118,8 @@ class RedisStore:
                     copied += int(exists.sum())
                 if not cursor:
                     return copied
-                _pause(started, pause)
 
-    def warm_cards(self, limit: int | None = None, batch: int = WARM_CARDS_BATCH, client: Any = None, pause: float = 0.0) -> int:
+    def warm_cards(self, limit: int | None = None, batch: int = WARM_CARDS_BATCH, client: Any = None) -> int:
         """Copy the cards of the ``limit`` most liked items on sale whose columns the copy
         holds (``warm_copy`` first), ``batch`` items a call; the number copied. The default
         limit is half the copy's entry bound, so that feeds' reads keep room beside them.
@@ -1147,9 +1134,7 @@ class RedisStore:
             return 0
         codes = cache.most_liked_on_sale(cache.capacity // 2 if limit is None else limit)
         for start in range(0, len(codes), batch):
-            started = time.perf_counter()
             self._read_cards(codes[start : start + batch], client)
-            _pause(started, pause)
         return len(codes)
 
     def _rewarm_if_dropped(self, cache: ReadCache) -> None:
@@ -1166,7 +1151,7 @@ class RedisStore:
     def _rewarm(self) -> None:
         started = time.perf_counter()
         try:
-            copied, cards = self.warm(self.write_client, pause=REWARM_PAUSE)
+            copied, cards = self.warm(self.write_client)
         except StoreUnavailable as error:
             log.warning("could not copy the items' columns and cards again after the copy was dropped (%s): feeds will read them", error)
             return
