@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -788,6 +789,19 @@ def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
     return Frames(exists, numbers, *distinct_positions(seller_ids), *distinct_positions(category_ids))
 
 
+def _server_run_id(connection: Any) -> str | None:
+    """The run_id of the Redis server process ``connection`` reached (INFO server), or
+    None when it does not tell (INFO refused by an ACL or renamed)."""
+    try:
+        connection.send_command("INFO", "server")
+        info = connection.read_response()
+    except ResponseError:
+        return None
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    found = re.search(r"^run_id:(\w+)", text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
 def _card(fields: dict[str, str | None]) -> ItemCard:
     if fields["seller"] is None and fields["stock"] is None:  # no such item
         return ItemCard()
@@ -1056,18 +1070,26 @@ class RedisStore:
 
     @staticmethod
     def _forget_on_reconnect(client: redis.Redis, cache: ReadCache) -> None:
-        """Drop ``cache`` whenever ``client`` makes a connection: a Redis that restarted
-        or failed over may have lost writes this process saw, and its log may have
-        started again at a number this process has passed."""
+        """Drop ``cache`` whenever ``client`` connects to another Redis server process than
+        the one it last connected to (its INFO run_id; every time, for a server that does
+        not tell): a Redis that restarted or failed over may have lost writes this process
+        saw, and its log may have started again at a number this process has passed. A new
+        connection to the same process (another thread's, or after a dropped connection)
+        has lost nothing, and keeps the copy."""
         kwargs = client.connection_pool.connection_kwargs
         connect_next = kwargs.get("redis_connect_func")
+        lock, last_run_id = threading.Lock(), [None]
 
         def on_connect(connection: Any) -> None:
             if connect_next is None:
                 connection.on_connect()
             else:
                 connect_next(connection)
-            cache.clear()
+            run_id = _server_run_id(connection)
+            with lock:
+                if run_id is None or run_id != last_run_id[0]:
+                    cache.clear()
+                last_run_id[0] = run_id
 
         kwargs["redis_connect_func"] = on_connect
 

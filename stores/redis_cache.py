@@ -17,8 +17,9 @@ been applied (``_allows``); a fill that lost that race serves its own feed and i
 
 The whole copy is dropped when the log cannot say what changed: the reader is further
 behind than the log keeps (CHANGE_LOG_CAP tags), the log was started afresh (a new
-``epoch``: Redis flushed, or a bulk load, which starts one), or the connection to
-Redis was made again (a restart or a failover may have lost writes this process saw).
+``epoch``: Redis flushed, or a bulk load, which starts one), or a connection reached
+another Redis server process than the last one did (its run_id: a restart or a failover
+may have lost writes this process saw).
 A process that copied the items at start (``RedisStore.warm``) copies them again in the
 background when a feed finds the copy dropped.
 
