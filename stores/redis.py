@@ -1096,10 +1096,9 @@ class RedisStore:
     def warm(self, client: Any = None) -> tuple[int | None, int]:
         """``warm_copy``, then ``warm_cards`` when it copied items: (items, cards) copied.
 
-        After it, a feed that finds the copy dropped (a new connection to Redis, a new
-        log: a restart, a failover or a bulk load) starts the same copy again in the
-        background (``_rewarm_if_dropped``), on the write connections, whose connecting
-        does not drop the copy again.
+        After it, a feed that finds the copy dropped (a restart, a failover or a bulk
+        load) starts the same copy again in the background (``_rewarm_if_dropped``), on
+        the write connections, beside the feeds' own.
         """
         copied = self.warm_copy(client=client)
         return copied, self.warm_cards(client=client) if copied else 0
@@ -1671,8 +1670,8 @@ class RedisStore:
 
     def _sha(self, name: str, client: Any = None) -> str:
         if name not in self._shas:
-            # On a cluster SCRIPT LOAD goes to every primary; standalone, to the connections
-            # the script runs on (the re-warm's load must not open a read connection).
+            # On a cluster SCRIPT LOAD goes to every primary; standalone, to the client
+            # the script runs on.
             sha = (self.client if client is None or self.is_cluster else client).script_load(self._sources[name])
             self._shas[name] = sha if isinstance(sha, str) else next(iter(sha.values()))
         return self._shas[name]
