@@ -327,6 +327,26 @@ def test_a_copy_is_dropped_when_redis_restarts_and_then_copied_again(tmp_path):
         server.stop()
 
 
+def test_a_server_that_does_not_tell_its_run_id_drops_the_copy_at_every_connection(tmp_path):
+    server = RedisServer(tmp_path / "redis", extra=["--rename-command", "INFO", ""]).start()
+    stores = []
+    try:
+        writer = make_redis_store(server.url, social_dataset())
+        kept = RedisStore.from_url(server.url)
+        stores += [writer, kept]
+        kept.warm()
+        kept.read_user("alice")
+        generation = kept._cache.generation
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        kept.read_user("alice")  # reconnected, and cannot tell whether to the same process
+        assert kept._cache.generation > generation
+    finally:
+        for store in stores:
+            store.close()
+        server.stop()
+
+
 def test_a_warmed_copy_that_is_dropped_is_copied_again_in_the_background(redis_url):
     from serving.load import load_into_redis
 
