@@ -3,10 +3,11 @@ drops it, and that a feed's reads through it equal reads of Redis itself, whoeve
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -299,14 +300,26 @@ def test_a_load_and_a_flush_each_start_the_copy_afresh(redis_url):
         store.close()
 
 
-def test_a_copy_is_dropped_when_redis_restarts_and_then_copied_again(tmp_path):
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+@contextlib.contextmanager
+def warmed_on_own_server(tmp_path, **server_options) -> Iterator[tuple[RedisServer, RedisStore]]:
+    """A redis-server of the test's own, loaded with social_dataset(), and a store on it
+    whose copy was warmed; both stopped after."""
+    server = RedisServer(tmp_path / "redis", **server_options).start()
     stores = []
     try:
-        writer = make_redis_store(server.url, social_dataset())
+        stores.append(make_redis_store(server.url, social_dataset()))
         kept = RedisStore.from_url(server.url)
-        stores += [writer, kept]
+        stores.append(kept)
         kept.warm()
+        yield server, kept
+    finally:
+        for store in stores:
+            store.close()
+        server.stop()
+
+
+def test_a_copy_is_dropped_when_redis_restarts_and_then_copied_again(tmp_path):
+    with warmed_on_own_server(tmp_path, appendonly=True) as (server, kept):
         i1 = kept.items.codes(["i1"], add=True)
 
         def stock_seen() -> int:
@@ -321,30 +334,16 @@ def test_a_copy_is_dropped_when_redis_restarts_and_then_copied_again(tmp_path):
         assert stock_seen() == 9  # its first read reconnected, to another run_id
         kept._rewarm_thread.join(timeout=10)
         assert kept._cache.items(kept.items.codes(ITEMS))[0].all()
-    finally:
-        for store in stores:
-            store.close()
-        server.stop()
 
 
 def test_a_server_that_does_not_tell_its_run_id_drops_the_copy_at_every_connection(tmp_path):
-    server = RedisServer(tmp_path / "redis", extra=["--rename-command", "INFO", ""]).start()
-    stores = []
-    try:
-        writer = make_redis_store(server.url, social_dataset())
-        kept = RedisStore.from_url(server.url)
-        stores += [writer, kept]
-        kept.warm()
+    with warmed_on_own_server(tmp_path, extra=["--rename-command", "INFO", ""]) as (server, kept):
         kept.read_user("alice")
         generation = kept._cache.generation
         with server.client() as admin:
             admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         kept.read_user("alice")  # reconnected, and cannot tell whether to the same process
         assert kept._cache.generation > generation
-    finally:
-        for store in stores:
-            store.close()
-        server.stop()
 
 
 def test_a_warmed_copy_that_is_dropped_is_copied_again_in_the_background(redis_url):
