@@ -22,6 +22,7 @@ import numpy as np
 from stores.joined_floats import parse_number
 
 PACKED_NUMBERS = 7  # created_at, stock, like_count, eligible, price, ship_days, trending
+STOCK, LIKE_COUNT, ELIGIBLE = 1, 2, 3  # some of those columns, by name
 _MISSING = np.array([0.0, 0.0, 0.0, 1.0, np.nan, np.nan, 0.0])  # a missing item's numbers
 _COLON, _COMMA, _BAR, _ZERO, _NINE = (ord(c) for c in ":,|09")
 _FNV_OFFSET, _FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)

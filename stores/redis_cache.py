@@ -37,14 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking.types import ItemCard
-from stores.packed_frames import PACKED_NUMBERS
+from stores.packed_frames import ELIGIBLE, LIKE_COUNT, PACKED_NUMBERS, STOCK
 
 CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops its whole copy
 # Entries (timelines, users' state and hashes, cards, the vacations); past it the older half
 # is dropped. At 1M users it settles at about 0.85 GB per process, some 4 KB an entry
 # (benchmarks/README.md, "2026-12-05"); the store URL's read_cache_entries sets it.
 DEFAULT_CACHED_KEYS = 200_000
-_STOCK, _LIKE_COUNT, _ELIGIBLE = 1, 2, 3  # columns of the packed numbers (stores/packed_frames.py)
 
 
 @dataclass(frozen=True)
@@ -165,11 +164,13 @@ class ReadCache:
     def most_liked_on_sale(self, n: int) -> np.ndarray:
         """Codes of up to ``n`` items whose columns the copy holds, in stock and eligible,
         the most liked among them; least liked first."""
+        if n < 1:
+            return np.zeros(0, np.int64)
         with self._lock:
             known = np.flatnonzero(self._known)
             numbers = self._numbers[known]
-        selling = (numbers[:, _STOCK] > 0) & (numbers[:, _ELIGIBLE] > 0)
-        on_sale, likes = known[selling], numbers[selling, _LIKE_COUNT]
+        selling = (numbers[:, STOCK] > 0) & (numbers[:, ELIGIBLE] > 0)
+        on_sale, likes = known[selling], numbers[selling, LIKE_COUNT]
         if n < len(on_sale):
             best = np.argpartition(likes, len(likes) - n)[len(likes) - n :]
             on_sale, likes = on_sale[best], likes[best]

@@ -205,6 +205,8 @@ def test_cards_copied_at_start_are_the_most_liked_on_sale_and_follow_writes(redi
     kept = RedisStore.from_url(f"{redis_url}?read_cache_entries=10")  # cards for half of it
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
     assert kept.warm_cards() == 0  # no item's columns yet: nothing to choose from
+    tiny = RedisStore.from_url(f"{redis_url}?read_cache_entries=1")  # no room for a card
+    assert tiny.warm() == (len(ITEMS) + len(liked), 0)
     kept.warm_copy()
     assert kept.warm_cards() == 5
     codes = kept.items.codes(liked)
@@ -221,7 +223,7 @@ def test_cards_copied_at_start_are_the_most_liked_on_sale_and_follow_writes(redi
     kept.read_user("alice")  # a feed's first read brings the copy up to date
     assert kept.read_cards(codes) == direct.read_cards(direct.items.codes(liked, add=True))
     assert kept.read_cards(codes[10:11]) == [ItemCard(title="renamed")]
-    for store in (writer, kept, direct):
+    for store in (writer, kept, direct, tiny):
         store.close()
 
 
