@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2
-from serving.config import ConfigError, resolve_config
+from serving.config import MEMORY_COPY_MAX_BYTES, ConfigError, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
 from stores.events import Event, EventKind
@@ -280,14 +280,28 @@ def test_feed_processes_exclude_workers():
     assert config.feed_processes == 3
 
 
-def test_a_redis_server_builds_its_feeds_in_one_more_process_than_cores_unless_told_otherwise():
+def test_a_server_builds_its_feeds_in_one_more_process_than_cores_unless_told_otherwise():
     redis = ("--models", "m", "--store", "redis://127.0.0.1:1/0")
     cores = len(os.sched_getaffinity(0))
     assert resolve_config(parse(*redis), {}).feed_processes == cores + 1
     assert resolve_config(parse(*redis, "--feed-processes", "0"), {}).feed_processes == 0
     assert resolve_config(parse(*redis, "--workers", "3"), {}).feed_processes == 0
-    assert resolve_config(parse("--models", "m"), {}).feed_processes == 0
     assert resolve_config(parse("--models", "m", "--feed-processes", "2"), {}).feed_processes == 2
+
+
+def test_a_memory_store_is_copied_into_feed_processes_by_default_only_while_its_files_are_small(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    data, state = tmp_path / "data", tmp_path / "state"
+    (state / "snapshots").mkdir(parents=True)
+    data.mkdir()
+    (data / "likes.csv").write_bytes(b"user_id,item_id,ts\n" * 1000)
+    memory = ("--models", "m", "--data", str(data))
+    assert resolve_config(parse(*memory), {}).feed_processes == cores + 1
+    with open(state / "snapshots" / "big", "wb") as big:  # sparse: its size, not its blocks, counts
+        big.truncate(MEMORY_COPY_MAX_BYTES)
+    assert resolve_config(parse(*memory), {}).feed_processes == cores + 1, "the data dir alone is small"
+    assert resolve_config(parse(*memory, "--state-dir", str(state)), {}).feed_processes == 0
+    assert resolve_config(parse(*memory, "--state-dir", str(state), "--feed-processes", "2"), {}).feed_processes == 2
 
 
 def test_the_transport_benchmark_reports_both_transports_in_every_round():
