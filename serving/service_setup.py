@@ -48,24 +48,25 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
 
 def warm_store(store: FeedStore) -> None:
     """Before a process builds its first feed: a Redis store copies every item's columns,
-    then the cards of the most liked items, into the process's copy of its reads
-    (RedisStore.warm), and copies them again whenever the copy is dropped. A Redis that
+    then the cards of the most liked items and, when they fit, every seller's listings and
+    user's recent likes, into the process's copy of its reads (RedisStore.warm), and copies them
+    again whenever the copy is dropped. A Redis that
     does not answer is logged and left to the feeds, which fill the copy as they read."""
     from stores import StoreUnavailable
-    from stores.redis import WARM_MAX_ITEMS, RedisStore
+    from stores.redis import WARM_MAX_ITEMS, RedisStore, warm_summary
 
     if not isinstance(store, RedisStore):
         return
     started = time.perf_counter()
     try:
-        copied, cards = store.warm()
+        copied, cards, timelines = store.warm()
     except StoreUnavailable as error:
-        log.warning("could not copy the items' columns and cards from Redis before the first feed (%s): feeds will read them", error)
+        log.warning("could not copy the items' columns, cards and timelines from Redis before the first feed (%s): feeds will read them", error)
         return
     if copied is None:
         log.info("Redis holds more items than a process copies at start (%d): feeds will read them", WARM_MAX_ITEMS)
     elif copied:
-        log.info("copied %d items' columns and %d cards from Redis in %.1f s", copied, cards, time.perf_counter() - started)
+        log.info("copied %s from Redis in %.1f s", warm_summary(copied, cards, timelines), time.perf_counter() - started)
 
 
 def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: tuple[int, int, int] | None) -> ModelWatcher:

@@ -131,6 +131,14 @@ WARM_MAX_ITEMS = 2_000_000
 # Items per call when a process copies cards at start (warm_cards): each call's script
 # reads this many items' card fields, about a millisecond of Redis's time.
 WARM_CARDS_BATCH = 1_000
+# Timelines per call when a process copies them at start (warm_timelines): each call of
+# the feeds' activity script reads this many sorted sets, 20-30 ms of Redis's time at 20k
+# users. Plain pipelined ZRANGEs cost Redis half as much and the client twice as much: no
+# less CPU in all on the same cores.
+WARM_TIMELINES_BATCH = 500
+# Newest entries of each timeline copied at start: twice a feed's default per-key limit, so
+# that a feed finds them (a feed asking for more reads Redis, ReadCache.timeline).
+WARM_TIMELINE_LIMIT = 100
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -789,6 +797,13 @@ def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
     return Frames(exists, numbers, *distinct_positions(seller_ids), *distinct_positions(category_ids))
 
 
+def warm_summary(items: int, cards: int, timelines: int | None) -> str:
+    """What ``RedisStore.warm`` copied, for its log line."""
+    if timelines is None:
+        return f"{items} items' columns and {cards} cards (no timelines: more than the copy holds)"
+    return f"{items} items' columns, {cards} cards and {timelines} timelines"
+
+
 def _server_run_id(connection: Any) -> str | None:
     """The run_id of the Redis server process ``connection`` reached (INFO server), or
     None when it does not tell (INFO refused by an ACL or renamed)."""
@@ -1093,15 +1108,18 @@ class RedisStore:
 
         kwargs["redis_connect_func"] = on_connect
 
-    def warm(self, client: Any = None) -> tuple[int | None, int]:
-        """``warm_copy``, then ``warm_cards`` when it copied items: (items, cards) copied.
+    def warm(self, client: Any = None) -> tuple[int | None, int, int | None]:
+        """``warm_copy``, then ``warm_cards`` and ``warm_timelines`` when it copied items:
+        (items, cards, timelines) copied.
 
         After it, a feed that finds the copy dropped (a restart, a failover or a bulk
         load) starts the same copy again in the background (``_rewarm_if_dropped``), on
         the write connections, beside the feeds' own.
         """
         copied = self.warm_copy(client=client)
-        return copied, self.warm_cards(client=client) if copied else 0
+        if not copied:
+            return copied, 0, 0
+        return copied, self.warm_cards(client=client), self.warm_timelines(client=client)
 
     def warm_copy(self, count: int = WARM_SCAN_COUNT, max_items: int = WARM_MAX_ITEMS, client: Any = None) -> int | None:
         """Copy every item's packed columns into this process's copy before its first
@@ -1158,6 +1176,51 @@ class RedisStore:
             self._read_cards(codes[start : start + batch], client)
         return len(codes)
 
+    def warm_timelines(self, batch: int = WARM_TIMELINES_BATCH, client: Any = None) -> int | None:
+        """Copy the newest ``WARM_TIMELINE_LIMIT`` listings of every seller and recent likes
+        of every user, when they fit in the copy beside what it holds with a quarter of its
+        bound left for feeds' reads; the number of timelines copied, or None when there
+        are more than fit (then none: feeds fill the copy as they read).
+
+        A feed reads the timelines of up to 50 followed sellers and 100 friends, and a young
+        process reads most of them from Redis: with a 2 s warm-up, 20k users' feeds cost
+        Redis 0.54-0.63 ms of CPU each, and 0.27-0.31 ms with the timelines copied at start,
+        which took 1.9 s per process (benchmarks/README.md, "2026-12-05 (session 42)"). Each
+        call is a fill at least as new as the log's sequence number it read.
+        """
+        cache = self._cache
+        if cache is None:
+            return 0
+        client = self.client if client is None else client
+        with unavailable_on_redis_errors():
+            owners = self._timeline_owners(client, cache.capacity - cache.kept - cache.capacity // 4)
+            if owners is None:
+                return None
+            sellers, likers = owners
+            for tags, bound, of_sellers in ((sellers, self.listings_bound, True), (likers, self.recent_likes_bound, False)):
+                limit = min(WARM_TIMELINE_LIMIT, bound)
+                for start in range(0, len(tags), batch):
+                    part = tags[start : start + batch]
+                    timelines, _, seq = self._read_timelines(part, len(part) if of_sellers else 0, limit, limit, 0, client)
+                    cache.keep(cache.begin_fill(seq), {tag: (limit, *timeline) for tag, timeline in zip(part, timelines)})
+        return len(sellers) + len(likers)
+
+    def _timeline_owners(self, client: Any, room: int) -> tuple[list[str], list[str]] | None:
+        """The tags of every seller's listings and every user's recent likes, by one SCAN of
+        their keys; None as soon as there are more than ``room``."""
+        tags: dict[str, list[str]] = {"listings": [], "likes": []}
+        start = len(self.keys.prefix) + 1  # past "{"
+        count = 0
+        for key in scan_keys(client, self.keys.prefix + "{[us]:*", count=WARM_SCAN_COUNT):
+            owner, _, what = key.partition("}:")
+            kept = tags.get(what)
+            if kept is not None and owner[start : start + 2] == ("s:" if what == "listings" else "u:"):
+                kept.append(owner[start:])
+                count += 1
+                if count > room:
+                    return None
+        return sorted(tags["listings"]), sorted(tags["likes"])
+
     def _rewarm_if_dropped(self, cache: ReadCache) -> None:
         """Copy again in the background, once per drop, when the copy a warm filled was dropped."""
         if self._warmed_generation is None or cache.generation == self._warmed_generation:
@@ -1172,7 +1235,7 @@ class RedisStore:
     def _rewarm(self) -> None:
         started = time.perf_counter()
         try:
-            copied, cards = self.warm(self.write_client)
+            copied, cards, timelines = self.warm(self.write_client)
         except StoreUnavailable as error:
             log.warning("could not copy the items' columns and cards again after the copy was dropped (%s): feeds will read them", error)
             return
@@ -1180,7 +1243,7 @@ class RedisStore:
             log.exception("copying the items' columns and cards again after the copy was dropped failed")
             return
         if copied:
-            log.info("the copy was dropped: copied %d items' columns and %d cards again in %.1f s", copied, cards, time.perf_counter() - started)
+            log.info("the copy was dropped: copied %s again in %.1f s", warm_summary(copied, cards, timelines), time.perf_counter() - started)
 
     def read_user(self, user_id: str) -> UserState:
         k = self.keys
@@ -1305,7 +1368,7 @@ class RedisStore:
         )
 
     def _read_timelines(
-        self, tags: Sequence[str], sellers: int, listing_limit: int, like_limit: int, trending_limit: int
+        self, tags: Sequence[str], sellers: int, listing_limit: int, like_limit: int, trending_limit: int, client: Any = None
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, int]:
         """Standalone, one command: the newest (codes, times) of each list ``tags`` names
         (the first ``sellers`` listings, then recent likes), the trending items, and the
@@ -1315,7 +1378,7 @@ class RedisStore:
         keys += [k.trending, k.change_seq]
         with unavailable_on_redis_errors():
             lengths_text, members, scores_text, trending, seq = self._eval_keys(
-                "activity", keys, [sellers, listing_limit, like_limit, trending_limit]
+                "activity", keys, [sellers, listing_limit, like_limit, trending_limit], client
             )
         lengths = np.array(lengths_text.split(","), dtype=np.int64) if lengths_text else np.zeros(0, np.int64)
         codes, times = self.items.codes(members, add=True), _negated_times(scores_text)

@@ -177,6 +177,11 @@ class ReadCache:
         return on_sale[np.argsort(likes, kind="stable")]
 
     @property
+    def kept(self) -> int:
+        """Entries the copy holds now (timelines, users' state and hashes, cards, the vacations)."""
+        return len(self._entries.entries)
+
+    @property
     def capacity(self) -> int:
         """Entries the copy keeps before it drops its older half."""
         return self._entries.capacity

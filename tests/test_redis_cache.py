@@ -25,6 +25,7 @@ from tests.redis_servers import RedisServer
 ITEMS = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "a1"]
 USERS = ["alice", "bob", "carol", "dave"]
 SELLERS = ["s1", "s2", "alice", "s3"]
+TIMELINES = 3 + len(USERS)  # social_dataset's: the listings of s1, s2 and alice; every user's recent likes
 
 
 def cache_of(codes: dict[str, int]) -> ReadCache:
@@ -151,13 +152,15 @@ def feed_reads(store: RedisStore, user: str, items: list[str]) -> tuple:
     )
 
 
-@pytest.mark.parametrize("warmed", [False, True], ids=["filled by feeds", "warmed at start"])
+@pytest.mark.parametrize("warmed", [None, "items", "everything"], ids=["filled by feeds", "items warmed at start", "all warmed at start"])
 def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url, warmed):
     writer = make_redis_store(redis_url, social_dataset())  # also the loader
     kept = RedisStore.from_url(redis_url)  # another process's store, with its copy
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
-    if warmed:
+    if warmed == "items":
         assert kept.warm_copy() == len(ITEMS)
+    elif warmed == "everything":
+        assert kept.warm() == (len(ITEMS), 8, TIMELINES)
     rng, new_items = random.Random(11), []
     for step in range(120):
         user = rng.choice(USERS)
@@ -206,7 +209,7 @@ def test_cards_copied_at_start_are_the_most_liked_on_sale_and_follow_writes(redi
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
     assert kept.warm_cards() == 0  # no item's columns yet: nothing to choose from
     tiny = RedisStore.from_url(f"{redis_url}?read_cache_entries=1")  # no room for a card
-    assert tiny.warm() == (len(ITEMS) + len(liked), 0)
+    assert tiny.warm() == (len(ITEMS) + len(liked), 0, None)  # nor for users
     kept.warm_copy()
     assert kept.warm_cards() == 5
     codes = kept.items.codes(liked)
@@ -224,6 +227,32 @@ def test_cards_copied_at_start_are_the_most_liked_on_sale_and_follow_writes(redi
     assert kept.read_cards(codes) == direct.read_cards(direct.items.codes(liked, add=True))
     assert kept.read_cards(codes[10:11]) == [ItemCard(title="renamed")]
     for store in (writer, kept, direct, tiny):
+        store.close()
+
+
+def test_timelines_copied_at_start_serve_first_feeds_without_reading_them_and_follow_writes(redis_url):
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    assert kept.warm() == (len(ITEMS), 8, TIMELINES)
+    sellers = ["s1", "s2", "alice"]  # s3 lists nothing: there is no listing to copy
+    with redis.Redis.from_url(redis_url) as admin:
+
+        def timeline_reads() -> int:
+            return int(admin.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
+
+        for user in USERS:
+            views.read_user(kept, user)  # its script reads the user's own likes
+        before = timeline_reads()
+        for user in USERS:
+            views.read_activity(kept, sellers, USERS, 3, 5)
+        assert timeline_reads() == before
+    writer.apply([ev(EventKind.LIKE, user_id="bob", item_id="i1"), ev(EventKind.ITEM_UPSERT, item_id="n1", seller_id="s2", created_at=NOW, stock=2)])
+    for user in USERS:
+        assert feed_reads(kept, user, ITEMS + ["n1"]) == feed_reads(direct, user, ITEMS + ["n1"])
+    roomless = RedisStore.from_url(f"{redis_url}?read_cache_entries=18")  # 9 cards (n1 too), a quarter left for feeds: room for 5
+    assert roomless.warm() == (len(ITEMS) + 1, 9, None) and roomless._cache.kept == 9
+    for store in (writer, kept, direct, roomless):
         store.close()
 
 
@@ -355,7 +384,7 @@ def test_a_warmed_copy_that_is_dropped_is_copied_again_in_the_background(redis_u
     kept = RedisStore.from_url(redis_url)
     direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
     filled_by_feeds = RedisStore.from_url(redis_url)  # never warmed: never copies in the background
-    assert kept.warm() == (len(ITEMS), 8)  # a1 is out of stock: no card
+    assert kept.warm() == (len(ITEMS), 8, TIMELINES)  # a1 is out of stock: no card
     for store in (kept, filled_by_feeds):
         store.read_user("alice")
     with redis.Redis.from_url(redis_url, decode_responses=True) as admin:  # a bulk load starts a new log

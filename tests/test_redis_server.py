@@ -131,10 +131,10 @@ def test_a_write_through_one_server_is_read_by_the_other_in_the_next_request(req
     first, token = feed_ids(a.stub, "alice", limit=2)
     second, _ = feed_ids(b.stub, "alice", limit=2, token=token)
     assert token and not set(first) & set(second)
-    # Their feed processes copied every item and some cards at start (a cluster keeps no
+    # Their feed processes copied every item, some cards and every timeline at start (a cluster keeps no
     # copy), and the reads above still saw every write.
     for server in (a, b):
-        copied = re.search(r"copied \d+ items' columns and [1-9]\d* cards from Redis", Path(server.log.name).read_text())
+        copied = re.search(r"copied \d+ items' columns, [1-9]\d* cards and [1-9]\d* timelines from Redis", Path(server.log.name).read_text())
         assert bool(copied) == (kind == "redis")
 
 
