@@ -1184,8 +1184,8 @@ class RedisStore:
 
         A feed reads the timelines of up to 50 followed sellers and 100 friends, and a young
         process reads most of them from Redis: with a 2 s warm-up, 20k users' feeds cost
-        Redis 0.54-0.63 ms of CPU each, and 0.27-0.31 ms with the timelines copied at start,
-        which took 1.9 s per process (benchmarks/README.md, "2026-12-05 (session 42)"). Each
+        Redis 0.54-0.70 ms of CPU each, and 0.27-0.32 ms with the timelines copied at start,
+        which took 1.7-1.9 s for one process (benchmarks/README.md, "2026-12-05 (session 42)"). Each
         call is a fill at least as new as the log's sequence number it read.
         """
         cache = self._cache
