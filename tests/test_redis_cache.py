@@ -256,6 +256,28 @@ def test_timelines_copied_at_start_serve_first_feeds_without_reading_them_and_fo
         store.close()
 
 
+def test_timelines_copied_at_start_are_not_kept_when_a_newer_write_was_applied_meanwhile(redis_url, monkeypatch):
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    read_timelines = kept._read_timelines
+
+    def then_a_write_and_a_feed(*args, **kwargs):  # a feed on another thread syncs past the read
+        read = read_timelines(*args, **kwargs)
+        writer.apply([ev(EventKind.LIKE, user_id="bob", item_id="i1")])
+        kept.read_user("carol")
+        return read
+
+    monkeypatch.setattr(kept, "_read_timelines", then_a_write_and_a_feed)
+    kept.warm()
+    monkeypatch.undo()
+    assert kept._cache.timeline("u:bob", 5) is None, "a timeline read before bob's like was kept after it"
+    for user in USERS:
+        assert feed_reads(kept, user, ITEMS) == feed_reads(direct, user, ITEMS)
+    for store in (writer, kept, direct):
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
