@@ -49,9 +49,9 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
 def warm_store(store: FeedStore) -> None:
     """Before a process builds its first feed: a Redis store copies every item's columns,
     then the cards of the most liked items and, when they fit, every seller's listings and
-    user's recent likes, into the process's copy of its reads (RedisStore.warm), and copies them
-    again whenever the copy is dropped. A Redis that
-    does not answer is logged and left to the feeds, which fill the copy as they read."""
+    user's recent likes, into the process's copy of its reads (RedisStore.warm), and copies
+    them again whenever the copy is dropped. A Redis that does not answer is logged and
+    left to the feeds, which fill the copy as they read."""
     from stores import StoreUnavailable
     from stores.redis import WARM_MAX_ITEMS, RedisStore, warm_summary
 

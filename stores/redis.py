@@ -1208,18 +1208,19 @@ class RedisStore:
     def _timeline_owners(self, client: Any, room: int) -> tuple[list[str], list[str]] | None:
         """The tags of every seller's listings and every user's recent likes, by one SCAN of
         their keys; None as soon as there are more than ``room``."""
-        tags: dict[str, list[str]] = {"listings": [], "likes": []}
-        start = len(self.keys.prefix) + 1  # past "{"
-        count = 0
-        for key in scan_keys(client, self.keys.prefix + "{[us]:*", count=WARM_SCAN_COUNT):
-            owner, _, what = key.partition("}:")
-            kept = tags.get(what)
-            if kept is not None and owner[start : start + 2] == ("s:" if what == "listings" else "u:"):
-                kept.append(owner[start:])
-                count += 1
-                if count > room:
-                    return None
-        return sorted(tags["listings"]), sorted(tags["likes"])
+        k = self.keys
+        sellers: list[str] = []
+        likers: list[str] = []
+        for key in scan_keys(client, k.timelines_pattern, count=WARM_SCAN_COUNT):
+            if key == k.recent_likes(user := k.user_id_of(key, "likes")):
+                likers.append(k.user_tag(user))
+            elif key == k.listings(seller := k.seller_id_of(key, "listings")):
+                sellers.append(k.seller_tag(seller))
+            else:
+                continue
+            if len(sellers) + len(likers) > room:
+                return None
+        return sorted(sellers), sorted(likers)
 
     def _rewarm_if_dropped(self, cache: ReadCache) -> None:
         """Copy again in the background, once per drop, when the copy a warm filled was dropped."""
@@ -1237,10 +1238,10 @@ class RedisStore:
         try:
             copied, cards, timelines = self.warm(self.write_client)
         except StoreUnavailable as error:
-            log.warning("could not copy the items' columns and cards again after the copy was dropped (%s): feeds will read them", error)
+            log.warning("could not copy the items' columns, cards and timelines again after the copy was dropped (%s): feeds will read them", error)
             return
         except Exception:  # noqa: BLE001 (a bug: logged, and feeds still read Redis for what the copy lacks)
-            log.exception("copying the items' columns and cards again after the copy was dropped failed")
+            log.exception("copying the items' columns, cards and timelines again after the copy was dropped failed")
             return
         if copied:
             log.info("the copy was dropped: copied %s again in %.1f s", warm_summary(copied, cards, timelines), time.perf_counter() - started)

@@ -191,8 +191,16 @@ class Keys:
     def engaged_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:engaged"
 
+    @property
+    def timelines_pattern(self) -> str:
+        """Every user's and seller's key, among them the recent likes and listings (one SCAN finds both)."""
+        return f"{self.prefix}{{[us]:*"
+
     def item_id_of(self, key: str) -> str:
         return key[len(self.prefix) + 3 : -1]
 
     def user_id_of(self, key: str, what: str) -> str:
         return key[len(self.prefix) + 3 : -(len(what) + 2)]
+
+    def seller_id_of(self, key: str, what: str) -> str:
+        return self.user_id_of(key, what)  # "{s:" is as long as "{u:"
