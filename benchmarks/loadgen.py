@@ -193,7 +193,7 @@ def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
     group.add_argument("--workers", type=bounded(int, 1), default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
     group.add_argument("--threads", type=bounded(int, 0), default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
-    group.add_argument("--feed-processes", type=bounded(int, 0), default=None, help="--feed-processes of a spawned server, instead of --workers (default: the server's own: one more than the cores, and on the memory store 0 above 256 MB of files)")
+    group.add_argument("--feed-processes", type=bounded(int, 0), default=None, help="--feed-processes of a spawned server, instead of --workers (default: the server's own: on Redis one more than the cores; on the memory store as many as the cores, and 0 above 256 MB of files)")
 
 
 def process_tree_cpu_seconds(pid: int) -> float:

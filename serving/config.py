@@ -108,17 +108,20 @@ holds the store's lock (0.7 s there, 14 s at 1M users)."""
 
 
 def default_feed_processes(store_url: str, workers: int, data_dir: str | None = None, state_dir: str | None = None) -> int:
-    """--feed-processes when it is not set: one more than the cores (a feed waits on its
-    store's round trips part of the time), with one worker; with the memory store only
-    while its files are small enough to copy into each child (``MEMORY_COPY_MAX_BYTES``),
-    else none. On 2 cores, 20k users / 50k items, 3 feed processes served 1.4-1.65x the
-    GetFeeds of feeds built on the server's loop, which uses one core (benchmarks/README.md,
-    "2026-12-05 (session 42)")."""
+    """--feed-processes when it is not set, with one worker: on Redis one more than the
+    cores, since a feed waits on its store's round trips part of the time; on the memory
+    store, whose feeds never wait, as many as the cores, and only while its files are small
+    enough to copy into each child (``MEMORY_COPY_MAX_BYTES``), else none. On 2 cores,
+    20k users / 50k items, 3 feed processes served 1.4-1.65x the GetFeeds of feeds built on
+    the server's loop, which uses one core, and on the memory store 2 served as many as 3
+    with a lower p99 at half load, for one copy less (benchmarks/README.md, "2026-12-05
+    (session 43)")."""
     if workers > 1:
         return 0
-    if store_url == "memory" and _bytes_under(data_dir, state_dir) > MEMORY_COPY_MAX_BYTES:
-        return 0
-    return len(os.sched_getaffinity(0)) + 1
+    cores = len(os.sched_getaffinity(0))
+    if store_url != "memory":
+        return cores + 1
+    return cores if _bytes_under(data_dir, state_dir) <= MEMORY_COPY_MAX_BYTES else 0
 
 
 def _bytes_under(*directories: str | None) -> int:
@@ -261,7 +264,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
-    Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). With the memory store each child holds a copy of the server's store, which follows every Ingest before the child's next feed: N more copies of the store's memory, and a start that waits for them. Instead of --workers; 0: feeds are built in the server process. Default: one more than the cores with one worker (on 2 cores, 3 served 2.2x the GetFeeds of --workers 3 on Redis over one channel, and 1.4-1.65x those of 0 on the memory store: benchmarks/README.md); with the memory store only while the files it loads (--data, --state-dir) total at most 256 MB, else 0 (each child holds 0.3 GB for 20k users / 50k items, whose files are 56 MB; at 1M users a copy takes 14 s and 2.8 GB: use Redis)", "server", minimum=0, metavar="N"),
+    Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). With the memory store each child holds a copy of the server's store, which follows every Ingest before the child's next feed: N more copies of the store's memory, and a start that waits for them. Instead of --workers; 0: feeds are built in the server process. Default, with one worker: on Redis one more than the cores (on 2 cores, 3 served 2.2x the GetFeeds of --workers 3 over one channel: benchmarks/README.md); with the memory store as many as the cores (its feeds never wait on a store; on 2 cores, 2 served 1.4-1.65x the GetFeeds of 0, as many as 3, with a lower p99), and only while the files it loads (--data, --state-dir) total at most 256 MB, else 0 (each child holds 0.3 GB for 20k users / 50k items, whose files are 56 MB; at 1M users a copy takes 14 s and 2.8 GB: use Redis)", "server", minimum=0, metavar="N"),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT this often and hot-swap a new model; 0 disables", "server", minimum=0),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
