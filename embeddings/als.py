@@ -37,6 +37,8 @@ DEFAULT_ALPHA = 20.0
 """Confidence of a positive: c_ui = alpha * weight (implicit 0.7 semantics)."""
 DEFAULT_ITERATIONS = 30
 """Full ALS sweeps: tune chose 25-30 on the same three datasets (at 16 factors a sweep is cheap)."""
+BAG_SEED_STEP = 7919
+"""Seed distance between the models of a bagged fit (``train_als(bags=...)``)."""
 DEFAULT_LIKE_WEIGHT = 1.0
 """Weight of a like in the interaction matrix."""
 DEFAULT_FOLLOW_WEIGHT = 1.0
@@ -223,8 +225,10 @@ def train_als(
     num_threads: int = 0,
     initial: tuple[np.ndarray, np.ndarray] | None = None,
     all_columns: bool = False,
+    bags: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit implicit's CPU ALS on ``interactions.matrix``.
+    """Fit implicit's CPU ALS on ``interactions.matrix``; with ``bags`` > 1, that many
+    models from different seeds, as one (``_bagged``).
 
     Returns ``(user_factors, item_factors)`` as C-contiguous float32 arrays of shapes
     ``(len(user_ids), factors)`` and ``(len(item_ids), factors)``: seller columns are
@@ -234,6 +238,9 @@ def train_als(
     Deterministic for a given seed and ``num_threads=1``; with several threads results
     differ in the last bits between runs.
     """
+    if bags > 1:
+        return _bagged(interactions, factors, regularization, alpha, iterations, seed, show_progress, num_threads,
+                       initial, all_columns, bags)
     # Imported here so that importing embeddings/ for serving does not load implicit.
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -260,3 +267,29 @@ def train_als(
     user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
     item_factors = model.item_factors if all_columns else model.item_factors[: interactions.n_items]
     return user_factors, np.ascontiguousarray(item_factors, dtype=np.float32)
+
+
+def _bagged(
+    interactions: Interactions, factors: int, regularization: float, alpha: float, iterations: int, seed: int,
+    show_progress: bool, num_threads: int, initial: tuple[np.ndarray, np.ndarray] | None, all_columns: bool, bags: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bags`` ALS models from seeds ``seed``, ``seed + BAG_SEED_STEP``, ..., their factors
+    side by side and divided by sqrt(bags): a user's inner product with an item is then the
+    mean of the models' scores, so the one index and the one user vector serve the average.
+    Each model lands in a different local optimum; their mean is steadier than any one
+    (benchmarks/README.md, "ALS bagging"). ``initial`` is such a side-by-side layout, split
+    back into one warm start per model."""
+    scale = np.float32(np.sqrt(bags))
+    parts = []
+    for bag in range(bags):
+        start = None
+        if initial is not None:
+            users, columns = initial
+            if users.shape[1] != bags * factors or columns.shape[1] != bags * factors:
+                raise ValueError(f"warm-start factors are not {bags} bags of {factors}")
+            width = slice(bag * factors, (bag + 1) * factors)
+            start = (users[:, width] * scale, columns[:, width] * scale)
+        parts.append(train_als(interactions, factors, regularization, alpha, iterations, seed + bag * BAG_SEED_STEP,
+                               show_progress, num_threads, start, all_columns))
+    users, items = zip(*parts)
+    return np.ascontiguousarray(np.hstack(users) / scale), np.ascontiguousarray(np.hstack(items) / scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings.als import MIN_RECENCY_WEIGHT, build_interactions, recency_weights, train_als
+from embeddings.als import BAG_SEED_STEP, MIN_RECENCY_WEIGHT, build_interactions, recency_weights, train_als
 from embeddings.index import build_index
 from embeddings.model import EmbeddingModel
 from tests.builders import DAY, NOW, make_dataset
@@ -225,6 +225,25 @@ def test_a_fit_part_shares_the_full_layout_and_warm_starts_it() -> None:
     with pytest.raises(ValueError, match="layout"):
         train_als(full, factors=4, iterations=1, show_progress=False, initial=(users, columns))
 
+
+
+def test_bagged_als_scores_are_the_mean_of_its_models_and_warm_start_bag_by_bag() -> None:
+    inter = build_interactions(two_communities())
+    fit = dict(factors=8, iterations=5, show_progress=False, num_threads=1)
+    users, items = train_als(inter, seed=3, bags=3, **fit)
+    assert users.shape == (len(inter.user_ids), 24) and items.shape == (inter.n_items, 24)
+    models = [train_als(inter, seed=3 + bag * BAG_SEED_STEP, **fit) for bag in range(3)]
+    mean_scores = np.mean([u @ i.T for u, i in models], axis=0)
+    np.testing.assert_allclose(users @ items.T, mean_scores, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(models[0][0] @ models[0][1].T, mean_scores, atol=1e-3), "the bags should differ"
+
+    users, columns = train_als(inter, seed=3, bags=3, all_columns=True, **fit)
+    warm_users, _ = train_als(inter, seed=3, bags=3, initial=(users, columns), **{**fit, "iterations": 1})
+    one_users, one_columns = train_als(inter, seed=3 + BAG_SEED_STEP, all_columns=True, **fit)
+    second, _ = train_als(inter, initial=(one_users, one_columns), **{**fit, "iterations": 1})
+    np.testing.assert_allclose(warm_users[:, 8:16] * np.sqrt(3), second, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="3 bags of 8"):
+        train_als(inter, bags=3, initial=(one_users, one_columns), **fit)
 
 def test_recency_weighting_halves_a_likes_confidence_every_half_life():
     ds = make_dataset(

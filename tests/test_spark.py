@@ -203,6 +203,8 @@ def test_spark_flags_build_the_session_settings_and_need_engine_spark() -> None:
         spark_settings_from_args(parser.parse_args(["--data", "d", "--out", "m", "--spark-master", "yarn"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--out", "m", "--spark-conf", "no-equals-sign"])
+    with pytest.raises(ValueError, match="--als-bags 2: the spark engine fits one ALS model"):
+        spark_settings_from_args(parser.parse_args(["--data", "d", "--out", "m", "--engine", "spark", "--als-bags", "2"]))
 
 
 def test_missing_java_is_one_line_naming_the_package(monkeypatch, tmp_path) -> None:

@@ -42,6 +42,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=bounded(float, above=0), default=d.alpha,
                        help=f"ALS confidence of a positive, c = alpha * weight (default: {d.alpha})")
     group.add_argument("--iterations", type=bounded(int, 1), default=d.iterations, help=f"ALS sweeps (default: {d.iterations})")
+    group.add_argument("--als-bags", type=bounded(int, 1), default=d.als_bags, metavar="N",
+                       help="fit N ALS models from different seeds and serve their average (factors side by side): "
+                            "on Last.fm 5 raised validation NDCG@10 by 1.0 %%, for N times the ALS time and N times "
+                            f"wider vectors and index (default: {d.als_bags})")
     group.add_argument("--follow-weight", type=bounded(float, 0), default=d.follow_weight,
                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
     for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items():
@@ -126,6 +130,7 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
         regularization=args.regularization,
         alpha=args.alpha,
         iterations=args.iterations,
+        als_bags=args.als_bags,
         follow_weight=args.follow_weight,
         **{name: getattr(args, name) for name in ENGAGEMENT_WEIGHT_FIELDS.values()},
         weight_transform=args.weight_transform,
@@ -302,4 +307,6 @@ def spark_settings_from_args(args: argparse.Namespace):
         raise ValueError("the --spark-* flags apply to --engine spark only")
     if args.spark_partitions < 0:
         raise ValueError(f"--spark-partitions: expected 0 or more, got {args.spark_partitions}")
+    if args.engine == "spark" and getattr(args, "als_bags", 1) > 1:
+        raise ValueError(f"--als-bags {args.als_bags}: the spark engine fits one ALS model; bags need --engine implicit")
     return settings

@@ -25,6 +25,9 @@ class TrainParams:
     """ALS confidence multiplier: c = alpha * weight."""
     iterations: int = als.DEFAULT_ITERATIONS
     """ALS sweeps."""
+    als_bags: int = 1
+    """ALS models from different seeds, averaged (their factors side by side): the vectors
+    and the index grow as many times wider, and ALS takes as many times longer."""
     like_weight: float = als.DEFAULT_LIKE_WEIGHT
     """Interaction weight of a like."""
     follow_weight: float = als.DEFAULT_FOLLOW_WEIGHT

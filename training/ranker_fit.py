@@ -335,7 +335,7 @@ def fit_ranker(
     lap("split")
     users, columns = als.train_als(
         fit_matrix, factors=tp.factors, regularization=tp.regularization, alpha=tp.alpha, iterations=tp.iterations,
-        seed=tp.seed, show_progress=tp.show_progress, all_columns=True,
+        seed=tp.seed, show_progress=tp.show_progress, all_columns=True, bags=tp.als_bags,
     )
     lap("als")
     items = np.ascontiguousarray(columns[: fit_matrix.n_items])

@@ -329,6 +329,8 @@ class SparkEngine:
         layout's order; rows and columns without data get zero factors (as cold items
         have in the implicit engine), and seller columns are trained but not returned.
         """
+        if params.als_bags > 1:
+            raise ValueError(f"--als-bags {params.als_bags}: the spark engine fits one ALS model; bags need --engine implicit")
         from pyspark.ml.recommendation import ALS
         from pyspark.sql import functions as F
 

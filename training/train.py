@@ -77,6 +77,7 @@ def train(
             seed=params.seed,
             show_progress=params.show_progress,
             initial=initial,
+            bags=params.als_bags,
         )
     knn = None
     # "index" times both item-side neighbour structures: the MIPS index and the item-kNN.
