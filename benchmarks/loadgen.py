@@ -18,6 +18,10 @@ server's CPU time per call, read from /proc: on a shared machine it moves far le
 the throughputs do. With --store-pid (e.g. `--store-pid $(pgrep -f "redis-server.*:6379")`)
 the store's CPU per call is reported too: a Redis server on the same cores does part of
 every feed's work, which the server's figure leaves out.
+Each GetFeed phase also reports the server's own p50 and p99, read from its latency
+histogram (a spawned server's metrics endpoint, or --metrics for a --target): the time in
+its handler, without the client, the network and gRPC's transport. On 2 shared cores the
+client's figures were 2-6 ms above the server's (benchmarks/README.md, session 43).
 Every call is counted once, as a success or as an error by status code; a phase whose
 counts do not add up is a bug in this program and stops it. The exit status is 1 when
 any phase had an error (--allow-errors reports them and exits 0).
@@ -34,10 +38,12 @@ import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,6 +105,8 @@ class PhaseResult:
     p99_ms: float
     server_cpu_ms: float = float("nan")  # server CPU (user + system, its process tree) per successful call; NaN: not measured
     store_cpu_ms: float = float("nan")  # the --store-pid processes' CPU per successful call; NaN: not measured
+    server_p50_ms: float = float("nan")  # from the server's own latency histogram (--metrics); NaN: not read
+    server_p99_ms: float = float("nan")
 
 
 def summarise(
@@ -114,6 +122,41 @@ def summarise(
     return PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
                        dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99),
                        *(1e3 * cpu / successes if successes else float("nan") for cpu in (server_cpu_s, store_cpu_s)))  # fmt: skip
+
+
+FEED_LATENCY_BUCKETS = "feedrank_request_seconds_bucket"
+
+
+def scrape_feed_latency(url: str) -> dict[float, float]:
+    """The server's GetFeed latency histogram at ``url`` (Prometheus text): cumulative count per upper bound."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == FEED_LATENCY_BUCKETS and sample.labels.get("method") == "GetFeed"
+    }
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """The q-quantile in ms of the calls observed between two scrapes, interpolated inside
+    its bucket as Prometheus's histogram_quantile does; NaN without calls."""
+    bounds = sorted(after)
+    counts = [after[bound] - before.get(bound, 0.0) for bound in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts):
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower * 1e3  # past the last finite bound: all a histogram can say
+            return 1e3 * (lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-12))
+        lower, below = bound, cumulative
+    return float("nan")
 
 
 async def closed_loop(call: Call, concurrency: int, duration: float, timeout: float) -> tuple[Tally, float]:
@@ -250,11 +293,19 @@ async def run_phases(
     def cpu() -> tuple[float, float]:
         return processes_cpu_seconds([server_pid] if server_pid else []), processes_cpu_seconds(store_pids)
 
+    def histogram() -> dict[float, float] | None:
+        return scrape_feed_latency(args.metrics) if args.metrics else None
+
     async def phase(name: str, mode: str, concurrency: int, target_qps: float, run: Awaitable[tuple[Tally, float]]) -> PhaseResult:
+        latency_before = histogram() if name == "GetFeed" else None
         server_before, store_before = cpu()
         tally, elapsed = await run
         server_after, store_after = cpu()
-        return summarise(name, mode, concurrency, target_qps, tally, elapsed, server_after - server_before, store_after - store_before)
+        result = summarise(name, mode, concurrency, target_qps, tally, elapsed, server_after - server_before, store_after - store_before)
+        if latency_before is not None:
+            latency_after = histogram()
+            result.server_p50_ms, result.server_p99_ms = (histogram_quantile(q, latency_before, latency_after) for q in (0.5, 0.99))
+        return result
 
     try:
         for call in (empty, get_feed):  # warm up connections, caches and the allocator
@@ -300,6 +351,13 @@ def spawn_server(
     return server, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
+def free_port() -> int:
+    """A port nothing listens on now, for the spawned server's metrics."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def stop_server(server: subprocess.Popen) -> None:
     if server.poll() is None:
         server.terminate()
@@ -333,12 +391,14 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
         (REDIS_TARGET_FEED_TO_EMPTY, REDIS_TARGET_P99_HALF_LOAD_MS) if on_redis else (TARGET_FEED_TO_EMPTY, TARGET_P99_HALF_LOAD_MS)
     )
     with_store = any(r.store_cpu_ms == r.store_cpu_ms for r in results)  # measured (not NaN)
+    with_server_latency = any(r.server_p99_ms == r.server_p99_ms for r in results)
     lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
-             + (f" {'store cpu ms':>12}" if with_store else "")]  # fmt: skip
+             + (f" {'store cpu ms':>12}" if with_store else "") + (f" {'srv p50 ms':>10} {'srv p99 ms':>10}" if with_server_latency else "")]  # fmt: skip
     for r in results:
         lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
                      f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}"
-                     + (f" {r.store_cpu_ms:>12.3f}" if with_store else ""))  # fmt: skip
+                     + (f" {r.store_cpu_ms:>12.3f}" if with_store else "")
+                     + (f" {r.server_p50_ms:>10.2f} {r.server_p99_ms:>10.2f}" if with_server_latency else ""))  # fmt: skip
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
@@ -351,6 +411,9 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
                      f"{verdict[half.p99_ms <= target_p99]})")  # fmt: skip
     else:
         lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms")
+    if half.server_p99_ms == half.server_p99_ms:  # read from the server's histogram (not NaN)
+        lines.append(f"the server's own p99 at {half.mode}: {half.server_p99_ms:.1f} ms, from its latency histogram (the "
+                     "time in its handler: the client, the network and gRPC's transport left out; coarse between bucket bounds)")  # fmt: skip
     if feed.server_cpu_ms == feed.server_cpu_ms:  # measured (not NaN)
         lines.append(f"server CPU per call: empty RPC {empty.server_cpu_ms:.3f} ms, GetFeed {feed.server_cpu_ms:.3f} ms; "
                      f"their ratio {empty.server_cpu_ms / feed.server_cpu_ms:.3f} is the throughput ratio a server that "
@@ -374,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--store-pid", type=int, action="append", default=[], metavar="PID",
                        help="pid of a store process on this machine, e.g. redis-server (repeat for several): each phase "
                        "then also reports the store's CPU per call, which the server's does not include")  # fmt: skip
+    where.add_argument("--metrics", metavar="URL", help="the --target server's Prometheus endpoint, e.g. "
+                       "http://127.0.0.1:9100/metrics: each GetFeed phase then also reports the server's own p50 and p99, from "
+                       "its latency histogram (a spawned server's is read unless --workers > 1)")  # fmt: skip
     add_spawn_arguments(where)
     load = parser.add_argument_group("load")
     # 12: a multiple of 2, 3 and 4 workers. With 4, SO_REUSEPORT gave one of 3 workers two connections, and 3 workers
@@ -405,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.target:
                 target, server_pid = args.target, args.server_pid
+            elif args.workers == 1:  # with --workers each has its own endpoint, holding only its calls
+                metrics_port = free_port()
+                server, target = spawn_server(args, Path(workdir), extra=["--metrics-port", str(metrics_port)])
+                server_pid = server.pid
+                args.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
             else:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid

@@ -56,6 +56,33 @@ def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path
     assert "server CPU per call: empty RPC" in table
 
 
+
+def test_the_servers_own_latency_is_read_from_its_histogram_beside_the_clients(world, tmp_path, capsys):
+    from serving.metrics import LATENCY_BUCKETS
+
+    port = loadgen.free_port()
+    with running_server(world, metrics_port=port) as (server, _):
+        status, phases = run_loadgen(world, f"127.0.0.1:{server.port}", tmp_path, "--metrics", f"http://127.0.0.1:{port}/metrics")
+
+    assert status == 0
+    empty, *feeds = phases
+    assert empty["server_p99_ms"] != empty["server_p99_ms"], "the histogram times feed calls only: NaN for the empty RPC"
+    for phase in feeds:
+        # Each call's time in the server's handler is part of the client's, so the server's
+        # quantile lies at most at the bucket bound above the client's.
+        bound_above_client = min(1e3 * bound for bound in LATENCY_BUCKETS if 1e3 * bound >= phase["p99_ms"])
+        assert 0 < phase["server_p50_ms"] <= phase["server_p99_ms"] <= bound_above_client
+    assert "the server's own p99 at open@50%" in capsys.readouterr().out
+
+
+def test_histogram_quantiles_interpolate_inside_the_bucket_of_the_calls_between_two_scrapes():
+    before = {0.001: 10.0, 0.002: 10.0, float("inf"): 10.0}
+    after = {0.001: 60.0, 0.002: 110.0, float("inf"): 110.0}
+    assert loadgen.histogram_quantile(0.5, before, after) == pytest.approx(1.0)
+    assert loadgen.histogram_quantile(0.99, before, after) == pytest.approx(1.98)
+    assert loadgen.histogram_quantile(0.5, {}, {0.001: 0.0, float("inf"): 4.0}) == pytest.approx(1.0), "past the last bound"
+    assert loadgen.histogram_quantile(0.5, after, after) != loadgen.histogram_quantile(0.5, after, after), "no calls: NaN"
+
 def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target, tmp_path, capsys):
     status, phases = run_loadgen(world, target, tmp_path, "--limit", "1000")  # above the server's MAX_LIMIT
 
