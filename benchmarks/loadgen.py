@@ -466,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --target, or --models (and --data) to spawn a server")
     check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid else [])
     check_pids(parser, "--store-pid", args.store_pid)
+    if args.metrics:
+        try:
+            scrape_feed_latency(args.metrics)
+        except (OSError, ValueError) as error:  # URLError is an OSError; a page that is not Prometheus text, ValueError
+            parser.error(f"--metrics {args.metrics}: cannot read the server's metrics there ({error})")
     server = None
     with tempfile.TemporaryDirectory(prefix="loadgen-") as workdir:
         try:

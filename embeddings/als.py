@@ -9,7 +9,7 @@ served; seller factors are a training device.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,8 +239,11 @@ def train_als(
     differ in the last bits between runs.
     """
     if bags > 1:
-        return _bagged(interactions, factors, regularization, alpha, iterations, seed, show_progress, num_threads,
-                       initial, all_columns, bags)
+        def fit(bag_seed: int, start: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+            return train_als(interactions, factors, regularization, alpha, iterations, bag_seed, show_progress, num_threads,
+                             start, all_columns)
+
+        return _bagged(fit, bags, factors, seed, initial)
     # Imported here so that importing embeddings/ for serving does not load implicit.
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -270,26 +273,22 @@ def train_als(
 
 
 def _bagged(
-    interactions: Interactions, factors: int, regularization: float, alpha: float, iterations: int, seed: int,
-    show_progress: bool, num_threads: int, initial: tuple[np.ndarray, np.ndarray] | None, all_columns: bool, bags: int,
+    fit: Callable[[int, tuple[np.ndarray, np.ndarray] | None], tuple[np.ndarray, np.ndarray]],
+    bags: int, factors: int, seed: int, initial: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``bags`` ALS models from seeds ``seed``, ``seed + BAG_SEED_STEP``, ..., their factors
-    side by side and divided by sqrt(bags): a user's inner product with an item is then the
-    mean of the models' scores, so the one index and the one user vector serve the average.
-    Each model lands in a different local optimum; their mean is steadier than any one
-    (benchmarks/README.md, "ALS bagging"). ``initial`` is such a side-by-side layout, split
-    back into one warm start per model."""
+    """``bags`` ALS models, ``fit(seed, warm start)`` from seeds ``seed``, ``seed +
+    BAG_SEED_STEP``, ..., their factors side by side and divided by sqrt(bags): a user's
+    inner product with an item is then the mean of the models' scores, so the one index and
+    the one user vector serve the average. Each model lands in a different local optimum;
+    their mean is steadier than any one (benchmarks/README.md, "ALS bagging"). ``initial``
+    is such a side-by-side layout, split back into one warm start per model."""
+    if initial is not None and (initial[0].shape[1] != bags * factors or initial[1].shape[1] != bags * factors):
+        raise ValueError(f"warm-start factors are not {bags} bags of {factors}")
     scale = np.float32(np.sqrt(bags))
     parts = []
     for bag in range(bags):
-        start = None
-        if initial is not None:
-            users, columns = initial
-            if users.shape[1] != bags * factors or columns.shape[1] != bags * factors:
-                raise ValueError(f"warm-start factors are not {bags} bags of {factors}")
-            width = slice(bag * factors, (bag + 1) * factors)
-            start = (users[:, width] * scale, columns[:, width] * scale)
-        parts.append(train_als(interactions, factors, regularization, alpha, iterations, seed + bag * BAG_SEED_STEP,
-                               show_progress, num_threads, start, all_columns))
+        width = slice(bag * factors, (bag + 1) * factors)
+        start = None if initial is None else (initial[0][:, width] * scale, initial[1][:, width] * scale)
+        parts.append(fit(seed + bag * BAG_SEED_STEP, start))
     users, items = zip(*parts)
     return np.ascontiguousarray(np.hstack(users) / scale), np.ascontiguousarray(np.hstack(items) / scale)

@@ -161,6 +161,13 @@ def test_a_pid_that_is_no_process_is_refused_by_name(flag, capsys):
     assert f"{flag} 999999999: no such process" in capsys.readouterr().err
 
 
+
+def test_a_metrics_url_nothing_answers_is_refused_before_the_load(capsys):
+    url = f"http://127.0.0.1:{loadgen.free_port()}/metrics"
+    with pytest.raises(SystemExit):
+        loadgen.main(["--target", "127.0.0.1:1", "--metrics", url])
+    assert f"--metrics {url}: cannot read the server's metrics there" in capsys.readouterr().err
+
 def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(world, target, tmp_path, capsys):
     status, phases = run_loadgen(world, target, tmp_path, "--ingest-rate", "40", "--users", "50")
 

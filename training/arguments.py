@@ -292,7 +292,7 @@ def _spark_conf(text: str) -> tuple[str, str]:
 def spark_settings_from_args(args: argparse.Namespace):
     """The training.spark_engine.SparkSettings of ``--spark-*``; ValueError when they are
     given without ``--engine spark`` (they would be silently ignored)."""
-    from training.spark_engine import SparkSettings
+    from training.spark_engine import SparkSettings, refuse_bags
 
     settings = SparkSettings(
         master=args.spark_master,
@@ -307,6 +307,6 @@ def spark_settings_from_args(args: argparse.Namespace):
         raise ValueError("the --spark-* flags apply to --engine spark only")
     if args.spark_partitions < 0:
         raise ValueError(f"--spark-partitions: expected 0 or more, got {args.spark_partitions}")
-    if args.engine == "spark" and getattr(args, "als_bags", 1) > 1:
-        raise ValueError(f"--als-bags {args.als_bags}: the spark engine fits one ALS model; bags need --engine implicit")
+    if args.engine == "spark":
+        refuse_bags(getattr(args, "als_bags", 1))
     return settings

@@ -178,6 +178,12 @@ class SparkInteractions:
         return matrix
 
 
+def refuse_bags(bags: int) -> None:
+    """The Spark engine fits one ALS model: ``--als-bags`` above 1 is refused by name."""
+    if bags > 1:
+        raise ValueError(f"--als-bags {bags}: the spark engine fits one ALS model; bags need --engine implicit")
+
+
 class SparkEngine:
     """A Spark session and the training steps that run on it."""
 
@@ -329,8 +335,7 @@ class SparkEngine:
         layout's order; rows and columns without data get zero factors (as cold items
         have in the implicit engine), and seller columns are trained but not returned.
         """
-        if params.als_bags > 1:
-            raise ValueError(f"--als-bags {params.als_bags}: the spark engine fits one ALS model; bags need --engine implicit")
+        refuse_bags(params.als_bags)
         from pyspark.ml.recommendation import ALS
         from pyspark.sql import functions as F
 
