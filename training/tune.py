@@ -3,7 +3,8 @@
   python -m training tune --data DIR --out params.json [--trials 30] [--timeout 900] [--seed 0]
   python -m training train --data DIR --out MODELS_DIR --params params.json
 
-What is searched: the ALS factors, regularization, alpha and iterations; the weight
+What is searched: the ALS factors, regularization, alpha and iterations, and how many
+ALS models are averaged (``--als-bags``: each costs one more ALS fit); the weight
 transform (when the likes carry weights); the weight of each engagement kind in
 engagements.csv (shares, purchases, carts, clicks, views: 0..2 likes); the recency weighting of ALS confidence and
 which time features the ranker uses (when the likes are timed); the item-kNN similarity
@@ -55,10 +56,11 @@ from training.splits import SplitSpec, default_split, has_times, split_for_evalu
 OBJECTIVE_METRIC = "ndcg@10"
 TUNED_TRAIN_FIELDS = (
     "factors", "regularization", "alpha", "iterations", "weight_transform", "recency_half_life_days", "knn", "knn_k",
-    "ease_l2",
+    "ease_l2", "als_bags",
 )
 TUNED_FEED_FIELDS = ("neighbours", "knn_neighbours", "trending_limit", "per_key_limit", "sources")
 FACTOR_CHOICES = (16, 32, 64, 128)
+ALS_BAGS_CHOICES = (1, 3, 5)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
 RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
 ENGAGEMENT_WEIGHT_MAX = 2.0  # each engagement kind weighs 0..2 likes
@@ -171,6 +173,7 @@ def suggest(
         regularization=trial.suggest_float("regularization", 0.01, 300.0, log=True),
         alpha=trial.suggest_float("alpha", 0.1, 100.0, log=True),
         iterations=trial.suggest_int("iterations", 5, 30, step=5),
+        als_bags=trial.suggest_categorical("als_bags", list(ALS_BAGS_CHOICES)),
         weight_transform=(
             trial.suggest_categorical("weight_transform", list(als.WEIGHT_TRANSFORMS))
             if space.weighted else base.weight_transform
