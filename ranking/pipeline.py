@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from ranking.batch import CandidateBatch, SourceCandidates
 from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
 from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
-from ranking.store import FeedStateReader, ItemColumns, UserState
+from ranking.store import FeedStateReader, ItemColumns, SharedItems, UserState
 from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
 from ranking.vocab import count_and_newest, sorted_positions, stable_hash
 
@@ -215,7 +216,7 @@ class FeedPipeline:
     ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
-        user = store.read_user(user_id)
+        user = friends_shares_only(store.read_user(user_id))
         all_follows = user.follows
         recent: ItemColumns | None = None
         liked_sellers: list[str] = []
@@ -363,6 +364,21 @@ def _known(codes: np.ndarray) -> np.ndarray:
 
 def _over(ids: Sequence[str], cap: int) -> bool:
     return cap > 0 and len(ids) > cap
+
+
+def friends_shares_only(user: UserState) -> UserState:
+    """``user`` with the shares of current friends only. A share names its recipient, but
+    the sharer may never have been a friend, or no longer be one (an unfriend leaves the
+    stored shares alone): neither may reach the feed as a friend's share."""
+    shared = user.shared
+    if not len(shared):
+        return user
+    friends = set(user.friends)
+    kept = np.fromiter((sharer in friends for sharer in shared.sharers), bool, len(shared))
+    if kept.all():
+        return user
+    sharers = tuple(itertools.compress(shared.sharers, kept))
+    return dataclasses.replace(user, shared=SharedItems(shared.items[kept], shared.times[kept], sharers))
 
 
 def select_fanout(

@@ -252,6 +252,31 @@ def test_a_share_reaches_the_friends_next_feed_with_its_reason(world, stub):
     assert item in got and list(_reason(got[item], feed_pb2.REASON_KIND_FRIEND_SHARED).actor_ids) == [sharer]
 
 
+def test_only_a_current_friends_share_reaches_the_feed_as_one(world, stub):
+    friends = _friends(world)
+    user = next(u for u in sorted(friends) if friends[u])
+    stranger = next(u for u in world.dataset.user_ids() if u != user and u not in friends[user])
+    first_page = {i.item_id for i in _feed(stub, user, pages=1)}
+    item = next(i for i in _servable_items(world, user) if i not in first_page)
+
+    def shared_by() -> list[str] | None:
+        for feed_item in _feed(stub, user, pages=1):
+            reason = _reason(feed_item, feed_pb2.REASON_KIND_FRIEND_SHARED) if feed_item.item_id == item else None
+            if reason is not None:
+                return list(reason.actor_ids)
+        return None
+
+    def ingest(**payload) -> None:
+        stub.Ingest(feed_pb2.IngestRequest(events=[event(ts=time.time(), **payload)]), timeout=10)
+
+    ingest(share=feed_pb2.Share(user_id=stranger, item_id=item, friend_id=user))
+    assert shared_by() is None, "someone who is not a friend cannot put an item on top as a friend's share"
+    ingest(friend=feed_pb2.UserFriend(user_id=user, friend_id=stranger))
+    assert shared_by() == [stranger], "once friends, the share is a friend's"
+    ingest(unfriend=feed_pb2.UserFriend(user_id=stranger, friend_id=user))
+    assert shared_by() is None, "an unfriend takes the ex-friend's shares out of the feed"
+
+
 def test_fatigue_sinks_an_item_seen_over_and_over_then_hides_it(world, server):
     # A sink small enough that the item stays on the first page, so its score can be read;
     # a second server on the fixture's store (Redis: the same state; memory: the same data).
