@@ -30,7 +30,7 @@ from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
 from serving.page_token import PageTokenCodec
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import FeedServicer, get_feed_response
+from serving.servicer import FeedServicer, add_feed_service, get_feed_response
 from stores.memory import MemoryStore
 from training.artifact import load_current
 from training.dataset import load_dataset
@@ -59,7 +59,7 @@ def serve_sync(service: FeedService, threads: int, port_file: str) -> None:
 
 async def serve_aio(service: FeedService, pool: concurrent.futures.Executor | None, port_file: str) -> None:
     server = aio.server()
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, feed_pool=pool, ingest_pool=pool), server)
+    add_feed_service(FeedServicer(service, feed_pool=pool, ingest_pool=pool), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_async.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -20,7 +20,7 @@ from serving.arms import Arms
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
-from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, validate_batch
+from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, id_problem, validate_batch
 from training.artifact import Artifact
 
 # Model versions outside the configuration (asked for by name) kept loaded at a time.
@@ -94,10 +94,9 @@ def validate_shopper_filters(shopper: ShopperFilters) -> None:
 
 
 def validate_user_id(user_id: str) -> None:
-    if not user_id:
-        raise InvalidRequest("user_id", "must not be empty")
-    if len(user_id.encode()) > MAX_ID_BYTES:
-        raise InvalidRequest("user_id", f"longer than {MAX_ID_BYTES} bytes")
+    problem = id_problem(user_id)
+    if problem is not None:
+        raise InvalidRequest("user_id", problem)
 
 
 def validate_exclusions(exclude_item_ids: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from ranking.vocab import stable_hash
 
 _VERSION = 2
 _MAC_BYTES = 16
+_TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9_-]*")
 _HEADER = struct.Struct("<B4sI")  # version, key id, issued at
 # A feed this deep ends: the token would grow past ~27 KB.
 MAX_SERVED = 5_000
@@ -137,7 +139,8 @@ class PageTokenCodec:
         if len(token) > self.max_token_chars:
             raise PageTokenError(f"page_token is longer than any token this server issues ({self.max_token_chars} characters)")
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            # Issued tokens are unpadded URL-safe base64: one spelling per token, anything else is refused.
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)) if _TOKEN_CHARACTERS.fullmatch(token) else b""
         except (ValueError, TypeError) as error:
             raise PageTokenError("page_token is not a token this server issued") from error
         mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]

@@ -26,7 +26,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from protos.feed.v1 import feed_pb2
 from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
@@ -35,7 +35,7 @@ from serving.feed_processes import FeedProcesses
 from serving.feed_service import FeedService
 from serving.service_setup import ModelWatcher, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import FeedServicer
+from serving.servicer import FeedServicer, add_feed_service
 from serving.web import HttpServer, create_app
 from serving.web.common import WebContext
 from serving.store_url import redacted
@@ -300,7 +300,7 @@ class FeedServer:
                 ("grpc.max_send_message_length", config.max_message_bytes),
             ],
         )
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.grpc_server)
+        add_feed_service(self.servicer, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
         if credentials is not None:

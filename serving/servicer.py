@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
+from serving.wire import MalformedRequest, lenient
 from stores.base import NotReplicated, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
@@ -295,6 +296,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         service = self.service
         if service is None:
             return refuse(context, LOADING)
+        if isinstance(request, MalformedRequest):
+            observe_call(service, method, grpc.StatusCode.INVALID_ARGUMENT, 0.0, None, None)
+            return refuse(context, refusal_of(request.error, method))
         started = time.perf_counter()
         response, refusal = None, EXPIRED if _expired(context) else None
         if refusal is None:
@@ -312,3 +316,20 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if refusal is not None:
             return refuse(context, refusal)
         return response
+
+
+def add_feed_service(servicer: FeedServicer, server: grpc.aio.Server) -> None:
+    """``feed_pb2_grpc.add_FeedServiceServicer_to_server``, with requests that do not parse
+    refused as INVALID_ARGUMENT by the servicer (serving/wire.py) instead of UNKNOWN by gRPC."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=lenient(request), response_serializer=response.SerializeToString,
+        )
+        for name, request, response in (
+            ("GetFeed", feed_pb2.GetFeedRequest, feed_pb2.GetFeedResponse),
+            ("Ingest", feed_pb2.IngestRequest, feed_pb2.IngestResponse),
+        )
+    }
+    service_name = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    server.add_registered_method_handlers(service_name, handlers)

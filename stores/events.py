@@ -209,11 +209,23 @@ def no_replicas(min_replicas: int) -> None:
         raise EventValidationError(None, "min_replicas", "this store has no replicas to wait for; send 0")
 
 
-def _check_id(index: int, field: str, value: str) -> None:
+def id_problem(value: str, stripped: bool = True) -> str | None:
+    """What is wrong with an id, or None. A user, item or seller id (``stripped``) may not
+    have whitespace around it: a dataset's ids are stripped when loaded, so such an id
+    would name someone else than the same id in the files the model was trained on."""
     if not value:
-        raise EventValidationError(index, field, "must not be empty")
+        return "must not be empty"
     if len(value.encode()) > MAX_ID_BYTES:
-        raise EventValidationError(index, field, f"longer than {MAX_ID_BYTES} bytes")
+        return f"longer than {MAX_ID_BYTES} bytes"
+    if stripped and value != value.strip():
+        return f"has whitespace around it: {value!r} (ids are compared as they are; datasets' ids are stripped)"
+    return None
+
+
+def _check_id(index: int, field: str, value: str) -> None:
+    problem = id_problem(value, stripped=field != "event_id")  # an event id is an opaque dedupe key
+    if problem is not None:
+        raise EventValidationError(index, field, problem)
 
 
 def validate_event(index: int, event: Event, now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW) -> None:

@@ -22,7 +22,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
 from serving.server import EventLoopThread
-from serving.servicer import FeedServicer
+from serving.servicer import FeedServicer, add_feed_service
 from stores.memory import MemoryStore
 from tests.builders import social_dataset
 from tests.redis_servers import RedisServer
@@ -44,7 +44,7 @@ def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_
 
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(service, pool, pool), server)
+        add_feed_service(FeedServicer(service, pool, pool), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port
@@ -52,7 +52,9 @@ def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_
     server, port = events.run(start())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield feed_pb2_grpc.FeedServiceStub(channel)
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        stub.channel = channel  # for raw bytes no stub would send
+        yield stub
     finally:
         channel.close()
         events.run(server.stop(0))
@@ -116,6 +118,8 @@ def feed_error(stub, **request) -> grpc.RpcError:
         ([event(item_update=feed_pb2.ItemUpdate(item_id="i1", category="c" * 1_000_000))], "events[0].category",
          "events[0].category: longer than 256 bytes"),
         ([], "events", "events: batch is empty"),
+        ([event(follow=feed_pb2.UserSeller(user_id=" carol", seller_id="s2"))], "events[0].user_id",
+         "events[0].user_id: has whitespace around it: ' carol' (ids are compared as they are; datasets' ids are stripped)"),
     ],
 )  # fmt: skip
 def test_invalid_ingest_names_the_field_in_a_bad_request(stub, events, field, message):
@@ -141,6 +145,7 @@ def test_an_oversized_batch_names_events(stub):
         (dict(limit=0), "limit"),
         (dict(limit=2**31 - 1), "limit"),
         (dict(user_id=""), "user_id"),
+        (dict(user_id="alice\t"), "user_id"),
         (dict(page_token="not a token!"), "page_token"),
         (dict(page_token="A" * 100_000), "page_token"),
         (dict(exclude_item_ids=["x" * 300]), "exclude_item_ids[0]"),
@@ -153,6 +158,37 @@ def test_invalid_get_feed_names_the_field_in_a_bad_request(stub, request_fields,
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert violation(error)[0] == field
     assert error.details().startswith(f"{field}: ")
+
+
+def raw_call_error(stub, method: str, data: bytes) -> grpc.RpcError:
+    """``data`` sent as ``method``'s request as it is, bytes no protobuf client would write."""
+    call = stub.channel.unary_unary(f"/feedrank.feed.v1.FeedService/{method}")  # no serializer: bytes pass through
+    with pytest.raises(grpc.RpcError) as error:
+        call(data, timeout=5)
+    return error.value
+
+
+def two_events() -> bytes:
+    follows = [event(follow=feed_pb2.UserSeller(user_id="carol", seller_id="s1")) for _ in range(2)]
+    follows[1].event_id = "d-second"
+    return feed_pb2.IngestRequest(events=follows).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("method", "data", "field", "why"),
+    [
+        ("GetFeed", feed_pb2.GetFeedRequest(user_id="alice", limit=5).SerializeToString().replace(b"alice", b"al\xffce"),
+         "user_id", "not UTF-8 (byte 2)"),
+        ("Ingest", two_events().replace(b"d-second", b"d-s\xe9cond"), "events[1].event_id", "not UTF-8 (byte 3)"),
+        ("Ingest", two_events()[:-3], "events[1]", "cut short: its length runs past the end of the message"),
+        ("GetFeed", b"\x10\xff", "limit", "cut short inside a number"),
+    ],
+)  # fmt: skip
+def test_request_bytes_that_do_not_parse_are_invalid_argument_naming_the_field(stub, method, data, field, why):
+    error = raw_call_error(stub, method, data)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert violation(error)[0] == field
+    assert error.details().startswith(f"{field}: not a valid ") and error.details().endswith(why)
 
 
 def test_page_token_errors_say_what_is_wrong(stub):

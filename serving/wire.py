@@ -1,0 +1,107 @@
+"""Request bytes that protobuf cannot parse, answered as INVALID_ARGUMENT naming the field.
+
+gRPC parses a request before any handler runs; a parse error there would end the call as
+UNKNOWN with protobuf's own words ("String field had bad UTF-8", no field named). The
+service's handlers are registered with ``lenient`` deserializers instead: bytes that do not
+parse become a ``MalformedRequest``, which the servicer refuses like any invalid field.
+``locate`` walks the wire format to name the field at fault (``events[2].event_id``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from serving.feed_service import InvalidRequest
+
+MAX_DEPTH = 100  # protobuf's own recursion limit
+
+
+class MalformedRequest:
+    """Stands in for a request whose bytes do not parse; ``error`` names the field at fault."""
+
+    def __init__(self, error: InvalidRequest) -> None:
+        self.error = error
+
+
+def lenient(message_type: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    """A request deserializer that answers bytes protobuf refuses with a ``MalformedRequest``."""
+
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as error:
+            field, reason = locate(data, message_type.DESCRIPTOR) or ("", f"{error}")
+            return MalformedRequest(InvalidRequest(field or "request", f"not a valid {message_type.DESCRIPTOR.name}: {reason}"))
+
+    return parse
+
+
+def locate(data: bytes, descriptor: Descriptor, prefix: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """(field path, what is wrong) for the first fault in ``data`` read as ``descriptor``; None when none is found."""
+    if depth > MAX_DEPTH:
+        return prefix, "nested too deeply"
+    occurrences: Counter[int] = Counter()
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        if key is None:
+            return prefix, "cut short inside a field's tag"
+        number, wire_type = key >> 3, key & 7
+        field = descriptor.fields_by_number.get(number)
+        path = _path(prefix, field, number, occurrences[number])
+        occurrences[number] += 1
+        if wire_type == 0:
+            value, position = _varint(data, position)
+            if value is None:
+                return path, "cut short inside a number"
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+            if position > len(data):
+                return path, "cut short inside a number"
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            if length is None or position + length > len(data):
+                return path, "cut short: its length runs past the end of the message"
+            chunk, position = data[position:position + length], position + length
+            fault = _check_chunk(chunk, field, path, depth)
+            if fault is not None:
+                return fault
+        else:
+            return path, f"wire type {wire_type} is not one protobuf 3 writes"
+    return None
+
+
+def _check_chunk(chunk: bytes, field: FieldDescriptor | None, path: str, depth: int) -> tuple[str, str] | None:
+    if field is None:
+        return None  # an unknown field: kept as bytes, never read
+    if field.type == FieldDescriptor.TYPE_STRING:
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return path, f"not UTF-8 (byte {error.start})"
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        return locate(chunk, field.message_type, path, depth + 1)
+    return None
+
+
+def _path(prefix: str, field: FieldDescriptor | None, number: int, index: int) -> str:
+    name = field.name if field is not None else f"field {number}"
+    if field is not None and field.is_repeated:
+        name = f"{name}[{index}]"
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _varint(data: bytes, position: int) -> tuple[int | None, int]:
+    value, shift = 0, 0
+    while position < len(data) and shift < 70:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+    return None, position
