@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test install spark redis-server browser protos bench clean
+.PHONY: demo test install spark redis-server browser goload protos bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,18 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# loadgen's compiled client (`--client go`, benchmarks/go_client.py) builds with Debian's
+# Go and grpc-go; install both when either is missing.
+goload:
+	@command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/google.golang.org/grpc ] || { \
+	  echo "installing golang-go and golang-google-grpc-dev"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq golang-go golang-google-grpc-dev >/dev/null; }
+
 demo: install
 	$(PY) -m serving demo --workdir $(DEMO_DIR)
 
-test: install spark redis-server browser
+test: install spark redis-server browser goload
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 protos: install

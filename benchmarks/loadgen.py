@@ -53,6 +53,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.go_client import GoClient, GoClientUnavailable, GoLoadFailed, GoReport, build, write_requests
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from training.flag_types import bounded
 
@@ -231,6 +232,43 @@ def server_calls(
     return ServerCalls(channels, empty, get_feed, ingest_like)
 
 
+class PythonPhases:
+    """Phases run by this process's asyncio client (``server_calls``)."""
+
+    def __init__(self, calls: ServerCalls, timeout: float) -> None:
+        self.by_rpc, self.timeout = {"empty": calls.empty, "GetFeed": calls.get_feed}, timeout
+
+    def closed(self, rpc: str, concurrency: int, duration: float) -> Awaitable[tuple[Tally, float]]:
+        return closed_loop(self.by_rpc[rpc], concurrency, duration, self.timeout)
+
+    def open(self, rpc: str, rate: float, duration: float) -> Awaitable[tuple[Tally, float]]:
+        return open_loop(self.by_rpc[rpc], rate, duration, self.timeout)
+
+
+class GoPhases:
+    """The same phases run by goload, the compiled client (``--client go``, benchmarks/go_client.py)."""
+
+    def __init__(self, binary: Path, target: str, users: Sequence[str], args: argparse.Namespace, workdir: Path) -> None:
+        feed = feed_pb2.DESCRIPTOR.services_by_name["FeedService"]
+        health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        feeds = (feed_pb2.GetFeedRequest(user_id=user, limit=args.limit).SerializeToString() for user in users)
+        methods = {
+            "empty": (f"/{health.full_name}/Check", write_requests(workdir / "empty.requests", [health_pb2.HealthCheckRequest().SerializeToString()])),
+            "GetFeed": (f"/{feed.full_name}/GetFeed", write_requests(workdir / "feed.requests", feeds)),
+        }
+        self.client = GoClient(binary, target, methods, args.channels, args.timeout, args.seed)
+
+    async def closed(self, rpc: str, concurrency: int, duration: float) -> tuple[Tally, float]:
+        return as_tally(await self.client.closed(rpc, concurrency, duration))
+
+    async def open(self, rpc: str, rate: float, duration: float) -> tuple[Tally, float]:
+        return as_tally(await self.client.open(rpc, rate, duration))
+
+
+def as_tally(report: GoReport) -> tuple[Tally, float]:
+    return Tally(report.started, list(report.latencies), Counter(report.errors)), report.elapsed
+
+
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
     """--store, --workers, --threads and --feed-processes of spawned servers (``spawn_server`` reads them)."""
     group.add_argument("--store", default="memory", help="store URL for a spawned server (default: %(default)s)")
@@ -282,13 +320,17 @@ async def run_phases(
     args: argparse.Namespace,
     server_pid: int | None = None,
     store_pids: Sequence[int] = (),
+    go_binary: Path | None = None,
+    workdir: Path | None = None,
 ) -> list[PhaseResult]:
-    """The three phases; with ``server_pid`` (a server on this machine) each also reports
+    """The three phases, by this process's client or by ``go_binary`` (goload, its request
+    files in ``workdir``); with ``server_pid`` (a server on this machine) each also reports
     its server CPU per call, and with ``store_pids`` (e.g. redis-server) the store's. With
-    ``args.ingest_rate``, a fourth row: the likes ingested during the GetFeed phases."""
+    ``args.ingest_rate``, a fourth row: the likes ingested during the GetFeed phases (always
+    by this process's client)."""
     users, items = users_and_items
     calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed), items)
-    empty, get_feed = calls.empty, calls.get_feed
+    phases = PythonPhases(calls, args.timeout) if go_binary is None else GoPhases(go_binary, target, users, args, workdir)
 
     def cpu() -> tuple[float, float]:
         return processes_cpu_seconds([server_pid] if server_pid else []), processes_cpu_seconds(store_pids)
@@ -308,17 +350,18 @@ async def run_phases(
         return result
 
     try:
-        for call in (empty, get_feed):  # warm up connections, caches and the allocator
-            await closed_loop(call, args.concurrency, args.warmup, args.timeout)
-        results = [await phase("empty", "closed", args.concurrency, 0.0, closed_loop(empty, args.concurrency, args.duration, args.timeout))]
+        for rpc in ("empty", "GetFeed"):  # warm up connections, caches and the allocator
+            if args.warmup:
+                await phases.closed(rpc, args.concurrency, args.warmup)
+        results = [await phase("empty", "closed", args.concurrency, 0.0, phases.closed("empty", args.concurrency, args.duration))]
         ingest = None
         if args.ingest_rate:  # beside both GetFeed phases, and the pause between them
             ingest_started = time.perf_counter()
             ingest = asyncio.ensure_future(open_loop(calls.ingest_like, args.ingest_rate, 2 * args.duration, args.timeout))
-        results.append(await phase("GetFeed", "closed", args.concurrency, 0.0, closed_loop(get_feed, args.concurrency, args.duration, args.timeout)))
+        results.append(await phase("GetFeed", "closed", args.concurrency, 0.0, phases.closed("GetFeed", args.concurrency, args.duration)))
         rate = args.rate or max(results[1].qps * args.load, 1.0)
         mode = f"open@{rate:.0f}/s" if args.rate else f"open@{args.load:.0%}"
-        results.append(await phase("GetFeed", mode, 0, rate, open_loop(get_feed, rate, args.duration, args.timeout)))
+        results.append(await phase("GetFeed", mode, 0, rate, phases.open("GetFeed", rate, args.duration)))
         if ingest is not None:
             tally, _ = await ingest
             results.append(summarise("Ingest", f"open@{args.ingest_rate:.0f}/s", 0, args.ingest_rate, tally, time.perf_counter() - ingest_started))
@@ -456,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--seed", type=int, default=0, help="seed for the user sample (default: %(default)s)")
     load.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users the GetFeeds ask for, sampled from the "
                       "first 200,000 likes of --data; 0: all of those (default: %(default)s)")
+    load.add_argument("--client", choices=("python", "go"), default="python", help="python: this process's asyncio "
+                      "client; go: goload, a compiled client (benchmarks/go_client.py; `make goload` installs Go), which "
+                      "takes far less of the cores the server runs on and does not decode the replies. --ingest-rate's "
+                      "likes are sent by the python client either way (default: %(default)s)")  # fmt: skip
     load.add_argument("--ingest-rate", type=bounded(float, 0), default=0.0, help="likes per second sent through Ingest (one per "
                       "call) during both GetFeed phases; 0: none (default: %(default)s)")
     out = parser.add_argument_group("output")
@@ -471,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
             scrape_feed_latency(args.metrics)
         except (OSError, ValueError) as error:  # URLError is an OSError; a page that is not Prometheus text, ValueError
             parser.error(f"--metrics {args.metrics}: cannot read the server's metrics there ({error})")
+    go_binary = None
+    if args.client == "go":
+        try:
+            go_binary = build()
+        except GoClientUnavailable as error:
+            parser.error(str(error))
     server = None
     with tempfile.TemporaryDirectory(prefix="loadgen-") as workdir:
         try:
@@ -484,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
-            results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid))
+            results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid, go_binary, Path(workdir)))
+        except GoLoadFailed as error:
+            parser.exit(1, f"{parser.prog}: {error}\n")
         finally:
             if server is not None:
                 stop_server(server)

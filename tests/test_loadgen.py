@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import loadgen
+from tests.conftest import IN_CI
 from tests.feed_world import build_world, running_server
 
 PHASES = [("empty", "closed"), ("GetFeed", "closed"), ("GetFeed", "open@50%")]
@@ -82,6 +83,59 @@ def test_histogram_quantiles_interpolate_inside_the_bucket_of_the_calls_between_
     assert loadgen.histogram_quantile(0.99, before, after) == pytest.approx(1.98)
     assert loadgen.histogram_quantile(0.5, {}, {0.001: 0.0, float("inf"): 4.0}) == pytest.approx(1.0), "past the last bound"
     assert loadgen.histogram_quantile(0.5, after, after) != loadgen.histogram_quantile(0.5, after, after), "no calls: NaN"
+
+def go_client_binary():
+    """goload, built; skips (fails under CI=true, where `make test` installs Go) when Go or grpc-go is missing."""
+    from benchmarks.go_client import GoClientUnavailable, build
+
+    try:
+        return build()
+    except GoClientUnavailable as error:
+        if IN_CI:
+            pytest.fail(f"{error}; required under CI=true", pytrace=False)
+        pytest.skip(str(error))
+
+
+def test_the_compiled_client_runs_every_phase_and_counts_every_call_once(world, target, tmp_path, capsys):
+    go_client_binary()
+    status, phases = run_loadgen(world, target, tmp_path, "--client", "go", "--channels", "3")
+
+    assert status == 0
+    assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
+    for phase in phases:
+        assert phase["errors"] == 0 and phase["calls"] == phase["successes"] > 0
+        assert phase["elapsed_s"] >= DURATION * 0.9
+        assert phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"]
+    assert phases[2]["target_qps"] == pytest.approx(max(phases[1]["qps"] * 0.5, 1.0))
+    # Poisson arrivals at the target rate: the count is within a few standard deviations of rate x duration.
+    expected = phases[2]["target_qps"] * DURATION
+    assert abs(phases[2]["calls"] - expected) <= 5 * expected**0.5 + 2
+    assert "GetFeed / empty RPC throughput" in capsys.readouterr().out
+
+
+def test_the_compiled_clients_failed_calls_are_counted_by_python_status_code_names(world, target, tmp_path):
+    go_client_binary()
+    status, phases = run_loadgen(world, target, tmp_path, "--client", "go", "--limit", "1000")  # above MAX_LIMIT
+
+    assert status == 1
+    for phase in phases[1:]:
+        assert phase["errors_by_code"] == {"INVALID_ARGUMENT": phase["calls"]} and phase["calls"] > 0
+
+
+def test_the_compiled_client_names_a_server_it_cannot_reach(world, tmp_path, capsys):
+    go_client_binary()
+    with pytest.raises(SystemExit) as stopped:
+        run_loadgen(world, f"127.0.0.1:{loadgen.free_port()}", tmp_path, "--client", "go", "--timeout", "0.5")
+    assert stopped.value.code == 1
+    assert "goload: cannot connect to 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_a_missing_go_is_refused_before_the_load_with_what_to_install(world, monkeypatch, capsys):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(SystemExit):
+        loadgen.main(["--target", "127.0.0.1:1", "--data", str(world.data_dir), "--client", "go"])
+    assert "make goload" in capsys.readouterr().err
+
 
 def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target, tmp_path, capsys):
     status, phases = run_loadgen(world, target, tmp_path, "--limit", "1000")  # above the server's MAX_LIMIT
