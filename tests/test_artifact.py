@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -57,7 +58,6 @@ def test_current_switches_and_versions_sort(tmp_path) -> None:
     second = publish(str(tmp_path), small_model(1), manifest())
     assert os.path.basename(first) < os.path.basename(second) or first[:-7] == second[:-7]
     assert load_current(str(tmp_path)).path == second
-    assert not os.path.exists(tmp_path / "CURRENT.tmp")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temp dirs left
     set_current(str(tmp_path), os.path.basename(first))  # rollback
     assert load_current(str(tmp_path)).path == first
@@ -86,3 +86,68 @@ def test_manifest_is_plain_json(tmp_path) -> None:
         data = json.load(f)
     assert data["extra"] == 1.5 and data["model"]["index"]["kind"] == "flat"
     assert data["ranker"]["features"][0] == "embedding_score"
+
+
+def _set_current_repeatedly(models_dir: str, version: str, times: int, start, errors) -> None:
+    start.wait()
+    for _ in range(times):
+        try:
+            set_current(models_dir, version)
+        except OSError as error:  # reported to the test, which fails on any
+            errors.put(repr(error))
+            return
+
+
+def test_racing_writers_never_show_a_reader_an_empty_or_partial_current(tmp_path) -> None:
+    versions = ["20990101T000000Z-aaaaaa", "20990101T000001Z-bbbbbb"]
+    for version in versions:
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "manifest.json").write_text("{}")
+    set_current(str(tmp_path), versions[0])
+    context = multiprocessing.get_context("fork")  # the writers need nothing but set_current
+    start, errors = context.Event(), context.Queue()
+    writers = [context.Process(target=_set_current_repeatedly, args=(str(tmp_path), v, 600, start, errors))
+               for v in versions]
+    for writer in writers:
+        writer.start()
+    start.set()
+    seen: dict[str, int] = {}
+    while any(w.is_alive() for w in writers):
+        text = (tmp_path / "CURRENT").read_text()
+        seen[text] = seen.get(text, 0) + 1
+    for writer in writers:
+        writer.join()
+    reported = [errors.get() for _ in range(errors.qsize())]
+    assert reported == [] and [w.exitcode for w in writers] == [0, 0]
+    assert set(seen) <= {v + "\n" for v in versions}, {t: n for t, n in seen.items() if t.strip() not in versions}
+    assert sum(seen.values()) > 100  # the reader did overlap the writers
+    assert sorted(os.listdir(tmp_path)) == sorted(["CURRENT", *versions])  # no temporary file left
+
+
+def test_publish_syncs_the_version_before_current_names_it(tmp_path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    fsync, rename, replace = os.fsync, os.rename, os.replace
+
+    def record_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record(kind: str, move):
+        def recorded(src, dst) -> None:
+            events.append((kind, os.path.basename(dst)))
+            move(src, dst)
+        return recorded
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "rename", record("rename", rename))
+    monkeypatch.setattr(os, "replace", record("replace", replace))
+    version_dir = publish(str(tmp_path), small_model(0, "hnsw-mips"), manifest(), files={"evaluation.svg": b"<svg/>"})
+    version, models_dir = os.path.basename(version_dir), str(tmp_path.resolve())
+
+    staged = os.path.dirname(events[0][1])  # the temporary version directory
+    files = [("fsync", os.path.join(staged, name)) for name in sorted(os.listdir(version_dir))]
+    assert sorted(events[:len(files)]) == files  # every file, once
+    current = events[len(files) + 3]  # CURRENT's temporary file
+    assert events[len(files):] == [("fsync", staged), ("rename", version), ("fsync", models_dir),
+                                   current, ("replace", "CURRENT"), ("fsync", models_dir)]
+    assert current[0] == "fsync" and os.path.dirname(current[1]) == models_dir

@@ -111,17 +111,23 @@ def test_temporal_dataset_time_splits_and_round_trips(lastfm_temporal, tmp_path)
 
 def _write_published_split(root, train_rows, test_rows, users=None, items=None):
     """A tiny Last.fm source (3 users, 4 artists) and a split of it in SocialLGN's format."""
-    src, split = root / "src", root / "split"
-    src.mkdir()
+    src, split = _write_source(root), root / "split"
     split.mkdir()
-    (src / "user_artists.dat").write_text(
-        "userID\tartistID\tweight\n" + "".join(f"{u}\t{a}\t{w}\n" for u, a, w in LISTENS))
-    (src / "user_friends.dat").write_text("userID\tfriendID\n2\t3\n3\t2\n")
     (split / "userReindex.json").write_text(json.dumps(users or {"2": 0, "3": 1, "7": 2}))
     (split / "itemReindex.json").write_text(json.dumps(items or {"10": 0, "11": 1, "12": 2, "13": 3}))
     for name, rows in (("train_set.txt", train_rows), ("test_set.txt", test_rows)):
         (split / name).write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in rows))
     return str(src), str(split)
+
+
+def _write_source(root):
+    """A tiny Last.fm source: 3 users, 4 artists, one friendship."""
+    src = root / "src"
+    src.mkdir()
+    (src / "user_artists.dat").write_text(
+        "userID\tartistID\tweight\n" + "".join(f"{u}\t{a}\t{w}\n" for u, a, w in LISTENS))
+    (src / "user_friends.dat").write_text("userID\tfriendID\n2\t3\n3\t2\n")
+    return src
 
 
 LISTENS = [(2, 10, 5), (2, 11, 1), (2, 12, 3), (3, 10, 2), (3, 13, 9), (7, 12, 4)]
@@ -178,3 +184,62 @@ def test_a_published_index_that_is_not_json_names_its_line(tmp_path):
     (tmp_path / "split" / "itemReindex.json").write_text('{"10": 0,\n "11": }')
     with pytest.raises(DatasetError, match=r"^itemReindex.json:2: column '<json>': not valid JSON: Expecting value \(column 8\)"):
         split_as_published(read_lastfm(src, binary=True), split)
+
+
+def test_a_byte_that_is_not_utf8_names_file_line_and_character(tmp_path):
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "artists.dat").write_bytes("id\tname\turl\tpictureURL\n10\tBjörk\tu\tp\n11\tCafé\tu\tp\n"
+                                      .encode().replace("é".encode(), b"\x99"))
+    with pytest.raises(DatasetError, match="^" + re.escape("artists.dat:3: column '<text>': not valid utf-8: byte 0x99 at character 7")):
+        read_lastfm(str(src))
+    (src / "artists.dat").write_text("id\tname\turl\tpictureURL\n10\tBjörk\tu\tp\n", encoding="utf-8")
+    assert read_lastfm(str(src)).items.item_id[0] == "a10"  # UTF-8, as the real artists.dat is, still reads
+
+
+def test_a_missing_friend_file_is_an_error(tmp_path):
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "user_friends.dat").unlink()
+    with pytest.raises(DatasetError, match="^user_friends.dat: required file missing: .*user_friends.dat$"):
+        read_lastfm(str(src))
+
+
+def test_a_source_that_is_not_a_directory_is_named(tmp_path):
+    from training.dataset import DatasetError
+
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(DatasetError, match=f"^Last.fm source directory {re.escape(str(missing))}: no such directory$"):
+        read_lastfm(str(missing))
+    missing.write_text("")
+    with pytest.raises(DatasetError, match="^Last.fm source directory .*: not a directory$"):
+        read_lastfm(str(missing))
+
+
+@pytest.mark.parametrize("out, message", [
+    ("file", "argument --out: {tmp}/file exists and is not a directory"),
+    ("file/sub", "argument --out: {tmp}/file exists and is not a directory"),
+], ids=["a file", "under a file"])
+def test_an_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys, out, message):
+    from training.__main__ import main
+
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(SystemExit) as exited:
+        main(["lastfm", "--src", str(tmp_path / "nonexistent"), "--out", str(tmp_path / out)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: " + message.format(tmp=tmp_path))
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_a_published_split_with_temporal_is_a_usage_error(tmp_path, capsys):
+    from training.__main__ import main
+
+    src, split = _write_published_split(tmp_path, TRAIN_ROWS, TEST_ROWS)
+    with pytest.raises(SystemExit) as exited:
+        main(["lastfm", "--src", src, "--published-split", split, "--temporal", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "python -m training lastfm: error: argument --temporal: not allowed with argument --published-split"
+    assert not (tmp_path / "out").exists()

@@ -11,15 +11,20 @@ A version directory holds
                   (embeddings.user_neighbours; manifest model.user_neighbours gives k)
   evaluation.svg  optional: the evaluation chart (manifest "charts" names it)
 It is written under a temporary name and renamed into place, so a reader never sees a
-half-written version; CURRENT is then replaced atomically (os.replace), so a reader sees
-either the old version or the new one.
+half-written version; CURRENT is then replaced atomically (os.replace) from a temporary
+file of its writer's own, so a reader sees either the old version or the new one, even
+while several publishers race. Each step is fsynced before the next one names it: the
+version's files and directory, then CURRENT, then the models directory; after a power
+loss CURRENT never names a version whose files are not on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -138,8 +143,10 @@ def publish(
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(full_manifest, f, indent=2, sort_keys=True, default=_json_default)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _fsync_version(tmp)
         final = os.path.join(models_dir, version)
         os.rename(tmp, final)
+        _fsync(models_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -148,15 +155,40 @@ def publish(
 
 
 def set_current(models_dir: str, version: str) -> None:
-    """Point ``models_dir/CURRENT`` at ``version`` atomically (also used for rollback)."""
+    """Point ``models_dir/CURRENT`` at ``version`` atomically and durably (also used for rollback)."""
     if not os.path.isfile(os.path.join(models_dir, version, MANIFEST)):
         raise FileNotFoundError(f"no model version {version!r} in {models_dir}")
-    tmp = os.path.join(models_dir, CURRENT + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(version + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(models_dir, CURRENT))
+    # A name of this writer's own: a shared one is truncated by one writer while another renames it.
+    tmp = os.path.join(models_dir, f".{CURRENT}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(models_dir, CURRENT))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync(models_dir)
+
+
+def _fsync_version(directory: str) -> None:
+    """fsync every file of a just-written version directory once, then the directory itself."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                _fsync(entry.path)
+    _fsync(directory)
+
+
+def _fsync(path: str) -> None:
+    """fsync a file's data, or a directory's entries (a rename in it is durable only then)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def current_version(models_dir: str) -> str:

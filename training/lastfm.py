@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 from datetime import datetime, timezone
@@ -55,19 +56,32 @@ def _rows(path: str, columns: int, encoding: str = "utf-8", delimiter: str = "\t
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise DatasetError(name, 0, "<file>", f"required file missing: {path}")
-    with open(path, newline="", encoding=encoding) as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-        first = next(reader, None)
-        if header is not None and [h.strip() for h in first or []] != header:
-            raise DatasetError(name, 1, header[0], f"expected the header {','.join(header)}")
-        rows = []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != columns:
-                raise DatasetError(name, reader.line_num, "<row>", f"expected {columns} fields, got {len(row)}")
-            rows.append(row)
+    reader = csv.reader(io.StringIO(_text(path, encoding), newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    first = next(reader, None)
+    if header is not None and [h.strip() for h in first or []] != header:
+        raise DatasetError(name, 1, header[0], f"expected the header {','.join(header)}")
+    rows = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != columns:
+            raise DatasetError(name, reader.line_num, "<row>", f"expected {columns} fields, got {len(row)}")
+        rows.append(row)
     return rows
+
+
+def _text(path: str, encoding: str) -> str:
+    """The file decoded; DatasetError at the line and character of the first byte that does not decode."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        character = len(data[line_start:error.start].decode(encoding, errors="replace")) + 1
+        raise DatasetError(os.path.basename(path), line, "<text>",
+                           f"not valid {encoding}: byte 0x{data[error.start]:02x} at character {character}") from None
 
 
 def _int_column(rows: list[list[str]], index: int, file: str, column: str) -> list[int]:
@@ -86,6 +100,9 @@ def read_lastfm(src: str, temporal: bool = False, binary: bool = False) -> Datas
     Items are every artist of ``artists.dat`` (if present) followed by any other artist
     the likes name, in file order; likes keep the order of their file.
     """
+    if not os.path.isdir(src):
+        what = "not a directory" if os.path.exists(src) else "no such directory"
+        raise DatasetError("", 0, "<directory>", f"Last.fm source directory {src}: {what}")
     likes = _tag_likes(src) if temporal else _listen_likes(src)
     if binary:
         likes = Edges(likes.src, likes.dst, likes.ts)
@@ -144,23 +161,11 @@ def _artist_ids(src: str, liked: list[str]) -> list[str]:
 
 def _friendships(src: str) -> Edges:
     """``user_friends.dat`` lists each friendship in both directions: one row per pair here."""
-    friend_src: list[str] = []
-    friend_dst: list[str] = []
-    friends_path = os.path.join(src, USER_FRIENDS)
-    if os.path.isfile(friends_path):
-        pairs = _rows(friends_path, 2)
-        a = _int_column(pairs, 0, USER_FRIENDS, "userID")
-        b = _int_column(pairs, 1, USER_FRIENDS, "friendID")
-        seen: set[tuple[str, str]] = set()
-        for x, y in zip(a, b):
-            if x == y:
-                continue
-            pair = tuple(sorted((f"u{x}", f"u{y}")))
-            if pair not in seen:
-                seen.add(pair)
-                friend_src.append(pair[0])
-                friend_dst.append(pair[1])
-    return Edges(friend_src, friend_dst, np.full(len(friend_src), np.nan))
+    pairs = _rows(os.path.join(src, USER_FRIENDS), 2)
+    a = _int_column(pairs, 0, USER_FRIENDS, "userID")
+    b = _int_column(pairs, 1, USER_FRIENDS, "friendID")
+    friends = dict.fromkeys(tuple(sorted((f"u{x}", f"u{y}"))) for x, y in zip(a, b) if x != y)
+    return Edges([x for x, _ in friends], [y for _, y in friends], np.full(len(friends), np.nan))
 
 
 def split_as_published(dataset: Dataset, directory: str) -> tuple[Dataset, Edges]:
@@ -218,26 +223,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary", action="store_true",
                         help="drop the listening counts: every user-artist pair weighs 1 (the protocol SocialLGN "
                              "and most papers report under)")
-    parser.add_argument("--temporal", action="store_true",
-                        help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
-                             "for time-split evaluation; default: listens with their counts, undated")
-    parser.add_argument("--published-split", metavar="DIR",
-                        help="cut the likes as SocialLGN's published split does (DIR: their data/preprocessed/lastfm, "
-                             "with train_set.txt, test_set.txt, userReindex.json, itemReindex.json): --out gets the "
-                             "training part and OUT/test_pairs.csv the test pairs, for `evaluate --test`")
-    parser.add_argument("--out", required=True,
+    likes = parser.add_mutually_exclusive_group()
+    likes.add_argument("--temporal", action="store_true",
+                       help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
+                            "for time-split evaluation; default: listens with their counts, undated")
+    likes.add_argument("--published-split", metavar="DIR",
+                       help="cut the likes as SocialLGN's published split does (DIR: their data/preprocessed/lastfm, "
+                            "with train_set.txt, test_set.txt, userReindex.json, itemReindex.json): --out gets the "
+                            "training part and OUT/test_pairs.csv the test pairs, for `evaluate --test`; it cuts the "
+                            "listens of user_artists.dat, so not with --temporal")
+    parser.add_argument("--out", required=True, type=_output_directory,
                         help="dataset directory to write (items.csv, likes.csv with weight, friends.csv); keep it "
                              "outside the repository: the data is for non-commercial use only")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (accepted like every command's; the conversion draws none)")
 
 
+def _output_directory(path: str) -> str:
+    """``path`` unless it, or the nearest of its parents that exists, is not a directory."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError(f"{existing} exists and is not a directory")
+    return path
+
+
 def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training lastfm``."""
     from training.dataset import write_dataset
 
-    if args.published_split and args.temporal:
-        raise SystemExit("--published-split cuts the listens of user_artists.dat: it does not go with --temporal")
     dataset = read_lastfm(args.src, temporal=args.temporal, binary=args.binary)
     test = None
     if args.published_split:
