@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stores.events import MAX_UNIX_SECONDS
 from training.dataset import (
+    MIN_UNIX_SECONDS,
     Dataset,
     DatasetError,
     Edges,
@@ -125,6 +126,18 @@ def test_column_order_is_free(tmp_path: Path) -> None:
                      "likes.csv", 3, "ts", "1700000000000 is after the year 5000 as Unix seconds: milliseconds?", id="ms-ts"),
         pytest.param({"items": ITEMS + "i4,s2,1700000000000,1,,\n"},
                      "items.csv", 5, "created_at", "milliseconds? (divide by 1,000)", id="ms-created-at"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,-99999999999999\n"},
+                     "likes.csv", 3, "ts", "'-99999999999999' is before the year 1900 as Unix seconds", id="before-1900-ts"),
+        pytest.param({"items": ITEMS + "i4,s2,-2208988801,1,,\n"},
+                     "items.csv", 5, "created_at", "'-2208988801' is before the year 1900", id="before-1900-created-at"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1899-12-31T23:59:59Z\n"},
+                     "likes.csv", 2, "ts", "'1899-12-31T23:59:59Z' is before the year 1900", id="iso-before-1900"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,9999-12-31T23:59:59-14:00\n"},
+                     "likes.csv", 2, "ts", "'9999-12-31T23:59:59-14:00' is after the year 5000", id="iso-far-future"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,2\nu1,i3,3\n\"u2,i1,4\nu1,i2,5\n"},
+                     "likes.csv", 5, "user_id", "a quote (\") opened on this line is never closed", id="unclosed-quote"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,\"2"},
+                     "likes.csv", 3, "ts", "a quote (\") opened on this line is never closed", id="unclosed-quote-at-the-end"),
         pytest.param({"items": ITEMS + "i4,s2,1,-2,,\n"},
                      "items.csv", 5, "stock", "non-negative integer", id="negative-stock"),
         pytest.param({"items": ITEMS + "i4,s2,1,lots,,\n"},
@@ -152,7 +165,8 @@ def test_column_order_is_free(tmp_path: Path) -> None:
                      "likes.csv", 3, "item_id", "unknown item 'i9' (not in items.csv)",
                      id="unknown-item"),
         pytest.param({"items": ITEMS + "i2,s3,1,1,,\n"},
-                     "items.csv", 5, "item_id", "duplicate item 'i2' (first on line 3)",
+                     "items.csv", 5, "item_id",
+                     "duplicate item 'i2' (first on line 3) differing in seller_id, created_at, stock, category",
                      id="duplicate-item"),
         pytest.param({"friends": "user_id,friend_id,ts\nu1,u2,1\nu3,u3,1\n"},
                      "friends.csv", 3, "friend_id", "self-friendship", id="self-friendship"),
@@ -178,6 +192,20 @@ def test_bad_rows_are_located(
     assert str(err).startswith(f"{file}:{line}: column {column!r}: ")
 
 
+def test_an_iso_time_too_late_gets_no_milliseconds_hint(tmp_path: Path) -> None:
+    err = error_of(make(tmp_path, likes="user_id,item_id,ts\nu1,i1,9999-12-31T23:59:59-14:00\n"))
+    assert "milliseconds" not in str(err)
+
+
+def test_parquet_times_before_1900_are_refused_and_later_negative_ones_kept(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make(tmp_path, likes=None)
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "ts": [-5.0, -3e9]}), tmp_path / "likes.parquet")
+    assert str(error_of(tmp_path)) == "likes.parquet:2: column 'ts': -3000000000.0 is before the year 1900 as Unix seconds"
+
+
 def test_line_numbers_count_physical_lines(tmp_path: Path) -> None:
     # A quoted newline and a blank line shift the physical line of later rows.
     likes = 'user_id,item_id,ts\n"u\n1",i1,1\n\nu2,i2,bad\n'
@@ -198,6 +226,17 @@ def test_missing_likes_file(tmp_path: Path) -> None:
     err = error_of(tmp_path)
     assert err.file == "likes.csv"
     assert str(err) == f"likes.csv: not found in dataset directory {tmp_path} (the one required file; it holds items.csv)"
+
+
+@pytest.mark.parametrize("name", ["items", "likes", "follows", "engagements"])
+def test_a_directory_of_csv_parts_is_an_error(tmp_path: Path, name: str) -> None:
+    make(tmp_path, **{name: None})
+    (tmp_path / f"{name}.csv").mkdir()
+    (tmp_path / f"{name}.csv" / "part-00000.csv").write_text("a,b\n")
+    err = error_of(tmp_path)
+    assert (err.file, err.line) == (f"{name}.csv", 0)
+    assert str(err).startswith(f"{name}.csv: a directory, not a CSV file, in dataset directory {tmp_path}: ")
+    assert f"concatenate the parts into one {name}.csv" in str(err) and f"or write {name}.parquet" in str(err)
 
 
 def test_missing_directory_is_named(tmp_path: Path) -> None:
@@ -334,6 +373,13 @@ def test_duplicate_likes_keep_latest_ts(tmp_path: Path) -> None:
     assert ds.likes.ts[:2].tolist() == [9.0, 1.0] and np.isnan(ds.likes.ts[2])
 
 
+def test_items_repeated_in_every_column_are_one_item(tmp_path: Path) -> None:
+    items = CARD_ITEMS + CARD_ITEMS.splitlines(keepends=True)[2]
+    ds = load_dataset(str(make(tmp_path, items=items)))
+    assert ds.items.item_id == ["i1", "i2", "i3"]
+    assert ds.items.feed_eligible.tolist() == [True, False, True] and ds.items.title[0] == "Red shoes"
+
+
 def test_duplicate_follows_collapse(tmp_path: Path) -> None:
     follows = "user_id,seller_id,ts\nu1,s1,1\nu1,s1,3\nu1,s2,2\n"
     ds = load_dataset(str(make(tmp_path, follows=follows)))
@@ -433,8 +479,8 @@ def test_error_pickles() -> None:
 # Ids have no surrounding whitespace: loading strips it.
 _ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                min_size=1, max_size=6).map(str.strip).filter(bool)
-_times = st.one_of(st.just(float("nan")), st.integers(-(2**40), int(MAX_UNIX_SECONDS)).map(float),
-                   st.floats(-1e12, MAX_UNIX_SECONDS, allow_nan=False))
+_times = st.one_of(st.just(float("nan")), st.integers(int(MIN_UNIX_SECONDS), int(MAX_UNIX_SECONDS)).map(float),
+                   st.floats(MIN_UNIX_SECONDS, MAX_UNIX_SECONDS, allow_nan=False))
 
 
 @st.composite
@@ -498,6 +544,14 @@ def test_engagements_load_every_row_and_round_trip(tmp_path: Path) -> None:
     assert again.fingerprint() == ds.fingerprint() and again.engagements.kind == e.kind
     without = load_dataset(str(make(tmp_path / "c")))
     assert len(without.engagements) == 0 and without.fingerprint() != ds.fingerprint()
+
+
+def test_an_unknown_engaged_item_names_the_file_consulted(tmp_path: Path) -> None:
+    text = "user_id,item_id,kind,ts,friend_id\nu1,i9,view,1,\n"
+    with_items = error_of(make(tmp_path / "a", engagements=text))
+    assert with_items.message == "unknown item 'i9' (not in items.csv)"
+    without_items = error_of(make(tmp_path / "b", engagements=text, items=None))
+    assert without_items.message == "unknown item 'i9' (not in likes.csv)"
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,16 @@ import dataclasses
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from stores.memory import MemoryStore
 from training.arguments import parse_ks
-from training.dataset import DatasetError
+from training.dataset import DatasetError, Edges, load_dataset
 from training.evaluate import cap_grid_settings, evaluate_cap_grid, pipeline_recommender, read_test_file
-from training.experiment import evaluate_split
+from training.experiment import evaluate_split, evaluation_parts, warnings_on_test_pairs
 from training.generate import generate
 from training.splits import SplitSpec
 from training.train import TrainParams
@@ -73,6 +74,48 @@ def test_a_bad_test_file_row_names_line_and_column(tmp_path):
     with pytest.raises(DatasetError) as error:
         read_test_file(str(path))
     assert (error.value.file, error.value.line, error.value.column) == ("test.csv", 3, "item_id")
+
+
+def test_a_test_file_is_read_as_a_dataset_file_is(tmp_path):
+    path = tmp_path / "test.csv"
+    # A BOM, columns by name in any order, an extra column, ids with spaces around them.
+    path.write_bytes("\ufeffts,item_id,user_id\n5, i2 ,u1 \n\n6,i3,\tu2\n".encode())
+    warnings: list[str] = []
+    pairs = read_test_file(str(path), warnings)
+    assert (pairs.src, pairs.dst) == (["u1", "u2"], ["i2", "i3"])
+    assert warnings == ["test.csv: ignored column 'ts' (not one of user_id, item_id)"]
+
+
+def test_a_test_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_bytes(b"user_id,item_id\nu1,i1\nu2,caf\xe9\n")
+    with pytest.raises(DatasetError) as error:
+        read_test_file(str(path))
+    assert (error.value.file, error.value.line) == ("test.csv", 3) and "not UTF-8" in str(error.value)
+
+
+def test_a_test_file_without_pairs_is_an_error(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_text("user_id,item_id\n\n")
+    with pytest.raises(DatasetError) as error:
+        read_test_file(str(path))
+    assert str(error.value) == "test.csv: no test pairs (nothing after the header row)"
+
+
+def test_test_pairs_no_feed_can_hit_are_warned_about(tmp_path, capsys):
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\ni1,s1,1,1\ni2,s1,1,1\ni3,s1,1,1\n")
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\nu2,i2,1\n")
+    train = load_dataset(str(tmp_path))
+    test = Edges(["u1", "u1", "u2", "u2", "u3", "u3"], ["i1", "i3", "i2", "i9", "i3", "i3"], np.full(6, np.nan))
+    expected = [
+        "2 of 5 test pairs are training likes too (they count as misses: a feed never shows an item its user already likes)",
+        "1 of 5 test pairs have an item that is nowhere in the training data (they count as misses: no feed can show it)",
+        "1 of 3 test users are nowhere in the training data (no likes, follows, friends or engagements to go on)",
+    ]
+    assert warnings_on_test_pairs(train, test) == expected
+    evaluation_parts(train, None, test, None)
+    assert capsys.readouterr().err.splitlines() == [f"warning: {line}" for line in expected]
+    assert warnings_on_test_pairs(train, Edges(["u1"], ["i3"], np.zeros(1))) == []
 
 
 def test_the_plot_is_a_png_bar_chart(report, tmp_path):

@@ -250,12 +250,14 @@ GOOD_ITEMS = {"item_id": ["i1", "i2"], "seller_id": ["s1", "s1"], "created_at": 
         ("items", "ship_days", [1, 400], 2, "expected whole days between 0 and 365 or empty, got 400.0"),
         ("items", "feed_eligible", [1, 2], 2, "expected 1, 0 or empty, got 2.0"),
         ("items", "currency", ["EUR", "euro"], 2, "expected an ISO 4217 code such as EUR or empty, got 'euro'"),
-        ("items", "item_id", ["i1", "i1"], 2, "duplicate item 'i1' (first on row 1)"),
+        ("items", "item_id", ["i1", "i1"], 2, "duplicate item 'i1' (first on row 1) differing in seller_id"),
     ],
 )  # fmt: skip
 def test_bad_values_name_file_row_and_column(tmp_path: Path, table: str, column: str, values, line: int, message: str) -> None:
     tables = {"likes": dict(GOOD_LIKES), "items": dict(GOOD_ITEMS)}
     tables[table][column] = values
+    if column == "item_id":  # rows the same in every column are one item; these differ
+        tables["items"]["seller_id"] = ["s1", "s2"]
     for name, columns in tables.items():
         write_parquet(tmp_path, name, columns)
     first = error_of(tmp_path).errors[0]
@@ -271,11 +273,11 @@ def test_a_bad_value_in_a_part_file_names_the_part_and_its_row(tmp_path: Path) -
     err = error_of(tmp_path)
     assert str(err) == f"likes.parquet/{names[1]}:2: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'soon'"
     # A duplicate across parts says where the first one is.
-    items = pa.table({"item_id": ["i1", "i2", "i3", "i2"], "seller_id": ["s"] * 4, "created_at": [0.0] * 4, "stock": [1] * 4})
+    items = pa.table({"item_id": ["i1", "i2", "i3", "i2"], "seller_id": ["s", "s", "s", "t"], "created_at": [0.0] * 4, "stock": [1] * 4})
     (tmp_path / "items.parquet").unlink()
     parts = write_parts(tmp_path / "items.parquet", items, [2, 2])
     err = error_of(tmp_path)
-    assert f"items.parquet/{parts[1]}:2: column 'item_id': duplicate item 'i2' (first on row 2 of items.parquet/{parts[0]})" in str(err)
+    assert f"items.parquet/{parts[1]}:2: column 'item_id': duplicate item 'i2' (first on row 2 of items.parquet/{parts[0]}) differing in seller_id" in str(err)
 
 
 def test_errors_are_collected_across_rows_and_files(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ Columns (header row required, order free; other columns are ignored with a warni
   sellers.csv  seller_id, vacation_until
   engagements.csv  user_id, item_id, kind, ts[, friend_id]
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty; one above
-MAX_UNIX_SECONDS (milliseconds, most likely) is an error.
+MAX_UNIX_SECONDS (milliseconds, most likely) is an error, and so is one before MIN_UNIX_SECONDS
+(1900: times before 1970 are negative, and real data has some, such as Last.fm's tags from 1956).
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
 The item card columns are optional and may be empty: ``price`` a non-negative number,
@@ -21,6 +22,8 @@ further notice; empty: not on vacation); sellers not listed are not on vacation.
 An engagement's ``kind`` is share, view, click, add_to_cart or purchase (ENGAGEMENT_KINDS);
 ``friend_id`` only on a share, the friend it went to (empty: all the user's friends).
 Every row is kept (a view repeated is two views); the item must be in items.csv.
+A row of items.csv that repeats an earlier one in every column is merged into it (as a
+repeated like is); a repeated ``item_id`` with other values is an error.
 
 Only likes.csv is required. Without items.csv every liked item is an in-stock item
 (stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN, empty card
@@ -40,7 +43,8 @@ validation. Ids are strings (or integers, read as their digits); times numbers, 
 strings, timestamps or dates (-> Unix seconds; naive is UTC); the numeric columns numbers
 (or strings, parsed as in CSV); ``feed_eligible`` also booleans; null (and NaN) is empty.
 An error names the file or part file (``likes.parquet/part-00001.parquet``), the 1-based
-row in it as its line, and the column. A table in both formats is an error.
+row in it as its line, and the column. A table in both formats is an error, and so is a
+directory of CSV part files (``likes.csv/part-*.csv``): they are not read.
 :func:`write_dataset` writes either format.
 """
 
@@ -52,6 +56,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import math
 import os
 import re
@@ -68,6 +73,8 @@ from stores.base import gc_paused
 from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, EventKind, is_currency_code
 
 ENGAGEMENT_KINDS = tuple(kind.value for kind in ENGAGEMENTS)
+
+MIN_UNIX_SECONDS = -2_208_988_800.0  # 1900-01-01
 
 
 @dataclass(frozen=True)
@@ -384,12 +391,13 @@ def _is_stripped(name: str) -> bool:
     return name.endswith("_id") or name == "kind"
 
 
-def _read_table(directory: str, file: str, errors: _Errors, warnings: list[str]) -> _Table | None:
-    """The file's columns, or None after reporting why it cannot be read (a bad header,
-    rows with the wrong number of fields, bytes that are not UTF-8, a broken CSV)."""
-    path = os.path.join(directory, file)
+def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, ...]], errors: _Errors,
+                warnings: list[str]) -> _Table | None:
+    """The columns of CSV file ``path`` (reported as ``file``) that ``schema`` (required,
+    optional) names, or None after reporting why it cannot be read (a bad header, rows with
+    the wrong number of fields, an unclosed quote, bytes that are not UTF-8, a broken CSV)."""
     try:
-        return _read_table_unchecked(path, file, errors, warnings)
+        return _read_table_unchecked(path, file, schema, errors, warnings)
     except UnicodeDecodeError as error:
         line, offset = _undecodable_line(path)
         errors.add(DatasetError(file, line, "<row>", f"not UTF-8 text (byte {offset} of the line: {error.reason})"))
@@ -428,8 +436,10 @@ def _undecodable_line(path: str) -> tuple[int, int]:
     return 0, 0
 
 
-def _read_table_unchecked(path: str, file: str, errors: _Errors, warnings: list[str]) -> _Table | None:
-    required, optional = _SCHEMA[file]
+def _read_table_unchecked(
+    path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, ...]], errors: _Errors, warnings: list[str]
+) -> _Table | None:
+    required, optional = schema
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         rows_iter = _reader_rows(reader)
@@ -477,6 +487,12 @@ def _read_table_unchecked(path: str, file: str, errors: _Errors, warnings: list[
 
     width = len(header)
     table = _Table(file, {}, lines, len(rows), errors)
+    if rows and _opens_unclosed_quote(path, table.line(len(rows) - 1)):
+        # Only the last row can: its last field took in the rest of the file.
+        opened = len(rows[-1]) - 1
+        table.report(len(rows) - 1, header[opened] if opened < width else "<row>",
+                     "a quote (\") opened on this line is never closed: the rest of the file would be one value")
+        return None
     if rows and (min(map(len, rows)) != width or max(map(len, rows)) != width):
         for i, r in enumerate(rows):
             if len(r) != width:
@@ -494,12 +510,27 @@ def _read_table_unchecked(path: str, file: str, errors: _Errors, warnings: list[
     return table
 
 
+def _opens_unclosed_quote(path: str, line: int) -> bool:
+    """Whether the row that starts on physical ``line`` opens a quote the file never closes.
+
+    csv.reader silently reads such a quote as running to the end of the file. Its strict
+    mode says so, but also refuses quirks the loader accepts: it reads that row alone."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        try:
+            for _ in csv.reader(itertools.islice(fh, line - 1, None), strict=True):
+                pass
+        except csv.Error as error:
+            return str(error) == "unexpected end of data"
+    return False
+
+
 def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[dict[str, list[str]], int] | None:
     """The ``keep`` columns as strings, read by pyarrow's multithreaded CSV parser.
 
     None when the file needs the careful reader: a row with the wrong number of fields,
     a quoted newline, a blank line (anything that breaks "data row i is on line i + 2",
-    which error messages rely on), bytes that are not UTF-8. That reader then finds and
+    which error messages rely on), bytes that are not UTF-8, an odd number of quotes (an
+    unclosed one, which pyarrow ends at the end of the line). That reader then finds and
     names the problem.
     """
     import pyarrow as pa
@@ -520,13 +551,14 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
         )
     except (pa.ArrowException, UnicodeDecodeError):
         return None
-    newlines = 0
+    newlines = quotes = 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 24), b""):
             newlines += chunk.count(b"\n")
+            quotes += chunk.count(b'"')
             last = chunk[-1:]
     physical = newlines + (last != b"\n")
-    if table.num_rows != physical - 1:
+    if table.num_rows != physical - 1 or quotes % 2:
         return None
     return {
         name: _shared_strings(table.column(name)) if _is_stripped(name) else table.column(name).to_pylist() for name in wanted
@@ -739,12 +771,27 @@ def _shown(values: Any, i: int) -> str:
 
 
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
-    # Milliseconds would put every like in the far future and every recency feature at zero.
     out = _parsed_times(table, column, allow_empty)
+    values = table.columns[column]
     with np.errstate(invalid="ignore"):
-        for i in np.flatnonzero(out > MAX_UNIX_SECONDS).tolist():
+        outside = np.flatnonzero((out < MIN_UNIX_SECONDS) | (out > MAX_UNIX_SECONDS)).tolist()
+    for i in outside:
+        if out[i] < MIN_UNIX_SECONDS:
+            table.report(i, column, f"{_shown(values, i)} is before the year 1900 as Unix seconds")
+        elif isinstance(values, np.ndarray) or _is_number(values[i]):
+            # Milliseconds would put every like in the far future and every recency feature at zero.
             table.report(i, column, f"{out[i]:.0f} is after the year 5000 as Unix seconds: milliseconds? (divide by 1,000)")
+        else:
+            table.report(i, column, f"{values[i]!r} is after the year 5000")
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parsed_times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
@@ -947,8 +994,9 @@ def load_dataset(
 ) -> Dataset:
     """Read and validate a dataset directory.
 
-    Duplicate likes/follows/friendships are collapsed keeping the latest ts; friendships
-    are undirected and stored once with ``src < dst``. Ids are stripped of surrounding
+    Duplicate likes/follows/friendships are collapsed keeping the latest ts, and items.csv
+    rows identical in every column are one item; friendships are undirected and stored
+    once with ``src < dst``. Ids are stripped of surrounding
     whitespace. A like of an item missing from items.csv raises DatasetError by default
     (``on_unknown_item="error"``); with ``"drop"`` such likes are dropped with a
     warning. Columns a file does not define are ignored with a warning. Warnings are
@@ -959,19 +1007,48 @@ def load_dataset(
     Raises:
         DatasetError: a missing directory or likes.csv (line 0), or every problem found,
             up to MAX_REPORTED_ERRORS: a bad header, a bad value, a row with the wrong
-            number of fields, a duplicate item_id, a self-friendship, an unknown item,
-            bytes that are not UTF-8 or a broken CSV. Never another exception for a
-            bad file.
+            number of fields, an unclosed quote, a duplicate item_id with other values, a
+            self-friendship, an unknown item, bytes that are not UTF-8, a broken CSV or
+            a directory where a CSV file belongs. Never another exception for a bad file.
     """
-    defaults = _load_defaults
     if on_unknown_item is None:
-        on_unknown_item = defaults.on_unknown_item  # type: ignore[assignment]
+        on_unknown_item = _load_defaults.on_unknown_item  # type: ignore[assignment]
     if on_unknown_item not in ("error", "drop"):
         raise ValueError(f"on_unknown_item must be 'error' or 'drop', got {on_unknown_item!r}")
+    with _warnings_to(warnings) as notes, gc_paused():
+        return _load(path, on_unknown_item, notes)
+
+
+def read_id_pairs(path: str, columns: tuple[str, str], warnings: list[str] | None = None) -> Edges:
+    """The id columns ``columns`` of the CSV file ``path`` as edges without times (NaN),
+    e.g. a file of test pairs.
+
+    It is read as a dataset file is: a header row (a UTF-8 BOM allowed), columns in any
+    order, other columns ignored with a warning, ids stripped, blank lines skipped.
+    Warnings go as :func:`load_dataset`'s do (to ``warnings``, else to the ``warn`` of
+    :func:`load_defaults`).
+
+    Raises:
+        DatasetError: every problem found, up to MAX_REPORTED_ERRORS, naming the file (its
+            base name), line and column: a missing column, an empty id, a row with the
+            wrong number of fields, bytes that are not UTF-8, a broken CSV, an unreadable file.
+    """
+    errors = _Errors()
+    with _warnings_to(warnings) as notes:
+        table = _read_table(path, os.path.basename(path), (columns, ()), errors, notes)
+        src, dst = (_ids(table, column) for column in columns) if table is not None else ([], [])
+    errors.raise_any()
+    return Edges(src, dst, np.full(len(src), np.nan))
+
+
+@contextlib.contextmanager
+def _warnings_to(warnings: list[str] | None) -> Iterator[list[str]]:
+    """The list to append warnings to: ``warnings``, or (None) one whose warnings go to the
+    ``warn`` of :func:`load_defaults` on exit, also when the load fails."""
+    defaults = _load_defaults
     notes: list[str] = warnings if warnings is not None else []
     try:
-        with gc_paused():
-            return _load(path, on_unknown_item, notes)
+        yield notes
     finally:
         if warnings is None and defaults.warn is not None:
             for note in notes:
@@ -982,13 +1059,14 @@ def _check_directory(path: str) -> None:
     if not os.path.isdir(path):
         what = "not a directory" if os.path.exists(path) else "no such directory"
         raise DatasetError("", 0, "<directory>", f"dataset directory {path}: {what}")
-    both = [
+    problems = [_csv_directory_error(path, file) for file in _SCHEMA if os.path.isdir(os.path.join(path, file))]
+    problems += [
         DatasetError(file, 0, "<file>", f"both {file} and {parquet_name(file)} in dataset directory {path}: keep one of them")
         for file in _SCHEMA
         if os.path.isfile(os.path.join(path, file)) and os.path.exists(os.path.join(path, parquet_name(file)))
     ]
-    if both:
-        raise DatasetError.of(both)
+    if problems:
+        raise DatasetError.of(problems)
     if _source(path, LIKES) is None:
         try:
             found = sorted(name for name in os.listdir(path) if name.endswith((".csv", PARQUET)))
@@ -996,6 +1074,15 @@ def _check_directory(path: str) -> None:
             found = []
         holds = f"it holds {', '.join(found)}" if found else "it holds no .csv or .parquet file"
         raise DatasetError(LIKES, 0, "<file>", f"not found in dataset directory {path} (the one required file; {holds})")
+
+
+def _csv_directory_error(path: str, file: str) -> DatasetError:
+    return DatasetError(
+        file, 0, "<file>",
+        f"a directory, not a CSV file, in dataset directory {path}: CSV part directories ({file}/part-*.csv, as "
+        f"Spark writes them) are not read; concatenate the parts into one {file} with a single header row, or "
+        f"write {parquet_name(file)} (a directory of Parquet part files is read)",
+    )
 
 
 def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
@@ -1008,7 +1095,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
             return None
         if source != file:
             return _read_parquet(path, file, errors, warnings)
-        return _read_table(path, file, errors, warnings)
+        return _read_table(os.path.join(path, file), file, _SCHEMA[file], errors, warnings)
 
     items_name, likes_name = _source(path, ITEMS), _source(path, LIKES) or LIKES
 
@@ -1065,9 +1152,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     engagements_t = table(ENGAGEMENTS_FILE)
     engagements = Engagements.none()
     if engagements_t is not None:
-        engagements = _load_engagements(
-            engagements_t, None if items is None else set(items.item_id), f"{items_name or ITEMS} or {likes_name}"
-        )
+        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id), items_name or likes_name)
 
     errors.raise_any()
     assert items is not None
@@ -1077,8 +1162,9 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
 
 
-def _load_engagements(t: _Table, known_items: set[str] | None, item_files: str = f"{ITEMS} or {LIKES}") -> Engagements:
-    """``known_items`` None: items.csv could not be read, so unknown items are not checked."""
+def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str) -> Engagements:
+    """``known_items`` None: items.csv could not be read, so unknown items are not checked.
+    ``item_file`` is where the known items come from, for the message."""
     user_id, item_id = _ids(t, "user_id"), _ids(t, "item_id")
     kind = t.columns["kind"]
     friend_id = t.columns.get("friend_id", [""] * t.n)
@@ -1087,7 +1173,7 @@ def _load_engagements(t: _Table, known_items: set[str] | None, item_files: str =
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
         if known_items is not None and item and item not in known_items:
-            t.report(i, "item_id", f"unknown item {item!r} (not in {item_files})")
+            t.report(i, "item_id", f"unknown item {item!r} (not in {item_file})")
         if friend and k != EventKind.SHARE.value and k in valid:
             t.report(i, "friend_id", f"only a share names a friend, not a {k}")
         if friend and friend == user:
@@ -1172,15 +1258,8 @@ def _currencies(table: _Table, column: str) -> list[str] | None:
 
 def _load_items(t: _Table) -> Items:
     item_id = _ids(t, "item_id")
-    if len(set(item_id)) != len(item_id):
-        first: dict[str, int] = {}
-        for i, v in enumerate(item_id):
-            if v in first:
-                if v:
-                    t.report(i, "item_id", f"duplicate item {v!r} (first on {t.where(first[v])})")
-            else:
-                first[v] = i
-    return Items(
+    repeats = _repeated_rows(t, item_id)
+    items = Items(
         item_id=item_id,
         seller_id=t.columns["seller_id"],  # "" = no seller
         created_at=_times(t, "created_at", allow_empty=True),
@@ -1193,6 +1272,26 @@ def _load_items(t: _Table) -> Items:
         ship_days=_ship_days(t, "ship_days"),
         feed_eligible=_eligible(t, "feed_eligible"),
     )
+    return items.take(np.delete(np.arange(t.n), repeats)) if repeats else items
+
+
+def _repeated_rows(t: _Table, item_id: list[str]) -> list[int]:
+    """The rows that repeat an earlier row of the same item in every column: one item with
+    it, as a repeated like is one like. A repeated item with other values is reported."""
+    if len(set(item_id)) == len(item_id):
+        return []
+    first: dict[str, int] = {}
+    repeats: list[int] = []
+    for i, v in enumerate(item_id):
+        j = first.setdefault(v, i)
+        if j == i or not v:  # an empty id is reported already
+            continue
+        differing = [name for name, values in t.columns.items() if _shown(values, i) != _shown(values, j)]
+        if differing:
+            t.report(i, "item_id", f"duplicate item {v!r} (first on {t.where(j)}) differing in {', '.join(differing)}")
+        else:
+            repeats.append(i)
+    return repeats
 
 
 def _friend_edges(t: _Table) -> tuple[list[str], list[str], np.ndarray]:

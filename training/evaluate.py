@@ -435,32 +435,16 @@ def write_test_file(path: str, test: Edges) -> None:
         writer.writerows(zip(test.src, test.dst))
 
 
-def read_test_file(path: str) -> Edges:
-    """A CSV of user_id,item_id (header row) as test pairs; bad rows name line and column."""
-    import csv
+def read_test_file(path: str, warnings: list[str] | None = None) -> Edges:
+    """A CSV of user_id,item_id test pairs (header row), read as a dataset file is
+    (training.dataset.read_id_pairs: columns by name, others ignored with a warning, ids
+    stripped); bad rows name line and column, and a file without pairs is an error."""
+    from training.dataset import DatasetError, read_id_pairs
 
-    from training.dataset import DatasetError
-
-    name = path.rsplit("/", 1)[-1]
-    src: list[str] = []
-    dst: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["user_id", "item_id"]:
-            raise DatasetError(name, 1, "user_id", "expected the header user_id,item_id")
-        for row in reader:
-            if not row:
-                continue
-            line = reader.line_num
-            if len(row) != 2:
-                raise DatasetError(name, line, "<row>", f"expected 2 fields, got {len(row)}")
-            for column, value in zip(("user_id", "item_id"), row):
-                if not value:
-                    raise DatasetError(name, line, column, "must not be empty")
-            src.append(row[0])
-            dst.append(row[1])
-    return Edges(src, dst, np.full(len(src), np.nan))
+    pairs = read_id_pairs(path, ("user_id", "item_id"), warnings)
+    if not len(pairs):
+        raise DatasetError(os.path.basename(path), 0, "<file>", "no test pairs (nothing after the header row)")
+    return pairs
 
 
 CHART_METRICS = ("precision", "recall", "ndcg")

@@ -3,6 +3,7 @@ behind `python -m training evaluate`, the trainer's evaluation table and the ben
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -30,11 +31,36 @@ def evaluation_parts(
     dataset's default split) cuts it, and the ranker's validation takes that split's shape."""
     ranker_params = ranker_params or RankerFitParams()
     if test is not None:
+        for warning in warnings_on_test_pairs(dataset, test):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         return dataset, test, None, ranker_params
     split = split or default_split(dataset)
     train_part, test, now = split_for_evaluation(dataset, split)
     # Validation mirrors the test: the ranker is chosen on a split of the same shape.
     return train_part, test, now, replace(ranker_params, validation_kind=split.kind)
+
+
+def warnings_on_test_pairs(train: Dataset, test: Edges) -> list[str]:
+    """What the metrics of ``test`` (pairs given apart from the training data ``train``)
+    would not show: test pairs that count as misses whatever the feed, test users the
+    training data knows nothing of. One line each, with counts."""
+    pairs = set(zip(test.src, test.dst))
+    users = {user for user, _ in pairs}
+    liked = pairs.intersection(zip(train.likes.src, train.likes.dst))
+    known_items = set(train.items.item_id)
+    unknown_items = sum(item not in known_items for _, item in pairs)
+    unknown_users = len(users.difference(train.user_ids()))
+    warnings = []
+    if liked:
+        warnings.append(f"{len(liked)} of {len(pairs)} test pairs are training likes too "
+                        "(they count as misses: a feed never shows an item its user already likes)")
+    if unknown_items:
+        warnings.append(f"{unknown_items} of {len(pairs)} test pairs have an item that is nowhere in the "
+                        "training data (they count as misses: no feed can show it)")
+    if unknown_users:
+        warnings.append(f"{unknown_users} of {len(users)} test users are nowhere in the training data "
+                        "(no likes, follows, friends or engagements to go on)")
+    return warnings
 
 
 def evaluate_split(
