@@ -458,6 +458,10 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if v["state_dir"] and v["store"] != "memory":
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
     sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))
+    stray = [name for name in fallback_sources if name not in sources]
+    if stray and fallback_sources != _FEED.fallback_sources:  # the default falls back only on what is among the sources
+        raise ConfigError(f"{source['fallback_sources']}: {', '.join(stray)} is not among the sources ({', '.join(sources)}): "
+                          "a fallback source is one of the sources, run only when the others gather too few candidates")
     try:
         tokens = read_tokens(v["tokens_file"], environ)
     except auth.TokenError as error:

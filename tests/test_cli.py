@@ -86,3 +86,115 @@ def test_help_explains_every_command():
     for argv in (["-m", "training", "--help"], ["-m", "training", "generate", "--help"], ["-m", "training", "train", "--help"], ["-m", "serving", "--help"], ["-m", "serving", "feed", "--help"]):
         result = run(*argv)
         assert "usage:" in result.stdout
+
+
+def refused(*argv: str, status: int = 2) -> str:
+    """stderr of a command line that must stop with ``status`` and an error, not a traceback."""
+    result = run("-m", "training", *argv, check=False)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_an_unusable_output_path_is_refused_before_any_work(tmp_path):
+    taken = tmp_path / "file"
+    taken.write_text("not a directory")
+    data = str(tmp_path / "no-data")  # would fail later: the path is checked first
+    generate = ("generate", "--users", "50", "--sellers", "5", "--items", "50")
+    for argv, message in [
+        (("train", "--data", data, "--out", str(taken)), f"argument --out: {taken} exists and is not a directory"),
+        (("train", "--data", data, "--out", str(taken / "models")), f"argument --out: cannot make {taken / 'models'}"),
+        ((*generate, "--out", str(taken)), f"argument --out: {taken} exists and is not a directory"),
+        (("tune", "--data", data, "--out", str(tmp_path / "nodir" / "p.json")), f"argument --out: no directory {tmp_path / 'nodir'}"),
+        (("tune", "--data", data, "--out", str(tmp_path)), f"argument --out: {tmp_path} is a directory"),
+        (("evaluate", "--data", data, "--json", str(tmp_path / "nodir" / "r.json")), "argument --json: no directory"),
+        (("evaluate", "--data", data, "--plot", str(tmp_path / "chart.xyz")), "argument --plot: unknown image format 'xyz'"),
+    ]:
+        assert f"error: {message}" in refused(*argv), argv
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_feed_without_sources_or_with_a_stray_fallback_is_refused(tmp_path):
+    argv = ("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
+    for empty in ("", "none"):
+        assert "error: argument --sources: no source: every feed would be empty" in refused(*argv, "--sources", empty)
+    stray = refused(*argv, "--sources", "trending,embedding_neighbours", "--fallback-sources", "item_knn", status=1)
+    assert "error: --fallback-sources: item_knn is not among --sources (trending, embedding_neighbours)" in stray
+
+
+def test_the_default_fallback_applies_only_to_the_sources_given():
+    from training.__main__ import build_parser
+    from training.arguments import settings_from_args
+
+    parser, _ = build_parser()
+
+    def settings(*flags: str):
+        return settings_from_args(parser.parse_args(["evaluate", "--data", "d", *flags]))
+
+    assert settings("--sources", "embedding_neighbours").fallback_sources == ("trending",)  # no trending: no fallback
+    assert settings("--fallback-sources", "none").fallback_sources == ()
+    assert settings("--fallback-sources", "trending,item_knn").fallback_sources == ("trending", "item_knn")
+
+
+@pytest.fixture
+def untimed(tmp_path) -> Path:
+    data = tmp_path / "untimed"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,seller_id,created_at,stock\n"
+                                    + "".join(f"i{k},s{k % 3},{1_700_000_000 + k},1\n" for k in range(20)))
+    (data / "likes.csv").write_text("user_id,item_id,ts\n" + "".join(f"u{k % 7},i{k % 20},\n" for k in range(60)))
+    return data
+
+
+def test_a_time_split_of_untimed_likes_is_refused_before_training(untimed, tmp_path):
+    for argv, flag in [
+        (("train", "--data", str(untimed), "--out", str(tmp_path / "m"), "--eval-split", "time:0.2"), "--eval-split"),
+        (("evaluate", "--data", str(untimed), "--split", "time:0.2", "--no-cap-grid"), "--split"),
+        (("tune", "--data", str(untimed), "--out", str(tmp_path / "p.json"), "--test-split", "time:0.2"), "--test-split"),
+    ]:
+        result = run("-m", "training", *argv, check=False)
+        assert result.returncode == 1 and result.stdout == "", argv  # nothing trained: no step was timed
+        assert (f"error: {flag} time:0.2: a time split needs a ts on every like, and 60 of 60 have none; "
+                f"use {flag} user:0.2 or random:0.2") in result.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p.json").exists()
+
+
+def test_ctrl_c_in_train_prints_one_line_exits_130_and_publishes_nothing(trained, tmp_path):
+    data, _ = trained
+    models = tmp_path / "models"
+    trainer = subprocess.Popen([sys.executable, "-m", "training", "train", "--data", str(data), "--out", str(models)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in trainer.stdout:
+            if line.startswith("interactions"):  # the step timings: the ranker's fit comes next
+                break
+        trainer.send_signal(signal.SIGINT)
+        assert trainer.wait(timeout=60) == 130
+        assert trainer.stderr.read() == "interrupted\n"
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_ctrl_c_anywhere_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
+    import training.generate
+    from training.__main__ import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.generate, "run", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", "--out", str(tmp_path / "d"), "--users", "50", "--sellers", "5", "--items", "50"])
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_flag_errors_name_the_flag_and_help_does_not_mislead(tmp_path):
+    assert "error: argument --seed: must be >= 0, got -1" in refused(
+        "generate", "--out", str(tmp_path / "d"), "--users", "50", "--sellers", "5", "--items", "50", "--seed", "-1")
+    assert "error: --sellers: must be <= --users (50), got 60" in refused(
+        "generate", "--out", str(tmp_path / "d"), "--users", "50", "--sellers", "60", "--items", "50", status=1)
+    assert "error: argument --require-sources: unknown sources bogus" in refused(
+        "tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--require-sources", "bogus")
+    assert "--factors 64" not in run("-m", "training", "train", "--help").stdout  # the default is 16

@@ -123,6 +123,10 @@ def test_fallback_sources_default_to_trending_and_none_turns_the_fallback_off():
     assert resolve_config(parse("--models", "m", "--fallback-sources", "none"), {}).feed.fallback_sources == ()
     both = resolve_config(parse("--models", "m"), {"FEEDRANK_FALLBACK_SOURCES": "trending,item_knn"})
     assert both.feed.fallback_sources == ("trending", "item_knn")
+    # The default falls back on trending only when it is a source; a fallback given outside the sources would never run.
+    assert resolve_config(parse("--models", "m", "--sources", "followed_sellers"), {}).feed.sources == ("followed_sellers",)
+    with pytest.raises(ConfigError, match="--fallback-sources: item_knn is not among the sources"):
+        resolve_config(parse("--models", "m", "--sources", "trending", "--fallback-sources", "item_knn"), {})
 
 
 def test_switches_come_from_flags_environment_and_file_and_can_be_turned_off(tmp_path):

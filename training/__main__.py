@@ -91,22 +91,41 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run_command(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a failure to debug: one line, and the shell's
+        # status for a SIGINT (128 + 2).
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def run_command(argv: list[str]) -> None:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "params", None):
+        args = parse_with_params_file(parser, subparsers[args.command], argv, args.params)
     try:
-        if getattr(args, "params", None):
-            # The file's values become defaults: parse again so explicit flags still win.
-            from training.arguments import params_file_defaults
-
-            subparsers[args.command].set_defaults(**params_file_defaults(args.params))
-            args = parser.parse_args(argv)
         on_unknown_item = "drop" if getattr(args, "drop_unknown_items", False) else "error"
         with progress_bars(sys.stderr.isatty() and not getattr(args, "no_progress", False)), \
                 load_defaults(on_unknown_item, warn=print_warning):
             args.run(args)
     except (DatasetError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
+
+
+def parse_with_params_file(
+    parser: argparse.ArgumentParser, command: argparse.ArgumentParser, argv: list[str], path: str
+) -> argparse.Namespace:
+    """``argv`` parsed again with the values of the ``--params`` file as the command's defaults,
+    so that a flag on the command line still wins; a bad file is a usage error of ``command``."""
+    from training.arguments import params_file_defaults
+
+    try:
+        command.set_defaults(**params_file_defaults(path))
+    except ValueError as error:
+        command.error(str(error))
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import replace
+
+import numpy as np
 
 from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
-from ranking.feed import FeedSettings, parse_source_names
+from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
 from training.flag_types import bounded
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
@@ -30,6 +33,17 @@ def split_text(*words: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def check_time_split(dataset, spec: SplitSpec | None, flag: str) -> None:
+    """ValueError naming ``flag`` when ``spec`` is a time split and some like of ``dataset``
+    has no time: checked once the data is loaded, before any training."""
+    if spec is None or spec.kind != "time":
+        return
+    untimed = int(np.count_nonzero(~np.isfinite(dataset.likes.ts)))
+    if untimed:
+        raise ValueError(f"{flag} {spec}: a time split needs a ts on every like, and {untimed} of "
+                         f"{len(dataset.likes)} have none; use {flag} user:{spec.fraction:g} or random:{spec.fraction:g}")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,27 +138,15 @@ def parse_feature_names(text: str) -> tuple[str, ...]:
 
 
 
+# TrainParams fields no flag sets: the unit the other weights are relative to, the HNSW build
+# parameters, and show_progress (--no-progress).
+_UNFLAGGED_TRAIN_FIELDS = ("like_weight", "hnsw_m", "ef_construction", "show_progress")
+TRAIN_FLAG_FIELDS = tuple(name for name in TrainParams.__dataclass_fields__ if name not in _UNFLAGGED_TRAIN_FIELDS)
+"""The TrainParams fields set by the flag of the same name (--factors sets factors)."""
+
+
 def params_from_args(args: argparse.Namespace) -> TrainParams:
-    return TrainParams(
-        factors=args.factors,
-        regularization=args.regularization,
-        alpha=args.alpha,
-        iterations=args.iterations,
-        als_bags=args.als_bags,
-        follow_weight=args.follow_weight,
-        **{name: getattr(args, name) for name in ENGAGEMENT_WEIGHT_FIELDS.values()},
-        weight_transform=args.weight_transform,
-        recency_half_life_days=args.recency_half_life_days,
-        knn=args.knn,
-        knn_k=args.knn_k,
-        ease_l2=args.ease_l2,
-        index=args.index,
-        ef_search=args.ef_search,
-        precompute_neighbours_up_to=args.precompute_neighbours_up_to,
-        warm_iterations=args.warm_iterations,
-        seed=args.seed,
-        show_progress=not args.no_progress,
-    )
+    return TrainParams(**{name: getattr(args, name) for name in TRAIN_FLAG_FIELDS}, show_progress=not args.no_progress)
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -185,32 +187,47 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
                       help="embedding neighbours gathered per feed (default: %(default)s)")
     feed.add_argument("--knn-neighbours", type=bounded(int, 0), default=d.knn_neighbours,
                       help="item-kNN candidates gathered per feed (default: %(default)s)")
-    feed.add_argument("--sources", default=",".join(d.sources), type=_source_names,
+    feed.add_argument("--sources", default=",".join(d.sources), type=candidate_sources,
                       help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
-    feed.add_argument("--fallback-sources", default=",".join(d.fallback_sources), type=_source_names, metavar="LIST",
+    feed.add_argument("--fallback-sources", type=source_names, metavar="LIST",
                       help="of those, the ones that run only when the others gathered fewer than 2 x (served + limit) "
-                           "candidates (the cold-start fallback); 'none': every source always runs (default: %(default)s)")
+                           "candidates (the cold-start fallback); 'none': every source always runs (default: "
+                           f"{','.join(d.fallback_sources)}, when among --sources)")
+
+
+FEED_FLAG_FIELDS = ("max_per_seller", "max_per_category", "per_key_limit", "trending_limit", "neighbours",
+                    "knn_neighbours", "sources", "fallback_sources")
+"""The FeedSettings fields set by the flag of the same name."""
 
 
 def settings_from_args(args: argparse.Namespace) -> FeedSettings:
-    return replace(
-        FeedSettings(),
-        max_per_seller=args.max_per_seller,
-        max_per_category=args.max_per_category,
-        per_key_limit=args.per_key_limit,
-        trending_limit=args.trending_limit,
-        neighbours=args.neighbours,
-        knn_neighbours=args.knn_neighbours,
-        sources=args.sources,
-        fallback_sources=args.fallback_sources,
-    )
+    """The feed settings of the flags; ValueError when --fallback-sources names one that is no source
+    (it would never run). Without the flag, the default fallback applies to those among the sources."""
+    values = {name: getattr(args, name) for name in FEED_FLAG_FIELDS}
+    if values["fallback_sources"] is None:
+        values["fallback_sources"] = FeedSettings().fallback_sources
+    else:
+        stray = [name for name in values["fallback_sources"] if name not in values["sources"]]
+        if stray:
+            raise ValueError(f"--fallback-sources: {', '.join(stray)} is not among --sources "
+                             f"({', '.join(values['sources'])}): a fallback source is one of the sources")
+    return replace(FeedSettings(), **values)
 
 
-def _source_names(text: str) -> tuple[str, ...]:
+def source_names(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated candidate source names; "none" or nothing is none."""
     try:
         return parse_source_names(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def candidate_sources(text: str) -> tuple[str, ...]:
+    """``--sources``: at least one source name, or every feed would be empty."""
+    names = source_names(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"no source: every feed would be empty; choose from {', '.join(SOURCE_NAMES)}")
+    return names
 
 
 def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
@@ -221,29 +238,79 @@ def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TUNED_RANKER_FIELDS = ("drop_features",)
+PARAMS_FILE_SECTIONS = {"train": TRAIN_FLAG_FIELDS, "feed": FEED_FLAG_FIELDS, "ranker": ("drop_features",)}
+"""The sections of a params file whose values set flags, and the flags (by dest) each may set."""
+PARAMS_FILE_REPORT_SECTIONS = ("validation", "confirmation", "trials", "seconds")
+"""What else training.tune writes into the file: its report, for people, ignored here."""
 
 
 def params_file_defaults(path: str) -> dict[str, object]:
-    """argparse defaults from a tune JSON file ({"train": {...}, "feed": {...}, "ranker": {...}}); ValueError names the problem."""
-    import json
+    """The flag values of a params file ({"train": {...}, "feed": {...}, "ranker": {...}}, as
+    training.tune writes it), by dest, each converted and checked by its flag's own type and
+    choices as if given on the command line; ValueError names the file and the key (or the
+    line and column) and what is wrong."""
+    payload = _read_params_file(path)
+    unknown = [key for key in payload if key not in (*PARAMS_FILE_SECTIONS, *PARAMS_FILE_REPORT_SECTIONS)]
+    if unknown:
+        raise ValueError(f"--params {path}: unknown section {unknown[0]!r}; the flags' values go in "
+                         f"{', '.join(PARAMS_FILE_SECTIONS)}")
+    flags = _params_file_flags()
+    defaults: dict[str, object] = {}
+    for section, fields in PARAMS_FILE_SECTIONS.items():
+        values = payload.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"--params {path}: {section}: expected an object of flag values, got {_json_kind(values)}")
+        for key, value in values.items():
+            if key not in fields:
+                raise ValueError(f"--params {path}: {section}.{key}: no flag sets it; choose from {', '.join(fields)}")
+            try:
+                parsed = flags.parse_args([f"--{key.replace('_', '-')}={_flag_text(value)}"])
+            except argparse.ArgumentError as error:
+                raise ValueError(f"--params {path}: {section}.{key}: {error.message}") from None
+            defaults[key] = getattr(parsed, key)
+    return defaults
 
+
+def _read_params_file(path: str) -> dict:
     try:
-        with open(path) as handle:
-            payload = json.load(handle)
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ValueError(f"--params {path}: {error.strerror}") from None
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - data.rfind(b"\n", 0, error.start)
+        raise ValueError(f"--params {path}: line {line} column {column}: not UTF-8") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"--params {path}: line {error.lineno} column {error.colno}: {error.msg}") from None
-    train_fields = set(TrainParams.__dataclass_fields__)
-    feed_fields = set(FeedSettings.__dataclass_fields__)
-    defaults: dict[str, object] = {}
-    for section, known in (("train", train_fields), ("feed", feed_fields), ("ranker", set(TUNED_RANKER_FIELDS))):
-        values = payload.get(section, {})
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"--params {path}: unknown {section} fields {unknown}")
-        for key, value in values.items():
-            defaults[key] = ",".join(value) if isinstance(value, list) else value
-    return defaults
+    if not isinstance(payload, dict):
+        raise ValueError(f"--params {path}: expected a JSON object of sections ({', '.join(PARAMS_FILE_SECTIONS)}), "
+                         f"got {_json_kind(payload)}")
+    return payload
+
+
+def _params_file_flags() -> argparse.ArgumentParser:
+    """The flags a params file may set, on their own: a value is parsed as the command line's would be."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_feed_arguments(parser)
+    add_training_arguments(parser)
+    return parser
+
+
+def _flag_text(value: object) -> str:
+    """A JSON value as a flag's text: strings as they are, lists of strings comma-joined, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return json.dumps(value)
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 ENGINES = ("implicit", "spark")

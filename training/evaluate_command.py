@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from training.arguments import (
     add_eval_users_argument,
     add_feed_arguments,
     add_training_arguments,
+    check_time_split,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
@@ -20,6 +22,7 @@ from training.arguments import (
 )
 from training.evaluate import evaluate_cap_grid, plot_report, read_test_file
 from training.experiment import evaluate_split
+from training.flag_types import output_file
 from training.splits import SplitSpec
 
 
@@ -35,8 +38,10 @@ def add_arguments(parser) -> None:
                                           "else user:0.2:0)")
     held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
-    parser.add_argument("--json", help="write the metrics as JSON here")
-    parser.add_argument("--plot", help="write a PNG bar chart of the metrics here (needs matplotlib)")
+    parser.add_argument("--json", type=output_file, help="write the metrics as JSON here")
+    parser.add_argument("--plot", type=plot_file,
+                        help="write a bar chart of the metrics here, in the format of its extension (PNG without "
+                             "one; needs matplotlib)")
     add_eval_users_argument(parser)
     parser.add_argument("--no-blend", action="store_true", help="skip the hand-set blend row (one replay less)")
     parser.add_argument("--cap-grid", action=argparse.BooleanOptionalAction, default=CAP_GRID_DEFAULT,
@@ -49,6 +54,20 @@ def add_arguments(parser) -> None:
 
 
 
+def plot_file(text: str) -> str:
+    """``--plot``: a file to write whose extension names an image format matplotlib writes."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise argparse.ArgumentTypeError("plotting needs matplotlib: pip install 'feedrank[plot]'") from None
+    formats = Figure().canvas.get_supported_filetypes()
+    extension = os.path.splitext(text)[1].lstrip(".").lower()
+    if extension and extension not in formats:
+        raise argparse.ArgumentTypeError(f"unknown image format {extension!r} (from the extension); "
+                                         f"choose from {', '.join(sorted(formats))}")
+    return output_file(text)
+
+
 def run(args) -> None:
     """Entry point of ``python -m training evaluate``."""
     import json
@@ -57,10 +76,11 @@ def run(args) -> None:
 
     ks = parse_ks(args.k)
     split = SplitSpec.parse(args.split) if args.split else None
-    dataset = load_dataset(args.data)
-    test = read_test_file(args.test) if args.test else None
     params = params_from_args(args)
     settings = settings_from_args(args)
+    dataset = load_dataset(args.data)
+    check_time_split(dataset, split, "--split")
+    test = read_test_file(args.test) if args.test else None
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
         ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,

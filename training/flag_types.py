@@ -1,9 +1,10 @@
-"""argparse types for numeric flags: light enough for any command line to import."""
+"""argparse types for numeric and output-path flags: light enough for any command line to import."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 
@@ -32,3 +33,40 @@ def bounded(
         return value
 
     return parse
+
+
+def output_directory(text: str) -> str:
+    """An argparse type: a directory to write into, checked before any work: an existing
+    directory, or a path whose nearest existing parent is a writable directory (it is
+    made then)."""
+    if os.path.exists(text):
+        if not os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+        return _writable(text, text)
+    return _writable(_nearest_existing(text), text)
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write, checked before any work: not a directory, in a
+    writable directory that exists."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    parent = os.path.dirname(text) or "."
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no directory {parent} to write {text} into")
+    return _writable(parent, text)
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _writable(directory: str, text: str) -> str:
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"cannot make {text}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {directory} is not writable")
+    return text

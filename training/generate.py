@@ -45,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
+from training.flag_types import bounded, output_directory
 
 #: 2026-01-01T00:00:00Z, the default end of the simulated period.
 DEFAULT_END_TIME = 1_767_225_600.0
@@ -466,26 +467,26 @@ def _taste_pick(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``generate`` flags to ``parser``."""
     g = parser.add_argument_group("output")
-    g.add_argument("--out", required=True, metavar="DIR",
+    g.add_argument("--out", required=True, type=output_directory, metavar="DIR",
                    help="dataset directory to write (items/likes/follows/friends/sellers/engagements.csv)")
     g = parser.add_argument_group("size")
-    g.add_argument("--users", type=int, required=True, metavar="N", help="number of users")
-    g.add_argument("--sellers", type=int, required=True, metavar="N",
+    g.add_argument("--users", type=bounded(int, 2), required=True, metavar="N", help="number of users")
+    g.add_argument("--sellers", type=bounded(int, 1), required=True, metavar="N",
                    help="number of sellers, chosen among the users (<= --users)")
-    g.add_argument("--items", type=int, required=True, metavar="N", help="number of items")
-    g.add_argument("--likes-per-user", type=float, default=20.0, metavar="F",
+    g.add_argument("--items", type=bounded(int, 1), required=True, metavar="N", help="number of items")
+    g.add_argument("--likes-per-user", type=bounded(float, above=0), default=20.0, metavar="F",
                    help="mean likes per user before deduplication (default: %(default)s)")
-    g.add_argument("--communities", type=int, default=None, metavar="C",
+    g.add_argument("--communities", type=bounded(int, 1), default=None, metavar="C",
                    help="taste communities (default: about users^(1/3)/2, in [2, 64])")
     g.add_argument("--no-engagements", dest="engagements", action="store_false",
                    help="write no engagements.csv (shares, views, clicks, carts, purchases: about 3 rows "
                         "per like); the scale benchmarks were measured without them")
     g = parser.add_argument_group("time and randomness")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=bounded(int, 0), default=0,
                    help="random seed; same seed gives byte-identical files (default: 0)")
-    g.add_argument("--end-time", type=float, default=DEFAULT_END_TIME, metavar="UNIX",
+    g.add_argument("--end-time", type=bounded(float), default=DEFAULT_END_TIME, metavar="UNIX",
                    help="end of the simulated period, Unix seconds (default: 2026-01-01Z)")
-    g.add_argument("--days", type=int, default=90, metavar="D",
+    g.add_argument("--days", type=bounded(int, 1), default=90, metavar="D",
                    help="items are listed within this many days before --end-time "
                         "(default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true",
@@ -494,6 +495,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate with the parsed flags, write to ``args.out`` and print a one-line summary."""
+    if args.sellers > args.users:
+        raise ValueError(f"--sellers: must be <= --users ({args.users}), got {args.sellers}")
     start = time.perf_counter()
     ds = generate(
         users=args.users, sellers=args.sellers, items=args.items,

@@ -1,6 +1,6 @@
 """Train embeddings and their index from a dataset directory, then publish a model version.
 
-  python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
+  python -m training train --data DIR --out MODELS_DIR [--factors N] [--index auto]
 
 Steps: load and validate the dataset, build the weighted interaction matrix (likes plus
 follows as extra seller columns), fit implicit ALS, build the MIPS index, evaluate (and chart it),
@@ -170,8 +170,12 @@ def train_and_publish(
     ranker_params=None,
     settings: FeedSettings = FeedSettings(),
     engine: Any = None,
+    check_data: Callable[[Dataset], None] | None = None,
 ) -> str:
     """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish; returns the version directory.
+
+    ``check_data`` runs on the loaded data before any training: what the evaluation at
+    the end would refuse (e.g. a time split of untimed likes) is refused first.
 
     ``ranker_params`` is a training.ranker_fit.RankerFitParams (default: its defaults).
     ``engine``: None trains with implicit in this process; a training.spark_engine.SparkEngine
@@ -185,6 +189,8 @@ def train_and_publish(
     started = time.perf_counter()
     with _step("load", timings, verbose):
         ds = load_dataset(data_dir)
+        if check_data is not None:
+            check_data(ds)
         fingerprint = ds.fingerprint()
     with _step("interactions", timings, verbose):
         interactions = interactions_of(ds, params) if engine is None else engine.interactions(ds, params)

@@ -1,6 +1,6 @@
 """`python -m training train`: load, train, fit the ranker, evaluate, publish.
 
-  python -m training train --data DIR --out MODELS_DIR [--factors 64] [--index auto]
+  python -m training train --data DIR --out MODELS_DIR [--factors N] [--index auto]
   python -m training train --data DIR --out MODELS_DIR --engine spark --spark-master yarn
 """
 
@@ -13,6 +13,7 @@ from training.arguments import (
     add_eval_users_argument,
     add_feed_arguments,
     add_training_arguments,
+    check_time_split,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
@@ -21,13 +22,15 @@ from training.arguments import (
     split_text,
 )
 from training.experiment import held_out_evaluation
+from training.flag_types import output_directory
+from training.splits import SplitSpec
 from training.train import train_and_publish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training train``."""
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, ...)")
-    parser.add_argument("--out", required=True, help="models directory; the version goes to OUT/<version>/")
+    parser.add_argument("--out", required=True, type=output_directory, help="models directory; the version goes to OUT/<version>/")
     parser.add_argument("--eval-split", default="auto", type=split_text("auto", "none"),
                         help="held-out split for the evaluation table: time:FRACTION, user:FRACTION[:SEED], "
                              "random:FRACTION[:SEED], auto (time:0.2 when every like has a time, else user:0.2) "
@@ -46,6 +49,10 @@ def run(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     spark = spark_settings_from_args(args)
     ks = parse_ks(args.k)
+    split = None if args.eval_split in ("auto", "none") else SplitSpec.parse(args.eval_split)
+
+    def check_data(dataset) -> None:  # the evaluation comes last: what it would refuse is refused first
+        check_time_split(dataset, split, "--eval-split")
     if args.engine == "spark":
         from training.spark_engine import spark_engine
 
@@ -56,11 +63,12 @@ def run(args: argparse.Namespace) -> None:
                 else engine.held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
             )
             train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params,
-                              settings=settings, engine=engine)
+                              settings=settings, engine=engine, check_data=check_data)
         return
     evaluate_fn = (
         None
         if args.eval_split == "none"
         else held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
     )
-    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params, settings=settings)
+    train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params, settings=settings,
+                      check_data=check_data)

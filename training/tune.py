@@ -35,20 +35,23 @@ and the trial is kept only if it beats the defaults there too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
-from ranking.feed import SOURCE_NAMES, FeedSettings, unknown_sources
-from training.arguments import split_text
+from ranking.feed import SOURCE_NAMES, FeedSettings
+from training.arguments import check_time_split, source_names, split_text
 from training.dataset import Dataset
 from training.experiment import evaluate_split
-from training.flag_types import bounded
+from training.flag_types import bounded, output_file
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
@@ -298,7 +301,7 @@ def tune(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``python -m training tune``."""
     parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--out", required=True, help="JSON file to write the chosen parameters to (for train --params)")
+    parser.add_argument("--out", required=True, type=output_file, help="JSON file to write the chosen parameters to (for train --params)")
     parser.add_argument(
         "--test-split", default="auto", type=split_text("auto", "none"),
         help="the evaluation's test split, set aside before tuning and never read: time:FRACTION, "
@@ -312,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-users", type=bounded(int, 0), default=2000,
                         help="validation users per trial, a seeded sample; 0 = all (default: %(default)s)")
     parser.add_argument(
-        "--require-sources", default="", metavar="LIST",
+        "--require-sources", default="", type=source_names, metavar="LIST",
         help="candidate sources every trial keeps, comma-separated, e.g. followed_sellers,friend_likes when the "
              f"product promises them (choices: {', '.join(SOURCE_NAMES)}; default: none, every source is searched)",
     )
@@ -323,17 +326,15 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training tune``."""
     from training.dataset import load_dataset
 
-    required = tuple(name for name in args.require_sources.split(",") if name)
-    unknown = unknown_sources(required)
-    if unknown:
-        raise SystemExit(f"--require-sources: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCE_NAMES)}")
     dataset = load_dataset(args.data)
     test_split = None if args.test_split == "none" else (
         default_split(dataset) if args.test_split == "auto" else SplitSpec.parse(args.test_split)
     )
+    check_time_split(dataset, test_split, "--test-split")
     started = time.perf_counter()
-    result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
-                  show_progress=not args.no_progress, required_sources=required)
+    with optuna_quiet_after_interrupt():
+        result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
+                      show_progress=not args.no_progress, required_sources=args.require_sources)
     payload = result.as_json()
     payload["seconds"] = round(time.perf_counter() - started, 1)
     with open(args.out, "w") as handle:
@@ -355,3 +356,24 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps({section: payload[section] for section in ("train", "feed", "ranker")}, indent=2))
 
 
+@contextlib.contextmanager
+def optuna_quiet_after_interrupt() -> Iterator[None]:
+    """Optuna logs a trial stopped by Ctrl-C as failed, with a traceback: from that record
+    on, its log lines are dropped (the command says "interrupted")."""
+    import optuna
+
+    interrupted = False
+
+    def keep(record: logging.LogRecord) -> bool:
+        nonlocal interrupted
+        interrupted = interrupted or bool(record.exc_info and issubclass(record.exc_info[0], KeyboardInterrupt))
+        return not interrupted
+
+    handlers = optuna.logging.get_logger("optuna").handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
