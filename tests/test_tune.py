@@ -97,7 +97,8 @@ def test_a_best_trial_is_confirmed_on_the_window_before_the_searchs(dataset, mon
         assert len(likes) < len(calls[0][0])
     confirmation = result.as_json()["confirmation"]
     assert confirmation["search_best"] == max(t["value"] for t in result.trials)
-    assert confirmation["kept"] == ("best trial" if confirmation["best"] > confirmation["defaults"] else "defaults")
+    won = confirmation["best"] >= confirmation["defaults"] * (1 + training.tune.MIN_CONFIRMED_GAIN)
+    assert confirmation["kept"] == ("best trial" if won else "defaults")
 
 
 def test_a_best_trial_that_loses_the_confirmation_gives_way_to_the_defaults(dataset, monkeypatch):
@@ -107,6 +108,13 @@ def test_a_best_trial_that_loses_the_confirmation_gives_way_to_the_defaults(data
     assert (result.settings.neighbours, result.settings.per_key_limit) == (WEAK_FEED.neighbours, WEAK_FEED.per_key_limit)
     assert (result.params.knn, result.params.iterations) == (WEAK.knn, WEAK.iterations)
     assert result.as_json()["confirmation"]["kept"] == "defaults"
+
+
+@pytest.mark.parametrize(("best", "kept_best"), [(0.1009, False), (0.1011, True)])
+def test_a_confirmation_win_inside_the_spread_between_seeds_keeps_the_defaults(dataset, monkeypatch, best, kept_best):
+    result, _ = _confirmed_tune(dataset, monkeypatch, confirmation_scores=(best, 0.1))
+    assert result.confirmation.kept_best is kept_best
+    assert (result.value == result.default_value) is not kept_best
 
 
 def test_a_per_user_split_is_confirmed_on_another_seeds_draw(dataset):
