@@ -24,17 +24,20 @@ are written to ``events.csv`` with the columns
 empty when a kind does not use them: ``created_at`` only on item_upsert, ``stock`` on
 item_upsert and stock_update, ``card`` on item_upsert and item_update, ``vacation_until``
 on seller_vacation, and the ids stores.events.REQUIRED_IDS and OPTIONAL_IDS give the kind;
-``card`` is the JSON object of the card fields the event named). The last stream id is printed: pass it as the
-next ``--since`` to export only what is new.
+``card`` is the JSON object of the card fields the event named). The last stream id is printed (the
+``--since`` id itself when there is nothing new): pass it as the next ``--since`` to export
+only what is new. STREAM_ID is checked before anything is read or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +79,10 @@ def event_row(stream_id: str, record: dict[str, str]) -> list[str]:
     used = _USED_FIELDS.get(record.get("kind", ""))
     return [stream_id, *(record.get(name, "") if used is None or name in used else "" for name in RECORD_FIELDS)]
 FETCH_BATCH = 1_000
+# A Redis stream id: MS-SEQ, or MS alone (SEQ 0), each a 64-bit unsigned number.
+_STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_MAX_ID_PART = 2**64 - 1
+NOT_A_STREAM_ID = "not a Redis stream id (MS-SEQ or MS, e.g. 1718000000000-0; 0 for all)"
 
 
 @dataclass(frozen=True)
@@ -158,26 +165,48 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
     )
 
 
-def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFIX) -> tuple[int, str | None]:
-    """Write the log entries after ``since`` to ``path``; returns (count, last stream id)."""
-    stream = Keys(prefix).events
-    count, last = 0, None
+def is_stream_id(text: str) -> bool:
+    """Whether ``text`` is a Redis stream id (MS-SEQ or MS)."""
+    match = _STREAM_ID.fullmatch(text)
+    return match is not None and all(int(part) <= _MAX_ID_PART for part in match.groups(default="0"))
+
+
+def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFIX) -> tuple[int, str]:
+    """Write the log entries after ``since`` to ``path``; returns (count, last stream id),
+    the last id ``since`` itself when there are none. ``path`` is left as it was on failure."""
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(EVENT_COLUMNS)
-        start = "(" + since if since not in ("0", "-") else "-"
-        while True:
-            entries = client.xrange(stream, min=start, max="+", count=FETCH_BATCH)
-            if not entries:
-                break
-            for stream_id, record in entries:
-                writer.writerow(event_row(stream_id, record))
-                last = stream_id
-            count += len(entries)
-            start = "(" + last
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            count, last = _write_entries(client, csv.writer(fh, lineterminator="\n"), Keys(prefix).events, since)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
     return count, last
+
+
+def _write_entries(client: Any, writer: Any, stream: str, since: str) -> tuple[int, str]:
+    count, last = 0, since
+    writer.writerow(EVENT_COLUMNS)
+    start = _after(since) if since not in ("0", "-") else "-"
+    while start is not None:
+        entries = client.xrange(stream, min=start, max="+", count=FETCH_BATCH)
+        if not entries:
+            break
+        for stream_id, record in entries:
+            writer.writerow(event_row(stream_id, record))
+            last = stream_id
+        count += len(entries)
+        start = _after(last)
+    return count, last
+
+
+def _after(stream_id: str) -> str | None:
+    """XRANGE's start for the entries after ``stream_id``; None after the largest id, which
+    Redis refuses as an exclusive start."""
+    ms, _, seq = stream_id.partition("-")
+    return None if int(ms) == int(seq or 0) == _MAX_ID_PART else "(" + stream_id
 
 
 def export_from_redis(
@@ -186,8 +215,11 @@ def export_from_redis(
     """Write the live state (and the events after ``since``, if given) into ``out_dir``,
     the dataset as CSV or Parquet files (``format``); events.csv is CSV either way.
 
-    Raises StoreUnavailable when Redis cannot be reached.
+    Raises ValueError, before anything is read, when ``since`` is not a stream id, and
+    StoreUnavailable when Redis cannot be reached.
     """
+    if since is not None and not is_stream_id(since):
+        raise ValueError(f"since {since!r}: {NOT_A_STREAM_ID}")
     with unavailable_on_redis_errors():
         dataset = read_live_dataset(client, prefix)
         write_dataset(dataset, out_dir, format=format)
@@ -199,13 +231,15 @@ def export_from_redis(
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
+    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
     parser.add_argument("--out", required=True, help="dataset directory to write (created if needed)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
                         help="dataset files to write: csv (default) or parquet (items.parquet, likes.parquet, ..., for Spark)")
-    parser.add_argument("--since", help="also write events.csv with the log entries after this stream id (0 = all)")
+    parser.add_argument("--since", metavar="STREAM_ID", help="also write events.csv with the log entries after this stream id (MS-SEQ or MS; 0 = all)")
     parser.add_argument("--no-progress", action="store_true", help="accepted like every command's (export draws no progress bar)")
     args = parser.parse_args(argv)
+    if args.since is not None and not is_stream_id(args.since):
+        sys.exit(f"error: --since {args.since}: {NOT_A_STREAM_ID}")
     client, own = connect_checked(args.redis, socket_timeout=60.0, socket_connect_timeout=5.0)
     try:
         with exit_on_redis_errors(args.redis):

@@ -48,7 +48,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import numpy as np
 import redis
@@ -901,8 +901,9 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
 
     ``kwargs`` are redis-py options; options in the URL's query string win over them.
     A connection error is retried once, immediately (a pooled connection may be stale
-    after a Redis restart); timeouts are not retried.
+    after a Redis restart); timeouts are not retried. ValueError for a URL check_url refuses.
     """
+    check_url(url)
     if url.startswith("redis-cluster://"):
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
         return LazyCluster(lambda: RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs))
@@ -910,9 +911,29 @@ def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
     return redis.Redis.from_url(url, decode_responses=True, **with_fast_packer(url, kwargs))
 
 
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")
+_DB_INDEX = re.compile(r"[0-9]+")
+
+
+def check_url(url: str) -> None:
+    """ValueError unless ``url`` has a scheme ``connect`` takes and, if it names a DB (its
+    path, or a ``db`` query option), a non-negative integer one: redis-py ignores a path
+    that is not a number and would use DB 0."""
+    if not url.startswith(URL_SCHEMES):
+        raise ValueError(f"the scheme must be one of {', '.join(URL_SCHEMES)}")
+    parts = urlsplit(url)
+    dbs = [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if name == "db"]
+    if not url.startswith("unix://") and parts.path not in ("", "/"):
+        dbs.append(unquote(parts.path.removeprefix("/")))
+    for db in dbs:
+        if not _DB_INDEX.fullmatch(db):
+            raise ValueError(f"the DB must be a non-negative integer, got {db!r}")
+
+
 def split_url(url: str) -> tuple[str, dict[str, Any]]:
     """The URL without our own query options, and those options parsed; ValueError naming
-    the option whose value is not of its kind."""
+    the option whose value is not of its kind, or for a URL check_url refuses."""
+    check_url(url)
     own = {}
     for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
         if name in _OWN_OPTIONS:

@@ -139,6 +139,20 @@ def test_feed_pages_are_the_grpc_responses_in_canonical_json(api, world, frozen_
     assert answer.body == json_format.MessageToDict(filtered) and answer.body["items"]
 
 
+def test_page_size_is_optional_and_defaults_to_20(api, world, frozen_clock):
+    from serving.web.api import DEFAULT_PAGE_SIZE
+
+    user = world.dataset.user_ids()[0]
+    expected = api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=DEFAULT_PAGE_SIZE), timeout=10)
+    answer = api.feed(user)
+    assert answer.status == 200 and answer.body == json_format.MessageToDict(expected)
+    assert DEFAULT_PAGE_SIZE == 20 and len(answer.body["items"]) == 20
+    # Only the page length has a default: filters without it still apply.
+    category = world.dataset.items.category[0]
+    filtered = api.feed(user, include_categories=category).body["items"]
+    assert filtered and {item["category"] for item in filtered} == {category}
+
+
 def test_events_ingested_over_http_show_in_the_next_grpc_feed(api, world):
     user = world.dataset.user_ids()[7]
     shown = [item.item_id for item in api.stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=10), timeout=10).items]

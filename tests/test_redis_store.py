@@ -596,3 +596,52 @@ def test_a_loaded_share_and_the_same_share_ingested_later_are_one_entry(redis_ur
     store.apply([Event("again", EventKind.SHARE, NOW, user_id="bob", item_id=odd, friend_id="alice")])
     assert views.read_user(store, "alice").shared == ((odd, "bob", NOW),)
     store.close()
+
+
+# --------------------------------------------------------------------------- URL parsing
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/15", "rediss://h:6380/0?db=2",
+    "unix:///tmp/redis.sock", "unix:///tmp/redis.sock?db=3", "redis-cluster://127.0.0.1:7000",
+])
+def test_a_url_with_a_known_scheme_and_a_numeric_db_is_taken(url):
+    from stores.redis import split_url
+
+    assert split_url(url)[0] == url
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://127.0.0.1:6379/abc", "the DB must be a non-negative integer, got 'abc'"),
+    ("redis://127.0.0.1:6379/-1", "the DB must be a non-negative integer, got '-1'"),
+    ("redis://127.0.0.1:6379/0/1", "the DB must be a non-negative integer, got '0/1'"),
+    ("redis://127.0.0.1:6379/0?db=x", "the DB must be a non-negative integer, got 'x'"),
+    ("unix:///tmp/redis.sock?db=", "the DB must be a non-negative integer, got ''"),
+    ("redis-cluster://127.0.0.1:7000/abc", "the DB must be a non-negative integer, got 'abc'"),
+    ("http://127.0.0.1:6379/0", "the scheme must be one of redis://, rediss://, unix://, redis-cluster://"),
+])
+def test_a_url_redis_py_would_misread_is_a_value_error(url, says):
+    from stores.redis import connect, split_url
+
+    for parse in (split_url, connect):
+        with pytest.raises(ValueError) as error:
+            parse(url)
+        assert str(error.value) == says
+
+
+@pytest.mark.parametrize(("db", "says"), [
+    ("abc", "bad URL: the DB must be a non-negative integer, got 'abc'"),
+    ("99999", "ResponseError: DB index is out of range"),
+])
+def test_serving_load_names_redis_for_a_db_it_cannot_use_before_reading_the_data(redis_url, tmp_path, db, says):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    url = redis_url.rsplit("/", 1)[0] + "/" + db
+    argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "no-such-dir"), "--redis", url]
+    loaded = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert loaded.returncode == 1 and loaded.stderr == f"error: --redis {url}: {says}\n"
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.dbsize() == 0

@@ -1,6 +1,6 @@
 """The HTTP/JSON API: GetFeed and Ingest as JSON over HTTP, beside gRPC.
 
-    GET  /v1/users/{user_id}/feed?page_size=&page_token=...   -> GetFeedResponse
+    GET  /v1/users/{user_id}/feed?page_size=&page_token=...   -> GetFeedResponse (page_size: 20 when not given)
     POST /v1/events:ingest      (body: an IngestRequest)        -> IngestResponse
 
 Messages are the proto's canonical JSON mapping (google.protobuf.json_format): lowerCamelCase
@@ -42,6 +42,9 @@ api = Blueprint("api", __name__)
 JSON = "application/json"
 # GetFeedRequest.limit goes by Google's name for a page length (AIP-158) in the query string.
 PAGE_SIZE_NAMES = ("page_size", "pageSize")
+# AIP-158 makes page_size optional; gRPC has no default (limit 0 is refused), so this is
+# the feed explorer's page length (serving/web/explorer.py DEFAULT_PAGE_SIZE).
+DEFAULT_PAGE_SIZE = 20
 _EXPECTED = {FieldDescriptor.CPPTYPE_INT32: "a 32-bit integer", FieldDescriptor.CPPTYPE_DOUBLE: "a number"}
 _RAW_FEED_PATH = re.compile(r"/v1/users/(.*)/feed$")
 # How json_format's ParseError text names the field (when it does): "... at IngestRequest.events[1].ts",
@@ -178,6 +181,8 @@ def _read_query(message: Message) -> None:
             json_format.ParseDict({field.name: values if field.is_repeated else values[0]}, message)
         except json_format.ParseError:
             raise _bad_field(name, f"must be {_EXPECTED[field.cpp_type]}, got {values[0]!r}") from None
+    if "limit" not in seen:
+        message.limit = DEFAULT_PAGE_SIZE
 
 
 def _exact_user_id(routed: str) -> str:

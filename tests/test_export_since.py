@@ -1,0 +1,90 @@
+"""`serving export --since`: the id is checked before anything is read or written, the
+printed last id can always be passed on (the given one when nothing is new), and a
+failed event export leaves no events.csv.tmp behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from serving.export import export_from_redis, is_stream_id, write_events
+from stores.events import Event, EventKind
+from stores.redis_keys import DEFAULT_PREFIX, Keys
+from tests.conftest import REPO
+
+
+def export(redis_url: str, out: Path, since: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "serving", "export", "--redis", redis_url, "--out", str(out), "--since", since]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("0", True), ("5", True), ("1718000000000-0", True), ("18446744073709551615-18446744073709551615", True),
+    ("None", False), ("abc", False), ("", False), ("-", False), ("1-", False), ("-1", False), ("1-2-3", False),
+    ("(5-0", False), (" 5-0", False), ("18446744073709551616", False), ("1-18446744073709551616", False),
+])
+def test_a_stream_id_is_ms_seq_or_ms_in_64_bits(text, ok):
+    assert is_stream_id(text) is ok
+
+
+class _Untouchable:
+    def __getattr__(self, name):
+        raise AssertionError(f"Redis was used ({name}) before --since was checked")
+
+
+def test_a_bad_since_is_refused_before_anything_is_read_or_written(tmp_path):
+    with pytest.raises(ValueError, match="since 'None': not a Redis stream id"):
+        export_from_redis(_Untouchable(), str(tmp_path / "out"), since="None")
+    assert not (tmp_path / "out").exists()
+
+
+class _FailingStream:
+    """A log that fails on its second batch."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def xrange(self, key, min, max, count):  # redis-py's names
+        self.calls += 1
+        if self.calls > 1:
+            raise redis.ConnectionError("lost the connection")
+        return [("1-0", Event("e1", EventKind.LIKE, 1.0, user_id="u1", item_id="i1").to_record())]
+
+
+def test_a_failed_event_export_leaves_no_tmp_file_and_the_old_events_csv(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("the previous export\n")
+    with pytest.raises(redis.ConnectionError):
+        write_events(_FailingStream(), str(path), "0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
+    assert path.read_text() == "the previous export\n"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("since", ["None", "abc", "7-x"])
+def test_the_cli_names_since_in_one_line_and_writes_nothing(redis_url, tmp_path, since):
+    result = export(redis_url, tmp_path / "out", since)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == f"error: --since {since}: not a Redis stream id (MS-SEQ or MS, e.g. 1718000000000-0; 0 for all)\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.redis
+def test_the_printed_last_id_is_the_next_since_even_when_nothing_is_new(redis_url, tmp_path):
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        for n in (1, 2):
+            event = Event(f"e{n}", EventKind.FOLLOW, float(n), user_id="u1", seller_id="s1")
+            client.xadd(Keys(DEFAULT_PREFIX).events, event.to_record(), id=f"{n}-0")
+    first = export(redis_url, tmp_path / "all", "0")
+    assert "2 events (last stream id 2-0)" in first.stdout, first.stderr
+    again = export(redis_url, tmp_path / "none", "2-0")
+    assert "0 events (last stream id 2-0)" in again.stdout, again.stderr
+    assert (tmp_path / "none" / "events.csv").read_text().count("\n") == 1  # the header only
+    assert "0 events (last stream id 2)" in export(redis_url, tmp_path / "ms", "2").stdout
+    assert "0 events (last stream id 18446744073709551615-18446744073709551615)" in export(
+        redis_url, tmp_path / "max", "18446744073709551615-18446744073709551615"
+    ).stdout
