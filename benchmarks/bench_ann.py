@@ -21,13 +21,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from embeddings.index import build_index
+from embeddings.index import KINDS, build_index
 
 
 @dataclass
@@ -158,6 +159,30 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def int_list(minimum: int) -> Callable[[str], str]:
+    """An argparse type: comma-separated integers of at least ``minimum``, checked before
+    any work (ALS takes minutes) and returned as written."""
+
+    def parse(text: str) -> str:
+        try:
+            values = _ints(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
+        return text
+
+    return parse
+
+
+def kind_list(text: str) -> str:
+    """An argparse type: comma-separated index kinds of embeddings.index, returned as written."""
+    unknown = [kind for kind in text.split(",") if kind not in KINDS]
+    if unknown or not text:
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(unknown) or repr(text)}; choose from {', '.join(KINDS)}")
+    return text
+
+
 def sweep(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_ms: float,
           args: argparse.Namespace) -> list[Result]:
     """Build each configured index once, then time every search setting on it."""
@@ -206,7 +231,8 @@ def format_table(results: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ann", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data", choices=("als", "lognormal"), default="als",
                       help="als: implicit ALS factors trained on synthetic power-law likes; "
@@ -222,18 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--cache-dir", default="/tmp/feedrank-bench-ann",
                       help="where ALS factors are cached as .npy ('' disables; default: /tmp/feedrank-bench-ann)")
     index = parser.add_argument_group("index (comma-separated values are swept)")
-    index.add_argument("--kinds", default="flat,hnsw-mips,ivfpq-ip", help="index kinds (default: flat,hnsw-mips,ivfpq-ip)")
-    index.add_argument("--hnsw-m", default="32", help="HNSW M values (default: 32)")
+    index.add_argument("--kinds", type=kind_list, default="flat,hnsw-mips,ivfpq-ip",
+                       help=f"index kinds, of {', '.join(KINDS)} (default: flat,hnsw-mips,ivfpq-ip)")
+    index.add_argument("--hnsw-m", type=int_list(2), default="32", help="HNSW M values (default: 32)")
     index.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (default: 200)")
-    index.add_argument("--ef-search", default="128,256,512", help="HNSW efSearch values (default: 128,256,512)")
-    index.add_argument("--nlist", default="0", help="IVF list counts; 0 is embeddings.index.default_nlist (default: 0)")
-    index.add_argument("--pq-m", default="16", help="fast-scan PQ sub-quantizers, 4 bits each (default: 16)")
-    index.add_argument("--nprobe", default="64,96", help="IVF lists probed at k=100 (default: 64,96)")
-    index.add_argument("--k-factor", default="16", help="refine candidates per result (default: 16)")
+    index.add_argument("--ef-search", type=int_list(1), default="128,256,512", help="HNSW efSearch values (default: 128,256,512)")
+    index.add_argument("--nlist", type=int_list(0), default="0", help="IVF list counts; 0 is embeddings.index.default_nlist (default: 0)")
+    index.add_argument("--pq-m", type=int_list(1), default="16", help="fast-scan PQ sub-quantizers, 4 bits each (default: 16)")
+    index.add_argument("--nprobe", type=int_list(1), default="64,96", help="IVF lists probed at k=100 (default: 64,96)")
+    index.add_argument("--k-factor", type=int_list(1), default="16", help="refine candidates per result (default: 16)")
     run = parser.add_argument_group("run")
-    run.add_argument("-k", type=int, default=100, help="neighbours per query; recall is reported at 1, 10 and k")
+    run.add_argument("-k", type=int, default=100, help="neighbours per query; recall is reported at 1, 10 and k (default: 100)")
     run.add_argument("--batch", type=int, default=1, help="queries per search call (default: 1, as in serving)")
-    run.add_argument("--repeat", type=int, default=3, help="timed passes after the warm-up; best is kept")
+    run.add_argument("--repeat", type=int, default=3, help="timed passes after the warm-up; best is kept (default: 3)")
     run.add_argument("--exact-queries", type=int, default=200,
                      help="queries timed one by one on exact search (truth is computed for all; default: 200)")
     run.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads when searching (default: 1)")

@@ -33,7 +33,8 @@ from training.arguments import (
     ranker_params_from_args,
     split_text,
 )
-from training.dataset import load_dataset
+from training.dataset import Dataset, DatasetError, load_dataset
+from training.flag_types import output_file
 from training.metrics import ranking_metrics
 from training.ranker_fit import fit_ranker
 from training.splits import SplitSpec, split_for_evaluation, validation_split
@@ -58,9 +59,8 @@ def parse_base(items: list[str]) -> dict[str, int]:
     return base
 
 
-def sweep(args: argparse.Namespace) -> dict:
+def sweep(args: argparse.Namespace, dataset: Dataset) -> dict:
     started = time.perf_counter()
-    dataset = load_dataset(args.data)
     train_part, _, _ = split_for_evaluation(dataset, SplitSpec.parse(args.split))
     fit_part, valid, now = validation_split(train_part, args.validation, args.seed)
     params = params_from_args(args)
@@ -123,19 +123,25 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.bench_pools", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--split", required=True, type=split_text(), help="the TEST protocol: time:FRACTION or random:FRACTION[:SEED]; its test part is never read")
+    parser.add_argument("--split", required=True, type=split_text(), help="the TEST protocol: time:FRACTION, random:FRACTION[:SEED] or user:FRACTION[:SEED]; its test part is never read")
     parser.add_argument("--validation", type=float, default=0.2, help="share of the training part held out for validation (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="validation users sampled, 0 = all (default: %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="a value is good enough within this share of the knob's best NDCG@10 (default: %(default)s)")
     parser.add_argument("--base", action="append", default=[], metavar="KNOB=INT", help="start from this value of a knob instead of the serving default")
     parser.add_argument("--knobs", type=lambda text: text.split(","), help=f"sweep only these knobs, comma-separated (default: all of {', '.join(KNOBS)})")
-    parser.add_argument("--json", help="write the report as JSON here")
+    parser.add_argument("--json", type=output_file, help="write the report as JSON here")
     add_training_arguments(parser)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.knobs or ()) - set(KNOBS))
     if unknown:
         parser.error(f"--knobs: unknown {', '.join(unknown)}; choose from {', '.join(KNOBS)}")
-    report = sweep(args)
+    started = time.perf_counter()
+    try:
+        dataset = load_dataset(args.data)
+    except DatasetError as error:
+        parser.error(f"--data {args.data}: {error}")
+    report = sweep(args, dataset)
+    report["seconds"] = round(time.perf_counter() - started, 1)  # the load included, as before
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as handle:

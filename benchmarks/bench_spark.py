@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    # metavar: run-one (scale's child process) stays out of the usage; added without help, out of the list too.
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{parity,scale}")
 
     p = commands.add_parser("parity", help="served NDCG@10, implicit vs Spark, on one split")
     p.add_argument("--data", required=True)
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     _engine_flags(s)
     s.set_defaults(run=scale)
 
-    r = commands.add_parser("run-one", help=argparse.SUPPRESS)
+    r = commands.add_parser("run-one")
     r.add_argument("--engine", choices=("implicit", "spark"), required=True)
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)

@@ -29,20 +29,57 @@ differ (a change of the stored layout: each Redis loaded by its checkout's own
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import statistics
 import subprocess
 import sys
 
 
+def parse_settings(defaults: object, pairs: list[str], unknown_ok: bool = False) -> dict[str, object]:
+    """KEY=VALUE ``pairs`` as FeedSettings fields of ``defaults``'s types; ValueError naming
+    the pair that is not one (a key ``defaults`` lacks is skipped with ``unknown_ok``)."""
+    fields = {field.name for field in dataclasses.fields(defaults)}
+    settings = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise ValueError(f"{pair!r}: expected KEY=VALUE")
+        if key not in fields:
+            if unknown_ok:
+                continue
+            raise ValueError(f"{key}: no such FeedSettings field; choose from {', '.join(sorted(fields))}")
+        kind = type(getattr(defaults, key))
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"{pair}: expected {kind.__name__} for {key}") from None
+    return settings
+
+
+def _report(status: str, error: BaseException | None = None) -> None:
+    """One line to the parent: ``status``, or "error" and the message as a JSON string (it may span lines)."""
+    print(status if error is None else f"error {json.dumps(str(error))}", flush=True)
+
+
 def _worker(args: argparse.Namespace) -> None:
-    """Run in the checkout under test: only APIs every checkout has."""
+    """Run in the checkout under test: only APIs every checkout has. Its first line says
+    whether --settings suit this checkout's FeedSettings ("checked"), its second that the
+    data, model and store are loaded ("ready"); "error MESSAGE" instead ends it."""
     import random
     import time
 
     import numpy as np
 
     from ranking.feed import FeedSettings, build_feed_pipeline
+
+    try:
+        settings = parse_settings(FeedSettings(), args.settings)
+    except ValueError as error:
+        _report("error", error)
+        sys.exit(2)
+    _report("checked")
     from serving.native_threads import limit_native_threads
     from stores.memory import MemoryStore
     from stores.redis import RedisStore
@@ -50,12 +87,14 @@ def _worker(args: argparse.Namespace) -> None:
     from training.dataset import load_dataset
 
     limit_native_threads()  # one faiss/BLAS thread, as in the server
-    dataset = load_dataset(args.data)
-    artifact = load_current(args.models)
-    defaults = FeedSettings()
-    settings = {key: type(getattr(defaults, key))(value) for key, value in (pair.split("=", 1) for pair in args.settings)}
-    store = RedisStore.from_url(args.store[0]) if args.store else MemoryStore.from_dataset(dataset)
-    pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker, FeedSettings(**settings))
+    try:
+        dataset = load_dataset(args.data)
+        artifact = load_current(args.models)
+        store = RedisStore.from_url(args.store[0]) if args.store else MemoryStore.from_dataset(dataset)
+        pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker, FeedSettings(**settings))
+    except Exception as error:  # whatever the checkout raises, the parent shows it in one line
+        _report("error", error)
+        sys.exit(2)
 
     def store_cpu_seconds() -> float:
         if not args.store:
@@ -104,6 +143,20 @@ def check_checkouts(parser: argparse.ArgumentParser, specs: list[str], package: 
             parser.error(f"{spec}: not a feedrank checkout (no {package}/ directory)")
 
 
+class WorkerFailed(RuntimeError):
+    """A worker could not start: its checkout refused a setting, or could not load the data, model or store."""
+
+
+def await_line(spec: str, worker: subprocess.Popen, expected: str) -> None:
+    """WorkerFailed unless ``worker``'s next line is ``expected``."""
+    line = worker.stdout.readline().strip()
+    if line == expected:
+        return
+    if line.startswith("error "):
+        raise WorkerFailed(f"{spec}: {json.loads(line.removeprefix('error '))}")
+    raise WorkerFailed(f"{spec}: the worker exited with status {worker.wait()} before it was {expected}")
+
+
 def compare(args: argparse.Namespace) -> list[str]:
     workers = []
     stores = args.store * len(args.checkouts) if len(args.store) == 1 else args.store
@@ -116,9 +169,9 @@ def compare(args: argparse.Namespace) -> list[str]:
         env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
         workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
-        for spec, worker in zip(args.checkouts, workers):
-            if worker.stdout.readline().strip() != "ready":
-                raise SystemExit(f"{spec}: the worker failed to start (exit code {worker.wait()})")
+        for expected in ("checked", "ready"):  # every checkout's settings first: a bad one fails before the loads
+            for spec, worker in zip(args.checkouts, workers):
+                await_line(spec, worker, expected)
         times: list[list[float]] = [[] for _ in workers]
         store_times: list[list[float]] = [[] for _ in workers]
         for _ in range(args.rounds):
@@ -128,6 +181,10 @@ def compare(args: argparse.Namespace) -> list[str]:
                 client, store_cpu = (float(v) for v in worker.stdout.readline().split())
                 measured.append(client)
                 store_measured.append(store_cpu)
+    except BaseException:
+        for worker in workers:
+            worker.kill()  # one still loading would otherwise be waited for
+        raise
     finally:
         for worker in workers:
             worker.stdin.close()
@@ -166,7 +223,35 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"give --store once, or once per checkout ({len(args.checkouts)}), not {len(args.store)} times")
     if args.rounds < 1 or args.batch < 1 or args.users < 1:
         parser.error("--rounds, --batch and --users must be at least 1")
-    print("\n".join(compare(args)))
+    check_inputs(parser, args)
+    try:
+        print("\n".join(compare(args)))
+    except WorkerFailed as error:
+        parser.error(str(error))
+
+
+def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through ``parser`` on what every worker would fail on, before any starts: --data,
+    --models, each --store, and settings this checkout's FeedSettings refuses (a key it
+    lacks is left to the workers: another checkout may have it)."""
+    from benchmarks.loadgen import check_store
+    from ranking.feed import FeedSettings
+    from training.artifact import current_version
+
+    if not any(os.path.exists(os.path.join(args.data, name)) for name in ("likes.csv", "likes.parquet")):
+        what = "no such directory" if not os.path.isdir(args.data) else "no likes.csv there"
+        parser.error(f"--data {args.data}: {what} (not a dataset directory)")
+    try:
+        current_version(args.models)
+    except FileNotFoundError as error:
+        parser.error(f"--models {args.models}: {error}")
+    for spec in args.checkouts:
+        try:
+            parse_settings(FeedSettings(), [pair for pair in spec.partition(":")[2].split(",") if pair], unknown_ok=True)
+        except ValueError as error:
+            parser.error(f"{spec}: {error}")
+    for url in dict.fromkeys(args.store):
+        check_store(parser, "--store", url)
 
 
 if __name__ == "__main__":

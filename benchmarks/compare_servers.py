@@ -34,8 +34,11 @@ from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
 from benchmarks.loadgen import (
+    ServerDidNotStart,
     add_spawn_arguments,
+    check_dataset,
     check_pids,
+    check_store,
     closed_loop,
     process_tree_cpu_seconds,
     processes_cpu_seconds,
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.burst <= 0 or args.concurrency < 1 or args.channels < 1:
         parser.error("--rounds, --concurrency and --channels must be at least 1, --burst positive")
     check_pids(parser, "--store-pid", args.store_pid)
+    check_dataset(parser, "--data", args.data)
+    check_store(parser, "--store", args.store)
 
     servers = []
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             bursts, failed = asyncio.run(
                 drive([target for _, target in servers], [server.pid for server, _ in servers], sample_users(args), args)
             )
+        except ServerDidNotStart as error:
+            parser.exit(1, f"{parser.prog}: {spec}: {error}\n")
         finally:
             for server, _ in servers:
                 stop_server(server)

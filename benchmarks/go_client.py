@@ -77,11 +77,15 @@ class GoReport(NamedTuple):
 
 class GoClient:
     """Phases of calls to ``target`` by goload: ``methods`` maps an RPC's name in loadgen's
-    table to its full gRPC method and a file of serialised requests (``write_requests``)."""
+    table to its full gRPC method and a file of serialised requests (``write_requests``).
+    Until one phase has connected, a target goload cannot reach is GoLoadFailed; after
+    that (the server died mid-run) the calls' failures are counted as errors, as the
+    Python client counts them."""
 
     def __init__(self, binary: Path, target: str, methods: dict[str, tuple[str, Path]], connections: int, timeout: float, seed: int) -> None:
         self.binary, self.target, self.methods = binary, target, methods
         self.connections, self.timeout, self.seed = connections, timeout, seed
+        self.connected = False
 
     async def closed(self, rpc: str, concurrency: int, duration: float) -> GoReport:
         return await self._run(rpc, duration, "-mode", "closed", "-concurrency", str(concurrency))
@@ -94,10 +98,12 @@ class GoClient:
         process = await asyncio.create_subprocess_exec(
             str(self.binary), "-target", self.target, "-method", method, "-requests", str(requests), *mode,
             "-duration", f"{duration}s", "-timeout", f"{self.timeout}s", "-connections", str(self.connections),
-            "-seed", str(self.seed), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            "-seed", str(self.seed), f"-must-connect={str(not self.connected).lower()}",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         out, err = await process.communicate()
         if process.returncode != 0:
             raise GoLoadFailed(f"goload {rpc} exited with {process.returncode}: {err.decode().strip()}")
+        self.connected = True
         report = json.loads(out)
         return GoReport(report["started"], report["latencies_s"], report["errors"], report["elapsed_s"])

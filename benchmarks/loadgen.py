@@ -2,7 +2,7 @@
 
     python -m benchmarks.loadgen --data DIR --models MODELS      # spawns a server
     python -m benchmarks.loadgen --data DIR --models MODELS --store redis://HOST:PORT/0 --feed-processes 3   # or --workers 3
-    python -m benchmarks.loadgen --target 127.0.0.1:50051 --duration 20 --json out.json
+    python -m benchmarks.loadgen --target 127.0.0.1:50051 --data DIR --duration 20 --json out.json
 
 Three phases, one run, same server:
   1. empty RPC (grpc.health.v1.Health/Check) closed loop: the stack's ceiling;
@@ -25,6 +25,9 @@ client's figures were 2-6 ms above the server's (benchmarks/README.md, session 4
 Every call is counted once, as a success or as an error by status code; a phase whose
 counts do not add up is a bug in this program and stops it. The exit status is 1 when
 any phase had an error (--allow-errors reports them and exits 0).
+Before the first phase every connection must be up within --timeout (else one line,
+exit 1); a spawned server that exits, or does not answer within --start-timeout, fails the
+run with its log's last lines. --json writes null for what was not measured.
 The generator runs on the same machine as the server: on 2 cores it takes cycles from it,
 so compare ratios within one run, not absolute figures across machines.
 """
@@ -55,7 +58,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.go_client import GoClient, GoClientUnavailable, GoLoadFailed, GoReport, build, write_requests
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from training.flag_types import bounded
+from training.flag_types import bounded, output_file
 
 # Design targets (memory store), printed with every table.
 TARGET_FEED_TO_EMPTY = 0.2  # GetFeed closed-loop throughput / empty RPC closed-loop throughput, at least
@@ -108,6 +111,9 @@ class PhaseResult:
     store_cpu_ms: float = float("nan")  # the --store-pid processes' CPU per successful call; NaN: not measured
     server_p50_ms: float = float("nan")  # from the server's own latency histogram (--metrics); NaN: not read
     server_p99_ms: float = float("nan")
+    # The server's quantile came out above the client's (interpolation in a coarse bucket) and was capped at it.
+    server_p50_capped: bool = False
+    server_p99_capped: bool = False
 
 
 def summarise(
@@ -158,6 +164,14 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
             return 1e3 * (lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-12))
         lower, below = bound, cumulative
     return float("nan")
+
+
+def capped_quantile(q: float, before: dict[float, float], after: dict[float, float], client_ms: float) -> tuple[float, bool]:
+    """The server's q-quantile between two scrapes capped at the client's, and whether it was:
+    a call's time in the handler is part of its round trip, so a higher figure is only
+    interpolation inside a coarse bucket."""
+    server_ms = histogram_quantile(q, before, after)
+    return (client_ms, True) if server_ms > client_ms else (server_ms, False)  # NaN compares False
 
 
 async def closed_loop(call: Call, concurrency: int, duration: float, timeout: float) -> tuple[Tally, float]:
@@ -275,30 +289,81 @@ def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--workers", type=bounded(int, 1), default=1, help="--workers of a spawned server; >1 needs --store redis (default: %(default)s)")
     group.add_argument("--threads", type=bounded(int, 0), default=0, help="--threads of a spawned server (default: %(default)s, the server's own default for its store)")
     group.add_argument("--feed-processes", type=bounded(int, 0), default=None, help="--feed-processes of a spawned server, instead of --workers (default: the server's own: on Redis one more than the cores; on the memory store as many as the cores, and 0 above 256 MB of files)")
+    group.add_argument("--start-timeout", type=bounded(float, above=0), default=120.0, help="seconds a spawned server may take to "
+                       "answer (its store loaded, health SERVING); one that exits fails at once (default: %(default)s)")
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")
+
+
+def store_problem(url: str) -> str | None:
+    """Why a spawned server could not use the store ``url``, or None: an unknown scheme, or a
+    Redis that does not answer PING within 3 s (the server would wait for it, NOT_SERVING)."""
+    if url == "memory":
+        return None
+    if not url.startswith(REDIS_SCHEMES):
+        return "unknown store: use memory, redis://HOST:PORT/DB, rediss://, unix:// or redis-cluster://HOST:PORT"
+    from stores.redis import connect, split_url
+
+    try:
+        client = connect(split_url(url)[0], socket_connect_timeout=3.0, socket_timeout=3.0)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as error:  # redis-py's errors, a bad URL's ValueError: all say the same here
+        return f"no Redis answers there ({type(error).__name__}: {error})"
+    return None
+
+
+def check_store(parser: argparse.ArgumentParser, flag: str, url: str) -> None:
+    """Exit through ``parser`` when ``store_problem`` finds one with ``url`` (given as ``flag``)."""
+    problem = store_problem(url)
+    if problem:
+        parser.error(f"{flag} {url}: {problem}")
+
+
+def check_dataset(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """Exit through ``parser`` unless ``path`` holds a likes.csv (the users asked for are read from it)."""
+    if not os.path.isfile(os.path.join(path, "likes.csv")):
+        what = "no such directory" if not os.path.isdir(path) else "no likes.csv there"
+        parser.error(f"{flag} {path}: {what} (the users to ask for are read from its likes.csv)")
+
+
+def process_stats() -> dict[int, list[str]]:
+    """The fields of /proc/PID/stat after the command name, of every live process (Linux; empty elsewhere)."""
+    stats = {}
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return stats
+    for entry in entries:
+        try:
+            stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+    return stats
+
+
+def process_tree(pid: int, stats: dict[int, list[str]]) -> set[int]:
+    """``pid`` and its live descendants among ``stats`` (``process_stats``); empty when ``pid`` is not there."""
+    if pid not in stats:
+        return set()
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        children = [child for child, fields in stats.items() if int(fields[1]) in frontier and child not in tree]
+        tree.update(children)
+        frontier = children
+    return tree
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its live descendants (Linux /proc; NaN elsewhere)."""
-    parents, cpu = {}, {}
-    try:
-        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
-    except OSError:
+    stats = process_stats()
+    tree = process_tree(pid, stats)
+    if not tree:
         return float("nan")
-    for entry in entries:
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = int(fields[11]) + int(fields[12])
-    if pid not in cpu:
-        return float("nan")
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier and child not in tree]
-        tree.update(children)
-        frontier = children
-    return sum(cpu[p] for p in tree) / os.sysconf("SC_CLK_TCK")
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def check_pids(parser: argparse.ArgumentParser, flag: str, pids: Sequence[int]) -> None:
@@ -312,6 +377,19 @@ def check_pids(parser: argparse.ArgumentParser, flag: str, pids: Sequence[int]) 
 def processes_cpu_seconds(pids: Sequence[int]) -> float:
     """``process_tree_cpu_seconds`` summed over ``pids``; NaN when there are none (not measured)."""
     return sum(process_tree_cpu_seconds(pid) for pid in pids) if pids else float("nan")
+
+
+class TargetUnreachable(RuntimeError):
+    """No connection to the target within --timeout, before any phase."""
+
+
+async def wait_until_connected(calls: ServerCalls, target: str, timeout: float) -> None:
+    """Every channel ready within ``timeout`` seconds, else TargetUnreachable: without a
+    server, each phase would only count UNAVAILABLE."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in calls.channels)), timeout)
+    except asyncio.TimeoutError:
+        raise TargetUnreachable(f"cannot connect to {target} within --timeout {timeout:g} s") from None
 
 
 async def run_phases(
@@ -346,10 +424,13 @@ async def run_phases(
         result = summarise(name, mode, concurrency, target_qps, tally, elapsed, server_after - server_before, store_after - store_before)
         if latency_before is not None:
             latency_after = histogram()
-            result.server_p50_ms, result.server_p99_ms = (histogram_quantile(q, latency_before, latency_after) for q in (0.5, 0.99))
+            result.server_p50_ms, result.server_p50_capped = capped_quantile(0.5, latency_before, latency_after, result.p50_ms)
+            result.server_p99_ms, result.server_p99_capped = capped_quantile(0.99, latency_before, latency_after, result.p99_ms)
         return result
 
     try:
+        if go_binary is None or args.ingest_rate:  # goload checks its own connections
+            await wait_until_connected(calls, target, args.timeout)
         for rpc in ("empty", "GetFeed"):  # warm up connections, caches and the allocator
             if args.warmup:
                 await phases.closed(rpc, args.concurrency, args.warmup)
@@ -370,6 +451,14 @@ async def run_phases(
         await calls.close()
 
 
+class ServerDidNotStart(RuntimeError):
+    """A spawned server exited, or did not answer within --start-timeout; the message ends with its log's last lines."""
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def spawn_server(
     args: argparse.Namespace, workdir: Path, checkout: str | None = None, extra: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -385,11 +474,14 @@ def spawn_server(
     env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)} if checkout else None
     with open(log, "w") as output:
         server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=checkout, env=env)
-    deadline = time.monotonic() + 600
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
+    timeout = getattr(args, "start_timeout", 120.0)
+    deadline = time.monotonic() + timeout
+    while not (port_file.exists() and port_file.read_text().strip()):
+        status = server.poll()
+        if status is not None or time.monotonic() > deadline:
             stop_server(server)
-            raise SystemExit(f"the spawned server did not start:\n{log.read_text()[-3000:]}")
+            what = f"exited with status {status}" if status is not None else f"did not answer within --start-timeout {timeout:g} s"
+            raise ServerDidNotStart(f"the spawned server ({checkout or '.'}) {what}; the last lines of its log:\n{log_tail(log)}")
         time.sleep(0.2)
     return server, f"127.0.0.1:{port_file.read_text().strip()}"
 
@@ -417,8 +509,6 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """--users users and the items they liked, from the first 200,000 rows of likes.csv."""
-    if not args.data:
-        return [f"u{i:05d}" for i in range(1000)], [f"i{i:06d}" for i in range(1000)]
     with open(os.path.join(args.data, "likes.csv")) as handle:
         next(handle)
         rows = [line.split(",", 2)[:2] for line, _ in zip(handle, range(200_000))]
@@ -428,11 +518,55 @@ def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[st
     return random.Random(args.seed).sample(users, wanted), items
 
 
-def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
-    """The phases' table, then the targets' verdicts (Redis's for a spawned server on Redis)."""
+@dataclass
+class Verdicts:
+    """The footer's figures as shown (the ratio to 3 decimals, the p99 to 0.1 ms), each
+    compared with its target as shown, so a line never reads "0.200 (target >= 0.2: MISSED)"."""
+
+    feed_to_empty: float
+    target_feed_to_empty: float  # at least
+    feed_to_empty_met: bool
+    p99_half_load_ms: float
+    target_p99_half_load_ms: float  # at most
+    p99_half_load_met: bool | None  # None: a fixed --rate, which the target is not set at
+
+
+def verdicts(results: list[PhaseResult], on_redis: bool = False) -> Verdicts:
+    """The targets' verdicts on the first three phases (Redis's targets for a spawned server on Redis)."""
     target_ratio, target_p99 = (
         (REDIS_TARGET_FEED_TO_EMPTY, REDIS_TARGET_P99_HALF_LOAD_MS) if on_redis else (TARGET_FEED_TO_EMPTY, TARGET_P99_HALF_LOAD_MS)
     )
+    empty, feed, half = results[:3]
+    ratio = round(feed.qps / empty.qps, 3) if empty.qps else float("nan")
+    p99 = round(half.p99_ms, 1)
+    at_share = half.mode.endswith("%")  # the target is set at a share of saturation, not at a fixed --rate
+    return Verdicts(ratio, target_ratio, ratio >= target_ratio, p99, target_p99, p99 <= target_p99 if at_share else None)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinity as None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def report_json(results: list[PhaseResult], client: str, on_redis: bool = False) -> str:
+    """--json's text: the client, the phases (as the table's rows) and the footer's ratio, targets and verdicts."""
+    report = {"client": client, "phases": [asdict(r) for r in results], **asdict(verdicts(results, on_redis))}
+    return json.dumps(json_safe(report), indent=2, allow_nan=False)
+
+
+def server_ms(value: float, capped: bool, width: int) -> str:
+    """A server quantile for the table: "<=" before one capped at the client's."""
+    return f"{'<=' if capped else ''}{value:.2f}".rjust(width)
+
+
+def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
+    """The phases' table, then the targets' verdicts (Redis's for a spawned server on Redis)."""
     with_store = any(r.store_cpu_ms == r.store_cpu_ms for r in results)  # measured (not NaN)
     with_server_latency = any(r.server_p99_ms == r.server_p99_ms for r in results)
     lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
@@ -441,21 +575,24 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
         lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
                      f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}"
                      + (f" {r.store_cpu_ms:>12.3f}" if with_store else "")
-                     + (f" {r.server_p50_ms:>10.2f} {r.server_p99_ms:>10.2f}" if with_server_latency else ""))  # fmt: skip
+                     + (f" {server_ms(r.server_p50_ms, r.server_p50_capped, 10)} {server_ms(r.server_p99_ms, r.server_p99_capped, 10)}"
+                        if with_server_latency else ""))  # fmt: skip
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
     empty, feed, half = results[:3]
-    ratio = feed.qps / empty.qps if empty.qps else float("nan")
+    v = verdicts(results, on_redis)
     verdict = {True: "met", False: "MISSED"}
-    lines.append(f"GetFeed / empty RPC throughput: {ratio:.3f} (target >= {target_ratio:g}: {verdict[ratio >= target_ratio]})")
-    if half.mode.endswith("%"):  # the target is set at a share of saturation, not at a fixed --rate
-        lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms (target <= {target_p99:g} ms: "
-                     f"{verdict[half.p99_ms <= target_p99]})")  # fmt: skip
+    lines.append(f"GetFeed / empty RPC throughput: {v.feed_to_empty:.3f} (target >= {v.target_feed_to_empty:g}: {verdict[v.feed_to_empty_met]})")
+    if v.p99_half_load_met is not None:
+        lines.append(f"GetFeed p99 at {half.mode}: {v.p99_half_load_ms:.1f} ms (target <= {v.target_p99_half_load_ms:g} ms: "
+                     f"{verdict[v.p99_half_load_met]})")  # fmt: skip
     else:
-        lines.append(f"GetFeed p99 at {half.mode}: {half.p99_ms:.1f} ms")
+        lines.append(f"GetFeed p99 at {half.mode}: {v.p99_half_load_ms:.1f} ms")
     if half.server_p99_ms == half.server_p99_ms:  # read from the server's histogram (not NaN)
-        lines.append(f"the server's own p99 at {half.mode}: {half.server_p99_ms:.1f} ms, from its latency histogram (the "
+        shown = (f"<= {half.server_p99_ms:.1f} ms (capped at the client's: interpolation inside a coarse bucket gave more)"
+                 if half.server_p99_capped else f"{half.server_p99_ms:.1f} ms")  # fmt: skip
+        lines.append(f"the server's own p99 at {half.mode}: {shown}, from its latency histogram (the "
                      "time in its handler: the client, the network and gRPC's transport left out; coarse between bucket bounds)")  # fmt: skip
     if feed.server_cpu_ms == feed.server_cpu_ms:  # measured (not NaN)
         lines.append(f"server CPU per call: empty RPC {empty.server_cpu_ms:.3f} ms, GetFeed {feed.server_cpu_ms:.3f} ms; "
@@ -474,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_argument_group("server")
     where.add_argument("--target", help="address of a running server; otherwise one is spawned from --models")
     where.add_argument("--models", help="models directory for a spawned server")
-    where.add_argument("--data", help="dataset directory: the users to ask for, and the spawned memory store")
+    where.add_argument("--data", help="dataset directory (required): the users to ask for, from its likes.csv, and a "
+                       "spawned server's memory store; with --target, the dataset that server was loaded from")
     where.add_argument("--server-pid", type=int, help="pid of the --target server, when it runs on this machine: each phase "
                        "then reports the server's CPU per call (a spawned server's is always reported)")  # fmt: skip
     where.add_argument("--store-pid", type=int, action="append", default=[], metavar="PID",
@@ -506,11 +644,17 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--ingest-rate", type=bounded(float, 0), default=0.0, help="likes per second sent through Ingest (one per "
                       "call) during both GetFeed phases; 0: none (default: %(default)s)")
     out = parser.add_argument_group("output")
-    out.add_argument("--json", help="write results as JSON here")
+    out.add_argument("--json", type=output_file, help="write the results here as JSON: the client, the phases (the table's "
+                     "rows; null where not measured), the GetFeed / empty ratio, the targets and their verdicts")
     out.add_argument("--allow-errors", action="store_true", help="exit 0 even when some calls failed")
     args = parser.parse_args(argv)
     if not args.target and not args.models:
         parser.error("give --target, or --models (and --data) to spawn a server")
+    if not args.data:
+        parser.error("--data is required: the GetFeeds ask for users of its likes.csv, which must be the server's")
+    check_dataset(parser, "--data", args.data)
+    if not args.target:
+        check_store(parser, "--store", args.store)
     check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid else [])
     check_pids(parser, "--store-pid", args.store_pid)
     if args.metrics:
@@ -538,14 +682,15 @@ def main(argv: list[str] | None = None) -> int:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
             results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid, go_binary, Path(workdir)))
-        except GoLoadFailed as error:
+        except (GoLoadFailed, TargetUnreachable, ServerDidNotStart) as error:
             parser.exit(1, f"{parser.prog}: {error}\n")
         finally:
             if server is not None:
                 stop_server(server)
-    print(format_table(results, on_redis=not args.target and args.store.startswith(("redis://", "rediss://", "unix://", "redis-cluster://"))))
+    on_redis = not args.target and args.store.startswith(REDIS_SCHEMES)
+    print(format_table(results, on_redis))
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+        Path(args.json).write_text(report_json(results, args.client, on_redis))
     failed = sum(r.errors for r in results)
     if failed and not args.allow_errors:
         print(f"{failed} calls failed", file=sys.stderr)

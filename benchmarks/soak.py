@@ -12,8 +12,10 @@ the same port after ``--outage-seconds``. Reports:
   errors    answers by gRPC status, per RPC
   recovery  seconds from Redis coming back to the first OK of both RPCs; errors after that
             are counted apart (a timeout under load is not the outage)
-  rss       the server process's resident memory, sampled every second (MB): first, last,
-            max, and the slope of a line fitted to the second half (MB/min; flat is ~0)
+  rss       the resident memory of the server's process tree (its feed processes hold the
+            Redis read cache; pages shared between them count in each), sampled every second
+            (MB): first, last, max, and the slope of a line fitted to the second half
+            (MB/min; flat is ~0). Printed as a summary; --json keeps every sample.
   lost      acknowledged likes missing from Redis afterwards (target 0)
 """
 
@@ -35,11 +37,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.loadgen import json_safe, process_stats, process_tree
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.load import load_into_redis
 from stores.redis import connect
 from stores.redis_keys import Keys
 from training.dataset import write_dataset
+from training.flag_types import bounded, output_file
 from training.generate import generate
 from training.train import TrainParams, train_and_publish
 
@@ -47,11 +51,42 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+    """``pid``'s resident memory in MB; NaN when it has exited (or is a zombie, which has none)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return float("nan")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The resident memory in MB of ``pid`` and its live descendants; NaN when ``pid`` is gone."""
+    sizes = [rss_mb(member) for member in process_tree(pid, process_stats())]
+    sizes = [size for size in sizes if size == size]  # a member that exited meanwhile
+    return sum(sizes) if sizes else float("nan")
+
+
+def rss_summary(samples: list[tuple[float, float]]) -> dict:
+    """First, last and max of the (seconds, MB) ``samples``, the slope over their second half
+    in MB/min (None under 3 samples there), and the samples themselves."""
+    times = np.array([t for t, _ in samples])
+    mbs = np.array([m for _, m in samples])
+    half = times >= times[-1] / 2 if len(times) else np.zeros(0, bool)
+    slope = float(np.polyfit(times[half] / 60.0, mbs[half], 1)[0]) if half.sum() >= 3 else float("nan")
+    return json_safe({
+        "first": round(float(mbs[0]), 1) if len(mbs) else None, "last": round(float(mbs[-1]), 1) if len(mbs) else None,
+        "max": round(float(np.nanmax(mbs)), 1) if len(mbs) and not np.isnan(mbs).all() else None,
+        "second_half_slope_mb_per_min": round(slope, 2), "samples": [[round(t, 1), round(m, 1)] for t, m in samples],
+    })  # fmt: skip
+
+
+def summary(report: dict) -> dict:
+    """``report`` without the RSS samples (thousands in a long run), their count instead."""
+    rss = {key: value for key, value in report["rss_mb"].items() if key != "samples"}
+    return {**report, "rss_mb": {**rss, "sample_count": len(report["rss_mb"]["samples"])}}
 
 
 def start_server(root: Path, redis_url: str) -> tuple[subprocess.Popen, str]:
@@ -72,13 +107,16 @@ def start_server(root: Path, redis_url: str) -> tuple[subprocess.Popen, str]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default: %(default)s)")
-    parser.add_argument("--outage-seconds", type=float, default=3.0, help="how long Redis stays down (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=2_000)
-    parser.add_argument("--items", type=int, default=5_000)
-    parser.add_argument("--readers", type=int, default=3)
-    parser.add_argument("--writers", type=int, default=1)
-    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--seconds", type=bounded(float, above=0), default=600.0, help="length of the load (default: %(default)s)")
+    parser.add_argument("--outage-seconds", type=bounded(float, 0), default=3.0, help="how long Redis stays down (default: %(default)s)")
+    parser.add_argument("--users", type=bounded(int, 1), default=2_000, help="users of the generated dataset; its sellers "
+                        "are a twentieth of them (default: %(default)s)")
+    parser.add_argument("--items", type=bounded(int, 1), default=5_000, help="items of the generated dataset (default: %(default)s)")
+    parser.add_argument("--readers", type=bounded(int, 1), default=3, help="threads sending GetFeeds of random users, "
+                        "following next pages (default: %(default)s)")
+    parser.add_argument("--writers", type=bounded(int, 1), default=1, help="threads sending Ingest batches of 20 likes "
+                        "(default: %(default)s)")
+    parser.add_argument("--json", type=output_file, help="also write the report here, with every RSS sample")
     args = parser.parse_args(argv)
     from tests.redis_servers import RedisServer  # the test fixtures' process helpers
 
@@ -103,9 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
                 except subprocess.TimeoutExpired:
                     server.kill()
             redis_server.stop()
-    print(json.dumps(report, indent=2))
+    print(json.dumps(summary(report), indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=False))
     return report
 
 
@@ -169,7 +207,7 @@ def soak(args: argparse.Namespace, target: str, server_pid: int, redis_server, d
     restarted_at = None
     killed = False
     while time.monotonic() - started < args.seconds:
-        rss.append((time.monotonic() - started, rss_mb(server_pid)))
+        rss.append((time.monotonic() - started, tree_rss_mb(server_pid)))
         if not killed and time.monotonic() - started >= args.seconds / 2:
             redis_server.kill()
             killed = True
@@ -198,18 +236,13 @@ def soak(args: argparse.Namespace, target: str, server_pid: int, redis_server, d
             pipe.hexists(keys.liked(user), item)
         lost += sum(not found for found in pipe.execute())
     client.close()
-    times = np.array([t for t, _ in rss])
-    mbs = np.array([m for _, m in rss])
-    half = times >= times[-1] / 2 if len(times) else np.zeros(0, bool)
-    slope = float(np.polyfit(times[half] / 60.0, mbs[half], 1)[0]) if half.sum() >= 3 else float("nan")
     return {
         "seconds": args.seconds,
         "answers": dict(Counter(f"{rpc} {code}" for _, rpc, code in answers)),
         "first_error_messages": first_details,
         "recovery_seconds": recovery,
         "errors_after_recovery": dict(late_errors),
-        "rss_mb": {"first": round(float(mbs[0]), 1), "last": round(float(mbs[-1]), 1), "max": round(float(mbs.max()), 1),
-                   "second_half_slope_mb_per_min": round(slope, 2), "samples": [[round(t, 1), round(m, 1)] for t, m in rss]},
+        "rss_mb": rss_summary(rss),
         "acked_events": len(acked),
         "acked_events_missing": lost,
     }  # fmt: skip

@@ -15,8 +15,12 @@ from tests.feed_world import build_world
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_it_reports_each_checkout_and_the_ratio_to_the_first(tmp_path, capsys):
-    world = build_world(tmp_path, users=200, sellers=20, items=600)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("compare-pipeline"), users=200, sellers=20, items=600)
+
+
+def test_it_reports_each_checkout_and_the_ratio_to_the_first(world, capsys):
     compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "3", "--batch", "5",
                            "--users", "50", ROOT, f"{ROOT}:neighbours=40,fresh_window_seconds=60"])  # fmt: skip
 
@@ -60,3 +64,24 @@ def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_pipeline.main(["--data", str(tmp_path), "--models", str(tmp_path), ROOT, str(tmp_path)])
     assert f"{tmp_path}: not a feedrank checkout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "/nonexistent"}, "--data /nonexistent: no such directory"),
+    ({"--models": "{data}"}, "--models {data}: no published model"),
+    ({"--store": "foo://x"}, "--store foo://x: unknown store"),
+    ({"--store": "redis://127.0.0.1:1/0"}, "--store redis://127.0.0.1:1/0: no Redis answers there"),
+    ({"second": f"{ROOT}:max_per_seller=abc"}, f"{ROOT}:max_per_seller=abc: max_per_seller=abc: expected int"),
+    ({"second": f"{ROOT}:max_per_seller"}, "'max_per_seller': expected KEY=VALUE"),
+    # A key this checkout lacks may be another's: its own worker refuses it, before loading anything.
+    ({"second": f"{ROOT}:bogus=3"}, f"{ROOT}:bogus=3: bogus: no such FeedSettings field"),
+])  # fmt: skip
+def test_bad_inputs_are_one_line_errors_naming_the_flag(world, change, message, capfd):
+    flags = {"--data": str(world.data_dir), "--models": str(world.models_dir), **change}
+    second = flags.pop("second", ROOT)
+    argv = [arg for flag, value in flags.items() for arg in (flag, value.format(data=world.data_dir))]
+    with pytest.raises(SystemExit) as stopped:
+        compare_pipeline.main([*argv, "--rounds", "1", "--batch", "1", "--users", "5", ROOT, second])
+    assert stopped.value.code == 2
+    err = capfd.readouterr().err  # the workers' too
+    assert message.format(data=world.data_dir) in err and "Traceback" not in err

@@ -13,8 +13,12 @@ from tests.feed_world import build_world
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_it_reports_each_server_and_the_ratio_to_the_first(tmp_path, capsys):
-    world = build_world(tmp_path, users=200, sellers=20, items=600)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("compare-servers"), users=200, sellers=20, items=600)
+
+
+def test_it_reports_each_server_and_the_ratio_to_the_first(world, capsys):
     # The "store" is this process, where the load generator runs: the plumbing is what is checked.
     status = compare_servers.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "2",
                                    "--burst", "0.3", "--concurrency", "2", "--store-pid", str(os.getpid()),
@@ -40,3 +44,21 @@ def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_servers.main(["--data", str(tmp_path), "--models", str(tmp_path), ROOT, str(tmp_path)])
     assert f"{tmp_path}: not a feedrank checkout" in capsys.readouterr().err
+
+
+def test_a_store_no_redis_answers_is_refused_before_any_server_starts(world, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        compare_servers.main(["--data", str(world.data_dir), "--models", str(world.models_dir),
+                              "--store", "redis://127.0.0.1:1/0", ROOT, ROOT])  # fmt: skip
+    assert stopped.value.code == 2
+    assert "--store redis://127.0.0.1:1/0: no Redis answers there" in capsys.readouterr().err
+
+
+def test_a_server_that_exits_fails_the_run_at_once_with_its_log(world, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        compare_servers.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--start-timeout", "120",
+                              ROOT, f"{ROOT}:--no-such-flag"])  # fmt: skip
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{ROOT}:--no-such-flag: the spawned server ({ROOT}) exited with status 2" in err
+    assert "unrecognized arguments: --no-such-flag" in err  # the last lines of its log

@@ -27,20 +27,41 @@ def target(world):
         yield f"127.0.0.1:{server.port}"
 
 
+def strict_json(text: str) -> dict:
+    """``text`` parsed as JSON proper: NaN and Infinity, which json.dumps writes by default, refused."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def run_loadgen(world, target, tmp_path, *extra: str) -> tuple[int, list[dict]]:
+    status, report = run_loadgen_report(world, target, tmp_path, *extra)
+    return status, report["phases"]
+
+
+def run_loadgen_report(world, target, tmp_path, *extra: str) -> tuple[int, dict]:
     report = tmp_path / "report.json"
     argv = ["--target", target, "--data", str(world.data_dir), "--duration", str(DURATION), "--warmup", "0.2",
             "--concurrency", "4", "--json", str(report), *extra]  # fmt: skip
     status = loadgen.main(argv)
-    return status, json.loads(report.read_text())
+    return status, strict_json(report.read_text())
 
 
 def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path, capsys):
     # The server runs in this process: its CPU per call includes the generator's, but is measured.
-    status, phases = run_loadgen(world, target, tmp_path, "--server-pid", str(os.getpid()))
+    status, report = run_loadgen_report(world, target, tmp_path, "--server-pid", str(os.getpid()))
+    phases = report["phases"]
 
     assert status == 0
     assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
+    assert report["client"] == "python"
+    assert report["feed_to_empty"] == round(phases[1]["qps"] / phases[0]["qps"], 3)
+    assert report["target_feed_to_empty"] == loadgen.TARGET_FEED_TO_EMPTY
+    assert report["target_p99_half_load_ms"] == loadgen.TARGET_P99_HALF_LOAD_MS
+    assert report["feed_to_empty_met"] == (report["feed_to_empty"] >= loadgen.TARGET_FEED_TO_EMPTY)
+    assert report["p99_half_load_met"] == (report["p99_half_load_ms"] <= loadgen.TARGET_P99_HALF_LOAD_MS)
+    assert phases[0]["server_p99_ms"] is None, "not measured: null, not NaN"
     for phase in phases:
         assert phase["errors"] == 0 and phase["errors_by_code"] == {}
         assert phase["calls"] == phase["successes"] + phase["errors"]
@@ -67,12 +88,14 @@ def test_the_servers_own_latency_is_read_from_its_histogram_beside_the_clients(w
 
     assert status == 0
     empty, *feeds = phases
-    assert empty["server_p99_ms"] != empty["server_p99_ms"], "the histogram times feed calls only: NaN for the empty RPC"
+    assert empty["server_p99_ms"] is None, "the histogram times feed calls only: null for the empty RPC"
     for phase in feeds:
-        # Each call's time in the server's handler is part of the client's, so the server's
-        # quantile lies at most at the bucket bound above the client's.
+        # Each call's time in the server's handler is part of the client's: the quantile
+        # interpolated in the server's bucket lies at most at the bound above the client's,
+        # and is reported at most at the client's.
         bound_above_client = min(1e3 * bound for bound in LATENCY_BUCKETS if 1e3 * bound >= phase["p99_ms"])
-        assert 0 < phase["server_p50_ms"] <= phase["server_p99_ms"] <= bound_above_client
+        assert 0 < phase["server_p50_ms"] <= phase["server_p99_ms"] <= min(bound_above_client, phase["p99_ms"])
+        assert phase["server_p50_ms"] <= phase["p50_ms"]
     assert "the server's own p99 at open@50%" in capsys.readouterr().out
 
 
@@ -83,6 +106,21 @@ def test_histogram_quantiles_interpolate_inside_the_bucket_of_the_calls_between_
     assert loadgen.histogram_quantile(0.99, before, after) == pytest.approx(1.98)
     assert loadgen.histogram_quantile(0.5, {}, {0.001: 0.0, float("inf"): 4.0}) == pytest.approx(1.0), "past the last bound"
     assert loadgen.histogram_quantile(0.5, after, after) != loadgen.histogram_quantile(0.5, after, after), "no calls: NaN"
+
+
+def test_a_server_quantile_above_the_clients_is_capped_there_and_marked():
+    # 100 calls, all in the 0.1-1 s bucket: interpolation puts the p99 at 991 ms whatever the calls took.
+    before, after = {0.1: 0.0, 1.0: 0.0, float("inf"): 0.0}, {0.1: 0.0, 1.0: 100.0, float("inf"): 100.0}
+    assert loadgen.histogram_quantile(0.99, before, after) == pytest.approx(991.0)
+    assert loadgen.capped_quantile(0.99, before, after, client_ms=460.0) == (460.0, True)
+    assert loadgen.capped_quantile(0.5, before, after, client_ms=600.0) == (pytest.approx(550.0), False)
+    assert loadgen.capped_quantile(0.5, after, after, client_ms=600.0)[1] is False, "no calls: NaN, not capped"
+
+    results = table_phases(empty_s=0.001, feed_s=0.01, half_s=0.46)
+    results[2].server_p50_ms, results[2].server_p99_ms, results[2].server_p99_capped = 300.0, 460.0, True
+    table = loadgen.format_table(results)
+    assert "<=460.00" in table.splitlines()[3]
+    assert "the server's own p99 at open@50%: <= 460.0 ms (capped at the client's" in table
 
 def go_client_binary():
     """goload, built; skips (fails under CI=true, where `make test` installs Go) when Go or grpc-go is missing."""
@@ -203,23 +241,23 @@ def test_a_fixed_rate_replaces_the_share_of_saturation(world, target, tmp_path, 
     assert status == 0
     assert phases[2]["mode"] == "open@25/s" and phases[2]["target_qps"] == 25
     assert phases[2]["successes"] == phases[2]["calls"] > 0
-    assert all(p["store_cpu_ms"] != p["store_cpu_ms"] for p in phases)  # NaN: no --store-pid
+    assert all(p["store_cpu_ms"] is None for p in phases)  # null: no --store-pid
     table = capsys.readouterr().out
     assert "GetFeed p99 at open@25/s:" in table and "store cpu ms" not in table
 
 
 @pytest.mark.parametrize("flag", ["--server-pid", "--store-pid"])
-def test_a_pid_that_is_no_process_is_refused_by_name(flag, capsys):
+def test_a_pid_that_is_no_process_is_refused_by_name(world, flag, capsys):
     with pytest.raises(SystemExit):
-        loadgen.main(["--target", "127.0.0.1:1", flag, "999999999"])
+        loadgen.main(["--target", "127.0.0.1:1", "--data", str(world.data_dir), flag, "999999999"])
     assert f"{flag} 999999999: no such process" in capsys.readouterr().err
 
 
 
-def test_a_metrics_url_nothing_answers_is_refused_before_the_load(capsys):
+def test_a_metrics_url_nothing_answers_is_refused_before_the_load(world, capsys):
     url = f"http://127.0.0.1:{loadgen.free_port()}/metrics"
     with pytest.raises(SystemExit):
-        loadgen.main(["--target", "127.0.0.1:1", "--metrics", url])
+        loadgen.main(["--target", "127.0.0.1:1", "--data", str(world.data_dir), "--metrics", url])
     assert f"--metrics {url}: cannot read the server's metrics there" in capsys.readouterr().err
 
 def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(world, target, tmp_path, capsys):
@@ -234,12 +272,84 @@ def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(worl
     assert "Ingest" in capsys.readouterr().out
 
 
-def test_a_server_on_redis_is_held_to_the_redis_targets():
+def table_phases(empty_s: float, feed_s: float, half_s: float, empty_calls: int = 1000, feed_calls: int = 170) -> list[loadgen.PhaseResult]:
+    """The three phases, each of calls of one latency, over one second."""
     def phase(rpc: str, mode: str, seconds: list[float]) -> loadgen.PhaseResult:
         tally = loadgen.Tally(started=len(seconds), latencies=seconds)
         return loadgen.summarise(rpc, mode, 16, 0.0, tally, 1.0)
 
-    results = [phase("empty", "closed", [0.001] * 1000), phase("GetFeed", "closed", [0.01] * 170), phase("GetFeed", "open@50%", [0.018] * 85)]
+    return [phase("empty", "closed", [empty_s] * empty_calls), phase("GetFeed", "closed", [feed_s] * feed_calls),
+            phase("GetFeed", "open@50%", [half_s] * 85)]  # fmt: skip
+
+
+def test_a_verdict_compares_the_figure_it_shows():
+    results = table_phases(0.001, 0.01, 0.01504, empty_calls=100_000, feed_calls=19_997)  # a ratio of 0.19997
+    table = loadgen.format_table(results)
+    assert "0.200 (target >= 0.2: met)" in table
+    assert "15.0 ms (target <= 15 ms: met)" in table
+
+
+def test_a_server_on_redis_is_held_to_the_redis_targets():
+    results = table_phases(0.001, 0.01, 0.018)
     on_redis, on_memory = loadgen.format_table(results, on_redis=True), loadgen.format_table(results)
     assert "0.170 (target >= 0.15: met)" in on_redis and "18.0 ms (target <= 20 ms: met)" in on_redis
     assert "0.170 (target >= 0.2: MISSED)" in on_memory and "18.0 ms (target <= 15 ms: MISSED)" in on_memory
+
+
+def test_the_python_client_names_a_server_it_cannot_reach_before_any_phase(world, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_loadgen(world, f"127.0.0.1:{loadgen.free_port()}", tmp_path, "--timeout", "0.5")
+    assert stopped.value.code == 1
+    assert "cannot connect to 127.0.0.1:" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "127.0.0.1:1"], "--data is required"),
+    (["--target", "127.0.0.1:1", "--data", "/nonexistent"], "--data /nonexistent: no such directory"),
+    (["--target", "127.0.0.1:1", "--data", "{data}", "--json", "/nonexistent/x.json"], "--json: no directory /nonexistent"),
+    (["--models", "{data}", "--data", "{data}", "--store", "foo://x"], "--store foo://x: unknown store"),
+    (["--models", "{data}", "--data", "{data}", "--store", "redis://127.0.0.1:1/0"], "--store redis://127.0.0.1:1/0: no Redis answers"),
+])  # fmt: skip
+def test_bad_inputs_are_refused_by_flag_before_any_load(world, argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        loadgen.main([arg.format(data=world.data_dir) for arg in argv])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_spawned_server_that_exits_fails_the_run_at_once_with_its_log(world, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        loadgen.main(["--models", str(tmp_path / "no-models"), "--data", str(world.data_dir), "--start-timeout", "120"])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "the spawned server (.) exited with status" in err and "the last lines of its log:" in err
+    assert "no-models" in err  # the server's own words
+
+
+def test_the_compiled_client_spells_every_status_code_as_python_does():
+    import subprocess
+
+    import grpc
+
+    names = json.loads(subprocess.run([str(go_client_binary()), "-code-names"], capture_output=True, text=True, check=True).stdout)
+    assert {int(code): name for code, name in names.items()} == {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def test_the_compiled_client_counts_a_server_gone_after_the_first_phase_as_errors(world, tmp_path):
+    import asyncio
+
+    from benchmarks.go_client import GoClient, write_requests
+    from protos.feed.v1 import feed_pb2
+
+    binary = go_client_binary()
+    user = world.dataset.user_ids()[0]
+    requests = write_requests(tmp_path / "feed.requests", [feed_pb2.GetFeedRequest(user_id=user, limit=5).SerializeToString()])
+    with running_server(world) as (server, _):
+        client = GoClient(binary, f"127.0.0.1:{server.port}", {"GetFeed": ("/feedrank.feed.v1.FeedService/GetFeed", requests)}, 2, 0.5, 0)
+        first = asyncio.run(client.closed("GetFeed", 2, 0.3))
+    second = asyncio.run(client.closed("GetFeed", 2, 0.3))
+
+    assert first.started == len(first.latencies) > 0 and not first.errors
+    assert second.started > 0 and not second.latencies
+    assert set(second.errors) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(second.errors.values()) == second.started

@@ -3,14 +3,19 @@ halfway (benchmarks/soak.py; the 10-minute run is in benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from benchmarks import soak
 from tests.redis_servers import require_redis
 
-pytestmark = pytest.mark.redis
 
-
+@pytest.mark.redis
 def test_a_redis_restart_under_load_loses_no_acknowledged_event_and_recovers(tmp_path):
     require_redis()
     report = soak.main(["--seconds", "16", "--outage-seconds", "2", "--users", "600", "--items", "1500", "--json", str(tmp_path / "soak.json")])
@@ -22,3 +27,39 @@ def test_a_redis_restart_under_load_loses_no_acknowledged_event_and_recovers(tmp
     assert report["acked_events"] > 0 and report["acked_events_missing"] == 0
     rss = report["rss_mb"]
     assert rss["max"] < rss["first"] + 200, rss
+    saved = json.loads((tmp_path / "soak.json").read_text(), parse_constant=refuse_constant)
+    assert len(saved["rss_mb"]["samples"]) >= 10
+
+
+def refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_the_memory_of_the_servers_children_counts_too():
+    # A child that holds 100 MB, as a feed process holds the Redis read cache.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; block = bytearray(100 * 2**20); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        parent = soak.rss_mb(os.getpid())
+        for _ in range(100):  # until the child has touched its block
+            if soak.tree_rss_mb(os.getpid()) >= parent + 90:
+                break
+            time.sleep(0.05)
+        assert soak.tree_rss_mb(os.getpid()) >= parent + 90
+    finally:
+        child.stdin.close()
+        child.wait()
+    assert soak.tree_rss_mb(999_999_999) != soak.tree_rss_mb(999_999_999), "no such process: NaN"
+
+
+def test_the_rss_summary_is_json_with_null_where_nothing_was_measured():
+    one = soak.rss_summary([(0.0, 120.0)])
+    assert one["second_half_slope_mb_per_min"] is None  # under 3 samples in the second half
+    json.loads(json.dumps(one, allow_nan=False), parse_constant=refuse_constant)
+
+    samples = [(float(t), 100.0 + t / 60) for t in range(600)]
+    report = {"seconds": 600, "rss_mb": soak.rss_summary(samples)}
+    assert report["rss_mb"]["second_half_slope_mb_per_min"] == pytest.approx(1.0)
+    printed = soak.summary(report)
+    assert "samples" not in printed["rss_mb"] and printed["rss_mb"]["sample_count"] == 600
+    assert len(report["rss_mb"]["samples"]) == 600, "the report keeps them, for --json"

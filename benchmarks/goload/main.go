@@ -17,12 +17,11 @@ import (
 	"io"
 	"math/rand"
 	"os"
-	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -64,16 +63,65 @@ func (t *tally) record(latency time.Duration, err error) {
 	}
 }
 
-// codeName spells a status code as Python's grpc.StatusCode does: DeadlineExceeded -> DEADLINE_EXCEEDED.
+// pythonNames spells each status code as Python's grpc.StatusCode does. Spelled out rather
+// than derived from grpc-go's names: grpc-go says Canceled where Python says CANCELLED.
+var pythonNames = map[codes.Code]string{
+	codes.OK:                 "OK",
+	codes.Canceled:           "CANCELLED",
+	codes.Unknown:            "UNKNOWN",
+	codes.InvalidArgument:    "INVALID_ARGUMENT",
+	codes.DeadlineExceeded:   "DEADLINE_EXCEEDED",
+	codes.NotFound:           "NOT_FOUND",
+	codes.AlreadyExists:      "ALREADY_EXISTS",
+	codes.PermissionDenied:   "PERMISSION_DENIED",
+	codes.ResourceExhausted:  "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION",
+	codes.Aborted:            "ABORTED",
+	codes.OutOfRange:         "OUT_OF_RANGE",
+	codes.Unimplemented:      "UNIMPLEMENTED",
+	codes.Internal:           "INTERNAL",
+	codes.Unavailable:        "UNAVAILABLE",
+	codes.DataLoss:           "DATA_LOSS",
+	codes.Unauthenticated:    "UNAUTHENTICATED",
+}
+
+// codeName is the Python name of err's status code (a code outside the table as grpc-go prints it).
 func codeName(err error) string {
-	var name strings.Builder
-	for i, r := range status.Code(err).String() {
-		if i > 0 && unicode.IsUpper(r) {
-			name.WriteByte('_')
-		}
-		name.WriteRune(unicode.ToUpper(r))
+	code := status.Code(err)
+	if name, ok := pythonNames[code]; ok {
+		return name
 	}
-	return name.String()
+	return code.String()
+}
+
+// connect dials every connection, each within timeout. With mustConnect false, a connection
+// that is not up in time is dialled without waiting: its calls then fail (UNAVAILABLE) and are
+// counted as errors, as the Python client counts them, rather than the phase being lost.
+func connect(target string, n int, timeout time.Duration, mustConnect bool) ([]*grpc.ClientConn, error) {
+	conns := make([]*grpc.ClientConn, n)
+	reachable := true // after one connection failed, the rest do not wait -timeout each
+	for i := range conns {
+		var conn *grpc.ClientConn
+		var err error
+		if reachable {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			conn, err = grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
+				grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+			cancel()
+		}
+		if (err != nil || !reachable) && !mustConnect {
+			reachable = false
+			conn, err = grpc.Dial(target, grpc.WithInsecure(), grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+		}
+		if err != nil {
+			for _, opened := range conns[:i] {
+				opened.Close()
+			}
+			return nil, fmt.Errorf("cannot connect to %s: %v", target, err)
+		}
+		conns[i] = conn
+	}
+	return conns, nil
 }
 
 // readRequests reads serialised requests, each behind its length as a little-endian uint32.
@@ -111,7 +159,19 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Second, "deadline of each call")
 	connections := flag.Int("connections", 1, "connections, used in turn (each its own, as --channels in loadgen.py)")
 	seed := flag.Int64("seed", 7, "seed of the request draws and the arrival times")
+	mustConnect := flag.Bool("must-connect", true, "fail (status 2) when a connection is not up within -timeout; false: count its calls' failures as errors")
+	codeNames := flag.Bool("code-names", false, "print the status code names as JSON (code number -> name) and exit")
 	flag.Parse()
+	if *codeNames {
+		names := map[int]string{}
+		for code, name := range pythonNames {
+			names[int(code)] = name
+		}
+		if err := json.NewEncoder(os.Stdout).Encode(names); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if *method == "" || *requestsPath == "" || *connections < 1 || (*mode != "closed" && *mode != "open") || (*mode == "closed" && *concurrency < 1) || (*mode == "open" && *rate <= 0) {
 		fmt.Fprintln(os.Stderr, "goload: -method and -requests are required; -mode is closed or open; -connections, -concurrency and -rate must be positive")
 		os.Exit(2)
@@ -122,17 +182,13 @@ func main() {
 		os.Exit(2)
 	}
 	// Every connection is up before the clock starts, so no call of the phase pays a handshake.
-	conns := make([]*grpc.ClientConn, *connections)
-	for i := range conns {
-		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-		conns[i], err = grpc.DialContext(ctx, *target, grpc.WithInsecure(), grpc.WithBlock(),
-			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
-		cancel()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "goload: cannot connect to %s: %v\n", *target, err)
-			os.Exit(2)
-		}
-		defer conns[i].Close()
+	conns, err := connect(*target, *connections, *timeout, *mustConnect)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goload:", err)
+		os.Exit(2)
+	}
+	for _, conn := range conns {
+		defer conn.Close()
 	}
 
 	t := &tally{report: report{Latencies: make([]float64, 0, 1<<16), Errors: map[string]int{}}}
