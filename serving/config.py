@@ -100,6 +100,7 @@ class ServerConfig:
         return MEMORY_FEED_THREADS if self.store_url == "memory" else REDIS_FEED_THREADS
 
 
+STORE_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")  # as serving/store_url.py opens them
 MEMORY_COPY_MAX_BYTES = 256 * 1024 * 1024
 """With the memory store, feed processes are the default only while the files it loads (the
 dataset, and a --state-dir's snapshot and log) total at most this: each child holds a copy of
@@ -259,7 +260,7 @@ GROUPS = {
 FLAGS: tuple[Flag, ...] = (
     Flag("models", str, None, "models directory written by `python -m training train` (required)", "server", metavar="DIR"),
     Flag("data", str, None, "dataset directory to load into the embedded memory store", "server", metavar="DIR"),
-    Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
+    Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///PATH/TO/redis.sock?db=DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
@@ -455,6 +456,9 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if v["feed_processes"] and v["workers"] > 1:
         raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
                           "connection of one server process; workers each take their own connections)")
+    if v["store"] != "memory" and not v["store"].startswith(STORE_SCHEMES):
+        raise ConfigError(f"{source['store']}: unknown store {v['store']!r}: use memory, redis://HOST:PORT/DB, "
+                          "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT")
     if v["state_dir"] and v["store"] != "memory":
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
     sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))

@@ -40,14 +40,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import multiprocessing
 import pickle
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import grpc
@@ -58,6 +60,7 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
+from serving.store_url import redacted
 from serving.service_setup import open_service, start_model_watcher, warm_store
 from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, page_response, refusal_of
 
@@ -75,6 +78,7 @@ RESTART_DELAY_SECONDS = 5.0
 """How long the server waits before trying again to start a feed process that failed to start."""
 PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retry", retry_after=RETRY_DELAY_SECONDS)
 _READY = b"ready"
+_FAILED = b"failed:"  # then why, in one line
 # The first byte of each message to a child: what follows.
 _STATE, _EVENTS, _FEED = b"S", b"E", b"F"
 
@@ -96,10 +100,12 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
         store = pickle.loads(_body(pipe.recv_bytes(), _STATE)) if config.store_url == "memory" else None
         service, arms_signature = open_service(config, store)
         warm_store(service.store)
-    except (EOFError, OSError):  # the server went away before sending the store
+    except (EOFError, OSError) as error:
+        _report_failure(pipe, error)  # the server went away before sending the store, or a file it reads is missing
         raise SystemExit(1) from None
-    except Exception:
-        log.exception("a feed process could not start")
+    except Exception as error:  # noqa: BLE001 (the server reports it in one line; the traceback is for --log-level debug)
+        log.debug("a feed process could not start", exc_info=error)
+        _report_failure(pipe, error)
         raise SystemExit(1) from None
     gc.freeze()  # as the server does: the model is long-lived objects the cyclic GC need not walk
     if config.reload_seconds > 0:
@@ -114,6 +120,14 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
             service.store.replay_applied(pickle.loads(_body(message, _EVENTS)))
             continue
         pipe.send_bytes(pickle.dumps(_build_feed(service, *pickle.loads(_body(message, _FEED))), pickle.HIGHEST_PROTOCOL))
+
+
+def _report_failure(pipe: Connection, error: BaseException) -> None:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    try:
+        pipe.send_bytes(_FAILED + reason.encode())
+    except OSError:  # the server is gone
+        pass
 
 
 def _body(message: bytes, kind: bytes) -> memoryview:
@@ -142,6 +156,10 @@ class _Child:
     calls: collections.deque[asyncio.Future] = field(default_factory=collections.deque)  # sent to it, oldest first
     busy_since: float = 0.0  # loop time at which it started the oldest of its calls
     backlog: collections.deque[bytes] = field(default_factory=collections.deque)  # events not sent yet (memory store)
+
+
+class FeedProcessError(RuntimeError):
+    """A feed process could not start (one line, for the operator)."""
 
 
 class FeedProcesses:
@@ -173,8 +191,9 @@ class FeedProcesses:
         ``store``: the server's own, which the children copy when it is the memory store;
         ``metrics``: where to report the children alive, the calls waiting and the exits.
 
-        A child that cannot start (a store it cannot reach, a model it cannot load) raises
-        RuntimeError here, after logging its own error.
+        A child that cannot start (a store that refuses it, a model it cannot load) raises
+        FeedProcessError with its reason as soon as it exits; anything raised here (a
+        signal's exception too) stops the children first.
         """
         if self.config.store_url == "memory":
             if store is None:
@@ -184,15 +203,16 @@ class FeedProcesses:
         if metrics is not None:
             metrics.track_feed_processes(lambda: len(self._children), lambda: len(self._queued))
             self._exits = metrics.feed_process_exits
-        children = [self._spawn() for _ in range(self.processes)]
+        children: list[_Child] = []
         try:
+            for _ in range(self.processes):
+                children.append(self._spawn())
             self._send_state(children)
-            for child in children:
-                self._wait_ready(child, timeout)
-        except RuntimeError:
+            self._wait_ready(children, timeout)
+        except BaseException:
             for child in children:
                 self._unfollow(child)
-                self._stop(child)
+                self._stop(child, timeout=0)  # not ready: nothing to finish
             raise
         asyncio.run_coroutine_threadsafe(self._adopt_all(children), self.loop).result()
         return self.pids
@@ -214,8 +234,7 @@ class FeedProcesses:
             try:
                 child.pipe.send_bytes(state)
             except OSError:
-                raise RuntimeError(f"a feed process (pid {child.process.pid}) exited before it had the store "
-                                   "(--feed-processes): see its error above") from None
+                raise FeedProcessError(self._failure(child, "exited before it had the store")) from None
 
     def _follow(self, children: list[_Child]) -> None:
         self._followers = (*self._followers, *children)
@@ -237,15 +256,33 @@ class FeedProcesses:
         except RuntimeError:  # the loop is closed: the server is stopping
             pass
 
-    @staticmethod
-    def _wait_ready(child: _Child, timeout: float) -> None:
-        try:
-            ready = child.pipe.poll(timeout) and child.pipe.recv_bytes() == _READY
-        except (EOFError, OSError):
-            ready = False
-        if not ready:
-            raise RuntimeError(f"a feed process (pid {child.process.pid}) exited or was not ready within {timeout:.0f} s "
-                               "(--feed-processes): see its error above")
+    def _wait_ready(self, children: list[_Child], timeout: float) -> None:
+        """Until every child is ready; FeedProcessError as soon as one fails or exits."""
+        deadline = time.monotonic() + timeout
+        waiting = {child.pipe: child for child in children}
+        while waiting:
+            answered = wait(list(waiting), max(deadline - time.monotonic(), 0.0))
+            if not answered:
+                child = next(iter(waiting.values()))
+                raise FeedProcessError(f"a feed process (pid {child.process.pid}) was not ready within {timeout:.0f} s (--feed-processes)")
+            for pipe in answered:
+                child = waiting.pop(pipe)
+                try:
+                    message = pipe.recv_bytes()
+                except (EOFError, OSError):
+                    raise FeedProcessError(self._failure(child, "exited while starting")) from None
+                if message != _READY:
+                    raise FeedProcessError(self._failure(child, message.removeprefix(_FAILED).decode(errors="replace")))
+
+    def _failure(self, child: _Child, reason: str) -> str:
+        """The one line for a child that could not start, with its own reason when it sent one."""
+        with contextlib.suppress(EOFError, OSError):
+            if child.pipe.poll():
+                message = child.pipe.recv_bytes()
+                if message.startswith(_FAILED):
+                    reason = message.removeprefix(_FAILED).decode(errors="replace")
+        store = f" (--store {redacted(self.config.store_url)})" if self.config.store_url != "memory" else ""
+        return f"a feed process (pid {child.process.pid}) could not start: {reason}{store}"
 
     async def _adopt_all(self, children: list[_Child]) -> None:
         for child in children:
@@ -367,8 +404,8 @@ class FeedProcesses:
             child = self._spawn()
             try:
                 self._send_state([child])
-                self._wait_ready(child, READY_TIMEOUT_SECONDS)
-            except RuntimeError as error:
+                self._wait_ready([child], READY_TIMEOUT_SECONDS)
+            except FeedProcessError as error:
                 self._unfollow(child)
                 self._stop(child)
                 log.error("%s; trying again in %.0f s", error, RESTART_DELAY_SECONDS)
@@ -383,7 +420,8 @@ class FeedProcesses:
     @staticmethod
     def _stop(child: _Child, timeout: float = 5.0) -> None:
         child.pipe.close()  # the child's cue to exit
-        child.process.join(timeout)
+        if timeout:
+            child.process.join(timeout)
         if child.process.is_alive():
             child.process.kill()
             child.process.join()

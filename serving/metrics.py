@@ -94,6 +94,14 @@ class FeedMetrics:
         for arm, version in versions.items():
             self.arm_model.labels(arm, version).set(1)
 
-    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
-        """Expose /metrics on ``port`` (a daemon thread)."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+        """Expose /metrics on ``port`` (a daemon thread); OSError when it cannot be bound.
+        Returns what stops it and frees the port."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+        return stop

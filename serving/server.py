@@ -31,9 +31,10 @@ from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
-from serving.feed_processes import FeedProcesses
+from serving.feed_processes import FeedProcessError, FeedProcesses
 from serving.feed_service import FeedService
-from serving.service_setup import ModelWatcher, open_service, start_model_watcher, warm_store
+from serving.metrics import FeedMetrics
+from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.servicer import FeedServicer, add_feed_service
 from serving.web import HttpServer, create_app
@@ -205,6 +206,48 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         self.in_flight -= 1
 
 
+class Drain(grpc.aio.ServerInterceptor):
+    """Counts the FeedService calls in flight and, once ``begin`` was called, refuses new
+    ones at once with UNAVAILABLE, so that a client retries elsewhere.
+
+    gRPC's own stop cancels (CANCELLED, not retried by clients) every call that reached it
+    and was not yet handed to the application, which under load is a few at any instant;
+    refusing here first hands them over, answered, before gRPC stops. gRPC's queue is not
+    visible from here: it is empty once no call has come for QUIET_SECONDS.
+    """
+
+    MESSAGE = "server shutting down; retry"
+    QUIET_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.draining = False
+        self.last_call = 0.0  # loop time
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or is_open_method(handler_call_details.method):
+            return handler
+        self.last_call = asyncio.get_running_loop().time()
+        if self.draining:
+            return rejecting(handler, grpc.StatusCode.UNAVAILABLE, self.MESSAGE)
+        self.in_flight += 1
+        asyncio.current_task().add_done_callback(self._done)
+        return handler
+
+    def _done(self, _: asyncio.Task) -> None:
+        self.in_flight -= 1
+
+    async def begin(self, grace: float, poll_seconds: float = 0.01) -> None:
+        """Refuse new calls, and wait up to ``grace`` seconds for those in flight to finish
+        and for gRPC's queue to empty."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self.in_flight or loop.time() - self.last_call < self.QUIET_SECONDS) and loop.time() < deadline:
+            await asyncio.sleep(poll_seconds)
+
+
 class EventLoopThread:
     """An asyncio event loop running on a thread of its own, for a grpc.aio server behind a blocking API."""
 
@@ -276,17 +319,33 @@ class FeedServer:
             raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
         self._threads: list[ModelWatcher | HealthMonitor] = []
         self.service: FeedService | None = None
+        self.metrics = FeedMetrics()  # the service's, served from now on so that a loading server can be scraped
+        self._stop_metrics: Callable[[], None] | None = None
         self.http: HttpServer | None = None
-        if config.http_port:
-            self.http = self._http_server(auth)
+        self._http_started = False
+        try:
+            if config.metrics_port:
+                self._stop_metrics = self._metrics_server()
+            if config.http_port:
+                self.http = self._http_server(auth)
+        except BindError:
+            if self._stop_metrics is not None:
+                self._stop_metrics()
+            self.events.run(self.grpc_server.stop(None))
+            self._release()
+            # Left to the interpreter's exit, the stopped server's gRPC objects print
+            # "Error in sys.excepthook" after the error line.
+            del self.grpc_server
+            raise
 
     async def _build(self, config: ServerConfig, auth: AuthInterceptor | None, credentials: grpc.ServerCredentials | None,
                      address: str, shared_port: bool) -> int:
         """Create the server on the loop (grpc.aio binds it to the loop it is made on); its port."""
         self.health = health_async.HealthServicer()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        # Outermost first: the access log (sees every answer), auth, then the limit.
-        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._model_version, self._count_refused)]
+        # Outermost first: the access log (sees every answer), the drain, auth, then the limit.
+        self.drain = Drain()
+        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._model_version, self._count_refused), self.drain]
         if auth is not None:
             interceptors.append(auth)
         self.concurrency_limit = ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
@@ -320,9 +379,16 @@ class FeedServer:
         try:
             return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key)
         except OSError as error:
-            self.events.run(self.grpc_server.stop(None))
-            self._release()
-            raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error}") from None
+            raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error} "
+                            "(--http-port)") from None
+
+    def _metrics_server(self) -> Callable[[], None]:
+        config = self.config
+        try:
+            return self.metrics.serve_http(config.metrics_port, config.host)
+        except OSError as error:
+            raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error.strerror or error} "
+                            "(--metrics-port)") from None
 
     def _model_version(self) -> str:
         service = self.servicer.service
@@ -350,16 +416,16 @@ class FeedServer:
         self.events.run(self.grpc_server.start())
         if self.http is not None:
             self.http.start()
+            self._http_started = True
         self._warn_about_openness()
         config = self.config
-        self.service, arms_signature = open_service(config)
+        self.service, arms_signature = open_service(config, metrics=self.metrics)
+        check_store(self.service.store, config.store_url)  # before the feed processes, which would each fail on it
         if self.feed_processes is not None:
             pids = self.feed_processes.start(self.service.store, self.service.metrics)
             log.info("%d feed processes ready (pids %s)", len(pids), ", ".join(map(str, pids)))
         else:
             warm_store(self.service.store)
-        if config.metrics_port:
-            self.service.metrics.serve_http(config.metrics_port, config.host)
         self.servicer.service = self.service
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
@@ -384,19 +450,25 @@ class FeedServer:
         self.events.close()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Drain, then stop everything ``start`` started, however far it got; the feed
+        processes only once gRPC has answered every call it accepted."""
         for thread in self._threads:
             thread.stopped.set()
         self.serving.clear()
         self.events.run(self._drain(grace))
         if self.http is not None:
-            self.http.stop()
+            self.http.stop() if self._http_started else self.http.server.stop()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         self._release()
         if self.service is not None:
             self.service.store.close()
 
     async def _drain(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        started = asyncio.get_running_loop().time()
+        await self.drain.begin(grace)
+        await self.grpc_server.stop(max(grace - (asyncio.get_running_loop().time() - started), 0.0))
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -405,20 +477,45 @@ def _write_atomically(path: str, text: str) -> None:
     tmp.replace(path)
 
 
+class StartInterrupted(BaseException):
+    """SIGTERM or SIGINT while the server was starting (a BaseException, as KeyboardInterrupt
+    is, so that no ``except Exception`` of the loading code swallows it)."""
+
+
 class StopSignals:
     """SIGTERM and SIGINT, as an event the main thread polls.
 
     The handler only appends to a list: an ``Event.set`` in a handler takes the event's
     lock, and a second signal landing while the first handler held it deadlocked the
-    server (a ``timeout`` and a ``pkill`` one after the other did it).
+    server (a ``timeout`` and a ``pkill`` one after the other did it). Inside
+    ``interrupting()`` it also raises StartInterrupted in the main thread, once: loading
+    takes seconds to minutes and has no point at which it could poll.
     """
 
     POLL_SECONDS = 0.1
 
     def __init__(self) -> None:
         self._received: list[int] = []
+        self._interrupt = False
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, _: self._received.append(signum))
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _: Any) -> None:
+        self._received.append(signum)
+        if self._interrupt:
+            self._interrupt = False
+            raise StartInterrupted(signum)
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Any:
+        """A signal inside raises StartInterrupted (at once if one came before)."""
+        if self._received:
+            raise StartInterrupted(self._received[0])
+        self._interrupt = True
+        try:
+            yield
+        finally:
+            self._interrupt = False
 
     def set(self) -> None:
         """Stop as if signalled."""
@@ -448,14 +545,25 @@ def write_port_file_when_serving(server: Any, path: str, stop: threading.Event |
 
 
 def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
-    server = FeedServer(config)
+    """Serve until a signal; whatever ends the start or the serving (a signal, an error)
+    stops what had started, feed processes included, and removes ``ready_file``."""
     stop = StopSignals()
-    server.start()
-    if ready_file:
-        write_port_file_when_serving(server, ready_file, stop)
-    stop.wait()
-    log.info("shutting down")
-    server.stop()
+    server = None
+    try:
+        with stop.interrupting():
+            server = FeedServer(config)
+            server.start()
+        if ready_file:
+            write_port_file_when_serving(server, ready_file, stop)
+        stop.wait()
+        log.info("shutting down")
+    except StartInterrupted:
+        log.info("stopped while starting")
+    finally:
+        if server is not None:
+            server.stop()
+        if ready_file:
+            Path(ready_file).unlink(missing_ok=True)
 
 
 def _free_port(host: str) -> int:
@@ -480,7 +588,7 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
             _serve_one(config, port_file)
         else:
             _serve_workers(config, port_file)
-    except BindError as error:
+    except (BindError, FeedProcessError) as error:
         raise SystemExit(f"error: {error}") from None
 
 
@@ -507,7 +615,7 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
                     http_port=config.http_port + index if config.http_port else 0,
                 )
                 _serve_one(worker_config, f"{port_file}.{index}" if port_file else None)
-            except BindError as error:
+            except (BindError, FileNotFoundError, ValueError) as error:  # one line, as serve() gives
                 log.error("worker %d: %s", index, error)
                 code = 1
             except BaseException:
@@ -526,6 +634,15 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
             path.unlink(missing_ok=True)
         if not stop.is_set():
             _write_atomically(port_file, str(config.port))
+    try:
+        _watch_workers(config, children, stop)
+    finally:
+        if port_file:
+            Path(port_file).unlink(missing_ok=True)
+
+
+def _watch_workers(config: ServerConfig, children: list[int], stop: StopSignals) -> None:
+    """Until a signal or a worker's exit; then stop the workers (exit 1 if one failed)."""
     log.info("%d workers serving on %s:%d", config.workers, config.host, config.port)
     while not stop.wait(0.5):
         if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):

@@ -15,8 +15,9 @@ from ranking.feed import FeedSettings
 from serving.arms import describe, load_arms, load_named_version, load_pinned
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
+from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
-from serving.store_url import open_store
+from serving.store_url import open_store, redacted
 from stores import FeedStore
 from training.artifact import current_version, load_current, load_version
 
@@ -24,10 +25,11 @@ log = logging.getLogger("feedrank.serving")
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
 
 
-def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
+def open_service(config: ServerConfig, store: FeedStore | None = None,
+                 metrics: FeedMetrics | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
     """The FeedService ``config`` describes, with its store open (or ``store``, already open)
-    and its model and arms loaded; and the arms file's signature, taken before it was read
-    (for ``start_model_watcher``)."""
+    and its model and arms loaded, reporting to ``metrics`` (default: new ones); and the
+    arms file's signature, taken before it was read (for ``start_model_watcher``)."""
     artifact = load_current(config.models_dir)
     arms_file = config.arms_file
     arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
@@ -41,9 +43,29 @@ def open_service(config: ServerConfig, store: FeedStore | None = None) -> tuple[
     )
     service = FeedService(
         store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
-        load_version=functools.partial(load_named_version, config.models_dir),
+        load_version=functools.partial(load_named_version, config.models_dir), metrics=metrics,
     )
     return service, arms_signature
+
+
+def check_store(store: FeedStore, url: str) -> None:
+    """ValueError naming --store when Redis answers but refuses this server for good (a DB
+    index out of range, a wrong password, a missing permission). A Redis that is down is
+    no error here: the server starts NOT_SERVING and comes up with it."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, ResponseError
+
+    from stores.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return
+    try:
+        store.client.ping()
+    except ClusterError:  # a cluster failing over: down for now
+        return
+    except (ResponseError, AuthenticationError, AuthorizationError) as error:
+        raise ValueError(f"--store {redacted(url)}: {error}") from None
+    except Exception:  # noqa: BLE001 (down or unreachable: the health monitor reports it)
+        return
 
 
 def warm_store(store: FeedStore) -> None:

@@ -323,7 +323,7 @@ def test_a_feed_process_that_cannot_start_fails_the_start_with_its_reason(tmp_pa
     config = ServerConfig(models_dir=str(tmp_path / "no-models"), store_url=redis_url, token_secret=b"k" * 32, reload_seconds=0)
     feed_processes = FeedProcesses(config, 2, events.loop)
     try:
-        with pytest.raises(RuntimeError, match=r"a feed process \(pid \d+\) exited or was not ready within 60 s"):
+        with pytest.raises(RuntimeError, match=r"a feed process \(pid \d+\) could not start: no published model"):
             feed_processes.start(timeout=60)
         assert feed_processes.pids == []
     finally:

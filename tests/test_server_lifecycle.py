@@ -1,0 +1,251 @@
+"""The server process's start and stop, as an operator sees them: one-line errors, signals
+while loading, the port file, the drain at SIGTERM, /metrics while loading."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.config import ServerConfig
+from serving.feed_processes import FeedProcesses, FeedProcessError
+from tests.conftest import REPO
+from tests.feed_world import TOKEN_SECRET, build_world
+from tests.redis_servers import free_port
+
+EXIT_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("lifecycle-world"), users=120, sellers=12, items=300)
+
+
+def serving_argv(world, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(world.data_dir),
+            "--no-progress", *extra]
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode()}
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=EXIT_SECONDS, env=env, **kwargs)
+
+
+@contextlib.contextmanager
+def started(argv: list[str]) -> Iterator[subprocess.Popen]:
+    """A server process, killed at the end if the test left it running."""
+    env = {**os.environ, "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode()}
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def wait_for_line(process: subprocess.Popen, needle: str, seen: list[str]) -> None:
+    for line in process.stderr:
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"{needle!r} never logged:\n{''.join(seen)}")
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the port file never appeared"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie has exited: its parent just has not reaped it
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "excepthook" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert errors[0] == result.stderr.rstrip().splitlines()[-1], result.stderr  # nothing after it
+
+
+# --- ports in use ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--http-port"])
+def test_a_metrics_or_http_port_in_use_exits_at_once_with_one_line(world, flag):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = run(serving_argv(world, "--port", "0", flag, str(port)))
+    assert_one_error_line(result, flag)
+
+
+# --- errors and signals during the start ------------------------------------------------------
+
+FAIL_AFTER_FEED_PROCESSES = """
+import sys
+import serving.server as server
+def fail(self):
+    raise OSError("injected failure after the feed processes started")
+server.HealthMonitor.start = fail
+from serving.__main__ import main
+main(sys.argv[1:])
+"""
+
+
+def test_an_error_after_the_feed_processes_started_stops_them_and_exits_nonzero(world):
+    argv = serving_argv(world, "--port", "0", "--feed-processes", "2")
+    result = run([sys.executable, "-c", FAIL_AFTER_FEED_PROCESSES, *argv[3:]])
+    assert result.returncode != 0, result.stderr
+    assert "injected failure" in result.stderr
+    pids = [int(pid) for pid in re.search(r"feed processes ready \(pids ([\d, ]+)\)", result.stderr).group(1).split(", ")]
+    assert len(pids) == 2 and not any(alive(pid) for pid in pids)
+
+
+def test_sigterm_while_loading_stops_the_start_and_writes_no_port_file(world, tmp_path):
+    port_file = tmp_path / "port"
+    seen: list[str] = []
+    with started(serving_argv(world, "--port", "0", "--feed-processes", "2", "--port-file", str(port_file))) as process:
+        wait_for_line(process, "FEEDRANK_TOKENS", seen)  # the auth warning: logged as the loading begins
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=EXIT_SECONDS)[1]
+        took = time.monotonic() - sent
+    log = "".join(seen) + rest
+    assert process.returncode == 0, log
+    assert "stopped while starting" in log and "serving model" not in log, log
+    assert took < 5, f"{took:.1f} s to stop:\n{log}"
+    assert not port_file.exists()
+
+
+def test_the_port_file_is_removed_at_shutdown(world, tmp_path):
+    port_file = tmp_path / "port"
+    with started(serving_argv(world, "--port", "0", "--feed-processes", "0", "--port-file", str(port_file))) as process:
+        wait_for_file(port_file, process)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=EXIT_SECONDS)
+    assert process.returncode == 0
+    assert not port_file.exists()
+
+
+def test_metrics_answer_while_the_server_is_loading(world, tmp_path):
+    port_file, metrics_port = tmp_path / "port", free_port()
+    with started(serving_argv(world, "--port", "0", "--feed-processes", "2", "--port-file", str(port_file),
+                              "--metrics-port", str(metrics_port))) as process:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and process.poll() is None
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            time.sleep(0.05)
+        assert not port_file.exists()  # still loading: the feed processes take seconds to start
+        wait_for_file(port_file, process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            assert b"feedrank_model_info{" in response.read()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=EXIT_SECONDS)
+    assert process.returncode == 0
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def test_a_redis_db_out_of_range_is_one_line_naming_store(world, redis_server):
+    url = f"redis://127.0.0.1:{redis_server.port}/99"
+    started_at = time.monotonic()
+    result = run([sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", url, "--port", "0",
+                  "--feed-processes", "2", "--no-progress"])
+    assert_one_error_line(result, f"--store {url}: DB index is out of range")
+    assert "feed process" not in result.stderr
+    assert time.monotonic() - started_at < 20
+
+
+def test_a_feed_process_that_cannot_start_is_reported_at_once_in_one_line(world, tmp_path):
+    config = ServerConfig(models_dir=str(tmp_path / "no-models"), store_url="redis://127.0.0.1:1/0", token_secret=TOKEN_SECRET)
+    loop = asyncio.new_event_loop()
+    try:
+        processes = FeedProcesses(config, 2, loop)
+        started_at = time.monotonic()
+        with pytest.raises(FeedProcessError) as error:
+            processes.start(timeout=120)
+        assert time.monotonic() - started_at < 20
+    finally:
+        loop.close()
+    message = str(error.value)
+    assert "\n" not in message and "could not start" in message and "no-models" in message, message
+    assert "--store redis://127.0.0.1:1/0" in message
+    assert not processes.pids
+
+
+@pytest.mark.parametrize("setting", [["--store", "foo://x"], ["env"]])
+def test_an_unknown_store_scheme_names_where_it_came_from(world, setting):
+    env = {**os.environ}
+    argv = [sys.executable, "-m", "serving", "--models", str(world.models_dir)]
+    if setting == ["env"]:
+        env["FEEDRANK_STORE"], source = "foo://x", "FEEDRANK_STORE"
+    else:
+        argv += setting
+        source = "--store"
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=EXIT_SECONDS, env=env)
+    assert result.returncode == 2
+    assert f"error: {source}: unknown store 'foo://x'" in result.stderr, result.stderr
+
+
+def test_the_store_help_lists_every_scheme():
+    result = subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=REPO, capture_output=True, text=True, timeout=EXIT_SECONDS)
+    text = "".join(result.stdout.split())  # help wraps lines at hyphens
+    for scheme in ("redis://", "rediss://", "unix://", "redis-cluster://"):
+        assert scheme in text
+
+
+# --- the drain at SIGTERM --------------------------------------------------------------------------
+
+
+def test_getfeeds_in_flight_at_sigterm_succeed_or_are_refused_retryably(world, tmp_path):
+    """Feeds built on the event loop, so that calls queue inside gRPC, where its own stop
+    cancelled them (CANCELLED, which clients do not retry): those running finish, the
+    queued ones get UNAVAILABLE."""
+    port_file = tmp_path / "port"
+    argv = serving_argv(world, "--port", "0", "--feed-processes", "0", "--threads", "0", "--port-file", str(port_file),
+                        "--max-concurrent-rpcs", "0")
+    with started(argv) as process:
+        wait_for_file(port_file, process)
+        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)
+            calls = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id=f"u{i % 100:05d}", limit=50), timeout=20)
+                     for i in range(90)]  # within one connection's concurrent streams: no call waits in the client
+            time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            codes = [call.code() for call in calls]
+        process.communicate(timeout=EXIT_SECONDS)
+    assert process.returncode == 0
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, {code: codes.count(code) for code in set(codes)}
+    assert codes.count(grpc.StatusCode.OK) > 0
