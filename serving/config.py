@@ -100,7 +100,6 @@ class ServerConfig:
         return MEMORY_FEED_THREADS if self.store_url == "memory" else REDIS_FEED_THREADS
 
 
-STORE_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")  # as serving/store_url.py opens them
 MEMORY_COPY_MAX_BYTES = 256 * 1024 * 1024
 """With the memory store, feed processes are the default only while the files it loads (the
 dataset, and a --state-dir's snapshot and log) total at most this: each child holds a copy of
@@ -310,6 +309,18 @@ FLAGS: tuple[Flag, ...] = (
 FLAGS_BY_DEST = {f.dest: f for f in FLAGS}
 
 
+def _check_store_url(url: str, given_by: str) -> None:
+    from stores.redis import URL_SCHEMES, check_url
+
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigError(f"{given_by}: unknown store {url!r}: use memory, redis://HOST:PORT/DB, "
+                          "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT")
+    try:
+        check_url(url)
+    except ValueError as error:
+        raise ConfigError(f"{given_by} {url}: {error}") from None
+
+
 def _source_names(text: str, given_by: str) -> tuple[str, ...]:
     try:
         return parse_source_names(text)
@@ -456,9 +467,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if v["feed_processes"] and v["workers"] > 1:
         raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
                           "connection of one server process; workers each take their own connections)")
-    if v["store"] != "memory" and not v["store"].startswith(STORE_SCHEMES):
-        raise ConfigError(f"{source['store']}: unknown store {v['store']!r}: use memory, redis://HOST:PORT/DB, "
-                          "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT")
+    if v["store"] != "memory":
+        _check_store_url(v["store"], source["store"])
     if v["state_dir"] and v["store"] != "memory":
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
     sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))

@@ -110,6 +110,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
         ({"FEEDRANK_FEED_PROCESSES": "2", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_FEED_PROCESSES and FEEDRANK_WORKERS: choose one"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
+        ({"FEEDRANK_STORE": "redis://x:1/abc"}, "FEEDRANK_STORE redis://x:1/abc: the DB must be a non-negative integer, got 'abc'"),
     ],
 )
 def test_a_bad_environment_value_names_the_variable(env, message):
