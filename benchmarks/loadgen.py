@@ -58,6 +58,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.go_client import GoClient, GoClientUnavailable, GoLoadFailed, GoReport, build, write_requests
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from stores.redis import URL_SCHEMES
 from training.flag_types import bounded, output_file
 
 # Design targets (memory store), printed with every table.
@@ -293,7 +294,6 @@ def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
                        "answer (its store loaded, health SERVING); one that exits fails at once (default: %(default)s)")
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")
 
 
 def store_problem(url: str) -> str | None:
@@ -301,7 +301,7 @@ def store_problem(url: str) -> str | None:
     Redis that does not answer PING within 3 s (the server would wait for it, NOT_SERVING)."""
     if url == "memory":
         return None
-    if not url.startswith(REDIS_SCHEMES):
+    if not url.startswith(URL_SCHEMES):
         return "unknown store: use memory, redis://HOST:PORT/DB, rediss://, unix:// or redis-cluster://HOST:PORT"
     from stores.redis import connect, split_url
 
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 stop_server(server)
-    on_redis = not args.target and args.store.startswith(REDIS_SCHEMES)
+    on_redis = not args.target and args.store.startswith(URL_SCHEMES)
     print(format_table(results, on_redis))
     if args.json:
         Path(args.json).write_text(report_json(results, args.client, on_redis))

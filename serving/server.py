@@ -176,28 +176,25 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-class ConcurrencyLimit(grpc.aio.ServerInterceptor):
-    """Refuses a FeedService call at once with RESOURCE_EXHAUSTED while ``limit`` calls are in flight.
+class InFlightCalls(grpc.aio.ServerInterceptor):
+    """Counts the FeedService calls in flight: accepted and not yet answered. The count
+    rises in the call's own task when the server accepts it, before its request is read,
+    and drops when that task ends, however it ends. ``refusal`` may turn a call away first.
+    Everything here runs on the event loop: no lock."""
 
-    In flight: accepted and not yet answered, whether waiting for the feed threads or
-    running. The interceptor runs in the call's own task when the server accepts it,
-    before its request is read, and the count drops when that task ends, however it ends.
-    Everything here runs on the event loop: no lock. With feeds built on the loop itself
-    the server accepts calls only as fast as it answers them, so there the backlog waits
-    in gRPC's queue, where this does not see it (README, "Limits").
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self.in_flight = 0
-        self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
+
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+        return None
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or is_open_method(handler_call_details.method):
             return handler
-        if self.in_flight >= self.limit:
-            return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message)
+        refusal = self.refusal()
+        if refusal is not None:
+            return rejecting(handler, *refusal)
         self.in_flight += 1
         asyncio.current_task().add_done_callback(self._done)
         return handler
@@ -206,9 +203,25 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         self.in_flight -= 1
 
 
-class Drain(grpc.aio.ServerInterceptor):
-    """Counts the FeedService calls in flight and, once ``begin`` was called, refuses new
-    ones at once with UNAVAILABLE, so that a client retries elsewhere.
+class ConcurrencyLimit(InFlightCalls):
+    """Refuses a FeedService call at once with RESOURCE_EXHAUSTED while ``limit`` calls are in
+    flight, whether waiting for the feed threads or running. With feeds built on the loop
+    itself the server accepts calls only as fast as it answers them, so there the backlog
+    waits in gRPC's queue, where this does not see it (README, "Limits").
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
+
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED, self.message) if self.in_flight >= self.limit else None
+
+
+class Drain(InFlightCalls):
+    """Once ``begin`` was called, refuses new FeedService calls at once with UNAVAILABLE, so
+    that a client retries elsewhere, and waits for those in flight.
 
     gRPC's own stop cancels (CANCELLED, not retried by clients) every call that reached it
     and was not yet handed to the application, which under load is a few at any instant;
@@ -220,23 +233,13 @@ class Drain(grpc.aio.ServerInterceptor):
     QUIET_SECONDS = 0.1
 
     def __init__(self) -> None:
-        self.in_flight = 0
+        super().__init__()
         self.draining = False
         self.last_call = 0.0  # loop time
 
-    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or is_open_method(handler_call_details.method):
-            return handler
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
         self.last_call = asyncio.get_running_loop().time()
-        if self.draining:
-            return rejecting(handler, grpc.StatusCode.UNAVAILABLE, self.MESSAGE)
-        self.in_flight += 1
-        asyncio.current_task().add_done_callback(self._done)
-        return handler
-
-    def _done(self, _: asyncio.Task) -> None:
-        self.in_flight -= 1
+        return (grpc.StatusCode.UNAVAILABLE, self.MESSAGE) if self.draining else None
 
     async def begin(self, grace: float, poll_seconds: float = 0.01) -> None:
         """Refuse new calls, and wait up to ``grace`` seconds for those in flight to finish
