@@ -269,7 +269,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("progress", bool, True, "a progress bar while the memory store loads (never when stderr is not a terminal)", "server"),
-    Flag("drop_unknown_items", bool, False, "drop the likes of items missing from items.csv, with a warning that counts them (off: such a like is an error)", "server"),
+    Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
     Flag("tokens_file", str, None, "bearer tokens with scopes (format above)", "auth and TLS", metavar="FILE"),
     Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),

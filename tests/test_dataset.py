@@ -571,6 +571,16 @@ def test_bad_engagements_are_located(tmp_path: Path, row: str, column: str) -> N
     assert (error.value.file, error.value.line, error.value.column) == ("engagements.csv", 3, column)
 
 
+def test_dropping_unknown_items_drops_their_engagements_too(tmp_path: Path) -> None:
+    text = "user_id,item_id,kind,ts,friend_id\nu1,i1,view,1,\nu1,nope,view,2,\nu2,gone,click,3,\n"
+    path = str(make(tmp_path, engagements=text))
+    warnings: list[str] = []
+    dataset = load_dataset(path, on_unknown_item="drop", warnings=warnings)
+    assert (dataset.engagements.item_id, dataset.engagements.ts.tolist()) == (["i1"], [1.0])
+    assert "engagements.csv: dropped 2 engagements of items not in items.csv (first on line 3)" in warnings
+    assert error_of(tmp_path).file == "engagements.csv"  # the default still refuses them
+
+
 _FIELD = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
 
 

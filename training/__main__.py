@@ -64,8 +64,8 @@ def print_warning(text: str) -> None:
 
 def add_drop_unknown_items_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-unknown-items", action="store_true",
-                        help="drop the likes of items missing from items.csv, with a warning that counts them "
-                             "(default: such a like is an error)")
+                        help="drop the likes and engagements of items missing from items.csv, with a warning "
+                             "that counts them (default: such a row is an error)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -998,8 +998,8 @@ def load_dataset(
     rows identical in every column are one item; friendships are undirected and stored
     once with ``src < dst``. Ids are stripped of surrounding
     whitespace. A like of an item missing from items.csv raises DatasetError by default
-    (``on_unknown_item="error"``); with ``"drop"`` such likes are dropped with a
-    warning. Columns a file does not define are ignored with a warning. Warnings are
+    (``on_unknown_item="error"``), and so does an engagement of one; with ``"drop"``
+    both are dropped with a warning that counts them. Columns a file does not define are ignored with a warning. Warnings are
     appended to ``warnings`` if it is a list (else passed to the ``warn`` of
     :func:`load_defaults`, if any); ``on_unknown_item`` None takes the default there
     ("error").
@@ -1152,7 +1152,8 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     engagements_t = table(ENGAGEMENTS_FILE)
     engagements = Engagements.none()
     if engagements_t is not None:
-        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id), items_name or likes_name)
+        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id), items_name or likes_name,
+                                        on_unknown_item, warnings)
 
     errors.raise_any()
     assert items is not None
@@ -1162,23 +1163,36 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
 
 
-def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str) -> Engagements:
+def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
+                      on_unknown_item: str = "error", warnings: list[str] | None = None) -> Engagements:
     """``known_items`` None: items.csv could not be read, so unknown items are not checked.
-    ``item_file`` is where the known items come from, for the message."""
+    ``item_file`` is where the known items come from, for the message; ``on_unknown_item``
+    "drop" drops the rows of unknown items with a warning in ``warnings``, as for likes."""
     user_id, item_id = _ids(t, "user_id"), _ids(t, "item_id")
     kind = t.columns["kind"]
     friend_id = t.columns.get("friend_id", [""] * t.n)
     valid = set(ENGAGEMENT_KINDS)
+    unknown: list[int] = []
     for i, (user, item, k, friend) in enumerate(zip(user_id, item_id, kind, friend_id)):
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
         if known_items is not None and item and item not in known_items:
-            t.report(i, "item_id", f"unknown item {item!r} (not in {item_file})")
+            if on_unknown_item == "drop":
+                unknown.append(i)
+            else:
+                t.report(i, "item_id", f"unknown item {item!r} (not in {item_file})")
         if friend and k != EventKind.SHARE.value and k in valid:
             t.report(i, "friend_id", f"only a share names a friend, not a {k}")
         if friend and friend == user:
             t.report(i, "friend_id", f"user {user!r} shares with themselves")
-    return Engagements(user_id, item_id, kind, _times(t, "ts", allow_empty=True), friend_id)
+    engagements = Engagements(user_id, item_id, kind, _times(t, "ts", allow_empty=True), friend_id)
+    if not unknown:
+        return engagements
+    if warnings is not None:
+        warnings.append(f"{t.file}: dropped {len(unknown)} engagements of items not in {item_file} (first on {t.where(unknown[0])})")
+    keep = np.ones(t.n, dtype=bool)
+    keep[unknown] = False
+    return engagements.take(keep)
 
 
 def _load_sellers(t: _Table) -> Sellers:
