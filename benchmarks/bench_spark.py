@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    # metavar: run-one (scale's child process) stays out of the usage; added without help, out of the list too.
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{parity,scale}")
+    commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("parity", help="served NDCG@10, implicit vs Spark, on one split")
     p.add_argument("--data", required=True)
@@ -225,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     _engine_flags(s)
     s.set_defaults(run=scale)
 
-    r = commands.add_parser("run-one")
-    r.add_argument("--engine", choices=("implicit", "spark"), required=True)
-    r.add_argument("--data", required=True)
-    r.add_argument("--out", required=True)
-    _engine_flags(r)
-    r.set_defaults(run=run_one)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run-one"]:  # scale's child process: known only when asked for, so no message offers it
+        r = commands.add_parser("run-one")
+        r.add_argument("--engine", choices=("implicit", "spark"), required=True)
+        r.add_argument("--data", required=True)
+        r.add_argument("--out", required=True)
+        _engine_flags(r)
+        r.set_defaults(run=run_one)
 
     args = parser.parse_args(argv)
     return args.run(args)

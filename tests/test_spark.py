@@ -216,3 +216,15 @@ def test_missing_java_is_one_line_naming_the_package(monkeypatch, tmp_path) -> N
     with pytest.raises(SparkUnavailable) as error:
         check_spark_available()
     assert JAVA_HINT in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bench_spark_offers_only_its_commands_and_keeps_the_child_command(capsys) -> None:
+    from benchmarks.bench_spark import main
+
+    with pytest.raises(SystemExit):
+        main(["nosuch"])
+    refused = capsys.readouterr().err
+    assert "choose from 'parity', 'scale')" in refused and "run-one" not in refused
+    with pytest.raises(SystemExit):
+        main(["run-one"])  # scale's child process: its own flags are asked for
+    assert "required: --engine, --data, --out" in capsys.readouterr().err
