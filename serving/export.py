@@ -75,7 +75,9 @@ _USED_FIELDS = {kind.value: _used_fields(kind) for kind in EventKind}
 
 def event_row(stream_id: str, record: dict[str, str]) -> list[str]:
     """The events.csv row of a log record: the fields its kind does not use are empty
-    (a like's record carries ``created_at=0.0`` and ``stock=0``: Event's defaults)."""
+    (a like's record carries ``stock=0``: Event's default). An item_upsert's ``created_at``
+    is empty when the event named none (the item kept its listing time, or a new one was
+    listed at ``ts``)."""
     used = _USED_FIELDS.get(record.get("kind", ""))
     return [stream_id, *(record.get(name, "") if used is None or name in used else "" for name in RECORD_FIELDS)]
 FETCH_BATCH = 1_000

@@ -63,7 +63,7 @@ def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) ->
     fields.update({name: getattr(payload, name) for name in CARD_FIELDS if _has(payload, name)})
     ts = message.ts or received_at
     if payload_name == "item_upsert":
-        fields["created_at"] = payload.created_at or ts
+        fields["created_at"] = payload.created_at or None  # unset: the store keeps an existing item's
     elif payload_name == "seller_vacation":
         fields["vacation_until"] = payload.until or math.inf
     return Event(event_id=message.event_id, kind=_PAYLOADS[payload_name], ts=ts, **fields)

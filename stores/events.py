@@ -94,7 +94,8 @@ class Event:
     """One change to the live state.
 
     ``ts`` is when it happened (Unix seconds). ``created_at`` and ``stock`` are read only
-    by ITEM_UPSERT and STOCK_UPDATE (``stock`` only); the CARD_FIELDS only by ITEM_UPSERT
+    by ITEM_UPSERT and STOCK_UPDATE (``stock`` only); ``created_at`` None keeps an existing
+    item's listing time, and lists a new item at ``ts``; the CARD_FIELDS only by ITEM_UPSERT
     and ITEM_UPDATE, where None means "not named"; ``vacation_until`` only by
     SELLER_VACATION: the Unix time the vacation ends, ``math.inf`` for until further notice.
     """
@@ -106,7 +107,7 @@ class Event:
     item_id: str = ""
     seller_id: str = ""
     friend_id: str = ""
-    created_at: float = 0.0
+    created_at: float | None = None
     stock: int = 0
     price: float | None = None
     category: str | None = None
@@ -144,7 +145,7 @@ class Event:
             item_id=record.get("item_id", ""),
             seller_id=record.get("seller_id", ""),
             friend_id=record.get("friend_id", ""),
-            created_at=float(record.get("created_at") or 0.0),
+            created_at=float(record["created_at"]) if record.get("created_at") else None,
             stock=int(record.get("stock") or 0),
             vacation_until=float(record.get("vacation_until") or 0.0),
             **card_from_strings(json.loads(record.get("card") or "{}")),
@@ -240,7 +241,7 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         raise EventValidationError(index, "ts", "must be a non-negative Unix time")
     if now is not None:
         _check_not_future(index, "ts", event.ts, now + max_skew)
-        if event.kind is EventKind.ITEM_UPSERT and math.isfinite(event.created_at):
+        if event.kind is EventKind.ITEM_UPSERT and event.created_at is not None and math.isfinite(event.created_at):
             _check_not_future(index, "created_at", event.created_at, now + max_skew)
         if event.kind is EventKind.SELLER_VACATION and math.isfinite(event.vacation_until):
             _check_not_future(index, "vacation_until", event.vacation_until, now + MAX_VACATION_SECONDS)
@@ -260,7 +261,7 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         raise EventValidationError(index, "friend_id", "a user cannot share with themselves")
     if event.kind in (EventKind.ITEM_UPSERT, EventKind.STOCK_UPDATE) and event.stock < 0:
         raise EventValidationError(index, "stock", "must be >= 0")
-    if event.kind is EventKind.ITEM_UPSERT:
+    if event.kind is EventKind.ITEM_UPSERT and event.created_at is not None:
         if not math.isfinite(event.created_at) or event.created_at < 0:
             raise EventValidationError(index, "created_at", "must be a non-negative Unix time")
     _check_card(index, event)

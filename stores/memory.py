@@ -756,13 +756,16 @@ class MemoryStore:
         old_seller = int(catalogue.seller[code]) if catalogue.exists[code] else -1
         if old_seller >= 0 and old_seller != seller:
             self._listings.remove(old_seller, code)
+        created_at = event.created_at
+        if created_at is None:  # not given: an existing item keeps its listing time
+            created_at = float(catalogue.created_at[code]) if catalogue.exists[code] else event.ts
         catalogue.exists[code] = True
         catalogue.seller[code] = seller
-        catalogue.created_at[code] = event.created_at
+        catalogue.created_at[code] = created_at
         catalogue.stock[code] = event.stock
         catalogue.set_card(code, event.card(), self.categories)
         if seller >= 0:
-            self._listings.add(seller, code, event.created_at, self.items)
+            self._listings.add(seller, code, created_at, self.items)
 
     def _like(self, user_id: str, item_id: str, ts: float) -> None:
         user, item = self.users.add(user_id), self._item_code(item_id)

@@ -412,15 +412,21 @@ local function set_card(k, card)
   if card == '' then return end
   for name, value in pairs(cjson.decode(card)) do redis.call('HSET', k, name, value) end
 end
-OPS.upsert = function(item, seller, created, stock, card)
+-- the item's old seller ('' for a new item) and its listing time: created, or when that
+-- is '' (not given) the existing item's, else the event's ts
+local function upsert(item, seller, created, stock, card, ts)
   local k = ikey(item)
   local old = redis.call('HGET', k, 'seller')
+  if created == '' then created = redis.call('HGET', k, 'created_at') or ts end
   redis.call('HSET', k, 'seller', seller, 'created_at', created, 'stock', stock)
   redis.call('HSETNX', k, 'like_count', '0')
   set_card(k, card)
   repack(k, item)
-  if old then return old end
-  return ''
+  return old or '', created
+end
+OPS.upsert = function(item, seller, created, stock, card, ts)
+  local old, listed = upsert(item, seller, created, stock, card, ts)
+  return cjson.encode({old, listed})
 end
 OPS.update = function(item, card)
   local k = ikey(item)
@@ -444,7 +450,7 @@ end
 -- seller slot
 OPS.list = function(seller, item, created)
   local k = skey(seller)
-  redis.call('ZADD', k, '-' .. created, item)
+  redis.call('ZADD', k, string.format('%.17g', -tonumber(created)), item)  -- a time before 1970 is negative
   redis.call('ZREMRANGEBYRANK', k, LB, -1)
   note_change('s:' .. seller)
   return '1'
@@ -572,8 +578,7 @@ for _, o in ipairs(fresh) do
   elseif kind == 'friend' then OPS.friend(u, friend); OPS.friend(friend, u)
   elseif kind == 'unfriend' then OPS.unfriend(u, friend); OPS.unfriend(friend, u)
   elseif kind == 'item_upsert' then
-    local created = ARGV[o + 8]
-    local old = OPS.upsert(item, seller, created, ARGV[o + 9], ARGV[o + 10])
+    local old, created = upsert(item, seller, ARGV[o + 8], ARGV[o + 9], ARGV[o + 10], ts)
     if old ~= '' and old ~= seller then OPS.unlist(old, item) end
     OPS.list(seller, item, created)
   elseif kind == 'stock_update' then OPS.stock(item, ARGV[o + 9])
@@ -1957,7 +1962,7 @@ def _stage_one(batch: Sequence[Event]) -> dict[str, list[list[str]]]:
         elif kind is EventKind.ITEM_UPSERT:
             r = event.to_record()
             ops[Keys.item_tag(event.item_id)].append(
-                [f"{e}#upsert", "upsert", event.item_id, event.seller_id, r["created_at"], r["stock"], r["card"]]
+                [f"{e}#upsert", "upsert", event.item_id, event.seller_id, r["created_at"], r["stock"], r["card"], ts]
             )
         elif kind is EventKind.ITEM_UPDATE:
             ops[Keys.item_tag(event.item_id)].append([f"{e}#update", "update", event.item_id, event.to_record()["card"]])
@@ -1989,16 +1994,25 @@ def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dic
                 ops[Keys.item_tag(event.item_id)].append([f"{e}#count", "count", event.item_id, "-1"])
                 ops[trending].append([f"{e}#trend", "trend", event.item_id, liked_ts, "-"])
         elif kind is EventKind.ITEM_UPSERT:
-            old = first[(Keys.item_tag(event.item_id), f"{e}#upsert")]
+            old, created = _upserted(first[(Keys.item_tag(event.item_id), f"{e}#upsert")], event)
             if old and old != event.seller_id:
                 ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id])
-            created = event.to_record()["created_at"]
             ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
         elif kind is EventKind.SHARE:
             ts = event.to_record()["ts"]
             for recipient in json.loads(first[(Keys.user_tag(event.user_id), f"{e}#engage")]) or ():
                 ops[Keys.user_tag(recipient)].append([f"{e}#shared", "receive_share", recipient, event.user_id, event.item_id, ts])
     return ops
+
+
+def _upserted(result: str, event: Event) -> tuple[str, str]:
+    """(old seller, listing time) from an upsert's first stage: a JSON pair, or, from a part
+    run before listing times could be kept (its result kept for a retry), the old seller
+    alone, the event naming the time."""
+    if result.startswith("["):
+        old, created = json.loads(result)
+        return old, created
+    return result, event.to_record()["created_at"] or event.to_record()["ts"]
 
 
 __all__ = ["RedisStore", "connect", "split_url", "unavailable_on_redis_errors", "RECORD_FIELDS"]

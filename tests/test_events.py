@@ -115,3 +115,16 @@ def test_every_string_field_of_an_event_is_capped():
         with pytest.raises(EventValidationError) as error:
             validate_batch([event])
         assert error.value.field == field
+
+
+def test_an_upsert_names_its_created_at_only_when_the_client_set_it():
+    from protos.feed.v1 import feed_pb2
+    from serving.servicer import event_from_proto
+
+    unset = feed_pb2.Event(event_id="a", ts=5.0, item_upsert=feed_pb2.ItemUpsert(item_id="i", seller_id="s", stock=1))
+    given = feed_pb2.Event(event_id="b", ts=5.0, item_upsert=feed_pb2.ItemUpsert(item_id="i", seller_id="s", created_at=3.0))
+    assert event_from_proto(0, unset, received_at=9.0).created_at is None  # the store keeps an existing item's
+    assert event_from_proto(1, given, received_at=9.0).created_at == 3.0
+    for event in (event_from_proto(0, unset, 9.0), event_from_proto(1, given, 9.0)):
+        validate_batch([event])
+        assert Event.from_record(event.to_record()) == event  # as the write-ahead log and the event stream keep it

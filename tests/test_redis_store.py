@@ -227,7 +227,7 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Event]]:
                 EventKind.UNFOLLOW: dict(user_id=user, seller_id=seller),
                 EventKind.FRIEND: dict(user_id=user, friend_id=other),
                 EventKind.UNFRIEND: dict(user_id=user, friend_id=other),
-                EventKind.ITEM_UPSERT: dict(item_id=item, seller_id=seller, created_at=ts - DAY, stock=rng.randrange(3),
+                EventKind.ITEM_UPSERT: dict(item_id=item, seller_id=seller, created_at=None if n % 3 == 0 else ts - DAY, stock=rng.randrange(3),
                                             **rng.choice([{}, dict(title="Lamp", image_url="https://i.example/x.jpg")])),
                 EventKind.STOCK_UPDATE: dict(item_id=item, stock=rng.randrange(3)),
                 EventKind.NOT_INTERESTED_ITEM: dict(user_id=user, item_id=item),

@@ -133,6 +133,27 @@ def test_item_upsert_lists_the_item_and_stock_updates_apply(store_factory):
     assert (item.stock, item.in_stock, item.seller_id) == (0, False, "s2")
 
 
+def test_an_upsert_without_created_at_keeps_an_existing_items_listing_time(store_factory):
+    # A catalogue sync that upserts every item to change its price must not list old items anew.
+    store = store_factory(social_dataset())
+    listed = {seller: dict(views.read_activity(store, [seller], [], 10, 0).listings_by_seller[seller]) for seller in ("s1", "s2")}
+    store.apply([
+        ev("p1", EventKind.ITEM_UPSERT, NOW + 50, item_id="i2", seller_id="s1", stock=5, price=3.5),
+        ev("p2", EventKind.ITEM_UPSERT, NOW + 60, item_id="brand-new", seller_id="s1", stock=1),
+        ev("p3", EventKind.ITEM_UPSERT, NOW + 70, item_id="i7", seller_id="s1", stock=2),  # moved to s1
+    ])
+    s1 = views.read_activity(store, ["s1"], [], 10, 0).listings_by_seller["s1"]
+    assert s1[0] == ("brand-new", NOW + 60)  # a new item is listed at its event's time
+    assert dict(s1)["i2"] == listed["s1"]["i2"] and dict(s1)["i7"] == listed["s2"]["i7"]
+    assert "i7" not in dict(views.read_activity(store, ["s2"], [], 10, 0).listings_by_seller["s2"])
+    items = views.hydrate(store, "alice", ["i2", "i7", "brand-new"]).items
+    assert (items["i2"].created_at, items["i2"].stock, items["i2"].price) == (listed["s1"]["i2"], 5, 3.5)
+    assert (items["i7"].created_at, items["i7"].seller_id) == (listed["s2"]["i7"], "s1")
+    assert items["brand-new"].created_at == NOW + 60
+    store.apply([ev("p4", EventKind.ITEM_UPSERT, NOW + 80, item_id="i2", seller_id="s1", created_at=NOW + 80, stock=5)])
+    assert views.read_activity(store, ["s1"], [], 1, 0).listings_by_seller["s1"] == [("i2", NOW + 80)]  # a time given relists it
+
+
 def test_not_interested_hides_items_and_sellers(store_factory):
     store = store_factory(social_dataset())
     store.apply([

@@ -36,6 +36,7 @@ from tests.test_store_contract import (  # noqa: F401 (re-collected here with th
     test_a_share_reaches_the_named_friend_or_every_friend,
     test_an_engagement_with_an_unknown_item_changes_nothing,
     test_an_item_upserted_earlier_in_the_batch_can_be_liked,
+    test_an_upsert_without_created_at_keeps_an_existing_items_listing_time,
     test_follow_friend_and_their_reversals,
     test_item_events_change_only_the_card_fields_they_name,
     test_item_upsert_lists_the_item_and_stock_updates_apply,
@@ -136,7 +137,7 @@ def mixed_batches(seed: int, n_batches: int = 40, size: int = 6, prefix: str = "
             elif kind in (EventKind.FRIEND, EventKind.UNFRIEND):
                 event = Event(event_id, kind, ts, user_id=user, friend_id=other)
             elif kind is EventKind.ITEM_UPSERT:
-                event = Event(event_id, kind, ts, item_id=f"n{rnd.randrange(5)}", seller_id=seller, created_at=ts - 60,
+                event = Event(event_id, kind, ts, item_id=f"n{rnd.randrange(5)}", seller_id=seller, created_at=None if b % 3 == 0 else ts - 60,
                               stock=rnd.randrange(3), title="", feed_eligible=rnd.random() < 0.8)  # fmt: skip
             elif kind is EventKind.STOCK_UPDATE:
                 event = Event(event_id, kind, ts, item_id=item, stock=rnd.randrange(4))
