@@ -996,10 +996,10 @@ def load_dataset(
 
     Duplicate likes/follows/friendships are collapsed keeping the latest ts, and items.csv
     rows identical in every column are one item; friendships are undirected and stored
-    once with ``src < dst``. Ids are stripped of surrounding
-    whitespace. A like of an item missing from items.csv raises DatasetError by default
-    (``on_unknown_item="error"``), and so does an engagement of one; with ``"drop"``
-    both are dropped with a warning that counts them. Columns a file does not define are ignored with a warning. Warnings are
+    once with ``src < dst``. Ids are stripped of surrounding whitespace. A like of an item
+    missing from items.csv raises DatasetError by default (``on_unknown_item="error"``),
+    and so does an engagement of one; with ``"drop"`` both are dropped with a warning that
+    counts them. Columns a file does not define are ignored with a warning. Warnings are
     appended to ``warnings`` if it is a list (else passed to the ``warn`` of
     :func:`load_defaults`, if any); ``on_unknown_item`` None takes the default there
     ("error").
