@@ -49,8 +49,11 @@ goload:
 demo: install
 	$(PY) -m serving demo --workdir $(DEMO_DIR)
 
+# The suite runs on every core, up to 4 (pytest-xdist): each worker starts its own Redis
+# servers on free ports. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: install spark redis-server browser goload
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 protos: install
 	$(PY) -m protos.generate
