@@ -58,10 +58,23 @@ def ephemeral_ports() -> range:
 _handed_out: set[int] = set()  # ports (and bus ports) free_port gave in this process
 
 
+def _worker_share() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) without xdist.
+    Worker i takes only ports p with p % 10000 % workers == i, so a cluster node's bus port
+    (p + 10000) is in its share too, and no two workers can hand out the same port between
+    its bind check and the server's own bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return 0, 1
+    return int(worker[2:]) % count, count
+
+
 def free_port(cluster_bus: bool = False) -> int:
     """A free port for a test server, outside the ephemeral range; for a cluster node one
     whose bus port (+10000) is free and outside it too. No port is handed out twice in a
-    process, bus ports included (a cluster's nodes get their ports before any starts).
+    process, bus ports included (a cluster's nodes get their ports before any starts),
+    and each pytest-xdist worker has its own share of the ports (``_worker_share``).
 
     Outside the ephemeral range, because a client connecting to a port where nothing
     listens yet (wait_ready's PING before redis-server binds, a client of a stopped
@@ -73,10 +86,12 @@ def free_port(cluster_bus: bool = False) -> int:
     """
     ephemeral = ephemeral_ports()
     span = 10_000 if cluster_bus else 0
+    worker, workers = _worker_share()
 
     def usable(port: int, anywhere: bool) -> bool:
         ports = (port, port + span) if cluster_bus else (port,)
-        return all(p <= 65_535 and p not in _handed_out and (anywhere or p not in ephemeral) for p in ports)
+        return all(p <= 65_535 and p % 10_000 % workers == worker and p not in _handed_out and (anywhere or p not in ephemeral)
+                   for p in ports)
 
     rng = random.Random()
     for anywhere in (False, True):

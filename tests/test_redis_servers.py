@@ -26,3 +26,15 @@ def test_no_port_is_handed_out_twice_bus_ports_included(tmp_path):
     ports = [free_port() for _ in range(20)]
     ports += [port for cluster in clusters for node in cluster.nodes for port in (node.port, node.port + 10_000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_each_xdist_worker_has_its_own_share_of_the_ports(monkeypatch):
+    from tests import redis_servers
+
+    shares = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        monkeypatch.setattr(redis_servers, "_handed_out", set())  # as in a process of its own
+        shares.append({free_port() for _ in range(10)} | {port + 10_000 for port in (free_port(cluster_bus=True) for _ in range(5))})
+    assert [{port % 10_000 % 3 for port in share} for share in shares] == [{0}, {1}, {2}]
