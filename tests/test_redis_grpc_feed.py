@@ -13,6 +13,7 @@ from serving.load import load_into_redis
 from stores.redis import connect
 from tests.feed_world import build_world, running_server
 from tests.test_grpc_commerce import (  # noqa: F401 (re-collected here with the Redis server fixture)
+    test_a_catalogue_sync_without_created_at_lists_no_old_item_anew,
     test_a_share_reaches_the_friends_next_feed_with_its_reason,
     test_fatigue_sinks_an_item_seen_over_and_over_then_hides_it,
     test_the_category_cap_holds_on_every_page,
