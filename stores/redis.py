@@ -2012,7 +2012,8 @@ def _upserted(result: str, event: Event) -> tuple[str, str]:
     if result.startswith("["):
         old, created = json.loads(result)
         return old, created
-    return result, event.to_record()["created_at"] or event.to_record()["ts"]
+    record = event.to_record()
+    return result, record["created_at"] or record["ts"]
 
 
 __all__ = ["RedisStore", "connect", "split_url", "unavailable_on_redis_errors", "RECORD_FIELDS"]
