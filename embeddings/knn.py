@@ -275,8 +275,9 @@ class ItemKNN:
 
     def warm_up(self) -> None:
         """Compile the request-time kernels (or load them from numba's cache) for this
-        matrix's dtypes, so that a server's first feed does not pay for it."""
-        liked = np.zeros(1 if len(self.item_ids) else 0, np.int64)
+        matrix's dtypes and for the int32 item codes a feed passes, so that a server's first
+        feed does not pay for it."""
+        liked = np.zeros(1 if len(self.item_ids) else 0, np.int32)
         self.user_scores_rows(liked).neighbourhood.sums_at(np.ones((1, len(liked))), liked)
 
     def top(self, scores: ItemScores, k: int) -> tuple[list[str], np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 from embeddings.knn import Neighbourhood
 from ranking.batch import CandidateBatch, SourceCandidates
 from ranking.components import FeedQuery
-from ranking.store import ItemColumns, UserState, recent_like_count
+from ranking.store import ITEM_COLUMNS, ItemColumns, UserState, recent_like_count
 
 FEATURE_NAMES: tuple[str, ...] = (
     "embedding_score",  # <user vector, item factor>; the user vector is folded in for users the model has not seen
@@ -119,17 +119,23 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
         batch.friend_shares,
         batch.selective_likes,
         batch.listing_share,
-        items.seller,
-        items.category,
-        items.created_at,
-        items.like_count,
+        _contiguous(items, "seller"),
+        _contiguous(items, "category"),
+        _contiguous(items, "created_at"),
+        _contiguous(items, "like_count"),
         recent_like_count(items.trending, query.now),
-        items.ship_days,
+        _contiguous(items, "ship_days"),
         len(query.followed_sellers),
         len(query.user.friends),
         *_query_columns(query),
     )
     return features
+
+
+def _contiguous(items: ItemColumns, name: str) -> np.ndarray:
+    # A store may hand a column as a strided view: each new layout or dtype would cost a
+    # compilation, on the feed that first meets it.
+    return np.ascontiguousarray(getattr(items, name), ITEM_COLUMNS[name][1])
 
 
 def _query_columns(query: FeedQuery) -> tuple[np.ndarray, ...]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from embeddings.model import EmbeddingModel
-from ranking import features, filters, sources
+from ranking import features, filters, sources, vocab
 from ranking.model_items import ModelItems
 from ranking.pipeline import FeedPipeline, PipelineConfig
 from ranking.ranker import DEFAULT_RANKER, LinearRanker
@@ -120,6 +120,7 @@ def build_feed_pipeline(
     )
     # Compiled kernels load (or compile) now rather than on the first feed.
     features.warm_up()
+    vocab.warm_up()
     if model is not None and model.item_knn is not None:
         model.item_knn.warm_up()
     return FeedPipeline(config, store, items)

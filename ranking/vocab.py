@@ -216,6 +216,18 @@ def _count_and_newest_runs(keys, times, order):
     return distinct[: last + 1], counts[: last + 1], newest[: last + 1]
 
 
+def warm_up() -> None:
+    """Compile the kernels above (or load them from numba's cache) for the int32 codes a
+    feed passes, so that a server's first feed does not pay for it: writable arrays, and
+    the read-only ones a Redis reply is decoded into (numba compiles each apart)."""
+    codes, times = np.zeros(1, np.int32), np.zeros(1)
+    distinct_inverse(codes)
+    count_and_newest(codes, times)
+    codes.setflags(write=False)
+    times.setflags(write=False)
+    count_and_newest(codes, times)
+
+
 def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``concatenate([arange(start, start + length) ...])`` without a Python loop."""
     lengths = np.asarray(lengths, np.int64)
