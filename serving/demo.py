@@ -27,13 +27,13 @@ def run_step(title: str, argv: list[str]) -> None:
     subprocess.run([sys.executable, *argv], check=True)
 
 
-def wait_until_serving(port_file: Path, process: subprocess.Popen, timeout: float = 120.0) -> str:
+def wait_until_serving(port_file: Path, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> str:
     deadline = time.monotonic() + timeout
     while not port_file.exists():
         if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode}")
+            raise SystemExit(f"server exited with code {process.returncode}; the end of {log_file}:\n{_tail(log_file)}")
         if time.monotonic() > deadline:
-            raise SystemExit("server did not start in time")
+            raise SystemExit(f"server did not start in {timeout:.0f} s; the end of {log_file}:\n{_tail(log_file)}")
         time.sleep(0.1)
     target = f"127.0.0.1:{port_file.read_text().strip()}"
     with grpc.insecure_channel(target) as channel:
@@ -41,6 +41,10 @@ def wait_until_serving(port_file: Path, process: subprocess.Popen, timeout: floa
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         raise SystemExit(f"server health is {response.status}")
     return target
+
+
+def _tail(log_file: Path, lines: int = 20) -> str:
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
 def pick_sample_user(data_dir: Path) -> tuple[str, str, str]:
@@ -81,7 +85,7 @@ def main(argv: list[str]) -> None:
                         help="also serve the feed explorer on this port and keep the server running until Ctrl-C (default: off)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    data_dir, models_dir, port_file = workdir / "data", workdir / "models", workdir / "server.port"
+    data_dir, models_dir, port_file, log_file = workdir / "data", workdir / "models", workdir / "server.port", workdir / "server.log"
     now = int(time.time())
     run_step("Generate a synthetic social-commerce dataset", [
         "-m", "training", "generate", "--out", str(data_dir), "--users", str(args.users),
@@ -94,11 +98,14 @@ def main(argv: list[str]) -> None:
     server_argv = ["-m", "serving", "--data", str(data_dir), "--models", str(models_dir), "--port", "0", "--port-file", str(port_file)]
     if args.http_port:
         server_argv += ["--http-port", str(args.http_port)]
-    print(f"\n==> Start the gRPC server\n$ python {' '.join(server_argv)}", flush=True)
+    # The server's log (its warnings, then a line per call) goes to a file, so that the
+    # feeds printed below stay readable.
+    print(f"\n==> Start the gRPC server (its log: {log_file})\n$ python {' '.join(server_argv)}", flush=True)
     env = dict(os.environ, FEEDRANK_TOKEN_SECRET=os.environ.get("FEEDRANK_TOKEN_SECRET", "demo-secret-not-for-production"))
-    server = subprocess.Popen([sys.executable, *server_argv], env=env)
+    with open(log_file, "wb") as log:
+        server = subprocess.Popen([sys.executable, *server_argv], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        target = wait_until_serving(port_file, server)
+        target = wait_until_serving(port_file, server, log_file)
         user, friend, seller = pick_sample_user(data_dir)
         with grpc.insecure_channel(target) as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
@@ -133,7 +140,7 @@ def main(argv: list[str]) -> None:
             away = find_ranks(stub, user, {"demo-new-listing"})
             print("demo-new-listing: " + (f"still at rank {away['demo-new-listing']}" if away else "gone from the feed while its seller is away"))
         if args.http_port:
-            print(f"\n==> Feed explorer: http://127.0.0.1:{args.http_port}/?user={user}  (Ctrl-C stops the server)", flush=True)
+            print(f"\n==> Feed explorer: http://127.0.0.1:{args.http_port}/?user={user}  (Ctrl-C stops the server; its log: {log_file})", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 server.wait()
     finally:
