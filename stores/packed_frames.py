@@ -94,6 +94,9 @@ def _distinct(
     is the blob as a str when it is ASCII (then the strings are slices of it)."""
     if not len(hashes):
         return [], np.zeros(0, np.intp)
+    # One layout whatever the caller sliced (a column of spans is strided): each layout
+    # would be compiled apart, on the feed that first met it.
+    starts, ends = np.ascontiguousarray(starts), np.ascontiguousarray(ends)
     _, first, position = np.unique(hashes, return_index=True, return_inverse=True)
     if not _same_spans(blob, starts, ends, first[position]):  # two strings share a 64-bit hash
         return distinct_positions(_strings(blob, starts, ends, ascii_text))

@@ -28,6 +28,7 @@ from protos.feed.v1 import feed_pb2
 from serving.config import ServerConfig
 from serving.service_setup import open_service, warm_store
 from serving.servicer import feed_page
+from stores.events import Event, EventKind
 
 def compiled():
     # Every numba dispatcher of this project's modules, with the signatures it holds.
@@ -47,13 +48,19 @@ service, _ = open_service(config)
 warm_store(service.store)
 before = compiled()
 now = time.time()
-for user in users:
-    token = ""
-    for _ in range(3):
-        page = feed_page(service, feed_pb2.GetFeedRequest(user_id=user, limit=10, page_token=token), now)
-        token = page.next_page_token
-        if not token:
-            break
+def feeds(users, **request):
+    for user in users:
+        token = ""
+        for _ in range(3):
+            page = feed_page(service, feed_pb2.GetFeedRequest(user_id=user, limit=10, page_token=token, **request), now)
+            token = page.next_page_token
+            if not token:
+                break
+        yield page
+served = [item.item_id for page in feeds(users) for item in page.items]
+# Then what a client does next: events, and feeds narrowed by the shopper's filters.
+service.ingest([Event(f"probe-{i}", EventKind.LIKE, now, user_id=user, item_id=item) for i, (user, item) in enumerate(zip(users, served[::3]))], now)
+list(feeds(users[:10], exclude_item_ids=served[:5], min_price=1.0, max_price=100.0, max_ship_days=5, exclude_categories=["c01"]))
 after = compiled()
 print(json.dumps({"kernels": len(after), "first_met_by_a_feed": {
     name: sorted(set(signatures) - set(before.get(name, []))) for name, signatures in after.items()
