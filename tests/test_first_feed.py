@@ -61,6 +61,8 @@ served = [item.item_id for page in feeds(users) for item in page.items]
 # Then what a client does next: events, and feeds narrowed by the shopper's filters.
 service.ingest([Event(f"probe-{i}", EventKind.LIKE, now, user_id=user, item_id=item) for i, (user, item) in enumerate(zip(users, served[::3]))], now)
 list(feeds(users[:10], exclude_item_ids=served[:5], min_price=1.0, max_price=100.0, max_ship_days=5, exclude_categories=["c01"]))
+for user in users[:5]:  # the explorer's explained pages
+    service.get_feed(user, 10, "", (), now, explain=True)
 after = compiled()
 print(json.dumps({"kernels": len(after), "first_met_by_a_feed": {
     name: sorted(set(signatures) - set(before.get(name, []))) for name, signatures in after.items()
