@@ -96,3 +96,8 @@ class Selector(Protocol):
     def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
         """The page's rows, in page order, from ``ranked`` (rows best first); at most ``query.limit``."""
         ...
+
+    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
+        """For each row of ``page`` (what ``select`` returned for ``ranked``): whether it
+        leads the page as news, out of its rank's order."""
+        ...

@@ -161,7 +161,7 @@ class FeedPipeline:
         hashes = self.store.items.hashes(batch.codes)
         ranked = np.lexsort((batch.codes, hashes, -scores))
         page = self.config.selector.select(query, batch, ranked)
-        result.items = self._page_items(query, batch, page, scores)
+        result.items = self._page_items(query, batch, page, scores, self.config.selector.news(query, batch, ranked, page))
         result.item_hashes = hashes[page]
         result.has_more = len(ranked) > len(page)
         if explain:
@@ -305,7 +305,9 @@ class FeedPipeline:
                 result.removed_codes.setdefault(feed_filter.name, []).append(batch.codes[dead][charged == index])
         return batch.take(alive) if len(charged) else batch
 
-    def _page_items(self, query: FeedQuery, batch: CandidateBatch, rows: np.ndarray, scores: np.ndarray) -> list[RankedItem]:
+    def _page_items(
+        self, query: FeedQuery, batch: CandidateBatch, rows: np.ndarray, scores: np.ndarray, news: np.ndarray
+    ) -> list[RankedItem]:
         """The only Python objects of a feed: one per item on the page, with its reasons."""
         store = self.store
         codes = batch.codes[rows]
@@ -315,9 +317,10 @@ class FeedPipeline:
         sharers = self._sharers(query, codes[(sources & bits.FRIEND_SHARE) != 0])
         cards = store.read_cards(codes)
         page: list[RankedItem] = []
-        for item_id, code, seller, source_bits, score, card in zip(
-            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist(), cards
-        ):
+        for item_id, code, seller, source_bits, score, card, is_news in zip(
+            store.items.ids(codes.tolist()), codes.tolist(), sellers.tolist(), sources.tolist(), scores[rows].tolist(), cards,
+            news.tolist(),
+        ):  # fmt: skip
             seller_id = store.sellers.id(seller) if seller >= 0 else ""
             reasons = []
             if source_bits & bits.FOLLOWED_SELLER:
@@ -331,7 +334,7 @@ class FeedPipeline:
                 reasons.append(Reason(ReasonKind.TRENDING))
             if source_bits & bits.FRIEND_SHARE:
                 reasons.append(Reason(ReasonKind.FRIEND_SHARED, sharers[code], len(sharers[code])))
-            page.append(RankedItem(item_id, seller_id, float(score), reasons, card))
+            page.append(RankedItem(item_id, seller_id, float(score), reasons, card, is_news))
         return page
 
     @staticmethod

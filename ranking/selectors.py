@@ -44,6 +44,9 @@ class DiversitySelector:
             return ranked[keep][: query.limit]
         return self._greedy(query.limit, ranked, sellers, batch.items.category[ranked])
 
+    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
+        return np.zeros(len(page), dtype=bool)
+
     def _greedy(self, limit: int, ranked: np.ndarray, sellers: np.ndarray, categories: np.ndarray) -> np.ndarray:
         # Two caps interact (a row one cap skips must not count against the other), so
         # walk the ranking; a page is at most 100 rows, and rows past it are never read.
@@ -81,15 +84,21 @@ class FreshSocialFirstSelector:
         self.max_fresh = max_fresh
 
     def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
-        if self.max_fresh <= 0:
+        promoted = self._promoted(query, batch, ranked)
+        if not len(promoted):
             return self.then.select(query, batch, ranked)
-        social_time = batch.social_time[ranked]
-        fresh = ranked[social_time >= query.now - self.window_seconds]  # -inf (no social event) is never fresh
-        if not len(fresh):
-            return self.then.select(query, batch, ranked)
-        # Stable sort: equally new items keep their rank order.
-        promoted = fresh[np.argsort(-batch.social_time[fresh], kind="stable")][: self.max_fresh]
         is_promoted = np.zeros(len(batch), dtype=bool)
         is_promoted[promoted] = True
         rest = ranked[~is_promoted[ranked]]
         return self.then.select(query, batch, np.concatenate([promoted, rest]))
+
+    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
+        """The promoted rows that made the page (the seller cap may have held one back)."""
+        return np.isin(page, self._promoted(query, batch, ranked))
+
+    def _promoted(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+        if self.max_fresh <= 0:
+            return ranked[:0]
+        fresh = ranked[batch.social_time[ranked] >= query.now - self.window_seconds]  # -inf (no social event) is never fresh
+        # Stable sort: equally new items keep their rank order.
+        return fresh[np.argsort(-batch.social_time[fresh], kind="stable")][: self.max_fresh]

@@ -84,6 +84,7 @@ class RankedItem:
     score: float
     reasons: list[Reason]
     card: ItemCard = ItemCard()
+    news: bool = False  # leads the page as fresh activity of the user's graph, out of its score's order
 
     def reason(self, kind: ReasonKind) -> Reason | None:
         return next((r for r in self.reasons if r.kind is kind), None)

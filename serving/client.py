@@ -40,7 +40,7 @@ def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
         lines.append(f"-- page {page_number} --")
         for item in response.items:
             rank += 1
-            why = "; ".join(describe_reason(r) for r in item.reasons)
+            why = "; ".join((["news"] if item.news else []) + [describe_reason(r) for r in item.reasons])
             lines.append(f"{rank:3d}. {item.item_id:<16} {describe_card(item):<46} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
     if not rank:
         lines.append("(empty feed)")

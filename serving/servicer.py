@@ -100,6 +100,7 @@ def _add_feed_item(add: Callable[..., feed_pb2.FeedItem], item: RankedItem) -> f
         currency=card.currency,
         category=card.category,
         ship_days=card.ship_days,
+        news=item.news,
     )
     # RankedItem keeps its reasons in ReasonKind order already.
     add_reason = message.reasons.add

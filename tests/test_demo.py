@@ -23,6 +23,10 @@ def test_the_demo_prints_a_feed_and_shows_each_event_in_the_next_one(tmp_path):
     ranks = {item: int(rank) for item, rank in re.findall(r"^(demo-[a-z-]+): at rank (\d+) of the very next feed$", out, re.M)}
     # A friend's like and share and a followed seller's new listing are news: the top 3.
     assert sorted(ranks) == ["demo-gift", "demo-new-listing", "demo-shared"] and max(ranks.values()) <= 3, out[-2000:]
+    # Each is marked as news (FeedItem.news): they take the page's three places for news.
+    after_ingest = out.split("==> Ingest:")[1]
+    news = [line for line in after_ingest.splitlines() if re.match(r"\s*\d+\. ", line) and "score" in line and "  news" in line]
+    assert sorted(line.split()[1] for line in news) == ["demo-gift", "demo-new-listing", "demo-shared"], after_ingest
     assert "demo-new-listing: gone from the feed while its seller is away" in out
     assert "Server stopped (exit code 0)" in out
     # The server's log went to its file, not between the printed feeds.

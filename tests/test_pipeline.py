@@ -173,14 +173,18 @@ def test_fresh_graph_activity_is_promoted_to_the_top_but_capped():
     ranker = LinearRanker.from_mapping({"popularity": 1.0, "recency": 0.01})
 
     def page(settings):
-        return ids(build_feed_pipeline(s, None, ranker, settings).run("alice", 20, NOW))
+        return build_feed_pipeline(s, None, ranker, settings).run("alice", 20, NOW).items
 
     promoted = page(FeedSettings(max_fresh=3, max_per_seller=2, fresh_window_seconds=1800))
     # Five fresh listings from a followed seller: three are promoted, and the seller cap
-    # keeps two of them, the newest, on top.
-    assert promoted[:2] == ["fresh0", "fresh1"]
-    assert sum(i.startswith("fresh") for i in promoted) == 2
-    assert page(FeedSettings(max_fresh=0))[0] == "i6"  # without promotion, the most liked item leads
+    # keeps two of them, the newest, on top. Those two, and only they, say they are news.
+    assert [item.item_id for item in promoted[:2]] == ["fresh0", "fresh1"]
+    assert sum(item.item_id.startswith("fresh") for item in promoted) == 2
+    assert [item.news for item in promoted] == [True, True] + [False] * (len(promoted) - 2)
+    assert promoted[1].score < max(item.score for item in promoted[2:])  # news leads out of score order
+    unpromoted = page(FeedSettings(max_fresh=0))
+    assert unpromoted[0].item_id == "i6"  # without promotion, the most liked item leads
+    assert not any(item.news for item in unpromoted)
 
 
 def test_an_explained_page_is_the_same_page_and_says_why():

@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/feed/v1/feed.proto\x12\x10\x66\x65\x65\x64rank.feed.v1\"\x90\x02\n\x0eGetFeedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x1a\n\x12include_categories\x18\x05 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x06 \x03(\t\x12\x16\n\tmin_price\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rmax_ship_days\x18\t \x01(\x05H\x02\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_max_ship_days\"V\n\x06Reason\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.feedrank.feed.v1.ReasonKind\x12\x11\n\tactor_ids\x18\x02 \x03(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"\xf2\x01\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12)\n\x07reasons\x18\x04 \x03(\x0b\x32\x18.feedrank.feed.v1.Reason\x12\r\n\x05title\x18\x05 \x01(\t\x12\x11\n\timage_url\x18\x06 \x01(\t\x12\x12\n\x05price\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x63urrency\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\t \x01(\t\x12\x16\n\tship_days\x18\n \x01(\x05H\x01\x88\x01\x01\x42\x08\n\x06_priceB\x0c\n\n_ship_days\"y\n\x0fGetFeedResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.feedrank.feed.v1.FeedItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0b\n\x03\x61rm\x18\x04 \x01(\t\",\n\x08UserItem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\"0\n\nUserSeller\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\"0\n\nUserFriend\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfriend_id\x18\x02 \x01(\t\"\xd1\x02\n\nItemUpsert\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\r\n\x05stock\x18\x04 \x01(\x03\x12\x12\n\x05price\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x63\x61tegory\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05title\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x16\n\timage_url\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\t \x01(\tH\x04\x88\x01\x01\x12\x16\n\tship_days\x18\n \x01(\x05H\x05\x88\x01\x01\x12\x1a\n\rfeed_eligible\x18\x0b \x01(\x08H\x06\x88\x01\x01\x42\x08\n\x06_priceB\x0b\n\t_categoryB\x08\n\x06_titleB\x0c\n\n_image_urlB\x0b\n\t_currencyB\x0c\n\n_ship_daysB\x10\n\x0e_feed_eligible\"\x9b\x02\n\nItemUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\x05price\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x63\x61tegory\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05title\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\timage_url\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x16\n\tship_days\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1a\n\rfeed_eligible\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\x08\n\x06_priceB\x0b\n\t_categoryB\x08\n\x06_titleB\x0c\n\n_image_urlB\x0b\n\t_currencyB\x0c\n\n_ship_daysB\x10\n\x0e_feed_eligible\"2\n\x0eSellerVacation\x12\x11\n\tseller_id\x18\x01 \x01(\t\x12\r\n\x05until\x18\x02 \x01(\x01\"&\n\x11SellerVacationEnd\x12\x11\n\tseller_id\x18\x01 \x01(\t\"<\n\x05Share\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x11\n\tfriend_id\x18\x03 \x01(\t\"-\n\x0bStockUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x03\"\xd0\x07\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\n\n\x02ts\x18\x02 \x01(\x01\x12*\n\x04like\x18\n \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12,\n\x06unlike\x18\x0b \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12.\n\x06\x66ollow\x18\x0c \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12\x30\n\x08unfollow\x18\r \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12.\n\x06\x66riend\x18\x0e \x01(\x0b\x32\x1c.feedrank.feed.v1.UserFriendH\x00\x12\x30\n\x08unfriend\x18\x0f \x01(\x0b\x32\x1c.feedrank.feed.v1.UserFriendH\x00\x12\x33\n\x0bitem_upsert\x18\x10 \x01(\x0b\x32\x1c.feedrank.feed.v1.ItemUpsertH\x00\x12\x35\n\x0cstock_update\x18\x11 \x01(\x0b\x32\x1d.feedrank.feed.v1.StockUpdateH\x00\x12\x39\n\x13not_interested_item\x18\x12 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12=\n\x15not_interested_seller\x18\x13 \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12\x33\n\x0bitem_update\x18\x14 \x01(\x0b\x32\x1c.feedrank.feed.v1.ItemUpdateH\x00\x12;\n\x0fseller_vacation\x18\x15 \x01(\x0b\x32 .feedrank.feed.v1.SellerVacationH\x00\x12\x42\n\x13seller_vacation_end\x18\x16 \x01(\x0b\x32#.feedrank.feed.v1.SellerVacationEndH\x00\x12(\n\x05share\x18\x17 \x01(\x0b\x32\x17.feedrank.feed.v1.ShareH\x00\x12*\n\x04view\x18\x18 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12+\n\x05\x63lick\x18\x19 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12\x31\n\x0b\x61\x64\x64_to_cart\x18\x1a \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12.\n\x08purchase\x18\x1b \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x42\t\n\x07payload\"N\n\rIngestRequest\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.feedrank.feed.v1.Event\x12\x14\n\x0cmin_replicas\x18\x02 \x01(\x05\"5\n\x0eIngestResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*\xc4\x01\n\nReasonKind\x12\x1b\n\x17REASON_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREASON_KIND_FOLLOWED_SELLER\x10\x01\x12\x1d\n\x19REASON_KIND_FRIENDS_LIKED\x10\x02\x12 \n\x1cREASON_KIND_SIMILAR_TO_LIKES\x10\x03\x12\x18\n\x14REASON_KIND_TRENDING\x10\x04\x12\x1d\n\x19REASON_KIND_FRIEND_SHARED\x10\x05\x32\xaa\x01\n\x0b\x46\x65\x65\x64Service\x12N\n\x07GetFeed\x12 .feedrank.feed.v1.GetFeedRequest\x1a!.feedrank.feed.v1.GetFeedResponse\x12K\n\x06Ingest\x12\x1f.feedrank.feed.v1.IngestRequest\x1a .feedrank.feed.v1.IngestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/feed/v1/feed.proto\x12\x10\x66\x65\x65\x64rank.feed.v1\"\x90\x02\n\x0eGetFeedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x1a\n\x12include_categories\x18\x05 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x06 \x03(\t\x12\x16\n\tmin_price\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rmax_ship_days\x18\t \x01(\x05H\x02\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_max_ship_days\"V\n\x06Reason\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.feedrank.feed.v1.ReasonKind\x12\x11\n\tactor_ids\x18\x02 \x03(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"\x80\x02\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12)\n\x07reasons\x18\x04 \x03(\x0b\x32\x18.feedrank.feed.v1.Reason\x12\r\n\x05title\x18\x05 \x01(\t\x12\x11\n\timage_url\x18\x06 \x01(\t\x12\x12\n\x05price\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x63urrency\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\t \x01(\t\x12\x16\n\tship_days\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04news\x18\x0b \x01(\x08\x42\x08\n\x06_priceB\x0c\n\n_ship_days\"y\n\x0fGetFeedResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.feedrank.feed.v1.FeedItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0b\n\x03\x61rm\x18\x04 \x01(\t\",\n\x08UserItem\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\"0\n\nUserSeller\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\"0\n\nUserFriend\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfriend_id\x18\x02 \x01(\t\"\xd1\x02\n\nItemUpsert\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tseller_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\r\n\x05stock\x18\x04 \x01(\x03\x12\x12\n\x05price\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x63\x61tegory\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05title\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x16\n\timage_url\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\t \x01(\tH\x04\x88\x01\x01\x12\x16\n\tship_days\x18\n \x01(\x05H\x05\x88\x01\x01\x12\x1a\n\rfeed_eligible\x18\x0b \x01(\x08H\x06\x88\x01\x01\x42\x08\n\x06_priceB\x0b\n\t_categoryB\x08\n\x06_titleB\x0c\n\n_image_urlB\x0b\n\t_currencyB\x0c\n\n_ship_daysB\x10\n\x0e_feed_eligible\"\x9b\x02\n\nItemUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\x05price\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x63\x61tegory\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05title\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\timage_url\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x16\n\tship_days\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1a\n\rfeed_eligible\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\x08\n\x06_priceB\x0b\n\t_categoryB\x08\n\x06_titleB\x0c\n\n_image_urlB\x0b\n\t_currencyB\x0c\n\n_ship_daysB\x10\n\x0e_feed_eligible\"2\n\x0eSellerVacation\x12\x11\n\tseller_id\x18\x01 \x01(\t\x12\r\n\x05until\x18\x02 \x01(\x01\"&\n\x11SellerVacationEnd\x12\x11\n\tseller_id\x18\x01 \x01(\t\"<\n\x05Share\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x11\n\tfriend_id\x18\x03 \x01(\t\"-\n\x0bStockUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x03\"\xd0\x07\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\n\n\x02ts\x18\x02 \x01(\x01\x12*\n\x04like\x18\n \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12,\n\x06unlike\x18\x0b \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12.\n\x06\x66ollow\x18\x0c \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12\x30\n\x08unfollow\x18\r \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12.\n\x06\x66riend\x18\x0e \x01(\x0b\x32\x1c.feedrank.feed.v1.UserFriendH\x00\x12\x30\n\x08unfriend\x18\x0f \x01(\x0b\x32\x1c.feedrank.feed.v1.UserFriendH\x00\x12\x33\n\x0bitem_upsert\x18\x10 \x01(\x0b\x32\x1c.feedrank.feed.v1.ItemUpsertH\x00\x12\x35\n\x0cstock_update\x18\x11 \x01(\x0b\x32\x1d.feedrank.feed.v1.StockUpdateH\x00\x12\x39\n\x13not_interested_item\x18\x12 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12=\n\x15not_interested_seller\x18\x13 \x01(\x0b\x32\x1c.feedrank.feed.v1.UserSellerH\x00\x12\x33\n\x0bitem_update\x18\x14 \x01(\x0b\x32\x1c.feedrank.feed.v1.ItemUpdateH\x00\x12;\n\x0fseller_vacation\x18\x15 \x01(\x0b\x32 .feedrank.feed.v1.SellerVacationH\x00\x12\x42\n\x13seller_vacation_end\x18\x16 \x01(\x0b\x32#.feedrank.feed.v1.SellerVacationEndH\x00\x12(\n\x05share\x18\x17 \x01(\x0b\x32\x17.feedrank.feed.v1.ShareH\x00\x12*\n\x04view\x18\x18 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12+\n\x05\x63lick\x18\x19 \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12\x31\n\x0b\x61\x64\x64_to_cart\x18\x1a \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x12.\n\x08purchase\x18\x1b \x01(\x0b\x32\x1a.feedrank.feed.v1.UserItemH\x00\x42\t\n\x07payload\"N\n\rIngestRequest\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.feedrank.feed.v1.Event\x12\x14\n\x0cmin_replicas\x18\x02 \x01(\x05\"5\n\x0eIngestResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*\xc4\x01\n\nReasonKind\x12\x1b\n\x17REASON_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREASON_KIND_FOLLOWED_SELLER\x10\x01\x12\x1d\n\x19REASON_KIND_FRIENDS_LIKED\x10\x02\x12 \n\x1cREASON_KIND_SIMILAR_TO_LIKES\x10\x03\x12\x18\n\x14REASON_KIND_TRENDING\x10\x04\x12\x1d\n\x19REASON_KIND_FRIEND_SHARED\x10\x05\x32\xaa\x01\n\x0b\x46\x65\x65\x64Service\x12N\n\x07GetFeed\x12 .feedrank.feed.v1.GetFeedRequest\x1a!.feedrank.feed.v1.GetFeedResponse\x12K\n\x06Ingest\x12\x1f.feedrank.feed.v1.IngestRequest\x1a .feedrank.feed.v1.IngestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.feed.v1.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASONKIND']._serialized_start=2866
-  _globals['_REASONKIND']._serialized_end=3062
+  _globals['_REASONKIND']._serialized_start=2880
+  _globals['_REASONKIND']._serialized_end=3076
   _globals['_GETFEEDREQUEST']._serialized_start=48
   _globals['_GETFEEDREQUEST']._serialized_end=320
   _globals['_REASON']._serialized_start=322
   _globals['_REASON']._serialized_end=408
   _globals['_FEEDITEM']._serialized_start=411
-  _globals['_FEEDITEM']._serialized_end=653
-  _globals['_GETFEEDRESPONSE']._serialized_start=655
-  _globals['_GETFEEDRESPONSE']._serialized_end=776
-  _globals['_USERITEM']._serialized_start=778
-  _globals['_USERITEM']._serialized_end=822
-  _globals['_USERSELLER']._serialized_start=824
-  _globals['_USERSELLER']._serialized_end=872
-  _globals['_USERFRIEND']._serialized_start=874
-  _globals['_USERFRIEND']._serialized_end=922
-  _globals['_ITEMUPSERT']._serialized_start=925
-  _globals['_ITEMUPSERT']._serialized_end=1262
-  _globals['_ITEMUPDATE']._serialized_start=1265
-  _globals['_ITEMUPDATE']._serialized_end=1548
-  _globals['_SELLERVACATION']._serialized_start=1550
-  _globals['_SELLERVACATION']._serialized_end=1600
-  _globals['_SELLERVACATIONEND']._serialized_start=1602
-  _globals['_SELLERVACATIONEND']._serialized_end=1640
-  _globals['_SHARE']._serialized_start=1642
-  _globals['_SHARE']._serialized_end=1702
-  _globals['_STOCKUPDATE']._serialized_start=1704
-  _globals['_STOCKUPDATE']._serialized_end=1749
-  _globals['_EVENT']._serialized_start=1752
-  _globals['_EVENT']._serialized_end=2728
-  _globals['_INGESTREQUEST']._serialized_start=2730
-  _globals['_INGESTREQUEST']._serialized_end=2808
-  _globals['_INGESTRESPONSE']._serialized_start=2810
-  _globals['_INGESTRESPONSE']._serialized_end=2863
-  _globals['_FEEDSERVICE']._serialized_start=3065
-  _globals['_FEEDSERVICE']._serialized_end=3235
+  _globals['_FEEDITEM']._serialized_end=667
+  _globals['_GETFEEDRESPONSE']._serialized_start=669
+  _globals['_GETFEEDRESPONSE']._serialized_end=790
+  _globals['_USERITEM']._serialized_start=792
+  _globals['_USERITEM']._serialized_end=836
+  _globals['_USERSELLER']._serialized_start=838
+  _globals['_USERSELLER']._serialized_end=886
+  _globals['_USERFRIEND']._serialized_start=888
+  _globals['_USERFRIEND']._serialized_end=936
+  _globals['_ITEMUPSERT']._serialized_start=939
+  _globals['_ITEMUPSERT']._serialized_end=1276
+  _globals['_ITEMUPDATE']._serialized_start=1279
+  _globals['_ITEMUPDATE']._serialized_end=1562
+  _globals['_SELLERVACATION']._serialized_start=1564
+  _globals['_SELLERVACATION']._serialized_end=1614
+  _globals['_SELLERVACATIONEND']._serialized_start=1616
+  _globals['_SELLERVACATIONEND']._serialized_end=1654
+  _globals['_SHARE']._serialized_start=1656
+  _globals['_SHARE']._serialized_end=1716
+  _globals['_STOCKUPDATE']._serialized_start=1718
+  _globals['_STOCKUPDATE']._serialized_end=1763
+  _globals['_EVENT']._serialized_start=1766
+  _globals['_EVENT']._serialized_end=2742
+  _globals['_INGESTREQUEST']._serialized_start=2744
+  _globals['_INGESTREQUEST']._serialized_end=2822
+  _globals['_INGESTRESPONSE']._serialized_start=2824
+  _globals['_INGESTRESPONSE']._serialized_end=2877
+  _globals['_FEEDSERVICE']._serialized_start=3079
+  _globals['_FEEDSERVICE']._serialized_end=3249
 # @@protoc_insertion_point(module_scope)

@@ -55,7 +55,7 @@ class Reason(_message.Message):
     def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., actor_ids: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class FeedItem(_message.Message):
-    __slots__ = ("item_id", "seller_id", "score", "reasons", "title", "image_url", "price", "currency", "category", "ship_days")
+    __slots__ = ("item_id", "seller_id", "score", "reasons", "title", "image_url", "price", "currency", "category", "ship_days", "news")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SELLER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class FeedItem(_message.Message):
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     SHIP_DAYS_FIELD_NUMBER: _ClassVar[int]
+    NEWS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     seller_id: str
     score: float
@@ -76,7 +77,8 @@ class FeedItem(_message.Message):
     currency: str
     category: str
     ship_days: int
-    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., price: _Optional[float] = ..., currency: _Optional[str] = ..., category: _Optional[str] = ..., ship_days: _Optional[int] = ...) -> None: ...
+    news: bool
+    def __init__(self, item_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., title: _Optional[str] = ..., image_url: _Optional[str] = ..., price: _Optional[float] = ..., currency: _Optional[str] = ..., category: _Optional[str] = ..., ship_days: _Optional[int] = ..., news: _Optional[bool] = ...) -> None: ...
 
 class GetFeedResponse(_message.Message):
     __slots__ = ("items", "next_page_token", "model_version", "arm")
