@@ -94,11 +94,15 @@ class FreshSocialFirstSelector:
 
     def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
         """The promoted rows that made the page (the seller cap may have held one back)."""
-        return np.isin(page, self._promoted(query, batch, ranked))
+        promoted = self._promoted(query, batch, ranked)
+        if not len(promoted):
+            return np.zeros(len(page), dtype=bool)
+        return (page[:, None] == promoted).any(axis=1)  # at most max_fresh promoted: no isin's sort
 
     def _promoted(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
-        if self.max_fresh <= 0:
+        is_fresh = batch.social_time >= query.now - self.window_seconds  # -inf (no social event) is never fresh
+        if self.max_fresh <= 0 or not is_fresh.any():  # most feeds: no news
             return ranked[:0]
-        fresh = ranked[batch.social_time[ranked] >= query.now - self.window_seconds]  # -inf (no social event) is never fresh
+        fresh = ranked[is_fresh[ranked]]
         # Stable sort: equally new items keep their rank order.
         return fresh[np.argsort(-batch.social_time[fresh], kind="stable")][: self.max_fresh]
