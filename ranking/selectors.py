@@ -69,7 +69,7 @@ class DiversitySelector:
 class FreshSocialFirstSelector:
     """Puts news from the user's graph first, then lets ``then`` pick the page.
 
-    A followed seller's listing or a friend's like newer than ``window_seconds`` is news:
+    A followed seller's listing, a friend's like or share newer than ``window_seconds`` is news:
     the user expects it on top of the very next feed, whatever a ranker learned from
     older data. At most ``max_fresh`` such items are promoted per page, newest first (it
     is news: the latest event leads), so a burst of activity cannot take a whole page;
@@ -100,8 +100,10 @@ class FreshSocialFirstSelector:
         return (page[:, None] == promoted).any(axis=1)  # at most max_fresh promoted: no isin's sort
 
     def _promoted(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+        if self.max_fresh <= 0:
+            return ranked[:0]
         is_fresh = batch.social_time >= query.now - self.window_seconds  # -inf (no social event) is never fresh
-        if self.max_fresh <= 0 or not is_fresh.any():  # most feeds: no news
+        if not is_fresh.any():  # most feeds: no news
             return ranked[:0]
         fresh = ranked[is_fresh[ranked]]
         # Stable sort: equally new items keep their rank order.
