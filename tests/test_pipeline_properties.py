@@ -117,6 +117,12 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
                     assert reason.count == len(reason.actor_ids)
                 elif reason.kind is ReasonKind.FOLLOWED_SELLER:
                     assert reason.actor_ids == [seller] and seller in follows
+        # News (fresh activity of the user's graph) leads the page, at most max_fresh of it,
+        # and each item of it came from the graph.
+        news = [item.news for item in page.items]
+        assert news == sorted(news, reverse=True) and sum(news) <= 3
+        graph = {ReasonKind.FRIENDS_LIKED, ReasonKind.FOLLOWED_SELLER, ReasonKind.FRIEND_SHARED}
+        assert all(graph & {reason.kind for reason in item.reasons} for item in page.items if item.news)
         sellers_on_page = [item.seller_id for item in page.items if item.seller_id]
         assert all(sellers_on_page.count(s) <= 2 for s in sellers_on_page)
         served += [item.item_id for item in page.items]
