@@ -297,6 +297,20 @@ def test_html_in_a_title_is_shown_as_text(explorer, driver):
     assert console_errors(driver) == []  # also: no alert, which would have failed every call above
 
 
+def test_news_from_the_users_graph_is_badged(explorer, driver):
+    # A seller the viewer follows lists an item now: news, which leads the page with a badge;
+    # the seller's older listings below it have none.
+    seller = explorer.world.dataset.items.seller_id[1]
+    events = [feed_pb2.Event(event_id="explorer-news-follow", follow=feed_pb2.UserSeller(user_id="news-viewer", seller_id=seller)),
+              feed_pb2.Event(event_id="explorer-news-item", item_upsert=feed_pb2.ItemUpsert(item_id="news-item", seller_id=seller, stock=2))]
+    explorer.stub.Ingest(feed_pb2.IngestRequest(events=events), timeout=10)
+    driver.get(f"{explorer.url}/?user=news-viewer&limit=10")
+    cards = css(driver, "article.card")
+    assert cards[0].get_attribute("data-item-id") == "news-item"
+    assert [bool(css(card, ".news-badge")) for card in cards] == [True] + [False] * (len(cards) - 1)
+    assert console_errors(driver) == []
+
+
 def test_pages_are_read_only_and_send_the_security_headers(explorer):
     for path in ("/?user=u00001", "/explorer/static/explorer.css", "/model"):
         status, headers, _ = http_get(explorer.url + path)
