@@ -9,7 +9,7 @@ one score per row, the selector the rows of the page.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -90,14 +90,14 @@ class Scorer(Protocol):
         ...
 
 
+class Selection(NamedTuple):
+    rows: np.ndarray  # the page's rows, in page order
+    news: np.ndarray  # per row: it leads the page as news, out of its rank's order
+
+
 class Selector(Protocol):
     name: str
 
-    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
-        """The page's rows, in page order, from ``ranked`` (rows best first); at most ``query.limit``."""
-        ...
-
-    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
-        """For each row of ``page`` (what ``select`` returned for ``ranked``): whether it
-        leads the page as news, out of its rank's order."""
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> Selection:
+        """The page from ``ranked`` (rows best first); at most ``query.limit`` rows."""
         ...

@@ -160,8 +160,8 @@ class FeedPipeline:
         # pages in every process, whatever codes its vocabulary handed out.
         hashes = self.store.items.hashes(batch.codes)
         ranked = np.lexsort((batch.codes, hashes, -scores))
-        page = self.config.selector.select(query, batch, ranked)
-        result.items = self._page_items(query, batch, page, scores, self.config.selector.news(query, batch, ranked, page))
+        page, news = self.config.selector.select(query, batch, ranked)
+        result.items = self._page_items(query, batch, page, scores, news)
         result.item_hashes = hashes[page]
         result.has_more = len(ranked) > len(page)
         if explain:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ranking.batch import CandidateBatch
-from ranking.components import FeedQuery
+from ranking.components import FeedQuery, Selection
 
 
 def occurrence(keys: np.ndarray) -> np.ndarray:
@@ -37,15 +37,14 @@ class DiversitySelector:
         self.max_per_seller = max_per_seller
         self.max_per_category = max_per_category
 
-    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> Selection:
         sellers = batch.items.seller[ranked]
         if not self.max_per_category:
             keep = (sellers < 0) | (occurrence(sellers) < self.max_per_seller)
-            return ranked[keep][: query.limit]
-        return self._greedy(query.limit, ranked, sellers, batch.items.category[ranked])
-
-    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
-        return np.zeros(len(page), dtype=bool)
+            rows = ranked[keep][: query.limit]
+        else:
+            rows = self._greedy(query.limit, ranked, sellers, batch.items.category[ranked])
+        return Selection(rows, np.zeros(len(rows), dtype=bool))
 
     def _greedy(self, limit: int, ranked: np.ndarray, sellers: np.ndarray, categories: np.ndarray) -> np.ndarray:
         # Two caps interact (a row one cap skips must not count against the other), so
@@ -83,21 +82,16 @@ class FreshSocialFirstSelector:
         self.window_seconds = window_seconds
         self.max_fresh = max_fresh
 
-    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
+    def select(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> Selection:
         promoted = self._promoted(query, batch, ranked)
         if not len(promoted):
             return self.then.select(query, batch, ranked)
         is_promoted = np.zeros(len(batch), dtype=bool)
         is_promoted[promoted] = True
         rest = ranked[~is_promoted[ranked]]
-        return self.then.select(query, batch, np.concatenate([promoted, rest]))
-
-    def news(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray, page: np.ndarray) -> np.ndarray:
-        """The promoted rows that made the page (the seller cap may have held one back)."""
-        promoted = self._promoted(query, batch, ranked)
-        if not len(promoted):
-            return np.zeros(len(page), dtype=bool)
-        return (page[:, None] == promoted).any(axis=1)  # at most max_fresh promoted: no isin's sort
+        rows = self.then.select(query, batch, np.concatenate([promoted, rest])).rows
+        # News: the promoted rows that made the page (the seller cap may have held one back).
+        return Selection(rows, is_promoted[rows])
 
     def _promoted(self, query: FeedQuery, batch: CandidateBatch, ranked: np.ndarray) -> np.ndarray:
         if self.max_fresh <= 0:

@@ -144,7 +144,7 @@ def test_the_diversity_caps_hold_and_fill_the_page_greedily(rows, max_per_seller
     items.seller[:] = [s for s, _ in rows]
     items.category[:] = [c for _, c in rows]
     selector = DiversitySelector(max_per_seller, max_per_category)
-    page = selector.select(FeedQuery(UserState("u"), limit, 0.0), SimpleNamespace(items=items), np.arange(len(rows)))
+    page = selector.select(FeedQuery(UserState("u"), limit, 0.0), SimpleNamespace(items=items), np.arange(len(rows))).rows
     assert len(page) <= limit and list(page) == sorted(page)
     chosen = set(page.tolist())
     last = max(chosen) if len(chosen) == limit else len(rows) - 1  # a full page reads no further

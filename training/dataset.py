@@ -1128,10 +1128,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
                     if like_items[i]:  # an empty id is reported already
                         likes_t.report(i, "item_id", f"unknown item {like_items[i]!r} (not in {items_name})")
             else:
-                warnings.append(
-                    f"{likes_name}: dropped {len(unknown)} likes of items not in {items_name} "
-                    f"(first on {likes_t.where(int(unknown[0]))})"
-                )
+                warnings.append(_dropped_unknown_items(likes_t, unknown.tolist(), "likes", items_name))
                 rows = np.flatnonzero(keep).tolist()
                 like_users = [like_users[i] for i in rows]
                 like_items = [like_items[i] for i in rows]
@@ -1189,10 +1186,14 @@ def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
     if not unknown:
         return engagements
     if warnings is not None:
-        warnings.append(f"{t.file}: dropped {len(unknown)} engagements of items not in {item_file} (first on {t.where(unknown[0])})")
+        warnings.append(_dropped_unknown_items(t, unknown, "engagements", item_file))
     keep = np.ones(t.n, dtype=bool)
     keep[unknown] = False
     return engagements.take(keep)
+
+
+def _dropped_unknown_items(t: _Table, rows: list[int], what: str, item_file: str) -> str:
+    return f"{t.file}: dropped {len(rows)} {what} of items not in {item_file} (first on {t.where(rows[0])})"
 
 
 def _load_sellers(t: _Table) -> Sellers:
