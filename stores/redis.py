@@ -143,6 +143,8 @@ WARM_TIMELINE_LIMIT = 100
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
 DEFAULT_WRITE_TIMEOUT = 1.0
+# Beyond WAIT's own timeout, how long the writer waits for its reply (a round trip).
+WAIT_REPLY_MARGIN = 0.5
 
 # Options of ours that may ride in the store URL's query string, next to redis-py's own
 # (socket_timeout, socket_connect_timeout, ...).
@@ -1083,7 +1085,8 @@ class RedisStore:
 
         Our own options may be given in the query string too: recent_likes, listings,
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
-        write_timeout (the writes' socket timeout, seconds; at least the reads'),
+        write_timeout (the writes' socket timeout, seconds; at least the reads', and at least
+        wait_timeout_ms plus WAIT_REPLY_MARGIN, so that WAIT's answer arrives),
         write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms, read_cache
         (0 = read everything from Redis at every feed), read_cache_entries (the copy's bound
         on timelines, users' state and hashes and cards together). ``options`` are our own
@@ -1094,7 +1097,10 @@ class RedisStore:
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         read_timeout = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout", kwargs["socket_timeout"])
-        write_timeout = max(own.pop("write_timeout", DEFAULT_WRITE_TIMEOUT), float(read_timeout or 0))
+        # WAIT holds the writer's connection up to wait_timeout_ms before it answers: a socket
+        # timeout below that would report a store outage for a batch that was applied.
+        wait_seconds = int(own.get("wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS)) / 1000
+        write_timeout = max(own.pop("write_timeout", DEFAULT_WRITE_TIMEOUT), float(read_timeout or 0), wait_seconds + WAIT_REPLY_MARGIN)
         with unavailable_on_redis_errors():
             client = connect(url, **kwargs)
             writer = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": write_timeout})
@@ -1755,7 +1761,11 @@ class RedisStore:
             pipe = client.pipeline(transaction=False)
             pipe.set(key, "1", px=60_000)
             pipe.execute_command("WAIT", min_replicas, self.wait_timeout_ms)
-            acked = int(pipe.execute()[1])
+            try:
+                acked = int(pipe.execute()[1])
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+                # The batch is applied: only the confirmation was lost, and a retry is a no-op.
+                raise NotReplicated(f"applied, but the replicas' confirmation did not arrive ({error}); retrying is safe") from error
             if acked < min_replicas:
                 raise NotReplicated(
                     f"applied, but {acked} of {min_replicas} replicas confirmed within {self.wait_timeout_ms} ms; retrying is safe"

@@ -53,6 +53,24 @@ def test_ingest_waits_for_the_replicas_it_asks_for(primary_with_replica):
     store.close()
 
 
+def test_a_replica_missing_for_the_whole_wait_is_not_replicated_not_an_outage(tmp_path):
+    """WAIT answers after wait_timeout_ms (1 s by default), past the writes' default socket
+    timeout: the store's defaults must still read that answer as "not replicated"."""
+    require_redis()
+    primary = RedisServer(tmp_path / "alone").start()
+    try:
+        store = RedisStore.from_url(primary.url)
+        load_into_redis(store.client, social_dataset())
+        started = time.monotonic()
+        with pytest.raises(NotReplicated, match="0 of 1 replicas confirmed within 1000 ms"):
+            store.apply(_likes(2), min_replicas=1)
+        assert time.monotonic() - started >= 0.9  # it did wait for WAIT's answer
+        assert store.apply(_likes(2), min_replicas=0).duplicates == 2  # applied
+        store.close()
+    finally:
+        primary.stop()
+
+
 def test_the_cluster_waits_on_every_primary_it_wrote_to(tmp_path):
     require_redis()
     cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
