@@ -244,7 +244,7 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         if event.kind is EventKind.ITEM_UPSERT and event.created_at is not None and math.isfinite(event.created_at):
             _check_not_future(index, "created_at", event.created_at, now + max_skew)
         if event.kind is EventKind.SELLER_VACATION and math.isfinite(event.vacation_until):
-            _check_not_future(index, "vacation_until", event.vacation_until, now + MAX_VACATION_SECONDS)
+            _check_not_future(index, "until", event.vacation_until, now + MAX_VACATION_SECONDS)
     required = REQUIRED_IDS[event.kind]
     for name in ID_FIELDS:
         value = getattr(event, name)
@@ -259,6 +259,10 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         raise EventValidationError(index, "friend_id", "a user cannot befriend themselves")
     if event.kind is EventKind.SHARE and event.user_id == event.friend_id:
         raise EventValidationError(index, "friend_id", "a user cannot share with themselves")
+    if event.kind is EventKind.FOLLOW and event.user_id == event.seller_id:
+        raise EventValidationError(index, "seller_id", "a user cannot follow themselves")
+    if event.kind is EventKind.NOT_INTERESTED_SELLER and event.user_id == event.seller_id:
+        raise EventValidationError(index, "seller_id", "a user's own listings are never in their feed: nothing to hide")
     if event.kind in (EventKind.ITEM_UPSERT, EventKind.STOCK_UPDATE) and event.stock < 0:
         raise EventValidationError(index, "stock", "must be >= 0")
     if event.kind is EventKind.ITEM_UPSERT and event.created_at is not None:
@@ -266,7 +270,7 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
             raise EventValidationError(index, "created_at", "must be a non-negative Unix time")
     _check_card(index, event)
     if event.kind is EventKind.SELLER_VACATION and not (event.vacation_until > event.ts):
-        raise EventValidationError(index, "vacation_until", "must be after the event's ts (0 means until further notice)")
+        raise EventValidationError(index, "until", "must be after the event's ts (0 means until further notice)")
 
 
 MAX_UNIX_SECONDS = 1e11

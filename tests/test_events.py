@@ -25,6 +25,9 @@ def like(event_id="e1", **overrides) -> Event:
         (Event("e", EventKind.ITEM_UPSERT, 1.0, item_id="i", seller_id="", stock=1), "seller_id"),
         (Event("e", EventKind.ITEM_UPSERT, 1.0, item_id="i", seller_id="s", price=-1.0), "price"),
         (Event("e", EventKind.NOT_INTERESTED_SELLER, 1.0, user_id="u"), "seller_id"),
+        (Event("e", EventKind.FOLLOW, 1.0, user_id="u", seller_id="u"), "seller_id"),  # as a self-friendship is
+        (Event("e", EventKind.NOT_INTERESTED_SELLER, 1.0, user_id="u", seller_id="u"), "seller_id"),
+        (Event("e", EventKind.SELLER_VACATION, 5.0, seller_id="s", vacation_until=4.0), "until"),  # the proto's name
     ],
 )
 def test_invalid_events_name_the_index_and_field(event, field):
@@ -70,7 +73,7 @@ NOW = 1_800_000_000.0
         (like(ts=1e300), "ts"),
         (Event("e", EventKind.ITEM_UPSERT, NOW, item_id="i", seller_id="s", created_at=4e9), "created_at"),
         (Event("e", EventKind.ITEM_UPSERT, NOW, item_id="i", seller_id="s", created_at=1e300), "created_at"),
-        (Event("e", EventKind.SELLER_VACATION, NOW, seller_id="s", vacation_until=NOW + 400 * 86_400), "vacation_until"),
+        (Event("e", EventKind.SELLER_VACATION, NOW, seller_id="s", vacation_until=NOW + 400 * 86_400), "until"),
     ],
 )
 def test_times_from_the_future_are_rejected_given_the_clock(event, field):

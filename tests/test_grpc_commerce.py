@@ -157,7 +157,7 @@ def test_a_catalogue_sync_without_created_at_lists_no_old_item_anew(world, stub)
         ({"item_update": feed_pb2.ItemUpdate(item_id="i000001", image_url="ftp://x/y.jpg")}, "image_url"),
         ({"item_update": feed_pb2.ItemUpdate(item_id="i000001")}, "item_update"),
         ({"item_update": feed_pb2.ItemUpdate(item_id="no-such-item", title="x")}, "item_id"),
-        ({"seller_vacation": feed_pb2.SellerVacation(seller_id="u00001", until=1.0)}, "vacation_until"),
+        ({"seller_vacation": feed_pb2.SellerVacation(seller_id="u00001", until=1.0)}, "until"),
         ({"seller_vacation": feed_pb2.SellerVacation(until=0.0)}, "seller_id"),
     ],
 )

@@ -189,6 +189,16 @@ def test_a_bad_feed_request_is_refused_as_over_grpc(api, user_id, query, fields)
     assert answer.status == 400 and answer.body["error"]["details"][0]["fieldViolations"]
 
 
+def test_a_user_id_that_is_not_utf8_is_refused_as_over_grpc(api):
+    """Not read as another id (U+FFFD for the bad byte), which would merge users."""
+    data = feed_pb2.GetFeedRequest(user_id="alice", limit=5).SerializeToString().replace(b"alice", b"al\xffce")
+    with grpc.insecure_channel(f"127.0.0.1:{api.server.port}") as channel:
+        error = grpc_error(channel.unary_unary("/feedrank.feed.v1.FeedService/GetFeed"), data)
+    answer = api.http("GET", "/v1/users/al%FFce/feed?page_size=5")
+    assert_answers_alike(answer, error)
+    assert answer.status == 400 and answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == "user_id"
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"events": [{"eventId": "no-payload"}]}, "events[0].payload"),
     ({"events": []}, "events"),
@@ -240,10 +250,15 @@ def test_query_parameters_are_known_typed_and_given_once(api):
     (json.dumps({"events": [an_event(), an_event(ts="soon")]}).encode(), "events[1].ts", "Couldn't parse float"),
     (json.dumps({"events": [an_event(like={"userId": "u", "colour": "red"})]}).encode(), "events[0].like.colour", 'no field named "colour"'),
     (json.dumps({"minReplicas": "many"}).encode(), "minReplicas", "many"),
+    # protobuf's text names no place for these: the body's parts are parsed to find it
+    (json.dumps({"events": [an_event(), an_event(stockUpdate={"itemId": "i1", "stock": "abc"})]}).encode(),
+     "events[1].stockUpdate.stock", "'abc'"),
+    (b'{"events": [{"eventId": "a", "eventId": "b"}]}', "", "Failed to load JSON: duplicate key eventId"),
 ])
 def test_a_body_that_is_not_an_ingest_request_in_json_is_a_bad_request(api, body, field, text):
     answer = api.ingest(body)
     assert answer.status == 400 and answer.body["error"]["status"] == "INVALID_ARGUMENT" and text in answer.body["error"]["message"]
+    assert "Failed to load JSON: Failed to load JSON" not in answer.body["error"]["message"]
     violations = [v for detail in answer.body["error"]["details"] for v in detail["fieldViolations"]]
     assert [v["field"] for v in violations] == ([field] if field else [])
 
@@ -267,6 +282,24 @@ def test_only_json_bodies_no_larger_than_a_grpc_message(api, world):
     finally:
         connection.close()
     assert (response.status, error["status"]) == (413, "RESOURCE_EXHAUSTED") and str(limit) in error["message"]
+    # So is a chunked body, which has no Content-Length: it is not cut at the limit and parsed.
+    chunked = json.dumps({"events": [], "pad": "x" * limit}).encode()
+    response = _post_chunked(api.server.http.port, "/v1/events:ingest", chunked)
+    assert (response[0], response[1]["error"]["status"]) == (413, "RESOURCE_EXHAUSTED")
+    # A chunked body within the limit is read whole.
+    small = json.dumps({"events": [an_event(like={"userId": world.dataset.user_ids()[0], "itemId": str(world.dataset.items.item_id[0])})]}).encode()
+    assert _post_chunked(api.server.http.port, "/v1/events:ingest", small)[0] == 200
+
+
+def _post_chunked(port: int, path: str, body: bytes, chunk: int = 65_536) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, body=(body[i:i + chunk] for i in range(0, len(body), chunk)),
+                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 # --- auth, metrics, access lines ----------------------------------------------------------
@@ -320,6 +353,7 @@ def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
     assert (missing.status, missing.body["error"]["status"]) == (404, "NOT_FOUND")
     wrong = api.http("DELETE", "/v1/events:ingest")
     assert (wrong.status, wrong.body["error"]["status"]) == (405, "UNIMPLEMENTED") and "POST" in wrong.headers["Allow"]
+    assert missing.body["error"]["code"] == 404 and wrong.body["error"]["code"] == 405  # the body's code is the HTTP status
 
 
 @pytest.mark.redis

@@ -44,8 +44,7 @@ def _routing_error(error: HTTPException) -> Response | HTTPException:
     if not request.path.startswith("/v1/"):
         return error
     code = grpc.StatusCode.NOT_FOUND if error.code == 404 else grpc.StatusCode.UNIMPLEMENTED
-    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}"))
-    response.status_code = error.code or 500
+    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}", http_status=error.code or 500))
     if error.code == 405:
         response.headers["Allow"] = ", ".join(error.valid_methods or ())
     return response

@@ -11,11 +11,13 @@ give the same answer to the same request; README "HTTP/JSON" documents the detai
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -23,12 +25,13 @@ from flask import Blueprint, Response, after_this_request, jsonify, request
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
 from serving.auth import FEED_SERVICE, METHOD_SCOPES
-from serving.feed_service import FeedService
+from serving.feed_service import FeedService, InvalidRequest
 from serving.servicer import (
     get_feed_response,
     ingest_response,
@@ -77,7 +80,11 @@ INGEST = _Method("Ingest", ingest_response)
 @api.get("/v1/users/<path:user_id>/feed")
 @api.get("/v1/users//feed", defaults={"user_id": ""}, merge_slashes=False)  # refused as over gRPC, not a 404
 def get_feed(user_id: str) -> Response:
-    return _serve(GET_FEED, feed_pb2.GetFeedRequest(user_id=_exact_user_id(user_id)), _read_query)
+    def read(message: Message) -> None:
+        message.user_id = _exact_user_id(user_id)
+        _read_query(message)
+
+    return _serve(GET_FEED, feed_pb2.GetFeedRequest(), read)
 
 
 @api.post("/v1/events:ingest")
@@ -137,19 +144,6 @@ def _bad_field(field: str, description: str) -> HttpError:
     return HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {description}", field, description)
 
 
-class _HttpOnlyError(HttpError):
-    """A refusal only HTTP has (a body too large, not JSON), with an HTTP status of its own;
-    ``code`` is the nearest gRPC code, for the error body, metrics and logs."""
-
-    def __init__(self, http_status: int, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(code, message)
-        self._http_status = http_status
-
-    @property
-    def http_status(self) -> int:
-        return self._http_status
-
-
 # --- GET: the query string ---------------------------------------------------------------
 
 
@@ -190,13 +184,17 @@ def _exact_user_id(routed: str) -> str:
 
     Cheroot leaves an encoded slash (%2F) encoded in PATH_INFO but decodes %25 to "%", so
     "%2F" there is either; the raw request target (REQUEST_URI, when the server passes it)
-    is not ambiguous. WSGI hands it over as Latin-1 text of the bytes.
+    is not ambiguous. WSGI hands it over as Latin-1 text of the bytes. Bytes that are not
+    UTF-8 are refused as gRPC refuses them, not read as another user's id.
     """
     raw = request.environ.get("REQUEST_URI")
     match = _RAW_FEED_PATH.search(raw.split("?", 1)[0]) if raw else None
     if match is None:
         return routed
-    return unquote_to_bytes(match.group(1).encode("latin-1")).decode("utf-8", "replace")
+    try:
+        return unquote_to_bytes(match.group(1).encode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest("user_id", f"not a valid GetFeedRequest: not UTF-8 (byte {error.start})") from None
 
 
 # --- POST: the JSON body -----------------------------------------------------------------
@@ -205,8 +203,8 @@ def _exact_user_id(routed: str) -> str:
 def _read_body(message: Message) -> None:
     """Parse the JSON body into ``message``."""
     if request.mimetype != JSON:
-        raise _HttpOnlyError(415, grpc.StatusCode.INVALID_ARGUMENT,
-                             f"the body must be JSON, sent with 'Content-Type: {JSON}' (got {request.content_type or 'none'!r})")
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the body must be JSON, sent with 'Content-Type: {JSON}' (got {request.content_type or 'none'!r})", http_status=415)
     try:
         text = _body().decode("utf-8")
     except UnicodeDecodeError:
@@ -216,33 +214,68 @@ def _read_body(message: Message) -> None:
     try:
         json_format.Parse(text, message)
     except json_format.ParseError as error:
-        raise _not_parsed(str(error), message.DESCRIPTOR.name) from None
+        raise _not_parsed(str(error), text, type(message)) from None
 
 
 def _body() -> bytes:
     """The request body; 413 when it is larger than gRPC would take a message (read no further)."""
     limit = web_context().max_body_bytes
-    request.max_content_length = limit
+    too_large = HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes", http_status=413)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # A chunked body has no length to check first, and Werkzeug stops reading it at the
+    # limit without saying so: read one byte past it to tell a cut body from a whole one.
+    request.max_content_length = limit + 1
     try:
-        return request.get_data(cache=False)
+        body = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise _HttpOnlyError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes") from None
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    return body
 
 
-def _not_parsed(description: str, root: str) -> HttpError:
-    """A 400 for a json_format ParseError of a ``root`` message, naming the field when it can."""
-    field = _parse_error_field(description, root)
+def _not_parsed(description: str, body: str, message_type: type[Message]) -> HttpError:
+    """A 400 for a json_format ParseError of ``body`` as a ``message_type``, naming the field when it can."""
+    description = re.sub(r"^(Failed to load JSON: )+", "Failed to load JSON: ", description)  # protobuf says it twice
+    field = _parse_error_field(description, body, message_type)
     return HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {description}" if field else description, field, description)
 
 
-def _parse_error_field(text: str, root: str) -> str:
-    """The field a json_format ParseError about a ``root`` message is about, as precisely as
-    its text names it ("" if not at all)."""
-    locations = re.findall(rf' at "?{re.escape(root)}\.?([\w.\[\]]*)', text)  # the last: a value may hold " at "
+def _parse_error_field(text: str, body: str, message_type: type[Message]) -> str:
+    """The field a json_format ParseError about ``body`` is about, as precisely as its text
+    names it, else as found by parsing the body's parts ("" if not at all)."""
+    locations = re.findall(rf' at "?{re.escape(message_type.DESCRIPTOR.name)}\.?([\w.\[\]]*)', text)  # the last: a value may hold " at "
     unknown = _PARSE_UNKNOWN_FIELD.search(text)
     path = [locations[-1].rstrip(".")] if locations else []
     path += [unknown.group(1)] if unknown else []
-    return ".".join(p for p in path if p) or ".".join(_PARSE_FIELD.findall(text))
+    if any(path):
+        return ".".join(p for p in path if p)
+    try:
+        return _unparsable_part(json.loads(body), message_type) or ".".join(_PARSE_FIELD.findall(text))
+    except ValueError:  # not JSON at all (protobuf's text says where)
+        return ""
+
+
+def _unparsable_part(value: Any, message_type: type[Message]) -> str:
+    """The path (the names the body uses, list indexes) of the first field of ``value``,
+    parsed JSON, that json_format cannot read as part of a ``message_type``; "" if none is."""
+    if not isinstance(value, dict):
+        return ""
+    descriptor = message_type.DESCRIPTOR
+    for key, part in value.items():
+        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        if field is None:
+            continue
+        elements = list(enumerate(part)) if field.is_repeated and isinstance(part, list) else [(None, part)]
+        for index, element in elements:
+            try:
+                json_format.ParseDict({key: element if index is None else [element]}, message_type())
+            except json_format.ParseError:
+                name = key if index is None else f"{key}[{index}]"
+                inner = _unparsable_part(element, GetMessageClass(field.message_type)) if field.message_type else ""
+                return f"{name}.{inner}" if inner else name
+    return ""
 
 
 # --- metrics and the access line ----------------------------------------------------------

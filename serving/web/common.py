@@ -65,20 +65,21 @@ def web_context() -> WebContext:
 
 
 class HttpError(Exception):
-    """A request refused with a gRPC ``code`` (sent as its HTTP status), naming ``field`` when one is at fault."""
+    """A request refused with a gRPC ``code`` (sent as its HTTP status), naming ``field`` when one is at fault.
+
+    ``http_status`` is for a refusal only HTTP has (a body too large, a method not allowed):
+    then ``code`` is the nearest gRPC code, for the error body, metrics and logs.
+    """
 
     def __init__(self, code: grpc.StatusCode, message: str, field: str = "", description: str = "",
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.description = description or message
         self.retry_after = retry_after
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS[self.code]
+        self.http_status = HTTP_STATUS[code] if http_status is None else http_status
 
 
 def refused(refusal: Refusal) -> HttpError:
