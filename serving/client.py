@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
@@ -47,11 +48,13 @@ def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
     return "\n".join(lines)
 
 
-def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, pages: int, timeout: float) -> list[feed_pb2.GetFeedResponse]:
+def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, pages: int, timeout: float,
+                metadata: list[tuple[str, str]] | None = None) -> list[feed_pb2.GetFeedResponse]:
     responses = []
     token = ""
     for _ in range(pages):
-        response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user_id, limit=limit, page_token=token), timeout=timeout)
+        request = feed_pb2.GetFeedRequest(user_id=user_id, limit=limit, page_token=token)
+        response = stub.GetFeed(request, timeout=timeout, metadata=metadata)
         responses.append(response)
         token = response.next_page_token
         if not token:
@@ -59,18 +62,62 @@ def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, p
     return responses
 
 
+TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"
+
+
+def open_channel(target: str, tls_ca: str | None = None, tls: bool = False,
+                 client_cert: str | None = None, client_key: str | None = None) -> grpc.Channel:
+    """A channel to ``target``: plaintext, or TLS when ``tls`` or a CA file is given (the
+    system's roots without one), with a client certificate for mutual TLS."""
+    if not (tls or tls_ca or client_cert):
+        return grpc.insecure_channel(target)
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("--tls-client-cert and --tls-client-key go together")
+
+    def read(flag: str, path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as error:
+            raise ValueError(f"{flag} {path}: {error.strerror}") from None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("--tls-ca", tls_ca),
+        private_key=read("--tls-client-key", client_key),
+        certificate_chain=read("--tls-client-cert", client_cert),
+    )
+    return grpc.secure_channel(target, credentials)
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serving feed", description="Print a user's feed from a running server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m serving feed", description="Print a user's feed from a running server.",
+        epilog=f"A server with --tokens-file wants a token with the 'read' scope: --token, or the variable "
+               f"{TOKEN_VARIABLE} (which keeps it out of the process list). A server with --tls-cert wants "
+               f"--tls-ca (or --tls, to trust the system's roots); with --tls-client-ca, a client certificate too.")
     parser.add_argument("--target", default="127.0.0.1:50051", help="server address (default: %(default)s)")
     parser.add_argument("--user", required=True, help="user id")
     parser.add_argument("--limit", type=bounded(int, 1, maximum=100), default=10, help="items per page, 1..100 (default: %(default)s)")
     parser.add_argument("--pages", type=bounded(int, 1), default=1, help="pages to fetch (default: %(default)s)")
     parser.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None,
+                        help=f"bearer token sent as 'authorization: Bearer TOKEN' (env {TOKEN_VARIABLE})")
+    parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")
+    parser.add_argument("--tls-ca", metavar="FILE", help="speak TLS, trusting the CA certificates in this PEM file")
+    parser.add_argument("--tls-client-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-client-key", metavar="FILE", help="its unencrypted private key (PEM)")
     args = parser.parse_args(argv)
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel = open_channel(args.target, args.tls_ca, args.tls, args.tls_client_cert, args.tls_client_key)
+    except ValueError as error:
+        parser.error(str(error))
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    with channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
         try:
-            responses = fetch_pages(stub, args.user, args.limit, args.pages, args.timeout)
+            responses = fetch_pages(stub, args.user, args.limit, args.pages, args.timeout, metadata)
         except grpc.RpcError as error:
             sys.exit(f"GetFeed failed: {error.code().name}: {error.details()}")
     print(format_feed(args.user, responses))

@@ -204,6 +204,31 @@ def test_tls_serves_encrypted_only_with_tokens(world, pki):
             assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(untrusted), READ) == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_feed_command_sends_a_token_and_speaks_tls(world, pki, monkeypatch, capsys):
+    from serving import client
+
+    tokens = tuple(auth.parse_tokens(TOKENS_TEXT, "t"))
+    with serving(world, tokens=tokens, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                 tls_client_ca=str(pki / "client-ca.pem")) as server:
+        args = ["--target", f"127.0.0.1:{server.port}", "--user", "u00001", "--limit", "3",
+                "--tls-ca", str(pki / "server-ca.pem"), "--tls-client-cert", str(pki / "client.pem"),
+                "--tls-client-key", str(pki / "client.key")]
+        client.main([*args, "--token", READ])
+        assert capsys.readouterr().out.startswith("Feed for u00001")
+        monkeypatch.setenv(client.TOKEN_VARIABLE, READ)  # kept out of the process list
+        client.main(args)
+        assert " 3. " in capsys.readouterr().out
+        monkeypatch.delenv(client.TOKEN_VARIABLE)
+        with pytest.raises(SystemExit, match="UNAUTHENTICATED: missing bearer token"):
+            client.main(args)
+        with pytest.raises(SystemExit, match="UNAVAILABLE"):  # plaintext against a TLS server
+            client.main(["--target", f"127.0.0.1:{server.port}", "--user", "u00001", "--token", READ])
+    with pytest.raises(SystemExit):
+        client.main(["--user", "u00001", "--tls-ca", str(pki / "missing.pem")])
+    error = capsys.readouterr().err
+    assert "--tls-ca" in error and "missing.pem: No such file or directory" in error
+
+
 def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(world, pki):
     with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
                  tls_client_ca=str(pki / "client-ca.pem")) as server:
