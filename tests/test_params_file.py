@@ -53,6 +53,8 @@ def test_a_value_gets_its_flags_own_check_and_the_error_names_file_and_key(tmp_p
     ('{"trian": {"factors": 16}}', "unknown section 'trian'; the flags' values go in train, feed, ranker"),
     ('{"train": {"fators": 16}}', "train.fators: no flag sets it; choose from factors, regularization"),
     ('{"feed": {"ef_search": 16}}', "feed.ef_search: no flag sets it; choose from max_per_seller"),
+    ('{"train": {"factors": 8}, "train": {"alpha": 5}}', "key 'train' is given twice in one object (JSON keeps only the last)"),
+    ('{"train": {"factors": 8, "factors": 9}}', "key 'factors' is given twice in one object"),
 ])
 def test_a_malformed_file_or_an_ignored_key_is_named(tmp_path, capsys, content, message):
     assert f"error: --params {tmp_path / 'params.json'}: {message}" in refused(tmp_path, capsys, content)

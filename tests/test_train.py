@@ -151,3 +151,46 @@ def test_a_hyperparameter_out_of_range_is_named_before_any_work(command, flag, v
     with pytest.raises(SystemExit):
         main([command, "--data", str(tmp_path / "missing"), *out, flag, value])
     assert f"argument {flag}: {says}" in capsys.readouterr().err
+
+
+def test_a_dataset_without_likes_is_refused_and_the_current_model_kept(tmp_path, capsys):
+    """An export that came out empty once published an empty model as CURRENT, exit 0."""
+    from training.__main__ import main
+    from training.dataset import write_dataset
+
+    write_dataset(two_communities(), str(tmp_path / "data"))
+    main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"), "--factors", "8", "--no-progress"])
+    published = load_current(str(tmp_path / "models")).path
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "likes.csv").write_text("user_id,item_id,ts\n")
+    for command, out in [("train", str(tmp_path / "models")), ("tune", str(tmp_path / "params.json")), ("evaluate", None)]:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--data", str(tmp_path / "empty"), *(["--out", out] if out else []), "--no-progress"])
+        assert "the likes table holds no like: there is nothing to learn from" in str(exit_.value.code)
+    assert load_current(str(tmp_path / "models")).path == published
+    assert not (tmp_path / "params.json").exists()
+
+
+def test_nothing_to_evaluate_is_an_error_not_a_table_of_zeros(tmp_path, capsys):
+    from training.__main__ import main
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,100\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--data", str(tmp_path / "one"), "--no-progress"])
+    assert "left no test likes: nothing to evaluate" in str(exit_.value.code)
+    # The trainer still publishes a model then, without metrics, and says why.
+    main(["train", "--data", str(tmp_path / "one"), "--out", str(tmp_path / "models"), "--no-progress"])
+    assert load_current(str(tmp_path / "models")).manifest["metrics"] == {}
+    assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_a_catalogue_sold_out_whole_trains_with_a_warning(tmp_path, capsys):
+    from training.dataset import write_dataset
+    from training.train import train_and_publish
+
+    dataset = two_communities()
+    dataset.items.stock[:] = 0
+    write_dataset(dataset, str(tmp_path / "data"))
+    train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5, show_progress=False))
+    assert "all 40 items are out of stock" in capsys.readouterr().err

@@ -278,7 +278,9 @@ def _read_params_file(path: str) -> dict:
     except OSError as error:
         raise ValueError(f"--params {path}: {error.strerror}") from None
     try:
-        payload = json.loads(data.decode("utf-8"))
+        payload = json.loads(data.decode("utf-8"), object_pairs_hook=_without_repeated_keys)
+    except _RepeatedKey as error:
+        raise ValueError(f"--params {path}: key {error.args[0]!r} is given twice in one object (JSON keeps only the last)") from None
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - data.rfind(b"\n", 0, error.start)
@@ -289,6 +291,20 @@ def _read_params_file(path: str) -> dict:
         raise ValueError(f"--params {path}: expected a JSON object of sections ({', '.join(PARAMS_FILE_SECTIONS)}), "
                          f"got {_json_kind(payload)}")
     return payload
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict, refusing a key given twice: the first value would be lost unseen."""
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
 
 
 def _params_file_flags() -> argparse.ArgumentParser:

@@ -285,6 +285,13 @@ class DatasetError(ValueError):
         return (DatasetError, (self.file, self.line, self.column, self.message, errors, self.more))
 
 
+def require_likes(dataset: Dataset, data_dir: str) -> None:
+    """Refuse a dataset without a like for training: its model would be empty, and
+    publishing it would replace a working one."""
+    if not len(dataset.likes):
+        raise DatasetError("", 0, "", f"dataset {data_dir}: the likes table holds no like: there is nothing to learn from")
+
+
 def _located(file: str, line: int, column: str, message: str) -> str:
     if line > 0:
         return f"{file}:{line}: column {column!r}: {message}"

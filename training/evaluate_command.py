@@ -72,13 +72,14 @@ def run(args) -> None:
     """Entry point of ``python -m training evaluate``."""
     import json
 
-    from training.dataset import load_dataset
+    from training.dataset import load_dataset, require_likes
 
     ks = parse_ks(args.k)
     split = SplitSpec.parse(args.split) if args.split else None
     params = params_from_args(args)
     settings = settings_from_args(args)
     dataset = load_dataset(args.data)
+    require_likes(dataset, args.data)
     check_time_split(dataset, split, "--split")
     test = read_test_file(args.test) if args.test else None
     report = evaluate_split(

@@ -23,6 +23,10 @@ from training.splits import (
 from training.train import fitted_ranker_spec, train
 
 
+class NothingToEvaluate(ValueError):
+    """The test part is empty: metrics would be zeros that measured nothing."""
+
+
 def evaluation_parts(
     dataset: Dataset, split: SplitSpec | None, test: Edges | None, ranker_params: RankerFitParams | None
 ) -> tuple[Dataset, Edges, float | None, RankerFitParams]:
@@ -31,11 +35,16 @@ def evaluation_parts(
     dataset's default split) cuts it, and the ranker's validation takes that split's shape."""
     ranker_params = ranker_params or RankerFitParams()
     if test is not None:
+        if not len(test):
+            raise NothingToEvaluate("the test file holds no pairs: nothing to evaluate")
         for warning in warnings_on_test_pairs(dataset, test):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         return dataset, test, None, ranker_params
     split = split or default_split(dataset)
     train_part, test, now = split_for_evaluation(dataset, split)
+    if not len(test):
+        raise NothingToEvaluate(f"the split {split} of {len(dataset.likes):,} likes left no test likes: nothing to "
+                                "evaluate (a larger dataset, or another split)")
     # Validation mirrors the test: the ranker is chosen on a split of the same shape.
     return train_part, test, now, replace(ranker_params, validation_kind=split.kind)
 
@@ -118,10 +127,14 @@ def held_out_evaluation(
     split = None if split_text == "auto" else SplitSpec.parse(split_text)
 
     def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
-        report = evaluate_split(
-            dataset, split, None, ks, params, settings, show_progress=params.show_progress,
-            ranker_params=ranker_params, compare_blend=False, max_users=max_users,
-        )
+        try:
+            report = evaluate_split(
+                dataset, split, None, ks, params, settings, show_progress=params.show_progress,
+                ranker_params=ranker_params, compare_blend=False, max_users=max_users,
+            )
+        except NothingToEvaluate as error:  # the model is still worth publishing
+            print(f"warning: {error}; the model is published without metrics", file=sys.stderr, flush=True)
+            return {}
         print(report.table(), flush=True)
         return report.as_json()
 

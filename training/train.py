@@ -29,7 +29,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from ranking.ranker import DEFAULT_BLEND
 from training.artifact import EVALUATION_CHART, publish
-from training.dataset import Dataset, load_dataset
+from training.dataset import Dataset, load_dataset, require_likes
 from training.evaluate import plot_metrics
 from training.params import TrainParams, interactions_of, with_knn_resolved
 from training.ranker_fit import NoRankingSignal, RankerFitParams, fit_ranker, ranker_spec
@@ -162,6 +162,14 @@ def evaluation_chart_files(metrics: dict[str, Any]) -> dict[str, bytes]:
         return {}
 
 
+def warn_if_nothing_in_stock(ds: Dataset) -> None:
+    """A catalogue sold out whole trains a model whose feeds are empty until items come back."""
+    stock = ds.items.stock
+    if len(stock) and not (stock > 0).any():
+        print(f"warning: all {len(stock):,} items are out of stock: feeds stay empty until items are restocked or listed",
+              file=sys.stderr, flush=True)
+
+
 def train_and_publish(
     data_dir: str,
     models_dir: str,
@@ -189,6 +197,8 @@ def train_and_publish(
     started = time.perf_counter()
     with _step("load", timings, verbose):
         ds = load_dataset(data_dir)
+        require_likes(ds, data_dir)
+        warn_if_nothing_in_stock(ds)
         if check_data is not None:
             check_data(ds)
         fingerprint = ds.fingerprint()

@@ -329,9 +329,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Entry point of ``python -m training tune``."""
-    from training.dataset import load_dataset
+    from training.dataset import load_dataset, require_likes
 
     dataset = load_dataset(args.data)
+    require_likes(dataset, args.data)
     test_split = None if args.test_split == "none" else (
         default_split(dataset) if args.test_split == "auto" else SplitSpec.parse(args.test_split)
     )
