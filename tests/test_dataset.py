@@ -378,6 +378,10 @@ def test_items_repeated_in_every_column_are_one_item(tmp_path: Path) -> None:
     ds = load_dataset(str(make(tmp_path, items=items)))
     assert ds.items.item_id == ["i1", "i2", "i3"]
     assert ds.items.feed_eligible.tolist() == [True, False, True] and ds.items.title[0] == "Red shoes"
+    # The same values written otherwise are the same item: 3 is 3.0, a time as a number or in ISO.
+    again = "i1,s1,2023-11-14T22:13:20Z,3.0,9.50,shoes,Red shoes,https://img.example.com/i1.jpg,EUR,2.0,1\n"
+    ds = load_dataset(str(make(tmp_path, items=CARD_ITEMS + again)))
+    assert ds.items.item_id == ["i1", "i2", "i3"]
 
 
 def test_duplicate_follows_collapse(tmp_path: Path) -> None:

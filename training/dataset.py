@@ -769,6 +769,10 @@ def _parse_time(text: str) -> float:
     return value
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    return bool(a == b) or (a != a and b != b)  # NaN (an empty number) is the same as NaN
+
+
 def _shown(values: Any, i: int) -> str:
     """Value ``i`` of a column for a message: the text's repr, or the Parquet number ('null' when null)."""
     if isinstance(values, np.ndarray):
@@ -1280,7 +1284,6 @@ def _currencies(table: _Table, column: str) -> list[str] | None:
 
 def _load_items(t: _Table) -> Items:
     item_id = _ids(t, "item_id")
-    repeats = _repeated_rows(t, item_id)
     items = Items(
         item_id=item_id,
         seller_id=t.columns["seller_id"],  # "" = no seller
@@ -1294,21 +1297,25 @@ def _load_items(t: _Table) -> Items:
         ship_days=_ship_days(t, "ship_days"),
         feed_eligible=_eligible(t, "feed_eligible"),
     )
+    repeats = _repeated_rows(t, items)
     return items.take(np.delete(np.arange(t.n), repeats)) if repeats else items
 
 
-def _repeated_rows(t: _Table, item_id: list[str]) -> list[int]:
+def _repeated_rows(t: _Table, items: Items) -> list[int]:
     """The rows that repeat an earlier row of the same item in every column: one item with
-    it, as a repeated like is one like. A repeated item with other values is reported."""
+    it, as a repeated like is one like. Values are compared as read (a stock of 18 is one of
+    18.0). A repeated item with other values is reported."""
+    item_id = items.item_id
     if len(set(item_id)) == len(item_id):
         return []
+    columns = {name: getattr(items, name) for name in t.columns if name != "item_id" and hasattr(items, name)}
     first: dict[str, int] = {}
     repeats: list[int] = []
     for i, v in enumerate(item_id):
         j = first.setdefault(v, i)
         if j == i or not v:  # an empty id is reported already
             continue
-        differing = [name for name, values in t.columns.items() if _shown(values, i) != _shown(values, j)]
+        differing = [name for name, values in columns.items() if not _same_value(values[i], values[j])]
         if differing:
             t.report(i, "item_id", f"duplicate item {v!r} (first on {t.where(j)}) differing in {', '.join(differing)}")
         else:
