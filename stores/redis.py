@@ -1935,8 +1935,15 @@ class RedisStore:
     # -- health ------------------------------------------------------------------------
 
     def ping(self) -> bool:
+        """Whether the store can serve feeds: Redis answers, and a cluster covers every slot.
+
+        A cluster's node answers PING while a slot has no primary (a primary down with no
+        replica to take over, or one failing over): feeds fail then, so ask its state too.
+        """
         try:
-            return bool(self.client.ping())
+            if not self.client.ping():
+                return False
+            return not self.is_cluster or self.client.cluster_info().get("cluster_state") == "ok"
         except (RedisError, RedisClusterException, OSError):
             return False
 

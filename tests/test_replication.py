@@ -71,6 +71,28 @@ def test_a_replica_missing_for_the_whole_wait_is_not_replicated_not_an_outage(tm
         primary.stop()
 
 
+def test_a_cluster_missing_a_primary_is_down_for_health_though_its_nodes_answer_ping(tmp_path):
+    """Health read PING of one node, which answers while a slot has no primary: the
+    server stayed SERVING while every feed failed."""
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=0, node_timeout_ms=500).start()
+    try:
+        store = RedisStore.from_url(cluster.url)
+        assert store.ping()
+        default = store.client.get_default_node().port
+        victim = next(node for node in cluster.nodes if node.port != default)
+        victim.stop()
+        deadline = time.monotonic() + 15
+        while store.ping():
+            assert time.monotonic() < deadline, "health still says the cluster serves"
+            time.sleep(0.1)
+        with store.client.get_redis_connection(store.client.get_default_node()) as node:
+            assert node.ping()  # the node health asks still answers
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_the_cluster_waits_on_every_primary_it_wrote_to(tmp_path):
     require_redis()
     cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
