@@ -110,8 +110,11 @@ class DurableStore:
         self._snapshot_lock = threading.Lock()
         self._failed: str | None = None
         self._closed = False
-        os.makedirs(self.state_dir, exist_ok=True)
-        self._lock_file = _lock_directory(self.state_dir)
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            self._lock_file = _lock_directory(self.state_dir)
+        except OSError as error:  # not a directory, not writable, a file in the way
+            raise WalError(f"state directory {self.state_dir}: {error.strerror or error}") from None
         try:
             started = time.monotonic()
             self._written, batches, events = self._recover()
@@ -339,6 +342,7 @@ class DurableStore:
                         raise WalError(f"{snapshot}: byte offset {reader.torn_at}: the snapshot is damaged at its end")
                     if reader.header.get("through_seq") != last:
                         raise WalError(f"{snapshot}: holds batches up to {last}, its header says {reader.header.get('through_seq')}")
+            torn: tuple[str, int, int] | None = None  # (log, where its damage starts, its good end)
             for _, path in self._logs():
                 records = 0
                 with LogReader(path) as reader:
@@ -348,14 +352,19 @@ class DurableStore:
                         records += 1
                         if batch.seq <= last:  # already in the snapshot (a crash before this log was deleted)
                             continue
+                        if torn is not None:
+                            raise _damaged_before(torn, path)
                         last, events = self._replay(batch, last, f"{path}: line {number}"), events + len(batch.events)
                         batches += 1
                     if reader.torn_at is not None:
-                        log.warning("%s: a torn record at byte offset %d (a write cut short by a crash, never "
-                                    "acknowledged) is cut off", path, reader.torn_at)  # fmt: skip
-                        truncate(path, reader.end)
+                        torn = (path, reader.torn_at, reader.end)
                 if not records:
                     os.remove(path)
+            if torn is not None:  # in the last log written: a crash cut its last write short
+                path, torn_at, end = torn
+                log.warning("%s: a torn record at byte offset %d (a write cut short by a crash, never "
+                            "acknowledged) is cut off", path, torn_at)  # fmt: skip
+                truncate(path, end)
         fsync_dir(self.state_dir)
         return last, batches, events
 
@@ -381,6 +390,15 @@ class DurableStore:
         finally:
             for name, value in limits.items():
                 setattr(self._store, name, value)
+
+
+def _damaged_before(torn: tuple[str, int, int], later: str) -> WalError:
+    """A log damaged at its end though a later log holds later batches: no crash tears a
+    write that came before acknowledged ones, so the damage lost acknowledged batches."""
+    path, torn_at, _ = torn
+    return WalError(f"{path}: damaged from byte offset {torn_at}, but {later} holds later batches, so acknowledged "
+                    "batches were lost: this is not a crash's torn write. Nothing was changed on disk; restore the "
+                    "file from a backup (or, to start from what precedes the damage, move it and every later log aside)")
 
 
 def _lock_directory(state_dir: str):

@@ -311,6 +311,13 @@ def test_a_state_directory_of_another_dataset_is_refused(tmp_path):
         open_store("memory", str(data_dir), Durability(state_dir=str(tmp_path)), progress=False)
 
 
+def test_a_state_directory_that_cannot_be_one_is_named_in_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for path, why in [(tmp_path / "a-file", "File exists"), (tmp_path / "a-file" / "sub", "Not a directory")]:
+        with pytest.raises(WalError, match=rf"^state directory {path}: {why}$"):
+            open_state(path)
+
+
 def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
     store = open_state(tmp_path)
     with pytest.raises(WalError, match="in use by another process"):
@@ -358,6 +365,24 @@ def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path, caplog, tail):
     assert "torn record" in caplog.text and path.name in caplog.text
     assert path.read_bytes() == kept
     assert _follows(tmp_path) == expected  # and the next start is clean
+
+
+def test_a_damaged_end_of_a_log_before_the_last_is_an_error_and_changes_nothing(tmp_path):
+    """Only the last log written can end in a crash's torn write: an earlier log's damaged
+    end lost batches that were acknowledged, since later logs hold later ones. It was cut
+    off as torn, then the start failed on the gap anyway, with the evidence truncated."""
+    _three_batches(tmp_path)
+    store = open_state(tmp_path)  # a restart: the next batches go to a second log
+    apply_all([store], [[Event("e7", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s7")]])
+    store.close()
+    first, second = log_files(tmp_path)
+    damaged = first.read_bytes()[:-7]
+    first.write_bytes(damaged)
+    with pytest.raises(WalError) as error:
+        open_state(tmp_path)
+    assert f"{first}: damaged from byte offset" in str(error.value) and f"{second} holds later batches" in str(error.value)
+    assert "acknowledged batches were lost" in str(error.value)
+    assert first.read_bytes() == damaged  # nothing changed on disk
 
 
 def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offset(tmp_path):
