@@ -85,15 +85,15 @@ class HealthMonitor(threading.Thread):
         self.down_what = ""  # what was down first, since down_since
         self.stopped = threading.Event()
 
-    def _down(self) -> str | None:
-        """What keeps the server from building feeds (for the log), or None."""
+    def _down(self) -> tuple[str, str] | None:
+        """What keeps the server from building feeds and why, for the log; None if nothing."""
         try:
             if not self.store.ping():
-                return self.store_name
-        except Exception:  # noqa: BLE001 (a store that cannot even be asked is down)
-            return self.store_name
+                return self.store_name, getattr(self.store, "ping_failure", "")
+        except Exception as error:  # noqa: BLE001 (a store that cannot even be asked is down)
+            return self.store_name, f"{type(error).__name__}: {error}"
         if self.feed_processes is not None and not self.feed_processes.pids:
-            return "every feed process"
+            return "every feed process", ""
         return None
 
     def check(self) -> None:
@@ -107,8 +107,8 @@ class HealthMonitor(threading.Thread):
         else:
             self.serving.clear()
             if self.down_since is None:
-                self.down_since, self.down_what = self.clock(), down
-                log.error("%s unavailable: health NOT_SERVING until it answers again", down)
+                (self.down_what, why), self.down_since = down, self.clock()
+                log.error("%s unavailable%s: health NOT_SERVING until it answers again", self.down_what, f" ({why})" if why else "")
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):

@@ -1027,6 +1027,7 @@ class RedisStore:
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         prefix: str = DEFAULT_PREFIX,
         write_client: redis.Redis | RedisCluster | None = None,
+        wait_client: redis.Redis | RedisCluster | None = None,
         write_chunk: int = DEFAULT_WRITE_CHUNK,
         wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
         max_friends: int = DEFAULT_MAX_FRIENDS,
@@ -1042,11 +1043,13 @@ class RedisStore:
             raise ValueError("write_chunk must be >= 1")
         self.client = client
         self.write_client = client if write_client is None else write_client
+        self.wait_client = self.write_client if wait_client is None else wait_client  # Ingest's WAIT for replicas
         self.write_chunk = write_chunk
         self.wait_timeout_ms = wait_timeout_ms
         self.max_friends = max_friends
         self.max_follows = max_follows
         self.is_cluster = is_cluster_client(client)
+        self.ping_failure = ""  # why the last ping() said no, for the server's log
         self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
@@ -1085,8 +1088,8 @@ class RedisStore:
 
         Our own options may be given in the query string too: recent_likes, listings,
         dedupe_ttl (seconds, 0 = forever), stream_maxlen (0 = unbounded), prefix,
-        write_timeout (the writes' socket timeout, seconds; at least the reads', and at least
-        wait_timeout_ms plus WAIT_REPLY_MARGIN, so that WAIT's answer arrives),
+        write_timeout (the writes' socket timeout, seconds; at least the reads'; Ingest's WAIT
+        for replicas has connections of its own, whose timeout covers wait_timeout_ms),
         write_chunk, max_friends and max_follows (0 = no cap), wait_timeout_ms, read_cache
         (0 = read everything from Redis at every feed), read_cache_entries (the copy's bound
         on timelines, users' state and hashes and cards together). ``options`` are our own
@@ -1097,14 +1100,15 @@ class RedisStore:
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         read_timeout = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout", kwargs["socket_timeout"])
-        # WAIT holds the writer's connection up to wait_timeout_ms before it answers: a socket
-        # timeout below that would report a store outage for a batch that was applied.
-        wait_seconds = int(own.get("wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS)) / 1000
-        write_timeout = max(own.pop("write_timeout", DEFAULT_WRITE_TIMEOUT), float(read_timeout or 0), wait_seconds + WAIT_REPLY_MARGIN)
+        write_timeout = max(own.pop("write_timeout", DEFAULT_WRITE_TIMEOUT), float(read_timeout or 0))
+        # WAIT holds its connection up to wait_timeout_ms before it answers: on the writes'
+        # connections a timeout below that would report an outage for a batch that was applied.
+        wait_timeout = max(write_timeout, int(own.get("wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS)) / 1000 + WAIT_REPLY_MARGIN)
         with unavailable_on_redis_errors():
             client = connect(url, **kwargs)
             writer = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": write_timeout})
-            return cls(client, write_client=writer, **own)
+            waiter = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": wait_timeout})
+            return cls(client, write_client=writer, wait_client=waiter, **own)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -1753,10 +1757,10 @@ class RedisStore:
         for tag in tags:
             key = f"{self.keys.prefix}{{{tag}}}:replicated"
             if self.is_cluster:
-                node = self.write_client.get_node_from_key(key)
-                targets.setdefault(node.name, (self.write_client.get_redis_connection(node), key))
+                node = self.wait_client.get_node_from_key(key)
+                targets.setdefault(node.name, (self.wait_client.get_redis_connection(node), key))
             else:
-                targets.setdefault("", (self.write_client, key))
+                targets.setdefault("", (self.wait_client, key))
         for client, key in targets.values():
             pipe = client.pipeline(transaction=False)
             pipe.set(key, "1", px=60_000)
@@ -1942,15 +1946,17 @@ class RedisStore:
         """
         try:
             if not self.client.ping():
+                self.ping_failure = "PING was not answered"
                 return False
-            return not self.is_cluster or self.client.cluster_info().get("cluster_state") == "ok"
-        except (RedisError, RedisClusterException, OSError):
-            return False
+            state = self.client.cluster_info().get("cluster_state") if self.is_cluster else "ok"
+            self.ping_failure = "" if state == "ok" else f"cluster_state:{state}"
+        except (RedisError, RedisClusterException, OSError) as error:
+            self.ping_failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        return not self.ping_failure
 
     def close(self) -> None:
-        self.client.close()
-        if self.write_client is not self.client:
-            self.write_client.close()
+        for client in {id(c): c for c in (self.client, self.write_client, self.wait_client)}.values():
+            client.close()
 
 
 # -- the cluster's two stages ---------------------------------------------------------

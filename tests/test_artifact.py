@@ -80,6 +80,19 @@ def test_incomplete_version_and_bad_manifest(tmp_path) -> None:
         publish(str(tmp_path), small_model(0), {"params": {}})
 
 
+@pytest.mark.parametrize("name", ["manifest.json", "ids.npz", "factors.npz", "index.faiss"])
+def test_a_damaged_file_is_named_in_one_error(tmp_path, name) -> None:
+    """A file cut short gave a 41-line zipfile traceback, or a JSON error naming no file."""
+    version_dir = publish(str(tmp_path), small_model(0), manifest())
+    path = os.path.join(version_dir, name)
+    with open(path, "rb") as file:
+        head = file.read(50)
+    with open(path, "wb") as file:
+        file.write(head)
+    with pytest.raises(ValueError, match=rf"^model version {version_dir}: {name} is damaged \("):
+        load_version(version_dir)
+
+
 def test_manifest_is_plain_json(tmp_path) -> None:
     version_dir = publish(str(tmp_path), small_model(0), manifest(extra=np.float32(1.5)))
     with open(os.path.join(version_dir, "manifest.json")) as f:

@@ -540,9 +540,10 @@ def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server)
         started = time.monotonic()
         assert store.ping() is False
         assert time.monotonic() - started < 1.5
+        assert store.ping_failure.startswith("TimeoutError: ")  # the reason the server logs
     finally:
         own_server.resume()
-    assert store.ping()
+    assert store.ping() and store.ping_failure == ""
     assert views.read_user(store, "alice").follows == {"s1"}
     store.close()
 

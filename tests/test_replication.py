@@ -86,6 +86,7 @@ def test_a_cluster_missing_a_primary_is_down_for_health_though_its_nodes_answer_
         while store.ping():
             assert time.monotonic() < deadline, "health still says the cluster serves"
             time.sleep(0.1)
+        assert store.ping_failure == "cluster_state:fail"  # what the server's log says
         with store.client.get_redis_connection(store.client.get_default_node()) as node:
             assert node.ping()  # the node health asks still answers
         store.close()

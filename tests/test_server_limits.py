@@ -315,6 +315,8 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
     class Store:
         up = True
 
+        ping_failure = "TimeoutError: Timeout connecting to server"  # what a RedisStore says of its last failed ping
+
         def ping(self):
             if self.up is None:
                 raise ConnectionError("boom")
@@ -339,7 +341,8 @@ def test_health_follows_the_store_and_an_outage_is_logged_once_each_way(caplog):
     assert published == [SERVING] + [NOT_SERVING] * 4 + [SERVING] * 2
     messages = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
     assert messages == [
-        "store redis://10.0.0.9:6379/0 unavailable: health NOT_SERVING until it answers again",
+        "store redis://10.0.0.9:6379/0 unavailable (TimeoutError: Timeout connecting to server): health NOT_SERVING "
+        "until it answers again",
         "store redis://10.0.0.9:6379/0 answers again after 4.0 s: health SERVING",
     ]
 

@@ -27,7 +27,8 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -212,20 +213,31 @@ def load_current(models_dir: str) -> Artifact:
     return load_version(os.path.join(models_dir, current_version(models_dir)))
 
 
+@contextlib.contextmanager
+def _damage_named(path: str, name: str) -> Iterator[None]:
+    """A file of a version that does not read (cut short, overwritten) as one ValueError naming it."""
+    try:
+        yield
+    except (ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"model version {path}: {name} is damaged ({type(error).__name__}: {reason[:300]})") from None
+
+
 def load_version(path: str) -> Artifact:
     """Load one version directory. FileNotFoundError names any missing file."""
     for name in (MANIFEST, IDS, FACTORS, INDEX):
         if not os.path.exists(os.path.join(path, name)):
             raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
-    with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+    with _damage_named(path, MANIFEST), open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
-    with np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
+    with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
         user_ids = ids["user_ids"].tolist()
         item_ids = ids["item_ids"].tolist()
-    with np.load(os.path.join(path, FACTORS), allow_pickle=False) as factors:
+    with _damage_named(path, FACTORS), np.load(os.path.join(path, FACTORS), allow_pickle=False) as factors:
         user_factors = factors["user_factors"].astype(np.float32, copy=False)
         item_factors = factors["item_factors"].astype(np.float32, copy=False)
-    index = MipsIndex.load(os.path.join(path, INDEX))
+    with _damage_named(path, INDEX):
+        index = MipsIndex.load(os.path.join(path, INDEX))
     if not np.array_equal(index.vectors, item_factors):
         raise ValueError(f"{path}: index.faiss does not hold the item factors of factors.npz")
     index.vectors = item_factors  # one copy of the table, not two
