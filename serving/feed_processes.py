@@ -66,6 +66,8 @@ from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, p
 
 log = logging.getLogger("feedrank.serving")
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals that drain the server (serving/server.py's StopSignals); its children ignore them."""
 CALLS_PER_CHILD = 2
 """GetFeeds a child may hold at once: the one it builds, and the next, written while it builds
 the first when no child is idle, so that it starts the next at once, its caches warm,
@@ -89,10 +91,10 @@ _STATE, _EVENTS, _FEED = b"S", b"E", b"F"
 def _child_main(config: ServerConfig, pipe: Connection) -> None:
     """A feed process: the server's own service, built as the server builds it, then one
     feed per request on ``pipe`` until the pipe closes."""
-    # Ctrl-C, and a SIGTERM sent to the whole process group (timeout(1), a service manager),
-    # reach the server too, which drains its calls, then closes the pipes: the children's cue.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, a SIGTERM sent to the whole process group (timeout(1), a service manager) and
+    # a SIGHUP reach the server too, which drains its calls, then closes the pipes: the children's cue.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     logs.configure(config.log_format, config.log_level)
     logs.set_worker(config.worker_index)
     limit_native_threads()

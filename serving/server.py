@@ -31,7 +31,7 @@ from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
-from serving.feed_processes import FeedProcessError, FeedProcesses
+from serving.feed_processes import STOP_SIGNALS, FeedProcessError, FeedProcesses
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
@@ -486,7 +486,8 @@ class StartInterrupted(BaseException):
 
 
 class StopSignals:
-    """SIGTERM and SIGINT, as an event the main thread polls.
+    """SIGTERM, SIGINT and SIGHUP (the terminal the server ran in closed), as an event the
+    main thread polls: each drains the server.
 
     The handler only appends to a list: an ``Event.set`` in a handler takes the event's
     lock, and a second signal landing while the first handler held it deadlocked the
@@ -500,7 +501,7 @@ class StopSignals:
     def __init__(self) -> None:
         self._received: list[int] = []
         self._interrupt = False
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _: Any) -> None:

@@ -60,7 +60,8 @@ def test_a_bad_dataset_row_fails_with_file_line_and_column(tmp_path, trained):
     assert "Traceback" not in result.stderr
 
 
-def test_server_serves_then_exits_cleanly_on_sigterm(trained, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal it ran in closed
+def test_server_serves_then_exits_cleanly_on_sigterm(trained, tmp_path, signum):
     data, models = trained
     port_file = tmp_path / "port"
     server = subprocess.Popen(
@@ -75,8 +76,9 @@ def test_server_serves_then_exits_cleanly_on_sigterm(trained, tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
             items = feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).items
         assert len(items) == 5
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(signum)
         assert server.wait(timeout=20) == 0
+        assert not port_file.exists()  # removed at a drained exit
     finally:
         if server.poll() is None:
             server.kill()
