@@ -7,7 +7,8 @@ sellers.csv, and when users shared, clicked, carted or bought engagements.csv (o
 per user, item, kind and friend, at its latest time; views are not kept per view in
 Redis, only the bounded fatigue state: the full history is in the event log, see
 ``--since``) (training.dataset format), so
-the trainer can retrain from live data. With ``--format parquet`` the same tables are
+the trainer can retrain from live data. The dataset format has no table for users'
+"not interested" hides of items and sellers: they too are only in the event log. With ``--format parquet`` the same tables are
 written as items.parquet, likes.parquet, ... (all six, one file each, in types Spark
 reads as they are: string, double, int64, bool); either format replaces the other's
 files of the same tables in DIR. Keys are found with SCAN (on a cluster, on every

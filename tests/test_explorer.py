@@ -212,6 +212,15 @@ def test_grpc_and_explorer_refuse_the_same_bad_page_token(explorer):
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and status == 400 and "page_token" in body
 
 
+def test_a_page_size_the_form_does_not_list_is_kept_selected(explorer):
+    """limit=7 showed 7 cards, but the form's select fell back to 10 and resubmitting changed it."""
+    status, _, body = http_get(f"{explorer.url}/?user=u00001&limit=7")
+    assert status == 200 and '<option value="7" selected>7</option>' in body
+    assert body.count(" selected>") == 1
+    status, _, body = http_get(f"{explorer.url}/?user=u00001&limit=20")
+    assert '<option value="20" selected>20</option>' in body and '<option value="7"' not in body
+
+
 def test_funnel_counts_are_what_the_metrics_counted(explorer, driver, social_user):
     registry = explorer.service.metrics.registry
     before = [counter_values(registry, "feedrank_candidates", "source"), counter_values(registry, "feedrank_filtered", "filter")]
