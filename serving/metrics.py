@@ -48,6 +48,10 @@ class FeedMetrics:
         self.arm_requests = Counter("feedrank_arm_requests", "GetFeed RPCs by A/B arm and status code", ["arm", "code"], registry=self.registry)
         self.arm_latency = Histogram("feedrank_arm_request_seconds", "GetFeed latency by A/B arm", ["arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.arm_model = Gauge("feedrank_arm_model_info", "The model version each A/B arm serves (value 1)", ["arm", "version"], registry=self.registry)
+        self.model_reload_failures = Counter(
+            "feedrank_model_reload_failures", "Attempts to load a new model version that failed (the served one stays)",
+            registry=self.registry,
+        )
         # Feed processes (--feed-processes): read when scraped, so a call pays nothing for them.
         self.feed_processes = Gauge("feedrank_feed_processes", "Feed processes alive", registry=self.registry)
         self.feed_queue = Gauge("feedrank_feed_queue", "GetFeeds waiting for a free feed process", registry=self.registry)

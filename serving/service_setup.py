@@ -164,6 +164,7 @@ class ModelWatcher(threading.Thread):
         if version != self.failed_version:
             self.failed_version, self.failures = version, 0
         self.failures += 1
+        self.service.metrics.model_reload_failures.inc()
         delay = min(max(self.every_seconds, 1.0) * 2**self.failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
         self.retry_at = self.clock() + delay
         reason = " ".join(f"{type(error).__name__}: {error}".split())

@@ -22,6 +22,7 @@ from serving import auth, logs
 from serving import server as server_module
 from serving import service_setup
 from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, resolve_config
+from serving.metrics import FeedMetrics
 from serving.store_url import Durability
 from tests.conftest import REPO
 from tests.feed_world import TOKEN_SECRET, build_world
@@ -340,7 +341,8 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
         configured.append(current.version)
         service.current_artifact, service.model_version = current, current.version
 
-    service = SimpleNamespace(current_artifact=served, arms=None, pinned={}, model_version="v1", configure=configure)
+    service = SimpleNamespace(current_artifact=served, arms=None, pinned={}, model_version="v1", configure=configure,
+                              metrics=FeedMetrics())
     now = [0.0]
     watcher = service_setup.ModelWatcher(service, str(models), every_seconds=1.0, clock=lambda: now[0])
     caplog.set_level("INFO", logger="feedrank.serving")
@@ -353,6 +355,7 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
     (models / "CURRENT").write_text("v2\n")
     poll(20)
     assert [t for v, t in attempts] == [1.0, 3.0, 7.0, 15.0]  # 2, 4, 8 polls apart: not every poll
+    assert service.metrics.registry.get_sample_value("feedrank_model_reload_failures_total") == 4  # for alerts
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 4 and all("\n" not in r.getMessage() for r in errors)
     assert errors[0].getMessage() == ("model reload failed: version v2: ValueError: " + str(models / "v2") +
