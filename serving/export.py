@@ -7,8 +7,9 @@ sellers.csv, and when users shared, clicked, carted or bought engagements.csv (o
 per user, item, kind and friend, at its latest time; views are not kept per view in
 Redis, only the bounded fatigue state: the full history is in the event log, see
 ``--since``) (training.dataset format), so
-the trainer can retrain from live data. The dataset format has no table for users'
-"not interested" hides of items and sellers: they too are only in the event log. With ``--format parquet`` the same tables are
+the trainer can retrain from live data, and users' "not interested" hides as
+not_interested_items.csv and not_interested_sellers.csv (their ``ts`` empty: Redis keeps
+them as plain sets). With ``--format parquet`` the same tables are
 written as items.parquet, likes.parquet, ... (all six, one file each, in types Spark
 reads as they are: string, double, int64, bool); either format replaces the other's
 files of the same tables in DIR. Keys are found with SCAN (on a cluster, on every
@@ -150,6 +151,14 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
             if friend != user
         }
     )
+    hidden_items, hidden_sellers = (
+        sorted(
+            (k.user_id_of(key, what), member)
+            for key, members in _fetch(client, sorted(scan_keys(client, k.user_pattern(what))), "smembers")
+            for member in members
+        )
+        for what in ("hidden_items", "hidden_sellers")
+    )
     engaged = sorted(
         (k.user_id_of(key, "engaged"), *json.loads(field), float(ts))
         for key, fields in _fetch(client, sorted(scan_keys(client, k.engaged_pattern)), "hgetall")
@@ -165,6 +174,8 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
         follows=Edges([r[0] for r in follows], [r[1] for r in follows], np.full(len(follows), np.nan)),
         friends=Edges([r[0] for r in friends], [r[1] for r in friends], np.full(len(friends), np.nan)),
         sellers=Sellers([s for s, _ in vacations], np.array([float(t) for _, t in vacations], dtype=np.float64)),
+        hidden_items=Edges([r[0] for r in hidden_items], [r[1] for r in hidden_items], np.full(len(hidden_items), np.nan)),
+        hidden_sellers=Edges([r[0] for r in hidden_sellers], [r[1] for r in hidden_sellers], np.full(len(hidden_sellers), np.nan)),
     )
 
 

@@ -153,6 +153,12 @@ def _commands(
         listed_first[a] += 1
     for user_id, friends in befriended.items():
         yield listed_first.get(user_id, 0), "sadd", (keys.friends(user_id), *friends)
+    for edges, key in ((dataset.hidden_items, keys.hidden_items), (dataset.hidden_sellers, keys.hidden_sellers)):
+        hidden: dict[str, list[str]] = defaultdict(list)
+        for user_id, what in zip(edges.src, edges.dst):
+            hidden[user_id].append(what)
+        for user_id, members in hidden.items():
+            yield 0, "sadd", (key(user_id), *members)
     yield from _engagement_commands(dataset, keys, befriended)
 
 

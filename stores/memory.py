@@ -500,7 +500,7 @@ class MemoryStore:
         """
         store = cls(**kwargs)
         items, likes = dataset.items, dataset.likes
-        steps = ("catalogue", "likes", "timelines", "graph", "engagements")
+        steps = ("catalogue", "likes", "timelines", "graph", "engagements", "hidden")
         with gc_paused(), tqdm(total=len(steps), desc="load memory store", unit="step", disable=not progress) as bar:
             item_codes = store.items.codes(items.item_id, add=True)
             has_seller = np.fromiter((bool(s) for s in items.seller_id), bool, len(items))
@@ -562,6 +562,13 @@ class MemoryStore:
             bar.update()
 
             store._shared, store._seen = replay_engagements(dataset, store._friends, store.items.code, readers)
+            bar.update()
+
+            for hides, hidden, vocabulary in ((dataset.hidden_items, store._hidden_items, store.items),
+                                              (dataset.hidden_sellers, store._hidden_sellers, store.sellers)):
+                for user_id, code in zip(hides.src, vocabulary.codes(hides.dst, add=True).tolist()):
+                    if readers is None or user_id in readers:
+                        hidden[user_id].add(code)
             bar.update()
         return store
 

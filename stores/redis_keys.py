@@ -191,6 +191,10 @@ class Keys:
     def engaged_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:engaged"
 
+    def user_pattern(self, what: str) -> str:
+        """Every user's ``what`` key (one of USER_SUFFIXES), for SCAN."""
+        return f"{self.prefix}{{u:*}}:{what}"
+
     @property
     def timelines_pattern(self) -> str:
         """Every user's and seller's key, among them the recent likes and listings (one SCAN finds both)."""

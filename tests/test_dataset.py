@@ -607,3 +607,33 @@ def test_csv_bytes_are_the_bytes_csv_writer_writes(rows, chunk):
         assert module._csv_bytes(("a", "b"), [plain, plain]) == module._csv_text(("a", "b"), [plain, plain]).encode()
     finally:
         module._CSV_CHUNK_ROWS = saved
+
+
+HIDDEN_ITEMS = "user_id,item_id,ts\nu1,i2,1700000200\nu1,i2,1700000300\nu2,i3,\n"
+HIDDEN_SELLERS = "user_id,seller_id,ts\nu2,s1,\n"
+
+
+@pytest.mark.parametrize("format", ["csv", "parquet"])
+def test_not_interested_tables_round_trip_and_are_written_only_when_there_are_hides(tmp_path: Path, format: str) -> None:
+    ds = load_dataset(str(make(tmp_path / "in", not_interested_items=HIDDEN_ITEMS, not_interested_sellers=HIDDEN_SELLERS)))
+    assert list(zip(ds.hidden_items.src, ds.hidden_items.dst)) == [("u1", "i2"), ("u2", "i3")]  # repeats collapse
+    assert ds.hidden_items.ts.tolist()[0] == 1700000300.0
+    assert list(zip(ds.hidden_sellers.src, ds.hidden_sellers.dst)) == [("u2", "s1")]
+    write_dataset(ds, str(tmp_path / "out"), format=format)
+    again = load_dataset(str(tmp_path / "out"))
+    assert again.fingerprint() == ds.fingerprint()
+    assert list(zip(again.hidden_sellers.src, again.hidden_sellers.dst)) == [("u2", "s1")]
+    # A dataset without hides writes no such table, removes a stale one, and keeps its fingerprint.
+    plain = load_dataset(str(make(tmp_path / "plain")))
+    write_dataset(plain, str(tmp_path / "out"), format=format)
+    assert not any(path.name.startswith("not_interested") for path in (tmp_path / "out").iterdir())
+    assert load_dataset(str(tmp_path / "out")).fingerprint() == plain.fingerprint()
+
+
+def test_a_hidden_item_must_be_in_items_csv_unless_unknown_items_are_dropped(tmp_path: Path) -> None:
+    path = make(tmp_path, not_interested_items="user_id,item_id,ts\nu1,i2,\nu1,i9,\n")
+    error = error_of(path)
+    assert (error.file, error.line, error.column) == ("not_interested_items.csv", 3, "item_id") and "unknown item 'i9'" in error.message
+    warnings: list[str] = []
+    ds = load_dataset(str(path), on_unknown_item="drop", warnings=warnings)
+    assert ds.hidden_items.dst == ["i2"] and any("dropped 1 hidden items" in w for w in warnings)

@@ -21,6 +21,8 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.load import load_into_redis
 from stores.redis import RedisStore
 from stores.redis_keys import Keys
+from stores.memory import MemoryStore
+from tests import store_views as views
 from tests.builders import social_dataset
 from tests.conftest import REPO
 from tests.redis_servers import RedisServer
@@ -244,10 +246,12 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
         feed_pb2.Event(event_id="x6", ts=1767225704, share=feed_pb2.Share(user_id="erin", item_id="n1", friend_id="dave")),
         feed_pb2.Event(event_id="x7", ts=1767225705, purchase=feed_pb2.UserItem(user_id="erin", item_id="n1")),
         feed_pb2.Event(event_id="x8", ts=1767225706, view=feed_pb2.UserItem(user_id="alice", item_id="i1")),
+        feed_pb2.Event(event_id="x9", ts=1767225707, not_interested_item=feed_pb2.UserItem(user_id="bob", item_id="i2")),
+        feed_pb2.Event(event_id="x10", ts=1767225708, not_interested_seller=feed_pb2.UserSeller(user_id="bob", seller_id="s2")),
     ]), timeout=5)  # fmt: skip
     out = tmp_path / "export"
     exported = run("serving", "export", "--redis", redis_url, "--out", str(out), "--since", "0")
-    assert "8 events" in exported.stdout
+    assert "10 events" in exported.stdout
     live = load_dataset(str(out))
     original = social_dataset()
     assert set(live.items.item_id) == set(original.items.item_id) | {"n1"}
@@ -259,13 +263,18 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
     n1 = live.items.item_id.index("n1")
     assert (live.items.seller_id[n1], int(live.items.stock[n1]), live.items.price[n1], live.items.category[n1]) == ("s3", 2, 9.5, "shoes")
     events = (out / "events.csv").read_text().splitlines()
-    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 9
+    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 11
     # Shares, clicks, carts and purchases come back as engagements (views only in the event log).
     engaged = set(zip(live.engagements.user_id, live.engagements.item_id, live.engagements.kind, live.engagements.friend_id))
     assert engaged == {("erin", "n1", "share", "dave"), ("erin", "n1", "purchase", "")}
+    # Users' hides come back too, so a store loaded from the export keeps them hidden.
+    assert list(zip(live.hidden_items.src, live.hidden_items.dst)) == [("bob", "i2")]
+    assert list(zip(live.hidden_sellers.src, live.hidden_sellers.dst)) == [("bob", "s2")]
+    bob = views.read_user(MemoryStore.from_dataset(live), "bob")
+    assert (bob.hidden_items, bob.hidden_sellers) == ({"i2"}, {"s2"})
     since = events[2].split(",")[0]
     run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "later"), "--since", since)
-    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 6
+    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 8
     trained = run("training", "train", "--data", str(out), "--out", str(tmp_path / "retrained"), "--factors", "8", "--iterations", "3", "--no-progress")
     assert (tmp_path / "retrained" / "CURRENT").exists(), trained.stdout
 

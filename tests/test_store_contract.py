@@ -15,7 +15,7 @@ from stores import memory
 from stores.memory import MemoryStore
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
-from training.dataset import Sellers
+from training.dataset import Edges, Sellers
 
 
 def ev(event_id: str, kind: EventKind, ts: float = NOW, **fields) -> Event:
@@ -36,6 +36,19 @@ def test_read_user_returns_follows_friends_and_newest_likes_first(store_factory)
     assert alice.friends == {"bob", "carol"}
     assert views.read_user(store, "carol").friends == {"alice"}  # friendship is undirected
     assert [item for item, _ in views.read_user(store, "bob").recent_likes] == ["i6", "i7", "a1"]
+
+
+def test_a_datasets_hides_are_loaded_as_ingested_ones_are(store_factory):
+    """A dataset's not_interested tables (what an export writes) hide as the events did."""
+    dataset = dataclasses.replace(
+        social_dataset(),
+        hidden_items=Edges(["alice", "alice"], ["i2", "i6"], np.full(2, np.nan)),
+        hidden_sellers=Edges(["bob"], ["s1"], np.full(1, np.nan)),
+    )
+    store = store_factory(dataset)
+    alice, bob = views.read_user(store, "alice"), views.read_user(store, "bob")
+    assert (alice.hidden_items, alice.hidden_sellers) == ({"i2", "i6"}, frozenset())
+    assert (bob.hidden_items, bob.hidden_sellers) == (frozenset(), {"s1"})
 
 
 def test_read_activity_is_newest_first_and_bounded(store_factory):

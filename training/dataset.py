@@ -1,5 +1,5 @@
 """The dataset directory: items.csv, likes.csv, follows.csv, friends.csv, sellers.csv,
-engagements.csv.
+engagements.csv, not_interested_items.csv, not_interested_sellers.csv.
 
 Columns (header row required, order free; other columns are ignored with a warning):
   items.csv    item_id, seller_id, created_at, stock[, price][, category][, title]
@@ -9,6 +9,8 @@ Columns (header row required, order free; other columns are ignored with a warni
   friends.csv  user_id, friend_id, ts        (undirected)
   sellers.csv  seller_id, vacation_until
   engagements.csv  user_id, item_id, kind, ts[, friend_id]
+  not_interested_items.csv    user_id, item_id, ts    (items the user hid from their feed)
+  not_interested_sellers.csv  user_id, seller_id, ts  (sellers the user hid)
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty; one above
 MAX_UNIX_SECONDS (milliseconds, most likely) is an error, and so is one before MIN_UNIX_SECONDS
 (1900: times before 1970 are negative, and real data has some, such as Last.fm's tags from 1956).
@@ -28,7 +30,8 @@ repeated like is); a repeated ``item_id`` with other values is an error.
 Only likes.csv is required. Without items.csv every liked item is an in-stock item
 (stock 1) with no seller (``""``), unknown ``created_at`` (NaN), price NaN, empty card
 text and eligible. A missing follows.csv / friends.csv / sellers.csv /
-engagements.csv means no such rows.
+engagements.csv / not_interested_*.csv means no such rows. A hidden item must be in
+items.csv, as a liked one must.
 
 Ids (the ``*_id`` columns) and ``kind`` are stripped of surrounding whitespace. ``stock``
 and ``ship_days`` are whole numbers, also when written as ``18.0``.
@@ -211,6 +214,9 @@ class Dataset:
     friends: Edges  # user <-> friend, src < dst
     sellers: Sellers = dataclasses.field(default_factory=Sellers.none)
     engagements: Engagements = dataclasses.field(default_factory=Engagements.none)
+    # "Not interested": items and sellers users hid from their feeds; not training signals.
+    hidden_items: Edges = dataclasses.field(default_factory=lambda: _empty_edges())  # user -> item
+    hidden_sellers: Edges = dataclasses.field(default_factory=lambda: _empty_edges())  # user -> seller
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the dataset content.
@@ -318,6 +324,7 @@ class _Errors:
 
 ITEMS, LIKES, FOLLOWS, FRIENDS, SELLERS = "items.csv", "likes.csv", "follows.csv", "friends.csv", "sellers.csv"
 ENGAGEMENTS_FILE = "engagements.csv"
+HIDDEN_ITEMS, HIDDEN_SELLERS = "not_interested_items.csv", "not_interested_sellers.csv"
 
 _CARD_COLUMNS = ("title", "image_url", "currency", "ship_days", "feed_eligible")
 # (required columns, optional columns), in the order write_dataset writes them.
@@ -328,6 +335,8 @@ _SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     FRIENDS: (("user_id", "friend_id", "ts"), ()),
     SELLERS: (("seller_id", "vacation_until"), ()),
     ENGAGEMENTS_FILE: (("user_id", "item_id", "kind", "ts"), ("friend_id",)),
+    HIDDEN_ITEMS: (("user_id", "item_id", "ts"), ()),
+    HIDDEN_SELLERS: (("user_id", "seller_id", "ts"), ()),
 }
 
 _TIME_EXPECTED = "expected a Unix time or ISO-8601 timestamp"
@@ -1163,12 +1172,46 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
         engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id), items_name or likes_name,
                                         on_unknown_item, warnings)
 
+    hidden_items_t, hidden_sellers_t = table(HIDDEN_ITEMS), table(HIDDEN_SELLERS)
+    hidden_item_edges = hidden_seller_edges = None
+    if hidden_items_t is not None:
+        hidden_item_edges = _known_item_edges(hidden_items_t, None if items is None else set(items.item_id),
+                                              items_name or likes_name, on_unknown_item, warnings, "hidden items")
+    if hidden_sellers_t is not None:
+        hidden_seller_edges = (_ids(hidden_sellers_t, "user_id"), _ids(hidden_sellers_t, "seller_id"), _times(hidden_sellers_t, "ts", True))
+
     errors.raise_any()
     assert items is not None
     likes = _dedupe(like_users, like_items, like_ts, like_weight)
     follows = _dedupe(*follow_edges) if follows_t is not None else _empty_edges()
     friends = _dedupe(*friend_edges) if friend_edges is not None else _empty_edges()
-    return Dataset(items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements)
+    return Dataset(
+        items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements,
+        hidden_items=_dedupe(*hidden_item_edges) if hidden_item_edges is not None else _empty_edges(),
+        hidden_sellers=_dedupe(*hidden_seller_edges) if hidden_seller_edges is not None else _empty_edges(),
+    )
+
+
+def _known_item_edges(t: _Table, known_items: set[str] | None, item_file: str, on_unknown_item: str,
+                      warnings: list[str], what: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(users, items, times) of a user -> item table whose items must be in ``known_items``
+    (None: items.csv is unreadable, reported already): an unknown one is an error naming
+    its line, or with ``on_unknown_item`` "drop" dropped with a warning that counts them."""
+    users, item_ids, times = _ids(t, "user_id"), _ids(t, "item_id"), _times(t, "ts", True)
+    if known_items is None:
+        return users, item_ids, times
+    unknown = [i for i, item in enumerate(item_ids) if item and item not in known_items]
+    if not unknown:
+        return users, item_ids, times
+    if on_unknown_item == "error":
+        for i in unknown:
+            t.report(i, "item_id", f"unknown item {item_ids[i]!r} (not in {item_file})")
+        return users, item_ids, times
+    warnings.append(_dropped_unknown_items(t, unknown, what, item_file))
+    keep = np.ones(len(item_ids), bool)
+    keep[unknown] = False
+    rows = np.flatnonzero(keep).tolist()
+    return [users[i] for i in rows], [item_ids[i] for i in rows], times[keep]
 
 
 def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
@@ -1475,6 +1518,9 @@ def _render(ds: Dataset) -> dict[str, bytes]:
     if len(ds.sellers):
         until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
         out[SELLERS] = _csv_bytes(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
+    for name, edges in ((HIDDEN_ITEMS, ds.hidden_items), (HIDDEN_SELLERS, ds.hidden_sellers)):
+        if len(edges):  # only then: the files (and fingerprints) of datasets without are as before
+            out[name] = _csv_bytes(_SCHEMA[name][0], [edges.src, edges.dst, _time_column(edges.ts)])
     return out
 
 
@@ -1521,6 +1567,10 @@ def _arrow_tables(ds: Dataset) -> dict[str, Any]:
         "friend_id": text(e.friend_id),
     })  # fmt: skip
     out[SELLERS] = pa.table({"seller_id": text(ds.sellers.seller_id), "vacation_until": doubles(ds.sellers.vacation_until)})
+    for name, edges in ((HIDDEN_ITEMS, ds.hidden_items), (HIDDEN_SELLERS, ds.hidden_sellers)):
+        if len(edges):
+            user, hidden, ts = _SCHEMA[name][0]
+            out[name] = pa.table({user: text(edges.src), hidden: text(edges.dst), ts: doubles(edges.ts)})
     return out
 
 
@@ -1538,8 +1588,9 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
 
     CSV: sellers.csv only when a seller has state, engagements.csv only when there are
     engagements; output is deterministic (byte-identical for equal datasets).
-    Parquet: one file per table (likes.parquet, ...), all six, in the types of
-    :func:`_arrow_tables`, which Spark reads as they are.
+    Parquet: one file per table (likes.parquet, ...), all six, and the not-interested
+    tables when there are hides, in the types of :func:`_arrow_tables`, which Spark reads
+    as they are. CSV writes those two only when there are hides, too.
     Either way the directory then holds this dataset only: the other format's files (or
     Parquet part directories) of the same tables are removed, so it never holds both.
     ``load_dataset(path)`` returns an equal dataset when the input was valid
@@ -1562,10 +1613,12 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
             os.replace(tmp, target)
         for name in _SCHEMA:
             _remove(os.path.join(path, name))
+            if name not in tables:  # a table this dataset has none of: not an older one's
+                _remove(os.path.join(path, parquet_name(name)))
         return
     with gc_paused():
         rendered = _render(dataset)
-    for optional in (SELLERS, ENGAGEMENTS_FILE):
+    for optional in (SELLERS, ENGAGEMENTS_FILE, HIDDEN_ITEMS, HIDDEN_SELLERS):
         if optional not in rendered:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(path, optional))
