@@ -57,6 +57,9 @@ def _serve(argv: list[str]) -> None:
                 load_defaults("drop" if config.drop_unknown_items else "error", warn=log.warning):
             serve(config, port_file=args.port_file)
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
+        if config.log_format == "json":  # a log shipper reading JSON lines gets this one as JSON too
+            logging.getLogger("feedrank.serving").critical("error: %s", error)
+            sys.exit(1)
         sys.exit(f"error: {error}")
 
 

@@ -319,6 +319,17 @@ def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_p
     assert TOKEN not in stderr and "auth is off" not in stderr and "FEEDRANK_TOKEN_SECRET is not set" not in stderr
 
 
+def test_with_json_logs_a_fatal_start_error_is_a_json_line_too(world, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(tmp_path / "nope"),
+         "--log-format", "json", "--port", "0", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert lines[-1]["level"] == "critical" and "no such directory" in lines[-1]["msg"]
+
+
 # --- model reload -----------------------------------------------------------------------------------
 
 
