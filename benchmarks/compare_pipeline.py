@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 1 or args.batch < 1 or args.users < 1:
         parser.error("--rounds, --batch and --users must be at least 1")
     check_inputs(parser, args)
+    # Each worker runs in its checkout's directory: paths relative to the caller's would be read from there.
+    args.data, args.models = os.path.abspath(args.data), os.path.abspath(args.models)
     try:
         print("\n".join(compare(args)))
     except WorkerFailed as error:

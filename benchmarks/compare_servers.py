@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     check_pids(parser, "--store-pid", args.store_pid)
     check_dataset(parser, "--data", args.data)
     check_store(parser, "--store", args.store)
+    # Each server runs in its checkout's directory: paths relative to the caller's would be read from there.
+    args.data, args.models = os.path.abspath(args.data), os.path.abspath(args.models)
 
     servers = []
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from serving.client import TOKEN_VARIABLE
+
 SOURCE = Path(__file__).parent / "goload" / "main.go"
 GOPATH = "/usr/share/gocode"  # where Debian's golang-google-grpc-dev puts grpc-go's sources
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "feedrank"
@@ -67,24 +69,38 @@ class GoLoadFailed(RuntimeError):
 
 
 class GoReport(NamedTuple):
-    """One phase: calls started, each success's latency in seconds, errors by status code name."""
+    """One phase: calls started, each success's latency in seconds, errors by status code
+    name, and the successes whose reply was an empty feed (0 unless its method counts them)."""
 
     started: int
     latencies: list[float]
     errors: dict[str, int]
     elapsed: float
+    empty_feeds: int = 0
+
+
+class GoMethod(NamedTuple):
+    """An RPC as goload calls it: the full gRPC method, a file of serialised requests
+    (``write_requests``), the bearer token to send (None: none), and the number of the
+    reply's repeated field whose absence makes the reply an empty feed (0: not counted)."""
+
+    method: str
+    requests: Path
+    token: str | None = None
+    items_field: int = 0
 
 
 class GoClient:
     """Phases of calls to ``target`` by goload: ``methods`` maps an RPC's name in loadgen's
-    table to its full gRPC method and a file of serialised requests (``write_requests``).
-    Until one phase has connected, a target goload cannot reach is GoLoadFailed; after
-    that (the server died mid-run) the calls' failures are counted as errors, as the
-    Python client counts them."""
+    table to a GoMethod (or its first fields, a tuple), over TLS trusting the CA file
+    ``tls_ca`` when given. Until one phase has connected, a target goload cannot reach is
+    GoLoadFailed; after that (the server died mid-run) the calls' failures are counted as
+    errors, as the Python client counts them."""
 
-    def __init__(self, binary: Path, target: str, methods: dict[str, tuple[str, Path]], connections: int, timeout: float, seed: int) -> None:
-        self.binary, self.target, self.methods = binary, target, methods
-        self.connections, self.timeout, self.seed = connections, timeout, seed
+    def __init__(self, binary: Path, target: str, methods: dict[str, GoMethod | tuple], connections: int, timeout: float,
+                 seed: int, tls_ca: str | None = None) -> None:  # fmt: skip
+        self.binary, self.target, self.methods = binary, target, {rpc: GoMethod(*method) for rpc, method in methods.items()}
+        self.connections, self.timeout, self.seed, self.tls_ca = connections, timeout, seed, tls_ca
         self.connected = False
 
     async def closed(self, rpc: str, concurrency: int, duration: float) -> GoReport:
@@ -94,16 +110,21 @@ class GoClient:
         return await self._run(rpc, duration, "-mode", "open", "-rate", repr(rate))
 
     async def _run(self, rpc: str, duration: float, *mode: str) -> GoReport:
-        method, requests = self.methods[rpc]
+        method = self.methods[rpc]
+        # goload reads the token from the variable `python -m serving feed` reads: argv shows in the process list.
+        env = {name: value for name, value in os.environ.items() if name != TOKEN_VARIABLE}
+        if method.token:
+            env[TOKEN_VARIABLE] = method.token
         process = await asyncio.create_subprocess_exec(
-            str(self.binary), "-target", self.target, "-method", method, "-requests", str(requests), *mode,
+            str(self.binary), "-target", self.target, "-method", method.method, "-requests", str(method.requests), *mode,
             "-duration", f"{duration}s", "-timeout", f"{self.timeout}s", "-connections", str(self.connections),
-            "-seed", str(self.seed), f"-must-connect={str(not self.connected).lower()}",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            "-seed", str(self.seed), f"-must-connect={str(not self.connected).lower()}", "-items-field", str(method.items_field),
+            *(["-tls-ca", self.tls_ca] if self.tls_ca else []),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         out, err = await process.communicate()
         if process.returncode != 0:
             raise GoLoadFailed(f"goload {rpc} exited with {process.returncode}: {err.decode().strip()}")
         self.connected = True
         report = json.loads(out)
-        return GoReport(report["started"], report["latencies_s"], report["errors"], report["elapsed_s"])
+        return GoReport(report["started"], report["latencies_s"], report["errors"], report["elapsed_s"], report["empty_feeds"])

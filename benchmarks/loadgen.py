@@ -27,7 +27,13 @@ counts do not add up is a bug in this program and stops it. The exit status is 1
 any phase had an error (--allow-errors reports them and exits 0).
 Before the first phase every connection must be up within --timeout (else one line,
 exit 1); a spawned server that exits, or does not answer within --start-timeout, fails the
-run with its log's last lines. --json writes null for what was not measured.
+run with its log's last lines. Then a pre-flight asks GetFeed for 20 of the users to load:
+a server that answers UNIMPLEMENTED (no FeedService), UNAUTHENTICATED or PERMISSION_DENIED
+(give --token), or OK with every one of those feeds empty (a store empty or not loaded:
+the targets would be "met" without ranking anything) stops the run in one line, exit 1.
+Each GetFeed phase counts its OK replies without an item (the "empty" column). A server
+with --tokens-file wants --token (or FEEDRANK_CLIENT_TOKEN), one with --tls-cert wants
+--tls-ca. --json writes null for what was not measured.
 The generator runs on the same machine as the server: on 2 cores it takes cycles from it,
 so compare ratios within one run, not absolute figures across machines.
 """
@@ -56,8 +62,17 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.go_client import GoClient, GoClientUnavailable, GoLoadFailed, GoReport, build, write_requests
+from benchmarks.go_client import (
+    GoClient,
+    GoClientUnavailable,
+    GoLoadFailed,
+    GoMethod,
+    GoReport,
+    build,
+    write_requests,
+)
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.client import TOKEN_VARIABLE
 from stores.redis import URL_SCHEMES
 from training.flag_types import bounded, output_file
 
@@ -68,7 +83,8 @@ TARGET_P99_HALF_LOAD_MS = 15.0  # GetFeed p99 in open loop at half the saturatio
 REDIS_TARGET_FEED_TO_EMPTY = 0.15
 REDIS_TARGET_P99_HALF_LOAD_MS = 20.0
 
-Call = Callable[[float], Awaitable[None]]
+# A call with its deadline in seconds; it returns True when its reply was an empty feed (no item).
+Call = Callable[[float], Awaitable[bool | None]]
 
 
 @dataclass
@@ -78,19 +94,21 @@ class Tally:
     started: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, one per success
     errors: Counter[str] = field(default_factory=Counter)  # status code name -> count
+    empty_feeds: int = 0  # successes whose reply was a feed without items
 
     async def time(self, call: Call, timeout: float, since: float | None = None) -> None:
         """Run ``call``; latency counts from ``since`` (the scheduled time) or from now."""
         self.started += 1
         started = time.perf_counter() if since is None else since
         try:
-            await call(timeout)
+            empty = await call(timeout)
         except grpc.aio.AioRpcError as error:
             self.errors[error.code().name] += 1
         except Exception as error:  # a client-side failure is still a failed call, not a lost one
             self.errors[type(error).__name__] += 1
         else:
             self.latencies.append(time.perf_counter() - started)
+            self.empty_feeds += bool(empty)
 
 
 @dataclass
@@ -115,6 +133,8 @@ class PhaseResult:
     # The server's quantile came out above the client's (interpolation in a coarse bucket) and was capped at it.
     server_p50_capped: bool = False
     server_p99_capped: bool = False
+    # Successful GetFeeds that returned no item: a store partly loaded, or users it does not know. None: not a GetFeed phase.
+    empty_feeds: int | None = None
 
 
 def summarise(
@@ -127,9 +147,12 @@ def summarise(
         raise RuntimeError(f"{rpc} {mode}: {tally.started} calls but {successes} successes + {errors} errors")
     ms = np.array(tally.latencies) * 1e3 if tally.latencies else np.array([np.nan])
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
-                       dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99),
-                       *(1e3 * cpu / successes if successes else float("nan") for cpu in (server_cpu_s, store_cpu_s)))  # fmt: skip
+    result = PhaseResult(rpc, mode, concurrency, target, elapsed, tally.started, successes, errors,
+                         dict(sorted(tally.errors.items())), successes / elapsed, float(p50), float(p90), float(p99),
+                         *(1e3 * cpu / successes if successes else float("nan") for cpu in (server_cpu_s, store_cpu_s)))  # fmt: skip
+    if rpc == "GetFeed":
+        result.empty_feeds = tally.empty_feeds
+    return result
 
 
 FEED_LATENCY_BUCKETS = "feedrank_request_seconds_bucket"
@@ -188,10 +211,11 @@ async def closed_loop(call: Call, concurrency: int, duration: float, timeout: fl
     return tally, time.perf_counter() - started
 
 
-async def open_loop(call: Call, rate: float, duration: float, timeout: float) -> tuple[Tally, float]:
-    """Poisson arrivals at ``rate``/s; latency counts from the scheduled send time."""
+async def open_loop(call: Call, rate: float, duration: float, timeout: float, seed: int) -> tuple[Tally, float]:
+    """Poisson arrivals at ``rate``/s drawn from ``seed`` (loadgen's --seed: runs with different
+    seeds sample different arrivals); latency counts from the scheduled send time."""
     tally = Tally()
-    rng = random.Random(7)
+    rng = random.Random(seed)
     tasks = []
     started = time.perf_counter()
     next_at = started
@@ -213,28 +237,54 @@ class ServerCalls:
     empty: Call
     get_feed: Call
     ingest_like: Call
+    feed_of: Callable[[str, float], Awaitable[feed_pb2.GetFeedResponse]]  # one user's feed, with its deadline
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
 
 
+def channel_credentials(tls_ca: str | None) -> grpc.ChannelCredentials | None:
+    """TLS trusting the CA certificates in the PEM file ``tls_ca`` (--tls-ca), or None for
+    plaintext; ValueError naming the flag when the file cannot be read or holds no certificate.
+    (serving/client.py's open_channel makes blocking channels; the generator's are asyncio's.)"""
+    if tls_ca is None:
+        return None
+    try:
+        with open(tls_ca, "rb") as file:
+            roots = file.read()
+    except OSError as error:
+        raise ValueError(f"--tls-ca {tls_ca}: {error.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in roots:
+        raise ValueError(f"--tls-ca {tls_ca}: no PEM certificate in it")
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
 def server_calls(
-    target: str, users: list[str], connections: int, limit: int, rng: random.Random, items: Sequence[str] = ()
+    target: str, users: list[str], connections: int, limit: int, rng: random.Random, items: Sequence[str] = (),
+    token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
 ) -> ServerCalls:
     """Empty RPCs, GetFeeds of random ``users`` and their likes of random ``items``
-    against ``target`` over ``connections`` channels."""
+    against ``target`` over ``connections`` channels: over TLS with ``credentials``
+    (``channel_credentials``), and with ``token`` as the bearer token of every feed call
+    (health, which the empty RPC calls, is open to all)."""
     # SO_REUSEPORT spreads connections, not calls, among --workers: one channel would load
     # one worker. A local subchannel pool keeps each channel on its own connection.
-    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.secure_channel(target, credentials, options=options) if credentials
+                else grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]  # fmt: skip
     healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in channels])
     feeds = itertools.cycle([feed_pb2_grpc.FeedServiceStub(channel) for channel in channels])
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     async def empty(timeout: float) -> None:
         await next(healths).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
 
-    async def get_feed(timeout: float) -> None:
-        await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=rng.choice(users), limit=limit), timeout=timeout)
+    async def feed_of(user: str, timeout: float) -> feed_pb2.GetFeedResponse:
+        return await next(feeds).GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=limit), timeout=timeout, metadata=metadata)
+
+    async def get_feed(timeout: float) -> bool:
+        return not (await feed_of(rng.choice(users), timeout)).items
 
     run = f"loadgen-{os.getpid()}-{time.time_ns()}"
     serial = itertools.count()
@@ -242,22 +292,22 @@ def server_calls(
     async def ingest_like(timeout: float) -> None:
         like = feed_pb2.UserItem(user_id=rng.choice(users), item_id=rng.choice(items))
         event = feed_pb2.Event(event_id=f"{run}-{next(serial)}", like=like)
-        await next(feeds).Ingest(feed_pb2.IngestRequest(events=[event]), timeout=timeout)
+        await next(feeds).Ingest(feed_pb2.IngestRequest(events=[event]), timeout=timeout, metadata=metadata)
 
-    return ServerCalls(channels, empty, get_feed, ingest_like)
+    return ServerCalls(channels, empty, get_feed, ingest_like, feed_of)
 
 
 class PythonPhases:
     """Phases run by this process's asyncio client (``server_calls``)."""
 
-    def __init__(self, calls: ServerCalls, timeout: float) -> None:
-        self.by_rpc, self.timeout = {"empty": calls.empty, "GetFeed": calls.get_feed}, timeout
+    def __init__(self, calls: ServerCalls, timeout: float, seed: int) -> None:
+        self.by_rpc, self.timeout, self.seed = {"empty": calls.empty, "GetFeed": calls.get_feed}, timeout, seed
 
     def closed(self, rpc: str, concurrency: int, duration: float) -> Awaitable[tuple[Tally, float]]:
         return closed_loop(self.by_rpc[rpc], concurrency, duration, self.timeout)
 
     def open(self, rpc: str, rate: float, duration: float) -> Awaitable[tuple[Tally, float]]:
-        return open_loop(self.by_rpc[rpc], rate, duration, self.timeout)
+        return open_loop(self.by_rpc[rpc], rate, duration, self.timeout, self.seed)
 
 
 class GoPhases:
@@ -267,11 +317,12 @@ class GoPhases:
         feed = feed_pb2.DESCRIPTOR.services_by_name["FeedService"]
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]
         feeds = (feed_pb2.GetFeedRequest(user_id=user, limit=args.limit).SerializeToString() for user in users)
-        methods = {
-            "empty": (f"/{health.full_name}/Check", write_requests(workdir / "empty.requests", [health_pb2.HealthCheckRequest().SerializeToString()])),
-            "GetFeed": (f"/{feed.full_name}/GetFeed", write_requests(workdir / "feed.requests", feeds)),
+        items = feed_pb2.GetFeedResponse.DESCRIPTOR.fields_by_name["items"].number
+        methods = {  # health is open to all: no token
+            "empty": GoMethod(f"/{health.full_name}/Check", write_requests(workdir / "empty.requests", [health_pb2.HealthCheckRequest().SerializeToString()])),
+            "GetFeed": GoMethod(f"/{feed.full_name}/GetFeed", write_requests(workdir / "feed.requests", feeds), args.token, items),
         }
-        self.client = GoClient(binary, target, methods, args.channels, args.timeout, args.seed)
+        self.client = GoClient(binary, target, methods, args.channels, args.timeout, args.seed, args.tls_ca)
 
     async def closed(self, rpc: str, concurrency: int, duration: float) -> tuple[Tally, float]:
         return as_tally(await self.client.closed(rpc, concurrency, duration))
@@ -281,7 +332,7 @@ class GoPhases:
 
 
 def as_tally(report: GoReport) -> tuple[Tally, float]:
-    return Tally(report.started, list(report.latencies), Counter(report.errors)), report.elapsed
+    return Tally(report.started, list(report.latencies), Counter(report.errors), report.empty_feeds), report.elapsed
 
 
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
@@ -392,6 +443,44 @@ async def wait_until_connected(calls: ServerCalls, target: str, timeout: float) 
         raise TargetUnreachable(f"cannot connect to {target} within --timeout {timeout:g} s") from None
 
 
+PREFLIGHT_USERS = 20  # feeds asked for before the load
+
+
+class PreflightFailed(RuntimeError):
+    """Before any phase, GetFeed showed a server the run cannot measure: no FeedService, a
+    token refused, or a store that gave every user asked for an empty feed."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def preflight(calls: ServerCalls, target: str, users: Sequence[str], timeout: float, token: str | None) -> None:
+    """GetFeed for the first PREFLIGHT_USERS of ``users`` (a random sample: the users the
+    phases ask for), else PreflightFailed: a server that is no FeedService (UNIMPLEMENTED),
+    refuses the token (UNAUTHENTICATED, PERMISSION_DENIED) or answers every one of them OK
+    with an empty feed (an empty Redis does) would fill the table with errors or nan, or
+    meet the targets without ranking anything. Other answers are left to the phases to count
+    (a --limit the server refuses is a run that measures its refusals)."""
+    outcomes = await asyncio.gather(*(calls.feed_of(user, timeout) for user in users[:PREFLIGHT_USERS]), return_exceptions=True)
+    refusals = {outcome.code(): outcome for outcome in outcomes if isinstance(outcome, grpc.aio.AioRpcError)}
+    if grpc.StatusCode.UNIMPLEMENTED in refusals:
+        raise PreflightFailed(f"{target} answered GetFeed with UNIMPLEMENTED: not a feedrank FeedService (is --target the feed server's gRPC port?)")
+    hints = {
+        grpc.StatusCode.UNAUTHENTICATED: "the server does not know the token given" if token
+        else f"give a token with the 'read' scope: --token (or {TOKEN_VARIABLE})",
+        grpc.StatusCode.PERMISSION_DENIED: "give a token with the 'read' scope",
+    }  # fmt: skip
+    for code, hint in hints.items():
+        if code in refusals:
+            raise PreflightFailed(f"{target} refused GetFeed: {code.name} ({one_line(refusals[code].details() or '')}); {hint}")
+    feeds = [outcome for outcome in outcomes if isinstance(outcome, feed_pb2.GetFeedResponse)]
+    if feeds and not any(feed.items for feed in feeds):
+        raise PreflightFailed(f"all {len(feeds)} feeds asked for before the load came back empty, users of --data's likes.csv: "
+                              f"{target}'s store looks empty or not loaded (on Redis, load it with `python -m serving load "
+                              "--data DIR --redis URL`), or loaded from another dataset")  # fmt: skip
+
+
 async def run_phases(
     target: str,
     users_and_items: tuple[list[str], list[str]],
@@ -407,8 +496,9 @@ async def run_phases(
     ``args.ingest_rate``, a fourth row: the likes ingested during the GetFeed phases (always
     by this process's client)."""
     users, items = users_and_items
-    calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed), items)
-    phases = PythonPhases(calls, args.timeout) if go_binary is None else GoPhases(go_binary, target, users, args, workdir)
+    token, tls_ca = getattr(args, "token", None), getattr(args, "tls_ca", None)
+    calls = server_calls(target, users, args.channels, args.limit, random.Random(args.seed), items, token, channel_credentials(tls_ca))
+    phases = PythonPhases(calls, args.timeout, args.seed) if go_binary is None else GoPhases(go_binary, target, users, args, workdir)
 
     def cpu() -> tuple[float, float]:
         return processes_cpu_seconds([server_pid] if server_pid else []), processes_cpu_seconds(store_pids)
@@ -431,6 +521,7 @@ async def run_phases(
     try:
         if go_binary is None or args.ingest_rate:  # goload checks its own connections
             await wait_until_connected(calls, target, args.timeout)
+        await preflight(calls, target, users, args.timeout, token)  # by this process's client whichever runs the phases
         for rpc in ("empty", "GetFeed"):  # warm up connections, caches and the allocator
             if args.warmup:
                 await phases.closed(rpc, args.concurrency, args.warmup)
@@ -438,7 +529,8 @@ async def run_phases(
         ingest = None
         if args.ingest_rate:  # beside both GetFeed phases, and the pause between them
             ingest_started = time.perf_counter()
-            ingest = asyncio.ensure_future(open_loop(calls.ingest_like, args.ingest_rate, 2 * args.duration, args.timeout))
+            # Arrivals of their own: drawn from --seed, the likes would arrive in step with the GetFeeds.
+            ingest = asyncio.ensure_future(open_loop(calls.ingest_like, args.ingest_rate, 2 * args.duration, args.timeout, args.seed + 1))
         results.append(await phase("GetFeed", "closed", args.concurrency, 0.0, phases.closed("GetFeed", args.concurrency, args.duration)))
         rate = args.rate or max(results[1].qps * args.load, 1.0)
         mode = f"open@{rate:.0f}/s" if args.rate else f"open@{args.load:.0%}"
@@ -569,10 +661,11 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
     """The phases' table, then the targets' verdicts (Redis's for a spawned server on Redis)."""
     with_store = any(r.store_cpu_ms == r.store_cpu_ms for r in results)  # measured (not NaN)
     with_server_latency = any(r.server_p99_ms == r.server_p99_ms for r in results)
-    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
+    lines = [f"{'rpc':<8} {'mode':<9} {'conc':>5} {'target/s':>9} {'calls':>7} {'ok':>7} {'empty':>7} {'errors':>7} {'qps':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv cpu ms':>10}"
              + (f" {'store cpu ms':>12}" if with_store else "") + (f" {'srv p50 ms':>10} {'srv p99 ms':>10}" if with_server_latency else "")]  # fmt: skip
     for r in results:
-        lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {r.errors:>7} "
+        empty_feeds = "-" if r.empty_feeds is None else r.empty_feeds
+        lines.append(f"{r.rpc:<8} {r.mode:<9} {r.concurrency:>5} {r.target_qps:>9.0f} {r.calls:>7} {r.successes:>7} {empty_feeds:>7} {r.errors:>7} "
                      f"{r.qps:>9.0f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.server_cpu_ms:>10.3f}"
                      + (f" {r.store_cpu_ms:>12.3f}" if with_store else "")
                      + (f" {server_ms(r.server_p50_ms, r.server_p50_capped, 10)} {server_ms(r.server_p99_ms, r.server_p99_capped, 10)}"
@@ -580,6 +673,10 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
     for r in results:
         if r.errors:
             lines.append(f"errors in {r.rpc} {r.mode}: " + ", ".join(f"{code} {n}" for code, n in r.errors_by_code.items()))
+    for r in results:
+        if r.empty_feeds:
+            lines.append(f"empty feeds in {r.rpc} {r.mode}: {r.empty_feeds} of {r.successes} answered OK without an item "
+                         "(a store partly loaded, or users it does not know)")  # fmt: skip
     empty, feed, half = results[:3]
     v = verdicts(results, on_redis)
     verdict = {True: "met", False: "MISSED"}
@@ -621,6 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--metrics", metavar="URL", help="the --target server's Prometheus endpoint, e.g. "
                        "http://127.0.0.1:9100/metrics: each GetFeed phase then also reports the server's own p50 and p99, from "
                        "its latency histogram (a spawned server's is read unless --workers > 1)")  # fmt: skip
+    where.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None, help="bearer token for a server with "
+                       "--tokens-file, sent with every GetFeed and Ingest: the 'read' scope, and 'write' with --ingest-rate "
+                       f"(the empty RPC, health, needs none); the variable {TOKEN_VARIABLE} keeps it out of the process list")  # fmt: skip
+    where.add_argument("--tls-ca", metavar="FILE", help="speak TLS to a server with --tls-cert, trusting the CA certificates "
+                       "in this PEM file (every phase, the empty RPC's too)")
     add_spawn_arguments(where)
     load = parser.add_argument_group("load")
     # 12: a multiple of 2, 3 and 4 workers. With 4, SO_REUSEPORT gave one of 3 workers two connections, and 3 workers
@@ -634,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
                       "same load for servers of different saturation (default: --load)")  # fmt: skip
     load.add_argument("--limit", type=int, default=20, help="items per GetFeed; not checked here, so a run can measure the server's refusals (default: %(default)s)")
     load.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
-    load.add_argument("--seed", type=int, default=0, help="seed for the user sample (default: %(default)s)")
+    load.add_argument("--seed", type=int, default=0, help="seed of the user sample and of the open loop's arrivals (default: %(default)s)")
     load.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users the GetFeeds ask for, sampled from the "
                       "first 200,000 likes of --data; 0: all of those (default: %(default)s)")
     load.add_argument("--client", choices=("python", "go"), default="python", help="python: this process's asyncio "
@@ -655,6 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     check_dataset(parser, "--data", args.data)
     if not args.target:
         check_store(parser, "--store", args.store)
+        if args.tls_ca:
+            parser.error("--tls-ca is for a --target server: a spawned server speaks plaintext")
+    try:
+        channel_credentials(args.tls_ca)
+    except ValueError as error:
+        parser.error(str(error))
     check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid else [])
     check_pids(parser, "--store-pid", args.store_pid)
     if args.metrics:
@@ -682,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
             results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid, go_binary, Path(workdir)))
-        except (GoLoadFailed, TargetUnreachable, ServerDidNotStart) as error:
+        except (GoLoadFailed, TargetUnreachable, ServerDidNotStart, PreflightFailed) as error:
             parser.exit(1, f"{parser.prog}: {error}\n")
         finally:
             if server is not None:

@@ -11,11 +11,15 @@ its own environment, with the grpcio the project pins:
 ``--tags feed`` runs GetFeed (random users from DATA/likes.csv, limit 20), ``--tags empty``
 the health Check. Every Locust user is a closed loop (no wait time), like loadgen's
 closed-loop phases; Locust's table reports requests, failures, percentiles and req/s.
+``--host`` and ``--data`` are required, checked before any user starts (one line, exit 1):
+without them every user failed with a traceback, or asked for made-up ids u00000-u00999
+that the server does not know.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -35,13 +39,32 @@ USERS_SAMPLED = 5000
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:  # type: ignore[no-untyped-def]
-    parser.add_argument("--data", default="", help="dataset directory whose likes.csv gives the user ids to ask for")
+    parser.add_argument("--data", default="", help="dataset directory whose likes.csv gives the user ids to ask for (required: the server's)")
     parser.add_argument("--limit", type=int, default=20, help="items per GetFeed")
 
 
-def _user_ids(data_dir: str) -> list[str]:
+def start_problem(host: str | None, data_dir: str) -> str | None:
+    """Why no simulated user could run with this ``host`` (--host) and ``data_dir`` (--data), or None."""
+    if not host:
+        return "--host is required: the feed server's gRPC address, e.g. --host 127.0.0.1:50051"
     if not data_dir:
-        return [f"u{i:05d}" for i in range(1000)]
+        return "--data is required: the dataset directory the server was loaded from, whose likes.csv gives the users to ask for"
+    if not (Path(data_dir) / "likes.csv").is_file():
+        return f"--data {data_dir}: {'no likes.csv there' if Path(data_dir).is_dir() else 'no such directory'}"
+    return None
+
+
+@events.init.add_listener
+def _check_start(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """One line and exit 1 before any user starts, rather than a traceback per user."""
+    if environment.parsed_options is None:  # run as a library: its caller set the environment up
+        return
+    problem = start_problem(environment.host, environment.parsed_options.data)
+    if problem:
+        sys.exit(f"benchmarks/locustfile.py: {problem}")
+
+
+def _user_ids(data_dir: str) -> list[str]:
     with open(Path(data_dir) / "likes.csv") as handle:
         next(handle)
         users = sorted({line.split(",", 1)[0] for line, _ in zip(handle, range(200_000))})

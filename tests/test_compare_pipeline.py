@@ -85,3 +85,12 @@ def test_bad_inputs_are_one_line_errors_naming_the_flag(world, change, message, 
     assert stopped.value.code == 2
     err = capfd.readouterr().err  # the workers' too
     assert message.format(data=world.data_dir) in err and "Traceback" not in err
+
+
+def test_relative_data_and_models_paths_are_read_from_the_callers_directory(world, monkeypatch, capsys):
+    # Each worker runs in its checkout's directory: "models" there is not the caller's.
+    monkeypatch.chdir(world.models_dir.parent)
+    compare_pipeline.main(["--data", "data", "--models", "models", "--rounds", "1", "--batch", "2", "--users", "5", ROOT, ROOT])
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and re.fullmatch(r".+ / .+: per-round ratio median [\d.]+, p10 [\d.]+, p90 [\d.]+", lines[2]), lines

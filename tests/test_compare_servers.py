@@ -62,3 +62,13 @@ def test_a_server_that_exits_fails_the_run_at_once_with_its_log(world, capsys):
     err = capsys.readouterr().err
     assert f"{ROOT}:--no-such-flag: the spawned server ({ROOT}) exited with status 2" in err
     assert "unrecognized arguments: --no-such-flag" in err  # the last lines of its log
+
+
+def test_relative_data_and_models_paths_are_read_from_the_callers_directory(world, monkeypatch, capsys):
+    # Each server runs in its checkout's directory: "models" there is not the caller's.
+    monkeypatch.chdir(world.models_dir.parent)
+    status = compare_servers.main(["--data", "data", "--models", "models", "--rounds", "1", "--burst", "0.2",
+                                   "--concurrency", "2", ROOT, ROOT])  # fmt: skip
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert status == 0 and len(lines) == 5 and lines[-1] == "failed calls: 0", lines

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from benchmarks import loadgen
+from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.conftest import IN_CI
 from tests.feed_world import build_world, running_server
 
@@ -62,6 +67,7 @@ def test_every_phase_runs_and_every_call_is_counted_once(world, target, tmp_path
     assert report["feed_to_empty_met"] == (report["feed_to_empty"] >= loadgen.TARGET_FEED_TO_EMPTY)
     assert report["p99_half_load_met"] == (report["p99_half_load_ms"] <= loadgen.TARGET_P99_HALF_LOAD_MS)
     assert phases[0]["server_p99_ms"] is None, "not measured: null, not NaN"
+    assert phases[0]["empty_feeds"] is None and phases[1]["empty_feeds"] == phases[2]["empty_feeds"] == 0
     for phase in phases:
         assert phase["errors"] == 0 and phase["errors_by_code"] == {}
         assert phase["calls"] == phase["successes"] + phase["errors"]
@@ -308,6 +314,8 @@ def test_the_python_client_names_a_server_it_cannot_reach_before_any_phase(world
     (["--target", "127.0.0.1:1"], "--data is required"),
     (["--target", "127.0.0.1:1", "--data", "/nonexistent"], "--data /nonexistent: no such directory"),
     (["--target", "127.0.0.1:1", "--data", "{data}", "--json", "/nonexistent/x.json"], "--json: no directory /nonexistent"),
+    (["--target", "127.0.0.1:1", "--data", "{data}", "--tls-ca", "/nonexistent/ca.pem"], "--tls-ca /nonexistent/ca.pem: No such file or directory"),
+    (["--target", "127.0.0.1:1", "--data", "{data}", "--tls-ca", "{data}/likes.csv"], "likes.csv: no PEM certificate in it"),
     (["--models", "{data}", "--data", "{data}", "--store", "foo://x"], "--store foo://x: unknown store"),
     (["--models", "{data}", "--data", "{data}", "--store", "redis://127.0.0.1:1/0"], "--store redis://127.0.0.1:1/0: no Redis answers"),
 ])  # fmt: skip
@@ -353,3 +361,215 @@ def test_the_compiled_client_counts_a_server_gone_after_the_first_phase_as_error
     assert first.started == len(first.latencies) > 0 and not first.errors
     assert second.started > 0 and not second.latencies
     assert set(second.errors) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(second.errors.values()) == second.started
+
+
+# --- the pre-flight: a server this run cannot measure stops it before any phase ---------------------
+
+
+@contextlib.contextmanager
+def bare_server(feed_servicer: feed_pb2_grpc.FeedServiceServicer | None = None) -> Iterator[str]:
+    """A plain gRPC server on a free port: the health service, and ``feed_servicer`` as its FeedService when given."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    if feed_servicer is not None:
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(feed_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=0)
+
+
+class FeedsOfSomeUsers(feed_pb2_grpc.FeedServiceServicer):
+    """A FeedService whose feeds are empty for the users ``empty`` picks, one item long for the others."""
+
+    def __init__(self, empty: Callable[[str], bool]) -> None:
+        self.empty = empty
+
+    def GetFeed(self, request, context):  # gRPC's name
+        if self.empty(request.user_id):
+            return feed_pb2.GetFeedResponse(model_version="v1")
+        return feed_pb2.GetFeedResponse(items=[feed_pb2.FeedItem(item_id="i1", score=1.0)], model_version="v1")
+
+
+def odd_user(user_id: str) -> bool:
+    return int(user_id[-1]) % 2 == 1
+
+
+def preflight_failure(world, target: str, tmp_path, capsys, *extra: str) -> str:
+    """loadgen's one line when its pre-flight stops the run (exit 1, no report)."""
+    with pytest.raises(SystemExit) as stopped:
+        run_loadgen(world, target, tmp_path, *extra)
+    assert stopped.value.code == 1
+    assert not (tmp_path / "report.json").exists()
+    captured = capsys.readouterr()
+    assert "rpc " not in captured.out, "no table"
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_server_whose_feeds_are_all_empty_is_refused_before_the_load(world, tmp_path, capsys):
+    with bare_server(FeedsOfSomeUsers(lambda user: True)) as target:
+        line = preflight_failure(world, target, tmp_path, capsys)
+    assert f"all {loadgen.PREFLIGHT_USERS} feeds asked for before the load came back empty" in line
+    assert "store looks empty or not loaded" in line and "python -m serving load" in line
+
+
+@pytest.mark.redis
+def test_a_server_on_an_empty_redis_is_refused_before_the_load(world, tmp_path, capsys, redis_url):
+    with running_server(world, store_url=redis_url) as (server, _):  # nothing loaded: every feed is empty, and OK
+        line = preflight_failure(world, f"127.0.0.1:{server.port}", tmp_path, capsys)
+    assert "store looks empty or not loaded" in line
+
+
+def test_a_server_without_the_feed_service_is_refused_before_the_load(world, tmp_path, capsys):
+    with bare_server() as target:  # health answers, GetFeed is UNIMPLEMENTED
+        line = preflight_failure(world, target, tmp_path, capsys)
+    assert f"{target} answered GetFeed with UNIMPLEMENTED: not a feedrank FeedService" in line
+
+
+@pytest.mark.parametrize("client", ["python", "go"])
+def test_empty_feeds_among_the_successes_are_counted_per_phase(world, tmp_path, capsys, client):
+    if client == "go":
+        go_client_binary()
+    with bare_server(FeedsOfSomeUsers(odd_user)) as target:
+        status, phases = run_loadgen(world, target, tmp_path, "--client", client)
+
+    assert status == 0
+    assert phases[0]["empty_feeds"] is None, "not a feed: null"
+    for phase in phases[1:]:
+        assert phase["errors"] == 0
+        # About half the users are odd: their share of the calls, well inside (0, 1).
+        assert 0.2 * phase["successes"] < phase["empty_feeds"] < 0.8 * phase["successes"], phase
+    table = capsys.readouterr().out
+    assert "empty" in table.splitlines()[0].split()
+    assert f"empty feeds in GetFeed closed: {phases[1]['empty_feeds']} of {phases[1]['successes']}" in table
+
+
+# --- bearer tokens and TLS -------------------------------------------------------------------------------
+
+READ_TOKEN = "loadgen-read-token-0123456789"
+WRITE_TOKEN = "loadgen-write-token-012345678"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA and a server certificate for 127.0.0.1 it signed (openssl, as tests/test_auth_tls.py makes them)."""
+    import shutil
+
+    from tests.test_auth_tls import make_ca, make_cert
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    root = tmp_path_factory.mktemp("loadgen-pki")
+    make_ca(root, "ca")
+    make_cert(root, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth")
+    return root
+
+
+@pytest.fixture(scope="module")
+def guarded(world, pki) -> Iterator[str]:
+    """A server that wants a token with the 'read' scope for feeds and speaks only TLS."""
+    from serving import auth
+
+    tokens = tuple(auth.parse_tokens(f"{READ_TOKEN} read reader\n{WRITE_TOKEN} write writer\n", "loadgen test"))
+    with running_server(world, tokens=tokens, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key")) as (server, _):
+        yield f"127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize("client", ["python", "go"])
+def test_a_server_with_tokens_and_tls_is_loaded_with_the_token_over_tls(world, guarded, pki, tmp_path, monkeypatch, client):
+    from serving.client import TOKEN_VARIABLE
+
+    if client == "go":
+        go_client_binary()
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "ca.pem"), "--token", READ_TOKEN)
+    assert status == 0
+    assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
+    for phase in phases:
+        assert phase["errors"] == 0 and phase["successes"] == phase["calls"] > 0, phase
+    assert all(p["empty_feeds"] == 0 for p in phases[1:])
+
+    monkeypatch.setenv(TOKEN_VARIABLE, READ_TOKEN)  # the variable `python -m serving feed` reads, out of the process list
+    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "ca.pem"))
+    assert status == 0 and all(p["errors"] == 0 and p["successes"] > 0 for p in phases)
+
+
+def test_a_server_with_tokens_refuses_the_run_in_one_line_without_a_good_token(world, guarded, pki, tmp_path, monkeypatch, capsys):
+    from serving.client import TOKEN_VARIABLE
+
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "ca.pem"))
+    assert f"{guarded} refused GetFeed: UNAUTHENTICATED" in line and f"--token (or {TOKEN_VARIABLE})" in line
+    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "ca.pem"), "--token", WRITE_TOKEN)
+    assert f"{guarded} refused GetFeed: PERMISSION_DENIED" in line and "'read' scope" in line
+    assert WRITE_TOKEN not in line
+
+
+def test_a_tls_server_is_not_reached_in_plaintext(world, guarded, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_loadgen(world, guarded, tmp_path, "--token", READ_TOKEN, "--timeout", "0.5")
+    assert stopped.value.code == 1
+    assert f"cannot connect to {guarded}" in capsys.readouterr().err
+
+
+# --- the open loop's arrivals -------------------------------------------------------------------------
+
+
+def arrivals(seed: int, rate: float, duration: float) -> int:
+    """How many Poisson arrivals at ``rate`` fall within ``duration`` seconds, drawn as open_loop draws them."""
+    rng, at, count = random.Random(seed), 0.0, 0
+    while at < duration:
+        count += 1
+        at += rng.expovariate(rate)
+    return count
+
+
+def test_the_open_loops_arrivals_follow_the_seed(world, target, tmp_path):
+    # The count of arrivals is the draws' alone (each call is scheduled from the start, not
+    # from the last call's end), so it tells which seed drew them.
+    rate, seeds = 200.0, (1, 2)
+    assert len({arrivals(seed, rate, DURATION) for seed in (*seeds, 7)}) == 3, "seeds the test can tell apart"
+    for seed in seeds:
+        status, phases = run_loadgen(world, target, tmp_path, "--rate", str(rate), "--seed", str(seed))
+        assert status == 0
+        assert phases[2]["calls"] == arrivals(seed, rate, DURATION)
+
+
+# --- the independent Locust client ---------------------------------------------------------------------
+
+
+def locust_command() -> list[str]:
+    """Locust, which lives in its own environment (benchmarks/locustfile.py): $FEEDRANK_LOCUST
+    (its locust executable), or this interpreter's locust; skips without either."""
+    import importlib.util
+    import sys
+
+    if os.environ.get("FEEDRANK_LOCUST"):
+        return [os.environ["FEEDRANK_LOCUST"]]
+    if importlib.util.find_spec("locust") is not None:
+        return [sys.executable, "-m", "locust"]
+    pytest.skip("locust is not installed here; set FEEDRANK_LOCUST to the locust of its own environment")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "{data}"], "--host is required"),
+    (["--host", "127.0.0.1:1"], "--data is required"),
+    (["--host", "127.0.0.1:1", "--data", "/nonexistent"], "--data /nonexistent: no such directory"),
+])  # fmt: skip
+def test_the_locustfile_names_a_missing_host_or_dataset_before_any_user_starts(world, flags, message):
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    argv = [*locust_command(), "-f", str(repo / "benchmarks" / "locustfile.py"), "--headless", "--users", "1", "--run-time", "1s"]
+    done = subprocess.run([*argv, *(flag.format(data=world.data_dir) for flag in flags)], check=False, capture_output=True,
+                          text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert f"benchmarks/locustfile.py: {message}" in done.stderr and "Traceback" not in done.stderr, done.stderr

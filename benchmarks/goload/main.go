@@ -4,8 +4,10 @@
 // of its own on every call at half load. This one sends requests that loadgen.py
 // serialised beforehand and does not decode the replies (as a load tool that only counts
 // them would), so what it measures is the server and gRPC's transport. It runs one phase
-// and prints one JSON object: the calls started, each success's latency and the errors by
-// status code, which loadgen.py checks and summarises exactly as its own phases.
+// and prints one JSON object: the calls started, each success's latency, the errors by
+// status code and (with -items-field) the replies that were empty feeds, which loadgen.py
+// checks and summarises exactly as its own phases. A server with bearer tokens gets the
+// token of $FEEDRANK_CLIENT_TOKEN (or -token), one with TLS is spoken to with -tls-ca.
 package main
 
 import (
@@ -22,6 +24,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -36,10 +40,11 @@ func (rawCodec) Unmarshal(data []byte, v interface{}) error {
 func (rawCodec) Name() string { return "proto" }
 
 type report struct {
-	Started   int            `json:"started"`
-	Latencies []float64      `json:"latencies_s"`
-	Errors    map[string]int `json:"errors"`
-	Elapsed   float64        `json:"elapsed_s"`
+	Started    int            `json:"started"`
+	Latencies  []float64      `json:"latencies_s"`
+	Errors     map[string]int `json:"errors"`
+	Elapsed    float64        `json:"elapsed_s"`
+	EmptyFeeds int            `json:"empty_feeds"` // successes whose reply lacked -items-field
 }
 
 type tally struct {
@@ -53,14 +58,67 @@ func (t *tally) start() {
 	t.mu.Unlock()
 }
 
-func (t *tally) record(latency time.Duration, err error) {
+func (t *tally) record(latency time.Duration, err error, empty bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err != nil {
 		t.Errors[codeName(err)]++
 	} else {
 		t.Latencies = append(t.Latencies, latency.Seconds())
+		if empty {
+			t.EmptyFeeds++
+		}
 	}
+}
+
+// hasField says whether the serialised message holds a top-level field numbered field: a
+// repeated field without elements is not written, so a GetFeedResponse without field 1 is
+// an empty feed. Only the tags are read, each value skipped; a malformed message counts as
+// holding it (goload does not judge replies, it counts them).
+func hasField(message []byte, field uint64) bool {
+	for len(message) > 0 {
+		tag, n := uvarint(message)
+		if n == 0 {
+			return true
+		}
+		message = message[n:]
+		if tag>>3 == field {
+			return true
+		}
+		switch tag & 7 {
+		case 0: // varint
+			_, n = uvarint(message)
+			if n == 0 {
+				return true
+			}
+		case 1: // 64-bit
+			n = 8
+		case 2: // length-delimited
+			size, m := uvarint(message)
+			if m == 0 || size > uint64(len(message)-m) {
+				return true
+			}
+			n = m + int(size)
+		case 5: // 32-bit
+			n = 4
+		default: // groups, long deprecated
+			return true
+		}
+		if n > len(message) {
+			return true
+		}
+		message = message[n:]
+	}
+	return false
+}
+
+// uvarint decodes a protobuf varint: its value and length, 0 when cut short or too long.
+func uvarint(data []byte) (uint64, int) {
+	value, n := binary.Uvarint(data)
+	if n <= 0 {
+		return 0, 0
+	}
+	return value, n
 }
 
 // pythonNames spells each status code as Python's grpc.StatusCode does. Spelled out rather
@@ -97,7 +155,7 @@ func codeName(err error) string {
 // connect dials every connection, each within timeout. With mustConnect false, a connection
 // that is not up in time is dialled without waiting: its calls then fail (UNAVAILABLE) and are
 // counted as errors, as the Python client counts them, rather than the phase being lost.
-func connect(target string, n int, timeout time.Duration, mustConnect bool) ([]*grpc.ClientConn, error) {
+func connect(target string, n int, timeout time.Duration, mustConnect bool, transport grpc.DialOption) ([]*grpc.ClientConn, error) {
 	conns := make([]*grpc.ClientConn, n)
 	reachable := true // after one connection failed, the rest do not wait -timeout each
 	for i := range conns {
@@ -105,13 +163,13 @@ func connect(target string, n int, timeout time.Duration, mustConnect bool) ([]*
 		var err error
 		if reachable {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			conn, err = grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
+			conn, err = grpc.DialContext(ctx, target, transport, grpc.WithBlock(),
 				grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
 			cancel()
 		}
 		if (err != nil || !reachable) && !mustConnect {
 			reachable = false
-			conn, err = grpc.Dial(target, grpc.WithInsecure(), grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+			conn, err = grpc.Dial(target, transport, grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
 		}
 		if err != nil {
 			for _, opened := range conns[:i] {
@@ -161,6 +219,9 @@ func main() {
 	seed := flag.Int64("seed", 7, "seed of the request draws and the arrival times")
 	mustConnect := flag.Bool("must-connect", true, "fail (status 2) when a connection is not up within -timeout; false: count its calls' failures as errors")
 	codeNames := flag.Bool("code-names", false, "print the status code names as JSON (code number -> name) and exit")
+	token := flag.String("token", os.Getenv("FEEDRANK_CLIENT_TOKEN"), "bearer token sent with every call (default $FEEDRANK_CLIENT_TOKEN, which keeps it out of the process list)")
+	tlsCA := flag.String("tls-ca", "", "speak TLS, trusting the CA certificates in this PEM file (default: plaintext)")
+	itemsField := flag.Uint64("items-field", 0, "count the successes whose reply lacks this top-level field (GetFeedResponse's items: 1) as empty feeds; 0: none")
 	flag.Parse()
 	if *codeNames {
 		names := map[int]string{}
@@ -181,8 +242,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "goload:", err)
 		os.Exit(2)
 	}
+	transport := grpc.WithInsecure()
+	if *tlsCA != "" {
+		tls, err := credentials.NewClientTLSFromFile(*tlsCA, "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "goload: -tls-ca:", err)
+			os.Exit(2)
+		}
+		transport = grpc.WithTransportCredentials(tls)
+	}
+	base := context.Background()
+	if *token != "" {
+		base = metadata.AppendToOutgoingContext(base, "authorization", "Bearer "+*token)
+	}
 	// Every connection is up before the clock starts, so no call of the phase pays a handshake.
-	conns, err := connect(*target, *connections, *timeout, *mustConnect)
+	conns, err := connect(*target, *connections, *timeout, *mustConnect, transport)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "goload:", err)
 		os.Exit(2)
@@ -206,11 +280,12 @@ func main() {
 	}
 	call := func(since time.Time) {
 		conn, request := draw()
-		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		ctx, cancel := context.WithTimeout(base, *timeout)
 		defer cancel()
 		var reply []byte
 		err := conn.Invoke(ctx, *method, &request, &reply)
-		t.record(time.Since(since), err)
+		latency := time.Since(since)
+		t.record(latency, err, err == nil && *itemsField != 0 && !hasField(reply, *itemsField))
 	}
 
 	var calls sync.WaitGroup
