@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test install spark redis-server browser goload protos bench clean
+.PHONY: demo test install spark redis-server browser goload locust protos bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,14 +46,24 @@ goload:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq golang-go golang-google-grpc-dev >/dev/null; }
 
+# Locust (benchmarks/locustfile.py) shares no code with the project and lives in an
+# environment of its own; tests/test_loadgen.py runs the locustfile with it.
+LOCUST_VENV ?= .venv-locust
+$(LOCUST_VENV)/.installed:
+	$(PYTHON) -m venv $(LOCUST_VENV)
+	$(LOCUST_VENV)/bin/python -m pip install --quiet locust grpcio grpcio-health-checking protobuf
+	touch $@
+
+locust: $(LOCUST_VENV)/.installed
+
 demo: install
 	$(PY) -m serving demo --workdir $(DEMO_DIR)
 
 # The suite runs on every core, up to 4 (pytest-xdist): each worker starts its own Redis
 # servers on free ports. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= auto
-test: install spark redis-server browser goload
-	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
+test: install spark redis-server browser goload locust
+	FEEDRANK_LOCUST=$(CURDIR)/$(LOCUST_VENV)/bin/locust $(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 protos: install
 	$(PY) -m protos.generate
@@ -62,4 +72,4 @@ bench: install redis-server
 	$(PY) -m pytest benchmarks --benchmark-enable -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .benchmarks
+	rm -rf $(VENV) $(LOCUST_VENV) $(DEMO_DIR) .pytest_cache .benchmarks
