@@ -62,7 +62,7 @@ from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
 from serving.store_url import redacted
 from serving.service_setup import open_service, start_model_watcher, warm_store
-from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, page_response, refusal_of
+from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, get_feed_response, page_response, refusal_of
 
 log = logging.getLogger("feedrank.serving")
 
@@ -183,6 +183,7 @@ class FeedProcesses:
         self._primary: Any = None  # the server's memory store, which the children copy
         self._followers: tuple[_Child, ...] = ()  # children that get its applied events (replaced whole: read unlocked)
         self._exits: Any = None  # the metrics' counter of children that died
+        self._orphaned = False  # every child died: the server builds the feeds until one is back
 
     @property
     def pids(self) -> list[int]:
@@ -294,15 +295,23 @@ class FeedProcesses:
         if self._closed.is_set():
             self._stop(child)
             return
+        if self._orphaned:
+            self._orphaned = False
+            log.info("a feed process is alive again (pid %d): it builds the GetFeeds", child.process.pid)
         self._children.append(child)
         self.loop.add_reader(child.pipe.fileno(), self._on_reply, child)
         self._idle.append(child)
         self._dispatch()
 
     async def get_feed_response(self, service: FeedService, request: feed_pb2.GetFeedRequest, now: float) -> feed_pb2.GetFeedResponse:
-        """``servicer.get_feed_response``, built by a child; its refusal raised as Refused."""
+        """``servicer.get_feed_response``, built by a child; its refusal raised as Refused.
+
+        While no child is alive (one that cannot start again: a model or arms file broken
+        on disk since the server loaded its own, a pinned version deleted), the server
+        builds the feed itself, on its event loop, from the same service: slower, not down.
+        """
         if not self._children:
-            raise Refused(PROCESS_LOST)
+            return get_feed_response(service, request, now)
         answer = self.loop.create_future()
         work = (request.SerializeToString(), now, logs.current_request_id())
         self._queued.append((_FEED + pickle.dumps(work, pickle.HIGHEST_PROTOCOL), answer))
@@ -390,7 +399,9 @@ class FeedProcesses:
             if not call.done():
                 call.set_exception(Refused(PROCESS_LOST))
         child.pipe.close()
-        if not self._children:  # nobody left to build the calls that wait
+        if not self._children:  # nobody left to build the calls that wait: they retry, and new ones are built here
+            self._orphaned = True
+            log.warning("no feed process is alive: the server process builds the GetFeeds until one is back")
             while self._queued:
                 _, answer = self._queued.popleft()
                 if not answer.done():

@@ -56,9 +56,9 @@ NO_SECRET_WARNING = (
 
 
 class HealthMonitor(threading.Thread):
-    """Keeps health SERVING only while the store answers (and, with ``feed_processes``, while
-    one of them is alive to build feeds); logs an outage once when it starts and once when
-    it ends.
+    """Keeps health SERVING only while the store answers; logs an outage once when it starts
+    (with its reason) and once when it ends. (With no feed process alive the server builds
+    the feeds itself, serving/feed_processes.py: slower, not down.)
 
     ``publish(status)`` sets a ``HealthCheckResponse`` status for the server and FeedService.
     """
@@ -71,12 +71,10 @@ class HealthMonitor(threading.Thread):
         serving: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         store_name: str = "",
-        feed_processes: FeedProcesses | None = None,
     ) -> None:
         super().__init__(name="health-monitor", daemon=True)
         self.store_name = f"store {store_name}" if store_name else "store"  # for the log lines
         self.store = store
-        self.feed_processes = feed_processes
         self.publish = publish
         self.every_seconds = every_seconds
         self.serving = serving if serving is not None else threading.Event()  # set while SERVING
@@ -92,8 +90,6 @@ class HealthMonitor(threading.Thread):
                 return self.store_name, getattr(self.store, "ping_failure", "")
         except Exception as error:  # noqa: BLE001 (a store that cannot even be asked is down)
             return self.store_name, f"{type(error).__name__}: {error}"
-        if self.feed_processes is not None and not self.feed_processes.pids:
-            return "every feed process", ""
         return None
 
     def check(self) -> None:
@@ -433,8 +429,7 @@ class FeedServer:
         # The loaded store and model are millions of long-lived objects: keep the cyclic
         # GC from walking them again and again while requests allocate candidates.
         gc.freeze()
-        monitor = HealthMonitor(self.service.store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url),
-                                feed_processes=self.feed_processes)
+        monitor = HealthMonitor(self.service.store, self._publish_health, serving=self.serving, store_name=redacted(config.store_url))
         monitor.check()
         monitor.start()
         self._threads = [monitor]

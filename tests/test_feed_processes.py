@@ -329,3 +329,29 @@ def test_a_feed_process_that_cannot_start_fails_the_start_with_its_reason(tmp_pa
     finally:
         feed_processes.shutdown()
         events.close()
+
+
+def test_with_no_feed_process_able_to_start_the_server_builds_the_feeds_itself(world, tmp_path, caplog):
+    """A replacement child loads the model from disk: with CURRENT broken since the server
+    loaded its own (or a pinned version deleted, an arms file broken), it cannot start, and
+    every GetFeed failed until the file was fixed. The server holds the same service: it
+    builds them itself meanwhile, and health stays SERVING."""
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    world_copy = type(world)(world.dataset, world.data_dir, models)
+    caplog.set_level("INFO", logger="feedrank.serving")
+    with running_server(world_copy, feed_processes=1, reload_seconds=0) as (server, stub):
+        request = feed_pb2.GetFeedRequest(user_id="u00001", limit=5)
+        before = [item.item_id for item in stub.GetFeed(request, timeout=30).items]
+        (models / "CURRENT").write_text("no-such-version\n")  # what a new child would load
+        [killed] = server.feed_processes.pids
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server.feed_processes.pids:
+            assert time.monotonic() < deadline, "the dead child was not noticed"
+            time.sleep(0.05)
+        for _ in range(5):  # no child, and none can start: built by the server, the same feed
+            assert [item.item_id for item in stub.GetFeed(request, timeout=30).items] == before
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert "no feed process is alive: the server process builds the GetFeeds" in caplog.text

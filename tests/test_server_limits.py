@@ -378,28 +378,3 @@ def test_store_urls_in_log_lines_hide_their_password():
     assert redacted("redis://:s3cret@host/0") == "redis://:***@host/0"
     assert redacted("redis://10.0.0.9:6379/0") == "redis://10.0.0.9:6379/0"
     assert redacted("memory") == "memory"
-
-
-def test_health_is_not_serving_while_no_feed_process_is_alive(caplog):
-    class Store:
-        def ping(self):
-            return True
-
-    feed_processes, published, now = SimpleNamespace(pids=[11, 12]), [], [0.0]
-    monitor = server_module.HealthMonitor(Store(), published.append, clock=lambda: now[0], feed_processes=feed_processes)
-    caplog.set_level("INFO", logger="feedrank.serving")
-    monitor.check()
-    feed_processes.pids = []
-    now[0] += 1
-    monitor.check()
-    assert not monitor.serving.is_set()
-    feed_processes.pids = [13]
-    now[0] += 2
-    monitor.check()
-    assert monitor.serving.is_set()
-    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    assert published == [SERVING, NOT_SERVING, SERVING]
-    assert [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"] == [
-        "every feed process unavailable: health NOT_SERVING until it answers again",
-        "every feed process answers again after 2.0 s: health SERVING",
-    ]
