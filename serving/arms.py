@@ -211,10 +211,26 @@ def _feed_value(key: str, value: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{key}: must be a non-negative number, got {value!r}")
+        _check_flag_bounds(key, value)
         return float(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{key}: must be a non-negative integer, got {value!r}")
+    _check_flag_bounds(key, value)
     return value
+
+
+def _check_flag_bounds(key: str, value: float) -> None:
+    """The bounds the key's server flag has: an arm takes what the flag takes, no more
+    (per_key_limit 0, say, which the flag refuses, would have slipped through)."""
+    from serving.config import FLAGS_BY_DEST
+
+    flag = FLAGS_BY_DEST.get(key)
+    if flag is None:
+        return
+    if flag.minimum is not None and value < flag.minimum:
+        raise ValueError(f"{key}: must be >= {flag.minimum:g} (as {flag.flag}), got {value!r}")
+    if flag.maximum is not None and value > flag.maximum:
+        raise ValueError(f"{key}: must be <= {flag.maximum:g} (as {flag.flag}), got {value!r}")
 
 
 def _validate_settings(settings: FeedSettings) -> None:

@@ -102,6 +102,10 @@ ONE_ARM = 'salt = "s"\n[[arm]]\nname = "a"\nshare = 1.0\n'
         (ONE_ARM + "[arm.feed]\nmax_per_seller = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: max_per_seller: must be >= 1"),
         (ONE_ARM + '[arm.feed]\nsources = ["nope"]\n', "arms.toml: line 6: arm 1 ('a'): feed: sources: unknown ['nope']"),
         (ONE_ARM + '[arm.feed]\nneighbours = "5"\n', "arms.toml: line 6: arm 1 ('a'): feed: neighbours: must be a non-negative integer"),
+        # what the server's flag refuses, an arm refuses too (0 would have removed a cap, or failed the swap later)
+        (ONE_ARM + "[arm.feed]\nper_key_limit = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: per_key_limit: must be >= 1 (as --per-key-limit), got 0"),
+        (ONE_ARM + "[arm.feed]\nmax_follows_read = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: max_follows_read: must be >= 1"),
+        (ONE_ARM + "[arm.feed]\nfatigue_hide_views = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: fatigue_hide_views: must be >= 1"),
         ('salt = "s"\n[[arm]\n', "arms.toml: not valid TOML: Expected ']]' at the end of an array declaration (at line 2"),
         ('[[arm]]\nname = "a"\nshare = 1.0\n', "arms.toml: 'salt' must be a non-empty string"),
         (ONE_ARM.replace("1.0", "0.6") + '[[arm]]\nname = "a"\nshare = 0.4\n', "arms.toml: line 6: arm 2 ('a'): the name 'a' is used by another arm"),
