@@ -128,9 +128,10 @@ def test_the_tune_command_writes_params_that_train_reads(dataset, tmp_path, caps
 
     write_dataset(dataset, str(tmp_path / "data"))
     main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "params.json"), "--trials", "2",
-          "--no-progress"])
+          "--no-progress", "--seed", "3"])
     chosen = json.loads((tmp_path / "params.json").read_text())
     assert set(chosen) >= {"train", "feed", "validation", "trials"}
+    assert chosen["train"]["seed"] == 3  # the trials' seed: train reproduces the chosen one
     assert chosen["validation"]["test_split_set_aside"] == "time:0.2"
     main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"), "--params",
           str(tmp_path / "params.json"), "--eval-split", "none", "--no-progress", "--iterations", "5"])
@@ -214,5 +215,14 @@ def test_tune_stops_on_ctrl_c_with_one_line_and_no_optuna_report(dataset, tmp_pa
     with pytest.raises(SystemExit) as stopped:
         main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--trials", "3", "--no-progress"])
     assert stopped.value.code == 130 and len(calls) == 2
-    assert capfd.readouterr().err == "interrupted\n"
+    err = capfd.readouterr().err.splitlines()
+    assert err[-1] == "interrupted" and len(err) == 2
+    assert err[0].startswith("tune interrupted after ") and err[0].endswith(f"nothing chosen; {tmp_path / 'p.json'} was not written")
     assert not (tmp_path / "p.json").exists()
+    # A file from an earlier run is kept, and said not to be this run's result.
+    (tmp_path / "p.json").write_text("{}")
+    calls.clear()
+    with pytest.raises(SystemExit):
+        main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--trials", "3", "--no-progress"])
+    assert f"{tmp_path / 'p.json'} is left as it was, from an earlier run" in capfd.readouterr().err
+    assert (tmp_path / "p.json").read_text() == "{}"

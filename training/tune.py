@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -107,7 +108,8 @@ class TuneResult:
         feed["sources"] = list(self.settings.sources)
         best_baseline = max(self.baselines, key=self.baselines.get, default=None)
         return {
-            "train": {name: getattr(self.params, name) for name in (*TUNED_TRAIN_FIELDS, *ENGAGEMENT_WEIGHT_FIELDS.values())},
+            # The seed too: every trial's ALS and ranker ran with it, so `train --params` reproduces the choice.
+            "train": {name: getattr(self.params, name) for name in (*TUNED_TRAIN_FIELDS, "seed", *ENGAGEMENT_WEIGHT_FIELDS.values())},
             "feed": feed,
             "ranker": {"drop_features": list(self.ranker_params.drop_features)},
             "validation": {
@@ -338,9 +340,16 @@ def run(args: argparse.Namespace) -> None:
     )
     check_time_split(dataset, test_split, "--test-split")
     started = time.perf_counter()
-    with optuna_quiet_after_interrupt():
-        result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
-                      show_progress=not args.no_progress, required_sources=args.require_sources)
+    try:
+        with optuna_quiet_after_interrupt():
+            result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
+                          show_progress=not args.no_progress, required_sources=args.require_sources)
+    except KeyboardInterrupt:
+        # A search cut short chose nothing (its best trial is not confirmed): say that the
+        # file at --out, if any, is not this run's result, so nobody trains from it as if it were.
+        kept = f"{args.out} is left as it was, from an earlier run" if os.path.exists(args.out) else f"{args.out} was not written"
+        print(f"tune interrupted after {time.perf_counter() - started:.0f} s: nothing chosen; {kept}", file=sys.stderr)
+        raise
     payload = result.as_json()
     payload["seconds"] = round(time.perf_counter() - started, 1)
     with open(args.out, "w") as handle:
