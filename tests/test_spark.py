@@ -228,3 +228,32 @@ def test_bench_spark_offers_only_its_commands_and_keeps_the_child_command(capsys
     with pytest.raises(SystemExit):
         main(["run-one"])  # scale's child process: its own flags are asked for
     assert "required: --engine, --data, --out" in capsys.readouterr().err
+
+
+def test_a_spark_that_cannot_start_is_one_line(tmp_path) -> None:
+    """A bad --spark-master, or a Java that cannot run Spark, failed inside Spark's Java with
+    a Python and a Java stack trace; the master is now checked as a flag, and a gateway that
+    does not start is one error line."""
+    import stat
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _require_spark()
+    write_dataset(generate(users=30, sellers=3, items=40, seed=1), str(tmp_path / "data"))
+    train = [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"),
+             "--engine", "spark", "--no-progress"]
+    done = subprocess.run([*train, "--spark-master", "bogus://nowhere"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "argument --spark-master: expected local, local[N], spark://HOST:PORT" in done.stderr
+    fake_java = tmp_path / "jdk" / "bin" / "java"  # a Java that exits at once, as one too old or broken does
+    fake_java.parent.mkdir(parents=True)
+    fake_java.write_text("#!/bin/sh\necho 'Error: this is not the Java you want' >&2\nexit 1\n")
+    fake_java.chmod(fake_java.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "jdk")}
+    done = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and errors[0].startswith("error: Spark could not start (--spark-master local[*]): "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "models" / "CURRENT").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -332,6 +333,13 @@ def _json_kind(value: object) -> str:
 ENGINES = ("implicit", "spark")
 
 
+def _spark_master(text: str) -> str:
+    """A master Spark accepts (its own check fails deep in Java, printing a Java stack trace)."""
+    if text == "yarn" or re.fullmatch(r"local(\[(\d+|\*)(,\d+)?\])?", text) or text.startswith(("spark://", "k8s://", "local-cluster[")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got {text!r}")
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--engine`` and the Spark session's flags (training.spark_engine)."""
     from training.spark_engine import SparkSettings
@@ -342,7 +350,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="implicit: one process (implicit ALS); spark: the interaction matrix, ALS and item-kNN "
                             "on Apache Spark (needs the spark extra and Java 17); the same artifact either way "
                             "(default: %(default)s)")
-    group.add_argument("--spark-master", default=d.master, metavar="URL",
+    group.add_argument("--spark-master", type=_spark_master, default=d.master, metavar="URL",
                        help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... (default: %(default)s)")
     group.add_argument("--spark-driver-memory", default=d.driver_memory, metavar="SIZE",
                        help="driver JVM heap; in local mode the executors live in it too (default: %(default)s)")

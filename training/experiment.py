@@ -119,16 +119,18 @@ def held_out_evaluation(
     ranker_params=None,
     settings: FeedSettings = FeedSettings(),
     max_users: int = 0,
+    evaluate=evaluate_split,
 ):
     """An evaluate_fn for train_and_publish: prints the table, returns the manifest metrics.
 
     No "blend" row here, to keep retraining fast: ``python -m training evaluate`` has it.
+    ``evaluate`` is evaluate_split or an engine's own (training/spark_engine.py).
     """
     split = None if split_text == "auto" else SplitSpec.parse(split_text)
 
     def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
         try:
-            report = evaluate_split(
+            report = evaluate(
                 dataset, split, None, ks, params, settings, show_progress=params.show_progress,
                 ranker_params=ranker_params, compare_blend=False, max_users=max_users,
             )

@@ -572,22 +572,13 @@ class SparkEngine:
         return report
 
     def held_out_evaluation(self, split_text, ks, params, ranker_params=None, settings=None, max_users=0):
-        """training.experiment.held_out_evaluation on Spark: an evaluate_fn for train_and_publish."""
+        """training.experiment.held_out_evaluation on Spark: an evaluate_fn for train_and_publish
+        (a split without test likes publishes the model without metrics there too)."""
         from ranking.feed import FeedSettings
-        from training.splits import SplitSpec
+        from training.experiment import held_out_evaluation
 
-        split = None if split_text == "auto" else SplitSpec.parse(split_text)
-        settings = settings or FeedSettings()
-
-        def evaluate_fn(dataset: Dataset, _model: EmbeddingModel) -> dict:
-            report = self.evaluate_split(
-                dataset, split, None, ks, params, settings, show_progress=params.show_progress,
-                ranker_params=ranker_params, compare_blend=False, max_users=max_users,
-            )
-            print(report.table(), flush=True)
-            return report.as_json()
-
-        return evaluate_fn
+        return held_out_evaluation(split_text, ks, params, ranker_params, settings or FeedSettings(), max_users,
+                                   evaluate=self.evaluate_split)
 
 
 def _storage_level():
@@ -639,7 +630,12 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         for key, value in conf.items():
             builder = builder.config(key, value)
         started = time.perf_counter()
-        spark = builder.getOrCreate()
+        try:
+            spark = builder.getOrCreate()
+        except Exception as error:  # noqa: BLE001 (Py4JJavaError, or the gateway's RuntimeError: Java's words, many lines)
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            why = next((line for line in lines if "Exception:" in line), lines[0] if lines else type(error).__name__)
+            raise SparkUnavailable(f"Spark could not start (--spark-master {settings.master}): {why[:300]}") from None
         spark.sparkContext.setLogLevel("ERROR")
         if verbose:
             print(f"{'spark start':<14} {time.perf_counter() - started:8.2f} s  ({spark.sparkContext.master}, "
