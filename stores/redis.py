@@ -843,6 +843,17 @@ def _card(fields: dict[str, str | None]) -> ItemCard:
 _TRANSIENT_SCRIPT_REPLIES = ("while the cluster is down",)
 
 
+def _warn_if_empty(connection: Any) -> None:
+    """Log when a Redis this process was using comes back as a new process holding no key
+    (restarted without persistence, flushed, or failed over to an empty replica): it answers,
+    so health is SERVING, but every feed is empty until the data is loaded again."""
+    connection.send_command("DBSIZE")
+    if int(connection.read_response()) == 0:
+        log.error("Redis at %s:%s is a new process that holds no data (restarted without its data, or flushed?): "
+                  "feeds are empty until it is loaded again (python -m serving load)",
+                  connection.host, connection.port)
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ClusterError)):
         return True
@@ -1140,6 +1151,8 @@ class RedisStore:
             with lock:
                 if run_id is None or run_id != last_run_id[0]:
                     cache.clear()
+                    if last_run_id[0] is not None and run_id is not None:
+                        _warn_if_empty(connection)
                 last_run_id[0] = run_id
 
         kwargs["redis_connect_func"] = on_connect

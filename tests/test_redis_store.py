@@ -3,6 +3,7 @@ memory store, cluster spreading and retries, the loader, and outages."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -548,7 +549,7 @@ def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server)
     store.close()
 
 
-def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(own_server):
+def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(own_server, caplog):
     store = RedisStore.from_url(own_server.url)
     load_into_redis(store.client, social_dataset())
     own_server.kill()
@@ -558,8 +559,11 @@ def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(
     assert store.ping() is False
     assert time.monotonic() - started < 1.5
     own_server.start()
-    assert store.ping()
-    assert views.read_user(store, "alice").is_empty  # no persistence configured: it came back empty
+    with caplog.at_level(logging.ERROR, logger="feedrank.store"):
+        assert store.ping()
+        assert views.read_user(store, "alice").is_empty  # no persistence configured: it came back empty
+    # Health says SERVING (it answers): the log says why every feed is empty.
+    assert "is a new process that holds no data" in caplog.text and "python -m serving load" in caplog.text
     store.close()
 
 
