@@ -105,7 +105,8 @@ class ModelWatcher(threading.Thread):
     the old state kept. A broken artifact is logged as one line naming the version and
     tried again after a backoff that doubles (2, 4, 8... polls, at most
     MAX_RELOAD_BACKOFF_SECONDS), not on every poll; a new CURRENT is tried at once. A broken
-    arms file is tried again once it changes again.
+    arms file is tried again once it changes, or after the same backoff (what failed, a
+    pinned version not published yet, may be fixed without the file changing).
     """
 
     def __init__(
@@ -131,6 +132,8 @@ class ModelWatcher(threading.Thread):
         self.failed_version: str | None = None  # the version (or "CURRENT") that failed last
         self.failures = 0  # its consecutive failures
         self.retry_at = 0.0
+        self.arms_failures = 0  # consecutive failed reloads of the arms file
+        self.arms_retry_at = 0.0
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
@@ -160,12 +163,16 @@ class ModelWatcher(threading.Thread):
         self.failed_version, self.failures = None, 0
         return artifact
 
+    def _backoff(self, failures: int) -> float:
+        """Seconds before the next try after ``failures`` in a row: 2, 4, 8... polls, at most MAX_RELOAD_BACKOFF_SECONDS."""
+        return min(max(self.every_seconds, 1.0) * 2**failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
+
     def _failed(self, version: str, error: BaseException) -> None:
         if version != self.failed_version:
             self.failed_version, self.failures = version, 0
         self.failures += 1
         self.service.metrics.model_reload_failures.inc()
-        delay = min(max(self.every_seconds, 1.0) * 2**self.failures, max(MAX_RELOAD_BACKOFF_SECONDS, self.every_seconds))
+        delay = self._backoff(self.failures)
         self.retry_at = self.clock() + delay
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         log.error(
@@ -185,14 +192,21 @@ class ModelWatcher(threading.Thread):
             current, changed = artifact, True
         if self.arms_file:
             signature = _signature(self.arms_file)
-            if signature != self.arms_signature:
+            # A file that failed is tried again after a backoff too: what failed may be
+            # fixed without the file changing (a pinned version published later).
+            retry = self.arms_failures and self.clock() >= self.arms_retry_at
+            if signature != self.arms_signature or retry:
                 self.arms_signature = signature
                 try:
                     arms = load_arms(self.arms_file, self.feed)
                     pinned = load_pinned(arms, self.models_dir, {**pinned, current.version: current})
-                    changed = True
+                    changed, self.arms_failures = True, 0
                 except Exception:
-                    log.exception("arms reload from %s failed; keeping arms %s", self.arms_file, describe(service.arms) if service.arms else "none")
+                    self.arms_failures += 1
+                    delay = self._backoff(self.arms_failures)
+                    self.arms_retry_at = self.clock() + delay
+                    log.exception("arms reload from %s failed; keeping arms %s; next try in %.0f s", self.arms_file,
+                                  describe(service.arms) if service.arms else "none", delay)
                     arms, pinned = service.arms, service.pinned
         if not changed:
             return

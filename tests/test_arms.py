@@ -261,6 +261,10 @@ def test_arms_models_and_the_arms_file_are_hot_reloaded(world, tmp_path, caplog)
                 time.sleep(0.05)
         assert "20991231T000000Z-nope00" in caplog.text
         wait_for(stub, treatment, ("treatment", world.new), seconds=0)
+        # The pinned version published afterwards is picked up without the file changing
+        # (the failed reload is retried after its backoff, 2 s here).
+        shutil.copytree(models / world.old, models / "20991231T000000Z-nope00")
+        wait_for(stub, treatment, ("treatment", world.old))
         # An arm that follows CURRENT switches with it, like the default model.
         write_atomically(path, split("current"))
         wait_for(stub, treatment, ("treatment", world.old))
