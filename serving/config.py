@@ -480,7 +480,9 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         tokens = read_tokens(v["tokens_file"], environ)
     except auth.TokenError as error:
         raise ConfigError(str(error)) from None
-    secret = environ.get(TOKEN_SECRET_ENV) or None
+    # Stripped as each previous secret is, so that rotating a secret with a trailing newline
+    # (a mounted secret file) into the previous list keeps its tokens valid.
+    secret = environ.get(TOKEN_SECRET_ENV, "").strip() or None
     previous = tuple(p.strip().encode() for p in environ.get(PREVIOUS_SECRETS_ENV, "").split(",") if p.strip())
     return ServerConfig(
         models_dir=v["models"],

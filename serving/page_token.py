@@ -159,7 +159,9 @@ class PageTokenCodec:
             )
         if not hmac.compare_digest(mac, self._mac(secret, user_id, body)):
             raise PageTokenError("page_token was tampered with or belongs to another user")
-        now = time.time() if now is None else now
+        # Tokens carry whole seconds: the clock is cut the same way, or a token would expire
+        # up to a second early (and one with a TTL under a second almost at once).
+        now = int(time.time() if now is None else now)
         if self.ttl_seconds and not (now - self.ttl_seconds <= issued <= now + _CLOCK_SKEW_SECONDS):
             raise PageTokenError(f"page_token has expired (tokens last {self.ttl_seconds:g} s); start again from the first page")
         return ServedItems(frozenset(np.frombuffer(body[_HEADER.size :], dtype="<u4").tolist()))

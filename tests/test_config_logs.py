@@ -392,6 +392,10 @@ def test_page_token_and_ingest_limits_come_from_flags_and_environment(world):
     assert (config.token_ttl_seconds, config.max_feed_depth, config.max_clock_skew_seconds) == (60.0, 200, 30.0)
     assert config.previous_token_secrets == (b"old-secret-0123456789", b"older-secret-0123456789")
     assert config.feed.max_friends_read == 9
+    # A secret from a file with its newline is the secret stripped, as the previous ones are:
+    # rotated into the previous list as it was, it still verifies the tokens it signed.
+    with_newline = resolve_config(args, {"FEEDRANK_TOKEN_SECRET": "old-secret-0123456789\n"})
+    assert with_newline.token_secret == b"old-secret-0123456789"
     server = server_module.FeedServer(config)
     server.start()
     try:

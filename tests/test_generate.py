@@ -185,3 +185,17 @@ def test_engagements_follow_likes_and_friendship():
     # Purchases come from the cart.
     carted = {(u, i) for u, i, k in zip(e.user_id, e.item_id, e.kind) if k == "add_to_cart"}
     assert all((u, i) in carted for u, i, k in zip(e.user_id, e.item_id, e.kind) if k == "purchase")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--end-time", "1e13"], "argument --end-time: must be <= 1e+11"),
+    (["--days", "50000"], "--days: 50000 days before --end-time"),
+])
+def test_times_the_loader_refuses_are_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags, says) -> None:
+    """generate wrote datasets whose times load_dataset then refused (after 5000, before 1900)."""
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", "--out", str(tmp_path / "g"), "--users", "20", "--sellers", "2", "--items", "5", *flags])
+    assert stopped.value.code != 0 and says in capsys.readouterr().err + str(stopped.value.code)
+    assert not (tmp_path / "g").exists()

@@ -59,6 +59,12 @@ def test_a_token_expires_after_the_ttl():
     # A token from the future (beyond clock skew between servers) is not accepted either.
     with pytest.raises(PageTokenError, match="expired"):
         codec.decode("alice", token, now=1_000_000.0 - 3_600)
+    # Tokens carry whole seconds: one issued late in a second lasts its full TTL, and a TTL
+    # under a second is not over at once (it was, 0.05 s after issue with 0.5 s).
+    late = codec.encode("alice", EMPTY.plus(["i1"]), now=1_000_000.9)
+    assert "i1" in codec.decode("alice", late, now=1_000_600.5)
+    short = PageTokenCodec(b"k" * 32, ttl_seconds=0.5)
+    assert "i1" in short.decode("alice", short.encode("alice", EMPTY.plus(["i1"]), now=2_000_000.3), now=2_000_000.4)
     # TTL 0: never expires.
     forever = PageTokenCodec(b"k" * 32, ttl_seconds=0)
     assert len(forever.decode("alice", forever.encode("alice", EMPTY.plus(["i1"]), now=0.0), now=4e9)) == 1

@@ -61,6 +61,7 @@ def plot_file(text: str) -> str:
     except ImportError:
         raise argparse.ArgumentTypeError("plotting needs matplotlib: pip install 'feedrank[plot]'") from None
     formats = Figure().canvas.get_supported_filetypes()
+    formats.pop("pgf", None)  # needs a LaTeX install: it failed after the whole evaluation
     extension = os.path.splitext(text)[1].lstrip(".").lower()
     if extension and extension not in formats:
         raise argparse.ArgumentTypeError(f"unknown image format {extension!r} (from the extension); "

@@ -44,7 +44,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
+from stores.events import MAX_UNIX_SECONDS
+from training.dataset import MIN_UNIX_SECONDS, Dataset, Edges, Engagements, Items, Sellers, write_dataset
 from training.flag_types import bounded, output_directory
 
 #: 2026-01-01T00:00:00Z, the default end of the simulated period.
@@ -484,7 +485,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("time and randomness")
     g.add_argument("--seed", type=bounded(int, 0), default=0,
                    help="random seed; same seed gives byte-identical files (default: 0)")
-    g.add_argument("--end-time", type=bounded(float), default=DEFAULT_END_TIME, metavar="UNIX",
+    g.add_argument("--end-time", type=bounded(float, MIN_UNIX_SECONDS, maximum=MAX_UNIX_SECONDS), default=DEFAULT_END_TIME, metavar="UNIX",
                    help="end of the simulated period, Unix seconds (default: 2026-01-01Z)")
     g.add_argument("--days", type=bounded(int, 1), default=90, metavar="D",
                    help="items are listed within this many days before --end-time "
@@ -497,6 +498,8 @@ def run(args: argparse.Namespace) -> int:
     """Generate with the parsed flags, write to ``args.out`` and print a one-line summary."""
     if args.sellers > args.users:
         raise ValueError(f"--sellers: must be <= --users ({args.users}), got {args.sellers}")
+    if args.end_time - args.days * 86_400 < MIN_UNIX_SECONDS:  # the loader refuses times before 1900
+        raise ValueError(f"--days: {args.days} days before --end-time {args.end_time:g} reach before 1900")
     start = time.perf_counter()
     ds = generate(
         users=args.users, sellers=args.sellers, items=args.items,
