@@ -497,7 +497,9 @@ class StopSignals:
         self._received: list[int] = []
         self._interrupt = False
         for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
+            # A SIGHUP already ignored (nohup) stays ignored: the server is meant to outlive its terminal.
+            if not (signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN):
+                signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _: Any) -> None:
         self._received.append(signum)

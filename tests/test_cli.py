@@ -60,12 +60,14 @@ def test_a_bad_dataset_row_fails_with_file_line_and_column(tmp_path, trained):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal it ran in closed
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, "nohup"])  # SIGHUP: the terminal it ran in closed
 def test_server_serves_then_exits_cleanly_on_sigterm(trained, tmp_path, signum):
     data, models = trained
     port_file = tmp_path / "port"
+    nohup = signum == "nohup"  # started under nohup: a SIGHUP stays ignored, SIGTERM still drains
     server = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--data", str(data), "--models", str(models), "--port", "0", "--port-file", str(port_file)],
+        [*(["nohup"] if nohup else []), sys.executable, "-m", "serving", "--data", str(data), "--models", str(models),
+         "--port", "0", "--port-file", str(port_file)],
         cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -76,6 +78,11 @@ def test_server_serves_then_exits_cleanly_on_sigterm(trained, tmp_path, signum):
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
             items = feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).items
         assert len(items) == 5
+        if nohup:
+            server.send_signal(signal.SIGHUP)
+            time.sleep(1)
+            assert server.poll() is None, "a server started under nohup exited on SIGHUP"
+            signum = signal.SIGTERM
         server.send_signal(signum)
         assert server.wait(timeout=20) == 0
         assert not port_file.exists()  # removed at a drained exit
