@@ -282,7 +282,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("token_ttl_seconds", float, DEFAULT_TOKEN_TTL_SECONDS, "a page token expires this long after it was issued; 0: never", "limits", minimum=0),
     Flag("max_feed_depth", int, DEFAULT_MAX_SERVED, f"items a user can page through in one feed; a token past it gets OUT_OF_RANGE (at most {MAX_SERVED})", "limits", minimum=1, maximum=MAX_SERVED),
     Flag("max_clock_skew_seconds", float, DEFAULT_MAX_CLOCK_SKEW, "an ingested time (ts, created_at) this far past the server's clock is refused", "limits", minimum=0),
-    Flag("max_friends", int, DEFAULT_MAX_FRIENDS, "friends a user may have; a friend event past it is refused (memory and Redis); 0: no cap", "limits", minimum=0),
+    Flag("max_friends", int, DEFAULT_MAX_FRIENDS, "friends a user may have; a friend event past it is refused (memory and Redis; on Redis a batch over write_chunk events is checked once, before its chunks, so a concurrent batch can pass it); 0: no cap", "limits", minimum=0),
     Flag("max_follows", int, DEFAULT_MAX_FOLLOWS, "sellers a user may follow; a follow past it is refused; 0: no cap", "limits", minimum=0),
     Flag("dedupe_ttl_seconds", float, DEFAULT_DEDUPE_TTL, "how long an applied event id is remembered (a retry within it is a duplicate); 0: forever", "limits", minimum=0),
     Flag("max_follows_read", int, _FEED.max_follows_read, "followed sellers whose listings one feed reads (the most recently liked first)", "feed", minimum=1),
