@@ -213,6 +213,14 @@ def test_line_numbers_count_physical_lines(tmp_path: Path) -> None:
     assert (err.line, err.column) == (5, "ts")
 
 
+def test_a_line_of_only_spaces_is_blank_and_later_lines_keep_their_numbers(tmp_path: Path) -> None:
+    """It was "column 'item_id': expected 3 fields, got 1", though it looks empty."""
+    ds = load_dataset(str(make(tmp_path / "ok", likes="user_id,item_id,ts\nu1,i1,1\n   \n\t\nu2,i1,2\n")))
+    assert ds.likes.src == ["u1", "u2"]
+    err = error_of(make(tmp_path / "bad", likes="user_id,item_id,ts\nu1,i1,1\n  \nu2,i2,bad\n"))
+    assert (err.line, err.column) == (4, "ts")
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

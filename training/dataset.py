@@ -496,7 +496,7 @@ def _read_table_unchecked(
         total_lines = reader.line_num
 
     lines: np.ndarray | None = None
-    has_blank = [] in rows
+    has_blank = any(map(_is_blank, rows))
     if has_blank or total_lines - header_lines != len(rows) or header_lines != 1:
         # Blank lines or quoted newlines: recover each row's first physical line.
         lines, rows = _rows_with_lines(path, file)
@@ -595,6 +595,11 @@ def _shared_strings(column) -> list[str]:
     return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
 
 
+def _is_blank(row: list[str]) -> bool:
+    """An empty line, or one of only spaces and tabs (it looks empty: no table has one column)."""
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
 def _rows_with_lines(path: str, file: str) -> tuple[np.ndarray, list[list[str]]]:
     lines: list[int] = []
     rows: list[list[str]] = []
@@ -604,7 +609,7 @@ def _rows_with_lines(path: str, file: str) -> tuple[np.ndarray, list[list[str]]]
         next(rows_iter)
         prev = reader.line_num
         for r in rows_iter:
-            if r:  # blank lines are skipped, not errors
+            if not _is_blank(r):  # blank lines are skipped, not errors
                 rows.append(r)
                 lines.append(prev + 1)
             prev = reader.line_num
