@@ -1144,22 +1144,14 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     elif likes_t is not None:
         items = Items.without_listing(list(dict.fromkeys(like_items)))
     if has_items_file and items is not None and likes_t is not None:
-        known = set(items.item_id)
-        if not known.issuperset(like_items):
-            keep = np.fromiter(map(known.__contains__, like_items), dtype=bool, count=len(like_items))
-            unknown = np.flatnonzero(~keep)
-            if on_unknown_item == "error":
-                for i in unknown.tolist():
-                    if like_items[i]:  # an empty id is reported already
-                        likes_t.report(i, "item_id", f"unknown item {like_items[i]!r} (not in {items_name})")
-            else:
-                warnings.append(_dropped_unknown_items(likes_t, unknown.tolist(), "likes", items_name))
-                rows = np.flatnonzero(keep).tolist()
-                like_users = [like_users[i] for i in rows]
-                like_items = [like_items[i] for i in rows]
-                like_ts = like_ts[keep]
-                if like_weight is not None:
-                    like_weight = like_weight[keep]
+        keep = _known_item_rows(likes_t, like_items, set(items.item_id), items_name, on_unknown_item, warnings, "likes")
+        if keep is not None:
+            rows = np.flatnonzero(keep).tolist()
+            like_users = [like_users[i] for i in rows]
+            like_items = [like_items[i] for i in rows]
+            like_ts = like_ts[keep]
+            if like_weight is not None:
+                like_weight = like_weight[keep]
 
     follows_t = table(FOLLOWS)
     if follows_t is not None:
@@ -1180,8 +1172,13 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     hidden_items_t, hidden_sellers_t = table(HIDDEN_ITEMS), table(HIDDEN_SELLERS)
     hidden_item_edges = hidden_seller_edges = None
     if hidden_items_t is not None:
-        hidden_item_edges = _known_item_edges(hidden_items_t, None if items is None else set(items.item_id),
-                                              items_name or likes_name, on_unknown_item, warnings, "hidden items")
+        users, hidden, times = _ids(hidden_items_t, "user_id"), _ids(hidden_items_t, "item_id"), _times(hidden_items_t, "ts", True)
+        keep = _known_item_rows(hidden_items_t, hidden, None if items is None else set(items.item_id),
+                                items_name or likes_name, on_unknown_item, warnings, "hidden items")
+        if keep is not None:
+            rows = np.flatnonzero(keep).tolist()
+            users, hidden, times = [users[i] for i in rows], [hidden[i] for i in rows], times[keep]
+        hidden_item_edges = (users, hidden, times)
     if hidden_sellers_t is not None:
         hidden_seller_edges = (_ids(hidden_sellers_t, "user_id"), _ids(hidden_sellers_t, "seller_id"), _times(hidden_sellers_t, "ts", True))
 
@@ -1197,26 +1194,25 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     )
 
 
-def _known_item_edges(t: _Table, known_items: set[str] | None, item_file: str, on_unknown_item: str,
-                      warnings: list[str], what: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(users, items, times) of a user -> item table whose items must be in ``known_items``
-    (None: items.csv is unreadable, reported already): an unknown one is an error naming
-    its line, or with ``on_unknown_item`` "drop" dropped with a warning that counts them."""
-    users, item_ids, times = _ids(t, "user_id"), _ids(t, "item_id"), _times(t, "ts", True)
+def _known_item_rows(t: _Table, item_ids: list[str], known_items: set[str] | None, item_file: str,
+                     on_unknown_item: str, warnings: list[str], what: str) -> np.ndarray | None:
+    """The rows of ``t`` to keep, as a mask, or None for all: an item not in ``known_items``
+    (from ``item_file``; None: it is unreadable, reported already) is an error naming its
+    line, or with ``on_unknown_item`` "drop" its row is dropped, with a warning that counts
+    the ``what`` dropped. An empty id is reported already."""
     if known_items is None:
-        return users, item_ids, times
+        return None
     unknown = [i for i, item in enumerate(item_ids) if item and item not in known_items]
     if not unknown:
-        return users, item_ids, times
+        return None
     if on_unknown_item == "error":
         for i in unknown:
             t.report(i, "item_id", f"unknown item {item_ids[i]!r} (not in {item_file})")
-        return users, item_ids, times
+        return None
     warnings.append(_dropped_unknown_items(t, unknown, what, item_file))
-    keep = np.ones(len(item_ids), bool)
+    keep = np.ones(len(item_ids), dtype=bool)
     keep[unknown] = False
-    rows = np.flatnonzero(keep).tolist()
-    return [users[i] for i in rows], [item_ids[i] for i in rows], times[keep]
+    return keep
 
 
 def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
@@ -1228,27 +1224,16 @@ def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
     kind = t.columns["kind"]
     friend_id = t.columns.get("friend_id", [""] * t.n)
     valid = set(ENGAGEMENT_KINDS)
-    unknown: list[int] = []
-    for i, (user, item, k, friend) in enumerate(zip(user_id, item_id, kind, friend_id)):
+    for i, (user, k, friend) in enumerate(zip(user_id, kind, friend_id)):
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
-        if known_items is not None and item and item not in known_items:
-            if on_unknown_item == "drop":
-                unknown.append(i)
-            else:
-                t.report(i, "item_id", f"unknown item {item!r} (not in {item_file})")
         if friend and k != EventKind.SHARE.value and k in valid:
             t.report(i, "friend_id", f"only a share names a friend, not a {k}")
         if friend and friend == user:
             t.report(i, "friend_id", f"user {user!r} shares with themselves")
+    keep = _known_item_rows(t, item_id, known_items, item_file, on_unknown_item, [] if warnings is None else warnings, "engagements")
     engagements = Engagements(user_id, item_id, kind, _times(t, "ts", allow_empty=True), friend_id)
-    if not unknown:
-        return engagements
-    if warnings is not None:
-        warnings.append(_dropped_unknown_items(t, unknown, "engagements", item_file))
-    keep = np.ones(t.n, dtype=bool)
-    keep[unknown] = False
-    return engagements.take(keep)
+    return engagements if keep is None else engagements.take(keep)
 
 
 def _dropped_unknown_items(t: _Table, rows: list[int], what: str, item_file: str) -> str:
