@@ -72,7 +72,7 @@ from benchmarks.go_client import (
     write_requests,
 )
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.client import TOKEN_VARIABLE
+from serving.client import TOKEN_VARIABLE, channel_credentials
 from stores.redis import URL_SCHEMES
 from training.flag_types import bounded, output_file
 
@@ -242,22 +242,6 @@ class ServerCalls:
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
-
-
-def channel_credentials(tls_ca: str | None) -> grpc.ChannelCredentials | None:
-    """TLS trusting the CA certificates in the PEM file ``tls_ca`` (--tls-ca), or None for
-    plaintext; ValueError naming the flag when the file cannot be read or holds no certificate.
-    (serving/client.py's open_channel makes blocking channels; the generator's are asyncio's.)"""
-    if tls_ca is None:
-        return None
-    try:
-        with open(tls_ca, "rb") as file:
-            roots = file.read()
-    except OSError as error:
-        raise ValueError(f"--tls-ca {tls_ca}: {error.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in roots:
-        raise ValueError(f"--tls-ca {tls_ca}: no PEM certificate in it")
-    return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
 def server_calls(

@@ -65,12 +65,13 @@ def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, p
 TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"
 
 
-def open_channel(target: str, tls_ca: str | None = None, tls: bool = False,
-                 client_cert: str | None = None, client_key: str | None = None) -> grpc.Channel:
-    """A channel to ``target``: plaintext, or TLS when ``tls`` or a CA file is given (the
-    system's roots without one), with a client certificate for mutual TLS."""
+def channel_credentials(tls_ca: str | None = None, tls: bool = False, client_cert: str | None = None,
+                        client_key: str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials when ``tls``, a CA file or a client certificate is given (the system's
+    roots without a CA file), else None for plaintext; ValueError naming the flag when a file
+    cannot be read or the CA file holds no certificate. For blocking and asyncio channels alike."""
     if not (tls or tls_ca or client_cert):
-        return grpc.insecure_channel(target)
+        return None
     if bool(client_cert) != bool(client_key):
         raise ValueError("--tls-client-cert and --tls-client-key go together")
 
@@ -83,12 +84,20 @@ def open_channel(target: str, tls_ca: str | None = None, tls: bool = False,
         except OSError as error:
             raise ValueError(f"{flag} {path}: {error.strerror}") from None
 
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=read("--tls-ca", tls_ca),
-        private_key=read("--tls-client-key", client_key),
+    roots = read("--tls-ca", tls_ca)
+    if roots is not None and b"-----BEGIN CERTIFICATE-----" not in roots:
+        raise ValueError(f"--tls-ca {tls_ca}: no PEM certificate in it")
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=read("--tls-client-key", client_key),
         certificate_chain=read("--tls-client-cert", client_cert),
     )
-    return grpc.secure_channel(target, credentials)
+
+
+def open_channel(target: str, tls_ca: str | None = None, tls: bool = False,
+                 client_cert: str | None = None, client_key: str | None = None) -> grpc.Channel:
+    """A blocking channel to ``target``, with ``channel_credentials`` (plaintext without)."""
+    credentials = channel_credentials(tls_ca, tls, client_cert, client_key)
+    return grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
 
 
 def main(argv: list[str]) -> None:

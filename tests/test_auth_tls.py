@@ -165,15 +165,20 @@ def make_cert(directory: Path, name: str, ca: str, extensions: str) -> None:
             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
+def make_server_pki(root: Path, *other_cas: str) -> Path:
+    """In ``root``: server-ca.pem, and server.pem / server.key it signed for 127.0.0.1; then ``other_cas``."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
-    root = tmp_path_factory.mktemp("pki")
     make_ca(root, "server-ca")
-    make_ca(root, "client-ca")
-    make_ca(root, "rogue-ca")
     make_cert(root, "server", "server-ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth")
+    for ca in other_cas:
+        make_ca(root, ca)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    root = make_server_pki(tmp_path_factory.mktemp("pki"), "client-ca", "rogue-ca")
     make_cert(root, "client", "client-ca", "extendedKeyUsage=clientAuth")
     make_cert(root, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth")
     return root

@@ -461,16 +461,9 @@ WRITE_TOKEN = "loadgen-write-token-012345678"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     """A CA and a server certificate for 127.0.0.1 it signed (openssl, as tests/test_auth_tls.py makes them)."""
-    import shutil
+    from tests.test_auth_tls import make_server_pki
 
-    from tests.test_auth_tls import make_ca, make_cert
-
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    root = tmp_path_factory.mktemp("loadgen-pki")
-    make_ca(root, "ca")
-    make_cert(root, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth")
-    return root
+    return make_server_pki(tmp_path_factory.mktemp("loadgen-pki"))
 
 
 @pytest.fixture(scope="module")
@@ -490,7 +483,7 @@ def test_a_server_with_tokens_and_tls_is_loaded_with_the_token_over_tls(world, g
     if client == "go":
         go_client_binary()
     monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "ca.pem"), "--token", READ_TOKEN)
+    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "server-ca.pem"), "--token", READ_TOKEN)
     assert status == 0
     assert [(p["rpc"], p["mode"]) for p in phases] == PHASES
     for phase in phases:
@@ -498,7 +491,7 @@ def test_a_server_with_tokens_and_tls_is_loaded_with_the_token_over_tls(world, g
     assert all(p["empty_feeds"] == 0 for p in phases[1:])
 
     monkeypatch.setenv(TOKEN_VARIABLE, READ_TOKEN)  # the variable `python -m serving feed` reads, out of the process list
-    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "ca.pem"))
+    status, phases = run_loadgen(world, guarded, tmp_path, "--client", client, "--tls-ca", str(pki / "server-ca.pem"))
     assert status == 0 and all(p["errors"] == 0 and p["successes"] > 0 for p in phases)
 
 
@@ -506,9 +499,9 @@ def test_a_server_with_tokens_refuses_the_run_in_one_line_without_a_good_token(w
     from serving.client import TOKEN_VARIABLE
 
     monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "ca.pem"))
+    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "server-ca.pem"))
     assert f"{guarded} refused GetFeed: UNAUTHENTICATED" in line and f"--token (or {TOKEN_VARIABLE})" in line
-    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "ca.pem"), "--token", WRITE_TOKEN)
+    line = preflight_failure(world, guarded, tmp_path, capsys, "--tls-ca", str(pki / "server-ca.pem"), "--token", WRITE_TOKEN)
     assert f"{guarded} refused GetFeed: PERMISSION_DENIED" in line and "'read' scope" in line
     assert WRITE_TOKEN not in line
 
