@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,24 @@ def test_engagements_of_held_out_pairs_and_of_the_future_stay_out_of_training(ds
         assert len(train.engagements) > 0.5 * len(ds.engagements)
         if before is not None:
             assert train.engagements.ts.max() < before
+
+
+def test_a_time_split_trains_on_no_follow_or_friendship_made_after_it(ds: Dataset) -> None:
+    """A follow made in the test window often precedes the likes it explains there; kept in
+    training it would hand the followed-sellers source (and the ranker) the future."""
+    follow_ts = np.array(ds.follows.ts, dtype=np.float64)
+    follow_ts[:5] = np.nan  # undated follows are side information of no time: they stay
+    dated = dataclasses.replace(ds, follows=Edges(ds.follows.src, ds.follows.dst, follow_ts))
+    train, _, split_time = time_split(dated, 0.2)
+    for name in ("follows", "friends"):
+        before, after = getattr(dated, name), getattr(train, name)
+        late = np.asarray(before.ts) >= split_time
+        assert late.any(), name  # the generator dates some in the test window
+        assert len(after) == len(before) - late.sum()
+        assert not (np.asarray(after.ts) >= split_time).any()
+    assert set(zip(dated.follows.src[:5], dated.follows.dst[:5])) <= set(zip(train.follows.src, train.follows.dst))
+    per_user, _ = random_split(dated, 0.2, seed=1)
+    assert per_user.follows is dated.follows and per_user.friends is dated.friends
 
 
 def test_a_replay_of_undated_data_promotes_no_like_as_news():

@@ -1,10 +1,10 @@
 """Hold-out splits of the likes of a dataset.
 
-Only likes are split: the train dataset keeps items, follows and friends unchanged
-(they are side information available at serving time). Engagements (shares, views,
-clicks, carts, purchases) of a held-out (user, item) pair leave the train dataset with
-it, and a time split also drops every engagement at or after the split time: either
-would tell the model the answer. ``validation_split`` carves a
+Only likes are held out: the train dataset keeps items, follows and friends (side
+information available at serving time). Engagements (shares, views, clicks, carts,
+purchases) of a held-out (user, item) pair leave the train dataset with it. A time split
+also drops every engagement, follow, friendship and hide dated at or after the split
+time (undated ones stay): each would tell the model about the future it is judged on. ``validation_split`` carves a
 validation part out of a training part with the same shape as the test split.
 """
 
@@ -26,6 +26,12 @@ def _take(edges: Edges, rows: np.ndarray) -> Edges:
                  weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
 
 
+def _dated_before(edges: Edges, before: float) -> Edges:
+    """``edges`` without the rows dated at or after ``before``; undated rows stay."""
+    future = np.asarray(edges.ts, dtype=np.float64) >= before
+    return _take(edges, np.flatnonzero(~future)) if future.any() else edges
+
+
 def split_by_mask(ds: Dataset, is_test: np.ndarray, before: float | None = None) -> tuple[Dataset, Edges]:
     """(train dataset, held-out likes) for a mask over ``ds.likes``; see the module docstring."""
     train, test = _take(ds.likes, np.flatnonzero(~is_test)), _take(ds.likes, np.flatnonzero(is_test))
@@ -36,7 +42,13 @@ def split_by_mask(ds: Dataset, is_test: np.ndarray, before: float | None = None)
         if before is not None:
             keep &= engagements.ts < before
         engagements = engagements.take(keep)
-    return dataclasses.replace(ds, likes=train, engagements=engagements), test
+    train_part = dataclasses.replace(ds, likes=train, engagements=engagements)
+    if before is not None:
+        train_part = dataclasses.replace(
+            train_part, **{name: _dated_before(getattr(ds, name), before)
+                           for name in ("follows", "friends", "hidden_items", "hidden_sellers")},
+        )
+    return train_part, test
 
 
 def _check_fraction(fraction: float) -> None:
