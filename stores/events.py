@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
@@ -307,6 +307,43 @@ def _check_card(index: int, event: Event) -> None:
     _check_text(index, "image_url", event.image_url, MAX_IMAGE_URL_BYTES)
     if event.image_url and urlsplit(event.image_url).scheme not in ("http", "https"):
         raise EventValidationError(index, "image_url", "must be an http or https URL")
+
+
+_ITEM_STATE = (EventKind.ITEM_UPSERT, EventKind.ITEM_UPDATE, EventKind.STOCK_UPDATE)
+_SELLER_STATE = (EventKind.SELLER_VACATION, EventKind.SELLER_VACATION_END)
+
+
+def visibility_key(event: Event) -> tuple[str, str] | None:
+    """What decides whether an item may be served that ``event`` changes: the item's
+    listing, card or stock, or its seller's vacation; None for every other kind."""
+    if event.kind in _ITEM_STATE:
+        return ("item", event.item_id)
+    if event.kind in _SELLER_STATE:
+        return ("seller", event.seller_id)
+    return None
+
+
+def chunk_bounds(keys: Sequence[Hashable | None], size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges that cover ``keys`` in order, for applying a long batch in
+    chunks: each holds at least ``size`` elements (but the last), and a chunk ends only
+    where no key (None is no key) occurs on both sides.
+
+    A store that applies a batch chunk by chunk lets feeds read between chunks. Cut this
+    way, none of them sees an item's state half-changed: an item listed and sold out in one
+    batch is never seen in stock. A key that spans the batch makes one long chunk.
+    """
+    last = {key: index for index, key in enumerate(keys) if key is not None}
+    bounds: list[tuple[int, int]] = []
+    start, reach = 0, -1
+    for index, key in enumerate(keys):
+        if key is not None:
+            reach = max(reach, last[key])
+        if index + 1 - start >= size and reach <= index:
+            bounds.append((start, index + 1))
+            start = index + 1
+    if start < len(keys):
+        bounds.append((start, len(keys)))
+    return bounds
 
 
 def validate_batch(events: Sequence[Event], now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW) -> None:

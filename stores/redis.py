@@ -20,7 +20,8 @@ connection a feed waits for:
     ``{log}:events`` stream and marks its id done, atomically. A batch larger than
     ``write_chunk`` events is validated whole by a read-only script, then applied by
     one such script per chunk, so no script blocks Redis (and concurrent feeds) for
-    long; the guarantee is then all-or-retry, as on a cluster (``_apply_chunked``);
+    long; the guarantee is then all-or-retry, as on a cluster (``_apply_chunked``), and
+    no chunk boundary splits one item's or seller's state changes (``chunk_bounds``);
   * cluster: keys are hash-tagged per entity so state spreads over the nodes, and one
     script may only touch one slot. The batch is validated by a read, logged to the
     stream as "pending" (one script in the ``{log}`` slot), applied by per-slot scripts
@@ -92,9 +93,11 @@ from stores.events import (
     EventValidationError,
     check_degrees,
     check_references,
+    chunk_bounds,
     degree_error,
     first_error,
     graph_edges,
+    visibility_key,
 )
 from stores.joined_floats import joined_floats
 from stores.joined_floats import warm_up as compile_number_parser
@@ -1853,15 +1856,14 @@ class RedisStore:
         chunks applied and marked done (they are not acknowledged): a retry of the batch
         skips them as duplicates and converges to the state one atomic apply gives.
         The degree caps are checked by the validation (a concurrent batch may slip past
-        them in between). A concurrent feed may see part of the batch while it is applied.
-        """
+        them in between). A concurrent feed may see part of the batch while it is applied,
+        but no item's or seller's state half-changed (``chunk_bounds``)."""
         records = self._flat_records(events)
         self._raise_invalid(self._write("validate", records), events)
         applied = duplicates = 0
         width = len(RECORD_FIELDS)
-        for start in range(0, len(events), self.write_chunk):
-            chunk = records[start * width : (start + self.write_chunk) * width]
-            reply = self._write("batch", chunk, self._chunk_consts)
+        for start, end in chunk_bounds([visibility_key(e) for e in events], self.write_chunk):
+            reply = self._write("batch", records[start * width : end * width], self._chunk_consts)
             self._raise_invalid(reply, events, start)  # only if the store changed under the batch
             applied, duplicates = applied + int(reply[1]), duplicates + int(reply[2])
         return ApplyResult(applied=applied, duplicates=duplicates)
@@ -1930,7 +1932,7 @@ class RedisStore:
         if not ops:
             return {}
         # One script call per chunk of a tag's operations, so none blocks its node long.
-        calls = [(tag, ops[tag][at : at + self.write_chunk]) for tag in ops for at in range(0, len(ops[tag]), self.write_chunk)]
+        calls = [(tag, ops[tag][start:end]) for tag in ops for start, end in chunk_bounds([_op_visibility_key(op) for op in ops[tag]], self.write_chunk)]
         for attempt in (0, 1):
             sha = self._sha("slot")
             pipe = self._write_pipeline()
@@ -2039,6 +2041,15 @@ def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dic
             for recipient in json.loads(first[(Keys.user_tag(event.user_id), f"{e}#engage")]) or ():
                 ops[Keys.user_tag(recipient)].append([f"{e}#shared", "receive_share", recipient, event.user_id, event.item_id, ts])
     return ops
+
+
+def _op_visibility_key(op: list[str]) -> tuple[str, str] | None:
+    """A slot operation's ``visibility_key``: the item or the seller whose state it changes."""
+    if op[1] in ("upsert", "update", "stock"):
+        return ("item", op[2])
+    if op[1] in ("vacation", "vacation_end"):
+        return ("seller", op[2])
+    return None
 
 
 def _upserted(result: str, event: Event) -> tuple[str, str]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stores.events import Event, EventKind, EventValidationError, validate_batch
 
@@ -131,3 +133,22 @@ def test_an_upsert_names_its_created_at_only_when_the_client_set_it():
     for event in (event_from_proto(0, unset, 9.0), event_from_proto(1, given, 9.0)):
         validate_batch([event])
         assert Event.from_record(event.to_record()) == event  # as the write-ahead log and the event stream keep it
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), st.integers(0, 6)), max_size=60), size=st.integers(1, 8))
+def test_chunk_bounds_cover_the_batch_in_order_and_split_no_key(keys, size):
+    from stores.events import chunk_bounds
+
+    bounds = chunk_bounds(keys, size)
+    assert [i for start, end in bounds for i in range(start, end)] == list(range(len(keys)))
+    assert all(end - start >= size for start, end in bounds[:-1])
+    chunk_of = {}
+    for number, (start, end) in enumerate(bounds):
+        for key in keys[start:end]:
+            if key is not None:
+                assert chunk_of.setdefault(key, number) == number
+    # Each chunk ends at the first place it may: one element less and a key would span.
+    for start, end in bounds[:-1]:
+        shorter = end - 1
+        assert shorter - start < size or set(keys[start:shorter]) & set(keys[shorter:]) - {None}

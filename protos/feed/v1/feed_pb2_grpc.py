@@ -59,7 +59,8 @@ class FeedServiceServicer:
     def Ingest(self, request, context):
         """Apply a batch of events, all or nothing; visible in the very next GetFeed. On Redis a
         batch of more than the store's write_chunk events (500) is applied in chunks: a feed
-        built meanwhile may see part of it (README, "Redis in production").
+        built meanwhile may see part of it, though never one item's listing, card or stock,
+        or one seller's vacation, half-changed (README, "Redis in production").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
