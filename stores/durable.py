@@ -31,6 +31,7 @@ import inspect
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("batch", "off")
 SNAPSHOT = "snapshot.wal"
+# Free space a snapshot leaves for the logs that ingest goes on writing meanwhile.
+SNAPSHOT_HEADROOM = 64 * 2**20
 _LOG_NAME = re.compile(r"^wal-(\d{16})\.log$")
 # Store limits that are ingest policy, not state: a replayed batch passed them when it was
 # acknowledged, and a lower limit set since must not refuse it.
@@ -110,6 +113,7 @@ class DurableStore:
         self._snapshot_lock = threading.Lock()
         self._failed: str | None = None
         self._closed = False
+        self._snapshot_deferred = False
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._lock_file = _lock_directory(self.state_dir)
@@ -121,7 +125,10 @@ class DurableStore:
             if batches:
                 log.info("replayed %d events (%d batches) from %s in %.1f s",
                          events, batches, self.state_dir, time.monotonic() - started)  # fmt: skip
-            self._writer = self._open_log(self._written + 1)
+            try:
+                self._writer = self._open_log(self._written + 1)
+            except OSError as error:  # a full disk, a directory made read-only
+                raise WalError(f"state directory {self.state_dir}: cannot start a new log: {error.strerror or error}") from None
         except BaseException:
             self._lock_file.close()
             raise
@@ -270,6 +277,8 @@ class DurableStore:
                     folded.append(old.path)
                 if not folded:
                     return False
+            if not self._room_for_snapshot(folded):
+                return False
             started = time.monotonic()
             self._write_snapshot(folded, through)
             for path in folded:
@@ -278,10 +287,40 @@ class DurableStore:
             log.info("snapshot of %s through batch %d in %.2f s", self.state_dir, through, time.monotonic() - started)
             return True
 
+    def _room_for_snapshot(self, logs: list[str]) -> bool:
+        """Whether the disk holds a new snapshot with SNAPSHOT_HEADROOM to spare.
+
+        A snapshot frees no space (it holds what the old one and the logs hold, and they go
+        only once it is written), so skipping one loses nothing, while a snapshot written
+        into the last free space would refuse ingest until a restart. Logged once per
+        shortage, not once per attempt.
+        """
+        path = os.path.join(self.state_dir, SNAPSHOT)
+        sources = ([path] if os.path.exists(path) else []) + logs
+        needed = sum(os.path.getsize(source) for source in sources) + SNAPSHOT_HEADROOM
+        free = shutil.disk_usage(self.state_dir).free
+        if free >= needed:
+            self._snapshot_deferred = False
+            return True
+        if not self._snapshot_deferred:
+            log.warning("snapshot of %s deferred: it needs %.1f MB free, the disk has %.1f MB; the logs are kept "
+                        "and ingest goes on until the disk is full", self.state_dir, needed / 1e6, free / 1e6)  # fmt: skip
+            self._snapshot_deferred = True
+        return False
+
     def _write_snapshot(self, logs: list[str], through: int) -> None:
         path = os.path.join(self.state_dir, SNAPSHOT)
         tmp = path + ".tmp"
-        sources = ([path] if os.path.exists(path) else []) + logs
+        try:
+            self._write_snapshot_file(tmp, ([path] if os.path.exists(path) else []) + logs, through)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a half snapshot holds space the logs need
+                os.remove(tmp)
+            raise
+        os.replace(tmp, path)
+        fsync_dir(self.state_dir)
+
+    def _write_snapshot_file(self, tmp: str, sources: list[str], through: int) -> None:
         expected = 1
         with open(tmp, "wb") as out:
             out.write(header_record("snapshot", self._fingerprint, through_seq=through))
@@ -299,8 +338,6 @@ class DurableStore:
                 raise WalError(f"snapshot of {self.state_dir}: batches end at {expected - 1}, expected {through}")
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.state_dir)
 
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.snapshot_seconds):

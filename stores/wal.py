@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import contextlib
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -213,6 +214,8 @@ class LogWriter:
             fsync_dir(os.path.dirname(path) or ".")
         except BaseException:
             os.close(self.fd)
+            with contextlib.suppress(OSError):  # ours alone (O_EXCL), and holds no record
+                os.remove(path)
             raise
 
     def write(self, data: bytes) -> None:

@@ -429,6 +429,24 @@ def test_a_failed_log_write_refuses_ingest_and_loses_nothing_acknowledged(tmp_pa
     assert {"s1"} <= _follows(tmp_path) <= {"s1", "s2"}
 
 
+def test_a_full_disk_at_start_is_one_error_and_leaves_no_empty_log(tmp_path, monkeypatch):
+    from stores.wal import LogWriter
+
+    store = open_state(tmp_path)
+    store.apply([Event("kept", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")])
+    store.close()
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LogWriter, "write", full)
+    with pytest.raises(WalError, match="cannot start a new log: No space left on device"):
+        open_state(tmp_path)
+    assert not [p.name for p in tmp_path.glob("wal-*.log") if p.stat().st_size == 0]
+    monkeypatch.undo()
+    assert "s2" in _follows(tmp_path)
+
+
 # -- snapshots ---------------------------------------------------------------------------------
 
 
@@ -448,6 +466,45 @@ def test_a_snapshot_folds_the_logs_and_more_events_replay_after_it(tmp_path):
     apply_all([store], mixed_batches(seed=4, prefix="c")[1:])
     assert store.snapshot()
     assert len(log_files(tmp_path)) == 1 and (tmp_path / SNAPSHOT).exists()
+    store.close()
+
+
+def test_a_failed_snapshot_leaves_no_temporary_file_and_ingest_goes_on(tmp_path, monkeypatch):
+    """A half-written snapshot.wal.tmp held the space the logs needed: the next batch found
+    the disk full, and ingest was refused until a restart (an outside review, on a tmpfs)."""
+    store = open_state(tmp_path)
+    apply_all([store], mixed_batches(seed=7))
+    real_reader = durable.LogReader
+
+    def full_midway(path, parse=True):
+        (tmp_path / (SNAPSHOT + ".tmp")).write_bytes(b"x" * 1000)  # what was written so far
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durable, "LogReader", full_midway)
+    with pytest.raises(OSError, match="No space left"):
+        store.snapshot()
+    assert not (tmp_path / (SNAPSHOT + ".tmp")).exists()
+    monkeypatch.setattr(durable, "LogReader", real_reader)
+    store.apply([Event("late", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")])
+    assert store.ping() and store.snapshot()
+    store.close()
+
+
+def test_a_snapshot_without_room_for_it_is_deferred_with_one_warning(tmp_path, monkeypatch, caplog):
+    store = open_state(tmp_path)
+    apply_all([store], mixed_batches(seed=8))
+    logs = log_files(tmp_path)
+    monkeypatch.setattr(durable.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+        assert not store.snapshot()
+        store.apply([Event("more", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")])
+        assert not store.snapshot()
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "snapshot of" in caplog.records[0].getMessage() and "deferred" in caplog.records[0].getMessage()
+    assert not (tmp_path / SNAPSHOT).exists() and not (tmp_path / (SNAPSHOT + ".tmp")).exists()
+    assert set(logs) <= set(log_files(tmp_path)) and store.ping()
+    monkeypatch.undo()
+    assert store.snapshot()
     store.close()
 
 
