@@ -251,12 +251,13 @@ local function note_change(tag)
   end
 end
 local function log_changes()
-  if not CHANGES or #changed == 0 then return end
+  if not CHANGES then return end
   local epoch, log = CHANGES .. 'epoch', CHANGES .. 'log'
-  if redis.call('EXISTS', epoch) == 0 then
+  if redis.call('EXISTS', epoch) == 0 then  -- also with no change: it marks a Redis that holds data
     local now = redis.call('TIME')
     redis.call('SET', epoch, now[1] .. '.' .. now[2])
   end
+  if #changed == 0 then return end
   for j = 1, #changed, 1000 do redis.call('RPUSH', log, unpack(changed, j, math.min(j + 999, #changed))) end
   redis.call('INCRBY', CHANGES .. 'seq', #changed)
   redis.call('LTRIM', log, -""" + str(CHANGE_LOG_CAP) + r""", -1)
@@ -287,7 +288,8 @@ local WINDOW = tonumber(ARGV[11])
 local MAXFRIENDS = tonumber(ARGV[12])
 local MAXFOLLOWS = tonumber(ARGV[13])
 local LAST = tonumber(ARGV[14])  -- the writer's copy's place in the change log (-1: none yet); -2: it keeps no copy
-local BASE = 14
+local EXPECT_DATA = ARGV[15] == '1'  -- the writer has seen this Redis hold data: refuse to write into an empty one
+local BASE = 15
 local FIELDS = {'event_id','kind','ts','user_id','item_id','seller_id','friend_id','created_at','stock','card','vacation_until'}
 local NF = #FIELDS
 
@@ -504,6 +506,7 @@ end
 _LUA_VALIDATE = (
     "local REFERENCES = {" + "".join(f"['{kind.value}'] = true, " for kind in ITEM_REFERENCES) + "}\n"
     + r"""
+if EXPECT_DATA and redis.call('EXISTS', P .. '""" + Keys("").changes + r"""epoch') == 0 then return {'no_data'} end
 local n = (#ARGV - BASE) / NF
 local fresh, seen, upserted, dups = {}, {}, {}, 0
 local CHECK_DEGREES = MAXFRIENDS > 0 or MAXFOLLOWS > 0
@@ -857,6 +860,10 @@ def _warn_if_empty(connection: Any) -> None:
                   connection.host, connection.port)
 
 
+# Places in the write scripts' constants (ARGV[14] and ARGV[15]) that each call sets.
+_LAST_ARG, _EXPECT_DATA_ARG = 13, 14
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ClusterError)):
         return True
@@ -1071,10 +1078,14 @@ class RedisStore:
         self._consts = [
             prefix, str(recent_likes), str(listings), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
-            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows), "-2",
+            str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows), "-2", "0",
         ]  # fmt: skip
         # The chunks of a batch validated whole skip the degree caps (0, 0).
-        self._chunk_consts = [*self._consts[:-3], "0", "0", "-2"]
+        self._chunk_consts = [*self._consts[:-4], "0", "0", "-2", "0"]
+        # Set once this process has seen Redis hold data (a write, or a warm copy): from then
+        # on a write script that finds no change log epoch (Redis came back empty: restarted
+        # without its data, or flushed) refuses, writing nothing, until a load brings one.
+        self._holds_data = False
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
@@ -1192,6 +1203,7 @@ class RedisStore:
         k, copied = self.keys, 0
         with unavailable_on_redis_errors():
             seq, epoch, tags = self._eval_keys("changes", k.change_log_keys(), [cache.seq], client)
+            self._holds_data = self._holds_data or bool(epoch)
             cache.sync(int(seq), epoch, tags)  # a fill is kept only by a copy in step with the log
             if client.hlen(k.packed_items) > max_items:
                 return None
@@ -1816,14 +1828,29 @@ class RedisStore:
         """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write
         connections. A batch brings this process's copy up to date with what it wrote
         (its reply's fourth part), so a read right after sees it without a feed's sync."""
-        consts = self._consts if consts is None else consts
+        consts = list(self._consts if consts is None else consts)
         cache = self._cache
         if name == "batch" and cache is not None:
-            consts = [*consts[:-1], str(cache.seq)]
+            consts[_LAST_ARG] = str(cache.seq)
+        consts[_EXPECT_DATA_ARG] = "1" if self._holds_data else "0"
         reply = self._eval_keys(name, [self.keys.events], [*consts, *records], self.write_client)
-        if name == "batch" and cache is not None and reply[0] == "ok" and len(reply) > 3:
-            cache.sync(int(reply[3][0]), reply[3][1], reply[3][2])
+        if name == "log":  # the cluster's log script: a count
+            return reply
+        if reply[0] == "no_data":
+            raise StoreUnavailable(self._no_data_message())
+        if name == "batch" and reply[0] == "ok":
+            self._holds_data = True
+            if cache is not None and len(reply) > 3:
+                cache.sync(int(reply[3][0]), reply[3][1], reply[3][2])
         return reply
+
+    def _no_data_message(self) -> str:
+        host = self.write_client.connection_pool.connection_kwargs
+        message = (f"Redis at {host.get('host')}:{host.get('port')} holds no data any more (restarted without it, or "
+                   "flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load) "
+                   "or this server restarts")  # fmt: skip
+        log.error("%s", message)
+        return message
 
     @staticmethod
     def _flat_records(events: Sequence[Event]) -> list[str]:

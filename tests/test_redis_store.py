@@ -567,6 +567,37 @@ def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(
     store.close()
 
 
+def test_ingest_into_a_redis_that_came_back_empty_is_unavailable_and_writes_nothing_until_loaded(own_server, caplog):
+    """A Redis restarted without its data answered a valid like INVALID_ARGUMENT (unknown
+    item: a client drops the event for good) and applied follows to the empty store (an
+    outside review). Now each is refused as unavailable, retried once the data is back."""
+    store = RedisStore.from_url(own_server.url)
+    load_into_redis(store.client, social_dataset())
+    like = [Event("l1", EventKind.LIKE, NOW, user_id="alice", item_id="i1")]
+    follow = [Event("f1", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")]
+    assert store.apply(like).applied == 1
+    own_server.kill()
+    own_server.start()
+    with caplog.at_level(logging.ERROR, logger="feedrank.store"):
+        for batch in (like, follow, follow + like):
+            with pytest.raises(StoreUnavailable, match="holds no data any more.*python -m serving load"):
+                store.apply(batch)
+    assert "Ingest is refused" in caplog.text
+    with own_server.client() as admin:
+        assert admin.dbsize() == 0  # nothing written
+    load_into_redis(store.client, social_dataset())
+    assert store.apply(like + follow).applied == 2
+    assert "s2" in views.read_user(store, "dave").follows
+    store.close()
+    # A process that never saw data (a server started on an empty Redis) writes as before.
+    with own_server.client() as admin:
+        admin.flushall()
+    fresh = RedisStore.from_url(own_server.url)
+    assert fresh.apply(follow).applied == 1
+    assert fresh.apply([Event("f2", EventKind.FOLLOW, NOW, user_id="erin", seller_id="s2")]).applied == 1
+    fresh.close()
+
+
 def test_a_fresh_process_serves_its_first_feeds_exactly_as_the_memory_store(url):
     """Regression: a new RedisStore learns item and seller codes from its replies, so the
     followed-seller feature, own-listing filter and exclusions of the very first request
