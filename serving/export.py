@@ -97,6 +97,7 @@ class ExportStats:
     friends: int
     events: int
     last_event_id: str | None
+    hides_of_unlisted: int = 0
 
 
 def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any]]:
@@ -108,29 +109,11 @@ def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any
         yield from zip(chunk, pipe.execute())
 
 
-def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
-    """The live state as a Dataset (rows sorted by id, so equal states give equal files)."""
+def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> tuple[Dataset, int]:
+    """The live state as a Dataset (rows sorted by id, so equal states give equal files),
+    and how many hides of items not listed (yet) it leaves out: Ingest accepts them, a
+    dataset cannot hold them."""
     k = Keys(prefix)
-    item_keys = sorted(scan_keys(client, k.item_pattern))
-    rows = sorted((k.item_id_of(key), fields) for key, fields in _fetch(client, item_keys, "hgetall") if "seller" in fields)
-    fields = [f for _, f in rows]
-
-    def floats(name: str, missing: float) -> np.ndarray:
-        return np.array([float(f.get(name) or missing) for f in fields], dtype=np.float64)
-
-    items = Items(
-        item_id=[item_id for item_id, _ in rows],
-        seller_id=[f["seller"] for f in fields],
-        created_at=floats("created_at", 0.0),
-        stock=np.array([int(f.get("stock") or 0) for f in fields], dtype=np.int64),
-        price=floats("price", math.nan),
-        category=[f.get("category", "") for f in fields],
-        title=[f.get("title", "") for f in fields],
-        image_url=[f.get("image_url", "") for f in fields],
-        currency=[f.get("currency", "") for f in fields],
-        ship_days=floats("ship_days", math.nan),
-        feed_eligible=np.array([f.get("feed_eligible") != "0" for f in fields], dtype=bool),
-    )
     vacations = sorted(client.hgetall(k.vacations).items())
     likes = sorted(
         (k.user_id_of(key, "liked"), item, float(ts))
@@ -164,6 +147,32 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
         for key, fields in _fetch(client, sorted(scan_keys(client, k.engaged_pattern)), "hgetall")
         for field, ts in fields.items()
     )  # (user, kind, item, friend, ts)
+    # Items last: they are never deleted, so every item a like, engagement or hide read
+    # above refers to is here even when Ingest runs meanwhile (a like of a listing newer
+    # than the items' scan made the export one no loader accepts).
+    item_keys = sorted(scan_keys(client, k.item_pattern))
+    rows = sorted((k.item_id_of(key), fields) for key, fields in _fetch(client, item_keys, "hgetall") if "seller" in fields)
+    fields = [f for _, f in rows]
+
+    def floats(name: str, missing: float) -> np.ndarray:
+        return np.array([float(f.get(name) or missing) for f in fields], dtype=np.float64)
+
+    items = Items(
+        item_id=[item_id for item_id, _ in rows],
+        seller_id=[f["seller"] for f in fields],
+        created_at=floats("created_at", 0.0),
+        stock=np.array([int(f.get("stock") or 0) for f in fields], dtype=np.int64),
+        price=floats("price", math.nan),
+        category=[f.get("category", "") for f in fields],
+        title=[f.get("title", "") for f in fields],
+        image_url=[f.get("image_url", "") for f in fields],
+        currency=[f.get("currency", "") for f in fields],
+        ship_days=floats("ship_days", math.nan),
+        feed_eligible=np.array([f.get("feed_eligible") != "0" for f in fields], dtype=bool),
+    )
+    listed = set(items.item_id)
+    hides_of_unlisted = sum(item not in listed for _, item in hidden_items)
+    hidden_items = [(user, item) for user, item in hidden_items if item in listed]
     return Dataset(
         engagements=Engagements(
             [r[0] for r in engaged], [r[2] for r in engaged], [r[1] for r in engaged],
@@ -176,7 +185,7 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> Dataset:
         sellers=Sellers([s for s, _ in vacations], np.array([float(t) for _, t in vacations], dtype=np.float64)),
         hidden_items=Edges([r[0] for r in hidden_items], [r[1] for r in hidden_items], np.full(len(hidden_items), np.nan)),
         hidden_sellers=Edges([r[0] for r in hidden_sellers], [r[1] for r in hidden_sellers], np.full(len(hidden_sellers), np.nan)),
-    )
+    ), hides_of_unlisted
 
 
 def is_stream_id(text: str) -> bool:
@@ -235,12 +244,12 @@ def export_from_redis(
     if since is not None and not is_stream_id(since):
         raise ValueError(f"since {since!r}: {NOT_A_STREAM_ID}")
     with unavailable_on_redis_errors():
-        dataset = read_live_dataset(client, prefix)
+        dataset, hides_of_unlisted = read_live_dataset(client, prefix)
         write_dataset(dataset, out_dir, format=format)
         events, last = (0, None)
         if since is not None:
             events, last = write_events(client, os.path.join(out_dir, EVENTS_FILE), since, prefix)
-    return ExportStats(len(dataset.items), len(dataset.likes), len(dataset.follows), len(dataset.friends), events, last)
+    return ExportStats(len(dataset.items), len(dataset.likes), len(dataset.follows), len(dataset.friends), events, last, hides_of_unlisted)
 
 
 def main(argv: list[str]) -> None:
@@ -266,4 +275,6 @@ def main(argv: list[str]) -> None:
         f"exported {stats.items} items, {stats.likes} likes, {stats.follows} follows, {stats.friends} friendships"
         + (f", {stats.events} events (last stream id {stats.last_event_id})" if args.since is not None else "")
         + f" to {args.out}"
+        + (f"; left out {stats.hides_of_unlisted} hides of items not listed yet (a dataset's hidden items must be in items)"
+           if stats.hides_of_unlisted else "")
     )
