@@ -164,3 +164,47 @@ def test_publish_syncs_the_version_before_current_names_it(tmp_path, monkeypatch
     assert events[len(files):] == [("fsync", staged), ("rename", version), ("fsync", models_dir),
                                    current, ("replace", "CURRENT"), ("fsync", models_dir)]
     assert current[0] == "fsync" and os.path.dirname(current[1]) == models_dir
+
+
+def test_a_version_a_killed_writer_left_half_written_is_removed_by_the_next_publish(tmp_path) -> None:
+    """A trainer killed while writing (SIGKILL: its own cleanup never runs) left its
+    temporary version directory for ever, each as large as a model."""
+    import socket
+    import subprocess
+    import sys
+
+    from training.artifact import remove_abandoned_versions
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    abandoned = tmp_path / f".20261205T000000Z-aaaaaa@{host}@{int(dead.stdout)}@x1"
+    writing = tmp_path / f".20261205T000000Z-bbbbbb@{host}@{os.getpid()}@x2"
+    elsewhere = tmp_path / f".20261205T000000Z-cccccc@another.host@{int(dead.stdout)}@x3"
+    for path in (abandoned, writing, elsewhere):
+        path.mkdir()
+        (path / "factors.npz").write_bytes(b"half")
+    assert remove_abandoned_versions(str(tmp_path)) == [abandoned.name]
+    assert not abandoned.exists() and writing.exists() and elsewhere.exists()
+
+
+def _publish_then_hang(models_dir: str) -> None:
+    import time
+
+    os.chmod = lambda *_: time.sleep(60)  # this child only: it stops with its files written
+    publish(models_dir, small_model(3), manifest())
+
+
+def test_publish_after_a_writer_was_killed_mid_write_removes_what_it_left(tmp_path) -> None:
+    import signal
+    import time
+
+    writer = multiprocessing.get_context("fork").Process(target=_publish_then_hang, args=(str(tmp_path),))
+    writer.start()
+    deadline = time.monotonic() + 30
+    while not any(name.startswith(".") and (tmp_path / name / "manifest.json").exists() for name in os.listdir(tmp_path)):
+        assert time.monotonic() < deadline, "the writer never wrote its files"
+        time.sleep(0.02)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join()
+    version_dir = publish(str(tmp_path), small_model(4), manifest())
+    assert sorted(os.listdir(tmp_path)) == sorted(["CURRENT", os.path.basename(version_dir)])

@@ -24,8 +24,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -104,6 +106,7 @@ def publish(
     for name in files:
         check_extra_file_name(name)
     os.makedirs(models_dir, exist_ok=True)
+    remove_abandoned_versions(models_dir)
     created = datetime.now(timezone.utc)
     version = new_version(created, salt=str(manifest.get("data_fingerprint", "")))
     full_manifest = {
@@ -125,7 +128,7 @@ def publish(
         },
     }
 
-    tmp = tempfile.mkdtemp(prefix=f".{version}.", dir=models_dir)
+    tmp = tempfile.mkdtemp(prefix=f".{version}@{socket.gethostname()}@{os.getpid()}@", dir=models_dir)
     try:
         np.savez(
             os.path.join(tmp, IDS),
@@ -153,6 +156,37 @@ def publish(
         raise
     set_current(models_dir, version)
     return final
+
+
+_WRITING = re.compile(r"\.(?P<version>[^@]+)@(?P<host>.+)@(?P<pid>[0-9]+)@[^@]*")
+
+
+def remove_abandoned_versions(models_dir: str) -> list[str]:
+    """Delete the version directories a writer on this host began and never finished
+    because it died (killed: its own cleanup never ran), and return their names.
+
+    Each is named by its writer's host and pid while it is written. One of another host
+    (a shared models directory) or of a live process is left alone; so is a pid reused
+    since, until that process ends too.
+    """
+    host, removed = socket.gethostname(), []
+    for name in os.listdir(models_dir):
+        match = _WRITING.fullmatch(name)
+        if match is None or match["host"] != host or _is_alive(int(match["pid"])):
+            continue
+        shutil.rmtree(os.path.join(models_dir, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def set_current(models_dir: str, version: str) -> None:
