@@ -6,7 +6,9 @@ Writes items.csv, likes.csv, follows.csv, friends.csv, when a seller is on vacat
 sellers.csv, and when users shared, clicked, carted or bought engagements.csv (one row
 per user, item, kind and friend, at its latest time; views are not kept per view in
 Redis, only the bounded fatigue state: the full history is in the event log, see
-``--since``) (training.dataset format), so
+``--since``; and a received_share row per share a user holds, naming who shared it, so
+that a store loaded from the export shows each share to whom it reached, not to friends
+made since) (training.dataset format), so
 the trainer can retrain from live data, and users' "not interested" hides as
 not_interested_items.csv and not_interested_sellers.csv (their ``ts`` empty: Redis keeps
 them as plain sets). With ``--format parquet`` the same tables are
@@ -48,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serving.load import connect_checked, exit_on_redis_errors
-from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, REQUIRED_IDS, EventKind
+from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, RECEIVED_SHARE, REQUIRED_IDS, EventKind
 from stores.redis import RECORD_FIELDS, scan_keys, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
@@ -100,12 +102,12 @@ class ExportStats:
     hides_of_unlisted: int = 0
 
 
-def _fetch(client: Any, keys: list[str], method: str) -> Iterator[tuple[str, Any]]:
+def _fetch(client: Any, keys: list[str], method: str, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
     for start in range(0, len(keys), FETCH_BATCH):
         chunk = keys[start : start + FETCH_BATCH]
         pipe = client.pipeline()
         for key in chunk:
-            getattr(pipe, method)(key)
+            getattr(pipe, method)(key, *args, **kwargs)
         yield from zip(chunk, pipe.execute())
 
 
@@ -147,6 +149,13 @@ def read_live_dataset(client: Any, prefix: str = DEFAULT_PREFIX) -> tuple[Datase
         for key, fields in _fetch(client, sorted(scan_keys(client, k.engaged_pattern)), "hgetall")
         for field, ts in fields.items()
     )  # (user, kind, item, friend, ts)
+    # Whom each share reached, as received: a share to all friends reached those of then,
+    # which a loader replaying it over today's friendships would not know.
+    engaged += sorted(
+        (k.user_id_of(key, "shared"), RECEIVED_SHARE, *json.loads(member), -float(negated_ts))
+        for key, members in _fetch(client, sorted(scan_keys(client, k.user_pattern("shared"))), "zrange", 0, -1, withscores=True)
+        for member, negated_ts in members
+    )  # (recipient, received_share, item, sharer, ts)
     # Items last: they are never deleted, so every item a like, engagement or hide read
     # above refers to is here even when Ingest runs meanwhile (a like of a listing newer
     # than the items' scan made the export one no loader accepts).

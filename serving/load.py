@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ranking.store import trending_weight
 from serving.store_url import redacted
 from stores.base import StoreUnavailable
-from stores.events import EventKind, card_strings
+from stores.events import RECEIVED_SHARE, EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
@@ -185,7 +185,7 @@ def _engagement_commands(dataset: Dataset, keys: Keys, befriended: dict[str, lis
     for user_id, item_id, kind, ts, friend_id in zip(
         engagements.user_id, engagements.item_id, engagements.kind, np.nan_to_num(engagements.ts, nan=0.0).tolist(), engagements.friend_id
     ):
-        if kind != EventKind.VIEW.value:
+        if kind not in (EventKind.VIEW.value, RECEIVED_SHARE):  # each is kept in its own form above
             field = lua_json([kind, item_id, friend_id])
             engaged[user_id][field] = max(engaged[user_id].get(field, ts), ts)
     for user_id, fields in engaged.items():

@@ -53,6 +53,9 @@ class EventKind(enum.Enum):
 
 ENGAGEMENTS = (EventKind.SHARE, EventKind.VIEW, EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)
 """A user's engagement with an item beyond a like; the trainer weighs each kind."""
+RECEIVED_SHARE = "received_share"
+"""A dataset's engagement kind (not an event) for a share as its recipient's store held it:
+the user who received it, the item, the friend who shared it (training.dataset)."""
 ENGAGED = (EventKind.LIKE, EventKind.SHARE, EventKind.CLICK, EventKind.ADD_TO_CART, EventKind.PURCHASE)
 """Kinds that show the user cared about the item: each clears the item's unengaged views (fatigue)."""
 

@@ -40,6 +40,7 @@ from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
     ENGAGEMENTS,
+    RECEIVED_SHARE,
     Event,
     EventKind,
     check_degrees,
@@ -369,7 +370,9 @@ def replay_engagements(
     engagements, and the likes that clear views, in time order leaves behind.
 
     ``friends`` are the friends of each user (a share to no one in particular reaches
-    them); with ``readers``, only their state is kept.
+    them); with ``readers``, only their state is kept. A dataset with received_share
+    rows (RECEIVED_SHARE: an export's) says whom each share reached: then those rows
+    alone fill what users were shared, and shares reach no one else.
     """
     shared: defaultdict[str, _SharedWith] = defaultdict(_SharedWith)
     seen: defaultdict[str, _Seen] = defaultdict(_Seen)
@@ -378,6 +381,17 @@ def replay_engagements(
         return shared, seen
     rows = list(zip(np.nan_to_num(engagements.ts, nan=0.0).tolist(), engagements.kind, engagements.user_id,
                     engagements.item_id, engagements.friend_id))  # fmt: skip
+    received = [row for row in rows if row[1] == RECEIVED_SHARE]
+    if received:
+        for ts, _, user, item, sharer in received:
+            if readers is None or user in readers:
+                shared[user].add(item_code(item), item, sharer, ts)
+        # Every share's recipients are known: a share still counts as the sharer's
+        # engagement (fatigue), and reaches no one.
+        friends = {}
+        share = EventKind.SHARE.value
+        rows = [(ts, kind, user, item, "" if kind == share else friend)
+                for ts, kind, user, item, friend in rows if kind != RECEIVED_SHARE]  # fmt: skip
     viewed = {(user, item) for _, kind, user, item, _ in rows if kind == EventKind.VIEW.value}
     likes = dataset.likes
     rows += [

@@ -573,6 +573,7 @@ def test_an_unknown_engaged_item_names_the_file_consulted(tmp_path: Path) -> Non
         ("u1,nope,view,1,", "item_id"),
         ("u1,i1,view,1,u2", "friend_id"),
         ("u1,i1,share,1,u1", "friend_id"),
+        ("u1,i1,received_share,1,", "friend_id"),
         ("u1,i1,view,yesterday,", "ts"),
     ],
 )
@@ -581,6 +582,25 @@ def test_bad_engagements_are_located(tmp_path: Path, row: str, column: str) -> N
     with pytest.raises(DatasetError) as error:
         load_dataset(str(make(tmp_path, engagements=text)))
     assert (error.value.file, error.value.line, error.value.column) == ("engagements.csv", 3, column)
+
+
+def test_received_shares_decide_whom_shares_reach_and_weigh_nothing_in_training(tmp_path: Path) -> None:
+    """received_share rows (an export's) reach each user with the shares they held, and a
+    share to all friends then reaches no friend made since."""
+    from embeddings.als import build_interactions
+    from stores.memory import MemoryStore
+    from tests import store_views as views
+
+    shares, friends = "user_id,item_id,kind,ts,friend_id\nu1,i1,share,5,\n", "user_id,friend_id,ts\nu2,u1,1\nu1,u3,9\n"
+    fanned = load_dataset(str(make(tmp_path / "a", engagements=shares, friends=friends)))
+    received = load_dataset(str(make(tmp_path / "b", engagements=shares + "u2,i1,received_share,5,u1\n", friends=friends)))
+    friends_of_u1 = {f for a, b in zip(fanned.friends.src, fanned.friends.dst) for f in (a, b) if "u1" in (a, b)} - {"u1"}
+    assert len(friends_of_u1) >= 2  # the share to all would reach each of them
+    for dataset, reached in ((fanned, friends_of_u1), (received, {"u2"})):
+        store = MemoryStore.from_dataset(dataset)
+        assert {user for user in friends_of_u1 | {"u2"} if views.read_user(store, user).shared} == reached
+    assert build_interactions(fanned).matrix.nnz == build_interactions(received).matrix.nnz
+    assert build_interactions(fanned).matrix.sum() == pytest.approx(build_interactions(received).matrix.sum())
 
 
 def test_dropping_unknown_items_drops_their_engagements_too(tmp_path: Path) -> None:

@@ -106,14 +106,14 @@ def test_an_export_taken_while_listings_and_their_likes_arrive_loads_back(redis_
     store.apply([Event("h", EventKind.NOT_INTERESTED_ITEM, 1.0, user_id="alice", item_id="future")])
     fetch, calls = serving.export._fetch, []
 
-    def fetch_while_ingest_runs(client, keys, method):
+    def fetch_while_ingest_runs(client, keys, method, *args, **kwargs):
         calls.append(method)
         if len(calls) == 1:
             store.apply([
                 Event("new", EventKind.ITEM_UPSERT, 2.0, item_id="fresh", seller_id="s1", created_at=2.0, stock=3),
                 Event("liked", EventKind.LIKE, 3.0, user_id="bob", item_id="fresh"),
             ])  # fmt: skip
-        return fetch(client, keys, method)
+        return fetch(client, keys, method, *args, **kwargs)
 
     monkeypatch.setattr(serving.export, "_fetch", fetch_while_ingest_runs)
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import redis
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -248,10 +249,13 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
         feed_pb2.Event(event_id="x8", ts=1767225706, view=feed_pb2.UserItem(user_id="alice", item_id="i1")),
         feed_pb2.Event(event_id="x9", ts=1767225707, not_interested_item=feed_pb2.UserItem(user_id="bob", item_id="i2")),
         feed_pb2.Event(event_id="x10", ts=1767225708, not_interested_seller=feed_pb2.UserSeller(user_id="bob", seller_id="s2")),
+        # To all of erin's friends: dave, and not carol, befriended after it.
+        feed_pb2.Event(event_id="x11", ts=1767225709, share=feed_pb2.Share(user_id="erin", item_id="i1")),
+        feed_pb2.Event(event_id="x12", ts=1767225710, friend=feed_pb2.UserFriend(user_id="erin", friend_id="carol")),
     ]), timeout=5)  # fmt: skip
     out = tmp_path / "export"
     exported = run("serving", "export", "--redis", redis_url, "--out", str(out), "--since", "0")
-    assert "10 events" in exported.stdout
+    assert "12 events" in exported.stdout
     live = load_dataset(str(out))
     original = social_dataset()
     assert set(live.items.item_id) == set(original.items.item_id) | {"n1"}
@@ -263,10 +267,14 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
     n1 = live.items.item_id.index("n1")
     assert (live.items.seller_id[n1], int(live.items.stock[n1]), live.items.price[n1], live.items.category[n1]) == ("s3", 2, 9.5, "shoes")
     events = (out / "events.csv").read_text().splitlines()
-    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 11
-    # Shares, clicks, carts and purchases come back as engagements (views only in the event log).
+    assert events[0].split(",")[:3] == ["stream_id", "event_id", "kind"] and len(events) == 13
+    # Shares, clicks, carts and purchases come back as engagements (views only in the event
+    # log), and each share as its recipients hold it.
     engaged = set(zip(live.engagements.user_id, live.engagements.item_id, live.engagements.kind, live.engagements.friend_id))
-    assert engaged == {("erin", "n1", "share", "dave"), ("erin", "n1", "purchase", "")}
+    assert engaged == {
+        ("erin", "n1", "share", "dave"), ("erin", "n1", "purchase", ""), ("erin", "i1", "share", ""),
+        ("dave", "n1", "received_share", "erin"), ("dave", "i1", "received_share", "erin"),
+    }  # fmt: skip
     # Users' hides come back too, so a store loaded from the export keeps them hidden.
     assert list(zip(live.hidden_items.src, live.hidden_items.dst)) == [("bob", "i2")]
     assert list(zip(live.hidden_sellers.src, live.hidden_sellers.dst)) == [("bob", "s2")]
@@ -274,9 +282,20 @@ def test_load_ingest_export_train_round_trip_through_the_cli(redis_url, models, 
     assert (bob.hidden_items, bob.hidden_sellers) == ({"i2"}, {"s2"})
     since = events[2].split(",")[0]
     run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "later"), "--since", since)
-    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 8
+    assert len((tmp_path / "later" / "events.csv").read_text().splitlines()) == 1 + 10
     trained = run("training", "train", "--data", str(out), "--out", str(tmp_path / "retrained"), "--factors", "8", "--iterations", "3", "--no-progress")
     assert (tmp_path / "retrained" / "CURRENT").exists(), trained.stdout
+    # A store loaded from the export shows a share to whom it reached, not to carol, a
+    # friend made since (an outside review: the share to all reached every final friend).
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.flushall()
+    run("serving", "load", "--data", str(out), "--redis", redis_url, "--no-progress")
+    reloaded = RedisStore.from_url(redis_url)
+    for store in (MemoryStore.from_dataset(live), reloaded):
+        shared = {user: set(views.read_user(store, user).shared) for user in ("dave", "carol")}
+        assert {(item, sharer) for item, sharer, _ in shared["dave"]} == {("n1", "erin"), ("i1", "erin")}
+        assert not shared["carol"]
+    reloaded.close()
 
 
 def test_workers_share_the_port_and_each_reads_the_others_writes(redis_url, models, servers):

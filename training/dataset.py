@@ -21,8 +21,13 @@ The item card columns are optional and may be empty: ``price`` a non-negative nu
 ``feed_eligible`` 1 or 0 (empty: 1), whether the seller lets the feed show the item.
 ``vacation_until`` is when the seller's vacation ends (a time, or ``inf`` for until
 further notice; empty: not on vacation); sellers not listed are not on vacation.
-An engagement's ``kind`` is share, view, click, add_to_cart or purchase (ENGAGEMENT_KINDS);
-``friend_id`` only on a share, the friend it went to (empty: all the user's friends).
+An engagement's ``kind`` is share, view, click, add_to_cart or purchase, or received_share
+(ENGAGEMENT_KINDS); ``friend_id`` only on a share, the friend it went to (empty: all the
+user's friends), and on a received_share, the friend who shared the item with the user.
+received_share rows are the users' received shares as a store held them (``serving
+export`` writes them): a dataset with any reaches each user with exactly those, and its
+shares reach no one else; without, each share reaches its friend, or all the user's
+friends. They are not training signals (an engagement weight of 0).
 Every row is kept (a view repeated is two views); the item must be in items.csv.
 A row of items.csv that repeats an earlier one in every column is merged into it (as a
 repeated like is); a repeated ``item_id`` with other values is an error.
@@ -73,9 +78,9 @@ import numpy as np
 
 from ranking.vocab import encode
 from stores.base import gc_paused
-from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, EventKind, is_currency_code
+from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
 
-ENGAGEMENT_KINDS = tuple(kind.value for kind in ENGAGEMENTS)
+ENGAGEMENT_KINDS = (*(kind.value for kind in ENGAGEMENTS), RECEIVED_SHARE)
 
 MIN_UNIX_SECONDS = -2_208_988_800.0  # 1900-01-01
 
@@ -1227,8 +1232,10 @@ def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
     for i, (user, k, friend) in enumerate(zip(user_id, kind, friend_id)):
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
-        if friend and k != EventKind.SHARE.value and k in valid:
+        if friend and k not in (EventKind.SHARE.value, RECEIVED_SHARE) and k in valid:
             t.report(i, "friend_id", f"only a share names a friend, not a {k}")
+        if not friend and k == RECEIVED_SHARE:
+            t.report(i, "friend_id", "a received_share names the friend who shared")
         if friend and friend == user:
             t.report(i, "friend_id", f"user {user!r} shares with themselves")
     keep = _known_item_rows(t, item_id, known_items, item_file, on_unknown_item, [] if warnings is None else warnings, "engagements")
