@@ -558,6 +558,19 @@ def test_engagements_load_every_row_and_round_trip(tmp_path: Path) -> None:
     assert len(without.engagements) == 0 and without.fingerprint() != ds.fingerprint()
 
 
+@pytest.mark.parametrize("name", ["items.csv", "likes.csv", "items.parquet"])
+def test_a_dangling_symbolic_link_is_an_error_not_an_absent_table(tmp_path: Path, name: str) -> None:
+    """A dangling items.csv was taken for no catalogue: every liked item in stock, sellerless."""
+    path = make(tmp_path, **{name.removesuffix(".csv"): None} if name.endswith(".csv") else {"items": None})
+    (path / name).symlink_to(tmp_path / "gone" / name)
+    error = error_of(path)
+    assert (error.file, error.line, error.column) == (name, 0, "<file>")
+    if name.endswith(".csv"):
+        assert error.message == f"cannot be read: No such file or directory (a symbolic link to {tmp_path / 'gone' / name}, which is missing)"
+    else:
+        assert error.message.startswith("not a readable Parquet file") and "No such file or directory" in error.message
+
+
 def test_an_unknown_engaged_item_names_the_file_consulted(tmp_path: Path) -> None:
     text = "user_id,item_id,kind,ts,friend_id\nu1,i9,view,1,\n"
     with_items = error_of(make(tmp_path / "a", engagements=text))

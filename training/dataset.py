@@ -425,7 +425,8 @@ def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, 
     except csv.Error as error:
         errors.add(DatasetError(file, getattr(error, "line_num", 0) or 0, "<row>", f"not valid CSV: {error}"))
     except OSError as error:
-        errors.add(DatasetError(file, 0, "<file>", f"cannot be read: {error.strerror or error}"))
+        dangling = f" (a symbolic link to {os.readlink(path)}, which is missing)" if os.path.islink(path) and not os.path.exists(path) else ""
+        errors.add(DatasetError(file, 0, "<file>", f"cannot be read: {error.strerror or error}{dangling}"))
     return None
 
 
@@ -636,11 +637,14 @@ def parquet_name(file: str) -> str:
 
 def _source(directory: str, file: str) -> str | None:
     """The name of what holds table ``file`` (a CSV name) in ``directory``: ``file``, its
-    Parquet file or directory, or None. Both present is reported by _check_directory."""
-    if os.path.isfile(os.path.join(directory, file)):
+    Parquet file or directory, or None. Both present is reported by _check_directory.
+    A name that is there but cannot be opened (a dangling symlink) holds the table too: its
+    read reports it, where taking it for absent dropped the catalogue without a word."""
+    csv_path = os.path.join(directory, file)
+    if os.path.isfile(csv_path) or (os.path.lexists(csv_path) and not os.path.isdir(csv_path)):
         return file
     name = parquet_name(file)
-    return name if os.path.exists(os.path.join(directory, name)) else None
+    return name if os.path.lexists(os.path.join(directory, name)) else None
 
 
 def _parquet_parts(directory: str, name: str) -> list[tuple[str, str]]:
