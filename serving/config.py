@@ -310,15 +310,16 @@ FLAGS_BY_DEST = {f.dest: f for f in FLAGS}
 
 
 def _check_store_url(url: str, given_by: str) -> None:
-    from stores.redis import URL_SCHEMES, check_url
+    from serving.store_url import redacted
+    from stores.redis import URL_SCHEMES, split_url
 
     if not url.startswith(URL_SCHEMES):
-        raise ConfigError(f"{given_by}: unknown store {url!r}: use memory, redis://HOST:PORT/DB, "
+        raise ConfigError(f"{given_by}: unknown store {redacted(url)!r}: use memory, redis://HOST:PORT/DB, "
                           "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT")
     try:
-        check_url(url)
+        split_url(url)  # the URL and every query option, so that none fails in a connection later
     except ValueError as error:
-        raise ConfigError(f"{given_by} {url}: {error}") from None
+        raise ConfigError(f"{given_by} {redacted(url)}: {error}") from None
 
 
 def _source_names(text: str, given_by: str) -> tuple[str, ...]:

@@ -59,7 +59,10 @@ def open_store(
     if url.startswith(("redis://", "rediss://", "redis-cluster://", "unix://")):
         from stores.redis import RedisStore
 
-        return RedisStore.from_url(url, options=limits)
+        try:
+            return RedisStore.from_url(url, options=limits)
+        except ValueError as error:
+            raise ValueError(f"--store {redacted(url)}: {error}") from None
     raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT")
 
 

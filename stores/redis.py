@@ -166,6 +166,15 @@ _OWN_OPTIONS = {
     "write_timeout": float, "write_chunk": int, "max_friends": int, "max_follows": int, "wait_timeout_ms": int,
     "read_cache": _flag, "read_cache_entries": int,
 }  # fmt: skip
+# Query options handed to redis-py: those it parses (URL_QUERY_ARGUMENT_PARSERS: checked
+# here, so a bad value fails at start, not in a connection), and the connections' string
+# options. redis-py passes any other name on to the connection class, which fails at the
+# first connection (in a feed process, or as a traceback): refused here by name instead.
+_REDIS_PY_OPTIONS = {
+    *redis.connection.URL_QUERY_ARGUMENT_PARSERS,
+    "client_name", "username", "password", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path",
+    "ssl_password", "ssl_ciphers",
+}  # fmt: skip
 
 
 # Event.to_record() field order: the Lua scripts read records positionally.
@@ -956,6 +965,11 @@ def check_url(url: str) -> None:
     for db in dbs:
         if not _DB_INDEX.fullmatch(db):
             raise ValueError(f"the DB must be a non-negative integer, got {db!r}")
+    if not url.startswith("unix://"):
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            raise ValueError(f"the port must be a whole number from 0 to 65535, got {parts.netloc.rpartition(':')[2]!r}") from None
 
 
 def split_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -964,11 +978,16 @@ def split_url(url: str) -> tuple[str, dict[str, Any]]:
     check_url(url)
     own = {}
     for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+        parse = _OWN_OPTIONS.get(name) or redis.connection.URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parse is None and name not in _REDIS_PY_OPTIONS:
+            raise ValueError(f"unknown store URL option {name!r}; ours: {', '.join(_OWN_OPTIONS)}; "
+                             f"redis-py's: {', '.join(sorted(_REDIS_PY_OPTIONS))}")  # fmt: skip
+        try:
+            parsed = parse(value) if parse is not None else value
+        except ValueError as error:
+            raise ValueError(f"store URL option {name}={value!r}: {error}") from None
         if name in _OWN_OPTIONS:
-            try:
-                own[name] = _OWN_OPTIONS[name](value)
-            except ValueError as error:
-                raise ValueError(f"store URL option {name}={value!r}: {error}") from None
+            own[name] = parsed
     return _without_options(url, *_OWN_OPTIONS), own
 
 

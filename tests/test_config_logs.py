@@ -112,6 +112,10 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FEED_PROCESSES": "2", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_FEED_PROCESSES and FEEDRANK_WORKERS: choose one"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
         ({"FEEDRANK_STORE": "redis://x:1/abc"}, "FEEDRANK_STORE redis://x:1/abc: the DB must be a non-negative integer, got 'abc'"),
+        # Each of these failed later, in a connection (a feed process's, or a traceback), or unnamed.
+        ({"FEEDRANK_STORE": "redis://x:y/0"}, "FEEDRANK_STORE redis://x:y/0: the port must be a whole number from 0 to 65535, got 'y'"),
+        ({"FEEDRANK_STORE": "redis://x:1/0?socket_timeout=abc"}, "FEEDRANK_STORE redis://x:1/0?socket_timeout=abc: store URL option socket_timeout='abc'"),
+        ({"FEEDRANK_STORE": "redis://u:pw@x:1/0?colour=1"}, "FEEDRANK_STORE redis://u:***@x:1/0?colour=1: unknown store URL option 'colour'; ours: recent_likes"),
     ],
 )
 def test_a_bad_environment_value_names_the_variable(env, message):

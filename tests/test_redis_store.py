@@ -655,6 +655,7 @@ def test_a_url_with_a_known_scheme_and_a_numeric_db_is_taken(url):
     ("unix:///tmp/redis.sock?db=", "the DB must be a non-negative integer, got ''"),
     ("redis-cluster://127.0.0.1:7000/abc", "the DB must be a non-negative integer, got 'abc'"),
     ("http://127.0.0.1:6379/0", "the scheme must be one of redis://, rediss://, unix://, redis-cluster://"),
+    ("redis://127.0.0.1:x/0", "the port must be a whole number from 0 to 65535, got 'x'"),
 ])
 def test_a_url_redis_py_would_misread_is_a_value_error(url, says):
     from stores.redis import connect, split_url
@@ -663,6 +664,22 @@ def test_a_url_redis_py_would_misread_is_a_value_error(url, says):
         with pytest.raises(ValueError) as error:
             parse(url)
         assert str(error.value) == says
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ("colour=1", "unknown store URL option 'colour'; ours: recent_likes,"),
+    ("socket_timeout=abc", "store URL option socket_timeout='abc': could not convert"),
+    ("write_chunk=0", "write_chunk must be >= 1"),
+])
+def test_a_bad_store_url_option_is_refused_at_open_naming_the_flag(option, says):
+    """Each failed in the first connection (in a feed process, or as a traceback) or
+    without naming --store; redis-py's own options and ours still pass."""
+    from serving.store_url import open_store
+
+    with pytest.raises(ValueError) as error:
+        open_store(f"redis://u:secret@127.0.0.1:1/0?{option}")
+    assert str(error.value).startswith(f"--store redis://u:***@127.0.0.1:1/0?{option}: {says}")
+    open_store("redis://127.0.0.1:1/0?client_name=feeds&health_check_interval=5&write_chunk=100&read_cache=0").close()
 
 
 @pytest.mark.parametrize(("db", "says"), [
