@@ -50,13 +50,14 @@ def _serve(argv: list[str]) -> None:
             check_versions(load_arms(config.arms_file, config.feed), config.models_dir)
         except (OSError, ValueError) as error:
             parser.error(f"--arms: {error}")
-    from serving.server import serve
+    from serving.feed_processes import FeedProcessError
+    from serving.server import BindError, serve
 
     try:
         with progress_bars(sys.stderr.isatty() and config.progress), \
                 load_defaults("drop" if config.drop_unknown_items else "error", warn=log.warning):
             serve(config, port_file=args.port_file)
-    except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
+    except (FileNotFoundError, ValueError, BindError, FeedProcessError) as error:  # DatasetError is a ValueError
         if config.log_format == "json":  # a log shipper reading JSON lines gets this one as JSON too
             logging.getLogger("feedrank.serving").critical("error: %s", error)
             sys.exit(1)

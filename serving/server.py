@@ -31,7 +31,7 @@ from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig
-from serving.feed_processes import STOP_SIGNALS, FeedProcessError, FeedProcesses
+from serving.feed_processes import STOP_SIGNALS, FeedProcesses
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
@@ -584,13 +584,10 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
     """
     logs.configure(config.log_format, config.log_level)
     port_file = port_file or config.port_file
-    try:
-        if config.workers <= 1:
-            _serve_one(config, port_file)
-        else:
-            _serve_workers(config, port_file)
-    except (BindError, FeedProcessError) as error:
-        raise SystemExit(f"error: {error}") from None
+    if config.workers <= 1:
+        _serve_one(config, port_file)
+    else:
+        _serve_workers(config, port_file)
 
 
 def _serve_workers(config: ServerConfig, port_file: str | None) -> None:

@@ -334,6 +334,25 @@ def test_with_json_logs_a_fatal_start_error_is_a_json_line_too(world, tmp_path):
     assert lines[-1]["level"] == "critical" and "no such directory" in lines[-1]["msg"]
 
 
+def test_with_json_logs_a_port_in_use_is_a_json_line_too(world):
+    """Bind errors (gRPC, --http-port, --metrics-port) were plain text under --log-format json."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag in ("--port", "--metrics-port"):
+            result = subprocess.run(
+                [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(world.data_dir),
+                 "--log-format", "json", "--no-progress", "--port", "0", flag, str(port)],
+                cwd=REPO, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 1, result.stderr
+            lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+            assert lines[-1]["level"] == "critical" and f"127.0.0.1:{port}" in lines[-1]["msg"], lines[-1]
+
+
 # --- model reload -----------------------------------------------------------------------------------
 
 
