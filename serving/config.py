@@ -454,6 +454,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     """
     environ = os.environ if environ is None else environ
     v, source = resolve_settings(args, environ)
+    # Given (a flag, a variable, the file), even as the default's value, fallback sources must be among the sources.
+    fallback_given = getattr(args, "fallback_sources", None) is not None or source["fallback_sources"] != "--fallback-sources"
     for dest, value in v.items():
         setattr(args, dest, value)
     if not v["models"]:
@@ -474,7 +476,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         raise ConfigError(f"{source['state_dir']} is for the memory store; Redis keeps its own state")
     sources, fallback_sources = (_source_names(v[dest], source[dest]) for dest in ("sources", "fallback_sources"))
     stray = [name for name in fallback_sources if name not in sources]
-    if stray and fallback_sources != _FEED.fallback_sources:  # the default falls back only on what is among the sources
+    if stray and fallback_given:  # the default falls back only on what is among the sources
         raise ConfigError(f"{source['fallback_sources']}: {', '.join(stray)} is not among the sources ({', '.join(sources)}): "
                           "a fallback source is one of the sources, run only when the others gather too few candidates")
     try:

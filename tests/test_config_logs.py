@@ -131,6 +131,11 @@ def test_fallback_sources_default_to_trending_and_none_turns_the_fallback_off():
     assert both.feed.fallback_sources == ("trending", "item_knn")
     # The default falls back on trending only when it is a source; a fallback given outside the sources would never run.
     assert resolve_config(parse("--models", "m", "--sources", "followed_sellers"), {}).feed.sources == ("followed_sellers",)
+    # Given, even as the default's value, a fallback outside the sources is refused (it was taken in silence).
+    with pytest.raises(ConfigError, match="--fallback-sources: trending is not among the sources"):
+        resolve_config(parse("--models", "m", "--sources", "item_knn", "--fallback-sources", "trending"), {})
+    with pytest.raises(ConfigError, match="FEEDRANK_FALLBACK_SOURCES: trending is not among the sources"):
+        resolve_config(parse("--models", "m", "--sources", "item_knn"), {"FEEDRANK_FALLBACK_SOURCES": "trending"})
     with pytest.raises(ConfigError, match="--fallback-sources: item_knn is not among the sources"):
         resolve_config(parse("--models", "m", "--sources", "trending", "--fallback-sources", "item_knn"), {})
 
