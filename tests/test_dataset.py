@@ -289,19 +289,23 @@ def test_up_to_20_errors_are_reported_across_files(tmp_path: Path) -> None:
     likes = "user_id,item_id,ts\nu1,i1,1\nu2,i2,yesterday\n,i1,2\n"
     err = error_of(make(tmp_path / "a", likes=likes, items=ITEMS + "i4,s2,1,lots,,\n"))
     assert [(e.file, e.line, e.column) for e in err.errors] == [
-        ("likes.csv", 4, "user_id"), ("likes.csv", 3, "ts"), ("items.csv", 5, "stock")]
+        ("likes.csv", 3, "ts"), ("likes.csv", 4, "user_id"), ("items.csv", 5, "stock")]
     assert str(err).splitlines() == [
-        "likes.csv:4: column 'user_id': must not be empty",
         "likes.csv:3: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'yesterday'",
+        "likes.csv:4: column 'user_id': must not be empty",
         "items.csv:5: column 'stock': expected a non-negative integer, got 'lots'",
     ]
-    assert (err.file, err.line, err.column) == ("likes.csv", 4, "user_id")  # the first
+    assert (err.file, err.line, err.column) == ("likes.csv", 3, "ts")  # the first line
     assert pickle.loads(pickle.dumps(err)).errors[2].line == 5
 
     many = "user_id,item_id,ts\n" + "".join(f"u{n},i1,bad{n}\n" for n in range(30))
     err = error_of(make(tmp_path / "b", likes=many))
     assert [e.line for e in err.errors] == list(range(2, 22)) and err.more
     assert str(err).splitlines()[-1] == "(and more: only the first 20 errors are reported)"
+    # The first 20 by line, whatever column found them first (line 33's empty id was
+    # reported, and lines 22-31's bad times dropped, an outside review found).
+    err = error_of(make(tmp_path / "c", likes=many + ",i1,1\n"))
+    assert [e.line for e in err.errors] == list(range(2, 22)) and err.more
 
 
 def test_every_unknown_item_is_reported(tmp_path: Path) -> None:
