@@ -20,11 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import fetch_pages, format_feed
 from training.dataset import load_dataset
+from training.flag_types import bounded
 
 
 def run_step(title: str, argv: list[str]) -> None:
+    """Run one step; a step that fails ends the demo in one line (its own error is above it)."""
     print(f"\n==> {title}\n$ python {' '.join(argv)}", flush=True)
-    subprocess.run([sys.executable, *argv], check=True)
+    code = subprocess.run([sys.executable, *argv], check=False).returncode
+    if code:
+        sys.exit(f"error: the step '{title}' failed (exit code {code})")
 
 
 def wait_until_serving(port_file: Path, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> str:
@@ -77,13 +81,18 @@ def find_ranks(stub, user: str, item_ids: set[str]) -> dict[str, int]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="demo-out", help="where data and models go (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=3000, help="synthetic users (default: %(default)s)")
-    parser.add_argument("--sellers", type=int, default=300, help="synthetic sellers (default: %(default)s)")
-    parser.add_argument("--items", type=int, default=8000, help="synthetic items (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=7, help="generator seed (default: %(default)s)")
-    parser.add_argument("--http-port", type=int, default=0,
-                        help="also serve the feed explorer on this port and keep the server running until Ctrl-C (default: off)")
+    parser.add_argument("--users", type=bounded(int, 2), default=3000, help="synthetic users (default: %(default)s)")
+    parser.add_argument("--sellers", type=bounded(int, 1), default=300, help="synthetic sellers, at most --users (default: %(default)s)")
+    parser.add_argument("--items", type=bounded(int, 1), default=8000, help="synthetic items (default: %(default)s)")
+    parser.add_argument("--seed", type=bounded(int, 0), default=7, help="generator seed (default: %(default)s)")
+    parser.add_argument("--http-port", type=bounded(int, 0, 65535), default=0,
+                        help="also serve the feed explorer on this port and keep the server running until Ctrl-C or SIGTERM (default: off)")
     args = parser.parse_args(argv)
+    if args.sellers > args.users:  # checked here, not after the generator's step
+        parser.error(f"--sellers must be at most --users ({args.users}), got {args.sellers}")
+    # SIGTERM (a process manager, `timeout`) ends the demo as Ctrl-C does: through the
+    # finally below, which stops the server (it was left running).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     workdir = Path(args.workdir)
     data_dir, models_dir, port_file, log_file = workdir / "data", workdir / "models", workdir / "server.port", workdir / "server.log"
     now = int(time.time())

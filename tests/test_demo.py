@@ -33,3 +33,59 @@ def test_the_demo_prints_a_feed_and_shows_each_event_in_the_next_one(tmp_path):
     assert "feedrank.access" not in out
     log = (workdir / "server.log").read_text()
     assert "GetFeed OK" in log and "Ingest OK" in log
+
+
+def demo(*argv: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving", "demo", *argv], capture_output=True, text=True, cwd=ROOT, **options)
+
+
+def test_bad_demo_flags_are_refused_before_any_step_and_a_failed_step_is_one_line(tmp_path):
+    """--http-port 99999 failed after generating and training (31 s); --users 1 and a step
+    that failed ended in a CalledProcessError traceback (an outside review)."""
+    for argv, says in (
+        (["--http-port", "99999"], "argument --http-port: must be <= 65535, got 99999"),
+        (["--users", "1"], "argument --users: must be >= 2, got 1"),
+        (["--users", "x"], "argument --users: expected an integer, got 'x'"),
+        (["--users", "10", "--sellers", "20"], "--sellers must be at most --users (10), got 20"),
+    ):
+        run = demo("--workdir", str(tmp_path / "never"), *argv, timeout=60)
+        assert run.returncode == 2 and says in run.stderr and "==>" not in run.stdout, (argv, run.stdout, run.stderr)
+    assert not (tmp_path / "never").exists()
+    (tmp_path / "a-file").write_text("")
+    run = demo("--workdir", str(tmp_path / "a-file" / "demo"), timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == "error: the step 'Generate a synthetic social-commerce dataset' failed (exit code 2)"
+
+
+def test_sigterm_stops_the_demo_and_its_explorer_server(tmp_path):
+    """With --http-port the demo waits on its server; a SIGTERM ended the demo and left the
+    server running (an outside review)."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workdir = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "demo", "--workdir", str(workdir), "--users", "200", "--sellers", "20",
+         "--items", "500", "--http-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("==> Feed explorer"):
+                break
+        else:
+            raise AssertionError("the demo ended before its explorer was up")
+        server_pid = int(subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()[0])
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[0]
+        assert "Server stopped (exit code 0)" in rest, rest
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{server_pid}").exists() or "zombie" in Path(f"/proc/{server_pid}/status").read_text()
+    finally:
+        process.kill()
