@@ -64,6 +64,7 @@ class EvaluationReport:
     # One row per cap setting (evaluate_cap_grid): the caps and the metrics of the feed under them.
     cap_grid: list[dict] = field(default_factory=list)
     cap_grid_seconds: float = 0.0
+    cap_grid_skipped: str = ""  # why the cap grid asked for was not replayed
     # Kept by evaluate() so the cap grid can be added later; holds the training data and
     # the model: set it to None to release them.
     replay: FeedReplay | None = field(default=None, repr=False, compare=False)
@@ -98,6 +99,8 @@ class EvaluationReport:
         )
         if self.cap_grid:
             lines += ["", *self.cap_grid_table()]
+        if self.cap_grid_skipped:
+            lines += ["", f"diversity caps: not replayed ({self.cap_grid_skipped})"]
         return "\n".join(lines)
 
     def cap_grid_table(self) -> list[str]:
@@ -390,6 +393,10 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
     started = time.perf_counter()
     depth = max(report.ks)
     items = replay.train.items
+    if not any(items.seller_id) and not any(items.category):
+        # Every setting would give the model row's pages again (Last.fm: 6 equal rows, 116 s).
+        report.cap_grid_skipped = "no item has a seller or a category, so no cap can change a page"
+        return []
     category_of = dict(zip(items.item_id, items.category))
     seller_of = dict(zip(items.item_id, items.seller_id))
     users = sorted(replay.relevant)
