@@ -8,7 +8,7 @@ ALS models are averaged (``--als-bags``: each costs one more ALS fit); the weigh
 transform (when the likes carry weights); the weight of each engagement kind in
 engagements.csv (shares, purchases, carts, clicks, views: 0..2 likes); the recency weighting of ALS confidence and
 which time features the ranker uses (when the likes are timed); the item-kNN similarity
-(EASE up to EASE_MAX_ITEMS items) and its k; the pool sizes (embedding neighbours,
+(EASE up to 20,000 items with two or more users: embeddings.knn.EASE_MAX_ITEMS) and its k; the pool sizes (embedding neighbours,
 item-kNN candidates, trending, per followed seller and friend) and which candidate
 sources run. Each trial trains the whole pipeline (ALS,
 item-kNN, the learned ranker) on a fit part and replays the served feed over the
