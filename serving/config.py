@@ -25,7 +25,7 @@ from typing import Any
 from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
 from serving import auth
 from serving.logs import LOG_FORMATS, LOG_LEVELS
-from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED
+from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED, MIN_SECRET_BYTES
 from serving.store_url import FSYNC_POLICIES, Durability
 from stores.events import DEFAULT_MAX_CLOCK_SKEW
 from stores.memory import DEFAULT_DEDUPE_TTL, DEFAULT_MAX_FOLLOWS, DEFAULT_MAX_FRIENDS
@@ -487,6 +487,9 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     # (a mounted secret file) into the previous list keeps its tokens valid.
     secret = environ.get(TOKEN_SECRET_ENV, "").strip() or None
     previous = tuple(p.strip().encode() for p in environ.get(PREVIOUS_SECRETS_ENV, "").split(",") if p.strip())
+    for name, keys in ((TOKEN_SECRET_ENV, [secret.encode()] if secret else []), (PREVIOUS_SECRETS_ENV, previous)):
+        if any(len(key) < MIN_SECRET_BYTES for key in keys):  # named here: the codec cannot say which variable
+            raise ConfigError(f"{name}: page token secrets must be at least {MIN_SECRET_BYTES} bytes")
     return ServerConfig(
         models_dir=v["models"],
         store_url=v["store"],

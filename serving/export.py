@@ -12,7 +12,7 @@ made since) (training.dataset format), so
 the trainer can retrain from live data, and users' "not interested" hides as
 not_interested_items.csv and not_interested_sellers.csv (their ``ts`` empty: Redis keeps
 them as plain sets). With ``--format parquet`` the same tables are
-written as items.parquet, likes.parquet, ... (all six, one file each, in types Spark
+written as items.parquet, likes.parquet, ... (the six main tables, and the hides when there are any, one file each, in types Spark
 reads as they are: string, double, int64, bool); either format replaces the other's
 files of the same tables in DIR. Keys are found with SCAN (on a cluster, on every
 primary). Follows and friendships are kept in Redis as plain sets, so their ``ts`` column
@@ -54,6 +54,7 @@ from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, RECEIVED_SHARE, 
 from stores.redis import RECORD_FIELDS, scan_keys, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from training.dataset import Dataset, Edges, Engagements, Items, Sellers, write_dataset
+from training.flag_types import output_directory
 
 EVENTS_FILE = "events.csv"
 EVENT_COLUMNS = ("stream_id", *RECORD_FIELDS)
@@ -264,7 +265,7 @@ def export_from_redis(
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
-    parser.add_argument("--out", required=True, help="dataset directory to write (created if needed)")
+    parser.add_argument("--out", required=True, type=output_directory, help="dataset directory to write (created if needed)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
                         help="dataset files to write: csv (default) or parquet (items.parquet, likes.parquet, ..., for Spark)")
     parser.add_argument("--since", metavar="STREAM_ID", help="also write events.csv with the log entries after this stream id (MS-SEQ or MS; 0 = all)")

@@ -86,7 +86,7 @@ def validate_shopper_filters(shopper: ShopperFilters) -> None:
     for name in ("min_price", "max_price"):
         value = getattr(shopper, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InvalidRequest(name, f"must be a non-negative number, got {value}")
+            raise InvalidRequest(name, f"must be a finite non-negative number, got {value}")
     if shopper.min_price is not None and shopper.max_price is not None and shopper.max_price < shopper.min_price:
         raise InvalidRequest("max_price", f"must be >= min_price ({shopper.min_price}), got {shopper.max_price}")
     if shopper.max_ship_days is not None and not 0 <= shopper.max_ship_days <= MAX_SHIP_DAYS:

@@ -46,6 +46,8 @@ DEFAULT_MAX_SERVED = 1_000
 _CLOCK_SKEW_SECONDS = 300.0
 
 
+MIN_SECRET_BYTES = 16
+
 class PageTokenError(ValueError):
     """The token is malformed, expired, signed with an unknown key, tampered with, or
     belongs to another user."""
@@ -109,8 +111,8 @@ class PageTokenCodec:
         max_served: int = DEFAULT_MAX_SERVED,
     ) -> None:
         for key in (secret, *previous):
-            if len(key) < 16:
-                raise ValueError("page token secrets must be at least 16 bytes")
+            if len(key) < MIN_SECRET_BYTES:
+                raise ValueError(f"page token secrets must be at least {MIN_SECRET_BYTES} bytes")
         if ttl_seconds < 0:
             raise ValueError("page token TTL must be >= 0 (0: tokens never expire)")
         if not 1 <= max_served <= MAX_SERVED:

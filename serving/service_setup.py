@@ -201,12 +201,15 @@ class ModelWatcher(threading.Thread):
                     arms = load_arms(self.arms_file, self.feed)
                     pinned = load_pinned(arms, self.models_dir, {**pinned, current.version: current})
                     changed, self.arms_failures = True, 0
-                except Exception:
+                except Exception as error:
                     self.arms_failures += 1
                     delay = self._backoff(self.arms_failures)
                     self.arms_retry_at = self.clock() + delay
-                    log.exception("arms reload from %s failed; keeping arms %s; next try in %.0f s", self.arms_file,
-                                  describe(service.arms) if service.arms else "none", delay)
+                    # A bad file (its TOML, a key, a missing version) is one line, as at start;
+                    # anything else keeps its traceback.
+                    report = log.error if isinstance(error, (OSError, ValueError)) else log.exception
+                    report("arms reload from %s failed: %s; keeping arms %s; next try in %.0f s", self.arms_file, error,
+                           describe(service.arms) if service.arms else "none", delay)
                     arms, pinned = service.arms, service.pinned
         if not changed:
             return

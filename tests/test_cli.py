@@ -207,3 +207,6 @@ def test_flag_errors_name_the_flag_and_help_does_not_mislead(tmp_path):
     assert "error: argument --require-sources: unknown sources bogus" in refused(
         "tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--require-sources", "bogus")
     assert "--factors 64" not in run("-m", "training", "train", "--help").stdout  # the default is 16
+    # An outside review's: 0 built an index that searched with a beam of k; the flag named twice; no --test.
+    assert "error: argument --ef-search: must be >= 1, got 0" in refused("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--ef-search", "0")
+    assert "error: argument --spark-conf: expected KEY=VALUE, got 'x'" in refused("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--spark-conf", "x")

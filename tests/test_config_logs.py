@@ -112,6 +112,8 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_FEED_PROCESSES": "2", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_FEED_PROCESSES and FEEDRANK_WORKERS: choose one"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
         ({"FEEDRANK_STORE": "redis://x:1/abc"}, "FEEDRANK_STORE redis://x:1/abc: the DB must be a non-negative integer, got 'abc'"),
+        ({"FEEDRANK_TOKEN_SECRET": "short"}, "FEEDRANK_TOKEN_SECRET: page token secrets must be at least 16 bytes"),
+        ({"FEEDRANK_TOKEN_SECRET_PREVIOUS": "0123456789abcdef, short"}, "FEEDRANK_TOKEN_SECRET_PREVIOUS: page token secrets must be at least 16 bytes"),
         # Each of these failed later, in a connection (a feed process's, or a traceback), or unnamed.
         ({"FEEDRANK_STORE": "redis://x:y/0"}, "FEEDRANK_STORE redis://x:y/0: the port must be a whole number from 0 to 65535, got 'y'"),
         ({"FEEDRANK_STORE": "redis://x:1/0?socket_timeout=abc"}, "FEEDRANK_STORE redis://x:1/0?socket_timeout=abc: store URL option socket_timeout='abc'"),
@@ -409,6 +411,23 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
     (models / "CURRENT").write_text("v4\n")
     poll(40)
     assert configured == ["v4"] and attempts[-1][0] == "v4"
+
+
+def test_an_arms_file_broken_at_reload_is_one_error_line_without_a_traceback(tmp_path, caplog):
+    """A TOML syntax error logged a full traceback at every retry (an outside review)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "CURRENT").write_text("v1\n")
+    arms = tmp_path / "arms.toml"
+    arms.write_text("[arm.a\nweight = 1\n")
+    service = SimpleNamespace(current_artifact=SimpleNamespace(version="v1"), arms=None, pinned={}, model_version="v1",
+                              configure=lambda *_: None, metrics=FeedMetrics())  # fmt: skip
+    watcher = service_setup.ModelWatcher(service, str(models), every_seconds=1.0, arms_file=str(arms), clock=lambda: 1.0)
+    caplog.set_level("INFO", logger="feedrank.serving")
+    watcher.check()
+    (failure,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failure.exc_info is None and "\n" not in failure.getMessage()
+    assert failure.getMessage().startswith(f"arms reload from {arms} failed: ") and "next try in" in failure.getMessage()
 
 
 def test_page_token_and_ingest_limits_come_from_flags_and_environment(world):

@@ -196,6 +196,7 @@ def test_shopper_filters_hold_on_every_page(world, stub):
     ("filters", "field"),
     [
         ({"min_price": -1.0}, "min_price"),
+        ({"min_price": float("inf")}, "min_price"),
         ({"min_price": 20.0, "max_price": 10.0}, "max_price"),
         ({"max_ship_days": 400}, "max_ship_days"),
         ({"max_ship_days": -1}, "max_ship_days"),

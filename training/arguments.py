@@ -83,8 +83,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
                        help="item index: auto is exact below 20k items, hnsw-mips up to 100k, IVF + fast-scan PQ + exact refine "
                             "above (default: auto)")
-    group.add_argument("--ef-search", type=bounded(int, 0), default=d.ef_search,
-                       help=f"HNSW search beam width (default: {d.ef_search})")
+    group.add_argument("--ef-search", type=bounded(int, 1), default=d.ef_search,
+                       help=f"HNSW search beam width stored with the index, for hnsw-* kinds (default: {d.ef_search}; "
+                            "the server's --ef-search overrides it per request)")
     group.add_argument("--precompute-neighbours-up-to", type=bounded(int, 0), default=d.precompute_neighbours_up_to,
                        metavar="USERS",
                        help="with at most USERS users, search each trained user's first-page embedding neighbours "

@@ -73,7 +73,7 @@ def run(args) -> None:
     """Entry point of ``python -m training evaluate``."""
     import json
 
-    from training.dataset import load_dataset, require_likes
+    from training.dataset import DatasetError, load_dataset, require_likes
 
     ks = parse_ks(args.k)
     split = SplitSpec.parse(args.split) if args.split else None
@@ -82,7 +82,10 @@ def run(args) -> None:
     dataset = load_dataset(args.data)
     require_likes(dataset, args.data)
     check_time_split(dataset, split, "--split")
-    test = read_test_file(args.test) if args.test else None
+    try:
+        test = read_test_file(args.test) if args.test else None
+    except DatasetError as error:  # named by its flag and full path, not only its base name
+        raise SystemExit(f"error: --test {os.path.abspath(args.test)}: {error}") from None
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
         ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,

@@ -124,7 +124,7 @@ def parse_spark_conf(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` of ``--spark-conf``; ValueError otherwise."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--spark-conf: expected KEY=VALUE, got {text!r}")
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value.strip()
 
 
