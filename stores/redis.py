@@ -117,8 +117,9 @@ DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every read while Redis is frozen
 DEFAULT_CONNECT_TIMEOUT = 0.5
 # Events per apply script: a larger batch is validated whole, then applied in chunks of
 # this many, so no single script blocks Redis (and the reads of concurrent feeds) for
-# more than a few milliseconds. A full batch (MAX_BATCH events) in one script took
-# 0.27-0.39 s: past the read timeout, it was reported UNAVAILABLE although applied.
+# long. A full batch (MAX_BATCH events) in one script was a command of 685-1,049 ms: past
+# the read timeout, it was reported UNAVAILABLE although applied (chunked: 43-71 ms at most;
+# benchmarks/README.md, "Operations").
 DEFAULT_WRITE_CHUNK = 500
 DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
 # A feed reads the user's liked and views hashes whole when one HSCAN call returns them
