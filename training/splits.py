@@ -2,9 +2,11 @@
 
 Only likes are held out: the train dataset keeps items, follows and friends (side
 information available at serving time). Engagements (shares, views, clicks, carts,
-purchases) of a held-out (user, item) pair leave the train dataset with it. A time split
-also drops every engagement, follow, friendship and hide dated at or after the split
-time (undated ones stay): each would tell the model about the future it is judged on. ``validation_split`` carves a
+purchases) of a held-out (user, item) pair leave the train dataset with it in a random or
+per-user split. A time split instead drops every engagement, follow, friendship and hide
+dated at or after the split time, and keeps those before it whatever the test holds (so
+the training part never depends on the test likes); undated ones stay, but for undated
+engagements of a held-out pair, which cannot be placed before the like. ``validation_split`` carves a
 validation part out of a training part with the same shape as the test split.
 """
 
@@ -38,9 +40,15 @@ def split_by_mask(ds: Dataset, is_test: np.ndarray, before: float | None = None)
     engagements = ds.engagements
     if len(engagements):
         held = set(zip(test.src, test.dst))
-        keep = np.fromiter((pair not in held for pair in zip(engagements.user_id, engagements.item_id)), bool, len(engagements))
-        if before is not None:
-            keep &= engagements.ts < before
+        of_held = np.fromiter((pair in held for pair in zip(engagements.user_id, engagements.item_id)), bool, len(engagements))
+        if before is None:
+            keep = ~of_held
+        else:
+            # By time alone: an engagement before the split is history whatever the user
+            # liked later (dropping a held-out pair's made training depend on the test
+            # likes). An undated one cannot be placed: kept, but not a held-out pair's.
+            ts = np.asarray(engagements.ts, dtype=np.float64)
+            keep = (ts < before) | (np.isnan(ts) & ~of_held)
         engagements = engagements.take(keep)
     train_part = dataclasses.replace(ds, likes=train, engagements=engagements)
     if before is not None:
