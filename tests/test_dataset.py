@@ -575,6 +575,14 @@ def test_a_dangling_symbolic_link_is_an_error_not_an_absent_table(tmp_path: Path
         assert error.message.startswith("not a readable Parquet file") and "No such file or directory" in error.message
 
 
+def test_an_id_longer_than_the_api_takes_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """A 608-byte user id trained, and GetFeed then refused it for ever (an outside review)."""
+    long_user = "usér_" + "λ" * 300
+    error = error_of(make(tmp_path, likes=f"user_id,item_id,ts\nu1,i1,1\n{long_user},i2,2\n" + "x" * 256 + ",i3,3\n"))
+    assert [(e.file, e.line, e.column) for e in error.errors] == [("likes.csv", 3, "user_id")]
+    assert error.message == "longer than 256 bytes (the API's limit for an id)"
+
+
 def test_an_unknown_engaged_item_names_the_file_consulted(tmp_path: Path) -> None:
     text = "user_id,item_id,kind,ts,friend_id\nu1,i9,view,1,\n"
     with_items = error_of(make(tmp_path / "a", engagements=text))

@@ -78,7 +78,7 @@ import numpy as np
 
 from ranking.vocab import encode
 from stores.base import gc_paused
-from stores.events import ENGAGEMENTS, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
+from stores.events import ENGAGEMENTS, MAX_ID_BYTES, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
 
 ENGAGEMENT_KINDS = (*(kind.value for kind in ENGAGEMENTS), RECEIVED_SHARE)
 
@@ -933,6 +933,12 @@ def _ids(table: _Table, column: str) -> list[str]:
         for i, v in enumerate(values):
             if not v:
                 table.report(i, column, "must not be empty")
+    # The API refuses ids over MAX_ID_BYTES: a model trained on one could never serve it.
+    # A character is at most 4 bytes, so only ids over a quarter of that need encoding.
+    if values and max(map(len, values)) > MAX_ID_BYTES // 4:
+        for i, v in enumerate(values):
+            if len(v) > MAX_ID_BYTES // 4 and len(v.encode()) > MAX_ID_BYTES:
+                table.report(i, column, f"longer than {MAX_ID_BYTES} bytes (the API's limit for an id)")
     return values
 
 
