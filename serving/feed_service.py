@@ -6,6 +6,7 @@ codes.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -22,6 +23,29 @@ from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
 from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, id_problem, validate_batch
 from training.artifact import Artifact
+
+log = logging.getLogger("feedrank.serving")
+
+# The settings that shape the candidate pools a model's ranker was fitted on (the manifest's
+# "feed"): served otherwise, the ranker sees pools unlike those it learned from.
+POOL_SETTINGS = ("sources", "fallback_sources", "neighbours", "knn_neighbours", "trending_limit", "per_key_limit")
+
+
+def pool_settings_drift(manifest: Mapping, settings: FeedSettings) -> list[str]:
+    """``name: model X, served Y`` for each POOL_SETTINGS value the model was trained with
+    (its manifest's "feed") that ``settings`` serves otherwise; [] for a manifest without one."""
+    trained = manifest.get("feed") or {}
+    drift = []
+    for name in POOL_SETTINGS:
+        if name not in trained:
+            continue
+        model_value, served = trained[name], getattr(settings, name)
+        if isinstance(served, tuple):
+            model_value = tuple(model_value)
+        if model_value != served:
+            shown = (lambda v: ",".join(v) or "none") if isinstance(served, tuple) else str
+            drift.append(f"--{name.replace('_', '-')}: model {shown(model_value)}, served {shown(served)}")
+    return drift
 
 # Model versions outside the configuration (asked for by name) kept loaded at a time.
 EXTRA_VERSIONS = 2
@@ -172,6 +196,11 @@ class FeedService:
             key = (artifact.version, settings)
             if key not in built:
                 built[key] = build_feed_pipeline(self.store, artifact.model, artifact.ranker, settings)
+                drift = pool_settings_drift(artifact.manifest, settings)
+                if drift:  # a tuned model (train --params) served with the server's defaults, say
+                    log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s); "
+                                "pass those flags to the server (or the arm's [arm.feed]) to serve it as evaluated",
+                                artifact.version, f" (arm {arm})" if arm else "", "; ".join(drift))  # fmt: skip
             return _Route(arm, artifact.version, built[key])
 
         routes = {}

@@ -309,3 +309,32 @@ def test_user_context_names_likes_friends_follows_and_hides(world):
         assert context.hidden_items == [liked[1].item_id]
         pairs = list(zip(world.dataset.friends.src, world.dataset.friends.dst))
         assert context.friends == tuple(sorted({b for a, b in pairs if a == user} | {a for a, b in pairs if b == user}))
+
+
+def test_a_model_served_on_other_candidate_pools_than_it_was_trained_on_is_warned_about(world, caplog):
+    """A model trained with tuned pools (train --params) was served with the server's
+    defaults in silence (an outside review): its ranker then saw pools unlike its own."""
+    import dataclasses
+
+    from serving.feed_service import FeedService, pool_settings_drift
+    from stores.memory import MemoryStore
+    from training.artifact import load_current
+
+    artifact = load_current(str(world.models_dir))
+    assert pool_settings_drift(artifact.manifest, FeedSettings()) == []  # trained and served with the defaults
+    trained = {**dataclasses.asdict(FeedSettings()), "sources": list(FeedSettings().sources)}  # as train writes it
+    assert pool_settings_drift({**artifact.manifest, "feed": trained}, FeedSettings()) == []
+    tuned = dict(trained, neighbours=30, sources=["embedding_neighbours", "item_knn"])
+    tuned_artifact = dataclasses.replace(artifact, manifest={**artifact.manifest, "feed": tuned})
+    assert pool_settings_drift(tuned_artifact.manifest, FeedSettings()) == [
+        f"--sources: model embedding_neighbours,item_knn, served {','.join(FeedSettings().sources)}",
+        "--neighbours: model 30, served 150",
+    ]
+    as_trained = FeedSettings(neighbours=30, sources=("embedding_neighbours", "item_knn"))
+    assert pool_settings_drift(tuned_artifact.manifest, as_trained) == []
+    store = MemoryStore.from_dataset(world.dataset)
+    with caplog.at_level(logging.WARNING, logger="feedrank.serving"):
+        FeedService(store, tuned_artifact, None, FeedSettings())
+        FeedService(store, tuned_artifact, None, as_trained)
+    (warning,) = [r.getMessage() for r in caplog.records if "other candidate pools" in r.getMessage()]
+    assert warning.startswith(f"model {artifact.version} was trained and evaluated on other candidate pools") and "--neighbours: model 30, served 150" in warning
