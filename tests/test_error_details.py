@@ -35,6 +35,7 @@ class _NoModel:
     version = "none"
     model = None
     ranker = DEFAULT_RANKER
+    manifest: dict = {}
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ class _NoModel:
     version = "none"
     model = None
     ranker = DEFAULT_RANKER
+    manifest: dict = {}
 
 
 def service_on(store, codec: PageTokenCodec | None = None, **settings) -> FeedService:
