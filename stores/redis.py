@@ -856,7 +856,9 @@ def _card(fields: dict[str, str | None]) -> ItemCard:
 
 # A script's command refused by a cluster that is down or failing over: Redis reports it
 # without the CLUSTERDOWN code (seen in tests/test_replication.py's failover run).
-_TRANSIENT_SCRIPT_REPLIES = ("while the cluster is down",)
+# A script's key whose slot moved while a failover spreads (the client's map is older than
+# the node's): the next call, on a refreshed map, reaches the new owner.
+_TRANSIENT_SCRIPT_REPLIES = ("while the cluster is down", "Script attempted to access a non local key")
 
 
 def _warn_if_empty(connection: Any) -> None:
@@ -869,6 +871,10 @@ def _warn_if_empty(connection: Any) -> None:
                   "feeds are empty until it is loaded again (python -m serving load)",
                   connection.host, connection.port)
 
+
+# Times the WAIT client's slot map is read again before a confirmation counts as lost: a
+# failover reaches the nodes one by one.
+WAIT_MAP_REFRESHES = 4
 
 # Places in the write scripts' constants (ARGV[14] and ARGV[15]) that each call sets.
 _LAST_ARG, _EXPECT_DATA_ARG = 13, 14
@@ -1789,35 +1795,64 @@ class RedisStore:
                 result, tags = self._apply_partitioned(events)
             else:
                 result, tags = self._apply_chunked(events) if len(events) > self.write_chunk else self._apply_atomic(events), ["log"]
-            if min_replicas and result.applied:
-                self._wait_for_replicas(tags, min_replicas)
+            if min_replicas:
+                # Also for a batch whose events were all applied before: a retry after "not
+                # replicated" was acknowledged with no replica holding it (and a failover then
+                # lost it). On a cluster their earlier writes may be on any primary.
+                self._wait_for_replicas(None if self.is_cluster and result.duplicates else tags, min_replicas)
             return result
 
-    def _wait_for_replicas(self, tags: Sequence[str], min_replicas: int) -> None:
-        """Redis WAIT on each primary that holds one of ``tags``.
+    def _wait_for_replicas(self, tags: Sequence[str] | None, min_replicas: int) -> None:
+        """Redis WAIT on each primary that holds one of ``tags`` (None: every primary).
 
         WAIT covers the writes of its own connection, and a pooled write may have used
         another: each primary gets a marker write and the WAIT on one connection. Its
         replication stream is ordered, so once replicas hold the marker they hold every
-        write that finished before it, the batch's included.
+        write that finished before it, the batch's included. On a cluster the WAIT client's
+        slot map is refreshed and the wait tried again once when it names a node that moved
+        or went away (after a failover it answered MOVED, INTERNAL, until a restart).
         """
+        attempts = WAIT_MAP_REFRESHES + 1 if self.is_cluster else 1
+        for attempt in range(attempts):
+            try:
+                return self._wait_on(self._wait_targets(tags), min_replicas)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ResponseError, ClusterError) as error:
+                if attempt + 1 == attempts:
+                    # The batch is applied: only the confirmation was lost, and a retry is safe.
+                    raise NotReplicated(f"applied, but the replicas' confirmation did not arrive ({error}); retrying is safe") from error
+                # A failover moves a primary's whole slot range: read the map again (a MOVED
+                # reply names one slot's owner only), after the nodes have had a moment to agree.
+                time.sleep(0.05 * attempt)
+                self.wait_client.nodes_manager.initialize()
+
+    def _wait_targets(self, tags: Sequence[str] | None) -> list[tuple[Any, str]]:
+        """(connection, marker key) per primary to WAIT on."""
+        if not self.is_cluster:
+            return [(self.wait_client, f"{self.keys.prefix}{{{tags[0] if tags else 'log'}}}:replicated")]
+        if tags is None:  # a key of each primary's own: one whose slot it serves
+            nodes = self.wait_client.get_primaries()
+            slots = self.wait_client.nodes_manager.slots_cache
+            keys = {}
+            for tag in (f"r{n}" for n in range(4096)):
+                key = f"{self.keys.prefix}{{{tag}}}:replicated"
+                owner = slots[key_slot(key.encode())][0].name
+                keys.setdefault(owner, key)
+                if len(keys) == len(nodes):
+                    break
+            return [(self.wait_client.get_redis_connection(node), keys[node.name]) for node in nodes if node.name in keys]
         targets: dict[str, tuple[Any, str]] = {}
         for tag in tags:
             key = f"{self.keys.prefix}{{{tag}}}:replicated"
-            if self.is_cluster:
-                node = self.wait_client.get_node_from_key(key)
-                targets.setdefault(node.name, (self.wait_client.get_redis_connection(node), key))
-            else:
-                targets.setdefault("", (self.wait_client, key))
-        for client, key in targets.values():
+            node = self.wait_client.get_node_from_key(key)
+            targets.setdefault(node.name, (self.wait_client.get_redis_connection(node), key))
+        return list(targets.values())
+
+    def _wait_on(self, targets: list[tuple[Any, str]], min_replicas: int) -> None:
+        for client, key in targets:
             pipe = client.pipeline(transaction=False)
             pipe.set(key, "1", px=60_000)
             pipe.execute_command("WAIT", min_replicas, self.wait_timeout_ms)
-            try:
-                acked = int(pipe.execute()[1])
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-                # The batch is applied: only the confirmation was lost, and a retry is a no-op.
-                raise NotReplicated(f"applied, but the replicas' confirmation did not arrive ({error}); retrying is safe") from error
+            acked = int(pipe.execute()[1])
             if acked < min_replicas:
                 raise NotReplicated(
                     f"applied, but {acked} of {min_replicas} replicas confirmed within {self.wait_timeout_ms} ms; retrying is safe"
@@ -1840,9 +1875,13 @@ class RedisStore:
         client = self.client if client is None else client
         try:
             return client.evalsha(self._sha(name, client), len(keys), *keys, *args)
-        except NoScriptError:  # the server restarted or failed over: load again, once
+        except NoScriptError:
+            # The server restarted or failed over. EVAL sends the script itself to the node
+            # that runs it: SCRIPT LOAD follows the client's slot map, which after a failover
+            # may still name the old primary (and a replica does not pass scripts on), so
+            # the next EVALSHA failed the same way for ever.
             self._shas.clear()
-            return client.evalsha(self._sha(name, client), len(keys), *keys, *args)
+            return client.eval(self._sources[name], len(keys), *keys, *args)
 
     def _write(self, name: str, records: Sequence[str], consts: Sequence[str] | None = None) -> Any:
         """Run script ``name`` over flat event ``records`` (``_flat_records``) on the write
@@ -1981,20 +2020,20 @@ class RedisStore:
         # One script call per chunk of a tag's operations, so none blocks its node long.
         calls = [(tag, ops[tag][start:end]) for tag in ops for start, end in chunk_bounds([_op_visibility_key(op) for op in ops[tag]], self.write_chunk)]
         for attempt in (0, 1):
-            sha = self._sha("slot")
+            # The second time, after a NoScriptError, the script itself (see _eval_keys);
+            # parts already run are no-ops the second time.
+            script = ("EVALSHA", self._sha("slot")) if attempt == 0 else ("EVAL", self._sources["slot"])
             pipe = self._write_pipeline()
             for tag, part in calls:
                 args = [*self._consts, self.keys.part_prefix(tag)]
                 for op in part:
                     args.extend(op + [""] * (OP_WIDTH - len(op)))
                 # ClusterPipeline blocks .evalsha(); the raw command is routed by its key.
-                pipe.execute_command("EVALSHA", sha, 1, self.keys.tag_key(tag), *args)
+                pipe.execute_command(*script, 1, self.keys.tag_key(tag), *args)
             try:
                 replies = pipe.execute()
                 break
-            except NoScriptError:  # parts already run are no-ops the second time
-                if attempt:
-                    raise
+            except NoScriptError:
                 self._shas.clear()
         return {(tag, op[0]): result for (tag, part), reply in zip(calls, replies) for op, result in zip(part, reply)}
 
