@@ -70,6 +70,12 @@ class FeedSettings:
     max_friends_read: int = 100
 
 
+# The settings that shape the candidate pools a model's ranker is fitted on (a published
+# model's manifest records them under "feed"): served otherwise, the ranker sees pools
+# unlike those it learned from.
+POOL_SETTINGS = ("sources", "fallback_sources", "neighbours", "knn_neighbours", "trending_limit", "per_key_limit")
+
+
 def build_feed_pipeline(
     store: FeedStateReader,
     model: EmbeddingModel | None,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
+from ranking.feed import POOL_SETTINGS, SOURCE_NAMES, FeedSettings, parse_source_names
 from serving import auth
 from serving.logs import LOG_FORMATS, LOG_LEVELS
 from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED, MIN_SECRET_BYTES
@@ -66,6 +66,10 @@ class ServerConfig:
     progress: bool = True  # a progress bar while the memory store loads (only on a terminal)
     drop_unknown_items: bool = False  # drop likes of items missing from items.csv instead of refusing the dataset
     feed: FeedSettings = FeedSettings()
+    # Pool settings (serving.feed_service.POOL_SETTINGS) that each model serves with its own
+    # manifest's values: those the operator did not set (resolve_config). None here: a
+    # config built in code serves its ``feed`` as it is.
+    model_pools: tuple[str, ...] = ()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
     port_file: str | None = None  # written with the bound port once health is SERVING
     # Auth and transport (serving/auth.py). No tokens: every client may call everything.
@@ -454,8 +458,10 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     """
     environ = os.environ if environ is None else environ
     v, source = resolve_settings(args, environ)
-    # Given (a flag, a variable, the file), even as the default's value, fallback sources must be among the sources.
-    fallback_given = getattr(args, "fallback_sources", None) is not None or source["fallback_sources"] != "--fallback-sources"
+    # Given (a flag, a variable, the file), even as the default's value: fallback sources
+    # must then be among the sources, and a pool setting wins over the model's own.
+    given = {dest for dest in v if getattr(args, dest, None) is not None or source[dest] != FLAGS_BY_DEST[dest].flag}
+    fallback_given = "fallback_sources" in given
     for dest, value in v.items():
         setattr(args, dest, value)
     if not v["models"]:
@@ -523,6 +529,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
             sources=sources,
             fallback_sources=fallback_sources,
         ),
+        model_pools=tuple(name for name in POOL_SETTINGS if name not in given),
         arms_file=v["arms"],
         port_file=v["port_file"],
         tokens=tokens,

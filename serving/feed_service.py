@@ -6,15 +6,16 @@ codes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.feed import POOL_SETTINGS, FeedSettings, build_feed_pipeline
 from ranking.pipeline import Explanation, FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
 from serving.arms import Arms
@@ -26,9 +27,16 @@ from training.artifact import Artifact
 
 log = logging.getLogger("feedrank.serving")
 
-# The settings that shape the candidate pools a model's ranker was fitted on (the manifest's
-# "feed"): served otherwise, the ranker sees pools unlike those it learned from.
-POOL_SETTINGS = ("sources", "fallback_sources", "neighbours", "knn_neighbours", "trending_limit", "per_key_limit")
+def with_model_pools(settings: FeedSettings, manifest: Mapping, names: Collection[str]) -> FeedSettings:
+    """``settings`` with the pool settings ``names`` taken from the model's manifest ("feed"),
+    where it records them: a model tuned with other pools (train --params) is then served
+    on the pools it was fitted and evaluated on."""
+    trained = manifest.get("feed") or {}
+    changes = {
+        name: tuple(trained[name]) if isinstance(getattr(settings, name), tuple) else type(getattr(settings, name))(trained[name])
+        for name in names if name in trained
+    }  # fmt: skip
+    return dataclasses.replace(settings, **changes) if changes else settings
 
 
 def pool_settings_drift(manifest: Mapping, settings: FeedSettings) -> list[str]:
@@ -177,8 +185,12 @@ class FeedService:
         pinned: Mapping[str, Artifact] = {},
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         load_version: Callable[[str], Artifact] | None = None,
+        model_pools: Collection[str] = (),
     ) -> None:
+        """``model_pools``: the POOL_SETTINGS that each model serves with the values its
+        manifest records, not ``settings``' (those the operator did not set)."""
         self.store = store
+        self.model_pools = tuple(model_pools)
         self.load_version = load_version
         self._extra: OrderedDict[str, _Route] = OrderedDict()  # most recently used last
         self.codec = codec
@@ -197,9 +209,9 @@ class FeedService:
             if key not in built:
                 built[key] = build_feed_pipeline(self.store, artifact.model, artifact.ranker, settings)
                 drift = pool_settings_drift(artifact.manifest, settings)
-                if drift:  # a tuned model (train --params) served with the server's defaults, say
-                    log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s); "
-                                "pass those flags to the server (or the arm's [arm.feed]) to serve it as evaluated",
+                if drift:  # flags (or an arm's [arm.feed]) that set other pools than the model's
+                    log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s): "
+                                "the flags set here win over the model's own; drop them to serve it as evaluated",
                                 artifact.version, f" (arm {arm})" if arm else "", "; ".join(drift))  # fmt: skip
             return _Route(arm, artifact.version, built[key])
 
@@ -209,8 +221,13 @@ class FeedService:
                 raise ValueError(f"arm {arm.name!r}: model version {arm.model!r} is not loaded")
             routes[arm.name] = route(arm.name, pinned[arm.model] if arm.model is not None else current, arm.settings)
         used = {arm.model for arm in arms.arms} if arms is not None else set()
-        return _State(current, route("", current, self.settings), arms if routes else None,
+        return _State(current, route("", current, self.settings_for(current)), arms if routes else None,
                       {v: a for v, a in pinned.items() if v in used}, routes)
+
+    def settings_for(self, artifact: Artifact) -> FeedSettings:
+        """The settings ``artifact`` is served with outside any arm: the server's, with the
+        model's own pools where the operator did not set them (``model_pools``)."""
+        return with_model_pools(self.settings, artifact.manifest, self.model_pools)
 
     def _publish(self, state: _State) -> None:
         self._state = state
@@ -335,7 +352,7 @@ class FeedService:
                 artifact = state.pinned.get(version)
                 if artifact is None:
                     artifact = self._load(version)
-                route = _Route("", version, build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings))
+                route = _Route("", version, build_feed_pipeline(self.store, artifact.model, artifact.ranker, self.settings_for(artifact)))
                 self._extra[version] = route
                 while len(self._extra) > EXTRA_VERSIONS:
                     self._extra.popitem(last=False)

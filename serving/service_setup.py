@@ -44,6 +44,7 @@ def open_service(config: ServerConfig, store: FeedStore | None = None,
     service = FeedService(
         store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
         load_version=functools.partial(load_named_version, config.models_dir), metrics=metrics,
+        model_pools=config.model_pools,
     )
     return service, arms_signature
 

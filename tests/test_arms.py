@@ -338,3 +338,25 @@ def test_a_model_served_on_other_candidate_pools_than_it_was_trained_on_is_warne
         FeedService(store, tuned_artifact, None, as_trained)
     (warning,) = [r.getMessage() for r in caplog.records if "other candidate pools" in r.getMessage()]
     assert warning.startswith(f"model {artifact.version} was trained and evaluated on other candidate pools") and "--neighbours: model 30, served 150" in warning
+    # Pools the operator did not set are the model's own: served as tuned, without a warning.
+    from ranking.feed import POOL_SETTINGS
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="feedrank.serving"):
+        adopting = FeedService(store, tuned_artifact, None, FeedSettings(), model_pools=POOL_SETTINGS)
+        partly = FeedService(store, tuned_artifact, None, FeedSettings(neighbours=40), model_pools=("sources",))
+    assert adopting.settings_for(tuned_artifact) == dataclasses.replace(FeedSettings(), neighbours=30, sources=("embedding_neighbours", "item_knn"))
+    assert adopting._pipeline.config.sources and {s.name for s in adopting._pipeline.config.sources} <= {"embedding_neighbours", "item_knn"}
+    assert partly.settings_for(tuned_artifact).neighbours == 40  # given: the operator's
+    (warning,) = [r.getMessage() for r in caplog.records if "other candidate pools" in r.getMessage()]
+    assert "--neighbours: model 30, served 40" in warning and "--sources" not in warning
+
+
+def test_pool_flags_not_given_are_the_models(world):
+    from ranking.feed import POOL_SETTINGS
+    from serving.config import resolve_config
+    from tests.test_config_logs import parse
+
+    assert resolve_config(parse("--models", "m"), {}).model_pools == POOL_SETTINGS
+    given = resolve_config(parse("--models", "m", "--neighbours", "150"), {"FEEDRANK_SOURCES": "item_knn,trending"})
+    assert given.model_pools == tuple(n for n in POOL_SETTINGS if n not in ("neighbours", "sources"))
