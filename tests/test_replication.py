@@ -209,3 +209,31 @@ def test_after_a_planned_failover_ingest_and_its_wait_for_replicas_still_work(tm
         store.close()
     finally:
         cluster.stop()
+
+
+def test_one_batch_sent_at_once_by_several_clients_is_applied_once_and_counted_once(tmp_path):
+    """On a cluster every sender read the events pending and reported them applied (an
+    outside review: 4 of 4 senders, 40 rounds in 40); the state was right, the counts not."""
+    import threading
+
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3).start()
+    try:
+        store = make_redis_store(cluster.url, social_dataset())
+        for round_ in range(10):
+            batch = _likes(5, start=100 * round_)
+            results, start = [], threading.Barrier(4)
+
+            def send():
+                start.wait()
+                results.append(store.apply(batch))
+
+            senders = [threading.Thread(target=send) for _ in range(4)]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            assert sum(r.applied for r in results) == 5 and sum(r.duplicates for r in results) == 15, results
+        store.close()
+    finally:
+        cluster.stop()
