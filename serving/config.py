@@ -66,9 +66,9 @@ class ServerConfig:
     progress: bool = True  # a progress bar while the memory store loads (only on a terminal)
     drop_unknown_items: bool = False  # drop likes of items missing from items.csv instead of refusing the dataset
     feed: FeedSettings = FeedSettings()
-    # Pool settings (serving.feed_service.POOL_SETTINGS) that each model serves with its own
-    # manifest's values: those the operator did not set (resolve_config). None here: a
-    # config built in code serves its ``feed`` as it is.
+    # Pool settings (ranking.feed.POOL_SETTINGS) that each model serves with its own
+    # manifest's values: those the operator did not set (resolve_config). The default, none:
+    # a config built in code serves its ``feed`` as it is.
     model_pools: tuple[str, ...] = ()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
     port_file: str | None = None  # written with the bound port once health is SERVING

@@ -42,14 +42,10 @@ def with_model_pools(settings: FeedSettings, manifest: Mapping, names: Collectio
 def pool_settings_drift(manifest: Mapping, settings: FeedSettings) -> list[str]:
     """``name: model X, served Y`` for each POOL_SETTINGS value the model was trained with
     (its manifest's "feed") that ``settings`` serves otherwise; [] for a manifest without one."""
-    trained = manifest.get("feed") or {}
+    trained = with_model_pools(settings, manifest, POOL_SETTINGS)
     drift = []
     for name in POOL_SETTINGS:
-        if name not in trained:
-            continue
-        model_value, served = trained[name], getattr(settings, name)
-        if isinstance(served, tuple):
-            model_value = tuple(model_value)
+        model_value, served = getattr(trained, name), getattr(settings, name)
         if model_value != served:
             shown = (lambda v: ",".join(v) or "none") if isinstance(served, tuple) else str
             drift.append(f"--{name.replace('_', '-')}: model {shown(model_value)}, served {shown(served)}")

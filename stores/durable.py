@@ -277,17 +277,19 @@ class DurableStore:
                     folded.append(old.path)
                 if not folded:
                     return False
-            if not self._room_for_snapshot(folded):
+            path = os.path.join(self.state_dir, SNAPSHOT)
+            sources = ([path] if os.path.exists(path) else []) + folded  # the old snapshot, then the logs
+            if not self._room_for_snapshot(sources):
                 return False
             started = time.monotonic()
-            self._write_snapshot(folded, through)
+            self._write_snapshot(sources, through)
             for path in folded:
                 os.remove(path)
             fsync_dir(self.state_dir)
             log.info("snapshot of %s through batch %d in %.2f s", self.state_dir, through, time.monotonic() - started)
             return True
 
-    def _room_for_snapshot(self, logs: list[str]) -> bool:
+    def _room_for_snapshot(self, sources: list[str]) -> bool:
         """Whether the disk holds a new snapshot with SNAPSHOT_HEADROOM to spare.
 
         A snapshot frees no space (it holds what the old one and the logs hold, and they go
@@ -295,8 +297,6 @@ class DurableStore:
         into the last free space would refuse ingest until a restart. Logged once per
         shortage, not once per attempt.
         """
-        path = os.path.join(self.state_dir, SNAPSHOT)
-        sources = ([path] if os.path.exists(path) else []) + logs
         needed = sum(os.path.getsize(source) for source in sources) + SNAPSHOT_HEADROOM
         free = shutil.disk_usage(self.state_dir).free
         if free >= needed:
@@ -308,11 +308,11 @@ class DurableStore:
             self._snapshot_deferred = True
         return False
 
-    def _write_snapshot(self, logs: list[str], through: int) -> None:
+    def _write_snapshot(self, sources: list[str], through: int) -> None:
         path = os.path.join(self.state_dir, SNAPSHOT)
         tmp = path + ".tmp"
         try:
-            self._write_snapshot_file(tmp, ([path] if os.path.exists(path) else []) + logs, through)
+            self._write_snapshot_file(tmp, sources, through)
         except BaseException:
             with contextlib.suppress(OSError):  # a half snapshot holds space the logs need
                 os.remove(tmp)

@@ -48,7 +48,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import numpy as np
@@ -1809,8 +1809,9 @@ class RedisStore:
         another: each primary gets a marker write and the WAIT on one connection. Its
         replication stream is ordered, so once replicas hold the marker they hold every
         write that finished before it, the batch's included. On a cluster the WAIT client's
-        slot map is refreshed and the wait tried again once when it names a node that moved
-        or went away (after a failover it answered MOVED, INTERNAL, until a restart).
+        slot map is read again and the wait tried again, up to WAIT_MAP_REFRESHES times, when
+        it names a node that moved or went away (after a failover it answered MOVED, INTERNAL,
+        until a restart).
         """
         attempts = WAIT_MAP_REFRESHES + 1 if self.is_cluster else 1
         for attempt in range(attempts):
@@ -1896,20 +1897,21 @@ class RedisStore:
         if name == "log":  # the cluster's log script: a count
             return reply
         if reply[0] == "no_data":
-            raise StoreUnavailable(self._no_data_message())
+            self._refuse_without_data()
         if name == "batch" and reply[0] == "ok":
             self._holds_data = True
             if cache is not None and len(reply) > 3:
                 cache.sync(int(reply[3][0]), reply[3][1], reply[3][2])
         return reply
 
-    def _no_data_message(self) -> str:
+    def _refuse_without_data(self) -> NoReturn:
+        """Log and raise StoreUnavailable: a write script found Redis without its data."""
         host = self.write_client.connection_pool.connection_kwargs
         message = (f"Redis at {host.get('host')}:{host.get('port')} holds no data any more (restarted without it, or "
                    "flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load) "
                    "or this server restarts")  # fmt: skip
         log.error("%s", message)
-        return message
+        raise StoreUnavailable(message)
 
     @staticmethod
     def _flat_records(events: Sequence[Event]) -> list[str]:
