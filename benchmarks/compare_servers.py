@@ -41,6 +41,7 @@ from benchmarks.loadgen import (
     check_pids,
     check_store,
     closed_loop,
+    interrupt_on_sigterm,
     process_tree_cpu_seconds,
     processes_cpu_seconds,
     sample_users,
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         except ServerDidNotStart as error:
             parser.exit(1, f"{parser.prog}: {spec}: {error}\n")
+        except KeyboardInterrupt:
+            parser.exit(130, f"{parser.prog}: interrupted; no report\n")
         finally:
             for server, _ in servers:
                 stop_server(server)
@@ -161,4 +164,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()
     sys.exit(main())

@@ -122,7 +122,12 @@ class GoClient:
             *(["-tls-ca", self.tls_ca] if self.tls_ca else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
-        out, err = await process.communicate()
+        try:
+            out, err = await process.communicate()
+        except BaseException:  # the run was interrupted: goload would go on loading the server for the rest of its phase
+            process.kill()
+            await process.wait()
+            raise
         if process.returncode != 0:
             raise GoLoadFailed(f"goload {rpc} exited with {process.returncode}: {err.decode().strip()}")
         self.connected = True

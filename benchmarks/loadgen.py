@@ -27,7 +27,8 @@ counts do not add up is a bug in this program and stops it. The exit status is 1
 any phase had an error (--allow-errors reports them and exits 0).
 Before the first phase every connection must be up within --timeout (else one line,
 exit 1); a spawned server that exits, or does not answer within --start-timeout, fails the
-run with its log's last lines. Then a pre-flight asks GetFeed for 20 of the users to load:
+run with its log's last lines. Ctrl-C or SIGTERM ends the run in one line, exit 130, and
+stops a spawned server (and goload) first. Then a pre-flight asks GetFeed for 20 of the users to load:
 a server that answers UNIMPLEMENTED (no FeedService), UNAUTHENTICATED or PERMISSION_DENIED
 (give --token), or OK with every one of those feeds empty (a store empty or not loaded:
 the targets would be "met" without ranking anything) stops the run in one line, exit 1.
@@ -47,6 +48,7 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -552,13 +554,16 @@ def spawn_server(
         server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=checkout, env=env)
     timeout = getattr(args, "start_timeout", 120.0)
     deadline = time.monotonic() + timeout
-    while not (port_file.exists() and port_file.read_text().strip()):
-        status = server.poll()
-        if status is not None or time.monotonic() > deadline:
-            stop_server(server)
-            what = f"exited with status {status}" if status is not None else f"did not answer within --start-timeout {timeout:g} s"
-            raise ServerDidNotStart(f"the spawned server ({checkout or '.'}) {what}; the last lines of its log:\n{log_tail(log)}")
-        time.sleep(0.2)
+    try:
+        while not (port_file.exists() and port_file.read_text().strip()):
+            status = server.poll()
+            if status is not None or time.monotonic() > deadline:
+                what = f"exited with status {status}" if status is not None else f"did not answer within --start-timeout {timeout:g} s"
+                raise ServerDidNotStart(f"the spawned server ({checkout or '.'}) {what}; the last lines of its log:\n{log_tail(log)}")
+            time.sleep(0.2)
+    except BaseException:  # it did not start, or Ctrl-C or SIGTERM came first: the caller has no server to stop
+        stop_server(server)
+        raise
     return server, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
@@ -567,6 +572,17 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (a `kill PID`, a job runner stopping the run) raises KeyboardInterrupt, as Ctrl-C
+    does: the ``finally`` that stops the spawned servers runs instead of the process vanishing
+    and leaving them running."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -776,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid, go_binary, Path(workdir)))
         except (GoLoadFailed, TargetUnreachable, ServerDidNotStart, PreflightFailed) as error:
             parser.exit(1, f"{parser.prog}: {error}\n")
+        except KeyboardInterrupt:
+            parser.exit(130, f"{parser.prog}: interrupted; no report\n")
         finally:
             if server is not None:
                 stop_server(server)
@@ -791,4 +809,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()
     sys.exit(main())

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from benchmarks import compare_servers
+from benchmarks.loadgen import process_stats, process_tree
 from tests.feed_world import build_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,3 +78,31 @@ def test_relative_data_and_models_paths_are_read_from_the_callers_directory(worl
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert status == 0 and len(lines) == 5 and lines[-1] == "failed calls: 0", lines
+
+
+def test_sigterm_stops_every_spawned_server_and_ends_in_one_line(world, tmp_path):
+    # A `kill PID` or a job runner signals compare_servers alone: its servers must not outlive it.
+    argv = [sys.executable, "-m", "benchmarks.compare_servers", "--data", str(world.data_dir), "--models", str(world.models_dir),
+            "--rounds", "1000", "--burst", "0.3", ROOT, ROOT]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
+    comparing = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    servers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(port.read_text().strip() for port in tmp_path.glob("compare-servers-*/1/port")):  # the second is up
+            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
+            time.sleep(0.05)
+        stats = process_stats()
+        servers = {pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid}
+        assert len(servers) == 2
+        comparing.send_signal(signal.SIGTERM)
+        out, err = comparing.communicate(timeout=60)
+        assert comparing.returncode == 130, err
+        assert err.strip() == "python -m benchmarks.compare_servers: interrupted; no report" and not out
+        assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()], "a spawned server outlived compare_servers"
+    finally:
+        if comparing.poll() is None:
+            comparing.kill()
+        for pid in servers:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)

@@ -6,6 +6,10 @@ import contextlib
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -207,10 +211,6 @@ def test_counts_that_do_not_add_up_are_refused():
 
 @pytest.mark.parametrize("kind", ["sync", "aio-inline", "aio-pool"])
 def test_each_bare_server_kind_serves_the_load_without_errors(world, tmp_path, kind):
-    import subprocess
-    import sys
-    import time
-
     port_file = tmp_path / "port"
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.server_kind", "--models", str(world.models_dir), "--data", str(world.data_dir),
@@ -335,11 +335,46 @@ def test_a_spawned_server_that_exits_fails_the_run_at_once_with_its_log(world, t
     assert "no-models" in err  # the server's own words
 
 
+def spawned_server_of(process, started_serving: Callable[[], bool], timeout: float = 120.0) -> int:
+    """The pid of the server ``process`` (a loadgen) spawned, once ``started_serving()`` says so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = loadgen.process_tree(process.pid, loadgen.process_stats()) - {process.pid}
+        if children and started_serving():
+            return min(children)  # the server, started before its feed processes
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("loadgen spawned no server")
+
+
+@pytest.mark.parametrize("signum, when", [(signal.SIGTERM, "serving"), (signal.SIGINT, "starting")])
+def test_a_signal_to_loadgen_alone_stops_its_spawned_server_and_ends_in_one_line(world, tmp_path, signum, when):
+    # A `kill PID` or a job runner signals loadgen, not its process group: the server must not outlive it.
+    repo = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--models", str(world.models_dir), "--data", str(world.data_dir),
+            "--duration", "30", "--warmup", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo), "TMPDIR": str(tmp_path)}
+    loading = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = None
+    try:
+        def serving() -> bool:
+            return when == "starting" or any(port.read_text().strip() for port in tmp_path.glob("loadgen-*/port"))
+
+        server = spawned_server_of(loading, serving)
+        loading.send_signal(signum)
+        out, err = loading.communicate(timeout=60)
+        assert loading.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "python -m benchmarks.loadgen: interrupted; no report", err
+        assert "Traceback" not in err and "rpc " not in out
+        assert not Path(f"/proc/{server}").exists(), "the spawned server outlived loadgen"
+    finally:
+        if loading.poll() is None:
+            loading.kill()
+        if server is not None and Path(f"/proc/{server}").exists():
+            os.kill(server, signal.SIGKILL)
+
+
 def test_the_compiled_client_spells_every_status_code_as_python_does():
-    import subprocess
-
-    import grpc
-
     names = json.loads(subprocess.run([str(go_client_binary()), "-code-names"], capture_output=True, text=True, check=True).stdout)
     assert {int(code): name for code, name in names.items()} == {code.value[0]: code.name for code in grpc.StatusCode}
 
@@ -543,7 +578,6 @@ def locust_command() -> list[str]:
     """Locust, which lives in its own environment (benchmarks/locustfile.py): $FEEDRANK_LOCUST
     (its locust executable), or this interpreter's locust; skips without either."""
     import importlib.util
-    import sys
 
     if os.environ.get("FEEDRANK_LOCUST"):
         return [os.environ["FEEDRANK_LOCUST"]]
@@ -560,8 +594,6 @@ def locust_command() -> list[str]:
     (["--host", "127.0.0.1:1", "--data", "/nonexistent"], "--data /nonexistent: no such directory"),
 ])  # fmt: skip
 def test_the_locustfile_names_a_missing_host_or_dataset_before_any_user_starts(world, flags, message):
-    import subprocess
-
     repo = Path(__file__).resolve().parent.parent
     argv = [*locust_command(), "-f", str(repo / "benchmarks" / "locustfile.py"), "--headless", "--users", "1", "--run-time", "1s"]
     done = subprocess.run([*argv, *(flag.format(data=world.data_dir) for flag in flags)], check=False, capture_output=True,
