@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.loadgen import json_safe, process_stats, process_tree
+from benchmarks.loadgen import interrupt_on_sigterm, json_safe, process_stats, process_tree, stop_server
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.load import load_into_redis
 from stores.redis import connect
@@ -98,10 +97,14 @@ def start_server(root: Path, redis_url: str) -> tuple[subprocess.Popen, str]:
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start:\n" + (root / "server.log").read_text()[-2000:])
-        time.sleep(0.1)
+    try:
+        while not port_file.exists() or not port_file.read_text().strip():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start:\n" + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.1)
+    except BaseException:  # it did not start, or Ctrl-C or SIGTERM came first: the caller has no server to stop
+        stop_server(process)
+        raise
     return process, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
@@ -125,21 +128,20 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = generate(users=args.users, sellers=max(args.users // 20, 1), items=args.items, seed=9)
         write_dataset(dataset, str(root / "data"))
         train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False, iterations=5))
-        redis_server = RedisServer(root / "redis", appendonly=True).start()
+        redis_server = RedisServer(root / "redis", appendonly=True)
         server = None
         try:
+            redis_server.start()
             client = connect(redis_server.url, socket_timeout=30.0)
             load_into_redis(client, dataset)
             client.close()
             server, target = start_server(root, redis_server.url)
             report = soak(args, target, server.pid, redis_server, dataset)
+        except KeyboardInterrupt:
+            parser.exit(130, f"{parser.prog}: interrupted; no report\n")
         finally:
             if server is not None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+                stop_server(server)
             redis_server.stop()
     print(json.dumps(summary(report), indent=2))
     if args.json:
@@ -206,19 +208,21 @@ def soak(args: argparse.Namespace, target: str, server_pid: int, redis_server, d
         thread.start()
     restarted_at = None
     killed = False
-    while time.monotonic() - started < args.seconds:
-        rss.append((time.monotonic() - started, tree_rss_mb(server_pid)))
-        if not killed and time.monotonic() - started >= args.seconds / 2:
-            redis_server.kill()
-            killed = True
-            time.sleep(args.outage_seconds)
-            redis_server.start()
-            restarted_at = time.monotonic()
-            continue
-        time.sleep(1.0)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=30)
+    try:
+        while time.monotonic() - started < args.seconds:
+            rss.append((time.monotonic() - started, tree_rss_mb(server_pid)))
+            if not killed and time.monotonic() - started >= args.seconds / 2:
+                redis_server.kill()
+                killed = True
+                time.sleep(args.outage_seconds)
+                redis_server.start()
+                restarted_at = time.monotonic()
+                continue
+            time.sleep(1.0)
+    finally:  # on Ctrl-C too: the threads call until told to stop, and would keep the process alive
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
 
     recovery, late_errors = None, Counter()
     if restarted_at is not None:
@@ -249,4 +253,5 @@ def soak(args: argparse.Namespace, target: str, server_pid: int, redis_server, d
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()
     main()
