@@ -70,13 +70,15 @@ class GoLoadFailed(RuntimeError):
 
 class GoReport(NamedTuple):
     """One phase: calls started, each success's latency in seconds, errors by status code
-    name, and the successes whose reply was an empty feed (0 unless its method counts them)."""
+    name, the successes whose reply was an empty feed (0 unless its method counts them), and
+    in open loop how late each call started after its scheduled time, in seconds."""
 
     started: int
     latencies: list[float]
     errors: dict[str, int]
     elapsed: float
     empty_feeds: int = 0
+    send_lags: list[float] = []
 
 
 class GoMethod(NamedTuple):
@@ -132,4 +134,5 @@ class GoClient:
             raise GoLoadFailed(f"goload {rpc} exited with {process.returncode}: {err.decode().strip()}")
         self.connected = True
         report = json.loads(out)
-        return GoReport(report["started"], report["latencies_s"], report["errors"], report["elapsed_s"], report["empty_feeds"])
+        return GoReport(report["started"], report["latencies_s"], report["errors"], report["elapsed_s"], report["empty_feeds"],
+                        report["send_lags_s"])

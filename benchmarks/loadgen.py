@@ -8,7 +8,11 @@ Three phases, one run, same server:
   1. empty RPC (grpc.health.v1.Health/Check) closed loop: the stack's ceiling;
   2. GetFeed closed loop at --concurrency: saturation throughput;
   3. GetFeed open loop at --load (default 0.5) x that throughput: latency at half load;
-     or at a fixed --rate, to compare the tails of two servers at the same load.
+     or at a fixed --rate, to compare the tails of two servers at the same load. Poisson
+     arrivals; each latency counts from the call's scheduled time, so a stalled server is
+     not hidden by calls it delayed (no coordinated omission). The footer gives the
+     generator's own lag (p99 of how late it started calls: a busy client falls behind),
+     which those latencies include, and --json each open phase's send_lag_p99_ms.
 With --ingest-rate, likes of random sampled users and items arrive through Ingest at that
 rate during both GetFeed phases (one event per call), and their own row reports them: a
 server that keeps copies of what it read (the Redis store's read cache) then shows what
@@ -97,11 +101,14 @@ class Tally:
     latencies: list[float] = field(default_factory=list)  # seconds, one per success
     errors: Counter[str] = field(default_factory=Counter)  # status code name -> count
     empty_feeds: int = 0  # successes whose reply was a feed without items
+    send_lags: list[float] = field(default_factory=list)  # seconds each call started after its scheduled time (open loop)
 
     async def time(self, call: Call, timeout: float, since: float | None = None) -> None:
-        """Run ``call``; latency counts from ``since`` (the scheduled time) or from now."""
+        """Run ``call``; latency counts from ``since`` (the scheduled time, whose lag it keeps) or from now."""
         self.started += 1
         started = time.perf_counter() if since is None else since
+        if since is not None:
+            self.send_lags.append(time.perf_counter() - since)
         try:
             empty = await call(timeout)
         except grpc.aio.AioRpcError as error:
@@ -137,6 +144,9 @@ class PhaseResult:
     server_p99_capped: bool = False
     # Successful GetFeeds that returned no item: a store partly loaded, or users it does not know. None: not a GetFeed phase.
     empty_feeds: int | None = None
+    # Open loop: the p99 of how late the generator started its calls after their scheduled times (a busy client
+    # falls behind); counted in the latencies, which run from the scheduled time. NaN: a closed loop.
+    send_lag_p99_ms: float = float("nan")
 
 
 def summarise(
@@ -154,6 +164,8 @@ def summarise(
                          *(1e3 * cpu / successes if successes else float("nan") for cpu in (server_cpu_s, store_cpu_s)))  # fmt: skip
     if rpc == "GetFeed":
         result.empty_feeds = tally.empty_feeds
+    if tally.send_lags:
+        result.send_lag_p99_ms = float(np.percentile(np.array(tally.send_lags) * 1e3, 99))
     return result
 
 
@@ -318,7 +330,7 @@ class GoPhases:
 
 
 def as_tally(report: GoReport) -> tuple[Tally, float]:
-    return Tally(report.started, list(report.latencies), Counter(report.errors), report.empty_feeds), report.elapsed
+    return Tally(report.started, list(report.latencies), Counter(report.errors), report.empty_feeds, list(report.send_lags)), report.elapsed
 
 
 def add_spawn_arguments(group: argparse._ArgumentGroup) -> None:
@@ -686,6 +698,9 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
                      f"{verdict[v.p99_half_load_met]})")  # fmt: skip
     else:
         lines.append(f"GetFeed p99 at {half.mode}: {v.p99_half_load_ms:.1f} ms")
+    if half.send_lag_p99_ms == half.send_lag_p99_ms:  # measured (not NaN)
+        lines.append(f"the generator's own lag at {half.mode}: p99 {half.send_lag_p99_ms:.1f} ms between a call's scheduled "
+                     "time and its start; counted in the p99 above, so a p99 near it is the client's, not the server's")  # fmt: skip
     if half.server_p99_ms == half.server_p99_ms:  # read from the server's histogram (not NaN)
         shown = (f"<= {half.server_p99_ms:.1f} ms (capped at the client's: interpolation inside a coarse bucket gave more)"
                  if half.server_p99_capped else f"{half.server_p99_ms:.1f} ms")  # fmt: skip

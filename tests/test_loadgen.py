@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -154,6 +155,8 @@ def test_the_compiled_client_runs_every_phase_and_counts_every_call_once(world, 
         assert phase["errors"] == 0 and phase["calls"] == phase["successes"] > 0
         assert phase["elapsed_s"] >= DURATION * 0.9
         assert phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"]
+    assert phases[0]["send_lag_p99_ms"] is None and phases[1]["send_lag_p99_ms"] is None, "closed loops have no schedule"
+    assert 0 <= phases[2]["send_lag_p99_ms"] <= phases[2]["p99_ms"]
     assert phases[2]["target_qps"] == pytest.approx(max(phases[1]["qps"] * 0.5, 1.0))
     # Poisson arrivals at the target rate: the count is within a few standard deviations of rate x duration.
     expected = phases[2]["target_qps"] * DURATION
@@ -380,8 +383,6 @@ def test_the_compiled_client_spells_every_status_code_as_python_does():
 
 
 def test_the_compiled_client_counts_a_server_gone_after_the_first_phase_as_errors(world, tmp_path):
-    import asyncio
-
     from benchmarks.go_client import GoClient, write_requests
     from protos.feed.v1 import feed_pb2
 
@@ -558,6 +559,32 @@ def arrivals(seed: int, rate: float, duration: float) -> int:
         count += 1
         at += rng.expovariate(rate)
     return count
+
+
+def test_a_busy_client_falling_behind_the_open_loops_schedule_is_reported(world, target):
+    # The generator's own delays count in the open loop's latencies (from the scheduled time, rightly), so the
+    # report must say how large they were: a client starved of CPU would otherwise pass for a slow server.
+    async def open_loop_beside_a_hog() -> loadgen.PhaseResult:
+        calls = loadgen.server_calls(target, world.dataset.user_ids(), 2, 5, random.Random(0))
+        loop = asyncio.get_running_loop()
+
+        def hog() -> None:  # the client's thread busy 30 ms in every 80
+            time.sleep(0.03)
+            loop.call_later(0.05, hog)
+
+        loop.call_soon(hog)
+        try:
+            tally, elapsed = await loadgen.open_loop(calls.get_feed, 100.0, DURATION, 5.0, seed=0)
+        finally:
+            await calls.close()
+        return loadgen.summarise("GetFeed", "open@100/s", 0, 100.0, tally, elapsed)
+
+    result = asyncio.run(open_loop_beside_a_hog())
+    assert result.errors == 0 and result.calls > 50
+    assert 20 <= result.send_lag_p99_ms <= result.p99_ms
+    empty = loadgen.PhaseResult("empty", "closed", 4, 0, 1.0, 10, 10, 0, {}, 10.0, 1.0, 1.0, 1.0)
+    table = loadgen.format_table([empty, empty, result])
+    assert f"the generator's own lag at open@100/s: p99 {result.send_lag_p99_ms:.1f} ms" in table
 
 
 def test_the_open_loops_arrivals_follow_the_seed(world, target, tmp_path):

@@ -45,6 +45,7 @@ type report struct {
 	Errors     map[string]int `json:"errors"`
 	Elapsed    float64        `json:"elapsed_s"`
 	EmptyFeeds int            `json:"empty_feeds"` // successes whose reply lacked -items-field
+	SendLags   []float64      `json:"send_lags_s"` // open: how late each call started after its scheduled time
 }
 
 type tally struct {
@@ -55,6 +56,12 @@ type tally struct {
 func (t *tally) start() {
 	t.mu.Lock()
 	t.Started++
+	t.mu.Unlock()
+}
+
+func (t *tally) lag(lag time.Duration) {
+	t.mu.Lock()
+	t.SendLags = append(t.SendLags, lag.Seconds())
 	t.mu.Unlock()
 }
 
@@ -265,7 +272,7 @@ func main() {
 		defer conn.Close()
 	}
 
-	t := &tally{report: report{Latencies: make([]float64, 0, 1<<16), Errors: map[string]int{}}}
+	t := &tally{report: report{Latencies: make([]float64, 0, 1<<16), Errors: map[string]int{}, SendLags: []float64{}}}
 	var next struct {
 		sync.Mutex
 		rng  *rand.Rand
@@ -310,6 +317,7 @@ func main() {
 			calls.Add(1)
 			go func(at time.Time) {
 				defer calls.Done()
+				t.lag(time.Since(at))
 				call(at)
 			}(at)
 		}
