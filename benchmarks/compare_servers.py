@@ -15,7 +15,8 @@ Reported: per server, the median GetFeed and empty-RPC throughput and their rati
 the server's CPU time per call of each (its process tree, from /proc); per later server,
 the median per-round ratio to the first of the GetFeed throughput and of the CPU per
 GetFeed (with their 10th and 90th percentiles); and the calls that failed (any error
-fails the run unless --allow-errors). On a shared machine the CPU per call moves far less
+fails the run unless --allow-errors). A server that exits during the run stops it: one
+line naming its checkout, its log's last lines, exit 1. On a shared machine the CPU per call moves far less
 than the throughput does. With --store-pid (a redis-server all the servers read), that
 store's CPU per GetFeed too, and the ratio of server and store CPU together: a change that
 moves work between the server and Redis shows there.
@@ -28,6 +29,7 @@ import asyncio
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from benchmarks.loadgen import (
     check_store,
     closed_loop,
     interrupt_on_sigterm,
+    log_tail,
     process_tree_cpu_seconds,
     processes_cpu_seconds,
     sample_users,
@@ -63,9 +66,18 @@ class Bursts:
     feed_store_cpu_ms: list[float] = field(default_factory=list)  # the --store-pid processes' CPU per GetFeed
 
 
-async def drive(targets: list[str], pids: list[int], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
-    """Each target's bursts (``pids``: its server process, for the CPU per call; the
-    ``args.store_pid`` processes' CPU per GetFeed too), and the failed calls."""
+class ServerExited(RuntimeError):
+    """A server exited during the run; ``number`` is its checkout's place on the command line."""
+
+    def __init__(self, number: int, status: int) -> None:
+        super().__init__(f"the server exited with status {status} during the run")
+        self.number = number
+
+
+async def drive(targets: list[str], processes: list[subprocess.Popen], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
+    """Each target's bursts (``processes``: its server, for the CPU per call; the
+    ``args.store_pid`` processes' CPU per GetFeed too), and the failed calls; ServerExited
+    when a server is gone after a burst (its rounds would only count UNAVAILABLE)."""
     rng = random.Random(args.seed)
     servers = [server_calls(target, users, args.channels, 20, rng) for target in targets]
     bursts = [Bursts() for _ in targets]
@@ -75,12 +87,14 @@ async def drive(targets: list[str], pids: list[int], users: list[str], args: arg
             for call in (calls.empty, calls.get_feed):
                 await closed_loop(call, args.concurrency, args.burst, args.timeout)
         for _ in range(args.rounds):
-            for calls, pid, server in zip(servers, pids, bursts):
+            for number, (calls, process, server) in enumerate(zip(servers, processes, bursts)):
                 for call, qps, cpu_ms in ((calls.empty, server.empty_qps, server.empty_cpu_ms),
                                           (calls.get_feed, server.feed_qps, server.feed_cpu_ms)):  # fmt: skip
-                    cpu_before, store_before = process_tree_cpu_seconds(pid), processes_cpu_seconds(args.store_pid)
+                    cpu_before, store_before = process_tree_cpu_seconds(process.pid), processes_cpu_seconds(args.store_pid)
                     tally, elapsed = await closed_loop(call, args.concurrency, args.burst, args.timeout)
-                    cpu, store = process_tree_cpu_seconds(pid) - cpu_before, processes_cpu_seconds(args.store_pid) - store_before
+                    cpu, store = process_tree_cpu_seconds(process.pid) - cpu_before, processes_cpu_seconds(args.store_pid) - store_before
+                    if process.poll() is not None:
+                        raise ServerExited(number, process.returncode)
                     failed += sum(tally.errors.values())
                     qps.append(len(tally.latencies) / elapsed)
                     per_call = 1e3 / len(tally.latencies) if tally.latencies else float("nan")
@@ -149,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(scratch) / str(number)
                 workdir.mkdir()
                 servers.append(spawn_server(args, workdir, checkout, flags.split()))
-            bursts, failed = asyncio.run(
-                drive([target for _, target in servers], [server.pid for server, _ in servers], sample_users(args), args)
-            )
+            bursts, failed = asyncio.run(drive([target for _, target in servers], [server for server, _ in servers], sample_users(args), args))
         except ServerDidNotStart as error:
             parser.exit(1, f"{parser.prog}: {spec}: {error}\n")
+        except ServerExited as error:
+            log = Path(scratch) / str(error.number) / "server.log"
+            parser.exit(1, f"{parser.prog}: {args.checkouts[error.number]}: {error}; the last lines of its log:\n{log_tail(log)}\n")
         except KeyboardInterrupt:
             parser.exit(130, f"{parser.prog}: interrupted; no report\n")
         finally:

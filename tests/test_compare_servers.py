@@ -106,3 +106,27 @@ def test_sigterm_stops_every_spawned_server_and_ends_in_one_line(world, tmp_path
         for pid in servers:
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_dies_mid_run_stops_the_run_naming_it(world, tmp_path):
+    argv = [sys.executable, "-m", "benchmarks.compare_servers", "--data", str(world.data_dir), "--models", str(world.models_dir),
+            "--rounds", "1000", "--burst", "0.3", ROOT, f"{ROOT}:--neighbours 40"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
+    comparing = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(port.read_text().strip() for port in tmp_path.glob("compare-servers-*/1/port")):
+            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
+            time.sleep(0.05)
+        stats = process_stats()
+        second = [pid for pid in process_tree(comparing.pid, stats)
+                  if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text() and int(stats[pid][1]) == comparing.pid]  # fmt: skip
+        time.sleep(1.0)  # into the rounds
+        os.kill(second[0], signal.SIGKILL)
+        out, err = comparing.communicate(timeout=60)
+    finally:
+        if comparing.poll() is None:
+            comparing.kill()
+    assert comparing.returncode == 1 and not out
+    assert f"compare_servers: {ROOT}:--neighbours 40: the server exited with status -9 during the run; the last lines of its log:" in err
+    assert "Traceback" not in err
