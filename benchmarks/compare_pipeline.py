@@ -29,6 +29,7 @@ differ (a change of the stored layout: each Redis loaded by its checkout's own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -144,7 +145,8 @@ def check_checkouts(parser: argparse.ArgumentParser, specs: list[str], package: 
 
 
 class WorkerFailed(RuntimeError):
-    """A worker could not start: its checkout refused a setting, or could not load the data, model or store."""
+    """A worker could not start (its checkout refused a setting, or could not load the data,
+    model or store), or exited during the rounds (its checkout raised, the OOM killer)."""
 
 
 def await_line(spec: str, worker: subprocess.Popen, expected: str) -> None:
@@ -155,6 +157,21 @@ def await_line(spec: str, worker: subprocess.Popen, expected: str) -> None:
     if line.startswith("error "):
         raise WorkerFailed(f"{spec}: {json.loads(line.removeprefix('error '))}")
     raise WorkerFailed(f"{spec}: the worker exited with status {worker.wait()} before it was {expected}")
+
+
+def take_turn(spec: str, worker: subprocess.Popen, batch: int) -> tuple[float, float]:
+    """``worker`` runs ``batch`` pages: the client's and the store's CPU per page, in us;
+    WorkerFailed when it has exited (before its turn, or during it)."""
+    try:
+        worker.stdin.write(f"{batch}\n")
+        worker.stdin.flush()
+        line = worker.stdout.readline()
+    except BrokenPipeError:  # it exited while waiting for its turn
+        line = ""
+    if not line:
+        raise WorkerFailed(f"{spec}: the worker exited with status {worker.wait()} during the rounds")
+    client, store_cpu = (float(value) for value in line.split())
+    return client, store_cpu
 
 
 def compare(args: argparse.Namespace) -> list[str]:
@@ -175,10 +192,8 @@ def compare(args: argparse.Namespace) -> list[str]:
         times: list[list[float]] = [[] for _ in workers]
         store_times: list[list[float]] = [[] for _ in workers]
         for _ in range(args.rounds):
-            for worker, measured, store_measured in zip(workers, times, store_times):
-                worker.stdin.write(f"{args.batch}\n")
-                worker.stdin.flush()
-                client, store_cpu = (float(v) for v in worker.stdout.readline().split())
+            for spec, worker, measured, store_measured in zip(args.checkouts, workers, times, store_times):
+                client, store_cpu = take_turn(spec, worker, args.batch)
                 measured.append(client)
                 store_measured.append(store_cpu)
     except BaseException:
@@ -187,7 +202,8 @@ def compare(args: argparse.Namespace) -> list[str]:
         raise
     finally:
         for worker in workers:
-            worker.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # what a worker that exited did not read
+                worker.stdin.close()
             worker.wait()
     lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {percentile(t, 0.1):.0f} us per page"
              for spec, t in zip(args.checkouts, times)]  # fmt: skip

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from benchmarks import compare_pipeline
+from benchmarks.loadgen import process_stats, process_tree
 from serving.load import load_into_redis
 from stores.redis import connect
 from tests.feed_world import build_world
@@ -94,3 +99,39 @@ def test_relative_data_and_models_paths_are_read_from_the_callers_directory(worl
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and re.fullmatch(r".+ / .+: per-round ratio median [\d.]+, p10 [\d.]+, p90 [\d.]+", lines[2]), lines
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_worker_that_dies_mid_run_is_named_in_one_line(world, victim):
+    # The OOM killer, or a checkout whose pipeline raises: the run stops naming that checkout.
+    specs = [ROOT, f"{ROOT}:neighbours=40"]
+    argv = [sys.executable, "-m", "benchmarks.compare_pipeline", "--data", str(world.data_dir), "--models", str(world.models_dir),
+            "--rounds", "1000000", "--batch", "5", "--users", "50", *specs]  # fmt: skip
+    comparing = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
+            stats = process_stats()
+            workers = sorted(pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid)
+            time.sleep(0.05)
+        started = read_calls(comparing.pid)
+        while read_calls(comparing.pid) < started + 200:  # the workers' replies, turn after turn: into the rounds
+            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
+            time.sleep(0.05)
+        os.kill(workers[victim], signal.SIGKILL)
+        out, err = comparing.communicate(timeout=60)
+    finally:
+        if comparing.poll() is None:
+            comparing.kill()
+    assert comparing.returncode == 2 and not out
+    assert err.strip().splitlines()[-1] == f"python -m benchmarks.compare_pipeline: error: {specs[victim]}: the worker exited with status -9 during the rounds"
+    assert "Traceback" not in err
+
+
+def read_calls(pid: int) -> int:
+    """How many read system calls ``pid`` has made (Linux /proc)."""
+    with open(f"/proc/{pid}/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("syscr:"))
