@@ -31,7 +31,7 @@ counts do not add up is a bug in this program and stops it. The exit status is 1
 any phase had an error (--allow-errors reports them and exits 0).
 Before the first phase every connection must be up within --timeout (else one line,
 exit 1); a spawned server that exits, or does not answer within --start-timeout, fails the
-run with its log's last lines. Ctrl-C or SIGTERM ends the run in one line, exit 130, and
+run with its log's last lines, as does one that exits during the phases (no table). Ctrl-C or SIGTERM ends the run in one line, exit 130, and
 stops a spawned server (and goload) first. Then a pre-flight asks GetFeed for 20 of the users to load:
 a server that answers UNIMPLEMENTED (no FeedService), UNAUTHENTICATED or PERMISSION_DENIED
 (give --token), or OK with every one of those feeds empty (a store empty or not loaded:
@@ -502,7 +502,13 @@ async def run_phases(
         return processes_cpu_seconds([server_pid] if server_pid else []), processes_cpu_seconds(store_pids)
 
     def histogram() -> dict[float, float] | None:
-        return scrape_feed_latency(args.metrics) if args.metrics else None
+        """The server's latency histogram; None without --metrics, or from a server no longer answering (gone mid-run)."""
+        if not args.metrics:
+            return None
+        try:
+            return scrape_feed_latency(args.metrics)
+        except OSError:  # URLError included
+            return None
 
     async def phase(name: str, mode: str, concurrency: int, target_qps: float, run: Awaitable[tuple[Tally, float]]) -> PhaseResult:
         latency_before = histogram() if name == "GetFeed" else None
@@ -510,8 +516,8 @@ async def run_phases(
         tally, elapsed = await run
         server_after, store_after = cpu()
         result = summarise(name, mode, concurrency, target_qps, tally, elapsed, server_after - server_before, store_after - store_before)
-        if latency_before is not None:
-            latency_after = histogram()
+        latency_after = histogram() if latency_before is not None else None
+        if latency_after is not None:
             result.server_p50_ms, result.server_p50_capped = capped_quantile(0.5, latency_before, latency_after, result.p50_ms)
             result.server_p99_ms, result.server_p99_capped = capped_quantile(0.99, latency_before, latency_after, result.p99_ms)
         return result
@@ -543,6 +549,10 @@ async def run_phases(
 
 class ServerDidNotStart(RuntimeError):
     """A spawned server exited, or did not answer within --start-timeout; the message ends with its log's last lines."""
+
+
+class SpawnedServerExited(RuntimeError):
+    """The spawned server exited during the phases: their errors say only UNAVAILABLE; the message ends with its log's last lines."""
 
 
 def log_tail(log: Path, lines: int = 15) -> str:
@@ -805,7 +815,10 @@ def main(argv: list[str] | None = None) -> int:
                 server, target = spawn_server(args, Path(workdir))
                 server_pid = server.pid
             results = asyncio.run(run_phases(target, sample_users_and_items(args), args, server_pid, args.store_pid, go_binary, Path(workdir)))
-        except (GoLoadFailed, TargetUnreachable, ServerDidNotStart, PreflightFailed) as error:
+            if server is not None and server.poll() is not None:
+                raise SpawnedServerExited(f"the spawned server exited with status {server.returncode} during the run; "
+                                          f"the last lines of its log:\n{log_tail(Path(workdir) / 'server.log')}")  # fmt: skip
+        except (GoLoadFailed, TargetUnreachable, ServerDidNotStart, SpawnedServerExited, PreflightFailed) as error:
             parser.exit(1, f"{parser.prog}: {error}\n")
         except KeyboardInterrupt:
             parser.exit(130, f"{parser.prog}: interrupted; no report\n")

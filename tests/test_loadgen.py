@@ -377,6 +377,24 @@ def test_a_signal_to_loadgen_alone_stops_its_spawned_server_and_ends_in_one_line
             os.kill(server, signal.SIGKILL)
 
 
+def test_a_spawned_server_that_dies_during_the_phases_fails_the_run_with_its_log(world, tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--models", str(world.models_dir), "--data", str(world.data_dir),
+            "--duration", "2", "--warmup", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo), "TMPDIR": str(tmp_path)}
+    loading = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        server = spawned_server_of(loading, lambda: any(port.read_text().strip() for port in tmp_path.glob("loadgen-*/port")))
+        time.sleep(0.5)  # into the phases
+        os.kill(server, signal.SIGKILL)
+        out, err = loading.communicate(timeout=60)
+    finally:
+        if loading.poll() is None:
+            loading.kill()
+    assert loading.returncode == 1 and "rpc " not in out, "no table of UNAVAILABLE errors"
+    assert "python -m benchmarks.loadgen: the spawned server exited with status -9 during the run; the last lines of its log:" in err
+
+
 def test_the_compiled_client_spells_every_status_code_as_python_does():
     names = json.loads(subprocess.run([str(go_client_binary()), "-code-names"], capture_output=True, text=True, check=True).stdout)
     assert {int(code): name for code, name in names.items()} == {code.value[0]: code.name for code in grpc.StatusCode}
