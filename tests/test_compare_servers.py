@@ -113,20 +113,24 @@ def test_a_server_that_dies_mid_run_stops_the_run_naming_it(world, tmp_path):
             "--rounds", "1000", "--burst", "0.3", ROOT, f"{ROOT}:--neighbours 40"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
     comparing = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    servers: set[int] = set()
     try:
         deadline = time.monotonic() + 120
         while not any(port.read_text().strip() for port in tmp_path.glob("compare-servers-*/1/port")):
             assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
             time.sleep(0.05)
         stats = process_stats()
-        second = [pid for pid in process_tree(comparing.pid, stats)
-                  if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text() and int(stats[pid][1]) == comparing.pid]  # fmt: skip
+        servers = {pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid}
+        second = [pid for pid in servers if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text()]
         time.sleep(1.0)  # into the rounds
         os.kill(second[0], signal.SIGKILL)
         out, err = comparing.communicate(timeout=60)
     finally:
         if comparing.poll() is None:
             comparing.kill()
+        for pid in servers:  # the first server, should compare_servers not have stopped it
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
     assert comparing.returncode == 1 and not out
     assert f"compare_servers: {ROOT}:--neighbours 40: the server exited with status -9 during the run; the last lines of its log:" in err
     assert "Traceback" not in err
