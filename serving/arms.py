@@ -12,6 +12,10 @@
     [arm.feed]
     max_per_category = 1          # any FeedSettings field; the rest come from the server's flags
 
+An arm's model is served on the candidate pools its manifest records, as the main model is
+(serving.feed_service): a pool setting wins over them only when the server's flags or the
+arm's ``[arm.feed]`` set it.
+
 A user's bucket is a keyed hash of (salt, user id) modulo ``BUCKETS``; the arms take
 contiguous bucket ranges in file order, by cumulative share. The assignment is a pure
 function of the salt, the shares and the user id: stable across requests, restarts and
@@ -54,6 +58,7 @@ class Arm:
     model: str | None  # a version under the models directory; None: follow CURRENT
     settings: FeedSettings  # the server's flags with the arm's [arm.feed] overrides applied
     buckets: range  # the buckets of users assigned to this arm
+    feed_keys: frozenset[str] = frozenset()  # the settings its [arm.feed] sets: they win over its model's pools
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
         raise fail("'salt' must be a non-empty string (changing it reshuffles users between arms)", "salt")
     headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*arm\s*\]\]", line)]
 
-    parsed: list[tuple[str, float, str | None, FeedSettings]] = []
+    parsed: list[tuple[str, float, str | None, FeedSettings, frozenset[str]]] = []
     for index, table in enumerate(tables):
         after = headers[index] if index < len(headers) else 0
         label = f"arm {index + 1}" + (f" ({table['name']!r})" if isinstance(table.get("name"), str) and table["name"].strip() else "")
@@ -147,18 +152,18 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
             _validate_settings(settings)
         except ValueError as error:
             raise fail(f"{label}: feed: {error}", str(error).split(":", 1)[0], after) from None
-        parsed.append((name, float(share), None if model == CURRENT_MODEL else model, settings))
+        parsed.append((name, float(share), None if model == CURRENT_MODEL else model, settings, frozenset(feed)))
 
     total = math.fsum(p[1] for p in parsed)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise fail(f"the arms' shares sum to {total:.12g}; they must sum to 1")
     arms, cumulative, start = [], 0.0, 0
-    for position, (name, share, model, settings) in enumerate(parsed):
+    for position, (name, share, model, settings, feed_keys) in enumerate(parsed):
         cumulative += share
         stop = BUCKETS if position == len(parsed) - 1 else round(cumulative * BUCKETS)
         if stop <= start:
             raise fail(f"arm {name!r}: share {share} is below the resolution of 1/{BUCKETS}", "share", headers[position] if position < len(headers) else 0)
-        arms.append(Arm(name, share, model, settings, range(start, stop)))
+        arms.append(Arm(name, share, model, settings, range(start, stop), feed_keys))
         start = stop
     return Arms(salt, tuple(arms), source)
 

@@ -242,7 +242,11 @@ GROUPS = {
     "(request_id from x-request-id metadata or new, method, code, latency_ms, model_version, worker, pid).",
     "limits": None,
     "durability": "The memory store's write-ahead log and snapshots (not for Redis, which keeps its own).",
-    "feed": None,
+    "feed": "The candidate pool flags (--sources, --fallback-sources, --neighbours, --knn-neighbours, "
+    "--trending-limit, --per-key-limit) default to the values the served model's manifest records, the "
+    "pools its ranker was fitted on (each A/B arm's model: its own, unless the arm's [arm.feed] sets them); "
+    "the defaults shown are for a model that records none. A pool flag given wins, with a warning where it "
+    "differs from the model's.",
     "A/B arms": (
         "--arms FILE splits users into arms by a salted hash of the user id; each arm serves its own "
         "model version and feed settings, and GetFeed responses and metrics name the arm. The file is "
@@ -256,7 +260,9 @@ GROUPS = {
         "  share = 0.5\n"
         '  model = "VERSION"         # under --models; "current" (the default): follow CURRENT\n'
         "  [arm.feed]\n"
-        "  max_per_category = 1      # any feed flag, - written _; the rest: the flags"
+        "  max_per_category = 1      # any feed flag, - written _; the rest: the flags\n"
+        "An arm's model is served on the candidate pools its manifest records, as the main model is, "
+        "except those the flags or its [arm.feed] set."
     ),
 }
 

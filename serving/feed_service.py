@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ranking.feed import POOL_SETTINGS, FeedSettings, build_feed_pipeline
 from ranking.pipeline import Explanation, FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
-from serving.arms import Arms
+from serving.arms import Arm, Arms
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
@@ -207,23 +207,28 @@ class FeedService:
                 drift = pool_settings_drift(artifact.manifest, settings)
                 if drift:  # flags (or an arm's [arm.feed]) that set other pools than the model's
                     log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s): "
-                                "the flags set here win over the model's own; drop them to serve it as evaluated",
-                                artifact.version, f" (arm {arm})" if arm else "", "; ".join(drift))  # fmt: skip
+                                "%s win over the model's own; drop them to serve it as evaluated",
+                                artifact.version, f" (arm {arm})" if arm else "", "; ".join(drift),
+                                "the flags set here and the arm's [arm.feed]" if arm else "the flags set here")  # fmt: skip
             return _Route(arm, artifact.version, built[key])
 
         routes = {}
         for arm in arms.arms if arms is not None else ():
             if arm.model is not None and arm.model not in pinned:
                 raise ValueError(f"arm {arm.name!r}: model version {arm.model!r} is not loaded")
-            routes[arm.name] = route(arm.name, pinned[arm.model] if arm.model is not None else current, arm.settings)
+            artifact = pinned[arm.model] if arm.model is not None else current
+            routes[arm.name] = route(arm.name, artifact, self.settings_for(artifact, arm))
         used = {arm.model for arm in arms.arms} if arms is not None else set()
         return _State(current, route("", current, self.settings_for(current)), arms if routes else None,
                       {v: a for v, a in pinned.items() if v in used}, routes)
 
-    def settings_for(self, artifact: Artifact) -> FeedSettings:
-        """The settings ``artifact`` is served with outside any arm: the server's, with the
-        model's own pools where the operator did not set them (``model_pools``)."""
-        return with_model_pools(self.settings, artifact.manifest, self.model_pools)
+    def settings_for(self, artifact: Artifact, arm: Arm | None = None) -> FeedSettings:
+        """The settings ``artifact`` is served with: the server's (in ``arm``, with its
+        [arm.feed]), with the model's own pools where neither the operator
+        (``model_pools``) nor the arm set them."""
+        if arm is None:
+            return with_model_pools(self.settings, artifact.manifest, self.model_pools)
+        return with_model_pools(arm.settings, artifact.manifest, [name for name in self.model_pools if name not in arm.feed_keys])
 
     def _publish(self, state: _State) -> None:
         self._state = state

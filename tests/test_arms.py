@@ -360,3 +360,57 @@ def test_pool_flags_not_given_are_the_models(world):
     assert resolve_config(parse("--models", "m"), {}).model_pools == POOL_SETTINGS
     given = resolve_config(parse("--models", "m", "--neighbours", "150"), {"FEEDRANK_SOURCES": "item_knn,trending"})
     assert given.model_pools == tuple(n for n in POOL_SETTINGS if n not in ("neighbours", "sources"))
+
+
+def test_an_arm_serves_its_models_candidate_pools_unless_its_feed_or_the_flags_set_them(world, tmp_path, caplog):
+    """An arm pinned to a tuned model was served on the server's pools (and its [arm.feed]),
+    not on the model's own as the same model served as CURRENT is (an outside review)."""
+    import shutil
+
+    from ranking.feed import POOL_SETTINGS, SOURCE_NAMES
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    model, _ = train(world.dataset, FAST_TRAINING)
+    tuned_feed = {"sources": ["followed_sellers", "trending"], "neighbours": 30}
+    manifest = {"params": {}, "metrics": {}, "ranker": default_ranker_spec(), "feed": tuned_feed}
+    tuned = Path(publish(str(models), model, manifest)).name
+    set_current(str(models), world.old)
+    all_sources = ", ".join(f'"{name}"' for name in SOURCE_NAMES)
+    path = arms_file(tmp_path, f"""
+salt = "pools"
+[[arm]]
+name = "tuned"
+share = 0.5
+model = "{tuned}"
+[[arm]]
+name = "wide"
+share = 0.5
+model = "{tuned}"
+[arm.feed]
+sources = [{all_sources}]
+""")
+    gathered: dict[str, set[str]] = {"tuned": set(), "wide": set()}
+    with caplog.at_level(logging.WARNING, logger="feedrank.serving"):
+        with running_server(World(world.dataset, world.data_dir, models), arms_file=str(path), model_pools=POOL_SETTINGS) as (server, _):
+            service = server.service
+            for user in world.dataset.user_ids()[:40]:
+                for arm in gathered:
+                    page = service.get_feed(user, 20, "", [], time.time(), arm=arm)
+                    assert page.model_version == tuned
+                    gathered[arm] |= {source for source, count in page.gathered_by_source.items() if count}
+    assert gathered["tuned"] and gathered["tuned"] <= {"followed_sellers", "trending"}
+    assert "embedding_neighbours" in gathered["wide"]
+    (warning,) = [r.getMessage() for r in caplog.records if "other candidate pools" in r.getMessage()]
+    assert f"model {tuned} (arm wide)" in warning and "--sources: model followed_sellers,trending" in warning
+    assert "--neighbours" not in warning and "the arm's [arm.feed]" in warning
+    # The sources its [arm.feed] sets, or the server's flags set, win; the rest are the model's.
+    from serving.feed_service import FeedService
+
+    tuned_arm, wide_arm = service.arms.arms
+    artifact = service.pinned[tuned]
+    assert service.settings_for(artifact, tuned_arm) == FeedSettings(sources=("followed_sellers", "trending"), neighbours=30)
+    assert service.settings_for(artifact, wide_arm) == FeedSettings(neighbours=30)
+    flags_set_sources = FeedService(service.store, artifact, None, FeedSettings(), arms=service.arms, pinned=service.pinned,
+                                    model_pools=tuple(name for name in POOL_SETTINGS if name != "sources"))
+    assert flags_set_sources.settings_for(artifact, tuned_arm) == FeedSettings(neighbours=30)
