@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from embeddings.model import EmbeddingModel
 from ranking import features, filters, sources, vocab
@@ -74,6 +75,30 @@ class FeedSettings:
 # model's manifest records them under "feed"): served otherwise, the ranker sees pools
 # unlike those it learned from.
 POOL_SETTINGS = ("sources", "fallback_sources", "neighbours", "knn_neighbours", "trending_limit", "per_key_limit")
+
+
+def recorded_pools(feed: Mapping[str, Any]) -> dict[str, Any]:
+    """The POOL_SETTINGS a model's manifest records (its "feed"), as FeedSettings values.
+    ValueError naming the first one this version cannot serve: a source it does not know
+    (a newer trainer's) or a value of the wrong kind."""
+    defaults, pools = FeedSettings(), {}
+    for name in POOL_SETTINGS:
+        if name not in feed:
+            continue
+        value = feed[name]
+        if isinstance(getattr(defaults, name), tuple):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"feed.{name}: expected a list of source names, got {value!r}")
+            unknown = unknown_sources(value)
+            if unknown:
+                raise ValueError(f"feed.{name}: candidate sources this server does not know: {', '.join(unknown)} "
+                                 "(trained by a newer version: upgrade the servers before the trainer)")
+            pools[name] = tuple(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"feed.{name}: expected a non-negative integer, got {value!r}")
+        else:
+            pools[name] = value
+    return pools
 
 
 def build_feed_pipeline(

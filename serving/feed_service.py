@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ranking.feed import POOL_SETTINGS, FeedSettings, build_feed_pipeline
+from ranking.feed import POOL_SETTINGS, FeedSettings, build_feed_pipeline, recorded_pools
 from ranking.pipeline import Explanation, FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
 from serving.arms import Arm, Arms
@@ -31,11 +31,8 @@ def with_model_pools(settings: FeedSettings, manifest: Mapping, names: Collectio
     """``settings`` with the pool settings ``names`` taken from the model's manifest ("feed"),
     where it records them: a model tuned with other pools (train --params) is then served
     on the pools it was fitted and evaluated on."""
-    trained = manifest.get("feed") or {}
-    changes = {
-        name: tuple(trained[name]) if isinstance(getattr(settings, name), tuple) else type(getattr(settings, name))(trained[name])
-        for name in names if name in trained
-    }  # fmt: skip
+    recorded = recorded_pools(manifest.get("feed") or {})
+    changes = {name: recorded[name] for name in names if name in recorded}
     return dataclasses.replace(settings, **changes) if changes else settings
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from protos.feed.v1 import feed_pb2
-from ranking.feed import FeedSettings
+from ranking.feed import POOL_SETTINGS, FeedSettings
 from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms
 from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
@@ -367,7 +367,7 @@ def test_an_arm_serves_its_models_candidate_pools_unless_its_feed_or_the_flags_s
     not on the model's own as the same model served as CURRENT is (an outside review)."""
     import shutil
 
-    from ranking.feed import POOL_SETTINGS, SOURCE_NAMES
+    from ranking.feed import SOURCE_NAMES
 
     models = tmp_path / "models"
     shutil.copytree(world.models_dir, models)
@@ -414,3 +414,34 @@ sources = [{all_sources}]
     flags_set_sources = FeedService(service.store, artifact, None, FeedSettings(), arms=service.arms, pinned=service.pinned,
                                     model_pools=tuple(name for name in POOL_SETTINGS if name != "sources"))
     assert flags_set_sources.settings_for(artifact, tuned_arm) == FeedSettings(neighbours=30)
+
+
+def test_a_model_recording_pools_this_server_cannot_serve_is_refused_as_it_loads(world, tmp_path, caplog):
+    """A model whose manifest's pools name a source this server does not know (a newer
+    trainer's) loaded, then failed every swap: a traceback at every poll, no backoff, no
+    reload-failure count; and at start an error that did not name the model (an outside review)."""
+    import shutil
+
+    from serving.config import ServerConfig
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    model, _ = train(world.dataset, FAST_TRAINING)
+    manifest = {"params": {}, "metrics": {}, "ranker": default_ranker_spec(), "feed": {"sources": ["item_knn", "seller_collections"]}}
+    newer = Path(publish(str(models), model, manifest)).name
+    set_current(str(models), world.old)
+    with caplog.at_level(logging.INFO, logger="feedrank.serving"):
+        with running_server(World(world.dataset, world.data_dir, models), reload_seconds=0.05, model_pools=POOL_SETTINGS) as (server, stub):
+            set_current(str(models), newer)
+            time.sleep(3)
+            assert stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5).model_version == world.old
+            assert server.service.metrics.registry.get_sample_value("feedrank_model_reload_failures_total") in (1, 2)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 2 and not any(r.exc_info for r in errors)  # backed off (2 s, then 4 s), one line each
+    assert f"version {newer}:" in errors[0].getMessage() and "feed.sources: candidate sources this server does not know: seller_collections" in errors[0].getMessage()
+    server = FeedServer(ServerConfig(models_dir=str(models), data_dir=str(world.data_dir), port=0))
+    try:
+        with pytest.raises(ValueError, match=f"model version {models / newer}: manifest.json feed.sources: .*seller_collections"):
+            server.start()
+    finally:
+        server.stop(grace=0)

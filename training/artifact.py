@@ -41,6 +41,7 @@ from embeddings.index import MipsIndex
 from embeddings.knn import ItemKNN
 from embeddings.model import DEFAULT_FOLDIN_ALPHA, EmbeddingModel
 from embeddings.user_neighbours import ROWS_FILE, SCORES_FILE, UserNeighbours
+from ranking.feed import recorded_pools
 from ranking.ranker import LinearRanker
 
 CURRENT = "CURRENT"
@@ -264,6 +265,10 @@ def load_version(path: str) -> Artifact:
             raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
     with _damage_named(path, MANIFEST), open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
+    try:  # refused here, as a version that does not load: not when the server builds its feeds from it
+        recorded_pools(manifest.get("feed") or {})
+    except ValueError as error:
+        raise ValueError(f"model version {path}: {MANIFEST} {error}") from None
     with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
         user_ids = ids["user_ids"].tolist()
         item_ids = ids["item_ids"].tolist()
