@@ -93,6 +93,30 @@ def test_a_damaged_file_is_named_in_one_error(tmp_path, name) -> None:
         load_version(version_dir)
 
 
+@pytest.mark.parametrize(
+    ("ranker", "message"),
+    [
+        ({"weights": {**DEFAULT_BLEND, "seller_collection_score": 0.5}, "bias": 0.0},
+         r"manifest.json ranker: unknown ranker features: \['seller_collection_score'\] \(trained by a newer version\?"),
+        (None, r"manifest.json has no ranker weights \(ranker.weights\)"),
+        ({"bias": 0.0}, r"manifest.json has no ranker weights"),
+        ({"weights": {"popularity": "high"}}, r"manifest.json ranker: could not convert string to float"),
+    ],
+)
+def test_a_ranker_this_version_cannot_serve_is_an_error_naming_the_version(tmp_path, ranker, message) -> None:
+    """A server started on a model of a newer trainer said only 'error: unknown ranker
+    features: [...]', and on a manifest without a ranker printed a KeyError traceback."""
+    version_dir = publish(str(tmp_path), small_model(0), manifest())
+    path = os.path.join(version_dir, "manifest.json")
+    with open(path) as f:
+        data = json.load(f)
+    data["ranker"] = ranker
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=rf"^model version {version_dir}: {message}"):
+        load_version(version_dir)
+
+
 def test_manifest_is_plain_json(tmp_path) -> None:
     version_dir = publish(str(tmp_path), small_model(0), manifest(extra=np.float32(1.5)))
     with open(os.path.join(version_dir, "manifest.json")) as f:

@@ -269,6 +269,7 @@ def load_version(path: str) -> Artifact:
         recorded_pools(manifest.get("feed") or {})
     except ValueError as error:
         raise ValueError(f"model version {path}: {MANIFEST} {error}") from None
+    ranker = _ranker_of(path, manifest)
     with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
         user_ids = ids["user_ids"].tolist()
         item_ids = ids["item_ids"].tolist()
@@ -299,6 +300,17 @@ def load_version(path: str) -> Artifact:
         item_knn=item_knn,
         user_neighbours=user_neighbours,
     )
-    ranker_spec = manifest["ranker"]
-    ranker = LinearRanker.from_mapping(ranker_spec["weights"], float(ranker_spec.get("bias", 0.0)))
     return Artifact(manifest["version"], path, manifest, model, ranker)
+
+
+def _ranker_of(path: str, manifest: Mapping[str, Any]) -> LinearRanker:
+    """The manifest's ranker; ValueError naming the version when it is missing or weighs
+    features this version does not know (a newer trainer's)."""
+    spec = manifest.get("ranker")
+    if not isinstance(spec, dict) or not isinstance(spec.get("weights"), dict):
+        raise ValueError(f"model version {path}: {MANIFEST} has no ranker weights (ranker.weights)")
+    try:
+        return LinearRanker.from_mapping(spec["weights"], float(spec.get("bias", 0.0)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"model version {path}: {MANIFEST} ranker: {error} (trained by a newer version? "
+                         "upgrade the servers before the trainer)") from None
