@@ -10,13 +10,13 @@ the server process. Each child opens its own store connection and loads the mode
 watches for new models as the server does.
 
 With the memory store each child holds a copy of the server's store, which stays the one
-that Ingest writes to (and logs, with a state directory). A child starts from the store's
-pickled state, and every batch applied after that state was taken goes down its pipe
+that Ingest writes to (and logs, with a state directory). A child loads its models, then
+starts from the store's pickled state, and every batch applied after that state was taken goes down its pipe
 ahead of the next feed it builds (and at once while it is idle): a feed asked for after
 an Ingest was acknowledged sees its events, in every child. Taking that state holds the
 store's lock (0.7 s for 20k users and 50k items, 14 s for 1M: use Redis at that scale),
 so the children start behind the server's load and a child that replaces a dead one
-pauses Ingest as long. Events are written to a child only while it is idle, from the
+pauses Ingest as long (a child that cannot load its models fails before: no pause). Events are written to a child only while it is idle, from the
 event loop: a child that is still applying a large batch holds up the loop until its
 pipe has room again (a batch is at most --max-message-bytes).
 
@@ -61,7 +61,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
 from serving.store_url import redacted
-from serving.service_setup import open_service, start_model_watcher, warm_store
+from serving.service_setup import load_models, open_service, start_model_watcher, warm_store
 from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, get_feed_response, page_response, refusal_of
 
 log = logging.getLogger("feedrank.serving")
@@ -79,6 +79,7 @@ READY_TIMEOUT_SECONDS = 600.0
 RESTART_DELAY_SECONDS = 5.0
 """How long the server waits before trying again to start a feed process that failed to start."""
 PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retry", retry_after=RETRY_DELAY_SECONDS)
+_LOADED = b"loaded"  # the child has its models and waits for the store's state
 _READY = b"ready"
 _FAILED = b"failed:"  # then why, in one line
 # The first byte of each message to a child: what follows.
@@ -99,8 +100,13 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     logs.set_worker(config.worker_index)
     limit_native_threads()
     try:
+        # The models first: a child that cannot load them (a pinned version deleted since
+        # the server started) fails before the server takes its store's state for it,
+        # which holds up Ingest.
+        models = load_models(config)
+        pipe.send_bytes(_LOADED)
         store = pickle.loads(_body(pipe.recv_bytes(), _STATE)) if config.store_url == "memory" else None
-        service, arms_signature = open_service(config, store)
+        service, arms_signature = open_service(config, store, models=models)
         warm_store(service.store)
     except (EOFError, OSError) as error:
         _report_failure(pipe, error)  # the server went away before sending the store, or a file it reads is missing
@@ -210,6 +216,7 @@ class FeedProcesses:
         try:
             for _ in range(self.processes):
                 children.append(self._spawn())
+            self._wait_ready(children, timeout, _LOADED)
             self._send_state(children)
             self._wait_ready(children, timeout)
         except BaseException:
@@ -259,8 +266,8 @@ class FeedProcesses:
         except RuntimeError:  # the loop is closed: the server is stopping
             pass
 
-    def _wait_ready(self, children: list[_Child], timeout: float) -> None:
-        """Until every child is ready; FeedProcessError as soon as one fails or exits."""
+    def _wait_ready(self, children: list[_Child], timeout: float, ready: bytes = _READY) -> None:
+        """Until every child has sent ``ready``; FeedProcessError as soon as one fails or exits."""
         deadline = time.monotonic() + timeout
         waiting = {child.pipe: child for child in children}
         while waiting:
@@ -274,7 +281,7 @@ class FeedProcesses:
                     message = pipe.recv_bytes()
                 except (EOFError, OSError):
                     raise FeedProcessError(self._failure(child, "exited while starting")) from None
-                if message != _READY:
+                if message != ready:
                     raise FeedProcessError(self._failure(child, message.removeprefix(_FAILED).decode(errors="replace")))
 
     def _failure(self, child: _Child, reason: str) -> str:
@@ -416,6 +423,7 @@ class FeedProcesses:
         while not self._closed.is_set():
             child = self._spawn()
             try:
+                self._wait_ready([child], READY_TIMEOUT_SECONDS, _LOADED)
                 self._send_state([child])
                 self._wait_ready([child], READY_TIMEOUT_SECONDS)
             except FeedProcessError as error:

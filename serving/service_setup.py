@@ -9,32 +9,53 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ranking.feed import FeedSettings
-from serving.arms import describe, load_arms, load_named_version, load_pinned
+from serving.arms import Arms, describe, load_arms, load_named_version, load_pinned
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
 from serving.store_url import open_store, redacted
 from stores import FeedStore
-from training.artifact import current_version, load_current, load_version
+from training.artifact import Artifact, current_version, load_version
 
 log = logging.getLogger("feedrank.serving")
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
 
 
-def open_service(config: ServerConfig, store: FeedStore | None = None,
-                 metrics: FeedMetrics | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
-    """The FeedService ``config`` describes, with its store open (or ``store``, already open)
-    and its model and arms loaded, reporting to ``metrics`` (default: new ones); and the
-    arms file's signature, taken before it was read (for ``start_model_watcher``)."""
-    artifact = load_current(config.models_dir)
+@dataclass(frozen=True)
+class Models:
+    """What a service serves from the models directory: the CURRENT model, the arms and the
+    versions they pin, and the arms file's signature, taken before it was read (for
+    ``start_model_watcher``)."""
+
+    current: Artifact
+    arms: Arms | None
+    pinned: dict[str, Artifact]
+    arms_signature: tuple[int, int, int] | None
+
+
+def load_models(config: ServerConfig) -> Models:
+    """The models ``config`` serves: the arms file and the versions it pins first, then
+    the CURRENT model (the pinned one, when CURRENT names it)."""
     arms_file = config.arms_file
     arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
     arms = load_arms(arms_file, config.feed) if arms_file else None
-    pinned = load_pinned(arms, config.models_dir, {artifact.version: artifact})
+    pinned = load_pinned(arms, config.models_dir)
+    version = current_version(config.models_dir)
+    current = pinned.get(version) or load_version(os.path.join(config.models_dir, version))
+    return Models(current, arms, pinned, arms_signature)
+
+
+def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: FeedMetrics | None = None,
+                 models: Models | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
+    """The FeedService ``config`` describes, with its store open (or ``store``, already open)
+    and its models loaded (or ``models``, already loaded), reporting to ``metrics`` (default:
+    new ones); and the arms file's signature, taken before it was read (for ``start_model_watcher``)."""
+    models = models or load_models(config)
     limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
     if store is None:
         store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
@@ -42,11 +63,11 @@ def open_service(config: ServerConfig, store: FeedStore | None = None,
         config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
     )
     service = FeedService(
-        store, artifact, codec, config.feed, arms=arms, pinned=pinned, max_clock_skew=config.max_clock_skew_seconds,
-        load_version=functools.partial(load_named_version, config.models_dir), metrics=metrics,
-        model_pools=config.model_pools,
+        store, models.current, codec, config.feed, arms=models.arms, pinned=models.pinned,
+        max_clock_skew=config.max_clock_skew_seconds, load_version=functools.partial(load_named_version, config.models_dir),
+        metrics=metrics, model_pools=config.model_pools,
     )
-    return service, arms_signature
+    return service, models.arms_signature
 
 
 def check_store(store: FeedStore, url: str) -> None:
