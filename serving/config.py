@@ -239,7 +239,7 @@ GROUPS = {
         "  a1b2c3d4e5f60718293a4b5c6d7e8f90  read,write  ingest-worker"
     ),
     "logs": "Log lines go to stderr: JSON (one object per line) or text. Each RPC adds one access line "
-    "(request_id from x-request-id metadata or new, method, code, latency_ms, model_version, worker, pid).",
+    "(request_id from x-request-id metadata or new, method, code, latency_ms, model_version, arm with A/B arms, worker, pid).",
     "limits": None,
     "durability": "The memory store's write-ahead log and snapshots (not for Redis, which keeps its own).",
     "feed": "The candidate pool flags (--sources, --fallback-sources, --neighbours, --knn-neighbours, "

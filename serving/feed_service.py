@@ -256,9 +256,12 @@ class FeedService:
 
     def arm_of(self, user_id: str) -> str:
         """The name of ``user_id``'s arm; "" when no arms are configured."""
-        arms = self._state.arms
-        arm = arms.assign(user_id) if arms is not None else None
-        return arm.name if arm is not None else ""
+        return self.served_by(user_id)[1]
+
+    def served_by(self, user_id: str) -> tuple[str, str]:
+        """The model version and the A/B arm ("" when none) that build ``user_id``'s feed."""
+        route = self._route(user_id, None, None)
+        return route.version, route.arm
 
     def configure(self, current: Artifact, arms: Arms | None, pinned: Mapping[str, Artifact]) -> None:
         """Serve ``current`` as CURRENT and ``arms`` (their pinned versions in ``pinned``), atomically.

@@ -8,8 +8,8 @@ a traceback goes into ``exc``, so every record stays one line.
 Access lines (logger ``feedrank.access``, INFO for FeedService calls, DEBUG for health
 and reflection) carry ``request_id`` (the client's ``x-request-id`` metadata, else a new
 one, also sent back in the trailing metadata), ``method``, ``code``, ``latency_ms``,
-``model_version``, ``worker``, ``pid``, ``peer`` and ``client`` (the bearer token's name;
-never the token).
+``model_version`` (and ``arm``, a GetFeed's A/B arm, when arms are configured), ``worker``,
+``pid``, ``peer`` and ``client`` (the bearer token's name; never the token).
 """
 
 from __future__ import annotations
@@ -152,18 +152,19 @@ def request_id_of(metadata: Any) -> str:
 class AccessLog(grpc.aio.ServerInterceptor):
     """One access line per unary RPC of a grpc.aio server, whatever answered it (the servicer or an interceptor).
 
-    ``model_version()`` is the version served (a GetFeed names its own, which may be an
-    A/B arm's). ``on_rejected(method, code, seconds)`` is told of calls refused by an
-    interceptor (auth, limits) before reaching the servicer, which counts the others.
+    ``served_by(request)`` is the model version and A/B arm that serve ``request`` (None:
+    not read), for a call without a response (a GetFeed's response names its own).
+    ``on_rejected(method, code, seconds)`` is told of calls refused by an interceptor
+    (auth, limits) before reaching the servicer, which counts the others.
     """
 
     def __init__(
         self,
-        model_version: Callable[[], str],
+        served_by: Callable[[Any], tuple[str, str]],
         on_rejected: Callable[[str, str, float], None] | None = None,
         feed_prefix: str = "/feedrank.",
     ) -> None:
-        self.model_version = model_version
+        self.served_by = served_by
         self.on_rejected = on_rejected
         self.feed_prefix = feed_prefix
         self.log = logging.getLogger(ACCESS_LOGGER)
@@ -203,13 +204,16 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 if call["rejected"] and self.on_rejected is not None:
                     self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
                 if self.log.isEnabledFor(level):
-                    self.write(level, method, code_name, seconds, response, call, _peer(context))
+                    self.write(level, method, code_name, seconds, request, response, call, _peer(context))
 
         return handler._replace(unary_unary=logged)
 
-    def write(self, level: int, method: str, code: str, seconds: float, response: Any, call: dict, peer: str) -> None:
+    def write(self, level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict, peer: str) -> None:
         """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""
-        version = getattr(response, "model_version", "") or self.model_version()
+        version = getattr(response, "model_version", "")
+        arm = getattr(response, "arm", "")
+        if not version:
+            version, arm = self.served_by(request)
         name = method.rsplit("/", 1)[-1]
         latency_ms = round(seconds * 1000, 3)
         self.log.log(
@@ -225,6 +229,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
                     "code": code,
                     "latency_ms": latency_ms,
                     "model_version": version,
+                    **({"arm": arm} if arm else {}),
                     "worker": _worker,
                     "pid": os.getpid(),
                     "peer": peer,

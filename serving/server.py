@@ -36,7 +36,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import FeedServicer, add_feed_service
+from serving.servicer import FeedServicer, add_feed_service, served_by
 from serving.web import HttpServer, create_app
 from serving.web.common import WebContext
 from serving.store_url import redacted
@@ -344,7 +344,7 @@ class FeedServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Outermost first: the access log (sees every answer), the drain, auth, then the limit.
         self.drain = Drain()
-        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._model_version, self._count_refused), self.drain]
+        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._served_by, self._count_refused), self.drain]
         if auth is not None:
             interceptors.append(auth)
         self.concurrency_limit = ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
@@ -389,9 +389,8 @@ class FeedServer:
             raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error.strerror or error} "
                             "(--metrics-port)") from None
 
-    def _model_version(self) -> str:
-        service = self.servicer.service
-        return service.model_version if service is not None else ""
+    def _served_by(self, request: Any) -> tuple[str, str]:
+        return served_by(self.servicer.service, request)
 
     def _count_refused(self, method: str, code: str, seconds: float) -> None:
         """Metrics of a call an interceptor refused (the servicer counts the rest)."""

@@ -235,6 +235,16 @@ def ingest_response(service: FeedService, request: feed_pb2.IngestRequest, recei
     return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)
 
 
+def served_by(service: FeedService | None, request: Message | None) -> tuple[str, str]:
+    """The model version and A/B arm that serve ``request``, for the access line of a call
+    without a response: a GetFeed's user's own (their arm's model), else CURRENT's."""
+    if service is None:
+        return "", ""
+    if isinstance(request, feed_pb2.GetFeedRequest):
+        return service.served_by(request.user_id)
+    return service.model_version, ""
+
+
 def observe_call(service: FeedService, method: str, code: grpc.StatusCode, seconds: float,
                  request: Message | None, response: Message | None) -> None:
     """Count a call by final status code and time it; a GetFeed also by A/B arm, even when it fails.

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import grpc
 import pytest
 
 from protos.feed.v1 import feed_pb2
@@ -19,6 +20,7 @@ from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
 from tests.conftest import REPO
 from tests.feed_world import FAST_TRAINING, World, all_pages, build_world, running_server
+from tests.test_config_logs import log_stream  # noqa: F401 (a fixture)
 from training.artifact import publish, set_current
 from training.train import TrainParams, default_ranker_spec, train
 
@@ -445,3 +447,32 @@ def test_a_model_recording_pools_this_server_cannot_serve_is_refused_as_it_loads
             server.start()
     finally:
         server.stop(grace=0)
+
+
+def test_the_access_line_names_the_arm_and_its_model_also_for_a_failed_feed(world, tmp_path, log_stream):
+    """A GetFeed refused for a user of an arm pinned to another version was logged under
+    CURRENT's version, and no access line named the arm (an outside review)."""
+    import http.client
+
+    from serving import logs
+    from tests.test_config_logs import json_lines
+    from tests.redis_servers import free_port
+
+    path = arms_file(tmp_path, split(world.new))
+    user = next(u for u in world.dataset.user_ids() if load_arms(str(path)).assign(u).name == "treatment")
+    with running_server(world, arms_file=str(path), http_port=free_port()) as (server, stub):
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=0), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            stub.Ingest(feed_pb2.IngestRequest(), timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", server.http.port, timeout=10)
+        connection.request("GET", f"/v1/users/{user}/feed?page_size=0")
+        assert connection.getresponse().status == 400
+    access = [line for line in json_lines(log_stream) if line["logger"] == logs.ACCESS_LOGGER]
+    assert [(a["code"], a["model_version"], a.get("arm")) for a in access] == [
+        ("OK", world.new, "treatment"),
+        ("INVALID_ARGUMENT", world.new, "treatment"),
+        ("INVALID_ARGUMENT", world.old, None),  # Ingest: CURRENT, no arm
+        ("INVALID_ARGUMENT", world.new, "treatment"),  # over HTTP
+    ]

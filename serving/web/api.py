@@ -37,6 +37,7 @@ from serving.servicer import (
     ingest_response,
     observe_call,
     refusal_of,
+    served_by,
 )
 from serving.web.common import HttpError, authorize, ready_service, refused, web_context
 
@@ -281,12 +282,7 @@ def _unparsable_part(value: Any, message_type: type[Message]) -> str:
 # --- metrics and the access line ----------------------------------------------------------
 
 
-def _served_version() -> str:
-    service = web_context().service()
-    return service.model_version if service is not None else ""
-
-
-_ACCESS = logs.AccessLog(_served_version)
+_ACCESS = logs.AccessLog(lambda request: served_by(web_context().service(), request))
 
 
 def _peer() -> str:
@@ -301,4 +297,4 @@ def _record(call: _Call, seconds: float) -> None:
         observe_call(service, call.method.name, call.code, seconds, call.request, call.response)
     if _ACCESS.log.isEnabledFor(logging.INFO):
         facts = {"request_id": call.request_id, "client": call.client}
-        _ACCESS.write(logging.INFO, call.method.name, call.code.name, seconds, call.response, facts, _peer())
+        _ACCESS.write(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, _peer())
