@@ -77,7 +77,11 @@ three per child lost 3 %)."""
 READY_TIMEOUT_SECONDS = 600.0
 """How long the server waits for a feed process to load the model and reach the store."""
 RESTART_DELAY_SECONDS = 5.0
-"""How long the server waits before trying again to start a feed process that failed to start."""
+MAX_RESTART_DELAY_SECONDS = 300.0
+"""How long the server waits before trying again to start a feed process that failed to
+start: 5 s, doubled at each failure in a row up to 300 s. What fails stays failed until
+an operator acts (a model or arms file broken, a pinned version retired), and each try
+costs a Python start, about a second of CPU."""
 PROCESS_LOST = Refusal(grpc.StatusCode.UNAVAILABLE, "a feed process exited; retry", retry_after=RETRY_DELAY_SECONDS)
 _LOADED = b"loaded"  # the child has its models and waits for the store's state
 _READY = b"ready"
@@ -420,6 +424,7 @@ class FeedProcesses:
         """On a thread of its own: reap ``lost``, then start a child in its place (trying until one starts)."""
         self._stop(lost)
         log.error("a feed process (pid %d) exited with code %s; starting another", lost.process.pid, lost.process.exitcode)
+        failures = 0
         while not self._closed.is_set():
             child = self._spawn()
             try:
@@ -429,8 +434,10 @@ class FeedProcesses:
             except FeedProcessError as error:
                 self._unfollow(child)
                 self._stop(child)
-                log.error("%s; trying again in %.0f s", error, RESTART_DELAY_SECONDS)
-                self._closed.wait(RESTART_DELAY_SECONDS)
+                delay = min(RESTART_DELAY_SECONDS * 2**failures, MAX_RESTART_DELAY_SECONDS)
+                failures += 1
+                log.error("%s; trying again in %.0f s", error, delay)
+                self._closed.wait(delay)
                 continue
             try:
                 self.loop.call_soon_threadsafe(self._adopt, child)

@@ -34,6 +34,7 @@ from tests.feed_world import build_world, running_server
 from tests.test_config_logs import parse
 from tests.test_error_details import violation
 from tests.test_grpc_feed import event
+from training.artifact import set_current
 
 pytestmark = pytest.mark.redis
 
@@ -355,6 +356,17 @@ def test_with_no_feed_process_able_to_start_the_server_builds_the_feeds_itself(w
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         assert "no feed process is alive: the server process builds the GetFeeds" in caplog.text
+        # Each try costs a Python start and an error line: tried 5 s apart, then 10 s, ...
+        # (every 5 s for as long as the cause lasted, an outside review), until one starts.
+        deadline = time.monotonic() + 60
+        while len(retries := [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]) < 2:
+            assert time.monotonic() < deadline, retries
+            time.sleep(0.1)
+        assert [retry.rsplit("; ", 1)[1] for retry in retries[:2]] == ["trying again in 5 s", "trying again in 10 s"]
+        set_current(str(models), world.models_dir.joinpath("CURRENT").read_text().strip())
+        while not server.feed_processes.pids:
+            assert time.monotonic() < deadline, "no feed process started once CURRENT was fixed"
+            time.sleep(0.1)
 
 
 def test_a_feed_process_that_cannot_load_its_models_fails_before_the_store_is_copied_for_it(world, tmp_path):
