@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -69,6 +70,15 @@ def test_missing_current_is_a_helpful_error(tmp_path) -> None:
         load_current(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         set_current(str(tmp_path), "20990101T000000Z-000000")
+
+
+def test_a_version_that_does_not_exist_is_not_called_incomplete(tmp_path) -> None:
+    """CURRENT naming a retired (deleted) version was reported as 'incomplete: manifest.json
+    is missing', as if a publish had been cut short."""
+    version_dir = publish(str(tmp_path), small_model(0), manifest())
+    shutil.rmtree(version_dir)
+    with pytest.raises(FileNotFoundError, match=rf"^model version {version_dir} does not exist$"):
+        load_current(str(tmp_path))
 
 
 def test_incomplete_version_and_bad_manifest(tmp_path) -> None:

@@ -260,6 +260,8 @@ def _damage_named(path: str, name: str) -> Iterator[None]:
 
 def load_version(path: str) -> Artifact:
     """Load one version directory. FileNotFoundError names any missing file."""
+    if not os.path.isdir(path):  # retired (deleted), or never published: not a half-written one
+        raise FileNotFoundError(f"model version {path} does not exist")
     for name in (MANIFEST, IDS, FACTORS, INDEX):
         if not os.path.exists(os.path.join(path, name)):
             raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
