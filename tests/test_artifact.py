@@ -81,6 +81,23 @@ def test_a_version_that_does_not_exist_is_not_called_incomplete(tmp_path) -> Non
         load_current(str(tmp_path))
 
 
+def test_a_version_missing_the_item_knn_its_manifest_records_is_incomplete(tmp_path) -> None:
+    """knn.npz is optional, so a version copied by hand without it (or with it not yet
+    copied) loaded, and was served without its item-kNN source and in silence, though its
+    manifest records one and its ranker was fitted with it."""
+    import scipy.sparse as sp
+
+    from embeddings.knn import ItemKNN
+
+    model = small_model(0)
+    model.item_knn = ItemKNN(model.item_ids, sp.identity(7, dtype=np.float32, format="csr"))
+    version_dir = publish(str(tmp_path), model, manifest())
+    assert load_version(version_dir).model.item_knn is not None
+    os.remove(os.path.join(version_dir, "knn.npz"))
+    with pytest.raises(FileNotFoundError, match=rf"^model version {version_dir} is incomplete: knn.npz is missing$"):
+        load_version(version_dir)
+
+
 def test_incomplete_version_and_bad_manifest(tmp_path) -> None:
     version_dir = publish(str(tmp_path), small_model(0), manifest())
     os.remove(os.path.join(version_dir, "factors.npz"))

@@ -272,6 +272,11 @@ def load_version(path: str) -> Artifact:
     except ValueError as error:
         raise ValueError(f"model version {path}: {MANIFEST} {error}") from None
     ranker = _ranker_of(path, manifest)
+    info = manifest.get("model", {})
+    recorded = ([KNN] if info.get("item_knn") else []) + ([ROWS_FILE, SCORES_FILE] if info.get("user_neighbours") else [])
+    for name in recorded:  # optional files, but this model has them: without one it is another model
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
     with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
         user_ids = ids["user_ids"].tolist()
         item_ids = ids["item_ids"].tolist()
@@ -283,7 +288,6 @@ def load_version(path: str) -> Artifact:
     if not np.array_equal(index.vectors, item_factors):
         raise ValueError(f"{path}: index.faiss does not hold the item factors of factors.npz")
     index.vectors = item_factors  # one copy of the table, not two
-    info = manifest.get("model", {})
     knn_path = os.path.join(path, KNN)
     item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
     table = info.get("user_neighbours")
