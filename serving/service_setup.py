@@ -162,7 +162,9 @@ class ModelWatcher(threading.Thread):
             self.check()
 
     def _new_model(self, served: str, pinned: dict) -> Any:
-        """The artifact CURRENT names if it is new and loads (None otherwise)."""
+        """The artifact CURRENT names if it is new and loads (None otherwise); ``served``:
+        the directory name of the version served (CURRENT names a directory, which may have
+        been copied under a name other than the version its manifest records)."""
         if self.failed_version == "CURRENT" and self.clock() < self.retry_at:
             return None
         try:
@@ -209,7 +211,7 @@ class ModelWatcher(threading.Thread):
         service = self.service
         current, arms, pinned = service.current_artifact, service.arms, service.pinned
         changed = False
-        artifact = self._new_model(current.version, dict(pinned))
+        artifact = self._new_model(os.path.basename(current.path), dict(pinned))
         if artifact is not None:
             current, changed = artifact, True
         if self.arms_file:

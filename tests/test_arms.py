@@ -476,3 +476,29 @@ def test_the_access_line_names_the_arm_and_its_model_also_for_a_failed_feed(worl
         ("INVALID_ARGUMENT", world.old, None),  # Ingest: CURRENT, no arm
         ("INVALID_ARGUMENT", world.new, "treatment"),  # over HTTP
     ]
+
+
+def test_a_version_copied_under_another_name_is_loaded_once(world, tmp_path, caplog):
+    """CURRENT naming a version directory copied under another name (a stable name to roll
+    back to) was compared with the version its manifest records: never equal, so the model
+    was loaded again and swapped in at every poll, for good (an outside review)."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+    shutil.copytree(models / world.old, models / "stable")
+    set_current(str(models), "stable")
+    caplog.set_level(logging.INFO, logger="feedrank.serving")
+
+    def swaps() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving model ") and "; arms" in r.getMessage()]
+
+    with running_server(World(world.dataset, world.data_dir, models), reload_seconds=0.05) as (_, stub):
+        time.sleep(1.5)
+        assert swaps() == []
+        set_current(str(models), world.new)
+        wait_for(stub, "u00001", ("", world.new))
+        set_current(str(models), "stable")
+        wait_for(stub, "u00001", ("", world.old))
+        time.sleep(1)
+        assert len(swaps()) == 2

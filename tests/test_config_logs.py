@@ -372,10 +372,10 @@ def test_a_broken_artifact_is_logged_in_one_line_naming_it_and_retried_with_back
         attempts.append((Path(path).name, now[0]))
         if Path(path).name != "v4":
             raise ValueError(f"{path}: index.faiss does not hold\nthe item factors")
-        return SimpleNamespace(version="v4")
+        return SimpleNamespace(version="v4", path=path)
 
     monkeypatch.setattr(service_setup, "load_version", load_version)
-    served = SimpleNamespace(version="v1")
+    served = SimpleNamespace(version="v1", path=str(models / "v1"))
     configured = []
 
     def configure(current, arms, pinned):
@@ -420,7 +420,7 @@ def test_an_arms_file_broken_at_reload_is_one_error_line_without_a_traceback(tmp
     (models / "CURRENT").write_text("v1\n")
     arms = tmp_path / "arms.toml"
     arms.write_text("[arm.a\nweight = 1\n")
-    service = SimpleNamespace(current_artifact=SimpleNamespace(version="v1"), arms=None, pinned={}, model_version="v1",
+    service = SimpleNamespace(current_artifact=SimpleNamespace(version="v1", path=str(models / "v1")), arms=None, pinned={}, model_version="v1",
                               configure=lambda *_: None, metrics=FeedMetrics())  # fmt: skip
     watcher = service_setup.ModelWatcher(service, str(models), every_seconds=1.0, arms_file=str(arms), clock=lambda: 1.0)
     caplog.set_level("INFO", logger="feedrank.serving")
