@@ -44,6 +44,22 @@ def test_train_prints_the_evaluation_table_and_publishes(trained):
     assert (models / version / "manifest.json").exists()
 
 
+def test_train_can_publish_a_candidate_without_making_it_current(trained, tmp_path):
+    """To try a new model in an A/B arm it must be published without replacing the served
+    one; train always moved CURRENT, so the candidate went to every user first."""
+    import shutil
+
+    data, models = trained
+    shutil.copytree(models, tmp_path / "models")
+    served = (tmp_path / "models" / "CURRENT").read_text()
+    result = run("-m", "training", "train", "--data", str(data), "--out", str(tmp_path / "models"), "--factors", "8",
+                 "--iterations", "2", "--eval-split", "none", "--no-progress", "--no-current")
+    candidate = Path(result.stdout.splitlines()[-1])
+    assert (candidate / "manifest.json").exists() and candidate.parent == tmp_path / "models"
+    assert (tmp_path / "models" / "CURRENT").read_text() == served
+    assert "--no-current" in run("-m", "training", "train", "--help").stdout
+
+
 def test_a_bad_dataset_row_fails_with_file_line_and_column(tmp_path, trained):
     data, _ = trained
     bad = tmp_path / "bad"

@@ -93,9 +93,10 @@ def check_extra_file_name(name: str) -> None:
 
 
 def publish(
-    models_dir: str, model: EmbeddingModel, manifest: dict[str, Any], files: Mapping[str, bytes] = {}
+    models_dir: str, model: EmbeddingModel, manifest: dict[str, Any], files: Mapping[str, bytes] = {}, make_current: bool = True
 ) -> str:
-    """Write ``model`` as a new version under ``models_dir`` and point CURRENT at it.
+    """Write ``model`` as a new version under ``models_dir`` and point CURRENT at it (not
+    with ``make_current`` False: a candidate to pin in an A/B arm).
 
     ``manifest`` should carry params, data_fingerprint, metrics and ranker
     ({"features": [...], "weights": {...}, "bias": float}); version and created_at are
@@ -155,7 +156,8 @@ def publish(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    set_current(models_dir, version)
+    if make_current:
+        set_current(models_dir, version)
     return final
 
 

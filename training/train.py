@@ -179,8 +179,10 @@ def train_and_publish(
     settings: FeedSettings = FeedSettings(),
     engine: Any = None,
     check_data: Callable[[Dataset], None] | None = None,
+    make_current: bool = True,
 ) -> str:
-    """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish; returns the version directory.
+    """Load, train, fit the ranker, evaluate (if ``evaluate_fn``), publish (and point CURRENT
+    at it, unless not ``make_current``); returns the version directory.
 
     ``check_data`` runs on the loaded data before any training: what the evaluation at
     the end would refuse (e.g. a time split of untimed likes) is refused first.
@@ -242,7 +244,7 @@ def train_and_publish(
         "timings": timings,
     }
     with _step("publish", timings, verbose):
-        version_dir = publish(models_dir, model, manifest, files=files)
+        version_dir = publish(models_dir, model, manifest, files=files, make_current=make_current)
     if verbose:
         print(f"{'total':<14} {time.perf_counter() - started:8.2f} s")
     print(version_dir)

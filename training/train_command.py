@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random:FRACTION[:SEED], auto (time:0.2 when every like has a time, else user:0.2) "
                              "or none (default: auto)")
     parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
+    parser.add_argument("--no-current", dest="make_current", action="store_false",
+                        help="publish the version without pointing OUT/CURRENT at it: servers keep serving their "
+                             "model, and the version (printed last) can be tried in an A/B arm (serve --arms); "
+                             "default: CURRENT moves to it")
     add_eval_users_argument(parser)
     add_feed_arguments(parser)
     add_training_arguments(parser)
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
                 else engine.held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
             )
             train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params,
-                              settings=settings, engine=engine, check_data=check_data)
+                              settings=settings, engine=engine, check_data=check_data, make_current=args.make_current)
         return
     evaluate_fn = (
         None
@@ -71,4 +75,4 @@ def run(args: argparse.Namespace) -> None:
         else held_out_evaluation(args.eval_split, ks, params, ranker_params, settings, max_users=args.eval_users)
     )
     train_and_publish(args.data, args.out, params, evaluate_fn=evaluate_fn, ranker_params=ranker_params, settings=settings,
-                      check_data=check_data)
+                      check_data=check_data, make_current=args.make_current)
