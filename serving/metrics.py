@@ -52,6 +52,10 @@ class FeedMetrics:
             "feedrank_model_reload_failures", "Attempts to load a new model version that failed (the served one stays)",
             registry=self.registry,
         )
+        self.arms_reload_failures = Counter(
+            "feedrank_arms_reload_failures", "Attempts to load a changed A/B arms file (and the versions it pins) that "
+            "failed (the arms in force stay)", registry=self.registry,
+        )
         # Feed processes (--feed-processes): read when scraped, so a call pays nothing for them.
         self.feed_processes = Gauge("feedrank_feed_processes", "Feed processes alive", registry=self.registry)
         self.feed_queue = Gauge("feedrank_feed_queue", "GetFeeds waiting for a free feed process", registry=self.registry)

@@ -227,6 +227,7 @@ class ModelWatcher(threading.Thread):
                     changed, self.arms_failures = True, 0
                 except Exception as error:
                     self.arms_failures += 1
+                    service.metrics.arms_reload_failures.inc()
                     delay = self._backoff(self.arms_failures)
                     self.arms_retry_at = self.clock() + delay
                     # A bad file (its TOML, a key, a missing version) is one line, as at start;

@@ -246,7 +246,7 @@ def test_arms_models_and_the_arms_file_are_hot_reloaded(world, tmp_path, caplog)
     control = next(u for u in users if arms.assign(u).name == "control")
     treatment = next(u for u in users if arms.assign(u).name == "treatment")
     copy = World(world.dataset, world.data_dir, models)
-    with running_server(copy, arms_file=str(path), reload_seconds=0.05) as (_, stub):
+    with running_server(copy, arms_file=str(path), reload_seconds=0.05) as (server, stub):
         wait_for(stub, control, ("control", world.old))
         wait_for(stub, treatment, ("treatment", world.old))
         # The operator points the arm at another version: no restart.
@@ -262,6 +262,8 @@ def test_arms_models_and_the_arms_file_are_hot_reloaded(world, tmp_path, caplog)
                 assert time.monotonic() < deadline, "the broken arms file was not reported"
                 time.sleep(0.05)
         assert "20991231T000000Z-nope00" in caplog.text
+        # ... and counted, for alerts, as a model that fails to load is (it was only logged).
+        assert server.service.metrics.registry.get_sample_value("feedrank_arms_reload_failures_total") >= 1
         wait_for(stub, treatment, ("treatment", world.new), seconds=0)
         # The pinned version published afterwards is picked up without the file changing
         # (the failed reload is retried after its backoff, 2 s here).
