@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from serving import logs
 from stores.base import FeedStore
 from stores.memory import MemoryStore
 from tests.redis_servers import (  # noqa: F401 (fixtures)
@@ -71,3 +75,19 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
     yield factory
     for store in created:
         store.close()
+
+
+@pytest.fixture()
+def log_stream():
+    """The root logger's JSON lines, at info, while a test runs."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs.configure("json", "info", stream=stream)
+    yield stream
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+def json_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]

@@ -18,9 +18,8 @@ from ranking.feed import POOL_SETTINGS, FeedSettings
 from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms
 from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
-from tests.conftest import REPO
+from tests.conftest import REPO, json_lines
 from tests.feed_world import FAST_TRAINING, World, all_pages, build_world, running_server
-from tests.test_config_logs import log_stream  # noqa: F401 (a fixture)
 from training.artifact import publish, set_current
 from training.train import TrainParams, default_ranker_spec, train
 
@@ -457,7 +456,6 @@ def test_the_access_line_names_the_arm_and_its_model_also_for_a_failed_feed(worl
     import http.client
 
     from serving import logs
-    from tests.test_config_logs import json_lines
     from tests.redis_servers import free_port
 
     path = arms_file(tmp_path, split(world.new))

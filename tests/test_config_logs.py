@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from serving import service_setup
 from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, resolve_config
 from serving.metrics import FeedMetrics
 from serving.store_url import Durability
-from tests.conftest import REPO
+from tests.conftest import REPO, json_lines
 from tests.feed_world import TOKEN_SECRET, build_world
 
 TOKEN = "log-test-token-0123456789abcdef"
@@ -225,21 +224,6 @@ def test_durability_settings_reach_the_store(world, monkeypatch):
 
 
 # --- logs -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def log_stream():
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    stream = io.StringIO()
-    logs.configure("json", "info", stream=stream)
-    yield stream
-    root.handlers[:], _ = saved
-    root.setLevel(saved[1])
-
-
-def json_lines(stream: io.StringIO) -> list[dict]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def test_json_lines_hold_a_traceback_in_one_line(log_stream):
