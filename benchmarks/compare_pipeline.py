@@ -168,7 +168,7 @@ def take_turn(spec: str, worker: subprocess.Popen, batch: int) -> tuple[float, f
         line = worker.stdout.readline()
     except BrokenPipeError:  # it exited while waiting for its turn
         line = ""
-    if not line:
+    if not line.endswith("\n"):  # nothing, or a line cut short (PYTHONUNBUFFERED writes print's parts one by one)
         raise WorkerFailed(f"{spec}: the worker exited with status {worker.wait()} during the rounds")
     client, store_cpu = (float(value) for value in line.split())
     return client, store_cpu

@@ -7,15 +7,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from benchmarks import compare_pipeline
-from benchmarks.loadgen import process_stats, process_tree
 from serving.load import load_into_redis
 from stores.redis import connect
 from tests.feed_world import build_world
+from tests.processes import running_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,28 +104,15 @@ def test_relative_data_and_models_paths_are_read_from_the_callers_directory(worl
 def test_a_worker_that_dies_mid_run_is_named_in_one_line(world, victim):
     # The OOM killer, or a checkout whose pipeline raises: the run stops naming that checkout.
     specs = [ROOT, f"{ROOT}:neighbours=40"]
-    argv = [sys.executable, "-m", "benchmarks.compare_pipeline", "--data", str(world.data_dir), "--models", str(world.models_dir),
-            "--rounds", "1000000", "--batch", "5", "--users", "50", *specs]  # fmt: skip
-    comparing = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        workers: list[int] = []
-        while len(workers) < 2:
-            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
-            stats = process_stats()
-            workers = sorted(pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid)
-            time.sleep(0.05)
-        started = read_calls(comparing.pid)
-        while read_calls(comparing.pid) < started + 200:  # the workers' replies, turn after turn: into the rounds
-            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
-            time.sleep(0.05)
+    args = ["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "1000000", "--batch", "5", "--users", "50", *specs]
+    with running_tool("benchmarks.compare_pipeline", args) as comparing:
+        comparing.wait(lambda: len(comparing.direct_children()) == 2)
+        workers = sorted(comparing.children)
+        started = read_calls(comparing.process.pid)
+        comparing.wait(lambda: read_calls(comparing.process.pid) >= started + 200)  # the workers' replies, turn after turn: into the rounds
         os.kill(workers[victim], signal.SIGKILL)
-        out, err = comparing.communicate(timeout=60)
-    finally:
-        if comparing.poll() is None:
-            comparing.kill()
-    assert comparing.returncode == 2 and not out
+        out, err = comparing.finish()
+    assert comparing.process.returncode == 2 and not out, err
     assert err.strip().splitlines()[-1] == f"python -m benchmarks.compare_pipeline: error: {specs[victim]}: the worker exited with status -9 during the rounds"
     assert "Traceback" not in err
 
@@ -135,3 +121,12 @@ def read_calls(pid: int) -> int:
     """How many read system calls ``pid`` has made (Linux /proc)."""
     with open(f"/proc/{pid}/io") as io:
         return next(int(line.split()[1]) for line in io if line.startswith("syscr:"))
+
+
+def test_a_worker_that_dies_in_the_middle_of_its_reply_is_named_in_one_line():
+    # Under PYTHONUNBUFFERED a worker's print reaches the pipe in parts: killed between two,
+    # it left "12.5 " behind, and the run ended in a ValueError traceback.
+    worker = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); sys.stdout.write('12.5 '); sys.stdout.flush(); os._exit(9)"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    with pytest.raises(compare_pipeline.WorkerFailed, match=r"^CHECKOUT: the worker exited with status 9 during the rounds$"):
+        compare_pipeline.take_turn("CHECKOUT", worker, 5)
