@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import compare_servers
-from benchmarks.loadgen import process_stats, process_tree
 from tests.feed_world import build_world
+from tests.processes import alive, running_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,55 +80,27 @@ def test_relative_data_and_models_paths_are_read_from_the_callers_directory(worl
 
 def test_sigterm_stops_every_spawned_server_and_ends_in_one_line(world, tmp_path):
     # A `kill PID` or a job runner signals compare_servers alone: its servers must not outlive it.
-    argv = [sys.executable, "-m", "benchmarks.compare_servers", "--data", str(world.data_dir), "--models", str(world.models_dir),
-            "--rounds", "1000", "--burst", "0.3", ROOT, ROOT]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
-    comparing = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    servers: set[int] = set()
-    try:
-        deadline = time.monotonic() + 120
-        while not any(port.read_text().strip() for port in tmp_path.glob("compare-servers-*/1/port")):  # the second is up
-            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
-            time.sleep(0.05)
-        stats = process_stats()
-        servers = {pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid}
+    args = ["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "1000", "--burst", "0.3", ROOT, ROOT]
+    with running_tool("benchmarks.compare_servers", args, tmp_path) as comparing:
+        comparing.wait(lambda: comparing.wrote("compare-servers-*/1/port"))  # the second is up
+        servers = comparing.direct_children()
         assert len(servers) == 2
-        comparing.send_signal(signal.SIGTERM)
-        out, err = comparing.communicate(timeout=60)
-        assert comparing.returncode == 130, err
-        assert err.strip() == "python -m benchmarks.compare_servers: interrupted; no report" and not out
-        assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()], "a spawned server outlived compare_servers"
-    finally:
-        if comparing.poll() is None:
-            comparing.kill()
-        for pid in servers:
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
+        comparing.process.send_signal(signal.SIGTERM)
+        out, err = comparing.finish()
+    assert comparing.process.returncode == 130, err
+    assert err.strip() == "python -m benchmarks.compare_servers: interrupted; no report" and not out
+    assert not [pid for pid in servers if alive(pid)], "a spawned server outlived compare_servers"
 
 
 def test_a_server_that_dies_mid_run_stops_the_run_naming_it(world, tmp_path):
-    argv = [sys.executable, "-m", "benchmarks.compare_servers", "--data", str(world.data_dir), "--models", str(world.models_dir),
-            "--rounds", "1000", "--burst", "0.3", ROOT, f"{ROOT}:--neighbours 40"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
-    comparing = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    servers: set[int] = set()
-    try:
-        deadline = time.monotonic() + 120
-        while not any(port.read_text().strip() for port in tmp_path.glob("compare-servers-*/1/port")):
-            assert comparing.poll() is None and time.monotonic() < deadline, comparing.communicate()
-            time.sleep(0.05)
-        stats = process_stats()
-        servers = {pid for pid in process_tree(comparing.pid, stats) if int(stats[pid][1]) == comparing.pid}
-        second = [pid for pid in servers if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text()]
+    args = ["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "1000", "--burst", "0.3",
+            ROOT, f"{ROOT}:--neighbours 40"]  # fmt: skip
+    with running_tool("benchmarks.compare_servers", args, tmp_path) as comparing:
+        comparing.wait(lambda: comparing.wrote("compare-servers-*/1/port"))
+        [second] = [pid for pid in comparing.direct_children() if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text()]
         time.sleep(1.0)  # into the rounds
-        os.kill(second[0], signal.SIGKILL)
-        out, err = comparing.communicate(timeout=60)
-    finally:
-        if comparing.poll() is None:
-            comparing.kill()
-        for pid in servers:  # the first server, should compare_servers not have stopped it
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-    assert comparing.returncode == 1 and not out
+        os.kill(second, signal.SIGKILL)
+        out, err = comparing.finish()
+    assert comparing.process.returncode == 1 and not out
     assert f"compare_servers: {ROOT}:--neighbours 40: the server exited with status -9 during the run; the last lines of its log:" in err
     assert "Traceback" not in err

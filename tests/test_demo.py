@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.processes import alive
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -84,8 +86,8 @@ def test_sigterm_stops_the_demo_and_its_explorer_server(tmp_path):
         rest = process.communicate(timeout=60)[0]
         assert "Server stopped (exit code 0)" in rest, rest
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+        while alive(server_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not Path(f"/proc/{server_pid}").exists() or "zombie" in Path(f"/proc/{server_pid}/status").read_text()
+        assert not alive(server_pid)
     finally:
         process.kill()

@@ -21,6 +21,7 @@ from benchmarks import loadgen
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.conftest import IN_CI
 from tests.feed_world import build_world, running_server
+from tests.processes import alive, running_tool
 
 PHASES = [("empty", "closed"), ("GetFeed", "closed"), ("GetFeed", "open@50%")]
 DURATION = 1.0
@@ -338,60 +339,34 @@ def test_a_spawned_server_that_exits_fails_the_run_at_once_with_its_log(world, t
     assert "no-models" in err  # the server's own words
 
 
-def spawned_server_of(process, started_serving: Callable[[], bool], timeout: float = 120.0) -> int:
-    """The pid of the server ``process`` (a loadgen) spawned, once ``started_serving()`` says so."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = loadgen.process_tree(process.pid, loadgen.process_stats()) - {process.pid}
-        if children and started_serving():
-            return min(children)  # the server, started before its feed processes
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
-    raise AssertionError("loadgen spawned no server")
+def spawned_server(loading, started_serving: Callable[[], bool]) -> int:
+    """The pid of the server a loadgen run spawned, once ``started_serving()`` says so."""
+    loading.wait(lambda: loading.direct_children() and started_serving())
+    return min(loading.children)  # the server, started before anything else of the run
 
 
 @pytest.mark.parametrize("signum, when", [(signal.SIGTERM, "serving"), (signal.SIGINT, "starting")])
 def test_a_signal_to_loadgen_alone_stops_its_spawned_server_and_ends_in_one_line(world, tmp_path, signum, when):
     # A `kill PID` or a job runner signals loadgen, not its process group: the server must not outlive it.
-    repo = Path(__file__).resolve().parent.parent
-    argv = [sys.executable, "-m", "benchmarks.loadgen", "--models", str(world.models_dir), "--data", str(world.data_dir),
-            "--duration", "30", "--warmup", "0"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(repo), "TMPDIR": str(tmp_path)}
-    loading = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    server = None
-    try:
-        def serving() -> bool:
-            return when == "starting" or any(port.read_text().strip() for port in tmp_path.glob("loadgen-*/port"))
-
-        server = spawned_server_of(loading, serving)
-        loading.send_signal(signum)
-        out, err = loading.communicate(timeout=60)
-        assert loading.returncode == 130, err
-        assert err.strip().splitlines()[-1] == "python -m benchmarks.loadgen: interrupted; no report", err
-        assert "Traceback" not in err and "rpc " not in out
-        assert not Path(f"/proc/{server}").exists(), "the spawned server outlived loadgen"
-    finally:
-        if loading.poll() is None:
-            loading.kill()
-        if server is not None and Path(f"/proc/{server}").exists():
-            os.kill(server, signal.SIGKILL)
+    args = ["--models", str(world.models_dir), "--data", str(world.data_dir), "--duration", "30", "--warmup", "0"]
+    with running_tool("benchmarks.loadgen", args, tmp_path) as loading:
+        server = spawned_server(loading, lambda: when == "starting" or loading.wrote("loadgen-*/port"))
+        loading.process.send_signal(signum)
+        out, err = loading.finish()
+    assert loading.process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "python -m benchmarks.loadgen: interrupted; no report", err
+    assert "Traceback" not in err and "rpc " not in out
+    assert not alive(server), "the spawned server outlived loadgen"
 
 
 def test_a_spawned_server_that_dies_during_the_phases_fails_the_run_with_its_log(world, tmp_path):
-    repo = Path(__file__).resolve().parent.parent
-    argv = [sys.executable, "-m", "benchmarks.loadgen", "--models", str(world.models_dir), "--data", str(world.data_dir),
-            "--duration", "2", "--warmup", "0"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(repo), "TMPDIR": str(tmp_path)}
-    loading = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        server = spawned_server_of(loading, lambda: any(port.read_text().strip() for port in tmp_path.glob("loadgen-*/port")))
+    args = ["--models", str(world.models_dir), "--data", str(world.data_dir), "--duration", "2", "--warmup", "0"]
+    with running_tool("benchmarks.loadgen", args, tmp_path) as loading:
+        server = spawned_server(loading, lambda: loading.wrote("loadgen-*/port"))
         time.sleep(0.5)  # into the phases
         os.kill(server, signal.SIGKILL)
-        out, err = loading.communicate(timeout=60)
-    finally:
-        if loading.poll() is None:
-            loading.kill()
-    assert loading.returncode == 1 and "rpc " not in out, "no table of UNAVAILABLE errors"
+        out, err = loading.finish()
+    assert loading.process.returncode == 1 and "rpc " not in out, "no table of UNAVAILABLE errors"
     assert "python -m benchmarks.loadgen: the spawned server exited with status -9 during the run; the last lines of its log:" in err
 
 

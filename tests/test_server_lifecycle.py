@@ -24,6 +24,7 @@ from serving.config import ServerConfig
 from serving.feed_processes import FeedProcesses, FeedProcessError
 from tests.conftest import REPO
 from tests.feed_world import TOKEN_SECRET, build_world
+from tests.processes import alive
 from tests.redis_servers import free_port
 
 EXIT_SECONDS = 30
@@ -71,17 +72,6 @@ def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60) ->
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "the port file never appeared"
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # a zombie has exited: its parent just has not reaped it
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return False
-    return True
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from benchmarks import soak
-from benchmarks.loadgen import process_stats, process_tree
 from tests.redis_servers import require_redis
+from tests.processes import alive, running_tool
 
 
 @pytest.mark.redis
@@ -73,28 +72,13 @@ def test_the_rss_summary_is_json_with_null_where_nothing_was_measured():
 def test_an_interrupted_soak_stops_its_server_and_redis_and_ends_in_one_line(tmp_path, signum):
     # Ctrl-C left the load threads calling a stopped server forever; SIGTERM left the server and redis-server running.
     require_redis()
-    repo = Path(__file__).resolve().parent.parent
-    argv = [sys.executable, "-m", "benchmarks.soak", "--seconds", "300", "--users", "300", "--items", "800"]
-    env = {**os.environ, "PYTHONPATH": str(repo), "TMPDIR": str(tmp_path)}
-    soaking = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    children: set[int] = set()
-    try:
-        deadline = time.monotonic() + 120
-        while not any(port.read_text().strip() for port in tmp_path.glob("soak-*/server.port")):
-            assert soaking.poll() is None and time.monotonic() < deadline, soaking.communicate()
-            time.sleep(0.05)
+    with running_tool("benchmarks.soak", ["--seconds", "300", "--users", "300", "--items", "800"], tmp_path) as soaking:
+        soaking.wait(lambda: soaking.wrote("soak-*/server.port"))
         time.sleep(1.0)  # the load threads are calling
-        stats = process_stats()
-        children = {pid for pid in process_tree(soaking.pid, stats) if int(stats[pid][1]) == soaking.pid}
+        children = soaking.direct_children()
         assert len(children) == 2, "the server and redis-server"
-        soaking.send_signal(signum)
-        out, err = soaking.communicate(timeout=60)
-        assert soaking.returncode == 130, err
-        assert err.strip().splitlines()[-1] == "python -m benchmarks.soak: interrupted; no report" and "Traceback" not in err
-        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "the server or redis-server outlived the soak"
-    finally:
-        if soaking.poll() is None:
-            soaking.kill()
-        for pid in children:
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
+        soaking.process.send_signal(signum)
+        out, err = soaking.finish()
+    assert soaking.process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "python -m benchmarks.soak: interrupted; no report" and "Traceback" not in err
+    assert not [pid for pid in children if alive(pid)], "the server or redis-server outlived the soak"
