@@ -175,17 +175,20 @@ def take_turn(spec: str, worker: subprocess.Popen, batch: int) -> tuple[float, f
 
 
 def compare(args: argparse.Namespace) -> list[str]:
+    from benchmarks.loadgen import stops_deferred  # here, not at the top: a worker runs this file from another checkout, lightly
+
     workers = []
     stores = args.store * len(args.checkouts) if len(args.store) == 1 else args.store
-    for spec, store in zip(args.checkouts, stores or [None] * len(args.checkouts)):
-        checkout, _, pairs = spec.partition(":")
-        settings = [pair for pair in pairs.split(",") if pair]
-        command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
-                   "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else []),
-                   *(["--store", store] if store else [])]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
-        workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     try:
+        for spec, store in zip(args.checkouts, stores or [None] * len(args.checkouts)):
+            checkout, _, pairs = spec.partition(":")
+            settings = [pair for pair in pairs.split(",") if pair]
+            command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
+                       "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else []),
+                       *(["--store", store] if store else [])]  # fmt: skip
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
+            with stops_deferred():
+                workers.append(subprocess.Popen(command, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for expected in ("checked", "ready"):  # every checkout's settings first: a bad one fails before the loads
             for spec, worker in zip(args.checkouts, workers):
                 await_line(spec, worker, expected)

@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import threading
 import json
 import math
 import os
@@ -60,7 +62,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -572,11 +574,12 @@ def spawn_server(
     if args.data and args.store == "memory":
         argv += ["--data", args.data]
     env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)} if checkout else None
-    with open(log, "w") as output:
-        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=checkout, env=env)
     timeout = getattr(args, "start_timeout", 120.0)
     deadline = time.monotonic() + timeout
+    server = None
     try:
+        with stops_deferred(), open(log, "w") as output:
+            server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=checkout, env=env)
         while not (port_file.exists() and port_file.read_text().strip()):
             status = server.poll()
             if status is not None or time.monotonic() > deadline:
@@ -584,9 +587,29 @@ def spawn_server(
                 raise ServerDidNotStart(f"the spawned server ({checkout or '.'}) {what}; the last lines of its log:\n{log_tail(log)}")
             time.sleep(0.2)
     except BaseException:  # it did not start, or Ctrl-C or SIGTERM came first: the caller has no server to stop
-        stop_server(server)
+        if server is not None:
+            stop_server(server)
         raise
     return server, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside is raised (as KeyboardInterrupt) at its end, not in the middle:
+    raised inside ``subprocess.Popen`` after the fork, it left the child running with no
+    Popen to stop it. In the main thread only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _: received.append(signum)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def free_port() -> int:

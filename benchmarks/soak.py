@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.loadgen import interrupt_on_sigterm, json_safe, process_stats, process_tree, stop_server
+from benchmarks.loadgen import interrupt_on_sigterm, json_safe, process_stats, process_tree, stop_server, stops_deferred
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.load import load_into_redis
 from stores.redis import connect
@@ -91,19 +91,22 @@ def summary(report: dict) -> dict:
 def start_server(root: Path, redis_url: str) -> tuple[subprocess.Popen, str]:
     port_file = root / "server.port"
     env = dict(os.environ, FEEDRANK_TOKEN_SECRET="soak-secret-0123456789abcdef")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--store", redis_url, "--models", str(root / "models"), "--port", "0",
-         "--port-file", str(port_file), "--reload-seconds", "0"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
-    )  # fmt: skip
     deadline = time.monotonic() + 120
+    process = None
     try:
+        with stops_deferred(), open(root / "server.log", "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serving", "--store", redis_url, "--models", str(root / "models"), "--port", "0",
+                 "--port-file", str(port_file), "--reload-seconds", "0"],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
         while not port_file.exists() or not port_file.read_text().strip():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start:\n" + (root / "server.log").read_text()[-2000:])
             time.sleep(0.1)
     except BaseException:  # it did not start, or Ctrl-C or SIGTERM came first: the caller has no server to stop
-        stop_server(process)
+        if process is not None:
+            stop_server(process)
         raise
     return process, f"127.0.0.1:{port_file.read_text().strip()}"
 

@@ -359,6 +359,19 @@ def test_a_signal_to_loadgen_alone_stops_its_spawned_server_and_ends_in_one_line
     assert not alive(server), "the spawned server outlived loadgen"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_asked_for_while_a_child_starts_is_raised_once_the_child_is_held(signum):
+    # Raised inside subprocess.Popen after the fork, a Ctrl-C left the spawned server running
+    # with no Popen to stop it (the SIGINT-while-starting test above, once under load).
+    held = []
+    with pytest.raises(KeyboardInterrupt):
+        with loadgen.stops_deferred():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler has run by now
+            held.append("the child's Popen")
+    assert held and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_spawned_server_that_dies_during_the_phases_fails_the_run_with_its_log(world, tmp_path):
     args = ["--models", str(world.models_dir), "--data", str(world.data_dir), "--duration", "2", "--warmup", "0"]
     with running_tool("benchmarks.loadgen", args, tmp_path) as loading:
