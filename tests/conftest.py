@@ -6,6 +6,13 @@ import io
 import json
 import logging
 import os
+
+# gRPC's fork support (on by default) restarts gRPC's threads in a child made by fork();
+# a child made by subprocess with a preexec_fn, as pyspark makes its Java gateway, then
+# closes their descriptors before exec and they abort it. Set before anything loads gRPC;
+# the product's processes fork before they make any gRPC object, so they need it neither way.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import threading
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +21,7 @@ import pytest
 
 from embeddings.knn import train_item_knn
 from protos.feed.v1 import feed_pb2
-from tests.feed_world import World, all_pages, running_server
+from tests.feed_world import World, all_pages, build_world, running_server
 from training.artifact import FACTORS, IDS, INDEX, KNN, MANIFEST, load_current, load_version
 from training.dataset import write_dataset
 from training.generate import generate
@@ -257,3 +261,37 @@ def test_a_spark_that_cannot_start_is_one_line(tmp_path) -> None:
     assert errors and errors[0].startswith("error: Spark could not start (--spark-master local[*]): "), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "models" / "CURRENT").exists()
+
+
+def test_a_child_started_as_pyspark_starts_java_survives_grpc_calls_in_flight(tmp_path) -> None:
+    """pyspark starts its Java gateway with a preexec_fn, that is by fork(), which runs
+    gRPC's fork handlers. With gRPC's fork support on (its default), the child restarted
+    gRPC's threads, and they aborted it (SIGABRT, "epoll_wait error: Bad file descriptor")
+    once subprocess closed their descriptors before exec: pyspark said "Java gateway process
+    exited before sending its port number", and every test of this module errored in a CI
+    worker that had run gRPC tests first. tests/conftest.py turns gRPC's fork support off."""
+    world = build_world(tmp_path, users=100, sellers=10, items=300)
+    user = world.dataset.user_ids()[0]
+
+    def as_pyspark_does() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with running_server(world) as (_, stub):
+        stop = threading.Event()
+
+        def call_until_stopped() -> None:
+            while not stop.is_set():
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=10)
+
+        callers = [threading.Thread(target=call_until_stopped) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        try:
+            statuses = Counter(
+                subprocess.Popen(["true"], stdin=subprocess.PIPE, preexec_fn=as_pyspark_does).wait() for _ in range(300)
+            )
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join()
+    assert statuses == {0: 300}, f"exit statuses of the children: {dict(statuses)}"
