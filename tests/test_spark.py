@@ -12,7 +12,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -295,3 +297,38 @@ def test_a_child_started_as_pyspark_starts_java_survives_grpc_calls_in_flight(tm
             for caller in callers:
                 caller.join()
     assert statuses == {0: 300}, f"exit statuses of the children: {dict(statuses)}"
+
+
+def test_ctrl_c_in_train_on_spark_is_one_line_status_130_and_leaves_no_checkpoints(tmp_path) -> None:
+    """Ctrl-C while a Spark job ran ended in a Py4JError traceback with status 1: pyspark's
+    SIGINT handler cancelled the jobs through the Py4J connection the interrupted call was
+    reading. It is "interrupted" and 130 now, as with the implicit engine; the checkpoint
+    directory is removed, and nothing is published."""
+    from tests.conftest import REPO
+
+    _require_spark()
+    write_dataset(generate(users=400, sellers=40, items=1200, seed=3), str(tmp_path / "data"))
+    models, scratch = tmp_path / "models", tmp_path / "tmp"
+    scratch.mkdir()
+    argv = [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "data"), "--out", str(models),
+            "--engine", "spark", "--spark-master", "local[2]", "--spark-driver-memory", "1g",
+            "--spark-conf", "spark.ui.enabled=false", "--iterations", "60"]
+    with open(tmp_path / "stderr", "w+") as stderr:
+        trainer = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env={**os.environ, "TMPDIR": str(scratch)})
+        try:
+            for line in trainer.stdout:
+                if line.startswith("  ranker split"):  # the fit part's ALS on Spark next (60 sweeps)
+                    break
+            time.sleep(3)  # inside the ALS job
+            trainer.send_signal(signal.SIGINT)
+            assert trainer.wait(timeout=120) == 130
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+                trainer.wait()
+        stderr.seek(0)
+        said = stderr.read()
+    assert said.splitlines()[-1] == "interrupted" and "Traceback" not in said, said[-3000:]
+    assert not models.exists() or not any(models.iterdir())
+    assert not list(scratch.glob("feedrank-spark-checkpoints-*"))

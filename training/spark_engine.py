@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -606,6 +609,57 @@ def collect_factors(frame: Any, n: int, k: int, chunk_bytes: int = COLLECT_CHUNK
     return out, present
 
 
+class CtrlCCancelsJobs:
+    """While Spark runs in the main thread: Ctrl-C cancels the running Spark jobs and raises
+    KeyboardInterrupt, as Ctrl-C does without Spark (the trainer: "interrupted", status 130).
+
+    pyspark's own SIGINT handler cancels the jobs through the main thread's Py4J connection,
+    which the interrupted call is still reading: that reentrant call failed, and the run
+    ended in a Py4JError traceback with status 1. Here the cancel goes through a thread (a
+    connection of its own), and Py4J's log of the call the interrupt cut short (a traceback
+    on the root logger) is dropped. On exit SIGINT gets back ``restore``, the handler from
+    before pyspark installed its own.
+    """
+
+    JOIN_SECONDS = 10.0
+
+    def __init__(self, context: Any, restore: Any) -> None:
+        self.context = context
+        self.restore = restore
+        self.cancels: list[threading.Thread] = []
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> CtrlCCancelsJobs:
+        if self.active:
+            signal.signal(signal.SIGINT, self._interrupt)
+            logging.getLogger().addFilter(self._drop_interrupted_call)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if not self.active:
+            return
+        for cancel in self.cancels:
+            cancel.join(self.JOIN_SECONDS)
+        logging.getLogger().removeFilter(self._drop_interrupted_call)
+        signal.signal(signal.SIGINT, self.restore)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        cancel = threading.Thread(target=self._cancel_jobs, name="spark-cancel-jobs", daemon=True)
+        self.cancels.append(cancel)
+        cancel.start()
+        raise KeyboardInterrupt
+
+    def _cancel_jobs(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the session may be stopping already
+            # The tasks still dying when the session stops log Java stack traces: not news after a Ctrl-C.
+            self.context.setLogLevel("OFF")
+            self.context.cancelAllJobs()
+
+    @staticmethod
+    def _drop_interrupted_call(record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+
 @contextlib.contextmanager
 def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = False) -> Iterator[SparkEngine]:
     """A SparkEngine on a session made from ``settings``, stopped on exit.
@@ -619,6 +673,7 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
 
     active = SparkSession.getActiveSession()
     owned = active is None
+    sigint_before = signal.getsignal(signal.SIGINT)
     if owned:
         builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
         conf = {
@@ -661,7 +716,8 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         else:
             context.setCheckpointDir("feedrank-spark-checkpoints")
     try:
-        yield SparkEngine(spark, settings, partitions, context.getCheckpointDir() or "")
+        with CtrlCCancelsJobs(context, sigint_before):
+            yield SparkEngine(spark, settings, partitions, context.getCheckpointDir() or "")
     finally:
         if owned:
             spark.stop()
