@@ -332,3 +332,41 @@ def test_ctrl_c_in_train_on_spark_is_one_line_status_130_and_leaves_no_checkpoin
     assert said.splitlines()[-1] == "interrupted" and "Traceback" not in said, said[-3000:]
     assert not models.exists() or not any(models.iterdir())
     assert not list(scratch.glob("feedrank-spark-checkpoints-*"))
+
+
+def test_a_killed_spark_trainer_leaves_no_checkpoint_directory(tmp_path) -> None:
+    """A trainer stopped by SIGTERM (timeout(1), a scheduler) or SIGKILL runs no cleanup:
+    its temporary checkpoint directory, ALS's checkpointed factors, stayed behind in /tmp,
+    one per killed run. It lives in Spark's own temporary directory now, which the JVM
+    deletes when it exits, and it exits when the trainer's end of its stdin closes."""
+    from tests.conftest import REPO
+
+    _require_spark()
+    write_dataset(generate(users=400, sellers=40, items=1200, seed=3), str(tmp_path / "data"))
+    scratch = tmp_path / "tmp"  # Python's and Spark's temporary files, both
+    scratch.mkdir()
+    argv = [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"),
+            "--engine", "spark", "--spark-master", "local[2]", "--spark-driver-memory", "1g",
+            "--spark-conf", "spark.ui.enabled=false", "--spark-conf", f"spark.local.dir={scratch}", "--iterations", "60"]
+    trainer = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        for line in trainer.stdout:
+            if line.startswith("  ranker split"):  # the fit part's ALS on Spark next (60 sweeps, checkpointed every 10)
+                break
+        checkpoints = []
+        deadline = time.monotonic() + 60
+        while not any(path.is_file() for directory in checkpoints for path in directory.rglob("*")):
+            assert time.monotonic() < deadline, "ALS wrote no checkpoint"
+            time.sleep(0.2)
+            checkpoints = list(scratch.rglob("feedrank-spark-checkpoints-*"))
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    deadline = time.monotonic() + 60
+    while list(scratch.rglob("feedrank-spark-checkpoints-*")):
+        assert time.monotonic() < deadline, f"left behind: {list(scratch.rglob('feedrank-spark-checkpoints-*'))}"
+        time.sleep(0.5)

@@ -114,7 +114,8 @@ class SparkSettings:
     """Shuffle partitions and ALS user/item blocks; 0 = the session's default parallelism (its cores)."""
     checkpoint_dir: str = ""
     """Where ALS truncates its lineage every 10 iterations (without it, 30 iterations overflow
-    the JVM stack). "" = a temporary directory for local masters, else
+    the JVM stack). "" = a temporary directory for local masters (in Spark's own, under
+    spark.local.dir, which the JVM deletes when it exits), else
     ``feedrank-spark-checkpoints`` on the cluster's default filesystem (HDFS home on YARN)."""
     conf: tuple[tuple[str, str], ...] = ()
     """Any other Spark configuration (``--spark-conf KEY=VALUE``); wins over the above."""
@@ -708,7 +709,11 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         context.setCheckpointDir(settings.checkpoint_dir)
     elif not context.getCheckpointDir():
         if context.master.startswith("local"):
-            temporary = tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-")
+            from pyspark import SparkFiles
+
+            # Inside the session's own temporary directory, which the JVM deletes when it
+            # exits: also when this process is killed (SIGTERM, SIGKILL) and cleans up nothing.
+            temporary = tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-", dir=SparkFiles.getRootDirectory())
             context.setCheckpointDir(temporary)
             if not owned:  # the session outlives this run: remove the directory when the process ends
                 atexit.register(shutil.rmtree, temporary, True)
