@@ -370,3 +370,25 @@ def test_a_killed_spark_trainer_leaves_no_checkpoint_directory(tmp_path) -> None
     while list(scratch.rglob("feedrank-spark-checkpoints-*")):
         assert time.monotonic() < deadline, f"left behind: {list(scratch.rglob('feedrank-spark-checkpoints-*'))}"
         time.sleep(0.5)
+
+
+def _train_parser():
+    import argparse
+
+    from training.train_command import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser
+
+
+def test_a_local_master_of_no_threads_is_refused_as_a_flag(capsys) -> None:
+    """local[0] passed the flag's check, then Spark refused it after starting, with a Java stack trace."""
+    parser = _train_parser()
+    for master in ("local", "local[1]", "local[*]", "local[4,2]"):
+        assert parser.parse_args(["--data", "d", "--out", "m", "--spark-master", master]).spark_master == master
+    for master in ("local[0]", "local[00]", "local[2,0]"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--data", "d", "--out", "m", "--spark-master", master])
+        assert f"argument --spark-master: expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got '{master}'" \
+            in capsys.readouterr().err

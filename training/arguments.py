@@ -336,7 +336,7 @@ ENGINES = ("implicit", "spark")
 
 def _spark_master(text: str) -> str:
     """A master Spark accepts (its own check fails deep in Java, printing a Java stack trace)."""
-    if text == "yarn" or re.fullmatch(r"local(\[(\d+|\*)(,\d+)?\])?", text) or text.startswith(("spark://", "k8s://", "local-cluster[")):
+    if text == "yarn" or re.fullmatch(r"local(\[([1-9]\d*|\*)(,[1-9]\d*)?\])?", text) or text.startswith(("spark://", "k8s://", "local-cluster[")):
         return text
     raise argparse.ArgumentTypeError(f"expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got {text!r}")
 
