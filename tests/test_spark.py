@@ -392,3 +392,14 @@ def test_a_local_master_of_no_threads_is_refused_as_a_flag(capsys) -> None:
             parser.parse_args(["--data", "d", "--out", "m", "--spark-master", master])
         assert f"argument --spark-master: expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got '{master}'" \
             in capsys.readouterr().err
+
+
+def test_a_negative_knn_cap_is_refused_by_name() -> None:
+    """--spark-knn-max-user-items -5 trained as if 0 (no cap) and wrote -5 in the manifest."""
+    from training.arguments import spark_settings_from_args
+
+    parser = _train_parser()
+    spark = ["--data", "d", "--out", "m", "--engine", "spark"]
+    assert spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "0"])).knn_max_user_items == 0
+    with pytest.raises(ValueError, match=r"^--spark-knn-max-user-items: expected 0 \(all\) or more, got -5$"):
+        spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "-5"]))

@@ -399,6 +399,8 @@ def spark_settings_from_args(args: argparse.Namespace):
         raise ValueError("the --spark-* flags apply to --engine spark only")
     if args.spark_partitions < 0:
         raise ValueError(f"--spark-partitions: expected 0 or more, got {args.spark_partitions}")
+    if args.spark_knn_max_user_items < 0:
+        raise ValueError(f"--spark-knn-max-user-items: expected 0 (all) or more, got {args.spark_knn_max_user_items}")
     if args.engine == "spark":
         refuse_bags(getattr(args, "als_bags", 1))
     return settings
