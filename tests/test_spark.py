@@ -403,3 +403,16 @@ def test_a_negative_knn_cap_is_refused_by_name() -> None:
     assert spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "0"])).knn_max_user_items == 0
     with pytest.raises(ValueError, match=r"^--spark-knn-max-user-items: expected 0 \(all\) or more, got -5$"):
         spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "-5"]))
+
+
+def test_a_memory_size_java_cannot_read_is_a_usage_error_naming_its_flag(capsys) -> None:
+    """--spark-driver-memory lots started Spark's launcher, the JVM refused -Xmxlots, and the
+    trainer's error blamed --spark-master: "Spark could not start (--spark-master local[*])"."""
+    parser = _train_parser()
+    for flag in ("--spark-driver-memory", "--spark-executor-memory"):
+        for size in ("512m", "4g", "4G", "1t", "65536k"):
+            assert getattr(parser.parse_args(["--data", "d", "--out", "m", flag, size]), flag[2:].replace("-", "_")) == size
+        for size in ("lots", "4", "0g", "1.5g", "4gb", ""):
+            with pytest.raises(SystemExit):
+                parser.parse_args(["--data", "d", "--out", "m", flag, size])
+            assert f"argument {flag}: expected a JVM size such as 512m or 4g, got '{size}'" in capsys.readouterr().err

@@ -341,6 +341,14 @@ def _spark_master(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got {text!r}")
 
 
+def _jvm_size(text: str) -> str:
+    """A heap size the JVM reads in -Xmx (its own check fails after Spark's launcher started,
+    and the trainer could only say that Spark did not start)."""
+    if re.fullmatch(r"[1-9]\d*[kmgtKMGT]", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a JVM size such as 512m or 4g, got {text!r}")
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--engine`` and the Spark session's flags (training.spark_engine)."""
     from training.spark_engine import SparkSettings
@@ -353,9 +361,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
     group.add_argument("--spark-master", type=_spark_master, default=d.master, metavar="URL",
                        help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... (default: %(default)s)")
-    group.add_argument("--spark-driver-memory", default=d.driver_memory, metavar="SIZE",
+    group.add_argument("--spark-driver-memory", type=_jvm_size, default=d.driver_memory, metavar="SIZE",
                        help="driver JVM heap; in local mode the executors live in it too (default: %(default)s)")
-    group.add_argument("--spark-executor-memory", default=d.executor_memory, metavar="SIZE",
+    group.add_argument("--spark-executor-memory", type=_jvm_size, default=d.executor_memory, metavar="SIZE",
                        help="heap per executor on a cluster (default: %(default)s)")
     group.add_argument("--spark-partitions", type=int, default=d.partitions, metavar="N",
                        help="shuffle partitions and ALS user/item blocks; 0 = the session's cores "
