@@ -416,3 +416,17 @@ def test_a_memory_size_java_cannot_read_is_a_usage_error_naming_its_flag(capsys)
             with pytest.raises(SystemExit):
                 parser.parse_args(["--data", "d", "--out", "m", flag, size])
             assert f"argument {flag}: expected a JVM size such as 512m or 4g, got '{size}'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_directory_spark_cannot_make_is_one_line_naming_the_flag(engine, tmp_path) -> None:
+    """--spark-checkpoint-dir under a file (or in /proc, or read-only) ended in a Py4JJavaError
+    traceback with Java's stack trace; it is the trainer's one error line now."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    wanted = blocker / "checkpoints"
+    with pytest.raises(ValueError) as error:
+        with spark_engine(SparkSettings(checkpoint_dir=str(wanted))):
+            pass
+    said = str(error.value)
+    assert said.startswith(f"--spark-checkpoint-dir {wanted}: ") and "\n" not in said and ": :" not in said, said
+    assert engine.spark.sparkContext.getCheckpointDir() == engine.checkpoint_dir  # the session's own is kept

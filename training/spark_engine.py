@@ -610,6 +610,13 @@ def collect_factors(frame: Any, n: int, k: int, chunk_bytes: int = COLLECT_CHUNK
     return out, present
 
 
+def java_reason(error: Exception) -> str:
+    """The line of a Py4J or gateway error that says what Java refused (its exception), at most 300 characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = next((line for line in lines if "Exception:" in line), lines[0] if lines else type(error).__name__)
+    return why.lstrip(": ")[:300]
+
+
 class CtrlCCancelsJobs:
     """While Spark runs in the main thread: Ctrl-C cancels the running Spark jobs and raises
     KeyboardInterrupt, as Ctrl-C does without Spark (the trainer: "interrupted", status 130).
@@ -689,9 +696,7 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         try:
             spark = builder.getOrCreate()
         except Exception as error:  # noqa: BLE001 (Py4JJavaError, or the gateway's RuntimeError: Java's words, many lines)
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            why = next((line for line in lines if "Exception:" in line), lines[0] if lines else type(error).__name__)
-            raise SparkUnavailable(f"Spark could not start (--spark-master {settings.master}): {why[:300]}") from None
+            raise SparkUnavailable(f"Spark could not start (--spark-master {settings.master}): {java_reason(error)}") from None
         spark.sparkContext.setLogLevel("ERROR")
         if verbose:
             print(f"{'spark start':<14} {time.perf_counter() - started:8.2f} s  ({spark.sparkContext.master}, "
@@ -705,22 +710,25 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         # too few on large data: follow --spark-partitions (the cores by default) instead.
         spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     temporary = None
-    if settings.checkpoint_dir:
-        context.setCheckpointDir(settings.checkpoint_dir)
-    elif not context.getCheckpointDir():
-        if context.master.startswith("local"):
-            from pyspark import SparkFiles
-
-            # Inside the session's own temporary directory, which the JVM deletes when it
-            # exits: also when this process is killed (SIGTERM, SIGKILL) and cleans up nothing.
-            temporary = tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-", dir=SparkFiles.getRootDirectory())
-            context.setCheckpointDir(temporary)
-            if not owned:  # the session outlives this run: remove the directory when the process ends
-                atexit.register(shutil.rmtree, temporary, True)
-                temporary = None
-        else:
-            context.setCheckpointDir("feedrank-spark-checkpoints")
     try:
+        if settings.checkpoint_dir:
+            try:
+                context.setCheckpointDir(settings.checkpoint_dir)
+            except Exception as error:  # noqa: BLE001 (Py4JJavaError: Java's words and stack trace)
+                raise ValueError(f"--spark-checkpoint-dir {settings.checkpoint_dir}: {java_reason(error)}") from None
+        elif not context.getCheckpointDir():
+            if context.master.startswith("local"):
+                from pyspark import SparkFiles
+
+                # Inside the session's own temporary directory, which the JVM deletes when it
+                # exits: also when this process is killed (SIGTERM, SIGKILL) and cleans up nothing.
+                temporary = tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-", dir=SparkFiles.getRootDirectory())
+                context.setCheckpointDir(temporary)
+                if not owned:  # the session outlives this run: remove the directory when the process ends
+                    atexit.register(shutil.rmtree, temporary, True)
+                    temporary = None
+            else:
+                context.setCheckpointDir("feedrank-spark-checkpoints")
         with CtrlCCancelsJobs(context, sigint_before):
             yield SparkEngine(spark, settings, partitions, context.getCheckpointDir() or "")
     finally:
