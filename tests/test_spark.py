@@ -430,3 +430,23 @@ def test_a_checkpoint_directory_spark_cannot_make_is_one_line_naming_the_flag(en
     said = str(error.value)
     assert said.startswith(f"--spark-checkpoint-dir {wanted}: ") and "\n" not in said and ": :" not in said, said
     assert engine.spark.sparkContext.getCheckpointDir() == engine.checkpoint_dir  # the session's own is kept
+
+
+def test_a_run_removes_the_checkpoints_it_wrote_in_the_given_checkpoint_directory(tmp_path) -> None:
+    """Spark checkpoints ALS's factors every 10 sweeps into a directory of its own (a UUID)
+    under --spark-checkpoint-dir, and never removes it: every run left its checkpoints there
+    (on a cluster, where that is HDFS or S3, factor-sized files from each ALS of each run).
+    The run removes its own directory; the given one stays, empty."""
+    from tests.conftest import REPO
+
+    _require_spark()
+    write_dataset(generate(users=400, sellers=40, items=1200, seed=3), str(tmp_path / "data"))
+    checkpoints = tmp_path / "checkpoints"
+    done = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path / "data"),
+                           "--out", str(tmp_path / "models"), "--engine", "spark", "--spark-master", "local[2]",
+                           "--spark-driver-memory", "1g", "--spark-conf", "spark.ui.enabled=false",
+                           "--spark-checkpoint-dir", str(checkpoints), "--iterations", "20", "--eval-split", "none",
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "CURRENT").exists()
+    assert checkpoints.is_dir() and not list(checkpoints.iterdir()), list(checkpoints.rglob("*"))[:5]

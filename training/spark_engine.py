@@ -37,7 +37,6 @@ plus ``--warm-iterations`` sweeps.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -674,7 +673,7 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
 
     When a session is already active (a test module's, or an outer ``spark_engine``) it is
     used as it is and left running; ``settings.partitions`` and the checkpoint directory
-    still apply.
+    still apply. The checkpoints of the run are deleted on exit (delete_checkpoints).
     """
     check_spark_available()
     from pyspark.sql import SparkSession
@@ -709,30 +708,37 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         # Spark's default of 200 shuffle partitions is per-task overhead on small data and
         # too few on large data: follow --spark-partitions (the cores by default) instead.
         spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
-    temporary = None
+    checkpoints_set = False
     try:
         if settings.checkpoint_dir:
             try:
                 context.setCheckpointDir(settings.checkpoint_dir)
             except Exception as error:  # noqa: BLE001 (Py4JJavaError: Java's words and stack trace)
                 raise ValueError(f"--spark-checkpoint-dir {settings.checkpoint_dir}: {java_reason(error)}") from None
+            checkpoints_set = True
         elif not context.getCheckpointDir():
             if context.master.startswith("local"):
                 from pyspark import SparkFiles
 
                 # Inside the session's own temporary directory, which the JVM deletes when it
                 # exits: also when this process is killed (SIGTERM, SIGKILL) and cleans up nothing.
-                temporary = tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-", dir=SparkFiles.getRootDirectory())
-                context.setCheckpointDir(temporary)
-                if not owned:  # the session outlives this run: remove the directory when the process ends
-                    atexit.register(shutil.rmtree, temporary, True)
-                    temporary = None
+                context.setCheckpointDir(tempfile.mkdtemp(prefix="feedrank-spark-checkpoints-", dir=SparkFiles.getRootDirectory()))
             else:
                 context.setCheckpointDir("feedrank-spark-checkpoints")
+            checkpoints_set = True
         with CtrlCCancelsJobs(context, sigint_before):
             yield SparkEngine(spark, settings, partitions, context.getCheckpointDir() or "")
     finally:
+        if checkpoints_set:
+            delete_checkpoints(context)
         if owned:
             spark.stop()
-        if temporary:
-            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def delete_checkpoints(context: Any) -> None:
+    """Delete the session's checkpoint directory: the one Spark made (named by a UUID) under
+    the directory it was given, on whatever filesystem that is (local, HDFS, S3). Spark never
+    deletes it, and ALS leaves factor-sized files there every 10 sweeps."""
+    with contextlib.suppress(Exception):  # best effort: a JVM that is gone took local files with it
+        path = context._jvm.org.apache.hadoop.fs.Path(context.getCheckpointDir())
+        path.getFileSystem(context._jsc.hadoopConfiguration()).delete(path, True)
