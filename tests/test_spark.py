@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,21 +433,38 @@ def test_a_checkpoint_directory_spark_cannot_make_is_one_line_naming_the_flag(en
     assert engine.spark.sparkContext.getCheckpointDir() == engine.checkpoint_dir  # the session's own is kept
 
 
-def test_a_run_removes_the_checkpoints_it_wrote_in_the_given_checkpoint_directory(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def trained_by_the_command(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One ``python -m training train --engine spark`` run, as a user types it (progress on,
+    stderr not a terminal), with a checkpoint directory of its own; its output and root."""
+    from tests.conftest import REPO
+
+    _require_spark()
+    root = tmp_path_factory.mktemp("spark-command")
+    write_dataset(generate(users=400, sellers=40, items=1200, seed=3), str(root / "data"))
+    done = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(root / "data"),
+                           "--out", str(root / "models"), "--engine", "spark", "--spark-master", "local[2]",
+                           "--spark-driver-memory", "1g", "--spark-conf", "spark.ui.enabled=false",
+                           "--spark-checkpoint-dir", str(root / "checkpoints"), "--iterations", "20", "--eval-split", "none"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / "models" / "CURRENT").exists()
+    return done, root
+
+
+def test_a_run_removes_the_checkpoints_it_wrote_in_the_given_checkpoint_directory(trained_by_the_command) -> None:
     """Spark checkpoints ALS's factors every 10 sweeps into a directory of its own (a UUID)
     under --spark-checkpoint-dir, and never removes it: every run left its checkpoints there
     (on a cluster, where that is HDFS or S3, factor-sized files from each ALS of each run).
     The run removes its own directory; the given one stays, empty."""
-    from tests.conftest import REPO
-
-    _require_spark()
-    write_dataset(generate(users=400, sellers=40, items=1200, seed=3), str(tmp_path / "data"))
-    checkpoints = tmp_path / "checkpoints"
-    done = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path / "data"),
-                           "--out", str(tmp_path / "models"), "--engine", "spark", "--spark-master", "local[2]",
-                           "--spark-driver-memory", "1g", "--spark-conf", "spark.ui.enabled=false",
-                           "--spark-checkpoint-dir", str(checkpoints), "--iterations", "20", "--eval-split", "none",
-                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "models" / "CURRENT").exists()
+    checkpoints = trained_by_the_command[1] / "checkpoints"
     assert checkpoints.is_dir() and not list(checkpoints.iterdir()), list(checkpoints.rglob("*"))[:5]
+
+
+def test_sparks_progress_bars_are_off_when_stderr_is_not_a_terminal(trained_by_the_command) -> None:
+    """Every command's progress bars are off when stderr is not a terminal (a bar redrawn with
+    carriage returns is noise in a log file); Spark's stage bars were drawn anyway, whenever
+    the step timings were on. The step timings stay."""
+    done = trained_by_the_command[0]
+    assert "[Stage " not in done.stderr, done.stderr[-2000:]
+    assert any(line.startswith("als ") for line in done.stdout.splitlines()), done.stdout

@@ -668,8 +668,10 @@ class CtrlCCancelsJobs:
 
 
 @contextlib.contextmanager
-def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = False) -> Iterator[SparkEngine]:
-    """A SparkEngine on a session made from ``settings``, stopped on exit.
+def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = False,
+                 progress_bars: bool = False) -> Iterator[SparkEngine]:
+    """A SparkEngine on a session made from ``settings``, stopped on exit. ``verbose``: the
+    session's start time; ``progress_bars``: Spark's stage bars on stderr.
 
     When a session is already active (a test module's, or an outer ``spark_engine``) it is
     used as it is and left running; ``settings.partitions`` and the checkpoint directory
@@ -686,7 +688,7 @@ def spark_engine(settings: SparkSettings = SparkSettings(), verbose: bool = Fals
         conf = {
             "spark.driver.memory": settings.driver_memory,
             "spark.executor.memory": settings.executor_memory,
-            "spark.ui.showConsoleProgress": "true" if verbose else "false",
+            "spark.ui.showConsoleProgress": "true" if progress_bars else "false",
         }
         conf.update(dict(settings.conf))
         for key, value in conf.items():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from training.arguments import (
     add_engine_arguments,
@@ -60,7 +61,9 @@ def run(args: argparse.Namespace) -> None:
     if args.engine == "spark":
         from training.spark_engine import spark_engine
 
-        with spark_engine(spark, verbose=params.show_progress) as engine:
+        # Spark's stage bars follow the trainer's bars: off when stderr is not a terminal.
+        bars = sys.stderr.isatty() and not args.no_progress
+        with spark_engine(spark, verbose=params.show_progress, progress_bars=bars) as engine:
             evaluate_fn = (
                 None
                 if args.eval_split == "none"
