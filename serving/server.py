@@ -376,7 +376,8 @@ class FeedServer:
         config = self.config
         context = WebContext(lambda: self.servicer.service, auth, config.models_dir, config.max_message_bytes)
         try:
-            return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key)
+            return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key,
+                              config.tls_client_ca)
         except OSError as error:
             raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error} "
                             "(--http-port)") from None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from serving import auth
 from serving.config import ServerConfig
 from serving.server import FeedServer
 from tests.feed_world import TOKEN_SECRET, build_world
+from tests.redis_servers import free_port
 
 READ = "read-token-0123456789abcdef"
 WRITE = "write-token-0123456789abcdef"
@@ -245,6 +248,30 @@ def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(world, pki)
             assert code_of(health.Check, health_pb2.HealthCheckRequest(), timeout=5) == grpc.StatusCode.UNAVAILABLE
         with secure_channel(server, pki, client="rogue") as rogue:  # a certificate from another CA
             assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(rogue)) == grpc.StatusCode.UNAVAILABLE
+
+
+def https_feed_status(port: int, pki: Path, client: str | None = None) -> int | str:
+    """The HTTP status of a feed over HTTPS, or the error that ended the TLS handshake."""
+    context = ssl.create_default_context(cafile=str(pki / "server-ca.pem"))
+    if client:
+        context.load_cert_chain(str(pki / f"{client}.pem"), str(pki / f"{client}.key"))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/v1/users/u00001/feed?page_size=2")
+        return connection.getresponse().status
+    except (ssl.SSLError, ConnectionError) as error:
+        return type(error).__name__
+    finally:
+        connection.close()
+
+
+def test_mutual_tls_covers_the_http_port_too(world, pki):
+    with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                 tls_client_ca=str(pki / "client-ca.pem"), http_port=free_port()) as server:
+        port = server.config.http_port
+        assert https_feed_status(port, pki, client="client") == 200
+        assert https_feed_status(port, pki) != 200  # no client certificate
+        assert https_feed_status(port, pki, client="rogue") != 200  # one from another CA
 
 
 def test_bad_tls_files_fail_at_start_with_one_clear_message(world, pki):

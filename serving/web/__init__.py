@@ -8,6 +8,7 @@ ports. Both parts call the same FeedService as the gRPC servicer.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 from cheroot import wsgi
@@ -51,9 +52,12 @@ def _routing_error(error: HTTPException) -> Response | HTTPException:
 
 
 class HttpServer:
-    """``app`` on ``host:port`` (0: a free port; ``port`` tells which) in a thread of its own."""
+    """``app`` on ``host:port`` (0: a free port; ``port`` tells which) in a thread of its own;
+    TLS with ``tls_cert``/``tls_key``, and with ``tls_client_ca`` only for clients presenting
+    a certificate it signed, as on the gRPC port."""
 
-    def __init__(self, app: Flask, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    def __init__(self, app: Flask, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_client_ca: str | None = None) -> None:
         self.server = wsgi.Server((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
         # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
         # would still read and discard it to keep the connection. This cap bounds that
@@ -61,6 +65,9 @@ class HttpServer:
         self.server.max_request_body_size = BODY_CAP_FACTOR * app.extensions["feedrank"].max_body_bytes
         if tls_cert:
             self.server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
+            if tls_client_ca:
+                self.server.ssl_adapter.context.load_verify_locations(cafile=tls_client_ca)
+                self.server.ssl_adapter.context.verify_mode = ssl.CERT_REQUIRED
         self.server.prepare()  # binds now, so a taken port fails the start
         self.port = self.server.bind_addr[1]
         self._thread = threading.Thread(target=self.server.serve, name="http", daemon=True)
