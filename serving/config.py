@@ -391,8 +391,9 @@ def _toml_line(text: str, key: str) -> int | None:
     return None
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """The flag values of a TOML config file, each checked; ConfigError names the file, key and line."""
+def read_config_file(path: str) -> dict[str, tuple[Any, str]]:
+    """The flag values of a TOML config file, each checked and with where it is (FILE:LINE),
+    so that a later check of a value names its line too; ConfigError names the file, key and line."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -403,7 +404,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path}: not valid TOML: {error}") from None
-    values: dict[str, Any] = {}
+    values: dict[str, tuple[Any, str]] = {}
     for key, value in table.items():
         line = _toml_line(text, key)
         where = f"{path}:{line}" if line else path
@@ -414,7 +415,7 @@ def read_config_file(path: str) -> dict[str, Any]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown key '{key}'{hint}; keys are the flag names with _ for -")
         try:
-            values[dest] = flag.from_toml(value)
+            values[dest] = flag.from_toml(value), where
         except ValueError as error:
             raise ConfigError(f"{where}: key '{key}': {error}") from None
     return values
@@ -437,7 +438,8 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
             except ValueError as error:
                 raise ConfigError(f"{flag.env}: {error}") from None
         elif flag.dest in from_file:
-            values[flag.dest], sources[flag.dest] = from_file[flag.dest], f"{config_path}: key '{flag.dest}'"
+            value, where = from_file[flag.dest]
+            values[flag.dest], sources[flag.dest] = value, f"{where}: key '{flag.dest}'"
         else:
             values[flag.dest], sources[flag.dest] = flag.default, flag.flag
     return values, sources

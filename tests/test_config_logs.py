@@ -178,6 +178,20 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         resolve_config(parse(), {})
 
 
+def test_a_config_file_value_refused_by_a_later_check_names_its_line(tmp_path):
+    path = tmp_path / "c.toml"
+    cases = [
+        ('models = "m"\n\ntls_key = "k.pem"\n', f"{path}:3: key 'tls_key' needs --tls-cert"),
+        ('models = "m"\nfallback_sources = "bogus"\n', f"{path}:2: key 'fallback_sources': unknown sources bogus"),
+        ('models = "m"\n# the store\nstore = "redis://h:1/0?bogus=1"\n', f"{path}:3: key 'store' redis://h:1/0?bogus=1: unknown store URL option 'bogus'"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            resolve_config(parse("--config", str(path)), {})
+        assert str(error.value).startswith(message), str(error.value)
+
+
 def test_tokens_come_from_the_file_and_the_environment_together(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"{TOKEN} read web\n")
