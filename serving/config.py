@@ -37,6 +37,7 @@ TOKEN_SECRET_ENV = "FEEDRANK_TOKEN_SECRET"
 PREVIOUS_SECRETS_ENV = "FEEDRANK_TOKEN_SECRET_PREVIOUS"
 TOKENS_ENV = "FEEDRANK_TOKENS"
 CONFIG_ENV = "FEEDRANK_CONFIG"
+CLIENT_TOKEN_ENV = "FEEDRANK_CLIENT_TOKEN"  # `python -m serving feed`'s (serving/client.py), often set beside the server's
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 MEMORY_FEED_THREADS = 0
@@ -443,6 +444,20 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         else:
             values[flag.dest], sources[flag.dest] = flag.default, flag.flag
     return values, sources
+
+
+def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each FEEDRANK_ variable that is no setting, such as a misspelt flag's,
+    which would otherwise be ignored without a word. Not an error, as an unknown key of the
+    config file is: an environment may carry the variables of other tools and tests."""
+    known = {flag.env for flag in FLAGS} | {TOKEN_SECRET_ENV, PREVIOUS_SECRETS_ENV, TOKENS_ENV, CONFIG_ENV, CLIENT_TOKEN_ENV}
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{name} is not a setting{hint}: it is ignored")
+    return warnings
 
 
 def read_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:

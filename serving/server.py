@@ -30,7 +30,7 @@ from protos.feed.v1 import feed_pb2
 from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
-from serving.config import ServerConfig
+from serving.config import ServerConfig, unknown_variable_warnings
 from serving.feed_processes import STOP_SIGNALS, FeedProcesses
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
@@ -583,6 +583,8 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
     (default ``config.port_file``) is written once the server (all workers) is SERVING.
     """
     logs.configure(config.log_format, config.log_level)
+    for warning in unknown_variable_warnings(os.environ):
+        log.warning(warning)
     port_file = port_file or config.port_file
     if config.workers <= 1:
         _serve_one(config, port_file)

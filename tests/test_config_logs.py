@@ -303,7 +303,8 @@ def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_p
     config_file = tmp_path / "feedrank.toml"
     config_file.write_text(f'models = "{world.models_dir}"\ndata = "{world.data_dir}"\nlog_format = "json"\nport = 0\nlog_level = "debug"\n')
     env = {**os.environ, "FEEDRANK_CONFIG": str(config_file), "FEEDRANK_PORT_FILE": str(port_file), "FEEDRANK_LOG_LEVEL": "info",
-           "FEEDRANK_TOKENS_FILE": str(tokens_file), "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode()}
+           "FEEDRANK_TOKENS_FILE": str(tokens_file), "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode(),
+           "FEEDRANK_MAX_PER_SELER": "1"}  # misspelt: warned about, not applied
     server = subprocess.Popen([sys.executable, "-m", "serving"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -326,6 +327,8 @@ def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_p
     assert len(access) == 1 and access[0]["code"] == "OK" and access[0]["client"] == "cli"
     assert any(line["msg"].startswith("serving model") for line in lines)
     assert TOKEN not in stderr and "auth is off" not in stderr and "FEEDRANK_TOKEN_SECRET is not set" not in stderr
+    assert [line["msg"] for line in lines if "FEEDRANK_MAX_PER_SELER" in line["msg"]] == [
+        "FEEDRANK_MAX_PER_SELER is not a setting (did you mean FEEDRANK_MAX_PER_SELLER?): it is ignored"]
 
 
 def test_with_json_logs_a_fatal_start_error_is_a_json_line_too(world, tmp_path):
