@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import itertools
+import logging
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -272,6 +274,17 @@ def test_mutual_tls_covers_the_http_port_too(world, pki):
         assert https_feed_status(port, pki, client="client") == 200
         assert https_feed_status(port, pki) != 200  # no client certificate
         assert https_feed_status(port, pki, client="rogue") != 200  # one from another CA
+
+
+def test_plain_http_on_the_tls_http_port_is_logged_not_written_raw(world, pki, capfd, caplog):
+    caplog.set_level(logging.INFO, logger="feedrank.http")
+    with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"), http_port=free_port()) as server:
+        with socket.create_connection(("127.0.0.1", server.config.http_port), timeout=10) as plain:
+            plain.sendall(b"GET /v1/users/u00001/feed HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionError):  # cheroot answers a plain 400 and closes
+                assert plain.recv(1024).startswith(b"HTTP/1.1 400")
+    assert "plain HTTP" not in capfd.readouterr().err  # not a raw line in a --log-format json stream
+    assert any("attempted to speak plain HTTP" in r.getMessage() for r in caplog.records if r.name == "feedrank.http")
 
 
 def test_bad_tls_files_fail_at_start_with_one_clear_message(world, pki):

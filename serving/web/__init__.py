@@ -51,6 +51,15 @@ def _routing_error(error: HTTPException) -> Response | HTTPException:
     return response
 
 
+class _LoggingServer(wsgi.Server):
+    """cheroot's server with its own messages (a plain HTTP request on the TLS port, an
+    error in a worker thread) on the ``feedrank.http`` logger instead of raw stderr lines,
+    so that they follow --log-format and --log-level."""
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        log.log(level, "%s", msg, exc_info=traceback)
+
+
 class HttpServer:
     """``app`` on ``host:port`` (0: a free port; ``port`` tells which) in a thread of its own;
     TLS with ``tls_cert``/``tls_key``, and with ``tls_client_ca`` only for clients presenting
@@ -58,7 +67,7 @@ class HttpServer:
 
     def __init__(self, app: Flask, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_client_ca: str | None = None) -> None:
-        self.server = wsgi.Server((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
+        self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
         # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
         # would still read and discard it to keep the connection. This cap bounds that
         # (a larger body gets cheroot's own plain 413).
