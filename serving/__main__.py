@@ -16,12 +16,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import sys
 
-from serving import client
-from serving.config import HelpFormatter, add_server_arguments, config_from_args
-from training.__main__ import progress_bars
-from training.dataset import load_defaults
+# Before grpc is imported: gRPC core writes its INFO lines (one per failed TLS handshake,
+# such as a plaintext client's) raw to stderr, outside --log-format; its errors still show.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from serving import client  # noqa: E402
+from serving.config import HelpFormatter, add_server_arguments, config_from_args  # noqa: E402
+from training.__main__ import progress_bars  # noqa: E402
+from training.dataset import load_defaults  # noqa: E402
 
 COMMANDS = ("serve", "feed", "demo", "load", "repack", "export")
 log = logging.getLogger("serving")

@@ -7,6 +7,7 @@ import http.client
 import itertools
 import logging
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -23,6 +24,7 @@ from serving import auth
 from serving.config import ServerConfig
 from serving.server import FeedServer
 from tests.feed_world import TOKEN_SECRET, build_world
+from tests.processes import running_tool
 from tests.redis_servers import free_port
 
 READ = "read-token-0123456789abcdef"
@@ -285,6 +287,22 @@ def test_plain_http_on_the_tls_http_port_is_logged_not_written_raw(world, pki, c
                 assert plain.recv(1024).startswith(b"HTTP/1.1 400")
     assert "plain HTTP" not in capfd.readouterr().err  # not a raw line in a --log-format json stream
     assert any("attempted to speak plain HTTP" in r.getMessage() for r in caplog.records if r.name == "feedrank.http")
+
+
+def test_a_plaintext_client_on_the_tls_port_leaves_only_json_lines_in_the_log(world, pki, tmp_path, monkeypatch):
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    port_file = tmp_path / "port"
+    args = ["--models", str(world.models_dir), "--data", str(world.data_dir), "--port", "0", "--port-file", str(port_file),
+            "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), "--log-format", "json",
+            "--feed-processes", "0", "--reload-seconds", "0"]
+    with running_tool("serving", args) as run:
+        run.wait(port_file.exists)
+        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as plain:
+            assert code_of(get_feed, feed_pb2_grpc.FeedServiceStub(plain)) == grpc.StatusCode.UNAVAILABLE
+        run.process.send_signal(signal.SIGTERM)
+        _, stderr = run.finish()
+    assert run.process.returncode == 0
+    assert [line for line in stderr.splitlines() if not line.startswith("{")] == []  # gRPC core's "Handshake failed" was one
 
 
 def test_bad_tls_files_fail_at_start_with_one_clear_message(world, pki):
