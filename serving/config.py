@@ -433,7 +433,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         given = getattr(args, flag.dest, None)
         if given is not None:
             values[flag.dest], sources[flag.dest] = given, flag.flag
-        elif environ.get(flag.env, "") != "":
+        elif environ.get(flag.env, "") != "" and not is_service_link(flag.env, environ[flag.env]):
             try:
                 values[flag.dest], sources[flag.dest] = flag.from_text(environ[flag.env]), flag.env
             except ValueError as error:
@@ -446,6 +446,19 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     return values, sources
 
 
+# Kubernetes gives each pod variables for every Service of its namespace, named after the
+# Service: one named "feedrank" brings FEEDRANK_PORT=tcp://10.0.0.7:50051,
+# FEEDRANK_SERVICE_HOST, FEEDRANK_PORT_50051_TCP_ADDR..., one named "feedrank-metrics"
+# FEEDRANK_METRICS_PORT=tcp://... They are addresses, not settings.
+_SERVICE_LINK_NAME = re.compile(rf"{ENV_PREFIX}(\w+_)?(SERVICE_(HOST|PORT\w*)|PORT_\d+_(TCP|UDP|SCTP)\w*)")
+_SERVICE_LINK_ADDRESS = re.compile(r"(tcp|udp|sctp)://")
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether the variable ``name`` is one Kubernetes set for a Service, not a setting."""
+    return bool(_SERVICE_LINK_NAME.fullmatch(name)) or (name.endswith("_PORT") and bool(_SERVICE_LINK_ADDRESS.match(value)))
+
+
 def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     """One warning for each FEEDRANK_ variable that is no setting, such as a misspelt flag's,
     which would otherwise be ignored without a word. Not an error, as an unknown key of the
@@ -453,7 +466,7 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     known = {flag.env for flag in FLAGS} | {TOKEN_SECRET_ENV, PREVIOUS_SECRETS_ENV, TOKENS_ENV, CONFIG_ENV, CLIENT_TOKEN_ENV}
     warnings = []
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
+        if name.startswith(ENV_PREFIX) and name not in known and not is_service_link(name, environ[name]):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             warnings.append(f"{name} is not a setting{hint}: it is ignored")

@@ -20,7 +20,7 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import auth, logs
 from serving import server as server_module
 from serving import service_setup
-from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, resolve_config
+from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, is_service_link, resolve_config
 from serving.metrics import FeedMetrics
 from serving.store_url import Durability
 from tests.conftest import REPO, json_lines
@@ -304,7 +304,8 @@ def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_p
     config_file.write_text(f'models = "{world.models_dir}"\ndata = "{world.data_dir}"\nlog_format = "json"\nport = 0\nlog_level = "debug"\n')
     env = {**os.environ, "FEEDRANK_CONFIG": str(config_file), "FEEDRANK_PORT_FILE": str(port_file), "FEEDRANK_LOG_LEVEL": "info",
            "FEEDRANK_TOKENS_FILE": str(tokens_file), "FEEDRANK_TOKEN_SECRET": TOKEN_SECRET.decode(),
-           "FEEDRANK_MAX_PER_SELER": "1"}  # misspelt: warned about, not applied
+           "FEEDRANK_MAX_PER_SELER": "1",  # misspelt: warned about, not applied
+           **KUBERNETES_SERVICE_LINKS}  # a pod's, for Services named feedrank and feedrank-metrics: ignored
     server = subprocess.Popen([sys.executable, "-m", "serving"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -329,6 +330,21 @@ def test_the_server_command_reads_env_and_config_file_and_logs_json(world, tmp_p
     assert TOKEN not in stderr and "auth is off" not in stderr and "FEEDRANK_TOKEN_SECRET is not set" not in stderr
     assert [line["msg"] for line in lines if "FEEDRANK_MAX_PER_SELER" in line["msg"]] == [
         "FEEDRANK_MAX_PER_SELER is not a setting (did you mean FEEDRANK_MAX_PER_SELLER?): it is ignored"]
+    assert not [line for line in lines if any(name in line["msg"] for name in KUBERNETES_SERVICE_LINKS)]
+
+
+KUBERNETES_SERVICE_LINKS = {
+    "FEEDRANK_PORT": "tcp://10.0.0.7:50051", "FEEDRANK_SERVICE_HOST": "10.0.0.7", "FEEDRANK_SERVICE_PORT": "50051",
+    "FEEDRANK_SERVICE_PORT_GRPC": "50051", "FEEDRANK_PORT_50051_TCP": "tcp://10.0.0.7:50051", "FEEDRANK_PORT_50051_TCP_PROTO": "tcp",
+    "FEEDRANK_PORT_50051_TCP_PORT": "50051", "FEEDRANK_PORT_50051_TCP_ADDR": "10.0.0.7",
+    "FEEDRANK_METRICS_PORT": "tcp://10.0.0.8:9100", "FEEDRANK_METRICS_SERVICE_HOST": "10.0.0.8",
+}
+
+
+def test_a_kubernetes_service_link_is_no_setting_but_a_real_port_variable_is():
+    assert all(is_service_link(name, value) for name, value in KUBERNETES_SERVICE_LINKS.items())
+    assert not is_service_link("FEEDRANK_PORT", "50051") and not is_service_link("FEEDRANK_METRICS_PORT", "9100")
+    assert not is_service_link("FEEDRANK_MAX_PER_SELLER", "2")
 
 
 def test_with_json_logs_a_fatal_start_error_is_a_json_line_too(world, tmp_path):
