@@ -240,6 +240,23 @@ def test_funnel_counts_are_what_the_metrics_counted(explorer, driver, social_use
     assert console_errors(driver) == []
 
 
+def test_funnel_leads_from_the_candidates_to_the_served_page(explorer, driver, social_user):
+    """The funnel stopped at the filters: nothing tied its totals to the page, and a page
+    shorter than its size while more remained (the per-seller cap) went unexplained."""
+    driver.get(f"{explorer.url}/?user={social_user}&limit=100")
+    served = grpc_page(explorer.stub, social_user, 100)
+    gathered, removed = page_counts(driver, "data-source"), page_counts(driver, "data-filter")
+    stages = page_counts(driver, "data-stage")
+    assert stages["ranked"] == sum(gathered.values()) - sum(removed.values())
+    assert stages["served"] == len(served.items) == len(css(driver, "article.card"))
+    assert stages["not_served"] == stages["ranked"] - stages["served"] > 0
+    assert len(served.items) < 100 and served.next_page_token  # 12 sellers, at most 2 each on a page
+    assert "Fewer than 100 items although more remain" in css(driver, "#short-page")[0].text
+    driver.get(f"{explorer.url}/?user={social_user}&limit=10")
+    assert css(driver, "#short-page") == []
+    assert console_errors(driver) == []
+
+
 def test_context_shows_likes_friends_and_follows(explorer, driver, social_user):
     driver.get(f"{explorer.url}/?user={social_user}")
     context = explorer.service.user_context(social_user)

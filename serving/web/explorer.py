@@ -165,7 +165,7 @@ def feed_page() -> str:
     context = service.user_context(user_id)
     return render(
         "feed.html", user_id=user_id, limit=limit, page=page, cards=explained_cards(page),
-        gathered=page.gathered_by_source, filters=filter_rows(page), context=context,
+        gathered=page.gathered_by_source, filters=filter_rows(page), ranked=ranked_count(page), context=context,
         likes=like_views(service, context), context_empty=is_empty(context),
         paged=bool(request.args.get("page_token")),
     )
@@ -337,6 +337,12 @@ def filter_rows(page: FeedPage) -> list[FilterRow]:
     removed_ids = page.explanation.removed if page.explanation is not None else {}
     return [FilterRow(name, FILTER_MEANING.get(name, ""), count, removed_ids.get(name, []))
             for name, count in page.removed_by_filter.items()]
+
+
+def ranked_count(page: FeedPage) -> int:
+    """The candidates the filters left to rank: every source's proposals less every removal
+    (a duplicate is a removal too), so the funnel leads from the gathered total to the page."""
+    return sum(page.gathered_by_source.values()) - sum(page.removed_by_filter.values())
 
 
 def like_views(service: FeedService, context: UserContext) -> list[LikeView]:
