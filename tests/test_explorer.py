@@ -448,3 +448,15 @@ def test_compare_defaults_to_the_two_arms(guarded, social_user):
     for column, arm in zip(columns, ("live", "older")):
         page = guarded.service.get_feed(social_user, 10, "", (), time.time(), arm=arm)
         assert re.findall(r'data-item-id="([^"]+)"', column) == [item.item_id for item in page.items]
+
+
+def test_model_page_says_which_arm_serves_a_pinned_version(guarded):
+    """The version an arm pins was called "published, not the live model" though half the users got it."""
+    live, older = published_versions(str(guarded.world.models_dir))[:2]
+    reader = {"Authorization": f"Bearer {READ}"}
+    status, _, body = http_get(f"{guarded.url}/model?version={older}", reader)
+    assert status == 200
+    assert re.search(r'id="live-status">([^<]*)<', body).group(1) == "live for A/B arm older, not CURRENT"
+    versions = body.split('id="versions"')[1]
+    assert re.search(rf"<code>{live}</code></a> <span class=\"badge\">CURRENT</span> <span class=\"badge\">arm live</span>", versions)
+    assert re.search(rf"<code>{older}</code></a> <span class=\"badge\">arm older</span>", versions)

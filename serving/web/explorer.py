@@ -33,7 +33,7 @@ from flask import (
 
 from ranking.pipeline import Explanation
 from ranking.types import RankedItem
-from serving.arms import published_versions
+from serving.arms import Arms, published_versions
 from serving.auth import Token
 from serving.client import describe_reason
 from serving.feed_service import FeedPage, FeedService, InvalidRequest, UserContext
@@ -210,6 +210,7 @@ def model_page() -> str:
         "model.html", manifest=manifest, version=version, current=current.version, columns=columns, rows=rows,
         summary={k: v for k, v in metrics.items() if is_number(v)},
         has_chart=has_chart(manifest, os.path.join(models_dir, version)), arms=service.arms, versions=versions,
+        arms_of={name: arms_serving(service.arms, name, current.version) for name in versions},
     )
 
 
@@ -408,6 +409,11 @@ def marked_sides(pages: Sequence[FeedPage], labels: Sequence[str]) -> list[list[
         elsewhere = set().union(*(s for other, s in enumerate(ids) if other != index))
         sides.append([card_of(item, only_in="" if item.item_id in elsewhere else label) for item in page.items])
     return sides
+
+
+def arms_serving(arms: Arms | None, version: str, current: str) -> list[str]:
+    """The A/B arms whose users get ``version`` (an arm without a model follows CURRENT)."""
+    return [arm.name for arm in arms.arms if (arm.model or current) == version] if arms is not None else []
 
 
 def is_number(value: Any) -> bool:
