@@ -460,3 +460,16 @@ def test_model_page_says_which_arm_serves_a_pinned_version(guarded):
     versions = body.split('id="versions"')[1]
     assert re.search(rf"<code>{live}</code></a> <span class=\"badge\">CURRENT</span> <span class=\"badge\">arm live</span>", versions)
     assert re.search(rf"<code>{older}</code></a> <span class=\"badge\">arm older</span>", versions)
+
+
+def test_an_error_on_compare_keeps_the_compare_form(explorer):
+    """Comparing with an empty user id gave an error page whose form showed a feed, dropping the A/B choices."""
+    a, b = (f"version:{version}" for version in published_versions(str(explorer.world.models_dir))[:2])
+    status, _, body = http_get(f"{explorer.url}/compare?user=&a={a}&b={b}")
+    form = body.split('<form class="ask"')[1].split("</form>")[0]
+    assert status == 400 and 'action="/compare"' in form and ">Compare</button>" in form
+    assert re.findall(r'<input type="hidden" name="(\w)" value="([^"]+)">', form) == [("a", a), ("b", b)]
+    status, _, body = http_get(f"{explorer.url}/compare?user=u00001&a=nonsense&b={b}")
+    assert status == 400 and re.findall(r'<input type="hidden" name="(\w)"', body) == ["b"]  # not the choice at fault
+    status, _, body = http_get(f"{explorer.url}/?user=")
+    assert status == 400 and '<form class="ask" method="get" action="/">' in body and 'type="hidden"' not in body
