@@ -410,8 +410,9 @@ def guarded(world, tmp_path_factory) -> Iterator[Explorer]:
 
 def test_with_tokens_the_pages_need_the_read_scope(guarded):
     guarded = guarded.url
-    status, _, body = http_get(f"{guarded}/?user=u00001")
+    status, headers, body = http_get(f"{guarded}/?user=u00001")
     assert status == 401 and "Sign in" in body and 'name="token"' in body
+    assert headers["WWW-Authenticate"] == "Bearer"
     assert http_get(f"{guarded}/?user=u00001", {"Authorization": f"Bearer {READ}"})[0] == 200
     assert http_get(f"{guarded}/?user=u00001", {"Authorization": f"Bearer {WRITE}"})[0] == 403
     assert http_get(f"{guarded}/model", {"Cookie": f"{TOKEN_COOKIE}={READ}"})[0] == 200

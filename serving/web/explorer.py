@@ -255,6 +255,8 @@ def sign_out() -> Response:
 @explorer.errorhandler(HttpError)
 def http_error_page(error: HttpError) -> tuple[str, int, dict[str, str]]:
     headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))} if error.retry_after is not None else {}
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"  # a 401 must name its scheme (RFC 9110); browsers show the page
     if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         # No token yet is no failure: the form says what to do.
         message = error.message if request.cookies.get(TOKEN_COOKIE) else ""
