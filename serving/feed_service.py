@@ -22,7 +22,7 @@ from serving.arms import Arm, Arms
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
-from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, id_problem, validate_batch
+from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYTES, MAX_SHIP_DAYS, Event, EventValidationError, id_problem, validate_batch
 from training.artifact import Artifact
 
 log = logging.getLogger("feedrank.serving")
@@ -390,7 +390,19 @@ class FeedService:
         ``now`` (default: the clock) bounds the events' times (``max_clock_skew``);
         ``min_replicas``: see FeedStore.apply.
         """
-        validate_batch(events, time.time() if now is None else now, self.max_clock_skew)
+        now = time.time() if now is None else now
+        try:
+            validate_batch(events, now, self.max_clock_skew)
+        except EventValidationError as error:
+            # A retry of an applied event changes nothing, whatever it carries now: its
+            # server-stamped ts moved, so a vacation's `until` may be past it. It is a
+            # duplicate, not an invalid event. The store is asked only when a batch fails.
+            if error.index is None:
+                raise
+            applied = self.store.applied_event_ids([event.event_id for event in events])
+            if events[error.index].event_id not in applied:
+                raise
+            validate_batch(events, now, self.max_clock_skew, applied)
         result = self.store.apply(events, min_replicas=min_replicas) if min_replicas else self.store.apply(events)
         self.metrics.observe_ingest(result.applied, result.duplicates)
         return result

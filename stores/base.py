@@ -44,6 +44,11 @@ class FeedStore(FeedStateReader, Protocol):
         """
         ...
 
+    def applied_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """The ids among ``event_ids`` whose events this store applied (and still remembers,
+        within its dedupe TTL): a retry of one changes nothing, whatever it carries."""
+        ...
+
     def ping(self) -> bool:
         """True when the store answers."""
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
@@ -349,13 +349,17 @@ def chunk_bounds(keys: Sequence[Hashable | None], size: int) -> list[tuple[int, 
     return bounds
 
 
-def validate_batch(events: Sequence[Event], now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW) -> None:
+def validate_batch(
+    events: Sequence[Event], now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW, applied: Collection[str] = frozenset()
+) -> None:
     """Validate a whole batch before any of it is applied.
 
     Raises EventValidationError for the first invalid event, or (field ``events``, no
     index) for an empty or oversized batch, or for an internally inconsistent one (the
     same event id used twice with different content). ``now`` and ``max_skew``: see
-    ``validate_event``; without ``now`` times are not checked against the clock.
+    ``validate_event``; without ``now`` times are not checked against the clock. An event
+    whose id is in ``applied`` (the store applied it before) is a retry the store will
+    count as a duplicate: its content is not checked.
     """
     if not events:
         raise EventValidationError(None, "events", "batch is empty")
@@ -363,7 +367,8 @@ def validate_batch(events: Sequence[Event], now: float | None = None, max_skew: 
         raise EventValidationError(None, "events", f"batch larger than {MAX_BATCH} events")
     seen: dict[str, Event] = {}
     for index, event in enumerate(events):
-        validate_event(index, event, now, max_skew)
+        if event.event_id not in applied:
+            validate_event(index, event, now, max_skew)
         earlier = seen.setdefault(event.event_id, event)
         if earlier != event:
             raise EventValidationError(index, "event_id", "reused within the batch for a different event")

@@ -682,6 +682,11 @@ class MemoryStore:
 
     # -- copies in other processes (serving/feed_processes.py) ---------------------------
 
+    def applied_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            self._forget_expired(self._clock())
+            return {event_id for event_id in event_ids if event_id in self._applied_event_ids}
+
     def publish_applied(self, listener: Callable[[list[Event]], None]) -> None:
         """Call ``listener`` with the events of every later apply that changed something,
         in the order they were applied, under the store's lock (so it must not block)."""

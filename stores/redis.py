@@ -1777,6 +1777,15 @@ class RedisStore:
             codes = self.items.codes(list(item_ids), add=True)
             return sum(count for _, count in self._on_item_nodes("repack_node", codes, list(item_ids)))
 
+    def applied_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Those marked "done" (a "pending" one is applied again in part when retried, and is checked as new)."""
+        ids = list(dict.fromkeys(event_ids))
+        with unavailable_on_redis_errors():
+            pipe = self._write_pipeline()  # the primary: a replica may not have the mark yet
+            for event_id in ids:
+                pipe.get(self.keys.event_status(event_id))
+            return {event_id for event_id, status in zip(ids, pipe.execute()) if status == "done"}
+
     def apply(self, events: Sequence[Event], min_replicas: int = 0) -> ApplyResult:
         """Apply a validated batch; see FeedStore.apply and the module docstring.
 

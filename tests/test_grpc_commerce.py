@@ -56,11 +56,23 @@ def test_a_timed_vacation_ends_by_itself(world, stub):
     seller = _served_sellers(stub, users).most_common(1)[0][0]
     readers = [user for user in users if seller in {i.seller_id for i in _feed(stub, user, pages=1)}][:10]
     until = time.time() + 5.0
-    stub.Ingest(feed_pb2.IngestRequest(events=[event(seller_vacation=feed_pb2.SellerVacation(seller_id=seller, until=until))]), timeout=10)
+    vacation = feed_pb2.IngestRequest(events=[event(seller_vacation=feed_pb2.SellerVacation(seller_id=seller, until=until))])
+    stub.Ingest(vacation, timeout=10)
     assert all(seller not in {i.seller_id for i in _feed(stub, user, pages=1)} for user in readers)
     assert time.time() < until, "the check took longer than the vacation: lengthen it"
     time.sleep(until - time.time() + 0.2)
     assert any(seller in {i.seller_id for i in _feed(stub, user, pages=1)} for user in readers)
+
+    # Its reply lost, the client retries after the vacation ended. The retry's server-stamped
+    # ts is past its `until` now, which a new event may not be; an applied one is a
+    # duplicate, as the proto promises (it was INVALID_ARGUMENT, and refused its whole batch).
+    retried = stub.Ingest(vacation, timeout=10)
+    assert (retried.applied, retried.duplicates) == (0, 1)
+    assert any(seller in {i.seller_id for i in _feed(stub, user, pages=1)} for user in readers)
+    late = feed_pb2.IngestRequest(events=[event(seller_vacation=feed_pb2.SellerVacation(seller_id=seller, until=until))])
+    with pytest.raises(grpc.RpcError) as refused:  # the same content under a new id is still refused
+        stub.Ingest(late, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.value.details().startswith("events[0].until")
 
 
 def test_no_ineligible_item_is_ever_served(world, stub):

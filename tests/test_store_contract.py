@@ -121,6 +121,13 @@ def test_a_retried_event_id_changes_nothing(store_factory):
     assert views.hydrate(store, "carol", ["i1"]).items["i1"].like_count == 1
 
 
+def test_applied_event_ids_are_those_the_store_applied(store_factory):
+    store = store_factory(social_dataset())
+    store.apply([ev("e1", EventKind.LIKE, user_id="carol", item_id="i1"), ev("e2", EventKind.FOLLOW, user_id="carol", seller_id="s2")])
+    assert store.applied_event_ids(["e2", "e9", "e1", "e1"]) == {"e1", "e2"}
+    assert store.applied_event_ids([]) == set()
+
+
 def test_follow_friend_and_their_reversals(store_factory):
     store = store_factory(social_dataset())
     store.apply([
