@@ -438,8 +438,11 @@ async def wait_until_connected(calls: ServerCalls, target: str, timeout: float) 
     """Every channel ready within ``timeout`` seconds, else TargetUnreachable: without a
     server, each phase would only count UNAVAILABLE."""
     try:
-        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in calls.channels)), timeout)
-    except asyncio.TimeoutError:
+        # Not wait_for(gather(...)): cancelled (Ctrl-C), that leaves the gather's
+        # CancelledError unretrieved, and asyncio logs it after the run's last line.
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(channel.channel_ready() for channel in calls.channels))
+    except TimeoutError:
         raise TargetUnreachable(f"cannot connect to {target} within --timeout {timeout:g} s") from None
 
 
@@ -620,14 +623,16 @@ def free_port() -> int:
 
 
 def interrupt_on_sigterm() -> None:
-    """SIGTERM (a `kill PID`, a job runner stopping the run) raises KeyboardInterrupt, as Ctrl-C
-    does: the ``finally`` that stops the spawned servers runs instead of the process vanishing
-    and leaving them running."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    """SIGTERM (a `kill PID`, a job runner stopping the run) is Ctrl-C: the ``finally`` that
+    stops the spawned servers runs instead of the process vanishing and leaving them running.
+    Inside ``asyncio.run`` Ctrl-C cancels the running phase, so every await unwinds with its
+    tasks; a KeyboardInterrupt raised from a SIGTERM handler broke out of the event loop
+    instead, and asyncio logged the abandoned tasks' CancelledErrors after the run's last line."""
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def stop_server(server: subprocess.Popen) -> None:

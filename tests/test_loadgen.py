@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks import loadgen
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, REPO
 from tests.feed_world import build_world, running_server
 from tests.processes import alive, running_tool
 
@@ -370,6 +370,34 @@ def test_a_stop_asked_for_while_a_child_starts_is_raised_once_the_child_is_held(
             time.sleep(0.05)  # the handler has run by now
             held.append("the child's Popen")
     assert held and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_while_waiting_for_the_target_is_one_line():
+    # A CI run: SIGTERM while loadgen waited for its channels logged "_GatheringFuture
+    # exception was never retrieved" and a CancelledError traceback after the run's one line.
+    script = (
+        "import asyncio, sys, types, grpc\n"
+        "from benchmarks.loadgen import interrupt_on_sigterm, wait_until_connected\n"
+        "async def connect():\n"
+        f"    channels = [grpc.aio.insecure_channel('127.0.0.1:{loadgen.free_port()}') for _ in range(2)]\n"
+        "    print('waiting', flush=True)\n"
+        "    await wait_until_connected(types.SimpleNamespace(channels=channels), 'nowhere', 60)\n"
+        "interrupt_on_sigterm()\n"
+        "try:\n"
+        "    asyncio.run(connect())\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit('interrupted; no report')\n"
+    )
+    waiting = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout.readline() == "waiting\n"
+        time.sleep(0.3)  # into the wait
+        waiting.send_signal(signal.SIGTERM)
+        _, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 1 and err == "interrupted; no report\n", err
 
 
 def test_a_spawned_server_that_dies_during_the_phases_fails_the_run_with_its_log(world, tmp_path):
