@@ -369,7 +369,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         help=f"TOML file of settings: any flag's name with _ for - as a key (port = 50051, max_per_seller = 2); "
-        f"a flag or variable overrides it (env {CONFIG_ENV})",
+        f"a relative path in it is relative to the file; a flag or variable overrides it (env {CONFIG_ENV})",
     )
     for flag in FLAGS:
         if flag.kind is bool:
@@ -390,6 +390,9 @@ def _toml_line(text: str, key: str) -> int | None:
         if pattern.match(line):
             return number
     return None
+
+
+PATH_METAVARS = ("DIR", "FILE")  # the flags that name a file or directory
 
 
 def read_config_file(path: str) -> dict[str, tuple[Any, str]]:
@@ -419,6 +422,10 @@ def read_config_file(path: str) -> dict[str, tuple[Any, str]]:
             values[dest] = flag.from_toml(value), where
         except ValueError as error:
             raise ConfigError(f"{where}: key '{key}': {error}") from None
+        if flag.metavar in PATH_METAVARS and values[dest][0] is not None:
+            # Relative to the file, not to wherever the server is started (a service
+            # manager's working directory is often /): the file and its paths move together.
+            values[dest] = os.path.join(os.path.dirname(os.path.abspath(path)), values[dest][0]), where
     return values
 
 

@@ -20,7 +20,7 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import auth, logs
 from serving import server as server_module
 from serving import service_setup
-from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, is_service_link, resolve_config
+from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, is_service_link, resolve_config, resolve_settings
 from serving.metrics import FeedMetrics
 from serving.store_url import Durability
 from tests.conftest import REPO, json_lines
@@ -61,11 +61,11 @@ def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path):
     assert config.threads == 5  # environment over file
     assert config.feed.max_per_seller == 4 and config.feed.fatigue_sink == 1.0 and config.log_format == "json"  # file
     assert config.host == "127.0.0.1" and config.workers == 1 and config.feed.max_per_category == 0  # defaults (empty = unset)
-    assert config.models_dir == "m" and config.token_secret is None
+    assert config.models_dir == str(tmp_path / "m") and config.token_secret is None  # beside the file
     # --config on the command line wins over FEEDRANK_CONFIG.
     other = tmp_path / "other.toml"
     other.write_text("models = 'n'\n")
-    assert resolve_config(parse("--config", str(other)), env).models_dir == "n"
+    assert resolve_config(parse("--config", str(other)), env).models_dir == str(tmp_path / "n")
 
 
 def test_every_flag_can_come_from_the_environment(tmp_path):
@@ -190,6 +190,20 @@ def test_a_config_file_value_refused_by_a_later_check_names_its_line(tmp_path):
         with pytest.raises(ConfigError) as error:
             resolve_config(parse("--config", str(path)), {})
         assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_relative_path_in_the_config_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    # A service manager often starts the server in /: "models = 'models'" beside the file
+    # meant /models there, and the server could not find its model.
+    etc = tmp_path / "etc" / "feedrank"
+    etc.mkdir(parents=True)
+    (etc / "feedrank.toml").write_text('models = "models"\ntokens_file = "../tokens"\nstate_dir = "/var/lib/feedrank"\n')
+    monkeypatch.chdir(tmp_path)
+    values, _ = resolve_settings(parse("--config", "etc/feedrank/feedrank.toml"), {})
+    assert values["models"] == str(etc / "models")
+    assert os.path.normpath(values["tokens_file"]) == str(tmp_path / "etc" / "tokens")
+    assert values["state_dir"] == "/var/lib/feedrank"
+    assert resolve_settings(parse("--config", "etc/feedrank/feedrank.toml", "--models", "models"), {})[0]["models"] == "models"  # a flag is the caller's
 
 
 def test_tokens_come_from_the_file_and_the_environment_together(tmp_path):
