@@ -158,6 +158,14 @@ def test_switches_come_from_flags_environment_and_file_and_can_be_turned_off(tmp
         resolve_config(parse("--config", str(path)), {})
 
 
+def config_file_refusal(path, text: str) -> str:
+    """The ConfigError of a server started with a config file holding ``text``."""
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        resolve_config(parse("--config", str(path)), {})
+    return str(error.value)
+
+
 def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
     path = tmp_path / "c.toml"
     cases = [
@@ -168,10 +176,8 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         ("reload_seconds = -1\n", f"{path}:1: key 'reload_seconds': must be >= 0, got -1.0"),
     ]
     for text, message in cases:
-        path.write_text(text)
-        with pytest.raises(ConfigError) as error:
-            resolve_config(parse("--config", str(path)), {})
-        assert str(error.value).startswith(message), str(error.value)
+        refusal = config_file_refusal(path, text)
+        assert refusal.startswith(message), refusal
     with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
         resolve_config(parse("--config", str(tmp_path / "missing.toml")), {})
     with pytest.raises(ConfigError, match=r"--models is required \(or FEEDRANK_MODELS, or 'models' in the --config file\)"):
@@ -186,10 +192,8 @@ def test_a_config_file_value_refused_by_a_later_check_names_its_line(tmp_path):
         ('models = "m"\n# the store\nstore = "redis://h:1/0?bogus=1"\n', f"{path}:3: key 'store' redis://h:1/0?bogus=1: unknown store URL option 'bogus'"),
     ]
     for text, message in cases:
-        path.write_text(text)
-        with pytest.raises(ConfigError) as error:
-            resolve_config(parse("--config", str(path)), {})
-        assert str(error.value).startswith(message), str(error.value)
+        refusal = config_file_refusal(path, text)
+        assert refusal.startswith(message), refusal
 
 
 def test_a_relative_path_in_the_config_file_is_relative_to_the_file(tmp_path, monkeypatch):
