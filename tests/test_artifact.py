@@ -13,7 +13,7 @@ import pytest
 from embeddings.index import build_index
 from embeddings.model import EmbeddingModel
 from ranking.ranker import DEFAULT_BLEND
-from training.artifact import load_current, load_version, publish, set_current
+from training.artifact import load_current, load_version, new_version, publish, set_current
 from training.train import default_ranker_spec
 
 
@@ -259,3 +259,14 @@ def test_publish_after_a_writer_was_killed_mid_write_removes_what_it_left(tmp_pa
     writer.join()
     version_dir = publish(str(tmp_path), small_model(4), manifest())
     assert sorted(os.listdir(tmp_path)) == sorted(["CURRENT", os.path.basename(version_dir)])
+
+
+def test_versions_made_within_one_second_sort_in_the_order_they_were_made():
+    # To the second, two versions of one second sorted by their hash: "newest first" (the
+    # explorer's list, an arm pinning the older) was a coin toss, and a test flaked on it.
+    from datetime import datetime, timedelta, timezone
+
+    first = datetime(2026, 12, 6, 2, 15, 0, 1000, tzinfo=timezone.utc)
+    names = [new_version(first + timedelta(milliseconds=step)) for step in (0, 1, 998)]
+    assert sorted(names) == names and all(name.startswith("20261206T021500") for name in names)
+    assert "20261206T021459Z-ffffff" < names[0] < "20261206T021501Z-000000"  # the older form sorts by time beside it

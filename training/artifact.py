@@ -67,9 +67,12 @@ class Artifact:
 
 
 def new_version(now: datetime | None = None, salt: str = "") -> str:
-    """A sortable version name: UTC timestamp plus a short hash, e.g. 20261123T124500Z-3f9a1c."""
-    now = now or datetime.now(timezone.utc)
-    stamp = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """A sortable version name: UTC timestamp to the millisecond plus a short hash, e.g.
+    20261123T124500123Z-3f9a1c. Two versions published within one second sort in the order
+    they were made (to the second, as names before had it, they sorted by their hash); a
+    name of the older form still sorts against these by time."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
     digest = hashlib.sha256(f"{now.isoformat()}|{salt}|{os.getpid()}|{os.urandom(8).hex()}".encode()).hexdigest()
     return f"{stamp}-{digest[:6]}"
 
