@@ -102,6 +102,7 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
         signal.signal(signum, signal.SIG_IGN)
     logs.configure(config.log_format, config.log_level)
     logs.set_worker(config.worker_index)
+    logging.getLogger(logs.MODEL_LOGGER).setLevel(logging.ERROR)  # the server logs each swap and drift once for all
     limit_native_threads()
     try:
         # The models first: a child that cannot load them (a pinned version deleted since

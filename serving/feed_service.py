@@ -19,6 +19,7 @@ from ranking.feed import POOL_SETTINGS, FeedSettings, build_feed_pipeline, recor
 from ranking.pipeline import Explanation, FeedPipeline
 from ranking.types import RankedItem, ShopperFilters
 from serving.arms import Arm, Arms
+from serving.logs import MODEL_LOGGER
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
 from stores.base import ApplyResult, FeedStore
@@ -26,6 +27,7 @@ from stores.events import DEFAULT_MAX_CLOCK_SKEW, MAX_CATEGORY_BYTES, MAX_ID_BYT
 from training.artifact import Artifact
 
 log = logging.getLogger("feedrank.serving")
+model_log = logging.getLogger(MODEL_LOGGER)
 
 def with_model_pools(settings: FeedSettings, manifest: Mapping, names: Collection[str]) -> FeedSettings:
     """``settings`` with the pool settings ``names`` taken from the model's manifest ("feed"),
@@ -203,7 +205,7 @@ class FeedService:
                 built[key] = build_feed_pipeline(self.store, artifact.model, artifact.ranker, settings)
                 drift = pool_settings_drift(artifact.manifest, settings)
                 if drift:  # flags (or an arm's [arm.feed]) that set other pools than the model's
-                    log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s): "
+                    model_log.warning("model %s%s was trained and evaluated on other candidate pools than it is served with (%s): "
                                 "%s win over the model's own; drop them to serve it as evaluated",
                                 artifact.version, f" (arm {arm})" if arm else "", "; ".join(drift),
                                 "the flags set here and the arm's [arm.feed]" if arm else "the flags set here")  # fmt: skip

@@ -32,6 +32,9 @@ import grpc
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACCESS_LOGGER = "feedrank.access"
+MODEL_LOGGER = "feedrank.serving.models"
+"""What is served and why: model and arms swaps, the pools a model is served on. A feed
+process logs only its errors here: the server logs the rest once for them all."""
 MAX_REQUEST_ID_CHARS = 128
 
 # The RPC being served on this thread: request id, and what the interceptors learned.

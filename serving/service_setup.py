@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ranking.feed import FeedSettings
+from serving import logs
 from serving.arms import Arms, describe, load_arms, load_named_version, load_pinned
 from serving.config import ServerConfig
 from serving.feed_service import FeedService
@@ -23,6 +24,7 @@ from stores import FeedStore
 from training.artifact import Artifact, current_version, load_version
 
 log = logging.getLogger("feedrank.serving")
+model_log = logging.getLogger(logs.MODEL_LOGGER)
 MAX_RELOAD_BACKOFF_SECONDS = 600.0
 
 
@@ -183,7 +185,7 @@ class ModelWatcher(threading.Thread):
             self._failed(version, error)
             return None
         if self.failed_version is not None:
-            log.info("model %s loaded after %d failed reload attempts", version, self.failures)
+            model_log.info("model %s loaded after %d failed reload attempts", version, self.failures)
         self.failed_version, self.failures = None, 0
         return artifact
 
@@ -199,12 +201,12 @@ class ModelWatcher(threading.Thread):
         delay = self._backoff(self.failures)
         self.retry_at = self.clock() + delay
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        log.error(
+        model_log.error(
             "model reload failed: version %s: %s; still serving %s; next try in %.0f s",
             version, reason, self.service.model_version, delay,
             extra={"fields": {"version": version, "attempt": self.failures, "retry_in_s": delay}},
         )
-        log.debug("model reload failure of %s", version, exc_info=error)
+        model_log.debug("model reload failure of %s", version, exc_info=error)
 
     def check(self) -> None:
         """One poll: swap in whatever changed, all at once."""
@@ -232,7 +234,7 @@ class ModelWatcher(threading.Thread):
                     self.arms_retry_at = self.clock() + delay
                     # A bad file (its TOML, a key, a missing version) is one line, as at start;
                     # anything else keeps its traceback.
-                    report = log.error if isinstance(error, (OSError, ValueError)) else log.exception
+                    report = model_log.error if isinstance(error, (OSError, ValueError)) else model_log.exception
                     report("arms reload from %s failed: %s; keeping arms %s; next try in %.0f s", self.arms_file, error,
                            describe(service.arms) if service.arms else "none", delay)
                     arms, pinned = service.arms, service.pinned
@@ -241,9 +243,9 @@ class ModelWatcher(threading.Thread):
         try:
             service.configure(current, arms, pinned)
         except Exception:
-            log.exception("model or arms swap failed; still serving %s", service.model_version)
+            model_log.exception("model or arms swap failed; still serving %s", service.model_version)
             return
-        log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
+        model_log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

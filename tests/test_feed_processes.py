@@ -164,16 +164,20 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_for_port_file(server: subprocess.Popen, port_file, log_file=None) -> None:
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        assert server.poll() is None and time.monotonic() < deadline, log_file.read_text() if log_file else "the server did not start"
+        time.sleep(0.1)
+
+
 def test_feed_processes_exit_when_their_server_is_killed_outright(world, redis_store, tmp_path):
     port_file = tmp_path / "port"
     argv = [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", redis_store, "--port", "0",
             "--port-file", str(port_file), "--feed-processes", "2", "--reload-seconds", "0"]  # fmt: skip
     server = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_for_port_file(server, port_file)
         children = [pid for pid in children_of(server.pid) if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
         assert len(children) == 2
     finally:
@@ -194,10 +198,7 @@ def test_a_burst_of_sigterms_to_the_whole_process_group_stops_the_server_cleanly
     with open(log_file, "w") as log:
         server = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert server.poll() is None and time.monotonic() < deadline, log_file.read_text()
-            time.sleep(0.1)
+        wait_for_port_file(server, port_file, log_file)
         for _ in range(50):
             os.killpg(server.pid, signal.SIGTERM)
         assert server.wait(timeout=30) == 0, log_file.read_text()
@@ -207,6 +208,37 @@ def test_a_burst_of_sigterms_to_the_whole_process_group_stops_the_server_cleanly
             server.wait()
     text = log_file.read_text()
     assert "shutting down" in text and "a feed process" not in text, text
+
+
+def test_what_is_served_is_logged_once_by_the_server_not_once_per_feed_process(world, redis_store, tmp_path):
+    """The pools a model is served on and each swap are the server's to say: its feed
+    processes serve the same, and three copies of each line read as three servers."""
+    from training.artifact import load_current, publish
+    from training.train import default_ranker_spec
+
+    models, port_file, log_file = tmp_path / "models", tmp_path / "port", tmp_path / "server.log"
+    model = load_current(str(world.models_dir)).model
+    manifest = {"params": {}, "metrics": {}, "ranker": default_ranker_spec(), "feed": {"neighbours": 30}}
+    publish(str(models), model, manifest)
+    argv = [sys.executable, "-m", "serving", "--models", str(models), "--store", redis_store, "--port", "0",
+            "--port-file", str(port_file), "--feed-processes", "2", "--reload-seconds", "0.2",
+            "--neighbours", "7"]  # fmt: skip
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port_file(server, port_file, log_file)
+        publish(str(models), model, manifest)
+        deadline = time.monotonic() + 30
+        while "serving model" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)  # every feed process's watcher has polled since
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    text = log_file.read_text()
+    assert text.count("--neighbours: model 30, served 7") == 2, text  # at start, and at the swap
+    assert text.count("serving model") == 2, text  # the start line, and the swap
 
 
 def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_started(world):
