@@ -702,6 +702,10 @@ def report_json(results: list[PhaseResult], client: str, on_redis: bool = False)
     return json.dumps(json_safe(report), indent=2, allow_nan=False)
 
 
+STEADY_P99_CALLS = 1000
+"""Calls a p99 needs before it rests on ten of them rather than on one or two."""
+
+
 def server_ms(value: float, capped: bool, width: int) -> str:
     """A server quantile for the table: "<=" before one capped at the client's."""
     return f"{'<=' if capped else ''}{value:.2f}".rjust(width)
@@ -736,6 +740,9 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
                      f"{verdict[v.p99_half_load_met]})")  # fmt: skip
     else:
         lines.append(f"GetFeed p99 at {half.mode}: {v.p99_half_load_ms:.1f} ms")
+    if half.successes < STEADY_P99_CALLS:
+        lines.append(f"the p99 at {half.mode} rests on {half.successes} calls: below {STEADY_P99_CALLS:,} it is set by fewer than "
+                     "ten of the slowest and moves from run to run; run longer (--duration)")  # fmt: skip
     if half.send_lag_p99_ms == half.send_lag_p99_ms:  # measured (not NaN)
         lines.append(f"the generator's own lag at {half.mode}: p99 {half.send_lag_p99_ms:.1f} ms between a call's scheduled "
                      "time and its start; counted in the p99 above, so a p99 near it is the client's, not the server's")  # fmt: skip

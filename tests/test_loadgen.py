@@ -299,6 +299,13 @@ def test_a_verdict_compares_the_figure_it_shows():
     assert "15.0 ms (target <= 15 ms: met)" in table
 
 
+def test_a_p99_from_few_calls_says_so():
+    few, enough = table_phases(0.001, 0.01, 0.01), table_phases(0.001, 0.01, 0.01)
+    enough[2] = loadgen.summarise("GetFeed", "open@50%", 0, 0.0, loadgen.Tally(started=1000, latencies=[0.01] * 1000), 1.0)
+    assert "the p99 at open@50% rests on 85 calls: below 1,000 it is set by fewer than ten" in loadgen.format_table(few)
+    assert "rests on" not in loadgen.format_table(enough)
+
+
 def test_a_server_on_redis_is_held_to_the_redis_targets():
     results = table_phases(0.001, 0.01, 0.018)
     on_redis, on_memory = loadgen.format_table(results, on_redis=True), loadgen.format_table(results)
