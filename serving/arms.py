@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ranking.feed import SOURCE_NAMES, FeedSettings, unknown_sources
-from training.artifact import MANIFEST, Artifact, load_version
+from training.artifact import MANIFEST, Artifact, load_version, newest_first
 
 BUCKETS = 10_000
 CURRENT_MODEL = "current"
@@ -176,13 +176,12 @@ def check_versions(arms: Arms, models_dir: str) -> None:
 
 
 def published_versions(models_dir: str) -> list[str]:
-    """The model versions published in ``models_dir``, newest first (names sort by time)."""
+    """The model versions published in ``models_dir``, newest first (``newest_first``)."""
     try:
         names = os.listdir(models_dir)
     except FileNotFoundError:
         return []
-    return sorted((n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(models_dir, n, MANIFEST))),
-                  reverse=True)
+    return newest_first(models_dir, [n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(models_dir, n, MANIFEST))])
 
 
 def load_named_version(models_dir: str, version: str) -> Artifact:

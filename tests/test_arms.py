@@ -15,7 +15,7 @@ import pytest
 
 from protos.feed.v1 import feed_pb2
 from ranking.feed import POOL_SETTINGS, FeedSettings
-from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms
+from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms, published_versions
 from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
 from tests.conftest import REPO, json_lines
@@ -502,3 +502,25 @@ def test_a_version_copied_under_another_name_is_loaded_once(world, tmp_path, cap
         wait_for(stub, "u00001", ("", world.old))
         time.sleep(1)
         assert len(swaps()) == 2
+
+
+def test_a_version_named_by_hand_sorts_by_its_manifest_time_or_as_the_oldest(world, tmp_path):
+    """A directory copied in by hand as "my-test" sorted as the newest version (names were
+    sorted as text, and letters sort after digits): first in the explorer's lists."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(world.models_dir, models)
+
+    def copy_of_old(name: str, created_at: str | None) -> None:
+        shutil.copytree(models / world.old, models / name)
+        manifest = json.loads((models / name / "manifest.json").read_text())
+        manifest.pop("created_at")
+        (models / name / "manifest.json").write_text(json.dumps({**manifest, **({"created_at": created_at} if created_at else {})}))
+
+    old_created = json.loads((models / world.old / "manifest.json").read_text())["created_at"]
+    copy_of_old("stable", old_created)  # as old as the old one; its name carries no milliseconds to place it within the second
+    copy_of_old("my-test", None)
+    copy_of_old("from-2099", "2099-01-01T00:00:00Z")  # what the manifest records wins over the name
+    assert published_versions(str(models)) == ["from-2099", world.new, world.old, "stable", "my-test"]

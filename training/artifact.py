@@ -77,6 +77,44 @@ def new_version(now: datetime | None = None, salt: str = "") -> str:
     return f"{stamp}-{digest[:6]}"
 
 
+_NAME_TIME = re.compile(r"(?P<second>[0-9]{8}T[0-9]{6})(?P<millisecond>[0-9]{3})?Z-.+")
+_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def newest_first(models_dir: str, names: list[str]) -> list[str]:
+    """Version directory names of ``models_dir``, newest first: by the time each manifest
+    records (created_at), else the time the name carries (``new_version``'s form, or the
+    older one without milliseconds). One that tells neither, such as a directory copied in
+    by hand as "my-test" without a manifest's time, sorts as the oldest, never as the
+    newest; within a second, the name's milliseconds decide."""
+    def key(name: str) -> tuple[datetime, datetime, str]:
+        named = _name_time(name)
+        return _recorded_time(os.path.join(models_dir, name)) or named, named, name
+    return sorted(names, key=key, reverse=True)
+
+
+def _name_time(name: str) -> datetime:
+    match = _NAME_TIME.fullmatch(name)
+    if match is None:
+        return _NO_TIME
+    try:
+        second = datetime.strptime(match["second"], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:  # digits that are no date
+        return _NO_TIME
+    return second.replace(microsecond=int(match["millisecond"] or 0) * 1000)
+
+
+def _recorded_time(version_dir: str) -> datetime | None:
+    """The manifest's created_at (UTC when it names no zone); None when it has none that reads."""
+    try:
+        with open(os.path.join(version_dir, MANIFEST), encoding="utf-8") as f:
+            created = json.load(f).get("created_at")
+        recorded = datetime.fromisoformat(created)
+    except (OSError, ValueError, TypeError, AttributeError):  # unreadable, not JSON or not an object, no time
+        return None
+    return recorded if recorded.tzinfo is not None else recorded.replace(tzinfo=timezone.utc)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
