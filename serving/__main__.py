@@ -6,6 +6,8 @@
   python -m serving load --data DIR --redis URL
   python -m serving repack --redis URL
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
+  python -m serving versions --models DIR [--arms FILE ...]
+  python -m serving retire --models DIR [--keep 5] [--arms FILE ...] [--dry-run] [VERSION ...]
 
 Progress bars are drawn only when stderr is a terminal (serve, load, repack and export
 also take --no-progress).
@@ -28,7 +30,7 @@ from serving.config import HelpFormatter, add_server_arguments, config_from_args
 from training.__main__ import progress_bars  # noqa: E402
 from training.dataset import load_defaults  # noqa: E402
 
-COMMANDS = ("serve", "feed", "demo", "load", "repack", "export")
+COMMANDS = ("serve", "feed", "demo", "load", "repack", "export", "versions", "retire")
 log = logging.getLogger("serving")
 
 
@@ -105,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
             from serving import export
 
             export.main(rest)
+        elif command == "versions":
+            from serving import versions
+
+            versions.versions_main(rest)
+        elif command == "retire":
+            from serving import versions
+
+            versions.retire_main(rest)
         else:
             _serve(rest)
 

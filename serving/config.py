@@ -126,10 +126,10 @@ def default_feed_processes(store_url: str, workers: int, data_dir: str | None = 
     cores = len(os.sched_getaffinity(0))
     if store_url != "memory":
         return cores + 1
-    return cores if _bytes_under(data_dir, state_dir) <= MEMORY_COPY_MAX_BYTES else 0
+    return cores if bytes_under(data_dir, state_dir) <= MEMORY_COPY_MAX_BYTES else 0
 
 
-def _bytes_under(*directories: str | None) -> int:
+def bytes_under(*directories: str | None) -> int:
     """Total size of the files under ``directories`` (missing ones count 0)."""
     total = 0
     for directory in directories:

@@ -15,7 +15,9 @@ half-written version; CURRENT is then replaced atomically (os.replace) from a te
 file of its writer's own, so a reader sees either the old version or the new one, even
 while several publishers race. Each step is fsynced before the next one names it: the
 version's files and directory, then CURRENT, then the models directory; after a power
-loss CURRENT never names a version whose files are not on disk.
+loss CURRENT never names a version whose files are not on disk. A version is retired the
+other way round (``retire_version``): renamed to a hidden name, then deleted. A name
+starting with '.' (a version being written or retired) is no version to any reader.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import shutil
 import socket
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,6 +53,10 @@ FACTORS = "factors.npz"
 INDEX = "index.faiss"
 KNN = "knn.npz"
 EVALUATION_CHART = "evaluation.svg"
+# The files every version has: without one, a directory is no version a loader reads.
+REQUIRED_FILES = (MANIFEST, IDS, FACTORS, INDEX)
+# A version retired is renamed to this prefix and its name, then deleted: hidden, as no reader takes a version.
+RETIRED_PREFIX = ".retired-"
 # Names publish writes itself: an extra file must not replace one of them.
 _ARTIFACT_FILES = frozenset({MANIFEST, IDS, FACTORS, INDEX, INDEX + ".json", KNN, ROWS_FILE, SCORES_FILE})
 
@@ -233,6 +239,35 @@ def _is_alive(pid: int) -> bool:
     return True
 
 
+def retire_version(models_dir: str, version: str) -> None:
+    """Delete version directory ``version`` of ``models_dir``; ValueError when CURRENT names it.
+
+    The directory is first renamed, atomically, to a hidden name (RETIRED_PREFIX): a reader
+    finds the whole version or none, never one half deleted, and one that dies halfway
+    leaves only a hidden directory, which no reader takes for a version and
+    ``remove_retired`` deletes.
+    """
+    if os.path.exists(os.path.join(models_dir, CURRENT)) and current_version(models_dir) == version:
+        raise ValueError(f"model version {version!r} is the one {os.path.join(models_dir, CURRENT)} names")
+    retired = os.path.join(models_dir, f"{RETIRED_PREFIX}{version}-{secrets.token_hex(4)}")
+    os.rename(os.path.join(models_dir, version), retired)
+    _fsync(models_dir)
+    shutil.rmtree(retired)
+
+
+def retired_leftovers(models_dir: str) -> list[str]:
+    """The hidden directories retirements that died halfway left in ``models_dir`` (or one still deleting)."""
+    return [name for name in os.listdir(models_dir) if name.startswith(RETIRED_PREFIX)]
+
+
+def remove_retired(models_dir: str) -> list[str]:
+    """Delete ``retired_leftovers``; their names."""
+    leftovers = retired_leftovers(models_dir)
+    for name in leftovers:
+        shutil.rmtree(os.path.join(models_dir, name), ignore_errors=True)  # another retire may be deleting it too
+    return leftovers
+
+
 def set_current(models_dir: str, version: str) -> None:
     """Point ``models_dir/CURRENT`` at ``version`` atomically and durably (also used for rollback)."""
     if not os.path.isfile(os.path.join(models_dir, version, MANIFEST)):
@@ -305,9 +340,7 @@ def load_version(path: str) -> Artifact:
     """Load one version directory. FileNotFoundError names any missing file."""
     if not os.path.isdir(path):  # retired (deleted), or never published: not a half-written one
         raise FileNotFoundError(f"model version {path} does not exist")
-    for name in (MANIFEST, IDS, FACTORS, INDEX):
-        if not os.path.exists(os.path.join(path, name)):
-            raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
+    _require(path, REQUIRED_FILES)
     with _damage_named(path, MANIFEST), open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
     try:  # refused here, as a version that does not load: not when the server builds its feeds from it
@@ -316,10 +349,7 @@ def load_version(path: str) -> Artifact:
         raise ValueError(f"model version {path}: {MANIFEST} {error}") from None
     ranker = _ranker_of(path, manifest)
     info = manifest.get("model", {})
-    recorded = ([KNN] if info.get("item_knn") else []) + ([ROWS_FILE, SCORES_FILE] if info.get("user_neighbours") else [])
-    for name in recorded:  # optional files, but this model has them: without one it is another model
-        if not os.path.exists(os.path.join(path, name)):
-            raise FileNotFoundError(f"model version {path} is incomplete: {name} is missing")
+    _require(path, recorded_files(manifest))
     with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
         user_ids = ids["user_ids"].tolist()
         item_ids = ids["item_ids"].tolist()
@@ -350,6 +380,24 @@ def load_version(path: str) -> Artifact:
         user_neighbours=user_neighbours,
     )
     return Artifact(manifest["version"], path, manifest, model, ranker)
+
+
+def recorded_files(manifest: Mapping[str, Any]) -> list[str]:
+    """The optional files a version's manifest records: without one it is another model."""
+    info = manifest.get("model", {})
+    return ([KNN] if info.get("item_knn") else []) + ([ROWS_FILE, SCORES_FILE] if info.get("user_neighbours") else [])
+
+
+def absent_files(path: str, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that directory ``path`` lacks, in order."""
+    return [name for name in names if not os.path.exists(os.path.join(path, name))]
+
+
+def _require(path: str, names: Sequence[str]) -> None:
+    """FileNotFoundError naming the first of ``names`` that version directory ``path`` lacks."""
+    absent = absent_files(path, names)
+    if absent:
+        raise FileNotFoundError(f"model version {path} is incomplete: {absent[0]} is missing")
 
 
 def _ranker_of(path: str, manifest: Mapping[str, Any]) -> LinearRanker:

@@ -1,0 +1,162 @@
+"""``python -m serving versions`` and ``retire``, on models directories of versions the trainer made."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving.__main__ import main
+from serving.arms import load_arms, load_named_version, load_pinned, published_versions
+from tests.feed_world import FAST_TRAINING
+from training import artifact
+from training.artifact import load_current, publish, set_current
+from training.generate import generate
+from training.train import default_ranker_spec, train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train(generate(users=150, sellers=15, items=400, seed=7), FAST_TRAINING)[0]
+
+
+@pytest.fixture()
+def models(trained, tmp_path) -> tuple[Path, list[str]]:
+    """A models directory of 7 versions, oldest first, CURRENT at the newest."""
+    directory = tmp_path / "models"
+    names = [Path(publish(str(directory), trained, {"params": {}, "metrics": {"model": {"ndcg@10": 0.1 + i / 100}},
+                                                   "ranker": default_ranker_spec()})).name for i in range(7)]
+    return directory, names
+
+
+def arms_pinning(tmp_path: Path, version: str) -> Path:
+    path = tmp_path / "arms.toml"
+    path.write_text(f'salt = "s"\n[[arm]]\nname = "control"\nshare = 0.5\n[[arm]]\nname = "candidate"\nshare = 0.5\nmodel = "{version}"\n')
+    return path
+
+
+def run(capsys, *argv: str) -> str:
+    capsys.readouterr()  # what came before
+    main(list(argv))
+    return capsys.readouterr().out
+
+
+def note_of(output: str, version: str) -> str:
+    """The last column of ``version``'s row in a printed table."""
+    row = next(line for line in output.splitlines() if line.startswith(version + " "))
+    return row.split("  ")[-1].strip()
+
+
+def test_versions_lists_newest_first_with_time_size_metric_and_current(models, capsys):
+    directory, names = models
+    output = run(capsys, "versions", "--models", str(directory))
+    rows = output.splitlines()
+    assert rows[0].split() == ["VERSION", "CREATED", "SIZE", "ndcg@10"]
+    assert [row.split()[0] for row in rows[1:]] == names[::-1]
+    newest = rows[1].split()
+    assert newest[1].endswith("Z") and newest[3] in ("KB", "MB") and newest[4] == "0.1600" and newest[5] == "CURRENT"
+
+
+def test_retire_keeps_the_newest_n_current_and_pinned_and_says_why(models, tmp_path, capsys):
+    directory, names = models
+    set_current(str(directory), names[1])  # rolled back
+    arms = arms_pinning(tmp_path, names[2])
+    output = run(capsys, "retire", "--models", str(directory), "--keep", "3", "--arms", str(arms))
+    assert published_versions(str(directory)) == [names[6], names[5], names[4], names[2], names[1]]
+    assert sorted(os.listdir(directory)) == sorted(["CURRENT", *published_versions(str(directory))])  # nothing hidden left
+    assert note_of(output, names[1]) == "keep: CURRENT"
+    assert note_of(output, names[2]) == f"keep: pinned by arm 'candidate' ({arms})"
+    assert note_of(output, names[5]) == "keep: one of the newest 3"
+    assert note_of(output, names[0]) == note_of(output, names[3]) == "retire"
+    assert "retired 2 of 7 versions" in output
+    # what a server loads from the directory still loads
+    assert load_current(str(directory)).version == names[1]
+    assert set(load_pinned(load_arms(str(arms)), str(directory))) == {names[2]}
+
+
+def test_retire_keeps_five_by_default(models, capsys):
+    directory, names = models
+    run(capsys, "retire", "--models", str(directory))
+    assert published_versions(str(directory)) == names[:1:-1]
+
+
+def test_a_dry_run_changes_nothing(models, capsys):
+    directory, names = models
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in directory.rglob("*"))
+    output = run(capsys, "retire", "--models", str(directory), "--keep", "2", "--dry-run")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in directory.rglob("*")) == before
+    assert [note_of(output, name) for name in names] == ["would retire"] * 5 + ["keep: one of the newest 2", "keep: CURRENT"]
+    assert "dry run: would retire 5 of 7 versions" in output
+
+
+def test_named_versions_are_retired_and_only_they_without_keep(models, capsys):
+    directory, names = models
+    run(capsys, "retire", "--models", str(directory), names[5], names[0])
+    assert published_versions(str(directory)) == [names[6], *names[4:0:-1]]
+    run(capsys, "retire", "--models", str(directory), "--keep", "5", names[4])  # among the newest 5 left, but named
+    assert published_versions(str(directory)) == [names[6], names[3], names[2], names[1]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--keep", "-1"], "argument --keep: must be >= 0, got -1"),
+    (["no-such-version"], "VERSION 'no-such-version': no such version directory"),
+    (["CURRENT_VERSION"], "VERSION 'CURRENT_VERSION': not retired, it is CURRENT"),
+    (["PINNED_VERSION", "--arms", "ARMS"], "VERSION 'PINNED_VERSION': not retired, it is pinned by arm 'candidate'"),
+    (["--arms", "MISSING"], "--arms: [Errno 2] No such file or directory"),
+])
+def test_a_refused_retire_names_the_flag_and_retires_nothing(models, tmp_path, capsys, argv, message):
+    directory, names = models
+    arms = arms_pinning(tmp_path, names[2])
+    words = {"CURRENT_VERSION": names[6], "PINNED_VERSION": names[2], "ARMS": str(arms), "MISSING": str(tmp_path / "none.toml")}
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0", *(words.get(word, word) for word in argv)])
+    assert exit.value.code == 2 and message.replace("CURRENT_VERSION", names[6]).replace("PINNED_VERSION", names[2]) in capsys.readouterr().err
+    assert published_versions(str(directory)) == names[::-1]
+
+
+def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys):
+    for command in ("versions", "retire"):
+        with pytest.raises(SystemExit):
+            main([command, "--models", str(tmp_path / "nowhere")])
+        assert f"--models {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
+
+
+def test_an_incomplete_version_is_kept_and_not_counted_among_the_newest(models, capsys):
+    directory, names = models
+    copying = directory / "copied-by-hand"  # a copy still under way: its index not there yet
+    shutil.copytree(directory / names[6], copying, ignore=shutil.ignore_patterns("index.faiss*"))
+    output = run(capsys, "retire", "--models", str(directory), "--keep", "2")
+    assert note_of(output, "copied-by-hand") == "keep: incomplete: index.faiss missing"
+    assert copying.is_dir() and set(published_versions(str(directory))) == {names[6], names[5], "copied-by-hand"}
+
+
+def test_a_retire_that_died_halfway_leaves_no_version_a_reader_takes_and_the_next_one_finishes(models, monkeypatch, capsys):
+    directory, names = models
+    delete = shutil.rmtree
+
+    def dies_halfway(path, *args, **kwargs) -> None:
+        os.remove(os.path.join(path, "factors.npz"))
+        raise OSError("killed")
+
+    monkeypatch.setattr(artifact.shutil, "rmtree", dies_halfway)
+    with pytest.raises(SystemExit, match="killed"):
+        main(["retire", "--models", str(directory), names[0]])
+    monkeypatch.setattr(artifact.shutil, "rmtree", delete)
+    [leftover] = [name for name in os.listdir(directory) if name.startswith(".")]
+    assert leftover.startswith(f".retired-{names[0]}-")
+    assert published_versions(str(directory)) == names[:0:-1]  # the explorer's list, and what a name loads from
+    with pytest.raises(FileNotFoundError):
+        load_named_version(str(directory), leftover)
+    assert names[0] not in run(capsys, "versions", "--models", str(directory))
+    output = run(capsys, "retire", "--models", str(directory), "--keep", "6")
+    assert f"removed {leftover}, left by a retire that did not finish" in output
+    assert sorted(os.listdir(directory)) == sorted(["CURRENT", *names[1:]])
+
+
+def test_the_version_current_names_is_never_deleted_even_when_asked_directly(models):
+    directory, names = models
+    with pytest.raises(ValueError, match="is the one .*CURRENT names"):
+        artifact.retire_version(str(directory), names[6])
+    assert (directory / names[6]).is_dir()
