@@ -160,3 +160,20 @@ def test_the_version_current_names_is_never_deleted_even_when_asked_directly(mod
     with pytest.raises(ValueError, match="is the one .*CURRENT names"):
         artifact.retire_version(str(directory), names[6])
     assert (directory / names[6]).is_dir()
+
+
+def test_a_rollback_to_a_version_being_retired_wins_the_race(models, monkeypatch):
+    """set_current found the version before retire renamed it, and wrote CURRENT just after:
+    the version is given back rather than deleted under the CURRENT that names it."""
+    directory, names = models
+    fsync = artifact._fsync
+
+    def rollback_lands(path: str) -> None:
+        if any(name.startswith(artifact.RETIRED_PREFIX) for name in os.listdir(directory)):
+            (directory / artifact.CURRENT).write_text(names[0] + "\n")
+        fsync(path)
+
+    monkeypatch.setattr(artifact, "_fsync", rollback_lands)
+    with pytest.raises(ValueError, match="is the one .*CURRENT names"):
+        artifact.retire_version(str(directory), names[0])
+    assert artifact.load_current(str(directory)).path == str(directory / names[0])

@@ -247,11 +247,19 @@ def retire_version(models_dir: str, version: str) -> None:
     leaves only a hidden directory, which no reader takes for a version and
     ``remove_retired`` deletes.
     """
-    if os.path.exists(os.path.join(models_dir, CURRENT)) and current_version(models_dir) == version:
-        raise ValueError(f"model version {version!r} is the one {os.path.join(models_dir, CURRENT)} names")
+    def named_by_current() -> bool:
+        return os.path.exists(os.path.join(models_dir, CURRENT)) and current_version(models_dir) == version
+
+    refusal = f"model version {version!r} is the one {os.path.join(models_dir, CURRENT)} names"
+    if named_by_current():
+        raise ValueError(refusal)
     retired = os.path.join(models_dir, f"{RETIRED_PREFIX}{version}-{secrets.token_hex(4)}")
     os.rename(os.path.join(models_dir, version), retired)
     _fsync(models_dir)
+    if named_by_current():  # a rollback that found the version before the rename wrote CURRENT since: give it back
+        os.rename(retired, os.path.join(models_dir, version))
+        _fsync(models_dir)
+        raise ValueError(refusal)
     shutil.rmtree(retired)
 
 
