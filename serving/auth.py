@@ -149,6 +149,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the bearer token and its scope of every call but health and reflection."""
 
     def __init__(self, tokens: Sequence[Token]) -> None:
+        self.use(tokens)
+
+    def use(self, tokens: Sequence[Token]) -> None:
+        """Check calls against ``tokens`` from now on (a call being checked finishes with the old ones)."""
         if not tokens:
             raise ValueError("AuthInterceptor needs at least one token")
         self.tokens = tuple(tokens)

@@ -73,8 +73,10 @@ class ServerConfig:
     model_pools: tuple[str, ...] = ()
     arms_file: str | None = None  # A/B arms (TOML, serving/arms.py); None: every user gets CURRENT and `feed`
     port_file: str | None = None  # written with the bound port once health is SERVING
-    # Auth and transport (serving/auth.py). No tokens: every client may call everything.
-    tokens: tuple[auth.Token, ...] = ()
+    # Auth and transport (serving/auth.py). No tokens and no tokens file: every client may call everything.
+    tokens: tuple[auth.Token, ...] = ()  # FEEDRANK_TOKENS' (or given in code): the same for the server's life
+    tokens_file: str | None = None  # more tokens, re-read when the file changes (serving/credentials.py)
+    credentials_reload_seconds: float = 10.0  # how often to look for a changed tokens file; 0 disables
     tls_cert: str | None = None  # PEM server certificate (chain); with tls_key, serve TLS only
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA bundle: require client certificates it signed (mTLS)
@@ -282,7 +284,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("progress", bool, True, "a progress bar while the memory store loads (never when stderr is not a terminal)", "server"),
     Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
-    Flag("tokens_file", str, None, "bearer tokens with scopes (format above)", "auth and TLS", metavar="FILE"),
+    Flag("tokens_file", str, None, "bearer tokens with scopes (format above); re-read when it changes (every --credentials-reload-seconds): a token removed is refused from the next call on, and a file that fails to load is logged and the tokens in force kept", "auth and TLS", metavar="FILE"),
+    Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file this often and put what changed in force; 0 disables", "auth and TLS", minimum=0),
     Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),
     Flag("tls_key", str, None, "PEM private key of --tls-cert", "auth and TLS", metavar="FILE"),
     Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert)", "auth and TLS", metavar="FILE"),
@@ -481,17 +484,15 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
 
 
 def read_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:
-    """The tokens of ``tokens_file`` and of FEEDRANK_TOKENS together."""
-    groups = []
-    if tokens_file:
-        groups.append(auth.read_tokens_file(tokens_file))
+    """The tokens of FEEDRANK_TOKENS; those of ``tokens_file`` are checked with them, so
+    that a bad file fails before any worker forks, but the server reads the file itself."""
     inline = environ.get(TOKENS_ENV, "")
-    if inline.strip():
-        tokens = auth.parse_tokens(inline, TOKENS_ENV, separators="\n;")
-        if not tokens:
-            raise auth.TokenError(f"{TOKENS_ENV} is set but lists no token")
-        groups.append(tokens)
-    return auth.merge_tokens(*groups)
+    tokens = auth.parse_tokens(inline, TOKENS_ENV, separators="\n;") if inline.strip() else []
+    if inline.strip() and not tokens:
+        raise auth.TokenError(f"{TOKENS_ENV} is set but lists no token")
+    if tokens_file:
+        auth.merge_tokens(auth.read_tokens_file(tokens_file), tokens)
+    return tuple(tokens)
 
 
 def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -576,6 +577,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         arms_file=v["arms"],
         port_file=v["port_file"],
         tokens=tokens,
+        tokens_file=v["tokens_file"],
+        credentials_reload_seconds=v["credentials_reload_seconds"],
         tls_cert=v["tls_cert"],
         tls_key=v["tls_key"],
         tls_client_ca=v["tls_client_ca"],

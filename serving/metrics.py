@@ -56,6 +56,10 @@ class FeedMetrics:
             "feedrank_arms_reload_failures", "Attempts to load a changed A/B arms file (and the versions it pins) that "
             "failed (the arms in force stay)", registry=self.registry,
         )
+        self.credentials_reload_failures = Counter(
+            "feedrank_credentials_reload_failures", "Changed credential files (credential: tokens) that failed to "
+            "load (those in force stay)", ["credential"], registry=self.registry,
+        )
         # Feed processes (--feed-processes): read when scraped, so a call pays nothing for them.
         self.feed_processes = Gauge("feedrank_feed_processes", "Feed processes alive", registry=self.registry)
         self.feed_queue = Gauge("feedrank_feed_queue", "GetFeeds waiting for a free feed process", registry=self.registry)

@@ -31,6 +31,7 @@ from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig, unknown_variable_warnings
+from serving.credentials import CredentialSource, CredentialsWatcher, TokensFileSource
 from serving.feed_processes import STOP_SIGNALS, FeedProcesses
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
@@ -293,6 +294,8 @@ class FeedServer:
             config = replace(config, token_secret=secrets.token_bytes(32))
         self.config = config
         credentials = server_credentials(config) if config.tls_cert else None
+        tokens_file = TokensFileSource(config.tokens_file, config.tokens) if config.tokens_file else None
+        self.credential_sources: list[CredentialSource] = [source for source in (tokens_file,) if source is not None]
         shared_port = config.workers > 1  # serve() checked the port before forking the workers
         if config.port and not shared_port:
             ensure_port_free(config.host, config.port)
@@ -307,7 +310,7 @@ class FeedServer:
             feed_pool=self.feed_pool, ingest_pool=self.ingest_pool,
             build_feed=self.feed_processes.get_feed_response if self.feed_processes is not None else None,
         )
-        auth = AuthInterceptor(config.tokens) if config.tokens else None
+        auth = tokens_file.interceptor if tokens_file else AuthInterceptor(config.tokens) if config.tokens else None
         address = grpc_address(config.host, config.port)
         try:
             self.port = self.events.run(self._build(config, auth, credentials, address, shared_port))
@@ -316,7 +319,7 @@ class FeedServer:
         if self.port == 0:
             self._release()
             raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
-        self._threads: list[ModelWatcher | HealthMonitor] = []
+        self._threads: list[ModelWatcher | HealthMonitor | CredentialsWatcher] = []
         self.service: FeedService | None = None
         self.metrics = FeedMetrics()  # the service's, served from now on so that a loading server can be scraped
         self._stop_metrics: Callable[[], None] | None = None
@@ -401,7 +404,7 @@ class FeedServer:
 
     def _warn_about_openness(self) -> None:
         config = self.config
-        if not config.tokens:
+        if not config.tokens and not config.tokens_file:
             log.warning("auth is off: no bearer tokens (--tokens-file, FEEDRANK_TOKENS), so any client can read "
                         "every feed and ingest events for anyone")
         elif not config.tls_cert and not _is_loopback(config.host):
@@ -433,12 +436,20 @@ class FeedServer:
         monitor.check()
         monitor.start()
         self._threads = [monitor]
+        if self.credential_sources and config.credentials_reload_seconds > 0:
+            self._threads.append(self._start_credentials_watcher())
         if config.reload_seconds > 0:
             self._threads.append(start_model_watcher(self.service, config, arms_signature))
         log.info("serving model %s on %s:%d%s", self.service.model_version, config.host, self.port,
                  " (TLS" + (", client certificates required)" if config.tls_client_ca else ")") if config.tls_cert else "")
         if self.service.arms is not None:
             log.info("A/B arms from %s: %s", config.arms_file, describe(self.service.arms))
+
+    def _start_credentials_watcher(self) -> CredentialsWatcher:
+        failures = self.metrics.credentials_reload_failures
+        watcher = CredentialsWatcher(self.credential_sources, self.config.credentials_reload_seconds, lambda name: failures.labels(name).inc())
+        watcher.start()
+        return watcher
 
     def _release(self) -> None:
         for pool in {self.feed_pool, self.ingest_pool} - {None}:

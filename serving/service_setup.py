@@ -20,6 +20,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
 from serving.store_url import open_store, redacted
+from serving.watched_files import file_signature
 from stores import FeedStore
 from training.artifact import Artifact, current_version, load_version
 
@@ -44,7 +45,7 @@ def load_models(config: ServerConfig) -> Models:
     """The models ``config`` serves: the arms file and the versions it pins first, then
     the CURRENT model (the pinned one, when CURRENT names it)."""
     arms_file = config.arms_file
-    arms_signature = _signature(arms_file) if arms_file else None  # before reading: a change after is seen
+    arms_signature = file_signature(arms_file) if arms_file else None  # before reading: a change after is seen
     arms = load_arms(arms_file, config.feed) if arms_file else None
     pinned = load_pinned(arms, config.models_dir)
     version = current_version(config.models_dir)
@@ -143,7 +144,7 @@ class ModelWatcher(threading.Thread):
         arms_signature: tuple[int, int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``arms_signature``: ``_signature(arms_file)`` taken before the service's arms were read."""
+        """``arms_signature``: ``file_signature(arms_file)`` taken before the service's arms were read."""
         super().__init__(name="model-watcher", daemon=True)
         self.service = service
         self.models_dir = models_dir
@@ -217,7 +218,7 @@ class ModelWatcher(threading.Thread):
         if artifact is not None:
             current, changed = artifact, True
         if self.arms_file:
-            signature = _signature(self.arms_file)
+            signature = file_signature(self.arms_file)
             # A file that failed is tried again after a backoff too: what failed may be
             # fixed without the file changing (a pinned version published later).
             retry = self.arms_failures and self.clock() >= self.arms_retry_at
@@ -247,11 +248,3 @@ class ModelWatcher(threading.Thread):
             return
         model_log.info("serving model %s; arms: %s", current.version, describe(arms) if arms else "none")
 
-
-def _signature(path: str) -> tuple[int, int, int] | None:
-    """Changes whenever the file is rewritten or replaced (None: it is missing)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino

@@ -21,6 +21,7 @@ from serving import auth, logs
 from serving import server as server_module
 from serving import service_setup
 from serving.config import FLAGS, ConfigError, HelpFormatter, ServerConfig, add_server_arguments, config_from_args, is_service_link, resolve_config, resolve_settings
+from serving.credentials import TokensFileSource
 from serving.metrics import FeedMetrics
 from serving.store_url import Durability
 from tests.conftest import REPO, json_lines
@@ -214,7 +215,10 @@ def test_tokens_come_from_the_file_and_the_environment_together(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"{TOKEN} read web\n")
     config = resolve_config(parse("--models", "m", "--tokens-file", str(path)), {"FEEDRANK_TOKENS": "another-token-0123456789 read,write ci"})
-    assert [(t.name, sorted(t.scopes)) for t in config.tokens] == [("web", ["read"]), ("ci", ["read", "write"])]
+    # The file's tokens are the server's to read (and re-read when it changes); the variable's stay.
+    assert config.tokens_file == str(path)
+    assert [(t.name, sorted(t.scopes)) for t in config.tokens] == [("ci", ["read", "write"])]
+    assert [t.name for t in TokensFileSource(str(path), config.tokens).interceptor.tokens] == ["web", "ci"]
     with pytest.raises(ConfigError, match="the same token is also listed"):
         resolve_config(parse("--models", "m", "--tokens-file", str(path)), {"FEEDRANK_TOKENS": f"{TOKEN} write"})
 
