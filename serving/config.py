@@ -76,7 +76,7 @@ class ServerConfig:
     # Auth and transport (serving/auth.py). No tokens and no tokens file: every client may call everything.
     tokens: tuple[auth.Token, ...] = ()  # FEEDRANK_TOKENS' (or given in code): the same for the server's life
     tokens_file: str | None = None  # more tokens, re-read when the file changes (serving/credentials.py)
-    credentials_reload_seconds: float = 10.0  # how often to look for a changed tokens file; 0 disables
+    credentials_reload_seconds: float = 10.0  # how often to look for a changed tokens file or TLS file; 0 disables
     tls_cert: str | None = None  # PEM server certificate (chain); with tls_key, serve TLS only
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA bundle: require client certificates it signed (mTLS)
@@ -285,8 +285,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
     Flag("tokens_file", str, None, "bearer tokens with scopes (format above); re-read when it changes (every --credentials-reload-seconds): a token removed is refused from the next call on, and a file that fails to load is logged and the tokens in force kept", "auth and TLS", metavar="FILE"),
-    Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file this often and put what changed in force; 0 disables", "auth and TLS", minimum=0),
-    Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key)", "auth and TLS", metavar="FILE"),
+    Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file and the --tls-* files this often and put what changed in force; 0 disables", "auth and TLS", minimum=0),
+    Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key). It, the key and the client CA are re-read when one changes (every --credentials-reload-seconds; replace them together, as a Kubernetes Secret volume does): new connections on both ports get the new ones, open ones keep theirs; a pair that does not match is logged and the one in force kept", "auth and TLS", metavar="FILE"),
     Flag("tls_key", str, None, "PEM private key of --tls-cert", "auth and TLS", metavar="FILE"),
     Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert)", "auth and TLS", metavar="FILE"),
     Flag("log_format", str, "text", "log line format", "logs", choices=LOG_FORMATS),

@@ -57,7 +57,7 @@ class FeedMetrics:
             "failed (the arms in force stay)", registry=self.registry,
         )
         self.credentials_reload_failures = Counter(
-            "feedrank_credentials_reload_failures", "Changed credential files (credential: tokens) that failed to "
+            "feedrank_credentials_reload_failures", "Changed credential files (credential: tokens, tls) that failed to "
             "load (those in force stay)", ["credential"], registry=self.registry,
         )
         # Feed processes (--feed-processes): read when scraped, so a call pays nothing for them.

@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -31,7 +30,7 @@ from serving import logs
 from serving.arms import describe
 from serving.auth import AuthInterceptor, is_open_method, rejecting
 from serving.config import ServerConfig, unknown_variable_warnings
-from serving.credentials import CredentialSource, CredentialsWatcher, TokensFileSource
+from serving.credentials import CredentialSource, CredentialsWatcher, TlsFilesSource, TokensFileSource
 from serving.feed_processes import STOP_SIGNALS, FeedProcesses
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
@@ -142,35 +141,6 @@ def ensure_port_free(host: str, port: int) -> None:
                     raise BindError(f"cannot serve on {where}: permission denied (ports below 1024 need privileges)") from None
                 if error.errno == errno.EADDRNOTAVAIL and len(addresses) == 1:
                     raise BindError(f"cannot serve on {where}: {host} is not an address of this machine") from None
-
-
-def _read(flag: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ValueError(f"{flag} {path}: {error.strerror or error}") from None
-
-
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
-    """TLS with ``tls_cert``/``tls_key``; with ``tls_client_ca`` clients must present a certificate it signed."""
-    assert config.tls_cert and config.tls_key
-    cert, key = _read("--tls-cert", config.tls_cert), _read("--tls-key", config.tls_key)
-    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:  # gRPC would only fail at the first handshake: check the pair now
-        check.load_cert_chain(config.tls_cert, config.tls_key, password=lambda: b"")
-    except (ssl.SSLError, ValueError) as error:
-        raise ValueError(
-            f"--tls-cert {config.tls_cert} / --tls-key {config.tls_key}: not a PEM certificate and its unencrypted "
-            f"private key ({getattr(error, 'reason', None) or error})"
-        ) from None
-    client_ca = None
-    if config.tls_client_ca:
-        client_ca = _read("--tls-client-ca", config.tls_client_ca)
-        try:
-            check.load_verify_locations(cafile=config.tls_client_ca)
-        except (ssl.SSLError, ValueError) as error:
-            raise ValueError(f"--tls-client-ca {config.tls_client_ca}: not PEM CA certificates ({getattr(error, 'reason', None) or error})") from None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 class InFlightCalls(grpc.aio.ServerInterceptor):
@@ -293,9 +263,10 @@ class FeedServer:
         if self.ephemeral_secret:
             config = replace(config, token_secret=secrets.token_bytes(32))
         self.config = config
-        credentials = server_credentials(config) if config.tls_cert else None
+        self.tls = TlsFilesSource(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
         tokens_file = TokensFileSource(config.tokens_file, config.tokens) if config.tokens_file else None
-        self.credential_sources: list[CredentialSource] = [source for source in (tokens_file,) if source is not None]
+        self.credential_sources: list[CredentialSource] = [source for source in (tokens_file, self.tls) if source is not None]
+        credentials = self.tls.grpc.credentials if self.tls is not None else None
         shared_port = config.workers > 1  # serve() checked the port before forking the workers
         if config.port and not shared_port:
             ensure_port_free(config.host, config.port)
@@ -330,6 +301,8 @@ class FeedServer:
                 self._stop_metrics = self._metrics_server()
             if config.http_port:
                 self.http = self._http_server(auth)
+                if self.tls is not None:
+                    self.tls.on_context.append(self.http.use_ssl_context)
         except BindError:
             if self._stop_metrics is not None:
                 self._stop_metrics()
@@ -379,8 +352,8 @@ class FeedServer:
         config = self.config
         context = WebContext(lambda: self.servicer.service, auth, config.models_dir, config.max_message_bytes)
         try:
-            return HttpServer(create_app(context), config.host, config.http_port, config.tls_cert, config.tls_key,
-                              config.tls_client_ca)
+            tls = (config.tls_cert, config.tls_key, self.tls.current.context) if self.tls is not None else None
+            return HttpServer(create_app(context), config.host, config.http_port, tls)
         except OSError as error:
             raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {error.strerror or error} "
                             "(--http-port)") from None

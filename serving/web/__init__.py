@@ -62,24 +62,27 @@ class _LoggingServer(wsgi.Server):
 
 class HttpServer:
     """``app`` on ``host:port`` (0: a free port; ``port`` tells which) in a thread of its own;
-    TLS with ``tls_cert``/``tls_key``, and with ``tls_client_ca`` only for clients presenting
-    a certificate it signed, as on the gRPC port."""
+    TLS with ``tls``: the certificate files and the context that holds them (and the client
+    CA when clients must present a certificate, as on the gRPC port)."""
 
-    def __init__(self, app: Flask, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
-                 tls_client_ca: str | None = None) -> None:
+    def __init__(self, app: Flask, host: str, port: int, tls: tuple[str, str, ssl.SSLContext] | None = None) -> None:
         self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
         # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
         # would still read and discard it to keep the connection. This cap bounds that
         # (a larger body gets cheroot's own plain 413).
         self.server.max_request_body_size = BODY_CAP_FACTOR * app.extensions["feedrank"].max_body_bytes
-        if tls_cert:
-            self.server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
-            if tls_client_ca:
-                self.server.ssl_adapter.context.load_verify_locations(cafile=tls_client_ca)
-                self.server.ssl_adapter.context.verify_mode = ssl.CERT_REQUIRED
+        if tls:
+            cert, key, context = tls
+            self.server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+            self.use_ssl_context(context)
         self.server.prepare()  # binds now, so a taken port fails the start
         self.port = self.server.bind_addr[1]
         self._thread = threading.Thread(target=self.server.serve, name="http", daemon=True)
+
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Shake hands with ``context`` from the next connection on (cheroot wraps each new
+        socket with the adapter's context of the moment; open connections keep theirs)."""
+        self.server.ssl_adapter.context = context
 
     def start(self) -> None:
         self._thread.start()
