@@ -2,7 +2,8 @@
 
 ``CredentialsWatcher`` polls their signatures, as ``ModelWatcher`` polls models/CURRENT,
 and has each changed source re-read its files. A file that fails (unreadable, malformed, a
-key that does not match its certificate) is logged in one line naming it and counted in ``feedrank_credentials_reload_failures``; the credentials in
+key that does not match its certificate, an expired certificate) is logged in one line
+naming it and counted in ``feedrank_credentials_reload_failures``; the credentials in
 force stay, and the file is tried again once it changes again.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from serving import auth
-from serving.tls import GrpcCertificates, TlsFiles, read_tls_files
+from serving.tls import GrpcCertificates, TlsFiles, log_expiry, read_tls_files
 from serving.watched_files import WatchedFiles
 
 log = logging.getLogger("feedrank.serving")
@@ -71,6 +72,7 @@ class TlsFilesSource:
         self.files = WatchedFiles(*(path for path in (cert, key, client_ca) if path))
         self.cert, self.key, self.client_ca = cert, key, client_ca
         self.current: TlsFiles = read_tls_files(cert, key, client_ca)
+        log_expiry(self.current)
         self.grpc = GrpcCertificates(self.current)
         self.on_context: list[Callable[[ssl.SSLContext], None]] = []  # the HTTP port's, when it serves
 
@@ -81,6 +83,7 @@ class TlsFilesSource:
             use(files.context)
         self.current = files
         log.info("TLS files %s re-read: new connections get the new certificate", ", ".join(self.files.paths))
+        log_expiry(files)
 
 
 class CredentialsWatcher(threading.Thread):

@@ -92,6 +92,14 @@ class FeedMetrics:
         self.feed_processes.set_function(alive)
         self.feed_queue.set_function(waiting)
 
+    def track_certificate_expiry(self, seconds_left: Callable[[], float]) -> None:
+        """Report ``seconds_left()`` at each scrape: how long the served TLS certificate has
+        before it expires (a server without TLS has no such series, rather than a 0 that
+        would read as expired)."""
+        Gauge("feedrank_tls_certificate_expires_in_seconds", "Seconds until the TLS certificate served to new "
+              "connections expires (the earliest notAfter of its chain); negative once it has", registry=self.registry,
+              ).set_function(seconds_left)
+
     def observe_ingest(self, applied: int, duplicates: int) -> None:
         self.events.labels("applied").inc(applied)
         self.events.labels("duplicate").inc(duplicates)

@@ -293,6 +293,9 @@ class FeedServer:
         self._threads: list[ModelWatcher | HealthMonitor | CredentialsWatcher] = []
         self.service: FeedService | None = None
         self.metrics = FeedMetrics()  # the service's, served from now on so that a loading server can be scraped
+        if self.tls is not None:
+            tls = self.tls
+            self.metrics.track_certificate_expiry(lambda: tls.current.seconds_left())
         self._stop_metrics: Callable[[], None] | None = None
         self.http: HttpServer | None = None
         self._http_started = False

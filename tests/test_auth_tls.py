@@ -164,12 +164,13 @@ def make_ca(directory: Path, name: str) -> None:
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
 
 
-def make_cert(directory: Path, name: str, ca: str, extensions: str) -> None:
+def make_cert(directory: Path, name: str, ca: str, extensions: str, days: int = 2) -> None:
+    """``name``.pem and .key, signed by ``ca`` for ``days`` from now (-1: expired a day ago)."""
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
     (directory / f"{name}.ext").write_text(extensions + "\n")
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
+            "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.ext", cwd=directory)
 
 
 def make_server_pki(root: Path, *other_cas: str) -> Path:

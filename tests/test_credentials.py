@@ -164,6 +164,7 @@ def two_pkis(tmp_path_factory) -> tuple[Path, Path]:
     for name in ("old", "new"):
         root = make_server_pki(tmp_path_factory.mktemp(f"pki-{name}"), "client-ca")
         make_cert(root, "client", "client-ca", "extendedKeyUsage=clientAuth")
+        make_cert(root, "expired", "server-ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth", days=-1)
         pkis.append(root)
     return pkis[0], pkis[1]
 
@@ -219,6 +220,11 @@ def test_a_renewed_certificate_is_served_to_new_connections_on_both_ports(world,
         assert len(errors) == 1 and errors[0].startswith(f"tls reload failed: --tls-cert {tmp_path / 'tls.crt'} / --tls-key")
         assert errors[0].endswith("keeping the certificate, key and client CA in force until the files change again")
         assert grpc_feed_code(server.port, new) == grpc.StatusCode.OK and https_feed_status(http_port, new) == 200
+
+        swap_kubernetes_volume(tmp_path, {"tls.crt": new / "expired.pem", "tls.key": new / "expired.key"}, "..2026_12_03")
+        eventually(lambda: server.metrics.registry.get_sample_value("feedrank_credentials_reload_failures_total", failures) == 2)
+        assert caplog.records[-1].getMessage().startswith(f"tls reload failed: --tls-cert {tmp_path / 'tls.crt'}: the certificate expired at ")
+        assert grpc_feed_code(server.port, new) == grpc.StatusCode.OK
 
 
 def test_a_replaced_client_ca_decides_which_client_certificates_are_accepted(world, two_pkis, tmp_path):
