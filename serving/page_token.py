@@ -12,9 +12,11 @@ The MAC is HMAC-SHA256 over the user id and everything after the MAC, truncated.
 id is a fingerprint of the signing secret (the first 4 bytes of its SHA-256, which gives
 nothing away about it), so a token signed with a key this server does not hold is told
 apart from one that was altered or belongs to another user. A token is accepted when it
-is signed with the current secret or one of the ``previous`` secrets (a rotation:
-deploy the new secret with the old one as previous, and drop the old one once the
-tokens it signed have expired), and is at most ``ttl_seconds`` old.
+is signed with the current secret or one of the ``previous`` secrets (a rotation, in
+three deployments so that servers of two steps side by side accept each other's tokens:
+the new secret as a previous one, then as the current one with the old one as previous,
+then alone once the old one's tokens have expired; README, "Page tokens"), and is at most
+``ttl_seconds`` old.
 """
 
 from __future__ import annotations

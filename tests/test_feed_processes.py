@@ -27,6 +27,7 @@ from protos.feed.v1 import feed_pb2
 from serving.config import MEMORY_COPY_MAX_BYTES, ConfigError, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
+from serving.page_token import EMPTY, PageTokenCodec
 from stores.events import Event, EventKind
 from stores.redis import connect
 from tests.conftest import REPO
@@ -271,6 +272,37 @@ def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_st
         with futures.ThreadPoolExecutor(8) as pool:  # calls at once: both children build some
             pages = list(pool.map(lambda _: page(), range(24)))
         assert not any(set(sold_out) & set(served_page) for served_page in pages)
+
+
+@pytest.mark.parametrize("token_secret", [None, b"new-secret-0123456789abcdef"], ids=["random key", "rotated key"])
+def test_page_tokens_issued_by_one_feed_process_are_accepted_by_every_other_and_by_a_replacement(world, token_secret):
+    """Each child gets the server's config, so its page-token key: the random one of a server
+    without FEEDRANK_TOKEN_SECRET (drawn before the children start), or the secret and the
+    previous ones of a rotation. A child that replaces a dead one gets the same."""
+    old_secret = b"old-secret-0123456789abcdef"
+    with running_server(world, feed_processes=2, token_secret=token_secret, previous_token_secrets=(old_secret,)) as (server, stub):
+        user = "u00004"
+        issued = [stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=30).next_page_token for _ in range(4)]
+        signed_before_the_rotation = PageTokenCodec(old_secret).encode(user, EMPTY)
+        killed = server.feed_processes.pids[0]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(server.feed_processes.pids) < 2 or killed in server.feed_processes.pids:
+            assert time.monotonic() < deadline, "no feed process took the killed one's place"
+            time.sleep(0.1)
+
+        def next_page(token: str) -> grpc.StatusCode:
+            while True:  # the first calls may find the killed child
+                try:
+                    stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5, page_token=token), timeout=30)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as error:
+                    if error.details() != PROCESS_LOST.message:
+                        return error.code()
+
+        with futures.ThreadPoolExecutor(8) as pool:  # calls at once: both children, the new one too, take some
+            codes = list(pool.map(next_page, (issued + [signed_before_the_rotation]) * 4))
+        assert codes == [grpc.StatusCode.OK] * len(codes)
 
 
 def test_a_busy_child_takes_the_next_call_unless_events_wait_for_it(world):

@@ -94,6 +94,25 @@ def test_a_token_signed_with_a_previous_secret_works_during_the_rotation():
         rotating.decode("bob", token)
 
 
+def test_a_rolling_rotation_in_three_deployments_never_rejects_a_token_of_the_fleet():
+    """The README's procedure: during each rolling restart, servers of the previous step and
+    of the next serve side by side, and each accepts the tokens the other signs. Moving the
+    new secret in as the signing one at once (step 1 skipped) breaks it: old servers reject
+    the new servers' tokens until the restart is over."""
+    old, new = b"o" * 32, b"n" * 32
+    steps = [
+        PageTokenCodec(old),  # before
+        PageTokenCodec(old, previous=[new]),  # 1: every server accepts the new secret
+        PageTokenCodec(new, previous=[old]),  # 2: the new one signs; the old one's tokens still work
+        PageTokenCodec(new),  # 3: once the old one's tokens have expired (--token-ttl-seconds)
+    ]
+    for before, after in zip(steps, steps[1:], strict=False):
+        for issuer, reader in ((before, after), (after, before)):
+            assert reader.decode("alice", issuer.encode("alice", EMPTY.plus(["i1"]))) == EMPTY.plus(["i1"])
+    with pytest.raises(PageTokenError, match="signed by another server or key"):  # step 1 skipped
+        steps[0].decode("alice", steps[2].encode("alice", EMPTY))
+
+
 def test_a_token_from_another_key_says_so_rather_than_tampered():
     token = PageTokenCodec(b"o" * 32).encode("alice", EMPTY.plus(["i1"]))
     with pytest.raises(PageTokenError) as error:
