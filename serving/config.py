@@ -236,7 +236,7 @@ GROUPS = {
         "Bearer tokens (--tokens-file and/or the FEEDRANK_TOKENS variable, same format, entries separated by "
         "newlines or ';'); clients send the metadata 'authorization: Bearer TOKEN'. 'read' allows GetFeed, "
         "'write' allows Ingest; health and reflection stay open. Without tokens any client may call everything "
-        "(the server warns). Tokens file:\n"
+        "(the server warns). The tokens file is re-read when it changes; FEEDRANK_TOKENS is read at start only. Tokens file:\n"
         "  # TOKEN (16+ chars)               SCOPES      [NAME for the access log]\n"
         "  3f9c0d2e6b1a4c8e9f7d5b3a1c2e4f60  read        feed-web\n"
         "  a1b2c3d4e5f60718293a4b5c6d7e8f90  read,write  ingest-worker"

@@ -20,7 +20,8 @@ log = logging.getLogger("feedrank.serving")
 
 EXPIRY_WARNING_DAYS = 14
 """A certificate that expires sooner is logged as a warning at start and at each reload:
-cert-manager renews 30 days ahead by default, so one this close was not renewed."""
+cert-manager renews at two thirds of a certificate's life by default (30 days ahead for
+90 days), so one this close was not renewed when it should have been."""
 
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _SEQUENCE, _UTC_TIME, _GENERALIZED_TIME, _VERSION_TAG = 0x30, 0x17, 0x18, 0xA0
