@@ -10,11 +10,11 @@ import datetime
 import logging
 import ssl
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 log = logging.getLogger("feedrank.serving")
 
@@ -22,10 +22,6 @@ EXPIRY_WARNING_DAYS = 14
 """A certificate that expires sooner is logged as a warning at start and at each reload:
 cert-manager renews at two thirds of a certificate's life by default (30 days ahead for
 90 days), so one this close was not renewed when it should have been."""
-
-_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
-_SEQUENCE, _UTC_TIME, _GENERALIZED_TIME, _VERSION_TAG = 0x30, 0x17, 0x18, 0xA0
-
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -74,7 +70,7 @@ def read_tls_files(cert: str, key: str | None, client_ca: str | None = None, now
             raise ValueError(f"--tls-client-ca {client_ca}: not PEM CA certificates ({getattr(error, 'reason', None) or error})") from None
         context.verify_mode = ssl.CERT_REQUIRED
     try:
-        not_after = min(certificate_not_after(der) for der in pem_certificates(chain))
+        not_after = chain_not_after(chain)
     except ValueError as error:
         raise ValueError(f"--tls-cert {cert}: {error}") from None
     files = TlsFiles(cert, chain, private_key, ca, context, not_after)
@@ -91,50 +87,14 @@ def log_expiry(files: TlsFiles, now: datetime.datetime | None = None) -> None:
            days, "; renew it" if days < EXPIRY_WARNING_DAYS else "")
 
 
-def pem_certificates(pem: bytes) -> Iterator[bytes]:
-    """The DER bytes of each certificate of a PEM chain; ValueError if it holds none."""
-    text = pem.decode("ascii", "replace")
-    blocks = text.split(_PEM_CERTIFICATE)[1:]
-    if not blocks:
-        raise ValueError("holds no PEM certificate")
-    for block in blocks:
-        yield ssl.PEM_cert_to_DER_cert(_PEM_CERTIFICATE + block.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
-
-
-def _der_elements(der: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(tag, content start, content end) of each DER element from ``start`` to ``end``."""
-    while start < end:
-        tag, length = der[start], der[start + 1]
-        start += 2
-        if length & 0x80:
-            size = length & 0x7F
-            length = int.from_bytes(der[start:start + size], "big")
-            start += size
-        if start + length > end:
-            raise ValueError("a certificate is truncated")
-        yield tag, start, start + length
-        start += length
-
-
-def certificate_not_after(der: bytes) -> datetime.datetime:
-    """The notAfter of a DER certificate (RFC 5280: Certificate > TBSCertificate > Validity),
-    read here because Python's ssl module decodes a certificate only for a peer's handshake."""
+def chain_not_after(pem: bytes) -> datetime.datetime:
+    """The earliest notAfter of a PEM chain's certificates (UTC): Python's ssl module
+    decodes a certificate only for a peer's handshake."""
     try:
-        _, start, end = next(_der_elements(der, 0, len(der)))  # Certificate
-        _, start, end = next(_der_elements(der, start, end))  # TBSCertificate
-        fields = list(_der_elements(der, start, end))
-        if fields[0][0] == _VERSION_TAG:
-            fields = fields[1:]
-        validity_tag, start, end = fields[3]  # after serialNumber, signature, issuer
-        _not_before, (tag, start, end) = _der_elements(der, start, end)
-        text = der[start:end].decode("ascii")
-        if validity_tag != _SEQUENCE or tag not in (_UTC_TIME, _GENERALIZED_TIME) or not text.endswith("Z"):
-            raise ValueError
-        if tag == _UTC_TIME:  # two-digit years: 50-99 are 1950-1999 (RFC 5280, 4.1.2.5.1)
-            text = ("19" if int(text[:2]) >= 50 else "20") + text
-        return datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
-    except (StopIteration, IndexError, ValueError, UnicodeDecodeError):
-        raise ValueError("not an X.509 certificate with a readable validity period") from None
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ValueError("not a PEM X.509 certificate chain") from None
+    return min(certificate.not_valid_after_utc for certificate in certificates)
 
 
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:

@@ -12,7 +12,7 @@ import pytest
 
 from serving.config import ServerConfig
 from serving.server import FeedServer
-from serving.tls import certificate_not_after, pem_certificates, read_tls_files
+from serving.tls import chain_not_after, read_tls_files
 from tests.feed_world import TOKEN_SECRET, build_world
 from tests.test_auth_tls import make_cert, make_server_pki, serving
 
@@ -45,14 +45,13 @@ def read_tls_files_not_after(pki: Path, chain: bytes) -> datetime.datetime:
 
 def test_the_not_after_read_from_a_certificate_is_what_openssl_reads(pki):
     for name in ("server", "expired", "lasting", "server-ca"):
-        [der] = pem_certificates((pki / f"{name}.pem").read_bytes())
-        assert certificate_not_after(der) == openssl_not_after(pki / f"{name}.pem"), name
+        assert chain_not_after((pki / f"{name}.pem").read_bytes()) == openssl_not_after(pki / f"{name}.pem"), name
     assert openssl_not_after(pki / "lasting.pem").year > 2049
     chain = (pki / "lasting.pem").read_bytes() + (pki / "server-ca.pem").read_bytes()
     assert read_tls_files_not_after(pki, chain) == openssl_not_after(pki / "server-ca.pem")  # the earliest of the chain
-    for garbage in (b"", b"\x30\x03\x02\x01\x01", (pki / "server.key").read_bytes()):
-        with pytest.raises(ValueError, match="not an X.509 certificate"):
-            certificate_not_after(garbage)
+    for garbage in (b"", b"-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n", (pki / "server.key").read_bytes()):
+        with pytest.raises(ValueError, match="not a PEM X.509 certificate chain"):
+            chain_not_after(garbage)
 
 
 def test_an_expired_certificate_stops_the_start_naming_the_file(world, pki):
