@@ -122,6 +122,28 @@ def test_default_split_is_per_user_without_times() -> None:
     assert default_split(generate(users=50, sellers=5, items=100, seed=2)).kind == "time"
 
 
+def test_likes_tied_at_one_time_are_split_per_user_by_default_and_a_time_split_of_them_is_refused() -> None:
+    # Regression: every like at one time (an export stamped with its own time) made the
+    # default split a time split whose ties held out every like, so train and evaluate
+    # printed a table of zeros from a model trained on nothing, and tune failed its first trial.
+    from training.arguments import check_time_split
+    from training.splits import SplitSpec, default_split, validation_split
+
+    base = generate(users=50, sellers=5, items=100, seed=2)
+    tied = base.with_likes(Edges(base.likes.src, base.likes.dst, np.full(len(base.likes), 1_764_000_000.0)))
+    assert default_split(tied) == SplitSpec("user", 0.2, 0)
+    fit_part, held, _ = validation_split(tied, 0.2, seed=0, kind="time")
+    assert 0 < len(held) < 0.3 * len(tied.likes) and len(fit_part.likes) == len(tied.likes) - len(held)
+    with pytest.raises(ValueError) as refused:
+        check_time_split(tied, SplitSpec.parse("time:0.2"), "--split")
+    assert str(refused.value) == (
+        f"--split time:0.2: {len(tied.likes)} of {len(tied.likes)} likes are at or after its split time "
+        "2025-11-24T16:00:00Z (ties), so it would hold out 100% of them, not the latest 20%; "
+        "use --split user:0.2 or random:0.2"
+    )
+    check_time_split(base, SplitSpec.parse("time:0.2"), "--split")
+
+
 @pytest.mark.parametrize("text", ["user", "user:x", "time:0.2:3", "week:0.2", "user:1.5"])
 def test_split_spec_errors_say_what_was_expected(text: str) -> None:
     """The flag's name comes from argparse (tests/test_train.py): --split, --eval-split or --test-split."""

@@ -8,8 +8,6 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 
-import numpy as np
-
 from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
@@ -17,7 +15,7 @@ from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
 from training.flag_types import bounded
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
-from training.splits import SplitSpec
+from training.splits import SplitSpec, time_split_problem
 from training.train import TrainParams
 
 
@@ -37,14 +35,14 @@ def split_text(*words: str) -> Callable[[str], str]:
 
 
 def check_time_split(dataset, spec: SplitSpec | None, flag: str) -> None:
-    """ValueError naming ``flag`` when ``spec`` is a time split and some like of ``dataset``
-    has no time: checked once the data is loaded, before any training."""
+    """ValueError naming ``flag`` when ``spec`` is a time split that cannot hold out the latest
+    likes of ``dataset`` (some like has no time, or ties at the split time take most of them):
+    checked once the data is loaded, before any training."""
     if spec is None or spec.kind != "time":
         return
-    untimed = int(np.count_nonzero(~np.isfinite(dataset.likes.ts)))
-    if untimed:
-        raise ValueError(f"{flag} {spec}: a time split needs a ts on every like, and {untimed} of "
-                         f"{len(dataset.likes)} have none; use {flag} user:{spec.fraction:g} or random:{spec.fraction:g}")
+    problem = time_split_problem(dataset, spec.fraction)
+    if problem:
+        raise ValueError(f"{flag} {spec}: {problem}; use {flag} user:{spec.fraction:g} or random:{spec.fraction:g}")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

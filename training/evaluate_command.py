@@ -34,8 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory")
     held_out = parser.add_mutually_exclusive_group()
     held_out.add_argument("--split", type=split_text(), help="time:FRACTION, user:FRACTION[:SEED] (a fraction of each user's likes) or "
-                                          "random:FRACTION[:SEED] (default: time:0.2 when every like has a time, "
-                                          "else user:0.2:0)")
+                                          "random:FRACTION[:SEED] (default: time:0.2 when every like has a time and "
+                                          "they are not mostly tied at the latest, else user:0.2:0)")
     held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", type=output_file, help="write the metrics as JSON here")

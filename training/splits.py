@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -126,14 +127,34 @@ def time_split(ds: Dataset, fraction: float) -> tuple[Dataset, Edges, float]:
             f"time_split needs a ts on every like; {int(missing.sum())} of {len(ts)} "
             f"have none (use random_split)"
         )
-    n = len(ts)
-    n_test = int(round(fraction * n))
-    if n_test == 0:
-        split_time = float("inf")
-    else:
-        split_time = float(np.partition(ts, n - n_test)[n - n_test])
+    split_time = _split_time(ts, fraction)
     is_test = ts >= split_time
     return (*split_by_mask(ds, is_test, before=split_time), split_time)
+
+
+def _split_time(ts: np.ndarray, fraction: float) -> float:
+    """The time of the latest ``fraction`` of ``ts`` (all finite); ``inf`` when that rounds to none."""
+    n = len(ts)
+    n_test = int(round(fraction * n))
+    return float("inf") if n_test == 0 else float(np.partition(ts, n - n_test)[n - n_test])
+
+
+def time_split_problem(dataset: Dataset, fraction: float) -> str | None:
+    """Why a time split of ``fraction`` would not hold out the latest ``fraction`` of the
+    likes, or None. Likes without a time cannot be placed; likes tied at the split time all
+    go to the test part, and when they take more than twice the fraction (every like at one
+    time, an export stamped with its own time) the split orders nothing: the training part
+    is whatever came before the tie, often nothing at all."""
+    ts = np.asarray(dataset.likes.ts, dtype=np.float64)
+    untimed = int(np.count_nonzero(~np.isfinite(ts)))
+    if untimed:
+        return f"a time split needs a ts on every like, and {untimed} of {len(ts)} have none"
+    split_time = _split_time(ts, fraction)
+    held = int(np.count_nonzero(ts >= split_time))
+    if held > 2 * fraction * len(ts):
+        return (f"{held} of {len(ts)} likes are at or after its split time {datetime.fromtimestamp(split_time, timezone.utc):%Y-%m-%dT%H:%M:%SZ} (ties), "
+                f"so it would hold out {held / len(ts):.0%} of them, not the latest {fraction:.0%}")
+    return None
 
 
 # "Now" for a replay of data without any time, where the stores keep every event at time
@@ -225,8 +246,11 @@ def has_times(dataset: Dataset) -> bool:
 
 
 def default_split(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> SplitSpec:
-    """A time split when every like has a time (what serving faces), else a per-user random one."""
-    return SplitSpec("time", fraction) if has_times(dataset) else SplitSpec("user", fraction, seed)
+    """A time split (what serving faces) when every like has a time and a time split holds out
+    the latest ``fraction`` (``time_split_problem``), else a per-user random one."""
+    if has_times(dataset) and time_split_problem(dataset, fraction) is None:
+        return SplitSpec("time", fraction)
+    return SplitSpec("user", fraction, seed)
 
 
 def validation_split(
@@ -235,16 +259,15 @@ def validation_split(
     """(fit part, validation likes, now), carved out of ``train`` (never a test part).
 
     ``kind`` is the shape of the evaluation the choice will be judged on, so validation
-    mirrors it; None picks what ``default_split`` would (time when every like is timed,
-    else per user). A time split whose ties at the split time swallow most of the data
-    (every like at one time) carries no order: it falls back to per user.
+    mirrors it; None picks what ``default_split`` would. A time split of ``train`` that
+    would not hold out its latest ``fraction`` (``time_split_problem``: ties at the split
+    time swallowing the data) carries no order: it falls back to per user.
     """
-    kind = kind or default_split(train).kind
+    kind = kind or default_split(train, fraction).kind
     if kind == "time":
-        if has_times(train):
+        if has_times(train) and time_split_problem(train, fraction) is None:
             fit_part, held, now = time_split(train, fraction)
-            if len(held) <= 2 * fraction * len(train.likes):
-                return catalogue_at(fit_part, now), held, now
+            return catalogue_at(fit_part, now), held, now
         kind = "user"
     fit_part, held, _ = split_for_evaluation(train, SplitSpec(kind, fraction, seed))
     return fit_part, held, evaluation_time(fit_part)

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_directory, help="models directory; the version goes to OUT/<version>/")
     parser.add_argument("--eval-split", default="auto", type=split_text("auto", "none"),
                         help="held-out split for the evaluation table: time:FRACTION, user:FRACTION[:SEED], "
-                             "random:FRACTION[:SEED], auto (time:0.2 when every like has a time, else user:0.2) "
+                             "random:FRACTION[:SEED], auto (time:0.2 when every like has a time and they are not mostly tied at the "
+                             "latest, else user:0.2) "
                              "or none (default: auto)")
     parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
     parser.add_argument("--no-current", dest="make_current", action="store_false",

@@ -313,7 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--test-split", default="auto", type=split_text("auto", "none"),
         help="the evaluation's test split, set aside before tuning and never read: time:FRACTION, "
              "user:FRACTION[:SEED], random:FRACTION[:SEED], auto (what evaluate uses by default: time:0.2 when every "
-             "like has a time, else user:0.2:0) or none (tune on all of DATA) (default: %(default)s)",
+             "like has a time and they are not mostly tied at the latest, else user:0.2:0) or none (tune on all of DATA) (default: %(default)s)",
     )
     parser.add_argument("--trials", type=bounded(int, 1), default=30, help="trials, the defaults first (default: %(default)s)")
     parser.add_argument("--timeout", type=bounded(float, above=0), default=900.0,
