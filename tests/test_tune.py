@@ -170,6 +170,19 @@ def test_data_too_thin_for_a_ranker_is_tuned_under_the_blend_and_keeps_the_defau
     assert len(warnings) == 3 and all(line.endswith("using the hand-set blend") for line in warnings)
 
 
+def test_data_too_thin_for_a_validation_split_is_one_error_line_before_any_trial(tmp_path, capfd):
+    """Regression: two likes left the validation split empty, and the first trial failed
+    inside optuna, which printed its traceback before the error line."""
+    from training.__main__ import main
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,a,1700000000\nu2,b,1700000001\n")
+    with pytest.raises(SystemExit) as stopped:
+        main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--test-split", "none", "--no-progress"])
+    assert stopped.value.code == ("error: the validation split time:0.2 of the 2 likes tuned on holds out no like: "
+                                  "no trial could be scored (a larger dataset)")
+    assert capfd.readouterr().err == "" and not (tmp_path / "p.json").exists()
+
+
 def test_required_sources_run_in_every_trial_and_are_not_searched(dataset, monkeypatch):
     used: list[tuple[str, ...]] = []
 

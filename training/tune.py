@@ -52,7 +52,7 @@ from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.arguments import check_time_split, source_names, split_text
 from training.dataset import Dataset
-from training.experiment import evaluate_split
+from training.experiment import NothingToEvaluate, evaluate_split
 from training.flag_types import bounded, output_file
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import RankerFitParams
@@ -246,6 +246,10 @@ def tune(
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
     kind = test_split.kind if test_split else default_split(tuning_part).kind
     validation = SplitSpec(kind, validation_fraction, seed)
+    if not len(split_for_evaluation(tuning_part, validation)[1]):
+        # Every trial scores this one split: each would fail alike, in optuna's traceback.
+        raise NothingToEvaluate(f"the validation split {validation} of the {len(tuning_part.likes):,} likes tuned on "
+                                "holds out no like: no trial could be scored (a larger dataset)")
     base = replace(base, show_progress=False, seed=seed)
     space = replace(SearchSpace.of(tuning_part, base), required_sources=tuple(required_sources))
     ranker_params = replace(ranker_params, seed=seed)
