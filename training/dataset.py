@@ -14,6 +14,7 @@ Columns (header row required, order free; other columns are ignored with a warni
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty; one above
 MAX_UNIX_SECONDS (milliseconds, most likely) is an error, and so is one before MIN_UNIX_SECONDS
 (1900: times before 1970 are negative, and real data has some, such as Last.fm's tags from 1956).
+Times more than DEFAULT_MAX_CLOCK_SKEW past this machine's clock load with a warning.
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
 The item card columns are optional and may be empty: ``price`` a non-negative number,
@@ -69,6 +70,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,7 +80,7 @@ import numpy as np
 
 from ranking.vocab import encode
 from stores.base import gc_paused
-from stores.events import ENGAGEMENTS, MAX_ID_BYTES, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
+from stores.events import DEFAULT_MAX_CLOCK_SKEW, ENGAGEMENTS, MAX_ID_BYTES, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
 
 ENGAGEMENT_KINDS = (*(kind.value for kind in ENGAGEMENTS), RECEIVED_SHARE)
 
@@ -1208,11 +1210,29 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     likes = _dedupe(like_users, like_items, like_ts, like_weight)
     follows = _dedupe(*follow_edges) if follows_t is not None else _empty_edges()
     friends = _dedupe(*friend_edges) if friend_edges is not None else _empty_edges()
+    dated = [(likes_name, "ts", likes.ts), (items_name, "created_at", items.created_at),
+             (_source(path, FOLLOWS), "ts", follows.ts), (_source(path, FRIENDS), "ts", friends.ts),
+             (_source(path, ENGAGEMENTS_FILE), "ts", engagements.ts)]
+    warnings.extend(filter(None, (_future_times(file, column, ts) for file, column, ts in dated if file)))
     return Dataset(
         items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements,
         hidden_items=_dedupe(*hidden_item_edges) if hidden_item_edges is not None else _empty_edges(),
         hidden_sellers=_dedupe(*hidden_seller_edges) if hidden_seller_edges is not None else _empty_edges(),
     )
+
+
+def _future_times(file: str, column: str, ts: np.ndarray) -> str | None:
+    """A warning when some of ``ts`` are further past this machine's clock than Ingest
+    allows (DEFAULT_MAX_CLOCK_SKEW): a server reads such a time as now, so each of those
+    events is as fresh as can be (news, trending, every decay) until the clock catches up.
+    Most likely the times are off (a time zone, a unit, a generator's end time), not the clock."""
+    ahead = ts > time.time() + DEFAULT_MAX_CLOCK_SKEW
+    if not ahead.any():
+        return None
+    latest = datetime.fromtimestamp(float(ts[ahead].max()), timezone.utc)
+    return (f"{file}: {int(ahead.sum()):,} of {len(ts):,} {column!r} values are more than a day past this machine's "
+            f"clock (the latest {latest:%Y-%m-%dT%H:%M:%SZ}): a server takes them for now, so they count as just "
+            "happened (news, trending, recency) until then; are the times or the clock off?")
 
 
 def _known_item_rows(t: _Table, item_ids: list[str], known_items: set[str] | None, item_file: str,
