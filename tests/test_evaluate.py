@@ -118,6 +118,18 @@ def test_test_pairs_no_feed_can_hit_are_warned_about(tmp_path, capsys):
     assert warnings_on_test_pairs(train, Edges(["u1"], ["i3"], np.zeros(1))) == []
 
 
+def test_test_users_without_a_training_like_are_counted_as_cold_starts(tmp_path):
+    # Regression: with one like per user a time split holds out whole users, and the table
+    # read as the model's quality while every test user's feed was a cold start.
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + "".join(f"u{k},i{k % 4},{1_700_000_000 + k}\n" for k in range(20)))
+    report = evaluate_split(load_dataset(str(tmp_path)), SplitSpec("time", 0.2), None, (10,), PARAMS, show_progress=False)
+    assert (report.test_users, report.cold_test_users, report.as_json()["cold_test_users"]) == (4, 4, 4)
+    assert report.table().splitlines()[-1].endswith(", 4 test users without a training like (cold starts)")
+    warm = evaluate_split(generate(users=60, sellers=6, items=80, seed=3), SplitSpec("user", 0.2), None, (10,), PARAMS,
+                          show_progress=False)  # a per-user split keeps every test user's other likes in training
+    assert warm.cold_test_users == 0 and "cold starts" not in warm.table()
+
+
 def test_the_plot_is_a_png_bar_chart(report, tmp_path):
     pytest.importorskip("matplotlib")
     from training.evaluate import plot_report

@@ -60,6 +60,7 @@ class EvaluationReport:
     test_users_total: int = 0  # before sampling down to ``max_users``
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
+    cold_test_users: int = 0  # test users without a training like: their feeds are cold starts
     ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
     # One row per cap setting (evaluate_cap_grid): the caps and the metrics of the feed under them.
     cap_grid: list[dict] = field(default_factory=list)
@@ -80,6 +81,7 @@ class EvaluationReport:
             "test_users_total": self.test_users_total,
             "test_pairs": self.test_pairs,
             "unseen_test_items": self.unseen_test_items,
+            "cold_test_users": self.cold_test_users,
             **({"ranker": self.ranker} if self.ranker else {}),
             **({"cap_grid": self.cap_grid} if self.cap_grid else {}),
         }
@@ -96,6 +98,7 @@ class EvaluationReport:
             + (f" (a seeded sample of {self.test_users_total})" if self.test_users_total > self.test_users else "")
             + f", {self.test_pairs} test pairs, "
             f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
+            + (f", {self.cold_test_users} test users without a training like (cold starts)" if self.cold_test_users else "")
         )
         if self.cap_grid:
             lines += ["", *self.cap_grid_table()]
@@ -316,6 +319,7 @@ def evaluate(
         ks, test_users=len(relevant), test_users_total=total_users, test_pairs=sum(len(v) for v in relevant.values())
     )
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
+    report.cold_test_users = len(relevant.keys() - set(train.likes.src))
 
     now = evaluation_time(train) if now is None else now
     methods: dict[str, Recommender] = {"model": pipeline_recommender(train, model, ranker, now, settings, show_progress)}
