@@ -242,6 +242,17 @@ def test_a_line_of_only_spaces_is_blank_and_later_lines_keep_their_numbers(tmp_p
     assert (err.line, err.column) == (4, "ts")
 
 
+def test_blank_lines_before_the_header_are_skipped_too(tmp_path: Path) -> None:
+    """They were read as the header: "missing required column" for each column, on line 1."""
+    ds = load_dataset(str(make(tmp_path / "ok", likes="\n  \nuser_id,item_id,ts\nu1,i1,1\n\nu2,i1,2\n")))
+    assert ds.likes.src == ["u1", "u2"]
+    err = error_of(make(tmp_path / "bad", likes="\n\nuser_id,item_id,ts\nu1,i1,1\nu2,i2,bad\n"))
+    assert (err.line, err.column) == (5, "ts")
+    err = error_of(make(tmp_path / "header", likes="\n\nuser_id,item\nu1,i1\n"))
+    assert str(err).startswith("likes.csv:3: column 'item_id': missing required column")
+    assert str(error_of(make(tmp_path / "blank", likes="\n \n"))) == "likes.csv:1: column '<header>': empty file; a header row is required"
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

@@ -473,10 +473,11 @@ def _read_table_unchecked(
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         rows_iter = _reader_rows(reader)
-        header = next(rows_iter, None)
+        header = next(_unblank(rows_iter), None)
         if header is None:
             errors.add(DatasetError(file, 1, "<header>", "empty file; a header row is required"))
             return None
+        header_line = reader.line_num
         header = [h.strip() for h in header]
         known = set(required + optional)
         seen: set[str] = set()
@@ -486,12 +487,12 @@ def _read_table_unchecked(
             if name not in known:
                 ignored.append(name)
             elif name in seen:
-                errors.add(DatasetError(file, 1, name, "duplicate column"))
+                errors.add(DatasetError(file, header_line, name, "duplicate column"))
                 broken = True
             seen.add(name)
         for name in required:
             if name not in seen:
-                errors.add(DatasetError(file, 1, name, f"missing required column (columns: {', '.join(required)}"
+                errors.add(DatasetError(file, header_line, name, f"missing required column (columns: {', '.join(required)}"
                                         + (f"[, {', '.join(optional)}]" if optional else "") + ")"))
                 broken = True
         if broken:
@@ -614,13 +615,17 @@ def _is_blank(row: list[str]) -> bool:
     return not row or (len(row) == 1 and not row[0].strip())
 
 
+def _unblank(rows: Iterator[list[str]]) -> Iterator[list[str]]:
+    return (row for row in rows if not _is_blank(row))
+
+
 def _rows_with_lines(path: str, file: str) -> tuple[np.ndarray, list[list[str]]]:
     lines: list[int] = []
     rows: list[list[str]] = []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         rows_iter = _reader_rows(reader)
-        next(rows_iter)
+        next(_unblank(rows_iter))
         prev = reader.line_num
         for r in rows_iter:
             if not _is_blank(r):  # blank lines are skipped, not errors
