@@ -253,6 +253,18 @@ def test_blank_lines_before_the_header_are_skipped_too(tmp_path: Path) -> None:
     assert str(error_of(make(tmp_path / "blank", likes="\n \n"))) == "likes.csv:1: column '<header>': empty file; a header row is required"
 
 
+def test_a_header_in_another_case_or_with_another_separator_says_so(tmp_path: Path) -> None:
+    """Both were "missing required column" for each column, which the file seemed to have."""
+    err = error_of(make(tmp_path / "semicolons", likes="user_id;item_id;ts\nu1;i1;1\n"))
+    assert str(err) == ("likes.csv:1: column '<header>': one column, 'user_id;item_id;ts': the file looks "
+                        "semicolon-separated; dataset files are comma-separated")
+    err = error_of(make(tmp_path / "tabs", follows="user_id\tseller_id\tts\nu1\ts1\t1\n"))
+    assert "follows.csv:1: column '<header>': one column, 'user_id\\tseller_id\\tts': the file looks tab-separated" in str(err)
+    err = error_of(make(tmp_path / "case", likes="User_ID,item_id,ts\nu1,i1,1\n"))
+    assert str(err) == ("likes.csv:1: column 'user_id': missing required column (columns: user_id, item_id, ts[, weight]); "
+                        "the header has 'User_ID': column names are case-sensitive")
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

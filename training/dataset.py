@@ -438,6 +438,19 @@ def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, 
     return None
 
 
+# A header of one column holding one of these is a file written with another separator.
+_OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _expected_columns(missing: str, found: Sequence[str], schema: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    """What to say after "missing required column": the file's columns, and a column
+    ``found`` that differs from ``missing`` only by case, which is the likely slip."""
+    required, optional = schema
+    near = next((name for name in found if name.lower() == missing.lower()), None)
+    return (f"(columns: {', '.join(required)}" + (f"[, {', '.join(optional)}]" if optional else "") + ")"
+            + (f"; the header has {near!r}: column names are case-sensitive" if near else ""))
+
+
 class _CsvError(csv.Error):
     line_num = 0
 
@@ -479,6 +492,11 @@ def _read_table_unchecked(
             return None
         header_line = reader.line_num
         header = [h.strip() for h in header]
+        separator = next((c for c in _OTHER_SEPARATORS if len(header) == 1 and c in header[0]), None)
+        if separator:
+            errors.add(DatasetError(file, header_line, "<header>", f"one column, {header[0]!r}: the file looks "
+                                    f"{_OTHER_SEPARATORS[separator]}-separated; dataset files are comma-separated"))
+            return None
         known = set(required + optional)
         seen: set[str] = set()
         ignored: list[str] = []
@@ -492,8 +510,7 @@ def _read_table_unchecked(
             seen.add(name)
         for name in required:
             if name not in seen:
-                errors.add(DatasetError(file, header_line, name, f"missing required column (columns: {', '.join(required)}"
-                                        + (f"[, {', '.join(optional)}]" if optional else "") + ")"))
+                errors.add(DatasetError(file, header_line, name, "missing required column " + _expected_columns(name, header, schema)))
                 broken = True
         if broken:
             return None
@@ -691,8 +708,8 @@ def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str
             parquet = pq.ParquetFile(path)
             columns = parquet.schema_arrow.names
             problems = [f"duplicate column {c!r}" for c in sorted(set(columns)) if c in known and columns.count(c) > 1]
-            problems += [f"missing required column {c!r} (columns: {', '.join(required)}"
-                         + (f"[, {', '.join(optional)}]" if optional else "") + ")" for c in required if c not in columns]
+            problems += [f"missing required column {c!r} {_expected_columns(c, columns, _SCHEMA[file])}"
+                         for c in required if c not in columns]
             for problem in problems:
                 errors.add(DatasetError(shown, 0, "<file>", problem))
             if problems:
