@@ -130,6 +130,25 @@ def test_test_users_without_a_training_like_are_counted_as_cold_starts(tmp_path)
     assert warm.cold_test_users == 0 and "cold starts" not in warm.table()
 
 
+def test_baselines_recommend_only_what_a_feed_can_show(tmp_path):
+    # Regression: the baselines skipped only items out of stock, liked or own, so popularity
+    # recommended items no feed shows (kept out of the feed, a seller away, hidden by the
+    # user) and could score test likes the served feed had no way to reach.
+    from training.evaluate import Eligibility, popularity_baseline
+
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock,feed_eligible\n"
+                                        + "".join(f"i{k},s{k},1,1,{int(k != 1)}\n" for k in range(7)))
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + "".join(
+        f"u{u},i{k},{10 + u}\n" for k in range(7) for u in range(10 - k)))  # i0 the most liked, i6 the least
+    (tmp_path / "sellers.csv").write_text("seller_id,vacation_until\ns2,inf\ns3,50\n")  # s3 is back at now = 51
+    (tmp_path / "not_interested_items.csv").write_text("user_id,item_id,ts\nv,i0,1\n")
+    (tmp_path / "not_interested_sellers.csv").write_text("user_id,seller_id,ts\nv,s4,1\n")
+    train = load_dataset(str(tmp_path))
+    recommend = popularity_baseline(train, Eligibility(train, now=51.0))
+    assert recommend("v", 10) == ["i3", "i5", "i6"]
+    assert recommend("w", 10) == ["i0", "i3", "i4", "i5", "i6"]
+
+
 def test_the_plot_is_a_png_bar_chart(report, tmp_path):
     pytest.importorskip("matplotlib")
     from training.evaluate import plot_report

@@ -14,6 +14,7 @@ model, ranker, split and users) under a few other seller and category caps per p
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import time
@@ -134,23 +135,34 @@ class EvaluationReport:
 
 
 class Eligibility:
-    """The filters every method obeys, vectorised: in stock, not liked, not own."""
+    """The filters of the served feed that every baseline obeys too, at ``now``: in stock,
+    feed-eligible, seller not on vacation, not liked or hidden by the user, not the
+    user's own, seller not hidden by the user. A baseline that could recommend what no
+    feed shows would be measured on other terms than the feed it is compared with."""
 
-    def __init__(self, train: Dataset) -> None:
-        items = train.items
+    def __init__(self, train: Dataset, now: float) -> None:
+        items, sellers = train.items, train.sellers
         self.item_ids = list(items.item_id)
         self.row = {item_id: i for i, item_id in enumerate(self.item_ids)}
         self.seller_of = dict(zip(items.item_id, items.seller_id))
-        self.in_stock = dict(zip(items.item_id, (items.stock > 0).tolist()))
-        self.liked: dict[str, set[str]] = defaultdict(set)
-        for user_id, item_id in zip(train.likes.src, train.likes.dst):
-            self.liked[user_id].add(item_id)
+        away = {seller for seller, until in zip(sellers.seller_id, sellers.vacation_until.tolist()) if until > now}
+        present = np.fromiter((seller not in away for seller in items.seller_id), bool, len(items.seller_id))
+        servable = (items.stock > 0) & items.feed_eligible & present
+        self.servable = dict(zip(items.item_id, servable.tolist()))
+        self.excluded: dict[str, set[str]] = defaultdict(set)  # liked or hidden
+        for user_id, item_id in itertools.chain(zip(train.likes.src, train.likes.dst),
+                                                zip(train.hidden_items.src, train.hidden_items.dst)):
+            self.excluded[user_id].add(item_id)
+        self.hidden_sellers: dict[str, set[str]] = defaultdict(set)
+        for user_id, seller_id in zip(train.hidden_sellers.src, train.hidden_sellers.dst):
+            self.hidden_sellers[user_id].add(seller_id)
 
     def ok(self, user_id: str, item_id: str) -> bool:
         return (
-            self.in_stock.get(item_id, False)
-            and item_id not in self.liked.get(user_id, ())
+            self.servable.get(item_id, False)
+            and item_id not in self.excluded.get(user_id, ())
             and self.seller_of.get(item_id) != user_id
+            and self.seller_of.get(item_id) not in self.hidden_sellers.get(user_id, ())
         )
 
     def top(self, user_id: str, ranked: Iterable[str], k: int) -> list[str]:
@@ -220,7 +232,7 @@ def als_baseline(model: EmbeddingModel, train: Dataset, eligible: Eligibility) -
         vector = model.user_vector(user_id, recent.get(user_id, []))
         if vector is None:
             return []
-        depth = k + len(eligible.liked.get(user_id, ())) + 50
+        depth = k + len(eligible.excluded.get(user_id, ())) + 50
         item_ids, _ = model.neighbours(vector, depth)
         return eligible.top(user_id, item_ids, k)
 
@@ -313,7 +325,8 @@ def evaluate(
     if 0 < max_users < total_users:
         sample = np.random.default_rng(0).choice(sorted(relevant), size=max_users, replace=False)
         relevant = defaultdict(set, {user_id: relevant[user_id] for user_id in sample.tolist()})
-    eligible = Eligibility(train)
+    now = evaluation_time(train) if now is None else now
+    eligible = Eligibility(train, now)
     trained_items = set(train.likes.dst)
     report = EvaluationReport(
         ks, test_users=len(relevant), test_users_total=total_users, test_pairs=sum(len(v) for v in relevant.values())
@@ -321,7 +334,6 @@ def evaluate(
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
     report.cold_test_users = len(relevant.keys() - set(train.likes.src))
 
-    now = evaluation_time(train) if now is None else now
     methods: dict[str, Recommender] = {"model": pipeline_recommender(train, model, ranker, now, settings, show_progress)}
     if baselines:
         methods.update(baseline_recommenders(train, model, eligible))
