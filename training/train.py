@@ -162,12 +162,22 @@ def evaluation_chart_files(metrics: dict[str, Any]) -> dict[str, bytes]:
         return {}
 
 
-def warn_if_nothing_in_stock(ds: Dataset) -> None:
-    """A catalogue sold out whole trains a model whose feeds are empty until items come back."""
-    stock = ds.items.stock
-    if len(stock) and not (stock > 0).any():
-        print(f"warning: all {len(stock):,} items are out of stock: feeds stay empty until items are restocked or listed",
-              file=sys.stderr, flush=True)
+def warn_if_nothing_servable(ds: Dataset, now: float) -> None:
+    """A catalogue of which a feed may show no item at ``now`` (sold out, kept out of the
+    feed by their sellers, sellers away) trains a model whose feeds are empty until that changes."""
+    items = ds.items
+    if not len(items.item_id):
+        return
+    away = {seller for seller, until in zip(ds.sellers.seller_id, ds.sellers.vacation_until.tolist()) if until > now}
+    reasons = {
+        "out of stock": items.stock <= 0,
+        "kept out of the feed (feed_eligible 0)": ~items.feed_eligible,
+        "their seller away": np.fromiter((seller in away for seller in items.seller_id), bool, len(items.seller_id)),
+    }
+    if np.logical_or.reduce(list(reasons.values())).all():
+        why = ", ".join(f"{int(mask.sum()):,} {reason}" for reason, mask in reasons.items() if mask.any())
+        print(f"warning: no item of {len(items.item_id):,} can be served now ({why}): feeds stay empty until items are "
+              "restocked, listed, made feed-eligible or their sellers are back", file=sys.stderr, flush=True)
 
 
 def train_and_publish(
@@ -200,7 +210,7 @@ def train_and_publish(
     with _step("load", timings, verbose):
         ds = load_dataset(data_dir)
         require_likes(ds, data_dir)
-        warn_if_nothing_in_stock(ds)
+        warn_if_nothing_servable(ds, time.time())
         if check_data is not None:
             check_data(ds)
         fingerprint = ds.fingerprint()
