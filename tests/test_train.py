@@ -212,5 +212,5 @@ def test_a_catalogue_of_which_no_item_can_be_served_trains_with_a_warning(servab
     write_dataset(dataset, str(tmp_path / "data"))
     train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5, show_progress=False))
     warnings = [line for line in capsys.readouterr().err.splitlines() if "can be served" in line]
-    assert warnings == ([] if says is None else [f"warning: {says}: feeds stay empty until items are restocked, listed, "
-                                                 "made feed-eligible or their sellers are back"])
+    until = "feeds stay empty until items are restocked, listed, made feed-eligible or their sellers are back"
+    assert warnings == ([] if says is None else [f"warning: {says}: {until}"])
