@@ -14,6 +14,7 @@ one, also sent back in the trailing metadata), ``method``, ``code``, ``latency_m
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import json
@@ -36,6 +37,10 @@ MODEL_LOGGER = "feedrank.serving.models"
 """What is served and why: model and arms swaps, the pools a model is served on. A feed
 process logs only its errors here: the server logs the rest once for them all."""
 MAX_REQUEST_ID_CHARS = 128
+DEADLINE_SLACK_SECONDS = 0.1
+"""A call cancelled this close to its deadline was cancelled by the client's deadline: the
+server's deadline comes a little later than the client's (the grpc-timeout header is rounded
+up, and it took time to arrive), so the client's cancel often arrives first."""
 
 # The RPC being served on this thread: request id, and what the interceptors learned.
 _CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("feedrank_call", default=None)
@@ -142,6 +147,21 @@ def configure(log_format: str = "text", level: str = "info", stream: Any = None)
     return handler
 
 
+def expired(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed (never, without one)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status the client of a call that gRPC cancelled sees: DEADLINE_EXCEEDED when its
+    deadline had (nearly) passed, else CANCELLED (the client cancelled or went away)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < DEADLINE_SLACK_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 def request_id_of(metadata: Any) -> str:
     """The caller's x-request-id (cleaned, bounded), else a new one."""
     for key, value in metadata or ():
@@ -190,24 +210,27 @@ class AccessLog(grpc.aio.ServerInterceptor):
             token = _CALL.set(call)
             # Set first: a refusal adds its error details after it (servicer.refuse).
             context.set_trailing_metadata((("x-request-id", request_id),))
+            peer = _peer(context)  # now: a cancelled call's context no longer knows it
             started = time.perf_counter()
             response = None
-            raised = False
+            code = None
             try:
                 response = await behavior(request, context)
                 return response
+            except asyncio.CancelledError:
+                code = cancelled_code(context)
+                raise
             except BaseException:
-                raised = True
+                code = grpc.StatusCode.UNKNOWN
                 raise
             finally:
                 seconds = time.perf_counter() - started
                 _CALL.reset(token)
-                code = context.code()
-                code_name = code.name if code is not None else ("UNKNOWN" if raised else "OK")
+                code_name = (context.code() or code or grpc.StatusCode.OK).name
                 if call["rejected"] and self.on_rejected is not None:
                     self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
                 if self.log.isEnabledFor(level):
-                    self.write(level, method, code_name, seconds, request, response, call, _peer(context))
+                    self.write(level, method, code_name, seconds, request, response, call, peer)
 
         return handler._replace(unary_unary=logged)
 

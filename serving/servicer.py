@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
+from serving.logs import cancelled_code, expired
 from serving.wire import MalformedRequest, lenient
 from stores.base import NotReplicated, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
@@ -269,11 +270,6 @@ async def _run(pool: Executor | None, respond: Callable[..., Message], *args: An
 EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
 
 
-def _expired(context: grpc.aio.ServicerContext) -> bool:
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
-
-
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set.
 
@@ -311,16 +307,16 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             observe_call(service, method, grpc.StatusCode.INVALID_ARGUMENT, 0.0, None, None)
             return refuse(context, refusal_of(request.error, method))
         started = time.perf_counter()
-        response, refusal = None, EXPIRED if _expired(context) else None
+        response, refusal = None, EXPIRED if expired(context) else None
         if refusal is None:
             try:
                 response = await _run(pool, respond, service, request, time.time())
-            except asyncio.CancelledError:  # the client went away: counted, then gRPC ends the call
-                observe_call(service, method, grpc.StatusCode.CANCELLED, time.perf_counter() - started, request, None)
+            except asyncio.CancelledError:  # the client went away or its deadline passed: counted, then gRPC ends the call
+                observe_call(service, method, cancelled_code(context), time.perf_counter() - started, request, None)
                 raise
             except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
                 refusal = refusal_of(error, method)
-            if refusal is None and late_is_expired and _expired(context):
+            if refusal is None and late_is_expired and expired(context):
                 response, refusal = None, EXPIRED
         code = refusal.code if refusal is not None else grpc.StatusCode.OK
         observe_call(service, method, code, time.perf_counter() - started, request, response)

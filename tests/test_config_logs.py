@@ -309,6 +309,39 @@ def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(w
     assert TOKEN not in log_stream.getvalue()
 
 
+def test_a_call_cancelled_or_past_its_deadline_is_logged_and_counted_as_such(world, log_stream):
+    # Before the fix gRPC's cancellation of the handler was logged as code UNKNOWN, with
+    # no peer (the context no longer answers), and a deadline counted as CANCELLED.
+    config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET,
+                          reload_seconds=0, threads=1)
+    server = server_module.FeedServer(config)
+    server.start()
+    real = server.service.get_feed
+    server.service.get_feed = lambda *args, **kwargs: (time.sleep(0.3), real(*args, **kwargs))[1]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            request = feed_pb2.GetFeedRequest(user_id="u00001", limit=5)
+            stub.GetFeed(request, timeout=10)
+            with pytest.raises(grpc.RpcError) as late:
+                stub.GetFeed(request, timeout=0.1)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            cancelled = stub.GetFeed.future(request, timeout=10)
+            time.sleep(0.1)
+            cancelled.cancel()
+            time.sleep(0.5)  # the thread finishes the feed nobody waits for
+        registry = server.service.metrics.registry
+        counts = {code: registry.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": code})
+                  for code in ("DEADLINE_EXCEEDED", "CANCELLED")}
+    finally:
+        server.stop(grace=0)
+    access = [line for line in json_lines(log_stream) if line["logger"] == logs.ACCESS_LOGGER]
+    assert [a["code"] for a in access] == ["OK", "DEADLINE_EXCEEDED", "CANCELLED"]
+    assert all(a["peer"].startswith("ipv") for a in access)
+    assert counts == {"DEADLINE_EXCEEDED": 1, "CANCELLED": 1}
+    assert not [line for line in json_lines(log_stream) if line["level"] == "error"]
+
+
 def test_startup_warns_when_open_and_without_a_token_secret(world, caplog):
     caplog.set_level("WARNING", logger="feedrank.serving")
     server = server_module.FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, reload_seconds=0))
