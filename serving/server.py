@@ -46,6 +46,13 @@ log = logging.getLogger("feedrank.serving")
 T = TypeVar("T")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
+KEEPALIVE_MIN_PING_SECONDS = 5.0
+"""The shortest interval between a client's keepalive pings that the server accepts while no
+data flows, with or without calls in flight; more often, and the third ping too early gets
+the connection a GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"). gRPC's defaults, 2 hours
+without a call in flight and 5 minutes with one, closed the idle connections of clients
+that ping every 10-60 s to keep them open through load balancers and NATs; grpc-go and
+grpc-java clients ping at most every 10 s."""
 # Ingest threads when feeds are built on the event loop: an Ingest may wait on the
 # write-ahead log's fsync, and two of them in flight share one (group commit).
 INGEST_THREADS = 2
@@ -335,6 +342,8 @@ class FeedServer:
                 ("grpc.so_reuseport", 1 if shared_port else 0),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),  # on a server: accept pings on a connection without calls
+                ("grpc.http2.min_ping_interval_without_data_ms", int(KEEPALIVE_MIN_PING_SECONDS * 1000)),
             ],
         )
         add_feed_service(self.servicer, self.grpc_server)

@@ -184,6 +184,33 @@ def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
         assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00002", limit=5), timeout=10).items) == 5
 
 
+def idle_channel_states(port: int, keepalive_ms: int, idle_seconds: float) -> list[grpc.ChannelConnectivity]:
+    """The states, once connected, of a channel that pings every ``keepalive_ms`` also while
+    it has no call, as clients behind load balancers do, over ``idle_seconds`` after one call."""
+    options = [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_permit_without_calls", 1),
+               ("grpc.http2.max_pings_without_data", 0)]
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        channel.subscribe(states.append, try_to_connect=True)
+        feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)
+        time.sleep(idle_seconds)
+        channel.unsubscribe(states.append)
+    return states[states.index(grpc.ChannelConnectivity.READY) + 1:]
+
+
+def test_keepalive_pings_as_often_as_the_server_permits_keep_an_idle_connection(world, monkeypatch):
+    # Before the fix the server took gRPC's defaults: no ping without a call in flight for
+    # 2 hours, else one each 5 minutes. A client pinging its idle connection every 30 s
+    # (to keep it open through a load balancer) was sent GOAWAY too_many_pings at its
+    # fourth ping. The test scales the server's minimum down to keep it short.
+    with serving(world) as server:
+        # A client that pings more often than the server permits is told to calm down (and reconnects).
+        assert grpc.ChannelConnectivity.IDLE in idle_channel_states(server.port, keepalive_ms=1000, idle_seconds=4)
+    monkeypatch.setattr(server_module, "KEEPALIVE_MIN_PING_SECONDS", 0.5)
+    with serving(world) as server:  # gRPC core's client pings at most once a second
+        assert idle_channel_states(server.port, keepalive_ms=1000, idle_seconds=4) == []
+
+
 def _faiss_threads_in_a_new_thread(run=lambda: None) -> int:
     import faiss
 
