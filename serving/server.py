@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -116,6 +118,28 @@ class HealthMonitor(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
             self.check()
+
+
+class ReflectionPool:
+    """The default descriptor pool, as the reflection service reads it, which also finds the
+    file that defines a method (``feedrank.feed.v1.FeedService.GetFeed``), as ``grpcurl
+    describe SERVICE.METHOD`` asks: Python's pool indexes no methods (grpc/grpc#34743)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self.pool = pool
+
+    def FindFileContainingSymbol(self, name: str) -> FileDescriptor:
+        try:
+            return self.pool.FindFileContainingSymbol(name)
+        except KeyError:
+            service_name, _, method = name.rpartition(".")
+            service = self.pool.FindServiceByName(service_name)
+            if method not in service.methods_by_name:
+                raise
+            return service.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
 
 
 class BindError(OSError):
@@ -348,7 +372,8 @@ class FeedServer:
         )
         add_feed_service(self.servicer, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server,
+                                            pool=ReflectionPool(descriptor_pool.Default()))
         if credentials is not None:
             return self.grpc_server.add_secure_port(address, credentials)
         return self.grpc_server.add_insecure_port(address)

@@ -8,8 +8,10 @@ from collections import Counter
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from protos.feed.v1 import feed_pb2
 from tests.feed_world import all_pages, build_world, running_server
@@ -50,6 +52,19 @@ def test_health_is_serving_and_reflection_lists_the_service(server):
         responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"feedrank.feed.v1.FeedService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("symbol", ["feedrank.feed.v1.FeedService.GetFeed", "grpc.health.v1.Health.Watch"])
+def test_reflection_describes_a_method_as_grpcurl_asks(server, symbol):
+    # `grpcurl describe SERVICE.METHOD` asks for the file containing the method; Python's
+    # reflection answered NOT_FOUND (its descriptor pool indexes no methods, grpc/grpc#34743).
+    feed_server, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindMethodByName(symbol)
+        assert method.input_type.fields and method.output_type.fields
+        with pytest.raises(KeyError):
+            pool.FindMethodByName("feedrank.feed.v1.FeedService.NoSuchMethod")
 
 
 def test_no_out_of_stock_item_is_ever_served_before_and_after_stock_updates(world, stub):
