@@ -485,9 +485,11 @@ class FeedServer:
 
     async def _drain(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        started = asyncio.get_running_loop().time()
         await self.drain.begin(grace)
-        await self.grpc_server.stop(max(grace - (asyncio.get_running_loop().time() - started), 0.0))
+        # The FeedService calls are answered (or the grace is spent). What gRPC still runs is
+        # health and reflection, among them health Watches, which never end by themselves:
+        # a grace here held every stop for all of it while a client watched.
+        await self.grpc_server.stop(0)
 
 
 def _write_atomically(path: str, text: str) -> None:

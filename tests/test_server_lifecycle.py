@@ -18,10 +18,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.config import ServerConfig
 from serving.feed_processes import FeedProcesses, FeedProcessError
+from serving.server import SHUTDOWN_GRACE_SECONDS
 from tests.conftest import REPO
 from tests.feed_world import TOKEN_SECRET, build_world
 from tests.processes import alive
@@ -239,3 +241,25 @@ def test_getfeeds_in_flight_at_sigterm_succeed_or_are_refused_retryably(world, t
     assert process.returncode == 0
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, {code: codes.count(code) for code in set(codes)}
     assert codes.count(grpc.StatusCode.OK) > 0
+
+
+def test_a_health_watch_open_at_sigterm_sees_not_serving_and_does_not_hold_up_the_exit(world, tmp_path):
+    """Clients that balance by health (grpc-go's client-side health checking) keep a Watch
+    open for good. Before the fix gRPC's stop waited the whole grace for it: every
+    shutdown took 5 s more, whatever was in flight."""
+    port_file = tmp_path / "port"
+    with started(serving_argv(world, "--port", "0", "--feed-processes", "0", "--port-file", str(port_file))) as process:
+        wait_for_file(port_file, process)
+        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="feedrank.feed.v1.FeedService"), timeout=60)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            started_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as ended:
+                next(watch)
+            process.communicate(timeout=EXIT_SECONDS)
+            stopped_within = time.monotonic() - started_at
+    assert ended.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert process.returncode == 0
+    assert stopped_within < SHUTDOWN_GRACE_SECONDS / 2, stopped_within
