@@ -55,6 +55,9 @@ the connection a GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"). gRPC's defaults, 
 without a call in flight and 5 minutes with one, closed the idle connections of clients
 that ping every 10-60 s to keep them open through load balancers and NATs; grpc-go and
 grpc-java clients ping at most every 10 s."""
+MAX_METADATA_BYTES = 16 * 1024
+"""The largest request metadata (headers) accepted; larger is RESOURCE_EXHAUSTED. gRPC core's
+own limits, 8 KiB "soft" and 16 KiB hard, refused what lies between at random."""
 # Ingest threads when feeds are built on the event loop: an Ingest may wait on the
 # write-ahead log's fsync, and two of them in flight share one (group commit).
 INGEST_THREADS = 2
@@ -366,6 +369,8 @@ class FeedServer:
                 ("grpc.so_reuseport", 1 if shared_port else 0),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),  # on a server: accept pings on a connection without calls
                 ("grpc.http2.min_ping_interval_without_data_ms", int(KEEPALIVE_MIN_PING_SECONDS * 1000)),
             ],
