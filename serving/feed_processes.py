@@ -23,7 +23,9 @@ pipe has room again (a batch is at most --max-message-bytes).
 Each child has a pipe of its own to the server's event loop, and builds one feed at a
 time. A call goes to the child that has been idle for the shortest time; when none is
 idle, to the child longest at its call, as the next it builds (``CALLS_PER_CHILD``),
-unless events wait for that child; else it waits in one queue in the server. A child
+unless events wait for that child; else it waits in one queue in the server. A call
+whose caller went away (cancelled, or past its deadline) is dropped from that queue, and
+one that a busy child gets to after its deadline is refused unbuilt. A child
 answers with the serialized response or the refusal it mapped its error to
 (``refusal_of``, which logs outages and bugs in the child), and the candidates and
 removals the feed counted, which the server adds to its metrics. A child that dies fails
@@ -62,7 +64,7 @@ from serving.metrics import FeedMetrics
 from serving.native_threads import limit_native_threads
 from serving.store_url import redacted
 from serving.service_setup import load_models, open_service, start_model_watcher, warm_store
-from serving.servicer import RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, get_feed_response, page_response, refusal_of
+from serving.servicer import EXPIRED, RETRY_DELAY_SECONDS, Refusal, Refused, feed_page, get_feed_response, page_response, refusal_of
 
 log = logging.getLogger("feedrank.serving")
 
@@ -149,8 +151,12 @@ def _body(message: bytes, kind: bytes) -> memoryview:
     return memoryview(message)[1:]
 
 
-def _build_feed(service: FeedService, request_bytes: bytes, now: float, request_id: str | None) -> tuple[bytes | None, Any, dict, dict]:
-    """(response, None, gathered, removed), or (None, refusal, {}, {}) when the feed failed."""
+def _build_feed(service: FeedService, request_bytes: bytes, now: float, deadline: float | None,
+                request_id: str | None) -> tuple[bytes | None, Any, dict, dict]:
+    """(response, None, gathered, removed), or (None, refusal, {}, {}) when the feed failed
+    or its ``deadline`` (``time.time()``) passed before the child got to it."""
+    if deadline is not None and time.time() >= deadline:  # it waited behind another call, and nobody waits for it now
+        return None, EXPIRED, {}, {}
     logs.enter_call(request_id)
     try:
         page = feed_page(service, feed_pb2.GetFeedRequest.FromString(request_bytes), now)
@@ -315,8 +321,12 @@ class FeedProcesses:
         self._idle.append(child)
         self._dispatch()
 
-    async def get_feed_response(self, service: FeedService, request: feed_pb2.GetFeedRequest, now: float) -> feed_pb2.GetFeedResponse:
+    async def get_feed_response(self, service: FeedService, request: feed_pb2.GetFeedRequest, now: float,
+                                deadline: float | None = None) -> feed_pb2.GetFeedResponse:
         """``servicer.get_feed_response``, built by a child; its refusal raised as Refused.
+        A call that waited in the server is dropped if its caller went away meanwhile; one
+        written to a busy child, if its ``deadline`` (``time.time()``, None: none) passed
+        before the child got to it (EXPIRED).
 
         While no child is alive (one that cannot start again: a model or arms file broken
         on disk since the server loaded its own, a pinned version deleted), the server
@@ -325,7 +335,7 @@ class FeedProcesses:
         if not self._children:
             return get_feed_response(service, request, now)
         answer = self.loop.create_future()
-        work = (request.SerializeToString(), now, logs.current_request_id())
+        work = (request.SerializeToString(), now, deadline, logs.current_request_id())
         self._queued.append((_FEED + pickle.dumps(work, pickle.HIGHEST_PROTOCOL), answer))
         self._dispatch()
         payload, refusal, gathered, removed = await answer

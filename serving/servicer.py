@@ -270,6 +270,12 @@ async def _run(pool: Executor | None, respond: Callable[..., Message], *args: An
 EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the ``time.time()`` clock, which the feed processes share; None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.time() + remaining
+
+
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set.
 
@@ -277,19 +283,22 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     loop itself. A feed from the memory store is ~1.5 ms of CPU, and on the loop it saves a
     thread hand-off per call; an Ingest may wait on a disk (the write-ahead log's fsync) or
     on replicas, which must not hold up the loop. With ``build_feed`` (an async
-    ``get_feed_response``: ``FeedProcesses.get_feed_response``) GetFeeds are built there instead.
+    ``get_feed_response`` that also takes the call's ``deadline``, on the ``time.time()``
+    clock or None: ``FeedProcesses.get_feed_response``) GetFeeds are built there instead.
     """
 
     def __init__(self, service: FeedService | None = None, feed_pool: Executor | None = None,
                  ingest_pool: Executor | None = None,
-                 build_feed: Callable[[FeedService, feed_pb2.GetFeedRequest, float], Awaitable[feed_pb2.GetFeedResponse]] | None = None) -> None:
+                 build_feed: Callable[[FeedService, feed_pb2.GetFeedRequest, float, float | None],
+                                      Awaitable[feed_pb2.GetFeedResponse]] | None = None) -> None:
         self.service = service
         self.feed_pool = None if build_feed else feed_pool
         self.ingest_pool = ingest_pool
-        self.build_feed = build_feed or get_feed_response
+        self.build_feed = build_feed
 
     async def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetFeedResponse:
-        return await self._answer("GetFeed", self.build_feed, self.feed_pool, request, context, late_is_expired=True)
+        build = get_feed_response if self.build_feed is None else functools.partial(self.build_feed, deadline=_deadline(context))
+        return await self._answer("GetFeed", build, self.feed_pool, request, context, late_is_expired=True)
 
     async def Ingest(self, request: feed_pb2.IngestRequest, context: grpc.aio.ServicerContext) -> feed_pb2.IngestResponse:
         # Applied events stay applied: a late answer is still the truth, not DEADLINE_EXCEEDED.

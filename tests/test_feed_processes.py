@@ -28,6 +28,7 @@ from serving.config import MEMORY_COPY_MAX_BYTES, ConfigError, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
 from serving.page_token import EMPTY, PageTokenCodec
+from serving.servicer import Refused
 from stores.events import Event, EventKind
 from stores.redis import connect
 from tests.conftest import REPO
@@ -336,6 +337,27 @@ def test_a_busy_child_takes_the_next_call_unless_events_wait_for_it(world):
         page, held = run(sell_out_between=True)
         assert held == 1, "the second call went ahead of the events its child had not had"
         assert first[0] not in page and page
+
+
+def test_a_call_whose_deadline_passed_before_its_child_got_to_it_is_refused_unbuilt(world):
+    """A call written to a busy child waits for the feed it builds: if its deadline passes
+    meanwhile nobody waits for it, and the child drops it. Before the fix the child knew no
+    deadline and built every call it was given."""
+    with running_server(world, feed_processes=1) as (server, stub):
+        processes, service = server.feed_processes, server.service
+        request = feed_pb2.GetFeedRequest(user_id="u00004", limit=10)
+        stub.GetFeed(request, timeout=30)
+
+        async def call(deadline: float | None) -> feed_pb2.GetFeedResponse:
+            return await processes.get_feed_response(service, request, time.time(), deadline)
+
+        def run(deadline: float | None) -> feed_pb2.GetFeedResponse:
+            return asyncio.run_coroutine_threadsafe(call(deadline), processes.loop).result(30)
+
+        with pytest.raises(Refused) as refused:
+            run(deadline=time.time() - 0.001)
+        assert refused.value.refusal.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert run(deadline=time.time() + 30).items and run(deadline=None).items
 
 
 def test_feed_processes_exclude_workers():
