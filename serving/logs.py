@@ -163,10 +163,11 @@ def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 def request_id_of(metadata: Any) -> str:
-    """The caller's x-request-id (cleaned, bounded), else a new one."""
+    """The caller's x-request-id (cleaned, bounded), else a new one. Cleaned to printable
+    ASCII, which is all gRPC sends back in metadata (and keeps a log line one line)."""
     for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and value:
-            cleaned = "".join(c for c in value[:MAX_REQUEST_ID_CHARS] if c.isprintable())
+            cleaned = "".join(c for c in value[:MAX_REQUEST_ID_CHARS] if c.isascii() and c.isprintable())
             if cleaned:
                 return cleaned
     return uuid.uuid4().hex

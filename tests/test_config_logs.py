@@ -309,6 +309,14 @@ def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(w
     assert TOKEN not in log_stream.getvalue()
 
 
+def test_a_request_id_keeps_only_what_metadata_can_carry_back():
+    # The id goes back in the trailing metadata, where gRPC sends printable ASCII only: a
+    # client (a raw HTTP/2 one, or through a proxy) that sent x-request-id "café" had its
+    # GetFeed built and logged OK, then answered INTERNAL "Invalid metadata".
+    assert logs.request_id_of([("x-request-id", "café-42\n\x00\u2028")]) == "caf-42"
+    assert len(logs.request_id_of([("x-request-id", "éà")])) == 32  # nothing left: a new one
+
+
 def test_a_call_cancelled_or_past_its_deadline_is_logged_and_counted_as_such(world, log_stream):
     # Before the fix gRPC's cancellation of the handler was logged as code UNKNOWN, with
     # no peer (the context no longer answers), and a deadline counted as CANCELLED.
