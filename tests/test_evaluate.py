@@ -54,7 +54,22 @@ def test_every_baseline_is_reported_with_every_metric(report):
     assert set(payload["baselines"]) == {"popularity", "followed_sellers", "friends_likes", "als", "item_knn", "ease", "blend"}
     assert payload["ranker"]["features"] == list(FEATURE_NAMES)
     assert 0 < payload["coverage"] <= 1
-    assert "2" in report.table().splitlines()[-1]
+    assert report.summary_line() in report.table().splitlines()
+
+
+def test_the_model_is_compared_with_each_method_user_by_user(report):
+    """The difference of the table's two means, and an interval that says whether it is more than the users sampled."""
+    for name, metrics in report.methods.items():
+        if name == "model":
+            continue
+        for k in (10, 20):
+            d = report.paired[name][f"ndcg@{k}"]
+            assert d.difference == pytest.approx(report.methods["model"][f"ndcg@{k}"] - metrics[f"ndcg@{k}"])
+            assert d.low < d.difference < d.high and d.users == report.test_users
+    assert report.paired["popularity"]["ndcg@10"].low > 0 and report.paired["popularity"]["ndcg@10"].p_value < 0.001
+    payload = json.loads(json.dumps(report.as_json()))
+    assert payload["paired"]["blend"]["ndcg@10"]["ci95"] == [report.paired["blend"]["ndcg@10"].low, report.paired["blend"]["ndcg@10"].high]
+    assert "model minus each method, paired over the same" in report.table()
 
 
 def test_split_specs_and_cutoffs_parse_or_explain():
@@ -124,7 +139,7 @@ def test_test_users_without_a_training_like_are_counted_as_cold_starts(tmp_path)
     (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + "".join(f"u{k},i{k % 4},{1_700_000_000 + k}\n" for k in range(20)))
     report = evaluate_split(load_dataset(str(tmp_path)), SplitSpec("time", 0.2), None, (10,), PARAMS, show_progress=False)
     assert (report.test_users, report.cold_test_users, report.as_json()["cold_test_users"]) == (4, 4, 4)
-    assert report.table().splitlines()[-1].endswith(", 4 test users without a training like (cold starts)")
+    assert report.summary_line().endswith(", 4 test users without a training like (cold starts)")
     warm = evaluate_split(generate(users=60, sellers=6, items=80, seed=3), SplitSpec("user", 0.2), None, (10,), PARAMS,
                           show_progress=False)  # a per-user split keeps every test user's other likes in training
     assert warm.cold_test_users == 0 and "cold starts" not in warm.table()

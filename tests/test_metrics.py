@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from training.metrics import catalogue_coverage, mean_distinct_sellers, ranking_metrics
+import numpy as np
+
+from training.metrics import catalogue_coverage, mean_distinct_sellers, paired_difference, per_user_metrics, ranking_metrics
 
 L2, L3, L4 = 1.0, 1 / math.log2(3), 1 / math.log2(4)  # discounts of ranks 1, 2, 3 (log2(rank + 1))
 
@@ -54,3 +56,20 @@ def test_coverage_and_sellers() -> None:
     seller_of = {"i1": "s1", "i2": "s1", "i5": "s2", "i6": "s3", "i9": ""}
     # a: {s1} = 1, b: {s2, s3} = 2, x: {} = 0 -> mean 1.0
     assert mean_distinct_sellers(RECOMMENDED, seller_of, 2) == pytest.approx(1.0)
+
+
+def test_per_user_values_pair_users_in_the_order_of_the_test() -> None:
+    values = per_user_metrics(RECOMMENDED, RELEVANT, ks=(4,))
+    assert values["ndcg@4"] == pytest.approx([(L2 + L4) / (L2 + L3), (1 / math.log2(5)) / (L2 + L3 + L4), 0.0])  # a, b, c
+
+
+def test_a_paired_difference_has_the_t_interval_of_its_users_differences() -> None:
+    # Differences 0.1 and 0.3: mean 0.2, standard error 0.1, and t(0.975, 1 degree of freedom) = 12.706.
+    d = paired_difference(np.array([0.5, 0.6]), np.array([0.4, 0.3]))
+    assert (d.difference, d.users) == (pytest.approx(0.2), 2)
+    assert (d.low, d.high) == (pytest.approx(0.2 - 1.2706, abs=1e-4), pytest.approx(0.2 + 1.2706, abs=1e-4))
+    assert 0.05 < d.p_value < 0.5
+    same = paired_difference(np.array([0.5, 0.6]), np.array([0.5, 0.6]))
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(np.array([0.5]), np.array([0.5, 0.6]))

@@ -31,7 +31,15 @@ from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
 from stores.memory import MemoryStore
 from training.dataset import Dataset, Edges
-from training.metrics import catalogue_coverage, mean_distinct_sellers, ranking_metrics
+from training.metrics import (
+    PairedDifference,
+    catalogue_coverage,
+    mean_distinct_sellers,
+    mean_metrics,
+    paired_difference,
+    per_user_metrics,
+    ranking_metrics,
+)
 from training.splits import evaluation_time
 
 Recommender = Callable[[str, int], list[str]]
@@ -62,6 +70,8 @@ class EvaluationReport:
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
     cold_test_users: int = 0  # test users without a training like: their feeds are cold starts
+    # The model's NDCG@K minus each other method's, paired over the same users (per K).
+    paired: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
     ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
     # One row per cap setting (evaluate_cap_grid): the caps and the metrics of the feed under them.
     cap_grid: list[dict] = field(default_factory=list)
@@ -84,6 +94,11 @@ class EvaluationReport:
             "unseen_test_items": self.unseen_test_items,
             "cold_test_users": self.cold_test_users,
             **({"ranker": self.ranker} if self.ranker else {}),
+            **({"paired": {
+                method: {metric: {"difference": d.difference, "ci95": [d.low, d.high], "p_value": d.p_value, "users": d.users}
+                         for metric, d in differences.items()}
+                for method, differences in self.paired.items()
+            }} if self.paired else {}),
             **({"cap_grid": self.cap_grid} if self.cap_grid else {}),
         }
 
@@ -94,18 +109,41 @@ class EvaluationReport:
         lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
-        lines.append(
+        lines.append(self.summary_line())
+        if self.paired:
+            lines += ["", *self.paired_table()]
+        if self.cap_grid:
+            lines += ["", *self.cap_grid_table()]
+        if self.cap_grid_skipped:
+            lines += ["", f"diversity caps: not replayed ({self.cap_grid_skipped})"]
+        return "\n".join(lines)
+
+    def summary_line(self) -> str:
+        """What the metrics were measured on: the test users and pairs, and the misses no method can avoid."""
+        return (
             f"{self.test_users} test users"
             + (f" (a seeded sample of {self.test_users_total})" if self.test_users_total > self.test_users else "")
             + f", {self.test_pairs} test pairs, "
             f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
             + (f", {self.cold_test_users} test users without a training like (cold starts)" if self.cold_test_users else "")
         )
-        if self.cap_grid:
-            lines += ["", *self.cap_grid_table()]
-        if self.cap_grid_skipped:
-            lines += ["", f"diversity caps: not replayed ({self.cap_grid_skipped})"]
-        return "\n".join(lines)
+
+    def paired_table(self) -> list[str]:
+        """The served feed's NDCG@K minus each other method's, with a 95 % interval: whether a
+        difference in the table above is more than the sample of users it was measured on."""
+        metrics = [f"ndcg@{k}" for k in self.ks]
+        users = next(iter(next(iter(self.paired.values())).values())).users
+        width = max(len(name) for name in self.paired)
+        lines = [f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
+                 f"{'method':<{width}} " + " ".join(f"{m:>34}" for m in metrics)]
+        for name, differences in self.paired.items():
+            cells = []
+            for metric in metrics:
+                d = differences[metric]
+                p_value = "p < 0.001" if d.p_value < 0.001 else f"p = {d.p_value:.3f}"
+                cells.append(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] {p_value}".rjust(34))
+            lines.append(f"{name:<{width}} " + " ".join(cells))
+        return lines
 
     def cap_grid_table(self) -> list[str]:
         """The "diversity caps" block: one line per cap setting, the configured one marked *."""
@@ -339,6 +377,7 @@ def evaluate(
         methods.update(baseline_recommenders(train, model, eligible))
     methods.update(extra_methods or {})
     users = sorted(relevant)
+    per_user: dict[str, dict[str, np.ndarray]] = {}
     for name, recommend in methods.items():
         progress = tqdm(users, desc=f"evaluate {name}", unit="user", disable=not show_progress, leave=False)
         started = time.perf_counter()
@@ -347,10 +386,16 @@ def evaluate(
             report.replay = FeedReplay(
                 train, model, ranker, now, settings, relevant, recommended, time.perf_counter() - started
             )
-        metrics = ranking_metrics(recommended, relevant, ks)
+        per_user[name] = per_user_metrics(recommended, relevant, ks)
+        metrics = mean_metrics(per_user[name])
         metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, len(eligible.item_ids), depth)
         metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
         report.methods[name] = metrics
+    if report.test_users:
+        report.paired = {
+            name: {f"ndcg@{k}": paired_difference(per_user["model"][f"ndcg@{k}"], metrics[f"ndcg@{k}"]) for k in ks}
+            for name, metrics in per_user.items() if name != "model"
+        }
     if cap_grid:
         evaluate_cap_grid(report, show_progress)
     return report

@@ -10,8 +10,10 @@ lists are expected to exclude the user's training items already (the caller mask
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 User = Hashable
 Item = Hashable
@@ -28,16 +30,29 @@ def ranking_metrics(
     (all 0.0 when no user has test items). Users in ``recommended`` without test items
     are ignored; lists longer than max(ks) are cut.
     """
+    return mean_metrics(per_user_metrics(recommended, relevant, ks))
+
+
+def mean_metrics(per_user: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Each ``per_user_metrics`` array's mean (0.0 without users)."""
+    return {key: float(values.mean()) if len(values) else 0.0 for key, values in per_user.items()}
+
+
+def per_user_metrics(
+    recommended: Mapping[User, Sequence[Item]],
+    relevant: Mapping[User, Iterable[Item]],
+    ks: Sequence[int] = (10, 20),
+) -> dict[str, np.ndarray]:
+    """``ranking_metrics``' values before they are averaged: one per user with test items,
+    in ``relevant``'s order, so two methods' arrays pair user by user."""
     max_k = max(ks)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
     ideal_cum = np.cumsum(discounts)
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("precision", "recall", "ndcg")}
-    n_users = 0
+    values: dict[str, list[float]] = {f"{name}@{k}": [] for k in ks for name in ("precision", "recall", "ndcg")}
     for user, test_items in relevant.items():
         test = set(test_items)
         if not test:
             continue
-        n_users += 1
         ranked = list(recommended.get(user, ()))[:max_k]
         hits = np.fromiter((item in test for item in ranked), np.float64, len(ranked))
         # A list may repeat an item; only its first occurrence can count as a hit.
@@ -49,13 +64,37 @@ def ranking_metrics(
         for k in ks:
             h = hits[:k]
             n_hits = float(h.sum())
-            sums[f"precision@{k}"] += n_hits / k
-            sums[f"recall@{k}"] += n_hits / len(test)
-            dcg = float(h @ discounts[: len(h)])
-            sums[f"ndcg@{k}"] += dcg / ideal_cum[min(len(test), k) - 1]
-    result = {key: (value / n_users if n_users else 0.0) for key, value in sums.items()}
-    ordered = {f"{name}@{k}": result[f"{name}@{k}"] for k in ks for name in ("precision", "recall", "ndcg")}
-    return ordered
+            values[f"precision@{k}"].append(n_hits / k)
+            values[f"recall@{k}"].append(n_hits / len(test))
+            values[f"ndcg@{k}"].append(float(h @ discounts[: len(h)]) / ideal_cum[min(len(test), k) - 1])
+    return {key: np.asarray(values[key], dtype=np.float64) for key in values}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """One method's metric minus another's over the same users: the mean difference, its
+    95 % confidence interval and the two-sided p-value of a paired t-test (users are the
+    samples: the usual test of IR evaluation, sound for the thousands of users here)."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    users: int
+
+
+def paired_difference(ours: np.ndarray, theirs: np.ndarray) -> PairedDifference:
+    """``ours`` minus ``theirs``, user by user (``per_user_metrics`` arrays of the same users)."""
+    if ours.shape != theirs.shape:
+        raise ValueError(f"paired metrics need the same users: {ours.shape} against {theirs.shape}")
+    differences = ours - theirs
+    n = len(differences)
+    mean = float(differences.mean()) if n else 0.0
+    if n < 2 or not differences.std():
+        return PairedDifference(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
+    half_width = float(stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n))
+    p_value = float(stats.ttest_rel(ours, theirs).pvalue)
+    return PairedDifference(mean, mean - half_width, mean + half_width, p_value, n)
 
 
 def catalogue_coverage(recommended: Mapping[User, Sequence[Item]], n_items: int, k: int) -> float:
