@@ -16,7 +16,7 @@ from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selec
 from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, SharedItems, UserState
-from ranking.types import RankedItem, Reason, ReasonKind, ShopperFilters
+from ranking.types import MAX_REASON_ACTORS, RankedItem, Reason, ReasonKind, ShopperFilters
 from ranking.vocab import count_and_newest, sorted_positions, stable_hash
 
 DUPLICATE = "duplicate"
@@ -327,13 +327,13 @@ class FeedPipeline:
                 reasons.append(Reason(ReasonKind.FOLLOWED_SELLER, [seller_id]))
             if source_bits & bits.FRIEND_LIKE:
                 friends = [friend for _, friend in sorted(likers[code])]
-                reasons.append(Reason(ReasonKind.FRIENDS_LIKED, friends, len(friends)))
+                reasons.append(Reason(ReasonKind.FRIENDS_LIKED, friends[:MAX_REASON_ACTORS], len(friends)))
             if source_bits & bits.SIMILAR:
                 reasons.append(Reason(ReasonKind.SIMILAR_TO_LIKES))
             if source_bits & bits.TRENDING:
                 reasons.append(Reason(ReasonKind.TRENDING))
             if source_bits & bits.FRIEND_SHARE:
-                reasons.append(Reason(ReasonKind.FRIEND_SHARED, sharers[code], len(sharers[code])))
+                reasons.append(Reason(ReasonKind.FRIEND_SHARED, sharers[code][:MAX_REASON_ACTORS], len(sharers[code])))
             page.append(RankedItem(item_id, seller_id, float(score), reasons, card, is_news))
         return page
 

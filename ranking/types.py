@@ -22,12 +22,20 @@ class ReasonKind(enum.Enum):
     FRIEND_SHARED = 5
 
 
+MAX_REASON_ACTORS = 10
+"""Actor ids a reason lists at most, the newest; its count has them all. A page of 100
+items each liked by 100 friends with ids of 256 bytes would otherwise be 2.5 MB of ids,
+over the 4 MB a gRPC client takes by default once shares are added, for "liked by Ann,
+Bo and 98 others"."""
+
+
 @dataclass(slots=True)
 class Reason:
     """One reason an item was gathered: its kind, the ids behind it and a count.
 
     For FRIENDS_LIKED ``actor_ids`` are the friends who liked the item, newest like
-    first; for FRIEND_SHARED the friends who shared it with the user, newest share first; for FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is
+    first; for FRIEND_SHARED the friends who shared it with the user, newest share first
+    (both at most MAX_REASON_ACTORS); for FOLLOWED_SELLER it is the seller; for SIMILAR_TO_LIKES and TRENDING it is
     empty. ``count`` is the number of actors, or 1 where there are none.
     """
 

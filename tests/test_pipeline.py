@@ -8,7 +8,7 @@ import numpy as np
 
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
-from ranking.types import ReasonKind
+from ranking.types import MAX_REASON_ACTORS, ReasonKind
 from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, make_dataset, social_dataset
@@ -52,6 +52,18 @@ def test_duplicates_across_sources_merge_their_reasons():
     assert i6.reason(ReasonKind.TRENDING) is not None
     assert Counter(ids(result))["i6"] == 1
     assert result.removed_by_filter["duplicate"] >= 1
+
+
+def test_a_reason_names_its_newest_actors_and_counts_them_all():
+    friends = [f"f{n:02d}" for n in range(MAX_REASON_ACTORS + 5)]
+    dataset = make_dataset(
+        [("hit", "s1", NOW - DAY, 5)],
+        likes=[(friend, "hit", NOW - 60 * (n + 1)) for n, friend in enumerate(friends)],  # f00 the newest
+        friends=[("alice", friend, NOW - 40 * DAY) for friend in friends],
+    )
+    result = feed_for(MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0))
+    liked = result.items[0].reason(ReasonKind.FRIENDS_LIKED)
+    assert liked.actor_ids == friends[:MAX_REASON_ACTORS] and liked.count == len(friends)
 
 
 def test_followed_seller_items_carry_the_seller():

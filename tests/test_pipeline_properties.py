@@ -25,7 +25,7 @@ from ranking.components import FeedQuery
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.selectors import DiversitySelector
 from ranking.store import ItemColumns, UserState
-from ranking.types import ReasonKind
+from ranking.types import MAX_REASON_ACTORS, ReasonKind
 from ranking.vocab import stable_hash
 from stores.events import Event, EventKind
 from stores.memory import MemoryStore
@@ -114,7 +114,7 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
             for reason in item.reasons:
                 if reason.kind is ReasonKind.FRIENDS_LIKED:
                     assert reason.actor_ids and set(reason.actor_ids) <= friends & liked_by[item.item_id]
-                    assert reason.count == len(reason.actor_ids)
+                    assert len(reason.actor_ids) == min(reason.count, MAX_REASON_ACTORS)
                 elif reason.kind is ReasonKind.FOLLOWED_SELLER:
                     assert reason.actor_ids == [seller] and seller in follows
         # News (fresh activity of the user's graph) leads the page, at most max_fresh of it,
