@@ -393,14 +393,15 @@ class DurableStore:
                             raise _damaged_before(torn, path)
                         last, events = self._replay(batch, last, f"{path}: line {number}"), events + len(batch.events)
                         batches += 1
+                if not records:  # never written to, or its first write was cut short: it holds nothing
                     if reader.torn_at is not None:
-                        torn = (path, reader.torn_at, reader.end)
-                if not records:
+                        _warn_torn(path, reader.torn_at)
                     os.remove(path)
+                elif reader.torn_at is not None:
+                    torn = (path, reader.torn_at, reader.end)
             if torn is not None:  # in the last log written: a crash cut its last write short
                 path, torn_at, end = torn
-                log.warning("%s: a torn record at byte offset %d (a write cut short by a crash, never "
-                            "acknowledged) is cut off", path, torn_at)  # fmt: skip
+                _warn_torn(path, torn_at)
                 truncate(path, end)
         fsync_dir(self.state_dir)
         return last, batches, events
@@ -427,6 +428,11 @@ class DurableStore:
         finally:
             for name, value in limits.items():
                 setattr(self._store, name, value)
+
+
+def _warn_torn(path: str, torn_at: int) -> None:
+    log.warning("%s: a torn record at byte offset %d (%d bytes: a write cut short by a crash, never "
+                "acknowledged) is cut off", path, torn_at, os.path.getsize(path) - torn_at)  # fmt: skip
 
 
 def _damaged_before(torn: tuple[str, int, int], later: str) -> WalError:

@@ -367,6 +367,22 @@ def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path, caplog, tail):
     assert _follows(tmp_path) == expected  # and the next start is clean
 
 
+def test_a_torn_first_record_of_a_new_log_is_cut_off_with_a_warning(tmp_path, caplog):
+    """A log that held nothing but its header and a torn first record (a crash, or a full
+    disk, cutting short the first write after a restart or a snapshot) was removed as empty,
+    then truncated: every start failed with FileNotFoundError."""
+    _three_batches(tmp_path)
+    open_state(tmp_path).close()  # a restart: the next batch goes to a new log
+    path = log_files(tmp_path)[-1]
+    header = path.read_bytes()
+    record = batch_record(4, time.time(), encode_events([Event("e9", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s9")]))
+    path.write_bytes(header + record[: len(record) // 2])
+    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+        assert _follows(tmp_path) == {"s0", "s1", "s2"}
+    assert f"{path}: a torn record at byte offset {len(header)} ({len(record) // 2} bytes" in caplog.text
+    assert _follows(tmp_path) == {"s0", "s1", "s2"}
+
+
 def test_a_damaged_end_of_a_log_before_the_last_is_an_error_and_changes_nothing(tmp_path):
     """Only the last log written can end in a crash's torn write: an earlier log's damaged
     end lost batches that were acknowledged, since later logs hold later ones. It was cut
