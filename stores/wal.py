@@ -10,10 +10,11 @@ the file's header: ``{"format": "feedrank-wal", "version": 1, "kind": "log" | "s
 ``{"seq": N, "at": <wall time it was applied>, "events": [Event.to_record(), ...]}``;
 sequence numbers run 1, 2, 3... across files without a gap.
 
-A record is checked by its length and checksum, then decoded. A bad record followed by
-nothing but more bad bytes is a torn tail (a write cut short by a crash: never
-acknowledged) and is cut off with a warning; a bad record followed by a good one is
-corruption in the middle, an error naming the file, line and byte offset.
+A record is checked by its length and checksum, then decoded. A bad record that is not
+whole (it lacks its final newline) followed by nothing but more bad bytes is a torn tail
+(a write cut short by a crash: never acknowledged) and is cut off with a warning; a whole
+batch record that fails its checksum, or a bad record followed by a good one, is damage
+to what may have been acknowledged: an error naming the file, line and byte offset.
 """
 
 from __future__ import annotations
@@ -147,22 +148,27 @@ class LogReader:
         offset, self._offset = self._offset, self._offset + len(raw)
         payload = _unframe(raw, self._parse or self._number == 1)
         if payload is None:
-            self._check_tail(offset)
+            self._check_tail(offset, raw)
             self.torn_at = offset
             return None
         self.end = self._offset
         return _Line(self._number, offset, raw, payload)
 
-    def _check_tail(self, bad_offset: int) -> None:
-        """Raise WalError if a good record follows the bad one at ``bad_offset``."""
+    def _check_tail(self, bad_offset: int, bad: bytes) -> None:
+        """Raise WalError unless the bad line at ``bad_offset`` and all after it are a torn tail.
+
+        A write cut short leaves a prefix of its record: no final newline (or, from pages
+        never written, NULs). A batch record that reaches its newline was written whole, so
+        it may have been acknowledged: a bit flip, or a lost newline that joined two records.
+        """
         number = self._number
+        if bad.endswith(b"\n") and (_SEQ_PREFIX in bad or b',"events":[' in bad):  # one flip spares one of them
+            raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt: a whole record that "
+                           f"fails its checksum, not a torn write. {_damage_advice(self.path, bad_offset)}")  # fmt: skip
         for raw in iter(self._file.readline, b""):
             if _unframe(raw, parse=False) is not None:
-                raise WalError(
-                    f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt, and good records follow it: "
-                    "not a torn tail. Restore the state directory from a backup, or move this file away to drop "
-                    "the events from here on"
-                )
+                raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt, and good records "
+                               f"follow it: not a torn tail. {_damage_advice(self.path, bad_offset)}")  # fmt: skip
 
     def lines(self) -> Iterator[_Line]:
         """The good batch lines (read with ``parse`` False, only their ``seq`` is decoded: for copying)."""
@@ -182,6 +188,11 @@ class LogReader:
             except (KeyError, TypeError, ValueError) as error:
                 raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}") from error
             yield batch, line.number
+
+
+def _damage_advice(path: str, offset: int) -> str:
+    return (f"Nothing was changed on disk. Restore the state directory from a backup, or, to drop this record and "
+            f"every later one, cut the file there (truncate -s {offset} {path}) and start again")
 
 
 def fsync_dir(path: str) -> None:

@@ -27,7 +27,7 @@ from stores.base import StoreUnavailable
 from stores.durable import SNAPSHOT, DurableStore, open_durable_memory
 from stores.events import Event, EventKind, EventValidationError, validate_batch
 from stores.memory import MemoryStore
-from stores.wal import WalError, batch_record, encode_events
+from stores.wal import WalError, batch_record, encode_events, truncate
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.test_store_contract import (  # noqa: F401 (re-collected here with the durable store_factory below)
@@ -412,6 +412,31 @@ def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offs
     with pytest.raises(WalError) as error:
         open_state(tmp_path)
     assert f"{path}: line 2 (byte offset {offset}) is corrupt" in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["a flipped bit", "a lost newline joining the last two"])
+def test_a_damaged_whole_last_record_is_an_error_not_a_torn_tail(tmp_path, damage):
+    """A whole last record failing its checksum was cut off as a crash's torn write, with a
+    warning saying it was never acknowledged: an acknowledged batch (two, when a lost
+    newline joined them) silently gone."""
+    _three_batches(tmp_path)
+    path = log_files(tmp_path)[-1]
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    at = len(whole) - len(lines[-1]) - (len(lines[-2]) if damage != "a flipped bit" else 0)
+    damaged = bytearray(whole)
+    if damage == "a flipped bit":
+        damaged[-20] ^= 0x01
+    else:
+        damaged[len(whole) - len(lines[-1]) - 1] = ord(" ")
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(WalError) as error:
+        open_state(tmp_path)
+    assert f"{path}: line {len(lines) - (damage != 'a flipped bit')} (byte offset {at}) is corrupt: a whole record" in str(error.value)
+    assert f"truncate -s {at} {path}" in str(error.value)
+    assert path.read_bytes() == bytes(damaged)  # nothing changed on disk
+    truncate(str(path), at)  # as the error says: the batches before the damage are kept
+    assert _follows(tmp_path) == ({"s0", "s1"} if damage == "a flipped bit" else {"s0"})
 
 
 def test_a_damaged_snapshot_is_an_error(tmp_path):
