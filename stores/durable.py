@@ -26,6 +26,7 @@ take ~10 s under the store lock for 100k items and break with every change to th
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import inspect
 import logging
@@ -114,6 +115,8 @@ class DurableStore:
         self._failed: str | None = None
         self._closed = False
         self._snapshot_deferred = False
+        self._unwritten: bytes | None = None  # see _append_unwritten
+        self._disk_full = False
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._lock_file = _lock_directory(self.state_dir)
@@ -177,13 +180,16 @@ class DurableStore:
         No replicas: ``min_replicas`` must be 0.
 
         Raises EventValidationError (nothing applied, nothing logged) as MemoryStore.apply
-        does, and StoreUnavailable once the log cannot be written: from then on every
-        apply is refused and ``ping`` is False, until a restart replays the log.
+        does, and StoreUnavailable (not acknowledged) while the disk is full, until there
+        is room again, and once the log cannot be written or fsynced for another reason:
+        from then on every apply is refused and ``ping`` is False, until a restart replays
+        the log.
         """
         no_replicas(min_replicas)
         encoded = encode_events(events)  # the costly part, outside the lock
         with self._write_lock:
             self._check_usable()
+            self._append_unwritten()
             now = time.time()
             self._clock.pinned = now
             try:
@@ -191,15 +197,38 @@ class DurableStore:
             finally:
                 self._clock.pinned = None
             if result.applied:
-                try:
-                    self._writer.append(batch_record(self._written + 1, now, encoded))
-                except OSError as error:
-                    self._fail(f"writing {self._writer.path}: {error}")
-                self._written += 1
+                self._unwritten = batch_record(self._written + 1, now, encoded)
+                self._append_unwritten()
             target = self._written
         if self.fsync == "batch":
             self._sync_to(target)
         return result
+
+    def _append_unwritten(self) -> None:
+        """Log the batch applied last, whose record a full disk held back (if any).
+
+        While the disk is full the batch stays applied in memory, unacknowledged, and every
+        Ingest is refused before it applies anything; the first one after room is made logs
+        the held record, in its place in the order, and goes on (a retry of the held batch
+        finds its events applied). Any other write error fails the log for good.
+        """
+        if self._unwritten is None:
+            return
+        try:
+            self._writer.append(self._unwritten)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._fail(f"writing {self._writer.path}: {error}")
+            if not self._disk_full:
+                log.error("write-ahead log in %s: %s; ingest is refused until there is room (reads go on)",
+                          self.state_dir, error)  # fmt: skip
+                self._disk_full = True
+            raise StoreUnavailable(f"writing {self._writer.path}: {error.strerror}; ingest is refused until there is room") from None
+        if self._disk_full:
+            log.warning("write-ahead log in %s: there is room again; ingest goes on", self.state_dir)
+            self._disk_full = False
+        self._unwritten = None
+        self._written += 1
 
     def _sync_to(self, seq: int) -> None:
         """Return once every batch up to ``seq`` is fsynced; one fsync serves every waiter."""

@@ -219,6 +219,7 @@ class LogWriter:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.records = 0
+        self.size = len(header)
         try:
             self.write(header)
             os.fsync(self.fd)
@@ -236,7 +237,14 @@ class LogWriter:
             view = view[written:]
 
     def append(self, record: bytes) -> None:
-        self.write(record)
+        """Append ``record`` whole, or raise OSError with the file as it was before (a write
+        cut short by a full disk is cut off again), so that it can be appended again later."""
+        try:
+            self.write(record)
+        except OSError:
+            os.ftruncate(self.fd, self.size)
+            raise
+        self.size += len(record)
         self.records += 1
 
     def sync(self) -> None:

@@ -7,7 +7,9 @@ SIGKILL test kills; ``python -m tests.test_wal bench`` measures ingest with and 
 
 from __future__ import annotations
 
+import errno
 import inspect
+import json
 import logging
 import os
 import random
@@ -193,9 +195,7 @@ def open_state(state_dir: Path, **options) -> DurableStore:
 
 # -- replay ------------------------------------------------------------------------------------
 
-
 def test_the_log_holds_each_batch_as_event_records(tmp_path):
-    import json
 
     batches = mixed_batches(seed=9)
     batches.append([Event("c", EventKind.ITEM_UPDATE, NOW, item_id="i1", title="", price=0.1, ship_days=0, category="", feed_eligible=False)])
@@ -468,6 +468,40 @@ def test_a_failed_log_write_refuses_ingest_and_loses_nothing_acknowledged(tmp_pa
     # e2 reached the file (only its fsync failed): unacknowledged, it may or may not be
     # there; e1 is; e3 was never applied.
     assert {"s1"} <= _follows(tmp_path) <= {"s1", "s2"}
+
+
+def test_a_full_disk_refuses_ingest_until_there_is_room_then_ingest_goes_on(tmp_path, monkeypatch):
+    """A full disk failed the log for good: ingest was refused, and health NOT_SERVING,
+    until a restart, though room was made (an outside review, on a 2 MB tmpfs)."""
+    from stores.wal import LogWriter
+
+    def follow(event_id: str, seller: str) -> list[Event]:
+        return [Event(event_id, EventKind.FOLLOW, NOW, user_id="dave", seller_id=seller)]
+
+    store = open_state(tmp_path)
+    store.apply(follow("e1", "s1"))
+    path = log_files(tmp_path)[-1]
+    before = path.read_bytes()
+    real_write = LogWriter.write
+
+    def full_midway(self, data):
+        real_write(self, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LogWriter, "write", full_midway)
+    with pytest.raises(StoreUnavailable, match="No space left on device; ingest is refused until there is room"):
+        store.apply(follow("e2", "s2"))  # applied, not acknowledged: its record is held back
+    assert path.read_bytes() == before  # the half record written is cut off
+    with pytest.raises(StoreUnavailable, match="until there is room"):
+        store.apply(follow("e3", "s3"))
+    assert store.ping()  # feeds go on
+    assert set(views.read_user(store, "dave").follows) >= {"s1", "s2"} and "s3" not in views.read_user(store, "dave").follows
+    monkeypatch.undo()
+    assert store.apply(follow("e3", "s3")).applied == 1
+    assert store.apply(follow("e2", "s2")).duplicates == 1  # the client's retry
+    store.close()
+    assert _follows(tmp_path) >= {"s1", "s2", "s3"}
+    assert [r["seq"] for r in map(json.loads, (line.split(b" ", 2)[2] for line in path.read_bytes().splitlines()[1:]))] == [1, 2, 3]
 
 
 def test_a_full_disk_at_start_is_one_error_and_leaves_no_empty_log(tmp_path, monkeypatch):
