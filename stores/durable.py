@@ -290,6 +290,10 @@ class DurableStore:
         holds deleted.
         """
         with self._snapshot_lock:
+            path = os.path.join(self.state_dir, SNAPSHOT)
+            old_snapshot = [path] if os.path.exists(path) else []
+            if not self._room_for_snapshot(old_snapshot + [log_path for _, log_path in self._logs()]):
+                return False
             with self._write_lock:
                 self._check_usable()
                 through = self._written
@@ -306,10 +310,7 @@ class DurableStore:
                     folded.append(old.path)
                 if not folded:
                     return False
-            path = os.path.join(self.state_dir, SNAPSHOT)
-            sources = ([path] if os.path.exists(path) else []) + folded  # the old snapshot, then the logs
-            if not self._room_for_snapshot(sources):
-                return False
+            sources = old_snapshot + folded
             started = time.monotonic()
             self._write_snapshot(sources, through)
             for path in folded:
