@@ -120,8 +120,10 @@ class DurableStore:
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._lock_file = _lock_directory(self.state_dir)
-        except OSError as error:  # not a directory, not writable, a file in the way
-            raise WalError(f"state directory {self.state_dir}: {error.strerror or error}") from None
+        except FileExistsError:  # a file in the way
+            raise WalError(f"--state-dir {self.state_dir}: {os.strerror(errno.ENOTDIR)}") from None
+        except OSError as error:  # not a directory, not writable, a read-only file system
+            raise WalError(f"--state-dir {self.state_dir}: {error.strerror or error}") from None
         try:
             started = time.monotonic()
             self._written, batches, events = self._recover()
@@ -131,7 +133,7 @@ class DurableStore:
             try:
                 self._writer = self._open_log(self._written + 1)
             except OSError as error:  # a full disk, a directory made read-only
-                raise WalError(f"state directory {self.state_dir}: cannot start a new log: {error.strerror or error}") from None
+                raise WalError(f"--state-dir {self.state_dir}: cannot start a new log: {error.strerror or error}") from None
         except BaseException:
             self._lock_file.close()
             raise
@@ -483,7 +485,8 @@ def _lock_directory(state_dir: str):
         lock_file.seek(0)
         holder = lock_file.read().strip()
         lock_file.close()
-        raise WalError(f"state directory {state_dir} is in use by another process{f' (pid {holder})' if holder else ''}") from None
+        raise WalError(f"--state-dir {state_dir} is in use by another process{f' (pid {holder})' if holder else ''}: "
+                       "one server at a time keeps its events there") from None
     lock_file.seek(0)
     lock_file.truncate()
     lock_file.write(str(os.getpid()))
