@@ -121,8 +121,8 @@ class LogReader:
         self._offset = 0
         self.end = 0
         self.torn_at: int | None = None
-        first = self._next()
         self.header: dict[str, Any] | None = None
+        first = self._next()
         if first is not None:
             if first.payload.get("format") != FORMAT:
                 raise WalError(f"{path}:1: not a feedrank write-ahead log (no header)")
@@ -164,11 +164,17 @@ class LogReader:
         number = self._number
         if bad.endswith(b"\n") and (_SEQ_PREFIX in bad or b',"events":[' in bad):  # one flip spares one of them
             raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt: a whole record that "
-                           f"fails its checksum, not a torn write. {_damage_advice(self.path, bad_offset)}")  # fmt: skip
+                           f"fails its checksum, not a torn write. {self._damage_advice(bad_offset)}")  # fmt: skip
         for raw in iter(self._file.readline, b""):
             if _unframe(raw, parse=False) is not None:
                 raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt, and good records "
-                               f"follow it: not a torn tail. {_damage_advice(self.path, bad_offset)}")  # fmt: skip
+                               f"follow it: not a torn tail. {self._damage_advice(bad_offset)}")  # fmt: skip
+
+    def _damage_advice(self, offset: int) -> str:
+        if self.header is not None and self.header.get("kind") == "snapshot":  # the logs after it need all of it
+            return "Nothing was changed on disk. Restore the state directory from a backup"
+        return (f"Nothing was changed on disk. Restore the state directory from a backup, or, to drop this record "
+                f"and every later one, cut the file there (truncate -s {offset} {self.path}) and start again")
 
     def lines(self) -> Iterator[_Line]:
         """The good batch lines (read with ``parse`` False, only their ``seq`` is decoded: for copying)."""
@@ -188,11 +194,6 @@ class LogReader:
             except (KeyError, TypeError, ValueError) as error:
                 raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}") from error
             yield batch, line.number
-
-
-def _damage_advice(path: str, offset: int) -> str:
-    return (f"Nothing was changed on disk. Restore the state directory from a backup, or, to drop this record and "
-            f"every later one, cut the file there (truncate -s {offset} {path}) and start again")
 
 
 def fsync_dir(path: str) -> None:
