@@ -236,6 +236,8 @@ def train_and_publish(
             model.user_neighbours = precompute_user_neighbours(model, settings.neighbours, verbose)
     metrics: dict[str, Any] = {}
     if evaluate_fn is not None:
+        if verbose:  # else its own ranker, als and index timings read as a second, unexplained training
+            print("evaluate       the steps again on the held-out split's training part:", flush=True)
         with _step("evaluate", timings, verbose):
             metrics = evaluate_fn(ds, model)
     files: dict[str, bytes] = {}
