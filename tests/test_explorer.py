@@ -472,5 +472,8 @@ def test_an_error_on_compare_keeps_the_compare_form(explorer):
     assert re.findall(r'<input type="hidden" name="(\w)" value="([^"]+)">', form) == [("a", a), ("b", b)]
     status, _, body = http_get(f"{explorer.url}/compare?user=u00001&a=nonsense&b={b}")
     assert status == 400 and re.findall(r'<input type="hidden" name="(\w)"', body) == ["b"]  # not the choice at fault
+    # A bare version name, as a reader of the URL may type it, is told the form each side takes.
+    status, _, body = http_get(f"{explorer.url}/compare?user=u00001&a={b.removeprefix('version:')}&b={b}")
+    assert status == 400 and "(version:NAME) or a configured A/B arm (arm:NAME)" in body
     status, _, body = http_get(f"{explorer.url}/?user=")
     assert status == 400 and '<form class="ask" method="get" action="/">' in body and 'type="hidden"' not in body

@@ -396,7 +396,7 @@ def chosen(choices: list[Choice], name: str, default: str) -> Choice:
     for choice in choices:
         if choice.key == key:
             return choice
-    raise InvalidRequest(name, f"choose a published model version or a configured A/B arm, got {key!r}")
+    raise InvalidRequest(name, f"choose a published model version (version:NAME) or a configured A/B arm (arm:NAME), got {key!r}")
 
 
 def feed_of(service: FeedService, user_id: str, limit: int, choice: Choice) -> FeedPage:
