@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ranking.store import trending_weight
 from serving.store_url import redacted
-from stores.base import StoreUnavailable
+from stores.base import StoreFull, StoreUnavailable
 from stores.events import RECEIVED_SHARE, EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
@@ -273,6 +273,8 @@ def exit_on_redis_errors(url_text: str) -> Iterator[None]:
     try:
         with unavailable_on_redis_errors():
             yield
+    except StoreFull as error:
+        _fail(url_text, f"Redis is out of memory (raise its maxmemory): {error}")
     except StoreUnavailable as error:
         _fail(url_text, f"Redis unreachable: {error}")
     except (RedisError, RedisClusterException) as error:

@@ -26,7 +26,7 @@ from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
 from serving.logs import cancelled_code, expired
 from serving.wire import MalformedRequest, lenient
-from stores.base import NotReplicated, StoreUnavailable
+from stores.base import NotReplicated, StoreFull, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
@@ -111,17 +111,21 @@ def _add_feed_item(add: Callable[..., feed_pb2.FeedItem], item: RankedItem) -> f
 
 
 _LOG = logging.getLogger(__name__)
-# How long a client should wait before retrying after UNAVAILABLE (google.rpc.RetryInfo).
+# How long a client should wait before retrying after UNAVAILABLE or a full store (google.rpc.RetryInfo).
 RETRY_DELAY_SECONDS = 1.0
 STORE_UNAVAILABLE = "store unavailable"
+STORE_FULL = "store out of memory: the batch was not acknowledged; retrying it later is safe"
 
 
 class _OutageLog:
-    """Logs why the store is unavailable (the client only reads STORE_UNAVAILABLE: the
-    detail names internal hosts), at most once per ``every_seconds`` with a count of the
-    failures in between, so an outage does not flood the log."""
+    """Logs why the store failed, as ``what`` at ``level`` (the client only reads
+    STORE_UNAVAILABLE or STORE_FULL: the detail names internal hosts), at most once per
+    ``every_seconds`` with a count of the failures in between, so an outage does not flood
+    the log."""
 
-    def __init__(self, every_seconds: float = 10.0) -> None:
+    def __init__(self, what: str = STORE_UNAVAILABLE, level: int = logging.WARNING, every_seconds: float = 10.0) -> None:
+        self.what = what
+        self.level = level
         self.every_seconds = every_seconds
         self._lock = threading.Lock()
         self._last = -float("inf")
@@ -134,10 +138,12 @@ class _OutageLog:
                 self._suppressed += 1
                 return
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        _LOG.warning("%s: store unavailable: %s (%d more failures since the last report)", method, error, suppressed)
+        _LOG.log(self.level, "%s: %s: %s (%d more failures since the last report)", method, self.what, error, suppressed)
 
 
 _log_outage = _OutageLog()
+# Redis at maxmemory refusing writes: no outage that passes by itself, an operator must act.
+_log_full = _OutageLog("store out of memory: writes are refused until Redis has room (raise maxmemory, trim the event stream)", logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,9 @@ def refusal_of(error: Exception, method: str) -> Refusal:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
     if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
         return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error}", retry_after=RETRY_DELAY_SECONDS)
+    if isinstance(error, StoreFull):  # before StoreUnavailable, its base: reads still work
+        _log_full(method, error)
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, STORE_FULL, retry_after=RETRY_DELAY_SECONDS)
     if isinstance(error, StoreUnavailable):
         _log_outage(method, error)
         return Refusal(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE, retry_after=RETRY_DELAY_SECONDS)

@@ -24,6 +24,12 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached or did not answer in time."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refused a write for want of memory (Redis at ``maxmemory`` under
+    ``noeviction``): reads still work, and the write was not applied (a batch applied in
+    chunks or per slot may be in part; retrying it is safe)."""
+
+
 class NotReplicated(StoreUnavailable):
     """A batch was applied on the primaries but fewer replicas than asked confirmed it in time."""
 

@@ -60,6 +60,7 @@ from redis.crc import key_slot
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
+    OutOfMemoryError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -82,7 +83,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, NotReplicated, StoreUnavailable
+from stores.base import ApplyResult, NotReplicated, StoreFull, StoreUnavailable
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -891,9 +892,12 @@ def _is_unavailable(error: BaseException) -> bool:
 
 @contextmanager
 def unavailable_on_redis_errors() -> Iterator[None]:
-    """Turn a Redis outage (refused, timed out, cluster down, loading...) into StoreUnavailable."""
+    """Turn a Redis outage (refused, timed out, cluster down, loading...) into StoreUnavailable,
+    and a write Redis refused at ``maxmemory`` (OOM) into StoreFull."""
     try:
         yield
+    except OutOfMemoryError as error:
+        raise StoreFull(f"{type(error).__name__}: {error}") from error
     except RedisError as error:
         if _is_unavailable(error):
             raise StoreUnavailable(f"{type(error).__name__}: {error}") from error

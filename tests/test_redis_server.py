@@ -179,6 +179,37 @@ def test_redis_outage_is_unavailable_within_the_deadline_and_the_server_recovers
         assert feed_ids(server.stub, "alice")[0]
 
 
+def test_a_redis_out_of_memory_refuses_ingest_as_resource_exhausted_and_keeps_serving_feeds(tmp_path, models, servers):
+    """A Redis at maxmemory (noeviction) answered each Ingest INTERNAL "internal error",
+    with a traceback in the server's log per batch (found by filling one in a review)."""
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    try:
+        load(redis_server.url)
+        server = servers(redis_server.url, models, "--feed-processes", "0")
+        with redis_server.client() as admin:
+            admin.config_set("maxmemory", 1)  # every write refused, every read served
+            ingest = feed_pb2.IngestRequest(events=[feed_pb2.Event(event_id="full-1", follow=feed_pb2.UserSeller(user_id="x", seller_id="y"))])
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as error:
+                    server.stub.Ingest(ingest, timeout=5)
+                assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert error.value.details().startswith("store out of memory")
+            assert feed_ids(server.stub, "alice")[0]
+            assert server.status() == health_pb2.HealthCheckResponse.SERVING
+            write_dataset(social_dataset(), str(tmp_path / "data"))
+            argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", redis_server.url]
+            loaded = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+            assert loaded.returncode == 1 and loaded.stderr.startswith(f"error: --redis {redis_server.url}: Redis is out of memory"), loaded.stderr
+            admin.config_set("maxmemory", 0)
+        assert server.stub.Ingest(ingest, timeout=5).applied == 1
+        log = Path(server.log.name).read_text()
+        assert re.search(r"ERROR .*Ingest: store out of memory: writes are refused until Redis has room.*maxmemory", log), log
+        assert "Traceback" not in log
+    finally:
+        redis_server.stop()
+
+
 def test_every_acknowledged_event_survives_sigkill_of_the_server_and_of_redis(own_redis, models, servers):
     load(own_redis.url)
     server = servers(own_redis.url, models)
