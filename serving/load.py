@@ -7,7 +7,8 @@ dataset's rows. Every write sets an absolute value (HSET, ZADD, SADD; like count
 trending scores are computed from the dataset, never incremented), so loading the same
 dataset twice leaves the same state (but for the vacations' version counter, which tells
 feed servers to read the vacations again): an interrupted load is simply run again. Loading is
-meant for an empty Redis or one holding the same dataset; it does not log events.
+meant for an empty Redis or one holding the same dataset; it does not log events. It warns
+when a primary's maxmemory-policy is not noeviction (a full Redis would evict feed state).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from stores.redis import (
     DEFAULT_LISTINGS,
     PACKED_FIELD,
     connect,
+    eviction_warning,
     is_cluster_client,
     pack_item,
     split_url,
@@ -297,6 +299,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     client, own = connect_checked(args.redis, socket_timeout=LOAD_SOCKET_TIMEOUT, socket_connect_timeout=5.0)
     try:
+        with exit_on_redis_errors(args.redis):
+            warning = eviction_warning(client)
+        if warning:
+            print(f"warning: --redis {redacted(args.redis)}: {warning}", file=sys.stderr)
         started = time.perf_counter()
         warnings: list[str] = []
         try:

@@ -76,21 +76,26 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
 def check_store(store: FeedStore, url: str) -> None:
     """ValueError naming --store when Redis answers but refuses this server for good (a DB
     index out of range, a wrong password, a missing permission). A Redis that is down is
-    no error here: the server starts NOT_SERVING and comes up with it."""
+    no error here: the server starts NOT_SERVING and comes up with it. Logs a warning when
+    a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
+    server still starts, for a managed Redis may not let its operator change the policy."""
     from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, ResponseError
 
-    from stores.redis import RedisStore
+    from stores.redis import RedisStore, eviction_warning
 
     if not isinstance(store, RedisStore):
         return
     try:
         store.client.ping()
+        warning = eviction_warning(store.client)
     except ClusterError:  # a cluster failing over: down for now
         return
     except (ResponseError, AuthenticationError, AuthorizationError) as error:
         raise ValueError(f"--store {redacted(url)}: {error}") from None
     except Exception:  # noqa: BLE001 (down or unreachable: the health monitor reports it)
         return
+    if warning:
+        log.warning("--store %s: %s", redacted(url), warning)
 
 
 def warm_store(store: FeedStore) -> None:

@@ -841,6 +841,43 @@ def _server_run_id(connection: Any) -> str | None:
     return found.group(1) if found else None
 
 
+def _node_name(client: redis.Redis) -> str:
+    """HOST:PORT (or the socket's path) of a standalone client, for messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    return kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def eviction_warning(client: Any) -> str | None:
+    """Why Redis may drop feed state, naming each primary whose ``maxmemory-policy`` is not
+    noeviction or that does not tell it; None when every primary says noeviction.
+
+    Reads ``INFO memory``, which managed services allow where CONFIG is disabled: under
+    any other policy a Redis at ``maxmemory`` evicts keys (volatile-* ones too: the event
+    ids kept for idempotency expire), so an out-of-stock item can come back and a retried
+    event be applied twice. RedisError (an outage) is the caller's to handle.
+    """
+    nodes = ([(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
+             if is_cluster_client(client) else [(_node_name(client), client)])  # fmt: skip
+    evicting, untold = [], []
+    for name, node in nodes:
+        try:
+            policy = node.info("memory").get("maxmemory_policy")
+        except ResponseError as error:  # an ACL without +info
+            untold.append(f"{name} ({' '.join(str(error).split())})")
+            continue
+        if policy != "noeviction":
+            evicting.append(f"{name} has maxmemory-policy {policy}")
+    problems = []
+    if evicting:
+        problems.append(f"Redis {', '.join(evicting)}: at maxmemory it evicts feed state (stock, likes, the event ids kept "
+                        "for idempotency), so a sold-out item can come back and a retried event be applied twice; "
+                        "set maxmemory-policy noeviction")  # fmt: skip
+    if untold:
+        problems.append(f"could not read the maxmemory-policy of Redis {', '.join(untold)}: make sure it is noeviction, "
+                        "and grant the server +info")  # fmt: skip
+    return "; ".join(problems) or None
+
+
 def _card(fields: dict[str, str | None]) -> ItemCard:
     if fields["seller"] is None and fields["stock"] is None:  # no such item
         return ItemCard()

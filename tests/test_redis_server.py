@@ -210,6 +210,25 @@ def test_a_redis_out_of_memory_refuses_ingest_as_resource_exhausted_and_keeps_se
         redis_server.stop()
 
 
+def test_a_redis_that_may_evict_feed_state_is_warned_about_by_the_server_and_by_load(tmp_path, models, servers):
+    """Nothing read maxmemory-policy: on allkeys-lru a full Redis evicts stock and likes
+    silently, and a sold-out item came back (a review)."""
+    redis_server = RedisServer(tmp_path / "redis", extra=["--maxmemory-policy", "allkeys-lru"])
+    redis_server.start()
+    try:
+        write_dataset(social_dataset(), str(tmp_path / "data"))
+        argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", redis_server.url]
+        loaded = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        warning = f"--redis {redis_server.url}: Redis 127.0.0.1:{redis_server.port} has maxmemory-policy allkeys-lru: "
+        assert loaded.stderr.startswith(f"warning: {warning}") and "set maxmemory-policy noeviction" in loaded.stderr
+        server = servers(redis_server.url, models, "--feed-processes", "0")
+        assert feed_ids(server.stub, "alice")[0]  # it warns, and serves
+        log = Path(server.log.name).read_text()
+        assert re.search(r"WARNING .*--store \S+: Redis 127\.0\.0\.1:\d+ has maxmemory-policy allkeys-lru: .*noeviction", log), log
+    finally:
+        redis_server.stop()
+
+
 def test_every_acknowledged_event_survives_sigkill_of_the_server_and_of_redis(own_redis, models, servers):
     load(own_redis.url)
     server = servers(own_redis.url, models)

@@ -19,7 +19,7 @@ from serving.load import load_into_redis
 from stores.base import StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
-from stores.redis import PACKED_FIELD, RedisStore, pack_item, unavailable_on_redis_errors
+from stores.redis import PACKED_FIELD, RedisStore, eviction_warning, pack_item, unavailable_on_redis_errors
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
@@ -599,6 +599,36 @@ def test_ingest_into_a_redis_that_came_back_empty_is_unavailable_and_writes_noth
     assert fresh.apply(follow).applied == 1
     assert fresh.apply([Event("f2", EventKind.FOLLOW, NOW, user_id="erin", seller_id="s2")]).applied == 1
     fresh.close()
+
+
+def test_a_primary_that_may_evict_feed_state_is_named_by_its_policy(redis_cluster_url, redis_cluster):
+    """Nothing read maxmemory-policy: under allkeys-lru (a managed Redis's usual default) a
+    full Redis dropped stock and likes silently (a review). Every primary is asked."""
+    store = RedisStore.from_url(redis_cluster_url)
+    assert eviction_warning(store.client) is None  # redis-server's default: noeviction
+    evicting = redis_cluster.primaries()[1]
+    with evicting.client() as admin:
+        admin.config_set("maxmemory-policy", "volatile-lru")
+        try:
+            warning = eviction_warning(store.client)
+        finally:
+            admin.config_set("maxmemory-policy", "noeviction")
+    assert warning is not None and warning.startswith(f"Redis 127.0.0.1:{evicting.port} has maxmemory-policy volatile-lru: ")
+    assert warning.count("maxmemory-policy volatile-lru") == 1 and warning.endswith("set maxmemory-policy noeviction")
+    store.close()
+
+
+def test_a_user_not_allowed_info_is_told_the_policy_could_not_be_read(redis_url, redis_server):
+    with redis_server.client() as admin:
+        admin.acl_setuser("no-info", enabled=True, passwords=["+pw"], keys=["fr:*"], commands=["+@all", "-info"])
+        try:
+            store = RedisStore.from_url(redis_url.replace("redis://", "redis://no-info:pw@"))
+            warning = eviction_warning(store.client)
+            store.close()
+        finally:
+            admin.acl_deluser("no-info")
+    assert warning == (f"could not read the maxmemory-policy of Redis 127.0.0.1:{redis_server.port} (this user has no "
+                       "permissions to run the 'info' command): make sure it is noeviction, and grant the server +info")
 
 
 def test_a_fresh_process_serves_its_first_feeds_exactly_as_the_memory_store(url):
