@@ -36,6 +36,8 @@ from stores.events import RECEIVED_SHARE, EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
     DEFAULT_LISTINGS,
+    NOT_A_CLUSTER,
+    NOT_A_CLUSTER_CAUSES,
     PACKED_FIELD,
     connect,
     eviction_warning,
@@ -263,6 +265,8 @@ def connect_checked(url_text: str, **options: Any) -> tuple[Any, dict[str, Any]]
     except (ValueError, TypeError) as error:
         _fail(url_text, f"bad URL: {error}")
     except StoreUnavailable as error:
+        if NOT_A_CLUSTER in str(error):
+            _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
         _fail(url_text, f"Redis unreachable: {error}")
     except (RedisError, RedisClusterException) as error:
         _fail(url_text, f"{type(error).__name__}: {error}")

@@ -79,9 +79,9 @@ def check_store(store: FeedStore, url: str) -> None:
     no error here: the server starts NOT_SERVING and comes up with it. Logs a warning when
     a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
     server still starts, for a managed Redis may not let its operator change the policy."""
-    from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, ResponseError
+    from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, RedisClusterException, ResponseError
 
-    from stores.redis import RedisStore, eviction_warning
+    from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning
 
     if not isinstance(store, RedisStore):
         return
@@ -92,6 +92,10 @@ def check_store(store: FeedStore, url: str) -> None:
         return
     except (ResponseError, AuthenticationError, AuthorizationError) as error:
         raise ValueError(f"--store {redacted(url)}: {error}") from None
+    except RedisClusterException as error:
+        if NOT_A_CLUSTER in str(error):
+            raise ValueError(f"--store {redacted(url)}: {NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}") from None
+        return  # no seed answers: down for now
     except Exception:  # noqa: BLE001 (down or unreachable: the health monitor reports it)
         return
     if warning:

@@ -841,6 +841,13 @@ def _server_run_id(connection: Any) -> str | None:
     return found.group(1) if found else None
 
 
+# What redis-py says when a redis-cluster:// seed answers CLUSTER SLOTS with an error, and
+# why that is so for good, not an outage: the node is a standalone Redis, or the ACL user
+# may not run CLUSTER SLOTS (redis-py reports a NOPERM the same way).
+NOT_A_CLUSTER = "Cluster mode is not enabled on this node"
+NOT_A_CLUSTER_CAUSES = "a standalone Redis (use redis://), or a user not allowed +cluster|slots and +cluster|info"
+
+
 def _node_name(client: redis.Redis) -> str:
     """HOST:PORT (or the socket's path) of a standalone client, for messages."""
     kwargs = client.connection_pool.connection_kwargs

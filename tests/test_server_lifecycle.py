@@ -179,6 +179,19 @@ def test_a_redis_db_out_of_range_is_one_line_naming_store(world, redis_server):
     assert time.monotonic() - started_at < 20
 
 
+def test_a_redis_cluster_url_of_a_node_that_is_no_cluster_is_one_line_naming_store(world, redis_server):
+    """A redis-cluster:// URL of a standalone Redis (or for an ACL user not allowed CLUSTER
+    SLOTS, which redis-py reports alike) started a server NOT_SERVING for ever, logging
+    "Redis Cluster cannot be connected" as an outage, and load said "Redis unreachable"."""
+    url = f"redis-cluster://127.0.0.1:{redis_server.port}"
+    says = "Cluster mode is not enabled on this node: a standalone Redis (use redis://), or a user not allowed +cluster|slots"
+    result = run([sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", url, "--port", "0",
+                  "--feed-processes", "0", "--no-progress"])
+    assert_one_error_line(result, f"--store {url}: {says}")
+    result = run([sys.executable, "-m", "serving", "load", "--data", str(world.data_dir), "--redis", url])
+    assert_one_error_line(result, f"--redis {url}: {says}")
+
+
 def test_a_feed_process_that_cannot_start_is_reported_at_once_in_one_line(world, tmp_path):
     config = ServerConfig(models_dir=str(tmp_path / "no-models"), store_url="redis://127.0.0.1:1/0", token_secret=TOKEN_SECRET)
     loop = asyncio.new_event_loop()
