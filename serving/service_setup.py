@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -75,11 +76,13 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
 
 def check_store(store: FeedStore, url: str) -> None:
     """ValueError naming --store when Redis answers but refuses this server for good (a DB
-    index out of range, a wrong password, a missing permission). A Redis that is down is
-    no error here: the server starts NOT_SERVING and comes up with it. Logs a warning when
+    index out of range, a wrong password, a missing permission, a TLS certificate that does
+    not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
+    comes up with it. Logs a warning when
     a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
     server still starts, for a managed Redis may not let its operator change the policy."""
     from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, RedisClusterException, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning
 
@@ -96,6 +99,11 @@ def check_store(store: FeedStore, url: str) -> None:
         if NOT_A_CLUSTER in str(error):
             raise ValueError(f"--store {redacted(url)}: {NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}") from None
         return  # no seed answers: down for now
+    except RedisConnectionError as error:
+        if isinstance(error.__cause__, ssl.SSLCertVerificationError):  # the CA given (or not) never will verify it
+            raise ValueError(f"--store {redacted(url)}: TLS: certificate verify failed: {error.__cause__.verify_message}: "
+                             "give the CA that signed Redis's certificate with ?ssl_ca_certs=PATH") from None
+        return
     except Exception:  # noqa: BLE001 (down or unreachable: the health monitor reports it)
         return
     if warning:

@@ -26,7 +26,8 @@ from stores.memory import MemoryStore
 from tests import store_views as views
 from tests.builders import social_dataset
 from tests.conftest import REPO
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, free_port
+from tests.test_auth_tls import make_server_pki
 from training.dataset import load_dataset, write_dataset
 from training.train import TrainParams, train_and_publish
 
@@ -225,6 +226,29 @@ def test_a_redis_that_may_evict_feed_state_is_warned_about_by_the_server_and_by_
         assert feed_ids(server.stub, "alice")[0]  # it warns, and serves
         log = Path(server.log.name).read_text()
         assert re.search(r"WARNING .*--store \S+: Redis 127\.0\.0\.1:\d+ has maxmemory-policy allkeys-lru: .*noeviction", log), log
+    finally:
+        redis_server.stop()
+
+
+def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_stops_the_start(tmp_path, models, servers):
+    """rediss:// without the CA that signed Redis's certificate started a server NOT_SERVING
+    for ever, its log calling Redis unavailable (a review)."""
+    pki = make_server_pki(tmp_path)
+    tls_port = free_port()
+    redis_server = RedisServer(tmp_path / "redis", extra=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "server.key"),
+        "--tls-ca-cert-file", str(pki / "server-ca.pem"), "--tls-auth-clients", "no"])  # fmt: skip
+    redis_server.start()
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        argv = [sys.executable, "-m", "serving", "--store", url, "--models", str(models), "--port", "0", "--feed-processes", "0"]
+        refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith(f"error: --store {url}: TLS: certificate verify failed"), refused.stderr
+        assert "ssl_ca_certs=PATH" in refused.stderr
+        trusted = f"{url}?ssl_ca_certs={pki / 'server-ca.pem'}"
+        load(trusted)
+        assert feed_ids(servers(trusted, models, "--feed-processes", "0").stub, "alice")[0]
     finally:
         redis_server.stop()
 
