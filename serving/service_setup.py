@@ -76,8 +76,8 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
 
 def check_store(store: FeedStore, url: str) -> None:
     """ValueError naming --store when Redis answers but refuses this server for good (a DB
-    index out of range, a wrong password, a missing permission, a TLS certificate that does
-    not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
+    index out of range, a wrong password, a missing permission to read or run scripts, a TLS
+    certificate that does not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
     comes up with it. Logs a warning when
     a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
     server still starts, for a managed Redis may not let its operator change the policy."""
@@ -90,6 +90,7 @@ def check_store(store: FeedStore, url: str) -> None:
         return
     try:
         store.client.ping()
+        store.check_access()
         warning = eviction_warning(store.client)
     except ClusterError:  # a cluster failing over: down for now
         return

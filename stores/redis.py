@@ -2100,6 +2100,15 @@ class RedisStore:
                 self._shas.clear()
         return {(tag, op[0]): result for (tag, part), reply in zip(calls, replies) for op, result in zip(part, reply)}
 
+    def check_access(self) -> None:
+        """Run, writing nothing, what every feed needs first: load each script (SCRIPT LOAD;
+        on a cluster, on every primary) and read the change log through one (EVALSHA).
+        Raises what redis-py raises: NoPermissionError, a ResponseError, when the ACL user
+        may not run scripts or read the keys. Writes are not tried."""
+        for name in self._sources:
+            self._sha(name)
+        self._eval_keys("changes", self.keys.change_log_keys(), ["0"])
+
     # -- health ------------------------------------------------------------------------
 
     def ping(self) -> bool:

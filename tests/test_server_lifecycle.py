@@ -179,6 +179,23 @@ def test_a_redis_db_out_of_range_is_one_line_naming_store(world, redis_server):
     assert time.monotonic() - started_at < 20
 
 
+@pytest.mark.parametrize("query", ["", "?read_cache=0"])
+def test_a_redis_user_not_allowed_scripts_is_one_line_naming_store(world, redis_server, query):
+    """An ACL user without +@scripting: with --feed-processes 0 the start died in a
+    traceback, and with read_cache=0 the server turned SERVING and failed every call INTERNAL."""
+    with redis_server.client() as admin:
+        admin.acl_setuser("noscripts", enabled=True, passwords=["+pw"], keys=["fr:*"],
+                          commands=["+@read", "+@write", "+@connection", "+info"])
+        try:
+            url = f"redis://noscripts:pw@127.0.0.1:{redis_server.port}/0{query}"
+            result = run([sys.executable, "-m", "serving", "--models", str(world.models_dir), "--store", url, "--port", "0",
+                          "--feed-processes", "0", "--no-progress"])
+        finally:
+            admin.acl_deluser("noscripts")
+    shown = url.replace(":pw@", ":***@")
+    assert_one_error_line(result, f"--store {shown}: this user has no permissions to run the 'script|load' command")
+
+
 def test_a_redis_cluster_url_of_a_node_that_is_no_cluster_is_one_line_naming_store(world, redis_server):
     """A redis-cluster:// URL of a standalone Redis (or for an ACL user not allowed CLUSTER
     SLOTS, which redis-py reports alike) started a server NOT_SERVING for ever, logging
