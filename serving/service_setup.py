@@ -84,7 +84,7 @@ def check_store(store: FeedStore, url: str) -> None:
     from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, RedisClusterException, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning
+    from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning, is_outage
 
     if not isinstance(store, RedisStore):
         return
@@ -95,6 +95,8 @@ def check_store(store: FeedStore, url: str) -> None:
     except ClusterError:  # a cluster failing over: down for now
         return
     except (ResponseError, AuthenticationError, AuthorizationError) as error:
+        if isinstance(error, ResponseError) and is_outage(error):  # BUSY in a script, MASTERDOWN...: down for now
+            return
         raise ValueError(f"--store {redacted(url)}: {error}") from None
     except RedisClusterException as error:
         if NOT_A_CLUSTER in str(error):

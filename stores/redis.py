@@ -925,7 +925,9 @@ WAIT_MAP_REFRESHES = 4
 _LAST_ARG, _EXPECT_DATA_ARG = 13, 14
 
 
-def _is_unavailable(error: BaseException) -> bool:
+def is_outage(error: BaseException) -> bool:
+    """Whether a redis-py error says Redis cannot serve now, but may soon: refused, timed
+    out, cluster down, loading, busy in a script, its primary down..."""
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ClusterError)):
         return True
     if not isinstance(error, ResponseError):
@@ -943,7 +945,7 @@ def unavailable_on_redis_errors() -> Iterator[None]:
     except OutOfMemoryError as error:
         raise StoreFull(f"{type(error).__name__}: {error}") from error
     except RedisError as error:
-        if _is_unavailable(error):
+        if is_outage(error):
             raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
         raise
     except RedisClusterException as error:

@@ -3,6 +3,7 @@ SIGKILL during ingest, and the load -> ingest -> export -> train round trip via 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -249,6 +250,46 @@ def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_
         trusted = f"{url}?ssl_ca_certs={pki / 'server-ca.pem'}"
         load(trusted)
         assert feed_ids(servers(trusted, models, "--feed-processes", "0").stub, "alice")[0]
+    finally:
+        redis_server.stop()
+
+
+def test_a_server_started_while_redis_is_busy_in_a_script_comes_up_when_it_is_done(tmp_path, models, servers):
+    """Redis answering BUSY (a long script) at start was taken for a refusal for good: the
+    server exited "error: --store ...: BUSY Redis is busy running a script" (a review)."""
+    redis_server = RedisServer(tmp_path / "redis", extra=["--busy-reply-threshold", "50"])
+    redis_server.start()
+    try:
+        load(redis_server.url)
+
+        def run_until_killed() -> None:
+            with redis_server.client() as client, contextlib.suppress(redis.ResponseError):
+                client.eval("while true do end", 0)
+
+        def answers_busy(admin: redis.Redis) -> bool:
+            try:
+                admin.ping()
+            except redis.ResponseError as error:
+                return str(error).startswith("BUSY")
+            return False
+
+        busy = threading.Thread(target=run_until_killed)
+        busy.start()
+        with redis_server.client() as admin:
+            deadline = time.monotonic() + 10
+            while not answers_busy(admin):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            started: list[ServerProcess] = []
+            starting = threading.Thread(target=lambda: started.append(servers(redis_server.url, models, "--feed-processes", "0")))
+            starting.start()  # it writes its port file once health is SERVING
+            while not any("waiting for health SERVING" in log.read_text() for log in (tmp_path / "servers").glob("server-*.log")):
+                assert starting.is_alive() and time.monotonic() < deadline + 60
+                time.sleep(0.05)
+            admin.script_kill()
+        busy.join(10)
+        starting.join(60)
+        assert started and feed_ids(started[0].stub, "alice")[0]
     finally:
         redis_server.stop()
 
