@@ -1162,6 +1162,7 @@ class RedisStore:
         # on a write script that finds no change log epoch (Redis came back empty: restarted
         # without its data, or flushed) refuses, writing nothing, until a load brings one.
         self._holds_data = False
+        self._refusal_logged = False  # since the last write that found the data: log it once, not per Ingest
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
         self._shas: dict[str, str] = {}
@@ -1957,6 +1958,7 @@ class RedisStore:
             return reply
         if reply[0] == "no_data":
             self._refuse_without_data()
+        self._refusal_logged = False
         if name == "batch" and reply[0] == "ok":
             self._holds_data = True
             if cache is not None and len(reply) > 3:
@@ -1964,12 +1966,14 @@ class RedisStore:
         return reply
 
     def _refuse_without_data(self) -> NoReturn:
-        """Log and raise StoreUnavailable: a write script found Redis without its data."""
-        host = self.write_client.connection_pool.connection_kwargs
-        message = (f"Redis at {host.get('host')}:{host.get('port')} holds no data any more (restarted without it, or "
+        """Raise StoreUnavailable, logged the first time since a write found the data: a write
+        script found Redis without its data."""
+        message = (f"Redis at {_node_name(self.write_client)} holds no data any more (restarted without it, or "
                    "flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load) "
                    "or this server restarts")  # fmt: skip
-        log.error("%s", message)
+        if not self._refusal_logged:
+            log.error("%s", message)
+            self._refusal_logged = True
         raise StoreUnavailable(message)
 
     @staticmethod
