@@ -58,6 +58,7 @@ from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
+    AskError,
     ClusterError,
     NoScriptError,
     OutOfMemoryError,
@@ -1720,7 +1721,8 @@ class RedisStore:
         CPU on each pipelined command, 10 ms for a feed's candidates. A script without a
         shebang may read keys of several slots as long as its node holds them; when the
         slots moved since the client last looked, the slot map is refreshed and the call
-        retried once.
+        retried once. A node that still refuses is moving one of those slots away (a
+        reshard): its items are read one by one, each where it is now (``_on_item_moving``).
         """
         manager = self.client.nodes_manager
         codes = np.asarray(item_codes, dtype=np.int64)
@@ -1729,18 +1731,48 @@ class RedisStore:
             node_of = owner[self._placement.slots(codes, ids)]
             if (node_of < 0).any():
                 raise SlotNotCoveredError("a slot of the feed's items is not covered by the cluster")
+            replies = []
             try:
-                replies = []
                 for node in np.unique(node_of).tolist():
                     rows = np.flatnonzero(node_of == node)
                     args = [self.keys.prefix, *(ids[row] for row in rows.tolist())]
-                    replies.append((rows, self._eval_keys(name, [], args, nodes[node].redis_connection)))
+                    try:
+                        replies.append((rows, self._eval_keys(name, [], args, nodes[node].redis_connection)))
+                    except ResponseError as error:
+                        if attempt == 1 or "non local key" not in str(error):
+                            raise
+                        replies.extend((rows[at : at + 1], self._on_item_moving(name, ids[row], nodes[node].redis_connection))
+                                       for at, row in enumerate(rows.tolist()))  # fmt: skip
                 return replies
             except ResponseError as error:
                 if attempt == 2 or "non local key" not in str(error):
                     raise
                 manager.initialize()
         raise AssertionError("unreachable")
+
+    def _on_item_moving(self, name: str, item_id: str, node: redis.Redis) -> Any:
+        """Script ``name`` over one item, on ``node`` (its slot's owner) when it holds the
+        item's keys, else on the node its slot is migrating to: ``node`` answers a command for
+        a key it no longer holds with ASK and that node's address, and the node importing
+        the slot serves a command after ASKING (redis-py does this for single-key commands,
+        not for a script that names its keys in ARGV)."""
+        args = [self.keys.prefix, item_id]
+        try:
+            return self._eval_keys(name, [], args, node)
+        except ResponseError as error:
+            if "non local key" not in str(error):
+                raise
+        try:
+            node.exists(self.keys.item(item_id))
+            importer = None  # it holds the item's keys again: the slot moved back meanwhile
+        except AskError as moved:
+            importer = self.client.get_node(moved.host, moved.port)  # None: a node the client does not know yet
+        if importer is None:
+            raise StoreUnavailable(f"the slot of item {item_id} moved while it was read; retrying is safe")
+        pipe = self.client.get_redis_connection(importer).pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.execute_command("EVAL", self._sources[name], 0, *args)  # once per moving item: no SCRIPT LOAD on the importer
+        return pipe.execute()[1]
 
     @staticmethod
     def _codes_or_none(vocabulary: Vocabulary, ids: Sequence[str]) -> np.ndarray:

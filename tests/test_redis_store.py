@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from redis.crc import key_slot
 
 from ranking.feed import build_feed_pipeline
 from serving.feed_service import FeedService
@@ -23,7 +24,7 @@ from stores.redis import PACKED_FIELD, RedisStore, eviction_warning, pack_item, 
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisClusterServers, RedisServer
 from training.generate import generate
 from training.train import TrainParams, train
 
@@ -149,6 +150,38 @@ def test_a_cluster_read_through_a_stale_slot_map_refreshes_it_and_reads_right(re
     assert views.hydrate(store, user, items) == views.hydrate(memory, user, items)
     assert refreshes == [1]  # refused once through the stale map, then read through the fresh one
     store.close()
+
+
+def test_a_cluster_reads_the_items_of_a_slot_being_migrated_where_each_is_now(tmp_path):
+    """While a reshard moves a slot, its owner refuses a script naming a key it handed on
+    (and the slot map says it still owns the slot): every feed with one of its items among
+    its candidates answered UNAVAILABLE for as long as the slot moved, 39 of 861 GetFeeds
+    during a 3,000-slot reshard (a review)."""
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3).start()
+    try:
+        dataset = generate(users=100, sellers=10, items=200, seed=4)
+        store = make_redis_store(cluster.url, dataset)
+        memory = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
+        items, user = list(dataset.items.item_id[:60]), dataset.user_ids()[0]
+        expected = views.hydrate(memory, user, items)
+        assert views.hydrate(store, user, items) == expected
+        slot = key_slot(store.keys.item(items[0]).encode())
+        owner = store.client.get_node_from_key(store.keys.item(items[0])).port
+        source = next(node for node in cluster.nodes if node.port == owner).client()
+        target = next(node for node in cluster.primaries() if node.port != owner).client()
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER", "MYID"))
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.execute_command("CLUSTER", "MYID"))
+        keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        source.execute_command("MIGRATE", "127.0.0.1", target.connection_pool.connection_kwargs["port"], "", 0, 5000, "KEYS", *keys)
+        assert views.hydrate(store, user, items) == expected
+        fresh = RedisStore.from_url(cluster.url)  # a process that never read them
+        assert views.hydrate(fresh, user, items) == expected
+        [card] = fresh.read_cards(fresh.items.codes(items[:1], add=True))
+        assert card.title == dataset.items.title[0] and card.title
+        store.close()
+        fresh.close()
+    finally:
+        cluster.stop()
 
 
 def test_cluster_state_spreads_over_every_primary(redis_cluster_url, redis_cluster):
