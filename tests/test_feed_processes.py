@@ -243,6 +243,15 @@ def test_what_is_served_is_logged_once_by_the_server_not_once_per_feed_process(w
     assert text.count("serving model") == 2, text  # the start line, and the swap
 
 
+def kill_a_feed_process_until_replaced(server) -> None:
+    killed = server.feed_processes.pids[0]
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(server.feed_processes.pids) < 2 or killed in server.feed_processes.pids:
+        assert time.monotonic() < deadline, "no feed process took the killed one's place"
+        time.sleep(0.1)
+
+
 def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_started(world):
     """With the memory store a new child copies the server's store as it is then, and
     follows what comes after: nothing ingested before or after is missing from its feeds."""
@@ -257,12 +266,7 @@ def test_a_replaced_feed_process_has_every_event_ingested_before_and_after_it_st
 
         sold_out = [page()[0]]
         sell_out(sold_out[0])
-        killed = server.feed_processes.pids[0]
-        os.kill(killed, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while len(server.feed_processes.pids) < 2 or killed in server.feed_processes.pids:
-            assert time.monotonic() < deadline, "no feed process took the killed one's place"
-            time.sleep(0.1)
+        kill_a_feed_process_until_replaced(server)
         served = []
         while len(served) < 2:  # the first calls may find the killed child
             with contextlib.suppress(grpc.RpcError):
@@ -285,12 +289,7 @@ def test_page_tokens_issued_by_one_feed_process_are_accepted_by_every_other_and_
         user = "u00004"
         issued = [stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, limit=5), timeout=30).next_page_token for _ in range(4)]
         signed_before_the_rotation = PageTokenCodec(old_secret).encode(user, EMPTY)
-        killed = server.feed_processes.pids[0]
-        os.kill(killed, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while len(server.feed_processes.pids) < 2 or killed in server.feed_processes.pids:
-            assert time.monotonic() < deadline, "no feed process took the killed one's place"
-            time.sleep(0.1)
+        kill_a_feed_process_until_replaced(server)
 
         def next_page(token: str) -> grpc.StatusCode:
             while True:  # the first calls may find the killed child
