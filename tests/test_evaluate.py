@@ -140,6 +140,9 @@ def test_test_users_without_a_training_like_are_counted_as_cold_starts(tmp_path)
     report = evaluate_split(load_dataset(str(tmp_path)), SplitSpec("time", 0.2), None, (10,), PARAMS, show_progress=False)
     assert (report.test_users, report.cold_test_users, report.as_json()["cold_test_users"]) == (4, 4, 4)
     assert report.summary_line().endswith(", 4 test users without a training like (cold starts)")
+    one = dataclasses.replace(report, test_users=1, test_pairs=1, unseen_test_items=0, cold_test_users=1, test_users_total=1)
+    assert one.summary_line() == ("1 test user, 1 test pair, 0 test pairs with an item unseen in training (counted as misses), "
+                                  "1 test user without a training like (cold starts)")
     warm = evaluate_split(generate(users=60, sellers=6, items=80, seed=3), SplitSpec("user", 0.2), None, (10,), PARAMS,
                           show_progress=False)  # a per-user split keeps every test user's other likes in training
     assert warm.cold_test_users == 0 and "cold starts" not in warm.table()

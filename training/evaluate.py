@@ -120,12 +120,15 @@ class EvaluationReport:
 
     def summary_line(self) -> str:
         """What the metrics were measured on: the test users and pairs, and the misses no method can avoid."""
+        def counted(n: int, noun: str) -> str:
+            return f"{n} {noun}{'' if n == 1 else 's'}"
+
         return (
-            f"{self.test_users} test users"
+            counted(self.test_users, "test user")
             + (f" (a seeded sample of {self.test_users_total})" if self.test_users_total > self.test_users else "")
-            + f", {self.test_pairs} test pairs, "
-            f"{self.unseen_test_items} test pairs with an item unseen in training (counted as misses)"
-            + (f", {self.cold_test_users} test users without a training like (cold starts)" if self.cold_test_users else "")
+            + f", {counted(self.test_pairs, 'test pair')}, "
+            f"{counted(self.unseen_test_items, 'test pair')} with an item unseen in training (counted as misses)"
+            + (f", {counted(self.cold_test_users, 'test user')} without a training like (cold starts)" if self.cold_test_users else "")
         )
 
     def paired_table(self) -> list[str]:
