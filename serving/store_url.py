@@ -48,6 +48,10 @@ def open_store(
         from stores.memory import MemoryStore
         from training.dataset import load_dataset
 
+        if durability.state_dir is not None:
+            from stores.durable import check_not_in_use
+
+            check_not_in_use(durability.state_dir)
         dataset = load_dataset(data_dir)
         if durability.state_dir is None:
             return MemoryStore.from_dataset(dataset, progress=progress, **limits)

@@ -476,6 +476,13 @@ def _damaged_before(torn: tuple[str, int, int], later: str) -> WalError:
                     "file from a backup (or, to start from what precedes the damage, move it and every later log aside)")
 
 
+def check_not_in_use(state_dir: str) -> None:
+    """WalError at once when another process keeps its events in ``state_dir``: before the
+    dataset is read and the store built, which take minutes at scale."""
+    if os.path.isfile(os.path.join(state_dir, "LOCK")):
+        _lock_directory(state_dir).close()
+
+
 def _lock_directory(state_dir: str):
     path = os.path.join(state_dir, "LOCK")
     lock_file = open(path, "a+")

@@ -326,6 +326,23 @@ def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
     open_state(tmp_path).close()
 
 
+def test_a_state_directory_in_use_is_refused_before_the_dataset_is_read(tmp_path, monkeypatch):
+    import training.dataset
+
+    state = tmp_path / "state"
+    store = open_state(state)
+
+    def read(*args, **kwargs):
+        raise AssertionError("the dataset was read for a state directory another process holds")
+
+    monkeypatch.setattr(training.dataset, "load_dataset", read)
+    try:
+        with pytest.raises(WalError, match=rf"^--state-dir {state} is in use by another process"):
+            open_store("memory", str(tmp_path / "data"), Durability(state_dir=str(state)), progress=False)
+    finally:
+        store.close()
+
+
 # -- damage ------------------------------------------------------------------------------------
 
 
