@@ -21,7 +21,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
 from serving.store_url import open_store, redacted
-from serving.watched_files import file_signature
+from serving.watched_files import Signature, file_signature
 from stores import FeedStore
 from training.artifact import Artifact, current_version, load_version
 
@@ -39,7 +39,7 @@ class Models:
     current: Artifact
     arms: Arms | None
     pinned: dict[str, Artifact]
-    arms_signature: tuple[int, int, int] | None
+    arms_signature: Signature
 
 
 def load_models(config: ServerConfig) -> Models:
@@ -55,7 +55,7 @@ def load_models(config: ServerConfig) -> Models:
 
 
 def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: FeedMetrics | None = None,
-                 models: Models | None = None) -> tuple[FeedService, tuple[int, int, int] | None]:
+                 models: Models | None = None) -> tuple[FeedService, Signature]:
     """The FeedService ``config`` describes, with its store open (or ``store``, already open)
     and its models loaded (or ``models``, already loaded), reporting to ``metrics`` (default:
     new ones); and the arms file's signature, taken before it was read (for ``start_model_watcher``)."""
@@ -136,7 +136,7 @@ def warm_store(store: FeedStore) -> None:
         log.info("copied %s from Redis in %.1f s", warm_summary(copied, cards, timelines), time.perf_counter() - started)
 
 
-def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: tuple[int, int, int] | None) -> ModelWatcher:
+def start_model_watcher(service: FeedService, config: ServerConfig, arms_signature: Signature) -> ModelWatcher:
     watcher = ModelWatcher(service, config.models_dir, config.reload_seconds, config.arms_file, config.feed, arms_signature)
     watcher.start()
     return watcher
@@ -161,7 +161,7 @@ class ModelWatcher(threading.Thread):
         every_seconds: float,
         arms_file: str | None = None,
         feed: FeedSettings = FeedSettings(),
-        arms_signature: tuple[int, int, int] | None = None,
+        arms_signature: Signature = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``arms_signature``: ``file_signature(arms_file)`` taken before the service's arms were read."""

@@ -159,12 +159,13 @@ def test_switches_come_from_flags_environment_and_file_and_can_be_turned_off(tmp
         resolve_config(parse("--config", str(path)), {})
 
 
-def config_file_refusal(path, text: str) -> str:
-    """The ConfigError of a server started with a config file holding ``text``."""
-    path.write_text(text)
-    with pytest.raises(ConfigError) as error:
-        resolve_config(parse("--config", str(path)), {})
-    return str(error.value)
+def assert_config_file_refusals(path, cases: list[tuple[str, str]]) -> None:
+    """A server started with a config file holding each case's text is refused with a message starting with its message."""
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            resolve_config(parse("--config", str(path)), {})
+        assert str(error.value).startswith(message), str(error.value)
 
 
 def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
@@ -176,9 +177,7 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         ("port = \n", f"config file {path}: not valid TOML: "),
         ("reload_seconds = -1\n", f"{path}:1: key 'reload_seconds': must be >= 0, got -1.0"),
     ]
-    for text, message in cases:
-        refusal = config_file_refusal(path, text)
-        assert refusal.startswith(message), refusal
+    assert_config_file_refusals(path, cases)
     with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
         resolve_config(parse("--config", str(tmp_path / "missing.toml")), {})
     with pytest.raises(ConfigError, match=r"--models is required \(or FEEDRANK_MODELS, or 'models' in the --config file\)"):
@@ -192,9 +191,7 @@ def test_a_config_file_value_refused_by_a_later_check_names_its_line(tmp_path):
         ('models = "m"\nfallback_sources = "bogus"\n', f"{path}:2: key 'fallback_sources': unknown sources bogus"),
         ('models = "m"\n# the store\nstore = "redis://h:1/0?bogus=1"\n', f"{path}:3: key 'store' redis://h:1/0?bogus=1: unknown store URL option 'bogus'"),
     ]
-    for text, message in cases:
-        refusal = config_file_refusal(path, text)
-        assert refusal.startswith(message), refusal
+    assert_config_file_refusals(path, cases)
 
 
 def test_a_relative_path_in_the_config_file_is_relative_to_the_file(tmp_path, monkeypatch):
