@@ -16,7 +16,8 @@ Three phases, one run, same server:
 With --ingest-rate, likes of random sampled users and items arrive through Ingest at that
 rate during both GetFeed phases (one event per call), and their own row reports them: a
 server that keeps copies of what it read (the Redis store's read cache) then shows what
-writes cost it. --users sets how many distinct users the GetFeeds ask for.
+writes cost it. With --ingest-batch N a last phase sends Ingest calls of N such likes in a
+closed loop at --concurrency: the server's ingest capacity, in likes per second. --users sets how many distinct users the GetFeeds ask for.
 With a server on this machine (spawned, or --server-pid), each phase also reports the
 server's CPU time per call, read from /proc: on a shared machine it moves far less than
 the throughputs do. With --store-pid (e.g. `--store-pid $(pgrep -f "redis-server.*:6379")`)
@@ -149,6 +150,7 @@ class PhaseResult:
     # Open loop: the p99 of how late the generator started its calls after their scheduled times (a busy client
     # falls behind); counted in the latencies, which run from the scheduled time. NaN: a closed loop.
     send_lag_p99_ms: float = float("nan")
+    events_per_call: int = 1  # Ingest: the likes in each call's batch
 
 
 def summarise(
@@ -252,7 +254,7 @@ class ServerCalls:
     channels: list[grpc.aio.Channel]
     empty: Call
     get_feed: Call
-    ingest_like: Call
+    ingest_likes: Callable[[int], Call]  # a call ingesting that many likes, each of a random user and item
     feed_of: Callable[[str, float], Awaitable[feed_pb2.GetFeedResponse]]  # one user's feed, with its deadline
 
     async def close(self) -> None:
@@ -289,12 +291,15 @@ def server_calls(
     run = f"loadgen-{os.getpid()}-{time.time_ns()}"
     serial = itertools.count()
 
-    async def ingest_like(timeout: float) -> None:
-        like = feed_pb2.UserItem(user_id=rng.choice(users), item_id=rng.choice(items))
-        event = feed_pb2.Event(event_id=f"{run}-{next(serial)}", like=like)
-        await next(feeds).Ingest(feed_pb2.IngestRequest(events=[event]), timeout=timeout, metadata=metadata)
+    def ingest_likes(count: int) -> Call:
+        async def ingest(timeout: float) -> None:
+            events = [feed_pb2.Event(event_id=f"{run}-{next(serial)}", like=feed_pb2.UserItem(user_id=rng.choice(users), item_id=rng.choice(items)))
+                      for _ in range(count)]  # fmt: skip
+            await next(feeds).Ingest(feed_pb2.IngestRequest(events=events), timeout=timeout, metadata=metadata)
 
-    return ServerCalls(channels, empty, get_feed, ingest_like, feed_of)
+        return ingest
+
+    return ServerCalls(channels, empty, get_feed, ingest_likes, feed_of)
 
 
 class PythonPhases:
@@ -528,7 +533,7 @@ async def run_phases(
         return result
 
     try:
-        if go_binary is None or args.ingest_rate:  # goload checks its own connections
+        if go_binary is None or args.ingest_rate or args.ingest_batch:  # goload checks its own connections
             await wait_until_connected(calls, target, args.timeout)
         await preflight(calls, target, users, args.timeout, token)  # by this process's client whichever runs the phases
         for rpc in ("empty", "GetFeed"):  # warm up connections, caches and the allocator
@@ -539,7 +544,7 @@ async def run_phases(
         if args.ingest_rate:  # beside both GetFeed phases, and the pause between them
             ingest_started = time.perf_counter()
             # Arrivals of their own: drawn from --seed, the likes would arrive in step with the GetFeeds.
-            ingest = asyncio.ensure_future(open_loop(calls.ingest_like, args.ingest_rate, 2 * args.duration, args.timeout, args.seed + 1))
+            ingest = asyncio.ensure_future(open_loop(calls.ingest_likes(1), args.ingest_rate, 2 * args.duration, args.timeout, args.seed + 1))
         results.append(await phase("GetFeed", "closed", args.concurrency, 0.0, phases.closed("GetFeed", args.concurrency, args.duration)))
         rate = args.rate or max(results[1].qps * args.load, 1.0)
         mode = f"open@{rate:.0f}/s" if args.rate else f"open@{args.load:.0%}"
@@ -547,6 +552,10 @@ async def run_phases(
         if ingest is not None:
             tally, _ = await ingest
             results.append(summarise("Ingest", f"open@{args.ingest_rate:.0f}/s", 0, args.ingest_rate, tally, time.perf_counter() - ingest_started))
+        if args.ingest_batch:  # last: the likes it adds change the feeds
+            batches = closed_loop(calls.ingest_likes(args.ingest_batch), args.concurrency, args.duration, args.timeout)
+            results.append(await phase("Ingest", "closed", args.concurrency, 0.0, batches))
+            results[-1].events_per_call = args.ingest_batch
         return results
     finally:
         await calls.close()
@@ -759,7 +768,15 @@ def format_table(results: list[PhaseResult], on_redis: bool = False) -> str:
         empty_total, feed_total = empty.server_cpu_ms + empty.store_cpu_ms, feed.server_cpu_ms + feed.store_cpu_ms
         lines.append(f"server and store CPU per call: empty RPC {empty_total:.3f} ms, GetFeed {feed_total:.3f} ms; "
                      f"their ratio {empty_total / feed_total:.3f} counts the store's work on the same cores too")  # fmt: skip
+    lines.extend(ingest_capacity(r) for r in results if r.rpc == "Ingest" and r.mode == "closed")
     return "\n".join(lines)
+
+
+def ingest_capacity(ingest: PhaseResult) -> str:
+    """The footer's line for the Ingest closed loop: likes per second, and CPU per like where measured."""
+    line = f"Ingest capacity: {ingest.qps * ingest.events_per_call:,.0f} likes/s in batches of {ingest.events_per_call} at concurrency {ingest.concurrency}"
+    cpu = [f"{name} {1e3 * ms / ingest.events_per_call:.1f} µs" for name, ms in (("server", ingest.server_cpu_ms), ("store", ingest.store_cpu_ms)) if ms == ms]
+    return line + (f" (CPU per like: {', '.join(cpu)})" if cpu else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -779,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                        "http://127.0.0.1:9100/metrics: each GetFeed phase then also reports the server's own p50 and p99, from "
                        "its latency histogram (a spawned server's is read unless --workers > 1)")  # fmt: skip
     where.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None, help="bearer token for a server with "
-                       "--tokens-file, sent with every GetFeed and Ingest: the 'read' scope, and 'write' with --ingest-rate "
+                       "--tokens-file, sent with every GetFeed and Ingest: the 'read' scope, and 'write' with --ingest-rate or --ingest-batch "
                        f"(the empty RPC, health, needs none); the variable {TOKEN_VARIABLE} keeps it out of the process list")  # fmt: skip
     where.add_argument("--tls-ca", metavar="FILE", help="speak TLS to a server with --tls-cert, trusting the CA certificates "
                        "in this PEM file (every phase, the empty RPC's too)")
@@ -802,9 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--client", choices=("python", "go"), default="python", help="python: this process's asyncio "
                       "client; go: goload, a compiled client (benchmarks/go_client.py; `make goload` installs Go), which "
                       "takes far less of the cores the server runs on and does not decode the replies. --ingest-rate's "
-                      "likes are sent by the python client either way (default: %(default)s)")  # fmt: skip
+                      "and --ingest-batch's likes are sent by the python client either way (default: %(default)s)")  # fmt: skip
     load.add_argument("--ingest-rate", type=bounded(float, 0), default=0.0, help="likes per second sent through Ingest (one per "
                       "call) during both GetFeed phases; 0: none (default: %(default)s)")
+    load.add_argument("--ingest-batch", type=bounded(int, 0), default=0, help="a last phase: Ingest in a closed loop at "
+                      "--concurrency, each call a batch of this many likes of random users and items; its line gives the "
+                      "server's ingest capacity in likes per second, and its CPU per like; 0: no such phase (default: %(default)s)")  # fmt: skip
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=output_file, help="write the results here as JSON: the client, the phases (the table's "
                      "rows; null where not measured), the GetFeed / empty ratio, the targets and their verdicts")

@@ -282,6 +282,26 @@ def test_likes_arrive_through_ingest_beside_the_feeds_and_get_their_own_row(worl
     assert "Ingest" in capsys.readouterr().out
 
 
+
+def test_an_ingest_batch_phase_reports_the_servers_ingest_capacity_in_likes(world, target, tmp_path, capsys):
+    status, phases = run_loadgen(world, target, tmp_path, "--ingest-batch", "25", "--server-pid", str(os.getpid()))
+
+    assert status == 0
+    assert [(p["rpc"], p["mode"]) for p in phases] == [*PHASES, ("Ingest", "closed")]
+    ingest = phases[3]
+    assert ingest["errors"] == 0 and ingest["successes"] == ingest["calls"] > 0
+    assert ingest["events_per_call"] == 25 and ingest["concurrency"] == 4
+    assert all(phase["events_per_call"] == 1 for phase in phases[:3])
+    out = capsys.readouterr().out
+    assert f"Ingest capacity: {ingest['qps'] * 25:,.0f} likes/s in batches of 25 at concurrency 4 (CPU per like: server " in out
+
+
+def test_the_ingest_capacity_line_divides_cpu_per_call_by_the_batch():
+    ingest = loadgen.summarise("Ingest", "closed", 8, 0.0, loadgen.Tally(started=50, latencies=[0.01] * 50), 1.0, server_cpu_s=0.5)
+    ingest.events_per_call = 100
+
+    assert loadgen.ingest_capacity(ingest) == "Ingest capacity: 5,000 likes/s in batches of 100 at concurrency 8 (CPU per like: server 100.0 µs)"
+
 def table_phases(empty_s: float, feed_s: float, half_s: float, empty_calls: int = 1000, feed_calls: int = 170) -> list[loadgen.PhaseResult]:
     """The three phases, each of calls of one latency, over one second."""
     def phase(rpc: str, mode: str, seconds: list[float]) -> loadgen.PhaseResult:
