@@ -53,15 +53,26 @@ _PAYLOADS: dict[str, EventKind] = {
 _COPIED_FIELDS = ("user_id", "item_id", "seller_id", "friend_id", "stock")
 
 
+def _payload_fields(payload_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The copied fields and the card fields that ``payload_name``'s message has: looked up once,
+    as ``hasattr`` on a proto message costs an exception for each field it lacks."""
+    fields = feed_pb2.Event.DESCRIPTOR.fields_by_name[payload_name].message_type.fields_by_name
+    return tuple(name for name in _COPIED_FIELDS if name in fields), tuple(name for name in CARD_FIELDS if name in fields)
+
+
+_FIELDS_OF_PAYLOAD = {payload_name: _payload_fields(payload_name) for payload_name in _PAYLOADS}
+
+
 def event_from_proto(index: int, message: feed_pb2.Event, received_at: float) -> Event:
     """Translate one proto event; a missing payload is reported with its index."""
     payload_name = message.WhichOneof("payload")
     if payload_name is None:
         raise EventValidationError(index, "payload", "one of " + ", ".join(_PAYLOADS) + " must be set")
     payload = getattr(message, payload_name)
-    fields = {name: getattr(payload, name) for name in _COPIED_FIELDS if hasattr(payload, name)}
+    copied, card = _FIELDS_OF_PAYLOAD[payload_name]
+    fields = {name: getattr(payload, name) for name in copied}
     # Card fields follow proto3 presence: only the ones set are named.
-    fields.update({name: getattr(payload, name) for name in CARD_FIELDS if _has(payload, name)})
+    fields.update({name: getattr(payload, name) for name in card if payload.HasField(name)})
     ts = message.ts or received_at
     if payload_name == "item_upsert":
         fields["created_at"] = payload.created_at or None  # unset: the store keeps an existing item's
@@ -76,10 +87,6 @@ def shopper_filters_from_proto(request: feed_pb2.GetFeedRequest) -> ShopperFilte
         exclude_categories=tuple(request.exclude_categories),
         **{name: getattr(request, name) for name in ("min_price", "max_price", "max_ship_days") if request.HasField(name)},
     )
-
-
-def _has(message: Any, name: str) -> bool:
-    return name in message.DESCRIPTOR.fields_by_name and message.HasField(name)
 
 
 def feed_item_to_proto(item: RankedItem) -> feed_pb2.FeedItem:
