@@ -6,8 +6,8 @@
   python -m serving load --data DIR --redis URL
   python -m serving repack --redis URL
   python -m serving export --redis URL --out DIR [--since STREAM_ID]
-  python -m serving versions --models DIR [--arms FILE ...]
-  python -m serving retire --models DIR [--keep 5] [--arms FILE ...] [--dry-run] [VERSION ...]
+  python -m serving versions (--models DIR | --config FILE) [--arms FILE ...]
+  python -m serving retire (--models DIR | --config FILE) [--keep 5] [--arms FILE ...] [--dry-run] [VERSION ...]
 
 Progress bars are drawn only when stderr is a terminal (serve, load, repack and export
 also take --no-progress).

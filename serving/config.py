@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -432,14 +432,16 @@ def read_config_file(path: str) -> dict[str, tuple[Any, str]]:
     return values
 
 
-def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Each flag's value by precedence flag > environment > config file > default, and where it came from."""
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+                     flags: Sequence[Flag] = FLAGS) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each flag's value by precedence flag > environment > config file > default, and where
+    it came from; of ``flags`` only (the tools that share some of the server's settings)."""
     environ = os.environ if environ is None else environ
     config_path = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
     from_file = read_config_file(config_path) if config_path else {}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for flag in FLAGS:
+    for flag in flags:
         given = getattr(args, flag.dest, None)
         if given is not None:
             values[flag.dest], sources[flag.dest] = given, flag.flag

@@ -1,8 +1,12 @@
 """``python -m serving versions`` / ``retire``: the model versions of a models directory, and
 retiring old ones.
 
-  python -m serving versions --models DIR [--arms FILE ...]
-  python -m serving retire --models DIR [--keep N] [--arms FILE ...] [--dry-run] [VERSION ...]
+  python -m serving versions (--models DIR | --config FILE) [--arms FILE ...]
+  python -m serving retire (--models DIR | --config FILE) [--keep N] [--arms FILE ...] [--dry-run] [VERSION ...]
+
+The models directory and the arms file can come from the server's settings as the server
+reads them: --config FILE (or FEEDRANK_CONFIG), FEEDRANK_MODELS, FEEDRANK_ARMS; a flag
+beats its variable, which beats the file. Given, --arms replaces the server's arms file.
 
 ``versions`` lists the version directories newest first: name, creation time, size on
 disk, the model's ndcg@10 on the trainer's held-out split when its manifest has one, and
@@ -31,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from serving.arms import load_arms
-from serving.config import bytes_under
+from serving.config import CONFIG_ENV, FLAGS_BY_DEST, ConfigError, bytes_under, resolve_settings
 from training.artifact import (
     CURRENT,
     MANIFEST,
@@ -48,6 +52,7 @@ from training.flag_types import bounded
 from training.tune import OBJECTIVE_METRIC
 
 DEFAULT_KEEP = 5
+SHARED_FLAGS = (FLAGS_BY_DEST["models"], FLAGS_BY_DEST["arms"])  # the server settings these commands read too
 
 
 @dataclass(frozen=True)
@@ -176,16 +181,37 @@ def _size(size_bytes: int) -> str:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", required=True, metavar="DIR", help="the models directory (the server's --models)")
-    parser.add_argument("--arms", action="append", default=[], metavar="FILE",
+    parser.add_argument("--config", metavar="FILE",
+                        help="the server's TOML config file: its 'models' and 'arms' count when the flags and their "
+                             f"variables are not given, as for the server (a relative path in it is relative to the file; env {CONFIG_ENV})")
+    parser.add_argument("--models", metavar="DIR",
+                        help=f"the models directory (the server's --models; env {SHARED_FLAGS[0].env}, or 'models' in the --config file)")
+    parser.add_argument("--arms", action="append", metavar="FILE",
                         help="an A/B arms file (the server's --arms); the versions its arms pin are never retired. "
-                             "Repeat it for every server's file")
+                             f"Repeat it for every server's file (default: env {SHARED_FLAGS[1].env}, or 'arms' in the --config file)")
+
+
+def resolve_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Set ``args.models`` and ``args.arms`` by the server's precedence, flag > environment >
+    --config file; returns where the models directory came from. A usage error of ``parser``
+    for a bad config file or no models directory."""
+    given = argparse.Namespace(config=args.config, models=args.models)  # --arms, repeatable, is not the server's
+    try:
+        values, sources = resolve_settings(given, flags=SHARED_FLAGS)
+    except ConfigError as error:
+        parser.error(str(error))
+    if not values["models"]:
+        parser.error(f"--models is required (or {SHARED_FLAGS[0].env}, or 'models' in the --config file)")
+    args.models = values["models"]
+    args.arms = args.arms or ([values["arms"]] if values["arms"] else [])
+    return sources["models"]
 
 
 def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[VersionInfo], dict[str, list[str]]]:
-    """The versions of ``args.models`` and their protections; a usage error of ``parser`` for a bad flag."""
+    """The versions of the models directory and their protections; a usage error of ``parser`` for a bad setting."""
+    models_source = resolve_paths(parser, args)
     if not os.path.isdir(args.models):
-        parser.error(f"--models {args.models}: no such directory")
+        parser.error(f"{models_source} {args.models}: no such directory")
     try:
         pins = arm_pins(args.arms)
         # CURRENT may be absent (every version published with --no-current); an empty one is an error.

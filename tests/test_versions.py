@@ -123,6 +123,45 @@ def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys
         assert f"--models {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
 
 
+def test_the_models_and_arms_come_from_the_servers_config_file_relative_to_it(models, tmp_path, monkeypatch, capsys):
+    directory, names = models
+    arms_pinning(tmp_path, names[2])
+    config = tmp_path / "feedrank.toml"
+    config.write_text('models = "models"\narms = "arms.toml"\nport = 50051\n')  # the server's file, every key of it
+    monkeypatch.chdir(directory)  # a relative path in the file is relative to the file, not to here
+    monkeypatch.delenv("FEEDRANK_CONFIG", raising=False)
+    output = run(capsys, "versions", "--config", str(config))
+    assert note_of(output, names[2]) == f"pinned by arm 'candidate' ({tmp_path / 'arms.toml'})"
+    run(capsys, "retire", "--config", str(config), "--keep", "1")
+    assert published_versions(str(directory)) == [names[6], names[2]]
+
+
+def test_a_flag_beats_its_variable_which_beats_the_config_file(models, tmp_path, monkeypatch, capsys):
+    directory, names = models
+    (tmp_path / "elsewhere").mkdir()
+    config = tmp_path / "feedrank.toml"
+    config.write_text('models = "nowhere"\n')
+    monkeypatch.setenv("FEEDRANK_CONFIG", str(config))
+    with pytest.raises(SystemExit):
+        main(["versions"])
+    assert f"{config}:1: key 'models' {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
+    monkeypatch.setenv("FEEDRANK_MODELS", str(directory))
+    assert note_of(run(capsys, "versions"), names[6]) == "CURRENT"
+    assert run(capsys, "versions", "--models", str(tmp_path / "elsewhere")).splitlines() == ["VERSION  CREATED  SIZE  ndcg@10"]
+
+
+def test_a_bad_config_file_or_no_models_directory_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FEEDRANK_CONFIG", raising=False)
+    monkeypatch.delenv("FEEDRANK_MODELS", raising=False)
+    config = tmp_path / "feedrank.toml"
+    config.write_text('modles = "models"\n')
+    for argv, message in ((["--config", str(config)], f"{config}:1: unknown key 'modles' (did you mean 'models'?)"),
+                          ([], "--models is required (or FEEDRANK_MODELS, or 'models' in the --config file)")):
+        with pytest.raises(SystemExit) as exit:
+            main(["retire", *argv])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_an_incomplete_version_is_kept_and_not_counted_among_the_newest(models, capsys):
     directory, names = models
     copying = directory / "copied-by-hand"  # a copy still under way: its index not there yet
