@@ -2,14 +2,14 @@
 
   python -m serving export --redis URL --out DIR [--format csv|parquet] [--since STREAM_ID]
 
-Writes items.csv, likes.csv, follows.csv, friends.csv, when a seller is on vacation
-sellers.csv, and when users shared, clicked, carted or bought engagements.csv (one row
+Writes items.csv, likes.csv, follows.csv, friends.csv, sellers.csv (the sellers on
+vacation) and engagements.csv (what users shared, clicked, carted or bought; one row
 per user, item, kind and friend, at its latest time; views are not kept per view in
 Redis, only the bounded fatigue state: the full history is in the event log, see
 ``--since``; and a received_share row per share a user holds, naming who shared it, so
 that a store loaded from the export shows each share to whom it reached, not to friends
-made since) (training.dataset format), so
-the trainer can retrain from live data, and users' "not interested" hides as
+made since) (training.dataset format), these six always (a header alone when empty), so
+the trainer can retrain from live data, and, when there are any, users' "not interested" hides as
 not_interested_items.csv and not_interested_sellers.csv (their ``ts`` empty: Redis keeps
 them as plain sets). With ``--format parquet`` the same tables are
 written as items.parquet, likes.parquet, ... (the six main tables, and the hides when there are any, one file each, in types Spark
@@ -255,7 +255,8 @@ def export_from_redis(
         raise ValueError(f"since {since!r}: {NOT_A_STREAM_ID}")
     with unavailable_on_redis_errors():
         dataset, hides_of_unlisted = read_live_dataset(client, prefix)
-        write_dataset(dataset, out_dir, format=format)
+        # Every main table even when empty, in either format: a job that reads the export finds the same files every day.
+        write_dataset(dataset, out_dir, format=format, all_main_tables=True)
         events, last = (0, None)
         if since is not None:
             events, last = write_events(client, os.path.join(out_dir, EVENTS_FILE), since, prefix)

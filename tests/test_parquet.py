@@ -16,6 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from embeddings.als import build_interactions
+from serving.export import export_from_redis
+from serving.load import load_into_redis
+from stores.redis import connect
 from tests.builders import social_dataset
 from tests.conftest import REPO
 from tests.test_dataset import assert_same, datasets
@@ -370,3 +373,20 @@ def test_export_as_parquet_round_trips_through_redis(redis_url: str, tmp_path: P
     run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "csv"), "--format", "parquet")
     assert not list((tmp_path / "csv").glob("*.csv"))
     assert_equal(load_dataset(str(tmp_path / "csv")), live)
+
+
+@pytest.mark.redis
+def test_both_export_formats_write_the_same_tables_when_no_seller_is_away_and_no_one_engaged(redis_url: str, tmp_path: Path) -> None:
+    quiet = social_dataset()
+    assert not len(quiet.sellers) and not len(quiet.engagements)
+    client = connect(redis_url)
+    load_into_redis(client, quiet)
+    for format in ("csv", "parquet"):
+        export_from_redis(client, str(tmp_path / format), format=format)
+    client.close()
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted(f"{t}.csv" for t in TABLES)
+    assert sorted(p.name for p in (tmp_path / "parquet").iterdir()) == sorted(f"{t}.parquet" for t in TABLES)
+    live = load_dataset(str(tmp_path / "csv"))
+    assert_equal(live, load_dataset(str(tmp_path / "parquet")))
+    assert set(zip(live.likes.src, live.likes.dst)) == set(zip(quiet.likes.src, quiet.likes.dst))
+    assert not len(live.sellers) and not len(live.engagements)

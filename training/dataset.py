@@ -1541,7 +1541,9 @@ def _card_columns(it: Items) -> dict[str, list[str]]:
     return {name: values for name, values in columns.items() if any(v != defaults.get(name, "") for v in values)}
 
 
-def _render(ds: Dataset) -> dict[str, bytes]:
+def _render(ds: Dataset, all_main_tables: bool = False) -> dict[str, bytes]:
+    """The CSV files of ``ds``: engagements.csv and sellers.csv only when they have rows,
+    unless ``all_main_tables`` (the fingerprint's files are those of the default)."""
     it = ds.items
     cards = _card_columns(it)
     out = {
@@ -1565,12 +1567,12 @@ def _render(ds: Dataset) -> dict[str, bytes]:
             # fingerprints) are exactly what they were before weights existed.
             header, columns = header + ("weight",), columns + [_time_column(edges.weight)]
         out[name] = _csv_bytes(header, columns)
-    if len(ds.engagements):
+    if len(ds.engagements) or all_main_tables:
         e = ds.engagements
         out[ENGAGEMENTS_FILE] = _csv_bytes(
             _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), (e.user_id, e.item_id, e.kind, _time_column(e.ts), e.friend_id)
         )
-    if len(ds.sellers):
+    if len(ds.sellers) or all_main_tables:
         until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
         out[SELLERS] = _csv_bytes(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
     for name, edges in ((HIDDEN_ITEMS, ds.hidden_items), (HIDDEN_SELLERS, ds.hidden_sellers)):
@@ -1638,11 +1640,12 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
-def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"] = "csv") -> None:
+def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"] = "csv", all_main_tables: bool = False) -> None:
     """Write the dataset into ``path`` (created if needed) as CSV files or Parquet files.
 
     CSV: sellers.csv only when a seller has state, engagements.csv only when there are
-    engagements; output is deterministic (byte-identical for equal datasets).
+    engagements, unless ``all_main_tables``: then both always (a header alone when empty),
+    the six tables Parquet writes; output is deterministic (byte-identical for equal datasets).
     Parquet: one file per table (likes.parquet, ...), all six, and the not-interested
     tables when there are hides, in the types of :func:`_arrow_tables`, which Spark reads
     as they are. CSV writes those two only when there are hides, too.
@@ -1672,7 +1675,7 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
                 _remove(os.path.join(path, parquet_name(name)))
         return
     with gc_paused():
-        rendered = _render(dataset)
+        rendered = _render(dataset, all_main_tables)
     for optional in (SELLERS, ENGAGEMENTS_FILE, HIDDEN_ITEMS, HIDDEN_SELLERS):
         if optional not in rendered:
             with contextlib.suppress(FileNotFoundError):
