@@ -67,7 +67,7 @@ def timed(calls: int, run) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_feed_ipc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="calls per round and transport (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, the transports in turns (default: %(default)s)")
     args = parser.parse_args()

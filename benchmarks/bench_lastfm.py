@@ -149,7 +149,7 @@ def _choices(parser: argparse.ArgumentParser, flag: str, text: str, known) -> li
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lastfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--src", required=True, help="folder of the HetRec 2011 Last.fm 2K files (read in place, never copied)")
     data.add_argument("--published-split", metavar="DIR",
