@@ -21,6 +21,7 @@ from training.dataset import (
     write_dataset,
 )
 
+ACCEPTED = "1900-01-01T00:00:00Z to 5138-11-16T09:46:40Z (Unix seconds -2208988800 to 100000000000)"  # the times a dataset may hold
 ITEMS = "item_id,seller_id,created_at,stock,price,category\n" \
         "i1,s1,1700000000,3,9.5,shoes\n" \
         "i2,s1,2023-11-14T22:13:20Z,0,,bags\n" \
@@ -123,17 +124,25 @@ def test_column_order_is_free(tmp_path: Path) -> None:
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,nan\n"},
                      "likes.csv", 2, "ts", "Unix time or ISO-8601", id="nan-ts"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,1700000000000\n"},
-                     "likes.csv", 3, "ts", "1700000000000 is after the year 5000 as Unix seconds: milliseconds?", id="ms-ts"),
+                     "likes.csv", 3, "ts", f"'1700000000000' is after the accepted times, {ACCEPTED}: milliseconds? (divide by 1,000)", id="ms-ts"),
         pytest.param({"items": ITEMS + "i4,s2,1700000000000,1,,\n"},
                      "items.csv", 5, "created_at", "milliseconds? (divide by 1,000)", id="ms-created-at"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,-99999999999999\n"},
-                     "likes.csv", 3, "ts", "'-99999999999999' is before the year 1900 as Unix seconds", id="before-1900-ts"),
+                     "likes.csv", 3, "ts", f"'-99999999999999' is before the accepted times, {ACCEPTED}", id="before-1900-ts"),
         pytest.param({"items": ITEMS + "i4,s2,-2208988801,1,,\n"},
-                     "items.csv", 5, "created_at", "'-2208988801' is before the year 1900", id="before-1900-created-at"),
+                     "items.csv", 5, "created_at", f"'-2208988801' is before the accepted times, {ACCEPTED}", id="before-1900-created-at"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1899-12-31T23:59:59Z\n"},
-                     "likes.csv", 2, "ts", "'1899-12-31T23:59:59Z' is before the year 1900", id="iso-before-1900"),
+                     "likes.csv", 2, "ts", f"'1899-12-31T23:59:59Z' is before the accepted times, {ACCEPTED}", id="iso-before-1900"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,9999-12-31T23:59:59-14:00\n"},
-                     "likes.csv", 2, "ts", "'9999-12-31T23:59:59-14:00' is after the year 5000", id="iso-far-future"),
+                     "likes.csv", 2, "ts", f"'9999-12-31T23:59:59-14:00' is after the accepted times, {ACCEPTED}", id="iso-far-future"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1899-12-31\n"},
+                     "likes.csv", 2, "ts", f"'1899-12-31' is before the accepted times, {ACCEPTED}", id="date-before-1900"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,0001-01-01\n"},
+                     "likes.csv", 2, "ts", f"'0001-01-01' is before the accepted times, {ACCEPTED}", id="year-one"),
+        pytest.param({"items": ITEMS + "i4,s2,9999-12-31,1,,\n"},
+                     "items.csv", 5, "created_at", f"'9999-12-31' is after the accepted times, {ACCEPTED}", id="year-9999"),
+        pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1e300\n"},  # no milliseconds hint: not milliseconds either
+                     "likes.csv", 2, "ts", f"'1e300' is after the accepted times, {ACCEPTED}", id="far-future-number"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,2\nu1,i3,3\n\"u2,i1,4\nu1,i2,5\n"},
                      "likes.csv", 5, "user_id", "a quote (\") opened on this line is never closed", id="unclosed-quote"),
         pytest.param({"likes": "user_id,item_id,ts\nu1,i1,1\nu2,i2,\"2"},
@@ -220,7 +229,7 @@ def test_parquet_times_before_1900_are_refused_and_later_negative_ones_kept(tmp_
 
     make(tmp_path, likes=None)
     pq.write_table(pa.table({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "ts": [-5.0, -3e9]}), tmp_path / "likes.parquet")
-    assert str(error_of(tmp_path)) == "likes.parquet:2: column 'ts': -3000000000.0 is before the year 1900 as Unix seconds"
+    assert str(error_of(tmp_path)) == f"likes.parquet:2: column 'ts': -3000000000 (1874-12-07T18:40:00Z) is before the accepted times, {ACCEPTED}"
 
 
 def test_line_numbers_count_physical_lines(tmp_path: Path) -> None:

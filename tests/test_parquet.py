@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from serving.load import load_into_redis
 from stores.redis import connect
 from tests.builders import social_dataset
 from tests.conftest import REPO
-from tests.test_dataset import assert_same, datasets
+from tests.test_dataset import ACCEPTED, assert_same, datasets
 from training.dataset import Dataset, DatasetError, Edges, load_dataset, write_dataset
 from training.generate import generate
 
@@ -241,7 +241,14 @@ GOOD_ITEMS = {"item_id": ["i1", "i2"], "seller_id": ["s1", "s1"], "created_at": 
         ("likes", "ts", ["1", "yesterday", "3"], 2,
          "expected a Unix time or ISO-8601 timestamp, got 'yesterday'"),
         ("likes", "ts", [1.0, 2.0, float("inf")], 3, "expected a Unix time or ISO-8601 timestamp, got inf"),
-        ("likes", "ts", [1.0, 1.7e12, 3.0], 2, "1700000000000 is after the year 5000 as Unix seconds: milliseconds? (divide by 1,000)"),
+        ("likes", "ts", [1.0, 1.7e12, 3.0], 2, f"1700000000000 is after the accepted times, {ACCEPTED}: milliseconds? (divide by 1,000)"),
+        # A timestamp or date Unix seconds cannot hold as a float exactly (a 9999-12-31 "forever").
+        ("likes", "ts", pa.array([datetime(2020, 1, 1), datetime(9999, 12, 31), None], pa.timestamp("us")), 2,
+         f"253402214400 (9999-12-31T00:00:00Z) is after the accepted times, {ACCEPTED}"),
+        ("likes", "ts", pa.array([datetime(1, 1, 1, tzinfo=timezone.utc), None, None], pa.timestamp("us", "UTC")), 1,
+         f"-62135596800 (0001-01-01T00:00:00Z) is before the accepted times, {ACCEPTED}"),
+        ("likes", "ts", pa.array([date(1899, 12, 31), date(2020, 1, 1), None], pa.date32()), 1,
+         f"-2209075200 (1899-12-31T00:00:00Z) is before the accepted times, {ACCEPTED}"),
         ("likes", "user_id", ["u1", None, "u3"], 2, "must not be empty"),
         ("likes", "user_id", ["u1", "  ", "u3"], 2, "must not be empty"),
         ("likes", "item_id", ["i1", "i1", "i9"], 3, "unknown item 'i9' (not in items.parquet)"),

@@ -12,8 +12,9 @@ Columns (header row required, order free; other columns are ignored with a warni
   not_interested_items.csv    user_id, item_id, ts    (items the user hid from their feed)
   not_interested_sellers.csv  user_id, seller_id, ts  (sellers the user hid)
 ``ts`` / ``created_at`` are Unix seconds or ISO-8601, and ``ts`` may be empty; one above
-MAX_UNIX_SECONDS (milliseconds, most likely) is an error, and so is one before MIN_UNIX_SECONDS
-(1900: times before 1970 are negative, and real data has some, such as Last.fm's tags from 1956).
+MAX_UNIX_SECONDS (5138; milliseconds, most likely) is an error, and so is one before MIN_UNIX_SECONDS
+(1900: times before 1970 are negative, and real data has some, such as Last.fm's tags from 1956);
+the error gives the range, ACCEPTED_TIMES.
 Times more than DEFAULT_MAX_CLOCK_SKEW past this machine's clock load with a warning.
 ``weight`` (optional, likes only) is the strength of a like, e.g. a listening count; a
 positive number, 1 when the column is absent or the value empty.
@@ -772,7 +773,9 @@ def _parquet_column(name: str, column: Any) -> list[str] | np.ndarray | str:
         if pa.types.is_date(t):
             column = column.cast(pa.timestamp("s"))
         scale = _UNIT_SECONDS[column.type.unit]
-        return column.cast(pa.int64()).cast(pa.float64()).to_numpy() / scale
+        # Not safe: an int64 past 2**53 (microseconds of a year before 1685 or after 2255,
+        # such as a 9999-12-31 "forever") rounds to a float, and _times names it if out of range.
+        return column.cast(pa.int64()).cast(pa.float64(), safe=False).to_numpy() / scale
     if name == "stock" and pa.types.is_integer(t) and t != pa.uint64() and not column.null_count:
         return column.cast(pa.int64()).to_numpy()
     numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
@@ -834,19 +837,42 @@ def _shown(values: Any, i: int) -> str:
     return repr(values[i])
 
 
+def _iso_time(seconds: float) -> str | None:
+    """``seconds`` as an ISO-8601 UTC time; None past the years 1 to 9999."""
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+ACCEPTED_TIMES = (f"{_iso_time(MIN_UNIX_SECONDS)} to {_iso_time(MAX_UNIX_SECONDS)} "
+                  f"(Unix seconds {MIN_UNIX_SECONDS:.0f} to {MAX_UNIX_SECONDS:.0f})")
+
+
+def _shown_time(values: list[str] | np.ndarray, i: int, seconds: float) -> tuple[str, bool]:
+    """Time ``i`` of a column for a message, and whether it is a plain number (which may be
+    milliseconds). A Parquet time shows its seconds and, when there is one, its date: a
+    timestamp or date column's value is read as seconds, and the date is what its writer
+    wrote; only one past the year 9999, which no date holds, counts as a plain number."""
+    if not isinstance(values, np.ndarray):
+        return repr(values[i]), _is_number(values[i])
+    number = f"{seconds:.0f}" if abs(seconds) < 1e15 else f"{seconds:.6g}"
+    date = _iso_time(seconds)
+    return (f"{number} ({date})", False) if date else (number, True)
+
+
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
     out = _parsed_times(table, column, allow_empty)
     values = table.columns[column]
     with np.errstate(invalid="ignore"):
         outside = np.flatnonzero((out < MIN_UNIX_SECONDS) | (out > MAX_UNIX_SECONDS)).tolist()
     for i in outside:
-        if out[i] < MIN_UNIX_SECONDS:
-            table.report(i, column, f"{_shown(values, i)} is before the year 1900 as Unix seconds")
-        elif isinstance(values, np.ndarray) or _is_number(values[i]):
-            # Milliseconds would put every like in the far future and every recency feature at zero.
-            table.report(i, column, f"{out[i]:.0f} is after the year 5000 as Unix seconds: milliseconds? (divide by 1,000)")
-        else:
-            table.report(i, column, f"{values[i]!r} is after the year 5000")
+        shown, number = _shown_time(values, i, out[i])
+        side = "before" if out[i] < MIN_UNIX_SECONDS else "after"
+        # Milliseconds would put every like in the far future and every recency feature at zero.
+        milliseconds = number and side == "after" and out[i] / 1000 <= MAX_UNIX_SECONDS
+        table.report(i, column, f"{shown} is {side} the accepted times, {ACCEPTED_TIMES}"
+                                + (": milliseconds? (divide by 1,000)" if milliseconds else ""))
     return out
 
 
