@@ -20,7 +20,7 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
-from serving.store_url import open_store, redacted
+from serving.store_url import check_state_dir_free, open_store, redacted
 from serving.watched_files import Signature, file_signature
 from stores import FeedStore
 from training.artifact import Artifact, current_version, load_version
@@ -58,7 +58,10 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
                  models: Models | None = None) -> tuple[FeedService, Signature]:
     """The FeedService ``config`` describes, with its store open (or ``store``, already open)
     and its models loaded (or ``models``, already loaded), reporting to ``metrics`` (default:
-    new ones); and the arms file's signature, taken before it was read (for ``start_model_watcher``)."""
+    new ones); and the arms file's signature, taken before it was read (for ``start_model_watcher``).
+    A state directory another server holds is refused first, before the models load."""
+    if store is None:
+        check_state_dir_free(config.durability)
     models = models or load_models(config)
     limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
     if store is None:

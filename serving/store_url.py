@@ -48,10 +48,7 @@ def open_store(
         from stores.memory import MemoryStore
         from training.dataset import load_dataset
 
-        if durability.state_dir is not None:
-            from stores.durable import check_not_in_use
-
-            check_not_in_use(durability.state_dir)
+        check_state_dir_free(durability)
         dataset = load_dataset(data_dir)
         if durability.state_dir is None:
             return MemoryStore.from_dataset(dataset, progress=progress, **limits)
@@ -68,6 +65,15 @@ def open_store(
         except ValueError as error:
             raise ValueError(f"--store {redacted(url)}: {error}") from None
     raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT")
+
+
+def check_state_dir_free(durability: Durability) -> None:
+    """stores.wal.WalError at once when another process keeps its events in
+    ``durability.state_dir``: before anything slow (the dataset, a model) is loaded."""
+    if durability.state_dir is not None:
+        from stores.durable import check_not_in_use
+
+        check_not_in_use(durability.state_dir)
 
 
 def redacted(url: str) -> str:
