@@ -23,7 +23,7 @@ from stores.memory import MemoryStore
 from stores.redis import PACKED_FIELD, RedisStore, eviction_warning, pack_item, unavailable_on_redis_errors
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
-from tests.conftest import make_redis_store
+from tests.conftest import REPO, make_redis_store
 from tests.redis_servers import RedisClusterServers, RedisServer
 from training.generate import generate
 from training.train import TrainParams, train
@@ -770,3 +770,21 @@ def test_serving_load_names_redis_for_a_db_it_cannot_use_before_reading_the_data
     assert loaded.returncode == 1 and loaded.stderr == f"error: --redis {url}: {says}\n"
     with redis.Redis.from_url(redis_url) as client:
         assert client.dbsize() == 0
+
+
+def readme_acl_user(admin: redis.Redis, password: str) -> str:
+    """Create the ACL user README.md documents (its ``ACL SETUSER feedrank`` line); its name."""
+    line = next(text.strip() for text in (REPO / "README.md").read_text().splitlines() if text.strip().startswith("ACL SETUSER feedrank "))
+    admin.execute_command(*line.replace(">PASSWORD", f">{password}").split())
+    return "feedrank"
+
+
+def test_the_readme_acl_user_may_ingest_into_a_redis_never_loaded(own_server):
+    """The ACL user README.md documents lacked +time, which the write script runs to start
+    the change log of a Redis no load ever wrote: the first Ingest failed ("The user executing
+    the script can't run this command"), found when checking the user's permissions at start."""
+    with own_server.client() as admin:
+        user = readme_acl_user(admin, "pw")
+    store = RedisStore.from_url(own_server.url.replace("redis://", f"redis://{user}:pw@"))
+    assert store.apply([Event("acl-1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s1")]).applied == 1
+    store.close()
