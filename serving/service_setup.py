@@ -79,14 +79,15 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
 
 def check_store(store: FeedStore, url: str) -> None:
     """ValueError naming --store when Redis answers but refuses this server for good (a DB
-    index out of range, a wrong password, a missing permission to read or run scripts, a TLS
-    certificate that does not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
+    index out of range, a wrong password, a missing permission to read, write or run scripts,
+    a TLS certificate that does not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
     comes up with it. Logs a warning when
     a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
     server still starts, for a managed Redis may not let its operator change the policy."""
     from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, RedisClusterException, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from stores.base import StoreForbidden
     from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning, is_outage
 
     if not isinstance(store, RedisStore):
@@ -97,6 +98,8 @@ def check_store(store: FeedStore, url: str) -> None:
         warning = eviction_warning(store.client)
     except ClusterError:  # a cluster failing over: down for now
         return
+    except StoreForbidden as error:
+        raise ValueError(f"--store {redacted(url)}: {error}") from None
     except (ResponseError, AuthenticationError, AuthorizationError) as error:
         if isinstance(error, ResponseError) and is_outage(error):  # BUSY in a script, MASTERDOWN...: down for now
             return

@@ -30,6 +30,12 @@ class StoreFull(StoreUnavailable):
     chunks or per slot may be in part; retrying it is safe)."""
 
 
+class StoreForbidden(StoreUnavailable):
+    """The store refuses this server a command or a key (a Redis ACL user without the
+    permission): nothing a client sent is at fault, and no retry succeeds until an operator
+    grants it."""
+
+
 class NotReplicated(StoreUnavailable):
     """A batch was applied on the primaries but fewer replicas than asked confirmed it in time."""
 

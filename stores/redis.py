@@ -84,7 +84,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, NotReplicated, StoreFull, StoreUnavailable
+from stores.base import ApplyResult, NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -784,6 +784,23 @@ end
 return {table.concat(lengths, ','), members, table.concat(scores, ','), trending, redis.call('GET', KEYS[#KEYS]) or '0'}
 """
 
+# Whether the script's ACL user may run each command ARGV holds (its word count, then its
+# words), asked with redis.acl_check_cmd (Redis 7+), which runs none of them: per command
+# refused, {its name, its key (or '')}; false on a Redis before 7, which cannot tell. (It
+# does not say whether the command or the key was refused, and a command asked without its
+# arguments is refused by some, SET among them, whatever the ACL.)
+_LUA_ACL_CHECK = r"""
+if not redis.acl_check_cmd then return false end
+local refused, at = {}, 1
+while at <= #ARGV do
+  local n = tonumber(ARGV[at])
+  local command = {unpack(ARGV, at + 1, at + n)}
+  if not redis.acl_check_cmd(unpack(command)) then refused[#refused + 1] = {command[1], command[2] or ''} end
+  at = at + n + 1
+end
+return refused
+"""
+
 
 def _negated_times(scores_text: str) -> np.ndarray:
     """Times from a joined string of sorted-set scores (negated times)."""
@@ -855,6 +872,52 @@ def _node_name(client: redis.Redis) -> str:
     return kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
+def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
+    """(HOST:PORT, a client of that node) of each primary of a cluster, or of a standalone Redis."""
+    if is_cluster_client(client):
+        return [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
+    return [(_node_name(client), client)]
+
+
+def access_probes(keys: Keys, cluster: bool) -> list[list[str]]:
+    """A call of each command the store's scripts and pipelines run, on a key of each kind
+    it runs it on, and a write of each kind of key it writes: what ``refused_access`` asks
+    Redis whether the ACL user may run. The ids are "*": a key refused reads as the pattern
+    to grant."""
+    u = i = s = e = "*"
+    probes = [
+        ["EXISTS", keys.item(i)], ["HGET", keys.item(i), "seller"], ["HMGET", keys.item(i), "seller", "stock"],
+        ["HSET", keys.item(i), "stock", "0"], ["HSETNX", keys.item(i), "created_at", "0"],
+        ["HINCRBY", keys.item(i), "like_count", "1"], ["HDEL", keys.item(i), "title"],
+        ["HSETNX", keys.liked(u), i, "0"], ["HGETALL", keys.liked(u)], ["HLEN", keys.liked(u)], ["HDEL", keys.liked(u), i],
+        ["HSCAN", keys.views(u), "0"], ["HSET", keys.views(u), i, "1"], ["HSET", keys.engaged(u), i, "0"],
+        ["ZADD", keys.recent_likes(u), "0", i], ["ZREMRANGEBYRANK", keys.recent_likes(u), "0", "-1"],
+        ["ZRANGE", keys.recent_likes(u), "0", "-1", "WITHSCORES"], ["ZADD", keys.shared(u), "0", i],
+        ["ZADD", keys.seen(u), "0", i], ["ZREM", keys.seen(u), i], ["ZPOPMIN", keys.seen(u), "1"], ["ZCARD", keys.seen(u)],
+        ["ZSCORE", keys.seen(u), i], ["SADD", keys.follows(u), s], ["SREM", keys.follows(u), s], ["SCARD", keys.follows(u)],
+        ["SADD", keys.friends(u), u], ["SISMEMBER", keys.friends(u), u], ["SMEMBERS", keys.friends(u)],
+        ["SADD", keys.hidden_items(u), i], ["SADD", keys.hidden_sellers(u), s], ["ZADD", keys.listings(s), "0", i],
+        ["ZINCRBY", keys.trending, "1", i], ["ZREVRANGEBYSCORE", keys.trending, "+inf", "(0"],
+        ["HSET", keys.vacations, s, "inf"], ["INCR", keys.vacations_version], ["GET", keys.vacations_version],
+        ["XADD", keys.events, "*", "event_id", e], ["SET", keys.event_status(e), "done", "EX", "1"], ["TIME"],
+    ]  # fmt: skip
+    if cluster:
+        return [*probes, ["SET", keys.part_prefix(Keys.user_tag(u)) + e, "1", "EX", "1"]]
+    seq, epoch, log = keys.change_log_keys()
+    return [*probes, ["HSET", keys.packed_items, i, "0"], ["INCRBY", seq, "1"], ["SET", epoch, "0"],
+            ["RPUSH", log, "t"], ["LTRIM", log, "0", "-1"], ["LRANGE", log, "0", "-1"]]  # fmt: skip
+
+
+def _acl_refusal(refused: list[list[str]]) -> str:
+    """_LUA_ACL_CHECK's reply, in words: each command refused, and the keys it was refused on."""
+    keys_of: dict[str, list[str]] = defaultdict(list)
+    for command, key in refused:
+        keys_of[command].append(key)
+    return "the ACL user may not run " + "; ".join(
+        f"{command} on {', '.join(keys)}" if any(keys) else command for command, keys in keys_of.items()
+    )
+
+
 def eviction_warning(client: Any) -> str | None:
     """Why Redis may drop feed state, naming each primary whose ``maxmemory-policy`` is not
     noeviction or that does not tell it; None when every primary says noeviction.
@@ -864,10 +927,8 @@ def eviction_warning(client: Any) -> str | None:
     ids kept for idempotency expire), so an out-of-stock item can come back and a retried
     event be applied twice. RedisError (an outage) is the caller's to handle.
     """
-    nodes = ([(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
-             if is_cluster_client(client) else [(_node_name(client), client)])  # fmt: skip
     evicting, untold = [], []
-    for name, node in nodes:
+    for name, node in primary_clients(client):
         try:
             policy = node.info("memory").get("maxmemory_policy")
         except ResponseError as error:  # an ACL without +info
@@ -1165,7 +1226,7 @@ class RedisStore:
         self._holds_data = False
         self._refusal_logged = False  # since the last write that found the data: log it once, not per Ingest
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
-                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE}
+                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE, "acl": _LUA_ACL_CHECK}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -2142,10 +2203,26 @@ class RedisStore:
         """Run, writing nothing, what every feed needs first: load each script (SCRIPT LOAD;
         on a cluster, on every primary) and read the change log through one (EVALSHA).
         Raises what redis-py raises: NoPermissionError, a ResponseError, when the ACL user
-        may not run scripts or read the keys. Writes are not tried."""
+        may not run scripts or read the keys. Writes are not tried, but asked about
+        (``refused_access``): StoreForbidden naming what the user may not run."""
         for name in self._sources:
             self._sha(name)
+        refused = self.refused_access()  # first: a script of no keys, it names a key refused
+        if refused:
+            raise StoreForbidden(f"{refused}, which feeds and Ingest run")
         self._eval_keys("changes", self.keys.change_log_keys(), ["0"])
+
+    def refused_access(self) -> str | None:
+        """What the ACL user may not run of what feeds and Ingest run (``access_probes``),
+        asked of each primary, in one line; None when it may run it all, or when Redis
+        (before 7, without redis.acl_check_cmd) cannot tell."""
+        words = [word for probe in access_probes(self.keys, self.is_cluster) for word in (str(len(probe)), *probe)]
+        refusals = []
+        for name, node in primary_clients(self.client):
+            refused = self._eval_keys("acl", [], words, node)
+            if refused:
+                refusals.append(f"Redis {name}: {_acl_refusal(refused)}")
+        return "; ".join(refusals) or None
 
     # -- health ------------------------------------------------------------------------
 

@@ -231,6 +231,25 @@ def test_a_redis_that_may_evict_feed_state_is_warned_about_by_the_server_and_by_
         redis_server.stop()
 
 
+def test_a_redis_user_that_may_read_but_not_write_stops_the_start_in_one_line_naming_what_it_may_not(redis_url, redis_server, models):
+    """An ACL user allowed reads and scripts but not writes started a server SERVING whose
+    first Ingest answered INTERNAL "internal error" (a review)."""
+    with redis_server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", "~*", "&*", "+@read", "+@scripting", "+@connection", "+info", "-@write")
+    try:
+        url = redis_url.replace("redis://", "redis://reader:pw@")
+        argv = [sys.executable, "-m", "serving", "--store", url, "--models", str(models), "--port", "0", "--feed-processes", "0"]
+        refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        with redis_server.client() as admin:
+            admin.acl_deluser("reader")
+    assert refused.returncode == 1, refused.stderr
+    shown = url.replace(":pw@", ":***@")
+    line = refused.stderr.splitlines()[-1]
+    assert line.startswith(f"error: --store {shown}: Redis 127.0.0.1:{redis_server.port}: the ACL user may not run HSET on fr:{{i:*}}, "), line
+    assert "XADD on fr:{log}:events" in line and line.endswith(", which feeds and Ingest run") and "Traceback" not in refused.stderr
+
+
 def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_stops_the_start(tmp_path, models, servers):
     """rediss:// without the CA that signed Redis's certificate started a server NOT_SERVING
     for ever, its log calling Redis unavailable (a review)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -17,10 +18,11 @@ from redis.crc import key_slot
 from ranking.feed import build_feed_pipeline
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
-from stores.base import StoreUnavailable
+from stores.base import StoreForbidden, StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
-from stores.redis import PACKED_FIELD, RedisStore, eviction_warning, pack_item, unavailable_on_redis_errors
+from stores.redis import PACKED_FIELD, RedisStore, access_probes, eviction_warning, pack_item, unavailable_on_redis_errors
+from stores.redis_keys import Keys
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import REPO, make_redis_store
@@ -788,3 +790,57 @@ def test_the_readme_acl_user_may_ingest_into_a_redis_never_loaded(own_server):
     store = RedisStore.from_url(own_server.url.replace("redis://", f"redis://{user}:pw@"))
     assert store.apply([Event("acl-1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s1")]).applied == 1
     store.close()
+
+
+def test_every_command_the_scripts_run_is_asked_about_at_start():
+    """refused_access asks Redis about access_probes: a command a script runs that no probe
+    names would again be found refused only by an Ingest."""
+    called = {command for source in RedisStore(redis.Redis())._sources.values()
+              for command in re.findall(r"redis\.call\('([A-Z]+)'", source) + re.findall(r"'(SADD|SREM)'", source)}  # fmt: skip
+    assert called <= {probe[0] for probe in access_probes(Keys(), cluster=False)}
+
+
+def test_the_readme_acl_user_may_run_everything_the_store_runs(own_server):
+    with own_server.client() as admin:
+        user = readme_acl_user(admin, "pw")
+    store = RedisStore.from_url(own_server.url.replace("redis://", f"redis://{user}:pw@"))
+    store.check_access()
+    assert store.refused_access() is None
+    store.close()
+
+
+@pytest.mark.parametrize(("rules", "refused"), [
+    (["~fr:*", "+@all", "-xadd"], "the ACL user may not run XADD on fr:{log}:events"),
+    (["~fr:{u:*", "~fr:{i:*", "~fr:{s:*", "~fr:{changes}:*", "~fr:{log}:*", "~fr:d:*", "~fr:{vacations}*", "~fr:{items}:*", "+@all"],
+     "the ACL user may not run ZINCRBY on fr:{trending}; ZREVRANGEBYSCORE on fr:{trending}"),
+    (["%R~fr:*", "+@all"], "the ACL user may not run HSET on fr:{i:*}, fr:{u:*}:views, "),
+])  # fmt: skip
+def test_a_user_not_allowed_a_command_or_key_the_store_writes_is_named_at_start(own_server, rules, refused):
+    """A user that could read but not write (a command, or a key pattern short of ours)
+    passed check_access: the first Ingest failed INTERNAL (a review)."""
+    with own_server.client() as admin:
+        admin.acl_setuser("partial", enabled=True, passwords=["+pw"], reset=True)
+        admin.execute_command("ACL", "SETUSER", "partial", *rules)
+    store = RedisStore.from_url(own_server.url.replace("redis://", "redis://partial:pw@"))
+    with pytest.raises(StoreForbidden) as error:
+        store.check_access()
+    assert str(error.value).startswith(f"Redis 127.0.0.1:{own_server.port}: {refused}"), error.value
+    assert str(error.value).endswith(", which feeds and Ingest run")
+    store.close()
+
+
+def test_each_primary_of_a_cluster_is_asked_whether_the_user_may_write(redis_cluster_url, redis_cluster):
+    """ACL users are per node: a primary whose user may not write is named."""
+    primaries = redis_cluster.primaries()
+    for at, primary in enumerate(primaries):
+        with primary.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "writer", "reset", "on", ">pw", "~*", "+@all", *(["-sadd"] if at == 1 else []))
+    try:
+        store = RedisStore.from_url(redis_cluster_url.replace("redis-cluster://", "redis-cluster://writer:pw@"))
+        assert store.refused_access() == (f"Redis 127.0.0.1:{primaries[1].port}: the ACL user may not run SADD on "
+                                          "fr:{u:*}:follows, fr:{u:*}:friends, fr:{u:*}:hidden_items, fr:{u:*}:hidden_sellers")  # fmt: skip
+        store.close()
+    finally:
+        for primary in primaries:
+            with primary.client() as admin:
+                admin.acl_deluser("writer")
