@@ -26,7 +26,7 @@ from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
 from serving.logs import cancelled_code, expired
 from serving.wire import MalformedRequest, lenient
-from stores.base import NotReplicated, StoreFull, StoreUnavailable
+from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
@@ -122,6 +122,7 @@ _LOG = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 1.0
 STORE_UNAVAILABLE = "store unavailable"
 STORE_FULL = "store out of memory: the batch was not acknowledged; retrying it later is safe"
+STORE_FORBIDDEN = "the store refuses this server a permission it needs (an operator must grant it; until then a retry fails alike)"
 
 
 class _OutageLog:
@@ -151,6 +152,8 @@ class _OutageLog:
 _log_outage = _OutageLog()
 # Redis at maxmemory refusing writes: no outage that passes by itself, an operator must act.
 _log_full = _OutageLog("store out of memory: writes are refused until Redis has room (raise maxmemory, trim the event stream)", logging.ERROR)
+# Redis's ACL user not allowed a command or key: nothing passes by itself either.
+_log_forbidden = _OutageLog("store refuses this server a permission: calls that need it fail until the Redis ACL user is granted it", logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,9 @@ def refusal_of(error: Exception, method: str) -> Refusal:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
     if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
         return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error}", retry_after=RETRY_DELAY_SECONDS)
+    if isinstance(error, StoreForbidden):  # before StoreUnavailable, its base: no retry helps until an operator acts
+        _log_forbidden(method, error)
+        return Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"{STORE_FORBIDDEN}: {error.refused}")
     if isinstance(error, StoreFull):  # before StoreUnavailable, its base: reads still work
         _log_full(method, error)
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, STORE_FULL, retry_after=RETRY_DELAY_SECONDS)

@@ -33,7 +33,11 @@ class StoreFull(StoreUnavailable):
 class StoreForbidden(StoreUnavailable):
     """The store refuses this server a command or a key (a Redis ACL user without the
     permission): nothing a client sent is at fault, and no retry succeeds until an operator
-    grants it."""
+    grants it. ``refused``: what was refused, naming no host (for clients)."""
+
+    def __init__(self, message: str, refused: str = "") -> None:
+        super().__init__(message)
+        self.refused = refused or message
 
 
 class NotReplicated(StoreUnavailable):

@@ -60,6 +60,7 @@ from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterError,
+    NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     RedisClusterException,
@@ -881,7 +882,7 @@ def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
 
 def access_probes(keys: Keys, cluster: bool) -> list[list[str]]:
     """A call of each command the store's scripts and pipelines run, on a key of each kind
-    it runs it on, and a write of each kind of key it writes: what ``refused_access`` asks
+    it runs it on, and a write of each kind of key it writes: what ``access_refusals`` asks
     Redis whether the ACL user may run. The ids are "*": a key refused reads as the pattern
     to grant."""
     u = i = s = e = "*"
@@ -916,6 +917,11 @@ def _acl_refusal(refused: list[list[str]]) -> str:
     return "the ACL user may not run " + "; ".join(
         f"{command} on {', '.join(keys)}" if any(keys) else command for command, keys in keys_of.items()
     )
+
+
+def _by_node(refusals: Mapping[str, str]) -> str:
+    """``RedisStore.access_refusals`` in one line."""
+    return "; ".join(f"Redis {name}: {refused}" for name, refused in refusals.items())
 
 
 def eviction_warning(client: Any) -> str | None:
@@ -998,10 +1004,22 @@ def is_outage(error: BaseException) -> bool:
     return message.startswith(_TRANSIENT_REPLIES) or any(reply in message for reply in _TRANSIENT_SCRIPT_REPLIES)
 
 
+# A script's command refused by the ACL: Redis 7.0 says so without the NOPERM code and
+# without naming the command; 7.2 and later begin "ACL failure in script".
+_ACL_SCRIPT_REPLIES = ("The user executing the script can't", "ACL failure in script")
+
+
+def is_acl_refusal(error: BaseException) -> bool:
+    """Whether a redis-py error is Redis's ACL refusing a command or a key, outside a script or in one."""
+    return isinstance(error, NoPermissionError) or (
+        isinstance(error, ResponseError) and any(reply in str(error) for reply in _ACL_SCRIPT_REPLIES))
+
+
 @contextmanager
 def unavailable_on_redis_errors() -> Iterator[None]:
     """Turn a Redis outage (refused, timed out, cluster down, loading...) into StoreUnavailable,
-    and a write Redis refused at ``maxmemory`` (OOM) into StoreFull."""
+    a write Redis refused at ``maxmemory`` (OOM) into StoreFull, and a command or key the
+    ACL user may not use into StoreForbidden."""
     try:
         yield
     except OutOfMemoryError as error:
@@ -1009,6 +1027,8 @@ def unavailable_on_redis_errors() -> Iterator[None]:
     except RedisError as error:
         if is_outage(error):
             raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+        if is_acl_refusal(error):
+            raise StoreForbidden(" ".join(str(error).split())) from error
         raise
     except RedisClusterException as error:
         # Raised e.g. when no startup node answers; programming errors stay errors.
@@ -1943,7 +1963,7 @@ class RedisStore:
             return ApplyResult(applied=0, duplicates=0)
         if min_replicas < 0:
             raise EventValidationError(None, "min_replicas", "must be >= 0")
-        with unavailable_on_redis_errors():
+        with self._naming_acl_refusals(), unavailable_on_redis_errors():
             if self.is_cluster:
                 result, tags = self._apply_partitioned(events)
             else:
@@ -2199,30 +2219,43 @@ class RedisStore:
                 self._shas.clear()
         return {(tag, op[0]): result for (tag, part), reply in zip(calls, replies) for op, result in zip(part, reply)}
 
+    @contextmanager
+    def _naming_acl_refusals(self) -> Iterator[None]:
+        """A StoreForbidden raised inside, with what the ACL user may not run (``access_refusals``):
+        Redis's reply to a script's command refused does not name it."""
+        try:
+            yield
+        except StoreForbidden as error:
+            with unavailable_on_redis_errors():
+                refusals = self.access_refusals()
+            if not refusals:  # a Redis before 7, or the ACL changed back meanwhile: Redis's own words
+                raise
+            raise StoreForbidden(f"{error}: {_by_node(refusals)}", "; ".join(dict.fromkeys(refusals.values()))) from error
+
     def check_access(self) -> None:
         """Run, writing nothing, what every feed needs first: load each script (SCRIPT LOAD;
         on a cluster, on every primary) and read the change log through one (EVALSHA).
         Raises what redis-py raises: NoPermissionError, a ResponseError, when the ACL user
         may not run scripts or read the keys. Writes are not tried, but asked about
-        (``refused_access``): StoreForbidden naming what the user may not run."""
+        (``access_refusals``): StoreForbidden naming what the user may not run."""
         for name in self._sources:
             self._sha(name)
-        refused = self.refused_access()  # first: a script of no keys, it names a key refused
-        if refused:
-            raise StoreForbidden(f"{refused}, which feeds and Ingest run")
+        refusals = self.access_refusals()  # first: a script of no keys, it names a key refused
+        if refusals:
+            raise StoreForbidden(f"{_by_node(refusals)}, which feeds and Ingest run")
         self._eval_keys("changes", self.keys.change_log_keys(), ["0"])
 
-    def refused_access(self) -> str | None:
-        """What the ACL user may not run of what feeds and Ingest run (``access_probes``),
-        asked of each primary, in one line; None when it may run it all, or when Redis
-        (before 7, without redis.acl_check_cmd) cannot tell."""
+    def access_refusals(self) -> dict[str, str]:
+        """What the ACL user may not run of what feeds and Ingest run (``access_probes``), by
+        primary (HOST:PORT) asked; empty when it may run it all, or when Redis (before 7,
+        without redis.acl_check_cmd) cannot tell."""
         words = [word for probe in access_probes(self.keys, self.is_cluster) for word in (str(len(probe)), *probe)]
-        refusals = []
+        refusals = {}
         for name, node in primary_clients(self.client):
             refused = self._eval_keys("acl", [], words, node)
             if refused:
-                refusals.append(f"Redis {name}: {_acl_refusal(refused)}")
-        return "; ".join(refusals) or None
+                refusals[name] = _acl_refusal(refused)
+        return refusals
 
     # -- health ------------------------------------------------------------------------
 

@@ -250,6 +250,35 @@ def test_a_redis_user_that_may_read_but_not_write_stops_the_start_in_one_line_na
     assert "XADD on fr:{log}:events" in line and line.endswith(", which feeds and Ingest run") and "Traceback" not in refused.stderr
 
 
+def test_an_ingest_redis_refuses_by_its_acl_is_failed_precondition_naming_the_permission(tmp_path, models, servers):
+    """A write the ACL user may not make (its permission revoked under a running server)
+    answered INTERNAL "internal error", with a traceback per batch: the client did nothing
+    wrong, and a retry fails alike until an operator grants it."""
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    try:
+        load(redis_server.url)
+        with redis_server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all")
+            server = servers(redis_server.url.replace("redis://", "redis://writer:pw@"), models, "--feed-processes", "0")
+            admin.execute_command("ACL", "SETUSER", "writer", "-xadd")
+            ingest = feed_pb2.IngestRequest(events=[feed_pb2.Event(event_id="acl-1", follow=feed_pb2.UserSeller(user_id="x", seller_id="y"))])
+            with pytest.raises(grpc.RpcError) as error:
+                server.stub.Ingest(ingest, timeout=5)
+            assert error.value.code() is grpc.StatusCode.FAILED_PRECONDITION, error.value.details()
+            assert error.value.details() == ("the store refuses this server a permission it needs (an operator must grant it; until "
+                                             "then a retry fails alike): the ACL user may not run XADD on fr:{log}:events")  # fmt: skip
+            assert feed_ids(server.stub, "alice")[0]  # feeds need no XADD
+            admin.execute_command("ACL", "SETUSER", "writer", "+xadd")
+        assert server.stub.Ingest(ingest, timeout=5).applied == 1
+        log = Path(server.log.name).read_text()
+        assert re.search(r"ERROR .*Ingest: store refuses this server a permission: .*"
+                         rf"Redis 127\.0\.0\.1:{redis_server.port}: the ACL user may not run XADD on fr:\{{log\}}:events", log), log
+        assert "Traceback" not in log
+    finally:
+        redis_server.stop()
+
+
 def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_stops_the_start(tmp_path, models, servers):
     """rediss:// without the CA that signed Redis's certificate started a server NOT_SERVING
     for ever, its log calling Redis unavailable (a review)."""

@@ -565,6 +565,17 @@ def test_a_cluster_down_reply_is_unavailable_even_from_inside_a_script(reply):
             raise redis.exceptions.ResponseError("user_script:3: attempt to index a nil value")
 
 
+@pytest.mark.parametrize("error", [
+    redis.exceptions.NoPermissionError("this user has no permissions to run the 'hset' command"),
+    # Redis 7.0's reply to a script's command refused (7.2: "ACL failure in script: ...").
+    redis.exceptions.ResponseError("The user executing the script can't run this command or subcommand script: 016f, on @user_script:38."),
+])  # fmt: skip
+def test_a_command_the_acl_refuses_is_store_forbidden(error):
+    with pytest.raises(StoreForbidden, match=re.escape(str(error))):
+        with unavailable_on_redis_errors():
+            raise error
+
+
 def test_a_frozen_redis_gives_store_unavailable_quickly_and_recovers(own_server):
     store = RedisStore.from_url(own_server.url)  # default socket timeouts: 0.5 s
     load_into_redis(store.client, social_dataset())
@@ -793,7 +804,7 @@ def test_the_readme_acl_user_may_ingest_into_a_redis_never_loaded(own_server):
 
 
 def test_every_command_the_scripts_run_is_asked_about_at_start():
-    """refused_access asks Redis about access_probes: a command a script runs that no probe
+    """access_refusals asks Redis about access_probes: a command a script runs that no probe
     names would again be found refused only by an Ingest."""
     called = {command for source in RedisStore(redis.Redis())._sources.values()
               for command in re.findall(r"redis\.call\('([A-Z]+)'", source) + re.findall(r"'(SADD|SREM)'", source)}  # fmt: skip
@@ -805,7 +816,7 @@ def test_the_readme_acl_user_may_run_everything_the_store_runs(own_server):
         user = readme_acl_user(admin, "pw")
     store = RedisStore.from_url(own_server.url.replace("redis://", f"redis://{user}:pw@"))
     store.check_access()
-    assert store.refused_access() is None
+    assert store.access_refusals() == {}
     store.close()
 
 
@@ -837,8 +848,8 @@ def test_each_primary_of_a_cluster_is_asked_whether_the_user_may_write(redis_clu
             admin.execute_command("ACL", "SETUSER", "writer", "reset", "on", ">pw", "~*", "+@all", *(["-sadd"] if at == 1 else []))
     try:
         store = RedisStore.from_url(redis_cluster_url.replace("redis-cluster://", "redis-cluster://writer:pw@"))
-        assert store.refused_access() == (f"Redis 127.0.0.1:{primaries[1].port}: the ACL user may not run SADD on "
-                                          "fr:{u:*}:follows, fr:{u:*}:friends, fr:{u:*}:hidden_items, fr:{u:*}:hidden_sellers")  # fmt: skip
+        assert store.access_refusals() == {f"127.0.0.1:{primaries[1].port}": "the ACL user may not run SADD on "
+                                           "fr:{u:*}:follows, fr:{u:*}:friends, fr:{u:*}:hidden_items, fr:{u:*}:hidden_sellers"}  # fmt: skip
         store.close()
     finally:
         for primary in primaries:
