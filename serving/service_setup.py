@@ -83,19 +83,20 @@ def check_store(store: FeedStore, url: str) -> None:
     a TLS certificate that does not verify). A Redis that is down is no error here: the server starts NOT_SERVING and
     comes up with it. Logs a warning when
     a primary may evict feed state (stores.redis.eviction_warning): as Sidekiq does, the
-    server still starts, for a managed Redis may not let its operator change the policy."""
+    server still starts, for a managed Redis may not let its operator change the policy
+    (the health monitor's pings read it again every minute: RedisStore.ping)."""
     from redis.exceptions import AuthenticationError, AuthorizationError, ClusterError, RedisClusterException, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from stores.base import StoreForbidden
-    from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, eviction_warning, is_outage
+    from stores.redis import NOT_A_CLUSTER, NOT_A_CLUSTER_CAUSES, RedisStore, is_outage
 
     if not isinstance(store, RedisStore):
         return
     try:
         store.client.ping()
         store.check_access()
-        warning = eviction_warning(store.client)
+        warning = store.read_eviction_policy()
     except ClusterError:  # a cluster failing over: down for now
         return
     except StoreForbidden as error:

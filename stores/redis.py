@@ -152,6 +152,10 @@ WARM_TIMELINE_LIMIT = 100
 DEFAULT_WRITE_TIMEOUT = 1.0
 # Beyond WAIT's own timeout, how long the writer waits for its reply (a round trip).
 WAIT_REPLY_MARGIN = 0.5
+# How often ``ping`` (the server's health monitor, once a second) reads the eviction policy
+# again, as an operator may change it with CONFIG SET on a running Redis: INFO memory once
+# a minute per primary, on the monitor's thread, never on a feed's path.
+EVICTION_RECHECK_SECONDS = 60.0
 
 # Options of ours that may ride in the store URL's query string, next to redis-py's own
 # (socket_timeout, socket_connect_timeout, ...).
@@ -1229,6 +1233,8 @@ class RedisStore:
         self.max_follows = max_follows
         self.is_cluster = is_cluster_client(client)
         self.ping_failure = ""  # why the last ping() said no, for the server's log
+        self._eviction: str | None = None  # what the last read of the eviction policy found (read_eviction_policy)
+        self._eviction_read_at = -float("inf")
         self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
@@ -2271,9 +2277,31 @@ class RedisStore:
                 return False
             state = self.client.cluster_info().get("cluster_state") if self.is_cluster else "ok"
             self.ping_failure = "" if state == "ok" else f"cluster_state:{state}"
+            if not self.ping_failure:
+                self._recheck_eviction()
         except (RedisError, RedisClusterException, OSError) as error:
             self.ping_failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
         return not self.ping_failure
+
+    def read_eviction_policy(self) -> str | None:
+        """``eviction_warning`` of this store's Redis, remembered: ``ping`` logs a later one that differs."""
+        self._eviction = eviction_warning(self.client)
+        self._eviction_read_at = time.monotonic()
+        return self._eviction
+
+    def _recheck_eviction(self) -> None:
+        """Read the eviction policy again when the last read is EVICTION_RECHECK_SECONDS old;
+        log a warning that differs from the last one (a CONFIG SET on a running Redis, a
+        primary restarted with another config, or a first read after a start while Redis was
+        down), and that every primary says noeviction when it does again."""
+        if time.monotonic() - self._eviction_read_at < EVICTION_RECHECK_SECONDS:
+            return
+        before = self._eviction
+        warning = self.read_eviction_policy()
+        if warning and warning != before:
+            log.warning("%s", warning)
+        elif before and not warning:
+            log.info("every primary of Redis has maxmemory-policy noeviction again")
 
     def close(self) -> None:
         for client in {id(c): c for c in (self.client, self.write_client, self.wait_client)}.values():

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 from ranking.feed import build_feed_pipeline
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
+import stores.redis
 from stores.base import StoreForbidden, StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
@@ -855,3 +856,21 @@ def test_each_primary_of_a_cluster_is_asked_whether_the_user_may_write(redis_clu
         for primary in primaries:
             with primary.client() as admin:
                 admin.acl_deluser("writer")
+
+
+def test_a_policy_changed_on_a_running_redis_is_warned_about_by_a_later_ping(own_server, monkeypatch, caplog):
+    """maxmemory-policy was read at start only (and never when Redis was down then): an
+    operator's CONFIG SET allkeys-lru on a running Redis went without a warning (a review)."""
+    store = RedisStore.from_url(own_server.url)
+    assert store.read_eviction_policy() is None
+    assert RoundTripCounter(monkeypatch).measure(store.ping) == 1  # within the minute: the PING alone
+    monkeypatch.setattr(stores.redis, "EVICTION_RECHECK_SECONDS", 0.0)
+    with own_server.client() as admin, caplog.at_level(logging.INFO, logger="feedrank.store"):
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        assert store.ping() and store.ping()
+        admin.config_set("maxmemory-policy", "noeviction")
+        assert store.ping() and store.ping()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"Redis 127.0.0.1:{own_server.port} has maxmemory-policy allkeys-lru: ")
+    assert caplog.text.count("every primary of Redis has maxmemory-policy noeviction again") == 1
+    store.close()
