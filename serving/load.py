@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ranking.store import trending_weight
 from serving.store_url import redacted
-from stores.base import StoreFull, StoreUnavailable
+from stores.base import StoreForbidden, StoreFull, StoreUnavailable
 from stores.events import RECEIVED_SHARE, EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
 from stores.redis import (
@@ -265,12 +265,22 @@ def connect_checked(url_text: str, **options: Any) -> tuple[Any, dict[str, Any]]
     except (ValueError, TypeError) as error:
         _fail(url_text, f"bad URL: {error}")
     except StoreUnavailable as error:
-        if NOT_A_CLUSTER in str(error):
-            _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
-        _fail(url_text, f"Redis unreachable: {error}")
+        _fail_unavailable(url_text, error)
     except (RedisError, RedisClusterException) as error:
         _fail(url_text, f"{type(error).__name__}: {error}")
     return client, own
+
+
+def _fail_unavailable(url_text: str, error: StoreUnavailable) -> NoReturn:
+    """Exit with one line saying why Redis cannot be used: out of memory, a permission the
+    user lacks, a URL of no cluster, or down."""
+    if isinstance(error, StoreFull):
+        _fail(url_text, f"Redis is out of memory (raise its maxmemory): {error}")
+    if isinstance(error, StoreForbidden):
+        _fail(url_text, f"Redis refuses this user a permission: {error}")
+    if NOT_A_CLUSTER in str(error):
+        _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
+    _fail(url_text, f"Redis unreachable: {error}")
 
 
 @contextlib.contextmanager
@@ -279,10 +289,8 @@ def exit_on_redis_errors(url_text: str) -> Iterator[None]:
     try:
         with unavailable_on_redis_errors():
             yield
-    except StoreFull as error:
-        _fail(url_text, f"Redis is out of memory (raise its maxmemory): {error}")
     except StoreUnavailable as error:
-        _fail(url_text, f"Redis unreachable: {error}")
+        _fail_unavailable(url_text, error)
     except (RedisError, RedisClusterException) as error:
         _fail(url_text, f"{type(error).__name__}: {error}")
 

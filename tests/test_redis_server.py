@@ -279,6 +279,23 @@ def test_an_ingest_redis_refuses_by_its_acl_is_failed_precondition_naming_the_pe
         redis_server.stop()
 
 
+def test_load_by_a_user_that_may_not_write_says_so_not_that_redis_is_unreachable(tmp_path, redis_url, redis_server):
+    with redis_server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", "~*", "+@read", "+@connection", "+info", "+multi", "+exec")
+    try:
+        write_dataset(social_dataset(), str(tmp_path / "data"))
+        url = redis_url.replace("redis://", "redis://reader:pw@")
+        argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", url]
+        loaded = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        with redis_server.client() as admin:
+            admin.acl_deluser("reader")
+    assert loaded.returncode == 1, loaded.stderr
+    shown = url.replace(":pw@", ":***@")
+    assert loaded.stderr.startswith(f"error: --redis {shown}: Redis refuses this user a permission: "), loaded.stderr
+    assert "no permissions to run the 'hset' command" in loaded.stderr and "Traceback" not in loaded.stderr
+
+
 def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_stops_the_start(tmp_path, models, servers):
     """rediss:// without the CA that signed Redis's certificate started a server NOT_SERVING
     for ever, its log calling Redis unavailable (a review)."""
