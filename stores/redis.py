@@ -2297,7 +2297,13 @@ class RedisStore:
         if time.monotonic() - self._eviction_read_at < EVICTION_RECHECK_SECONDS:
             return
         before = self._eviction
-        warning = self.read_eviction_policy()
+        try:
+            warning = self.read_eviction_policy()
+        except (RedisError, RedisClusterException, OSError):
+            # Not the health of feeds (a cluster's list of primaries may name one just
+            # failed over): read it again a minute on.
+            self._eviction_read_at = time.monotonic()
+            return
         if warning and warning != before:
             log.warning("%s", warning)
         elif before and not warning:

@@ -874,3 +874,16 @@ def test_a_policy_changed_on_a_running_redis_is_warned_about_by_a_later_ping(own
     assert len(warnings) == 1 and warnings[0].startswith(f"Redis 127.0.0.1:{own_server.port} has maxmemory-policy allkeys-lru: ")
     assert caplog.text.count("every primary of Redis has maxmemory-policy noeviction again") == 1
     store.close()
+
+
+def test_a_failed_read_of_the_eviction_policy_leaves_the_ping_healthy(own_server, monkeypatch):
+    """The policy is no part of serving feeds: an INFO that fails (a cluster primary just
+    failed over, still in the client's list) must not turn health NOT_SERVING."""
+    store = RedisStore.from_url(own_server.url)
+
+    def unreachable(client):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(stores.redis, "eviction_warning", unreachable)
+    assert store.ping() and store.ping_failure == ""
+    store.close()
