@@ -5,7 +5,7 @@
 ``msg``, ``pid``, ``worker``, the record's fields and, inside an RPC, its ``request_id``;
 a traceback goes into ``exc``, so every record stays one line.
 
-Access lines (logger ``feedrank.access``, INFO for FeedService calls, DEBUG for health
+Access lines (logger ``feedrank.access``, INFO for FeedService calls and unknown methods, DEBUG for health
 and reflection) carry ``request_id`` (the client's ``x-request-id`` metadata, else a new
 one, also sent back in the trailing metadata), ``method``, ``code``, ``latency_ms``,
 ``model_version`` (and ``arm``, a GetFeed's A/B arm, when arms are configured), ``worker``,
@@ -36,6 +36,9 @@ ACCESS_LOGGER = "feedrank.access"
 MODEL_LOGGER = "feedrank.serving.models"
 """What is served and why: model and arms swaps, the pools a model is served on. A feed
 process logs only its errors here: the server logs the rest once for them all."""
+UNKNOWN_METHOD = "unknown"
+"""The ``method`` that metrics count calls to methods the server lacks under: their names,
+chosen by the client, would make a series each."""
 MAX_REQUEST_ID_CHARS = 128
 DEADLINE_SLACK_SECONDS = 0.1
 """A call cancelled this close to its deadline was cancelled by the client's deadline: the
@@ -174,7 +177,9 @@ def request_id_of(metadata: Any) -> str:
 
 
 class AccessLog(grpc.aio.ServerInterceptor):
-    """One access line per unary RPC of a grpc.aio server, whatever answered it (the servicer or an interceptor).
+    """One access line per unary RPC of a grpc.aio server, whatever answered it (the servicer, an
+    interceptor, or this one: a call to a method the server lacks is UNIMPLEMENTED, logged at
+    INFO and counted as ``UNKNOWN_METHOD``).
 
     ``served_by(request)`` is the model version and A/B arm that serve ``request`` (None:
     not read), for a call without a response (a GetFeed's response names its own).
@@ -195,15 +200,23 @@ class AccessLog(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
-            return handler  # streams (health Watch, reflection) are long-lived: not logged
         method = handler_call_details.method
+        if handler is None:
+            # gRPC's own UNIMPLEMENTED would leave no trace here; answered here, it is logged and counted.
+            answer = self._logged(_unimplemented(method), handler_call_details, logging.INFO, UNKNOWN_METHOD)
+            return grpc.stream_unary_rpc_method_handler(answer)  # a stream, so that no request is read first
+        if handler.request_streaming or handler.response_streaming:
+            return handler  # streams (health Watch, reflection) are long-lived: not logged
         feed = method.startswith(self.feed_prefix)
         level = logging.INFO if feed else logging.DEBUG
         if not self.log.isEnabledFor(level) and (self.on_rejected is None or not feed):
             return handler  # nothing to log or count
+        return handler._replace(unary_unary=self._logged(handler.unary_unary, handler_call_details, level, method.rsplit("/", 1)[-1]))
+
+    def _logged(self, behavior: Callable, handler_call_details: grpc.HandlerCallDetails, level: int, metric_method: str) -> Callable:
+        """``behavior`` writing the call's access line at ``level`` and counting it, if refused, as ``metric_method``."""
+        method = handler_call_details.method
         request_id = request_id_of(handler_call_details.invocation_metadata)
-        behavior = handler.unary_unary
 
         @functools.wraps(behavior)
         async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -229,11 +242,11 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 _CALL.reset(token)
                 code_name = (context.code() or code or grpc.StatusCode.OK).name
                 if call["rejected"] and self.on_rejected is not None:
-                    self.on_rejected(method.rsplit("/", 1)[-1], code_name, seconds)
+                    self.on_rejected(metric_method, code_name, seconds)
                 if self.log.isEnabledFor(level):
                     self.write(level, method, code_name, seconds, request, response, call, peer)
 
-        return handler._replace(unary_unary=logged)
+        return logged
 
     def write(self, level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict, peer: str) -> None:
         """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""
@@ -264,6 +277,17 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 },
             },
         )
+
+
+def _unimplemented(method: str) -> Callable:
+    """The behaviour of a call to ``method``, which the server does not serve."""
+
+    async def unimplemented(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        mark_call(rejected=True)
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details(f"unknown method {method}")
+
+    return unimplemented
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:

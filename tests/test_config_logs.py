@@ -306,6 +306,39 @@ def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(w
     assert TOKEN not in log_stream.getvalue()
 
 
+def test_a_call_to_an_unknown_method_is_logged_and_counted_as_unimplemented(world, log_stream):
+    # Before the fix gRPC answered UNIMPLEMENTED itself: no access line, no metric, so a
+    # client calling a method this server version lacks went unseen.
+    config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET,
+                          reload_seconds=0)
+    server = server_module.FeedServer(config)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            unary = channel.unary_unary("/feedrank.feed.v1.FeedService/GetFeeds", request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as unknown:
+                unary(b"", metadata=[("x-request-id", "req-7")], timeout=10)
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "/feedrank.feed.v1.FeedService/GetFeeds" in unknown.value.details()
+            assert ("x-request-id", "req-7") in unknown.value.trailing_metadata()
+            # A stream that sends nothing and waits is answered too, at once.
+            bidi = channel.stream_stream("/other.Service/Chat", request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as streamed:
+                list(bidi(iter(()), timeout=10))
+            assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        counted = server.service.metrics.registry.get_sample_value(
+            "feedrank_requests_total", {"method": logs.UNKNOWN_METHOD, "code": "UNIMPLEMENTED"})
+    finally:
+        server.stop(grace=0)
+    access = [line for line in json_lines(log_stream) if line["logger"] == logs.ACCESS_LOGGER]
+    assert [(a["method"], a["code"], a["level"]) for a in access] == [
+        ("/feedrank.feed.v1.FeedService/GetFeeds", "UNIMPLEMENTED", "info"),
+        ("/other.Service/Chat", "UNIMPLEMENTED", "info"),
+    ]
+    assert access[0]["request_id"] == "req-7" and all(a["peer"].startswith("ipv") for a in access)
+    assert counted == 2
+
+
 def test_a_request_id_keeps_only_what_metadata_can_carry_back():
     # The id goes back in the trailing metadata, where gRPC sends printable ASCII only: a
     # client (a raw HTTP/2 one, or through a proxy) that sent x-request-id "café" had its
