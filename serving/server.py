@@ -58,6 +58,13 @@ grpc-java clients ping at most every 10 s."""
 MAX_METADATA_BYTES = 16 * 1024
 """The largest request metadata (headers) accepted; larger is RESOURCE_EXHAUSTED. gRPC core's
 own limits, 8 KiB "soft" and 16 KiB hard, refused what lies between at random."""
+MAX_PENDING_CALLS = 10_000
+"""Calls gRPC core holds until the event loop takes them (it takes one per turn). Past its
+default, 1000, core cancelled calls at random and all past 3000: the client saw CANCELLED,
+which it does not retry and which reads as its own doing, and neither the access log nor
+the metrics saw the call. Taken, a call past --max-concurrent-rpcs is refused at once with
+RESOURCE_EXHAUSTED, and counted. A burst of 10,000 GetFeeds on one connection added
+125 MiB to the server's RSS at its peak."""
 # Ingest threads when feeds are built on the event loop: an Ingest may wait on the
 # write-ahead log's fsync, and two of them in flight share one (group commit).
 INGEST_THREADS = 2
@@ -371,6 +378,8 @@ class FeedServer:
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
                 ("grpc.keepalive_permit_without_calls", 1),  # on a server: accept pings on a connection without calls
                 ("grpc.http2.min_ping_interval_without_data_ms", int(KEEPALIVE_MIN_PING_SECONDS * 1000)),
             ],

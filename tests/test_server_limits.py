@@ -165,6 +165,25 @@ def test_a_slow_ingest_does_not_hold_up_feeds_built_on_the_event_loop(world):
         assert ingest.result().applied == 1
 
 
+def test_a_burst_that_queues_past_grpcs_pending_limit_is_answered_by_the_server_not_cancelled(world):
+    # The loop is blocked for a second (a slow feed built on it) while 2000 calls arrive:
+    # they wait in gRPC core until the loop takes them. Before the fix core cancelled those
+    # past its own pending limit (at random past 1000, all past 3000): some 200 calls got
+    # CANCELLED, unlogged and uncounted.
+    with serving(world, max_concurrent_rpcs=0) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert server.feed_pool is None
+        real = server.service.get_feed
+        server.service.get_feed = lambda user_id, *args: (time.sleep(1.0) if user_id == "slow" else None, real(user_id, *args))[1]
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10)  # connected
+        blocker = stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id="slow", limit=5), timeout=30)
+        burst = [stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id=f"u{i % 100:05d}", limit=5), timeout=60) for i in range(2000)]
+        codes = Counter(future.code() for future in [blocker, *burst])
+        answered = sum(sample.value for sample in server.service.metrics.requests.collect()[0].samples if sample.name.endswith("_total"))
+    assert codes == {grpc.StatusCode.OK: 2001}
+    assert answered == 2002
+
+
 def test_calls_cancelled_while_queued_leave_the_in_flight_count(world):
     with serving(world, threads=1, max_concurrent_rpcs=8) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         slow_feeds(server)
