@@ -25,7 +25,8 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_async
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
@@ -40,6 +41,7 @@ from serving.service_setup import ModelWatcher, check_store, open_service, start
 from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.servicer import FeedServicer, add_feed_service, served_by
 from serving.web import HttpServer, create_app
+from serving.wire import add_lenient
 from serving.web.common import WebContext
 from serving.store_url import redacted
 from stores import FeedStore
@@ -385,9 +387,10 @@ class FeedServer:
             ],
         )
         add_feed_service(self.servicer, self.grpc_server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server,
-                                            pool=ReflectionPool(descriptor_pool.Default()))
+        add_lenient(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.grpc_server)
+        reflected = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        add_lenient(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                    reflection_async.ReflectionServicer(reflected, pool=ReflectionPool(descriptor_pool.Default())), self.grpc_server)
         if credentials is not None:
             return self.grpc_server.add_secure_port(address, credentials)
         return self.grpc_server.add_insecure_port(address)

@@ -5,13 +5,16 @@ UNKNOWN with protobuf's own words ("String field had bad UTF-8", no field named)
 service's handlers are registered with ``lenient`` deserializers instead: bytes that do not
 parse become a ``MalformedRequest``, which the servicer refuses like any invalid field.
 ``locate`` walks the wire format to name the field at fault (``events[2].event_id``).
+``add_lenient`` registers other services (health, reflection) so, refusing such bytes itself.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
@@ -38,6 +41,78 @@ def lenient(message_type: type[Message]) -> Callable[[bytes], Message | Malforme
             return MalformedRequest(InvalidRequest(field or "request", f"not a valid {message_type.DESCRIPTOR.name}: {reason}"))
 
     return parse
+
+
+def add_lenient(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` on ``server`` as the generated ``add_to_server(servicer, server)``
+    would, but with ``lenient`` deserializers: a request that does not parse is refused with
+    INVALID_ARGUMENT naming the field, where gRPC answered UNKNOWN and logged the DecodeError
+    with its traceback as an error, once per such call."""
+    registrar = _Registrar()
+    add_to_server(servicer, registrar)
+    for service, handlers in registrar.services.items():
+        lenient_handlers = {name: _lenient_handler(handler) for name, handler in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, lenient_handlers),))
+        server.add_registered_method_handlers(service, lenient_handlers)
+
+
+class _Registrar:
+    """Stands in for a server to collect what a generated ``add_*Servicer_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, _: Any) -> None:
+        """The same handlers come again through ``add_registered_method_handlers``."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = handlers
+
+
+def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    message_type = handler.request_deserializer.__self__  # generated code passes Message.FromString
+    deserializer = lenient(message_type)
+    if handler.request_streaming:
+        kind = "stream_stream" if handler.response_streaming else "stream_unary"
+        return handler._replace(request_deserializer=deserializer, **{kind: _refusing_in_stream(getattr(handler, kind))})
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    return handler._replace(request_deserializer=deserializer, **{kind: _refusing(getattr(handler, kind))})
+
+
+def _refusing(behavior: Callable) -> Callable:
+    """``behavior`` (a coroutine) of a unary request, refusing a ``MalformedRequest``."""
+
+    async def refusing(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            return _refuse(context, request.error)
+        return await behavior(request, context)
+
+    return refusing
+
+
+def _refusing_in_stream(behavior: Callable) -> Callable:
+    """``behavior`` (an async generator) of a request stream, ending the call at its first ``MalformedRequest``."""
+
+    async def refusing(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        try:
+            async for response in behavior(_parsed(requests), context):
+                await context.write(response)
+        except InvalidRequest as error:
+            _refuse(context, error)
+
+    return refusing
+
+
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Message]:
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            raise request.error
+        yield request
+
+
+def _refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> None:
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details(str(error))
 
 
 def locate(data: bytes, descriptor: Descriptor, prefix: str = "", depth: int = 0) -> tuple[str, str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import Counter
 
@@ -65,6 +66,28 @@ def test_reflection_describes_a_method_as_grpcurl_asks(server, symbol):
         assert method.input_type.fields and method.output_type.fields
         with pytest.raises(KeyError):
             pool.FindMethodByName("feedrank.feed.v1.FeedService.NoSuchMethod")
+
+
+def test_a_request_that_does_not_parse_is_refused_by_health_and_reflection_too(server, caplog):
+    # Before the fix gRPC answered UNKNOWN ("Unexpected <class DecodeError>") and logged an
+    # error with the DecodeError's traceback for each such call, from any client: health and
+    # reflection need no token.
+    feed_server, _ = server
+    cut_short = b"\x0a\x05ab"  # field 1, 5 bytes long, of which 2 came
+    with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+        calls = {
+            "Check": lambda: channel.unary_unary("/grpc.health.v1.Health/Check")(cut_short, timeout=5),
+            "Watch": lambda: next(channel.unary_stream("/grpc.health.v1.Health/Watch")(cut_short, timeout=5)),
+            "reflection": lambda: next(channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")(
+                iter([cut_short]), timeout=5)),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert "cut short" in refused.value.details() and refused.value.details().split(":")[0] in ("service", "host"), name
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 def test_no_out_of_stock_item_is_ever_served_before_and_after_stock_updates(world, stub):
