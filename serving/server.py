@@ -49,6 +49,7 @@ from stores import FeedStore
 log = logging.getLogger("feedrank.serving")
 T = TypeVar("T")
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+HEALTH_NAMES = ("", SERVICE_NAME)  # the server as a whole, and the FeedService
 SHUTDOWN_GRACE_SECONDS = 5.0
 KEEPALIVE_MIN_PING_SECONDS = 5.0
 """The shortest interval between a client's keepalive pings that the server accepts while no
@@ -130,6 +131,15 @@ class HealthMonitor(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every_seconds):
             self.check()
+
+
+class HealthServicer(health_async.HealthServicer):
+    """gRPC's asyncio health service, which lacks ``List`` (of every service's status): gRPC
+    answered it UNIMPLEMENTED and logged an error with a NotImplementedError's traceback."""
+
+    async def List(self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        statuses = {name: await self.Check(health_pb2.HealthCheckRequest(service=name), context) for name in HEALTH_NAMES}
+        return health_pb2.HealthListResponse(statuses=statuses)
 
 
 class ReflectionPool:
@@ -362,7 +372,7 @@ class FeedServer:
     async def _build(self, config: ServerConfig, auth: AuthInterceptor | None, credentials: grpc.ServerCredentials | None,
                      address: str, shared_port: bool) -> int:
         """Create the server on the loop (grpc.aio binds it to the loop it is made on); its port."""
-        self.health = health_async.HealthServicer()
+        self.health = HealthServicer()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Outermost first: the access log (sees every answer), the drain, auth, then the limit.
         self.drain = Drain()
@@ -396,7 +406,7 @@ class FeedServer:
         return self.grpc_server.add_insecure_port(address)
 
     async def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in HEALTH_NAMES:
             await self.health.set(name, status)
 
     def _publish_health(self, status: int) -> None:

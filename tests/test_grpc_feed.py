@@ -55,6 +55,17 @@ def test_health_is_serving_and_reflection_lists_the_service(server):
     assert {"feedrank.feed.v1.FeedService", "grpc.health.v1.Health"} <= names
 
 
+def test_health_lists_the_status_of_the_server_and_the_feed_service(server, caplog):
+    # gRPC's asyncio health service has no List: it answered UNIMPLEMENTED and logged an
+    # error with a NotImplementedError's traceback.
+    feed_server, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+        listed = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    assert {name: response.status for name, response in listed.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING, "feedrank.feed.v1.FeedService": health_pb2.HealthCheckResponse.SERVING}
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("symbol", ["feedrank.feed.v1.FeedService.GetFeed", "grpc.health.v1.Health.Watch"])
 def test_reflection_describes_a_method_as_grpcurl_asks(server, symbol):
     # `grpcurl describe SERVICE.METHOD` asks for the file containing the method; Python's
