@@ -211,10 +211,12 @@ class AccessLog(grpc.aio.ServerInterceptor):
         level = logging.INFO if feed else logging.DEBUG
         if not self.log.isEnabledFor(level) and (self.on_rejected is None or not feed):
             return handler  # nothing to log or count
-        return handler._replace(unary_unary=self._logged(handler.unary_unary, handler_call_details, level, method.rsplit("/", 1)[-1]))
+        return handler._replace(unary_unary=self._logged(handler.unary_unary, handler_call_details, level))
 
-    def _logged(self, behavior: Callable, handler_call_details: grpc.HandlerCallDetails, level: int, metric_method: str) -> Callable:
-        """``behavior`` writing the call's access line at ``level`` and counting it, if refused, as ``metric_method``."""
+    def _logged(self, behavior: Callable, handler_call_details: grpc.HandlerCallDetails, level: int,
+                metric_method: str | None = None) -> Callable:
+        """``behavior`` writing the call's access line at ``level`` and counting it, if refused, as
+        ``metric_method`` (None: the method's own name)."""
         method = handler_call_details.method
         request_id = request_id_of(handler_call_details.invocation_metadata)
 
@@ -242,7 +244,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 _CALL.reset(token)
                 code_name = (context.code() or code or grpc.StatusCode.OK).name
                 if call["rejected"] and self.on_rejected is not None:
-                    self.on_rejected(metric_method, code_name, seconds)
+                    self.on_rejected(metric_method or method.rsplit("/", 1)[-1], code_name, seconds)
                 if self.log.isEnabledFor(level):
                     self.write(level, method, code_name, seconds, request, response, call, peer)
 
