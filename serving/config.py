@@ -84,7 +84,7 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     # Limits.
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest request or response message
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest request message
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS  # FeedService RPCs in flight per process; 0: no limit
     # Durability of the memory store (the write-ahead log: serving/store_url.py).
     durability: Durability = Durability()
@@ -291,7 +291,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert)", "auth and TLS", metavar="FILE"),
     Flag("log_format", str, "text", "log line format", "logs", choices=LOG_FORMATS),
     Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
-    Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request or response message; a larger one gets RESOURCE_EXHAUSTED", "limits", minimum=1024),
+    Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request message; a larger one gets RESOURCE_EXHAUSTED (responses are bounded by the API itself)", "limits", minimum=1024),
     Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (accepted and not yet answered) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit. With feeds built on the event loop (--threads 0 and the memory store) the server accepts calls only as fast as it answers them, so the excess waits in gRPC's queue instead (and a call whose deadline passed is refused without work)", "limits", minimum=0),
     Flag("token_ttl_seconds", float, DEFAULT_TOKEN_TTL_SECONDS, "a page token expires this long after it was issued; 0: never", "limits", minimum=0),
     Flag("max_feed_depth", int, DEFAULT_MAX_SERVED, f"items a user can page through in one feed; a token past it gets OUT_OF_RANGE (at most {MAX_SERVED})", "limits", minimum=1, maximum=MAX_SERVED),

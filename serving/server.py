@@ -387,7 +387,9 @@ class FeedServer:
             options=[
                 ("grpc.so_reuseport", 1 if shared_port else 0),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
+                # No send limit: a response over it reached the client as RESOURCE_EXHAUSTED
+                # while the access log and metrics said OK. The API bounds responses itself.
+                ("grpc.max_send_message_length", -1),
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),

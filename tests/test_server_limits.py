@@ -323,6 +323,15 @@ def test_a_message_over_the_size_limit_gets_resource_exhausted(world):
         assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=10).items) == 5
 
 
+def test_the_message_size_limit_bounds_requests_not_the_servers_own_responses(world):
+    # Before the fix a response over --max-message-bytes reached the client as
+    # RESOURCE_EXHAUSTED "Sent message larger than max", while the access log and the
+    # metrics counted the call OK and gRPC logged an error with a traceback.
+    with serving(world, max_message_bytes=1024) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=100), timeout=10)
+        assert response.ByteSize() > 1024
+
+
 # --- the port -------------------------------------------------------------------------------------
 
 
