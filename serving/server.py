@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_async
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
@@ -41,7 +41,7 @@ from serving.service_setup import ModelWatcher, check_store, open_service, start
 from serving.native_threads import limit_native_threads, one_faiss_thread
 from serving.servicer import FeedServicer, add_feed_service, served_by
 from serving.web import HttpServer, create_app
-from serving.wire import add_lenient
+from serving.wire import add_lenient, register
 from serving.web.common import WebContext
 from serving.store_url import redacted
 from stores import FeedStore
@@ -162,6 +162,35 @@ class ReflectionPool:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.pool, name)
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""Reflection as grpcurl and other clients ask for it first; grpcio-reflection serves only
+v1alpha, whose messages v1 repeats field for field under another package. Without it each
+such client's first call was UNIMPLEMENTED (an access line, counted as an unknown method)."""
+
+
+def add_reflection_v1_file(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add grpc/reflection/v1/reflection.proto to ``pool``, once: v1alpha's, renamed as upstream's v1."""
+    name = "grpc/reflection/v1/reflection.proto"  # as grpc's own protos name it
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = name, "grpc.reflection.v1"
+    proto.options.ClearField("deprecated")
+    proto.options.java_package, proto.options.go_package = "io.grpc.reflection.v1", "google.golang.org/grpc/reflection/grpc_reflection_v1"
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(".v1alpha.", ".v1.")
+    for method in proto.service[0].method:
+        method.input_type = method.input_type.replace(".v1alpha.", ".v1.")
+        method.output_type = method.output_type.replace(".v1alpha.", ".v1.")
+    pool.Add(proto)
 
 
 class BindError(OSError):
@@ -400,9 +429,12 @@ class FeedServer:
         )
         add_feed_service(self.servicer, self.grpc_server)
         add_lenient(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.grpc_server)
-        reflected = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        add_lenient(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-                    reflection_async.ReflectionServicer(reflected, pool=ReflectionPool(descriptor_pool.Default())), self.grpc_server)
+        pool = descriptor_pool.Default()
+        add_reflection_v1_file(pool)
+        reflected = (SERVICE_NAME, health.SERVICE_NAME, REFLECTION_V1, reflection.SERVICE_NAME)
+        services = add_lenient(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                               reflection_async.ReflectionServicer(reflected, pool=ReflectionPool(pool)), self.grpc_server)
+        register(self.grpc_server, REFLECTION_V1, services[reflection.SERVICE_NAME])
         if credentials is not None:
             return self.grpc_server.add_secure_port(address, credentials)
         return self.grpc_server.add_insecure_port(address)

@@ -43,29 +43,39 @@ def lenient(message_type: type[Message]) -> Callable[[bytes], Message | Malforme
     return parse
 
 
-def add_lenient(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+Handlers = dict[str, grpc.RpcMethodHandler]
+
+
+def add_lenient(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> dict[str, Handlers]:
     """Register ``servicer`` on ``server`` as the generated ``add_to_server(servicer, server)``
     would, but with ``lenient`` deserializers: a request that does not parse is refused with
     INVALID_ARGUMENT naming the field, where gRPC answered UNKNOWN and logged the DecodeError
-    with its traceback as an error, once per such call."""
+    with its traceback as an error, once per such call. Returns the handlers by service."""
     registrar = _Registrar()
     add_to_server(servicer, registrar)
+    services = {}
     for service, handlers in registrar.services.items():
-        lenient_handlers = {name: _lenient_handler(handler) for name, handler in handlers.items()}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, lenient_handlers),))
-        server.add_registered_method_handlers(service, lenient_handlers)
+        services[service] = {name: _lenient_handler(handler) for name, handler in handlers.items()}
+        register(server, service, services[service])
+    return services
+
+
+def register(server: grpc.aio.Server, service: str, handlers: Handlers) -> None:
+    """Serve ``handlers`` (by method name) as ``service``."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 class _Registrar:
     """Stands in for a server to collect what a generated ``add_*Servicer_to_server`` registers."""
 
     def __init__(self) -> None:
-        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.services: dict[str, Handlers] = {}
 
     def add_generic_rpc_handlers(self, _: Any) -> None:
         """The same handlers come again through ``add_registered_method_handlers``."""
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: Handlers) -> None:
         self.services[service] = handlers
 
 

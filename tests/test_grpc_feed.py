@@ -9,7 +9,7 @@ from collections import Counter
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -64,6 +64,26 @@ def test_health_lists_the_status_of_the_server_and_the_feed_service(server, capl
     assert {name: response.status for name, response in listed.statuses.items()} == {
         "": health_pb2.HealthCheckResponse.SERVING, "feedrank.feed.v1.FeedService": health_pb2.HealthCheckResponse.SERVING}
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_reflection_answers_v1_as_grpcurl_asks_first(server):
+    # grpcurl asks grpc.reflection.v1 first and falls back to v1alpha on UNIMPLEMENTED;
+    # grpcio-reflection serves v1alpha only, so each use began with an UNIMPLEMENTED call.
+    feed_server, _ = server
+    request = reflection_pb2.ServerReflectionRequest
+    with grpc.insecure_channel(f"127.0.0.1:{feed_server.port}") as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=request.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        listed, method_file, v1_file = info(iter([
+            request(list_services=""), request(file_containing_symbol="feedrank.feed.v1.FeedService.GetFeed"),
+            request(file_containing_symbol="grpc.reflection.v1.ServerReflection")]), timeout=5)
+    assert {"feedrank.feed.v1.FeedService", "grpc.reflection.v1.ServerReflection"} <= {s.name for s in listed.list_services_response.service}
+    files = [descriptor_pb2.FileDescriptorProto.FromString(data) for data in method_file.file_descriptor_response.file_descriptor_proto]
+    assert "feedrank.feed.v1" in {f.package for f in files}
+    [v1] = [descriptor_pb2.FileDescriptorProto.FromString(data) for data in v1_file.file_descriptor_response.file_descriptor_proto]
+    assert (v1.name, v1.package, v1.service[0].method[0].input_type) == (
+        "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1", ".grpc.reflection.v1.ServerReflectionRequest")
 
 
 @pytest.mark.parametrize("symbol", ["feedrank.feed.v1.FeedService.GetFeed", "grpc.health.v1.Health.Watch"])
