@@ -140,6 +140,7 @@ class Event:
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Event:
+        card = record.get("card")
         return cls(
             event_id=record["event_id"],
             kind=EventKind(record["kind"]),
@@ -151,7 +152,7 @@ class Event:
             created_at=float(record["created_at"]) if record.get("created_at") else None,
             stock=int(record.get("stock") or 0),
             vacation_until=float(record.get("vacation_until") or 0.0),
-            **card_from_strings(json.loads(record.get("card") or "{}")),
+            **(card_from_strings(json.loads(card)) if card else {}),  # most events name none: no json.loads
         )
 
 

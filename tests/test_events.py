@@ -50,6 +50,9 @@ def test_records_round_trip():
     event = Event("e", EventKind.ITEM_UPSERT, 5.0, item_id="i", seller_id="s", created_at=4.0, stock=2, price=9.5, category="c")
     assert Event.from_record(event.to_record()) == event
     assert Event.from_record(like().to_record()) == like()
+    for named_empty_or_none in ({"title": ""}, {}):  # a card field named empty stays apart from one not named
+        update = Event("u", EventKind.ITEM_UPDATE, 5.0, item_id="i", **named_empty_or_none)
+        assert Event.from_record(update.to_record()) == update
 
 
 def test_batch_errors_name_the_events_field_without_an_index():
