@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stores.events import Event, EventKind, EventValidationError, validate_batch
+from stores.events import Event, EventKind, EventValidationError, check_degrees, validate_batch
 
 
 def like(event_id="e1", **overrides) -> Event:
@@ -37,6 +37,26 @@ def test_invalid_events_name_the_index_and_field(event, field):
         validate_batch([like("ok"), event])
     assert (error.value.index, error.value.field) == (1, field)
     assert str(error.value).startswith(f"events[1].{field}: ")
+
+
+def test_without_degree_caps_a_batch_is_not_checked_against_the_graph():
+    """Caps 0 (as a state directory's replay sets them): no edit can be refused, so the
+    stored graph is not read for any of the batch's edits."""
+    edits = [Event(f"f{n}", kind, 1.0, user_id="u", friend_id=f"v{n}") for n in range(5) for kind in (EventKind.FRIEND, EventKind.UNFRIEND)]
+    reads = []
+
+    def degree(what, user):
+        reads.append((what, user))
+        return 10**6
+
+    def has_edge(what, user, member):
+        reads.append((what, user, member))
+        return False
+
+    check_degrees(edits, range(len(edits)), degree, has_edge, max_friends=0, max_follows=0)
+    assert reads == []
+    with pytest.raises(EventValidationError):
+        check_degrees(edits, range(len(edits)), degree, has_edge, max_friends=3, max_follows=0)
 
 
 def test_empty_batches_and_conflicting_ids_are_rejected():
