@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 from tqdm import tqdm
 
 from ranking.store import trending_weight
@@ -39,10 +39,12 @@ from stores.redis import (
     NOT_A_CLUSTER,
     NOT_A_CLUSTER_CAUSES,
     PACKED_FIELD,
+    acl_refusals,
     connect,
     eviction_warning,
     is_cluster_client,
     pack_item,
+    refusals_by_node,
     split_url,
     unavailable_on_redis_errors,
 )
@@ -250,6 +252,46 @@ def load_into_redis(
     return LoadStats(rows=total, commands=commands, seconds=time.perf_counter() - started)
 
 
+def load_probes(keys: Keys, cluster: bool) -> list[list[str]]:
+    """A call of each command ``load_into_redis`` runs, on a key of each kind it runs it on
+    (ids "*", as stores.redis.access_probes): what ``check_write_access`` asks about."""
+    u = i = s = "*"
+    seq, epoch, log = keys.change_log_keys()
+    probes = [
+        ["HSET", keys.item(i), "stock", "0"], ["HSET", keys.vacations, s, "0"], ["INCR", keys.vacations_version],
+        ["ZADD", keys.listings(s), "0", i], ["ZREMRANGEBYRANK", keys.listings(s), "0", "-1"],
+        ["HSET", keys.liked(u), i, "0"], ["ZADD", keys.recent_likes(u), "0", i],
+        ["ZREMRANGEBYRANK", keys.recent_likes(u), "0", "-1"], ["ZADD", keys.trending, "0", i],
+        ["SADD", keys.follows(u), s], ["SADD", keys.friends(u), u], ["SADD", keys.hidden_items(u), i],
+        ["SADD", keys.hidden_sellers(u), s], ["ZADD", keys.shared(u), "0", i], ["ZADD", keys.seen(u), "0", i],
+        ["HSET", keys.views(u), i, "0"], ["HSET", keys.engaged(u), i, "0"],
+        ["DEL", seq], ["DEL", log], ["SET", epoch, "0"],
+    ]  # fmt: skip
+    if cluster:  # a cluster's pipeline is no transaction, and keeps no packed items' hash
+        return probes
+    return [*probes, ["HSET", keys.packed_items, i, "0"], ["MULTI"], ["EXEC"]]
+
+
+def check_write_access(client: Any, keys: Keys) -> None:
+    """StoreForbidden naming each command of a load the ACL user may not run, or not on a
+    kind of key it runs it on, asked of each primary before anything is written: a user
+    refused part-way left a partial load. Nothing when Redis (before 7) cannot tell;
+    NoPermissionError when the user may not run EVAL, which asks."""
+    refusals = acl_refusals(client, load_probes(keys, is_cluster_client(client)))
+    if refusals:
+        raise StoreForbidden(f"{refusals_by_node(refusals)}, which a load writes")
+
+
+def _check_write_access(client: Any, keys: Keys, url_text: str) -> None:
+    """``check_write_access``, exiting with one line on a refusal; a warning when it cannot be asked."""
+    with exit_on_redis_errors(url_text):
+        try:
+            check_write_access(client, keys)
+        except NoPermissionError as error:
+            print(f"warning: --redis {redacted(url_text)}: could not ask Redis whether this user may write all a load "
+                  f"writes ({error}; grant +eval): a permission refused part-way leaves a partial load", file=sys.stderr)  # fmt: skip
+
+
 def _fail(url: str, message: str) -> NoReturn:
     sys.exit(f"error: --redis {redacted(url)}: {message}")
 
@@ -310,7 +352,9 @@ def main(argv: list[str]) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     client, own = connect_checked(args.redis, socket_timeout=LOAD_SOCKET_TIMEOUT, socket_connect_timeout=5.0)
+    prefix = own.get("prefix", DEFAULT_PREFIX)
     try:
+        _check_write_access(client, Keys(prefix), args.redis)
         with exit_on_redis_errors(args.redis):
             warning = eviction_warning(client)
         if warning:
@@ -329,7 +373,7 @@ def main(argv: list[str]) -> None:
             stats = load_into_redis(
                 client,
                 dataset,
-                prefix=own.get("prefix", DEFAULT_PREFIX),
+                prefix=prefix,
                 recent_likes=own.get("recent_likes", args.recent_likes),
                 listings=own.get("listings", args.listings),
                 batch=args.batch,

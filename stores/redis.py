@@ -923,9 +923,23 @@ def _acl_refusal(refused: list[list[str]]) -> str:
     )
 
 
-def _by_node(refusals: Mapping[str, str]) -> str:
-    """``RedisStore.access_refusals`` in one line."""
+def refusals_by_node(refusals: Mapping[str, str]) -> str:
+    """``acl_refusals`` in one line."""
     return "; ".join(f"Redis {name}: {refused}" for name, refused in refusals.items())
+
+
+def acl_refusals(client: Any, probes: Sequence[Sequence[str]], ask: Callable[[Any, list[str]], Any] | None = None) -> dict[str, str]:
+    """What the ACL user may not run of ``probes`` (calls whose ids are "*", as
+    ``access_probes``), by primary (HOST:PORT) asked, running none of them; empty when it
+    may run them all, or when Redis (before 7, without redis.acl_check_cmd) cannot tell.
+    ``ask(node, words)`` runs _LUA_ACL_CHECK on a node; by default an EVAL of its source."""
+    words = [word for probe in probes for word in (str(len(probe)), *probe)]
+    refusals = {}
+    for name, node in primary_clients(client):
+        refused = node.eval(_LUA_ACL_CHECK, 0, *words) if ask is None else ask(node, words)
+        if refused:
+            refusals[name] = _acl_refusal(refused)
+    return refusals
 
 
 def eviction_warning(client: Any) -> str | None:
@@ -2236,7 +2250,7 @@ class RedisStore:
                 refusals = self.access_refusals()
             if not refusals:  # a Redis before 7, or the ACL changed back meanwhile: Redis's own words
                 raise
-            raise StoreForbidden(f"{error}: {_by_node(refusals)}", "; ".join(dict.fromkeys(refusals.values()))) from error
+            raise StoreForbidden(f"{error}: {refusals_by_node(refusals)}", "; ".join(dict.fromkeys(refusals.values()))) from error
 
     def check_access(self) -> None:
         """Run, writing nothing, what every feed needs first: load each script (SCRIPT LOAD;
@@ -2248,20 +2262,14 @@ class RedisStore:
             self._sha(name)
         refusals = self.access_refusals()  # first: a script of no keys, it names a key refused
         if refusals:
-            raise StoreForbidden(f"{_by_node(refusals)}, which feeds and Ingest run")
+            raise StoreForbidden(f"{refusals_by_node(refusals)}, which feeds and Ingest run")
         self._eval_keys("changes", self.keys.change_log_keys(), ["0"])
 
     def access_refusals(self) -> dict[str, str]:
         """What the ACL user may not run of what feeds and Ingest run (``access_probes``), by
         primary (HOST:PORT) asked; empty when it may run it all, or when Redis (before 7,
         without redis.acl_check_cmd) cannot tell."""
-        words = [word for probe in access_probes(self.keys, self.is_cluster) for word in (str(len(probe)), *probe)]
-        refusals = {}
-        for name, node in primary_clients(self.client):
-            refused = self._eval_keys("acl", [], words, node)
-            if refused:
-                refusals[name] = _acl_refusal(refused)
-        return refusals
+        return acl_refusals(self.client, access_probes(self.keys, self.is_cluster), lambda node, words: self._eval_keys("acl", [], words, node))
 
     # -- health ------------------------------------------------------------------------
 

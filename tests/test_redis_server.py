@@ -4,6 +4,7 @@ SIGKILL during ingest, and the load -> ingest -> export -> train round trip via 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import grpc
@@ -20,16 +22,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.load import load_into_redis
+from serving.load import _commands, load_into_redis, load_probes
 from stores.redis import RedisStore
 from stores.redis_keys import Keys
 from stores.memory import MemoryStore
 from tests import store_views as views
-from tests.builders import social_dataset
+from tests.builders import NOW, edges, social_dataset
 from tests.conftest import REPO
 from tests.redis_servers import RedisServer, free_port
 from tests.test_auth_tls import make_server_pki
+from tests.test_redis_store import readme_acl_user
 from training.dataset import load_dataset, write_dataset
+from training.generate import generate
 from training.train import TrainParams, train_and_publish
 
 pytestmark = pytest.mark.redis
@@ -280,6 +284,7 @@ def test_an_ingest_redis_refuses_by_its_acl_is_failed_precondition_naming_the_pe
 
 
 def test_load_by_a_user_that_may_not_write_says_so_not_that_redis_is_unreachable(tmp_path, redis_url, redis_server):
+    """This user may not run EVAL either, so its permissions cannot be asked before the load: it is warned."""
     with redis_server.client() as admin:
         admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", "~*", "+@read", "+@connection", "+info", "+multi", "+exec")
     try:
@@ -292,8 +297,47 @@ def test_load_by_a_user_that_may_not_write_says_so_not_that_redis_is_unreachable
             admin.acl_deluser("reader")
     assert loaded.returncode == 1, loaded.stderr
     shown = url.replace(":pw@", ":***@")
-    assert loaded.stderr.startswith(f"error: --redis {shown}: Redis refuses this user a permission: "), loaded.stderr
-    assert "no permissions to run the 'hset' command" in loaded.stderr and "Traceback" not in loaded.stderr
+    warning, error = loaded.stderr.splitlines()
+    assert warning.startswith(f"warning: --redis {shown}: could not ask Redis whether this user may write all a load writes ("), warning
+    assert "'eval' command" in warning and warning.endswith("; grant +eval): a permission refused part-way leaves a partial load")
+    assert error.startswith(f"error: --redis {shown}: Redis refuses this user a permission: "), error
+    assert "no permissions to run the 'hset' command" in error
+
+
+def test_load_by_a_user_that_may_not_run_one_of_its_commands_writes_nothing_and_names_it(tmp_path, redis_url, redis_server):
+    """The README's user without SADD, which a load runs late (follows, friends): the batches
+    before it were written, then the load stopped with Redis's words, a partial load (a review)."""
+    write_dataset(social_dataset(), str(tmp_path / "data"))
+    with redis_server.client() as admin:
+        user = readme_acl_user(admin, "pw")
+        admin.execute_command("ACL", "SETUSER", user, "+multi", "+exec", "-sadd")
+        try:
+            url = redis_url.replace("redis://", f"redis://{user}:pw@")
+            argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", url, "--batch", "1"]
+            refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+            assert refused.returncode == 1, refused.stderr
+            assert admin.dbsize() == 0, "a partial load"
+            assert refused.stderr == (f"error: --redis {url.replace(':pw@', ':***@')}: Redis refuses this user a permission: "
+                                      f"Redis 127.0.0.1:{redis_server.port}: the ACL user may not run SADD on fr:{{u:*}}:follows, "
+                                      "fr:{u:*}:friends, fr:{u:*}:hidden_items, fr:{u:*}:hidden_sellers, which a load writes\n")  # fmt: skip
+            admin.execute_command("ACL", "SETUSER", user, "+sadd")  # the user README.md documents for a load
+            subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+            assert admin.smembers("fr:{u:alice}:follows") == {"s1"}
+        finally:
+            admin.acl_deluser(user)
+
+
+def test_every_command_a_load_runs_is_asked_about_before_it_writes():
+    """check_write_access asks about load_probes: a command, or a kind of key, a load writes
+    that no probe names would again be found refused part-way through a load."""
+    dataset = generate(users=60, sellers=10, items=200, seed=1)
+    dataset = dataclasses.replace(dataset, hidden_items=edges([("u00001", "i000001", NOW)]), hidden_sellers=edges([("u00001", "u00002", NOW)]))
+    keys = Keys()
+    run = {(method.upper(), args[0]) for _, method, args in _commands(dataset, keys, 3, 3, packed_items=True)}
+    probes = load_probes(keys, cluster=False)
+    unasked = {(command, key) for command, key in run if not any(p[0] == command and fnmatchcase(key, p[1]) for p in probes)}
+    assert not unasked
+    assert {"ZADD", "ZREMRANGEBYRANK", "HSET", "SADD", "INCR"} <= {command for command, _ in run}
 
 
 def test_rediss_serves_with_the_ca_given_and_a_certificate_that_does_not_verify_stops_the_start(tmp_path, models, servers):
