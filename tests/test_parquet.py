@@ -235,6 +235,18 @@ GOOD_LIKES = {"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i1", "i2"], "ts"
 GOOD_ITEMS = {"item_id": ["i1", "i2"], "seller_id": ["s1", "s1"], "created_at": [0.0, 0.0], "stock": [1, 1]}
 
 
+@pytest.mark.parametrize(("values", "message"), [
+    (pa.array([datetime(2026, 1, 1), datetime(9999, 12, 31)], pa.timestamp("us")),
+     f"253402214400 (9999-12-31T00:00:00Z) is after the accepted times, {ACCEPTED}; a vacation with no end is 'inf' (until further notice)"),
+    (pa.array([float("inf"), -3e9]), f"-3000000000 (1874-12-07T18:40:00Z) is before the accepted times, {ACCEPTED}"),
+])  # fmt: skip
+def test_a_vacation_end_out_of_range_names_file_row_and_column(tmp_path: Path, values, message: str) -> None:
+    write_parquet(tmp_path, "likes", GOOD_LIKES)
+    write_parquet(tmp_path, "sellers", {"seller_id": ["s1", "s2"], "vacation_until": values})
+    first = error_of(tmp_path).errors[0]
+    assert (first.file, first.line, first.column, first.message) == ("sellers.parquet", 2, "vacation_until", message)
+
+
 @pytest.mark.parametrize(
     ("table", "column", "values", "line", "message"),
     [

@@ -21,8 +21,8 @@ positive number, 1 when the column is absent or the value empty.
 The item card columns are optional and may be empty: ``price`` a non-negative number,
 ``currency`` an ISO 4217 code, ``ship_days`` the whole days until dispatch (0..365),
 ``feed_eligible`` 1 or 0 (empty: 1), whether the seller lets the feed show the item.
-``vacation_until`` is when the seller's vacation ends (a time, or ``inf`` for until
-further notice; empty: not on vacation); sellers not listed are not on vacation.
+``vacation_until`` is when the seller's vacation ends (a time in the same range, or ``inf``
+for until further notice; empty: not on vacation); sellers not listed are not on vacation.
 An engagement's ``kind`` is share, view, click, add_to_cart or purchase, or received_share
 (ENGAGEMENT_KINDS); ``friend_id`` only on a share, the friend it went to (empty: all the
 user's friends), and on a received_share, the friend who shared the item with the user.
@@ -863,6 +863,13 @@ def _shown_time(values: list[str] | np.ndarray, i: int, seconds: float) -> tuple
 
 def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
     out = _parsed_times(table, column, allow_empty)
+    _report_times_out_of_range(table, column, out)
+    return out
+
+
+def _report_times_out_of_range(table: _Table, column: str, out: np.ndarray, too_late_hint: str = "") -> None:
+    """Report each time of ``out`` (column ``column``'s, parsed; NaN: none) outside
+    ACCEPTED_TIMES; ``too_late_hint`` ends the message of one after them."""
     values = table.columns[column]
     with np.errstate(invalid="ignore"):
         outside = np.flatnonzero((out < MIN_UNIX_SECONDS) | (out > MAX_UNIX_SECONDS)).tolist()
@@ -872,8 +879,8 @@ def _times(table: _Table, column: str, allow_empty: bool) -> np.ndarray:
         # Milliseconds would put every like in the far future and every recency feature at zero.
         milliseconds = number and side == "after" and out[i] / 1000 <= MAX_UNIX_SECONDS
         table.report(i, column, f"{shown} is {side} the accepted times, {ACCEPTED_TIMES}"
-                                + (": milliseconds? (divide by 1,000)" if milliseconds else ""))
-    return out
+                                + (": milliseconds? (divide by 1,000)" if milliseconds else "")
+                                + (too_late_hint if side == "after" else ""))
 
 
 def _is_number(text: str) -> bool:
@@ -1331,19 +1338,30 @@ def _dropped_unknown_items(t: _Table, rows: list[int], what: str, item_file: str
     return f"{t.file}: dropped {len(rows)} {what} of items not in {item_file} (first on {t.where(rows[0])})"
 
 
+# A "forever" such as 9999-12-31 is past the accepted times: say how to write one.
+_NO_END_HINT = "; a vacation with no end is 'inf' (until further notice)"
+
+
 def _load_sellers(t: _Table) -> Sellers:
     seller_id = _ids(t, "seller_id")
     first: dict[str, int] = {}
     for i, v in enumerate(seller_id):
         if v and first.setdefault(v, i) != i:
             t.report(i, "seller_id", f"duplicate seller {v!r} (first on {t.where(first[v])})")
+    until = _vacation_ends(t)
+    _report_times_out_of_range(t, "vacation_until", np.where(np.isinf(until), np.nan, until), _NO_END_HINT)
+    return Sellers(seller_id, until)
+
+
+def _vacation_ends(t: _Table) -> np.ndarray:
+    """sellers.csv's vacation_until as float64: inf for until further notice, NaN when empty."""
     values = t.columns["vacation_until"]
     if isinstance(values, np.ndarray):  # Parquet numbers or timestamps; inf: until further notice
         until = values.astype(np.float64)
         for i in np.flatnonzero(np.isneginf(until)).tolist():
             t.report(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {_shown(values, i)}")
         until[np.isneginf(until)] = np.nan
-        return Sellers(seller_id, until)
+        return until
     until = np.full(t.n, np.nan)
     for i, v in enumerate(values):
         text = v.strip()
@@ -1354,7 +1372,7 @@ def _load_sellers(t: _Table) -> Sellers:
                 until[i] = _parse_time(text)
             except ValueError:
                 t.report(i, "vacation_until", f"{_TIME_EXPECTED}, 'inf' or empty, got {v!r}")
-    return Sellers(seller_id, until)
+    return until
 
 
 def _ship_days(table: _Table, column: str) -> np.ndarray | None:
