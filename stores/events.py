@@ -248,7 +248,8 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
         if event.kind is EventKind.ITEM_UPSERT and event.created_at is not None and math.isfinite(event.created_at):
             _check_not_future(index, "created_at", event.created_at, now + max_skew)
         if event.kind is EventKind.SELLER_VACATION and math.isfinite(event.vacation_until):
-            _check_not_future(index, "until", event.vacation_until, now + MAX_VACATION_SECONDS)
+            latest = now + MAX_VACATION_SECONDS
+            _check_not_future(index, "until", event.vacation_until, latest, _vacation_end_hint(event.vacation_until, event.ts, latest))
     required = REQUIRED_IDS[event.kind]
     for name in ID_FIELDS:
         value = getattr(event, name)
@@ -281,10 +282,25 @@ MAX_UNIX_SECONDS = 1e11
 """Later than this (the year 5138) a time is not Unix seconds: almost surely milliseconds."""
 
 
-def _check_not_future(index: int, field: str, value: float, latest: float) -> None:
+def _check_not_future(index: int, field: str, value: float, latest: float, hint: str | None = None) -> None:
+    """EventValidationError when ``value`` is after ``latest``, ending with ``hint`` (by
+    default the milliseconds hint of a value past MAX_UNIX_SECONDS)."""
     if value > latest:
-        hint = " (milliseconds? times are Unix seconds)" if value > MAX_UNIX_SECONDS else ""
+        if hint is None:
+            hint = _MILLISECONDS_HINT if value > MAX_UNIX_SECONDS else ""
         raise EventValidationError(index, field, f"is in the future: {value!r} is after the latest accepted time {latest:.0f}{hint}")
+
+
+_MILLISECONDS_HINT = " (milliseconds? times are Unix seconds)"
+
+
+def _vacation_end_hint(until: float, ts: float, latest: float) -> str:
+    """What a vacation's end too late most likely meant: milliseconds, when a thousandth of
+    it is an end accepted (after ``ts``, by ``latest``); else no end (a 'forever' such as
+    9999-12-31), which is 0."""
+    if ts < until / 1000 <= latest:
+        return _MILLISECONDS_HINT
+    return " (a vacation ends at most a year ahead; 0 means until further notice)"
 
 
 def _check_text(index: int, field: str, value: str | None, max_bytes: int) -> None:

@@ -117,6 +117,20 @@ def test_a_time_in_milliseconds_is_named_as_such():
     assert "milliseconds" not in error.value.description
 
 
+@pytest.mark.parametrize(("until", "hint"), [
+    (253_402_214_400.0, " (a vacation ends at most a year ahead; 0 means until further notice)"),  # 9999-12-31
+    (1e300, " (a vacation ends at most a year ahead; 0 means until further notice)"),
+    (NOW + 400 * 86_400, " (a vacation ends at most a year ahead; 0 means until further notice)"),
+    ((NOW + 86_400) * 1000, " (milliseconds? times are Unix seconds)"),
+])  # fmt: skip
+def test_a_vacation_end_too_late_says_what_was_likely_meant(until, hint):
+    """A 'forever' end such as 9999-12-31 was answered "milliseconds?": 0 is what the client meant."""
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([Event("e", EventKind.SELLER_VACATION, NOW, seller_id="s", vacation_until=until)], now=NOW)
+    assert error.value.field == "until"
+    assert error.value.description == f"is in the future: {until!r} is after the latest accepted time 1831622400{hint}"
+
+
 def test_times_within_the_skew_and_open_ended_vacations_pass():
     validate_batch([
         like(ts=NOW + 86_000),

@@ -180,6 +180,16 @@ def test_bad_commerce_events_are_invalid_argument_naming_the_field(stub, payload
     assert f"events[0].{field}" in error.value.details()
 
 
+def test_a_vacation_forever_is_told_to_send_0(stub):
+    """A 'forever' end, 9999-12-31, was answered "milliseconds? times are Unix seconds"."""
+    forever = feed_pb2.SellerVacation(seller_id="u00001", until=253_402_214_400.0)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Ingest(feed_pb2.IngestRequest(events=[event(seller_vacation=forever)]), timeout=10)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("events[0].until: is in the future: 253402214400.0 is after the latest accepted time ")
+    assert error.value.details().endswith(" (a vacation ends at most a year ahead; 0 means until further notice)")
+
+
 def _pages(stub, user: str, pages: int = 2, **filters) -> list[feed_pb2.FeedItem]:
     return [item for page in all_pages(stub, user, 20, pages, **filters) for item in page.items]
 
