@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -235,18 +236,24 @@ def test_a_redis_that_may_evict_feed_state_is_warned_about_by_the_server_and_by_
         redis_server.stop()
 
 
-def test_a_redis_user_that_may_read_but_not_write_stops_the_start_in_one_line_naming_what_it_may_not(redis_url, redis_server, models):
-    """An ACL user allowed reads and scripts but not writes started a server SERVING whose
-    first Ingest answered INTERNAL "internal error" (a review)."""
+@contextlib.contextmanager
+def acl_user(redis_server: RedisServer, redis_url: str, *rules: str) -> Iterator[str]:
+    """A Redis ACL user "reader" (password "pw") with only ``rules``, for the block: ``redis_url`` as that user."""
     with redis_server.client() as admin:
-        admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", "~*", "&*", "+@read", "+@scripting", "+@connection", "+info", "-@write")
+        admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", *rules)
     try:
-        url = redis_url.replace("redis://", "redis://reader:pw@")
-        argv = [sys.executable, "-m", "serving", "--store", url, "--models", str(models), "--port", "0", "--feed-processes", "0"]
-        refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        yield redis_url.replace("redis://", "redis://reader:pw@")
     finally:
         with redis_server.client() as admin:
             admin.acl_deluser("reader")
+
+
+def test_a_redis_user_that_may_read_but_not_write_stops_the_start_in_one_line_naming_what_it_may_not(redis_url, redis_server, models):
+    """An ACL user allowed reads and scripts but not writes started a server SERVING whose
+    first Ingest answered INTERNAL "internal error" (a review)."""
+    with acl_user(redis_server, redis_url, "~*", "&*", "+@read", "+@scripting", "+@connection", "+info", "-@write") as url:
+        argv = [sys.executable, "-m", "serving", "--store", url, "--models", str(models), "--port", "0", "--feed-processes", "0"]
+        refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 1, refused.stderr
     shown = url.replace(":pw@", ":***@")
     line = refused.stderr.splitlines()[-1]
@@ -285,16 +292,10 @@ def test_an_ingest_redis_refuses_by_its_acl_is_failed_precondition_naming_the_pe
 
 def test_load_by_a_user_that_may_not_write_says_so_not_that_redis_is_unreachable(tmp_path, redis_url, redis_server):
     """This user may not run EVAL either, so its permissions cannot be asked before the load: it is warned."""
-    with redis_server.client() as admin:
-        admin.execute_command("ACL", "SETUSER", "reader", "reset", "on", ">pw", "~*", "+@read", "+@connection", "+info", "+multi", "+exec")
-    try:
-        write_dataset(social_dataset(), str(tmp_path / "data"))
-        url = redis_url.replace("redis://", "redis://reader:pw@")
+    write_dataset(social_dataset(), str(tmp_path / "data"))
+    with acl_user(redis_server, redis_url, "~*", "+@read", "+@connection", "+info", "+multi", "+exec") as url:
         argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", url]
         loaded = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        with redis_server.client() as admin:
-            admin.acl_deluser("reader")
     assert loaded.returncode == 1, loaded.stderr
     shown = url.replace(":pw@", ":***@")
     warning, error = loaded.stderr.splitlines()
