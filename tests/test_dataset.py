@@ -198,6 +198,9 @@ def test_column_order_is_free(tmp_path: Path) -> None:
                      "a vacation with no end is 'inf' (until further notice)", id="vacation-milliseconds"),
         pytest.param({"sellers": "seller_id,vacation_until\ns1,inf\ns1,\n"},
                      "sellers.csv", 3, "seller_id", "duplicate seller 's1' (first on line 2)", id="duplicate-seller"),
+        pytest.param({"sellers": "seller_id,vacation_until\ns1,inf\ns2,0\n"}, "sellers.csv", 3, "vacation_until",
+                     "0 would end the vacation in 1970: write 'inf' for until further notice (what 0 means to Ingest), "
+                     "or leave it empty for a seller not away", id="vacation-zero"),
     ],
 )
 def test_bad_rows_are_located(

@@ -1350,6 +1350,10 @@ def _load_sellers(t: _Table) -> Sellers:
             t.report(i, "seller_id", f"duplicate seller {v!r} (first on {t.where(first[v])})")
     until = _vacation_ends(t)
     _report_times_out_of_range(t, "vacation_until", np.where(np.isinf(until), np.nan, until), _NO_END_HINT)
+    # Ingest's seller_vacation takes 0 for "no end": here it would be a vacation that ended in 1970.
+    for i in np.flatnonzero(until == 0).tolist():
+        t.report(i, "vacation_until", "0 would end the vacation in 1970: write 'inf' for until further notice (what 0 means to "
+                                      "Ingest), or leave it empty for a seller not away")  # fmt: skip
     return Sellers(seller_id, until)
 
 
