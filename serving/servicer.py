@@ -127,7 +127,8 @@ STORE_FORBIDDEN = "the store refuses this server a permission it needs (an opera
 
 class _OutageLog:
     """Logs why the store failed, as ``what`` at ``level`` (the client only reads
-    STORE_UNAVAILABLE or STORE_FULL: the detail names internal hosts), at most once per
+    STORE_UNAVAILABLE, STORE_FULL or STORE_FORBIDDEN with what was refused: the detail
+    names internal hosts), at most once per
     ``every_seconds`` with a count of the failures in between, so an outage does not flood
     the log."""
 
