@@ -37,7 +37,9 @@ class FeedQuery:
     ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
     ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items;
     ``category_likes`` and ``category_like_counts`` count them per category code the same way.
-    ``shopper`` is what the request narrowed the feed to.
+    ``shopper`` is what the request narrowed the feed to. ``pool_depth`` is the depth the
+    growing pools (neighbours, item-kNN, trending) are sized for: 0 for the items served
+    so far plus ``limit``, more when a shopper's filters left too few of them.
     """
 
     user: UserState
@@ -60,10 +62,16 @@ class FeedQuery:
     # The shopper's categories as category codes (-1: a category the store has never seen), set at hydration.
     include_categories: np.ndarray = field(default_factory=_codes)
     exclude_categories: np.ndarray = field(default_factory=_codes)
+    pool_depth: int = 0
 
     @property
     def served_count(self) -> int:
         return len(self.served_hashes)
+
+    @property
+    def depth(self) -> int:
+        """What the growing pools are sized for (``pool_depth``)."""
+        return max(self.pool_depth, self.served_count + self.limit)
 
 
 class CandidateSource(Protocol):

@@ -52,6 +52,12 @@ class PipelineConfig:
     fallback_sources: Sequence[CandidateSource] = ()
 
 
+# A request with shopper filters whose filtered pool cannot fill its page asks for pools this
+# many times deeper, up to this depth (the default page-depth cap).
+SHOPPER_POOL_GROWTH = 4
+MAX_SHOPPER_POOL_DEPTH = 1_000
+
+
 def fallback_below(depth: int) -> int:
     """Fewer candidates than this from the main sources call in the fallback sources: twice
     the items served so far and on this page, the margin every pool keeps for the filters."""
@@ -155,6 +161,14 @@ class FeedPipeline:
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
         query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
+        # The pools are sized for an unfiltered page, and a shopper's filters may remove
+        # most of them: a narrow filter would end the feed after the few matches of the
+        # first pools. Deeper pools, until the filtered pool fills the page and tells
+        # whether more follows, or the depth reaches the cap.
+        deepest = max(query.depth, MAX_SHOPPER_POOL_DEPTH)
+        while shopper.active and len(batch) <= limit and query.depth < deepest:
+            depth = min(query.depth * SHOPPER_POOL_GROWTH, deepest)
+            query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain, depth)
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
@@ -213,6 +227,7 @@ class FeedPipeline:
         served_hashes: np.ndarray | None,
         shopper: ShopperFilters = ShopperFilters(),
         explain: bool = False,
+        pool_depth: int = 0,
     ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
@@ -228,10 +243,11 @@ class FeedPipeline:
             follows, friends = select_fanout(user, liked_sellers, config.max_follows_read, config.max_friends_read, now)
             user = dataclasses.replace(user, follows=follows, friends=friends)
         # Trending and neighbour pools grow with depth so later pages still have candidates.
-        depth = len(served) + limit
+        depth = max(len(served) + limit, pool_depth)
         activity = store.read_activity(user.follows, user.friends, config.per_key_limit, max(config.trending_limit, 2 * depth))
         query = FeedQuery(
-            user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers), shopper=shopper
+            user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers), shopper=shopper,
+            pool_depth=pool_depth,
         )
         model_items = self.model_items
         if model_items is not None:

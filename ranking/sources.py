@@ -56,7 +56,7 @@ class FriendSharesSource:
 
 def _pool_size(k: int, query: FeedQuery) -> int:
     # A deep page needs a deeper pool: the items served on earlier pages are filtered out.
-    return max(k, 2 * (query.served_count + query.limit))
+    return max(k, 2 * query.depth)
 
 
 class EmbeddingNeighbourSource:

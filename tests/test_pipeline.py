@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
 
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
-from ranking.types import MAX_REASON_ACTORS, ReasonKind
+from ranking.types import MAX_REASON_ACTORS, ReasonKind, ShopperFilters
+from ranking.vocab import stable_hash
 from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, make_dataset, social_dataset
@@ -127,6 +129,27 @@ def test_a_deeper_page_calls_the_fallback_in_when_the_pool_runs_short():
     assert first.gathered_by_source["trending"] == 0
     deeper = pipeline.run("alice", 2, NOW, served_hashes=np.sort(np.arange(40, dtype=np.uint32)))
     assert deeper.gathered_by_source["trending"] > 0
+
+
+def test_a_narrow_shopper_filter_pages_through_every_match_of_the_deeper_pools():
+    # 80 trending items, each of its own seller, most liked first; the 20 least liked are
+    # the only ones in category "rare". A new user's first pools (trending: the top 20)
+    # hold none of them, and the feed ended at once, empty.
+    items = [(f"t{k:02d}", f"s{k:02d}", NOW - 10 * DAY, 5) for k in range(80)]
+    likes = [(f"u{n:02d}", f"t{k:02d}", NOW - DAY) for k in range(80) for n in range(80 - k)]
+    dataset = make_dataset(items, likes=likes)
+    dataset = dataclasses.replace(
+        dataset, items=dataclasses.replace(dataset.items, category=["rare" if k >= 60 else "common" for k in range(80)])
+    )
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0), None)
+    rare = ShopperFilters(include_categories=("rare",))
+    served: list[str] = []
+    while True:
+        page = pipeline.run("stranger", 5, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)), shopper=rare)
+        served += ids(page)
+        if not (page.has_more and page.items):
+            break
+    assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
 
 
 def test_same_state_gives_the_same_feed():
