@@ -40,6 +40,7 @@ CONFIG_ENV = "FEEDRANK_CONFIG"
 CLIENT_TOKEN_ENV = "FEEDRANK_CLIENT_TOKEN"  # `python -m serving feed`'s (serving/client.py), often set beside the server's
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 64
+DEFAULT_MAX_OPEN_STREAMS = 1000
 MEMORY_FEED_THREADS = 0
 """Feed threads per process with the memory store when --threads is 0: none, each feed is
 built on the server's event loop. On 2 cores that served 1.25x the GetFeeds of the sync
@@ -86,6 +87,7 @@ class ServerConfig:
     # Limits.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest request message
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS  # FeedService RPCs in flight per process; 0: no limit
+    max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS  # health Watch and reflection streams open per process; 0: no limit
     # Durability of the memory store (the write-ahead log: serving/store_url.py).
     durability: Durability = Durability()
     # Page tokens (serving/page_token.py): secrets still accepted during a rotation, lifetime, depth.
@@ -293,6 +295,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
     Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request message; a larger one gets RESOURCE_EXHAUSTED (responses are bounded by the API itself)", "limits", minimum=1024),
     Flag("max_concurrent_rpcs", int, DEFAULT_MAX_CONCURRENT_RPCS, "FeedService RPCs in flight (accepted and not yet answered) per process; more are refused at once with RESOURCE_EXHAUSTED; 0: no limit. With feeds built on the event loop (--threads 0 and the memory store) the server accepts calls only as fast as it answers them, so the excess waits in gRPC's queue instead (and a call whose deadline passed is refused without work)", "limits", minimum=0),
+    Flag("max_open_streams", int, DEFAULT_MAX_OPEN_STREAMS, "health Watch and reflection streams open at once per process (they need no token and stay open until the client closes them, about 18 KB each); more are refused at once with RESOURCE_EXHAUSTED, logged once a minute; 0: no limit", "limits", minimum=0),
     Flag("token_ttl_seconds", float, DEFAULT_TOKEN_TTL_SECONDS, "a page token expires this long after it was issued; 0: never", "limits", minimum=0),
     Flag("max_feed_depth", int, DEFAULT_MAX_SERVED, f"items a user can page through in one feed; a token past it gets OUT_OF_RANGE (at most {MAX_SERVED})", "limits", minimum=1, maximum=MAX_SERVED),
     Flag("max_clock_skew_seconds", float, DEFAULT_MAX_CLOCK_SKEW, "an ingested time (ts, created_at) this far past the server's clock is refused", "limits", minimum=0),
@@ -588,6 +591,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         log_level=v["log_level"],
         max_message_bytes=v["max_message_bytes"],
         max_concurrent_rpcs=v["max_concurrent_rpcs"],
+        max_open_streams=v["max_open_streams"],
         durability=Durability(v["state_dir"], v["fsync"], v["snapshot_seconds"]),
         previous_token_secrets=previous,
         token_ttl_seconds=v["token_ttl_seconds"],

@@ -92,6 +92,11 @@ class FeedMetrics:
         self.feed_processes.set_function(alive)
         self.feed_queue.set_function(waiting)
 
+    def track_open_streams(self, open_streams: Callable[[], int]) -> None:
+        """Report ``open_streams()`` at each scrape: the health Watch and reflection streams open now."""
+        Gauge("feedrank_open_streams", "Health Watch and reflection streams open now (--max-open-streams bounds them)",
+              registry=self.registry).set_function(open_streams)
+
     def track_certificate_expiry(self, seconds_left: Callable[[], float]) -> None:
         """Report ``seconds_left()`` at each scrape: how long the served TLS certificate has
         before it expires (a server without TLS has no such series, rather than a 0 that

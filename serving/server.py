@@ -39,7 +39,7 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import FeedServicer, add_feed_service, served_by
+from serving.servicer import FeedServicer, RateLimitedLog, add_feed_service, served_by
 from serving.web import HttpServer, create_app
 from serving.wire import add_lenient, register
 from serving.web.common import WebContext
@@ -268,6 +268,43 @@ class ConcurrencyLimit(InFlightCalls):
         return (grpc.StatusCode.RESOURCE_EXHAUSTED, self.message) if self.in_flight >= self.limit else None
 
 
+_log_refused_stream = RateLimitedLog("a new stream refused", every_seconds=60.0)
+
+
+class OpenStreamLimit(grpc.aio.ServerInterceptor):
+    """Refuses a new stream at once with RESOURCE_EXHAUSTED while ``limit`` are open.
+
+    The server's streams are health Watch and reflection, which need no token and stay
+    open until the client closes them: each holds about 18 KB, and one client opened
+    50,000 on one connection (+900 MB) with nothing logged (benchmarks/README.md). gRPC
+    has no per-connection stream cap we can use (README, "Limits"), so this counts them
+    per process. A stream is counted in its own task from when it is accepted until that
+    task ends, however it ends. ``on_refused(method)`` is told of each refusal.
+    """
+
+    def __init__(self, limit: int, on_refused: Callable[[str], None] | None = None) -> None:
+        self.limit = limit
+        self.on_refused = on_refused
+        self.open = 0
+        self.message = (f"too many open streams: {limit} health Watch and reflection streams at once on this server "
+                        f"(--max-open-streams); close one, or poll grpc.health.v1.Health/Check instead")
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not (handler.request_streaming or handler.response_streaming):
+            return handler
+        if self.open >= self.limit:
+            if self.on_refused is not None:
+                self.on_refused(handler_call_details.method)
+            return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message)
+        self.open += 1
+        asyncio.current_task().add_done_callback(self._closed)
+        return handler
+
+    def _closed(self, _: asyncio.Task) -> None:
+        self.open -= 1
+
+
 class Drain(InFlightCalls):
     """Once ``begin`` was called, refuses new FeedService calls at once with UNAVAILABLE, so
     that a client retries elsewhere, and waits for those in flight.
@@ -378,6 +415,9 @@ class FeedServer:
         if self.tls is not None:
             tls = self.tls
             self.metrics.track_certificate_expiry(lambda: tls.current.seconds_left())
+        if self.stream_limit is not None:
+            stream_limit = self.stream_limit
+            self.metrics.track_open_streams(lambda: stream_limit.open)
         self._stop_metrics: Callable[[], None] | None = None
         self.http: HttpServer | None = None
         self._http_started = False
@@ -411,6 +451,9 @@ class FeedServer:
         self.concurrency_limit = ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
         if self.concurrency_limit is not None:
             interceptors.append(self.concurrency_limit)
+        self.stream_limit = OpenStreamLimit(config.max_open_streams, self._refused_stream) if config.max_open_streams else None
+        if self.stream_limit is not None:
+            interceptors.append(self.stream_limit)
         self.grpc_server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -466,6 +509,10 @@ class FeedServer:
 
     def _served_by(self, request: Any) -> tuple[str, str]:
         return served_by(self.servicer.service, request)
+
+    def _refused_stream(self, method: str) -> None:
+        _log_refused_stream(method, self.stream_limit.message)
+        self._count_refused(method.rsplit("/", 1)[-1], grpc.StatusCode.RESOURCE_EXHAUSTED.name, 0.0)
 
     def _count_refused(self, method: str, code: str, seconds: float) -> None:
         """Metrics of a call an interceptor refused (the servicer counts the rest)."""

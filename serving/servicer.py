@@ -125,12 +125,12 @@ STORE_FULL = "store out of memory: the batch was not acknowledged; retrying it l
 STORE_FORBIDDEN = "the store refuses this server a permission it needs (an operator must grant it; until then a retry fails alike)"
 
 
-class _OutageLog:
-    """Logs why the store failed, as ``what`` at ``level`` (the client only reads
-    STORE_UNAVAILABLE, STORE_FULL or STORE_FORBIDDEN with what was refused: the detail
-    names internal hosts), at most once per
-    ``every_seconds`` with a count of the failures in between, so an outage does not flood
-    the log."""
+class RateLimitedLog:
+    """Logs ``what`` went wrong in a call, with the error, at ``level``, at most once per
+    ``every_seconds`` with a count of the calls in between, so an outage (or a client
+    that keeps asking for what is refused) does not flood the log. For the store's
+    failures the client only reads STORE_UNAVAILABLE, STORE_FULL or STORE_FORBIDDEN with
+    what was refused: the detail logged here names internal hosts."""
 
     def __init__(self, what: str = STORE_UNAVAILABLE, level: int = logging.WARNING, every_seconds: float = 10.0) -> None:
         self.what = what
@@ -147,14 +147,14 @@ class _OutageLog:
                 self._suppressed += 1
                 return
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        _LOG.log(self.level, "%s: %s: %s (%d more failures since the last report)", method, self.what, error, suppressed)
+        _LOG.log(self.level, "%s: %s: %s (%d more since the last report)", method, self.what, error, suppressed)
 
 
-_log_outage = _OutageLog()
+_log_outage = RateLimitedLog()
 # Redis at maxmemory refusing writes: no outage that passes by itself, an operator must act.
-_log_full = _OutageLog("store out of memory: writes are refused until Redis has room (raise maxmemory, trim the event stream)", logging.ERROR)
+_log_full = RateLimitedLog("store out of memory: writes are refused until Redis has room (raise maxmemory, trim the event stream)", logging.ERROR)
 # Redis's ACL user not allowed a command or key: nothing passes by itself either.
-_log_forbidden = _OutageLog("store refuses this server a permission: calls that need it fail until the Redis ACL user is granted it", logging.ERROR)
+_log_forbidden = RateLimitedLog("store refuses this server a permission: calls that need it fail until the Redis ACL user is granted it", logging.ERROR)
 
 
 @dataclass(frozen=True)

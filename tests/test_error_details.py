@@ -224,7 +224,7 @@ def test_a_store_outage_is_unavailable_with_retry_info_and_no_internal_address(t
     from serving.load import load_into_redis
     from stores.redis import RedisStore
 
-    monkeypatch.setattr(servicer, "_log_outage", servicer._OutageLog())  # not rate-limited by earlier tests
+    monkeypatch.setattr(servicer, "_log_outage", servicer.RateLimitedLog())  # not rate-limited by earlier tests
 
     redis_server = RedisServer(tmp_path / "redis").start()
     try:

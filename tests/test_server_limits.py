@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import server as server_module
@@ -456,3 +457,40 @@ def test_store_urls_in_log_lines_hide_their_password():
     assert redacted("redis://:s3cret@host/0") == "redis://:***@host/0"
     assert redacted("redis://10.0.0.9:6379/0") == "redis://10.0.0.9:6379/0"
     assert redacted("memory") == "memory"
+
+
+def test_open_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_place(world, caplog):
+    # Before the limit one client opened 50,000 health Watches on one connection, +900 MB,
+    # with nothing logged; reflection streams are open to every client alike.
+    with serving(world, max_open_streams=3) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
+        assert [next(watch).status for watch in watches] == [health_pb2.HealthCheckResponse.SERVING] * 3
+        assert server.stream_limit.open == 3
+
+        with pytest.raises(grpc.RpcError) as refused:
+            next(health.Watch(health_pb2.HealthCheckRequest()))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-open-streams" in refused.value.details()
+        reflection_stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(reflection_stub.ServerReflectionInfo(iter([asked])))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Unary calls are not streams: a Check is answered whatever is open.
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+        watches.pop().cancel()
+        deadline = time.monotonic() + 5
+        while server.stream_limit.open > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stream_limit.open == 2
+        assert next(health.Watch(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        metrics = server.metrics.registry
+        assert metrics.get_sample_value("feedrank_open_streams") == 3
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "Watch", "code": "RESOURCE_EXHAUSTED"}) == 1
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "ServerReflectionInfo", "code": "RESOURCE_EXHAUSTED"}) == 1
+        for watch in watches:
+            watch.cancel()
+    refusals = [record.getMessage() for record in caplog.records if "a new stream refused" in record.getMessage()]
+    assert len(refusals) == 1 and "Health/Watch" in refusals[0] and "1 more since the last report" not in refusals[0]
