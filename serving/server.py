@@ -396,8 +396,10 @@ class FeedServer:
         self.ingest_pool = self.feed_pool or futures.ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="ingest")
         self.events = EventLoopThread()
         self.feed_processes = FeedProcesses(config, config.feed_processes, self.events.loop) if config.feed_processes else None
+        # The service's, from before it loads: a loading server is scraped, and counts its refusals.
+        self.metrics = FeedMetrics()
         self.servicer = FeedServicer(
-            feed_pool=self.feed_pool, ingest_pool=self.ingest_pool,
+            metrics=self.metrics, feed_pool=self.feed_pool, ingest_pool=self.ingest_pool,
             build_feed=self.feed_processes.get_feed_response if self.feed_processes is not None else None,
         )
         auth = tokens_file.interceptor if tokens_file else AuthInterceptor(config.tokens) if config.tokens else None
@@ -411,7 +413,6 @@ class FeedServer:
             raise BindError(f"cannot serve on {address}: gRPC could not bind it (in use, or not an address of this machine)")
         self._threads: list[ModelWatcher | HealthMonitor | CredentialsWatcher] = []
         self.service: FeedService | None = None
-        self.metrics = FeedMetrics()  # the service's, served from now on so that a loading server can be scraped
         if self.tls is not None:
             tls = self.tls
             self.metrics.track_certificate_expiry(lambda: tls.current.seconds_left())
@@ -516,9 +517,7 @@ class FeedServer:
 
     def _count_refused(self, method: str, code: str, seconds: float) -> None:
         """Metrics of a call an interceptor refused (the servicer counts the rest)."""
-        service = self.servicer.service
-        if service is not None:
-            service.metrics.observe_request(method, code, seconds)
+        self.metrics.observe_request(method, code, seconds)
 
     def _warn_about_openness(self) -> None:
         config = self.config

@@ -25,6 +25,7 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
 from serving.logs import cancelled_code, expired
+from serving.metrics import FeedMetrics
 from serving.wire import MalformedRequest, lenient
 from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
@@ -300,7 +301,8 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
-    """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set.
+    """The FeedService of a grpc.aio server; answers UNAVAILABLE until ``service`` is set,
+    counting those calls in ``metrics`` (the service's, once it is loaded).
 
     A GetFeed runs on ``feed_pool``, an Ingest on ``ingest_pool``; None runs it on the event
     loop itself. A feed from the memory store is ~1.5 ms of CPU, and on the loop it saves a
@@ -310,11 +312,12 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     clock or None: ``FeedProcesses.get_feed_response``) GetFeeds are built there instead.
     """
 
-    def __init__(self, service: FeedService | None = None, feed_pool: Executor | None = None,
+    def __init__(self, service: FeedService | None = None, metrics: FeedMetrics | None = None, feed_pool: Executor | None = None,
                  ingest_pool: Executor | None = None,
                  build_feed: Callable[[FeedService, feed_pb2.GetFeedRequest, float, float | None],
                                       Awaitable[feed_pb2.GetFeedResponse]] | None = None) -> None:
         self.service = service
+        self.metrics = metrics
         self.feed_pool = None if build_feed else feed_pool
         self.ingest_pool = ingest_pool
         self.build_feed = build_feed
@@ -334,6 +337,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         service's metrics (``observe_call``); a failure becomes its refusal (``refusal_of``)."""
         service = self.service
         if service is None:
+            if self.metrics is not None:
+                self.metrics.observe_request(method, LOADING.code.name, 0.0)
             return refuse(context, LOADING)
         if isinstance(request, MalformedRequest):
             observe_call(service, method, grpc.StatusCode.INVALID_ARGUMENT, 0.0, None, None)

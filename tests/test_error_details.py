@@ -45,7 +45,7 @@ def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_
 
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
-        add_feed_service(FeedServicer(service, pool, pool), server)
+        add_feed_service(FeedServicer(service, feed_pool=pool, ingest_pool=pool), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port

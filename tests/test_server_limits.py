@@ -494,3 +494,39 @@ def test_open_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_plac
             watch.cancel()
     refusals = [record.getMessage() for record in caplog.records if "a new stream refused" in record.getMessage()]
     assert len(refusals) == 1 and "Health/Watch" in refusals[0] and "1 more since the last report" not in refusals[0]
+
+
+def test_calls_refused_while_the_server_loads_are_counted_in_its_metrics(world, monkeypatch):
+    # The metrics are served while a server loads (minutes at 1M users), but the calls it
+    # refused meanwhile were counted nowhere: the servicer's UNAVAILABLE and the
+    # interceptors' refusals both needed the loaded service's metrics.
+    loading, release = threading.Event(), threading.Event()
+    real_open_service = server_module.open_service
+
+    def slow_open_service(*args, **kwargs):
+        loading.set()
+        release.wait(30)
+        return real_open_service(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "open_service", slow_open_service)
+    server = FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0,
+                                     token_secret=TOKEN_SECRET, reload_seconds=0, feed_processes=0))
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    try:
+        assert loading.wait(30)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                feed_pb2_grpc.FeedServiceStub(channel).GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/feedrank.feed.v1.FeedService/NoSuchMethod")(b"", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        metrics = server.metrics.registry
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "GetFeed", "code": "UNAVAILABLE"}) == 1
+        assert metrics.get_sample_value("feedrank_requests_total", {"method": "unknown", "code": "UNIMPLEMENTED"}) == 1
+    finally:
+        release.set()
+        starter.join(60)
+        server.stop(grace=0)
+    assert server.service.metrics is server.metrics
