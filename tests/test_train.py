@@ -140,6 +140,9 @@ def test_an_unknown_source_flag_is_named_before_any_work(flag, tmp_path, capsys)
         ("train", "--eval-split", "time:1.5", "fraction must be in (0, 1), got 1.5"),
         ("evaluate", "--split", "banana", "expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got 'banana'"),
         ("tune", "--test-split", "user:0", "fraction must be in (0, 1), got 0.0"),
+        ("train", "--eval-split", "random:0.2:-5", "the seed must be 0 or more, got -5 in 'random:0.2:-5'"),
+        ("evaluate", "--split", "user:0.2:-1", "the seed must be 0 or more, got -1 in 'user:0.2:-1'"),
+        ("tune", "--test-split", "user:0.2:-1", "the seed must be 0 or more, got -1 in 'user:0.2:-1'"),
     ],
 )
 def test_a_hyperparameter_out_of_range_is_named_before_any_work(command, flag, value, says, tmp_path, capsys):

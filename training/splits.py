@@ -202,6 +202,8 @@ class SplitSpec:
         if spec is None:
             raise ValueError(f"expected time:FRACTION, user:FRACTION[:SEED] or random:FRACTION[:SEED], got {text!r}")
         _check_fraction(spec.fraction)
+        if spec.seed < 0:  # numpy's generators refuse it, after the data is loaded (and in train, the model trained)
+            raise ValueError(f"the seed must be 0 or more, got {spec.seed} in {text!r}")
         return spec
 
     def __str__(self) -> str:
