@@ -198,6 +198,23 @@ def test_a_byte_that_is_not_utf8_names_file_line_and_character(tmp_path):
     assert read_lastfm(str(src)).items.item_id[0] == "a10"  # UTF-8, as the real artists.dat is, still reads
 
 
+@pytest.mark.parametrize("file, text, message", [
+    ("user_artists.dat", "userID\tartistID\tweight\n2\t10\t5\n\n2\t11\tx\n",
+     "user_artists.dat:4: column 'weight': expected an integer, got 'x'"),
+    ("user_artists.dat", "userID\tartistID\tweight\n\n2\t10\t5\n2\t11\t0\n",
+     "user_artists.dat:4: column 'weight': expected a positive listening count"),
+    ("user_friends.dat", "userID\tfriendID\n2\t3\n\n\n3\tu2\n", "user_friends.dat:5: column 'friendID': expected an integer"),
+])
+def test_a_bad_value_after_a_blank_line_names_its_own_line(tmp_path, file, text, message):
+    """Blank lines are skipped, and were not counted: the error named a line above the bad value."""
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / file).write_text(text)
+    with pytest.raises(DatasetError, match="^" + re.escape(message)):
+        read_lastfm(str(src))
+
+
 def test_a_missing_friend_file_is_an_error(tmp_path):
     from training.dataset import DatasetError
 

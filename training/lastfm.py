@@ -49,8 +49,14 @@ USER_TAGGED_ARTISTS = "user_taggedartists.dat"
 ARTISTS = "artists.dat"
 
 
+class _Rows(list):
+    """The rows of a file, and ``lines``: the line of the file each is on (blank lines are skipped)."""
+
+    lines: list[int]
+
+
 def _rows(path: str, columns: int, encoding: str = "utf-8", delimiter: str = "\t",
-          header: list[str] | None = None) -> list[list[str]]:
+          header: list[str] | None = None) -> _Rows:
     """Rows after the header (checked against ``header`` when given); quoting disabled
     (artist names contain quotes)."""
     name = os.path.basename(path)
@@ -60,13 +66,15 @@ def _rows(path: str, columns: int, encoding: str = "utf-8", delimiter: str = "\t
     first = next(reader, None)
     if header is not None and [h.strip() for h in first or []] != header:
         raise DatasetError(name, 1, header[0], f"expected the header {','.join(header)}")
-    rows = []
+    rows = _Rows()
+    rows.lines = []
     for row in reader:
         if not row:
             continue
         if len(row) != columns:
             raise DatasetError(name, reader.line_num, "<row>", f"expected {columns} fields, got {len(row)}")
         rows.append(row)
+        rows.lines.append(reader.line_num)
     return rows
 
 
@@ -84,9 +92,9 @@ def _text(path: str, encoding: str) -> str:
                            f"not valid {encoding}: byte 0x{data[error.start]:02x} at character {character}") from None
 
 
-def _int_column(rows: list[list[str]], index: int, file: str, column: str) -> list[int]:
+def _int_column(rows: _Rows, index: int, file: str, column: str) -> list[int]:
     out = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(rows.lines, rows):
         try:
             out.append(int(row[index]))
         except ValueError:
@@ -117,7 +125,7 @@ def _listen_likes(src: str) -> Edges:
     artists = _int_column(listens, 1, USER_ARTISTS, "artistID")
     counts = _int_column(listens, 2, USER_ARTISTS, "weight")
     if min(counts, default=1) <= 0:
-        line = next(i for i, c in enumerate(counts, start=2) if c <= 0)
+        line = next(line for line, c in zip(listens.lines, counts) if c <= 0)
         raise DatasetError(USER_ARTISTS, line, "weight", "expected a positive listening count")
     return Edges(
         src=[f"u{u}" for u in users],
@@ -135,7 +143,7 @@ def _tag_likes(src: str) -> Edges:
         _int_column(tags, i, USER_TAGGED_ARTISTS, name) for i, name in enumerate(columns)
     )
     first: dict[tuple[int, int], float] = {}
-    for line, (user, artist, day, month, year) in enumerate(zip(users, artists, days, months, years), start=2):
+    for line, user, artist, day, month, year in zip(tags.lines, users, artists, days, months, years):
         try:
             when = datetime(year, month, day, tzinfo=timezone.utc).timestamp()
         except ValueError as error:
@@ -182,7 +190,7 @@ def split_as_published(dataset: Dataset, directory: str) -> tuple[Dataset, Edges
     part = np.full(len(row_of), -1, dtype=np.int8)
     for part_code, file in enumerate((PUBLISHED_TRAIN, PUBLISHED_TEST)):
         rows = _rows(os.path.join(directory, file), 2, delimiter=",", header=["user", "item"])
-        for line, (user, item) in enumerate(zip(_int_column(rows, 0, file, "user"), _int_column(rows, 1, file, "item")), start=2):
+        for line, user, item in zip(rows.lines, _int_column(rows, 0, file, "user"), _int_column(rows, 1, file, "item")):
             if user not in users or item not in items:
                 column, value, names = ("user", user, PUBLISHED_USER_INDEX) if user not in users else ("item", item, PUBLISHED_ITEM_INDEX)
                 raise DatasetError(file, line, column, f"index {value} is not in {names}")
