@@ -211,6 +211,21 @@ def test_an_unknown_required_source_is_named_before_any_work(tmp_path, capsys):
             in capsys.readouterr().err)
 
 
+def test_a_seed_past_the_samplers_range_is_named_before_any_work_and_its_largest_runs(dataset, tmp_path, capsys):
+    """--seed 4294967296 loaded the data, then optuna's sampler refused it as
+    'error: Seed must be between 0 and 2**32 - 1', naming no flag."""
+    from training.__main__ import main
+
+    write_dataset(dataset, str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--seed", str(2**32)])
+    assert stopped.value.code == 2
+    assert "error: argument --seed: must be <= 4294967295, got 4294967296" in capsys.readouterr().err
+    main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--trials", "1",
+          "--eval-users", "50", "--no-progress", "--seed", str(2**32 - 1)])
+    assert json.loads((tmp_path / "p.json").read_text())["train"]["seed"] == 2**32 - 1
+
+
 def test_tune_stops_on_ctrl_c_with_one_line_and_no_optuna_report(dataset, tmp_path, monkeypatch, capfd):
     """Ctrl-C in the second trial: optuna would log it as a failed trial with a traceback."""
     from training.__main__ import main

@@ -15,6 +15,9 @@ def bounded(
     ``maximum``, more than ``above``, less than ``below``; argparse puts the flag's name
     before the message."""
 
+    def shown(bound: float) -> str:  # an int's bound in full: 4294967295, not 4.29497e+09
+        return str(int(bound)) if kind is int else f"{bound:g}"
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -23,13 +26,13 @@ def bounded(
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be >= {shown(minimum)}, got {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be <= {shown(maximum)}, got {text}")
         if above is not None and not value > above:
-            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be > {shown(above)}, got {text}")
         if below is not None and not value < below:
-            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be < {shown(below)}, got {text}")
         return value
 
     return parse

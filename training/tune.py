@@ -322,7 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=bounded(int, 1), default=30, help="trials, the defaults first (default: %(default)s)")
     parser.add_argument("--timeout", type=bounded(float, above=0), default=900.0,
                         help="stop starting trials after this many seconds (default: %(default)s)")
-    parser.add_argument("--seed", type=bounded(int, 0), default=0, help="seed of the sampler and the splits (default: %(default)s)")
+    # optuna's TPE sampler seeds a numpy RandomState, which takes no seed past 2**32 - 1.
+    parser.add_argument("--seed", type=bounded(int, 0, maximum=2**32 - 1), default=0,
+                        help="seed of the sampler and the splits, 0 to 4294967295 (default: %(default)s)")
     parser.add_argument("--eval-users", type=bounded(int, 0), default=2000,
                         help="validation users per trial, a seeded sample; 0 = all (default: %(default)s)")
     parser.add_argument(
