@@ -246,6 +246,7 @@ def train_als(
         return _bagged(fit, bags, factors, seed, initial)
     # Imported here so that importing embeddings/ for serving does not load implicit.
     from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.recommender_base import ModelFitError
 
     # implicit parallelises over users itself; a multithreaded BLAS underneath it only
     # oversubscribes the cores (implicit checks, and warns, in the constructor).
@@ -266,7 +267,15 @@ def train_als(
             # implicit keeps factors that are already set (implicit/cpu/als.py fit).
             model.user_factors = np.array(users, dtype=np.float32)
             model.item_factors = np.array(columns, dtype=np.float32)
-        model.fit(interactions.matrix, show_progress=show_progress)
+        try:
+            model.fit(interactions.matrix, show_progress=show_progress)
+        except ModelFitError as error:  # float32 overflow in the normal equations: implicit says only "NaN"
+            largest = float(interactions.matrix.data.max(initial=0.0))
+            raise ValueError(
+                f"ALS failed ({error}): confidences up to {alpha * largest:.3g} (alpha {alpha:g} x the largest cell "
+                f"weight, {largest:.3g}) and regularization {regularization:g} overflow its float32 solve; lower "
+                "--alpha or --regularization, or use --weight-transform log for large like weights"
+            ) from None
     user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
     item_factors = model.item_factors if all_columns else model.item_factors[: interactions.n_items]
     return user_factors, np.ascontiguousarray(item_factors, dtype=np.float32)

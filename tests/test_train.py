@@ -157,6 +157,30 @@ def test_a_hyperparameter_out_of_range_is_named_before_any_work(command, flag, v
     assert f"argument {flag}: {says}" in capsys.readouterr().err
 
 
+def test_als_that_overflows_to_nan_is_one_error_line_naming_the_flags(tmp_path, capsys):
+    """A like weight of 1e20 under --weight-transform raw (or an --alpha of 1e15) made implicit's ALS
+    diverge to NaN factors, and the command ended in implicit's ModelFitError traceback."""
+    from training.__main__ import main
+    from training.dataset import Edges, write_dataset
+
+    data = two_communities()
+    weights = np.ones(len(data.likes))
+    weights[0] = 1e20
+    likes = Edges(data.likes.src, data.likes.dst, data.likes.ts, weights)
+    write_dataset(dataclasses.replace(data, likes=likes), str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"), "--weight-transform", "raw",
+              "--factors", "8", "--eval-split", "none", "--no-progress"])
+    assert str(stopped.value.code).startswith(
+        "error: ALS failed (NaN encountered in factors): confidences up to 2e+21 (alpha 20 x the largest cell weight, "
+        "1e+20) and regularization 0.05 overflow its float32 solve; lower --alpha or --regularization, or use "
+        "--weight-transform log")
+    assert not (tmp_path / "models" / "CURRENT").exists()
+    main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"),  # log2(1 + 1e20) trains
+          "--factors", "8", "--eval-split", "none", "--no-progress"])
+    assert load_current(str(tmp_path / "models")).manifest["params"]["weight_transform"] == "log"
+
+
 def test_a_dataset_without_likes_is_refused_and_the_current_model_kept(tmp_path, capsys):
     """An export that came out empty once published an empty model as CURRENT, exit 0."""
     from training.__main__ import main
