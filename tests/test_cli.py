@@ -139,6 +139,40 @@ def test_an_unusable_output_path_is_refused_before_any_work(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
 
 
+@pytest.fixture
+def unwritable_file(tmp_path):
+    """A file its writer may not overwrite: read-only, or (for root, whom modes do not stop) immutable."""
+    path = tmp_path / "kept.json"
+    path.write_text("{}")
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        yield path
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and chattr +i (the only way to refuse root a write) is not available")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_an_output_file_that_cannot_be_overwritten_is_refused_before_any_work(tmp_path, unwritable_file):
+    """tune --out and evaluate --json on a read-only file did the whole search or evaluation first,
+    then ended in a PermissionError traceback."""
+    with pytest.raises(PermissionError):
+        open(unwritable_file, "w")
+    data = str(tmp_path / "no-data")  # would fail later: the path is checked first
+    for argv, flag in [
+        (("tune", "--data", data, "--out", str(unwritable_file)), "--out"),
+        (("evaluate", "--data", data, "--json", str(unwritable_file)), "--json"),
+        (("evaluate", "--data", data, "--plot", str(unwritable_file.with_suffix(".png"))), None),
+    ]:
+        if flag is None:  # a plot that does not exist yet is fine: the directory is writable
+            assert "--plot" not in refused(*argv, status=1), argv
+            continue
+        assert f"error: argument {flag}: cannot write {unwritable_file}: the file exists and is not writable" in refused(*argv), argv
+
+
 def test_a_feed_without_sources_or_with_a_stray_fallback_is_refused(tmp_path):
     argv = ("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
     for empty in ("", "none"):

@@ -51,12 +51,15 @@ def output_directory(text: str) -> str:
 
 def output_file(text: str) -> str:
     """An argparse type: a file to write, checked before any work: not a directory, in a
-    writable directory that exists."""
+    writable directory that exists, and writable itself when it exists (it is overwritten
+    in place, once the work is done)."""
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is a directory")
     parent = os.path.dirname(text) or "."
     if not os.path.isdir(parent):
         raise argparse.ArgumentTypeError(f"no directory {parent} to write {text} into")
+    if os.path.exists(text) and not os.access(text, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: the file exists and is not writable")
     return _writable(parent, text)
 
 
