@@ -140,20 +140,32 @@ def test_an_unusable_output_path_is_refused_before_any_work(tmp_path):
 
 
 @pytest.fixture
-def unwritable_file(tmp_path):
-    """A file its writer may not overwrite: read-only, or (for root, whom modes do not stop) immutable."""
+def unwritable():
+    """Makes a file or directory its writer may not write: read-only, or (for root, whom modes do
+    not stop) immutable, undone at teardown."""
+    made = []
+
+    def make(path: Path) -> Path:
+        if os.geteuid() != 0:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and chattr +i (the only way to refuse root a write) is not available")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() != 0:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        else:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def unwritable_file(tmp_path, unwritable):
     path = tmp_path / "kept.json"
     path.write_text("{}")
-    if os.geteuid() != 0:
-        path.chmod(0o444)
-        yield path
-        return
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("running as root, and chattr +i (the only way to refuse root a write) is not available")
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
+    return unwritable(path)
 
 
 def test_an_output_file_that_cannot_be_overwritten_is_refused_before_any_work(tmp_path, unwritable_file):
@@ -171,6 +183,17 @@ def test_an_output_file_that_cannot_be_overwritten_is_refused_before_any_work(tm
             assert "--plot" not in refused(*argv, status=1), argv
             continue
         assert f"error: argument {flag}: cannot write {unwritable_file}: the file exists and is not writable" in refused(*argv), argv
+
+
+def test_a_lastfm_out_that_cannot_be_written_is_refused_before_reading(tmp_path, unwritable):
+    """lastfm --out checked only that the path was no file: under a read-only directory it read
+    and converted the source, then ended in a PermissionError traceback."""
+    (tmp_path / "kept").mkdir()
+    kept = unwritable(tmp_path / "kept")
+    src = str(tmp_path / "no-source")  # would fail later: the path is checked first
+    for out in (kept, kept / "lastfm"):
+        assert f"error: argument --out: cannot write {out}: {kept} is not writable" in refused(
+            "lastfm", "--src", src, "--out", str(out)), out
 
 
 def test_a_feed_without_sources_or_with_a_stray_fallback_is_refused(tmp_path):

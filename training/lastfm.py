@@ -248,12 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_directory(path: str) -> str:
-    """``path`` unless it, or the nearest of its parents that exists, is not a directory."""
+    """``path`` unless it, or the nearest of its parents that exists, is not a writable directory."""
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise argparse.ArgumentTypeError(f"{existing} exists and is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {existing} is not writable")
     return path
 
 
