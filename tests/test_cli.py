@@ -134,6 +134,13 @@ def test_an_unusable_output_path_is_refused_before_any_work(tmp_path):
         (("tune", "--data", data, "--out", str(tmp_path)), f"argument --out: {tmp_path} is a directory"),
         (("evaluate", "--data", data, "--json", str(tmp_path / "nodir" / "r.json")), "argument --json: no directory"),
         (("evaluate", "--data", data, "--plot", str(tmp_path / "chart.xyz")), "argument --plot: unknown image format 'xyz'"),
+        # "$OUT" of an unset variable: train trained and evaluated, then failed to publish (naming no flag);
+        # evaluate --json wrote nothing, silently
+        (("train", "--data", data, "--out", ""), "argument --out: expected a path, got an empty one"),
+        ((*generate, "--out", ""), "argument --out: expected a path, got an empty one"),
+        (("tune", "--data", data, "--out", ""), "argument --out: expected a path, got an empty one"),
+        (("evaluate", "--data", data, "--json", ""), "argument --json: expected a path, got an empty one"),
+        (("lastfm", "--src", data, "--out", ""), "argument --out: expected a path, got an empty one"),
     ]:
         assert f"error: {message}" in refused(*argv), argv
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]

@@ -42,6 +42,7 @@ def output_directory(text: str) -> str:
     """An argparse type: a directory to write into, checked before any work: an existing
     directory, or a path whose nearest existing parent is a writable directory (it is
     made then)."""
+    _require_path(text)
     if os.path.exists(text):
         if not os.path.isdir(text):
             raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
@@ -53,6 +54,7 @@ def output_file(text: str) -> str:
     """An argparse type: a file to write, checked before any work: not a directory, in a
     writable directory that exists, and writable itself when it exists (it is overwritten
     in place, once the work is done)."""
+    _require_path(text)
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is a directory")
     parent = os.path.dirname(text) or "."
@@ -61,6 +63,11 @@ def output_file(text: str) -> str:
     if os.path.exists(text) and not os.access(text, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: the file exists and is not writable")
     return _writable(parent, text)
+
+
+def _require_path(text: str) -> None:
+    if not text:  # "$OUT" of an unset variable: found out only when writing, after the work (or never: if args.json)
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
 
 
 def _nearest_existing(path: str) -> str:

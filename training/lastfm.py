@@ -249,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _output_directory(path: str) -> str:
     """``path`` unless it, or the nearest of its parents that exists, is not a writable directory."""
+    if not path:
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
