@@ -72,6 +72,17 @@ def test_a_params_path_that_is_no_file_is_named(tmp_path, capsys):
         assert f"error: --params {path}: {what}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, flag", [("train", "--params"), ("evaluate", "--params"), ("evaluate", "--test")])
+def test_an_empty_path_is_refused_not_taken_for_the_flag_not_given(tmp_path, capsys, command, flag):
+    """--params "$PARAMS" of an unset variable trained with the defaults and published them as
+    CURRENT, without a word; evaluate --test "" evaluated on the default split instead."""
+    out = ["--out", str(tmp_path / "models")] if command == "train" else []
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--data", str(tmp_path / "missing"), *out, flag, ""])
+    assert stopped.value.code == 2
+    assert f"error: argument {flag}: expected a path, got an empty one" in capsys.readouterr().err
+
+
 def test_values_are_converted_as_on_the_command_line_and_tunes_report_is_ignored(tmp_path):
     path = tmp_path / "params.json"
     path.write_text(json.dumps({

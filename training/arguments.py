@@ -12,7 +12,7 @@ from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
-from training.flag_types import bounded
+from training.flag_types import bounded, input_path
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
 from training.splits import SplitSpec, time_split_problem
@@ -232,7 +232,7 @@ def candidate_sources(text: str) -> tuple[str, ...]:
 
 def add_params_file_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--params", metavar="FILE",
+        "--params", metavar="FILE", type=input_path,
         help="JSON written by `python -m training tune`: its model and feed values become the defaults of the "
              "flags above (a flag given on the command line still wins)",
     )

@@ -22,7 +22,7 @@ from training.arguments import (
 )
 from training.evaluate import evaluate_cap_grid, plot_report, read_test_file
 from training.experiment import evaluate_split
-from training.flag_types import output_file
+from training.flag_types import input_path, output_file
 from training.splits import SplitSpec
 
 
@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     held_out.add_argument("--split", type=split_text(), help="time:FRACTION, user:FRACTION[:SEED] (a fraction of each user's likes) or "
                                           "random:FRACTION[:SEED] (default: time:0.2 when every like has a time and "
                                           "they are not mostly tied at the latest, else user:0.2:0)")
-    held_out.add_argument("--test", help="CSV of user_id,item_id test pairs; DATA is then all training data")
+    held_out.add_argument("--test", type=input_path, help="CSV of user_id,item_id test pairs; DATA is then all training data")
     parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", type=output_file, help="write the metrics as JSON here")
     parser.add_argument("--plot", type=plot_file,

@@ -65,6 +65,13 @@ def output_file(text: str) -> str:
     return _writable(parent, text)
 
 
+def input_path(text: str) -> str:
+    """An argparse type: a file to read; an empty path is refused, where the command would
+    take it for the flag not given (``if args.params``) and go on without the file."""
+    _require_path(text)
+    return text
+
+
 def _require_path(text: str) -> None:
     if not text:  # "$OUT" of an unset variable: found out only when writing, after the work (or never: if args.json)
         raise argparse.ArgumentTypeError("expected a path, got an empty one")
