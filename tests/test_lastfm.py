@@ -250,6 +250,19 @@ def test_an_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys, out, 
     assert (tmp_path / "file").read_text() == "keep me"
 
 
+def test_an_empty_published_split_is_a_usage_error_not_the_flag_not_given(tmp_path, capsys):
+    """--published-split "$SPLIT" of an unset variable converted every listen, with no test pairs, as
+    if the flag had not been given."""
+    from training.__main__ import main
+
+    src = _write_source(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["lastfm", "--src", str(src), "--binary", "--published-split", "", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --published-split: expected a path, got an empty one")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_published_split_with_temporal_is_a_usage_error(tmp_path, capsys):
     from training.__main__ import main
 

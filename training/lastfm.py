@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from training.dataset import Dataset, DatasetError, Edges, Items
+from training.flag_types import input_path
 from training.splits import split_by_mask
 
 USER_ARTISTS = "user_artists.dat"
@@ -235,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     likes.add_argument("--temporal", action="store_true",
                        help="likes from the dated tag assignments (one per user-artist pair, at its first tag), "
                             "for time-split evaluation; default: listens with their counts, undated")
-    likes.add_argument("--published-split", metavar="DIR",
+    likes.add_argument("--published-split", metavar="DIR", type=input_path,
                        help="cut the likes as SocialLGN's published split does (DIR: their data/preprocessed/lastfm, "
                             "with train_set.txt, test_set.txt, userReindex.json, itemReindex.json): --out gets the "
                             "training part and OUT/test_pairs.csv the test pairs, for `evaluate --test`; it cuts the "
