@@ -37,6 +37,7 @@ def refused(tmp_path, capsys, content: str | bytes, command: str = "train") -> s
     ({"feed": {"max_per_seller": 0}}, "feed.max_per_seller: must be >= 1, got 0"),
     ({"feed": {"sources": []}}, "feed.sources: no source: every feed would be empty"),
     ({"ranker": {"drop_features": ["bogus"]}}, "ranker.drop_features: unknown features ['bogus']"),
+    ({"feed": {"sources": [1, 2]}}, "feed.sources: expected a list of names (strings), got [1, 2]"),
 ])
 def test_a_value_gets_its_flags_own_check_and_the_error_names_file_and_key(tmp_path, capsys, content, message):
     text = content if isinstance(content, str) else json.dumps(content)

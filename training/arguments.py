@@ -263,6 +263,8 @@ def params_file_defaults(path: str) -> dict[str, object]:
         for key, value in values.items():
             if key not in fields:
                 raise ValueError(f"--params {path}: {section}.{key}: no flag sets it; choose from {', '.join(fields)}")
+            if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+                raise ValueError(f"--params {path}: {section}.{key}: expected a list of names (strings), got {json.dumps(value)}")
             try:
                 parsed = flags.parse_args([f"--{key.replace('_', '-')}={_flag_text(value)}"])
             except argparse.ArgumentError as error:
@@ -316,10 +318,10 @@ def _params_file_flags() -> argparse.ArgumentParser:
 
 
 def _flag_text(value: object) -> str:
-    """A JSON value as a flag's text: strings as they are, lists of strings comma-joined, the rest as JSON."""
+    """A JSON value as a flag's text: strings as they are, lists (of strings) comma-joined, the rest as JSON."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+    if isinstance(value, list):
         return ",".join(value)
     return json.dumps(value)
 
