@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
@@ -150,9 +151,6 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
 
     store.close()
     missing = _missing_follows(cluster.url, acked)
-    by_second: dict[int, Counter] = {}
-    for t, kind, outcome in outcomes:
-        by_second.setdefault(int(t - killed_at), Counter())[f"{kind} {outcome}"] += 1
     return {
         "min_replicas": args.min_replicas,
         "node_timeout_ms": args.node_timeout_ms,
@@ -161,8 +159,18 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
         "recovery_seconds_by_rpc": {kind: recovery((kind,)) for kind in ("GetFeed", "Ingest")},
         "acked_events": len(acked),
         "acked_events_missing": missing,
-        "per_second_after_kill": {str(s): dict(c) for s, c in sorted(by_second.items()) if s >= -1},
+        "per_second_after_kill": per_second(outcomes, killed_at),
     }
+
+
+def per_second(outcomes: list[tuple[float, str, str]], killed_at: float) -> dict[str, dict[str, int]]:
+    """The (time, kind, outcome) answers counted per whole second since the kill, from the
+    second before it ("-1") on: second N holds the answers from N to N + 1 s after the kill."""
+    by_second: dict[int, Counter] = {}
+    for t, kind, outcome in outcomes:
+        # floor, not int(): int() rounds toward zero, so "0" also held the second before the kill (twice the answers, the OKs before the kill among them)
+        by_second.setdefault(math.floor(t - killed_at), Counter())[f"{kind} {outcome}"] += 1
+    return {str(s): dict(c) for s, c in sorted(by_second.items()) if s >= -1}
 
 
 def _slots(node) -> int:

@@ -1,0 +1,21 @@
+"""bench_failover's report: its answers per second around the kill."""
+
+from __future__ import annotations
+
+from benchmarks import bench_failover
+
+
+def test_each_second_after_the_kill_holds_only_its_own_answers():
+    killed_at = 5000.25  # time.monotonic() of the kill
+    outcomes = [(killed_at + offset, kind, outcome) for offset, kind, outcome in [
+        (-1.5, "Ingest", "ok"),  # two seconds before: not reported
+        (-0.9, "Ingest", "ok"), (-0.4, "GetFeed", "ok"), (-0.1, "Ingest", "ok"),  # the second before the kill
+        (0.0, "GetFeed", "UNAVAILABLE"), (0.3, "Ingest", "UNAVAILABLE"), (0.99, "GetFeed", "UNAVAILABLE"),
+        (1.0, "GetFeed", "ok"), (1.6, "Ingest", "ok"),
+    ]]  # fmt: skip
+
+    assert bench_failover.per_second(outcomes, killed_at) == {
+        "-1": {"Ingest ok": 2, "GetFeed ok": 1},
+        "0": {"GetFeed UNAVAILABLE": 2, "Ingest UNAVAILABLE": 1},
+        "1": {"GetFeed ok": 1, "Ingest ok": 1},
+    }
