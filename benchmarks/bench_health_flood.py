@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="0,2,0,2", help="--threads of the server, run in this order for each interval (default: %(default)s)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=64, help="the server's limit (default: %(default)s)")
     args = parser.parse_args(argv)
-    world = build_world(Path(tempfile.mkdtemp(prefix="bench-health-")), users=2000, sellers=100, items=8000)
-    for interval in (float(x) for x in args.intervals.split(",")):
-        for threads in (int(x) for x in args.threads.split(",")):
-            print(flood(world, interval, args.floods, threads, args.max_concurrent_rpcs), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-health-") as root:
+        world = build_world(Path(root), users=2000, sellers=100, items=8000)
+        for interval in (float(x) for x in args.intervals.split(",")):
+            for threads in (int(x) for x in args.threads.split(",")):
+                print(flood(world, interval, args.floods, threads, args.max_concurrent_rpcs), flush=True)
     sys.setswitchinterval(0.005)
 
 
