@@ -333,6 +333,18 @@ def test_a_server_on_redis_is_held_to_the_redis_targets():
     assert "0.170 (target >= 0.2: MISSED)" in on_memory and "18.0 ms (target <= 15 ms: MISSED)" in on_memory
 
 
+@pytest.mark.parametrize("load, p99_s", [(0.25, 0.010), (0.9, 0.030)])
+def test_the_p99_target_is_judged_only_at_half_load(load, p99_s):
+    """The target is the p99 at half load: at a quarter load a slow server would be "met", at 90 % a fast one "MISSED"."""
+    results = table_phases(0.001, 0.01, p99_s)
+    results[2].mode = f"open@{load:.0%}"  # as --load shows it
+    table, report = loadgen.format_table(results), json.loads(loadgen.report_json(results, "python"))
+
+    assert f"GetFeed p99 at open@{load:.0%}: {p99_s * 1e3:.1f} ms\n" in table and "target <= 15 ms" not in table
+    assert report["p99_half_load_met"] is None
+    assert "(target <= 15 ms: met)" in loadgen.format_table(table_phases(0.001, 0.01, 0.010))  # at half load it is judged
+
+
 def test_the_python_client_names_a_server_it_cannot_reach_before_any_phase(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         run_loadgen(world, f"127.0.0.1:{loadgen.free_port()}", tmp_path, "--timeout", "0.5")
