@@ -16,7 +16,9 @@ the server's CPU time per call of each (its process tree, from /proc); per later
 the median per-round ratio to the first of the GetFeed throughput and of the CPU per
 GetFeed (with their 10th and 90th percentiles); and the calls that failed (any error
 fails the run unless --allow-errors). A server that exits during the run stops it: one
-line naming its checkout, its log's last lines, exit 1. On a shared machine the CPU per call moves far less
+line naming its checkout, its log's last lines, exit 1. So does one that, before the
+bursts, refuses GetFeed (a server with --tokens-file wants --token) or answers the first
+users with empty feeds only (an empty store), as loadgen's pre-flight does. On a shared machine the CPU per call moves far less
 than the throughput does. With --store-pid (a redis-server all the servers read), that
 store's CPU per GetFeed too, and the ratio of server and store CPU together: a change that
 moves work between the server and Redis shows there.
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from benchmarks.compare_pipeline import check_checkouts, ratio_lines
 from benchmarks.loadgen import (
+    PreflightFailed,
     ServerDidNotStart,
     add_spawn_arguments,
     check_dataset,
@@ -45,6 +48,7 @@ from benchmarks.loadgen import (
     closed_loop,
     interrupt_on_sigterm,
     log_tail,
+    preflight,
     process_tree_cpu_seconds,
     processes_cpu_seconds,
     sample_users,
@@ -52,6 +56,7 @@ from benchmarks.loadgen import (
     spawn_server,
     stop_server,
 )
+from serving.client import TOKEN_VARIABLE
 from training.flag_types import bounded
 
 
@@ -66,6 +71,15 @@ class Bursts:
     feed_store_cpu_ms: list[float] = field(default_factory=list)  # the --store-pid processes' CPU per GetFeed
 
 
+class ServerRefused(RuntimeError):
+    """Before the bursts, a server's GetFeeds showed a run that could not measure it (a token
+    refused, an empty store); ``number`` is its checkout's place on the command line."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.number = number
+
+
 class ServerExited(RuntimeError):
     """A server exited during the run; ``number`` is its checkout's place on the command line."""
 
@@ -77,12 +91,24 @@ class ServerExited(RuntimeError):
 async def drive(targets: list[str], processes: list[subprocess.Popen], users: list[str], args: argparse.Namespace) -> tuple[list[Bursts], int]:
     """Each target's bursts (``processes``: its server, for the CPU per call; the
     ``args.store_pid`` processes' CPU per GetFeed too), and the failed calls; ServerExited
-    when a server is gone after a burst (its rounds would only count UNAVAILABLE)."""
+    when a server is gone after a burst (its rounds would only count UNAVAILABLE);
+    ServerRefused when one refuses the feeds of the first users (loadgen's preflight)."""
     rng = random.Random(args.seed)
-    servers = [server_calls(target, users, args.channels, 20, rng) for target in targets]
+    servers = [server_calls(target, users, args.channels, 20, rng, token=args.token) for target in targets]
     bursts = [Bursts() for _ in targets]
     failed = 0
     try:
+        # Every GetFeed refused gave a first server 0 GetFeeds/s, and the ratios to it a ZeroDivisionError after the rounds.
+        for number, (calls, target) in enumerate(zip(servers, targets)):
+            refusal = None
+            try:
+                await preflight(calls, target, users, args.timeout, args.token)
+            except PreflightFailed as error:
+                # Raised outside this block: the traceback would keep preflight's refused calls, and with them their
+                # connections, alive until the server stops, and gRPC would log a GOAWAY line for each after ours.
+                refusal = str(error)
+            if refusal:
+                raise ServerRefused(number, refusal)
         for calls in servers:  # warm up connections, caches and the allocator
             for call in (calls.empty, calls.get_feed):
                 await closed_loop(call, args.concurrency, args.burst, args.timeout)
@@ -144,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
     parser.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users asked for, sampled from the first "
                         "200,000 likes of --data; 0: all of those (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None, help="bearer token with the 'read' scope "
+                        "for servers with --tokens-file, sent with every GetFeed (health needs none); the variable "
+                        f"{TOKEN_VARIABLE} keeps it out of the process list")  # fmt: skip
     parser.add_argument("--allow-errors", action="store_true", help="report failed calls and exit 0")
     args = parser.parse_args(argv)
     check_checkouts(parser, args.checkouts, "serving")
@@ -166,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             bursts, failed = asyncio.run(drive([target for _, target in servers], [server for server, _ in servers], sample_users(args), args))
         except ServerDidNotStart as error:
             parser.exit(1, f"{parser.prog}: {spec}: {error}\n")
+        except ServerRefused as error:
+            parser.exit(1, f"{parser.prog}: {args.checkouts[error.number]}: {error}\n")
         except ServerExited as error:
             log = Path(scratch) / str(error.number) / "server.log"
             parser.exit(1, f"{parser.prog}: {args.checkouts[error.number]}: {error}; the last lines of its log:\n{log_tail(log)}\n")

@@ -104,3 +104,25 @@ def test_a_server_that_dies_mid_run_stops_the_run_naming_it(world, tmp_path):
     assert comparing.process.returncode == 1 and not out
     assert f"compare_servers: {ROOT}:--neighbours 40: the server exited with status -9 during the run; the last lines of its log:" in err
     assert "Traceback" not in err
+
+
+def test_a_server_that_wants_a_token_is_refused_in_one_line_and_loaded_with_one(world, tmp_path, monkeypatch, capfd):
+    from serving.client import TOKEN_VARIABLE
+
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("compare-read-token-0123456789 read reader\n")
+    tokens.chmod(0o600)
+    argv = ["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "1", "--burst", "0.2", "--concurrency", "2",
+            f"{ROOT}:--tokens-file {tokens}", ROOT]  # fmt: skip
+
+    with pytest.raises(SystemExit) as stopped:  # every GetFeed of the first server refused: 0/s, then a ZeroDivisionError
+        compare_servers.main(argv)
+    [line] = capfd.readouterr().err.strip().splitlines()  # nothing after it either (gRPC's lines of connections left open)
+    assert stopped.value.code == 1, line
+    assert f"compare_servers: {ROOT}:--tokens-file {tokens}: 127.0.0.1:" in line and "refused GetFeed: UNAUTHENTICATED" in line
+    assert f"--token (or {TOKEN_VARIABLE})" in line
+
+    status = compare_servers.main([*argv, "--token", "compare-read-token-0123456789"])
+    lines = capfd.readouterr().out.strip().splitlines()
+    assert status == 0 and lines[-1] == "failed calls: 0", lines
