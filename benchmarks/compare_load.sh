@@ -18,7 +18,9 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$HERE/.venv/bin/python}
 STORE_ARGS=${STORE:+--store $STORE}
 server=""
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; true' EXIT
+# On any exit, `kill PID` and `timeout` included: loadgen runs in the foreground, whose pid bash
+# does not give, and left alone it went on loading the stopped server for the rest of its phases.
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; pkill -TERM -P $$ -f "benchmarks[.]loadgen" 2>/dev/null; true' EXIT
 
 # Wait for $server to write its port file; exit with its log's tail if it dies or is too slow.
 await_port() {
@@ -52,7 +54,8 @@ for spec in "$@"; do
         --nonblocking --subprocesses > /dev/null 2>&1 &
   fi
   echo "== $label ($tree $args) load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-  (cd "$HERE" && $PY -m benchmarks.loadgen --target "127.0.0.1:$(cat "$OUT/$label.port")" --data "${USERS_DATA:-$DATA}" \
+  # exec: loadgen is then this script's child, which the trap finds.
+  (cd "$HERE" && exec $PY -m benchmarks.loadgen --target "127.0.0.1:$(cat "$OUT/$label.port")" --data "${USERS_DATA:-$DATA}" \
       --server-pid "$server" --duration "${DURATION:-10}" --concurrency 8 --json "$OUT/$label.json" --allow-errors) \
       | tee "$OUT/$label.txt"
   kill "$server"; wait "$server" || true

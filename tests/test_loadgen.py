@@ -439,6 +439,35 @@ def test_sigterm_while_waiting_for_the_target_is_one_line():
     assert waiting.returncode == 1 and err == "interrupted; no report\n", err
 
 
+def test_a_signal_to_compare_load_alone_stops_its_server_and_its_load_generator(world, tmp_path):
+    # `kill PID` or `timeout` signals the script alone: the server was stopped, but loadgen went on loading the dead
+    # port for the rest of its phases (minutes at DURATION=60), then wrote a table of UNAVAILABLE to LABEL.txt.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "MODELS": str(world.models_dir),
+           "DATA": str(world.data_dir), "DURATION": "60"}  # fmt: skip
+    with open(tmp_path / "output", "w") as output:  # a file: a pipe would stay open as long as what outlived the script
+        script = subprocess.Popen(["bash", str(REPO / "benchmarks" / "compare_load.sh"), str(tmp_path / "out"), f"one:{REPO}"],
+                                  cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(b"benchmarks.loadgen" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started if alive(pid)):
+            assert script.poll() is None and time.monotonic() < deadline, (tmp_path / "output").read_text()
+            started |= loadgen.process_tree(script.pid, loadgen.process_stats()) - {script.pid}
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the phases
+        started |= loadgen.process_tree(script.pid, loadgen.process_stats()) - {script.pid}
+        script.send_signal(signal.SIGTERM)
+        script.wait(timeout=60)
+        deadline = time.monotonic() + 30  # the server and loadgen stop on their own, in a few seconds
+        while [pid for pid in started if alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started if alive(pid)], "outlived compare_load.sh"
+    finally:
+        for pid in [script.pid, *started]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_spawned_server_that_dies_during_the_phases_fails_the_run_with_its_log(world, tmp_path):
     args = ["--models", str(world.models_dir), "--data", str(world.data_dir), "--duration", "2", "--warmup", "0"]
     with running_tool("benchmarks.loadgen", args, tmp_path) as loading:
