@@ -24,6 +24,7 @@ UNAVAILABLE (not replicated) until a replica is added back, while reads recover.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         dataset = generate(users=args.users, sellers=max(args.users // 20, 1), items=args.items, seed=5, engagements=False)
         write_dataset(dataset, str(root / "data"))
-        train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False, iterations=5))
+        with contextlib.redirect_stdout(sys.stderr):  # the model's path, which training prints: stdout is the report's JSON
+            train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False, iterations=5))
         artifact = load_current(str(root / "models"))
         cluster = RedisClusterServers(root / "cluster", masters=3, replicas=1, node_timeout_ms=args.node_timeout_ms).start()
         try:

@@ -22,6 +22,7 @@ the same port after ``--outage-seconds``. Reports:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         dataset = generate(users=args.users, sellers=max(args.users // 20, 1), items=args.items, seed=9)
         write_dataset(dataset, str(root / "data"))
-        train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False, iterations=5))
+        with contextlib.redirect_stdout(sys.stderr):  # the model's path, which training prints: stdout is the report's JSON
+            train_and_publish(str(root / "data"), str(root / "models"), TrainParams(show_progress=False, iterations=5))
         redis_server = RedisServer(root / "redis", appendonly=True)
         server = None
         try:

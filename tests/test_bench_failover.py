@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from benchmarks import bench_failover
+from tests.redis_servers import require_redis
 
 
 def test_each_second_after_the_kill_holds_only_its_own_answers():
@@ -19,3 +24,13 @@ def test_each_second_after_the_kill_holds_only_its_own_answers():
         "0": {"GetFeed UNAVAILABLE": 2, "Ingest UNAVAILABLE": 1},
         "1": {"GetFeed ok": 1, "Ingest ok": 1},
     }
+
+
+@pytest.mark.redis
+def test_stdout_is_the_reports_json_alone(capsys):
+    require_redis()
+    report = bench_failover.main(["--users", "300", "--items", "600", "--readers", "1", "--writers", "1",
+                                  "--seconds-before", "1", "--seconds-after", "4", "--node-timeout-ms", "500"])  # fmt: skip
+    # `| jq`: the model's path, which training prints, led the JSON
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["outcomes"]["GetFeed ok"] > 0 and report["acked_events"] > 0

@@ -18,9 +18,11 @@ from tests.processes import alive, running_tool
 
 
 @pytest.mark.redis
-def test_a_redis_restart_under_load_loses_no_acknowledged_event_and_recovers(tmp_path):
+def test_a_redis_restart_under_load_loses_no_acknowledged_event_and_recovers(tmp_path, capsys):
     require_redis()
     report = soak.main(["--seconds", "16", "--outage-seconds", "2", "--users", "600", "--items", "1500", "--json", str(tmp_path / "soak.json")])
+    # stdout is the summary, JSON alone (`| jq`): the model's path, which training prints, led it
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse_constant) == soak.summary(report)
     answers = report["answers"]
     assert set(answers) <= {"GetFeed OK", "Ingest OK", "GetFeed UNAVAILABLE", "Ingest UNAVAILABLE"}, report["first_error_messages"]
     assert answers.get("GetFeed UNAVAILABLE", 0) + answers.get("Ingest UNAVAILABLE", 0) > 0, "the outage was not seen"
