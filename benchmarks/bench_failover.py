@@ -15,7 +15,8 @@ against one FeedService on the cluster:
 After ``--seconds-before`` it SIGKILLs the primary that owns the most slots, keeps the
 load on for ``--seconds-after``, and reports: answers by outcome per second, the recovery
 time (kill to the first success after the last failure), and the acknowledged follows
-missing afterwards. ``--min-replicas N`` asks Ingest to wait for N replicas per write
+missing afterwards (counted once every slot answers again, the failover done: null when
+that takes over 30 s, or 10 node timeouts). ``--min-replicas N`` asks Ingest to wait for N replicas per write
 (Redis WAIT), which is what bounds the loss of acknowledged writes; the shard that lost
 its primary has no replica left after the failover, so with N >= 1 its writes stay
 UNAVAILABLE (not replicated) until a replica is added back, while reads recover.
@@ -36,6 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
         return None if first_ok is None else round(first_ok - killed_at, 2)
 
     store.close()
-    missing = _missing_follows(cluster.url, acked)
+    missing = _missing_follows(cluster.url, acked, timeout=max(30.0, 10 * args.node_timeout_ms / 1e3))
     return {
         "min_replicas": args.min_replicas,
         "node_timeout_ms": args.node_timeout_ms,
@@ -181,7 +183,23 @@ def _slots(node) -> int:
         return sum(b - a + 1 for a, b in ((int(s[0]), int(s[-1])) for s in me.get("slots", [])))
 
 
-def _missing_follows(url: str, acked: list[tuple[str, str]]) -> int:
+def _missing_follows(url: str, acked: list[tuple[str, str]], timeout: float) -> int | None:
+    """Acknowledged follows the cluster does not hold, once every slot answers again: a
+    failover still under way when the load stops (--seconds-after shorter than it) leaves
+    the dead primary's slots refusing the reads for a while. None: not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _count_missing_follows(url, acked)
+        except RedisError as error:
+            if time.monotonic() > deadline:
+                print(f"acknowledged follows not counted: the cluster still refused reads {timeout:g} s after the load ({error})",
+                      file=sys.stderr)  # fmt: skip
+                return None
+            time.sleep(0.2)
+
+
+def _count_missing_follows(url: str, acked: list[tuple[str, str]]) -> int:
     """Acknowledged follows the cluster does not hold, read by a new client (a fresh slot map)."""
     store = RedisStore.from_url(url, socket_timeout=2.0)
     try:
