@@ -37,8 +37,9 @@ import numpy as np
 
 from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings
-from training.dataset import Edges
+from training.dataset import DatasetError, Edges
 from training.experiment import evaluate_split
+from training.flag_types import output_file
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec
 from training.train import TrainParams
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
     run.add_argument("--ablation", action="store_true", help="also remove each source and each feature in turn (first split and seed)")
     out = parser.add_argument_group("output")
-    out.add_argument("--json", help="write every number as JSON here")
+    out.add_argument("--json", type=output_file, help="write every number as JSON here")
     args = parser.parse_args(argv)
     protocols = _choices(parser, "--protocols", args.protocols, PROTOCOLS)
     splits = _choices(parser, "--splits", args.splits, SPLITS)
@@ -176,8 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     ks = tuple(int(k) for k in args.k.split(","))
-    dataset = read_lastfm(args.src)
-    published = split_as_published(dataset, args.published_split) if args.published_split else None
+    try:
+        dataset = read_lastfm(args.src)
+    except DatasetError as error:
+        parser.error(f"--src {args.src}: {error}")
+    try:
+        published = split_as_published(dataset, args.published_split) if args.published_split else None
+    except DatasetError as error:
+        parser.error(f"--published-split {args.published_split}: {error}")
     payload: dict[str, object] = {"seeds": seeds, "sociallgn": SOCIALLGN, "protocols": {}}
     for protocol in protocols:
         results: dict[str, object] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import bench_lastfm
 
@@ -57,3 +58,21 @@ def test_every_protocol_and_split_kind_runs_and_the_report_adds_up(tmp_path, cap
     # SocialLGN's numbers only beside the binary protocol on a split of their shape.
     assert printed.count("SocialLGN (published)") == 2
     assert "binary protocol, SocialLGN's published split" in printed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--src": "{tmp}/nowhere"}, "--src {tmp}/nowhere: Last.fm source directory {tmp}/nowhere: no such directory"),
+    ({"--published-split": "{tmp}/nowhere"}, "--published-split {tmp}/nowhere: userReindex.json: required file missing: {tmp}/nowhere/userReindex.json"),
+    ({"--json": "{tmp}/nowhere/report.json"}, "argument --json: no directory {tmp}/nowhere to write {tmp}/nowhere/report.json into"),
+])  # fmt: skip
+def test_a_wrong_input_is_one_line_before_the_run(tmp_path, capsys, change, message):
+    # A traceback each; the --json one after the whole run (minutes with five seeds), its figures lost with it.
+    src, split, _ = write_source(tmp_path)
+    flags = {"--src": src, "--published-split": split, "--seeds": "0", "--k": "10", "--json": str(tmp_path / "report.json")}
+    flags.update({flag: value.format(tmp=tmp_path) for flag, value in change.items()})
+    with pytest.raises(SystemExit) as stopped:
+        bench_lastfm.main([text for pair in flags.items() for text in pair])
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1] == f"python -m benchmarks.bench_lastfm: error: {message.format(tmp=tmp_path)}"
+    assert "ndcg@10" not in out  # refused before any seed ran
