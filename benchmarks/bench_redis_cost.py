@@ -26,8 +26,8 @@ from serving.load import connect_checked, exit_on_redis_errors
 from serving.native_threads import limit_native_threads
 from serving.page_token import PageTokenCodec
 from stores.redis import RedisStore
-from training.artifact import load_current
-from training.dataset import load_dataset
+from training.artifact import Artifact, load_current
+from training.dataset import Dataset, DatasetError, load_dataset
 
 
 def redis_cpu_seconds(client) -> float:
@@ -54,14 +54,21 @@ def main(argv: list[str] | None = None) -> None:
     limit_native_threads()  # one faiss/BLAS thread, as in the server
     client, _ = connect_checked(args.redis)  # one line, not a traceback, when the URL is wrong or Redis is down
     client.close()
+    try:
+        dataset = load_dataset(args.data)
+    except DatasetError as error:
+        parser.error(f"--data {args.data}: {error}")
+    try:
+        artifact = load_current(args.models)
+    except (OSError, ValueError) as error:  # no CURRENT, or a version that does not read
+        parser.error(f"--models {args.models}: {error}")
     with exit_on_redis_errors(args.redis):
-        measure(args)
+        measure(args, dataset, artifact)
 
 
-def measure(args: argparse.Namespace) -> None:
-    dataset = load_dataset(args.data)
+def measure(args: argparse.Namespace, dataset: Dataset, artifact: Artifact) -> None:
     store = RedisStore.from_url(args.redis)
-    service = FeedService(store, load_current(args.models), PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())
+    service = FeedService(store, artifact, PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())
     users = random.Random(args.seed).choices(dataset.user_ids(), k=args.warmup + args.requests)
     now = float(np.nanmax(dataset.likes.ts))
     for user in users[: args.warmup]:

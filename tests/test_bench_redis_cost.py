@@ -40,3 +40,13 @@ def test_an_unreachable_redis_is_one_line_not_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         bench_redis_cost.main(["--data", str(tmp_path), "--models", str(tmp_path), "--redis", f"redis://127.0.0.1:{port}/0"])
     assert "Redis unreachable" in str(exited.value), exited.value
+
+
+@pytest.mark.parametrize("flag", ["--data", "--models"])
+def test_a_wrong_data_or_models_directory_is_one_line_not_a_traceback(redis_url, tmp_path, capsys, flag):
+    world = build_world(tmp_path, users=200, sellers=20, items=600)
+    flags = {"--data": str(world.data_dir), "--models": str(world.models_dir), "--redis": redis_url, flag: str(tmp_path / "nowhere")}
+    with pytest.raises(SystemExit) as exited:
+        bench_redis_cost.main([text for pair in flags.items() for text in pair])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"python -m benchmarks.bench_redis_cost: error: {flag} {tmp_path}/nowhere: ")
