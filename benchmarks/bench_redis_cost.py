@@ -4,7 +4,7 @@
         [--requests 1500] [--warmup 100] [--seed 0]
 
 The Redis must already hold DIR's dataset (`python -m serving load --data DIR --redis URL`);
-it is only read. First pages (limit 20) of users drawn from the dataset go through
+it is only read, and refused (exit 1) when the first 20 feeds asked for all come back empty. First pages (limit 20) of users drawn from the dataset go through
 FeedService.get_feed in this one thread. Reported per feed: wall time and CPU time of
 this process, Redis's own CPU (INFO cpu, so a remote server counts too; anything else
 it serves in the meantime counts as well) and the time Redis spent in the feed's script
@@ -28,6 +28,9 @@ from serving.page_token import PageTokenCodec
 from stores.redis import RedisStore
 from training.artifact import Artifact, load_current
 from training.dataset import Dataset, DatasetError, load_dataset
+
+
+PROBED_FEEDS = 20  # untimed, before the warm-up: one with an item shows the Redis holds the dataset
 
 
 def redis_cpu_seconds(client) -> float:
@@ -71,6 +74,11 @@ def measure(args: argparse.Namespace, dataset: Dataset, artifact: Artifact) -> N
     service = FeedService(store, artifact, PageTokenCodec(b"bench-secret-0123456789"), FeedSettings())
     users = random.Random(args.seed).choices(dataset.user_ids(), k=args.warmup + args.requests)
     now = float(np.nanmax(dataset.likes.ts))
+    probed = users[:PROBED_FEEDS]
+    if not any(service.get_feed(user, 20, "", [], now).items for user in probed):  # else the figures are an empty feed's
+        raise SystemExit(f"python -m benchmarks.bench_redis_cost: the first {len(probed)} feeds came back empty, users of "
+                         f"--data: the Redis at {args.redis} looks empty or loaded from another dataset (load it with "
+                         f"`python -m serving load --data {args.data} --redis URL`)")  # fmt: skip
     for user in users[: args.warmup]:
         service.get_feed(user, 20, "", [], now)
 
