@@ -17,7 +17,8 @@ later checkout, the median per-round ratio to the first (with its 10th and 90th
 percentiles).
 
 With --store, every worker reads that Redis instead (it must already hold DIR's dataset:
-`python -m serving load --data DIR --redis URL`; the pipeline only reads it), and each
+`python -m serving load --data DIR --redis URL`; the pipeline only reads it, and a worker
+whose warm-up pages all come back empty stops the run in one line), and each
 turn also measures Redis's own CPU (INFO cpu) over its batch: the workers take turns, so
 it is that checkout's. Reported then too: Redis's CPU per page, and the per-round ratio
 of the client's and Redis's CPU together, so a change that moves work between the client
@@ -106,8 +107,14 @@ def _worker(args: argparse.Namespace) -> None:
     users = dataset.user_ids()
     users = random.Random(args.seed).sample(users, min(args.users, len(users)))
     now = float(np.nanmax(dataset.likes.ts))
+    served = False
     for user in users:
-        pipeline.run(user, 20, now)
+        served |= bool(pipeline.run(user, 20, now).items)
+    if not served:  # the times would be an empty page's, reported as the pipeline's
+        where = (f"the Redis at {args.store[0]} looks empty or loaded from another dataset (load it with `python -m serving load "
+                 f"--data {args.data} --redis URL`)" if args.store else "nothing in the store to rank")  # fmt: skip
+        _report("error", RuntimeError(f"all {len(users)} first pages came back empty: {where}"))
+        sys.exit(2)
     print("ready", flush=True)
     turn = 0
     for line in sys.stdin:

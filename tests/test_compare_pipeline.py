@@ -57,6 +57,18 @@ def test_on_redis_it_adds_redis_cpu_and_the_ratio_of_both(tmp_path, capsys, redi
     assert re.fullmatch(r".+ / .+: client and Redis CPU per-round ratio median [\d.]+, p10 [\d.]+, p90 [\d.]+", lines[5]), lines[5]
 
 
+@pytest.mark.redis
+def test_a_redis_without_the_dataset_is_refused_not_measured(world, capfd, redis_url):
+    # Every page came back empty, and their CPU time was reported as the pipeline's without a word.
+    with pytest.raises(SystemExit) as stopped:
+        compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "2", "--batch", "5",
+                               "--users", "50", "--store", redis_url, ROOT, ROOT])  # fmt: skip
+    assert stopped.value.code == 2
+    out, err = capfd.readouterr()
+    assert f"{ROOT}: all 50 first pages came back empty: the Redis at {redis_url} looks empty" in err and "python -m serving load" in err
+    assert "per page" not in out and "Traceback" not in err
+
+
 def test_it_refuses_a_store_count_that_matches_no_checkout_count(capsys):
     with pytest.raises(SystemExit):
         compare_pipeline.main(["--data", ROOT, "--models", ROOT, "--store", "redis://a", "--store", "redis://b",
