@@ -48,6 +48,7 @@ from stores.events import Event, EventKind
 from stores.redis import RedisStore
 from training.artifact import load_current
 from training.dataset import write_dataset
+from training.flag_types import output_file
 from training.generate import generate
 from training.train import TrainParams, train_and_publish
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds-after", type=float, default=20.0)
     parser.add_argument("--node-timeout-ms", type=int, default=2000, help="cluster-node-timeout (default: %(default)s)")
     parser.add_argument("--min-replicas", type=int, default=0, help="replicas each Ingest waits for (Redis WAIT; default: %(default)s)")
-    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
     from tests.redis_servers import RedisClusterServers  # the test fixtures' process helpers
 

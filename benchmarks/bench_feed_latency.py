@@ -31,6 +31,7 @@ from stores.memory import MemoryStore
 from stores.redis import RedisStore
 from training.artifact import load_current
 from training.dataset import write_dataset
+from training.flag_types import output_file
 from training.generate import generate
 from training.train import TrainParams, train_and_publish
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--warmup", type=int, default=200, help="untimed calls first (default: %(default)s)")
     run.add_argument("--redis", help="use this Redis (it is flushed!) instead of starting one")
     run.add_argument("--no-cluster", action="store_true", help="skip the 3-master cluster")
-    run.add_argument("--json", help="also write the results here")
+    run.add_argument("--json", type=output_file, help="also write the results here")
     args = parser.parse_args(argv)
 
     from tests.redis_servers import (  # the test fixtures' process helpers

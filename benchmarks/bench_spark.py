@@ -194,6 +194,7 @@ def scale(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
+    from training.flag_types import output_file
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=split_text(), help="as `python -m training evaluate --split` (default: its default)")
     p.add_argument("--seeds", default="0", help="comma-separated ALS/ranker seeds (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative difference (default: %(default)s)")
-    p.add_argument("--json", help="write rows and summary here")
+    p.add_argument("--json", type=output_file, help="write rows and summary here")
     _engine_flags(p)
     add_eval_users_argument(p)
     add_feed_arguments(p)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--engines", default="implicit,spark")
     s.add_argument("--workdir", default="/tmp/bench-spark")
     s.add_argument("--timeout", type=float, default=3600.0, help="seconds per engine (default: %(default)s)")
-    s.add_argument("--json", help="write the records here")
+    s.add_argument("--json", type=output_file, help="write the records here")
     _engine_flags(s)
     s.set_defaults(run=scale)
 

@@ -34,3 +34,20 @@ def test_the_usage_line_names_the_module_as_it_is_run(name, monkeypatch, capsys)
         module.main()
     assert exit.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{name} ")
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("bench_failover", ["--users", "200", "--items", "500", "--seconds-before", "0.5", "--seconds-after", "3", "--node-timeout-ms", "500"]),
+    ("bench_feed_latency", ["--users", "200", "--sellers", "20", "--items", "500", "--requests", "10", "--warmup", "2", "--no-cluster"]),
+    ("bench_spark", ["scale", "--users", "200", "--sellers", "20", "--items", "500", "--engines", "implicit"]),
+])  # fmt: skip
+def test_a_json_file_that_cannot_be_written_is_refused_before_the_run(name, argv, tmp_path, capsys):
+    # It was opened once the run was over (an hour for bench_spark scale): a traceback, the records lost.
+    module = importlib.import_module(f"benchmarks.{name}")
+    if name == "bench_spark":
+        argv = [*argv, "--workdir", str(tmp_path / "work")]
+    with pytest.raises(SystemExit) as exit:
+        module.main([*argv, "--json", str(tmp_path / "nowhere" / "report.json")])
+    assert exit.value.code == 2
+    out, err = capsys.readouterr()
+    assert f"argument --json: no directory {tmp_path}/nowhere to write {tmp_path}/nowhere/report.json into" in err and not out
