@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import itertools
 import threading
 import json
@@ -380,10 +381,17 @@ def check_store(parser: argparse.ArgumentParser, flag: str, url: str) -> None:
 
 
 def check_dataset(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
-    """Exit through ``parser`` unless ``path`` holds a likes.csv (the users asked for are read from it)."""
-    if not os.path.isfile(os.path.join(path, "likes.csv")):
+    """Exit through ``parser`` unless ``path`` holds a likes.csv with user_id and item_id
+    columns (the users asked for, and the items they like, are read from it)."""
+    likes = os.path.join(path, "likes.csv")
+    if not os.path.isfile(likes):
         what = "no such directory" if not os.path.isdir(path) else "no likes.csv there"
         parser.error(f"{flag} {path}: {what} (the users to ask for are read from its likes.csv)")
+    with open(likes, newline="", encoding="utf-8-sig") as handle:
+        header = [name.strip() for name in next(csv.reader(handle), [])]
+    missing = [name for name in ("user_id", "item_id") if name not in header]
+    if missing:
+        parser.error(f"{flag} {path}: likes.csv has no {' or '.join(missing)} column (its header: {','.join(header)})")
 
 
 def process_stats() -> dict[int, list[str]]:
@@ -660,9 +668,12 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """--users users and the items they liked, from the first 200,000 rows of likes.csv."""
-    with open(os.path.join(args.data, "likes.csv")) as handle:
-        next(handle)
-        rows = [line.split(",", 2)[:2] for line, _ in zip(handle, range(200_000))]
+    with open(os.path.join(args.data, "likes.csv"), newline="", encoding="utf-8-sig") as handle:  # as the loader reads it
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        # By name, as the dataset loader reads them: its columns come in any order.
+        user, item = header.index("user_id"), header.index("item_id")
+        rows = [(row[user].strip(), row[item].strip()) for row, _ in zip(reader, range(200_000)) if len(row) > max(user, item)]
     users = sorted({user for user, _ in rows})
     items = sorted({item for _, item in rows})
     wanted = len(users) if args.users == 0 else min(len(users), args.users)

@@ -205,6 +205,23 @@ def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target,
                          "--limit", "1000", "--allow-errors"]) == 0  # fmt: skip
 
 
+def test_the_users_and_items_are_read_by_column_name_as_the_server_reads_likes(world, tmp_path):
+    # The loader takes likes.csv's columns in any order; loadgen took the first two as user and item, and with
+    # "ts,item_id,user_id" asked for timestamps: cold-start feeds, none empty, measured as the users'.
+    import argparse
+    import csv
+
+    with open(world.data_dir / "likes.csv", newline="") as source, open(tmp_path / "likes.csv", "w", newline="") as reordered:
+        rows = csv.DictReader(source)
+        writer = csv.DictWriter(reordered, ["ts", "item_id", "user_id"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    users, items = loadgen.sample_users_and_items(argparse.Namespace(data=str(tmp_path), users=50, seed=0))
+    assert len(users) == 50 and set(users) <= set(world.dataset.user_ids())
+    assert set(items) == set(world.dataset.likes.dst)
+
+
 def test_counts_that_do_not_add_up_are_refused():
     tally = loadgen.Tally(started=3, latencies=[0.001])
     tally.errors["UNAVAILABLE"] += 1
