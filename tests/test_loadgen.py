@@ -205,18 +205,22 @@ def test_failed_calls_are_counted_by_status_code_and_fail_the_run(world, target,
                          "--limit", "1000", "--allow-errors"]) == 0  # fmt: skip
 
 
-def test_the_users_and_items_are_read_by_column_name_as_the_server_reads_likes(world, tmp_path):
-    # The loader takes likes.csv's columns in any order; loadgen took the first two as user and item, and with
-    # "ts,item_id,user_id" asked for timestamps: cold-start feeds, none empty, measured as the users'.
-    import argparse
+def write_reordered_likes(world, directory: Path) -> None:
+    """The world's likes.csv as "ts,item_id,user_id": the loader takes its columns in any order."""
     import csv
 
-    with open(world.data_dir / "likes.csv", newline="") as source, open(tmp_path / "likes.csv", "w", newline="") as reordered:
-        rows = csv.DictReader(source)
+    with open(world.data_dir / "likes.csv", newline="") as source, open(directory / "likes.csv", "w", newline="") as reordered:
         writer = csv.DictWriter(reordered, ["ts", "item_id", "user_id"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv.DictReader(source))
 
+
+def test_the_users_and_items_are_read_by_column_name_as_the_server_reads_likes(world, tmp_path):
+    # loadgen took likes.csv's first two columns as user and item, and with "ts,item_id,user_id" asked for
+    # timestamps: cold-start feeds, none empty, measured as the users'.
+    import argparse
+
+    write_reordered_likes(world, tmp_path)
     users, items = loadgen.sample_users_and_items(argparse.Namespace(data=str(tmp_path), users=50, seed=0))
     assert len(users) == 50 and set(users) <= set(world.dataset.user_ids())
     assert set(items) == set(world.dataset.likes.dst)
@@ -746,3 +750,16 @@ def test_the_locustfile_names_a_missing_host_or_dataset_before_any_user_starts(w
                           text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert f"benchmarks/locustfile.py: {message}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_locustfile_reads_the_users_by_column_name(world, tmp_path):
+    # It took likes.csv's first column as the user, as loadgen did: timestamps with "ts,item_id,user_id".
+    command = locust_command()
+    python = sys.executable if command[0] == sys.executable else str(Path(command[0]).with_name("python"))
+    write_reordered_likes(world, tmp_path)
+    done = subprocess.run([python, "-c", "import json, sys; from benchmarks.locustfile import _user_ids; print(json.dumps(_user_ids(sys.argv[1])))",
+                           str(tmp_path)], check=False, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    users = json.loads(done.stdout)
+    assert users and set(users) <= set(world.dataset.user_ids()), users[:5]
