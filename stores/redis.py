@@ -2230,8 +2230,15 @@ class RedisStore:
                 args = [*self._consts, self.keys.part_prefix(tag)]
                 for op in part:
                     args.extend(op + [""] * (OP_WIDTH - len(op)))
-                # ClusterPipeline blocks .evalsha(); the raw command is routed by its key.
-                pipe.execute_command(*script, 1, self.keys.tag_key(tag), *args)
+                # Every key the call may touch, the parts' dedupe keys too: while a reshard
+                # moves the slot, Redis then runs it only on a node holding all of them and
+                # answers TRYAGAIN meanwhile. With one key (absent on the source) it ran on
+                # the importing node, wrote keys the source still held there (their
+                # MIGRATE then failed BUSYKEY and stopped the reshard) and read the
+                # source's dedupe marks as absent.
+                keys = [*self.keys.tag_keys(tag), *(self.keys.part_prefix(tag) + op[0] for op in part)]
+                # ClusterPipeline blocks .evalsha(); the raw command is routed by its keys.
+                pipe.execute_command(*script, len(keys), *keys, *args)
             try:
                 replies = pipe.execute()
                 break

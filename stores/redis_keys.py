@@ -161,9 +161,20 @@ class Keys:
     TRENDING_TAG = "trending"
     VACATIONS_TAG = "vacations"
 
-    def tag_key(self, tag: str) -> str:
-        """A key in ``tag``'s slot, used to route a per-slot script call."""
-        return f"{self.prefix}{{{tag}}}"
+    def tag_keys(self, tag: str) -> list[str]:
+        """Every key of ``tag``'s entity that a per-slot write script may read or write."""
+        kind, _, entity = tag.partition(":")
+        if tag == self.TRENDING_TAG:
+            return [self.trending]
+        if tag == self.VACATIONS_TAG:
+            return [self.vacations, self.vacations_version]
+        if kind == "u":
+            return [self.user(entity, what) for what in USER_SUFFIXES]
+        if kind == "i":
+            return [self.item(entity)]
+        if kind == "s":
+            return [self.listings(entity)]
+        raise ValueError(f"not a per-slot tag: {tag!r}")
 
     def part_prefix(self, tag: str) -> str:
         """Prefix of the per-slot dedupe keys of ``tag`` (event id and part follow)."""

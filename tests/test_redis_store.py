@@ -187,6 +187,47 @@ def test_a_cluster_reads_the_items_of_a_slot_being_migrated_where_each_is_now(tm
         cluster.stop()
 
 
+def test_a_cluster_write_into_a_slot_being_migrated_waits_for_it_and_leaves_the_reshard_whole(tmp_path):
+    """A per-slot write script named one key of its slot, which a user's slot does not hold:
+    while the slot was migrating, the source answered ASK and the script ran on the importing
+    node, writing there the user's liked hash and recent likes that the source still held.
+    MIGRATE of those keys then failed BUSYKEY, stopping the reshard, and the
+    like lived in a key the source's would replace (a review)."""
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3).start()
+    try:
+        dataset = generate(users=100, sellers=10, items=200, seed=4)
+        store = make_redis_store(cluster.url, dataset)
+        k = store.keys
+        user = dataset.user_ids()[0]
+        liked_before = store.client.hgetall(k.liked(user))
+        item = next(i for i in dataset.items.item_id if i not in liked_before)
+        count_before = int(store.client.hget(k.item(item), "like_count"))
+        slot = key_slot(k.liked(user).encode())
+        owner = store.client.get_node_from_key(k.liked(user)).port
+        source = next(node for node in cluster.nodes if node.port == owner).client()
+        target_port = next(node for node in cluster.primaries() if node.port != owner).port
+        target = next(node for node in cluster.nodes if node.port == target_port).client()
+        source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        like = [Event("moving-like", EventKind.LIKE, NOW, user_id=user, item_id=item)]
+        with pytest.raises(StoreUnavailable):
+            store.apply(like)  # the slot's keys are on both sides: not applied, a retry is safe
+        assert target.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100) == []
+        keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        assert source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys) == "OK"
+        for node in cluster.nodes:
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        assert store.apply(like).applied == 1
+        assert store.client.hgetall(k.liked(user)) == {**liked_before, item: store.client.hget(k.liked(user), item)}
+        assert int(store.client.hget(k.item(item), "like_count")) == count_before + 1
+        assert source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_cluster_state_spreads_over_every_primary(redis_cluster_url, redis_cluster):
     dataset = generate(users=300, sellers=30, items=500, seed=3)
     store = make_redis_store(redis_cluster_url, dataset)
