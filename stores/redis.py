@@ -1077,13 +1077,40 @@ class LazyCluster:
             self._client.close()
 
 
+# Times a cluster's keys are scanned again when its slots moved meanwhile (a reshard).
+SCAN_ATTEMPTS = 5
+
+
+def _slot_layout(client: Any) -> list[tuple[str, str, list[int]]]:
+    """(primary, its config epoch, the slots it serves) of each primary, read afresh; every
+    slot a reshard moves changes it."""
+    client.nodes_manager.initialize()
+    owned: dict[str, list[int]] = defaultdict(list)
+    for slot, holders in sorted(client.nodes_manager.slots_cache.items()):
+        if holders:
+            owned[holders[0].name].append(slot)
+    return [(node.name, client.get_redis_connection(node).cluster("info").get("cluster_my_epoch"), owned[node.name])
+            for node in sorted(client.get_primaries(), key=lambda node: node.name)]  # fmt: skip
+
+
 def scan_keys(client: Any, pattern: str, count: int = 1_000) -> Iterator[str]:
-    """Every key matching ``pattern`` (SCAN, ``count`` per step), on each primary of a cluster."""
-    if is_cluster_client(client):
-        for node in client.get_primaries():
-            yield from client.get_redis_connection(node).scan_iter(match=pattern, count=count)
-    else:
+    """Every key matching ``pattern`` (SCAN, ``count`` per step), on each primary of a cluster.
+
+    A cluster is scanned node by node, and a slot a reshard moves from a node not scanned
+    yet to one scanned hides its keys: the slots' layout is read before and after, and
+    the scan run again when it changed (StoreUnavailable after SCAN_ATTEMPTS). So a
+    cluster's keys are gathered before the first is yielded, each once."""
+    if not is_cluster_client(client):
         yield from client.scan_iter(match=pattern, count=count)
+        return
+    for _ in range(SCAN_ATTEMPTS):
+        layout = _slot_layout(client)
+        keys = dict.fromkeys(key for node in client.get_primaries() for key in client.get_redis_connection(node).scan_iter(match=pattern, count=count))
+        if _slot_layout(client) == layout:
+            yield from keys
+            return
+    raise StoreUnavailable(f"the cluster's slots moved while its keys were scanned, {SCAN_ATTEMPTS} times (a reshard?): "
+                           "try again once it is done")  # fmt: skip
 
 
 def is_cluster_client(client: Any) -> bool:

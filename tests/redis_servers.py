@@ -247,6 +247,19 @@ class RedisClusterServers:
                     time.sleep(0.05)
         return time.monotonic() - started
 
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """Move ``slot`` from primary ``source`` to primary ``target`` with its keys, as
+        `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, SETSLOT NODE)."""
+        with source.client() as src, target.client() as dst:
+            source_id, target_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for node in self.primaries():
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
