@@ -2312,6 +2312,8 @@ class RedisStore:
 
         A cluster's node answers PING while a slot has no primary (a primary down with no
         replica to take over, or one failing over): feeds fail then, so ask its state too.
+        And its state stays ok for cluster-node-timeout (15 s by default) after a primary
+        died, while every feed reading that primary's items fails: each primary is pinged.
         """
         try:
             if not self.client.ping():
@@ -2319,11 +2321,30 @@ class RedisStore:
                 return False
             state = self.client.cluster_info().get("cluster_state") if self.is_cluster else "ok"
             self.ping_failure = "" if state == "ok" else f"cluster_state:{state}"
+            if not self.ping_failure and self.is_cluster:
+                self.ping_failure = self._silent_primaries()
             if not self.ping_failure:
                 self._recheck_eviction()
         except (RedisError, RedisClusterException, OSError) as error:
             self.ping_failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
         return not self.ping_failure
+
+    def _silent_primaries(self) -> str:
+        """Which primaries of the slot map do not answer PING, and why; "" when all do. The
+        map is read again before a primary counts as down: one replaced by its replica in a
+        failover is then no longer in it (nor is a feed there to refresh it while health
+        says NOT_SERVING)."""
+        for refreshed in (False, True):
+            failures = []
+            for node in self.client.get_primaries():
+                try:
+                    self.client.get_redis_connection(node).ping()
+                except (RedisError, OSError) as error:
+                    failures.append(f"primary {node.name}: {type(error).__name__}: {' '.join(str(error).split())}")
+            if not failures or refreshed:
+                return "; ".join(failures)
+            self.client.nodes_manager.initialize()
+        raise AssertionError("unreachable")
 
     def read_eviction_policy(self) -> str | None:
         """``eviction_warning`` of this store's Redis, remembered: ``ping`` logs a later one that differs."""
