@@ -2313,36 +2313,41 @@ class RedisStore:
         A cluster's node answers PING while a slot has no primary (a primary down with no
         replica to take over, or one failing over): feeds fail then, so ask its state too.
         And its state stays ok for cluster-node-timeout (15 s by default) after a primary
-        died, while every feed reading that primary's items fails: each primary is pinged.
+        died, while every feed reading that primary's items fails: each primary is asked.
         """
         try:
-            if not self.client.ping():
-                self.ping_failure = "PING was not answered"
-                return False
-            state = self.client.cluster_info().get("cluster_state") if self.is_cluster else "ok"
-            self.ping_failure = "" if state == "ok" else f"cluster_state:{state}"
-            if not self.ping_failure and self.is_cluster:
-                self.ping_failure = self._silent_primaries()
+            if self.is_cluster:
+                self.ping_failure = self._cluster_failure()
+            else:
+                self.ping_failure = "" if self.client.ping() else "PING was not answered"
             if not self.ping_failure:
                 self._recheck_eviction()
         except (RedisError, RedisClusterException, OSError) as error:
             self.ping_failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
         return not self.ping_failure
 
-    def _silent_primaries(self) -> str:
-        """Which primaries of the slot map do not answer PING, and why; "" when all do. The
-        map is read again before a primary counts as down: one replaced by its replica in a
-        failover is then no longer in it (nor is a feed there to refresh it while health
-        says NOT_SERVING)."""
+    def _cluster_failure(self) -> str:
+        """What of the cluster cannot serve feeds, "" when nothing: each primary of the slot
+        map is asked its cluster_state (CLUSTER INFO), and named when it does not answer.
+
+        Not one node (redis-py's default node): the node the client started from may have
+        left the cluster since (its slots moved away, then `redis-cli --cluster del-node`),
+        and answered cluster_state:fail for good while every feed was served. The map is read
+        again before a failure counts: a primary replaced by its replica in a failover, or
+        removed, is then no longer in it (no feed comes to refresh it while health says
+        NOT_SERVING)."""
         for refreshed in (False, True):
             failures = []
             for node in self.client.get_primaries():
                 try:
-                    self.client.get_redis_connection(node).ping()
+                    state = self.client.get_redis_connection(node).cluster("info").get("cluster_state")
                 except (RedisError, OSError) as error:
                     failures.append(f"primary {node.name}: {type(error).__name__}: {' '.join(str(error).split())}")
+                else:
+                    if state != "ok":
+                        failures.append(f"cluster_state:{state}")
             if not failures or refreshed:
-                return "; ".join(failures)
+                return "; ".join(dict.fromkeys(failures))
             self.client.nodes_manager.initialize()
         raise AssertionError("unreachable")
 
