@@ -1049,8 +1049,9 @@ def unavailable_on_redis_errors() -> Iterator[None]:
             raise StoreForbidden(" ".join(str(error).split())) from error
         raise
     except RedisClusterException as error:
-        # Raised e.g. when no startup node answers; programming errors stay errors.
-        if isinstance(error, SlotNotCoveredError) or "connect" in str(error).lower() or "reachable" in str(error).lower():
+        # Raised e.g. when no startup node answers, or none serves every slot (the store URL's
+        # node removed from the cluster); programming errors stay errors.
+        if isinstance(error, SlotNotCoveredError) or any(words in str(error).lower() for words in ("connect", "reachable", "not covered")):
             raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
         raise
 

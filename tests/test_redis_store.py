@@ -635,6 +635,26 @@ def test_a_cluster_down_reply_is_unavailable_even_from_inside_a_script(reply):
             raise redis.exceptions.ResponseError("user_script:3: attempt to index a nil value")
 
 
+def test_a_seed_that_serves_no_slot_is_unavailable_not_an_internal_error(tmp_path):
+    """A process connecting through a cluster node that serves no slot (a node removed with
+    `redis-cli --cluster del-node`, which resets it; or one not joined yet) got redis-py's
+    RedisClusterException "All slots are not covered": a feed process started after the
+    store URL's node left the cluster answered INTERNAL, with a traceback, to 574 of 761
+    GetFeeds (a review)."""
+    node = RedisServer(tmp_path / "lone", extra=["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "lone" / "nodes.conf")],
+                       cluster=True).start()  # fmt: skip
+    try:
+        store = RedisStore.from_url(f"redis-cluster://127.0.0.1:{node.port}")
+        with pytest.raises(StoreUnavailable, match="not covered"):
+            store.read_user("alice")
+        with pytest.raises(StoreUnavailable, match="not covered"):
+            store.apply([Event("e1", EventKind.FOLLOW, NOW, user_id="alice", seller_id="s1")])
+        assert not store.ping() and "not covered" in store.ping_failure
+        store.close()
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("error", [
     redis.exceptions.NoPermissionError("this user has no permissions to run the 'hset' command"),
     # Redis 7.0's reply to a script's command refused (7.2: "ACL failure in script: ...").
