@@ -1003,6 +1003,23 @@ def _warn_if_empty(connection: Any) -> None:
                   connection.host, connection.port)
 
 
+def _warn_when_restarted_empty() -> Callable[[Any], None]:
+    """A cluster client's connect hook: ``_warn_if_empty`` when a node (HOST:PORT) it
+    connected to before is another Redis server process now (its INFO run_id), as
+    ``RedisStore._forget_on_reconnect`` does for a standalone Redis."""
+    lock, run_ids = threading.Lock(), {}
+
+    def on_connect(connection: Any) -> None:
+        run_id = _server_run_id(connection)
+        with lock:
+            before = run_ids.get((connection.host, connection.port))
+            run_ids[(connection.host, connection.port)] = run_id
+        if before is not None and run_id is not None and run_id != before:
+            _warn_if_empty(connection)
+
+    return on_connect
+
+
 # Times the WAIT client's slot map is read again before a confirmation counts as lost: a
 # failover reaches the nodes one by one.
 WAIT_MAP_REFRESHES = 4
@@ -1337,7 +1354,7 @@ class RedisStore:
         # connections a timeout below that would report an outage for a batch that was applied.
         wait_timeout = max(write_timeout, int(own.get("wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS)) / 1000 + WAIT_REPLY_MARGIN)
         with unavailable_on_redis_errors():
-            client = connect(url, **kwargs)
+            client = connect(url, **({**kwargs, "redis_connect_func": _warn_when_restarted_empty()} if url.startswith("redis-cluster://") else kwargs))
             writer = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": write_timeout})
             waiter = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": wait_timeout})
             return cls(client, write_client=writer, wait_client=waiter, **own)

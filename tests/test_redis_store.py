@@ -706,6 +706,30 @@ def test_a_dead_redis_gives_store_unavailable_and_a_restarted_one_is_used_again(
     store.close()
 
 
+def test_a_cluster_primary_restarted_without_its_data_is_logged(tmp_path, caplog):
+    """The log line above came only from the standalone copy's connect hook: a cluster
+    primary restarted in place without persistence (no replica took over) was used again
+    in silence, a third of the feeds empty (a review)."""
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, node_timeout_ms=15_000).start()
+    try:
+        dataset = generate(users=100, sellers=10, items=200, seed=4)
+        store = make_redis_store(cluster.url, dataset)
+        user = dataset.user_ids()[0]
+        assert not views.read_user(store, user).is_empty
+        victim = next(node for node in cluster.nodes if node.port == store.client.get_node_from_key(store.keys.liked(user)).port)
+        victim.kill()
+        with pytest.raises(StoreUnavailable):
+            views.read_user(store, user)
+        victim.start()
+        cluster.wait_ok()
+        with caplog.at_level(logging.ERROR, logger="feedrank.store"):
+            assert views.read_user(store, user).is_empty  # no persistence: it came back empty
+        assert f"Redis at 127.0.0.1:{victim.port} is a new process that holds no data" in caplog.text
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_ingest_into_a_redis_that_came_back_empty_is_unavailable_and_writes_nothing_until_loaded(own_server, caplog):
     """A Redis restarted without its data answered a valid like INVALID_ARGUMENT (unknown
     item: a client drops the event for good) and applied follows to the empty store (an
