@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from concurrent import futures
+from types import SimpleNamespace
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.feed.v1 import feed_pb2
-from serving.config import MEMORY_COPY_MAX_BYTES, ConfigError, resolve_config
+from serving import feed_processes
+from serving.config import MEMORY_COPY_MAX_BYTES, ConfigError, ServerConfig, resolve_config
 from serving.feed_processes import PROCESS_LOST
 from serving.load import load_into_redis
 from serving.page_token import EMPTY, PageTokenCodec
-from serving.servicer import Refused
+from serving.servicer import Refusal, Refused
 from stores.events import Event, EventKind
 from stores.redis import connect
 from tests.conftest import REPO
@@ -479,3 +483,55 @@ def test_a_feed_process_that_cannot_load_its_models_fails_before_the_store_is_co
     finally:
         feed_processes.shutdown()
         events.close()
+
+
+def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe_a_second(monkeypatch):
+    """A child whose own store connection fails answers fast, so it is idle soonest; taking
+    the idle child first, it drew most calls (574 of 761 on a Redis Cluster whose seed node
+    it had started from was gone, while the other child served). The children here are the
+    far ends of real pipes, answering as a feed process does."""
+    monkeypatch.setattr(feed_processes, "FAILING_PROBE_SECONDS", 0.2)
+    loop = asyncio.new_event_loop()
+    processes = feed_processes.FeedProcesses(ServerConfig(models_dir="unused"), 2, loop)
+    service = SimpleNamespace(metrics=SimpleNamespace(observe_feed=lambda gathered, removed: None))
+    ok = feed_pb2.GetFeedResponse(model_version="v1").SerializeToString()
+    failed = Refusal(grpc.StatusCode.UNAVAILABLE, "store unavailable")
+    ends = {}
+    for name in ("broken", "healthy"):
+        ours, theirs = multiprocessing.Pipe()
+        ends[name] = (feed_processes._Child(SimpleNamespace(pid=0), ours), theirs)
+
+    async def calls(count: int) -> list[str]:
+        """``count`` GetFeeds at once; the name of the child each went to, in the order
+        sent (each child's end answers its calls as a feed process would)."""
+        answers = [asyncio.ensure_future(processes.get_feed_response(service, feed_pb2.GetFeedRequest(user_id="u1"), time.time()))
+                   for _ in range(count)]
+        await asyncio.sleep(0)
+        taken = []
+        for name, (_, end) in ends.items():
+            while end.poll():
+                end.recv_bytes()
+                taken.append(name)
+                end.send_bytes(pickle.dumps((None, failed, {}, {}) if name == "broken" else (ok, None, {}, {})))
+        for answer in answers:
+            with contextlib.suppress(Refused):
+                await answer
+        return sorted(taken)
+
+    async def scenario() -> list[list[str]]:
+        for child, _ in ends.values():
+            processes._adopt(child)
+        rounds = [await calls(1)]  # the broken child is idle first, and fails
+        rounds += [await calls(2) for _ in range(10)]  # both calls to the healthy one (the second as its next)
+        await asyncio.sleep(0.25)
+        rounds.append(await calls(2))  # the healthy one busy: the broken one gets a probe
+        rounds.append(await calls(2))  # failed again: none for another period
+        return rounds
+
+    try:
+        rounds = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert rounds[0] == ["broken"]
+    assert rounds[1:11] == [["healthy", "healthy"]] * 10, rounds
+    assert rounds[11:] == [["broken", "healthy"], ["healthy", "healthy"]], rounds
