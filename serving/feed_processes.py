@@ -24,8 +24,8 @@ Each child has a pipe of its own to the server's event loop, and builds one feed
 time. A call goes to the child that has been idle for the shortest time; when none is
 idle, to the child longest at its call, as the next it builds (``CALLS_PER_CHILD``),
 unless events wait for that child; else it waits in one queue in the server. A child
-whose last feed failed for its own reasons (UNAVAILABLE, INTERNAL) takes no call while
-another's last feed did not fail, but a probe a second (``FAILING_PROBE_SECONDS``). A call
+whose store failed its last feed (UNAVAILABLE) takes no call while another's last feed
+did not fail, but a probe a second (``FAILING_PROBE_SECONDS``). A call
 whose caller went away (cancelled, or past its deadline) is dropped from that queue, and
 one that a busy child gets to after its deadline is refused unbuilt. A child
 answers with the serialized response or the refusal it mapped its error to
@@ -80,12 +80,12 @@ without waiting for the server's loop (benchmarks/README.md: at 16 calls in flig
 cores, in turns, 3-7 % more GetFeeds per second on the memory store and 9 % on Redis;
 three per child lost 3 %)."""
 FAILING_PROBE_SECONDS = 1.0
-"""A child whose last feed failed for its own reasons (UNAVAILABLE from its store, INTERNAL)
-gets no call while another child's last feed did not fail, but one every this many seconds,
-to see whether it works again. A child that fails fast is idle soonest: with the idle child
-taking the next call it drew most calls (574 of 761 on a Redis Cluster whose node it had
-started from was gone, while the other child served them)."""
-CHILD_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+"""A child whose last feed its store failed (UNAVAILABLE) gets no call while another child's
+last feed did not fail, but one every this many seconds, to see whether it works again. A
+child that fails fast is idle soonest: with the idle child taking the next call it drew most
+calls (574 of 761 on a Redis Cluster whose node it had started from was gone, while the
+other child served them). INTERNAL is not counted: a bug that one request meets would take
+a child out for every other."""
 READY_TIMEOUT_SECONDS = 600.0
 """How long the server waits for a feed process to load the model and reach the store."""
 RESTART_DELAY_SECONDS = 5.0
@@ -185,7 +185,7 @@ class _Child:
     calls: collections.deque[asyncio.Future] = field(default_factory=collections.deque)  # sent to it, oldest first
     busy_since: float = 0.0  # loop time at which it started the oldest of its calls
     backlog: collections.deque[bytes] = field(default_factory=collections.deque)  # events not sent yet (memory store)
-    failed_at: float = 0.0  # loop time of its last feed that failed for its own reasons (or of its last probe); 0: none
+    failed_at: float = 0.0  # loop time of its last feed its store failed (or of its last probe since); 0: none
 
 
 class FeedProcessError(RuntimeError):
@@ -423,7 +423,7 @@ class FeedProcesses:
             self._lost(child)
             return
         refusal = reply[1]
-        child.failed_at = self.loop.time() if refusal is not None and refusal.code in CHILD_FAULTS else 0.0
+        child.failed_at = self.loop.time() if refusal is not None and refusal.code == grpc.StatusCode.UNAVAILABLE else 0.0
         answer = child.calls.popleft() if child.calls else None
         if child.calls:
             child.busy_since = self.loop.time()

@@ -496,6 +496,8 @@ def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe
     service = SimpleNamespace(metrics=SimpleNamespace(observe_feed=lambda gathered, removed: None))
     ok = feed_pb2.GetFeedResponse(model_version="v1").SerializeToString()
     failed = Refusal(grpc.StatusCode.UNAVAILABLE, "store unavailable")
+    bug = Refusal(grpc.StatusCode.INTERNAL, "internal error")
+    healthy_answer = [(ok, None, {}, {})]
     ends = {}
     for name in ("broken", "healthy"):
         ours, theirs = multiprocessing.Pipe()
@@ -512,7 +514,7 @@ def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe
             while end.poll():
                 end.recv_bytes()
                 taken.append(name)
-                end.send_bytes(pickle.dumps((None, failed, {}, {}) if name == "broken" else (ok, None, {}, {})))
+                end.send_bytes(pickle.dumps((None, failed, {}, {}) if name == "broken" else healthy_answer[0]))
         for answer in answers:
             with contextlib.suppress(Refused):
                 await answer
@@ -526,6 +528,10 @@ def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe
         await asyncio.sleep(0.25)
         rounds.append(await calls(2))  # the healthy one busy: the broken one gets a probe
         rounds.append(await calls(2))  # failed again: none for another period
+        healthy_answer[0] = (None, bug, {}, {})
+        rounds.append(await calls(1))  # a bug one request met: no reason to leave the child out
+        healthy_answer[0] = (ok, None, {}, {})
+        rounds.append(await calls(2))
         return rounds
 
     try:
@@ -534,4 +540,5 @@ def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe
         loop.close()
     assert rounds[0] == ["broken"]
     assert rounds[1:11] == [["healthy", "healthy"]] * 10, rounds
-    assert rounds[11:] == [["broken", "healthy"], ["healthy", "healthy"]], rounds
+    assert rounds[11:13] == [["broken", "healthy"], ["healthy", "healthy"]], rounds
+    assert rounds[13:] == [["healthy"], ["healthy", "healthy"]], rounds
