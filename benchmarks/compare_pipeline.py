@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -132,13 +133,24 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(int(share * len(ordered)), len(ordered) - 1)]
 
 
+def round_ratios(numerators: list[float], denominators: list[float]) -> tuple[list[float], int]:
+    """Each round's ratio, leaving out the rounds with nothing to divide: a denominator of 0 or
+    a figure that is NaN (every call of the round failed, with --allow-errors); and how many."""
+    ratios = [b / a for a, b in zip(denominators, numerators) if a > 0 and not math.isnan(b)]
+    return ratios, min(len(numerators), len(denominators)) - len(ratios)
+
+
 def ratio_lines(specs: list[str], per_round: list[list[float]], what: str) -> list[str]:
     """One line per later checkout: its per-round ``what`` divided by the first's."""
     lines = []
     for spec, measured in zip(specs[1:], per_round[1:]):
-        ratios = [b / a for a, b in zip(per_round[0], measured)]
-        lines.append(f"{spec} / {specs[0]}: {what}per-round ratio median {statistics.median(ratios):.3f}, "
-                     f"p10 {percentile(ratios, 0.1):.3f}, p90 {percentile(ratios, 0.9):.3f}")  # fmt: skip
+        ratios, left_out = round_ratios(measured, per_round[0])
+        head = f"{spec} / {specs[0]}: {what}per-round ratio "
+        if not ratios:
+            lines.append(f"{head}not measured: no round where both had calls answered")
+            continue
+        lines.append(f"{head}median {statistics.median(ratios):.3f}, p10 {percentile(ratios, 0.1):.3f}, "
+                     f"p90 {percentile(ratios, 0.9):.3f}" + (f" ({left_out} round{'s' * (left_out != 1)} without answered calls left out)" if left_out else ""))  # fmt: skip
     return lines
 
 

@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.compare_pipeline import check_checkouts, ratio_lines
+from benchmarks.compare_pipeline import check_checkouts, ratio_lines, round_ratios
 from benchmarks.loadgen import (
     PreflightFailed,
     ServerDidNotStart,
@@ -137,9 +137,10 @@ def report(specs: list[str], bursts: list[Bursts], failed: int) -> list[str]:
     with_store = any(value == value for server in bursts for value in server.feed_store_cpu_ms)  # measured (not NaN)
     lines = []
     for spec, server in zip(specs, bursts):
-        ratio = statistics.median(f / e for f, e in zip(server.feed_qps, server.empty_qps))
+        ratios, _ = round_ratios(server.feed_qps, server.empty_qps)
+        ratio = f"{statistics.median(ratios):.3f}" if ratios else "not measured (no empty RPC answered)"
         lines.append(f"{spec}: GetFeed {statistics.median(server.feed_qps):.0f}/s, empty {statistics.median(server.empty_qps):.0f}/s, "
-                     f"GetFeed / empty per round: median {ratio:.3f}; server CPU per call: GetFeed "
+                     f"GetFeed / empty per round: median {ratio}; server CPU per call: GetFeed "
                      f"{statistics.median(server.feed_cpu_ms):.3f} ms, empty {statistics.median(server.empty_cpu_ms):.3f} ms"
                      + (f"; store CPU per GetFeed {statistics.median(server.feed_store_cpu_ms):.3f} ms" if with_store else ""))  # fmt: skip
     both = [[a + b for a, b in zip(server.feed_cpu_ms, server.feed_store_cpu_ms)] for server in bursts]

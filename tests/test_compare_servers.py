@@ -126,3 +126,23 @@ def test_a_server_that_wants_a_token_is_refused_in_one_line_and_loaded_with_one(
     status = compare_servers.main([*argv, "--token", "compare-read-token-0123456789"])
     lines = capfd.readouterr().out.strip().splitlines()
     assert status == 0 and lines[-1] == "failed calls: 0", lines
+
+
+def test_a_round_where_every_call_failed_is_left_out_of_the_ratios_not_divided_by():
+    # With --allow-errors a round can answer no call: its GetFeed/s is 0 and its CPU per call
+    # NaN. The report divided by them and ended in ZeroDivisionError, losing every other round.
+    nan = float("nan")
+    base = compare_servers.Bursts(empty_qps=[5000.0, 0.0, 5000.0], feed_qps=[900.0, 0.0, 1000.0],
+                                  empty_cpu_ms=[0.2, nan, 0.2], feed_cpu_ms=[1.7, nan, 1.6], feed_store_cpu_ms=[nan] * 3)
+    new = compare_servers.Bursts(empty_qps=[5000.0, 5000.0, 0.0], feed_qps=[990.0, 950.0, 0.0],
+                                 empty_cpu_ms=[0.2, 0.2, nan], feed_cpu_ms=[1.6, 1.6, nan], feed_store_cpu_ms=[nan] * 3)
+    lines = compare_servers.report(["base", "new"], [base, new], failed=40)
+    assert "GetFeed / empty per round: median 0.190;" in lines[0]
+    # The baseline's empty round is left out; the new server's is a measured 0 GetFeeds a second.
+    assert lines[2] == "new / base: GetFeed per-round ratio median 0.550, p10 0.000, p90 1.100 (1 round without answered calls left out)"
+    assert "server CPU per GetFeed per-round ratio median 0.941" in lines[3] and "(2 rounds" in lines[3]
+    assert lines[-1] == "failed calls: 40"
+    nothing = compare_servers.Bursts(empty_qps=[0.0], feed_qps=[0.0], empty_cpu_ms=[nan], feed_cpu_ms=[nan], feed_store_cpu_ms=[nan])
+    lines = compare_servers.report(["base", "new"], [nothing, nothing], failed=2)
+    assert "median not measured (no empty RPC answered)" in lines[0]
+    assert lines[2] == "new / base: GetFeed per-round ratio not measured: no round where both had calls answered"
