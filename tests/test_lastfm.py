@@ -156,6 +156,11 @@ def test_a_published_split_cuts_the_listens_as_its_files_say(tmp_path):
     from training.dataset import load_dataset
 
     assert len(load_dataset(str(out)).likes) == 4
+    # Converted again into the same directory without the split, every listen is a like: the
+    # old test pairs, now in the training likes, must not be left for `evaluate --test`.
+    run(parser.parse_args(["--src", src, "--binary", "--out", str(out)]))
+    assert len(load_dataset(str(out)).likes) == 6
+    assert not (out / "test_pairs.csv").exists()
 
 
 @pytest.mark.parametrize("train_rows, test_rows, users, message", [

@@ -29,6 +29,7 @@ into a scratch directory, never into this repository.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -276,10 +277,14 @@ def run(args: argparse.Namespace) -> None:
         f"{args.out}: {len(dataset.items)} items (artists), {len(dataset.likes)} likes ({kind}), "
         f"{len(dataset.friends)} friendships, {len(set(dataset.likes.src))} users"
     )
-    if test is not None:
+    path = os.path.join(args.out, TEST_PAIRS)
+    if test is None:
+        # A split's test pairs from an earlier run would no longer match the likes just written.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    else:
         from training.evaluate import write_test_file
 
-        path = os.path.join(args.out, TEST_PAIRS)
         write_test_file(path, test)
         print(f"{path}: {len(test)} test pairs of {len(set(test.src))} users; evaluate with "
               f"python -m training evaluate --data {args.out} --test {path}")
