@@ -39,6 +39,7 @@ from stores.redis import (
     NOT_A_CLUSTER,
     NOT_A_CLUSTER_CAUSES,
     PACKED_FIELD,
+    SlotsMoving,
     acl_refusals,
     connect,
     eviction_warning,
@@ -322,6 +323,8 @@ def _fail_unavailable(url_text: str, error: StoreUnavailable) -> NoReturn:
         _fail(url_text, f"Redis refuses this user a permission: {error}")
     if NOT_A_CLUSTER in str(error):
         _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
+    if isinstance(error, SlotsMoving):
+        _fail(url_text, f"the cluster is resharding: {error}")
     _fail(url_text, f"Redis unreachable: {error}")
 
 

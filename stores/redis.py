@@ -1127,8 +1127,13 @@ def scan_keys(client: Any, pattern: str, count: int = 1_000) -> Iterator[str]:
         if _slot_layout(client) == layout:
             yield from keys
             return
-    raise StoreUnavailable(f"the cluster's slots moved while its keys were scanned, {SCAN_ATTEMPTS} times (a reshard?): "
-                           "try again once it is done")  # fmt: skip
+    raise SlotsMoving(f"the cluster's slots moved while its keys were scanned, {SCAN_ATTEMPTS} times (a reshard?): "
+                      "try again once it is done")  # fmt: skip
+
+
+class SlotsMoving(StoreUnavailable):
+    """A cluster's slots kept moving while its keys were scanned (a reshard): it answers, but a
+    scan of every key cannot finish until the slots stay put."""
 
 
 def is_cluster_client(client: Any) -> bool:

@@ -256,6 +256,21 @@ def test_a_cluster_scan_sees_every_key_while_a_slot_moves_between_its_primaries(
         cluster.stop()
 
 
+def test_a_scan_whose_slots_never_settle_ends_in_one_line_naming_the_reshard(redis_cluster_url, monkeypatch):
+    """`export` and `repack` during a reshard that outlasts every scan: it used to say
+    "Redis unreachable", of a cluster that answered every command."""
+    from serving.load import exit_on_redis_errors
+
+    client = stores.redis.connect(redis_cluster_url)
+    layouts = iter(range(1_000))
+    monkeypatch.setattr(stores.redis, "_slot_layout", lambda client: next(layouts))  # a slot moves between every two reads
+    with pytest.raises(SystemExit) as stopped, exit_on_redis_errors(redis_cluster_url):
+        list(stores.redis.scan_keys(client, "no-such-key:*"))
+    assert "the cluster is resharding: the cluster's slots moved while its keys were scanned, 5 times" in str(stopped.value.code)
+    assert "unreachable" not in str(stopped.value.code)
+    client.close()
+
+
 def test_cluster_state_spreads_over_every_primary(redis_cluster_url, redis_cluster):
     dataset = generate(users=300, sellers=30, items=500, seed=3)
     store = make_redis_store(redis_cluster_url, dataset)
