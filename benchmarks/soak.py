@@ -16,7 +16,7 @@ the same port after ``--outage-seconds``. Reports:
             Redis read cache; pages shared between them count in each), sampled every second
             (MB): first, last, max, and the slope of a line fitted to the second half
             (MB/min; flat is ~0). Printed as a summary; --json keeps every sample.
-  lost      acknowledged likes missing from Redis afterwards (target 0)
+  lost      acknowledged likes missing from Redis afterwards (target 0; any makes the exit status 1)
 """
 
 from __future__ import annotations
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary(report), indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=False))
+    if report["acked_events_missing"]:  # the soak's one hard target: a script or CI sees it in the status
+        parser.exit(1, f"{parser.prog}: {report['acked_events_missing']} of {report['acked_events']} acknowledged likes "
+                       "are missing from Redis (target 0)\n")
     return report
 
 

@@ -39,6 +39,21 @@ def refuse_constant(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+def test_acknowledged_likes_missing_after_the_soak_fail_its_exit_status(tmp_path, capsys, monkeypatch):
+    # The soak's one hard target is no acknowledged like lost; it printed the count and
+    # exited 0 all the same, so a script or CI running it saw a pass.
+    require_redis()
+    measured = {"seconds": 1, "answers": {}, "first_error_messages": {}, "recovery_seconds": None, "errors_after_recovery": {},
+                "rss_mb": soak.rss_summary([]), "acked_events": 40, "acked_events_missing": 3}
+    monkeypatch.setattr(soak, "soak", lambda *args: measured)  # what a soak that lost 3 likes measures
+    with pytest.raises(SystemExit) as stopped:
+        soak.main(["--seconds", "1", "--users", "100", "--items", "300", "--json", str(tmp_path / "soak.json")])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "python -m benchmarks.soak: 3 of 40 acknowledged likes are missing from Redis (target 0)"
+    assert json.loads((tmp_path / "soak.json").read_text())["acked_events_missing"] == 3, "the report is written first"
+
+
 def test_the_memory_of_the_servers_children_counts_too():
     # A child that holds 100 MB, as a feed process holds the Redis read cache.
     child = subprocess.Popen([sys.executable, "-c", "import sys; block = bytearray(100 * 2**20); sys.stdin.read()"],
