@@ -192,6 +192,20 @@ def test_an_output_file_that_cannot_be_overwritten_is_refused_before_any_work(tm
         assert f"error: argument {flag}: cannot write {unwritable_file}: the file exists and is not writable" in refused(*argv), argv
 
 
+def test_a_write_the_system_refuses_midway_is_one_line_and_leaves_no_temporary_file(tmp_path, unwritable):
+    """A full disk, or a file the system will not let be replaced, is found only when the
+    dataset is written: it ended in a PermissionError (OSError) traceback, and left the
+    half-done `.likes.csv.tmp` behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "likes.csv").write_text("user_id,item_id\n")
+    unwritable(out / "likes.csv")
+    error = refused("generate", "--users", "50", "--sellers", "5", "--items", "100", "--out", str(out), "--no-progress", status=1)
+    assert error.strip().splitlines()[-1].startswith("error: [Errno 1] Operation not permitted:")
+    assert str(out / "likes.csv") in error
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
 def test_a_lastfm_out_that_cannot_be_written_is_refused_before_reading(tmp_path, unwritable):
     """lastfm --out checked only that the path was no file: under a read-only directory it read
     and converted the source, then ended in a PermissionError traceback."""

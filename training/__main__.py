@@ -110,7 +110,7 @@ def run_command(argv: list[str]) -> None:
         with progress_bars(sys.stderr.isatty() and not getattr(args, "no_progress", False)), \
                 load_defaults(on_unknown_item, warn=print_warning):
             args.run(args)
-    except (DatasetError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, OSError, ValueError) as error:  # OSError: a file missing, a disk full, a write refused
         sys.exit(f"error: {error}")
 
 

@@ -1712,11 +1712,10 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
             tables = _arrow_tables(dataset)
         for name, table in tables.items():
             target = os.path.join(path, parquet_name(name))
-            tmp = os.path.join(path, f".{parquet_name(name)}.tmp")
-            pq.write_table(table, tmp)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            with _replacing(target) as tmp:
+                pq.write_table(table, tmp)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
         for name in _SCHEMA:
             _remove(os.path.join(path, name))
             if name not in tables:  # a table this dataset has none of: not an older one's
@@ -1729,12 +1728,24 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(path, optional))
     for name, text in rendered.items():
-        tmp = os.path.join(path, f".{name}.tmp")
-        with open(tmp, "wb") as fh:
+        with _replacing(os.path.join(path, name)) as tmp, open(tmp, "wb") as fh:
             fh.write(text)
-        os.replace(tmp, os.path.join(path, name))
     for name in _SCHEMA:
         _remove(os.path.join(path, parquet_name(name)))
+
+
+@contextlib.contextmanager
+def _replacing(target: str) -> Iterator[str]:
+    """A temporary path beside ``target`` to write, renamed over ``target`` once written, so a
+    reader never sees half a file; removed when the write or the rename fails."""
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 __all__ = [
