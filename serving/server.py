@@ -226,23 +226,31 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 class InFlightCalls(grpc.aio.ServerInterceptor):
-    """Counts the FeedService calls in flight: accepted and not yet answered. The count
-    rises in the call's own task when the server accepts it, before its request is read,
-    and drops when that task ends, however it ends. ``refusal`` may turn a call away first.
-    Everything here runs on the event loop: no lock."""
+    """Counts the calls in flight that ``counts`` picks (the FeedService calls): accepted
+    and not yet answered. The count rises in the call's own task when the server accepts
+    it, before its request is read, and drops when that task ends, however it ends.
+    ``refusal`` may turn a call away first (``refused`` is told of it). Everything here
+    runs on the event loop: no lock."""
 
     def __init__(self) -> None:
         self.in_flight = 0
 
+    def counts(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return not is_open_method(method)
+
     def refusal(self) -> tuple[grpc.StatusCode, str] | None:
         return None
 
+    def refused(self, method: str) -> None:
+        """A call of ``method`` was turned away (the access log counts a unary call itself)."""
+
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or is_open_method(handler_call_details.method):
+        if handler is None or not self.counts(handler, handler_call_details.method):
             return handler
         refusal = self.refusal()
         if refusal is not None:
+            self.refused(handler_call_details.method)
             return rejecting(handler, *refusal)
         self.in_flight += 1
         asyncio.current_task().add_done_callback(self._done)
@@ -271,38 +279,29 @@ class ConcurrencyLimit(InFlightCalls):
 _log_refused_stream = RateLimitedLog("a new stream refused", every_seconds=60.0)
 
 
-class OpenStreamLimit(grpc.aio.ServerInterceptor):
+class OpenStreamLimit(ConcurrencyLimit):
     """Refuses a new stream at once with RESOURCE_EXHAUSTED while ``limit`` are open.
 
     The server's streams are health Watch and reflection, which need no token and stay
     open until the client closes them: each holds about 18 KB, and one client opened
     50,000 on one connection (+900 MB) with nothing logged (benchmarks/README.md). gRPC
     has no per-connection stream cap we can use (README, "Limits"), so this counts them
-    per process. A stream is counted in its own task from when it is accepted until that
-    task ends, however it ends. ``on_refused(method)`` is told of each refusal.
+    per process. The access log does not see streams: ``on_refused(method)`` is told of
+    each refusal.
     """
 
     def __init__(self, limit: int, on_refused: Callable[[str], None] | None = None) -> None:
-        self.limit = limit
+        super().__init__(limit)
         self.on_refused = on_refused
-        self.open = 0
         self.message = (f"too many open streams: {limit} health Watch and reflection streams at once on this server "
                         f"(--max-open-streams); close one, or poll grpc.health.v1.Health/Check instead")
 
-    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or not (handler.request_streaming or handler.response_streaming):
-            return handler
-        if self.open >= self.limit:
-            if self.on_refused is not None:
-                self.on_refused(handler_call_details.method)
-            return rejecting(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message)
-        self.open += 1
-        asyncio.current_task().add_done_callback(self._closed)
-        return handler
+    def counts(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return handler.request_streaming or handler.response_streaming
 
-    def _closed(self, _: asyncio.Task) -> None:
-        self.open -= 1
+    def refused(self, method: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(method)
 
 
 class Drain(InFlightCalls):
@@ -418,7 +417,7 @@ class FeedServer:
             self.metrics.track_certificate_expiry(lambda: tls.current.seconds_left())
         if self.stream_limit is not None:
             stream_limit = self.stream_limit
-            self.metrics.track_open_streams(lambda: stream_limit.open)
+            self.metrics.track_open_streams(lambda: stream_limit.in_flight)
         self._stop_metrics: Callable[[], None] | None = None
         self.http: HttpServer | None = None
         self._http_started = False

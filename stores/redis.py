@@ -2359,20 +2359,24 @@ class RedisStore:
         again before a failure counts: a primary replaced by its replica in a failover, or
         removed, is then no longer in it (no feed comes to refresh it while health says
         NOT_SERVING)."""
-        for refreshed in (False, True):
-            failures = []
-            for node in self.client.get_primaries():
-                try:
-                    state = self.client.get_redis_connection(node).cluster("info").get("cluster_state")
-                except (RedisError, OSError) as error:
-                    failures.append(f"primary {node.name}: {type(error).__name__}: {' '.join(str(error).split())}")
-                else:
-                    if state != "ok":
-                        failures.append(f"cluster_state:{state}")
-            if not failures or refreshed:
-                return "; ".join(dict.fromkeys(failures))
+        failures = self._primary_failures()
+        if failures:
             self.client.nodes_manager.initialize()
-        raise AssertionError("unreachable")
+            failures = self._primary_failures()
+        return "; ".join(dict.fromkeys(failures))
+
+    def _primary_failures(self) -> list[str]:
+        """Each primary of the client's slot map that does not answer, or not cluster_state:ok."""
+        failures = []
+        for node in self.client.get_primaries():
+            try:
+                state = self.client.get_redis_connection(node).cluster("info").get("cluster_state")
+            except (RedisError, OSError) as error:
+                failures.append(f"primary {node.name}: {type(error).__name__}: {' '.join(str(error).split())}")
+            else:
+                if state != "ok":
+                    failures.append(f"cluster_state:{state}")
+        return failures
 
     def read_eviction_policy(self) -> str | None:
         """``eviction_warning`` of this store's Redis, remembered: ``ping`` logs a later one that differs."""

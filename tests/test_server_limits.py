@@ -466,7 +466,7 @@ def test_open_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_plac
         health = health_pb2_grpc.HealthStub(channel)
         watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
         assert [next(watch).status for watch in watches] == [health_pb2.HealthCheckResponse.SERVING] * 3
-        assert server.stream_limit.open == 3
+        assert server.stream_limit.in_flight == 3
 
         with pytest.raises(grpc.RpcError) as refused:
             next(health.Watch(health_pb2.HealthCheckRequest()))
@@ -482,9 +482,9 @@ def test_open_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_plac
 
         watches.pop().cancel()
         deadline = time.monotonic() + 5
-        while server.stream_limit.open > 2 and time.monotonic() < deadline:
+        while server.stream_limit.in_flight > 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert server.stream_limit.open == 2
+        assert server.stream_limit.in_flight == 2
         assert next(health.Watch(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
         metrics = server.metrics.registry
         assert metrics.get_sample_value("feedrank_open_streams") == 3
