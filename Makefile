@@ -46,8 +46,9 @@ goload:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq golang-go golang-google-grpc-dev >/dev/null; }
 
-# Locust (benchmarks/locustfile.py) shares no code with the project and lives in an
-# environment of its own; tests/test_loadgen.py runs the locustfile with it.
+# Locust (benchmarks/locustfile.py) lives in an environment of its own: of the project it
+# imports only the protos and benchmarks/likes_file.py, which need nothing beyond grpcio and
+# protobuf; tests/test_loadgen.py runs the locustfile with it.
 LOCUST_VENV ?= .venv-locust
 $(LOCUST_VENV)/.installed:
 	$(PYTHON) -m venv $(LOCUST_VENV)

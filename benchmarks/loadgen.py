@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import itertools
 import threading
 import json
@@ -81,6 +80,7 @@ from benchmarks.go_client import (
     build,
     write_requests,
 )
+from benchmarks.likes_file import liked_columns, likes_header
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import TOKEN_VARIABLE, channel_credentials
 from stores.redis import URL_SCHEMES
@@ -387,8 +387,7 @@ def check_dataset(parser: argparse.ArgumentParser, flag: str, path: str) -> None
     if not os.path.isfile(likes):
         what = "no such directory" if not os.path.isdir(path) else "no likes.csv there"
         parser.error(f"{flag} {path}: {what} (the users to ask for are read from its likes.csv)")
-    with open(likes, newline="", encoding="utf-8-sig") as handle:
-        header = [name.strip() for name in next(csv.reader(handle), [])]
+    header = likes_header(path)
     missing = [name for name in ("user_id", "item_id") if name not in header]
     if missing:
         parser.error(f"{flag} {path}: likes.csv has no {' or '.join(missing)} column (its header: {','.join(header)})")
@@ -667,13 +666,8 @@ def sample_users(args: argparse.Namespace) -> list[str]:
 
 
 def sample_users_and_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """--users users and the items they liked, from the first 200,000 rows of likes.csv."""
-    with open(os.path.join(args.data, "likes.csv"), newline="", encoding="utf-8-sig") as handle:  # as the loader reads it
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        # By name, as the dataset loader reads them: its columns come in any order.
-        user, item = header.index("user_id"), header.index("item_id")
-        rows = [(row[user].strip(), row[item].strip()) for row, _ in zip(reader, range(200_000)) if len(row) > max(user, item)]
+    """--users users and the items they liked, from the first ROWS_READ rows of likes.csv (benchmarks/likes_file.py)."""
+    rows = liked_columns(args.data, ("user_id", "item_id"))
     users = sorted({user for user, _ in rows})
     items = sorted({item for _, item in rows})
     wanted = len(users) if args.users == 0 else min(len(users), args.users)

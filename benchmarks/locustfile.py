@@ -18,7 +18,6 @@ that the server does not know.
 
 from __future__ import annotations
 
-import csv
 import random
 import sys
 import time
@@ -32,6 +31,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from locust import User, constant, events, tag, task  # noqa: E402
 
+from benchmarks.likes_file import liked_columns, likes_header  # noqa: E402
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc  # noqa: E402
 
 TIMEOUT_SECONDS = 5.0
@@ -52,9 +52,8 @@ def start_problem(host: str | None, data_dir: str) -> str | None:
         return "--data is required: the dataset directory the server was loaded from, whose likes.csv gives the users to ask for"
     if not (Path(data_dir) / "likes.csv").is_file():
         return f"--data {data_dir}: {'no likes.csv there' if Path(data_dir).is_dir() else 'no such directory'}"
-    with open(Path(data_dir) / "likes.csv", newline="", encoding="utf-8-sig") as handle:
-        if "user_id" not in [name.strip() for name in next(csv.reader(handle), [])]:
-            return f"--data {data_dir}: likes.csv has no user_id column"
+    if "user_id" not in likes_header(data_dir):
+        return f"--data {data_dir}: likes.csv has no user_id column"
     return None
 
 
@@ -69,10 +68,7 @@ def _check_start(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def
 
 
 def _user_ids(data_dir: str) -> list[str]:
-    with open(Path(data_dir) / "likes.csv", newline="", encoding="utf-8-sig") as handle:
-        rows = csv.reader(handle)
-        user = [name.strip() for name in next(rows, [])].index("user_id")  # by name: the loader takes the columns in any order
-        users = sorted({row[user].strip() for row, _ in zip(rows, range(200_000)) if len(row) > user})
+    users = sorted({user for (user,) in liked_columns(data_dir, ("user_id",))})
     return random.Random(0).sample(users, min(len(users), USERS_SAMPLED))
 
 
