@@ -9,6 +9,7 @@ One SparkSession (local[2], small heap, no UI) serves the whole module.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -468,3 +469,30 @@ def test_sparks_progress_bars_are_off_when_stderr_is_not_a_terminal(trained_by_t
     done = trained_by_the_command[0]
     assert "[Stage " not in done.stderr, done.stderr[-2000:]
     assert any(line.startswith("als ") for line in done.stdout.splitlines()), done.stdout
+
+
+def test_while_ctrl_c_cancels_spark_jobs_py4js_log_of_errors_the_interrupt_caused_is_dropped(caplog) -> None:
+    """A Ctrl-C in CI left "ERROR:py4j.clientserver:Exception occurred while shutting down
+    connection" and a traceback above "interrupted": Py4J logs on loggers of its own, which the
+    root logger's filter never sees, and the error was a BrokenPipeError raised while the
+    KeyboardInterrupt was handled, not the KeyboardInterrupt itself."""
+    from training.spark_engine import CtrlCCancelsJobs
+
+    def caused_by_the_interrupt() -> BaseException:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise BrokenPipeError(32, "Broken pipe")  # noqa: B904 (as Py4J's shutdown raises it)
+        except BrokenPipeError as error:
+            return error
+
+    error = caused_by_the_interrupt()
+    assert isinstance(error.__context__, KeyboardInterrupt)
+    restore = signal.getsignal(signal.SIGINT)
+    with caplog.at_level("ERROR"), CtrlCCancelsJobs(context=None, restore=restore):
+        for name in ("py4j.clientserver", "py4j.java_gateway", ""):
+            logging.getLogger(name).error("Exception occurred while shutting down connection", exc_info=error)
+        logging.getLogger("py4j.clientserver").error("a failure of its own", exc_info=ValueError("not the interrupt's"))
+    assert signal.getsignal(signal.SIGINT) is restore
+    assert [record.getMessage() for record in caplog.records] == ["a failure of its own"]

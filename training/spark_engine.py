@@ -636,10 +636,15 @@ class CtrlCCancelsJobs:
         self.cancels: list[threading.Thread] = []
         self.active = threading.current_thread() is threading.main_thread()
 
+    # Filters do not pass to child loggers: Py4J's own loggers (a connection shut down while
+    # the interrupted call read it logs a BrokenPipeError raised during the KeyboardInterrupt).
+    LOGGERS = ("", "py4j.clientserver", "py4j.java_gateway")
+
     def __enter__(self) -> CtrlCCancelsJobs:
         if self.active:
             signal.signal(signal.SIGINT, self._interrupt)
-            logging.getLogger().addFilter(self._drop_interrupted_call)
+            for name in self.LOGGERS:
+                logging.getLogger(name).addFilter(self._drop_interrupted_call)
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -647,7 +652,8 @@ class CtrlCCancelsJobs:
             return
         for cancel in self.cancels:
             cancel.join(self.JOIN_SECONDS)
-        logging.getLogger().removeFilter(self._drop_interrupted_call)
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self._drop_interrupted_call)
         signal.signal(signal.SIGINT, self.restore)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
@@ -664,7 +670,14 @@ class CtrlCCancelsJobs:
 
     @staticmethod
     def _drop_interrupted_call(record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+        """False (dropped) for a record of an error the interrupt caused: a KeyboardInterrupt,
+        or an error raised while one was handled."""
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if isinstance(error, KeyboardInterrupt):
+                return False
+            error = error.__cause__ or error.__context__
+        return True
 
 
 @contextlib.contextmanager
