@@ -1285,8 +1285,8 @@ def _future_times(file: str, column: str, ts: np.ndarray) -> str | None:
     if not ahead.any():
         return None
     latest = datetime.fromtimestamp(float(ts[ahead].max()), timezone.utc)
-    return (f"{file}: {int(ahead.sum()):,} of {len(ts):,} {column!r} values are more than a day past this machine's "
-            f"clock (the latest {latest:%Y-%m-%dT%H:%M:%SZ}): a server takes them for now, so they count as just "
+    return (f"{file}: {int(ahead.sum()):,} of {len(ts):,} {column!r} values are more than {DEFAULT_MAX_CLOCK_SKEW / 60:g} minutes past "
+            f"this machine's clock (the latest {latest:%Y-%m-%dT%H:%M:%SZ}): a server takes them for now, so they count as just "
             "happened (news, trending, recency) until then; are the times or the clock off?")
 
 
