@@ -13,11 +13,13 @@ the health Check. Every Locust user is a closed loop (no wait time), like loadge
 closed-loop phases; Locust's table reports requests, failures, percentiles and req/s.
 ``--host`` and ``--data`` are required, checked before any user starts (one line, exit 1):
 without them every user failed with a traceback, or asked for made-up ids u00000-u00999
-that the server does not know.
+that the server does not know. A server with ``--tokens-file`` wants ``--token`` (or the
+variable FEEDRANK_CLIENT_TOKEN) with the 'read' scope, sent as 'authorization: Bearer TOKEN'.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -36,12 +38,15 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc  # noqa: E402
 
 TIMEOUT_SECONDS = 5.0
 USERS_SAMPLED = 5000
+TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"  # serving/client.py's, named here so this file needs no serving import
 
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:  # type: ignore[no-untyped-def]
     parser.add_argument("--data", default="", help="dataset directory whose likes.csv gives the user ids to ask for (required: the server's)")
     parser.add_argument("--limit", type=int, default=20, help="items per GetFeed")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE, ""),
+                        help=f"bearer token for a server with --tokens-file, 'read' scope (env {TOKEN_VARIABLE})")
 
 
 def start_problem(host: str | None, data_dir: str) -> str | None:
@@ -67,6 +72,11 @@ def _check_start(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def
         sys.exit(f"benchmarks/locustfile.py: {problem}")
 
 
+def call_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call carries: the bearer token, when there is one."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 def _user_ids(data_dir: str) -> list[str]:
     users = sorted({user for (user,) in liked_columns(data_dir, ("user_id",))})
     return random.Random(0).sample(users, min(len(users), USERS_SAMPLED))
@@ -84,6 +94,7 @@ class FeedUser(User):
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.user_ids = _user_ids(options.data)
         self.limit = options.limit
+        self.metadata = call_metadata(options.token)
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -92,7 +103,7 @@ class FeedUser(User):
         started = time.perf_counter()
         response, error = None, None
         try:
-            response = call(request, timeout=TIMEOUT_SECONDS)
+            response = call(request, timeout=TIMEOUT_SECONDS, metadata=self.metadata)
         except grpc.RpcError as rpc_error:
             error = rpc_error
         self.environment.events.request.fire(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import os
 import random
@@ -763,3 +764,30 @@ def test_the_locustfile_reads_the_users_by_column_name(world, tmp_path):
     assert done.returncode == 0, done.stderr
     users = json.loads(done.stdout)
     assert users and set(users) <= set(world.dataset.user_ids()), users[:5]
+
+
+@pytest.fixture(scope="module")
+def token_guarded(world) -> Iterator[str]:
+    """A plaintext server that wants a token with the 'read' scope for feeds."""
+    from serving import auth
+
+    tokens = tuple(auth.parse_tokens(f"{READ_TOKEN} read reader\n", "locust test"))
+    with running_server(world, tokens=tokens) as (server, _):
+        yield f"127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize("token", [READ_TOKEN, "not-a-token-0123456789"])
+def test_the_locustfile_loads_a_token_guarded_server_with_its_token(world, token_guarded, tmp_path, token):
+    # It had no way to send one: against a server with --tokens-file every call failed UNAUTHENTICATED.
+    argv = [*locust_command(), "-f", str(REPO / "benchmarks" / "locustfile.py"), "--headless", "--users", "2", "--spawn-rate", "2",
+            "--run-time", "2s", "--tags", "feed", "--only-summary", "--host", token_guarded, "--data", str(world.data_dir),
+            "--token", token, "--csv", str(tmp_path / "run")]  # fmt: skip
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    with open(tmp_path / "run_stats.csv", newline="") as handle:
+        getfeed = next(row for row in csv.DictReader(handle) if row["Name"] == "GetFeed")
+    requests, failures = int(getfeed["Request Count"]), int(getfeed["Failure Count"])
+    assert requests > 0, done.stderr
+    if token == READ_TOKEN:
+        assert (done.returncode, failures) == (0, 0), done.stderr
+    else:
+        assert (done.returncode, failures) == (1, requests), done.stderr
