@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
+import os
+import signal
+import sys
 import time
 
 import grpc
@@ -82,12 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=KINDS, default="sync", help="server kind (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="pool threads of sync and aio-pool (default: %(default)s)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Ctrl-C: the port file goes with the server
     service = build_service(args.models, args.data)
-    if args.kind == "sync":
-        serve_sync(service, args.threads, args.port_file)
-    else:
-        pool = concurrent.futures.ThreadPoolExecutor(args.threads, initializer=one_faiss_thread) if args.kind == "aio-pool" else None
-        asyncio.run(serve_aio(service, pool, args.port_file))
+    try:
+        if args.kind == "sync":
+            serve_sync(service, args.threads, args.port_file)
+        else:
+            pool = concurrent.futures.ThreadPoolExecutor(args.threads, initializer=one_faiss_thread) if args.kind == "aio-pool" else None
+            asyncio.run(serve_aio(service, pool, args.port_file))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(args.port_file)
 
 
 if __name__ == "__main__":

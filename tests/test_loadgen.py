@@ -249,6 +249,9 @@ def test_each_bare_server_kind_serves_the_load_without_errors(world, tmp_path, k
             assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() is not None else "timeout"
             time.sleep(0.1)
         status, phases = run_loadgen(world, f"127.0.0.1:{port_file.read_text()}", tmp_path)
+        server.terminate()
+        assert server.wait(timeout=30) == 0, server.stderr.read()
+        assert not port_file.exists(), "a stopped server's port file names a port nobody serves"
     finally:
         server.kill()
         server.wait()
