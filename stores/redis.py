@@ -807,6 +807,16 @@ return refused
 """
 
 
+# The largest double below 2**63: an int64 stock near its maximum (a client's "unlimited")
+# reads back from its text as 2**63, which a cast to int64 wraps to a negative count.
+_MAX_COUNT = float(np.nextafter(2.0**63, 0))
+
+
+def _counts(column: np.ndarray) -> np.ndarray:
+    """A packed column of counts (stock, likes), read as doubles, as int64."""
+    return np.minimum(column, _MAX_COUNT).astype(np.int64)
+
+
 def _negated_times(scores_text: str) -> np.ndarray:
     """Times from a joined string of sorted-set scores (negated times)."""
     return -joined_floats(scores_text)
@@ -1721,8 +1731,8 @@ class RedisStore:
             exists=exists,
             seller=seller,
             created_at=numbers[:, 0].copy(),
-            stock=numbers[:, 1].astype(np.int64),
-            like_count=numbers[:, 2].astype(np.int64),
+            stock=_counts(numbers[:, 1]),
+            like_count=_counts(numbers[:, 2]),
             liked=liked_flags,
             trending=numbers[:, 6].copy(),
             eligible=numbers[:, 3] != 0,

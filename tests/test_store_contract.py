@@ -153,6 +153,17 @@ def test_item_upsert_lists_the_item_and_stock_updates_apply(store_factory):
     assert (item.stock, item.in_stock, item.seller_id) == (0, False, "s2")
 
 
+def test_the_largest_stock_the_api_takes_is_in_stock(store_factory):
+    # IngestRequest's stock is an int64: a client may send its largest value for "unlimited".
+    # Redis keeps it as text and a feed reads it back as a double, which rounds to 2**63.
+    largest = 2**63 - 1
+    store = store_factory(social_dataset())
+    store.apply([ev("big1", EventKind.ITEM_UPSERT, item_id="endless", seller_id="s2", stock=largest),
+                 ev("big2", EventKind.STOCK_UPDATE, item_id="i7", stock=largest)])  # fmt: skip
+    items = views.hydrate(store, "alice", ["endless", "i7"]).items
+    assert [(items[i].in_stock, items[i].stock > 2**62) for i in ("endless", "i7")] == [(True, True)] * 2
+
+
 def test_an_upsert_without_created_at_keeps_an_existing_items_listing_time(store_factory):
     # A catalogue sync that upserts every item to change its price must not list old items anew.
     store = store_factory(social_dataset())
