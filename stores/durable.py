@@ -412,9 +412,10 @@ class DurableStore:
                     if reader.header.get("through_seq") != last:
                         raise WalError(f"{snapshot}: holds batches up to {last}, its header says {reader.header.get('through_seq')}")
             torn: tuple[str, int, int] | None = None  # (log, where its damage starts, its good end)
-            for _, path in self._logs():
+            logs = [path for _, path in self._logs()]
+            for at, path in enumerate(logs):
                 records = 0
-                with LogReader(path) as reader:
+                with LogReader(path, later=logs[at + 1 :]) as reader:
                     if reader.header is not None:
                         self._check_header(reader)
                     for batch, number in reader.batches():

@@ -110,12 +110,13 @@ class LogReader:
     ``header`` is read on construction (None for a file cut short before its header was
     whole). Iterating yields the batch records; at the end, ``torn_at`` is the byte offset
     of a torn tail (None when the file ends cleanly) and ``end`` the offset after the last
-    good record.
+    good record. ``later``: the logs written after this one, which the advice on damage names.
     """
 
-    def __init__(self, path: str, parse: bool = True) -> None:
+    def __init__(self, path: str, parse: bool = True, later: Sequence[str] = ()) -> None:
         self.path = path
         self._parse = parse
+        self._later = list(later)
         self._file: BinaryIO = open(path, "rb")
         self._number = 0
         self._offset = 0
@@ -173,8 +174,10 @@ class LogReader:
     def _damage_advice(self, offset: int) -> str:
         if self.header is not None and self.header.get("kind") == "snapshot":  # the logs after it need all of it
             return "Nothing was changed on disk. Restore the state directory from a backup"
+        # The later logs start where this one ended: kept, they would not replay after the cut.
+        move_later = f", move {', '.join(self._later)} aside," if self._later else ""
         return (f"Nothing was changed on disk. Restore the state directory from a backup, or, to drop this record "
-                f"and every later one, cut the file there (truncate -s {offset} {self.path}) and start again")
+                f"and every later one, cut the file there (truncate -s {offset} {self.path}){move_later} and start again")
 
     def lines(self) -> Iterator[_Line]:
         """The good batch lines (read with ``parse`` False, only their ``seq`` is decoded: for copying)."""

@@ -431,6 +431,28 @@ def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offs
     assert f"{path}: line 2 (byte offset {offset}) is corrupt" in str(error.value)
 
 
+def test_corruption_in_a_log_before_the_last_names_the_later_logs_to_move_aside(tmp_path):
+    """The error said to cut the damaged log and start again: done so, the start failed on
+    the next log's first batch ("batches are missing"), which the error had not named."""
+    _three_batches(tmp_path)
+    store = open_state(tmp_path)  # a restart: the next batch goes to a second log
+    apply_all([store], [[Event("e7", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s7")]])
+    store.close()
+    first, second = log_files(tmp_path)
+    lines = first.read_bytes().splitlines(keepends=True)
+    at = len(lines[0]) + len(lines[1])  # line 3: the second batch
+    damaged = bytearray(lines[2])
+    damaged[len(damaged) // 2] ^= 0x01
+    first.write_bytes(lines[0] + lines[1] + bytes(damaged) + b"".join(lines[3:]))
+    with pytest.raises(WalError) as error:
+        open_state(tmp_path)
+    message = str(error.value)
+    assert f"truncate -s {at} {first}" in message and f"move {second} aside" in message
+    truncate(str(first), at)  # as the error says
+    second.rename(tmp_path.parent / second.name)
+    assert _follows(tmp_path) == {"s0"}  # the batch before the damage
+
+
 @pytest.mark.parametrize("damage", ["a flipped bit", "a lost newline joining the last two"])
 def test_a_damaged_whole_last_record_is_an_error_not_a_torn_tail(tmp_path, damage):
     """A whole last record failing its checksum was cut off as a crash's torn write, with a
