@@ -423,7 +423,7 @@ class DurableStore:
                         if batch.seq <= last:  # already in the snapshot (a crash before this log was deleted)
                             continue
                         if torn is not None:
-                            raise _damaged_before(torn, path)
+                            raise _damaged_before(torn, logs[at:])
                         last, events = self._replay(batch, last, f"{path}: line {number}"), events + len(batch.events)
                         batches += 1
                 if not records:  # never written to, or its first write was cut short: it holds nothing
@@ -468,13 +468,15 @@ def _warn_torn(path: str, torn_at: int) -> None:
                 "acknowledged) is cut off", path, torn_at, os.path.getsize(path) - torn_at)  # fmt: skip
 
 
-def _damaged_before(torn: tuple[str, int, int], later: str) -> WalError:
-    """A log damaged at its end though a later log holds later batches: no crash tears a
-    write that came before acknowledged ones, so the damage lost acknowledged batches."""
+def _damaged_before(torn: tuple[str, int, int], later: list[str]) -> WalError:
+    """A log damaged at its end though ``later`` logs (the first holds later batches) come
+    after it: no crash tears a write that came before acknowledged ones, so the damage lost
+    acknowledged batches."""
     path, torn_at, _ = torn
-    return WalError(f"{path}: damaged from byte offset {torn_at}, but {later} holds later batches, so acknowledged "
+    return WalError(f"{path}: damaged from byte offset {torn_at}, but {later[0]} holds later batches, so acknowledged "
                     "batches were lost: this is not a crash's torn write. Nothing was changed on disk; restore the "
-                    "file from a backup (or, to start from what precedes the damage, move it and every later log aside)")
+                    f"file from a backup (or, to start from what precedes the damage, cut the file there (truncate -s "
+                    f"{torn_at} {path}) and move {', '.join(later)} aside)")
 
 
 def check_not_in_use(state_dir: str) -> None:

@@ -418,6 +418,27 @@ def test_a_damaged_end_of_a_log_before_the_last_is_an_error_and_changes_nothing(
     assert first.read_bytes() == damaged  # nothing changed on disk
 
 
+def test_a_damaged_end_of_a_log_before_the_last_says_how_to_keep_the_batches_before_it(tmp_path):
+    """The error said to move the damaged log and every later one aside, which dropped the
+    good batches before the damage too (its first two here), though it said "to start from
+    what precedes the damage"."""
+    _three_batches(tmp_path)
+    store = open_state(tmp_path)  # a restart: the next batch goes to a second log
+    apply_all([store], [[Event("e7", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s7")]])
+    store.close()
+    first, second = log_files(tmp_path)
+    whole = first.read_bytes()
+    at = len(whole) - len(whole.splitlines(keepends=True)[-1])  # the last record, e2, is damaged
+    first.write_bytes(whole[:-7])
+    with pytest.raises(WalError) as error:
+        open_state(tmp_path)
+    message = str(error.value)
+    assert f"truncate -s {at} {first}" in message and f"move {second} aside" in message
+    truncate(str(first), at)  # as the error says
+    second.rename(tmp_path.parent / second.name)
+    assert _follows(tmp_path) == {"s0", "s1"}
+
+
 def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offset(tmp_path):
     _three_batches(tmp_path)
     path = log_files(tmp_path)[-1]
