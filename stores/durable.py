@@ -199,7 +199,7 @@ class DurableStore:
             finally:
                 self._clock.pinned = None
             if result.applied:
-                self._unwritten = batch_record(self._written + 1, now, encoded)
+                self._unwritten = batch_record(self._written + 1, now, encoded, self._store.dedupe_ttl)
                 self._append_unwritten()
             target = self._written
         if self.fsync == "batch":
@@ -442,13 +442,20 @@ class DurableStore:
     def _replay(self, batch: Batch, last: int, where: str) -> int:
         if batch.seq != last + 1:
             raise WalError(f"{where}: batch {batch.seq} follows batch {last}: batches are missing")
+        # Retries are judged as they were when the batch came: by its time and by the TTL
+        # then in force, whatever --dedupe-ttl-seconds is now (a duplicate then, such as a
+        # retried like after its unlike, must not apply now, nor the reverse).
         self._clock.pinned = batch.at
+        ttl = self._store.dedupe_ttl
+        if batch.dedupe_ttl is not None:
+            self._store.dedupe_ttl = batch.dedupe_ttl
         try:
             self._store.apply(batch.events)
         except EventValidationError as error:
             raise WalError(f"{where}: the logged batch no longer applies: {error}") from error
         finally:
             self._clock.pinned = None
+            self._store.dedupe_ttl = ttl
         return batch.seq
 
     @contextlib.contextmanager

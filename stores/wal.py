@@ -7,7 +7,8 @@ A log file and a snapshot share one format: text lines, each a framed record
 whose payload is compact ASCII JSON (so it never holds a newline). The first record is
 the file's header: ``{"format": "feedrank-wal", "version": 1, "kind": "log" | "snapshot",
 "dataset": <fingerprint>, ...}``. Every other record is one acknowledged batch,
-``{"seq": N, "at": <wall time it was applied>, "events": [Event.to_record(), ...]}``;
+``{"seq": N, "at": <wall time it was applied>, "dedupe_ttl": <the store's then>, "events":
+[Event.to_record(), ...]}`` (records written before ``dedupe_ttl`` was logged lack it);
 sequence numbers run 1, 2, 3... across files without a gap.
 
 A record is checked by its length and checksum, then decoded. A bad record that is not
@@ -42,11 +43,13 @@ class WalError(ValueError):
 
 @dataclass(frozen=True)
 class Batch:
-    """One logged batch: its sequence number, when it was applied (wall time), its events."""
+    """One logged batch: its sequence number, when it was applied (wall time), its events,
+    and the dedupe TTL the store judged its retries by (None: not logged)."""
 
     seq: int
     at: float
     events: list[Event]
+    dedupe_ttl: float | None = None
 
 
 def frame(payload: dict[str, Any]) -> bytes:
@@ -60,9 +63,10 @@ def encode_events(events: Sequence[Event]) -> bytes:
     return json.dumps([event.to_record() for event in events], separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def batch_record(seq: int, at: float, encoded_events: bytes) -> bytes:
+def batch_record(seq: int, at: float, encoded_events: bytes, dedupe_ttl: float | None = None) -> bytes:
     """A batch record; the payload starts with its sequence number (``_unframe`` reads it without parsing the rest)."""
-    data = b'{"seq":%d,"at":%s,"events":%s}' % (seq, json.dumps(float(at)).encode(), encoded_events)
+    ttl = b"" if dedupe_ttl is None else b'"dedupe_ttl":%s,' % json.dumps(float(dedupe_ttl)).encode()
+    data = b'{"seq":%d,"at":%s,%s"events":%s}' % (seq, json.dumps(float(at)).encode(), ttl, encoded_events)
     return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
 
 
@@ -193,7 +197,8 @@ class LogReader:
         for line in self.lines():
             try:
                 events = [Event.from_record(record) for record in line.payload["events"]]
-                batch = Batch(line.payload["seq"], float(line.payload.get("at", 0.0)), events)
+                ttl = line.payload.get("dedupe_ttl")
+                batch = Batch(line.payload["seq"], float(line.payload.get("at", 0.0)), events, None if ttl is None else float(ttl))
             except (KeyError, TypeError, ValueError) as error:
                 raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}") from error
             yield batch, line.number

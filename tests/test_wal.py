@@ -298,6 +298,29 @@ def test_replay_forgets_event_ids_when_the_first_run_did(tmp_path, monkeypatch):
     store.close()
 
 
+@pytest.mark.parametrize(("first_ttl", "restart_ttl"), [(100, 10), (10, 100)])
+def test_replay_judges_retries_by_the_dedupe_ttl_they_met(tmp_path, monkeypatch, first_ttl, restart_ttl):
+    """A restart with another --dedupe-ttl-seconds replayed the log with the new TTL: a
+    retried like, a duplicate when it came, was applied on replay after the user's unlike,
+    so the item came back liked (or, with a longer TTL, a like applied again after the old
+    TTL was skipped on replay)."""
+    clock = type("Clock", (), {"now": 1_000.0, "time": lambda self: self.now, "monotonic": lambda self: time.monotonic()})()
+    monkeypatch.setattr(durable, "time", clock)
+    like = Event("L", EventKind.LIKE, NOW, user_id="carol", item_id="i1")
+    unlike = [Event("U", EventKind.UNLIKE, NOW, user_id="carol", item_id="i1")]
+    store = open_state(tmp_path, dedupe_ttl=first_ttl)
+    apply_all([store], [[like], unlike])
+    clock.now = 1_050.0  # within 100 s of the like, not within 10
+    store.apply([like, Event("F", EventKind.FOLLOW, NOW, user_id="carol", seller_id="s2")])
+    liked = views.hydrate(store, "carol", ["i1"]).liked
+    store.close()
+    store = open_state(tmp_path, dedupe_ttl=restart_ttl)
+    try:
+        assert views.hydrate(store, "carol", ["i1"]).liked == liked
+    finally:
+        store.close()
+
+
 def test_a_state_directory_of_another_dataset_is_refused(tmp_path):
     store = open_state(tmp_path)
     store.apply([Event("e1", EventKind.LIKE, NOW, user_id="alice", item_id="i1")])
