@@ -346,10 +346,11 @@ def visibility_key(event: Event) -> tuple[str, str] | None:
     return None
 
 
-def chunk_bounds(keys: Sequence[Hashable | None], size: int) -> list[tuple[int, int]]:
+def chunk_bounds(keys: Sequence[Hashable | None], size: int, weights: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """``[start, end)`` ranges that cover ``keys`` in order, for applying a long batch in
-    chunks: each holds at least ``size`` elements (but the last), and a chunk ends only
-    where no key (None is no key) occurs on both sides.
+    chunks: each holds at least ``size`` elements (but the last), or elements of at least
+    ``size`` ``weights`` in all, and a chunk ends only where no key (None is no key) occurs
+    on both sides.
 
     A store that applies a batch chunk by chunk lets feeds read between chunks. Cut this
     way, none of them sees an item's state half-changed: an item listed and sold out in one
@@ -357,13 +358,14 @@ def chunk_bounds(keys: Sequence[Hashable | None], size: int) -> list[tuple[int, 
     """
     last = {key: index for index, key in enumerate(keys) if key is not None}
     bounds: list[tuple[int, int]] = []
-    start, reach = 0, -1
+    start, reach, held = 0, -1, 0
     for index, key in enumerate(keys):
         if key is not None:
             reach = max(reach, last[key])
-        if index + 1 - start >= size and reach <= index:
+        held += 1 if weights is None else weights[index]
+        if held >= size and reach <= index:
             bounds.append((start, index + 1))
-            start = index + 1
+            start, held = index + 1, 0
     if start < len(keys):
         bounds.append((start, len(keys)))
     return bounds

@@ -309,6 +309,42 @@ def test_a_full_batch_is_acknowledged_and_concurrent_reads_never_time_out(redis_
 
 
 @pytest.mark.redis
+def test_shares_to_every_friend_are_chunked_by_the_friends_they_reach(redis_url):
+    """A share to all of a user's friends writes once per friend: 80 of them by a user with
+    1,000 friends (the default cap), 80 events, went into one script of 80,000 writes, over
+    a second: Ingest answered UNAVAILABLE although the batch was applied, and every feed's
+    read timed out meanwhile. Reads time out at 0.25 s here, as in the test above."""
+    from stores.redis import RedisStore
+
+    make_redis_store(redis_url, social_dataset()).close()
+    store = RedisStore.from_url(redis_url, socket_timeout=0.25)
+    friends = [friend(f"f{n}", "sharer", f"fan{n}") for n in range(1_000)]
+    for start in range(0, len(friends), 500):
+        store.apply(friends[start : start + 500])
+    shares = [ev(f"share{n}", EventKind.SHARE, NOW + n, user_id="sharer", item_id="i1" if n % 2 else "i6") for n in range(80)]
+    failures, done = [], threading.Event()
+
+    def read_feeds() -> None:
+        while not done.is_set():
+            try:
+                store.read_user("alice")
+            except StoreUnavailable as error:
+                failures.append(error)
+
+    reader = threading.Thread(target=read_feeds)
+    reader.start()
+    try:
+        result = store.apply(shares)
+    finally:
+        done.set()
+        reader.join()
+    assert (result.applied, result.duplicates) == (80, 0)
+    assert not failures, failures[:3]
+    assert views.read_user(store, "fan999").shared == (("i1", "sharer", NOW + 79), ("i6", "sharer", NOW + 78))
+    store.close()
+
+
+@pytest.mark.redis
 def test_a_chunked_batch_applies_what_one_script_would_and_an_invalid_one_writes_nothing(redis_url):
     import redis
 
