@@ -18,8 +18,9 @@ batch, so a long write is neither reported as failed by the read timeout nor hol
 connection a feed waits for:
   * standalone: one script call applies the whole batch, appends every new event to the
     ``{log}:events`` stream and marks its id done, atomically. A batch larger than
-    ``write_chunk`` events (a share to all of a user's friends counting once per friend:
-    ``_write_weights``) is validated whole by a read-only script, then applied by
+    ``write_chunk`` events (a share to all of a user's friends counting once per friend,
+    an unlike more for a user of many likes: ``_write_weights``) is validated whole by a
+    read-only script, then applied by
     one such script per chunk, so no script blocks Redis (and concurrent feeds) for
     long; the guarantee is then all-or-retry, as on a cluster (``_apply_chunked``), and
     no chunk boundary splits one item's or seller's state changes (``chunk_bounds``);
@@ -125,6 +126,10 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 # the read timeout, it was reported UNAVAILABLE although applied (chunked: 43-71 ms at most;
 # benchmarks/README.md, "Operations").
 DEFAULT_WRITE_CHUNK = 500
+# An unlike reads every like of its user to refill their recent likes: about 0.8 us a like
+# against 0.15 ms for a like's writes (2026-12-06), so some 180 likes read cost one event's
+# work; counted at 100, with room to spare, in a chunk's weight (RedisStore._write_weights).
+UNLIKE_READS_PER_EVENT = 100
 DEFAULT_WAIT_TIMEOUT_MS = 1_000  # how long Ingest with min_replicas waits for replicas (Redis WAIT)
 # A feed reads the user's liked and views hashes whole when one HSCAN call returns them
 # (Redis returns a small hash whole; a larger one in parts of about this many entries),
@@ -2196,23 +2201,38 @@ class RedisStore:
         return ApplyResult(applied=int(reply[1]), duplicates=int(reply[2]))
 
     def _write_weights(self, events: Sequence[Event]) -> list[int]:
-        """Each event's share of an apply script's writes: 1, and for a share to all of a
-        user's friends 1 + the friends it reaches (their number now, plus the friendships the
-        batch itself may add), each of whom it writes to: a user at the 1,000-friend cap
-        sharing 80 items made one script of 80,000 writes, over a second."""
+        """Each event's share of an apply script's work, 1 for most. A share to all of a
+        user's friends weighs 1 + the friends it reaches (their number now, plus the
+        friendships the batch itself may add), each of whom it writes to: a user at the
+        1,000-friend cap sharing 80 items made one script of 80,000 writes, over a second.
+        An unlike weighs 1 + the user's likes / UNLIKE_READS_PER_EVENT, as it reads them
+        all to refill the recent likes (``refill``): 400 by a user with 4,000 likes, too."""
         sharers = list(dict.fromkeys(e.user_id for e in events if e.kind is EventKind.SHARE and not e.friend_id))
-        if not sharers:
+        unlikers = list(dict.fromkeys(e.user_id for e in events if e.kind is EventKind.UNLIKE))
+        if not sharers and not unlikers:
             return [1] * len(events)
         pipe = self._write_pipeline()
         for user_id in sharers:
             pipe.scard(self.keys.friends(user_id))
-        friends = dict(zip(sharers, pipe.execute()))
+        for user_id in unlikers:
+            pipe.hlen(self.keys.liked(user_id))
+        replies = pipe.execute()
+        friends = dict(zip(sharers, replies))
+        likes = dict(zip(unlikers, replies[len(sharers) :]))
         for event in events:
             if event.kind is EventKind.FRIEND:
                 for user_id in (event.user_id, event.friend_id):
                     if user_id in friends:
                         friends[user_id] += 1
-        return [1 + friends[e.user_id] if e.kind is EventKind.SHARE and not e.friend_id else 1 for e in events]
+
+        def weight(event: Event) -> int:
+            if event.kind is EventKind.SHARE and not event.friend_id:
+                return 1 + friends[event.user_id]
+            if event.kind is EventKind.UNLIKE:
+                return 1 + likes[event.user_id] // UNLIKE_READS_PER_EVENT
+            return 1
+
+        return [weight(event) for event in events]
 
     def _apply_chunked(self, events: Sequence[Event], weights: Sequence[int]) -> ApplyResult:
         """A batch of more than ``write_chunk`` ``weights``: validated whole by one read-only script,

@@ -345,6 +345,42 @@ def test_shares_to_every_friend_are_chunked_by_the_friends_they_reach(redis_url)
 
 
 @pytest.mark.redis
+def test_unlikes_of_a_user_with_many_likes_are_chunked_by_the_likes_they_read(redis_url):
+    """An unlike of a user with more likes than their recent set reads all their likes to
+    bring the newest one left back into it: 400 unlikes (under write_chunk) by a user with
+    4,000 likes ran as one script of over a second, with the outcome of the test above."""
+    from stores.redis import RedisStore
+
+    make_redis_store(redis_url, social_dataset()).close()
+    store = RedisStore.from_url(redis_url, socket_timeout=0.25)
+    items = [ev(f"n{n}", EventKind.ITEM_UPSERT, item_id=f"n{n}", seller_id="s1", stock=1) for n in range(4_000)]
+    likes = [ev(f"l{n}", EventKind.LIKE, NOW - n, user_id="fan", item_id=f"n{n}") for n in range(4_000)]
+    for start in range(0, 4_000, 500):
+        store.apply(items[start : start + 500] + likes[start : start + 500])
+    unlikes = [ev(f"u{n}", EventKind.UNLIKE, user_id="fan", item_id=f"n{n}") for n in range(400)]
+    failures, done = [], threading.Event()
+
+    def read_feeds() -> None:
+        while not done.is_set():
+            try:
+                store.read_user("alice")
+            except StoreUnavailable as error:
+                failures.append(error)
+
+    reader = threading.Thread(target=read_feeds)
+    reader.start()
+    try:
+        result = store.apply(unlikes)
+    finally:
+        done.set()
+        reader.join()
+    assert (result.applied, result.duplicates) == (400, 0)
+    assert not failures, failures[:3]
+    assert [item for item, _ in views.read_user(store, "fan").recent_likes][:2] == ["n400", "n401"]
+    store.close()
+
+
+@pytest.mark.redis
 def test_a_chunked_batch_applies_what_one_script_would_and_an_invalid_one_writes_nothing(redis_url):
     import redis
 

@@ -59,9 +59,10 @@ class FeedServiceServicer:
     def Ingest(self, request, context):
         """Apply a batch of events, all or nothing; visible in the very next GetFeed. On Redis a
         batch of more than the store's write_chunk events (500; a share to all of a user's
-        friends counts once per friend) is applied in chunks: a feed
-        built meanwhile may see part of it, though never one item's listing, card or stock,
-        or one seller's vacation, half-changed (README, "Redis in production").
+        friends counts once per friend, an unlike once more per 100 likes of its user) is
+        applied in chunks: a feed built meanwhile may see part of it, though never one item's
+        listing, card or stock, or one seller's vacation, half-changed (README, "Redis in
+        production").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
