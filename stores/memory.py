@@ -166,11 +166,17 @@ class TimelineTable:
 
     def _insert(self, key: int, items: np.ndarray, times: np.ndarray, item: int, at: float, ids: Vocabulary) -> None:
         """Make (``items``, ``times``), which lack ``item``, the key's row with it put at ``at``."""
-        position = int(np.count_nonzero(times > at))  # the row is newest first
+        # The row is newest first, and entries of one time are in id order: a binary search
+        # among them, as a batch stamped with one time (ts 0) gives a key thousands of ties.
+        low, high = int(np.count_nonzero(times > at)), int(np.count_nonzero(times >= at))
         new_id = ids.id(item)
-        while position < len(times) and times[position] == at and ids.id(int(items[position])) < new_id:
-            position += 1
-        self._changed[key] = (_inserted(items, position, item), _inserted(times, position, at))
+        while low < high:
+            middle = (low + high) // 2
+            if ids.id(int(items[middle])) < new_id:
+                low = middle + 1
+            else:
+                high = middle
+        self._changed[key] = (_inserted(items, low, item), _inserted(times, low, at))
 
 
 def _inserted(values: np.ndarray, position: int, value: float) -> np.ndarray:

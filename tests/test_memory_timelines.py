@@ -49,3 +49,26 @@ def test_adds_and_removes_keep_each_row_newest_first_ties_by_id(seed):
             items, times = table.row(each)
             assert list(zip(items.tolist(), times.tolist())) == expected_row(its_entries, ids), (each, what)
             assert items.dtype == np.int32 and times.dtype == np.float64
+
+
+def test_many_entries_at_one_time_are_inserted_without_walking_the_ties():
+    """Events with ts 0 take the time their batch reached the server, the same for all: a
+    seller's 5,000 new listings in one batch, or a user's 5,000 likes, walked every earlier
+    tie in Python to place each one by id, 4-5 s each (19 s for 10,000 likes) under the
+    memory store's lock, which every feed waits for and every feed process replays."""
+    import time
+
+    from stores.events import Event, EventKind
+    from stores.memory import MemoryStore
+    from tests.builders import NOW, social_dataset
+
+    store = MemoryStore.from_dataset(social_dataset())
+    upserts = [Event(f"n{n}", EventKind.ITEM_UPSERT, NOW, item_id=f"n{n}", seller_id="s9", stock=1) for n in range(5_000)]
+    likes = [Event(f"l{n}", EventKind.LIKE, NOW, user_id="fan", item_id=f"n{n}") for n in range(5_000)]
+    for batch in (upserts, likes):
+        started = time.perf_counter()
+        store.apply(batch)
+        assert time.perf_counter() - started < 2.0
+    newest = sorted(f"n{n}" for n in range(5_000))[:3]
+    assert store.items.ids(store._likes.row(store.users.code("fan"))[0][:3].tolist()) == newest
+    assert store.items.ids(store._listings.row(store.sellers.code("s9"))[0][:3].tolist()) == newest
