@@ -446,11 +446,11 @@ def test_a_cluster_batch_interrupted_after_logging_converges_on_retry(redis_clus
     original = RedisStore._run_slot_ops
     calls = {"n": 0}
 
-    def crash_in_second_stage(self, ops):
+    def crash_in_second_stage(self, ops, *weight):
         calls["n"] += 1
         if calls["n"] == 2:
             raise redis.exceptions.ConnectionError("simulated crash between the stages")
-        return original(self, ops)
+        return original(self, ops, *weight)
 
     monkeypatch.setattr(RedisStore, "_run_slot_ops", crash_in_second_stage)
     with pytest.raises(StoreUnavailable):
