@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from stores import FeedStore
 
@@ -76,15 +75,28 @@ def check_state_dir_free(durability: Durability) -> None:
         check_not_in_use(durability.state_dir)
 
 
+SECRET_OPTIONS = frozenset({"password", "ssl_password"})
+"""Store URL query options redis-py takes as secrets: shown as *** like the URL's own password."""
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
+    """The URL without its passwords (the one before the host and ``password=`` /
+    ``ssl_password=`` options), for messages. Done on the text, not by urlsplit, whose
+    ``port`` raises on the very URLs an error message is about (a port out of range)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
+    netloc_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    path, question, query = tail.partition("?")
+    if question:
+        query = "&".join(_redacted_option(option) for option in query.split("&"))
+    return f"{scheme}://{netloc}{path}{question}{query}"
+
+
+def _redacted_option(option: str) -> str:
+    name, equals, _ = option.partition("=")
+    return f"{name}=***" if equals and name in SECRET_OPTIONS else option

@@ -457,6 +457,20 @@ def test_store_urls_in_log_lines_hide_their_password():
     assert redacted("redis://:s3cret@host/0") == "redis://:***@host/0"
     assert redacted("redis://10.0.0.9:6379/0") == "redis://10.0.0.9:6379/0"
     assert redacted("memory") == "memory"
+    # redis-py takes passwords from the query too, and the messages that show a URL are
+    # often about one whose port does not parse: both were shown in clear.
+    assert redacted("redis://10.0.0.9:6379/0?password=s3cret&socket_timeout=1") == "redis://10.0.0.9:6379/0?password=***&socket_timeout=1"
+    assert redacted("rediss://h:6380/0?ssl_certfile=/c.pem&ssl_password=s3cret") == "rediss://h:6380/0?ssl_certfile=/c.pem&ssl_password=***"
+    assert redacted("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"
+    assert redacted("redis://:s3cret@host:99999/0") == "redis://:***@host:99999/0"
+
+
+def test_a_refused_store_url_is_shown_without_a_password_given_in_its_query():
+    argv = [sys.executable, "-m", "serving", "export", "--out", "unused", "--redis", "redis://127.0.0.1:1/x?password=s3cret"]
+    refused = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "s3cret" not in refused.stderr
+    assert refused.stderr.startswith("error: --redis redis://127.0.0.1:1/x?password=***: bad URL: the DB must be")
 
 
 def test_open_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_place(world, caplog):
