@@ -55,6 +55,7 @@ from training.dataset import Dataset, DatasetError, Items, load_dataset
 from training.flag_types import bounded
 
 DEFAULT_BATCH = 10_000  # commands per pipeline round trip
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 LOAD_SOCKET_TIMEOUT = 60.0  # a 10k-command pipeline can take a while on a busy server
 
 
@@ -340,6 +341,18 @@ def exit_on_redis_errors(url_text: str) -> Iterator[None]:
         _fail(url_text, f"{type(error).__name__}: {error}")
 
 
+@contextlib.contextmanager
+def exit_on_interrupt(url_text: str) -> Iterator[None]:
+    """Ctrl-C (or SIGINT) while writing: one line saying Redis holds part of the dataset and
+    what to do, exit status 130, instead of a traceback that says neither."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"error: --redis {redacted(url_text)}: load interrupted part-way: Redis holds part of the dataset; "
+              "run the same load again to complete it", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (items.csv, likes.csv, follows.csv, friends.csv)")
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
@@ -372,7 +385,7 @@ def main(argv: list[str]) -> None:
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
         read_seconds = time.perf_counter() - started
-        with exit_on_redis_errors(args.redis):
+        with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis):
             stats = load_into_redis(
                 client,
                 dataset,

@@ -328,6 +328,27 @@ def test_load_by_a_user_that_may_not_run_one_of_its_commands_writes_nothing_and_
             admin.acl_deluser(user)
 
 
+def test_a_load_interrupted_by_ctrl_c_says_in_one_line_that_redis_holds_part_of_it(tmp_path, redis_url, redis_server):
+    """Ctrl-C part-way printed a traceback through the dataset code, saying neither that
+    Redis now held a partial load nor that running it again completes it."""
+    write_dataset(generate(users=300, sellers=30, items=1000, seed=1), str(tmp_path / "data"))
+    argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", redis_url, "--batch", "1", "--no-progress"]
+    with redis_server.client() as admin:
+        loading = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while admin.dbsize() == 0:  # one command per round trip: the load has begun, far from its end
+            assert loading.poll() is None and time.monotonic() < deadline, loading.communicate()
+            time.sleep(0.01)
+        loading.send_signal(signal.SIGINT)
+        _, stderr = loading.communicate(timeout=60)
+        assert loading.returncode == 130, stderr
+        assert stderr == (f"error: --redis {redis_url}: load interrupted part-way: Redis holds part of the dataset; "
+                          "run the same load again to complete it\n")
+        partial = admin.dbsize()
+        subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        assert admin.dbsize() > partial
+
+
 def test_every_command_a_load_runs_is_asked_about_before_it_writes():
     """check_write_access asks about load_probes: a command, or a kind of key, a load writes
     that no probe names would again be found refused part-way through a load."""
