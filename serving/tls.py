@@ -57,10 +57,7 @@ def read_tls_files(cert: str, key: str | None, client_ca: str | None = None, now
     try:  # gRPC would only fail at the first handshake: check the pair now
         context.load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, ValueError) as error:
-        raise ValueError(
-            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its unencrypted "
-            f"private key ({getattr(error, 'reason', None) or error})"
-        ) from None
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: {_pair_problem(error)}") from None
     ca = None
     if client_ca:
         ca = _read("--tls-client-ca", client_ca)
@@ -77,6 +74,15 @@ def read_tls_files(cert: str, key: str | None, client_ca: str | None = None, now
     if files.seconds_left(now) <= 0:
         raise ValueError(f"--tls-cert {cert}: the certificate expired at {not_after:%Y-%m-%d %H:%M:%S} UTC; renew it")
     return files
+
+
+def _pair_problem(error: ssl.SSLError | ValueError) -> str:
+    """What is wrong with a certificate and key that do not load: OpenSSL's reason alone
+    (KEY_VALUES_MISMATCH) left an operator reading that two good PEM files were not PEM."""
+    reason = getattr(error, "reason", None)
+    if reason == "KEY_VALUES_MISMATCH":
+        return "the private key does not match the certificate (a key of another certificate, or the old one of a renewal?)"
+    return f"not a PEM certificate and its unencrypted private key ({reason or error})"
 
 
 def log_expiry(files: TlsFiles, now: datetime.datetime | None = None) -> None:

@@ -308,8 +308,11 @@ def test_a_plaintext_client_on_the_tls_port_leaves_only_json_lines_in_the_log(wo
 
 def test_bad_tls_files_fail_at_start_with_one_clear_message(world, pki):
     config = dict(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET)
-    with pytest.raises(ValueError, match=r"--tls-cert .*server\.pem / --tls-key .*client\.key: not a PEM certificate and its unencrypted private key"):
+    # Two good PEM files that are no pair were called "not a PEM certificate and its unencrypted private key".
+    with pytest.raises(ValueError, match=r"--tls-cert .*server\.pem / --tls-key .*client\.key: the private key does not match the certificate"):
         FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "client.key")))
+    with pytest.raises(ValueError, match=r"--tls-cert .*server\.key / --tls-key .*server\.key: not a PEM certificate and its unencrypted private key"):
+        FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.key"), tls_key=str(pki / "server.key")))
     with pytest.raises(ValueError, match=r"--tls-key .*missing\.key: No such file or directory"):
         FeedServer(ServerConfig(**config, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "missing.key")))
     with pytest.raises(ValueError, match=r"--tls-client-ca .*server\.ext: not PEM CA certificates"):
