@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ranking.feed import SOURCE_NAMES, FeedSettings, unknown_sources
+from serving.config import toml_syntax_error
 from training.artifact import MANIFEST, Artifact, load_version, newest_first
 
 BUCKETS = 10_000
@@ -109,7 +110,7 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ArmsConfigError(f"{source}: not valid TOML: {error}") from None
+        raise ArmsConfigError(toml_syntax_error(source, error)) from None
     lines = text.splitlines()
 
     def fail(message: str, key: str | None = None, after: int = 0) -> ArmsConfigError:

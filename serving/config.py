@@ -398,6 +398,20 @@ def _toml_line(text: str, key: str) -> int | None:
     return None
 
 
+_TOML_ERROR_PLACE = re.compile(r"(.*) \(at line (\d+), column (\d+)\)$")
+
+
+def toml_syntax_error(path: str, error: tomllib.TOMLDecodeError) -> str:
+    """``FILE:LINE:COLUMN: not valid TOML: WHAT``, the place as editors and compilers write
+    it (tomllib of Python 3.11 gives it only inside its message); ``FILE: ...`` when the
+    error is at the end of the document."""
+    place = _TOML_ERROR_PLACE.match(str(error))
+    if place is None:
+        return f"{path}: not valid TOML: {error}"
+    what, line, column = place.groups()
+    return f"{path}:{line}:{column}: not valid TOML: {what}"
+
+
 PATH_METAVARS = ("DIR", "FILE")  # the flags that name a file or directory
 
 
@@ -413,7 +427,7 @@ def read_config_file(path: str) -> dict[str, tuple[Any, str]]:
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path}: not valid TOML: {error}") from None
+        raise ConfigError(toml_syntax_error(path, error)) from None
     values: dict[str, tuple[Any, str]] = {}
     for key, value in table.items():
         line = _toml_line(text, key)

@@ -107,7 +107,7 @@ ONE_ARM = 'salt = "s"\n[[arm]]\nname = "a"\nshare = 1.0\n'
         (ONE_ARM + "[arm.feed]\nper_key_limit = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: per_key_limit: must be >= 1 (as --per-key-limit), got 0"),
         (ONE_ARM + "[arm.feed]\nmax_follows_read = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: max_follows_read: must be >= 1"),
         (ONE_ARM + "[arm.feed]\nfatigue_hide_views = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: fatigue_hide_views: must be >= 1"),
-        ('salt = "s"\n[[arm]\n', "arms.toml: not valid TOML: Expected ']]' at the end of an array declaration (at line 2"),
+        ('salt = "s"\n[[arm]\n', "arms.toml:2:6: not valid TOML: Expected ']]' at the end of an array declaration"),
         ('[[arm]]\nname = "a"\nshare = 1.0\n', "arms.toml: 'salt' must be a non-empty string"),
         (ONE_ARM.replace("1.0", "0.6") + '[[arm]]\nname = "a"\nshare = 0.4\n', "arms.toml: line 6: arm 2 ('a'): the name 'a' is used by another arm"),
         (ONE_ARM.replace('"a"', '""'), "arms.toml: line 3: arm 1: 'name' must be a non-empty string"),

@@ -174,7 +174,9 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         ('models = "m"\n\nport = "50051"\n', f"{path}:3: key 'port': expected an integer, got '50051'"),
         ('models = "m"\nmax_per_selller = 3\n', f"{path}:2: unknown key 'max_per_selller' (did you mean 'max_per_seller'?)"),
         ('models = "m"\nlog_level = "loud"\n', f"{path}:2: key 'log_level': expected one of debug, info, warning, error, got 'loud'"),
-        ("port = \n", f"config file {path}: not valid TOML: "),
+        # The place was "(at line 1, column 8)" after the message, not FILE:LINE:COLUMN where editors jump to.
+        ("port = \n", f"{path}:1:8: not valid TOML: Invalid value"),
+        ('models = "m"\nname = "a', f"{path}: not valid TOML: Unterminated string (at end of document)"),
         ("reload_seconds = -1\n", f"{path}:1: key 'reload_seconds': must be >= 0, got -1.0"),
     ]
     assert_config_file_refusals(path, cases)
