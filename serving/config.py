@@ -164,6 +164,7 @@ class Flag:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    listed: bool = False  # comma-separated names: a TOML array of strings says the same, as in an arms file
 
     @property
     def flag(self) -> str:
@@ -195,10 +196,15 @@ class Flag:
         return self.check(value)
 
     def from_toml(self, value: Any) -> Any:
+        if self.listed and isinstance(value, list):
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError(f"expected a string or an array of strings, got {value!r}")
+            value = ",".join(value) or "none"
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (isinstance(value, bool) and self.kind is not bool):
             expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
+            expected += " or an array of strings" if self.listed else ""
             raise ValueError(f"expected {expected}, got {value!r}")
         return self.check(value)
 
@@ -319,8 +325,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("fatigue_free_views", int, _FEED.fatigue_free_views, "views of an item without engagement before it starts to sink", "feed", minimum=0),
     Flag("fatigue_sink", float, _FEED.fatigue_sink, "score (log-odds) an item loses per view past the free ones; ln 2 halves its odds", "feed", minimum=0),
     Flag("fatigue_hide_views", int, _FEED.fatigue_hide_views, "views without engagement after which an item rests out of the feed for 3 days from the last view", "feed", minimum=1),
-    Flag("sources", str, ",".join(SOURCE_NAMES), "comma-separated candidate sources", "feed"),
-    Flag("fallback_sources", str, ",".join(_FEED.fallback_sources), "of those, the ones that run only when the others gathered fewer than 2 x (served + limit) candidates (the cold-start fallback); 'none': every source always runs", "feed"),
+    Flag("sources", str, ",".join(SOURCE_NAMES), "comma-separated candidate sources", "feed", listed=True),
+    Flag("fallback_sources", str, ",".join(_FEED.fallback_sources), "of those, the ones that run only when the others gathered fewer than 2 x (served + limit) candidates (the cold-start fallback); 'none': every source always runs", "feed", listed=True),
     Flag("arms", str, None, "A/B arms file (TOML, format above); default: no arms", "A/B arms", metavar="FILE"),
 )
 FLAGS_BY_DEST = {f.dest: f for f in FLAGS}

@@ -186,6 +186,23 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         resolve_config(parse(), {})
 
 
+def test_a_config_file_takes_the_candidate_sources_as_an_array_as_an_arms_file_does(tmp_path):
+    """An arms file's [arm.feed] takes sources = ["trending"] (and only an array); the same
+    line moved into the --config file was refused: "expected a string, got ['trending']"."""
+    path = tmp_path / "c.toml"
+    path.write_text('models = "m"\nsources = ["followed_sellers", "trending"]\nfallback_sources = ["trending"]\n')
+    feed = resolve_config(parse("--config", str(path)), {}).feed
+    assert (feed.sources, feed.fallback_sources) == (("followed_sellers", "trending"), ("trending",))
+    path.write_text('models = "m"\nsources = ["trending"]\nfallback_sources = []\n')
+    assert resolve_config(parse("--config", str(path)), {}).feed.fallback_sources == ()
+    cases = [
+        ('models = "m"\nsources = ["trending", 3]\n', f"{path}:2: key 'sources': expected a string or an array of strings, got ['trending', 3]"),
+        ('models = "m"\nsources = ["trending", "bogus"]\n', f"{path}:2: key 'sources': unknown sources bogus"),
+        ('models = "m"\nsources = 3\n', f"{path}:2: key 'sources': expected a string or an array of strings, got 3"),
+    ]
+    assert_config_file_refusals(path, cases)
+
+
 def test_a_config_file_value_refused_by_a_later_check_names_its_line(tmp_path):
     path = tmp_path / "c.toml"
     cases = [
