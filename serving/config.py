@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import os
 import re
 import tomllib
@@ -520,6 +521,21 @@ def read_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> tuple[au
     return tuple(tokens)
 
 
+PORT_SETTINGS = ("port", "metrics_port", "http_port")
+
+
+def _check_ports_apart(v: Mapping[str, Any], source: Mapping[str, str]) -> None:
+    """ConfigError when two of the ports would be the same (worker i of --workers takes
+    metrics and HTTP PORT+i): the second bind failed, after the start's load, as
+    "Address already in use", which sent an operator looking for another process."""
+    spans = {dest: range(v[dest], v[dest] + (1 if dest == "port" else v["workers"])) for dest in PORT_SETTINGS if v[dest]}
+    for first, second in itertools.combinations(spans, 2):
+        if set(spans[first]) & set(spans[second]):
+            shown = [f"{source[dest]} {v[dest]}" + (f" (to {spans[dest][-1]} with --workers)" if len(spans[dest]) > 1 else "")
+                     for dest in (first, second)]
+            raise ConfigError(f"{shown[0]} and {shown[1]}: the same port twice; give each its own")
+
+
 def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
     """The server config of parsed flags, the environment and the config file; ConfigError if bad.
 
@@ -545,6 +561,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if v["feed_processes"] and v["workers"] > 1:
         raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
                           "connection of one server process; workers each take their own connections)")
+    _check_ports_apart(v, source)
     if v["store"] != "memory":
         _check_store_url(v["store"], source["store"])
     if v["state_dir"] and v["store"] != "memory":

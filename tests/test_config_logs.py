@@ -118,6 +118,10 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_STORE": "redis://x:y/0"}, "FEEDRANK_STORE redis://x:y/0: the port must be a whole number from 0 to 65535, got 'y'"),
         ({"FEEDRANK_STORE": "redis://x:1/0?socket_timeout=abc"}, "FEEDRANK_STORE redis://x:1/0?socket_timeout=abc: store URL option socket_timeout='abc'"),
         ({"FEEDRANK_STORE": "redis://u:pw@x:1/0?colour=1"}, "FEEDRANK_STORE redis://u:***@x:1/0?colour=1: unknown store URL option 'colour'; ours: recent_likes"),
+        # Two settings on one port failed their second bind after the load, "Address already in use".
+        ({"FEEDRANK_PORT": "9000", "FEEDRANK_METRICS_PORT": "9000"}, "FEEDRANK_PORT 9000 and FEEDRANK_METRICS_PORT 9000: the same port twice"),
+        ({"FEEDRANK_METRICS_PORT": "9100", "FEEDRANK_HTTP_PORT": "9101", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"},
+         "FEEDRANK_METRICS_PORT 9100 (to 9101 with --workers) and FEEDRANK_HTTP_PORT 9101 (to 9102 with --workers): the same port twice"),
     ],
 )
 def test_a_bad_environment_value_names_the_variable(env, message):
