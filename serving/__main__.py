@@ -20,13 +20,22 @@ import difflib
 import logging
 import os
 import sys
+import tomllib
+from typing import NoReturn
 
 # Before grpc is imported: gRPC core writes its INFO lines (one per failed TLS handshake,
 # such as a plaintext client's) raw to stderr, outside --log-format; its errors still show.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from serving import client  # noqa: E402
-from serving.config import HelpFormatter, add_server_arguments, config_from_args  # noqa: E402
+from serving import client, logs  # noqa: E402
+from serving.config import (  # noqa: E402
+    CONFIG_ENV,
+    FLAGS_BY_DEST,
+    ConfigError,
+    HelpFormatter,
+    add_server_arguments,
+    resolve_config,
+)
 from training.__main__ import progress_bars  # noqa: E402
 from training.dataset import load_defaults  # noqa: E402
 
@@ -43,20 +52,23 @@ def _serve(argv: list[str]) -> None:
     )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    config = config_from_args(args)
+    try:
+        config = resolve_config(args)
+    except ConfigError as error:
+        _refuse_start(parser, args, str(error))
     if config.store_url == "memory" and not config.data_dir:
-        parser.error("--data is required with the memory store (or pass --store redis://...)")
+        _refuse_start(parser, args, "--data is required with the memory store (or pass --store redis://...)")
     if config.feed.max_per_seller < 1:
-        parser.error("--max-per-seller must be >= 1")
+        _refuse_start(parser, args, "--max-per-seller must be >= 1")
     if config.feed.max_per_category < 0:
-        parser.error("--max-per-category must be >= 0 (0: no category cap)")
+        _refuse_start(parser, args, "--max-per-category must be >= 0 (0: no category cap)")
     if config.arms_file:
         from serving.arms import check_versions, load_arms
 
         try:  # fail before any worker forks; the server checks again when it loads the models
             check_versions(load_arms(config.arms_file, config.feed), config.models_dir)
         except (OSError, ValueError) as error:
-            parser.error(f"--arms: {error}")
+            _refuse_start(parser, args, f"--arms: {error}")
     from serving.feed_processes import FeedProcessError
     from serving.server import BindError, serve
 
@@ -69,6 +81,33 @@ def _serve(argv: list[str]) -> None:
             logging.getLogger("feedrank.serving").critical("error: %s", error)
             sys.exit(1)
         sys.exit(f"error: {error}")
+
+
+def _refuse_start(parser: argparse.ArgumentParser, args: argparse.Namespace, message: str) -> NoReturn:
+    """A setting that stops the start: argparse's usage and error line, or, when the logs are
+    JSON, one JSON line as every other error that stops the start (a log shipper parsing
+    JSON lines dropped the usage text, and with it the reason). Exit status 2 either way."""
+    if _json_logs(args):
+        logs.configure("json")
+        logging.getLogger("feedrank.serving").critical("error: %s", message)
+        sys.exit(2)
+    parser.error(message)
+
+
+def _json_logs(args: argparse.Namespace) -> bool:
+    """Whether --log-format (the flag, its variable or the config file's key, even when another
+    of the file's keys is what was refused) asks for JSON; a file that does not parse cannot tell."""
+    given = getattr(args, "log_format", None) or os.environ.get(FLAGS_BY_DEST["log_format"].env, "").strip()
+    if given:
+        return given == "json"
+    config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV)
+    if not config_path:
+        return False
+    try:
+        with open(config_path, "rb") as f:
+            return tomllib.load(f).get("log_format") == "json"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
 
 
 def unknown_command(word: str) -> str:

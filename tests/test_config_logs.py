@@ -474,6 +474,26 @@ def test_with_json_logs_a_fatal_start_error_is_a_json_line_too(world, tmp_path):
     assert lines[-1]["level"] == "critical" and "no such directory" in lines[-1]["msg"]
 
 
+def test_with_json_logs_a_bad_setting_is_a_json_line_too(world, tmp_path):
+    """A setting refused before the server starts (a bad variable, an arms file, the config
+    file's values) was argparse's usage text and a plain error line under --log-format json."""
+    base = [sys.executable, "-m", "serving", "--models", str(world.models_dir), "--data", str(world.data_dir), "--no-progress"]
+    (tmp_path / "arms.toml").write_text('salt = "s"\n[[arm]]\nname = "a"\nshare = 0.5\n')
+    (tmp_path / "c.toml").write_text('log_format = "json"\nmax_per_seller = 0\n')
+    cases = [
+        (["--log-format", "json"], {"FEEDRANK_PORT": "abc"}, "error: FEEDRANK_PORT: expected an integer, got 'abc'"),
+        (["--arms", str(tmp_path / "arms.toml")], {"FEEDRANK_LOG_FORMAT": "json"}, "error: --arms: "),
+        (["--config", str(tmp_path / "c.toml")], {}, f"error: {tmp_path / 'c.toml'}:2: key 'max_per_seller': must be >= 1"),
+    ]
+    for extra, env, message in cases:
+        result = subprocess.run([*base, *extra], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+        assert lines[-1]["level"] == "critical" and lines[-1]["msg"].startswith(message), lines[-1]
+    text = subprocess.run([*base, "--max-per-seller", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert text.returncode == 2 and text.stderr.startswith("usage: ")  # text logs: argparse's usage, as before
+
+
 def test_with_json_logs_a_port_in_use_is_a_json_line_too(world):
     """Bind errors (gRPC, --http-port, --metrics-port) were plain text under --log-format json."""
     import socket
