@@ -116,6 +116,24 @@ def test_a_refused_retire_names_the_flag_and_retires_nothing(models, tmp_path, c
     assert published_versions(str(directory)) == names[::-1]
 
 
+def test_a_current_naming_no_version_is_warned_by_versions_and_stops_retire(models, capsys):
+    """A typo in a rollback's CURRENT: the servers kept serving what they had loaded, the
+    listing showed no version as CURRENT without a word, and retire --keep 0 deleted them all."""
+    directory, names = models
+    (directory / "CURRENT").write_text(names[3][:-1] + "\n")
+    message = f"{directory / 'CURRENT'} names {names[3][:-1]!r}, which is no version directory here"
+    capsys.readouterr()
+    main(["versions", "--models", str(directory)])
+    listed = capsys.readouterr()
+    assert [row.split()[0] for row in listed.out.splitlines()[1:]] == names[::-1]
+    assert listed.err.startswith(f"warning: {message}")
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0"])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert published_versions(str(directory)) == names[::-1]
+
+
 def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys):
     for command in ("versions", "retire"):
         with pytest.raises(SystemExit):
