@@ -398,7 +398,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _toml_line(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=|^\s*[\"']{re.escape(key)}[\"']\s*=")
+    # key = ..., "key" = ..., key.sub = ..., or a table of that name ([key], [[key]], [key.sub]),
+    # as a file laid out in sections ([server]) has: its unknown key was named without a line.
+    name = rf"(?:{re.escape(key)}|[\"']{re.escape(key)}[\"'])"
+    pattern = re.compile(rf"^\s*{name}\s*[=.]|^\s*\[\[?\s*{name}\s*[\].]")
     for number, line in enumerate(text.splitlines(), 1):
         if pattern.match(line):
             return number

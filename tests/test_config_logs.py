@@ -182,6 +182,9 @@ def test_a_bad_config_file_names_the_file_the_key_and_the_line(tmp_path):
         ("port = \n", f"{path}:1:8: not valid TOML: Invalid value"),
         ('models = "m"\nname = "a', f"{path}: not valid TOML: Unterminated string (at end of document)"),
         ("reload_seconds = -1\n", f"{path}:1: key 'reload_seconds': must be >= 0, got -1.0"),
+        # A file laid out in sections: the table's line was missing ("c.toml: unknown key 'server'").
+        ('models = "m"\n\n[server]\nport = 1\n', f"{path}:3: unknown key 'server'; keys are the flag names"),
+        ('models = "m"\nlimits.port = 1\n', f"{path}:2: unknown key 'limits'"),
     ]
     assert_config_file_refusals(path, cases)
     with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
