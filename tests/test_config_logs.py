@@ -82,6 +82,7 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
     del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
     env["FEEDRANK_MAX_MESSAGE_BYTES"] = "5000"
     env["FEEDRANK_FEED_PROCESSES"] = "0"  # feed processes exclude workers, and the workers are 3
+    env["FEEDRANK_METRICS_PORT"], env["FEEDRANK_HTTP_PORT"] = "9100", "9200"  # each port its own (3 workers: PORT+0..2)
     args = parse()
     config = resolve_config(args, env)
     for flag in FLAGS:
