@@ -341,15 +341,17 @@ def exit_on_redis_errors(url_text: str) -> Iterator[None]:
         _fail(url_text, f"{type(error).__name__}: {error}")
 
 
+LOAD_INTERRUPTED = "load interrupted part-way: Redis holds part of the dataset; run the same load again to complete it"
+
+
 @contextlib.contextmanager
-def exit_on_interrupt(url_text: str) -> Iterator[None]:
-    """Ctrl-C (or SIGINT) while writing: one line saying Redis holds part of the dataset and
-    what to do, exit status 130, instead of a traceback that says neither."""
+def exit_on_interrupt(url_text: str, what_now: str = LOAD_INTERRUPTED) -> Iterator[None]:
+    """Ctrl-C (or SIGINT) while writing: one line saying in what state Redis is left and what
+    to do (``what_now``), exit status 130, instead of a traceback that says neither."""
     try:
         yield
     except KeyboardInterrupt:
-        print(f"error: --redis {redacted(url_text)}: load interrupted part-way: Redis holds part of the dataset; "
-              "run the same load again to complete it", file=sys.stderr)
+        print(f"error: --redis {redacted(url_text)}: {what_now}", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
 
 

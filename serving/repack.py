@@ -20,10 +20,12 @@ import time
 
 from tqdm import tqdm
 
-from serving.load import connect_checked, exit_on_redis_errors
+from serving.load import connect_checked, exit_on_interrupt, exit_on_redis_errors
 from stores.redis import RedisStore
 
 DEFAULT_BATCH = 1_000
+REPACK_INTERRUPTED = ("repack interrupted part-way: the items done are repacked, the others are read field by field "
+                      "until their next write; run it again to finish")
 
 
 def main(argv: list[str]) -> None:
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> None:
     client, _ = connect_checked(args.redis)  # one line, not a traceback, when the URL is wrong or Redis is down
     client.close()
     started, items = time.perf_counter(), 0
-    with exit_on_redis_errors(args.redis):
+    with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis, REPACK_INTERRUPTED):
         store = RedisStore.from_url(args.redis)
         try:
             with tqdm(unit="items", desc="repack", disable=not sys.stderr.isatty() or args.no_progress, file=sys.stderr) as bar:

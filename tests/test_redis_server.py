@@ -349,6 +349,26 @@ def test_a_load_interrupted_by_ctrl_c_says_in_one_line_that_redis_holds_part_of_
         assert admin.dbsize() > partial
 
 
+def test_a_repack_interrupted_by_ctrl_c_says_in_one_line_what_it_left_and_what_to_do(redis_url, redis_server):
+    """Ctrl-C part-way printed a traceback through the store's code, not that running it again finishes."""
+    with redis_server.client() as admin:
+        store = RedisStore.from_url(redis_url, socket_timeout=5.0)
+        load_into_redis(store.client, generate(users=100, sellers=20, items=3000, seed=1))
+        store.close()
+        admin.config_resetstat()
+        argv = [sys.executable, "-m", "serving", "repack", "--redis", redis_url, "--batch", "1", "--no-progress"]
+        repacking = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(name in admin.info("commandstats") for name in ("cmdstat_evalsha", "cmdstat_eval")):
+            assert repacking.poll() is None and time.monotonic() < deadline, repacking.communicate()
+            time.sleep(0.01)  # one item per script call: the repack has begun, far from its end
+        repacking.send_signal(signal.SIGINT)
+        _, stderr = repacking.communicate(timeout=60)
+    assert repacking.returncode == 130, stderr
+    assert stderr == (f"error: --redis {redis_url}: repack interrupted part-way: the items done are repacked, the others "
+                      "are read field by field until their next write; run it again to finish\n")
+
+
 def test_every_command_a_load_runs_is_asked_about_before_it_writes():
     """check_write_access asks about load_probes: a command, or a kind of key, a load writes
     that no probe names would again be found refused part-way through a load."""
