@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.load import connect_checked, exit_on_redis_errors
+from serving.load import connect_checked, exit_on_interrupt, exit_on_redis_errors
 from stores.events import CARD_EVENTS, ID_FIELDS, OPTIONAL_IDS, RECEIVED_SHARE, REQUIRED_IDS, EventKind
 from stores.redis import RECORD_FIELDS, scan_keys, unavailable_on_redis_errors
 from stores.redis_keys import DEFAULT_PREFIX, Keys
@@ -86,6 +86,8 @@ def event_row(stream_id: str, record: dict[str, str]) -> list[str]:
     used = _USED_FIELDS.get(record.get("kind", ""))
     return [stream_id, *(record.get(name, "") if used is None or name in used else "" for name in RECORD_FIELDS)]
 FETCH_BATCH = 1_000
+EXPORT_INTERRUPTED = ("export interrupted part-way: each file in --out is whole, but some may be this export's and "
+                      "some the one's before; run it again before reading them")
 # A Redis stream id: MS-SEQ, or MS alone (SEQ 0), each a 64-bit unsigned number.
 _STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 _MAX_ID_PART = 2**64 - 1
@@ -276,7 +278,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: --since {args.since}: {NOT_A_STREAM_ID}")
     client, own = connect_checked(args.redis, socket_timeout=60.0, socket_connect_timeout=5.0)
     try:
-        with exit_on_redis_errors(args.redis):
+        with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis, EXPORT_INTERRUPTED):
             stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX), args.format)
     except OSError as error:
         sys.exit(f"error: --out {args.out}: {error.strerror or error}")

@@ -4,8 +4,10 @@ failed event export leaves no events.csv.tmp behind."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,32 @@ def test_a_failed_event_export_leaves_no_tmp_file_and_the_old_events_csv(tmp_pat
         write_events(_FailingStream(), str(path), "0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
     assert path.read_text() == "the previous export\n"
+
+
+@pytest.mark.redis
+def test_an_export_interrupted_by_ctrl_c_says_in_one_line_to_run_it_again(redis_url, tmp_path):
+    """Ctrl-C part-way printed a traceback, not that --out may now mix two exports' files."""
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    for n in range(300_000):  # 300 XRANGE calls: the export is far from its end when it begins writing events
+        pipe.xadd(Keys(DEFAULT_PREFIX).events, {"kind": "like", "user_id": f"u{n % 100}", "item_id": f"i{n % 1000}"})
+        if len(pipe) == 10_000:
+            pipe.execute()
+    pipe.execute()
+    (tmp_path / "events.csv").write_text("the previous export\n")
+    argv = [sys.executable, "-m", "serving", "export", "--redis", redis_url, "--out", str(tmp_path), "--since", "0"]
+    exporting = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "events.csv.tmp").exists():
+        assert exporting.poll() is None and time.monotonic() < deadline, exporting.communicate()
+        time.sleep(0.005)
+    exporting.send_signal(signal.SIGINT)
+    _, stderr = exporting.communicate(timeout=60)
+    assert exporting.returncode == 130, stderr
+    assert stderr == (f"error: --redis {redis_url}: export interrupted part-way: each file in --out is whole, but some "
+                      "may be this export's and some the one's before; run it again before reading them\n")
+    assert (tmp_path / "events.csv").read_text() == "the previous export\n"
+    assert not (tmp_path / "events.csv.tmp").exists()
 
 
 @pytest.mark.redis
