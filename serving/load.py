@@ -30,7 +30,7 @@ from redis.exceptions import NoPermissionError, RedisClusterException, RedisErro
 from tqdm import tqdm
 
 from ranking.store import trending_weight
-from serving.store_url import redacted
+from serving.store_url import password_missing, redacted
 from stores.base import StoreForbidden, StoreFull, StoreUnavailable
 from stores.events import RECEIVED_SHARE, EventKind, card_strings
 from stores.memory import DEFAULT_RECENT_LIKES, replay_engagements
@@ -326,7 +326,7 @@ def _fail_unavailable(url_text: str, error: StoreUnavailable) -> NoReturn:
         _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
     if isinstance(error, SlotsMoving):
         _fail(url_text, f"the cluster is resharding: {error}")
-    _fail(url_text, f"Redis unreachable: {error}")
+    _fail(url_text, password_missing(url_text, error) or f"Redis unreachable: {error}")
 
 
 @contextlib.contextmanager

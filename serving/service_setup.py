@@ -20,7 +20,7 @@ from serving.config import ServerConfig
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import PageTokenCodec
-from serving.store_url import check_state_dir_free, open_store, redacted
+from serving.store_url import check_state_dir_free, open_store, password_missing, redacted
 from serving.watched_files import Signature, file_signature
 from stores import FeedStore
 from training.artifact import Artifact, current_version, load_version
@@ -104,7 +104,7 @@ def check_store(store: FeedStore, url: str) -> None:
     except (ResponseError, AuthenticationError, AuthorizationError) as error:
         if isinstance(error, ResponseError) and is_outage(error):  # BUSY in a script, MASTERDOWN...: down for now
             return
-        raise ValueError(f"--store {redacted(url)}: {error}") from None
+        raise ValueError(f"--store {redacted(url)}: {password_missing(url, error) or error}") from None
     except RedisClusterException as error:
         if NOT_A_CLUSTER in str(error):
             raise ValueError(f"--store {redacted(url)}: {NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}") from None

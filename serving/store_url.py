@@ -100,3 +100,15 @@ def redacted(url: str) -> str:
 def _redacted_option(option: str) -> str:
     name, equals, _ = option.partition("=")
     return f"{name}=***" if equals and name in SECRET_OPTIONS else option
+
+
+_NO_AUTH_SIGNS = ("NOAUTH", "must be called with the client already authenticated")  # Redis 6+'s HELLO, and AUTH's
+
+
+def password_missing(url: str, error: BaseException) -> str | None:
+    """What to do when Redis asks for a password the URL does not give: redis-py's words
+    (about HELLO, a command the operator never ran) said neither; None for any other error."""
+    if not any(sign in str(error) for sign in _NO_AUTH_SIGNS) or redacted(url) != url:
+        return None
+    return "Redis requires a password and this URL gives none: redis://[USER]:PASSWORD@HOST:PORT/DB (or ?password=...)"
+

@@ -157,6 +157,22 @@ def own_redis(tmp_path):
         server.stop()
 
 
+def test_a_redis_that_asks_a_password_the_url_does_not_give_says_so_for_the_server_and_load(own_redis, models, tmp_path):
+    """redis-py's words were about HELLO, a command the operator never ran, and load called such a Redis unreachable."""
+    with own_redis.client() as admin:
+        admin.config_set("requirepass", "s3cret")
+    says = "Redis requires a password and this URL gives none: redis://[USER]:PASSWORD@HOST:PORT/DB (or ?password=...)\n"
+    write_dataset(social_dataset(), str(tmp_path / "data"))
+    load = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", own_redis.url]
+    loaded = subprocess.run(load, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 1 and loaded.stderr == f"error: --redis {own_redis.url}: {says}"
+    serve = [sys.executable, "-m", "serving", "--store", own_redis.url, "--models", str(models), "--port", "0"]
+    refused = subprocess.run(serve, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.endswith(f"error: --store {own_redis.url}: {says}"), refused.stderr
+    with_password = own_redis.url.replace("redis://", "redis://:s3cret@")
+    subprocess.run([*load[:-1], with_password], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+
+
 def test_redis_outage_is_unavailable_within_the_deadline_and_the_server_recovers(own_redis, models, servers):
     load(own_redis.url)
     server = servers(own_redis.url, models)
