@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import ssl
 import threading
@@ -63,9 +64,8 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
     if store is None:
         check_state_dir_free(config.durability)
     models = models or load_models(config)
-    limits = {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": int(config.dedupe_ttl_seconds)}
     if store is None:
-        store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=limits)
+        store = open_store(config.store_url, config.data_dir, durability=config.durability, limits=store_limits(config))
     codec = PageTokenCodec(
         config.token_secret, config.previous_token_secrets, ttl_seconds=config.token_ttl_seconds, max_served=config.max_feed_depth
     )
@@ -75,6 +75,12 @@ def open_service(config: ServerConfig, store: FeedStore | None = None, metrics: 
         metrics=metrics, model_pools=config.model_pools,
     )
     return service, models.arms_signature
+
+
+def store_limits(config: ServerConfig) -> dict[str, int]:
+    """The ingest limits a store enforces itself. The dedupe TTL is whole seconds (Redis's
+    EXPIRE), rounded up: 0.5 truncated to 0 meant "remember forever"."""
+    return {"max_friends": config.max_friends, "max_follows": config.max_follows, "dedupe_ttl": math.ceil(config.dedupe_ttl_seconds)}
 
 
 def check_store(store: FeedStore, url: str) -> None:

@@ -283,6 +283,13 @@ def test_durability_settings_reach_the_store(world, monkeypatch):
     assert opened == [(Durability("/tmp/state", "off", 60.0), {"max_friends": 7, "max_follows": 1000, "dedupe_ttl": 60})]
 
 
+@pytest.mark.parametrize(("seconds", "kept"), [(0.5, 1), (60.2, 61), (0.0, 0)])
+def test_a_fractional_dedupe_ttl_is_rounded_up_not_to_forever(seconds, kept):
+    # int(0.5) was 0, which the stores read as "remember every event id forever".
+    config = resolve_config(parse("--models", "m", "--dedupe-ttl-seconds", str(seconds)), {})
+    assert service_setup.store_limits(config)["dedupe_ttl"] == kept
+
+
 # --- logs -----------------------------------------------------------------------------------------
 
 
