@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from ranking.vocab import encode, positions_in
 from training.dataset import Dataset
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"feedrank.{__name__}")
 
 # Defaults from a brief sweep on the synthetic generator (20k users, 20k items, 1k
 # sellers, 378k likes, 88k follows; random 80/20 split of likes, ALS alone, NDCG@20):

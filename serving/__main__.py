@@ -40,7 +40,7 @@ from training.__main__ import progress_bars  # noqa: E402
 from training.dataset import load_defaults  # noqa: E402
 
 COMMANDS = ("serve", "feed", "demo", "load", "repack", "export", "versions", "retire")
-log = logging.getLogger("serving")
+log = logging.getLogger("feedrank.serving")
 
 
 def _serve(argv: list[str]) -> None:

@@ -118,7 +118,7 @@ def _add_feed_item(add: Callable[..., feed_pb2.FeedItem], item: RankedItem) -> f
     return message
 
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("feedrank.serving")
 # How long a client should wait before retrying after UNAVAILABLE or a full store (google.rpc.RetryInfo).
 RETRY_DELAY_SECONDS = 1.0
 STORE_UNAVAILABLE = "store unavailable"

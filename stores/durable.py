@@ -51,7 +51,7 @@ from stores.wal import Batch, LogReader, LogWriter, WalError, batch_record, enco
 if TYPE_CHECKING:
     from training.dataset import Dataset
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"feedrank.{__name__}")
 
 FSYNC_POLICIES = ("batch", "off")
 SNAPSHOT = "snapshot.wal"

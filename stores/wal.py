@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 from stores.events import Event
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"feedrank.{__name__}")
 
 FORMAT = "feedrank-wal"
 VERSION = 1

@@ -293,6 +293,19 @@ def test_a_fractional_dedupe_ttl_is_rounded_up_not_to_forever(seconds, kept):
 # --- logs -----------------------------------------------------------------------------------------
 
 
+def test_every_logger_of_the_project_is_under_feedrank():
+    # An operator selects the service's lines by their "logger" field: store outages came
+    # as "serving.servicer", the write-ahead log's as "stores.wal", among "feedrank.*".
+    code = ("import importlib, json, logging, pkgutil\n"
+            "for package in ('embeddings', 'ranking', 'serving', 'stores', 'training'):\n"
+            "    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):\n"
+            "        importlib.import_module(module.name)\n"
+            "print(json.dumps(sorted(logging.root.manager.loggerDict)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300, check=True)
+    ours = ("embeddings", "ranking", "serving", "stores", "training")
+    assert [name for name in json.loads(done.stdout) if name.split(".")[0] in ours] == []
+
+
 def test_json_lines_hold_a_traceback_in_one_line(log_stream):
     log = logging.getLogger("feedrank.test")
     try:

@@ -400,7 +400,7 @@ def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path, caplog, tail):
     else:
         path.write_bytes(whole + b"\0" * 4096)
         expected, kept = {"s0", "s1", "s2"}, whole
-    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+    with caplog.at_level(logging.WARNING, logger="feedrank.stores.durable"):
         assert _follows(tmp_path) == expected
     assert "torn record" in caplog.text and path.name in caplog.text
     assert path.read_bytes() == kept
@@ -417,7 +417,7 @@ def test_a_torn_first_record_of_a_new_log_is_cut_off_with_a_warning(tmp_path, ca
     header = path.read_bytes()
     record = batch_record(4, time.time(), encode_events([Event("e9", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s9")]))
     path.write_bytes(header + record[: len(record) // 2])
-    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+    with caplog.at_level(logging.WARNING, logger="feedrank.stores.durable"):
         assert _follows(tmp_path) == {"s0", "s1", "s2"}
     assert f"{path}: a torn record at byte offset {len(header)} ({len(record) // 2} bytes" in caplog.text
     assert _follows(tmp_path) == {"s0", "s1", "s2"}
@@ -664,7 +664,7 @@ def test_a_snapshot_without_room_for_it_is_deferred_with_one_warning(tmp_path, m
     apply_all([store], mixed_batches(seed=8))
     logs = log_files(tmp_path)
     monkeypatch.setattr(durable.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
-    with caplog.at_level(logging.WARNING, logger="stores.durable"):
+    with caplog.at_level(logging.WARNING, logger="feedrank.stores.durable"):
         assert not store.snapshot()
         store.apply([Event("more", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s2")])
         assert not store.snapshot()
