@@ -153,6 +153,17 @@ def test_item_upsert_lists_the_item_and_stock_updates_apply(store_factory):
     assert (item.stock, item.in_stock, item.seller_id) == (0, False, "s2")
 
 
+def test_events_apply_in_arrival_order_whatever_their_ts(store_factory):
+    # README, "The API": ts says when something happened, not which of two events wins.
+    store = store_factory(social_dataset())
+    store.apply([ev("o1", EventKind.LIKE, NOW, user_id="carol", item_id="i7"),
+                 ev("o2", EventKind.UNLIKE, NOW - 3600, user_id="carol", item_id="i7")])  # fmt: skip
+    store.apply([ev("o3", EventKind.ITEM_UPSERT, NOW, item_id="late", seller_id="s2", stock=0)])
+    store.apply([ev("o4", EventKind.STOCK_UPDATE, NOW - 3600, item_id="late", stock=4)])
+    seen = views.hydrate(store, "carol", ["i7", "late"])
+    assert "i7" not in seen.liked and seen.items["late"].stock == 4
+
+
 def test_the_largest_stock_the_api_takes_is_in_stock(store_factory):
     # IngestRequest's stock is an int64: a client may send its largest value for "unlimited".
     # Redis keeps it as text and a feed reads it back as a double, which rounds to 2**63.
