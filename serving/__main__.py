@@ -15,13 +15,25 @@ also take --no-progress).
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import logging
-import os
+import signal
 import sys
-import tomllib
-from typing import NoReturn
+
+# A Ctrl-C while the imports below run (about a second) ends as one after them does, without
+# a traceback through whichever module was loading; main() takes Ctrl-C back from here on.
+def _interrupted(*_: object) -> None:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":  # run, not imported: the importer's signals are its own
+    signal.signal(signal.SIGINT, _interrupted)
+
+import argparse  # noqa: E402
+import difflib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import tomllib  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 # Before grpc is imported: gRPC core writes its INFO lines (one per failed TLS handshake,
 # such as a plaintext client's) raw to stderr, outside --log-format; its errors still show.
@@ -159,4 +171,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        main()
+    except KeyboardInterrupt:  # before a command took Ctrl-C over (its own imports): one line, the shell's status
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

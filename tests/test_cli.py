@@ -293,6 +293,22 @@ def test_ctrl_c_anywhere_is_one_line_and_status_130(monkeypatch, capsys, tmp_pat
     assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
 
 
+@pytest.mark.parametrize("argv", [
+    ("training", "generate", "--out", "{tmp}/d", "--users", "100000", "--sellers", "500", "--items", "20000", "--no-progress"),
+    ("serving", "demo", "--workdir", "{tmp}/demo"),
+])  # fmt: skip
+@pytest.mark.parametrize("after", [0.3, 0.6])
+def test_ctrl_c_while_a_command_still_imports_is_one_line_and_status_130(tmp_path, argv, after):
+    # The imports take a second or two: a Ctrl-C there printed a traceback through whichever
+    # module was loading (numpy, pyarrow, grpc), and exited 1.
+    command = subprocess.Popen([sys.executable, "-m", *(word.format(tmp=tmp_path) for word in argv)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(after)
+    command.send_signal(signal.SIGINT)
+    status, stderr = command.wait(timeout=60), command.stderr.read()
+    assert (status, stderr.splitlines()[-1:]) == (130, ["interrupted"]) and "Traceback" not in stderr, stderr
+
+
 def test_flag_errors_name_the_flag_and_help_does_not_mislead(tmp_path):
     assert "error: argument --seed: must be >= 0, got -1" in refused(
         "generate", "--out", str(tmp_path / "d"), "--users", "50", "--sellers", "5", "--items", "50", "--seed", "-1")

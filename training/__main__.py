@@ -12,13 +12,25 @@ terminal); train, evaluate and tune take --drop-unknown-items.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
+import signal
 import sys
-from collections.abc import Iterator
 
-from training.dataset import DatasetError, load_defaults
+# A Ctrl-C while the imports below run (a second or two) ends as one after them does,
+# without a traceback through whichever module was loading; main() takes Ctrl-C back.
+def _interrupted(*_: object) -> None:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":  # run, not imported: the importer's signals are its own
+    signal.signal(signal.SIGINT, _interrupted)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from training.dataset import DatasetError, load_defaults  # noqa: E402
 
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -129,4 +141,5 @@ def parse_with_params_file(
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()
