@@ -6,9 +6,9 @@
         --base per_key_limit=50
 
 The test part of ``--split`` is set aside and never read. The validation split is carved
-out of the training part with the same shape as the test (the latest likes when every
-like has a time, else random ones: ``training.ranker_fit.validation_split``); the model
-and the ranker are trained once on the rest, then the served pipeline is replayed with one
+out of the training part with the same shape as the test (the latest likes for a time
+split, random ones for a random split, a share of each user's likes for a per-user one:
+``training.splits.validation_split``), and so is the ranker's own; the model and the ranker are trained once on the rest, then the served pipeline is replayed with one
 knob changed at a time (embedding neighbours, item-kNN neighbours, trending items,
 listings or likes read per followed seller or friend, the HNSW search breadth) and
 scored with NDCG@10/@20 over a seeded sample of validation users. Per knob, the smallest value whose NDCG@10 is within
@@ -33,7 +33,7 @@ from training.arguments import (
     ranker_params_from_args,
     split_text,
 )
-from training.dataset import Dataset, DatasetError, load_dataset
+from training.dataset import Dataset, DatasetError, Edges, load_dataset
 from training.flag_types import output_file
 from training.metrics import ranking_metrics
 from training.ranker_fit import fit_ranker
@@ -59,13 +59,22 @@ def parse_base(items: list[str]) -> dict[str, int]:
     return base
 
 
+def validation_parts(dataset: Dataset, split: SplitSpec, fraction: float, seed: int) -> tuple[Dataset, Edges, float]:
+    """(fit part, validation likes, now): the test part of ``split`` set aside, and the
+    validation carved out of the rest in the test's shape (a random test, a random validation)."""
+    train_part, _, _ = split_for_evaluation(dataset, split)
+    return validation_split(train_part, fraction, seed, kind=split.kind)
+
+
 def sweep(args: argparse.Namespace, dataset: Dataset) -> dict:
     started = time.perf_counter()
-    train_part, _, _ = split_for_evaluation(dataset, SplitSpec.parse(args.split))
-    fit_part, valid, now = validation_split(train_part, args.validation, args.seed)
+    split = SplitSpec.parse(args.split)
+    fit_part, valid, now = validation_parts(dataset, split, args.validation, args.seed)
     params = params_from_args(args)
     base = replace(FeedSettings(), **parse_base(args.base))
-    ranker, _, warm = fit_ranker(fit_part, params, base, ranker_params_from_args(args))
+    # The ranker's own validation, carved out of the fit part, takes the same shape too.
+    ranker_params = replace(ranker_params_from_args(args), validation_kind=split.kind)
+    ranker, _, warm = fit_ranker(fit_part, params, base, ranker_params)
     model, _ = train(fit_part, params, initial=warm)
     relevant: dict[str, set[str]] = defaultdict(set)
     for user_id, item_id in zip(valid.src, valid.dst):
