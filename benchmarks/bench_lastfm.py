@@ -31,6 +31,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -39,7 +40,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import DatasetError, Edges
 from training.experiment import evaluate_split
-from training.flag_types import output_file
+from training.flag_types import bounded, output_file
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec
 from training.train import TrainParams
@@ -149,6 +150,19 @@ def _choices(parser: argparse.ArgumentParser, flag: str, text: str, known) -> li
     return chosen
 
 
+def whole_numbers(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, at least one, each >= ``minimum``."""
+    one = bounded(int, minimum)
+
+    def parse(text: str) -> list[int]:
+        values = [one(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lastfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -163,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--splits", default="user,random",
                      help="user (20%% of each user's artists) and/or random (20%% of all pairs, the shape of "
                           "SocialLGN's published split) (default: %(default)s)")
-    run.add_argument("--seeds", default="0,1,2,3,4", help="split seeds, comma-separated (default: %(default)s)")
-    run.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
+    run.add_argument("--seeds", default="0,1,2,3,4", type=whole_numbers(0), help="split seeds, comma-separated (default: %(default)s)")
+    run.add_argument("--k", default="10,20", type=whole_numbers(1),
+                     help="cut-offs; 10 (SocialLGN's) is always among them (default: %(default)s)")
     run.add_argument("--ablation", action="store_true", help="also remove each source and each feature in turn (first split and seed)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=output_file, help="write every number as JSON here")
@@ -175,8 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     from training.lastfm import read_lastfm, split_as_published
 
     started = time.perf_counter()
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    ks = tuple(int(k) for k in args.k.split(","))
+    seeds, ks = args.seeds, tuple(sorted({10, *args.k}))  # 10: SocialLGN's cut-off, and the per-seed lines'
     try:
         dataset = read_lastfm(args.src)
     except DatasetError as error:

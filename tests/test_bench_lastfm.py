@@ -76,3 +76,26 @@ def test_a_wrong_input_is_one_line_before_the_run(tmp_path, capsys, change, mess
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1] == f"python -m benchmarks.bench_lastfm: error: {message.format(tmp=tmp_path)}"
     assert "ndcg@10" not in out  # refused before any seed ran
+
+
+@pytest.mark.parametrize(("flag", "value", "said"), [
+    ("--seeds", "0,x", "expected an integer, got 'x'"),
+    ("--seeds", "-1", "must be >= 0, got -1"),
+    ("--seeds", ",", "expected comma-separated whole numbers"),
+    ("--k", "0", "must be >= 1, got 0"),
+    ("--k", "10,a", "expected an integer, got 'a'"),
+])
+def test_a_bad_seed_or_cut_off_is_a_usage_error_naming_its_flag(tmp_path, capsys, flag, value, said):
+    src, _, _ = write_source(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        bench_lastfm.main(["--src", src, flag, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {flag}" in error and said in error
+
+
+def test_cut_offs_without_10_still_print_the_per_seed_ndcg_at_10(tmp_path, capsys):
+    src, _, _ = write_source(tmp_path)
+    bench_lastfm.main(["--src", src, "--protocols", "binary", "--splits", "user", "--seeds", "0", "--k", "20"])
+    printed = capsys.readouterr().out
+    assert "binary user:0.2:0: ndcg@10" in printed and "ndcg@20" in printed
