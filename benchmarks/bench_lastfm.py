@@ -125,11 +125,20 @@ def print_table(title: str, summary, reports, ks, compares_with_sociallgn: bool)
           f"unseen in training (misses) [{seeds[0]}]")
 
 
-def run_ablation(dataset, protocol: str, split: SplitSpec, ks, base) -> dict[str, dict[str, float]]:
-    _, settings, ranker = PROTOCOLS[protocol]
+def ablation_variants(settings: FeedSettings, ranker: RankerFitParams) -> dict[str, tuple[FeedSettings, RankerFitParams]]:
+    """One variant per candidate source removed and per ranker feature removed. A removed
+    feature stays removed: the trainer would give it back when its baseline ranks the
+    validation pools better, and the row would then measure the full feed again."""
     variants = {f"- source {source}": (replace(settings, sources=tuple(s for s in settings.sources if s != source)), ranker)
                 for source in SOURCE_NAMES if source != "followed_sellers"}  # Last.fm has no sellers
-    variants.update({f"- feature {feature}": (settings, replace(ranker, drop_features=(feature,))) for feature in FEATURE_NAMES})
+    variants.update({f"- feature {feature}": (settings, replace(ranker, drop_features=(feature,), restore_dropped=False))
+                     for feature in FEATURE_NAMES})
+    return variants
+
+
+def run_ablation(dataset, protocol: str, split: SplitSpec, ks, base) -> dict[str, dict[str, float]]:
+    _, settings, ranker = PROTOCOLS[protocol]
+    variants = ablation_variants(settings, ranker)
     ablation = {"full": base}
     for name, (variant_settings, variant_ranker) in variants.items():
         ablation[name] = run_seed(dataset, protocol, split, ks, variant_settings, variant_ranker, False).methods["model"]

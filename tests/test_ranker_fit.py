@@ -142,3 +142,21 @@ def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys)
     examples = _pools(x, both, groups, np.maximum(np.bincount(groups, weights=both), 1).astype(int))
     _, quiet = fit_above_baselines(examples, RankerFitParams())
     assert not quiet["beaten_by"] and "warning" not in capsys.readouterr().err
+
+
+def test_an_ablation_keeps_its_dropped_feature_even_when_its_baseline_wins(capsys):
+    from benchmarks.bench_lastfm import PROTOCOLS, ablation_variants
+
+    rng = np.random.default_rng(0)
+    users, per_user = 200, 30
+    x = rng.normal(size=(users * per_user, D))
+    popularity = FEATURE_NAMES.index("popularity")
+    y = (x[:, popularity] > 1.0).astype(np.float32)
+    groups = np.repeat(np.arange(users), per_user)
+    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    _, settings, ranker_params = PROTOCOLS["binary"]
+    _, without_popularity = ablation_variants(settings, ranker_params)["- feature popularity"]
+    ranker, check = fit_above_baselines(examples, without_popularity)
+    assert check["drop_features"] == ["popularity"] and ranker.weights[popularity] == 0
+    err = capsys.readouterr().err
+    assert "popularity baseline ranks better" in err and "restored" not in err

@@ -70,6 +70,9 @@ class RankerFitParams:
     """Seed of the validation split, the user sample and the pair sample."""
     drop_features: tuple[str, ...] = ()
     """Features held at weight 0 (ablations): their columns are zeroed before the fit."""
+    restore_dropped: bool = True
+    """Give a dropped feature back when the baseline of its signal ranks the validation pools
+    better (``fit_above_baselines``); False keeps it dropped, as an ablation must."""
 
 
 @dataclass
@@ -410,13 +413,15 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
     """Fit, then rank the validation pools by the ranker and by each baseline's signal.
 
     When a baseline ranks them better, the trainer warns, and if that baseline's signal
-    was among ``params.drop_features`` it is given back to the ranker, which is refitted.
+    was among ``params.drop_features`` it is given back to the ranker, which is refitted
+    (unless ``params.restore_dropped`` is False).
     """
     ranker = fit_ranker_on(examples, params)
     ours = pool_ndcg(ranker.score(examples.features).astype(np.float64), examples)
     baselines = baseline_scores(examples)
     beaten_by = sorted(name for name, value in baselines.items() if value > ours + _SAME)
-    restored = sorted({f for name in beaten_by for f in BASELINE_SIGNALS[name]} & set(params.drop_features))
+    restored = sorted({f for name in beaten_by for f in BASELINE_SIGNALS[name]} & set(params.drop_features)
+                      if params.restore_dropped else ())
     if restored:
         params = replace(params, drop_features=tuple(f for f in params.drop_features if f not in restored))
         ranker = fit_ranker_on(examples, params)
