@@ -31,6 +31,7 @@ import importlib  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 from training.dataset import DatasetError, load_defaults  # noqa: E402
+from training.interrupts import is_interrupt  # noqa: E402
 
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -105,7 +106,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> None:
     try:
         run_command(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as error:
+        if not is_interrupt(error):
+            raise
         # Ctrl-C is the user's choice, not a failure to debug: one line, and the shell's
         # status for a SIGINT (128 + 2).
         print("interrupted", file=sys.stderr)

@@ -54,6 +54,7 @@ from training.arguments import check_time_split, source_names, split_text
 from training.dataset import Dataset
 from training.experiment import NothingToEvaluate, evaluate_split
 from training.flag_types import bounded, output_file
+from training.interrupts import is_interrupt
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
@@ -350,7 +351,9 @@ def run(args: argparse.Namespace) -> None:
         with optuna_quiet_after_interrupt():
             result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
                           show_progress=not args.no_progress, required_sources=args.require_sources)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as error:
+        if not is_interrupt(error):
+            raise
         # A search cut short chose nothing (its best trial is not confirmed): say that the
         # file at --out, if any, is not this run's result, so nobody trains from it as if it were.
         kept = f"{args.out} is left as it was, from an earlier run" if os.path.exists(args.out) else f"{args.out} was not written"
@@ -379,15 +382,16 @@ def run(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def optuna_quiet_after_interrupt() -> Iterator[None]:
-    """Optuna logs a trial stopped by Ctrl-C as failed, with a traceback: from that record
-    on, its log lines are dropped (the command says "interrupted")."""
+    """Optuna logs a trial stopped by Ctrl-C as failed, with a traceback (also when the
+    Ctrl-C came out of a numba kernel as a SystemError): from that record on, its log lines
+    are dropped (the command says "interrupted")."""
     import optuna
 
     interrupted = False
 
     def keep(record: logging.LogRecord) -> bool:
         nonlocal interrupted
-        interrupted = interrupted or bool(record.exc_info and issubclass(record.exc_info[0], KeyboardInterrupt))
+        interrupted = interrupted or bool(record.exc_info and is_interrupt(record.exc_info[1]))
         return not interrupted
 
     handlers = optuna.logging.get_logger("optuna").handlers
