@@ -160,3 +160,23 @@ def test_an_ablation_keeps_its_dropped_feature_even_when_its_baseline_wins(capsy
     assert check["drop_features"] == ["popularity"] and ranker.weights[popularity] == 0
     err = capsys.readouterr().err
     assert "popularity baseline ranks better" in err and "restored" not in err
+
+
+def test_a_warning_compares_the_baseline_with_the_ranker_it_beat_and_says_how_the_refit_did(capsys):
+    import re
+
+    # The label needs popularity and a little of the embedding score: without popularity the
+    # ranker loses to the popularity baseline; given it back, the refit beats that baseline.
+    rng = np.random.default_rng(1)
+    users, per_user = 200, 30
+    x = rng.normal(size=(users * per_user, D))
+    popularity, embedding = FEATURE_NAMES.index("popularity"), FEATURE_NAMES.index("embedding_score")
+    y = (x[:, popularity] + 0.5 * x[:, embedding] > 1.2).astype(np.float32)
+    groups = np.repeat(np.arange(users), per_user)
+    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    _, check = fit_above_baselines(examples, RankerFitParams(drop_features=("popularity",)))
+    assert check["validation_ndcg@10"] > check["baselines_ndcg@10"]["popularity"] and not check["beaten_by"]
+    line = next(line for line in capsys.readouterr().err.splitlines() if "popularity baseline" in line)
+    baseline, beaten = map(float, re.search(r"NDCG@10 ([0-9.]+) > ([0-9.]+)", line).groups())
+    assert baseline > beaten, line
+    assert f"refitted to {check['validation_ndcg@10']:.4f}: now above it" in line, line
