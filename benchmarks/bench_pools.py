@@ -29,12 +29,13 @@ from ranking.feed import FeedSettings, build_feed_pipeline
 from stores.memory import MemoryStore
 from training.arguments import (
     add_training_arguments,
+    check_time_split,
     params_from_args,
     ranker_params_from_args,
     split_text,
 )
 from training.dataset import Dataset, DatasetError, Edges, load_dataset
-from training.flag_types import output_file
+from training.flag_types import bounded, output_file
 from training.metrics import ranking_metrics
 from training.ranker_fit import fit_ranker
 from training.splits import SplitSpec, split_for_evaluation, validation_split
@@ -133,9 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", required=True, help="dataset directory")
     parser.add_argument("--split", required=True, type=split_text(), help="the TEST protocol: time:FRACTION, random:FRACTION[:SEED] or user:FRACTION[:SEED]; its test part is never read")
-    parser.add_argument("--validation", type=float, default=0.2, help="share of the training part held out for validation (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=2000, help="validation users sampled, 0 = all (default: %(default)s)")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="a value is good enough within this share of the knob's best NDCG@10 (default: %(default)s)")
+    parser.add_argument("--validation", type=bounded(float, above=0, below=1), default=0.2, help="share of the training part held out for validation (default: %(default)s)")
+    parser.add_argument("--users", type=bounded(int, 0), default=2000, help="validation users sampled, 0 = all (default: %(default)s)")
+    parser.add_argument("--tolerance", type=bounded(float, 0, below=1), default=0.01, help="a value is good enough within this share of the knob's best NDCG@10 (default: %(default)s)")
     parser.add_argument("--base", action="append", default=[], metavar="KNOB=INT", help="start from this value of a knob instead of the serving default")
     parser.add_argument("--knobs", type=lambda text: text.split(","), help=f"sweep only these knobs, comma-separated (default: all of {', '.join(KNOBS)})")
     parser.add_argument("--json", type=output_file, help="write the report as JSON here")
@@ -147,8 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         dataset = load_dataset(args.data)
+        check_time_split(dataset, SplitSpec.parse(args.split), "--split")
     except DatasetError as error:
         parser.error(f"--data {args.data}: {error}")
+    except ValueError as error:  # a time split of likes it cannot order
+        parser.error(str(error))
     report = sweep(args, dataset)
     report["seconds"] = round(time.perf_counter() - started, 1)  # the load included, as before
     print(format_table(report))

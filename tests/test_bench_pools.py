@@ -35,3 +35,20 @@ def test_the_validation_split_takes_the_test_splits_shape(undated, kind: str) ->
     # A per-user validation holds out the rounded fifth of every user's likes; a random one
     # (SocialLGN's shape: a user holds out 0 to many) does not.
     assert exact == (kind == "user")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--validation", "1.5"], "argument --validation: must be < 1, got 1.5"),
+    (["--users", "-3"], "argument --users: must be >= 0, got -3"),
+    (["--tolerance", "x"], "argument --tolerance: expected a number, got 'x'"),
+    (["--split", "time:0.2"], "--split time:0.2: a time split needs a ts on every like"),
+])
+def test_a_bad_flag_is_a_usage_error_naming_it_before_any_training(undated, tmp_path, capsys, argv, said):
+    from training.dataset import write_dataset
+
+    write_dataset(undated, str(tmp_path / "data"))
+    args = ["--data", str(tmp_path / "data"), "--split", "user:0.2:0", *argv]
+    with pytest.raises(SystemExit) as exited:
+        bench_pools.main(args)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
