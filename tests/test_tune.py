@@ -101,6 +101,32 @@ def test_a_best_trial_is_confirmed_on_the_window_before_the_searchs(dataset, mon
     assert confirmation["kept"] == ("best trial" if won else "defaults")
 
 
+@pytest.mark.parametrize(("elapsed", "trials", "timeout", "room"), [
+    (0.0, [], 900.0, True),  # the defaults always run
+    (700.0, [20.0, 30.0], 900.0, True),  # 700 + 30 + 2 * 25 = 780
+    (840.0, [20.0, 30.0], 900.0, False),  # 840 + 30 + 50 = 920: the last trial and the confirmation would end past it
+    (100.0, [100.0], 350.0, False),
+])  # fmt: skip
+def test_a_trial_starts_only_while_it_and_a_confirmation_fit_in_the_budget(elapsed, trials, timeout, room):
+    assert training.tune.room_for_a_trial(elapsed, trials, timeout) is room
+
+
+def test_the_whole_search_with_its_confirmation_ends_within_the_timeout(dataset, monkeypatch):
+    # optuna's timeout only stops new trials: the last one and the confirmation's two
+    # replays ran past it (823 s of 900 on Last.fm). Here each replay "takes" 100 s.
+    clock = [0.0]
+
+    def slow_evaluate_split(*args, **kwargs):
+        clock[0] += 100.0
+        return evaluate_split(*args, **kwargs)
+
+    monkeypatch.setattr(training.tune.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training.tune, "evaluate_split", slow_evaluate_split)
+    result = tune(dataset, SplitSpec("time", 0.2), trials=6, timeout=450.0, seed=2, base=WEAK, settings=WEAK_FEED,
+                  show_progress=False)
+    assert len(result.trials) == 2 and clock[0] <= 450.0
+
+
 def test_a_best_trial_that_loses_the_confirmation_gives_way_to_the_defaults(dataset, monkeypatch):
     result, _ = _confirmed_tune(dataset, monkeypatch, confirmation_scores=(0.01, 0.02))
     assert result.confirmation is not None and not result.confirmation.kept_best
