@@ -64,7 +64,7 @@ demo: install
 # servers on free ports. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= auto
 test: install spark redis-server browser goload locust
-	FEEDRANK_LOCUST=$(CURDIR)/$(LOCUST_VENV)/bin/locust $(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
+	FEEDRANK_LOCUST=$(CURDIR)/$(LOCUST_VENV)/bin/locust $(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --durations=25 $(PYTEST_ARGS)
 
 protos: install
 	$(PY) -m protos.generate
