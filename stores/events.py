@@ -263,8 +263,10 @@ def validate_event(index: int, event: Event, now: float | None = None, max_skew:
                 _check_id(index, name, value)
         elif value:
             raise EventValidationError(index, name, f"not used by a {event.kind.value} event")
-    if event.kind in (EventKind.FRIEND, EventKind.UNFRIEND) and event.user_id == event.friend_id:
+    if event.kind is EventKind.FRIEND and event.user_id == event.friend_id:
         raise EventValidationError(index, "friend_id", "a user cannot befriend themselves")
+    if event.kind is EventKind.UNFRIEND and event.user_id == event.friend_id:
+        raise EventValidationError(index, "friend_id", "a user is never their own friend: nothing to unfriend")
     if event.kind is EventKind.SHARE and event.user_id == event.friend_id:
         raise EventValidationError(index, "friend_id", "a user cannot share with themselves")
     if event.kind is EventKind.FOLLOW and event.user_id == event.seller_id:

@@ -39,6 +39,16 @@ def test_invalid_events_name_the_index_and_field(event, field):
     assert str(error.value).startswith(f"events[1].{field}: ")
 
 
+@pytest.mark.parametrize(("kind", "said"), [
+    (EventKind.FRIEND, "a user cannot befriend themselves"),
+    (EventKind.UNFRIEND, "a user is never their own friend: nothing to unfriend"),  # was refused with befriend's words
+])  # fmt: skip
+def test_an_edge_to_oneself_is_refused_in_the_words_of_its_own_kind(kind, said):
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([Event("e", kind, 1.0, user_id="a", friend_id="a")])
+    assert str(error.value) == f"events[0].friend_id: {said}"
+
+
 def test_without_degree_caps_a_batch_is_not_checked_against_the_graph():
     """Caps 0 (as a state directory's replay sets them): no edit can be refused, so the
     stored graph is not read for any of the batch's edits."""
