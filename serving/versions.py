@@ -207,9 +207,11 @@ def resolve_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return sources["models"]
 
 
-def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[VersionInfo], dict[str, list[str]], str | None]:
-    """The versions of the models directory, their protections and the version CURRENT
-    names (None without CURRENT); a usage error of ``parser`` for a bad setting."""
+def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace
+               ) -> tuple[list[VersionInfo], dict[str, list[str]], str | None, dict[str, list[str]]]:
+    """The versions of the models directory, their protections, the version CURRENT names
+    (None without CURRENT) and the arms' pins (``arm_pins``); a usage error of ``parser``
+    for a bad setting."""
     models_source = resolve_paths(parser, args)
     if not os.path.isdir(args.models):
         parser.error(f"{models_source} {args.models}: no such directory")
@@ -220,27 +222,34 @@ def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     versions = list_versions(args.models)
-    return versions, protections(versions, current, pins), current
+    return versions, protections(versions, current, pins), current, pins
 
 
-def dangling_current(models_dir: str, versions: Sequence[VersionInfo], current: str | None) -> str | None:
-    """What is wrong when CURRENT names no version directory (a typo in a rollback, a version
-    deleted by hand): no server can load it, so each keeps serving the version it loaded
-    before, which nothing on disk names, and which a retire would take for unprotected."""
-    if current is None or any(version.name == current for version in versions):
-        return None
-    return (f"{os.path.join(models_dir, CURRENT)} names {current!r}, which is no version directory here: servers "
-            "cannot load it and keep serving the version they loaded before; write a version that exists into it")
+def dangling_names(models_dir: str, versions: Sequence[VersionInfo], current: str | None,
+                   pins: Mapping[str, list[str]]) -> list[str]:
+    """What is wrong when CURRENT, or an arm's pin, names no version directory (a typo in a
+    rollback, a version deleted by hand): no server can load it, so each keeps serving the
+    version it loaded before (a server that starts refuses the arms file), which nothing on
+    disk names, and which a retire would take for unprotected."""
+    known = {version.name for version in versions}
+    problems = []
+    if current is not None and current not in known:
+        problems.append(f"{os.path.join(models_dir, CURRENT)} names {current!r}, which is no version directory here: servers "
+                        "cannot load it and keep serving the version they loaded before; write a version that exists into it")
+    for version, arms in sorted(pins.items()):
+        if version not in known:
+            problems.append(f"{version!r}, {'; '.join(arms)}, is no version directory here: servers cannot load it and keep "
+                            "serving the version they loaded before, and one that starts refuses the file; pin a version that exists")
+    return problems
 
 
 def versions_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving versions", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    versions, protected, current = read_state(parser, args)
+    versions, protected, current, pins = read_state(parser, args)
     print(version_table(versions, {name: "; ".join(why) for name, why in protected.items()}))
-    problem = dangling_current(args.models, versions, current)
-    if problem:
+    for problem in dangling_names(args.models, versions, current, pins):
         print(f"warning: {problem}", file=sys.stderr)
 
 
@@ -254,10 +263,10 @@ def retire_main(argv: list[str]) -> None:
     parser.add_argument("versions", nargs="*", metavar="VERSION", help="a version directory name to retire")
     args = parser.parse_args(argv)
     keep = args.keep if args.keep is not None or args.versions else DEFAULT_KEEP
-    versions, protected, current = read_state(parser, args)
-    problem = dangling_current(args.models, versions, current)
-    if problem:  # the version the servers still serve is unknown: any could be it
-        parser.error(f"{problem}; nothing retired until then")
+    versions, protected, current, pins = read_state(parser, args)
+    problems = dangling_names(args.models, versions, current, pins)
+    if problems:  # the version the servers still serve is unknown: any could be it
+        parser.error(f"{'; and '.join(problems)}; nothing retired until then")
     try:
         plan = plan_retirement(versions, protected, keep, args.versions)
     except ValueError as error:

@@ -134,6 +134,21 @@ def test_a_current_naming_no_version_is_warned_by_versions_and_stops_retire(mode
     assert published_versions(str(directory)) == names[::-1]
 
 
+def test_an_arm_pinning_no_version_is_warned_by_versions_and_stops_retire(models, tmp_path, capsys):
+    """As a CURRENT naming none: the listing said nothing of it, and retire went ahead,
+    though the servers serve whatever they loaded before under that name."""
+    directory, names = models
+    arms = arms_pinning(tmp_path, names[2] + "x")
+    message = f"{names[2] + 'x'!r}, pinned by arm 'candidate' ({arms}), is no version directory here"
+    capsys.readouterr()
+    main(["versions", "--models", str(directory), "--arms", str(arms)])
+    assert capsys.readouterr().err.startswith(f"warning: {message}")
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0", "--arms", str(arms)])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert published_versions(str(directory)) == names[::-1]
+
+
 def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys):
     for command in ("versions", "retire"):
         with pytest.raises(SystemExit):
