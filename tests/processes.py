@@ -82,3 +82,16 @@ def running_tool(module: str, args: Sequence[str], tmp_path: Path | None = None)
         for pid in run.children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def interrupted_once_begun(argv: Sequence[str], begun: Callable[[], bool], poll_seconds: float = 0.01) -> tuple[int, str]:
+    """Run ``argv`` from the repository and send it SIGINT (a Ctrl-C) once ``begun()`` holds,
+    failing the test if it ends or a minute passes first: its exit status and stderr."""
+    running = subprocess.Popen(list(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not begun():
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(poll_seconds)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=60)
+    return running.returncode, stderr

@@ -4,10 +4,8 @@ failed event export leaves no events.csv.tmp behind."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from serving.export import export_from_redis, is_stream_id, write_events
 from stores.events import Event, EventKind
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from tests.conftest import REPO
+from tests.processes import interrupted_once_begun
 
 
 def export(redis_url: str, out: Path, since: str) -> subprocess.CompletedProcess:
@@ -78,14 +77,8 @@ def test_an_export_interrupted_by_ctrl_c_says_in_one_line_to_run_it_again(redis_
     pipe.execute()
     (tmp_path / "events.csv").write_text("the previous export\n")
     argv = [sys.executable, "-m", "serving", "export", "--redis", redis_url, "--out", str(tmp_path), "--since", "0"]
-    exporting = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "events.csv.tmp").exists():
-        assert exporting.poll() is None and time.monotonic() < deadline, exporting.communicate()
-        time.sleep(0.005)
-    exporting.send_signal(signal.SIGINT)
-    _, stderr = exporting.communicate(timeout=60)
-    assert exporting.returncode == 130, stderr
+    status, stderr = interrupted_once_begun(argv, (tmp_path / "events.csv.tmp").exists, poll_seconds=0.005)
+    assert status == 130, stderr
     assert stderr == (f"error: --redis {redis_url}: export interrupted part-way: each file in --out is whole, but some "
                       "may be this export's and some the one's before; run it again before reading them\n")
     assert (tmp_path / "events.csv").read_text() == "the previous export\n"

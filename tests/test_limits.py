@@ -308,6 +308,28 @@ def test_a_full_batch_is_acknowledged_and_concurrent_reads_never_time_out(redis_
     store.close()
 
 
+def apply_while_reading(store, events, user_id):
+    """``store.apply(events)`` while another thread reads ``user_id`` over and over: its
+    result, and the reads that failed meanwhile (a script that holds Redis too long)."""
+    failures, done = [], threading.Event()
+
+    def read_feeds() -> None:
+        while not done.is_set():
+            try:
+                store.read_user(user_id)
+            except StoreUnavailable as error:
+                failures.append(error)
+
+    reader = threading.Thread(target=read_feeds)
+    reader.start()
+    try:
+        result = store.apply(events)
+    finally:
+        done.set()
+        reader.join()
+    return result, failures
+
+
 @pytest.mark.redis
 def test_shares_to_every_friend_are_chunked_by_the_friends_they_reach(redis_url):
     """A share to all of a user's friends writes once per friend: 80 of them by a user with
@@ -322,22 +344,7 @@ def test_shares_to_every_friend_are_chunked_by_the_friends_they_reach(redis_url)
     for start in range(0, len(friends), 500):
         store.apply(friends[start : start + 500])
     shares = [ev(f"share{n}", EventKind.SHARE, NOW + n, user_id="sharer", item_id="i1" if n % 2 else "i6") for n in range(80)]
-    failures, done = [], threading.Event()
-
-    def read_feeds() -> None:
-        while not done.is_set():
-            try:
-                store.read_user("alice")
-            except StoreUnavailable as error:
-                failures.append(error)
-
-    reader = threading.Thread(target=read_feeds)
-    reader.start()
-    try:
-        result = store.apply(shares)
-    finally:
-        done.set()
-        reader.join()
+    result, failures = apply_while_reading(store, shares, "alice")
     assert (result.applied, result.duplicates) == (80, 0)
     assert not failures, failures[:3]
     assert views.read_user(store, "fan999").shared == (("i1", "sharer", NOW + 79), ("i6", "sharer", NOW + 78))
@@ -361,22 +368,7 @@ def test_unlikes_of_a_user_with_many_likes_are_chunked_by_the_likes_they_read(re
     for start in range(0, 4_000, 500):
         store.apply(items[start : start + 500] + likes[start : start + 500])
     unlikes = [ev(f"u{n}", EventKind.UNLIKE, user_id="fan", item_id=f"n{n}") for n in range(400)]
-    failures, done = [], threading.Event()
-
-    def read_feeds() -> None:
-        while not done.is_set():
-            try:
-                store.read_user("fan")
-            except StoreUnavailable as error:
-                failures.append(error)
-
-    reader = threading.Thread(target=read_feeds)
-    reader.start()
-    try:
-        result = store.apply(unlikes)
-    finally:
-        done.set()
-        reader.join()
+    result, failures = apply_while_reading(store, unlikes, "fan")
     assert (result.applied, result.duplicates) == (400, 0)
     assert not failures, failures[:3]
     assert [item for item, _ in views.read_user(store, "fan").recent_likes][:2] == ["n400", "n401"]

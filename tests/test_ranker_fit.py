@@ -113,6 +113,14 @@ def _pools(features: np.ndarray, labels, groups, relevant) -> Examples:
     )
 
 
+def _labelled_pools(seed: int, label) -> Examples:
+    """200 users' pools of 30 random feature rows (``seed``), a row relevant where ``label(rows)`` holds."""
+    x = np.random.default_rng(seed).normal(size=(200 * 30, D))
+    y = np.asarray(label(x), np.float32)
+    groups = np.repeat(np.arange(200), 30)
+    return _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+
+
 def test_pool_ndcg_counts_likes_missing_from_the_pool_against_it():
     # User 0: the positive is ranked second of two; user 1: first, but a second like is not in the pool.
     examples = _pools(np.zeros((4, D)), [0, 1, 1, 0], [0, 0, 1, 1], [1, 2])
@@ -123,13 +131,8 @@ def test_pool_ndcg_counts_likes_missing_from_the_pool_against_it():
 
 def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys):
     # The label is the popularity column itself; with popularity dropped, every other column is noise.
-    rng = np.random.default_rng(0)
-    users, per_user = 200, 30
-    x = rng.normal(size=(users * per_user, D))
     popularity = FEATURE_NAMES.index("popularity")
-    y = (x[:, popularity] > 1.0).astype(np.float32)
-    groups = np.repeat(np.arange(users), per_user)
-    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    examples = _labelled_pools(0, lambda x: x[:, popularity] > 1.0)
     ranker, check = fit_above_baselines(examples, RankerFitParams(drop_features=("popularity", "recency")))
     err = capsys.readouterr().err
     assert "warning" in err and "popularity baseline" in err and "restored: ['popularity']" in err
@@ -138,8 +141,7 @@ def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys)
     # columns are noise a linear fit cannot weigh exactly 0).
     assert check["validation_ndcg@10"] >= 0.995 * check["baselines_ndcg@10"]["popularity"]
     # Nothing to report when the ranker wins: the label needs two signals, each baseline has one.
-    both = (x[:, popularity] + x[:, FEATURE_NAMES.index("embedding_score")] > 1.5).astype(np.float32)
-    examples = _pools(x, both, groups, np.maximum(np.bincount(groups, weights=both), 1).astype(int))
+    examples = _labelled_pools(0, lambda x: x[:, popularity] + x[:, FEATURE_NAMES.index("embedding_score")] > 1.5)
     _, quiet = fit_above_baselines(examples, RankerFitParams())
     assert not quiet["beaten_by"] and "warning" not in capsys.readouterr().err
 
@@ -147,13 +149,8 @@ def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys)
 def test_an_ablation_keeps_its_dropped_feature_even_when_its_baseline_wins(capsys):
     from benchmarks.bench_lastfm import PROTOCOLS, ablation_variants
 
-    rng = np.random.default_rng(0)
-    users, per_user = 200, 30
-    x = rng.normal(size=(users * per_user, D))
     popularity = FEATURE_NAMES.index("popularity")
-    y = (x[:, popularity] > 1.0).astype(np.float32)
-    groups = np.repeat(np.arange(users), per_user)
-    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    examples = _labelled_pools(0, lambda x: x[:, popularity] > 1.0)
     _, settings, ranker_params = PROTOCOLS["binary"]
     _, without_popularity = ablation_variants(settings, ranker_params)["- feature popularity"]
     ranker, check = fit_above_baselines(examples, without_popularity)
@@ -167,13 +164,8 @@ def test_a_warning_compares_the_baseline_with_the_ranker_it_beat_and_says_how_th
 
     # The label needs popularity and a little of the embedding score: without popularity the
     # ranker loses to the popularity baseline; given it back, the refit beats that baseline.
-    rng = np.random.default_rng(1)
-    users, per_user = 200, 30
-    x = rng.normal(size=(users * per_user, D))
     popularity, embedding = FEATURE_NAMES.index("popularity"), FEATURE_NAMES.index("embedding_score")
-    y = (x[:, popularity] + 0.5 * x[:, embedding] > 1.2).astype(np.float32)
-    groups = np.repeat(np.arange(users), per_user)
-    examples = _pools(x, y, groups, np.maximum(np.bincount(groups, weights=y), 1).astype(int))
+    examples = _labelled_pools(1, lambda x: x[:, popularity] + 0.5 * x[:, embedding] > 1.2)
     _, check = fit_above_baselines(examples, RankerFitParams(drop_features=("popularity",)))
     assert check["validation_ndcg@10"] > check["baselines_ndcg@10"]["popularity"] and not check["beaten_by"]
     line = next(line for line in capsys.readouterr().err.splitlines() if "popularity baseline" in line)

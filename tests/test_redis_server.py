@@ -30,6 +30,7 @@ from stores.memory import MemoryStore
 from tests import store_views as views
 from tests.builders import NOW, edges, social_dataset
 from tests.conftest import REPO
+from tests.processes import interrupted_once_begun
 from tests.redis_servers import RedisServer, free_port
 from tests.test_auth_tls import make_server_pki
 from tests.test_redis_store import readme_acl_user
@@ -350,14 +351,9 @@ def test_a_load_interrupted_by_ctrl_c_says_in_one_line_that_redis_holds_part_of_
     write_dataset(generate(users=300, sellers=30, items=1000, seed=1), str(tmp_path / "data"))
     argv = [sys.executable, "-m", "serving", "load", "--data", str(tmp_path / "data"), "--redis", redis_url, "--batch", "1", "--no-progress"]
     with redis_server.client() as admin:
-        loading = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while admin.dbsize() == 0:  # one command per round trip: the load has begun, far from its end
-            assert loading.poll() is None and time.monotonic() < deadline, loading.communicate()
-            time.sleep(0.01)
-        loading.send_signal(signal.SIGINT)
-        _, stderr = loading.communicate(timeout=60)
-        assert loading.returncode == 130, stderr
+        # One command per round trip: once a key is there, the load has begun, far from its end.
+        status, stderr = interrupted_once_begun(argv, lambda: admin.dbsize() > 0)
+        assert status == 130, stderr
         assert stderr == (f"error: --redis {redis_url}: load interrupted part-way: Redis holds part of the dataset; "
                           "run the same load again to complete it\n")
         partial = admin.dbsize()
@@ -373,14 +369,10 @@ def test_a_repack_interrupted_by_ctrl_c_says_in_one_line_what_it_left_and_what_t
         store.close()
         admin.config_resetstat()
         argv = [sys.executable, "-m", "serving", "repack", "--redis", redis_url, "--batch", "1", "--no-progress"]
-        repacking = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while not any(name in admin.info("commandstats") for name in ("cmdstat_evalsha", "cmdstat_eval")):
-            assert repacking.poll() is None and time.monotonic() < deadline, repacking.communicate()
-            time.sleep(0.01)  # one item per script call: the repack has begun, far from its end
-        repacking.send_signal(signal.SIGINT)
-        _, stderr = repacking.communicate(timeout=60)
-    assert repacking.returncode == 130, stderr
+        # One item per script call: once a script ran, the repack has begun, far from its end.
+        status, stderr = interrupted_once_begun(
+            argv, lambda: any(name in admin.info("commandstats") for name in ("cmdstat_evalsha", "cmdstat_eval")))
+    assert status == 130, stderr
     assert stderr == (f"error: --redis {redis_url}: repack interrupted part-way: the items done are repacked, the others "
                       "are read field by field until their next write; run it again to finish\n")
 

@@ -441,24 +441,34 @@ def test_a_damaged_end_of_a_log_before_the_last_is_an_error_and_changes_nothing(
     assert first.read_bytes() == damaged  # nothing changed on disk
 
 
-def test_a_damaged_end_of_a_log_before_the_last_says_how_to_keep_the_batches_before_it(tmp_path):
-    """The error said to move the damaged log and every later one aside, which dropped the
-    good batches before the damage too (its first two here), though it said "to start from
-    what precedes the damage"."""
+def _three_batches_in_two_logs(tmp_path):
+    """``_three_batches`` in a first log, then a restart and a fourth in a second: the two logs."""
     _three_batches(tmp_path)
     store = open_state(tmp_path)  # a restart: the next batch goes to a second log
     apply_all([store], [[Event("e7", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s7")]])
     store.close()
-    first, second = log_files(tmp_path)
-    whole = first.read_bytes()
-    at = len(whole) - len(whole.splitlines(keepends=True)[-1])  # the last record, e2, is damaged
-    first.write_bytes(whole[:-7])
+    return log_files(tmp_path)
+
+
+def _repair_as_the_error_says(tmp_path, first, second, at: int) -> None:
+    """The start refuses, saying to cut ``first`` at byte ``at`` and move ``second`` aside; do both."""
     with pytest.raises(WalError) as error:
         open_state(tmp_path)
     message = str(error.value)
     assert f"truncate -s {at} {first}" in message and f"move {second} aside" in message
-    truncate(str(first), at)  # as the error says
+    truncate(str(first), at)
     second.rename(tmp_path.parent / second.name)
+
+
+def test_a_damaged_end_of_a_log_before_the_last_says_how_to_keep_the_batches_before_it(tmp_path):
+    """The error said to move the damaged log and every later one aside, which dropped the
+    good batches before the damage too (its first two here), though it said "to start from
+    what precedes the damage"."""
+    first, second = _three_batches_in_two_logs(tmp_path)
+    whole = first.read_bytes()
+    at = len(whole) - len(whole.splitlines(keepends=True)[-1])  # the last record, e2, is damaged
+    first.write_bytes(whole[:-7])
+    _repair_as_the_error_says(tmp_path, first, second, at)
     assert _follows(tmp_path) == {"s0", "s1"}
 
 
@@ -478,22 +488,13 @@ def test_corruption_in_the_middle_of_a_log_is_an_error_naming_file_line_and_offs
 def test_corruption_in_a_log_before_the_last_names_the_later_logs_to_move_aside(tmp_path):
     """The error said to cut the damaged log and start again: done so, the start failed on
     the next log's first batch ("batches are missing"), which the error had not named."""
-    _three_batches(tmp_path)
-    store = open_state(tmp_path)  # a restart: the next batch goes to a second log
-    apply_all([store], [[Event("e7", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s7")]])
-    store.close()
-    first, second = log_files(tmp_path)
+    first, second = _three_batches_in_two_logs(tmp_path)
     lines = first.read_bytes().splitlines(keepends=True)
     at = len(lines[0]) + len(lines[1])  # line 3: the second batch
     damaged = bytearray(lines[2])
     damaged[len(damaged) // 2] ^= 0x01
     first.write_bytes(lines[0] + lines[1] + bytes(damaged) + b"".join(lines[3:]))
-    with pytest.raises(WalError) as error:
-        open_state(tmp_path)
-    message = str(error.value)
-    assert f"truncate -s {at} {first}" in message and f"move {second} aside" in message
-    truncate(str(first), at)  # as the error says
-    second.rename(tmp_path.parent / second.name)
+    _repair_as_the_error_says(tmp_path, first, second, at)
     assert _follows(tmp_path) == {"s0"}  # the batch before the damage
 
 
