@@ -30,6 +30,7 @@ if __name__ == "__main__":  # run, not imported: the importer's signals are its 
 
 import argparse  # noqa: E402
 import difflib  # noqa: E402
+import importlib  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import tomllib  # noqa: E402
@@ -39,7 +40,7 @@ from typing import NoReturn  # noqa: E402
 # such as a plaintext client's) raw to stderr, outside --log-format; its errors still show.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from serving import client, logs  # noqa: E402
+from serving import logs  # noqa: E402
 from serving.config import (  # noqa: E402
     CONFIG_ENV,
     FLAGS_BY_DEST,
@@ -51,7 +52,17 @@ from serving.config import (  # noqa: E402
 from training.__main__ import progress_bars  # noqa: E402
 from training.dataset import load_defaults  # noqa: E402
 
-COMMANDS = ("serve", "feed", "demo", "load", "repack", "export", "versions", "retire")
+TOOLS = {
+    "feed": "serving.client:main",
+    "demo": "serving.demo:main",
+    "load": "serving.load:main",
+    "repack": "serving.repack:main",
+    "export": "serving.export:main",
+    "versions": "serving.versions:versions_main",
+    "retire": "serving.versions:retire_main",
+}
+"""Each command but serve, as MODULE:FUNCTION, imported only when it runs."""
+COMMANDS = ("serve", *TOOLS)
 log = logging.getLogger("feedrank.serving")
 
 
@@ -140,35 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     command = argv[0] if argv and argv[0] in COMMANDS else "serve"
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
     with progress_bars(sys.stderr.isatty()):
-        if command == "feed":
-            client.main(rest)
-        elif command == "demo":
-            from serving import demo
-
-            demo.main(rest)
-        elif command == "load":
-            from serving import load
-
-            load.main(rest)
-        elif command == "repack":
-            from serving import repack
-
-            repack.main(rest)
-        elif command == "export":
-            from serving import export
-
-            export.main(rest)
-        elif command == "versions":
-            from serving import versions
-
-            versions.versions_main(rest)
-        elif command == "retire":
-            from serving import versions
-
-            versions.retire_main(rest)
-        else:
+        if command == "serve":
             _serve(rest)
-
+        else:
+            module_name, function = TOOLS[command].split(":")
+            getattr(importlib.import_module(module_name), function)(rest)
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
