@@ -55,6 +55,28 @@ def test_memory_store_ingest_batch_of_100_likes(benchmark, bench_world):
     assert result.applied + result.duplicates == 100
 
 
+
+def test_memory_store_ingest_200_shares_to_1000_friends(benchmark):
+    """A batch of shares to all friends by a user with 1,000 friends who each hold
+    SHARED_BOUND shares already: 200,000 adds under the store's lock, which every GetFeed
+    of that store waits for."""
+    from stores.memory import MemoryStore
+    from training.generate import generate
+
+    dataset = generate(users=2_000, sellers=100, items=2_000, seed=1)
+    store = MemoryStore.from_dataset(dataset)
+    items, ids, at = list(dataset.items.item_id), itertools.count(), itertools.count()
+    store.apply([Event(f"f{n}", EventKind.FRIEND, 0.0, user_id="sharer", friend_id=f"friend{n}") for n in range(1000)])
+
+    def shares(count):
+        start = next(at) * count
+        return [Event(f"s{next(ids)}", EventKind.SHARE, 1e9 + (start + n) * 1e-3, user_id="sharer", item_id=items[n % len(items)])
+                for n in range(count)]
+
+    store.apply(shares(100))
+    result = benchmark.pedantic(store.apply, setup=lambda: ((shares(200),), {}), rounds=5)
+    assert result.applied == 200
+
 @pytest.mark.parametrize("page", [1, 10, 50])
 def test_feed_service_page_at_depth_limit_100(benchmark, bench_world, page):
     """One GetFeed of page N (limit 100) through FeedService, page token included.
