@@ -118,8 +118,10 @@ def merge_tokens(*groups: Iterable[Token]) -> tuple[Token, ...]:
     return tuple(merged.values())
 
 
-def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
-    """``handler`` (of a grpc.aio server) with its behaviour replaced by an immediate ``code``.
+def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str,
+              trailers: tuple[tuple[str, bytes], ...] = ()) -> grpc.RpcMethodHandler:
+    """``handler`` (of a grpc.aio server) with its behaviour replaced by an immediate ``code``,
+    sending ``trailers`` too (a google.rpc.Status with its details).
 
     The request is not parsed. Access logs (serving/logs.py) count it as rejected.
     """
@@ -128,6 +130,8 @@ def rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: st
         logs.mark_call(rejected=True)
         context.set_code(code)  # the status leaves after the access log has counted it
         context.set_details(details)
+        if trailers:  # after the access log's x-request-id
+            context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + trailers)
 
     return handler._replace(**{_kind(handler): reject, "request_deserializer": None})
 

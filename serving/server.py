@@ -39,7 +39,9 @@ from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.service_setup import ModelWatcher, check_store, open_service, start_model_watcher, warm_store
 from serving.native_threads import limit_native_threads, one_faiss_thread
-from serving.servicer import FeedServicer, RateLimitedLog, add_feed_service, served_by
+from serving.servicer import (
+    RETRY_DELAY_SECONDS, FeedServicer, RateLimitedLog, Refusal, add_feed_service, served_by, status_trailers,
+)
 from serving.web import HttpServer, create_app
 from serving.wire import add_lenient, register
 from serving.web.common import WebContext
@@ -238,7 +240,7 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
     def counts(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
         return not is_open_method(method)
 
-    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+    def refusal(self) -> Refusal | None:
         return None
 
     def refused(self, method: str) -> None:
@@ -251,7 +253,7 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
         refusal = self.refusal()
         if refusal is not None:
             self.refused(handler_call_details.method)
-            return rejecting(handler, *refusal)
+            return rejecting(handler, refusal.code, refusal.message, status_trailers(refusal))
         self.in_flight += 1
         asyncio.current_task().add_done_callback(self._done)
         return handler
@@ -272,8 +274,8 @@ class ConcurrencyLimit(InFlightCalls):
         self.limit = limit
         self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
 
-    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
-        return (grpc.StatusCode.RESOURCE_EXHAUSTED, self.message) if self.in_flight >= self.limit else None
+    def refusal(self) -> Refusal | None:
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, self.message) if self.in_flight >= self.limit else None
 
 
 _log_refused_stream = RateLimitedLog("a new stream refused", every_seconds=60.0)
@@ -314,7 +316,7 @@ class Drain(InFlightCalls):
     visible from here: it is empty once no call has come for QUIET_SECONDS.
     """
 
-    MESSAGE = "server shutting down; retry"
+    REFUSAL = Refusal(grpc.StatusCode.UNAVAILABLE, "server shutting down; retry", retry_after=RETRY_DELAY_SECONDS)
     QUIET_SECONDS = 0.1
 
     def __init__(self) -> None:
@@ -322,9 +324,9 @@ class Drain(InFlightCalls):
         self.draining = False
         self.last_call = 0.0  # loop time
 
-    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+    def refusal(self) -> Refusal | None:
         self.last_call = asyncio.get_running_loop().time()
-        return (grpc.StatusCode.UNAVAILABLE, self.MESSAGE) if self.draining else None
+        return self.REFUSAL if self.draining else None
 
     async def begin(self, grace: float, poll_seconds: float = 0.01) -> None:
         """Refuse new calls, and wait up to ``grace`` seconds for those in flight to finish

@@ -216,6 +216,15 @@ def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     ``abort``, which sends the status at once, the status leaves after the interceptors
     have counted and logged the call: a client that sees it also sees its metrics.
     """
+    context.set_code(refusal.code)
+    context.set_details(refusal.message)
+    trailers = status_trailers(refusal)
+    if trailers:
+        context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + trailers)
+
+
+def status_trailers(refusal: Refusal) -> tuple[tuple[str, bytes], ...]:
+    """The google.rpc.Status trailer of ``refusal``'s details (none when it has none)."""
     details: list[Message] = []
     if refusal.field:
         violation = error_details_pb2.BadRequest.FieldViolation(field=refusal.field, description=refusal.description)
@@ -223,11 +232,10 @@ def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     if refusal.retry_after is not None:
         delay = duration_pb2.Duration(seconds=int(refusal.retry_after), nanos=int(refusal.retry_after % 1 * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    context.set_code(refusal.code)
-    context.set_details(refusal.message)
-    if details:
-        status = status_pb2.Status(code=refusal.code.value[0], message=refusal.message, details=[_packed(d) for d in details])
-        context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + tuple(rpc_status.to_status(status).trailing_metadata))
+    if not details:
+        return ()
+    status = status_pb2.Status(code=refusal.code.value[0], message=refusal.message, details=[_packed(d) for d in details])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
 
 
 def _packed(detail: Message) -> any_pb2.Any:

@@ -21,7 +21,7 @@ from ranking.ranker import DEFAULT_RANKER
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
-from serving.server import EventLoopThread
+from serving.server import Drain, EventLoopThread
 from serving.servicer import FeedServicer, add_feed_service
 from stores.memory import MemoryStore
 from tests.builders import social_dataset
@@ -39,12 +39,12 @@ class _NoModel:
 
 
 @contextlib.contextmanager
-def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_grpc.FeedServiceStub]:
+def serving(service, pool: futures.Executor | None = None, interceptors: tuple = ()) -> Iterator[feed_pb2_grpc.FeedServiceStub]:
     """``service`` behind a grpc.aio server, its calls built on the event loop or on ``pool``."""
     events = EventLoopThread()
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=interceptors)
         add_feed_service(FeedServicer(service, feed_pool=pool, ingest_pool=pool), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -55,6 +55,7 @@ def serving(service, pool: futures.Executor | None = None) -> Iterator[feed_pb2_
     try:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
         stub.channel = channel  # for raw bytes no stub would send
+        stub.events = events  # for what must run on the server's loop
         yield stub
     finally:
         channel.close()
@@ -214,6 +215,18 @@ def test_a_server_still_loading_is_unavailable_with_retry_info():
     with serving(None) as stub:
         error = feed_error(stub)
     assert error.code() is grpc.StatusCode.UNAVAILABLE
+    (retry,) = details_of(error)
+    assert isinstance(retry, error_details_pb2.RetryInfo) and retry.retry_delay.ToTimedelta().total_seconds() > 0
+
+
+def test_a_server_draining_at_sigterm_is_unavailable_with_retry_info():
+    """The drain's refusal said "retry" in words only: a client that reads RetryInfo, as the
+    README tells it to, found none and took the UNAVAILABLE for one it must not retry."""
+    drain = Drain()
+    with serving(None, interceptors=(drain,)) as stub:
+        stub.events.run(drain.begin(grace=1.0))  # returns once no call came for a moment: still draining
+        error = feed_error(stub)
+    assert error.code() is grpc.StatusCode.UNAVAILABLE and "shutting down" in error.details()
     (retry,) = details_of(error)
     assert isinstance(retry, error_details_pb2.RetryInfo) and retry.retry_delay.ToTimedelta().total_seconds() > 0
 
