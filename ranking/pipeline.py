@@ -52,10 +52,15 @@ class PipelineConfig:
     fallback_sources: Sequence[CandidateSource] = ()
 
 
-# A request with shopper filters whose filtered pool cannot fill its page asks for pools this
-# many times deeper, up to this depth (the default page-depth cap).
-SHOPPER_POOL_GROWTH = 4
-MAX_SHOPPER_POOL_DEPTH = 1_000
+# A request whose filtered pool cannot fill its page asks for pools this many times deeper,
+# up to this depth (the default page-depth cap).
+POOL_GROWTH = 4
+MAX_POOL_DEPTH = 1_000
+
+
+def filtered_out(result: FeedResult) -> int:
+    """The candidates the filters removed (a duplicate merged into another is not one)."""
+    return sum(result.removed_by_filter.values()) - result.removed_by_filter[DUPLICATE]
 
 
 def fallback_below(depth: int) -> int:
@@ -161,13 +166,14 @@ class FeedPipeline:
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
         query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
-        # The pools are sized for an unfiltered page, and a shopper's filters may remove
-        # most of them: a narrow filter would end the feed after the few matches of the
-        # first pools. Deeper pools, until the filtered pool fills the page and tells
-        # whether more follows, or the depth reaches the cap.
-        deepest = max(query.depth, MAX_SHOPPER_POOL_DEPTH)
-        while shopper.active and len(batch) <= limit and query.depth < deepest:
-            depth = min(query.depth * SHOPPER_POOL_GROWTH, deepest)
+        # The pools are sized for an unfiltered page, and the filters may remove most of
+        # them: a shopper's narrow filter, or stock once the trending items sold out, would
+        # end the feed after the few items left in the first pools. Deeper pools, until the
+        # filtered pool fills the page and tells whether more follows, or the depth
+        # reaches the cap. (A pool the filters took nothing from was not cut short by them.)
+        deepest = max(query.depth, MAX_POOL_DEPTH)
+        while (shopper.active or filtered_out(result)) and len(batch) <= limit and query.depth < deepest:
+            depth = min(query.depth * POOL_GROWTH, deepest)
             query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain, depth)
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and

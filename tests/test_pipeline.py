@@ -152,6 +152,23 @@ def test_a_narrow_shopper_filter_pages_through_every_match_of_the_deeper_pools()
     assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
 
 
+def test_a_cold_start_feed_pages_past_trending_items_that_sold_out():
+    # 80 trending items, each of its own seller, most liked first; the 60 most liked sold
+    # out (a flash sale). A new user's first pools (trending: the top 20) held only sold-out
+    # items: the feed was empty and ended at once, until those likes decayed, days later.
+    items = [(f"t{k:02d}", f"s{k:02d}", NOW - 10 * DAY, 0 if k < 60 else 5) for k in range(80)]
+    likes = [(f"u{n:02d}", f"t{k:02d}", NOW - DAY) for k in range(80) for n in range(80 - k)]
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(make_dataset(items, likes=likes), trending_refresh_seconds=0.0), None)
+    served: list[str] = []
+    while True:
+        page = pipeline.run("stranger", 5, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)))
+        assert len(page.items) == 5 or not page.has_more
+        served += ids(page)
+        if not (page.has_more and page.items):
+            break
+    assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
+
+
 def test_same_state_gives_the_same_feed():
     assert [(c.item_id, c.score) for c in feed_for(store()).items] == [(c.item_id, c.score) for c in feed_for(store()).items]
 
