@@ -172,7 +172,7 @@ class FeedPipeline:
         # filtered pool fills the page and tells whether more follows, or the depth
         # reaches the cap. (A pool the filters took nothing from was not cut short by them.)
         deepest = max(query.depth, MAX_POOL_DEPTH)
-        while (shopper.active or filtered_out(result)) and len(batch) <= limit and query.depth < deepest:
+        while len(batch) <= limit and (shopper.active or filtered_out(result)) and query.depth < deepest:
             depth = min(query.depth * POOL_GROWTH, deepest)
             query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain, depth)
         scores = self.config.scorer.score(query, batch)
