@@ -273,9 +273,12 @@ class ConcurrencyLimit(InFlightCalls):
         super().__init__()
         self.limit = limit
         self.message = f"server busy: {limit} requests in flight (--max-concurrent-rpcs); retry with backoff"
+        self.retry_after: float | None = RETRY_DELAY_SECONDS
 
     def refusal(self) -> Refusal | None:
-        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, self.message) if self.in_flight >= self.limit else None
+        if self.in_flight < self.limit:
+            return None
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, self.message, retry_after=self.retry_after)
 
 
 _log_refused_stream = RateLimitedLog("a new stream refused", every_seconds=60.0)
@@ -297,6 +300,7 @@ class OpenStreamLimit(ConcurrencyLimit):
         self.on_refused = on_refused
         self.message = (f"too many open streams: {limit} health Watch and reflection streams at once on this server "
                         f"(--max-open-streams); close one, or poll grpc.health.v1.Health/Check instead")
+        self.retry_after = None  # a retry finds the same streams open until the client closes one
 
     def counts(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
         return handler.request_streaming or handler.response_streaming

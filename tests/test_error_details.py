@@ -21,7 +21,7 @@ from ranking.ranker import DEFAULT_RANKER
 from serving.feed_service import FeedService
 from serving.metrics import FeedMetrics
 from serving.page_token import EMPTY, PageTokenCodec
-from serving.server import Drain, EventLoopThread
+from serving.server import ConcurrencyLimit, Drain, EventLoopThread
 from serving.servicer import FeedServicer, add_feed_service
 from stores.memory import MemoryStore
 from tests.builders import social_dataset
@@ -230,6 +230,16 @@ def test_a_server_draining_at_sigterm_is_unavailable_with_retry_info():
     (retry,) = details_of(error)
     assert isinstance(retry, error_details_pb2.RetryInfo) and retry.retry_delay.ToTimedelta().total_seconds() > 0
 
+
+
+def test_a_busy_server_is_resource_exhausted_with_retry_info():
+    """Past --max-concurrent-rpcs the refusal said "retry with backoff" in words only, so a
+    client that decides on RetryInfo took it for final (found by the integrator review)."""
+    with serving(None, interceptors=(ConcurrencyLimit(0),)) as stub:
+        error = feed_error(stub)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "server busy" in error.details()
+    (retry,) = details_of(error)
+    assert isinstance(retry, error_details_pb2.RetryInfo) and retry.retry_delay.ToTimedelta().total_seconds() > 0
 
 @pytest.mark.redis
 def test_a_store_outage_is_unavailable_with_retry_info_and_no_internal_address(tmp_path, caplog, monkeypatch):
