@@ -28,7 +28,7 @@ from serving.logs import cancelled_code, expired
 from serving.metrics import FeedMetrics
 from serving.wire import MalformedRequest, lenient
 from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
-from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError
+from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError, check_batch_size
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
 _PAYLOADS: dict[str, EventKind] = {
@@ -263,6 +263,8 @@ def page_response(page: FeedPage) -> feed_pb2.GetFeedResponse:
 
 
 def ingest_response(service: FeedService, request: feed_pb2.IngestRequest, received_at: float) -> feed_pb2.IngestResponse:
+    # Before translating: a 4 MiB request holds ~320,000 small events, 2.8 s of CPU to translate.
+    check_batch_size(len(request.events))
     events = [event_from_proto(i, message, received_at) for i, message in enumerate(request.events)]
     result = service.ingest(events, now=received_at, min_replicas=request.min_replicas)
     return feed_pb2.IngestResponse(applied=result.applied, duplicates=result.duplicates)

@@ -373,6 +373,15 @@ def chunk_bounds(keys: Sequence[Hashable | None], size: int, weights: Sequence[i
     return bounds
 
 
+def check_batch_size(count: int) -> None:
+    """EventValidationError (field ``events``, no index) for a batch of ``count`` events that
+    is empty or over MAX_BATCH: checkable before any event is read."""
+    if not count:
+        raise EventValidationError(None, "events", "batch is empty")
+    if count > MAX_BATCH:
+        raise EventValidationError(None, "events", f"batch larger than {MAX_BATCH} events")
+
+
 def validate_batch(
     events: Sequence[Event], now: float | None = None, max_skew: float = DEFAULT_MAX_CLOCK_SKEW, applied: Collection[str] = frozenset()
 ) -> None:
@@ -385,10 +394,7 @@ def validate_batch(
     whose id is in ``applied`` (the store applied it before) is a retry the store will
     count as a duplicate: its content is not checked.
     """
-    if not events:
-        raise EventValidationError(None, "events", "batch is empty")
-    if len(events) > MAX_BATCH:
-        raise EventValidationError(None, "events", f"batch larger than {MAX_BATCH} events")
+    check_batch_size(len(events))
     seen: dict[str, Event] = {}
     for index, event in enumerate(events):
         if event.event_id not in applied:
