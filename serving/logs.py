@@ -256,6 +256,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
         arm = getattr(response, "arm", "")
         if not version:
             version, arm = self.served_by(request)
+        method = _printable(method)
         name = method.rsplit("/", 1)[-1]
         latency_ms = round(seconds * 1000, 3)
         self.log.log(
@@ -279,6 +280,15 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 },
             },
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with its unprintable characters escaped (``\\n``, ``\\x1b``): the method of a
+    call to an unknown method is the client's, and a newline in it began a forged line of the
+    text log, a terminal escape in it reached whoever read the log in a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _unimplemented(method: str) -> Callable:

@@ -386,6 +386,18 @@ def test_a_call_to_an_unknown_method_is_logged_and_counted_as_unimplemented(worl
     assert counted == 2
 
 
+def test_an_unknown_method_cannot_add_a_line_to_the_text_log(log_stream):
+    # The name is the client's: a newline in it began a line of its own in the text log
+    # (the default format), forging an access line; an escape reached the operator's terminal.
+    logging.getLogger().handlers[0].setFormatter(logs.TextFormatter())
+    forged = "\n2026-12-06 14:52:00,000 INFO feedrank.access: Ingest OK 1.0 ms client=ingest-worker"
+    access = logs.AccessLog(lambda request: ("v1", ""))
+    access.write(logging.INFO, "/x/Foo" + forged + "\x1b[2J", "UNIMPLEMENTED", 0.001, None, None,
+                 {"request_id": "req-1", "client": None}, "ipv4:127.0.0.1:5000")
+    [line] = log_stream.getvalue().splitlines()
+    assert "\x1b" not in line and "Foo\\n2026-12-06" in line
+
+
 def test_a_request_id_keeps_only_what_metadata_can_carry_back():
     # The id goes back in the trailing metadata, where gRPC sends printable ASCII only: a
     # client (a raw HTTP/2 one, or through a proxy) that sent x-request-id "café" had its
