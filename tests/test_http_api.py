@@ -25,6 +25,7 @@ from serving import auth
 from serving.server import FeedServer
 from serving.load import load_into_redis
 from serving.web.common import HTTP_STATUS
+from stores.events import MAX_BATCH
 from stores.redis import connect
 from tests.feed_world import build_world, running_server
 from tests.redis_servers import free_port
@@ -210,6 +211,15 @@ def test_a_bad_batch_is_refused_as_over_grpc(api, body, field):
     answer = api.ingest(body)
     assert_answers_alike(answer, error)
     assert answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == field
+
+
+def test_a_batch_over_the_limit_is_refused_before_its_events_are_read(api):
+    # json_format read all 82,000 small events of a 4 MiB body first (1.1 s of CPU), and
+    # refused one it could not read before the batch's size.
+    body = {"events": [an_event(like={"userId": "u00001", "itemId": "i00001"})] * MAX_BATCH + [{"eventId": {}}]}
+    answer = api.ingest(body)
+    assert answer.status == 400
+    assert answer.body["error"]["message"] == f"events: batch larger than {MAX_BATCH} events"
 
 
 def test_while_loading_both_answer_unavailable_with_a_retry_delay(api):

@@ -40,6 +40,7 @@ from serving.servicer import (
     served_by,
 )
 from serving.web.common import HttpError, authorize, ready_service, refused, web_context
+from stores.events import check_batch_size
 
 api = Blueprint("api", __name__)
 
@@ -202,7 +203,7 @@ def _exact_user_id(routed: str) -> str:
 
 
 def _read_body(message: Message) -> None:
-    """Parse the JSON body into ``message``."""
+    """Parse the JSON body (an IngestRequest) into ``message``."""
     if request.mimetype != JSON:
         raise HttpError(grpc.StatusCode.INVALID_ARGUMENT,
                         f"the body must be JSON, sent with 'Content-Type: {JSON}' (got {request.content_type or 'none'!r})", http_status=415)
@@ -212,10 +213,22 @@ def _read_body(message: Message) -> None:
         raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not UTF-8") from None
     if not text.lstrip().startswith("{"):
         raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"the body must be a JSON object: an {message.DESCRIPTOR.name}")
+    _check_event_count(text)
     try:
         json_format.Parse(text, message)
     except json_format.ParseError as error:
         raise _not_parsed(str(error), text, type(message)) from None
+
+
+def _check_event_count(text: str) -> None:
+    """EventValidationError for a batch over MAX_BATCH events, before json_format reads them:
+    it took 1.1 s of CPU over the 82,000 small events of a 4 MiB body (json.loads: 0.06 s)."""
+    try:
+        events = json.loads(text).get("events")
+    except ValueError:
+        return  # json_format says what is wrong
+    if isinstance(events, list):
+        check_batch_size(len(events))
 
 
 def _body() -> bytes:
