@@ -1182,6 +1182,8 @@ def check_url(url: str) -> None:
     if not url.startswith(URL_SCHEMES):
         raise ValueError(f"the scheme must be one of {', '.join(URL_SCHEMES)}")
     parts = urlsplit(url)
+    if not url.startswith("unix://") and "@" in parts.path:  # echoing the path would show the password's end
+        raise ValueError("an '@' after the host: a '/' in the password must be percent-encoded (%2F)")
     dbs = [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if name == "db"]
     if not url.startswith("unix://") and parts.path not in ("", "/"):
         dbs.append(unquote(parts.path.removeprefix("/")))

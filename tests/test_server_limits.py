@@ -463,6 +463,9 @@ def test_store_urls_in_log_lines_hide_their_password():
     assert redacted("rediss://h:6380/0?ssl_certfile=/c.pem&ssl_password=s3cret") == "rediss://h:6380/0?ssl_certfile=/c.pem&ssl_password=***"
     assert redacted("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"
     assert redacted("redis://:s3cret@host:99999/0") == "redis://:***@host:99999/0"
+    # A base64 password holds "/": all of it but its start was shown, as the URL's path.
+    assert redacted("redis://:ab/cdS3cr3t@host:6379/0") == "redis://:***@host:6379/0"
+    assert redacted("rediss://h:6380/0?ssl_certfile=/c@d.pem") == "rediss://h:6380/0?ssl_certfile=/c@d.pem"
 
 
 def test_a_refused_store_url_is_shown_without_a_password_given_in_its_query():
