@@ -156,6 +156,8 @@ _log_outage = RateLimitedLog()
 _log_full = RateLimitedLog("store out of memory: writes are refused until Redis has room (raise maxmemory, trim the event stream)", logging.ERROR)
 # Redis's ACL user not allowed a command or key: nothing passes by itself either.
 _log_forbidden = RateLimitedLog("store refuses this server a permission: calls that need it fail until the Redis ACL user is granted it", logging.ERROR)
+# Replicas that did not confirm a batch in time: the client is told without the hosts.
+_log_not_replicated = RateLimitedLog("not replicated")
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ def refusal_of(error: Exception, method: str) -> Refusal:
     if isinstance(error, EventValidationError):
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
     if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
-        return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error}", retry_after=RETRY_DELAY_SECONDS)
+        _log_not_replicated(method, error)
+        return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error.for_clients}", retry_after=RETRY_DELAY_SECONDS)
     if isinstance(error, StoreForbidden):  # before StoreUnavailable, its base: no retry helps until an operator acts
         _log_forbidden(method, error)
         return Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"{STORE_FORBIDDEN}: {error.refused}")

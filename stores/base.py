@@ -41,7 +41,12 @@ class StoreForbidden(StoreUnavailable):
 
 
 class NotReplicated(StoreUnavailable):
-    """A batch was applied on the primaries but fewer replicas than asked confirmed it in time."""
+    """A batch was applied on the primaries but fewer replicas than asked confirmed it in time.
+    ``for_clients``: the message naming no host."""
+
+    def __init__(self, message: str, for_clients: str = "") -> None:
+        super().__init__(message)
+        self.for_clients = for_clients or message
 
 
 class FeedStore(FeedStateReader, Protocol):

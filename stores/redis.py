@@ -2083,7 +2083,8 @@ class RedisStore:
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ResponseError, ClusterError) as error:
                 if attempt + 1 == attempts:
                     # The batch is applied: only the confirmation was lost, and a retry is safe.
-                    raise NotReplicated(f"applied, but the replicas' confirmation did not arrive ({error}); retrying is safe") from error
+                    lost = "applied, but the replicas' confirmation did not arrive"
+                    raise NotReplicated(f"{lost} ({error}); retrying is safe", f"{lost}; retrying is safe") from error
                 # A failover moves a primary's whole slot range: read the map again (a MOVED
                 # reply names one slot's owner only), after the nodes have had a moment to agree.
                 time.sleep(0.05 * attempt)

@@ -7,17 +7,19 @@ import time
 
 import grpc
 import pytest
+import redis
 
 from benchmarks import bench_failover
 from protos.feed.v1 import feed_pb2
 from serving.load import load_into_redis
+from serving.servicer import refusal_of
 from stores.base import NotReplicated, StoreUnavailable
 from stores.events import Event, EventKind
 from stores.redis import RedisStore
 from tests import store_views as views
 from tests.builders import NOW, social_dataset
 from tests.conftest import make_redis_store
-from tests.redis_servers import REDIS_CLI, RedisClusterServers, RedisServer, require_redis
+from tests.redis_servers import REDIS_CLI, RedisClusterServers, RedisServer, free_port, require_redis
 from tests.test_grpc_feed import event, server, stub, world  # noqa: F401 (fixtures)
 from training.generate import generate
 
@@ -170,6 +172,25 @@ def test_health_stays_serving_when_the_node_the_store_started_from_leaves_the_cl
         store.close()
     finally:
         cluster.stop()
+
+
+def test_a_wait_that_fails_is_not_replicated_without_naming_the_host_to_the_client(tmp_path):
+    # The client was told "... did not arrive (Error 111 connecting to 127.0.0.1:PORT. ...)".
+    require_redis()
+    primary = RedisServer(tmp_path / "alone").start()
+    try:
+        store = RedisStore.from_url(primary.url)
+        load_into_redis(store.client, social_dataset())
+        gone = free_port()
+        store.wait_client = redis.Redis(host="127.0.0.1", port=gone)  # the primary went away before its WAIT
+        with pytest.raises(NotReplicated) as error:
+            store.apply(_likes(1), min_replicas=1)
+        store.close()
+    finally:
+        primary.stop()
+    assert f"127.0.0.1:{gone}" in str(error.value)  # for the log
+    told = refusal_of(error.value, "Ingest").message
+    assert told == "not replicated: applied, but the replicas' confirmation did not arrive; retrying is safe"
 
 
 def test_the_cluster_waits_on_every_primary_it_wrote_to(tmp_path):
