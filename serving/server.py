@@ -564,6 +564,9 @@ class FeedServer:
             self._threads.append(start_model_watcher(self.service, config, arms_signature))
         log.info("serving model %s on %s:%d%s", self.service.model_version, config.host, self.port,
                  " (TLS" + (", client certificates required)" if config.tls_client_ca else ")") if config.tls_cert else "")
+        if self.http is not None:
+            scheme = "https" if config.tls_cert else "http"
+            log.info("feed explorer and HTTP/JSON API on %s://%s/", scheme, grpc_address(config.host, self.http.port))
         if self.service.arms is not None:
             log.info("A/B arms from %s: %s", config.arms_file, describe(self.service.arms))
 

@@ -358,6 +358,15 @@ def test_calls_are_counted_like_rpcs_and_logged_with_their_request_id(api, caplo
     assert [line[1:3] for line in lines[1:]] == [("http.GetFeed", "INVALID_ARGUMENT"), ("http.Ingest", "OK")]
 
 
+def test_the_start_logs_where_the_explorer_answers(world, caplog):
+    """The README says to open the explorer's address: the start's log gives it, port and all."""
+    port = free_port()
+    with caplog.at_level(logging.INFO, logger="feedrank.serving"), running_server(world, http_port=port):
+        pass
+    started = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
+    assert f"feed explorer and HTTP/JSON API on http://127.0.0.1:{port}/" in started, started
+
+
 def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
     missing = api.http("GET", "/v1/nothing-here")
     assert (missing.status, missing.body["error"]["status"]) == (404, "NOT_FOUND")
