@@ -8,6 +8,7 @@ import pytest
 
 import numpy as np
 
+from training.evaluate import EvaluationReport
 from training.metrics import catalogue_coverage, mean_distinct_sellers, paired_difference, per_user_metrics, ranking_metrics
 
 L2, L3, L4 = 1.0, 1 / math.log2(3), 1 / math.log2(4)  # discounts of ranks 1, 2, 3 (log2(rank + 1))
@@ -73,3 +74,13 @@ def test_a_paired_difference_has_the_t_interval_of_its_users_differences() -> No
     assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="same users"):
         paired_difference(np.array([0.5]), np.array([0.5, 0.6]))
+
+
+def test_one_users_difference_is_no_evidence_either_way() -> None:
+    # One test user: no spread to measure, so no interval and no significance (it was
+    # [+1, +1] with p 0, printed "p < 0.001" under a one-user evaluation).
+    d = paired_difference(np.array([1.0]), np.array([0.0]))
+    assert (d.difference, d.low, d.high, d.p_value, d.users) == (1.0, -math.inf, math.inf, 1.0, 1)
+    report = EvaluationReport(ks=(10,), paired={"popularity": {"ndcg@10": d}})
+    assert report.as_json()["paired"]["popularity"]["ndcg@10"]["ci95"] == [None, None]  # JSON has no infinity
+    assert "+1.0000 [-inf, +inf] p = 1.000" in report.paired_table()[-1]

@@ -59,6 +59,11 @@ class FeedReplay:
     seconds: float = 0.0  # the "model" row's replay time
 
 
+def _finite_or_none(bound: float) -> float | None:
+    """A bound for JSON, which has no infinity: None where there is no bound (one user)."""
+    return bound if math.isfinite(bound) else None
+
+
 @dataclass
 class EvaluationReport:
     """Metrics per method ("model" first), keyed like "ndcg@10"."""
@@ -95,7 +100,7 @@ class EvaluationReport:
             "cold_test_users": self.cold_test_users,
             **({"ranker": self.ranker} if self.ranker else {}),
             **({"paired": {
-                method: {metric: {"difference": d.difference, "ci95": [d.low, d.high], "p_value": d.p_value, "users": d.users}
+                method: {metric: {"difference": d.difference, "ci95": [_finite_or_none(d.low), _finite_or_none(d.high)], "p_value": d.p_value, "users": d.users}
                          for metric, d in differences.items()}
                 for method, differences in self.paired.items()
             }} if self.paired else {}),

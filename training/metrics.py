@@ -9,6 +9,7 @@ lists are expected to exclude the user's training items already (the caller mask
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -90,7 +91,9 @@ def paired_difference(ours: np.ndarray, theirs: np.ndarray) -> PairedDifference:
     differences = ours - theirs
     n = len(differences)
     mean = float(differences.mean()) if n else 0.0
-    if n < 2 or not differences.std():
+    if n < 2:  # one user's difference has no spread to measure: it tells nothing from noise
+        return PairedDifference(mean, -math.inf, math.inf, 1.0, n)
+    if not differences.std():
         return PairedDifference(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
     half_width = float(stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n))
     p_value = float(stats.ttest_rel(ours, theirs).pvalue)
