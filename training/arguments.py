@@ -63,7 +63,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"weight of a follow relative to a like; 0 ignores follows (default: {d.follow_weight})")
     for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items():
         group.add_argument(f"--{kind.replace('_', '-')}-weight", dest=name, type=bounded(float, 0), default=getattr(d, name), metavar="W",
-                           help=f"weight of a {kind.replace('_', '-')} (engagements.csv) relative to a like; 0 ignores "
+                           help=f"weight of an engagements.csv row of kind '{kind}' relative to a like; 0 ignores "
                                 "them (default: %(default)s)")
     group.add_argument("--weight-transform", choices=als.WEIGHT_TRANSFORMS, default=d.weight_transform,
                        help="how a like's weight column (e.g. a listening count) enters ALS and item-kNN: "

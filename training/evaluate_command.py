@@ -1,6 +1,6 @@
 """`python -m training evaluate`: the served feed and the baselines on a held-out split.
 
-  python -m training evaluate --data DIR [--split time:0.2|random:0.2[:SEED]] [--k 10,20] [--json OUT] [--plot PNG]
+  python -m training evaluate --data DIR [--split time:0.2|user:0.2[:SEED]|random:0.2[:SEED] | --test PAIRS.csv] [--k 10,20] [--json OUT] [--plot PNG]
       [--cap-grid | --no-cap-grid]
 """
 
