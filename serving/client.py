@@ -34,6 +34,11 @@ def describe_card(item: feed_pb2.FeedItem) -> str:
     return "  ".join(parts)
 
 
+# Said under a printed feed with news in it, whose scores are then not in order down the page.
+NEWS_LEGEND = ("news: a followed seller's listing or a friend's like or share within the server's --fresh-window-seconds, "
+               "shown first (up to --max-fresh a page) whatever its score")
+
+
 def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
     lines = [f"Feed for {user_id} (model {responses[0].model_version if responses else '?'})"]
     rank = 0
@@ -45,6 +50,8 @@ def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
             lines.append(f"{rank:3d}. {item.item_id:<16} {describe_card(item):<46} seller {item.seller_id:<10} score {item.score:7.3f}  {why}")
     if not rank:
         lines.append("(empty feed)")
+    if any(item.news for response in responses for item in response.items):
+        lines.append(NEWS_LEGEND)
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from protos.feed.v1 import feed_pb2
+from serving.client import NEWS_LEGEND, format_feed
 from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +93,12 @@ def test_sigterm_stops_the_demo_and_its_explorer_server(tmp_path):
         assert not alive(server_pid)
     finally:
         process.kill()
+
+
+def test_a_printed_feed_with_news_says_why_news_leads_higher_scores():
+    # The demo's first page put news scored 7.0 above an item scored 8.3, and said only "news".
+    news = feed_pb2.FeedItem(item_id="fresh", seller_id="s1", score=7.0, news=True)
+    older = feed_pb2.FeedItem(item_id="older", seller_id="s2", score=8.3)
+    printed = format_feed("u1", [feed_pb2.GetFeedResponse(items=[news, older], model_version="v")])
+    assert printed.splitlines()[-1] == NEWS_LEGEND and "whatever its score" in NEWS_LEGEND
+    assert NEWS_LEGEND not in format_feed("u1", [feed_pb2.GetFeedResponse(items=[older], model_version="v")])
