@@ -70,6 +70,19 @@ class LoadStats:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
 
+def load_summary(dataset: Dataset, stats: LoadStats, read_seconds: float) -> str:
+    """A load's last line: the rows of every table loaded, then the rate over the rows the
+    load times (items, likes, follows, friendships: the rate the benchmarks compare)."""
+    always = [(dataset.items, "item", "items"), (dataset.likes, "like", "likes"), (dataset.follows, "follow", "follows"),
+              (dataset.friends, "friendship", "friendships")]
+    optional = [(dataset.engagements, "engagement", "engagements"), (dataset.sellers, "vacation", "vacations"),
+                (dataset.hidden_items, "hidden item", "hidden items"), (dataset.hidden_sellers, "hidden seller", "hidden sellers")]
+    counts = [f"{len(rows)} {one if len(rows) == 1 else many}" for rows, one, many in always + [t for t in optional if len(t[0])]]
+    return (f"loaded {', '.join(counts)} ({stats.commands} commands) in {stats.seconds:.2f} s: "
+            f"{stats.rows_per_second:,.0f} rows/s of items, likes, follows and friendships "
+            f"(reading the dataset took {read_seconds:.2f} s)")
+
+
 def _time(value: float) -> str:
     return repr(0.0 if math.isnan(value) else float(value))
 
@@ -399,7 +412,4 @@ def main(argv: list[str]) -> None:
             )
     finally:
         client.close()
-    print(
-        f"loaded {stats.rows} rows ({stats.commands} commands) in {stats.seconds:.2f} s: "
-        f"{stats.rows_per_second:,.0f} rows/s (reading the CSVs took {read_seconds:.2f} s)"
-    )
+    print(load_summary(dataset, stats, read_seconds))
