@@ -103,6 +103,7 @@ class ExportStats:
     events: int
     last_event_id: str | None
     hides_of_unlisted: int = 0
+    engagements: int = 0  # engagements.csv's rows: shares, clicks, carts, purchases (views are events only)
 
 
 def _fetch(client: Any, keys: list[str], method: str, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
@@ -262,7 +263,8 @@ def export_from_redis(
         events, last = (0, None)
         if since is not None:
             events, last = write_events(client, os.path.join(out_dir, EVENTS_FILE), since, prefix)
-    return ExportStats(len(dataset.items), len(dataset.likes), len(dataset.follows), len(dataset.friends), events, last, hides_of_unlisted)
+    return ExportStats(len(dataset.items), len(dataset.likes), len(dataset.follows), len(dataset.friends), events, last, hides_of_unlisted,
+                       engagements=len(dataset.engagements))
 
 
 def main(argv: list[str]) -> None:
@@ -285,7 +287,8 @@ def main(argv: list[str]) -> None:
     finally:
         client.close()
     print(
-        f"exported {stats.items} items, {stats.likes} likes, {stats.follows} follows, {stats.friends} friendships"
+        f"exported {stats.items} items, {stats.likes} likes, {stats.follows} follows, {stats.friends} friendships, "
+        f"{stats.engagements} engagements"
         + (f", {stats.events} events (last stream id {stats.last_event_id})" if args.since is not None else "")
         + f" to {args.out}"
         + (f"; left out {stats.hides_of_unlisted} hides of items not listed yet (a dataset's hidden items must be in items)"

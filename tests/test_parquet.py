@@ -379,6 +379,7 @@ def test_export_as_parquet_round_trips_through_redis(redis_url: str, tmp_path: P
     run("serving", "export", "--redis", redis_url, "--out", str(tmp_path / "csv"))
     live, live_csv = load_dataset(str(out)), load_dataset(str(tmp_path / "csv"))
     assert_equal(live, live_csv)
+    assert f"friendships, {len(live.engagements)} engagements to " in exported.stdout and len(live.engagements)  # not left unsaid
     # The live state is the loaded dataset (Redis keeps no follow or friendship times,
     # and only some engagement kinds, one per user, item, kind and friend).
     assert set(live.items.item_id) == set(generated.items.item_id)
