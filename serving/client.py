@@ -34,13 +34,17 @@ def describe_card(item: feed_pb2.FeedItem) -> str:
     return "  ".join(parts)
 
 
+def _built_by(response: feed_pb2.GetFeedResponse) -> str:
+    return f"model {response.model_version}" + (f", A/B arm {response.arm}" if response.arm else "")
+
+
 # Said under a printed feed with news in it, whose scores are then not in order down the page.
 NEWS_LEGEND = ("news: a followed seller's listing or a friend's like or share within the server's --fresh-window-seconds, "
                "shown first (up to --max-fresh a page) whatever its score")
 
 
 def format_feed(user_id: str, responses: list[feed_pb2.GetFeedResponse]) -> str:
-    lines = [f"Feed for {user_id} (model {responses[0].model_version if responses else '?'})"]
+    lines = [f"Feed for {user_id} ({_built_by(responses[0]) if responses else 'model ?'})"]
     rank = 0
     for page_number, response in enumerate(responses, 1):
         lines.append(f"-- page {page_number} --")

@@ -16,6 +16,7 @@ import pytest
 from protos.feed.v1 import feed_pb2
 from ranking.feed import POOL_SETTINGS, FeedSettings
 from serving.arms import BUCKETS, ArmsConfigError, bucket_of, load_arms, load_pinned, parse_arms, published_versions
+from serving.client import format_feed
 from serving.feed_service import InvalidRequest
 from serving.server import FeedServer
 from tests.conftest import REPO, json_lines
@@ -524,3 +525,11 @@ def test_a_version_named_by_hand_sorts_by_its_manifest_time_or_as_the_oldest(wor
     copy_of_old("my-test", None)
     copy_of_old("from-2099", "2099-01-01T00:00:00Z")  # what the manifest records wins over the name
     assert published_versions(str(models)) == ["from-2099", world.new, world.old, "stable", "my-test"]
+
+
+def test_a_printed_feed_names_the_arm_that_built_it():
+    # `serving feed` against a server with arms printed the model only: which arm a user is
+    # in was not to be seen from the command line.
+    armed = feed_pb2.GetFeedResponse(model_version="v2", arm="cat-cap")
+    assert format_feed("u1", [armed]).splitlines()[0] == "Feed for u1 (model v2, A/B arm cat-cap)"
+    assert format_feed("u1", [feed_pb2.GetFeedResponse(model_version="v1")]).splitlines()[0] == "Feed for u1 (model v1)"
