@@ -239,7 +239,8 @@ GROUPS = {
         "Every flag can also be set by the environment variable named after it (--max-per-seller: "
         "FEEDRANK_MAX_PER_SELLER) or by a key of the --config TOML file (max_per_seller = 3); precedence: "
         "flag > environment > file > default, and an empty variable counts as unset. FEEDRANK_TOKEN_SECRET "
-        "signs page tokens: give every server process the same one (without it, a random key per start)."
+        "signs page tokens: give every server process the same one (without it, a random key per start); "
+        "FEEDRANK_TOKEN_SECRET_PREVIOUS, comma-separated, holds older secrets still accepted while one is rotated."
     ),
     "auth and TLS": (
         "Bearer tokens (--tokens-file and/or the FEEDRANK_TOKENS variable, same format, entries separated by "

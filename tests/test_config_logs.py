@@ -261,6 +261,7 @@ def test_the_cli_reports_a_bad_variable_in_one_line_and_help_names_every_variabl
     for flag in FLAGS:
         assert f"{flag.flag} " in help_text and f"env {flag.env})" in help_text, flag.env
     assert "FEEDRANK_CONFIG" in help_text and "FEEDRANK_TOKEN_SECRET" in help_text and "FEEDRANK_TOKENS" in help_text
+    assert "FEEDRANK_TOKEN_SECRET_PREVIOUS" in help_text  # a rotation's variable, which the README says --help gives
 
 
 def test_config_from_args_turns_errors_into_a_usage_error(capsys):
