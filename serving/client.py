@@ -76,6 +76,11 @@ def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, p
 TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"
 
 
+def _token_hint(code: grpc.StatusCode) -> str:
+    """The server's refusal speaks of headers, for any client; this command takes a flag."""
+    return f" (give this command the token with --token or {TOKEN_VARIABLE})" if code == grpc.StatusCode.UNAUTHENTICATED else ""
+
+
 def channel_credentials(tls_ca: str | None = None, tls: bool = False, client_cert: str | None = None,
                         client_key: str | None = None) -> grpc.ChannelCredentials | None:
     """TLS credentials when ``tls``, a CA file or a client certificate is given (the system's
@@ -139,5 +144,5 @@ def main(argv: list[str]) -> None:
         try:
             responses = fetch_pages(stub, args.user, args.limit, args.pages, args.timeout, metadata)
         except grpc.RpcError as error:
-            sys.exit(f"GetFeed failed: {error.code().name}: {error.details()}")
+            sys.exit(f"GetFeed failed: {error.code().name}: {error.details()}" + _token_hint(error.code()))
     print(format_feed(args.user, responses))

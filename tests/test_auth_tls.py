@@ -232,8 +232,9 @@ def test_the_feed_command_sends_a_token_and_speaks_tls(world, pki, monkeypatch, 
         client.main(args)
         assert " 3. " in capsys.readouterr().out
         monkeypatch.delenv(client.TOKEN_VARIABLE)
-        with pytest.raises(SystemExit, match="UNAUTHENTICATED: missing bearer token"):
+        with pytest.raises(SystemExit, match="UNAUTHENTICATED: missing bearer token") as refused:
             client.main(args)
+        assert str(refused.value).endswith("(give this command the token with --token or FEEDRANK_CLIENT_TOKEN)")  # not a header to write
         with pytest.raises(SystemExit, match="UNAVAILABLE"):  # plaintext against a TLS server
             client.main(["--target", f"127.0.0.1:{server.port}", "--user", "u00001", "--token", READ])
     with pytest.raises(SystemExit):
