@@ -469,7 +469,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``generate`` flags to ``parser``."""
     g = parser.add_argument_group("output")
     g.add_argument("--out", required=True, type=output_directory, metavar="DIR",
-                   help="dataset directory to write (items/likes/follows/friends/sellers/engagements.csv)")
+                   help="dataset directory to write: items, likes, follows and friends.csv, engagements.csv (unless "
+                        "--no-engagements) and sellers.csv (when a seller is on vacation; none may be among a few hundred sellers)")
     g = parser.add_argument_group("size")
     g.add_argument("--users", type=bounded(int, 2), required=True, metavar="N", help="number of users")
     g.add_argument("--sellers", type=bounded(int, 1), required=True, metavar="N",
