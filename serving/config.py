@@ -65,6 +65,7 @@ class ServerConfig:
     token_secret: bytes | None = field(default=None, repr=False)
     reload_seconds: float = 10.0  # how often to look for a new models/CURRENT; 0 disables
     metrics_port: int = 0  # Prometheus /metrics port (worker i uses port + i); 0 disables
+    metrics_host: str = ""  # the address /metrics binds; "": --host's
     http_port: int = 0  # the feed explorer and HTTP/JSON API (serving/web; worker i uses port + i); 0 disables
     progress: bool = True  # a progress bar while the memory store loads (only on a terminal)
     drop_unknown_items: bool = False  # drop likes of items missing from items.csv instead of refusing the dataset
@@ -289,7 +290,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
     Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). With the memory store each child holds a copy of the server's store, which follows every Ingest before the child's next feed: N more copies of the store's memory, and a start that waits for them. Instead of --workers; 0: feeds are built in the server process. Default, with one worker: on Redis one more than the cores (on 2 cores, 3 served 2.4x the GetFeeds of --workers 3 over one channel, 384 against 162 a second: benchmarks/README.md); with the memory store as many as the cores (its feeds never wait on a store; on 2 cores, 3 served 1.4-1.65x the GetFeeds of 0, and 2 as many as 3 with a lower p99), and only while the files it loads (--data, --state-dir) total at most 256 MB, else 0 (each child holds 0.3 GB for 20k users / 50k items, whose files are 56 MB; at 1M users a copy takes 14 s and 2.8 GB: use Redis)", "server", minimum=0, metavar="N"),
     Flag("reload_seconds", float, 10.0, "poll models/CURRENT and the --arms file this often and hot-swap what changed; 0 disables both", "server", minimum=0),
-    Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
+    Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables. Plain HTTP with no token, even with TLS and --tokens-file: bind it to a private address with --metrics-host", "server", minimum=0, maximum=65535),
+    Flag("metrics_host", str, "", "address the metrics port binds; default: --host's. The metrics name the model versions, request counts and the certificate's expiry: on a server whose --host is public, give a private address (127.0.0.1, an internal interface)", "server"),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("progress", bool, True, "a progress bar while the memory store loads (never when stderr is not a terminal)", "server"),
     Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
@@ -598,6 +600,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
         token_secret=secret.encode() if secret else None,
         reload_seconds=v["reload_seconds"],
         metrics_port=v["metrics_port"],
+        metrics_host=v["metrics_host"],
         http_port=v["http_port"],
         progress=v["progress"],
         drop_unknown_items=v["drop_unknown_items"],

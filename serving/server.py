@@ -507,11 +507,12 @@ class FeedServer:
 
     def _metrics_server(self) -> Callable[[], None]:
         config = self.config
+        host = config.metrics_host or config.host
         try:
-            return self.metrics.serve_http(config.metrics_port, config.host)
+            return self.metrics.serve_http(config.metrics_port, host)
         except OSError as error:
-            raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error.strerror or error} "
-                            "(--metrics-port)") from None
+            raise BindError(f"cannot serve metrics on {host}:{config.metrics_port}: {error.strerror or error} "
+                            "(--metrics-port, --metrics-host)") from None
 
     def _served_by(self, request: Any) -> tuple[str, str]:
         return served_by(self.servicer.service, request)
@@ -567,6 +568,8 @@ class FeedServer:
         if self.http is not None:
             scheme = "https" if config.tls_cert else "http"
             log.info("feed explorer and HTTP/JSON API on %s://%s/", scheme, grpc_address(config.host, self.http.port))
+        if config.metrics_port:
+            log.info("Prometheus metrics on http://%s/metrics", grpc_address(config.metrics_host or config.host, config.metrics_port))
         if self.service.arms is not None:
             log.info("A/B arms from %s: %s", config.arms_file, describe(self.service.arms))
 

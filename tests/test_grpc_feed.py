@@ -303,3 +303,23 @@ def test_prometheus_metrics_count_requests_sources_and_filters(world):
     assert 'feedrank_candidates_total{source="trending"}' in text
     assert 'feedrank_filtered_total{filter="out_of_stock"}' in text
     assert "feedrank_model_info{version=" in text
+
+
+def test_metrics_bind_their_own_host_and_the_start_says_where(world, caplog):
+    """The metrics have no token and no TLS: --metrics-host keeps them on a private address
+    while gRPC answers on --host (found by the security review)."""
+    import logging
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with caplog.at_level(logging.INFO, logger="feedrank.serving"), running_server(world, metrics_port=port, metrics_host="127.0.0.2"):
+        text = urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read().decode()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert "feedrank_model_info{version=" in text
+    started = [r.getMessage() for r in caplog.records if r.name == "feedrank.serving"]
+    assert f"Prometheus metrics on http://127.0.0.2:{port}/metrics" in started, started
