@@ -86,8 +86,9 @@ def redacted(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
-    # The host follows the last "@" before the query: a password may hold an unencoded "/" (base64's).
-    host_start = rest.partition("?")[0].rfind("@") + 1
+    from stores.redis import password_end
+
+    host_start = password_end(rest) + 1
     netloc_end = min((i for i in (rest.find("/", host_start), rest.find("?", host_start)) if i >= 0), default=len(rest))
     netloc, tail = rest[:netloc_end], rest[netloc_end:]
     userinfo, at, hostport = netloc.rpartition("@")

@@ -1175,6 +1175,17 @@ URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")
 _DB_INDEX = re.compile(r"[0-9]+")
 
 
+def password_end(after_scheme: str) -> int:
+    """The index of the "@" that ends a store URL's user and password in ``after_scheme``
+    (the URL after its "://"), -1 when it has none. A password may hold "/", "?" or "#"
+    unencoded (base64's "/"), so this is the last "@" not inside a query option's value."""
+    for at in reversed([index for index, char in enumerate(after_scheme) if char == "@"]):
+        option_start = max(after_scheme.rfind("?", 0, at), after_scheme.rfind("&", 0, at))
+        if option_start < 0 or "=" not in after_scheme[option_start:at]:
+            return at
+    return -1
+
+
 def check_url(url: str) -> None:
     """ValueError unless ``url`` has a scheme ``connect`` takes and, if it names a DB (its
     path, or a ``db`` query option), a non-negative integer one: redis-py ignores a path
@@ -1182,8 +1193,10 @@ def check_url(url: str) -> None:
     if not url.startswith(URL_SCHEMES):
         raise ValueError(f"the scheme must be one of {', '.join(URL_SCHEMES)}")
     parts = urlsplit(url)
-    if not url.startswith("unix://") and "@" in parts.path:  # echoing the path would show the password's end
-        raise ValueError("an '@' after the host: a '/' in the password must be percent-encoded (%2F)")
+    if not url.startswith("unix://") and password_end(url.partition("://")[2]) >= len(parts.netloc):
+        # The password ran past what URL parsing takes for the host: echoing the path, the query
+        # or the port it then reads would show the password's end.
+        raise ValueError("an '@' after the host: a '/', '?' or '#' in the password must be percent-encoded (%2F, %3F, %23)")
     dbs = [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if name == "db"]
     if not url.startswith("unix://") and parts.path not in ("", "/"):
         dbs.append(unquote(parts.path.removeprefix("/")))

@@ -121,7 +121,12 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_STORE": "redis://u:pw@x:1/0?colour=1"}, "FEEDRANK_STORE redis://u:***@x:1/0?colour=1: unknown store URL option 'colour'; ours: recent_likes"),
         # A "/" in the password: the URL and the DB it was read as ('cdS3cr3t@x:1/0') showed the password.
         ({"FEEDRANK_STORE": "redis://:ab/cdS3cr3t@x:1/0"},
-         "FEEDRANK_STORE redis://:***@x:1/0: an '@' after the host: a '/' in the password must be percent-encoded (%2F)"),
+         "FEEDRANK_STORE redis://:***@x:1/0: an '@' after the host: a '/', '?' or '#' in the password must be percent-encoded (%2F, %3F, %23)"),
+        # A "?" or "#" in the password: the port it was read as ('ab') showed its start (found by the security review).
+        ({"FEEDRANK_STORE": "redis://:ab?cdS3cr3t@x:1/0"},
+         "FEEDRANK_STORE redis://:***@x:1/0: an '@' after the host: a '/', '?' or '#' in the password must be percent-encoded (%2F, %3F, %23)"),
+        ({"FEEDRANK_STORE": "redis://u:ab#cdS3cr3t@x:1/0"},
+         "FEEDRANK_STORE redis://u:***@x:1/0: an '@' after the host: a '/', '?' or '#' in the password must be percent-encoded (%2F, %3F, %23)"),
         # Two settings on one port failed their second bind after the load, "Address already in use".
         ({"FEEDRANK_PORT": "9000", "FEEDRANK_METRICS_PORT": "9000"}, "FEEDRANK_PORT 9000 and FEEDRANK_METRICS_PORT 9000: the same port twice"),
         ({"FEEDRANK_METRICS_PORT": "9100", "FEEDRANK_HTTP_PORT": "9101", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"},

@@ -466,6 +466,10 @@ def test_store_urls_in_log_lines_hide_their_password():
     # A base64 password holds "/": all of it but its start was shown, as the URL's path.
     assert redacted("redis://:ab/cdS3cr3t@host:6379/0") == "redis://:***@host:6379/0"
     assert redacted("rediss://h:6380/0?ssl_certfile=/c@d.pem") == "rediss://h:6380/0?ssl_certfile=/c@d.pem"
+    # So may "?" and "#": the password's end was shown as the query or the fragment (found by the security review).
+    assert redacted("redis://:ab?cdS3cr3t@127.0.0.1:1/0") == "redis://:***@127.0.0.1:1/0"
+    assert redacted("redis://u:ab#cdS3cr3t@127.0.0.1:1/0") == "redis://u:***@127.0.0.1:1/0"
+    assert redacted("redis://:pw@host:1/0?password=x@y") == "redis://:***@host:1/0?password=***"
 
 
 def test_a_refused_store_url_is_shown_without_a_password_given_in_its_query():
