@@ -210,6 +210,7 @@ class FeedProcesses:
         self._closed = threading.Event()
         self._primary: Any = None  # the server's memory store, which the children copy
         self._followers: tuple[_Child, ...] = ()  # children that get its applied events (replaced whole: read unlocked)
+        self._followers_lock = threading.Lock()  # for replacing them: a child starts to follow while another is dropped
         self._exits: Any = None  # the metrics' counter of children that died
         self._orphaned = False  # every child died: the server builds the feeds until one is back
 
@@ -269,10 +270,12 @@ class FeedProcesses:
                 raise FeedProcessError(self._failure(child, "exited before it had the store")) from None
 
     def _follow(self, children: list[_Child]) -> None:
-        self._followers = (*self._followers, *children)
+        with self._followers_lock:
+            self._followers = (*self._followers, *children)
 
     def _unfollow(self, child: _Child) -> None:
-        self._followers = tuple(follower for follower in self._followers if follower is not child)
+        with self._followers_lock:
+            self._followers = tuple(follower for follower in self._followers if follower is not child)
 
     def _publish(self, events: list) -> None:
         """Under the memory store's lock, on the thread that applied ``events``: queue them

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 from types import SimpleNamespace
@@ -542,3 +543,41 @@ def test_a_child_whose_feeds_fail_gets_no_calls_while_another_serves_but_a_probe
     assert rounds[1:11] == [["healthy", "healthy"]] * 10, rounds
     assert rounds[11:13] == [["broken", "healthy"], ["healthy", "healthy"]], rounds
     assert rounds[13:] == [["healthy"], ["healthy", "healthy"]], rounds
+
+
+
+class _PausingFollowers(tuple):
+    """Followers whose iteration on ``pausing_thread`` waits (up to a second) for
+    ``resume``: it holds an unfollow between reading the followers and writing them back."""
+
+    def __iter__(self):
+        if threading.current_thread() is self.pausing_thread:
+            self.paused.set()
+            self.resume.wait(1.0)
+        return super().__iter__()
+
+
+def test_a_child_that_starts_to_follow_while_another_is_unfollowed_is_not_dropped():
+    """A child that replaces a dead one starts to follow the store (under its lock, on the
+    thread that starts the child) while the loop, or another starting thread, drops a child
+    that died. Both wrote back the followers they had read: with the drop written last, the
+    new child was left out, and its feeds missed every event ingested from then on."""
+    processes = feed_processes.FeedProcesses(ServerConfig(models_dir="unused"), 2, asyncio.new_event_loop())
+    kept, dead, new = (feed_processes._Child(SimpleNamespace(pid=pid), None) for pid in range(3))
+    followers = _PausingFollowers((kept, dead))
+    followers.paused, followers.resume = threading.Event(), threading.Event()
+    processes._followers = followers
+    unfollowing = threading.Thread(target=processes._unfollow, args=(dead,))
+    followers.pausing_thread = unfollowing
+    unfollowing.start()
+    assert followers.paused.wait(10)
+
+    def follow() -> None:
+        processes._follow([new])
+        followers.resume.set()
+
+    following = threading.Thread(target=follow)
+    following.start()
+    unfollowing.join(10)
+    following.join(10)
+    assert processes._followers == (kept, new)
