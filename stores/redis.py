@@ -1581,7 +1581,7 @@ class RedisStore:
         hashes_tag, user_tag = f"h:{user_id}", f"p:{user_id}"
         kept_user = None
         if cache is not None:  # a feed's first read brings this process's copy up to date
-            seq, epoch, kept_user = cache.entry_at_seq(user_tag)
+            seq, epoch, kept_user, generation = cache.entry_at_seq(user_tag)
             keys += k.change_log_keys()
             args += [seq, USER_HASH_SCAN, *((user_id, epoch) if kept_user is not None else ())]
             if cache.entry(hashes_tag) is None:
@@ -1599,7 +1599,11 @@ class RedisStore:
                     if hashes is not None:
                         cache.keep(fill, {hashes_tag: hashes})
                 if reply[0] == 0:  # no tag names the user since the copy's state of them
-                    return kept_user
+                    if cache.generation == generation:
+                        return kept_user
+                    # Dropped meanwhile (the call reconnected, to another Redis server process,
+                    # which may have lost what the kept state holds): read the user afresh.
+                    return self.read_user(user_id)
         user = self._user_state(user_id, *reply[:8])
         if cache is not None:
             cache.keep(fill, {user_tag: user})

@@ -205,12 +205,14 @@ class ReadCache:
         """What ``keep`` kept under ``tag``, or None."""
         return self._entries.entries.get(tag)
 
-    def entry_at_seq(self, tag: str) -> tuple[int, str | None, object | None]:
-        """(the copy's sequence number, its log's epoch, what it keeps under ``tag``), taken
-        together: the entry holds every change up to that number of that log, so a reader
-        that checks the log after it for ``tag`` knows whether the entry still stands."""
+    def entry_at_seq(self, tag: str) -> tuple[int, str | None, object | None, int]:
+        """(the copy's sequence number, its log's epoch, what it keeps under ``tag``, its
+        generation), taken together: the entry holds every change up to that number of that
+        log, so a reader that checks the log after it for ``tag`` knows whether the entry
+        still stands, unless the copy was dropped meanwhile (a newer generation): the log
+        checked may be that of a Redis server process that lost the changes the entry holds."""
         with self._lock:
-            return self.seq, self.epoch, self._entries.entries.get(tag)
+            return self.seq, self.epoch, self._entries.entries.get(tag), self.generation
 
     def keep(self, fill: Fill, entries: dict[str | int, object]) -> None:
         """Keep ``entries``: by tag, or cards by item code."""

@@ -389,6 +389,20 @@ def test_a_copy_is_dropped_when_redis_restarts_and_then_copied_again(tmp_path):
         assert kept._cache.items(kept.items.codes(ITEMS))[0].all()
 
 
+def test_a_users_kept_state_is_not_served_from_before_redis_restarted(tmp_path):
+    """The user's state is the one read that the copy answers from Redis's reply: the feed
+    that reconnected asked with the state it had kept before, and Redis, whose log names no
+    change of the user since, said it stands: a state a restart may have lost was served."""
+    with warmed_on_own_server(tmp_path, appendonly=True) as (server, kept):
+        assert views.read_user(kept, "alice").follows == frozenset({"s1"})
+        assert kept._cache.entry("p:alice") is not None
+        server.kill()
+        server.start()  # the same data (its AOF), another process
+        with server.client() as admin:  # as if the restart had lost alice's follow
+            admin.srem(kept.keys.follows("alice"), "s1")
+        assert views.read_user(kept, "alice").follows == frozenset()  # its first read reconnected, to another run_id
+
+
 def test_a_server_that_does_not_tell_its_run_id_drops_the_copy_at_every_connection(tmp_path):
     with warmed_on_own_server(tmp_path, extra=["--rename-command", "INFO", ""]) as (server, kept):
         kept.read_user("alice")
