@@ -461,6 +461,10 @@ class FeedProcesses:
                 _, answer = self._queued.popleft()
                 if not answer.done():
                     answer.set_exception(Refused(PROCESS_LOST))
+        else:
+            # The calls that wait may go to a child left out so far (its store failed while
+            # the dead one's worked). Soon, not now: this may run inside _dispatch itself.
+            self.loop.call_soon(self._dispatch)
         if not self._closed.is_set():
             threading.Thread(target=self._replace, args=(child,), name="feed-process-start", daemon=True).start()
 

@@ -581,3 +581,51 @@ def test_a_child_that_starts_to_follow_while_another_is_unfollowed_is_not_droppe
     unfollowing.join(10)
     following.join(10)
     assert processes._followers == (kept, new)
+
+
+def test_a_call_that_waits_goes_to_the_child_left_when_the_busy_one_dies(monkeypatch):
+    """A call waits while the only healthy child is busy and the other failed its last feed.
+    When the busy child dies, the one left may take it (its store is as good as any now):
+    before the fix nothing handed it over until another call came or a new child was
+    ready, which with models that no longer load is never."""
+    loop = asyncio.new_event_loop()
+    processes = feed_processes.FeedProcesses(ServerConfig(models_dir="unused"), 2, loop)
+    monkeypatch.setattr(processes, "_replace", lambda lost: None)  # no new child: the one left must do
+    service = SimpleNamespace(metrics=SimpleNamespace(observe_feed=lambda gathered, removed: None))
+    ok = (feed_pb2.GetFeedResponse(model_version="v1").SerializeToString(), None, {}, {})
+    failed = (None, Refusal(grpc.StatusCode.UNAVAILABLE, "store unavailable"), {}, {})
+    ends = {}
+    for name in ("failing", "busy"):
+        ours, theirs = multiprocessing.Pipe()
+        ends[name] = (feed_processes._Child(SimpleNamespace(pid=0), ours), theirs)
+    failing, busy = ends["failing"][1], ends["busy"][1]
+
+    def get_feed() -> asyncio.Future:
+        return asyncio.ensure_future(processes.get_feed_response(service, feed_pb2.GetFeedRequest(user_id="u1"), time.time()))
+
+    async def scenario() -> feed_pb2.GetFeedResponse:
+        for child, _ in ends.values():
+            processes._adopt(child)
+        first = get_feed()
+        await asyncio.sleep(0)
+        failing.recv_bytes()
+        failing.send_bytes(pickle.dumps(failed))
+        with contextlib.suppress(Refused):
+            await first
+        calls = [get_feed() for _ in range(3)]
+        await asyncio.sleep(0)
+        assert busy.poll() and not failing.poll(), "the failing child should get no call while the other serves"
+        busy.close()  # the busy child dies with its two calls
+        for call in calls[:2]:
+            with pytest.raises(Refused):
+                await call
+        await asyncio.sleep(0.1)
+        assert failing.poll(), "the waiting call was not handed to the child left"
+        failing.recv_bytes()
+        failing.send_bytes(pickle.dumps(ok))
+        return await calls[2]
+
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(scenario(), 10)).model_version == "v1"
+    finally:
+        loop.close()
