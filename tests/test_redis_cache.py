@@ -16,7 +16,7 @@ import redis
 import tests.store_views as views
 from ranking.types import ItemCard
 from stores.events import Event, EventKind
-from stores.redis import RedisStore
+from stores.redis import WRITER_CHANGES_BOUND, RedisStore
 from stores.redis_cache import ReadCache
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
@@ -169,6 +169,26 @@ def test_a_feed_through_the_copy_reads_what_redis_holds_whoever_wrote(redis_url,
         if step % 3:  # the copy's own writes too: they bring it up to date at once
             (writer if step % 3 == 1 else kept).apply(random_events(rng, new_items))
     assert kept._cache.seq > 0 and kept._cache.items(kept.items.codes(ITEMS))[0].any()
+    for store in (writer, kept, direct):
+        store.close()
+
+
+def test_a_batch_of_more_changes_than_a_writer_reads_back_keeps_its_writers_copy(redis_url):
+    """A batch's reply brings its writer's copy up to date only while the copy is at most
+    WRITER_CHANGES_BOUND tags behind. Past it the writer dropped its whole copy, so every
+    Ingest of some 300 likes or more cost its server the copy (and a warmed one a whole
+    copy again, in the background); the feed that follows reads the log back further."""
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    assert kept.warm() == (len(ITEMS), 8, TIMELINES)
+    generation, items = kept._cache.generation, ITEMS[:8]
+    assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
+    kept.apply([ev(EventKind.LIKE, user_id=f"fan{n}", item_id=items[n % len(items)]) for n in range(WRITER_CHANGES_BOUND)])
+    assert kept._cache.generation == generation
+    assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
+    writer.apply([ev(EventKind.LIKE, user_id="alice", item_id=item) for item in items])
+    assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
     for store in (writer, kept, direct):
         store.close()
 
