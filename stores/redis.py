@@ -1473,11 +1473,13 @@ class RedisStore:
                 pipe = client.pipeline(transaction=False)
                 pipe.execute_command("GET", k.change_seq)
                 pipe.execute_command("HSCAN", k.packed_items, cursor, "COUNT", count, **{NEVER_DECODE: True})
+                generation = cache.generation
                 seq, (cursor, entries) = pipe.execute()
                 if entries:
                     codes = self.items.codes([item.decode() for item in entries], add=True).astype(np.int64)
                     exists, numbers, seller, category = self._item_columns(split_values(list(entries.values())))
-                    cache.keep_items(cache.begin_fill(int(seq or 0)), codes[exists], numbers[exists], seller[exists], category[exists])
+                    fill = cache.begin_fill(int(seq or 0), generation)
+                    cache.keep_items(fill, codes[exists], numbers[exists], seller[exists], category[exists])
                     copied += int(exists.sum())
                 if not cursor:
                     return copied
@@ -1524,9 +1526,9 @@ class RedisStore:
             for tags, bound, of_sellers in ((sellers, self.listings_bound, True), (likers, self.recent_likes_bound, False)):
                 limit = min(WARM_TIMELINE_LIMIT, bound)
                 for start in range(0, len(tags), batch):
-                    part = tags[start : start + batch]
+                    part, generation = tags[start : start + batch], cache.generation
                     timelines, _, seq = self._read_timelines(part, len(part) if of_sellers else 0, limit, limit, 0, client)
-                    cache.keep(cache.begin_fill(seq), {tag: (limit, *timeline) for tag, timeline in zip(part, timelines)})
+                    cache.keep(cache.begin_fill(seq, generation), {tag: (limit, *timeline) for tag, timeline in zip(part, timelines)})
         return len(sellers) + len(likers)
 
     def _timeline_owners(self, client: Any, room: int) -> tuple[list[str], list[str]] | None:
@@ -1673,6 +1675,7 @@ class RedisStore:
         trending = None if kept_trending is None else kept_trending[0].copy()  # the kept array is not the caller's to change
         missing = [at for at, timeline in enumerate(kept) if timeline is None]
         if missing or trending is None:
+            generation = None if cache is None else cache.generation
             fetched, fetched_trending, seq = self._read_timelines(
                 [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listing_limit, like_limit,
                 trending_limit if trending is None else 0,
@@ -1684,7 +1687,7 @@ class RedisStore:
                 trending = fetched_trending
                 fill["t"] = (trending_limit, trending.copy(), np.zeros(len(trending)))
             if cache is not None:
-                cache.keep(cache.begin_fill(seq), fill)
+                cache.keep(cache.begin_fill(seq, generation), fill)
         lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
         codes = np.concatenate([codes for codes, _ in kept]) if kept else np.zeros(0, np.int32)
         times = np.concatenate([times for _, times in kept]) if kept else np.zeros(0)
@@ -1816,8 +1819,9 @@ class RedisStore:
         elif vacations is None:
             pipe.hgetall(k.vacations)
         asked = len(pipe)
+        generation = None if cache is None else cache.generation
         replies = iter(pipe.execute() if asked else [])
-        fill = cache.begin_fill(int(next(replies) or 0)) if cache is not None and asked else None
+        fill = cache.begin_fill(int(next(replies) or 0), generation) if cache is not None and asked else None
         exists = known  # a copy: the cache's gather or a new array
         if fetch:
             packed = next(replies)
@@ -2009,6 +2013,7 @@ class RedisStore:
         missing_codes = [codes[at] for at in missing]
         ids = self.items.ids(missing_codes)
         width = len(_CARD_FIELDS)
+        generation = None if cache is None else cache.generation
         with unavailable_on_redis_errors():
             if self.is_cluster:
                 flat = [None] * (len(ids) * width)
@@ -2019,7 +2024,7 @@ class RedisStore:
                 *flat, seq = self._eval_keys("cards", [self.keys.change_seq], [self.keys.prefix, *ids], client)
         fetched = {codes[at]: _card(dict(zip(_CARD_FIELDS, flat[j * width : (j + 1) * width]))) for j, at in enumerate(missing)}
         if cache is not None:
-            cache.keep(cache.begin_fill(int(seq)), fetched)
+            cache.keep(cache.begin_fill(int(seq), generation), fetched)
         return [card if card is not None else fetched[code] for card, code in zip(cards, codes)]
 
     # -- writes ------------------------------------------------------------------------

@@ -125,10 +125,13 @@ class ReadCache:
                 if tag.startswith("u:"):  # a user's state holds their recent likes too
                     entries.pop("p:" + tag[2:], None)
 
-    def begin_fill(self, seq: int) -> Fill:
+    def begin_fill(self, seq: int, generation: int | None = None) -> Fill:
         """A read of missing entries whose data is at least as new as the log's ``seq``
-        (read before it, in the same connection's order): kept only while ``_allows``."""
-        return Fill(self.generation, seq)
+        (read before it, in the same connection's order): kept only while ``_allows``.
+        ``generation``: the copy's when the read was sent (default: now). A copy dropped
+        while the read was under way (a load began a new log, at a lower number) must not
+        keep it: its data may be older than the new log's first number."""
+        return Fill(self.generation if generation is None else generation, seq)
 
     def _allows(self, fill: Fill) -> bool:
         # A tag newer than the fill's data may already have been applied (by another

@@ -373,6 +373,37 @@ def test_a_load_and_a_flush_each_start_the_copy_afresh(redis_url):
         store.close()
 
 
+def test_a_read_under_way_while_a_load_starts_a_new_log_is_not_kept(redis_url, monkeypatch):
+    """A read of what the copy lacks is kept only while no newer tag was applied; its data
+    is as new as the log's number it read. A bulk load starts the log again at a lower
+    number: another thread's sync of the new log, between the read and its keeping, dropped
+    the copy and let it keep the card read before the load, which no tag of the new log names."""
+    from serving.load import load_into_redis
+
+    writer = make_redis_store(redis_url, social_dataset())
+    kept = RedisStore.from_url(redis_url)
+    i1 = kept.items.codes(["i1"], add=True)
+    kept.read_user("alice")
+    read = kept._eval_keys
+
+    def read_then_load(name, *args, **kwargs):
+        reply = read(name, *args, **kwargs)
+        if name == "cards":  # the load ends while the reply is on its way, and another feed syncs the new log
+            with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+                load_into_redis(admin, make_dataset([("i1", "s1", NOW - DAY, 1)]))
+                admin.hset(kept.keys.item("i1"), "title", "after the load")  # as a load of titles would
+            kept.read_user("bob")
+        return reply
+
+    monkeypatch.setattr(kept, "_eval_keys", read_then_load)
+    assert kept.read_cards(i1)[0].title != "after the load"  # read before it
+    monkeypatch.undo()
+    kept.read_user("alice")
+    assert kept.read_cards(i1)[0].title == "after the load"
+    for store in (writer, kept):
+        store.close()
+
+
 @contextlib.contextmanager
 def warmed_on_own_server(tmp_path, **server_options) -> Iterator[tuple[RedisServer, RedisStore]]:
     """A redis-server of the test's own, loaded with social_dataset(), and a store on it
