@@ -19,6 +19,7 @@ variable FEEDRANK_CLIENT_TOKEN) with the 'read' scope, sent as 'authorization: B
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -77,7 +78,9 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+@functools.cache
 def _user_ids(data_dir: str) -> list[str]:
+    """Read once for every simulated user: each read the whole likes.csv at its start."""
     users = sorted({user for (user,) in liked_columns(data_dir, ("user_id",))})
     return random.Random(0).sample(users, min(len(users), USERS_SAMPLED))
 
