@@ -505,7 +505,8 @@ class FeedProcesses:
     def shutdown(self) -> None:
         """Stop every child (call once the server takes no more calls)."""
         self._closed.set()
-        self._followers = ()
+        with self._followers_lock:
+            self._followers = ()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._detach_all(), self.loop).result()
         for child in self._children:
