@@ -131,7 +131,10 @@ class RateLimitedLog:
     ``every_seconds`` with a count of the calls in between, so an outage (or a client
     that keeps asking for what is refused) does not flood the log. For the store's
     failures the client only reads STORE_UNAVAILABLE, STORE_FULL or STORE_FORBIDDEN with
-    what was refused: the detail logged here names internal hosts."""
+    what was refused: the detail logged here names internal hosts.
+
+    The count is only logged with the next report, which may come with another outage
+    long after: it says how long ago the calls it counts failed."""
 
     def __init__(self, what: str = STORE_UNAVAILABLE, level: int = logging.WARNING, every_seconds: float = 10.0) -> None:
         self.what = what
@@ -140,15 +143,20 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._last = -float("inf")
         self._suppressed = 0
+        self._latest_suppressed = 0.0
 
     def __call__(self, method: str, error: BaseException) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last < self.every_seconds:
                 self._suppressed += 1
+                self._latest_suppressed = now
                 return
-            suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        _LOG.log(self.level, "%s: %s: %s (%d more since the last report)", method, self.what, error, suppressed)
+            suppressed, last, latest = self._suppressed, self._last, self._latest_suppressed
+            self._suppressed, self._last = 0, now
+        counted = (f" (and {suppressed} more failed calls since the report {now - last:.0f} s ago, "
+                   f"the latest {now - latest:.0f} s ago)") if suppressed else ""
+        _LOG.log(self.level, "%s: %s: %s%s", method, self.what, error, counted)
 
 
 _log_outage = RateLimitedLog()

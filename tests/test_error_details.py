@@ -283,6 +283,30 @@ def test_a_store_outage_is_unavailable_with_retry_info_and_no_internal_address(t
     assert any("store unavailable" in r.getMessage() and str(redis_server.port) in r.getMessage() for r in caplog.records)
 
 
+def test_an_outage_report_says_when_the_calls_it_counts_failed(caplog, monkeypatch):
+    """A report counted the calls suppressed since the previous one, and the count waited
+    for the next failure: the 15 Ingests of a 5 s Redis freeze were reported 33 s later
+    as "ConnectionError ... (15 more since the last report)", the first line of another
+    outage, as if part of it; and a first report said "(0 more since the last report)"
+    (found by the chaos review)."""
+    from serving import servicer
+
+    clock = [1000.0]
+    monkeypatch.setattr(servicer.time, "monotonic", lambda: clock[0])
+    report = servicer.RateLimitedLog(every_seconds=10.0)
+    caplog.set_level("WARNING", logger="feedrank.serving")
+    report("Ingest", TimeoutError("Timeout reading from redis"))
+    for step in range(15):
+        clock[0] = 1000.5 + step * 0.25
+        report("Ingest", TimeoutError("Timeout reading from redis"))
+    clock[0] = 1033.0
+    report("Ingest", ConnectionError("Connection refused"))
+    first, second = [record.getMessage() for record in caplog.records]
+    assert first == "Ingest: store unavailable: Timeout reading from redis"
+    assert second == ("Ingest: store unavailable: Connection refused "
+                      "(and 15 more failed calls since the report 33 s ago, the latest 29 s ago)")
+
+
 class _BrokenService:
     """A service whose feed raises an unexpected error naming an internal host."""
 
