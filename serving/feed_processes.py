@@ -113,6 +113,7 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     logs.configure(config.log_format, config.log_level)
+    logs.report_fatal_signals()
     logs.set_worker(config.worker_index)
     logging.getLogger(logs.MODEL_LOGGER).setLevel(logging.ERROR)  # the server logs each swap and drift once for all
     limit_native_threads()

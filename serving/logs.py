@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import faulthandler
 import functools
 import json
 import logging
@@ -130,6 +131,13 @@ _NEEDS_QUOTES = re.compile(r'[\s"=]')
 def _text_value(value: Any) -> str:
     text = "" if value is None else str(value)
     return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
+
+
+def report_fatal_signals() -> None:
+    """Have a process killed by SIGSEGV, SIGBUS, SIGFPE, SIGABRT or SIGILL write its Python
+    stacks to stderr, raw: a memory-mapped model file cut short under a server kills it with
+    SIGBUS, and it died without a line."""
+    faulthandler.enable()
 
 
 def configure(log_format: str = "text", level: str = "info", stream: Any = None) -> logging.Handler:

@@ -724,6 +724,7 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
     (default ``config.port_file``) is written once the server (all workers) is SERVING.
     """
     logs.configure(config.log_format, config.log_level)
+    logs.report_fatal_signals()
     for warning in unknown_variable_warnings(os.environ):
         log.warning(warning)
     port_file = port_file or config.port_file

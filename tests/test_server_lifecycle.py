@@ -293,3 +293,29 @@ def test_a_health_watch_open_at_sigterm_sees_not_serving_and_does_not_hold_up_th
     assert ended.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert process.returncode == 0
     assert stopped_within < SHUTDOWN_GRACE_SECONDS / 2, stopped_within
+
+
+def _feed_process_pids(server_pid: int) -> list[int]:
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_a_process_killed_by_a_fatal_signal_leaves_its_python_stack_in_the_log(world, tmp_path):
+    """A served model file truncated in place (knn.npz and user_neighbours.npy are
+    memory-mapped) killed both feed processes, then the server process, with SIGBUS: the
+    server logged the children's exit codes (-7) and nothing at all of its own death, nor
+    of where either died (found by the chaos review)."""
+    port_file = tmp_path / "port"
+    with started(serving_argv(world, "--port", "0", "--feed-processes", "1", "--port-file", str(port_file))) as process:
+        wait_for_file(port_file, process)
+        (child,) = _feed_process_pids(process.pid)
+        os.kill(child, signal.SIGBUS)
+        seen: list[str] = []
+        wait_for_line(process, f"a feed process (pid {child}) exited with code -7", seen)
+        process.send_signal(signal.SIGBUS)
+        _, rest = process.communicate(timeout=EXIT_SECONDS)
+    log = "".join(seen) + rest
+    assert process.returncode == -signal.SIGBUS
+    assert log.count("Fatal Python error: Bus error") == 2, log
+    assert 'File "' in log.split("Fatal Python error: Bus error")[-1], log  # the server's stack
