@@ -473,6 +473,7 @@ class FeedProcesses:
         """On a thread of its own: reap ``lost``, then start a child in its place (trying until one starts)."""
         self._stop(lost)
         log.error("a feed process (pid %d) exited with code %s; starting another", lost.process.pid, lost.process.exitcode)
+        started = time.monotonic()
         failures = 0
         while not self._closed.is_set():
             child = self._spawn()
@@ -492,6 +493,9 @@ class FeedProcesses:
                 self.loop.call_soon_threadsafe(self._adopt, child)
             except RuntimeError:  # the server stopped meanwhile, and its loop is closed
                 self._stop(child)
+                return
+            log.info("a feed process (pid %d) took the place of pid %d in %.1f s",
+                     child.process.pid, lost.process.pid, time.monotonic() - started)
             return
 
     @staticmethod

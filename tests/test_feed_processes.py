@@ -100,10 +100,12 @@ def test_a_refusal_and_the_feed_counts_cross_from_the_child_intact(world, redis_
         assert gathered >= len(response.items) > 0
 
 
-def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(world, redis_store):
+def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(world, redis_store, caplog):
+    caplog.set_level("INFO", logger="feedrank.serving")
     with running_server(world, store_url=redis_store, feed_processes=2) as (server, stub):
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
-        killed = server.feed_processes.pids[0]
+        before = server.feed_processes.pids
+        killed = before[0]
         os.kill(killed, signal.SIGKILL)
         answered, refused = 0, 0
         deadline = time.monotonic() + 60
@@ -122,6 +124,11 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
             assert time.monotonic() < deadline, "no feed process took the killed one's place"
             time.sleep(0.1)
         assert killed not in server.feed_processes.pids
+        # The log said "exited ...; starting another", and never whether one started (found by the chaos review).
+        (replacement,) = set(server.feed_processes.pids) - set(before)
+        while f"a feed process (pid {replacement}) took the place of pid {killed} in " not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
         registry = server.service.metrics.registry
         assert registry.get_sample_value("feedrank_feed_process_exits_total") == 1
         assert registry.get_sample_value("feedrank_feed_processes") == 2
