@@ -115,6 +115,7 @@ def _child_main(config: ServerConfig, pipe: Connection) -> None:
     logs.configure(config.log_format, config.log_level)
     logs.report_fatal_signals()
     logs.set_worker(config.worker_index)
+    logs.set_feed_process()
     logging.getLogger(logs.MODEL_LOGGER).setLevel(logging.ERROR)  # the server logs each swap and drift once for all
     limit_native_threads()
     try:

@@ -49,12 +49,21 @@ up, and it took time to arrive), so the client's cancel often arrives first."""
 # The RPC being served on this thread: request id, and what the interceptors learned.
 _CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("feedrank_call", default=None)
 _worker = 0
+_in_feed_process = False
 
 
 def set_worker(index: int) -> None:
     """The worker index every record of this process carries (``--workers``: 0..N-1)."""
     global _worker
     _worker = index
+
+
+def set_feed_process(is_one: bool = True) -> None:
+    """Mark every record of this process as a feed process's (``feed_process``: its pid in
+    text, true in JSON): each child logs what it meets on its own, such as a model version
+    that fails to load, and without the mark N children's lines read as N attempts."""
+    global _in_feed_process
+    _in_feed_process = is_one
 
 
 def worker() -> int:
@@ -84,6 +93,7 @@ class _Context(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.worker = _worker
+        record.feed_process = _in_feed_process
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id()
         return True
@@ -99,6 +109,8 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "worker": getattr(record, "worker", _worker),
         }
+        if getattr(record, "feed_process", False):
+            line["feed_process"] = True
         if getattr(record, "request_id", None):
             line["request_id"] = record.request_id
         line.update(getattr(record, "fields", None) or {})
@@ -116,6 +128,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = dict(getattr(record, "fields", None) or {})
+        if getattr(record, "feed_process", False):
+            fields.setdefault("feed_process", record.process)
         if getattr(record, "request_id", None) and "request_id" not in fields:
             fields["request_id"] = record.request_id
         if fields:

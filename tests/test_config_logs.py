@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -327,6 +328,29 @@ def test_json_lines_hold_a_traceback_in_one_line(log_stream):
     assert line["version"] == "v1" and line["pid"] == os.getpid() and line["worker"] == 0
     assert "RuntimeError: boom" in line["exc"] and line["ts"].endswith("Z")
 
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_feed_processs_lines_say_so(log_format):
+    """Each feed process logs a model version that fails to load on its own: with two of
+    them, three identical lines each retry read as three attempts (found by the chaos review)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs.configure(log_format, "info", stream=stream)
+    try:
+        logging.getLogger("feedrank.test").info("the server's own")
+        logs.set_feed_process()
+        logging.getLogger("feedrank.test").info("a child's")
+    finally:
+        logs.set_feed_process(False)
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    server_line, child_line = stream.getvalue().splitlines()
+    if log_format == "json":
+        assert "feed_process" not in json.loads(server_line) and json.loads(child_line)["feed_process"] is True
+    else:
+        assert "feed_process" not in server_line and child_line.endswith(f"a child's feed_process={os.getpid()}")
 
 def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(world, log_stream):
     tokens = tuple(auth.parse_tokens(f"{TOKEN} read web-client\n", "t"))
