@@ -4,11 +4,13 @@ with the gRPC code mapped to an HTTP status; the same tokens; metrics and access
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import itertools
 import json
 import logging
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -299,6 +301,24 @@ def test_only_json_bodies_no_larger_than_a_grpc_message(api, world):
     # A chunked body within the limit is read whole.
     small = json.dumps({"events": [an_event(like={"userId": world.dataset.user_ids()[0], "itemId": str(world.dataset.items.item_id[0])})]}).encode()
     assert _post_chunked(api.server.http.port, "/v1/events:ingest", small)[0] == 200
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_body_is_read_as_grpc_reads_a_compressed_message(api, world, coding):
+    compress = gzip.compress if coding == "gzip" else zlib.compress
+    like = {"userId": world.dataset.user_ids()[0], "itemId": str(world.dataset.items.item_id[0])}
+    body = json.dumps({"events": [an_event(like=like)]}).encode()
+    assert api.ingest(compress(body), {**JSON, "Content-Encoding": coding}).body == {"applied": 1}
+    assert api.ingest(compress(body)[:-8], {**JSON, "Content-Encoding": coding}).status == 400
+    # The limit is on the message, as over gRPC: a small body that inflates past it is refused.
+    bomb = compress(json.dumps({"events": [], "pad": " " * api.server.config.max_message_bytes}).encode())
+    answer = api.ingest(bomb, {**JSON, "Content-Encoding": coding})
+    assert (answer.status, answer.body["error"]["status"]) == (413, "RESOURCE_EXHAUSTED")
+
+
+def test_a_body_in_a_content_coding_the_server_cannot_read_is_415(api):
+    answer = api.ingest(b"\x28\xb5\x2f\xfd", {**JSON, "Content-Encoding": "zstd"})
+    assert answer.status == 415 and "Content-Encoding 'zstd'" in answer.body["error"]["message"]
 
 
 def _post_chunked(port: int, path: str, body: bytes, chunk: int = 65_536) -> tuple[int, dict]:

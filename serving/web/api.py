@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ _RAW_FEED_PATH = re.compile(r"/v1/users/(.*)/feed$")
 # 'has no field named "x"', or only "Failed to parse events field: ..." prefixes.
 _PARSE_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
 _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+# The content codings a body may come in (zlib's wbits for each), as gRPC takes a message
+# compressed with gzip or deflate.
+_CONTENT_CODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -232,21 +236,49 @@ def _check_event_count(text: str) -> None:
 
 
 def _body() -> bytes:
-    """The request body; 413 when it is larger than gRPC would take a message (read no further)."""
+    """The request body, decoded from its Content-Encoding; 413 when it is larger than gRPC
+    would take a message, compressed or not (read and inflate no further)."""
     limit = web_context().max_body_bytes
-    too_large = HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes", http_status=413)
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
+    wbits = _content_coding_wbits()
     # A chunked body has no length to check first, and Werkzeug stops reading it at the
     # limit without saying so: read one byte past it to tell a cut body from a whole one.
     request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     if len(body) > limit:
-        raise too_large
-    return body
+        raise _too_large(limit)
+    return body if wbits is None else _inflated(body, wbits, limit)
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes", http_status=413)
+
+
+def _content_coding_wbits() -> int | None:
+    """zlib's wbits for the body's Content-Encoding (None: not compressed); 415 for a coding this server cannot read."""
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    if coding not in _CONTENT_CODINGS:
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Content-Encoding {coding!r} is not supported: send gzip, deflate or identity", http_status=415)
+    return _CONTENT_CODINGS[coding]
+
+
+def _inflated(body: bytes, wbits: int, limit: int) -> bytes:
+    """``body`` decompressed, at most ``limit`` bytes of it (a small body can inflate to gigabytes)."""
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not what its Content-Encoding says: {error}") from None
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not what its Content-Encoding says: it is cut short")
+    return data
 
 
 def _not_parsed(description: str, body: str, message_type: type[Message]) -> HttpError:
