@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,6 +290,16 @@ def test_plain_http_on_the_tls_http_port_is_logged_not_written_raw(world, pki, c
                 assert plain.recv(1024).startswith(b"HTTP/1.1 400")
     assert "plain HTTP" not in capfd.readouterr().err  # not a raw line in a --log-format json stream
     assert any("attempted to speak plain HTTP" in r.getMessage() for r in caplog.records if r.name == "feedrank.http")
+
+
+def test_a_client_that_connects_and_sends_nothing_holds_up_no_other_client_of_the_tls_http_port(world, pki):
+    with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"), http_port=free_port()) as server:
+        port = server.config.http_port
+        with socket.create_connection(("127.0.0.1", port), timeout=30):  # a port probe: no TLS hello
+            time.sleep(0.2)  # accepted first
+            started = time.monotonic()
+            assert https_feed_status(port, pki) == 200
+            assert time.monotonic() - started < 2  # not after the silent client's 10 s timeout
 
 
 def test_a_plaintext_client_on_the_tls_port_leaves_only_json_lines_in_the_log(world, pki, tmp_path, monkeypatch):

@@ -7,11 +7,14 @@ ports. Both parts call the same FeedService as the gRPC servicer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
+from typing import Any
 
-from cheroot import wsgi
+from cheroot import errors, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 import grpc
 from flask import Flask, Response, request
@@ -51,10 +54,55 @@ def _routing_error(error: HTTPException) -> Response | HTTPException:
     return response
 
 
+class _WorkerHandshakeAdapter(BuiltinSSLAdapter):
+    """cheroot's TLS adapter with the handshake left to the worker thread that serves the
+    connection. cheroot shakes hands in its one accept loop, so a client that opened a TCP
+    connection and sent nothing (a port probe, a browser's spare socket) stalled every other
+    client of the port, connected or new, for the whole timeout (cheroot issue #748)."""
+
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), {}
+
+    def handshake(self, sock: ssl.SSLSocket) -> dict[str, Any]:
+        """Shake hands on ``sock``; its WSGI environ entries, as ``wrap`` gives them in cheroot."""
+        try:
+            sock.do_handshake()
+        except ssl.SSLError as error:
+            plain_http = error.errno == ssl.SSL_ERROR_SSL and "http request" in str(error)
+            raise (errors.NoSSLError if plain_http else errors.FatalSSLAlert)(*error.args) from error
+        except OSError as error:  # a timeout, or the peer gone
+            raise errors.FatalSSLAlert(*error.args) from error
+        return self.get_environ(sock)
+
+
+class _Connection(server.HTTPConnection):
+    """cheroot's connection, which completes a TLS handshake (see _WorkerHandshakeAdapter) before its first request."""
+
+    def communicate(self) -> bool:
+        if self.server.ssl_adapter is None or self.ssl_env:
+            return super().communicate()
+        client = f"{self.remote_addr}:{self.remote_port}"
+        try:
+            self.ssl_env = self.server.ssl_adapter.handshake(self.socket)
+        except errors.FatalSSLAlert as error:
+            self.server.error_log(f"client {client} lost during the TLS handshake: {error}")
+            return False
+        except errors.NoSSLError:
+            self.server.error_log(f"client {client} attempted to speak plain HTTP to the TLS port; answered 400")
+            message = b"The client sent a plain HTTP request, but this server only speaks HTTPS on this port."
+            head = f"HTTP/1.1 400 Bad Request\r\nContent-Length: {len(message)}\r\nContent-Type: text/plain\r\n\r\n"
+            with contextlib.suppress(OSError):  # the client may be gone already
+                socket.socket.sendall(self.socket, head.encode("ascii") + message)  # the bare socket: no TLS was agreed
+            return False
+        return super().communicate()
+
+
 class _LoggingServer(wsgi.Server):
     """cheroot's server with its own messages (a plain HTTP request on the TLS port, an
     error in a worker thread) on the ``feedrank.http`` logger instead of raw stderr lines,
     so that they follow --log-format and --log-level."""
+
+    ConnectionClass = _Connection
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         log.log(level, "%s", msg, exc_info=traceback)
@@ -73,7 +121,7 @@ class HttpServer:
         self.server.max_request_body_size = BODY_CAP_FACTOR * app.extensions["feedrank"].max_body_bytes
         if tls:
             cert, key, context = tls
-            self.server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+            self.server.ssl_adapter = _WorkerHandshakeAdapter(cert, key)
             self.use_ssl_context(context)
         self.server.prepare()  # binds now, so a taken port fails the start
         self.port = self.server.bind_addr[1]
