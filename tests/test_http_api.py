@@ -266,6 +266,7 @@ def test_query_parameters_are_known_typed_and_given_once(api):
     (json.dumps({"events": [an_event(), an_event(stockUpdate={"itemId": "i1", "stock": "abc"})]}).encode(),
      "events[1].stockUpdate.stock", "'abc'"),
     (b'{"events": [{"eventId": "a", "eventId": "b"}]}', "", "Failed to load JSON: duplicate key eventId"),
+    (b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "", "the body is nested too deeply"),
 ])
 def test_a_body_that_is_not_an_ingest_request_in_json_is_a_bad_request(api, body, field, text):
     answer = api.ingest(body)
