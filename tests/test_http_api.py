@@ -4,11 +4,13 @@ with the gRPC code mapped to an HTTP status; the same tokens; metrics and access
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import itertools
 import json
 import logging
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -320,6 +322,21 @@ def test_a_compressed_body_is_read_as_grpc_reads_a_compressed_message(api, world
 def test_a_body_in_a_content_coding_the_server_cannot_read_is_415(api):
     answer = api.ingest(b"\x28\xb5\x2f\xfd", {**JSON, "Content-Encoding": "zstd"})
     assert answer.status == 415 and "Content-Encoding 'zstd'" in answer.body["error"]["message"]
+
+
+def test_a_request_line_or_headers_larger_than_a_grpc_message_are_refused_as_they_are_read(api):
+    limit = api.server.config.max_message_bytes
+    assert _raw_status(api.server.http.port, f"GET /v1/users/u1/feed?page_token={'a' * limit} HTTP/1.1\r\nHost: x\r\n\r\n") == 414
+    assert _raw_status(api.server.http.port, f"GET /v1/users/u1/feed HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * limit}\r\n\r\n") == 413
+    ids = [f"{index:0256d}" for index in range(1000)]  # the largest query GetFeed takes
+    assert api.feed("u1", page_size=1, exclude_item_ids=ids).status == 200
+
+
+def _raw_status(port: int, head: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        with contextlib.suppress(ConnectionError):  # the server may answer and close before it has read all
+            connection.sendall(head.encode())
+        return int(connection.recv(64).split()[1])
 
 
 def _post_chunked(port: int, path: str, body: bytes, chunk: int = 65_536) -> tuple[int, dict]:
