@@ -204,6 +204,14 @@ def test_a_user_id_that_is_not_utf8_is_refused_as_over_grpc(api):
     assert answer.status == 400 and answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == "user_id"
 
 
+@pytest.mark.parametrize("query", ["include_categories=c%FF", "exclude_item_ids=i1&exclude_item_ids=%C3", "page_token=%80"])
+def test_a_query_parameter_that_is_not_utf8_is_refused_not_read_as_another_value(api, query):
+    answer = api.http("GET", f"/v1/users/u00001/feed?{query}")
+    field = query.rsplit("&", 1)[-1].split("=")[0]
+    assert answer.status == 400 and answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == field
+    assert "not UTF-8" in answer.body["error"]["message"]
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"events": [{"eventId": "no-payload"}]}, "events[0].payload"),
     ({"events": []}, "events"),

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 import grpc
 from flask import Blueprint, Response, after_this_request, jsonify, request
@@ -168,6 +168,7 @@ _QUERY_FIELDS = _query_fields()
 
 def _read_query(message: Message) -> None:
     """Set the fields of ``message`` the query parameters name; each at most once."""
+    _check_query_is_utf8()
     seen: set[str] = set()
     for name, values in request.args.lists():
         field = _QUERY_FIELDS.get(name)
@@ -183,6 +184,18 @@ def _read_query(message: Message) -> None:
             raise _bad_field(name, f"must be {_EXPECTED[field.cpp_type]}, got {values[0]!r}") from None
     if "limit" not in seen:
         message.limit = DEFAULT_PAGE_SIZE
+
+
+def _check_query_is_utf8() -> None:
+    """Refuse a parameter whose value is not UTF-8 once percent-decoded, as gRPC refuses such
+    a string: Werkzeug leaves those bytes percent-encoded, so "%FF" would be read as the
+    three characters "%FF", another category or item id than the client's."""
+    for pair in request.query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _bad_field(unquote(name.decode("latin-1")), f"not UTF-8 once percent-decoded (byte {error.start})") from None
 
 
 def _exact_user_id(routed: str) -> str:
