@@ -413,6 +413,14 @@ def test_the_start_logs_where_the_explorer_answers(world, caplog):
     assert f"feed explorer and HTTP/JSON API on http://127.0.0.1:{port}/" in started, started
 
 
+
+def test_api_answers_are_not_cached_and_not_sniffed(api):
+    """A feed is one user's, page token and all: a shared cache between the app and the
+    server could keep one and hand it on, and the explorer already said no-store while the
+    API said nothing (found by the HTTP API review)."""
+    for answer in (api.feed("u00042", page_size=2), api.feed("", page_size=2), api.ingest({"events": []})):
+        assert answer.headers["Cache-Control"] == "no-store" and answer.headers["X-Content-Type-Options"] == "nosniff", answer.status
+
 def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
     missing = api.http("GET", "/v1/nothing-here")
     assert (missing.status, missing.body["error"]["status"]) == (404, "NOT_FOUND")

@@ -44,6 +44,10 @@ from serving.web.common import HttpError, authorize, ready_service, refused, web
 from stores.events import check_batch_size
 
 api = Blueprint("api", __name__)
+RESPONSE_HEADERS = {
+    "Cache-Control": "no-store",  # a feed is one user's, with its page token: no shared cache may keep it
+    "X-Content-Type-Options": "nosniff",
+}
 
 JSON = "application/json"
 # GetFeedRequest.limit goes by Google's name for a page length (AIP-158) in the query string.
@@ -81,6 +85,12 @@ class _Method:
 
 GET_FEED = _Method("GetFeed", get_feed_response)
 INGEST = _Method("Ingest", ingest_response)
+
+
+@api.after_request
+def add_response_headers(response: Response) -> Response:
+    response.headers.update(RESPONSE_HEADERS)
+    return response
 
 
 @api.get("/v1/users/<path:user_id>/feed")
