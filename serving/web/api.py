@@ -63,7 +63,7 @@ _PARSE_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
 _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 # The content codings a body may come in (zlib's wbits for each), as gRPC takes a message
 # compressed with gzip or deflate.
-_CONTENT_CODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_CONTENT_CODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -295,17 +295,24 @@ def _content_coding_wbits() -> int | None:
 
 
 def _inflated(body: bytes, wbits: int, limit: int) -> bytes:
-    """``body`` decompressed, at most ``limit`` bytes of it (a small body can inflate to gigabytes)."""
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not what its Content-Encoding says: {error}") from None
-    if len(data) > limit:
-        raise _too_large(limit)
-    if not decompressor.eof:
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not what its Content-Encoding says: it is cut short")
-    return data
+    """``body`` decompressed, at most ``limit`` bytes of it (a small body can inflate to gigabytes).
+    A gzip body may be several members one after another (RFC 1952), as concatenating gzip
+    files or streaming compressors make it: each is read, where all after the first were dropped."""
+    parts, size, rest = [], 0, body
+    while rest:
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            data = decompressor.decompress(rest, limit + 1 - size)
+        except zlib.error as error:
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not what its Content-Encoding says: {error}") from None
+        size += len(data)
+        if size > limit:
+            raise _too_large(limit)
+        if not decompressor.eof:
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not what its Content-Encoding says: it is cut short")
+        parts.append(data)
+        rest = decompressor.unused_data
+    return b"".join(parts)
 
 
 def _not_parsed(description: str, body: str, message_type: type[Message]) -> HttpError:
