@@ -227,20 +227,27 @@ def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def dangling_names(models_dir: str, versions: Sequence[VersionInfo], current: str | None,
                    pins: Mapping[str, list[str]]) -> list[str]:
-    """What is wrong when CURRENT, or an arm's pin, names no version directory (a typo in a
-    rollback, a version deleted by hand): no server can load it, so each keeps serving the
-    version it loaded before (a server that starts refuses the arms file), which nothing on
-    disk names, and which a retire would take for unprotected."""
-    known = {version.name for version in versions}
+    """What is wrong when CURRENT, or an arm's pin, names no version a server can load (a typo
+    in a rollback, a version deleted by hand, one still being copied in): each server keeps
+    serving the version it loaded before (a server that starts refuses the arms file), which
+    nothing on disk names, and which a retire would take for unprotected."""
     problems = []
-    if current is not None and current not in known:
-        problems.append(f"{os.path.join(models_dir, CURRENT)} names {current!r}, which is no version directory here: servers "
-                        "cannot load it and keep serving the version they loaded before; write a version that exists into it")
+    if current is not None and (why := _unloadable(current, versions)):
+        problems.append(f"{os.path.join(models_dir, CURRENT)} names {current!r}, which is {why}: servers "
+                        "cannot load it and keep serving the version they loaded before; write a complete version into it")
     for version, arms in sorted(pins.items()):
-        if version not in known:
-            problems.append(f"{version!r}, {'; '.join(arms)}, is no version directory here: servers cannot load it and keep "
-                            "serving the version they loaded before, and one that starts refuses the file; pin a version that exists")
+        if why := _unloadable(version, versions):
+            problems.append(f"{version!r}, {'; '.join(arms)}, is {why}: servers cannot load it and keep "
+                            "serving the version they loaded before, and one that starts refuses the file; pin a complete version")
     return problems
+
+
+def _unloadable(name: str, versions: Sequence[VersionInfo]) -> str:
+    """Why a server cannot load version ``name`` of ``versions``; "" when it can."""
+    version = next((version for version in versions if version.name == name), None)
+    if version is None:
+        return "no version directory here"
+    return f"an incomplete version ({version.incomplete})" if version.incomplete else ""
 
 
 def versions_main(argv: list[str]) -> None:

@@ -149,6 +149,22 @@ def test_an_arm_pinning_no_version_is_warned_by_versions_and_stops_retire(models
     assert published_versions(str(directory)) == names[::-1]
 
 
+def test_an_arm_pinning_an_incomplete_version_is_warned_by_versions_and_stops_retire(models, tmp_path, capsys):
+    """A version still being copied in, pinned already: the servers refused it and kept
+    serving the arm's version before, and retire --keep 0 deleted that one, unprotected."""
+    directory, names = models
+    shutil.copytree(directory / names[6], directory / "copying", ignore=shutil.ignore_patterns("index.faiss*"))
+    arms = arms_pinning(tmp_path, "copying")
+    message = f"'copying', pinned by arm 'candidate' ({arms}), is an incomplete version (index.faiss missing)"
+    capsys.readouterr()
+    main(["versions", "--models", str(directory), "--arms", str(arms)])
+    assert capsys.readouterr().err.startswith(f"warning: {message}")
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0", "--arms", str(arms)])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert set(published_versions(str(directory))) == {*names, "copying"}
+
+
 def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys):
     for command in ("versions", "retire"):
         with pytest.raises(SystemExit):
