@@ -112,9 +112,10 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
     except tomllib.TOMLDecodeError as error:
         raise ArmsConfigError(toml_syntax_error(source, error)) from None
     lines = text.splitlines()
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*arm\s*\]\]", line)]
 
-    def fail(message: str, key: str | None = None, after: int = 0) -> ArmsConfigError:
-        line = _line_of(lines, key, after) if key else None
+    def fail(message: str, key: str | None = None, after: int | None = None) -> ArmsConfigError:
+        line = _key_line(lines, headers, key, after) if key else None
         return ArmsConfigError(f"{source}: {f'line {line}: ' if line else ''}{message}")
 
     _reject_unknown(document, _TOP_KEYS, "at the top level", fail)
@@ -126,11 +127,10 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
     salt = document.get("salt")
     if not isinstance(salt, str) or not salt:
         raise fail("'salt' must be a non-empty string (changing it reshuffles users between arms)", "salt")
-    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*arm\s*\]\]", line)]
 
     parsed: list[tuple[str, float, str | None, FeedSettings, frozenset[str]]] = []
     for index, table in enumerate(tables):
-        after = headers[index] if index < len(headers) else 0
+        after = headers[index] if index < len(headers) else None
         label = f"arm {index + 1}" + (f" ({table['name']!r})" if isinstance(table.get("name"), str) and table["name"].strip() else "")
         _reject_unknown(table, _ARM_KEYS, f"in {label}", fail, after)
         name = table.get("name")
@@ -163,7 +163,7 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
         cumulative += share
         stop = BUCKETS if position == len(parsed) - 1 else round(cumulative * BUCKETS)
         if stop <= start:
-            raise fail(f"arm {name!r}: share {share} is below the resolution of 1/{BUCKETS}", "share", headers[position] if position < len(headers) else 0)
+            raise fail(f"arm {name!r}: share {share} is below the resolution of 1/{BUCKETS}", "share", headers[position] if position < len(headers) else None)
         arms.append(Arm(name, share, model, settings, range(start, stop), feed_keys))
         start = stop
     return Arms(salt, tuple(arms), source)
@@ -247,17 +247,27 @@ def _validate_settings(settings: FeedSettings) -> None:
             raise ValueError(f"{key}: unknown {unknown}; choose from {list(SOURCE_NAMES)}")
 
 
-def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any, after: int = 0) -> None:
+def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any, after: int | None = None) -> None:
     for key in table:
         if key not in allowed:
             raise fail(f"unknown key {key!r} {where}; expected one of: {', '.join(allowed)}", key, after)
 
 
-def _line_of(lines: list[str], key: str, after: int) -> int | None:
-    """Best effort: the 1-based line at or after line index ``after`` that sets or opens ``key``."""
+def _key_line(lines: list[str], headers: list[int], key: str, after: int | None) -> int | None:
+    """The 1-based line that sets ``key`` in the arm whose [[arm]] header is at line index
+    ``after`` (None: at the top level), up to the next header: a key an arm lacks is not the
+    next arm's. The arm's header line when it lacks the key."""
+    start = 0 if after is None else after
+    end = next((header for header in headers if header > start), len(lines))
+    line = _line_of(lines, key, start, end)
+    return line if line is not None or after is None else after + 1
+
+
+def _line_of(lines: list[str], key: str, after: int, end: int) -> int | None:
+    """Best effort: the 1-based line in line indices [``after``, ``end``) that sets or opens ``key``."""
     name = r"""["']?""" + re.escape(key) + r"""["']?"""
     pattern = re.compile(rf"\s*(?:(?:[\w\"'-]+\s*\.\s*)*{name}\s*[=.]|\[\[?\s*(?:[\w\"'-]+\s*\.\s*)*{name}\s*\]\]?)")
-    for number in range(after, len(lines)):
+    for number in range(after, end):
         if pattern.match(lines[number]):
             return number + 1
     return None
