@@ -60,6 +60,7 @@ class Arm:
     settings: FeedSettings  # the server's flags with the arm's [arm.feed] overrides applied
     buckets: range  # the buckets of users assigned to this arm
     feed_keys: frozenset[str] = frozenset()  # the settings its [arm.feed] sets: they win over its model's pools
+    model_line: int | None = None  # the line of its 'model' key in the file, for messages
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,7 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
     headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*arm\s*\]\]", line)]
 
     def fail(message: str, key: str | None = None, after: int | None = None) -> ArmsConfigError:
-        line = _key_line(lines, headers, key, after) if key else None
-        return ArmsConfigError(f"{source}: {f'line {line}: ' if line else ''}{message}")
+        return ArmsConfigError(_located(source, _key_line(lines, headers, key, after) if key else None, message))
 
     _reject_unknown(document, _TOP_KEYS, "at the top level", fail)
     tables = document.get("arm", [])
@@ -162,9 +162,11 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
     for position, (name, share, model, settings, feed_keys) in enumerate(parsed):
         cumulative += share
         stop = BUCKETS if position == len(parsed) - 1 else round(cumulative * BUCKETS)
+        header = headers[position] if position < len(headers) else None
         if stop <= start:
-            raise fail(f"arm {name!r}: share {share} is below the resolution of 1/{BUCKETS}", "share", headers[position] if position < len(headers) else None)
-        arms.append(Arm(name, share, model, settings, range(start, stop), feed_keys))
+            raise fail(f"arm {name!r}: share {share} is below the resolution of 1/{BUCKETS}", "share", header)
+        model_line = _key_line(lines, headers, "model", header) if model else None
+        arms.append(Arm(name, share, model, settings, range(start, stop), feed_keys, model_line))
         start = stop
     return Arms(salt, tuple(arms), source)
 
@@ -173,7 +175,7 @@ def check_versions(arms: Arms, models_dir: str) -> None:
     """ArmsConfigError naming the first pinned model version missing from ``models_dir``."""
     for arm in arms.arms:
         if arm.model is not None and not os.path.isfile(os.path.join(models_dir, arm.model, MANIFEST)):
-            raise ArmsConfigError(f"{arms.source}: arm {arm.name!r}: no model version {arm.model!r} in {models_dir}")
+            raise ArmsConfigError(_located(arms.source, arm.model_line, f"arm {arm.name!r}: no model version {arm.model!r} in {models_dir}"))
 
 
 def published_versions(models_dir: str) -> list[str]:
@@ -245,6 +247,10 @@ def _validate_settings(settings: FeedSettings) -> None:
         unknown = unknown_sources(getattr(settings, key))
         if unknown:
             raise ValueError(f"{key}: unknown {unknown}; choose from {list(SOURCE_NAMES)}")
+
+
+def _located(source: str, line: int | None, message: str) -> str:
+    return f"{source}: {f'line {line}: ' if line else ''}{message}"
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any, after: int | None = None) -> None:

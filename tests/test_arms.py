@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -212,7 +213,7 @@ def test_a_missing_model_version_fails_at_startup_naming_it(world, tmp_path):
     from serving.config import ServerConfig
 
     path = arms_file(tmp_path, split("20991231T000000Z-nope00"))
-    with pytest.raises(ArmsConfigError, match="arm 'treatment': no model version '20991231T000000Z-nope00'"):
+    with pytest.raises(ArmsConfigError, match=f"^{re.escape(str(path))}: line 9: arm 'treatment': no model version '20991231T000000Z-nope00'"):
         load_pinned(load_arms(str(path)), str(world.models_dir))
     server = FeedServer(ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, arms_file=str(path)))
     try:

@@ -486,7 +486,7 @@ def test_a_feed_process_that_cannot_load_its_models_fails_before_the_store_is_co
     try:
         with futures.ThreadPoolExecutor(1) as pool, store._lock:  # as an Ingest holds it
             starting = pool.submit(feed_processes.start, store, None, 60)
-            with pytest.raises(FeedProcessError, match=r"could not start: .*arms.toml: arm 'retired': no model version '20260101T000000Z-gone00'"):
+            with pytest.raises(FeedProcessError, match=r"could not start: .*arms.toml: line 5: arm 'retired': no model version '20260101T000000Z-gone00'"):
                 starting.result(timeout=60)
     finally:
         feed_processes.shutdown()
