@@ -151,6 +151,8 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
         try:
             settings = dataclasses.replace(base, **{key: _feed_value(key, value) for key, value in feed.items()})
             _validate_settings(settings)
+            if "fallback_sources" in feed:
+                _check_fallback_among_sources(settings)
         except ValueError as error:
             raise fail(f"{label}: feed: {error}", str(error).split(":", 1)[0], after) from None
         parsed.append((name, float(share), None if model == CURRENT_MODEL else model, settings, frozenset(feed)))
@@ -251,6 +253,15 @@ def _validate_settings(settings: FeedSettings) -> None:
 
 def _located(source: str, line: int | None, message: str) -> str:
     return f"{source}: {f'line {line}: ' if line else ''}{message}"
+
+
+def _check_fallback_among_sources(settings: FeedSettings) -> None:
+    """As --fallback-sources given is checked (serving.config): a fallback source that is
+    none of the sources never runs, and the sources it was to back up run always."""
+    stray = [name for name in settings.fallback_sources if name not in settings.sources]
+    if stray:
+        raise ValueError(f"fallback_sources: {', '.join(stray)} is not among the sources ({', '.join(settings.sources)}): "
+                         "a fallback source is one of the sources, run only when the others gather too few candidates")
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any, after: int | None = None) -> None:

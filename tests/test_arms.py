@@ -104,6 +104,9 @@ ONE_ARM = 'salt = "s"\n[[arm]]\nname = "a"\nshare = 1.0\n'
         (ONE_ARM + "[arm.feed]\nmax_per_sellr = 1\n", "arms.toml: line 6: unknown key 'max_per_sellr' in the feed settings of arm 1 ('a')"),
         (ONE_ARM + "[arm.feed]\nmax_per_seller = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: max_per_seller: must be >= 1"),
         (ONE_ARM + '[arm.feed]\nsources = ["nope"]\n', "arms.toml: line 6: arm 1 ('a'): feed: sources: unknown ['nope']"),
+        # as --fallback-sources refuses it: friend_likes would never run, and trending always
+        (ONE_ARM + '[arm.feed]\nsources = ["trending", "followed_sellers"]\nfallback_sources = ["friend_likes"]\n',
+         "arms.toml: line 7: arm 1 ('a'): feed: fallback_sources: friend_likes is not among the sources (trending, followed_sellers)"),
         (ONE_ARM + '[arm.feed]\nneighbours = "5"\n', "arms.toml: line 6: arm 1 ('a'): feed: neighbours: must be a non-negative integer"),
         # what the server's flag refuses, an arm refuses too (0 would have removed a cap, or failed the swap later)
         (ONE_ARM + "[arm.feed]\nper_key_limit = 0\n", "arms.toml: line 6: arm 1 ('a'): feed: per_key_limit: must be >= 1 (as --per-key-limit), got 0"),
