@@ -139,6 +139,8 @@ def parse_arms(text: str, source: str = "<arms>", base: FeedSettings = FeedSetti
         if name in (p[0] for p in parsed):
             raise fail(f"{label}: the name {name!r} is used by another arm; names must be unique", "name", after)
         share = table.get("share")
+        if share is None:
+            raise fail(f"{label}: 'share' is missing: each arm takes a positive share of the users, the shares summing to 1", "share", after)
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not (math.isfinite(share) and share > 0):
             raise fail(f"{label}: 'share' must be a positive number, got {share!r}", "share", after)
         model = table.get("model", CURRENT_MODEL)

@@ -121,7 +121,7 @@ ONE_ARM = 'salt = "s"\n[[arm]]\nname = "a"\nshare = 1.0\n'
         (ONE_ARM + 'model = "../elsewhere"\n', "arms.toml: line 5: arm 1 ('a'): 'model' must be a version directory name"),
         # a key an arm lacks is on its [[arm]] line, not on the next arm's line that sets it (line 5, line 6 before)
         ('salt = "s"\n[[arm]]\nshare = 0.5\n[[arm]]\nname = "b"\nshare = 0.5\n', "arms.toml: line 2: arm 1: 'name' must be a non-empty string"),
-        ('salt = "s"\n[[arm]]\nname = "a"\n[[arm]]\nname = "b"\nshare = 0.5\n', "arms.toml: line 2: arm 1 ('a'): 'share' must be a positive number"),
+        ('salt = "s"\n[[arm]]\nname = "a"\n[[arm]]\nname = "b"\nshare = 0.5\n', "arms.toml: line 2: arm 1 ('a'): 'share' is missing: each arm takes a positive share"),
     ],
 )
 def test_a_bad_arms_file_is_an_error_naming_the_file_line_and_key(text, message):
