@@ -43,6 +43,7 @@ from training.artifact import (
     absent_files,
     current_version,
     newest_first,
+    ranker_of,
     recorded_files,
     remove_retired,
     retire_version,
@@ -84,8 +85,17 @@ def _version_info(path: str) -> VersionInfo:
     return VersionInfo(
         name, str(manifest.get("created_at") or ""), size,
         metric if isinstance(metric, (int, float)) and not isinstance(metric, bool) else None,
-        f"{', '.join(absent)} missing" if absent else "",
+        f"{', '.join(absent)} missing" if absent else _ranker_refused(path, manifest),
     )
+
+
+def _ranker_refused(path: str, manifest: Mapping) -> str:
+    """Why a server of this code refuses the version's ranker (a newer trainer's features); "" when it loads it."""
+    try:
+        ranker_of(path, manifest)
+    except ValueError as error:
+        return str(error).removeprefix(f"model version {path}: ")
+    return ""
 
 
 def _manifest(path: str) -> dict:
@@ -247,7 +257,7 @@ def _unloadable(name: str, versions: Sequence[VersionInfo]) -> str:
     version = next((version for version in versions if version.name == name), None)
     if version is None:
         return "no version directory here"
-    return f"an incomplete version ({version.incomplete})" if version.incomplete else ""
+    return f"a version servers refuse ({version.incomplete})" if version.incomplete else ""
 
 
 def versions_main(argv: list[str]) -> None:

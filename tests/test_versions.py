@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -134,6 +135,27 @@ def test_a_current_naming_no_version_is_warned_by_versions_and_stops_retire(mode
     assert published_versions(str(directory)) == names[::-1]
 
 
+
+def test_a_current_naming_a_version_whose_ranker_the_servers_refuse_stops_retire(models, capsys):
+    """A newer trainer's version (a ranker feature these servers do not know) made CURRENT:
+    the servers refused it and kept serving the version before, which retire --keep 0 then
+    listed as "would retire", leaving nothing to roll back to (found by the A/B review)."""
+    directory, names = models
+    newer = directory / "newer"
+    shutil.copytree(directory / names[6], newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["ranker"]["weights"]["from_the_future"] = 1.0
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    (directory / "CURRENT").write_text("newer\n")
+    message = f"{directory / 'CURRENT'} names 'newer', which is a version servers refuse (manifest.json ranker: unknown ranker features"
+    capsys.readouterr()
+    main(["versions", "--models", str(directory)])
+    assert capsys.readouterr().err.startswith(f"warning: {message}")
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0"])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert set(published_versions(str(directory))) == {*names, "newer"}
+
 def test_an_arm_pinning_no_version_is_warned_by_versions_and_stops_retire(models, tmp_path, capsys):
     """As a CURRENT naming none: the listing said nothing of it, and retire went ahead,
     though the servers serve whatever they loaded before under that name."""
@@ -155,7 +177,7 @@ def test_an_arm_pinning_an_incomplete_version_is_warned_by_versions_and_stops_re
     directory, names = models
     shutil.copytree(directory / names[6], directory / "copying", ignore=shutil.ignore_patterns("index.faiss*"))
     arms = arms_pinning(tmp_path, "copying")
-    message = f"'copying', pinned by arm 'candidate' ({arms}), is an incomplete version (index.faiss missing)"
+    message = f"'copying', pinned by arm 'candidate' ({arms}), is a version servers refuse (index.faiss missing)"
     capsys.readouterr()
     main(["versions", "--models", str(directory), "--arms", str(arms)])
     assert capsys.readouterr().err.startswith(f"warning: {message}")

@@ -355,7 +355,7 @@ def load_version(path: str) -> Artifact:
         recorded_pools(manifest.get("feed") or {})
     except ValueError as error:
         raise ValueError(f"model version {path}: {MANIFEST} {error}") from None
-    ranker = _ranker_of(path, manifest)
+    ranker = ranker_of(path, manifest)
     info = manifest.get("model", {})
     _require(path, recorded_files(manifest))
     with _damage_named(path, IDS), np.load(os.path.join(path, IDS), allow_pickle=False) as ids:
@@ -408,7 +408,7 @@ def _require(path: str, names: Sequence[str]) -> None:
         raise FileNotFoundError(f"model version {path} is incomplete: {absent[0]} is missing")
 
 
-def _ranker_of(path: str, manifest: Mapping[str, Any]) -> LinearRanker:
+def ranker_of(path: str, manifest: Mapping[str, Any]) -> LinearRanker:
     """The manifest's ranker; ValueError naming the version when it is missing or weighs
     features this version does not know (a newer trainer's)."""
     spec = manifest.get("ranker")
