@@ -86,6 +86,11 @@ child that fails fast is idle soonest: with the idle child taking the next call 
 calls (574 of 761 on a Redis Cluster whose node it had started from was gone, while the
 other child served them). INTERNAL is not counted: a bug that one request meets would take
 a child out for every other."""
+STUCK_SECONDS = 30.0
+"""A child that holds a call this long without answering is killed, and another takes its
+place: a feed takes milliseconds, and a child stopped (SIGSTOP), deadlocked or swapped out
+held its calls until each client's deadline, and for ever those of a client without one.
+Its calls fail UNAVAILABLE, which a client may retry, as when a child dies."""
 READY_TIMEOUT_SECONDS = 600.0
 """How long the server waits for a feed process to load the model and reach the store."""
 RESTART_DELAY_SECONDS = 5.0
@@ -324,6 +329,20 @@ class FeedProcesses:
     async def _adopt_all(self, children: list[_Child]) -> None:
         for child in children:
             self._adopt(child)
+        self._watch_for_stuck()
+
+    def _watch_for_stuck(self) -> None:
+        """Every quarter of STUCK_SECONDS, on the loop: kill a child whose oldest call is older
+        than STUCK_SECONDS (its pipe's end then fails its calls and starts another, ``_lost``)."""
+        if self._closed.is_set():
+            return
+        now = self.loop.time()
+        for child in self._children:
+            if child.calls and now - child.busy_since > STUCK_SECONDS and child.process.is_alive():
+                log.error("a feed process (pid %d) has held a call for %.0f s without answering (stopped, or stuck): "
+                          "killing it; another takes its place", child.process.pid, now - child.busy_since)
+                child.process.kill()
+        self.loop.call_later(STUCK_SECONDS / 4, self._watch_for_stuck)
 
     def _adopt(self, child: _Child) -> None:
         if self._closed.is_set():

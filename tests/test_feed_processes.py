@@ -135,6 +135,27 @@ def test_a_killed_feed_process_costs_at_most_retryable_errors_and_is_replaced(wo
         assert registry.get_sample_value("feedrank_feed_queue") == 0
 
 
+
+def test_a_stopped_feed_process_is_killed_and_replaced_and_its_calls_fail_retryably(world, redis_store, caplog, monkeypatch):
+    """A child stopped (SIGSTOP) held its calls until the client's deadline, and those of a
+    client without one for ever: nothing noticed it (found by the chaos review)."""
+    monkeypatch.setattr(feed_processes, "STUCK_SECONDS", 1.0)
+    caplog.set_level("INFO", logger="feedrank.serving")
+    with running_server(world, store_url=redis_store, feed_processes=1) as (server, stub):
+        (stopped,) = server.feed_processes.pids
+        os.kill(stopped, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=20)  # before: DEADLINE_EXCEEDED after 20 s
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE and refused.value.details() == PROCESS_LOST.message
+        assert time.monotonic() - started < 10
+        assert f"a feed process (pid {stopped}) has held a call for " in caplog.text
+        deadline = time.monotonic() + 60
+        while server.feed_processes.pids in ([], [stopped]):
+            assert time.monotonic() < deadline, "no feed process took the stopped one's place"
+            time.sleep(0.1)
+        assert stub.GetFeed(feed_pb2.GetFeedRequest(user_id="u00001", limit=5), timeout=30).items
+
 def test_every_feed_process_serves_a_newly_published_model_without_a_restart(world, redis_store, tmp_path):
     from tests.feed_world import FAST_TRAINING
     from training.artifact import publish
