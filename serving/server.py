@@ -337,8 +337,12 @@ class Drain(InFlightCalls):
         and for gRPC's queue to empty."""
         self.draining = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while (self.in_flight or loop.time() - self.last_call < self.QUIET_SECONDS) and loop.time() < deadline:
+        started = loop.time()
+        deadline = started + grace
+        # Quiet for QUIET_SECONDS from the drain's start at least, even with no call for long:
+        # the health Watches' NOT_SERVING, queued as the drain began, must be written before
+        # gRPC's stop cancels their streams (a CI run saw a Watch end UNAVAILABLE without it).
+        while (self.in_flight or loop.time() - max(self.last_call, started) < self.QUIET_SECONDS) and loop.time() < deadline:
             await asyncio.sleep(poll_seconds)
 
 
