@@ -117,6 +117,16 @@ def test_a_refused_retire_names_the_flag_and_retires_nothing(models, tmp_path, c
     assert published_versions(str(directory)) == names[::-1]
 
 
+def assert_warned_and_retire_stops(directory, message: str, capsys, *arms_args: str) -> None:
+    """``versions`` warns with ``message`` and ``retire --keep 0`` stops on it (status 2)."""
+    capsys.readouterr()
+    main(["versions", "--models", str(directory), *arms_args])
+    assert capsys.readouterr().err.startswith(f"warning: {message}")
+    with pytest.raises(SystemExit) as exit:
+        main(["retire", "--models", str(directory), "--keep", "0", *arms_args])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_a_current_naming_no_version_is_warned_by_versions_and_stops_retire(models, capsys):
     """A typo in a rollback's CURRENT: the servers kept serving what they had loaded, the
     listing showed no version as CURRENT without a word, and retire --keep 0 deleted them all."""
@@ -148,13 +158,9 @@ def test_a_current_naming_a_version_whose_ranker_the_servers_refuse_stops_retire
     (newer / "manifest.json").write_text(json.dumps(manifest))
     (directory / "CURRENT").write_text("newer\n")
     message = f"{directory / 'CURRENT'} names 'newer', which is a version servers refuse (manifest.json ranker: unknown ranker features"
-    capsys.readouterr()
-    main(["versions", "--models", str(directory)])
-    assert capsys.readouterr().err.startswith(f"warning: {message}")
-    with pytest.raises(SystemExit) as exit:
-        main(["retire", "--models", str(directory), "--keep", "0"])
-    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert_warned_and_retire_stops(directory, message, capsys)
     assert set(published_versions(str(directory))) == {*names, "newer"}
+
 
 def test_an_arm_pinning_no_version_is_warned_by_versions_and_stops_retire(models, tmp_path, capsys):
     """As a CURRENT naming none: the listing said nothing of it, and retire went ahead,
@@ -162,12 +168,7 @@ def test_an_arm_pinning_no_version_is_warned_by_versions_and_stops_retire(models
     directory, names = models
     arms = arms_pinning(tmp_path, names[2] + "x")
     message = f"{names[2] + 'x'!r}, pinned by arm 'candidate' ({arms}), is no version directory here"
-    capsys.readouterr()
-    main(["versions", "--models", str(directory), "--arms", str(arms)])
-    assert capsys.readouterr().err.startswith(f"warning: {message}")
-    with pytest.raises(SystemExit) as exit:
-        main(["retire", "--models", str(directory), "--keep", "0", "--arms", str(arms)])
-    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert_warned_and_retire_stops(directory, message, capsys, "--arms", str(arms))
     assert published_versions(str(directory)) == names[::-1]
 
 
@@ -178,12 +179,7 @@ def test_an_arm_pinning_an_incomplete_version_is_warned_by_versions_and_stops_re
     shutil.copytree(directory / names[6], directory / "copying", ignore=shutil.ignore_patterns("index.faiss*"))
     arms = arms_pinning(tmp_path, "copying")
     message = f"'copying', pinned by arm 'candidate' ({arms}), is a version servers refuse (index.faiss missing)"
-    capsys.readouterr()
-    main(["versions", "--models", str(directory), "--arms", str(arms)])
-    assert capsys.readouterr().err.startswith(f"warning: {message}")
-    with pytest.raises(SystemExit) as exit:
-        main(["retire", "--models", str(directory), "--keep", "0", "--arms", str(arms)])
-    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert_warned_and_retire_stops(directory, message, capsys, "--arms", str(arms))
     assert set(published_versions(str(directory))) == {*names, "copying"}
 
 
