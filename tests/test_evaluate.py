@@ -14,11 +14,11 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import FeedSettings
 from stores.memory import MemoryStore
 from training.arguments import parse_ks
-from training.dataset import DatasetError, Edges, load_dataset
+from training.dataset import DatasetError, Edges, load_dataset, write_dataset
 from training.evaluate import cap_grid_settings, evaluate_cap_grid, pipeline_recommender, read_test_file
 from training.experiment import evaluate_split, evaluation_parts, warnings_on_test_pairs
 from training.generate import generate
-from training.splits import SplitSpec
+from training.splits import SplitSpec, split_for_evaluation
 from training.train import TrainParams
 
 PARAMS = TrainParams(factors=32, iterations=10, show_progress=False)
@@ -296,3 +296,38 @@ def test_the_evaluate_command_has_the_cap_grid_flag():
     parser, _ = build_parser()
     assert parser.parse_args(["evaluate", "--data", "d"]).cap_grid is True
     assert parser.parse_args(["evaluate", "--data", "d", "--no-cap-grid"]).cap_grid is False
+
+
+def test_the_rankers_validation_mirrors_the_split_unless_told_its_shape(tmp_path, capsys, monkeypatch):
+    # Regression: evaluate --test fitted the ranker on a per-user validation whatever the test
+    # file's shape (a published split of all pairs at random), and no flag could say otherwise.
+    import training.ranker_fit
+    from training.__main__ import main
+    from training.ranker_fit import RankerFitParams
+    from training.splits import validation_split
+
+    dataset = generate(users=120, sellers=12, items=300, seed=5)
+    assert evaluation_parts(dataset, SplitSpec("user", 0.2), None, None)[3].validation_kind == "user"
+    told = RankerFitParams(validation_kind="random")
+    assert evaluation_parts(dataset, SplitSpec("user", 0.2), None, told)[3].validation_kind == "random"
+    train, test, _ = split_for_evaluation(dataset, SplitSpec("random", 0.2, 0))
+    assert evaluation_parts(train, None, test, told)[3].validation_kind == "random"
+
+    kinds: list[str | None] = []
+
+    def recording(train, fraction, seed, kind=None):
+        kinds.append(kind)
+        return validation_split(train, fraction, seed, kind)
+
+    monkeypatch.setattr(training.ranker_fit, "validation_split", recording)
+    untimed = train.with_likes(Edges(train.likes.src, train.likes.dst, np.full(len(train.likes), np.nan)))
+    write_dataset(untimed, str(tmp_path / "data"))
+    (tmp_path / "test.csv").write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u, i in zip(test.src, test.dst)))
+    common = ["evaluate", "--data", str(tmp_path / "data"), "--no-cap-grid", "--no-blend", "--no-progress", "--factors", "8",
+              "--iterations", "3"]
+    main([*common, "--test", str(tmp_path / "test.csv"), "--ranker-validation-split", "random"])
+    assert kinds == ["random"]
+    assert "test pairs are training likes" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main([*common, "--ranker-validation-split", "time"])
+    assert "--ranker-validation-split time: " in f"{refused.value}{capsys.readouterr().err}"

@@ -280,3 +280,21 @@ def test_tune_stops_on_ctrl_c_with_one_line_and_no_optuna_report(dataset, tmp_pa
         main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--trials", "3", "--no-progress"])
     assert f"{tmp_path / 'p.json'} is left as it was, from an earlier run" in capfd.readouterr().err
     assert (tmp_path / "p.json").read_text() == "{}"
+
+
+def test_the_validation_split_takes_the_shape_it_is_told(dataset, monkeypatch):
+    # Regression: with --test-split none (tuning for a published split) the validation was per
+    # user or by time whatever the split the parameters would be judged on.
+    import training.ranker_fit
+    from training.splits import validation_split
+
+    kinds: list[str | None] = []
+
+    def recording(train, fraction, seed, kind=None):
+        kinds.append(kind)
+        return validation_split(train, fraction, seed, kind)
+
+    monkeypatch.setattr(training.ranker_fit, "validation_split", recording)
+    result = tune(dataset, None, trials=1, timeout=300, seed=1, base=SMALL, show_progress=False, validation_kind="random")
+    assert result.validation.kind == "random"
+    assert kinds and set(kinds) == {"random"}  # each trial's ranker too

@@ -15,7 +15,7 @@ from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
 from training.flag_types import bounded, input_path
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
-from training.splits import SplitSpec, time_split_problem
+from training.splits import SPLIT_KINDS, SplitSpec, time_split_problem
 from training.train import TrainParams
 
 
@@ -43,6 +43,16 @@ def check_time_split(dataset, spec: SplitSpec | None, flag: str) -> None:
     problem = time_split_problem(dataset, spec.fraction)
     if problem:
         raise ValueError(f"{flag} {spec}: {problem}; use {flag} user:{spec.fraction:g} or random:{spec.fraction:g}")
+
+
+def check_validation_kind(dataset, kind: str | None, fraction: float, flag: str) -> None:
+    """ValueError naming ``flag`` when ``kind`` asks for a time validation split that cannot
+    hold out the latest ``fraction`` of ``dataset``'s likes (``check_time_split``'s reasons)."""
+    if kind != "time":
+        return
+    problem = time_split_problem(dataset, fraction)
+    if problem:
+        raise ValueError(f"{flag} time: {problem}; use {flag} user or random")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +119,12 @@ def add_ranker_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ranker-l2", type=bounded(float, 0), default=d.l2, help="L2 penalty of the ranker fit (default: %(default)s)")
     group.add_argument("--ranker-validation", type=bounded(float, above=0, below=1), default=d.validation_fraction,
                        help="share of the training likes held out as ranker labels (default: %(default)s)")
+    group.add_argument("--ranker-validation-split", choices=("auto", *SPLIT_KINDS), default="auto",
+                       help="shape of that held-out share: time (the latest likes), user (a share of each user's "
+                            "likes) or random (a share of all likes). auto: the evaluation's --split; with --test, "
+                            "and in train, time when every like has a time, else user. Give a --test file's shape "
+                            "(e.g. random for a published split of all pairs), so that the ranker is chosen as it "
+                            "will be judged (default: %(default)s)")
     group.add_argument("--ranker-users", type=bounded(int, 1), default=d.max_users,
                        help="validation users whose candidate pools are collected (default: %(default)s)")
     group.add_argument("--drop-features", type=parse_feature_names, default=",".join(d.drop_features), metavar="NAMES",
@@ -122,6 +138,7 @@ def ranker_params_from_args(args: argparse.Namespace):
         objective=args.ranker,
         l2=args.ranker_l2,
         validation_fraction=args.ranker_validation,
+        validation_kind=None if args.ranker_validation_split == "auto" else args.ranker_validation_split,
         max_users=args.ranker_users,
         seed=args.seed,
         drop_features=args.drop_features,

@@ -14,6 +14,7 @@ from training.arguments import (
     add_feed_arguments,
     add_training_arguments,
     check_time_split,
+    check_validation_kind,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
@@ -82,13 +83,15 @@ def run(args) -> None:
     dataset = load_dataset(args.data)
     require_likes(dataset, args.data)
     check_time_split(dataset, split, "--split")
+    ranker_params = ranker_params_from_args(args)
+    check_validation_kind(dataset, ranker_params.validation_kind, ranker_params.validation_fraction, "--ranker-validation-split")
     try:
         test = read_test_file(args.test) if args.test else None
     except DatasetError as error:  # named by its flag and full path, not only its base name
         raise SystemExit(f"error: --test {os.path.abspath(args.test)}: {error}") from None
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
-        ranker_params=ranker_params_from_args(args), compare_blend=not args.no_blend, max_users=args.eval_users,
+        ranker_params=ranker_params, compare_blend=not args.no_blend, max_users=args.eval_users,
     )
     if args.cap_grid:
         evaluate_cap_grid(report, show_progress=params.show_progress)

@@ -45,8 +45,8 @@ def evaluation_parts(
     if not len(test):
         raise NothingToEvaluate(f"the split {split} of {len(dataset.likes):,} likes left no test likes: nothing to "
                                 "evaluate (a larger dataset, or another split)")
-    # Validation mirrors the test: the ranker is chosen on a split of the same shape.
-    return train_part, test, now, replace(ranker_params, validation_kind=split.kind)
+    # Validation mirrors the test: the ranker is chosen on a split of the same shape, unless told another.
+    return train_part, test, now, replace(ranker_params, validation_kind=ranker_params.validation_kind or split.kind)
 
 
 def warnings_on_test_pairs(train: Dataset, test: Edges) -> list[str]:

@@ -15,6 +15,7 @@ from training.arguments import (
     add_feed_arguments,
     add_training_arguments,
     check_time_split,
+    check_validation_kind,
     params_from_args,
     parse_ks,
     ranker_params_from_args,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
     def check_data(dataset) -> None:  # the evaluation comes last: what it would refuse is refused first
         check_time_split(dataset, split, "--eval-split")
+        check_validation_kind(dataset, ranker_params.validation_kind, ranker_params.validation_fraction, "--ranker-validation-split")
     if args.engine == "spark":
         from training.spark_engine import spark_engine
 

@@ -50,14 +50,14 @@ from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
-from training.arguments import check_time_split, source_names, split_text
+from training.arguments import check_time_split, check_validation_kind, source_names, split_text
 from training.dataset import Dataset
 from training.experiment import NothingToEvaluate, evaluate_split
 from training.flag_types import bounded, output_file
 from training.interrupts import is_interrupt
 from training.params import ENGAGEMENT_WEIGHT_FIELDS, TrainParams, ease_item_count_of, interactions_of
 from training.ranker_fit import RankerFitParams
-from training.splits import SplitSpec, default_split, has_times, split_for_evaluation
+from training.splits import SPLIT_KINDS, SplitSpec, default_split, has_times, split_for_evaluation
 
 OBJECTIVE_METRIC = "ndcg@10"
 TUNED_TRAIN_FIELDS = (
@@ -69,6 +69,7 @@ FACTOR_CHOICES = (16, 32, 64, 128)
 ALS_BAGS_CHOICES = (1, 3, 5)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
 RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
+VALIDATION_FRACTION = 0.2  # of what is tuned on, held out to score each trial
 ENGAGEMENT_WEIGHT_MAX = 2.0  # each engagement kind weighs 0..2 likes
 # A trial replaces the defaults only if it beats them by this share on the confirmation
 # split too: validation seeds alone moved NDCG@10 by up to 1 % (benchmarks/README.md).
@@ -248,18 +249,21 @@ def tune(
     settings: FeedSettings = FeedSettings(),
     ranker_params: RankerFitParams = RankerFitParams(),
     eval_users: int = 2000,
-    validation_fraction: float = 0.2,
+    validation_fraction: float = VALIDATION_FRACTION,
     show_progress: bool = True,
     required_sources: tuple[str, ...] = (),
+    validation_kind: str | None = None,
 ) -> TuneResult:
     """Search for ``trials`` trials or until ``timeout`` seconds, whichever ends first: the
     first trial (the defaults) always runs, and another starts only while it and a
     confirmation after it fit in what is left (``room_for_a_trial``), so the whole search
-    ends near ``timeout`` on a slow machine too. ``required_sources`` run in every trial."""
+    ends near ``timeout`` on a slow machine too. ``required_sources`` run in every trial.
+    ``validation_kind`` is the shape of the validation split (None: the test split's, else
+    what ``default_split`` picks); each trial's ranker is fitted on a split of that shape too."""
     import optuna
 
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
-    kind = test_split.kind if test_split else default_split(tuning_part).kind
+    kind = validation_kind or (test_split.kind if test_split else default_split(tuning_part).kind)
     validation = SplitSpec(kind, validation_fraction, seed)
     if not len(split_for_evaluation(tuning_part, validation)[1]):
         # Every trial scores this one split: each would fail alike, in optuna's traceback.
@@ -267,7 +271,7 @@ def tune(
                                 "holds out no like: no trial could be scored (a larger dataset)")
     base = replace(base, show_progress=False, seed=seed)
     space = replace(SearchSpace.of(tuning_part, base), required_sources=tuple(required_sources))
-    ranker_params = replace(ranker_params, seed=seed)
+    ranker_params = replace(ranker_params, seed=seed, validation_kind=kind)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
 
@@ -340,6 +344,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "user:FRACTION[:SEED], random:FRACTION[:SEED], auto (what evaluate uses by default: time:0.2 when every "
              "like has a time and they are not mostly tied at the latest, else user:0.2:0) or none (tune on all of DATA) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--validation-split", choices=("auto", *SPLIT_KINDS), default="auto",
+        help="shape of the validation split every trial is scored on, carved out of what is tuned on: time, user "
+             "or random (as --test-split's); auto mirrors --test-split, and with --test-split none is time when every "
+             "like has a time, else user. Give the shape of the split the parameters will be judged on, e.g. random "
+             "for a published split of all pairs (default: %(default)s)",
+    )
     parser.add_argument("--trials", type=bounded(int, 1), default=30, help="trials, the defaults first (default: %(default)s)")
     parser.add_argument("--timeout", type=bounded(float, above=0), default=900.0,
                         help="the search's budget in seconds: a trial starts only while it and the confirmation after it fit in what is left (default: %(default)s)")
@@ -366,11 +377,14 @@ def run(args: argparse.Namespace) -> None:
         default_split(dataset) if args.test_split == "auto" else SplitSpec.parse(args.test_split)
     )
     check_time_split(dataset, test_split, "--test-split")
+    validation_kind = None if args.validation_split == "auto" else args.validation_split
+    check_validation_kind(dataset, validation_kind, VALIDATION_FRACTION, "--validation-split")
     started = time.perf_counter()
     try:
         with optuna_quiet_after_interrupt():
             result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
-                          show_progress=not args.no_progress, required_sources=args.require_sources)
+                          show_progress=not args.no_progress, required_sources=args.require_sources,
+                          validation_kind=validation_kind)
     except (KeyboardInterrupt, SystemError) as error:
         if not is_interrupt(error):
             raise
