@@ -167,6 +167,33 @@ def test_baselines_recommend_only_what_a_feed_can_show(tmp_path):
     assert recommend("w", 10) == ["i0", "i3", "i4", "i5", "i6"]
 
 
+def test_baselines_skip_items_resting_after_views_without_engagement_as_the_feed_does(tmp_path):
+    # Regression: the served feed hides an item viewed fatigue_hide_views times without
+    # engagement (SeenTooOftenFilter) while the baselines still recommended it.
+    from ranking.feed import DEFAULT_RANKER
+    from ranking.store import VIEW_WINDOW_SECONDS
+    from training.evaluate import Eligibility, popularity_baseline
+
+    hide_after = FeedSettings().fatigue_hide_views
+    now = 10 * VIEW_WINDOW_SECONDS
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\n" + "".join(f"i{k},s{k},1,1\n" for k in range(4)))
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + "".join(
+        f"u{u},i{k},{10 + u}\n" for k in range(4) for u in range(6 - k)))  # i0 the most liked
+    views = [("v", "i0", now - 100 - n) for n in range(hide_after)]  # resting
+    views += [("v", "i1", now - 2 * VIEW_WINDOW_SECONDS - n) for n in range(hide_after)]  # rested since
+    views += [("v", "i2", now - 100 - n) for n in range(hide_after)]  # then bought: cleared
+    views += [("w", "i0", now - 100 - n) for n in range(hide_after - 1)]  # one view short
+    (tmp_path / "engagements.csv").write_text("user_id,item_id,kind,ts\n" + "".join(
+        f"{u},{i},view,{ts:.0f}\n" for u, i, ts in views) + f"v,i2,purchase,{now - 10:.0f}\n")
+    train = load_dataset(str(tmp_path))
+    recommend = popularity_baseline(train, Eligibility(train, now, hide_after))
+    assert recommend("v", 10) == ["i1", "i2", "i3"]
+    assert recommend("w", 10) == ["i0", "i1", "i2", "i3"]
+    assert popularity_baseline(train, Eligibility(train, now))("v", 10) == ["i0", "i1", "i2", "i3"]
+    feed = pipeline_recommender(train, None, DEFAULT_RANKER, now, FeedSettings())
+    assert "i0" not in feed("v", 10) and "i0" in feed("w", 10)
+
+
 def test_the_plot_is_a_png_bar_chart(report, tmp_path):
     pytest.importorskip("matplotlib")
     from training.evaluate import plot_report

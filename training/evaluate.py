@@ -29,7 +29,8 @@ from embeddings.knn import ItemKNN, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
-from stores.memory import MemoryStore
+from ranking.store import VIEW_WINDOW_SECONDS
+from stores.memory import MemoryStore, replay_engagements
 from training.dataset import Dataset, Edges
 from training.metrics import (
     PairedDifference,
@@ -183,10 +184,11 @@ class EvaluationReport:
 class Eligibility:
     """The filters of the served feed that every baseline obeys too, at ``now``: in stock,
     feed-eligible, seller not on vacation, not liked or hidden by the user, not the
-    user's own, seller not hidden by the user. A baseline that could recommend what no
-    feed shows would be measured on other terms than the feed it is compared with."""
+    user's own, seller not hidden by the user, and (with ``hide_after``) not resting after
+    that many views without engagement. A baseline that could recommend what no feed
+    shows would be measured on other terms than the feed it is compared with."""
 
-    def __init__(self, train: Dataset, now: float) -> None:
+    def __init__(self, train: Dataset, now: float, hide_after: int | None = None) -> None:
         items, sellers = train.items, train.sellers
         self.item_ids = list(items.item_id)
         self.row = {item_id: i for i, item_id in enumerate(self.item_ids)}
@@ -199,6 +201,9 @@ class Eligibility:
         for user_id, item_id in itertools.chain(zip(train.likes.src, train.likes.dst),
                                                 zip(train.hidden_items.src, train.hidden_items.dst)):
             self.excluded[user_id].add(item_id)
+        if hide_after is not None:
+            for user_id, item_ids in resting_items(train, now, hide_after).items():
+                self.excluded[user_id].update(item_ids)
         self.hidden_sellers: dict[str, set[str]] = defaultdict(set)
         for user_id, seller_id in zip(train.hidden_sellers.src, train.hidden_sellers.dst):
             self.hidden_sellers[user_id].add(seller_id)
@@ -219,6 +224,20 @@ class Eligibility:
                 if len(out) == k:
                     break
         return out
+
+
+def resting_items(train: Dataset, now: float, hide_after: int) -> dict[str, list[str]]:
+    """Each user's items out of the feed at ``now`` for fatigue (``SeenTooOftenFilter``):
+    ``hide_after`` views or more since the user last engaged with the item, the last one
+    within VIEW_WINDOW_SECONDS, as the memory store's replay of ``train``'s engagements
+    leaves them."""
+    codes: dict[str, int] = {}
+    _, seen = replay_engagements(train, {}, lambda item_id: codes.setdefault(item_id, len(codes)))
+    return {
+        user_id: [item_id for count, last, item_id in views.views.values()
+                  if count >= hide_after and now - last <= VIEW_WINDOW_SECONDS]
+        for user_id, views in seen.items()
+    }
 
 
 def popularity_baseline(train: Dataset, eligible: Eligibility) -> Recommender:
@@ -372,7 +391,7 @@ def evaluate(
         sample = np.random.default_rng(0).choice(sorted(relevant), size=max_users, replace=False)
         relevant = defaultdict(set, {user_id: relevant[user_id] for user_id in sample.tolist()})
     now = evaluation_time(train) if now is None else now
-    eligible = Eligibility(train, now)
+    eligible = Eligibility(train, now, settings.fatigue_hide_views)
     trained_items = set(train.likes.dst)
     report = EvaluationReport(
         ks, test_users=len(relevant), test_users_total=total_users, test_pairs=sum(len(v) for v in relevant.values())
