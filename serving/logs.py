@@ -9,7 +9,8 @@ Access lines (logger ``feedrank.access``, INFO for FeedService calls and unknown
 and reflection) carry ``request_id`` (the client's ``x-request-id`` metadata, else a new
 one, also sent back in the trailing metadata), ``method``, ``code``, ``latency_ms``,
 ``model_version`` (and ``arm``, a GetFeed's A/B arm, when arms are configured), ``worker``,
-``pid``, ``peer`` and ``client`` (the bearer token's name; never the token).
+``pid``, ``peer`` and ``client`` (the bearer token's name; never the token). The lines of
+calls refused without a valid token are rate-limited (``TOKENLESS_LINES_PER_SECOND``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ UNKNOWN_METHOD = "unknown"
 """The ``method`` that metrics count calls to methods the server lacks under: their names,
 chosen by the client, would make a series each."""
 MAX_REQUEST_ID_CHARS = 128
+TOKENLESS_REFUSALS = frozenset({"UNAUTHENTICATED", "UNIMPLEMENTED"})
+"""The codes of calls refused without a valid token: no or an unknown token, or a method the
+server lacks (refused before any token is checked). Anyone who reaches the port can make
+them. PERMISSION_DENIED is not among them: it needs a valid token, so its client is one of
+ours, named in the line, and each line helps fix its scopes."""
+TOKENLESS_LINES_PER_SECOND = 5
+"""Access lines written per second for each code of ``TOKENLESS_REFUSALS``; the others are
+counted in one summary line per second (and every call in the metrics). One client looping
+unauthenticated calls had the server write 3,500 lines (1 MB) a second, burying the lines an
+operator needs; five a second still show at once a misconfigured client's peer and request
+ids, for about 2 KB of log a second."""
+SUMMARY_SECONDS = 1.0
+"""How often a summary of the access lines not written is due, while some were not."""
+MAX_PEERS_COUNTED = 1000
+"""Distinct client hosts a summary counts at most (beyond: "1000+"), so that a flood from
+many addresses holds little memory."""
 DEADLINE_SLACK_SECONDS = 0.1
 """A call cancelled this close to its deadline was cancelled by the client's deadline: the
 server's deadline comes a little later than the client's (the grpc-timeout header is rounded
@@ -187,6 +204,64 @@ def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
+class LineBudget:
+    """At most ``lines`` log lines per ``every_seconds``, counting the ones it refuses.
+
+    A window begins with the first line admitted after the last window ended: a burst is
+    written up to ``lines``, the rest of its window only counted. ``clock`` gives monotonic
+    seconds (``time.monotonic``, as it is when the budget is made). Not thread-safe: its
+    user holds whatever lock it needs.
+    """
+
+    def __init__(self, lines: int = 1, every_seconds: float = 10.0, clock: Callable[[], float] | None = None) -> None:
+        self.lines = lines
+        self.every_seconds = every_seconds
+        self.clock = clock or time.monotonic
+        self.window_started = -float("inf")
+        self.suppressed = 0
+        self.latest_suppressed = 0.0
+        self._admitted = 0
+
+    def admit(self) -> bool:
+        """Whether a line may be written now; if not, it is counted in ``suppressed``."""
+        now = self.clock()
+        if now - self.window_started >= self.every_seconds:
+            self.window_started, self._admitted = now, 0
+        if self._admitted < self.lines:
+            self._admitted += 1
+            return True
+        self.suppressed += 1
+        self.latest_suppressed = now
+        return False
+
+    def take_suppressed(self) -> int:
+        """The lines refused since the last take, and start counting anew."""
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
+
+
+class _Peers:
+    """Who made the calls of one status code whose access lines were not written since the
+    last summary: the first peer, and the distinct hosts."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.hosts: set[str] = set()
+
+    def add(self, peer: str) -> None:
+        if len(self.hosts) < MAX_PEERS_COUNTED:
+            self.hosts.add(_host(peer))
+
+    def count(self) -> int | str:
+        return f"{MAX_PEERS_COUNTED}+" if len(self.hosts) >= MAX_PEERS_COUNTED else len(self.hosts)
+
+
+def _host(peer: str) -> str:
+    """``peer`` without its port (``ipv4:10.0.0.7:5123`` → ``ipv4:10.0.0.7``): a client with many
+    connections is one host."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
 def request_id_of(metadata: Any) -> str:
     """The caller's x-request-id (cleaned, bounded), else a new one. Cleaned to printable
     ASCII, which is all gRPC sends back in metadata (and keeps a log line one line)."""
@@ -207,6 +282,11 @@ class AccessLog(grpc.aio.ServerInterceptor):
     not read), for a call without a response (a GetFeed's response names its own).
     ``on_rejected(method, code, seconds)`` is told of calls refused by an interceptor
     (auth, limits) before reaching the servicer, which counts the others.
+
+    The lines of calls refused without a valid token (``TOKENLESS_REFUSALS``) are limited to
+    ``TOKENLESS_LINES_PER_SECOND`` per code (``clock`` times them: ``time.monotonic``); the
+    others are counted in a summary line per code and ``SUMMARY_SECONDS`` (on the event loop
+    they were refused on), and by ``report_suppressed()`` at a server's stop.
     """
 
     def __init__(
@@ -214,11 +294,16 @@ class AccessLog(grpc.aio.ServerInterceptor):
         served_by: Callable[[Any], tuple[str, str]],
         on_rejected: Callable[[str, str, float], None] | None = None,
         feed_prefix: str = "/feedrank.",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.served_by = served_by
         self.on_rejected = on_rejected
         self.feed_prefix = feed_prefix
         self.log = logging.getLogger(ACCESS_LOGGER)
+        self.clock = clock
+        self._budgets: dict[str, LineBudget] = {}
+        self._peers: dict[str, _Peers] = {}  # by code, of the lines not written since the last summary
+        self._summary_due: asyncio.TimerHandle | None = None
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
@@ -265,12 +350,46 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 seconds = time.perf_counter() - started
                 _CALL.reset(token)
                 code_name = (context.code() or code or grpc.StatusCode.OK).name
-                if call["rejected"] and self.on_rejected is not None:
+                rejected = call["rejected"]
+                if rejected and self.on_rejected is not None:
                     self.on_rejected(metric_method or method.rsplit("/", 1)[-1], code_name, seconds)
-                if self.log.isEnabledFor(level):
+                if self.log.isEnabledFor(level) and (not rejected or self._admit(code_name, peer)):
                     self.write(level, method, code_name, seconds, request, response, call, peer)
 
         return logged
+
+    def _admit(self, code: str, peer: str) -> bool:
+        """Whether the access line of a call refused with ``code`` is written; if not, it is
+        counted for the next summary."""
+        if code not in TOKENLESS_REFUSALS:
+            return True
+        budget = self._budgets.get(code)
+        if budget is None:
+            budget = self._budgets[code] = LineBudget(TOKENLESS_LINES_PER_SECOND, 1.0, self.clock)
+        if budget.admit():
+            return True
+        peers = self._peers.get(code)
+        if peers is None:
+            peers = self._peers[code] = _Peers(peer)
+        peers.add(peer)
+        if self._summary_due is None:
+            self._summary_due = asyncio.get_running_loop().call_later(SUMMARY_SECONDS, self.report_suppressed)
+        return False
+
+    def report_suppressed(self) -> None:
+        """One summary line per code of the access lines not written since the last."""
+        if self._summary_due is not None:
+            self._summary_due.cancel()
+            self._summary_due = None
+        by_code, self._peers = self._peers, {}
+        for code, peers in by_code.items():
+            suppressed = self._budgets[code].take_suppressed()
+            self.log.info(
+                "%d access lines of %s calls not written (rate-limited), the first from %s",
+                suppressed, code, peers.first,
+                extra={"fields": {"code": code, "suppressed": suppressed, "first_peer": peers.first,
+                                  "peers": peers.count(), "worker": _worker, "pid": os.getpid()}},
+            )
 
     def write(self, level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict, peer: str) -> None:
         """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""

@@ -455,7 +455,8 @@ class FeedServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Outermost first: the access log (sees every answer), the drain, auth, then the limit.
         self.drain = Drain()
-        interceptors: list[grpc.aio.ServerInterceptor] = [logs.AccessLog(self._served_by, self._count_refused), self.drain]
+        self.access_log = logs.AccessLog(self._served_by, self._count_refused)
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.access_log, self.drain]
         if auth is not None:
             interceptors.append(auth)
         self.concurrency_limit = ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
@@ -612,6 +613,7 @@ class FeedServer:
         # health and reflection, among them health Watches, which never end by themselves:
         # a grace here held every stop for all of it while a client watched.
         await self.grpc_server.stop(0)
+        self.access_log.report_suppressed()  # the last second's, whose summary was not yet due
 
 
 def _write_atomically(path: str, text: str) -> None:

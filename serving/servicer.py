@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranking.types import RankedItem, ShopperFilters
 from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidRequest
-from serving.logs import cancelled_code, expired
+from serving.logs import LineBudget, cancelled_code, expired
 from serving.metrics import FeedMetrics
 from serving.wire import MalformedRequest, lenient
 from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
@@ -139,21 +139,16 @@ class RateLimitedLog:
     def __init__(self, what: str = STORE_UNAVAILABLE, level: int = logging.WARNING, every_seconds: float = 10.0) -> None:
         self.what = what
         self.level = level
-        self.every_seconds = every_seconds
         self._lock = threading.Lock()
-        self._last = -float("inf")
-        self._suppressed = 0
-        self._latest_suppressed = 0.0
+        self._budget = LineBudget(1, every_seconds)
 
     def __call__(self, method: str, error: BaseException) -> None:
-        now = time.monotonic()
+        budget = self._budget
         with self._lock:
-            if now - self._last < self.every_seconds:
-                self._suppressed += 1
-                self._latest_suppressed = now
+            last = budget.window_started
+            if not budget.admit():
                 return
-            suppressed, last, latest = self._suppressed, self._last, self._latest_suppressed
-            self._suppressed, self._last = 0, now
+            now, latest, suppressed = budget.window_started, budget.latest_suppressed, budget.take_suppressed()
         counted = (f" (and {suppressed} more failed calls since the report {now - last:.0f} s ago, "
                    f"the latest {now - latest:.0f} s ago)") if suppressed else ""
         _LOG.log(self.level, "%s: %s: %s%s", method, self.what, error, counted)

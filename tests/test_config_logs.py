@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -417,6 +420,69 @@ def test_a_call_to_an_unknown_method_is_logged_and_counted_as_unimplemented(worl
     ]
     assert access[0]["request_id"] == "req-7" and all(a["peer"].startswith("ipv") for a in access)
     assert counted == 2
+
+
+async def _tokenless_flood(port: int, tokenless: int, unknown: int, authorised: int, denied: int) -> None:
+    """``tokenless`` GetFeeds without a token and ``unknown`` calls to a method the server
+    lacks, all in flight at once, with ``authorised`` GetFeeds and ``denied`` Ingests (a
+    token without the write scope) among them."""
+    md = [("authorization", f"Bearer {TOKEN}")]
+    request = feed_pb2.GetFeedRequest(user_id="u00001", limit=5)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        missing = channel.unary_unary("/feedrank.feed.v1.FeedService/GetFeeds", request_serializer=None, response_deserializer=None)
+        calls = [stub.GetFeed(request, timeout=30) for _ in range(tokenless)]
+        calls += [missing(b"", timeout=30) for _ in range(unknown)]
+        calls += [stub.GetFeed(request, metadata=md, timeout=30) for _ in range(authorised)]
+        calls += [stub.Ingest(feed_pb2.IngestRequest(), metadata=md, timeout=30) for _ in range(denied)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    codes = [getattr(outcome, "code", lambda: grpc.StatusCode.OK)() for outcome in outcomes]
+    assert codes == ([grpc.StatusCode.UNAUTHENTICATED] * tokenless + [grpc.StatusCode.UNIMPLEMENTED] * unknown
+                     + [grpc.StatusCode.OK] * authorised + [grpc.StatusCode.PERMISSION_DENIED] * denied)
+
+
+_TEXT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def _records(log_stream, log_format: str) -> list[dict]:
+    """The records of the log, each one line: JSON's, or the fields of the text's."""
+    if log_format == "json":
+        return json_lines(log_stream)
+    records = []
+    for line in log_stream.getvalue().splitlines():
+        fields = {key: json.loads(value) if value.startswith('"') else value for key, value in _TEXT_FIELD.findall(line)}
+        records.append({"logger": line.split()[3].rstrip(":"), **fields})
+    return records
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_the_access_lines_of_calls_without_a_token_are_rate_limited_and_summarised(world, log_stream, log_format):
+    # Anyone reaching the port could have the server write an access line per call without
+    # a token: one client looping unauthenticated GetFeeds made it write 3,500 lines (1 MB)
+    # a second. Every call is still counted; calls with a valid token are all logged.
+    logging.getLogger().handlers[0].setFormatter(logs.TextFormatter() if log_format == "text" else logs.JsonFormatter())
+    tokens = tuple(auth.parse_tokens(f"{TOKEN} read web-client\n", "t"))
+    config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET,
+                          reload_seconds=0, tokens=tokens)
+    server = server_module.FeedServer(config)
+    server.access_log.clock = lambda: 1000.0  # one second that never ends, however slow the calls
+    server.start()
+    try:
+        asyncio.run(_tokenless_flood(server.port, tokenless=500, unknown=60, authorised=30, denied=20))
+        counted = {(method, code): server.metrics.registry.get_sample_value("feedrank_requests_total", {"method": method, "code": code})
+                   for method, code in (("GetFeed", "UNAUTHENTICATED"), (logs.UNKNOWN_METHOD, "UNIMPLEMENTED"))}
+    finally:
+        server.stop(grace=0)
+    access = [record for record in _records(log_stream, log_format) if record["logger"] == logs.ACCESS_LOGGER]
+    written = collections.Counter(record["code"] for record in access if "suppressed" not in record)
+    suppressed = collections.Counter()
+    for summary in (record for record in access if "suppressed" in record):
+        suppressed[summary["code"]] += int(summary["suppressed"])
+        assert summary["first_peer"].startswith("ipv") and int(summary["peers"]) == 1
+    limit = logs.TOKENLESS_LINES_PER_SECOND
+    assert written == {"UNAUTHENTICATED": limit, "UNIMPLEMENTED": limit, "OK": 30, "PERMISSION_DENIED": 20}
+    assert suppressed == {"UNAUTHENTICATED": 500 - limit, "UNIMPLEMENTED": 60 - limit}
+    assert counted == {("GetFeed", "UNAUTHENTICATED"): 500, (logs.UNKNOWN_METHOD, "UNIMPLEMENTED"): 60}
 
 
 def test_an_unknown_method_cannot_add_a_line_to_the_text_log(log_stream):
