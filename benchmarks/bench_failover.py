@@ -18,8 +18,9 @@ time (kill to the first success after the last failure), and the acknowledged fo
 missing afterwards (counted once every slot answers again, the failover done: null when
 that takes over 30 s, or 10 node timeouts). ``--min-replicas N`` asks Ingest to wait for N replicas per write
 (Redis WAIT), which is what bounds the loss of acknowledged writes; the shard that lost
-its primary has no replica left after the failover, so with N >= 1 its writes stay
-UNAVAILABLE (not replicated) until a replica is added back, while reads recover.
+its primary has no replica left after the failover, so with N >= 1 writes are refused
+until a replica is added back (FAILED_PRECONDITION once the store sees the promoted
+primary without one, UNAVAILABLE "not replicated" before), while reads recover.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ranking.feed import FeedSettings
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
 from serving.page_token import PageTokenCodec
-from stores.base import StoreUnavailable
+from stores.base import StoreUnavailable, TooFewReplicas
 from stores.events import Event, EventKind
 from stores.redis import RedisStore
 from training.artifact import load_current
@@ -129,6 +130,9 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
                     acked.extend((e.user_id, e.seller_id) for e in batch)
             except StoreUnavailable:
                 record("Ingest", "UNAVAILABLE")
+                time.sleep(0.01)
+            except TooFewReplicas:  # a shard's replica promoted: none left to wait for
+                record("Ingest", "FAILED_PRECONDITION")
                 time.sleep(0.01)
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(args.readers)]

@@ -27,7 +27,7 @@ from serving.feed_service import FeedEnded, FeedPage, FeedService, InvalidReques
 from serving.logs import LineBudget, cancelled_code, expired
 from serving.metrics import FeedMetrics
 from serving.wire import MalformedRequest, lenient
-from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
+from stores.base import NotReplicated, StoreForbidden, StoreFull, StoreUnavailable, TooFewReplicas
 from stores.events import CARD_FIELDS, Event, EventKind, EventValidationError, check_batch_size
 
 # Payload field of the Event oneof -> (kind, fields copied from the payload message).
@@ -161,6 +161,8 @@ _log_full = RateLimitedLog("store out of memory: writes are refused until Redis 
 _log_forbidden = RateLimitedLog("store refuses this server a permission: calls that need it fail until the Redis ACL user is granted it", logging.ERROR)
 # Replicas that did not confirm a batch in time: the client is told without the hosts.
 _log_not_replicated = RateLimitedLog("not replicated")
+# Clients asking more replicas than are attached: their writes fail until an operator or they act.
+_log_too_few_replicas = RateLimitedLog("min_replicas above the replicas attached: Ingest is refused, writing nothing")
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ def refusal_of(error: Exception, method: str) -> Refusal:
         return Refusal(code, str(error), error.field, error.description)
     if isinstance(error, EventValidationError):
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
+    if isinstance(error, TooFewReplicas):  # nothing written; no retry helps until replicas are attached
+        _log_too_few_replicas(method, error)
+        return Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"min_replicas: {error.for_clients}", "min_replicas", error.for_clients)
     if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
         _log_not_replicated(method, error)
         return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error.for_clients}", retry_after=RETRY_DELAY_SECONDS)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ranking.store import FeedStateReader
-from stores.events import Event
+from stores.events import Event, EventValidationError
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,24 @@ class NotReplicated(StoreUnavailable):
         self.for_clients = for_clients or message
 
 
+class TooFewReplicas(Exception):
+    """``min_replicas`` asks for more replicas than a primary has attached: nothing was
+    written, and a retry fails alike until replicas are attached or fewer are asked. The
+    message names the field; ``for_clients``: what is wrong, naming no host."""
+
+    def __init__(self, problem: str, for_clients: str = "") -> None:
+        super().__init__(f"min_replicas: {problem}")
+        self.for_clients = for_clients or problem
+
+
+def no_replicas(min_replicas: int) -> None:
+    """For a store without replicas: refuse a request to wait for some."""
+    if min_replicas < 0:
+        raise EventValidationError(None, "min_replicas", "must be >= 0")
+    if min_replicas:
+        raise TooFewReplicas(f"{min_replicas} asked, but this store has no replicas; send 0")
+
+
 class FeedStore(FeedStateReader, Protocol):
     """A live store of items, likes, follows, friendships, stock and hidden items."""
 
@@ -56,8 +74,8 @@ class FeedStore(FeedStateReader, Protocol):
         """Apply a validated batch atomically, in order.
 
         ``min_replicas`` > 0 returns only once that many replicas hold the batch (raises
-        NotReplicated when fewer confirm in time); a store without replicas raises
-        EventValidationError on the field ``min_replicas``.
+        NotReplicated when fewer confirm in time); when fewer replicas are attached, or the
+        store has none, it raises TooFewReplicas before writing anything.
 
         Idempotent by event id: an event whose id was applied before changes nothing and
         is counted in ``duplicates``. Returns only once the change is durable in the store.

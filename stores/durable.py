@@ -43,8 +43,8 @@ import numpy as np
 from ranking.store import Activity, ItemColumns, UserState
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, StoreUnavailable
-from stores.events import Event, EventValidationError, no_replicas
+from stores.base import ApplyResult, StoreUnavailable, no_replicas
+from stores.events import Event, EventValidationError
 from stores.memory import MemoryStore
 from stores.wal import Batch, LogReader, LogWriter, WalError, batch_record, encode_events, fsync_dir, header_record, truncate
 

@@ -211,12 +211,6 @@ class EventValidationError(ValueError):
         return self.field if self.index is None else f"events[{self.index}].{self.field}"
 
 
-def no_replicas(min_replicas: int) -> None:
-    """For a store without replicas: refuse a request to wait for some."""
-    if min_replicas:
-        raise EventValidationError(None, "min_replicas", "this store has no replicas to wait for; send 0")
-
-
 def id_problem(value: str, stripped: bool = True) -> str | None:
     """What is wrong with an id, or None. A user, item or seller id (``stripped``) may not
     have whitespace around it: a dataset's ids are stripped when loaded, so such an id

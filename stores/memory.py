@@ -36,7 +36,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, concatenated_ranges, encode, sorted_positions
-from stores.base import ApplyResult, gc_paused
+from stores.base import ApplyResult, gc_paused, no_replicas
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -47,7 +47,6 @@ from stores.events import (
     check_degrees,
     check_references,
     first_error,
-    no_replicas,
 )
 
 if TYPE_CHECKING:  # the loader's input type only; a dataset is read by training.dataset

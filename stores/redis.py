@@ -87,7 +87,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, NotReplicated, StoreForbidden, StoreFull, StoreUnavailable
+from stores.base import ApplyResult, NotReplicated, StoreForbidden, StoreFull, StoreUnavailable, TooFewReplicas
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -893,6 +893,20 @@ def _node_name(client: redis.Redis) -> str:
     return kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
+def fewest_replicas(client: Any) -> tuple[str, int] | None:
+    """(HOST:PORT, replicas attached) of the primary with the fewest replicas attached
+    (INFO replication's connected_slaves: syncing ones too), of a cluster or of a
+    standalone Redis; None when one cannot tell (an ACL without +info, a node down)."""
+    try:
+        attached = [(int(node.info("replication")["connected_slaves"]), name) for name, node in primary_clients(client)]
+    except (RedisError, RedisClusterException, OSError, KeyError, ValueError):
+        return None
+    if not attached:
+        return None
+    count, name = min(attached)
+    return name, count
+
+
 def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
     """(HOST:PORT, a client of that node) of each primary of a cluster, or of a standalone Redis."""
     if is_cluster_client(client):
@@ -1039,6 +1053,9 @@ def _warn_when_restarted_empty() -> Callable[[Any], None]:
 # Times the WAIT client's slot map is read again before a confirmation counts as lost: a
 # failover reaches the nodes one by one.
 WAIT_MAP_REFRESHES = 4
+# How long an Ingest with min_replicas trusts the replicas it last read attached to each
+# primary (INFO replication): a steady stream of them pays that round trip once a second.
+REPLICAS_RECHECK_SECONDS = 1.0
 
 # Places in the write scripts' constants (ARGV[14] and ARGV[15]) that each call sets.
 _LAST_ARG, _EXPECT_DATA_ARG = 13, 14
@@ -1330,6 +1347,7 @@ class RedisStore:
         self.ping_failure = ""  # why the last ping() said no, for the server's log
         self._eviction: str | None = None  # what the last read of the eviction policy found (read_eviction_policy)
         self._eviction_read_at = -float("inf")
+        self._fewest_replicas: tuple[float, tuple[str, int] | None] = (-float("inf"), None)  # (read at, fewest_replicas)
         self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
@@ -2067,12 +2085,15 @@ class RedisStore:
         of an item that neither exists nor is upserted earlier in the batch, and for a
         graph edit past ``max_friends`` / ``max_follows``. With ``min_replicas``, returns
         once that many replicas of every primary written to hold the batch (NotReplicated
-        when fewer confirm within ``wait_timeout_ms``).
+        when fewer confirm within ``wait_timeout_ms``); raises TooFewReplicas, before
+        writing anything, when a primary has fewer attached (``_check_replicas_attached``).
         """
         if not events:
             return ApplyResult(applied=0, duplicates=0)
         if min_replicas < 0:
             raise EventValidationError(None, "min_replicas", "must be >= 0")
+        if min_replicas:
+            self._check_replicas_attached(min_replicas)
         with self._naming_acl_refusals(), unavailable_on_redis_errors():
             if self.is_cluster:
                 result, tags = self._apply_partitioned(events)
@@ -2086,6 +2107,21 @@ class RedisStore:
                 # lost it). On a cluster their earlier writes may be on any primary.
                 self._wait_for_replicas(None if self.is_cluster and result.duplicates else tags, min_replicas)
             return result
+
+    def _check_replicas_attached(self, min_replicas: int) -> None:
+        """TooFewReplicas when a primary (any, on a cluster) has fewer than ``min_replicas``
+        replicas attached: its WAIT could never be met, and each retry would write the batch
+        and wait ``wait_timeout_ms`` again. Read at most every REPLICAS_RECHECK_SECONDS; when
+        the count cannot be read the write goes on, and WAIT decides as before."""
+        read_at, fewest = self._fewest_replicas
+        if time.monotonic() - read_at >= REPLICAS_RECHECK_SECONDS:
+            fewest = fewest_replicas(self.wait_client)
+            self._fewest_replicas = (time.monotonic(), fewest)
+        if fewest is not None and fewest[1] < min_replicas:
+            name, attached = fewest
+            replicas = f"{attached} replica{'' if attached == 1 else 's'} attached"
+            raise TooFewReplicas(f"{min_replicas} asked, but the primary {name} has {replicas}",
+                                 f"{min_replicas} asked, but a primary of the store has {replicas}")
 
     def _wait_for_replicas(self, tags: Sequence[str] | None, min_replicas: int) -> None:
         """Redis WAIT on each primary that holds one of ``tags`` (None: every primary).

@@ -216,13 +216,22 @@ def test_a_query_parameter_that_is_not_utf8_is_refused_not_read_as_another_value
     ({"events": [{"eventId": "no-payload"}]}, "events[0].payload"),
     ({"events": []}, "events"),
     ({"events": [an_event(like={"userId": "u00001", "itemId": ""})]}, "events[0].item_id"),
-    ({"events": [an_event(like={"userId": "u00001", "itemId": "i1"})], "minReplicas": 1}, "min_replicas"),
 ])
 def test_a_bad_batch_is_refused_as_over_grpc(api, body, field):
     error = grpc_error(api.stub.Ingest, json_format.ParseDict(body, feed_pb2.IngestRequest()))
     answer = api.ingest(body)
     assert_answers_alike(answer, error)
     assert answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == field
+
+
+def test_min_replicas_the_store_cannot_have_is_a_failed_precondition_as_over_grpc(api):
+    body = {"events": [an_event(like={"userId": "u00001", "itemId": "i1"})], "minReplicas": 1}
+    error = grpc_error(api.stub.Ingest, json_format.ParseDict(body, feed_pb2.IngestRequest()))
+    answer = api.ingest(body)
+    assert_answers_alike(answer, error)
+    assert answer.status == 400 and answer.body["error"]["status"] == "FAILED_PRECONDITION"
+    assert answer.body["error"]["details"][0]["fieldViolations"][0]["field"] == "min_replicas"
+    assert "Retry-After" not in answer.headers  # no retry succeeds as asked
 
 
 def test_a_batch_over_the_limit_is_refused_before_its_events_are_read(api):

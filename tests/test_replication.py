@@ -13,7 +13,7 @@ from benchmarks import bench_failover
 from protos.feed.v1 import feed_pb2
 from serving.load import load_into_redis
 from serving.servicer import refusal_of
-from stores.base import NotReplicated, StoreUnavailable
+from stores.base import NotReplicated, StoreUnavailable, TooFewReplicas
 from stores.events import Event, EventKind
 from stores.redis import RedisStore
 from tests import store_views as views
@@ -52,28 +52,89 @@ def test_ingest_waits_for_the_replicas_it_asks_for(primary_with_replica):
     assert store.apply(_likes(5), min_replicas=1).applied == 5
     with replica.client() as client:  # acknowledged with min_replicas=1: already on the replica
         assert all(client.hexists(f"fr:{{u:w{k}}}:liked", "i1") for k in range(5))
-    with pytest.raises(NotReplicated, match="1 of 2 replicas"):
-        store.apply(_likes(3, start=5), min_replicas=2)
-    assert store.apply(_likes(3, start=5), min_replicas=1).duplicates == 3  # it was applied: a retry is a no-op
     store.close()
 
 
-def test_a_replica_missing_for_the_whole_wait_is_not_replicated_not_an_outage(tmp_path):
-    """WAIT answers after wait_timeout_ms (1 s by default), past the writes' default socket
-    timeout: the store's defaults must still read that answer as "not replicated"."""
+def test_more_replicas_than_attached_are_refused_at_once_writing_nothing(primary_with_replica):
+    """Each Ingest asking 2 of a primary with 1 replica was applied, waited out WAIT's
+    timeout and answered "not replicated, retrying is safe": a retry loop for ever."""
+    primary, _ = primary_with_replica
+    store = RedisStore.from_url(primary.url)
+    load_into_redis(store.client, social_dataset())
+    for _ in range(2):  # the first send, then its retry
+        started = time.monotonic()
+        with pytest.raises(TooFewReplicas, match=f"^min_replicas: 2 asked, but the primary 127.0.0.1:{primary.port} has 1 replica attached$"):
+            store.apply(_likes(3), min_replicas=2)
+        assert time.monotonic() - started < 0.2  # WAIT's timeout is 1 s
+    assert store.apply(_likes(3), min_replicas=1).applied == 3  # nothing was written
+    store.close()
+
+
+def test_a_stream_of_ingests_reads_the_replicas_attached_once_a_second_not_per_batch(primary_with_replica):
+    primary, _ = primary_with_replica
+    store = RedisStore.from_url(primary.url)
+    load_into_redis(store.client, social_dataset())
+    with primary.client() as admin:
+        before = admin.info("commandstats").get("cmdstat_info", {}).get("calls", 0)
+        started = time.monotonic()
+        for k in range(20):
+            store.apply(_likes(1, start=k), min_replicas=1)
+        assert time.monotonic() - started < 1
+        infos = admin.info("commandstats")["cmdstat_info"]["calls"] - before - 1  # less the first INFO commandstats
+    assert infos <= 2, f"{infos} INFO calls for 20 batches"
+    store.close()
+
+
+def test_a_redis_without_replicas_refuses_min_replicas_at_once_writing_nothing(tmp_path):
     require_redis()
     primary = RedisServer(tmp_path / "alone").start()
     try:
         store = RedisStore.from_url(primary.url)
         load_into_redis(store.client, social_dataset())
         started = time.monotonic()
-        with pytest.raises(NotReplicated, match="0 of 1 replicas confirmed within 1000 ms"):
+        with pytest.raises(TooFewReplicas) as error:
             store.apply(_likes(2), min_replicas=1)
-        assert time.monotonic() - started >= 0.9  # it did wait for WAIT's answer
-        assert store.apply(_likes(2), min_replicas=0).duplicates == 2  # applied
+        assert time.monotonic() - started < 0.2  # WAIT's timeout is 1 s
+        assert error.value.for_clients == "1 asked, but a primary of the store has 0 replicas attached"
+        assert refusal_of(error.value, "Ingest").code == grpc.StatusCode.FAILED_PRECONDITION
+        assert store.apply(_likes(2), min_replicas=0).applied == 2  # nothing was written
         store.close()
     finally:
         primary.stop()
+
+
+def test_a_user_not_allowed_info_is_not_refused_but_waits_for_the_replicas(tmp_path):
+    """Without +info the replicas attached cannot be read: WAIT decides, as before."""
+    require_redis()
+    primary = RedisServer(tmp_path / "alone").start()
+    try:
+        with primary.client() as admin:
+            admin.acl_setuser("no-info", enabled=True, passwords=["+pw"], keys=["fr:*"], commands=["+@all", "-info"])
+            load_into_redis(admin, social_dataset())
+        store = RedisStore.from_url(primary.url.replace("redis://", "redis://no-info:pw@") + "?wait_timeout_ms=200")
+        with pytest.raises(NotReplicated, match="0 of 1 replicas confirmed within 200 ms"):
+            store.apply(_likes(2), min_replicas=1)
+        store.close()
+    finally:
+        primary.stop()
+
+
+def test_a_replica_silent_for_the_whole_wait_is_not_replicated_not_an_outage(primary_with_replica):
+    """WAIT answers after wait_timeout_ms (1 s by default), past the writes' default socket
+    timeout: the store's defaults must still read that answer as "not replicated"."""
+    primary, replica = primary_with_replica
+    store = RedisStore.from_url(primary.url)
+    load_into_redis(store.client, social_dataset())
+    replica.pause()  # still attached, confirming nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(NotReplicated, match="0 of 1 replicas confirmed within 1000 ms"):
+            store.apply(_likes(2), min_replicas=1)
+        assert time.monotonic() - started >= 0.9  # it did wait for WAIT's answer
+    finally:
+        replica.resume()
+    assert store.apply(_likes(2), min_replicas=0).duplicates == 2  # applied
+    store.close()
 
 
 def test_a_cluster_missing_a_primary_is_down_for_health_though_its_nodes_answer_ping(tmp_path):
@@ -200,8 +261,21 @@ def test_the_cluster_waits_on_every_primary_it_wrote_to(tmp_path):
         store = make_redis_store(cluster.url, social_dataset())
         batch = _likes(30) + [Event("f1", EventKind.FOLLOW, NOW, user_id="w1", seller_id="s2")]
         assert store.apply(batch, min_replicas=1).applied == 31
-        with pytest.raises(NotReplicated):
+        store.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_cluster_refuses_more_replicas_than_a_primary_has_attached_writing_nothing(tmp_path):
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
+    try:
+        store = make_redis_store(cluster.url, social_dataset())
+        started = time.monotonic()
+        with pytest.raises(TooFewReplicas, match=r"^min_replicas: 2 asked, but the primary 127\.0\.0\.1:\d+ has 1 replica attached$"):
             store.apply(_likes(2, start=100), min_replicas=2)
+        assert time.monotonic() - started < 0.2  # WAIT's timeout is 1 s
+        assert store.apply(_likes(2, start=100), min_replicas=1).applied == 2  # nothing was written
         store.close()
     finally:
         cluster.stop()
@@ -211,7 +285,37 @@ def test_the_memory_store_has_no_replicas_to_wait_for(stub):  # noqa: F811
     request = feed_pb2.IngestRequest(events=[event(like=feed_pb2.UserItem(user_id="u00001", item_id="i000001"))], min_replicas=1)
     with pytest.raises(grpc.RpcError) as error:
         stub.Ingest(request, timeout=5)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith("min_replicas:")
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.details() == "min_replicas: 1 asked, but this store has no replicas; send 0"
+
+
+def test_ingest_over_grpc_asking_more_replicas_than_redis_has_fails_its_precondition(world, tmp_path):  # noqa: F811
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from tests.feed_world import running_server
+
+    require_redis()
+    primary = RedisServer(tmp_path / "alone").start()
+    try:
+        with primary.client() as client:
+            load_into_redis(client, world.dataset)
+        user, item = world.dataset.user_ids()[0], str(world.dataset.items.item_id[0])
+        request = feed_pb2.IngestRequest(events=[event(like=feed_pb2.UserItem(user_id=user, item_id=item))], min_replicas=1)
+        with running_server(world, store_url=primary.url) as (_, feed_stub):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                feed_stub.Ingest(request, timeout=5)
+            elapsed = time.monotonic() - started
+            assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION, error.value.details()
+            assert error.value.details() == "min_replicas: 1 asked, but a primary of the store has 0 replicas attached"
+            assert elapsed < 0.5  # WAIT's timeout is 1 s
+            details = [detail.type_url for detail in rpc_status.from_call(error.value).details]
+            assert details == ["type.googleapis.com/" + error_details_pb2.BadRequest.DESCRIPTOR.full_name]  # no RetryInfo
+            request.min_replicas = 0
+            assert feed_stub.Ingest(request, timeout=5).applied == 1  # nothing was written
+    finally:
+        primary.stop()
 
 
 def test_a_killed_cluster_primary_costs_seconds_of_unavailable_no_wrong_feed_and_no_acked_write():
@@ -267,18 +371,14 @@ def test_a_retry_of_a_batch_not_replicated_waits_for_the_replicas_again(primary_
     primary, replica = primary_with_replica
     store = RedisStore.from_url(primary.url + "?wait_timeout_ms=200")
     load_into_redis(store.client, social_dataset())
-    with replica.client() as client:
-        client.replicaof("NO", "ONE")  # the replica leaves: nothing written now reaches it
     sold_out = [Event("s1", EventKind.STOCK_UPDATE, NOW, item_id="i1", stock=0)]
-    for _ in range(2):  # the first send, then its retry
-        with pytest.raises(NotReplicated, match="0 of 1 replicas"):
-            store.apply(sold_out, min_replicas=1)
-    with replica.client() as client:
-        client.replicaof("127.0.0.1", primary.port)
-        deadline = time.monotonic() + 10
-        while client.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not sync again"
-            time.sleep(0.05)
+    replica.pause()  # still attached, confirming nothing
+    try:
+        for _ in range(2):  # the first send, then its retry
+            with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+                store.apply(sold_out, min_replicas=1)
+    finally:
+        replica.resume()
     assert store.apply(sold_out, min_replicas=1).duplicates == 1  # now held by the replica
     store.close()
 
