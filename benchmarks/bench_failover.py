@@ -128,11 +128,8 @@ def run(args: argparse.Namespace, cluster, dataset, artifact) -> dict:
                 record("Ingest", "ok")
                 with lock:
                     acked.extend((e.user_id, e.seller_id) for e in batch)
-            except StoreUnavailable:
+            except (StoreUnavailable, TooFewReplicas):  # TooFewReplicas: a shard's replica promoted, none left to wait for
                 record("Ingest", "UNAVAILABLE")
-                time.sleep(0.01)
-            except TooFewReplicas:  # a shard's replica promoted: none left to wait for
-                record("Ingest", "FAILED_PRECONDITION")
                 time.sleep(0.01)
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(args.readers)]

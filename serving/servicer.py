@@ -198,9 +198,14 @@ def refusal_of(error: Exception, method: str) -> Refusal:
         return Refusal(code, str(error), error.field, error.description)
     if isinstance(error, EventValidationError):
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.path, error.description)
-    if isinstance(error, TooFewReplicas):  # nothing written; no retry helps until replicas are attached
+    if isinstance(error, TooFewReplicas):  # nothing written
         _log_too_few_replicas(method, error)
-        return Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"min_replicas: {error.for_clients}", "min_replicas", error.for_clients)
+        message = f"min_replicas: {error.for_clients}"
+        if not error.retryable:
+            return Refusal(grpc.StatusCode.FAILED_PRECONDITION, message, "min_replicas", error.for_clients)
+        # Replicas come back by themselves (a restart, a failed primary rejoining): a producer
+        # told not to retry might drop its events, so the call is retryable, and answered at once.
+        return Refusal(grpc.StatusCode.UNAVAILABLE, message, "min_replicas", error.for_clients, retry_after=RETRY_DELAY_SECONDS)
     if isinstance(error, NotReplicated):  # applied on the primaries: say so, a retry is safe
         _log_not_replicated(method, error)
         return Refusal(grpc.StatusCode.UNAVAILABLE, f"not replicated: {error.for_clients}", retry_after=RETRY_DELAY_SECONDS)

@@ -51,12 +51,15 @@ class NotReplicated(StoreUnavailable):
 
 class TooFewReplicas(Exception):
     """``min_replicas`` asks for more replicas than a primary has attached: nothing was
-    written, and a retry fails alike until replicas are attached or fewer are asked. The
-    message names the field; ``for_clients``: what is wrong, naming no host."""
+    written. ``retryable``: the replicas attached may change by themselves (a replica
+    restarting, a failed primary rejoining as its successor's replica), so the same call may
+    succeed later; False when the store can have none. The message names the field;
+    ``for_clients``: what is wrong, naming no host."""
 
-    def __init__(self, problem: str, for_clients: str = "") -> None:
+    def __init__(self, problem: str, for_clients: str = "", retryable: bool = True) -> None:
         super().__init__(f"min_replicas: {problem}")
         self.for_clients = for_clients or problem
+        self.retryable = retryable
 
 
 def no_replicas(min_replicas: int) -> None:
@@ -64,7 +67,7 @@ def no_replicas(min_replicas: int) -> None:
     if min_replicas < 0:
         raise EventValidationError(None, "min_replicas", "must be >= 0")
     if min_replicas:
-        raise TooFewReplicas(f"{min_replicas} asked, but this store has no replicas; send 0")
+        raise TooFewReplicas(f"{min_replicas} asked, but this store has no replicas; send 0", retryable=False)
 
 
 class FeedStore(FeedStateReader, Protocol):

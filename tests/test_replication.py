@@ -96,7 +96,8 @@ def test_a_redis_without_replicas_refuses_min_replicas_at_once_writing_nothing(t
             store.apply(_likes(2), min_replicas=1)
         assert time.monotonic() - started < 0.2  # WAIT's timeout is 1 s
         assert error.value.for_clients == "1 asked, but a primary of the store has 0 replicas attached"
-        assert refusal_of(error.value, "Ingest").code == grpc.StatusCode.FAILED_PRECONDITION
+        refusal = refusal_of(error.value, "Ingest")
+        assert (refusal.code, refusal.field, refusal.retry_after) == (grpc.StatusCode.UNAVAILABLE, "min_replicas", 1.0)
         assert store.apply(_likes(2), min_replicas=0).applied == 2  # nothing was written
         store.close()
     finally:
@@ -289,7 +290,7 @@ def test_the_memory_store_has_no_replicas_to_wait_for(stub):  # noqa: F811
     assert error.value.details() == "min_replicas: 1 asked, but this store has no replicas; send 0"
 
 
-def test_ingest_over_grpc_asking_more_replicas_than_redis_has_fails_its_precondition(world, tmp_path):  # noqa: F811
+def test_ingest_over_grpc_asking_more_replicas_than_redis_has_attached_is_refused_at_once_and_retryable(world, tmp_path):  # noqa: F811
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
@@ -307,11 +308,12 @@ def test_ingest_over_grpc_asking_more_replicas_than_redis_has_fails_its_precondi
             with pytest.raises(grpc.RpcError) as error:
                 feed_stub.Ingest(request, timeout=5)
             elapsed = time.monotonic() - started
-            assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION, error.value.details()
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
             assert error.value.details() == "min_replicas: 1 asked, but a primary of the store has 0 replicas attached"
             assert elapsed < 0.5  # WAIT's timeout is 1 s
-            details = [detail.type_url for detail in rpc_status.from_call(error.value).details]
-            assert details == ["type.googleapis.com/" + error_details_pb2.BadRequest.DESCRIPTOR.full_name]  # no RetryInfo
+            details = sorted(detail.type_url for detail in rpc_status.from_call(error.value).details)
+            assert details == sorted("type.googleapis.com/" + kind.DESCRIPTOR.full_name
+                                     for kind in (error_details_pb2.BadRequest, error_details_pb2.RetryInfo))
             request.min_replicas = 0
             assert feed_stub.Ingest(request, timeout=5).applied == 1  # nothing was written
     finally:
