@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -262,6 +263,65 @@ def _host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
+class TokenlessLines:
+    """The access lines of calls refused without a valid token (``TOKENLESS_REFUSALS``), of
+    gRPC or the HTTP API: at most ``TOKENLESS_LINES_PER_SECOND`` a second per code are
+    written, the others counted, in one summary line per code ``SUMMARY_SECONDS`` after the
+    first not written, and by ``report_suppressed()`` at a server's stop.
+
+    Thread-safe (the HTTP API answers on several threads); only the calls it limits take its
+    lock. A summary is written by a timer thread: the HTTP threads have no event loop, and
+    left to the next refused call, the last second of a flood would be told only when
+    another came, maybe hours later. ``clock`` gives monotonic seconds (``time.monotonic``
+    when the first line is limited).
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock
+        self.log = logging.getLogger(ACCESS_LOGGER)
+        self._lock = threading.Lock()
+        self._budgets: dict[str, LineBudget] = {}
+        self._peers: dict[str, _Peers] = {}  # by code, of the lines not written since the last summary
+        self._summary_due: threading.Timer | None = None
+
+    def admit(self, code: str, peer: str) -> bool:
+        """Whether the access line of a call refused with ``code`` by ``peer`` is written; if
+        not, it is counted for the next summary."""
+        if code not in TOKENLESS_REFUSALS:
+            return True
+        with self._lock:
+            budget = self._budgets.get(code)
+            if budget is None:
+                budget = self._budgets[code] = LineBudget(TOKENLESS_LINES_PER_SECOND, 1.0, self.clock)
+            if budget.admit():
+                return True
+            peers = self._peers.get(code)
+            if peers is None:
+                peers = self._peers[code] = _Peers(peer)
+            peers.add(peer)
+            if self._summary_due is None:
+                self._summary_due = threading.Timer(SUMMARY_SECONDS, self.report_suppressed)
+                self._summary_due.daemon = True
+                self._summary_due.start()
+        return False
+
+    def report_suppressed(self) -> None:
+        """One summary line per code of the access lines not written since the last."""
+        with self._lock:
+            if self._summary_due is not None:
+                self._summary_due.cancel()
+                self._summary_due = None
+            by_code, self._peers = self._peers, {}
+            counts = {code: self._budgets[code].take_suppressed() for code in by_code}
+        for code, peers in by_code.items():
+            self.log.info(
+                "%d access lines of %s calls not written (rate-limited), the first from %s",
+                counts[code], code, peers.first,
+                extra={"fields": {"code": code, "suppressed": counts[code], "first_peer": peers.first,
+                                  "peers": peers.count(), "worker": _worker, "pid": os.getpid()}},
+            )
+
+
 def request_id_of(metadata: Any) -> str:
     """The caller's x-request-id (cleaned, bounded), else a new one. Cleaned to printable
     ASCII, which is all gRPC sends back in metadata (and keeps a log line one line)."""
@@ -283,10 +343,9 @@ class AccessLog(grpc.aio.ServerInterceptor):
     ``on_rejected(method, code, seconds)`` is told of calls refused by an interceptor
     (auth, limits) before reaching the servicer, which counts the others.
 
-    The lines of calls refused without a valid token (``TOKENLESS_REFUSALS``) are limited to
-    ``TOKENLESS_LINES_PER_SECOND`` per code (``clock`` times them: ``time.monotonic``); the
-    others are counted in a summary line per code and ``SUMMARY_SECONDS`` (on the event loop
-    they were refused on), and by ``report_suppressed()`` at a server's stop.
+    The lines of calls refused without a valid token go through ``tokenless``
+    (``TokenlessLines``; ``clock`` times them), whose ``report_suppressed()`` a server calls
+    at its stop.
     """
 
     def __init__(
@@ -300,10 +359,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
         self.on_rejected = on_rejected
         self.feed_prefix = feed_prefix
         self.log = logging.getLogger(ACCESS_LOGGER)
-        self.clock = clock
-        self._budgets: dict[str, LineBudget] = {}
-        self._peers: dict[str, _Peers] = {}  # by code, of the lines not written since the last summary
-        self._summary_due: asyncio.TimerHandle | None = None
+        self.tokenless = TokenlessLines(clock)
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
@@ -353,43 +409,10 @@ class AccessLog(grpc.aio.ServerInterceptor):
                 rejected = call["rejected"]
                 if rejected and self.on_rejected is not None:
                     self.on_rejected(metric_method or method.rsplit("/", 1)[-1], code_name, seconds)
-                if self.log.isEnabledFor(level) and (not rejected or self._admit(code_name, peer)):
+                if self.log.isEnabledFor(level) and (not rejected or self.tokenless.admit(code_name, peer)):
                     self.write(level, method, code_name, seconds, request, response, call, peer)
 
         return logged
-
-    def _admit(self, code: str, peer: str) -> bool:
-        """Whether the access line of a call refused with ``code`` is written; if not, it is
-        counted for the next summary."""
-        if code not in TOKENLESS_REFUSALS:
-            return True
-        budget = self._budgets.get(code)
-        if budget is None:
-            budget = self._budgets[code] = LineBudget(TOKENLESS_LINES_PER_SECOND, 1.0, self.clock)
-        if budget.admit():
-            return True
-        peers = self._peers.get(code)
-        if peers is None:
-            peers = self._peers[code] = _Peers(peer)
-        peers.add(peer)
-        if self._summary_due is None:
-            self._summary_due = asyncio.get_running_loop().call_later(SUMMARY_SECONDS, self.report_suppressed)
-        return False
-
-    def report_suppressed(self) -> None:
-        """One summary line per code of the access lines not written since the last."""
-        if self._summary_due is not None:
-            self._summary_due.cancel()
-            self._summary_due = None
-        by_code, self._peers = self._peers, {}
-        for code, peers in by_code.items():
-            suppressed = self._budgets[code].take_suppressed()
-            self.log.info(
-                "%d access lines of %s calls not written (rate-limited), the first from %s",
-                suppressed, code, peers.first,
-                extra={"fields": {"code": code, "suppressed": suppressed, "first_peer": peers.first,
-                                  "peers": peers.count(), "worker": _worker, "pid": os.getpid()}},
-            )
 
     def write(self, level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict, peer: str) -> None:
         """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""

@@ -613,7 +613,7 @@ class FeedServer:
         # health and reflection, among them health Watches, which never end by themselves:
         # a grace here held every stop for all of it while a client watched.
         await self.grpc_server.stop(0)
-        self.access_log.report_suppressed()  # the last second's, whose summary was not yet due
+        self.access_log.tokenless.report_suppressed()  # the last second's, whose summary was not yet due
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -465,7 +465,7 @@ def test_the_access_lines_of_calls_without_a_token_are_rate_limited_and_summaris
     config = ServerConfig(models_dir=str(world.models_dir), data_dir=str(world.data_dir), port=0, token_secret=TOKEN_SECRET,
                           reload_seconds=0, tokens=tokens)
     server = server_module.FeedServer(config)
-    server.access_log.clock = lambda: 1000.0  # one second that never ends, however slow the calls
+    server.access_log.tokenless.clock = lambda: 1000.0  # one second that never ends, however slow the calls
     server.start()
     try:
         asyncio.run(_tokenless_flood(server.port, tokenless=500, unknown=60, authorised=30, denied=20))

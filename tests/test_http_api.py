@@ -4,6 +4,7 @@ with the gRPC code mapped to an HTTP status; the same tokens; metrics and access
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import http.client
@@ -14,6 +15,7 @@ import socket
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,7 +27,7 @@ from google.rpc import error_details_pb2  # noqa: F401 (registers the detail typ
 from grpc_status import rpc_status
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving import auth
+from serving import auth, logs
 from serving.server import FeedServer
 from serving.load import load_into_redis
 from serving.web.common import HTTP_STATUS
@@ -423,6 +425,32 @@ def test_calls_are_counted_like_rpcs_and_logged_with_their_request_id(api, caplo
     version = api.server.service.model_version
     assert lines[0] == ("req-42", "http.GetFeed", "OK", version)
     assert [line[1:3] for line in lines[1:]] == [("http.GetFeed", "INVALID_ARGUMENT"), ("http.Ingest", "OK")]
+
+
+def test_the_access_lines_of_calls_without_a_token_are_rate_limited_and_summarised(world, caplog):
+    # Anyone reaching the HTTP port could have the server write an access line per request
+    # without a token, as on gRPC: one client looping them wrote 2,200 lines (630 KB) a
+    # second. Every call is still counted; calls with a valid token are all logged.
+    tokens = tuple(auth.parse_tokens(TOKENS, "t"))
+    with caplog.at_level(logging.INFO, logger="feedrank.access"):
+        with running_server(world, http_port=free_port(), tokens=tokens) as (server, stub):
+            served = Served(server, stub)
+            server.http.context.tokenless_lines.clock = lambda: 1000.0  # one second that never ends, however slow the calls
+            reader = {"Authorization": f"Bearer {READ}"}
+            calls = [{}] * 300 + [reader] * 30
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                statuses = list(pool.map(lambda headers: served.feed("u00001", headers, page_size=2).status, calls))
+            counted = served.metric("feedrank_requests_total", method="http.GetFeed", code="UNAUTHENTICATED")
+    assert statuses == [401] * 300 + [200] * 30
+    access = [record.fields for record in caplog.records if record.name == "feedrank.access"]
+    written = collections.Counter(fields["code"] for fields in access if "suppressed" not in fields)
+    summaries = [fields for fields in access if "suppressed" in fields]
+    assert written == {"UNAUTHENTICATED": logs.TOKENLESS_LINES_PER_SECOND, "OK": 30}
+    assert sum(summary["suppressed"] for summary in summaries) == 300 - logs.TOKENLESS_LINES_PER_SECOND
+    assert all(summary["code"] == "UNAUTHENTICATED" and summary["first_peer"].startswith("ipv4:127.0.0.1:")
+               and summary["peers"] == 1 for summary in summaries), summaries
+    assert sorted(fields["client"] for fields in access if fields.get("code") == "OK") == ["reader"] * 30
+    assert counted == 300
 
 
 def test_the_start_logs_where_the_explorer_answers(world, caplog):

@@ -115,14 +115,15 @@ class HttpServer:
 
     def __init__(self, app: Flask, host: str, port: int, tls: tuple[str, str, ssl.SSLContext] | None = None) -> None:
         self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
+        self.context: WebContext = app.extensions["feedrank"]
         # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
         # would still read and discard it to keep the connection. This cap bounds that
         # (a larger body gets cheroot's own plain 413).
-        self.server.max_request_body_size = BODY_CAP_FACTOR * app.extensions["feedrank"].max_body_bytes
+        self.server.max_request_body_size = BODY_CAP_FACTOR * self.context.max_body_bytes
         # The request line and headers had no cap at all: one 200 MB query string added 1.9 GB
         # to the process. A GetFeed's largest valid query (1000 excluded ids of 256 bytes,
         # percent-encoded) is under 1 MB; cheroot answers 414 (line) or 413 (headers) past it.
-        self.server.max_request_header_size = app.extensions["feedrank"].max_body_bytes
+        self.server.max_request_header_size = self.context.max_body_bytes
         if tls:
             cert, key, context = tls
             self.server.ssl_adapter = _WorkerHandshakeAdapter(cert, key)
@@ -142,3 +143,4 @@ class HttpServer:
     def stop(self) -> None:
         self.server.stop()
         self._thread.join(timeout=5)
+        self.context.tokenless_lines.report_suppressed()  # the last second's, whose summary was not yet due

@@ -371,9 +371,16 @@ def _peer() -> str:
 
 
 def _record(call: _Call, seconds: float) -> None:
-    service = web_context().service()
+    context = web_context()
+    service = context.service()
     if service is not None:
         observe_call(service, call.method.name, call.code, seconds, call.request, call.response)
-    if _ACCESS.log.isEnabledFor(logging.INFO):
-        facts = {"request_id": call.request_id, "client": call.client}
-        _ACCESS.write(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, _peer())
+    if not _ACCESS.log.isEnabledFor(logging.INFO):
+        return
+    peer = _peer()
+    # A call refused before its request was read (401, 403, 503 loading) may have come
+    # without a token from anyone: those lines are limited as gRPC's are.
+    if call.request is None and not context.tokenless_lines.admit(call.code.name, peer):
+        return
+    facts = {"request_id": call.request_id, "client": call.client}
+    _ACCESS.write(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, peer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from flask import Response, current_app, jsonify, request
 from serving.auth import AuthInterceptor, Token
 from serving.config import DEFAULT_MAX_MESSAGE_BYTES
 from serving.feed_service import FeedService
+from serving.logs import TokenlessLines
 from serving.servicer import LOADING, Refusal
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -52,12 +53,15 @@ class WebContext:
     ``service()`` is None while the server is still loading; ``auth`` None when no
     tokens are configured (everything is open, as over gRPC). ``max_body_bytes``: the
     largest request body, as ``--max-message-bytes`` is the largest gRPC message.
+    ``tokenless_lines`` limits the access lines of the API's calls refused without a valid
+    token, as gRPC's are.
     """
 
     service: Callable[[], FeedService | None]
     auth: AuthInterceptor | None
     models_dir: str
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    tokenless_lines: TokenlessLines = field(default_factory=TokenlessLines)
 
 
 def web_context() -> WebContext:
