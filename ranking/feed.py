@@ -54,9 +54,10 @@ class FeedSettings:
     knn_neighbours: int = 25  # item-kNN candidates (most similar to recent likes) for a first page
     sources: tuple[str, ...] = SOURCE_NAMES  # which candidate sources to use (ablations)
     # Of those, the ones that run only when the others gathered fewer than 2 x (served +
-    # limit) candidates (ranking.pipeline.fallback_below): trending is the cold-start
-    # fallback. Always on, it took 2.0 % of validation NDCG@10 from the generator's warm
-    # users and gave Last.fm nothing (benchmarks/README.md, 2026-12-03 late). (): all always run.
+    # limit) candidates (ranking.pipeline.fallback_below) or a page the caps left short:
+    # trending is the cold-start fallback. Always on, it took 2.0 % of validation NDCG@10
+    # from the generator's warm users and gave Last.fm nothing (benchmarks/README.md,
+    # 2026-12-03 late). (): all always run.
     fallback_sources: tuple[str, ...] = ("trending",)
     fresh_window_seconds: float = 3_600.0  # graph activity this recent is promoted to the top
     max_fresh: int = 3  # at most this many promoted items per page; 0 disables promotion

@@ -12,7 +12,7 @@ import numpy as np
 
 from ranking import batch as bits
 from ranking.batch import CandidateBatch, SourceCandidates
-from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selector
+from ranking.components import CandidateSource, FeedQuery, Filter, Scorer, Selection, Selector
 from ranking.features import FEATURE_NAMES
 from ranking.model_items import ModelItems
 from ranking.store import FeedStateReader, ItemColumns, SharedItems, UserState
@@ -36,8 +36,10 @@ class PipelineConfig:
     ``select_fanout`` for which.
 
     ``fallback_sources`` run only when ``sources`` gathered fewer than
-    ``fallback_below(served + limit)`` candidates: a user the other sources know little
-    about (cold start) still gets a full page, and the others' feeds are not diluted.
+    ``fallback_below(served + limit)`` candidates, or when the page selected from what they
+    gathered came out short (the selector's caps hold back many items of few sellers): a
+    user the other sources know little about (cold start) still gets a full page, and the
+    others' feeds are not diluted.
     """
 
     sources: Sequence[CandidateSource]
@@ -96,8 +98,9 @@ MAX_EXPLAINED_REMOVALS = 200
 class FeedResult:
     """One page, best first, plus what happened on the way (for metrics and debugging).
 
-    ``has_more`` is true when ranked candidates remain after this page; ``explanation``
-    is set when the page was asked for with ``explain=True``. ``item_hashes`` are the
+    ``has_more`` is true when ranked candidates remain after this page; ``fallback_gathered``
+    when the fallback sources ran for it; ``explanation`` is set when the page was asked
+    for with ``explain=True``. ``item_hashes`` are the
     ``ranking.vocab.stable_hash`` of the items' ids, in page order (what page tokens keep).
     """
 
@@ -105,6 +108,7 @@ class FeedResult:
     has_more: bool
     item_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     gathered_by_source: Counter[str] = field(default_factory=Counter)
+    fallback_gathered: bool = False
     removed_by_filter: Counter[str] = field(default_factory=Counter)
     explanation: Explanation | None = None
     # Item codes each filter removed, by filter name: collected only when explaining.
@@ -141,7 +145,8 @@ class FeedPipeline:
     Reads the store in exactly four batched calls: user, activity, hydration and, for
     the page's items only, their cards; a user who follows more sellers than the fan-out
     cap costs a fifth, small one (the recent likes' sellers, which choose whose listings
-    to read).
+    to read). A page the filters or the caps left short reads again (deeper pools, or
+    with the fallback sources).
     """
 
     def __init__(self, config: PipelineConfig, store: FeedStateReader, model_items: ModelItems | None) -> None:
@@ -165,7 +170,36 @@ class FeedPipeline:
         on earlier pages (sorted uint32); ``shopper`` narrows the feed. ``explain`` also
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
-        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
+        request = (user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
+        query, batch, result = self._filled_pool(*request)
+        scores, hashes, ranked, (page, news) = self._selected(query, batch)
+        if len(page) < limit and not result.fallback_gathered and self.config.fallback_sources:
+            # The main sources' count promised a page the selector could not fill: it counts
+            # rows before duplicates merge and before the per-seller cap (a new user who
+            # follows one big shop gathered 50 listings, of which a page holds two).
+            query, batch, result = self._filled_pool(*request, with_fallback=True)
+            scores, hashes, ranked, (page, news) = self._selected(query, batch)
+        result.items = self._page_items(query, batch, page, scores, news)
+        result.item_hashes = hashes[page]
+        result.has_more = len(ranked) > len(page)
+        if explain:
+            result.explanation = self._explain(query, batch, page, result)
+        return result
+
+    def _filled_pool(
+        self,
+        user_id: str,
+        limit: int,
+        now: float,
+        exclude_ids: Sequence[str],
+        served_hashes: np.ndarray | None,
+        shopper: ShopperFilters,
+        explain: bool,
+        with_fallback: bool = False,
+    ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
+        """The filtered candidates of a page, from pools deep enough to fill it when they can."""
+        request = (user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
+        query, batch, result = self._candidates(*request, with_fallback=with_fallback)
         # The pools are sized for an unfiltered page, and the filters may remove most of
         # them: a shopper's narrow filter, or stock once the trending items sold out, would
         # end the feed after the few items left in the first pools. Deeper pools, until the
@@ -174,19 +208,17 @@ class FeedPipeline:
         deepest = max(query.depth, MAX_POOL_DEPTH)
         while len(batch) <= limit and (shopper.active or filtered_out(result)) and query.depth < deepest:
             depth = min(query.depth * POOL_GROWTH, deepest)
-            query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes, shopper, explain, depth)
+            query, batch, result = self._candidates(*request, depth, with_fallback=with_fallback)
+        return query, batch, result
+
+    def _selected(self, query: FeedQuery, batch: CandidateBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, Selection]:
+        """The scores, id hashes and rank order of the batch's rows, and the page selected from them."""
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
         hashes = self.store.items.hashes(batch.codes)
         ranked = np.lexsort((batch.codes, hashes, -scores))
-        page, news = self.config.selector.select(query, batch, ranked)
-        result.items = self._page_items(query, batch, page, scores, news)
-        result.item_hashes = hashes[page]
-        result.has_more = len(ranked) > len(page)
-        if explain:
-            result.explanation = self._explain(query, batch, page, result)
-        return result
+        return scores, hashes, ranked, self.config.selector.select(query, batch, ranked)
 
     def _explain(self, query: FeedQuery, batch: CandidateBatch, page: np.ndarray, result: FeedResult) -> Explanation:
         scorer = self.config.scorer
@@ -234,6 +266,7 @@ class FeedPipeline:
         shopper: ShopperFilters = ShopperFilters(),
         explain: bool = False,
         pool_depth: int = 0,
+        with_fallback: bool = False,
     ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         config, store = self.config, self.store
         served = np.zeros(0, np.uint32) if served_hashes is None else served_hashes
@@ -265,8 +298,9 @@ class FeedPipeline:
 
         result = FeedResult([], False, removed_codes={} if explain else None)
         parts = self._gather(config.sources, query, result)
-        if sum(map(len, parts)) < fallback_below(depth):
+        if with_fallback or sum(map(len, parts)) < fallback_below(depth):
             parts += self._gather(config.fallback_sources, query, result)
+            result.fallback_gathered = True
         else:
             result.gathered_by_source.update(dict.fromkeys((source.name for source in config.fallback_sources), 0))
         batch = CandidateBatch.merged(parts)

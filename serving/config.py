@@ -330,7 +330,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("fatigue_sink", float, _FEED.fatigue_sink, "score (log-odds) an item loses per view past the free ones; ln 2 halves its odds", "feed", minimum=0),
     Flag("fatigue_hide_views", int, _FEED.fatigue_hide_views, "views without engagement after which an item rests out of the feed for 3 days from the last view", "feed", minimum=1),
     Flag("sources", str, ",".join(SOURCE_NAMES), "comma-separated candidate sources", "feed", listed=True),
-    Flag("fallback_sources", str, ",".join(_FEED.fallback_sources), "of those, the ones that run only when the others gathered fewer than 2 x (served + limit) candidates (the cold-start fallback); 'none': every source always runs", "feed", listed=True),
+    Flag("fallback_sources", str, ",".join(_FEED.fallback_sources), "of those, the ones that run only when the others gathered fewer than 2 x (served + limit) candidates or a short page (the cold-start fallback); 'none': every source always runs", "feed", listed=True),
     Flag("arms", str, None, "A/B arms file (TOML, format above); default: no arms", "A/B arms", metavar="FILE"),
 )
 FLAGS_BY_DEST = {f.dest: f for f in FLAGS}

@@ -169,6 +169,31 @@ def test_a_cold_start_feed_pages_past_trending_items_that_sold_out():
     assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
 
 
+def test_a_new_user_who_follows_one_big_shop_gets_full_pages_and_all_of_its_listings():
+    # 30 listings of the one shop newbie follows, 40 trending items of 40 other sellers. The
+    # listings alone were enough (2 x 10) to skip trending, and the seller cap let two of
+    # them on a page: the first page held two items.
+    shop = [(f"b{k:02d}", "bigshop", NOW - (k + 1) * 3600, 5) for k in range(30)]
+    trending = [(f"t{k:02d}", f"s{k:02d}", NOW - 10 * DAY, 5) for k in range(40)]
+    likes = [(f"u{n:02d}", f"t{k:02d}", NOW - DAY) for k in range(40) for n in range(40 - k)]
+    dataset = make_dataset(shop + trending, likes=likes, follows=[("newbie", "bigshop", NOW - DAY)])
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0), None)
+    pages: list[list[str]] = []
+    has_more = True
+    while has_more:
+        served = np.sort(np.array([stable_hash(i) for p in pages for i in p], np.uint32))
+        page = pipeline.run("newbie", 10, NOW, served_hashes=served)
+        pages.append(ids(page))
+        has_more = page.has_more
+    served = [i for p in pages for i in p]
+    assert len(pages[0]) == 10
+    assert sorted(served) == sorted(i for i, *_ in shop + trending)  # each once, the shop's last listings too
+    # Every page is full while other sellers' items remain; then the cap serves the shop two a page.
+    trending_left = [40 - sum(i.startswith("t") for p in pages[:n] for i in p) for n in range(len(pages))]
+    assert all(len(p) == 10 for p, left in zip(pages, trending_left) if left >= 8)
+    assert all(sum(i.startswith("b") for i in p) <= 2 for p in pages)
+
+
 def test_same_state_gives_the_same_feed():
     assert [(c.item_id, c.score) for c in feed_for(store()).items] == [(c.item_id, c.score) for c in feed_for(store()).items]
 

@@ -208,7 +208,7 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated candidate sources of the served feed, for ablations (default: %(default)s)")
     feed.add_argument("--fallback-sources", type=source_names, metavar="LIST",
                       help="of those, the ones that run only when the others gathered fewer than 2 x (served + limit) "
-                           "candidates (the cold-start fallback); 'none': every source always runs (default: "
+                           "candidates or a short page (the cold-start fallback); 'none': every source always runs (default: "
                            f"{','.join(d.fallback_sources)}, when among --sources)")
 
 
