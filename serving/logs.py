@@ -49,7 +49,8 @@ server lacks (refused before any token is checked). Anyone who reaches the port 
 them. PERMISSION_DENIED is not among them: it needs a valid token, so its client is one of
 ours, named in the line, and each line helps fix its scopes."""
 TOKENLESS_LINES_PER_SECOND = 5
-"""Access lines written per second for each code of ``TOKENLESS_REFUSALS``; the others are
+"""Access lines written per second for each code of ``TOKENLESS_REFUSALS`` (and lines of each
+kind of ``LimitedLines``, such as the HTTP port's failed TLS handshakes); the others are
 counted in one summary line per second (and every call in the metrics). One client looping
 unauthenticated calls had the server write 3,500 lines (1 MB) a second, burying the lines an
 operator needs; five a second still show at once a misconfigured client's peer and request
@@ -263,41 +264,44 @@ def _host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
-class TokenlessLines:
-    """The access lines of calls refused without a valid token (``TOKENLESS_REFUSALS``), of
-    gRPC or the HTTP API: at most ``TOKENLESS_LINES_PER_SECOND`` a second per code are
-    written, the others counted, in one summary line per code ``SUMMARY_SECONDS`` after the
-    first not written, and by ``report_suppressed()`` at a server's stop.
+def peer_name(host: str, port: int | str) -> str:
+    """A client's address as gRPC names a peer (``ipv4:10.0.0.7:5123``, ``ipv6:[::1]:5123``), for
+    the lines of the HTTP server: their summaries count its hosts as the gRPC ones."""
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
-    Thread-safe (the HTTP API answers on several threads); only the calls it limits take its
-    lock. A summary is written by a timer thread: the HTTP threads have no event loop, and
-    left to the next refused call, the last second of a flood would be told only when
-    another came, maybe hours later. ``clock`` gives monotonic seconds (``time.monotonic``
-    when the first line is limited).
+
+class LimitedLines:
+    """Log lines that anyone who reaches a port can have written, one per call or connection:
+    at most ``TOKENLESS_LINES_PER_SECOND`` a second of each kind are written (``admit``), the
+    others counted, in one summary line per kind ``SUMMARY_SECONDS`` after the first not
+    written, and by ``report_suppressed()`` at a server's stop. A subclass writes the summary
+    (``summarise``).
+
+    Thread-safe (the HTTP server answers on several threads). A summary is written by a
+    timer thread: the HTTP threads have no event loop, and left to the next limited line,
+    the last second of a flood would be told only when another came, maybe hours later.
+    ``clock`` gives monotonic seconds (``time.monotonic`` when the first line of a kind is
+    limited).
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.clock = clock
-        self.log = logging.getLogger(ACCESS_LOGGER)
         self._lock = threading.Lock()
         self._budgets: dict[str, LineBudget] = {}
-        self._peers: dict[str, _Peers] = {}  # by code, of the lines not written since the last summary
+        self._peers: dict[str, _Peers] = {}  # by kind, of the lines not written since the last summary
         self._summary_due: threading.Timer | None = None
 
-    def admit(self, code: str, peer: str) -> bool:
-        """Whether the access line of a call refused with ``code`` by ``peer`` is written; if
-        not, it is counted for the next summary."""
-        if code not in TOKENLESS_REFUSALS:
-            return True
+    def admit(self, kind: str, peer: str) -> bool:
+        """Whether a line of ``kind`` about ``peer`` is written; if not, it is counted for the next summary."""
         with self._lock:
-            budget = self._budgets.get(code)
+            budget = self._budgets.get(kind)
             if budget is None:
-                budget = self._budgets[code] = LineBudget(TOKENLESS_LINES_PER_SECOND, 1.0, self.clock)
+                budget = self._budgets[kind] = LineBudget(TOKENLESS_LINES_PER_SECOND, 1.0, self.clock)
             if budget.admit():
                 return True
-            peers = self._peers.get(code)
+            peers = self._peers.get(kind)
             if peers is None:
-                peers = self._peers[code] = _Peers(peer)
+                peers = self._peers[kind] = _Peers(peer)
             peers.add(peer)
             if self._summary_due is None:
                 self._summary_due = threading.Timer(SUMMARY_SECONDS, self.report_suppressed)
@@ -306,20 +310,38 @@ class TokenlessLines:
         return False
 
     def report_suppressed(self) -> None:
-        """One summary line per code of the access lines not written since the last."""
+        """One summary line per kind of the lines not written since the last."""
         with self._lock:
             if self._summary_due is not None:
                 self._summary_due.cancel()
                 self._summary_due = None
-            by_code, self._peers = self._peers, {}
-            counts = {code: self._budgets[code].take_suppressed() for code in by_code}
-        for code, peers in by_code.items():
-            self.log.info(
-                "%d access lines of %s calls not written (rate-limited), the first from %s",
-                counts[code], code, peers.first,
-                extra={"fields": {"code": code, "suppressed": counts[code], "first_peer": peers.first,
-                                  "peers": peers.count(), "worker": _worker, "pid": os.getpid()}},
-            )
+            by_kind, self._peers = self._peers, {}
+            counts = {kind: self._budgets[kind].take_suppressed() for kind in by_kind}
+        for kind, peers in by_kind.items():
+            self.summarise(kind, counts[kind], peers.first, {"suppressed": counts[kind], "first_peer": peers.first,
+                                                             "peers": peers.count(), "worker": _worker, "pid": os.getpid()})
+
+    def summarise(self, kind: str, suppressed: int, first_peer: str, fields: dict[str, Any]) -> None:
+        """Write the summary of the ``suppressed`` lines of ``kind`` not written; ``fields``
+        (``suppressed``, ``first_peer``, ``peers``: distinct hosts, ``worker``, ``pid``) go on it."""
+        raise NotImplementedError
+
+
+class TokenlessLines(LimitedLines):
+    """The access lines of calls refused without a valid token (``TOKENLESS_REFUSALS``), of
+    gRPC or the HTTP API, limited per code; the lines of other codes are all written and
+    take no lock."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        super().__init__(clock)
+        self.log = logging.getLogger(ACCESS_LOGGER)
+
+    def admit(self, code: str, peer: str) -> bool:
+        return code not in TOKENLESS_REFUSALS or super().admit(code, peer)
+
+    def summarise(self, code: str, suppressed: int, first_peer: str, fields: dict[str, Any]) -> None:
+        self.log.info("%d access lines of %s calls not written (rate-limited), the first from %s",
+                      suppressed, code, first_peer, extra={"fields": {"code": code, **fields}})
 
 
 def request_id_of(metadata: Any) -> str:

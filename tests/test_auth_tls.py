@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.client
 import itertools
@@ -13,6 +14,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -21,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving import auth
+from serving import auth, logs
 from serving.config import ServerConfig
 from serving.server import FeedServer
 from tests.feed_world import TOKEN_SECRET, build_world
@@ -290,6 +292,52 @@ def test_plain_http_on_the_tls_http_port_is_logged_not_written_raw(world, pki, c
                 assert plain.recv(1024).startswith(b"HTTP/1.1 400")
     assert "plain HTTP" not in capfd.readouterr().err  # not a raw line in a --log-format json stream
     assert any("attempted to speak plain HTTP" in r.getMessage() for r in caplog.records if r.name == "feedrank.http")
+
+
+def plain_http_request(port: int) -> bytes:
+    """What the TLS HTTP port answers a plain HTTP request (cheroot closes after it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
+        plain.sendall(b"GET /v1/users/u00001/feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := plain.recv(4096):
+                answer += chunk
+        return answer
+
+
+def aborted_handshake(port: int) -> None:
+    """A client that sends its TLS hello and closes without waiting for the server's."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(outgoing.read())
+
+
+def test_the_lines_of_failed_handshakes_on_the_tls_http_port_are_rate_limited_and_summarised(world, pki, caplog):
+    # One line per connection that spoke plain HTTP or left during the handshake: anyone who
+    # reaches the port had the server write 1,250 such lines (160 KB) a second.
+    plain, aborted = 200, 50
+    caplog.set_level(logging.INFO, logger="feedrank.http")
+    with serving(world, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"), http_port=free_port()) as server:
+        server.http.server.failed_handshakes.clock = lambda: 1000.0  # one second that never ends, however slow the clients
+        port = server.config.http_port
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = pool.map(lambda job: job(port), [plain_http_request] * plain + [aborted_handshake] * aborted)
+            assert sum(answer is not None and answer.startswith(b"HTTP/1.1 400") for answer in answers) == plain
+        assert https_feed_status(port, pki) == 200  # a client that speaks TLS is served, and its handshake writes nothing
+    messages = [record for record in caplog.records if record.name == "feedrank.http"]
+    written = collections.Counter("plain_http" if "plain HTTP" in record.getMessage() else "handshake_lost"
+                                  for record in messages if not hasattr(record, "fields"))
+    summaries = [record.fields for record in messages if hasattr(record, "fields")]
+    suppressed = collections.Counter()
+    for summary in summaries:
+        suppressed[summary["kind"]] += summary["suppressed"]
+        assert summary["first_peer"].startswith("ipv4:127.0.0.1:") and summary["peers"] == 1, summary
+    limit = logs.TOKENLESS_LINES_PER_SECOND
+    assert written == {"plain_http": limit, "handshake_lost": limit}
+    assert suppressed == {"plain_http": plain - limit, "handshake_lost": aborted - limit}
 
 
 def test_a_client_that_connects_and_sends_nothing_holds_up_no_other_client_of_the_tls_http_port(world, pki):

@@ -20,6 +20,7 @@ import grpc
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from serving import logs
 from serving.native_threads import one_faiss_thread
 from serving.web.common import HttpError, WebContext, error_json
 
@@ -27,6 +28,11 @@ log = logging.getLogger("feedrank.http")
 
 HTTP_THREADS = 8
 BODY_CAP_FACTOR = 4
+FAILED_HANDSHAKES = {
+    "plain_http": "that spoke plain HTTP to the TLS port",
+    "handshake_lost": "lost during the TLS handshake",
+}
+"""The kinds of lines of connections to the TLS port that never completed a handshake, and what the summary says of their clients."""
 
 
 def create_app(context: WebContext) -> Flask:
@@ -85,16 +91,32 @@ class _Connection(server.HTTPConnection):
         try:
             self.ssl_env = self.server.ssl_adapter.handshake(self.socket)
         except errors.FatalSSLAlert as error:
-            self.server.error_log(f"client {client} lost during the TLS handshake: {error}")
+            self._log_failed_handshake("handshake_lost", f"client {client} lost during the TLS handshake: {error}")
             return False
         except errors.NoSSLError:
-            self.server.error_log(f"client {client} attempted to speak plain HTTP to the TLS port; answered 400")
+            self._log_failed_handshake("plain_http", f"client {client} attempted to speak plain HTTP to the TLS port; answered 400")
             message = b"The client sent a plain HTTP request, but this server only speaks HTTPS on this port."
             head = f"HTTP/1.1 400 Bad Request\r\nContent-Length: {len(message)}\r\nContent-Type: text/plain\r\n\r\n"
             with contextlib.suppress(OSError):  # the client may be gone already
                 socket.socket.sendall(self.socket, head.encode("ascii") + message)  # the bare socket: no TLS was agreed
             return False
         return super().communicate()
+
+    def _log_failed_handshake(self, kind: str, message: str) -> None:
+        """``message``, unless the lines of ``kind`` are over their budget (see FailedHandshakeLines)."""
+        peer = logs.peer_name(self.remote_addr or "", self.remote_port)
+        if log.isEnabledFor(logging.INFO) and self.server.failed_handshakes.admit(kind, peer):
+            self.server.error_log(message)
+
+
+class FailedHandshakeLines(logs.LimitedLines):
+    """The lines of connections to the TLS port that never completed a handshake (``FAILED_HANDSHAKES``),
+    limited as the access lines of calls without a token are: anyone who reaches the port can open
+    connections, and one client looping plain HTTP requests had the server write 1,250 lines (160 KB) a second."""
+
+    def summarise(self, kind: str, suppressed: int, first_peer: str, fields: dict[str, Any]) -> None:
+        log.info("%d lines of clients %s not written (rate-limited), the first from %s",
+                 suppressed, FAILED_HANDSHAKES[kind], first_peer, extra={"fields": {"kind": kind, **fields}})
 
 
 class _LoggingServer(wsgi.Server):
@@ -103,6 +125,10 @@ class _LoggingServer(wsgi.Server):
     so that they follow --log-format and --log-level."""
 
     ConnectionClass = _Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_handshakes = FailedHandshakeLines()
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         log.log(level, "%s", msg, exc_info=traceback)
@@ -143,4 +169,6 @@ class HttpServer:
     def stop(self) -> None:
         self.server.stop()
         self._thread.join(timeout=5)
-        self.context.tokenless_lines.report_suppressed()  # the last second's, whose summary was not yet due
+        # The last second's, whose summaries were not yet due.
+        self.context.tokenless_lines.report_suppressed()
+        self.server.failed_handshakes.report_suppressed()

@@ -366,8 +366,7 @@ _ACCESS = logs.AccessLog(lambda request: served_by(web_context().service(), requ
 
 def _peer() -> str:
     """The client's address as gRPC names a peer, for the access line."""
-    host, port = request.remote_addr or "", request.environ.get("REMOTE_PORT", "")
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return logs.peer_name(request.remote_addr or "", request.environ.get("REMOTE_PORT", ""))
 
 
 def _record(call: _Call, seconds: float) -> None:
