@@ -67,6 +67,7 @@ up, and it took time to arrive), so the client's cancel often arrives first."""
 
 # The RPC being served on this thread: request id, and what the interceptors learned.
 _CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("feedrank_call", default=None)
+_access_log = logging.getLogger(ACCESS_LOGGER)
 _worker = 0
 _in_feed_process = False
 
@@ -437,35 +438,43 @@ class AccessLog(grpc.aio.ServerInterceptor):
         return logged
 
     def write(self, level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict, peer: str) -> None:
-        """One access line; ``call`` holds its request_id and client, ``peer`` names the client's address as gRPC does."""
-        version = getattr(response, "model_version", "")
-        arm = getattr(response, "arm", "")
-        if not version:
-            version, arm = self.served_by(request)
-        method = _printable(method)
-        name = method.rsplit("/", 1)[-1]
-        latency_ms = round(seconds * 1000, 3)
-        self.log.log(
-            level,
-            "%s %s %.1f ms",
-            name,
-            code,
-            latency_ms,
-            extra={
-                "request_id": call["request_id"],
-                "fields": {
-                    "method": method,
-                    "code": code,
-                    "latency_ms": latency_ms,
-                    "model_version": version,
-                    **({"arm": arm} if arm else {}),
-                    "worker": _worker,
-                    "pid": os.getpid(),
-                    "peer": peer,
-                    "client": call["client"],
-                },
+        """The call's access line (``write_access_line``), naming the model that served it by ``served_by``."""
+        write_access_line(level, method, code, seconds, request, response, call, peer, self.served_by)
+
+
+def write_access_line(level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict,
+                      peer: str, served_by: Callable[[Any], tuple[str, str]]) -> None:
+    """One access line, of an RPC or an HTTP API call: ``call`` holds its request_id and client,
+    ``peer`` names the client's address as gRPC does, ``served_by(request)`` the model version and
+    arm when ``response`` names none."""
+    version = getattr(response, "model_version", "")
+    arm = getattr(response, "arm", "")
+    if not version:
+        version, arm = served_by(request)
+    method = _printable(method)
+    name = method.rsplit("/", 1)[-1]
+    latency_ms = round(seconds * 1000, 3)
+    _access_log.log(
+        level,
+        "%s %s %.1f ms",
+        name,
+        code,
+        latency_ms,
+        extra={
+            "request_id": call["request_id"],
+            "fields": {
+                "method": method,
+                "code": code,
+                "latency_ms": latency_ms,
+                "model_version": version,
+                **({"arm": arm} if arm else {}),
+                "worker": _worker,
+                "pid": os.getpid(),
+                "peer": peer,
+                "client": call["client"],
             },
-        )
+        },
+    )
 
 
 def _printable(text: str) -> str:

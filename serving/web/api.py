@@ -361,7 +361,7 @@ def _unparsable_part(value: Any, message_type: type[Message]) -> str:
 # --- metrics and the access line ----------------------------------------------------------
 
 
-_ACCESS = logs.AccessLog(lambda request: served_by(web_context().service(), request))
+_ACCESS_LOG = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 def _peer() -> str:
@@ -374,7 +374,7 @@ def _record(call: _Call, seconds: float) -> None:
     service = context.service()
     if service is not None:
         observe_call(service, call.method.name, call.code, seconds, call.request, call.response)
-    if not _ACCESS.log.isEnabledFor(logging.INFO):
+    if not _ACCESS_LOG.isEnabledFor(logging.INFO):
         return
     peer = _peer()
     # A call refused before its request was read (401, 403, 503 loading) may have come
@@ -382,4 +382,5 @@ def _record(call: _Call, seconds: float) -> None:
     if call.request is None and not context.tokenless_lines.admit(call.code.name, peer):
         return
     facts = {"request_id": call.request_id, "client": call.client}
-    _ACCESS.write(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, peer)
+    logs.write_access_line(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, peer,
+                           lambda request: served_by(service, request))
