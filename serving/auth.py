@@ -149,6 +149,16 @@ def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> Any
     return None
 
 
+@dataclass(frozen=True)
+class AuthRefusal:
+    """Why a call's token does not let it through; ``client``: the token's name when the
+    token is valid but lacks the scope (PERMISSION_DENIED), for the access line."""
+
+    code: grpc.StatusCode
+    message: str
+    client: str | None = None
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the bearer token and its scope of every call but health and reflection."""
 
@@ -170,27 +180,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 found = token
         return found
 
-    def check(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> tuple[grpc.StatusCode, str] | Token:
-        """The token allowed to call ``method``, or the status that refuses the call."""
+    def check(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> AuthRefusal | Token:
+        """The token allowed to call ``method``, or the refusal of the call."""
         header = _metadata_value(metadata, "authorization")
         scope = METHOD_SCOPES.get(method)
         return self.check_bearer(header if isinstance(header, str) else None, scope, method.rsplit("/", 1)[-1])
 
-    def check_bearer(self, header: str | None, scope: str | None, what: str) -> tuple[grpc.StatusCode, str] | Token:
+    def check_bearer(self, header: str | None, scope: str | None, what: str) -> AuthRefusal | Token:
         """The token of an ``authorization`` header (gRPC metadata or HTTP) if it grants
-        ``scope`` (None: refused to every token), else the status that refuses ``what``."""
+        ``scope`` (None: refused to every token), else the refusal of ``what``."""
         if not header:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send the header 'authorization: Bearer TOKEN'"
+            return AuthRefusal(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token: send the header 'authorization: Bearer TOKEN'")
         scheme, _, presented = header.strip().partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
-            return grpc.StatusCode.UNAUTHENTICATED, "the authorization header must be 'Bearer TOKEN'"
+            return AuthRefusal(grpc.StatusCode.UNAUTHENTICATED, "the authorization header must be 'Bearer TOKEN'")
         token = self.identify(presented)
         if token is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+            return AuthRefusal(grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
         if scope is None or scope not in token.scopes:
             needed = f"the '{scope}' scope" if scope else "a scope no token has"
-            return grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {what} needs"
+            return AuthRefusal(grpc.StatusCode.PERMISSION_DENIED, f"this token does not grant {needed}, which {what} needs", token.name)
         return token
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -199,9 +209,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or is_open_method(method):
             return handler
         outcome = self.check(method, handler_call_details.invocation_metadata)
-        if not isinstance(outcome, Token):
-            return rejecting(handler, *outcome)
-        return _as_client(handler, outcome.name)
+        if isinstance(outcome, Token):
+            return _as_client(handler, outcome.name)
+        refusing = rejecting(handler, outcome.code, outcome.message)
+        return refusing if outcome.client is None else _as_client(refusing, outcome.client)
 
 
 def _as_client(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:

@@ -385,6 +385,7 @@ def test_one_access_line_per_rpc_with_request_id_code_latency_model_and_worker(w
     assert first["request_id"] == "req-42" and access[1]["request_id"] == generated and len(generated) == 32
     assert first["model_version"] == response.model_version != "" and access[2]["model_version"] == response.model_version
     assert first["worker"] == 0 and first["pid"] == os.getpid() and first["client"] == "web-client"
+    assert access[2]["client"] == "web-client"  # a valid token refused for its scope is named too
     assert 0 < first["latency_ms"] < 10_000 and first["peer"].startswith("ipv")
     assert TOKEN not in log_stream.getvalue()
 

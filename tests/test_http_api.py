@@ -384,9 +384,10 @@ def _post_chunked(port: int, path: str, body: bytes, chunk: int = 65_536) -> tup
 # --- auth, metrics, access lines ----------------------------------------------------------
 
 
-def test_the_grpc_tokens_and_scopes_guard_the_api(world):
+def test_the_grpc_tokens_and_scopes_guard_the_api(world, caplog):
     tokens = tuple(auth.parse_tokens(TOKENS, "t"))
-    with running_server(world, http_port=free_port(), tokens=tokens) as (server, stub):
+    with running_server(world, http_port=free_port(), tokens=tokens) as (server, stub), \
+            caplog.at_level(logging.INFO, logger="feedrank.access"):
         served = Served(server, stub)
         feed = feed_pb2.GetFeedRequest(user_id="u00001", limit=5)
         unauthenticated = served.feed("u00001", page_size=5)
@@ -402,6 +403,8 @@ def test_the_grpc_tokens_and_scopes_guard_the_api(world):
         assert served.ingest(events, {**JSON, "Authorization": f"Bearer {WRITE}"}).body == {"applied": 1}
         assert served.metric("feedrank_requests_total", method="http.GetFeed", code="UNAUTHENTICATED") == 2
         assert served.metric("feedrank_requests_total", method="http.Ingest", code="PERMISSION_DENIED") == 1
+    denied = [record.fields["client"] for record in caplog.records if record.fields.get("code") == "PERMISSION_DENIED"]
+    assert denied == ["reader", "reader"]  # over HTTP and over gRPC, the valid token refused for its scope is named
 
 
 def test_calls_are_counted_like_rpcs_and_logged_with_their_request_id(api, caplog):

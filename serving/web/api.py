@@ -129,6 +129,7 @@ def _serve(method: _Method, message: Message, read: Callable[[Message], None]) -
     except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
         http_error = error if isinstance(error, HttpError) else refused(refusal_of(error, method.name))
         call.code = http_error.code
+        call.client = call.client or http_error.client
         raise http_error from None
     finally:
         _record(call, time.perf_counter() - started)

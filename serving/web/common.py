@@ -76,8 +76,9 @@ class HttpError(Exception):
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, field: str = "", description: str = "",
-                 retry_after: float | None = None, http_status: int | None = None) -> None:
+                 retry_after: float | None = None, http_status: int | None = None, client: str | None = None) -> None:
         super().__init__(message)
+        self.client = client  # a valid token's name, refused for its scope: for the access line
         self.code = code
         self.message = message
         self.field = field
@@ -131,7 +132,7 @@ def authorize(scope: str, what: str, allow_cookie: bool = False) -> Token | None
     outcome = auth.check_bearer(header, scope, what)
     if isinstance(outcome, Token):
         return outcome
-    raise HttpError(*outcome)
+    raise HttpError(outcome.code, outcome.message, client=outcome.client)
 
 
 def requires(scope: str, what: str, allow_cookie: bool = False) -> Callable:

@@ -235,7 +235,7 @@ def sign_in() -> Any:
     token = request.form.get("token", "").strip()
     outcome = auth.check_bearer(f"Bearer {token}", SCOPE, WHAT)
     if not isinstance(outcome, Token):
-        refusal = HttpError(*outcome)
+        refusal = HttpError(outcome.code, outcome.message)
         return render("signin.html", next=next_path, message=refusal.message), refusal.http_status
     response = redirect(next_path, code=303)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
