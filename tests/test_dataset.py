@@ -17,7 +17,9 @@ from training.dataset import (
     DatasetError,
     Edges,
     Items,
+    edges_csv,
     load_dataset,
+    write_csv_tables,
     write_dataset,
 )
 
@@ -720,6 +722,26 @@ def test_csv_bytes_are_the_bytes_csv_writer_writes(rows, chunk):
         assert module._csv_bytes(("a", "b"), [plain, plain]) == module._csv_text(("a", "b"), [plain, plain]).encode()
     finally:
         module._CSV_CHUNK_ROWS = saved
+
+
+def test_a_csv_written_in_parts_is_the_csv_written_whole(tmp_path: Path) -> None:
+    """A part's integral times are integers where the whole's are strings; a quoted id in one part only."""
+    import training.dataset as module
+
+    likes = Edges(["u1", "u,2", "u3"], ["i1", "i2", 'i"3'], np.array([1.0, 2.5, np.nan]))
+    parts = [edges_csv("likes.csv", Edges(likes.src[a:b], likes.dst[a:b], likes.ts[a:b])) for a, b in ((0, 1), (1, 1), (1, 3))]
+    write_csv_tables(str(tmp_path), {"likes.csv": parts})
+    assert (tmp_path / "likes.csv").read_bytes() == module._csv_bytes(*edges_csv("likes.csv", likes))
+    assert (tmp_path / "likes.csv").read_bytes() == b'user_id,item_id,ts\nu1,i1,1\n"u,2",i2,2.5\nu3,"i""3",\n'
+
+
+def test_a_csv_written_in_parts_refuses_a_carriage_return_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """write_dataset quotes every field of a file with one, which a file written in parts cannot."""
+    (tmp_path / "likes.csv").write_text("old\n")
+    parts = [edges_csv("likes.csv", Edges(["u1"], ["i1"], np.array([1.0]))), edges_csv("likes.csv", Edges(["u\r2"], ["i1"], np.array([1.0])))]
+    with pytest.raises(ValueError, match="likes.csv: a field holds a carriage return"):
+        write_csv_tables(str(tmp_path), {"likes.csv": parts})
+    assert [p.name for p in tmp_path.iterdir()] == ["likes.csv"] and (tmp_path / "likes.csv").read_text() == "old\n"
 
 
 HIDDEN_ITEMS = "user_id,item_id,ts\nu1,i2,1700000200\nu1,i2,1700000300\nu2,i3,\n"

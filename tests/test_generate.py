@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from training.dataset import Dataset, load_dataset, write_dataset
-from training.generate import DEFAULT_END_TIME, generate, main
+from training.generate import DEFAULT_END_TIME, generate, generate_arrays, main
 
 FILES = ("items.csv", "likes.csv", "follows.csv", "friends.csv")
 
@@ -199,3 +200,62 @@ def test_times_the_loader_refuses_are_refused_before_writing(tmp_path: Path, cap
         main(["generate", "--out", str(tmp_path / "g"), "--users", "20", "--sellers", "2", "--items", "5", *flags])
     assert stopped.value.code != 0 and says in capsys.readouterr().err + str(stopped.value.code)
     assert not (tmp_path / "g").exists()
+
+
+# sha256 of the files the CLI wrote before it wrote them a part at a time (through
+# write_dataset(generate(...)), commit 20252ce): the part-wise writer must keep them.
+OLD_CODE_DIGESTS = {
+    ("--users", "300", "--sellers", "200", "--items", "700", "--seed", "3"): {
+        "engagements.csv": "09c7b3d66ef00dc0d19078e60e2cf76d1a696152e83ce66cbdee773c99c8a7bb",
+        "follows.csv": "11e5684112fad19ce127938a591b2a9a8fa1f8bad9893d94c2932df0558747ec",
+        "friends.csv": "ee2e72934f3c53babdac8cb0babe1a61fcbe9c441faf8f5b30d442847dbe77fb",
+        "items.csv": "a51df828c4249e8eb877f35fb49a0b09b52e15e569cdbc110dc2805691e1b494",
+        "likes.csv": "4059dc51727516272ae1e811041178af8ce378c714dfc50d2f521d3adeb07a47",
+        "sellers.csv": "a1a84c2c6ff002d56f61dc2ad720ef7b3fe4e6a64cc6d88e0a29fb6f31da5fb2",
+    },
+    ("--users", "300", "--sellers", "40", "--items", "500", "--seed", "5", "--no-engagements", "--likes-per-user", "8",
+     "--communities", "4"): {
+        "follows.csv": "3e1a61f1cf9fdc8bbdb1d2796c95d23044cd05915a9b51061931b95416a098f5",
+        "friends.csv": "c78b203d39084314effcc2c765c14c6b96de298fbbf1ea6032b6197102cf83c5",
+        "items.csv": "2aef625b54bbf939b38dfee51dba1295ed200a7834b1d29dad8a64a3886ff905",
+        "likes.csv": "de68199c42efcffbfdb7a9e783be23804bbd21b64519575b2269004bc9399cdd",
+        "sellers.csv": "1af1e944ac1f2cb4242b24657df15e2caf3b7aa787942dc8ca701e63cdae36fc",
+    },
+    # No seller on vacation (no sellers.csv) and every item eligible (no feed_eligible column).
+    ("--users", "40", "--sellers", "3", "--items", "5", "--seed", "2", "--likes-per-user", "3"): {
+        "engagements.csv": "e28a9b64beeeb70c544c3c21cc5cd5359316949f56a2430501dfad2ab1287f03",
+        "follows.csv": "0e82037e64281dc274fdf4c509483794bc488ca4a3c6052b591eef3e4a5e6a82",
+        "friends.csv": "d369e16d9242c556ae1712a124e0e8e92ba1e697489029ff6c18de68872adf59",
+        "items.csv": "2c62201afa8c05a87838c222300fcb11154bcaa44fb64ed31bb69f15e7a7b70c",
+        "likes.csv": "980d5c52ce7677dce0c79cf35998a5e3e8feebb2fb64d543b4dca634d8618d1d",
+    },
+}
+
+
+def digests(path: Path) -> dict[str, str]:
+    return {file.name: hashlib.sha256(file.read_bytes()).hexdigest() for file in path.iterdir()}
+
+
+@pytest.mark.parametrize("flags", list(OLD_CODE_DIGESTS))
+def test_cli_writes_the_bytes_it_wrote_before_writing_in_parts(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags) -> None:
+    assert main(["--out", str(tmp_path), "--no-progress", *flags]) == 0
+    assert digests(tmp_path) == OLD_CODE_DIGESTS[flags]
+
+
+def test_parts_of_any_size_write_what_write_dataset_writes(tmp_path: Path) -> None:
+    data = generate_arrays(users=300, sellers=200, items=700, seed=3)
+    write_dataset(data.dataset(), str(tmp_path / "whole"))
+    for part_rows in (7, 1 << 20):
+        data.write(str(tmp_path / str(part_rows)), part_rows=part_rows)
+        assert digests(tmp_path / str(part_rows)) == digests(tmp_path / "whole")
+    assert digests(tmp_path / "whole") == OLD_CODE_DIGESTS[("--users", "300", "--sellers", "200", "--items", "700", "--seed", "3")]
+
+
+def test_writing_replaces_what_the_directory_held(tmp_path: Path) -> None:
+    """As write_dataset: tables this dataset has none of, and Parquet copies, are removed."""
+    data = generate_arrays(users=40, sellers=3, items=5, likes_per_user=3, seed=2, engagements=False)
+    for stale in ("sellers.csv", "engagements.csv", "likes.parquet", "items.csv"):
+        (tmp_path / stale).write_text("stale\n")
+    data.write(str(tmp_path), part_rows=7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["follows.csv", "friends.csv", "items.csv", "likes.csv"]
+    assert load_dataset(str(tmp_path)).fingerprint() == data.dataset().fingerprint()

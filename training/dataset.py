@@ -69,10 +69,9 @@ import io
 import itertools
 import math
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -1535,28 +1534,41 @@ def _csv_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
 
 
 def _csv_bytes(header: Sequence[str], columns: Sequence[Sequence[str] | np.ndarray]) -> bytes:
-    """UTF-8 of ``_csv_text(header, columns)``; int64 arrays are columns of integers.
+    """UTF-8 of ``_csv_text(header, columns)``; int64 arrays are columns of integers."""
+    rows = _csv_rows(columns)
+    if rows is None:
+        plain = [column.astype(str).tolist() if isinstance(column, np.ndarray) else column for column in columns]
+        return _csv_text(header, plain).encode("utf-8")
+    return _csv_text(header, []).encode("utf-8") + rows
+
+
+def _csv_rows(columns: Sequence[Sequence[str] | np.ndarray]) -> bytes | None:
+    """The CSV lines of ``columns`` (no header), byte for byte what csv.writer writes, or
+    None when a field holds a carriage return: then only quoting every field of the file,
+    header included, reads back right (see ``_csv_text``).
 
     When no field needs quoting (ids, numbers, times: the bulk of any dataset), pyarrow
-    joins the fields in C++ a chunk of rows at a time, byte for byte what csv.writer
-    writes and about ten times faster at tens of millions of rows (the fingerprint of a
-    29M-like dataset took 53 s through csv.writer). Anything else goes through csv.writer.
+    joins the fields in C++ a chunk of rows at a time, about ten times faster than
+    csv.writer at tens of millions of rows (the fingerprint of a 29M-like dataset took
+    53 s through csv.writer). Anything else goes through csv.writer.
     """
-    joined = _joined_without_quoting(header, columns)
+    joined = _joined_without_quoting(columns)
     if joined is not None:
         return joined
     plain = [column.astype(str).tolist() if isinstance(column, np.ndarray) else column for column in columns]
-    return _csv_text(header, plain).encode("utf-8")
+    if any("\r" in "".join(column) for column in plain):
+        return None
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(zip(*plain))
+    return buf.getvalue().encode("utf-8")
 
 
-def _joined_without_quoting(header: Sequence[str], columns: Sequence[Sequence[str] | np.ndarray]) -> bytes | None:
-    """The CSV bytes joined by pyarrow, or None when a field needs quoting."""
+def _joined_without_quoting(columns: Sequence[Sequence[str] | np.ndarray]) -> bytes | None:
+    """The CSV lines joined by pyarrow, or None when a field needs quoting."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if any(re.search(_NEEDS_QUOTING, name) for name in header):
-        return None
-    pieces: list[bytes | memoryview] = [(",".join(header) + "\n").encode()]
+    pieces: list[bytes | memoryview] = []
     for start in range(0, len(columns[0]) if columns else 0, _CSV_CHUNK_ROWS):
         fields = []
         for column in columns:
@@ -1578,54 +1590,77 @@ def _joined_without_quoting(header: Sequence[str], columns: Sequence[Sequence[st
 def _card_columns(it: Items) -> dict[str, list[str]]:
     """The card columns that hold anything but defaults: a dataset without cards writes
     (and fingerprints) exactly the files it did before cards existed."""
-    columns = {
+    columns = _formatted_cards(it)
+    defaults = {"feed_eligible": "1"}
+    return {name: values for name, values in columns.items() if any(v != defaults.get(name, "") for v in values)}
+
+
+def _formatted_cards(it: Items) -> dict[str, list[str]]:
+    return {
         "title": it.title,
         "image_url": it.image_url,
         "currency": it.currency,
         "ship_days": _format_times(it.ship_days),
         "feed_eligible": ["1" if e else "0" for e in it.feed_eligible.tolist()],
     }
-    defaults = {"feed_eligible": "1"}
-    return {name: values for name, values in columns.items() if any(v != defaults.get(name, "") for v in values)}
+
+
+CsvColumns = tuple[tuple[str, ...], list[Sequence[str] | np.ndarray]]
+"""A CSV table as (header, columns): int64 arrays are columns of integers."""
+
+
+def items_csv(it: Items, cards: Sequence[str] | None = None) -> CsvColumns:
+    """items.csv of ``it``, with the card columns ``cards`` (default: those holding anything but
+    defaults; a writer of ``it`` in parts names those of the whole, as every part has the header)."""
+    if cards is None:
+        columns = _card_columns(it)
+    else:
+        formatted = _formatted_cards(it)
+        columns = {name: formatted[name] for name in cards}
+    header = ("item_id", "seller_id", "created_at", "stock", "price", "category", *columns)
+    return header, [
+        it.item_id,
+        it.seller_id,
+        _format_times(it.created_at),
+        np.asarray(it.stock, dtype=np.int64).astype(str).tolist(),
+        _format_times(it.price),
+        it.category,
+        *columns.values(),
+    ]
+
+
+def edges_csv(name: str, edges: Edges) -> CsvColumns:
+    """The CSV of ``edges`` as table ``name`` (LIKES, FOLLOWS, FRIENDS, HIDDEN_ITEMS or HIDDEN_SELLERS)."""
+    header, columns = _SCHEMA[name][0], [edges.src, edges.dst, _time_column(edges.ts)]
+    if name == LIKES and edges.weight is not None:
+        # Only a weighted dataset gets the column: unweighted files (and their
+        # fingerprints) are exactly what they were before weights existed.
+        header, columns = header + ("weight",), columns + [_time_column(edges.weight)]
+    return header, columns
+
+
+def engagements_csv(e: Engagements) -> CsvColumns:
+    return _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), [e.user_id, e.item_id, e.kind, _time_column(e.ts), e.friend_id]
+
+
+def sellers_csv(sellers: Sellers) -> CsvColumns:
+    until = ["inf" if np.isinf(t) else _format_time(t) for t in sellers.vacation_until.tolist()]
+    return _SCHEMA[SELLERS][0], [sellers.seller_id, until]
 
 
 def _render(ds: Dataset, all_main_tables: bool = False) -> dict[str, bytes]:
     """The CSV files of ``ds``: engagements.csv and sellers.csv only when they have rows,
     unless ``all_main_tables`` (the fingerprint's files are those of the default)."""
-    it = ds.items
-    cards = _card_columns(it)
-    out = {
-        ITEMS: _csv_bytes(
-            ("item_id", "seller_id", "created_at", "stock", "price", "category", *cards),
-            (
-                it.item_id,
-                it.seller_id,
-                _format_times(it.created_at),
-                np.asarray(it.stock, dtype=np.int64).astype(str).tolist(),
-                _format_times(it.price),
-                it.category,
-                *cards.values(),
-            ),
-        )
-    }
+    out = {ITEMS: _csv_bytes(*items_csv(ds.items))}
     for name, edges in ((LIKES, ds.likes), (FOLLOWS, ds.follows), (FRIENDS, ds.friends)):
-        header, columns = _SCHEMA[name][0], [edges.src, edges.dst, _time_column(edges.ts)]
-        if name == LIKES and edges.weight is not None:
-            # Only a weighted dataset gets the column: unweighted files (and their
-            # fingerprints) are exactly what they were before weights existed.
-            header, columns = header + ("weight",), columns + [_time_column(edges.weight)]
-        out[name] = _csv_bytes(header, columns)
+        out[name] = _csv_bytes(*edges_csv(name, edges))
     if len(ds.engagements) or all_main_tables:
-        e = ds.engagements
-        out[ENGAGEMENTS_FILE] = _csv_bytes(
-            _SCHEMA[ENGAGEMENTS_FILE][0] + ("friend_id",), (e.user_id, e.item_id, e.kind, _time_column(e.ts), e.friend_id)
-        )
+        out[ENGAGEMENTS_FILE] = _csv_bytes(*engagements_csv(ds.engagements))
     if len(ds.sellers) or all_main_tables:
-        until = ["inf" if np.isinf(t) else _format_time(t) for t in ds.sellers.vacation_until.tolist()]
-        out[SELLERS] = _csv_bytes(_SCHEMA[SELLERS][0], (ds.sellers.seller_id, until))
+        out[SELLERS] = _csv_bytes(*sellers_csv(ds.sellers))
     for name, edges in ((HIDDEN_ITEMS, ds.hidden_items), (HIDDEN_SELLERS, ds.hidden_sellers)):
         if len(edges):  # only then: the files (and fingerprints) of datasets without are as before
-            out[name] = _csv_bytes(_SCHEMA[name][0], [edges.src, edges.dst, _time_column(edges.ts)])
+            out[name] = _csv_bytes(*edges_csv(name, edges))
     return out
 
 
@@ -1723,13 +1758,48 @@ def write_dataset(dataset: Dataset, path: str, format: Literal["csv", "parquet"]
         return
     with gc_paused():
         rendered = _render(dataset, all_main_tables)
-    for optional in (SELLERS, ENGAGEMENTS_FILE, HIDDEN_ITEMS, HIDDEN_SELLERS):
-        if optional not in rendered:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(path, optional))
     for name, text in rendered.items():
         with _replacing(os.path.join(path, name)) as tmp, open(tmp, "wb") as fh:
             fh.write(text)
+    _remove_tables_not_written(path, rendered)
+
+
+def write_csv_tables(
+    path: str, tables: Mapping[str, Iterable[CsvColumns]], on_rows: Callable[[int], None] = lambda rows: None
+) -> None:
+    """Write CSV tables into ``path`` (created if needed) a part at a time, byte for byte
+    what ``write_dataset`` writes for a dataset of those tables' rows (the parts come from
+    ``items_csv``, ``edges_csv``, ... of consecutive rows), without all rows in memory.
+
+    ``tables`` maps a CSV name to its parts, at least one (possibly empty) each. Each file
+    is replaced only once whole, and the optional tables not written and the Parquet
+    tables are removed, as ``write_dataset`` does. ``on_rows`` hears each part's row count.
+
+    Raises:
+        ValueError: on a field with a carriage return: ``write_dataset`` then quotes every
+            field of the file, which a file written in parts cannot do for its earlier parts.
+    """
+    os.makedirs(path, exist_ok=True)
+    for name, parts in tables.items():
+        with _replacing(os.path.join(path, name)) as tmp, open(tmp, "wb") as fh:
+            for i, (header, columns) in enumerate(parts):
+                if i == 0:
+                    fh.write(_csv_text(header, []).encode("utf-8"))
+                rows = _csv_rows(columns)
+                if rows is None:
+                    raise ValueError(f"{name}: a field holds a carriage return, which a CSV written in parts cannot quote")
+                fh.write(rows)
+                on_rows(len(columns[0]))
+    _remove_tables_not_written(path, tables)
+
+
+def _remove_tables_not_written(path: str, written: Collection[str]) -> None:
+    """After writing the CSV tables ``written`` into ``path``: remove the optional CSV tables
+    not among them and every Parquet table, so the directory holds this dataset only."""
+    for optional in (SELLERS, ENGAGEMENTS_FILE, HIDDEN_ITEMS, HIDDEN_SELLERS):
+        if optional not in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, optional))
     for name in _SCHEMA:
         _remove(os.path.join(path, parquet_name(name)))
 
@@ -1757,5 +1827,6 @@ __all__ = [
     "Sellers",
     "load_dataset",
     "load_defaults",
+    "write_csv_tables",
     "write_dataset",
 ]

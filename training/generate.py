@@ -36,16 +36,21 @@ Same arguments, same seed -> byte-identical files.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
-from typing import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from stores.events import MAX_UNIX_SECONDS
-from training.dataset import MIN_UNIX_SECONDS, Dataset, Edges, Engagements, Items, Sellers, write_dataset
+from training.dataset import (
+    ENGAGEMENTS_FILE, FOLLOWS, FRIENDS, ITEMS, LIKES, MIN_UNIX_SECONDS, SELLERS, CsvColumns, Dataset, Edges,
+    Engagements, Items, Sellers, edges_csv, engagements_csv, items_csv, sellers_csv, write_csv_tables,
+)
 from training.flag_types import bounded, output_directory
 
 #: 2026-01-01T00:00:00Z, the default end of the simulated period.
@@ -95,6 +100,10 @@ CLICKED_LIKES, CLICKED_VIEWS = 0.6, 0.08
 CARTED_LIKES, BOUGHT_CARTS = 0.25, 0.5
 
 _DAY = 86400.0
+#: Engagement kinds, in sorted order: sorting kind codes sorts the rows as their names would.
+_KIND_NAMES = np.array(["add_to_cart", "click", "purchase", "share", "view"], dtype=object)
+_ADD_TO_CART, _CLICK, _PURCHASE, _SHARE, _VIEW = range(len(_KIND_NAMES))
+_TITLES = np.array([f"{word} {noun}" for word in _TITLE_WORDS for noun in _TITLE_NOUNS], dtype=object)
 
 
 def default_communities(users: int) -> int:
@@ -114,6 +123,24 @@ def generate(
     progress: bool = False,
     engagements: bool = True,
 ) -> Dataset:
+    """A synthetic dataset (see the module docstring for the structure): that of
+    :func:`generate_arrays`, with string ids."""
+    return generate_arrays(users, sellers, items, likes_per_user, communities, seed, end_time, days, progress,
+                           engagements).dataset()
+
+
+def generate_arrays(
+    users: int,
+    sellers: int,
+    items: int,
+    likes_per_user: float = 20.0,
+    communities: int | None = None,
+    seed: int = 0,
+    end_time: float = DEFAULT_END_TIME,
+    days: int = 90,
+    progress: bool = False,
+    engagements: bool = True,
+) -> GeneratedArrays:
     """A synthetic dataset (see the module docstring for the structure).
 
     Ids are ``u00042`` for users (sellers are users) and ``i000123`` for items; all
@@ -257,45 +284,152 @@ def generate(
         np.random.default_rng([seed, 9]), (like_user, like_item, like_ts), prompted, n_friends, end, created,
         lambda users_: _taste_pick(np.random.default_rng([seed, 10]), users_, user_comm, user_vec, item_comm, item_vec, item_w, comm_p, n_comm),
         seller_user[item_seller],
-    ) if engagements else tuple(np.zeros(0, dtype) for dtype in (np.int64, np.int64, object, np.float64, np.int64))  # fmt: skip
+    ) if engagements else tuple(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.uint8, np.float64, np.int64))  # fmt: skip
     bar.update()
     bar.close()
 
-    uid = _ids("u", users, 5)
-    iid = _ids("i", items, 6)
-    cname = _ids("c", n_comm, 2)
     card_rng = np.random.default_rng([seed, 8])
-    title = [f"{_TITLE_WORDS[w]} {_TITLE_NOUNS[n]}" for w, n in zip(
-        card_rng.integers(len(_TITLE_WORDS), size=items).tolist(),
-        ((item_comm + card_rng.integers(0, 2, size=items)) % len(_TITLE_NOUNS)).tolist())]
+    word = card_rng.integers(len(_TITLE_WORDS), size=items)
+    title = word * len(_TITLE_NOUNS) + (item_comm + card_rng.integers(0, 2, size=items)) % len(_TITLE_NOUNS)
     usual_ship_days = card_rng.integers(0, 8, size=sellers)
     ship_days = np.clip(usual_ship_days[item_seller] + card_rng.integers(-1, 2, size=items), 0, 14)
     away = np.flatnonzero(card_rng.random(sellers) < SELLERS_ON_VACATION)
     until = np.where(card_rng.random(len(away)) < 0.5, np.inf, end + np.floor(card_rng.uniform(1, 14, len(away))) * 86_400.0)
-    return Dataset(
-        items=Items(
-            item_id=iid.tolist(),
-            seller_id=uid[seller_user[item_seller]].tolist(),
-            created_at=created.astype(np.float64),
-            stock=stock.astype(np.int64),
-            price=price.astype(np.float64),
-            category=cname[item_comm].tolist(),
-            title=title,
-            image_url=[f"https://img.example.com/items/{i}.jpg" for i in iid.tolist()],
-            currency=["EUR"] * items,
-            ship_days=ship_days.astype(np.float64),
-            feed_eligible=card_rng.random(items) >= INELIGIBLE_ITEMS,
-        ),
-        sellers=Sellers(uid[seller_user[away]].tolist(), until.astype(np.float64)),
-        likes=Edges(uid[like_user].tolist(), iid[like_item].tolist(), like_ts.astype(np.float64)),
-        follows=Edges(uid[fo_user].tolist(), uid[seller_user[fo_seller]].tolist(),
-                      fo_ts.astype(np.float64)),
-        friends=Edges(uid[fr_src].tolist(), uid[fr_dst].tolist(), fr_ts.astype(np.float64)),
-        engagements=Engagements(
-            uid[engaged[0]].tolist(), iid[engaged[1]].tolist(), engaged[2].tolist(),
-            engaged[3].astype(np.float64), [uid[f] if f >= 0 else "" for f in engaged[4].tolist()],
-        ),  # fmt: skip
-    )
+    return GeneratedArrays(
+        users=users, items=items, communities=n_comm,
+        item_seller=seller_user[item_seller], created=created.astype(np.float64), stock=stock.astype(np.int64),
+        price=price.astype(np.float64), category=item_comm, title=title, ship_days=ship_days.astype(np.float64),
+        feed_eligible=card_rng.random(items) >= INELIGIBLE_ITEMS,
+        vacation_seller=seller_user[away], vacation_until=until.astype(np.float64),
+        likes=(like_user, like_item, like_ts.astype(np.float64)),
+        follows=(fo_user, seller_user[fo_seller], fo_ts.astype(np.float64)),
+        friends=(fr_src, fr_dst, fr_ts.astype(np.float64)),
+        engagements=(engaged[0], engaged[1], engaged[2], engaged[3].astype(np.float64), engaged[4]),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GeneratedArrays:
+    """A generated dataset as integer codes, before any id is a string: user ``u`` is
+    ``u{u:05d}``, item ``i`` is ``i{i:06d}`` and community ``c`` is category ``c{c:02d}``
+    (wider when there are more). Times, prices and ship days are float64.
+
+    ``dataset()`` is the in-memory :class:`Dataset`; ``write()`` writes the same files as
+    ``write_dataset(dataset())`` a part at a time, never holding all rows as strings.
+    """
+
+    users: int
+    items: int
+    communities: int
+    item_seller: np.ndarray  # the user who sells each item
+    created: np.ndarray
+    stock: np.ndarray
+    price: np.ndarray
+    category: np.ndarray  # community of each item
+    title: np.ndarray  # index into _TITLES
+    ship_days: np.ndarray
+    feed_eligible: np.ndarray  # bool
+    vacation_seller: np.ndarray  # users on vacation
+    vacation_until: np.ndarray
+    likes: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user, item, ts)
+    follows: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user, seller's user, ts)
+    friends: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user, friend, ts), user < friend
+    engagements: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (user, item, kind, ts, friend or -1)
+
+    def dataset(self) -> Dataset:
+        return Dataset(
+            items=self._items(0, self.items),
+            sellers=self._sellers(),
+            likes=self._edges(LIKES, 0, self._edge_count(LIKES)),
+            follows=self._edges(FOLLOWS, 0, self._edge_count(FOLLOWS)),
+            friends=self._edges(FRIENDS, 0, self._edge_count(FRIENDS)),
+            engagements=self._engagements(0, len(self.engagements[0])),
+        )
+
+    def write(self, path: str, progress: bool = False, part_rows: int = 1 << 20) -> None:
+        """Write the CSV files ``write_dataset(self.dataset(), path)`` writes, ``part_rows``
+        rows at a time; ``progress``: a bar of the rows written."""
+        tables: dict[str, Iterable[CsvColumns]] = {ITEMS: self._item_parts(part_rows)}
+        for name in (LIKES, FOLLOWS, FRIENDS):
+            tables[name] = self._edge_parts(name, part_rows)
+        if len(self.engagements[0]):
+            tables[ENGAGEMENTS_FILE] = self._engagement_parts(part_rows)
+        if len(self.vacation_seller):
+            tables[SELLERS] = [sellers_csv(self._sellers())]
+        rows = self.items + sum(map(self._edge_count, (LIKES, FOLLOWS, FRIENDS))) + len(self.engagements[0])
+        with tqdm(total=rows + len(self.vacation_seller), desc="write", unit="row", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            write_csv_tables(path, tables, bar.update)
+
+    def _item_parts(self, part_rows: int) -> Iterator[CsvColumns]:
+        # write_dataset leaves out a card column holding only defaults; only feed_eligible
+        # can here (every item has a title, an image, a currency and ship days).
+        cards = ("title", "image_url", "currency", "ship_days", *(["feed_eligible"] if not self.feed_eligible.all() else []))
+        for start, stop in _parts(self.items, part_rows):
+            yield items_csv(self._items(start, stop), cards)
+
+    def _edge_parts(self, name: str, part_rows: int) -> Iterator[CsvColumns]:
+        for start, stop in _parts(self._edge_count(name), part_rows):
+            yield edges_csv(name, self._edges(name, start, stop))
+
+    def _engagement_parts(self, part_rows: int) -> Iterator[CsvColumns]:
+        for start, stop in _parts(len(self.engagements[0]), part_rows):
+            yield engagements_csv(self._engagements(start, stop))
+
+    @functools.cached_property
+    def _user_ids(self) -> np.ndarray:
+        # One more id, "", for the code -1 (an engagement's friend when there is none).
+        return np.append(_ids("u", self.users, 5), "")
+
+    @functools.cached_property
+    def _item_ids(self) -> np.ndarray:
+        return _ids("i", self.items, 6)
+
+    @functools.cached_property
+    def _category_ids(self) -> np.ndarray:
+        return _ids("c", self.communities, 2)
+
+    def _items(self, start: int, stop: int) -> Items:
+        rows = slice(start, stop)
+        item_id = self._item_ids[rows].tolist()
+        return Items(
+            item_id=item_id,
+            seller_id=self._user_ids[self.item_seller[rows]].tolist(),
+            created_at=self.created[rows],
+            stock=self.stock[rows],
+            price=self.price[rows],
+            category=self._category_ids[self.category[rows]].tolist(),
+            title=_TITLES[self.title[rows]].tolist(),
+            image_url=[f"https://img.example.com/items/{i}.jpg" for i in item_id],
+            currency=["EUR"] * len(item_id),
+            ship_days=self.ship_days[rows],
+            feed_eligible=self.feed_eligible[rows],
+        )
+
+    def _sellers(self) -> Sellers:
+        return Sellers(self._user_ids[self.vacation_seller].tolist(), self.vacation_until)
+
+    def _edge_columns(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return {LIKES: self.likes, FOLLOWS: self.follows, FRIENDS: self.friends}[name]
+
+    def _edge_count(self, name: str) -> int:
+        return len(self._edge_columns(name)[0])
+
+    def _edges(self, name: str, start: int, stop: int) -> Edges:
+        src, dst, ts = self._edge_columns(name)
+        dst_ids = self._item_ids if name == LIKES else self._user_ids
+        return Edges(self._user_ids[src[start:stop]].tolist(), dst_ids[dst[start:stop]].tolist(), ts[start:stop])
+
+    def _engagements(self, start: int, stop: int) -> Engagements:
+        user, item, kind, ts, friend = (column[start:stop] for column in self.engagements)
+        return Engagements(self._user_ids[user].tolist(), self._item_ids[item].tolist(), _KIND_NAMES[kind].tolist(),
+                           ts, self._user_ids[friend].tolist())  # fmt: skip
+
+
+def _parts(rows: int, part_rows: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive parts of ``rows`` rows, at least one (empty when rows is 0)."""
+    for start in range(0, max(rows, 1), part_rows):
+        yield start, min(start + part_rows, rows)
 
 
 def _engagements(
@@ -312,26 +446,26 @@ def _engagements(
     like_user, like_item, like_ts = likes
     parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(kind: str, users: np.ndarray, items: np.ndarray, ts: np.ndarray, friends: np.ndarray | None = None) -> None:
+    def add(kind: int, users: np.ndarray, items: np.ndarray, ts: np.ndarray, friends: np.ndarray | None = None) -> None:
         ts = np.clip(np.floor(ts), created[items] + 1.0, end)
-        parts.append((users, items, np.full(len(users), kind, dtype=object), ts,
+        parts.append((users, items, np.full(len(users), kind, dtype=np.uint8), ts,
                       np.full(len(users), -1, np.int64) if friends is None else friends))  # fmt: skip
 
     recipient, sharer, item, sharer_like, recipient_like = prompted
     chosen = (rng.random(len(recipient)) < SHARE_PROMPTED_LIKES) & (item_owner[item] != recipient)
     when = sharer_like + (recipient_like - sharer_like) * rng.random(len(recipient))
-    add("share", sharer[chosen], item[chosen], when[chosen], recipient[chosen])
+    add(_SHARE, sharer[chosen], item[chosen], when[chosen], recipient[chosen])
     to_all = (rng.random(len(like_user)) < SHARED_LIKES) & (n_friends[like_user] > 0)
-    add("share", like_user[to_all], like_item[to_all], like_ts[to_all] + rng.exponential(_DAY, int(to_all.sum())))
+    add(_SHARE, like_user[to_all], like_item[to_all], like_ts[to_all] + rng.exponential(_DAY, int(to_all.sum())))
 
-    add("view", like_user, like_item, like_ts - rng.random(len(like_user)) * _DAY)
+    add(_VIEW, like_user, like_item, like_ts - rng.random(len(like_user)) * _DAY)
     clicked = rng.random(len(like_user)) < CLICKED_LIKES
-    add("click", like_user[clicked], like_item[clicked], like_ts[clicked] - 1.0)
+    add(_CLICK, like_user[clicked], like_item[clicked], like_ts[clicked] - 1.0)
     carted = rng.random(len(like_user)) < CARTED_LIKES
     cart_ts = like_ts[carted] + rng.exponential(_DAY, int(carted.sum()))
-    add("add_to_cart", like_user[carted], like_item[carted], cart_ts)
+    add(_ADD_TO_CART, like_user[carted], like_item[carted], cart_ts)
     bought = rng.random(len(cart_ts)) < BOUGHT_CARTS
-    add("purchase", like_user[carted][bought], like_item[carted][bought], cart_ts[bought] + rng.exponential(_DAY, int(bought.sum())))
+    add(_PURCHASE, like_user[carted][bought], like_item[carted][bought], cart_ts[bought] + rng.exponential(_DAY, int(bought.sum())))
 
     seen_user = like_user.copy()
     seen_item = taste_pick(seen_user)
@@ -339,12 +473,12 @@ def _engagements(
     unliked = ~np.isin(seen_user * len(created) + seen_item, list(liked)) & (item_owner[seen_item] != seen_user)
     seen_user, seen_item = seen_user[unliked], seen_item[unliked]
     seen_ts = created[seen_item] + (end - created[seen_item]) * rng.random(len(seen_user))
-    add("view", seen_user, seen_item, seen_ts)
+    add(_VIEW, seen_user, seen_item, seen_ts)
     clicked = rng.random(len(seen_user)) < CLICKED_VIEWS
-    add("click", seen_user[clicked], seen_item[clicked], seen_ts[clicked] + 1.0)
+    add(_CLICK, seen_user[clicked], seen_item[clicked], seen_ts[clicked] + 1.0)
 
     users, items, kinds, ts, friends = (np.concatenate(column) for column in zip(*parts))
-    order = np.lexsort((kinds.astype(str), items, users, ts))
+    order = np.lexsort((kinds, items, users, ts))
     return users[order], items[order], kinds[order], ts[order], friends[order]
 
 
@@ -502,19 +636,19 @@ def run(args: argparse.Namespace) -> int:
     if args.end_time - args.days * 86_400 < MIN_UNIX_SECONDS:  # the loader refuses times before 1900
         raise ValueError(f"--days: {args.days} days before --end-time {args.end_time:g} reach before 1900")
     start = time.perf_counter()
-    ds = generate(
+    progress = sys.stderr.isatty() and not args.no_progress
+    data = generate_arrays(
         users=args.users, sellers=args.sellers, items=args.items,
         likes_per_user=args.likes_per_user, communities=args.communities, seed=args.seed,
-        end_time=args.end_time, days=args.days, progress=sys.stderr.isatty() and not args.no_progress,
-        engagements=args.engagements,
+        end_time=args.end_time, days=args.days, progress=progress, engagements=args.engagements,
     )
-    write_dataset(ds, args.out)
-    out_of_stock = int((ds.items.stock == 0).sum())
+    data.write(args.out, progress=progress)
+    out_of_stock = int((data.stock == 0).sum())
     print(
-        f"wrote {args.out}: {args.users} users, {args.sellers} sellers ({len(ds.sellers)} on vacation), "
-        f"{len(ds.items)} items ({out_of_stock} out of stock, {int((~ds.items.feed_eligible).sum())} kept out of the feed), "
-        f"{len(ds.likes)} likes, {len(ds.follows)} follows, "
-        f"{len(ds.friends)} friendships, {len(ds.engagements)} engagements in {time.perf_counter() - start:.1f}s"
+        f"wrote {args.out}: {args.users} users, {args.sellers} sellers ({len(data.vacation_seller)} on vacation), "
+        f"{data.items} items ({out_of_stock} out of stock, {int((~data.feed_eligible).sum())} kept out of the feed), "
+        f"{len(data.likes[0])} likes, {len(data.follows[0])} follows, "
+        f"{len(data.friends[0])} friendships, {len(data.engagements[0])} engagements in {time.perf_counter() - start:.1f}s"
     )
     return 0
 
