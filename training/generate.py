@@ -40,7 +40,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,6 +249,8 @@ def generate_arrays(
     age_room = end - created[base_item] - 1.0
     # Squared uniform: most likes come soon after listing, a tail comes later.
     base_ts = created[base_item] + 1.0 + np.floor(age_room * rng.random(len(base_item)) ** 2)
+    # A few hundred MB each at 1M users: freed before the steps that need as much again.
+    del via_follow, u, pick, todo, age_room
     bar.update()
 
     # 7. second pass: copy a random friend's random first-pass like, a little later
@@ -261,30 +263,22 @@ def generate_arrays(
     soc_item = base_item[src_like]
     delay = rng.exponential(SOCIAL_DELAY, size=len(soc_user))
     soc_ts = np.minimum(base_ts[src_like] + 1.0 + np.floor(delay), end)
+    prompted = (soc_user, friend, soc_item, base_ts[src_like], soc_ts)
 
     like_user = np.concatenate([base_user, soc_user])
     like_item = np.concatenate([base_item, soc_item])
     like_ts = np.concatenate([base_ts, soc_ts])
+    del base_user, base_item, base_ts, base_ptr, n_base, src_like, delay, friend_of, followed
     own = seller_user[item_seller[like_item]] == like_user
-    like_user, like_item, like_ts = like_user[~own], like_item[~own], like_ts[~own]
-    # Deduplicate (user, item) keeping the latest like.
-    key = like_user * items + like_item
-    order = np.lexsort((-like_ts, key))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    keep = order[first]
-    like_user, like_item, like_ts = like_user[keep], like_item[keep], like_ts[keep]
-    order = np.lexsort((like_item, like_user, like_ts))
-    like_user, like_item, like_ts = like_user[order], like_item[order], like_ts[order]
+    like_user, like_item, like_ts = _latest_likes_in_order(like_user[~own], like_item[~own], like_ts[~own], items)
     bar.update()
 
     # 9. engagement beyond likes
-    prompted = (soc_user, friend, soc_item, base_ts[src_like], soc_ts)
-    engaged = _engagements(
+    engaged = _sorted_engagements(_engagements(
         np.random.default_rng([seed, 9]), (like_user, like_item, like_ts), prompted, n_friends, end, created,
         lambda users_: _taste_pick(np.random.default_rng([seed, 10]), users_, user_comm, user_vec, item_comm, item_vec, item_w, comm_p, n_comm),
         seller_user[item_seller],
-    ) if engagements else tuple(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.uint8, np.float64, np.int64))  # fmt: skip
+    )) if engagements else tuple(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.uint8, np.float64, np.int64))  # fmt: skip
     bar.update()
     bar.close()
 
@@ -432,6 +426,20 @@ def _parts(rows: int, part_rows: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + part_rows, rows)
 
 
+def _latest_likes_in_order(
+    like_user: np.ndarray, like_item: np.ndarray, like_ts: np.ndarray, items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The latest like of each (user, item), sorted by (ts, user, item)."""
+    key = like_user * items + like_item
+    order = np.lexsort((-like_ts, key))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    like_user, like_item, like_ts = like_user[keep], like_item[keep], like_ts[keep]
+    order = np.lexsort((like_item, like_user, like_ts))
+    return like_user[order], like_item[order], like_ts[order]
+
+
 def _engagements(
     rng: np.random.Generator,
     likes: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -441,15 +449,18 @@ def _engagements(
     created: np.ndarray,
     taste_pick,
     item_owner: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Step 9: (user, item, kind, ts, friend or -1) arrays, sorted by (ts, user, item, kind)."""
+) -> tuple[list[np.ndarray], ...]:
+    """Step 9: the (user, item, kind, ts, friend or -1) columns, each a list of parts."""
     like_user, like_item, like_ts = likes
-    parts: list[tuple[np.ndarray, ...]] = []
+    code = _code_dtype(max(len(n_friends), len(created)))
+    parts: tuple[list[np.ndarray], ...] = ([], [], [], [], [])  # user, item, kind, ts, friend
 
     def add(kind: int, users: np.ndarray, items: np.ndarray, ts: np.ndarray, friends: np.ndarray | None = None) -> None:
         ts = np.clip(np.floor(ts), created[items] + 1.0, end)
-        parts.append((users, items, np.full(len(users), kind, dtype=np.uint8), ts,
-                      np.full(len(users), -1, np.int64) if friends is None else friends))  # fmt: skip
+        friends = np.full(len(users), -1, code) if friends is None else friends
+        row = (users.astype(code), items.astype(code), np.full(len(users), kind, dtype=np.uint8), ts, friends.astype(code))
+        for column, values in zip(parts, row):
+            column.append(values)
 
     recipient, sharer, item, sharer_like, recipient_like = prompted
     chosen = (rng.random(len(recipient)) < SHARE_PROMPTED_LIKES) & (item_owner[item] != recipient)
@@ -469,20 +480,43 @@ def _engagements(
 
     seen_user = like_user.copy()
     seen_item = taste_pick(seen_user)
-    liked = set((like_user * len(created) + like_item).tolist())
-    unliked = ~np.isin(seen_user * len(created) + seen_item, list(liked)) & (item_owner[seen_item] != seen_user)
+    liked = np.sort(like_user * len(created) + like_item)
+    unliked = ~_contains(liked, seen_user * len(created) + seen_item) & (item_owner[seen_item] != seen_user)
     seen_user, seen_item = seen_user[unliked], seen_item[unliked]
     seen_ts = created[seen_item] + (end - created[seen_item]) * rng.random(len(seen_user))
     add(_VIEW, seen_user, seen_item, seen_ts)
     clicked = rng.random(len(seen_user)) < CLICKED_VIEWS
     add(_CLICK, seen_user[clicked], seen_item[clicked], seen_ts[clicked] + 1.0)
+    return parts
 
-    users, items, kinds, ts, friends = (np.concatenate(column) for column in zip(*parts))
+
+def _sorted_engagements(parts: tuple[list[np.ndarray], ...]) -> tuple[np.ndarray, ...]:
+    """The engagement columns joined and sorted by (ts, user, item, kind), a column at a
+    time: each column's parts, then its unsorted copy, freed as the next copy is made."""
+    columns = []
+    for column in parts:
+        columns.append(np.concatenate(column))
+        column.clear()
+    users, items, kinds, ts, _ = columns
     order = np.lexsort((kinds, items, users, ts))
-    return users[order], items[order], kinds[order], ts[order], friends[order]
+    del users, items, kinds, ts
+    for i, column in enumerate(columns):
+        columns[i] = column[order]
+    return tuple(columns)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _code_dtype(n: int) -> type[np.signedinteger]:
+    """The integer type for codes 0..n-1 and -1: int32 (half of int64's memory) when they fit."""
+    return np.int32 if n <= np.iinfo(np.int32).max else np.int64
+
+
+def _contains(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Whether each query is among ``sorted_values``."""
+    at = np.minimum(np.searchsorted(sorted_values, queries), max(len(sorted_values) - 1, 0))
+    return sorted_values[at] == queries if len(sorted_values) else np.zeros(len(queries), dtype=bool)
 
 
 def _ids(prefix: str, n: int, width: int) -> np.ndarray:
@@ -524,19 +558,37 @@ def _pick_in_groups(
 ) -> np.ndarray:
     """For each query, a member index of the same group drawn with probability
     proportional to ``weights``; -1 where the group has no weight."""
+    return _group_sampler(member_group, weights, n_groups)(rng, query_group)
+
+
+def _group_sampler(
+    member_group: np.ndarray, weights: np.ndarray, n_groups: int, chunk: int = 1 << 20
+) -> Callable[[np.random.Generator, np.ndarray], np.ndarray]:
+    """``_pick_in_groups`` with its tables built once, for drawing in several calls.
+
+    It draws ``chunk`` queries at a time (bounded memory: a dozen temporaries per query);
+    one uniform per query in order, so the draws are those of all queries at once.
+    """
     order = np.argsort(member_group, kind="stable")
     cw = np.cumsum(weights[order], dtype=np.float64)
     bounds = np.searchsorted(member_group[order], np.arange(n_groups + 1))
     total = np.concatenate([[0.0], cw])
-    lo, hi = total[bounds[:-1]][query_group], total[bounds[1:]][query_group]
-    r = lo + rng.random(len(query_group)) * (hi - lo)
-    idx = np.searchsorted(cw, r, side="right")
-    # Rounding can push r onto a group edge; clamp into the group.
-    idx = np.clip(idx, bounds[:-1][query_group], bounds[1:][query_group] - 1)
-    out = order[np.clip(idx, 0, len(order) - 1)] if len(order) else np.zeros_like(idx)
-    out = out.astype(np.int64)
-    out[~(hi > lo)] = -1
-    return out
+    group_lo, group_hi = total[bounds[:-1]], total[bounds[1:]]
+
+    def draw(rng: np.random.Generator, query_group: np.ndarray) -> np.ndarray:
+        out = np.empty(len(query_group), dtype=np.int64)
+        for s in range(0, len(query_group), chunk):
+            q = query_group[s:s + chunk]
+            lo, hi = group_lo[q], group_hi[q]
+            r = lo + rng.random(len(q)) * (hi - lo)
+            idx = np.searchsorted(cw, r, side="right")
+            # Rounding can push r onto a group edge; clamp into the group.
+            idx = np.clip(idx, bounds[:-1][q], bounds[1:][q] - 1)
+            picked = order[np.clip(idx, 0, len(order) - 1)] if len(order) else np.zeros_like(idx)
+            out[s:s + chunk] = np.where(hi > lo, picked, -1)
+        return out
+
+    return draw
 
 
 def _homophilous_pick(
@@ -579,19 +631,22 @@ def _taste_pick(
     comm = np.where(rng.random(n) < IN_COMMUNITY_TASTE, user_comm[users],
                     rng.choice(n_comm, size=n, p=comm_p))
     k = TASTE_CANDIDATES
-    cand = _pick_in_groups(rng, np.repeat(comm, k), item_comm, item_w, n_comm).reshape(n, k)
+    draw = _group_sampler(item_comm, item_w, n_comm)
+    cand = np.empty((n, k), dtype=_code_dtype(len(item_comm)))
+    for s in range(0, n, chunk):  # users in order, k candidates each: the draws of all at once
+        cand[s:s + chunk] = draw(rng, np.repeat(comm[s:s + chunk], k)).reshape(-1, k)
     missing = cand < 0  # a community without items: fall back to the whole catalogue
     if missing.any():
         cand[missing] = _pick_in_groups(
             rng, np.zeros(int(missing.sum()), dtype=np.int64),
             np.zeros(len(item_comm), dtype=np.int64), item_w, 1,
         )
-    gumbel = rng.gumbel(size=(n, k)).astype(np.float32)
     out = np.empty(n, dtype=np.int64)
     for s in range(0, n, chunk):  # bounded memory: chunk x k x LATENT_DIM floats
         c = cand[s:s + chunk]
         aff = np.einsum("nkd,nd->nk", item_vec[c], user_vec[users[s:s + chunk]])
-        best = np.argmax(TASTE_SHARPNESS * aff + gumbel[s:s + chunk], axis=1)
+        gumbel = rng.gumbel(size=(len(c), k)).astype(np.float32)  # in order: as if drawn for all at once
+        best = np.argmax(TASTE_SHARPNESS * aff + gumbel, axis=1)
         out[s:s + chunk] = c[np.arange(len(c)), best]
     return out
 
