@@ -44,6 +44,7 @@ from stores.redis import (
     connect,
     eviction_warning,
     is_cluster_client,
+    mark_every_slot,
     pack_item,
     refusals_by_node,
     split_url,
@@ -264,6 +265,8 @@ def load_into_redis(
         seq, epoch, log = keys.change_log_keys()
         client.delete(seq, log)
         client.set(epoch, f"load {uuid.uuid4()}")
+        if is_cluster_client(client):  # the feed servers then write into slots that hold the data, only
+            mark_every_slot(client, keys)
     return LoadStats(rows=total, commands=commands, seconds=time.perf_counter() - started)
 
 
@@ -283,7 +286,7 @@ def load_probes(keys: Keys, cluster: bool) -> list[list[str]]:
         ["DEL", seq], ["DEL", log], ["SET", epoch, "0"],
     ]  # fmt: skip
     if cluster:  # a cluster's pipeline is no transaction, and keeps no packed items' hash
-        return probes
+        return [*probes, ["SET", keys.data_marker(0), "1"]]
     return [*probes, ["HSET", keys.packed_items, i, "0"], ["MULTI"], ["EXEC"]]
 
 

@@ -34,6 +34,9 @@ connection a feed waits for:
     written unless the whole batch is valid, the ack comes only after every part
     succeeded, and a retry of an unacknowledged batch converges to the state a single
     successful apply gives. Two batches applied concurrently may interleave per entity.
+    A batch that writes to a slot without its data marker (``Keys.data_marker``: its
+    primary came back empty) is refused as unavailable (``_check_slots_hold_data``), as a
+    standalone Redis without its change log's epoch is.
 
 Failures. Read sockets have short timeouts and a connection error is retried once at
 most, so a dead or frozen Redis raises StoreUnavailable within about ``socket_timeout``
@@ -58,7 +61,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (
     AskError,
     ClusterError,
@@ -631,8 +634,10 @@ return {'ok', #fresh, dups, changes_since(CHANGES .. 'seq', CHANGES .. 'epoch', 
 """
 )
 
-# Cluster, {log} slot: log the records not logged yet and mark them pending.
+# Cluster, {log} slot: log the records not logged yet and mark them pending. KEYS[2]:
+# the slot's data marker (Keys.data_marker), missing when its primary came back empty.
 _LUA_LOG_PENDING = _LUA_PRELUDE + r"""
+if EXPECT_DATA and redis.call('EXISTS', KEYS[2]) == 0 then return {'no_data'} end
 local n = (#ARGV - BASE) / NF
 local logged = 0
 for e = 0, n - 1 do
@@ -647,9 +652,11 @@ return logged
 
 # Cluster, one entity's slot: run its operations in order, each at most once per event.
 # ARGV after the constants: the slot's dedupe prefix, then OP_WIDTH fields per operation:
-# part id (event id '#' part), operation name, up to six arguments.
+# part id (event id '#' part), operation name, up to six arguments. The last of KEYS is the
+# slot's data marker (Keys.data_marker), missing when its primary came back empty.
 OP_WIDTH = 8
 _LUA_SLOT_OPS = _LUA_PRELUDE + r"""
+if EXPECT_DATA and redis.call('EXISTS', KEYS[#KEYS]) == 0 then return {'no_data'} end
 local DP = ARGV[BASE + 1]
 local W = 8
 local n = (#ARGV - BASE - 1) / W
@@ -914,6 +921,26 @@ def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
     return [(_node_name(client), client)]
 
 
+def mark_every_slot(client: Any, keys: Keys) -> None:
+    """Set the data marker of each hash slot of a cluster (``Keys.data_marker``): the store's
+    write scripts then refuse to write into a slot whose primary came back without its data.
+    One pipeline per primary, sent to it directly: redis-py's cluster pipeline, which routes
+    each command, took 200-300 ms for the 16,384 SETs. A slot that moved meanwhile (a
+    reshard) is set through the cluster client, which follows it."""
+    by_node: dict[str | None, list[int]] = defaultdict(list)
+    for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+        holders = client.nodes_manager.slots_cache.get(slot)
+        by_node[holders[0].name if holders else None].append(slot)
+    unset = by_node.pop(None, [])
+    for name, slots in by_node.items():
+        pipe = client.get_redis_connection(client.get_node(node_name=name)).pipeline(transaction=False)
+        for slot in slots:
+            pipe.set(keys.data_marker(slot), "1")
+        unset += [slot for slot, reply in zip(slots, pipe.execute(raise_on_error=False)) if isinstance(reply, Exception)]
+    for slot in unset:
+        client.set(keys.data_marker(slot), "1")
+
+
 def access_probes(keys: Keys, cluster: bool) -> list[list[str]]:
     """A call of each command the store's scripts and pipelines run, on a key of each kind
     it runs it on, and a write of each kind of key it writes: what ``access_refusals`` asks
@@ -937,7 +964,8 @@ def access_probes(keys: Keys, cluster: bool) -> list[list[str]]:
         ["XADD", keys.events, "*", "event_id", e], ["SET", keys.event_status(e), "done", "EX", "1"], ["TIME"],
     ]  # fmt: skip
     if cluster:
-        return [*probes, ["SET", keys.part_prefix(Keys.user_tag(u)) + e, "1", "EX", "1"]]
+        return [*probes, ["SET", keys.part_prefix(Keys.user_tag(u)) + e, "1", "EX", "1"],
+                ["EXISTS", keys.data_marker(0)], ["SET", keys.data_marker(0), "1"]]  # fmt: skip
     seq, epoch, log = keys.change_log_keys()
     return [*probes, ["HSET", keys.packed_items, i, "0"], ["INCRBY", seq, "1"], ["SET", epoch, "0"],
             ["RPUSH", log, "t"], ["LTRIM", log, "0", "-1"], ["LRANGE", log, "0", "-1"]]  # fmt: skip
@@ -1359,11 +1387,12 @@ class RedisStore:
         ]  # fmt: skip
         # The chunks of a batch validated whole skip the degree caps (0, 0).
         self._chunk_consts = [*self._consts[:-4], "0", "0", "-2", "0"]
-        # Set once this process has seen Redis hold data (a write, or a warm copy): from then
-        # on a write script that finds no change log epoch (Redis came back empty: restarted
-        # without its data, or flushed) refuses, writing nothing, until a load brings one.
+        # Set once this process has seen Redis hold data (a write, or a warm copy; on a
+        # cluster, a slot's data marker): from then on a write script that finds no change
+        # log epoch (Redis came back empty: restarted without its data, or flushed), or on a
+        # cluster no data marker in its slot, refuses, writing nothing, until a load brings one.
         self._holds_data = False
-        self._refusal_logged = False  # since the last write that found the data: log it once, not per Ingest
+        self._refused_nodes: set[str] = set()  # refused since a write found their data: logged once, not per Ingest
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE, "acl": _LUA_ACL_CHECK}
         self._shas: dict[str, str] = {}
@@ -2217,12 +2246,14 @@ class RedisStore:
             last = cache.seq
             consts[_LAST_ARG] = str(last)
         consts[_EXPECT_DATA_ARG] = "1" if self._holds_data else "0"
-        reply = self._eval_keys(name, [self.keys.events], [*consts, *records], self.write_client)
+        keys = [self.keys.events, self.keys.data_marker_beside(self.keys.events)] if name == "log" else [self.keys.events]
+        reply = self._eval_keys(name, keys, [*consts, *records], self.write_client)
+        node = self._node_of(self.keys.events)
+        if reply == ["no_data"]:
+            self._refuse_without_data(node)
+        self._refused_nodes.discard(node)
         if name == "log":  # the cluster's log script: a count
             return reply
-        if reply[0] == "no_data":
-            self._refuse_without_data()
-        self._refusal_logged = False
         if name == "batch" and reply[0] == "ok":
             self._holds_data = True
             if cache is not None and len(reply) > 3:
@@ -2239,15 +2270,22 @@ class RedisStore:
             return
         cache.sync(seq, epoch, tags)
 
-    def _refuse_without_data(self) -> NoReturn:
+    def _node_of(self, key: str) -> str:
+        """HOST:PORT of the primary holding ``key``, for messages."""
+        if self.is_cluster:
+            return self.write_client.get_node_from_key(key).name
+        return _node_name(self.write_client)
+
+    def _refuse_without_data(self, node: str) -> NoReturn:
         """Raise StoreUnavailable, logged the first time since a write found the data: a write
-        script found Redis without its data."""
-        message = (f"Redis at {_node_name(self.write_client)} holds no data any more (restarted without it, or "
-                   "flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load) "
-                   "or this server restarts")  # fmt: skip
-        if not self._refusal_logged:
+        script (or, on a cluster, a slot's data marker) found Redis ``node`` without its data."""
+        # A cluster's other primaries still hold their markers: a restarted server refuses too.
+        or_restart = "" if self.is_cluster else " or this server restarts"
+        message = (f"Redis at {node} holds no data any more (restarted without it, or "
+                   f"flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load){or_restart}")  # fmt: skip
+        if node not in self._refused_nodes:
             log.error("%s", message)
-            self._refusal_logged = True
+            self._refused_nodes.add(node)
         raise StoreUnavailable(message)
 
     @staticmethod
@@ -2335,7 +2373,10 @@ class RedisStore:
         edges = list(dict.fromkeys(edge for e in events for edge in graph_edges(e)))
         owners = list(dict.fromkeys(edge[:2] for edge in edges))
         unlikers = list(dict.fromkeys(e.user_id for e in events if e.kind is EventKind.UNLIKE))
+        markers = self._marker_per_primary(_written_tags(events))
         pipe = self._write_pipeline()
+        for marker in markers:
+            pipe.exists(marker)
         for event_id in event_ids:
             pipe.get(k.event_status(event_id))
         for item_id in referenced:
@@ -2347,6 +2388,7 @@ class RedisStore:
         for user_id in unlikers:
             pipe.hlen(k.liked(user_id))
         replies = iter(pipe.execute())
+        self._check_slots_hold_data({marker: bool(next(replies)) for marker in markers})
         status = {event_id: next(replies) for event_id in event_ids}
         exists = {item_id: next(replies) for item_id in referenced}
         degrees = {owner: int(next(replies)) for owner in owners}
@@ -2394,6 +2436,47 @@ class RedisStore:
         return (ApplyResult(applied=len(fresh) - done_before, duplicates=len(events) - len(fresh) + done_before),
                 ["log", *stage_one, *stage_two])  # fmt: skip
 
+    def _check_slots_hold_data(self, found: dict[str, bool]) -> None:
+        """Refuse a batch, before anything is written, when a slot it writes to lacks its data
+        marker (``found``: marker -> present) and this process has seen the cluster hold
+        data, or another primary holds its markers. On a cluster that never held data (never
+        loaded, never written to), mark every slot, as a load would, and go on."""
+        for marker, present in found.items():
+            if present:
+                self._holds_data = True
+                self._refused_nodes.discard(self._node_of(marker))
+        missing = [marker for marker, present in found.items() if not present]
+        if not missing:
+            return
+        self._holds_data = self._holds_data or self._any_primary_marked()
+        if self._holds_data:
+            self._refuse_without_data(self._node_of(missing[0]))
+        mark_every_slot(self.write_client, self.keys)
+        self._holds_data = True
+
+    def _marker_per_primary(self, tags: set[str]) -> list[str]:
+        """For each primary holding one of ``tags``' slots, the data marker of one of them: a
+        primary that came back empty lost them all, and one marker read per primary keeps an
+        Ingest's cost flat (one per slot cost a 500-event batch 15%: 82 -> 96 ms)."""
+        slots_cache = self.write_client.nodes_manager.slots_cache
+        slot_of_node: dict[str | int, int] = {}
+        for tag in tags:
+            slot = key_slot(tag.encode())
+            holders = slots_cache.get(slot)
+            slot_of_node.setdefault(holders[0].name if holders else slot, slot)
+        return [self.keys.data_marker(slot) for slot in slot_of_node.values()]
+
+    def _any_primary_marked(self) -> bool:
+        """Whether any primary holds the data marker of the first slot the client maps to it."""
+        first_slot: dict[str, int] = {}
+        for slot, holders in sorted(self.write_client.nodes_manager.slots_cache.items()):
+            if holders:
+                first_slot.setdefault(holders[0].name, slot)
+        pipe = self._write_pipeline()
+        for slot in first_slot.values():
+            pipe.exists(self.keys.data_marker(slot))
+        return any(pipe.execute())
+
     def _run_slot_ops(self, ops: dict[str, list[list[str]]], weight: Callable[[list[str]], int] | None = None) -> dict[tuple[str, str], str]:
         """Run each tag's operations with one per-slot script call per chunk, calls pipelined;
         ``weight``: each operation's share of a call's work (default 1).
@@ -2432,13 +2515,16 @@ class RedisStore:
 
     def _run_calls(self, calls: list[tuple[str, list[list[str]]]]) -> dict[tuple[str, str], str]:
         """Run ``calls`` (tag, operations) as per-slot scripts in one pipeline; each operation's result."""
+        consts = list(self._consts)
+        consts[_EXPECT_DATA_ARG] = "1" if self._holds_data else "0"
+        markers = [self.keys.data_marker(key_slot(tag.encode())) for tag, _ in calls]
         for attempt in (0, 1):
             # The second time, after a NoScriptError, the script itself (see _eval_keys);
             # parts already run are no-ops the second time.
             script = ("EVALSHA", self._sha("slot")) if attempt == 0 else ("EVAL", self._sources["slot"])
             pipe = self._write_pipeline()
-            for tag, part in calls:
-                args = [*self._consts, self.keys.part_prefix(tag)]
+            for (tag, part), marker in zip(calls, markers):
+                args = [*consts, self.keys.part_prefix(tag)]
                 for op in part:
                     args.extend(op + [""] * (OP_WIDTH - len(op)))
                 # Every key the call may touch, the parts' dedupe keys too: while a reshard
@@ -2447,7 +2533,7 @@ class RedisStore:
                 # the importing node, wrote keys the source still held there (their
                 # MIGRATE then failed BUSYKEY and stopped the reshard) and read the
                 # source's dedupe marks as absent.
-                keys = [*self.keys.tag_keys(tag), *(self.keys.part_prefix(tag) + op[0] for op in part)]
+                keys = [*self.keys.tag_keys(tag), *(self.keys.part_prefix(tag) + op[0] for op in part), marker]
                 # ClusterPipeline blocks .evalsha(); the raw command is routed by its keys.
                 pipe.execute_command(*script, len(keys), *keys, *args)
             try:
@@ -2455,6 +2541,11 @@ class RedisStore:
                 break
             except NoScriptError:
                 self._shas.clear()
+        # A primary lost its data after _check_slots_hold_data read its marker: the parts
+        # run elsewhere are applied, and a retry once it is loaded runs the rest.
+        for marker, reply in zip(markers, replies):
+            if reply == ["no_data"]:
+                self._refuse_without_data(self._node_of(marker))
         return {(tag, op[0]): result for (tag, part), reply in zip(calls, replies) for op, result in zip(part, reply)}
 
     @contextmanager
@@ -2568,6 +2659,24 @@ class RedisStore:
     def close(self) -> None:
         for client in {id(c): c for c in (self.client, self.write_client, self.wait_client)}.values():
             client.close()
+
+
+def _written_tags(events: Sequence[Event]) -> set[str]:
+    """The hash tags of the slots a batch writes to, as far as its events tell: the log's,
+    each named user's, item's and seller's, trending's for a like and the vacations' for a
+    vacation. Not an upsert's former seller nor a share's recipients, which the first stage finds."""
+    tags = {"log"}
+    for event in events:
+        tags.update(Keys.user_tag(user) for user in (event.user_id, event.friend_id) if user)
+        if event.item_id:
+            tags.add(Keys.item_tag(event.item_id))
+        if event.seller_id:
+            tags.add(Keys.seller_tag(event.seller_id))
+        if event.kind in (EventKind.LIKE, EventKind.UNLIKE):
+            tags.add(Keys.TRENDING_TAG)
+        elif event.kind in (EventKind.SELLER_VACATION, EventKind.SELLER_VACATION_END):
+            tags.add(Keys.VACATIONS_TAG)
+    return tags
 
 
 # -- the cluster's two stages ---------------------------------------------------------

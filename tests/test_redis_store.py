@@ -22,7 +22,7 @@ import stores.redis
 from stores.base import StoreForbidden, StoreUnavailable
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
-from stores.redis import PACKED_FIELD, RedisStore, access_probes, eviction_warning, pack_item, unavailable_on_redis_errors
+from stores.redis import PACKED_FIELD, RedisStore, access_probes, eviction_warning, pack_item, scan_keys, unavailable_on_redis_errors
 from stores.redis_keys import Keys
 from tests import store_views as views
 from tests.builders import DAY, NOW, make_dataset, social_dataset
@@ -741,6 +741,79 @@ def test_a_cluster_primary_restarted_without_its_data_is_logged(tmp_path, caplog
             assert views.read_user(store, user).is_empty  # no persistence: it came back empty
         assert f"Redis at 127.0.0.1:{victim.port} is a new process that holds no data" in caplog.text
         store.close()
+    finally:
+        cluster.stop()
+
+
+def test_ingest_into_a_cluster_primary_that_came_back_empty_is_unavailable_and_writes_nothing_until_loaded(tmp_path, caplog):
+    """A cluster primary restarted in place without its data (no replica took over) was only
+    logged: follows and friendships of its users were applied into a store that had lost
+    everything else of theirs, and a like of one of its items answered INVALID_ARGUMENT.
+    Now an Ingest that touches its slots is refused as unavailable, writing nothing on any
+    node (but a share whose recipient is on it, found only once its sender's part ran: it
+    fails part-way, all-or-retry), until the data is loaded again; one that touches only
+    the other primaries is applied."""
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, node_timeout_ms=15_000).start()
+    try:
+        dataset = generate(users=100, sellers=10, items=200, seed=4)
+        store = make_redis_store(cluster.url, dataset)
+        k = store.keys
+        markers = list(scan_keys(store.client, f"{k.prefix}{{*}}:holds_data"))
+        assert sorted(key_slot(key.encode()) for key in markers) == list(range(16384))  # the load marked every slot
+
+        def port(key: str) -> int:
+            return store.client.get_node_from_key(key).port
+
+        log_port = port(k.events)
+        victim = next(node for node in cluster.nodes if node.port != log_port)
+        lost = [u for u in dataset.user_ids() if port(k.liked(u)) == victim.port]
+        kept = [u for u in dataset.user_ids() if port(k.liked(u)) != victim.port]
+        seller = next(s for s in map(str, dataset.items.seller_id) if port(k.listings(s)) != victim.port)
+        item = next(i for i in map(str, dataset.items.item_id) if port(k.item(i)) != victim.port)
+        follow_lost = [Event("f-lost", EventKind.FOLLOW, NOW, user_id=lost[0], seller_id=seller)]
+        follow_kept = [Event("f-kept", EventKind.FOLLOW, NOW, user_id=kept[0], seller_id=seller)]
+        like_lost = [Event("l-lost", EventKind.LIKE, NOW, user_id=lost[1], item_id=item)]
+        friends = [Event("fr", EventKind.FRIEND, NOW, user_id=kept[1], friend_id=lost[2])]
+        # A share to all of a kept user's friends, one of them on the victim: only the
+        # first stage finds the recipients, and the victim's script refuses its part.
+        sharer = next(str(a) for a, b in zip(dataset.friends.src, dataset.friends.dst) if str(a) in kept and str(b) in lost)
+        share = [Event("sh", EventKind.SHARE, NOW, user_id=sharer, item_id=item)]
+        assert store.apply([Event("warm", EventKind.VIEW, NOW, user_id=kept[2], item_id=item)]).applied == 1
+        victim.kill()
+        victim.start()
+        cluster.wait_ok()
+        events_before = store.client.xlen(k.events)
+        follows_before = store.client.smembers(k.follows(kept[0]))
+        with caplog.at_level(logging.ERROR, logger="feedrank.store"):
+            for batch in (follow_lost, like_lost, friends, follow_kept + follow_lost):
+                with pytest.raises(StoreUnavailable, match=f"Redis at 127.0.0.1:{victim.port} holds no data any more.*python -m serving load"):
+                    store.apply(batch)
+            assert store.apply(follow_kept).applied == 1  # the other primaries' slots only
+            with pytest.raises(StoreUnavailable, match=f"Redis at 127.0.0.1:{victim.port} holds no data any more"):
+                store.apply(share)
+            with pytest.raises(StoreUnavailable):
+                store.apply(follow_lost)
+        assert caplog.text.count("Ingest is refused") == 1  # logged once, not per Ingest
+        with victim.client() as admin:
+            assert admin.dbsize() == 0  # nothing written into it
+        assert store.client.xlen(k.events) == events_before + 2  # follow_kept's, and the share's logged pending
+        assert store.client.smembers(k.follows(kept[0])) == follows_before | {seller}
+        # A process started since, which never saw the data, refuses it too: the others hold theirs.
+        other = RedisStore.from_url(cluster.url)
+        with pytest.raises(StoreUnavailable, match="holds no data any more"):
+            other.apply(follow_lost)
+        load_into_redis(store.client, dataset)
+        assert store.apply(follow_lost + like_lost + friends + share).applied == 4
+        assert other.apply(follow_lost).duplicates == 1
+        assert seller in views.read_user(store, lost[0]).follows
+        other.close()
+        store.close()
+        # A process on a cluster that never held data (nor a load) writes as before.
+        cluster.flushall()
+        fresh = RedisStore.from_url(cluster.url)
+        assert fresh.apply(follow_lost).applied == 1
+        assert fresh.apply(follow_kept).applied == 1
+        fresh.close()
     finally:
         cluster.stop()
 
