@@ -18,9 +18,11 @@ time (kill to the first success after the last failure), and the acknowledged fo
 missing afterwards (counted once every slot answers again, the failover done: null when
 that takes over 30 s, or 10 node timeouts). ``--min-replicas N`` asks Ingest to wait for N replicas per write
 (Redis WAIT), which is what bounds the loss of acknowledged writes; the shard that lost
-its primary has no replica left after the failover, so with N >= 1 writes are refused
-until a replica is added back (FAILED_PRECONDITION once the store sees the promoted
-primary without one, UNAVAILABLE "not replicated" before), while reads recover.
+its primary has no replica left after the failover, so with N >= 1 the writes to it are
+refused, UNAVAILABLE, until a replica is added back (at once when the store sees the
+promoted primary without one, after WAIT's timeout until then), while reads recover. The
+primary killed, the one with the most slots (5461-10922 on a new cluster), holds the
+log's slot, which every batch writes to: every write is refused.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -900,18 +900,21 @@ def _node_name(client: redis.Redis) -> str:
     return kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
-def fewest_replicas(client: Any) -> tuple[str, int] | None:
-    """(HOST:PORT, replicas attached) of the primary with the fewest replicas attached
-    (INFO replication's connected_slaves: syncing ones too), of a cluster or of a
-    standalone Redis; None when one cannot tell (an ACL without +info, a node down)."""
+def replicas_attached(client: Any) -> dict[str, int]:
+    """HOST:PORT -> replicas attached (INFO replication's connected_slaves: syncing ones
+    too) of each primary of a cluster, or of a standalone Redis; without the primaries
+    whose count cannot be read (an ACL without +info, a node down)."""
+    attached = {}
     try:
-        attached = [(int(node.info("replication")["connected_slaves"]), name) for name, node in primary_clients(client)]
-    except (RedisError, RedisClusterException, OSError, KeyError, ValueError):
-        return None
-    if not attached:
-        return None
-    count, name = min(attached)
-    return name, count
+        primaries = primary_clients(client)
+    except (RedisError, RedisClusterException, OSError):
+        return attached
+    for name, node in primaries:
+        try:
+            attached[name] = int(node.info("replication")["connected_slaves"])
+        except (RedisError, RedisClusterException, OSError, KeyError, ValueError):
+            continue
+    return attached
 
 
 def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
@@ -1375,7 +1378,7 @@ class RedisStore:
         self.ping_failure = ""  # why the last ping() said no, for the server's log
         self._eviction: str | None = None  # what the last read of the eviction policy found (read_eviction_policy)
         self._eviction_read_at = -float("inf")
-        self._fewest_replicas: tuple[float, tuple[str, int] | None] = (-float("inf"), None)  # (read at, fewest_replicas)
+        self._replicas_attached: tuple[float, dict[str, int]] = (-float("inf"), {})  # (read at, replicas_attached)
         self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
         self.recent_likes_bound = recent_likes
@@ -2115,17 +2118,18 @@ class RedisStore:
         graph edit past ``max_friends`` / ``max_follows``. With ``min_replicas``, returns
         once that many replicas of every primary written to hold the batch (NotReplicated
         when fewer confirm within ``wait_timeout_ms``); raises TooFewReplicas, before
-        writing anything, when a primary has fewer attached (``_check_replicas_attached``).
+        writing anything, when a primary it would wait on has fewer attached
+        (``_check_replicas_attached``; on a cluster, once its validation read tells which).
         """
         if not events:
             return ApplyResult(applied=0, duplicates=0)
         if min_replicas < 0:
             raise EventValidationError(None, "min_replicas", "must be >= 0")
-        if min_replicas:
+        if min_replicas and not self.is_cluster:
             self._check_replicas_attached(min_replicas)
         with self._naming_acl_refusals(), unavailable_on_redis_errors():
             if self.is_cluster:
-                result, tags = self._apply_partitioned(events)
+                result, tags = self._apply_partitioned(events, min_replicas)
             else:
                 weights = self._write_weights(events)
                 chunked = sum(weights) > self.write_chunk
@@ -2137,18 +2141,21 @@ class RedisStore:
                 self._wait_for_replicas(None if self.is_cluster and result.duplicates else tags, min_replicas)
             return result
 
-    def _check_replicas_attached(self, min_replicas: int) -> None:
-        """TooFewReplicas when a primary (any, on a cluster) has fewer than ``min_replicas``
-        replicas attached: its WAIT could never be met, and each retry would write the batch
-        and wait ``wait_timeout_ms`` again. Read at most every REPLICAS_RECHECK_SECONDS; when
-        the count cannot be read the write goes on, and WAIT decides as before."""
-        read_at, fewest = self._fewest_replicas
+    def _check_replicas_attached(self, min_replicas: int, primaries: Iterable[str | int] | None = None) -> None:
+        """TooFewReplicas when one of ``primaries`` (None: every primary; standalone, the
+        one server) has fewer than ``min_replicas`` replicas attached: its WAIT could never
+        be met, and each retry would write the batch and wait ``wait_timeout_ms`` again.
+        Read at most every REPLICAS_RECHECK_SECONDS; a primary whose count cannot be read
+        is let through, and its WAIT decides as before."""
+        read_at, attached = self._replicas_attached
         if time.monotonic() - read_at >= REPLICAS_RECHECK_SECONDS:
-            fewest = fewest_replicas(self.wait_client)
-            self._fewest_replicas = (time.monotonic(), fewest)
-        if fewest is not None and fewest[1] < min_replicas:
-            name, attached = fewest
-            replicas = f"{attached} replica{'' if attached == 1 else 's'} attached"
+            attached = replicas_attached(self.wait_client)
+            self._replicas_attached = (time.monotonic(), attached)
+        checked = attached if primaries is None else [name for name in primaries if name in attached]
+        short = sorted((attached[name], name) for name in checked if attached[name] < min_replicas)
+        if short:
+            count, name = short[0]
+            replicas = f"{count} replica{'' if count == 1 else 's'} attached"
             raise TooFewReplicas(f"{min_replicas} asked, but the primary {name} has {replicas}",
                                  f"{min_replicas} asked, but a primary of the store has {replicas}")
 
@@ -2365,15 +2372,18 @@ class RedisStore:
             applied, duplicates = applied + int(reply[1]), duplicates + int(reply[2])
         return ApplyResult(applied=applied, duplicates=duplicates)
 
-    def _apply_partitioned(self, events: Sequence[Event]) -> tuple[ApplyResult, list[str]]:
-        """The cluster's apply; also the hash tags it wrote to (for ``_wait_for_replicas``)."""
+    def _apply_partitioned(self, events: Sequence[Event], min_replicas: int) -> tuple[ApplyResult, list[str]]:
+        """The cluster's apply; also the hash tags it wrote to (for ``_wait_for_replicas``).
+        With ``min_replicas``, refuses before writing when a primary it will wait on has
+        fewer replicas attached."""
         k = self.keys
         event_ids = list(dict.fromkeys(e.event_id for e in events))
         referenced = list(dict.fromkeys(e.item_id for e in events if e.kind in ITEM_REFERENCES))
         edges = list(dict.fromkeys(edge for e in events for edge in graph_edges(e)))
         owners = list(dict.fromkeys(edge[:2] for edge in edges))
         unlikers = list(dict.fromkeys(e.user_id for e in events if e.kind is EventKind.UNLIKE))
-        markers = self._marker_per_primary(_written_tags(events))
+        marker_of = self._marker_per_primary(_written_tags(events))
+        markers = list(marker_of.values())
         pipe = self._write_pipeline()
         for marker in markers:
             pipe.exists(marker)
@@ -2402,6 +2412,10 @@ class RedisStore:
                 continue
             seen.add(event.event_id)
             fresh.append(index)
+        if min_replicas:
+            # A batch with duplicates waits on every primary (see apply): check them all,
+            # as its WAIT would fail on one short of replicas, a second later.
+            self._check_replicas_attached(min_replicas, marker_of.keys() if len(fresh) == len(events) else None)
 
         first_error(
             lambda: check_references(events, fresh, lambda item: bool(exists[item])),
@@ -2454,17 +2468,18 @@ class RedisStore:
         mark_every_slot(self.write_client, self.keys)
         self._holds_data = True
 
-    def _marker_per_primary(self, tags: set[str]) -> list[str]:
-        """For each primary holding one of ``tags``' slots, the data marker of one of them: a
-        primary that came back empty lost them all, and one marker read per primary keeps an
-        Ingest's cost flat (one per slot cost a 500-event batch 15%: 82 -> 96 ms)."""
+    def _marker_per_primary(self, tags: set[str]) -> dict[str | int, str]:
+        """For each primary holding one of ``tags``' slots (its HOST:PORT, or the slot when
+        the slot map names no holder), the data marker of one of them: a primary that came
+        back empty lost them all, and one marker read per primary keeps an Ingest's cost
+        flat (one per slot cost a 500-event batch 15%: 82 -> 96 ms)."""
         slots_cache = self.write_client.nodes_manager.slots_cache
         slot_of_node: dict[str | int, int] = {}
         for tag in tags:
             slot = key_slot(tag.encode())
             holders = slots_cache.get(slot)
             slot_of_node.setdefault(holders[0].name if holders else slot, slot)
-        return [self.keys.data_marker(slot) for slot in slot_of_node.values()]
+        return {node: self.keys.data_marker(slot) for node, slot in slot_of_node.items()}
 
     def _any_primary_marked(self) -> bool:
         """Whether any primary holds the data marker of the first slot the client maps to it."""

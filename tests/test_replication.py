@@ -282,6 +282,55 @@ def test_a_cluster_refuses_more_replicas_than_a_primary_has_attached_writing_not
         cluster.stop()
 
 
+def test_a_cluster_primary_without_a_replica_refuses_only_the_batches_that_write_to_it(tmp_path):
+    """One primary short of replicas (after its shard's failover, until the old primary
+    rejoins) refused every Ingest with min_replicas, those writing only to the other
+    primaries too: one shard stalled every producer that asks for replication."""
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
+    try:
+        dataset = generate(users=100, sellers=10, items=200, seed=4)
+        store = make_redis_store(cluster.url, dataset)
+        k = store.keys
+
+        def port(key: str) -> int:
+            return store.client.get_node_from_key(key).port
+
+        short = next(node for node in cluster.primaries() if node.port != port(k.events))
+        its_replica = next(node for node in cluster.nodes if node.client().info("replication").get("master_port") == short.port)
+        its_replica.stop()  # the primary's replica link closes: connected_slaves 0
+        with short.client() as admin:
+            deadline = time.monotonic() + 10
+            while admin.info("replication")["connected_slaves"] != 0:
+                assert time.monotonic() < deadline, "the replica stayed attached"
+                time.sleep(0.05)
+        kept = [u for u in dataset.user_ids() if port(k.follows(u)) != short.port]
+        lost = [u for u in dataset.user_ids() if port(k.follows(u)) == short.port]
+        followed = store.client.smembers(k.follows(kept[0])) | store.client.smembers(k.follows(lost[0]))
+        seller = next(s for s in map(str, dataset.items.seller_id) if port(k.listings(s)) != short.port and s not in followed)
+        follow_kept = [Event("f-kept", EventKind.FOLLOW, NOW, user_id=kept[0], seller_id=seller)]
+        follow_lost = [Event("f-lost", EventKind.FOLLOW, NOW, user_id=lost[0], seller_id=seller)]
+        events_before = store.client.xlen(k.events)
+        too_few = rf"^min_replicas: 1 asked, but the primary 127\.0\.0\.1:{short.port} has 0 replicas attached$"
+        for batch in (follow_lost, follow_kept + follow_lost):
+            started = time.monotonic()
+            with pytest.raises(TooFewReplicas, match=too_few) as error:
+                store.apply(batch, min_replicas=1)
+            assert time.monotonic() - started < 0.5  # WAIT's timeout is 1 s
+        assert refusal_of(error.value, "Ingest").code == grpc.StatusCode.UNAVAILABLE
+        assert store.client.xlen(k.events) == events_before  # nothing written, on any primary
+        assert seller not in store.client.smembers(k.follows(kept[0]))
+        assert store.apply(follow_kept, min_replicas=1).applied == 1  # the healthy primaries only
+        assert seller in store.client.smembers(k.follows(kept[0]))
+        # Its retry's earlier writes may be on any primary, so it waits on each: refused at once.
+        with pytest.raises(TooFewReplicas, match=too_few):
+            store.apply(follow_kept, min_replicas=1)
+        assert store.apply(follow_lost, min_replicas=0).applied == 1  # not a duplicate: nothing was written
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_the_memory_store_has_no_replicas_to_wait_for(stub):  # noqa: F811
     request = feed_pb2.IngestRequest(events=[event(like=feed_pb2.UserItem(user_id="u00001", item_id="i000001"))], min_replicas=1)
     with pytest.raises(grpc.RpcError) as error:
