@@ -60,7 +60,7 @@ import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (
     AskError,
@@ -1140,19 +1140,33 @@ def unavailable_on_redis_errors() -> Iterator[None]:
 class LazyCluster:
     """A Redis Cluster client made on first use, and made again on the next use while it
     cannot be: redis-py connects to the nodes when the client is made, and a server must
-    start while its cluster is down (health NOT_SERVING until the store answers)."""
+    start while its cluster is down (health NOT_SERVING until the store answers).
 
-    def __init__(self, make: Callable[[], RedisCluster]) -> None:
+    ``peers``: the other clients of the same cluster. A client is made from the nodes the
+    peers made before it have found too, not from the URL's node alone: that node may have
+    died since (its replica serving its slots), and a client made from it alone would fail
+    for as long as it stays down."""
+
+    def __init__(self, make: Callable[[list[ClusterNode]], RedisCluster], peers: Sequence[LazyCluster] = ()) -> None:
         self._make = make
         self._client: RedisCluster | None = None
         self._lock = threading.Lock()
+        self._peers = list(peers)
+        for peer in peers:
+            peer._peers.append(self)
 
     def __getattr__(self, name: str) -> Any:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._make()
+                    self._client = self._make([node for peer in self._peers for node in peer.known_nodes()])
         return getattr(self._client, name)
+
+    def known_nodes(self) -> list[ClusterNode]:
+        """The nodes this client found at its last refresh of the slot map (none before it is made)."""
+        if self._client is None:
+            return []
+        return [ClusterNode(node.host, node.port) for node in list(self._client.nodes_manager.startup_nodes.values())]
 
     def close(self) -> None:
         if self._client is not None:
@@ -1204,17 +1218,19 @@ def is_cluster_client(client: Any) -> bool:
     return isinstance(client, (RedisCluster, LazyCluster))
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
+def connect(url: str, peers: Sequence[LazyCluster] = (), **kwargs: Any) -> redis.Redis | RedisCluster:
     """A redis-py client for a redis://, rediss://, unix:// or redis-cluster:// URL.
 
     ``kwargs`` are redis-py options; options in the URL's query string win over them.
     A connection error is retried once, immediately (a pooled connection may be stale
     after a Redis restart); timeouts are not retried. ValueError for a URL check_url refuses.
+    ``peers``: other clients of the same cluster, for a cluster client (see LazyCluster).
     """
     check_url(url)
     if url.startswith("redis-cluster://"):
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        return LazyCluster(lambda: RedisCluster.from_url("redis://" + url.removeprefix("redis-cluster://"), decode_responses=True, **kwargs))
+        node_url = "redis://" + url.removeprefix("redis-cluster://")
+        return LazyCluster(lambda known: RedisCluster.from_url(node_url, startup_nodes=known, decode_responses=True, **kwargs), peers)
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
     return redis.Redis.from_url(url, decode_responses=True, **with_fast_packer(url, kwargs))
 
@@ -1441,8 +1457,8 @@ class RedisStore:
         wait_timeout = max(write_timeout, int(own.get("wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS)) / 1000 + WAIT_REPLY_MARGIN)
         with unavailable_on_redis_errors():
             client = connect(url, **({**kwargs, "redis_connect_func": _warn_when_restarted_empty()} if url.startswith("redis-cluster://") else kwargs))
-            writer = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": write_timeout})
-            waiter = connect(_without_options(url, "socket_timeout"), **{**kwargs, "socket_timeout": wait_timeout})
+            writer = connect(_without_options(url, "socket_timeout"), [client], **{**kwargs, "socket_timeout": write_timeout})
+            waiter = connect(_without_options(url, "socket_timeout"), [client, writer], **{**kwargs, "socket_timeout": wait_timeout})
             return cls(client, write_client=writer, wait_client=waiter, **own)
 
     # -- reads -------------------------------------------------------------------------

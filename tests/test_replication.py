@@ -236,6 +236,48 @@ def test_health_stays_serving_when_the_node_the_store_started_from_leaves_the_cl
         cluster.stop()
 
 
+def _kill_and_await_the_failover(cluster: RedisClusterServers, primary: RedisServer) -> None:
+    """SIGKILL ``primary``, then wait until one of its replicas took over and the cluster is
+    ok (cluster_state stays ok until the nodes call the primary failed: not proof enough)."""
+    replicas = [node for node in cluster.nodes if node.client().info("replication").get("master_port") == primary.port]
+    primary.kill()
+    deadline = time.monotonic() + 20
+    while not any(replica.client().info("replication").get("role") == "master" for replica in replicas):
+        assert time.monotonic() < deadline, "no replica took over"
+        time.sleep(0.05)
+    cluster.wait_ok()
+
+
+def _seconds_until_it_works(call, timeout: float = 10.0) -> float:
+    started = time.monotonic()
+    while True:
+        try:
+            call()
+            return time.monotonic() - started
+        except StoreUnavailable:
+            assert time.monotonic() - started < timeout, f"still unavailable after {timeout} s"
+            time.sleep(0.1)
+
+
+def test_the_clients_made_after_the_url_node_died_start_from_the_nodes_found_before(tmp_path):
+    """The write and WAIT clients are made at their first use, and were made from the URL's
+    one node: in a server that only served feeds until that node died, every Ingest then
+    failed ("Redis Cluster cannot be connected ... Error 111 connecting to" it) for as long
+    as it stayed down, while its replica served its slots and reads worked (a review)."""
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=2).start()
+    try:
+        store = make_redis_store(cluster.url, social_dataset())  # the read client loads: the others are not made yet
+        assert views.read_user(store, "alice").follows
+        _kill_and_await_the_failover(cluster, next(node for node in cluster.nodes if cluster.url.endswith(f":{node.port}")))
+        assert _seconds_until_it_works(lambda: views.read_user(store, "alice")) < 10
+        assert _seconds_until_it_works(lambda: store.apply(_likes(3))) < 10
+        assert _seconds_until_it_works(lambda: store.apply(_likes(3, start=3), min_replicas=1)) < 10
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_a_wait_that_fails_is_not_replicated_without_naming_the_host_to_the_client(tmp_path):
     # The client was told "... did not arrive (Error 111 connecting to 127.0.0.1:PORT. ...)".
     require_redis()
