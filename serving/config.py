@@ -54,7 +54,7 @@ REDIS_FEED_THREADS = 8
 @dataclass(frozen=True)
 class ServerConfig:
     models_dir: str  # directory with CURRENT and versioned model artifacts
-    store_url: str = "memory"  # memory | redis://HOST:PORT/DB | redis-cluster://HOST:PORT
+    store_url: str = "memory"  # memory | redis://HOST:PORT/DB | redis-cluster://HOST:PORT[,HOST:PORT...]
     data_dir: str | None = None  # dataset directory the memory store loads
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
@@ -283,7 +283,7 @@ GROUPS = {
 FLAGS: tuple[Flag, ...] = (
     Flag("models", str, None, "models directory written by `python -m training train` (required)", "server", metavar="DIR"),
     Flag("data", str, None, "dataset directory to load into the embedded memory store", "server", metavar="DIR"),
-    Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///PATH/TO/redis.sock?db=DB or redis-cluster://HOST:PORT", "server", metavar="URL"),
+    Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///PATH/TO/redis.sock?db=DB or redis-cluster://HOST:PORT[,HOST:PORT...] (several nodes: any one of them answering is enough to start)", "server", metavar="URL"),
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
@@ -342,7 +342,7 @@ def _check_store_url(url: str, given_by: str) -> None:
 
     if not url.startswith(URL_SCHEMES):
         raise ConfigError(f"{given_by}: unknown store {redacted(url)!r}: use memory, redis://HOST:PORT/DB, "
-                          "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT")
+                          "rediss://HOST:PORT/DB, unix:///PATH?db=DB or redis-cluster://HOST:PORT[,HOST:PORT...]")
     try:
         split_url(url)  # the URL and every query option, so that none fails in a connection later
     except ValueError as error:

@@ -269,7 +269,7 @@ def export_from_redis(
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
+    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--out", required=True, type=output_directory, help="dataset directory to write (created if needed)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
                         help="dataset files to write: csv (default) or parquet (items.parquet, likes.parquet, ..., for Spark)")

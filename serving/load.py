@@ -373,7 +373,7 @@ def exit_on_interrupt(url_text: str, what_now: str = LOAD_INTERRUPTED) -> Iterat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory, CSV or Parquet, as train reads it: items, likes, follows, friends, sellers, engagements and the not-interested tables")
-    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
+    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--batch", type=bounded(int, 1), default=DEFAULT_BATCH, help="commands per pipeline round trip (default: %(default)s)")
     parser.add_argument("--recent-likes", type=bounded(int, 1), default=DEFAULT_RECENT_LIKES, help="recent likes kept per user (default: %(default)s)")
     parser.add_argument("--listings", type=bounded(int, 1), default=DEFAULT_LISTINGS, help="newest listings kept per seller (default: %(default)s)")

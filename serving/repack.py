@@ -30,7 +30,7 @@ REPACK_INTERRUPTED = ("repack interrupted part-way: the items done are repacked,
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving repack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT")
+    parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="items per script call (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
     args = parser.parse_args(argv)

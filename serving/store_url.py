@@ -63,7 +63,7 @@ def open_store(
             return RedisStore.from_url(url, options=limits)
         except ValueError as error:
             raise ValueError(f"--store {redacted(url)}: {error}") from None
-    raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT")
+    raise ValueError(f"unknown store {url!r}: use memory, redis://HOST:PORT/DB or redis-cluster://HOST:PORT[,HOST:PORT...]")
 
 
 def check_state_dir_free(durability: Durability) -> None:

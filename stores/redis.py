@@ -1143,9 +1143,9 @@ class LazyCluster:
     start while its cluster is down (health NOT_SERVING until the store answers).
 
     ``peers``: the other clients of the same cluster. A client is made from the nodes the
-    peers made before it have found too, not from the URL's node alone: that node may have
-    died since (its replica serving its slots), and a client made from it alone would fail
-    for as long as it stays down."""
+    peers made before it have found too, not from the URL's nodes alone: those may have
+    died since (their replicas serving their slots), and a client made from them alone
+    would fail for as long as they stay down."""
 
     def __init__(self, make: Callable[[list[ClusterNode]], RedisCluster], peers: Sequence[LazyCluster] = ()) -> None:
         self._make = make
@@ -1229,8 +1229,15 @@ def connect(url: str, peers: Sequence[LazyCluster] = (), **kwargs: Any) -> redis
     check_url(url)
     if url.startswith("redis-cluster://"):
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        node_url = "redis://" + url.removeprefix("redis-cluster://")
-        return LazyCluster(lambda known: RedisCluster.from_url(node_url, startup_nodes=known, decode_responses=True, **kwargs), peers)
+        first_node_url, nodes = cluster_nodes(url)
+        node_url = "redis://" + first_node_url.removeprefix("redis-cluster://")
+        seeds = [(host, int(port)) for host, _, port in (node.rpartition(":") for node in nodes[1:])]
+
+        def make(known: list[ClusterNode]) -> RedisCluster:
+            startup_nodes = [*(ClusterNode(host, port) for host, port in seeds), *known]
+            return RedisCluster.from_url(node_url, startup_nodes=startup_nodes, decode_responses=True, **kwargs)
+
+        return LazyCluster(make, peers)
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
     return redis.Redis.from_url(url, decode_responses=True, **with_fast_packer(url, kwargs))
 
@@ -1256,6 +1263,11 @@ def check_url(url: str) -> None:
     that is not a number and would use DB 0."""
     if not url.startswith(URL_SCHEMES):
         raise ValueError(f"the scheme must be one of {', '.join(URL_SCHEMES)}")
+    if url.startswith("redis-cluster://"):
+        url, nodes = cluster_nodes(url)
+        if len(nodes) > 1:
+            for node in nodes:
+                _check_cluster_node(node)
     parts = urlsplit(url)
     if not url.startswith("unix://") and password_end(url.partition("://")[2]) >= len(parts.netloc):
         # The password ran past what URL parsing takes for the host: echoing the path, the query
@@ -1272,6 +1284,23 @@ def check_url(url: str) -> None:
             parts.port  # noqa: B018 (parsing it is the check)
         except ValueError:
             raise ValueError(f"the port must be a whole number from 0 to 65535, got {parts.netloc.rpartition(':')[2]!r}") from None
+
+
+def cluster_nodes(url: str) -> tuple[str, list[str]]:
+    """A redis-cluster:// URL naming its first node only, and the nodes it names
+    (redis-cluster://HOST:PORT,HOST:PORT,...: several, so that a client can be made while
+    one of them is down)."""
+    scheme, _, rest = url.partition("://")
+    start = password_end(rest) + 1
+    end = min((i for i in (rest.find(char, start) for char in "/?#") if i >= 0), default=len(rest))
+    nodes = rest[start:end].split(",")
+    return f"{scheme}://{rest[:start]}{nodes[0]}{rest[end:]}", nodes
+
+
+def _check_cluster_node(node: str) -> None:
+    host, colon, port = node.rpartition(":")
+    if not (host and colon and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"each node of a redis-cluster:// URL naming several must be HOST:PORT, got {node!r}")
 
 
 def split_url(url: str) -> tuple[str, dict[str, Any]]:

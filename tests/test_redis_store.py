@@ -927,6 +927,7 @@ def test_a_loaded_share_and_the_same_share_ingested_later_are_one_entry(redis_ur
 @pytest.mark.parametrize("url", [
     "redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/15", "rediss://h:6380/0?db=2",
     "unix:///tmp/redis.sock", "unix:///tmp/redis.sock?db=3", "redis-cluster://127.0.0.1:7000",
+    "redis-cluster://u:p@10.0.0.1:7000,10.0.0.2:7001,node3:7002/0?socket_timeout=2",
 ])
 def test_a_url_with_a_known_scheme_and_a_numeric_db_is_taken(url):
     from stores.redis import split_url
@@ -943,6 +944,9 @@ def test_a_url_with_a_known_scheme_and_a_numeric_db_is_taken(url):
     ("redis-cluster://127.0.0.1:7000/abc", "the DB must be a non-negative integer, got 'abc'"),
     ("http://127.0.0.1:6379/0", "the scheme must be one of redis://, rediss://, unix://, redis-cluster://"),
     ("redis://127.0.0.1:x/0", "the port must be a whole number from 0 to 65535, got 'x'"),
+    ("redis-cluster://h1:7000,h2", "each node of a redis-cluster:// URL naming several must be HOST:PORT, got 'h2'"),
+    ("redis-cluster://h1:7000,,h2:7001", "each node of a redis-cluster:// URL naming several must be HOST:PORT, got ''"),
+    ("redis-cluster://h1:7000,h2:70000", "each node of a redis-cluster:// URL naming several must be HOST:PORT, got 'h2:70000'"),
 ])
 def test_a_url_redis_py_would_misread_is_a_value_error(url, says):
     from stores.redis import connect, split_url

@@ -278,6 +278,23 @@ def test_the_clients_made_after_the_url_node_died_start_from_the_nodes_found_bef
         cluster.stop()
 
 
+def test_a_store_made_while_the_first_node_of_its_url_is_down_starts_from_the_next(tmp_path):
+    """A redis-cluster:// URL named one node: a server started (or restarted) while that
+    node was down could not reach a cluster that served, until the node came back."""
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=2).start()
+    try:
+        make_redis_store(cluster.url, social_dataset()).close()
+        first, second = cluster.nodes[0], cluster.nodes[1]
+        _kill_and_await_the_failover(cluster, first)
+        store = RedisStore.from_url(f"{cluster.url},127.0.0.1:{second.port}", socket_timeout=5.0)
+        assert _seconds_until_it_works(lambda: views.read_user(store, "alice")) < 10
+        assert _seconds_until_it_works(lambda: store.apply(_likes(3), min_replicas=1)) < 10
+        store.close()
+    finally:
+        cluster.stop()
+
+
 def test_a_wait_that_fails_is_not_replicated_without_naming_the_host_to_the_client(tmp_path):
     # The client was told "... did not arrive (Error 111 connecting to 127.0.0.1:PORT. ...)".
     require_redis()
