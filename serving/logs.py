@@ -329,16 +329,17 @@ class LimitedLines:
 
 
 class TokenlessLines(LimitedLines):
-    """The access lines of calls refused without a valid token (``TOKENLESS_REFUSALS``), of
-    gRPC or the HTTP API, limited per code; the lines of other codes are all written and
-    take no lock."""
+    """The access lines of calls refused without a valid token (``codes``: ``TOKENLESS_REFUSALS``
+    by default), of gRPC or the HTTP API, limited per code; the lines of other codes are all
+    written and take no lock."""
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None, codes: frozenset[str] = TOKENLESS_REFUSALS) -> None:
         super().__init__(clock)
+        self.codes = codes
         self.log = logging.getLogger(ACCESS_LOGGER)
 
     def admit(self, code: str, peer: str) -> bool:
-        return code not in TOKENLESS_REFUSALS or super().admit(code, peer)
+        return code not in self.codes or super().admit(code, peer)
 
     def summarise(self, code: str, suppressed: int, first_peer: str, fields: dict[str, Any]) -> None:
         self.log.info("%d access lines of %s calls not written (rate-limited), the first from %s",
@@ -443,10 +444,11 @@ class AccessLog(grpc.aio.ServerInterceptor):
 
 
 def write_access_line(level: int, method: str, code: str, seconds: float, request: Any, response: Any, call: dict,
-                      peer: str, served_by: Callable[[Any], tuple[str, str]]) -> None:
+                      peer: str, served_by: Callable[[Any], tuple[str, str]], http_request: str = "") -> None:
     """One access line, of an RPC or an HTTP API call: ``call`` holds its request_id and client,
     ``peer`` names the client's address as gRPC does, ``served_by(request)`` the model version and
-    arm when ``response`` names none."""
+    arm when ``response`` names none. ``http_request`` (the HTTP method and path of a call to
+    a path no route takes, the client's text) goes on the line escaped, as ``method`` does."""
     version = getattr(response, "model_version", "")
     arm = getattr(response, "arm", "")
     if not version:
@@ -472,6 +474,7 @@ def write_access_line(level: int, method: str, code: str, seconds: float, reques
                 "pid": os.getpid(),
                 "peer": peer,
                 "client": call["client"],
+                **({"http_request": _printable(http_request)} if http_request else {}),
             },
         },
     )

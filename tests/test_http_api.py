@@ -481,6 +481,58 @@ def test_unknown_paths_and_methods_under_v1_answer_in_json(api):
     assert missing.body["error"]["code"] == 404 and wrong.body["error"]["code"] == 405  # the body's code is the HTTP status
 
 
+def test_unknown_paths_and_methods_under_v1_are_counted_and_logged_as_grpc_unknown_methods(api, caplog):
+    # They left no trace: a client calling a wrong URL, or a scan of the port, was neither
+    # counted nor logged, where gRPC counts and logs a call to a method it lacks.
+    before = {code: api.metric("feedrank_requests_total", method="http.unknown", code=code) for code in ("NOT_FOUND", "UNIMPLEMENTED")}
+    forged = "/v1/x%0A2026-12-06%2014:52:00,000%20INFO%20feedrank.access:%20Ingest%20OK%1B[2J"
+    # Three 404s: with the previous test's, under the limiter's 5 lines a second of a code.
+    with caplog.at_level(logging.INFO, logger="feedrank.access"):
+        missing = api.http("GET", "/v1/nothing-here", headers={"X-Request-Id": "req-404"})
+        wrong = api.http("DELETE", "/v1/events:ingest")
+        api.http("GET", forged)
+        api.http("GET", "/v1/" + "a" * 5000)
+        outside = http.client.HTTPConnection("127.0.0.1", api.server.http.port, timeout=10)
+        outside.request("GET", "/explorer-has-no-such-page")
+        assert outside.getresponse().status == 404  # Flask's page, neither counted nor logged
+        outside.close()
+    assert (missing.status, wrong.status, missing.headers["X-Request-Id"]) == (404, 405, "req-404")
+    assert api.metric("feedrank_requests_total", method="http.unknown", code="NOT_FOUND") == before["NOT_FOUND"] + 3
+    assert api.metric("feedrank_requests_total", method="http.unknown", code="UNIMPLEMENTED") == before["UNIMPLEMENTED"] + 1
+    lines = [r for r in caplog.records if r.name == "feedrank.access"]
+    assert [(r.request_id, r.fields["method"], r.fields["code"], r.fields["http_request"]) for r in lines[:2]] == [
+        ("req-404", "http.unknown", "NOT_FOUND", "GET /v1/nothing-here"),
+        (lines[1].request_id, "http.unknown", "UNIMPLEMENTED", "DELETE /v1/events:ingest")]
+    assert len(lines) == 4 and lines[3].fields["http_request"] == "GET /v1/" + "a" * 252 + "…"  # a path cut: bytes per line bounded
+    assert lines[2].fields["http_request"].startswith("GET /v1/x\\n2026-12-06 14:52:00")
+    text = logs.TextFormatter().format(lines[2])
+    assert "\n" not in text and "\x1b" not in text and lines[2].fields["http_request"].endswith("Ingest OK\\x1b[2J")
+
+
+def test_a_flood_of_unknown_paths_writes_a_bounded_number_of_lines_and_counts_every_request(world, caplog):
+    # Like 401s, they need no token: anyone reaching the port can have them written.
+    with caplog.at_level(logging.INFO, logger="feedrank.access"):
+        with running_server(world, http_port=free_port()) as (server, stub):
+            served = Served(server, stub)
+            server.http.context.tokenless_lines.clock = lambda: 1000.0  # one second that never ends, however slow the calls
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                statuses = list(pool.map(lambda n: served.http("GET", f"/v1/scan-{n}").status, range(200)))
+            counted = served.metric("feedrank_requests_total", method="http.unknown", code="NOT_FOUND")
+    assert statuses == [404] * 200 and counted == 200
+    access = [record.fields for record in caplog.records if record.name == "feedrank.access"]
+    written = [fields for fields in access if "suppressed" not in fields]
+    summaries = [fields for fields in access if "suppressed" in fields]
+    assert len(written) == logs.TOKENLESS_LINES_PER_SECOND and {fields["code"] for fields in written} == {"NOT_FOUND"}
+    assert sum(summary["suppressed"] for summary in summaries) == 200 - logs.TOKENLESS_LINES_PER_SECOND
+    assert all(summary["code"] == "NOT_FOUND" and summary["peers"] == 1 for summary in summaries), summaries
+
+
+def test_grpc_not_found_lines_stay_unlimited():
+    """Over gRPC NOT_FOUND is the servicer's answer to a valid call: each of its lines is written."""
+    grpc_lines = logs.AccessLog(lambda request: ("v1", ""), clock=lambda: 1000.0).tokenless
+    assert all(grpc_lines.admit("NOT_FOUND", "ipv4:127.0.0.1:5000") for _ in range(100))
+
+
 @pytest.mark.redis
 def test_on_redis_http_answers_as_grpc_and_an_http_ingest_shows_in_the_next_feed(world, redis_url, frozen_clock):
     client = connect(redis_url, socket_timeout=30.0)

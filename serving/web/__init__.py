@@ -16,8 +16,7 @@ from typing import Any
 
 from cheroot import errors, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
-import grpc
-from flask import Flask, Response, request
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from serving import logs
@@ -36,7 +35,7 @@ FAILED_HANDSHAKES = {
 
 
 def create_app(context: WebContext) -> Flask:
-    from serving.web.api import api
+    from serving.web.api import api, routing_error
     from serving.web.explorer import explorer
 
     app = Flask(__name__, static_folder=None)  # the explorer serves its assets, with its headers
@@ -44,20 +43,9 @@ def create_app(context: WebContext) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(explorer)
     app.register_error_handler(HttpError, error_json)
-    app.register_error_handler(HTTPException, _routing_error)
+    app.register_error_handler(HTTPException, routing_error)
     app.before_request(one_faiss_thread)  # cheroot's worker threads build feeds too
     return app
-
-
-def _routing_error(error: HTTPException) -> Response | HTTPException:
-    """A path or method no view takes: JSON under the API's /v1/, Flask's page elsewhere."""
-    if not request.path.startswith("/v1/"):
-        return error
-    code = grpc.StatusCode.NOT_FOUND if error.code == 404 else grpc.StatusCode.UNIMPLEMENTED
-    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}", http_status=error.code or 500))
-    if error.code == 405:
-        response.headers["Allow"] = ", ".join(error.valid_methods or ())
-    return response
 
 
 class _WorkerHandshakeAdapter(BuiltinSSLAdapter):

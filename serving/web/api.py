@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
@@ -40,7 +40,7 @@ from serving.servicer import (
     refusal_of,
     served_by,
 )
-from serving.web.common import HttpError, authorize, ready_service, refused, web_context
+from serving.web.common import HttpError, authorize, error_json, ready_service, refused, web_context
 from stores.events import check_batch_size
 
 api = Blueprint("api", __name__)
@@ -64,6 +64,13 @@ _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 # The content codings a body may come in (zlib's wbits for each), as gRPC takes a message
 # compressed with gzip or deflate.
 _CONTENT_CODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+UNROUTED = "http." + logs.UNKNOWN_METHOD
+"""The ``method`` that metrics and access lines name a request under /v1/ no route takes by
+(a 404, or a 405 for a method its path does not take): its path, chosen by the client, would
+make a series each, as a gRPC call to a method the server lacks would."""
+MAX_LOGGED_PATH_CHARS = 256
+"""The characters of such a request's path its access line keeps: a path may be as long as the
+request line's cap (``--max-message-bytes``), megabytes in each line."""
 
 
 @dataclass(frozen=True)
@@ -110,22 +117,23 @@ def ingest() -> Response:
 
 @dataclass
 class _Call:
-    """One HTTP call, filled in as it goes, for its metrics and access line."""
+    """One HTTP call, filled in as it goes, for its metrics and access line (``name``: its ``method`` there)."""
 
-    method: _Method
+    name: str
     request_id: str
     client: str | None = None
     request: Message | None = None  # set once authorized (then a GetFeed counts under its A/B arm)
     response: Message | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
+    http_request: str = ""  # a request no route takes: its method and path
 
 
 def _serve(method: _Method, message: Message, read: Callable[[Message], None]) -> Response:
     """Answer with ``message`` filled in by ``read``; every failure becomes an HttpError."""
-    call = _Call(method, _request_id())
+    call = _Call(method.name, _request_id())
     started = time.perf_counter()
     try:
-        return _answer(call, message, read)
+        return _answer(method, call, message, read)
     except Exception as error:  # noqa: BLE001 (refusal_of logs a bug with its traceback)
         http_error = error if isinstance(error, HttpError) else refused(refusal_of(error, method.name))
         call.code = http_error.code
@@ -135,14 +143,34 @@ def _serve(method: _Method, message: Message, read: Callable[[Message], None]) -
         _record(call, time.perf_counter() - started)
 
 
-def _answer(call: _Call, message: Message, read: Callable[[Message], None]) -> Response:
-    token = authorize(call.method.scope, call.method.rpc)
+def _answer(method: _Method, call: _Call, message: Message, read: Callable[[Message], None]) -> Response:
+    token = authorize(method.scope, method.rpc)
     call.client = token.name if token is not None else None
     service = ready_service()
     call.request = message
     read(message)
-    call.response = call.method.respond(service, message, time.time())
+    call.response = method.respond(service, message, time.time())
     return jsonify(json_format.MessageToDict(call.response))
+
+
+def routing_error(error: HTTPException) -> Response | HTTPException:
+    """A path or method no view takes: under the API's /v1/, a JSON error, counted and logged as
+    ``UNROUTED`` (as gRPC does a call to a method it lacks); elsewhere Flask's page."""
+    if not request.path.startswith("/v1/"):
+        return error
+    started = time.perf_counter()
+    code = grpc.StatusCode.NOT_FOUND if error.code == 404 else grpc.StatusCode.UNIMPLEMENTED
+    call = _Call(UNROUTED, _request_id(), code=code, http_request=f"{request.method} {_logged_path()}")
+    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}", http_status=error.code or 500))
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(error.valid_methods or ())
+    _record(call, time.perf_counter() - started)
+    return response
+
+
+def _logged_path() -> str:
+    path = request.path
+    return path if len(path) <= MAX_LOGGED_PATH_CHARS else path[:MAX_LOGGED_PATH_CHARS] + "…"
 
 
 def _request_id() -> str:
@@ -374,14 +402,14 @@ def _record(call: _Call, seconds: float) -> None:
     context = web_context()
     service = context.service()
     if service is not None:
-        observe_call(service, call.method.name, call.code, seconds, call.request, call.response)
+        observe_call(service, call.name, call.code, seconds, call.request, call.response)
     if not _ACCESS_LOG.isEnabledFor(logging.INFO):
         return
     peer = _peer()
-    # A call refused before its request was read (401, 403, 503 loading) may have come
-    # without a token from anyone: those lines are limited as gRPC's are.
+    # A call refused before its request was read (401, 403, 503 loading, a path no route
+    # takes) may have come without a token from anyone: those lines are limited as gRPC's are.
     if call.request is None and not context.tokenless_lines.admit(call.code.name, peer):
         return
     facts = {"request_id": call.request_id, "client": call.client}
-    logs.write_access_line(logging.INFO, call.method.name, call.code.name, seconds, call.request, call.response, facts, peer,
-                           lambda request: served_by(service, request))
+    logs.write_access_line(logging.INFO, call.name, call.code.name, seconds, call.request, call.response, facts, peer,
+                           lambda request: served_by(service, request), call.http_request)

@@ -18,7 +18,7 @@ from flask import Response, current_app, jsonify, request
 from serving.auth import AuthInterceptor, Token
 from serving.config import DEFAULT_MAX_MESSAGE_BYTES
 from serving.feed_service import FeedService
-from serving.logs import TokenlessLines
+from serving.logs import TOKENLESS_REFUSALS, TokenlessLines
 from serving.servicer import LOADING, Refusal
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -44,6 +44,15 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 TOKEN_COOKIE = "feedrank_token"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+HTTP_TOKENLESS_REFUSALS = TOKENLESS_REFUSALS | {"NOT_FOUND"}
+"""The codes of the HTTP API's calls refused without a valid token: gRPC's, and a path no
+route takes (404, ``NOT_FOUND``; a method a path does not take is 405, ``UNIMPLEMENTED``),
+refused before any token is checked. Over gRPC NOT_FOUND is only the servicer's answer to a
+valid call, whose every line is written."""
+
+
+def _tokenless_lines() -> TokenlessLines:
+    return TokenlessLines(codes=HTTP_TOKENLESS_REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -54,14 +63,14 @@ class WebContext:
     tokens are configured (everything is open, as over gRPC). ``max_body_bytes``: the
     largest request body, as ``--max-message-bytes`` is the largest gRPC message.
     ``tokenless_lines`` limits the access lines of the API's calls refused without a valid
-    token, as gRPC's are.
+    token (``HTTP_TOKENLESS_REFUSALS``), as gRPC's are.
     """
 
     service: Callable[[], FeedService | None]
     auth: AuthInterceptor | None
     models_dir: str
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    tokenless_lines: TokenlessLines = field(default_factory=TokenlessLines)
+    tokenless_lines: TokenlessLines = field(default_factory=_tokenless_lines)
 
 
 def web_context() -> WebContext:
