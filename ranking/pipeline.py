@@ -7,6 +7,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -139,6 +140,18 @@ class CandidatePool:
         return ["" if s < 0 else self.store.sellers.id(s) for s in self.batch.items.seller.tolist()]
 
 
+class _PageRequest(NamedTuple):
+    """What ``FeedPipeline.run`` was asked, in ``_candidates``'s order."""
+
+    user_id: str
+    limit: int
+    now: float
+    exclude_ids: Sequence[str]
+    served_hashes: np.ndarray | None
+    shopper: ShopperFilters
+    explain: bool
+
+
 class FeedPipeline:
     """Runs a PipelineConfig against a store and an (optional) embedding model's items.
 
@@ -170,14 +183,14 @@ class FeedPipeline:
         on earlier pages (sorted uint32); ``shopper`` narrows the feed. ``explain`` also
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
-        request = (user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
-        query, batch, result = self._filled_pool(*request)
+        request = _PageRequest(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
+        query, batch, result = self._filled_pool(request)
         scores, hashes, ranked, (page, news) = self._selected(query, batch)
         if len(page) < limit and not result.fallback_gathered and self.config.fallback_sources:
             # The main sources' count promised a page the selector could not fill: it counts
             # rows before duplicates merge and before the per-seller cap (a new user who
             # follows one big shop gathered 50 listings, of which a page holds two).
-            query, batch, result = self._filled_pool(*request, with_fallback=True)
+            query, batch, result = self._filled_pool(request, with_fallback=True)
             scores, hashes, ranked, (page, news) = self._selected(query, batch)
         result.items = self._page_items(query, batch, page, scores, news)
         result.item_hashes = hashes[page]
@@ -186,19 +199,8 @@ class FeedPipeline:
             result.explanation = self._explain(query, batch, page, result)
         return result
 
-    def _filled_pool(
-        self,
-        user_id: str,
-        limit: int,
-        now: float,
-        exclude_ids: Sequence[str],
-        served_hashes: np.ndarray | None,
-        shopper: ShopperFilters,
-        explain: bool,
-        with_fallback: bool = False,
-    ) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
+    def _filled_pool(self, request: _PageRequest, with_fallback: bool = False) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         """The filtered candidates of a page, from pools deep enough to fill it when they can."""
-        request = (user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
         query, batch, result = self._candidates(*request, with_fallback=with_fallback)
         # The pools are sized for an unfiltered page, and the filters may remove most of
         # them: a shopper's narrow filter, or stock once the trending items sold out, would
@@ -206,7 +208,7 @@ class FeedPipeline:
         # filtered pool fills the page and tells whether more follows, or the depth
         # reaches the cap. (A pool the filters took nothing from was not cut short by them.)
         deepest = max(query.depth, MAX_POOL_DEPTH)
-        while len(batch) <= limit and (shopper.active or filtered_out(result)) and query.depth < deepest:
+        while len(batch) <= request.limit and (request.shopper.active or filtered_out(result)) and query.depth < deepest:
             depth = min(query.depth * POOL_GROWTH, deepest)
             query, batch, result = self._candidates(*request, depth, with_fallback=with_fallback)
         return query, batch, result
