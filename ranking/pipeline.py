@@ -141,7 +141,7 @@ class CandidatePool:
 
 
 class _PageRequest(NamedTuple):
-    """What ``FeedPipeline.run`` was asked, in ``_candidates``'s order."""
+    """What ``FeedPipeline.run`` or ``pool`` was asked, in ``_candidates``'s order."""
 
     user_id: str
     limit: int
@@ -150,6 +150,15 @@ class _PageRequest(NamedTuple):
     served_hashes: np.ndarray | None
     shopper: ShopperFilters
     explain: bool
+
+
+class _Ranked(NamedTuple):
+    """A batch's rows scored, their ids' stable hashes, their rank order, and the page selected from them."""
+
+    scores: np.ndarray
+    hashes: np.ndarray
+    order: np.ndarray
+    selection: Selection
 
 
 class FeedPipeline:
@@ -184,20 +193,26 @@ class FeedPipeline:
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
         request = _PageRequest(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
-        query, batch, result = self._filled_pool(request)
-        scores, hashes, ranked, (page, news) = self._selected(query, batch)
-        if len(page) < limit and not result.fallback_gathered and self.config.fallback_sources:
-            # The main sources' count promised a page the selector could not fill: it counts
-            # rows before duplicates merge and before the per-seller cap (a new user who
-            # follows one big shop gathered 50 listings, of which a page holds two).
-            query, batch, result = self._filled_pool(request, with_fallback=True)
-            scores, hashes, ranked, (page, news) = self._selected(query, batch)
+        query, batch, result, (scores, hashes, ranked, (page, news)) = self._page_pool(request)
         result.items = self._page_items(query, batch, page, scores, news)
         result.item_hashes = hashes[page]
         result.has_more = len(ranked) > len(page)
         if explain:
             result.explanation = self._explain(query, batch, page, result)
         return result
+
+    def _page_pool(self, request: _PageRequest) -> tuple[FeedQuery, CandidateBatch, FeedResult, _Ranked]:
+        """The filtered candidates a page is selected from (``_filled_pool``, gathered again
+        with the fallback sources when the page came out short), and ``_selected`` of them."""
+        query, batch, result = self._filled_pool(request)
+        selected = self._selected(query, batch)
+        if len(selected.selection.rows) < request.limit and not result.fallback_gathered and self.config.fallback_sources:
+            # The main sources' count promised a page the selector could not fill: it counts
+            # rows before duplicates merge and before the per-seller cap (a new user who
+            # follows one big shop gathered 50 listings, of which a page holds two).
+            query, batch, result = self._filled_pool(request, with_fallback=True)
+            selected = self._selected(query, batch)
+        return query, batch, result, selected
 
     def _filled_pool(self, request: _PageRequest, with_fallback: bool = False) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
         """The filtered candidates of a page, from pools deep enough to fill it when they can."""
@@ -213,14 +228,14 @@ class FeedPipeline:
             query, batch, result = self._candidates(*request, depth, with_fallback=with_fallback)
         return query, batch, result
 
-    def _selected(self, query: FeedQuery, batch: CandidateBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, Selection]:
+    def _selected(self, query: FeedQuery, batch: CandidateBatch) -> _Ranked:
         """The scores, id hashes and rank order of the batch's rows, and the page selected from them."""
         scores = self.config.scorer.score(query, batch)
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
         hashes = self.store.items.hashes(batch.codes)
         ranked = np.lexsort((batch.codes, hashes, -scores))
-        return scores, hashes, ranked, self.config.selector.select(query, batch, ranked)
+        return _Ranked(scores, hashes, ranked, self.config.selector.select(query, batch, ranked))
 
     def _explain(self, query: FeedQuery, batch: CandidateBatch, page: np.ndarray, result: FeedResult) -> Explanation:
         scorer = self.config.scorer
@@ -247,15 +262,17 @@ class FeedPipeline:
         exclude_ids: Sequence[str] = (),
         served_hashes: np.ndarray | None = None,
     ) -> CandidatePool:
-        """The filtered candidates of ``run`` with their feature matrix, unscored and unselected.
+        """The filtered candidates ``run`` selects its page from, with their feature matrix.
 
-        Same store reads and same components as ``run``; the scorer must expose
-        ``features(query, batch)`` (LinearScorer does).
+        The same pool as ``run``'s for the same arguments (deeper pools, the fallback
+        sources for a short page), so it is scored and selected to know whether the page
+        came out short; the scorer must expose ``features(query, batch)`` (LinearScorer does).
         """
         features_of = getattr(self.config.scorer, "features", None)
         if features_of is None:
             raise TypeError(f"scorer {self.config.scorer.name!r} does not expose features()")
-        query, batch, result = self._candidates(user_id, limit, now, exclude_ids, served_hashes)
+        request = _PageRequest(user_id, limit, now, exclude_ids, served_hashes, ShopperFilters(), False)
+        query, batch, result, _ = self._page_pool(request)
         return CandidatePool(query, batch, features_of(query, batch), result, self.store)
 
     def _candidates(

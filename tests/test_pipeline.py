@@ -152,13 +152,17 @@ def test_a_narrow_shopper_filter_pages_through_every_match_of_the_deeper_pools()
     assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
 
 
-def test_a_cold_start_feed_pages_past_trending_items_that_sold_out():
-    # 80 trending items, each of its own seller, most liked first; the 60 most liked sold
-    # out (a flash sale). A new user's first pools (trending: the top 20) held only sold-out
-    # items: the feed was empty and ended at once, until those likes decayed, days later.
+def trending_sold_out_pipeline():
+    """80 trending items, each of its own seller, most liked first; the 60 most liked sold
+    out (a flash sale): a new user's first pools (trending: the top 20) hold none in stock."""
     items = [(f"t{k:02d}", f"s{k:02d}", NOW - 10 * DAY, 0 if k < 60 else 5) for k in range(80)]
     likes = [(f"u{n:02d}", f"t{k:02d}", NOW - DAY) for k in range(80) for n in range(80 - k)]
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(make_dataset(items, likes=likes), trending_refresh_seconds=0.0), None)
+    return build_feed_pipeline(MemoryStore.from_dataset(make_dataset(items, likes=likes), trending_refresh_seconds=0.0), None)
+
+
+def test_a_cold_start_feed_pages_past_trending_items_that_sold_out():
+    # The feed was empty and ended at once, until the sold-out items' likes decayed, days later.
+    pipeline = trending_sold_out_pipeline()
     served: list[str] = []
     while True:
         page = pipeline.run("stranger", 5, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)))
@@ -169,15 +173,20 @@ def test_a_cold_start_feed_pages_past_trending_items_that_sold_out():
     assert sorted(served) == [f"t{k:02d}" for k in range(60, 80)]
 
 
-def test_a_new_user_who_follows_one_big_shop_gets_full_pages_and_all_of_its_listings():
-    # 30 listings of the one shop newbie follows, 40 trending items of 40 other sellers. The
-    # listings alone were enough (2 x 10) to skip trending, and the seller cap let two of
-    # them on a page: the first page held two items.
+def one_big_shop_pipeline():
+    """30 listings of the one shop newbie follows (b00..b29), 40 trending items of 40 other
+    sellers (t00..t39): the listings alone are enough (2 x 10) to skip trending for a page
+    of ten, and the seller cap lets two of them on it."""
     shop = [(f"b{k:02d}", "bigshop", NOW - (k + 1) * 3600, 5) for k in range(30)]
     trending = [(f"t{k:02d}", f"s{k:02d}", NOW - 10 * DAY, 5) for k in range(40)]
     likes = [(f"u{n:02d}", f"t{k:02d}", NOW - DAY) for k in range(40) for n in range(40 - k)]
     dataset = make_dataset(shop + trending, likes=likes, follows=[("newbie", "bigshop", NOW - DAY)])
-    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0), None)
+    return build_feed_pipeline(MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0), None)
+
+
+def test_a_new_user_who_follows_one_big_shop_gets_full_pages_and_all_of_its_listings():
+    # The first page held two items.
+    pipeline = one_big_shop_pipeline()
     pages: list[list[str]] = []
     has_more = True
     while has_more:
@@ -187,11 +196,31 @@ def test_a_new_user_who_follows_one_big_shop_gets_full_pages_and_all_of_its_list
         has_more = page.has_more
     served = [i for p in pages for i in p]
     assert len(pages[0]) == 10
-    assert sorted(served) == sorted(i for i, *_ in shop + trending)  # each once, the shop's last listings too
+    assert sorted(served) == [f"b{k:02d}" for k in range(30)] + [f"t{k:02d}" for k in range(40)]  # each once
     # Every page is full while other sellers' items remain; then the cap serves the shop two a page.
     trending_left = [40 - sum(i.startswith("t") for p in pages[:n] for i in p) for n in range(len(pages))]
     assert all(len(p) == 10 for p, left in zip(pages, trending_left) if left >= 8)
     assert all(sum(i.startswith("b") for i in p) <= 2 for p in pages)
+
+
+def assert_the_pool_is_the_pages(pipeline, user, limit, **request):
+    """The trainer's pool for a request is the one the served page was selected from:
+    every served item is a row of it, gathered and filtered alike. Returns the page."""
+    page = pipeline.run(user, limit, NOW, **request)
+    pool = pipeline.pool(user, limit, NOW, **request)
+    assert set(ids(page)) <= set(pool.item_ids())
+    assert (pool.result.gathered_by_source, pool.result.removed_by_filter) == (page.gathered_by_source, page.removed_by_filter)
+    return page
+
+
+def test_the_trainers_pool_holds_the_items_served_from_deeper_pools():
+    page = assert_the_pool_is_the_pages(trending_sold_out_pipeline(), "stranger", 5)
+    assert len(page.items) == 5  # all from pools deeper than the first, whose 20 sold out
+
+
+def test_the_trainers_pool_holds_the_fallback_items_of_a_page_the_seller_cap_left_short():
+    page = assert_the_pool_is_the_pages(one_big_shop_pipeline(), "newbie", 10)
+    assert page.fallback_gathered and sum(i.startswith("t") for i in ids(page)) == 8
 
 
 def test_same_state_gives_the_same_feed():

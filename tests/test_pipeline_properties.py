@@ -4,8 +4,9 @@ Hypothesis builds a catalogue (some sellers are also users, some items out of st
 likes, follows, friendships, hidden items and sellers, a random embedding model and
 item-kNN over a catalogue that only partly matches the store's, then pages through a
 user's feed with exclusions. Whatever the state, every served item must be in stock,
-served once, not excluded, not hidden, not liked, not the user's own, and its reasons
-must name real friends who liked it or the followed seller who listed it.
+served once, not excluded, not hidden, not liked, not the user's own, a row of the
+trainer's pool for the same request, and its reasons must name real friends who liked
+it or the followed seller who listed it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def test_served_items_are_in_stock_unique_allowed_and_explained(state):
         hashes = np.array(sorted({stable_hash(i) for i in served}), dtype=np.uint32)
         page = pipeline.run(user, limit, NOW, exclude_ids=exclude, served_hashes=hashes)
         assert len(page.items) <= limit
+        # The trainer fits the ranker on the pool the page was selected from.
+        pool = pipeline.pool(user, limit, NOW, exclude_ids=exclude, served_hashes=hashes)
+        assert {item.item_id for item in page.items} <= set(pool.item_ids())
+        assert (pool.result.gathered_by_source, pool.result.removed_by_filter) == (page.gathered_by_source, page.removed_by_filter)
         assert page.item_hashes.tolist() == [stable_hash(item.item_id) for item in page.items]
         for item in page.items:
             seller, stock = catalogue[item.item_id]  # a known item: never one only the model has
