@@ -492,10 +492,6 @@ def test_unknown_paths_and_methods_under_v1_are_counted_and_logged_as_grpc_unkno
         wrong = api.http("DELETE", "/v1/events:ingest")
         api.http("GET", forged)
         api.http("GET", "/v1/" + "a" * 5000)
-        outside = http.client.HTTPConnection("127.0.0.1", api.server.http.port, timeout=10)
-        outside.request("GET", "/explorer-has-no-such-page")
-        assert outside.getresponse().status == 404  # Flask's page, neither counted nor logged
-        outside.close()
     assert (missing.status, wrong.status, missing.headers["X-Request-Id"]) == (404, 405, "req-404")
     assert api.metric("feedrank_requests_total", method="http.unknown", code="NOT_FOUND") == before["NOT_FOUND"] + 3
     assert api.metric("feedrank_requests_total", method="http.unknown", code="UNIMPLEMENTED") == before["UNIMPLEMENTED"] + 1
@@ -525,6 +521,77 @@ def test_a_flood_of_unknown_paths_writes_a_bounded_number_of_lines_and_counts_ev
     assert len(written) == logs.TOKENLESS_LINES_PER_SECOND and {fields["code"] for fields in written} == {"NOT_FOUND"}
     assert sum(summary["suppressed"] for summary in summaries) == 200 - logs.TOKENLESS_LINES_PER_SECOND
     assert all(summary["code"] == "NOT_FOUND" and summary["peers"] == 1 for summary in summaries), summaries
+
+
+def _page_status(port: int, method: str, path: str, body: str = "", headers: dict[str, str] | None = None) -> int:
+    """The status of an explorer page (HTML, not JSON)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_the_explorers_refusals_are_counted_and_logged_as_the_apis(world, caplog):
+    # An explorer page refused 401 or 403, a bad sign-in, and a path no route takes outside
+    # /v1/ (404, 405) wrote no access line and were not counted: a scan of the pages, a
+    # guessed token or a broken link left no trace, where the same refusals under /v1/ do.
+    tokens = tuple(auth.parse_tokens(TOKENS, "t"))
+    with running_server(world, http_port=free_port(), tokens=tokens) as (server, stub), \
+            caplog.at_level(logging.INFO, logger="feedrank.access"):
+        served = Served(server, stub)
+        port = server.http.port
+        writer_cookie = {"Cookie": f"feedrank_token={WRITE}", "X-Request-Id": "req-403"}
+        signin = {"Content-Type": "application/x-www-form-urlencoded"}
+        statuses = [
+            _page_status(port, "GET", "/?user=u00001", headers={"X-Request-Id": "req-401"}),
+            _page_status(port, "GET", "/model", headers=writer_cookie),
+            _page_status(port, "POST", "/signin", "token=guessed&next=/", signin),
+            _page_status(port, "GET", "/wp-login.php"),
+            _page_status(port, "GET", "/models/no-such-version/evaluation.svg", headers={"Cookie": f"feedrank_token={READ}"}),
+            _page_status(port, "DELETE", "/compare"),
+            _page_status(port, "GET", "/model", headers={"Cookie": f"feedrank_token={READ}"}),
+        ]
+        counts = {(method, code): served.metric("feedrank_requests_total", method=method, code=code)
+                  for method, code in [("http.explorer", "UNAUTHENTICATED"), ("http.explorer", "PERMISSION_DENIED"),
+                                       ("http.unknown", "NOT_FOUND"), ("http.unknown", "UNIMPLEMENTED")]}
+    assert statuses == [401, 403, 401, 404, 404, 405, 200]
+    assert counts == {("http.explorer", "UNAUTHENTICATED"): 2, ("http.explorer", "PERMISSION_DENIED"): 1,
+                      ("http.unknown", "NOT_FOUND"): 2, ("http.unknown", "UNIMPLEMENTED"): 1}
+    lines = [(r.request_id, r.fields["method"], r.fields["code"], r.fields["client"], r.fields["http_request"])
+             for r in caplog.records if r.name == "feedrank.access"]
+    assert lines[:2] == [("req-401", "http.explorer", "UNAUTHENTICATED", None, "GET /"),
+                         ("req-403", "http.explorer", "PERMISSION_DENIED", "writer", "GET /model")]
+    assert [line[1:] for line in lines[2:]] == [
+        ("http.explorer", "UNAUTHENTICATED", None, "POST /signin"),
+        ("http.unknown", "NOT_FOUND", None, "GET /wp-login.php"),
+        ("http.unknown", "NOT_FOUND", None, "GET /models/no-such-version/evaluation.svg"),
+        ("http.unknown", "UNIMPLEMENTED", None, "DELETE /compare"),
+    ]  # the page served (200) writes no line, as before
+
+
+def test_a_flood_of_explorer_refusals_writes_a_bounded_number_of_lines_and_counts_every_request(world, caplog):
+    tokens = tuple(auth.parse_tokens(TOKENS, "t"))
+    with caplog.at_level(logging.INFO, logger="feedrank.access"), \
+            running_server(world, http_port=free_port(), tokens=tokens) as (server, stub):
+        served = Served(server, stub)
+        server.http.context.tokenless_lines.clock = lambda: 1000.0  # one second that never ends, however slow the calls
+        paths = [f"/?user=u{n:05}" for n in range(100)] + [f"/scan-{n}" for n in range(100)]
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            statuses = list(pool.map(lambda path: _page_status(server.http.port, "GET", path), paths))
+        counted = (served.metric("feedrank_requests_total", method="http.explorer", code="UNAUTHENTICATED"),
+                   served.metric("feedrank_requests_total", method="http.unknown", code="NOT_FOUND"))
+    assert statuses == [401] * 100 + [404] * 100 and counted == (100, 100)
+    access = [record.fields for record in caplog.records if record.name == "feedrank.access"]
+    written = collections.Counter(fields["code"] for fields in access if "suppressed" not in fields)
+    suppressed = collections.Counter()
+    for fields in access:
+        suppressed[fields["code"]] += fields.get("suppressed", 0)
+    assert written == {"UNAUTHENTICATED": logs.TOKENLESS_LINES_PER_SECOND, "NOT_FOUND": logs.TOKENLESS_LINES_PER_SECOND}
+    assert suppressed == {"UNAUTHENTICATED": 100 - logs.TOKENLESS_LINES_PER_SECOND, "NOT_FOUND": 100 - logs.TOKENLESS_LINES_PER_SECOND}
 
 
 def test_grpc_not_found_lines_stay_unlimited():

@@ -17,7 +17,7 @@ from typing import Any
 from cheroot import errors, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from flask import Flask
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from serving import logs
 from serving.native_threads import one_faiss_thread
@@ -43,7 +43,8 @@ def create_app(context: WebContext) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(explorer)
     app.register_error_handler(HttpError, error_json)
-    app.register_error_handler(HTTPException, routing_error)
+    app.register_error_handler(NotFound, routing_error)
+    app.register_error_handler(MethodNotAllowed, routing_error)
     app.before_request(one_faiss_thread)  # cheroot's worker threads build feeds too
     return app
 

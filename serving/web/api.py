@@ -12,7 +12,6 @@ give the same answer to the same request; README "HTTP/JSON" documents the detai
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import zlib
@@ -22,12 +21,17 @@ from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 import grpc
-from flask import Blueprint, Response, after_this_request, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+)
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
@@ -36,11 +40,20 @@ from serving.feed_service import FeedService, InvalidRequest
 from serving.servicer import (
     get_feed_response,
     ingest_response,
-    observe_call,
     refusal_of,
-    served_by,
 )
-from serving.web.common import HttpError, authorize, error_json, ready_service, refused, web_context
+from serving.web.common import (
+    HttpCall,
+    HttpError,
+    authorize,
+    error_json,
+    ready_service,
+    record_call,
+    record_refusal,
+    refused,
+    sent_back_request_id,
+    web_context,
+)
 from stores.events import check_batch_size
 
 api = Blueprint("api", __name__)
@@ -65,12 +78,9 @@ _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 # compressed with gzip or deflate.
 _CONTENT_CODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 UNROUTED = "http." + logs.UNKNOWN_METHOD
-"""The ``method`` that metrics and access lines name a request under /v1/ no route takes by
-(a 404, or a 405 for a method its path does not take): its path, chosen by the client, would
-make a series each, as a gRPC call to a method the server lacks would."""
-MAX_LOGGED_PATH_CHARS = 256
-"""The characters of such a request's path its access line keeps: a path may be as long as the
-request line's cap (``--max-message-bytes``), megabytes in each line."""
+"""The ``method`` that metrics and access lines name a request no route takes by (a 404, or a
+405 for a method its path does not take): its path, chosen by the client, would make a series
+each, as a gRPC call to a method the server lacks would."""
 
 
 @dataclass(frozen=True)
@@ -115,22 +125,9 @@ def ingest() -> Response:
     return _serve(INGEST, feed_pb2.IngestRequest(), _read_body)
 
 
-@dataclass
-class _Call:
-    """One HTTP call, filled in as it goes, for its metrics and access line (``name``: its ``method`` there)."""
-
-    name: str
-    request_id: str
-    client: str | None = None
-    request: Message | None = None  # set once authorized (then a GetFeed counts under its A/B arm)
-    response: Message | None = None
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    http_request: str = ""  # a request no route takes: its method and path
-
-
 def _serve(method: _Method, message: Message, read: Callable[[Message], None]) -> Response:
     """Answer with ``message`` filled in by ``read``; every failure becomes an HttpError."""
-    call = _Call(method.name, _request_id())
+    call = HttpCall(method.name, sent_back_request_id())
     started = time.perf_counter()
     try:
         return _answer(method, call, message, read)
@@ -140,10 +137,10 @@ def _serve(method: _Method, message: Message, read: Callable[[Message], None]) -
         call.client = call.client or http_error.client
         raise http_error from None
     finally:
-        _record(call, time.perf_counter() - started)
+        record_call(call, time.perf_counter() - started)
 
 
-def _answer(method: _Method, call: _Call, message: Message, read: Callable[[Message], None]) -> Response:
+def _answer(method: _Method, call: HttpCall, message: Message, read: Callable[[Message], None]) -> Response:
     token = authorize(method.scope, method.rpc)
     call.client = token.name if token is not None else None
     service = ready_service()
@@ -153,36 +150,19 @@ def _answer(method: _Method, call: _Call, message: Message, read: Callable[[Mess
     return jsonify(json_format.MessageToDict(call.response))
 
 
-def routing_error(error: HTTPException) -> Response | HTTPException:
-    """A path or method no view takes: under the API's /v1/, a JSON error, counted and logged as
-    ``UNROUTED`` (as gRPC does a call to a method it lacks); elsewhere Flask's page."""
+def routing_error(error: NotFound | MethodNotAllowed) -> Response | HTTPException:
+    """A path or method no view takes (an explorer link to an unknown model version too),
+    counted and logged as ``UNROUTED`` (as gRPC does a call to a method it lacks): under the
+    API's /v1/ a JSON error, elsewhere Flask's page."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.NOT_FOUND if isinstance(error, NotFound) else grpc.StatusCode.UNIMPLEMENTED
+    record_refusal(UNROUTED, code, started)
     if not request.path.startswith("/v1/"):
         return error
-    started = time.perf_counter()
-    code = grpc.StatusCode.NOT_FOUND if error.code == 404 else grpc.StatusCode.UNIMPLEMENTED
-    call = _Call(UNROUTED, _request_id(), code=code, http_request=f"{request.method} {_logged_path()}")
-    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}", http_status=error.code or 500))
+    response = error_json(HttpError(code, f"{request.method} {request.path}: {error.name.lower()}", http_status=error.code))
     if error.code == 405:
         response.headers["Allow"] = ", ".join(error.valid_methods or ())
-    _record(call, time.perf_counter() - started)
     return response
-
-
-def _logged_path() -> str:
-    path = request.path
-    return path if len(path) <= MAX_LOGGED_PATH_CHARS else path[:MAX_LOGGED_PATH_CHARS] + "…"
-
-
-def _request_id() -> str:
-    """The client's X-Request-Id (else a new one), sent back on the response as over gRPC."""
-    request_id = logs.request_id_of([("x-request-id", request.headers.get("X-Request-Id"))])
-
-    @after_this_request
-    def send_back(response: Response) -> Response:
-        response.headers["X-Request-Id"] = request_id
-        return response
-
-    return request_id
 
 
 def _bad_field(field: str, description: str) -> HttpError:
@@ -385,31 +365,3 @@ def _unparsable_part(value: Any, message_type: type[Message]) -> str:
                 inner = _unparsable_part(element, GetMessageClass(field.message_type)) if field.message_type else ""
                 return f"{name}.{inner}" if inner else name
     return ""
-
-
-# --- metrics and the access line ----------------------------------------------------------
-
-
-_ACCESS_LOG = logging.getLogger(logs.ACCESS_LOGGER)
-
-
-def _peer() -> str:
-    """The client's address as gRPC names a peer, for the access line."""
-    return logs.peer_name(request.remote_addr or "", request.environ.get("REMOTE_PORT", ""))
-
-
-def _record(call: _Call, seconds: float) -> None:
-    context = web_context()
-    service = context.service()
-    if service is not None:
-        observe_call(service, call.name, call.code, seconds, call.request, call.response)
-    if not _ACCESS_LOG.isEnabledFor(logging.INFO):
-        return
-    peer = _peer()
-    # A call refused before its request was read (401, 403, 503 loading, a path no route
-    # takes) may have come without a token from anyone: those lines are limited as gRPC's are.
-    if call.request is None and not context.tokenless_lines.admit(call.code.name, peer):
-        return
-    facts = {"request_id": call.request_id, "client": call.client}
-    logs.write_access_line(logging.INFO, call.name, call.code.name, seconds, call.request, call.response, facts, peer,
-                           lambda request: served_by(service, request), call.http_request)

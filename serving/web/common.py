@@ -7,19 +7,23 @@ the "HTTP Mapping" of each code); README "HTTP/JSON" lists the ones this server 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from flask import Response, current_app, jsonify, request
+from flask import Response, after_this_request, current_app, jsonify, request
+from google.protobuf.message import Message
 
+from serving import logs
 from serving.auth import AuthInterceptor, Token
 from serving.config import DEFAULT_MAX_MESSAGE_BYTES
 from serving.feed_service import FeedService
 from serving.logs import TOKENLESS_REFUSALS, TokenlessLines
-from serving.servicer import LOADING, Refusal
+from serving.servicer import LOADING, Refusal, observe_call, served_by
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -49,6 +53,9 @@ HTTP_TOKENLESS_REFUSALS = TOKENLESS_REFUSALS | {"NOT_FOUND"}
 route takes (404, ``NOT_FOUND``; a method a path does not take is 405, ``UNIMPLEMENTED``),
 refused before any token is checked. Over gRPC NOT_FOUND is only the servicer's answer to a
 valid call, whose every line is written."""
+MAX_LOGGED_PATH_CHARS = 256
+"""The characters of a refused request's path its access line keeps: a path may be as long as
+the request line's cap (``--max-message-bytes``), megabytes in each line."""
 
 
 def _tokenless_lines() -> TokenlessLines:
@@ -144,15 +151,86 @@ def authorize(scope: str, what: str, allow_cookie: bool = False) -> Token | None
     raise HttpError(outcome.code, outcome.message, client=outcome.client)
 
 
-def requires(scope: str, what: str, allow_cookie: bool = False) -> Callable:
-    """Decorate a view: it runs only for a caller whose token grants ``scope``."""
+def requires(scope: str, what: str, method: str, allow_cookie: bool = False) -> Callable:
+    """Decorate a view: it runs only for a caller whose token grants ``scope``; a refusal is
+    counted and logged as ``method``."""
 
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            authorize(scope, what, allow_cookie)
+            started = time.perf_counter()
+            try:
+                authorize(scope, what, allow_cookie)
+            except HttpError as error:
+                record_refusal(method, error.code, started, error.client)
+                raise
             return view(*args, **kwargs)
 
         return guarded
 
     return decorate
+
+
+# --- metrics and the access line ----------------------------------------------------------
+
+
+_ACCESS_LOG = logging.getLogger(logs.ACCESS_LOGGER)
+
+
+@dataclass
+class HttpCall:
+    """One HTTP call, filled in as it goes, for its metrics and access line (``name``: its ``method`` there)."""
+
+    name: str
+    request_id: str
+    client: str | None = None
+    request: Message | None = None  # set once authorized (then a GetFeed counts under its A/B arm)
+    response: Message | None = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    http_request: str = ""  # a call refused before it was read: its HTTP method and path
+
+
+def sent_back_request_id() -> str:
+    """The client's X-Request-Id (else a new one), sent back on the response as over gRPC."""
+    request_id = logs.request_id_of([("x-request-id", request.headers.get("X-Request-Id"))])
+
+    @after_this_request
+    def send_back(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    return request_id
+
+
+def record_refusal(name: str, code: grpc.StatusCode, started: float, client: str | None = None) -> None:
+    """Count and log as ``name`` a request refused before it was read, started at ``started``
+    (``time.perf_counter()``), its line naming its HTTP method and path."""
+    call = HttpCall(name, sent_back_request_id(), client, code=code, http_request=f"{request.method} {_logged_path()}")
+    record_call(call, time.perf_counter() - started)
+
+
+def _logged_path() -> str:
+    path = request.path
+    return path if len(path) <= MAX_LOGGED_PATH_CHARS else path[:MAX_LOGGED_PATH_CHARS] + "…"
+
+
+def _peer() -> str:
+    """The client's address as gRPC names a peer, for the access line."""
+    return logs.peer_name(request.remote_addr or "", request.environ.get("REMOTE_PORT", ""))
+
+
+def record_call(call: HttpCall, seconds: float) -> None:
+    context = web_context()
+    service = context.service()
+    if service is not None:
+        observe_call(service, call.name, call.code, seconds, call.request, call.response)
+    if not _ACCESS_LOG.isEnabledFor(logging.INFO):
+        return
+    peer = _peer()
+    # A call refused before its request was read (401, 403, 503 loading, a path no route
+    # takes) may have come without a token from anyone: those lines are limited as gRPC's are.
+    if call.request is None and not context.tokenless_lines.admit(call.code.name, peer):
+        return
+    facts = {"request_id": call.request_id, "client": call.client}
+    logs.write_access_line(logging.INFO, call.name, call.code.name, seconds, call.request, call.response, facts, peer,
+                           lambda request: served_by(service, request), call.http_request)

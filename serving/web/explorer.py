@@ -42,6 +42,7 @@ from serving.web.common import (
     TOKEN_COOKIE,
     HttpError,
     ready_service,
+    record_refusal,
     requires,
     web_context,
 )
@@ -55,6 +56,7 @@ explorer = Blueprint("explorer", __name__, template_folder="templates",
 
 SCOPE = "read"
 WHAT = "the feed explorer"
+METHOD = "http.explorer"  # the method its refusals are counted and logged as
 PAGE_SIZES = (10, 20, 50, 100)
 DEFAULT_PAGE_SIZE = 20
 STORE_RETRY_SECONDS = 1
@@ -154,7 +156,7 @@ def add_security_headers(response: Response) -> Response:
 
 @explorer.get("/explorer")
 @explorer.get("/")  # registered first: url_for builds "/"
-@requires(SCOPE, WHAT, allow_cookie=True)
+@requires(SCOPE, WHAT, METHOD, allow_cookie=True)
 def feed_page() -> str:
     user_id = request.args.get("user")
     limit = page_size()
@@ -172,7 +174,7 @@ def feed_page() -> str:
 
 
 @explorer.get("/compare")
-@requires(SCOPE, WHAT, allow_cookie=True)
+@requires(SCOPE, WHAT, METHOD, allow_cookie=True)
 def compare_page() -> str:
     service = ready_service()
     choices = model_choices(service)
@@ -190,7 +192,7 @@ def compare_page() -> str:
 
 
 @explorer.get("/model")
-@requires(SCOPE, WHAT, allow_cookie=True)
+@requires(SCOPE, WHAT, METHOD, allow_cookie=True)
 def model_page() -> str:
     """The live model, or with ``?version=`` any published version."""
     service = ready_service()
@@ -215,7 +217,7 @@ def model_page() -> str:
 
 
 @explorer.get(f"/models/<version>/{EVALUATION_CHART}")
-@requires(SCOPE, WHAT, allow_cookie=True)
+@requires(SCOPE, WHAT, METHOD, allow_cookie=True)
 def evaluation_chart(version: str) -> Response:
     """The chart file of a published version: no other file, no other directory."""
     models_dir = web_context().models_dir
@@ -232,9 +234,11 @@ def sign_in() -> Any:
     auth = web_context().auth
     if auth is None:
         return redirect(next_path, code=303)
+    started = time.perf_counter()
     token = request.form.get("token", "").strip()
     outcome = auth.check_bearer(f"Bearer {token}", SCOPE, WHAT)
     if not isinstance(outcome, Token):
+        record_refusal(METHOD, outcome.code, started, outcome.client)
         refusal = HttpError(outcome.code, outcome.message)
         return render("signin.html", next=next_path, message=refusal.message), refusal.http_status
     response = redirect(next_path, code=303)
