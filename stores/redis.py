@@ -924,6 +924,17 @@ def primary_clients(client: Any) -> list[tuple[str, redis.Redis]]:
     return [(_node_name(client), client)]
 
 
+def _slot_ranges(slots: Sequence[int]) -> str:
+    """``slots`` (ascending) as ranges: "0-4095, 8192-8200"."""
+    ranges: list[list[int]] = []
+    for slot in slots:
+        if ranges and ranges[-1][1] == slot - 1:
+            ranges[-1][1] = slot
+        else:
+            ranges.append([slot, slot])
+    return ", ".join(f"{first}-{last}" if first != last else str(first) for first, last in ranges) or "none"
+
+
 def mark_every_slot(client: Any, keys: Keys) -> None:
     """Set the data marker of each hash slot of a cluster (``Keys.data_marker``): the store's
     write scripts then refuse to write into a slot whose primary came back without its data.
@@ -1440,7 +1451,8 @@ class RedisStore:
         # log epoch (Redis came back empty: restarted without its data, or flushed), or on a
         # cluster no data marker in its slot, refuses, writing nothing, until a load brings one.
         self._holds_data = False
-        self._refused_nodes: set[str] = set()  # refused since a write found their data: logged once, not per Ingest
+        # HOST:PORT -> the state of its data, of each node refused since a write found its data: logged once, not per Ingest.
+        self._refused_nodes: dict[str, str] = {}
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
                          "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE, "acl": _LUA_ACL_CHECK}
         self._shas: dict[str, str] = {}
@@ -2303,7 +2315,7 @@ class RedisStore:
         node = self._node_of(self.keys.events)
         if reply == ["no_data"]:
             self._refuse_without_data(node)
-        self._refused_nodes.discard(node)
+        self._refused_nodes.pop(node, None)
         if name == "log":  # the cluster's log script: a count
             return reply
         if name == "batch" and reply[0] == "ok":
@@ -2328,17 +2340,43 @@ class RedisStore:
             return self.write_client.get_node_from_key(key).name
         return _node_name(self.write_client)
 
-    def _refuse_without_data(self, node: str) -> NoReturn:
-        """Raise StoreUnavailable, logged the first time since a write found the data: a write
-        script (or, on a cluster, a slot's data marker) found Redis ``node`` without its data."""
+    def _refuse_without_data(self, found_on: str) -> NoReturn:
+        """Raise StoreUnavailable: a write script (or, on a cluster, a slot's data marker) found
+        Redis ``found_on`` without its data. The message names it and, on a cluster, every other
+        primary without its first slot's marker, each with the state of its data, so the
+        operator of a large cluster need not search; logged when a node is newly refused."""
+        lost = self._primaries_without_data(found_on) if self.is_cluster else [found_on]
+        newly_refused = [node for node in lost if node not in self._refused_nodes]
+        for node in newly_refused:
+            self._refused_nodes[node] = self._data_state(node)
+        described = ", ".join(f"{node} ({self._refused_nodes[node]})" for node in lost)
         # A cluster's other primaries still hold their markers: a restarted server refuses too.
-        or_restart = "" if self.is_cluster else " or this server restarts"
-        message = (f"Redis at {node} holds no data any more (restarted without it, or "
-                   f"flushed); Ingest is refused, writing nothing, until it is loaded again (python -m serving load){or_restart}")  # fmt: skip
-        if node not in self._refused_nodes:
+        or_restart = "" if self.is_cluster else ", or this server restarts"
+        message = (f"Redis lost its data at {described} (restarted without it, or flushed); Ingest is refused, writing "
+                   f"nothing, until it is loaded again: python -m serving load --data DIR --redis URL{or_restart}")  # fmt: skip
+        if newly_refused:
             log.error("%s", message)
-            self._refused_nodes.add(node)
         raise StoreUnavailable(message)
+
+    def _primaries_without_data(self, found_on: str) -> list[str]:
+        """``found_on`` and each primary without its first slot's data marker, in slot order."""
+        marked = self._primaries_marked()
+        lost = {node for node, present in marked.items() if not present} | {found_on}
+        order = list(marked)
+        return sorted(lost, key=lambda node: order.index(node) if node in marked else -1)
+
+    def _data_state(self, node: str) -> str:
+        """What of ``node``'s data is left, for the refusal: on a cluster its slots and how many
+        of their data markers it holds (one pipeline sent to it), else the missing epoch."""
+        if not self.is_cluster:
+            return "no change-log epoch"
+        slots = [slot for slot, holders in sorted(self.write_client.nodes_manager.slots_cache.items())
+                 if holders and holders[0].name == node]
+        pipe = self.write_client.get_redis_connection(self.write_client.get_node(node_name=node)).pipeline(transaction=False)
+        for slot in slots:
+            pipe.exists(self.keys.data_marker(slot))
+        left = sum(reply == 1 for reply in pipe.execute(raise_on_error=False))
+        return f"slots {_slot_ranges(slots)}: {left} of {len(slots)} data markers left"
 
     @staticmethod
     def _flat_records(events: Sequence[Event]) -> list[str]:
@@ -2503,11 +2541,11 @@ class RedisStore:
         for marker, present in found.items():
             if present:
                 self._holds_data = True
-                self._refused_nodes.discard(self._node_of(marker))
+                self._refused_nodes.pop(self._node_of(marker), None)
         missing = [marker for marker, present in found.items() if not present]
         if not missing:
             return
-        self._holds_data = self._holds_data or self._any_primary_marked()
+        self._holds_data = self._holds_data or any(self._primaries_marked().values())
         if self._holds_data:
             self._refuse_without_data(self._node_of(missing[0]))
         mark_every_slot(self.write_client, self.keys)
@@ -2526,8 +2564,9 @@ class RedisStore:
             slot_of_node.setdefault(holders[0].name if holders else slot, slot)
         return {node: self.keys.data_marker(slot) for node, slot in slot_of_node.items()}
 
-    def _any_primary_marked(self) -> bool:
-        """Whether any primary holds the data marker of the first slot the client maps to it."""
+    def _primaries_marked(self) -> dict[str, bool]:
+        """Whether each primary (HOST:PORT, in slot order) holds the data marker of the first
+        slot the client maps to it."""
         first_slot: dict[str, int] = {}
         for slot, holders in sorted(self.write_client.nodes_manager.slots_cache.items()):
             if holders:
@@ -2535,7 +2574,7 @@ class RedisStore:
         pipe = self._write_pipeline()
         for slot in first_slot.values():
             pipe.exists(self.keys.data_marker(slot))
-        return any(pipe.execute())
+        return {node: bool(found) for node, found in zip(first_slot, pipe.execute())}
 
     def _run_slot_ops(self, ops: dict[str, list[list[str]]], weight: Callable[[list[str]], int] | None = None) -> dict[tuple[str, str], str]:
         """Run each tag's operations with one per-slot script call per chunk, calls pipelined;
