@@ -69,6 +69,7 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     RedisClusterException,
+    RedisClusterUnreachableError,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
@@ -1246,11 +1247,26 @@ def connect(url: str, peers: Sequence[LazyCluster] = (), **kwargs: Any) -> redis
 
         def make(known: list[ClusterNode]) -> RedisCluster:
             startup_nodes = [*(ClusterNode(host, port) for host, port in seeds), *known]
-            return RedisCluster.from_url(node_url, startup_nodes=startup_nodes, decode_responses=True, **kwargs)
+            try:
+                return RedisCluster.from_url(node_url, startup_nodes=startup_nodes, decode_responses=True, **kwargs)
+            except RedisClusterUnreachableError as error:
+                raise RedisClusterUnreachableError(_no_url_node_answers(nodes, len(known), error)) from error
 
         return LazyCluster(make, peers)
     kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
     return redis.Redis.from_url(url, decode_responses=True, **with_fast_packer(url, kwargs))
+
+
+def _no_url_node_answers(nodes: Sequence[str], found_before: int, error: RedisClusterUnreachableError) -> str:
+    """What to say when no node a cluster client starts from answers: redis-py names only the
+    last it tried, and a URL naming one node that is down keeps a process from a cluster that
+    serves until that node is back."""
+    found = f", nor the {found_before} nodes found before," if found_before else ""
+    message = f"none of the nodes of the redis-cluster:// URL{found} answers ({', '.join(nodes)}: {error.__cause__ or error})"
+    if len(nodes) == 1:
+        message += ("; while it is down a process cannot find the cluster, even one that serves: name several nodes "
+                    "in the URL: redis-cluster://HOST:PORT,HOST:PORT,...")
+    return message
 
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis-cluster://")

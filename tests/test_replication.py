@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -274,6 +275,31 @@ def test_the_clients_made_after_the_url_node_died_start_from_the_nodes_found_bef
         assert _seconds_until_it_works(lambda: store.apply(_likes(3))) < 10
         assert _seconds_until_it_works(lambda: store.apply(_likes(3, start=3), min_replicas=1)) < 10
         store.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_url_whose_one_node_is_down_says_so_and_to_name_several(tmp_path):
+    """A redis-cluster:// URL naming one node, dead after a failover: the cluster serves, but a
+    process started with that URL cannot find it, and its health line said only redis-py's
+    "Redis Cluster cannot be connected. Please provide at least one reachable node: Error 111
+    connecting to ...". It now says that the URL's nodes are all down and to name several."""
+    require_redis()
+    cluster = RedisClusterServers(tmp_path / "cluster", masters=3, replicas=1).start()
+    try:
+        make_redis_store(cluster.url, social_dataset()).close()
+        first, second = cluster.nodes[0], cluster.nodes[1]
+        _kill_and_await_the_failover(cluster, first)
+        store = RedisStore.from_url(cluster.url, socket_timeout=5.0)
+        assert not store.ping()
+        assert re.search(rf"none of the nodes of the redis-cluster:// URL answers \(127\.0\.0\.1:{first.port}: .*Connection refused.*\)"
+                         r".*name several nodes in the URL: redis-cluster://HOST:PORT,HOST:PORT", store.ping_failure), store.ping_failure
+        store.close()
+        both_down = RedisStore.from_url(f"{cluster.url},127.0.0.1:{free_port()}", socket_timeout=5.0)
+        assert not both_down.ping()
+        assert f"(127.0.0.1:{first.port}, 127.0.0.1:" in both_down.ping_failure and "name several" not in both_down.ping_failure
+        both_down.close()
+        assert views.read_user(RedisStore.from_url(f"{cluster.url},127.0.0.1:{second.port}"), "alice") is not None  # the cluster serves
     finally:
         cluster.stop()
 
