@@ -2360,12 +2360,15 @@ class RedisStore:
         """Raise StoreUnavailable: a write script (or, on a cluster, a slot's data marker) found
         Redis ``found_on`` without its data. The message names it and, on a cluster, every other
         primary without its first slot's marker, each with the state of its data, so the
-        operator of a large cluster need not search; logged when a node is newly refused."""
-        lost = self._primaries_without_data(found_on) if self.is_cluster else [found_on]
-        newly_refused = [node for node in lost if node not in self._refused_nodes]
-        for node in newly_refused:
-            self._refused_nodes[node] = self._data_state(node)
-        described = ", ".join(f"{node} ({self._refused_nodes[node]})" for node in lost)
+        operator of a large cluster need not search; logged when ``found_on`` is newly refused."""
+        newly_refused = found_on not in self._refused_nodes
+        if newly_refused:
+            # Looked up once per node refused, not per Ingest: reading every primary's marker
+            # made each refused Ingest of a producer retrying 0.27 -> 3.6 ms.
+            lost = self._primaries_without_data(found_on) if self.is_cluster else [found_on]
+            self._refused_nodes = {node: self._refused_nodes.get(node) or self._data_state(node) for node in lost}
+        refused = self._refused_nodes.copy()  # another Ingest's thread may drop a node meanwhile
+        described = ", ".join(f"{node} ({state})" for node, state in refused.items())
         # A cluster's other primaries still hold their markers: a restarted server refuses too.
         or_restart = "" if self.is_cluster else ", or this server restarts"
         message = (f"Redis lost its data at {described} (restarted without it, or flushed); Ingest is refused, writing "
