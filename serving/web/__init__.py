@@ -129,7 +129,10 @@ class HttpServer:
     CA when clients must present a certificate, as on the gRPC port)."""
 
     def __init__(self, app: Flask, host: str, port: int, tls: tuple[str, str, ssl.SSLContext] | None = None) -> None:
-        self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank")
+        # cheroot listens with a backlog of 5: load tools open all their connections at once,
+        # and the kernel dropped the handshakes past it (retried after 1 s, 3 s, 7 s ...).
+        self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank",
+                                     request_queue_size=socket.SOMAXCONN)
         self.context: WebContext = app.extensions["feedrank"]
         # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
         # would still read and discard it to keep the connection. This cap bounds that
