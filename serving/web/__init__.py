@@ -134,9 +134,9 @@ class HttpServer:
         self.server = _LoggingServer((host, port), app, numthreads=HTTP_THREADS, server_name="feedrank",
                                      request_queue_size=socket.SOMAXCONN)
         self.context: WebContext = app.extensions["feedrank"]
-        # The API refuses a body over the limit from its Content-Length, in JSON; cheroot
-        # would still read and discard it to keep the connection. This cap bounds that
-        # (a larger body gets cheroot's own plain 413).
+        # The API refuses a body over the limit from its Content-Length, in JSON, then reads
+        # and drops it (api.py, _discard_body_once_answered). This cap bounds that (a larger
+        # body gets cheroot's own plain 413).
         self.server.max_request_body_size = BODY_CAP_FACTOR * self.context.max_body_bytes
         # The request line and headers had no cap at all: one 200 MB query string added 1.9 GB
         # to the process. A GetFeed's largest valid query (1000 excluded ids of 256 bytes,

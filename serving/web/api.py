@@ -11,6 +11,7 @@ give the same answer to the same request; README "HTTP/JSON" documents the detai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -21,7 +22,8 @@ from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 import grpc
-from flask import Blueprint, Response, jsonify, request
+from cheroot.errors import MaxSizeExceeded
+from flask import Blueprint, Response, after_this_request, jsonify, request
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -68,6 +70,7 @@ PAGE_SIZE_NAMES = ("page_size", "pageSize")
 # AIP-158 makes page_size optional; gRPC has no default (limit 0 is refused), so this is
 # the feed explorer's page length (serving/web/explorer.py DEFAULT_PAGE_SIZE).
 DEFAULT_PAGE_SIZE = 20
+DISCARD_CHUNK_BYTES = 65_536  # what the 413 reads of a body at a time, to drop it
 _EXPECTED = {FieldDescriptor.CPPTYPE_INT32: "a 32-bit integer", FieldDescriptor.CPPTYPE_DOUBLE: "a number"}
 _RAW_FEED_PATH = re.compile(r"/v1/users/(.*)/feed$")
 # How json_format's ParseError text names the field (when it does): "... at IngestRequest.events[1].ts",
@@ -291,7 +294,28 @@ def _body() -> bytes:
 
 
 def _too_large(limit: int) -> HttpError:
+    _discard_body_once_answered()
     return HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes", http_status=413)
+
+
+def _discard_body_once_answered() -> None:
+    """Once the 413 is sent, read what is left of the body, keeping none of it. cheroot closes
+    the connection after a 413; closed with the body unread, it was reset, and a client still
+    sending (most send the whole body before they read) got a broken pipe instead of the
+    answer. Read after the answer, so that a client that waits for it before sending the
+    body has it at once. cheroot caps what there is to read (web/__init__.py, BODY_CAP_FACTOR)."""
+    stream = request.environ["wsgi.input"]
+
+    @after_this_request
+    def discard_when_sent(response: Response) -> Response:
+        response.call_on_close(lambda: _discard(stream))
+        return response
+
+
+def _discard(stream: Any) -> None:
+    with contextlib.suppress(MaxSizeExceeded, OSError, ValueError):  # past the cap, a client gone or stalled, bad chunks
+        while stream.read(DISCARD_CHUNK_BYTES):
+            pass
 
 
 def _content_coding_wbits() -> int | None:
