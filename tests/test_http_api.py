@@ -380,6 +380,15 @@ def test_a_request_line_or_headers_larger_than_a_grpc_message_are_refused_as_the
     assert api.feed("u1", page_size=1, exclude_item_ids=ids).status == 200
 
 
+def test_a_negative_content_length_is_a_bad_request_at_once(api):
+    """cheroot took Content-Length: -1 for "read to the end of the connection": the request
+    held an HTTP thread for the 10 s read timeout, then got a 500 and an ERROR traceback."""
+    head = "POST /v1/events:ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n{}"
+    started = time.monotonic()
+    assert _raw_status(api.server.http.port, head) == 400
+    assert time.monotonic() - started < 5
+
+
 def test_a_burst_of_new_connections_is_queued_for_accept_not_dropped(tmp_path):
     """Load tools open all their connections at once (hey -c 50, wrk -c 100). With cheroot's
     listen backlog of 5, the kernel dropped the handshakes past it: 13 of 20 simultaneous

@@ -70,8 +70,24 @@ class _WorkerHandshakeAdapter(BuiltinSSLAdapter):
         return self.get_environ(sock)
 
 
+class _Request(server.HTTPRequest):
+    """cheroot's request, which also refuses a negative Content-Length. cheroot read -1 as "to
+    the end of the connection": the request held a thread for the 10 s read timeout, then
+    got a 500 with an ERROR traceback."""
+
+    def read_request_headers(self) -> bool:
+        if not super().read_request_headers():
+            return False
+        if int(self.inheaders.get(b"Content-Length", 0)) < 0:
+            self.simple_response("400 Bad Request", "Malformed Content-Length Header.")
+            return False
+        return True
+
+
 class _Connection(server.HTTPConnection):
     """cheroot's connection, which completes a TLS handshake (see _WorkerHandshakeAdapter) before its first request."""
+
+    RequestHandlerClass = _Request
 
     def communicate(self) -> bool:
         if self.server.ssl_adapter is None or self.ssl_env:
