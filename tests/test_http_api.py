@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import socket
+import struct
 import time
 import zlib
 from collections.abc import Iterator
@@ -387,6 +388,24 @@ def test_a_negative_content_length_is_a_bad_request_at_once(api):
     started = time.monotonic()
     assert _raw_status(api.server.http.port, head) == 400
     assert time.monotonic() - started < 5
+
+
+def test_a_client_gone_before_its_body_ends_is_counted_cancelled_not_a_server_bug(api, caplog):
+    """A load tool's timeout on a POST resets the connection mid-body. The API took werkzeug's
+    ClientDisconnected for a bug: an ERROR with its traceback, 500 INTERNAL in the metrics."""
+    before = api.metric("feedrank_requests_total", method="http.Ingest", code="CANCELLED")
+    head = b"POST /v1/events:ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    with caplog.at_level(logging.INFO):
+        connection = socket.create_connection(("127.0.0.1", api.server.http.port), timeout=10)
+        connection.sendall(head)
+        time.sleep(0.2)  # the server is reading the body
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        connection.close()
+        deadline = time.monotonic() + 10
+        while api.metric("feedrank_requests_total", method="http.Ingest", code="CANCELLED") == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert api.metric("feedrank_requests_total", method="http.Ingest", code="CANCELLED") == before + 1
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 def test_a_burst_of_new_connections_is_queued_for_accept_not_dropped(tmp_path):

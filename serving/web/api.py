@@ -28,12 +28,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from werkzeug.exceptions import (
-    HTTPException,
-    MethodNotAllowed,
-    NotFound,
-    RequestEntityTooLarge,
-)
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from protos.feed.v1 import feed_pb2
 from serving import logs
@@ -288,6 +283,8 @@ def _body() -> bytes:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise _too_large(limit) from None
+    except ClientDisconnected:
+        raise _body_cut_short() from None
     if len(body) > limit:
         raise _too_large(limit)
     return body if wbits is None else _inflated(body, wbits, limit)
@@ -296,6 +293,12 @@ def _body() -> bytes:
 def _too_large(limit: int) -> HttpError:
     _discard_body_once_answered()
     return HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is larger than {limit} bytes", http_status=413)
+
+
+def _body_cut_short() -> HttpError:
+    """The client reset the connection, or sent nothing for cheroot's read timeout, before the
+    end of its body: CANCELLED, as gRPC counts a call whose client went away, not a bug."""
+    return HttpError(grpc.StatusCode.CANCELLED, "the body ended before its Content-Length: the client went away or stopped sending")
 
 
 def _discard_body_once_answered() -> None:
