@@ -358,3 +358,26 @@ def test_the_rankers_validation_mirrors_the_split_unless_told_its_shape(tmp_path
     with pytest.raises(SystemExit) as refused:
         main([*common, "--ranker-validation-split", "time"])
     assert "--ranker-validation-split time: " in f"{refused.value}{capsys.readouterr().err}"
+
+
+def test_the_report_names_its_test_part_and_why_a_default_split_is_what_it_is(tmp_path):
+    # Regression: without --split, likes tied at one time were split per user instead of by
+    # time, and the table (and --json) said nothing of it: the reader took user:0.2:0 numbers
+    # for a time split's.
+    rows = "".join(f"u{u},i{(u + k) % 9},{1_700_000_000 + k}\n" for u in range(30) for k in range(5))
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + rows)
+    timed = load_dataset(str(tmp_path))
+    report = evaluate_split(timed, None, None, (10,), PARAMS, show_progress=False, compare_blend=False, baselines=False)
+    assert report.test_part == "time:0.2, the likes from 2023-11-14T22:13:24Z on (the default: every like has a time)"
+    assert f"test part: {report.test_part}" in report.table().splitlines()
+    assert json.loads(json.dumps(report.as_json()))["test_part"] == report.test_part
+    tied = timed.with_likes(Edges(timed.likes.src, timed.likes.dst, np.full(len(timed.likes), 1_700_000_000.0)))
+    report = evaluate_split(tied, None, None, (10,), PARAMS, show_progress=False, compare_blend=False, baselines=False)
+    assert report.test_part == ("user:0.2:0 (the default: not time:0.2, as 150 of 150 likes are at or after its split "
+                                "time 2023-11-14T22:13:20Z (ties), so it would hold out 100% of them, not the latest 20%)")
+    explicit = evaluate_split(tied, SplitSpec("random", 0.2, 3), None, (10,), PARAMS, show_progress=False,
+                              compare_blend=False, baselines=False)
+    assert explicit.test_part == "random:0.2:3"
+    given = evaluate_split(tied, None, Edges(["u1"], ["i0"], np.zeros(1)), (10,), PARAMS, show_progress=False,
+                           compare_blend=False, baselines=False)
+    assert given.test_part == "the test pairs given (--test)"

@@ -71,6 +71,7 @@ class EvaluationReport:
 
     ks: tuple[int, ...]
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_part: str = ""  # what was held out: the split, and why when it is the default
     test_users: int = 0
     test_users_total: int = 0  # before sampling down to ``max_users``
     test_pairs: int = 0
@@ -94,6 +95,7 @@ class EvaluationReport:
             "model": model,
             "baselines": methods,
             "coverage": model.get(f"coverage@{max(self.ks)}", 0.0),
+            **({"test_part": self.test_part} if self.test_part else {}),
             "test_users": self.test_users,
             "test_users_total": self.test_users_total,
             "test_pairs": self.test_pairs,
@@ -116,6 +118,8 @@ class EvaluationReport:
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
         lines.append(self.summary_line())
+        if self.test_part:
+            lines.append(f"test part: {self.test_part}")
         if self.paired:
             lines += ["", *self.paired_table()]
         if self.cap_grid:

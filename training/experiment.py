@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings
@@ -17,6 +18,7 @@ from training.params import interactions_of, with_knn_resolved
 from training.splits import (
     SplitSpec,
     default_split,
+    default_split_reason,
     evaluation_time,
     split_for_evaluation,
 )
@@ -47,6 +49,18 @@ def evaluation_parts(
                                 "evaluate (a larger dataset, or another split)")
     # Validation mirrors the test: the ranker is chosen on a split of the same shape, unless told another.
     return train_part, test, now, replace(ranker_params, validation_kind=ranker_params.validation_kind or split.kind)
+
+
+def test_part_description(dataset: Dataset, split: SplitSpec | None, test_given: bool, now: float | None) -> str:
+    """What an evaluation tests on, for its report: the split (with its time for a time split),
+    and why, when it is the default, so numbers of a per-user split are not read as a time split's."""
+    if test_given:
+        return "the test pairs given (--test)"
+    chosen = split or default_split(dataset)
+    text = str(chosen)
+    if chosen.kind == "time":
+        text += f", the likes from {datetime.fromtimestamp(now, timezone.utc):%Y-%m-%dT%H:%M:%SZ} on"
+    return text if split else f"{text} (the default: {default_split_reason(dataset)})"
 
 
 def warnings_on_test_pairs(train: Dataset, test: Edges) -> list[str]:
@@ -94,6 +108,7 @@ def evaluate_split(
     without ``baselines``, only the feed (and the blend) are replayed.
     ``report.ranker`` holds the fitted ranker's manifest entry.
     """
+    test_given = test is not None
     train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
     interactions = interactions_of(train_part, params)
     params = with_knn_resolved(params, interactions)
@@ -109,6 +124,7 @@ def evaluate_split(
         extra_methods=extra, show_progress=show_progress, max_users=max_users, baselines=baselines,
     )
     report.ranker = spec
+    report.test_part = test_part_description(dataset, split, test_given, now)
     return report
 
 

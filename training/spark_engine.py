@@ -549,11 +549,12 @@ class SparkEngine:
         from ranking.feed import FeedSettings
         from ranking.ranker import DEFAULT_RANKER
         from training.evaluate import evaluate, pipeline_recommender
-        from training.experiment import evaluation_parts
+        from training.experiment import evaluation_parts, test_part_description
         from training.splits import evaluation_time
         from training.train import fitted_ranker_spec
 
         settings = settings or FeedSettings()
+        test_given = test is not None
         train_part, test, now, ranker_params = evaluation_parts(dataset, split, test, ranker_params)
         interactions = self.interactions(train_part, params)
         params = with_knn_resolved(params, interactions)
@@ -572,6 +573,7 @@ class SparkEngine:
             max_users=max_users,
         )
         report.ranker = spec
+        report.test_part = test_part_description(dataset, split, test_given, now)
         return report
 
     def held_out_evaluation(self, split_text, ks, params, ranker_params=None, settings=None, max_users=0):

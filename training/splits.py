@@ -255,6 +255,12 @@ def default_split(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> Spl
     return SplitSpec("user", fraction, seed)
 
 
+def default_split_reason(dataset: Dataset, fraction: float = 0.2) -> str:
+    """Why ``default_split`` picks what it picks, for a report's reader."""
+    problem = time_split_problem(dataset, fraction)
+    return "every like has a time" if problem is None else f"not time:{fraction:g}, as {problem}"
+
+
 def validation_split(
     train: Dataset, fraction: float, seed: int, kind: str | None = None
 ) -> tuple[Dataset, Edges, float]:
