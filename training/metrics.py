@@ -1,6 +1,6 @@
 """Offline ranking metrics: a flat module of functions over plain dicts.
 
-Protocol (DESIGN.md, "What good means"): binary relevance; averaged over the users who
+Protocol (README.md, `python -m training evaluate`): binary relevance; averaged over the users who
 have test items, where a user with test items but no recommendations scores 0;
 precision@K = hits / K; recall@K = hits / |test|; NDCG@K discounts rank r (1-based) by
 log2(r + 1) and normalises by the ideal DCG over min(|test|, K) positions. Recommended
