@@ -1264,15 +1264,36 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     likes = _dedupe(like_users, like_items, like_ts, like_weight)
     follows = _dedupe(*follow_edges) if follows_t is not None else _empty_edges()
     friends = _dedupe(*friend_edges) if friend_edges is not None else _empty_edges()
+    hidden_items = _dedupe(*hidden_item_edges) if hidden_item_edges is not None else _empty_edges()
+    hidden_sellers = _dedupe(*hidden_seller_edges) if hidden_seller_edges is not None else _empty_edges()
+    collapsed = [
+        (likes_name, len(like_users), len(likes), "a (user_id, item_id) pair", "like", "latest ts and largest weight"),
+        (_source(path, FOLLOWS), len(follow_edges[0]) if follows_t is not None else 0, len(follows),
+         "a (user_id, seller_id) pair", "follow", "latest ts"),
+        (_source(path, FRIENDS), len(friend_edges[0]) if friend_edges is not None else 0, len(friends),
+         "a friendship (u1,u2 and u2,u1 are one)", "friendship", "latest ts"),
+        (_source(path, HIDDEN_ITEMS), len(hidden_item_edges[0]) if hidden_item_edges is not None else 0,
+         len(hidden_items), "a (user_id, item_id) pair", "hidden item", "latest ts"),
+        (_source(path, HIDDEN_SELLERS), len(hidden_seller_edges[0]) if hidden_seller_edges is not None else 0,
+         len(hidden_sellers), "a (user_id, seller_id) pair", "hidden seller", "latest ts"),
+    ]
+    warnings.extend(_repeated_rows_warning(*counts) for counts in collapsed if counts[1] > counts[2])
     dated = [(likes_name, "ts", likes.ts), (items_name, "created_at", items.created_at),
              (_source(path, FOLLOWS), "ts", follows.ts), (_source(path, FRIENDS), "ts", friends.ts),
              (_source(path, ENGAGEMENTS_FILE), "ts", engagements.ts)]
     warnings.extend(filter(None, (_future_times(file, column, ts) for file, column, ts in dated if file)))
     return Dataset(
         items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements,
-        hidden_items=_dedupe(*hidden_item_edges) if hidden_item_edges is not None else _empty_edges(),
-        hidden_sellers=_dedupe(*hidden_seller_edges) if hidden_seller_edges is not None else _empty_edges(),
+        hidden_items=hidden_items, hidden_sellers=hidden_sellers,
     )
+
+
+def _repeated_rows_warning(file: str, rows: int, distinct: int, repeated: str, noun: str, kept: str) -> str:
+    """That ``rows`` rows of ``file`` collapsed into ``distinct`` edges: a conversion that wrote
+    one row per event (per tag, per play) learns from fewer rows than it wrote."""
+    extra = rows - distinct
+    return (f"{file}: {extra} row{' repeats' if extra == 1 else 's repeat'} {repeated}: {rows} rows are "
+            f"{distinct} {noun}{'' if distinct == 1 else 's'} (each keeps its {kept})")
 
 
 def _future_times(file: str, column: str, ts: np.ndarray) -> str | None:
