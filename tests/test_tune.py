@@ -192,6 +192,8 @@ def test_data_too_thin_for_a_ranker_is_tuned_under_the_blend_and_keeps_the_defau
     result = tune(load_dataset(str(tmp_path)), SplitSpec("time", 0.25), trials=3, timeout=300, base=SMALL, show_progress=False)
     assert len(result.trials) == 3 and all(math.isfinite(trial["value"]) for trial in result.trials)
     assert result.confirmation is None
+    # Regression: tune printed 'ndcg@10 1.0000' here without saying it was one user's.
+    assert result.as_json()["validation"]["users"] == 1
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ranker: cannot fit")]
     assert len(warnings) == 3 and all(line.endswith("using the hand-set blend") for line in warnings)
 

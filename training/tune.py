@@ -103,6 +103,7 @@ class TuneResult:
     test_split: SplitSpec | None
     trials: list[dict[str, Any]] = field(default_factory=list)
     search_best: float = 0.0  # the best trial's score on the search's split, kept or not
+    validation_users: int = 0  # the users each trial's score averages over
     confirmation: Confirmation | None = None  # None when the defaults were the search's best
 
     def as_json(self) -> dict[str, Any]:
@@ -118,6 +119,7 @@ class TuneResult:
                 "split": str(self.validation),
                 "test_split_set_aside": str(self.test_split) if self.test_split else None,
                 "metric": OBJECTIVE_METRIC,
+                "users": self.validation_users,
                 "best": self.value,
                 "defaults": self.default_value,
                 "baselines": self.baselines,
@@ -274,6 +276,7 @@ def tune(
     ranker_params = replace(ranker_params, seed=seed, validation_kind=kind)
     baselines: dict[str, float] = {}
     history: list[dict[str, Any]] = []
+    validation_users: list[int] = []  # the first trial's: every trial replays the same sampled users
 
     def objective(trial) -> float:
         params, trial_settings, trial_ranker = suggest(trial, base, settings, ranker_params, space)
@@ -289,6 +292,7 @@ def tune(
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
             baselines.update({name: m[OBJECTIVE_METRIC] for name, m in report.methods.items() if name != "model"})
+            validation_users.append(report.test_users)
         history.append({"number": trial.number, "value": value, "seconds": round(time.perf_counter() - started, 1),
                         "params": dict(trial.params)})
         if show_progress:
@@ -330,7 +334,7 @@ def tune(
     return TuneResult(
         params=best[0], settings=best[1], ranker_params=best[2], value=value, default_value=default_value,
         baselines=baselines, validation=validation, test_split=test_split, trials=history,
-        search_best=study.best_value, confirmation=confirmation,
+        search_best=study.best_value, confirmation=confirmation, validation_users=validation_users[0],
     )
 
 
@@ -399,7 +403,7 @@ def run(args: argparse.Namespace) -> None:
         json.dump(payload, handle, indent=2)
     validation = payload["validation"]
     print(f"{len(result.trials)} trials in {payload['seconds']:.0f} s on {validation['split']} "
-          f"(test part {validation['test_split_set_aside']} set aside): {OBJECTIVE_METRIC} {result.value:.4f}, "
+          f"({validation['users']} validation user{'' if validation['users'] == 1 else 's'}; test part {validation['test_split_set_aside']} set aside): {OBJECTIVE_METRIC} {result.value:.4f}, "
           f"defaults {result.default_value:.4f}; wrote {args.out}")
     confirmation = payload["confirmation"]
     if confirmation is not None:
