@@ -76,7 +76,7 @@ class EvaluationReport:
     test_users_total: int = 0  # before sampling down to ``max_users``
     test_pairs: int = 0
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
-    unservable_test_items: int = 0  # test rows whose item is listed but no feed shows (sold out, kept out, seller away)
+    unshowable_test_pairs: int = 0  # test rows of a listed item that no feed shows their user (Eligibility)
     cold_test_users: int = 0  # test users without a training like: their feeds are cold starts
     # The model's NDCG@K minus each other method's, paired over the same users (per K).
     paired: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
@@ -101,7 +101,7 @@ class EvaluationReport:
             "test_users_total": self.test_users_total,
             "test_pairs": self.test_pairs,
             "unseen_test_items": self.unseen_test_items,
-            "unservable_test_items": self.unservable_test_items,
+            "unshowable_test_pairs": self.unshowable_test_pairs,
             "cold_test_users": self.cold_test_users,
             **({"ranker": self.ranker} if self.ranker else {}),
             **({"paired": {
@@ -141,8 +141,9 @@ class EvaluationReport:
             + f", {counted(self.test_pairs, 'test pair')}, "
             f"{counted(self.unseen_test_items, 'test pair')} with an item unseen in training (counted as misses)"
             + (f", {counted(self.cold_test_users, 'test user')} without a training like (cold starts)" if self.cold_test_users else "")
-            + (f", {counted(self.unservable_test_items, 'test pair')} with an item no feed can show (out of stock, kept "
-               "out of the feed or its seller away: misses for every method)" if self.unservable_test_items else "")
+            + (f", {counted(self.unshowable_test_pairs, 'test pair')} no feed can show their user (an item out of stock, "
+               "kept out of the feed or of a seller away, or the user's own, already liked or hidden by them: misses "
+               "for every method)" if self.unshowable_test_pairs else "")
         )
 
     def paired_table(self) -> list[str]:
@@ -406,8 +407,8 @@ def evaluate(
     )
     report.unseen_test_items = sum(1 for items in relevant.values() for i in items if i not in trained_items)
     report.cold_test_users = len(relevant.keys() - set(train.likes.src))
-    report.unservable_test_items = sum(1 for items in relevant.values() for i in items if i in eligible.servable
-                                       and not eligible.servable[i])
+    report.unshowable_test_pairs = sum(1 for user_id, items in relevant.items() for i in items
+                                       if i in eligible.servable and not eligible.ok(user_id, i))
 
     methods: dict[str, Recommender] = {"model": pipeline_recommender(train, model, ranker, now, settings, show_progress)}
     if baselines:
