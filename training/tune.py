@@ -357,7 +357,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trials", type=bounded(int, 1), default=30, help="trials, the defaults first (default: %(default)s)")
     parser.add_argument("--timeout", type=bounded(float, above=0), default=900.0,
-                        help="the search's budget in seconds: a trial starts only while it and the confirmation after it fit in what is left (default: %(default)s)")
+                        help="the search's budget in seconds: a trial starts only while it and the confirmation after it fit in "
+                             "what is left; the first trial (the defaults) always runs, however long it takes "
+                             "(default: %(default)s)")
     # optuna's TPE sampler seeds a numpy RandomState, which takes no seed past 2**32 - 1.
     parser.add_argument("--seed", type=bounded(int, 0, maximum=2**32 - 1), default=0,
                         help="seed of the sampler and the splits, 0 to 4294967295 (default: %(default)s)")
