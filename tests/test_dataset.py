@@ -493,6 +493,25 @@ def test_repeated_rows_are_counted_in_a_warning(tmp_path: Path) -> None:
     assert warnings == []
 
 
+def test_a_table_whose_ids_meet_no_like_or_listing_is_warned_about(tmp_path: Path) -> None:
+    # Regression: friends.csv written with the source's numeric ids while likes.csv had emails
+    # loaded without a word, and every friendship was then about strangers: no friend signal,
+    # a friends_likes baseline of zeros, and nothing to say the ids were spelled two ways.
+    friends = "user_id,friend_id,ts\n2,275,\n2,428,\n"
+    follows = "user_id,seller_id,ts\nu1,shop-1,1\nu2,shop-2,1\n"
+    sellers = "seller_id,vacation_until\nshop-1,inf\n"
+    warnings: list[str] = []
+    load_dataset(str(make(tmp_path, friends=friends, follows=follows, sellers=sellers)), warnings=warnings)
+    assert warnings == [
+        "friends.csv: its users (3) have no like in likes.csv (are the ids written as there?)",
+        "follows.csv: its sellers (2) list no item in items.csv (are the ids written as there?)",
+        "sellers.csv: its sellers (1) list no item in items.csv (are the ids written as there?)",
+    ]
+    warnings.clear()
+    load_dataset(str(make(tmp_path / "joined")), warnings=warnings)
+    assert warnings == []
+
+
 # --------------------------------------------------------------------------- optional files
 
 

@@ -1278,6 +1278,15 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
          len(hidden_sellers), "a (user_id, seller_id) pair", "hidden seller", "latest ts"),
     ]
     warnings.extend(_repeated_rows_warning(*counts) for counts in collapsed if counts[1] > counts[2])
+    liked_by = set(likes.src)
+    listing = set(items.seller_id) - {""} if items_name else None
+    unjoined = [
+        (_source(path, FRIENDS), "users", set(friends.src) | set(friends.dst), liked_by, f"have no like in {likes_name}"),
+        (_source(path, FOLLOWS), "users", set(follows.src), liked_by, f"have no like in {likes_name}"),
+        (_source(path, FOLLOWS), "sellers", set(follows.dst), listing, f"list no item in {items_name}"),
+        (_source(path, SELLERS), "sellers", set(sellers.seller_id), listing, f"list no item in {items_name}"),
+    ]
+    warnings.extend(filter(None, (_unjoined_ids_warning(*table_ids) for table_ids in unjoined)))
     dated = [(likes_name, "ts", likes.ts), (items_name, "created_at", items.created_at),
              (_source(path, FOLLOWS), "ts", follows.ts), (_source(path, FRIENDS), "ts", friends.ts),
              (_source(path, ENGAGEMENTS_FILE), "ts", engagements.ts)]
@@ -1286,6 +1295,14 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
         items=items, likes=likes, follows=follows, friends=friends, sellers=sellers, engagements=engagements,
         hidden_items=hidden_items, hidden_sellers=hidden_sellers,
     )
+
+
+def _unjoined_ids_warning(file: str | None, noun: str, ids: set[str], known: set[str] | None, missing: str) -> str | None:
+    """A warning when not one of ``ids`` is among ``known``: ids written otherwise than in the
+    table they refer to (numbers for emails), which load without error and then join nothing."""
+    if not file or known is None or not ids or ids & known:
+        return None
+    return f"{file}: its {noun} ({len(ids)}) {missing} (are the ids written as there?)"
 
 
 def _repeated_rows_warning(file: str, rows: int, distinct: int, repeated: str, noun: str, kept: str) -> str:
