@@ -1231,6 +1231,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
                 like_weight = like_weight[keep]
 
     follows_t = table(FOLLOWS)
+    follow_edges = None
     if follows_t is not None:
         follow_edges = (_ids(follows_t, "user_id"), _ids(follows_t, "seller_id"), _times(follows_t, "ts", True))
 
@@ -1261,28 +1262,19 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
 
     errors.raise_any()
     assert items is not None
-    likes = _dedupe(like_users, like_items, like_ts, like_weight)
-    follows = _dedupe(*follow_edges) if follows_t is not None else _empty_edges()
-    friends = _dedupe(*friend_edges) if friend_edges is not None else _empty_edges()
-    hidden_items = _dedupe(*hidden_item_edges) if hidden_item_edges is not None else _empty_edges()
-    hidden_sellers = _dedupe(*hidden_seller_edges) if hidden_seller_edges is not None else _empty_edges()
-    collapsed = [
-        (likes_name, len(like_users), len(likes), "a (user_id, item_id) pair", "like", "latest ts and largest weight"),
-        (_source(path, FOLLOWS), len(follow_edges[0]) if follows_t is not None else 0, len(follows),
-         "a (user_id, seller_id) pair", "follow", "latest ts"),
-        (_source(path, FRIENDS), len(friend_edges[0]) if friend_edges is not None else 0, len(friends),
-         "a friendship (u1,u2 and u2,u1 are one)", "friendship", "latest ts"),
-        (_source(path, HIDDEN_ITEMS), len(hidden_item_edges[0]) if hidden_item_edges is not None else 0,
-         len(hidden_items), "a (user_id, item_id) pair", "hidden item", "latest ts"),
-        (_source(path, HIDDEN_SELLERS), len(hidden_seller_edges[0]) if hidden_seller_edges is not None else 0,
-         len(hidden_sellers), "a (user_id, seller_id) pair", "hidden seller", "latest ts"),
-    ]
-    warnings.extend(_repeated_rows_warning(*counts) for counts in collapsed if counts[1] > counts[2])
-    liked_by = set(likes.src)
+    likes = _collapsed((like_users, like_items, like_ts, like_weight), likes_name, warnings, "a (user_id, item_id) pair",
+                       "like", "latest ts and largest weight")
+    follows = _collapsed(follow_edges, _source(path, FOLLOWS), warnings, "a (user_id, seller_id) pair", "follow")
+    friends = _collapsed(friend_edges, _source(path, FRIENDS), warnings, "a friendship (u1,u2 and u2,u1 are one)",
+                         "friendship")
+    hidden_items = _collapsed(hidden_item_edges, _source(path, HIDDEN_ITEMS), warnings, "a (user_id, item_id) pair",
+                              "hidden item")
+    hidden_sellers = _collapsed(hidden_seller_edges, _source(path, HIDDEN_SELLERS), warnings,
+                                "a (user_id, seller_id) pair", "hidden seller")
     listing = set(items.seller_id) - {""} if items_name else None
     unjoined = [
-        (_source(path, FRIENDS), "users", set(friends.src) | set(friends.dst), liked_by, f"have no like in {likes_name}"),
-        (_source(path, FOLLOWS), "users", set(follows.src), liked_by, f"have no like in {likes_name}"),
+        (_source(path, FRIENDS), "users", set(friends.src) | set(friends.dst), set(likes.src), f"have no like in {likes_name}"),
+        (_source(path, FOLLOWS), "users", set(follows.src), set(likes.src), f"have no like in {likes_name}"),
         (_source(path, FOLLOWS), "sellers", set(follows.dst), listing, f"list no item in {items_name}"),
         (_source(path, SELLERS), "sellers", set(sellers.seller_id), listing, f"list no item in {items_name}"),
     ]
@@ -1305,12 +1297,18 @@ def _unjoined_ids_warning(file: str | None, noun: str, ids: set[str], known: set
     return f"{file}: its {noun} ({len(ids)}) {missing} (are the ids written as there?)"
 
 
-def _repeated_rows_warning(file: str, rows: int, distinct: int, repeated: str, noun: str, kept: str) -> str:
-    """That ``rows`` rows of ``file`` collapsed into ``distinct`` edges: a conversion that wrote
-    one row per event (per tag, per play) learns from fewer rows than it wrote."""
-    extra = rows - distinct
-    return (f"{file}: {extra} row{' repeats' if extra == 1 else 's repeat'} {repeated}: {rows} rows are "
-            f"{distinct} {noun}{'' if distinct == 1 else 's'} (each keeps its {kept})")
+def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], repeated: str, noun: str,
+               kept: str = "latest ts") -> Edges:
+    """``_dedupe(*columns)`` (no table: no edges), with a warning that counts the rows collapsed:
+    a conversion that wrote one row per event (per tag, per play) learns from fewer rows than it wrote."""
+    if columns is None:
+        return _empty_edges()
+    edges = _dedupe(*columns)
+    rows, extra = len(columns[0]), len(columns[0]) - len(edges)
+    if extra:
+        warnings.append(f"{file}: {extra} row{' repeats' if extra == 1 else 's repeat'} {repeated}: {rows} rows are "
+                        f"{len(edges)} {noun}{'' if len(edges) == 1 else 's'} (each keeps its {kept})")
+    return edges
 
 
 def _future_times(file: str, column: str, ts: np.ndarray) -> str | None:
