@@ -483,11 +483,19 @@ def test_repeated_rows_are_counted_in_a_warning(tmp_path: Path) -> None:
     warnings: list[str] = []
     load_dataset(str(make(tmp_path, likes=likes, follows=follows, friends=friends, not_interested_items=hidden)), warnings=warnings)
     assert warnings == [
-        "likes.csv: 3 rows repeat a (user_id, item_id) pair: 6 rows are 3 likes (each keeps its latest ts and largest weight)",
-        "follows.csv: 1 row repeats a (user_id, seller_id) pair: 2 rows are 1 follow (each keeps its latest ts)",
-        "friends.csv: 1 row repeats a friendship (u1,u2 and u2,u1 are one): 3 rows are 2 friendships (each keeps its latest ts)",
-        "not_interested_items.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 hidden item (each keeps its latest ts)",
+        "likes.csv: 3 rows repeat a (user_id, item_id) pair: 6 rows are 3 likes (each keeps its latest ts and largest "
+        "weight; 1 at several times, which a time split places by the latest)",
+        "follows.csv: 1 row repeats a (user_id, seller_id) pair: 2 rows are 1 follow (each keeps its latest ts; 1 at "
+        "several times, which a time split places by the latest)",
+        "friends.csv: 1 row repeats a friendship (u1,u2 and u2,u1 are one): 3 rows are 2 friendships (each keeps its "
+        "latest ts; 1 at several times, which a time split places by the latest)",
+        "not_interested_items.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 hidden item (each keeps its "
+        "latest ts; 1 at several times, which a time split places by the latest)",
     ]
+    warnings.clear()
+    load_dataset(str(make(tmp_path / "same", likes="user_id,item_id,ts\nu1,i1,5\nu1,i1,5\n")), warnings=warnings)
+    assert warnings == ["likes.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 like (each keeps its latest ts "
+                        "and largest weight)"]
     warnings.clear()
     load_dataset(str(make(tmp_path / "distinct")), warnings=warnings)
     assert warnings == []

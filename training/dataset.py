@@ -1306,9 +1306,25 @@ def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], rep
     edges = _dedupe(*columns)
     rows, extra = len(columns[0]), len(columns[0]) - len(edges)
     if extra:
+        several = _pairs_at_several_times(*columns[:3])
+        retimed = f"; {several} at several times, which a time split places by the latest" if several else ""
         warnings.append(f"{file}: {extra} row{' repeats' if extra == 1 else 's repeat'} {repeated}: {rows} rows are "
-                        f"{len(edges)} {noun}{'' if len(edges) == 1 else 's'} (each keeps its {kept})")
+                        f"{len(edges)} {noun}{'' if len(edges) == 1 else 's'} (each keeps its {kept}{retimed})")
     return edges
+
+
+def _pairs_at_several_times(src: list[str], dst: list[str], ts: np.ndarray) -> int:
+    """How many (src, dst) pairs repeat with different known times: a pair liked before a time
+    split and again after it is a test like, its earlier time forgotten."""
+    su = encode(src)[0].astype(np.int64)
+    dv = encode(dst)[0].astype(np.int64)
+    times = np.asarray(ts, dtype=np.float64)
+    timed = np.isfinite(times)
+    pair, times = (su * (int(dv.max()) + 1) + dv)[timed], times[timed]
+    order = np.lexsort((times, pair))
+    pair, times = pair[order], times[order]
+    retimed = (pair[1:] == pair[:-1]) & (times[1:] != times[:-1])
+    return int(np.unique(pair[1:][retimed]).size)
 
 
 def _future_times(file: str, column: str, ts: np.ndarray) -> str | None:
