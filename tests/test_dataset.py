@@ -440,11 +440,14 @@ def test_garbage_files_give_a_dataset_error_or_a_dataset(tmp_path: Path, files: 
 # --------------------------------------------------------------------------- dedupe
 
 
-def test_duplicate_likes_keep_latest_ts(tmp_path: Path) -> None:
-    likes = "user_id,item_id,ts\nu1,i1,5\nu2,i1,1\nu1,i1,9\nu1,i1,7\nu2,i2,\nu2,i2,\n"
+def test_duplicate_likes_keep_their_earliest_ts_as_the_stores_keep_a_repeated_like(tmp_path: Path) -> None:
+    # The latest was kept: a pair liked before a time split and again after it became a test
+    # like, and the training part lost the earlier like, while a store given the same two Like
+    # events keeps the first (the second is a no-op).
+    likes = "user_id,item_id,ts\nu1,i1,5\nu2,i1,1\nu1,i1,9\nu1,i1,7\nu2,i2,\nu2,i2,\nu3,i3,\nu3,i3,4\n"
     ds = load_dataset(str(make(tmp_path, likes=likes)))
-    assert list(zip(ds.likes.src, ds.likes.dst)) == [("u1", "i1"), ("u2", "i1"), ("u2", "i2")]
-    assert ds.likes.ts[:2].tolist() == [9.0, 1.0] and np.isnan(ds.likes.ts[2])
+    assert list(zip(ds.likes.src, ds.likes.dst)) == [("u1", "i1"), ("u2", "i1"), ("u2", "i2"), ("u3", "i3")]
+    assert ds.likes.ts[:2].tolist() == [5.0, 1.0] and np.isnan(ds.likes.ts[2]) and ds.likes.ts[3] == 4.0
 
 
 def test_items_repeated_in_every_column_are_one_item(tmp_path: Path) -> None:
@@ -462,14 +465,14 @@ def test_duplicate_follows_collapse(tmp_path: Path) -> None:
     follows = "user_id,seller_id,ts\nu1,s1,1\nu1,s1,3\nu1,s2,2\n"
     ds = load_dataset(str(make(tmp_path, follows=follows)))
     assert list(zip(ds.follows.src, ds.follows.dst)) == [("u1", "s1"), ("u1", "s2")]
-    assert ds.follows.ts.tolist() == [3.0, 2.0]
+    assert ds.follows.ts.tolist() == [1.0, 2.0]
 
 
 def test_friendship_is_undirected(tmp_path: Path) -> None:
     friends = "user_id,friend_id,ts\nu2,u1,1\nu1,u2,4\nu3,u1,2\n"
     ds = load_dataset(str(make(tmp_path, friends=friends)))
     assert list(zip(ds.friends.src, ds.friends.dst)) == [("u1", "u2"), ("u1", "u3")]
-    assert ds.friends.ts.tolist() == [4.0, 2.0]
+    assert ds.friends.ts.tolist() == [1.0, 2.0]
 
 
 def test_repeated_rows_are_counted_in_a_warning(tmp_path: Path) -> None:
@@ -483,18 +486,18 @@ def test_repeated_rows_are_counted_in_a_warning(tmp_path: Path) -> None:
     warnings: list[str] = []
     load_dataset(str(make(tmp_path, likes=likes, follows=follows, friends=friends, not_interested_items=hidden)), warnings=warnings)
     assert warnings == [
-        "likes.csv: 3 rows repeat a (user_id, item_id) pair: 6 rows are 3 likes (each keeps its latest ts and largest "
-        "weight; 1 at several times, which a time split places by the latest)",
-        "follows.csv: 1 row repeats a (user_id, seller_id) pair: 2 rows are 1 follow (each keeps its latest ts; 1 at "
-        "several times, which a time split places by the latest)",
+        "likes.csv: 3 rows repeat a (user_id, item_id) pair: 6 rows are 3 likes (each keeps its earliest ts and largest "
+        "weight; 1 at several times, which a time split places by the earliest)",
+        "follows.csv: 1 row repeats a (user_id, seller_id) pair: 2 rows are 1 follow (each keeps its earliest ts; 1 at "
+        "several times, which a time split places by the earliest)",
         "friends.csv: 1 row repeats a friendship (u1,u2 and u2,u1 are one): 3 rows are 2 friendships (each keeps its "
-        "latest ts; 1 at several times, which a time split places by the latest)",
+        "earliest ts; 1 at several times, which a time split places by the earliest)",
         "not_interested_items.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 hidden item (each keeps its "
-        "latest ts; 1 at several times, which a time split places by the latest)",
+        "earliest ts; 1 at several times, which a time split places by the earliest)",
     ]
     warnings.clear()
     load_dataset(str(make(tmp_path / "same", likes="user_id,item_id,ts\nu1,i1,5\nu1,i1,5\n")), warnings=warnings)
-    assert warnings == ["likes.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 like (each keeps its latest ts "
+    assert warnings == ["likes.csv: 1 row repeats a (user_id, item_id) pair: 2 rows are 1 like (each keeps its earliest ts "
                         "and largest weight)"]
     warnings.clear()
     load_dataset(str(make(tmp_path / "distinct")), warnings=warnings)
@@ -800,7 +803,7 @@ HIDDEN_SELLERS = "user_id,seller_id,ts\nu2,s1,\n"
 def test_not_interested_tables_round_trip_and_are_written_only_when_there_are_hides(tmp_path: Path, format: str) -> None:
     ds = load_dataset(str(make(tmp_path / "in", not_interested_items=HIDDEN_ITEMS, not_interested_sellers=HIDDEN_SELLERS)))
     assert list(zip(ds.hidden_items.src, ds.hidden_items.dst)) == [("u1", "i2"), ("u2", "i3")]  # repeats collapse
-    assert ds.hidden_items.ts.tolist()[0] == 1700000300.0
+    assert ds.hidden_items.ts.tolist()[0] == 1700000200.0
     assert list(zip(ds.hidden_sellers.src, ds.hidden_sellers.dst)) == [("u2", "s1")]
     write_dataset(ds, str(tmp_path / "out"), format=format)
     again = load_dataset(str(tmp_path / "out"))

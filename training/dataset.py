@@ -999,9 +999,12 @@ def _ids(table: _Table, column: str) -> list[str]:
 
 
 def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray | None = None) -> Edges:
-    """Collapse repeated (src, dst) pairs, keeping the latest known ts and the largest weight.
+    """Collapse repeated (src, dst) pairs, keeping the earliest known ts and the largest weight.
 
-    Output order is the order of each pair's first occurrence.
+    The earliest, as both stores keep a repeated Like event's first time (and as the Last.fm
+    converter dates a pair by its first tag): a pair liked before a time split's split time
+    and again after it stays a training like, where its latest time made it a test like whose
+    earlier like the training part lost. Output order is the order of each pair's first occurrence.
     """
     if not len(src):
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
@@ -1014,10 +1017,10 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
     if not (ordered[1:] == ordered[:-1]).any():
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    filled = np.where(np.isnan(ts), -np.inf, ts)
-    latest = np.full(len(uniq), -np.inf)
-    np.maximum.at(latest, inverse, filled)
-    latest[np.isneginf(latest)] = np.nan
+    filled = np.where(np.isnan(ts), np.inf, ts)
+    earliest = np.full(len(uniq), np.inf)
+    np.minimum.at(earliest, inverse, filled)
+    earliest[np.isposinf(earliest)] = np.nan
     order = np.argsort(first, kind="stable")
     rows = first[order]
     merged_weight = None
@@ -1028,7 +1031,7 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
     return Edges(
         src=[src[i] for i in rows.tolist()],
         dst=[dst[i] for i in rows.tolist()],
-        ts=latest[order],
+        ts=earliest[order],
         weight=merged_weight,
     )
 
@@ -1096,7 +1099,7 @@ def load_dataset(
 ) -> Dataset:
     """Read and validate a dataset directory.
 
-    Duplicate likes/follows/friendships are collapsed keeping the latest ts, and items.csv
+    Duplicate likes/follows/friendships are collapsed keeping the earliest ts, and items.csv
     rows identical in every column are one item; friendships are undirected and stored
     once with ``src < dst``. Ids are stripped of surrounding whitespace. A like of an item
     missing from items.csv raises DatasetError by default (``on_unknown_item="error"``),
@@ -1263,7 +1266,7 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     errors.raise_any()
     assert items is not None
     likes = _collapsed((like_users, like_items, like_ts, like_weight), likes_name, warnings, "a (user_id, item_id) pair",
-                       "like", "latest ts and largest weight")
+                       "like", "earliest ts and largest weight")
     follows = _collapsed(follow_edges, _source(path, FOLLOWS), warnings, "a (user_id, seller_id) pair", "follow")
     friends = _collapsed(friend_edges, _source(path, FRIENDS), warnings, "a friendship (u1,u2 and u2,u1 are one)",
                          "friendship")
@@ -1298,7 +1301,7 @@ def _unjoined_ids_warning(file: str | None, noun: str, ids: set[str], known: set
 
 
 def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], repeated: str, noun: str,
-               kept: str = "latest ts") -> Edges:
+               kept: str = "earliest ts") -> Edges:
     """``_dedupe(*columns)`` (no table: no edges), with a warning that counts the rows collapsed:
     a conversion that wrote one row per event (per tag, per play) learns from fewer rows than it wrote."""
     if columns is None:
@@ -1307,7 +1310,7 @@ def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], rep
     rows, extra = len(columns[0]), len(columns[0]) - len(edges)
     if extra:
         several = _pairs_at_several_times(*columns[:3])
-        retimed = f"; {several} at several times, which a time split places by the latest" if several else ""
+        retimed = f"; {several} at several times, which a time split places by the earliest" if several else ""
         warnings.append(f"{file}: {extra} row{' repeats' if extra == 1 else 's repeat'} {repeated}: {rows} rows are "
                         f"{len(edges)} {noun}{'' if len(edges) == 1 else 's'} (each keeps its {kept}{retimed})")
     return edges
@@ -1315,7 +1318,7 @@ def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], rep
 
 def _pairs_at_several_times(src: list[str], dst: list[str], ts: np.ndarray) -> int:
     """How many (src, dst) pairs repeat with different known times: a pair liked before a time
-    split and again after it is a test like, its earlier time forgotten."""
+    split and again after it is a training like, its later time forgotten."""
     su = encode(src)[0].astype(np.int64)
     dv = encode(dst)[0].astype(np.int64)
     times = np.asarray(ts, dtype=np.float64)
