@@ -15,14 +15,26 @@ also take --no-progress).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-# A Ctrl-C while the imports below run (about a second) ends as one after them does, without
-# a traceback through whichever module was loading; main() takes Ctrl-C back from here on.
+# A Ctrl-C while the imports run (about a second: these below, then the command's module)
+# ends as one after them does, without a traceback through whichever module was loading;
+# main() takes Ctrl-C back once they are done.
 def _interrupted(*_: object) -> None:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    print("interrupted", file=sys.stderr, flush=True)
+    # Not sys.exit: an exception a signal handler raises while Python compiles a module's
+    # source (every run under PYTHONDONTWRITEBYTECODE, or the first after an install) can be
+    # lost, and the command went on to run in full. Nothing is written before the imports end.
+    os._exit(130)
+
+
+def _take_ctrl_c_back() -> None:
+    """Ctrl-C is a KeyboardInterrupt again: each command stops in its own way (a server
+    drains, a load says what it left in Redis)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":  # run, not imported: the importer's signals are its own
@@ -32,7 +44,6 @@ import argparse  # noqa: E402
 import difflib  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import tomllib  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
@@ -95,6 +106,8 @@ def _serve(argv: list[str]) -> None:
     from serving.feed_processes import FeedProcessError
     from serving.server import BindError, serve
 
+    _take_ctrl_c_back()
+
     try:
         with progress_bars(sys.stderr.isatty() and config.progress), \
                 load_defaults("drop" if config.drop_unknown_items else "error", warn=log.warning):
@@ -155,12 +168,13 @@ def main(argv: list[str] | None = None) -> None:
             _serve(rest)
         else:
             module_name, function = TOOLS[command].split(":")
-            getattr(importlib.import_module(module_name), function)(rest)
+            run = getattr(importlib.import_module(module_name), function)
+            _take_ctrl_c_back()
+            run(rest)
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
-    except KeyboardInterrupt:  # before a command took Ctrl-C over (its own imports): one line, the shell's status
+    except KeyboardInterrupt:  # before a command took Ctrl-C over: one line, the shell's status
         print("interrupted", file=sys.stderr)
         sys.exit(130)

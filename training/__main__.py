@@ -12,14 +12,26 @@ terminal); train, evaluate and tune take --drop-unknown-items.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-# A Ctrl-C while the imports below run (a second or two) ends as one after them does,
-# without a traceback through whichever module was loading; main() takes Ctrl-C back.
+# A Ctrl-C while the imports run (a second or two: these below, then each command's module)
+# ends as one after them does, without a traceback through whichever module was loading;
+# run_command takes Ctrl-C back once they are done.
 def _interrupted(*_: object) -> None:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    print("interrupted", file=sys.stderr, flush=True)
+    # Not sys.exit: an exception a signal handler raises while Python compiles a module's
+    # source (every run under PYTHONDONTWRITEBYTECODE, or the first after an install) can be
+    # lost, and the command went on to run in full. Nothing is written before the imports end.
+    os._exit(130)
+
+
+def _take_ctrl_c_back() -> None:
+    """Ctrl-C is a KeyboardInterrupt again (main() makes it one line and status 130), so
+    that a command stopped while it writes finishes or removes what it wrote."""
+    if signal.getsignal(signal.SIGINT) is _interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":  # run, not imported: the importer's signals are its own
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(argv: list[str]) -> None:
     parser, subparsers = build_parser()
+    _take_ctrl_c_back()
     args = parser.parse_args(argv)
     if getattr(args, "params", None):
         args = parse_with_params_file(parser, subparsers[args.command], argv, args.params)
@@ -144,5 +157,4 @@ def parse_with_params_file(
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()
