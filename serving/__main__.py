@@ -19,26 +19,12 @@ import os
 import signal
 import sys
 
-# A Ctrl-C while the imports run (about a second: these below, then the command's module)
-# ends as one after them does, without a traceback through whichever module was loading;
-# main() takes Ctrl-C back once they are done.
-def _interrupted(*_: object) -> None:
-    print("interrupted", file=sys.stderr, flush=True)
-    # Not sys.exit: an exception a signal handler raises while Python compiles a module's
-    # source (every run under PYTHONDONTWRITEBYTECODE, or the first after an install) can be
-    # lost, and the command went on to run in full. Nothing is written before the imports end.
-    os._exit(130)
+from training.interrupts import exit_while_importing, take_ctrl_c_back
 
-
-def _take_ctrl_c_back() -> None:
-    """Ctrl-C is a KeyboardInterrupt again: each command stops in its own way (a server
-    drains, a load says what it left in Redis)."""
-    if signal.getsignal(signal.SIGINT) is _interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
+# A Ctrl-C while the imports run (these below, then the command's module) ends the
+# command as one after them does; main() takes Ctrl-C back once they are done.
 if __name__ == "__main__":  # run, not imported: the importer's signals are its own
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, exit_while_importing)
 
 import argparse  # noqa: E402
 import difflib  # noqa: E402
@@ -106,7 +92,7 @@ def _serve(argv: list[str]) -> None:
     from serving.feed_processes import FeedProcessError
     from serving.server import BindError, serve
 
-    _take_ctrl_c_back()
+    take_ctrl_c_back()
 
     try:
         with progress_bars(sys.stderr.isatty() and config.progress), \
@@ -169,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             module_name, function = TOOLS[command].split(":")
             run = getattr(importlib.import_module(module_name), function)
-            _take_ctrl_c_back()
+            take_ctrl_c_back()
             run(rest)
 
 if __name__ == "__main__":

@@ -12,30 +12,15 @@ terminal); train, evaluate and tune take --drop-unknown-items.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
-# A Ctrl-C while the imports run (a second or two: these below, then each command's module)
-# ends as one after them does, without a traceback through whichever module was loading;
-# run_command takes Ctrl-C back once they are done.
-def _interrupted(*_: object) -> None:
-    print("interrupted", file=sys.stderr, flush=True)
-    # Not sys.exit: an exception a signal handler raises while Python compiles a module's
-    # source (every run under PYTHONDONTWRITEBYTECODE, or the first after an install) can be
-    # lost, and the command went on to run in full. Nothing is written before the imports end.
-    os._exit(130)
+from training.interrupts import exit_while_importing, is_interrupt, take_ctrl_c_back
 
-
-def _take_ctrl_c_back() -> None:
-    """Ctrl-C is a KeyboardInterrupt again (main() makes it one line and status 130), so
-    that a command stopped while it writes finishes or removes what it wrote."""
-    if signal.getsignal(signal.SIGINT) is _interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
+# A Ctrl-C while the imports run (these below, then the command's module) ends the
+# command as one after them does; run_command takes Ctrl-C back once they are done.
 if __name__ == "__main__":  # run, not imported: the importer's signals are its own
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, exit_while_importing)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -43,7 +28,6 @@ import importlib  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 from training.dataset import DatasetError, load_defaults  # noqa: E402
-from training.interrupts import is_interrupt  # noqa: E402
 
 # command -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -129,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(argv: list[str]) -> None:
     parser, subparsers = build_parser()
-    _take_ctrl_c_back()
+    take_ctrl_c_back()
     args = parser.parse_args(argv)
     if getattr(args, "params", None):
         args = parse_with_params_file(parser, subparsers[args.command], argv, args.params)

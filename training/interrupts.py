@@ -1,6 +1,32 @@
-"""Ctrl-C, wherever it lands."""
+"""Ctrl-C, wherever it lands.
+
+Light on purpose: the command lines install ``exit_while_importing`` before anything else
+is imported.
+"""
 
 from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def exit_while_importing(*_: object) -> None:
+    """The SIGINT handler of ``python -m training`` and ``python -m serving`` while their
+    modules import (a second or two): one line and status 130, without a traceback through
+    whichever module was loading."""
+    print("interrupted", file=sys.stderr, flush=True)
+    # Not sys.exit: an exception a signal handler raises while Python compiles a module's
+    # source (every run under PYTHONDONTWRITEBYTECODE, or the first after an install) can be
+    # lost, and the command went on to run in full. Nothing is written before the imports end.
+    os._exit(130)
+
+
+def take_ctrl_c_back() -> None:
+    """Ctrl-C is a KeyboardInterrupt again once the imports are done, so that a command
+    stopped while it writes finishes or removes what it wrote (a server drains)."""
+    if signal.getsignal(signal.SIGINT) is exit_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def is_interrupt(error: BaseException | None) -> bool:
