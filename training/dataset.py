@@ -998,6 +998,13 @@ def _ids(table: _Table, column: str) -> list[str]:
     return values
 
 
+def _pair_keys(src: list[str], dst: list[str]) -> np.ndarray:
+    """One int64 per (src, dst) pair, equal exactly for equal pairs."""
+    su = encode(src)[0].astype(np.int64)
+    dv = encode(dst)[0].astype(np.int64)
+    return su * (int(dv.max()) + 1) + dv
+
+
 def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray | None = None) -> Edges:
     """Collapse repeated (src, dst) pairs, keeping the earliest known ts and the largest weight.
 
@@ -1008,9 +1015,7 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
     """
     if not len(src):
         return Edges(src=src, dst=dst, ts=np.asarray(ts, dtype=np.float64), weight=weight)
-    su = encode(src)[0].astype(np.int64)
-    dv = encode(dst)[0].astype(np.int64)
-    key = su * (int(dv.max()) + 1) + dv
+    key = _pair_keys(src, dst)
     # numpy's sort beats a hash of tens of millions of distinct keys (0.3 s against 14 s at
     # 29M likes: the hash table misses the cache on every insert).
     ordered = np.sort(key)
@@ -1319,11 +1324,9 @@ def _collapsed(columns: tuple | None, file: str | None, warnings: list[str], rep
 def _pairs_at_several_times(src: list[str], dst: list[str], ts: np.ndarray) -> int:
     """How many (src, dst) pairs repeat with different known times: a pair liked before a time
     split and again after it is a training like, its later time forgotten."""
-    su = encode(src)[0].astype(np.int64)
-    dv = encode(dst)[0].astype(np.int64)
     times = np.asarray(ts, dtype=np.float64)
     timed = np.isfinite(times)
-    pair, times = (su * (int(dv.max()) + 1) + dv)[timed], times[timed]
+    pair, times = _pair_keys(src, dst)[timed], times[timed]
     order = np.lexsort((times, pair))
     pair, times = pair[order], times[order]
     retimed = (pair[1:] == pair[:-1]) & (times[1:] != times[:-1])
