@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 # Buckets around the 10 ms p99 target.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -122,7 +126,10 @@ class FeedMetrics:
     def serve_http(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
         """Expose /metrics on ``port`` (a daemon thread); OSError when it cannot be bound.
         Returns what stops it and frees the port."""
-        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        httpd = _MetricsHttpServer(host, port)
+        httpd.set_app(make_wsgi_app(self.registry))
+        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
 
         def stop() -> None:
             httpd.shutdown()
@@ -130,3 +137,23 @@ class FeedMetrics:
             thread.join(timeout=5)
 
         return stop
+
+
+class _MetricsHttpServer(ThreadingWSGIServer):
+    """prometheus_client's server, listening with the kernel's backlog: socketserver's 5
+    dropped the handshakes of a burst of new connections (scrapers, load tools), which the
+    clients retried after 1 s, 3 s ... Bound to ``host`` in its own address family (IPv6 too)."""
+
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(self, host: str, port: int) -> None:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self.address_family = family
+        super().__init__(address[:2], _QuietRequestHandler)
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """No line on stderr for each scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
