@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from contextlib import closing
 
 import grpc
 import pytest
@@ -290,16 +291,15 @@ def test_a_url_whose_one_node_is_down_says_so_and_to_name_several(tmp_path):
         make_redis_store(cluster.url, social_dataset()).close()
         first, second = cluster.nodes[0], cluster.nodes[1]
         _kill_and_await_the_failover(cluster, first)
-        store = RedisStore.from_url(cluster.url, socket_timeout=5.0)
-        assert not store.ping()
-        assert re.search(rf"none of the nodes of the redis-cluster:// URL answers \(127\.0\.0\.1:{first.port}: .*Connection refused.*\)"
-                         r".*name several nodes in the URL: redis-cluster://HOST:PORT,HOST:PORT", store.ping_failure), store.ping_failure
-        store.close()
-        both_down = RedisStore.from_url(f"{cluster.url},127.0.0.1:{free_port()}", socket_timeout=5.0)
-        assert not both_down.ping()
-        assert f"(127.0.0.1:{first.port}, 127.0.0.1:" in both_down.ping_failure and "name several" not in both_down.ping_failure
-        both_down.close()
-        assert views.read_user(RedisStore.from_url(f"{cluster.url},127.0.0.1:{second.port}"), "alice") is not None  # the cluster serves
+        with closing(RedisStore.from_url(cluster.url, socket_timeout=5.0)) as store:
+            assert not store.ping()
+            assert re.search(rf"none of the nodes of the redis-cluster:// URL answers \(127\.0\.0\.1:{first.port}: .*Connection refused.*\)"
+                             r".*name several nodes in the URL: redis-cluster://HOST:PORT,HOST:PORT", store.ping_failure), store.ping_failure
+        with closing(RedisStore.from_url(f"{cluster.url},127.0.0.1:{free_port()}", socket_timeout=5.0)) as both_down:
+            assert not both_down.ping()
+            assert f"(127.0.0.1:{first.port}, 127.0.0.1:" in both_down.ping_failure and "name several" not in both_down.ping_failure
+        with closing(RedisStore.from_url(f"{cluster.url},127.0.0.1:{second.port}")) as reachable:
+            assert views.read_user(reachable, "alice") is not None  # the cluster serves
     finally:
         cluster.stop()
 
