@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -174,6 +175,35 @@ def report_fatal_signals() -> None:
     faulthandler.enable()
 
 
+_UNSENT_ANSWER = re.compile(r"ExecuteBatchError raised in core by servicer method \[(?P<method>.*)\]")
+
+
+class _UnsentAnswers(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback ("ExecuteBatchError raised in core by servicer
+    method [M]") when it could not send a handler's answer because the call had already ended
+    in gRPC's core, its deadline passed (or the client gone), before grpc.aio noticed: with
+    deadlines of 2-5 ms, 24 GetFeeds in 53,630. The client has its status, and the access log
+    and metrics counted the call, so it is a DEBUG line of ours, with how many so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unsent = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        found = _UNSENT_ANSWER.fullmatch(record.getMessage())
+        if not isinstance(error, cygrpc.ExecuteBatchError) or not str(error).startswith('Failed "execute_batch"') or not found:
+            return True
+        self.unsent += 1  # grpc.aio logs on the event loop's one thread
+        logging.getLogger("feedrank.serving").debug(
+            "%s: answer not sent: the call had already ended (deadline passed or client gone)", found["method"],
+            extra={"fields": {"unsent_answers": self.unsent}})
+        return False
+
+
+_unsent_answers = _UnsentAnswers()
+
+
 def configure(log_format: str = "text", level: str = "info", stream: Any = None) -> logging.Handler:
     """Route every log record of the process to ``stream`` (stderr) in ``log_format``."""
     if log_format not in LOG_FORMATS:
@@ -188,6 +218,7 @@ def configure(log_format: str = "text", level: str = "info", stream: Any = None)
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_unsent_answers)
     logging.captureWarnings(True)
     return handler
 

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from grpc._cython import cygrpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving import auth, logs
@@ -537,6 +538,34 @@ def test_a_call_cancelled_or_past_its_deadline_is_logged_and_counted_as_such(wor
     assert all(a["peer"].startswith("ipv") for a in access)
     assert counts == {"DEADLINE_EXCEEDED": 1, "CANCELLED": 1}
     assert not [line for line in json_lines(log_stream) if line["level"] == "error"]
+
+
+def test_an_answer_grpc_could_not_send_to_a_call_already_over_is_a_counted_debug_line_not_an_error(log_stream):
+    """GetFeeds with deadlines of 2-5 ms against `python -m serving`: 24 of 53,630 calls had
+    grpc.aio log an ERROR with a traceback, its answer not sent because the call had ended
+    in gRPC's core (deadline passed) before grpc.aio noticed. The client had its status, the
+    access log and metrics had counted the call."""
+    method = "/feedrank.feed.v1.FeedService/GetFeed"
+    _log_as_grpc_aio_does(cygrpc.ExecuteBatchError('Failed "execute_batch": (<SendInitialMetadataOperation>, '
+                                                   '<SendMessageOperation>, <SendStatusFromServerOperation>)'),
+                          f"ExecuteBatchError raised in core by servicer method [{method}]")
+    assert json_lines(log_stream) == []
+    logging.getLogger().setLevel(logging.DEBUG)
+    _log_as_grpc_aio_does(cygrpc.ExecuteBatchError('Failed "execute_batch": (<SendStatusFromServerOperation>,)'),
+                          f"ExecuteBatchError raised in core by servicer method [{method}]")
+    [line] = json_lines(log_stream)
+    assert line["level"] == "debug" and method in line["msg"] and "not sent" in line["msg"] and "exc" not in line
+    assert line["unsent_answers"] >= 2  # counted at info too
+    _log_as_grpc_aio_does(ValueError("a bug"), f"Unexpected [ValueError] raised by servicer method [{method}]")
+    assert json_lines(log_stream)[-1]["level"] == "error" and "ValueError: a bug" in json_lines(log_stream)[-1]["exc"]
+
+
+def _log_as_grpc_aio_does(error: Exception, message: str) -> None:
+    """What grpc.aio's server does with an exception it met around a handler (server.pyx.pxi)."""
+    try:
+        raise error
+    except Exception:
+        logging.getLogger("grpc._cython.cygrpc").exception(message)
 
 
 def test_startup_warns_when_open_and_without_a_token_secret(world, caplog):
