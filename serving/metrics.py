@@ -149,7 +149,8 @@ class _MetricsHttpServer(ThreadingWSGIServer):
     def __init__(self, host: str, port: int) -> None:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         self.address_family = family
-        super().__init__(address[:2], _QuietRequestHandler)
+        # Not getaddrinfo's port: it takes the port modulo 65536 (65536 became "any free port").
+        super().__init__((address[0], port), _QuietRequestHandler)
 
 
 class _QuietRequestHandler(WSGIRequestHandler):

@@ -7,6 +7,8 @@ import socket
 import time
 import urllib.request
 
+import pytest
+
 from serving.metrics import FeedMetrics
 from tests.redis_servers import free_port
 
@@ -41,3 +43,11 @@ def _established_within(connecting: list[socket.socket], seconds: float) -> int:
             pending.discard(connection)
             established += connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     return established
+
+
+def test_a_port_past_65535_is_refused_not_served_on_another():
+    """The address came from getaddrinfo, which takes the port modulo 65536: asked for
+    65536 (a --metrics-port 65535 of --workers 2's second worker), /metrics listened on
+    a free port of the kernel's choosing, and said nothing."""
+    with pytest.raises(OverflowError):
+        FeedMetrics().serve_http(65536)
