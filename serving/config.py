@@ -528,13 +528,18 @@ def read_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> tuple[au
 
 
 PORT_SETTINGS = ("port", "metrics_port", "http_port")
+LAST_PORT = 65535
 
 
 def _check_ports_apart(v: Mapping[str, Any], source: Mapping[str, str]) -> None:
     """ConfigError when two of the ports would be the same (worker i of --workers takes
     metrics and HTTP PORT+i): the second bind failed, after the start's load, as
-    "Address already in use", which sent an operator looking for another process."""
+    "Address already in use", which sent an operator looking for another process. Or when a
+    worker's port would be past the last: its bind failed after the load, with a traceback."""
     spans = {dest: range(v[dest], v[dest] + (1 if dest == "port" else v["workers"])) for dest in PORT_SETTINGS if v[dest]}
+    for dest, span in spans.items():
+        if span[-1] > LAST_PORT:
+            raise ConfigError(f"{source[dest]} {v[dest]} (to {span[-1]} with --workers): past {LAST_PORT}, the last port")
     for first, second in itertools.combinations(spans, 2):
         if set(spans[first]) & set(spans[second]):
             shown = [f"{source[dest]} {v[dest]}" + (f" (to {spans[dest][-1]} with --workers)" if len(spans[dest]) > 1 else "")

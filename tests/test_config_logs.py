@@ -136,6 +136,11 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_PORT": "9000", "FEEDRANK_METRICS_PORT": "9000"}, "FEEDRANK_PORT 9000 and FEEDRANK_METRICS_PORT 9000: the same port twice"),
         ({"FEEDRANK_METRICS_PORT": "9100", "FEEDRANK_HTTP_PORT": "9101", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"},
          "FEEDRANK_METRICS_PORT 9100 (to 9101 with --workers) and FEEDRANK_HTTP_PORT 9101 (to 9102 with --workers): the same port twice"),
+        # Worker 1 of 2 failed to bind port 65536 after the load, with a traceback, and the server exited.
+        ({"FEEDRANK_METRICS_PORT": "65535", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"},
+         "FEEDRANK_METRICS_PORT 65535 (to 65536 with --workers): past 65535, the last port"),
+        ({"FEEDRANK_HTTP_PORT": "65534", "FEEDRANK_WORKERS": "3", "FEEDRANK_STORE": "redis://x:1/0"},
+         "FEEDRANK_HTTP_PORT 65534 (to 65536 with --workers): past 65535, the last port"),
     ],
 )
 def test_a_bad_environment_value_names_the_variable(env, message):
