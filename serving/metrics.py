@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,10 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+
+IDLE_SECONDS = 10.0
+"""How long /metrics waits for each read or write of a connection before closing it: a
+scraper sends its request at once (and Prometheus's scrape_timeout defaults to 10 s)."""
 
 # Buckets around the 10 ms p99 target.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -151,6 +156,17 @@ class _MetricsHttpServer(ThreadingWSGIServer):
         self.address_family = family
         # Not getaddrinfo's port: it takes the port modulo 65536 (65536 became "any free port").
         super().__init__((address[0], port), _QuietRequestHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Each connection holds a thread until its request is read: without a timeout, an
+        # idle one (a scraper gone without a FIN, a port scan) held it for good.
+        connection, address = super().get_request()
+        connection.settimeout(IDLE_SECONDS)
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], TimeoutError):  # an idle client, closed: no traceback
+            super().handle_error(request, client_address)
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
