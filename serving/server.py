@@ -751,7 +751,7 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
     if config.token_secret is None:  # one key for all workers: a page token works on any of them
         log.warning(NO_SECRET_WARNING)
         config = replace(config, token_secret=secrets.token_bytes(32))
-    children = []
+    children = _Workers()
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
@@ -771,12 +771,12 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
                 code = 1
             finally:
                 os._exit(code)
-        children.append(pid)
+        children.pids.append(pid)
     stop = StopSignals()
     if port_file:
         ready = [Path(f"{port_file}.{i}") for i in range(config.workers)]
         while not all(p.exists() for p in ready) and not stop.wait(0.1):
-            if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
+            if children.any_exited():
                 stop.set()
         for path in ready:
             path.unlink(missing_ok=True)
@@ -789,19 +789,41 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
             Path(port_file).unlink(missing_ok=True)
 
 
-def _watch_workers(config: ServerConfig, children: list[int], stop: StopSignals) -> None:
+class _Workers:
+    """The forked workers, and the wait status of each that has exited: waitpid reaps a
+    child once, and a status not kept then is lost (a worker that failed to start read as
+    a clean exit of the server)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.statuses: dict[int, int] = {}
+
+    def any_exited(self) -> bool:
+        for pid in self.pids:
+            if pid not in self.statuses:
+                exited, status = os.waitpid(pid, os.WNOHANG)
+                if exited:
+                    self.statuses[pid] = status
+        return bool(self.statuses)
+
+    def stop(self) -> bool:
+        """SIGTERM those still running and wait for all; whether any failed."""
+        running = [pid for pid in self.pids if pid not in self.statuses]
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in running:
+            with contextlib.suppress(ChildProcessError):
+                self.statuses[pid] = os.waitpid(pid, 0)[1]
+        return any(self.statuses.values())
+
+
+def _watch_workers(config: ServerConfig, children: _Workers, stop: StopSignals) -> None:
     """Until a signal or a worker's exit; then stop the workers (exit 1 if one failed)."""
     log.info("%d workers serving on %s:%d", config.workers, config.host, config.port)
     while not stop.wait(0.5):
-        if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
+        if children.any_exited():
             log.error("a worker exited; stopping the others")
             break
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    failed = 0
-    for pid in children:
-        with contextlib.suppress(ChildProcessError):
-            failed |= os.waitpid(pid, 0)[1]
-    if failed:
+    if children.stop():
         raise SystemExit(1)

@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -600,6 +601,22 @@ def test_workers_share_the_port_and_each_reads_the_others_writes(redis_url, mode
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=20) == 0
     assert not subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True).stdout
+
+
+def test_a_worker_that_fails_to_start_makes_the_server_exit_with_an_error(redis_url, models):
+    """Worker 1 of 2 could not bind its metrics port (another process held it): the server
+    logged it, stopped worker 0 and exited 0, so a supervisor restarting on failure saw a
+    clean exit (the parent had reaped the failed worker while polling, and lost its status)."""
+    load(redis_url)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "serving", "--models", str(models), "--store", redis_url, "--workers", "2",
+                                 "--port", "0", "--metrics-port", str(taken - 1), "--no-progress"],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert f"worker 1: cannot serve metrics on 127.0.0.1:{taken}: Address already in use" in result.stderr
+    assert result.returncode == 1, result.stderr
 
 
 def test_workers_refuse_the_memory_store(models, tmp_path):
