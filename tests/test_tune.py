@@ -300,3 +300,38 @@ def test_the_validation_split_takes_the_shape_it_is_told(dataset, monkeypatch):
     result = tune(dataset, None, trials=1, timeout=300, seed=1, base=SMALL, show_progress=False, validation_kind="random")
     assert result.validation.kind == "random"
     assert kinds and set(kinds) == {"random"}  # each trial's ranker too
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2**32 - 1])
+@pytest.mark.parametrize("test_split_flag, evaluate_split_flag", [("auto", None), ("user:0.2", "user:0.2")])
+def test_the_test_part_tune_sets_aside_is_the_one_evaluate_tests_on_whatever_the_seed(dataset, tmp_path, monkeypatch, seed,
+                                                                      test_split_flag, evaluate_split_flag):
+    """--seed seeds the search and its validation split, never the test split: with it, a
+    tuned choice would be judged by `evaluate` on likes it was tuned on."""
+    import numpy as np
+
+    from training.__main__ import main
+    from training.dataset import Edges
+    from training.experiment import evaluation_parts
+
+    untimed = dataset.with_likes(Edges(dataset.likes.src, dataset.likes.dst, np.full(len(dataset.likes), np.nan)))
+    write_dataset(untimed, str(tmp_path / "data"))
+    set_aside: list[SplitSpec] = []
+
+    def recording_tune(data, test_split, *args, **kwargs):
+        set_aside.append(test_split)
+        raise _Stop
+
+    monkeypatch.setattr(training.tune, "tune", recording_tune)
+    with pytest.raises(_Stop):
+        main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "p.json"), "--seed", str(seed),
+              "--test-split", test_split_flag])
+    loaded = load_dataset(str(tmp_path / "data"))
+    tuned_test = split_for_evaluation(loaded, set_aside[0])[1]
+    evaluate_spec = SplitSpec.parse(evaluate_split_flag) if evaluate_split_flag else None
+    evaluated_test = evaluation_parts(loaded, evaluate_spec, None, None)[1]
+    assert len(evaluated_test) and list(zip(tuned_test.src, tuned_test.dst)) == list(zip(evaluated_test.src, evaluated_test.dst))

@@ -362,7 +362,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     # optuna's TPE sampler seeds a numpy RandomState, which takes no seed past 2**32 - 1.
     parser.add_argument("--seed", type=bounded(int, 0, maximum=2**32 - 1), default=0,
-                        help="seed of the sampler and the splits, 0 to 4294967295 (default: %(default)s)")
+                        help="seed of the search: the sampler, the validation split (the confirmation's draw takes "
+                             "SEED+1), ALS and the ranker's fit, 0 to 4294967295. Not of the test split: that is "
+                             "--test-split's own :SEED (0 when left out, as in evaluate's --split), so the part set "
+                             "aside is the one evaluate tests on whatever --seed (default: %(default)s)")
     parser.add_argument("--eval-users", type=bounded(int, 0), default=2000,
                         help="validation users per trial, a seeded sample; 0 = all (default: %(default)s)")
     parser.add_argument(
