@@ -401,3 +401,42 @@ def test_test_pairs_no_feed_can_show_their_user_are_counted(tmp_path):
     assert report.summary_line().endswith(", 5 test pairs no feed can show their user (an item out of stock, kept "
                                           "out of the feed or of a seller away, or the user's own, already liked or "
                                           "hidden by them: misses for every method)")
+
+
+def test_coverage_is_the_share_of_what_some_evaluated_user_may_be_shown(tmp_path):
+    # Regression: coverage@K divided by every item of the training catalogue, also those no
+    # feed could show any test user (out of stock, kept out of the feed, a seller away, or
+    # each test user's own, liked or hidden), so a method showing everything it may scored
+    # under 1, by how much depending on the data's stock and not on the method.
+    from ranking.feed import DEFAULT_RANKER
+    from training.evaluate import Eligibility, evaluate
+
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock,feed_eligible\n"
+                                        "i0,s0,1,1,1\ni1,s0,1,0,1\ni2,s0,1,1,0\ni3,u1,1,1,1\ni4,s1,1,1,1\n"
+                                        "i5,s1,1,1,1\ni6,s2,1,1,1\ni7,s3,1,1,1\n")
+    (tmp_path / "sellers.csv").write_text("seller_id,vacation_until\ns2,inf\n")
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i4,1\nu2,i3,1\nu3,i0,1\n")
+    (tmp_path / "not_interested_sellers.csv").write_text("user_id,seller_id,ts\nu1,s3,1\nu2,s3,1\n")
+    train = load_dataset(str(tmp_path))
+    now = 2.0
+    eligible = Eligibility(train, now)
+
+    def everything(user_id, k):
+        return [item for item in train.items.item_id if eligible.ok(user_id, item)][:k]
+
+    test = Edges(["u1", "u2"], ["i5", "i5"], np.zeros(2))
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=now, extra_methods={"everything": everything},
+                      show_progress=False, baselines=False)
+    # i0, i4 (u2 may see it) and i5: i1 is out of stock, i2 out of the feed, i3 u1's own and
+    # liked by u2, i6's seller away, i7's seller hidden by both test users.
+    assert report.methods["everything"]["coverage@10"] == 1.0
+    assert (report.as_json()["recommendable_items"], report.as_json()["catalogue_items"]) == (3, 8)
+    assert ("coverage@10: the share of the 3 items some test user may be shown (of 8 listed) that are in some test "
+            "user's top 10") in report.table().splitlines()
+
+    def all_but_i4(user_id, k):
+        return [item for item in everything(user_id, k) if item != "i4"]
+
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=now, extra_methods={"all_but_i4": all_but_i4},
+                      show_progress=False, baselines=False)
+    assert report.methods["all_but_i4"]["coverage@10"] == pytest.approx(2 / 3)

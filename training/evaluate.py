@@ -18,7 +18,7 @@ import itertools
 import math
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -78,6 +78,8 @@ class EvaluationReport:
     unseen_test_items: int = 0  # test rows whose item never appears in the training data
     unshowable_test_pairs: int = 0  # test rows of a listed item that no feed shows their user (Eligibility)
     cold_test_users: int = 0  # test users without a training like: their feeds are cold starts
+    recommendable_items: int = 0  # coverage's denominator: items some test user may be shown (Eligibility)
+    catalogue_items: int = 0  # items listed at the evaluation time, showable or not
     # The model's NDCG@K minus each other method's, paired over the same users (per K).
     paired: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
     ranker: dict | None = None  # the served ranker's manifest entry, when one was fitted
@@ -103,6 +105,8 @@ class EvaluationReport:
             "unseen_test_items": self.unseen_test_items,
             "unshowable_test_pairs": self.unshowable_test_pairs,
             "cold_test_users": self.cold_test_users,
+            "recommendable_items": self.recommendable_items,
+            "catalogue_items": self.catalogue_items,
             **({"ranker": self.ranker} if self.ranker else {}),
             **({"paired": {
                 method: {metric: {"difference": d.difference, "ci95": [_finite_or_none(d.low), _finite_or_none(d.high)], "p_value": d.p_value, "users": d.users}
@@ -120,6 +124,8 @@ class EvaluationReport:
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
         lines.append(self.summary_line())
+        lines.append(f"coverage@{max(self.ks)}: the share of the {self.recommendable_items} items some test user may be "
+                     f"shown (of {self.catalogue_items} listed) that are in some test user's top {max(self.ks)}")
         if self.test_part:
             lines.append(f"test part: {self.test_part}")
         if self.paired:
@@ -224,6 +230,22 @@ class Eligibility:
             and self.seller_of.get(item_id) != user_id
             and self.seller_of.get(item_id) not in self.hidden_sellers.get(user_id, ())
         )
+
+    def recommendable_count(self, user_ids: Iterable[str]) -> int:
+        """How many items some user of ``user_ids`` may be shown (``ok``): coverage's
+        denominator, the catalogue the methods could have covered."""
+        users = set(user_ids)
+        items_of: dict[str, set[str]] = defaultdict(set)
+        for item_id, servable in self.servable.items():
+            if servable:
+                items_of[self.seller_of[item_id]].add(item_id)
+        servable_items = set().union(*items_of.values())
+        barred_for: Counter[str] = Counter()  # of the users, how many may not be shown the item
+        for user_id in users:
+            own_or_hidden_sellers = (user_id, *self.hidden_sellers.get(user_id, ()))
+            barred_for.update((self.excluded.get(user_id, set()) & servable_items)
+                              .union(*(items_of.get(seller, ()) for seller in own_or_hidden_sellers)))
+        return len(servable_items) - sum(count == len(users) for count in barred_for.values()) if users else 0
 
     def top(self, user_id: str, ranked: Iterable[str], k: int) -> list[str]:
         out: list[str] = []
@@ -415,6 +437,7 @@ def evaluate(
         methods.update(baseline_recommenders(train, model, eligible))
     methods.update(extra_methods or {})
     users = sorted(relevant)
+    report.recommendable_items, report.catalogue_items = eligible.recommendable_count(users), len(eligible.item_ids)
     per_user: dict[str, dict[str, np.ndarray]] = {}
     for name, recommend in methods.items():
         progress = tqdm(users, desc=f"evaluate {name}", unit="user", disable=not show_progress, leave=False)
@@ -426,7 +449,7 @@ def evaluate(
             )
         per_user[name] = per_user_metrics(recommended, relevant, ks)
         metrics = mean_metrics(per_user[name])
-        metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, len(eligible.item_ids), depth)
+        metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, report.recommendable_items, depth)
         metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
         report.methods[name] = metrics
     if report.test_users:

@@ -100,12 +100,14 @@ def paired_difference(ours: np.ndarray, theirs: np.ndarray) -> PairedDifference:
     return PairedDifference(mean, mean - half_width, mean + half_width, p_value, n)
 
 
-def catalogue_coverage(recommended: Mapping[User, Sequence[Item]], n_items: int, k: int) -> float:
-    """Distinct items appearing in any user's top-k, divided by ``n_items`` (0 if empty)."""
-    if n_items <= 0:
+def catalogue_coverage(recommended: Mapping[User, Sequence[Item]], recommendable_items: int, k: int) -> float:
+    """Distinct items appearing in any user's top-k, divided by ``recommendable_items``, the
+    items some of these users may be shown (not the whole catalogue: an item out of stock,
+    say, is in no list whatever the method); 0 if none."""
+    if recommendable_items <= 0:
         return 0.0
     distinct = {item for items in recommended.values() for item in list(items)[:k]}
-    return len(distinct) / n_items
+    return len(distinct) / recommendable_items
 
 
 def mean_distinct_sellers(
