@@ -153,12 +153,14 @@ class _PageRequest(NamedTuple):
 
 
 class _Ranked(NamedTuple):
-    """A batch's rows scored, their ids' stable hashes, their rank order, and the page selected from them."""
+    """A batch's rows scored, their ids' stable hashes, their rank order, the page selected
+    from them, and the rows' features when asked for (``pool``; None for ``run``)."""
 
     scores: np.ndarray
     hashes: np.ndarray
     order: np.ndarray
     selection: Selection
+    features: np.ndarray | None
 
 
 class FeedPipeline:
@@ -193,7 +195,7 @@ class FeedPipeline:
         fills ``FeedResult.explanation`` (the same page, at a few times the cost).
         """
         request = _PageRequest(user_id, limit, now, exclude_ids, served_hashes, shopper, explain)
-        query, batch, result, (scores, hashes, ranked, (page, news)) = self._page_pool(request)
+        query, batch, result, (scores, hashes, ranked, (page, news), _) = self._page_pool(request)
         result.items = self._page_items(query, batch, page, scores, news)
         result.item_hashes = hashes[page]
         result.has_more = len(ranked) > len(page)
@@ -201,17 +203,19 @@ class FeedPipeline:
             result.explanation = self._explain(query, batch, page, result)
         return result
 
-    def _page_pool(self, request: _PageRequest) -> tuple[FeedQuery, CandidateBatch, FeedResult, _Ranked]:
+    def _page_pool(
+        self, request: _PageRequest, with_features: bool = False
+    ) -> tuple[FeedQuery, CandidateBatch, FeedResult, _Ranked]:
         """The filtered candidates a page is selected from (``_filled_pool``, gathered again
         with the fallback sources when the page came out short), and ``_selected`` of them."""
         query, batch, result = self._filled_pool(request)
-        selected = self._selected(query, batch)
+        selected = self._selected(query, batch, with_features)
         if len(selected.selection.rows) < request.limit and not result.fallback_gathered and self.config.fallback_sources:
             # The main sources' count promised a page the selector could not fill: it counts
             # rows before duplicates merge and before the per-seller cap (a new user who
             # follows one big shop gathered 50 listings, of which a page holds two).
             query, batch, result = self._filled_pool(request, with_fallback=True)
-            selected = self._selected(query, batch)
+            selected = self._selected(query, batch, with_features)
         return query, batch, result, selected
 
     def _filled_pool(self, request: _PageRequest, with_fallback: bool = False) -> tuple[FeedQuery, CandidateBatch, FeedResult]:
@@ -228,14 +232,18 @@ class FeedPipeline:
             query, batch, result = self._candidates(*request, depth, with_fallback=with_fallback)
         return query, batch, result
 
-    def _selected(self, query: FeedQuery, batch: CandidateBatch) -> _Ranked:
-        """The scores, id hashes and rank order of the batch's rows, and the page selected from them."""
-        scores = self.config.scorer.score(query, batch)
+    def _selected(self, query: FeedQuery, batch: CandidateBatch, with_features: bool = False) -> _Ranked:
+        """The scores, id hashes and rank order of the batch's rows, the page selected from
+        them, and ``with_features`` their features, computed once for the scores too."""
+        if with_features:
+            scores, features = self.config.scorer.scores_and_features(query, batch)
+        else:
+            scores, features = self.config.scorer.score(query, batch), None
         # Ties break on the id's stable hash, so the same state gives the same feed and
         # pages in every process, whatever codes its vocabulary handed out.
         hashes = self.store.items.hashes(batch.codes)
         ranked = np.lexsort((batch.codes, hashes, -scores))
-        return _Ranked(scores, hashes, ranked, self.config.selector.select(query, batch, ranked))
+        return _Ranked(scores, hashes, ranked, self.config.selector.select(query, batch, ranked), features)
 
     def _explain(self, query: FeedQuery, batch: CandidateBatch, page: np.ndarray, result: FeedResult) -> Explanation:
         scorer = self.config.scorer
@@ -266,14 +274,14 @@ class FeedPipeline:
 
         The same pool as ``run``'s for the same arguments (deeper pools, the fallback
         sources for a short page), so it is scored and selected to know whether the page
-        came out short; the scorer must expose ``features(query, batch)`` (LinearScorer does).
+        came out short; the scorer must expose ``scores_and_features(query, batch)``
+        (LinearScorer and FatigueScorer do), which computes the features once for both.
         """
-        features_of = getattr(self.config.scorer, "features", None)
-        if features_of is None:
-            raise TypeError(f"scorer {self.config.scorer.name!r} does not expose features()")
+        if getattr(self.config.scorer, "scores_and_features", None) is None:
+            raise TypeError(f"scorer {self.config.scorer.name!r} does not expose scores_and_features()")
         request = _PageRequest(user_id, limit, now, exclude_ids, served_hashes, ShopperFilters(), False)
-        query, batch, result, _ = self._page_pool(request)
-        return CandidatePool(query, batch, features_of(query, batch), result, self.store)
+        query, batch, result, ranked = self._page_pool(request, with_features=True)
+        return CandidatePool(query, batch, ranked.features, result, self.store)
 
     def _candidates(
         self,

@@ -50,6 +50,12 @@ class LinearScorer:
         # A feature the ranker weighs 0 cannot change a score: it is not computed.
         return self.ranker.score(self._features(query, batch, self._used))
 
+    def scores_and_features(self, query: FeedQuery, batch: CandidateBatch) -> tuple[np.ndarray, np.ndarray]:
+        """``score`` and ``features`` of the batch, the features computed once (the trainer's
+        pools). The scores are ``score``'s bit for bit: a column weighed 0 adds an exact 0."""
+        features = self.features(query, batch)
+        return self.ranker.score(features), features
+
     def contributions(self, query: FeedQuery, batch: CandidateBatch) -> tuple[tuple[str, ...], np.ndarray]:
         """Each row's score split into named terms (weight × feature, then the bias); rows sum to ``score``."""
         terms = self.features(query, batch) * self.ranker.weights
@@ -77,7 +83,13 @@ class FatigueScorer:
         return self.inner.features(query, batch)
 
     def score(self, query: FeedQuery, batch: CandidateBatch) -> np.ndarray:
-        scores = self.inner.score(query, batch)
+        return self._sunk(query, batch, self.inner.score(query, batch))
+
+    def scores_and_features(self, query: FeedQuery, batch: CandidateBatch) -> tuple[np.ndarray, np.ndarray]:
+        scores, features = self.inner.scores_and_features(query, batch)
+        return self._sunk(query, batch, scores), features
+
+    def _sunk(self, query: FeedQuery, batch: CandidateBatch, scores: np.ndarray) -> np.ndarray:
         if not len(batch) or not self.sink_per_view:
             return scores
         return (scores - self._sink(query, batch)).astype(np.float32, copy=False)

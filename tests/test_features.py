@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,9 @@ from ranking.batch import CandidateBatch
 from ranking.features import FEATURE_NAMES, LAST_ITEMS, TIME_FEATURES, USER_ACTIVITY_HALF_LIFE_DAYS, compute_features
 from ranking.store import recent_like_count
 from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.pipeline import FeedPipeline
 from ranking.ranker import DEFAULT_BLEND, DEFAULT_RANKER, LinearRanker
+from ranking.scorers import FatigueScorer, LinearScorer
 from stores.events import Event, EventKind
 from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, social_dataset
@@ -193,3 +197,51 @@ def test_features_the_ranker_weighs_zero_are_skipped_when_serving_without_changi
     expected = dict(zip(pool.item_ids(), ranker.score(pool.features).tolist()))
     served = pipeline.run(user_id, 20, now).items
     assert served and all(item.score == pytest.approx(expected[item.item_id], rel=1e-6) for item in served)
+
+
+class FeaturizingCountScorer(LinearScorer):
+    """A LinearScorer that keeps every batch it computes the features of."""
+
+    def __init__(self, items, ranker) -> None:
+        super().__init__(items, ranker)
+        self.featurized: list[CandidateBatch] = []
+
+    def _features(self, query, batch, needed):
+        self.featurized.append(batch)
+        return super()._features(query, batch, needed)
+
+
+def test_a_pool_computes_each_batchs_features_once_and_the_same_features_as_before(world):
+    # Regression: pool() scored its batch (LinearScorer.score computes the features) and
+    # then computed the features of the same batch again: 2000 feature computations for
+    # the 1000 pools of a ranker fit on 2000 generated users.
+    dataset, model = world
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    served = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, DEFAULT_RANKER, FeedSettings())
+    fatigue = served.config.scorer
+    counting = FeaturizingCountScorer(fatigue.inner.items, DEFAULT_RANKER)
+    pipeline = FeedPipeline(dataclasses.replace(served.config, scorer=FatigueScorer(counting, fatigue.free_views, fatigue.sink_per_view)),
+                            served.store, served.model_items)
+    for user_id in sorted(set(dataset.likes.src))[:40] + ["nobody"]:
+        counting.featurized.clear()
+        pool = pipeline.pool(user_id, 20, now)
+        assert counting.featurized and counting.featurized[-1] is pool.batch, user_id
+        featurized = [id(batch) for batch in counting.featurized]
+        assert len(set(featurized)) == len(featurized), user_id
+        # What pool() returned before: the features computed again after scoring.
+        np.testing.assert_array_equal(pool.features, LinearScorer(fatigue.inner.items, DEFAULT_RANKER).features(pool.query, pool.batch))
+
+
+def test_scores_with_their_features_are_the_scores_bit_for_bit(world):
+    """The pool selects its page on scores of every feature column, the server on scores of
+    the columns its ranker weighs: the same floats, so the trainer's pools are the server's."""
+    dataset, model = world
+    now = float(np.nanmax(dataset.likes.ts)) + 1.0
+    pipeline = build_feed_pipeline(MemoryStore.from_dataset(dataset), model, DEFAULT_RANKER, FeedSettings())
+    scorer = pipeline.config.scorer
+    assert not DEFAULT_RANKER.weights[[col[name] for name in TIME_FEATURES]].all()  # some columns are skipped when serving
+    for user_id in sorted(set(dataset.likes.src))[:40]:
+        pool = pipeline.pool(user_id, 20, now)
+        scores, features = scorer.scores_and_features(pool.query, pool.batch)
+        np.testing.assert_array_equal(scores.view(np.uint32), scorer.score(pool.query, pool.batch).view(np.uint32))
+        np.testing.assert_array_equal(features, pool.features)
