@@ -102,7 +102,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warm-iterations", type=bounded(int, 0), default=d.warm_iterations,
                        help="ALS sweeps over all the data, starting from the ranker's fit-part model "
                             f"(default: {d.warm_iterations}; without a fitted ranker, --iterations from scratch)")
-    group.add_argument("--seed", type=bounded(int, 0), default=d.seed, help=f"ALS initialisation seed (default: {d.seed})")
+    group.add_argument("--seed", type=bounded(int, 0), default=d.seed,
+                       help="seed of ALS (bag N of --als-bags starts from a seed derived from it) and of the ranker's fit: "
+                            "its validation split when per user or random, its sample of --ranker-users and of pairs. "
+                            "Not of a test split: evaluate's --split and train's --eval-split take their own :SEED "
+                            f"(0 when left out), so runs with other --seed values test on the same likes (default: {d.seed})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars or step timings")
     add_params_file_argument(group)
     add_ranker_arguments(parser)
