@@ -440,3 +440,17 @@ def test_coverage_is_the_share_of_what_some_evaluated_user_may_be_shown(tmp_path
     report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=now, extra_methods={"all_but_i4": all_but_i4},
                       show_progress=False, baselines=False)
     assert report.methods["all_but_i4"]["coverage@10"] == pytest.approx(2 / 3)
+
+
+def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path):
+    # Regression: two --json files of runs with another --seed, --factors or pool size were
+    # indistinguishable: the file held the test part and the metrics, not what was trained.
+    from training.__main__ import main
+
+    write_dataset(generate(users=120, sellers=12, items=300, seed=5), str(tmp_path / "data"))
+    main(["evaluate", "--data", str(tmp_path / "data"), "--no-cap-grid", "--no-blend", "--no-progress", "--factors", "8",
+          "--iterations", "3", "--seed", "3", "--neighbours", "40", "--json", str(tmp_path / "report.json")])
+    payload = json.loads((tmp_path / "report.json").read_text())
+    assert (payload["params"]["seed"], payload["params"]["factors"], payload["params"]["iterations"]) == (3, 8, 3)
+    assert "show_progress" not in payload["params"]
+    assert payload["feed"]["neighbours"] == 40 and isinstance(payload["feed"]["sources"], list)

@@ -75,6 +75,7 @@ def run(args) -> None:
     import json
 
     from training.dataset import DatasetError, load_dataset, require_likes
+    from training.train import feed_section, params_section
 
     ks = parse_ks(args.k)
     split = SplitSpec.parse(args.split) if args.split else None
@@ -97,7 +98,8 @@ def run(args) -> None:
         evaluate_cap_grid(report, show_progress=params.show_progress)
     print(report.table())
     if args.json:
+        # What the numbers were measured under, named as a model's manifest names it.
         with open(args.json, "w") as handle:
-            json.dump(report.as_json(), handle, indent=2)
+            json.dump({**report.as_json(), "params": params_section(params), "feed": feed_section(settings)}, handle, indent=2)
     if args.plot:
         plot_report(report, args.plot)

@@ -152,6 +152,16 @@ def fitted_ranker_spec(
     return ranker_spec(ranker, info), warm
 
 
+def params_section(params: TrainParams) -> dict[str, Any]:
+    """The manifest's "params": the training parameters, as evaluate's --json records them too."""
+    return {k: v for k, v in asdict(params).items() if k != "show_progress"}
+
+
+def feed_section(settings: FeedSettings) -> dict[str, Any]:
+    """The manifest's "feed": the pools and caps the model is served (and was evaluated) on."""
+    return {**asdict(settings), "sources": list(settings.sources)}
+
+
 def evaluation_chart_files(metrics: dict[str, Any]) -> dict[str, bytes]:
     """{EVALUATION_CHART: svg} for the version directory, or {} (with one line saying why)
     when the chart cannot be drawn: a missing chart must not stop a model from publishing."""
@@ -245,13 +255,13 @@ def train_and_publish(
         with _step("chart", timings, verbose):
             files = evaluation_chart_files(metrics)
     manifest = {
-        "params": {k: v for k, v in asdict(params).items() if k != "show_progress"},
+        "params": params_section(params),
         "data": {"path": data_dir, "fingerprint": fingerprint, **info},
         "data_fingerprint": fingerprint,
         "metrics": metrics,
         "charts": {"evaluation": EVALUATION_CHART} if EVALUATION_CHART in files else {},
         "ranker": ranker,
-        "feed": {**asdict(settings), "sources": list(settings.sources)},
+        "feed": feed_section(settings),
         "engine": engine_info,
         "timings": timings,
     }
