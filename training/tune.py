@@ -287,7 +287,8 @@ def tune(
         report = evaluate_split(
             tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
             ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
-            baselines=not baselines,  # they do not change between trials: replayed once
+            # Replayed once, in the defaults' trial: ALS alone and item-kNN alone are the defaults'.
+            baselines=not baselines,
         )
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
