@@ -64,10 +64,11 @@ class CandidateBatch:
 
     ``friend_likes`` is the number of friends who liked the item, ``friend_like_time``
     the newest such like, ``selective_likes`` the sum over those friends of 1 / (the
-    likes of theirs that were read), ``friend_shares`` the number of friends who shared
-    it with the user, ``social_time`` the newest social event behind the item (a followed
-    seller's listing, a friend's like or share), ``listing_share`` 1 / (the listings of its
-    seller that were read) for a followed seller's item. ``items`` is filled by hydration.
+    likes of theirs that were read, at most the first page's per-key limit),
+    ``friend_shares`` the number of friends who shared it with the user, ``social_time``
+    the newest social event behind the item (a followed seller's listing, a friend's like
+    or share), ``listing_share`` 1 / (the listings of its seller that were read, at most
+    that limit) for a followed seller's item. ``items`` is filled by hydration.
     """
 
     codes: np.ndarray  # int32 item codes

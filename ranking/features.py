@@ -41,8 +41,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     # Fan-out: one followed seller among three says more than one among three hundred.
     "followed_seller_share",  # 1 / (sellers the user follows) if the user follows the item's seller, else 0
     "friend_like_share",  # friends who liked the item / friends whose likes were read
-    "selective_friend_likes",  # sum over friends who liked it of 1 / (their likes read), / friends read
-    "followed_listing_share",  # followed_seller_share / (listings read of the item's seller)
+    "selective_friend_likes",  # sum over friends who liked it of 1 / (their likes read, at most per_key_limit), / friends read
+    "followed_listing_share",  # followed_seller_share / (listings read of the item's seller, at most per_key_limit)
 )
 TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "recent_item_similarity", "last_items_similarity", "seller_recency")
 """The features that only time gives a value; ``python -m training tune`` decides which are used."""

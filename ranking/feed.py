@@ -44,7 +44,9 @@ class FeedSettings:
     # data (time split) and on Last.fm (random split), the larger of the two per knob
     # (benchmarks/bench_pools.py; benchmarks/README.md "Pool sizes"). Each pool is at
     # least 2 x (items served so far + limit), so deep pages still find unseen items.
-    per_key_limit: int = 50  # newest listings per followed seller / likes per friend to read (Last.fm needs 50; the generator 5)
+    # Newest listings per followed seller / likes per friend a first page reads (Last.fm needs
+    # 50; the generator 5); deeper pages read more (ranking.pipeline.per_key_read).
+    per_key_limit: int = 50
     trending_limit: int = 20  # trending items to read for a first page
     # Embedding neighbours: re-measured with the ranker refitted on each pool size, as a
     # trained model is (benchmarks/README.md, 2026-12-03 night): 25 was 1.6-1.7 % below
@@ -113,8 +115,8 @@ def build_feed_pipeline(
         raise ValueError(f"unknown candidate sources: {unknown}; choose from {SOURCE_NAMES}")
     items = ModelItems(model, store.items) if model is not None else None
     available = {
-        "followed_sellers": sources.FollowedSellerSource(),
-        "friend_likes": sources.FriendLikesSource(),
+        "followed_sellers": sources.FollowedSellerSource(settings.per_key_limit),
+        "friend_likes": sources.FriendLikesSource(settings.per_key_limit),
         "friend_shares": sources.FriendSharesSource(),
         "embedding_neighbours": sources.EmbeddingNeighbourSource(items, settings.neighbours, settings.ef_search) if items else None,
         "item_knn": (

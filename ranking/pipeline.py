@@ -61,6 +61,22 @@ POOL_GROWTH = 4
 MAX_POOL_DEPTH = 1_000
 
 
+# Deep pages read at most this many more listings and likes, over all followed sellers and
+# friends, than the first page: the rows a page at MAX_POOL_DEPTH adds to each growing pool.
+MAX_ACTIVITY_GROWTH = 2 * MAX_POOL_DEPTH
+
+
+def per_key_read(per_key_limit: int, keys: int, past_first_page: int) -> int:
+    """The newest listings per followed seller and likes per friend a page reads.
+
+    The first page reads ``per_key_limit``; a deeper one, ``past_first_page`` deeper (the
+    items served since, or pools deepened past the filters), reads that many more, so its
+    unserved listings of any one seller are still ``per_key_limit`` however many of them
+    earlier pages served; over all ``keys``, at most MAX_ACTIVITY_GROWTH more.
+    """
+    return per_key_limit + min(past_first_page, MAX_ACTIVITY_GROWTH // max(keys, 1))
+
+
 def filtered_out(result: FeedResult) -> int:
     """The candidates the filters removed (a duplicate merged into another is not one)."""
     return sum(result.removed_by_filter.values()) - result.removed_by_filter[DUPLICATE]
@@ -308,9 +324,11 @@ class FeedPipeline:
         if recent is not None or _over(user.friends, config.max_friends_read):
             follows, friends = select_fanout(user, liked_sellers, config.max_follows_read, config.max_friends_read, now)
             user = dataclasses.replace(user, follows=follows, friends=friends)
-        # Trending and neighbour pools grow with depth so later pages still have candidates.
+        # Every pool grows with depth so later pages still have candidates: trending and
+        # neighbours to 2 x depth, a followed seller's listings and a friend's likes by per_key_read.
         depth = max(len(served) + limit, pool_depth)
-        activity = store.read_activity(user.follows, user.friends, config.per_key_limit, max(config.trending_limit, 2 * depth))
+        per_key = per_key_read(config.per_key_limit, len(user.follows) + len(user.friends), depth - limit)
+        activity = store.read_activity(user.follows, user.friends, per_key, max(config.trending_limit, 2 * depth))
         query = FeedQuery(
             user, limit, now, activity, served_hashes=served, hidden_sellers=_known(user.hidden_sellers), shopper=shopper,
             pool_depth=pool_depth,

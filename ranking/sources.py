@@ -13,20 +13,34 @@ from ranking.vocab import count_and_newest
 
 
 class FollowedSellerSource:
-    """Newest listings of the sellers the user follows."""
+    """Newest listings of the sellers the user follows.
+
+    A listing's share counts its seller's listings read, up to ``per_key_limit`` (what a
+    first page reads): deeper pages read more, and score the same listing the same.
+    """
 
     name = "followed_sellers"
 
+    def __init__(self, per_key_limit: int) -> None:
+        self.per_key_limit = per_key_limit
+
     def gather(self, query: FeedQuery) -> SourceCandidates:
         listings = query.activity.listings
-        share = 1.0 / listings.rows_of_owner()
+        share = 1.0 / np.minimum(listings.rows_of_owner(), self.per_key_limit)
         return SourceCandidates(listings.items, bits.FOLLOWED_SELLER, {"social_time": listings.times, "listing_share": share})
 
 
 class FriendLikesSource:
-    """Items the user's friends liked recently: how many friends, and the newest like."""
+    """Items the user's friends liked recently: how many friends, and the newest like.
+
+    A like's selectivity counts its friend's likes read, up to ``per_key_limit``, as
+    FollowedSellerSource counts listings.
+    """
 
     name = "friend_likes"
+
+    def __init__(self, per_key_limit: int) -> None:
+        self.per_key_limit = per_key_limit
 
     def gather(self, query: FeedQuery) -> SourceCandidates:
         likes = query.activity.friend_likes
@@ -34,7 +48,8 @@ class FriendLikesSource:
             return SourceCandidates.none()
         items, friends, newest = count_and_newest(likes.items, likes.times)
         # A like from a friend who likes little says more than one from a friend who likes everything.
-        selective = np.bincount(np.searchsorted(items, likes.items), 1.0 / likes.rows_of_owner(), len(items))
+        read = np.minimum(likes.rows_of_owner(), self.per_key_limit)
+        selective = np.bincount(np.searchsorted(items, likes.items), 1.0 / read, len(items))
         return SourceCandidates(
             items, bits.FRIEND_LIKE,
             {"friend_likes": friends, "friend_like_time": newest, "social_time": newest, "selective_likes": selective},

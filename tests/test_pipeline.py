@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 
 from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.features import FEATURE_NAMES
+from ranking.pipeline import MAX_ACTIVITY_GROWTH
 from ranking.ranker import LinearRanker
 from ranking.types import MAX_REASON_ACTORS, ReasonKind, ShopperFilters
 from ranking.vocab import stable_hash
@@ -309,3 +311,76 @@ def test_an_explained_page_is_the_same_page_and_says_why():
     }
     i6 = ids(explained).index("i6")
     assert {"friend_likes", "trending"} <= set(why.sources[i6])
+
+
+def page_through(pipeline, user, limit):
+    """Every page of ``user``'s feed, served items excluded from the next, until it ends."""
+    pages: list[list[str]] = []
+    has_more = True
+    while has_more:
+        served = np.sort(np.array([stable_hash(i) for p in pages for i in p], np.uint32))
+        page = pipeline.run(user, limit, NOW, served_hashes=served)
+        pages.append(ids(page))
+        has_more = page.has_more and bool(page.items)
+    return pages
+
+
+def big_shop_fan_pipeline():
+    """The one shop fan follows lists 240 items, one an hour: 200 in stock, every sixth sold out."""
+    shop = [(f"b{k:03d}", "bigshop", NOW - (k + 1) * 3600, 0 if k % 6 == 5 else 5) for k in range(240)]
+    dataset = make_dataset(shop, follows=[("fan", "bigshop", NOW - DAY)])
+    return build_feed_pipeline(MemoryStore.from_dataset(dataset), None, settings=FeedSettings(max_per_seller=20))
+
+
+def test_a_shop_followers_feed_pages_through_every_in_stock_listing_past_the_first_pools():
+    # The feed read the shop's 50 newest listings on every page and ended after them.
+    served = [i for p in page_through(big_shop_fan_pipeline(), "fan", 20) for i in p]
+    assert sorted(served) == [f"b{k:03d}" for k in range(240) if k % 6 != 5]  # each once, none sold out
+
+
+def test_a_feed_pages_through_every_like_of_a_friend_the_store_keeps():
+    # A store keeping 200 likes per user: the feed read a friend's 50 newest on every page.
+    items = [(f"i{k:03d}", f"s{k:03d}", NOW - 10 * DAY, 5) for k in range(120)]
+    likes = [("pal", f"i{k:03d}", NOW - (k + 1) * 3600) for k in range(120)]
+    dataset = make_dataset(items, likes=likes, friends=[("fan", "pal", NOW - DAY)])
+    store = MemoryStore.from_dataset(dataset, recent_likes=200)
+    pipeline = build_feed_pipeline(store, None, settings=FeedSettings(sources=("friend_likes",)))
+    served = [i for p in page_through(pipeline, "fan", 20) for i in p]
+    assert sorted(served) == [f"i{k:03d}" for k in range(120)]
+
+
+def test_a_deep_page_reads_at_most_a_bounded_number_more_listings_than_the_first():
+    class ActivityRows:
+        """Records how many listings each read_activity call returned."""
+
+        def __init__(self, inner):
+            self.inner, self.rows = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def read_activity(self, *args):
+            activity = self.inner.read_activity(*args)
+            self.rows.append(len(activity.listings))
+            return activity
+
+    shops = [(f"b{s}-{k:03d}", f"shop{s}", NOW - (k + 1) * 60, 5) for s in range(50) for k in range(200)]
+    dataset = make_dataset(shops, follows=[("fan", f"shop{s}", NOW - DAY) for s in range(50)])
+    store = ActivityRows(MemoryStore.from_dataset(dataset))
+    pipeline = build_feed_pipeline(store, None)
+    pipeline.run("fan", 20, NOW)
+    assert store.rows == [50 * 50]
+    pipeline.run("fan", 20, NOW, served_hashes=np.arange(5_000, dtype=np.uint32))
+    assert 50 * 50 < max(store.rows[1:]) <= 50 * 50 + MAX_ACTIVITY_GROWTH
+
+
+def test_a_listing_on_a_deep_page_is_scored_as_on_the_first():
+    # Deep pages read more of the shop's listings; the share of each still counts the
+    # first page's 50, or the ranker would score the same listing lower the deeper it is.
+    pipeline = big_shop_fan_pipeline()
+    share = FEATURE_NAMES.index("followed_listing_share")
+    first = pipeline.run("fan", 20, NOW, explain=True)
+    served = np.sort(np.array([stable_hash(f"b{k:03d}") for k in range(100)], np.uint32))
+    deep = pipeline.run("fan", 20, NOW, served_hashes=served, explain=True)
+    assert ids(deep) and not set(ids(deep)) & set(ids(first))
+    assert set(deep.explanation.features[:, share]) == set(first.explanation.features[:, share]) == {np.float32(1 / 50)}

@@ -15,7 +15,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from ranking.feed import build_feed_pipeline
+from ranking.feed import FeedSettings, build_feed_pipeline
+from ranking.vocab import stable_hash
 from serving.feed_service import FeedService
 from serving.load import load_into_redis
 import stores.redis
@@ -930,6 +931,31 @@ def test_a_user_not_allowed_info_is_told_the_policy_could_not_be_read(redis_url,
             admin.acl_deluser("no-info")
     assert warning == (f"could not read the maxmemory-policy of Redis 127.0.0.1:{redis_server.port} (this user has no "
                        "permissions to run the 'info' command): make sure it is noeviction, and grant the server +info")
+
+
+def test_a_shop_followers_deep_pages_reach_its_older_listings_as_on_the_memory_store(url, monkeypatch):
+    # Every page read the shop's 50 newest listings, and the feed ended after them.
+    shop = [(f"b{k:03d}", "bigshop", NOW - (k + 1) * 3600, 0 if k % 6 == 5 else 5) for k in range(240)]
+    dataset = make_dataset(shop, follows=[("fan", "bigshop", NOW - DAY)])
+    store = make_redis_store(url, dataset)
+    served = {}
+    for name, feed_store in (("memory", MemoryStore.from_dataset(dataset)), ("redis", store)):
+        pipeline = build_feed_pipeline(feed_store, None, settings=FeedSettings(max_per_seller=20))
+        served[name] = []
+        while True:
+            page = pipeline.run("fan", 20, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served[name]], np.uint32)))
+            served[name] += [i.item_id for i in page.items]
+            if not (page.has_more and page.items):
+                break
+    assert served["redis"] == served["memory"]
+    assert sorted(served["redis"]) == [f"b{k:03d}" for k in range(240) if k % 6 != 5]
+    store.close()
+    if not store.is_cluster:
+        uncached = RedisStore.from_url(f"{url}?read_cache=0")
+        uncached.read_activity(["bigshop"], [], 50, 20)  # connect and load the read script
+        counter = RoundTripCounter(monkeypatch)
+        assert counter.measure(uncached.read_activity, ["bigshop"], [], 1_000, 2_000) == 1  # a deep page's read, as a first's
+        uncached.close()
 
 
 def test_a_fresh_process_serves_its_first_feeds_exactly_as_the_memory_store(url):
