@@ -1,12 +1,14 @@
-"""Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per first page.
+"""Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per page.
 
     python -m benchmarks.compare_pipeline --data DIR --models DIR CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
-        [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--store redis://HOST:PORT/DB ...]
+        [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--page 1] [--store redis://HOST:PORT/DB ...]
 
 One worker process per checkout imports that checkout's code (PYTHONPATH), loads DIR into
 a memory store and the current model version of DIR, runs every user once to warm up,
 then times ``FeedPipeline.run`` (first pages, limit 20) with ``time.thread_time`` over
-batches of --batch users. The workers take turns, batch by batch, --rounds times, and
+batches of --batch users. With ``--page N``, each user's pages 1 to N-1 are served first,
+as to a user paging (each page's items excluded from the next, by that checkout), and
+the N-th page is the one timed. The workers take turns, batch by batch, --rounds times, and
 every worker runs the same users in the same round: on a shared machine a burst of noise
 hits neighbouring batches of every checkout alike, so the per-round ratios are far
 steadier than the times of runs one after another. KEY=VALUE pairs set that checkout's
@@ -111,6 +113,10 @@ def _worker(args: argparse.Namespace) -> None:
     served = False
     for user in users:
         served |= bool(pipeline.run(user, 20, now).items)
+    earlier = {user: np.zeros(0, np.uint32) for user in users}  # the stable hashes of the pages before the timed one
+    for _ in range(args.page - 1):
+        for user in users:
+            earlier[user] = np.union1d(earlier[user], pipeline.run(user, 20, now, served_hashes=earlier[user]).item_hashes)
     if not served:  # the times would be an empty page's, reported as the pipeline's
         where = (f"the Redis at {args.store[0]} looks empty or loaded from another dataset (load it with `python -m serving load "
                  f"--data {args.data} --redis URL`)" if args.store else "nothing in the store to rank")  # fmt: skip
@@ -123,7 +129,7 @@ def _worker(args: argparse.Namespace) -> None:
         turn += len(batch)
         started, store_started = time.thread_time(), store_cpu_seconds()
         for user in batch:
-            pipeline.run(user, 20, now)
+            pipeline.run(user, 20, now, served_hashes=earlier[user])
         client, store_cpu = time.thread_time() - started, store_cpu_seconds() - store_started
         print(client / len(batch) * 1e6, store_cpu / len(batch) * 1e6, flush=True)
 
@@ -203,7 +209,8 @@ def compare(args: argparse.Namespace) -> list[str]:
             checkout, _, pairs = spec.partition(":")
             settings = [pair for pair in pairs.split(",") if pair]
             command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
-                       "--users", str(args.users), "--seed", str(args.seed), *(["--settings", *settings] if settings else []),
+                       "--users", str(args.users), "--seed", str(args.seed), "--page", str(args.page),
+                       *(["--settings", *settings] if settings else []),
                        *(["--store", store] if store else [])]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
             with stops_deferred():
@@ -244,9 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="dataset directory")
     parser.add_argument("--models", required=True, help="model directory (its current version is served)")
     parser.add_argument("--rounds", type=int, default=60, help="turns of every worker (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=200, help="first pages per turn (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=200, help="pages per turn (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="users sampled, the same in every checkout (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
+    parser.add_argument("--page", type=int, default=1, help="which page of each user's feed to time, the earlier ones served "
+                                                            "first (default: %(default)s)")  # fmt: skip
     parser.add_argument("--store", action="append", default=[], metavar="URL",
                         help="redis://HOST:PORT/DB already holding DIR's dataset; once for every checkout, or once per checkout "
                              "in order (default: a memory store in each worker)")  # fmt: skip
@@ -259,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     check_checkouts(parser, args.checkouts, "ranking")
     if len(args.store) not in (0, 1, len(args.checkouts)):
         parser.error(f"give --store once, or once per checkout ({len(args.checkouts)}), not {len(args.store)} times")
-    if args.rounds < 1 or args.batch < 1 or args.users < 1:
-        parser.error("--rounds, --batch and --users must be at least 1")
+    if min(args.rounds, args.batch, args.users, args.page) < 1:
+        parser.error("--rounds, --batch, --users and --page must be at least 1")
     check_inputs(parser, args)
     # Each worker runs in its checkout's directory: paths relative to the caller's would be read from there.
     args.data, args.models = os.path.abspath(args.data), os.path.abspath(args.models)

@@ -38,6 +38,14 @@ def test_it_reports_each_checkout_and_the_ratio_to_the_first(world, capsys):
     assert 0 < p10 <= median <= p90
 
 
+def test_with_page_it_times_the_page_a_user_paging_reaches(world, capsys):
+    compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--rounds", "2", "--batch", "5",
+                           "--users", "20", "--page", "3", ROOT, ROOT])  # fmt: skip
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(re.fullmatch(r".+: median \d+ us, p10 \d+ us per page", line) for line in lines[:2]), lines
+
+
 @pytest.mark.redis
 def test_on_redis_it_adds_redis_cpu_and_the_ratio_of_both(tmp_path, capsys, redis_server):
     world = build_world(tmp_path, users=200, sellers=20, items=600)
@@ -87,6 +95,7 @@ def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     ({"--models": "{data}"}, "--models {data}: no published model"),
     ({"--store": "foo://x"}, "--store foo://x: unknown store"),
     ({"--store": "redis://127.0.0.1:1/0"}, "--store redis://127.0.0.1:1/0: no Redis answers there"),
+    ({"--page": "0"}, "--page must be at least 1"),
     ({"second": f"{ROOT}:max_per_seller=abc"}, f"{ROOT}:max_per_seller=abc: max_per_seller=abc: expected int"),
     ({"second": f"{ROOT}:max_per_seller"}, "'max_per_seller': expected KEY=VALUE"),
     # A key this checkout lacks may be another's: its own worker refuses it, before loading anything.
