@@ -78,6 +78,8 @@ class FeedMetrics:
         self._requests, self._latency = _Children(self.requests), _Children(self.latency)
         self._arm_requests, self._arm_latency = _Children(self.arm_requests), _Children(self.arm_latency)
         self._gathered, self._removed = _Children(self.gathered), _Children(self.removed)
+        self._model_labels: set[tuple[str, ...]] = set()
+        self._arm_model_labels: set[tuple[str, ...]] = set()
 
     def observe_request(self, method: str, code: str, seconds: float, arm: str | None = None) -> None:
         """One RPC; ``arm`` (a GetFeed's A/B arm, "" for none) also counts it per arm."""
@@ -119,14 +121,11 @@ class FeedMetrics:
         self.events.labels("duplicate").inc(duplicates)
 
     def set_model(self, version: str) -> None:
-        self.model.clear()
-        self.model.labels(version).set(1)
+        self._model_labels = _swap_info(self.model, self._model_labels, {(version,)})
 
     def set_arm_models(self, versions: Mapping[str, str]) -> None:
         """The model version of each A/B arm, by arm name (empty: no arms)."""
-        self.arm_model.clear()
-        for arm, version in versions.items():
-            self.arm_model.labels(arm, version).set(1)
+        self._arm_model_labels = _swap_info(self.arm_model, self._arm_model_labels, set(versions.items()))
 
     def serve_http(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
         """Expose /metrics on ``port`` (a daemon thread); OSError when it cannot be bound.
@@ -142,6 +141,17 @@ class FeedMetrics:
             thread.join(timeout=5)
 
         return stop
+
+
+def _swap_info(gauge: Gauge, shown: set[tuple[str, ...]], wanted: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """Set ``gauge``'s series ``wanted`` to 1, then remove the others ``shown`` so far: in
+    that order a scrape between the two still finds the info series (cleared first, a
+    scrape in the gap found none, which an ``absent()`` alert reads as a server with no model)."""
+    for labels in wanted:
+        gauge.labels(*labels).set(1)
+    for labels in shown - wanted:
+        gauge.remove(*labels)
+    return wanted
 
 
 class _MetricsHttpServer(ThreadingWSGIServer):

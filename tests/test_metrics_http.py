@@ -70,3 +70,32 @@ def test_a_connection_that_sends_nothing_is_closed_after_a_while_quietly(monkeyp
     finally:
         stop()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _info_series(registry, name: str) -> list[dict[str, str]]:
+    return [sample.labels for family in registry.collect() for sample in family.samples if sample.name == name]
+
+
+@pytest.mark.parametrize("gauge, change, name", [
+    ("model", lambda m, v: m.set_model(v), "feedrank_model_info"),
+    ("arm_model", lambda m, v: m.set_arm_models({"control": v, "treatment": v + "-t"}), "feedrank_arm_model_info"),
+])
+def test_a_scrape_while_the_model_changes_still_finds_an_info_series(gauge, change, name):
+    """A model reload swapped the info series by clearing the gauge, then setting the new
+    version: a scrape in between found no series, which an absent() alert reads as a server
+    serving no model. Every change to the gauge is checked against a scrape taken just before it."""
+    feed_metrics = FeedMetrics()
+    change(feed_metrics, "v1")
+    metric, seen = getattr(feed_metrics, gauge), []
+    for method in ("labels", "remove", "clear"):
+        original = getattr(metric, method)
+
+        def scraped_first(*args, _original=original):
+            seen.append(_info_series(feed_metrics.registry, name))
+            return _original(*args)
+
+        setattr(metric, method, scraped_first)
+    change(feed_metrics, "v2")
+    assert seen and all(seen), f"a scrape during the change found no {name}: {seen}"
+    versions = {labels["version"] for labels in _info_series(feed_metrics.registry, name)}
+    assert versions == ({"v2"} if gauge == "model" else {"v2", "v2-t"})
