@@ -14,7 +14,7 @@ import math
 import pickle
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, concatenated_ranges, encode, sorted_positions
+from stores.applied_ids import AppliedIds
 from stores.base import ApplyResult, gc_paused, no_replicas
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
@@ -529,8 +530,7 @@ class MemoryStore:
         self._trending_cache = np.zeros(0, np.int32)
         self._trending_cache_depth = 0
         self._trending_dirty_since: float | None = 0.0
-        self._applied_event_ids: set[str] = set()
-        self._dedupe_expiry: deque[tuple[float, str]] = deque()  # (forget at, event id), oldest first
+        self._applied = AppliedIds()
         self._on_applied: Callable[[list[Event]], None] | None = None
 
     def __getstate__(self) -> dict:
@@ -706,18 +706,15 @@ class MemoryStore:
         no_replicas(min_replicas)
         with self._lock:
             now = self._clock()
-            self._forget_expired(now)
-            fresh = self._unapplied(events)
+            self._applied.forget_expired(now)
+            fresh = self._applied.fresh([event.event_id for event in events])
             first_error(
                 lambda: check_references(events, fresh, self._exists),
                 lambda: check_degrees(events, fresh, self._degree, self._has_edge, self.max_friends, self.max_follows),
             )
-            forget_at = now + self.dedupe_ttl
             for index in fresh:
                 self._apply_one(events[index])
-                self._applied_event_ids.add(events[index].event_id)
-                if self.dedupe_ttl > 0:
-                    self._dedupe_expiry.append((forget_at, events[index].event_id))
+            self._applied.remember([events[index].event_id for index in fresh], now, self.dedupe_ttl)
             if fresh and self._on_applied is not None:
                 self._on_applied([events[index] for index in fresh])
             return ApplyResult(applied=len(fresh), duplicates=len(events) - len(fresh))
@@ -726,8 +723,8 @@ class MemoryStore:
 
     def applied_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         with self._lock:
-            self._forget_expired(self._clock())
-            return {event_id for event_id in event_ids if event_id in self._applied_event_ids}
+            self._applied.forget_expired(self._clock())
+            return {event_id for event_id in event_ids if event_id in self._applied}
 
     def publish_applied(self, listener: Callable[[list[Event]], None]) -> None:
         """Call ``listener`` with the events of every later apply that changed something,
@@ -749,26 +746,11 @@ class MemoryStore:
             for event in events:
                 self._apply_one(event)
 
-    def _forget_expired(self, now: float) -> None:
-        expiry = self._dedupe_expiry
-        while expiry and expiry[0][0] <= now:
-            self._applied_event_ids.discard(expiry.popleft()[1])
-
     def _degree(self, what: str, user_id: str) -> int:
         return len((self._friends if what == "friends" else self._follows).get(user_id, ()))
 
     def _has_edge(self, what: str, user_id: str, other: str) -> bool:
         return other in (self._friends if what == "friends" else self._follows).get(user_id, ())
-
-    def _unapplied(self, events: Sequence[Event]) -> list[int]:
-        seen: set[str] = set()
-        fresh = []
-        for index, event in enumerate(events):
-            if event.event_id in self._applied_event_ids or event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-            fresh.append(index)
-        return fresh
 
     def _exists(self, item_id: str) -> bool:
         code = self.items.code(item_id)

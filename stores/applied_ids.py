@@ -1,0 +1,47 @@
+"""The event ids a memory store applied, each remembered for a TTL of wall time (its dedupe)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+
+class AppliedIds:
+    """Applied event ids; one applied with a TTL > 0 is forgotten by the first
+    ``forget_expired`` at or after its time plus the TTL, one applied with 0 never.
+
+    Expiry runs from the id remembered first: one remembered under a shorter TTL (or a
+    clock set back) waits behind those before it, exactly as it did the first time a log
+    is replayed.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._expiry: deque[tuple[float, str]] = deque()  # (forget at, event id), in the order remembered
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def forget_expired(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            self._ids.discard(expiry.popleft()[1])
+
+    def fresh(self, event_ids: Sequence[str]) -> list[int]:
+        """Indices of the ids not remembered, each id's first in ``event_ids`` only."""
+        seen: set[str] = set()
+        fresh = []
+        for index, event_id in enumerate(event_ids):
+            if event_id in self._ids or event_id in seen:
+                continue
+            seen.add(event_id)
+            fresh.append(index)
+        return fresh
+
+    def remember(self, event_ids: Sequence[str], now: float, ttl: float) -> None:
+        self._ids.update(event_ids)
+        if ttl > 0:
+            self._expiry.extend((now + ttl, event_id) for event_id in event_ids)
