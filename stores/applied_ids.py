@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 
 class AppliedIds:
@@ -12,7 +13,7 @@ class AppliedIds:
 
     Expiry runs from the id remembered first: one remembered under a shorter TTL (or a
     clock set back) waits behind those before it, exactly as it did the first time a log
-    is replayed.
+    is replayed, which the durable store's snapshots rely on.
     """
 
     def __init__(self) -> None:
@@ -45,3 +46,16 @@ class AppliedIds:
         self._ids.update(event_ids)
         if ttl > 0:
             self._expiry.extend((now + ttl, event_id) for event_id in event_ids)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready: the ids remembered for ever, and the others with their forget times in order."""
+        expiring = {event_id for _, event_id in self._expiry}
+        return {"forever": sorted(self._ids - expiring), "expiring": [[at, event_id] for at, event_id in self._expiry]}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> AppliedIds:
+        applied = cls()
+        applied._expiry.extend((float(at), str(event_id)) for at, event_id in record["expiring"])
+        applied._ids.update(str(event_id) for event_id in record["forever"])
+        applied._ids.update(event_id for _, event_id in applied._expiry)
+        return applied

@@ -3,7 +3,7 @@
 ``DurableStore`` wraps a MemoryStore freshly loaded from a dataset. Its state directory:
 
     LOCK                       held (flock) by the one process using the directory
-    snapshot.wal               the batches folded out of older logs: header + batches 1..N
+    snapshot.wal               the state of batches 1..N, folded out of older logs
     wal-<first seq>.log        logs of the batches after it, the newest one being written
 
 Apply order: under one write lock, the batch is validated and applied in memory, then
@@ -15,12 +15,20 @@ that held it. A batch of duplicates only is not logged (it changed nothing), but
 for the log to be durable up to where it was applied, so its ack never gets ahead of
 the original's.
 
-A snapshot is the log folded into one file of the same format: the applied batches
-themselves, in order, tied to the dataset by its fingerprint. Replay goes through the
-very ``MemoryStore.apply`` that built the state the first time (with the wall time each
-batch was applied at, so the dedupe TTL expires ids as it did), so it rebuilds the same
-state whatever the store's internals become; an image of those internals (pickled) would
-take ~10 s under the store lock for 100k items and break with every change to them.
+A log is replayed through the very ``MemoryStore.apply`` that built the state the first
+time (with the wall time each batch was applied at, so the dedupe TTL expires ids as it
+did), so it rebuilds the same state whatever the store's internals become; an image of
+those internals (pickled) would take ~10 s under the store lock for 100k items and break
+with every change to them.
+
+A snapshot is the older logs folded into one file of the same format, tied to the
+dataset by its fingerprint: the events of batches 1..N that the state still shows, in
+order, each in its batch (stores/compaction.py: retries and overwritten stock updates and
+follow toggles are dropped), and in its header the event ids the store remembers after
+batch N with their forget times (AppliedIds). Replay applies its events as they are
+(``MemoryStore.replay_applied``: they were judged when they came), then takes those ids,
+so the logs after it meet the same dedupe. A snapshot written before snapshots were
+compacted (format version 1: the batches themselves) is replayed as a log.
 """
 
 from __future__ import annotations
@@ -43,10 +51,23 @@ import numpy as np
 from ranking.store import Activity, ItemColumns, UserState
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
+from stores.applied_ids import AppliedIds
 from stores.base import ApplyResult, StoreUnavailable, no_replicas
+from stores.compaction import applied_part, without_overwritten
 from stores.events import Event, EventValidationError
 from stores.memory import MemoryStore
-from stores.wal import Batch, LogReader, LogWriter, WalError, batch_record, encode_events, fsync_dir, header_record, truncate
+from stores.wal import (
+    COMPACTED,
+    Batch,
+    LogReader,
+    LogWriter,
+    WalError,
+    batch_record,
+    encode_events,
+    fsync_dir,
+    header_record,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from training.dataset import Dataset
@@ -324,9 +345,9 @@ class DurableStore:
     def _room_for_snapshot(self, sources: list[str]) -> bool:
         """Whether the disk holds a new snapshot with SNAPSHOT_HEADROOM to spare.
 
-        A snapshot frees no space (it holds what the old one and the logs hold, and they go
-        only once it is written), so skipping one loses nothing, while a snapshot written
-        into the last free space would refuse ingest until a restart. Logged once per
+        A snapshot holds at most what the old one and the logs hold, and they go only once
+        it is written, so skipping one loses nothing, while a snapshot written into the last
+        free space would refuse ingest until a restart. Logged once per
         shortage, not once per attempt.
         """
         needed = sum(os.path.getsize(source) for source in sources) + SNAPSHOT_HEADROOM
@@ -353,23 +374,41 @@ class DurableStore:
         fsync_dir(self.state_dir)
 
     def _write_snapshot_file(self, tmp: str, sources: list[str], through: int) -> None:
-        expected = 1
+        applied, batches = self._fold(sources, through)
+        kept = without_overwritten(batches)
         with open(tmp, "wb") as out:
-            out.write(header_record("snapshot", self._fingerprint, through_seq=through))
-            for source in sources:
-                with LogReader(source, parse=False) as reader:
-                    for line in reader.lines():
-                        seq = line.payload["seq"]
-                        if seq < expected:
-                            continue
-                        if seq != expected:
-                            raise WalError(f"{source}: line {line.number}: batch {seq} where {expected} was expected")
-                        out.write(line.raw)
-                        expected += 1
-            if expected != through + 1:
-                raise WalError(f"snapshot of {self.state_dir}: batches end at {expected - 1}, expected {through}")
+            out.write(header_record("snapshot", self._fingerprint, version=COMPACTED, through_seq=through,
+                                    batches=len(kept), applied_ids=applied.to_record()))  # fmt: skip
+            for batch in kept:
+                out.write(batch_record(batch.seq, batch.at, encode_events(batch.events), batch.dedupe_ttl))
             out.flush()
             os.fsync(out.fileno())
+
+    def _fold(self, sources: list[str], through: int) -> tuple[AppliedIds, list[Batch]]:
+        """The ids remembered after batch ``through``, and the events of batches 1..through
+        that applied, from the snapshot and logs ``sources`` (in order)."""
+        applied, batches, expected = AppliedIds(), [], 1
+        for source in sources:
+            with LogReader(source) as reader:
+                if _compacted(reader):
+                    kept = [batch for batch, _ in reader.batches()]
+                    if reader.torn_at is not None or len(kept) != reader.header.get("batches"):
+                        raise WalError(f"{source}: holds {len(kept)} whole batches, its header says {reader.header.get('batches')}")
+                    applied = AppliedIds.from_record(reader.header["applied_ids"])
+                    batches.extend(kept)
+                    expected = reader.header["through_seq"] + 1
+                    continue
+                for batch, number in reader.batches():
+                    if batch.seq < expected:
+                        continue
+                    if batch.seq != expected:
+                        raise WalError(f"{source}: line {number}: batch {batch.seq} where {expected} was expected")
+                    ttl = self._store.dedupe_ttl if batch.dedupe_ttl is None else batch.dedupe_ttl  # as _replay
+                    batches.append(applied_part(batch, applied, ttl))
+                    expected += 1
+        if expected != through + 1:
+            raise WalError(f"snapshot of {self.state_dir}: batches end at {expected - 1}, expected {through}")
+        return applied, batches
 
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.snapshot_seconds):
@@ -404,12 +443,18 @@ class DurableStore:
                     if reader.header is None:
                         raise WalError(f"{snapshot}: no header: the file is damaged")
                     self._check_header(reader)
+                    replay = self._replay_compacted if _compacted(reader) else self._replay
                     for batch, number in reader.batches():
-                        last, events = self._replay(batch, last, f"{snapshot}: line {number}"), events + len(batch.events)
+                        last, events = replay(batch, last, f"{snapshot}: line {number}"), events + len(batch.events)
                         batches += 1
                     if reader.torn_at is not None:
                         raise WalError(f"{snapshot}: byte offset {reader.torn_at}: the snapshot is damaged at its end")
-                    if reader.header.get("through_seq") != last:
+                    if _compacted(reader):
+                        if reader.header.get("batches") != batches:
+                            raise WalError(f"{snapshot}: holds {batches} batches, its header says {reader.header.get('batches')}")
+                        last = reader.header["through_seq"]
+                        self._store.restore_applied_ids(AppliedIds.from_record(reader.header["applied_ids"]))
+                    elif reader.header.get("through_seq") != last:
                         raise WalError(f"{snapshot}: holds batches up to {last}, its header says {reader.header.get('through_seq')}")
             torn: tuple[str, int, int] | None = None  # (log, where its damage starts, its good end)
             logs = [path for _, path in self._logs()]
@@ -458,6 +503,13 @@ class DurableStore:
             self._store.dedupe_ttl = ttl
         return batch.seq
 
+    def _replay_compacted(self, batch: Batch, last: int, where: str) -> int:
+        """Apply the events a compacted snapshot kept of a batch, as they are."""
+        if batch.seq <= last:
+            raise WalError(f"{where}: batch {batch.seq} follows batch {last}: the snapshot is damaged")
+        self._store.replay_applied(batch.events)
+        return batch.seq
+
     @contextlib.contextmanager
     def _replaying(self) -> Iterator[None]:
         limits = {name: getattr(self._store, name) for name in _POLICY_LIMITS if hasattr(self._store, name)}
@@ -468,6 +520,10 @@ class DurableStore:
         finally:
             for name, value in limits.items():
                 setattr(self._store, name, value)
+
+
+def _compacted(reader: LogReader) -> bool:
+    return reader.header is not None and reader.header.get("version") == COMPACTED
 
 
 def _warn_torn(path: str, torn_at: int) -> None:

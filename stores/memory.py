@@ -726,6 +726,11 @@ class MemoryStore:
             self._applied.forget_expired(self._clock())
             return {event_id for event_id in event_ids if event_id in self._applied}
 
+    def restore_applied_ids(self, applied: AppliedIds) -> None:
+        """Remember ``applied`` as the ids applied so far (a compacted snapshot's, stores/durable.py)."""
+        with self._lock:
+            self._applied = applied
+
     def publish_applied(self, listener: Callable[[list[Event]], None]) -> None:
         """Call ``listener`` with the events of every later apply that changed something,
         in the order they were applied, under the store's lock (so it must not block)."""

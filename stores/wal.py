@@ -9,7 +9,9 @@ the file's header: ``{"format": "feedrank-wal", "version": 1, "kind": "log" | "s
 "dataset": <fingerprint>, ...}``. Every other record is one acknowledged batch,
 ``{"seq": N, "at": <wall time it was applied>, "dedupe_ttl": <the store's then>, "events":
 [Event.to_record(), ...]}`` (records written before ``dedupe_ttl`` was logged lack it);
-sequence numbers run 1, 2, 3... across files without a gap.
+sequence numbers run 1, 2, 3... across files without a gap. A compacted snapshot (version
+2) holds only the events of each batch that the state still shows, so batches may be
+missing from it; its header holds the applied event ids (see stores/durable.py).
 
 A record is checked by its length and checksum, then decoded. A bad record that is not
 whole (it lacks its final newline) followed by nothing but more bad bytes is a torn tail
@@ -34,7 +36,9 @@ from stores.events import Event
 log = logging.getLogger(f"feedrank.{__name__}")
 
 FORMAT = "feedrank-wal"
-VERSION = 1
+VERSION = 1  # a log; a snapshot of the batches themselves (written before snapshots were compacted)
+COMPACTED = 2  # a snapshot of the events the state still shows (stores/compaction.py)
+READABLE = (VERSION, COMPACTED)
 
 
 class WalError(ValueError):
@@ -70,8 +74,8 @@ def batch_record(seq: int, at: float, encoded_events: bytes, dedupe_ttl: float |
     return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
 
 
-def header_record(kind: str, dataset: str, **fields: Any) -> bytes:
-    return frame({"format": FORMAT, "version": VERSION, "kind": kind, "dataset": dataset, **fields})
+def header_record(kind: str, dataset: str, version: int = VERSION, **fields: Any) -> bytes:
+    return frame({"format": FORMAT, "version": version, "kind": kind, "dataset": dataset, **fields})
 
 
 _SEQ_PREFIX = b'{"seq":'
@@ -131,8 +135,9 @@ class LogReader:
         if first is not None:
             if first.payload.get("format") != FORMAT:
                 raise WalError(f"{path}:1: not a feedrank write-ahead log (no header)")
-            if first.payload.get("version") != VERSION:
-                raise WalError(f"{path}:1: format version {first.payload.get('version')!r}, this server reads {VERSION}")
+            if first.payload.get("version") not in READABLE:
+                raise WalError(f"{path}:1: format version {first.payload.get('version')!r}, this server reads "
+                               f"{' and '.join(map(str, READABLE))}")  # fmt: skip
             self.header = first.payload
 
     def close(self) -> None:
