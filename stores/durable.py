@@ -61,6 +61,7 @@ from stores.wal import (
     Batch,
     LogReader,
     LogWriter,
+    RecordBatch,
     WalError,
     batch_record,
     encode_events,
@@ -380,29 +381,29 @@ class DurableStore:
             out.write(header_record("snapshot", self._fingerprint, version=COMPACTED, through_seq=through,
                                     batches=len(kept), applied_ids=applied.to_record()))  # fmt: skip
             for batch in kept:
-                out.write(batch_record(batch.seq, batch.at, encode_events(batch.events), batch.dedupe_ttl))
+                out.write(batch.record())
             out.flush()
             os.fsync(out.fileno())
 
-    def _fold(self, sources: list[str], through: int) -> tuple[AppliedIds, list[Batch]]:
+    def _fold(self, sources: list[str], through: int) -> tuple[AppliedIds, list[RecordBatch]]:
         """The ids remembered after batch ``through``, and the events of batches 1..through
         that applied, from the snapshot and logs ``sources`` (in order)."""
         applied, batches, expected = AppliedIds(), [], 1
         for source in sources:
             with LogReader(source) as reader:
                 if _compacted(reader):
-                    kept = [batch for batch, _ in reader.batches()]
+                    kept = [batch for batch, _ in reader.record_batches()]
                     if reader.torn_at is not None or len(kept) != reader.header.get("batches"):
                         raise WalError(f"{source}: holds {len(kept)} whole batches, its header says {reader.header.get('batches')}")
                     applied = AppliedIds.from_record(reader.header["applied_ids"])
                     batches.extend(kept)
                     expected = reader.header["through_seq"] + 1
                     continue
-                for batch, number in reader.batches():
+                for batch, line in reader.record_batches():
                     if batch.seq < expected:
                         continue
                     if batch.seq != expected:
-                        raise WalError(f"{source}: line {number}: batch {batch.seq} where {expected} was expected")
+                        raise WalError(f"{source}: line {line.number}: batch {batch.seq} where {expected} was expected")
                     ttl = self._store.dedupe_ttl if batch.dedupe_ttl is None else batch.dedupe_ttl  # as _replay
                     batches.append(applied_part(batch, applied, ttl))
                     expected += 1

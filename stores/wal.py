@@ -56,6 +56,21 @@ class Batch:
     dedupe_ttl: float | None = None
 
 
+@dataclass(frozen=True)
+class RecordBatch:
+    """One logged batch with its events left as their records (``Event.to_record()``):
+    what folding logs into a snapshot reads and writes, without decoding an Event."""
+
+    seq: int
+    at: float
+    records: list[dict[str, str]]
+    dedupe_ttl: float | None = None
+
+    def record(self) -> bytes:
+        encoded = json.dumps(self.records, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return batch_record(self.seq, self.at, encoded, self.dedupe_ttl)
+
+
 def frame(payload: dict[str, Any]) -> bytes:
     """One record line: checksum, length and the compact JSON payload."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
@@ -199,14 +214,29 @@ class LogReader:
 
     def batches(self) -> Iterator[tuple[Batch, int]]:
         """(batch, line number) of each record, decoded into Events."""
+        for batch, line in self.record_batches():
+            try:
+                events = [Event.from_record(record) for record in batch.records]
+            except (KeyError, TypeError, ValueError) as error:
+                raise _undecodable(self.path, line, error) from error
+            yield Batch(batch.seq, batch.at, events, batch.dedupe_ttl), line.number
+
+    def record_batches(self) -> Iterator[tuple[RecordBatch, _Line]]:
+        """(batch, its line) of each record, its events left as records."""
         for line in self.lines():
             try:
-                events = [Event.from_record(record) for record in line.payload["events"]]
+                records = line.payload["events"]
+                if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+                    raise TypeError("events is not a list of records")
                 ttl = line.payload.get("dedupe_ttl")
-                batch = Batch(line.payload["seq"], float(line.payload.get("at", 0.0)), events, None if ttl is None else float(ttl))
+                batch = RecordBatch(line.payload["seq"], float(line.payload.get("at", 0.0)), records, None if ttl is None else float(ttl))
             except (KeyError, TypeError, ValueError) as error:
-                raise WalError(f"{self.path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}") from error
-            yield batch, line.number
+                raise _undecodable(self.path, line, error) from error
+            yield batch, line
+
+
+def _undecodable(path: str, line: _Line, error: Exception) -> WalError:
+    return WalError(f"{path}: line {line.number} (byte offset {line.offset}): cannot decode its events: {error}")
 
 
 def fsync_dir(path: str) -> None:
