@@ -22,7 +22,7 @@ remembers (AppliedIds), so a retry after a restart is still a retry. Events stay
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 
 from stores.applied_ids import AppliedIds
 from stores.events import EventKind
@@ -55,21 +55,30 @@ def _what_it_sets(record: dict[str, str]) -> tuple[Hashable, bool] | None:
     return None
 
 
-def without_overwritten(batches: Iterable[RecordBatch]) -> list[RecordBatch]:
-    """``batches`` less each stock update or (un)follow that a later event overwrites, and
-    less the batches that leaves empty."""
-    overwritten: set[Hashable] = set()  # what some later event sets
-    kept: list[RecordBatch] = []
-    for batch in reversed(list(batches)):
-        records = []
-        for record in reversed(batch.records):
+def last_setters(batches: Iterable[RecordBatch]) -> dict[Hashable, int]:
+    """For each piece of state some event of ``batches`` sets whole, the position of the
+    last such event among all the batches' events, in order."""
+    last: dict[Hashable, int] = {}
+    position = 0
+    for batch in batches:
+        for record in batch.records:
             sets = _what_it_sets(record)
             if sets is not None:
-                what, droppable = sets
-                if droppable and what in overwritten:
-                    continue
-                overwritten.add(what)
-            records.append(record)
+                last[sets[0]] = position
+            position += 1
+    return last
+
+
+def without_overwritten(batches: Iterable[RecordBatch], last: dict[Hashable, int]) -> Iterator[RecordBatch]:
+    """``batches`` less each stock update or (un)follow that a later event overwrites
+    (``last``: their ``last_setters``), and less the batches that leaves empty."""
+    position = 0
+    for batch in batches:
+        records = []
+        for record in batch.records:
+            sets = _what_it_sets(record)
+            if sets is None or not sets[1] or last[sets[0]] == position:
+                records.append(record)
+            position += 1
         if records:
-            kept.append(RecordBatch(batch.seq, batch.at, records[::-1], batch.dedupe_ttl))
-    return kept[::-1]
+            yield RecordBatch(batch.seq, batch.at, records, batch.dedupe_ttl)

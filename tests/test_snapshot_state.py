@@ -249,7 +249,7 @@ def test_a_compacted_snapshot_missing_a_whole_record_is_an_error(tmp_path):
     path = tmp_path / durable.SNAPSHOT
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:-1]))  # cut at a record's end: no torn tail to see
-    with pytest.raises(durable.WalError, match="holds 9 batches, its header says 10"):
+    with pytest.raises(durable.WalError, match="holds batches up to 9, its header says 10"):
         open_state(str(tmp_path))
 
 
