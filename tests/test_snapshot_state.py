@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -253,59 +256,11 @@ def test_a_compacted_snapshot_missing_a_whole_record_is_an_error(tmp_path):
         open_state(str(tmp_path))
 
 
-# -- the snapshot benchmark ----------------------------------------------------------------------
-
-
-def bench(*sizes: int) -> None:
-    """Snapshot size and restart (replay) time against the number of events ingested, in
-    batches of 100 on 50 items of a small catalogue, then one snapshot; restart time is
-    the process's CPU time (the machine is shared), best of three. Two streams: "mixed",
-    stock changes, likes, unlikes and views; "toggles", stock changes and (un)follows."""
-    import random
-    import shutil
-    from pathlib import Path
-
-    from training.generate import generate
-
-    dataset = generate(users=500, sellers=50, items=200, seed=1)
-    fingerprint = dataset.fingerprint()
-    users, items, sellers = sorted(set(dataset.likes.src))[:200], list(dataset.items.item_id[:50]), sorted(set(dataset.items.seller_id))[:20]
-    streams = {"mixed": [EventKind.STOCK_UPDATE, EventKind.LIKE, EventKind.UNLIKE, EventKind.VIEW],
-               "toggles": [EventKind.STOCK_UPDATE, EventKind.FOLLOW, EventKind.UNFOLLOW]}  # fmt: skip
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"snapshot-bench-{os.getpid()}"
-    for name, kinds in streams.items():
-        for size in sizes or (10_000, 50_000, 200_000):
-            rnd = random.Random(0)
-            shutil.rmtree(root, ignore_errors=True)
-            store = durable.DurableStore(MemoryStore.from_dataset(dataset), fingerprint, str(root), fsync="off", snapshot_seconds=0)
-            for start in range(0, size, 100):
-                batch = []
-                for n in range(start, start + 100):
-                    kind, user, item, ts = rnd.choice(kinds), rnd.choice(users), rnd.choice(items), NOW - 3600 + n * 0.01
-                    if kind is EventKind.STOCK_UPDATE:
-                        batch.append(Event(f"b{n}", kind, ts, item_id=item, stock=rnd.randrange(2)))
-                    elif kind in (EventKind.FOLLOW, EventKind.UNFOLLOW):
-                        batch.append(Event(f"b{n}", kind, ts, user_id=user, seller_id=rnd.choice(sellers)))
-                    else:
-                        batch.append(Event(f"b{n}", kind, ts, user_id=user, item_id=item))
-                store.apply(batch)
-            started = time.process_time()
-            store.snapshot()
-            snapshot_seconds = time.process_time() - started
-            store.close()
-            restarts = []
-            for _ in range(3):
-                memory = MemoryStore.from_dataset(dataset)
-                started = time.process_time()
-                durable.DurableStore(memory, fingerprint, str(root), snapshot_seconds=0).close()
-                restarts.append(time.process_time() - started)
-            print(f"{name:>7} {size:>9,} events: snapshot {os.path.getsize(root / durable.SNAPSHOT) / 1e6:7.2f} MB "
-                  f"({snapshot_events(str(root)):>7,} events) written in {snapshot_seconds:5.2f} s, "
-                  f"restart {min(restarts):5.2f} s CPU", flush=True)  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["bench"]:
-        bench(*(int(arg) for arg in sys.argv[2:]))
+def test_the_snapshot_benchmark_reports_each_stream_and_the_toggles_fold(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_snapshot", "--sizes", "1000"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    kept = dict(re.findall(r"(\w+)\s+1,000 events: snapshot\s+[\d.]+ MB \(\s*([\d,]+) events\)", result.stdout))
+    assert set(kept) == {"mixed", "toggles"}, result.stdout
+    assert int(kept["toggles"].replace(",", "")) < 1000, result.stdout  # stock changes and follow toggles overwritten
+    assert not list(tmp_path.iterdir()), "the benchmark left its state directory behind"

@@ -1,0 +1,93 @@
+"""What a durable memory store's snapshot holds and what a restart from it costs,
+against the number of events ingested (``stores/durable.py``, ``stores/compaction.py``).
+
+    python -m benchmarks.bench_snapshot [--sizes 10000,50000,200000]
+
+Events come in batches of 100 on 50 items of a small generated catalogue, then one
+snapshot is written; restart time is the process's CPU time (the machine is shared), best
+of three. Two streams: "mixed" (stock changes, likes, unlikes, views) and "toggles" (stock
+changes, follows and unfollows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from stores import durable
+from stores.events import Event, EventKind
+from stores.memory import MemoryStore
+from training.generate import generate
+
+START = 1_767_222_000.0  # 2025-12-31T23:00:00Z
+
+
+def snapshot_events(state_dir: str) -> int:
+    with durable.LogReader(os.path.join(state_dir, durable.SNAPSHOT)) as reader:
+        return sum(len(batch.events) for batch, _ in reader.batches())
+
+
+def bench(sizes: list[int]) -> None:
+    """Snapshot size and restart (replay) time against the number of events ingested, in
+    batches of 100 on 50 items of a small catalogue, then one snapshot; restart time is
+    the process's CPU time (the machine is shared), best of three. Two streams: "mixed",
+    stock changes, likes, unlikes and views; "toggles", stock changes and (un)follows."""
+    dataset = generate(users=500, sellers=50, items=200, seed=1)
+    fingerprint = dataset.fingerprint()
+    users, items, sellers = sorted(set(dataset.likes.src))[:200], list(dataset.items.item_id[:50]), sorted(set(dataset.items.seller_id))[:20]
+    streams = {"mixed": [EventKind.STOCK_UPDATE, EventKind.LIKE, EventKind.UNLIKE, EventKind.VIEW],
+               "toggles": [EventKind.STOCK_UPDATE, EventKind.FOLLOW, EventKind.UNFOLLOW]}
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"snapshot-bench-{os.getpid()}"
+    for name, kinds in streams.items():
+        for size in sizes:
+            rnd = random.Random(0)
+            shutil.rmtree(root, ignore_errors=True)
+            store = durable.DurableStore(MemoryStore.from_dataset(dataset), fingerprint, str(root), fsync="off", snapshot_seconds=0)
+            for start in range(0, size, 100):
+                batch = []
+                for n in range(start, start + 100):
+                    kind, user, item, ts = rnd.choice(kinds), rnd.choice(users), rnd.choice(items), START + n * 0.01
+                    if kind is EventKind.STOCK_UPDATE:
+                        batch.append(Event(f"b{n}", kind, ts, item_id=item, stock=rnd.randrange(2)))
+                    elif kind in (EventKind.FOLLOW, EventKind.UNFOLLOW):
+                        batch.append(Event(f"b{n}", kind, ts, user_id=user, seller_id=rnd.choice(sellers)))
+                    else:
+                        batch.append(Event(f"b{n}", kind, ts, user_id=user, item_id=item))
+                store.apply(batch)
+            started = time.process_time()
+            store.snapshot()
+            snapshot_seconds = time.process_time() - started
+            store.close()
+            restarts = []
+            for _ in range(3):
+                memory = MemoryStore.from_dataset(dataset)
+                started = time.process_time()
+                durable.DurableStore(memory, fingerprint, str(root), snapshot_seconds=0).close()
+                restarts.append(time.process_time() - started)
+            print(f"{name:>7} {size:>9,} events: snapshot {os.path.getsize(root / durable.SNAPSHOT) / 1e6:7.2f} MB "
+                  f"({snapshot_events(str(root)):>7,} events) written in {snapshot_seconds:5.2f} s, "
+                  f"restart {min(restarts):5.2f} s CPU", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_snapshot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000,200000",
+                        help="events ingested before the snapshot, comma-separated (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated whole numbers, got {args.sizes!r}")
+    if any(size < 1 for size in sizes):
+        parser.error(f"--sizes: each must be at least 1, got {args.sizes!r}")
+    bench(sizes)
+
+
+if __name__ == "__main__":
+    main()
