@@ -43,7 +43,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,6 +83,18 @@ _LOG_NAME = re.compile(r"^wal-(\d{16})\.log$")
 # Store limits that are ingest policy, not state: a replayed batch passed them when it was
 # acknowledged, and a lower limit set since must not refuse it.
 _POLICY_LIMITS = ("max_friends", "max_follows")
+
+
+# A scheduled snapshot waits until the logs since the last one hold at least this share of
+# its bytes. Each fold rereads the whole snapshot to find what the logs overwrite, so a fold
+# every period made its CPU grow with the history (2.5 s per 200k kept events, against 0.07 s
+# for the copy of the batches before compaction); this way a fold costs at most
+# (1 + 1 / share) x the bytes logged since the last one.
+SCHEDULED_FOLD_SHARE = 0.5
+
+
+def _total_bytes(paths: Iterable[str]) -> int:
+    return sum(os.path.getsize(path) for path in paths)
 
 
 def log_name(first_seq: int) -> str:
@@ -305,8 +317,9 @@ class DurableStore:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def snapshot(self) -> bool:
-        """Fold the logs written so far into the snapshot; False when there was nothing new.
+    def snapshot(self, min_log_share: float = 0.0) -> bool:
+        """Fold the logs written so far into the snapshot; False when there was nothing new,
+        or when the logs hold less than ``min_log_share`` of the snapshot's bytes.
 
         The current log is closed and a new one started (a short pause of ingest); the
         snapshot is then written beside, without holding up reads or writes, made durable
@@ -316,6 +329,8 @@ class DurableStore:
         with self._snapshot_lock:
             path = os.path.join(self.state_dir, SNAPSHOT)
             old_snapshot = [path] if os.path.exists(path) else []
+            if old_snapshot and _total_bytes(log_path for _, log_path in self._logs()) < min_log_share * _total_bytes(old_snapshot):
+                return False
             if not self._room_for_snapshot(old_snapshot + [log_path for _, log_path in self._logs()]):
                 return False
             with self._write_lock:
@@ -397,7 +412,7 @@ class DurableStore:
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.snapshot_seconds):
             try:
-                self.snapshot()
+                self.snapshot(SCHEDULED_FOLD_SHARE)
             except StoreUnavailable:
                 return
             except Exception:

@@ -176,6 +176,57 @@ def test_a_snapshot_holds_the_state_not_the_history_and_still_knows_every_id(tmp
         store.close()
 
 
+def _log_files(state_dir) -> list[str]:
+    return sorted(name for name in os.listdir(state_dir) if name.startswith("wal-"))
+
+
+def test_a_scheduled_snapshot_waits_for_logs_worth_half_the_snapshot(tmp_path):
+    """Each fold rereads the whole snapshot: folding every period made a snapshot's CPU grow
+    with the history, however little had been logged since. A scheduled one now waits
+    until the logs hold SCHEDULED_FOLD_SHARE of the snapshot's bytes; an asked-for one folds."""
+    store = open_state(str(tmp_path))
+    try:
+        likes = [Event(f"l{n}", EventKind.LIKE if n % 2 else EventKind.UNLIKE, NOW + n, user_id=USERS[n % 5], item_id=ITEMS[n % 4])
+                 for n in range(2_000)]  # fmt: skip
+        for start in range(0, 1_000, 100):
+            store.apply(likes[start : start + 100])
+        assert store.snapshot(durable.SCHEDULED_FOLD_SHARE)  # no snapshot yet: the first always folds
+        snapshot_bytes = os.path.getsize(tmp_path / durable.SNAPSHOT)
+        store.apply(likes[1_000:1_100])
+        assert not store.snapshot(durable.SCHEDULED_FOLD_SHARE)
+        assert os.path.getsize(tmp_path / durable.SNAPSHOT) == snapshot_bytes and _log_files(tmp_path)
+        for start in range(1_100, 2_000, 100):
+            store.apply(likes[start : start + 100])
+        assert store.snapshot(durable.SCHEDULED_FOLD_SHARE)
+        store.apply(likes[:1] + [Event("l-new", EventKind.LIKE, NOW, user_id="bob", item_id="i2")])
+        assert store.snapshot()  # asked for: folds whatever the logs hold
+        assert [name for name in _log_files(tmp_path) if os.path.getsize(tmp_path / name) > 200] == []
+    finally:
+        store.close()
+
+
+def test_the_snapshot_schedule_leaves_a_small_log_to_the_next_fold(tmp_path):
+    store = durable.open_durable_memory(social_dataset(), str(tmp_path), snapshot_seconds=0.02, **OPTIONS)
+    try:
+        likes = [Event(f"l{n}", EventKind.LIKE, NOW + n, user_id=USERS[n % 5], item_id=ITEMS[n % 5]) for n in range(1_100)]
+        store.apply(likes[:1_000])  # one batch: the first fold takes all of it
+        _wait_for(lambda: (tmp_path / durable.SNAPSHOT).exists() and snapshot_events(str(tmp_path)) == 1_000)
+        folded = os.path.getsize(tmp_path / durable.SNAPSHOT)
+        store.apply(likes[1_000:])
+        time.sleep(0.5)  # 25 periods
+        assert os.path.getsize(tmp_path / durable.SNAPSHOT) == folded
+        assert snapshot_events(str(tmp_path)) == 1_000
+    finally:
+        store.close()
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_events_undone_later_are_kept_where_they_left_a_trace(tmp_path):
     """A like cleared the user's views of the item, and moved its trending score by a
     rounding that its unlike does not take back: the snapshot keeps both, and the views."""
