@@ -180,14 +180,14 @@ def _log_files(state_dir) -> list[str]:
     return sorted(name for name in os.listdir(state_dir) if name.startswith("wal-"))
 
 
-def test_a_scheduled_snapshot_waits_for_logs_worth_half_the_snapshot(tmp_path):
+def test_a_scheduled_snapshot_waits_for_logs_worth_the_snapshot(tmp_path):
     """Each fold rereads the whole snapshot: folding every period made a snapshot's CPU grow
     with the history, however little had been logged since. A scheduled one now waits
     until the logs hold SCHEDULED_FOLD_SHARE of the snapshot's bytes; an asked-for one folds."""
     store = open_state(str(tmp_path))
     try:
         likes = [Event(f"l{n}", EventKind.LIKE if n % 2 else EventKind.UNLIKE, NOW + n, user_id=USERS[n % 5], item_id=ITEMS[n % 4])
-                 for n in range(2_000)]  # fmt: skip
+                 for n in range(3_000)]  # fmt: skip
         for start in range(0, 1_000, 100):
             store.apply(likes[start : start + 100])
         assert store.snapshot(durable.SCHEDULED_FOLD_SHARE)  # no snapshot yet: the first always folds
@@ -195,7 +195,7 @@ def test_a_scheduled_snapshot_waits_for_logs_worth_half_the_snapshot(tmp_path):
         store.apply(likes[1_000:1_100])
         assert not store.snapshot(durable.SCHEDULED_FOLD_SHARE)
         assert os.path.getsize(tmp_path / durable.SNAPSHOT) == snapshot_bytes and _log_files(tmp_path)
-        for start in range(1_100, 2_000, 100):
+        for start in range(1_100, 3_000, 100):
             store.apply(likes[start : start + 100])
         assert store.snapshot(durable.SCHEDULED_FOLD_SHARE)
         store.apply(likes[:1] + [Event("l-new", EventKind.LIKE, NOW, user_id="bob", item_id="i2")])
