@@ -113,7 +113,7 @@ from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
-from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, ReadCache
+from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, TIMELINE_ROWS, ReadCache
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
 
@@ -153,9 +153,6 @@ WARM_CARDS_BATCH = 1_000
 # users. Plain pipelined ZRANGEs cost Redis half as much and the client twice as much: no
 # less CPU in all on the same cores.
 WARM_TIMELINES_BATCH = 500
-# Newest entries of each timeline copied at start: twice a feed's default per-key limit, so
-# that a feed finds them (a feed asking for more reads Redis, ReadCache.timeline).
-WARM_TIMELINE_LIMIT = 100
 # Writes have their own connections and timeout: each of their round trips is one chunk
 # (or the validation of a batch, read-only), far below it; a frozen Redis still fails
 # an ingest well within a client's usual deadline.
@@ -1626,10 +1623,10 @@ class RedisStore:
         return len(codes)
 
     def warm_timelines(self, batch: int = WARM_TIMELINES_BATCH, client: Any = None) -> int | None:
-        """Copy the newest ``WARM_TIMELINE_LIMIT`` listings of every seller and recent likes
-        of every user, when they fit in the copy beside what it holds with a quarter of its
-        bound left for feeds' reads; the number of timelines copied, or None when there
-        are more than fit (then none: feeds fill the copy as they read).
+        """Copy the newest ``TIMELINE_ROWS`` listings of every seller and recent likes of every
+        user (what the copy keeps of each), when they fit in the copy beside what it holds
+        with a quarter of its bound left for feeds' reads; the number of timelines copied, or
+        None when there are more than fit (then none: feeds fill the copy as they read).
 
         A feed reads the timelines of up to 50 followed sellers and 100 friends, and a young
         process reads most of them from Redis: with a 2 s warm-up, 20k users' feeds cost
@@ -1647,11 +1644,12 @@ class RedisStore:
                 return None
             sellers, likers = owners
             for tags, bound, of_sellers in ((sellers, self.listings_bound, True), (likers, self.recent_likes_bound, False)):
-                limit = min(WARM_TIMELINE_LIMIT, bound)
+                limit = min(TIMELINE_ROWS, bound)
                 for start in range(0, len(tags), batch):
                     part, generation = tags[start : start + batch], cache.generation
                     timelines, _, seq = self._read_timelines(part, len(part) if of_sellers else 0, limit, limit, 0, client)
-                    cache.keep(cache.begin_fill(seq, generation), {tag: (limit, *timeline) for tag, timeline in zip(part, timelines)})
+                    fill = cache.begin_fill(seq, generation)
+                    cache.keep_timelines(fill, {tag: (limit, *timeline) for tag, timeline in zip(part, timelines)})
         return len(sellers) + len(likers)
 
     def _timeline_owners(self, client: Any, room: int) -> tuple[list[str], list[str]] | None:
@@ -1805,12 +1803,14 @@ class RedisStore:
             )  # fmt: skip
             for at, timeline in zip(missing, fetched):
                 kept[at] = timeline
-            fill = {tags[at]: (limits[at], *kept[at]) for at in missing}
-            if trending is None:
+            read_trending = trending is None
+            if read_trending:
                 trending = fetched_trending
-                fill["t"] = (trending_limit, trending.copy(), np.zeros(len(trending)))
             if cache is not None:
-                cache.keep(cache.begin_fill(seq, generation), fill)
+                fill = cache.begin_fill(seq, generation)
+                cache.keep_timelines(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
+                if read_trending:
+                    cache.keep(fill, {"t": (trending_limit, trending.copy(), np.zeros(len(trending)))})
         lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))
         codes = np.concatenate([codes for codes, _ in kept]) if kept else np.zeros(0, np.int32)
         times = np.concatenate([times for _, times in kept]) if kept else np.zeros(0)

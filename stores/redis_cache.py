@@ -44,6 +44,11 @@ CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops it
 # is dropped. At 1M users it settles at about 0.85 GB per process, some 4 KB an entry
 # (benchmarks/README.md, "2026-12-05"); the store URL's read_cache_entries sets it.
 DEFAULT_CACHED_KEYS = 200_000
+# Newest entries kept of each timeline (a seller's listings, a user's recent likes): twice a
+# feed's default per-key limit. Deep pages read up to 1000 listings a seller
+# (ranking.pipeline.per_key_read) from Redis: kept whole, they took the copy's timelines
+# from about 1.0 KB an entry to 12.7 KB, 0.21 to 2.54 GB at the default bound.
+TIMELINE_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,17 @@ class ReadCache:
             if self._allows(fill):
                 for tag, value in entries.items():
                     self._entries.put(tag, value)
+
+    def keep_timelines(self, fill: Fill, timelines: dict[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Keep timelines read as (limit, codes, times), at most TIMELINE_ROWS of each. A
+        read's timelines are slices of its one array, which a kept slice holds whole: when
+        some were read longer, every one is copied."""
+        if any(limit > TIMELINE_ROWS for limit, _, _ in timelines.values()):
+            timelines = {
+                tag: (min(limit, TIMELINE_ROWS), codes[:TIMELINE_ROWS].copy(), times[:TIMELINE_ROWS].copy())
+                for tag, (limit, codes, times) in timelines.items()
+            }
+        self.keep(fill, timelines)
 
     def timeline(self, tag: str, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The newest ``limit`` (codes, times) of the list ``tag`` names, or None."""

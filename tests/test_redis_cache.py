@@ -17,7 +17,7 @@ import tests.store_views as views
 from ranking.types import ItemCard
 from stores.events import Event, EventKind
 from stores.redis import WRITER_CHANGES_BOUND, RedisStore
-from stores.redis_cache import ReadCache
+from stores.redis_cache import TIMELINE_ROWS, ReadCache
 from tests.builders import DAY, NOW, make_dataset, social_dataset
 from tests.conftest import make_redis_store
 from tests.redis_servers import RedisServer
@@ -189,6 +189,49 @@ def test_a_batch_of_more_changes_than_a_writer_reads_back_keeps_its_writers_copy
     assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
     writer.apply([ev(EventKind.LIKE, user_id="alice", item_id=item) for item in items])
     assert feed_reads(kept, "alice", items) == feed_reads(direct, "alice", items)
+    for store in (writer, kept, direct):
+        store.close()
+
+
+def timeline_bytes_held(cache: ReadCache) -> tuple[int, int]:
+    """(sellers' listings and users' recent likes the copy keeps, bytes of the arrays they
+    hold): a kept slice of a read holds the read's whole array."""
+    timelines = [entry for tag, entry in cache._entries.entries.items() if isinstance(tag, str) and tag[:2] in ("s:", "u:")]
+    roots = {}
+    for _, codes, times in timelines:
+        for array in (codes, times):
+            while isinstance(array.base, np.ndarray):
+                array = array.base
+            roots[id(array)] = array.nbytes
+    return len(timelines), sum(roots.values())
+
+
+@pytest.mark.parametrize(
+    "per_keys, timeline_reads",
+    [((50, 300, 50, 300), [3, 1, 0, 1]), ((300, 50, 300, 50), [3, 0, 1, 0])],
+    ids=["first page first", "deep page first"],
+)
+def test_a_deep_pages_read_keeps_at_most_the_copys_rows_of_each_timeline(redis_url, per_keys, timeline_reads):
+    """Deep pages read up to 1000 listings of a followed shop (ranking.pipeline.per_key_read),
+    and the copy kept each timeline as long as its longest read: 12 KB instead of 0.6 KB an
+    entry, under a bound that counts entries. It keeps the newest TIMELINE_ROWS of each; a
+    deeper read reads Redis, in the same one call, and a first page still reads the copy."""
+    shop = [(f"b{k:03d}", "bigshop", NOW - (k + 1) * 60.0, 1) for k in range(300)]
+    likes = [("pal", f"b{k:03d}", NOW - k) for k in range(40)]
+    writer = make_redis_store(redis_url, make_dataset([*shop, ("c1", "smallshop", NOW - DAY, 1)], likes=likes))
+    kept = RedisStore.from_url(redis_url)
+    direct = RedisStore.from_url(f"{redis_url}?read_cache=0")
+    views.read_user(kept, "pal")  # brings the copy in step with the log: it keeps fills from now
+    sellers, friends, reads = ["bigshop", "smallshop"], ["pal"], []
+    with redis.Redis.from_url(redis_url) as admin:
+        for per_key in per_keys:
+            expected = views.read_activity(direct, sellers, friends, per_key, 20)
+            before = admin.info("commandstats")["cmdstat_zrange"]["calls"]
+            assert views.read_activity(kept, sellers, friends, per_key, 20) == expected
+            reads.append(admin.info("commandstats")["cmdstat_zrange"]["calls"] - before)
+            timelines, held = timeline_bytes_held(kept._cache)
+            assert timelines == 3 and held <= timelines * TIMELINE_ROWS * (4 + 8), f"per_key {per_key}"
+    assert reads == timeline_reads  # a deep page reads the deep shop's listings only, a first page none
     for store in (writer, kept, direct):
         store.close()
 
