@@ -135,3 +135,49 @@ def test_the_readmes_give_commands_to_check() -> None:
     assert len(readme_commands()) >= 20
     assert len(benchmark_readme_commands()) >= 40
     assert {c.module for c in readme_commands()} >= {"training.__main__", "serving.__main__", "benchmarks.bench_lastfm"}
+
+
+def readme_prose_flags() -> dict[str, str]:
+    """The flags README.md's prose names in backticks (`--flag`, `--flag N`, an inline
+    `python -m ...`), each with its first line; other programs' spans (`rsync --inplace`) aside."""
+    found: dict[str, str] = {}
+    for number, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
+        for span in re.findall(r"`([^`]+)`", line):
+            if span.startswith(("--", "python -m ")):
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
+                    found.setdefault(flag, f"README.md:{number}")
+    return found
+
+
+def command_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    """Every option string of the parsers that the commands README.md runs build for `--help`."""
+    serving = importlib.import_module("serving.__main__")
+    benchmarks = set(re.findall(r"python -m (benchmarks\.\w+)", (ROOT / "README.md").read_text()))
+    runs = [("training.__main__", ["--help"])]
+    runs += [("training.__main__", [command, "--help"]) for command in ("generate", "train", "evaluate", "tune", "lastfm")]
+    runs += [("serving.__main__", [command, "--help"]) for command in serving.COMMANDS]
+    runs += [(module, ["--help"]) for module in sorted(benchmarks)]
+    parsers: list[argparse.ArgumentParser] = []
+    real_init = argparse.ArgumentParser.__init__
+
+    def init_and_keep(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_init(self, *args, **kwargs)
+        parsers.append(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", init_and_keep)
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    for module, argv in runs:
+        monkeypatch.setattr(sys, "argv", [module, *argv])
+        main = importlib.import_module(module).main
+        with pytest.raises(SystemExit):
+            main(argv) if inspect.signature(main).parameters else main()
+    capsys.readouterr()
+    return {option for parser in parsers for option in parser._option_string_actions}
+
+
+def test_every_flag_the_readme_names_is_a_commands_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The shell blocks are parsed command by command above; the prose names many more flags
+    # (defaults, knobs, what a message means), and a renamed flag leaves them stale.
+    flags = command_flags(monkeypatch, capsys)
+    unknown = {flag: where for flag, where in readme_prose_flags().items() if flag not in flags}
+    assert not unknown, f"README.md names flags no command has: {unknown}"
