@@ -316,7 +316,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_friends_read", int, _FEED.max_friends_read, "friends whose likes one feed reads (those who shared with the user first)", "feed", minimum=1),
     Flag("state_dir", str, None, "keep the memory store's acknowledged events here (write-ahead log and snapshots) and replay them on start; default: events are lost on restart", "durability", metavar="DIR"),
     Flag("fsync", str, "batch", "'batch': fsync the log before each Ingest is acknowledged; 'off': leave it to the OS (a crash of the machine may lose recent acks)", "durability", choices=FSYNC_POLICIES),
-    Flag("snapshot_seconds", float, 300.0, "compact the write-ahead log into a snapshot this often; 0: never", "durability", minimum=0),
+    Flag("snapshot_seconds", float, 300.0, "how often to try folding the write-ahead logs into the snapshot, which waits until they hold as many bytes as the last snapshot; 0: never", "durability", minimum=0),
     Flag("max_per_seller", int, _FEED.max_per_seller, "seller cap per page", "feed", minimum=1),
     Flag("max_per_category", int, _FEED.max_per_category, "category cap per page; 0 = none", "feed", minimum=0),
     Flag("per_key_limit", int, _FEED.per_key_limit, "newest listings per followed seller and likes per friend to consider", "feed", minimum=1),
