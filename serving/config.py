@@ -319,7 +319,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("snapshot_seconds", float, 300.0, "how often to try folding the write-ahead logs into the snapshot, which waits until they hold as many bytes as the last snapshot; 0: never", "durability", minimum=0),
     Flag("max_per_seller", int, _FEED.max_per_seller, "seller cap per page", "feed", minimum=1),
     Flag("max_per_category", int, _FEED.max_per_category, "category cap per page; 0 = none", "feed", minimum=0),
-    Flag("per_key_limit", int, _FEED.per_key_limit, "newest listings per followed seller and likes per friend to consider", "feed", minimum=1),
+    Flag("per_key_limit", int, _FEED.per_key_limit, "newest listings per followed seller and likes per friend a first page reads (a deeper page reads more: ranking.pipeline.per_key_read)", "feed", minimum=1),
     Flag("trending_limit", int, _FEED.trending_limit, "trending items to consider", "feed", minimum=0),
     Flag("neighbours", int, _FEED.neighbours, "embedding neighbours to consider", "feed", minimum=0),
     Flag("knn_neighbours", int, _FEED.knn_neighbours, "item-kNN candidates to consider", "feed", minimum=0),

@@ -201,7 +201,7 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     feed.add_argument("--max-per-category", type=bounded(int, 0), default=d.max_per_category,
                       help="category cap per page, as served; 0 = none (default: %(default)s)")
     feed.add_argument("--per-key-limit", type=bounded(int, 1), default=d.per_key_limit,
-                      help="newest listings per followed seller and likes per friend gathered (default: %(default)s)")
+                      help="newest listings per followed seller and likes per friend a first page gathers (a deeper page gathers more: ranking.pipeline.per_key_read) (default: %(default)s)")
     feed.add_argument("--trending-limit", type=bounded(int, 0), default=d.trending_limit,
                       help="trending items gathered for a first page (default: %(default)s)")
     feed.add_argument("--neighbours", type=bounded(int, 0), default=d.neighbours,
