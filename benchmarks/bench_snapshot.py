@@ -1,7 +1,7 @@
 """What a durable memory store's snapshot holds and what a restart from it costs,
 against the number of events ingested (``stores/durable.py``, ``stores/compaction.py``).
 
-    python -m benchmarks.bench_snapshot [--sizes 10000,50000,200000] [--fold-every 10000 --fold-share 0.5]
+    python -m benchmarks.bench_snapshot [--sizes 10000,50000,200000] [--fold-every 10000 --fold-share 1]
 
 Events come in batches of 100 on 50 items of a small generated catalogue, then one
 snapshot is written; restart time is the process's CPU time (the machine is shared), best
