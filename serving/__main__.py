@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from training.interrupts import exit_while_importing, take_ctrl_c_back
+from training.interrupts import exit_as_closed_pipe, exit_while_importing, stdout_reader_gone, take_ctrl_c_back
 
 # A Ctrl-C while the imports run (these below, then the command's module) ends the
 # command as one after them does; main() takes Ctrl-C back once they are done.
@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        exit_as_closed_pipe()
     except KeyboardInterrupt:  # before a command took Ctrl-C over: one line, the shell's status
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from training.interrupts import exit_while_importing, is_interrupt, take_ctrl_c_back
+from training.interrupts import exit_as_closed_pipe, exit_while_importing, is_interrupt, stdout_reader_gone, take_ctrl_c_back
 
 # A Ctrl-C while the imports run (these below, then the command's module) ends the
 # command as one after them does; run_command takes Ctrl-C back once they are done.
@@ -102,6 +102,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> None:
     try:
         run_command(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        exit_as_closed_pipe()
     except (KeyboardInterrupt, SystemError) as error:
         if not is_interrupt(error):
             raise
@@ -123,6 +127,8 @@ def run_command(argv: list[str]) -> None:
                 load_defaults(on_unknown_item, warn=print_warning):
             args.run(args)
     except (DatasetError, OSError, ValueError) as error:  # OSError: a file missing, a disk full, a write refused
+        if isinstance(error, BrokenPipeError) and stdout_reader_gone():
+            raise  # not a failure: main() stops quietly, whoever read the output has what they wanted
         sys.exit(f"error: {error}")
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C, wherever it lands.
+"""Ctrl-C, wherever it lands, and a reader of stdout that went away (``… | head``).
 
 Light on purpose: the command lines install ``exit_while_importing`` before anything else
 is imported.
@@ -7,8 +7,10 @@ is imported.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+from typing import NoReturn
 
 
 def exit_while_importing(*_: object) -> None:
@@ -43,3 +45,25 @@ def is_interrupt(error: BaseException | None) -> bool:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (``head`` read its lines and
+    exited): its write end then polls as an error. A broken pipe elsewhere (a socket) is not
+    this, and stays an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout, or not a file descriptor
+        return False
+
+
+def exit_as_closed_pipe() -> NoReturn:
+    """Stop without a traceback, with the status of a process SIGPIPE killed (128 + 13), as
+    ``cat`` gives under ``| head``. Python flushes stdout again on the way out, so stdout
+    points at /dev/null first, or that flush fails the same way."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(128 + signal.SIGPIPE)
