@@ -129,6 +129,36 @@ def test_pool_ndcg_counts_likes_missing_from_the_pool_against_it():
     assert got == pytest.approx(expected)
 
 
+def test_pool_ndcg_ranks_tied_rows_at_their_expected_place_not_in_row_order():
+    # Regression: tied scores kept the pool's row order, which is the order the sources
+    # gathered them in (the embedding neighbours best first): a signal that ties everything
+    # got the credit of that order. Tied rows now share their places' gains.
+    positive_first = _pools(np.zeros((2, D)), [1, 0], [0, 0], [1])
+    positive_last = _pools(np.zeros((2, D)), [0, 1], [0, 0], [1])
+    expected = (1 + 1 / np.log2(3)) / 2
+    assert pool_ndcg(np.zeros(2), positive_first) == pytest.approx(expected)
+    assert pool_ndcg(np.zeros(2), positive_last) == pytest.approx(expected)
+    # A tie straddling the cut at k: of the three tied rows, places 1 and 2 are inside k = 2.
+    straddling = _pools(np.zeros((4, D)), [0, 0, 0, 1], [0, 0, 0, 0], [1])
+    got = pool_ndcg(np.array([9.0, 1.0, 1.0, 1.0]), straddling, k=2)
+    assert got == pytest.approx((1 / np.log2(3)) / 3)
+
+
+def test_a_baseline_whose_signal_no_pool_has_is_not_compared(capsys):
+    # Regression: on data without follows or friends the followed_sellers and friends_likes
+    # baselines (all 0) ranked by their tie-breaker or the pool's row order, and the trainer
+    # warned that they beat the ranker. They are left out of the comparison, and the check names them.
+    followed, friend_likes = FEATURE_NAMES.index("followed_seller"), FEATURE_NAMES.index("friend_likes")
+    examples = _labelled_pools(0, lambda x: x[:, FEATURE_NAMES.index("popularity")] > 1.0)
+    examples.features[:, [followed, friend_likes]] = 0.0
+    examples.features[:, FEATURE_NAMES.index("recency")] = examples.labels  # the tie-breaker would win
+    _, check = fit_above_baselines(examples, RankerFitParams(drop_features=("recency",), restore_dropped=False))
+    assert "followed_sellers" not in check["baselines_ndcg@10"] and "friends_likes" not in check["baselines_ndcg@10"]
+    assert check["baselines_without_signal"] == ["followed_sellers", "friends_likes"]
+    err = capsys.readouterr().err
+    assert "followed_sellers baseline ranks better" not in err and "friends_likes baseline ranks better" not in err
+
+
 def test_a_baseline_that_beats_the_ranker_warns_and_gets_its_signal_back(capsys):
     # The label is the popularity column itself; with popularity dropped, every other column is noise.
     popularity = FEATURE_NAMES.index("popularity")

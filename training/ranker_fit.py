@@ -259,27 +259,39 @@ def pool_ndcg(scores: np.ndarray, examples: Examples, k: int = BASELINE_CHECK_K)
     """Mean NDCG@k over the validation users when each user's pool is ranked by ``scores``.
 
     The ideal counts every validation like of the user, in the pool or not, so a signal
-    is charged for what the pools miss exactly as the served feed is.
+    is charged for what the pools miss exactly as the served feed is. Rows tied on their
+    score share the gains of the places they tie for (the mean over their orders): in row
+    order, a signal that ties everything would get the credit of the order the sources
+    gathered the pool in.
     """
     if not len(scores):
         return 0.0
     order = np.lexsort((-scores, examples.groups))
-    groups, labels = examples.groups[order], examples.labels[order]
-    starts = np.flatnonzero(np.concatenate(([True], groups[1:] != groups[:-1])))
+    groups, labels, sorted_scores = examples.groups[order], examples.labels[order], scores[order]
+    new_group = np.concatenate(([True], groups[1:] != groups[:-1]))
+    starts = np.flatnonzero(new_group)
     rank = np.arange(len(groups)) - np.repeat(starts, np.diff(np.append(starts, len(groups))))
-    top = rank < k
-    gains = np.zeros(examples.users)
-    np.add.at(gains, groups[top], labels[top] / np.log2(rank[top] + 2.0))
-    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
-    ideal = np.cumsum(discounts)[np.minimum(examples.relevant_per_user, k) - 1]
+    new_tie = new_group | np.concatenate(([True], sorted_scores[1:] != sorted_scores[:-1]))
+    tie_starts = np.flatnonzero(new_tie)
+    tie_sizes = np.diff(np.append(tie_starts, len(groups)))
+    first_place = np.repeat(rank[tie_starts], tie_sizes)
+    size = np.repeat(tie_sizes, tie_sizes)
+    # discounted[n]: the summed discounts of places 0 .. n-1, none past k.
+    discounted = np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))))
+    shared = (discounted[np.minimum(first_place + size, k)] - discounted[np.minimum(first_place, k)]) / size
+    gains = np.bincount(groups, weights=labels * shared, minlength=examples.users)
+    ideal = discounted[np.clip(examples.relevant_per_user, 1, k)]  # a user without likes scores 0, not 0 / 0
     return float(np.mean(gains / ideal))
 
 
 def baseline_scores(examples: Examples) -> dict[str, float]:
-    """``pool_ndcg`` of each BASELINE_SIGNALS baseline on the validation pools."""
+    """``pool_ndcg`` of each BASELINE_SIGNALS baseline on the validation pools, but for those
+    whose signal is the same in every row (``signal_less_baselines``)."""
     out = {}
     for name, columns in BASELINE_SIGNALS.items():
         primary = examples.features[:, FEATURE_NAMES.index(columns[0])].astype(np.float64)
+        if _constant(primary):
+            continue
         score = primary.copy()
         if len(columns) > 1:
             secondary = examples.features[:, FEATURE_NAMES.index(columns[1])].astype(np.float64)
@@ -287,6 +299,17 @@ def baseline_scores(examples: Examples) -> dict[str, float]:
             score = np.unique(primary, return_inverse=True)[1].ravel() * (secondary.max(initial=0.0) + 1.0) + secondary
         out[name] = pool_ndcg(score, examples)
     return out
+
+
+def signal_less_baselines(examples: Examples) -> list[str]:
+    """The baselines whose signal no pool has (no follows, no friends in the data): ranking by
+    it would be ranking by their tie-breaker, under a name that says otherwise."""
+    return [name for name, columns in BASELINE_SIGNALS.items()
+            if _constant(examples.features[:, FEATURE_NAMES.index(columns[0])])]
+
+
+def _constant(column: np.ndarray) -> bool:
+    return len(column) == 0 or bool(column.min() == column.max())
 
 
 def fit_ranker_on(examples: Examples, params: RankerFitParams = RankerFitParams()) -> LinearRanker:
@@ -440,6 +463,7 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
         f"validation_ndcg@{BASELINE_CHECK_K}": round(ours, 4),
         f"baselines_ndcg@{BASELINE_CHECK_K}": {name: round(value, 4) for name, value in baselines.items()},
         "beaten_by": [name for name in beaten_by if baselines[name] > ours + _SAME],
+        "baselines_without_signal": signal_less_baselines(examples),
         "drop_features": list(params.drop_features),
     }
     return ranker, check
