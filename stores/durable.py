@@ -34,6 +34,7 @@ compacted (format version 1: the batches themselves) is replayed as a log.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import inspect
@@ -53,7 +54,7 @@ from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
 from stores.applied_ids import AppliedIds
 from stores.base import ApplyResult, StoreUnavailable, no_replicas
-from stores.compaction import applied_part, last_setters, without_overwritten
+from stores.compaction import KeptEvents, applied_part, kept_part
 from stores.events import Event, EventValidationError
 from stores.memory import MemoryStore
 from stores.wal import (
@@ -61,7 +62,7 @@ from stores.wal import (
     Batch,
     LogReader,
     LogWriter,
-    RecordBatch,
+    RawBatch,
     WalError,
     batch_record,
     encode_events,
@@ -391,19 +392,22 @@ class DurableStore:
         fsync_dir(self.state_dir)
 
     def _write_snapshot_file(self, tmp: str, sources: list[str], through: int) -> None:
-        # The sources are read twice, so that memory holds the remembered ids and what each
-        # event sets, never the events kept (1.1 KB each as records: 220 MB for 200k): the
-        # first read finds the ids remembered after batch ``through`` and the last event
-        # that sets each piece of state, the second writes the events kept.
-        first = _Judged(sources, through, self._store.dedupe_ttl)
-        last = last_setters(first)
-        written = 0
+        # The sources are read twice, so that memory holds the remembered ids and a byte per
+        # event, never the events kept (1.1 KB each as records: 220 MB for 200k): the first
+        # read judges which events are kept and finds the ids remembered after batch
+        # ``through``, the second copies the kept events.
+        batches = _FoldSources(sources, through, self._store.dedupe_ttl)
+        applied, kept = batches.judge()
+        written, position = 0, 0
         with open(tmp, "wb") as out:
             out.write(header_record("snapshot", self._fingerprint, version=COMPACTED, through_seq=through,
-                                    applied_ids=first.applied.to_record()))  # fmt: skip
-            for batch in without_overwritten(_Judged(sources, through, self._store.dedupe_ttl), last):
-                out.write(batch.record())
-                written = batch.seq
+                                    applied_ids=applied.to_record()))  # fmt: skip
+            for batch, size in zip(batches.raw(), kept.sizes):
+                events = kept_part(batch.events, kept.flags[position : position + size])
+                position += size
+                if events is not None:
+                    out.write(batch_record(batch.seq, batch.at, events, batch.dedupe_ttl))
+                    written = batch.seq
             # Batch ``through`` applied an event, and nothing after it can overwrite that one.
             if written != through:
                 raise WalError(f"snapshot of {self.state_dir}: it would end at batch {written}, not {through}")
@@ -523,38 +527,55 @@ def _compacted(reader: LogReader) -> bool:
     return reader.header is not None and reader.header.get("version") == COMPACTED
 
 
-class _Judged:
-    """Batches 1..``through`` of ``sources`` (a snapshot, then logs, in order), each less
-    the events that did not apply when it came (retries, judged at its time and TTL, or
-    ``default_ttl`` for a batch logged without one); once iterated, ``applied`` holds the
-    ids remembered after batch ``through``."""
+class _FoldSources:
+    """Batches 1..``through`` of ``sources`` (a snapshot, then logs, in order), with the
+    dedupe TTL each was judged by (``default_ttl`` for a batch logged without one)."""
 
     def __init__(self, sources: list[str], through: int, default_ttl: float) -> None:
         self._sources = sources
         self._through = through
         self._default_ttl = default_ttl
-        self.applied = AppliedIds()
 
-    def __iter__(self) -> Iterator[RecordBatch]:
-        self.applied, expected = AppliedIds(), 1
+    def judge(self) -> tuple[AppliedIds, KeptEvents]:
+        """(the ids remembered after batch ``through``, the events a fold keeps): a retry
+        when its batch came is dropped; a compacted snapshot's events were judged when it
+        was written."""
+        applied, kept = AppliedIds(), KeptEvents()
+        for batch, reader in self._batches(raw=False):
+            if not _compacted(reader):
+                kept.add(batch.records, applied_part(batch, applied, batch.dedupe_ttl))
+                continue
+            kept.add(batch.records, range(len(batch.records)))
+            if batch.seq == reader.header["through_seq"]:
+                applied = AppliedIds.from_record(reader.header["applied_ids"])
+        return applied, kept
+
+    def raw(self) -> Iterator[RawBatch]:
+        """The batches, their events left as logged, in the order ``judge`` met them."""
+        for batch, _ in self._batches(raw=True):
+            yield batch
+
+    def _batches(self, raw: bool) -> Iterator[tuple[Any, LogReader]]:
+        """(batch, its file's reader): a RawBatch if ``raw``, else a RecordBatch."""
+        expected = 1
         for source in self._sources:
-            with LogReader(source) as reader:
-                if _compacted(reader):  # judged when it was written
-                    self.applied = AppliedIds.from_record(reader.header["applied_ids"])
+            with LogReader(source, parse=not raw) as reader:
+                read = reader.raw_batches if raw else reader.record_batches
+                if _compacted(reader):
                     seq = 0
-                    for batch, _ in reader.record_batches():
+                    for batch, _ in read():
                         seq = batch.seq
-                        yield batch
+                        yield batch, reader
                     if reader.torn_at is not None or seq != reader.header["through_seq"]:
                         raise WalError(f"{source}: the snapshot is damaged at its end (from byte offset {reader.end})")
                     expected = seq + 1
                     continue
-                for batch, line in reader.record_batches():
+                for batch, line in read():
                     if batch.seq < expected:
                         continue
                     if batch.seq != expected:
                         raise WalError(f"{source}: line {line.number}: batch {batch.seq} where {expected} was expected")
-                    yield applied_part(batch, self.applied, self._default_ttl if batch.dedupe_ttl is None else batch.dedupe_ttl)
+                    yield (batch if batch.dedupe_ttl is not None else dataclasses.replace(batch, dedupe_ttl=self._default_ttl)), reader
                     expected += 1
         if expected != self._through + 1:
             raise WalError(f"snapshot of {os.path.dirname(self._sources[0])}: batches end at {expected - 1}, expected {self._through}")

@@ -71,6 +71,17 @@ class RecordBatch:
         return batch_record(self.seq, self.at, encoded, self.dedupe_ttl)
 
 
+@dataclass(frozen=True)
+class RawBatch:
+    """One logged batch with its events left as the JSON array it was logged with: what
+    a fold copies events out of, without decoding them."""
+
+    seq: int
+    at: float
+    events: bytes
+    dedupe_ttl: float | None = None
+
+
 def frame(payload: dict[str, Any]) -> bytes:
     """One record line: checksum, length and the compact JSON payload."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
@@ -94,6 +105,7 @@ def header_record(kind: str, dataset: str, version: int = VERSION, **fields: Any
 
 
 _SEQ_PREFIX = b'{"seq":'
+_EVENTS_KEY = b'"events":'
 
 
 def _unframe(line: bytes, parse: bool = True) -> dict[str, Any] | None:
@@ -230,6 +242,20 @@ class LogReader:
                     raise TypeError("events is not a list of records")
                 ttl = line.payload.get("dedupe_ttl")
                 batch = RecordBatch(line.payload["seq"], float(line.payload.get("at", 0.0)), records, None if ttl is None else float(ttl))
+            except (KeyError, TypeError, ValueError) as error:
+                raise _undecodable(self.path, line, error) from error
+            yield batch, line
+
+    def raw_batches(self) -> Iterator[tuple[RawBatch, _Line]]:
+        """(batch, its line) of each record, its events left undecoded; the record must be
+        laid out as ``batch_record`` writes every one (its events last, after numbers only)."""
+        for line in self.lines():
+            data = line.raw[: -1].split(b" ", 2)[2]
+            start = data.find(_EVENTS_KEY) + len(_EVENTS_KEY)
+            try:
+                head = json.loads(data[:start] + b"0}")
+                ttl = head.get("dedupe_ttl")
+                batch = RawBatch(head["seq"], float(head.get("at", 0.0)), data[start:-1], None if ttl is None else float(ttl))
             except (KeyError, TypeError, ValueError) as error:
                 raise _undecodable(self.path, line, error) from error
             yield batch, line

@@ -176,6 +176,28 @@ def test_a_snapshot_holds_the_state_not_the_history_and_still_knows_every_id(tmp
         store.close()
 
 
+def test_a_fold_cuts_kept_events_out_of_the_log_whole_where_an_id_holds_the_separator(tmp_path):
+    """A fold copies the kept events' bytes, cut at each "},{" between records: an event
+    id holding one must not cut its record in two."""
+    odd = 'x"},{"event_id":"y'
+    batches = [[Event(f"s{n}", EventKind.STOCK_UPDATE, NOW + n, item_id="i1", stock=n),
+                Event(f"{odd}{n}", EventKind.LIKE, NOW + n, user_id="alice", item_id="i2"),
+                Event(f"v{n}", EventKind.VIEW, NOW + n, user_id="bob", item_id="i3")] for n in range(3)]  # fmt: skip
+    ids = {event.event_id for batch in batches for event in batch}
+    store = open_state(str(tmp_path))
+    for batch in batches:
+        store.apply(batch)
+    before = exact_state(store, ids)
+    assert store.snapshot()
+    store.close()
+    store = open_state(str(tmp_path))
+    try:
+        assert snapshot_events(str(tmp_path)) == 7  # less the two stock updates overwritten
+        assert exact_state(store, ids) == before
+    finally:
+        store.close()
+
+
 def _log_files(state_dir) -> list[str]:
     return sorted(name for name in os.listdir(state_dir) if name.startswith("wal-"))
 
