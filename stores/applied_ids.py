@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Sequence
+from itertools import groupby
+from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from typing import Any
 
 
@@ -47,10 +51,18 @@ class AppliedIds:
         if ttl > 0:
             self._expiry.extend((now + ttl, event_id) for event_id in event_ids)
 
-    def to_record(self) -> dict[str, Any]:
-        """JSON-ready: the ids remembered for ever, and the others with their forget times in order."""
+    def to_json(self) -> bytes:
+        """The record ``from_record`` reads, as compact ASCII JSON: the ids remembered for
+        ever, and the others with their forget times in order. Encoded a run of ids with one
+        forget time (a batch's) at a time, without building the record's [time, id] pairs:
+        those were a third of a fold's CPU."""
         expiring = {event_id for _, event_id in self._expiry}
-        return {"forever": sorted(self._ids - expiring), "expiring": [[at, event_id] for at, event_id in self._expiry]}
+        runs = []
+        for at, run in groupby(self._expiry, key=itemgetter(0)):
+            pair_start = "[%s," % json.dumps(at)
+            runs.append(pair_start + ("]," + pair_start).join(map(encode_basestring_ascii, map(itemgetter(1), run))) + "]")
+        forever = json.dumps(sorted(self._ids - expiring), separators=(",", ":"), ensure_ascii=True)
+        return ('{"forever":%s,"expiring":[%s]}' % (forever, ",".join(runs))).encode("ascii")
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> AppliedIds:

@@ -401,7 +401,7 @@ class DurableStore:
         written, position = 0, 0
         with open(tmp, "wb") as out:
             out.write(header_record("snapshot", self._fingerprint, version=COMPACTED, through_seq=through,
-                                    applied_ids=applied.to_record()))  # fmt: skip
+                                    encoded={"applied_ids": applied.to_json()}))  # fmt: skip
             for batch, size in zip(batches.raw(), kept.sizes):
                 events = kept_part(batch.events, kept.flags[position : position + size])
                 position += size

@@ -84,7 +84,14 @@ class RawBatch:
 
 def frame(payload: dict[str, Any]) -> bytes:
     """One record line: checksum, length and the compact JSON payload."""
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _framed(_compact(payload))
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _framed(data: bytes) -> bytes:
     return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
 
 
@@ -97,11 +104,15 @@ def batch_record(seq: int, at: float, encoded_events: bytes, dedupe_ttl: float |
     """A batch record; the payload starts with its sequence number (``_unframe`` reads it without parsing the rest)."""
     ttl = b"" if dedupe_ttl is None else b'"dedupe_ttl":%s,' % json.dumps(float(dedupe_ttl)).encode()
     data = b'{"seq":%d,"at":%s,%s"events":%s}' % (seq, json.dumps(float(at)).encode(), ttl, encoded_events)
-    return b"%08x %d %s\n" % (zlib.crc32(data), len(data), data)
+    return _framed(data)
 
 
-def header_record(kind: str, dataset: str, version: int = VERSION, **fields: Any) -> bytes:
-    return frame({"format": FORMAT, "version": version, "kind": kind, "dataset": dataset, **fields})
+def header_record(kind: str, dataset: str, version: int = VERSION, encoded: dict[str, bytes] | None = None, **fields: Any) -> bytes:
+    """A header; ``encoded``: fields given as compact ASCII JSON already, after the others."""
+    data = _compact({"format": FORMAT, "version": version, "kind": kind, "dataset": dataset, **fields})
+    if encoded:
+        data = data[:-1] + b"".join(b",%s:%s" % (_compact(name), value) for name, value in encoded.items()) + b"}"
+    return _framed(data)
 
 
 _SEQ_PREFIX = b'{"seq":'

@@ -5,6 +5,7 @@ rejected batches, snapshots and restarts at random points."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stores import durable
+from stores.applied_ids import AppliedIds
 from stores.events import Event, EventKind, EventValidationError
 from stores.memory import MemoryStore
 from tests.builders import DAY, NOW, social_dataset
@@ -337,3 +339,13 @@ def test_the_snapshot_benchmark_reports_each_stream_and_the_toggles_fold(tmp_pat
     assert set(kept) == {"mixed", "toggles"}, result.stdout
     assert int(kept["toggles"].replace(",", "")) < 1000, result.stdout  # stock changes and follow toggles overwritten
     assert not list(tmp_path.iterdir()), "the benchmark left its state directory behind"
+
+
+def test_the_applied_ids_are_written_as_the_json_of_their_record():
+    applied = AppliedIds()
+    applied.remember(["a", 'quote"d', "é"], 10.0, 0)
+    applied.remember(["b1", "b2"], 10.5, 100.0)
+    applied.remember(["c\\1"], 11.0, 99.5)
+    record = {"forever": ["a", 'quote"d', "é"], "expiring": [[110.5, "b1"], [110.5, "b2"], [110.5, "c\\1"]]}
+    assert applied.to_json() == json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert AppliedIds.from_record(record).to_json() == applied.to_json()
