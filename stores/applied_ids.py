@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Sequence
-from itertools import groupby
+from itertools import groupby, repeat
 from json.encoder import encode_basestring_ascii
 from operator import itemgetter
 from typing import Any
@@ -37,6 +37,9 @@ class AppliedIds:
 
     def fresh(self, event_ids: Sequence[str]) -> list[int]:
         """Indices of the ids not remembered, each id's first in ``event_ids`` only."""
+        distinct = set(event_ids)
+        if len(distinct) == len(event_ids) and distinct.isdisjoint(self._ids):  # no retry: most batches
+            return list(range(len(event_ids)))
         seen: set[str] = set()
         fresh = []
         for index, event_id in enumerate(event_ids):
@@ -49,7 +52,7 @@ class AppliedIds:
     def remember(self, event_ids: Sequence[str], now: float, ttl: float) -> None:
         self._ids.update(event_ids)
         if ttl > 0:
-            self._expiry.extend((now + ttl, event_id) for event_id in event_ids)
+            self._expiry.extend(zip(repeat(now + ttl), event_ids))
 
     def to_json(self) -> bytes:
         """The record ``from_record`` reads, as compact ASCII JSON: the ids remembered for

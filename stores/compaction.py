@@ -27,6 +27,7 @@ import json
 from array import array
 from collections.abc import Hashable, Iterable
 from itertools import compress
+from operator import itemgetter
 
 from stores.applied_ids import AppliedIds
 from stores.events import EventKind
@@ -41,9 +42,9 @@ def applied_part(batch: RecordBatch, applied: AppliedIds, ttl: float) -> list[in
     ``batch.at`` under ``ttl``), judged by ``applied``, which remembers their ids as the
     store did."""
     applied.forget_expired(batch.at)
-    event_ids = [record["event_id"] for record in batch.records]
+    event_ids = list(map(itemgetter("event_id"), batch.records))
     fresh = applied.fresh(event_ids)
-    applied.remember([event_ids[index] for index in fresh], batch.at, ttl)
+    applied.remember(event_ids if len(fresh) == len(event_ids) else [event_ids[index] for index in fresh], batch.at, ttl)
     return fresh
 
 
