@@ -117,13 +117,16 @@ def header_record(kind: str, dataset: str, version: int = VERSION, encoded: dict
 
 _SEQ_PREFIX = b'{"seq":'
 _EVENTS_KEY = b'"events":'
+_HEADER_PREFIX = b'{"format":'
+_APPLIED_IDS_FIELD = b',"applied_ids":'
 
 
 def _unframe(line: bytes, parse: bool = True) -> dict[str, Any] | None:
     """The payload of a well-formed line, or None (torn, garbled or failing its checksum).
 
     ``parse`` False: a batch record's payload is not decoded, only its sequence number
-    read (``{"seq": N}``): enough to copy it into a snapshot.
+    read (``{"seq": N}``): enough to copy it into a snapshot; a header is decoded less a
+    compacted snapshot's applied ids, its last field (megabytes, 0.1 s per 100k ids).
     """
     if not line.endswith(b"\n"):
         return None
@@ -136,6 +139,8 @@ def _unframe(line: bytes, parse: bool = True) -> dict[str, Any] | None:
             return None
         if not parse and data.startswith(_SEQ_PREFIX):
             return {"seq": int(data[len(_SEQ_PREFIX) : data.index(b",", len(_SEQ_PREFIX))])}
+        if not parse and data.startswith(_HEADER_PREFIX) and (ids := data.find(_APPLIED_IDS_FIELD)) >= 0:
+            data = data[:ids] + b"}"
         payload = json.loads(data)
     except ValueError:
         return None
@@ -194,7 +199,7 @@ class LogReader:
             return None
         self._number += 1
         offset, self._offset = self._offset, self._offset + len(raw)
-        payload = _unframe(raw, self._parse or self._number == 1)
+        payload = _unframe(raw, self._parse)
         if payload is None:
             self._check_tail(offset, raw)
             self.torn_at = offset
