@@ -442,9 +442,10 @@ def test_coverage_is_the_share_of_what_some_evaluated_user_may_be_shown(tmp_path
     assert report.methods["all_but_i4"]["coverage@10"] == pytest.approx(2 / 3)
 
 
-def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path):
+def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path, capsys):
     # Regression: two --json files of runs with another --seed, --factors or pool size were
     # indistinguishable: the file held the test part and the metrics, not what was trained.
+    # The printed table said neither.
     from training.__main__ import main
 
     write_dataset(generate(users=120, sellers=12, items=300, seed=5), str(tmp_path / "data"))
@@ -454,3 +455,6 @@ def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path)
     assert (payload["params"]["seed"], payload["params"]["factors"], payload["params"]["iterations"]) == (3, 8, 3)
     assert "show_progress" not in payload["params"]
     assert payload["feed"]["neighbours"] == 40 and isinstance(payload["feed"]["sources"], list)
+    trained = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trained with: ")]
+    assert trained == ["trained with: ALS 8 factors, regularization 0.05, alpha 20, 3 sweeps, like weights log, "
+                       "item-kNN auto, EASE λ 50, seed 3 (--json records every parameter)"], trained

@@ -23,6 +23,7 @@ from training.arguments import (
 )
 from training.evaluate import evaluate_cap_grid, plot_report, read_test_file
 from training.experiment import evaluate_split
+from training.params import trained_with
 from training.flag_types import input_path, output_file
 from training.splits import SplitSpec
 
@@ -97,6 +98,7 @@ def run(args) -> None:
     if args.cap_grid:
         evaluate_cap_grid(report, show_progress=params.show_progress)
     print(report.table())
+    print(trained_with(params))
     if args.json:
         # What the numbers were measured under, named as a model's manifest names it.
         with open(args.json, "w") as handle:

@@ -78,6 +78,16 @@ ENGAGEMENT_WEIGHT_FIELDS = {kind: f"{kind}_weight" for kind in als.DEFAULT_ENGAG
 """The TrainParams field weighing each engagement kind."""
 
 
+def trained_with(params: TrainParams) -> str:
+    """One line of what a printed evaluation's model was trained with; the JSON report and
+    a model's manifest hold every parameter."""
+    bags = f" x {params.als_bags} bags" if params.als_bags > 1 else ""
+    ease = f", EASE λ {params.ease_l2:g}" if params.knn in ("ease", "auto") else ""
+    return (f"trained with: ALS {params.factors} factors, regularization {params.regularization:g}, "
+            f"alpha {params.alpha:g}, {params.iterations} sweeps{bags}, like weights {params.weight_transform}, "
+            f"item-kNN {params.knn}{ease}, seed {params.seed} (--json records every parameter)")
+
+
 def engagement_weights(params: TrainParams) -> dict[str, float]:
     return {kind: getattr(params, name) for kind, name in ENGAGEMENT_WEIGHT_FIELDS.items()}
 
