@@ -152,6 +152,13 @@ def test_a_restart_from_a_snapshot_and_logs_answers_exactly_as_the_store_did(tmp
         store.close()
 
 
+def restarted_from_snapshot(store, state_dir: str):
+    """``store`` snapshotted and closed, and its state directory opened again."""
+    assert store.snapshot()
+    store.close()
+    return open_state(state_dir)
+
+
 def snapshot_events(state_dir) -> int:
     with durable.LogReader(os.path.join(state_dir, durable.SNAPSHOT)) as reader:
         return sum(len(batch.events) for batch, _ in reader.batches())
@@ -166,10 +173,8 @@ def test_a_snapshot_holds_the_state_not_the_history_and_still_knows_every_id(tmp
                for n in range(1_000)]  # fmt: skip
     for start in range(0, 3_000, 100):
         store.apply(toggles[start : start + 100] + follows[start // 3 : start // 3 + 33])
-    assert store.snapshot()
     before = exact_state(store, {e.event_id for e in toggles + follows})
-    store.close()
-    store = open_state(str(tmp_path))
+    store = restarted_from_snapshot(store, str(tmp_path))
     try:
         assert snapshot_events(str(tmp_path)) == 2  # the last stock change, the last follow toggle
         assert exact_state(store, {e.event_id for e in toggles + follows}) == before
@@ -190,9 +195,7 @@ def test_a_fold_cuts_kept_events_out_of_the_log_whole_where_an_id_holds_the_sepa
     for batch in batches:
         store.apply(batch)
     before = exact_state(store, ids)
-    assert store.snapshot()
-    store.close()
-    store = open_state(str(tmp_path))
+    store = restarted_from_snapshot(store, str(tmp_path))
     try:
         assert snapshot_events(str(tmp_path)) == 7  # less the two stock updates overwritten
         assert exact_state(store, ids) == before
@@ -265,10 +268,8 @@ def test_events_undone_later_are_kept_where_they_left_a_trace(tmp_path):
     store = open_state(str(tmp_path))
     for event in stream:
         store.apply([event])
-    assert store.snapshot()
     before = exact_state(store, {event.event_id for event in stream})
-    store.close()
-    store = open_state(str(tmp_path))
+    store = restarted_from_snapshot(store, str(tmp_path))
     try:
         assert exact_state(store, {event.event_id for event in stream}) == before
     finally:
@@ -308,9 +309,7 @@ def test_a_snapshot_of_the_batches_themselves_still_replays_and_the_next_one_fol
     for batch in mixed_stream("b", 10):
         store.apply(batch)
     after = exact_state(store, ids)
-    assert store.snapshot()
-    store.close()
-    store = open_state(str(tmp_path))
+    store = restarted_from_snapshot(store, str(tmp_path))
     try:
         assert before != after and exact_state(store, ids) == after
         assert snapshot_events(str(tmp_path)) < sum(map(len, mixed_stream("a", 30) + mixed_stream("b", 10)))
