@@ -286,7 +286,8 @@ def pool_ndcg(scores: np.ndarray, examples: Examples, k: int = BASELINE_CHECK_K)
 
 def baseline_scores(examples: Examples) -> dict[str, float]:
     """``pool_ndcg`` of each BASELINE_SIGNALS baseline on the validation pools, but for those
-    whose signal is the same in every row (``signal_less_baselines``)."""
+    whose signal is the same in every row (no follows, no friends in the data): ranking by
+    it would be ranking by their tie-breaker, under a name that says otherwise."""
     out = {}
     for name, columns in BASELINE_SIGNALS.items():
         primary = examples.features[:, FEATURE_NAMES.index(columns[0])].astype(np.float64)
@@ -299,13 +300,6 @@ def baseline_scores(examples: Examples) -> dict[str, float]:
             score = np.unique(primary, return_inverse=True)[1].ravel() * (secondary.max(initial=0.0) + 1.0) + secondary
         out[name] = pool_ndcg(score, examples)
     return out
-
-
-def signal_less_baselines(examples: Examples) -> list[str]:
-    """The baselines whose signal no pool has (no follows, no friends in the data): ranking by
-    it would be ranking by their tie-breaker, under a name that says otherwise."""
-    return [name for name, columns in BASELINE_SIGNALS.items()
-            if _constant(examples.features[:, FEATURE_NAMES.index(columns[0])])]
 
 
 def _constant(column: np.ndarray) -> bool:
@@ -463,7 +457,7 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
         f"validation_ndcg@{BASELINE_CHECK_K}": round(ours, 4),
         f"baselines_ndcg@{BASELINE_CHECK_K}": {name: round(value, 4) for name, value in baselines.items()},
         "beaten_by": [name for name in beaten_by if baselines[name] > ours + _SAME],
-        "baselines_without_signal": signal_less_baselines(examples),
+        "baselines_without_signal": [name for name in BASELINE_SIGNALS if name not in baselines],
         "drop_features": list(params.drop_features),
     }
     return ranker, check
