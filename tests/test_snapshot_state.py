@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.bench_snapshot import snapshot_events
 from stores import durable
 from stores.applied_ids import AppliedIds
 from stores.events import Event, EventKind, EventValidationError
@@ -157,11 +158,6 @@ def restarted_from_snapshot(store, state_dir: str):
     assert store.snapshot()
     store.close()
     return open_state(state_dir)
-
-
-def snapshot_events(state_dir) -> int:
-    with durable.LogReader(os.path.join(state_dir, durable.SNAPSHOT)) as reader:
-        return sum(len(batch.events) for batch, _ in reader.batches())
 
 
 def test_a_snapshot_holds_the_state_not_the_history_and_still_knows_every_id(tmp_path):
