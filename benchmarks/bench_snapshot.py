@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_snapshot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,50000,200000",
-                        help="events ingested before the snapshot, comma-separated (default: %(default)s)")
+                        help="events ingested before the snapshot, comma-separated multiples of 100 (default: %(default)s)")
     parser.add_argument("--fold-every", type=int, default=0, metavar="EVENTS",
                         help="also try a scheduled snapshot after every EVENTS events (a multiple of 100), and report "
                              "their CPU; 0: none (default: %(default)s)")
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [int(size) for size in args.sizes.split(",")]
     except ValueError:
         parser.error(f"--sizes: expected comma-separated whole numbers, got {args.sizes!r}")
-    if any(size < 1 for size in sizes):
-        parser.error(f"--sizes: each must be at least 1, got {args.sizes!r}")
+    if any(size < 100 or size % 100 for size in sizes):
+        parser.error(f"--sizes: each a multiple of 100 (the batch size), got {args.sizes!r}")
     bench(sizes, args.fold_every, args.fold_share)
 
 

@@ -334,6 +334,10 @@ def test_the_snapshot_benchmark_reports_each_stream_and_the_toggles_fold(tmp_pat
     assert set(kept) == {"mixed", "toggles"}, result.stdout
     assert int(kept["toggles"].replace(",", "")) < 1000, result.stdout  # stock changes and follow toggles overwritten
     assert not list(tmp_path.iterdir()), "the benchmark left its state directory behind"
+    # Events come in batches of 100: 150 ingested 200 and reported 150.
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.bench_snapshot", "--sizes", "150"], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "--sizes: each a multiple of 100" in refused.stderr, refused.stderr
 
 
 def test_the_applied_ids_are_written_as_the_json_of_their_record():
