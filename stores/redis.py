@@ -113,7 +113,7 @@ from stores.joined_floats import warm_up as compile_number_parser
 from stores.memory import DEFAULT_RECENT_LIKES
 from stores.packed_frames import PACKED_NUMBERS, Frames, distinct_positions, split_frames, split_values
 from stores.packed_frames import warm_up as compile_frame_splitter
-from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, TIMELINE_ROWS, ReadCache
+from stores.redis_cache import CHANGE_LOG_CAP, DEFAULT_CACHED_KEYS, TIMELINE_ROWS, ReadCache, read_ahead
 from stores.redis_keys import DEFAULT_PREFIX, Keys
 from stores.redis_packer import with_fast_packer
 
@@ -1797,18 +1797,21 @@ class RedisStore:
         missing = [at for at, timeline in enumerate(kept) if timeline is None]
         if missing or trending is None:
             generation = None if cache is None else cache.generation
+            # The copy keeps more listings than this page needs, for the deeper pages to come.
+            listings_read = listing_limit if cache is None else read_ahead(listing_limit, self.listings_bound)
             fetched, fetched_trending, seq = self._read_timelines(
-                [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listing_limit, like_limit,
+                [tags[at] for at in missing], sum(at < len(sellers) for at in missing), listings_read, like_limit,
                 trending_limit if trending is None else 0,
             )  # fmt: skip
-            for at, timeline in zip(missing, fetched):
-                kept[at] = timeline
+            for at, (codes, times) in zip(missing, fetched):
+                kept[at] = codes[: limits[at]], times[: limits[at]]
             read_trending = trending is None
             if read_trending:
                 trending = fetched_trending
             if cache is not None:
                 fill = cache.begin_fill(seq, generation)
-                cache.keep_timelines(fill, {tags[at]: (limits[at], *kept[at]) for at in missing})
+                read_limits = [listings_read if at < len(sellers) else like_limit for at in missing]
+                cache.keep_timelines(fill, {tags[at]: (limit, *timeline) for at, limit, timeline in zip(missing, read_limits, fetched)})
                 if read_trending:
                     cache.keep(fill, {"t": (trending_limit, trending.copy(), np.zeros(len(trending)))})
         lengths = np.fromiter((len(codes) for codes, _ in kept), np.int64, len(kept))

@@ -44,11 +44,27 @@ CHANGE_LOG_CAP = 100_000  # tags the log keeps; a reader further behind drops it
 # is dropped. At 1M users it settles at about 0.85 GB per process, some 4 KB an entry
 # (benchmarks/README.md, "2026-12-05"); the store URL's read_cache_entries sets it.
 DEFAULT_CACHED_KEYS = 200_000
-# Newest entries kept of each timeline (a seller's listings, a user's recent likes): twice a
-# feed's default per-key limit. Deep pages read up to 1000 listings a seller
-# (ranking.pipeline.per_key_read) from Redis: kept whole, they took the copy's timelines
-# from about 1.0 KB an entry to 12.7 KB, 0.21 to 2.54 GB at the default bound.
+# Rows of a timeline (a seller's listings, a user's recent likes) that count as one entry of
+# the bound: a longer one counts once per TIMELINE_ROWS rows begun. Deep pages read up to
+# 1000 listings a seller (ranking.pipeline.per_key_read) from Redis: counted as one entry
+# each, they took the copy from about 1.0 KB an entry to 12.7 KB, 0.21 to 2.54 GB at the
+# default bound; counted by their rows, an entry stays near 1.3 KB of arrays.
 TIMELINE_ROWS = 100
+
+
+def timeline_weight(rows: int) -> int:
+    """Entries of the bound that a kept timeline of ``rows`` rows counts for."""
+    return max(1, -(-rows // TIMELINE_ROWS))
+
+
+def read_ahead(limit: int, bound: int) -> int:
+    """Rows to read of a timeline whose newest ``limit`` a page asks for, the list holding at
+    most ``bound``: past TIMELINE_ROWS, the next power of two, so that a user paging deeper
+    (each page ``per_key_read``'s 20 rows deeper) finds the copy's timeline long enough
+    for the next pages instead of reading Redis at every one."""
+    if limit <= TIMELINE_ROWS:
+        return limit
+    return min(1 << (limit - 1).bit_length(), max(bound, limit))
 
 
 @dataclass(frozen=True)
@@ -61,18 +77,44 @@ class Fill:
 
 
 class _Bounded:
-    """A dict that drops its older half (insertion order) when it reaches ``capacity``."""
+    """A dict that drops its older half (insertion order, by weight) when the weights it holds
+    would pass ``capacity``; an entry weighs 1 unless ``put`` says more. Every removal goes
+    through ``pop`` and ``clear``, which keep the total."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: dict = {}
+        self._heavy: dict = {}  # the weight of each entry that weighs more than 1
+        self.weight = 0
 
-    def put(self, key: object, value: object) -> None:
+    def put(self, key: object, value: object, weight: int = 1) -> None:
+        self.pop(key)
+        if weight > self.capacity:
+            return  # it would leave room for nothing else
         entries = self.entries
-        if len(entries) >= self.capacity and key not in entries:
-            for old in list(entries)[: max(1, len(entries) // 2)]:
-                del entries[old]
+        if entries and self.weight + weight > self.capacity:
+            target, dropped = self.weight // 2, 0
+            for old in list(entries):
+                if dropped >= target and self.weight + weight <= self.capacity:
+                    break
+                dropped += self._heavy.get(old, 1)
+                self.pop(old)
         entries[key] = value
+        if weight > 1:
+            self._heavy[key] = weight
+        self.weight += weight
+
+    def pop(self, key: object) -> None:
+        if self.entries.pop(key, _ABSENT) is not _ABSENT:
+            self.weight -= self._heavy.pop(key, 1)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._heavy.clear()
+        self.weight = 0
+
+
+_ABSENT = object()
 
 
 class ReadCache:
@@ -105,7 +147,7 @@ class ReadCache:
         self.generation += 1
         self.seq = -1
         self._known[:] = False
-        self._entries.entries.clear()
+        self._entries.clear()
 
     def sync(self, seq: int, epoch: str | None, tags: Sequence[str] | None) -> None:
         """Apply the log's ``tags`` up to ``seq``; None: it could not tell them (start afresh)."""
@@ -118,17 +160,17 @@ class ReadCache:
             self.seq = max(self.seq, seq)
 
     def _drop(self, tags: Sequence[str]) -> None:
-        entries = self._entries.entries
+        entries = self._entries
         for tag in tags:
             if tag.startswith("i:"):
                 code = self._item_code(tag[2:])
                 if 0 <= code < len(self._known):
                     self._known[code] = False
-                entries.pop(code, None)  # its card
+                entries.pop(code)  # its card
             else:
-                entries.pop(tag, None)
+                entries.pop(tag)
                 if tag.startswith("u:"):  # a user's state holds their recent likes too
-                    entries.pop("p:" + tag[2:], None)
+                    entries.pop("p:" + tag[2:])
 
     def begin_fill(self, seq: int, generation: int | None = None) -> Fill:
         """A read of missing entries whose data is at least as new as the log's ``seq``
@@ -186,8 +228,9 @@ class ReadCache:
 
     @property
     def kept(self) -> int:
-        """Entries the copy holds now (timelines, users' state and hashes, cards, the vacations)."""
-        return len(self._entries.entries)
+        """Entries the copy holds now (timelines, users' state and hashes, cards, the
+        vacations), a long timeline counted as ``timeline_weight`` of its rows."""
+        return self._entries.weight
 
     @property
     def capacity(self) -> int:
@@ -222,23 +265,22 @@ class ReadCache:
         with self._lock:
             return self.seq, self.epoch, self._entries.entries.get(tag), self.generation
 
-    def keep(self, fill: Fill, entries: dict[str | int, object]) -> None:
-        """Keep ``entries``: by tag, or cards by item code."""
+    def keep(self, fill: Fill, entries: dict[str | int, object], weights: dict[str | int, int] | None = None) -> None:
+        """Keep ``entries``: by tag, or cards by item code; ``weights`` those that weigh more than 1."""
         with self._lock:
             if self._allows(fill):
                 for tag, value in entries.items():
-                    self._entries.put(tag, value)
+                    self._entries.put(tag, value, 1 if weights is None else weights.get(tag, 1))
 
     def keep_timelines(self, fill: Fill, timelines: dict[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Keep timelines read as (limit, codes, times), at most TIMELINE_ROWS of each. A
-        read's timelines are slices of its one array, which a kept slice holds whole: when
-        some were read longer, every one is copied."""
+        """Keep timelines read as (limit, codes, times), each counted by ``timeline_weight``.
+        A read's timelines are slices of its one array, which a kept slice holds whole: when
+        some were read longer than TIMELINE_ROWS, every one is copied, so that what a
+        timeline holds is what it is counted for."""
         if any(limit > TIMELINE_ROWS for limit, _, _ in timelines.values()):
-            timelines = {
-                tag: (min(limit, TIMELINE_ROWS), codes[:TIMELINE_ROWS].copy(), times[:TIMELINE_ROWS].copy())
-                for tag, (limit, codes, times) in timelines.items()
-            }
-        self.keep(fill, timelines)
+            timelines = {tag: (limit, codes.copy(), times.copy()) for tag, (limit, codes, times) in timelines.items()}
+        weights = {tag: timeline_weight(len(codes)) for tag, (_, codes, _) in timelines.items() if len(codes) > TIMELINE_ROWS}
+        self.keep(fill, timelines, weights)
 
     def timeline(self, tag: str, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The newest ``limit`` (codes, times) of the list ``tag`` names, or None."""

@@ -208,14 +208,16 @@ def timeline_bytes_held(cache: ReadCache) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     "per_keys, timeline_reads",
-    [((50, 300, 50, 300), [3, 1, 0, 1]), ((300, 50, 300, 50), [3, 0, 1, 0])],
-    ids=["first page first", "deep page first"],
+    [((50, 300, 50, 300), [3, 1, 0, 0]), ((300, 50, 300, 50), [3, 0, 0, 0]), ((120, 140, 160, 240, 260, 280), [3, 1, 0, 0, 1, 0])],
+    ids=["first page first", "deep page first", "paging deeper"],
 )
-def test_a_deep_pages_read_keeps_at_most_the_copys_rows_of_each_timeline(redis_url, per_keys, timeline_reads):
-    """Deep pages read up to 1000 listings of a followed shop (ranking.pipeline.per_key_read),
-    and the copy kept each timeline as long as its longest read: 12 KB instead of 0.6 KB an
-    entry, under a bound that counts entries. It keeps the newest TIMELINE_ROWS of each; a
-    deeper read reads Redis, in the same one call, and a first page still reads the copy."""
+def test_a_deep_pages_read_is_kept_and_counted_by_its_rows(redis_url, per_keys, timeline_reads):
+    """Deep pages read up to 1000 listings of a followed shop (ranking.pipeline.per_key_read).
+    Counted as one entry each under the bound, such timelines took the copy from 0.6 KB to
+    12 KB an entry; cut to TIMELINE_ROWS rows, every deep page read Redis again. A deep read
+    now reads ahead to the next power of two (``read_ahead``) and is kept whole, counted as
+    one entry per TIMELINE_ROWS rows begun: the arrays held stay within that count's rows,
+    and the next pages read the copy."""
     shop = [(f"b{k:03d}", "bigshop", NOW - (k + 1) * 60.0, 1) for k in range(300)]
     likes = [("pal", f"b{k:03d}", NOW - k) for k in range(40)]
     writer = make_redis_store(redis_url, make_dataset([*shop, ("c1", "smallshop", NOW - DAY, 1)], likes=likes))
@@ -230,10 +232,29 @@ def test_a_deep_pages_read_keeps_at_most_the_copys_rows_of_each_timeline(redis_u
             assert views.read_activity(kept, sellers, friends, per_key, 20) == expected
             reads.append(admin.info("commandstats")["cmdstat_zrange"]["calls"] - before)
             timelines, held = timeline_bytes_held(kept._cache)
-            assert timelines == 3 and held <= timelines * TIMELINE_ROWS * (4 + 8), f"per_key {per_key}"
-    assert reads == timeline_reads  # a deep page reads the deep shop's listings only, a first page none
+            assert timelines == 3 and held <= (kept._cache.kept - 1) * TIMELINE_ROWS * (4 + 8), f"per_key {per_key}"  # one entry is the user's state
+    assert reads == timeline_reads  # a deeper page reads the deep shop's listings only, and only past what the copy read ahead
     for store in (writer, kept, direct):
         store.close()
+
+
+def test_long_timelines_count_by_their_rows_and_a_dropped_one_gives_its_room_back():
+    cache = ReadCache(lambda item: -1, capacity=10)
+    cache.sync(0, "", [])
+
+    def timeline(rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+        return 1000, np.arange(rows, dtype=np.int32), np.zeros(rows)
+
+    cache.keep_timelines(cache.begin_fill(0), {"s:big": timeline(350), "s:small": timeline(30)})
+    assert cache.kept == 4 + 1
+    cache.sync(1, "", ["s:big"])
+    assert cache.kept == 1 and cache.entry("s:big") is None
+    cache.keep_timelines(cache.begin_fill(1), {f"s:{n}": timeline(250) for n in range(6)})  # 3 each: the older ones make room
+    assert cache.kept <= 10 and cache.entry("s:5") is not None
+    cache.keep_timelines(cache.begin_fill(1), {"s:huge": timeline(1001)})  # more than the whole bound: not kept
+    assert cache.entry("s:huge") is None and cache.kept <= 10
+    cache.clear()
+    assert cache.kept == 0
 
 
 def test_a_copy_warmed_at_start_holds_every_item_and_sees_later_writes(redis_url):
