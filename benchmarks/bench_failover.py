@@ -58,12 +58,12 @@ from training.train import TrainParams, train_and_publish
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_failover", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=2_000)
-    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--users", type=int, default=2_000, help="generated users (sellers: one per 20 users; default: %(default)s)")
+    parser.add_argument("--items", type=int, default=5_000, help="generated items (default: %(default)s)")
     parser.add_argument("--readers", type=int, default=2, help="reader threads (default: %(default)s)")
     parser.add_argument("--writers", type=int, default=2, help="writer threads (default: %(default)s)")
-    parser.add_argument("--seconds-before", type=float, default=3.0)
-    parser.add_argument("--seconds-after", type=float, default=20.0)
+    parser.add_argument("--seconds-before", type=float, default=3.0, help="seconds of load before the kill (default: %(default)s)")
+    parser.add_argument("--seconds-after", type=float, default=20.0, help="seconds of load after the kill (default: %(default)s)")
     parser.add_argument("--node-timeout-ms", type=int, default=2000, help="cluster-node-timeout (default: %(default)s)")
     parser.add_argument("--min-replicas", type=int, default=0, help="replicas each Ingest waits for (Redis WAIT; default: %(default)s)")
     parser.add_argument("--json", type=output_file, help="also write the report here")

@@ -65,7 +65,7 @@ def flood(world, interval: float, floods: int, threads: int, max_concurrent_rpcs
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_health_flood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--floods", type=int, default=3)
+    parser.add_argument("--floods", type=int, default=3, help="floods of 200 GetFeeds per setting (default: %(default)s)")
     parser.add_argument("--intervals", default="0.001", help="GIL switch intervals in seconds, run in this order (default: %(default)s)")
     parser.add_argument("--threads", default="0,2,0,2", help="--threads of the server, run in this order for each interval (default: %(default)s)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=64, help="the server's limit (default: %(default)s)")

@@ -35,8 +35,8 @@ def time_batches(store: RedisStore, batches: int, size: int, min_replicas: int, 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=500)
-    parser.add_argument("--size", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=500, help="timed batches per run; each store runs min_replicas 0, 1, 0, 1 (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=20, help="likes per batch (default: %(default)s)")
     args = parser.parse_args(argv)
     from serving.load import load_into_redis
     from tests.redis_servers import RedisClusterServers, RedisServer

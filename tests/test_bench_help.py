@@ -4,8 +4,10 @@ not run)."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
+import inspect
 import sys
 
 import pytest
@@ -51,3 +53,44 @@ def test_a_json_file_that_cannot_be_written_is_refused_before_the_run(name, argv
     assert exit.value.code == 2
     out, err = capsys.readouterr()
     assert f"argument --json: no directory {tmp_path}/nowhere to write {tmp_path}/nowhere/report.json into" in err and not out
+
+
+def parsers_of(name: str, monkeypatch) -> list[tuple[str, argparse.ArgumentParser]]:
+    """The parser ``python -m benchmarks.NAME`` builds (its ``main`` stopped at ``parse_args``),
+    and each of its commands' parsers."""
+
+    class Built(BaseException):
+        pass
+
+    def stop(self, args=None, namespace=None):
+        raise Built(self)
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / f"{name}.py")])
+    with pytest.raises(Built) as built:
+        module.main(["--help"]) if inspect.signature(module.main).parameters else module.main()
+    parser = built.value.args[0]
+    found = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [(f"{name} {command}", sub) for command, sub in action.choices.items()]
+    return found
+
+
+@pytest.mark.parametrize("name", modules_with_main())
+def test_every_flag_of_a_benchmark_says_what_it_does_and_its_default(name, monkeypatch):
+    # --help listed bench_spark scale's --workdir, bench_wait's --batches and a dozen more
+    # with no word of what they set or what they default to.
+    unexplained = []
+    for command, parser in parsers_of(name, monkeypatch):
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            flag = "/".join(action.option_strings)
+            if not action.help:
+                unexplained.append(f"{command} {flag}: no help")
+            elif (action.default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0
+                  and "%(default)" not in action.help and "default" not in action.help):
+                unexplained.append(f"{command} {flag}: its default {action.default!r} not in its help")
+    assert not unexplained, "\n".join(unexplained)
