@@ -25,7 +25,7 @@ def resident_mb() -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_store_copy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset directory (python -m training generate)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a bar while the store loads")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a bar while the store loads (default: --progress)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

@@ -90,7 +90,8 @@ def test_every_flag_of_a_benchmark_says_what_it_does_and_its_default(name, monke
             flag = "/".join(action.option_strings)
             if not action.help:
                 unexplained.append(f"{command} {flag}: no help")
-            elif (action.default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0
+            elif (action.default not in (None, False, [], argparse.SUPPRESS)
+                  and (action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction))  # --x/--no-x: which one holds
                   and "%(default)" not in action.help and "default" not in action.help):
                 unexplained.append(f"{command} {flag}: its default {action.default!r} not in its help")
     assert not unexplained, "\n".join(unexplained)
