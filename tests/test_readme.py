@@ -186,6 +186,10 @@ def test_the_readmes_give_commands_to_check() -> None:
     assert len(readme_commands()) >= 20
     assert len(benchmark_readme_commands()) >= 40
     assert {c.module for c in readme_commands()} >= {"training.__main__", "serving.__main__", "benchmarks.bench_lastfm"}
+    assert {c.module for c in benchmark_readme_commands()} >= {"benchmarks.bench_snapshot", "benchmarks.bench_spark"}  # fenced blocks
+    mentions = readme_mentions()
+    assert len(mentions) >= 200 and {m.source.split(":")[0] for m in mentions} == set(READMES)
+    assert any(m.module == "benchmarks.loadgen" and "--store-pid" in m.words for m in mentions)  # a span over lines
 
 
 def readme_prose_flags() -> dict[str, str]:
