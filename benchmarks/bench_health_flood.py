@@ -1,7 +1,9 @@
 """Health Check latency while the server is flooded with feeds, per GIL switch interval and --threads.
 
-  python -m benchmarks.bench_health_flood [--floods 3] [--intervals 0.005,0.001] [--threads 0,2]
+  python -m benchmarks.bench_health_flood [--floods 3] [--intervals 0.001] [--threads 0,2,0,2]
       [--max-concurrent-rpcs 64]
+
+With --intervals 0.005,0.001 it compares Python's default switch interval (5 ms) with the server's (1 ms).
 
 One in-process server (memory store) on a generated world of 2,000 users and 8,000
 items; each flood is 200 concurrent GetFeeds of limit 100, while one client checks
