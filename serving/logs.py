@@ -32,7 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from grpc._cython import cygrpc
+
+try:  # grpc's private module: a grpc that moves it must not stop the server from starting
+    from grpc._cython.cygrpc import ExecuteBatchError as _ExecuteBatchError
+except ImportError:
+    _ExecuteBatchError = None
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -192,7 +196,7 @@ class _UnsentAnswers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         found = _UNSENT_ANSWER.fullmatch(record.getMessage())
-        if not isinstance(error, cygrpc.ExecuteBatchError) or not str(error).startswith('Failed "execute_batch"') or not found:
+        if not _is_execute_batch_error(error) or not str(error).startswith('Failed "execute_batch"') or not found:
             return True
         self.unsent += 1  # grpc.aio logs on the event loop's one thread
         logging.getLogger("feedrank.serving").debug(
@@ -202,6 +206,16 @@ class _UnsentAnswers(logging.Filter):
 
 
 _unsent_answers = _UnsentAnswers()
+
+
+def _is_execute_batch_error(error: BaseException | None) -> bool:
+    """Whether ``error`` is grpc's ExecuteBatchError: by its class when grpc still has it in
+    grpc._cython.cygrpc, else by its class's name."""
+    if error is None:
+        return False
+    if _ExecuteBatchError is not None and isinstance(error, _ExecuteBatchError):
+        return True
+    return any(cls.__name__ == "ExecuteBatchError" for cls in type(error).__mro__)
 
 
 def configure(log_format: str = "text", level: str = "info", stream: Any = None) -> logging.Handler:

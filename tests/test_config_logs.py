@@ -565,6 +565,40 @@ def test_an_answer_grpc_could_not_send_to_a_call_already_over_is_a_counted_debug
     assert json_lines(log_stream)[-1]["level"] == "error" and "ValueError: a bug" in json_lines(log_stream)[-1]["exc"]
 
 
+def test_the_server_starts_and_still_recognises_unsent_answers_when_grpc_moves_its_private_cygrpc(monkeypatch):
+    """serving.logs reads ExecuteBatchError from grpc's private grpc._cython.cygrpc; a grpc
+    that moved it must not stop the server from starting: the filter then knows the error by
+    its class name."""
+    import importlib.util
+
+    import grpc._cython
+
+    monkeypatch.setitem(sys.modules, "grpc._cython.cygrpc", None)  # "from grpc._cython import cygrpc" fails
+    monkeypatch.delattr(grpc._cython, "cygrpc")
+    spec = importlib.util.spec_from_file_location("feedrank_logs_without_cygrpc", REPO / "serving" / "logs.py")
+    moved = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(moved)  # raised ModuleNotFoundError
+    monkeypatch.undo()
+    unsent = moved._UnsentAnswers()
+    method = "/feedrank.feed.v1.FeedService/GetFeed"
+
+    def record(error: Exception, message: str) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:
+            return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 0, message, None, sys.exc_info())
+
+    class ExecuteBatchError(Exception):  # grpc's, wherever it lives now
+        pass
+
+    message = f"ExecuteBatchError raised in core by servicer method [{method}]"
+    assert not unsent.filter(record(ExecuteBatchError('Failed "execute_batch": (<SendStatusFromServerOperation>,)'), message))
+    assert not unsent.filter(record(cygrpc.ExecuteBatchError('Failed "execute_batch": (<SendMessageOperation>,)'), message))
+    assert unsent.unsent == 2
+    assert unsent.filter(record(ValueError('Failed "execute_batch": no'), message))
+    assert unsent.filter(record(ExecuteBatchError("Failed something else"), message))
+
+
 def _log_as_grpc_aio_does(error: Exception, message: str) -> None:
     """What grpc.aio's server does with an exception it met around a handler (server.pyx.pxi)."""
     try:
