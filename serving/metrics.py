@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import selectors
 import socket
 import sys
 import threading
@@ -164,8 +165,39 @@ class _MetricsHttpServer(ThreadingWSGIServer):
     def __init__(self, host: str, port: int) -> None:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         self.address_family = family
+        self._wake, self._waker = socket.socketpair()  # before binding, which closes them when it fails
+        self._stopping = False
+        self._stopped = threading.Event()
         # Not getaddrinfo's port: it takes the port modulo 65536 (65536 became "any free port").
         super().__init__((address[0], port), _QuietRequestHandler)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """socketserver's loop, woken by ``shutdown`` rather than looking for it every
+        ``poll_interval`` (0.5 s): a server's stop waited up to half a second for it."""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = selector.select()
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._handle_request_noblock()
+                    self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` and wait for it (call from another thread)."""
+        self._stopping = True
+        self._waker.send(b"\0")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake.close()
+        self._waker.close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # Each connection holds a thread until its request is read: without a timeout, an
