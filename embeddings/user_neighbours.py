@@ -59,8 +59,8 @@ class UserNeighbours:
             path = os.path.join(directory, name)
             try:
                 table = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as error:  # a truncated or foreign file
-                raise ValueError(f"{path}: not a readable .npy table ({error})") from None
+            except (ValueError, EOFError) as error:  # a truncated (EOFError: emptied) or foreign file
+                raise ValueError(f"{path}: not a readable .npy table ({type(error).__name__}: {error})") from None
             if table.shape != (n_users, k) or table.dtype != dtype:
                 raise ValueError(
                     f"{path}: holds {table.dtype} {table.shape}, expected {np.dtype(dtype)} {(n_users, k)} (the model's users x k)"

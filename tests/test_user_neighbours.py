@@ -95,6 +95,11 @@ def test_the_table_round_trips_through_an_artifact_memory_mapped(tmp_path) -> No
         f.truncate(1_000)
     with pytest.raises(ValueError, match=rf"{ROWS_FILE}: not a readable .npy table"):
         load_current(str(tmp_path))
+    for size in (0, 5):  # emptied (a copy that ran out of disk): np.load raised a bare "EOFError: No data left in file"
+        with open(rows_file, "r+b") as f:
+            f.truncate(size)
+        with pytest.raises(ValueError, match=rf"{ROWS_FILE}: not a readable .npy table"):
+            load_current(str(tmp_path))
 
 
 def test_feeds_are_the_same_with_and_without_the_table(tmp_path, monkeypatch) -> None:
