@@ -120,6 +120,25 @@ def test_a_damaged_file_is_named_in_one_error(tmp_path, name) -> None:
         load_version(version_dir)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: [m], "is not a JSON object"),
+    (lambda m: {k: v for k, v in m.items() if k != "version"}, "has no version"),
+    (lambda m: {**m, "version": 7}, "has no version"),
+    (lambda m: {**m, "model": "als"}, r"model is not a JSON object"),
+])
+def test_a_manifest_of_the_wrong_shape_is_an_error_naming_the_version(tmp_path, change, message) -> None:
+    """A manifest.json that parses but is not what publish writes (edited by hand, another
+    tool's) stopped the server with an AttributeError or KeyError traceback naming no file."""
+    version_dir = publish(str(tmp_path), small_model(0), manifest())
+    path = os.path.join(version_dir, "manifest.json")
+    with open(path, encoding="utf-8") as file:
+        written = json.load(file)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(change(written), file)
+    with pytest.raises(ValueError, match=rf"^model version {version_dir}: manifest.json {message}"):
+        load_version(version_dir)
+
+
 @pytest.mark.parametrize(
     ("ranker", "message"),
     [

@@ -351,6 +351,7 @@ def load_version(path: str) -> Artifact:
     _require(path, REQUIRED_FILES)
     with _damage_named(path, MANIFEST), open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
+    _check_manifest_shape(path, manifest)
     try:  # refused here, as a version that does not load: not when the server builds its feeds from it
         recorded_pools(manifest.get("feed") or {})
     except ValueError as error:
@@ -388,6 +389,17 @@ def load_version(path: str) -> Artifact:
         user_neighbours=user_neighbours,
     )
     return Artifact(manifest["version"], path, manifest, model, ranker)
+
+
+def _check_manifest_shape(path: str, manifest: Any) -> None:
+    """ValueError naming the version when its manifest parses but is not what publish writes
+    (edited by hand, another tool's): not an AttributeError or KeyError from deep inside."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"model version {path}: {MANIFEST} is not a JSON object")
+    if not isinstance(manifest.get("version"), str) or not manifest["version"]:
+        raise ValueError(f"model version {path}: {MANIFEST} has no version (a non-empty string)")
+    if not isinstance(manifest.get("model", {}), dict):
+        raise ValueError(f"model version {path}: {MANIFEST} model is not a JSON object")
 
 
 def recorded_files(manifest: Mapping[str, Any]) -> list[str]:
