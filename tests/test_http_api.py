@@ -421,6 +421,18 @@ def test_a_burst_of_new_connections_is_queued_for_accept_not_dropped(tmp_path):
         http.server.stop()
 
 
+def test_stopping_the_port_is_prompt_not_a_wait_for_cheroot_s_half_second_poll(tmp_path):
+    """cheroot's selector loop looked for a stop every 0.5 s (its expiration_interval): a
+    server's stop waited up to half a second for its HTTP port, whatever else it had to do."""
+    for idle in (0.05, 0.2, 0.35):
+        http = HttpServer(create_app(WebContext(lambda: None, None, str(tmp_path))), "127.0.0.1", 0)
+        http.start()
+        time.sleep(idle)
+        started = time.monotonic()
+        http.stop()
+        assert time.monotonic() - started < 0.1
+
+
 def _connects_within(host: str, port: int, seconds: float) -> bool:
     connection = socket.socket()
     connection.settimeout(seconds)
