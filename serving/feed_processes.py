@@ -534,6 +534,8 @@ class FeedProcesses:
             self._followers = ()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._detach_all(), self.loop).result()
+        for child in self._children:  # every child's cue at once: they exit side by side, not one after the other
+            child.pipe.close()
         for child in self._children:
             self._stop(child)
         self._children.clear()

@@ -657,3 +657,37 @@ def test_a_call_that_waits_goes_to_the_child_left_when_the_busy_one_dies(monkeyp
         assert loop.run_until_complete(asyncio.wait_for(scenario(), 10)).model_version == "v1"
     finally:
         loop.close()
+
+
+class _ExitingChild:
+    """A child's process and pipe as shutdown sees them: it exits ``seconds`` after its pipe closes."""
+
+    def __init__(self, pid: int, seconds: float) -> None:
+        self.pid, self.seconds, self.closed_at = pid, seconds, None
+
+    def close(self) -> None:
+        self.closed_at = self.closed_at or time.monotonic()
+
+    def is_alive(self) -> bool:
+        return self.closed_at is None or time.monotonic() < self.closed_at + self.seconds
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout if timeout is not None else 60)
+        while self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        raise AssertionError("killed a child that was exiting")
+
+
+def test_shutdown_lets_every_feed_process_exit_at_once_not_one_after_the_other():
+    """Each feed process exits when its pipe closes, about 0.1 s of interpreter teardown:
+    shutdown closed one pipe, waited for that child, then the next, so a server with N feed
+    processes spent N times that in its stop."""
+    processes = feed_processes.FeedProcesses(ServerConfig(models_dir="unused"), 4, asyncio.new_event_loop())
+    children = [_ExitingChild(pid, seconds=0.2) for pid in range(4)]
+    processes._children = [feed_processes._Child(child, child) for child in children]
+    started = time.monotonic()
+    processes.shutdown()
+    assert time.monotonic() - started < 0.4  # one child's exit, not four
+    assert not any(child.is_alive() for child in children) and processes._children == []
