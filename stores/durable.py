@@ -44,7 +44,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -354,7 +354,11 @@ class DurableStore:
                     return False
             sources = old_snapshot + folded
             started = time.monotonic()
-            self._write_snapshot(sources, through)
+            try:
+                self._write_snapshot(sources, through)
+            except _FoldAbandoned:
+                log.info("snapshot of %s abandoned: the store is closing (its logs are kept, and replayed on start)", self.state_dir)
+                return False
             for path in folded:
                 os.remove(path)
             fsync_dir(self.state_dir)
@@ -397,7 +401,7 @@ class DurableStore:
         # event, never the events kept (1.1 KB each as records: 220 MB for 200k): the first
         # read judges which events are kept and finds the ids remembered after batch
         # ``through``, the second copies the kept events.
-        batches = _FoldSources(sources, through, self._store.dedupe_ttl)
+        batches = _FoldSources(sources, through, self._store.dedupe_ttl, stopping=self._stop.is_set)
         applied, kept = batches.judge()
         written, position = 0, 0
         with open(tmp, "wb") as out:
@@ -528,14 +532,22 @@ def _compacted(reader: LogReader) -> bool:
     return reader.header is not None and reader.header.get("version") == COMPACTED
 
 
+class _FoldAbandoned(Exception):
+    """The store is closing: a fold stops where it is, its temporary file removed and the
+    logs it was folding kept (a fold of a long history takes seconds to minutes, and a
+    SIGTERM waited for all of it)."""
+
+
 class _FoldSources:
     """Batches 1..``through`` of ``sources`` (a snapshot, then logs, in order), with the
-    dedupe TTL each was judged by (``default_ttl`` for a batch logged without one)."""
+    dedupe TTL each was judged by (``default_ttl`` for a batch logged without one).
+    ``stopping()`` true: reading raises _FoldAbandoned at the next batch."""
 
-    def __init__(self, sources: list[str], through: int, default_ttl: float) -> None:
+    def __init__(self, sources: list[str], through: int, default_ttl: float, stopping: Callable[[], bool] = lambda: False) -> None:
         self._sources = sources
         self._through = through
         self._default_ttl = default_ttl
+        self._stopping = stopping
 
     def judge(self) -> tuple[AppliedIds, KeptEvents]:
         """(the ids remembered after batch ``through``, the events a fold keeps): a retry
@@ -566,6 +578,7 @@ class _FoldSources:
                     seq = 0
                     for batch, _ in read():
                         seq = batch.seq
+                        self._check_stopping()
                         yield batch, reader
                     if reader.torn_at is not None or seq != reader.header["through_seq"]:
                         raise WalError(f"{source}: the snapshot is damaged at its end (from byte offset {reader.end})")
@@ -576,10 +589,16 @@ class _FoldSources:
                         continue
                     if batch.seq != expected:
                         raise WalError(f"{source}: line {line.number}: batch {batch.seq} where {expected} was expected")
+                    self._check_stopping()
                     yield (batch if batch.dedupe_ttl is not None else dataclasses.replace(batch, dedupe_ttl=self._default_ttl)), reader
                     expected += 1
         if expected != self._through + 1:
             raise WalError(f"snapshot of {os.path.dirname(self._sources[0])}: batches end at {expected - 1}, expected {self._through}")
+
+
+    def _check_stopping(self) -> None:
+        if self._stopping():
+            raise _FoldAbandoned
 
 
 def _warn_torn(path: str, torn_at: int) -> None:

@@ -658,6 +658,43 @@ def test_a_failed_snapshot_leaves_no_temporary_file_and_ingest_goes_on(tmp_path,
     store.close()
 
 
+def test_closing_the_store_mid_fold_abandons_the_fold_at_once_and_loses_nothing(tmp_path, monkeypatch):
+    """A SIGTERM during a scheduled fold waited for all of it (about 1 s per 200k events
+    folded: tens of seconds for a large history, past a service manager's stop timeout)."""
+    batches = mixed_batches(seed=9, n_batches=60)
+    store = open_state(tmp_path)
+    apply_all([store], batches)
+    before = state_of(store)
+    slow = 0.03  # per batch, in each of the fold's two reads: about 4 s in all
+
+    def slowly(part):
+        def wrapped(*args, **kwargs):
+            time.sleep(slow)
+            return part(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(durable, "applied_part", slowly(durable.applied_part))
+    monkeypatch.setattr(durable, "kept_part", slowly(durable.kept_part))
+    folded = []
+    fold = threading.Thread(target=lambda: folded.append(store.snapshot()))
+    fold.start()
+    time.sleep(0.5)  # judging the batches
+    started = time.monotonic()
+    store.close()
+    closed_in = time.monotonic() - started
+    fold.join(30)
+    assert closed_in < 0.5 and folded == [False]
+    assert not (tmp_path / SNAPSHOT).exists() and not (tmp_path / (SNAPSHOT + ".tmp")).exists()
+    monkeypatch.undo()
+    store = open_state(tmp_path)
+    assert state_of(store) == before
+    assert store.snapshot()  # the logs it kept fold next time
+    store.close()
+    store = open_state(tmp_path)
+    assert state_of(store) == before
+    store.close()
+
+
 def test_a_snapshot_without_room_for_it_is_deferred_with_one_warning(tmp_path, monkeypatch, caplog):
     """A deferred snapshot started a new log first, each time: on a disk short of room the
     state directory filled with a log per --snapshot-seconds (a 2 MB tmpfs, in a review)."""
