@@ -621,7 +621,11 @@ def check_not_in_use(state_dir: str) -> None:
     """WalError at once when another process keeps its events in ``state_dir``: before the
     dataset is read and the store built, which take minutes at scale."""
     if os.path.isfile(os.path.join(state_dir, "LOCK")):
-        _lock_directory(state_dir).close()
+        try:
+            lock_file = _lock_directory(state_dir)
+        except OSError as error:  # not ours to write, a read-only file system, a full disk
+            raise WalError(f"--state-dir {state_dir}: {error.strerror or error}") from None
+        lock_file.close()
 
 
 def _lock_directory(state_dir: str):

@@ -341,6 +341,24 @@ def test_a_state_directory_that_cannot_be_one_is_named_in_one_line(tmp_path):
             open_state(path)
 
 
+@pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied"),
+                                   OSError(errno.EROFS, "Read-only file system"),
+                                   OSError(errno.ENOSPC, "No space left on device")])
+def test_a_lock_file_that_cannot_be_written_is_named_in_one_line_before_the_dataset_is_read(tmp_path, monkeypatch, error):
+    """The early check of the state directory's LOCK (before the dataset is read) let an
+    OSError through: a server on a state directory another user made, on a file system
+    remounted read-only or on a full disk stopped with a traceback instead of one line."""
+    state = tmp_path / "state"
+    open_state(state).close()  # LOCK exists
+
+    def refused(path, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(durable, "open", refused, raising=False)
+    with pytest.raises(WalError, match=rf"^--state-dir {state}: {error.strerror}"):
+        durable.check_not_in_use(str(state))
+
+
 def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
     store = open_state(tmp_path)
     with pytest.raises(WalError, match=rf"^--state-dir {tmp_path} is in use by another process \(pid {os.getpid()}\)"):
