@@ -617,9 +617,27 @@ class FeedServer:
 
 
 def _write_atomically(path: str, text: str) -> None:
+    """Write a port file (ValueError naming --port-file when it cannot be, its temporary file removed)."""
     tmp = Path(path + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ValueError(f"--port-file {path}: {error.strerror or error}") from None
+
+
+def check_port_file(path: str) -> None:
+    """ValueError naming --port-file when ``path`` is no file the server could write: at
+    once, not after the store and model have loaded (which take minutes at scale)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--port-file {path}: is a directory")
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ValueError(f"--port-file {path}: no directory {directory}")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"--port-file {path}: the directory {directory} is not writable")
 
 
 class StartInterrupted(BaseException):
@@ -734,6 +752,8 @@ def serve(config: ServerConfig, port_file: str | None = None) -> None:
     for warning in unknown_variable_warnings(os.environ):
         log.warning(warning)
     port_file = port_file or config.port_file
+    if port_file:
+        check_port_file(port_file)
     if config.workers <= 1:
         _serve_one(config, port_file)
     else:

@@ -145,6 +145,19 @@ def test_the_port_file_is_removed_at_shutdown(world, tmp_path):
     assert not port_file.exists()
 
 
+@pytest.mark.parametrize("where", ["a-directory", "no-such-directory/port"])
+def test_a_port_file_that_cannot_be_written_is_one_line_before_anything_loads(world, tmp_path, where):
+    """--port-file naming a directory or a path in a missing one: the server loaded its
+    store and model and served, then failed to write the file, and stopped with an
+    IsADirectoryError traceback (or an error naming its temporary file, not the flag)."""
+    (tmp_path / "a-directory").mkdir()
+    port_file = tmp_path / where
+    result = run(serving_argv(world, "--port", "0", "--feed-processes", "0", "--port-file", str(port_file)))
+    assert_one_error_line(result, f"--port-file {port_file}: ")
+    assert "serving model" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-directory"]  # no temporary file left
+
+
 def test_metrics_answer_while_the_server_is_loading(world, tmp_path):
     port_file, metrics_port = tmp_path / "port", free_port()
     with started(serving_argv(world, "--port", "0", "--feed-processes", "2", "--port-file", str(port_file),
