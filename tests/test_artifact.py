@@ -72,6 +72,19 @@ def test_missing_current_is_a_helpful_error(tmp_path) -> None:
         set_current(str(tmp_path), "20990101T000000Z-000000")
 
 
+def test_a_models_directory_that_is_a_file_or_a_current_that_is_a_directory_is_a_one_line_error(tmp_path) -> None:
+    """--models naming a file (models/CURRENT itself, say) stopped the server with a
+    NotADirectoryError traceback; a CURRENT that is a directory, with IsADirectoryError."""
+    version_dir = publish(str(tmp_path / "models"), small_model(0), manifest())
+    current = os.path.join(os.path.dirname(version_dir), "CURRENT")
+    with pytest.raises(FileNotFoundError, match=rf"^models directory {current}: not a directory"):
+        load_current(current)
+    os.remove(current)
+    os.mkdir(current)
+    with pytest.raises(ValueError, match=rf"^{current}: cannot be read: Is a directory"):
+        load_current(os.path.dirname(version_dir))
+
+
 def test_a_version_that_does_not_exist_is_not_called_incomplete(tmp_path) -> None:
     """CURRENT naming a retired (deleted) version was reported as 'incomplete: manifest.json
     is missing', as if a publish had been cut short."""

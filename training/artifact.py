@@ -316,6 +316,8 @@ def _fsync(path: str) -> None:
 def current_version(models_dir: str) -> str:
     """The version name CURRENT points at. FileNotFoundError when there is none."""
     path = os.path.join(models_dir, CURRENT)
+    if os.path.exists(models_dir) and not os.path.isdir(models_dir):
+        raise FileNotFoundError(f"models directory {models_dir}: not a directory (the directory that holds CURRENT and the versions)")
     try:
         with open(path, encoding="utf-8") as f:
             version = f.read().strip()
@@ -324,6 +326,8 @@ def current_version(models_dir: str) -> str:
             f"no published model: {path} does not exist. Train one with "
             f"`python -m training train --data DATA_DIR --out {models_dir}`."
         ) from None
+    except (OSError, UnicodeDecodeError) as error:  # a directory, not ours to read, not text
+        raise ValueError(f"{path}: cannot be read: {getattr(error, 'strerror', None) or error}") from None
     if not version:
         raise FileNotFoundError(f"{path} is empty; republish a model or write a version name into it")
     return version
