@@ -462,6 +462,8 @@ class DurableStore:
                         raise WalError(f"{snapshot}: holds batches up to {last}, its header says {reader.header.get('through_seq')}")
                     if _compacted(reader):
                         self._store.restore_applied_ids(AppliedIds.from_record(reader.header["applied_ids"]))
+                    if reader.unterminated:
+                        _terminate(snapshot)
             torn: tuple[str, int, int] | None = None  # (log, where its damage starts, its good end)
             logs = [path for _, path in self._logs()]
             for at, path in enumerate(logs):
@@ -483,6 +485,8 @@ class DurableStore:
                     os.remove(path)
                 elif reader.torn_at is not None:
                     torn = (path, reader.torn_at, reader.end)
+                elif reader.unterminated:
+                    _terminate(path)
             if torn is not None:  # in the last log written: a crash cut its last write short
                 path, torn_at, end = torn
                 _warn_torn(path, torn_at)
@@ -604,6 +608,17 @@ class _FoldSources:
 def _warn_torn(path: str, torn_at: int) -> None:
     log.warning("%s: a torn record at byte offset %d (%d bytes: a write cut short by a crash, never "
                 "acknowledged) is cut off", path, torn_at, os.path.getsize(path) - torn_at)  # fmt: skip
+
+
+def _terminate(path: str) -> None:
+    """Put back the final newline of a file whose last record lacked only it, durably."""
+    log.warning("%s: its last record lacked its final newline (the file lost its last byte, or a crash cut "
+                "the write just short of it); the record is whole (length and checksum hold) and is kept, "
+                "and the newline put back", path)  # fmt: skip
+    with open(path, "ab") as file:
+        file.write(b"\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _damaged_before(torn: tuple[str, int, int], later: list[str]) -> WalError:

@@ -15,7 +15,8 @@ missing from it; its header holds the applied event ids (see stores/durable.py).
 
 A record is checked by its length and checksum, then decoded. A bad record that is not
 whole (it lacks its final newline) followed by nothing but more bad bytes is a torn tail
-(a write cut short by a crash: never acknowledged) and is cut off with a warning; a whole
+(a write cut short by a crash: never acknowledged) and is cut off with a warning, unless
+all it lacks is that newline (its length and checksum hold): then it is kept; a whole
 batch record that fails its checksum, or a bad record followed by a good one, is damage
 to what may have been acknowledged: an error naming the file, line and byte offset.
 """
@@ -173,6 +174,7 @@ class LogReader:
         self._offset = 0
         self.end = 0
         self.torn_at: int | None = None
+        self.unterminated = False  # the file's last record is whole but for its final newline
         self.header: dict[str, Any] | None = None
         first = self._next()
         if first is not None:
@@ -200,6 +202,14 @@ class LogReader:
         self._number += 1
         offset, self._offset = self._offset, self._offset + len(raw)
         payload = _unframe(raw, self._parse)
+        if payload is None and not raw.endswith(b"\n") and (whole := _unframe(raw + b"\n", self._parse)) is not None:
+            # The file's last line (readline stops short of a newline only at the end) with
+            # its length and checksum whole: the file lost its final byte, or a crash cut
+            # the write just short of it. Either way the record was written whole, so it may
+            # have been acknowledged: kept (a batch never acknowledged that applies is met
+            # by the client's retry as duplicates), where cutting it off could lose an ack.
+            payload, raw = whole, raw + b"\n"
+            self.unterminated = True
         if payload is None:
             self._check_tail(offset, raw)
             self.torn_at = offset

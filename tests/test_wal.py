@@ -425,6 +425,33 @@ def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path, caplog, tail):
     assert _follows(tmp_path) == expected  # and the next start is clean
 
 
+@pytest.mark.parametrize("kind", ["log", "snapshot"])
+def test_a_file_that_lost_only_its_final_newline_keeps_its_last_batch(tmp_path, caplog, kind):
+    """A log (or snapshot) cut one byte short, its last record whole but for its newline
+    (its length and checksum hold): the record was cut off as a crash's torn write,
+    "never acknowledged", and with it a batch that may well have been. Written whole, it is
+    kept (at worst a batch never acknowledged applies, which a client's retry meets as
+    duplicates), and the newline is put back."""
+    _three_batches(tmp_path)
+    if kind == "snapshot":
+        store = open_state(tmp_path)
+        assert store.snapshot()
+        store.close()
+    path = tmp_path / SNAPSHOT if kind == "snapshot" else log_files(tmp_path)[0]
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])
+    with caplog.at_level(logging.WARNING, logger="feedrank.stores.durable"):
+        assert _follows(tmp_path) == {"s0", "s1", "s2"}
+    assert "torn record" not in caplog.text
+    assert "final newline" in caplog.text and path.name in caplog.text
+    assert path.read_bytes() == whole
+    store = open_state(tmp_path)
+    apply_all([store], [[Event("e3", EventKind.FOLLOW, NOW, user_id="dave", seller_id="s3")]])
+    assert store.snapshot()  # it folds as any file
+    store.close()
+    assert _follows(tmp_path) == {"s0", "s1", "s2", "s3"}
+
+
 def test_a_torn_first_record_of_a_new_log_is_cut_off_with_a_warning(tmp_path, caplog):
     """A log that held nothing but its header and a torn first record (a crash, or a full
     disk, cutting short the first write after a restart or a snapshot) was removed as empty,
