@@ -282,7 +282,7 @@ GROUPS = {
 
 FLAGS: tuple[Flag, ...] = (
     Flag("models", str, None, "models directory written by `python -m training train` (required)", "server", metavar="DIR"),
-    Flag("data", str, None, "dataset directory to load into the embedded memory store", "server", metavar="DIR"),
+    Flag("data", str, None, "dataset directory to load into the embedded memory store (required with it; unused with Redis)", "server", metavar="DIR"),
     Flag("store", str, "memory", "online store: 'memory' (needs --data), redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS), unix:///PATH/TO/redis.sock?db=DB or redis-cluster://HOST:PORT[,HOST:PORT...] (several nodes: any one of them answering is enough to start)", "server", metavar="URL"),
     Flag("host", str, "127.0.0.1", "address to bind", "server"),
     Flag("port", int, 50051, "port to bind; 0 picks a free one. A port already in use is refused (sharing is only for --workers)", "server", minimum=0, maximum=65535),
@@ -295,12 +295,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
     Flag("progress", bool, True, "a progress bar while the memory store loads (never when stderr is not a terminal)", "server"),
     Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
-    Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests", "server", metavar="FILE"),
-    Flag("tokens_file", str, None, "bearer tokens with scopes (format above); re-read when it changes (every --credentials-reload-seconds): a token removed is refused from the next call on, and a file that fails to load is logged and the tokens in force kept", "auth and TLS", metavar="FILE"),
+    Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests; default: none written", "server", metavar="FILE"),
+    Flag("tokens_file", str, None, "bearer tokens with scopes (format above); re-read when it changes (every --credentials-reload-seconds): a token removed is refused from the next call on, and a file that fails to load is logged and the tokens in force kept; default: none (FEEDRANK_TOKENS alone, if set)", "auth and TLS", metavar="FILE"),
     Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file and the --tls-* files this often and put what changed in force; 0 disables", "auth and TLS", minimum=0),
-    Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key). It, the key and the client CA are re-read when one changes (every --credentials-reload-seconds; replace them together, as a Kubernetes Secret volume does): new connections on both ports get the new ones, open ones keep theirs; a pair that does not match, or an expired certificate, is logged and the one in force kept. Its expiry is logged (a warning within 14 days; expired: the server does not start)", "auth and TLS", metavar="FILE"),
-    Flag("tls_key", str, None, "PEM private key of --tls-cert", "auth and TLS", metavar="FILE"),
-    Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert)", "auth and TLS", metavar="FILE"),
+    Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key). It, the key and the client CA are re-read when one changes (every --credentials-reload-seconds; replace them together, as a Kubernetes Secret volume does): new connections on both ports get the new ones, open ones keep theirs; a pair that does not match, or an expired certificate, is logged and the one in force kept. Its expiry is logged (a warning within 14 days; expired: the server does not start); default: none (plain text on both ports)", "auth and TLS", metavar="FILE"),
+    Flag("tls_key", str, None, "PEM private key of --tls-cert (required with it)", "auth and TLS", metavar="FILE"),
+    Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert); default: none (no client certificate asked for)", "auth and TLS", metavar="FILE"),
     Flag("log_format", str, "text", "log line format", "logs", choices=LOG_FORMATS),
     Flag("log_level", str, "info", "lowest level logged (access lines are info)", "logs", choices=LOG_LEVELS),
     Flag("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "largest request message; a larger one gets RESOURCE_EXHAUSTED (responses are bounded by the API itself)", "limits", minimum=1024),
@@ -367,7 +367,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _help(flag: Flag) -> str:
-    if flag.default is None:
+    if flag.default is None or flag.default == "":  # the help says what happens without it
         default = ""
     elif isinstance(flag.default, bool):
         default = f"default: {'on' if flag.default else 'off'}; "
@@ -385,7 +385,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         help=f"TOML file of settings: any flag's name with _ for - as a key (port = 50051, max_per_seller = 2); "
-        f"a relative path in it is relative to the file; a flag or variable overrides it (env {CONFIG_ENV})",
+        f"a relative path in it is relative to the file; a flag or variable overrides it (default: none; env {CONFIG_ENV})",
     )
     for flag in FLAGS:
         if flag.kind is bool:

@@ -279,6 +279,18 @@ def test_the_cli_reports_a_bad_variable_in_one_line_and_help_names_every_variabl
     assert "FEEDRANK_TOKEN_SECRET_PREVIOUS" in help_text  # a rotation's variable, which the README says --help gives
 
 
+def test_help_gives_every_flag_s_default_or_what_happens_without_it():
+    """--metrics-host's help ended "(default: ; env ...)", and --data, --port-file,
+    --tokens-file and the --tls-* flags said nothing of what the server does without them."""
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_server_arguments(parser)
+    for action in parser._actions:
+        if action.option_strings and action.help and action.dest != "help":
+            text = " ".join(action.help.split())
+            assert "default: ;" not in text and "default: )" not in text, action.option_strings
+            assert re.search(r"\bdefault\b|\brequired\b", text, re.IGNORECASE), action.option_strings
+
+
 def test_config_from_args_turns_errors_into_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         config_from_args(parse(), {})
