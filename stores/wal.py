@@ -169,7 +169,12 @@ class LogReader:
         self.path = path
         self._parse = parse
         self._later = list(later)
-        self._file: BinaryIO = open(path, "rb")
+        try:
+            self._file: BinaryIO = open(path, "rb")
+        except OSError as error:  # not ours to read, a disk error (not: gone, which the caller may expect)
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise WalError(f"{path}: cannot be opened: {error.strerror or error}") from None
         self._number = 0
         self._offset = 0
         self.end = 0
@@ -196,7 +201,7 @@ class LogReader:
 
     def _next(self) -> _Line | None:
         """The next good line; None at a clean end or a torn tail (``torn_at`` set)."""
-        raw = self._file.readline()
+        raw = self._readline()
         if not raw:
             return None
         self._number += 1
@@ -217,6 +222,13 @@ class LogReader:
         self.end = self._offset
         return _Line(self._number, offset, raw, payload)
 
+    def _readline(self) -> bytes:
+        """The next line; WalError naming the file and where when the disk fails to read it."""
+        try:
+            return self._file.readline()
+        except OSError as error:
+            raise WalError(f"{self.path}: byte offset {self._offset}: cannot be read: {error.strerror or error}") from None
+
     def _check_tail(self, bad_offset: int, bad: bytes) -> None:
         """Raise WalError unless the bad line at ``bad_offset`` and all after it are a torn tail.
 
@@ -228,7 +240,7 @@ class LogReader:
         if bad.endswith(b"\n") and (_SEQ_PREFIX in bad or b',"events":[' in bad):  # one flip spares one of them
             raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt: a whole record that "
                            f"fails its checksum, not a torn write. {self._damage_advice(bad_offset)}")  # fmt: skip
-        for raw in iter(self._file.readline, b""):
+        for raw in iter(self._readline, b""):
             if _unframe(raw, parse=False) is not None:
                 raise WalError(f"{self.path}: line {number} (byte offset {bad_offset}) is corrupt, and good records "
                                f"follow it: not a torn tail. {self._damage_advice(bad_offset)}")  # fmt: skip

@@ -359,6 +359,43 @@ def test_a_lock_file_that_cannot_be_written_is_named_in_one_line_before_the_data
         durable.check_not_in_use(str(state))
 
 
+def test_a_read_error_in_a_log_is_one_error_naming_the_file_and_offset(tmp_path, monkeypatch):
+    """A log that the disk fails to read (EIO) stopped the start with a traceback ending in
+    "OSError: [Errno 5] Input/output error", naming neither the file nor where."""
+    _three_batches(tmp_path)
+    path = log_files(tmp_path)[-1]
+    header = len(path.read_bytes().splitlines(keepends=True)[0])
+    real_open = open
+
+    class FailingFile:
+        def __init__(self, file):
+            self.file, self.lines = file, 0
+
+        def readline(self):
+            self.lines += 1
+            if self.lines == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            return self.file.readline()
+
+        def __iter__(self):
+            return iter(self.readline, b"")
+
+        def close(self):
+            self.file.close()
+
+    def failing_open(name, mode="r", *args, **kwargs):
+        file = real_open(name, mode, *args, **kwargs)
+        return FailingFile(file) if str(name) == str(path) and "b" in mode and "r" in mode else file
+
+    from stores import wal
+
+    monkeypatch.setattr(wal, "open", failing_open, raising=False)
+    with pytest.raises(WalError, match=rf"^{path}: byte offset {header}: cannot be read: Input/output error"):
+        open_state(tmp_path)
+    monkeypatch.undo()
+    assert _follows(tmp_path) == {"s0", "s1", "s2"}  # nothing was changed on disk
+
+
 def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
     store = open_state(tmp_path)
     with pytest.raises(WalError, match=rf"^--state-dir {tmp_path} is in use by another process \(pid {os.getpid()}\)"):
