@@ -163,7 +163,10 @@ class DurableStore:
             raise WalError(f"--state-dir {self.state_dir}: {error.strerror or error}") from None
         try:
             started = time.monotonic()
-            self._written, batches, events = self._recover()
+            try:
+                self._written, batches, events = self._recover()
+            except OSError as error:  # a disk error, a file system remounted read-only: not a bare traceback
+                raise WalError(f"--state-dir {self.state_dir}: recovery failed: {error}") from None
             if batches:
                 log.info("replayed %d events (%d batches) from %s in %.1f s",
                          events, batches, self.state_dir, time.monotonic() - started)  # fmt: skip

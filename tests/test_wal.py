@@ -396,6 +396,25 @@ def test_a_read_error_in_a_log_is_one_error_naming_the_file_and_offset(tmp_path,
     assert _follows(tmp_path) == {"s0", "s1", "s2"}  # nothing was changed on disk
 
 
+@pytest.mark.parametrize("step", ["fsync_dir", "truncate"])
+def test_a_disk_error_while_recovering_is_one_error_naming_the_state_directory(tmp_path, monkeypatch, step):
+    """The directory fsync that ends a recovery, or the cut of a torn tail, failing (EIO,
+    a file system remounted read-only after an error) stopped the start with a bare OSError
+    traceback."""
+    _three_batches(tmp_path)
+    path = log_files(tmp_path)[-1]
+    path.write_bytes(path.read_bytes()[:-10])  # a torn tail, for the truncate
+
+    def fails(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(durable, step, fails)
+    with pytest.raises(WalError, match=rf"^--state-dir {tmp_path}: .*Input/output error"):
+        open_state(tmp_path)
+    monkeypatch.undo()
+    assert _follows(tmp_path) == {"s0", "s1"}
+
+
 def test_one_process_at_a_time_uses_a_state_directory(tmp_path):
     store = open_state(tmp_path)
     with pytest.raises(WalError, match=rf"^--state-dir {tmp_path} is in use by another process \(pid {os.getpid()}\)"):
