@@ -133,6 +133,23 @@ def test_a_damaged_file_is_named_in_one_error(tmp_path, name) -> None:
         load_version(version_dir)
 
 
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error")])
+def test_a_file_of_a_version_that_cannot_be_read_is_named_in_one_error(tmp_path, monkeypatch, error) -> None:
+    """A version file the server may not read, or that the disk fails to read, stopped the
+    start with a bare PermissionError / OSError traceback (only FileNotFoundError and
+    ValueError are one line)."""
+    import training.artifact as artifact
+
+    version_dir = publish(str(tmp_path), small_model(0), manifest())
+
+    def unreadable(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(artifact.np, "load", unreadable)
+    with pytest.raises(ValueError, match=rf"^model version {version_dir}: ids.npz cannot be read \({type(error).__name__}: "):
+        load_version(version_dir)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda m: [m], "is not a JSON object"),
     (lambda m: {k: v for k, v in m.items() if k != "version"}, "has no version"),

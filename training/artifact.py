@@ -340,9 +340,14 @@ def load_current(models_dir: str) -> Artifact:
 
 @contextlib.contextmanager
 def _damage_named(path: str, name: str) -> Iterator[None]:
-    """A file of a version that does not read (cut short, overwritten) as one ValueError naming it."""
+    """A file of a version that does not read (cut short, overwritten, unreadable) as one ValueError naming it."""
     try:
         yield
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # not ours to read, a disk error: the file may be whole
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ValueError(f"model version {path}: {name} cannot be read ({type(error).__name__}: {reason})") from None
     except (ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"model version {path}: {name} is damaged ({type(error).__name__}: {reason[:300]})") from None
