@@ -41,9 +41,25 @@ def trending_weight(ts: float) -> float:
     return math.exp(min(max((ts - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT), _MAX_EXPONENT))
 
 
+# An unlike takes its like's weight off the sum again, which leaves the rounding errors of
+# the additions and subtractions behind: when every like is undone, a score a few 1e-16 of
+# the largest weight it held, above 0 a third of the time, and an item nobody likes was
+# still trending. What an unlike leaves at or below this share of the weight it took off
+# is that error (or likes 60 days older than the one undone, each weighing less than a
+# millionth of it), and the score is 0.
+TRENDING_RESIDUE = 2.0**-20
+
+
 def trending_weights(ts: np.ndarray) -> np.ndarray:
     """``trending_weight`` of each time (float64), vectorised."""
     return np.exp(np.clip((np.asarray(ts, dtype=np.float64) - TRENDING_EPOCH) / _TRENDING_TAU, _MIN_EXPONENT, _MAX_EXPONENT))
+
+
+def untrended(score: float, weight: float) -> float:
+    """The trending score ``score`` once a like of ``weight`` (its ``trending_weight``) is
+    undone: 0 when what is left is at most TRENDING_RESIDUE of ``weight``."""
+    left = score - weight
+    return 0.0 if left <= weight * TRENDING_RESIDUE else left
 
 
 def recent_like_count(trending: np.ndarray, now: float) -> np.ndarray:

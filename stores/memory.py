@@ -33,6 +33,7 @@ from ranking.store import (
     UserState,
     trending_weight,
     trending_weights,
+    untrended,
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary, concatenated_ranges, encode, sorted_positions
@@ -840,7 +841,7 @@ class MemoryStore:
         catalogue = self._catalogue
         if catalogue.exists[item]:
             catalogue.like_count[item] = max(catalogue.like_count[item] - 1, 0)
-        catalogue.trending[item] -= trending_weight(ts)
+        catalogue.trending[item] = untrended(float(catalogue.trending[item]), trending_weight(ts))
         self._mark_trending_dirty()
 
     def _mark_trending_dirty(self) -> None:

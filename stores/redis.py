@@ -82,6 +82,7 @@ from ranking.store import (
     SEEN_BOUND,
     SHARED_BOUND,
     TRENDING_EPOCH,
+    TRENDING_RESIDUE,
     VIEW_WINDOW_SECONDS,
     Activity,
     ItemColumns,
@@ -505,8 +506,14 @@ OPS.vacation_end = function(seller)
   return '1'
 end
 -- trending slot
+-- An unlike leaves 0 where at most TRENDING_RESIDUE of the like's weight is left: the rounding error
+-- of the sum (ranking.store.untrended, the same double arithmetic).
 OPS.trend = function(item, ts, sign)
-  redis.call('ZINCRBY', TRENDING, sign .. weight(ts), item)
+  local w = weight(ts)
+  local score = redis.call('ZINCRBY', TRENDING, sign .. w, item)
+  if sign == '-' and tonumber(score) <= tonumber(w) * """ + repr(TRENDING_RESIDUE) + r""" then
+    redis.call('ZADD', TRENDING, '0', item)
+  end
   note_change('t')
   return '1'
 end

@@ -112,6 +112,26 @@ def test_like_and_unlike_update_counts_and_activity(store_factory):
     assert views.hydrate(store, "carol", ["i1"]).liked == frozenset()
 
 
+def test_an_item_whose_likes_were_all_undone_is_not_trending(store_factory):
+    # A trending score is a float sum of its likes' weights: these three likes taken away
+    # again left x a positive rounding error (about 3e-16 of a like now), and x, liked by
+    # no one, was still trending (a third of such unlikes do; on a fresh catalogue it led
+    # every cold-start feed's trending fallback, with a TRENDING reason).
+    dataset = make_dataset([("x", "s", NOW - DAY, 1), ("y", "s", NOW - 60 * DAY, 1)], likes=[("u0", "y", NOW - 30 * DAY)])
+    store = store_factory(dataset)
+    times = [NOW - hours * 3600 for hours in (1, 2, 3)]
+    store.apply([ev(f"like{n}", EventKind.LIKE, ts, user_id=f"u{n + 1}", item_id="x") for n, ts in enumerate(times)])
+    assert views.read_activity(store, [], [], 10, 10).trending == ["x", "y"]
+    store.apply([ev(f"unlike{n}", EventKind.UNLIKE, NOW, user_id=f"u{n + 1}", item_id="x") for n in range(len(times))])
+    assert views.read_activity(store, [], [], 10, 10).trending == ["y"]
+    assert views.hydrate(store, "u0", ["x"]).items["x"].like_count == 0
+    assert store.hydrate("u0", store.items.codes(["x"], add=True)).trending.tolist() == [0.0]
+    # A like again makes it trending as any first like does.
+    store.apply([ev("again", EventKind.LIKE, NOW, user_id="u1", item_id="x")])
+    assert views.read_activity(store, [], [], 10, 10).trending == ["x", "y"]
+    assert recent_like_count(store.hydrate("u0", store.items.codes(["x"], add=True)).trending, NOW) == pytest.approx([1.0])
+
+
 def test_a_retried_event_id_changes_nothing(store_factory):
     store = store_factory(social_dataset())
     like = ev("same-id", EventKind.LIKE, user_id="carol", item_id="i1")
