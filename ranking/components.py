@@ -32,7 +32,9 @@ class FeedQuery:
     caller's exclusions; set once the candidates are gathered), ``served_hashes`` the
     sorted stable hashes of the items served on earlier pages. ``followed_sellers``,
     ``hidden_sellers`` and ``own_seller`` are seller codes (-1: the user sells nothing);
-    the first and last are set at hydration, when the candidates' sellers have codes. ``item_scores`` are the user's item-kNN
+    the first and last are set at hydration, when the candidates' sellers have codes;
+    ``followed_count`` is the number of sellers the user follows, every one (a seller no
+    store read has named yet has no code, and is not among ``followed_sellers``). ``item_scores`` are the user's item-kNN
     scores (from recent likes) when the model has an item-kNN part. ``seller_likes`` and
     ``seller_like_counts`` count the user's recent likes per seller code (sorted codes),
     ``seller_last_like`` the time of the newest of them, filled at hydration, which also reads the recent likes' items;
@@ -51,6 +53,7 @@ class FeedQuery:
     exclude_codes: np.ndarray = field(default_factory=_codes)
     served_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
     followed_sellers: np.ndarray = field(default_factory=_codes)
+    followed_count: int = 0
     hidden_sellers: np.ndarray = field(default_factory=_codes)
     own_seller: int = -1
     seller_likes: np.ndarray = field(default_factory=_codes)

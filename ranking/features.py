@@ -99,7 +99,7 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
     The batch must be hydrated. ``item_similarity`` are the ``similarity_signals`` of
     the rows (zeros without an item-kNN model). A missing embedding score counts as 0,
     as does a missing time (no friend like, no social event). Reads ``query.user``,
-    ``query.now``, ``query.followed_sellers`` and the seller- and category-like counts;
+    ``query.now``, ``query.followed_sellers`` and ``followed_count``, and the seller- and category-like counts;
     columns follow FEATURE_NAMES.
     """
     n = len(batch)
@@ -125,7 +125,7 @@ def compute_features(query: FeedQuery, batch: CandidateBatch, item_similarity: n
         _contiguous(items, "like_count"),
         recent_like_count(items.trending, query.now),
         _contiguous(items, "ship_days"),
-        len(query.followed_sellers),
+        query.followed_count,
         len(query.user.friends),
         *_query_columns(query),
     )

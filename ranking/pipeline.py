@@ -373,6 +373,7 @@ class FeedPipeline:
             recent.category[with_category], user.recent_like_times[with_category]
         )
         query.followed_sellers = _known(store.sellers.codes(all_follows))
+        query.followed_count = len(all_follows)
         query.own_seller = store.sellers.code(user_id)
         # Category ids become codes only now, for the same reason as the exclusions.
         query.include_categories = store.categories.codes(list(shopper.include_categories))

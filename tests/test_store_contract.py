@@ -495,6 +495,24 @@ def test_cards_stay_right_past_the_memory_stores_card_cache_bound(monkeypatch):
     assert again[0] == first[0] and again[2] == first[2] and again[1].title == "Renamed"
 
 
+def test_the_followed_seller_share_counts_every_seller_the_user_follows(store_factory):
+    # 1 / the sellers the user follows: three here, though s2 has never listed anything and
+    # s3 only went on vacation. It counted the followed sellers the store's vocabulary held
+    # a code for: s1 and s3 in memory (the vacation gave s3 one), s1 alone in a Redis
+    # process that had not yet read anything naming s3, so a feed's scores depended on
+    # what the process had served before.
+    from ranking.feed import build_feed_pipeline
+    from ranking.features import FEATURE_NAMES
+
+    dataset = make_dataset([("i1", "s1", NOW - DAY, 1)], follows=[("u", s, NOW - DAY) for s in ("s1", "s2", "s3")])
+    store = store_factory(dataset)
+    store.apply([ev("away", EventKind.SELLER_VACATION, NOW - 60, seller_id="s3", vacation_until=NOW - 30)])
+    pool = build_feed_pipeline(store, None).pool("u", 10, NOW)
+    features = dict(zip(pool.item_ids(), pool.features))["i1"]
+    assert features[FEATURE_NAMES.index("followed_seller_share")] == pytest.approx(1 / 3)
+    assert features[FEATURE_NAMES.index("followed_listing_share")] == pytest.approx(1 / 3)
+
+
 def test_every_store_gives_the_pipeline_the_same_candidates_and_features(store_factory):
     # The ranker is fitted on features replayed from the memory store and serves them from
     # any store: the activity, user state and hydration behind them (the fan-out counts of
