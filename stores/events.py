@@ -324,8 +324,17 @@ def _check_card(index: int, event: Event) -> None:
     _check_text(index, "title", event.title, MAX_TITLE_BYTES)
     _check_text(index, "category", event.category, MAX_CATEGORY_BYTES)
     _check_text(index, "image_url", event.image_url, MAX_IMAGE_URL_BYTES)
-    if event.image_url and urlsplit(event.image_url).scheme not in ("http", "https"):
+    if event.image_url and not _is_http_url(event.image_url):
         raise EventValidationError(index, "image_url", "must be an http or https URL")
+
+
+def _is_http_url(text: str) -> bool:
+    """An http or https URL with a host ("http://" or "https:x.jpg" names no image to fetch)."""
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed port or IPv6 host
+        return False
 
 
 _ITEM_STATE = (EventKind.ITEM_UPSERT, EventKind.ITEM_UPDATE, EventKind.STOCK_UPDATE)

@@ -171,6 +171,16 @@ def test_every_string_field_of_an_event_is_capped():
         assert error.value.field == field
 
 
+@pytest.mark.parametrize("url", ["http://", "https:///items/1.jpg", "https:img.example.com/1.jpg", "http:/1.jpg", "ftp://x/1.jpg"])
+def test_an_image_url_is_an_http_or_https_url_with_a_host(url):
+    # A card's image must be fetchable: "http://" and "https:img.example.com/1.jpg" had
+    # the scheme the check read, and were accepted, for every client to draw a broken image.
+    with pytest.raises(EventValidationError) as error:
+        validate_batch([Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", image_url=url)])
+    assert (error.value.field, error.value.description) == ("image_url", "must be an http or https URL")
+    validate_batch([Event("e", EventKind.ITEM_UPDATE, 1.0, item_id="i", image_url="https://img.example.com/1.jpg")])
+
+
 def test_an_upsert_names_its_created_at_only_when_the_client_set_it():
     from protos.feed.v1 import feed_pb2
     from serving.servicer import event_from_proto
