@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from embeddings.index import build_index
 from embeddings.model import EXACT_SEARCH_K_SHARE, EmbeddingModel
-from embeddings.user_neighbours import ROWS_FILE, UserNeighbours, precompute_user_neighbours
+from embeddings.user_neighbours import ROWS_FILE, SCORES_FILE, UserNeighbours, precompute_user_neighbours
 from ranking.feed import FeedSettings, build_feed_pipeline
 from stores.memory import MemoryStore
 from training.artifact import load_current, publish
@@ -136,3 +137,22 @@ def test_feeds_are_the_same_with_and_without_the_table(tmp_path, monkeypatch) ->
     assert sum(map(len, with_table)) > 1_000
     trained = sum(user in artifact.model.user_row for user in gathered)
     assert searched_live == searched_with_table + trained and trained > 50
+
+
+@pytest.mark.parametrize("name", ["knn.npz", ROWS_FILE, SCORES_FILE])
+def test_an_optional_file_that_cannot_be_read_is_named_in_one_error(tmp_path, name) -> None:
+    """knn.npz and the user-neighbour tables were read outside the version's error naming:
+    one the server may not read (a directory in its place here: IsADirectoryError, as a
+    PermissionError or EIO would be) stopped the start with a bare OSError traceback."""
+    import scipy.sparse as sp
+
+    from embeddings.knn import ItemKNN
+
+    model = random_model()
+    model.user_neighbours = precompute_user_neighbours(model, K)
+    model.item_knn = ItemKNN(model.item_ids, sp.identity(len(model.item_ids), dtype=np.float32, format="csr"))
+    version = publish(str(tmp_path), model, {"ranker": default_ranker_spec()})
+    os.remove(os.path.join(version, name))
+    os.mkdir(os.path.join(version, name))
+    with pytest.raises(ValueError, match=rf"^model version {version}: {name} cannot be read \(IsADirectoryError: "):
+        load_current(str(tmp_path))

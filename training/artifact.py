@@ -339,18 +339,28 @@ def load_current(models_dir: str) -> Artifact:
 
 
 @contextlib.contextmanager
-def _damage_named(path: str, name: str) -> Iterator[None]:
-    """A file of a version that does not read (cut short, overwritten, unreadable) as one ValueError naming it."""
+def _unreadable_named(path: str, name: str | None = None) -> Iterator[None]:
+    """A file of a version the server may not read, or the disk fails to read (the file may be
+    whole), as one ValueError naming it: ``name``, else the file the OSError names."""
     try:
         yield
     except FileNotFoundError:
         raise
-    except OSError as error:  # not ours to read, a disk error: the file may be whole
+    except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        raise ValueError(f"model version {path}: {name} cannot be read ({type(error).__name__}: {reason})") from None
-    except (ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise ValueError(f"model version {path}: {name} is damaged ({type(error).__name__}: {reason[:300]})") from None
+        named = name or (os.path.basename(error.filename) if error.filename else "a file")
+        raise ValueError(f"model version {path}: {named} cannot be read ({type(error).__name__}: {reason})") from None
+
+
+@contextlib.contextmanager
+def _damage_named(path: str, name: str) -> Iterator[None]:
+    """A file of a version that does not read (cut short, overwritten, unreadable) as one ValueError naming it."""
+    with _unreadable_named(path, name):  # outside: its ValueError is not "damaged"
+        try:
+            yield
+        except (ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(f"model version {path}: {name} is damaged ({type(error).__name__}: {reason[:300]})") from None
 
 
 def load_version(path: str) -> Artifact:
@@ -380,12 +390,14 @@ def load_version(path: str) -> Artifact:
         raise ValueError(f"{path}: index.faiss does not hold the item factors of factors.npz")
     index.vectors = item_factors  # one copy of the table, not two
     knn_path = os.path.join(path, KNN)
-    item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
+    with _unreadable_named(path, KNN):  # its own ValueErrors already name it
+        item_knn = ItemKNN.load(knn_path, item_ids) if os.path.exists(knn_path) else None
     table = info.get("user_neighbours")
-    user_neighbours = (
-        UserNeighbours.load(path, int(table["k"]), int(table["ef_search"]), len(user_ids), len(item_ids))
-        if table else None
-    )
+    with _unreadable_named(path):  # rows or scores: the OSError names which
+        user_neighbours = (
+            UserNeighbours.load(path, int(table["k"]), int(table["ef_search"]), len(user_ids), len(item_ids))
+            if table else None
+        )
     model = EmbeddingModel(
         user_ids,
         item_ids,
