@@ -90,7 +90,7 @@ def _serve(argv: list[str]) -> None:
         except (OSError, ValueError) as error:
             _refuse_start(parser, args, f"--arms: {error}")
     from serving.feed_processes import FeedProcessError
-    from serving.server import BindError, serve
+    from serving.server import serve
 
     take_ctrl_c_back()
 
@@ -98,11 +98,22 @@ def _serve(argv: list[str]) -> None:
         with progress_bars(sys.stderr.isatty() and config.progress), \
                 load_defaults("drop" if config.drop_unknown_items else "error", warn=log.warning):
             serve(config, port_file=args.port_file)
-    except (FileNotFoundError, ValueError, BindError, FeedProcessError) as error:  # DatasetError is a ValueError
+    except (OSError, ValueError, FeedProcessError) as error:  # DatasetError is a ValueError; BindError an OSError
+        message = start_error(error)
         if config.log_format == "json":  # a log shipper reading JSON lines gets this one as JSON too
-            logging.getLogger("feedrank.serving").critical("error: %s", error)
+            logging.getLogger("feedrank.serving").critical("error: %s", message)
             sys.exit(1)
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {message}")
+
+
+def start_error(error: BaseException) -> str:
+    """The one line for an error that stops the start. An OSError from a file the server reads
+    (not ours to read, a directory in its place, EIO) names the path, without the "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        where = "" if error.filename is None else str(error.filename)
+        where += "" if error.filename2 is None else f" -> {error.filename2}"  # a rename's two paths
+        return f"{where}: {error.strerror}" if where else error.strerror
+    return str(error)
 
 
 def _refuse_start(parser: argparse.ArgumentParser, args: argparse.Namespace, message: str) -> NoReturn:

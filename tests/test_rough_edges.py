@@ -113,6 +113,27 @@ def test_serving_load_names_a_missing_data_directory(redis_url, tmp_path):
     assert one_error_line(result, "error: ") == f"error: dataset directory {missing}: no such directory"
 
 
+@pytest.mark.parametrize(("error", "line"), [
+    (PermissionError(13, "Permission denied", "/m/v1/knn.npz"), "error: /m/v1/knn.npz: Permission denied"),
+    (IsADirectoryError(21, "Is a directory", "/m/v1/ids.npz"), "error: /m/v1/ids.npz: Is a directory"),
+    (OSError(5, "Input/output error", "/state/wal.log"), "error: /state/wal.log: Input/output error"),
+    (OSError(5, "Input/output error"), "error: Input/output error"),
+])
+def test_every_os_error_at_start_is_one_line_naming_its_path(tmp_path, monkeypatch, error, line):
+    """Only FileNotFoundError (and ValueError) at start were one line: a PermissionError,
+    IsADirectoryError or EIO from a file the server reads gave a traceback."""
+    import serving.server
+    from serving.__main__ import main
+
+    def serve(config, port_file=None):
+        raise error
+
+    monkeypatch.setattr(serving.server, "serve", serve)
+    with pytest.raises(SystemExit) as exited:
+        main(["--models", str(tmp_path), "--data", str(tmp_path), "--port", "0"])
+    assert exited.value.code == line
+
+
 # --------------------------------------------------------------------------- unknown command
 
 
