@@ -714,6 +714,9 @@ def _serve_one(config: ServerConfig, ready_file: str | None) -> None:
     """Serve until a signal; whatever ends the start or the serving (a signal, an error)
     stops what had started, feed processes included, and removes ``ready_file``."""
     stop = StopSignals()
+    # A worker is forked with the stop signals blocked (_serve_workers): one sent since is
+    # pending, and reaches the handler just installed. Serving alone they are not blocked.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     server = None
     try:
         with stop.interrupting():
@@ -772,6 +775,38 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
         log.warning(NO_SECRET_WARNING)
         config = replace(config, token_secret=secrets.token_bytes(32))
     children = _Workers()
+    # The stop signals are blocked from before the first fork until the parent's handlers are
+    # installed: a SIGTERM in between killed the parent (SIGINT: a KeyboardInterrupt) and left
+    # the workers serving. Blocked, it waits, and then stops the workers. Each worker inherits
+    # the mask and unblocks once its own handlers are in (_serve_one). A fork that fails stops
+    # the workers already forked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        stop = StopSignals()
+        _fork_workers(config, port_file, children)
+    except BaseException:
+        children.stop()
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if port_file:
+        ready = [Path(f"{port_file}.{i}") for i in range(config.workers)]
+        while not all(p.exists() for p in ready) and not stop.wait(0.1):
+            if children.any_exited():
+                stop.set()
+        for path in ready:
+            path.unlink(missing_ok=True)
+        if not stop.is_set():
+            _write_atomically(port_file, str(config.port))
+    try:
+        _watch_workers(config, children, stop)
+    finally:
+        if port_file:
+            Path(port_file).unlink(missing_ok=True)
+
+
+def _fork_workers(config: ServerConfig, port_file: str | None, children: _Workers) -> None:
+    """Fork ``config.workers`` workers into ``children``; each serves, then exits (never returns)."""
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
@@ -792,21 +827,6 @@ def _serve_workers(config: ServerConfig, port_file: str | None) -> None:
             finally:
                 os._exit(code)
         children.pids.append(pid)
-    stop = StopSignals()
-    if port_file:
-        ready = [Path(f"{port_file}.{i}") for i in range(config.workers)]
-        while not all(p.exists() for p in ready) and not stop.wait(0.1):
-            if children.any_exited():
-                stop.set()
-        for path in ready:
-            path.unlink(missing_ok=True)
-        if not stop.is_set():
-            _write_atomically(port_file, str(config.port))
-    try:
-        _watch_workers(config, children, stop)
-    finally:
-        if port_file:
-            Path(port_file).unlink(missing_ok=True)
 
 
 class _Workers:

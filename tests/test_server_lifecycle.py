@@ -332,3 +332,64 @@ def test_a_process_killed_by_a_fatal_signal_leaves_its_python_stack_in_the_log(w
     assert process.returncode == -signal.SIGBUS
     assert log.count("Fatal Python error: Bus error") == 2, log
     assert 'File "' in log.split("Fatal Python error: Bus error")[-1], log  # the server's stack
+
+
+SIGTERM_AFTER_FORK = r"""
+import os, signal, sys, threading
+from serving import server
+from serving.config import ServerConfig
+
+pids_file = sys.argv[1]
+
+
+class Server:  # a worker that serves nothing: the test is of the signals around the forks
+    port = 1
+
+    def __init__(self, config):
+        self.serving = threading.Event()
+
+    def start(self):
+        self.serving.set()
+
+    def stop(self, grace=None):
+        pass
+
+
+real_fork = os.fork
+
+
+def fork():  # SIGTERM to the parent the moment each worker is forked
+    pid = real_fork()
+    if pid:
+        with open(pids_file, "a") as f:
+            f.write(f"{pid}\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+
+
+server.FeedServer = Server
+server.os.fork = fork
+server.serve(ServerConfig(models_dir="m", store_url="redis://127.0.0.1:1", workers=2, token_secret=b"k" * 32))
+print("stopped")
+"""
+
+
+def test_a_sigterm_right_after_a_worker_forks_stops_the_workers(tmp_path) -> None:
+    """The parent installed its signal handlers only after forking the workers: a SIGTERM
+    in that window killed it and left the workers serving, reparented to init."""
+    pids_file = tmp_path / "pids"
+    pids_file.touch()
+    try:
+        with open(tmp_path / "out", "w") as out:  # not pipes: workers left running would hold them open
+            result = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_FORK, str(pids_file)], cwd=REPO,
+                                    stdout=out, stderr=subprocess.STDOUT, timeout=EXIT_SECONDS)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(int(pid)) for pid in pids_file.read_text().split()):
+            time.sleep(0.05)
+        output = (tmp_path / "out").read_text()
+        assert result.returncode == 0 and output.endswith("stopped\n"), (result.returncode, output[-2000:])
+        assert not [pid for pid in pids_file.read_text().split() if alive(int(pid))]
+    finally:
+        for pid in pids_file.read_text().split():  # the workers this test started, should they run on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
