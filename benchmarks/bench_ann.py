@@ -3,7 +3,7 @@ MIPS->L2 reduction) and IVF with 4-bit fast-scan PQ plus an exact refine, on ALS
 factors whose norms vary. Comma-separated build and search parameters are swept.
 
     python -m benchmarks.bench_ann                     # 200k items, real ALS factors
-    python -m benchmarks.bench_ann --items 50000 --data lognormal --json
+    python -m benchmarks.bench_ann --items 50000 --data lognormal --json ann.json
     python -m benchmarks.bench_ann --items 1000000 --hnsw-m 16,32,48 --pq-m 16,32   # the 1M sweep
 
 Recall@K is measured against exact search over the same vectors; ms/query is wall time
@@ -23,12 +23,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 
 from embeddings.index import KINDS, build_index
+from training.flag_types import output_file
 
 
 @dataclass
@@ -265,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="queries timed one by one on exact search (truth is computed for all; default: 200)")
     run.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads when searching (default: 1)")
     run.add_argument("--build-threads", type=int, default=1, help="faiss OpenMP threads when building (default: 1)")
-    run.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
+    run.add_argument("--json", type=output_file, nargs="?", const="-", metavar="FILE",
+                     help="also write the results here as JSON; --json alone prints them as JSON instead of the table")
     args = parser.parse_args(argv)
     args.users = args.users or args.items
 
@@ -290,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     results += sweep(items, queries, truth, exact_ms, args)
 
     if args.json:
-        print(json.dumps({"args": vars(args), "load_avg": os.getloadavg(), "results": [asdict(r) for r in results]},
-                         indent=2))
-        return 0
+        report = json.dumps({"args": vars(args), "load_avg": os.getloadavg(), "results": [asdict(r) for r in results]},
+                            indent=2)
+        if args.json == "-":
+            print(report)
+            return 0
+        Path(args.json).write_text(report + "\n")
     print(f"{args.items} items x {args.dim} dims, {len(queries)} queries, k={args.k}, batch={args.batch}, "
           f"threads={args.threads} (build {args.build_threads}), data={args.data}, "
           f"load avg {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -8,6 +8,7 @@ import argparse
 import ast
 import importlib
 import inspect
+import json
 import sys
 
 import pytest
@@ -39,6 +40,7 @@ def test_the_usage_line_names_the_module_as_it_is_run(name, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("name, argv", [
+    ("bench_ann", ["--data", "lognormal", "--items", "500", "--queries", "20", "-k", "10"]),
     ("bench_failover", ["--users", "200", "--items", "500", "--seconds-before", "0.5", "--seconds-after", "3", "--node-timeout-ms", "500"]),
     ("bench_feed_latency", ["--users", "200", "--sellers", "20", "--items", "500", "--requests", "10", "--warmup", "2", "--no-cluster"]),
     ("bench_spark", ["scale", "--users", "200", "--sellers", "20", "--items", "500", "--engines", "implicit"]),
@@ -53,6 +55,30 @@ def test_a_json_file_that_cannot_be_written_is_refused_before_the_run(name, argv
     assert exit.value.code == 2
     out, err = capsys.readouterr()
     assert f"argument --json: no directory {tmp_path}/nowhere to write {tmp_path}/nowhere/report.json into" in err and not out
+
+
+TINY_ANN = ["--data", "lognormal", "--items", "500", "--queries", "20", "-k", "10", "--kinds", "flat,hnsw-mips",
+            "--ef-search", "16", "--exact-queries", "10", "--repeat", "1"]
+
+
+def test_bench_ann_json_takes_a_file_as_every_other_benchmark_s_does(tmp_path, capsys):
+    """bench_ann's --json was an on/off switch printing JSON instead of the table, where every
+    other benchmark's --json names the file to write."""
+    from benchmarks import bench_ann
+
+    report = tmp_path / "ann.json"
+    assert bench_ann.main([*TINY_ANN, "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "hnsw-mips" in out and "R@10" in out  # the table is still printed
+    saved = json.loads(report.read_text())
+    assert saved["args"]["items"] == 500 and [r["kind"] for r in saved["results"]] == ["flat", "hnsw-mips"]
+
+
+def test_bench_ann_json_alone_still_prints_json(capsys):
+    from benchmarks import bench_ann
+
+    assert bench_ann.main([*TINY_ANN, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["args"]["items"] == 500
 
 
 def parsers_of(name: str, monkeypatch) -> list[tuple[str, argparse.ArgumentParser]]:
