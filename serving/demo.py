@@ -80,7 +80,9 @@ def find_ranks(stub, user: str, item_ids: set[str]) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="demo-out", help="where data and models go (default: %(default)s)")
+    parser.add_argument("--workdir", default="demo-out",
+                        help="where the data (data/), the models (models/), the server's log (server.log) "
+                        "and its port file (server.port) go (default: %(default)s)")
     parser.add_argument("--users", type=bounded(int, 2), default=3000, help="synthetic users (default: %(default)s)")
     parser.add_argument("--sellers", type=bounded(int, 1), default=300, help="synthetic sellers, at most --users (default: %(default)s)")
     parser.add_argument("--items", type=bounded(int, 1), default=8000, help="synthetic items (default: %(default)s)")
