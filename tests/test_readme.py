@@ -329,7 +329,7 @@ def test_every_module_the_readmes_run_exists_and_takes_the_flags_given(monkeypat
         flags = [word.split("=")[0] for word in mention.words if re.fullmatch(r"--?[a-zA-Z][\w-]*(=.*)?", word)]
         if not flags and command is None:
             continue
-        if main_of(mention.module) is None:  # no parser to read: tests.test_wal's `bench N B T`
+        if main_of(mention.module) is None:  # no parser to read: a script of its own
             wrong += [f"{mention.source}: python -m {mention.module}: no parser to check {flags}"] if flags else []
             continue
         key = (mention.module, command)

@@ -2,7 +2,7 @@
 acknowledged batch, replayed over the dataset on start, folded into a snapshot on a schedule.
 
 Also run as a program: ``python -m tests.test_wal child ...`` is the ingesting process the
-SIGKILL test kills; ``python -m tests.test_wal bench`` measures ingest with and without the log.
+SIGKILL test kills. The ingest benchmark is ``python -m benchmarks.bench_wal``.
 """
 
 from __future__ import annotations
@@ -1027,54 +1027,21 @@ def test_sigkill_of_a_real_server_mid_ingest_stream_loses_no_acknowledged_event(
         store.close()
 
 
-# -- the ingest benchmark ------------------------------------------------------------------------
+# -- the ingest benchmark (benchmarks/bench_wal.py) ----------------------------------------------
 
 
-def bench(events: int = 20_000, batch: int = 100, threads: int = 1, repeat: int = 3) -> None:
-    """Ingest of a stream of ``batch``-event like/view batches from ``threads`` threads:
-    no log, fsync off, fsync batch. Best of ``repeat`` runs: events/s (wall) and CPU
-    microseconds per event (the process's, all threads); then replay speed."""
-    from training.generate import generate
+def test_the_ingest_benchmark_runs_at_a_tiny_scale(tmp_path, monkeypatch, capsys):
+    from benchmarks.bench_wal import MODES, main
 
-    dataset = generate(users=2000, sellers=200, items=5000, seed=1)
-    fingerprint = dataset.fingerprint()
-    users, items = list(dataset.likes.src[:2000]), list(dataset.items.item_id[:2000])
-    rnd = random.Random(0)
-    stream = [
-        [Event(f"b{k}-{j}", rnd.choice([EventKind.LIKE, EventKind.VIEW]), NOW, user_id=rnd.choice(users), item_id=rnd.choice(items))
-         for j in range(batch)]
-        for k in range(events // batch)
-    ]  # fmt: skip
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"wal-bench-{os.getpid()}"
-    for mode in ("no log", "off", "batch"):
-        rates, cpus, replays = [], [], []
-        for _ in range(repeat):
-            shutil.rmtree(root, ignore_errors=True)
-            memory = MemoryStore.from_dataset(dataset)
-            store = memory if mode == "no log" else DurableStore(memory, fingerprint, str(root), fsync=mode, snapshot_seconds=0)
-            chunks = [stream[t::threads] for t in range(threads)]
-            workers = [threading.Thread(target=lambda c: [store.apply(b) for b in c], args=(chunk,)) for chunk in chunks]
-            wall, cpu = time.perf_counter(), time.process_time()
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-            rates.append(events / (time.perf_counter() - wall))
-            cpus.append((time.process_time() - cpu) / events * 1e6)
-            store.close()
-            if mode != "no log":
-                memory = MemoryStore.from_dataset(dataset)
-                started = time.perf_counter()
-                DurableStore(memory, fingerprint, str(root), snapshot_seconds=0).close()
-                replays.append(events / (time.perf_counter() - started))
-        replay = f"   replay {max(replays):,.0f} events/s" if replays else ""
-        print(f"{mode:>7}: {max(rates):8,.0f} events/s {max(rates) / batch:6,.0f} batches/s {min(cpus):6,.0f} us CPU/event"
-              f"  ({threads} threads){replay}", flush=True)  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    main(["--events", "40", "--batch", "10", "--threads", "2", "--repeat", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == list(MODES)
+    assert all("events/s" in line and "(2 threads)" in line for line in lines)
+    assert ("replay" in lines[0], "replay" in lines[1], "replay" in lines[2]) == (False, True, True)
+    assert not list(tmp_path.iterdir())  # the log is removed afterwards
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "child":
         _child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-    elif sys.argv[1] == "bench":
-        bench(*(int(arg) for arg in sys.argv[2:]))
