@@ -90,7 +90,7 @@ def _serve(argv: list[str]) -> None:
         except (OSError, ValueError) as error:
             _refuse_start(parser, args, f"--arms: {error}")
     from serving.feed_processes import FeedProcessError
-    from serving.server import serve
+    from serving.server import serve, start_error
 
     take_ctrl_c_back()
 
@@ -104,16 +104,6 @@ def _serve(argv: list[str]) -> None:
             logging.getLogger("feedrank.serving").critical("error: %s", message)
             sys.exit(1)
         sys.exit(f"error: {message}")
-
-
-def start_error(error: BaseException) -> str:
-    """The one line for an error that stops the start. An OSError from a file the server reads
-    (not ours to read, a directory in its place, EIO) names the path, without the "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        where = "" if error.filename is None else str(error.filename)
-        where += "" if error.filename2 is None else f" -> {error.filename2}"  # a rename's two paths
-        return f"{where}: {error.strerror}" if where else error.strerror
-    return str(error)
 
 
 def _refuse_start(parser: argparse.ArgumentParser, args: argparse.Namespace, message: str) -> NoReturn:

@@ -199,6 +199,16 @@ class BindError(OSError):
     """The server cannot have its address (one line, for the operator)."""
 
 
+def start_error(error: BaseException) -> str:
+    """The one line for an error that stops the start. An OSError from a file the server reads
+    (not ours to read, a directory in its place, EIO) names the path, without the "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        where = "" if error.filename is None else str(error.filename)
+        where += "" if error.filename2 is None else f" -> {error.filename2}"  # a rename's two paths
+        return f"{where}: {error.strerror}" if where else error.strerror
+    return str(error)
+
+
 def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -818,8 +828,8 @@ def _fork_workers(config: ServerConfig, port_file: str | None, children: _Worker
                     http_port=config.http_port + index if config.http_port else 0,
                 )
                 _serve_one(worker_config, f"{port_file}.{index}" if port_file else None)
-            except (BindError, FileNotFoundError, ValueError) as error:  # one line, as serve() gives
-                log.error("worker %d: %s", index, error)
+            except (OSError, ValueError) as error:  # one line, as serve() gives (BindError is an OSError)
+                log.error("worker %d: %s", index, start_error(error))
                 code = 1
             except BaseException:
                 log.exception("worker %d failed", index)

@@ -369,7 +369,7 @@ def fork():  # SIGTERM to the parent the moment each worker is forked
 
 server.FeedServer = Server
 server.os.fork = fork
-server.serve(ServerConfig(models_dir="m", store_url="redis://127.0.0.1:1", workers=2, token_secret=b"k" * 32))
+server.serve(ServerConfig(models_dir="m", store_url="redis://127.0.0.1:1", workers=2, port=0, token_secret=b"k" * 32))
 print("stopped")
 """
 
@@ -393,3 +393,37 @@ def test_a_sigterm_right_after_a_worker_forks_stops_the_workers(tmp_path) -> Non
         for pid in pids_file.read_text().split():  # the workers this test started, should they run on
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+WORKER_OS_ERROR = r"""
+import sys
+from serving import server
+from serving.config import ServerConfig
+
+
+class Server:  # a worker whose start fails as one reading a file it may not read
+    def __init__(self, config):
+        pass
+
+    def start(self):
+        raise PermissionError(13, "Permission denied", "/srv/tls/server.key")
+
+    def stop(self, grace=None):
+        pass
+
+
+server.FeedServer = Server
+server.serve(ServerConfig(models_dir="m", store_url="redis://127.0.0.1:1", workers=2, port=0, token_secret=b"k" * 32))
+"""
+
+
+def test_an_os_error_that_stops_a_worker_is_one_line_naming_its_path(tmp_path) -> None:
+    """A worker turned only BindError, FileNotFoundError and ValueError into one line: a
+    PermissionError (or EIO) at its start was a traceback, as it was in serve() alone."""
+    with open(tmp_path / "out", "w") as out:
+        result = subprocess.run([sys.executable, "-c", WORKER_OS_ERROR], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=EXIT_SECONDS)
+    output = (tmp_path / "out").read_text()
+    assert result.returncode == 1, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
+    assert "worker 0: /srv/tls/server.key: Permission denied" in output, output[-2000:]
