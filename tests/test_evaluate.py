@@ -458,3 +458,41 @@ def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path,
     trained = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trained with: ")]
     assert trained == ["trained with: ALS 8 factors, regularization 0.05, alpha 20, 3 sweeps, like weights log, "
                        "item-kNN auto, EASE λ 50, seed 3 (--json records every parameter)"], trained
+
+
+def test_baselines_without_a_signal_are_left_out_and_said_so():
+    """Regression: on data without follows (Last.fm) the table printed a followed_sellers row of
+    zeros, and a paired difference against it, as if the baseline had been measured."""
+    from training.dataset import _empty_edges
+
+    dataset = dataclasses.replace(generate(users=120, sellers=10, items=200, seed=5),
+                                  follows=_empty_edges(), friends=_empty_edges())
+    report = evaluate_split(dataset, SplitSpec("user", 0.2), None, (10,), PARAMS, show_progress=False, compare_blend=False)
+    assert "followed_sellers" not in report.methods and "friends_likes" not in report.methods
+    assert {"popularity", "als", "ease"} <= set(report.methods)
+    assert report.baselines_left_out == {"followed_sellers": "no follows in the training data",
+                                         "friends_likes": "no friendships in the training data"}
+    assert set(report.paired) == set(report.methods) - {"model"}
+    table = report.table().splitlines()
+    assert not any(line.startswith(("followed_sellers", "friends_likes")) for line in table)
+    assert ("baselines left out: followed_sellers (no follows in the training data); "
+            "friends_likes (no friendships in the training data)") in table
+    payload = json.loads(json.dumps(report.as_json()))
+    assert set(payload["baselines"]) == set(report.methods) - {"model"}
+    assert payload["baselines_left_out"] == report.baselines_left_out
+
+
+def test_a_baseline_that_recommends_nothing_to_any_test_user_is_left_out():
+    """Follows there are, but none of a test user: the followed_sellers row would be zeros."""
+    dataset = generate(users=120, sellers=10, items=200, seed=5)
+    split = SplitSpec("user", 0.2)
+    test_users = set(split_for_evaluation(dataset, split)[1].src)
+    keep = [user not in test_users for user in dataset.follows.src]
+    follows = Edges([u for u, k in zip(dataset.follows.src, keep) if k], [s for s, k in zip(dataset.follows.dst, keep) if k],
+                    dataset.follows.ts[np.array(keep, bool)])
+    report = evaluate_split(dataclasses.replace(dataset, follows=follows), split, None, (10,), PARAMS,
+                            show_progress=False, compare_blend=False)
+    assert "followed_sellers" not in report.methods and "friends_likes" in report.methods
+    assert report.baselines_left_out == {
+        "followed_sellers": f"it recommends nothing to any of the {report.test_users} test users"}
+    assert not report.baselines_left_out.keys() & report.paired.keys()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm import tqdm
 
-from embeddings.knn import ItemKNN, train_item_knn
+from embeddings.knn import EASE_MAX_ITEMS, ItemKNN, train_item_knn
 from embeddings.model import EmbeddingModel
 from ranking.feed import FeedSettings, build_feed_pipeline
 from ranking.ranker import LinearRanker
@@ -87,6 +87,9 @@ class EvaluationReport:
     cap_grid: list[dict] = field(default_factory=list)
     cap_grid_seconds: float = 0.0
     cap_grid_skipped: str = ""  # why the cap grid asked for was not replayed
+    # Baselines not reported, and why (no follows, no friendships, a catalogue too large for
+    # EASE, nothing recommended to any test user): a row of zeros would read as a measurement.
+    baselines_left_out: dict[str, str] = field(default_factory=dict)
     # Kept by evaluate() so the cap grid can be added later; holds the training data and
     # the model: set it to None to release them.
     replay: FeedReplay | None = field(default=None, repr=False, compare=False)
@@ -97,6 +100,7 @@ class EvaluationReport:
         return {
             "model": model,
             "baselines": methods,
+            **({"baselines_left_out": dict(self.baselines_left_out)} if self.baselines_left_out else {}),
             "coverage": model.get(f"coverage@{max(self.ks)}", 0.0),
             **({"test_part": self.test_part} if self.test_part else {}),
             "test_users": self.test_users,
@@ -123,6 +127,8 @@ class EvaluationReport:
         lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
+        if self.baselines_left_out:
+            lines.append(self.left_out_line())
         lines.append(self.summary_line())
         lines.append(f"coverage@{max(self.ks)}: the share of the {self.recommendable_items} items some test user may be "
                      f"shown (of {self.catalogue_items} listed) that are in some test user's top {max(self.ks)}")
@@ -135,6 +141,11 @@ class EvaluationReport:
         if self.cap_grid_skipped:
             lines += ["", f"diversity caps: not replayed ({self.cap_grid_skipped})"]
         return "\n".join(lines)
+
+    def left_out_line(self) -> str:
+        """The baselines not in the table, each with why: one line."""
+        return "baselines left out: " + "; ".join(
+            f"{name} ({reason})" for name, reason in self.baselines_left_out.items())
 
     def summary_line(self) -> str:
         """What the metrics were measured on: the test users and pairs, and the misses no method can avoid."""
@@ -360,6 +371,18 @@ def ease_baseline(train: Dataset, eligible: Eligibility, l2: float = EASE_BASELI
     return item_to_item_recommender(model, train, eligible)
 
 
+def baselines_without_data(train: Dataset) -> dict[str, str]:
+    """The baselines of ``baseline_recommenders`` whose input ``train`` lacks, and why: each
+    would recommend nothing to anyone (Last.fm has no follows; generated data without a
+    friend graph has no friendships)."""
+    out = {}
+    if not len(train.follows):
+        out["followed_sellers"] = "no follows in the training data"
+    if not len(train.friends):
+        out["friends_likes"] = "no friendships in the training data"
+    return out
+
+
 
 def item_to_item_recommender(knn: ItemKNN, train: Dataset, eligible: Eligibility) -> Recommender:
     liked: dict[str, list[str]] = defaultdict(list)
@@ -434,7 +457,8 @@ def evaluate(
 
     methods: dict[str, Recommender] = {"model": pipeline_recommender(train, model, ranker, now, settings, show_progress)}
     if baselines:
-        methods.update(baseline_recommenders(train, model, eligible))
+        found, report.baselines_left_out = baseline_recommenders(train, model, eligible)
+        methods.update(found)
     methods.update(extra_methods or {})
     users = sorted(relevant)
     report.recommendable_items, report.catalogue_items = eligible.recommendable_count(users), len(eligible.item_ids)
@@ -447,6 +471,10 @@ def evaluate(
             report.replay = FeedReplay(
                 train, model, ranker, now, settings, relevant, recommended, time.perf_counter() - started
             )
+        if name not in ("model", *(extra_methods or {})) and users and not any(recommended.values()):
+            # A baseline whose data holds nothing for these users: its zeros would measure nothing.
+            report.baselines_left_out[name] = f"it recommends nothing to any of the {len(users)} test users"
+            continue
         per_user[name] = per_user_metrics(recommended, relevant, ks)
         metrics = mean_metrics(per_user[name])
         metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, report.recommendable_items, depth)
@@ -462,14 +490,18 @@ def evaluate(
     return report
 
 
-def baseline_recommenders(train: Dataset, model: EmbeddingModel | None, eligible: Eligibility) -> dict[str, Recommender]:
-    """Every baseline that applies: popularity, followed sellers, friends' likes, and with a
-    model ALS alone and its item-kNN alone, and EASE alone where the catalogue allows."""
-    methods: dict[str, Recommender] = {
-        "popularity": popularity_baseline(train, eligible),
-        "followed_sellers": followed_sellers_baseline(train, eligible),
-        "friends_likes": friends_likes_baseline(train, eligible),
-    }
+def baseline_recommenders(
+    train: Dataset, model: EmbeddingModel | None, eligible: Eligibility
+) -> tuple[dict[str, Recommender], dict[str, str]]:
+    """Every baseline that applies: popularity, followed sellers (with follows), friends'
+    likes (with friendships), and with a model ALS alone and its item-kNN alone, and EASE
+    alone where the catalogue allows; and the baselines left out, each with why."""
+    left_out = baselines_without_data(train)
+    methods: dict[str, Recommender] = {"popularity": popularity_baseline(train, eligible)}
+    if "followed_sellers" not in left_out:
+        methods["followed_sellers"] = followed_sellers_baseline(train, eligible)
+    if "friends_likes" not in left_out:
+        methods["friends_likes"] = friends_likes_baseline(train, eligible)
     if model is not None:
         methods["als"] = als_baseline(model, train, eligible)
         if model.item_knn is not None:
@@ -477,7 +509,9 @@ def baseline_recommenders(train: Dataset, model: EmbeddingModel | None, eligible
     ease = ease_baseline(train, eligible)
     if ease is not None:
         methods["ease"] = ease
-    return methods
+    else:
+        left_out["ease"] = f"more than EASE_MAX_ITEMS={EASE_MAX_ITEMS:,} items with support: too large for EASE"
+    return methods, left_out
 
 
 def cap_grid_settings(settings: FeedSettings, depth: int) -> list[FeedSettings]:
