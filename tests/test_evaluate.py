@@ -442,6 +442,27 @@ def test_coverage_is_the_share_of_what_some_evaluated_user_may_be_shown(tmp_path
     assert report.methods["all_but_i4"]["coverage@10"] == pytest.approx(2 / 3)
 
 
+def test_sellers_at_k_averages_over_every_test_user_as_precision_does(tmp_path):
+    # Regression: sellers@K averaged over the non-empty pages only, while precision, recall
+    # and NDCG average over every test user (one shown nothing scores 0).
+    from ranking.feed import DEFAULT_RANKER
+    from training.evaluate import evaluate
+
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\ni0,s0,1,1\ni1,s1,1,1\ni2,s2,1,1\n")
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i2,1\nu2,i2,1\n")
+    train = load_dataset(str(tmp_path))
+
+    def only_u1(user_id, k):
+        return ["i0", "i1"] if user_id == "u1" else []
+
+    test = Edges(["u1", "u2"], ["i0", "i0"], np.zeros(2))
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=2.0, extra_methods={"only_u1": only_u1},
+                      show_progress=False, baselines=False)
+    metrics = report.methods["only_u1"]
+    assert metrics["precision@10"] == pytest.approx((1 / 10 + 0) / 2)
+    assert metrics["sellers@10"] == pytest.approx((2 + 0) / 2)
+
+
 def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path, capsys):
     # Regression: two --json files of runs with another --seed, --factors or pool size were
     # indistinguishable: the file held the test part and the metrics, not what was trained.

@@ -59,6 +59,15 @@ def test_coverage_and_sellers() -> None:
     assert mean_distinct_sellers(RECOMMENDED, seller_of, 2) == pytest.approx(1.0)
 
 
+def test_an_empty_page_counts_as_no_seller_as_an_empty_list_counts_as_no_hit() -> None:
+    # Regression: sellers@K averaged over the non-empty pages only, so a method that showed
+    # one user two sellers and nothing to the other scored 2, as one showing both scored.
+    seller_of = {"i1": "s1", "i2": "s2"}
+    assert mean_distinct_sellers({"a": ["i1", "i2"], "b": []}, seller_of, 2) == pytest.approx(1.0)
+    assert mean_distinct_sellers({"a": [], "b": []}, seller_of, 2) == 0.0
+    assert mean_distinct_sellers({}, seller_of, 2) == 0.0
+
+
 def test_per_user_values_pair_users_in_the_order_of_the_test() -> None:
     values = per_user_metrics(RECOMMENDED, RELEVANT, ks=(4,))
     assert values["ndcg@4"] == pytest.approx([(L2 + L4) / (L2 + L3), (1 / math.log2(5)) / (L2 + L3 + L4), 0.0])  # a, b, c

@@ -539,9 +539,9 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
     main table (the configured setting reuses the "model" row's pages). Each row has the
     caps, whether they are the configured ones, precision, recall and NDCG at each k, the
     mean page length (a cap leaves a page short when too few candidates pass it), and the
-    mean number of distinct categories and of distinct sellers per non-empty page of
-    max(ks) items (items without a category, or a seller, are not counted: on data without
-    categories, categories@k is 0).
+    mean number of distinct categories and of distinct sellers per page of max(ks) items,
+    over every test user as the other metrics (an empty page counts 0; items without a
+    category, or a seller, are not counted: on data without categories, categories@k is 0).
     """
     replay = report.replay
     if replay is None:

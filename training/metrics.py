@@ -113,13 +113,12 @@ def catalogue_coverage(recommended: Mapping[User, Sequence[Item]], recommendable
 def mean_distinct_sellers(
     recommended: Mapping[User, Sequence[Item]], seller_of: Mapping[Item, str], k: int
 ) -> float:
-    """Mean over users with a non-empty list of the number of distinct sellers in their top-k.
+    """Mean over the users of ``recommended`` of the number of distinct sellers in their top-k.
 
-    Items missing from ``seller_of`` or with seller "" are not counted as a seller.
+    Every user counts, as in the other @K metrics: an empty list has 0 sellers (averaged
+    over non-empty lists only, a method that shows nothing to most users would score as if
+    it had shown everyone as varied a page). Items missing from ``seller_of`` or with
+    seller "" are not counted as a seller.
     """
-    counts = [
-        len({seller_of.get(item, "") for item in list(items)[:k]} - {""})
-        for items in recommended.values()
-        if len(items)
-    ]
+    counts = [len({seller_of.get(item, "") for item in list(items)[:k]} - {""}) for items in recommended.values()]
     return float(np.mean(counts)) if counts else 0.0
