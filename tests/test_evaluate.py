@@ -517,3 +517,19 @@ def test_a_baseline_that_recommends_nothing_to_any_test_user_is_left_out():
     assert report.baselines_left_out == {
         "followed_sellers": f"it recommends nothing to any of the {report.test_users} test users"}
     assert not report.baselines_left_out.keys() & report.paired.keys()
+
+
+def test_sellers_at_k_is_not_measured_when_no_item_has_a_seller(tmp_path):
+    # Regression: on Last.fm (artists, no sellers) every row's sellers@20 was 0.0000.
+    from ranking.feed import DEFAULT_RANKER
+    from training.evaluate import evaluate
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i2,1\nu2,i2,1\nu1,i1,1\n")
+    train = load_dataset(str(tmp_path))
+    assert not any(train.items.seller_id)
+    test = Edges(["u1", "u2"], ["i0", "i1"], np.zeros(2))
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=2.0, show_progress=False)
+    assert report.methods and not any("sellers@10" in metrics for metrics in report.methods.values())
+    table = report.table().splitlines()
+    assert "sellers@10" not in table[0] and "sellers@10: not measured (no item has a seller)" in table
+    assert json.loads(json.dumps(report.as_json()))["sellers_not_measured"] == "no item has a seller"

@@ -90,6 +90,7 @@ class EvaluationReport:
     # Baselines not reported, and why (no follows, no friendships, a catalogue too large for
     # EASE, nothing recommended to any test user): a row of zeros would read as a measurement.
     baselines_left_out: dict[str, str] = field(default_factory=dict)
+    sellers_skipped: str = ""  # why sellers@K was not measured (no item has a seller: it would be 0 for all)
     # Kept by evaluate() so the cap grid can be added later; holds the training data and
     # the model: set it to None to release them.
     replay: FeedReplay | None = field(default=None, repr=False, compare=False)
@@ -101,6 +102,7 @@ class EvaluationReport:
             "model": model,
             "baselines": methods,
             **({"baselines_left_out": dict(self.baselines_left_out)} if self.baselines_left_out else {}),
+            **({"sellers_not_measured": self.sellers_skipped} if self.sellers_skipped else {}),
             "coverage": model.get(f"coverage@{max(self.ks)}", 0.0),
             **({"test_part": self.test_part} if self.test_part else {}),
             "test_users": self.test_users,
@@ -122,7 +124,7 @@ class EvaluationReport:
 
     def table(self) -> str:
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "recall", "ndcg")]
-        columns += [f"coverage@{max(self.ks)}", f"sellers@{max(self.ks)}"]
+        columns += [f"coverage@{max(self.ks)}", *([] if self.sellers_skipped else [f"sellers@{max(self.ks)}"])]
         width = max(len(name) for name in self.methods) if self.methods else 8
         lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
         for name, metrics in self.methods.items():
@@ -132,6 +134,8 @@ class EvaluationReport:
         lines.append(self.summary_line())
         lines.append(f"coverage@{max(self.ks)}: the share of the {self.recommendable_items} items some test user may be "
                      f"shown (of {self.catalogue_items} listed) that are in some test user's top {max(self.ks)}")
+        if self.sellers_skipped:
+            lines.append(f"sellers@{max(self.ks)}: not measured ({self.sellers_skipped})")
         if self.test_part:
             lines.append(f"test part: {self.test_part}")
         if self.paired:
@@ -461,6 +465,8 @@ def evaluate(
         methods.update(found)
     methods.update(extra_methods or {})
     users = sorted(relevant)
+    if not any(train.items.seller_id):
+        report.sellers_skipped = "no item has a seller"
     report.recommendable_items, report.catalogue_items = eligible.recommendable_count(users), len(eligible.item_ids)
     per_user: dict[str, dict[str, np.ndarray]] = {}
     for name, recommend in methods.items():
@@ -478,7 +484,8 @@ def evaluate(
         per_user[name] = per_user_metrics(recommended, relevant, ks)
         metrics = mean_metrics(per_user[name])
         metrics[f"coverage@{depth}"] = catalogue_coverage(recommended, report.recommendable_items, depth)
-        metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
+        if not report.sellers_skipped:
+            metrics[f"sellers@{depth}"] = mean_distinct_sellers(recommended, eligible.seller_of, depth)
         report.methods[name] = metrics
     if report.test_users:
         report.paired = {
