@@ -5,6 +5,7 @@
   python -m training evaluate --data DIR [--split ...] [--k 10,20] [--json OUT]
   python -m training tune --data DIR --out params.json [--trials 30] [--timeout 900]
   python -m training train --data DIR --out MODELS_DIR --params params.json
+  python -m training lastfm --src LASTFM_2K_DIR --out DIR [--binary] [--temporal | --published-split DIR]
 
 Every command takes --no-progress (progress bars are off anyway when stderr is not a
 terminal); train, evaluate and tune take --drop-unknown-items.
