@@ -533,3 +533,12 @@ def test_sellers_at_k_is_not_measured_when_no_item_has_a_seller(tmp_path):
     table = report.table().splitlines()
     assert "sellers@10" not in table[0] and "sellers@10: not measured (no item has a seller)" in table
     assert json.loads(json.dumps(report.as_json()))["sellers_not_measured"] == "no item has a seller"
+
+
+def test_the_item_knn_baseline_left_out_without_an_item_to_item_model_is_said_so():
+    # Regression: with --knn none the item_knn row vanished from the table without a word.
+    report = evaluate_split(generate(users=120, sellers=10, items=200, seed=5), SplitSpec("user", 0.2), None, (10,),
+                            dataclasses.replace(PARAMS, knn="none"), show_progress=False, compare_blend=False)
+    assert "item_knn" not in report.methods and "als" in report.methods
+    assert report.baselines_left_out == {"item_knn": "no item-to-item model was trained (--knn none)"}
+    assert "baselines left out: item_knn (no item-to-item model was trained (--knn none))" in report.table().splitlines()

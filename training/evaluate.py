@@ -513,6 +513,8 @@ def baseline_recommenders(
         methods["als"] = als_baseline(model, train, eligible)
         if model.item_knn is not None:
             methods["item_knn"] = item_knn_baseline(model, train, eligible)
+        else:
+            left_out["item_knn"] = "no item-to-item model was trained (--knn none)"
     ease = ease_baseline(train, eligible)
     if ease is not None:
         methods["ease"] = ease
