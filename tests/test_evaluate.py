@@ -542,3 +542,24 @@ def test_the_item_knn_baseline_left_out_without_an_item_to_item_model_is_said_so
     assert "item_knn" not in report.methods and "als" in report.methods
     assert report.baselines_left_out == {"item_knn": "no item-to-item model was trained (--knn none)"}
     assert "baselines left out: item_knn (no item-to-item model was trained (--knn none))" in report.table().splitlines()
+
+
+@pytest.mark.parametrize("content", [None, "user_id,item_id\nu1,i1\nu2\n"])
+def test_a_missing_or_malformed_test_file_is_refused_before_the_dataset_is_loaded(tmp_path, capsys, monkeypatch, content):
+    # Regression: evaluate loaded the whole dataset (minutes at a million users) before it
+    # found that the --test file did not exist or had a bad row.
+    import training.dataset
+    from training.__main__ import main
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the test file was read")
+
+    monkeypatch.setattr(training.dataset, "load_dataset", not_yet)
+    path = tmp_path / "test.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", "--data", str(tmp_path), "--test", str(path), "--no-progress"])
+    err = f"{stopped.value.code}\n{capsys.readouterr().err}"
+    assert f"error: --test {path}: test.csv" in err
+    assert ("test.csv:3: column 'item_id'" in err) if content else ("No such file or directory" in err)

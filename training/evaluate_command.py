@@ -82,15 +82,17 @@ def run(args) -> None:
     split = SplitSpec.parse(args.split) if args.split else None
     params = params_from_args(args)
     settings = settings_from_args(args)
+    # Before the dataset, which can take minutes to load: a missing or malformed test file
+    # is known in a moment.
+    try:
+        test = read_test_file(args.test) if args.test else None
+    except DatasetError as error:  # named by its flag and full path, not only its base name
+        raise SystemExit(f"error: --test {os.path.abspath(args.test)}: {error}") from None
     dataset = load_dataset(args.data)
     require_likes(dataset, args.data)
     check_time_split(dataset, split, "--split")
     ranker_params = ranker_params_from_args(args)
     check_validation_kind(dataset, ranker_params.validation_kind, ranker_params.validation_fraction, "--ranker-validation-split")
-    try:
-        test = read_test_file(args.test) if args.test else None
-    except DatasetError as error:  # named by its flag and full path, not only its base name
-        raise SystemExit(f"error: --test {os.path.abspath(args.test)}: {error}") from None
     report = evaluate_split(
         dataset, split, test, ks, params, settings, show_progress=params.show_progress,
         ranker_params=ranker_params, compare_blend=not args.no_blend, max_users=args.eval_users,
