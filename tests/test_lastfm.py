@@ -207,7 +207,7 @@ def test_a_byte_that_is_not_utf8_names_file_line_and_character(tmp_path):
     ("user_artists.dat", "userID\tartistID\tweight\n2\t10\t5\n\n2\t11\tx\n",
      "user_artists.dat:4: column 'weight': expected an integer, got 'x'"),
     ("user_artists.dat", "userID\tartistID\tweight\n\n2\t10\t5\n2\t11\t0\n",
-     "user_artists.dat:4: column 'weight': expected a positive listening count"),
+     "user_artists.dat:4: column 'weight': expected a positive listening count, got 0"),
     ("user_friends.dat", "userID\tfriendID\n2\t3\n\n\n3\tu2\n", "user_friends.dat:5: column 'friendID': expected an integer"),
 ])
 def test_a_bad_value_after_a_blank_line_names_its_own_line(tmp_path, file, text, message):

@@ -127,8 +127,8 @@ def _listen_likes(src: str) -> Edges:
     artists = _int_column(listens, 1, USER_ARTISTS, "artistID")
     counts = _int_column(listens, 2, USER_ARTISTS, "weight")
     if min(counts, default=1) <= 0:
-        line = next(line for line, c in zip(listens.lines, counts) if c <= 0)
-        raise DatasetError(USER_ARTISTS, line, "weight", "expected a positive listening count")
+        line, count = next((line, c) for line, c in zip(listens.lines, counts) if c <= 0)
+        raise DatasetError(USER_ARTISTS, line, "weight", f"expected a positive listening count, got {count}")
     return Edges(
         src=[f"u{u}" for u in users],
         dst=[f"a{a}" for a in artists],
