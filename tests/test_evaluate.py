@@ -563,3 +563,22 @@ def test_a_missing_or_malformed_test_file_is_refused_before_the_dataset_is_loade
     err = f"{stopped.value.code}\n{capsys.readouterr().err}"
     assert f"error: --test {path}: test.csv" in err
     assert ("test.csv:3: column 'item_id'" in err) if content else ("No such file or directory" in err)
+
+
+def test_the_tables_columns_line_up_with_their_header_when_every_method_name_is_short(tmp_path):
+    # Regression: the name column was as wide as the longest method name, so with only
+    # "model" (or only "blend" in the paired table) the header's "method" pushed its
+    # columns one character right of the numbers under them.
+    from ranking.feed import DEFAULT_RANKER
+    from training.evaluate import evaluate
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i2,1\nu2,i2,1\nu1,i1,1\nu2,i3,1\n")
+    train = load_dataset(str(tmp_path))
+    test = Edges(["u1", "u2"], ["i3", "i1"], np.zeros(2))
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10,), now=2.0, show_progress=False, baselines=False,
+                      extra_methods={"top": lambda user_id, k: ["i3", "i1"]})
+    lines = report.table().splitlines()
+    header, model, top = lines[0], lines[1], lines[2]
+    assert len(header) == len(model) == len(top)
+    paired = report.paired_table()  # the name column as wide as its header "method" too
+    assert paired[1].startswith("method ") and paired[2].startswith("top    +")

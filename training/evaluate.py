@@ -125,7 +125,7 @@ class EvaluationReport:
     def table(self) -> str:
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "recall", "ndcg")]
         columns += [f"coverage@{max(self.ks)}", *([] if self.sellers_skipped else [f"sellers@{max(self.ks)}"])]
-        width = max(len(name) for name in self.methods) if self.methods else 8
+        width = max([len("method"), *(len(name) for name in self.methods)])
         lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
         for name, metrics in self.methods.items():
             lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
@@ -172,7 +172,7 @@ class EvaluationReport:
         difference in the table above is more than the sample of users it was measured on."""
         metrics = [f"ndcg@{k}" for k in self.ks]
         users = next(iter(next(iter(self.paired.values())).values())).users
-        width = max(len(name) for name in self.paired)
+        width = max([len("method"), *(len(name) for name in self.paired)])
         lines = [f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
                  f"{'method':<{width}} " + " ".join(f"{m:>34}" for m in metrics)]
         for name, differences in self.paired.items():
