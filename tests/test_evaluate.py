@@ -582,3 +582,15 @@ def test_the_tables_columns_line_up_with_their_header_when_every_method_name_is_
     assert len(header) == len(model) == len(top)
     paired = report.paired_table()  # the name column as wide as its header "method" too
     assert paired[1].startswith("method ") and paired[2].startswith("top    +")
+
+
+def test_the_paired_tables_columns_line_up_with_their_headers(report):
+    # Regression: the header's columns were 34 characters wide and every cell 36
+    # ("+0.1671 [+0.1599, +0.1744] p < 0.001"), so each header stood 2 characters per
+    # column left of its numbers.
+    lines = report.paired_table()
+    header, rows = lines[1], lines[2:]
+    assert {len(row) for row in rows} == {len(header)}
+    for k in report.ks:  # each header ends where its cells end
+        end = header.index(f"ndcg@{k}") + len(f"ndcg@{k}")
+        assert all(row[end - 1] != " " and (end == len(row) or row[end] == " ") for row in rows)

@@ -173,15 +173,20 @@ class EvaluationReport:
         metrics = [f"ndcg@{k}" for k in self.ks]
         users = next(iter(next(iter(self.paired.values())).values())).users
         width = max([len("method"), *(len(name) for name in self.paired)])
-        lines = [f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
-                 f"{'method':<{width}} " + " ".join(f"{m:>34}" for m in metrics)]
+        rows = {}
         for name, differences in self.paired.items():
             cells = []
             for metric in metrics:
                 d = differences[metric]
                 p_value = "p < 0.001" if d.p_value < 0.001 else f"p = {d.p_value:.3f}"
-                cells.append(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] {p_value}".rjust(34))
-            lines.append(f"{name:<{width}} " + " ".join(cells))
+                cells.append(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] {p_value}")
+            rows[name] = cells
+        # Each column as wide as its widest cell (36 characters for differences under 10).
+        widths = [max([len(metric), *(len(cells[i]) for cells in rows.values())]) for i, metric in enumerate(metrics)]
+        lines = [f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
+                 f"{'method':<{width}} " + " ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))]
+        for name, cells in rows.items():
+            lines.append(f"{name:<{width}} " + " ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
         return lines
 
     def cap_grid_table(self) -> list[str]:
