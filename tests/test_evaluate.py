@@ -594,3 +594,22 @@ def test_the_paired_tables_columns_line_up_with_their_headers(report):
     for k in report.ks:  # each header ends where its cells end
         end = header.index(f"ndcg@{k}") + len(f"ndcg@{k}")
         assert all(row[end - 1] != " " and (end == len(row) or row[end] == " ") for row in rows)
+
+
+def test_the_tables_line_up_at_a_cut_off_of_100_or_more(tmp_path):
+    # Regression: columns were 12 characters wide (13 in the caps block), and precision@100
+    # (categories@100) one more, so from K = 100 every header stood right of its numbers.
+    from ranking.feed import DEFAULT_RANKER
+    from training.evaluate import evaluate
+
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock,category\n"
+                                        + "".join(f"i{n},s{n % 3},1,1,c{n % 2}\n" for n in range(6)))
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i0,1\nu2,i0,1\nu1,i1,1\nu2,i2,1\n")
+    train = load_dataset(str(tmp_path))
+    test = Edges(["u1", "u2"], ["i3", "i4"], np.zeros(2))
+    report = evaluate(train, test, None, DEFAULT_RANKER, (10, 100), now=2.0, show_progress=False, baselines=False,
+                      cap_grid=True)
+    lines = report.table().splitlines()
+    assert len(lines[0]) == len(lines[1]) and lines[0].endswith("sellers@100")
+    block = report.cap_grid_table()
+    assert {len(line) for line in block[1:-1]} == {len(block[1])}

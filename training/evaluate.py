@@ -126,9 +126,10 @@ class EvaluationReport:
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "recall", "ndcg")]
         columns += [f"coverage@{max(self.ks)}", *([] if self.sellers_skipped else [f"sellers@{max(self.ks)}"])]
         width = max([len("method"), *(len(name) for name in self.methods)])
-        lines = [f"{'method':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
+        widths = [max(12, len(c)) for c in columns]  # precision@100 is 13 characters
+        lines = [f"{'method':<{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
         for name, metrics in self.methods.items():
-            lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):12.4f}" for c in columns))
+            lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):{w}.4f}" for c, w in zip(columns, widths)))
         if self.baselines_left_out:
             lines.append(self.left_out_line())
         lines.append(self.summary_line())
@@ -194,17 +195,19 @@ class EvaluationReport:
         depth = max(self.ks)
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "ndcg")]
         columns += [f"items@{depth}", f"categories@{depth}", f"sellers@{depth}"]
+        widths = [max(13, len(c)) for c in columns]  # categories@100 is 14 characters
         lines = [
             f"diversity caps (the model row's feed replayed with other caps per page of {depth}; same model, "
             "ranker and users)",
-            f"{'seller cap':>10} {'category cap':>12} " + " ".join(f"{c:>13}" for c in columns),
+            f"{'seller cap':>10} {'category cap':>12} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)),
         ]
         for row in self.cap_grid:
             seller = "off" if row["max_per_seller"] >= depth else str(row["max_per_seller"])
             category = "off" if row["max_per_category"] == 0 else str(row["max_per_category"])
             mark = "*" if row["configured"] else " "
             lines.append(
-                f"{seller + mark:>10} {category:>12} " + " ".join(f"{row.get(c, math.nan):13.4f}" for c in columns)
+                f"{seller + mark:>10} {category:>12} "
+                + " ".join(f"{row.get(c, math.nan):{w}.4f}" for c, w in zip(columns, widths))
             )
         lines.append(
             f"* as configured; seller cap off = {depth} (a whole page: never binds; 0 is not a valid seller cap), "
