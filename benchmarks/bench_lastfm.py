@@ -95,11 +95,14 @@ def run_seed(dataset, protocol: str, split: SplitSpec | None, ks, settings: Feed
 
 
 def summarise(reports: dict[int, object], ks) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and spread over the seeds of each method every seed's report has: evaluate leaves
+    out a baseline that recommends nothing to any test user, which one split may and another not."""
     metrics = [f"{m}@{k}" for k in ks for m in ("precision", "recall", "ndcg")]
     seeds = list(reports)
     return {
         name: {key: mean_std([reports[s].methods[name] for s in seeds], key) for key in metrics}
         for name in reports[seeds[0]].methods
+        if all(name in reports[s].methods for s in seeds)
     }
 
 

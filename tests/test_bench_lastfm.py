@@ -99,3 +99,13 @@ def test_cut_offs_without_10_still_print_the_per_seed_ndcg_at_10(tmp_path, capsy
     bench_lastfm.main(["--src", src, "--protocols", "binary", "--splits", "user", "--seeds", "0", "--k", "20"])
     printed = capsys.readouterr().out
     assert "binary user:0.2:0: ndcg@10" in printed and "ndcg@20" in printed
+
+
+def test_a_method_one_seed_left_out_is_left_out_of_the_summary():
+    """evaluate leaves out a baseline that shows no test user anything; summarise indexed
+    every seed's report by the first seed's methods (a KeyError after the whole run)."""
+    from types import SimpleNamespace
+
+    row = {"precision@10": 0.1, "recall@10": 0.2, "ndcg@10": 0.3}
+    reports = {0: SimpleNamespace(methods={"model": row, "friends_likes": row}), 1: SimpleNamespace(methods={"model": row})}
+    assert list(bench_lastfm.summarise(reports, (10,))) == ["model"]
