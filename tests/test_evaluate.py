@@ -308,13 +308,27 @@ def test_the_cap_grid_still_reports_on_data_without_categories(report):
     no_categories = dataclasses.replace(train, items=dataclasses.replace(train.items, category=[""] * len(train.items)))
     small = with_replay_of_fewer_users(report, 50, train=no_categories)
     rows = evaluate_cap_grid(small)
-    assert all(row["categories@20"] == 0 for row in rows)
+    assert rows and all("categories@20" not in row for row in rows)  # 0 in every row would measure nothing
+    block = small.table()[small.table().index("diversity caps"):].splitlines()
+    assert "categories@20" not in block[1] and "sellers@20" in block[1]
     # No category to cap: a category cap changes nothing. (Both rows are replayed on the
     # data without categories; the configured row, cap 0, reuses the main replay's pages,
     # which were ranked with categories: category_affinity saw them.)
     for key in ("ndcg@10", "precision@20", "items@20", "sellers@20"):
         assert grid_row(small, 2, 1)[key] == grid_row(small, 2, 2)[key], key
     assert "diversity caps" in small.table()
+
+
+def test_the_cap_grid_has_no_sellers_column_on_data_without_sellers(report):
+    """As the main table (sellers@K: not measured), not a column of zeros."""
+    train = report.replay.train
+    no_sellers = dataclasses.replace(train, items=dataclasses.replace(train.items, seller_id=[""] * len(train.items)))
+    small = with_replay_of_fewer_users(report, 50, train=no_sellers)
+    rows = evaluate_cap_grid(small)
+    assert rows and all("sellers@20" not in row and "categories@20" in row for row in rows)
+    block = small.table()[small.table().index("diversity caps"):].splitlines()
+    assert "sellers@20" not in block[1] and "categories@20" in block[1]
+    assert all(len(line.split()) == len(block[1].split()) - 2 for line in block[2:-1])  # the headers' two-word caps labels
 
 
 def test_the_evaluate_command_has_the_cap_grid_flag():

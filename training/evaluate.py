@@ -194,7 +194,8 @@ class EvaluationReport:
         """The "diversity caps" block: one line per cap setting, the configured one marked *."""
         depth = max(self.ks)
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "ndcg")]
-        columns += [f"items@{depth}", f"categories@{depth}", f"sellers@{depth}"]
+        # A data set without sellers (or categories) has no such column: it would be 0 in every row.
+        columns += [c for c in (f"items@{depth}", f"categories@{depth}", f"sellers@{depth}") if c in self.cap_grid[0]]
         widths = [max(13, len(c)) for c in columns]  # categories@100 is 14 characters
         lines = [
             f"diversity caps (the model row's feed replayed with other caps per page of {depth}; same model, "
@@ -558,7 +559,8 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
     mean page length (a cap leaves a page short when too few candidates pass it), and the
     mean number of distinct categories and of distinct sellers per page of max(ks) items,
     over every test user as the other metrics (an empty page counts 0; items without a
-    category, or a seller, are not counted: on data without categories, categories@k is 0).
+    category, or a seller, are not counted; on data where no item has one, the rows have no
+    categories@k, or sellers@k).
     """
     replay = report.replay
     if replay is None:
@@ -594,8 +596,10 @@ def evaluate_cap_grid(report: EvaluationReport, show_progress: bool = False) -> 
         row.update(ranking_metrics(pages, replay.relevant, report.ks))
         row[f"items@{depth}"] = float(np.mean([len(page[:depth]) for page in pages.values()])) if pages else 0.0
         # mean_distinct_sellers counts the distinct non-empty values of any item -> key map.
-        row[f"categories@{depth}"] = mean_distinct_sellers(pages, category_of, depth)
-        row[f"sellers@{depth}"] = mean_distinct_sellers(pages, seller_of, depth)
+        if any(items.category):
+            row[f"categories@{depth}"] = mean_distinct_sellers(pages, category_of, depth)
+        if any(items.seller_id):
+            row[f"sellers@{depth}"] = mean_distinct_sellers(pages, seller_of, depth)
         rows.append(row)
     report.cap_grid = rows
     report.cap_grid_seconds = time.perf_counter() - started
