@@ -6,11 +6,12 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import training.tune
 from ranking.feed import FeedSettings
-from training.dataset import load_dataset, write_dataset
+from training.dataset import Edges, load_dataset, write_dataset
 from training.experiment import evaluate_split
 from training.generate import generate
 from training.splits import SplitSpec, split_for_evaluation
@@ -168,6 +169,20 @@ def test_the_tune_command_writes_params_that_train_reads(dataset, tmp_path, caps
     assert manifest["params"]["iterations"] == 5  # an explicit flag wins over the file
     assert manifest["feed"]["sources"] == chosen["feed"]["sources"]
     assert manifest["feed"]["neighbours"] == chosen["feed"]["neighbours"]
+
+
+def test_the_baselines_left_out_are_named_with_why(dataset, tmp_path, capsys):
+    """As evaluate's table: on data without follows there is no followed-sellers baseline to
+    beat, and tune says so rather than leave it silently out of validation.baselines."""
+    from training.__main__ import main
+
+    no_follows = replace(dataset, follows=Edges(src=[], dst=[], ts=np.empty(0)))
+    write_dataset(no_follows, str(tmp_path / "data"))
+    main(["tune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "params.json"), "--trials", "1", "--no-progress"])
+    validation = json.loads((tmp_path / "params.json").read_text())["validation"]
+    assert validation["baselines_left_out"] == {"followed_sellers": "no follows in the training data"}
+    assert "followed_sellers" not in validation["baselines"]
+    assert "baselines left out: followed_sellers (no follows in the training data)" in capsys.readouterr().out
 
 
 def test_a_broken_params_file_names_line_and_column(tmp_path, capsys):

@@ -105,6 +105,7 @@ class TuneResult:
     search_best: float = 0.0  # the best trial's score on the search's split, kept or not
     validation_users: int = 0  # the users each trial's score averages over
     confirmation: Confirmation | None = None  # None when the defaults were the search's best
+    baselines_left_out: dict[str, str] = field(default_factory=dict)  # with why (evaluate's): none to compare with
 
     def as_json(self) -> dict[str, Any]:
         feed = {name: getattr(self.settings, name) for name in TUNED_FEED_FIELDS}
@@ -123,6 +124,7 @@ class TuneResult:
                 "best": self.value,
                 "defaults": self.default_value,
                 "baselines": self.baselines,
+                **({"baselines_left_out": dict(self.baselines_left_out)} if self.baselines_left_out else {}),
                 "best_baseline": best_baseline,
             },
             "confirmation": None if self.confirmation is None else {
@@ -275,6 +277,7 @@ def tune(
     space = replace(SearchSpace.of(tuning_part, base), required_sources=tuple(required_sources))
     ranker_params = replace(ranker_params, seed=seed, validation_kind=kind)
     baselines: dict[str, float] = {}
+    baselines_left_out: dict[str, str] = {}
     history: list[dict[str, Any]] = []
     validation_users: list[int] = []  # the first trial's: every trial replays the same sampled users
 
@@ -293,6 +296,7 @@ def tune(
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
             baselines.update({name: m[OBJECTIVE_METRIC] for name, m in report.methods.items() if name != "model"})
+            baselines_left_out.update(report.baselines_left_out)
             validation_users.append(report.test_users)
         history.append({"number": trial.number, "value": value, "seconds": round(time.perf_counter() - started, 1),
                         "params": dict(trial.params)})
@@ -336,6 +340,7 @@ def tune(
         params=best[0], settings=best[1], ranker_params=best[2], value=value, default_value=default_value,
         baselines=baselines, validation=validation, test_split=test_split, trials=history,
         search_best=study.best_value, confirmation=confirmation, validation_users=validation_users[0],
+        baselines_left_out=baselines_left_out,
     )
 
 
@@ -417,6 +422,8 @@ def run(args: argparse.Namespace) -> None:
               if result.validation.kind == "time" else f"confirmation on {confirmation['split']}", end="")
         print(f": best trial {confirmation['best']:.4f} (search {confirmation['search_best']:.4f}), defaults "
               f"{confirmation['defaults']:.4f}; kept the {confirmation['kept']}")
+    if result.baselines_left_out:
+        print("baselines left out: " + "; ".join(f"{name} ({why})" for name, why in result.baselines_left_out.items()))
     best_name = validation["best_baseline"]
     if best_name and result.baselines[best_name] > result.value:
         print(f"warning: on validation the {best_name} baseline ({result.baselines[best_name]:.4f}) beats the "
