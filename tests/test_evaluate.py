@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -79,8 +80,19 @@ def test_split_specs_and_cutoffs_parse_or_explain():
     for bad in ("random", "time:x", "later:0.2"):
         with pytest.raises(ValueError, match="expected time:FRACTION"):
             SplitSpec.parse(bad)
-    with pytest.raises(ValueError, match="--k"):
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
         parse_ks("ten")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_bad_cut_offs_are_a_usage_error_naming_k(command, capsys):
+    """Checked after parsing, --k was an exit 1 without the usage line, where every other flag is a 2."""
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--data", "d", *(["--out", "o"] if command == "train" else []), "--k", "0,10"])
+    assert stopped.value.code == 2
+    assert "argument --k: expected comma-separated positive integers, got '0,10'" in capsys.readouterr().err
 
 
 def test_a_bad_test_file_row_names_line_and_column(tmp_path):

@@ -171,12 +171,13 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
+    """The argparse type of --k: sorted distinct cut-offs; a bad one is a usage error (status 2)."""
     try:
         ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
     except ValueError:
         ks = ()
     if not ks or min(ks) < 1:
-        raise ValueError(f"--k: expected comma-separated positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return ks
 
 

@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
                                           "random:FRACTION[:SEED] (default: time:0.2 when every like has a time and "
                                           "they are not mostly tied at the latest, else user:0.2:0)")
     held_out.add_argument("--test", type=input_path, help="CSV of user_id,item_id test pairs; DATA is then all training data")
-    parser.add_argument("--k", default="10,20", help="cut-offs (default: %(default)s)")
+    parser.add_argument("--k", type=parse_ks, default="10,20", help="cut-offs (default: %(default)s)")
     parser.add_argument("--json", type=output_file, help="write the metrics as JSON here")
     parser.add_argument("--plot", type=plot_file,
                         help="write a bar chart of the metrics here, in the format of its extension (PNG without "
@@ -78,7 +78,7 @@ def run(args) -> None:
     from training.dataset import DatasetError, load_dataset, require_likes
     from training.train import feed_section, params_section
 
-    ks = parse_ks(args.k)
+    ks = args.k
     split = SplitSpec.parse(args.split) if args.split else None
     params = params_from_args(args)
     settings = settings_from_args(args)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random:FRACTION[:SEED], auto (time:0.2 when every like has a time and they are not mostly tied at the "
                              "latest, else user:0.2) "
                              "or none (default: auto)")
-    parser.add_argument("--k", default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
+    parser.add_argument("--k", type=parse_ks, default="10,20", help="cut-offs of the evaluation table (default: %(default)s)")
     parser.add_argument("--no-current", dest="make_current", action="store_false",
                         help="publish the version without pointing OUT/CURRENT at it: servers keep serving their "
                              "model, and the version (printed last) can be tried in an A/B arm (serve --arms); "
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     ranker_params = ranker_params_from_args(args)
     settings = settings_from_args(args)
     spark = spark_settings_from_args(args)
-    ks = parse_ks(args.k)
+    ks = args.k
     split = None if args.eval_split in ("auto", "none") else SplitSpec.parse(args.eval_split)
 
     def check_data(dataset) -> None:  # the evaluation comes last: what it would refuse is refused first
