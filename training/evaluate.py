@@ -126,10 +126,9 @@ class EvaluationReport:
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "recall", "ndcg")]
         columns += [f"coverage@{max(self.ks)}", *([] if self.sellers_skipped else [f"sellers@{max(self.ks)}"])]
         width = max([len("method"), *(len(name) for name in self.methods)])
-        widths = [max(12, len(c)) for c in columns]  # precision@100 is 13 characters
-        lines = [f"{'method':<{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
-        for name, metrics in self.methods.items():
-            lines.append(f"{name:<{width}} " + " ".join(f"{metrics.get(c, math.nan):{w}.4f}" for c, w in zip(columns, widths)))
+        cells = [[f"{metrics.get(c, math.nan):.4f}" for c in columns] for metrics in self.methods.values()]
+        head, *rows = _aligned(columns, cells, min_width=12)
+        lines = [f"{'method':<{width}} {head}", *(f"{name:<{width}} {row}" for name, row in zip(self.methods, rows))]
         if self.baselines_left_out:
             lines.append(self.left_out_line())
         lines.append(self.summary_line())
@@ -174,21 +173,17 @@ class EvaluationReport:
         metrics = [f"ndcg@{k}" for k in self.ks]
         users = next(iter(next(iter(self.paired.values())).values())).users
         width = max([len("method"), *(len(name) for name in self.paired)])
-        rows = {}
-        for name, differences in self.paired.items():
-            cells = []
-            for metric in metrics:
-                d = differences[metric]
-                p_value = "p < 0.001" if d.p_value < 0.001 else f"p = {d.p_value:.3f}"
-                cells.append(f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] {p_value}")
-            rows[name] = cells
-        # Each column as wide as its widest cell (36 characters for differences under 10).
-        widths = [max([len(metric), *(len(cells[i]) for cells in rows.values())]) for i, metric in enumerate(metrics)]
-        lines = [f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
-                 f"{'method':<{width}} " + " ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))]
-        for name, cells in rows.items():
-            lines.append(f"{name:<{width}} " + " ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
-        return lines
+
+        def cell(d) -> str:
+            p_value = "p < 0.001" if d.p_value < 0.001 else f"p = {d.p_value:.3f}"
+            return f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] {p_value}"
+
+        head, *rows = _aligned(metrics, [[cell(differences[m]) for m in metrics] for differences in self.paired.values()])
+        return [
+            f"model minus each method, paired over the same {users} users (difference [95 % interval], p of a paired t-test)",
+            f"{'method':<{width}} {head}",
+            *(f"{name:<{width}} {row}" for name, row in zip(self.paired, rows)),
+        ]
 
     def cap_grid_table(self) -> list[str]:
         """The "diversity caps" block: one line per cap setting, the configured one marked *."""
@@ -196,20 +191,17 @@ class EvaluationReport:
         columns = [f"{m}@{k}" for k in self.ks for m in ("precision", "ndcg")]
         # A data set without sellers (or categories) has no such column: it would be 0 in every row.
         columns += [c for c in (f"items@{depth}", f"categories@{depth}", f"sellers@{depth}") if c in self.cap_grid[0]]
-        widths = [max(13, len(c)) for c in columns]  # categories@100 is 14 characters
+        head, *cells = _aligned(columns, [[f"{row.get(c, math.nan):.4f}" for c in columns] for row in self.cap_grid], min_width=13)
         lines = [
             f"diversity caps (the model row's feed replayed with other caps per page of {depth}; same model, "
             "ranker and users)",
-            f"{'seller cap':>10} {'category cap':>12} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)),
+            f"{'seller cap':>10} {'category cap':>12} {head}",
         ]
-        for row in self.cap_grid:
+        for row, metrics in zip(self.cap_grid, cells):
             seller = "off" if row["max_per_seller"] >= depth else str(row["max_per_seller"])
             category = "off" if row["max_per_category"] == 0 else str(row["max_per_category"])
             mark = "*" if row["configured"] else " "
-            lines.append(
-                f"{seller + mark:>10} {category:>12} "
-                + " ".join(f"{row.get(c, math.nan):{w}.4f}" for c, w in zip(columns, widths))
-            )
+            lines.append(f"{seller + mark:>10} {category:>12} {metrics}")
         lines.append(
             f"* as configured; seller cap off = {depth} (a whole page: never binds; 0 is not a valid seller cap), "
             f"category cap off = 0; items@{depth} is the mean page length (a cap can leave a page short), "
@@ -218,6 +210,13 @@ class EvaluationReport:
             + (f" (the model row's replay: {self.replay.seconds:.1f} s)" if self.replay else "")
         )
         return lines
+
+
+def _aligned(headers: list[str], rows: list[list[str]], min_width: int = 0) -> list[str]:
+    """The header line and each row's line of the report's tables: every column right-aligned
+    to its widest cell, header included (``min_width`` at least), one space between columns."""
+    widths = [max(min_width, len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
+    return [" ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in (headers, *rows)]
 
 
 class Eligibility:
