@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ranking.vocab import encode, positions_in
+from ranking.vocab import encode_concatenation, positions_in
 from training.dataset import Dataset
 
 log = logging.getLogger(f"feedrank.{__name__}")
@@ -139,16 +139,16 @@ def layout_codes(ds: Dataset, layout: Interactions | None = None) -> LayoutCodes
     own (first-seen order: the catalogue, then likes; users of likes, follows, engagements)."""
     likes, follows, engaged = ds.likes, ds.follows, ds.engagements
     if layout is None:
-        item_codes, item_ids = encode(list(ds.items.item_id) + list(likes.dst))
+        item_codes, item_ids = encode_concatenation([ds.items.item_id, likes.dst])
         like_items = item_codes[len(ds.items) :]
-        seller_codes, seller_ids = _without_empty(*encode(list(ds.items.seller_id) + list(follows.dst)))
+        seller_codes, seller_ids = _without_empty(*encode_concatenation([ds.items.seller_id, follows.dst]))
         follow_sellers = seller_codes[len(ds.items) :]
-        user_codes, user_ids = encode(list(likes.src) + list(follows.src) + list(engaged.user_id))
+        user_codes, user_ids = encode_concatenation([likes.src, follows.src, engaged.user_id])
     else:
         item_ids, seller_ids, user_ids = layout.item_ids, layout.seller_ids, layout.user_ids
         like_items = positions_in(likes.dst, item_ids)
         follow_sellers = positions_in(follows.dst, seller_ids)
-        user_codes = positions_in(list(likes.src) + list(follows.src) + list(engaged.user_id), user_ids)
+        user_codes = np.concatenate([positions_in(ids, user_ids) for ids in (likes.src, follows.src, engaged.user_id)])
     engaged_items = positions_in(engaged.item_id, item_ids) if len(engaged) else np.zeros(0, np.int32)
     return LayoutCodes(item_ids, seller_ids, user_ids, like_items, follow_sellers, user_codes, engaged_items)
 

@@ -30,6 +30,12 @@ def encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     pyarrow's hash-based dictionary encoding: seconds for tens of millions of ids, where a
     Python dict loop takes minutes.
     """
+    if isinstance(values, EncodedIds):
+        return values.encoding()
+    return _dictionary_encoded(values)
+
+
+def _dictionary_encoded(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -39,6 +45,145 @@ def encode(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary.to_pylist()
 
 
+def encode_concatenation(columns: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[str]]:
+    """``encode`` of the columns one after the other, without building that concatenation:
+    each column's own encoding (kept by an EncodedIds) is mapped onto the distinct values of all."""
+    parts = [encode(column) for column in columns]
+    joined_codes, distinct = encode([value for _, values in parts for value in values])
+    mapped, start = [], 0
+    for codes, values in parts:
+        mapped.append(joined_codes[start : start + len(values)][codes])
+        start += len(values)
+    return (np.concatenate(mapped).astype(np.int32) if mapped else np.zeros(0, np.int32)), distinct
+
+
+def take_ids(values: Sequence[str], rows: np.ndarray) -> list[str]:
+    """The values at ``rows`` (an index array), in that order; an EncodedIds stays one."""
+    if isinstance(values, EncodedIds):
+        return values.take(rows)
+    return [values[i] for i in np.asarray(rows).tolist()]
+
+
+def distinct_ids(values: Sequence[str]) -> set[str]:
+    """``set(values)``, from an EncodedIds' distinct values when it has them."""
+    return set(values.encoding()[1]) if isinstance(values, EncodedIds) else set(values)
+
+
+class EncodedIds(list):
+    """A list of ids that keeps its ``encode`` (int32 codes in first-seen order, and the
+    distinct values), so that encoding it again costs nothing.
+
+    A retrain encodes its columns of tens of millions of ids again and again (to deduplicate
+    them, join them, lay out the interaction matrix), and each time pyarrow first copies
+    every str. The loader has the encoding from its CSV reader anyway and keeps it here;
+    ``take`` carries it over to a subset. Any change to the list drops it (the next
+    ``encoding()`` computes it again), so the codes always describe the list as it is.
+    """
+
+    __slots__ = ("_encoding",)
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        super().__init__(values)
+        self._encoding: tuple[np.ndarray, list[str]] | None = None
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, distinct: Sequence[str]) -> EncodedIds:
+        """The ids ``distinct[codes]``; ``distinct`` must be unique, each value used, in
+        order of first use (as ``encode`` gives them)."""
+        ids = cls(np.asarray(distinct, dtype=object)[codes].tolist() if len(codes) else [])
+        codes = np.asarray(codes, dtype=np.int32)
+        codes.flags.writeable = False
+        ids._encoding = (codes, list(distinct))
+        return ids
+
+    def encoding(self) -> tuple[np.ndarray, list[str]]:
+        """(codes, distinct values) as ``encode`` gives them; the codes are read-only."""
+        if self._encoding is None:
+            codes, distinct = _dictionary_encoded(self)
+            codes.flags.writeable = False
+            self._encoding = (codes, distinct)
+        return self._encoding
+
+    @classmethod
+    def of_codes(cls, codes: np.ndarray, values: Sequence[str]) -> EncodedIds:
+        """The ids ``values[codes]``; ``values`` must be unique, in any order, some unused."""
+        first_seen, used = _renumbered_by_first_sight(np.ascontiguousarray(codes, dtype=np.int32), len(values))
+        return cls.from_codes(first_seen, [values[c] for c in used.tolist()])
+
+    def take(self, rows: np.ndarray) -> EncodedIds:
+        """The ids at ``rows`` (an index array or a boolean mask), in that order."""
+        codes, distinct = self.encoding()
+        return EncodedIds.of_codes(codes[rows], distinct)
+
+    def _changed(self) -> None:
+        self._encoding = None
+
+    def __setitem__(self, *args):  # type: ignore[no-untyped-def]
+        self._changed()
+        return super().__setitem__(*args)
+
+    def __delitem__(self, *args):  # type: ignore[no-untyped-def]
+        self._changed()
+        return super().__delitem__(*args)
+
+    def __iadd__(self, other):  # type: ignore[no-untyped-def]
+        self._changed()
+        return super().__iadd__(other)
+
+    def __imul__(self, other):  # type: ignore[no-untyped-def]
+        self._changed()
+        return super().__imul__(other)
+
+    def append(self, value: str) -> None:
+        self._changed()
+        super().append(value)
+
+    def extend(self, values: Iterable[str]) -> None:
+        self._changed()
+        super().extend(values)
+
+    def insert(self, index, value) -> None:  # type: ignore[no-untyped-def]
+        self._changed()
+        super().insert(index, value)
+
+    def pop(self, *args):  # type: ignore[no-untyped-def]
+        self._changed()
+        return super().pop(*args)
+
+    def remove(self, value) -> None:  # type: ignore[no-untyped-def]
+        self._changed()
+        super().remove(value)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def sort(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._changed()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        self._changed()
+        super().reverse()
+
+
+@numba.njit(cache=True, nogil=True)
+def _renumbered_by_first_sight(codes, n_distinct):
+    """(codes renumbered 0, 1, ... in order of first sight, the old code of each new one)."""
+    new_code = np.full(n_distinct, -1, np.int32)
+    old_code = np.empty(n_distinct, np.int32)
+    out = np.empty(len(codes), np.int32)
+    seen = 0
+    for at in range(len(codes)):
+        code = codes[at]
+        if new_code[code] < 0:
+            new_code[code] = seen
+            old_code[seen] = code
+            seen += 1
+        out[at] = new_code[code]
+    return out, old_code[:seen]
+
+
 def positions_in(values: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
     """int32 position of each value in ``vocabulary``, -1 where it is absent."""
     import pyarrow as pa
@@ -46,6 +191,9 @@ def positions_in(values: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray
 
     if not len(values):
         return np.zeros(0, np.int32)
+    if isinstance(values, EncodedIds):
+        codes, distinct = values.encoding()
+        return positions_in(distinct, vocabulary)[codes]
     found = pc.index_in(pa.array(values, type=pa.string()), value_set=pa.array(vocabulary, type=pa.string()))
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
 

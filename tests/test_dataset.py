@@ -823,3 +823,39 @@ def test_a_hidden_item_must_be_in_items_csv_unless_unknown_items_are_dropped(tmp
     warnings: list[str] = []
     ds = load_dataset(str(path), on_unknown_item="drop", warnings=warnings)
     assert ds.hidden_items.dst == ["i2"] and any("dropped 1 hidden items" in w for w in warnings)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.tuples(st.sampled_from(["u1", " u1", "u2 ", "u3", "u10"]), st.sampled_from(["i1", "i2", " i3"]),
+                       st.sampled_from(["1700000000", "1.7e9", "-86400", "1700000000.25", "0", "2023-11-14T22:13:20Z", "",
+                                        " 5", "1e11", "1e12", "x"])), min_size=1, max_size=12),
+    st.sampled_from(["", ",1", ",2.5", ",0", ", 3"]),
+)
+def test_columns_read_in_bulk_load_as_the_row_by_row_reader_reads_them(tmp_path: Path, rows, weight) -> None:
+    """The loader keeps each id column's encoding and reads plain times and weights as numbers
+    in bulk; a trailing blank line sends the same file through the row-by-row reader. Ids,
+    codes, times, weights, errors and the fingerprint must be the same both ways."""
+    from ranking.vocab import EncodedIds, encode
+
+    likes = "user_id,item_id,ts" + (",weight" if weight else "") + "\n" + "".join(f"{u},{i},{t}{weight}\n" for u, i, t in rows)
+    items = "item_id,seller_id,created_at,stock\ni1,s1,1,1\ni2,s2,1,1\ni3, s1,1,1\n"
+
+    def load(name: str, text: str) -> Dataset | str:
+        try:
+            return load_dataset(str(make(tmp_path / name, likes=text, items=items)))
+        except DatasetError as error:
+            return str(error)
+
+    bulk, row_by_row = load("bulk", likes), load("row_by_row", likes + "\n")
+    if isinstance(bulk, str) or isinstance(row_by_row, str):
+        assert bulk == row_by_row
+        return
+    assert isinstance(bulk.likes.src, EncodedIds) and not isinstance(row_by_row.likes.src, EncodedIds)
+    assert (bulk.likes.src, bulk.likes.dst, bulk.items.seller_id) == (row_by_row.likes.src, row_by_row.likes.dst, row_by_row.items.seller_id)
+    np.testing.assert_array_equal(bulk.likes.ts, row_by_row.likes.ts)
+    np.testing.assert_array_equal(bulk.likes.weights(), row_by_row.likes.weights())
+    assert bulk.fingerprint() == row_by_row.fingerprint()  # ids written from their codes
+    for ids in (bulk.likes.src, bulk.likes.dst, bulk.items.item_id, bulk.items.seller_id):
+        codes, distinct = encode(ids)
+        assert codes.tolist() == encode(list(ids))[0].tolist() and distinct == encode(list(ids))[1]

@@ -94,3 +94,57 @@ def test_a_reader_never_sees_a_code_before_its_id_and_hash():
         sys.setswitchinterval(interval)
     assert not failures, failures[0]
     assert len(vocabulary) == 1 + 30 * 2_000
+
+
+ids_lists = st.lists(st.sampled_from(["a", "b", "c", "", "d é", "e"]), max_size=30)
+
+
+@settings(deadline=None)
+@given(ids_lists, st.data())
+def test_encoded_ids_keep_exactly_the_encoding_of_their_values(values, data):
+    from ranking.vocab import EncodedIds, take_ids
+
+    encoded = EncodedIds(values)
+    assert encoded == values
+    codes, distinct = encode(encoded)
+    assert codes.tolist() == encode(values)[0].tolist() and distinct == encode(values)[1]
+    with pytest.raises(ValueError):
+        codes[:1] = 0  # shared: nobody may change it in place
+    rows = np.array(data.draw(st.lists(st.integers(0, max(len(values) - 1, 0)), max_size=20) if values else st.just([])), dtype=np.int64)
+    taken = take_ids(encoded, rows)
+    assert isinstance(taken, EncodedIds) and taken == [values[i] for i in rows.tolist()]
+    assert [c.tolist() if isinstance(c, np.ndarray) else c for c in taken.encoding()] == [encode(list(taken))[0].tolist(), encode(list(taken))[1]]
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=len(values), max_size=len(values))), dtype=bool)
+    assert encoded.take(mask) == [v for v, keep in zip(values, mask) if keep]
+    assert positions_in(encoded, ["c", "a"]).tolist() == positions_in(values, ["c", "a"]).tolist()
+
+
+@settings(deadline=None)
+@given(st.lists(ids_lists, max_size=4), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_encoding_a_concatenation_part_by_part_is_encoding_it_whole(columns, as_encoded):
+    from ranking.vocab import EncodedIds, encode_concatenation
+
+    parts = [EncodedIds(c) if wrap else c for c, wrap in zip(columns, as_encoded)]
+    codes, distinct = encode_concatenation(parts)
+    whole = [v for c in columns for v in c]
+    assert codes.dtype == np.int32 and codes.tolist() == encode(whole)[0].tolist() and distinct == encode(whole)[1]
+
+
+def test_changing_encoded_ids_drops_their_encoding():
+    import pickle
+
+    from ranking.vocab import EncodedIds
+
+    changes = [
+        lambda ids: ids.append("z"), lambda ids: ids.extend(["z"]), lambda ids: ids.insert(0, "z"),
+        lambda ids: ids.__setitem__(0, "z"), lambda ids: ids.__delitem__(0), lambda ids: ids.pop(),
+        lambda ids: ids.remove("b"), lambda ids: ids.sort(), lambda ids: ids.reverse(), lambda ids: ids.clear(),
+        lambda ids: ids.__iadd__(["z"]), lambda ids: ids.__imul__(2),
+    ]  # fmt: skip
+    for change in changes:
+        ids = EncodedIds(["b", "a", "b"])
+        ids.encoding()
+        change(ids)
+        assert encode(ids)[0].tolist() == encode(list(ids))[0].tolist() and encode(ids)[1] == encode(list(ids))[1]
+    kept = pickle.loads(pickle.dumps(EncodedIds.of_codes(np.array([2, 0, 2]), ["x", "y", "z"])))
+    assert kept == ["z", "x", "z"] and encode(kept)[0].tolist() == [0, 1, 0] and encode(kept)[1] == ["z", "x"]

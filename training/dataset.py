@@ -78,7 +78,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ranking.vocab import encode
+from ranking.vocab import EncodedIds, distinct_ids, encode, encode_concatenation, take_ids
 from stores.base import gc_paused
 from stores.events import DEFAULT_MAX_CLOCK_SKEW, ENGAGEMENTS, MAX_ID_BYTES, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
 
@@ -114,9 +114,8 @@ class Items:
 
     def take(self, rows: np.ndarray) -> Items:
         """The items at ``rows`` (an index array), in that order."""
-        idx = rows.tolist()
         return Items(**{
-            name: [getattr(self, name)[i] for i in idx] if isinstance(getattr(self, name), list) else getattr(self, name)[rows]
+            name: take_ids(getattr(self, name), rows) if isinstance(getattr(self, name), list) else getattr(self, name)[rows]
             for name in ITEM_FIELDS
         })  # fmt: skip
 
@@ -201,10 +200,10 @@ class Engagements:
 
     def take(self, rows: np.ndarray) -> Engagements:
         """The rows selected by an index array or a boolean mask, in that order."""
-        idx = np.arange(len(self))[rows].tolist()
+        idx = np.arange(len(self))[rows]
         return Engagements(
-            [self.user_id[i] for i in idx], [self.item_id[i] for i in idx], [self.kind[i] for i in idx],
-            self.ts[idx], [self.friend_id[i] for i in idx],
+            take_ids(self.user_id, idx), take_ids(self.item_id, idx), take_ids(self.kind, idx),
+            self.ts[idx], take_ids(self.friend_id, idx),
         )  # fmt: skip
 
     def of_kind(self, kind: EventKind) -> Engagements:
@@ -245,11 +244,9 @@ class Dataset:
 
         Sellers appear only if they also act; an item's seller_id is not enough.
         """
-        users: set[str] = set(self.likes.src)
-        users.update(self.follows.src)
-        users.update(self.friends.src)
-        users.update(self.friends.dst)
-        users.update(self.engagements.user_id)
+        users: set[str] = set()
+        for ids in (self.likes.src, self.follows.src, self.friends.src, self.friends.dst, self.engagements.user_id):
+            users.update(distinct_ids(ids))
         return sorted(users)
 
     def with_likes(self, likes: Edges) -> Dataset:
@@ -608,13 +605,41 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
     physical = newlines + (last != b"\n")
     if table.num_rows != physical - 1 or quotes % 2:
         return None
-    return {
-        name: _shared_strings(table.column(name)) if _is_stripped(name) else table.column(name).to_pylist() for name in wanted
-    }, table.num_rows
+    return {name: _fast_column(name, table.column(name)) for name in wanted}, table.num_rows
 
 
-def _shared_strings(column) -> list[str]:
-    """The column as a list of stripped values in which equal values are one str object.
+def _fast_column(name: str, column) -> list[str] | np.ndarray:
+    if _is_stripped(name):
+        return _shared_strings(column)
+    plain = _plain_numbers(name, column) if name in _PLAIN_NUMBER_RANGES else None
+    return column.to_pylist() if plain is None else plain
+
+
+# Columns of tens of millions of rows that are numbers, with the values every row may take as is.
+_PLAIN_NUMBER_RANGES = {"ts": (MIN_UNIX_SECONDS, MAX_UNIX_SECONDS), "weight": (np.nextafter(0, 1), np.finfo(np.float64).max)}
+
+
+def _plain_numbers(name: str, column) -> np.ndarray | None:
+    """The column as float64 when pyarrow reads every value as a finite number in its range,
+    else None: its strings then go the careful way, which reads and reports them one by one.
+
+    Parsing tens of millions of times in C++ rather than as Python strings saves most of
+    a minute; pyarrow reads fewer spellings than Python's float (no spaces, no "1_000"),
+    and the same value for every one it reads.
+    """
+    import pyarrow as pa
+
+    try:
+        values = column.cast(pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    low, high = _PLAIN_NUMBER_RANGES[name]
+    return values if ((values >= low) & (values <= high)).all() else None
+
+
+def _shared_strings(column) -> EncodedIds:
+    """The column as a list of stripped values in which equal values are one str object,
+    keeping its encoding (EncodedIds).
 
     Ids repeat (a user on every one of their likes): one object per distinct id instead of
     one per row saves about 50 bytes a row, gigabytes at tens of millions of likes.
@@ -623,8 +648,8 @@ def _shared_strings(column) -> list[str]:
     import pyarrow.compute as pc
 
     encoded = pc.dictionary_encode(column.combine_chunks())
-    distinct = np.asarray([value.strip() for value in encoded.dictionary.to_pylist()], dtype=object)
-    return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
+    stripped_codes, distinct = encode([value.strip() for value in encoded.dictionary.to_pylist()])
+    return EncodedIds.from_codes(stripped_codes[encoded.indices.to_numpy(zero_copy_only=False)], distinct)
 
 
 def _is_blank(row: list[str]) -> bool:
@@ -985,13 +1010,14 @@ def _prices(table: _Table, column: str) -> np.ndarray:
 
 def _ids(table: _Table, column: str) -> list[str]:
     values = table.columns[column]
-    if "" in values:
+    distinct = values.encoding()[1] if isinstance(values, EncodedIds) else values
+    if "" in distinct:
         for i, v in enumerate(values):
             if not v:
                 table.report(i, column, "must not be empty")
     # The API refuses ids over MAX_ID_BYTES: a model trained on one could never serve it.
     # A character is at most 4 bytes, so only ids over a quarter of that need encoding.
-    if values and max(map(len, values)) > MAX_ID_BYTES // 4:
+    if distinct and max(map(len, distinct)) > MAX_ID_BYTES // 4:
         for i, v in enumerate(values):
             if len(v) > MAX_ID_BYTES // 4 and len(v.encode()) > MAX_ID_BYTES:
                 table.report(i, column, f"longer than {MAX_ID_BYTES} bytes (the API's limit for an id)")
@@ -1034,8 +1060,8 @@ def _dedupe(src: list[str], dst: list[str], ts: np.ndarray, weight: np.ndarray |
         np.maximum.at(merged_weight, inverse, np.asarray(weight, dtype=np.float64))
         merged_weight = merged_weight[order]
     return Edges(
-        src=[src[i] for i in rows.tolist()],
-        dst=[dst[i] for i in rows.tolist()],
+        src=take_ids(src, rows),
+        dst=take_ids(dst, rows),
         ts=earliest[order],
         weight=merged_weight,
     )
@@ -1229,11 +1255,11 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     elif likes_t is not None:
         items = Items.without_listing(list(dict.fromkeys(like_items)))
     if has_items_file and items is not None and likes_t is not None:
-        keep = _known_item_rows(likes_t, like_items, set(items.item_id), items_name, on_unknown_item, warnings, "likes")
+        keep = _known_item_rows(likes_t, like_items, distinct_ids(items.item_id), items_name, on_unknown_item, warnings, "likes")
         if keep is not None:
-            rows = np.flatnonzero(keep).tolist()
-            like_users = [like_users[i] for i in rows]
-            like_items = [like_items[i] for i in rows]
+            rows = np.flatnonzero(keep)
+            like_users = take_ids(like_users, rows)
+            like_items = take_ids(like_items, rows)
             like_ts = like_ts[keep]
             if like_weight is not None:
                 like_weight = like_weight[keep]
@@ -1252,18 +1278,18 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
     engagements_t = table(ENGAGEMENTS_FILE)
     engagements = Engagements.none()
     if engagements_t is not None:
-        engagements = _load_engagements(engagements_t, None if items is None else set(items.item_id), items_name or likes_name,
+        engagements = _load_engagements(engagements_t, None if items is None else distinct_ids(items.item_id), items_name or likes_name,
                                         on_unknown_item, warnings)
 
     hidden_items_t, hidden_sellers_t = table(HIDDEN_ITEMS), table(HIDDEN_SELLERS)
     hidden_item_edges = hidden_seller_edges = None
     if hidden_items_t is not None:
         users, hidden, times = _ids(hidden_items_t, "user_id"), _ids(hidden_items_t, "item_id"), _times(hidden_items_t, "ts", True)
-        keep = _known_item_rows(hidden_items_t, hidden, None if items is None else set(items.item_id),
+        keep = _known_item_rows(hidden_items_t, hidden, None if items is None else distinct_ids(items.item_id),
                                 items_name or likes_name, on_unknown_item, warnings, "hidden items")
         if keep is not None:
-            rows = np.flatnonzero(keep).tolist()
-            users, hidden, times = [users[i] for i in rows], [hidden[i] for i in rows], times[keep]
+            rows = np.flatnonzero(keep)
+            users, hidden, times = take_ids(users, rows), take_ids(hidden, rows), times[keep]
         hidden_item_edges = (users, hidden, times)
     if hidden_sellers_t is not None:
         hidden_seller_edges = (_ids(hidden_sellers_t, "user_id"), _ids(hidden_sellers_t, "seller_id"), _times(hidden_sellers_t, "ts", True))
@@ -1279,11 +1305,12 @@ def _load(path: str, on_unknown_item: str, warnings: list[str]) -> Dataset:
                               "hidden item")
     hidden_sellers = _collapsed(hidden_seller_edges, _source(path, HIDDEN_SELLERS), warnings,
                                 "a (user_id, seller_id) pair", "hidden seller")
-    listing = set(items.seller_id) - {""} if items_name else None
+    listing = distinct_ids(items.seller_id) - {""} if items_name else None
+    liking = distinct_ids(likes.src)
     unjoined = [
-        (_source(path, FRIENDS), "users", set(friends.src) | set(friends.dst), set(likes.src), f"have no like in {likes_name}"),
-        (_source(path, FOLLOWS), "users", set(follows.src), set(likes.src), f"have no like in {likes_name}"),
-        (_source(path, FOLLOWS), "sellers", set(follows.dst), listing, f"list no item in {items_name}"),
+        (_source(path, FRIENDS), "users", distinct_ids(friends.src) | distinct_ids(friends.dst), liking, f"have no like in {likes_name}"),
+        (_source(path, FOLLOWS), "users", distinct_ids(follows.src), liking, f"have no like in {likes_name}"),
+        (_source(path, FOLLOWS), "sellers", distinct_ids(follows.dst), listing, f"list no item in {items_name}"),
         (_source(path, SELLERS), "sellers", set(sellers.seller_id), listing, f"list no item in {items_name}"),
     ]
     warnings.extend(filter(None, (_unjoined_ids_warning(*table_ids) for table_ids in unjoined)))
@@ -1355,7 +1382,12 @@ def _known_item_rows(t: _Table, item_ids: list[str], known_items: set[str] | Non
     the ``what`` dropped. An empty id is reported already."""
     if known_items is None:
         return None
-    unknown = [i for i, item in enumerate(item_ids) if item and item not in known_items]
+    if isinstance(item_ids, EncodedIds):
+        codes, distinct = item_ids.encoding()
+        unknown_value = np.fromiter((bool(item) and item not in known_items for item in distinct), bool, len(distinct))
+        unknown = np.flatnonzero(unknown_value[codes]).tolist() if unknown_value.any() else []
+    else:
+        unknown = [i for i, item in enumerate(item_ids) if item and item not in known_items]
     if not unknown:
         return None
     if on_unknown_item == "error":
@@ -1509,7 +1541,7 @@ def _repeated_rows(t: _Table, items: Items) -> list[int]:
     it, as a repeated like is one like. Values are compared as read (a stock of 18 is one of
     18.0). A repeated item with other values is reported."""
     item_id = items.item_id
-    if len(set(item_id)) == len(item_id):
+    if len(distinct_ids(item_id)) == len(item_id):
         return []
     columns = {name: getattr(items, name) for name in t.columns if name != "item_id" and hasattr(items, name)}
     first: dict[str, int] = {}
@@ -1531,21 +1563,15 @@ def _friend_edges(t: _Table) -> tuple[list[str], list[str], np.ndarray]:
     a = _ids(t, "user_id")
     b = _ids(t, "friend_id")
     ts = _times(t, "ts", allow_empty=True)
-    src: list[str] = []
-    dst: list[str] = []
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x < y:
-            src.append(x)
-            dst.append(y)
-        elif y < x:
-            src.append(y)
-            dst.append(x)
-        else:
-            if x:  # an empty id is reported already
-                t.report(i, "friend_id", f"self-friendship: user {x!r} befriends itself")
-            src.append(x)
-            dst.append(y)
-    return src, dst, ts
+    codes, distinct = encode_concatenation([a, b])
+    first, second = codes[: len(a)], codes[len(a) :]
+    for i in np.flatnonzero(first == second).tolist():
+        if a[i]:  # an empty id is reported already
+            t.report(i, "friend_id", f"self-friendship: user {a[i]!r} befriends itself")
+    rank = np.empty(len(distinct), np.int64)
+    rank[sorted(range(len(distinct)), key=distinct.__getitem__)] = np.arange(len(distinct))
+    swap = rank[first] > rank[second]
+    return EncodedIds.of_codes(np.where(swap, second, first), distinct), EncodedIds.of_codes(np.where(swap, first, second), distinct), ts
 
 
 # --------------------------------------------------------------------------- write
@@ -1626,16 +1652,30 @@ def _joined_without_quoting(columns: Sequence[Sequence[str] | np.ndarray]) -> by
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    def needs_quoting(text: pa.Array) -> bool:
+        return pc.any(pc.match_substring_regex(text, _NEEDS_QUOTING)).as_py()
+
+    distinct_text = {}
+    for at, column in enumerate(columns):
+        if isinstance(column, EncodedIds):
+            codes, distinct = column.encoding()
+            distinct_text[at] = codes, pa.array(distinct, pa.string())
+            if needs_quoting(distinct_text[at][1]):
+                return None
     pieces: list[bytes | memoryview] = []
     for start in range(0, len(columns[0]) if columns else 0, _CSV_CHUNK_ROWS):
         fields = []
-        for column in columns:
+        for at, column in enumerate(columns):
+            if at in distinct_text:  # each distinct id converted once, then taken by code
+                codes, text = distinct_text[at]
+                fields.append(text.take(pa.array(codes[start : start + _CSV_CHUNK_ROWS])))
+                continue
             part = column[start : start + _CSV_CHUNK_ROWS]
             if isinstance(part, np.ndarray):
                 fields.append(pa.array(part).cast(pa.string()))  # integers never need quoting
                 continue
             text = pa.array(part, pa.string())
-            if pc.any(pc.match_substring_regex(text, _NEEDS_QUOTING)).as_py():
+            if needs_quoting(text):
                 return None
             fields.append(text)
         lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, ","), "", "\n")

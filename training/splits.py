@@ -18,13 +18,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ranking.vocab import encode
+from ranking.vocab import encode, take_ids
 from training.dataset import Dataset, Edges
 
 
 def _take(edges: Edges, rows: np.ndarray) -> Edges:
-    idx = rows.tolist()
-    return Edges(src=[edges.src[i] for i in idx], dst=[edges.dst[i] for i in idx],
+    return Edges(src=take_ids(edges.src, rows), dst=take_ids(edges.dst, rows),
                  ts=np.asarray(edges.ts, dtype=np.float64)[rows],
                  weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
 
