@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ranking.vocab import encode_concatenation, positions_in
+from ranking.vocab import encode_concatenation, per_distinct, positions_in
 from training.dataset import Dataset
 
 log = logging.getLogger(f"feedrank.{__name__}")
@@ -186,7 +186,7 @@ def build_interactions(
     likes, follows, engaged = ds.likes, ds.follows, ds.engagements
     n_likes, n_follows = len(likes), len(follows)
     weights_of = DEFAULT_ENGAGEMENT_WEIGHTS if engagement_weights is None else engagement_weights
-    engagement_values = np.array([weights_of.get(kind, 0.0) for kind in engaged.kind], dtype=np.float32)
+    engagement_values = per_distinct(engaged.kind, lambda kind: weights_of.get(kind, 0.0), np.float32)
     codes = layout_codes(ds, layout)
     item_ids, seller_ids, user_ids = codes.item_ids, codes.seller_ids, codes.user_ids
     like_items, follow_sellers, user_codes, engaged_items = codes.like_items, codes.follow_sellers, codes.user_codes, codes.engaged_items

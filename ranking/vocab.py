@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -55,6 +56,12 @@ def encode_concatenation(columns: Sequence[Sequence[str]]) -> tuple[np.ndarray, 
         mapped.append(joined_codes[start : start + len(values)][codes])
         start += len(values)
     return (np.concatenate(mapped).astype(np.int32) if mapped else np.zeros(0, np.int32)), distinct
+
+
+def per_distinct(values: Sequence[str], function: Callable[[str], Any], dtype: Any) -> np.ndarray:
+    """``function(value)`` of each of ``values`` as an array, called once per distinct value."""
+    codes, distinct = encode(values)
+    return np.fromiter((function(value) for value in distinct), dtype, len(distinct))[codes]
 
 
 def take_ids(values: Sequence[str], rows: np.ndarray) -> list[str]:

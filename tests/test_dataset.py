@@ -859,3 +859,31 @@ def test_columns_read_in_bulk_load_as_the_row_by_row_reader_reads_them(tmp_path:
     for ids in (bulk.likes.src, bulk.likes.dst, bulk.items.item_id, bulk.items.seller_id):
         codes, distinct = encode(ids)
         assert codes.tolist() == encode(list(ids))[0].tolist() and distinct == encode(list(ids))[1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]),
+                          st.sampled_from(["view", "share", "received_share", "purchase", "like", "click "]),
+                          st.sampled_from(["", "u1", "u2", " u3"])), min_size=1, max_size=15))
+def test_engagement_rows_are_checked_as_one_by_one(tmp_path: Path, rows) -> None:
+    """The loader checks engagements on their distinct values: it must report exactly the rows,
+    columns and messages that checking each row by itself does, in order."""
+    text = "user_id,item_id,kind,ts,friend_id\n" + "".join(f"{u},i1,{k},1,{f}\n" for u, k, f in rows)
+    expected = []
+    for line, (user, kind, friend) in enumerate(rows, start=2):
+        kind, friend = kind.strip(), friend.strip()
+        kinds = ("share", "view", "click", "add_to_cart", "purchase", "received_share")
+        if kind not in kinds:
+            expected.append((line, "kind"))
+        if friend and kind not in ("share", "received_share") and kind in kinds:
+            expected.append((line, "friend_id"))
+        if not friend and kind == "received_share":
+            expected.append((line, "friend_id"))
+        if friend and friend == user:
+            expected.append((line, "friend_id"))
+    try:
+        load_dataset(str(make(tmp_path / "d", engagements=text)))
+        found = []
+    except DatasetError as error:
+        found = [(e.line, e.column) for e in error.errors]
+    assert found == expected[: len(found)] and (len(found) == len(expected) or error.more)

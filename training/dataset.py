@@ -78,7 +78,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ranking.vocab import EncodedIds, distinct_ids, encode, encode_concatenation, take_ids
+from ranking.vocab import EncodedIds, distinct_ids, encode, encode_concatenation, per_distinct, take_ids
 from stores.base import gc_paused
 from stores.events import DEFAULT_MAX_CLOCK_SKEW, ENGAGEMENTS, MAX_ID_BYTES, MAX_SHIP_DAYS, MAX_UNIX_SECONDS, RECEIVED_SHARE, EventKind, is_currency_code
 
@@ -207,7 +207,7 @@ class Engagements:
         )  # fmt: skip
 
     def of_kind(self, kind: EventKind) -> Engagements:
-        return self.take(np.fromiter((k == kind.value for k in self.kind), bool, len(self)))
+        return self.take(per_distinct(self.kind, lambda k: k == kind.value, bool))
 
 
 @dataclass(frozen=True)
@@ -1409,7 +1409,17 @@ def _load_engagements(t: _Table, known_items: set[str] | None, item_file: str,
     kind = t.columns["kind"]
     friend_id = t.columns.get("friend_id", [""] * t.n)
     valid = set(ENGAGEMENT_KINDS)
-    for i, (user, k, friend) in enumerate(zip(user_id, kind, friend_id)):
+    known_kind = per_distinct(kind, lambda k: k in valid, bool)
+    names_friend = per_distinct(friend_id, bool, bool)
+    user_and_friend, _ = encode_concatenation([user_id, friend_id])
+    suspect = (
+        ~known_kind
+        | (names_friend & ~per_distinct(kind, lambda k: k in (EventKind.SHARE.value, RECEIVED_SHARE), bool))
+        | (~names_friend & per_distinct(kind, lambda k: k == RECEIVED_SHARE, bool))
+        | (names_friend & (user_and_friend[: t.n] == user_and_friend[t.n :]))
+    )
+    for i in np.flatnonzero(suspect).tolist():  # tens of millions of rows: only these are looked at one by one
+        user, k, friend = user_id[i], kind[i], friend_id[i]
         if k not in valid:
             t.report(i, "kind", f"expected one of {', '.join(ENGAGEMENT_KINDS)}, got {k!r}")
         if friend and k not in (EventKind.SHARE.value, RECEIVED_SHARE) and k in valid:

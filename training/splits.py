@@ -13,12 +13,13 @@ validation part out of a training part with the same shape as the test split.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
-from ranking.vocab import encode, take_ids
+from ranking.vocab import encode, positions_in, take_ids
 from training.dataset import Dataset, Edges
 
 
@@ -26,6 +27,14 @@ def _take(edges: Edges, rows: np.ndarray) -> Edges:
     return Edges(src=take_ids(edges.src, rows), dst=take_ids(edges.dst, rows),
                  ts=np.asarray(edges.ts, dtype=np.float64)[rows],
                  weight=None if edges.weight is None else np.asarray(edges.weight)[rows])
+
+
+def _pair_codes(users: Sequence[str], items: Sequence[str], held: Edges) -> np.ndarray:
+    """One int64 per (user, item) pair, the same for the same pair in ``held`` and in any table;
+    -1 for pairs whose user or item ``held`` lacks (they cannot be held out)."""
+    held_items = encode(held.dst)[1]
+    user_codes, item_codes = positions_in(users, encode(held.src)[1]), positions_in(items, held_items)
+    return np.where((user_codes >= 0) & (item_codes >= 0), user_codes.astype(np.int64) * len(held_items) + item_codes, -1)
 
 
 def _dated_before(edges: Edges, before: float) -> Edges:
@@ -39,8 +48,7 @@ def split_by_mask(ds: Dataset, is_test: np.ndarray, before: float | None = None)
     train, test = _take(ds.likes, np.flatnonzero(~is_test)), _take(ds.likes, np.flatnonzero(is_test))
     engagements = ds.engagements
     if len(engagements):
-        held = set(zip(test.src, test.dst))
-        of_held = np.fromiter((pair in held for pair in zip(engagements.user_id, engagements.item_id)), bool, len(engagements))
+        of_held = np.isin(_pair_codes(engagements.user_id, engagements.item_id, test), _pair_codes(test.src, test.dst, test))
         if before is None:
             keep = ~of_held
         else:

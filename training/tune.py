@@ -50,6 +50,7 @@ from embeddings import als
 from embeddings.knn import EASE_MAX_ITEMS, KNN_KINDS, resolve_knn_kind
 from ranking.features import TIME_FEATURES
 from ranking.feed import SOURCE_NAMES, FeedSettings
+from ranking.vocab import distinct_ids
 from training.arguments import check_time_split, check_validation_kind, source_names, split_text
 from training.dataset import Dataset
 from training.experiment import NothingToEvaluate, evaluate_split
@@ -167,7 +168,7 @@ class SearchSpace:
             weighted=dataset.likes.weight is not None,
             timed=has_times(dataset),
             knn_kinds=tuple(k for k in KNN_KINDS if k != "auto" and (k != "ease" or ease_items <= EASE_MAX_ITEMS)),
-            engagement_kinds=tuple(k for k in ENGAGEMENT_WEIGHT_FIELDS if k in set(dataset.engagements.kind)),
+            engagement_kinds=tuple(k for k in ENGAGEMENT_WEIGHT_FIELDS if k in distinct_ids(dataset.engagements.kind)),
             auto_knn=resolve_knn_kind("auto", ease_items),
         )
 
