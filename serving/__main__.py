@@ -157,7 +157,14 @@ def main(argv: list[str] | None = None) -> None:
             module_name, function = TOOLS[command].split(":")
             run = getattr(importlib.import_module(module_name), function)
             take_ctrl_c_back()
-            run(rest)
+            try:
+                run(rest)
+            except OSError as error:  # a directory that cannot be listed, a file not ours to read, EIO, a full disk
+                if isinstance(error, BrokenPipeError) and stdout_reader_gone():
+                    raise  # not a failure: whoever read the output has what they wanted
+                from serving.server import start_error  # serve's one line; imported only on the way out
+
+                sys.exit(f"error: {start_error(error)}")
 
 if __name__ == "__main__":
     try:

@@ -5,6 +5,7 @@ export rows with fields their kind does not use, and forgiving CSV reading."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -113,12 +114,16 @@ def test_serving_load_names_a_missing_data_directory(redis_url, tmp_path):
     assert one_error_line(result, "error: ") == f"error: dataset directory {missing}: no such directory"
 
 
-@pytest.mark.parametrize(("error", "line"), [
+OS_ERRORS_AND_LINES = [
     (PermissionError(13, "Permission denied", "/m/v1/knn.npz"), "error: /m/v1/knn.npz: Permission denied"),
     (IsADirectoryError(21, "Is a directory", "/m/v1/ids.npz"), "error: /m/v1/ids.npz: Is a directory"),
     (OSError(5, "Input/output error", "/state/wal.log"), "error: /state/wal.log: Input/output error"),
     (OSError(5, "Input/output error"), "error: Input/output error"),
-])
+    (OSError(18, "Invalid cross-device link", "/out/.a.tmp", None, "/out/a"), "error: /out/.a.tmp -> /out/a: Invalid cross-device link"),
+]
+
+
+@pytest.mark.parametrize(("error", "line"), OS_ERRORS_AND_LINES)
 def test_every_os_error_at_start_is_one_line_naming_its_path(tmp_path, monkeypatch, error, line):
     """Only FileNotFoundError (and ValueError) at start were one line: a PermissionError,
     IsADirectoryError or EIO from a file the server reads gave a traceback."""
@@ -132,6 +137,65 @@ def test_every_os_error_at_start_is_one_line_naming_its_path(tmp_path, monkeypat
     with pytest.raises(SystemExit) as exited:
         main(["--models", str(tmp_path), "--data", str(tmp_path), "--port", "0"])
     assert exited.value.code == line
+
+
+@pytest.mark.parametrize("command", ["load", "repack", "export", "versions", "retire"])
+@pytest.mark.parametrize(("error", "line"), OS_ERRORS_AND_LINES)
+def test_every_os_error_of_a_tool_is_one_line_naming_its_path(monkeypatch, command, error, line):
+    """serve's OSErrors were one line (start_error), the tools' a traceback: a --data or
+    --models directory that cannot be listed, an --out that cannot be written..."""
+    import importlib
+
+    from serving.__main__ import TOOLS, main
+
+    module_name, function = TOOLS[command].split(":")
+
+    def failing(argv):
+        raise error
+
+    monkeypatch.setattr(importlib.import_module(module_name), function, failing)
+    with pytest.raises(SystemExit) as exited:
+        main([command])
+    assert exited.value.code == line
+
+
+def _failing_listdir(monkeypatch, path: Path, code: int = errno.EIO) -> None:
+    """os.listdir(path) fails as a bad disk (EIO) or, for a user who is not root, a directory
+    without read permission (EACCES) makes it fail; every other path lists as before."""
+    listdir = os.listdir
+
+    def failing(where="."):
+        if os.fspath(where) == str(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return listdir(where)
+
+    monkeypatch.setattr(os, "listdir", failing)
+
+
+@pytest.mark.parametrize("command", ["versions", "retire"])
+@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES])
+def test_versions_and_retire_name_a_models_directory_that_cannot_be_listed(tmp_path, monkeypatch, command, code):
+    from serving.__main__ import main
+
+    models = tmp_path / "models"
+    models.mkdir()
+    _failing_listdir(monkeypatch, models, code)
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--models", str(models)])
+    assert exited.value.code == f"error: {models}: {os.strerror(code)}"
+
+
+def test_serving_load_names_a_parquet_part_directory_that_cannot_be_listed(redis_url, tmp_path, monkeypatch):
+    from serving.__main__ import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\n")
+    (data / "items.parquet").mkdir()  # Spark's part files would be in it
+    _failing_listdir(monkeypatch, data / "items.parquet")
+    with pytest.raises(SystemExit) as exited:
+        main(["load", "--data", str(data), "--redis", redis_url, "--no-progress"])
+    assert exited.value.code == f"error: {data / 'items.parquet'}: Input/output error"
 
 
 # --------------------------------------------------------------------------- unknown command
