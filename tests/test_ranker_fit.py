@@ -154,7 +154,12 @@ def test_a_baseline_whose_signal_no_pool_has_is_not_compared(capsys):
     examples.features[:, FEATURE_NAMES.index("recency")] = examples.labels  # the tie-breaker would win
     _, check = fit_above_baselines(examples, RankerFitParams(drop_features=("recency",), restore_dropped=False))
     assert "followed_sellers" not in check["baselines_ndcg@10"] and "friends_likes" not in check["baselines_ndcg@10"]
-    assert check["baselines_without_signal"] == ["followed_sellers", "friends_likes"]
+    # Named as evaluate and tune name the baselines they leave out: name -> why.
+    assert check["baselines_left_out"] == {
+        "followed_sellers": "its signal (followed_seller) is the same in every row of the validation pools",
+        "friends_likes": "its signal (friend_likes) is the same in every row of the validation pools",
+    }
+    assert "baselines_without_signal" not in check
     err = capsys.readouterr().err
     assert "followed_sellers baseline ranks better" not in err and "friends_likes baseline ranks better" not in err
 

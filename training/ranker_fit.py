@@ -457,7 +457,11 @@ def fit_above_baselines(examples: Examples, params: RankerFitParams) -> tuple[Li
         f"validation_ndcg@{BASELINE_CHECK_K}": round(ours, 4),
         f"baselines_ndcg@{BASELINE_CHECK_K}": {name: round(value, 4) for name, value in baselines.items()},
         "beaten_by": [name for name in beaten_by if baselines[name] > ours + _SAME],
-        "baselines_without_signal": [name for name in BASELINE_SIGNALS if name not in baselines],
+        # evaluate's and tune's name and shape for the baselines not compared, each with why
+        "baselines_left_out": {
+            name: f"its signal ({columns[0]}) is the same in every row of the validation pools"
+            for name, columns in BASELINE_SIGNALS.items() if name not in baselines
+        },
         "drop_features": list(params.drop_features),
     }
     return ranker, check
