@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 from pathlib import Path
 
@@ -314,6 +316,21 @@ def test_missing_directory_is_named(tmp_path: Path) -> None:
     assert str(err) == f"dataset directory {tmp_path / 'nope'}: no such directory"
     (tmp_path / "file").write_text("x")
     assert str(error_of(tmp_path / "file")) == f"dataset directory {tmp_path / 'file'}: not a directory"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
+def test_a_directory_that_cannot_be_listed_is_named_with_why(tmp_path: Path, monkeypatch, code: int) -> None:
+    # Regression: a --data directory its user may not read (mode 000; root reads any) or a
+    # disk failing to list it was "likes.csv: not found ... it holds no .csv or .parquet file".
+    listdir = os.listdir
+
+    def failing(where="."):
+        if os.fspath(where) == str(tmp_path):
+            raise OSError(code, os.strerror(code), str(tmp_path))
+        return listdir(where)
+
+    monkeypatch.setattr(os, "listdir", failing)
+    assert str(error_of(tmp_path)) == f"dataset directory {tmp_path}: cannot be read: {os.strerror(code)}"
 
 
 # --------------------------------------------------------------------------- forgiving reads

@@ -1206,8 +1206,8 @@ def _check_directory(path: str) -> None:
     if _source(path, LIKES) is None:
         try:
             found = sorted(name for name in os.listdir(path) if name.endswith((".csv", PARQUET)))
-        except OSError:
-            found = []
+        except OSError as error:  # not ours to read (its likes.csv not seen for that), EIO: not "holds no file"
+            raise DatasetError("", 0, "<directory>", f"dataset directory {path}: cannot be read: {error.strerror or error}") from None
         holds = f"it holds {', '.join(found)}" if found else "it holds no .csv or .parquet file"
         raise DatasetError(LIKES, 0, "<file>", f"not found in dataset directory {path} (the one required file; {holds})")
 
