@@ -282,8 +282,10 @@ def main(argv: list[str]) -> None:
     try:
         with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis, EXPORT_INTERRUPTED):
             stats = export_from_redis(client, args.out, args.since, own.get("prefix", DEFAULT_PREFIX), args.format)
-    except OSError as error:
-        sys.exit(f"error: --out {args.out}: {error.strerror or error}")
+    except OSError as error:  # the file it names (start_error's form, as serve's), else only --out: a full disk names none
+        from serving.server import start_error  # not a light import: only on the way out
+
+        sys.exit(f"error: --out {args.out}: {start_error(error).removeprefix(f'{args.out}: ')}")  # --out named once
     finally:
         client.close()
     print(

@@ -143,3 +143,46 @@ def test_an_export_taken_while_listings_and_their_likes_arrive_loads_back(redis_
     exported = load_dataset(str(tmp_path / "live"))
     assert "fresh" in exported.items.item_id and ("bob", "fresh") in set(zip(exported.likes.src, exported.likes.dst))
     store.close()
+
+
+def test_an_out_file_that_cannot_be_replaced_is_named(redis_url, tmp_path):
+    # Regression: "error: --out DIR: Is a directory" named only the directory, as if --out
+    # itself were the problem; the file the system refused is named now (start_error's form).
+    from serving.__main__ import main
+
+    out = tmp_path / "out"
+    (out / "items.csv" / "part-0").mkdir(parents=True)  # a directory where the export writes a file
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--redis", redis_url, "--out", str(out)])
+    assert exited.value.code == f"error: --out {out}: {out / '.items.csv.tmp'} -> {out / 'items.csv'}: Is a directory"
+
+
+def test_a_full_disk_under_out_is_one_line_naming_out(redis_url, tmp_path):
+    from serving.__main__ import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".items.csv.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC, naming no file
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--redis", redis_url, "--out", str(out)])
+    assert exited.value.code == f"error: --out {out}: No space left on device"
+
+
+def test_an_out_that_cannot_be_made_is_named_once(redis_url, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from serving.__main__ import main
+
+    out = tmp_path / "out"
+    makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if os.fspath(path) == str(out):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out))
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", read_only)  # --out's check passed; the file system went read-only since
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--redis", redis_url, "--out", str(out)])
+    assert exited.value.code == f"error: --out {out}: Read-only file system"
