@@ -88,7 +88,9 @@ def _serve(argv: list[str]) -> None:
         try:  # fail before any worker forks; the server checks again when it loads the models
             check_versions(load_arms(config.arms_file, config.feed), config.models_dir)
         except (OSError, ValueError) as error:
-            _refuse_start(parser, args, f"--arms: {error}")
+            from serving.server import start_error  # an OSError as "PATH: reason", as every other start error
+
+            _refuse_start(parser, args, f"--arms: {start_error(error)}")
     from serving.feed_processes import FeedProcessError
     from serving.server import serve, start_error
 

@@ -163,7 +163,9 @@ def arm_pins(paths: Sequence[str]) -> dict[str, list[str]]:
         try:
             arms = load_arms(path)
         except (OSError, ValueError) as error:
-            raise ValueError(f"--arms: {error}") from None
+            from serving.server import start_error  # an OSError as "PATH: reason", as serve says it; not a light import
+
+            raise ValueError(f"--arms: {start_error(error)}") from None
         for arm in arms.arms:
             if arm.model is not None:
                 pins.setdefault(arm.model, []).append(f"pinned by arm {arm.name!r} ({path})")

@@ -198,6 +198,21 @@ def test_serving_load_names_a_parquet_part_directory_that_cannot_be_listed(redis
     assert exited.value.code == f"error: {data / 'items.parquet'}: Input/output error"
 
 
+@pytest.mark.parametrize("command", ["serve", "versions"])
+def test_an_arms_file_that_cannot_be_read_is_named_without_errno(tmp_path, capsys, command):
+    """serve and versions said "--arms: [Errno 20] Not a directory: '/x/f/arms.toml'"."""
+    from serving.__main__ import main
+
+    (tmp_path / "f").write_text("")
+    arms = tmp_path / "f" / "arms.toml"  # under a regular file: ENOTDIR, for root too
+    (tmp_path / "models").mkdir()
+    argv = ["--models", str(tmp_path / "models"), "--arms", str(arms)]
+    with pytest.raises(SystemExit) as exited:
+        main(argv + ["--data", str(tmp_path), "--port", "0"] if command == "serve" else [command, *argv])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: --arms: {arms}: Not a directory")
+
+
 # --------------------------------------------------------------------------- unknown command
 
 
