@@ -226,7 +226,7 @@ def read_state(parser: argparse.ArgumentParser, args: argparse.Namespace
     for a bad setting."""
     models_source = resolve_paths(parser, args)
     if not os.path.isdir(args.models):
-        parser.error(f"{models_source} {args.models}: no such directory")
+        parser.error(f"{models_source} {args.models}: {'not a directory' if os.path.exists(args.models) else 'no such directory'}")
     try:
         pins = arm_pins(args.arms)
         # CURRENT may be absent (every version published with --no-current); an empty one is an error.

@@ -191,6 +191,15 @@ def test_a_missing_models_directory_is_an_error_naming_the_flag(tmp_path, capsys
         assert f"--models {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
 
 
+def test_a_models_path_that_is_a_file_is_not_called_missing(tmp_path, capsys):
+    (tmp_path / "models").write_text("")
+    for command in ("versions", "retire"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--models", str(tmp_path / "models")])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"--models {tmp_path / 'models'}: not a directory")
+
+
 def test_the_models_and_arms_come_from_the_servers_config_file_relative_to_it(models, tmp_path, monkeypatch, capsys):
     directory, names = models
     arms_pinning(tmp_path, names[2])
