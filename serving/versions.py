@@ -302,6 +302,8 @@ def retire_main(argv: list[str]) -> None:
     for name in plan.retire:
         try:
             retire_version(args.models, name)
-        except (OSError, ValueError) as error:  # CURRENT moved to it meanwhile, or it is gone
-            sys.exit(f"error: {name}: {error}")
+        except (OSError, ValueError) as error:  # CURRENT moved to it meanwhile, or it is gone, or not ours to move
+            from serving.server import start_error  # an OSError as "PATH: reason", as serve says it; not a light import
+
+            sys.exit(f"error: {name}: {start_error(error)}")
     print(f"retired {len(plan.retire)} of {len(versions)} versions")

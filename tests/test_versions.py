@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -269,6 +271,24 @@ def test_a_retire_that_died_halfway_leaves_no_version_a_reader_takes_and_the_nex
     output = run(capsys, "retire", "--models", str(directory), "--keep", "6")
     assert f"removed {leftover}, left by a retire that did not finish" in output
     assert sorted(os.listdir(directory)) == sorted(["CURRENT", *names[1:]])
+
+
+def test_a_version_the_system_refuses_to_move_is_one_line_without_errno(models, monkeypatch):
+    # Regression: "error: V: [Errno 13] Permission denied: '/m/V' -> '/m/.retired-V-...'".
+    directory, names = models
+    rename = os.rename
+
+    def refused(src, dst, *args, **kwargs):
+        if os.fspath(src) == str(directory / names[0]):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(src), None, os.fspath(dst))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refused)
+    with pytest.raises(SystemExit) as exited:
+        main(["retire", "--models", str(directory), names[0]])
+    assert re.fullmatch(rf"error: {names[0]}: {re.escape(str(directory / names[0]))} -> "
+                        rf"{re.escape(str(directory))}/\.retired-{names[0]}-[0-9a-f]+: Permission denied", exited.value.code)
+    assert published_versions(str(directory)) == names[::-1]
 
 
 def test_the_version_current_names_is_never_deleted_even_when_asked_directly(models):
