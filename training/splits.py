@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ranking.vocab import encode, positions_in, take_ids
+from ranking.vocab import distinct_ids, encode, positions_in, take_ids
 from training.dataset import Dataset, Edges
 
 
@@ -229,7 +229,7 @@ def catalogue_at(dataset: Dataset, now: float) -> Dataset:
     keep = ~(np.asarray(items.created_at) > now)
     if keep.all():
         return dataset
-    liked = set(dataset.likes.dst)
+    liked = distinct_ids(dataset.likes.dst)
     keep |= np.fromiter((i in liked for i in items.item_id), bool, len(items))
     return dataclasses.replace(dataset, items=items.take(np.flatnonzero(keep)))
 
