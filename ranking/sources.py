@@ -13,7 +13,7 @@ from ranking.vocab import count_and_newest
 
 
 class FollowedSellerSource:
-    """Newest listings of the sellers the user follows.
+    """Newest listings (in stock) of the sellers the user follows.
 
     A listing's share counts its seller's listings read, up to ``per_key_limit`` (what a
     first page reads): deeper pages read more, and score the same listing the same.

@@ -165,7 +165,7 @@ class UserState:
 class Activity:
     """Recent social activity around one user.
 
-    ``listings`` are owned by the asked sellers, ``friend_likes`` by the asked friends,
+    ``listings`` (items in stock) are owned by the asked sellers, ``friend_likes`` by the asked friends,
     each list bounded by the asked ``per_key_limit``; ``trending`` are item codes, best
     first.
     """
@@ -264,7 +264,7 @@ class FeedStateReader(Protocol):
         per_key_limit: int,
         trending_limit: int,
     ) -> Activity:
-        """Newest listings of each seller, newest likes of each friend and the top trending items.
+        """Newest in-stock listings of each seller, newest likes of each friend and the top trending items.
 
         Unknown sellers and friends have empty lists. Ties in time list the smaller id
         first; ties in trending the larger id first.

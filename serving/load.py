@@ -137,7 +137,7 @@ def _commands(
         else:
             fields[PACKED_FIELD] = pack_item(fields)
         yield 1, "hset", (keys.item(item_id), None, None, fields)
-        if seller_id:
+        if seller_id and stock > 0:  # a seller's listings are its in-stock items
             by_seller[seller_id][item_id] = "-" + created
     if packed_items:
         packed_rows = list(packed.items())

@@ -2,8 +2,8 @@
 
 The catalogue is columnar: one numpy array per field (seller code, creation time, stock,
 like count, trending score), indexed by item code, so hydrating a feed's candidates is
-a handful of fancy-indexing operations. Likes per user and listings per seller are
-timelines: one bulk-loaded CSR (newest first per key) plus copied rows for the keys
+a handful of fancy-indexing operations. Likes per user and listings (in-stock items) per
+seller are timelines: one bulk-loaded CSR (newest first per key) plus copied rows for the keys
 that ingest changed since.
 """
 
@@ -608,7 +608,7 @@ class MemoryStore:
                 friends = _pairs_where(dataset.friends, lambda a, b: a in readers or b in readers)
             ranks = id_ranks(store.items)
             store._likes = TimelineTable.build(users, liked, times, len(store.users), ranks)
-            listed = seller_codes >= 0
+            listed = (seller_codes >= 0) & (items.stock > 0)  # a seller's timeline lists what is in stock
             store._listings = TimelineTable.build(
                 seller_codes[listed], item_codes[listed], catalogue.created_at[item_codes[listed]], len(store.sellers), ranks
             )
@@ -785,7 +785,7 @@ class MemoryStore:
         elif kind is EventKind.ITEM_UPSERT:
             self._upsert(event)
         elif kind is EventKind.STOCK_UPDATE:
-            self._catalogue.stock[self.items.code(event.item_id)] = event.stock
+            self._restock(self.items.code(event.item_id), event.stock)
         elif kind is EventKind.NOT_INTERESTED_ITEM:
             self._hidden_items[event.user_id].add(self._item_code(event.item_id))
         elif kind is EventKind.NOT_INTERESTED_SELLER:
@@ -821,8 +821,24 @@ class MemoryStore:
         catalogue.created_at[code] = created_at
         catalogue.stock[code] = event.stock
         catalogue.set_card(code, event.card(), self.categories)
-        if seller >= 0:
+        if seller >= 0 and event.stock > 0:
             self._listings.add(seller, code, created_at, self.items)
+        elif seller >= 0:
+            self._listings.remove(seller, code)
+
+    def _restock(self, code: int, stock: int) -> None:
+        """Set an item's stock: one that sells out leaves its seller's timeline, one back in
+        stock returns to it at its listing time (the timelines list in-stock items only, so
+        sold-out ones never take the place of in-stock ones in a feed's read)."""
+        catalogue = self._catalogue
+        was_in_stock, seller = catalogue.stock[code] > 0, int(catalogue.seller[code])
+        catalogue.stock[code] = stock
+        if seller < 0 or was_in_stock == (stock > 0):
+            return
+        if stock > 0:
+            self._listings.add(seller, code, float(catalogue.created_at[code]), self.items)
+        else:
+            self._listings.remove(seller, code)
 
     def _like(self, user_id: str, item_id: str, ts: float) -> None:
         user, item = self.users.add(user_id), self._item_code(item_id)

@@ -120,7 +120,7 @@ from stores.redis_packer import with_fast_packer
 
 log = logging.getLogger("feedrank.store")
 
-DEFAULT_LISTINGS = 1_000  # newest listings kept per seller
+DEFAULT_LISTINGS = 1_000  # newest listings (in-stock items) kept per seller
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
 DEFAULT_STREAM_MAXLEN = 0  # approximate cap of the event stream; 0 = unbounded
 DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every read while Redis is frozen
@@ -466,11 +466,16 @@ OPS.update = function(item, card)
   repack(k, item)
   return '1'
 end
+-- A seller's listings are its in-stock items: '1' when the item's listing stays as it
+-- was, else the JSON pair (seller, listing time) for its seller's slot to list it again
+-- (back in stock) or unlist it (sold out).
 OPS.stock = function(item, stock)
   local k = ikey(item)
+  local was = redis.call('HMGET', k, 'stock', 'seller', 'created_at')
   redis.call('HSET', k, 'stock', stock)
   repack(k, item)
-  return '1'
+  if (tonumber(was[1] or '0') > 0) == (tonumber(stock) > 0) or not was[2] or was[2] == '' then return '1' end
+  return cjson.encode({was[2], was[3] or '0'})
 end
 OPS.count = function(item, delta)
   local k = ikey(item)
@@ -619,8 +624,13 @@ for _, o in ipairs(fresh) do
   elseif kind == 'item_upsert' then
     local old, created = upsert(item, seller, ARGV[o + 8], ARGV[o + 9], ARGV[o + 10], ts)
     if old ~= '' and old ~= seller then OPS.unlist(old, item) end
-    OPS.list(seller, item, created)
-  elseif kind == 'stock_update' then OPS.stock(item, ARGV[o + 9])
+    if tonumber(ARGV[o + 9]) > 0 then OPS.list(seller, item, created) else OPS.unlist(seller, item) end
+  elseif kind == 'stock_update' then
+    local listing = OPS.stock(item, ARGV[o + 9])
+    if listing ~= '1' then
+      local pair = cjson.decode(listing)
+      if tonumber(ARGV[o + 9]) > 0 then OPS.list(pair[1], item, pair[2]) else OPS.unlist(pair[1], item) end
+    end
   elseif kind == 'not_interested_item' then OPS.hide_item(u, item)
   elseif kind == 'not_interested_seller' then OPS.hide_seller(u, seller)
   elseif kind == 'item_update' then OPS.update(item, ARGV[o + 10])
@@ -1406,8 +1416,10 @@ class RedisStore:
     """FeedStore over Redis; see the module docstring for the read and write design.
 
     ``recent_likes`` bounds each user's recent-likes sorted set (as the memory store's
-    ``recent_likes``); ``listings`` bounds each seller's listings sorted set, so
-    ``read_activity`` returns at most that many listings per seller.
+    ``recent_likes``); ``listings`` bounds each seller's listings sorted set (its
+    in-stock items, newest first; a sold-out item leaves it and comes back when restocked,
+    so sold-out listings never take an in-stock one's place), so ``read_activity`` returns
+    at most that many listings per seller.
 
     ``read_cache`` (standalone only): keep the items, cards and timelines feeds read in
     this process, brought up to date at each feed's first read (stores/redis_cache.py).
@@ -2851,7 +2863,8 @@ def _stage_one(batch: Sequence[Event]) -> dict[str, list[list[str]]]:
 
 
 def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dict[str, list[list[str]]]:
-    """Like counts, trending, listings and shares' recipients: what the first stage found decides them."""
+    """Like counts, trending, listings (of in-stock items) and shares' recipients: what the
+    first stage found decides them."""
     ops: dict[str, list[list[str]]] = defaultdict(list)
     trending = Keys.TRENDING_TAG
     for event in batch:
@@ -2868,7 +2881,19 @@ def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dic
             old, created = _upserted(first[(Keys.item_tag(event.item_id), f"{e}#upsert")], event)
             if old and old != event.seller_id:
                 ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id])
-            ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
+            if event.stock > 0:
+                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
+            else:  # a seller's listings are its in-stock items
+                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#unlist", "unlist", event.seller_id, event.item_id])
+        elif kind is EventKind.STOCK_UPDATE:
+            # '1' (the listing stays), or (seller, listing time) when the item sold out or came back
+            listing = first[(Keys.item_tag(event.item_id), f"{e}#stock")]
+            if listing.startswith("["):
+                seller, created = json.loads(listing)
+                if event.stock > 0:
+                    ops[Keys.seller_tag(seller)].append([f"{e}#list", "list", seller, event.item_id, created])
+                else:
+                    ops[Keys.seller_tag(seller)].append([f"{e}#unlist", "unlist", seller, event.item_id])
         elif kind is EventKind.SHARE:
             ts = event.to_record()["ts"]
             for recipient in json.loads(first[(Keys.user_tag(event.user_id), f"{e}#engage")]) or ():

@@ -27,7 +27,9 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
                                  packed7: on a cluster, the fields a feed reads for every
                                  candidate, in one value that every write of the item
                                  refreshes (stores/redis.py, PACKED_FIELD)
-  seller  {s:ID}:listings        zset item -> -created_at, newest ``listings`` (trimmed)
+  seller  {s:ID}:listings        zset item -> -created_at of the seller's in-stock items,
+                                 newest ``listings`` (trimmed): a sale to 0 removes one,
+                                 a restock puts it back
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {vacations}:version    counter: every change of the vacations hash increments it,

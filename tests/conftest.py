@@ -15,6 +15,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from training.dataset import Dataset
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-StoreFactory = Callable[[Dataset], FeedStore]
+StoreFactory = Callable[..., FeedStore]
 
 
 def data_root() -> Path:
@@ -47,19 +48,21 @@ STORE_KINDS = [
 ]
 
 
-def make_redis_store(url: str, dataset: Dataset) -> FeedStore:
-    """A RedisStore on ``url`` (already empty) loaded with ``dataset`` by the load command's code."""
+def make_redis_store(url: str, dataset: Dataset, **options: Any) -> FeedStore:
+    """A RedisStore on ``url`` (already empty) loaded with ``dataset`` by the load command's
+    code; ``options`` are the store's own (``listings``, ...)."""
     from serving.load import load_into_redis
     from stores.redis import RedisStore
 
-    store = RedisStore.from_url(url, socket_timeout=5.0)
+    store = RedisStore.from_url(url, options, socket_timeout=5.0)
     load_into_redis(store.client, dataset, recent_likes=store.recent_likes_bound, listings=store.listings_bound)
     return store
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
-    """Builds a store of each kind loaded with a dataset.
+    """Builds a store of each kind loaded with a dataset; keyword options are the Redis
+    store's own (``listings=4``: its bounds), which the memory store, unbounded, ignores.
 
     The Redis kinds start their servers once per session (tests/redis_servers.py) and
     flush them before each test.
@@ -71,11 +74,11 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
     elif request.param == "redis-cluster":
         url = request.getfixturevalue("redis_cluster_url")
 
-    def factory(dataset: Dataset) -> FeedStore:
+    def factory(dataset: Dataset, **redis_options: Any) -> FeedStore:
         if url is None:
             store: FeedStore = MemoryStore.from_dataset(dataset, trending_refresh_seconds=0.0)
         else:
-            store = make_redis_store(url, dataset)
+            store = make_redis_store(url, dataset, **redis_options)
         created.append(store)
         return store
 

@@ -119,10 +119,10 @@ def test_fan_out_features_divide_by_the_sellers_followed_the_friends_read_and_th
         pool = pipeline.pool("alice", 20, NOW)
         return {item_id: row[[col[name] for name in names]] for item_id, row in zip(pool.item_ids(), pool.features)}
 
-    # Alice follows s1 (five listings: i1..i5) and has two friends: bob, who liked three
+    # Alice follows s1 (four listings in stock: i1, i3..i5; i2 is sold out) and has two friends: bob, who liked three
     # items (i6, i7, a1), and carol, who liked one (i6).
     before = shares()
-    np.testing.assert_allclose(before["i1"], [1.0, 0.0, 0.0, 1 / 5], rtol=1e-6)
+    np.testing.assert_allclose(before["i1"], [1.0, 0.0, 0.0, 1 / 4], rtol=1e-6)
     np.testing.assert_allclose(before["i6"], [0.0, 1.0, (1 / 3 + 1) / 2, 0.0], rtol=1e-6)
     np.testing.assert_allclose(before["i7"], [0.0, 0.5, (1 / 3) / 2, 0.0], rtol=1e-6)
     store.apply([
@@ -131,7 +131,7 @@ def test_fan_out_features_divide_by_the_sellers_followed_the_friends_read_and_th
         Event("f3", EventKind.FRIEND, NOW, user_id="alice", friend_id="erin"),  # liked nothing
     ])
     after = shares()
-    np.testing.assert_allclose(after["i1"], [0.5, 0.0, 0.0, 1 / 5 / 2], rtol=1e-6)
+    np.testing.assert_allclose(after["i1"], [0.5, 0.0, 0.0, 1 / 4 / 2], rtol=1e-6)
     np.testing.assert_allclose(after["i6"], [0.5, 0.5, (1 / 3 + 1) / 4, 1 / 3 / 2], rtol=1e-6)
     np.testing.assert_allclose(after["i7"], [0.5, 0.5, (1 / 3 + 1 / 2) / 4, 1 / 3 / 2], rtol=1e-6)
 

@@ -30,9 +30,17 @@ def store():
     return MemoryStore.from_dataset(social_dataset(), trending_refresh_seconds=0.0)
 
 
+def sold_out_i7():
+    """store() with i7, which bob (alice's friend) liked, sold out."""
+    s = store()
+    s.apply([Event("sold-out", EventKind.STOCK_UPDATE, NOW, item_id="i7", stock=0)])
+    return s
+
+
 def test_out_of_stock_items_are_removed():
-    result = feed_for(store())
-    assert "i2" not in ids(result)
+    result = feed_for(sold_out_i7())
+    assert "i2" not in ids(result)  # a sold-out listing: not in its seller's timeline
+    assert "i7" not in ids(result)  # a friend's like of a sold-out item: read, then filtered
     assert result.removed_by_filter["out_of_stock"] >= 1
 
 
@@ -296,7 +304,7 @@ def test_fresh_graph_activity_is_promoted_to_the_top_but_capped():
 
 
 def test_an_explained_page_is_the_same_page_and_says_why():
-    s = store()
+    s = sold_out_i7()
     plain = feed_for(s)
     explained = feed_for(s, explain=True)
     assert [(c.item_id, c.score) for c in explained.items] == [(c.item_id, c.score) for c in plain.items]
@@ -305,7 +313,7 @@ def test_an_explained_page_is_the_same_page_and_says_why():
     assert why.features.shape == (len(explained.items), len(why.feature_names))
     assert why.contributions.shape == (len(explained.items), len(why.terms))
     assert np.allclose(why.contributions.sum(axis=1), [c.score for c in explained.items], atol=1e-5)
-    assert "i2" in why.removed["out_of_stock"] and "i8" in why.removed["already_liked"]
+    assert "i7" in why.removed["out_of_stock"] and "i8" in why.removed["already_liked"]
     assert {name: len(removed) for name, removed in why.removed.items()} == {
         name: n for name, n in explained.removed_by_filter.items() if n and name != "duplicate"
     }

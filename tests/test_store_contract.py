@@ -54,7 +54,7 @@ def test_a_datasets_hides_are_loaded_as_ingested_ones_are(store_factory):
 def test_read_activity_is_newest_first_and_bounded(store_factory):
     store = store_factory(social_dataset())
     activity = views.read_activity(store, ["s1", "nobody"], ["bob", "carol"], per_key_limit=2, trending_limit=3)
-    assert [item for item, _ in activity.listings_by_seller["s1"]] == ["i1", "i2"]
+    assert [item for item, _ in activity.listings_by_seller["s1"]] == ["i1", "i3"]  # i2, sold out, is not listed
     assert activity.listings_by_seller["nobody"] == []
     assert [item for item, _ in activity.likes_by_friend["bob"]] == ["i6", "i7"]
     assert [item for item, _ in activity.likes_by_friend["carol"]] == ["i6"]
@@ -206,10 +206,11 @@ def test_an_upsert_without_created_at_keeps_an_existing_items_listing_time(store
     ])
     s1 = views.read_activity(store, ["s1"], [], 10, 0).listings_by_seller["s1"]
     assert s1[0] == ("brand-new", NOW + 60)  # a new item is listed at its event's time
-    assert dict(s1)["i2"] == listed["s1"]["i2"] and dict(s1)["i7"] == listed["s2"]["i7"]
+    assert "i2" not in listed["s1"]  # sold out: not listed until p1 brought it back in stock
+    assert dict(s1)["i2"] == NOW - DAY and dict(s1)["i7"] == listed["s2"]["i7"]
     assert "i7" not in dict(views.read_activity(store, ["s2"], [], 10, 0).listings_by_seller["s2"])
     items = views.hydrate(store, "alice", ["i2", "i7", "brand-new"]).items
-    assert (items["i2"].created_at, items["i2"].stock, items["i2"].price) == (listed["s1"]["i2"], 5, 3.5)
+    assert (items["i2"].created_at, items["i2"].stock, items["i2"].price) == (NOW - DAY, 5, 3.5)
     assert (items["i7"].created_at, items["i7"].seller_id) == (listed["s2"]["i7"], "s1")
     assert items["brand-new"].created_at == NOW + 60
     store.apply([ev("p4", EventKind.ITEM_UPSERT, NOW + 80, item_id="i2", seller_id="s1", created_at=NOW + 80, stock=5)])
@@ -530,3 +531,32 @@ def test_every_store_gives_the_pipeline_the_same_candidates_and_features(store_f
         rows = dict(zip(expected.item_ids(), expected.features))
         for item_id, features in zip(got.item_ids(), got.features):
             np.testing.assert_allclose(features, rows[item_id], rtol=1e-5, atol=1e-6, err_msg=f"{user_id} {item_id}")
+
+
+def served_to(store, user_id: str, limit: int = 2) -> list[str]:
+    """Every item of ``user_id``'s feed, page after page (each deeper than the last), until it ends."""
+    from ranking.feed import build_feed_pipeline
+    from ranking.vocab import stable_hash
+
+    pipeline, served = build_feed_pipeline(store, None), []
+    for _ in range(100):
+        page = pipeline.run(user_id, limit, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)))
+        served += [item.item_id for item in page.items]
+        if not (page.has_more and page.items):
+            return served
+    raise AssertionError(f"{user_id}'s feed did not end: {served}")
+
+
+def test_sold_out_listings_leave_room_for_a_sellers_older_in_stock_ones(store_factory):
+    # Redis keeps a bounded number of a seller's listings (``listings``: 4 here). It kept the
+    # newest, sold out or not, so a shop's newer sold-out listings (loaded, or ingested sold
+    # out) hid its older in-stock ones from every feed on Redis, while the memory store, which
+    # keeps every listing, still served them. A restocked item comes back.
+    in_stock = [(f"old{k}", "shop", NOW - (30 + k) * DAY, 3) for k in range(3)]
+    sold_out = [(f"sold{k}", "shop", NOW - (10 + k) * DAY, 0) for k in range(6)]
+    store = store_factory(make_dataset(in_stock + sold_out, follows=[("fan", "shop", NOW - 60 * DAY)]), listings=4)
+    store.apply([ev(f"gone{k}", EventKind.ITEM_UPSERT, NOW - DAY, item_id=f"gone{k}", seller_id="shop",
+                    created_at=NOW - (5 + k) * DAY, stock=0) for k in range(5)])  # fmt: skip
+    assert sorted(served_to(store, "fan")) == ["old0", "old1", "old2"]
+    store.apply([ev("back", EventKind.STOCK_UPDATE, item_id="sold5", stock=2), ev("out", EventKind.STOCK_UPDATE, item_id="old1", stock=0)])
+    assert sorted(served_to(store, "fan")) == ["old0", "old2", "sold5"]
