@@ -42,6 +42,7 @@ from stores.redis import (
     SlotsMoving,
     acl_refusals,
     connect,
+    listings_kept,
     eviction_warning,
     is_cluster_client,
     mark_every_slot,
@@ -150,7 +151,7 @@ def _commands(
         yield 0, "incr", (keys.vacations_version,)  # servers' copies of the hash refresh
     for seller_id, listed in by_seller.items():
         yield 0, "zadd", (keys.listings(seller_id), listed)
-        yield 0, "zremrangebyrank", (keys.listings(seller_id), listings, -1)
+        yield 0, "zremrangebyrank", (keys.listings(seller_id), listings_kept(listings), -1)
 
     for user_id, liked in by_user.items():
         yield len(liked), "hset", (keys.liked(user_id), None, None, liked)
@@ -235,7 +236,8 @@ def load_into_redis(
 ) -> LoadStats:
     """Write ``dataset`` into Redis through ``client`` (standalone or cluster), pipelined.
 
-    ``recent_likes`` and ``listings`` must match the serving store's bounds.
+    ``recent_likes`` and ``listings`` must match the serving store's bounds (each seller's
+    set keeps ``listings_kept(listings)`` of its in-stock items).
     Raises StoreUnavailable when Redis cannot be reached.
     """
     keys = Keys(prefix)
@@ -376,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--batch", type=bounded(int, 1), default=DEFAULT_BATCH, help="commands per pipeline round trip (default: %(default)s)")
     parser.add_argument("--recent-likes", type=bounded(int, 1), default=DEFAULT_RECENT_LIKES, help="recent likes kept per user (default: %(default)s)")
-    parser.add_argument("--listings", type=bounded(int, 1), default=DEFAULT_LISTINGS, help="newest listings kept per seller (default: %(default)s)")
+    parser.add_argument("--listings", type=bounded(int, 1), default=DEFAULT_LISTINGS, help="newest in-stock listings a feed reads per seller; twice as many are kept (default: %(default)s)")
     add_drop_unknown_items_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 

@@ -120,7 +120,18 @@ from stores.redis_packer import with_fast_packer
 
 log = logging.getLogger("feedrank.store")
 
-DEFAULT_LISTINGS = 1_000  # newest listings (in-stock items) kept per seller
+DEFAULT_LISTINGS = 1_000  # newest listings (in-stock items) a feed reads per seller
+# Each seller's set keeps this many times ``listings`` of its newest in-stock items: when
+# some of those a feed reads sell out, the older ones kept move up into reach (a set of
+# exactly ``listings`` would have trimmed them when newer ones were listed, and emptied
+# as those sold). Kept a set's size bounded: 2,000 entries, about 130 KB, per seller.
+LISTINGS_HEADROOM = 2
+
+
+def listings_kept(listings: int) -> int:
+    """The in-stock listings kept per seller for ``listings`` read (``LISTINGS_HEADROOM``)."""
+    return LISTINGS_HEADROOM * listings
+
 DEFAULT_DEDUPE_TTL = 30 * 86_400  # seconds an applied event id is remembered; 0 = forever
 DEFAULT_STREAM_MAXLEN = 0  # approximate cap of the event stream; 0 = unbounded
 DEFAULT_SOCKET_TIMEOUT = 0.5  # seconds; bounds every read while Redis is frozen
@@ -301,7 +312,7 @@ end
 _LUA_PRELUDE = _LUA_PACK + r"""
 local P = ARGV[1]
 local RB = tonumber(ARGV[2])
-local LB = tonumber(ARGV[3])
+local LB = tonumber(ARGV[3])  -- in-stock listings kept per seller (listings_kept)
 local TTL = tonumber(ARGV[4])
 local TAU = tonumber(ARGV[5])
 local EPOCH = tonumber(ARGV[6])
@@ -1416,10 +1427,11 @@ class RedisStore:
     """FeedStore over Redis; see the module docstring for the read and write design.
 
     ``recent_likes`` bounds each user's recent-likes sorted set (as the memory store's
-    ``recent_likes``); ``listings`` bounds each seller's listings sorted set (its
-    in-stock items, newest first; a sold-out item leaves it and comes back when restocked,
-    so sold-out listings never take an in-stock one's place), so ``read_activity`` returns
-    at most that many listings per seller.
+    ``recent_likes``); ``listings`` bounds what ``read_activity`` returns per seller;
+    each seller's listings sorted set keeps ``listings_kept(listings)`` (twice as many) of
+    its in-stock items, newest first, so older ones move up as newer ones sell out (a
+    sold-out item leaves the set and comes back when restocked: sold-out listings never
+    take an in-stock one's place).
 
     ``read_cache`` (standalone only): keep the items, cards and timelines feeds read in
     this process, brought up to date at each feed's first read (stores/redis_cache.py).
@@ -1472,7 +1484,7 @@ class RedisStore:
         self.recent_likes_bound = recent_likes
         self.listings_bound = listings
         self._consts = [
-            prefix, str(recent_likes), str(listings), str(dedupe_ttl),
+            prefix, str(recent_likes), str(listings_kept(listings)), str(dedupe_ttl),
             repr(_TRENDING_TAU), repr(TRENDING_EPOCH), repr(_MAX_EXPONENT), str(stream_maxlen),
             str(SEEN_BOUND), str(SHARED_BOUND), repr(VIEW_WINDOW_SECONDS), str(max_friends), str(max_follows), "-2", "0",
         ]  # fmt: skip

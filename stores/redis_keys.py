@@ -28,8 +28,9 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
                                  candidate, in one value that every write of the item
                                  refreshes (stores/redis.py, PACKED_FIELD)
   seller  {s:ID}:listings        zset item -> -created_at of the seller's in-stock items,
-                                 newest ``listings`` (trimmed): a sale to 0 removes one,
-                                 a restock puts it back
+                                 newest 2 x ``listings`` (trimmed; feeds read up to
+                                 ``listings``): a sale to 0 removes one, a restock puts
+                                 it back
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {vacations}:version    counter: every change of the vacations hash increments it,

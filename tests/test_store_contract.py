@@ -560,3 +560,17 @@ def test_sold_out_listings_leave_room_for_a_sellers_older_in_stock_ones(store_fa
     assert sorted(served_to(store, "fan")) == ["old0", "old1", "old2"]
     store.apply([ev("back", EventKind.STOCK_UPDATE, item_id="sold5", stock=2), ev("out", EventKind.STOCK_UPDATE, item_id="old1", stock=0)])
     assert sorted(served_to(store, "fan")) == ["old0", "old2", "sold5"]
+
+
+def test_listings_that_sell_out_bring_their_sellers_older_in_stock_ones_back_in_reach(store_factory):
+    # Listed in stock, then sold out: on Redis (listings=4) the four new listings took the
+    # seller's set and trimmed the older in-stock ones; once the four sold out the set was
+    # empty, and no feed reached the three in-stock items the memory store still served.
+    old = [(f"old{k}", "shop", NOW - (30 + k) * DAY, 3) for k in range(3)]
+    store = store_factory(make_dataset(old, follows=[("fan", "shop", NOW - 60 * DAY)]), listings=4)
+    new = [f"new{k}" for k in range(4)]
+    store.apply([ev(f"list-{item}", EventKind.ITEM_UPSERT, NOW - DAY, item_id=item, seller_id="shop",
+                    created_at=NOW - (5 + k) * DAY, stock=1) for k, item in enumerate(new)])  # fmt: skip
+    assert set(new) <= set(served_to(store, "fan"))  # (Redis reaches the newest 4, memory all 7)
+    store.apply([ev(f"sell-{item}", EventKind.STOCK_UPDATE, item_id=item, stock=0) for item in new])
+    assert sorted(served_to(store, "fan")) == ["old0", "old1", "old2"]
