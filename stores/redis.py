@@ -263,12 +263,14 @@ local function pack(v, trend)
   return (v[2] or '0') .. ',' .. (v[3] or '0') .. ',' .. (v[4] or '0') .. ',' .. eligible .. ',' .. (v[6] or 'nan') .. ','
          .. (v[7] or 'nan') .. ',' .. trend .. '|' .. #seller .. ':' .. seller .. (v[8] or '')
 end
+local function trend_of(item)
+  if TRENDING_IN_PACK then return redis.call('ZSCORE', TRENDING_IN_PACK, item) or '0' end
+  return '0'
+end
 local function pack_fields(k, item)  -- the item's packed value from its fields; nil: no such item
   local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
   if not (v[1] or v[3]) then return nil end
-  local trend = '0'
-  if TRENDING_IN_PACK then trend = redis.call('ZSCORE', TRENDING_IN_PACK, item) or '0' end
-  return pack(v, trend)
+  return pack(v, trend_of(item))
 end
 local function read_packed(k, item) return redis.call('HGET', k, '""" + PACKED_FIELD + r"""') or pack_fields(k, item) end
 -- A packed value framed for a reply: its length in bytes, ":", the value; "0:" for none.
@@ -298,11 +300,13 @@ local function log_changes()
   redis.call('INCRBY', CHANGES .. 'seq', #changed)
   redis.call('LTRIM', log, -""" + str(CHANGE_LOG_CAP) + r""", -1)
 end
-local function repack(k, item)
-  local p = pack_fields(k, item)
-  if not p then return end
+local function keep_packed(k, item, p)
   if PACKED_ITEMS then redis.call('HSET', PACKED_ITEMS, item, p) else redis.call('HSET', k, '""" + PACKED_FIELD + r"""', p) end
   note_change('i:' .. item)
+end
+local function repack(k, item)
+  local p = pack_fields(k, item)
+  if p then keep_packed(k, item, p) end
 end
 """
 
@@ -480,13 +484,16 @@ end
 -- A seller's listings are its in-stock items: '1' when the item's listing stays as it
 -- was, else the JSON pair (seller, listing time) for its seller's slot to list it again
 -- (back in stock) or unlist it (sold out).
+-- One read of the item's fields gives both its old stock and what its repack needs.
 OPS.stock = function(item, stock)
   local k = ikey(item)
-  local was = redis.call('HMGET', k, 'stock', 'seller', 'created_at')
+  local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
+  local was_in_stock = tonumber(v[3] or '0') > 0
   redis.call('HSET', k, 'stock', stock)
-  repack(k, item)
-  if (tonumber(was[1] or '0') > 0) == (tonumber(stock) > 0) or not was[2] or was[2] == '' then return '1' end
-  return cjson.encode({was[2], was[3] or '0'})
+  v[3] = stock
+  keep_packed(k, item, pack(v, trend_of(item)))
+  if was_in_stock == (tonumber(stock) > 0) or not v[1] or v[1] == '' then return '1' end
+  return cjson.encode({v[1], v[2] or '0'})
 end
 OPS.count = function(item, delta)
   local k = ikey(item)
