@@ -158,7 +158,14 @@ def test_a_directory_of_part_files_loads(tmp_path: Path, generated: Dataset) -> 
         whole = pq.read_table(tmp_path / "one" / f"{table}.parquet")
         third = whole.num_rows // 3
         write_parts(parts / f"{table}.parquet", whole, [third, 0, whole.num_rows - third])
-    assert_equal(load_dataset(str(parts)), generated)
+    loaded = load_dataset(str(parts))
+    assert_equal(loaded, generated)
+    from ranking.vocab import EncodedIds, encode
+
+    # The parts' id columns are joined with their encodings, and those are the whole column's.
+    assert isinstance(loaded.likes.src, EncodedIds)
+    for ids in (loaded.likes.src, loaded.likes.dst, loaded.items.seller_id):
+        assert encode(ids)[0].tolist() == encode(list(ids))[0].tolist() and encode(ids)[1] == encode(list(ids))[1]
 
 
 def test_parts_may_differ_in_types_and_optional_columns(tmp_path: Path) -> None:

@@ -814,6 +814,8 @@ def _concat(pieces: list[Any], rows: list[int], name: str) -> list[str] | np.nda
     """One column from the part files' (None: a part without this optional column, all null)."""
     if len(pieces) == 1 and pieces[0] is not None:
         return pieces[0]
+    if pieces and all(isinstance(p, EncodedIds) for p in pieces):  # ids of several part files
+        return EncodedIds.from_codes(*encode_concatenation(pieces))
     text = name in _TEXT_COLUMNS or any(isinstance(p, list) for p in pieces)
     if not text:
         return np.concatenate([np.full(n, np.nan) if p is None else p for p, n in zip(pieces, rows)])
