@@ -75,3 +75,19 @@ def test_tune_stopped_inside_a_numba_kernel_says_nothing_was_chosen(data, tmp_pa
     assert err.startswith("tune interrupted after ") and f"nothing chosen; {out} was not written" in err, err
     assert err.endswith("\ninterrupted\n") and "Traceback" not in err and "SystemError" not in err, err
     assert not out.exists()
+
+
+def test_tune_stopped_while_loading_says_nothing_was_chosen(data, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C during the load (minutes on a large dataset) is a stopped tune too."""
+    import training.dataset
+    from training.__main__ import run_command
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.dataset, "load_dataset", interrupted)
+    out = tmp_path / "params.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_command(["tune", "--data", data, "--out", str(out), "--trials", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert err.startswith("tune interrupted after ") and f"nothing chosen; {out} was not written" in err, err

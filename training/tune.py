@@ -383,8 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no per-trial lines")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Entry point of ``python -m training tune``."""
+def _search(args: argparse.Namespace) -> TuneResult:
+    """Load ``--data``, check the splits, and search."""
     from training.dataset import load_dataset, require_likes
 
     dataset = load_dataset(args.data)
@@ -395,12 +395,17 @@ def run(args: argparse.Namespace) -> None:
     check_time_split(dataset, test_split, "--test-split")
     validation_kind = None if args.validation_split == "auto" else args.validation_split
     check_validation_kind(dataset, validation_kind, VALIDATION_FRACTION, "--validation-split")
+    with optuna_quiet_after_interrupt():
+        return tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
+                    show_progress=not args.no_progress, required_sources=args.require_sources,
+                    validation_kind=validation_kind)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point of ``python -m training tune``."""
     started = time.perf_counter()
     try:
-        with optuna_quiet_after_interrupt():
-            result = tune(dataset, test_split, args.trials, args.timeout, args.seed, eval_users=args.eval_users,
-                          show_progress=not args.no_progress, required_sources=args.require_sources,
-                          validation_kind=validation_kind)
+        result = _search(args)
     except (KeyboardInterrupt, SystemError) as error:
         if not is_interrupt(error):
             raise
