@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -101,3 +102,16 @@ def log_stream():
 
 def json_lines(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def failing_listdir(monkeypatch, path: Path, code: int = errno.EIO) -> None:
+    """os.listdir(path) fails as a bad disk (EIO) or, for a user who is not root, a directory
+    without read permission (EACCES) makes it fail; every other path lists as before."""
+    listdir = os.listdir
+
+    def failing(where="."):
+        if os.fspath(where) == str(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return listdir(where)
+
+    monkeypatch.setattr(os, "listdir", failing)

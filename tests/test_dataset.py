@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stores.events import MAX_UNIX_SECONDS
+from tests.conftest import failing_listdir
 from training.dataset import (
     MIN_UNIX_SECONDS,
     Dataset,
@@ -322,14 +323,7 @@ def test_missing_directory_is_named(tmp_path: Path) -> None:
 def test_a_directory_that_cannot_be_listed_is_named_with_why(tmp_path: Path, monkeypatch, code: int) -> None:
     # Regression: a --data directory its user may not read (mode 000; root reads any) or a
     # disk failing to list it was "likes.csv: not found ... it holds no .csv or .parquet file".
-    listdir = os.listdir
-
-    def failing(where="."):
-        if os.fspath(where) == str(tmp_path):
-            raise OSError(code, os.strerror(code), str(tmp_path))
-        return listdir(where)
-
-    monkeypatch.setattr(os, "listdir", failing)
+    failing_listdir(monkeypatch, tmp_path, code)
     assert str(error_of(tmp_path)) == f"dataset directory {tmp_path}: cannot be read: {os.strerror(code)}"
 
 
@@ -898,9 +892,9 @@ def test_engagement_rows_are_checked_as_one_by_one(tmp_path: Path, rows) -> None
             expected.append((line, "friend_id"))
         if friend and friend == user:
             expected.append((line, "friend_id"))
+    found, more = [], False
     try:
         load_dataset(str(make(tmp_path / "d", engagements=text)))
-        found = []
     except DatasetError as error:
-        found = [(e.line, e.column) for e in error.errors]
-    assert found == expected[: len(found)] and (len(found) == len(expected) or error.more)
+        found, more = [(e.line, e.column) for e in error.errors], error.more
+    assert found == expected[: len(found)] and (len(found) == len(expected) or more)

@@ -20,7 +20,7 @@ import pytest
 
 from ranking.ranker import DEFAULT_BLEND
 from stores.events import Event, EventKind
-from tests.conftest import REPO
+from tests.conftest import REPO, failing_listdir
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -159,18 +159,6 @@ def test_every_os_error_of_a_tool_is_one_line_naming_its_path(monkeypatch, comma
     assert exited.value.code == line
 
 
-def _failing_listdir(monkeypatch, path: Path, code: int = errno.EIO) -> None:
-    """os.listdir(path) fails as a bad disk (EIO) or, for a user who is not root, a directory
-    without read permission (EACCES) makes it fail; every other path lists as before."""
-    listdir = os.listdir
-
-    def failing(where="."):
-        if os.fspath(where) == str(path):
-            raise OSError(code, os.strerror(code), str(path))
-        return listdir(where)
-
-    monkeypatch.setattr(os, "listdir", failing)
-
 
 @pytest.mark.parametrize("command", ["versions", "retire"])
 @pytest.mark.parametrize("code", [errno.EIO, errno.EACCES])
@@ -179,7 +167,7 @@ def test_versions_and_retire_name_a_models_directory_that_cannot_be_listed(tmp_p
 
     models = tmp_path / "models"
     models.mkdir()
-    _failing_listdir(monkeypatch, models, code)
+    failing_listdir(monkeypatch, models, code)
     with pytest.raises(SystemExit) as exited:
         main([command, "--models", str(models)])
     assert exited.value.code == f"error: {models}: {os.strerror(code)}"
@@ -192,7 +180,7 @@ def test_serving_load_names_a_parquet_part_directory_that_cannot_be_listed(redis
     data.mkdir()
     (data / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\n")
     (data / "items.parquet").mkdir()  # Spark's part files would be in it
-    _failing_listdir(monkeypatch, data / "items.parquet")
+    failing_listdir(monkeypatch, data / "items.parquet")
     with pytest.raises(SystemExit) as exited:
         main(["load", "--data", str(data), "--redis", redis_url, "--no-progress"])
     assert exited.value.code == f"error: {data / 'items.parquet'}: Input/output error"
