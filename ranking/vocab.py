@@ -122,56 +122,21 @@ class EncodedIds(list):
         codes, distinct = self.encoding()
         return EncodedIds.of_codes(codes[rows], distinct)
 
-    def _changed(self) -> None:
+
+def _dropping_the_encoding(change: Callable[..., Any]) -> Callable[..., Any]:
+    def changed(self: EncodedIds, *args: Any, **kwargs: Any) -> Any:
         self._encoding = None
+        return change(self, *args, **kwargs)
 
-    def __setitem__(self, *args):  # type: ignore[no-untyped-def]
-        self._changed()
-        return super().__setitem__(*args)
+    changed.__name__ = change.__name__
+    return changed
 
-    def __delitem__(self, *args):  # type: ignore[no-untyped-def]
-        self._changed()
-        return super().__delitem__(*args)
 
-    def __iadd__(self, other):  # type: ignore[no-untyped-def]
-        self._changed()
-        return super().__iadd__(other)
-
-    def __imul__(self, other):  # type: ignore[no-untyped-def]
-        self._changed()
-        return super().__imul__(other)
-
-    def append(self, value: str) -> None:
-        self._changed()
-        super().append(value)
-
-    def extend(self, values: Iterable[str]) -> None:
-        self._changed()
-        super().extend(values)
-
-    def insert(self, index, value) -> None:  # type: ignore[no-untyped-def]
-        self._changed()
-        super().insert(index, value)
-
-    def pop(self, *args):  # type: ignore[no-untyped-def]
-        self._changed()
-        return super().pop(*args)
-
-    def remove(self, value) -> None:  # type: ignore[no-untyped-def]
-        self._changed()
-        super().remove(value)
-
-    def clear(self) -> None:
-        self._changed()
-        super().clear()
-
-    def sort(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self._changed()
-        super().sort(*args, **kwargs)
-
-    def reverse(self) -> None:
-        self._changed()
-        super().reverse()
+# Every list method that changes the list in place: the codes would no longer describe it.
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(EncodedIds, _name, _dropping_the_encoding(getattr(list, _name)))
+del _name
 
 
 @numba.njit(cache=True, nogil=True)

@@ -1384,12 +1384,7 @@ def _known_item_rows(t: _Table, item_ids: list[str], known_items: set[str] | Non
     the ``what`` dropped. An empty id is reported already."""
     if known_items is None:
         return None
-    if isinstance(item_ids, EncodedIds):
-        codes, distinct = item_ids.encoding()
-        unknown_value = np.fromiter((bool(item) and item not in known_items for item in distinct), bool, len(distinct))
-        unknown = np.flatnonzero(unknown_value[codes]).tolist() if unknown_value.any() else []
-    else:
-        unknown = [i for i, item in enumerate(item_ids) if item and item not in known_items]
+    unknown = np.flatnonzero(per_distinct(item_ids, lambda item: bool(item) and item not in known_items, bool)).tolist()
     if not unknown:
         return None
     if on_unknown_item == "error":
