@@ -53,7 +53,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import numpy as np
@@ -170,6 +170,8 @@ WAIT_REPLY_MARGIN = 0.5
 # again, as an operator may change it with CONFIG SET on a running Redis: INFO memory once
 # a minute per primary, on the monitor's thread, never on a feed's path.
 EVICTION_RECHECK_SECONDS = 60.0
+# Times rebuild_listings rebuilds a seller whose items an ingest changed while it did.
+REBUILD_ATTEMPTS = 5
 
 
 def listings_kept(listings: int) -> int:
@@ -746,14 +748,24 @@ return out
 """
 
 # Items' packed values rebuilt from their fields, each atomically with the writes that
-# repack it (RedisStore.repack_items): ARGV the key prefix then item ids. "repack" is
-# standalone's (the hash of every item, trending scores packed), "repack_node" a cluster
-# node's (each item's own field), run on the node holding the items.
+# repack it (RedisStore.repack_items): ARGV the key prefix then item ids; per item, its
+# seller when it is in stock (its listing's), else false. "repack" is standalone's (the
+# hash of every item, trending scores packed), "repack_node" a cluster node's (each
+# item's own field), run on the node holding the items.
 _LUA_REPACK_BODY = r"""
-local P = ARGV[1]
-for j = 2, #ARGV do repack(P .. '{i:' .. ARGV[j] .. '}', ARGV[j]) end
+local P, sellers = ARGV[1], {}
+for j = 2, #ARGV do
+  local item = ARGV[j]
+  local k = P .. '{i:' .. item .. '}'
+  local v = redis.call('HMGET', k, unpack(PACKED_FIELDS))
+  sellers[j - 1] = false
+  if v[1] or v[3] then
+    keep_packed(k, item, pack(v, trend_of(item)))
+    if v[1] and v[1] ~= '' and tonumber(v[3] or '0') > 0 then sellers[j - 1] = v[1] end
+  end
+end
 log_changes()
-return #ARGV - 1
+return sellers
 """
 _LUA_REPACK = (
     _LUA_PACK
@@ -762,6 +774,49 @@ _LUA_REPACK = (
     + _LUA_REPACK_BODY
 )
 _LUA_REPACK_NODE = _LUA_PACK + _LUA_REPACK_BODY
+
+# Where items belong in their sellers' listings (RedisStore.rebuild_listings): ARGV the
+# key prefix then item ids; per item its seller and listing time when it is in stock,
+# else false, false. On a cluster, run on the node holding the items.
+_LUA_LISTINGS_OF = r"""
+local P, out = ARGV[1], {}
+for j = 2, #ARGV do
+  local v = redis.call('HMGET', P .. '{i:' .. ARGV[j] .. '}', 'seller', 'created_at', 'stock')
+  if v[1] and v[1] ~= '' and tonumber(v[3] or '0') > 0 then
+    out[#out + 1] = v[1]
+    out[#out + 1] = v[2] or '0'
+  else
+    out[#out + 1] = false
+    out[#out + 1] = false
+  end
+end
+return out
+"""
+
+# One seller's listings set (KEYS[1]) brought to what RedisStore.rebuild_listings chose,
+# atomically: ARGV the key prefix, the bound kept (listings_kept), the seller, the number
+# of items to remove, those items, then (item, listing time) pairs to add. Removes and
+# adds only: an item another write listed meanwhile stays. {removed (trimmed ones too), added}. "relist"
+# is standalone's (its change log tells feeds' copies), "relist_node" a cluster's.
+_LUA_RELIST_BODY = r"""
+local k, LB, seller, n = KEYS[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local removed, added = 0, 0
+for j = 5, 4 + n, 1000 do removed = removed + redis.call('ZREM', k, unpack(ARGV, j, math.min(j + 999, 4 + n))) end
+for j = 5 + n, #ARGV, 2000 do
+  local scored = {}
+  for m = j, math.min(j + 1999, #ARGV), 2 do
+    scored[#scored + 1] = string.format('%.17g', -tonumber(ARGV[m + 1]))  -- as OPS.list
+    scored[#scored + 1] = ARGV[m]
+  end
+  added = added + redis.call('ZADD', k, unpack(scored))
+end
+removed = removed + redis.call('ZREMRANGEBYRANK', k, LB, -1)
+if removed + added > 0 then note_change('s:' .. seller) end
+log_changes()
+return {removed, added}
+"""
+_LUA_RELIST = _LUA_PACK + "CHANGES = ARGV[1] .. '" + Keys("").changes + "'\n" + _LUA_RELIST_BODY
+_LUA_RELIST_NODE = _LUA_PACK + _LUA_RELIST_BODY
 
 # A user's state in one command: KEYS are the user's recent-likes set, follows, friends,
 # hidden items, hidden sellers and shared-with-me set (one hash tag, so one slot on a
@@ -899,6 +954,25 @@ def _gathered(parts: Sequence[tuple[np.ndarray, Frames]], n: int) -> Frames:
         for row, seller_at, category_at in zip(rows.tolist(), part.seller_of.tolist(), part.category_of.tolist()):
             seller_ids[row], category_ids[row] = part.sellers[seller_at], part.categories[category_at]
     return Frames(exists, numbers, *distinct_positions(seller_ids), *distinct_positions(category_ids))
+
+
+def _newest_listings(seller: str, items: Iterable[str], read: Mapping[str, tuple[str, str] | None], bound: int) -> dict[str, str]:
+    """Item -> listing time of the newest ``bound`` of ``items`` that ``read`` found in
+    stock under ``seller``, in a listings set's order (newest first, ties by id)."""
+    listed = [(float(found[1]), item) for item in items if (found := read[item]) is not None and found[0] == seller]
+    listed.sort(key=lambda pair: (-pair[0], pair[1]))
+    return {item: read[item][1] for _, item in listed[:bound]}
+
+
+class Relisted(NamedTuple):
+    """What RedisStore.rebuild_listings did: sellers whose set it changed, listings it
+    removed (sold out, gone or past the bound) and added, and the sellers whose items were
+    still changing at its last attempt."""
+
+    changed: int
+    removed: int
+    added: int
+    unsettled: list[str]
 
 
 def warm_summary(items: int, cards: int, timelines: int | None) -> str:
@@ -1506,7 +1580,8 @@ class RedisStore:
         # HOST:PORT -> the state of its data, of each node refused since a write found its data: logged once, not per Ingest.
         self._refused_nodes: dict[str, str] = {}
         self._sources = {"batch": _LUA_APPLY_BATCH, "validate": _LUA_VALIDATE_BATCH, "log": _LUA_LOG_PENDING, "slot": _LUA_SLOT_OPS, "cards": _LUA_CARDS, "packed": _LUA_PACKED_ITEMS, "unpacked": _LUA_UNPACKED_ITEMS,
-                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE, "acl": _LUA_ACL_CHECK}
+                         "activity": _LUA_ACTIVITY, "user": _LUA_USER, "changes": _LUA_CHANGES, "repack": _LUA_REPACK, "repack_node": _LUA_REPACK_NODE,
+                         "listings_of": _LUA_LISTINGS_OF, "relist": _LUA_RELIST, "relist_node": _LUA_RELIST_NODE, "acl": _LUA_ACL_CHECK}
         self._shas: dict[str, str] = {}
         # Codes are local to this process: each server process maps the ids it meets.
         self.items = Vocabulary()
@@ -2207,14 +2282,113 @@ class RedisStore:
         if ids:
             yield ids
 
-    def repack_items(self, item_ids: Sequence[str]) -> int:
+    def repack_items(self, item_ids: Sequence[str]) -> list[str | None]:
         """Rebuild these items' packed values from their fields (a Redis written by an
-        older layout); each item atomically, as its writes do. The number repacked."""
+        older layout); each item atomically, as its writes do. Per item, its seller when
+        it is in stock (whose listings hold it: ``rebuild_listings``), else None."""
         with unavailable_on_redis_errors():
-            if not self.is_cluster:
-                return self._eval_keys("repack", [], [self.keys.prefix, *item_ids], self.write_client)
-            codes = self.items.codes(list(item_ids), add=True)
-            return sum(count for _, count in self._on_item_nodes("repack_node", codes, list(item_ids)))
+            return self._on_items("repack_node" if self.is_cluster else "repack", list(item_ids), 1)
+
+    def listed_seller_ids(self, batch: int = 1_000) -> Iterator[str]:
+        """Every seller with a listings set (SCAN, ``batch`` keys per step)."""
+        k = self.keys
+        for key in scan_keys(self.client, k.listings_pattern, batch):
+            yield k.seller_id_of(key, "listings")
+
+    def rebuild_listings(self, candidates: Mapping[str, Sequence[str]], batch: int = 1_000) -> Relisted:
+        """Make each seller's listings set in ``candidates`` what ingests keep it: its newest
+        ``listings_kept`` in-stock items (a Redis written before the sets held in-stock items
+        only). ``candidates``: seller -> the items found in stock under it (``repack_items``);
+        the items its set holds are read too. Items are read ``batch`` per script call.
+
+        Each set changes atomically, by one script that removes and adds the items chosen
+        from their fields read just before (on a cluster the items live on other nodes
+        than their seller's set, so no one script can read both). An ingest that changes
+        one of those items in between lists or unlists it before that script runs, which
+        would undo it: so the items removed or added are read again after, and a seller
+        with one whose listing changed meanwhile is rebuilt again, up to REBUILD_ATTEMPTS
+        times (an item changed twice meanwhile is as read, so the set is right). Items
+        not removed or added are left to the ingests' own writes."""
+        changed: set[str] = set()
+        removed = added = 0
+        left = dict(candidates)
+        with unavailable_on_redis_errors():
+            for _ in range(REBUILD_ATTEMPTS):
+                if not left:
+                    break
+                changes, read = self._listing_changes(left, batch)
+                gone, new = self._relist(changes)
+                changed.update(changes)
+                removed, added = removed + gone, added + new
+                touched = {seller: [*drop, *(item for item, _ in add)] for seller, (drop, add) in changes.items()}
+                distinct = list(dict.fromkeys(item for items in touched.values() for item in items))
+                now = dict(zip(distinct, self._listings_of(distinct, batch)))
+                left = {seller: [*left[seller], *items] for seller, items in touched.items() if any(now[item] != read[item] for item in items)}
+        return Relisted(len(changed), removed, added, list(left))
+
+    def _listing_changes(
+        self, candidates: Mapping[str, Sequence[str]], batch: int
+    ) -> tuple[dict[str, tuple[list[str], list[tuple[str, str]]]], dict[str, tuple[str, str] | None]]:
+        """Per seller whose set is not its newest in-stock items: (items to remove, (item,
+        listing time) to add); and the listing read of each item looked at."""
+        sellers = list(candidates)
+        pipe = self._write_pipeline()
+        for seller in sellers:
+            pipe.zrange(self.keys.listings(seller), 0, -1)
+        listed = dict(zip(sellers, pipe.execute()))
+        ids = list(dict.fromkeys(item for seller in sellers for item in (*listed[seller], *candidates[seller])))
+        read = dict(zip(ids, self._listings_of(ids, batch)))
+        bound = listings_kept(self.listings_bound)
+        changes = {}
+        for seller in sellers:
+            kept = _newest_listings(seller, {*listed[seller], *candidates[seller]}, read, bound)
+            held = set(listed[seller])
+            drop = [item for item in listed[seller] if item not in kept]
+            add = [(item, created) for item, created in kept.items() if item not in held]
+            if drop or add:
+                changes[seller] = (drop, add)
+        return changes, read
+
+    def _listings_of(self, item_ids: list[str], batch: int) -> list[tuple[str, str] | None]:
+        """Per item, (its seller, its listing time) when it is in stock, else None."""
+        found: list[tuple[str, str] | None] = []
+        for start in range(0, len(item_ids), batch):
+            flat = self._on_items("listings_of", item_ids[start : start + batch], 2)
+            found.extend(None if seller is None else (seller, created) for seller, created in zip(flat[::2], flat[1::2]))
+        return found
+
+    def _relist(self, changes: Mapping[str, tuple[list[str], list[tuple[str, str]]]]) -> tuple[int, int]:
+        """Remove and add the items ``changes`` names, one script per seller, pipelined;
+        (removed, added)."""
+        if not changes:
+            return 0, 0
+        name = "relist_node" if self.is_cluster else "relist"
+        bound = str(listings_kept(self.listings_bound))
+        for attempt in (0, 1):
+            # The second time, after a NoScriptError, the script itself (see _eval_keys).
+            script = ("EVALSHA", self._sha(name, self.write_client)) if attempt == 0 else ("EVAL", self._sources[name])
+            pipe = self._write_pipeline()
+            for seller, (drop, add) in changes.items():
+                args = [self.keys.prefix, bound, seller, len(drop), *drop, *(value for pair in add for value in pair)]
+                pipe.execute_command(*script, 1, self.keys.listings(seller), *args)
+            try:
+                replies = pipe.execute()
+                break
+            except NoScriptError:
+                self._shas.clear()
+        return sum(gone for gone, _ in replies), sum(new for _, new in replies)
+
+    def _on_items(self, name: str, item_ids: list[str], width: int) -> list[Any]:
+        """Script ``name`` (ARGV the key prefix then item ids, ``width`` reply values per
+        item) over ``item_ids`` on the primaries: one call on a standalone Redis, one per
+        node holding some on a cluster (``_on_item_nodes``); the values in ``item_ids``' order."""
+        if not self.is_cluster:
+            return self._eval_keys(name, [], [self.keys.prefix, *item_ids], self.write_client)
+        flat: list[Any] = [None] * (len(item_ids) * width)
+        for rows, reply in self._on_item_nodes(name, self.items.codes(item_ids, add=True), item_ids):
+            for at, row in enumerate(rows.tolist()):
+                flat[row * width : (row + 1) * width] = reply[at * width : (at + 1) * width]
+        return flat
 
     def applied_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         """Those marked "done" (a "pending" one is applied again in part when retried, and is checked as new)."""

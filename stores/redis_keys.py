@@ -204,6 +204,10 @@ class Keys:
         return f"{self.prefix}{{i:*"
 
     @property
+    def listings_pattern(self) -> str:
+        return f"{self.prefix}{{s:*}}:listings"
+
+    @property
     def liked_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:liked"
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ranking.store import FeedStateReader, Timelines
 from ranking.types import ItemCard
+from tests.builders import NOW
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,17 @@ def hydrate(store: FeedStateReader, user_id: str, item_ids: Sequence[str]) -> Hy
         if views
     }
     return HydrationView(items, frozenset(np.asarray(item_ids, dtype=object)[columns.liked].tolist()), seen)
+
+
+def served_to(store, user_id: str, limit: int = 2) -> list[str]:
+    """Every item of ``user_id``'s feed, page after page (each deeper than the last), until it ends."""
+    from ranking.feed import build_feed_pipeline
+    from ranking.vocab import stable_hash
+
+    pipeline, served = build_feed_pipeline(store, None), []
+    for _ in range(100):
+        page = pipeline.run(user_id, limit, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)))
+        served += [item.item_id for item in page.items]
+        if not (page.has_more and page.items):
+            return served
+    raise AssertionError(f"{user_id}'s feed did not end: {served}")

@@ -559,7 +559,8 @@ def test_repack_rebuilds_every_packed_value_of_a_live_redis(url, capsys):
     assert _drop_packed_values(store) == len(dataset.items)
     before = snapshot(store.client)
     repack.main(["--redis", url, "--batch", "64", "--no-progress"])
-    assert capsys.readouterr().out.startswith(f"repacked {len(dataset.items)} items in ")
+    out = capsys.readouterr().out
+    assert out.startswith(f"repacked {len(dataset.items)} items; ") and ": 0 changed, 0 listings removed" in out, out
     packed_items_match_the_item_hashes(store)
     def without_packed(state: dict) -> dict:
         return {key: (kind, {f: v for f, v in value.items() if f != PACKED_FIELD} if kind == "hash" else value)
@@ -569,6 +570,74 @@ def test_repack_rebuilds_every_packed_value_of_a_live_redis(url, capsys):
     assert after != before and without_packed(after) == without_packed(before)  # the packed values only
     asked = dataset.items.item_id[:120]
     assert {u: views.hydrate(store, u, asked) for u in users} == {u: views.hydrate(memory, u, asked) for u in users}
+    store.close()
+
+
+def _older_versions_listings(url: str) -> tuple[RedisStore, dict[str, list[tuple[str, float]]], list[str]]:
+    """A Redis as the version before in-stock-only listings left it (listings=2, 4 kept now):
+    "shop"'s set holds its two newest items, both sold out, and none of its five older
+    in-stock ones (trimmed); "other"'s holds its one item, sold out. Also the sets a load
+    writes now, and what "fan", who follows shop, was served from those."""
+    in_stock = [(f"old{k}", "shop", NOW - (30 + k) * DAY, 3) for k in range(5)]
+    sold_out = [(f"sold{k}", "shop", NOW - (5 + k) * DAY, 0) for k in range(3)] + [("gone", "other", NOW - DAY, 0)]
+    store = make_redis_store(url, make_dataset(in_stock + sold_out, follows=[("fan", "shop", NOW - 60 * DAY)]), listings=2)
+    k = store.keys
+    loaded = {seller: store.client.zrange(k.listings(seller), 0, -1, withscores=True) for seller in ("shop", "other")}
+    assert [item for item, _ in loaded["shop"]] == ["old0", "old1", "old2", "old3"] and loaded["other"] == []
+    served = views.served_to(store, "fan")
+    assert sorted(served) == ["old0", "old1"]  # the newest `listings`
+    for item, seller, created, _ in sold_out:
+        store.client.zadd(k.listings(seller), {item: -created})
+    store.client.zremrangebyrank(k.listings("shop"), 2, -1)
+    assert store.client.zrange(k.listings("shop"), 0, -1) == ["sold0", "sold1"]
+    return store, loaded, served
+
+
+def test_repack_rebuilds_sellers_listings_as_the_version_before_left_them(url, capsys):
+    """Sold-out items in a seller's set and its in-stock ones trimmed out: repack makes each
+    set what a load writes now, so the follower's feed is what it was, also from a process
+    that copied the sets before (standalone: the change log tells it); run again, it
+    changes nothing."""
+    from serving import repack
+
+    store, loaded, served = _older_versions_listings(url)
+    server = RedisStore.from_url(url, {"listings": 2})
+    assert views.served_to(server, "fan") == []
+    repack.main(["--redis", f"{url}?listings=2", "--batch", "3", "--no-progress"])
+    out = capsys.readouterr().out
+    assert out.startswith("repacked 9 items; rebuilt 2 sellers' listings (the newest 4 in stock each): "
+                          "2 changed, 3 listings removed (sold out, gone or past 4), 4 added, in "), out  # fmt: skip
+    k = store.keys
+    assert {seller: store.client.zrange(k.listings(seller), 0, -1, withscores=True) for seller in loaded} == loaded
+    assert views.served_to(server, "fan") == served
+    server.close()
+    before = snapshot(store.client)
+    repack.main(["--redis", f"{url}?listings=2", "--no-progress"])
+    assert ": 0 changed, 0 listings removed" in capsys.readouterr().out
+    assert snapshot(store.client) == before
+    store.close()
+
+
+def test_an_item_an_ingest_changes_while_its_seller_is_rebuilt_ends_listed_as_its_stock_says(url):
+    """Between the listings rebuild's read of the items and its write of the seller's set,
+    an ingest sells out an item the rebuild adds and restocks one it removes: that write
+    would undo both. The rebuild reads them again and rebuilds the seller."""
+    store, _, _ = _older_versions_listings(url)
+    relist, calls = store._relist, []
+
+    def ingest_first(changes):
+        if not calls:
+            (drop, add), = changes.values()
+            assert "old3" in dict(add) and "sold0" in drop
+            store.apply([Event("out", EventKind.STOCK_UPDATE, NOW, item_id="old3", stock=0),
+                         Event("back", EventKind.STOCK_UPDATE, NOW, item_id="sold0", stock=2)])  # fmt: skip
+        calls.append(changes)
+        return relist(changes)
+
+    store._relist = ingest_first
+    relisted = store.rebuild_listings({"shop": [f"old{k}" for k in range(5)]})
+    assert store.client.zrange(store.keys.listings("shop"), 0, -1) == ["sold0", "old0", "old1", "old2"]
+    assert len(calls) == 2 and relisted.unsettled == []
     store.close()
 
 

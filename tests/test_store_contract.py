@@ -533,20 +533,6 @@ def test_every_store_gives_the_pipeline_the_same_candidates_and_features(store_f
             np.testing.assert_allclose(features, rows[item_id], rtol=1e-5, atol=1e-6, err_msg=f"{user_id} {item_id}")
 
 
-def served_to(store, user_id: str, limit: int = 2) -> list[str]:
-    """Every item of ``user_id``'s feed, page after page (each deeper than the last), until it ends."""
-    from ranking.feed import build_feed_pipeline
-    from ranking.vocab import stable_hash
-
-    pipeline, served = build_feed_pipeline(store, None), []
-    for _ in range(100):
-        page = pipeline.run(user_id, limit, NOW, served_hashes=np.sort(np.array([stable_hash(i) for i in served], np.uint32)))
-        served += [item.item_id for item in page.items]
-        if not (page.has_more and page.items):
-            return served
-    raise AssertionError(f"{user_id}'s feed did not end: {served}")
-
-
 def test_sold_out_listings_leave_room_for_a_sellers_older_in_stock_ones(store_factory):
     # Redis keeps a bounded number of a seller's listings (``listings``: 4 here). It kept the
     # newest, sold out or not, so a shop's newer sold-out listings (loaded, or ingested sold
@@ -557,9 +543,9 @@ def test_sold_out_listings_leave_room_for_a_sellers_older_in_stock_ones(store_fa
     store = store_factory(make_dataset(in_stock + sold_out, follows=[("fan", "shop", NOW - 60 * DAY)]), listings=4)
     store.apply([ev(f"gone{k}", EventKind.ITEM_UPSERT, NOW - DAY, item_id=f"gone{k}", seller_id="shop",
                     created_at=NOW - (5 + k) * DAY, stock=0) for k in range(5)])  # fmt: skip
-    assert sorted(served_to(store, "fan")) == ["old0", "old1", "old2"]
+    assert sorted(views.served_to(store, "fan")) == ["old0", "old1", "old2"]
     store.apply([ev("back", EventKind.STOCK_UPDATE, item_id="sold5", stock=2), ev("out", EventKind.STOCK_UPDATE, item_id="old1", stock=0)])
-    assert sorted(served_to(store, "fan")) == ["old0", "old2", "sold5"]
+    assert sorted(views.served_to(store, "fan")) == ["old0", "old2", "sold5"]
 
 
 def test_listings_that_sell_out_bring_their_sellers_older_in_stock_ones_back_in_reach(store_factory):
@@ -571,6 +557,6 @@ def test_listings_that_sell_out_bring_their_sellers_older_in_stock_ones_back_in_
     new = [f"new{k}" for k in range(4)]
     store.apply([ev(f"list-{item}", EventKind.ITEM_UPSERT, NOW - DAY, item_id=item, seller_id="shop",
                     created_at=NOW - (5 + k) * DAY, stock=1) for k, item in enumerate(new)])  # fmt: skip
-    assert set(new) <= set(served_to(store, "fan"))  # (Redis reaches the newest 4, memory all 7)
+    assert set(new) <= set(views.served_to(store, "fan"))  # (Redis reaches the newest 4, memory all 7)
     store.apply([ev(f"sell-{item}", EventKind.STOCK_UPDATE, item_id=item, stock=0) for item in new])
-    assert sorted(served_to(store, "fan")) == ["old0", "old1", "old2"]
+    assert sorted(views.served_to(store, "fan")) == ["old0", "old1", "old2"]
