@@ -339,11 +339,31 @@ local NF = #FIELDS
 local function ukey(u, what) return P .. '{u:' .. u .. '}:' .. what end
 local function ikey(i) return P .. '{i:' .. i .. '}' end
 local function skey(s) return P .. '{s:' .. s .. '}:listings' end
+local function vkey(s) return P .. '{s:' .. s .. '}:listing_versions' end
 local TRENDING = P .. '{trending}'
 local VACATIONS = P .. '{vacations}'
 local VACATIONS_VERSION = P .. '{vacations}:version'
 local STREAM = P .. '{log}:events'
 local function status_key(eid) return P .. 'd:{log}:' .. eid end
+-- A cluster applies an item's listing change in two scripts, its slot's then its seller's,
+-- so two batches' changes of one item may reach its seller in either order: each change
+-- the item's slot decides gets the item's next listing version, and its seller's slot
+-- applies only one newer than the last it applied. Standalone lists in the same script.
+local LISTING_VERSIONS = false  -- the cluster's per-slot script sets it
+local function listing_version(k)
+  if not LISTING_VERSIONS then return '' end
+  return tostring(redis.call('HINCRBY', k, 'listing_v', 1))
+end
+-- In the seller's slot: whether version v (''; none: always) is the newest of the item's
+-- listing changes, remembered if so.
+local function listing_is_newest(seller, item, v)
+  if not v or v == '' then return true end
+  local k = vkey(seller)
+  local last = redis.call('HGET', k, item)
+  if last and tonumber(last) >= tonumber(v) then return false end
+  redis.call('HSET', k, item, v)
+  return true
+end
 
 local function set_with_ttl(key, value)
   if TTL > 0 then redis.call('SET', key, value, 'EX', TTL) else redis.call('SET', key, value) end
@@ -476,7 +496,7 @@ local function upsert(item, seller, created, stock, card, ts)
 end
 OPS.upsert = function(item, seller, created, stock, card, ts)
   local old, listed = upsert(item, seller, created, stock, card, ts)
-  return cjson.encode({old, listed})
+  return cjson.encode({old, listed, listing_version(ikey(item))})
 end
 OPS.update = function(item, card)
   local k = ikey(item)
@@ -485,8 +505,8 @@ OPS.update = function(item, card)
   return '1'
 end
 -- A seller's listings are its in-stock items: '1' when the item's listing stays as it
--- was, else the JSON pair (seller, listing time) for its seller's slot to list it again
--- (back in stock) or unlist it (sold out).
+-- was, else the JSON list (seller, listing time, listing version) for its seller's slot
+-- to list it again (back in stock) or unlist it (sold out).
 -- One read of the item's fields gives both its old stock and what its repack needs.
 OPS.stock = function(item, stock)
   local k = ikey(item)
@@ -496,7 +516,7 @@ OPS.stock = function(item, stock)
   v[3] = stock
   keep_packed(k, item, pack(v, trend_of(item)))
   if was_in_stock == (tonumber(stock) > 0) or not v[1] or v[1] == '' then return '1' end
-  return cjson.encode({v[1], v[2] or '0'})
+  return cjson.encode({v[1], v[2] or '0', listing_version(k)})
 end
 OPS.count = function(item, delta)
   local k = ikey(item)
@@ -506,14 +526,16 @@ OPS.count = function(item, delta)
   return '1'
 end
 -- seller slot
-OPS.list = function(seller, item, created)
+OPS.list = function(seller, item, created, version)
+  if not listing_is_newest(seller, item, version) then return '1' end
   local k = skey(seller)
   redis.call('ZADD', k, string.format('%.17g', -tonumber(created)), item)  -- a time before 1970 is negative
   redis.call('ZREMRANGEBYRANK', k, LB, -1)
   note_change('s:' .. seller)
   return '1'
 end
-OPS.unlist = function(seller, item)
+OPS.unlist = function(seller, item, version)
+  if not listing_is_newest(seller, item, version) then return '1' end
   if redis.call('ZREM', skey(seller), item) == 1 then note_change('s:' .. seller) end
   return '1'
 end
@@ -693,6 +715,7 @@ return logged
 OP_WIDTH = 8
 _LUA_SLOT_OPS = _LUA_PRELUDE + r"""
 if EXPECT_DATA and redis.call('EXISTS', KEYS[#KEYS]) == 0 then return {'no_data'} end
+LISTING_VERSIONS = true
 local DP = ARGV[BASE + 1]
 local W = 8
 local n = (#ARGV - BASE - 1) / W
@@ -1086,7 +1109,7 @@ def access_probes(keys: Keys, cluster: bool) -> list[list[str]]:
         ["XADD", keys.events, "*", "event_id", e], ["SET", keys.event_status(e), "done", "EX", "1"], ["TIME"],
     ]  # fmt: skip
     if cluster:
-        return [*probes, ["SET", keys.part_prefix(Keys.user_tag(u)) + e, "1", "EX", "1"],
+        return [*probes, ["SET", keys.part_prefix(Keys.user_tag(u)) + e, "1", "EX", "1"], ["HSET", keys.listing_versions(s), i, "1"],
                 ["EXISTS", keys.data_marker(0)], ["SET", keys.data_marker(0), "1"]]  # fmt: skip
     seq, epoch, log = keys.change_log_keys()
     return [*probes, ["HSET", keys.packed_items, i, "0"], ["INCRBY", seq, "1"], ["SET", epoch, "0"],
@@ -3072,22 +3095,23 @@ def _stage_two(batch: Sequence[Event], first: dict[tuple[str, str], str]) -> dic
                 ops[Keys.item_tag(event.item_id)].append([f"{e}#count", "count", event.item_id, "-1"])
                 ops[trending].append([f"{e}#trend", "trend", event.item_id, liked_ts, "-"])
         elif kind is EventKind.ITEM_UPSERT:
-            old, created = _upserted(first[(Keys.item_tag(event.item_id), f"{e}#upsert")], event)
+            old, created, version = _upserted(first[(Keys.item_tag(event.item_id), f"{e}#upsert")], event)
             if old and old != event.seller_id:
-                ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id])
+                ops[Keys.seller_tag(old)].append([f"{e}#unlist", "unlist", old, event.item_id, version])
             if event.stock > 0:
-                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created])
+                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#list", "list", event.seller_id, event.item_id, created, version])
             else:  # a seller's listings are its in-stock items
-                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#unlist", "unlist", event.seller_id, event.item_id])
+                ops[Keys.seller_tag(event.seller_id)].append([f"{e}#unlist", "unlist", event.seller_id, event.item_id, version])
         elif kind is EventKind.STOCK_UPDATE:
-            # '1' (the listing stays), or (seller, listing time) when the item sold out or came back
+            # '1' (the listing stays), or (seller, listing time, listing version) when the item
+            # sold out or came back; no version from a part run before versions (kept for a retry)
             listing = first[(Keys.item_tag(event.item_id), f"{e}#stock")]
             if listing.startswith("["):
-                seller, created = json.loads(listing)
+                seller, created, version = [*json.loads(listing), ""][:3]
                 if event.stock > 0:
-                    ops[Keys.seller_tag(seller)].append([f"{e}#list", "list", seller, event.item_id, created])
+                    ops[Keys.seller_tag(seller)].append([f"{e}#list", "list", seller, event.item_id, created, version])
                 else:
-                    ops[Keys.seller_tag(seller)].append([f"{e}#unlist", "unlist", seller, event.item_id])
+                    ops[Keys.seller_tag(seller)].append([f"{e}#unlist", "unlist", seller, event.item_id, version])
         elif kind is EventKind.SHARE:
             ts = event.to_record()["ts"]
             for recipient in json.loads(first[(Keys.user_tag(event.user_id), f"{e}#engage")]) or ():
@@ -3104,15 +3128,15 @@ def _op_visibility_key(op: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _upserted(result: str, event: Event) -> tuple[str, str]:
-    """(old seller, listing time) from an upsert's first stage: a JSON pair, or, from a part
-    run before listing times could be kept (its result kept for a retry), the old seller
-    alone, the event naming the time."""
+def _upserted(result: str, event: Event) -> tuple[str, str, str]:
+    """(old seller, listing time, listing version) from an upsert's first stage: a JSON
+    list; from a part run before listing versions were kept (its result kept for a retry)
+    a pair, version ""; before listing times, the old seller alone, the event naming the time."""
     if result.startswith("["):
-        old, created = json.loads(result)
-        return old, created
+        old, created, version = [*json.loads(result), ""][:3]
+        return old, created, version
     record = event.to_record()
-    return result, record["created_at"] or record["ts"]
+    return result, record["created_at"] or record["ts"], ""
 
 
 __all__ = ["RedisStore", "connect", "split_url", "unavailable_on_redis_errors", "RECORD_FIELDS"]

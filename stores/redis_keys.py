@@ -26,11 +26,16 @@ few global keys (``{trending}``, ``{vacations}``, ``{log}``) each sit in their o
                                  set, eligible); stock 0 is the out-of-stock state;
                                  packed7: on a cluster, the fields a feed reads for every
                                  candidate, in one value that every write of the item
-                                 refreshes (stores/redis.py, PACKED_FIELD)
+                                 refreshes (stores/redis.py, PACKED_FIELD);
+                                 listing_v: on a cluster, a counter of the listing
+                                 changes (sold out, back in stock, upserted) decided here
   seller  {s:ID}:listings        zset item -> -created_at of the seller's in-stock items,
                                  newest 2 x ``listings`` (trimmed; feeds read up to
                                  ``listings``): a sale to 0 removes one, a restock puts
                                  it back
+          {s:ID}:listing_versions  cluster only: hash item -> the listing version (the
+                                 item's listing_v) of the last listing change applied to
+                                 the set, so an older one arriving late is not applied
   global  {trending}             zset item -> sum of trending_weight(ts) over its likes
           {vacations}            hash seller -> end of the vacation (Unix time, "inf")
           {vacations}:version    counter: every change of the vacations hash increments it,
@@ -115,6 +120,9 @@ class Keys:
     def listings(self, seller_id: str) -> str:
         return f"{self.prefix}{{s:{seller_id}}}:listings"
 
+    def listing_versions(self, seller_id: str) -> str:
+        return f"{self.prefix}{{s:{seller_id}}}:listing_versions"
+
     # -- global -----------------------------------------------------------------------
 
     @property
@@ -182,7 +190,7 @@ class Keys:
         if kind == "i":
             return [self.item(entity)]
         if kind == "s":
-            return [self.listings(entity)]
+            return [self.listings(entity), self.listing_versions(entity)]
         raise ValueError(f"not a per-slot tag: {tag!r}")
 
     def data_marker(self, slot: int) -> str:

@@ -465,6 +465,31 @@ def test_a_cluster_batch_interrupted_after_logging_converges_on_retry(redis_clus
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("stock", "first", "second"),
+    [
+        (3, dict(kind=EventKind.STOCK_UPDATE, stock=0), dict(kind=EventKind.STOCK_UPDATE, stock=5)),
+        (0, dict(kind=EventKind.STOCK_UPDATE, stock=5), dict(kind=EventKind.STOCK_UPDATE, stock=0)),
+        (3, dict(kind=EventKind.ITEM_UPSERT, seller_id="shop", created_at=NOW - DAY, stock=0), dict(kind=EventKind.STOCK_UPDATE, stock=4)),
+    ],
+    ids=["sold out, then back", "back, then sold out", "upserted sold out, then back"],
+)
+def test_two_cluster_batches_racing_on_one_items_stock_leave_it_listed_as_its_stock_says(redis_cluster_url, stock, first, second):
+    """Two concurrent batches change one item's stock across 0: each item-slot stage runs in
+    order, then the seller-slot stages in the other order (as two Ingest calls' can). The
+    seller's set used to follow the stage that ran last, not the item's stock."""
+    from stores.redis import _stage_one, _stage_two
+
+    store = make_redis_store(redis_cluster_url, make_dataset([("x", "shop", NOW - DAY, stock)]))
+    batches = [[Event(f"e{n}", ts=NOW + n, item_id="x", **fields)] for n, fields in enumerate((first, second))]
+    found = [store._run_slot_ops(_stage_one(batch)) for batch in batches]
+    for batch, first_stage in reversed(list(zip(batches, found))):
+        store._run_slot_ops(_stage_two(batch, first_stage))
+    in_stock = int(store.client.hget(store.keys.item("x"), "stock")) > 0
+    assert store.client.zrange(store.keys.listings("shop"), 0, -1) == (["x"] if in_stock else [])
+    store.close()
+
+
 def test_hydrating_thousands_of_items_at_once(url):
     items = [(f"x{n}", "s", NOW - n, n % 3) for n in range(2500)]
     dataset = make_dataset(items, likes=[("u", f"x{n}", NOW) for n in range(0, 2500, 7)])
