@@ -39,6 +39,7 @@ from stores.redis import (
     NOT_A_CLUSTER,
     NOT_A_CLUSTER_CAUSES,
     PACKED_FIELD,
+    DataLost,
     SlotsMoving,
     acl_refusals,
     connect,
@@ -344,6 +345,8 @@ def _fail_unavailable(url_text: str, error: StoreUnavailable) -> NoReturn:
         _fail(url_text, f"{NOT_A_CLUSTER}: {NOT_A_CLUSTER_CAUSES}")
     if isinstance(error, SlotsMoving):
         _fail(url_text, f"the cluster is resharding: {error}")
+    if isinstance(error, DataLost):
+        _fail(url_text, str(error))
     _fail(url_text, password_missing(url_text, error) or f"Redis unreachable: {error}")
 
 

@@ -16,7 +16,8 @@ stock: its newest in-stock items, as many as the store keeps (twice the URL's
 ``listings``, default 1000: use the servers' URL). A Redis written before the sets held
 in-stock items only has sold-out items in them, which hide older in-stock ones, and
 lacks in-stock items trimmed then. Each seller's set changes atomically; an item an
-ingest changes meanwhile is read again and its seller rebuilt again.
+ingest changes meanwhile is read again and its seller rebuilt again. A cluster with a
+primary that came back empty is refused (its items would read as gone): load it first.
 
 Running it again is harmless.
 """
@@ -71,6 +72,8 @@ def main(argv: list[str]) -> None:
     with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis, REPACK_INTERRUPTED):
         store = RedisStore.from_url(args.redis)
         try:
+            # A primary that came back empty: its items would be unlisted from every seller's set.
+            store.check_every_primary_holds_data()
             in_stock: dict[str, list[str]] = defaultdict(list)
             with tqdm(unit="items", desc="repack", disable=quiet, file=sys.stderr) as bar:
                 for ids in store.item_id_batches(args.batch):

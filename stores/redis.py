@@ -1356,6 +1356,10 @@ class SlotsMoving(StoreUnavailable):
     scan of every key cannot finish until the slots stay put."""
 
 
+class DataLost(StoreUnavailable):
+    """Redis answers, but (a primary of) it came back without its data: RedisStore._refuse_without_data."""
+
+
 def is_cluster_client(client: Any) -> bool:
     return isinstance(client, (RedisCluster, LazyCluster))
 
@@ -2312,6 +2316,18 @@ class RedisStore:
         with unavailable_on_redis_errors():
             return self._on_items("repack_node" if self.is_cluster else "repack", list(item_ids), 1)
 
+    def check_every_primary_holds_data(self) -> None:
+        """Cluster: DataLost (``_refuse_without_data``) when a primary lacks its data
+        marker while another holds its own: it came back empty, and its items would read
+        as missing."""
+        if not self.is_cluster:
+            return
+        with unavailable_on_redis_errors():
+            marked = self._primaries_marked()
+            lost = [node for node, present in marked.items() if not present]
+            if lost and len(lost) < len(marked):
+                self._refuse_without_data(lost[0])
+
     def listed_seller_ids(self, batch: int = 1_000) -> Iterator[str]:
         """Every seller with a listings set (SCAN, ``batch`` keys per step)."""
         k = self.keys
@@ -2614,7 +2630,7 @@ class RedisStore:
                    f"nothing, until it is loaded again: python -m serving load --data DIR --redis URL{or_restart}")  # fmt: skip
         if newly_refused:
             log.error("%s", message)
-        raise StoreUnavailable(message)
+        raise DataLost(message)
 
     def _primaries_without_data(self, found_on: str) -> list[str]:
         """``found_on`` and each primary without its first slot's data marker, in slot order."""

@@ -666,6 +666,24 @@ def test_an_item_an_ingest_changes_while_its_seller_is_rebuilt_ends_listed_as_it
     store.close()
 
 
+def test_repack_refuses_a_cluster_with_a_primary_that_came_back_empty(redis_cluster_url, redis_cluster):
+    """Its items read as missing: rebuilding the sellers' listings from them would unlist
+    them from every seller's set on the other primaries."""
+    from serving import repack
+
+    dataset = generate(users=100, sellers=20, items=300, seed=5)
+    store = make_redis_store(redis_cluster_url, dataset)
+    victim = redis_cluster.primaries()[0]
+    with victim.client() as client:
+        client.flushall()
+    before = snapshot(store.client)
+    with pytest.raises(SystemExit) as stopped:
+        repack.main(["--redis", redis_cluster_url, "--no-progress"])
+    assert str(stopped.value.code).startswith(f"error: --redis {redis_cluster_url}: Redis lost its data at 127.0.0.1:{victim.port} ")
+    assert snapshot(store.client) == before
+    store.close()
+
+
 def test_view_counts_written_before_their_times_joined_them_still_read_and_upgrade(url):
     """An older version kept only the count in the views hash (the time in seen)."""
     store = make_redis_store(url, social_dataset())
