@@ -37,7 +37,7 @@ from stores.redis import RedisStore, listings_kept
 
 DEFAULT_BATCH = 1_000
 REPACK_INTERRUPTED = ("repack interrupted part-way: the items done are repacked, the others are read field by field "
-                      "until their next write; run it again to finish")
+                      "until their next write; the sellers' listings not rebuilt yet are as they were; run it again to finish")
 
 
 def seller_batches(candidates: Mapping[str, list[str]], batch: int) -> Iterator[dict[str, list[str]]]:
