@@ -1,6 +1,6 @@
 """Interleaved A/B of the in-process feed pipeline of several checkouts: CPU time per page.
 
-    python -m benchmarks.compare_pipeline --data DIR --models DIR CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
+    python -m benchmarks.compare_pipeline --data DIR --models DIR [--models DIR ...] CHECKOUT[:KEY=VALUE,...] CHECKOUT[:...] ...
         [--rounds 60] [--batch 200] [--users 2000] [--seed 0] [--page 1] [--store redis://HOST:PORT/DB ...]
 
 One worker process per checkout imports that checkout's code (PYTHONPATH), loads DIR into
@@ -94,7 +94,7 @@ def _worker(args: argparse.Namespace) -> None:
     limit_native_threads()  # one faiss/BLAS thread, as in the server
     try:
         dataset = load_dataset(args.data)
-        artifact = load_current(args.models)
+        artifact = load_current(args.models[0])
         store = RedisStore.from_url(args.store[0]) if args.store else MemoryStore.from_dataset(dataset)
         pipeline = build_feed_pipeline(store, artifact.model, artifact.ranker, FeedSettings(**settings))
     except Exception as error:  # whatever the checkout raises, the parent shows it in one line
@@ -199,16 +199,21 @@ def take_turn(spec: str, worker: subprocess.Popen, batch: int) -> tuple[float, f
     return client, store_cpu
 
 
+def one_per_checkout(given: list[str], checkouts: list[str]) -> list[str]:
+    """A flag given once for every checkout, or once per checkout, as one value per checkout ([] when not given)."""
+    return given * len(checkouts) if len(given) == 1 else given
+
+
 def compare(args: argparse.Namespace) -> list[str]:
     from benchmarks.loadgen import stops_deferred  # here, not at the top: a worker runs this file from another checkout, lightly
 
     workers = []
-    stores = args.store * len(args.checkouts) if len(args.store) == 1 else args.store
+    stores = one_per_checkout(args.store, args.checkouts) or [None] * len(args.checkouts)
     try:
-        for spec, store in zip(args.checkouts, stores or [None] * len(args.checkouts)):
+        for spec, store, models in zip(args.checkouts, stores, one_per_checkout(args.models, args.checkouts)):
             checkout, _, pairs = spec.partition(":")
             settings = [pair for pair in pairs.split(",") if pair]
-            command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", args.models,
+            command = [sys.executable, os.path.abspath(__file__), "--worker", "--data", args.data, "--models", models,
                        "--users", str(args.users), "--seed", str(args.seed), "--page", str(args.page),
                        *(["--settings", *settings] if settings else []),
                        *(["--store", store] if store else [])]  # fmt: skip
@@ -234,13 +239,14 @@ def compare(args: argparse.Namespace) -> list[str]:
             with contextlib.suppress(BrokenPipeError):  # what a worker that exited did not read
                 worker.stdin.close()
             worker.wait()
-    lines = [f"{spec}: median {statistics.median(t):.0f} us, p10 {percentile(t, 0.1):.0f} us per page"
-             for spec, t in zip(args.checkouts, times)]  # fmt: skip
-    lines += ratio_lines(args.checkouts, times, "")
+    labels = args.checkouts if len(args.models) == 1 else [f"{spec} [{models}]" for spec, models in zip(args.checkouts, args.models)]
+    lines = [f"{label}: median {statistics.median(t):.0f} us, p10 {percentile(t, 0.1):.0f} us per page"
+             for label, t in zip(labels, times)]  # fmt: skip
+    lines += ratio_lines(labels, times, "")
     if args.store:
-        lines += [f"{spec}: Redis CPU median {statistics.median(t):.0f} us per page" for spec, t in zip(args.checkouts, store_times)]
+        lines += [f"{label}: Redis CPU median {statistics.median(t):.0f} us per page" for label, t in zip(labels, store_times)]
         both = [[a + b for a, b in zip(client, store)] for client, store in zip(times, store_times)]
-        lines += ratio_lines(args.checkouts, both, "client and Redis CPU ")
+        lines += ratio_lines(labels, both, "client and Redis CPU ")
     return lines
 
 
@@ -249,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("checkouts", nargs="*", metavar="CHECKOUT[:KEY=VALUE,...]", help="two or more source trees; the first is the baseline")
     parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--models", required=True, help="model directory (its current version is served)")
+    parser.add_argument("--models", action="append", required=True, metavar="DIR",
+                        help="model directory (its current version is served); once for every checkout, or once per "
+                             "checkout in order, to compare two models' serving cost (the same checkout may be given twice)")
     parser.add_argument("--rounds", type=int, default=60, help="turns of every worker (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=200, help="pages per turn (default: %(default)s)")
     parser.add_argument("--users", type=int, default=2000, help="users sampled, the same in every checkout (default: %(default)s)")
@@ -266,13 +274,14 @@ def main(argv: list[str] | None = None) -> None:
         _worker(args)
         return
     check_checkouts(parser, args.checkouts, "ranking")
-    if len(args.store) not in (0, 1, len(args.checkouts)):
-        parser.error(f"give --store once, or once per checkout ({len(args.checkouts)}), not {len(args.store)} times")
+    for flag, given in (("--models", args.models), ("--store", args.store)):
+        if len(given) > 1 and len(given) != len(args.checkouts):
+            parser.error(f"give {flag} once, or once per checkout ({len(args.checkouts)}), not {len(given)} times")
     if min(args.rounds, args.batch, args.users, args.page) < 1:
         parser.error("--rounds, --batch, --users and --page must be at least 1")
     check_inputs(parser, args)
     # Each worker runs in its checkout's directory: paths relative to the caller's would be read from there.
-    args.data, args.models = os.path.abspath(args.data), os.path.abspath(args.models)
+    args.data, args.models = os.path.abspath(args.data), [os.path.abspath(models) for models in args.models]
     try:
         print("\n".join(compare(args)))
     except WorkerFailed as error:
@@ -290,10 +299,11 @@ def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if not any(os.path.exists(os.path.join(args.data, name)) for name in ("likes.csv", "likes.parquet")):
         what = "no such directory" if not os.path.isdir(args.data) else "no likes.csv there"
         parser.error(f"--data {args.data}: {what} (not a dataset directory)")
-    try:
-        current_version(args.models)
-    except FileNotFoundError as error:
-        parser.error(f"--models {args.models}: {error}")
+    for models in dict.fromkeys(args.models):
+        try:
+            current_version(models)
+        except FileNotFoundError as error:
+            parser.error(f"--models {models}: {error}")
     for spec in args.checkouts:
         try:
             parse_settings(FeedSettings(), [pair for pair in spec.partition(":")[2].split(",") if pair], unknown_ok=True)

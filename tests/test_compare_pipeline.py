@@ -84,6 +84,37 @@ def test_it_refuses_a_store_count_that_matches_no_checkout_count(capsys):
     assert "give --store once, or once per checkout (2), not 3 times" in capsys.readouterr().err
 
 
+def test_each_checkout_serves_its_own_models_when_given_one_per_checkout(world, tmp_path, capsys):
+    """The same checkout twice with two model directories: two models' serving cost, side by side."""
+    import shutil
+
+    broken = tmp_path / "broken-models"
+    shutil.copytree(world.models_dir, broken)
+    version = next(path for path in broken.iterdir() if path.is_dir())
+    for path in version.iterdir():
+        if path.suffix == ".npy" or path.suffix == ".npz":
+            path.write_bytes(b"not an array")
+    copy = tmp_path / "models-copy"
+    shutil.copytree(world.models_dir, copy)
+    compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--models", str(copy),
+                           "--rounds", "2", "--batch", "5", "--users", "20", ROOT, ROOT])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{ROOT} [{world.models_dir}]: median") and lines[1].startswith(f"{ROOT} [{copy}]: median"), lines
+    assert lines[2].startswith(f"{ROOT} [{copy}] / {ROOT} [{world.models_dir}]: per-round ratio"), lines
+
+    with pytest.raises(SystemExit):  # only the second worker reads the broken model
+        compare_pipeline.main(["--data", str(world.data_dir), "--models", str(world.models_dir), "--models", str(broken),
+                               "--rounds", "1", "--batch", "1", "--users", "5", ROOT, f"{ROOT}:neighbours=40"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"{ROOT}:neighbours=40:" in err and f"{ROOT}: " not in err.replace(f"{ROOT}:neighbours=40:", ""), err
+
+
+def test_it_refuses_a_models_count_that_matches_no_checkout_count(capsys):
+    with pytest.raises(SystemExit):
+        compare_pipeline.main(["--data", ROOT, "--models", "a", "--models", "b", "--models", "c", ROOT, ROOT])
+    assert "give --models once, or once per checkout (2), not 3 times" in capsys.readouterr().err
+
+
 def test_it_names_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_pipeline.main(["--data", str(tmp_path), "--models", str(tmp_path), ROOT, str(tmp_path)])
