@@ -24,19 +24,20 @@ log = logging.getLogger(f"feedrank.{__name__}")
 # Defaults from a brief sweep on the synthetic generator (20k users, 20k items, 1k
 # sellers, 378k likes, 88k follows; random 80/20 split of likes, ALS alone, NDCG@20):
 # follow weight 0 / 0.5 / 1.0 -> 0.044 / 0.050 / 0.055; alpha 5 / 20 / 40 -> 0.051 /
-# 0.050 / 0.048; regularization 0.05 / 0.5 / 5 -> 0.050 / 0.050 / 0.051 (insensitive);
-# factors 32 / 64 / 128 -> 0.053 / 0.050 / 0.048. Factors and iterations were later set
-# by tune (below); alpha and regularization, where the tuned datasets disagree (alpha 9-85,
-# regularization 0.01-90), keep these values.
-DEFAULT_FACTORS = 16
-"""Latent dimensions: what ``python -m training tune`` chose on every dataset it was run on
-(generator time split, Last.fm binary per-user split, Last.fm temporal; benchmarks/README.md)."""
-DEFAULT_REGULARIZATION = 0.05
-"""L2 penalty on user and item factors (implicit's plain, unscaled lambda)."""
+# 0.050 / 0.048. Factors and regularization were then chosen together on validation
+# splits (benchmarks/README.md, "ALS regularization"): more factors pay only with a penalty
+# in proportion to alpha, and 32 factors at regularization 80 beat 16 at 0.05 on Last.fm
+# and tied on the generator, at the same cost per sweep.
+DEFAULT_FACTORS = 32
+"""Latent dimensions (benchmarks/README.md, "ALS regularization")."""
+DEFAULT_REGULARIZATION = 80.0
+"""L2 penalty on user and item factors (implicit's plain, unscaled lambda): 4 x alpha. The
+loss over alpha weighs the unobserved cells by 1 / alpha and the penalty by lambda / alpha,
+so the two move together."""
 DEFAULT_ALPHA = 20.0
 """Confidence of a positive: c_ui = alpha * weight (implicit 0.7 semantics)."""
 DEFAULT_ITERATIONS = 30
-"""Full ALS sweeps: tune chose 25-30 on the same three datasets (at 16 factors a sweep is cheap)."""
+"""Full ALS sweeps: tune chose 25-30 on the generator, Last.fm binary and Last.fm temporal."""
 BAG_SEED_STEP = 7919
 """Seed distance between the models of a bagged fit (``train_als(bags=...)``)."""
 DEFAULT_LIKE_WEIGHT = 1.0

@@ -213,10 +213,12 @@ def test_a_fit_part_shares_the_full_layout_and_warm_starts_it() -> None:
     part = build_interactions(half, layout=full)
     assert (part.user_ids, part.item_ids, part.seller_ids) == (full.user_ids, full.item_ids, full.seller_ids)
     assert part.matrix.shape == full.matrix.shape and part.matrix.nnz < full.matrix.nnz
-    users, columns = train_als(part, factors=8, iterations=10, show_progress=False, all_columns=True)
+    # A light penalty: the loss below is the fit alone, which a heavy one would dominate on a matrix this small.
+    users, columns = train_als(part, factors=8, regularization=0.05, iterations=10, show_progress=False, all_columns=True)
     assert columns.shape == (full.matrix.shape[1], 8)
-    warm_users, warm_items = train_als(full, factors=8, iterations=2, show_progress=False, initial=(users, columns))
-    cold_users, cold_items = train_als(full, factors=8, iterations=2, show_progress=False)
+    warm_users, warm_items = train_als(full, factors=8, regularization=0.05, iterations=2, show_progress=False,
+                                       initial=(users, columns))
+    cold_users, cold_items = train_als(full, factors=8, regularization=0.05, iterations=2, show_progress=False)
     # Two sweeps from the fit part's factors fit the full matrix better than two from random ones.
     def loss(u, i):
         dense = full.matrix[:, : full.n_items].toarray() > 0

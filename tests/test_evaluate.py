@@ -503,7 +503,7 @@ def test_the_json_names_the_parameters_its_numbers_were_measured_under(tmp_path,
     assert "show_progress" not in payload["params"]
     assert payload["feed"]["neighbours"] == 40 and isinstance(payload["feed"]["sources"], list)
     trained = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trained with: ")]
-    assert trained == ["trained with: ALS 8 factors, regularization 0.05, alpha 20, 3 sweeps, like weights log, "
+    assert trained == ["trained with: ALS 8 factors, regularization 80, alpha 20, 3 sweeps, like weights log, "
                        "item-kNN auto, EASE λ 50, seed 3 (--json records every parameter)"], trained
 
 

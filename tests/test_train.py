@@ -173,7 +173,7 @@ def test_als_that_overflows_to_nan_is_one_error_line_naming_the_flags(tmp_path, 
               "--factors", "8", "--eval-split", "none", "--no-progress"])
     assert str(stopped.value.code).startswith(
         "error: ALS failed (NaN encountered in factors): confidences up to 2e+21 (alpha 20 x the largest cell weight, "
-        "1e+20) and regularization 0.05 overflow its float32 solve; lower --alpha or --regularization, or use "
+        "1e+20) and regularization 80 overflow its float32 solve; lower --alpha or --regularization, or use "
         "--weight-transform log")
     assert not (tmp_path / "models" / "CURRENT").exists()
     main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"),  # log2(1 + 1e20) trains

@@ -350,3 +350,27 @@ def test_the_test_part_tune_sets_aside_is_the_one_evaluate_tests_on_whatever_the
     evaluate_spec = SplitSpec.parse(evaluate_split_flag) if evaluate_split_flag else None
     evaluated_test = evaluation_parts(loaded, evaluate_spec, None, None)[1]
     assert len(evaluated_test) and list(zip(tuned_test.src, tuned_test.dst)) == list(zip(evaluated_test.src, evaluated_test.dst))
+
+
+def test_als_regularization_is_searched_per_unit_of_alpha_and_the_defaults_trial_reproduces_it():
+    """ALS's loss over alpha depends on 1 / alpha and regularization / alpha: the search samples
+    those two, so its good region is a box rather than a diagonal; the defaults' trial still
+    gives back the defaults' regularization."""
+    import optuna
+
+    from ranking.feed import FeedSettings
+    from training.ranker_fit import RankerFitParams
+    from training.tune import REGULARIZATION_PER_ALPHA_RANGE, SearchSpace, as_trial_values, suggest
+
+    space = SearchSpace(weighted=False, timed=False)
+    base = TrainParams(regularization=80.0, alpha=20.0)
+    values = as_trial_values(base, FeedSettings(), RankerFitParams(), space)
+    assert "regularization" not in values and values["regularization_per_alpha"] == pytest.approx(4.0)
+    params, _, _ = suggest(optuna.trial.FixedTrial(values), base, FeedSettings(), RankerFitParams(), space)
+    assert (params.alpha, params.regularization) == (20.0, pytest.approx(80.0))
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    low, high = REGULARIZATION_PER_ALPHA_RANGE
+    for _ in range(50):
+        params, _, _ = suggest(study.ask(), base, FeedSettings(), RankerFitParams(), space)
+        assert low * 0.999 <= params.regularization / params.alpha <= high * 1.001

@@ -68,6 +68,11 @@ TUNED_TRAIN_FIELDS = (
 TUNED_FEED_FIELDS = ("neighbours", "knn_neighbours", "trending_limit", "per_key_limit", "sources")
 FACTOR_CHOICES = (16, 32, 64, 128)
 ALS_BAGS_CHOICES = (1, 3, 5)
+# ALS's loss divided by alpha depends on 1 / alpha (the weight of the unobserved cells) and
+# regularization / alpha, not on the three apart: searched as those two, the good region is a
+# box, where searched as regularization and alpha apart it is a thin diagonal that a few
+# tens of trials miss (benchmarks/README.md, "ALS regularization").
+REGULARIZATION_PER_ALPHA_RANGE = (1e-4, 30.0)
 KNN_K_CHOICES = (25, 50, 100, 200, 400)
 RECENCY_HALF_LIFE_CHOICES = (0.0, 7.0, 30.0, 90.0, 365.0)
 VALIDATION_FRACTION = 0.2  # of what is tuned on, held out to score each trial
@@ -187,8 +192,8 @@ def suggest(
     params = replace(
         base,
         factors=trial.suggest_categorical("factors", list(FACTOR_CHOICES)),
-        regularization=trial.suggest_float("regularization", 0.01, 300.0, log=True),
-        alpha=trial.suggest_float("alpha", 0.1, 100.0, log=True),
+        alpha=(alpha := trial.suggest_float("alpha", 0.1, 100.0, log=True)),
+        regularization=alpha * trial.suggest_float("regularization_per_alpha", *REGULARIZATION_PER_ALPHA_RANGE, log=True),
         iterations=trial.suggest_int("iterations", 5, 30, step=5),
         als_bags=trial.suggest_categorical("als_bags", list(ALS_BAGS_CHOICES)),
         weight_transform=(
@@ -222,6 +227,7 @@ def as_trial_values(params: TrainParams, settings: FeedSettings, ranker: RankerF
     """The trial parameters that reproduce ``params``, ``settings`` and ``ranker`` (to enqueue the defaults)."""
     optional = {"weight_transform": space.weighted, "recency_half_life_days": space.timed}
     values: dict[str, Any] = {name: getattr(params, name) for name in TUNED_TRAIN_FIELDS if optional.get(name, True)}
+    values["regularization_per_alpha"] = values.pop("regularization") / params.alpha
     if values["knn"] == "auto":
         values["knn"] = space.auto_knn
     values.update({ENGAGEMENT_WEIGHT_FIELDS[kind]: getattr(params, ENGAGEMENT_WEIGHT_FIELDS[kind]) for kind in space.engagement_kinds})
