@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from embeddings import als
 from embeddings.index import KINDS, build_index
 from training.flag_types import output_file
 
@@ -86,7 +87,7 @@ def als_factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     them, so a sweep at 1M items trains ALS once (about 4 minutes on 2 cores).
     """
     key = (f"als_u{args.users}_i{args.items}_l{args.likes_per_user:g}_d{args.dim}"
-           f"_it{args.als_iterations}_s{args.seed}_q{args.queries}")
+           f"_it{args.als_iterations}_r{args.regularization:g}_a{args.alpha:g}_s{args.seed}_q{args.queries}")
     items_path = os.path.join(args.cache_dir, key + "_items.npy") if args.cache_dir else ""
     queries_path = items_path.replace("_items.npy", "_queries.npy")
     if items_path and os.path.exists(items_path) and os.path.exists(queries_path):
@@ -102,7 +103,8 @@ def als_factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
           f"{liked} items liked ({liked / m.shape[1]:.1%})", file=sys.stderr)
     with threadpool_limits(limits=1, user_api="blas"):
         model = AlternatingLeastSquares(
-            factors=args.dim, regularization=0.05, alpha=20.0, iterations=args.als_iterations, random_state=args.seed
+            factors=args.dim, regularization=args.regularization, alpha=args.alpha, iterations=args.als_iterations,
+            random_state=args.seed,
         )
         model.fit(m, show_progress=False)
     rng = np.random.default_rng(args.seed + 1)
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="mean likes per ALS user (default: 30; at 1M users x 1M items 93%% of items are liked)")
     data.add_argument("--als-iterations", type=int, default=10, help="ALS sweeps (default: 10)")
     data.add_argument("--dim", type=int, default=64, help="factor dimensions (default: 64)")
+    data.add_argument("--regularization", type=float, default=als.DEFAULT_REGULARIZATION,
+                      help="ALS regularization (default: the trainer's, %(default)s; 0.05 before 2026-12-07)")
+    data.add_argument("--alpha", type=float, default=als.DEFAULT_ALPHA, help="ALS alpha (default: the trainer's, %(default)s)")
     data.add_argument("--queries", type=int, default=1000, help="number of queries (default: 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     data.add_argument("--cache-dir", default="/tmp/feedrank-bench-ann",

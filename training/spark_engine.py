@@ -26,9 +26,11 @@ the manifest counts such cells.
 Regularization. implicit adds lambda * I to every user's and item's normal equations;
 Spark (ALS-WR) adds regParam * n * I, n being that user's or item's number of ratings.
 One regParam cannot match every row, so it matches the total: regParam = lambda *
-(users + columns) / (2 * ratings), the same penalty summed over all rows and columns. The
-default lambda (0.05) is tiny beside the confidences (alpha = 20 per like), which is why
-the exact split of it matters little (parity: benchmarks/README.md, "Spark engine").
+(users + columns) / (2 * ratings), the same penalty summed over all rows and columns, but
+split by activity: a heavy user or item is penalised more than in implicit, a light one
+less. With the default lambda (80, four times alpha) the split is no longer negligible, so
+the two engines' models differ more than the old tiny lambda (0.05) let them (parity:
+benchmarks/README.md, "Spark engine").
 
 Warm start. pyspark.ml's ALS cannot start from given factors, so the served model is a
 second full ALS run over all the data instead of the implicit engine's fit-part model
