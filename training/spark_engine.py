@@ -25,12 +25,12 @@ the manifest counts such cells.
 
 Regularization. implicit adds lambda * I to every user's and item's normal equations;
 Spark (ALS-WR) adds regParam * n * I, n being that user's or item's number of ratings.
-One regParam cannot match every row, so it matches the total: regParam = lambda *
-(users + columns) / (2 * ratings), the same penalty summed over all rows and columns, but
-split by activity: a heavy user or item is penalised more than in implicit, a light one
-less. With the default lambda (80, four times alpha) the split is no longer negligible, so
-the two engines' models differ more than the old tiny lambda (0.05) let them (parity:
-benchmarks/README.md, "Spark engine").
+One regParam cannot match every row. It matches the mean user: regParam = lambda * users /
+ratings, so a user with the mean number of ratings gets lambda, as in implicit. Matching
+the total over rows and columns instead (lambda * (users + columns) / (2 * ratings)) was
+harmless while lambda was 0.05. At the default 80 it put five times implicit's penalty on
+Last.fm's mean user, and the served feed fell 7.5 % below implicit's (benchmarks/README.md,
+"Spark engine").
 
 Warm start. pyspark.ml's ALS cannot start from given factors, so the served model is a
 second full ALS run over all the data instead of the implicit engine's fit-part model
@@ -329,9 +329,9 @@ class SparkEngine:
     # ---- ALS -------------------------------------------------------------------------------
 
     def reg_param(self, inter: SparkInteractions, regularization: float) -> float:
-        """Spark's regParam with the same total penalty as implicit's ``regularization`` (module doc)."""
-        rows, columns = inter.stats["rows_with_data"], inter.stats["columns_with_data"]
-        return float(regularization) * (rows + columns) / (2.0 * max(inter.nnz, 1))
+        """Spark's regParam giving a user with the mean number of ratings implicit's
+        ``regularization`` (module doc)."""
+        return float(regularization) * inter.stats["rows_with_data"] / max(inter.nnz, 1)
 
     def train_als(self, inter: SparkInteractions, params: TrainParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """pyspark.ml ALS (implicitPrefs) on ``inter`` with implicit's confidence (module doc).
