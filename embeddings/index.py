@@ -17,7 +17,10 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   2018) -- but it fails without warning.
 * 1M items (934k liked; norms median 0.026, max 5.96; exact 14.3 ms/query): ivfpq-ip
   (IVF2048, PQ16x4fs, nprobe 96, k_factor 16) reaches recall@100 0.962 at 0.78-0.91 ms,
-  12.7-18x exact in two runs on a shared machine, built in 18-59 s on 2 threads. The same IVF-PQ over the L2 reduction
+  12.7-18x exact in two runs on a shared machine, built in 18-59 s on 2 threads. On the
+  default ALS's factors since 2026-12-07 (32 dims, regularization 80) that setting reaches
+  only 0.80; IVF1024, nprobe 192, k_factor 32 reaches 0.967 at 13.6x exact, the defaults
+  now. The same IVF-PQ over the L2 reduction
   (ivfpq-mips) fails: the extra coordinate, close to M for nearly every item, dominates
   each L2 distance, 4-bit codes and fast-scan's 8-bit lookup tables round away the
   inner products under it, and recall@100 even falls as more lists are probed (0.86 at
@@ -95,18 +98,23 @@ IVF_PQ_M = 16
 """4-bit fast-scan PQ sub-quantizers (8 bytes per item at 64 dims): PQ32 gains < 0.01
 recall@100 at 1M items once the refine step reranks 16 candidates per result, and scans
 slower."""
-IVF_NPROBE = 96
-"""Lists probed for k <= IVF_REFERENCE_K: 96 of 2048 at 1M items gave recall@100 0.96."""
-IVF_K_FACTOR = 16
+IVF_NPROBE = 192
+"""Lists probed for k <= IVF_REFERENCE_K: 192 of 1024 at 1M items give recall@100 0.967 on
+the default ALS's factors (32 dims, regularization 80), 13.6x exact. On 2026-11-23's
+factors (64 dims, regularization 0.05) 96 of 2048 gave 0.96; on the new ones they give
+0.80 (benchmarks/README.md, "ANN")."""
+IVF_K_FACTOR = 32
 """Candidates per result that the refine step rescores exactly (k_factor * k in all).
-4-bit codes misorder the top of the list: at 1M items recall@100 is 0.93 with 4, 0.95
-with 8 and 0.96 with 16, at a few hundredths of a millisecond each step."""
+4-bit codes misorder the top of the list: at 1M items, 1024 lists and 192 probed, recall@100
+is 0.948 with 16 and 0.967 with 32 (1.69 and 1.99 ms a query)."""
 IVF_REFERENCE_K = 100
 """The k that ``nprobe`` is tuned for; a search for more scales nprobe up in proportion."""
 IVF_EXACT_FRACTION = 0.5
 """IVF kinds search exactly once a large k scales nprobe to this fraction of the lists.
 At 1M items, k=1000 probed 47% of the lists in 0.7x exact's time (recall@1000 0.92)
-and k=3000 all of them in 1.3x exact's time (recall@3000 0.91)."""
+and k=3000 all of them in 1.3x exact's time (recall@3000 0.91), with 2048 lists and 96
+probed. With 192 of 1024 probed (since 2026-12-07) a search turns exact from k = 267 at 1M
+items; deep pages in between were not re-measured."""
 KINDS = ("flat", "hnsw-mips", "hnsw-ip", "ivfpq-mips", "ivfpq-ip")
 HNSW_KINDS = ("hnsw-mips", "hnsw-ip")
 IVF_KINDS = ("ivfpq-mips", "ivfpq-ip")
@@ -286,15 +294,16 @@ class MipsIndex:
 
 
 def default_nlist(n: int) -> int:
-    """Inverted lists for ``n`` items: the power of two nearest 2 * sqrt(n) (2048 at 1M),
-    at least 1, and small enough that every list gets 39 training points (faiss's floor).
+    """Inverted lists for ``n`` items: the power of two nearest sqrt(n) (1024 at 1M), at
+    least 1, and small enough that every list gets 39 training points (faiss's floor).
 
-    At 1M items 2048 lists beat 4096 at every recall measured (same fraction of lists
-    probed, fewer centroids to compare with) and train in half the time.
+    At 1M items of the default ALS's factors, 1024 lists reach a given recall@100 faster
+    than 2048 (0.948 at 1.69 ms against 1.92 ms) and train in under half the time; on
+    2026-11-23's factors 2048 had beaten 4096 the same way.
     """
     if n <= 0:
         return 1
-    nlist = 2 ** int(round(np.log2(max(2.0 * np.sqrt(n), 1.0))))
+    nlist = 2 ** int(round(np.log2(max(np.sqrt(n), 1.0))))
     return int(max(1, min(nlist, n // 39 if n >= 39 else 1)))
 
 
