@@ -28,16 +28,25 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   the lists whose centroid has the largest inner product with the query, and quantizes
   the raw factors, so its error scales with |q| |x - x'| and not with M.
 
-So "auto" builds ivfpq-ip from AUTO_ANN_THRESHOLD (100k) items. Below that HNSW over
-the reduction holds up (norms spread less in small catalogues): from AUTO_HNSW_THRESHOLD
-(20k) items "auto" builds hnsw-mips, and exact flat below it. AUTO_LARGE_KIND is the
-switch for large catalogues.
+* 1M items of the default ALS's factors on a quiet VM (exact 4.4-5.6 ms/query: 32 dims scan
+  fast): the IVF1024 default above reaches 0.969 at only 5.8x exact, and no IVF setting
+  swept reached 0.95 at 10x. hnsw-mips collapses there (recall@100 0.10-0.20), but hnsw-ip
+  with M=48 (efConstruction 200, built in 98 s on 2 threads) reaches 0.966 at efSearch 128
+  in 0.285 ms, 15.3x exact, and M=64 0.976 at 17.8x (2026-12-07, benchmarks/README.md).
+
+So from AUTO_ANN_THRESHOLD (100k) items "auto" builds hnsw-ip (M = AUTO_HNSW_IP_M) and
+checks it: its recall@AUTO_CHECK_K against exact search on up to AUTO_CHECK_QUERIES sample
+queries (the trainer's user factors) must reach AUTO_MIN_RECALL, or "auto" builds ivfpq-ip
+instead, which never collapsed. Both recalls go into the index's params (``auto_recall``,
+and ``hnsw_ip_recall`` when it fell back), so the manifest says what was checked. Below
+that HNSW over the reduction holds up (norms spread less in small catalogues): from
+AUTO_HNSW_THRESHOLD (20k) items "auto" builds hnsw-mips, and exact flat below it.
 
 Kinds:
   flat        exact IndexFlatIP; best below AUTO_HNSW_THRESHOLD items.
   hnsw-mips   IndexHNSWFlat (L2) on the augmented vectors.
-  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
-              benchmark can show where it fails.
+  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Fast where it works,
+              and it can fail without warning, so "auto" checks its recall.
   ivfpq-ip    faiss "IVF{nlist},PQ{pq_m}x4fs,RFlat" with METRIC_INNER_PRODUCT on raw
               factors: inverted lists, 4-bit fast-scan PQ codes, then the k_factor * k
               best candidates rescored exactly (the refine index keeps the float
@@ -45,7 +54,7 @@ Kinds:
   ivfpq-mips  the same on the augmented vectors (L2). Exists only so the benchmark can
               show where it fails.
   auto        flat below AUTO_HNSW_THRESHOLD items, hnsw-mips up to AUTO_ANN_THRESHOLD,
-              AUTO_LARGE_KIND from there.
+              from there hnsw-ip if its recall checks out, else ivfpq-ip.
 
 Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
 kinds scale nprobe with k / IVF_REFERENCE_K, so the probed lists hold enough candidates
@@ -66,6 +75,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +83,8 @@ from typing import Any
 import faiss
 import numpy as np
 from tqdm import tqdm
+
+log = logging.getLogger(f"feedrank.{__name__}")
 
 AUTO_ANN_THRESHOLD = 100_000
 """Catalogue size from which "auto" picks an approximate index over exact search.
@@ -86,8 +98,20 @@ AUTO_ANN_THRESHOLD. Measured on the generator's ALS factors (16 dims), one threa
 (a first page's neighbours), M=32, efSearch 128: 10k items 0.7x exact's speed (recall@25
 0.994), 20k 1.5x (0.988), 30k 1.8x (0.982), 50k 2.7x (0.973); a GetFeed at 50k items
 spends about 0.13 ms less in the search (benchmarks/README.md, "ANN")."""
-AUTO_LARGE_KIND = "ivfpq-ip"
-"""What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
+AUTO_HNSW_IP_M = 48
+"""Graph degree of the hnsw-ip index "auto" builds at or above AUTO_ANN_THRESHOLD items: at 1M
+items of the default ALS's factors M=32 stalls at recall@100 0.90-0.92 whatever the efSearch,
+M=48 reaches 0.966 at efSearch 128 (build 98 s), M=64 0.976 (build 288 s)."""
+AUTO_HNSW_IP_EF_SEARCH = 128
+"""efSearch stored with that index (a search for more than this many uses efSearch = k)."""
+AUTO_MIN_RECALL = 0.95
+"""The recall@AUTO_CHECK_K an hnsw-ip index must reach on the sample queries, or "auto" builds
+ivfpq-ip instead."""
+AUTO_CHECK_K = 100
+AUTO_CHECK_QUERIES = 200
+"""Sample queries of the recall check: exact search costs a few ms each at 1M items."""
+FALLBACK_KIND = "ivfpq-ip"
+"""What "auto" builds at or above AUTO_ANN_THRESHOLD items when hnsw-ip fails the check."""
 ZERO_NORM_RTOL = 1e-6
 """Items with norm below this fraction of the largest norm stay out of approximate indexes."""
 IVF_TRAIN_POINTS_PER_LIST = 64
@@ -202,16 +226,10 @@ class MipsIndex:
         if k <= 0 or self.index.ntotal == 0:
             return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
         k_eff = min(k, int(self.index.ntotal))
-        nprobe = 0
-        if self.kind in IVF_KINDS:
-            # nprobe is tuned for IVF_REFERENCE_K results; k times more need about k
-            # times more lists scanned to hold the k_factor * k candidates the refine
-            # step rescores.
-            nprobe = int(self.params["nprobe"])
-            nprobe = min(int(self.params["nlist"]), max(nprobe, -(-nprobe * k_eff // IVF_REFERENCE_K)))
+        nprobe = self._nprobe(k_eff)
         if self.kind == "flat":
             scores, rows = self.index.search(queries, k_eff)
-        elif nprobe and nprobe >= IVF_EXACT_FRACTION * int(self.params["nlist"]):
+        elif self.searches_exactly(k):
             # Deep pages: scanning this many lists costs about what exact search does.
             k_eff = min(k, self.ntotal)
             scores, rows = faiss.knn(queries, self.vectors, k_eff, metric=faiss.METRIC_INNER_PRODUCT)
@@ -242,6 +260,24 @@ class MipsIndex:
             scores = np.hstack([scores, np.full((nq, k - k_eff), -np.inf, np.float32)])
             rows = np.hstack([rows, np.full((nq, k - k_eff), -1, np.int64)])
         return scores, rows
+
+    def _nprobe(self, k: int) -> int:
+        """Lists an IVF kind probes for ``k`` results (0 for other kinds): nprobe is tuned for
+        IVF_REFERENCE_K results, and k times more need about k times more lists scanned to
+        hold the k_factor * k candidates the refine step rescores."""
+        if self.kind not in IVF_KINDS:
+            return 0
+        nprobe = int(self.params["nprobe"])
+        return min(int(self.params["nlist"]), max(nprobe, -(-nprobe * k // IVF_REFERENCE_K)))
+
+    def searches_exactly(self, k: int) -> bool:
+        """Whether a search for ``k`` results scans every item (flat, or an IVF kind whose
+        scaled nprobe reaches IVF_EXACT_FRACTION of its lists). Exact search scores a batch of
+        queries with other kernels than a single query, which round differently in the last bits."""
+        if self.kind == "flat":
+            return True
+        nprobe = self._nprobe(min(k, int(self.index.ntotal)))
+        return bool(nprobe) and nprobe >= IVF_EXACT_FRACTION * int(self.params["nlist"])
 
     def _exact_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         gathered = self.vectors[np.maximum(rows, 0)]  # [q, k, dim]
@@ -318,6 +354,7 @@ def build_index(
     nprobe: int = IVF_NPROBE,
     k_factor: int = IVF_K_FACTOR,
     show_progress: bool = False,
+    check_queries: np.ndarray | None = None,
 ) -> MipsIndex:
     """Index ``item_factors`` (float32 ``[n, dim]``; row i is item row i) for MIPS.
 
@@ -327,10 +364,17 @@ def build_index(
     fast-scan PQ sub-quantizers, and the search defaults ``nprobe`` (for k up to
     IVF_REFERENCE_K) and ``k_factor`` (candidates rescored exactly per result).
     ``show_progress`` draws a tqdm bar while items are added (the slow part of HNSW at a
-    million items).
+    million items). ``check_queries`` (float32 ``[q, dim]``, e.g. user factors) are what
+    "auto" samples for its recall check at or above AUTO_ANN_THRESHOLD items; without them
+    it samples the items themselves.
     """
     vectors = _as_matrix(item_factors)
     n, dim = vectors.shape
+    if kind == "auto" and n >= AUTO_ANN_THRESHOLD:
+        return _checked_large_index(
+            vectors, check_queries, ef_construction, show_progress,
+            {"nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "k_factor": k_factor},
+        )
     if kind == "auto":
         kind = auto_kind(n)
     if kind not in KINDS:
@@ -387,7 +431,48 @@ def build_index(
 
 
 def auto_kind(n: int) -> str:
-    """The kind "auto" builds for a catalogue of ``n`` items."""
-    if n < AUTO_HNSW_THRESHOLD:
-        return "flat"
-    return "hnsw-mips" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND
+    """The kind "auto" builds for a catalogue of ``n`` items below AUTO_ANN_THRESHOLD (above
+    it, hnsw-ip or FALLBACK_KIND, as the recall check decides)."""
+    return "flat" if n < AUTO_HNSW_THRESHOLD else "hnsw-mips"
+
+
+def _checked_large_index(
+    vectors: np.ndarray, queries: np.ndarray | None, ef_construction: int, show_progress: bool,
+    ivf_params: dict[str, int],
+) -> MipsIndex:
+    """hnsw-ip if its recall on sample queries reaches AUTO_MIN_RECALL, else FALLBACK_KIND."""
+    sample = _check_sample(vectors, queries)
+    hnsw = build_index(vectors, "hnsw-ip", hnsw_m=AUTO_HNSW_IP_M, ef_construction=ef_construction,
+                       ef_search=AUTO_HNSW_IP_EF_SEARCH, show_progress=show_progress)
+    hnsw_recall = recall_at(hnsw, sample, AUTO_CHECK_K)
+    if hnsw_recall >= AUTO_MIN_RECALL:
+        hnsw.params["auto_recall"] = round(hnsw_recall, 4)
+        return hnsw
+    del hnsw
+    log.warning("index: hnsw-ip reached recall@%d %.3f < %.2f on %d sample queries; building %s instead",
+                AUTO_CHECK_K, hnsw_recall, AUTO_MIN_RECALL, len(sample), FALLBACK_KIND)
+    fallback = build_index(vectors, FALLBACK_KIND, show_progress=show_progress, **ivf_params)
+    fallback.params["auto_recall"] = round(recall_at(fallback, sample, AUTO_CHECK_K), 4)
+    fallback.params["hnsw_ip_recall"] = round(hnsw_recall, 4)
+    return fallback
+
+
+def _check_sample(vectors: np.ndarray, queries: np.ndarray | None) -> np.ndarray:
+    """Up to AUTO_CHECK_QUERIES non-zero rows of ``queries`` (or of ``vectors``), seeded."""
+    pool = vectors if queries is None else _as_matrix(queries, vectors.shape[1])
+    norms = np.sqrt(np.einsum("ij,ij->i", pool, pool))
+    rows = np.flatnonzero(norms > ZERO_NORM_RTOL * (norms.max() if len(norms) else 0.0))
+    if len(rows) > AUTO_CHECK_QUERIES:
+        rows = np.sort(np.random.default_rng(0).choice(rows, AUTO_CHECK_QUERIES, replace=False))
+    return np.ascontiguousarray(pool[rows])
+
+
+def recall_at(index: MipsIndex, queries: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top ``k`` by inner product that ``index`` returns
+    (1.0 without queries)."""
+    if len(queries) == 0:
+        return 1.0
+    k = min(k, index.ntotal)
+    _, truth = faiss.knn(queries, index.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = index.search(queries, k)
+    return float(np.mean([len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)])) / k

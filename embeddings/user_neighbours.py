@@ -84,8 +84,9 @@ def precompute_user_neighbours(model, k: int, show_progress: bool = False) -> Us
     scores = np.full((n_users, k), -np.inf, np.float32)
     # faiss's exact search scores a batch of queries with other kernels than one query, which
     # round differently in the last bits (and can swap near-ties): so one user per call, as
-    # serving asks. Graph and inverted-list searches treat each query of a batch alone.
-    batch = 1 if model.index.kind == "flat" else _BATCH
+    # serving asks, wherever the search for k is exact (flat, or IVF probing half its lists
+    # or more, as with few items). Graph and inverted-list searches treat each query of a batch alone.
+    batch = 1 if model.index.searches_exactly(k) else _BATCH
     with tqdm(total=n_users, desc="user neighbours", unit="user", disable=not show_progress) as progress:
         for start in range(0, n_users, batch):
             stop = min(start + batch, n_users)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_ann import lognormal_factors
-from embeddings.index import HNSW_KINDS, IVF_KINDS, KINDS, MipsIndex, build_index
+import embeddings.index as index_module
+from embeddings.index import HNSW_KINDS, IVF_KINDS, KINDS, MipsIndex, build_index, recall_at
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -210,3 +211,40 @@ def test_auto_and_errors(tmp_path) -> None:
         build_index(items, "ivfpq-mips", pq_m=0)
     with pytest.raises(FileNotFoundError):
         MipsIndex.load(str(tmp_path / "missing.faiss"))
+
+
+def test_auto_above_the_threshold_keeps_hnsw_ip_when_its_measured_recall_holds(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(index_module, "AUTO_ANN_THRESHOLD", 3_000)
+    items, queries = lognormal_factors(5_000, 100, 16, seed=3, norm_sigma=0.5)
+    index = build_index(items, check_queries=queries)
+    assert index.kind == "hnsw-ip"
+    assert index.params["hnsw_m"] == index_module.AUTO_HNSW_IP_M
+    truth = build_index(items, "flat").search(queries, index_module.AUTO_CHECK_K)[1]
+    measured = recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1])
+    assert index.params["auto_recall"] == pytest.approx(measured, abs=1e-4)
+    assert measured >= index_module.AUTO_MIN_RECALL
+    path = str(tmp_path / "index.faiss")
+    index.save(path)
+    assert MipsIndex.load(path).params == index.params
+
+
+def test_auto_above_the_threshold_falls_back_to_ivf_when_hnsw_ip_misses(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(index_module, "AUTO_ANN_THRESHOLD", 3_000)
+    monkeypatch.setattr(index_module, "AUTO_MIN_RECALL", 1.01)  # no index reaches it
+    items, queries = lognormal_factors(5_000, 100, 16, seed=3, norm_sigma=0.5)
+    with caplog.at_level("WARNING", logger="feedrank.embeddings.index"):
+        index = build_index(items, check_queries=queries)
+    assert index.kind == index_module.FALLBACK_KIND
+    assert 0.0 < index.params["hnsw_ip_recall"] <= 1.0
+    assert 0.0 < index.params["auto_recall"] <= 1.0
+    assert "hnsw-ip reached recall@100" in caplog.text and "building ivfpq-ip instead" in caplog.text
+
+
+def test_recall_at_counts_the_exact_top_k_found() -> None:
+    items, queries = lognormal_factors(2_000, 20, 8, seed=4)
+    exact = build_index(items, "flat")
+    assert recall_at(exact, queries, 50) == 1.0
+    assert recall_at(exact, queries[:0], 50) == 1.0
+    empty = build_index(items, "hnsw-ip")
+    empty.index.reset()  # finds nothing
+    assert recall_at(empty, queries, 50) == 0.0

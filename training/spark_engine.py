@@ -490,7 +490,7 @@ class SparkEngine:
             knn = self.item_knn(interactions, params)
             index = build_index(
                 item_factors, params.index, hnsw_m=params.hnsw_m, ef_construction=params.ef_construction,
-                ef_search=params.ef_search, show_progress=params.show_progress,
+                ef_search=params.ef_search, show_progress=params.show_progress, check_queries=user_factors,
             )
         model = EmbeddingModel(
             interactions.user_ids, interactions.item_ids, user_factors, item_factors, index,

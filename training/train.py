@@ -94,6 +94,7 @@ def train(
             ef_construction=params.ef_construction,
             ef_search=params.ef_search,
             show_progress=params.show_progress,
+            check_queries=user_factors,
         )
     model = EmbeddingModel(
         interactions.user_ids,
