@@ -32,21 +32,23 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   fast): the IVF1024 default above reaches 0.969 at only 5.8x exact, and no IVF setting
   swept reached 0.95 at 10x. hnsw-mips collapses there (recall@100 0.10-0.20), but hnsw-ip
   with M=48 (efConstruction 200, built in 98 s on 2 threads) reaches 0.966 at efSearch 128
-  in 0.285 ms, 15.3x exact, and M=64 0.976 at 17.8x (2026-12-07, benchmarks/README.md).
+  in 0.285 ms, 15.3x exact. On the trainer's own 1M factors (the generator's 1M likes, 30
+  sweeps) the same hnsw-ip reached only 0.778, while ivfpq-ip at nprobe 192 reached 0.997:
+  which index suits is a property of the factors, not of the catalogue size (2026-12-07).
 
-So from AUTO_ANN_THRESHOLD (100k) items "auto" builds hnsw-ip (M = AUTO_HNSW_IP_M) and
-checks it: its recall@AUTO_CHECK_K against exact search on up to AUTO_CHECK_QUERIES sample
-queries (the trainer's user factors) must reach AUTO_MIN_RECALL, or "auto" builds ivfpq-ip
-instead, which never collapsed. Both recalls go into the index's params (``auto_recall``,
-and ``hnsw_ip_recall`` when it fell back), so the manifest says what was checked. Below
-that HNSW over the reduction holds up (norms spread less in small catalogues): from
-AUTO_HNSW_THRESHOLD (20k) items "auto" builds hnsw-mips, and exact flat below it.
+So from AUTO_ANN_THRESHOLD (100k) items "auto" builds ivfpq-ip and sets its nprobe by
+measurement: the smallest of AUTO_NPROBE_LADDER (up to ``nprobe``) whose recall@AUTO_CHECK_K
+against exact search on up to AUTO_CHECK_QUERIES sample queries (the trainer's user factors)
+reaches AUTO_MIN_RECALL, with a warning when none does. The recall goes into the index's
+params (``auto_recall``), so the manifest says what was checked. Below that HNSW over the
+reduction holds up (norms spread less in small catalogues): from AUTO_HNSW_THRESHOLD (20k)
+items "auto" builds hnsw-mips, and exact flat below it.
 
 Kinds:
   flat        exact IndexFlatIP; best below AUTO_HNSW_THRESHOLD items.
   hnsw-mips   IndexHNSWFlat (L2) on the augmented vectors.
-  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Fast where it works,
-              and it can fail without warning, so "auto" checks its recall.
+  hnsw-ip     IndexHNSWFlat with METRIC_INNER_PRODUCT on raw factors. Exists only so the
+              benchmark can show where it fails (and where it does not).
   ivfpq-ip    faiss "IVF{nlist},PQ{pq_m}x4fs,RFlat" with METRIC_INNER_PRODUCT on raw
               factors: inverted lists, 4-bit fast-scan PQ codes, then the k_factor * k
               best candidates rescored exactly (the refine index keeps the float
@@ -54,7 +56,7 @@ Kinds:
   ivfpq-mips  the same on the augmented vectors (L2). Exists only so the benchmark can
               show where it fails.
   auto        flat below AUTO_HNSW_THRESHOLD items, hnsw-mips up to AUTO_ANN_THRESHOLD,
-              from there hnsw-ip if its recall checks out, else ivfpq-ip.
+              ivfpq-ip from there, its nprobe set by a recall check.
 
 Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
 kinds scale nprobe with k / IVF_REFERENCE_K, so the probed lists hold enough candidates
@@ -98,20 +100,16 @@ AUTO_ANN_THRESHOLD. Measured on the generator's ALS factors (16 dims), one threa
 (a first page's neighbours), M=32, efSearch 128: 10k items 0.7x exact's speed (recall@25
 0.994), 20k 1.5x (0.988), 30k 1.8x (0.982), 50k 2.7x (0.973); a GetFeed at 50k items
 spends about 0.13 ms less in the search (benchmarks/README.md, "ANN")."""
-AUTO_HNSW_IP_M = 48
-"""Graph degree of the hnsw-ip index "auto" builds at or above AUTO_ANN_THRESHOLD items: at 1M
-items of the default ALS's factors M=32 stalls at recall@100 0.90-0.92 whatever the efSearch,
-M=48 reaches 0.966 at efSearch 128 (build 98 s), M=64 0.976 (build 288 s)."""
-AUTO_HNSW_IP_EF_SEARCH = 128
-"""efSearch stored with that index (a search for more than this many uses efSearch = k)."""
+AUTO_LARGE_KIND = "ivfpq-ip"
+"""What "auto" builds at or above AUTO_ANN_THRESHOLD items."""
+AUTO_NPROBE_LADDER = (24, 32, 48, 64, 96, 128)
+"""The nprobes "auto" tries, cheapest first, below the ``nprobe`` it was given (IVF_NPROBE by
+default), which ends the ladder."""
 AUTO_MIN_RECALL = 0.95
-"""The recall@AUTO_CHECK_K an hnsw-ip index must reach on the sample queries, or "auto" builds
-ivfpq-ip instead."""
+"""The recall@AUTO_CHECK_K on the sample queries that sets "auto"'s nprobe."""
 AUTO_CHECK_K = 100
 AUTO_CHECK_QUERIES = 200
 """Sample queries of the recall check: exact search costs a few ms each at 1M items."""
-FALLBACK_KIND = "ivfpq-ip"
-"""What "auto" builds at or above AUTO_ANN_THRESHOLD items when hnsw-ip fails the check."""
 ZERO_NORM_RTOL = 1e-6
 """Items with norm below this fraction of the largest norm stay out of approximate indexes."""
 IVF_TRAIN_POINTS_PER_LIST = 64
@@ -365,15 +363,14 @@ def build_index(
     IVF_REFERENCE_K) and ``k_factor`` (candidates rescored exactly per result).
     ``show_progress`` draws a tqdm bar while items are added (the slow part of HNSW at a
     million items). ``check_queries`` (float32 ``[q, dim]``, e.g. user factors) are what
-    "auto" samples for its recall check at or above AUTO_ANN_THRESHOLD items; without them
-    it samples the items themselves.
+    "auto" samples for the recall check that sets its nprobe at or above AUTO_ANN_THRESHOLD
+    items; without them it samples the items themselves.
     """
     vectors = _as_matrix(item_factors)
     n, dim = vectors.shape
     if kind == "auto" and n >= AUTO_ANN_THRESHOLD:
         return _checked_large_index(
-            vectors, check_queries, ef_construction, show_progress,
-            {"nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "k_factor": k_factor},
+            vectors, check_queries, show_progress, {"nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "k_factor": k_factor},
         )
     if kind == "auto":
         kind = auto_kind(n)
@@ -431,30 +428,30 @@ def build_index(
 
 
 def auto_kind(n: int) -> str:
-    """The kind "auto" builds for a catalogue of ``n`` items below AUTO_ANN_THRESHOLD (above
-    it, hnsw-ip or FALLBACK_KIND, as the recall check decides)."""
-    return "flat" if n < AUTO_HNSW_THRESHOLD else "hnsw-mips"
+    """The kind "auto" builds for a catalogue of ``n`` items."""
+    if n < AUTO_HNSW_THRESHOLD:
+        return "flat"
+    return "hnsw-mips" if n < AUTO_ANN_THRESHOLD else AUTO_LARGE_KIND
 
 
 def _checked_large_index(
-    vectors: np.ndarray, queries: np.ndarray | None, ef_construction: int, show_progress: bool,
-    ivf_params: dict[str, int],
+    vectors: np.ndarray, queries: np.ndarray | None, show_progress: bool, ivf_params: dict[str, int],
 ) -> MipsIndex:
-    """hnsw-ip if its recall on sample queries reaches AUTO_MIN_RECALL, else FALLBACK_KIND."""
+    """AUTO_LARGE_KIND with the cheapest nprobe whose recall on sample queries reaches AUTO_MIN_RECALL."""
     sample = _check_sample(vectors, queries)
-    hnsw = build_index(vectors, "hnsw-ip", hnsw_m=AUTO_HNSW_IP_M, ef_construction=ef_construction,
-                       ef_search=AUTO_HNSW_IP_EF_SEARCH, show_progress=show_progress)
-    hnsw_recall = recall_at(hnsw, sample, AUTO_CHECK_K)
-    if hnsw_recall >= AUTO_MIN_RECALL:
-        hnsw.params["auto_recall"] = round(hnsw_recall, 4)
-        return hnsw
-    del hnsw
-    log.warning("index: hnsw-ip reached recall@%d %.3f < %.2f on %d sample queries; building %s instead",
-                AUTO_CHECK_K, hnsw_recall, AUTO_MIN_RECALL, len(sample), FALLBACK_KIND)
-    fallback = build_index(vectors, FALLBACK_KIND, show_progress=show_progress, **ivf_params)
-    fallback.params["auto_recall"] = round(recall_at(fallback, sample, AUTO_CHECK_K), 4)
-    fallback.params["hnsw_ip_recall"] = round(hnsw_recall, 4)
-    return fallback
+    index = build_index(vectors, AUTO_LARGE_KIND, show_progress=show_progress, **ivf_params)
+    truth = exact_top(index, sample, AUTO_CHECK_K)
+    ceiling = int(ivf_params["nprobe"])
+    for nprobe in [p for p in AUTO_NPROBE_LADDER if p < ceiling] + [ceiling]:
+        index.params["nprobe"] = nprobe
+        recall = recall_at(index, sample, AUTO_CHECK_K, truth)
+        if recall >= AUTO_MIN_RECALL:
+            break
+    else:
+        log.warning("index: %s reached recall@%d %.3f < %.2f on %d sample queries at nprobe %d, the most tried",
+                    AUTO_LARGE_KIND, AUTO_CHECK_K, recall, AUTO_MIN_RECALL, len(sample), ceiling)
+    index.params["auto_recall"] = round(recall, 4)
+    return index
 
 
 def _check_sample(vectors: np.ndarray, queries: np.ndarray | None) -> np.ndarray:
@@ -467,12 +464,17 @@ def _check_sample(vectors: np.ndarray, queries: np.ndarray | None) -> np.ndarray
     return np.ascontiguousarray(pool[rows])
 
 
-def recall_at(index: MipsIndex, queries: np.ndarray, k: int) -> float:
+def exact_top(index: MipsIndex, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows of each query's exact top ``k`` by inner product over ``index``'s factors."""
+    return faiss.knn(queries, index.vectors, min(k, index.ntotal), metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+
+def recall_at(index: MipsIndex, queries: np.ndarray, k: int, truth: np.ndarray | None = None) -> float:
     """Mean share of each query's exact top ``k`` by inner product that ``index`` returns
-    (1.0 without queries)."""
+    (1.0 without queries); ``truth`` is ``exact_top``'s answer when already computed."""
     if len(queries) == 0:
         return 1.0
     k = min(k, index.ntotal)
-    _, truth = faiss.knn(queries, index.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = exact_top(index, queries, k) if truth is None else truth
     _, found = index.search(queries, k)
     return float(np.mean([len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)])) / k

@@ -213,31 +213,35 @@ def test_auto_and_errors(tmp_path) -> None:
         MipsIndex.load(str(tmp_path / "missing.faiss"))
 
 
-def test_auto_above_the_threshold_keeps_hnsw_ip_when_its_measured_recall_holds(monkeypatch, tmp_path) -> None:
+def test_auto_above_the_threshold_probes_the_fewest_lists_that_reach_the_recall(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(index_module, "AUTO_ANN_THRESHOLD", 3_000)
     items, queries = lognormal_factors(5_000, 100, 16, seed=3, norm_sigma=0.5)
-    index = build_index(items, check_queries=queries)
-    assert index.kind == "hnsw-ip"
-    assert index.params["hnsw_m"] == index_module.AUTO_HNSW_IP_M
+    index = build_index(items, nlist=64, nprobe=48, check_queries=queries)
+    assert index.kind == "ivfpq-ip"
     truth = build_index(items, "flat").search(queries, index_module.AUTO_CHECK_K)[1]
+    chosen = index.params["nprobe"]
     measured = recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1])
     assert index.params["auto_recall"] == pytest.approx(measured, abs=1e-4)
     assert measured >= index_module.AUTO_MIN_RECALL
+    cheaper = [p for p in index_module.AUTO_NPROBE_LADDER if p < chosen]
+    assert cheaper, "the data should need more than the cheapest rung, or the test shows nothing"
+    index.params["nprobe"] = cheaper[-1]
+    assert recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1]) < index_module.AUTO_MIN_RECALL
+    index.params["nprobe"] = chosen
     path = str(tmp_path / "index.faiss")
     index.save(path)
     assert MipsIndex.load(path).params == index.params
 
 
-def test_auto_above_the_threshold_falls_back_to_ivf_when_hnsw_ip_misses(monkeypatch, caplog) -> None:
+def test_auto_above_the_threshold_warns_when_no_nprobe_reaches_the_recall(monkeypatch, caplog) -> None:
     monkeypatch.setattr(index_module, "AUTO_ANN_THRESHOLD", 3_000)
     monkeypatch.setattr(index_module, "AUTO_MIN_RECALL", 1.01)  # no index reaches it
     items, queries = lognormal_factors(5_000, 100, 16, seed=3, norm_sigma=0.5)
     with caplog.at_level("WARNING", logger="feedrank.embeddings.index"):
-        index = build_index(items, check_queries=queries)
-    assert index.kind == index_module.FALLBACK_KIND
-    assert 0.0 < index.params["hnsw_ip_recall"] <= 1.0
+        index = build_index(items, nlist=64, nprobe=48, check_queries=queries)
+    assert index.kind == "ivfpq-ip" and index.params["nprobe"] == 48
     assert 0.0 < index.params["auto_recall"] <= 1.0
-    assert "hnsw-ip reached recall@100" in caplog.text and "building ivfpq-ip instead" in caplog.text
+    assert "ivfpq-ip reached recall@100" in caplog.text and "at nprobe 48, the most tried" in caplog.text
 
 
 def test_recall_at_counts_the_exact_top_k_found() -> None:

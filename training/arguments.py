@@ -88,13 +88,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--knn-k", type=bounded(int, 1), default=d.knn_k, help=f"neighbours kept per item by item-kNN (default: {d.knn_k})")
     group.add_argument("--ease-l2", type=bounded(float, above=0), default=d.ease_l2,
                        help=f"L2 penalty of EASE, with --knn ease or auto (default: {d.ease_l2})")
-    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "hnsw-ip", "ivfpq-ip"), default=d.index,
-                       help="item index: auto is exact below 20k items, hnsw-mips up to 100k, above hnsw on inner product when its "
-                            "recall@100 on 200 users checks out at 0.95, else IVF + fast-scan PQ + exact refine (default: auto)")
+    group.add_argument("--index", choices=("auto", "flat", "hnsw-mips", "ivfpq-ip"), default=d.index,
+                       help="item index: auto is exact below 20k items, hnsw-mips up to 100k, IVF + fast-scan PQ + exact refine "
+                            "above, probing the fewest lists whose recall@100 on 200 users reaches 0.95 (default: auto)")
     group.add_argument("--ef-search", type=bounded(int, 1), default=d.ef_search,
-                       help=f"HNSW search beam width stored with the index, for hnsw-* kinds (default: {d.ef_search}; the "
-                            "hnsw-ip index --index auto builds above 100k items stores 128, the breadth its recall "
-                            "check ran at; the server's --ef-search overrides it per request)")
+                       help=f"HNSW search beam width stored with the index, for hnsw-* kinds (default: {d.ef_search}; "
+                            "the server's --ef-search overrides it per request)")
     group.add_argument("--precompute-neighbours-up-to", type=bounded(int, 0), default=d.precompute_neighbours_up_to,
                        metavar="USERS",
                        help="with at most USERS users, search each trained user's first-page embedding neighbours "
