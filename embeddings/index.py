@@ -121,8 +121,10 @@ IVF_PQ_M = 16
 recall@100 at 1M items once the refine step reranks 16 candidates per result, and scans
 slower."""
 IVF_NPROBE = 192
-"""Lists probed for k <= IVF_REFERENCE_K: 192 of 1024 at 1M items give recall@100 0.967 on
-the default ALS's factors (32 dims, regularization 80), 13.6x exact. On 2026-11-23's
+"""Lists probed for k <= IVF_REFERENCE_K, and the most "auto" tries (it probes the fewest of
+AUTO_NPROBE_LADDER that reach AUTO_MIN_RECALL on sample users: 48 on the trainer's 1M
+factors). 192 of 1024 at 1M items give recall@100 0.967 on bench_ann's ALS factors (32 dims,
+regularization 80), 13.6x exact under load. On 2026-11-23's
 factors (64 dims, regularization 0.05) 96 of 2048 gave 0.96; on the new ones they give
 0.80 (benchmarks/README.md, "ANN")."""
 IVF_K_FACTOR = 32
@@ -135,8 +137,9 @@ IVF_EXACT_FRACTION = 0.5
 """IVF kinds search exactly once a large k scales nprobe to this fraction of the lists.
 At 1M items, k=1000 probed 47% of the lists in 0.7x exact's time (recall@1000 0.92)
 and k=3000 all of them in 1.3x exact's time (recall@3000 0.91), with 2048 lists and 96
-probed. With 192 of 1024 probed (since 2026-12-07) a search turns exact from k = 267 at 1M
-items; deep pages in between were not re-measured."""
+probed. With 192 of 1024 probed a search turns exact from k = 267 at 1M items; with the 48
+"auto" measures on the trainer's 1M factors, from k = 1067 (k = 300: 1.36 ms, recall 0.995,
+against the exact scan's 4.4 ms)."""
 KINDS = ("flat", "hnsw-mips", "hnsw-ip", "ivfpq-mips", "ivfpq-ip")
 HNSW_KINDS = ("hnsw-mips", "hnsw-ip")
 IVF_KINDS = ("ivfpq-mips", "ivfpq-ip")
