@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from embeddings import als
-from embeddings.index import KINDS, build_index
+from embeddings.index import KINDS, build_index, top_k_overlap
 from training.flag_types import output_file
 
 
@@ -155,8 +155,7 @@ def time_search(index, queries: np.ndarray, k: int, batch: int, repeat: int) -> 
 
 
 def recall(truth: np.ndarray, found: np.ndarray, at: int) -> float:
-    hits = [len(set(t[:at].tolist()) & set(f[:at].tolist()) - {-1}) for t, f in zip(truth, found)]
-    return float(np.mean(hits)) / at
+    return top_k_overlap(truth[:, :at], found[:, :at])
 
 
 def _ints(text: str) -> list[int]:

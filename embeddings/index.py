@@ -230,7 +230,7 @@ class MipsIndex:
         nprobe = self._nprobe(k_eff)
         if self.kind == "flat":
             scores, rows = self.index.search(queries, k_eff)
-        elif self.searches_exactly(k):
+        elif self._scans_every_list(nprobe):
             # Deep pages: scanning this many lists costs about what exact search does.
             k_eff = min(k, self.ntotal)
             scores, rows = faiss.knn(queries, self.vectors, k_eff, metric=faiss.METRIC_INNER_PRODUCT)
@@ -275,9 +275,9 @@ class MipsIndex:
         """Whether a search for ``k`` results scans every item (flat, or an IVF kind whose
         scaled nprobe reaches IVF_EXACT_FRACTION of its lists). Exact search scores a batch of
         queries with other kernels than a single query, which round differently in the last bits."""
-        if self.kind == "flat":
-            return True
-        nprobe = self._nprobe(min(k, int(self.index.ntotal)))
+        return self.kind == "flat" or self._scans_every_list(self._nprobe(min(k, int(self.index.ntotal))))
+
+    def _scans_every_list(self, nprobe: int) -> bool:
         return bool(nprobe) and nprobe >= IVF_EXACT_FRACTION * int(self.params["nlist"])
 
     def _exact_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -386,9 +386,7 @@ def build_index(
         index.add(vectors)
         return MipsIndex(kind, index, vectors, params)
 
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-    max_norm = float(norms.max()) if n else 0.0
-    rows = np.flatnonzero(norms > ZERO_NORM_RTOL * max_norm).astype(np.int64)
+    rows, max_norm = _nonzero_rows(vectors)
     mips = kind.endswith("-mips")
     data = _augment_items(vectors[rows], max_norm) if mips else np.ascontiguousarray(vectors[rows])
     if kind in HNSW_KINDS:
@@ -457,11 +455,17 @@ def _checked_large_index(
     return index
 
 
+def _nonzero_rows(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(int64 rows of ``x`` whose norm is above ZERO_NORM_RTOL of the largest, the largest norm)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    max_norm = float(norms.max()) if len(norms) else 0.0
+    return np.flatnonzero(norms > ZERO_NORM_RTOL * max_norm).astype(np.int64), max_norm
+
+
 def _check_sample(vectors: np.ndarray, queries: np.ndarray | None) -> np.ndarray:
     """Up to AUTO_CHECK_QUERIES non-zero rows of ``queries`` (or of ``vectors``), seeded."""
     pool = vectors if queries is None else _as_matrix(queries, vectors.shape[1])
-    norms = np.sqrt(np.einsum("ij,ij->i", pool, pool))
-    rows = np.flatnonzero(norms > ZERO_NORM_RTOL * (norms.max() if len(norms) else 0.0))
+    rows, _ = _nonzero_rows(pool)
     if len(rows) > AUTO_CHECK_QUERIES:
         rows = np.sort(np.random.default_rng(0).choice(rows, AUTO_CHECK_QUERIES, replace=False))
     return np.ascontiguousarray(pool[rows])
@@ -479,5 +483,11 @@ def recall_at(index: MipsIndex, queries: np.ndarray, k: int, truth: np.ndarray |
         return 1.0
     k = min(k, index.ntotal)
     truth = exact_top(index, queries, k) if truth is None else truth
-    _, found = index.search(queries, k)
-    return float(np.mean([len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)])) / k
+    return top_k_overlap(truth, index.search(queries, k)[1])
+
+
+def top_k_overlap(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` (exact top-k rows per query) that the same row of
+    ``found`` holds; -1 (no result) never counts."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)])) / k if k else 1.0
