@@ -327,11 +327,16 @@ class Drain(InFlightCalls):
     gRPC's own stop cancels (CANCELLED, not retried by clients) every call that reached it
     and was not yet handed to the application, which under load is a few at any instant;
     refusing here first hands them over, answered, before gRPC stops. gRPC's queue is not
-    visible from here: it is empty once no call has come for QUIET_SECONDS.
+    visible from here: it is empty once no call has come for QUIET_SECONDS. Under steady
+    traffic no such pause comes, and clients that keep their connection to this server
+    would be refused for the whole grace: once no call is in flight, STEADY_SECONDS more
+    are enough for the loop to refuse whatever gRPC had queued, and gRPC's stop then tells
+    those clients to connect elsewhere (GOAWAY).
     """
 
     REFUSAL = Refusal(grpc.StatusCode.UNAVAILABLE, "server shutting down; retry", retry_after=RETRY_DELAY_SECONDS)
     QUIET_SECONDS = 0.1
+    STEADY_SECONDS = 0.5
 
     def __init__(self) -> None:
         super().__init__()
@@ -352,7 +357,14 @@ class Drain(InFlightCalls):
         # Quiet for QUIET_SECONDS from the drain's start at least, even with no call for long:
         # the health Watches' NOT_SERVING, queued as the drain began, must be written before
         # gRPC's stop cancels their streams (a CI run saw a Watch end UNAVAILABLE without it).
-        while (self.in_flight or loop.time() - max(self.last_call, started) < self.QUIET_SECONDS) and loop.time() < deadline:
+        idle_since = None
+        while (now := loop.time()) < deadline:
+            if self.in_flight:
+                await asyncio.sleep(poll_seconds)
+                continue
+            idle_since = now if idle_since is None else idle_since
+            if now - max(self.last_call, started) >= self.QUIET_SECONDS or now - idle_since >= self.STEADY_SECONDS:
+                return
             await asyncio.sleep(poll_seconds)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -304,6 +306,52 @@ def test_a_health_watch_open_at_sigterm_sees_not_serving_and_does_not_hold_up_th
             process.communicate(timeout=EXIT_SECONDS)
             stopped_within = time.monotonic() - started_at
     assert ended.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert process.returncode == 0
+    assert stopped_within < SHUTDOWN_GRACE_SECONDS / 2, stopped_within
+
+
+def test_steady_traffic_at_sigterm_does_not_hold_the_drain_for_the_whole_grace(world, tmp_path):
+    """Clients that keep their connection and keep calling never leave the server the 0.1 s
+    without a call that the drain waited for: every stop under traffic took the whole grace,
+    and those clients were refused all along. Once nothing is in flight the drain ends, and
+    gRPC's stop tells them to go elsewhere."""
+    port_file = tmp_path / "port"
+    argv = serving_argv(world, "--port", "0", "--feed-processes", "0", "--port-file", str(port_file), "--log-level", "warning")
+    with started(argv) as process:
+        wait_for_file(port_file, process)
+        target = f"127.0.0.1:{port_file.read_text()}"
+        stopping = threading.Event()
+        codes: list[grpc.StatusCode] = []
+
+        def call_steadily(offset: int) -> None:
+            with grpc.insecure_channel(target) as channel:
+                stub = feed_pb2_grpc.FeedServiceStub(channel)
+                for n in itertools.count(offset):
+                    if stopping.is_set():
+                        return
+                    try:
+                        stub.GetFeed(feed_pb2.GetFeedRequest(user_id=f"u{n % 100:05d}", limit=10), timeout=10)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.RpcError as error:
+                        codes.append(error.code())
+                    time.sleep(0.005)
+
+        callers = [threading.Thread(target=call_steadily, args=(offset,)) for offset in range(0, 100, 25)]
+        for caller in callers:
+            caller.start()
+        try:
+            deadline = time.monotonic() + 30
+            while codes.count(grpc.StatusCode.OK) < 20:
+                assert time.monotonic() < deadline and process.poll() is None, codes[-5:]
+                time.sleep(0.05)
+            started_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=EXIT_SECONDS)
+            stopped_within = time.monotonic() - started_at
+        finally:
+            stopping.set()
+            for caller in callers:
+                caller.join()
     assert process.returncode == 0
     assert stopped_within < SHUTDOWN_GRACE_SECONDS / 2, stopped_within
 
