@@ -241,3 +241,22 @@ def test_a_catalogue_of_which_no_item_can_be_served_trains_with_a_warning(servab
     warnings = [line for line in capsys.readouterr().err.splitlines() if "can be served" in line]
     until = "feeds stay empty until items are restocked, listed, made feed-eligible or their sellers are back"
     assert warnings == ([] if says is None else [f"warning: {says}: {until}"])
+
+
+def test_the_same_data_and_seed_give_the_same_model_bit_for_bit(tmp_path) -> None:
+    """implicit's ALS solves each row on its own, whichever thread takes it, so training
+    with every core is as reproducible as with one: a data scientist who trains twice gets
+    the same factors, index, item-kNN and ranker (measured on Last.fm and the 20k-user
+    benchmark data too, benchmarks/README.md)."""
+    from training.dataset import write_dataset
+    from training.generate import generate
+    from training.train import train_and_publish
+
+    write_dataset(generate(users=600, sellers=40, items=1500, seed=3), str(tmp_path / "data"))
+    versions = [train_and_publish(str(tmp_path / "data"), str(tmp_path / f"models-{run}"), TrainParams(show_progress=False))
+                for run in range(2)]
+    for name in ("factors.npz", "ids.npz", "knn.npz", "index.faiss"):
+        first, second = ((tmp_path / version / name).read_bytes() for version in versions)
+        assert first == second, name
+    first, second = (load_current(str(tmp_path / f"models-{run}")).manifest["ranker"] for run in range(2))
+    assert first["weights"] == second["weights"] and first["bias"] == second["bias"]
