@@ -359,12 +359,10 @@ class Drain(InFlightCalls):
         # gRPC's stop cancels their streams (a CI run saw a Watch end UNAVAILABLE without it).
         idle_since = None
         while (now := loop.time()) < deadline:
-            if self.in_flight:
-                await asyncio.sleep(poll_seconds)
-                continue
-            idle_since = now if idle_since is None else idle_since
-            if now - max(self.last_call, started) >= self.QUIET_SECONDS or now - idle_since >= self.STEADY_SECONDS:
-                return
+            if not self.in_flight:
+                idle_since = now if idle_since is None else idle_since
+                if now - max(self.last_call, started) >= self.QUIET_SECONDS or now - idle_since >= self.STEADY_SECONDS:
+                    return
             await asyncio.sleep(poll_seconds)
 
 
