@@ -5,6 +5,11 @@ factors whose norms vary. Comma-separated build and search parameters are swept.
     python -m benchmarks.bench_ann                     # 200k items, real ALS factors
     python -m benchmarks.bench_ann --items 50000 --data lognormal --json ann.json
     python -m benchmarks.bench_ann --items 1000000 --hnsw-m 16,32,48 --pq-m 16,32   # the 1M sweep
+    python -m benchmarks.bench_ann --data model --models DIR --kinds ivfpq-ip --nlist 1024 --nprobe 48 --k-factor 32
+
+With ``--data model`` the vectors are a published model's own: its item factors, and a
+seeded sample of its user factors as the queries (the index a trainer chooses depends on
+its factors: benchmarks/README.md, "ANN").
 
 Recall@K is measured against exact search over the same vectors; ms/query is wall time
 of search (including the exact rescoring MipsIndex does), after a warm-up pass, best of
@@ -116,6 +121,20 @@ def als_factors(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         np.save(items_path, items)
         np.save(queries_path, queries)
     return items, queries
+
+
+def model_factors(models_dir: str, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The item factors of the model ``models_dir/CURRENT`` names, and ``n_queries`` of its
+    user factors drawn with ``seed`` (users without factors, all zeros, left out)."""
+    from training.artifact import FACTORS, current_version
+
+    with np.load(os.path.join(models_dir, current_version(models_dir), FACTORS)) as factors:
+        items, users = factors["item_factors"], factors["user_factors"]
+    trained = np.flatnonzero(np.any(users != 0, axis=1))
+    if len(trained) < n_queries:
+        raise SystemExit(f"--queries {n_queries}: the model in {models_dir} has {len(trained)} users with factors")
+    picked = np.sort(np.random.default_rng(seed + 1).choice(trained, n_queries, replace=False))
+    return np.ascontiguousarray(items, np.float32), np.ascontiguousarray(users[picked], np.float32)
 
 
 def lognormal_factors(
@@ -237,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ann", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", choices=("als", "lognormal"), default="als",
+    data.add_argument("--data", choices=("als", "lognormal", "model"), default="als",
                       help="als: implicit ALS factors trained on synthetic power-law likes; "
-                           "lognormal: clustered directions with lognormal norms (default: als)")
+                           "lognormal: clustered directions with lognormal norms; "
+                           "model: the factors of --models (default: als)")
+    data.add_argument("--models", metavar="DIR", help="with --data model: a models directory; its CURRENT version's factors")
     data.add_argument("--items", type=int, default=200_000, help="catalogue size (default: 200000)")
     data.add_argument("--users", type=int, default=0, help="ALS users (default: same as --items)")
     data.add_argument("--likes-per-user", type=float, default=30.0,
@@ -274,11 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json", type=output_file, nargs="?", const="-", metavar="FILE",
                      help="also write the results here as JSON; --json alone prints them as JSON instead of the table")
     args = parser.parse_args(argv)
+    if (args.data == "model") != bool(args.models):
+        parser.error("--models goes with --data model, and --data model needs it")
     args.users = args.users or args.items
 
     t = time.perf_counter()
     if args.data == "als":
         items, queries = als_factors(args)
+    elif args.data == "model":
+        items, queries = model_factors(args.models, args.queries, args.seed)
+        args.items, args.dim = items.shape
     else:
         items, queries = lognormal_factors(args.items, args.queries, args.dim, args.seed)
     norms = np.linalg.norm(items, axis=1)

@@ -81,6 +81,31 @@ def test_bench_ann_json_alone_still_prints_json(capsys):
     assert json.loads(capsys.readouterr().out)["args"]["items"] == 500
 
 
+def test_bench_ann_on_a_published_model_reads_its_item_factors_and_queries_with_its_user_factors(tmp_path, capsys):
+    """Which index works depends on the factors (hnsw-ip reached 0.966 on synthetic ALS
+    factors and 0.778 on the 1M trainer's), so the benchmark can read a model's own."""
+    from benchmarks import bench_ann
+    from tests.test_embeddings import two_communities
+    from training.dataset import write_dataset
+    from training.train import TrainParams, train_and_publish
+
+    write_dataset(two_communities(), str(tmp_path / "data"))
+    train_and_publish(str(tmp_path / "data"), str(tmp_path / "models"), TrainParams(factors=8, iterations=5, show_progress=False))
+    report = tmp_path / "ann.json"
+    argv = ["--data", "model", "--models", str(tmp_path / "models"), "--queries", "20", "-k", "10",
+            "--kinds", "flat,hnsw-ip", "--ef-search", "16", "--exact-queries", "5", "--repeat", "1"]
+    assert bench_ann.main([*argv, "--json", str(report)]) == 0
+    saved = json.loads(report.read_text())
+    assert (saved["args"]["items"], saved["args"]["dim"]) == (40, 8)
+    assert [r["kind"] for r in saved["results"]] == ["flat", "hnsw-ip"]
+    with pytest.raises(SystemExit) as refused:
+        bench_ann.main([*argv, "--queries", "61"])
+    assert "the model in" in str(refused.value) and "has 60 users with factors" in str(refused.value)
+    with pytest.raises(SystemExit) as exit:
+        bench_ann.main(["--data", "model"])
+    assert exit.value.code == 2 and "--data model needs it" in capsys.readouterr().err
+
+
 def parsers_of(name: str, monkeypatch) -> list[tuple[str, argparse.ArgumentParser]]:
     """The parser ``python -m benchmarks.NAME`` builds (its ``main`` stopped at ``parse_args``),
     and each of its commands' parsers."""
