@@ -105,8 +105,11 @@ AUTO_LARGE_KIND = "ivfpq-ip"
 AUTO_NPROBE_LADDER = (24, 32, 48, 64, 96, 128)
 """The nprobes "auto" tries, cheapest first, below the ``nprobe`` it was given (IVF_NPROBE by
 default), which ends the ladder."""
-AUTO_MIN_RECALL = 0.95
-"""The recall@AUTO_CHECK_K on the sample queries that sets "auto"'s nprobe."""
+AUTO_MIN_RECALL = 0.96
+"""The recall@AUTO_CHECK_K on the sample queries that sets "auto"'s nprobe: 0.01 above the
+0.95 that serving aims for, because 200 users are a sample. At 0.95, the 1M retrain's check
+chose nprobe 48 at 0.957 and other users measured 0.951-0.967; at 0.96 it chooses 64 (0.971
+on its check and on 300 other users, 10 % more time per search; benchmarks/README.md, "ANN")."""
 AUTO_CHECK_K = 100
 AUTO_CHECK_QUERIES = 200
 """Sample queries of the recall check: exact search costs a few ms each at 1M items."""
@@ -122,7 +125,7 @@ recall@100 at 1M items once the refine step reranks 16 candidates per result, an
 slower."""
 IVF_NPROBE = 192
 """Lists probed for k <= IVF_REFERENCE_K, and the most "auto" tries (it probes the fewest of
-AUTO_NPROBE_LADDER that reach AUTO_MIN_RECALL on sample users: 48 on the trainer's 1M
+AUTO_NPROBE_LADDER that reach AUTO_MIN_RECALL on sample users: 64 on the trainer's 1M
 factors). 192 of 1024 at 1M items give recall@100 0.967 on bench_ann's ALS factors (32 dims,
 regularization 80), 13.6x exact under load. On 2026-11-23's
 factors (64 dims, regularization 0.05) 96 of 2048 gave 0.96; on the new ones they give
