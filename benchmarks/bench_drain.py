@@ -2,7 +2,7 @@
 
   python -m benchmarks.bench_drain --data DIR --models DIR [--callers 8] [--runs 3] [-- SERVER ARGS...]
 
-Each run spawns ``python -m serving`` on a free port, lets --callers threads (one channel
+Each run spawns ``python -m serving`` on a free port (as loadgen does), lets --callers threads (one channel
 each, as clients that keep their connection) call GetFeed back to back with a 10 ms pause,
 sends SIGTERM after --warmup seconds and times the exit. The callers go on for half a
 second after it. Their answers after the SIGTERM are counted by kind: OK, refused (the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.loadgen import sample_users, spawn_server, stop_server
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from training.dataset import load_dataset
 
-REPO = Path(__file__).resolve().parent.parent
 KINDS = ("OK", "refused", "no server", "CANCELLED", "other")
 
 
@@ -42,19 +40,9 @@ def _kind(error: grpc.RpcError | None) -> str:
 
 def one_stop(args: argparse.Namespace, users: list[str], scratch: Path) -> tuple[float, int, collections.Counter]:
     """Exit seconds after SIGTERM, the server's exit status, and the answers after it by kind."""
-    port_file = scratch / "port"
-    port_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "serving", "--data", args.data, "--models", args.models, "--port", "0",
-            "--port-file", str(port_file), "--no-progress", "--log-level", "warning", *args.server_args]
-    with open(scratch / "server.log", "w") as log:
-        server = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    (scratch / "port").unlink(missing_ok=True)
+    server, target = spawn_server(args, scratch, extra=["--no-progress", "--log-level", "warning", *args.server_args])
     try:
-        deadline = time.monotonic() + args.start_timeout
-        while not port_file.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the server did not start; its log: {scratch / 'server.log'}")
-            time.sleep(0.1)
-        target = f"127.0.0.1:{port_file.read_text()}"
         after: collections.Counter = collections.Counter()
         signalled = threading.Event()
         finished = threading.Event()
@@ -91,9 +79,7 @@ def one_stop(args: argparse.Namespace, users: list[str], scratch: Path) -> tuple
             caller.join()
         return exit_seconds, server.returncode, after
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of traffic before the SIGTERM (default: %(default)s)")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds the server may take to start (default: %(default)s)")
     args = parser.parse_args(argv)
-    args.server_args = server_args
-    users = sorted(load_dataset(args.data).user_ids())[:5000]
+    # What loadgen's spawn_server and sample_users read: the memory store, the server's defaults.
+    args.server_args, args.store, args.workers, args.threads, args.feed_processes = server_args, "memory", 1, 0, None
+    args.users, args.seed = 5000, 0
+    users = sample_users(args)
     print(f"{'run':>3} {'exit s':>7} {'rc':>3} " + " ".join(f"{kind:>10}" for kind in KINDS))
     with tempfile.TemporaryDirectory() as scratch:
         for run in range(1, args.runs + 1):
