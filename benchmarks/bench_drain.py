@@ -1,6 +1,6 @@
 """A server's stop under steady traffic: how long SIGTERM takes, and what the callers saw.
 
-  python -m benchmarks.bench_drain --data DIR --models DIR [--callers 8] [--runs 3] [-- SERVER ARGS...]
+  python -m benchmarks.bench_drain --data DIR --models DIR [--store URL] [--callers 8] [--runs 3] [-- SERVER ARGS...]
 
 Each run spawns ``python -m serving`` on a free port (as loadgen does), lets --callers threads (one channel
 each, as clients that keep their connection) call GetFeed back to back with a 10 ms pause,
@@ -92,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset directory: the server's and the users to ask for")
     parser.add_argument("--models", required=True, help="models directory for the server")
+    parser.add_argument("--store", default="memory", help="the server's --store, e.g. redis://HOST:PORT/0 loaded with --data (default: %(default)s)")
     parser.add_argument("--callers", type=int, default=8, help="caller threads, one channel each (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=3, help="stops measured, one server each (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of traffic before the SIGTERM (default: %(default)s)")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds the server may take to start (default: %(default)s)")
     args = parser.parse_args(argv)
-    # What loadgen's spawn_server and sample_users read: the memory store, the server's defaults.
-    args.server_args, args.store, args.workers, args.threads, args.feed_processes = server_args, "memory", 1, 0, None
+    # What loadgen's spawn_server and sample_users read: the server's own defaults.
+    args.server_args, args.workers, args.threads, args.feed_processes = server_args, 1, 0, None
     args.users, args.seed = 5000, 0
     users = sample_users(args)
     print(f"{'run':>3} {'exit s':>7} {'rc':>3} " + " ".join(f"{kind:>10}" for kind in KINDS))
