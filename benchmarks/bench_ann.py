@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.data == "model") != bool(args.models):
         parser.error("--models goes with --data model, and --data model needs it")
+    if args.models and not os.path.isfile(os.path.join(args.models, "CURRENT")):
+        parser.error(f"--models {args.models}: no published model (no CURRENT there)")
     args.users = args.users or args.items
 
     t = time.perf_counter()

@@ -104,6 +104,9 @@ def test_bench_ann_on_a_published_model_reads_its_item_factors_and_queries_with_
     with pytest.raises(SystemExit) as exit:
         bench_ann.main(["--data", "model"])
     assert exit.value.code == 2 and "--data model needs it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        bench_ann.main(["--data", "model", "--models", str(tmp_path / "data")])
+    assert exit.value.code == 2 and f"--models {tmp_path / 'data'}: no published model" in capsys.readouterr().err
 
 
 def parsers_of(name: str, monkeypatch) -> list[tuple[str, argparse.ArgumentParser]]:
