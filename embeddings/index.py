@@ -59,9 +59,10 @@ Kinds:
               ivfpq-ip from there, its nprobe set by a recall check.
 
 Large k (pages deep in a feed ask for thousands): HNSW searches with efSearch >= k; IVF
-kinds scale nprobe with k / IVF_REFERENCE_K, so the probed lists hold enough candidates
-for the k_factor * k the refine step reranks, and search exactly (faiss.knn over the
-factors, zero-factor items included) once that reaches IVF_EXACT_FRACTION of the lists.
+kinds probe more lists as k grows, by the square root of k / IVF_REFERENCE_K, and rescore
+a refine pool of about the same size as at IVF_REFERENCE_K (k_factor shrinks with k, down
+to IVF_MIN_K_FACTOR). They search exactly (faiss.knn over the factors, zero-factor items
+included) once the lists reach IVF_EXACT_FRACTION of them.
 
 Items whose factor is (numerically) zero, which is what ALS gives an item nobody liked in
 the training data, are kept out of approximate indexes. In HNSW graphs thousands of
@@ -78,6 +79,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,14 +137,20 @@ IVF_K_FACTOR = 32
 4-bit codes misorder the top of the list: at 1M items, 1024 lists and 192 probed, recall@100
 is 0.948 with 16 and 0.967 with 32 (1.69 and 1.99 ms a query)."""
 IVF_REFERENCE_K = 100
-"""The k that ``nprobe`` is tuned for; a search for more scales nprobe up in proportion."""
+"""The k that ``nprobe`` and ``k_factor`` are tuned for. A search for k above it probes
+nprobe * sqrt(k / IVF_REFERENCE_K) lists and rescores k_factor * IVF_REFERENCE_K
+candidates (at least IVF_MIN_K_FACTOR * k). Measured on the 1M trainer's factors (1024
+lists, nprobe 64, k_factor 32, one thread; benchmarks/README.md, "ANN"): recall@k 0.976 at
+k = 100, and with this rule 0.985 at k = 300 (0.57 ms), 0.982 at k = 1000 (0.86 ms) and
+0.984 at k = 2000 (1.53 ms), where exact search takes 4.0-4.5 ms. The refine pool, not the
+lists, set the cost: probing nprobe * k / IVF_REFERENCE_K lists with k_factor * k candidates,
+the rule before, took 1.25 ms at k = 300 for recall 0.995 and searched exactly from k = 800."""
+IVF_MIN_K_FACTOR = 4
+"""The fewest candidates per result the refine step rescores at large k. At k = 1000 on
+the 1M factors, 8 per result gave recall 0.989 in 1.24 ms and 4 gave 0.982 in 0.86 ms."""
 IVF_EXACT_FRACTION = 0.5
-"""IVF kinds search exactly once a large k scales nprobe to this fraction of the lists.
-At 1M items, k=1000 probed 47% of the lists in 0.7x exact's time (recall@1000 0.92)
-and k=3000 all of them in 1.3x exact's time (recall@3000 0.91), with 2048 lists and 96
-probed. With 192 of 1024 probed a search turns exact from k = 267 at 1M items; with the 48
-"auto" measures on the trainer's 1M factors, from k = 1067 (k = 300: 1.36 ms, recall 0.995,
-against the exact scan's 4.4 ms)."""
+"""IVF kinds search exactly once a large k probes this fraction of the lists: about what
+the exact scan costs (with 64 of 1024 lists probed, from k = 6400)."""
 KINDS = ("flat", "hnsw-mips", "hnsw-ip", "ivfpq-mips", "ivfpq-ip")
 HNSW_KINDS = ("hnsw-mips", "hnsw-ip")
 IVF_KINDS = ("ivfpq-mips", "ivfpq-ip")
@@ -230,7 +238,7 @@ class MipsIndex:
         if k <= 0 or self.index.ntotal == 0:
             return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
         k_eff = min(k, int(self.index.ntotal))
-        nprobe = self._nprobe(k_eff)
+        nprobe, k_factor = self._ivf_breadth(k_eff)
         if self.kind == "flat":
             scores, rows = self.index.search(queries, k_eff)
         elif self._scans_every_list(nprobe):
@@ -247,9 +255,7 @@ class MipsIndex:
             else:
                 x = _to_code_space(x, _pq_layout(x.shape[1], int(self.params["pq_m"])), int(self.index.d))
                 ivf_params = faiss.SearchParametersIVF(nprobe=nprobe)
-                search_params = faiss.IndexRefineSearchParameters(
-                    k_factor=float(self.params["k_factor"]), base_index_params=ivf_params
-                )
+                search_params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=ivf_params)
             _, rows = self.index.search(x, k_eff, params=search_params)
             # The refine step of IVF kinds ranks by exact distance in the code space
             # (L2 of the augmented vectors for ivfpq-mips); scores are the inner products.
@@ -265,20 +271,25 @@ class MipsIndex:
             rows = np.hstack([rows, np.full((nq, k - k_eff), -1, np.int64)])
         return scores, rows
 
-    def _nprobe(self, k: int) -> int:
-        """Lists an IVF kind probes for ``k`` results (0 for other kinds): nprobe is tuned for
-        IVF_REFERENCE_K results, and k times more need about k times more lists scanned to
-        hold the k_factor * k candidates the refine step rescores."""
+    def _ivf_breadth(self, k: int) -> tuple[int, float]:
+        """(lists probed, candidates rescored per result) of an IVF kind for ``k`` results
+        ((0, 0.0) for other kinds). Recall at a fixed nprobe falls only slowly with k, because
+        the refine pool grows with k; a pool much above k_factor * IVF_REFERENCE_K costs time
+        and finds no more (IVF_REFERENCE_K)."""
         if self.kind not in IVF_KINDS:
-            return 0
-        nprobe = int(self.params["nprobe"])
-        return min(int(self.params["nlist"]), max(nprobe, -(-nprobe * k // IVF_REFERENCE_K)))
+            return 0, 0.0
+        nprobe, k_factor = int(self.params["nprobe"]), float(self.params["k_factor"])
+        if k <= IVF_REFERENCE_K:
+            return nprobe, k_factor
+        scale = k / IVF_REFERENCE_K
+        lists = min(int(self.params["nlist"]), math.ceil(nprobe * math.sqrt(scale)))
+        return lists, max(min(k_factor, IVF_MIN_K_FACTOR), k_factor / scale)
 
     def searches_exactly(self, k: int) -> bool:
         """Whether a search for ``k`` results scans every item (flat, or an IVF kind whose
         scaled nprobe reaches IVF_EXACT_FRACTION of its lists). Exact search scores a batch of
         queries with other kernels than a single query, which round differently in the last bits."""
-        return self.kind == "flat" or self._scans_every_list(self._nprobe(min(k, int(self.index.ntotal))))
+        return self.kind == "flat" or self._scans_every_list(self._ivf_breadth(min(k, int(self.index.ntotal)))[0])
 
     def _scans_every_list(self, nprobe: int) -> bool:
         return bool(nprobe) and nprobe >= IVF_EXACT_FRACTION * int(self.params["nlist"])
