@@ -34,6 +34,15 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def cmdline(pid: int) -> bytes:
+    """The command line of ``pid``, or b"" once it has exited: a process seen running a moment
+    ago (a script's short-lived helper) may be gone by the time its command line is read."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 @dataclass
 class ToolRun:
     process: subprocess.Popen

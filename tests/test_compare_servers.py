@@ -6,13 +6,12 @@ import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from benchmarks import compare_servers
 from tests.feed_world import build_world
-from tests.processes import alive, running_tool
+from tests.processes import alive, cmdline, running_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +96,7 @@ def test_a_server_that_dies_mid_run_stops_the_run_naming_it(world, tmp_path):
             ROOT, f"{ROOT}:--neighbours 40"]  # fmt: skip
     with running_tool("benchmarks.compare_servers", args, tmp_path) as comparing:
         comparing.wait(lambda: comparing.wrote("compare-servers-*/1/port"))
-        [second] = [pid for pid in comparing.direct_children() if "/1/port" in Path(f"/proc/{pid}/cmdline").read_text()]
+        [second] = [pid for pid in comparing.direct_children() if b"/1/port" in cmdline(pid)]
         time.sleep(1.0)  # into the rounds
         os.kill(second, signal.SIGKILL)
         out, err = comparing.finish()

@@ -38,6 +38,7 @@ from stores.events import Event, EventKind
 from stores.redis import connect
 from tests.conftest import REPO
 from tests.feed_world import build_world, running_server
+from tests.processes import alive, cmdline
 from tests.test_config_logs import parse
 from tests.test_error_details import violation
 from tests.test_grpc_feed import event
@@ -191,14 +192,6 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_for_port_file(server: subprocess.Popen, port_file, log_file=None) -> None:
     deadline = time.monotonic() + 120
     while not port_file.exists():
@@ -213,7 +206,7 @@ def test_feed_processes_exit_when_their_server_is_killed_outright(world, redis_s
     server = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port_file(server, port_file)
-        children = [pid for pid in children_of(server.pid) if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+        children = [pid for pid in children_of(server.pid) if b"spawn_main" in cmdline(pid)]
         assert len(children) == 2
     finally:
         server.kill()

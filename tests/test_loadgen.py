@@ -22,7 +22,7 @@ from benchmarks import loadgen
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.conftest import IN_CI, REPO
 from tests.feed_world import build_world, running_server
-from tests.processes import alive, running_tool
+from tests.processes import alive, cmdline, running_tool
 
 PHASES = [("empty", "closed"), ("GetFeed", "closed"), ("GetFeed", "open@50%")]
 DURATION = 1.0
@@ -475,7 +475,7 @@ def test_a_signal_to_compare_load_alone_stops_its_server_and_its_load_generator(
     started: set[int] = set()
     try:
         deadline = time.monotonic() + 120
-        while not any(b"benchmarks.loadgen" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started if alive(pid)):
+        while not any(b"benchmarks.loadgen" in cmdline(pid) for pid in started if alive(pid)):
             assert script.poll() is None and time.monotonic() < deadline, (tmp_path / "output").read_text()
             started |= loadgen.process_tree(script.pid, loadgen.process_stats()) - {script.pid}
             time.sleep(0.05)
@@ -486,7 +486,7 @@ def test_a_signal_to_compare_load_alone_stops_its_server_and_its_load_generator(
         deadline = time.monotonic() + 30  # the server and loadgen stop on their own, in a few seconds
         while [pid for pid in started if alive(pid)] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started if alive(pid)], "outlived compare_load.sh"
+        assert not [cmdline(pid) for pid in started if alive(pid)], "outlived compare_load.sh"
     finally:
         for pid in [script.pid, *started]:
             if alive(pid):

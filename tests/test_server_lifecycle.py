@@ -28,7 +28,7 @@ from serving.feed_processes import FeedProcesses, FeedProcessError
 from serving.server import SHUTDOWN_GRACE_SECONDS
 from tests.conftest import REPO
 from tests.feed_world import TOKEN_SECRET, build_world
-from tests.processes import alive
+from tests.processes import alive, cmdline
 from tests.redis_servers import free_port
 
 EXIT_SECONDS = 30
@@ -358,8 +358,7 @@ def test_steady_traffic_at_sigterm_does_not_hold_the_drain_for_the_whole_grace(w
 
 def _feed_process_pids(server_pid: int) -> list[int]:
     children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    return [int(pid) for pid in children
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [int(pid) for pid in children if b"spawn_main" in cmdline(int(pid)) and b"resource_tracker" not in cmdline(int(pid))]
 
 
 def test_a_process_killed_by_a_fatal_signal_leaves_its_python_stack_in_the_log(world, tmp_path):
