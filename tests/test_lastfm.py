@@ -278,3 +278,45 @@ def test_a_published_split_with_temporal_is_a_usage_error(tmp_path, capsys):
     last = capsys.readouterr().err.splitlines()[-1]
     assert last == "python -m training lastfm: error: argument --temporal: not allowed with argument --published-split"
     assert not (tmp_path / "out").exists()
+
+
+def _pairs(edges) -> set[tuple[str, str]]:
+    return set(zip(edges.src, edges.dst))
+
+
+def test_an_exported_split_reads_back_as_evaluates_own_split(tmp_path):
+    # benchmarks.sociallgn_split writes evaluate's split for SocialLGN's code; read back by
+    # the published-split reader it must be the very split evaluate scores the feed on.
+    from benchmarks.sociallgn_split import write_split
+    from training.lastfm import split_as_published
+    from training.splits import SplitSpec, split_for_evaluation
+
+    src, out = str(_write_source(tmp_path)), tmp_path / "lastfm"
+    spec = SplitSpec("user", 0.5, 3)
+    counts = write_split(src, spec, str(out))
+    dataset = read_lastfm(src, binary=True)
+    train, test, _ = split_for_evaluation(dataset, spec)
+    assert counts == {"train": len(train.likes), "test": len(test), "trust": 2} and len(test) > 0
+    train_back, test_back = split_as_published(dataset, str(out))
+    assert _pairs(test_back) == _pairs(test) and _pairs(train_back.likes) == _pairs(train.likes)
+    assert json.loads((out / "userReindex.json").read_text()) == {"2": 0, "3": 1, "7": 2}
+    assert json.loads((out / "itemReindex.json").read_text()) == {"10": 0, "11": 1, "12": 2, "13": 3}
+    assert (out / "trust.txt").read_text() == "user,friend\n0,1\n1,0\n"
+
+
+def test_an_export_refuses_a_folder_holding_another_splits_graph(tmp_path):
+    from benchmarks.sociallgn_split import main
+
+    out = tmp_path / "lastfm"
+    out.mkdir()
+    (out / "interaction_adj_mat.npz").write_bytes(b"")
+    assert main(["--src", str(_write_source(tmp_path)), "--out", str(out)]) == 1
+    assert not (out / "train_set.txt").exists()
+
+
+def test_the_exported_per_user_split_of_the_real_data_has_the_row_counts(lastfm, tmp_path):
+    from benchmarks.sociallgn_split import write_split
+    from training.splits import SplitSpec
+
+    counts = write_split(str(LASTFM), SplitSpec("user", 0.2, 0), str(tmp_path))
+    assert counts == {"train": 74_266, "test": 18_568, "trust": 25_434}
