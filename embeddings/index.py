@@ -36,10 +36,11 @@ likes, k=100, one query per call, one thread; benchmarks/README.md has the table
   sweeps) the same hnsw-ip reached only 0.778, while ivfpq-ip at nprobe 192 reached 0.997:
   which index suits is a property of the factors, not of the catalogue size (2026-12-07).
 
-So from AUTO_ANN_THRESHOLD (100k) items "auto" builds ivfpq-ip and sets its nprobe by
-measurement: the smallest of AUTO_NPROBE_LADDER (up to ``nprobe``) whose recall@AUTO_CHECK_K
-against exact search on up to AUTO_CHECK_QUERIES sample queries (the trainer's user factors)
-reaches AUTO_MIN_RECALL, with a warning when none does. The recall goes into the index's
+So from AUTO_ANN_THRESHOLD (100k) items "auto" builds ivfpq-ip and sets its nprobe and
+k_factor by measurement: the cheapest rung (``_auto_rungs``: AUTO_NPROBE_LADDER up to
+``nprobe``, first with AUTO_CHEAP_K_FACTOR candidates per result, then with ``k_factor``)
+whose recall@AUTO_CHECK_K against exact search on up to AUTO_CHECK_QUERIES sample queries
+(the trainer's user factors) reaches AUTO_MIN_RECALL, with a warning when none does. The recall goes into the index's
 params (``auto_recall``), so the manifest says what was checked. Below that HNSW over the
 reduction holds up (norms spread less in small catalogues): from AUTO_HNSW_THRESHOLD (20k)
 items "auto" builds hnsw-mips, and exact flat below it.
@@ -112,6 +113,16 @@ AUTO_MIN_RECALL = 0.96
 0.95 that serving aims for, because 200 users are a sample. At 0.95, the 1M retrain's check
 chose nprobe 48 at 0.957 and other users measured 0.951-0.967; at 0.96 it chooses 64 (0.971
 on its check and on 300 other users, 10 % more time per search; benchmarks/README.md, "ANN")."""
+AUTO_CHEAP_K_FACTOR = 16
+"""The refine step's candidates per result that "auto" tries first, with up to
+AUTO_CHEAP_MAX_NPROBE lists: at 1M items, the refine pool costs more than the lists, so those
+rungs are all cheaper than any with 32 per result. On the trainer's 1M factors, nprobe 64
+gave recall@100 0.968 / 0.970 with 16 and 0.969 / 0.971 with 32, at 14.1x / 15.9x exact
+against 9.0x / 10.6x (two samples of 300 users); on bench_ann's factors 16 loses 0.02 at
+every nprobe (IVF_K_FACTOR), and the check then goes on to 32."""
+AUTO_CHEAP_MAX_NPROBE = 96
+"""The most lists tried with AUTO_CHEAP_K_FACTOR: 96 lists with 16 per result (about 0.33 ms
+at 1M items) still cost less than the cheapest rung with 32 (24 lists, about 0.37 ms)."""
 AUTO_CHECK_K = 100
 AUTO_CHECK_QUERIES = 200
 """Sample queries of the recall check: exact search costs a few ms each at 1M items."""
@@ -126,9 +137,9 @@ IVF_PQ_M = 16
 recall@100 at 1M items once the refine step reranks 16 candidates per result, and scans
 slower."""
 IVF_NPROBE = 192
-"""Lists probed for k <= IVF_REFERENCE_K, and the most "auto" tries (it probes the fewest of
-AUTO_NPROBE_LADDER that reach AUTO_MIN_RECALL on sample users: 64 on the trainer's 1M
-factors). 192 of 1024 at 1M items give recall@100 0.967 on bench_ann's ALS factors (32 dims,
+"""Lists probed for k <= IVF_REFERENCE_K, and the most "auto" tries (it takes the cheapest
+of its rungs that reaches AUTO_MIN_RECALL on sample users: nprobe 64 with k_factor 16 on the
+trainer's 1M factors). 192 of 1024 at 1M items give recall@100 0.967 on bench_ann's ALS factors (32 dims,
 regularization 80), 13.6x exact under load. On 2026-11-23's
 factors (64 dims, regularization 0.05) 96 of 2048 gave 0.96; on the new ones they give
 0.80 (benchmarks/README.md, "ANN")."""
@@ -452,21 +463,30 @@ def auto_kind(n: int) -> str:
 def _checked_large_index(
     vectors: np.ndarray, queries: np.ndarray | None, show_progress: bool, ivf_params: dict[str, int],
 ) -> MipsIndex:
-    """AUTO_LARGE_KIND with the cheapest nprobe whose recall on sample queries reaches AUTO_MIN_RECALL."""
+    """AUTO_LARGE_KIND with the cheapest search (``_auto_rungs``) whose recall on sample
+    queries reaches AUTO_MIN_RECALL."""
     sample = _check_sample(vectors, queries)
     index = build_index(vectors, AUTO_LARGE_KIND, show_progress=show_progress, **ivf_params)
     truth = exact_top(index, sample, AUTO_CHECK_K)
-    ceiling = int(ivf_params["nprobe"])
-    for nprobe in [p for p in AUTO_NPROBE_LADDER if p < ceiling] + [ceiling]:
-        index.params["nprobe"] = nprobe
+    for nprobe, k_factor in _auto_rungs(int(ivf_params["nprobe"]), int(ivf_params["k_factor"])):
+        index.params.update(nprobe=nprobe, k_factor=k_factor)
         recall = recall_at(index, sample, AUTO_CHECK_K, truth)
         if recall >= AUTO_MIN_RECALL:
             break
     else:
         log.warning("index: %s reached recall@%d %.3f < %.2f on %d sample queries at nprobe %d, the most tried",
-                    AUTO_LARGE_KIND, AUTO_CHECK_K, recall, AUTO_MIN_RECALL, len(sample), ceiling)
+                    AUTO_LARGE_KIND, AUTO_CHECK_K, recall, AUTO_MIN_RECALL, len(sample), nprobe)
     index.params["auto_recall"] = round(recall, 4)
     return index
+
+
+def _auto_rungs(nprobe: int, k_factor: int) -> list[tuple[int, int]]:
+    """The (nprobe, k_factor) searches "auto" checks, cheapest first: AUTO_NPROBE_LADDER below
+    ``nprobe``, then ``nprobe``; with AUTO_CHEAP_K_FACTOR up to AUTO_CHEAP_MAX_NPROBE lists
+    first, then with ``k_factor``."""
+    lists = [p for p in AUTO_NPROBE_LADDER if p < nprobe] + [nprobe]
+    cheap = [(p, AUTO_CHEAP_K_FACTOR) for p in lists if p <= AUTO_CHEAP_MAX_NPROBE] if AUTO_CHEAP_K_FACTOR < k_factor else []
+    return cheap + [(p, k_factor) for p in lists]
 
 
 def _nonzero_rows(x: np.ndarray) -> tuple[np.ndarray, float]:

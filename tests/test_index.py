@@ -217,21 +217,30 @@ def test_auto_and_errors(tmp_path) -> None:
         MipsIndex.load(str(tmp_path / "missing.faiss"))
 
 
-def test_auto_above_the_threshold_probes_the_fewest_lists_that_reach_the_recall(monkeypatch, tmp_path) -> None:
+def test_auto_rungs_go_from_the_cheap_refine_to_the_given_one() -> None:
+    cheap = index_module.AUTO_CHEAP_K_FACTOR
+    assert index_module._auto_rungs(48, 32) == [(24, cheap), (32, cheap), (48, cheap), (24, 32), (32, 32), (48, 32)]
+    assert index_module._auto_rungs(192, 32)[:6] == [(p, cheap) for p in (24, 32, 48, 64, 96)] + [(24, 32)]
+    assert index_module._auto_rungs(192, 32)[-1] == (192, 32)
+    assert index_module._auto_rungs(48, cheap) == [(24, cheap), (32, cheap), (48, cheap)]
+
+
+def test_auto_above_the_threshold_takes_the_cheapest_search_that_reaches_the_recall(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(index_module, "AUTO_ANN_THRESHOLD", 3_000)
     items, queries = lognormal_factors(5_000, 100, 16, seed=3, norm_sigma=0.5)
     index = build_index(items, nlist=64, nprobe=48, check_queries=queries)
     assert index.kind == "ivfpq-ip"
     truth = build_index(items, "flat").search(queries, index_module.AUTO_CHECK_K)[1]
-    chosen = index.params["nprobe"]
+    chosen = index.params["nprobe"], index.params["k_factor"]
     measured = recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1])
     assert index.params["auto_recall"] == pytest.approx(measured, abs=1e-4)
     assert measured >= index_module.AUTO_MIN_RECALL
-    cheaper = [p for p in index_module.AUTO_NPROBE_LADDER if p < chosen]
-    assert cheaper, "the data should need more than the cheapest rung, or the test shows nothing"
-    index.params["nprobe"] = cheaper[-1]
-    assert recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1]) < index_module.AUTO_MIN_RECALL
-    index.params["nprobe"] = chosen
+    rungs = index_module._auto_rungs(48, index_module.IVF_K_FACTOR)
+    assert rungs.index(chosen) > 0, "the data should need more than the cheapest rung, or the test shows nothing"
+    for nprobe, k_factor in rungs[: rungs.index(chosen)]:
+        index.params.update(nprobe=nprobe, k_factor=k_factor)
+        assert recall(truth, index.search(queries, index_module.AUTO_CHECK_K)[1]) < index_module.AUTO_MIN_RECALL
+    index.params.update(nprobe=chosen[0], k_factor=chosen[1])
     path = str(tmp_path / "index.faiss")
     index.save(path)
     assert MipsIndex.load(path).params == index.params
