@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from benchmarks.loadgen import check_models
 from embeddings import als
 from embeddings.index import KINDS, build_index, top_k_overlap
 from training.flag_types import output_file
@@ -297,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.data == "model") != bool(args.models):
         parser.error("--models goes with --data model, and --data model needs it")
-    if args.models and not os.path.isfile(os.path.join(args.models, "CURRENT")):
-        parser.error(f"--models {args.models}: no published model (no CURRENT there)")
+    if args.models:
+        check_models(parser, "--models", args.models)
     args.users = args.users or args.items
 
     t = time.perf_counter()

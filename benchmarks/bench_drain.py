@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import signal
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.loadgen import check_dataset, check_store, sample_users, spawn_server, stop_server
+from benchmarks.loadgen import check_dataset, check_models, check_store, sample_users, spawn_server, stop_server
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 
 KINDS = ("OK", "refused", "no server", "CANCELLED", "other")
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds the server may take to start (default: %(default)s)")
     args = parser.parse_args(argv)
     check_dataset(parser, "--data", args.data)
-    if not os.path.isfile(os.path.join(args.models, "CURRENT")):
-        parser.error(f"--models {args.models}: no published model (no CURRENT there)")
+    check_models(parser, "--models", args.models)
     check_store(parser, "--store", args.store)
     # What loadgen's spawn_server and sample_users read: the server's own defaults.
     args.server_args, args.workers, args.threads, args.feed_processes = server_args, 1, 0, None

@@ -84,6 +84,7 @@ from benchmarks.likes_file import liked_columns, likes_header
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import TOKEN_VARIABLE, channel_credentials
 from stores.redis import URL_SCHEMES
+from training.artifact import CURRENT
 from training.flag_types import bounded, output_file
 
 # Design targets (memory store), printed with every table.
@@ -378,6 +379,12 @@ def check_store(parser: argparse.ArgumentParser, flag: str, url: str) -> None:
     problem = store_problem(url)
     if problem:
         parser.error(f"{flag} {url}: {problem}")
+
+
+def check_models(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """Exit through ``parser`` unless ``path`` holds a published model (its CURRENT pointer)."""
+    if not os.path.isfile(os.path.join(path, CURRENT)):
+        parser.error(f"{flag} {path}: no published model (no {CURRENT} there)")
 
 
 def check_dataset(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
