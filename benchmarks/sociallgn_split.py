@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--split: Last.fm's listens carry no time; use user:FRACTION[:SEED] or random:FRACTION[:SEED]")
     try:
         counts = write_split(args.src, spec, args.out)
-    except (DatasetError, FileExistsError) as error:
+    except (DatasetError, OSError) as error:  # OSError: the stale graphs, or an --out that cannot be written
         print(f"sociallgn_split: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {counts['train']} training pairs, {counts['test']} test pairs ({args.split}), "

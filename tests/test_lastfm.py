@@ -320,3 +320,12 @@ def test_the_exported_per_user_split_of_the_real_data_has_the_row_counts(lastfm,
 
     counts = write_split(str(LASTFM), SplitSpec("user", 0.2, 0), str(tmp_path))
     assert counts == {"train": 74_266, "test": 18_568, "trust": 25_434}
+
+
+def test_an_export_to_a_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    from benchmarks.sociallgn_split import main
+
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert main(["--src", str(_write_source(tmp_path)), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.startswith("sociallgn_split: ") and out.read_text() == ""
