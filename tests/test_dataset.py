@@ -351,6 +351,17 @@ def test_ids_are_stripped(tmp_path: Path, blank: str) -> None:
     assert (e.user_id, e.item_id, e.kind, e.friend_id) == (["u1"], ["i2"], ["share"], ["u2"])
 
 
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_a_field_longer_than_csv_modules_default_limit_loads_both_ways(tmp_path: Path, blank: str) -> None:
+    """A 200,000-character title (or ignored description) loaded through pyarrow, but the careful
+    reader refused the same file: "not valid CSV: field larger than field limit (131072)"."""
+    title, note = "t" * 200_000, "n" * 300_000
+    items = f"item_id,seller_id,created_at,stock,title,description\ni1,s1,1,1,{title},{note}\n{blank}i2,s1,1,1,short,x\n"
+    ds = load_dataset(str(make(tmp_path, items=items, likes="user_id,item_id,ts\nu1,i1,1\n", follows=None, friends=None)),
+                      warnings=[])
+    assert ds.items.item_id == ["i1", "i2"] and ds.items.title == [title, "short"]
+
+
 def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
     items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
     ds = load_dataset(str(make(tmp_path, items=items)))

@@ -422,6 +422,11 @@ def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, 
     """The columns of CSV file ``path`` (reported as ``file``) that ``schema`` (required,
     optional) names, or None after reporting why it cannot be read (a bad header, rows with
     the wrong number of fields, an unclosed quote, bytes that are not UTF-8, a broken CSV)."""
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        # csv's default (131,072 characters) refused a long title or description that
+        # pyarrow's reader takes: a file read either way must load the same. Only ever
+        # raised, never restored, so that concurrent loads cannot lower it under each other.
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         return _read_table_unchecked(path, file, schema, errors, warnings)
     except UnicodeDecodeError as error:
@@ -434,6 +439,8 @@ def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, 
         errors.add(DatasetError(file, 0, "<file>", f"cannot be read: {error.strerror or error}{dangling}"))
     return None
 
+
+_CSV_FIELD_LIMIT = 2**31 - 1  # the largest a C long holds on every platform
 
 # A header of one column holding one of these is a file written with another separator.
 _OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
