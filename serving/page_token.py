@@ -148,7 +148,9 @@ class PageTokenCodec:
         except (ValueError, TypeError) as error:
             raise PageTokenError("page_token is not a token this server issued") from error
         mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
-        if len(mac) < _MAC_BYTES or not body:
+        # The decoder ignores the unused bits of the last character: a token altered there
+        # decodes alike, so only the one spelling that encodes back to it is accepted.
+        if len(mac) < _MAC_BYTES or not body or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
             raise PageTokenError("page_token is not a token this server issued")
         if body[0] != _VERSION:
             raise PageTokenError("page_token has an unsupported version; start again from the first page")
