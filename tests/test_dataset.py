@@ -362,6 +362,19 @@ def test_a_field_longer_than_csv_modules_default_limit_loads_both_ways(tmp_path:
     assert ds.items.item_id == ["i1", "i2"] and ds.items.title == [title, "short"]
 
 
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_bytes_that_are_not_utf8_in_an_ignored_column_are_an_error_both_ways(tmp_path: Path, blank: str) -> None:
+    """Past the header reader's first buffer, Latin-1 in an ignored column loaded through pyarrow
+    (which checks only the columns it keeps); the careful reader refused the same file."""
+    rows = "".join(f"u{i},i1,1,fine\n" for i in range(3000))
+    data = f"user_id,item_id,ts,note\n{blank}{rows}".encode() + "u1,i2,2,café\n".encode("latin-1")
+    path = make(tmp_path)
+    (path / "likes.csv").write_bytes(data)
+    error = error_of(path)
+    assert (error.file, error.line, error.column) == ("likes.csv", 3002 + len(blank), "<row>")
+    assert error.message == "not UTF-8 text (byte 12 of the line: invalid continuation byte)"
+
+
 def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
     items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
     ds = load_dataset(str(make(tmp_path, items=items)))

@@ -61,6 +61,7 @@ directory of CSV part files (``likes.csv/part-*.csv``): they are not read.
 from __future__ import annotations
 
 import bisect
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -604,11 +605,20 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
     except (pa.ArrowException, UnicodeDecodeError):
         return None
     newlines = quotes = 0
+    # pyarrow checks the UTF-8 of the columns it keeps only: the others' bytes are checked here.
+    utf8 = codecs.getincrementaldecoder("utf-8")() if len(wanted) < len(names) else None
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            newlines += chunk.count(b"\n")
-            quotes += chunk.count(b'"')
-            last = chunk[-1:]
+        try:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                newlines += chunk.count(b"\n")
+                quotes += chunk.count(b'"')
+                last = chunk[-1:]
+                if utf8 is not None:
+                    utf8.decode(chunk)
+            if utf8 is not None:
+                utf8.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return None
     physical = newlines + (last != b"\n")
     if table.num_rows != physical - 1 or quotes % 2:
         return None
