@@ -268,6 +268,12 @@ def test_a_vacation_end_out_of_range_names_file_row_and_column(tmp_path: Path, v
          f"-62135596800 (0001-01-01T00:00:00Z) is before the accepted times, {ACCEPTED}"),
         ("likes", "ts", pa.array([date(1899, 12, 31), date(2020, 1, 1), None], pa.date32()), 1,
          f"-2209075200 (1899-12-31T00:00:00Z) is before the accepted times, {ACCEPTED}"),
+        # Integers past 2**53 (nanoseconds as int64, as pandas writes a datetime column's
+        # integers) were a pyarrow traceback: "Integer value ... not in range".
+        ("likes", "ts", pa.array([1, 1_700_000_000_123_456_789, 3], pa.int64()), 2,
+         f"1.7e+18 is after the accepted times, {ACCEPTED}"),
+        ("items", "stock", pa.array([1, 2**64 - 1], pa.uint64()), 2,
+         "expected a non-negative integer, got 1.8446744073709552e+19"),
         ("likes", "user_id", ["u1", None, "u3"], 2, "must not be empty"),
         ("likes", "user_id", ["u1", "  ", "u3"], 2, "must not be empty"),
         ("likes", "item_id", ["i1", "i1", "i9"], 3, "unknown item 'i9' (not in items.parquet)"),

@@ -821,7 +821,9 @@ def _parquet_column(name: str, column: Any) -> list[str] | np.ndarray | str:
         return column.cast(pa.int64()).to_numpy()
     numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
     if numeric or (name == "feed_eligible" and pa.types.is_boolean(t)):
-        return column.cast(pa.float64()).to_numpy()
+        # Not safe for integers: one past 2**53 (nanoseconds as int64) rounds to a float, which
+        # the checks then name as out of range, where a safe cast raised ArrowInvalid.
+        return column.cast(pa.float64(), safe=not pa.types.is_integer(t)).to_numpy()
     if name in _TIME_COLUMNS:
         return "expected numbers (Unix seconds), ISO-8601 strings or timestamps"
     return "expected " + ("booleans, numbers or strings" if name == "feed_eligible" else "numbers or strings")
