@@ -124,8 +124,10 @@ class PageTokenCodec:
         self._keys = {key_id(key): key for key in reversed((secret, *previous))}  # the current one wins a clash
         self.ttl_seconds = ttl_seconds
         self.max_served = max_served
-        # The longest token this codec issues: served items stop at max_served plus a page.
-        self.max_token_chars = max_token_chars(max_served + 100)
+        # The longest token a codec of any max_served issues (served items stop at max_served
+        # plus a page): a token of a server with a deeper cap (a rolling restart that lowers
+        # it) is read, and past this one's cap is OUT_OF_RANGE, not refused unread.
+        self.max_token_chars = max_token_chars(MAX_SERVED + 100)
 
     @staticmethod
     def _mac(secret: bytes, user_id: str, body: bytes) -> bytes:
