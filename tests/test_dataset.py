@@ -375,6 +375,16 @@ def test_bytes_that_are_not_utf8_in_an_ignored_column_are_an_error_both_ways(tmp
     assert error.message == "not UTF-8 text (byte 12 of the line: invalid continuation byte)"
 
 
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_an_unclosed_quote_on_the_last_line_is_an_error_beside_a_quote_in_an_unquoted_field(tmp_path: Path, blank: str) -> None:
+    """An inch mark made the file's quotes even, and pyarrow read the truncated last title to the
+    end of the file ('Desk lamp, bl\\n'): loaded, where the careful reader named the open quote."""
+    items = f'item_id,seller_id,created_at,stock,title\n{blank}i1,s1,1,1,Monitor 27"\ni2,s1,1,1,"Desk lamp, bl\n'
+    error = error_of(make(tmp_path, items=items, likes="user_id,item_id,ts\nu1,i1,1\n", follows=None, friends=None))
+    assert str(error) == (f"items.csv:{3 + len(blank)}: column 'title': a quote (\") opened on this line is never closed: "
+                          "the rest of the file would be one value")
+
+
 def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
     items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
     ds = load_dataset(str(make(tmp_path, items=items)))

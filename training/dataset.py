@@ -582,9 +582,9 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
 
     None when the file needs the careful reader: a row with the wrong number of fields,
     a quoted newline, a blank line (anything that breaks "data row i is on line i + 2",
-    which error messages rely on), bytes that are not UTF-8, an odd number of quotes (an
-    unclosed one, which pyarrow ends at the end of the line). That reader then finds and
-    names the problem.
+    which error messages rely on), bytes that are not UTF-8, an odd number of quotes or a
+    last line that opens one never closed (an unclosed one, which pyarrow reads to the end
+    of the file). That reader then finds and names the problem.
     """
     import pyarrow as pa
     import pyarrow.csv as pv
@@ -622,7 +622,31 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
     physical = newlines + (last != b"\n")
     if table.num_rows != physical - 1 or quotes % 2:
         return None
+    if quotes and table.num_rows and _last_line_opens_quote(path):
+        return None  # a quote in an unquoted field (27") evened the count: pyarrow read it to the end
     return {name: _fast_column(name, table.column(name)) for name in wanted}, table.num_rows
+
+
+def _last_line_opens_quote(path: str) -> bool:
+    """Whether the last line of ``path`` opens a quote the file never closes, as
+    ``_opens_unclosed_quote`` tells for the careful reader. pyarrow reads such a quote to the
+    end of the file without a word; on an earlier line it takes in the later lines, so the
+    row count tells, but on the last one only this does."""
+    with open(path, "rb") as fh:
+        start = fh.seek(0, os.SEEK_END)
+        tail = b""
+        while start > 0 and b"\n" not in tail[:-1]:
+            step = min(1 << 16, start)
+            start -= step
+            fh.seek(start)
+            tail = fh.read(step) + tail
+    line = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :].decode("utf-8", "replace")
+    try:
+        for _ in csv.reader(io.StringIO(line, newline=""), strict=True):
+            pass
+    except csv.Error as error:
+        return str(error) == "unexpected end of data"
+    return False
 
 
 def _fast_column(name: str, column) -> list[str] | np.ndarray:
