@@ -385,6 +385,18 @@ def test_an_unclosed_quote_on_the_last_line_is_an_error_beside_a_quote_in_an_unq
                           "the rest of the file would be one value")
 
 
+@pytest.mark.parametrize("blank", ["", "\n"], ids=["fast-reader", "careful-reader"])
+def test_a_carriage_return_alone_ends_a_line_for_both_readers(tmp_path: Path, blank: str) -> None:
+    """A bare \\r (in a quoted title, as write_dataset quotes one, or between rows) is a line
+    break to the careful reader but was none to the pyarrow reader's line count, so the same
+    bad value was on line 4 or on line 5 depending on the reader."""
+    for name, likes in (("quoted", f'user_id,item_id,ts\n{blank}"u\r1",i1,1\nu2,i2,bad\n'),
+                        ("between", f"user_id,item_id,ts\n{blank}u1,i1,1\ru2,i2,2\n\nu3,i3,bad\n")):
+        error = error_of(make(tmp_path / name, likes=likes))
+        line = (4 if name == "quoted" else 5) + len(blank)
+        assert str(error) == f"likes.csv:{line}: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'bad'", name
+
+
 def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
     items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
     ds = load_dataset(str(make(tmp_path, items=items)))

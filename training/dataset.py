@@ -581,7 +581,8 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
     """The ``keep`` columns as strings, read by pyarrow's multithreaded CSV parser.
 
     None when the file needs the careful reader: a row with the wrong number of fields,
-    a quoted newline, a blank line (anything that breaks "data row i is on line i + 2",
+    a quoted newline, a blank line, a carriage return alone, which the careful reader
+    counts as a line break (anything that breaks "data row i is on line i + 2",
     which error messages rely on), bytes that are not UTF-8, an odd number of quotes or a
     last line that opens one never closed (an unclosed one, which pyarrow reads to the end
     of the file). That reader then finds and names the problem.
@@ -604,7 +605,8 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
         )
     except (pa.ArrowException, UnicodeDecodeError):
         return None
-    newlines = quotes = 0
+    newlines = quotes = lone_crs = 0
+    last = b""
     # pyarrow checks the UTF-8 of the columns it keeps only: the others' bytes are checked here.
     utf8 = codecs.getincrementaldecoder("utf-8")() if len(wanted) < len(names) else None
     with open(path, "rb") as fh:
@@ -612,6 +614,8 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 newlines += chunk.count(b"\n")
                 quotes += chunk.count(b'"')
+                # A \r not before \n ends a line to the careful reader, not to this count.
+                lone_crs += chunk.count(b"\r") - chunk.count(b"\r\n") - (last == b"\r" and chunk[:1] == b"\n")
                 last = chunk[-1:]
                 if utf8 is not None:
                     utf8.decode(chunk)
@@ -620,7 +624,7 @@ def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[d
         except UnicodeDecodeError:
             return None
     physical = newlines + (last != b"\n")
-    if table.num_rows != physical - 1 or quotes % 2:
+    if table.num_rows != physical - 1 or quotes % 2 or lone_crs:
         return None
     if quotes and table.num_rows and _last_line_opens_quote(path):
         return None  # a quote in an unquoted field (27") evened the count: pyarrow read it to the end
