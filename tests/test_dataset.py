@@ -397,6 +397,14 @@ def test_a_carriage_return_alone_ends_a_line_for_both_readers(tmp_path: Path, bl
         assert str(error) == f"likes.csv:{line}: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'bad'", name
 
 
+def test_bytes_that_are_not_utf8_are_located_in_a_file_of_carriage_returns(tmp_path: Path) -> None:
+    """Excel's "CSV (Macintosh)" ends lines with \\r alone (and writes Mac Roman): the bad byte,
+    on line 4, was reported on line 1 (byte 42), lines being counted by \\n only there."""
+    path = make(tmp_path)
+    (path / "likes.csv").write_bytes(b"user_id,item_id,ts\ru1,i1,1\ru2,i2,2\r" + "u3,café,3\r".encode("mac_roman"))
+    assert str(error_of(path)) == "likes.csv:4: column '<row>': not UTF-8 text (byte 7 of the line: invalid start byte)"
+
+
 def test_integral_floats_are_whole_numbers(tmp_path: Path) -> None:
     items = CARD_ITEMS.replace("1700000000,3,", "1700000000,18.0,").replace(",2,1\n", ",2.0,1\n")
     ds = load_dataset(str(make(tmp_path, items=items)))

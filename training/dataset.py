@@ -476,7 +476,7 @@ def _undecodable_line(path: str) -> tuple[int, int]:
         data = fh.read()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.splitlines(), start=1):  # \r, \n and \r\n end lines, as to the csv reader
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as error:
