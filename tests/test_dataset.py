@@ -397,6 +397,21 @@ def test_a_carriage_return_alone_ends_a_line_for_both_readers(tmp_path: Path, bl
         assert str(error) == f"likes.csv:{line}: column 'ts': expected a Unix time or ISO-8601 timestamp, got 'bad'", name
 
 
+@pytest.mark.parametrize("likes, line", [
+    # The quote opened on line 2 took in lines 3 and 4: two likes lost without a word.
+    ('user_id,item_id,ts,note\n"u1"x,i1,1,"hm\nu2,i2,3,a\nu3,i3,4,b\n', 2),
+    # On the last line, beside a literal quote (27") that evens the count: the pyarrow reader.
+    ('user_id,item_id,ts,note\nu0,i1,1,27" tall\n"u1"x,i1,1,"hm\n', 3),
+])  # fmt: skip
+def test_an_unclosed_quote_is_found_after_a_quote_closed_early_in_its_row(tmp_path: Path, likes: str, line: int) -> None:
+    """The check for a quote never closed read the row in csv's strict mode, which stops at
+    the first quirk it refuses (a field going on after its closing quote, "u1"x), so the
+    open quote after it went unreported."""
+    error = error_of(make(tmp_path, likes=likes))
+    assert str(error) == (f"likes.csv:{line}: column 'note': a quote (\") opened on this line is never closed: "
+                          "the rest of the file would be one value")
+
+
 def test_bytes_that_are_not_utf8_are_located_in_a_file_of_carriage_returns(tmp_path: Path) -> None:
     """Excel's "CSV (Macintosh)" ends lines with \\r alone (and writes Mac Roman): the bad byte,
     on line 4, was reported on line 1 (byte 42), lines being counted by \\n only there."""

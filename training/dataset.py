@@ -566,15 +566,23 @@ def _read_table_unchecked(
 def _opens_unclosed_quote(path: str, line: int) -> bool:
     """Whether the row that starts on physical ``line`` opens a quote the file never closes.
 
-    csv.reader silently reads such a quote as running to the end of the file. Its strict
-    mode says so, but also refuses quirks the loader accepts: it reads that row alone."""
+    csv.reader silently reads such a quote as running to the end of the file."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        try:
-            for _ in csv.reader(itertools.islice(fh, line - 1, None), strict=True):
-                pass
-        except csv.Error as error:
-            return str(error) == "unexpected end of data"
-    return False
+        return _quote_left_open(itertools.islice(fh, line - 1, None))
+
+
+_AFTER_THE_END = "after the end of the file"
+
+
+def _quote_left_open(lines: Iterable[str]) -> bool:
+    """Whether csv.reader ends ``lines`` inside a quoted field: a line appended after them is
+    then part of that field, and a row of its own otherwise. (csv's strict mode says
+    "unexpected end of data" then, but stops at the first quirk it refuses before, such as
+    a field going on after its closing quote: "u1"x, which the loader reads as u1x.)"""
+    last = None
+    for last in csv.reader(itertools.chain(lines, [_AFTER_THE_END + "\n"])):
+        pass
+    return last != [_AFTER_THE_END]
 
 
 def _read_columns_fast(path: str, header: list[str], keep: list[int]) -> tuple[dict[str, list[str]], int] | None:
@@ -645,12 +653,7 @@ def _last_line_opens_quote(path: str) -> bool:
             fh.seek(start)
             tail = fh.read(step) + tail
     line = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :].decode("utf-8", "replace")
-    try:
-        for _ in csv.reader(io.StringIO(line, newline=""), strict=True):
-            pass
-    except csv.Error as error:
-        return str(error) == "unexpected end of data"
-    return False
+    return _quote_left_open([line])
 
 
 def _fast_column(name: str, column) -> list[str] | np.ndarray:
