@@ -170,6 +170,11 @@ class PageTokenCodec:
         # Tokens carry whole seconds: the clock is cut the same way, or a token would expire
         # up to a second early (and one with a TTL under a second almost at once).
         now = int(time.time() if now is None else now)
-        if self.ttl_seconds and not (now - self.ttl_seconds <= issued <= now + _CLOCK_SKEW_SECONDS):
+        if self.ttl_seconds and issued > now + _CLOCK_SKEW_SECONDS:
+            raise PageTokenError(
+                f"page_token was issued {issued - now} s in the future, more than the {_CLOCK_SKEW_SECONDS:g} s of clock "
+                "skew allowed between servers (is this server's clock behind?); start again from the first page"
+            )
+        if self.ttl_seconds and issued < now - self.ttl_seconds:
             raise PageTokenError(f"page_token has expired (tokens last {self.ttl_seconds:g} s); start again from the first page")
         return ServedItems(frozenset(np.frombuffer(body[_HEADER.size :], dtype="<u4").tolist()))
