@@ -317,7 +317,7 @@ async def _run(pool: Executor | None, respond: Callable[..., Message], *args: An
     return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
-EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the feed was ready")
+EXPIRED = Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the answer was ready")  # GetFeed and Ingest alike
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
