@@ -64,6 +64,12 @@ def max_token_chars(max_served: int) -> int:
     return -(-raw * 4 // 3)
 
 
+MAX_TOKEN_CHARS = max_token_chars(MAX_SERVED + 100)
+"""The longest token a codec of any ``max_served`` issues (served items stop at max_served plus
+a page): a longer one is refused unread. A token of a server with a deeper cap (a rolling
+restart that lowers it) is read, and past this one's cap is OUT_OF_RANGE."""
+
+
 @dataclass(frozen=True)
 class ServedItems:
     """Set-like view of served item ids, by hash; a hash collision only hides an item."""
@@ -124,10 +130,6 @@ class PageTokenCodec:
         self._keys = {key_id(key): key for key in reversed((secret, *previous))}  # the current one wins a clash
         self.ttl_seconds = ttl_seconds
         self.max_served = max_served
-        # The longest token a codec of any max_served issues (served items stop at max_served
-        # plus a page): a token of a server with a deeper cap (a rolling restart that lowers
-        # it) is read, and past this one's cap is OUT_OF_RANGE, not refused unread.
-        self.max_token_chars = max_token_chars(MAX_SERVED + 100)
 
     @staticmethod
     def _mac(secret: bytes, user_id: str, body: bytes) -> bytes:
@@ -142,8 +144,8 @@ class PageTokenCodec:
 
     def decode(self, user_id: str, token: str, now: float | None = None) -> ServedItems:
         """The served items of a token from ``encode``; raises PageTokenError otherwise."""
-        if len(token) > self.max_token_chars:
-            raise PageTokenError(f"page_token is longer than any token this server issues ({self.max_token_chars} characters)")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise PageTokenError(f"page_token is longer than any token a server issues ({MAX_TOKEN_CHARS} characters)")
         try:
             # Issued tokens are unpadded URL-safe base64: one spelling per token, anything else is refused.
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)) if _TOKEN_CHARACTERS.fullmatch(token) else b""
