@@ -423,3 +423,21 @@ def test_both_export_formats_write_the_same_tables_when_no_seller_is_away_and_no
     assert_equal(live, load_dataset(str(tmp_path / "parquet")))
     assert set(zip(live.likes.src, live.likes.dst)) == set(zip(quiet.likes.src, quiet.likes.dst))
     assert not len(live.sellers) and not len(live.engagements)
+
+
+@pytest.mark.parametrize("with_top_level_part", [False, True])
+def test_a_partitioned_directory_is_refused_naming_the_partition(tmp_path: Path, with_top_level_part: bool) -> None:
+    """Spark's partitionBy (Hive layout, likes.parquet/day=.../part-*.parquet) is not read: one
+    line says so, where it said 'without part files', or with a part file beside the
+    partitions loaded that part alone and dropped the partitions' rows without a word."""
+    likes = tmp_path / "likes.parquet"
+    for day in ("day=2026-01-02", "day=2026-01-01"):
+        write_parquet(likes / day, "part-00000", GOOD_LIKES)
+    (likes / "_SUCCESS").write_text("")
+    (likes / "_temporary").mkdir()  # Spark's own: skipped, as hidden files are
+    if with_top_level_part:
+        write_parquet(likes, "part-00000", GOOD_LIKES)
+    assert str(error_of(tmp_path)) == (
+        "likes.parquet: a partitioned directory (day=2026-01-01/, day=2026-01-02/, as Spark's partitionBy writes it) is "
+        "not read: write the table without partitionBy, part files directly in likes.parquet (likes.parquet/part-*.parquet)"
+    )

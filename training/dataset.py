@@ -760,6 +760,15 @@ def _parquet_parts(directory: str, name: str) -> list[tuple[str, str]]:
     return [(f"{name}/{p}", os.path.join(path, p)) for p in parts]
 
 
+def _partitions(directory: str, name: str) -> list[str]:
+    """The subdirectories of Parquet directory ``name`` but hidden ones (Spark's _temporary):
+    partitions (day=2026-01-01/) as Spark's partitionBy writes them, which are not read."""
+    path = os.path.join(directory, name)
+    if not os.path.isdir(path):
+        return []
+    return sorted(p for p in os.listdir(path) if not p.startswith((".", "_")) and os.path.isdir(os.path.join(path, p)))
+
+
 def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str]) -> _ParquetTable | None:
     """Table ``file`` (its CSV name) from its Parquet file or part files, with the columns
     converted for the validators; None after reporting why it cannot be read."""
@@ -769,6 +778,13 @@ def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str
     name = parquet_name(file)
     required, optional = _SCHEMA[file]
     known = required + optional
+    partitions = _partitions(directory, name)
+    if partitions:
+        # Refused, not skipped: skipping lost their rows without a word (and a partition column is only in their names).
+        errors.add(DatasetError(name, 0, "<file>", f"a partitioned directory ({', '.join(p + '/' for p in partitions[:3])}"
+                                f"{', …' if len(partitions) > 3 else ''}, as Spark's partitionBy writes it) is not read: write the "
+                                f"table without partitionBy, part files directly in {name} ({name}/part-*.parquet)"))
+        return None
     files = _parquet_parts(directory, name)
     if not files:
         errors.add(DatasetError(name, 0, "<file>", "a directory without part files (*.parquet)"))
