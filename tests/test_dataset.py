@@ -286,6 +286,16 @@ def test_a_header_in_another_case_or_with_another_separator_says_so(tmp_path: Pa
                         "the header has 'User_ID': column names are case-sensitive")
 
 
+def test_a_stray_byte_order_mark_in_the_header_is_named(tmp_path: Path) -> None:
+    """Some Windows tools write two BOMs: the reader drops one, and the second was part of
+    the first column's name, which read as "missing required column" for a column the file has."""
+    err = error_of(make(tmp_path / "double", likes="\ufeff\ufeffuser_id,item_id,ts\nu1,i1,1\n"))
+    assert str(err) == ("likes.csv:1: column 'user_id': missing required column (columns: user_id, item_id, ts[, weight]); "
+                        "the header has '\\ufeffuser_id': a stray byte order mark (U+FEFF) in the name, remove it")
+    err = error_of(make(tmp_path / "inner", likes="user_id,\ufeffitem_id,ts\nu1,i1,1\n"))
+    assert str(err).endswith("the header has '\\ufeffitem_id': a stray byte order mark (U+FEFF) in the name, remove it")
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

@@ -328,6 +328,9 @@ def test_errors_are_collected_across_rows_and_files(tmp_path: Path) -> None:
     [
         ({"user_id": ["u1"], "item_id": ["i1"]},
          "likes.parquet: missing required column 'ts' (columns: user_id, item_id, ts[, weight])"),
+        ({"\ufeffuser_id": ["u1"], "item_id": ["i1"], "ts": [1.0]},
+         "likes.parquet: missing required column 'user_id' (columns: user_id, item_id, ts[, weight]); "
+         "the header has '\\ufeffuser_id': a stray byte order mark (U+FEFF) in the name, remove it"),
         ({"user_id": ["u1"], "item_id": ["i1"], "ts": [True]},
          "likes.parquet: column 'ts': expected numbers (Unix seconds), ISO-8601 strings or timestamps, got Parquet type bool"),
         ({"user_id": [1.5], "item_id": ["i1"], "ts": [1.0]},

@@ -449,11 +449,15 @@ _OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 def _expected_columns(missing: str, found: Sequence[str], schema: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     """What to say after "missing required column": the file's columns, and a column
-    ``found`` that differs from ``missing`` only by case, which is the likely slip."""
+    ``found`` that differs from ``missing`` only by case, which is the likely slip, or by a
+    byte order mark (U+FEFF) in it: the reader drops one at the start of the file, and some
+    Windows tools write two."""
     required, optional = schema
     near = next((name for name in found if name.lower() == missing.lower()), None)
+    marked = next((name for name in found if "\ufeff" in name and name.replace("\ufeff", "").strip() == missing), None)
     return (f"(columns: {', '.join(required)}" + (f"[, {', '.join(optional)}]" if optional else "") + ")"
-            + (f"; the header has {near!r}: column names are case-sensitive" if near else ""))
+            + (f"; the header has {near!r}: column names are case-sensitive" if near else "")
+            + (f"; the header has {marked!r}: a stray byte order mark (U+FEFF) in the name, remove it" if marked else ""))
 
 
 class _CsvError(csv.Error):
