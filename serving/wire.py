@@ -161,15 +161,7 @@ def _locate(data: bytes, descriptor: Descriptor, prefix: str, depth: int, too_ma
         field = descriptor.fields_by_number.get(number)
         path = _path(prefix, field, number, occurrences[number])
         occurrences[number] += 1
-        if wire_type == 0:
-            value, position = _varint(data, position)
-            if value is None:
-                return path, "cut short inside a number"
-        elif wire_type in (1, 5):
-            position += 8 if wire_type == 1 else 4
-            if position > len(data):
-                return path, "cut short inside a number"
-        elif wire_type == 2:
+        if wire_type == 2:
             length, position = _varint(data, position)
             if length is None or position + length > len(data):
                 return path, "cut short: its length runs past the end of the message"
@@ -178,8 +170,49 @@ def _locate(data: bytes, descriptor: Descriptor, prefix: str, depth: int, too_ma
             if fault is not None:
                 return fault
         else:
-            return path, f"wire type {wire_type} is not one protobuf 3 writes"
+            # Any other wire type, a group (proto2) included, is kept as an unknown field if well formed.
+            why, position = _skip(data, position, number, wire_type, depth, too_many)
+            if why is not None:
+                return path, why
     return None
+
+
+def _skip(data: bytes, position: int, number: int, wire_type: int, depth: int,
+          too_many: Callable[[], bool]) -> tuple[str | None, int]:
+    """(what is wrong or None, the position after it) of the value of field ``number`` at ``position``."""
+    if wire_type == 0:
+        value, position = _varint(data, position)
+        return ("cut short inside a number" if value is None else None), position
+    if wire_type in (1, 5):
+        position += 8 if wire_type == 1 else 4
+        return ("cut short inside a number" if position > len(data) else None), position
+    if wire_type == 2:
+        length, position = _varint(data, position)
+        if length is None or position + length > len(data):
+            return "cut short: its length runs past the end of the message", position
+        return None, position + length
+    if wire_type == 3:
+        return _skip_group(data, position, number, depth + 1, too_many)
+    if wire_type == 4:
+        return "ends a group that did not start", position
+    return f"wire type {wire_type} is not one protobuf 3 writes", position
+
+
+def _skip_group(data: bytes, position: int, number: int, depth: int, too_many: Callable[[], bool]) -> tuple[str | None, int]:
+    if depth > MAX_DEPTH:
+        return "nested too deeply", position
+    while position < len(data):
+        if too_many():
+            raise _TooManyFields
+        key, position = _varint(data, position)
+        if key is None:
+            return "cut short inside a field's tag", position
+        if key & 7 == 4:
+            return (None if key >> 3 == number else f"the group ends with field {key >> 3}'s end"), position
+        why, position = _skip(data, position, key >> 3, key & 7, depth, too_many)
+        if why is not None:
+            return why, position
+    return "cut short: the group has no end", position
 
 
 def _check_chunk(chunk: bytes, field: FieldDescriptor | None, path: str, depth: int,

@@ -184,6 +184,8 @@ def two_events() -> bytes:
         ("Ingest", two_events().replace(b"d-second", b"d-s\xe9cond"), "events[1].event_id", "not UTF-8 (byte 3)"),
         ("Ingest", two_events()[:-3], "events[1]", "cut short: its length runs past the end of the message"),
         ("GetFeed", b"\x10\xff", "limit", "cut short inside a number"),
+        ("GetFeed", b"\x93\x03\x08\x01\x94\x03" + feed_pb2.GetFeedRequest(user_id="alice").SerializeToString().replace(b"alice", b"al\xffce"),
+         "user_id", "not UTF-8 (byte 2)"),  # after a proto2 group (field 50), which protobuf keeps as an unknown field
     ],
 )  # fmt: skip
 def test_request_bytes_that_do_not_parse_are_invalid_argument_naming_the_field(stub, method, data, field, why):
