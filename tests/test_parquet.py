@@ -236,6 +236,18 @@ def test_extra_columns_are_ignored_with_a_warning(tmp_path: Path) -> None:
     assert warnings == ["likes.parquet: ignored column 'score' (not one of user_id, item_id, ts, weight)"]
 
 
+def test_spaces_around_column_names_are_dropped_as_in_csv(tmp_path: Path) -> None:
+    """A CSV header's names are stripped; the same names in Parquet (a CSV converted as it
+    was) were 'missing required column' for columns the file has."""
+    csv, parquet = tmp_path / "csv", tmp_path / "parquet"
+    csv.mkdir()
+    (csv / "likes.csv").write_text(" user_id ,item_id , ts,weight\nu1,i1,1,2\n")
+    write_parquet(parquet, "likes", {" user_id ": ["u1"], "item_id ": ["i1"], " ts": [1.0], "weight": [2.0]})
+    assert_equal(load_dataset(str(parquet)), load_dataset(str(csv)))
+    write_parquet(parquet, "likes", {"user_id": ["u1"], "item_id": ["i1"], "ts": [1.0], " ts": [2.0]})
+    assert str(error_of(parquet)) == "likes.parquet: duplicate column 'ts'"
+
+
 # --------------------------------------------------------------------------- errors
 
 GOOD_LIKES = {"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i1", "i2"], "ts": [1.0, 2.0, 3.0]}

@@ -799,7 +799,8 @@ def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str
     for shown, path in files:
         try:
             parquet = pq.ParquetFile(path)
-            columns = parquet.schema_arrow.names
+            names = parquet.schema_arrow.names
+            columns = [c.strip() for c in names]  # as a CSV header's names are
             problems = [f"duplicate column {c!r}" for c in sorted(set(columns)) if c in known and columns.count(c) > 1]
             problems += [f"missing required column {c!r} {_expected_columns(c, columns, _SCHEMA[file])}"
                          for c in required if c not in columns]
@@ -810,7 +811,8 @@ def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str
                 continue
             ignored.update((c, None) for c in columns if c not in known)
             wanted = [c for c in known if c in columns]
-            data = parquet.read(columns=wanted, use_threads=True)
+            read = [names[columns.index(c)] for c in wanted]
+            data = parquet.read(columns=read, use_threads=True).select(read).rename_columns(wanted)
         except (pa.ArrowException, OSError) as error:
             errors.add(DatasetError(shown, 0, "<file>", f"not a readable Parquet file: {error}"))
             broken = True
