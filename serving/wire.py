@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from serving.feed_service import InvalidRequest
 
 MAX_DEPTH = 100  # protobuf's own recursion limit
+MAX_FIELD_NUMBER = 2**29 - 1
 MAX_FIELDS_OF_OTHER_SERVICES = 100
 """The fields ``locate`` reads in a request of health or reflection (a few at most) before it
 gives up naming the one at fault: it runs on the event loop, and those services need no
@@ -154,13 +155,17 @@ def _locate(data: bytes, descriptor: Descriptor, prefix: str, depth: int, too_ma
     while position < len(data):
         if too_many():
             raise _TooManyFields
-        key, position = _varint(data, position)
+        key, position, why = _tag(data, position)
         if key is None:
-            return prefix, "cut short inside a field's tag"
+            return prefix, why
         number, wire_type = key >> 3, key & 7
         field = descriptor.fields_by_number.get(number)
         path = _path(prefix, field, number, occurrences[number])
         occurrences[number] += 1
+        if number == 0:  # protobuf lets it pass inside a group only
+            why = "0 is not a field number"
+        if why is not None:
+            return path, why
         if wire_type == 2:
             length, position = _varint(data, position)
             if length is None or position + length > len(data):
@@ -204,9 +209,9 @@ def _skip_group(data: bytes, position: int, number: int, depth: int, too_many: C
     while position < len(data):
         if too_many():
             raise _TooManyFields
-        key, position = _varint(data, position)
-        if key is None:
-            return "cut short inside a field's tag", position
+        key, position, why = _tag(data, position)
+        if why is not None:
+            return why, position
         if key & 7 == 4:
             return (None if key >> 3 == number else f"the group ends with field {key >> 3}'s end"), position
         why, position = _skip(data, position, key >> 3, key & 7, depth, too_many)
@@ -227,6 +232,19 @@ def _check_chunk(chunk: bytes, field: FieldDescriptor | None, path: str, depth: 
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         return _locate(chunk, field.message_type, path, depth + 1, too_many)
     return None
+
+
+def _tag(data: bytes, position: int) -> tuple[int | None, int, str | None]:
+    """(the key, or None if it cannot be read; the position after it; what is wrong with it or None)."""
+    start = position
+    key, position = _varint(data, position)
+    if key is None:
+        return None, position, "cut short inside a field's tag"
+    if position - start > 5:
+        return None, position, "a field's tag takes more than 5 bytes"
+    if key >> 3 > MAX_FIELD_NUMBER:
+        return key, position, f"field numbers end at {MAX_FIELD_NUMBER}"
+    return key, position, None
 
 
 def _path(prefix: str, field: FieldDescriptor | None, number: int, index: int) -> str:

@@ -94,3 +94,28 @@ def test_a_group_cut_short_by_the_end_of_its_message_is_named():
     started = tag(50, 3)
     field, message = refusal(ingest, tag(1, 2) + bytes([len(started)]) + started + tag(50, 4))
     assert field == "events[0].field 50" and message.endswith(": cut short: the group has no end")
+
+
+def test_the_largest_field_number_and_a_tag_in_five_bytes_parse():
+    assert isinstance(get_feed(tag(2**29 - 1, 0) + b"\x01"), feed_pb2.GetFeedRequest)
+    assert get_feed(b"\x8a\x80\x80\x80\x00\x01a").user_id == "a"  # user_id's tag, padded to 5 bytes
+    assert isinstance(get_feed(group(50, tag(0, 0) + b"\x01") + tag(1, 2) + b"\x01a"), feed_pb2.GetFeedRequest)
+    assert refusal(get_feed, group(50, tag(0, 0) + b"\x01") + BAD_USER)[0] == "user_id"
+
+
+@pytest.mark.parametrize(
+    ("parse", "data", "field", "why"),
+    [
+        (get_feed, tag(0, 0) + b"\x01", "field 0", "0 is not a field number"),
+        (get_feed, tag(0, 2) + b"\x00" + BAD_USER, "field 0", "0 is not a field number"),
+        (get_feed, group(50, tag(2**29, 0) + b"\x01"), "field 50", f"field numbers end at {2**29 - 1}"),
+        (ingest, tag(1, 2) + b"\x02" + tag(0, 0) + b"\x01", "events[0].field 0", "0 is not a field number"),
+        (get_feed, tag(2**29, 0) + b"\x01" + BAD_USER, f"field {2**29}", f"field numbers end at {2**29 - 1}"),
+        (get_feed, b"\x8a\x80\x80\x80\x80\x00\x01a", "request", "a field's tag takes more than 5 bytes"),
+    ],
+)
+def test_a_field_number_protobuf_refuses_is_named(parse, data, field, why):
+    # Read as any other field: the message named a later field, or 'request' with protobuf's
+    # "Wire format was corrupt".
+    got_field, message = refusal(parse, data)
+    assert (got_field, message.split(": ", 2)[2]) == (field, why)
