@@ -296,6 +296,16 @@ def test_a_stray_byte_order_mark_in_the_header_is_named(tmp_path: Path) -> None:
     assert str(err).endswith("the header has '\\ufeffitem_id': a stray byte order mark (U+FEFF) in the name, remove it")
 
 
+@pytest.mark.parametrize("data", [b"\0" * 4096, "user_id,item_id,ts\nu1,i1,1\n".encode("utf-16-le")], ids=["zeroed", "utf16"])
+def test_a_header_of_nul_bytes_says_the_file_is_not_text(tmp_path: Path, data: bytes) -> None:
+    """A file zeroed by a crash, or UTF-16 without its BOM, decodes as UTF-8 with NULs in it:
+    that was "missing required column" for each column."""
+    path = make(tmp_path)
+    (path / "likes.csv").write_bytes(data)
+    assert str(error_of(path)) == ("likes.csv:1: column '<header>': the header holds NUL bytes (\\x00): the file is not "
+                                   "UTF-8 text (UTF-16? a binary file, or one zeroed by a crash?)")
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

@@ -501,6 +501,10 @@ def _read_table_unchecked(
             return None
         header_line = reader.line_num
         header = [h.strip() for h in header]
+        if any("\0" in h for h in header):
+            errors.add(DatasetError(file, header_line, "<header>", "the header holds NUL bytes (\\x00): the file is not UTF-8 "
+                                    "text (UTF-16? a binary file, or one zeroed by a crash?)"))
+            return None
         separator = next((c for c in _OTHER_SEPARATORS if len(header) == 1 and c in header[0]), None)
         if separator:
             errors.add(DatasetError(file, header_line, "<header>", f"one column, {header[0]!r}: the file looks "
