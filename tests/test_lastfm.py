@@ -220,6 +220,23 @@ def test_a_bad_value_after_a_blank_line_names_its_own_line(tmp_path, file, text,
         read_lastfm(str(src))
 
 
+@pytest.mark.parametrize("text, got", [
+    ("2\t10\t5\n2\t11\t1\n", "'2\\t10\\t5'"),  # its first row was taken for the header and dropped
+    ("", "an empty file"),  # read as no listens: a dataset without a like
+    ("userID,artistID,weight\n2,10,5\n", "'userID,artistID,weight'"),
+])
+def test_a_source_file_without_its_header_names_the_header_expected(tmp_path, text, got):
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "user_artists.dat").write_text(text)
+    with pytest.raises(DatasetError) as info:
+        read_lastfm(str(src))
+    assert str(info.value) == f"user_artists.dat:1: column 'userID': expected the header userID, artistID, weight (tab-separated), got {got}"
+    (src / "user_artists.dat").write_text("\ufeffuserID\tartistID\tweight\n2\t10\t5\n")  # a BOM is no part of it
+    assert read_lastfm(str(src)).likes.src == ["u2"]
+
+
 def test_a_missing_friend_file_is_an_error(tmp_path):
     from training.dataset import DatasetError
 

@@ -64,10 +64,14 @@ def _rows(path: str, columns: int, encoding: str = "utf-8", delimiter: str = "\t
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise DatasetError(name, 0, "<file>", f"required file missing: {path}")
-    reader = csv.reader(io.StringIO(_text(path, encoding), newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    text = _text(path, encoding).removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE)
     first = next(reader, None)
     if header is not None and [h.strip() for h in first or []] != header:
-        raise DatasetError(name, 1, header[0], f"expected the header {','.join(header)}")
+        # Checked, not skipped: a file without it lost its first row, and an empty one read as no rows.
+        expected = f"{', '.join(header)} (tab-separated)" if delimiter == "\t" else delimiter.join(header)
+        got = "an empty file" if first is None else repr(delimiter.join(first))
+        raise DatasetError(name, 1, header[0], f"expected the header {expected}, got {got}")
     rows = _Rows()
     rows.lines = []
     for row in reader:
@@ -122,7 +126,7 @@ def read_lastfm(src: str, temporal: bool = False, binary: bool = False) -> Datas
 
 
 def _listen_likes(src: str) -> Edges:
-    listens = _rows(os.path.join(src, USER_ARTISTS), 3)
+    listens = _rows(os.path.join(src, USER_ARTISTS), 3, header=["userID", "artistID", "weight"])
     users = _int_column(listens, 0, USER_ARTISTS, "userID")
     artists = _int_column(listens, 1, USER_ARTISTS, "artistID")
     counts = _int_column(listens, 2, USER_ARTISTS, "weight")
@@ -139,8 +143,8 @@ def _listen_likes(src: str) -> Edges:
 
 def _tag_likes(src: str) -> Edges:
     """One like per (user, artist) pair at the day of the user's first tag on the artist."""
-    tags = _rows(os.path.join(src, USER_TAGGED_ARTISTS), 6)
     columns = ("userID", "artistID", "tagID", "day", "month", "year")
+    tags = _rows(os.path.join(src, USER_TAGGED_ARTISTS), 6, header=list(columns))
     users, artists, _, days, months, years = (
         _int_column(tags, i, USER_TAGGED_ARTISTS, name) for i, name in enumerate(columns)
     )
@@ -164,14 +168,14 @@ def _artist_ids(src: str, liked: list[str]) -> list[str]:
     item_ids: list[str] = []
     artists_path = os.path.join(src, ARTISTS)
     if os.path.isfile(artists_path):
-        item_ids = [f"a{a}" for a in _int_column(_rows(artists_path, 4), 0, ARTISTS, "id")]
+        item_ids = [f"a{a}" for a in _int_column(_rows(artists_path, 4, header=["id", "name", "url", "pictureURL"]), 0, ARTISTS, "id")]
     known = set(item_ids)
     return item_ids + [a for a in dict.fromkeys(liked) if a not in known]
 
 
 def _friendships(src: str) -> Edges:
     """``user_friends.dat`` lists each friendship in both directions: one row per pair here."""
-    pairs = _rows(os.path.join(src, USER_FRIENDS), 2)
+    pairs = _rows(os.path.join(src, USER_FRIENDS), 2, header=["userID", "friendID"])
     a = _int_column(pairs, 0, USER_FRIENDS, "userID")
     b = _int_column(pairs, 1, USER_FRIENDS, "friendID")
     friends = dict.fromkeys(tuple(sorted((f"u{x}", f"u{y}"))) for x, y in zip(a, b) if x != y)
