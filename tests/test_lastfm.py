@@ -237,6 +237,23 @@ def test_a_source_file_without_its_header_names_the_header_expected(tmp_path, te
     assert read_lastfm(str(src)).likes.src == ["u2"]
 
 
+@pytest.mark.parametrize("day, month, year, column, message", [
+    (1, 13, 2009, "month", "not a date: 2009-13-1 (month must be in 1..12)"),
+    (1, 4, 0, "year", "not a date: 0-4-1 (year 0 is out of range)"),
+    (31, 4, 2009, "day", "not a date: 2009-4-31 (day is out of range for month)"),
+])
+def test_a_tag_date_that_is_no_date_names_the_column_at_fault(tmp_path, day, month, year, column, message):
+    """Every one was reported in column 'day'."""
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "user_taggedartists.dat").write_text("userID\tartistID\ttagID\tday\tmonth\tyear\n2\t10\t1\t1\t4\t2009\n"
+                                                f"2\t11\t1\t{day}\t{month}\t{year}\n")
+    with pytest.raises(DatasetError) as info:
+        read_lastfm(str(src), temporal=True)
+    assert str(info.value) == f"user_taggedartists.dat:3: column {column!r}: {message}"
+
+
 def test_a_missing_friend_file_is_an_error(tmp_path):
     from training.dataset import DatasetError
 

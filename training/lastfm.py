@@ -34,7 +34,7 @@ import csv
 import io
 import json
 import os
-from datetime import datetime, timezone
+from datetime import MAXYEAR, MINYEAR, datetime, timezone
 
 import numpy as np
 
@@ -153,7 +153,8 @@ def _tag_likes(src: str) -> Edges:
         try:
             when = datetime(year, month, day, tzinfo=timezone.utc).timestamp()
         except ValueError as error:
-            raise DatasetError(USER_TAGGED_ARTISTS, line, "day", f"not a date: {year}-{month}-{day} ({error})") from None
+            column = "year" if not MINYEAR <= year <= MAXYEAR else "month" if not 1 <= month <= 12 else "day"
+            raise DatasetError(USER_TAGGED_ARTISTS, line, column, f"not a date: {year}-{month}-{day} ({error})") from None
         pair = (user, artist)
         if when < first.get(pair, np.inf):
             first[pair] = when
