@@ -254,6 +254,20 @@ def test_a_tag_date_that_is_no_date_names_the_column_at_fault(tmp_path, day, mon
     assert str(info.value) == f"user_taggedartists.dat:3: column {column!r}: {message}"
 
 
+@pytest.mark.parametrize("year", [209, 6009])
+def test_a_tag_year_outside_the_accepted_times_is_located_in_the_source(tmp_path, year):
+    """It converted, and the dataset written then failed to load at a line of likes.csv."""
+    from training.dataset import ACCEPTED_TIMES, DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "user_taggedartists.dat").write_text("userID\tartistID\ttagID\tday\tmonth\tyear\n2\t10\t1\t1\t4\t1956\n"
+                                                f"2\t11\t1\t1\t4\t{year}\n")
+    with pytest.raises(DatasetError) as info:
+        read_lastfm(str(src), temporal=True)
+    assert str(info.value) == (f"user_taggedartists.dat:3: column 'year': {year:04}-04-01 is outside the accepted times, "
+                               f"{ACCEPTED_TIMES}")
+
+
 def test_a_missing_friend_file_is_an_error(tmp_path):
     from training.dataset import DatasetError
 

@@ -38,7 +38,8 @@ from datetime import MAXYEAR, MINYEAR, datetime, timezone
 
 import numpy as np
 
-from training.dataset import Dataset, DatasetError, Edges, Items
+from stores.events import MAX_UNIX_SECONDS
+from training.dataset import ACCEPTED_TIMES, MIN_UNIX_SECONDS, Dataset, DatasetError, Edges, Items
 from training.flag_types import input_path
 from training.splits import split_by_mask
 
@@ -155,6 +156,9 @@ def _tag_likes(src: str) -> Edges:
         except ValueError as error:
             column = "year" if not MINYEAR <= year <= MAXYEAR else "month" if not 1 <= month <= 12 else "day"
             raise DatasetError(USER_TAGGED_ARTISTS, line, column, f"not a date: {year}-{month}-{day} ({error})") from None
+        if not MIN_UNIX_SECONDS <= when <= MAX_UNIX_SECONDS:  # else the dataset written would not load
+            raise DatasetError(USER_TAGGED_ARTISTS, line, "year",
+                               f"{year:04}-{month:02}-{day:02} is outside the accepted times, {ACCEPTED_TIMES}")
         pair = (user, artist)
         if when < first.get(pair, np.inf):
             first[pair] = when
