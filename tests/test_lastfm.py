@@ -268,6 +268,18 @@ def test_a_tag_year_outside_the_accepted_times_is_located_in_the_source(tmp_path
                                f"{ACCEPTED_TIMES}")
 
 
+def test_a_listening_count_too_large_for_a_weight_is_located(tmp_path):
+    """It ended in an OverflowError traceback."""
+    from training.dataset import DatasetError
+
+    src = _write_source(tmp_path)
+    (src / "user_artists.dat").write_text("userID\tartistID\tweight\n2\t10\t5\n2\t11\t" + "9" * 400 + "\n")
+    with pytest.raises(DatasetError) as info:
+        read_lastfm(str(src))
+    assert str(info.value) == ("user_artists.dat:3: column 'weight': expected a positive listening count, got a number of "
+                               "400 digits, past what a weight (a float64) holds")
+
+
 def test_a_missing_friend_file_is_an_error(tmp_path):
     from training.dataset import DatasetError
 

@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import os
+import sys
 from datetime import MAXYEAR, MINYEAR, datetime, timezone
 
 import numpy as np
@@ -134,6 +135,10 @@ def _listen_likes(src: str) -> Edges:
     if min(counts, default=1) <= 0:
         line, count = next((line, c) for line, c in zip(listens.lines, counts) if c <= 0)
         raise DatasetError(USER_ARTISTS, line, "weight", f"expected a positive listening count, got {count}")
+    if max(counts, default=1) > sys.float_info.max:
+        line, count = next((line, c) for line, c in zip(listens.lines, counts) if c > sys.float_info.max)
+        raise DatasetError(USER_ARTISTS, line, "weight", f"expected a positive listening count, got a number of "
+                                                         f"{len(str(count))} digits, past what a weight (a float64) holds")
     return Edges(
         src=[f"u{u}" for u in users],
         dst=[f"a{a}" for a in artists],
