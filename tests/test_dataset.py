@@ -306,6 +306,20 @@ def test_a_header_of_nul_bytes_says_the_file_is_not_text(tmp_path: Path, data: b
                                    "UTF-8 text (UTF-16? a binary file, or one zeroed by a crash?)")
 
 
+def test_a_parquet_or_gzip_file_named_csv_says_what_it_is(tmp_path: Path) -> None:
+    """Both were 'not UTF-8 text (byte 167 of the line: invalid continuation byte)'."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = make(tmp_path)
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "ts": [1.0]}), path / "likes.csv")
+    assert str(error_of(path)) == "likes.csv: a Parquet file, not CSV (a table in Parquet is named likes.parquet)"
+    (path / "likes.csv").write_bytes(gzip.compress(LIKES.encode()))
+    assert str(error_of(path)) == "likes.csv: gzip-compressed: decompress it (gunzip), dataset files are plain CSV or Parquet"
+
+
 def test_unknown_items_can_be_dropped(tmp_path: Path) -> None:
     path = make(tmp_path, likes="user_id,item_id,ts\nu1,i9,1\nu1,i1,2\nu2,i8,3\n")
     notes: list[str] = []

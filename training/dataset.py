@@ -431,8 +431,15 @@ def _read_table(path: str, file: str, schema: tuple[tuple[str, ...], tuple[str, 
     try:
         return _read_table_unchecked(path, file, schema, errors, warnings)
     except UnicodeDecodeError as error:
-        line, offset = _undecodable_line(path)
-        errors.add(DatasetError(file, line, "<row>", f"not UTF-8 text (byte {offset} of the line: {error.reason})"))
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic == b"PAR1":
+            errors.add(DatasetError(file, 0, "<file>", f"a Parquet file, not CSV (a table in Parquet is named {parquet_name(file)})"))
+        elif magic[:2] == b"\x1f\x8b":
+            errors.add(DatasetError(file, 0, "<file>", "gzip-compressed: decompress it (gunzip), dataset files are plain CSV or Parquet"))
+        else:
+            line, offset = _undecodable_line(path)
+            errors.add(DatasetError(file, line, "<row>", f"not UTF-8 text (byte {offset} of the line: {error.reason})"))
     except csv.Error as error:
         errors.add(DatasetError(file, getattr(error, "line_num", 0) or 0, "<row>", f"not valid CSV: {error}"))
     except OSError as error:
