@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
+import math
 import os
 import re
 import tomllib
@@ -188,6 +189,8 @@ class Flag:
                 value = float(text.strip())
             except ValueError:
                 raise ValueError(f"expected a number, got {text!r}") from None
+            if math.isinf(value):  # named as written (Infinity, 1e999)
+                raise ValueError(f"expected a finite number, got {text!r}")
         elif self.kind is bool:
             word = text.strip().lower()
             if word not in _TRUE + _FALSE:
@@ -215,6 +218,8 @@ class Flag:
             raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
         if self.kind is float and value != value:  # NaN
             raise ValueError("expected a number, got nan")
+        if self.kind is float and math.isinf(value):  # a TOML inf: a wait of inf seconds overflows, math.ceil raises
+            raise ValueError(f"expected a finite number, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"must be >= {self.minimum:g}, got {value!r}")
         if self.maximum is not None and value > self.maximum:

@@ -321,6 +321,29 @@ def test_a_fractional_dedupe_ttl_is_rounded_up_not_to_forever(seconds, kept):
     assert service_setup.store_limits(config)["dedupe_ttl"] == kept
 
 
+FLOAT_FLAGS = [flag for flag in FLAGS if flag.kind is float]
+
+
+@pytest.mark.parametrize("flag", FLOAT_FLAGS, ids=[flag.dest for flag in FLOAT_FLAGS])
+def test_an_infinite_number_is_refused_from_the_flag_the_variable_and_the_file(flag, tmp_path, capsys):
+    # inf passed the check: --dedupe-ttl-seconds inf stopped the start with a traceback
+    # (math.ceil), --reload-seconds and --snapshot-seconds inf killed their thread
+    # (Event.wait overflows), --fatigue-sink inf made every score nan.
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_server_arguments(parser)
+    for text in ("inf", "-inf", "Infinity"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([f"{flag.flag}={text}"])
+        assert exit_.value.code == 2
+        assert f"argument {flag.flag}: expected a finite number, got {text!r}" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=f"^{flag.env}: expected a finite number, got 'inf'$"):
+        resolve_config(parse("--models", "m"), {flag.env: "inf"})
+    config_file = tmp_path / "feedrank.toml"
+    config_file.write_text(f"{flag.dest} = inf\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': expected a finite number, got inf$"):
+        resolve_config(parse("--models", "m", "--config", str(config_file)), {})
+
+
 # --- logs -----------------------------------------------------------------------------------------
 
 
