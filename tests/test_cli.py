@@ -351,3 +351,14 @@ def test_flag_errors_name_the_flag_and_help_does_not_mislead(tmp_path):
     # An outside review's: 0 built an index that searched with a beam of k; the flag named twice; no --test.
     assert "error: argument --ef-search: must be >= 1, got 0" in refused("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--ef-search", "0")
     assert "error: argument --spark-conf: expected KEY=VALUE, got 'x'" in refused("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--spark-conf", "x")
+
+
+def test_a_negative_spark_count_is_a_usage_error_naming_the_flag(tmp_path):
+    # Parsed as any int, a negative one was refused only once the command ran: "error:
+    # --spark-partitions: expected 0 or more", status 1, or without --engine spark as
+    # "the --spark-* flags apply to --engine spark only", the wrong reason.
+    train = ("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
+    for flag in ("--spark-partitions", "--spark-knn-max-user-items"):
+        for engine in ((), ("--engine", "spark")):
+            assert f"error: argument {flag}: must be >= 0, got -1" in refused(*train, *engine, f"{flag}=-1"), (flag, engine)
+        assert f"error: argument {flag}: expected an integer, got 'x'" in refused(*train, flag, "x")

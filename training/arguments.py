@@ -387,14 +387,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="driver JVM heap; in local mode the executors live in it too (default: %(default)s)")
     group.add_argument("--spark-executor-memory", type=_jvm_size, default=d.executor_memory, metavar="SIZE",
                        help="heap per executor on a cluster (default: %(default)s)")
-    group.add_argument("--spark-partitions", type=int, default=d.partitions, metavar="N",
+    group.add_argument("--spark-partitions", type=bounded(int, 0), default=d.partitions, metavar="N",
                        help="shuffle partitions and ALS user/item blocks; 0 = the session's cores "
                             "(default: %(default)s)")
     group.add_argument("--spark-checkpoint-dir", default=d.checkpoint_dir, metavar="DIR",
                        help="where ALS cuts its lineage every 10 iterations; on a cluster a shared path "
                             "(hdfs://, s3a://) (default: a temporary directory for local masters, else "
                             "feedrank-spark-checkpoints on the cluster's default filesystem)")
-    group.add_argument("--spark-knn-max-user-items", type=int, default=d.knn_max_user_items, metavar="N",
+    group.add_argument("--spark-knn-max-user-items", type=bounded(int, 0), default=d.knn_max_user_items, metavar="N",
                        help="item-kNN on Spark: only each user's N heaviest items form co-occurring pairs (a user "
                             "costs N^2 pairs); 0 = all (default: %(default)s)")
     group.add_argument("--spark-conf", action="append", type=_spark_conf, default=[], metavar="KEY=VALUE",
@@ -427,10 +427,6 @@ def spark_settings_from_args(args: argparse.Namespace):
     )
     if args.engine != "spark" and replace(settings, app_name=SparkSettings().app_name) != SparkSettings():
         raise ValueError("the --spark-* flags apply to --engine spark only")
-    if args.spark_partitions < 0:
-        raise ValueError(f"--spark-partitions: expected 0 or more, got {args.spark_partitions}")
-    if args.spark_knn_max_user_items < 0:
-        raise ValueError(f"--spark-knn-max-user-items: expected 0 (all) or more, got {args.spark_knn_max_user_items}")
     if args.engine == "spark":
         refuse_bags(getattr(args, "als_bags", 1))
     return settings
