@@ -861,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         channel_credentials(args.tls_ca)
     except ValueError as error:
         parser.error(str(error))
-    check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid else [])
+    check_pids(parser, "--server-pid", [args.server_pid] if args.server_pid is not None else [])
     check_pids(parser, "--store-pid", args.store_pid)
     if args.metrics:
         try:

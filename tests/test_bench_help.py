@@ -149,3 +149,14 @@ def test_every_flag_of_a_benchmark_says_what_it_does_and_its_default(name, monke
                   and "%(default)" not in action.help and "default" not in action.help):
                 unexplained.append(f"{command} {flag}: its default {action.default!r} not in its help")
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_loadgen_refuses_server_pid_0_as_it_does_any_pid_that_is_no_process(tmp_path, capsys):
+    # 0 was taken for the flag not given: no check, and no server CPU column, without a word.
+    from benchmarks import loadgen
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\n")
+    with pytest.raises(SystemExit) as exit:
+        loadgen.main(["--target", "127.0.0.1:1", "--data", str(tmp_path), "--timeout", "0.2", "--server-pid", "0"])
+    assert exit.value.code == 2
+    assert "error: --server-pid 0: no such process" in capsys.readouterr().err
