@@ -577,6 +577,9 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if v["feed_processes"] and v["workers"] > 1:
         raise ConfigError(f"{source['feed_processes']} and {source['workers']}: choose one (feed processes serve every "
                           "connection of one server process; workers each take their own connections)")
+    if v["workers"] > 1 and v["store"] == "memory":  # serve() refuses it too, for a config built in code
+        raise ConfigError(f"{source['workers']} > 1 needs a shared store (--store redis://...): each process would "
+                          "hold its own memory store and miss the events ingested by the others")
     _check_ports_apart(v, source)
     if v["store"] != "memory":
         _check_store_url(v["store"], source["store"])

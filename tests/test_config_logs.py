@@ -86,8 +86,9 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
             env[flag.env] = values[flag.kind.__name__]
     del env["FEEDRANK_TLS_CLIENT_CA"], env["FEEDRANK_TLS_KEY"], env["FEEDRANK_TLS_CERT"], env["FEEDRANK_TOKENS_FILE"]
     env["FEEDRANK_MAX_MESSAGE_BYTES"] = "5000"
-    env["FEEDRANK_FEED_PROCESSES"] = "0"  # feed processes exclude workers, and the workers are 3
-    env["FEEDRANK_METRICS_PORT"], env["FEEDRANK_HTTP_PORT"] = "9100", "9200"  # each port its own (3 workers: PORT+0..2)
+    env["FEEDRANK_WORKERS"] = "1"  # more need a shared store, and --state-dir is the memory store's
+    env["FEEDRANK_FEED_PROCESSES"] = "0"
+    env["FEEDRANK_METRICS_PORT"], env["FEEDRANK_HTTP_PORT"] = "9100", "9200"  # each port its own
     args = parse()
     config = resolve_config(args, env)
     for flag in FLAGS:
@@ -116,6 +117,8 @@ def test_every_flag_can_come_from_the_environment(tmp_path):
         ({"FEEDRANK_TLS_KEY": "k.pem"}, "FEEDRANK_TLS_KEY needs --tls-cert"),
         ({"FEEDRANK_STATE_DIR": "s", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_STATE_DIR is for the memory store"),
         ({"FEEDRANK_FEED_PROCESSES": "2", "FEEDRANK_WORKERS": "2", "FEEDRANK_STORE": "redis://x:1/0"}, "FEEDRANK_FEED_PROCESSES and FEEDRANK_WORKERS: choose one"),
+        # Refused only once serve() ran (status 1), and as "--workers" whatever had set it.
+        ({"FEEDRANK_WORKERS": "2"}, "FEEDRANK_WORKERS > 1 needs a shared store (--store redis://...)"),
         ({"FEEDRANK_TOKENS": "short read"}, "FEEDRANK_TOKENS entry 1: a token must be at least 16 printable ASCII characters"),
         ({"FEEDRANK_STORE": "redis://x:1/abc"}, "FEEDRANK_STORE redis://x:1/abc: the DB must be a non-negative integer, got 'abc'"),
         ({"FEEDRANK_TOKEN_SECRET": "short"}, "FEEDRANK_TOKEN_SECRET: page token secrets must be at least 16 bytes"),
