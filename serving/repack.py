@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from serving.load import connect_checked, exit_on_interrupt, exit_on_redis_errors
 from stores.redis import RedisStore, listings_kept
+from training.flag_types import bounded
 
 DEFAULT_BATCH = 1_000
 REPACK_INTERRUPTED = ("repack interrupted part-way: the items done are repacked, the others are read field by field "
@@ -58,11 +59,9 @@ def seller_batches(candidates: Mapping[str, list[str]], batch: int) -> Iterator[
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving repack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", required=True, help="redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix://PATH or redis-cluster://HOST:PORT[,HOST:PORT...]")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="items per script call (default: %(default)s)")
+    parser.add_argument("--batch", type=bounded(int, 1), default=DEFAULT_BATCH, help="items per script call (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error("--batch must be >= 1")
     client, _ = connect_checked(args.redis)  # one line, not a traceback, when the URL is wrong or Redis is down
     client.close()
     started, items = time.perf_counter(), 0

@@ -362,3 +362,12 @@ def test_a_negative_spark_count_is_a_usage_error_naming_the_flag(tmp_path):
         for engine in ((), ("--engine", "spark")):
             assert f"error: argument {flag}: must be >= 0, got -1" in refused(*train, *engine, f"{flag}=-1"), (flag, engine)
         assert f"error: argument {flag}: expected an integer, got 'x'" in refused(*train, flag, "x")
+
+
+def test_serving_repack_refuses_a_batch_below_1_as_a_usage_error_naming_it():
+    # Parsed as any int and checked after: "error: --batch must be >= 1", not argparse's
+    # "argument --batch: ..." form. Refused before Redis is asked (none listens on port 1).
+    for batch, message in (("0", "must be >= 1, got 0"), ("-5", "must be >= 1, got -5"), ("x", "expected an integer, got 'x'")):
+        result = run("-m", "serving", "repack", "--redis", "redis://127.0.0.1:1/0", f"--batch={batch}", check=False)
+        assert result.returncode == 2 and result.stderr.startswith("usage: python -m serving repack"), result.stderr
+        assert result.stderr.endswith(f"python -m serving repack: error: argument --batch: {message}\n"), result.stderr
