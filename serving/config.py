@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import re
+import threading
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ server's 2 threads (404-475 against 327-373 per second, 20k users / 50k items), 
 same tail within noise (benchmarks/README.md, "python -m serving on grpc.aio", 2026-12-02)."""
 REDIS_FEED_THREADS = 8
 """Feed threads per process with Redis when --threads is 0: requests wait on round trips."""
+LONGEST_WAIT_SECONDS = threading.TIMEOUT_MAX
+"""The most a setting that a thread waits for (--reload-seconds...) may be: a longer Event.wait
+raises OverflowError, which killed the thread while the server ran on (9.2e9 s on Linux)."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("threads", int, 0, f"threads building feeds and applying events per process, beside the event loop that answers health checks and refusals at once; 0: the measured default for the store: none with the memory store (its feeds are ~1.5 ms of CPU and are built on the event loop, the fastest measured; a health check then waits for the few feeds ahead of it on the loop, 16 ms at most under a flood in benchmarks/bench_health_flood.py; Ingest runs on 2 threads of its own, as it may wait on the write-ahead log's fsync), {REDIS_FEED_THREADS} with Redis (feeds wait on round trips)", "server", minimum=0),
     Flag("workers", int, 1, "server processes sharing the port via SO_REUSEPORT; more than 1 needs --store redis. The kernel spreads connections, not calls: a client with one channel reaches one process (see --feed-processes)", "server", minimum=1),
     Flag("feed_processes", int, None, "child processes that build the GetFeeds of this one server process, each with its own store connection and model, so that one client connection can use every core (with --workers a client with one channel reaches one process). With the memory store each child holds a copy of the server's store, which follows every Ingest before the child's next feed: N more copies of the store's memory, and a start that waits for them. Instead of --workers; 0: feeds are built in the server process. Default, with one worker: on Redis one more than the cores (on 2 cores, 3 served 2.4x the GetFeeds of --workers 3 over one channel, 384 against 162 a second: benchmarks/README.md); with the memory store as many as the cores (its feeds never wait on a store; on 2 cores, 3 served 1.4-1.65x the GetFeeds of 0, and 2 as many as 3 with a lower p99), and only while the files it loads (--data, --state-dir) total at most 256 MB, else 0 (each child holds 0.3 GB for 20k users / 50k items, whose files are 56 MB; at 1M users a copy takes 14 s and 2.8 GB: use Redis)", "server", minimum=0, metavar="N"),
-    Flag("reload_seconds", float, 10.0, "poll models/CURRENT and the --arms file this often and hot-swap what changed; 0 disables both", "server", minimum=0),
+    Flag("reload_seconds", float, 10.0, "poll models/CURRENT and the --arms file this often and hot-swap what changed; 0 disables both", "server", minimum=0, maximum=LONGEST_WAIT_SECONDS),
     Flag("metrics_port", int, 0, "serve Prometheus metrics on this port (worker i of --workers uses PORT+i); 0 disables. Plain HTTP with no token, even with TLS and --tokens-file: bind it to a private address with --metrics-host", "server", minimum=0, maximum=65535),
     Flag("metrics_host", str, "", "address the metrics port binds; default: --host's. The metrics name the model versions, request counts and the certificate's expiry: on a server whose --host is public, give a private address (127.0.0.1, an internal interface)", "server"),
     Flag("http_port", int, 0, "serve the feed explorer (web page) and the HTTP/JSON API on this port (worker i of --workers uses PORT+i); 0 disables", "server", minimum=0, maximum=65535),
@@ -302,7 +306,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("drop_unknown_items", bool, False, "drop the likes and engagements of items missing from items.csv, with a warning that counts them (off: such a row is an error)", "server"),
     Flag("port_file", str, None, "write the bound port to this file once health is SERVING (with --workers: once every worker is); for scripts and tests; default: none written", "server", metavar="FILE"),
     Flag("tokens_file", str, None, "bearer tokens with scopes (format above); re-read when it changes (every --credentials-reload-seconds): a token removed is refused from the next call on, and a file that fails to load is logged and the tokens in force kept; default: none (FEEDRANK_TOKENS alone, if set)", "auth and TLS", metavar="FILE"),
-    Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file and the --tls-* files this often and put what changed in force; 0 disables", "auth and TLS", minimum=0),
+    Flag("credentials_reload_seconds", float, 10.0, "poll the --tokens-file and the --tls-* files this often and put what changed in force; 0 disables", "auth and TLS", minimum=0, maximum=LONGEST_WAIT_SECONDS),
     Flag("tls_cert", str, None, "PEM certificate (chain) of the server: serve TLS only (needs --tls-key). It, the key and the client CA are re-read when one changes (every --credentials-reload-seconds; replace them together, as a Kubernetes Secret volume does): new connections on both ports get the new ones, open ones keep theirs; a pair that does not match, or an expired certificate, is logged and the one in force kept. Its expiry is logged (a warning within 14 days; expired: the server does not start); default: none (plain text on both ports)", "auth and TLS", metavar="FILE"),
     Flag("tls_key", str, None, "PEM private key of --tls-cert (required with it)", "auth and TLS", metavar="FILE"),
     Flag("tls_client_ca", str, None, "PEM CA certificates: require a client certificate signed by one (mutual TLS, on the gRPC and --http-port ports; needs --tls-cert); default: none (no client certificate asked for)", "auth and TLS", metavar="FILE"),
@@ -321,7 +325,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_friends_read", int, _FEED.max_friends_read, "friends whose likes one feed reads (those who shared with the user first)", "feed", minimum=1),
     Flag("state_dir", str, None, "keep the memory store's acknowledged events here (write-ahead log and snapshots) and replay them on start; default: events are lost on restart", "durability", metavar="DIR"),
     Flag("fsync", str, "batch", "'batch': fsync the log before each Ingest is acknowledged; 'off': leave it to the OS (a crash of the machine may lose recent acks)", "durability", choices=FSYNC_POLICIES),
-    Flag("snapshot_seconds", float, 300.0, "how often to try folding the write-ahead logs into the snapshot, which waits until they hold as many bytes as the last snapshot; 0: never", "durability", minimum=0),
+    Flag("snapshot_seconds", float, 300.0, "how often to try folding the write-ahead logs into the snapshot, which waits until they hold as many bytes as the last snapshot; 0: never", "durability", minimum=0, maximum=LONGEST_WAIT_SECONDS),
     Flag("max_per_seller", int, _FEED.max_per_seller, "seller cap per page", "feed", minimum=1),
     Flag("max_per_category", int, _FEED.max_per_category, "category cap per page; 0 = none", "feed", minimum=0),
     Flag("per_key_limit", int, _FEED.per_key_limit, "newest listings per followed seller and likes per friend a first page reads (a deeper page reads more: ranking.pipeline.per_key_read)", "feed", minimum=1),

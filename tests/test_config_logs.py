@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -345,6 +346,34 @@ def test_an_infinite_number_is_refused_from_the_flag_the_variable_and_the_file(f
     config_file.write_text(f"{flag.dest} = inf\n")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': expected a finite number, got inf$"):
         resolve_config(parse("--models", "m", "--config", str(config_file)), {})
+
+
+WAIT_FLAGS = [flag for flag in FLAGS if flag.dest in ("reload_seconds", "credentials_reload_seconds", "snapshot_seconds")]
+
+
+@pytest.mark.parametrize("flag", WAIT_FLAGS, ids=[flag.dest for flag in WAIT_FLAGS])
+def test_a_wait_longer_than_python_can_wait_is_refused_from_the_flag_the_variable_and_the_file(flag, tmp_path, capsys):
+    # 1e10 passed the check, and the thread waiting that long (Event.wait) died with
+    # "OverflowError: timestamp out of range for platform time_t" while the server ran on.
+    most = re.escape(f"{threading.TIMEOUT_MAX:g}")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_server_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([f"{flag.flag}=1e10"])
+    assert exit_.value.code == 2
+    assert re.search(f"argument {flag.flag}: must be <= {most}, got 10000000000.0\n", capsys.readouterr().err)
+    with pytest.raises(ConfigError, match=f"^{flag.env}: must be <= {most}, got 10000000000.0$"):
+        resolve_config(parse("--models", "m"), {flag.env: "1e10"})
+    config_file = tmp_path / "feedrank.toml"
+    config_file.write_text(f"{flag.dest} = 1e10\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': must be <= {most}, got 10000000000.0$"):
+        resolve_config(parse("--models", "m", "--config", str(config_file)), {})
+    longest = resolve_config(parse("--models", "m", flag.flag, repr(threading.TIMEOUT_MAX)), {})
+    seconds = longest.durability.snapshot_seconds if flag.dest == "snapshot_seconds" else getattr(longest, flag.dest)
+    assert seconds == threading.TIMEOUT_MAX
+    waiter = threading.Event()  # the longest accepted is a wait Python makes
+    threading.Timer(0.01, waiter.set).start()
+    assert waiter.wait(seconds)
 
 
 # --- logs -----------------------------------------------------------------------------------------
