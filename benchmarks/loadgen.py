@@ -857,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         check_store(parser, "--store", args.store)
         if args.tls_ca:
             parser.error("--tls-ca is for a --target server: a spawned server speaks plaintext")
+        if args.server_pid is not None:
+            parser.error("--server-pid is for a --target server: without --target one is spawned, and its own pid is measured")
     try:
         channel_credentials(args.tls_ca)
     except ValueError as error:

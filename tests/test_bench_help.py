@@ -9,6 +9,7 @@ import ast
 import importlib
 import inspect
 import json
+import os
 import sys
 
 import pytest
@@ -160,3 +161,15 @@ def test_loadgen_refuses_server_pid_0_as_it_does_any_pid_that_is_no_process(tmp_
         loadgen.main(["--target", "127.0.0.1:1", "--data", str(tmp_path), "--timeout", "0.2", "--server-pid", "0"])
     assert exit.value.code == 2
     assert "error: --server-pid 0: no such process" in capsys.readouterr().err
+
+
+def test_loadgen_refuses_server_pid_without_target_as_the_spawned_servers_pid_is_measured(tmp_path, capsys):
+    # Without --target a server is spawned and its pid measured: a --server-pid was ignored without a word.
+    from benchmarks import loadgen
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\n")
+    with pytest.raises(SystemExit) as exit:
+        loadgen.main(["--models", str(tmp_path / "no-models"), "--data", str(tmp_path), "--start-timeout", "5",
+                      "--server-pid", str(os.getpid())])
+    assert exit.value.code == 2
+    assert "error: --server-pid is for a --target server" in capsys.readouterr().err
