@@ -207,6 +207,13 @@ def is_stream_id(text: str) -> bool:
     return match is not None and all(int(part) <= _MAX_ID_PART for part in match.groups(default="0"))
 
 
+def stream_id(text: str) -> str:
+    """An argparse type: a Redis stream id, checked by its form alone (nothing to load)."""
+    if not is_stream_id(text):
+        raise argparse.ArgumentTypeError(f"{NOT_A_STREAM_ID}, got {text!r}")
+    return text
+
+
 def write_events(client: Any, path: str, since: str, prefix: str = DEFAULT_PREFIX) -> tuple[int, str]:
     """Write the log entries after ``since`` to ``path``; returns (count, last stream id),
     the last id ``since`` itself when there are none. ``path`` is left as it was on failure."""
@@ -273,11 +280,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, type=output_directory, help="dataset directory to write (created if needed)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
                         help="dataset files to write: csv (default) or parquet (items.parquet, likes.parquet, ..., for Spark)")
-    parser.add_argument("--since", metavar="STREAM_ID", help="also write events.csv with the log entries after this stream id (MS-SEQ or MS; 0 = all)")
+    parser.add_argument("--since", type=stream_id, metavar="STREAM_ID", help="also write events.csv with the log entries after this stream id (MS-SEQ or MS; 0 = all)")
     parser.add_argument("--no-progress", action="store_true", help="accepted like every command's (export draws no progress bar)")
     args = parser.parse_args(argv)
-    if args.since is not None and not is_stream_id(args.since):
-        sys.exit(f"error: --since {args.since}: {NOT_A_STREAM_ID}")
     client, own = connect_checked(args.redis, socket_timeout=60.0, socket_connect_timeout=5.0)
     try:
         with exit_on_redis_errors(args.redis), exit_on_interrupt(args.redis, EXPORT_INTERRUPTED):

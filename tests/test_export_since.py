@@ -89,8 +89,8 @@ def test_an_export_interrupted_by_ctrl_c_says_in_one_line_to_run_it_again(redis_
 @pytest.mark.parametrize("since", ["None", "abc", "7-x"])
 def test_the_cli_names_since_in_one_line_and_writes_nothing(redis_url, tmp_path, since):
     result = export(redis_url, tmp_path / "out", since)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr == f"error: --since {since}: not a Redis stream id (MS-SEQ or MS, e.g. 1718000000000-0; 0 for all)\n"
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # a usage error, as every flag's (was status 1)
+    assert result.stderr.endswith(f"error: argument --since: not a Redis stream id (MS-SEQ or MS, e.g. 1718000000000-0; 0 for all), got {since!r}\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -186,3 +186,14 @@ def test_an_out_that_cannot_be_made_is_named_once(redis_url, tmp_path, monkeypat
     with pytest.raises(SystemExit) as exited:
         main(["export", "--redis", redis_url, "--out", str(out)])
     assert exited.value.code == f"error: --out {out}: Read-only file system"
+
+
+@pytest.mark.parametrize("since", ["x", "-1", "None", "7-x"])
+def test_a_bad_since_is_a_usage_error_naming_the_flag(tmp_path, since):
+    # It was checked after parsing: "error: --since x: ...", status 1, not a usage error.
+    # The id's form is all there is to check: refused before Redis is asked (none on port 1).
+    result = export("redis://127.0.0.1:1/0", tmp_path / "out", since)
+    assert result.returncode == 2 and result.stderr.startswith("usage: python -m serving export"), result.stderr
+    assert result.stderr.endswith(f"python -m serving export: error: argument --since: not a Redis stream id "
+                                  f"(MS-SEQ or MS, e.g. 1718000000000-0; 0 for all), got {since!r}\n"), result.stderr
+    assert not (tmp_path / "out").exists()
