@@ -38,9 +38,11 @@ def peak_rss_mb() -> float:
 
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    from training.flag_types import bounded
+
     parser.add_argument("--spark-master", default="local[2]", help="Spark master (default: %(default)s)")
     parser.add_argument("--spark-driver-memory", default="4g", help="driver JVM heap (default: %(default)s)")
-    parser.add_argument("--spark-partitions", type=int, default=0, help="0 = the session's cores (default: %(default)s)")
+    parser.add_argument("--spark-partitions", type=bounded(int, 0), default=0, help="0 = the session's cores (default: %(default)s)")
 
 
 def _spark_settings(args):

@@ -173,3 +173,17 @@ def test_loadgen_refuses_server_pid_without_target_as_the_spawned_servers_pid_is
                       "--server-pid", str(os.getpid())])
     assert exit.value.code == 2
     assert "error: --server-pid is for a --target server" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["parity", "--data", "d"], ["scale"], ["run-one", "--engine", "spark", "--data", "d", "--out", "m"]])
+def test_bench_spark_refuses_a_negative_partition_count_as_the_trainer_does(command, monkeypatch, capsys):
+    # Parsed as any int: -1 reached Spark's settings (training/arguments.py refuses it: bounded(int, 0)).
+    from benchmarks import bench_spark
+
+    for name in ("parity", "scale", "run_one"):  # a flag let through must not start an hour's run
+        monkeypatch.setattr(bench_spark, name, lambda args: pytest.fail(f"ran with --spark-partitions {args.spark_partitions}"))
+    for value, message in (("-1", "must be >= 0, got -1"), ("x", "expected an integer, got 'x'")):
+        with pytest.raises(SystemExit) as exit:
+            bench_spark.main([*command, f"--spark-partitions={value}"])
+        assert exit.value.code == 2
+        assert f"error: argument --spark-partitions: {message}\n" in capsys.readouterr().err
