@@ -31,6 +31,7 @@ from serving.logs import LOG_FORMATS, LOG_LEVELS
 from serving.page_token import DEFAULT_MAX_SERVED, DEFAULT_TOKEN_TTL_SECONDS, MAX_SERVED, MIN_SECRET_BYTES
 from serving.store_url import FSYNC_POLICIES, Durability
 from stores.events import DEFAULT_MAX_CLOCK_SKEW
+from stores.base import LONGEST_DEDUPE_TTL
 from stores.memory import DEFAULT_DEDUPE_TTL, DEFAULT_MAX_FOLLOWS, DEFAULT_MAX_FRIENDS
 
 ENV_PREFIX = "FEEDRANK_"
@@ -320,7 +321,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_clock_skew_seconds", float, DEFAULT_MAX_CLOCK_SKEW, "an ingested time (ts, created_at) this far past the server's clock is refused", "limits", minimum=0),
     Flag("max_friends", int, DEFAULT_MAX_FRIENDS, "friends a user may have; a friend event past it is refused (memory and Redis; on Redis a batch over write_chunk events is checked once, before its chunks, so a concurrent batch can pass it); 0: no cap", "limits", minimum=0),
     Flag("max_follows", int, DEFAULT_MAX_FOLLOWS, "sellers a user may follow; a follow past it is refused; 0: no cap", "limits", minimum=0),
-    Flag("dedupe_ttl_seconds", float, DEFAULT_DEDUPE_TTL, "how long an applied event id is remembered (a retry within it is a duplicate); 0: forever", "limits", minimum=0),
+    Flag("dedupe_ttl_seconds", float, DEFAULT_DEDUPE_TTL, "how long an applied event id is remembered (a retry within it is a duplicate); 0: forever", "limits", minimum=0, maximum=LONGEST_DEDUPE_TTL),
     Flag("max_follows_read", int, _FEED.max_follows_read, "followed sellers whose listings one feed reads (the most recently liked first)", "feed", minimum=1),
     Flag("max_friends_read", int, _FEED.max_friends_read, "friends whose likes one feed reads (those who shared with the user first)", "feed", minimum=1),
     Flag("state_dir", str, None, "keep the memory store's acknowledged events here (write-ahead log and snapshots) and replay them on start; default: events are lost on restart", "durability", metavar="DIR"),

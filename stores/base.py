@@ -11,6 +11,11 @@ from typing import Protocol
 from ranking.store import FeedStateReader
 from stores.events import Event, EventValidationError
 
+LONGEST_DEDUPE_TTL = 10**12
+"""The longest time an applied event id may be remembered, in seconds (31,700 years), on
+either store: Redis refuses SET ... EX past about 9.2e15 s, at every Ingest. A TTL meant
+as forever is 0."""
+
 
 @dataclass(frozen=True)
 class ApplyResult:

@@ -92,7 +92,7 @@ from ranking.store import (
 )
 from ranking.types import ItemCard
 from ranking.vocab import Vocabulary
-from stores.base import ApplyResult, NotReplicated, StoreForbidden, StoreFull, StoreUnavailable, TooFewReplicas
+from stores.base import LONGEST_DEDUPE_TTL, ApplyResult, NotReplicated, StoreForbidden, StoreFull, StoreUnavailable, TooFewReplicas
 from stores.events import (
     DEFAULT_MAX_FOLLOWS,
     DEFAULT_MAX_FRIENDS,
@@ -1576,6 +1576,8 @@ class RedisStore:
             raise ValueError(f"read_cache_entries must be >= 1, got {read_cache_entries} (read_cache=0 turns the copy off)")
         if write_chunk < 1:
             raise ValueError("write_chunk must be >= 1")
+        if not 0 <= dedupe_ttl <= LONGEST_DEDUPE_TTL:
+            raise ValueError(f"dedupe_ttl must be from 0 (forever) to {LONGEST_DEDUPE_TTL} seconds, got {dedupe_ttl}")
         self.client = client
         self.write_client = client if write_client is None else write_client
         self.wait_client = self.write_client if wait_client is None else wait_client  # Ingest's WAIT for replicas

@@ -376,6 +376,18 @@ def test_a_wait_longer_than_python_can_wait_is_refused_from_the_flag_the_variabl
     assert waiter.wait(seconds)
 
 
+def test_a_dedupe_ttl_longer_than_redis_keeps_a_key_is_refused(capsys):
+    # 1e16 passed the check, and Redis then refused every Ingest's SET ... EX ("invalid expire time").
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_server_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--dedupe-ttl-seconds=1e16"])
+    assert exit_.value.code == 2
+    assert "argument --dedupe-ttl-seconds: must be <= 1e+12, got 1e+16\n" in capsys.readouterr().err
+    longest = resolve_config(parse("--models", "m", "--dedupe-ttl-seconds", "1e12"), {})
+    assert service_setup.store_limits(longest)["dedupe_ttl"] == 10**12
+
+
 # --- logs -----------------------------------------------------------------------------------------
 
 

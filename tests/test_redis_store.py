@@ -1146,6 +1146,9 @@ def test_a_url_redis_py_would_misread_is_a_value_error(url, says):
     ("colour=1", "unknown store URL option 'colour'; ours: recent_likes,"),
     ("socket_timeout=abc", "store URL option socket_timeout='abc': could not convert"),
     ("write_chunk=0", "write_chunk must be >= 1"),
+    # Redis refused SET ... EX past about 9.2e15 s at every Ingest; a negative TTL was read as 0, forever.
+    ("dedupe_ttl=10000000000000000", "dedupe_ttl must be from 0 (forever) to 1000000000000 seconds, got 10000000000000000"),
+    ("dedupe_ttl=-1", "dedupe_ttl must be from 0 (forever) to 1000000000000 seconds, got -1"),
 ])
 def test_a_bad_store_url_option_is_refused_at_open_naming_the_flag(option, says):
     """Each failed in the first connection (in a feed process, or as a traceback) or
