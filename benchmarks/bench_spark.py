@@ -69,7 +69,7 @@ def parity(args) -> int:
     split = SplitSpec.parse(args.split) if args.split else default_split(dataset)
     params = replace(params_from_args(args), show_progress=False)
     settings = settings_from_args(args)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = args.seeds
     rows: dict[str, list[dict[str, float]]] = {"implicit": [], "spark": []}
     print(f"parity on {args.data}: split {split}, {len(dataset.likes)} likes, seeds {seeds}", flush=True)
     with spark_engine(_spark_settings(args)) as engine:
@@ -195,8 +195,9 @@ def scale(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.bench_lastfm import whole_numbers
     from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
-    from training.flag_types import output_file
+    from training.flag_types import bounded, output_file
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("parity", help="served NDCG@10, implicit vs Spark, on one split")
     p.add_argument("--data", required=True, help="the dataset directory (as `python -m training evaluate --data`)")
     p.add_argument("--split", type=split_text(), help="as `python -m training evaluate --split` (default: its default)")
-    p.add_argument("--seeds", default="0", help="comma-separated ALS/ranker seeds (default: %(default)s)")
+    p.add_argument("--seeds", type=whole_numbers(0), default="0", help="comma-separated ALS/ranker seeds (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative difference (default: %(default)s)")
     p.add_argument("--json", type=output_file, help="write rows and summary here")
     _engine_flags(p)
@@ -215,14 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=parity)
 
     s = commands.add_parser("scale", help="wall time and peak memory of both engines on a generated dataset")
-    s.add_argument("--users", type=int, default=20_000, help="generated users (default: %(default)s)")
-    s.add_argument("--items", type=int, default=50_000, help="generated items (default: %(default)s)")
-    s.add_argument("--sellers", type=int, default=2_000, help="generated sellers (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=1, help="generator seed (default: %(default)s)")
+    s.add_argument("--users", type=bounded(int, 2), default=20_000, help="generated users (default: %(default)s)")
+    s.add_argument("--items", type=bounded(int, 1), default=50_000, help="generated items (default: %(default)s)")
+    s.add_argument("--sellers", type=bounded(int, 1), default=2_000, help="generated sellers (default: %(default)s)")
+    s.add_argument("--seed", type=bounded(int, 0), default=1, help="generator seed (default: %(default)s)")
     s.add_argument("--no-engagements", action="store_true", help="generate likes, follows and friends only")
     s.add_argument("--engines", default="implicit,spark", help="comma-separated engines to train with, in this order (default: %(default)s)")
     s.add_argument("--workdir", default="/tmp/bench-spark", help="where the dataset (generated once per size and seed, reused) and each engine's models go (default: %(default)s)")
-    s.add_argument("--timeout", type=float, default=3600.0, help="seconds per engine (default: %(default)s)")
+    s.add_argument("--timeout", type=bounded(float, above=0), default=3600.0, help="seconds per engine (default: %(default)s)")
     s.add_argument("--json", type=output_file, help="write the records here")
     _engine_flags(s)
     s.set_defaults(run=scale)

@@ -187,3 +187,26 @@ def test_bench_spark_refuses_a_negative_partition_count_as_the_trainer_does(comm
             bench_spark.main([*command, f"--spark-partitions={value}"])
         assert exit.value.code == 2
         assert f"error: argument --spark-partitions: {message}\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, flag, value, message", [
+    (["scale"], "--users", "1", "must be >= 2, got 1"),
+    (["scale"], "--sellers", "0", "must be >= 1, got 0"),
+    (["scale"], "--items", "-5", "must be >= 1, got -5"),
+    (["scale"], "--seed", "-1", "must be >= 0, got -1"),
+    (["scale"], "--timeout", "0", "must be > 0, got 0"),
+    (["scale"], "--timeout", "nan", "expected a finite number, got 'nan'"),
+    (["parity", "--data", "d"], "--seeds", "0,x", "expected an integer, got 'x'"),
+    (["parity", "--data", "d"], "--seeds", "-1", "must be >= 0, got -1"),
+])  # fmt: skip
+def test_bench_spark_refuses_a_count_seed_or_timeout_out_of_range_at_parsing(command, flag, value, message, monkeypatch, capsys):
+    # Parsed as any int or float (--seeds: split after the dataset was loaded): the generator
+    # or int() then stopped the run with a traceback, and --timeout 0 timed out every engine.
+    from benchmarks import bench_spark
+
+    for name in ("parity", "scale", "run_one"):
+        monkeypatch.setattr(bench_spark, name, lambda args: pytest.fail(f"ran with {flag} {value}"))
+    with pytest.raises(SystemExit) as exit:
+        bench_spark.main([*command, f"{flag}={value}"])
+    assert exit.value.code == 2
+    assert f"error: argument {flag}: {message}\n" in capsys.readouterr().err
