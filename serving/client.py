@@ -74,6 +74,9 @@ def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, p
 
 
 TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"
+LONGEST_TIMEOUT_SECONDS = 1e9
+"""The longest --timeout (31 years): gRPC keeps a deadline as nanoseconds since 1970 in 64
+bits, which end in 2262, and a deadline past that overflowed into one already gone."""
 
 
 def _token_hint(code: grpc.StatusCode) -> str:
@@ -126,7 +129,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--user", required=True, help="user id")
     parser.add_argument("--limit", type=bounded(int, 1, maximum=100), default=10, help="items per page, 1..100 (default: %(default)s)")
     parser.add_argument("--pages", type=bounded(int, 1), default=1, help="pages to fetch (default: %(default)s)")
-    parser.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    parser.add_argument("--timeout", type=bounded(float, above=0, maximum=LONGEST_TIMEOUT_SECONDS), default=5.0,
+                        help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None,
                         help=f"bearer token sent as 'authorization: Bearer TOKEN' (env {TOKEN_VARIABLE})")
     parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")

@@ -441,6 +441,8 @@ def test_serve_drop_unknown_items(tiny, tmp_path):
         (("serving", "load", "--data", "d", "--redis", "redis://127.0.0.1:1/0", "--batch", "0"), "argument --batch: must be >= 1, got 0"),
         (("serving", "feed", "--user", "u", "--pages", "0"), "argument --pages: must be >= 1, got 0"),
         (("serving", "feed", "--user", "u", "--limit", "101"), "argument --limit: must be <= 100, got 101"),
+        # 8e9 s passed, and gRPC's deadline (nanoseconds since 1970 in 64 bits) overflowed: DEADLINE_EXCEEDED at once
+        (("serving", "feed", "--user", "u", "--timeout", "8e9"), "argument --timeout: must be <= 1e+09, got 8e9"),
         (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--concurrency", "0"), "argument --concurrency: must be >= 1, got 0"),
         (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--duration", "nan"), "argument --duration: expected a finite number, got 'nan'"),
     ],
