@@ -57,7 +57,7 @@ from benchmarks.loadgen import (
     stop_server,
 )
 from serving.client import TOKEN_VARIABLE
-from training.flag_types import bounded
+from training.flag_types import bounded, deadline_seconds
 
 
 @dataclass
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of each closed-loop burst (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight per burst (default: %(default)s)")
     parser.add_argument("--channels", type=int, default=12, help="client connections per server, used in turn; spreads the load over --workers (default: %(default)s; as loadgen's)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    parser.add_argument("--timeout", type=deadline_seconds, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default: %(default)s)")
     parser.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users asked for, sampled from the first "
                         "200,000 likes of --data; 0: all of those (default: %(default)s)")

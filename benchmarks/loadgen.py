@@ -85,7 +85,7 @@ from protos.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import TOKEN_VARIABLE, channel_credentials
 from stores.redis import URL_SCHEMES
 from training.artifact import CURRENT
-from training.flag_types import bounded, output_file
+from training.flag_types import bounded, deadline_seconds, output_file
 
 # Design targets (memory store), printed with every table.
 TARGET_FEED_TO_EMPTY = 0.2  # GetFeed closed-loop throughput / empty RPC closed-loop throughput, at least
@@ -830,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--rate", type=bounded(float, 0), default=0.0, help="open-loop rate in GetFeeds per second, instead of --load: the "
                       "same load for servers of different saturation (default: --load)")  # fmt: skip
     load.add_argument("--limit", type=int, default=20, help="items per GetFeed; not checked here, so a run can measure the server's refusals (default: %(default)s)")
-    load.add_argument("--timeout", type=bounded(float, above=0), default=5.0, help="per-call deadline in seconds (default: %(default)s)")
+    load.add_argument("--timeout", type=deadline_seconds, default=5.0, help="per-call deadline in seconds (default: %(default)s)")
     load.add_argument("--seed", type=int, default=0, help="seed of the user sample and of the open loop's arrivals (default: %(default)s)")
     load.add_argument("--users", type=bounded(int, 0), default=5000, help="distinct users the GetFeeds ask for, sampled from the "
                       "first 200,000 likes of --data; 0: all of those (default: %(default)s)")
@@ -859,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--tls-ca is for a --target server: a spawned server speaks plaintext")
         if args.server_pid is not None:
             parser.error("--server-pid is for a --target server: without --target one is spawned, and its own pid is measured")
+        if args.metrics:
+            parser.error("--metrics is for a --target server: without --target one is spawned, and its own endpoint is read "
+                         "(with --workers > 1, none: each worker has its own)")
     try:
         channel_credentials(args.tls_ca)
     except ValueError as error:

@@ -9,7 +9,7 @@ import sys
 import grpc
 
 from protos.feed.v1 import feed_pb2, feed_pb2_grpc
-from training.flag_types import bounded
+from training.flag_types import bounded, deadline_seconds
 
 _REASON_TEXT = {
     feed_pb2.REASON_KIND_FOLLOWED_SELLER: lambda r: f"from {r.actor_ids[0] if r.actor_ids else 'a seller'}, a seller you follow",
@@ -74,9 +74,7 @@ def fetch_pages(stub: feed_pb2_grpc.FeedServiceStub, user_id: str, limit: int, p
 
 
 TOKEN_VARIABLE = "FEEDRANK_CLIENT_TOKEN"
-LONGEST_TIMEOUT_SECONDS = 1e9
-"""The longest --timeout (31 years): gRPC keeps a deadline as nanoseconds since 1970 in 64
-bits, which end in 2262, and a deadline past that overflowed into one already gone."""
+
 
 
 def _token_hint(code: grpc.StatusCode) -> str:
@@ -129,7 +127,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--user", required=True, help="user id")
     parser.add_argument("--limit", type=bounded(int, 1, maximum=100), default=10, help="items per page, 1..100 (default: %(default)s)")
     parser.add_argument("--pages", type=bounded(int, 1), default=1, help="pages to fetch (default: %(default)s)")
-    parser.add_argument("--timeout", type=bounded(float, above=0, maximum=LONGEST_TIMEOUT_SECONDS), default=5.0,
+    parser.add_argument("--timeout", type=deadline_seconds, default=5.0,
                         help="per-call deadline in seconds (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None,
                         help=f"bearer token sent as 'authorization: Bearer TOKEN' (env {TOKEN_VARIABLE})")

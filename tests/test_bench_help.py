@@ -175,6 +175,20 @@ def test_loadgen_refuses_server_pid_without_target_as_the_spawned_servers_pid_is
     assert "error: --server-pid is for a --target server" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_loadgen_refuses_metrics_without_target_as_the_spawned_servers_are_read(workers, tmp_path, capsys):
+    # Without --target a --metrics URL was overwritten by the spawned server's (--workers 1),
+    # or scraped though it was not the spawned server's (--workers 2), without a word.
+    from benchmarks import loadgen
+
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,1\n")
+    with pytest.raises(SystemExit) as exit:
+        loadgen.main(["--models", str(tmp_path / "no-models"), "--data", str(tmp_path), "--start-timeout", "5",
+                      "--workers", workers, "--metrics", "http://127.0.0.1:1/metrics"])
+    assert exit.value.code == 2
+    assert "error: --metrics is for a --target server: without --target one is spawned, and its own endpoint is read" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["parity", "--data", "d"], ["scale"], ["run-one", "--engine", "spark", "--data", "d", "--out", "m"]])
 def test_bench_spark_refuses_a_negative_partition_count_as_the_trainer_does(command, monkeypatch, capsys):
     # Parsed as any int: -1 reached Spark's settings (training/arguments.py refuses it: bounded(int, 0)).

@@ -445,6 +445,8 @@ def test_serve_drop_unknown_items(tiny, tmp_path):
         (("serving", "feed", "--user", "u", "--timeout", "8e9"), "argument --timeout: must be <= 1e+09, got 8e9"),
         (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--concurrency", "0"), "argument --concurrency: must be >= 1, got 0"),
         (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--duration", "nan"), "argument --duration: expected a finite number, got 'nan'"),
+        (("benchmarks.loadgen", "--target", "127.0.0.1:1", "--timeout", "8e9"), "argument --timeout: must be <= 1e+09, got 8e9"),
+        (("benchmarks.compare_servers", "--timeout", "nan"), "argument --timeout: expected a finite number, got 'nan'"),
     ],
 )
 def test_numeric_flags_out_of_range_are_refused_before_any_work(argv, says):

@@ -38,6 +38,14 @@ def bounded(
     return parse
 
 
+LONGEST_DEADLINE_SECONDS = 1e9
+"""The longest per-call deadline a --timeout takes (31 years): gRPC keeps a deadline as
+nanoseconds since 1970 in 64 bits, which end in 2262, and a deadline past that overflowed
+into one already gone (DEADLINE_EXCEEDED at once)."""
+deadline_seconds = bounded(float, above=0, maximum=LONGEST_DEADLINE_SECONDS)
+"""An argparse type for a gRPC call's --timeout."""
+
+
 def output_directory(text: str) -> str:
     """An argparse type: a directory to write into, checked before any work: an existing
     directory, or a path whose nearest existing parent is a writable directory (it is
