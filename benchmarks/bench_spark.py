@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_lastfm import whole_numbers
     from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
     from training.flag_types import bounded, output_file
+    from training.generate import check_sellers
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     s = commands.add_parser("scale", help="wall time and peak memory of both engines on a generated dataset")
     s.add_argument("--users", type=bounded(int, 2), default=20_000, help="generated users (default: %(default)s)")
     s.add_argument("--items", type=bounded(int, 1), default=50_000, help="generated items (default: %(default)s)")
-    s.add_argument("--sellers", type=bounded(int, 1), default=2_000, help="generated sellers (default: %(default)s)")
+    s.add_argument("--sellers", type=bounded(int, 1), default=2_000, help="generated sellers, chosen among the users (<= --users) (default: %(default)s)")
     s.add_argument("--seed", type=bounded(int, 0), default=1, help="generator seed (default: %(default)s)")
     s.add_argument("--no-engagements", action="store_true", help="generate likes, follows and friends only")
     s.add_argument("--engines", default="implicit,spark", help="comma-separated engines to train with, in this order (default: %(default)s)")
@@ -238,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         r.set_defaults(run=run_one)
 
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        try:
+            check_sellers(args.users, args.sellers)
+        except ValueError as error:
+            s.error(str(error))
     return args.run(args)
 
 

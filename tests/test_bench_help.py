@@ -224,3 +224,15 @@ def test_bench_spark_refuses_a_count_seed_or_timeout_out_of_range_at_parsing(com
         bench_spark.main([*command, f"{flag}={value}"])
     assert exit.value.code == 2
     assert f"error: argument {flag}: {message}\n" in capsys.readouterr().err
+
+
+def test_bench_spark_scale_refuses_more_sellers_than_users_as_training_generate_does(monkeypatch, capsys):
+    # Each flag was within its own bounds, so the generator's ValueError ended scale in a traceback.
+    from benchmarks import bench_spark
+
+    for name in ("parity", "scale", "run_one"):
+        monkeypatch.setattr(bench_spark, name, lambda args: pytest.fail(f"ran with --sellers {args.sellers} --users {args.users}"))
+    with pytest.raises(SystemExit) as exit:
+        bench_spark.main(["scale", "--sellers", "50", "--users", "20"])
+    assert exit.value.code == 2
+    assert "scale: error: --sellers: must be <= --users (20), got 50\n" in capsys.readouterr().err

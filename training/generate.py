@@ -684,10 +684,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar (there is none either when stderr is not a terminal)")
 
 
+def check_sellers(users: int, sellers: int) -> None:
+    """ValueError when --sellers is above --users (sellers are chosen among the users), which
+    neither flag's type can see alone; for every command line that generates."""
+    if sellers > users:
+        raise ValueError(f"--sellers: must be <= --users ({users}), got {sellers}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate with the parsed flags, write to ``args.out`` and print a one-line summary."""
-    if args.sellers > args.users:
-        raise ValueError(f"--sellers: must be <= --users ({args.users}), got {args.sellers}")
+    check_sellers(args.users, args.sellers)
     if args.end_time - args.days * 86_400 < MIN_UNIX_SECONDS:  # the loader refuses times before 1900
         raise ValueError(f"--days: {args.days} days before --end-time {args.end_time:g} reach before 1900")
     start = time.perf_counter()
