@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the dataset directory (as `python -m training evaluate --data`)")
     p.add_argument("--split", type=split_text(), help="as `python -m training evaluate --split` (default: its default)")
     p.add_argument("--seeds", type=whole_numbers(0), default="0", help="comma-separated ALS/ranker seeds (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative difference (default: %(default)s)")
+    p.add_argument("--tolerance", type=bounded(float, 0), default=0.02, help="allowed relative difference (default: %(default)s)")
     p.add_argument("--json", type=output_file, help="write rows and summary here")
     _engine_flags(p)
     add_eval_users_argument(p)

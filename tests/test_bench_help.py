@@ -236,3 +236,18 @@ def test_bench_spark_scale_refuses_more_sellers_than_users_as_training_generate_
         bench_spark.main(["scale", "--sellers", "50", "--users", "20"])
     assert exit.value.code == 2
     assert "scale: error: --sellers: must be <= --users (20), got 50\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [("-0.1", "must be >= 0, got -0.1"), ("nan", "expected a finite number, got 'nan'"),
+                                            ("x", "expected a number, got 'x'")])
+def test_bench_spark_parity_refuses_a_negative_or_nan_tolerance(value, message, monkeypatch, capsys):
+    # Any float was taken: with a negative one or nan, no difference is within it, so every run ended
+    # in status 1 ("OUTSIDE ±-10%", "OUTSIDE ±nan%") after the whole evaluation.
+    from benchmarks import bench_spark
+
+    for name in ("parity", "scale", "run_one"):
+        monkeypatch.setattr(bench_spark, name, lambda args: pytest.fail(f"ran with --tolerance {args.tolerance}"))
+    with pytest.raises(SystemExit) as exit:
+        bench_spark.main(["parity", "--data", "d", f"--tolerance={value}"])
+    assert exit.value.code == 2
+    assert f"error: argument --tolerance: {message}\n" in capsys.readouterr().err
