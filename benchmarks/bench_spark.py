@@ -38,10 +38,10 @@ def peak_rss_mb() -> float:
 
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
-    from training.flag_types import bounded
+    from training.flag_types import bounded, jvm_size, spark_master
 
-    parser.add_argument("--spark-master", default="local[2]", help="Spark master (default: %(default)s)")
-    parser.add_argument("--spark-driver-memory", default="4g", help="driver JVM heap (default: %(default)s)")
+    parser.add_argument("--spark-master", type=spark_master, default="local[2]", help="Spark master (default: %(default)s)")
+    parser.add_argument("--spark-driver-memory", type=jvm_size, default="4g", help="driver JVM heap (default: %(default)s)")
     parser.add_argument("--spark-partitions", type=bounded(int, 0), default=0, help="0 = the session's cores (default: %(default)s)")
 
 

@@ -251,3 +251,20 @@ def test_bench_spark_parity_refuses_a_negative_or_nan_tolerance(value, message, 
         bench_spark.main(["parity", "--data", "d", f"--tolerance={value}"])
     assert exit.value.code == 2
     assert f"error: argument --tolerance: {message}\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["parity", "--data", "d"], ["scale"], ["run-one", "--engine", "spark", "--data", "d", "--out", "m"]])
+def test_bench_spark_refuses_a_spark_master_or_driver_memory_the_trainer_refuses(command, monkeypatch, capsys):
+    # Taken as any text: Spark refused it only once the run reached the engine (scale: in each child run).
+    from benchmarks import bench_spark
+
+    for name in ("parity", "scale", "run_one"):
+        monkeypatch.setattr(bench_spark, name, lambda args: pytest.fail(f"ran with {args.spark_master} {args.spark_driver_memory}"))
+    for flag, value, message in (
+        ("--spark-master", "local[0]", "expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got 'local[0]'"),
+        ("--spark-driver-memory", "4", "expected a JVM size such as 512m or 4g, got '4'"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            bench_spark.main([*command, f"{flag}={value}"])
+        assert exit.value.code == 2
+        assert f"error: argument {flag}: {message}\n" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,7 +11,7 @@ from embeddings import als
 from embeddings.knn import EASE_AUTO_MAX_ITEMS, KNN_KINDS
 from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings, parse_source_names
-from training.flag_types import bounded, input_path
+from training.flag_types import bounded, input_path, jvm_size, spark_master
 from training.ranker_fit import OBJECTIVES, RankerFitParams
 from training.params import ENGAGEMENT_WEIGHT_FIELDS
 from training.splits import SPLIT_KINDS, SplitSpec, time_split_problem
@@ -356,21 +355,6 @@ def _json_kind(value: object) -> str:
 ENGINES = ("implicit", "spark")
 
 
-def _spark_master(text: str) -> str:
-    """A master Spark accepts (its own check fails deep in Java, printing a Java stack trace)."""
-    if text == "yarn" or re.fullmatch(r"local(\[([1-9]\d*|\*)(,[1-9]\d*)?\])?", text) or text.startswith(("spark://", "k8s://", "local-cluster[")):
-        return text
-    raise argparse.ArgumentTypeError(f"expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got {text!r}")
-
-
-def _jvm_size(text: str) -> str:
-    """A heap size the JVM reads in -Xmx (its own check fails after Spark's launcher started,
-    and the trainer could only say that Spark did not start)."""
-    if re.fullmatch(r"[1-9]\d*[kmgtKMGT]", text):
-        return text
-    raise argparse.ArgumentTypeError(f"expected a JVM size such as 512m or 4g, got {text!r}")
-
-
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--engine`` and the Spark session's flags (training.spark_engine)."""
     from training.spark_engine import SparkSettings
@@ -381,11 +365,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="implicit: one process (implicit ALS); spark: the interaction matrix, ALS and item-kNN "
                             "on Apache Spark (needs the spark extra and Java 17); the same artifact either way "
                             "(default: %(default)s)")
-    group.add_argument("--spark-master", type=_spark_master, default=d.master, metavar="URL",
+    group.add_argument("--spark-master", type=spark_master, default=d.master, metavar="URL",
                        help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... (default: %(default)s)")
-    group.add_argument("--spark-driver-memory", type=_jvm_size, default=d.driver_memory, metavar="SIZE",
+    group.add_argument("--spark-driver-memory", type=jvm_size, default=d.driver_memory, metavar="SIZE",
                        help="driver JVM heap; in local mode the executors live in it too (default: %(default)s)")
-    group.add_argument("--spark-executor-memory", type=_jvm_size, default=d.executor_memory, metavar="SIZE",
+    group.add_argument("--spark-executor-memory", type=jvm_size, default=d.executor_memory, metavar="SIZE",
                        help="heap per executor on a cluster (default: %(default)s)")
     group.add_argument("--spark-partitions", type=bounded(int, 0), default=d.partitions, metavar="N",
                        help="shuffle partitions and ALS user/item blocks; 0 = the session's cores "

@@ -1,10 +1,11 @@
-"""argparse types for numeric and output-path flags: light enough for any command line to import."""
+"""argparse types for numeric, output-path and Spark flags: light enough for any command line to import."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 from collections.abc import Callable
 
 
@@ -44,6 +45,21 @@ nanoseconds since 1970 in 64 bits, which end in 2262, and a deadline past that o
 into one already gone (DEADLINE_EXCEEDED at once)."""
 deadline_seconds = bounded(float, above=0, maximum=LONGEST_DEADLINE_SECONDS)
 """An argparse type for a gRPC call's --timeout."""
+
+
+def spark_master(text: str) -> str:
+    """A master Spark accepts (its own check fails deep in Java, printing a Java stack trace)."""
+    if text == "yarn" or re.fullmatch(r"local(\[([1-9]\d*|\*)(,[1-9]\d*)?\])?", text) or text.startswith(("spark://", "k8s://", "local-cluster[")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected local, local[N], spark://HOST:PORT, yarn or k8s://..., got {text!r}")
+
+
+def jvm_size(text: str) -> str:
+    """A heap size the JVM reads in -Xmx (its own check fails after Spark's launcher started,
+    and the trainer could only say that Spark did not start)."""
+    if re.fullmatch(r"[1-9]\d*[kmgtKMGT]", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a JVM size such as 512m or 4g, got {text!r}")
 
 
 def output_directory(text: str) -> str:
