@@ -160,7 +160,7 @@ def scale(args) -> int:
         write_dataset(dataset, data_dir)
         print(f"generated {data_dir} in {time.perf_counter() - started:.0f} s", flush=True)
     records = []
-    for engine in args.engines.split(","):
+    for engine in args.engines:
         out = os.path.join(args.workdir, name, f"models-{engine}")
         command = [sys.executable, "-m", "benchmarks.bench_spark", "run-one", "--engine", engine, "--data", data_dir,
                    "--out", out, "--spark-master", args.spark_master, "--spark-driver-memory", args.spark_driver_memory,
@@ -196,8 +196,8 @@ def scale(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_lastfm import whole_numbers
-    from training.arguments import add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
-    from training.flag_types import bounded, output_file
+    from training.arguments import ENGINES, add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
+    from training.flag_types import bounded, names_among, output_file
     from training.generate import check_sellers
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--sellers", type=bounded(int, 1), default=2_000, help="generated sellers, chosen among the users (<= --users) (default: %(default)s)")
     s.add_argument("--seed", type=bounded(int, 0), default=1, help="generator seed (default: %(default)s)")
     s.add_argument("--no-engagements", action="store_true", help="generate likes, follows and friends only")
-    s.add_argument("--engines", default="implicit,spark", help="comma-separated engines to train with, in this order (default: %(default)s)")
+    s.add_argument("--engines", type=names_among(ENGINES, "engine"), default="implicit,spark",
+                   help=f"comma-separated engines to train with, in this order: {', '.join(ENGINES)} (default: %(default)s)")
     s.add_argument("--workdir", default="/tmp/bench-spark", help="where the dataset (generated once per size and seed, reused) and each engine's models go (default: %(default)s)")
     s.add_argument("--timeout", type=bounded(float, above=0), default=3600.0, help="seconds per engine (default: %(default)s)")
     s.add_argument("--json", type=output_file, help="write the records here")
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run-one"]:  # scale's child process: known only when asked for, so no message offers it
         r = commands.add_parser("run-one")
-        r.add_argument("--engine", choices=("implicit", "spark"), required=True)
+        r.add_argument("--engine", choices=ENGINES, required=True)
         r.add_argument("--data", required=True)
         r.add_argument("--out", required=True)
         _engine_flags(r)

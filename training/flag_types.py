@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def bounded(
@@ -35,6 +35,22 @@ def bounded(
         if below is not None and not value < below:
             raise argparse.ArgumentTypeError(f"must be < {shown(below)}, got {text}")
         return value
+
+    return parse
+
+
+def names_among(known: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names, at least one, each one of ``known``;
+    ``what`` names one of them in messages ("engine")."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}s ({', '.join(known)}), got {text!r}")
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}, got {text!r}")
+        return names
 
     return parse
 
