@@ -31,7 +31,6 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -40,7 +39,7 @@ from ranking.features import FEATURE_NAMES
 from ranking.feed import SOURCE_NAMES, FeedSettings
 from training.dataset import DatasetError, Edges
 from training.experiment import evaluate_split
-from training.flag_types import bounded, output_file
+from training.flag_types import output_file, whole_numbers
 from training.ranker_fit import RankerFitParams
 from training.splits import SplitSpec
 from training.train import TrainParams
@@ -160,19 +159,6 @@ def _choices(parser: argparse.ArgumentParser, flag: str, text: str, known) -> li
     if unknown or not chosen:
         parser.error(f"{flag}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
     return chosen
-
-
-def whole_numbers(minimum: int) -> Callable[[str], list[int]]:
-    """An argparse type: comma-separated whole numbers, at least one, each >= ``minimum``."""
-    one = bounded(int, minimum)
-
-    def parse(text: str) -> list[int]:
-        values = [one(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
-        return list(dict.fromkeys(values))
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,9 +195,8 @@ def scale(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.bench_lastfm import whole_numbers
     from training.arguments import ENGINES, add_eval_users_argument, add_feed_arguments, add_training_arguments, split_text
-    from training.flag_types import bounded, names_among, output_file
+    from training.flag_types import bounded, names_among, output_file, whole_numbers
     from training.generate import check_sellers
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_spark", description=__doc__,

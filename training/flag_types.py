@@ -39,6 +39,20 @@ def bounded(
     return parse
 
 
+def whole_numbers(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, at least one, each >= ``minimum``;
+    a repeated one is kept once."""
+    one = bounded(int, minimum)
+
+    def parse(text: str) -> list[int]:
+        values = [one(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
 def names_among(known: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
     """An argparse type: comma-separated names, at least one, each one of ``known``;
     ``what`` names one of them in messages ("engine")."""
