@@ -639,3 +639,18 @@ def test_the_tables_line_up_at_a_cut_off_of_100_or_more(tmp_path):
     assert len(lines[0]) == len(lines[1]) and lines[0].endswith("sellers@100")
     block = report.cap_grid_table()
     assert {len(line) for line in block[1:-1]} == {len(block[1])}
+
+
+@pytest.mark.parametrize("split", ["time:0.99", "user:0.99", "random:0.99"])
+def test_a_split_that_leaves_no_training_like_is_an_error_not_a_table_of_zeros(split, tmp_path, capsys):
+    """One like held out whole left the model nothing to learn from: the evaluation printed
+    zeros for the feed (and left out every baseline) as if it had measured something."""
+    from training.__main__ import main
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "likes.csv").write_text("user_id,item_id,ts\nu1,i1,100\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--data", str(tmp_path / "one"), "--split", split, "--no-progress"])
+    assert f"the split {split}" in str(exit_.value.code)
+    assert "left no training likes: nothing to train on" in str(exit_.value.code)
+    assert "precision@10" not in capsys.readouterr().out

@@ -47,6 +47,9 @@ def evaluation_parts(
     if not len(test):
         raise NothingToEvaluate(f"the split {split} of {len(dataset.likes):,} likes left no test likes: nothing to "
                                 "evaluate (a larger dataset, or another split)")
+    if not len(train_part.likes):  # as a dataset without a like is refused: the model learned nothing
+        raise NothingToEvaluate(f"the split {split} of {len(dataset.likes):,} likes left no training likes: nothing to "
+                                "train on (a larger dataset, or a smaller test fraction)")
     # Validation mirrors the test: the ranker is chosen on a split of the same shape, unless told another.
     return train_part, test, now, replace(ranker_params, validation_kind=ranker_params.validation_kind or split.kind)
 
