@@ -340,11 +340,17 @@ def test_an_infinite_number_is_refused_from_the_flag_the_variable_and_the_file(f
             parser.parse_args([f"{flag.flag}={text}"])
         assert exit_.value.code == 2
         assert f"argument {flag.flag}: expected a finite number, got {text!r}" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=f"^{flag.env}: expected a finite number, got 'inf'$"):
-        resolve_config(parse("--models", "m"), {flag.env: "inf"})
+    assert_refused_from_the_variable_and_the_file(flag, "inf", "expected a finite number, got 'inf'", "expected a finite number, got inf", tmp_path)
+
+
+def assert_refused_from_the_variable_and_the_file(flag, value: str, variable_says: str, file_says: str, tmp_path) -> None:
+    """``value`` given by ``flag``'s FEEDRANK_ variable, then by a config file's key, is refused
+    naming each (the messages are regular expressions)."""
+    with pytest.raises(ConfigError, match=f"^{flag.env}: {variable_says}$"):
+        resolve_config(parse("--models", "m"), {flag.env: value})
     config_file = tmp_path / "feedrank.toml"
-    config_file.write_text(f"{flag.dest} = inf\n")
-    with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': expected a finite number, got inf$"):
+    config_file.write_text(f"{flag.dest} = {value}\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': {file_says}$"):
         resolve_config(parse("--models", "m", "--config", str(config_file)), {})
 
 
@@ -362,12 +368,8 @@ def test_a_wait_longer_than_python_can_wait_is_refused_from_the_flag_the_variabl
         parser.parse_args([f"{flag.flag}=1e10"])
     assert exit_.value.code == 2
     assert re.search(f"argument {flag.flag}: must be <= {most}, got 10000000000.0\n", capsys.readouterr().err)
-    with pytest.raises(ConfigError, match=f"^{flag.env}: must be <= {most}, got 10000000000.0$"):
-        resolve_config(parse("--models", "m"), {flag.env: "1e10"})
-    config_file = tmp_path / "feedrank.toml"
-    config_file.write_text(f"{flag.dest} = 1e10\n")
-    with pytest.raises(ConfigError, match=f"^{re.escape(str(config_file))}:1: key '{flag.dest}': must be <= {most}, got 10000000000.0$"):
-        resolve_config(parse("--models", "m", "--config", str(config_file)), {})
+    too_long = f"must be <= {most}, got 10000000000.0"
+    assert_refused_from_the_variable_and_the_file(flag, "1e10", too_long, too_long, tmp_path)
     longest = resolve_config(parse("--models", "m", flag.flag, repr(threading.TIMEOUT_MAX)), {})
     seconds = longest.durability.snapshot_seconds if flag.dest == "snapshot_seconds" else getattr(longest, flag.dest)
     assert seconds == threading.TIMEOUT_MAX
