@@ -73,6 +73,14 @@ def transform_weights(weights: np.ndarray, transform: str = DEFAULT_WEIGHT_TRANS
     raise ValueError(f"unknown weight transform {transform!r}; choose from {WEIGHT_TRANSFORMS}")
 
 
+class ALSFailed(ValueError):
+    """ALS's float32 solve overflowed (NaN factors) under these weights, alpha and regularization."""
+
+    def __init__(self, summary: str, advice: str) -> None:
+        super().__init__(f"{summary}: {advice}")
+        self.summary = summary  # what failed, without the advice on flags (tune's trials choose them)
+
+
 @dataclass(frozen=True)
 class Interactions:
     """A weighted user x column CSR matrix with its id maps.
@@ -273,8 +281,9 @@ def train_als(
             model.fit(interactions.matrix, show_progress=show_progress)
         except ModelFitError as error:  # float32 overflow in the normal equations: implicit says only "NaN"
             largest = float(interactions.matrix.data.max(initial=0.0))
-            raise ValueError(
-                f"ALS failed ({error}): confidences up to {alpha * largest:.3g} (alpha {alpha:g} x the largest cell "
+            raise ALSFailed(
+                f"ALS failed ({error})",
+                f"confidences up to {alpha * largest:.3g} (alpha {alpha:g} x the largest cell "
                 f"weight, {largest:.3g}) and regularization {regularization:g} overflow its float32 solve; lower "
                 "--alpha or --regularization, or use --weight-transform log for large like weights"
             ) from None

@@ -374,3 +374,21 @@ def test_als_regularization_is_searched_per_unit_of_alpha_and_the_defaults_trial
     for _ in range(50):
         params, _, _ = suggest(study.ask(), base, FeedSettings(), RankerFitParams(), space)
         assert low * 0.999 <= params.regularization / params.alpha <= high * 1.001
+
+
+def test_a_trial_whose_als_overflows_is_skipped_not_the_end_of_the_search(tmp_path, capfd):
+    """Like weights of 1e30 train under the defaults (--weight-transform log), but a trial that
+    samples the raw transform overflows ALS's float32 solve. Regression: that trial stopped
+    the whole search, after optuna's traceback, with advice to change flags tune does not take."""
+    from training.__main__ import main
+
+    items = "".join(f"i{k},s{k % 3},{1_700_000_000 + k},5\n" for k in range(10))
+    likes = "".join(f"u{u},i{(u + 3 * j) % 10},{1_700_000_000 + 3600 * (u * 4 + j)},1e30\n" for u in range(8) for j in range(4))
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\n" + items)
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts,weight\n" + likes)
+    main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--trials", "2", "--seed", "0"])
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "failed" not in err.replace("ALS failed", "")
+    assert "trial   1  skipped: ALS failed (NaN encountered in factors)" in out
+    chosen = json.loads((tmp_path / "p.json").read_text())
+    assert chosen["train"]["weight_transform"] == "log"

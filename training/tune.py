@@ -287,6 +287,7 @@ def tune(
     baselines_left_out: dict[str, str] = {}
     history: list[dict[str, Any]] = []
     validation_users: list[int] = []  # the first trial's: every trial replays the same sampled users
+    defaults_failed: list[als.ALSFailed] = []
 
     def objective(trial) -> float:
         params, trial_settings, trial_ranker = suggest(trial, base, settings, ranker_params, space)
@@ -294,12 +295,26 @@ def tune(
         # Sources that find no validation like (followed sellers alone on data without
         # sellers) fit no ranker: the trial's feed is then scored under the hand-set blend,
         # as train would publish it.
-        report = evaluate_split(
-            tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
-            ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
-            # Replayed once, in the defaults' trial: ALS alone and item-kNN alone are the defaults'.
-            baselines=not baselines,
-        )
+        try:
+            report = evaluate_split(
+                tuning_part, validation, None, (10,), params, trial_settings, show_progress=False,
+                ranker_params=trial_ranker, compare_blend=False, max_users=eval_users,
+                # Replayed once, in the defaults' trial: ALS alone and item-kNN alone are the defaults'.
+                baselines=not baselines,
+            )
+        except als.ALSFailed as error:
+            # The sampled alpha, regularization or weight transform overflowed ALS on these
+            # weights: that point of the space is unusable, not the search. Raised inside the
+            # objective it ended the search, under optuna's traceback.
+            if trial.number == 0:  # the defaults: nothing to compare the search with
+                defaults_failed.append(error)
+                trial.study.stop()
+                raise optuna.TrialPruned() from None
+            history.append({"number": trial.number, "value": None, "skipped": error.summary,
+                            "seconds": round(time.perf_counter() - started, 1), "params": dict(trial.params)})
+            if show_progress:
+                print(f"trial {trial.number:3d}  skipped: {error.summary} under its parameters", flush=True)
+            raise optuna.TrialPruned() from None
         value = report.methods["model"][OBJECTIVE_METRIC]
         if not baselines:
             baselines.update({name: m[OBJECTIVE_METRIC] for name, m in report.methods.items() if name != "model"})
@@ -322,6 +337,8 @@ def tune(
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial(as_trial_values(base, settings, ranker_params, space))
     study.optimize(objective, n_trials=max(trials, 1), timeout=timeout, callbacks=[stop_when_out_of_time])
+    if defaults_failed:
+        raise defaults_failed[0]
     def chosen(trial: Any) -> tuple[TrainParams, FeedSettings, RankerFitParams]:
         return suggest(optuna.trial.FixedTrial(trial.params), base, settings, ranker_params, space)
 
@@ -425,7 +442,8 @@ def run(args: argparse.Namespace) -> None:
     with open(args.out, "w") as handle:
         json.dump(payload, handle, indent=2)
     validation = payload["validation"]
-    print(f"{len(result.trials)} trials in {payload['seconds']:.0f} s on {validation['split']} "
+    skipped = sum(trial["value"] is None for trial in result.trials)
+    print(f"{len(result.trials)} trials{f' ({skipped} skipped)' if skipped else ''} in {payload['seconds']:.0f} s on {validation['split']} "
           f"({validation['users']} validation user{'' if validation['users'] == 1 else 's'}; test part {validation['test_split_set_aside']} set aside): {OBJECTIVE_METRIC} {result.value:.4f}, "
           f"defaults {result.default_value:.4f}; wrote {args.out}")
     confirmation = payload["confirmation"]
