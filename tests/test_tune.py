@@ -392,3 +392,17 @@ def test_a_trial_whose_als_overflows_is_skipped_not_the_end_of_the_search(tmp_pa
     assert "trial   1  skipped: ALS failed (NaN encountered in factors)" in out
     chosen = json.loads((tmp_path / "p.json").read_text())
     assert chosen["train"]["weight_transform"] == "log"
+
+
+def test_a_catalogue_of_which_no_item_can_be_served_is_tuned_with_the_trainers_warning(tmp_path, capfd):
+    """Regression: every item out of stock, every trial scored 0 and tune wrote the defaults
+    as its choice ('ndcg@10 0.0000, defaults 0.0000') without a word on why; train warns."""
+    from training.__main__ import main
+
+    items = "".join(f"i{k},s{k % 3},{1_700_000_000 + k},0\n" for k in range(10))
+    likes = "".join(f"u{u},i{(u + 3 * j) % 10},{1_700_000_000 + 3600 * (u * 4 + j)}\n" for u in range(8) for j in range(4))
+    (tmp_path / "items.csv").write_text("item_id,seller_id,created_at,stock\n" + items)
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + likes)
+    main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--trials", "1", "--no-progress"])
+    err = capfd.readouterr().err
+    assert "warning: no item of 10 can be served now (10 out of stock)" in err

@@ -409,9 +409,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _search(args: argparse.Namespace) -> TuneResult:
     """Load ``--data``, check the splits, and search."""
     from training.dataset import load_dataset, require_likes
+    from training.train import warn_if_nothing_servable
 
     dataset = load_dataset(args.data)
     require_likes(dataset, args.data)
+    # Every trial then scores 0, and the defaults are "chosen" among equals.
+    warn_if_nothing_servable(dataset, time.time())
     test_split = None if args.test_split == "none" else (
         default_split(dataset) if args.test_split == "auto" else SplitSpec.parse(args.test_split)
     )
