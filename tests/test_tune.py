@@ -406,3 +406,17 @@ def test_a_catalogue_of_which_no_item_can_be_served_is_tuned_with_the_trainers_w
     main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--trials", "1", "--no-progress"])
     err = capfd.readouterr().err
     assert "warning: no item of 10 can be served now (10 out of stock)" in err
+
+
+def test_a_test_split_that_leaves_nothing_to_tune_on_says_so(tmp_path, capfd):
+    """Regression: --test-split random:0.99 set aside all 32 likes, and the error blamed the
+    validation split of 'the 0 likes tuned on', advising 'a larger dataset'."""
+    from training.__main__ import main
+
+    likes = "".join(f"u{u},i{(u + 3 * j) % 10},{1_700_000_000 + 3600 * (u * 4 + j)}\n" for u in range(8) for j in range(4))
+    (tmp_path / "likes.csv").write_text("user_id,item_id,ts\n" + likes)
+    with pytest.raises(SystemExit) as stopped:
+        main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--test-split", "random:0.99", "--no-progress"])
+    assert stopped.value.code == ("error: --test-split random:0.99:0 sets aside all 32 likes: none is left to tune on "
+                                  "(a smaller fraction, or --test-split none)")
+    assert capfd.readouterr().err == "" and not (tmp_path / "p.json").exists()

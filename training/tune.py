@@ -274,6 +274,9 @@ def tune(
     import optuna
 
     tuning_part = split_for_evaluation(dataset, test_split)[0] if test_split else dataset
+    if not len(tuning_part.likes):
+        raise NothingToEvaluate(f"--test-split {test_split} sets aside all {len(dataset.likes):,} likes: none is left "
+                                "to tune on (a smaller fraction, or --test-split none)")
     kind = validation_kind or (test_split.kind if test_split else default_split(tuning_part).kind)
     validation = SplitSpec(kind, validation_fraction, seed)
     if not len(split_for_evaluation(tuning_part, validation)[1]):
