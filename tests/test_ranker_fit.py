@@ -207,3 +207,21 @@ def test_a_warning_compares_the_baseline_with_the_ranker_it_beat_and_says_how_th
     baseline, beaten = map(float, re.search(r"NDCG@10 ([0-9.]+) > ([0-9.]+)", line).groups())
     assert baseline > beaten, line
     assert f"refitted to {check['validation_ndcg@10']:.4f}: now above it" in line, line
+
+
+@pytest.mark.parametrize("split", ["time", "user", "random"])
+def test_a_validation_share_that_leaves_the_fit_part_no_like_falls_back_to_the_blend(split, tmp_path, capsys):
+    """--ranker-validation 0.99 held out every like of a small dataset: the fit part had no
+    user, and building its store stopped train with an IndexError traceback."""
+    from training.__main__ import main
+
+    items = "".join(f"i{k},s{k % 3},{1_700_000_000 + k},5\n" for k in range(10))
+    likes = "".join(f"u{u},i{(u + 3 * j) % 10},{1_700_000_000 + 3600 * (u * 4 + j)}\n" for u in range(8) for j in range(4))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "items.csv").write_text("item_id,seller_id,created_at,stock\n" + items)
+    (tmp_path / "data" / "likes.csv").write_text("user_id,item_id,ts\n" + likes)
+    main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models"), "--factors", "8",
+          "--iterations", "3", "--ranker-validation", "0.99", "--ranker-validation-split", split,
+          "--eval-split", "none", "--no-progress"])
+    assert "warning: ranker: cannot fit (the ranker's validation split" in capsys.readouterr().err
+    assert load_current(str(tmp_path / "models")).manifest["ranker"]["fit"]["objective"] == "blend"

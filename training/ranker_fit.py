@@ -351,6 +351,9 @@ def fit_ranker(
     layout = interactions or interactions_of(train, tp)
     tp = with_knn_resolved(tp, layout)  # on the whole matrix, as train() resolves it
     fit_part, held, now = validation_split(train, params.validation_fraction, params.seed, params.validation_kind)
+    if not len(fit_part.likes):  # no model to build pools with (and a store without users to read them)
+        raise NoRankingSignal(f"the ranker's validation split holds out all {len(train.likes):,} training likes, "
+                              "leaving none to fit on (a smaller --ranker-validation)")
     fit_matrix = interactions_of(fit_part, tp, layout)
     lap("split")
     users, columns = als.train_als(
