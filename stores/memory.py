@@ -601,7 +601,8 @@ class MemoryStore:
             if readers is not None:
                 readers = set(readers) | _friends_of(set(readers), dataset.friends)
                 kept = np.zeros(len(store.users), bool)
-                kept[store.users.codes(sorted(readers))] = True
+                reader_codes = store.users.codes(sorted(readers))
+                kept[reader_codes[reader_codes >= 0]] = True  # a reader who is no user is UNKNOWN, -1: the last user
                 kept_likes = kept[users]
                 users, liked, times = users[kept_likes], liked[kept_likes], times[kept_likes]
                 follows = _pairs_where(dataset.follows, lambda user, _seller: user in readers)

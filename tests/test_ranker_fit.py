@@ -106,6 +106,17 @@ def test_a_store_for_sampled_readers_gives_them_the_same_pools_as_the_full_store
     assert len(full.read_user(outsider).recent_likes) > 0 and len(sampled.read_user(outsider).recent_likes) == 0
 
 
+def test_a_reader_who_is_no_user_of_the_dataset_keeps_no_one_elses_state():
+    # Looked up as code -1, an unknown reader kept the likes of the user with the last code.
+    from stores.memory import MemoryStore
+
+    dataset = generate(users=30, sellers=5, items=60, seed=6)
+    sampled = MemoryStore.from_dataset(dataset, readers=["ghost"])
+    last_user = sampled.users.id(len(sampled.users) - 1)
+    assert len(MemoryStore.from_dataset(dataset).read_user(last_user).recent_likes) > 0
+    assert len(sampled.read_user(last_user).recent_likes) == 0
+
+
 def _pools(features: np.ndarray, labels, groups, relevant) -> Examples:
     return Examples(
         features.astype(np.float32), np.asarray(labels, np.float32), np.asarray(groups, np.int32),
