@@ -409,15 +409,18 @@ def test_a_local_master_of_no_threads_is_refused_as_a_flag(capsys) -> None:
             in capsys.readouterr().err
 
 
-def test_a_negative_knn_cap_is_refused_by_name() -> None:
-    """--spark-knn-max-user-items -5 trained as if 0 (no cap) and wrote -5 in the manifest."""
+def test_a_negative_knn_cap_is_refused_by_name(capsys) -> None:
+    """--spark-knn-max-user-items -5 trained as if 0 (no cap) and wrote -5 in the manifest; it
+    is a usage error at parsing."""
     from training.arguments import spark_settings_from_args
 
     parser = _train_parser()
     spark = ["--data", "d", "--out", "m", "--engine", "spark"]
     assert spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "0"])).knn_max_user_items == 0
-    with pytest.raises(ValueError, match=r"^--spark-knn-max-user-items: expected 0 \(all\) or more, got -5$"):
-        spark_settings_from_args(parser.parse_args([*spark, "--spark-knn-max-user-items", "-5"]))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([*spark, "--spark-knn-max-user-items", "-5"])
+    assert exit_.value.code == 2
+    assert "argument --spark-knn-max-user-items: must be >= 0, got -5" in capsys.readouterr().err
 
 
 def test_a_memory_size_java_cannot_read_is_a_usage_error_naming_its_flag(capsys) -> None:
