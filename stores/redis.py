@@ -1499,7 +1499,8 @@ class _ItemPlacement:
 
     SLOTS = 16384
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
         self._slot_of = np.zeros(0, np.int16)  # by item code; -1: not computed yet
         self._map: tuple[Any, np.ndarray, list[Any]] = (None, np.zeros(0, np.int16), [])
 
@@ -1512,7 +1513,7 @@ class _ItemPlacement:
             table = self._slot_of = grown
         slots = table[codes]
         for row in np.flatnonzero(slots < 0).tolist():  # the item's keys are hash-tagged {i:ID}
-            slots[row] = table[codes[row]] = key_slot(Keys.item_tag(ids[row]).encode())
+            slots[row] = table[codes[row]] = self._keys.tag_slot(Keys.item_tag(ids[row]))
         return slots
 
     def owners(self, manager: Any) -> tuple[np.ndarray, list[Any]]:
@@ -1590,8 +1591,8 @@ class RedisStore:
         self._eviction: str | None = None  # what the last read of the eviction policy found (read_eviction_policy)
         self._eviction_read_at = -float("inf")
         self._replicas_attached: tuple[float, dict[str, int]] = (-float("inf"), {})  # (read at, replicas_attached)
-        self._placement = _ItemPlacement()
         self.keys = Keys(prefix)
+        self._placement = _ItemPlacement(self.keys)
         self.recent_likes_bound = recent_likes
         self.listings_bound = listings
         self._consts = [
@@ -2835,7 +2836,7 @@ class RedisStore:
         slots_cache = self.write_client.nodes_manager.slots_cache
         slot_of_node: dict[str | int, int] = {}
         for tag in tags:
-            slot = key_slot(tag.encode())
+            slot = self.keys.tag_slot(tag)
             holders = slots_cache.get(slot)
             slot_of_node.setdefault(holders[0].name if holders else slot, slot)
         return {node: self.keys.data_marker(slot) for node, slot in slot_of_node.items()}
@@ -2892,7 +2893,7 @@ class RedisStore:
         """Run ``calls`` (tag, operations) as per-slot scripts in one pipeline; each operation's result."""
         consts = list(self._consts)
         consts[_EXPECT_DATA_ARG] = "1" if self._holds_data else "0"
-        markers = [self.keys.data_marker(key_slot(tag.encode())) for tag, _ in calls]
+        markers = [self.keys.data_marker(self.keys.tag_slot(tag)) for tag, _ in calls]
         for attempt in (0, 1):
             # The second time, after a NoScriptError, the script itself (see _eval_keys);
             # parts already run are no-ops the second time.

@@ -193,6 +193,12 @@ class Keys:
             return [self.listings(entity), self.listing_versions(entity)]
         raise ValueError(f"not a per-slot tag: {tag!r}")
 
+    def tag_slot(self, tag: str) -> int:
+        """The hash slot of ``tag``'s keys. Redis hashes what lies between a key's first "{"
+        and the next "}", so a brace in an id moves it: ``{u:a}b}:likes`` hashes "u:a", not
+        the tag "u:a}b" hashed as a key of its own."""
+        return key_slot(f"{self.prefix}{{{tag}}}".encode())
+
     def data_marker(self, slot: int) -> str:
         """The key in hash slot ``slot`` whose presence says the slot holds the data."""
         return f"{self.prefix}{{{slot_tags()[slot]}}}:holds_data"

@@ -309,6 +309,33 @@ def test_hydration_keeps_ids_and_categories_with_separators_and_non_ascii_text(s
     }  # fmt: skip
 
 
+def test_ids_with_hash_tag_braces_are_ingested_as_any_other(store_factory):
+    """Keys are hash-tagged ``{u:ID}``, ``{i:ID}``, ``{s:ID}``: an id with a brace moves the
+    tag Redis hashes, and a cluster's write scripts must still name keys of one slot."""
+    dataset = make_dataset(
+        [("i}x{", "s}{", NOW - DAY, 2), ("{i}", "{s}", NOW - DAY, 1)],
+        likes=[("u}{", "{i}", NOW - 60)],
+        friends=[("u}{", "{u}", NOW - DAY)],
+    )
+    store = store_factory(dataset)
+    result = store.apply([
+        ev("e{1}", EventKind.LIKE, NOW - 50, user_id="{u}", item_id="i}x{"),
+        ev("e}2{", EventKind.ITEM_UPSERT, NOW - 40, item_id="n}{", seller_id="{s}", created_at=NOW - 40, stock=3),
+        ev("{e3}", EventKind.STOCK_UPDATE, NOW - 30, item_id="{i}", stock=0),
+        ev("e4", EventKind.SHARE, NOW - 20, user_id="u}{", item_id="n}{"),
+        ev("e5", EventKind.FOLLOW, NOW - 10, user_id="u}{", seller_id="s}{"),
+    ])  # fmt: skip
+    assert (result.applied, result.duplicates) == (5, 0)
+    assert views.read_user(store, "{u}").shared == (("n}{", "u}{", NOW - 20),)
+    assert views.read_user(store, "u}{").follows == {"s}{"}
+    items = views.hydrate(store, "{u}", ["i}x{", "{i}", "n}{"])
+    assert {item: (view.seller_id, view.stock, view.like_count) for item, view in items.items.items()} == {
+        "i}x{": ("s}{", 2, 1), "{i}": ("{s}", 0, 1), "n}{": ("{s}", 3, 0),
+    }  # fmt: skip
+    assert items.liked == {"i}x{"}
+    assert views.read_activity(store, ["{s}"], [], 5, 0).listings_by_seller["{s}"] == [("n}{", NOW - 40)]
+
+
 def test_hydration_gives_each_item_its_own_seller_category_and_vacation(store_factory):
     """Items share sellers and categories (Redis sends each distinct one once): every
     item, in any order and between missing ones, still gets its own."""
