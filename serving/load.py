@@ -187,9 +187,10 @@ def _commands(
 
 
 def lua_json(values: list[str]) -> str:
-    """``values`` as the Lua scripts' cjson.encode writes them (it escapes "/"), so a
-    loaded member and one a script writes later are the same member."""
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).replace("/", "\\/")
+    """``values`` as the Lua scripts' cjson.encode writes them (it escapes "/" and DEL,
+    which json.dumps leaves as they are), so a loaded member and one a script writes later
+    are the same member."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).replace("/", "\\/").replace("\x7f", "\\u007f")
 
 
 def _engagement_commands(dataset: Dataset, keys: Keys, befriended: dict[str, list[str]]) -> Iterator[tuple[int, str, tuple[Any, ...]]]:

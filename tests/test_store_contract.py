@@ -513,6 +513,20 @@ def test_shares_and_views_load_from_the_dataset(store_factory):
     assert _seen(store, "alice") == {"i1": (2, NOW - 20)}
 
 
+def test_a_loaded_share_and_the_same_share_ingested_are_one_entry_whatever_the_ids_characters(store_factory):
+    # Redis keeps a share as a JSON member [item, sharer]: the load must write the bytes the
+    # scripts' cjson writes (it escapes "/" and DEL), or the same share is two members.
+    from training.dataset import Engagements
+
+    odd = "a\x7fb/c"
+    dataset = make_dataset([(odd, "s1", NOW - DAY, 3), ("i1", "s1", NOW - DAY, 3)],
+                           likes=[("alice", "i1", NOW - DAY)], friends=[("alice", "bob", NOW - DAY)])  # fmt: skip
+    shares = Engagements(["bob"], [odd], ["share"], np.array([NOW - 50]), ["alice"])
+    store = store_factory(dataclasses.replace(dataset, engagements=shares))
+    store.apply([ev("again", EventKind.SHARE, NOW - 10, user_id="bob", item_id=odd, friend_id="alice")])
+    assert views.read_user(store, "alice").shared == ((odd, "bob", NOW - 10),)
+
+
 def test_cards_stay_right_past_the_memory_stores_card_cache_bound(monkeypatch):
     monkeypatch.setattr(memory, "CARD_CACHE_BOUND", 2)
     store = MemoryStore.from_dataset(social_dataset())
