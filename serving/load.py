@@ -76,11 +76,12 @@ class LoadStats:
 def load_summary(dataset: Dataset, stats: LoadStats, read_seconds: float) -> str:
     """A load's last line: the rows of every table loaded, then the rate over the rows the
     load times (items, likes, follows, friendships: the rate the benchmarks compare)."""
-    always = [(dataset.items, "item", "items"), (dataset.likes, "like", "likes"), (dataset.follows, "follow", "follows"),
-              (dataset.friends, "friendship", "friendships")]
-    optional = [(dataset.engagements, "engagement", "engagements"), (dataset.sellers, "vacation", "vacations"),
-                (dataset.hidden_items, "hidden item", "hidden items"), (dataset.hidden_sellers, "hidden seller", "hidden sellers")]
-    counts = [f"{len(rows)} {one if len(rows) == 1 else many}" for rows, one, many in always + [t for t in optional if len(t[0])]]
+    always = [(len(dataset.items), "item", "items"), (len(dataset.likes), "like", "likes"), (len(dataset.follows), "follow", "follows"),
+              (len(dataset.friends), "friendship", "friendships")]
+    away = int(np.count_nonzero(~np.isnan(dataset.sellers.vacation_until)))  # an empty vacation_until is no vacation
+    optional = [(len(dataset.engagements), "engagement", "engagements"), (away, "vacation", "vacations"),
+                (len(dataset.hidden_items), "hidden item", "hidden items"), (len(dataset.hidden_sellers), "hidden seller", "hidden sellers")]
+    counts = [f"{count} {one if count == 1 else many}" for count, one, many in always + [t for t in optional if t[0]]]
     return (f"loaded {', '.join(counts)} ({stats.commands} commands) in {stats.seconds:.2f} s: "
             f"{stats.rows_per_second:,.0f} rows/s of items, likes, follows and friendships "
             f"(reading the dataset took {read_seconds:.2f} s)")

@@ -29,7 +29,7 @@ from stores.redis import RedisStore
 from stores.redis_keys import Keys
 from stores.memory import MemoryStore
 from tests import store_views as views
-from tests.builders import NOW, edges, social_dataset
+from tests.builders import NOW, edges, make_dataset, social_dataset
 from tests.conftest import REPO
 from tests.processes import interrupted_once_begun
 from tests.redis_servers import RedisServer, free_port
@@ -388,6 +388,18 @@ def test_a_loads_last_line_counts_every_table_it_loaded():
                            f"{len(dataset.friends)} friendships, {len(dataset.engagements)} engagements, 1 vacation (45 commands) in 0.50 s: "), line
     assert len(dataset.sellers) == 1  # sellers.csv: the one seller generate sends on vacation at this size
     assert "246 rows/s of items, likes, follows and friendships" in line
+
+
+def test_a_loads_last_line_counts_only_the_sellers_on_vacation():
+    # sellers.csv's empty vacation_until is a seller not away: the load writes no vacation
+    # for it, and its last line said "2 vacations" for one.
+    import numpy as np
+
+    from training.dataset import Sellers
+
+    dataset = dataclasses.replace(make_dataset([("i1", "s1", NOW, 1)]), sellers=Sellers(["s1", "s2"], np.array([np.nan, np.inf])))
+    line = load_summary(dataset, LoadStats(rows=1, commands=3, seconds=0.5), read_seconds=0.1)
+    assert ", 1 vacation (3 commands)" in line, line
 
 
 def test_every_command_a_load_runs_is_asked_about_before_it_writes():
