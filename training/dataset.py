@@ -765,23 +765,18 @@ def _source(directory: str, file: str) -> str | None:
     return name if os.path.lexists(os.path.join(directory, name)) else None
 
 
-def _parquet_parts(directory: str, name: str) -> list[tuple[str, str]]:
+def _parquet_parts(directory: str, name: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(name as reported, path) of the file ``name`` or of the part files in directory
-    ``name`` (every *.parquet but hidden ones: Spark's _SUCCESS and .crc files are skipped)."""
+    ``name`` (every *.parquet but hidden ones: Spark's _SUCCESS and .crc files are skipped),
+    and that directory's partitions (day=2026-01-01/, as Spark's partitionBy writes them:
+    subdirectories but hidden ones such as _temporary), which are not read."""
     path = os.path.join(directory, name)
     if not os.path.isdir(path):
-        return [(name, path)]
-    parts = sorted(p for p in os.listdir(path) if p.endswith(PARQUET) and not p.startswith((".", "_")))
-    return [(f"{name}/{p}", os.path.join(path, p)) for p in parts]
-
-
-def _partitions(directory: str, name: str) -> list[str]:
-    """The subdirectories of Parquet directory ``name`` but hidden ones (Spark's _temporary):
-    partitions (day=2026-01-01/) as Spark's partitionBy writes them, which are not read."""
-    path = os.path.join(directory, name)
-    if not os.path.isdir(path):
-        return []
-    return sorted(p for p in os.listdir(path) if not p.startswith((".", "_")) and os.path.isdir(os.path.join(path, p)))
+        return [(name, path)], []
+    entries = sorted(p for p in os.listdir(path) if not p.startswith((".", "_")))
+    partitions = [p for p in entries if os.path.isdir(os.path.join(path, p))]
+    parts = [p for p in entries if p.endswith(PARQUET) and p not in partitions]
+    return [(f"{name}/{p}", os.path.join(path, p)) for p in parts], partitions
 
 
 def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str]) -> _ParquetTable | None:
@@ -793,14 +788,13 @@ def _read_parquet(directory: str, file: str, errors: _Errors, warnings: list[str
     name = parquet_name(file)
     required, optional = _SCHEMA[file]
     known = required + optional
-    partitions = _partitions(directory, name)
+    files, partitions = _parquet_parts(directory, name)
     if partitions:
         # Refused, not skipped: skipping lost their rows without a word (and a partition column is only in their names).
         errors.add(DatasetError(name, 0, "<file>", f"a partitioned directory ({', '.join(p + '/' for p in partitions[:3])}"
                                 f"{', …' if len(partitions) > 3 else ''}, as Spark's partitionBy writes it) is not read: write the "
                                 f"table without partitionBy, part files directly in {name} ({name}/part-*.parquet)"))
         return None
-    files = _parquet_parts(directory, name)
     if not files:
         errors.add(DatasetError(name, 0, "<file>", "a directory without part files (*.parquet)"))
         return None
