@@ -855,13 +855,14 @@ def main(argv: list[str] | None = None) -> int:
     check_dataset(parser, "--data", args.data)
     if not args.target:
         check_store(parser, "--store", args.store)
-        if args.tls_ca:
-            parser.error("--tls-ca is for a --target server: a spawned server speaks plaintext")
-        if args.server_pid is not None:
-            parser.error("--server-pid is for a --target server: without --target one is spawned, and its own pid is measured")
-        if args.metrics:
-            parser.error("--metrics is for a --target server: without --target one is spawned, and its own endpoint is read "
-                         "(with --workers > 1, none: each worker has its own)")
+        for flag, given, why in (
+            ("--tls-ca", args.tls_ca, "a spawned server speaks plaintext"),
+            ("--server-pid", args.server_pid is not None, "without --target one is spawned, and its own pid is measured"),
+            ("--metrics", args.metrics, "without --target one is spawned, and its own endpoint is read "
+                                        "(with --workers > 1, none: each worker has its own)"),
+        ):
+            if given:
+                parser.error(f"{flag} is for a --target server: {why}")
     try:
         channel_credentials(args.tls_ca)
     except ValueError as error:
