@@ -36,7 +36,7 @@ from ranking.store import (
     untrended,
 )
 from ranking.types import ItemCard
-from ranking.vocab import Vocabulary, concatenated_ranges, encode, sorted_positions
+from ranking.vocab import UNKNOWN, Vocabulary, concatenated_ranges, encode, sorted_positions
 from stores.applied_ids import AppliedIds
 from stores.base import ApplyResult, gc_paused, no_replicas
 from stores.events import (
@@ -602,7 +602,7 @@ class MemoryStore:
                 readers = set(readers) | _friends_of(set(readers), dataset.friends)
                 kept = np.zeros(len(store.users), bool)
                 reader_codes = store.users.codes(sorted(readers))
-                kept[reader_codes[reader_codes >= 0]] = True  # a reader who is no user is UNKNOWN, -1: the last user
+                kept[reader_codes[reader_codes != UNKNOWN]] = True  # UNKNOWN (-1) would mark the last user
                 kept_likes = kept[users]
                 users, liked, times = users[kept_likes], liked[kept_likes], times[kept_likes]
                 follows = _pairs_where(dataset.follows, lambda user, _seller: user in readers)
